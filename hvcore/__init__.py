@@ -1,0 +1,73 @@
+"""hypervault: client-side 64-bit keys and logical shards over many PostgreSQL servers."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from hvcore._backend import BackendOptions, ProvisionReport, Record, ServerStore
+from hvcore._datastore import Datastore
+from hvcore._generator import KeyGenerator
+from hvcore._key import Key, KeyLayout
+from hvcore._plugins import PluginRegistry, default_registry
+from hvcore._sequence import AsyncSequenceSource, SequenceSource
+from hvcore._shardmap import ShardMap
+from hvcore.errors import (
+    ClockMovedBackwards,
+    ConfigError,
+    ConnectionMisuse,
+    DuplicateKey,
+    HypervaultError,
+    InvalidData,
+    InvalidKey,
+    InvalidKind,
+    InvalidShard,
+    LayoutExhausted,
+    NotProvisioned,
+    PluginError,
+    PoolTimeout,
+    SequenceUnavailable,
+    ServerUnavailable,
+    ShardMapError,
+    ShardNotFound,
+    StoreClosed,
+)
+from hvcore.hookspecs import hookimpl
+
+try:
+    __version__ = version("hypervault")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
+
+__all__ = [
+    "AsyncSequenceSource",
+    "BackendOptions",
+    "ClockMovedBackwards",
+    "ConfigError",
+    "ConnectionMisuse",
+    "Datastore",
+    "DuplicateKey",
+    "HypervaultError",
+    "InvalidData",
+    "InvalidKey",
+    "InvalidKind",
+    "InvalidShard",
+    "Key",
+    "KeyGenerator",
+    "KeyLayout",
+    "LayoutExhausted",
+    "NotProvisioned",
+    "PluginError",
+    "PluginRegistry",
+    "PoolTimeout",
+    "ProvisionReport",
+    "Record",
+    "SequenceSource",
+    "SequenceUnavailable",
+    "ServerStore",
+    "ServerUnavailable",
+    "ShardMap",
+    "ShardMapError",
+    "ShardNotFound",
+    "StoreClosed",
+    "__version__",
+    "default_registry",
+    "hookimpl",
+]

@@ -1,0 +1,142 @@
+"""What a storage backend implements: one `ServerStore` per physical server (façade layer, no I/O here)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from hvcore._key import Key, KeyLayout
+
+__all__ = ["BackendFactory", "BackendOptions", "ProvisionReport", "Record", "ServerStore", "check_text", "iter_fields"]
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One stored entity: its key, its kind and its body."""
+
+    key: Key
+    kind: int
+    data: dict[str, Any]
+
+
+Record.__module__ = "hvcore"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BackendOptions:
+    """Settings every backend receives from the `Datastore`."""
+
+    pool_max: int = 10
+    pool_block_timeout: float = 5.0
+    logger: logging.Logger | None = None
+    layout: KeyLayout = KeyLayout.DEFAULT
+    row_factory: str = "dict"  # "dict" or "tuple": rows handed out by get_connection()/cursor()
+
+
+BackendOptions.__module__ = "hvcore"
+
+
+@dataclass(slots=True)
+class ProvisionReport:
+    """What one `ServerStore.provision` call did."""
+
+    server: str
+    shards: int = 0
+    created: int = 0  # shards whose schema/table had to be created
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+@runtime_checkable
+class ServerStore(Protocol):
+    """One physical server as a backend sees it; the `Datastore` routes shards to these.
+
+    Connections handed out by `get_connection` must be returned with `put_connection`; returning one twice or
+    to the wrong store raises `ConnectionMisuse`. Methods taking ``shard_id`` operate in that shard's schema.
+    """
+
+    @property
+    def label(self) -> str:
+        """A name for messages and reprs: host/port/db, never a password."""
+        ...
+
+    def open(self) -> None:
+        """Create pools (idempotent)."""
+        ...
+
+    def close(self) -> None:
+        """Close every pooled connection (idempotent)."""
+        ...
+
+    def after_fork_in_child(self) -> None:
+        """Forget pools inherited over fork without closing the parent's sessions; next use reopens."""
+        ...
+
+    def check_data(self, data: Mapping[str, Any]) -> None:
+        """Raise `InvalidData` naming the field if ``data`` cannot be stored as given (before any SQL)."""
+        ...
+
+    def get_connection(self, shard_id: int) -> Any:
+        """Borrow a connection whose search path is the shard's schema."""
+        ...
+
+    def put_connection(self, conn: Any) -> None:
+        """Return a borrowed connection."""
+        ...
+
+    def owns(self, conn: Any) -> bool:
+        """True if ``conn`` is currently borrowed from this store."""
+        ...
+
+    def cursor(self, shard_id: int) -> AbstractContextManager[Any]:
+        """A cursor on a borrowed connection; commit on success, rollback on error, connection always returned."""
+        ...
+
+    def insert(self, shard_id: int, key: Key, kind: int, data: Mapping[str, Any]) -> None:
+        """Store one entity; raise `DuplicateKey` if the key exists."""
+        ...
+
+    def fetch(self, shard_id: int, key: Key) -> Record | None:
+        """The entity stored under ``key``, or None."""
+        ...
+
+    def provision(self, shard_ids: Sequence[int], progress: Callable[[int], None] | None = None) -> ProvisionReport:
+        """Create schemas, tables, indexes (and extensions) for these shards; idempotent."""
+        ...
+
+    def row_counts(self, shard_ids: Sequence[int]) -> dict[int, int]:
+        """Rows stored per shard (only shards that exist)."""
+        ...
+
+    def stats(self) -> dict[str, Any]:
+        """Pool figures: size, available, borrowed, waiting."""
+        ...
+
+
+BackendFactory = Callable[[Mapping[str, Any], BackendOptions], ServerStore]
+"""Builds the store of one server from its connection settings (the config dict without ``shards``)."""
+
+
+def check_text(field_name: str, text: str) -> None:
+    """Raise `InvalidData` if ``text`` cannot be stored as PostgreSQL text: a NUL character, or not encodable as UTF-8."""
+    from hvcore.errors import InvalidData
+
+    if "\x00" in text:
+        raise InvalidData(f"field {field_name!r} contains a NUL character (\\x00), which PostgreSQL text cannot hold")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidData(f"field {field_name!r} is not valid Unicode text ({exc.reason} at {exc.start})") from None
+
+
+def iter_fields(data: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
+    """Yield (name, value) of a body, raising `InvalidData` for non-string field names."""
+    from hvcore.errors import InvalidData
+
+    for name, value in data.items():
+        if not isinstance(name, str):
+            raise InvalidData(f"field names must be strings, got {type(name).__name__} {name!r}")
+        yield name, value

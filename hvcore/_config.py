@@ -1,0 +1,145 @@
+"""The one parser for datastore settings: keyword arguments and TOML config files go through here."""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hvcore._key import KeyLayout
+from hvcore.errors import ConfigError, ShardMapError
+
+__all__ = ["DatastoreConfig", "load_config", "parse_layout", "redact"]
+
+_SECRET_NAMES = frozenset({"password", "passwd", "sslpassword", "secret", "token"})
+_TOP_LEVEL = frozenset(
+    {"backend", "pool_max", "pool_block_timeout", "servers", "layout", "sequence", "allow_gaps", "row_factory"}
+)
+
+
+def parse_layout(value: object) -> KeyLayout:
+    """A layout from a `KeyLayout`, a preset name (``"default"``, ``"hypervault"``) or an epoch in Unix ms."""
+    if isinstance(value, KeyLayout):
+        return value
+    if isinstance(value, str):
+        presets = {"default": KeyLayout.DEFAULT, "hypervault": KeyLayout.HYPERVAULT}
+        try:
+            return presets[value.lower()]
+        except KeyError:
+            raise ConfigError(
+                f"unknown layout {value!r}: expected 'default', 'hypervault' or an epoch in Unix ms"
+            ) from None
+    if type(value) is int and value >= 0:
+        return KeyLayout(epoch_ms=value)
+    raise ConfigError(f"layout must be 'default', 'hypervault', an epoch in Unix ms or a KeyLayout, got {value!r}")
+
+
+def redact(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of connection settings safe to print: secrets and conninfo passwords masked."""
+    out: dict[str, Any] = {}
+    for name, value in settings.items():
+        if name.lower() in _SECRET_NAMES:
+            out[name] = "***"
+        elif name == "conninfo" and isinstance(value, str):
+            out[name] = redact_conninfo(value)
+        else:
+            out[name] = value
+    return out
+
+
+def redact_conninfo(conninfo: str) -> str:
+    """Mask the password in a libpq conninfo string or URL."""
+    masked = re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", conninfo, flags=re.IGNORECASE)
+    return re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", masked)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DatastoreConfig:
+    """Validated settings of a `Datastore`: servers (with their ``shards``) and options."""
+
+    servers: tuple[Mapping[str, Any], ...]
+    backend: str = "hstore"
+    pool_max: int = 10
+    pool_block_timeout: float = 5.0
+    layout: KeyLayout = KeyLayout.DEFAULT
+    sequence: str | None = None
+    allow_gaps: bool = False
+    row_factory: str = "dict"
+    logger: logging.Logger | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        if type(self.pool_max) is not int or self.pool_max < 1:
+            problems.append(f"pool_max must be an int ≥ 1, got {self.pool_max!r}")
+        timeout = self.pool_block_timeout
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not math.isfinite(timeout)
+            or timeout <= 0
+        ):
+            problems.append(f"pool_block_timeout must be a number of seconds > 0, got {timeout!r}")
+        if not isinstance(self.backend, str) or not self.backend:
+            problems.append(
+                f"backend must be a backend name such as 'hstore', 'jsonb' or 'memory', got {self.backend!r}"
+            )
+        if self.row_factory not in ("dict", "tuple"):
+            problems.append(f"row_factory must be 'dict' or 'tuple', got {self.row_factory!r}")
+        if self.sequence is not None and (not isinstance(self.sequence, str) or "://" not in self.sequence):
+            problems.append(f"sequence must be a URL such as 'redis://127.0.0.1:6379/0', got {self.sequence!r}")
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+    def __repr__(self) -> str:
+        servers = [redact(s) for s in self.servers]
+        return (
+            f"DatastoreConfig(backend={self.backend!r}, pool_max={self.pool_max}, "
+            f"pool_block_timeout={self.pool_block_timeout}, servers={servers!r})"
+        )
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any], *, source: str = "config") -> DatastoreConfig:
+        """Validate a parsed TOML document (top-level options plus ``[[servers]]``)."""
+        unknown = sorted(set(raw) - _TOP_LEVEL)
+        if unknown:
+            raise ConfigError(
+                f"{source}: unknown setting(s) {', '.join(unknown)}; expected {', '.join(sorted(_TOP_LEVEL))}"
+            )
+        servers = raw.get("servers")
+        if not isinstance(servers, list) or not servers:
+            raise ShardMapError([f'{source}: no [[servers]] entries: add one per server with shards = "a-b"'])
+        for index, server in enumerate(servers):
+            if not isinstance(server, Mapping):
+                raise ShardMapError([f"{source}: servers[{index}] must be a table"])
+        options: dict[str, Any] = {k: v for k, v in raw.items() if k != "servers"}
+        if "layout" in options:
+            options["layout"] = parse_layout(options["layout"])
+        return cls(servers=tuple(dict(s) for s in servers), **options)
+
+
+def load_config(path: str | Path) -> DatastoreConfig:
+    """Read a TOML config file into a `DatastoreConfig`."""
+    file = Path(path)
+    try:
+        raw = tomllib.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(file)!r} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {str(file)!r} is not valid TOML: {exc}") from None
+    return DatastoreConfig.from_mapping(raw, source=str(file))
+
+
+def check_servers(connections: object) -> Sequence[Mapping[str, Any]]:
+    """Reject a connections argument that is not a list of dicts, before anything else reads it."""
+    if isinstance(connections, Mapping | str | bytes) or not isinstance(connections, Sequence):
+        raise ShardMapError(
+            [
+                f"connections must be a list of dicts such as [dict(shards='1-9', host=...)], got {type(connections).__name__}"
+            ]
+        )
+    return connections

@@ -1,0 +1,159 @@
+"""Every error hypervault raises, in one tree.
+
+::
+
+    HypervaultError
+    ├── ConfigError (ValueError)            bad settings, a bad config file
+    │   └── ShardMapError                   every problem of a connection list, listed at once
+    ├── InvalidKey (ValueError)             not a valid 64-bit key, or key parts out of range
+    ├── InvalidShard (ValueError)           a shard id of the wrong type or out of 0..8191
+    ├── ShardNotFound (LookupError)         a valid shard id no server owns
+    ├── InvalidKind (ValueError)            a kind outside 0..32767
+    ├── InvalidData (ValueError)            a body the backend cannot store as given
+    ├── ClockMovedBackwards (RuntimeError)  the clock went back further than the tolerated skew
+    ├── LayoutExhausted (OverflowError)     the time part would reach the sign bit
+    ├── PluginError (LookupError)           unknown or duplicate backend / sequence names
+    ├── ConnectionMisuse (ValueError)       a connection returned twice, or not from this store
+    ├── StoreClosed (RuntimeError)          used after ``disconnect()``
+    ├── PoolTimeout (TimeoutError)          no connection free within ``pool_block_timeout``
+    ├── ServerUnavailable (OSError)         a server cannot be reached (named without its password)
+    ├── NotProvisioned (RuntimeError)       schemas or extensions missing: run ``hv init``
+    ├── DuplicateKey (RuntimeError)         a key already stored (retried with a fresh key by ``put``)
+    └── SequenceUnavailable (OSError)       the shared sequence source (Redis) cannot be reached in time
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ClockMovedBackwards",
+    "ConfigError",
+    "ConnectionMisuse",
+    "DuplicateKey",
+    "HypervaultError",
+    "InvalidData",
+    "InvalidKey",
+    "InvalidKind",
+    "InvalidShard",
+    "LayoutExhausted",
+    "NotProvisioned",
+    "PluginError",
+    "PoolTimeout",
+    "SequenceUnavailable",
+    "ServerUnavailable",
+    "ShardMapError",
+    "ShardNotFound",
+    "StoreClosed",
+]
+
+
+class HypervaultError(Exception):
+    """Base of every error raised by hypervault."""
+
+    __module__ = "hvcore"
+
+
+class ConfigError(HypervaultError, ValueError):
+    """A setting or a config file is invalid."""
+
+    __module__ = "hvcore"
+
+
+class ShardMapError(ConfigError):
+    """A connection list maps shards badly; ``problems`` lists every problem found."""
+
+    __module__ = "hvcore"
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"invalid shard map ({len(self.problems)} problem(s)):\n{lines}")
+
+
+class InvalidKey(HypervaultError, ValueError):
+    """A value is not a valid key, or key parts are out of range."""
+
+    __module__ = "hvcore"
+
+
+class InvalidShard(HypervaultError, ValueError):
+    """A shard id is of the wrong type or outside the layout's range."""
+
+    __module__ = "hvcore"
+
+
+class ShardNotFound(HypervaultError, LookupError):
+    """A valid shard id that no configured server owns."""
+
+    __module__ = "hvcore"
+
+
+class InvalidKind(HypervaultError, ValueError):
+    """A ``kind`` outside the stored range (0..32767, a PostgreSQL smallint)."""
+
+    __module__ = "hvcore"
+
+
+class InvalidData(HypervaultError, ValueError):
+    """An entity body the backend cannot store as given (checked before any SQL)."""
+
+    __module__ = "hvcore"
+
+
+class ClockMovedBackwards(HypervaultError, RuntimeError):
+    """The wall clock went back further than the generator tolerates."""
+
+    __module__ = "hvcore"
+
+
+class LayoutExhausted(HypervaultError, OverflowError):
+    """The key's time part would reach the sign bit: no more ids in this layout."""
+
+    __module__ = "hvcore"
+
+
+class PluginError(HypervaultError, LookupError):
+    """A backend or sequence name is unknown, or registered twice."""
+
+    __module__ = "hvcore"
+
+
+class ConnectionMisuse(HypervaultError, ValueError):
+    """A connection returned twice, or returned to a store it did not come from."""
+
+    __module__ = "hvcore"
+
+
+class StoreClosed(HypervaultError, RuntimeError):
+    """The datastore was used after ``disconnect()`` (call ``reinstantiate()``)."""
+
+    __module__ = "hvcore"
+
+
+class PoolTimeout(HypervaultError, TimeoutError):
+    """No connection became free within ``pool_block_timeout`` seconds."""
+
+    __module__ = "hvcore"
+
+
+class ServerUnavailable(HypervaultError, OSError):
+    """A server could not be reached or refused the connection."""
+
+    __module__ = "hvcore"
+
+
+class NotProvisioned(HypervaultError, RuntimeError):
+    """The shard's schema, table or extension is missing: run ``hv init``."""
+
+    __module__ = "hvcore"
+
+
+class DuplicateKey(HypervaultError, RuntimeError):
+    """A key that is already stored was inserted again."""
+
+    __module__ = "hvcore"
+
+
+class SequenceUnavailable(HypervaultError, OSError):
+    """The shared sequence source could not be reached within its timeout."""
+
+    __module__ = "hvcore"
