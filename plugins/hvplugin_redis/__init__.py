@@ -1,0 +1,30 @@
+"""hypervault plugin: a Redis sequence source, so keys stay unique across processes and hosts sharing a shard."""
+
+from collections.abc import Callable
+
+from hvcore.hookspecs import SequenceFactory, hookimpl
+from hvplugin_redis._sequence import (
+    DEFAULT_EXPIRE_MS,
+    DEFAULT_KEY_PREFIX,
+    RESERVE_SCRIPT,
+    AsyncRedisSequence,
+    RedisSequence,
+    make_sequence,
+)
+
+__all__ = [
+    "DEFAULT_EXPIRE_MS",
+    "DEFAULT_KEY_PREFIX",
+    "RESERVE_SCRIPT",
+    "AsyncRedisSequence",
+    "RedisSequence",
+    "hypervault_register_sequences",
+    "make_sequence",
+]
+
+
+@hookimpl
+def hypervault_register_sequences(register: Callable[[str, SequenceFactory], None]) -> None:
+    """Register `make_sequence` for ``redis://`` and ``rediss://`` (TLS) URLs."""
+    register("redis", make_sequence)
+    register("rediss", make_sequence)

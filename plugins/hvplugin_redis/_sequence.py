@@ -1,0 +1,442 @@
+"""Redis sequence sources: blocks of sequence numbers per (shard, millisecond), reserved by a Lua script.
+
+Every reservation is one round trip running `RESERVE_SCRIPT` on the key ``{prefix}:{shard}:{time_part}``:
+``INCRBY`` by the block size, and ``PEXPIRE`` when that call created the key. The numbers handed out are
+``[counter_before, counter_after)`` cut to the layout's ``sequence_size``, so two reservations of the same
+(shard, millisecond) never overlap, whichever process or host makes them. The key is the millisecond written
+into the id, not the Redis server's clock, so hosts whose clocks disagree still draw from one counter per id
+prefix; the expiry only has to outlast the clock skew the generators tolerate.
+
+Failures never fall back to anything local: a Redis that cannot be reached, times out or refuses the script
+raises `hvcore.errors.SequenceUnavailable` within `max_wait` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import urllib.parse
+from collections.abc import Awaitable
+from typing import Any, Protocol, Self, cast
+
+import redis
+import redis.asyncio
+import redis.exceptions
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from hvcore._key import KeyLayout
+from hvcore.errors import ConfigError, SequenceUnavailable
+
+__all__ = [
+    "DEFAULT_EXPIRE_MS",
+    "DEFAULT_KEY_PREFIX",
+    "RESERVE_SCRIPT",
+    "AsyncRedisSequence",
+    "RedisSequence",
+    "make_sequence",
+]
+
+DEFAULT_KEY_PREFIX = "hv:seq"
+"""Prefix of every counter key: ``hv:seq:{shard}:{time_part}``."""
+
+DEFAULT_EXPIRE_MS = 60_000
+"""How long a (shard, millisecond) counter lives: far longer than any clock skew a generator tolerates."""
+
+RESERVE_SCRIPT = """\
+local top = redis.call('INCRBY', KEYS[1], ARGV[1])
+if top == tonumber(ARGV[1]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return top
+"""
+"""KEYS[1] = counter of one (shard, ms); ARGV = block size, expiry in ms. Returns the counter after the block."""
+
+_CONNECTION_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+
+
+class _SyncClient(Protocol):
+    """What the sync source uses of a redis-py (or fakeredis) client."""
+
+    def evalsha(self, sha: str, numkeys: int, /, *keys_and_args: Any) -> Any: ...
+
+    def eval(self, script: str, numkeys: int, /, *keys_and_args: Any) -> Any: ...
+
+    def close(self) -> None: ...
+
+
+class _AsyncClient(Protocol):
+    """What the asyncio source uses of a ``redis.asyncio`` client."""
+
+    def evalsha(self, sha: str, numkeys: int, /, *keys_and_args: Any) -> Awaitable[Any]: ...
+
+    def eval(self, script: str, numkeys: int, /, *keys_and_args: Any) -> Awaitable[Any]: ...
+
+    async def aclose(self) -> None: ...
+
+
+def _script_sha() -> str:
+    import hashlib
+
+    return hashlib.sha1(RESERVE_SCRIPT.encode(), usedforsecurity=False).hexdigest()
+
+
+_SCRIPT_SHA = _script_sha()
+
+
+def _redact(url: str) -> str:
+    """``url`` without its password (and user), for messages and reprs."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None and parts.username is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"***@{host}" + (f":{parts.port}" if parts.port is not None else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def _describe_client(client: object) -> str:
+    """A password-free name for a client object we were handed."""
+    pool = getattr(client, "connection_pool", None)
+    kwargs = getattr(pool, "connection_kwargs", None)
+    if isinstance(kwargs, dict):
+        if "path" in kwargs:
+            return f"unix://{kwargs['path']}?db={kwargs.get('db', 0)}"
+        return f"redis://{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
+    return f"{type(client).__name__} client"
+
+
+class _RedisSequenceBase:
+    """Options, block sizing and error wrapping shared by `RedisSequence` and `AsyncRedisSequence`."""
+
+    __slots__ = (
+        "_fixed_block",
+        "_owns_client",
+        "_pid",
+        "_state",
+        "_url",
+        "connect_timeout",
+        "expire_ms",
+        "key_prefix",
+        "max_block",
+        "min_block",
+        "name",
+        "read_timeout",
+        "retries",
+        "sequence_size",
+    )
+
+    def __init__(
+        self,
+        target: object,
+        *,
+        key_prefix: str,
+        connect_timeout: float,
+        read_timeout: float,
+        retries: int,
+        expire_ms: int,
+        block_size: int | None,
+        min_block: int,
+        max_block: int | None,
+        layout: KeyLayout | None,
+    ) -> None:
+        self.sequence_size = (layout or KeyLayout.DEFAULT).sequence_size
+        size = self.sequence_size
+        if not isinstance(key_prefix, str) or not key_prefix:
+            raise ConfigError(f"key_prefix must be a non-empty str, got {key_prefix!r}")
+        for label, value in (("connect_timeout", connect_timeout), ("read_timeout", read_timeout)):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 3600:
+                raise ConfigError(f"{label} must be a number of seconds in (0, 3600), got {value!r}")
+        if type(retries) is not int or not 0 <= retries <= 10:
+            raise ConfigError(f"retries must be an int in 0..10, got {retries!r}")
+        if type(expire_ms) is not int or expire_ms < 1000:
+            raise ConfigError(
+                f"expire_ms must be an int of at least 1000 (longer than the tolerated clock skew), got {expire_ms!r}"
+            )
+        if block_size is not None and (type(block_size) is not int or not 1 <= block_size <= size):
+            raise ConfigError(f"block_size must be None (adaptive) or an int in 1..{size}, got {block_size!r}")
+        max_block = size if max_block is None else max_block
+        if type(min_block) is not int or type(max_block) is not int or not 1 <= min_block <= max_block <= size:
+            raise ConfigError(
+                f"need 1 <= min_block <= max_block <= {size} (the layout's sequence size), "
+                f"got min_block={min_block!r}, max_block={max_block!r}"
+            )
+        self.key_prefix = key_prefix
+        self.connect_timeout = float(connect_timeout)
+        self.read_timeout = float(read_timeout)
+        self.retries = retries
+        self.expire_ms = expire_ms
+        self._fixed_block = block_size
+        self.min_block = min_block
+        self.max_block = max_block
+        self._url: str | None = target if isinstance(target, str) else None
+        self._owns_client = self._url is not None
+        self.name = _redact(self._url) if self._url is not None else _describe_client(target)
+        self._pid = os.getpid()
+        # per shard: [adaptive block size, last time part reserved]
+        self._state: dict[int, list[int]] = {}
+
+    @property
+    def block_size(self) -> int | None:
+        """The fixed block size, or None when blocks are sized adaptively."""
+        return self._fixed_block
+
+    @property
+    def max_wait(self) -> float:
+        """Upper bound in seconds of one `reserve` call before it raises `SequenceUnavailable`."""
+        return (self.retries + 1) * (self.connect_timeout + self.read_timeout)
+
+    def __repr__(self) -> str:
+        fixed = self._fixed_block
+        sizing = f"block_size={fixed}" if fixed else f"blocks={self.min_block}..{self.max_block}"
+        return f"<{type(self).__name__} {self.name} prefix={self.key_prefix!r} {sizing}>"
+
+    def _client_options(self) -> dict[str, Any]:
+        # Retries are ours (see _attempts): redis-py's own would nest (connect inside command) and
+        # multiply the time bound.
+        return {
+            "socket_connect_timeout": self.connect_timeout,
+            "socket_timeout": self.read_timeout,
+            "retry": Retry(NoBackoff(), 0),
+            "retry_on_timeout": False,
+            "decode_responses": False,
+        }
+
+    def _plan(self, shard_id: int, time_part: int, wanted: int) -> int:
+        """How many numbers to ask Redis for, and update the adaptive size of the shard."""
+        if type(shard_id) is not int or shard_id < 0 or type(time_part) is not int or time_part < 0:
+            raise ValueError(
+                f"reserve() needs non-negative int shard_id and time_part, got {shard_id!r}, {time_part!r}"
+            )
+        if self._fixed_block is not None:
+            return self._fixed_block
+        state = self._state.get(shard_id)
+        if state is None:
+            state = self._state[shard_id] = [self.min_block, time_part]
+        else:
+            size, last = state
+            if time_part == last:  # used up a block within one millisecond: ask for more at once
+                size = min(size * 2, self.max_block)
+            elif time_part > last + 1:  # a quiet millisecond in between: demand fell, waste less
+                size = max(size // 2, self.min_block)
+            state[0] = size
+            state[1] = time_part
+        want = wanted if type(wanted) is int and wanted > 0 else 1
+        return min(max(state[0], want), self.max_block)
+
+    def _key(self, shard_id: int, time_part: int) -> str:
+        return f"{self.key_prefix}:{shard_id}:{time_part}"
+
+    def _block(self, count: int, top: object) -> range:
+        if type(top) is not int or top < count:
+            raise SequenceUnavailable(f"Redis sequence at {self.name} answered {top!r} to the reserve script")
+        start = top - count
+        if start >= self.sequence_size:
+            return range(0)
+        return range(start, min(top, self.sequence_size))
+
+    def _fail(self, exc: BaseException, attempts: int, started: float) -> SequenceUnavailable:
+        waited = time.monotonic() - started
+        return SequenceUnavailable(
+            f"Redis sequence at {self.name} unavailable after {attempts} attempt(s) in {waited:.2f} s "
+            f"(bound {self.max_wait:.2f} s): {type(exc).__name__}: {exc}"
+        )
+
+
+class RedisSequence(_RedisSequenceBase):
+    """A `SequenceSource` sharing each shard's milliseconds through Redis, unique across processes and hosts.
+
+    ``target`` is a URL (``redis://host:port/db``, ``rediss://…``, ``unix:///path?db=0``; the source owns and
+    closes that client) or a ready ``redis.Redis`` client (left open by `close`; its own timeouts apply).
+    Blocks are sized adaptively between ``min_block`` and ``max_block`` (doubling while this process uses a
+    block up within one millisecond, halving after idle milliseconds) unless ``block_size`` fixes them.
+    """
+
+    __module__ = "hvplugin_redis"
+    __slots__ = ("_client",)
+
+    def __init__(
+        self,
+        target: str | _SyncClient,
+        *,
+        key_prefix: str = DEFAULT_KEY_PREFIX,
+        connect_timeout: float = 1.0,
+        read_timeout: float = 1.0,
+        retries: int = 1,
+        expire_ms: int = DEFAULT_EXPIRE_MS,
+        block_size: int | None = None,
+        min_block: int = 16,
+        max_block: int | None = None,
+        layout: KeyLayout | None = None,
+    ) -> None:
+        super().__init__(
+            target,
+            key_prefix=key_prefix,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            retries=retries,
+            expire_ms=expire_ms,
+            block_size=block_size,
+            min_block=min_block,
+            max_block=max_block,
+            layout=layout,
+        )
+        if isinstance(target, str):
+            self._client: _SyncClient | None = self._connect(target)
+        else:
+            self._client = target
+
+    def _connect(self, url: str) -> _SyncClient:
+        try:
+            client = cast(_SyncClient, redis.Redis.from_url(url, **self._client_options()))
+        except ValueError as exc:
+            raise ConfigError(f"invalid Redis URL {_redact(url)!r}: {exc}") from exc
+        return client
+
+    def reserve(self, shard_id: int, time_part: int, wanted: int) -> range:
+        """Reserve about ``wanted`` numbers (one round trip); an empty range once the millisecond is used up."""
+        if self._pid != os.getpid():
+            self.after_fork_in_child()
+        client = self._client
+        if client is None:
+            raise SequenceUnavailable(f"Redis sequence at {self.name} is closed")
+        count = self._plan(shard_id, time_part, wanted)
+        args = (self._key(shard_id, time_part), count, self.expire_ms)
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                try:
+                    top = client.evalsha(_SCRIPT_SHA, 1, *args)
+                except redis.exceptions.NoScriptError:
+                    top = client.eval(RESERVE_SCRIPT, 1, *args)
+            except _CONNECTION_ERRORS as exc:
+                if attempt <= self.retries:
+                    continue
+                raise self._fail(exc, attempt, started) from exc
+            except redis.exceptions.RedisError as exc:  # OOM, READONLY replica, NOPERM, ...: no retry
+                raise self._fail(exc, attempt, started) from exc
+            return self._block(count, top)
+
+    def after_fork_in_child(self) -> None:
+        """Forget the parent's connections (without closing them under the parent) and the block sizes."""
+        self._pid = os.getpid()
+        self._state = {}
+        if self._url is not None and self._client is not None:
+            # redis-py's pool notices the pid change too; a fresh client makes sure nothing is shared.
+            self._client = self._connect(self._url)
+
+    def close(self) -> None:
+        """Close the client if this source created it; the source cannot reserve afterwards."""
+        client, self._client = self._client, None
+        if client is not None and self._owns_client and self._pid == os.getpid():
+            client.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class AsyncRedisSequence(_RedisSequenceBase):
+    """The asyncio mirror of `RedisSequence` (``redis.asyncio``); each `reserve` is also capped by `max_wait`."""
+
+    __module__ = "hvplugin_redis"
+    __slots__ = ("_client",)
+
+    def __init__(
+        self,
+        target: str | _AsyncClient,
+        *,
+        key_prefix: str = DEFAULT_KEY_PREFIX,
+        connect_timeout: float = 1.0,
+        read_timeout: float = 1.0,
+        retries: int = 1,
+        expire_ms: int = DEFAULT_EXPIRE_MS,
+        block_size: int | None = None,
+        min_block: int = 16,
+        max_block: int | None = None,
+        layout: KeyLayout | None = None,
+    ) -> None:
+        super().__init__(
+            target,
+            key_prefix=key_prefix,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            retries=retries,
+            expire_ms=expire_ms,
+            block_size=block_size,
+            min_block=min_block,
+            max_block=max_block,
+            layout=layout,
+        )
+        if isinstance(target, str):
+            self._client: _AsyncClient | None = self._connect(target)
+        else:
+            self._client = target
+
+    def _connect(self, url: str) -> _AsyncClient:
+        try:
+            client = cast(_AsyncClient, redis.asyncio.Redis.from_url(url, **self._client_options()))
+        except ValueError as exc:
+            raise ConfigError(f"invalid Redis URL {_redact(url)!r}: {exc}") from exc
+        return client
+
+    async def reserve(self, shard_id: int, time_part: int, wanted: int) -> range:
+        """Reserve about ``wanted`` numbers (one round trip); an empty range once the millisecond is used up."""
+        if self._pid != os.getpid():
+            self.after_fork_in_child()
+        client = self._client
+        if client is None:
+            raise SequenceUnavailable(f"Redis sequence at {self.name} is closed")
+        count = self._plan(shard_id, time_part, wanted)
+        args = (self._key(shard_id, time_part), count, self.expire_ms)
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                async with asyncio.timeout(self.connect_timeout + self.read_timeout):
+                    try:
+                        top = await client.evalsha(_SCRIPT_SHA, 1, *args)
+                    except redis.exceptions.NoScriptError:
+                        top = await client.eval(RESERVE_SCRIPT, 1, *args)
+            except _CONNECTION_ERRORS as exc:  # asyncio.timeout raises TimeoutError, an OSError
+                if attempt <= self.retries:
+                    continue
+                raise self._fail(exc, attempt, started) from exc
+            except redis.exceptions.RedisError as exc:
+                raise self._fail(exc, attempt, started) from exc
+            return self._block(count, top)
+
+    def after_fork_in_child(self) -> None:
+        """Forget the parent's connections and the block sizes; the child connects anew on first use."""
+        self._pid = os.getpid()
+        self._state = {}
+        if self._url is not None and self._client is not None:
+            self._client = self._connect(self._url)
+
+    async def close(self) -> None:
+        """Close the client if this source created it; the source cannot reserve afterwards."""
+        client, self._client = self._client, None
+        if client is not None and self._owns_client and self._pid == os.getpid():
+            await client.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+
+def make_sequence(url: str, *, asyncio: bool = False, **options: Any) -> RedisSequence | AsyncRedisSequence:
+    """The registered factory: a `RedisSequence` (or `AsyncRedisSequence` when ``asyncio``) for ``url``."""
+    if not isinstance(url, str):
+        raise ConfigError(f"a Redis sequence URL must be a str, got {url!r}")
+    if asyncio:
+        return AsyncRedisSequence(url, **options)
+    return RedisSequence(url, **options)
