@@ -1,0 +1,629 @@
+"""The Redis sequence source: script semantics on fakeredis, uniqueness and faults on real Redis servers."""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import inspect
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import fakeredis
+import fakeredis.aioredis
+import pytest
+import redis
+from fixtures.services import REDIS_URL, missing_service, port_open
+
+import hvplugin_redis
+from hvcore._key import KeyLayout
+from hvcore._plugins import PluginRegistry
+from hvcore._sequence import AsyncSequenceSource, SequenceSource
+from hvcore.errors import ConfigError, HypervaultError, PluginError, SequenceUnavailable
+from hvcore.hookspecs import hookimpl
+from hvplugin_redis import RESERVE_SCRIPT, AsyncRedisSequence, RedisSequence, make_sequence
+
+LAYOUT = KeyLayout.DEFAULT
+SIZE = LAYOUT.sequence_size
+
+
+def now_ms() -> int:
+    """Wall clock in Unix ms."""
+    return time.time_ns() // 1_000_000
+
+
+def make_ids(
+    source: SequenceSource,
+    shard: int,
+    n: int,
+    *,
+    offset_ms: int = 0,
+    wanted: int | None = None,
+    layout: KeyLayout = LAYOUT,
+) -> list[int]:
+    """What a generator does with a source: ``n`` ids of ``shard`` from blocks of the current millisecond."""
+    out: list[int] = []
+    shard_bits = shard << layout.shard_shift
+    while len(out) < n:
+        t = now_ms() + offset_ms - layout.epoch_ms
+        block = source.reserve(shard, t, wanted or n - len(out))
+        if not block:  # this millisecond of the shard is used up: wait for the next one
+            while now_ms() + offset_ms - layout.epoch_ms == t:
+                pass
+            continue
+        base = (t << layout.time_shift) | shard_bits
+        out.extend(base | s for s in block[: n - len(out)])
+    return out
+
+
+def assert_unique(ids: list[int]) -> None:
+    """No id twice (and say how many repeated if some did)."""
+    dupes = len(ids) - len(set(ids))
+    assert dupes == 0, f"{dupes} duplicate ids among {len(ids)}"
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+@pytest.fixture
+def server() -> fakeredis.FakeServer:
+    """One fake Redis server that several clients (standing for processes) share."""
+    return fakeredis.FakeServer()
+
+
+@pytest.fixture
+def fake(server: fakeredis.FakeServer) -> fakeredis.FakeRedis:
+    """A fakeredis client (Lua scripts run through lupa)."""
+    return fakeredis.FakeRedis(server=server)
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """The machine's Redis (127.0.0.1:6379 unless HV_TEST_REDIS_URL says otherwise)."""
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1, socket_timeout=1)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        missing_service(f"Redis not reachable at {REDIS_URL}: {exc}")
+    finally:
+        client.close()
+    return REDIS_URL
+
+
+@pytest.fixture
+def prefix(redis_url: str) -> Iterator[str]:
+    """A key prefix of its own per test, and its keys deleted afterwards."""
+    name = f"hvtest:{uuid.uuid4().hex[:12]}"
+    yield name
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"{name}:*", count=1000))
+        for i in range(0, len(keys), 1000):
+            client.unlink(*keys[i : i + 1000])
+    finally:
+        client.close()
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def own_redis() -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """A redis-server of this test's own on a free port, which the test may stop (never the main one)."""
+    if shutil.which("redis-server") is None:
+        missing_service("redis-server is not installed (apt-get install redis-server)")
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while not port_open("127.0.0.1", port, timeout=0.1):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"redis-server on port {port} did not start")
+        time.sleep(0.02)
+    yield proc, f"redis://127.0.0.1:{port}/0"
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGCONT)
+        proc.terminate()
+        proc.wait(10)
+
+
+# ---------------------------------------------------------------- script semantics (fakeredis)
+
+
+def test_blocks_of_one_millisecond_never_overlap_and_end_empty(server: fakeredis.FakeServer) -> None:
+    sources = [RedisSequence(fakeredis.FakeRedis(server=server), block_size=100) for _ in range(3)]
+    got: list[int] = []
+    blocks = []
+    for i in range(12):
+        block = sources[i % 3].reserve(5, 1000, 1)
+        blocks.append(block)
+        got.extend(block)
+    assert sorted(got) == list(range(SIZE))  # every number once, across the three "processes"
+    assert blocks[10] == range(1000, 1024)  # the block crossing the end is cut to the layout
+    assert blocks[11] == range(0)  # then the millisecond is used up
+
+
+def test_counters_are_per_shard_and_per_millisecond(fake: fakeredis.FakeRedis) -> None:
+    seq = RedisSequence(fake, block_size=10)
+    assert seq.reserve(1, 7, 1) == range(10)
+    assert seq.reserve(2, 7, 1) == range(10)
+    assert seq.reserve(1, 8, 1) == range(10)
+    assert seq.reserve(1, 7, 1) == range(10, 20)
+    assert sorted(fake.keys("hv:seq:*")) == [b"hv:seq:1:7", b"hv:seq:1:8", b"hv:seq:2:7"]
+
+
+def test_expiry_is_set_when_the_counter_is_created_and_not_extended(fake: fakeredis.FakeRedis) -> None:
+    seq = RedisSequence(fake, expire_ms=5000, block_size=4)
+    seq.reserve(0, 42, 1)
+    first = fake.pttl("hv:seq:0:42")
+    assert 0 < first <= 5000
+    fake.pexpire("hv:seq:0:42", 3000)
+    seq.reserve(0, 42, 1)
+    assert 0 < fake.pttl("hv:seq:0:42") <= 3000  # a later block leaves the expiry alone
+
+
+def test_script_runs_atomically_as_one_server_call(fake: fakeredis.FakeRedis) -> None:
+    top = fake.eval(RESERVE_SCRIPT, 1, "k", 16, 9000)
+    assert top == 16
+    assert fake.eval(RESERVE_SCRIPT, 1, "k", 16, 9000) == 32
+    assert 0 < fake.pttl("k") <= 9000
+
+
+def test_script_is_loaded_again_after_a_script_flush(fake: fakeredis.FakeRedis) -> None:
+    seq = RedisSequence(fake, block_size=8)
+    assert seq.reserve(0, 1, 1) == range(8)
+    fake.script_flush()
+    assert seq.reserve(0, 1, 1) == range(8, 16)
+
+
+def test_adaptive_blocks_grow_within_a_millisecond_and_shrink_after_idle_ones(fake: fakeredis.FakeRedis) -> None:
+    seq = RedisSequence(fake, min_block=16)
+    sizes = [len(seq.reserve(0, 100, 1)) for _ in range(7)]
+    assert sizes == [16, 32, 64, 128, 256, 512, 16]  # doubling, the last one cut at 1024
+    assert len(seq.reserve(0, 101, 1)) == 1024  # the next millisecond starts at the size reached
+    assert len(seq.reserve(0, 102, 1)) == 1024  # busy every millisecond: stays
+    assert len(seq.reserve(0, 110, 1)) == 512  # after idle milliseconds: halves
+    assert len(seq.reserve(0, 120, 1)) == 256
+    assert len(seq.reserve(0, 121, 1000)) == 1000  # a caller asking for more gets it at once
+
+
+def test_adaptive_sizes_are_per_shard_and_bounded(fake: fakeredis.FakeRedis) -> None:
+    seq = RedisSequence(fake, min_block=4, max_block=64)
+    for _ in range(10):
+        seq.reserve(1, 5, 1)
+    assert len(seq.reserve(1, 5, 1)) == 64
+    assert len(seq.reserve(1, 5, 5000)) == 64  # never above max_block, whatever is wanted
+    assert len(seq.reserve(2, 5, 1)) == 4  # another shard starts small
+
+
+def test_fixed_block_size_ignores_wanted(fake: fakeredis.FakeRedis) -> None:
+    seq = RedisSequence(fake, block_size=32)
+    assert seq.block_size == 32
+    assert [len(seq.reserve(0, 9, w)) for w in (1, 1000, 1)] == [32, 32, 32]
+
+
+def test_sequence_size_comes_from_the_layout(fake: fakeredis.FakeRedis) -> None:
+    layout = KeyLayout(epoch_ms=0, time_bits=46, shard_bits=10, sequence_bits=8)
+    seq = RedisSequence(fake, layout=layout, block_size=200)
+    assert seq.sequence_size == 256
+    assert seq.reserve(0, 1, 1) == range(200)
+    assert seq.reserve(0, 1, 1) == range(200, 256)
+    assert seq.reserve(0, 1, 1) == range(0)
+    with pytest.raises(ConfigError, match="block_size"):
+        RedisSequence(fake, layout=layout, block_size=300)
+
+
+def test_generated_ids_are_unique_across_sources_sharing_a_server(server: fakeredis.FakeServer) -> None:
+    a = RedisSequence(fakeredis.FakeRedis(server=server))
+    b = RedisSequence(fakeredis.FakeRedis(server=server))
+    ids: list[int] = []
+    for _ in range(20):
+        ids += make_ids(a, 3, 700, wanted=1)
+        ids += make_ids(b, 3, 900, wanted=1)
+    assert len(ids) == 20 * 1600
+    assert_unique(ids)
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"key_prefix": ""}, "key_prefix"),
+        ({"connect_timeout": 0}, "connect_timeout"),
+        ({"read_timeout": -1}, "read_timeout"),
+        ({"read_timeout": True}, "read_timeout"),
+        ({"retries": -1}, "retries"),
+        ({"expire_ms": 10}, "expire_ms"),
+        ({"block_size": 0}, "block_size"),
+        ({"block_size": 1025}, "block_size"),
+        ({"min_block": 0}, "min_block"),
+        ({"min_block": 64, "max_block": 32}, "min_block"),
+        ({"max_block": 2048}, "max_block"),
+    ],
+)
+def test_bad_options_raise_config_error(fake: fakeredis.FakeRedis, options: dict[str, Any], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        RedisSequence(fake, **options)
+    with pytest.raises(ValueError, match=match):
+        AsyncRedisSequence(fakeredis.aioredis.FakeRedis(), **options)
+
+
+def test_bad_arguments_to_reserve(fake: fakeredis.FakeRedis) -> None:
+    seq = RedisSequence(fake)
+    with pytest.raises(ValueError, match="shard_id"):
+        seq.reserve(-1, 5, 1)
+    with pytest.raises(ValueError, match="time_part"):
+        seq.reserve(1, 5.0, 1)  # type: ignore[arg-type]
+    assert len(seq.reserve(1, 5, 0)) >= 1  # a non-positive wanted still gets a block
+
+
+def test_invalid_url_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="invalid Redis URL"):
+        RedisSequence("http://example.invalid:6379/0")
+    with pytest.raises(ConfigError, match="must be a str"):
+        make_sequence(6379)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- errors (fakeredis)
+
+
+def test_unreachable_redis_raises_sequence_unavailable_after_the_retries(server: fakeredis.FakeServer) -> None:
+    server.connected = False
+    seq = RedisSequence(fakeredis.FakeRedis(server=server), retries=2)
+    with pytest.raises(SequenceUnavailable, match=r"after 3 attempt\(s\)") as info:
+        seq.reserve(0, 1, 1)
+    assert isinstance(info.value, OSError) and isinstance(info.value, HypervaultError)
+    assert isinstance(info.value.__cause__, redis.ConnectionError)
+
+
+def test_a_server_error_is_not_retried_and_is_typed(fake: fakeredis.FakeRedis) -> None:
+    fake.rpush("hv:seq:0:1", "not a counter")
+    seq = RedisSequence(fake, retries=3)
+    with pytest.raises(SequenceUnavailable, match=r"after 1 attempt\(s\).*WRONGTYPE"):
+        seq.reserve(0, 1, 1)
+
+
+def test_closed_source_raises_and_leaves_a_given_client_open(fake: fakeredis.FakeRedis) -> None:
+    with RedisSequence(fake) as seq:
+        seq.reserve(0, 1, 1)
+    with pytest.raises(SequenceUnavailable, match="closed"):
+        seq.reserve(0, 1, 1)
+    assert fake.ping()  # not ours to close
+
+
+def test_names_never_show_the_password() -> None:
+    seq = RedisSequence("redis://alice:s3cret@127.0.0.1:1/0", connect_timeout=0.2, read_timeout=0.2, retries=0)
+    assert "s3cret" not in repr(seq) and "s3cret" not in seq.name
+    assert seq.name == "redis://***@127.0.0.1:1/0"
+    with pytest.raises(SequenceUnavailable) as info:
+        seq.reserve(0, 1, 1)
+    assert "s3cret" not in str(info.value)
+    seq.close()
+
+
+def test_max_wait_is_the_documented_bound() -> None:
+    seq = RedisSequence("redis://127.0.0.1:1/0", connect_timeout=0.25, read_timeout=0.5, retries=2)
+    assert seq.max_wait == pytest.approx(3 * 0.75)
+    seq.close()
+
+
+# ---------------------------------------------------------------- asyncio mirror
+
+
+def test_sync_and_async_sources_have_the_same_public_surface() -> None:
+    def surface(cls: type) -> dict[str, bool]:
+        return {
+            name: inspect.iscoroutinefunction(getattr(cls, name))
+            for name in dir(cls)
+            if not name.startswith("_") and callable(getattr(cls, name))
+        }
+
+    sync, asyn = surface(RedisSequence), surface(AsyncRedisSequence)
+    assert sorted(sync) == sorted(asyn)
+    assert {name for name, is_async in asyn.items() if is_async} == {"reserve", "close"}
+    assert inspect.signature(RedisSequence.__init__).parameters.keys() == (
+        inspect.signature(AsyncRedisSequence.__init__).parameters.keys()
+    )
+    props = {n for n in dir(RedisSequence) if isinstance(getattr(RedisSequence, n), property)}
+    assert props == {n for n in dir(AsyncRedisSequence) if isinstance(getattr(AsyncRedisSequence, n), property)}
+
+
+def test_sources_satisfy_the_protocols(fake: fakeredis.FakeRedis) -> None:
+    assert isinstance(RedisSequence(fake), SequenceSource)
+    assert isinstance(AsyncRedisSequence(fakeredis.aioredis.FakeRedis()), AsyncSequenceSource)
+    assert RedisSequence.__module__ == AsyncRedisSequence.__module__ == "hvplugin_redis"
+
+
+def test_async_blocks_never_overlap() -> None:
+    async def main() -> list[int]:
+        server = fakeredis.FakeServer()
+        sources = [AsyncRedisSequence(fakeredis.aioredis.FakeRedis(server=server), block_size=50) for _ in range(4)]
+        blocks = await asyncio.gather(*(sources[i % 4].reserve(9, 77, 1) for i in range(25)))
+        for src in sources:
+            await src.close()
+        return [n for b in blocks for n in b]
+
+    got = asyncio.run(main())
+    assert sorted(got) == list(range(SIZE))
+
+
+def test_async_unreachable_redis_raises_sequence_unavailable() -> None:
+    async def main() -> None:
+        server = fakeredis.FakeServer()
+        server.connected = False
+        seq = AsyncRedisSequence(fakeredis.aioredis.FakeRedis(server=server), retries=1)
+        with pytest.raises(SequenceUnavailable, match=r"after 2 attempt\(s\)"):
+            await seq.reserve(0, 1, 1)
+
+    asyncio.run(main())
+
+
+# ---------------------------------------------------------------- plugin registration
+
+
+class _FakeEntryPoint:
+    """Stands for the ``hypervault.plugins`` entry point ``redis = "hvplugin_redis"``."""
+
+    name = "redis"
+    group = "hypervault.plugins"
+    value = "hvplugin_redis"
+
+    def load(self) -> Any:
+        return hvplugin_redis
+
+
+def test_registered_through_the_entry_point_group() -> None:
+    registry = PluginRegistry(entry_points=[_FakeEntryPoint()])
+    assert registry.sequence_schemes() == ["redis", "rediss"]
+    factory = registry.sequence("redis")
+    sync = factory("redis://127.0.0.1:6379/0")
+    asyn = factory("redis://127.0.0.1:6379/0", asyncio=True, key_prefix="x")
+    try:
+        assert type(sync) is RedisSequence and type(asyn) is AsyncRedisSequence
+        assert asyn.key_prefix == "x"
+    finally:
+        sync.close()
+        asyncio.run(asyn.close())
+
+
+def test_registering_the_scheme_twice_is_refused() -> None:
+    class Other:
+        @hookimpl
+        def hypervault_register_sequences(self, register: Callable[[str, Any], None]) -> None:
+            register("redis", make_sequence)
+
+    registry = PluginRegistry(load_entry_points=False)
+    registry.register(hvplugin_redis, "redis")
+    with pytest.raises(PluginError, match="registered twice"):
+        registry.register(Other(), "other")
+
+
+def test_default_registry_finds_the_installed_plugin() -> None:
+    import importlib.metadata
+
+    points = importlib.metadata.entry_points(group="hypervault.plugins", name="redis")
+    if not points:
+        pytest.skip("hypervault is not installed (pip install -e .): no entry points to find")
+    from hvcore._plugins import default_registry
+
+    seq = default_registry().sequence("redis")("redis://127.0.0.1:6379/0")
+    assert isinstance(seq, RedisSequence)
+    seq.close()
+
+
+# ---------------------------------------------------------------- real Redis: uniqueness
+
+
+def _worker(url: str, prefix: str, shard: int, n: int, start_at: float) -> bytes:
+    """A separate process making ``n`` ids; returns them packed."""
+    seq = RedisSequence(url, key_prefix=prefix)
+    while time.time() < start_at:  # all workers start together, so they really share milliseconds
+        time.sleep(0.001)
+    ids = make_ids(seq, shard, n, wanted=1)
+    seq.close()
+    return array.array("q", ids).tobytes()
+
+
+@pytest.mark.slow
+def test_four_processes_on_one_shard_make_no_duplicates(redis_url: str, prefix: str) -> None:
+    n, procs = 200_000, 4
+    ctx = multiprocessing.get_context("spawn")
+    start_at = time.time() + 1.5
+    with ctx.Pool(procs) as pool:
+        parts = pool.starmap(_worker, [(redis_url, prefix, 17, n, start_at)] * procs)
+    ids: list[int] = []
+    per_ms: dict[int, set[int]] = {}
+    for i, raw in enumerate(parts):
+        got = array.array("q")
+        got.frombytes(raw)
+        assert len(got) == n
+        ids.extend(got)
+        for value in got:
+            per_ms.setdefault(value >> LAYOUT.time_shift, set()).add(i)
+    assert_unique(ids)
+    assert all((value >> LAYOUT.shard_shift) & LAYOUT.max_shard_id == 17 for value in ids)
+    shared = sum(1 for owners in per_ms.values() if len(owners) > 1)
+    assert shared > 0, "the processes never shared a millisecond: the test proved nothing"
+
+
+def test_clocks_set_apart_by_50_ms_either_way_make_no_duplicates(redis_url: str, prefix: str) -> None:
+    results: dict[int, list[int]] = {}
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(2)
+
+    def run(offset: int) -> None:
+        try:
+            seq = RedisSequence(redis_url, key_prefix=prefix)
+            barrier.wait()
+            ids: list[int] = []
+            stop = time.monotonic() + 0.6  # far longer than the 100 ms between the two clocks
+            while time.monotonic() < stop:
+                ids += make_ids(seq, 4, 500, offset_ms=offset, wanted=1)
+            results[offset] = ids
+            seq.close()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(off,)) for off in (+50, -50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    ahead, behind = results[50], results[-50]
+    overlap = {i >> LAYOUT.time_shift for i in ahead} & {i >> LAYOUT.time_shift for i in behind}
+    assert len(overlap) > 50, "the skewed clocks never used the same milliseconds: the test proved nothing"
+    assert_unique(ahead + behind)
+
+
+def test_async_source_on_real_redis_makes_unique_blocks(redis_url: str, prefix: str) -> None:
+    async def main() -> list[int]:
+        seqs = [AsyncRedisSequence(redis_url, key_prefix=prefix) for _ in range(3)]
+        t = now_ms() - LAYOUT.epoch_ms
+        blocks = await asyncio.gather(*(seqs[i % 3].reserve(2, t, 1) for i in range(200)))
+        for s in seqs:
+            await s.close()
+        return [n for b in blocks for n in b]
+
+    got = asyncio.run(main())
+    assert sorted(got) == list(range(len(got)))  # one prefix of 0..1023, no gaps, no overlap
+    assert 0 < len(got) <= SIZE
+
+
+# ---------------------------------------------------------------- real Redis: fork
+
+
+def test_child_after_fork_reserves_its_own_blocks(redis_url: str, prefix: str) -> None:
+    seq = RedisSequence(redis_url, key_prefix=prefix)
+    before = make_ids(seq, 6, 3000, wanted=1)  # the parent has a connection and sizes before the fork
+    parent_client = seq._client
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        code = 1
+        try:
+            os.close(read_end)
+            ids = make_ids(seq, 6, 20_000, wanted=1)
+            own = seq._client is not parent_client
+            seq.close()  # must not end the parent's session
+            with os.fdopen(write_end, "wb") as out:
+                out.write(bytes([own]) + array.array("q", ids).tobytes())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    during = make_ids(seq, 6, 20_000, wanted=1)
+    with os.fdopen(read_end, "rb") as inp:
+        raw = inp.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert raw[0] == 1, "the child kept using the parent's client"
+    child = array.array("q")
+    child.frombytes(raw[1:])
+    assert len(child) == 20_000
+    after = make_ids(seq, 6, 3000, wanted=1)  # the parent's connection survived the child's close()
+    assert_unique(before + during + list(child) + after)
+    seq.close()
+
+
+# ---------------------------------------------------------------- real Redis: faults
+
+
+def test_redis_stopped_mid_run_raises_within_the_bound(own_redis: tuple[subprocess.Popen[bytes], str]) -> None:
+    proc, url = own_redis
+    seq = RedisSequence(url, connect_timeout=0.5, read_timeout=0.5, retries=1)
+    issued: list[int] = []
+    failure: list[tuple[BaseException, float]] = []
+    started = threading.Event()
+
+    def run() -> None:
+        while True:
+            t0 = time.monotonic()
+            try:
+                issued.extend(make_ids(seq, 1, 200, wanted=1))
+            except BaseException as exc:
+                failure.append((exc, time.monotonic() - t0))
+                return
+            started.set()
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    assert started.wait(10)
+    time.sleep(0.2)
+    proc.terminate()  # a real stop of a real server
+    proc.wait(10)
+    worker.join(seq.max_wait + 5)
+    assert not worker.is_alive(), "reserve() hung after Redis stopped"
+    ((exc, took),) = failure
+    assert isinstance(exc, SequenceUnavailable), repr(exc)
+    assert took <= seq.max_wait + 0.5
+    assert len(issued) > 1000
+    assert_unique(issued)
+    seq.close()
+
+
+def test_a_frozen_redis_times_out_within_the_bound_then_recovers(
+    own_redis: tuple[subprocess.Popen[bytes], str],
+) -> None:
+    proc, url = own_redis
+    seq = RedisSequence(url, connect_timeout=0.3, read_timeout=0.3, retries=1)
+    first = make_ids(seq, 2, 5000, wanted=1)
+    os.kill(proc.pid, signal.SIGSTOP)  # accepts nothing, answers nothing: the hang case
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(SequenceUnavailable, match=r"2 attempt\(s\)"):
+            seq.reserve(2, now_ms() - LAYOUT.epoch_ms, 1)
+        took = time.monotonic() - t0
+        assert 0.5 <= took <= seq.max_wait + 0.3
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+    later = make_ids(seq, 2, 5000, wanted=1)  # no fallback was used, and the source works again
+    assert_unique(first + later)
+    seq.close()
+
+
+def test_async_source_times_out_within_the_bound(own_redis: tuple[subprocess.Popen[bytes], str]) -> None:
+    proc, url = own_redis
+
+    async def main() -> float:
+        seq = AsyncRedisSequence(url, connect_timeout=0.3, read_timeout=0.3, retries=0)
+        await seq.reserve(0, 5, 1)
+        os.kill(proc.pid, signal.SIGSTOP)
+        try:
+            t0 = time.monotonic()
+            with pytest.raises(SequenceUnavailable):
+                await seq.reserve(0, 6, 1)
+            return time.monotonic() - t0
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
+            await seq.close()
+
+    took = asyncio.run(main())
+    assert took <= 0.6 + 0.3
