@@ -73,8 +73,6 @@ class _AsyncClient(Protocol):
 
     def eval(self, script: str, numkeys: int, /, *keys_and_args: Any) -> Awaitable[Any]: ...
 
-    async def aclose(self) -> None: ...
-
 
 def _script_sha() -> str:
     import hashlib
@@ -424,7 +422,7 @@ class AsyncRedisSequence(_RedisSequenceBase):
         """Close the client if this source created it; the source cannot reserve afterwards."""
         client, self._client = self._client, None
         if client is not None and self._owns_client and self._pid == os.getpid():
-            await client.aclose()
+            await getattr(client, "aclose")()  # noqa: B009 (missing from some redis stubs)
 
     async def __aenter__(self) -> Self:
         return self
