@@ -1,0 +1,97 @@
+"""The one config parser: TOML files and keyword arguments, validated before anything connects."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import hvcore
+from hvcore import ConfigError, KeyLayout, ShardMapError
+from hvcore._config import DatastoreConfig, load_config, parse_layout, redact, redact_conninfo
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "hv.toml"
+    path.write_text(text)
+    return path
+
+
+def test_full_config(tmp_path: Path) -> None:
+    cfg = load_config(
+        write(
+            tmp_path,
+            'backend = "jsonb"\npool_max = 4\npool_block_timeout = 2.5\nlayout = "hypervault"\n'
+            '[[servers]]\nshards = "1-9"\nhost = "127.0.0.1"\nport = 5432\ndbname = "test"\npassword = "pw"\n'
+            '[[servers]]\nshards = "9-17"\nconninfo = "host=127.0.0.1 dbname=test"\n',
+        )
+    )
+    assert cfg.backend == "jsonb" and cfg.pool_max == 4 and cfg.pool_block_timeout == 2.5
+    assert cfg.layout == KeyLayout.HYPERVAULT
+    assert len(cfg.servers) == 2
+    assert "pw" not in repr(cfg)
+
+
+@pytest.mark.parametrize(
+    ("text", "error", "match"),
+    [
+        ('pool_max = 0\n[[servers]]\nshards="0-1"\n', ConfigError, "pool_max"),
+        ('pool_max = "10"\n[[servers]]\nshards="0-1"\n', ConfigError, "pool_max"),
+        ('pool_block_timeout = -1\n[[servers]]\nshards="0-1"\n', ConfigError, "pool_block_timeout"),
+        ('pool_block_timeout = nan\n[[servers]]\nshards="0-1"\n', ConfigError, "pool_block_timeout"),
+        ('colour = "red"\n[[servers]]\nshards="0-1"\n', ConfigError, "unknown setting"),
+        ('backend = "jsonb"\n', ShardMapError, "no \\[\\[servers\\]\\]"),
+        ('layout = "nope"\n[[servers]]\nshards="0-1"\n', ConfigError, "unknown layout"),
+        ("this is = not toml = at all", ConfigError, "not valid TOML"),
+        ('sequence = "redis"\n[[servers]]\nshards="0-1"\n', ConfigError, "URL"),
+    ],
+)
+def test_bad_configs(tmp_path: Path, text: str, error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        load_config(write(tmp_path, text))
+
+
+def test_datastore_from_config_file(tmp_path: Path) -> None:
+    path = write(tmp_path, 'backend = "memory"\n[[servers]]\nshards = "0-4"\n[[servers]]\nshards = "4-8"\n')
+    with hvcore.Datastore.from_config(path) as store:
+        key = store.put(5, 1, a="b")
+        assert store.get(key) is not None
+        assert store.shard_map.server_for(5) == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"pool_max": 0}, "pool_max"),
+        ({"pool_max": True}, "pool_max"),
+        ({"pool_block_timeout": 0}, "pool_block_timeout"),
+        ({"row_factory": "objects"}, "row_factory"),
+        ({"layout": -5}, "layout"),
+    ],
+)
+def test_bad_datastore_options(kwargs: dict[str, object], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        hvcore.Datastore([dict(shards="0-4")], backend="memory", **kwargs)  # type: ignore[arg-type]
+
+
+def test_connections_must_be_a_list() -> None:
+    with pytest.raises(ShardMapError, match="list of dicts"):
+        hvcore.Datastore(dict(shards="0-4"), backend="memory")  # type: ignore[arg-type]
+
+
+def test_layouts() -> None:
+    assert parse_layout("HYPERVAULT") is KeyLayout.HYPERVAULT
+    assert parse_layout(1379365531352) == KeyLayout.HYPERVAULT
+    assert parse_layout(KeyLayout.DEFAULT) is KeyLayout.DEFAULT
+
+
+def test_redaction() -> None:
+    assert redact({"host": "h", "password": "pw", "PASSWORD": "x"}) == {"host": "h", "password": "***", "PASSWORD": "***"}
+    assert redact_conninfo("host=a password=secret user=b") == "host=a password=*** user=b"
+    assert redact_conninfo("host=a password='se cret' user=b") == "host=a password=*** user=b"
+    assert redact_conninfo("postgresql://bob:secret@db:5432/x") == "postgresql://bob:***@db:5432/x"
+
+
+def test_config_repr_hides_secrets() -> None:
+    cfg = DatastoreConfig(servers=({"shards": "0-1", "password": "hunter2"},))
+    assert "hunter2" not in repr(cfg)
