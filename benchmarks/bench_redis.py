@@ -96,7 +96,7 @@ def _make_ids(url: str, prefix: str, use_generator: bool, start_at: float, secon
     """Make ids for ``seconds`` from wall time ``start_at``; returns them packed and the seconds measured."""
     seq = RedisSequence(url, key_prefix=prefix)
     try:
-        seq.reserve(0, 0, 1)  # connect and load the script before the clock starts
+        seq.reserve(0, _now_ms() - LAYOUT.epoch_ms, 1)  # connect and load the script before timing
         while time.time() < start_at:
             time.sleep(0.0005)
         t0 = time.monotonic()

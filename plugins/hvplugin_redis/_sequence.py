@@ -5,7 +5,9 @@ Every reservation is one round trip running `RESERVE_SCRIPT` on the key ``{prefi
 ``[counter_before, counter_after)`` cut to the layout's ``sequence_size``, so two reservations of the same
 (shard, millisecond) never overlap, whichever process or host makes them. The key is the millisecond written
 into the id, not the Redis server's clock, so hosts whose clocks disagree still draw from one counter per id
-prefix; the expiry only has to outlast the clock skew the generators tolerate.
+prefix. A counter must outlive every request for its millisecond, so the script also refuses a millisecond
+further than ``max_skew_ms`` from the Redis server's clock (default a third of the expiry): a host whose clock
+is that far off gets an error instead of a counter that may already have expired.
 
 Failures never fall back to anything local: a Redis that cannot be reached, times out or refuses the script
 raises `hvcore.errors.SequenceUnavailable` within `max_wait` seconds.
@@ -42,16 +44,30 @@ DEFAULT_KEY_PREFIX = "hv:seq"
 """Prefix of every counter key: ``hv:seq:{shard}:{time_part}``."""
 
 DEFAULT_EXPIRE_MS = 60_000
-"""How long a (shard, millisecond) counter lives: far longer than any clock skew a generator tolerates."""
+"""How long a (shard, millisecond) counter lives: more than twice any clock skew the source accepts."""
 
 RESERVE_SCRIPT = """\
-local top = redis.call('INCRBY', KEYS[1], ARGV[1])
-if top == tonumber(ARGV[1]) then
+local count = tonumber(ARGV[1])
+local limit = tonumber(ARGV[4])
+if limit >= 0 then
+  local now = redis.call('TIME')
+  local skew = tonumber(ARGV[3]) - (tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000))
+  if skew > limit or skew < -limit then
+    return redis.error_reply('HVSKEW ' .. skew)
+  end
+end
+local top = redis.call('INCRBY', KEYS[1], count)
+if top == count then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return top
 """
-"""KEYS[1] = counter of one (shard, ms); ARGV = block size, expiry in ms. Returns the counter after the block."""
+"""Reserve a block: KEYS[1] = counter of one (shard, ms); ARGV = block size, expiry in ms, the id's Unix ms,
+the largest distance in ms tolerated between that and the server's clock (-1: unchecked).
+
+Returns the counter after the block, or the error ``HVSKEW <ms>`` when the id's millisecond is too far from
+the server's clock: a counter may only expire once no host can ask for its millisecond any more.
+"""
 
 _CONNECTION_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
@@ -110,6 +126,7 @@ class _RedisSequenceBase:
     """Options, block sizing and error wrapping shared by `RedisSequence` and `AsyncRedisSequence`."""
 
     __slots__ = (
+        "_epoch_ms",
         "_fixed_block",
         "_owns_client",
         "_pid",
@@ -119,6 +136,7 @@ class _RedisSequenceBase:
         "expire_ms",
         "key_prefix",
         "max_block",
+        "max_skew_ms",
         "min_block",
         "name",
         "read_timeout",
@@ -138,9 +156,13 @@ class _RedisSequenceBase:
         block_size: int | None,
         min_block: int,
         max_block: int | None,
+        max_skew_ms: int | None,
+        check_clock: bool,
         layout: KeyLayout | None,
     ) -> None:
-        self.sequence_size = (layout or KeyLayout.DEFAULT).sequence_size
+        layout = layout or KeyLayout.DEFAULT
+        self.sequence_size = layout.sequence_size
+        self._epoch_ms = layout.epoch_ms
         size = self.sequence_size
         if not isinstance(key_prefix, str) or not key_prefix:
             raise ConfigError(f"key_prefix must be a non-empty str, got {key_prefix!r}")
@@ -161,6 +183,14 @@ class _RedisSequenceBase:
                 f"need 1 <= min_block <= max_block <= {size} (the layout's sequence size), "
                 f"got min_block={min_block!r}, max_block={max_block!r}"
             )
+        if max_skew_ms is None:
+            max_skew_ms = expire_ms // 3
+        if type(max_skew_ms) is not int or max_skew_ms < 0 or 2 * max_skew_ms >= expire_ms:
+            raise ConfigError(
+                f"max_skew_ms must be an int in 0..expire_ms/2 (a counter must outlive every host asking for its "
+                f"millisecond), got max_skew_ms={max_skew_ms!r} with expire_ms={expire_ms!r}"
+            )
+        self.max_skew_ms: int | None = max_skew_ms if check_clock else None
         self.key_prefix = key_prefix
         self.connect_timeout = float(connect_timeout)
         self.read_timeout = float(read_timeout)
@@ -224,8 +254,11 @@ class _RedisSequenceBase:
         want = wanted if type(wanted) is int and wanted > 0 else 1
         return min(max(state[0], want), self.max_block)
 
-    def _key(self, shard_id: int, time_part: int) -> str:
-        return f"{self.key_prefix}:{shard_id}:{time_part}"
+    def _args(self, shard_id: int, time_part: int, count: int) -> tuple[str, int, int, int, int]:
+        """KEYS and ARGV of `RESERVE_SCRIPT`."""
+        skew = -1 if self.max_skew_ms is None else self.max_skew_ms
+        key = f"{self.key_prefix}:{shard_id}:{time_part}"
+        return key, count, self.expire_ms, time_part + self._epoch_ms, skew
 
     def _block(self, count: int, top: object) -> range:
         if type(top) is not int or top < count:
@@ -236,6 +269,14 @@ class _RedisSequenceBase:
         return range(start, min(top, self.sequence_size))
 
     def _fail(self, exc: BaseException, attempts: int, started: float) -> SequenceUnavailable:
+        text = str(exc)
+        if isinstance(exc, redis.exceptions.ResponseError) and "HVSKEW" in text:
+            skew = text.rsplit(" ", 1)[-1]
+            return SequenceUnavailable(
+                f"Redis sequence at {self.name} refused a millisecond {skew} ms away from the Redis server's "
+                f"clock (max_skew_ms={self.max_skew_ms}): this host's clock is off; fix its time sync "
+                "(ids from it could repeat ids whose counters already expired)"
+            )
         waited = time.monotonic() - started
         return SequenceUnavailable(
             f"Redis sequence at {self.name} unavailable after {attempts} attempt(s) in {waited:.2f} s "
@@ -250,6 +291,9 @@ class RedisSequence(_RedisSequenceBase):
     closes that client) or a ready ``redis.Redis`` client (left open by `close`; its own timeouts apply).
     Blocks are sized adaptively between ``min_block`` and ``max_block`` (doubling while this process uses a
     block up within one millisecond, halving after idle milliseconds) unless ``block_size`` fixes them.
+    Counters live ``expire_ms``; a millisecond more than ``max_skew_ms`` from the server's clock is refused
+    (``check_clock=False`` turns that off, for tests with made-up clocks only). Every failure raises
+    `SequenceUnavailable` within `max_wait` seconds: ``retries + 1`` attempts of connect + read timeouts.
     """
 
     __module__ = "hvplugin_redis"
@@ -267,6 +311,8 @@ class RedisSequence(_RedisSequenceBase):
         block_size: int | None = None,
         min_block: int = 16,
         max_block: int | None = None,
+        max_skew_ms: int | None = None,
+        check_clock: bool = True,
         layout: KeyLayout | None = None,
     ) -> None:
         super().__init__(
@@ -279,6 +325,8 @@ class RedisSequence(_RedisSequenceBase):
             block_size=block_size,
             min_block=min_block,
             max_block=max_block,
+            max_skew_ms=max_skew_ms,
+            check_clock=check_clock,
             layout=layout,
         )
         if isinstance(target, str):
@@ -301,7 +349,7 @@ class RedisSequence(_RedisSequenceBase):
         if client is None:
             raise SequenceUnavailable(f"Redis sequence at {self.name} is closed")
         count = self._plan(shard_id, time_part, wanted)
-        args = (self._key(shard_id, time_part), count, self.expire_ms)
+        args = self._args(shard_id, time_part, count)
         started = time.monotonic()
         attempt = 0
         while True:
@@ -358,6 +406,8 @@ class AsyncRedisSequence(_RedisSequenceBase):
         block_size: int | None = None,
         min_block: int = 16,
         max_block: int | None = None,
+        max_skew_ms: int | None = None,
+        check_clock: bool = True,
         layout: KeyLayout | None = None,
     ) -> None:
         super().__init__(
@@ -370,6 +420,8 @@ class AsyncRedisSequence(_RedisSequenceBase):
             block_size=block_size,
             min_block=min_block,
             max_block=max_block,
+            max_skew_ms=max_skew_ms,
+            check_clock=check_clock,
             layout=layout,
         )
         if isinstance(target, str):
@@ -392,7 +444,7 @@ class AsyncRedisSequence(_RedisSequenceBase):
         if client is None:
             raise SequenceUnavailable(f"Redis sequence at {self.name} is closed")
         count = self._plan(shard_id, time_part, wanted)
-        args = (self._key(shard_id, time_part), count, self.expire_ms)
+        args = self._args(shard_id, time_part, count)
         started = time.monotonic()
         attempt = 0
         while True:
