@@ -83,6 +83,11 @@ def make_ids(
     return out
 
 
+def run_script(client: Any, *keys_and_args: object) -> Any:
+    """``EVAL`` of `RESERVE_SCRIPT` with one key (``client`` as Any: redis-py and its stubs type EVAL apart)."""
+    return client.execute_command("EVAL", RESERVE_SCRIPT, 1, *keys_and_args)
+
+
 def assert_unique(ids: list[int]) -> None:
     """No id twice (and say how many repeated if some did)."""
     dupes = len(ids) - len(set(ids))
@@ -214,8 +219,8 @@ def test_expiry_is_set_when_the_counter_is_created_and_not_extended(fake: fakere
 
 
 def test_script_runs_atomically_as_one_server_call(fake: fakeredis.FakeRedis) -> None:
-    assert fake.execute_command("EVAL", RESERVE_SCRIPT, 1, "k", 16, 9000, 0, -1) == 16
-    assert fake.execute_command("EVAL", RESERVE_SCRIPT, 1, "k", 16, 9000, 0, -1) == 32
+    assert run_script(fake, "k", 16, 9000, 0, -1) == 16
+    assert run_script(fake, "k", 16, 9000, 0, -1) == 32
     assert 0 < fake.pttl("k") <= 9000
 
 
@@ -295,7 +300,7 @@ def test_a_millisecond_too_far_from_the_servers_clock_is_refused(fake: fakeredis
 
 def test_the_skew_script_reply(fake: fakeredis.FakeRedis) -> None:
     with pytest.raises(redis.ResponseError, match="HVSKEW -"):
-        fake.execute_command("EVAL", RESERVE_SCRIPT, 1, "k", 16, 9000, 0, 1000)
+        run_script(fake, "k", 16, 9000, 0, 1000)
     assert not fake.exists("k")
 
 
