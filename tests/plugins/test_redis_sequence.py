@@ -628,6 +628,7 @@ def test_child_after_fork_reserves_its_own_blocks(redis_url: str, prefix: str) -
 # ---------------------------------------------------------------- real Redis: faults
 
 
+@pytest.mark.redis  # a redis-server of its own
 def test_redis_stopped_mid_run_raises_within_the_bound(own_redis: tuple[subprocess.Popen[bytes], str]) -> None:
     proc, url = own_redis
     seq = RedisSequence(url, connect_timeout=0.5, read_timeout=0.5, retries=1)
@@ -661,6 +662,7 @@ def test_redis_stopped_mid_run_raises_within_the_bound(own_redis: tuple[subproce
     seq.close()
 
 
+@pytest.mark.redis  # a redis-server of its own
 def test_a_frozen_redis_times_out_within_the_bound_then_recovers(
     own_redis: tuple[subprocess.Popen[bytes], str],
 ) -> None:
@@ -681,6 +683,7 @@ def test_a_frozen_redis_times_out_within_the_bound_then_recovers(
     seq.close()
 
 
+@pytest.mark.redis  # a redis-server of its own
 def test_async_source_times_out_within_the_bound(own_redis: tuple[subprocess.Popen[bytes], str]) -> None:
     proc, url = own_redis
 
