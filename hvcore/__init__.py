@@ -2,7 +2,8 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from hvcore._backend import BackendOptions, ProvisionReport, Record, ServerStore
+from hvcore._adatastore import AsyncDatastore
+from hvcore._backend import AsyncServerStore, BackendOptions, ProvisionReport, QuerySpec, Record, ServerStore
 from hvcore._datastore import Datastore
 from hvcore._generator import KeyGenerator
 from hvcore._key import Key, KeyLayout
@@ -18,6 +19,7 @@ from hvcore.errors import (
     InvalidData,
     InvalidKey,
     InvalidKind,
+    InvalidQuery,
     InvalidShard,
     LayoutExhausted,
     NotProvisioned,
@@ -37,7 +39,9 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0+unknown"
 
 __all__ = [
+    "AsyncDatastore",
     "AsyncSequenceSource",
+    "AsyncServerStore",
     "BackendOptions",
     "ClockMovedBackwards",
     "ConfigError",
@@ -48,6 +52,7 @@ __all__ = [
     "InvalidData",
     "InvalidKey",
     "InvalidKind",
+    "InvalidQuery",
     "InvalidShard",
     "Key",
     "KeyGenerator",
@@ -58,6 +63,7 @@ __all__ = [
     "PluginRegistry",
     "PoolTimeout",
     "ProvisionReport",
+    "QuerySpec",
     "Record",
     "SequenceSource",
     "SequenceUnavailable",

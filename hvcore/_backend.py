@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from hvcore._key import Key, KeyLayout
 
-__all__ = ["BackendFactory", "BackendOptions", "ProvisionReport", "Record", "ServerStore", "check_text", "iter_fields"]
+__all__ = [
+    "AsyncBackendFactory",
+    "AsyncServerStore",
+    "BackendFactory",
+    "BackendOptions",
+    "ProvisionReport",
+    "QuerySpec",
+    "Record",
+    "ServerStore",
+    "check_text",
+    "iter_fields",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +48,33 @@ class BackendOptions:
 
 
 BackendOptions.__module__ = "hvcore"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QuerySpec:
+    """A validated query; every filter is optional, ``low``/``high`` are inclusive key bounds."""
+
+    kind: int | None = None
+    where: Mapping[str, Any] | None = None
+    low: int | None = None
+    high: int | None = None
+    limit: int | None = None
+
+    def matches(self, record: Record) -> bool:
+        """True if ``record`` passes every filter: the reference semantics every backend must match."""
+        if self.kind is not None and record.kind != self.kind:
+            return False
+        if self.low is not None and record.key < self.low:
+            return False
+        if self.high is not None and record.key > self.high:
+            return False
+        if self.where:
+            data = record.data
+            return all(name in data and data[name] == value for name, value in self.where.items())
+        return True
+
+
+QuerySpec.__module__ = "hvcore"
 
 
 @dataclass(slots=True)
@@ -103,6 +141,26 @@ class ServerStore(Protocol):
         """The entity stored under ``key``, or None."""
         ...
 
+    def insert_many(self, shard_id: int, rows: Sequence[tuple[Key, int, Mapping[str, Any]]]) -> None:
+        """Store many entities of one shard in one transaction (all or nothing); `DuplicateKey` if a key exists."""
+        ...
+
+    def fetch_many(self, items: Sequence[tuple[int, Key]]) -> list[Record]:
+        """Records stored under these (shard, key) pairs in one round trip; missing keys are left out."""
+        ...
+
+    def update(self, shard_id: int, key: Key, data: Mapping[str, Any], *, merge: bool) -> bool:
+        """Merge ``data`` into the stored body, or replace it (``merge=False``); False if the key is not stored."""
+        ...
+
+    def delete(self, shard_id: int, key: Key) -> bool:
+        """Delete one entity; False if the key is not stored."""
+        ...
+
+    def query(self, shard_ids: Sequence[int], spec: QuerySpec) -> Iterator[Record]:
+        """Records of these shards matching ``spec`` in key order, streamed rather than loaded at once."""
+        ...
+
     def provision(self, shard_ids: Sequence[int], progress: Callable[[int], None] | None = None) -> ProvisionReport:
         """Create schemas, tables, indexes (and extensions) for these shards; idempotent."""
         ...
@@ -120,8 +178,96 @@ BackendFactory = Callable[[Mapping[str, Any], BackendOptions], ServerStore]
 """Builds the store of one server from its connection settings (the config dict without ``shards``)."""
 
 
+@runtime_checkable
+class AsyncServerStore(Protocol):
+    """The asyncio twin of `ServerStore`: the same methods, awaitable where they do I/O."""
+
+    @property
+    def label(self) -> str:
+        """A name for messages and reprs: host/port/db, never a password."""
+        ...
+
+    async def open(self) -> None:
+        """Create pools (idempotent)."""
+        ...
+
+    async def close(self) -> None:
+        """Close every pooled connection (idempotent)."""
+        ...
+
+    def after_fork_in_child(self) -> None:
+        """Forget pools inherited over fork without closing the parent's sessions."""
+        ...
+
+    def check_data(self, data: Mapping[str, Any]) -> None:
+        """Raise `InvalidData` naming the field if ``data`` cannot be stored as given (before any SQL)."""
+        ...
+
+    async def get_connection(self, shard_id: int) -> Any:
+        """Borrow a connection whose search path is the shard's schema."""
+        ...
+
+    async def put_connection(self, conn: Any) -> None:
+        """Return a borrowed connection."""
+        ...
+
+    def owns(self, conn: Any) -> bool:
+        """True if ``conn`` is currently borrowed from this store."""
+        ...
+
+    def cursor(self, shard_id: int) -> AbstractAsyncContextManager[Any]:
+        """A cursor on a borrowed connection; commit on success, rollback on error, connection always returned."""
+        ...
+
+    async def insert(self, shard_id: int, key: Key, kind: int, data: Mapping[str, Any]) -> None:
+        """Store one entity; raise `DuplicateKey` if the key exists."""
+        ...
+
+    async def fetch(self, shard_id: int, key: Key) -> Record | None:
+        """The entity stored under ``key``, or None."""
+        ...
+
+    async def insert_many(self, shard_id: int, rows: Sequence[tuple[Key, int, Mapping[str, Any]]]) -> None:
+        """Store many entities of one shard in one transaction (all or nothing)."""
+        ...
+
+    async def fetch_many(self, items: Sequence[tuple[int, Key]]) -> list[Record]:
+        """Records stored under these (shard, key) pairs in one round trip."""
+        ...
+
+    async def update(self, shard_id: int, key: Key, data: Mapping[str, Any], *, merge: bool) -> bool:
+        """Merge into or replace the stored body; False if the key is not stored."""
+        ...
+
+    async def delete(self, shard_id: int, key: Key) -> bool:
+        """Delete one entity; False if the key is not stored."""
+        ...
+
+    def query(self, shard_ids: Sequence[int], spec: QuerySpec) -> AsyncIterator[Record]:
+        """Records of these shards matching ``spec`` in key order, streamed."""
+        ...
+
+    async def provision(
+        self, shard_ids: Sequence[int], progress: Callable[[int], None] | None = None
+    ) -> ProvisionReport:
+        """Create schemas, tables and indexes for these shards; idempotent."""
+        ...
+
+    async def row_counts(self, shard_ids: Sequence[int]) -> dict[int, int]:
+        """Rows stored per shard (only shards that exist)."""
+        ...
+
+    def stats(self) -> dict[str, Any]:
+        """Pool figures: size, available, borrowed, waiting."""
+        ...
+
+
+AsyncBackendFactory = Callable[[Mapping[str, Any], BackendOptions], AsyncServerStore]
+"""Builds the asyncio store of one server."""
+
+
 def check_text(field_name: str, text: str) -> None:
-    """Raise `InvalidData` if ``text`` cannot be stored as PostgreSQL text: a NUL character, or not encodable as UTF-8."""
+    """Raise `InvalidData` if ``text`` cannot be PostgreSQL text: it holds a NUL or is not encodable as UTF-8."""
     from hvcore.errors import InvalidData
 
     if "\x00" in text:

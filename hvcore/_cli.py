@@ -18,7 +18,6 @@ from hvcore._datastore import Datastore
 from hvcore._generator import KeyGenerator
 from hvcore._key import Key, KeyLayout
 from hvcore._plugins import default_registry
-from hvcore._shardmap import format_ranges
 from hvcore.errors import HypervaultError
 
 __all__ = ["main"]
@@ -203,26 +202,25 @@ def _demo_servers(args: argparse.Namespace) -> Iterator[tuple[list[dict[str, Any
 def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     """Provision shards on two servers, write and read entities, show where they went."""
     rng = random.Random(42)
-    with _demo_servers(args) as (conns, backend, description):
-        with Datastore(conns, backend=backend) as store:
-            shard_ids = store.shard_map.shard_ids
-            t0 = time.perf_counter()
-            store.provision()
-            provision_s = time.perf_counter() - t0
-            progress = Progress("write", args.rows, enabled=None if not args.json else False)
-            keys: list[Key] = []
-            t0 = time.perf_counter()
-            for i in range(args.rows):
-                shard = rng.choice(shard_ids)
-                keys.append(store.put(shard, i % 3, user=f"user{i}", city=rng.choice(["Oslo", "Lima", "Pune"])))
-                progress.advance()
-            write_s = time.perf_counter() - t0
-            progress.close()
-            t0 = time.perf_counter()
-            found = sum(1 for k in keys if store.get(k) is not None)
-            read_s = time.perf_counter() - t0
-            status = store.status()
-    result = {
+    with _demo_servers(args) as (conns, backend, description), Datastore(conns, backend=backend) as store:
+        shard_ids = store.shard_map.shard_ids
+        t0 = time.perf_counter()
+        store.provision()
+        provision_s = time.perf_counter() - t0
+        progress = Progress("write", args.rows, enabled=None if not args.json else False)
+        keys: list[Key] = []
+        t0 = time.perf_counter()
+        for i in range(args.rows):
+            shard = rng.choice(shard_ids)
+            keys.append(store.put(shard, i % 3, user=f"user{i}", city=rng.choice(["Oslo", "Lima", "Pune"])))
+            progress.advance()
+        write_s = time.perf_counter() - t0
+        progress.close()
+        t0 = time.perf_counter()
+        found = sum(1 for k in keys if store.get(k) is not None)
+        read_s = time.perf_counter() - t0
+        status = store.status()
+    result: dict[str, Any] = {
         "setup": description,
         "servers": [
             {"server": s["server"], "shards": s["shards"], "rows": s.get("rows"), "reachable": s["reachable"]}

@@ -139,7 +139,8 @@ def check_servers(connections: object) -> Sequence[Mapping[str, Any]]:
     if isinstance(connections, Mapping | str | bytes) or not isinstance(connections, Sequence):
         raise ShardMapError(
             [
-                f"connections must be a list of dicts such as [dict(shards='1-9', host=...)], got {type(connections).__name__}"
+                "connections must be a list of dicts such as [dict(shards='1-9', host=...)], "
+                f"got {type(connections).__name__}"
             ]
         )
     return connections

@@ -2,35 +2,28 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import heapq
+import itertools
 import logging
 import os
 import threading
 import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
-from hvcore._backend import BackendOptions, ProvisionReport, Record, ServerStore
-from hvcore._config import DatastoreConfig, check_servers, load_config, parse_layout
+from hvcore._backend import ProvisionReport, Record, ServerStore
+from hvcore._facade import PUT_ATTEMPTS, FacadeBase, check_kind, too_many_duplicates
 from hvcore._generator import KeyGenerator
 from hvcore._key import Key, KeyLayout
-from hvcore._plugins import PluginRegistry, default_registry
+from hvcore._plugins import PluginRegistry
 from hvcore._sequence import SequenceSource
-from hvcore._shardmap import ShardMap, format_ranges
-from hvcore.errors import (
-    ConnectionMisuse,
-    DuplicateKey,
-    InvalidKey,
-    InvalidKind,
-    StoreClosed,
-)
+from hvcore._shardmap import format_ranges
+from hvcore.errors import ConnectionMisuse, DuplicateKey
 
-__all__ = ["KIND_MAX", "Datastore", "check_kind"]
-
-KIND_MAX = 32767  # kind is stored as a PostgreSQL smallint
-PUT_ATTEMPTS = 8  # fresh keys tried when an insert hits an existing key
+__all__ = ["Datastore"]
 
 _live_stores: weakref.WeakSet[Datastore] = weakref.WeakSet()
 
@@ -43,24 +36,13 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def check_kind(kind: object) -> int:
-    """Return ``kind`` if it is an int in 0..32767, else raise `InvalidKind`."""
-    if type(kind) is int and 0 <= kind <= KIND_MAX:
-        return kind
-    if isinstance(kind, int) and not isinstance(kind, bool) and 0 <= kind <= KIND_MAX:
-        return int(kind)
-    raise InvalidKind(
-        f"kind must be an int in 0..{KIND_MAX} (stored as a smallint), got {type(kind).__name__} {kind!r}"
-    )
-
-
-class Datastore:
+class Datastore(FacadeBase[ServerStore]):
     """Entities in logical shards spread over physical servers, behind the 2015 library's API.
 
-    ``connections`` is a list of connection-setting dicts, each with ``shards='a-b'`` (half-open: ``'1-9'`` is
-    shards 1..8); the rest of each dict is passed to the backend as it is. ``pool_max`` connections per server,
-    ``pool_block_timeout`` seconds to wait for one, ``logger`` logs every statement. Use as a context manager,
-    or call ``disconnect()`` when done.
+    ``connections`` is a list of connection-setting dicts, each with ``shards='a-b'`` (half-open:
+    ``'1-9'`` is shards 1..8); the rest of each dict is passed to the backend as it is. ``pool_max``
+    connections per server, ``pool_block_timeout`` seconds to wait for one, ``logger`` logs every
+    statement. Use as a context manager, or call ``close()`` when done.
     """
 
     __module__ = "hvcore"
@@ -79,64 +61,30 @@ class Datastore:
         row_factory: str = "dict",
         registry: PluginRegistry | None = None,
     ) -> None:
-        check_servers(connections)
-        config = DatastoreConfig(
-            servers=tuple(connections),
-            backend=backend,
-            pool_max=pool_max,
-            pool_block_timeout=pool_block_timeout,
-            layout=parse_layout(layout),
-            sequence=sequence if isinstance(sequence, str) else None,
-            allow_gaps=allow_gaps,
-            row_factory=row_factory,
-            logger=logger,
+        self._configure(
+            connections,
+            pool_max,
+            pool_block_timeout,
+            logger,
+            backend,
+            layout,
+            sequence,
+            allow_gaps,
+            row_factory,
+            registry,
         )
-        self._config = config
-        self._registry = registry or default_registry()
-        self.layout: KeyLayout = config.layout
-        self.shard_map, self._settings = ShardMap.from_connections(
-            config.servers, layout=config.layout, allow_gaps=config.allow_gaps
-        )
-        self._factory = self._registry.backend(config.backend)
-        self._options = BackendOptions(
-            pool_max=config.pool_max,
-            pool_block_timeout=float(config.pool_block_timeout),
-            logger=logger,
-            layout=config.layout,
-            row_factory=config.row_factory,
-        )
-        self.logger = logger
+        self._factory = self._registry.backend(backend)
         if isinstance(sequence, str):
             source: SequenceSource | None = self._registry.sequence(sequence.split("://", 1)[0])(sequence)
-            self._owns_sequence = True
         else:
             source = sequence
-            self._owns_sequence = False
         self._sequence = source
-        self.generator = KeyGenerator(config.layout, sequence=source)
-        self._key_type = config.layout.key_type
+        self._owns_sequence = isinstance(sequence, str)
+        self.generator = KeyGenerator(self.layout, sequence=source)
         self._lock = threading.Lock()
-        self._stores: list[ServerStore] = []
-        self._closed = True
+        self._executor: ThreadPoolExecutor | None = None
         self._open_stores()
         _live_stores.add(self)
-
-    @classmethod
-    def from_config(cls, config: str | Path | DatastoreConfig, **overrides: Any) -> Datastore:
-        """Open a datastore from a TOML config file (or a parsed `DatastoreConfig`)."""
-        cfg = config if isinstance(config, DatastoreConfig) else load_config(config)
-        kwargs: dict[str, Any] = {
-            "pool_max": cfg.pool_max,
-            "pool_block_timeout": cfg.pool_block_timeout,
-            "logger": cfg.logger,
-            "backend": cfg.backend,
-            "layout": cfg.layout,
-            "sequence": cfg.sequence,
-            "allow_gaps": cfg.allow_gaps,
-            "row_factory": cfg.row_factory,
-        }
-        kwargs.update(overrides)
-        return cls(list(cfg.servers), **kwargs)
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -152,11 +100,20 @@ class Datastore:
         self._stores = stores
         self._closed = False
 
+    def open(self) -> None:
+        """Open every server's pool if closed (the constructor already does; idempotent)."""
+        with self._lock:
+            if self._closed:
+                self._open_stores()
+
     def disconnect(self) -> None:
         """Close every pooled connection; the store is unusable until `reinstantiate()`."""
         with self._lock:
             stores, self._stores = self._stores, []
             self._closed = True
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True)
         for store in stores:
             store.close()
 
@@ -167,7 +124,7 @@ class Datastore:
             self._open_stores()
 
     def close(self) -> None:
-        """Close pools and the sequence source this store created."""
+        """Close pools, and the sequence source if this store created it from a URL."""
         self.disconnect()
         if self._owns_sequence and self._sequence is not None:
             self._sequence.close()
@@ -179,39 +136,18 @@ class Datastore:
         self.close()
 
     def _after_fork_in_child(self) -> None:
+        self._executor = None  # its threads did not survive the fork
+        self._lock = threading.Lock()
         for store in self._stores:
             store.after_fork_in_child()
 
-    def __repr__(self) -> str:
-        state = "closed" if self._closed else "open"
-        servers = (
-            ", ".join(
-                f"{store.label} [{format_ranges(self.shard_map.shards_of(i))}]" for i, store in enumerate(self._stores)
-            )
-            or f"{len(self._settings)} server(s)"
-        )
-        return f"<Datastore backend={self._config.backend!r} {state} {servers}>"
-
-    @property
-    def backend(self) -> str:
-        """Name of the storage backend."""
-        return self._config.backend
-
-    @property
-    def servers(self) -> list[ServerStore]:
-        """The per-server stores, in connection-list order."""
-        return list(self._live())
-
-    def _live(self) -> list[ServerStore]:
-        stores = self._stores
-        if self._closed or not stores:
-            raise StoreClosed("this Datastore is disconnected: call reinstantiate() to open its pools again")
-        return stores
-
-    def store_for(self, shard_id: int) -> ServerStore:
-        """The server store owning ``shard_id`` (`InvalidShard`/`ShardNotFound` otherwise)."""
-        index = self.shard_map.server_for(shard_id)
-        return self._live()[index]
+    def _pool(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(
+                    max_workers=min(len(self._settings), 32), thread_name_prefix="hv-fanout"
+                )
+            return self._executor
 
     # -- connections -----------------------------------------------------------------------------------------
 
@@ -238,7 +174,7 @@ class Datastore:
     # -- entities --------------------------------------------------------------------------------------------
 
     def put(self, shard_id: int, kind: int, /, **data: Any) -> Key:
-        """Store ``data`` in ``shard_id`` under a new key, with ``kind`` kept outside the body; return the key."""
+        """Store ``data`` in ``shard_id`` under a new key, ``kind`` kept outside the body; return the key."""
         store = self.store_for(shard_id)
         kind = check_kind(kind)
         store.check_data(data)
@@ -248,14 +184,27 @@ class Datastore:
             try:
                 store.insert(shard_id, key, kind, data)
             except DuplicateKey:
-                if self.logger is not None:
-                    self.logger.warning("key %s already stored in shard %s: retrying with a fresh key", key, shard_id)
+                self._log_duplicate(shard_id, key)
                 continue
             return key
-        raise DuplicateKey(
-            f"{PUT_ATTEMPTS} fresh keys for shard {shard_id} were all taken: another process shares this shard "
-            "with the in-process sequence; use a shared sequence (sequence='redis://...')"
-        )
+        raise too_many_duplicates(shard_id)
+
+    def put_many(self, shard_id: int, kind: int, rows: Iterable[Mapping[str, Any]]) -> list[Key]:
+        """Store many bodies in one shard in one round trip, all or nothing; return their keys in row order."""
+        store = self.store_for(shard_id)
+        kind = check_kind(kind)
+        bodies = self._check_rows(rows, store.check_data)
+        if not bodies:
+            return []
+        for _ in range(PUT_ATTEMPTS):
+            keys = self._new_keys(self.generator, shard_id, len(bodies))
+            try:
+                store.insert_many(shard_id, [(k, kind, b) for k, b in zip(keys, bodies, strict=True)])
+            except DuplicateKey:
+                self._log_duplicate(shard_id, keys[0])
+                continue
+            return keys
+        raise too_many_duplicates(shard_id)
 
     def get(self, key: Key | int) -> Record | None:
         """The record stored under ``key``, or None."""
@@ -263,16 +212,77 @@ class Datastore:
         shard = key.shard_id
         return self.store_for(shard).fetch(shard, key)
 
-    def as_key(self, key: object) -> Key:
-        """``key`` as a key of this store's layout; `InvalidKey` for strings, floats or another layout's keys."""
-        if isinstance(key, Key):
-            if type(key).layout != self.layout:
-                raise InvalidKey(
-                    f"{key!r} decodes with another layout ({type(key).layout}); this Datastore uses {self.layout}: "
-                    f"rebuild it with layout.key(int(key))"
-                )
-            return key
-        return self._key_type(key)
+    def get_many(self, keys: Iterable[Key | int]) -> dict[Key, Record]:
+        """Records of many keys: one round trip per server, servers queried in parallel; missing keys left out."""
+        by_server = self._group_keys(keys)
+        stores = self._live()
+        if len(by_server) <= 1:
+            found = [r for index, items in by_server.items() for r in stores[index].fetch_many(items)]
+        else:
+            futures = [self._pool().submit(stores[index].fetch_many, items) for index, items in by_server.items()]
+            found = [r for f in futures for r in f.result()]
+        return {r.key: r for r in found}
+
+    def update(self, key: Key | int, /, **data: Any) -> bool:
+        """Merge ``data`` into the stored body; False if the key is not stored."""
+        key = self.as_key(key)
+        store = self.store_for(key.shard_id)
+        store.check_data(data)
+        return store.update(key.shard_id, key, data, merge=True)
+
+    def replace(self, key: Key | int, /, **data: Any) -> bool:
+        """Replace the stored body with ``data`` (kind unchanged); False if the key is not stored."""
+        key = self.as_key(key)
+        store = self.store_for(key.shard_id)
+        store.check_data(data)
+        return store.update(key.shard_id, key, data, merge=False)
+
+    def delete(self, key: Key | int) -> bool:
+        """Delete the entity; False if the key was not stored."""
+        key = self.as_key(key)
+        return self.store_for(key.shard_id).delete(key.shard_id, key)
+
+    def query(
+        self,
+        kind: int | None = None,
+        where: Mapping[str, Any] | None = None,
+        since: dt.datetime | Key | None = None,
+        until: dt.datetime | Key | None = None,
+        shards: Iterable[int] | None = None,
+        limit: int | None = None,
+    ) -> Iterator[Record]:
+        """Records in key order (creation order) across shards and servers, streamed.
+
+        ``where`` is an equality filter on body fields (uses the backend's index); ``since`` (inclusive) and
+        ``until`` (exclusive) are aware datetimes or keys, turned into key ranges; ``shards`` limits the
+        shards read. Arguments are checked when this is called, before any I/O.
+        """
+        by_server, spec = self._plan_query(kind, where, since, until, shards, limit)
+        stores = self._live()
+        if spec.where:
+            for index in by_server:
+                stores[index].check_data(spec.where)
+        streams = [stores[index].query(shard_ids, spec) for index, shard_ids in by_server.items()]
+        return self._merge(streams, spec.limit)
+
+    @staticmethod
+    def _merge(streams: list[Iterator[Record]], limit: int | None) -> Iterator[Record]:
+        merged = (
+            heapq.merge(*streams, key=lambda record: record.key)
+            if len(streams) > 1
+            else iter(streams[0] if streams else ())
+        )
+        try:
+            yield from merged if limit is None else itertools.islice(merged, limit)
+        finally:
+            for stream in streams:
+                close = getattr(stream, "close", None)
+                if close is not None:
+                    close()
+
+    def _log_duplicate(self, shard_id: int, key: Key) -> None:
+        if self.logger is not None:
+            self.logger.warning("key %s already stored in shard %s: retrying with fresh keys", key, shard_id)
 
     # -- operations ------------------------------------------------------------------------------------------
 
@@ -281,11 +291,11 @@ class Datastore:
         stores = self._live()
         if len(stores) == 1:
             return [stores[0].provision(self.shard_map.shards_of(0), progress)]
-        with ThreadPoolExecutor(max_workers=len(stores), thread_name_prefix="hv-provision") as pool:
-            futures = [
-                pool.submit(store.provision, self.shard_map.shards_of(i), progress) for i, store in enumerate(stores)
-            ]
-            return [f.result() for f in futures]
+        futures = [
+            self._pool().submit(store.provision, self.shard_map.shards_of(i), progress)
+            for i, store in enumerate(stores)
+        ]
+        return [f.result() for f in futures]
 
     def status(self) -> list[dict[str, Any]]:
         """Per server: label, reachable, shards, pool stats, rows (errors reported, not raised)."""
@@ -304,10 +314,7 @@ class Datastore:
                 entry.update(reachable=False, error=f"{type(exc).__name__}: {exc}")
             else:
                 entry.update(
-                    reachable=True,
-                    rows=sum(counts.values()),
-                    provisioned_shards=len(counts),
-                    rows_per_shard=counts,
+                    reachable=True, rows=sum(counts.values()), provisioned_shards=len(counts), rows_per_shard=counts
                 )
             out.append(entry)
         return out

@@ -10,7 +10,7 @@ from typing import Any
 import pluggy
 
 from hvcore import hookspecs
-from hvcore._backend import BackendFactory
+from hvcore._backend import AsyncBackendFactory, BackendFactory
 from hvcore.errors import PluginError
 
 __all__ = ["ENTRY_POINT_GROUPS", "PluginRegistry", "default_registry"]
@@ -34,6 +34,7 @@ class PluginRegistry:
         self._loaded = False
         self._lock = threading.RLock()
         self._backends: dict[str, tuple[BackendFactory, str]] = {}
+        self._async_backends: dict[str, tuple[AsyncBackendFactory, str]] = {}
         self._sequences: dict[str, tuple[hookspecs.SequenceFactory, str]] = {}
 
     def __repr__(self) -> str:
@@ -53,6 +54,14 @@ class PluginRegistry:
         except KeyError:
             installed = ", ".join(sorted(self._backends)) or "none"
             raise PluginError(f"unknown backend {name!r}: installed backends are {installed}") from None
+
+    def async_backend(self, name: str) -> AsyncBackendFactory:
+        """The asyncio factory of backend ``name``."""
+        self.backend(name)
+        try:
+            return self._async_backends[name][0]
+        except KeyError:
+            raise PluginError(f"backend {name!r} has no asyncio form: use Datastore, not AsyncDatastore") from None
 
     def sequence(self, scheme: str) -> hookspecs.SequenceFactory:
         """The factory of the sequence source for URL scheme ``scheme``."""
@@ -101,7 +110,15 @@ class PluginRegistry:
         self.manager.register(plugin, name=name)
         caller = self.manager.subset_hook_caller  # call only the new plugin's hooks
         others = [p for p in self.manager.get_plugins() if p is not plugin]
-        caller("hypervault_register_backends", others)(register=self._registrar(self._backends, origin))
+        plain = self._registrar(self._backends, origin)
+        asynchronous = self._registrar(self._async_backends, origin)
+
+        def register_backend(name: str, factory: Any, *, async_factory: Any = None) -> None:
+            plain(name, factory)
+            if async_factory is not None:
+                asynchronous(name, async_factory)
+
+        caller("hypervault_register_backends", others)(register=register_backend)
         caller("hypervault_register_sequences", others)(register=self._registrar(self._sequences, origin))
 
     @staticmethod

@@ -10,6 +10,7 @@
     ├── ShardNotFound (LookupError)         a valid shard id no server owns
     ├── InvalidKind (ValueError)            a kind outside 0..32767
     ├── InvalidData (ValueError)            a body the backend cannot store as given
+    ├── InvalidQuery (ValueError)           query arguments that cannot mean anything (since > until, ...)
     ├── ClockMovedBackwards (RuntimeError)  the clock went back further than the tolerated skew
     ├── LayoutExhausted (OverflowError)     the time part would reach the sign bit
     ├── PluginError (LookupError)           unknown or duplicate backend / sequence names
@@ -33,6 +34,7 @@ __all__ = [
     "InvalidData",
     "InvalidKey",
     "InvalidKind",
+    "InvalidQuery",
     "InvalidShard",
     "LayoutExhausted",
     "NotProvisioned",
@@ -95,6 +97,12 @@ class InvalidKind(HypervaultError, ValueError):
 
 class InvalidData(HypervaultError, ValueError):
     """An entity body the backend cannot store as given (checked before any SQL)."""
+
+    __module__ = "hvcore"
+
+
+class InvalidQuery(HypervaultError, ValueError):
+    """Query arguments that cannot mean anything: ``since`` after ``until``, a negative limit, a bad filter."""
 
     __module__ = "hvcore"
 

@@ -22,8 +22,6 @@ from typing import Any
 
 import pluggy
 
-from hvcore._backend import BackendFactory
-
 __all__ = ["PROJECT_NAME", "hookimpl", "hookspec", "hypervault_register_backends", "hypervault_register_sequences"]
 
 PROJECT_NAME = "hypervault"
@@ -35,11 +33,12 @@ SequenceFactory = Callable[..., Any]
 
 
 @hookspec
-def hypervault_register_backends(register: Callable[[str, BackendFactory], None]) -> None:
-    """Register storage backends: call ``register(name, factory)`` once per backend.
+def hypervault_register_backends(register: Callable[..., None]) -> None:
+    """Register storage backends: call ``register(name, factory, async_factory=None)`` once per backend.
 
-    ``factory(connection_settings, options)`` returns a `ServerStore` for one physical server. Names are
-    lower-case identifiers; registering a name another plugin already registered raises `PluginError`.
+    ``factory(connection_settings, options)`` returns a `ServerStore` for one physical server;
+    ``async_factory`` (optional) the `AsyncServerStore` used by `AsyncDatastore`. Names are lower-case
+    identifiers; registering a name another plugin already registered raises `PluginError`.
     """
 
 

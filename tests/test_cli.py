@@ -58,7 +58,9 @@ def test_new_keys_are_unique_and_decode_to_the_shard() -> None:
     assert {KeyLayout.DEFAULT.key(i).shard_id for i in ids} == {42}
 
 
-@pytest.mark.parametrize(("args", "message"), [(["--shard", "8192"], "0..8191"), (["--shard", "1", "--count", "0"], "≥ 1")])
+@pytest.mark.parametrize(
+    ("args", "message"), [(["--shard", "8192"], "0..8191"), (["--shard", "1", "--count", "0"], "≥ 1")]
+)
 def test_new_bad_input(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     code, _ = run("key", "new", *args)
     assert code == 2

@@ -86,7 +86,11 @@ def test_layouts() -> None:
 
 
 def test_redaction() -> None:
-    assert redact({"host": "h", "password": "pw", "PASSWORD": "x"}) == {"host": "h", "password": "***", "PASSWORD": "***"}
+    assert redact({"host": "h", "password": "pw", "PASSWORD": "x"}) == {
+        "host": "h",
+        "password": "***",
+        "PASSWORD": "***",
+    }
     assert redact_conninfo("host=a password=secret user=b") == "host=a password=*** user=b"
     assert redact_conninfo("host=a password='se cret' user=b") == "host=a password=*** user=b"
     assert redact_conninfo("postgresql://bob:secret@db:5432/x") == "postgresql://bob:***@db:5432/x"

@@ -30,7 +30,7 @@ def backend_plugin(*names: str) -> object:
         @hookimpl
         def hypervault_register_backends(self, register: Any) -> None:
             for name in names:
-                register(name, lambda settings, options: SimpleNamespace(name=name))
+                register(name, lambda settings, options, name=name: SimpleNamespace(name=name))
 
     return Plugin()
 

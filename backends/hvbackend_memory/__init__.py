@@ -2,29 +2,39 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import heapq
+import itertools
 import json
 import math
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
-from hvcore._backend import BackendOptions, ProvisionReport, Record, check_text, iter_fields
+from hvcore._backend import BackendOptions, ProvisionReport, QuerySpec, Record, check_text, iter_fields
 from hvcore._key import Key
 from hvcore.errors import ConnectionMisuse, DuplicateKey, InvalidData, NotProvisioned, PoolTimeout
 from hvcore.hookspecs import hookimpl
 
-__all__ = ["MemoryConnection", "MemoryCursor", "MemoryServerStore", "hypervault_register_backends"]
+__all__ = [
+    "AsyncMemoryServerStore",
+    "MemoryConnection",
+    "MemoryCursor",
+    "MemoryServerStore",
+    "hypervault_register_backends",
+]
 
 _SERVERS: dict[str, dict[int, dict[int, Record]]] = {}  # name -> shard -> id -> record; shared like a real server
 _SERVERS_LOCK = threading.Lock()
 
 
 @hookimpl
-def hypervault_register_backends(register: Callable[[str, Any], None]) -> None:
+def hypervault_register_backends(register: Callable[..., None]) -> None:
     """Register the ``memory`` backend."""
-    register("memory", MemoryServerStore)
+    register("memory", MemoryServerStore, async_factory=AsyncMemoryServerStore)
 
 
 class MemoryCursor:
@@ -157,8 +167,16 @@ class MemoryServerStore:
 
     def get_connection(self, shard_id: int) -> MemoryConnection:
         """Borrow a pretend connection, waiting up to ``pool_block_timeout`` for a free slot."""
+        return self._borrow(shard_id, self._options.pool_block_timeout)
+
+    def get_connection_nowait(self, shard_id: int) -> MemoryConnection:
+        """Borrow a pretend connection or raise `PoolTimeout` at once."""
+        return self._borrow(shard_id, 0)
+
+    def _borrow(self, shard_id: int, timeout: float) -> MemoryConnection:
         self._table(shard_id)
-        if not self._slots.acquire(timeout=self._options.pool_block_timeout):
+        acquired = self._slots.acquire(timeout=timeout) if timeout > 0 else self._slots.acquire(blocking=False)
+        if not acquired:
             raise PoolTimeout(
                 f"no connection to {self.label} free within {self._options.pool_block_timeout} s "
                 f"(pool_max={self._options.pool_max}, all borrowed): return connections with put_connection()"
@@ -209,8 +227,7 @@ class MemoryServerStore:
     def insert(self, shard_id: int, key: Key, kind: int, data: Mapping[str, Any]) -> None:
         """Store a deep copy, so later changes to the caller's objects do not leak in."""
         table = self._table(shard_id)
-        body = dict(data) if self.text_only else json.loads(json.dumps(data))  # stored as jsonb would: tuples → lists
-        record = Record(key, kind, body)
+        record = Record(key, kind, self._stored_body(data))
         with self._lock:
             if int(key) in table:
                 raise DuplicateKey(f"key {int(key)} already exists in shard {shard_id} on {self.label}")
@@ -231,6 +248,66 @@ class MemoryServerStore:
         with self._lock:
             items = sorted(table.items())
         return [Record(r.key, r.kind, copy.deepcopy(r.data)) for _, r in items]
+
+    def insert_many(self, shard_id: int, rows: Sequence[tuple[Key, int, Mapping[str, Any]]]) -> None:
+        """Store every row or none (one lock, checked first)."""
+        table = self._table(shard_id)
+        records = [Record(key, kind, self._stored_body(data)) for key, kind, data in rows]
+        with self._lock:
+            taken = [int(r.key) for r in records if int(r.key) in table]
+            if taken or len({int(r.key) for r in records}) != len(records):
+                raise DuplicateKey(f"key(s) {taken[:5]} already exist in shard {shard_id} on {self.label}")
+            for record in records:
+                table[int(record.key)] = record
+        self._log("memory insert_many shard=%s rows=%s", shard_id, len(records))
+
+    def fetch_many(self, items: Sequence[tuple[int, Key]]) -> list[Record]:
+        """Copies of the stored records among ``items``."""
+        out = []
+        for shard_id, key in items:
+            record = self._table(shard_id).get(int(key))
+            if record is not None:
+                out.append(Record(key, record.kind, copy.deepcopy(record.data)))
+        self._log("memory fetch_many keys=%s", len(items))
+        return out
+
+    def update(self, shard_id: int, key: Key, data: Mapping[str, Any], *, merge: bool) -> bool:
+        """Merge into or replace a stored body."""
+        table = self._table(shard_id)
+        body = self._stored_body(data)
+        with self._lock:
+            record = table.get(int(key))
+            if record is None:
+                return False
+            new_body = {**record.data, **body} if merge else body
+            table[int(key)] = Record(record.key, record.kind, new_body)
+        self._log("memory update shard=%s id=%s merge=%s", shard_id, int(key), merge)
+        return True
+
+    def delete(self, shard_id: int, key: Key) -> bool:
+        """Remove a record."""
+        table = self._table(shard_id)
+        with self._lock:
+            found = table.pop(int(key), None) is not None
+        self._log("memory delete shard=%s id=%s", shard_id, int(key))
+        return found
+
+    def query(self, shard_ids: Sequence[int], spec: QuerySpec) -> Iterator[Record]:
+        """Matching records of these shards in key order (a snapshot of each shard, copied lazily)."""
+        self._log("memory query shards=%s spec=%s", len(shard_ids), spec)
+        streams = []
+        for shard_id in shard_ids:
+            table = self._table(shard_id)
+            with self._lock:
+                snapshot = sorted(table.items())
+            streams.append(r for _, r in snapshot if spec.matches(r))
+        merged = heapq.merge(*streams, key=lambda r: r.key)
+        for record in merged if spec.limit is None else itertools.islice(merged, spec.limit):
+            yield Record(record.key, record.kind, copy.deepcopy(record.data))
+
+    def _stored_body(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        # Stored as the jsonb backend would store it (tuples come back as lists), or as text.
+        return dict(data) if self.text_only else json.loads(json.dumps(data))
 
     # -- operations ------------------------------------------------------------------------------------------
 
@@ -262,6 +339,109 @@ class MemoryServerStore:
         }
 
 
+class AsyncMemoryServerStore:
+    """The asyncio face of `MemoryServerStore` (same data, awaitable methods; nothing here blocks)."""
+
+    def __init__(self, settings: Mapping[str, Any], options: BackendOptions) -> None:
+        self.sync = MemoryServerStore(settings, options)
+        self._options = options
+
+    @property
+    def label(self) -> str:
+        """The server's name."""
+        return self.sync.label
+
+    def __repr__(self) -> str:
+        return f"<AsyncMemoryServerStore {self.label}>"
+
+    async def open(self) -> None:
+        """Nothing to connect."""
+        self.sync.open()
+
+    async def close(self) -> None:
+        """Forget borrowed connections."""
+        self.sync.close()
+
+    def after_fork_in_child(self) -> None:
+        """As the sync store."""
+        self.sync.after_fork_in_child()
+
+    def check_data(self, data: Mapping[str, Any]) -> None:
+        """As the sync store."""
+        self.sync.check_data(data)
+
+    async def get_connection(self, shard_id: int) -> MemoryConnection:
+        """Borrow a pretend connection, waiting (without blocking the loop) up to ``pool_block_timeout``."""
+        deadline = time.monotonic() + self._options.pool_block_timeout
+        while True:
+            try:
+                return self.sync.get_connection_nowait(shard_id)
+            except PoolTimeout:
+                if time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(0.005)
+
+    async def put_connection(self, conn: Any) -> None:
+        """Return a borrowed connection."""
+        self.sync.put_connection(conn)
+
+    def owns(self, conn: Any) -> bool:
+        """True if ``conn`` is borrowed from this store."""
+        return self.sync.owns(conn)
+
+    @asynccontextmanager
+    async def cursor(self, shard_id: int) -> AsyncIterator[MemoryCursor]:
+        """A cursor on a borrowed connection, returned afterwards whatever happens."""
+        conn = await self.get_connection(shard_id)
+        try:
+            yield conn.cursor()
+        finally:
+            self.sync.put_connection(conn)
+
+    async def insert(self, shard_id: int, key: Key, kind: int, data: Mapping[str, Any]) -> None:
+        """As the sync store."""
+        self.sync.insert(shard_id, key, kind, data)
+
+    async def fetch(self, shard_id: int, key: Key) -> Record | None:
+        """As the sync store."""
+        return self.sync.fetch(shard_id, key)
+
+    async def insert_many(self, shard_id: int, rows: Sequence[tuple[Key, int, Mapping[str, Any]]]) -> None:
+        """As the sync store."""
+        self.sync.insert_many(shard_id, rows)
+
+    async def fetch_many(self, items: Sequence[tuple[int, Key]]) -> list[Record]:
+        """As the sync store."""
+        return self.sync.fetch_many(items)
+
+    async def update(self, shard_id: int, key: Key, data: Mapping[str, Any], *, merge: bool) -> bool:
+        """As the sync store."""
+        return self.sync.update(shard_id, key, data, merge=merge)
+
+    async def delete(self, shard_id: int, key: Key) -> bool:
+        """As the sync store."""
+        return self.sync.delete(shard_id, key)
+
+    async def query(self, shard_ids: Sequence[int], spec: QuerySpec) -> AsyncIterator[Record]:
+        """As the sync store."""
+        for record in self.sync.query(shard_ids, spec):
+            yield record
+
+    async def provision(
+        self, shard_ids: Sequence[int], progress: Callable[[int], None] | None = None
+    ) -> ProvisionReport:
+        """As the sync store."""
+        return self.sync.provision(shard_ids, progress)
+
+    async def row_counts(self, shard_ids: Sequence[int]) -> dict[int, int]:
+        """As the sync store."""
+        return self.sync.row_counts(shard_ids)
+
+    def stats(self) -> dict[str, Any]:
+        """As the sync store."""
+        return self.sync.stats()
+
+
 def _check_json(name: str, value: Any, depth: int = 0) -> None:
     if depth > 200:
         raise InvalidData(f"field {name!r} nests deeper than 200 levels")
@@ -286,5 +466,6 @@ def _check_json(name: str, value: Any, depth: int = 0) -> None:
             _check_json(name, v, depth + 1)
         return
     raise InvalidData(
-        f"field {name!r} is {type(value).__name__} {value!r}: store JSON types (str, int, float, bool, None, list, dict)"
+        f"field {name!r} is {type(value).__name__} {value!r}: "
+        "store JSON types (str, int, float, bool, None, list, dict)"
     )

@@ -1,0 +1,293 @@
+"""`AsyncDatastore`: the asyncio mirror of `Datastore` (same methods, awaitable)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import heapq
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from hvcore._backend import AsyncServerStore, ProvisionReport, Record
+from hvcore._facade import PUT_ATTEMPTS, FacadeBase, check_kind, too_many_duplicates
+from hvcore._generator import KeyGenerator
+from hvcore._key import Key, KeyLayout
+from hvcore._plugins import PluginRegistry
+from hvcore._sequence import AsyncSequenceSource, SequenceSource
+from hvcore._shardmap import format_ranges
+from hvcore.errors import ConnectionMisuse, DuplicateKey
+
+__all__ = ["AsyncDatastore"]
+
+
+class AsyncDatastore(FacadeBase[AsyncServerStore]):
+    """The asyncio form of `Datastore`: ``async with AsyncDatastore(connections, backend="jsonb") as db: ...``.
+
+    Pools open on ``await db.open()`` (or entering the ``async with``); every I/O method is a coroutine,
+    ``cursor()`` is an async context manager and ``query()`` an async iterator.
+    """
+
+    __module__ = "hvcore"
+
+    def __init__(
+        self,
+        connections: Sequence[Mapping[str, Any]],
+        pool_max: int = 10,
+        pool_block_timeout: float = 5,
+        logger: logging.Logger | None = None,
+        *,
+        backend: str = "hstore",
+        layout: KeyLayout | str | int = KeyLayout.DEFAULT,
+        sequence: SequenceSource | AsyncSequenceSource | str | None = None,
+        allow_gaps: bool = False,
+        row_factory: str = "dict",
+        registry: PluginRegistry | None = None,
+    ) -> None:
+        self._configure(
+            connections,
+            pool_max,
+            pool_block_timeout,
+            logger,
+            backend,
+            layout,
+            sequence,
+            allow_gaps,
+            row_factory,
+            registry,
+        )
+        self._factory = self._registry.async_backend(backend)
+        if isinstance(sequence, str):
+            source: Any = self._registry.sequence(sequence.split("://", 1)[0])(sequence, asyncio=True)
+        else:
+            source = sequence
+        self._sequence = source
+        self._owns_sequence = isinstance(sequence, str)
+        self.generator = _make_generator(self.layout, source)
+        self._lock = asyncio.Lock()
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Open every server's pool (idempotent)."""
+        async with self._lock:
+            if not self._closed:
+                return
+            stores = [self._factory(settings, self._options) for settings in self._settings]
+            try:
+                for store in stores:
+                    await store.open()
+            except BaseException:
+                for store in stores:
+                    await store.close()
+                raise
+            self._stores = stores
+            self._closed = False
+
+    async def disconnect(self) -> None:
+        """Close every pooled connection; unusable until `reinstantiate()`."""
+        async with self._lock:
+            stores, self._stores = self._stores, []
+            self._closed = True
+        for store in stores:
+            await store.close()
+
+    async def reinstantiate(self) -> None:
+        """Rebuild every pool (closing the old ones first)."""
+        await self.disconnect()
+        await self.open()
+
+    async def close(self) -> None:
+        """Close pools, and the sequence source if this store created it from a URL."""
+        await self.disconnect()
+        if self._owns_sequence and self._sequence is not None:
+            await self._sequence.close()
+
+    async def __aenter__(self) -> AsyncDatastore:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- connections -----------------------------------------------------------------------------------------
+
+    async def get_connection(self, shard_id: int) -> Any:
+        """Borrow a connection of the server owning ``shard_id``, with the shard's schema on the search path."""
+        return await self.store_for(shard_id).get_connection(shard_id)
+
+    async def put_connection(self, conn: Any) -> None:
+        """Return a borrowed connection; twice, or one not from this store, raises `ConnectionMisuse`."""
+        for store in self._stores:
+            if store.owns(conn):
+                await store.put_connection(conn)
+                return
+        raise ConnectionMisuse(
+            f"{conn!r} is not borrowed from this AsyncDatastore: it was already returned, or came from elsewhere"
+        )
+
+    @asynccontextmanager
+    async def cursor(self, shard_id: int) -> AsyncIterator[Any]:
+        """A cursor in the shard's schema: commit on success, rollback on error, connection always returned."""
+        async with self.store_for(shard_id).cursor(shard_id) as cur:
+            yield cur
+
+    # -- entities --------------------------------------------------------------------------------------------
+
+    async def put(self, shard_id: int, kind: int, /, **data: Any) -> Key:
+        """Store ``data`` in ``shard_id`` under a new key, ``kind`` kept outside the body; return the key."""
+        store = self.store_for(shard_id)
+        kind = check_kind(kind)
+        store.check_data(data)
+        for _ in range(PUT_ATTEMPTS):
+            key = (await self._keys(shard_id, 1))[0]
+            try:
+                await store.insert(shard_id, key, kind, data)
+            except DuplicateKey:
+                continue
+            return key
+        raise too_many_duplicates(shard_id)
+
+    async def put_many(self, shard_id: int, kind: int, rows: Iterable[Mapping[str, Any]]) -> list[Key]:
+        """Store many bodies in one shard in one round trip, all or nothing; return their keys in row order."""
+        store = self.store_for(shard_id)
+        kind = check_kind(kind)
+        bodies = self._check_rows(rows, store.check_data)
+        if not bodies:
+            return []
+        for _ in range(PUT_ATTEMPTS):
+            keys = await self._keys(shard_id, len(bodies))
+            try:
+                await store.insert_many(shard_id, [(k, kind, b) for k, b in zip(keys, bodies, strict=True)])
+            except DuplicateKey:
+                continue
+            return keys
+        raise too_many_duplicates(shard_id)
+
+    async def get(self, key: Key | int) -> Record | None:
+        """The record stored under ``key``, or None."""
+        key = self.as_key(key)
+        shard = key.shard_id
+        return await self.store_for(shard).fetch(shard, key)
+
+    async def get_many(self, keys: Iterable[Key | int]) -> dict[Key, Record]:
+        """Records of many keys: one round trip per server, servers queried concurrently; missing keys left out."""
+        by_server = self._group_keys(keys)
+        stores = self._live()
+        results = await asyncio.gather(*(stores[i].fetch_many(items) for i, items in by_server.items()))
+        return {r.key: r for found in results for r in found}
+
+    async def update(self, key: Key | int, /, **data: Any) -> bool:
+        """Merge ``data`` into the stored body; False if the key is not stored."""
+        key = self.as_key(key)
+        store = self.store_for(key.shard_id)
+        store.check_data(data)
+        return await store.update(key.shard_id, key, data, merge=True)
+
+    async def replace(self, key: Key | int, /, **data: Any) -> bool:
+        """Replace the stored body with ``data`` (kind unchanged); False if the key is not stored."""
+        key = self.as_key(key)
+        store = self.store_for(key.shard_id)
+        store.check_data(data)
+        return await store.update(key.shard_id, key, data, merge=False)
+
+    async def delete(self, key: Key | int) -> bool:
+        """Delete the entity; False if the key was not stored."""
+        key = self.as_key(key)
+        return await self.store_for(key.shard_id).delete(key.shard_id, key)
+
+    def query(
+        self,
+        kind: int | None = None,
+        where: Mapping[str, Any] | None = None,
+        since: dt.datetime | Key | None = None,
+        until: dt.datetime | Key | None = None,
+        shards: Iterable[int] | None = None,
+        limit: int | None = None,
+    ) -> AsyncIterator[Record]:
+        """Records in key order across shards and servers, streamed (see `Datastore.query`)."""
+        by_server, spec = self._plan_query(kind, where, since, until, shards, limit)
+        stores = self._live()
+        if spec.where:
+            for index in by_server:
+                stores[index].check_data(spec.where)
+        streams = [stores[index].query(shard_ids, spec) for index, shard_ids in by_server.items()]
+        return _merge(streams, spec.limit)
+
+    async def _keys(self, shard_id: int, count: int) -> list[Key]:
+        generator = self.generator
+        if isinstance(generator, KeyGenerator):
+            return self._new_keys(generator, shard_id, count)
+        keys: list[Key] = []
+        size = self.layout.sequence_size
+        while len(keys) < count:
+            keys.extend(await generator.next_keys(shard_id, min(size, count - len(keys))))
+        return keys
+
+    # -- operations ------------------------------------------------------------------------------------------
+
+    async def provision(self, progress: Callable[[int], None] | None = None) -> list[ProvisionReport]:
+        """Create schemas, tables and indexes for every mapped shard (idempotent, servers concurrently)."""
+        stores = self._live()
+        return list(
+            await asyncio.gather(
+                *(store.provision(self.shard_map.shards_of(i), progress) for i, store in enumerate(stores))
+            )
+        )
+
+    async def status(self) -> list[dict[str, Any]]:
+        """Per server: label, reachable, shards, pool stats, rows (errors reported, not raised)."""
+        out: list[dict[str, Any]] = []
+        for index, store in enumerate(self._live()):
+            shards = self.shard_map.shards_of(index)
+            entry: dict[str, Any] = {
+                "server": store.label,
+                "shards": format_ranges(shards),
+                "shard_count": len(shards),
+                "pool": store.stats(),
+            }
+            try:
+                counts = await store.row_counts(shards)
+            except Exception as exc:  # reported to the user as the server's state
+                entry.update(reachable=False, error=f"{type(exc).__name__}: {exc}")
+            else:
+                entry.update(
+                    reachable=True, rows=sum(counts.values()), provisioned_shards=len(counts), rows_per_shard=counts
+                )
+            out.append(entry)
+        return out
+
+
+def _make_generator(layout: KeyLayout, source: Any) -> Any:
+    if isinstance(source, AsyncSequenceSource):
+        from hvcore._agenerator import AsyncKeyGenerator
+
+        return AsyncKeyGenerator(layout, sequence=source)
+    return KeyGenerator(layout, sequence=source)
+
+
+async def _merge(streams: list[AsyncIterator[Record]], limit: int | None) -> AsyncIterator[Record]:
+    """Merge key-ordered async streams lazily (a heap of each stream's next record)."""
+    heap: list[tuple[int, int, Record]] = []
+    try:
+        for index, stream in enumerate(streams):
+            first = await anext(stream, None)
+            if first is not None:
+                heap.append((int(first.key), index, first))
+        heapq.heapify(heap)
+        emitted = 0
+        while heap and (limit is None or emitted < limit):
+            _, index, record = heap[0]
+            yield record
+            emitted += 1
+            following = await anext(streams[index], None)
+            if following is None:
+                heapq.heappop(heap)
+            else:
+                heapq.heapreplace(heap, (int(following.key), index, following))
+    finally:
+        for stream in streams:
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                await aclose()

@@ -1,0 +1,239 @@
+"""What `Datastore` and `AsyncDatastore` share: settings, routing and validation, all before any I/O."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Generic, Self, TypeVar
+
+from hvcore._backend import BackendOptions, QuerySpec
+from hvcore._config import DatastoreConfig, check_servers, load_config, parse_layout
+from hvcore._key import Key, KeyLayout
+from hvcore._plugins import PluginRegistry, default_registry
+from hvcore._shardmap import ShardMap, format_ranges
+from hvcore.errors import DuplicateKey, InvalidData, InvalidKey, InvalidKind, InvalidQuery, StoreClosed
+
+__all__ = ["KIND_MAX", "PUT_ATTEMPTS", "FacadeBase", "check_kind", "too_many_duplicates"]
+
+KIND_MAX = 32767  # kind is stored as a PostgreSQL smallint
+PUT_ATTEMPTS = 8  # fresh keys tried when an insert hits an existing key
+
+StoreT = TypeVar("StoreT")
+
+
+def check_kind(kind: object) -> int:
+    """Return ``kind`` if it is an int in 0..32767, else raise `InvalidKind`."""
+    if type(kind) is int and 0 <= kind <= KIND_MAX:
+        return kind
+    if isinstance(kind, int) and not isinstance(kind, bool) and 0 <= kind <= KIND_MAX:
+        return int(kind)
+    raise InvalidKind(
+        f"kind must be an int in 0..{KIND_MAX} (stored as a smallint), got {type(kind).__name__} {kind!r}"
+    )
+
+
+def too_many_duplicates(shard_id: int) -> DuplicateKey:
+    """The error when every fresh key of a put collided with a stored one."""
+    return DuplicateKey(
+        f"{PUT_ATTEMPTS} attempts with fresh keys for shard {shard_id} all collided: another process shares "
+        "this shard with the in-process sequence; use a shared one (sequence='redis://...')"
+    )
+
+
+class FacadeBase(Generic[StoreT]):
+    """Settings, shard map, key handling and argument checks of a datastore; subclasses add the I/O."""
+
+    _stores: list[StoreT]
+    _closed: bool
+
+    def _configure(
+        self,
+        connections: Sequence[Mapping[str, Any]],
+        pool_max: int,
+        pool_block_timeout: float,
+        logger: logging.Logger | None,
+        backend: str,
+        layout: KeyLayout | str | int,
+        sequence: object,
+        allow_gaps: bool,
+        row_factory: str,
+        registry: PluginRegistry | None,
+    ) -> None:
+        check_servers(connections)
+        config = DatastoreConfig(
+            servers=tuple(connections),
+            backend=backend,
+            pool_max=pool_max,
+            pool_block_timeout=pool_block_timeout,
+            layout=parse_layout(layout),
+            sequence=sequence if isinstance(sequence, str) else None,
+            allow_gaps=allow_gaps,
+            row_factory=row_factory,
+            logger=logger,
+        )
+        self._config = config
+        self._registry = registry or default_registry()
+        self.layout: KeyLayout = config.layout
+        self.logger = logger
+        self.shard_map, self._settings = ShardMap.from_connections(
+            config.servers, layout=config.layout, allow_gaps=config.allow_gaps
+        )
+        self._options = BackendOptions(
+            pool_max=config.pool_max,
+            pool_block_timeout=float(config.pool_block_timeout),
+            logger=logger,
+            layout=config.layout,
+            row_factory=config.row_factory,
+        )
+        self._key_type = config.layout.key_type
+        self._stores = []
+        self._closed = True
+
+    @classmethod
+    def from_config(cls, config: str | Path | DatastoreConfig, **overrides: Any) -> Self:
+        """Open a datastore from a TOML config file (or a parsed `DatastoreConfig`)."""
+        cfg = config if isinstance(config, DatastoreConfig) else load_config(config)
+        kwargs: dict[str, Any] = {
+            "pool_max": cfg.pool_max,
+            "pool_block_timeout": cfg.pool_block_timeout,
+            "logger": cfg.logger,
+            "backend": cfg.backend,
+            "layout": cfg.layout,
+            "sequence": cfg.sequence,
+            "allow_gaps": cfg.allow_gaps,
+            "row_factory": cfg.row_factory,
+        }
+        kwargs.update(overrides)
+        make: Callable[..., Self] = cls  # subclasses take (connections, **options)
+        return make(list(cfg.servers), **kwargs)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        servers = (
+            ", ".join(
+                f"{getattr(store, 'label', '?')} [{format_ranges(self.shard_map.shards_of(i))}]"
+                for i, store in enumerate(self._stores)
+            )
+            or f"{len(self._settings)} server(s)"
+        )
+        return f"<{type(self).__name__} backend={self._config.backend!r} {state} {servers}>"
+
+    @property
+    def backend(self) -> str:
+        """Name of the storage backend."""
+        return self._config.backend
+
+    @property
+    def servers(self) -> list[StoreT]:
+        """The per-server stores, in connection-list order."""
+        return list(self._live())
+
+    def _live(self) -> list[StoreT]:
+        stores = self._stores
+        if self._closed or not stores:
+            raise StoreClosed(
+                f"this {type(self).__name__} is disconnected: call reinstantiate() to open its pools again"
+            )
+        return stores
+
+    def store_for(self, shard_id: int) -> StoreT:
+        """The server store owning ``shard_id`` (`InvalidShard`/`ShardNotFound` otherwise)."""
+        index = self.shard_map.server_for(shard_id)
+        return self._live()[index]
+
+    def as_key(self, key: object) -> Key:
+        """``key`` as a key of this store's layout; `InvalidKey` for strings, floats or another layout's keys."""
+        if isinstance(key, Key):
+            if type(key).layout != self.layout:
+                raise InvalidKey(
+                    f"{key!r} decodes with another layout ({type(key).layout}); this store uses {self.layout}: "
+                    "rebuild it with layout.key(int(key))"
+                )
+            return key
+        return self._key_type(key)
+
+    def _group_keys(self, keys: Iterable[Key | int]) -> dict[int, list[tuple[int, Key]]]:
+        """Keys checked and grouped by server index (every key validated before any I/O)."""
+        if isinstance(keys, str | bytes | Mapping):
+            raise InvalidKey(f"get_many() takes an iterable of keys, got {type(keys).__name__}")
+        by_server: dict[int, list[tuple[int, Key]]] = {}
+        server_for = self.shard_map.server_for
+        for raw in keys:
+            key = self.as_key(raw)
+            shard = key.shard_id
+            by_server.setdefault(server_for(shard), []).append((shard, key))
+        return by_server
+
+    @staticmethod
+    def _check_rows(rows: Iterable[Mapping[str, Any]], check_data: Any) -> list[Mapping[str, Any]]:
+        """Every row a mapping the backend accepts, checked before any SQL; the rows as a list."""
+        if isinstance(rows, Mapping | str | bytes):
+            raise InvalidData(f"rows must be an iterable of mappings, got one {type(rows).__name__}")
+        bodies = list(rows)
+        for index, row in enumerate(bodies):
+            if not isinstance(row, Mapping):
+                raise InvalidData(f"row {index} is a {type(row).__name__}, expected a mapping of field names to values")
+            try:
+                check_data(row)
+            except InvalidData as exc:
+                raise InvalidData(f"row {index}: {exc}") from None
+        return bodies
+
+    def _new_keys(self, generator: Any, shard_id: int, count: int) -> list[Key]:
+        keys: list[Key] = []
+        size = self.layout.sequence_size
+        while len(keys) < count:
+            keys.extend(generator.next_keys(shard_id, min(size, count - len(keys))))
+        return keys
+
+    def _time_bound(self, value: object, name: str) -> int:
+        """A ``since``/``until`` argument as a key value: aware datetime → first key of that millisecond."""
+        if isinstance(value, Key):
+            return int(self.as_key(value))
+        if isinstance(value, dt.datetime):
+            if value.tzinfo is None:
+                raise InvalidQuery(f"{name} must be an aware datetime (e.g. tzinfo=datetime.UTC), got {value!r}")
+            ms = (value - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(milliseconds=1)
+            time_part = min(max(ms - self.layout.epoch_ms, 0), self.layout.max_time_part + 1)
+            return time_part << self.layout.time_shift
+        raise InvalidQuery(f"{name} must be an aware datetime or a Key, got {type(value).__name__} {value!r}")
+
+    def _plan_query(
+        self,
+        kind: int | None,
+        where: Mapping[str, Any] | None,
+        since: dt.datetime | Key | None,
+        until: dt.datetime | Key | None,
+        shards: Iterable[int] | None,
+        limit: int | None,
+    ) -> tuple[dict[int, list[int]], QuerySpec]:
+        """Validate query arguments; return the shards to read per server index and the spec backends run."""
+        if kind is not None:
+            kind = check_kind(kind)
+        if where is not None:
+            if not isinstance(where, Mapping):
+                raise InvalidQuery(f"where must be a mapping of field names to values, got {type(where).__name__}")
+            for name in where:
+                if not isinstance(name, str):
+                    raise InvalidQuery(f"where field names must be strings, got {name!r}")
+            where = dict(where)
+        low = self._time_bound(since, "since") if since is not None else None
+        # until is exclusive: a datetime ends before its millisecond, a key before itself
+        high = self._time_bound(until, "until") - 1 if until is not None else None
+        if low is not None and high is not None and low > high + 1:
+            raise InvalidQuery(f"since ({since!r}) is after until ({until!r}): nothing could match")
+        if limit is not None and (type(limit) is not int or limit < 0):
+            raise InvalidQuery(f"limit must be an int ≥ 0 or None, got {limit!r}")
+        if shards is None:
+            selected = self.shard_map.shard_ids
+        else:
+            if isinstance(shards, str | bytes):
+                raise InvalidQuery(f"shards must be an iterable of shard ids, got {type(shards).__name__}")
+            selected = sorted(set(shards))
+        by_server: dict[int, list[int]] = {}
+        for shard in selected:
+            by_server.setdefault(self.shard_map.server_for(shard), []).append(shard)
+        spec = QuerySpec(kind=kind, where=where or None, low=low, high=high, limit=limit)
+        return by_server, spec
