@@ -1,0 +1,38 @@
+"""The ``hstore`` and ``jsonb`` backends: logical shards as schemas on real PostgreSQL servers (psycopg 3 pools)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from hvbackend_postgres._schema import ShardSQL, shard_ddl, shard_schema
+from hvbackend_postgres._store import PostgresServerStore
+from hvcore._backend import BackendOptions
+from hvcore.hookspecs import hookimpl
+
+__all__ = [
+    "PostgresServerStore",
+    "ShardSQL",
+    "hstore_store",
+    "hypervault_register_backends",
+    "jsonb_store",
+    "shard_ddl",
+    "shard_schema",
+]
+
+
+def hstore_store(settings: Mapping[str, Any], options: BackendOptions) -> PostgresServerStore:
+    """The ``hstore`` backend's store of one server: bodies are text to text, like the 2015 library's."""
+    return PostgresServerStore(settings, options, backend="hstore")
+
+
+def jsonb_store(settings: Mapping[str, Any], options: BackendOptions) -> PostgresServerStore:
+    """The ``jsonb`` backend's store of one server: JSON types preserved, GIN index on the body."""
+    return PostgresServerStore(settings, options, backend="jsonb")
+
+
+@hookimpl
+def hypervault_register_backends(register: Callable[[str, Any], None]) -> None:
+    """Register the ``hstore`` and ``jsonb`` backends."""
+    register("hstore", hstore_store)
+    register("jsonb", jsonb_store)

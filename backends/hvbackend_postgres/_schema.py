@@ -1,0 +1,135 @@
+"""Schema layout of the PostgreSQL backends: a schema per logical shard, its DDL and hot-path SQL (psycopg.sql)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from psycopg import sql
+
+__all__ = [
+    "BODY_INDEX",
+    "BODY_TYPES",
+    "KIND_INDEX",
+    "PKEY_INDEX",
+    "REQUIRED_RELATIONS",
+    "TABLE",
+    "ShardSQL",
+    "catalog_query",
+    "count_query",
+    "shard_ddl",
+    "shard_schema",
+    "truncate_query",
+]
+
+TABLE = "entities"
+PKEY_INDEX = "entities_pkey"
+KIND_INDEX = "entities_kind_id_idx"
+BODY_INDEX = "entities_body_idx"
+REQUIRED_RELATIONS = frozenset({TABLE, PKEY_INDEX, KIND_INDEX, BODY_INDEX})
+BODY_TYPES = {"hstore": "hstore", "jsonb": "jsonb"}
+
+
+def shard_schema(shard_id: int) -> str:
+    """The schema holding one logical shard: ``shard0012`` for shard 12 (the 2015 library's naming)."""
+    return f"shard{shard_id:04d}"
+
+
+def _render(query: sql.Composable) -> str:
+    return query.as_string(None)
+
+
+def shard_ddl(shard_id: int, backend: str, ext_schema: str | None) -> str:
+    """Idempotent DDL creating the schema, table and indexes of one shard (several statements, no parameters).
+
+    ``entities(id bigint primary key, kind smallint, body)`` plus an index on ``(kind, id)`` for queries by kind and
+    key range, and a GIN index on ``body`` for equality (containment) queries on body fields.
+    """
+    schema = sql.Identifier(shard_schema(shard_id))
+    if backend == "hstore":
+        if ext_schema is None:
+            raise ValueError("the hstore backend needs the schema of the hstore extension")
+        body_type: sql.Composable = sql.SQL("{}.hstore").format(sql.Identifier(ext_schema))
+        gin_ops: sql.Composable = sql.SQL("")
+    else:
+        body_type = sql.SQL("jsonb")
+        gin_ops = sql.SQL(" jsonb_path_ops")
+    query = sql.SQL(
+        "CREATE SCHEMA IF NOT EXISTS {schema};"
+        "CREATE TABLE IF NOT EXISTS {schema}.{table} ("
+        "id bigint NOT NULL, kind smallint NOT NULL, body {body_type} NOT NULL, "
+        "CONSTRAINT {pkey} PRIMARY KEY (id));"
+        "CREATE INDEX IF NOT EXISTS {kind_idx} ON {schema}.{table} (kind, id);"
+        "CREATE INDEX IF NOT EXISTS {body_idx} ON {schema}.{table} USING gin (body{gin_ops});"
+    ).format(
+        schema=schema,
+        table=sql.Identifier(TABLE),
+        body_type=body_type,
+        pkey=sql.Identifier(PKEY_INDEX),
+        kind_idx=sql.Identifier(KIND_INDEX),
+        body_idx=sql.Identifier(BODY_INDEX),
+        gin_ops=gin_ops,
+    )
+    return _render(query)
+
+
+def catalog_query() -> str:
+    """One catalog query listing, per ``shard%`` schema given as ``%s`` (text[]), its relations and the body type."""
+    return (
+        "SELECT n.nspname, array_remove(array_agg(c.relname::text), NULL), "
+        "max(format_type(a.atttypid, a.atttypmod)) "
+        "FROM pg_namespace n "
+        "LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = ANY(%s) "
+        "LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND c.relkind = 'r' AND a.attname = 'body' "
+        "WHERE n.nspname = ANY(%s) GROUP BY n.nspname"
+    )
+
+
+def count_query(shard_ids: Iterable[int]) -> str:
+    """One query counting the rows of several shards: rows of (shard id, count)."""
+    parts = [
+        sql.SQL("SELECT {shard}::int, count(*) FROM {schema}.{table}").format(
+            shard=sql.Literal(shard),
+            schema=sql.Identifier(shard_schema(shard)),
+            table=sql.Identifier(TABLE),
+        )
+        for shard in shard_ids
+    ]
+    return _render(sql.SQL(" UNION ALL ").join(parts))
+
+
+def truncate_query(shard_ids: Sequence[int]) -> str:
+    """Delete every row of these shards (for test fixtures)."""
+    return _render(
+        sql.SQL("").join(
+            sql.SQL("DELETE FROM {}.{};").format(sql.Identifier(shard_schema(s)), sql.Identifier(TABLE))
+            for s in shard_ids
+        )
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ShardSQL:
+    """The hot-path statements of one shard, rendered once (schema-qualified, parameters bound by the server)."""
+
+    insert: str
+    fetch: str
+
+    @classmethod
+    def build(cls, shard_id: int, backend: str, ext_schema: str | None) -> ShardSQL:
+        """Render the insert and fetch statements of one shard for a backend."""
+        target = sql.SQL("{}.{}").format(sql.Identifier(shard_schema(shard_id)), sql.Identifier(TABLE))
+        if backend == "hstore":
+            if ext_schema is None:
+                raise ValueError("the hstore backend needs the schema of the hstore extension")
+            ext = sql.Identifier(ext_schema)
+            insert = sql.SQL(
+                "INSERT INTO {target} (id, kind, body) VALUES (%s, %s, {ext}.hstore(%s::text[], %s::text[]))"
+            ).format(target=target, ext=ext)
+            fetch = sql.SQL("SELECT kind, {ext}.hstore_to_json(body) FROM {target} WHERE id = %s").format(
+                target=target, ext=ext
+            )
+        else:
+            insert = sql.SQL("INSERT INTO {target} (id, kind, body) VALUES (%s, %s, %s)").format(target=target)
+            fetch = sql.SQL("SELECT kind, body FROM {target} WHERE id = %s").format(target=target)
+        return cls(insert=_render(insert), fetch=_render(fetch))
