@@ -650,4 +650,3 @@ class PostgresServerStore:
             "connection_errors": raw.get("connections_errors", 0),
             "connections_lost": raw.get("connections_lost", 0) + raw.get("returns_bad", 0),
         }
-
