@@ -6,6 +6,7 @@ from hvcore.hookspecs import SequenceFactory, hookimpl
 from hvplugin_redis._sequence import (
     DEFAULT_EXPIRE_MS,
     DEFAULT_KEY_PREFIX,
+    DEFAULT_MAX_SKEW_MS,
     RESERVE_SCRIPT,
     AsyncRedisSequence,
     RedisSequence,
@@ -15,6 +16,7 @@ from hvplugin_redis._sequence import (
 __all__ = [
     "DEFAULT_EXPIRE_MS",
     "DEFAULT_KEY_PREFIX",
+    "DEFAULT_MAX_SKEW_MS",
     "RESERVE_SCRIPT",
     "AsyncRedisSequence",
     "RedisSequence",

@@ -4,13 +4,20 @@ Every reservation is one round trip running `RESERVE_SCRIPT` on the key ``{prefi
 ``INCRBY`` by the block size, and ``PEXPIRE`` when that call created the key. The numbers handed out are
 ``[counter_before, counter_after)`` cut to the layout's ``sequence_size``, so two reservations of the same
 (shard, millisecond) never overlap, whichever process or host makes them. The key is the millisecond written
-into the id, not the Redis server's clock, so hosts whose clocks disagree still draw from one counter per id
-prefix. A counter must outlive every request for its millisecond, so the script also refuses a millisecond
-further than ``max_skew_ms`` from the Redis server's clock (default a third of the expiry): a host whose clock
-is that far off gets an error instead of a counter that may already have expired.
+into the id, not the Redis server's clock, so hosts whose clocks disagree still draw from one counter.
 
-Failures never fall back to anything local: a Redis that cannot be reached, times out or refuses the script
-raises `hvcore.errors.SequenceUnavailable` within `max_wait` seconds.
+Two guards keep a counter from being handed out twice, both checked by the script against the server's clock:
+
+- a millisecond further than ``max_skew_ms`` from it is refused (that host's clock is off), so a counter,
+  which lives ``expire_ms`` (more than twice ``max_skew_ms``), outlives every request for its millisecond;
+- ``{prefix}:born`` records when Redis first served this prefix; milliseconds before ``born + max_skew_ms``
+  are refused. After a restart without persistence, a ``FLUSHDB`` or a failover that lost the counters, the
+  key is gone and is set again, so no millisecond that may have been served before is served again. A fresh
+  Redis therefore starts serving ids ``max_skew_ms`` after its first use (1 s by default).
+
+Redis must not evict keys (``maxmemory-policy noeviction``, its default). Failures never fall back to
+anything local: a Redis that cannot be reached, times out or refuses raises `hvcore.errors.SequenceUnavailable`
+within `max_wait` seconds.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from hvcore.errors import ConfigError, SequenceUnavailable
 __all__ = [
     "DEFAULT_EXPIRE_MS",
     "DEFAULT_KEY_PREFIX",
+    "DEFAULT_MAX_SKEW_MS",
     "RESERVE_SCRIPT",
     "AsyncRedisSequence",
     "RedisSequence",
@@ -41,19 +49,32 @@ __all__ = [
 ]
 
 DEFAULT_KEY_PREFIX = "hv:seq"
-"""Prefix of every counter key: ``hv:seq:{shard}:{time_part}``."""
+"""Prefix of every key: counters ``hv:seq:{shard}:{time_part}`` and the guard ``hv:seq:born``."""
 
 DEFAULT_EXPIRE_MS = 60_000
-"""How long a (shard, millisecond) counter lives: more than twice any clock skew the source accepts."""
+"""How long a (shard, millisecond) counter lives: more than twice the clock skew the source accepts."""
+
+DEFAULT_MAX_SKEW_MS = 1_000
+"""Largest distance tolerated between a host's clock (the id's millisecond) and the Redis server's clock."""
 
 RESERVE_SCRIPT = """\
+if redis.replicate_commands then redis.replicate_commands() end
 local count = tonumber(ARGV[1])
 local limit = tonumber(ARGV[4])
 if limit >= 0 then
+  local t = tonumber(ARGV[3])
   local now = redis.call('TIME')
-  local skew = tonumber(ARGV[3]) - (tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000))
-  if skew > limit or skew < -limit then
-    return redis.error_reply('HVSKEW ' .. skew)
+  local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  if t - now_ms > limit or now_ms - t > limit then
+    return redis.error_reply('HVSKEW ' .. string.format('%d', t - now_ms))
+  end
+  local born = tonumber(redis.call('GET', KEYS[2]) or '')
+  if not born then
+    born = now_ms
+    redis.call('SET', KEYS[2], string.format('%d', born))
+  end
+  if t < born + limit then
+    return redis.error_reply('HVYOUNG ' .. string.format('%d', born + limit))
   end
 end
 local top = redis.call('INCRBY', KEYS[1], count)
@@ -62,11 +83,10 @@ if top == count then
 end
 return top
 """
-"""Reserve a block: KEYS[1] = counter of one (shard, ms); ARGV = block size, expiry in ms, the id's Unix ms,
-the largest distance in ms tolerated between that and the server's clock (-1: unchecked).
+"""Reserve a block. KEYS: the counter of one (shard, ms), the prefix's ``born`` key. ARGV: block size, expiry
+in ms, the id's Unix ms, ``max_skew_ms`` (-1: no clock guards).
 
-Returns the counter after the block, or the error ``HVSKEW <ms>`` when the id's millisecond is too far from
-the server's clock: a counter may only expire once no host can ask for its millisecond any more.
+Returns the counter after the block, or the error ``HVSKEW <ms off>`` / ``HVYOUNG <first Unix ms served>``.
 """
 
 _CONNECTION_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
@@ -130,6 +150,7 @@ class _RedisSequenceBase:
         "_fixed_block",
         "_owns_client",
         "_pid",
+        "_resume_at",
         "_state",
         "_url",
         "connect_timeout",
@@ -184,7 +205,7 @@ class _RedisSequenceBase:
                 f"got min_block={min_block!r}, max_block={max_block!r}"
             )
         if max_skew_ms is None:
-            max_skew_ms = expire_ms // 3
+            max_skew_ms = min(DEFAULT_MAX_SKEW_MS, expire_ms // 3)
         if type(max_skew_ms) is not int or max_skew_ms < 0 or 2 * max_skew_ms >= expire_ms:
             raise ConfigError(
                 f"max_skew_ms must be an int in 0..expire_ms/2 (a counter must outlive every host asking for its "
@@ -203,6 +224,7 @@ class _RedisSequenceBase:
         self._owns_client = self._url is not None
         self.name = _redact(self._url) if self._url is not None else _describe_client(target)
         self._pid = os.getpid()
+        self._resume_at = 0  # first time part the server serves (after a fresh start of the prefix)
         # per shard: [adaptive block size, last time part reserved]
         self._state: dict[int, list[int]] = {}
 
@@ -254,11 +276,11 @@ class _RedisSequenceBase:
         want = wanted if type(wanted) is int and wanted > 0 else 1
         return min(max(state[0], want), self.max_block)
 
-    def _args(self, shard_id: int, time_part: int, count: int) -> tuple[str, int, int, int, int]:
+    def _args(self, shard_id: int, time_part: int, count: int) -> tuple[str, str, int, int, int, int]:
         """KEYS and ARGV of `RESERVE_SCRIPT`."""
         skew = -1 if self.max_skew_ms is None else self.max_skew_ms
         key = f"{self.key_prefix}:{shard_id}:{time_part}"
-        return key, count, self.expire_ms, time_part + self._epoch_ms, skew
+        return key, f"{self.key_prefix}:born", count, self.expire_ms, time_part + self._epoch_ms, skew
 
     def _block(self, count: int, top: object) -> range:
         if type(top) is not int or top < count:
@@ -268,15 +290,29 @@ class _RedisSequenceBase:
             return range(0)
         return range(start, min(top, self.sequence_size))
 
-    def _fail(self, exc: BaseException, attempts: int, started: float) -> SequenceUnavailable:
+    def _refused(self, exc: redis.exceptions.ResponseError, time_part: int, started: float) -> range:
+        """An error reply of the script: an empty range while a fresh prefix warms up, else the typed error."""
         text = str(exc)
-        if isinstance(exc, redis.exceptions.ResponseError) and "HVSKEW" in text:
+        if "HVYOUNG" in text:
+            self._resume_at = int(text.rsplit(" ", 1)[-1]) - self._epoch_ms
+            wait_ms = self._resume_at - time_part
+            if wait_ms <= self.max_wait * 1000:
+                return range(0)  # the generator moves on to later milliseconds; none is asked of Redis until then
+            raise SequenceUnavailable(
+                f"Redis sequence at {self.name} serves ids again in {wait_ms} ms: its counters are new "
+                f"(first use, or lost by a restart, flush or failover) and may not reuse milliseconds of the "
+                f"last max_skew_ms={self.max_skew_ms}"
+            ) from exc
+        if "HVSKEW" in text:
             skew = text.rsplit(" ", 1)[-1]
-            return SequenceUnavailable(
+            raise SequenceUnavailable(
                 f"Redis sequence at {self.name} refused a millisecond {skew} ms away from the Redis server's "
                 f"clock (max_skew_ms={self.max_skew_ms}): this host's clock is off; fix its time sync "
                 "(ids from it could repeat ids whose counters already expired)"
-            )
+            ) from exc
+        raise self._fail(exc, 1, started) from exc
+
+    def _fail(self, exc: BaseException, attempts: int, started: float) -> SequenceUnavailable:
         waited = time.monotonic() - started
         return SequenceUnavailable(
             f"Redis sequence at {self.name} unavailable after {attempts} attempt(s) in {waited:.2f} s "
@@ -349,6 +385,8 @@ class RedisSequence(_RedisSequenceBase):
         if client is None:
             raise SequenceUnavailable(f"Redis sequence at {self.name} is closed")
         count = self._plan(shard_id, time_part, wanted)
+        if time_part < self._resume_at:
+            return range(0)
         args = self._args(shard_id, time_part, count)
         started = time.monotonic()
         attempt = 0
@@ -356,14 +394,16 @@ class RedisSequence(_RedisSequenceBase):
             attempt += 1
             try:
                 try:
-                    top = client.evalsha(_SCRIPT_SHA, 1, *args)
+                    top = client.evalsha(_SCRIPT_SHA, 2, *args)
                 except redis.exceptions.NoScriptError:
-                    top = client.eval(RESERVE_SCRIPT, 1, *args)
+                    top = client.eval(RESERVE_SCRIPT, 2, *args)
             except _CONNECTION_ERRORS as exc:
                 if attempt <= self.retries:
                     continue
                 raise self._fail(exc, attempt, started) from exc
-            except redis.exceptions.RedisError as exc:  # OOM, READONLY replica, NOPERM, ...: no retry
+            except redis.exceptions.ResponseError as exc:  # the guards, OOM, READONLY, NOPERM...: no retry
+                return self._refused(exc, time_part, started)
+            except redis.exceptions.RedisError as exc:
                 raise self._fail(exc, attempt, started) from exc
             return self._block(count, top)
 
@@ -444,6 +484,8 @@ class AsyncRedisSequence(_RedisSequenceBase):
         if client is None:
             raise SequenceUnavailable(f"Redis sequence at {self.name} is closed")
         count = self._plan(shard_id, time_part, wanted)
+        if time_part < self._resume_at:
+            return range(0)
         args = self._args(shard_id, time_part, count)
         started = time.monotonic()
         attempt = 0
@@ -452,13 +494,15 @@ class AsyncRedisSequence(_RedisSequenceBase):
             try:
                 async with asyncio.timeout(self.connect_timeout + self.read_timeout):
                     try:
-                        top = await client.evalsha(_SCRIPT_SHA, 1, *args)
+                        top = await client.evalsha(_SCRIPT_SHA, 2, *args)
                     except redis.exceptions.NoScriptError:
-                        top = await client.eval(RESERVE_SCRIPT, 1, *args)
+                        top = await client.eval(RESERVE_SCRIPT, 2, *args)
             except _CONNECTION_ERRORS as exc:  # asyncio.timeout raises TimeoutError, an OSError
                 if attempt <= self.retries:
                     continue
                 raise self._fail(exc, attempt, started) from exc
+            except redis.exceptions.ResponseError as exc:
+                return self._refused(exc, time_part, started)
             except redis.exceptions.RedisError as exc:
                 raise self._fail(exc, attempt, started) from exc
             return self._block(count, top)

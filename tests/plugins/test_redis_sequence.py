@@ -28,7 +28,7 @@ from hvcore._plugins import PluginRegistry
 from hvcore._sequence import AsyncSequenceSource, SequenceSource
 from hvcore.errors import ConfigError, HypervaultError, PluginError, SequenceUnavailable
 from hvcore.hookspecs import hookimpl
-from hvplugin_redis import RESERVE_SCRIPT, AsyncRedisSequence, RedisSequence, make_sequence
+from hvplugin_redis import DEFAULT_MAX_SKEW_MS, RESERVE_SCRIPT, AsyncRedisSequence, RedisSequence, make_sequence
 
 LAYOUT = KeyLayout.DEFAULT
 SIZE = LAYOUT.sequence_size
@@ -84,8 +84,13 @@ def make_ids(
 
 
 def run_script(client: Any, *keys_and_args: object) -> Any:
-    """``EVAL`` of `RESERVE_SCRIPT` with one key (``client`` as Any: redis-py and its stubs type EVAL apart)."""
-    return client.execute_command("EVAL", RESERVE_SCRIPT, 1, *keys_and_args)
+    """``EVAL`` of `RESERVE_SCRIPT` with its two keys (``client`` as Any: redis-py and its stubs type EVAL apart)."""
+    return client.execute_command("EVAL", RESERVE_SCRIPT, 2, *keys_and_args)
+
+
+def warm(client: Any, prefix: str = "hv:seq") -> None:
+    """Mark ``prefix`` as served for an hour, so tests skip the fresh-prefix wait (``max_skew_ms``)."""
+    client.set(f"{prefix}:born", now_ms() - 3_600_000)
 
 
 def assert_unique(ids: list[int]) -> None:
@@ -99,8 +104,10 @@ def assert_unique(ids: list[int]) -> None:
 
 @pytest.fixture
 def server() -> fakeredis.FakeServer:
-    """One fake Redis server that several clients (standing for processes) share."""
-    return fakeredis.FakeServer()
+    """One fake Redis server that several clients (standing for processes) share, past its warm-up."""
+    fake_server = fakeredis.FakeServer()
+    warm(fakeredis.FakeRedis(server=fake_server))
+    return fake_server
 
 
 @pytest.fixture
@@ -126,8 +133,9 @@ def redis_url() -> str:
 def prefix(redis_url: str) -> Iterator[str]:
     """A key prefix of its own per test, and its keys deleted afterwards."""
     name = f"hvtest:{uuid.uuid4().hex[:12]}"
-    yield name
     client = redis.Redis.from_url(redis_url)
+    warm(client, name)
+    yield name
     try:
         keys = list(client.scan_iter(match=f"{name}:*", count=1000))
         for i in range(0, len(keys), 1000):
@@ -143,26 +151,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture
-def own_redis() -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """A redis-server of this test's own on a free port, which the test may stop (never the main one)."""
+DAEMON = ("--daemonize", "no")
+
+
+def start_redis(port: int) -> subprocess.Popen[bytes]:
+    """A redis-server of the test's own on ``port``, without persistence, once it accepts connections."""
     if shutil.which("redis-server") is None:
         missing_service("redis-server is not installed (apt-get install redis-server)")
-    port = free_port()
     proc = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--daemonize",
-            "no",
-        ],
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", *DAEMON],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -171,12 +168,29 @@ def own_redis() -> Iterator[tuple[subprocess.Popen[bytes], str]]:
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             pytest.fail(f"redis-server on port {port} did not start")
-        time.sleep(0.02)
-    yield proc, f"redis://127.0.0.1:{port}/0"
+        time.sleep(0.01)
+    return proc
+
+
+def stop_redis(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a server started by `start_redis` (thawing it first if a test froze it)."""
     if proc.poll() is None:
         os.kill(proc.pid, signal.SIGCONT)
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.fixture
+def own_redis() -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """A redis-server of this test's own on a free port, which the test may stop (never the main one)."""
+    port = free_port()
+    proc = start_redis(port)
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    warm(client)
+    client.close()
+    yield proc, url
+    stop_redis(proc)
 
 
 # ---------------------------------------------------------------- script semantics (fakeredis)
@@ -203,7 +217,7 @@ def test_counters_are_per_shard_and_per_millisecond(fake: fakeredis.FakeRedis) -
     assert seq.reserve(2, T, 1) == range(10)
     assert seq.reserve(1, T + 1, 1) == range(10)
     assert seq.reserve(1, T, 1) == range(10, 20)
-    expected = [f"hv:seq:1:{T}", f"hv:seq:1:{T + 1}", f"hv:seq:2:{T}"]
+    expected = [f"hv:seq:1:{T}", f"hv:seq:1:{T + 1}", f"hv:seq:2:{T}", "hv:seq:born"]
     assert sorted(fake.keys("hv:seq:*")) == [k.encode() for k in expected]
 
 
@@ -219,8 +233,8 @@ def test_expiry_is_set_when_the_counter_is_created_and_not_extended(fake: fakere
 
 
 def test_script_runs_atomically_as_one_server_call(fake: fakeredis.FakeRedis) -> None:
-    assert run_script(fake, "k", 16, 9000, 0, -1) == 16
-    assert run_script(fake, "k", 16, 9000, 0, -1) == 32
+    assert run_script(fake, "k", "born", 16, 9000, 0, -1) == 16
+    assert run_script(fake, "k", "born", 16, 9000, 0, -1) == 32
     assert 0 < fake.pttl("k") <= 9000
 
 
@@ -292,15 +306,38 @@ def test_a_millisecond_too_far_from_the_servers_clock_is_refused(fake: fakeredis
         with pytest.raises(SequenceUnavailable, match="clock is off"):
             seq.reserve(0, T + off, 1)
         assert not fake.exists(f"hv:seq:0:{T + off}")  # refused before any counter was made
-    assert RedisSequence(fake).max_skew_ms == 20_000  # a third of the default expiry
+    assert RedisSequence(fake).max_skew_ms == DEFAULT_MAX_SKEW_MS == 1000
+    assert RedisSequence(fake, expire_ms=1500).max_skew_ms == 500  # kept under half the expiry
     unchecked = RedisSequence(fake, check_clock=False)
     assert unchecked.max_skew_ms is None
     assert unchecked.reserve(0, 5, 1) == range(16)  # made-up clocks, for tests only
 
 
+def test_a_fresh_prefix_serves_no_millisecond_it_may_have_served_before() -> None:
+    fake = fakeredis.FakeRedis()  # no born key: a new Redis, or one that lost its counters
+    seq = RedisSequence(fake, max_skew_ms=300, expire_ms=5000)
+    T = now_ms() - LAYOUT.epoch_ms
+    assert seq.reserve(0, T, 1) == range(0)  # refused: that millisecond may have been served before a loss
+    born = int(fake.get("hv:seq:born") or 0)
+    assert abs(born - (T + LAYOUT.epoch_ms)) < 50
+    assert seq.reserve(0, T + 100, 1) == range(0)  # still refused, and without asking Redis
+    assert fake.keys("hv:seq:0:*") == []
+    resume = born + 300 - LAYOUT.epoch_ms
+    while now_ms() - LAYOUT.epoch_ms < resume:
+        time.sleep(0.01)
+    assert seq.reserve(0, now_ms() - LAYOUT.epoch_ms, 1) == range(16)
+    assert int(fake.get("hv:seq:born") or 0) == born  # set once, never moved
+
+
+def test_a_fresh_prefix_longer_than_max_wait_is_a_typed_error() -> None:
+    seq = RedisSequence(fakeredis.FakeRedis(), max_skew_ms=10_000, connect_timeout=0.5, read_timeout=0.5, retries=0)
+    with pytest.raises(SequenceUnavailable, match=r"serves ids again in \d+ ms"):
+        seq.reserve(0, now_ms() - LAYOUT.epoch_ms, 1)
+
+
 def test_the_skew_script_reply(fake: fakeredis.FakeRedis) -> None:
     with pytest.raises(redis.ResponseError, match="HVSKEW -"):
-        run_script(fake, "k", 16, 9000, 0, 1000)
+        run_script(fake, "k", "born", 16, 9000, 0, 1000)
     assert not fake.exists("k")
 
 
@@ -425,6 +462,7 @@ def test_async_blocks_never_overlap() -> None:
 
     async def main() -> list[int]:
         server = fakeredis.FakeServer()
+        warm(fakeredis.FakeRedis(server=server))
         sources = [AsyncRedisSequence(fakeredis.aioredis.FakeRedis(server=server), block_size=50) for _ in range(4)]
         blocks = await asyncio.gather(*(sources[i % 4].reserve(9, T, 1) for i in range(25)))
         for src in sources:
@@ -440,6 +478,7 @@ def test_async_unreachable_redis_raises_sequence_unavailable() -> None:
 
     async def main() -> None:
         server = fakeredis.FakeServer()
+        warm(fakeredis.FakeRedis(server=server))
         server.connected = False
         seq = AsyncRedisSequence(fakeredis.aioredis.FakeRedis(server=server), retries=1)
         with pytest.raises(SequenceUnavailable, match=r"after 2 attempt\(s\)"):
@@ -660,6 +699,41 @@ def test_redis_stopped_mid_run_raises_within_the_bound(own_redis: tuple[subproce
     assert len(issued) > 1000
     assert_unique(issued)
     seq.close()
+
+
+@pytest.mark.slow
+@pytest.mark.redis  # a redis-server of its own, restarted
+@pytest.mark.parametrize("guarded", [True, False], ids=["guarded", "control-unguarded"])
+def test_counters_lost_in_a_restart_are_not_served_again(guarded: bool) -> None:
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    options: dict[str, Any] = {"max_skew_ms": 1000, "check_clock": guarded}  # max_wait 4 s > the 1.8 s wait
+    proc = start_redis(port)
+    try:
+        client = redis.Redis.from_url(url)
+        warm(client)
+        client.close()
+        host_a = RedisSequence(url, **options)
+        before: list[int] = []
+        stop = time.monotonic() + 1.0
+        while time.monotonic() < stop:
+            before += make_ids(host_a, 1, 2000, wanted=1)
+        stop_redis(proc)
+        proc = start_redis(port)  # no persistence: every counter, and the born key, is gone
+        host_b = RedisSequence(url, **options)  # a host whose clock is 800 ms behind A's
+        after = make_ids(host_b, 1, 20_000, offset_ms=-800, wanted=1)
+        a_ms = {i >> LAYOUT.time_shift for i in before}
+        b_ms = {i >> LAYOUT.time_shift for i in after}
+        if guarded:
+            assert not a_ms & b_ms, "B was served milliseconds that A used before the restart"
+            assert_unique(before + after)
+        else:  # the hazard the born key guards against is real
+            assert a_ms & b_ms
+            assert len(set(before + after)) < len(before) + len(after)
+        host_a.close()
+        host_b.close()
+    finally:
+        stop_redis(proc)
 
 
 @pytest.mark.redis  # a redis-server of its own
