@@ -244,8 +244,8 @@ class _RedisSequenceBase:
         return f"<{type(self).__name__} {self.name} prefix={self.key_prefix!r} {sizing}>"
 
     def _client_options(self) -> dict[str, Any]:
-        # Retries are ours (see _attempts): redis-py's own would nest (connect inside command) and
-        # multiply the time bound.
+        # Retries are ours (the loop in reserve): redis-py's own would nest (connect retries inside command
+        # retries, with backoff) and multiply the time bound.
         return {
             "socket_connect_timeout": self.connect_timeout,
             "socket_timeout": self.read_timeout,
