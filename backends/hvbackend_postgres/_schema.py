@@ -12,11 +12,11 @@ __all__ = [
     "BODY_TYPES",
     "KIND_INDEX",
     "PKEY_INDEX",
-    "REQUIRED_RELATIONS",
     "TABLE",
     "ShardSQL",
     "catalog_query",
     "count_query",
+    "required_relations",
     "shard_ddl",
     "shard_schema",
     "truncate_query",
@@ -26,8 +26,19 @@ TABLE = "entities"
 PKEY_INDEX = "entities_pkey"
 KIND_INDEX = "entities_kind_id_idx"
 BODY_INDEX = "entities_body_idx"
-REQUIRED_RELATIONS = frozenset({TABLE, PKEY_INDEX, KIND_INDEX, BODY_INDEX})
 BODY_TYPES = {"hstore": "hstore", "jsonb": "jsonb"}
+
+
+def required_relations(backend: str) -> frozenset[str]:
+    """Relations a provisioned shard has: the table, its primary key, the kind index (and jsonb's GIN index).
+
+    hstore bodies get no GIN index: ``gin_hstore_ops`` indexes whole values, and a value over ~8 kB would
+    make the insert fail; hstore equality queries scan the shard's rows instead.
+    """
+    relations = {TABLE, PKEY_INDEX, KIND_INDEX}
+    if backend == "jsonb":
+        relations.add(BODY_INDEX)
+    return frozenset(relations)
 
 
 def shard_schema(shard_id: int) -> str:
@@ -43,32 +54,35 @@ def shard_ddl(shard_id: int, backend: str, ext_schema: str | None) -> str:
     """Idempotent DDL creating the schema, table and indexes of one shard (several statements, no parameters).
 
     ``entities(id bigint primary key, kind smallint, body)`` plus an index on ``(kind, id)`` for queries by kind and
-    key range, and a GIN index on ``body`` for equality (containment) queries on body fields.
+    key range, and (jsonb) a GIN index on ``body`` for equality (containment) queries on body fields.
     """
     schema = sql.Identifier(shard_schema(shard_id))
     if backend == "hstore":
         if ext_schema is None:
             raise ValueError("the hstore backend needs the schema of the hstore extension")
         body_type: sql.Composable = sql.SQL("{}.hstore").format(sql.Identifier(ext_schema))
-        gin_ops: sql.Composable = sql.SQL("")
+        body_index: sql.Composable = sql.SQL("")
     else:
         body_type = sql.SQL("jsonb")
-        gin_ops = sql.SQL(" jsonb_path_ops")
+        body_index = sql.SQL(
+            "CREATE INDEX IF NOT EXISTS {body_idx} ON {schema}.{table} USING gin (body jsonb_path_ops);"
+        )
     query = sql.SQL(
         "CREATE SCHEMA IF NOT EXISTS {schema};"
         "CREATE TABLE IF NOT EXISTS {schema}.{table} ("
         "id bigint NOT NULL, kind smallint NOT NULL, body {body_type} NOT NULL, "
         "CONSTRAINT {pkey} PRIMARY KEY (id));"
         "CREATE INDEX IF NOT EXISTS {kind_idx} ON {schema}.{table} (kind, id);"
-        "CREATE INDEX IF NOT EXISTS {body_idx} ON {schema}.{table} USING gin (body{gin_ops});"
+        "{body_index}"
     ).format(
         schema=schema,
         table=sql.Identifier(TABLE),
         body_type=body_type,
         pkey=sql.Identifier(PKEY_INDEX),
         kind_idx=sql.Identifier(KIND_INDEX),
-        body_idx=sql.Identifier(BODY_INDEX),
-        gin_ops=gin_ops,
+        body_index=body_index.format(body_idx=sql.Identifier(BODY_INDEX), schema=schema, table=sql.Identifier(TABLE))
+        if isinstance(body_index, sql.SQL)
+        else body_index,
     )
     return _render(query)
 

@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import psycopg
 import psycopg_pool
@@ -22,15 +22,15 @@ from psycopg.types.numeric import Int8BinaryDumper, Int8Dumper
 
 from hvbackend_postgres._schema import (
     BODY_TYPES,
-    REQUIRED_RELATIONS,
     TABLE,
     ShardSQL,
     catalog_query,
     count_query,
+    required_relations,
     shard_ddl,
     shard_schema,
 )
-from hvcore._backend import BackendOptions, ProvisionReport, Record, check_text, iter_fields
+from hvcore._backend import BackendOptions, ProvisionReport, QuerySpec, Record, check_text, iter_fields
 from hvcore._config import redact_conninfo
 from hvcore._key import Key
 from hvcore.errors import (
@@ -46,10 +46,12 @@ from hvcore.errors import (
 __all__ = ["PROVISION_BATCH", "PROVISION_WORKERS", "PostgresServerStore"]
 
 Conn = psycopg.Connection[Any]
+_T = TypeVar("_T")
 
 PROVISION_BATCH = 200  # shards per provisioning transaction (thousands in one run out of lock slots)
 PROVISION_WORKERS = 2  # parallel provisioning sessions per server
 COUNT_BATCH = 500  # shards per row-count query
+QUERY_FETCH = 500  # rows per round trip of a query stream
 _ADVISORY_LOCK = 0x68765F70726F76  # "hv_prov": one provisioner per database at a time
 _HSTORE_SCHEMA_SQL = (
     "SELECT n.nspname FROM pg_catalog.pg_extension e "
@@ -466,16 +468,19 @@ class PostgresServerStore:
             return self._unavailable(exc)
         return exc
 
-    def _run(self, shard_id: int, query: str, params: Sequence[Any]) -> tuple[Any, ...] | None:
-        """Run one statement on a pooled connection; one retry if the connection was lost underneath."""
+    def _with_conn(self, shard_id: int, op: Callable[[Conn], _T], *, committed: object = None) -> _T:
+        """Run ``op`` on a pooled connection; one retry if the connection was lost underneath.
+
+        ``committed`` is what a retried write returns when it hits a unique violation: its first attempt was
+        committed before the connection was lost (client-side ids make this safe to tell).
+        """
         for attempt in (0, 1):
             conn, pool = self._checkout()
             try:
-                cur = conn.execute(query, params)
-                row = cur.fetchone() if cur.description is not None else None
+                return op(conn)
             except pg_errors.UniqueViolation:
-                if attempt:  # the first attempt was committed before its connection was lost
-                    return None
+                if attempt and committed is not None:
+                    return cast(_T, committed)
                 raise
             except psycopg.OperationalError as exc:
                 if attempt == 0 and conn.closed:
@@ -489,8 +494,17 @@ class PostgresServerStore:
                 raise error from None
             finally:
                 self._checkin(conn, pool)
-            return row
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _run(self, shard_id: int, query: str, params: Sequence[Any], *, write: bool = False) -> tuple[Any, ...] | None:
+        """Run one statement; its first row (or None)."""
+
+        def op(conn: Conn) -> tuple[Any, ...] | None:
+            cur = conn.execute(query, params)
+            return cur.fetchone() if cur.description is not None else None
+
+        done: tuple[Any, ...] | None = () if write else None
+        return self._with_conn(shard_id, op, committed=done)
 
     def insert(self, shard_id: int, key: Key, kind: int, data: Mapping[str, Any]) -> None:
         """Store one entity with a single autocommitted INSERT; `DuplicateKey` if the id is taken."""
@@ -499,7 +513,7 @@ class PostgresServerStore:
             (key, kind, list(data.keys()), list(data.values())) if self.text_only else (key, kind, Jsonb(data))
         )
         try:
-            self._run(shard_id, statements.insert, params)
+            self._run(shard_id, statements.insert, params, write=True)
         except pg_errors.UniqueViolation:
             raise DuplicateKey(f"key {int(key)} already exists in shard {shard_id} on {self._label}") from None
 
@@ -509,6 +523,155 @@ class PostgresServerStore:
         if row is None:
             return None
         return Record(key, int(row[0]), dict(row[1]))
+
+    def _body_params(self, data: Mapping[str, Any]) -> tuple[Any, ...]:
+        if self.text_only:
+            return (list(data.keys()), list(data.values()))
+        return (Jsonb(data),)
+
+    def insert_many(self, shard_id: int, rows: Sequence[tuple[Key, int, Mapping[str, Any]]]) -> None:
+        """Store many entities of one shard in one transaction (pipelined); `DuplicateKey` if a key is taken."""
+        if not rows:
+            return
+        statement = self._shard_sql(shard_id).insert
+        params = [(key, kind, *self._body_params(data)) for key, kind, data in rows]
+
+        def op(conn: Conn) -> bool:
+            with conn.transaction(), conn.cursor() as cur:
+                cur.executemany(statement, params)
+            return True
+
+        try:
+            self._with_conn(shard_id, op, committed=True)
+        except pg_errors.UniqueViolation:
+            raise DuplicateKey(
+                f"a key of this batch of {len(rows)} already exists in shard {shard_id} on {self._label}"
+            ) from None
+
+    def _select_shards(self, parts: Sequence[tuple[int, sql.Composable]]) -> sql.Composed:
+        ext = sql.Identifier(self._hstore_schema()) if self.text_only else None
+        body = sql.SQL("{}.hstore_to_json(body)").format(ext) if ext is not None else sql.SQL("body")
+        return sql.SQL(" UNION ALL ").join(
+            sql.SQL("(SELECT id, kind, {body} FROM {schema}.{table}{cond})").format(
+                body=body, schema=sql.Identifier(shard_schema(shard)), table=sql.Identifier(TABLE), cond=cond
+            )
+            for shard, cond in parts
+        )
+
+    def fetch_many(self, items: Sequence[tuple[int, Key]]) -> list[Record]:
+        """Records stored under these (shard, key) pairs, in one round trip; missing keys are left out."""
+        if not items:
+            return []
+        by_shard: dict[int, list[Key]] = {}
+        for shard, key in items:
+            by_shard.setdefault(shard, []).append(key)
+        keys = {int(k): k for _, k in items}
+        query = self._select_shards(
+            [
+                (shard, sql.SQL(" WHERE id = ANY({}::bigint[])").format(sql.Literal([int(k) for k in ks])))
+                for shard, ks in by_shard.items()
+            ]
+        )
+
+        def op(conn: Conn) -> list[tuple[Any, ...]]:
+            return list(conn.execute(query).fetchall())
+
+        rows = self._with_conn(next(iter(by_shard)), op)
+        return [Record(keys[int(r[0])], int(r[1]), dict(r[2])) for r in rows]
+
+    def update(self, shard_id: int, key: Key, data: Mapping[str, Any], *, merge: bool) -> bool:
+        """Merge ``data`` into the stored body (``||``), or replace it; False if the key is not stored."""
+        target = sql.SQL("{}.{}").format(sql.Identifier(shard_schema(shard_id)), sql.Identifier(TABLE))
+        if self.text_only:
+            value: sql.Composable = sql.SQL("{}.hstore(%s::text[], %s::text[])").format(
+                sql.Identifier(self._hstore_schema())
+            )
+        else:
+            value = sql.SQL("%s")
+        new_body = sql.SQL("body || {}").format(value) if merge else value
+        query = sql.SQL("UPDATE {target} SET body = {body} WHERE id = %s").format(target=target, body=new_body)
+        params = (*self._body_params(data), key)
+
+        def op(conn: Conn) -> bool:
+            return conn.execute(query, params).rowcount > 0
+
+        return self._with_conn(shard_id, op)
+
+    def delete(self, shard_id: int, key: Key) -> bool:
+        """Delete one entity; False if the key is not stored."""
+        query = sql.SQL("DELETE FROM {}.{} WHERE id = %s").format(
+            sql.Identifier(shard_schema(shard_id)), sql.Identifier(TABLE)
+        )
+
+        def op(conn: Conn) -> bool:
+            return conn.execute(query, (key,)).rowcount > 0
+
+        return self._with_conn(shard_id, op)
+
+    def _query_sql(self, shard_ids: Sequence[int], spec: QuerySpec) -> tuple[sql.Composed, list[Any]]:
+        conds: list[sql.Composable] = []
+        params: list[Any] = []
+        if spec.kind is not None:
+            conds.append(sql.SQL("kind = %s"))
+            params.append(spec.kind)
+        if spec.low is not None:
+            conds.append(sql.SQL("id >= %s"))
+            params.append(spec.low)
+        if spec.high is not None:
+            conds.append(sql.SQL("id <= %s"))
+            params.append(spec.high)
+        if spec.where:
+            if self.text_only:
+                conds.append(
+                    sql.SQL("body @> {}.hstore(%s::text[], %s::text[])").format(sql.Identifier(self._hstore_schema()))
+                )
+                params += [list(spec.where.keys()), list(spec.where.values())]
+            else:
+                conds.append(sql.SQL("body @> %s"))  # the GIN index narrows; exact equality below
+                params.append(Jsonb(dict(spec.where)))
+                for name, value in spec.where.items():
+                    if isinstance(value, list | tuple | Mapping):
+                        conds.append(sql.SQL("body -> %s = %s"))
+                        params += [name, Jsonb(value)]
+        cond = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conds) if conds else sql.SQL("")
+        limit = sql.SQL(" ORDER BY id LIMIT {}").format(sql.Literal(spec.limit)) if spec.limit is not None else None
+        per_shard = [(s, cond + limit if limit is not None else cond) for s in shard_ids]
+        query = sql.SQL("{} ORDER BY id").format(self._select_shards(per_shard))
+        if spec.limit is not None:
+            query = sql.SQL("{} LIMIT {}").format(query, sql.Literal(spec.limit))
+        return query, params * len(shard_ids)
+
+    def query(self, shard_ids: Sequence[int], spec: QuerySpec) -> Iterator[Record]:
+        """Matching records of these shards in key order, streamed through a server-side cursor.
+
+        One connection is held while the stream is consumed; it goes back when the stream ends or is closed.
+        """
+        if not shard_ids or spec.limit == 0:
+            return
+        query, params = self._query_sql(shard_ids, spec)
+        key_type = self._options.layout.key_type
+        conn, pool = self._checkout()
+        try:
+            conn.autocommit = False
+            with conn.cursor(name="hv_query") as cur:
+                cur.itersize = QUERY_FETCH
+                try:
+                    cur.execute(query, params)
+                except psycopg.Error as exc:
+                    error = self._translate(exc, shard_ids[0])
+                    if error is exc:
+                        raise
+                    raise error from None
+                for row in cur:
+                    yield Record(key_type(row[0]), int(row[1]), dict(row[2]))
+        finally:
+            if not conn.closed:
+                try:
+                    conn.rollback()
+                    conn.autocommit = True
+                except psycopg.Error:
+                    conn.close()
+            self._checkin(conn, pool)
 
     # -- operations ------------------------------------------------------------------------------------------
 
@@ -538,7 +701,7 @@ class PostgresServerStore:
 
     def _existing(self, conn: Conn, shard_ids: Sequence[int]) -> dict[int, tuple[set[str], str | None]]:
         names = {shard_schema(s): s for s in shard_ids}
-        rows = conn.execute(catalog_query(), (sorted(REQUIRED_RELATIONS), list(names))).fetchall()
+        rows = conn.execute(catalog_query(), (sorted(required_relations(self.backend)), list(names))).fetchall()
         return {names[r[0]]: (set(r[1]), r[2]) for r in rows}
 
     def provision(self, shard_ids: Sequence[int], progress: Callable[[int], None] | None = None) -> ProvisionReport:
@@ -563,7 +726,7 @@ class PostgresServerStore:
                         f"shard {shard} on {self._label} stores bodies as {body_type}, not {wanted}: "
                         f"this database belongs to another backend"
                     )
-                if not relations >= REQUIRED_RELATIONS:
+                if not relations >= required_relations(self.backend):
                     todo.append(shard)
             if progress is not None and len(shard_ids) > len(todo):
                 progress(len(shard_ids) - len(todo))

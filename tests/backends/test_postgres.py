@@ -344,7 +344,7 @@ def test_provisioning_is_idempotent(pg_cluster: Any) -> None:
         second = db.provision(ticks.append)
         assert second[0].created == 0 and sum(ticks) == 40
         assert query(settings, catalog) == before
-        query(settings, "DROP INDEX shard0007.entities_body_idx")  # as if interrupted half-way
+        query(settings, "DROP INDEX shard0007.entities_kind_id_idx")  # as if interrupted half-way
         third = db.provision()
         assert third[0].created == 1
         assert len(query(settings, catalog)) == len(before)
