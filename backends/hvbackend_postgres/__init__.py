@@ -5,14 +5,18 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from hvbackend_postgres._astore import AsyncPostgresServerStore
 from hvbackend_postgres._schema import ShardSQL, shard_ddl, shard_schema
 from hvbackend_postgres._store import PostgresServerStore
 from hvcore._backend import BackendOptions
 from hvcore.hookspecs import hookimpl
 
 __all__ = [
+    "AsyncPostgresServerStore",
     "PostgresServerStore",
     "ShardSQL",
+    "async_hstore_store",
+    "async_jsonb_store",
     "hstore_store",
     "hypervault_register_backends",
     "jsonb_store",
@@ -31,8 +35,18 @@ def jsonb_store(settings: Mapping[str, Any], options: BackendOptions) -> Postgre
     return PostgresServerStore(settings, options, backend="jsonb")
 
 
+def async_hstore_store(settings: Mapping[str, Any], options: BackendOptions) -> AsyncPostgresServerStore:
+    """The ``hstore`` backend's store for `AsyncDatastore`."""
+    return AsyncPostgresServerStore(settings, options, backend="hstore")
+
+
+def async_jsonb_store(settings: Mapping[str, Any], options: BackendOptions) -> AsyncPostgresServerStore:
+    """The ``jsonb`` backend's store for `AsyncDatastore`."""
+    return AsyncPostgresServerStore(settings, options, backend="jsonb")
+
+
 @hookimpl
-def hypervault_register_backends(register: Callable[[str, Any], None]) -> None:
-    """Register the ``hstore`` and ``jsonb`` backends."""
-    register("hstore", hstore_store)
-    register("jsonb", jsonb_store)
+def hypervault_register_backends(register: Callable[..., None]) -> None:
+    """Register the ``hstore`` and ``jsonb`` backends (sync and asyncio)."""
+    register("hstore", hstore_store, async_factory=async_hstore_store)
+    register("jsonb", jsonb_store, async_factory=async_jsonb_store)

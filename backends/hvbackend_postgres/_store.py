@@ -7,7 +7,7 @@ import math
 import select
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar, cast
 
@@ -641,7 +641,7 @@ class PostgresServerStore:
             query = sql.SQL("{} LIMIT {}").format(query, sql.Literal(spec.limit))
         return query, params * len(shard_ids)
 
-    def query(self, shard_ids: Sequence[int], spec: QuerySpec) -> Iterator[Record]:
+    def query(self, shard_ids: Sequence[int], spec: QuerySpec) -> Generator[Record, None, None]:
         """Matching records of these shards in key order, streamed through a server-side cursor.
 
         One connection is held while the stream is consumed; it goes back when the stream ends or is closed.
