@@ -23,9 +23,7 @@ def _import_pgserver() -> Any:
             warnings.simplefilter("ignore")
             import pgserver
     except ImportError as exc:
-        raise ImportError(
-            "embedded PostgreSQL needs the pgserver wheel: pip install 'hypervault[embedded]'"
-        ) from exc
+        raise ImportError("embedded PostgreSQL needs the pgserver wheel: pip install 'hypervault[embedded]'") from exc
     return pgserver
 
 

@@ -312,13 +312,18 @@ class PostgresServerStore:
         return True
 
     def _checkout(self) -> tuple[Conn, _Pool]:
+        """Borrow a checked connection: dead ones are discarded and replaced without failing the caller."""
         timeout = self._options.pool_block_timeout
         deadline = time.monotonic() + timeout
         while True:
-            pool = self._current_pool()
+            pool = self._pool
+            if pool is None or pool.last_error is not None:
+                pool = self._current_pool()
             try:
                 conn = pool.getconn(max(deadline - time.monotonic(), 0.001))
             except psycopg_pool.PoolTimeout:
+                if pool.last_error is not None:  # waited while every connection attempt failed
+                    raise pool.last_error from None
                 raise PoolTimeout(
                     f"no connection to {self._label} free within {timeout} s (pool_max={self._options.pool_max}, "
                     "all borrowed): return connections with put_connection()"
@@ -413,18 +418,26 @@ class PostgresServerStore:
 
     def check_data(self, data: Mapping[str, Any]) -> None:
         """hstore: text values (or None) only; jsonb: JSON types only. NUL characters rejected in both."""
-        for name, value in iter_fields(data):
-            check_text(name, name)
-            if self.text_only:
-                if value is None:
+        text_only = self.text_only
+        for name, value in data.items():
+            if type(name) is not str or not name.isascii() or "\x00" in name:
+                for _ in iter_fields({name: value}):  # raises for a non-string name
+                    check_text(name, name)
+            kind = type(value)
+            if kind is str:
+                if not value.isascii() or "\x00" in value:  # ASCII without NUL is always valid text
+                    check_text(name, value)
+            elif value is None:
+                continue
+            elif text_only:
+                if isinstance(value, str):  # a str subclass
+                    check_text(name, value)
                     continue
-                if not isinstance(value, str):
-                    raise InvalidData(
-                        f"field {name!r} is {type(value).__name__} {value!r}: the hstore backend stores text only; "
-                        f"pass str({value!r}) or use the jsonb backend"
-                    )
-                check_text(name, value)
-            else:
+                raise InvalidData(
+                    f"field {name!r} is {kind.__name__} {value!r}: the hstore backend stores text only; "
+                    f"pass str({value!r}) or use the jsonb backend"
+                )
+            elif kind is not int and kind is not bool:
                 _check_json(name, value)
 
     def _hstore_schema(self) -> str:
@@ -496,19 +509,38 @@ class PostgresServerStore:
                 self._checkin(conn, pool)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _run(self, shard_id: int, query: str, params: Sequence[Any], *, write: bool = False) -> tuple[Any, ...] | None:
-        """Run one statement; its first row (or None)."""
+    def _run(
+        self, shard_id: int, query: str, params: Sequence[Any], *, write: bool = False, retried: bool = False
+    ) -> tuple[Any, ...] | None:
+        """Run one statement on a pooled connection and return its first row (or None): the hot path.
 
-        def op(conn: Conn) -> tuple[Any, ...] | None:
+        A connection lost underneath is retried once; a retried write hitting a unique violation was committed
+        by its first attempt (client-side ids make this safe to tell), so it counts as done.
+        """
+        conn, pool = self._checkout()
+        try:
             cur = conn.execute(query, params)
             return cur.fetchone() if cur.description is not None else None
-
-        done: tuple[Any, ...] | None = () if write else None
-        return self._with_conn(shard_id, op, committed=done)
+        except pg_errors.UniqueViolation:
+            if retried and write:
+                return None
+            raise
+        except psycopg.OperationalError as exc:
+            if retried or not conn.closed:
+                raise self._translate(exc, shard_id) from None
+            self._log("connection to %s lost (%s): retrying once", self._label, type(exc).__name__)
+        except psycopg.Error as exc:
+            error = self._translate(exc, shard_id)
+            if error is exc:
+                raise
+            raise error from None
+        finally:
+            self._checkin(conn, pool)
+        return self._run(shard_id, query, params, write=write, retried=True)
 
     def insert(self, shard_id: int, key: Key, kind: int, data: Mapping[str, Any]) -> None:
         """Store one entity with a single autocommitted INSERT; `DuplicateKey` if the id is taken."""
-        statements = self._shard_sql(shard_id)
+        statements = self._sql.get(shard_id) or self._shard_sql(shard_id)
         params: tuple[Any, ...] = (
             (key, kind, list(data.keys()), list(data.values())) if self.text_only else (key, kind, Jsonb(data))
         )
@@ -519,10 +551,11 @@ class PostgresServerStore:
 
     def fetch(self, shard_id: int, key: Key) -> Record | None:
         """The entity stored under ``key``, or None."""
-        row = self._run(shard_id, self._shard_sql(shard_id).fetch, (key,))
+        statements = self._sql.get(shard_id) or self._shard_sql(shard_id)
+        row = self._run(shard_id, statements.fetch, (key,))
         if row is None:
             return None
-        return Record(key, int(row[0]), dict(row[1]))
+        return Record(key, row[0], row[1])  # kind: smallint → int; body: a fresh dict from the JSON loader
 
     def _body_params(self, data: Mapping[str, Any]) -> tuple[Any, ...]:
         if self.text_only:
