@@ -188,7 +188,7 @@ def _demo_servers(args: argparse.Namespace) -> Iterator[tuple[list[dict[str, Any
         yield [dict(shards="0-16", name="demo-a"), dict(shards="16-32", name="demo-b")], "memory", "in-memory backend"
         return
     try:
-        from hvbackend_postgres._embedded import embedded_servers
+        from hvbackend_postgres._embedded import EMBEDDED_BACKEND, embedded_servers
     except ImportError as exc:
         raise HypervaultError(
             f"the embedded demo needs PostgreSQL support: pip install 'hypervault[embedded]' ({exc})"

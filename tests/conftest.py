@@ -12,7 +12,7 @@ pytest_plugins = [
 
 # A test using one of these fixtures gets the marker, so `-m "not postgres"` selects fast tests.
 MARKERS_BY_FIXTURE = {
-    "postgres": ("pg_main", "pg_cluster", "pg_datastore"),
+    "postgres": ("pg_main", "pg_cluster", "pg_datastore", "pg_datastore_factory"),
     "redis": ("redis_url", "redis_client"),
 }
 

@@ -55,7 +55,7 @@ def test_backends_come_from_entry_points_lazily_and_once() -> None:
 
 def test_hypervault_register_backends_hook() -> None:
     registry = PluginRegistry(entry_points=[FakeEntryPoint("two", backend_plugin("alpha", "beta"))])
-    assert registry.backend("beta")({}, None).name == "beta"
+    assert registry.backend("beta")({}, hvcore.BackendOptions()).name == "beta"  # type: ignore[attr-defined]
 
 
 def test_hypervault_register_sequences_hook() -> None:

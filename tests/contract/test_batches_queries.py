@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import inspect
+from typing import Any
 
 import pytest
 
@@ -44,14 +45,14 @@ def test_put_many_of_nothing(datastore: hvcore.Datastore) -> None:
         ({"a": "1"}, "iterable of mappings"),
     ],
 )
-def test_put_many_rejects_bad_rows_and_writes_nothing(datastore: hvcore.Datastore, batch: object, match: str) -> None:
+def test_put_many_rejects_bad_rows_and_writes_nothing(datastore: hvcore.Datastore, batch: Any, match: str) -> None:
     with pytest.raises(InvalidData, match=match):
-        datastore.put_many(2, 1, batch)  # type: ignore[arg-type]
+        datastore.put_many(2, 1, batch)
     assert datastore.status()[0]["rows"] == 0
 
 
 def test_put_many_hstore_needs_strings(datastore: hvcore.Datastore, backend_name: str) -> None:
-    batch = [{"a": "1"}, {"a": 2}]
+    batch: list[dict[str, Any]] = [{"a": "1"}, {"a": 2}]
     if backend_name == "hstore":
         with pytest.raises(InvalidData, match="row 1: field 'a'"):
             datastore.put_many(2, 1, batch)

@@ -221,7 +221,7 @@ def test_hypervault_layout_store(make_datastore) -> None:
     assert type(key).layout == KeyLayout.HYPERVAULT
     assert key.shard_id == 12
     assert abs((key.created - dt.datetime.now(dt.UTC)).total_seconds()) < 5
-    assert store.get(key).data == {"beep": "boop"}  # type: ignore[union-attr]
+    assert store.get(key).data == {"beep": "boop"}
 
 
 def test_repr_names_backend_and_servers(datastore: hvcore.Datastore, backend_name: str) -> None:

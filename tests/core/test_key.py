@@ -35,7 +35,7 @@ def test_key_is_an_int_value_type() -> None:
     key = Key(12345678901234)
     assert key == 12345678901234
     assert hash(key) == hash(12345678901234)
-    assert key != "12345678901234"
+    assert key != "12345678901234"  # type: ignore[comparison-overlap]
     assert repr(key) == "Key(12345678901234)"
     assert str(key) == "12345678901234"
     assert key.to_json() == "12345678901234"

@@ -117,7 +117,7 @@ cuts = st.lists(st.integers(0, 8192), min_size=2, max_size=12, unique=True).map(
 
 
 @given(cuts, st.randoms())
-def test_contiguous_partitions_round_trip(points: list[int], rnd) -> None:  # type: ignore[no-untyped-def]
+def test_contiguous_partitions_round_trip(points: list[int], rnd) -> None:
     ranges = [f"{a}-{b}" for a, b in itertools.pairwise(points)]
     order = list(range(len(ranges)))
     rnd.shuffle(order)
