@@ -5,6 +5,10 @@ Fixtures:
 - ``hv_datastore``: an empty in-memory `Datastore` (shards 0-16 over two pretend servers), closed afterwards.
 - ``hv_make_datastore``: a factory, ``hv_make_datastore(shards=("0-8", "8-16"), **options)``, for other maps or
   options (``layout=``, ``pool_max=``...); every store it makes is closed after the test.
+- ``hv_postgres_datastore``: an empty `Datastore` on real PostgreSQL (shards 0-16, backend ``jsonb``; pass
+  ``--hv-backend hstore`` for hstore). The server comes from ``$HYPERVAULT_TEST_DSN`` (a throwaway database:
+  the fixture creates and empties schemas ``shard0000``..``shard0015`` there), else from testcontainers when
+  a Docker engine runs, else the test is skipped with the reason.
 """
 
 from __future__ import annotations
@@ -16,10 +20,19 @@ from typing import Any
 import pytest
 
 import hvcore
+from hvplugin_pytest._postgres import postgres_server
 
-__all__ = ["hv_datastore", "hv_make_datastore"]
+__all__ = ["hv_datastore", "hv_make_datastore", "hv_postgres_datastore", "hv_postgres_server"]
 
 _runs = itertools.count()
+POSTGRES_SHARDS = ("0-8", "8-16")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """``--hv-backend``: the backend of ``hv_postgres_datastore``."""
+    parser.addoption(
+        "--hv-backend", default="jsonb", choices=["jsonb", "hstore"], help="backend of hv_postgres_datastore"
+    )
 
 
 @pytest.fixture
@@ -44,3 +57,36 @@ def hv_make_datastore() -> Iterator[Callable[..., hvcore.Datastore]]:
 def hv_datastore(hv_make_datastore: Callable[..., hvcore.Datastore]) -> hvcore.Datastore:
     """An empty in-memory datastore over shards 0-16."""
     return hv_make_datastore()
+
+
+@pytest.fixture(scope="session")
+def hv_postgres_server(pytestconfig: pytest.Config) -> Iterator[tuple[dict[str, Any], str]]:
+    """Connection settings of a real PostgreSQL for this session (see the module docstring), and its origin."""
+    with postgres_server() as (settings, origin):
+        if settings is None:
+            pytest.skip(f"no PostgreSQL for hv_postgres_datastore: {origin}")
+        yield settings, origin
+
+
+@pytest.fixture(scope="session")
+def _hv_postgres_provisioned(
+    hv_postgres_server: tuple[dict[str, Any], str], pytestconfig: pytest.Config
+) -> Iterator[hvcore.Datastore]:
+    settings, _ = hv_postgres_server
+    backend = str(pytestconfig.getoption("--hv-backend"))
+    store = hvcore.Datastore([dict(settings, shards=spec) for spec in POSTGRES_SHARDS], backend=backend)
+    try:
+        store.provision()
+        yield store
+    finally:
+        store.close()
+
+
+@pytest.fixture
+def hv_postgres_datastore(_hv_postgres_provisioned: hvcore.Datastore) -> hvcore.Datastore:
+    """An empty datastore on real PostgreSQL (tables emptied before each test)."""
+    store = _hv_postgres_provisioned
+    for shard in store.shard_map.shard_ids:
+        with store.cursor(shard) as cur:
+            cur.execute("DELETE FROM entities")
+    return store
