@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 pytest_plugins = ["pytester"]
@@ -27,7 +29,7 @@ def test_user_gets_an_in_memory_datastore(pytester: pytest.Pytester) -> None:
 
 
 def test_user_gets_a_real_postgres_datastore_from_a_dsn(
-    pytester: pytest.Pytester, pg_main: dict[str, str], monkeypatch: pytest.MonkeyPatch
+    pytester: pytest.Pytester, pg_main: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import psycopg
 
