@@ -118,3 +118,14 @@ def test_console_script_is_installed() -> None:
     assert "2014-11-15T14:11:06.450Z" in result.stdout
     hv = Path(sys.executable).parent / "hv"
     assert hv.exists(), "the hv console script is not installed next to python"
+
+
+def test_demo_on_embedded_postgresql() -> None:
+    pytest.importorskip("pgserver")
+    code, text = run("demo", "--rows", "300", "--json")
+    assert code == 0
+    result = json.loads(text)
+    assert result["written"] == result["read_back"] == 300
+    assert [s["reachable"] for s in result["servers"]] == [True, True]
+    assert sum(s["rows"] for s in result["servers"]) == 300
+    assert "embedded" in result["setup"]
