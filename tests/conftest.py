@@ -8,6 +8,7 @@ pytest_plugins = [
     "fixtures.services",
     "fixtures.datastores",
     "fixtures.pgservers",
+    "fixtures.faults",
 ]
 
 # A test using one of these fixtures gets the marker, so `-m "not postgres"` selects fast tests.
