@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import select
 import threading
 import time
@@ -14,14 +13,24 @@ from typing import Any, TypeVar, cast
 import psycopg
 import psycopg_pool
 from psycopg import errors as pg_errors
-from psycopg import pq, sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from psycopg.rows import dict_row, tuple_row
-from psycopg.types.json import Jsonb
+from psycopg import pq
+from psycopg.rows import tuple_row
+from psycopg.types import TypeInfo
+from psycopg.types.hstore import register_hstore
 from psycopg.types.numeric import Int8BinaryDumper, Int8Dumper
 
+from hvbackend_postgres._common import (
+    ADVISORY_LOCK,
+    COUNT_BATCH,
+    HSTORE_SCHEMA_SQL,
+    PROVISION_BATCH,
+    PROVISION_WORKERS,
+    QUERY_FETCH,
+    SEARCH_PATH_SQL,
+    StoreCore,
+    statement_text,
+)
 from hvbackend_postgres._schema import (
-    BODY_TYPES,
     TABLE,
     ShardSQL,
     catalog_query,
@@ -30,73 +39,16 @@ from hvbackend_postgres._schema import (
     shard_ddl,
     shard_schema,
 )
-from hvcore._backend import BackendOptions, ProvisionReport, QuerySpec, Record, check_text, iter_fields
-from hvcore._config import redact_conninfo
+from hvcore._backend import BackendOptions, ProvisionReport, QuerySpec, Record
 from hvcore._key import Key
-from hvcore.errors import (
-    ConfigError,
-    ConnectionMisuse,
-    DuplicateKey,
-    InvalidData,
-    NotProvisioned,
-    PoolTimeout,
-    ServerUnavailable,
-)
+from hvcore.errors import ConnectionMisuse, ServerUnavailable
 
 __all__ = ["PROVISION_BATCH", "PROVISION_WORKERS", "PostgresServerStore"]
 
 Conn = psycopg.Connection[Any]
 _T = TypeVar("_T")
 
-PROVISION_BATCH = 200  # shards per provisioning transaction (thousands in one run out of lock slots)
-PROVISION_WORKERS = 2  # parallel provisioning sessions per server
-COUNT_BATCH = 500  # shards per row-count query
-QUERY_FETCH = 500  # rows per round trip of a query stream
-_ADVISORY_LOCK = 0x68765F70726F76  # "hv_prov": one provisioner per database at a time
-_HSTORE_SCHEMA_SQL = (
-    "SELECT n.nspname FROM pg_catalog.pg_extension e "
-    "JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'hstore'"
-)
-_NOT_PROVISIONED_STATES = frozenset({"42P01", "3F000"})  # undefined table, invalid schema name
-_MISSING_TYPE_STATES = frozenset({"42704", "42883"})  # undefined object (type), undefined function
 _orphans: list[Any] = []  # pools inherited over fork: kept alive so nothing finalizes the parent's sockets
-
-
-def _scrub(text: str, secret: str | None) -> str:
-    """``text`` with passwords masked (conninfo syntax and the literal password, if any)."""
-    text = redact_conninfo(text)
-    if secret:
-        text = text.replace(secret, "***")
-    return text
-
-
-def _check_json(name: str, value: Any, depth: int = 0) -> None:
-    if depth > 200:
-        raise InvalidData(f"field {name!r} nests deeper than 200 levels")
-    if isinstance(value, str):
-        check_text(name, value)
-        return
-    if value is None or isinstance(value, bool | int):
-        return
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise InvalidData(f"field {name!r} is {value!r}: JSON has no NaN or infinity")
-        return
-    if isinstance(value, list | tuple):
-        for item in value:
-            _check_json(name, item, depth + 1)
-        return
-    if isinstance(value, Mapping):
-        for k, v in value.items():
-            if not isinstance(k, str):
-                raise InvalidData(f"field {name!r} has a non-string key {k!r}: JSON object keys are strings")
-            check_text(name, k)
-            _check_json(name, v, depth + 1)
-        return
-    raise InvalidData(
-        f"field {name!r} is {type(value).__name__} {value!r}: "
-        "store JSON types (str, int, float, bool, None, list, dict)"
-    )
 
 
 def _logging_cursor(logger: Any) -> type[psycopg.Cursor[Any]]:
@@ -106,11 +58,7 @@ def _logging_cursor(logger: Any) -> type[psycopg.Cursor[Any]]:
         """A psycopg cursor that logs each statement and its parameters."""
 
         def _text(self, query: Any) -> str:
-            if isinstance(query, sql.Composable):
-                return query.as_string(self.connection)
-            if isinstance(query, bytes):
-                return query.decode("utf-8", "replace")
-            return str(query)
+            return statement_text(query, self.connection)
 
         def execute(self, query: Any, params: Any = None, **kwargs: Any) -> LoggingCursor:
             logger.info("statement: %s | values: %r", self._text(query), params)
@@ -149,7 +97,7 @@ class _Pool(psycopg_pool.ConnectionPool[Conn]):
         return conn
 
 
-class PostgresServerStore:
+class PostgresServerStore(StoreCore):
     """One PostgreSQL server as the `Datastore` sees it: a pool, the shards' schemas, hstore or jsonb bodies.
 
     ``settings`` are libpq connection parameters (``host``, ``port``, ``dbname``, ``user``, ``password``, ``sslmode``
@@ -159,63 +107,18 @@ class PostgresServerStore:
     __module__ = "hvbackend_postgres"
 
     def __init__(self, settings: Mapping[str, Any], options: BackendOptions, *, backend: str = "jsonb") -> None:
-        if backend not in BODY_TYPES:
-            raise ConfigError(f"unknown PostgreSQL body type {backend!r}: expected 'hstore' or 'jsonb'")
-        self.backend = backend
-        self.text_only = backend == "hstore"
-        self._options = options
-        raw = dict(settings)
-        raw.pop("shards", None)
-        conninfo = raw.pop("conninfo", "") or ""
-        if not isinstance(conninfo, str):
-            raise ConfigError(f"conninfo must be a string, got {type(conninfo).__name__}")
-        kwargs = {k: v for k, v in raw.items() if v is not None}
-        secret = kwargs.get("password")
-        try:
-            params = conninfo_to_dict(make_conninfo(conninfo, **kwargs))
-        except psycopg.ProgrammingError as exc:
-            raise ConfigError(f"invalid PostgreSQL connection settings: {_scrub(str(exc), secret)}") from None
-        self._secret: str | None = str(params["password"]) if params.get("password") else None
-        host = str(params.get("host") or params.get("hostaddr") or "localhost")
-        port = str(params.get("port") or "5432")
-        dbname = str(params.get("dbname") or params.get("user") or "postgres")
-        self._label = f"{host}:{port}/{dbname}"
-        self._conninfo = conninfo
-        kwargs.setdefault("connect_timeout", max(2, math.ceil(options.pool_block_timeout)))
-        kwargs.setdefault("application_name", "hypervault")
-        self._kwargs = kwargs
-        self._user_row_factory: Any = dict_row if options.row_factory == "dict" else tuple_row
+        super().__init__(settings, options, backend=backend)
         self._cursor_factory = _logging_cursor(options.logger) if options.logger is not None else None
         self._pool: _Pool | None = None
         self._pool_lock = threading.Lock()
         self._lock = threading.Lock()
         self._borrowed: dict[int, tuple[Conn, _Pool]] = {}
-        self._lent = 0
-        self._sql: dict[int, ShardSQL] = {}
-        self._ext_schema: str | None = None
 
     # -- identity --------------------------------------------------------------------------------------------
-
-    @property
-    def label(self) -> str:
-        """``host:port/dbname``, never a password."""
-        return self._label
 
     def __repr__(self) -> str:
         state = "open" if self._pool is not None else "closed"
         return f"<PostgresServerStore {self.backend} {self._label} {state} borrowed={self._lent}>"
-
-    def _log(self, message: str, *args: object) -> None:
-        if self._options.logger is not None:
-            self._options.logger.info(message, *args)
-
-    def _unavailable(self, exc: BaseException) -> ServerUnavailable:
-        text = _scrub(str(exc).strip(), self._secret)
-        if "password authentication failed" in text or "authentication failed" in text:
-            return ServerUnavailable(
-                f"PostgreSQL server {self._label} refused the login: {text} (check user and password)"
-            )
-        return ServerUnavailable(f"PostgreSQL server {self._label} is unavailable: {text}")
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -228,13 +131,8 @@ class PostgresServerStore:
     def _new_pool(self) -> _Pool:
         return _Pool(
             self._conninfo,
-            kwargs={**self._kwargs, "autocommit": True},
-            min_size=0,
-            max_size=self._options.pool_max,
-            timeout=self._options.pool_block_timeout,
+            **self._pool_kwargs(),
             configure=self._configure,
-            name=self._label,
-            num_workers=2,
             open=True,
             describe_error=self._unavailable,
         )
@@ -313,8 +211,7 @@ class PostgresServerStore:
 
     def _checkout(self) -> tuple[Conn, _Pool]:
         """Borrow a checked connection: dead ones are discarded and replaced without failing the caller."""
-        timeout = self._options.pool_block_timeout
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + self._options.pool_block_timeout
         while True:
             pool = self._pool
             if pool is None or pool.last_error is not None:
@@ -324,10 +221,7 @@ class PostgresServerStore:
             except psycopg_pool.PoolTimeout:
                 if pool.last_error is not None:  # waited while every connection attempt failed
                     raise pool.last_error from None
-                raise PoolTimeout(
-                    f"no connection to {self._label} free within {timeout} s (pool_max={self._options.pool_max}, "
-                    "all borrowed): return connections with put_connection()"
-                ) from None
+                raise self._pool_timeout() from None
             except psycopg_pool.PoolClosed:
                 if self._pool is None or self._pool is pool:
                     raise ServerUnavailable(f"the pool of {self._label} is closed") from None
@@ -347,18 +241,12 @@ class PostgresServerStore:
 
     def get_connection(self, shard_id: int) -> Conn:
         """Borrow a connection (transactional, rows as dicts by default) whose search path is the shard's schema."""
-        schema = shard_schema(shard_id)
+        path, schema = self._search_path(shard_id)
         conn, pool = self._checkout()
         try:
-            path = sql.SQL("{}, {}").format(sql.Identifier(schema), sql.Identifier(self._ext_schema or "public"))
-            row = conn.execute(
-                "SELECT pg_catalog.set_config('search_path', %s, false), pg_catalog.to_regnamespace(%s) IS NOT NULL",
-                (path.as_string(conn), schema),
-            ).fetchone()
+            row = conn.execute(SEARCH_PATH_SQL, (path.as_string(conn), schema)).fetchone()
             if not row or not row[1]:
-                raise NotProvisioned(
-                    f"shard {shard_id} is not provisioned on {self._label} (no schema {schema}): run `hv init`"
-                )
+                raise self._shard_missing(shard_id)
             conn.autocommit = False
             conn.row_factory = self._user_row_factory
         except BaseException as exc:
@@ -416,46 +304,19 @@ class PostgresServerStore:
 
     # -- entities --------------------------------------------------------------------------------------------
 
-    def check_data(self, data: Mapping[str, Any]) -> None:
-        """hstore: text values (or None) only; jsonb: JSON types only. NUL characters rejected in both."""
-        text_only = self.text_only
-        for name, value in data.items():
-            if type(name) is not str or not name.isascii() or "\x00" in name:
-                for _ in iter_fields({name: value}):  # raises for a non-string name
-                    check_text(name, name)
-            kind = type(value)
-            if kind is str:
-                if not value.isascii() or "\x00" in value:  # ASCII without NUL is always valid text
-                    check_text(name, value)
-            elif value is None:
-                continue
-            elif text_only:
-                if isinstance(value, str):  # a str subclass
-                    check_text(name, value)
-                    continue
-                raise InvalidData(
-                    f"field {name!r} is {kind.__name__} {value!r}: the hstore backend stores text only; "
-                    f"pass str({value!r}) or use the jsonb backend"
-                )
-            elif kind is not int and kind is not bool:
-                _check_json(name, value)
-
     def _hstore_schema(self) -> str:
         schema = self._ext_schema
         if schema is not None:
             return schema
         conn, pool = self._checkout()
         try:
-            row = conn.execute(_HSTORE_SCHEMA_SQL).fetchone()
+            row = conn.execute(HSTORE_SCHEMA_SQL).fetchone()
         except psycopg.OperationalError as exc:
             raise self._unavailable(exc) from None
         finally:
             self._checkin(conn, pool)
         if row is None:
-            raise NotProvisioned(
-                f"the hstore extension is not installed in {self._label}: run `hv init --config FILE` "
-                "(Datastore.provision()) to create it and the shards' schemas"
-            )
+            raise self._hstore_missing()
         self._ext_schema = str(row[0])
         return self._ext_schema
 
@@ -465,21 +326,6 @@ class PostgresServerStore:
             ext = self._hstore_schema() if self.text_only else None
             statements = self._sql[shard_id] = ShardSQL.build(shard_id, self.backend, ext)
         return statements
-
-    def _translate(self, exc: psycopg.Error, shard_id: int) -> Exception:
-        state = exc.sqlstate
-        if state in _NOT_PROVISIONED_STATES:
-            return NotProvisioned(
-                f"shard {shard_id} is not provisioned on {self._label} ({exc.diag.message_primary}): "
-                "run `hv init --config FILE` (Datastore.provision())"
-            )
-        if state in _MISSING_TYPE_STATES and "hstore" in str(exc):
-            self._ext_schema = None
-            self._sql.clear()
-            return NotProvisioned(f"the hstore extension is missing in {self._label}: run `hv init --config FILE`")
-        if isinstance(exc, psycopg.OperationalError) and state is None:
-            return self._unavailable(exc)
-        return exc
 
     def _with_conn(self, shard_id: int, op: Callable[[Conn], _T], *, committed: object = None) -> _T:
         """Run ``op`` on a pooled connection; one retry if the connection was lost underneath.
@@ -541,13 +387,10 @@ class PostgresServerStore:
     def insert(self, shard_id: int, key: Key, kind: int, data: Mapping[str, Any]) -> None:
         """Store one entity with a single autocommitted INSERT; `DuplicateKey` if the id is taken."""
         statements = self._sql.get(shard_id) or self._shard_sql(shard_id)
-        params: tuple[Any, ...] = (
-            (key, kind, list(data.keys()), list(data.values())) if self.text_only else (key, kind, Jsonb(data))
-        )
         try:
-            self._run(shard_id, statements.insert, params, write=True)
+            self._run(shard_id, statements.insert, self._insert_params(key, kind, data), write=True)
         except pg_errors.UniqueViolation:
-            raise DuplicateKey(f"key {int(key)} already exists in shard {shard_id} on {self._label}") from None
+            raise self._duplicate(shard_id, key) from None
 
     def fetch(self, shard_id: int, key: Key) -> Record | None:
         """The entity stored under ``key``, or None."""
@@ -557,72 +400,55 @@ class PostgresServerStore:
             return None
         return Record(key, row[0], row[1])  # kind: smallint → int; body: a fresh dict from the JSON loader
 
-    def _body_params(self, data: Mapping[str, Any]) -> tuple[Any, ...]:
-        if self.text_only:
-            return (list(data.keys()), list(data.values()))
-        return (Jsonb(data),)
+    def _hstore_type(self, conn: Conn) -> None:
+        if self._hstore_info is None:
+            info = TypeInfo.fetch(conn, self._hstore_type_name(self._hstore_schema()))
+            if info is None:
+                raise self._hstore_missing()
+            self._hstore_info = info
 
     def insert_many(self, shard_id: int, rows: Sequence[tuple[Key, int, Mapping[str, Any]]]) -> None:
-        """Store many entities of one shard in one transaction (pipelined); `DuplicateKey` if a key is taken."""
+        """Store many entities of one shard in one transaction: one binary COPY; `DuplicateKey` if a key is taken.
+
+        COPY was measured against a pipelined executemany in one transaction (benchmarks/bench_batches.py):
+        about 4-6 µs per row against 10-18, so a batch of 1000 costs what about 25 single inserts do.
+        """
         if not rows:
             return
-        statement = self._shard_sql(shard_id).insert
-        params = [(key, kind, *self._body_params(data)) for key, kind, data in rows]
+        statement = self._copy_sql(shard_id)
 
         def op(conn: Conn) -> bool:
+            if self.text_only:
+                self._hstore_type(conn)
+            self._log_copy(statement, rows)
             with conn.transaction(), conn.cursor() as cur:
-                cur.executemany(statement, params)
+                if self._hstore_info is not None:
+                    register_hstore(self._hstore_info, cur)
+                with cur.copy(statement) as copy:
+                    copy.set_types(self._copy_types())
+                    for row in self._copy_rows(rows):
+                        copy.write_row(row)
             return True
 
         try:
             self._with_conn(shard_id, op, committed=True)
         except pg_errors.UniqueViolation:
-            raise DuplicateKey(
-                f"a key of this batch of {len(rows)} already exists in shard {shard_id} on {self._label}"
-            ) from None
-
-    def _select_shards(self, parts: Sequence[tuple[int, sql.Composable]]) -> sql.Composed:
-        ext = sql.Identifier(self._hstore_schema()) if self.text_only else None
-        body = sql.SQL("{}.hstore_to_json(body)").format(ext) if ext is not None else sql.SQL("body")
-        return sql.SQL(" UNION ALL ").join(
-            sql.SQL("(SELECT id, kind, {body} FROM {schema}.{table}{cond})").format(
-                body=body, schema=sql.Identifier(shard_schema(shard)), table=sql.Identifier(TABLE), cond=cond
-            )
-            for shard, cond in parts
-        )
+            raise self._duplicate_batch(shard_id, len(rows)) from None
 
     def fetch_many(self, items: Sequence[tuple[int, Key]]) -> list[Record]:
         """Records stored under these (shard, key) pairs, in one round trip; missing keys are left out."""
         if not items:
             return []
-        by_shard: dict[int, list[Key]] = {}
-        for shard, key in items:
-            by_shard.setdefault(shard, []).append(key)
-        keys = {int(k): k for _, k in items}
-        query = self._select_shards(
-            [
-                (shard, sql.SQL(" WHERE id = ANY({}::bigint[])").format(sql.Literal([int(k) for k in ks])))
-                for shard, ks in by_shard.items()
-            ]
-        )
+        query, first_shard = self._fetch_many_sql(items, self._hstore_schema() if self.text_only else None)
 
         def op(conn: Conn) -> list[tuple[Any, ...]]:
             return list(conn.execute(query).fetchall())
 
-        rows = self._with_conn(next(iter(by_shard)), op)
-        return [Record(keys[int(r[0])], int(r[1]), dict(r[2])) for r in rows]
+        return self._records(items, self._with_conn(first_shard, op))
 
     def update(self, shard_id: int, key: Key, data: Mapping[str, Any], *, merge: bool) -> bool:
         """Merge ``data`` into the stored body (``||``), or replace it; False if the key is not stored."""
-        target = sql.SQL("{}.{}").format(sql.Identifier(shard_schema(shard_id)), sql.Identifier(TABLE))
-        if self.text_only:
-            value: sql.Composable = sql.SQL("{}.hstore(%s::text[], %s::text[])").format(
-                sql.Identifier(self._hstore_schema())
-            )
-        else:
-            value = sql.SQL("%s")
-        new_body = sql.SQL("body || {}").format(value) if merge else value
-        query = sql.SQL("UPDATE {target} SET body = {body} WHERE id = %s").format(target=target, body=new_body)
+        query = self._update_sql(shard_id, self._hstore_schema() if self.text_only else None, merge=merge)
         params = (*self._body_params(data), key)
 
         def op(conn: Conn) -> bool:
@@ -632,47 +458,12 @@ class PostgresServerStore:
 
     def delete(self, shard_id: int, key: Key) -> bool:
         """Delete one entity; False if the key is not stored."""
-        query = sql.SQL("DELETE FROM {}.{} WHERE id = %s").format(
-            sql.Identifier(shard_schema(shard_id)), sql.Identifier(TABLE)
-        )
+        query = self._delete_sql(shard_id)
 
         def op(conn: Conn) -> bool:
             return conn.execute(query, (key,)).rowcount > 0
 
         return self._with_conn(shard_id, op)
-
-    def _query_sql(self, shard_ids: Sequence[int], spec: QuerySpec) -> tuple[sql.Composed, list[Any]]:
-        conds: list[sql.Composable] = []
-        params: list[Any] = []
-        if spec.kind is not None:
-            conds.append(sql.SQL("kind = %s"))
-            params.append(spec.kind)
-        if spec.low is not None:
-            conds.append(sql.SQL("id >= %s"))
-            params.append(spec.low)
-        if spec.high is not None:
-            conds.append(sql.SQL("id <= %s"))
-            params.append(spec.high)
-        if spec.where:
-            if self.text_only:
-                conds.append(
-                    sql.SQL("body @> {}.hstore(%s::text[], %s::text[])").format(sql.Identifier(self._hstore_schema()))
-                )
-                params += [list(spec.where.keys()), list(spec.where.values())]
-            else:
-                conds.append(sql.SQL("body @> %s"))  # the GIN index narrows; exact equality below
-                params.append(Jsonb(dict(spec.where)))
-                for name, value in spec.where.items():
-                    if isinstance(value, list | tuple | Mapping):
-                        conds.append(sql.SQL("body -> %s = %s"))
-                        params += [name, Jsonb(value)]
-        cond = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conds) if conds else sql.SQL("")
-        limit = sql.SQL(" ORDER BY id LIMIT {}").format(sql.Literal(spec.limit)) if spec.limit is not None else None
-        per_shard = [(s, cond + limit if limit is not None else cond) for s in shard_ids]
-        query = sql.SQL("{} ORDER BY id").format(self._select_shards(per_shard))
-        if spec.limit is not None:
-            query = sql.SQL("{} LIMIT {}").format(query, sql.Literal(spec.limit))
-        return query, params * len(shard_ids)
 
     def query(self, shard_ids: Sequence[int], spec: QuerySpec) -> Generator[Record, None, None]:
         """Matching records of these shards in key order, streamed through a server-side cursor.
@@ -681,7 +472,7 @@ class PostgresServerStore:
         """
         if not shard_ids or spec.limit == 0:
             return
-        query, params = self._query_sql(shard_ids, spec)
+        query, params = self._query_sql(shard_ids, spec, self._hstore_schema() if self.text_only else None)
         key_type = self._options.layout.key_type
         conn, pool = self._checkout()
         try:
@@ -717,17 +508,14 @@ class PostgresServerStore:
         return conn
 
     def _ensure_hstore(self, conn: Conn, report: ProvisionReport) -> str:
-        row = conn.execute(_HSTORE_SCHEMA_SQL).fetchone()
+        row = conn.execute(HSTORE_SCHEMA_SQL).fetchone()
         if row is None:
             try:
                 conn.execute("CREATE EXTENSION IF NOT EXISTS hstore")
             except psycopg.Error as exc:
-                raise NotProvisioned(
-                    f"cannot create the hstore extension in {self._label}: {_scrub(str(exc), self._secret)} "
-                    "(install it as a superuser: CREATE EXTENSION hstore)"
-                ) from None
+                raise self._cannot_create_hstore(exc) from None
             report.notes.append("created extension hstore")
-            row = conn.execute(_HSTORE_SCHEMA_SQL).fetchone()
+            row = conn.execute(HSTORE_SCHEMA_SQL).fetchone()
             assert row is not None
         self._ext_schema = str(row[0])
         return self._ext_schema
@@ -747,20 +535,10 @@ class PostgresServerStore:
         report = ProvisionReport(server=self._label, shards=len(shard_ids))
         conn = self._admin()
         try:
-            conn.execute("SELECT pg_advisory_lock(%s)", (_ADVISORY_LOCK,))
+            conn.execute("SELECT pg_advisory_lock(%s)", (ADVISORY_LOCK,))
             ext = self._ensure_hstore(conn, report) if self.text_only else None
             existing = self._existing(conn, shard_ids)
-            todo: list[int] = []
-            wanted = BODY_TYPES[self.backend]
-            for shard in shard_ids:
-                relations, body_type = existing.get(shard, (set(), None))
-                if body_type is not None and body_type.rsplit(".", 1)[-1] != wanted:
-                    raise ConfigError(
-                        f"shard {shard} on {self._label} stores bodies as {body_type}, not {wanted}: "
-                        f"this database belongs to another backend"
-                    )
-                if not relations >= required_relations(self.backend):
-                    todo.append(shard)
+            todo = self._todo(shard_ids, existing)
             if progress is not None and len(shard_ids) > len(todo):
                 progress(len(shard_ids) - len(todo))
             batches = [todo[i : i + PROVISION_BATCH] for i in range(0, len(todo), PROVISION_BATCH)]
@@ -836,13 +614,4 @@ class PostgresServerStore:
     def stats(self) -> dict[str, Any]:
         """Pool figures: pool_max, size, available, borrowed (lent by this store), waiting, connection errors."""
         pool = self._pool
-        raw = pool.get_stats() if pool is not None else {}
-        return {
-            "pool_max": self._options.pool_max,
-            "size": raw.get("pool_size", 0),
-            "available": raw.get("pool_available", 0),
-            "borrowed": self._lent,
-            "waiting": raw.get("requests_waiting", 0),
-            "connection_errors": raw.get("connections_errors", 0),
-            "connections_lost": raw.get("connections_lost", 0) + raw.get("returns_bad", 0),
-        }
+        return self._stats(pool.get_stats() if pool is not None else {})
