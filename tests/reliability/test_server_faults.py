@@ -1,0 +1,175 @@
+"""Servers stopped, crashed and restarted, sessions terminated, pools exhausted: under load, for real."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import pytest
+from fixtures.faults import FaultServers, WriteLoad, count_outcome
+
+import hvcore
+
+pytestmark = pytest.mark.postgres
+
+SHARDS_A = list(range(8))  # on fault server 0
+SHARDS_B = list(range(8, 16))  # on fault server 1, the one stopped
+
+
+def two_servers(fault_pg: FaultServers, **options: Any) -> hvcore.Datastore:
+    a, b = fault_pg.fresh_db(0), fault_pg.fresh_db(1)
+    db = hvcore.Datastore([dict(shards="0-8", **a), dict(shards="8-16", **b)], backend="jsonb", **options)
+    db.provision()
+    return db
+
+
+def stored_bodies(fault_pg: FaultServers, index: int, dbname: str, shards: list[int]) -> Counter[tuple[int, int]]:
+    """(thread, op) of every row stored on a server, counted (read directly, not through hypervault)."""
+    union = " UNION ALL ".join(f"SELECT body FROM shard{s:04d}.entities" for s in shards)
+    rows = fault_pg.sql(index, f"SELECT (body->>'t')::int, (body->>'n')::int FROM ({union}) b", dbname=dbname)
+    return Counter((int(t), int(n)) for t, n in rows)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["fast", "immediate"])
+def test_server_restart_under_load_loses_no_acknowledged_write(fault_pg: FaultServers, mode: str) -> None:
+    db = two_servers(fault_pg, pool_max=8, pool_block_timeout=2)
+    load = WriteLoad(db, SHARDS_A + SHARDS_B, threads=8)
+    try:
+        load.start()
+        load.wait_acks(300)
+        stopped_at = time.monotonic()
+        fault_pg.stop(1, mode)
+        load.wait_acks(200, since=time.monotonic(), shards=SHARDS_A)  # server 0 carries on meanwhile
+        time.sleep(0.3)
+        fault_pg.start(1)
+        up_at = time.monotonic()
+        recovered_at = load.wait_acks(1, since=up_at, shards=SHARDS_B)  # nobody calls anything: the pool heals
+        load.wait_acks(300, since=recovered_at, shards=SHARDS_B)
+    finally:
+        load.stop()
+        fault_pg.start(1)
+    outcome = count_outcome(load, db)
+    errors = Counter(type(exc).__name__ for _, _, _, exc in load.failed)
+    on_a = [exc for shard, _, _, exc in load.failed if shard in SHARDS_A]
+    during = [exc for _, at, _, exc in load.failed if stopped_at <= at <= recovered_at + 2]
+    dbname_b = db.servers[1].label.rsplit("/", 1)[1]
+    stored_b = stored_bodies(fault_pg, 1, dbname_b, SHARDS_B)
+    failed_but_stored = sum(1 for _, _, body, _ in load.failed if (body["t"], body["n"]) in stored_b)
+    stored_twice = sum(1 for count in stored_b.values() if count > 1)
+    print(
+        f"\nrestart (pg_ctl stop -m {mode}): {outcome}, errors={dict(errors)}, failed_but_stored={failed_but_stored}, "
+        f"stored_twice={stored_twice}, recovered {recovered_at - up_at:.2f} s after the restart"
+    )
+    assert outcome["lost"] == 0 and outcome["wrong"] == 0
+    assert outcome["acknowledged"] >= 800
+    assert all(isinstance(exc, hvcore.HypervaultError) for _, _, _, exc in load.failed), errors
+    assert len(during) == len(load.failed), "writes failed outside the outage"
+    assert not on_a, f"the server that kept running saw errors: {on_a[:3]}"
+    assert stored_twice == 0
+    assert recovered_at - up_at < 3.0
+    for server in db.servers:
+        assert server.stats()["borrowed"] == 0
+    db.close()
+
+
+@pytest.mark.slow
+def test_terminated_sessions_fail_at_most_one_operation_per_connection(fault_pg: FaultServers) -> None:
+    settings = fault_pg.fresh_db(0)
+    dbname = settings["dbname"]
+    db = hvcore.Datastore([dict(shards="0-16", **settings)], backend="jsonb", pool_max=4)
+    db.provision()
+    load = WriteLoad(db, list(range(16)), threads=4, pause_after_error=0)
+    reader_errors: list[BaseException] = []
+    reads = [0]
+    stop = threading.Event()
+
+    def read() -> None:  # reads share the pool with the writers
+        while not stop.is_set():
+            try:
+                keys = list(load.acked)[-20:]
+                for key in keys:
+                    assert db.get(key) is not None
+                    reads[0] += 1
+            except hvcore.HypervaultError as exc:
+                reader_errors.append(exc)
+
+    reader = threading.Thread(target=read, daemon=True)
+    terminated = 0
+    try:
+        load.start()
+        reader.start()
+        load.wait_acks(200)
+        for _ in range(3):
+            rows = fault_pg.sql(
+                0,
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = %s AND application_name = 'hypervault' AND pid <> pg_backend_pid()",
+                (dbname,),
+            )
+            terminated += sum(1 for (ok,) in rows if ok)
+            load.wait_acks(100, since=time.monotonic())
+        last_kill = time.monotonic()
+        load.wait_acks(300, since=last_kill)
+    finally:
+        stop.set()
+        load.stop()
+        reader.join(10)
+    outcome = count_outcome(load, db)
+    failed = len(load.failed) + len(reader_errors)
+    print(f"\npg_terminate_backend: {terminated} sessions terminated, {failed} operations failed, {outcome}")
+    assert terminated >= 4
+    assert failed <= terminated, "more failed operations than terminated sessions"
+    assert all(isinstance(exc, hvcore.HypervaultError) for *_, exc in load.failed)
+    assert outcome["lost"] == 0 and outcome["wrong"] == 0
+    assert db.servers[0].stats()["borrowed"] == 0
+    db.close()
+
+
+@pytest.mark.parametrize("backend", ["jsonb", "memory"])
+def test_pool_exhaustion_raises_pool_timeout_at_pool_block_timeout(fault_pg: FaultServers, backend: str) -> None:
+    timeout = 0.5
+    if backend == "memory":
+        servers = [dict(shards="0-16", name=f"exhaust-{time.monotonic_ns()}")]
+    else:
+        servers = [dict(shards="0-16", **fault_pg.fresh_db(0))]
+    db = hvcore.Datastore(servers, backend=backend, pool_max=3, pool_block_timeout=timeout)
+    db.provision()
+    held = [db.get_connection(s) for s in (1, 2, 3)]
+    waits: list[float] = []
+    errors: list[BaseException] = []
+
+    def borrow(how: str) -> None:  # more borrowers than pool_max
+        started = time.monotonic()
+        try:
+            if how == "put":
+                db.put(4, 1, a="b")
+            else:
+                db.put_connection(db.get_connection(4))
+        except BaseException as exc:
+            errors.append(exc)
+        waits.append(time.monotonic() - started)
+
+    # the memory backend has no connections behind put(): only explicit borrowers wait there
+    ways = ["get_connection", "put", "put"] if backend != "memory" else ["get_connection"] * 3
+    try:
+        threads = [threading.Thread(target=borrow, args=(how,)) for how in ways]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+        started = time.monotonic()
+        with pytest.raises(hvcore.PoolTimeout, match="pool_max=3"):
+            db.get_connection(5)
+        waits.append(time.monotonic() - started)
+    finally:
+        for conn in held:
+            db.put_connection(conn)
+    print(f"\npool exhaustion ({backend}): waits {[round(w, 3) for w in waits]} s for pool_block_timeout={timeout}")
+    assert len(errors) == 3 and all(isinstance(e, hvcore.PoolTimeout) for e in errors), errors
+    assert all(0.8 * timeout <= w <= 1.2 * timeout for w in waits), waits
+    db.put(4, 1, a="b")  # the pool is whole again
+    assert db.servers[0].stats()["borrowed"] == 0
+    db.close()
