@@ -1,136 +1,595 @@
-"""`AsyncPostgresServerStore`: the asyncio face of `PostgresServerStore`, running its blocking I/O in worker threads."""
+"""`AsyncPostgresServerStore`: one PostgreSQL server behind one psycopg_pool `AsyncConnectionPool` (native asyncio)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+import contextlib
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import psycopg
+import psycopg_pool
+from psycopg import errors as pg_errors
+from psycopg import pq
+from psycopg.rows import tuple_row
+from psycopg.types import TypeInfo
+from psycopg.types.hstore import register_hstore
+from psycopg.types.numeric import Int8BinaryDumper, Int8Dumper
 
-from hvbackend_postgres._store import PostgresServerStore
+from hvbackend_postgres._common import (
+    ADVISORY_LOCK,
+    COUNT_BATCH,
+    HSTORE_SCHEMA_SQL,
+    PROVISION_BATCH,
+    PROVISION_WORKERS,
+    QUERY_FETCH,
+    SEARCH_PATH_SQL,
+    StoreCore,
+    idle_socket_state,
+    statement_text,
+)
+from hvbackend_postgres._schema import (
+    TABLE,
+    ShardSQL,
+    catalog_query,
+    count_query,
+    required_relations,
+    shard_ddl,
+    shard_schema,
+)
 from hvcore._backend import BackendOptions, ProvisionReport, QuerySpec, Record
 from hvcore._key import Key
+from hvcore.errors import ConnectionMisuse, ServerUnavailable
 
 __all__ = ["AsyncPostgresServerStore"]
 
-_END = object()
+AConn = psycopg.AsyncConnection[Any]
+_T = TypeVar("_T")
+_orphans: list[Any] = []  # pools inherited over fork: kept alive so nothing finalizes the parent's sockets
 
 
-class AsyncPostgresServerStore:
-    """The same store for `AsyncDatastore`: every method awaitable, the event loop never blocked.
+def _logging_cursor(logger: Any) -> type[psycopg.AsyncCursor[Any]]:
+    """An async cursor class logging every statement with its bound values before running it."""
 
-    Each call runs the sync store's code in the loop's default executor (one thread per call in flight), so
-    pools, checks, retries and errors are exactly those of `PostgresServerStore`.
+    class LoggingAsyncCursor(psycopg.AsyncCursor[Any]):
+        """A psycopg async cursor that logs each statement and its parameters."""
+
+        async def execute(self, query: Any, params: Any = None, **kwargs: Any) -> LoggingAsyncCursor:
+            logger.info("statement: %s | values: %r", statement_text(query, self.connection), params)
+            await super().execute(query, params, **kwargs)
+            return self
+
+        async def executemany(self, query: Any, params_seq: Any, **kwargs: Any) -> None:
+            params_seq = list(params_seq)
+            text = statement_text(query, self.connection)
+            logger.info("statement: %s | values (%d rows): %r", text, len(params_seq), params_seq)
+            await super().executemany(query, params_seq, **kwargs)
+
+    return LoggingAsyncCursor
+
+
+class _Pool(psycopg_pool.AsyncConnectionPool[AConn]):
+    """psycopg_pool's async pool, which also fails waiting clients at once when a connection attempt fails."""
+
+    def __init__(self, *args: Any, describe_error: Callable[[Exception], Exception], **kwargs: Any) -> None:
+        self.last_error: Exception | None = None
+        self._describe_error = describe_error
+        super().__init__(*args, **kwargs)
+
+    async def _connect(self, timeout: float | None = None) -> AConn:
+        try:
+            conn = await super()._connect(timeout)
+        except Exception as exc:
+            error = self._describe_error(exc)
+            self.last_error = error
+            async with self._lock:
+                waiting = list(self._waiting)
+                self._waiting.clear()
+            for client in waiting:
+                await client.fail(error)
+            raise
+        self.last_error = None
+        return conn
+
+
+class AsyncPostgresServerStore(StoreCore):
+    """The asyncio twin of `PostgresServerStore`: the same SQL, checks, retries and errors, on an async pool.
+
+    No threads: every round trip is awaited on the caller's event loop, so a full pool or a slow server makes
+    the waiting task wait, never the loop. The pool belongs to the loop that first used the store.
     """
 
     __module__ = "hvbackend_postgres"
 
     def __init__(self, settings: Mapping[str, Any], options: BackendOptions, *, backend: str = "jsonb") -> None:
-        self.sync = PostgresServerStore(settings, options, backend=backend)
+        super().__init__(settings, options, backend=backend)
+        self._cursor_factory = _logging_cursor(options.logger) if options.logger is not None else None
+        self._pool: _Pool | None = None
+        self._pool_lock = asyncio.Lock()
+        self._borrowed: dict[int, tuple[AConn, _Pool]] = {}
+        self._retired: set[asyncio.Task[None]] = set()
 
-    @property
-    def label(self) -> str:
-        """``host:port/dbname``, never a password."""
-        return self.sync.label
+    # -- identity --------------------------------------------------------------------------------------------
 
     def __repr__(self) -> str:
-        return repr(self.sync).replace("<PostgresServerStore", "<AsyncPostgresServerStore", 1)
+        state = "open" if self._pool is not None else "closed"
+        return f"<AsyncPostgresServerStore {self.backend} {self._label} {state} borrowed={self._lent}>"
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+
+    async def _configure(self, conn: AConn) -> None:
+        conn.adapters.register_dumper(Key, Int8Dumper)
+        conn.adapters.register_dumper(Key, Int8BinaryDumper)
+        if self._cursor_factory is not None:
+            conn.cursor_factory = self._cursor_factory
+
+    async def _new_pool(self) -> _Pool:
+        pool = _Pool(
+            self._conninfo,
+            **self._pool_kwargs(),
+            configure=self._configure,
+            open=False,
+            describe_error=self._unavailable,
+        )
+        await pool.open()
+        return pool
 
     async def open(self) -> None:
-        """Create the pool (connections are made on first use)."""
-        await asyncio.to_thread(self.sync.open)
+        """Create the pool (idempotent); connections are made on first use, so a server that is down fails later."""
+        if self._pool is not None:
+            return
+        async with self._pool_lock:
+            if self._pool is None:
+                self._pool = await self._new_pool()
 
     async def close(self) -> None:
-        """Close the pool."""
-        await asyncio.to_thread(self.sync.close)
+        """Close the pool and every idle connection (idempotent); connections still borrowed close when returned."""
+        async with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close(timeout=1.0)
+        if self._retired:
+            await asyncio.gather(*self._retired, return_exceptions=True)
 
     def after_fork_in_child(self) -> None:
-        """As the sync store."""
-        self.sync.after_fork_in_child()
+        """Forget the inherited pool without closing its sockets (they are the parent's sessions)."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            _orphans.append(pool)
+        _orphans.extend(conn for conn, _ in self._borrowed.values())
+        self._borrowed = {}
+        self._lent = 0
+        self._retired = set()
+        self._pool_lock = asyncio.Lock()
 
-    def check_data(self, data: Mapping[str, Any]) -> None:
-        """As the sync store (no I/O)."""
-        self.sync.check_data(data)
+    # -- connections -----------------------------------------------------------------------------------------
 
-    async def get_connection(self, shard_id: int) -> psycopg.Connection[Any]:
-        """Borrow a (blocking) psycopg connection in the shard's schema; use it from a thread."""
-        return await asyncio.to_thread(self.sync.get_connection, shard_id)
+    async def _current_pool(self) -> _Pool:
+        pool = self._pool
+        if pool is None:
+            await self.open()
+            pool = self._pool
+            if pool is None:
+                raise ServerUnavailable(f"the store of {self._label} was closed")
+        if pool.last_error is not None:
+            pool = await self._recover(pool)
+        return pool
 
-    async def put_connection(self, conn: Any) -> None:
-        """Return a borrowed connection."""
-        await asyncio.to_thread(self.sync.put_connection, conn)
+    async def _recover(self, failed: _Pool) -> _Pool:
+        """The last connection attempt failed: probe the server now; if it is back, start from a fresh pool."""
+        try:
+            probe = await psycopg.AsyncConnection.connect(self._conninfo, **self._kwargs)
+        except psycopg.Error as exc:
+            raise self._unavailable(exc) from None
+        await probe.close()
+        async with self._pool_lock:
+            if self._pool is failed:
+                self._pool = await self._new_pool()
+            pool = self._pool
+        if pool is not failed:  # closed in the background: its workers may still be retrying a connect
+            task = asyncio.create_task(failed.close(timeout=5.0))
+            self._retired.add(task)
+            task.add_done_callback(self._retired.discard)
+        if pool is None:
+            raise ServerUnavailable(f"the store of {self._label} was closed")
+        return pool
+
+    @staticmethod
+    async def _healthy(conn: AConn) -> bool:
+        """Cheap checkout check: a dead socket shows up as readable while idle (no round trip in the usual case)."""
+        state = idle_socket_state(conn.pgconn)
+        if state is not None:
+            return state
+        try:  # a termination notice, EOF, or just a notification: a round trip tells
+            await conn.execute("")
+        except psycopg.Error:
+            return False
+        return True
+
+    async def _checkout(self) -> tuple[AConn, _Pool]:
+        """Borrow a checked connection: dead ones are discarded and replaced without failing the caller."""
+        deadline = time.monotonic() + self._options.pool_block_timeout
+        while True:
+            pool = self._pool
+            if pool is None or pool.last_error is not None:
+                pool = await self._current_pool()
+            try:
+                conn = await pool.getconn(max(deadline - time.monotonic(), 0.001))
+            except psycopg_pool.PoolTimeout:
+                if pool.last_error is not None:  # waited while every connection attempt failed
+                    raise pool.last_error from None
+                raise self._pool_timeout() from None
+            except psycopg_pool.PoolClosed:
+                if self._pool is None or self._pool is pool:
+                    raise ServerUnavailable(f"the pool of {self._label} is closed") from None
+                continue  # replaced by a fresh pool meanwhile
+            if await self._healthy(conn):
+                self._lent += 1
+                return conn, pool
+            self._log("discarding a dead connection to %s", self._label)
+            await conn.close()
+            await pool.putconn(conn)
+
+    async def _checkin(self, conn: AConn, pool: _Pool) -> None:
+        self._lent -= 1
+        await pool.putconn(conn)
+
+    async def get_connection(self, shard_id: int) -> AConn:
+        """Borrow an async connection (transactional, rows as dicts by default) in the shard's schema."""
+        path, schema = self._search_path(shard_id)
+        conn, pool = await self._checkout()
+        try:
+            cur = await conn.execute(SEARCH_PATH_SQL, (path.as_string(conn), schema))
+            row = await cur.fetchone()
+            if not row or not row[1]:
+                raise self._shard_missing(shard_id)
+            await conn.set_autocommit(False)
+            conn.row_factory = self._user_row_factory
+        except BaseException as exc:
+            await self._checkin(conn, pool)
+            if isinstance(exc, psycopg.OperationalError):
+                raise self._unavailable(exc) from None
+            raise
+        self._borrowed[id(conn)] = (conn, pool)
+        return conn
 
     def owns(self, conn: Any) -> bool:
         """True if ``conn`` is borrowed from this store right now."""
-        return self.sync.owns(conn)
+        entry = self._borrowed.get(id(conn))
+        return entry is not None and entry[0] is conn
+
+    async def put_connection(self, conn: Any) -> None:
+        """Return a borrowed connection: an open transaction is rolled back, autocommit and tuple rows restored."""
+        entry = self._borrowed.get(id(conn))
+        if entry is None or entry[0] is not conn:
+            raise ConnectionMisuse(f"{conn!r} is not borrowed from {self._label} (returned twice?)")
+        del self._borrowed[id(conn)]
+        pool = entry[1]
+        try:
+            if not conn.closed:
+                status = conn.pgconn.transaction_status
+                if status in (pq.TransactionStatus.INTRANS, pq.TransactionStatus.INERROR):
+                    await conn.rollback()
+                elif status == pq.TransactionStatus.ACTIVE:
+                    await conn.close()
+                if not conn.closed:
+                    await conn.set_autocommit(True)
+                    conn.row_factory = tuple_row
+        except psycopg.Error:
+            await conn.close()
+        finally:
+            await self._checkin(conn, pool)
 
     @asynccontextmanager
-    async def cursor(self, shard_id: int) -> AsyncIterator[psycopg.Cursor[Any]]:
-        """A cursor in the shard's schema: commit on success, rollback on error, connection always returned."""
+    async def cursor(self, shard_id: int) -> AsyncIterator[psycopg.AsyncCursor[Any]]:
+        """An async cursor in the shard's schema: commit on success, rollback on error, connection always returned."""
         conn = await self.get_connection(shard_id)
         try:
-            with conn.cursor() as cur:
+            async with conn.cursor() as cur:
                 yield cur
-            await asyncio.to_thread(conn.commit)
+            await conn.commit()
         except BaseException:
             if not conn.closed:
-                try:
-                    await asyncio.to_thread(conn.rollback)
-                except psycopg.Error:
-                    conn.close()
+                with contextlib.suppress(psycopg.Error):
+                    await conn.rollback()
             raise
         finally:
             await self.put_connection(conn)
 
+    # -- entities --------------------------------------------------------------------------------------------
+
+    async def _hstore_schema(self) -> str:
+        schema = self._ext_schema
+        if schema is not None:
+            return schema
+        conn, pool = await self._checkout()
+        try:
+            row = await (await conn.execute(HSTORE_SCHEMA_SQL)).fetchone()
+        except psycopg.OperationalError as exc:
+            raise self._unavailable(exc) from None
+        finally:
+            await self._checkin(conn, pool)
+        if row is None:
+            raise self._hstore_missing()
+        self._ext_schema = str(row[0])
+        return self._ext_schema
+
+    async def _ext(self) -> str | None:
+        return await self._hstore_schema() if self.text_only else None
+
+    async def _shard_sql(self, shard_id: int) -> ShardSQL:
+        statements = self._sql.get(shard_id)
+        if statements is None:
+            statements = self._sql[shard_id] = ShardSQL.build(shard_id, self.backend, await self._ext())
+        return statements
+
+    async def _with_conn(self, shard_id: int, op: Callable[[AConn], Awaitable[_T]], *, committed: object = None) -> _T:
+        """Run ``op`` on a pooled connection; one retry if the connection was lost underneath.
+
+        ``committed`` is what a retried write returns when it hits a unique violation: its first attempt was
+        committed before the connection was lost (client-side ids make this safe to tell).
+        """
+        for attempt in (0, 1):
+            conn, pool = await self._checkout()
+            try:
+                return await op(conn)
+            except pg_errors.UniqueViolation:
+                if attempt and committed is not None:
+                    return cast(_T, committed)
+                raise
+            except psycopg.OperationalError as exc:
+                if attempt == 0 and conn.closed:
+                    self._log("connection to %s lost (%s): retrying once", self._label, type(exc).__name__)
+                    continue
+                raise self._translate(exc, shard_id) from None
+            except psycopg.Error as exc:
+                error = self._translate(exc, shard_id)
+                if error is exc:
+                    raise
+                raise error from None
+            finally:
+                await self._checkin(conn, pool)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _run(
+        self, shard_id: int, query: str, params: Sequence[Any], *, write: bool = False
+    ) -> tuple[Any, ...] | None:
+        """Run one statement on a pooled connection and return its first row (or None): the hot path.
+
+        A connection lost underneath is retried once; a retried write hitting a unique violation was committed
+        by its first attempt, so it counts as done.
+        """
+
+        async def op(conn: AConn) -> tuple[Any, ...] | None:
+            cur = await conn.execute(query, params)
+            return await cur.fetchone() if cur.description is not None else None
+
+        return await self._with_conn(shard_id, op, committed=() if write else None)  # () marks a committed write
+
     async def insert(self, shard_id: int, key: Key, kind: int, data: Mapping[str, Any]) -> None:
-        """As the sync store."""
-        await asyncio.to_thread(self.sync.insert, shard_id, key, kind, data)
+        """Store one entity with a single autocommitted INSERT; `DuplicateKey` if the id is taken."""
+        statements = self._sql.get(shard_id) or await self._shard_sql(shard_id)
+        try:
+            await self._run(shard_id, statements.insert, self._insert_params(key, kind, data), write=True)
+        except pg_errors.UniqueViolation:
+            raise self._duplicate(shard_id, key) from None
 
     async def fetch(self, shard_id: int, key: Key) -> Record | None:
-        """As the sync store."""
-        return await asyncio.to_thread(self.sync.fetch, shard_id, key)
+        """The entity stored under ``key``, or None."""
+        statements = self._sql.get(shard_id) or await self._shard_sql(shard_id)
+        row = await self._run(shard_id, statements.fetch, (key,))
+        if row is None:
+            return None
+        return Record(key, row[0], row[1])
+
+    async def _hstore_type(self, conn: AConn) -> None:
+        if self._hstore_info is None:
+            info = await TypeInfo.fetch(conn, self._hstore_type_name(await self._hstore_schema()))
+            if info is None:
+                raise self._hstore_missing()
+            self._hstore_info = info
 
     async def insert_many(self, shard_id: int, rows: Sequence[tuple[Key, int, Mapping[str, Any]]]) -> None:
-        """As the sync store."""
-        await asyncio.to_thread(self.sync.insert_many, shard_id, rows)
+        """Store many entities of one shard in one transaction: one binary COPY; `DuplicateKey` if a key is taken."""
+        if not rows:
+            return
+        statement = self._copy_sql(shard_id)
+
+        async def op(conn: AConn) -> bool:
+            if self.text_only:
+                await self._hstore_type(conn)
+            self._log_copy(statement, rows)
+            async with conn.transaction(), conn.cursor() as cur:
+                if self._hstore_info is not None:
+                    register_hstore(self._hstore_info, cur)
+                async with cur.copy(statement) as copy:
+                    copy.set_types(self._copy_types())
+                    for row in self._copy_rows(rows):
+                        await copy.write_row(row)
+            return True
+
+        try:
+            await self._with_conn(shard_id, op, committed=True)
+        except pg_errors.UniqueViolation:
+            raise self._duplicate_batch(shard_id, len(rows)) from None
 
     async def fetch_many(self, items: Sequence[tuple[int, Key]]) -> list[Record]:
-        """As the sync store."""
-        return await asyncio.to_thread(self.sync.fetch_many, items)
+        """Records stored under these (shard, key) pairs, in one round trip; missing keys are left out."""
+        if not items:
+            return []
+        query, first_shard = self._fetch_many_sql(items, await self._ext())
+
+        async def op(conn: AConn) -> list[tuple[Any, ...]]:
+            return list(await (await conn.execute(query)).fetchall())
+
+        return self._records(items, await self._with_conn(first_shard, op))
 
     async def update(self, shard_id: int, key: Key, data: Mapping[str, Any], *, merge: bool) -> bool:
-        """As the sync store."""
-        return await asyncio.to_thread(lambda: self.sync.update(shard_id, key, data, merge=merge))
+        """Merge ``data`` into the stored body (``||``), or replace it; False if the key is not stored."""
+        query = self._update_sql(shard_id, await self._ext(), merge=merge)
+        params = (*self._body_params(data), key)
+
+        async def op(conn: AConn) -> bool:
+            return (await conn.execute(query, params)).rowcount > 0
+
+        return await self._with_conn(shard_id, op)
 
     async def delete(self, shard_id: int, key: Key) -> bool:
-        """As the sync store."""
-        return await asyncio.to_thread(self.sync.delete, shard_id, key)
+        """Delete one entity; False if the key is not stored."""
+        query = self._delete_sql(shard_id)
 
-    async def query(self, shard_ids: Sequence[int], spec: QuerySpec) -> AsyncIterator[Record]:
-        """As the sync store, each batch of rows fetched in a worker thread."""
-        stream = self.sync.query(shard_ids, spec)
+        async def op(conn: AConn) -> bool:
+            return (await conn.execute(query, (key,))).rowcount > 0
+
+        return await self._with_conn(shard_id, op)
+
+    async def query(self, shard_ids: Sequence[int], spec: QuerySpec) -> AsyncGenerator[Record, None]:
+        """Matching records of these shards in key order, streamed through a server-side cursor.
+
+        One connection is held while the stream is consumed; it goes back when the stream ends or is closed
+        (``aclose()``).
+        """
+        if not shard_ids or spec.limit == 0:
+            return
+        query, params = self._query_sql(shard_ids, spec, await self._ext())
+        key_type = self._options.layout.key_type
+        conn, pool = await self._checkout()
         try:
-            while True:
-                record = await asyncio.to_thread(next, stream, _END)
-                if record is _END:
-                    return
-                assert isinstance(record, Record)
-                yield record
+            await conn.set_autocommit(False)
+            async with conn.cursor(name="hv_query") as cur:
+                cur.itersize = QUERY_FETCH
+                try:
+                    await cur.execute(query, params)
+                except psycopg.Error as exc:
+                    error = self._translate(exc, shard_ids[0])
+                    if error is exc:
+                        raise
+                    raise error from None
+                async for row in cur:
+                    yield Record(key_type(row[0]), int(row[1]), dict(row[2]))
         finally:
-            await asyncio.to_thread(stream.close)
+            if not conn.closed:
+                try:
+                    await conn.rollback()
+                    await conn.set_autocommit(True)
+                except psycopg.Error:
+                    await conn.close()
+            await self._checkin(conn, pool)
+
+    # -- operations ------------------------------------------------------------------------------------------
+
+    async def _admin(self) -> AConn:
+        try:
+            conn = await psycopg.AsyncConnection.connect(self._conninfo, **{**self._kwargs, "autocommit": True})
+        except psycopg.OperationalError as exc:
+            raise self._unavailable(exc) from None
+        await self._configure(conn)
+        return conn
+
+    async def _ensure_hstore(self, conn: AConn, report: ProvisionReport) -> str:
+        row = await (await conn.execute(HSTORE_SCHEMA_SQL)).fetchone()
+        if row is None:
+            try:
+                await conn.execute("CREATE EXTENSION IF NOT EXISTS hstore")
+            except psycopg.Error as exc:
+                raise self._cannot_create_hstore(exc) from None
+            report.notes.append("created extension hstore")
+            row = await (await conn.execute(HSTORE_SCHEMA_SQL)).fetchone()
+            assert row is not None
+        self._ext_schema = str(row[0])
+        return self._ext_schema
+
+    async def _existing(self, conn: AConn, shard_ids: Sequence[int]) -> dict[int, tuple[set[str], str | None]]:
+        names = {shard_schema(s): s for s in shard_ids}
+        cur = await conn.execute(catalog_query(), (sorted(required_relations(self.backend)), list(names)))
+        return {names[r[0]]: (set(r[1]), r[2]) for r in await cur.fetchall()}
 
     async def provision(
         self, shard_ids: Sequence[int], progress: Callable[[int], None] | None = None
     ) -> ProvisionReport:
-        """As the sync store."""
-        return await asyncio.to_thread(self.sync.provision, shard_ids, progress)
+        """Create the extension, schemas, tables and indexes this server's shards need; idempotent, resumable.
+
+        The catalog is read first, so a re-run only touches missing shards; the rest is created in transactions of
+        `PROVISION_BATCH` shards over `PROVISION_WORKERS` concurrent sessions.
+        """
+        started = time.perf_counter()
+        report = ProvisionReport(server=self._label, shards=len(shard_ids))
+        conn = await self._admin()
+        try:
+            await conn.execute("SELECT pg_advisory_lock(%s)", (ADVISORY_LOCK,))
+            ext = await self._ensure_hstore(conn, report) if self.text_only else None
+            todo = self._todo(shard_ids, await self._existing(conn, shard_ids))
+            if progress is not None and len(shard_ids) > len(todo):
+                progress(len(shard_ids) - len(todo))
+            batches = [todo[i : i + PROVISION_BATCH] for i in range(0, len(todo), PROVISION_BATCH)]
+            await self._run_batches(batches, ext, progress)
+            report.created = len(todo)
+        finally:
+            await conn.close()
+        report.seconds = time.perf_counter() - started
+        return report
+
+    async def _run_batches(
+        self, batches: list[list[int]], ext: str | None, progress: Callable[[int], None] | None
+    ) -> None:
+        if not batches:
+            return
+        queue = iter(batches)
+        errors: list[BaseException] = []
+
+        async def work() -> None:
+            conn = await self._admin()
+            try:
+                await conn.execute("SET synchronous_commit = off")
+                while not errors:
+                    batch = next(queue, None)
+                    if batch is None:
+                        return
+                    ddl = "".join(shard_ddl(s, self.backend, ext) for s in batch)
+                    await conn.execute(f"BEGIN;{ddl}COMMIT;")
+                    if progress is not None:
+                        progress(len(batch))
+            except Exception as exc:
+                errors.append(exc)
+            finally:
+                await conn.close()
+
+        await asyncio.gather(*(work() for _ in range(PROVISION_WORKERS)))
+        if errors:
+            error = errors[0]
+            if isinstance(error, psycopg.OperationalError):
+                raise self._unavailable(error) from None
+            raise error
+
+    async def provisioned(self, shard_ids: Sequence[int]) -> list[int]:
+        """The shards among ``shard_ids`` whose entities table exists on this server."""
+        conn = await self._admin()
+        try:
+            existing = await self._existing(conn, shard_ids)
+        finally:
+            await conn.close()
+        return [s for s in shard_ids if TABLE in existing.get(s, (set(), None))[0]]
 
     async def row_counts(self, shard_ids: Sequence[int]) -> dict[int, int]:
-        """As the sync store."""
-        return await asyncio.to_thread(self.sync.row_counts, shard_ids)
+        """Exact rows per provisioned shard (shards without a table are left out)."""
+        conn = await self._admin()
+        counts: dict[int, int] = {}
+        try:
+            existing = await self._existing(conn, shard_ids)
+            shards = [s for s in shard_ids if TABLE in existing.get(s, (set(), None))[0]]
+            for i in range(0, len(shards), COUNT_BATCH):
+                cur = await conn.execute(count_query(shards[i : i + COUNT_BATCH]))
+                for shard, count in await cur.fetchall():
+                    counts[int(shard)] = int(count)
+        except psycopg.OperationalError as exc:
+            raise self._unavailable(exc) from None
+        finally:
+            await conn.close()
+        return counts
 
     def stats(self) -> dict[str, Any]:
-        """As the sync store."""
-        return self.sync.stats()
+        """Pool figures: pool_max, size, available, borrowed (lent by this store), waiting, connection errors."""
+        pool = self._pool
+        return self._stats(pool.get_stats() if pool is not None else {})

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+import select
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import psycopg
-from psycopg import sql
+from psycopg import pq, sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row, tuple_row
 from psycopg.types import TypeInfo
@@ -29,6 +30,7 @@ __all__ = [
     "SEARCH_PATH_SQL",
     "StoreCore",
     "check_json",
+    "idle_socket_state",
     "scrub",
     "statement_text",
 ]
@@ -92,6 +94,20 @@ def statement_text(query: Any, context: Any) -> str:
     if isinstance(query, bytes):
         return query.decode("utf-8", "replace")
     return str(query)
+
+
+def idle_socket_state(pgconn: pq.abc.PGconn) -> bool | None:
+    """Cheap checkout check, no round trip: False if unusable, True if idle and quiet, None if a round trip must tell.
+
+    A dead socket shows up as readable while idle (a termination notice, EOF, or just a notification).
+    """
+    if pgconn.status != pq.ConnStatus.OK or pgconn.transaction_status != pq.TransactionStatus.IDLE:
+        return False
+    try:
+        readable = select.select([pgconn.socket], [], [], 0)[0]
+    except (OSError, ValueError, psycopg.OperationalError):
+        return False
+    return None if readable else True
 
 
 class StoreCore:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import select
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
@@ -28,6 +27,7 @@ from hvbackend_postgres._common import (
     QUERY_FETCH,
     SEARCH_PATH_SQL,
     StoreCore,
+    idle_socket_state,
     statement_text,
 )
 from hvbackend_postgres._schema import (
@@ -194,15 +194,9 @@ class PostgresServerStore(StoreCore):
     @staticmethod
     def _healthy(conn: Conn) -> bool:
         """Cheap checkout check: a dead socket shows up as readable while idle (no round trip in the usual case)."""
-        pgconn = conn.pgconn
-        if pgconn.status != pq.ConnStatus.OK or pgconn.transaction_status != pq.TransactionStatus.IDLE:
-            return False
-        try:
-            readable = select.select([pgconn.socket], [], [], 0)[0]
-        except (OSError, ValueError, psycopg.OperationalError):
-            return False
-        if not readable:
-            return True
+        state = idle_socket_state(conn.pgconn)
+        if state is not None:
+            return state
         try:  # a termination notice, EOF, or just a notification: a round trip tells
             conn.execute("")
         except psycopg.Error:
