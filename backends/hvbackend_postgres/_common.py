@@ -361,7 +361,9 @@ class StoreCore:
                         conds.append(sql.SQL("body -> %s = %s"))
                         params += [name, Jsonb(value)]
         cond = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conds) if conds else sql.SQL("")
-        limit = sql.SQL(" ORDER BY id LIMIT {}").format(sql.Literal(spec.limit)) if spec.limit is not None else None
+        limit = None  # per shard too, so each index scan stops early (one shard: the outer LIMIT is enough)
+        if spec.limit is not None and len(shard_ids) > 1:
+            limit = sql.SQL(" ORDER BY id LIMIT {}").format(sql.Literal(spec.limit))
         per_shard = [(s, cond + limit if limit is not None else cond) for s in shard_ids]
         query = sql.SQL("{} ORDER BY id").format(self._select_shards(per_shard, ext))
         if spec.limit is not None:
