@@ -361,13 +361,14 @@ class StoreCore:
                         conds.append(sql.SQL("body -> %s = %s"))
                         params += [name, Jsonb(value)]
         cond = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conds) if conds else sql.SQL("")
-        limit = None  # per shard too, so each index scan stops early (one shard: the outer LIMIT is enough)
-        if spec.limit is not None and len(shard_ids) > 1:
-            limit = sql.SQL(" ORDER BY id LIMIT {}").format(sql.Literal(spec.limit))
-        per_shard = [(s, cond + limit if limit is not None else cond) for s in shard_ids]
-        query = sql.SQL("{} ORDER BY id").format(self._select_shards(per_shard, ext))
+        # Each shard orders (and limits) its own rows, so the planner merges per-shard primary-key index scans
+        # (Merge Append) and the first rows come without sorting the range: a UNION ALL member with a WHERE
+        # but no ORDER BY is planned alone, unordered, and the whole union is then sorted.
+        order: sql.Composable = sql.SQL(" ORDER BY id")
         if spec.limit is not None:
-            query = sql.SQL("{} LIMIT {}").format(query, sql.Literal(spec.limit))
+            order = sql.SQL(" ORDER BY id LIMIT {}").format(sql.Literal(spec.limit))
+        per_shard = [(s, cond + order) for s in shard_ids]
+        query = sql.SQL("SELECT * FROM ({}) AS hv{}").format(self._select_shards(per_shard, ext), order)
         return query, params * len(shard_ids)
 
     # -- provisioning ----------------------------------------------------------------------------------------

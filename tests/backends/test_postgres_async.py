@@ -7,6 +7,7 @@ import inspect
 import itertools
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -403,3 +404,37 @@ def test_logger_logs_statements_and_copies_never_password(pg_cluster: Any) -> No
     assert "INSERT INTO" in text and "red" in text and "COPY" in text and "blue" in text
     assert "SELECT kind, body" in text and "41" in text
     assert SECRET_PASSWORD not in text
+
+
+# -- query plan ------------------------------------------------------------------------------------------------
+
+
+def test_time_range_is_a_merge_of_index_scans(pg_datastore_factory: Any) -> None:
+    servers = servers_of(pg_datastore_factory, "jsonb")
+    shards = [0, 1, 2, 3]
+
+    async def main() -> list[str]:
+        async with hvcore.AsyncDatastore(servers, backend="jsonb") as db:
+            since = hvcore.Key(0)
+            for shard in shards:
+                await db.put_many(shard, 1, [{"n": i} for i in range(3000)])
+            store = db.store_for(0)
+            async with db.cursor(0) as cur:
+                await cur.execute("ANALYZE")
+            by_server, spec = db._plan_query(None, None, since, None, shards, None)
+            query, params = store._query_sql(by_server[0], spec, None)  # type: ignore[attr-defined]
+            conn = await db.get_connection(0)
+            try:
+                cur = await conn.execute(
+                    psycopg.sql.SQL("EXPLAIN DECLARE hv_query CURSOR FOR {}").format(query), params
+                )
+                plan = [str(next(iter(row.values()))) for row in await cur.fetchall()]
+            finally:
+                await db.put_connection(conn)
+            assert [r.data["n"] async for r in db.query(shards=[2], limit=3)] == [0, 1, 2]  # one shard, a limit
+            return plan
+
+    plan = run(main)
+    assert plan[0].startswith("Merge Append"), plan
+    assert sum("Index Scan using entities_pkey" in line for line in plan) == len(shards), plan
+    assert not any(re.match(r"\s*(->\s+)?Sort\s+\(", line) for line in plan), plan  # no Sort node at all
