@@ -8,6 +8,8 @@
     ├── InvalidKey (ValueError)             not a valid 64-bit key, or key parts out of range
     ├── InvalidShard (ValueError)           a shard id of the wrong type or out of 0..8191
     ├── ShardNotFound (LookupError)         a valid shard id no server owns
+    ├── ShardMoved (LookupError)            the shard now lives on another server (followed by `Datastore`)
+    ├── MoveError (RuntimeError)            a shard move cannot start, resume, verify or roll back
     ├── InvalidKind (ValueError)            a kind outside 0..32767
     ├── InvalidData (ValueError)            a body the backend cannot store as given
     ├── InvalidQuery (ValueError)           query arguments that cannot mean anything (since > until, ...)
@@ -37,12 +39,14 @@ __all__ = [
     "InvalidQuery",
     "InvalidShard",
     "LayoutExhausted",
+    "MoveError",
     "NotProvisioned",
     "PluginError",
     "PoolTimeout",
     "SequenceUnavailable",
     "ServerUnavailable",
     "ShardMapError",
+    "ShardMoved",
     "ShardNotFound",
     "StoreClosed",
 ]
@@ -85,6 +89,24 @@ class InvalidShard(HypervaultError, ValueError):
 
 class ShardNotFound(HypervaultError, LookupError):
     """A valid shard id that no configured server owns."""
+
+    __module__ = "hvcore"
+
+
+class ShardMoved(HypervaultError, LookupError):
+    """The server reached no longer serves the shard: ``server`` (a label) does since placement ``version``."""
+
+    __module__ = "hvcore"
+
+    def __init__(self, message: str, *, shard_id: int, server: str, version: int) -> None:
+        super().__init__(message)
+        self.shard_id = shard_id
+        self.server = server
+        self.version = version
+
+
+class MoveError(HypervaultError, RuntimeError):
+    """A shard move cannot start, resume, verify or roll back; the message says what state the shard is in."""
 
     __module__ = "hvcore"
 
