@@ -1,0 +1,92 @@
+"""A sequence table in shared memory: how a forked `KeyGenerator` keeps parent and children from repeating ids."""
+
+from __future__ import annotations
+
+import mmap
+import os
+import tempfile
+import weakref
+
+__all__ = ["SharedSequenceTable"]
+
+_WORD = 8  # bytes per int64
+_ENTRY = 2 * _WORD  # per shard: highest millisecond handed out, numbers used in it
+
+
+class SharedSequenceTable:
+    """Per shard, the highest millisecond reserved and how many of its numbers are used, shared by forked processes.
+
+    The table lives in a ``MAP_SHARED`` mapping of an anonymous memory file created *before* a fork, so every
+    descendant sees the same memory. Each shard's entry is guarded by a POSIX record lock (``fcntl.lockf``) on
+    its bytes: record locks are per process, so they exclude other processes (and are released if a process
+    dies), while the caller's own threads are kept apart by the generator's per-shard thread locks.
+
+    It satisfies the `SequenceSource` protocol. ``floor`` is the last millisecond the creating process used on
+    its own (every shard, up to and including it, belongs to that process); a reservation for a millisecond up
+    to the floor, or older than the newest one reserved for that shard, gets an empty range, so ids only ever
+    move forward in the table.
+    """
+
+    def __init__(self, shards: int, sequence_size: int, *, floor: int = -1) -> None:
+        import fcntl  # POSIX only, like fork itself
+
+        self._lockf = fcntl.lockf
+        self._ex = fcntl.LOCK_EX
+        self._un = fcntl.LOCK_UN
+        self.sequence_size = sequence_size
+        self.shards = shards
+        length = (shards + 1) * _ENTRY  # a header (the floor), then one entry per shard
+        memfd_create = getattr(os, "memfd_create", None)
+        if memfd_create is not None:
+            fd = memfd_create("hvcore-keys", os.MFD_CLOEXEC)
+        else:  # pragma: no cover - macOS and other systems without memfd
+            with tempfile.TemporaryFile() as handle:
+                fd = os.dup(handle.fileno())
+        try:
+            os.ftruncate(fd, length)
+            self._map = mmap.mmap(fd, length, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        self._words = memoryview(self._map).cast("q")  # zero-filled: millisecond 0, nothing used
+        self._words[0] = floor
+        self._finalizer = weakref.finalize(self, _release, self._words, self._map, fd)
+
+    def reserve(self, shard_id: int, time_part: int, wanted: int) -> range:
+        """Reserve up to ``wanted`` numbers of ``(shard_id, time_part)``; empty when used up or already passed."""
+        size = self.sequence_size
+        words = self._words
+        hi = 2 * shard_id + 2
+        self._lockf(self._fd, self._ex, _ENTRY, hi * _WORD)
+        try:
+            newest = words[hi]
+            if time_part <= words[0]:  # milliseconds the process that made the table used before forking
+                return range(0)
+            if time_part > newest:
+                used = 0
+            elif time_part == newest:
+                used = words[hi + 1]
+            else:
+                return range(0)
+            take = min(max(wanted, 1), size - used)
+            if take <= 0:
+                return range(0)
+            words[hi] = time_part
+            words[hi + 1] = used + take
+            return range(used, used + take)
+        finally:
+            self._lockf(self._fd, self._un, _ENTRY, hi * _WORD)
+
+    def after_fork_in_child(self) -> None:
+        """Nothing to drop: the mapping and the file are meant to be shared with the child."""
+
+    def close(self) -> None:
+        """Unmap the table and close its file (only once no process needs it any more)."""
+        self._finalizer()
+
+
+def _release(words: memoryview, mapping: mmap.mmap, fd: int) -> None:
+    words.release()
+    mapping.close()
+    os.close(fd)
