@@ -99,7 +99,8 @@ class StatementCounter:
         counts = []
         for conn in self.conns:
             row = conn.execute(
-                "SELECT coalesce(sum(calls), 0)::int FROM pg_stat_statements WHERE query NOT LIKE '%pg_stat_statements%'"
+                "SELECT coalesce(sum(calls), 0)::int FROM pg_stat_statements "
+                "WHERE query NOT LIKE '%pg_stat_statements%'"
             ).fetchone()
             counts.append(int(row[0]) if row else 0)
         return counts
