@@ -153,6 +153,7 @@ class _RedisSequenceBase:
         "_resume_at",
         "_state",
         "_url",
+        "_used_up",
         "connect_timeout",
         "expire_ms",
         "key_prefix",
@@ -227,6 +228,8 @@ class _RedisSequenceBase:
         self._resume_at = 0  # first time part the server serves (after a fresh start of the prefix)
         # per shard: [adaptive block size, last time part reserved]
         self._state: dict[int, list[int]] = {}
+        # per shard: the last time part whose numbers this source saw run out (asked again: empty, no round trip)
+        self._used_up: dict[int, int] = {}
 
     @property
     def block_size(self) -> int | None:
@@ -282,13 +285,16 @@ class _RedisSequenceBase:
         key = f"{self.key_prefix}:{shard_id}:{time_part}"
         return key, f"{self.key_prefix}:born", count, self.expire_ms, time_part + self._epoch_ms, skew
 
-    def _block(self, count: int, top: object) -> range:
+    def _block(self, shard_id: int, time_part: int, count: int, top: object) -> range:
         if type(top) is not int or top < count:
             raise SequenceUnavailable(f"Redis sequence at {self.name} answered {top!r} to the reserve script")
+        size = self.sequence_size
+        if top >= size:  # this block reaches the end of the millisecond: nothing is left to ask for
+            self._used_up[shard_id] = time_part
         start = top - count
-        if start >= self.sequence_size:
+        if start >= size:
             return range(0)
-        return range(start, min(top, self.sequence_size))
+        return range(start, min(top, size))
 
     def _refused(self, exc: redis.exceptions.ResponseError, time_part: int, started: float) -> range:
         """An error reply of the script: an empty range while a fresh prefix warms up, else the typed error."""
@@ -384,9 +390,9 @@ class RedisSequence(_RedisSequenceBase):
         client = self._client
         if client is None:
             raise SequenceUnavailable(f"Redis sequence at {self.name} is closed")
-        count = self._plan(shard_id, time_part, wanted)
-        if time_part < self._resume_at:
+        if time_part < self._resume_at or self._used_up.get(shard_id) == time_part:
             return range(0)
+        count = self._plan(shard_id, time_part, wanted)
         args = self._args(shard_id, time_part, count)
         started = time.monotonic()
         attempt = 0
@@ -405,12 +411,13 @@ class RedisSequence(_RedisSequenceBase):
                 return self._refused(exc, time_part, started)
             except redis.exceptions.RedisError as exc:
                 raise self._fail(exc, attempt, started) from exc
-            return self._block(count, top)
+            return self._block(shard_id, time_part, count, top)
 
     def after_fork_in_child(self) -> None:
         """Forget the parent's connections (without closing them under the parent) and the block sizes."""
         self._pid = os.getpid()
         self._state = {}
+        self._used_up = {}
         if self._url is not None and self._client is not None:
             # redis-py's pool notices the pid change too; a fresh client makes sure nothing is shared.
             self._client = self._connect(self._url)
@@ -483,9 +490,9 @@ class AsyncRedisSequence(_RedisSequenceBase):
         client = self._client
         if client is None:
             raise SequenceUnavailable(f"Redis sequence at {self.name} is closed")
-        count = self._plan(shard_id, time_part, wanted)
-        if time_part < self._resume_at:
+        if time_part < self._resume_at or self._used_up.get(shard_id) == time_part:
             return range(0)
+        count = self._plan(shard_id, time_part, wanted)
         args = self._args(shard_id, time_part, count)
         started = time.monotonic()
         attempt = 0
@@ -505,12 +512,13 @@ class AsyncRedisSequence(_RedisSequenceBase):
                 return self._refused(exc, time_part, started)
             except redis.exceptions.RedisError as exc:
                 raise self._fail(exc, attempt, started) from exc
-            return self._block(count, top)
+            return self._block(shard_id, time_part, count, top)
 
     def after_fork_in_child(self) -> None:
         """Forget the parent's connections and the block sizes; the child connects anew on first use."""
         self._pid = os.getpid()
         self._state = {}
+        self._used_up = {}
         if self._url is not None and self._client is not None:
             self._client = self._connect(self._url)
 

@@ -210,6 +210,17 @@ def test_blocks_of_one_millisecond_never_overlap_and_end_empty(server: fakeredis
     assert blocks[11] == range(0)  # then the millisecond is used up
 
 
+def test_a_used_up_millisecond_is_not_asked_for_again(fake: fakeredis.FakeRedis) -> None:
+    T = now_ms() - LAYOUT.epoch_ms
+    seq = RedisSequence(fake, block_size=1000)
+    assert seq.reserve(0, T, 1) == range(1000)
+    assert seq.reserve(0, T, 1) == range(1000, 1024)  # reaches the end of the millisecond
+    assert seq.reserve(0, T, 1) == range(0)
+    assert fake.get(f"hv:seq:0:{T}") == b"2000"  # the last call made no round trip
+    assert seq.reserve(1, T, 1) == range(1000)  # other shards and milliseconds are unaffected
+    assert seq.reserve(0, T + 1, 1) == range(1000)
+
+
 def test_counters_are_per_shard_and_per_millisecond(fake: fakeredis.FakeRedis) -> None:
     T = now_ms() - LAYOUT.epoch_ms  # the current time part: the source checks it against Redis's clock
     seq = RedisSequence(fake, block_size=10)
@@ -576,32 +587,19 @@ def test_four_processes_on_one_shard_make_no_duplicates(redis_url: str, prefix: 
 
 
 def test_clocks_set_apart_by_50_ms_either_way_make_no_duplicates(redis_url: str, prefix: str) -> None:
-    results: dict[int, list[int]] = {}
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(2)
-
-    def run(offset: int) -> None:
-        try:
-            seq = RedisSequence(redis_url, key_prefix=prefix)
-            barrier.wait()
-            ids: list[int] = []
-            stop = time.monotonic() + 0.6  # far longer than the 100 ms between the two clocks
-            while time.monotonic() < stop:
-                ids += make_ids(seq, 4, 500, offset_ms=offset, wanted=1)
-            results[offset] = ids
-            seq.close()
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(off,)) for off in (+50, -50)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
-    ahead, behind = results[50], results[-50]
+    # two hosts: own clients, clocks 100 ms apart; small blocks, so neither uses a millisecond up and waits
+    ahead_host = RedisSequence(redis_url, key_prefix=prefix, block_size=64)
+    behind_host = RedisSequence(redis_url, key_prefix=prefix, block_size=64)
+    ahead: list[int] = []
+    behind: list[int] = []
+    stop = time.monotonic() + 0.6  # far longer than the 100 ms between the two clocks
+    while time.monotonic() < stop:  # interleaved, so both touch (nearly) every millisecond
+        ahead += make_ids(ahead_host, 4, 50, offset_ms=+50)
+        behind += make_ids(behind_host, 4, 50, offset_ms=-50)
+    ahead_host.close()
+    behind_host.close()
     overlap = {i >> LAYOUT.time_shift for i in ahead} & {i >> LAYOUT.time_shift for i in behind}
-    assert len(overlap) > 10, "the skewed clocks never used the same milliseconds: the test proved nothing"
+    assert len(overlap) > 100, "the skewed clocks never used the same milliseconds: the test proved nothing"
     assert_unique(ahead + behind)
 
 
@@ -747,7 +745,7 @@ def test_a_frozen_redis_times_out_within_the_bound_then_recovers(
     try:
         t0 = time.monotonic()
         with pytest.raises(SequenceUnavailable, match=r"2 attempt\(s\)"):
-            seq.reserve(2, now_ms() - LAYOUT.epoch_ms, 1)
+            seq.reserve(3, now_ms() - LAYOUT.epoch_ms, 1)  # a shard with nothing used up locally
         took = time.monotonic() - t0
         assert 0.5 <= took <= seq.max_wait + 0.3
     finally:
