@@ -66,6 +66,7 @@ class AsyncDatastore(FacadeBase[AsyncServerStore]):
         self._owns_sequence = isinstance(sequence, str)
         self.generator = _make_generator(self.layout, source)
         self._lock = asyncio.Lock()
+        self._retired: list[Any] = []  # closed stores whose borrowed connections have not come back yet
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -92,6 +93,7 @@ class AsyncDatastore(FacadeBase[AsyncServerStore]):
             self._closed = True
         for store in stores:
             await store.close()
+        self._retired = [s for s in (*self._retired, *stores) if s.stats().get("borrowed")]
 
     async def reinstantiate(self) -> None:
         """Rebuild every pool (closing the old ones first)."""
@@ -118,8 +120,11 @@ class AsyncDatastore(FacadeBase[AsyncServerStore]):
         return await self.store_for(shard_id).get_connection(shard_id)
 
     async def put_connection(self, conn: Any) -> None:
-        """Return a borrowed connection; twice, or one not from this store, raises `ConnectionMisuse`."""
-        for store in self._stores:
+        """Return a borrowed connection; twice, or one not from this store, raises `ConnectionMisuse`.
+
+        A connection borrowed before `disconnect()` is still taken back (and closed), so its slot is not lost.
+        """
+        for store in (*self._stores, *self._retired):
             if store.owns(conn):
                 await store.put_connection(conn)
                 return

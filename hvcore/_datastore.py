@@ -83,6 +83,7 @@ class Datastore(FacadeBase[ServerStore]):
         self.generator = KeyGenerator(self.layout, sequence=source)
         self._lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
+        self._retired: list[ServerStore] = []  # closed stores whose borrowed connections have not come back yet
         self._open_stores()
         _live_stores.add(self)
 
@@ -116,6 +117,8 @@ class Datastore(FacadeBase[ServerStore]):
             executor.shutdown(wait=True)
         for store in stores:
             store.close()
+        with self._lock:
+            self._retired = [s for s in (*self._retired, *stores) if s.stats().get("borrowed")]
 
     def reinstantiate(self) -> None:
         """Rebuild every pool (closing the old ones first)."""
@@ -138,8 +141,9 @@ class Datastore(FacadeBase[ServerStore]):
     def _after_fork_in_child(self) -> None:
         self._executor = None  # its threads did not survive the fork
         self._lock = threading.Lock()
-        for store in self._stores:
+        for store in (*self._stores, *self._retired):
             store.after_fork_in_child()
+        self._retired = []
 
     def _pool(self) -> ThreadPoolExecutor:
         with self._lock:
@@ -156,8 +160,11 @@ class Datastore(FacadeBase[ServerStore]):
         return self.store_for(shard_id).get_connection(shard_id)
 
     def put_connection(self, conn: Any) -> None:
-        """Return a borrowed connection; twice, or one not from this store, raises `ConnectionMisuse`."""
-        for store in self._stores:
+        """Return a borrowed connection; twice, or one not from this store, raises `ConnectionMisuse`.
+
+        A connection borrowed before `disconnect()` is still taken back (and closed), so its slot is not lost.
+        """
+        for store in (*self._stores, *self._retired):
             if store.owns(conn):
                 store.put_connection(conn)
                 return
