@@ -18,10 +18,11 @@ from hvcore._backend import ProvisionReport, Record, ServerStore
 from hvcore._facade import PUT_ATTEMPTS, FacadeBase, check_kind, too_many_duplicates
 from hvcore._generator import KeyGenerator
 from hvcore._key import Key, KeyLayout
+from hvcore._placement import MAX_HOPS, PlacementMixin
 from hvcore._plugins import PluginRegistry
 from hvcore._sequence import SequenceSource
 from hvcore._shardmap import format_ranges
-from hvcore.errors import ConnectionMisuse, DuplicateKey
+from hvcore.errors import ConnectionMisuse, DuplicateKey, ShardMoved
 
 __all__ = ["Datastore"]
 
@@ -36,7 +37,7 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-class Datastore(FacadeBase[ServerStore]):
+class Datastore(PlacementMixin, FacadeBase[ServerStore]):
     """Entities in logical shards spread over physical servers, behind the 2015 library's API.
 
     ``connections`` is a list of connection-setting dicts, each with ``shards='a-b'`` (half-open:
@@ -193,6 +194,10 @@ class Datastore(FacadeBase[ServerStore]):
             except DuplicateKey:
                 self._log_duplicate(shard_id, key)
                 continue
+            except ShardMoved as moved:  # refused by the shard's old server: nothing written, retry where it is
+                self._follow(moved)
+                store = self.store_for(shard_id)
+                continue
             return key
         raise too_many_duplicates(shard_id)
 
@@ -210,6 +215,10 @@ class Datastore(FacadeBase[ServerStore]):
             except DuplicateKey:
                 self._log_duplicate(shard_id, keys[0])
                 continue
+            except ShardMoved as moved:
+                self._follow(moved)
+                store = self.store_for(shard_id)
+                continue
             return keys
         raise too_many_duplicates(shard_id)
 
@@ -217,37 +226,44 @@ class Datastore(FacadeBase[ServerStore]):
         """The record stored under ``key``, or None."""
         key = self.as_key(key)
         shard = key.shard_id
-        return self.store_for(shard).fetch(shard, key)
+        return self._on_shard(shard, lambda store: store.fetch(shard, key))
 
     def get_many(self, keys: Iterable[Key | int]) -> dict[Key, Record]:
         """Records of many keys: one round trip per server, servers queried in parallel; missing keys left out."""
         by_server = self._group_keys(keys)
-        stores = self._live()
-        if len(by_server) <= 1:
-            found = [r for index, items in by_server.items() for r in stores[index].fetch_many(items)]
-        else:
-            futures = [self._pool().submit(stores[index].fetch_many, items) for index, items in by_server.items()]
-            found = [r for f in futures for r in f.result()]
-        return {r.key: r for r in found}
+        for _ in range(MAX_HOPS):
+            stores = self._live()
+            try:
+                if len(by_server) <= 1:
+                    found = [r for index, items in by_server.items() for r in stores[index].fetch_many(items)]
+                else:
+                    futures = [
+                        self._pool().submit(stores[index].fetch_many, items) for index, items in by_server.items()
+                    ]
+                    found = [r for f in futures for r in f.result()]
+            except ShardMoved as moved:
+                self._follow(moved)
+                by_server = self._group_keys([key for items in by_server.values() for _, key in items])
+                continue
+            return {r.key: r for r in found}
+        raise self._too_many_hops(-1)
 
     def update(self, key: Key | int, /, **data: Any) -> bool:
         """Merge ``data`` into the stored body; False if the key is not stored."""
         key = self.as_key(key)
-        store = self.store_for(key.shard_id)
-        store.check_data(data)
-        return store.update(key.shard_id, key, data, merge=True)
+        self.store_for(key.shard_id).check_data(data)
+        return self._on_shard(key.shard_id, lambda store: store.update(key.shard_id, key, data, merge=True))
 
     def replace(self, key: Key | int, /, **data: Any) -> bool:
         """Replace the stored body with ``data`` (kind unchanged); False if the key is not stored."""
         key = self.as_key(key)
-        store = self.store_for(key.shard_id)
-        store.check_data(data)
-        return store.update(key.shard_id, key, data, merge=False)
+        self.store_for(key.shard_id).check_data(data)
+        return self._on_shard(key.shard_id, lambda store: store.update(key.shard_id, key, data, merge=False))
 
     def delete(self, key: Key | int) -> bool:
         """Delete the entity; False if the key was not stored."""
         key = self.as_key(key)
-        return self.store_for(key.shard_id).delete(key.shard_id, key)
+        return self._on_shard(key.shard_id, lambda store: store.delete(key.shard_id, key))
 
     def query(
         self,

@@ -32,6 +32,7 @@ from hvbackend_postgres._common import (
     load_json,
     statement_text,
 )
+from hvbackend_postgres._move import MOVED_SQLSTATE, PostgresMover, moved_error
 from hvbackend_postgres._schema import (
     TABLE,
     ShardSQL,
@@ -300,6 +301,11 @@ class PostgresServerStore(StoreCore):
             self.put_connection(conn)
 
     # -- entities --------------------------------------------------------------------------------------------
+
+    def _translate(self, exc: psycopg.Error, shard_id: int) -> Exception:
+        if exc.sqlstate == MOVED_SQLSTATE:  # the forwarding stub of a moved shard (see _move)
+            return moved_error(exc)
+        return super()._translate(exc, shard_id)
 
     def _hstore_schema(self) -> str:
         schema = self._ext_schema
@@ -607,6 +613,10 @@ class PostgresServerStore(StoreCore):
         finally:
             conn.close()
         return counts
+
+    def shard_mover(self) -> PostgresMover:
+        """Shard-move operations with this server as source (``Datastore.move_shard``), see ``_move``."""
+        return PostgresMover(self)
 
     def stats(self) -> dict[str, Any]:
         """Pool figures: pool_max, size, available, borrowed (lent by this store), waiting, connection errors."""

@@ -1,0 +1,240 @@
+"""Where moved shards live, as the `Datastore` sees it: following `ShardMoved`, reloading placement, moving shards.
+
+A shard move is run by the backend (``store.shard_mover()``, see ``hvbackend_postgres._move``); this module is the
+façade's side: it picks source and target stores, applies the new placement to the in-process `ShardMap`, and
+follows a `ShardMoved` refusal from a server that no longer serves a shard (reload, retry on the new server).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+from hvcore._backend import ServerStore
+from hvcore._shardmap import ShardMap
+from hvcore.errors import MoveError, ShardMoved, ShardNotFound
+
+__all__ = ["MAX_HOPS", "MoveProgress", "MoveReport", "PlacementMixin", "ShardMover", "mover_of"]
+
+MAX_HOPS = 8  # ShardMoved refusals followed by one call before giving up (a chain of moves)
+
+_T = TypeVar("_T")
+
+MoveProgress = Callable[[str, int, int], None]
+"""``progress(phase, done, total)``: called at each phase start (done=0) and as work advances."""
+
+
+@dataclass(slots=True, kw_only=True)
+class MoveReport:
+    """What one shard move did: servers, rows, timings (the write pause is ``pause_seconds``)."""
+
+    shard_id: int
+    source: str
+    target: str
+    version: int = 0
+    rows: int = 0
+    copy_seconds: float = 0.0
+    catchup_rounds: int = 0
+    catchup_rows: int = 0
+    fence_attempts: int = 0
+    pause_seconds: float = 0.0
+    checksum: str = ""
+    dropped_source: bool = False
+    resumed_from: str | None = None
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The report as plain data (for ``--json``)."""
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+class ShardMover(Protocol):
+    """A backend's shard-move operations on one server (``store.shard_mover()``)."""
+
+    def placement(self) -> dict[int, tuple[str, int]]:
+        """Shard → (server label, version) recorded on this server (empty if none moved)."""
+        ...
+
+    def record_placement(self, shard_id: int, server: str, version: int) -> None:
+        """Record that ``shard_id`` lives on ``server`` since ``version`` (idempotent, keeps the highest)."""
+        ...
+
+    def move_state(self, shard_id: int) -> dict[str, Any] | None:
+        """The unfinished move of ``shard_id`` recorded on this server (its source), or None."""
+        ...
+
+    def move_to(self, shard_id: int, target: Any, *, drop_source: bool, progress: MoveProgress | None) -> MoveReport:
+        """Move ``shard_id`` from this server to ``target`` online (resuming an interrupted move)."""
+        ...
+
+    def rollback(self, shard_id: int, target: Any) -> str:
+        """Undo an unfinished move before its switch; the shard stays here. Returns what was undone."""
+        ...
+
+    def drop_source(self, shard_id: int) -> bool:
+        """Drop the copy a finished move left on this server; False if there was none."""
+        ...
+
+
+def mover_of(store: Any) -> ShardMover:
+    """The shard-move operations of a server store; `MoveError` if its backend cannot move shards."""
+    factory = getattr(store, "shard_mover", None)
+    if factory is None:
+        raise MoveError(
+            f"the backend of {getattr(store, 'label', store)!r} cannot move shards (PostgreSQL backends can)"
+        )
+    mover: ShardMover = factory()
+    return mover
+
+
+class PlacementMixin:
+    """Moving shards and following moves, for `Datastore` (uses its ``shard_map``, ``_live()`` and ``_lock``)."""
+
+    shard_map: ShardMap
+    _lock: threading.Lock
+    _live: Callable[[], list[Any]]
+
+    def _versions(self) -> dict[int, int]:
+        versions: dict[int, int] | None = self.__dict__.get("_placement_versions")
+        if versions is None:
+            versions = self.__dict__.setdefault("_placement_versions", {})
+        return versions
+
+    def _server_index(self, server: int | str) -> int:
+        labels = [store.label for store in self._live()]
+        if isinstance(server, int) and not isinstance(server, bool) and 0 <= server < len(labels):
+            return server
+        if isinstance(server, str):
+            if server in labels:
+                return labels.index(server)
+            if server.isdigit() and int(server) < len(labels):
+                return int(server)
+        raise MoveError(f"unknown server {server!r}: give an index 0..{len(labels) - 1} or one of {', '.join(labels)}")
+
+    def _apply_placement(self, shard_id: int, index: int, version: int) -> bool:
+        """Point ``shard_id`` at server ``index`` if ``version`` is newer than what this process knows."""
+        with self._lock:
+            versions = self._versions()
+            if version <= versions.get(shard_id, 0):
+                return False
+            if self.shard_map.server_for(shard_id) != index:
+                self.shard_map = self.shard_map.moved(shard_id, index)
+            versions[shard_id] = version
+            return True
+
+    def _follow(self, moved: ShardMoved) -> None:
+        """React to a refusal: point the shard at the server that has it now (the caller retries there)."""
+        labels = [store.label for store in self._live()]
+        if moved.server not in labels:
+            raise ShardNotFound(
+                f"shard {moved.shard_id} moved to {moved.server} (placement version {moved.version}), which is not "
+                f"one of this datastore's servers ({', '.join(labels)}): add it to the config"
+            ) from moved
+        index = labels.index(moved.server)
+        if not self._apply_placement(moved.shard_id, index, moved.version) and (
+            self.shard_map.server_for(moved.shard_id) != index
+        ):
+            raise moved  # an older forwarding pointer than what we know: do not loop
+
+    def _too_many_hops(self, shard_id: int) -> ShardNotFound:
+        return ShardNotFound(
+            f"shard {shard_id} was forwarded {MAX_HOPS} times between servers: the placement records disagree "
+            "(run `hv status` and check hypervault.placement)"
+        )
+
+    def _on_shard(self, shard_id: int, op: Callable[[ServerStore], _T]) -> _T:
+        """Run ``op(store)`` on the server owning ``shard_id``, following `ShardMoved` refusals (bounded)."""
+        for _ in range(MAX_HOPS):
+            store = self._live()[self.shard_map.server_for(shard_id)]
+            try:
+                return op(store)
+            except ShardMoved as moved:
+                self._follow(moved)
+        raise self._too_many_hops(shard_id)
+
+    def placement_version(self, shard_id: int) -> int:
+        """The placement version of ``shard_id`` this process knows (0: as configured, never moved)."""
+        return self._versions().get(shard_id, 0)
+
+    def reload_placement(self) -> ShardMap:
+        """Read the placement recorded on every reachable server and apply the newest entry of each shard."""
+        stores = self._live()
+        labels = [store.label for store in stores]
+        newest: dict[int, tuple[int, str]] = {}
+        for store in stores:
+            try:
+                recorded = mover_of(store).placement()
+            except MoveError:
+                return self.shard_map
+            except Exception:  # an unreachable server: the others (and ShardMoved refusals) still tell
+                continue
+            for shard, (label, version) in recorded.items():
+                if version > newest.get(shard, (0, ""))[0]:
+                    newest[shard] = (version, label)
+        for shard, (version, label) in sorted(newest.items()):
+            if label in labels and shard in self.shard_map:
+                self._apply_placement(shard, labels.index(label), version)
+        return self.shard_map
+
+    def move_state(self, shard_id: int) -> dict[str, Any] | None:
+        """The unfinished move of ``shard_id`` (phase, source, target, version), or None."""
+        self.reload_placement()
+        source = self._live()[self.shard_map.server_for(shard_id)]
+        return mover_of(source).move_state(shard_id)
+
+    def move_shard(
+        self,
+        shard_id: int,
+        to_server: int | str,
+        *,
+        drop_source: bool = False,
+        progress: MoveProgress | None = None,
+    ) -> MoveReport:
+        """Move one shard to another server while writes continue; resumes an interrupted move of it.
+
+        ``to_server`` is a server index or label (``host:port/dbname``). Phases, reported to
+        ``progress(phase, done, total)``: prepare, copy, catchup, fence, verify, switch (and drop with
+        ``drop_source``). Writes to this shard pause during fence..switch only; other shards never pause.
+        """
+        self.reload_placement()
+        stores = self._live()
+        target_index = self._server_index(to_server)
+        source_index = self.shard_map.server_for(shard_id)
+        target = stores[target_index]
+        if source_index == target_index:
+            report = MoveReport(shard_id=shard_id, source=target.label, target=target.label)
+            report.version = self.placement_version(shard_id)
+            report.notes.append(f"shard {shard_id} is already on {target.label}")
+            if drop_source:
+                for store in stores:
+                    if store is not target and mover_of(store).drop_source(shard_id):
+                        report.dropped_source = True
+                        report.notes.append(f"dropped the old copy on {store.label}")
+            return report
+        report = mover_of(stores[source_index]).move_to(shard_id, target, drop_source=drop_source, progress=progress)
+        self._apply_placement(shard_id, target_index, report.version)
+        for index, store in enumerate(stores):
+            if index not in (source_index, target_index):
+                try:
+                    mover_of(store).record_placement(shard_id, target.label, report.version)
+                except Exception as exc:  # the source's forwarding pointer still redirects every process
+                    report.notes.append(f"placement not recorded on {store.label}: {type(exc).__name__}")
+        return report
+
+    def rollback_move(self, shard_id: int) -> str:
+        """Undo an interrupted move of ``shard_id`` (before its switch): the shard stays where it is."""
+        self.reload_placement()
+        stores = self._live()
+        source = stores[self.shard_map.server_for(shard_id)]
+        state = mover_of(source).move_state(shard_id)
+        if state is None:
+            raise MoveError(
+                f"no unfinished move of shard {shard_id} on {source.label}, which serves it: nothing to roll back "
+                "(to undo a finished move, move the shard back)"
+            )
+        labels: Mapping[str, Any] = {store.label: store for store in stores}
+        target = labels.get(str(state["target"]))
+        return mover_of(source).rollback(shard_id, target)

@@ -1,0 +1,168 @@
+"""Moving a shard between real PostgreSQL servers online: under load, interrupted at every phase, killed, stale maps."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+import hvcore
+from hvbackend_postgres._move import shard_state
+from hvcore import _cli
+from hvcore._placement import MoveReport
+from hvcore.errors import MoveError
+
+pytestmark = pytest.mark.postgres
+
+SHARDS = ("0-8", "8-16")
+MOVED = 3  # the shard the tests move from server 0 to server 1
+_dbs = itertools.count()
+
+
+class MoveSetup:
+    """Two fresh databases (servers 0 and 1 of the suite's cluster) provisioned for shards 0-8 and 8-16."""
+
+    def __init__(self, cluster: Any, backend: str) -> None:
+        self.backend = backend
+        self.servers: list[dict[str, Any]] = []
+        name = f"hvmove_{os.getpid()}_{next(_dbs)}"
+        for index, shards in enumerate(SHARDS):
+            settings = cluster.settings(index)
+            with psycopg.connect(**settings, autocommit=True) as conn:
+                conn.execute(f"CREATE DATABASE {name}")
+            self.servers.append({**settings, "dbname": name, "shards": shards})
+        self.made: list[hvcore.Datastore] = []
+        with self.datastore() as store:
+            store.provision()
+
+    def datastore(self, **options: Any) -> hvcore.Datastore:
+        """A new Datastore from the original config (a process that never heard of any move)."""
+        store = hvcore.Datastore([dict(s) for s in self.servers], backend=self.backend, **options)
+        self.made.append(store)
+        return store
+
+    def conn(self, index: int) -> psycopg.Connection[Any]:
+        """A direct autocommit connection to server ``index``'s database."""
+        settings = {k: v for k, v in self.servers[index].items() if k != "shards"}
+        return psycopg.connect(**settings, autocommit=True)
+
+    def states(self, shard: int = MOVED) -> list[str]:
+        """``live``/``stub``/``none`` of the shard on each server."""
+        out = []
+        for index in range(len(self.servers)):
+            with self.conn(index) as conn:
+                out.append(shard_state(conn, shard))
+        return out
+
+    def rows(self, index: int, schema: str) -> dict[int, tuple[int, str]]:
+        """id → (kind, body as text) of one table, read directly."""
+        with self.conn(index) as conn:
+            found = conn.execute(f"SELECT id, kind, body::text FROM {schema}.entities").fetchall()
+        return {int(r[0]): (int(r[1]), str(r[2])) for r in found}
+
+    def config_file(self, directory: Path) -> Path:
+        """A TOML config of the two servers (for the CLI)."""
+        lines = [f'backend = "{self.backend}"']
+        for server in self.servers:
+            lines.append("[[servers]]")
+            lines += [f"{k} = {v!r}".replace("'", '"') for k, v in server.items()]
+        path = directory / "hv.toml"
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return path
+
+    def close(self) -> None:
+        for store in self.made:
+            store.close()
+
+
+@pytest.fixture(params=["jsonb", "hstore"])
+def setup(request: pytest.FixtureRequest, pg_cluster: Any) -> Iterator[MoveSetup]:
+    made = MoveSetup(pg_cluster, request.param)
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def jsonb_setup(pg_cluster: Any) -> Iterator[MoveSetup]:
+    made = MoveSetup(pg_cluster, "jsonb")
+    yield made
+    made.close()
+
+
+def fill(store: hvcore.Datastore, shard: int, count: int) -> dict[int, dict[str, Any]]:
+    """Write ``count`` rows into ``shard``: key → body."""
+    bodies = [{"n": str(i), "tag": f"t{i % 7}"} for i in range(count)]
+    written: dict[int, dict[str, Any]] = {}
+    for start in range(0, count, 5000):
+        part = bodies[start : start + 5000]
+        for key, body in zip(store.put_many(shard, 1, part), part, strict=True):
+            written[int(key)] = body
+    return written
+
+
+def test_move_keeps_every_row_and_forwards_stale_processes(setup: MoveSetup) -> None:
+    mover = setup.datastore()
+    stale = setup.datastore()  # opened before the move, never told about it
+    written = fill(mover, MOVED, 500)
+    other = fill(mover, 4, 10)
+    phases: list[str] = []
+    report = mover.move_shard(MOVED, 1, progress=lambda phase, done, total: phases.append(phase))
+    assert isinstance(report, MoveReport)
+    assert report.rows == 500 and report.version == 1
+    assert [p for p, _ in itertools.groupby(phases)] == ["prepare", "copy", "catchup", "fence", "verify", "switch"]
+    assert setup.states() == ["stub", "live"]
+    assert mover.shard_map.server_for(MOVED) == 1
+    assert setup.rows(1, "shard0003") == setup.rows(0, "hv_src_0003")
+    # the stale process: reads, writes, updates and deletes are refused by the old server and follow the move
+    key = next(iter(written))
+    record = stale.get(key)
+    assert record is not None and record.data == written[key]
+    assert stale.shard_map.server_for(MOVED) == 1 and stale.placement_version(MOVED) == 1
+    fresh = setup.datastore()
+    new_key = fresh.put(MOVED, 2, late="yes")
+    assert new_key in setup.rows(1, "shard0003")
+    assert fresh.update(key, extra="1") and fresh.delete(next(iter(list(written)[1:])))
+    assert len(setup.datastore().get_many(list(written))) == 499
+    # other shards did not move
+    assert all(mover.get(k) is not None for k in other) and mover.shard_map.server_for(4) == 0
+    # a new process learns the placement from PostgreSQL without being refused first
+    assert setup.datastore().reload_placement().server_for(MOVED) == 1
+    # moving it back (a chain) and dropping the old copies
+    back = mover.move_shard(MOVED, 0, drop_source=True)
+    assert back.version == 2 and back.dropped_source
+    assert setup.states() == ["live", "stub"]
+    assert stale.get(new_key) is not None  # stale map at v1 pointed at server 1: forwarded again to 0
+    assert stale.shard_map.server_for(MOVED) == 0
+
+
+def test_stale_write_blocked_by_the_fence_is_refused_then_lands_on_the_target(jsonb_setup: MoveSetup) -> None:
+    setup = jsonb_setup
+    mover = setup.datastore()
+    stale = setup.datastore()
+    fill(mover, MOVED, 100)
+    landed: list[int] = []
+
+    def during(phase: str, done: int, total: int) -> None:
+        if phase == "verify" and done == 0:  # writes to the shard wait on the fence right now
+            thread = threading.Thread(target=lambda: landed.append(int(stale.put(MOVED, 1, late="1"))))
+            thread.start()
+            time.sleep(0.2)
+            assert thread.is_alive(), "the write was not held by the fence"
+            threads.append(thread)
+
+    threads: list[threading.Thread] = []
+    mover.move_shard(MOVED, 1, progress=during)
+    threads[0].join(10)
+    assert len(landed) == 1 and landed[0] in setup.rows(1, "shard0003")
+    assert landed[0] not in setup.rows(0, "hv_src_0003")
