@@ -503,8 +503,10 @@ class PostgresMover:
                 with ctl.transaction():
                     ctl.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT)))
                     ctl.execute(sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(table))
+                    t_locked = time.perf_counter()
                     while self._replay(ctl, dst, shard_id, CATCHUP_BATCH):
                         pass
+                    t_replayed = time.perf_counter()
                     step("fence", 1, 1)
                     step("verify", 0, 1)
                     source_sum, target_sum = self._checksums(ctl, dst, shard_id)
@@ -516,6 +518,7 @@ class PostgresMover:
                         )
                     report.checksum = f"{source_sum[0]} rows, sum {source_sum[1]}"
                     step("verify", 1, 1)
+                    t_verified = time.perf_counter()
                     step("switch", 0, 2)
                     self._switch_source(ctl, shard_id, target.label, body_type, report.version)
                     with dst.transaction():
@@ -537,6 +540,11 @@ class PostgresMover:
                 self._replay(ctl, dst, shard_id, CATCHUP_BATCH)
                 continue
             report.pause_seconds = time.perf_counter() - t0
+            report.notes.append(
+                f"pause: lock {1000 * (t_locked - t0):.0f} ms, last changes {1000 * (t_replayed - t_locked):.0f} ms, "
+                f"verify {1000 * (t_verified - t_replayed):.0f} ms, "
+                f"switch {1000 * (time.perf_counter() - t_verified):.0f} ms"
+            )
             step("switch", 2, 2)
             return
         raise MoveError(

@@ -166,3 +166,112 @@ def test_stale_write_blocked_by_the_fence_is_refused_then_lands_on_the_target(js
     threads[0].join(10)
     assert len(landed) == 1 and landed[0] in setup.rows(1, "shard0003")
     assert landed[0] not in setup.rows(0, "hv_src_0003")
+
+
+class Writers:
+    """Threads writing (put, update, delete) through one Datastore until stopped, timing every write."""
+
+    def __init__(self, store: hvcore.Datastore, shards: list[int]) -> None:
+        self.store = store
+        self.shards = shards
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.expected: dict[int, dict[int, dict[str, Any] | None]] = {s: {} for s in shards}
+        self.timings: dict[int, list[tuple[float, float]]] = {s: [] for s in shards}  # (end time, seconds)
+        self.errors: list[BaseException] = []
+        self.threads = [
+            threading.Thread(target=self.run, args=(i, s), name=f"writer-{i}") for i, s in enumerate(shards)
+        ]
+
+    def run(self, index: int, shard: int) -> None:
+        rng = random.Random(index)
+        mine: list[int] = []
+        counter = 0
+        while not self.stop.is_set():
+            counter += 1
+            started = time.perf_counter()
+            try:
+                if mine and counter % 5 == 0:
+                    key = rng.choice(mine)
+                    body = {"n": f"u{counter}", "by": str(index)}
+                    assert self.store.replace(key, **body)
+                    result: tuple[int, dict[str, Any] | None] = (key, body)
+                elif mine and counter % 7 == 0:
+                    key = mine.pop(rng.randrange(len(mine)))
+                    assert self.store.delete(key)
+                    result = (key, None)
+                else:
+                    body = {"n": f"w{counter}", "by": str(index)}
+                    key = int(self.store.put(shard, 2, **body))
+                    mine.append(key)
+                    result = (key, body)
+            except BaseException as exc:
+                self.errors.append(exc)
+                return
+            ended = time.perf_counter()
+            with self.lock:
+                self.expected[shard][result[0]] = result[1]
+                self.timings[shard].append((ended, ended - started))
+
+    def __enter__(self) -> Writers:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(30)
+
+
+@pytest.mark.slow
+def test_move_100k_rows_while_4_threads_write(jsonb_setup: MoveSetup) -> None:
+    setup = jsonb_setup
+    mover = setup.datastore()
+    initial = fill(mover, MOVED, 100_000)
+    writers = Writers(setup.datastore(pool_max=8), [MOVED, MOVED, 4, 12])  # shard 12 lives on the other server
+    marks: dict[str, float] = {}
+
+    def progress(phase: str, done: int, total: int) -> None:
+        marks.setdefault(phase, time.perf_counter())
+        if phase == "switch" and done == total:
+            marks["switched"] = time.perf_counter()
+
+    with writers:
+        time.sleep(0.5)
+        report = mover.move_shard(MOVED, 1, progress=progress)
+        time.sleep(0.5)
+    assert not writers.errors, writers.errors[:3]
+    # 0 lost writes, every row identical on the target
+    expected = {k: v for k, v in initial.items()}
+    for key, body in writers.expected[MOVED].items():
+        if body is None:
+            expected.pop(key, None)
+        else:
+            expected[key] = body
+    with setup.conn(1) as conn:
+        target = {int(r[0]): r[1] for r in conn.execute("SELECT id, body FROM shard0003.entities")}
+    assert target == expected
+    assert report.rows >= 100_000 and len(target) > 100_000
+    for shard in (4, 12):
+        stored = mover.get_many(list(writers.expected[shard]))
+        assert {int(k): r.data for k, r in stored.items()} == {
+            k: v for k, v in writers.expected[shard].items() if v is not None
+        }
+    # the pause: the mover's own measure, and the slowest write each shard saw
+    fence_start, fence_end = marks["fence"], marks["switched"]
+    slowest = {s: max(t for _, t in writers.timings[s]) for s in (MOVED, 4, 12)}
+    during_fence = {s: sum(1 for end, _ in writers.timings[s] if fence_start <= end <= fence_end) for s in (4, 12)}
+    print(
+        f"\nmove of {report.rows:,} rows: copy {report.copy_seconds:.2f} s, {report.catchup_rounds} catch-up rounds "
+        f"({report.catchup_rows:,} changes), write pause {report.pause_seconds * 1000:.0f} ms "
+        f"(fence attempts {report.fence_attempts}), total {report.seconds:.2f} s; slowest write: shard {MOVED} "
+        f"{slowest[MOVED] * 1000:.0f} ms, shard 4 {slowest[4] * 1000:.0f} ms, shard 12 {slowest[12] * 1000:.0f} ms; "
+        f"writes to other shards during the fence: {during_fence}; {'; '.join(report.notes)}; writes: "
+        + ", ".join(f"shard {s} {len(t):,}" for s, t in writers.timings.items())
+    )
+    assert report.pause_seconds <= 1.0
+    assert slowest[MOVED] <= 2.0
+    # other shards never paused: they kept completing writes while the moved shard was fenced
+    if fence_end - fence_start > 0.05:
+        assert during_fence[4] > 0 and during_fence[12] > 0
