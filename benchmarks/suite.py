@@ -1,0 +1,810 @@
+"""The hypervault benchmark suite: every part in one run, on one machine and one set of servers, as ratios.
+
+Usage: ``python benchmarks/suite.py [--quick] [--parts keys,redis,datastore,batches,peers,scaling] [--json PATH]
+[--png PATH]`` (also ``hv bench`` from a source checkout). Each part is a ``benchmarks/bench_<part>.py`` script with a
+``run(quick) -> dict``; the suite normalises their figures into rows
+
+    part, measure, hypervault, comparison, ratio, unit, explanation
+
+where **ratio is how many times better hypervault does than the comparison** (above 1 we win, below 1 we lose: time
+per operation divided the comparison's way, rates hypervault's way), prints them as a table (rich), writes them with
+the raw figures, the machine and the versions to a JSON file, and plots the ratios (matplotlib, PNG). A part that
+fails is reported (and makes the exit code 1) without stopping the others. No thresholds: targets live in the parts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import importlib.util
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from importlib import metadata
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+for extra in (str(ROOT / "backends"), str(ROOT / "plugins"), str(HERE)):
+    if extra not in sys.path:
+        sys.path.insert(0, extra)
+
+PARTS = ("keys", "redis", "datastore", "batches", "peers", "scaling")
+RESULTS = HERE / "results"
+LIBRARIES = (
+    "hypervault",
+    "psycopg",
+    "psycopg-binary",
+    "psycopg-pool",
+    "redis",
+    "SQLAlchemy",
+    "snowflake-id",
+    "sonyflake",
+    "python-ulid",
+    "uuid6",
+    "uuid-utils",
+    "matplotlib",
+    "rich",
+)
+PEER_LABELS = {
+    "psycopg": "raw psycopg, same SQL (floor)",
+    "sqlalchemy": "SQLAlchemy ShardedSession",
+    "next_id": "server next_id() (2015 design)",
+}
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Row:
+    """One comparison: hypervault's figure, the comparison's, and how many times better hypervault does."""
+
+    part: str
+    measure: str
+    hypervault: float | None
+    comparison: str
+    comparison_value: float | None
+    unit: str
+    ratio: float | None
+    explanation: str
+
+
+def row(
+    part: str,
+    measure: str,
+    hv: float | None,
+    comparison: str,
+    other: float | None,
+    unit: str,
+    explanation: str,
+    *,
+    lower_is_better: bool,
+) -> Row:
+    """A row whose ratio is ``other / hv`` for times and ``hv / other`` for rates (above 1: hypervault better)."""
+    ratio = None
+    if hv is not None and other is not None and hv > 0 and other > 0:
+        ratio = other / hv if lower_is_better else hv / other
+    return Row(
+        part=part,
+        measure=measure,
+        hypervault=hv,
+        comparison=comparison,
+        comparison_value=other,
+        unit=unit,
+        ratio=ratio,
+        explanation=explanation,
+    )
+
+
+def info(part: str, measure: str, value: float, unit: str, explanation: str) -> Row:
+    """A figure with nothing to compare it to (shown in the table, not plotted)."""
+    return Row(
+        part=part,
+        measure=measure,
+        hypervault=value,
+        comparison="—",
+        comparison_value=None,
+        unit=unit,
+        ratio=None,
+        explanation=explanation,
+    )
+
+
+# -- normalisers: one per part, from its run() dict to rows ------------------------------------------------------
+
+
+def rows_keys(r: dict[str, Any]) -> list[Row]:
+    """bench_keys.py: ns per id (or ids/s) of hypervault's generator vs each peer generator and the layout ceiling.
+
+    Reads any nesting of ``{scenario: {library: ns_per_id}}`` / ``{library: {"ns_per_id": ...}}`` it finds, so the
+    suite keeps working while bench_keys.py's output settles; figures it cannot place are kept in the JSON only.
+    """
+    out: list[Row] = []
+    for scenario, figures in _key_scenarios(r):
+        hv_name = next((n for n in figures if "hypervault" in n.lower()), None)
+        if hv_name is None:
+            continue
+        hv = figures[hv_name]
+        for name, value in figures.items():
+            if name == hv_name:
+                continue
+            out.append(
+                row(
+                    "keys",
+                    scenario,
+                    hv,
+                    name,
+                    value,
+                    "ns/id",
+                    _KEY_NOTES.get(_peer_key(name), f"ns per id of {name} over hypervault's"),
+                    lower_is_better=True,
+                )
+            )
+    return out
+
+
+_KEY_NOTES = {
+    "ceiling": "the layout allows 1,024 ids per ms per shard (977 ns/id): below 1, the clock limits, not the code",
+    "snowflake": "snowflake-id: pure Python, no lock, no fork handling, None on overflow",
+    "sonyflake": "sonyflake: 10 ms ticks and a lock per id",
+    "ulid": "python-ulid: 128-bit ids (not bigint), random part from os.urandom",
+    "uuid6": "uuid6.uuid7: pure-Python 128-bit UUIDv7",
+    "uuid_utils": "uuid_utils.uuid7: Rust, 128-bit; no shard in the id",
+    "uuid-utils": "uuid_utils.uuid7: Rust, 128-bit; no shard in the id",
+    "uuid4": "stdlib uuid4: os.urandom per id, 128-bit",
+    "naive": "a naive locked 41/13/10 generator (REFERENCE.md)",
+}
+
+
+def _peer_key(name: str) -> str:
+    low = name.lower()
+    for key in _KEY_NOTES:
+        if key in low:
+            return key
+    return low
+
+
+def _key_scenarios(r: dict[str, Any]) -> Iterable[tuple[str, dict[str, float]]]:
+    """(scenario, {library: ns per id}) pairs found in bench_keys.py's result."""
+    for scenario, figures in r.items():
+        if not isinstance(figures, dict):
+            continue
+        flat: dict[str, float] = {}
+        for name, value in figures.items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                if "per_s" in name or "per_second" in name:
+                    if value > 0:
+                        flat[name.replace("_ids_per_s", "").replace("_per_s", "")] = 1e9 / value
+                elif "ns" in name or "ns" in scenario or not name.endswith(("_s", "pct", "count", "n")):
+                    flat[name.replace("_ns", "").replace("_ns_per_id", "")] = float(value)
+            elif isinstance(value, dict):
+                for field in ("ns_per_id", "ns", "ns_per_key"):
+                    if isinstance(value.get(field), int | float):
+                        flat[name] = float(value[field])
+                        break
+                else:
+                    rate = value.get("ids_per_s") or value.get("per_s")
+                    if isinstance(rate, int | float) and rate > 0:
+                        flat[name] = 1e9 / rate
+        if len(flat) >= 2:
+            yield scenario, flat
+        else:
+            nested = {k: v for k, v in figures.items() if isinstance(v, dict)}
+            if nested and not flat:
+                yield from ((f"{scenario} {s}", f) for s, f in _key_scenarios(nested))
+
+
+def rows_redis(r: dict[str, Any]) -> list[Row]:
+    """bench_redis.py: the Redis sequence vs one INCR per id, and vs the layout ceiling, 1 and 4 processes."""
+    ceiling = float(r["ceiling_ids_per_s"])
+    single, four = r["single"], r["four_processes"]
+    dupes = single["duplicates"] + four["duplicates"]
+    return [
+        row(
+            "redis",
+            "ids/s, 1 process, 1 shard",
+            single["ids_per_s"],
+            "one INCR per id",
+            r["incr_baseline"]["ids_per_s"],
+            "ids/s",
+            "a Lua INCRBY+PEXPIRE reserves a (shard, ms) block per round trip; INCR pays a round trip per id",
+            lower_is_better=False,
+        ),
+        row(
+            "redis",
+            "ids/s, 1 process, 1 shard",
+            single["ids_per_s"],
+            "layout ceiling",
+            ceiling,
+            "ids/s",
+            f"share of 1,024 ids/ms per shard reached ({dupes} duplicates over both runs); 1.0 is the most possible",
+            lower_is_better=False,
+        ),
+        row(
+            "redis",
+            "ids/s, 4 processes, 1 shard",
+            four["ids_per_s"],
+            "layout ceiling",
+            ceiling,
+            "ids/s",
+            "four processes share one shard's millisecond blocks through Redis; 1.0 is the most possible",
+            lower_is_better=False,
+        ),
+    ]
+
+
+def rows_datastore(r: dict[str, Any]) -> list[Row]:
+    """bench_datastore.py: façade vs the same SQL by hand, client-side ids vs server next_id(), provisioning."""
+    out = [
+        row(
+            "datastore",
+            "put",
+            r["put_datastore_us"],
+            "same SQL by hand, same pool",
+            r["put_by_hand_us"],
+            "µs/op",
+            "what the façade costs over a hand-written INSERT on its own pool (1.0 = free)",
+            lower_is_better=True,
+        ),
+        row(
+            "datastore",
+            "get",
+            r["get_datastore_us"],
+            "same SQL by hand, same pool",
+            r["get_by_hand_us"],
+            "µs/op",
+            "what the façade costs over a hand-written SELECT on its own pool (1.0 = free)",
+            lower_is_better=True,
+        ),
+        row(
+            "datastore",
+            "put",
+            r["put_client_ids_us"],
+            "server next_id() default",
+            r["put_server_next_id_us"],
+            "µs/op",
+            "client-side keys skip the PL/pgSQL call, the sequence and RETURNING",
+            lower_is_better=True,
+        ),
+    ]
+    p = r.get("provisioning")
+    if p:
+        out.append(
+            info(
+                "datastore",
+                f"provision {p['shards']} shards, 2 servers",
+                p["first_run_s"],
+                "s",
+                f"schemas, tables, indexes; an idempotent re-run took {p['rerun_s']:.2f} s",
+            )
+        )
+    return out
+
+
+def rows_batches(r: dict[str, Any]) -> list[Row]:
+    """bench_batches.py: put_many vs single puts, COPY vs executemany, get_many vs single gets, async, query."""
+    out: list[Row] = []
+    labels = {
+        "put_jsonb": "put_many 1000 rows, jsonb",
+        "put_hstore": "put_many 1000 rows, hstore",
+        "put_jsonb_sync_commit_off": "put_many 1000 rows, async commit",
+    }
+    for name, label in labels.items():
+        if name in r:
+            p = r[name]
+            out.append(
+                row(
+                    "batches",
+                    label,
+                    p["put_many_us_per_row"],
+                    "1000 single puts",
+                    p["single_us"],
+                    "µs/row",
+                    "one binary COPY in one transaction instead of a round trip and a commit per row",
+                    lower_is_better=True,
+                )
+            )
+    if "batch_methods" in r:
+        m = r["batch_methods"]
+        out.append(
+            row(
+                "batches",
+                "insert_many method",
+                m["copy_us_per_row"],
+                "executemany, 1 transaction",
+                m["executemany_us_per_row"],
+                "µs/row",
+                "why put_many uses binary COPY: fewer bytes and no per-row statement",
+                lower_is_better=True,
+            )
+        )
+    if "get" in r:
+        g = r["get"]
+        out.append(
+            row(
+                "batches",
+                f"get_many {g['keys']} keys, {g['shards']} shards",
+                g["get_many_s"] / g["keys"] * 1e6,
+                "single gets",
+                g["single_us"],
+                "µs/key",
+                f"one statement per server, servers in parallel (statements per server: "
+                f"{g['get_many_statements_per_server']})",
+                lower_is_better=True,
+            )
+        )
+    if "async" in r:
+        a = r["async"]
+        out.append(
+            row(
+                "batches",
+                "async put_many 1000 rows",
+                a["put_many_us_per_row"],
+                "awaited single puts",
+                a["put_single_us"],
+                "µs/row",
+                "AsyncDatastore: the same COPY against a round trip per row",
+                lower_is_better=True,
+            )
+        )
+        out.append(
+            row(
+                "batches",
+                "async get_many 1000 keys",
+                a["get_many_s"] * 1e3,
+                "1000 gets gathered at once",
+                a["get_gathered_s"] * 1e3,
+                "ms",
+                "asyncio.gather of single gets is capped by the pool; get_many sends one statement per server",
+                lower_is_better=True,
+            )
+        )
+    if "query" in r:
+        q = r["query"]
+        out.append(
+            row(
+                "batches",
+                f"range query, first of {q['rows']:,} rows",
+                q["first_record_ms"],
+                "whole range",
+                q["whole_range_ms"],
+                "ms",
+                "a streamed Merge Append of key-ordered index scans: the first record comes without reading the range"
+                + (" (the plan sorts: FIX)" if q.get("sort_in_cursor_plan") else ""),
+                lower_is_better=True,
+            )
+        )
+    return out
+
+
+_PEER_MEASURES = {
+    "put": ("put", "µs/op"),
+    "get": ("get", "µs/op"),
+    "put_many": ("put_many", "µs/row"),
+    "get_many": ("get_many, 16 shards", "µs/key"),
+    "range_query": ("time-range query, 16 shards", "µs/row"),
+}
+_PEER_NOTES = {
+    ("put", "psycopg"): "the façade's routing, checks and key generation over a hand-written INSERT on its pool",
+    ("put", "sqlalchemy"): "a Session, unit of work and ORM object per put, against one prepared INSERT",
+    ("put", "next_id"): "the 2015 design: PL/pgSQL next_id() + sequence + RETURNING on the server",
+    (
+        "get",
+        "psycopg",
+    ): "the façade over a hand-written SELECT on its pool (its checkout is lighter than pool.connection)",
+    ("get", "sqlalchemy"): "Session.get() with the shard as identity token: session, transaction and ORM load per get",
+    ("put_many", "psycopg"): "the façade over the same binary COPY by hand",
+    (
+        "put_many",
+        "sqlalchemy",
+    ): "add_all + commit (ShardedSession refuses ORM bulk INSERT): ORM objects, multi-row INSERT",
+    ("put_many", "next_id"): "executemany INSERT ... RETURNING id in one transaction: server ids need the ids back",
+    (
+        "get_many",
+        "psycopg",
+    ): "the same per-server UNION ALL by hand, servers in turn (we run them in parallel)",
+    ("get_many", "sqlalchemy"): "one SELECT ... IN per shard (16 round trips) against one statement per server",
+    (
+        "range_query",
+        "psycopg",
+    ): "the same SQL by hand, fetchall per server + heapq.merge (we stream: server cursor)",
+    (
+        "range_query",
+        "sqlalchemy",
+    ): "every shard in turn, ORM objects, sorted in Python (the extension concatenates)",
+}
+
+
+def rows_peers(r: dict[str, Any]) -> list[Row]:
+    """bench_peers.py: each operation, hypervault vs the floor, SQLAlchemy's sharding and server next_id()."""
+    out: list[Row] = []
+    for name, (label, unit) in _PEER_MEASURES.items():
+        figures = r.get(name)
+        if not figures:
+            continue
+        hv = figures["hypervault"] * 1e6
+        for peer in ("psycopg", "sqlalchemy", "next_id"):
+            if peer in figures:
+                out.append(
+                    row(
+                        "peers",
+                        label,
+                        hv,
+                        PEER_LABELS[peer],
+                        figures[peer] * 1e6,
+                        unit,
+                        _PEER_NOTES.get((name, peer), ""),
+                        lower_is_better=True,
+                    )
+                )
+    return out
+
+
+def rows_scaling(r: dict[str, Any]) -> list[Row]:
+    """bench_scaling.py: routing and puts at the most shards vs 16 (1.0 = flat), threads vs one thread."""
+    out: list[Row] = []
+    routing = r["routing"]
+    top = max(routing, key=int)
+    for field, label in (("server_for_ns", "ShardMap.server_for"), ("store_for_ns", "Datastore.store_for")):
+        out.append(
+            row(
+                "scaling",
+                f"{label}, {top} shards",
+                routing[top][field],
+                "same at 16 shards",
+                routing["16"][field],
+                "ns",
+                "one list index whatever the map's size: 1.0 = flat",
+                lower_is_better=True,
+            )
+        )
+    top = max(r["put_us"], key=int)
+    out.append(
+        row(
+            "scaling",
+            f"put, {top}-shard map, 16 hot shards",
+            r["put_us"][top],
+            "same at 16 shards",
+            r["put_us"]["16"],
+            "µs/op",
+            "what the map's size costs a put once sessions know the shard: 1.0 = flat",
+            lower_is_better=True,
+        )
+    )
+    out.append(
+        row(
+            "scaling",
+            f"put, {top}-shard map, any shard",
+            r["put_cold_us"][top],
+            "same at 16 shards",
+            r["put_cold_us"]["16"],
+            "µs/op",
+            "first touch of a shard by a pooled session: PostgreSQL loads its relations, psycopg re-prepares",
+            lower_is_better=True,
+        )
+    )
+    rates = r["threads_puts_per_s"]
+    for threads in sorted(rates, key=int):
+        if threads == "1":
+            continue
+        out.append(
+            row(
+                "scaling",
+                f"puts/s, {threads} threads",
+                rates[threads],
+                "1 thread",
+                rates["1"],
+                "puts/s",
+                f"one Datastore shared by {threads} threads; client and servers share {os.cpu_count()} cores",
+                lower_is_better=False,
+            )
+        )
+    return out
+
+
+NORMALISERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
+    "keys": rows_keys,
+    "redis": rows_redis,
+    "datastore": rows_datastore,
+    "batches": rows_batches,
+    "peers": rows_peers,
+    "scaling": rows_scaling,
+}
+
+
+# -- running the parts ----------------------------------------------------------------------------------------
+
+
+def load_part(name: str) -> ModuleType:
+    """Import ``benchmarks/bench_<name>.py`` by path."""
+    path = HERE / f"bench_{name}.py"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing")
+    spec = importlib.util.spec_from_file_location(f"hv_bench_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_part(name: str, quick: bool, redis_url: str | None) -> dict[str, Any]:
+    """Run one part's ``run(quick)`` (the Redis part with the URL, its log lines on stderr)."""
+    module = load_part(name)
+    if name == "redis":
+        kwargs: dict[str, Any] = {"log": lambda line: print(f"  {line}", file=sys.stderr)}
+        if redis_url:
+            kwargs["url"] = redis_url
+        result: dict[str, Any] = module.run(quick, **kwargs)
+        return result
+    result = module.run(quick)
+    return result
+
+
+# -- machine and versions -------------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    """Cores, RAM, CPU model (/proc), OS, Python, and the load average when asked."""
+    info_: dict[str, Any] = {"cores": os.cpu_count(), "platform": platform.platform()}
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+        models = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")]
+        info_["cpu_model"] = models[0] if models else platform.processor() or "unknown"
+    except OSError:
+        info_["cpu_model"] = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/meminfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("MemTotal:"):
+                info_["ram_gib"] = round(int(line.split()[1]) / 1024 / 1024, 1)
+    except OSError:
+        pass
+    return info_
+
+
+def versions(redis_url: str | None) -> dict[str, Any]:
+    """Python, PostgreSQL (server binaries the parts start), Redis (server at the URL) and library versions."""
+    out: dict[str, Any] = {"python": platform.python_version(), "implementation": platform.python_implementation()}
+    try:
+        from hvbackend_postgres._testing import find_bin_dir
+
+        bin_dir = find_bin_dir()
+        if bin_dir is not None:
+            text = subprocess.run(
+                [str(bin_dir / "postgres"), "--version"], capture_output=True, text=True, timeout=10, check=True
+            ).stdout
+            out["postgresql"] = text.strip().rsplit(" ", 1)[-1]
+    except Exception as exc:  # reported, not fatal
+        out["postgresql"] = f"unknown ({type(exc).__name__})"
+    try:
+        import redis
+
+        client = redis.Redis.from_url(redis_url or "redis://127.0.0.1:6379/0", socket_connect_timeout=1)
+        try:
+            out["redis"] = client.info("server")["redis_version"]
+        finally:
+            client.close()
+    except Exception as exc:  # reported, not fatal
+        out["redis"] = f"unreachable ({type(exc).__name__})"
+    libs: dict[str, str | None] = {}
+    for name in LIBRARIES:
+        try:
+            libs[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            libs[name] = None
+    out["libraries"] = libs
+    return out
+
+
+# -- output ---------------------------------------------------------------------------------------------------
+
+
+def fmt(value: float | None) -> str:
+    """Three significant digits, thousands separated; ``—`` for nothing."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "—"
+    if value == 0:
+        return "0"
+    magnitude = math.floor(math.log10(abs(value)))
+    if magnitude >= 3:
+        return f"{value:,.0f}"
+    decimals = max(0, 2 - magnitude)
+    return f"{value:,.{decimals}f}"
+
+
+def fmt_ratio(ratio: float | None) -> str:
+    """``2.31×``, or ``—``."""
+    return "—" if ratio is None else f"{fmt(ratio)}×"
+
+
+def print_table(rows: list[Row], errors: dict[str, str]) -> None:
+    """The rows as a rich table on the terminal (ratios below 1, where we lose, in red)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="hypervault benchmarks (ratio = times better than the comparison; < 1: we lose)")
+    for name, justify in (
+        ("part", "left"),
+        ("measure", "left"),
+        ("hypervault", "right"),
+        ("comparison", "left"),
+        ("theirs", "right"),
+        ("ratio", "right"),
+        ("unit", "left"),
+        ("why", "left"),
+    ):
+        table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
+    for r in rows:
+        style = "" if r.ratio is None else ("green" if r.ratio >= 1 else "red")
+        table.add_row(
+            r.part,
+            r.measure,
+            fmt(r.hypervault),
+            r.comparison,
+            fmt(r.comparison_value),
+            f"[{style}]{fmt_ratio(r.ratio)}[/]" if style else fmt_ratio(r.ratio),
+            r.unit,
+            r.explanation,
+        )
+    console = Console(width=max(Console().width, 200))
+    console.print(table)
+    for part, error in errors.items():
+        console.print(f"[red]part {part} failed:[/] {error.strip().splitlines()[-1]}")
+
+
+def markdown_table(rows: list[Row]) -> str:
+    """The rows as a Markdown table (for docs/benchmarks.md)."""
+    lines = [
+        "| part | measure | hypervault | comparison | theirs | ratio | unit |",
+        "|---|---|--:|---|--:|--:|---|",
+    ]
+    for r in rows:
+        ratio = fmt_ratio(r.ratio)
+        if r.ratio is not None and r.ratio < 1:
+            ratio = f"**{ratio}**"
+        lines.append(
+            f"| {r.part} | {r.measure} | {fmt(r.hypervault)} | {r.comparison} | {fmt(r.comparison_value)} | "
+            f"{ratio} | {r.unit} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[Row], path: Path, title: str) -> None:
+    """Horizontal bars of every ratio, grouped and coloured by part, log scale, a line at 1 (parity)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    plotted = [r for r in rows if r.ratio is not None]
+    parts = list(dict.fromkeys(r.part for r in plotted))
+    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#17becf", "#7f7f7f"]
+    colour = {part: palette[i % len(palette)] for i, part in enumerate(parts)}
+    fig, ax = plt.subplots(figsize=(11, max(3.0, 0.28 * len(plotted) + 1.5)))
+    labels = [f"{r.part}: {r.measure} vs {r.comparison}" for r in plotted]
+    values = [r.ratio or 1.0 for r in plotted]
+    ys = list(range(len(plotted)))[::-1]
+    # bars grow from parity (1×): right, hypervault wins; left (hatched), it loses
+    ax.barh(
+        ys,
+        [v - 1.0 for v in values],
+        left=1.0,
+        color=[colour[r.part] for r in plotted],
+        hatch=["////" if v < 1 else "" for v in values],
+        edgecolor="white",
+    )
+    for y, value in zip(ys, values, strict=True):
+        ax.text(
+            value * (1.06 if value >= 1 else 0.94),
+            y,
+            f"{fmt(value)}×",
+            va="center",
+            ha="left" if value >= 1 else "right",
+            fontsize=7,
+        )
+    ax.set_yticks(ys, labels, fontsize=7)
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    low, high = min([*values, 1.0]), max([*values, 1.0])
+    ax.set_xscale("log")
+    ax.set_xlim(low / 2.5, high * 3)
+    ax.set_xlabel("times better than the comparison, log scale (right of 1: hypervault wins; left, hatched: it loses)")
+    ax.set_title(title, fontsize=10)
+    ax.legend([Patch(color=colour[p]) for p in parts], parts, loc="lower right", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# -- main -----------------------------------------------------------------------------------------------------
+
+
+def parse_parts(text: str) -> list[str]:
+    """``keys,peers`` → ['keys', 'peers'], checked against the known parts."""
+    names = [p.strip() for p in text.split(",") if p.strip()]
+    unknown = [p for p in names if p not in PARTS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown part(s) {', '.join(unknown) or '(none)'}: choose from {PARTS}")
+    return names
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The suite's options."""
+    parser = argparse.ArgumentParser(
+        prog="hv bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (a CI smoke run; figures are noise)")
+    parser.add_argument(
+        "--parts", type=parse_parts, default=list(PARTS), help=f"comma-separated, default all: {','.join(PARTS)}"
+    )
+    parser.add_argument("--json", type=Path, default=RESULTS / "latest.json", help="results file (default %(default)s)")
+    parser.add_argument("--png", type=Path, default=RESULTS / "latest.png", help="plot file (default %(default)s)")
+    parser.add_argument("--redis-url", help="Redis for the redis part (default redis://127.0.0.1:6379/0)")
+    parser.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the chosen parts; print, write JSON and PNG; 1 if a part failed."""
+    args = build_parser().parse_args(argv)
+    started = dt.datetime.now(dt.UTC)
+    load_before = os.getloadavg()
+    raw: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    seconds: dict[str, float] = {}
+    rows: list[Row] = []
+    for name in args.parts:
+        print(f"running {name}…", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
+        try:
+            raw[name] = run_part(name, args.quick, args.redis_url)
+        except Exception:
+            errors[name] = traceback.format_exc()
+            print(errors[name], file=sys.stderr)
+            continue
+        finally:
+            seconds[name] = round(time.perf_counter() - t0, 2)
+        try:
+            rows += NORMALISERS[name](raw[name])
+        except Exception:  # the part's output changed shape: keep its raw figures, say so
+            errors[name] = "normalising its figures failed:\n" + traceback.format_exc()
+            print(errors[name], file=sys.stderr)
+    host = machine()
+    host["load_average_before"] = [round(x, 2) for x in load_before]
+    host["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+    document = {
+        "date": started.isoformat(timespec="seconds"),
+        "quick": args.quick,
+        "parts": args.parts,
+        "ratio": "times better than the comparison: comparison/hypervault for times, hypervault/comparison for rates",
+        "machine": host,
+        "versions": versions(args.redis_url),
+        "seconds": seconds,
+        "rows": [dataclasses.asdict(r) for r in rows],
+        "errors": errors,
+        "results": raw,
+    }
+    print_table(rows, errors)
+    if args.markdown:
+        print(markdown_table(rows))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(document, indent=2, default=str) + "\n", encoding="utf-8")
+    title = (
+        f"hypervault {document['versions']['libraries'].get('hypervault')} · {started:%Y-%m-%d} · "
+        f"{host['cores']} cores, {host.get('cpu_model', '?')}" + (" · QUICK (noise)" if args.quick else "")
+    )
+    plot(rows, args.png, title)
+    print(f"wrote {args.json} and {args.png}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
