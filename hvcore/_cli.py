@@ -8,9 +8,11 @@ import dataclasses
 import json
 import os
 import random
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
 from hvcore._config import DatastoreConfig, load_config, parse_layout, redact
@@ -294,6 +296,35 @@ def cmd_config_show(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def bench_suite() -> Path:
+    """``benchmarks/suite.py`` of the source checkout this ``hvcore`` was imported from."""
+    import hvcore
+
+    suite = Path(hvcore.__file__).resolve().parent.parent / "benchmarks" / "suite.py"
+    if not suite.is_file():
+        raise HypervaultError(
+            f"hv bench runs from a source checkout: no benchmarks/suite.py next to {Path(hvcore.__file__).parent} "
+            "(clone the repository and pip install -e '.[bench]')"
+        )
+    return suite
+
+
+def cmd_bench(args: argparse.Namespace, out: TextIO) -> int:
+    """Run the benchmark suite of the source checkout with the given options."""
+    suite = bench_suite()
+    argv = [sys.executable, str(suite)]
+    if args.quick:
+        argv.append("--quick")
+    for option in ("parts", "json", "png", "redis_url"):
+        value = getattr(args, option)
+        if value is not None:
+            argv += [f"--{option.replace('_', '-')}", str(value)]
+    if args.markdown:
+        argv.append("--markdown")
+    out.flush()
+    return subprocess.run(argv, check=False).returncode
+
+
 # -- parser -----------------------------------------------------------------------------------------------------
 
 
@@ -340,6 +371,18 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--config", required=True, help="TOML config file")
     show = add("config", cmd_config_show, "show a config file as read (passwords masked)")
     show.add_argument("--config", required=True, help="TOML config file")
+    bench = sub.add_parser(
+        "bench",
+        help="run the benchmark suite against peers (from a source checkout)",
+        description="Run benchmarks/suite.py: table on the terminal, JSON and PNG (needs the 'bench' extra).",
+    )
+    bench.set_defaults(func=cmd_bench)
+    bench.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run)")
+    bench.add_argument("--parts", help="comma-separated: keys,redis,datastore,batches,peers,scaling (default all)")
+    bench.add_argument("--json", metavar="PATH", help="results file (default benchmarks/results/latest.json)")
+    bench.add_argument("--png", metavar="PATH", help="plot file (default benchmarks/results/latest.png)")
+    bench.add_argument("--redis-url", help="Redis for the redis part (default redis://127.0.0.1:6379/0)")
+    bench.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
     return parser
 
 
