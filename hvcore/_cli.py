@@ -158,6 +158,8 @@ def cmd_init(args: argparse.Namespace, out: TextIO) -> int:
 def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
     """Show servers, their shards, pools and rows."""
     with _open_from_config(args.config) as store:
+        with contextlib.suppress(HypervaultError):
+            store.reload_placement()  # shards moved by `hv shard move` are counted where they are now
         status = store.status()
     if args.json:
         emit_json(status, out)
@@ -282,6 +284,120 @@ def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     return 0 if ok else 1
 
 
+def cmd_shard_move(args: argparse.Namespace, out: TextIO) -> int:
+    """Move one shard to another server online (or resume / roll back an interrupted move)."""
+    with _open_from_config(args.config) as store:
+        if args.rollback:
+            print(store.rollback_move(args.shard), file=out)
+            return 0
+        target = args.to
+        if args.resume:
+            state = store.move_state(args.shard)
+            if state is None:
+                raise HypervaultError(f"no unfinished move of shard {args.shard} to resume")
+            target = target if target is not None else str(state["target"])
+        if target is None:
+            raise HypervaultError("give the target server: --to INDEX or --to host:port/dbname")
+        bars: dict[str, Progress] = {}
+
+        def progress(phase: str, done: int, total: int) -> None:
+            bar = bars.get(phase)
+            if bar is None:
+                for previous in bars.values():
+                    previous.close()
+                bars.clear()
+                bar = bars[phase] = Progress(phase, total, enabled=None if not args.json else False)
+            bar.total = max(total, 1)
+            bar.advance(done - bar.done)
+
+        try:
+            report = store.move_shard(args.shard, target, drop_source=args.drop_source, progress=progress)
+        finally:
+            for bar in bars.values():
+                bar.close()
+        specs = store.shard_map.to_specs()
+    if args.json:
+        emit_json({**report.as_dict(), "shards_per_server": specs}, out)
+        return 0
+    print(
+        f"shard {report.shard_id}: {report.source} → {report.target} (placement version {report.version}), "
+        f"{report.rows:,} rows copied in {report.copy_seconds:.2f} s, {report.catchup_rounds} catch-up round(s), "
+        f"writes paused {report.pause_seconds * 1000:.0f} ms, verified {report.checksum or '-'}, "
+        f"total {report.seconds:.2f} s",
+        file=out,
+    )
+    for note in report.notes:
+        print(f"  {note}", file=out)
+    print("every process follows the move; to start new ones without a redirect, set in the config:", file=out)
+    for index, spec in enumerate(specs):
+        print(f'  servers[{index}]: shards = "{spec}"', file=out)
+    return 0
+
+
+def _rows_per_shard(store: Datastore) -> dict[int, int]:
+    store.reload_placement()
+    rows: dict[int, int] = {}
+    for entry in store.status():
+        if not entry["reachable"]:
+            raise HypervaultError(f"{entry['server']} is unreachable: {entry['error']}")
+        rows.update(entry["rows_per_shard"])
+    return rows
+
+
+def cmd_shard_plan(args: argparse.Namespace, out: TextIO) -> int:
+    """Suggest shard moves that balance rows over N servers."""
+    from hvcore._placement import plan_moves
+
+    with _open_from_config(args.config) as store:
+        rows = _rows_per_shard(store)
+        owner = dict(iter(store.shard_map))
+        labels = [s.label for s in store.servers]
+    moves = plan_moves(rows, owner, args.servers)
+
+    def name(index: int) -> str:
+        return labels[index] if index < len(labels) else f"new server #{index} (add it to the config)"
+
+    load = [0] * max(args.servers, len(labels))
+    for shard, server in owner.items():
+        load[server] += rows.get(shard, 0)
+    for _, count, source, target in moves:
+        load[source] -= count
+        load[target] += count
+    if args.json:
+        emit_json(
+            {
+                "moves": [{"shard": s, "rows": r, "from": name(a), "to": name(b)} for s, r, a, b in moves],
+                "rows_per_server": {name(i): n for i, n in enumerate(load)},
+            },
+            out,
+        )
+        return 0
+    if not moves:
+        print(f"already balanced over {args.servers} server(s): nothing to move", file=out)
+    else:
+        table([(s, f"{r:,}", name(a), name(b)) for s, r, a, b in moves], ["shard", "rows", "from", "to"], out)
+        print(file=out)
+        for shard, _, _, target in moves:
+            print(f"hv shard move {shard} --to {target} --config {args.config}", file=out)
+    print(file=out)
+    table([(name(i), f"{n:,}") for i, n in enumerate(load)], ["server", "rows after"], out)
+    return 0
+
+
+def cmd_shard_export(args: argparse.Namespace, out: TextIO) -> int:
+    """Print the shard map for Citus schema-based sharding, PgDog, or as JSON."""
+    from hvcore._placement import export_map
+
+    cfg = load_config(args.config)
+    with Datastore.from_config(cfg) as store:
+        shard_map = store.reload_placement()
+        labels = [s.label for s in store.servers]
+        version = max((store.placement_version(s) for s in shard_map.shard_ids), default=0)
+    servers = [redact(s) for s in cfg.servers]
+    out.write(export_map(shard_map, servers, labels, args.format, version=version))
+    return 0
+
+
 def cmd_config_show(args: argparse.Namespace, out: TextIO) -> int:
     """Print a config file as hypervault reads it (passwords masked)."""
     cfg: DatastoreConfig = load_config(args.config)
@@ -371,6 +487,27 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--config", required=True, help="TOML config file")
     show = add("config", cmd_config_show, "show a config file as read (passwords masked)")
     show.add_argument("--config", required=True, help="TOML config file")
+    shard = sub.add_parser("shard", help="move shards between servers, plan moves, export the map")
+    shard_sub = shard.add_subparsers(dest="shard_command", required=True, metavar="ACTION")
+    move = shard_sub.add_parser("move", help="move one shard to another server while writes continue")
+    move.set_defaults(func=cmd_shard_move)
+    move.add_argument("shard", type=int, help="the shard id")
+    move.add_argument("--to", help="target server: index in the config (0-based) or host:port/dbname")
+    move.add_argument("--config", required=True, help="TOML config file")
+    move.add_argument("--drop-source", action="store_true", help="drop the old rows once the move is switched")
+    how = move.add_mutually_exclusive_group()
+    how.add_argument("--resume", action="store_true", help="resume an interrupted move (target from its record)")
+    how.add_argument("--rollback", action="store_true", help="undo an interrupted move; the shard stays put")
+    move.add_argument("--json", action="store_true", help="machine-readable output")
+    plan = shard_sub.add_parser("plan", help="suggest moves that balance rows over N servers")
+    plan.set_defaults(func=cmd_shard_plan)
+    plan.add_argument("--servers", type=int, required=True, help="how many servers to balance over")
+    plan.add_argument("--config", required=True, help="TOML config file")
+    plan.add_argument("--json", action="store_true", help="machine-readable output")
+    export = shard_sub.add_parser("export", help="print the shard map for Citus, PgDog or as JSON")
+    export.set_defaults(func=cmd_shard_export)
+    export.add_argument("--format", choices=["citus", "pgdog", "json"], default="json", help="output format")
+    export.add_argument("--config", required=True, help="TOML config file")
     bench = sub.add_parser(
         "bench",
         help="run the benchmark suite against peers (from a source checkout)",

@@ -7,16 +7,26 @@ follows a `ShardMoved` refusal from a server that no longer serves a shard (relo
 
 from __future__ import annotations
 
+import json
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from hvcore._backend import ServerStore
-from hvcore._shardmap import ShardMap
+from hvcore._shardmap import ShardMap, format_ranges
 from hvcore.errors import MoveError, ShardMoved, ShardNotFound
 
-__all__ = ["MAX_HOPS", "MoveProgress", "MoveReport", "PlacementMixin", "ShardMover", "mover_of"]
+__all__ = [
+    "MAX_HOPS",
+    "MoveProgress",
+    "MoveReport",
+    "PlacementMixin",
+    "ShardMover",
+    "export_map",
+    "mover_of",
+    "plan_moves",
+]
 
 MAX_HOPS = 8  # ShardMoved refusals followed by one call before giving up (a chain of moves)
 
@@ -238,3 +248,113 @@ class PlacementMixin:
         labels: Mapping[str, Any] = {store.label: store for store in stores}
         target = labels.get(str(state["target"]))
         return mover_of(source).rollback(shard_id, target)
+
+
+def plan_moves(
+    rows_per_shard: Mapping[int, int], owner: Mapping[int, int], servers: int
+) -> list[tuple[int, int, int, int]]:
+    """Moves that balance rows over ``servers`` servers: (shard, rows, from server, to server), greedy.
+
+    Shards on servers numbered ``servers`` or above are moved off first (shrinking); then, while the fullest
+    and the emptiest server differ, the shard whose rows come closest to half that gap moves between them.
+    """
+    if servers < 1:
+        raise MoveError(f"--servers must be ≥ 1, got {servers}")
+    load = [0] * max(servers, max(owner.values(), default=0) + 1)
+    where = dict(owner)
+    for shard, server in where.items():
+        load[server] += rows_per_shard.get(shard, 0)
+    moves: list[tuple[int, int, int, int]] = []
+
+    def move(shard: int, to: int) -> None:
+        rows = rows_per_shard.get(shard, 0)
+        moves.append((shard, rows, where[shard], to))
+        load[where[shard]] -= rows
+        load[to] += rows
+        where[shard] = to
+
+    for shard in sorted(where, key=lambda s: -rows_per_shard.get(s, 0)):
+        if where[shard] >= servers:
+            move(shard, min(range(servers), key=lambda i: load[i]))
+    for _ in range(10 * len(where) + 1):
+        high = max(range(servers), key=lambda i: load[i])
+        low = min(range(servers), key=lambda i: load[i])
+        gap = load[high] - load[low]
+        fits = [s for s, o in where.items() if o == high and 0 < rows_per_shard.get(s, 0) < gap]
+        if not fits:
+            break
+        move(min(fits, key=lambda s: abs(rows_per_shard.get(s, 0) - gap / 2)), low)
+    return moves
+
+
+def export_map(
+    shard_map: ShardMap, servers: Sequence[Mapping[str, Any]], labels: Sequence[str], fmt: str, *, version: int = 0
+) -> str:
+    """The shard map (one schema per shard) for Citus schema-based sharding, PgDog or as JSON; never passwords."""
+
+    def schema(shard: int) -> str:
+        return f"shard{shard:04d}"
+
+    def node(index: int) -> tuple[str, int, str]:
+        settings = servers[index]
+        host = str(settings.get("host") or "localhost")
+        return host, int(settings.get("port") or 5432), str(settings.get("dbname") or "postgres")
+
+    if fmt == "json":
+        data = {
+            "format": "hypervault-shard-map",
+            "version": version,
+            "schema_pattern": "shard%04d",
+            "table": "entities",
+            "servers": [
+                {
+                    "index": i,
+                    "label": labels[i],
+                    "host": node(i)[0],
+                    "port": node(i)[1],
+                    "dbname": node(i)[2],
+                    "shards": format_ranges(shard_map.shards_of(i)),
+                }
+                for i in range(len(labels))
+            ],
+            "shards": {str(shard): {"schema": schema(shard), "server": server} for shard, server in shard_map},
+        }
+        return json.dumps(data, indent=2) + "\n"
+    if fmt == "citus":
+        lines = [
+            f"-- hypervault shard map (placement version {version}) for Citus schema-based sharding (Citus 12.0+).",
+            "-- Run on the Citus coordinator after the shard schemas were restored there (see docs/moving-shards.md).",
+            "-- 1. the servers become worker nodes",
+        ]
+        lines += [f"SELECT citus_add_node('{node(i)[0]}', {node(i)[1]});" for i in range(len(labels))]
+        lines.append("-- 2. each logical shard's schema becomes a distributed schema (one Citus shard group)")
+        lines += [f"SELECT citus_schema_distribute('{schema(shard)}');" for shard, _ in shard_map]
+        lines.append("-- 3. each schema goes to the node that served it under hypervault")
+        lines += [
+            f"SELECT citus_schema_move('{schema(shard)}', '{node(server)[0]}', {node(server)[1]});"
+            for shard, server in shard_map
+        ]
+        return "\n".join(lines) + "\n"
+    if fmt == "pgdog":
+        lines = [f"# hypervault shard map (placement version {version}) for PgDog schema-based sharding (pgdog.toml)"]
+        for i in range(len(labels)):
+            host, port, dbname = node(i)
+            lines += [
+                "",
+                "[[databases]]",
+                'name = "hypervault"',
+                f'host = "{host}"',
+                f"port = {port}",
+                f'database_name = "{dbname}"',
+                f"shard = {i}",
+            ]
+        for shard, server in shard_map:
+            lines += [
+                "",
+                "[[sharded_schemas]]",
+                'database = "hypervault"',
+                f'name = "{schema(shard)}"',
+                f"shard = {server}",
+            ]
+        return "\n".join(lines) + "\n"
+    raise MoveError(f"unknown export format {fmt!r}: expected citus, pgdog or json")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import random
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -275,3 +277,36 @@ def test_move_100k_rows_while_4_threads_write(jsonb_setup: MoveSetup) -> None:
     # other shards never paused: they kept completing writes while the moved shard was fenced
     if fence_end - fence_start > 0.05:
         assert during_fence[4] > 0 and during_fence[12] > 0
+
+
+def test_cli_move_plan_export_status(
+    jsonb_setup: MoveSetup, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    setup = jsonb_setup
+    store = setup.datastore()
+    fill(store, MOVED, 300)
+    fill(store, 5, 200)
+    fill(store, 9, 10)
+    config = str(setup.config_file(tmp_path))
+    assert _cli.main(["shard", "plan", "--servers", "2", "--config", config, "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert [m["shard"] for m in plan["moves"]] == [5]  # 510 vs 0 rows: shard 5 (200) comes closest to half the gap
+    assert _cli.main(["shard", "plan", "--servers", "3", "--config", config]) == 0
+    assert "new server #2" in capsys.readouterr().out
+    assert _cli.main(["shard", "move", str(MOVED), "--to", "1", "--config", config, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["rows"] == 300 and report["shards_per_server"] == ["0-3,4-8", "3-4,8-16"]
+    assert _cli.main(["status", "--config", config, "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert [s["rows"] for s in status] == [200, 310] and status[1]["shards"] == "3-4,8-16"
+    assert _cli.main(["shard", "export", "--format", "json", "--config", config]) == 0
+    exported = json.loads(capsys.readouterr().out)
+    assert exported["version"] == 1 and exported["shards"][str(MOVED)] == {"schema": "shard0003", "server": 1}
+    assert _cli.main(["shard", "export", "--format", "citus", "--config", config]) == 0
+    assert "SELECT citus_schema_move('shard0003', '127.0.0.1'," in capsys.readouterr().out
+    assert _cli.main(["shard", "export", "--format", "pgdog", "--config", config]) == 0
+    pgdog = tomllib.loads(capsys.readouterr().out)
+    assert {"database": "hypervault", "name": "shard0003", "shard": 1} in pgdog["sharded_schemas"]
+    assert len(pgdog["databases"]) == 2
+    assert _cli.main(["shard", "move", str(MOVED), "--rollback", "--config", config]) == 2
+    assert "nothing to roll back" in capsys.readouterr().err
