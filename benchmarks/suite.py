@@ -22,6 +22,7 @@ import json
 import math
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -580,7 +581,8 @@ def versions(redis_url: str | None) -> dict[str, Any]:
             text = subprocess.run(
                 [str(bin_dir / "postgres"), "--version"], capture_output=True, text=True, timeout=10, check=True
             ).stdout
-            out["postgresql"] = text.strip().rsplit(" ", 1)[-1]
+            found = re.search(r"\(PostgreSQL\)\s+(\S+)", text)
+            out["postgresql"] = found.group(1) if found else text.strip()
     except Exception as exc:  # reported, not fatal
         out["postgresql"] = f"unknown ({type(exc).__name__})"
     try:
