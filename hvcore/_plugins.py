@@ -36,6 +36,7 @@ class PluginRegistry:
         self._backends: dict[str, tuple[BackendFactory, str]] = {}
         self._async_backends: dict[str, tuple[AsyncBackendFactory, str]] = {}
         self._sequences: dict[str, tuple[hookspecs.SequenceFactory, str]] = {}
+        self.broken: dict[str, str] = {}  # entry point name -> why it failed to load
 
     def __repr__(self) -> str:
         return f"<PluginRegistry backends={sorted(self._backends)} sequences={sorted(self._sequences)}>"
@@ -53,7 +54,9 @@ class PluginRegistry:
             return self._backends[name][0]
         except KeyError:
             installed = ", ".join(sorted(self._backends)) or "none"
-            raise PluginError(f"unknown backend {name!r}: installed backends are {installed}") from None
+            raise PluginError(
+                f"unknown backend {name!r}: installed backends are {installed}{self._broken_note()}"
+            ) from None
 
     def async_backend(self, name: str) -> AsyncBackendFactory:
         """The asyncio factory of backend ``name``."""
@@ -72,8 +75,13 @@ class PluginRegistry:
             installed = ", ".join(sorted(self._sequences)) or "none"
             raise PluginError(
                 f"no sequence source for {scheme!r} URLs: installed schemes are {installed} "
-                "(the redis one needs `pip install hypervault[redis]`)"
+                f"(the redis one needs `pip install hypervault[redis]`){self._broken_note()}"
             ) from None
+
+    def _broken_note(self) -> str:
+        if not self.broken:
+            return ""
+        return "; plugins that failed to load: " + "; ".join(f"{n} ({why})" for n, why in sorted(self.broken.items()))
 
     def backend_names(self) -> list[str]:
         """Sorted names of every registered backend."""
@@ -101,7 +109,12 @@ class PluginRegistry:
             for ep in points:
                 if self.manager.get_plugin(ep.name) is not None:
                     continue
-                self._add(ep.load(), ep.name)
+                try:
+                    plugin = ep.load()
+                except Exception as exc:  # one broken or half-installed plugin must not take the others down
+                    self.broken[ep.name] = f"{type(exc).__name__}: {exc}"
+                    continue
+                self._add(plugin, ep.name)
 
     def _add(self, plugin: object, name: str | None) -> None:
         origin: str = name or str(getattr(plugin, "__name__", repr(plugin)))

@@ -72,6 +72,17 @@ def test_unknown_backend_lists_installed() -> None:
         registry.backend("gamma")
 
 
+def test_a_plugin_that_fails_to_import_does_not_hide_the_others() -> None:
+    class Broken(FakeEntryPoint):
+        def load(self) -> object:
+            raise ModuleNotFoundError("No module named 'redis'")
+
+    registry = PluginRegistry(entry_points=[Broken("redis", None), FakeEntryPoint("ok", backend_plugin("fine"))])
+    assert registry.backend_names() == ["fine"]
+    with pytest.raises(PluginError, match=r"redis \(ModuleNotFoundError: No module named 'redis'\)"):
+        registry.sequence("redis")
+
+
 def test_unknown_sequence_scheme() -> None:
     with pytest.raises(PluginError, match="no sequence source for 'zk'"):
         PluginRegistry(entry_points=[]).sequence("zk")
