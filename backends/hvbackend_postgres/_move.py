@@ -16,10 +16,11 @@ Phases (each recorded in ``hypervault.moves`` on the source, so an interrupted m
    order independent) on both sides, in parallel, under the lock. A mismatch aborts before the switch.
 6. **switch** — still under the lock, the source table moves to ``hv_src_NNNN`` and ``shardNNNN.entities``
    becomes a forwarding stub (a view and INSTEAD OF trigger raising SQLSTATE ``ZHV01`` with the new server and
-   placement version, read by the store as `ShardMoved`); the target renames its staging table into
-   ``shardNNNN``; both record ``hypervault.placement`` (shard → server, version). The target commits first, then
-   the source: writers blocked by the lock then see the stub, are refused, and the `Datastore` retries them on
-   the new server — refused, never lost. Stale processes (old config) are forwarded the same way, for reads too.
+   placement version, read by the store as `ShardMoved`) and the source records ``hypervault.placement``
+   (shard → server, version); the target renames its staging table into ``shardNNNN``. The target commits first,
+   then the source, then the target records the placement too (the source's record is the authority). Writers
+   blocked by the lock then see the stub, are refused, and the `Datastore` retries them on the new server —
+   refused, never lost. Stale processes (old config) are forwarded the same way, for reads too.
 7. **drop** (optional) — drop ``hv_src_NNNN`` with the old rows; the stub stays as the forwarding pointer.
 
 Interrupted before the source's switch commit, the source still serves the shard (a target copy is never routed
@@ -532,7 +533,6 @@ class PostgresMover:
                             )
                         )
                         dst.execute(sql.SQL("DROP SCHEMA {}").format(sql.Identifier(_dst_schema(shard_id))))
-                        _record_placement(dst, shard_id, target.label, report.version)
                     step("switch", 1, 2)  # the target committed; the source commits when this block ends
             except pg_errors.LockNotAvailable:
                 report.notes.append(f"fence attempt {attempt}: lock not granted within {LOCK_TIMEOUT}")
@@ -540,6 +540,8 @@ class PostgresMover:
                 self._replay(ctl, dst, shard_id, CATCHUP_BATCH)
                 continue
             report.pause_seconds = time.perf_counter() - t0
+            # only now (the source's record is the authority): a crash before this leaves the target unrecorded
+            _record_placement(dst, shard_id, target.label, report.version)
             report.notes.append(
                 f"pause: lock {1000 * (t_locked - t0):.0f} ms, last changes {1000 * (t_replayed - t_locked):.0f} ms, "
                 f"verify {1000 * (t_verified - t_replayed):.0f} ms, "

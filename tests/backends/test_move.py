@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -310,3 +311,119 @@ def test_cli_move_plan_export_status(
     assert len(pgdog["databases"]) == 2
     assert _cli.main(["shard", "move", str(MOVED), "--rollback", "--config", config]) == 2
     assert "nothing to roll back" in capsys.readouterr().err
+
+
+class Boom(Exception):
+    """The injected interruption."""
+
+
+BOUNDARIES = [
+    ("prepare", 0),
+    ("prepare", 1),
+    ("copy", 0),
+    ("catchup", 0),
+    ("fence", 0),
+    ("fence", 1),  # under the lock
+    ("verify", 1),
+    ("switch", 0),  # source DDL not done yet
+    ("switch", 1),  # the target committed its switch, the source did not
+    ("switch", 2),  # switched
+    ("drop", 0),
+]
+
+
+def served_by(setup: MoveSetup, written: dict[int, dict[str, Any]]) -> int:
+    """The server a process with the original config reaches for the shard: every row readable, writes land there."""
+    store = setup.datastore()
+    found = store.get_many(list(written))
+    assert {int(k): r.data for k, r in found.items()} == written
+    key = store.put(MOVED, 1, probe="1")
+    written[int(key)] = {"probe": "1"}
+    index = store.shard_map.server_for(MOVED)
+    schema = "shard0003"
+    assert int(key) in setup.rows(index, schema)
+    assert store.get(key) is not None
+    return index
+
+
+@pytest.mark.parametrize("boundary", BOUNDARIES, ids=[f"{p}-{d}" for p, d in BOUNDARIES])
+@pytest.mark.parametrize("then", ["resume", "rollback"])
+def test_interrupted_at_each_phase_serves_from_one_server_and_resumes_or_rolls_back(
+    jsonb_setup: MoveSetup, boundary: tuple[str, int], then: str
+) -> None:
+    setup = jsonb_setup
+    mover = setup.datastore()
+    written = fill(mover, MOVED, 300)
+
+    def interrupt(phase: str, done: int, total: int) -> None:
+        if (phase, done) == boundary:
+            raise Boom(f"{phase} {done}/{total}")
+
+    with pytest.raises(Boom):
+        mover.move_shard(MOVED, 1, drop_source=True, progress=interrupt)
+    switched = boundary in (("switch", 2), ("drop", 0))
+    states = setup.states()
+    if switched:
+        assert states == ["stub", "live"]
+    elif boundary == ("switch", 1):
+        assert states == ["live", "live"]  # the target's copy exists but nothing routes to it
+    else:
+        assert states == ["live", "none"]
+    assert served_by(setup, written) == (1 if switched else 0)
+    if then == "rollback":
+        if switched:
+            with pytest.raises(MoveError, match=r"move the shard back|nothing to roll back"):
+                setup.datastore().rollback_move(MOVED)
+            return
+        assert "rolled back" in setup.datastore().rollback_move(MOVED)
+        assert setup.states() == ["live", "none"]
+        with setup.conn(0) as conn:
+            assert conn.execute("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'hv_%'").fetchone() == (0,)
+            assert conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'hv_src%'").fetchone() == (0,)
+            assert conn.execute("SELECT count(*) FROM hypervault.moves").fetchone() == (0,)
+        with setup.conn(1) as conn:
+            assert conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'hv_dst%'").fetchone() == (0,)
+        assert served_by(setup, written) == 0
+        return
+    report = setup.datastore().move_shard(MOVED, 1, drop_source=True)
+    assert report.dropped_source
+    if not switched:
+        assert report.resumed_from is not None
+    assert setup.states() == ["stub", "live"]
+    with setup.conn(0) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'hv_%'").fetchone() == (0,)
+    assert served_by(setup, written) == 1
+    assert set(setup.rows(1, "shard0003")) == set(written)
+
+
+@pytest.mark.slow
+def test_killed_cli_move_leaves_one_server_and_resumes(jsonb_setup: MoveSetup, tmp_path: Path) -> None:
+    setup = jsonb_setup
+    written = fill(setup.datastore(), MOVED, 100_000)
+    config = str(setup.config_file(tmp_path))
+    command = [sys.executable, "-m", "hvcore._cli", "shard", "move", str(MOVED), "--to", "1", "--config", config]
+    for phase in ("copy", "copy"):  # killed during the bulk copy, then again during the resumed one
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        seen = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            with setup.conn(0) as conn, contextlib.suppress(psycopg.errors.UndefinedTable):
+                row = conn.execute("SELECT phase FROM hypervault.moves").fetchone()
+                seen = row[0] if row else None
+            if seen == phase:
+                break
+            time.sleep(0.01)
+        assert proc.poll() is None, f"the move ended before phase {phase}: {proc.communicate()}"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=10)
+        assert setup.states() == ["live", "none"]
+        assert served_by(setup, written) == 0
+    state = setup.datastore().move_state(MOVED)
+    assert state is not None and state["target"] == setup.datastore().servers[1].label
+    resume = [sys.executable, "-m", "hvcore._cli", "shard", "move", str(MOVED), "--resume", "--drop-source"]
+    done = subprocess.run([*resume, "--config", config, "--json"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["resumed_from"] == "copy"
+    assert setup.states() == ["stub", "live"]
+    assert served_by(setup, written) == 1
+    assert set(setup.rows(1, "shard0003")) == set(written)
