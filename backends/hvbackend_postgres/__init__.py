@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from hvbackend_postgres._astore import AsyncPostgresServerStore
+from hvbackend_postgres._move import PostgresMover
 from hvbackend_postgres._schema import ShardSQL, shard_ddl, shard_schema
 from hvbackend_postgres._store import PostgresServerStore
 from hvcore._backend import BackendOptions
@@ -13,6 +14,7 @@ from hvcore.hookspecs import hookimpl
 
 __all__ = [
     "AsyncPostgresServerStore",
+    "PostgresMover",
     "PostgresServerStore",
     "ShardSQL",
     "async_hstore_store",
