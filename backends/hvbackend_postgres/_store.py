@@ -614,7 +614,7 @@ class PostgresServerStore(StoreCore):
             conn.close()
         return counts
 
-    def shard_mover(self) -> PostgresMover:
+    def _shard_mover(self) -> PostgresMover:
         """Shard-move operations with this server as source (``Datastore.move_shard``), see ``_move``."""
         return PostgresMover(self)
 
