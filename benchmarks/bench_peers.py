@@ -225,8 +225,8 @@ def _fill_range(db: hvcore.Datastore, total: int) -> tuple[dt.datetime, dt.datet
 
 def run(quick: bool) -> dict[str, Any]:
     """Measure every operation for every candidate on two fresh local servers; the figures (seconds per op)."""
-    ops, rounds = (40, 3) if quick else (300, 9)
-    batch_rounds = 3 if quick else 9
+    ops, rounds = (40, 3) if quick else (300, 15)
+    batch_rounds = 3 if quick else 15
     total = 2_000 if quick else 20_000
     batch = 200 if quick else BATCH
     with local_servers(2, fsync=True) as local:
