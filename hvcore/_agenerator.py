@@ -48,7 +48,7 @@ class AsyncKeyGenerator(_GeneratorBase):
             if todo is None:
                 return out
             if type(todo) is _Reserve:
-                await self._reserve(shard, todo)
+                await self._reserve(shard, todo, n, out)
             elif todo == _YIELD:
                 await asyncio.sleep(0)
             elif todo != _AGAIN:
@@ -56,7 +56,7 @@ class AsyncKeyGenerator(_GeneratorBase):
                 while (pause := self._sleep_for(shard, todo)) is not None:
                     await asyncio.sleep(pause)
 
-    async def _reserve(self, shard: int, todo: _Reserve) -> None:
+    async def _reserve(self, shard: int, todo: _Reserve, n: int, out: list[Key]) -> None:
         lock = self._locks.get(shard) or self._locks.setdefault(shard, asyncio.Lock())
         async with lock:
             if self._states[shard] is todo.state:
@@ -65,4 +65,4 @@ class AsyncKeyGenerator(_GeneratorBase):
                 numbers = source.reserve(shard, todo.time_part, todo.wanted)
                 if not isinstance(numbers, range):
                     numbers = await numbers
-                self._install(shard, todo.time_part, numbers)
+                self._install(shard, todo.time_part, numbers, n, out)

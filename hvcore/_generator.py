@@ -12,7 +12,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
 from itertools import count, islice, repeat
-from typing import Any, Final, NamedTuple, cast
+from typing import Any, Final, NamedTuple
 
 from hvcore._key import Key, KeyLayout, check_shard_id
 from hvcore._sequence import AsyncSequenceSource, SequenceSource
@@ -26,8 +26,6 @@ _SPIN_NS: Final = 200_000  # the last part of a wait for the next millisecond on
 _new = int.__new__
 _consume: Callable[[Iterator[int]], None] = deque[int](maxlen=0).extend  # drains an iterator in C
 _DEAD: Final[Iterator[int]] = count()  # the counter of states whose limit rejects every number
-_NEVER: Final = 1 << 126  # 'end' of the invalid-shard sentinels: the clock never gets there
-_NOT_A_SHARD: Final = cast(int, None)  # shard bits of negative indexes: adding them raises TypeError
 _AGAIN: Final = 0  # _step results besides None (done), a _Reserve, or a clock reading (ns) to wait for
 _YIELD: Final = 1
 
@@ -121,9 +119,7 @@ class _GeneratorBase:
         self._key_type = layout.key_type
         self._size = size
         self._shards = layout.max_shard_id + 1
-        # Indexed by shard id; negative ids land on entries that make the fast path raise TypeError.
         self._sbits = [shard << layout.shard_shift for shard in range(self._shards)]
-        self._sbits += [_NOT_A_SHARD] * self._shards
         self._time_shift = layout.time_shift
         self._max_time = layout.max_time_part
         self._epoch_ns = layout.epoch_ms * _NS_PER_MS
@@ -148,9 +144,7 @@ class _GeneratorBase:
     # -- helpers (pure: no waiting, no I/O) ---------------------------------------------------------------------
 
     def _fresh_states(self) -> list[_State]:
-        states: list[_State] = [(0, _DEAD, 0, 0)] * self._shards
-        states += [(_NEVER, _DEAD, 0, -1)] * self._shards  # negative indexes: always the slow path
-        return states
+        return [(0, _DEAD, 0, 0)] * self._shards
 
     def _make_cur(self, end: int, time_bits: int) -> _Cur:
         return (self._now_ns, end, time_bits, {}, {}, self._sbits, self._key_type)
@@ -227,13 +221,18 @@ class _GeneratorBase:
     def _step(self, shard: int, n: int, out: list[Key]) -> _Reserve | int | None:
         """Bring ``out`` closer to ``n`` keys; None when done, else what to do before the next step: make a
         `_Reserve`, wait until a clock reading (ns), yield (`_YIELD`) or just go on (`_AGAIN`)."""
+        if len(out) >= n:
+            return None
         if self._source is None:
             cur = self._cur
             now, end, time_bits, first, more, sbits, key_type = cur
             t = now()
             if t >= end:
                 self._advance(cur, t)
-                return _AGAIN
+                cur = self._cur  # go on with the same reading: a fast clock must not starve us
+                now, end, time_bits, first, more, sbits, key_type = cur
+                if t >= end:
+                    return _AGAIN
             base = time_bits + sbits[shard]
             if first.setdefault(shard, t) is t:
                 out.append(_new(key_type, base))
@@ -257,8 +256,9 @@ class _GeneratorBase:
             return self._epoch_ns + (self._floor + 1) * _NS_PER_MS
         return _Reserve(state, part, self._wanted(shard, n - len(out), refill=False))
 
-    def _install(self, shard: int, time_part: int, numbers: object) -> None:
-        """Make a reserved block the shard's state (the caller holds the shard's lock)."""
+    def _install(self, shard: int, time_part: int, numbers: object, n: int, out: list[Key]) -> None:
+        """Make a reserved block the shard's state and take from it at once, whatever the clock says by now
+        (the caller holds the shard's lock)."""
         size = self._size
         if not isinstance(numbers, range) or numbers.step != 1 or numbers.start < 0 or numbers.stop > size:
             raise HypervaultError(
@@ -269,7 +269,9 @@ class _GeneratorBase:
         if numbers.start >= numbers.stop:  # this millisecond of this shard is used up
             self._states[shard] = (end, _DEAD, base, 0)
         else:
-            self._states[shard] = (end, count(numbers.start), base, numbers.stop)
+            cnt = count(numbers.start)
+            self._states[shard] = (end, cnt, base, numbers.stop)
+            self._draw(cnt, base, numbers.stop, n - len(out), out)
 
     def _sleep_for(self, shard: int, until: int) -> float | None:
         """Seconds to sleep before looking at the clock again (0: just yield), None once ``until`` is reached."""
@@ -374,17 +376,17 @@ class KeyGenerator(_GeneratorBase):
         # The local-mode path of _step, inlined: this is the hot path.
         now, end, time_bits, first, more, sbits, key_type = self._cur
         t = now()
-        if t < end and shard_id.__class__ is int:
+        if t < end and shard_id.__class__ is int and shard_id >= 0:
             try:
                 base = time_bits + sbits[shard_id]
-            except (IndexError, TypeError):
+            except IndexError:
                 raise self._bad_shard(shard_id) from None
             if first.setdefault(shard_id, t) is t:
                 return _new(key_type, base)
             n = next(more.get(shard_id) or more.setdefault(shard_id, count(1)))
             if n < self._size:
                 return _new(key_type, base + n)
-        elif self._source is not None and shard_id.__class__ is int:
+        elif self._source is not None and shard_id.__class__ is int and shard_id >= 0:
             try:
                 end, cnt, base, lim = self._states[shard_id]
             except IndexError:
@@ -403,10 +405,10 @@ class KeyGenerator(_GeneratorBase):
                 return [self.next_key(shard_id)] if n else []
         now, end, time_bits, first, more, sbits, key_type = self._cur
         t = now()
-        if t < end and shard_id.__class__ is int:
+        if t < end and shard_id.__class__ is int and shard_id >= 0:
             try:
                 base = time_bits + sbits[shard_id]
-            except (IndexError, TypeError):
+            except IndexError:
                 raise self._bad_shard(shard_id) from None
             zero = first.setdefault(shard_id, t) is t
             cnt = more.get(shard_id) or more.setdefault(shard_id, count(1))
@@ -437,7 +439,7 @@ class KeyGenerator(_GeneratorBase):
             if todo is None:
                 return out
             if type(todo) is _Reserve:
-                self._reserve(shard, todo)
+                self._reserve(shard, todo, n, out)
             elif todo == _YIELD:
                 time.sleep(0)
             elif todo != _AGAIN:
@@ -445,14 +447,14 @@ class KeyGenerator(_GeneratorBase):
                 while (pause := self._sleep_for(shard, todo)) is not None:
                     time.sleep(pause)
 
-    def _reserve(self, shard: int, todo: _Reserve) -> None:
+    def _reserve(self, shard: int, todo: _Reserve, n: int, out: list[Key]) -> None:
         lock = self._locks.get(shard) or self._locks.setdefault(shard, threading.Lock())
         with lock:
             if self._states[shard] is todo.state:  # nobody replaced it while we waited for the lock
                 source = self._source
                 assert source is not None
                 numbers = source.reserve(shard, todo.time_part, todo.wanted)
-                self._install(shard, todo.time_part, numbers)
+                self._install(shard, todo.time_part, numbers, n, out)
 
 
 # -- fork hooks: registered once, for every live generator ------------------------------------------------------

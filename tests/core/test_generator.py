@@ -1,0 +1,599 @@
+"""KeyGenerator and its asyncio twin: uniqueness across threads and fork(), clock faults, layout end, sources."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import inspect
+import os
+import struct
+import sys
+import tempfile
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from hvcore import (
+    ClockMovedBackwards,
+    HypervaultError,
+    InvalidShard,
+    Key,
+    KeyGenerator,
+    KeyLayout,
+    LayoutExhausted,
+    SequenceSource,
+)
+from hvcore._agenerator import AsyncKeyGenerator
+
+LAYOUT = KeyLayout.DEFAULT
+SHIFT = LAYOUT.time_shift
+T0 = 1_760_000_000_000  # Unix ms, 2025-10-09
+
+
+class FakeClock:
+    """Unix ms that only move when a test says so, or by one every ``tick_every`` reads (thread-safe)."""
+
+    def __init__(self, ms: int = T0, tick_every: int = 0) -> None:
+        self.ms = ms
+        self.tick_every = tick_every
+        self.reads = 0
+        self._lock = threading.Lock()
+
+    def __call__(self) -> int:
+        with self._lock:
+            self.reads += 1
+            if self.tick_every and self.reads % self.tick_every == 0:
+                self.ms += 1
+            return self.ms
+
+
+class MemorySequence:
+    """An in-memory `SequenceSource`: numbers per (shard, ms) handed out in blocks of at most ``block``."""
+
+    def __init__(self, block: int | None = None, size: int = LAYOUT.sequence_size) -> None:
+        self.block = block
+        self.size = size
+        self.used: dict[tuple[int, int], int] = {}
+        self.calls: list[tuple[int, int, int]] = []
+        self.forked = 0
+        self.closed = False
+        self._lock = threading.Lock()
+
+    def reserve(self, shard_id: int, time_part: int, wanted: int) -> range:
+        with self._lock:
+            self.calls.append((shard_id, time_part, wanted))
+            start = self.used.get((shard_id, time_part), 0)
+            stop = min(self.size, start + (self.block or wanted))
+            self.used[(shard_id, time_part)] = max(start, stop)
+            return range(start, stop)
+
+    def after_fork_in_child(self) -> None:
+        self.forked += 1
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class AsyncMemorySequence:
+    """The asyncio form of `MemorySequence`."""
+
+    def __init__(self, block: int | None = None) -> None:
+        self.sync = MemorySequence(block)
+
+    async def reserve(self, shard_id: int, time_part: int, wanted: int) -> range:
+        await asyncio.sleep(0)
+        return self.sync.reserve(shard_id, time_part, wanted)
+
+    def after_fork_in_child(self) -> None:
+        self.sync.after_fork_in_child()
+
+    async def close(self) -> None:
+        self.sync.close()
+
+
+def time_part(key: int) -> int:
+    return key >> SHIFT
+
+
+def assert_unique(keys: list[Key]) -> None:
+    assert len(set(keys)) == len(keys), f"{len(keys) - len(set(keys))} duplicate keys"
+
+
+# -- basics ---------------------------------------------------------------------------------------------------------
+
+
+def test_keys_decode_to_shard_time_and_sequence() -> None:
+    gen = KeyGenerator(clock=FakeClock())
+    keys = [gen.next_key(12) for _ in range(3)]
+    assert [k.added_id for k in keys] == [0, 1, 2]
+    assert all(type(k) is Key and k.shard_id == 12 and k.timestamp_ms == T0 for k in keys)
+    assert keys == sorted(keys)
+
+
+def test_other_layouts_give_their_own_key_class() -> None:
+    layout = KeyLayout.HYPERVAULT
+    gen = KeyGenerator(layout, clock=FakeClock())
+    key = gen.next_key(8191)
+    assert type(key) is layout.key_type
+    assert (key.shard_id, key.timestamp_ms, key.added_id) == (8191, T0, 0)
+
+
+def test_real_clock_keys_are_recent_and_increasing() -> None:
+    import time
+
+    gen = KeyGenerator()
+    before = time.time_ns() // 1_000_000
+    keys = [gen.next_key(3) for _ in range(5000)] + gen.next_keys(3, 3000)
+    after = time.time_ns() // 1_000_000
+    assert_unique(keys)
+    assert keys == sorted(keys)
+    assert before <= keys[0].timestamp_ms <= keys[-1].timestamp_ms <= after
+    per_ms: dict[int, int] = {}
+    for k in keys:
+        per_ms[k.timestamp_ms] = per_ms.get(k.timestamp_ms, 0) + 1
+    assert max(per_ms.values()) <= LAYOUT.sequence_size
+
+
+def test_public_classes_report_the_package() -> None:
+    assert KeyGenerator.__module__ == AsyncKeyGenerator.__module__ == "hvcore"
+    assert "ClockMovedBackwards" in (KeyGenerator.__doc__ or "")  # the clock behaviour is documented
+    assert "fork()" in (KeyGenerator.__doc__ or "")
+
+
+def test_options_are_validated() -> None:
+    with pytest.raises(ValueError, match="max_backwards_ms"):
+        KeyGenerator(max_backwards_ms=-1)
+    with pytest.raises(ValueError, match="block_size"):
+        KeyGenerator(block_size=0)
+    with pytest.raises(ValueError, match="block_size"):
+        KeyGenerator(block_size=LAYOUT.sequence_size + 1)
+    with pytest.raises(TypeError, match="KeyLayout"):
+        KeyGenerator("default")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="AsyncKeyGenerator"):
+        KeyGenerator(sequence=AsyncMemorySequence())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad", [-1, -8192, -8193, 8192, 16384, 10**30, -(10**30), 1.0, 12.9, True, "3", None])
+def test_bad_shards_raise_invalid_shard(bad: Any) -> None:
+    gen = KeyGenerator(clock=FakeClock())
+    gen.next_key(1)  # the fast path is warm
+    with pytest.raises(InvalidShard):
+        gen.next_key(bad)
+    with pytest.raises(InvalidShard):
+        gen.next_keys(bad, 5)
+    with pytest.raises(InvalidShard):
+        KeyGenerator(sequence=MemorySequence()).next_key(bad)
+
+
+def test_int_subclass_shards_share_the_int_shards_sequence() -> None:
+    class Shard(enum.IntEnum):
+        ORDERS = 5
+
+    gen = KeyGenerator(clock=FakeClock())
+    keys = [gen.next_key(5), gen.next_key(Shard.ORDERS), gen.next_key(5), *gen.next_keys(Shard.ORDERS, 3)]
+    assert [k.added_id for k in keys] == [0, 1, 2, 3, 4, 5]
+    assert all(type(k) is Key and k.shard_id == 5 for k in keys)
+
+
+def test_next_keys_counts() -> None:
+    gen = KeyGenerator(clock=FakeClock())
+    assert gen.next_keys(1, 0) == []
+    assert [k.added_id for k in gen.next_keys(1, 1)] == [0]
+    assert [k.added_id for k in gen.next_keys(1, 3)] == [1, 2, 3]
+    with pytest.raises(ValueError):
+        gen.next_keys(1, -1)
+    for bad in (1.5, True, "2"):
+        with pytest.raises(TypeError):
+            gen.next_keys(1, bad)  # type: ignore[arg-type]
+
+
+def test_next_keys_fills_a_millisecond_then_moves_on() -> None:
+    clock = FakeClock()
+    gen = KeyGenerator(clock=clock)
+    keys = gen.next_keys(2, 1024)
+    assert [k.added_id for k in keys] == list(range(1024))
+    assert {k.timestamp_ms for k in keys} == {T0}
+    clock.tick_every = 5
+    more = gen.next_keys(2, 3000)  # spans several milliseconds
+    assert_unique(keys + more)
+    assert more == sorted(more) and more[0] > keys[-1]
+    assert min(k.timestamp_ms for k in more) > T0
+
+
+def test_next_key_and_next_keys_interleave_without_repeats() -> None:
+    clock = FakeClock(tick_every=97)
+    gen = KeyGenerator(clock=clock)
+    keys: list[Key] = []
+    for i in range(400):
+        keys += gen.next_keys(4, i % 7) if i % 2 else [gen.next_key(4)]
+    assert_unique(keys)
+    assert keys == sorted(keys)
+
+
+# -- a full millisecond: wait without holding a lock ---------------------------------------------------------------
+
+
+def test_1025th_key_waits_for_the_next_millisecond_while_others_go_on() -> None:
+    clock = FakeClock()
+    gen = KeyGenerator(clock=clock)
+    keys = [gen.next_key(9) for _ in range(1024)]
+    extra: list[Key] = []
+    waiter = threading.Thread(target=lambda: extra.append(gen.next_key(9)))
+    waiter.start()
+    waiter.join(0.05)
+    assert waiter.is_alive() and not extra  # shard 9 has no number left in T0
+    assert not gen._lock.locked()  # nothing is held while it waits
+    others = [gen.next_key(10) for _ in range(100)] + gen.next_keys(11, 50)  # other shards keep going
+    assert {k.timestamp_ms for k in others} == {T0}
+    clock.ms += 1
+    waiter.join(5)
+    assert not waiter.is_alive()
+    assert extra[0].timestamp_ms == T0 + 1 and extra[0].added_id == 0
+    assert_unique(keys + extra)
+
+
+def test_threads_on_one_shard_never_repeat() -> None:
+    gen = KeyGenerator()
+    results: list[list[Key]] = [[] for _ in range(4)]
+
+    def work(out: list[Key]) -> None:
+        for i in range(6000):
+            if i % 10:
+                out.append(gen.next_key(3))
+            else:
+                out.extend(gen.next_keys(3, 20))
+
+    threads = [threading.Thread(target=work, args=(out,)) for out in results]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    keys = [k for out in results for k in out]
+    assert_unique(keys)
+    for out in results:
+        assert out == sorted(out)  # each thread sees its keys increase
+
+
+def test_threads_racing_over_millisecond_boundaries_never_repeat() -> None:
+    # A clock ticking every few reads makes nearly every call race a move to a new millisecond.
+    clock = FakeClock(tick_every=3)
+    gen = KeyGenerator(clock=clock)
+    results: list[list[Key]] = [[] for _ in range(4)]
+
+    def work(index: int, out: list[Key]) -> None:
+        for i in range(4000):
+            shard = (i + index) % 3
+            out.extend(gen.next_keys(shard, 3) if i % 5 == 0 else [gen.next_key(shard)])
+
+    threads = [threading.Thread(target=work, args=(i, out)) for i, out in enumerate(results)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    keys = [k for out in results for k in out]
+    assert_unique(keys)
+    for out in results:
+        for shard in range(3):
+            mine = [k for k in out if k.shard_id == shard]
+            assert mine == sorted(mine)
+
+
+# -- the clock going backwards -------------------------------------------------------------------------------------
+
+
+def test_clock_back_keeps_the_last_millisecond_then_waits_for_it_to_pass() -> None:
+    clock = FakeClock()
+    gen = KeyGenerator(clock=clock, max_backwards_ms=20)
+    before = [gen.next_key(1) for _ in range(1000)]
+    clock.ms = T0 - 10
+    kept = [gen.next_key(1) for _ in range(24)]  # T0's sequence lasts 24 more
+    assert {k.timestamp_ms for k in kept} == {T0}
+    clock.tick_every = 10  # the clock runs on, 10 ms behind
+    after = [gen.next_key(1) for _ in range(50)]
+    assert clock.ms > T0  # it waited for the clock to pass T0
+    keys = before + kept + after
+    assert_unique(keys)
+    assert keys == sorted(keys)
+    assert all(k.timestamp_ms > T0 for k in after)
+
+
+def test_clock_back_beyond_the_skew_raises_and_never_reuses_a_millisecond() -> None:
+    clock = FakeClock()
+    gen = KeyGenerator(clock=clock, max_backwards_ms=20)
+    keys = [gen.next_key(7) for _ in range(10)]
+    clock.ms = T0 - 10_000
+    with pytest.raises(ClockMovedBackwards, match="max_backwards_ms=20") as info:
+        for _ in range(2000):
+            keys.append(gen.next_key(7))
+    assert isinstance(info.value, HypervaultError) and isinstance(info.value, RuntimeError)
+    assert len(keys) == 1024  # all of T0, not one more
+    with pytest.raises(ClockMovedBackwards):
+        gen.next_keys(7, 5)
+    clock.ms = T0 + 1  # the clock is fixed
+    keys += [gen.next_key(7) for _ in range(100)] + gen.next_keys(7, 100)
+    assert_unique(keys)
+    assert keys == sorted(keys)
+
+
+def test_clock_back_with_zero_skew_allowed_raises_at_once_when_used_up() -> None:
+    clock = FakeClock()
+    gen = KeyGenerator(clock=clock, max_backwards_ms=0)
+    gen.next_keys(2, 1024)
+    clock.ms -= 1
+    with pytest.raises(ClockMovedBackwards):
+        gen.next_key(2)
+
+
+def test_clock_back_with_a_sequence_source() -> None:
+    clock = FakeClock()
+    source = MemorySequence(block=16)
+    gen = KeyGenerator(sequence=source, clock=clock, max_backwards_ms=20)
+    keys = [gen.next_key(4) for _ in range(40)]
+    clock.ms = T0 - 5
+    keys += [gen.next_key(4) for _ in range(984)]  # the rest of T0, reserved for T0
+    assert {time_part(k) for k in keys} == {T0 - LAYOUT.epoch_ms}
+    clock.ms = T0 - 1_000
+    with pytest.raises(ClockMovedBackwards):
+        gen.next_key(4)
+    assert_unique(keys)
+
+
+# -- the end of the layout -----------------------------------------------------------------------------------------
+
+
+def test_last_millisecond_of_the_layout_then_layout_exhausted() -> None:
+    clock = FakeClock(LAYOUT.last_timestamp_ms)
+    gen = KeyGenerator(clock=clock)
+    last = gen.next_keys(LAYOUT.max_shard_id, 1024)
+    assert last[-1] == 2**63 - 1  # the largest positive bigint, never past it
+    clock.ms += 1
+    with pytest.raises(LayoutExhausted, match="negative"):
+        gen.next_key(0)
+    with pytest.raises(LayoutExhausted):
+        gen.next_keys(0, 10)
+    with pytest.raises(LayoutExhausted):
+        KeyGenerator(sequence=MemorySequence(), clock=clock).next_key(0)
+
+
+def test_a_clock_before_the_epoch_is_refused() -> None:
+    gen = KeyGenerator(clock=FakeClock(LAYOUT.epoch_ms - 1))
+    with pytest.raises(ClockMovedBackwards, match="epoch"):
+        gen.next_key(0)
+
+
+# -- sequence sources ----------------------------------------------------------------------------------------------
+
+
+def test_sequence_source_blocks_are_cached_per_shard() -> None:
+    source = MemorySequence()
+    gen = KeyGenerator(sequence=source, clock=FakeClock(), block_size=64)
+    assert isinstance(source, SequenceSource)
+    keys = [gen.next_key(6) for _ in range(64)]
+    assert [k.added_id for k in keys] == list(range(64))
+    assert source.calls == [(6, T0 - LAYOUT.epoch_ms, 64)]
+    keys += [gen.next_key(6) for _ in range(64)]  # one more block, twice as large
+    assert len(source.calls) == 2 and source.calls[1][2] == 128
+    keys += gen.next_keys(7, 300)
+    assert source.calls[-1] == (7, T0 - LAYOUT.epoch_ms, 300)
+    assert_unique(keys)
+
+
+def test_an_empty_range_means_the_millisecond_is_used_up() -> None:
+    clock = FakeClock()
+    source = MemorySequence()
+    source.used[(3, T0 - LAYOUT.epoch_ms)] = 1020  # another process took most of T0
+    gen = KeyGenerator(sequence=source, clock=clock)
+    keys = [gen.next_key(3) for _ in range(4)]
+    assert [k.added_id for k in keys] == [1020, 1021, 1022, 1023]
+    clock.tick_every = 50
+    nxt = gen.next_key(3)
+    assert nxt.timestamp_ms > T0 and nxt.added_id == 0
+
+
+def test_two_generators_sharing_a_source_never_repeat() -> None:
+    # Two "processes" whose clocks read the same milliseconds share one source, as they would share Redis.
+    clock = FakeClock(tick_every=40)
+    source = MemorySequence(block=10)
+    one, two = KeyGenerator(sequence=source, clock=clock), KeyGenerator(sequence=source, clock=clock)
+    keys: list[Key] = []
+    for i in range(3000):
+        keys.append((one if i % 3 else two).next_key(i % 2))
+        if i % 100 == 0:
+            keys += one.next_keys(0, 50) + two.next_keys(1, 30)
+    assert_unique(keys)
+
+
+def test_threads_sharing_a_sequence_source_never_repeat() -> None:
+    source = MemorySequence(block=7)
+    gen = KeyGenerator(sequence=source)
+    results: list[list[Key]] = [[] for _ in range(4)]
+
+    def work(out: list[Key]) -> None:
+        for i in range(3000):
+            out.extend(gen.next_keys(1, 5) if i % 4 == 0 else [gen.next_key(1)])
+
+    threads = [threading.Thread(target=work, args=(out,)) for out in results]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    keys = [k for out in results for k in out]
+    assert_unique(keys)
+    for out in results:
+        assert out == sorted(out)
+
+
+@pytest.mark.parametrize("bad", [range(2000), range(0, 10, 2), range(-1, 3), [1, 2]])
+def test_a_source_returning_a_bad_range_is_reported(bad: Any) -> None:
+    class Broken(MemorySequence):
+        def reserve(self, shard_id: int, time_part: int, wanted: int) -> range:
+            return bad  # type: ignore[no-any-return]
+
+    with pytest.raises(HypervaultError, match="reserve"):
+        KeyGenerator(sequence=Broken(), clock=FakeClock()).next_key(0)
+
+
+# -- fork() ---------------------------------------------------------------------------------------------------------
+
+needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork() on this platform")
+
+
+def _in_child(work: Callable[[], list[Key]]) -> tuple[int, str]:
+    """Fork; the child runs ``work`` and writes the keys to a file; returns (pid, path) for `_collect`."""
+    fd, path = tempfile.mkstemp(prefix="hv-fork-")
+    os.close(fd)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        code = 0
+        try:
+            keys = work()
+            with open(path, "wb") as f:
+                f.write(struct.pack(f"<{len(keys)}q", *keys))
+        except BaseException as exc:  # report, never return into pytest in the child
+            with open(path, "wb") as f:
+                f.write(repr(exc).encode())
+            code = 1
+        os._exit(code)
+    return pid, path
+
+
+def _collect(pid: int, path: str) -> list[int]:
+    _, status = os.waitpid(pid, 0)
+    with open(path, "rb") as f:
+        data = f.read()
+    os.unlink(path)
+    assert os.waitstatus_to_exitcode(status) == 0, data.decode(errors="replace")
+    return list(struct.unpack(f"<{len(data) // 8}q", data))
+
+
+def _fork_ok() -> None:
+    if sys.version_info >= (3, 12) and threading.active_count() > 1:  # pragma: no cover
+        pytest.skip("fork() in a process with threads warns on 3.12+")
+
+
+@needs_fork
+def test_fork_parent_and_child_generating_together_never_repeat() -> None:
+    _fork_ok()
+    gen = KeyGenerator()
+    before = [gen.next_key(3) for _ in range(300)]  # the parent is in the middle of a millisecond
+    pid, path = _in_child(lambda: [gen.next_key(3) for _ in range(30_000)] + gen.next_keys(3, 5000))
+    parent = [gen.next_key(3) for _ in range(30_000)] + gen.next_keys(3, 5000)
+    child = _collect(pid, path)
+    assert len(child) == 35_000
+    everything = before + parent + child
+    assert len(set(everything)) == len(everything), "parent and child handed out the same id"
+    assert parent == sorted(parent) and child == sorted(child)
+    assert min(time_part(k) for k in child) > max(time_part(k) for k in before)  # the parent's ms stay its own
+
+
+@needs_fork
+def test_fork_children_and_grandchildren_never_repeat() -> None:
+    _fork_ok()
+    gen = KeyGenerator()
+    gen.next_keys(0, 10)
+
+    def child_work() -> list[Key]:
+        pid, path = _in_child(lambda: [gen.next_key(s % 2) for s in range(6000)])
+        mine = [gen.next_key(s % 2) for s in range(6000)]
+        return mine + [Key(k) for k in _collect(pid, path)]
+
+    first, second = _in_child(child_work), _in_child(child_work)
+    parent = [gen.next_key(s % 2) for s in range(6000)]
+    keys = parent + _collect(*first) + _collect(*second)
+    assert len(keys) == 5 * 6000
+    assert len(set(keys)) == len(keys)
+
+
+@needs_fork
+def test_fork_with_a_sequence_source_drops_cached_blocks_in_the_child() -> None:
+    _fork_ok()
+    source = MemorySequence()
+    gen = KeyGenerator(sequence=source, clock=FakeClock(), block_size=64)
+    parent_first = gen.next_key(5)  # the parent caches a block of 64 (0..63)
+
+    def child_work() -> list[Key]:
+        assert source.forked == 1  # after_fork_in_child() was called
+        key = gen.next_key(5)  # not from the parent's cached block: reserved again
+        assert source.calls[-1][0] == 5 and len(source.calls) == 2
+        return [key]
+
+    pid, path = _in_child(child_work)
+    child = _collect(pid, path)
+    assert source.forked == 0 and parent_first.added_id == 0
+    assert gen.next_key(5).added_id == 1  # the parent keeps its block
+    assert Key(child[0]).added_id == 64  # the in-memory source did not see the parent's block given away
+
+
+@needs_fork
+def test_fork_leaves_the_parents_milliseconds_to_the_parent() -> None:
+    _fork_ok()
+    clock = FakeClock()
+    gen = KeyGenerator(clock=clock)
+    parent = [gen.next_key(1), gen.next_key(2)]  # T0, in use by the parent when it forks
+    clock.tick_every = 20  # the clock moves on, in parent and child alike
+    pid, path = _in_child(lambda: [gen.next_key(1) for _ in range(50)] + gen.next_keys(2, 50))
+    parent += [gen.next_key(1) for _ in range(50)] + gen.next_keys(2, 50)
+    child = _collect(pid, path)
+    keys = parent + child
+    assert len(set(keys)) == len(keys)
+    assert all(time_part(k) > T0 - LAYOUT.epoch_ms for k in child)
+
+
+# -- asyncio twin ----------------------------------------------------------------------------------------------------
+
+
+def test_async_generator_mirrors_the_sync_one() -> None:
+    public = {name for name in dir(KeyGenerator) if not name.startswith("_")}
+    assert public == {name for name in dir(AsyncKeyGenerator) if not name.startswith("_")}
+    for name in ("next_key", "next_keys", "__init__"):
+        sync_sig = inspect.signature(getattr(KeyGenerator, name))
+        async_sig = inspect.signature(getattr(AsyncKeyGenerator, name))
+        assert list(sync_sig.parameters) == list(async_sig.parameters)
+    assert inspect.iscoroutinefunction(AsyncKeyGenerator.next_key)
+    assert inspect.iscoroutinefunction(AsyncKeyGenerator.next_keys)
+
+
+def test_async_generator_local_mode() -> None:
+    async def main() -> list[Key]:
+        clock = FakeClock(tick_every=0)
+        gen = AsyncKeyGenerator(clock=clock)
+        keys = [await gen.next_key(3) for _ in range(1000)] + await gen.next_keys(3, 24)
+        assert {k.timestamp_ms for k in keys} == {T0}
+        clock.tick_every = 20
+        keys += await gen.next_keys(3, 2000)
+        keys += list(await asyncio.gather(*(gen.next_key(3) for _ in range(100))))
+        with pytest.raises(InvalidShard):
+            await gen.next_key(-1)
+        return keys
+
+    keys = asyncio.run(main())
+    assert_unique(keys)
+
+
+def test_async_generator_with_an_async_source() -> None:
+    async def main() -> tuple[list[Key], AsyncMemorySequence]:
+        source = AsyncMemorySequence(block=9)
+        gen = AsyncKeyGenerator(sequence=source, clock=FakeClock(tick_every=30))
+        batches = asyncio.gather(*(gen.next_keys(s % 2, 7) for s in range(50)))
+        singles = asyncio.gather(*(gen.next_key(s % 2) for s in range(200)))
+        lists, keys = await asyncio.gather(batches, singles)
+        return [k for batch in lists for k in batch] + keys, source
+
+    keys, source = asyncio.run(main())
+    assert len(keys) == 50 * 7 + 200
+    assert_unique(keys)
+    assert source.sync.calls  # numbers came from the source
+
+
+def test_async_generator_clock_back_beyond_the_skew_raises() -> None:
+    async def main() -> None:
+        clock = FakeClock()
+        gen = AsyncKeyGenerator(clock=clock, max_backwards_ms=5)
+        await gen.next_keys(1, 1024)
+        clock.ms -= 100
+        with pytest.raises(ClockMovedBackwards):
+            await gen.next_key(1)
+
+    asyncio.run(main())
