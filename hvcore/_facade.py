@@ -145,6 +145,8 @@ class FacadeBase(Generic[StoreT]):
 
     def as_key(self, key: object) -> Key:
         """``key`` as a key of this store's layout; `InvalidKey` for strings, floats or another layout's keys."""
+        if type(key) is self._key_type:  # one Key class per layout, so this is the layout check too
+            return key
         if isinstance(key, Key):
             if type(key).layout != self.layout:
                 raise InvalidKey(
@@ -160,10 +162,16 @@ class FacadeBase(Generic[StoreT]):
             raise InvalidKey(f"get_many() takes an iterable of keys, got {type(keys).__name__}")
         by_server: dict[int, list[tuple[int, Key]]] = {}
         server_for = self.shard_map.server_for
+        key_type = self._key_type
+        shift, mask = self.layout.shard_shift, self.layout.max_shard_id
         for raw in keys:
-            key = self.as_key(raw)
-            shard = key.shard_id
-            by_server.setdefault(server_for(shard), []).append((shard, key))
+            key = raw if type(raw) is key_type else self.as_key(raw)
+            shard = (key >> shift) & mask  # key.shard_id without the property lookups: this loop is the hot path
+            server = server_for(shard)
+            group = by_server.get(server)
+            if group is None:
+                by_server[server] = group = []
+            group.append((shard, key))
         return by_server
 
     @staticmethod
