@@ -678,6 +678,27 @@ def markdown_table(rows: list[Row]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def markdown_report(document: dict[str, Any], rows: list[Row]) -> str:
+    """Date, machine, versions and the table, in Markdown (written next to the JSON for the docs to quote)."""
+    host, ver = document["machine"], document["versions"]
+    libs = ", ".join(f"{name} {v}" for name, v in ver["libraries"].items() if v)
+    lines = [
+        f"Run {document['date']}{' (QUICK: tiny sizes, figures are noise)' if document['quick'] else ''}; "
+        f"parts: {', '.join(document['parts'])}.",
+        "",
+        f"- Machine: {host['cores']} cores, {host.get('cpu_model', '?')}, {host.get('ram_gib', '?')} GiB RAM, "
+        f"{host['platform']}; load average {host['load_average_before'][0]} before, "
+        f"{host['load_average_after'][0]} after.",
+        f"- Python {ver['python']}, PostgreSQL {ver['postgresql']}, Redis {ver['redis']}.",
+        f"- Libraries: {libs}.",
+        "",
+        markdown_table(rows),
+    ]
+    for part, error in document["errors"].items():
+        lines.append(f"- part **{part}** failed: `{error.strip().splitlines()[-1]}`")
+    return "\n".join(lines) + "\n"
+
+
 def plot(rows: list[Row], path: Path, title: str) -> None:
     """Horizontal bars of every ratio, grouped and coloured by part, log scale, a line at 1 (parity)."""
     import matplotlib
@@ -804,7 +825,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{host['cores']} cores, {host.get('cpu_model', '?')}" + (" · QUICK (noise)" if args.quick else "")
     )
     plot(rows, args.png, title)
-    print(f"wrote {args.json} and {args.png}", file=sys.stderr)
+    args.json.with_suffix(".md").write_text(markdown_report(document, rows), encoding="utf-8")
+    print(f"wrote {args.json}, {args.json.with_suffix('.md')} and {args.png}", file=sys.stderr)
     return 1 if errors else 0
 
 

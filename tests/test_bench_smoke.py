@@ -39,6 +39,7 @@ def test_hv_bench_quick_writes_json_and_png(tmp_path: Path) -> None:
     assert any("SQLAlchemy" in c for c in comparisons) and any("next_id" in c for c in comparisons)
     assert all(row["ratio"] > 0 for row in document["rows"])
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| peers | put |" in (tmp_path / "r.md").read_text(encoding="utf-8")
 
 
 def test_hv_bench_finds_the_checkout_suite() -> None:
