@@ -107,6 +107,37 @@ def _make_ids(url: str, prefix: str, use_generator: bool, start_at: float, secon
         seq.close()
 
 
+class _MemorySource:
+    """A sequence source without I/O: the generator's own ceiling on this machine, for reference."""
+
+    def __init__(self) -> None:
+        self.used: dict[tuple[int, int], int] = {}
+
+    def reserve(self, shard_id: int, time_part: int, wanted: int) -> range:
+        start = self.used.get((shard_id, time_part), 0)
+        stop = min(LAYOUT.sequence_size, start + wanted)
+        self.used[shard_id, time_part] = stop
+        return range(start, stop)
+
+    def after_fork_in_child(self) -> None:
+        self.used.clear()
+
+    def close(self) -> None:
+        pass
+
+
+def generator_in_memory(seconds: float) -> float:
+    """Ids per second of `KeyGenerator` over `_MemorySource` (same loop as with Redis)."""
+    from hvcore._generator import KeyGenerator
+
+    gen = KeyGenerator(LAYOUT, sequence=_MemorySource())
+    n = 0
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < seconds:
+        n += len(gen.next_keys(SHARD, LAYOUT.sequence_size))
+    return n / (time.monotonic() - t0)
+
+
 def incr_baseline(url: str, prefix: str, seconds: float) -> float:
     """Ids per second with one ``INCR`` round trip per id (the slow design the issue rules out)."""
     client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
@@ -171,6 +202,16 @@ def run(quick: bool = False, url: str = DEFAULT_URL, log: Callable[[str], None] 
             f"{single_dupes} duplicates"
         )
 
+        extra: dict[str, float] = {}
+        if use_generator:  # where the time goes: the source alone, and the generator without Redis
+            raw, took = _make_ids(url, f"{prefix}:one", False, time.time(), seconds / 2)
+            extra["reserve_loop_ids_per_s"] = len(_unpack(raw)) / took
+            extra["generator_memory_source_ids_per_s"] = generator_in_memory(seconds / 2)
+            log(
+                f"  for reference: the source in a plain reserve loop {extra['reserve_loop_ids_per_s']:,.0f} ids/s; "
+                f"the generator over an in-memory source {extra['generator_memory_source_ids_per_s']:,.0f} ids/s"
+            )
+
         incr_rate = incr_baseline(url, prefix, seconds / 2)
         ratio = single_rate / incr_rate
         log(f"INCR/id   : {incr_rate:12,.0f} ids/s ({1e6 / incr_rate:.0f} µs per id) -> Redis sequence is {ratio:.0f}x")
@@ -202,6 +243,7 @@ def run(quick: bool = False, url: str = DEFAULT_URL, log: Callable[[str], None] 
             "ids": len(single),
             "duplicates": single_dupes,
         },
+        "reference": {k: round(v) for k, v in extra.items()},
         "incr_baseline": {"ids_per_s": round(incr_rate), "us_per_id": round(1e6 / incr_rate, 1)},
         "ratio_vs_incr": round(ratio, 1),
         "four_processes": {
