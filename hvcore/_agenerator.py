@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from hvcore._generator import _AGAIN, _YIELD, _GeneratorBase, _Reserve
+from hvcore._generator import _AGAIN, _GeneratorBase, _Reserve
 from hvcore._key import Key, KeyLayout, check_shard_id
 from hvcore._sequence import AsyncSequenceSource
 
@@ -49,8 +49,6 @@ class AsyncKeyGenerator(_GeneratorBase):
                 return out
             if type(todo) is _Reserve:
                 await self._reserve(shard, todo, n, out)
-            elif todo == _YIELD:
-                await asyncio.sleep(0)
             elif todo != _AGAIN:
                 assert isinstance(todo, int)
                 while (pause := self._sleep_for(shard, todo)) is not None:

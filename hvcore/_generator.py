@@ -27,7 +27,6 @@ _new = int.__new__
 _consume: Callable[[Iterator[int]], None] = deque[int](maxlen=0).extend  # drains an iterator in C
 _DEAD: Final[Iterator[int]] = count()  # the counter of states whose limit rejects every number
 _AGAIN: Final = 0  # _step results besides None (done), a _Reserve, or a clock reading (ns) to wait for
-_YIELD: Final = 1
 
 # How ids are made, and why no two threads (or processes) ever make the same one:
 #
@@ -220,7 +219,7 @@ class _GeneratorBase:
 
     def _step(self, shard: int, n: int, out: list[Key]) -> _Reserve | int | None:
         """Bring ``out`` closer to ``n`` keys; None when done, else what to do before the next step: make a
-        `_Reserve`, wait until a clock reading (ns), yield (`_YIELD`) or just go on (`_AGAIN`)."""
+        `_Reserve`, wait until a clock reading (ns), or just go on (`_AGAIN`)."""
         if len(out) >= n:
             return None
         if self._source is None:
@@ -440,8 +439,6 @@ class KeyGenerator(_GeneratorBase):
                 return out
             if type(todo) is _Reserve:
                 self._reserve(shard, todo, n, out)
-            elif todo == _YIELD:
-                time.sleep(0)
             elif todo != _AGAIN:
                 assert isinstance(todo, int)
                 while (pause := self._sleep_for(shard, todo)) is not None:

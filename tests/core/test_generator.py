@@ -541,6 +541,57 @@ def test_fork_leaves_the_parents_milliseconds_to_the_parent() -> None:
     assert all(time_part(k) > T0 - LAYOUT.epoch_ms for k in child)
 
 
+@needs_fork
+@pytest.mark.skipif(sys.version_info >= (3, 12), reason="fork() with live threads warns on 3.12+")
+def test_fork_while_other_threads_generate_never_repeats() -> None:
+    gen = KeyGenerator()
+    stop = threading.Event()
+    results: list[list[Key]] = [[] for _ in range(2)]
+
+    def work(out: list[Key]) -> None:
+        while not stop.is_set():
+            out.append(gen.next_key(3))
+            out.extend(gen.next_keys(4, 3))
+
+    threads = [threading.Thread(target=work, args=(out,)) for out in results]
+    for t in threads:
+        t.start()
+    try:
+        while sum(map(len, results)) < 20_000:  # the threads are busy when the fork happens
+            threading.Event().wait(0.001)
+        pid, path = _in_child(lambda: [k for _ in range(5000) for k in (gen.next_key(3), *gen.next_keys(4, 3))])
+        child = _collect(pid, path)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    keys = [k for out in results for k in out] + child
+    assert len(child) == 20_000
+    assert len(set(keys)) == len(keys), "a thread of the parent and the child handed out the same id"
+
+
+@needs_fork
+def test_fork_without_a_shared_table_makes_the_child_refuse(monkeypatch: pytest.MonkeyPatch) -> None:
+    _fork_ok()
+    import hvcore._generator as generator_module
+
+    def no_table(*args: object, **kwargs: object) -> None:
+        raise OSError("no memory file here")
+
+    gen = KeyGenerator()
+    gen.next_key(1)
+    monkeypatch.setattr(generator_module, "SharedSequenceTable", no_table)
+
+    def child_work() -> list[Key]:
+        with pytest.raises(HypervaultError, match="could not share"):
+            gen.next_key(1)
+        return []
+
+    pid, path = _in_child(child_work)
+    assert _collect(pid, path) == []
+    assert gen.next_key(1).shard_id == 1  # the parent goes on alone
+
+
 # -- asyncio twin ----------------------------------------------------------------------------------------------------
 
 
