@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from types import ModuleType
@@ -122,84 +122,88 @@ def info(part: str, measure: str, value: float, unit: str, explanation: str) -> 
 
 
 def rows_keys(r: dict[str, Any]) -> list[Row]:
-    """bench_keys.py: ns per id (or ids/s) of hypervault's generator vs each peer generator and the layout ceiling.
-
-    Reads any nesting of ``{scenario: {library: ns_per_id}}`` / ``{library: {"ns_per_id": ...}}`` it finds, so the
-    suite keeps working while bench_keys.py's output settles; figures it cannot place are kept in the JSON only.
-    """
+    """bench_keys.py: ids/s on one shard (1 and 4 threads) vs the ceiling and a locked generator; CPU ns per id
+    over 8192 shards vs the peer libraries; next_keys() vs creating the Key objects alone."""
     out: list[Row] = []
-    for scenario, figures in _key_scenarios(r):
-        hv_name = next((n for n in figures if "hypervault" in n.lower()), None)
-        if hv_name is None:
+    for scenario, label in (
+        ("one shard, one thread", "ids/s, 1 shard, 1 thread"),
+        ("one shard, four threads", "ids/s, 1 shard, 4 threads"),
+    ):
+        figures = r.get(scenario)
+        if not figures:
             continue
-        hv = figures[hv_name]
-        for name, value in figures.items():
-            if name == hv_name:
-                continue
+        hv = figures["hypervault"]["ids_per_s"]
+        ceiling = figures.get("ceiling", {}).get("ids_per_s", r.get("ceiling_ids_per_s"))
+        out.append(
+            row("keys", label, hv, "layout ceiling", ceiling, "ids/s", _KEY_NOTES["ceiling"], lower_is_better=False)
+        )
+        if "locked baseline" in figures:
             out.append(
                 row(
                     "keys",
-                    scenario,
+                    label,
                     hv,
-                    name,
-                    value,
-                    "ns/id",
-                    _KEY_NOTES.get(_peer_key(name), f"ns per id of {name} over hypervault's"),
-                    lower_is_better=True,
+                    "locked baseline",
+                    figures["locked baseline"]["ids_per_s"],
+                    "ids/s",
+                    _KEY_NOTES["locked"],
+                    lower_is_better=False,
                 )
             )
+    cpu = next((v for k, v in r.items() if k.startswith("cpu ns per id") and isinstance(v, dict)), None)
+    if cpu and "hypervault" in cpu:
+        hv = cpu["hypervault"]["ns_per_id"]
+        for name, figures in cpu.items():
+            if name != "hypervault":
+                out.append(
+                    row(
+                        "keys",
+                        "CPU per id, 8192 shards",
+                        hv,
+                        name,
+                        figures["ns_per_id"],
+                        "ns/id",
+                        _KEY_NOTES.get(_peer_key(name), name),
+                        lower_is_better=True,
+                    )
+                )
+    for scenario, figures in r.items():
+        if scenario.startswith("next_keys(") and isinstance(figures, dict) and "hypervault" in figures:
+            hv = figures["hypervault"]["ns_per_id"]
+            n = scenario.split(",", 1)[1].split(")", 1)[0].strip()
+            for name, note in (("locked baseline", "locked"), ("Key creation alone", "floor")):
+                if name in figures:
+                    out.append(
+                        row(
+                            "keys",
+                            f"next_keys(shard, {n}) CPU per id",
+                            hv,
+                            name,
+                            figures[name]["ns_per_id"],
+                            "ns/id",
+                            _KEY_NOTES[note],
+                            lower_is_better=True,
+                        )
+                    )
     return out
 
 
 _KEY_NOTES = {
-    "ceiling": "the layout allows 1,024 ids per ms per shard (977 ns/id): below 1, the clock limits, not the code",
-    "snowflake": "snowflake-id: pure Python, no lock, no fork handling, None on overflow",
-    "sonyflake": "sonyflake: 10 ms ticks and a lock per id",
-    "ulid": "python-ulid: 128-bit ids (not bigint), random part from os.urandom",
+    "ceiling": "1,024 ids per ms per shard is the layout's limit: 1.0 is the most possible",
+    "locked": "a straightforward generator: one lock around a (ms, sequence) dict per shard",
+    "floor": "creating the Key int objects alone, no generator: the floor for a batch",
+    "snowflake": "snowflake-id: pure Python, no lock, not thread-safe, no fork handling, None on overflow",
+    "sonyflake": "sonyflake: 10 ms ticks, a lock per id (it sleeps past 25,600 ids/s)",
+    "ulid": "python-ulid: 128-bit ids (not a bigint), random part from os.urandom",
     "uuid6": "uuid6.uuid7: pure-Python 128-bit UUIDv7",
-    "uuid_utils": "uuid_utils.uuid7: Rust, 128-bit; no shard in the id",
-    "uuid-utils": "uuid_utils.uuid7: Rust, 128-bit; no shard in the id",
-    "uuid4": "stdlib uuid4: os.urandom per id, 128-bit",
-    "naive": "a naive locked 41/13/10 generator (REFERENCE.md)",
+    "uuid_utils": "uuid_utils.uuid7: Rust extension, 128-bit, no shard in the id",
+    "uuid4": "stdlib uuid4: os.urandom per id, 128-bit, no time order",
 }
 
 
 def _peer_key(name: str) -> str:
     low = name.lower()
-    for key in _KEY_NOTES:
-        if key in low:
-            return key
-    return low
-
-
-def _key_scenarios(r: dict[str, Any]) -> Iterable[tuple[str, dict[str, float]]]:
-    """(scenario, {library: ns per id}) pairs found in bench_keys.py's result."""
-    for scenario, figures in r.items():
-        if not isinstance(figures, dict):
-            continue
-        flat: dict[str, float] = {}
-        for name, value in figures.items():
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                if "per_s" in name or "per_second" in name:
-                    if value > 0:
-                        flat[name.replace("_ids_per_s", "").replace("_per_s", "")] = 1e9 / value
-                elif "ns" in name or "ns" in scenario or not name.endswith(("_s", "pct", "count", "n")):
-                    flat[name.replace("_ns", "").replace("_ns_per_id", "")] = float(value)
-            elif isinstance(value, dict):
-                for field in ("ns_per_id", "ns", "ns_per_key"):
-                    if isinstance(value.get(field), int | float):
-                        flat[name] = float(value[field])
-                        break
-                else:
-                    rate = value.get("ids_per_s") or value.get("per_s")
-                    if isinstance(rate, int | float) and rate > 0:
-                        flat[name] = 1e9 / rate
-        if len(flat) >= 2:
-            yield scenario, flat
-        else:
-            nested = {k: v for k, v in figures.items() if isinstance(v, dict)}
-            if nested and not flat:
-                yield from ((f"{scenario} {s}", f) for s, f in _key_scenarios(nested))
+    return next((key for key in _KEY_NOTES if key in low), low)
 
 
 def rows_redis(r: dict[str, Any]) -> list[Row]:
