@@ -163,7 +163,7 @@ def rows_keys(r: dict[str, Any]) -> list[Row]:
                         name,
                         figures["ns_per_id"],
                         "ns/id",
-                        _KEY_NOTES.get(_peer_key(name), name),
+                        str(_KEY_NOTES.get(_peer_key(name)) or name),
                         lower_is_better=True,
                     )
                 )
