@@ -668,8 +668,8 @@ def print_table(rows: list[Row], errors: dict[str, str]) -> None:
 def markdown_table(rows: list[Row]) -> str:
     """The rows as a Markdown table (for docs/benchmarks.md)."""
     lines = [
-        "| part | measure | hypervault | comparison | theirs | ratio | unit |",
-        "|---|---|--:|---|--:|--:|---|",
+        "| part | measure | hypervault | comparison | theirs | ratio | unit | why |",
+        "|---|---|--:|---|--:|--:|---|---|",
     ]
     for r in rows:
         ratio = fmt_ratio(r.ratio)
@@ -677,7 +677,7 @@ def markdown_table(rows: list[Row]) -> str:
             ratio = f"**{ratio}**"
         lines.append(
             f"| {r.part} | {r.measure} | {fmt(r.hypervault)} | {r.comparison} | {fmt(r.comparison_value)} | "
-            f"{ratio} | {r.unit} |"
+            f"{ratio} | {r.unit} | {r.explanation.replace('|', '/')} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -776,12 +776,37 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--png", type=Path, default=RESULTS / "latest.png", help="plot file (default %(default)s)")
     parser.add_argument("--redis-url", help="Redis for the redis part (default redis://127.0.0.1:6379/0)")
     parser.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
+    parser.add_argument(
+        "--from-json", type=Path, metavar="PATH", help="run nothing: redraw table, Markdown and PNG from a results file"
+    )
     return parser
+
+
+def rerender(source: Path, png: Path, markdown: bool) -> int:
+    """Table, Markdown report (next to ``source``) and plot again from a results file."""
+    document = json.loads(source.read_text(encoding="utf-8"))
+    rows = [Row(**r) for r in document["rows"]]
+    print_table(rows, document["errors"])
+    if markdown:
+        print(markdown_table(rows))
+    source.with_suffix(".md").write_text(markdown_report(document, rows), encoding="utf-8")
+    plot(rows, png, _title(document))
+    return 1 if document["errors"] else 0
+
+
+def _title(document: dict[str, Any]) -> str:
+    host = document["machine"]
+    return (
+        f"hypervault {document['versions']['libraries'].get('hypervault')} · {document['date'][:10]} · "
+        f"{host['cores']} cores, {host.get('cpu_model', '?')}" + (" · QUICK (noise)" if document["quick"] else "")
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the chosen parts; print, write JSON and PNG; 1 if a part failed."""
     args = build_parser().parse_args(argv)
+    if args.from_json:
+        return rerender(args.from_json, args.png, args.markdown)
     started = dt.datetime.now(dt.UTC)
     load_before = os.getloadavg()
     raw: dict[str, Any] = {}
@@ -824,11 +849,7 @@ def main(argv: list[str] | None = None) -> int:
         print(markdown_table(rows))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(document, indent=2, default=str) + "\n", encoding="utf-8")
-    title = (
-        f"hypervault {document['versions']['libraries'].get('hypervault')} · {started:%Y-%m-%d} · "
-        f"{host['cores']} cores, {host.get('cpu_model', '?')}" + (" · QUICK (noise)" if args.quick else "")
-    )
-    plot(rows, args.png, title)
+    plot(rows, args.png, _title(document))
     args.json.with_suffix(".md").write_text(markdown_report(document, rows), encoding="utf-8")
     print(f"wrote {args.json}, {args.json.with_suffix('.md')} and {args.png}", file=sys.stderr)
     return 1 if errors else 0
