@@ -3,6 +3,7 @@
 from importlib.metadata import PackageNotFoundError, version
 
 from hvcore._adatastore import AsyncDatastore
+from hvcore._agenerator import AsyncKeyGenerator
 from hvcore._backend import AsyncServerStore, BackendOptions, ProvisionReport, QuerySpec, Record, ServerStore
 from hvcore._datastore import Datastore
 from hvcore._generator import KeyGenerator
@@ -40,6 +41,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 __all__ = [
     "AsyncDatastore",
+    "AsyncKeyGenerator",
     "AsyncSequenceSource",
     "AsyncServerStore",
     "BackendOptions",
