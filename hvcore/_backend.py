@@ -286,3 +286,7 @@ def iter_fields(data: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
         if not isinstance(name, str):
             raise InvalidData(f"field names must be strings, got {type(name).__name__} {name!r}")
         yield name, value
+
+
+for _public in (ServerStore, AsyncServerStore, ProvisionReport):
+    _public.__module__ = "hvcore"

@@ -45,3 +45,7 @@ class AsyncSequenceSource(Protocol):
     async def close(self) -> None:
         """Release connections."""
         ...
+
+
+SequenceSource.__module__ = "hvcore"
+AsyncSequenceSource.__module__ = "hvcore"
