@@ -16,7 +16,7 @@ from psycopg import pq
 from psycopg.rows import tuple_row
 from psycopg.types import TypeInfo
 from psycopg.types.hstore import register_hstore
-from psycopg.types.json import set_json_loads
+from psycopg.types.json import set_json_dumps, set_json_loads
 from psycopg.types.numeric import Int8BinaryDumper, Int8Dumper
 
 from hvbackend_postgres._common import (
@@ -28,6 +28,7 @@ from hvbackend_postgres._common import (
     QUERY_FETCH,
     SEARCH_PATH_SQL,
     StoreCore,
+    dump_json,
     idle_socket_state,
     load_json,
     statement_text,
@@ -125,6 +126,7 @@ class AsyncPostgresServerStore(StoreCore):
         conn.adapters.register_dumper(Key, Int8Dumper)
         conn.adapters.register_dumper(Key, Int8BinaryDumper)
         set_json_loads(load_json, conn)
+        set_json_dumps(dump_json, conn)
         if self._cursor_factory is not None:
             conn.cursor_factory = self._cursor_factory
 

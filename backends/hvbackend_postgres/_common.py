@@ -117,6 +117,41 @@ def load_json(data: str | bytes) -> Any:
     return value if end == len(text) else _decoder.decode(text)
 
 
+# admin_shutdown, crash_shutdown, cannot_connect_now, and class 08 (connection exceptions): the server went away
+_SERVER_GONE_STATES = frozenset({"57P01", "57P02", "57P03", "08000", "08003", "08006", "08001", "08004", "08P01"})
+
+
+def _keep_floats(value: Any, big: list[float]) -> Any:
+    """``value`` with every float whose repr has a positive exponent swapped for a placeholder string."""
+    if isinstance(value, float):
+        if "e+" in repr(value):
+            big.append(value)
+            return f"\x00{len(big) - 1}\x00"  # NUL: impossible in checked bodies (check_text rejects it)
+        return value
+    if isinstance(value, list | tuple):
+        return [_keep_floats(v, big) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _keep_floats(v, big) for k, v in value.items()}
+    return value
+
+
+def dump_json(obj: Any) -> str:
+    """Encode a body for jsonb so that floats come back as the same floats.
+
+    jsonb reads ``3.333473927924339e+16`` as the numeric 33334739279243390 and sends it back as an integer of
+    another value; written as the float's exact decimal with ``.0`` (``33334739279243392.0``) it keeps its scale
+    and is read back as that float. Only bodies whose text holds ``e+`` take the slow path.
+    """
+    text = json.dumps(obj, ensure_ascii=False, allow_nan=False)
+    if "e+" not in text:
+        return text
+    big: list[float] = []
+    text = json.dumps(_keep_floats(obj, big), ensure_ascii=False, allow_nan=False)
+    for index, value in enumerate(big):
+        text = text.replace(f'"\\u0000{index}\\u0000"', f"{int(value)}.0", 1)
+    return text
+
+
 def idle_socket_state(pgconn: pq.abc.PGconn) -> bool | None:
     """Cheap checkout check, no round trip: False if unusable, True if idle and quiet, None if a round trip must tell.
 
@@ -227,7 +262,7 @@ class StoreCore:
             self._sql.clear()
             self._fetch_parts.clear()
             return NotProvisioned(f"the hstore extension is missing in {self._label}: run `hv init --config FILE`")
-        if isinstance(exc, psycopg.OperationalError) and state is None:
+        if isinstance(exc, psycopg.OperationalError) and (state is None or state in _SERVER_GONE_STATES):
             return self._unavailable(exc)
         return exc
 

@@ -173,3 +173,16 @@ def test_pool_exhaustion_raises_pool_timeout_at_pool_block_timeout(fault_pg: Fau
     db.put(4, 1, a="b")  # the pool is whole again
     assert db.servers[0].stats()["borrowed"] == 0
     db.close()
+
+
+def test_server_shutdown_sqlstates_are_server_unavailable() -> None:
+    """A statement in flight when the server shuts down gets 57P01/57P02/57P03: seen raw in a restart run once."""
+    from psycopg import errors as pg_errors
+
+    from hvbackend_postgres import PostgresServerStore
+
+    store = PostgresServerStore({"host": "127.0.0.1", "port": 1}, hvcore.BackendOptions(), backend="jsonb")
+    for error in (pg_errors.AdminShutdown, pg_errors.CrashShutdown, pg_errors.CannotConnectNow):
+        translated = store._translate(error("terminating connection due to administrator command"), 1)
+        assert isinstance(translated, hvcore.ServerUnavailable), error
+    assert isinstance(store._translate(pg_errors.QueryCanceled("timeout"), 1), pg_errors.QueryCanceled)
