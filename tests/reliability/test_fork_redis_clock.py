@@ -14,8 +14,6 @@ from fixtures.faults import DuplicateCounter, FaultServers, OwnRedis, WriteLoad,
 import hvcore
 from hvplugin_redis import RedisSequence
 
-pytestmark = pytest.mark.postgres
-
 
 def backend_pids(db: hvcore.Datastore, shards: tuple[int, ...]) -> list[int]:
     pids = []
@@ -43,6 +41,7 @@ def _fork_worker(index: int, count: int, conn: Any) -> None:
 
 @pytest.mark.slow
 @pytest.mark.redis
+@pytest.mark.postgres
 @pytest.mark.parametrize("sequence", ["redis", "local"])
 def test_fork_workers_write_parent_sessions_survive(
     fault_pg: FaultServers, redis_prefix: tuple[str, str], duplicate_log: Any, sequence: str
@@ -99,6 +98,7 @@ def test_fork_workers_write_parent_sessions_survive(
 
 @pytest.mark.slow
 @pytest.mark.redis
+@pytest.mark.postgres
 def test_redis_stopped_and_restarted_under_load(
     fault_pg: FaultServers, own_redis: OwnRedis, duplicate_log: Any
 ) -> None:
@@ -203,6 +203,7 @@ def test_clock_stepped_back_10_s_raises_clock_moved_backwards() -> None:
     assert len(set(keys)) == len(keys) and keys == sorted(keys)
 
 
+@pytest.mark.postgres
 @pytest.mark.parametrize("step_ms", [5, 10_000])
 def test_clock_stepped_back_through_put_on_postgres(fault_pg: FaultServers, step_ms: int) -> None:
     settings = fault_pg.fresh_db(0)

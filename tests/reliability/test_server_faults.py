@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections import Counter
@@ -186,3 +187,71 @@ def test_server_shutdown_sqlstates_are_server_unavailable() -> None:
         translated = store._translate(error("terminating connection due to administrator command"), 1)
         assert isinstance(translated, hvcore.ServerUnavailable), error
     assert isinstance(store._translate(pg_errors.QueryCanceled("timeout"), 1), pg_errors.QueryCanceled)
+
+
+@pytest.mark.slow
+def test_async_server_restart_under_load_loses_no_acknowledged_write(fault_pg: FaultServers) -> None:
+    a, b = fault_pg.fresh_db(0), fault_pg.fresh_db(1)
+    servers = [dict(shards="0-8", **a), dict(shards="8-16", **b)]
+    hvcore.Datastore(servers, backend="jsonb").close()  # same databases: provisioned below by the async store
+    acked: dict[int, tuple[int, float, dict[str, Any]]] = {}
+    failed: list[tuple[int, float, BaseException]] = []
+
+    async def main() -> tuple[float, float, dict[hvcore.Key, hvcore.Record]]:
+        db = hvcore.AsyncDatastore(servers, backend="jsonb", pool_max=8, pool_block_timeout=2)
+        await db.open()
+        await db.provision()
+        stop = asyncio.Event()
+
+        async def writer(index: int) -> None:
+            n = 0
+            while not stop.is_set():
+                shard = (index + n) % 16
+                body = {"t": index, "n": n}
+                n += 1
+                try:
+                    key = await db.put(shard, 1, **body)
+                except BaseException as exc:
+                    failed.append((shard, time.monotonic(), exc))
+                    await asyncio.sleep(0.005)
+                else:
+                    acked[int(key)] = (shard, time.monotonic(), body)
+
+        async def acks_on_b(since: float, count: int) -> float:
+            deadline = time.monotonic() + 20
+            while sum(1 for s, at, _ in acked.values() if s >= 8 and at > since) < count:
+                assert time.monotonic() < deadline, f"server 1 did not recover: {failed[-1:]}"
+                await asyncio.sleep(0.01)
+            return time.monotonic()
+
+        tasks = [asyncio.create_task(writer(i)) for i in range(8)]
+        try:
+            await acks_on_b(0, 200)
+            await asyncio.to_thread(fault_pg.stop, 1, "fast")
+            await asyncio.sleep(0.3)
+            await asyncio.to_thread(fault_pg.start, 1)
+            up_at = time.monotonic()
+            recovered_at = await acks_on_b(up_at, 1)
+            await acks_on_b(recovered_at, 200)
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks)
+            await asyncio.to_thread(fault_pg.start, 1)
+        found = await db.get_many(list(acked))
+        for server in db.servers:
+            assert server.stats()["borrowed"] == 0
+        await db.close()
+        return up_at, recovered_at, found
+
+    up_at, recovered_at, found = asyncio.run(main())
+    lost = len(acked) - len(found)
+    wrong = sum(1 for key, record in found.items() if record.data != acked[key][2])
+    errors = Counter(type(exc).__name__ for *_, exc in failed)
+    print(
+        f"\nasync restart (pg_ctl stop -m fast): acknowledged={len(acked)} failed={len(failed)} found={len(found)} "
+        f"lost={lost} errors={dict(errors)}, recovered {recovered_at - up_at:.2f} s after the restart"
+    )
+    assert lost == 0 and wrong == 0
+    assert all(isinstance(exc, hvcore.HypervaultError) for *_, exc in failed), errors
+    assert not [exc for shard, _, exc in failed if shard < 8], "the server that kept running saw errors"
+    assert recovered_at - up_at < 3.0
