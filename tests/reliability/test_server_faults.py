@@ -255,3 +255,65 @@ def test_async_server_restart_under_load_loses_no_acknowledged_write(fault_pg: F
     assert all(isinstance(exc, hvcore.HypervaultError) for *_, exc in failed), errors
     assert not [exc for shard, _, exc in failed if shard < 8], "the server that kept running saw errors"
     assert recovered_at - up_at < 3.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["fast", "immediate"])
+def test_put_many_batches_are_all_or_nothing_across_a_restart(fault_pg: FaultServers, mode: str) -> None:
+    db = two_servers(fault_pg, pool_max=4, pool_block_timeout=2)
+    acked: list[tuple[list[hvcore.Key], int, int]] = []
+    failed: list[tuple[int, int, BaseException]] = []
+    stop = threading.Event()
+
+    def work(index: int) -> None:
+        batch = 0
+        while not stop.is_set():
+            rows = [{"t": index, "b": batch, "i": i} for i in range(20)]
+            try:
+                keys = db.put_many(8 + (index + batch) % 8, 1, rows)
+            except BaseException as exc:
+                failed.append((index, batch, exc))
+                time.sleep(0.005)
+            else:
+                acked.append((keys, index, batch))
+            batch += 1
+
+    threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(4)]
+    try:
+        for thread in threads:
+            thread.start()
+        while len(acked) < 50:
+            time.sleep(0.01)
+        fault_pg.stop(1, mode)
+        time.sleep(0.3)
+        fault_pg.start(1)
+        before = len(acked)
+        deadline = time.monotonic() + 20
+        while len(acked) < before + 50:
+            assert time.monotonic() < deadline, f"no recovery: {failed[-1:]}"
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+        fault_pg.start(1)
+    dbname = db.servers[1].label.rsplit("/", 1)[1]
+    union = " UNION ALL ".join(f"SELECT body FROM shard{s:04d}.entities" for s in SHARDS_B)
+    rows = fault_pg.sql(
+        1, f"SELECT (body->>'t')::int, (body->>'b')::int, count(*) FROM ({union}) x GROUP BY 1, 2", dbname=dbname
+    )
+    per_batch = {(t, b): n for t, b, n in rows}
+    keys = [k for batch_keys, _, _ in acked for k in batch_keys]
+    found = db.get_many(keys)
+    partial = {tb: n for tb, n in per_batch.items() if n != 20}
+    failed_stored = sum(1 for t, b, _ in failed if (t, b) in per_batch)
+    errors = Counter(type(exc).__name__ for *_, exc in failed)
+    print(
+        f"\nput_many restart (-m {mode}): batches acknowledged={len(acked)} failed={len(failed)} "
+        f"(stored anyway: {failed_stored}), rows acknowledged={len(keys)} found={len(found)} "
+        f"lost={len(keys) - len(found)} partial_batches={len(partial)} errors={dict(errors)}"
+    )
+    assert len(found) == len(keys)
+    assert not partial, f"batches stored in part: {partial}"
+    assert all(isinstance(exc, hvcore.HypervaultError) for *_, exc in failed), errors
+    db.close()
