@@ -465,15 +465,14 @@ class AsyncPostgresServerStore(StoreCore):
             await conn.set_autocommit(False)
             async with conn.cursor(name="hv_query") as cur:
                 cur.itersize = QUERY_FETCH
-                try:
-                    await cur.execute(query, params)
-                except psycopg.Error as exc:
-                    error = self._translate(exc, shard_ids[0])
-                    if error is exc:
-                        raise
-                    raise error from None
-                async for row in cur:
+                await cur.execute(query, params)
+                async for row in cur:  # later batches are fetched here: the server may go away meanwhile
                     yield Record(key_type(row[0]), int(row[1]), dict(row[2]))
+        except psycopg.Error as exc:
+            error = self._translate(exc, shard_ids[0])
+            if error is exc:
+                raise
+            raise error from None
         finally:
             if not conn.closed:
                 try:

@@ -484,15 +484,14 @@ class PostgresServerStore(StoreCore):
             conn.autocommit = False
             with conn.cursor(name="hv_query") as cur:
                 cur.itersize = QUERY_FETCH
-                try:
-                    cur.execute(query, params)
-                except psycopg.Error as exc:
-                    error = self._translate(exc, shard_ids[0])
-                    if error is exc:
-                        raise
-                    raise error from None
-                for row in cur:
+                cur.execute(query, params)
+                for row in cur:  # later batches are fetched here: the server may go away meanwhile
                     yield Record(key_type(row[0]), int(row[1]), dict(row[2]))
+        except psycopg.Error as exc:
+            error = self._translate(exc, shard_ids[0])
+            if error is exc:
+                raise
+            raise error from None
         finally:
             if not conn.closed:
                 try:

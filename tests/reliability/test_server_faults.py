@@ -317,3 +317,51 @@ def test_put_many_batches_are_all_or_nothing_across_a_restart(fault_pg: FaultSer
     assert not partial, f"batches stored in part: {partial}"
     assert all(isinstance(exc, hvcore.HypervaultError) for *_, exc in failed), errors
     db.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("api", ["sync", "async"])
+def test_query_stream_cut_by_a_server_stop_raises_server_unavailable(fault_pg: FaultServers, api: str) -> None:
+    settings = fault_pg.fresh_db(1)
+    servers = [dict(shards="0-4", **settings)]
+    with hvcore.Datastore(servers, backend="jsonb") as db:
+        db.provision()
+        db.put_many(1, 1, [{"i": i} for i in range(3000)])  # more than one fetch of the stream
+
+    def sync_run() -> tuple[int, BaseException | None]:
+        with hvcore.Datastore(servers, backend="jsonb") as db:
+            stream = db.query()
+            first = [next(stream) for _ in range(10)]
+            fault_pg.stop(1, "fast")
+            try:
+                read = sum(1 for _ in stream)
+                error = None
+            except BaseException as exc:
+                read, error = 0, exc
+            fault_pg.start(1)
+            assert db.get(first[0].key) is not None  # recovered
+            assert db.servers[0].stats()["borrowed"] == 0
+            return read, error
+
+    async def async_run() -> tuple[int, BaseException | None]:
+        db = hvcore.AsyncDatastore(servers, backend="jsonb")
+        await db.open()
+        stream = db.query()
+        first = [await anext(stream) for _ in range(10)]
+        await asyncio.to_thread(fault_pg.stop, 1, "fast")
+        try:
+            read = len([r async for r in stream])
+            error = None
+        except BaseException as exc:
+            read, error = 0, exc
+        await asyncio.to_thread(fault_pg.start, 1)
+        assert await db.get(first[0].key) is not None
+        assert db.servers[0].stats()["borrowed"] == 0
+        await db.close()
+        return read, error
+
+    try:
+        read, error = sync_run() if api == "sync" else asyncio.run(async_run())
+    finally:
+        fault_pg.start(1)
+    assert isinstance(error, hvcore.ServerUnavailable), f"read {read} more rows, then {error!r}"
