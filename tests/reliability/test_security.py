@@ -291,3 +291,50 @@ def test_libpq_settings_pass_through_untouched(fault_pg: FaultServers) -> None:
         db = hvcore.Datastore([dict(shards="0-4", **form)], backend="jsonb", pool_block_timeout=2)
         with db, pytest.raises(hvcore.ServerUnavailable, match="SSL"):
             db.put(1, 1, a="b")
+
+
+@pytest.mark.redis  # a redis-server of its own, with a password
+def test_redis_sequence_password_absent_from_reprs_errors_logs_and_hv_output(
+    caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import subprocess
+
+    from fixtures.faults import start_redis, stop_redis
+
+    from hvplugin_redis import RedisSequence
+
+    caplog.set_level(logging.DEBUG)
+    secret, wrong = "r3dis-Pa55word-q1", "r3dis-wr0ng-z8"
+    port = free_port()
+    proc = start_redis(port)  # then require a password, as a production Redis would
+    subprocess.run(
+        ["redis-cli", "-p", str(port), "CONFIG", "SET", "requirepass", secret], check=True, capture_output=True
+    )
+    texts: list[str] = []
+    try:
+        url = f"redis://:{secret}@127.0.0.1:{port}/0"
+        with hvcore.Datastore([dict(shards="0-4", name=f"seq-{port}")], backend="memory", sequence=url) as db:
+            time_ok = False
+            try:
+                db.put(1, 1, a="b")
+                time_ok = True
+            except hvcore.SequenceUnavailable as exc:  # a fresh Redis may ask to wait: still no password shown
+                texts.append("".join(traceback.format_exception(exc)))
+            texts += [repr(db), repr(db.generator), repr(db._sequence), repr(db._config)]
+        for bad in (f"redis://:{wrong}@127.0.0.1:{port}/0", f"redis://:{secret}@127.0.0.1:{free_port()}/0"):
+            source = RedisSequence(bad, connect_timeout=0.3, read_timeout=0.3, retries=0)
+            with pytest.raises(hvcore.SequenceUnavailable) as info:
+                source.reserve(1, 10**9, 1)
+            texts += [repr(source), "".join(traceback.format_exception(info.value))]
+            source.close()
+        code, output = run_hv(capsys, "key", "new", "--shard", "1", "--count", "2", "--sequence", url)
+        texts.append(output)
+        code_bad, output_bad = run_hv(capsys, "key", "new", "--shard", "1", "--sequence", url.replace(secret, wrong))
+        texts.append(output_bad)
+    finally:
+        stop_redis(proc)
+    texts.append(caplog.text)
+    everything = "\n".join(texts)
+    print(f"\nredis passwords: {len(texts)} texts checked, put ok={time_ok}, hv exit codes {code}, {code_bad}")
+    assert code_bad == 2 and "hv: error" in output_bad
+    assert secret not in everything and wrong not in everything
