@@ -229,3 +229,52 @@ def test_clock_stepped_back_through_put_on_postgres(fault_pg: FaultServers, step
             assert not failed
         else:
             assert [type(e) for e in failed] == [hvcore.ClockMovedBackwards]
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_fork_while_threads_write_hangs_nothing_and_repeats_nothing(fault_pg: FaultServers) -> None:
+    a, b = fault_pg.fresh_db(0), fault_pg.fresh_db(1)
+    db = hvcore.Datastore([dict(shards="0-8", **a), dict(shards="8-16", **b)], backend="jsonb", pool_max=4)
+    db.provision()
+    load = WriteLoad(db, list(range(16)), threads=4)
+    _FORK_DB[:] = [db]
+    ctx = multiprocessing.get_context("fork")
+    results = []
+    try:
+        load.start()
+        load.wait_acks(100)
+        for round_ in range(3):  # fork at moments when writer threads hold locks and connections
+            procs, pipes = [], []
+            for index in range(2):
+                mine, theirs = ctx.Pipe(duplex=False)
+                proc = ctx.Process(target=_fork_worker_plain, args=(round_ * 2 + index, 200, theirs))
+                proc.start()
+                procs.append(proc)
+                pipes.append(mine)
+            for pipe, proc in zip(pipes, procs, strict=True):
+                assert pipe.poll(30), "a forked worker hung"
+                results.append(pipe.recv())
+                proc.join(10)
+                assert proc.exitcode == 0
+    finally:
+        load.stop()
+        _FORK_DB.clear()
+    child_keys = [k for keys in results for k in keys]
+    outcome = count_outcome(load, db)
+    found = db.get_many(child_keys)
+    everything = child_keys + list(load.acked)
+    repeated = len(everything) - len(set(everything))
+    print(
+        f"\nfork under load: 6 workers × 200 writes forked while 4 threads wrote; parent {outcome}; "
+        f"child keys={len(child_keys)} found={len(found)} repeated={repeated}"
+    )
+    assert outcome["lost"] == 0 and outcome["failed"] == 0 and outcome["duplicate_keys"] == 0
+    assert len(found) == len(child_keys) and repeated == 0
+    db.close()
+
+
+def _fork_worker_plain(index: int, count: int, conn: Any) -> None:
+    db = _FORK_DB[0]
+    conn.send([int(db.put((index * 3 + n) % 16, 3, w=index, n=n)) for n in range(count)])
+    conn.close()
