@@ -8,6 +8,7 @@ from hvcore._backend import AsyncServerStore, BackendOptions, ProvisionReport, Q
 from hvcore._datastore import Datastore
 from hvcore._generator import KeyGenerator
 from hvcore._key import Key, KeyLayout
+from hvcore._placement import MoveReport
 from hvcore._plugins import PluginRegistry, default_registry
 from hvcore._sequence import AsyncSequenceSource, SequenceSource
 from hvcore._shardmap import ShardMap
@@ -23,12 +24,14 @@ from hvcore.errors import (
     InvalidQuery,
     InvalidShard,
     LayoutExhausted,
+    MoveError,
     NotProvisioned,
     PluginError,
     PoolTimeout,
     SequenceUnavailable,
     ServerUnavailable,
     ShardMapError,
+    ShardMoved,
     ShardNotFound,
     StoreClosed,
 )
@@ -60,6 +63,8 @@ __all__ = [
     "KeyGenerator",
     "KeyLayout",
     "LayoutExhausted",
+    "MoveError",
+    "MoveReport",
     "NotProvisioned",
     "PluginError",
     "PluginRegistry",
@@ -73,6 +78,7 @@ __all__ = [
     "ServerUnavailable",
     "ShardMap",
     "ShardMapError",
+    "ShardMoved",
     "ShardNotFound",
     "StoreClosed",
     "__version__",

@@ -8,15 +8,16 @@ import heapq
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 from hvcore._backend import AsyncServerStore, ProvisionReport, Record
 from hvcore._facade import PUT_ATTEMPTS, FacadeBase, check_kind, too_many_duplicates
 from hvcore._generator import KeyGenerator
 from hvcore._key import Key, KeyLayout
+from hvcore._placement import MoveProgress, MoveReport
 from hvcore._plugins import PluginRegistry
 from hvcore._sequence import AsyncSequenceSource, SequenceSource
-from hvcore._shardmap import format_ranges
+from hvcore._shardmap import ShardMap, format_ranges
 from hvcore.errors import ConnectionMisuse, DuplicateKey
 
 __all__ = ["AsyncDatastore"]
@@ -66,6 +67,7 @@ class AsyncDatastore(FacadeBase[AsyncServerStore]):
         self._owns_sequence = isinstance(sequence, str)
         self.generator = _make_generator(self.layout, source)
         self._lock = asyncio.Lock()
+        self._placement_versions: dict[int, int] = {}
         self._retired: list[Any] = []  # closed stores whose borrowed connections have not come back yet
 
     # -- lifecycle -------------------------------------------------------------------------------------------
@@ -230,6 +232,58 @@ class AsyncDatastore(FacadeBase[AsyncServerStore]):
             keys.extend(await generator.next_keys(shard_id, min(size, count - len(keys))))
         return keys
 
+    # -- shard moves (operator work: run by a sync Datastore on the same servers, in a worker thread) -----------
+
+    def placement_version(self, shard_id: int) -> int:
+        """The placement version of ``shard_id`` this process knows (0: as configured, never moved)."""
+        return self._placement_versions.get(shard_id, 0)
+
+    async def reload_placement(self) -> ShardMap:
+        """Read the placement recorded on the servers and route moved shards to where they are now."""
+        shard_map: ShardMap
+        shard_map, versions = await asyncio.to_thread(self._admin, _reload)
+        self.shard_map = shard_map
+        self._placement_versions = versions
+        return shard_map
+
+    async def move_state(self, shard_id: int) -> dict[str, Any] | None:
+        """The unfinished move of ``shard_id`` (phase, source, target, version), or None."""
+        return cast("dict[str, Any] | None", await asyncio.to_thread(self._admin, lambda db: db.move_state(shard_id)))
+
+    async def move_shard(
+        self,
+        shard_id: int,
+        to_server: int | str,
+        *,
+        drop_source: bool = False,
+        progress: MoveProgress | None = None,
+    ) -> MoveReport:
+        """Move one shard to another server while writes continue (see `Datastore.move_shard`)."""
+        report = await asyncio.to_thread(
+            self._admin, lambda db: db.move_shard(shard_id, to_server, drop_source=drop_source, progress=progress)
+        )
+        await self.reload_placement()
+        return cast(MoveReport, report)
+
+    async def rollback_move(self, shard_id: int) -> str:
+        """Undo an interrupted move of ``shard_id`` (before its switch): the shard stays where it is."""
+        return cast(str, await asyncio.to_thread(self._admin, lambda db: db.rollback_move(shard_id)))
+
+    def _admin(self, work: Callable[[Any], Any]) -> Any:
+        from hvcore._datastore import Datastore
+
+        with Datastore(
+            list(self._config.servers),
+            pool_max=2,
+            pool_block_timeout=self._config.pool_block_timeout,
+            logger=self.logger,
+            backend=self.backend,
+            layout=self.layout,
+            allow_gaps=self._config.allow_gaps,
+            registry=self._registry,
+        ) as admin:
+            return work(admin)
+
     # -- operations ------------------------------------------------------------------------------------------
 
     async def provision(self, progress: Callable[[int], None] | None = None) -> list[ProvisionReport]:
@@ -296,3 +350,8 @@ async def _merge(streams: list[AsyncIterator[Record]], limit: int | None) -> Asy
             aclose = getattr(stream, "aclose", None)
             if aclose is not None:
                 await aclose()
+
+
+def _reload(db: Any) -> tuple[ShardMap, dict[int, int]]:
+    shard_map = db.reload_placement()
+    return shard_map, {s: db.placement_version(s) for s in shard_map.shard_ids if db.placement_version(s)}

@@ -250,6 +250,9 @@ class PlacementMixin:
         return mover_of(source).rollback(shard_id, target)
 
 
+MoveReport.__module__ = "hvcore"
+
+
 def plan_moves(
     rows_per_shard: Mapping[int, int], owner: Mapping[int, int], servers: int
 ) -> list[tuple[int, int, int, int]]:

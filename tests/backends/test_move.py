@@ -427,3 +427,19 @@ def test_killed_cli_move_leaves_one_server_and_resumes(jsonb_setup: MoveSetup, t
     assert setup.states() == ["stub", "live"]
     assert served_by(setup, written) == 1
     assert set(setup.rows(1, "shard0003")) == set(written)
+
+
+def test_async_datastore_moves_a_shard_and_routes_there(jsonb_setup: MoveSetup) -> None:
+    import asyncio
+
+    async def scenario() -> tuple[MoveReport, list[str], hvcore.Record | None, int]:
+        async with hvcore.AsyncDatastore([dict(s) for s in jsonb_setup.servers], backend="jsonb") as db:
+            key = await db.put(MOVED, 1, before="move")
+            report = await db.move_shard(MOVED, 1)
+            after = await db.put(MOVED, 1, after="move")
+            return report, jsonb_setup.states(), await db.get(key), db.shard_map.server_for(after.shard_id)
+
+    report, states, record, server = asyncio.run(scenario())
+    assert report.rows == 1 and states == ["stub", "live"]
+    assert record is not None and record.data == {"before": "move"}
+    assert server == 1

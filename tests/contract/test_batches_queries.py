@@ -217,9 +217,7 @@ def test_sync_and_async_apis_match() -> None:
         }
 
     sync, asynchronous = public(hvcore.Datastore), public(hvcore.AsyncDatastore)
-    # shard moves are an operator's job, sync only for now (issue 8; docs/moving-shards.md)
-    sync_only = {"move_shard", "move_state", "placement_version", "reload_placement", "rollback_move"}
-    assert set(sync) - sync_only == set(asynchronous)
+    assert set(sync) == set(asynchronous)
     for name, signature in sync.items():
         if name in asynchronous:
             assert list(signature.parameters) == list(asynchronous[name].parameters), name
