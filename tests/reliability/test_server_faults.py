@@ -365,3 +365,43 @@ def test_query_stream_cut_by_a_server_stop_raises_server_unavailable(fault_pg: F
     finally:
         fault_pg.start(1)
     assert isinstance(error, hvcore.ServerUnavailable), f"read {read} more rows, then {error!r}"
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="open: nothing bounds a statement on a server that stops answering (issue 7)")
+def test_a_frozen_server_fails_put_within_a_bound(fault_pg: FaultServers) -> None:
+    """SIGSTOP on every process of a server (a hung host: the kernel still ACKs, so TCP timeouts never fire)."""
+    import os
+    import signal
+    import subprocess
+
+    db = hvcore.Datastore([dict(shards="0-16", **fault_pg.fresh_db(1))], backend="jsonb", pool_block_timeout=1)
+    db.provision()
+    db.put(1, 1, a="b")
+    server = fault_pg.servers[1]
+    postmaster = int((server.data / "postmaster.pid").read_text().split()[0])
+    children = subprocess.run(["ps", "-o", "pid=", "--ppid", str(postmaster)], capture_output=True, text=True)
+    frozen = [postmaster, *map(int, children.stdout.split())]
+    outcome: list[tuple[str, float]] = []
+
+    def put() -> None:
+        started = time.monotonic()
+        try:
+            db.put(1, 1, a="c")
+            outcome.append(("ok", time.monotonic() - started))
+        except hvcore.HypervaultError as exc:
+            outcome.append((type(exc).__name__, time.monotonic() - started))
+
+    worker = threading.Thread(target=put, daemon=True)
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        worker.start()
+        worker.join(3.0)  # three times pool_block_timeout
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+        worker.join(10)
+        db.close()
+    print(f"\nfrozen server: put → {outcome}")
+    assert outcome and outcome[0][0] == "ServerUnavailable" and outcome[0][1] < 3.0
