@@ -311,6 +311,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
 
     def provision(self, progress: Callable[[int], None] | None = None) -> list[ProvisionReport]:
         """Create schemas, tables and indexes for every mapped shard on its server (idempotent, servers in parallel)."""
+        self.reload_placement()  # after a move, a shard is provisioned where it lives now, not where the config says
         stores = self._live()
         if len(stores) == 1:
             return [stores[0].provision(self.shard_map.shards_of(0), progress)]

@@ -443,3 +443,14 @@ def test_async_datastore_moves_a_shard_and_routes_there(jsonb_setup: MoveSetup) 
     assert report.rows == 1 and states == ["stub", "live"]
     assert record is not None and record.data == {"before": "move"}
     assert server == 1
+
+
+def test_provision_with_the_old_config_after_a_move(jsonb_setup: MoveSetup) -> None:
+    with jsonb_setup.datastore() as mover:
+        key = mover.put(MOVED, 1, a="b")
+        mover.move_shard(MOVED, 1)
+    with jsonb_setup.datastore() as stale:  # the config still says shard 3 is on server 0
+        reports = stale.provision()
+        assert sum(r.created for r in reports) == 0
+        assert stale.get(key) is not None
+    assert jsonb_setup.states() == ["stub", "live"]

@@ -49,7 +49,9 @@ def test_single_shard_strings_and_full_range() -> None:
         (["1-5", "9-12"], "shards 5-9 lie between"),
         ([3.5], "not a shard range"),
         ([True], "not a shard range"),
-        ([[]], "empty list"),
+        ([[]], "no server owns any shard"),
+        (["", ""], "no server owns any shard"),
+        (["1-5,"], "'' is not a shard range"),
         ([range(0, 10, 2)], "step"),
         ([], "no servers"),
         (["1-3,3-4,1-2"], "listed twice"),
@@ -132,6 +134,13 @@ def test_contiguous_partitions_round_trip(points: list[int], rnd) -> None:
 @given(st.text(max_size=20))
 def test_parse_never_crashes(text: str) -> None:
     ranges, problems = parse_shards(text)
-    assert ranges or problems
+    assert ranges or problems or not text.strip()  # blank: a server with no shard yet
     for r in ranges:
         assert 0 <= r.start < r.stop <= 8192
+
+
+def test_a_new_server_may_own_no_shard_yet() -> None:
+    shard_map, _ = ShardMap.from_connections([dict(shards="0-16", host="a"), dict(shards="", host="new")])
+    assert shard_map.server_count == 2
+    assert shard_map.shards_of(1) == []
+    assert shard_map.moved(3, 1).server_for(3) == 1
