@@ -60,7 +60,7 @@ class AsyncDatastore(FacadeBase[AsyncServerStore]):
         )
         self._factory = self._registry.async_backend(backend)
         if isinstance(sequence, str):
-            source: Any = self._registry.sequence(sequence.split("://", 1)[0])(sequence, asyncio=True)
+            source: Any = self._sequence_from_url(sequence, asyncio=True)
         else:
             source = sequence
         self._sequence = source

@@ -76,7 +76,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         )
         self._factory = self._registry.backend(backend)
         if isinstance(sequence, str):
-            source: SequenceSource | None = self._registry.sequence(sequence.split("://", 1)[0])(sequence)
+            source: SequenceSource | None = self._sequence_from_url(sequence, asyncio=False)
         else:
             source = sequence
         self._sequence = source

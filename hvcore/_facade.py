@@ -109,6 +109,11 @@ class FacadeBase(Generic[StoreT]):
         make: Callable[..., Self] = cls  # subclasses take (connections, **options)
         return make(list(cfg.servers), **kwargs)
 
+    def _sequence_from_url(self, url: str, *, asyncio: bool) -> Any:
+        """The sequence source registered for the URL's scheme, made for this store's layout."""
+        factory = self._registry.sequence(url.split("://", 1)[0])
+        return factory(url, asyncio=asyncio, layout=self.layout)
+
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         servers = (

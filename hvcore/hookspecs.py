@@ -29,7 +29,7 @@ hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 SequenceFactory = Callable[..., Any]
-"""``factory(url: str, *, asyncio: bool = False) -> SequenceSource | AsyncSequenceSource``."""
+"""``factory(url: str, *, asyncio: bool = False, layout: KeyLayout) -> SequenceSource | AsyncSequenceSource``."""
 
 
 @hookspec
@@ -46,6 +46,7 @@ def hypervault_register_backends(register: Callable[..., None]) -> None:
 def hypervault_register_sequences(register: Callable[[str, SequenceFactory], None]) -> None:
     """Register sequence sources by URL scheme: ``register("redis", factory)``.
 
-    ``factory(url, *, asyncio=False)`` returns a `SequenceSource` (or `AsyncSequenceSource` when ``asyncio``),
+    ``factory(url, *, asyncio=False, layout=KeyLayout.DEFAULT)`` returns a `SequenceSource` (or
+    `AsyncSequenceSource` when ``asyncio``),
     used when a `Datastore` or `KeyGenerator` is given ``sequence="scheme://..."``.
     """

@@ -876,3 +876,23 @@ def test_async_source_times_out_within_the_bound(own_redis: tuple[subprocess.Pop
 
     took = asyncio.run(main())
     assert took <= 0.6 + 0.5  # max_wait (one attempt), plus slack for a busy machine
+
+
+def test_datastores_take_a_redis_url_with_any_layout(redis_url: str) -> None:
+    import asyncio
+
+    import hvcore
+
+    servers = [dict(shards="0-8", name="redis-url-a"), dict(shards="8-16", name="redis-url-b")]
+    with hvcore.Datastore(servers, backend="memory", layout="hypervault", sequence=redis_url) as db:
+        keys = [db.put(12, 1, n=str(i)) for i in range(300)] + db.put_many(12, 1, [{"n": "x"}] * 300)
+        assert len(set(keys)) == 600
+        assert type(keys[0]).layout == hvcore.KeyLayout.HYPERVAULT
+        assert db.get(keys[0]) is not None
+
+    async def async_puts() -> list[hvcore.Key]:
+        async with hvcore.AsyncDatastore(servers, backend="memory", layout="hypervault", sequence=redis_url) as adb:
+            return [await adb.put(3, 1, n=str(i)) for i in range(100)]
+
+    async_keys = asyncio.run(async_puts())
+    assert len(set(async_keys)) == 100 and {k.shard_id for k in async_keys} == {3}
