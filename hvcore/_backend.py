@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from hvcore import errors as _errors
 from hvcore._key import Key, KeyLayout
 
 __all__ = [
@@ -19,6 +21,7 @@ __all__ = [
     "QuerySpec",
     "Record",
     "ServerStore",
+    "check_json",
     "check_text",
     "iter_fields",
 ]
@@ -276,6 +279,36 @@ def check_text(field_name: str, text: str) -> None:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise InvalidData(f"field {field_name!r} is not valid Unicode text ({exc.reason} at {exc.start})") from None
+
+
+def check_json(name: str, value: Any, depth: int = 0) -> None:
+    """Raise `InvalidData` naming ``name`` unless ``value`` is made of JSON types only (as jsonb stores them)."""
+    if depth > 200:
+        raise _errors.InvalidData(f"field {name!r} nests deeper than 200 levels")
+    if isinstance(value, str):
+        check_text(name, value)
+        return
+    if value is None or isinstance(value, bool | int):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise _errors.InvalidData(f"field {name!r} is {value!r}: JSON has no NaN or infinity")
+        return
+    if isinstance(value, list | tuple):
+        for item in value:
+            check_json(name, item, depth + 1)
+        return
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise _errors.InvalidData(f"field {name!r} has a non-string key {k!r}: JSON object keys are strings")
+            check_text(name, k)
+            check_json(name, v, depth + 1)
+        return
+    raise _errors.InvalidData(
+        f"field {name!r} is {type(value).__name__} {value!r}: "
+        "store JSON types (str, int, float, bool, None, list, dict)"
+    )
 
 
 def iter_fields(data: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:

@@ -115,7 +115,7 @@ def cmd_key_new(args: argparse.Namespace, out: TextIO) -> int:
         raise HypervaultError(f"--count must be ≥ 1, got {args.count}")
     source = None
     if args.sequence:
-        source = default_registry().sequence(args.sequence.split("://", 1)[0])(args.sequence)
+        source = default_registry().sequence(args.sequence.split("://", 1)[0])(args.sequence, layout=layout)
     generator = KeyGenerator(layout, sequence=source)
     try:
         keys: list[Key] = []

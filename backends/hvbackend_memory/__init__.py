@@ -7,14 +7,13 @@ import copy
 import heapq
 import itertools
 import json
-import math
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
-from hvcore._backend import BackendOptions, ProvisionReport, QuerySpec, Record, check_text, iter_fields
+from hvcore._backend import BackendOptions, ProvisionReport, QuerySpec, Record, check_json, check_text, iter_fields
 from hvcore._key import Key
 from hvcore.errors import ConnectionMisuse, DuplicateKey, InvalidData, NotProvisioned, PoolTimeout
 from hvcore.hookspecs import hookimpl
@@ -222,7 +221,7 @@ class MemoryServerStore:
                 if value is not None:
                     check_text(name, value)
             else:
-                _check_json(name, value)
+                check_json(name, value)
 
     def insert(self, shard_id: int, key: Key, kind: int, data: Mapping[str, Any]) -> None:
         """Store a deep copy, so later changes to the caller's objects do not leak in."""
@@ -440,32 +439,3 @@ class AsyncMemoryServerStore:
     def stats(self) -> dict[str, Any]:
         """As the sync store."""
         return self.sync.stats()
-
-
-def _check_json(name: str, value: Any, depth: int = 0) -> None:
-    if depth > 200:
-        raise InvalidData(f"field {name!r} nests deeper than 200 levels")
-    if isinstance(value, str):
-        check_text(name, value)
-        return
-    if value is None or isinstance(value, bool | int):
-        return
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise InvalidData(f"field {name!r} is {value!r}: JSON has no NaN or infinity")
-        return
-    if isinstance(value, list | tuple):
-        for item in value:
-            _check_json(name, item, depth + 1)
-        return
-    if isinstance(value, Mapping):
-        for k, v in value.items():
-            if not isinstance(k, str):
-                raise InvalidData(f"field {name!r} has a non-string key {k!r}: JSON object keys are strings")
-            check_text(name, k)
-            _check_json(name, v, depth + 1)
-        return
-    raise InvalidData(
-        f"field {name!r} is {type(value).__name__} {value!r}: "
-        "store JSON types (str, int, float, bool, None, list, dict)"
-    )

@@ -17,7 +17,7 @@ from psycopg.types import TypeInfo
 from psycopg.types.json import Jsonb
 
 from hvbackend_postgres._schema import BODY_TYPES, TABLE, ShardSQL, required_relations, shard_schema
-from hvcore._backend import BackendOptions, QuerySpec, Record, check_text, iter_fields
+from hvcore._backend import BackendOptions, QuerySpec, Record, check_json, check_text, iter_fields
 from hvcore._config import redact_conninfo
 from hvcore._key import Key
 from hvcore.errors import ConfigError, DuplicateKey, InvalidData, NotProvisioned, PoolTimeout, ServerUnavailable
@@ -58,36 +58,6 @@ def scrub(text: str, secret: str | None) -> str:
     if secret:
         text = text.replace(secret, "***")
     return text
-
-
-def check_json(name: str, value: Any, depth: int = 0) -> None:
-    """Raise `InvalidData` naming ``name`` unless ``value`` is made of JSON types only."""
-    if depth > 200:
-        raise InvalidData(f"field {name!r} nests deeper than 200 levels")
-    if isinstance(value, str):
-        check_text(name, value)
-        return
-    if value is None or isinstance(value, bool | int):
-        return
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise InvalidData(f"field {name!r} is {value!r}: JSON has no NaN or infinity")
-        return
-    if isinstance(value, list | tuple):
-        for item in value:
-            check_json(name, item, depth + 1)
-        return
-    if isinstance(value, Mapping):
-        for k, v in value.items():
-            if not isinstance(k, str):
-                raise InvalidData(f"field {name!r} has a non-string key {k!r}: JSON object keys are strings")
-            check_text(name, k)
-            check_json(name, v, depth + 1)
-        return
-    raise InvalidData(
-        f"field {name!r} is {type(value).__name__} {value!r}: "
-        "store JSON types (str, int, float, bool, None, list, dict)"
-    )
 
 
 def statement_text(query: Any, context: Any) -> str:

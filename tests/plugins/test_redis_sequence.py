@@ -17,12 +17,13 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any, NoReturn
+from typing import Any
 
 import fakeredis
 import fakeredis.aioredis
 import pytest
 import redis
+from fixtures.services import REDIS_URL, missing_service, port_open
 
 import hvplugin_redis
 from hvcore._key import KeyLayout
@@ -34,26 +35,6 @@ from hvplugin_redis import DEFAULT_MAX_SKEW_MS, RESERVE_SCRIPT, AsyncRedisSequen
 
 LAYOUT = KeyLayout.DEFAULT
 SIZE = LAYOUT.sequence_size
-
-
-REDIS_URL = os.environ.get("HV_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def missing_service(reason: str) -> NoReturn:
-    """Skip locally; fail with CI=true, where every server must be there (as tests/fixtures/services.py)."""
-    if IN_CI:
-        pytest.fail(f"{reason} (CI=true: a missing server is a failure, not a skip)", pytrace=False)
-    pytest.skip(reason)
-
-
-def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
-    """True if something accepts TCP connections at host:port."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def now_ms() -> int:
