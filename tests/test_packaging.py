@@ -1,0 +1,31 @@
+"""The built wheel: only our own import names at the top level, typed, with the entry points users rely on."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_wheel_installs_no_generic_top_level_names(tmp_path: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(ROOT), "-w", tmp_path],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("hypervault-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        entry_points = archive.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    top = {n.split("/")[0] for n in names if not n.startswith("hypervault-")}
+    assert top == {"hvcore", "hvbackend_memory", "hvbackend_postgres", "hvplugin_redis", "hvplugin_pytest"}
+    for package in top:
+        assert f"{package}/py.typed" in names, f"{package} ships no py.typed"
+    assert "hv = hvcore._cli:main" in entry_points
+    assert "[hypervault.backends]" in entry_points and "[pytest11]" in entry_points
