@@ -30,15 +30,14 @@ BODY_TYPES = {"hstore": "hstore", "jsonb": "jsonb"}
 
 
 def required_relations(backend: str) -> frozenset[str]:
-    """Relations a provisioned shard has: the table, its primary key, the kind index (and jsonb's GIN index).
+    """Relations a provisioned shard has: the table, its primary key, the kind index and the body index.
 
-    hstore bodies get no GIN index: ``gin_hstore_ops`` indexes whole values, and a value over ~8 kB would
-    make the insert fail; hstore equality queries scan the shard's rows instead.
+    The body index serves ``where`` (containment, ``body @> …``): GIN ``jsonb_path_ops`` for jsonb (it hashes
+    values, so any size fits), GiST for hstore (signatures; GIN's ``gin_hstore_ops`` stores whole values and
+    a value over ~2.7 kB would make the insert fail).
     """
-    relations = {TABLE, PKEY_INDEX, KIND_INDEX}
-    if backend == "jsonb":
-        relations.add(BODY_INDEX)
-    return frozenset(relations)
+    del backend  # every backend has the same relations; kept for callers that name it
+    return frozenset({TABLE, PKEY_INDEX, KIND_INDEX, BODY_INDEX})
 
 
 def shard_schema(shard_id: int) -> str:
@@ -54,14 +53,15 @@ def shard_ddl(shard_id: int, backend: str, ext_schema: str | None) -> str:
     """Idempotent DDL creating the schema, table and indexes of one shard (several statements, no parameters).
 
     ``entities(id bigint primary key, kind smallint, body)`` plus an index on ``(kind, id)`` for queries by kind and
-    key range, and (jsonb) a GIN index on ``body`` for equality (containment) queries on body fields.
+    key range, and an index on ``body`` for equality (containment) queries on body fields (GIN for jsonb, GiST
+    for hstore).
     """
     schema = sql.Identifier(shard_schema(shard_id))
     if backend == "hstore":
         if ext_schema is None:
             raise ValueError("the hstore backend needs the schema of the hstore extension")
         body_type: sql.Composable = sql.SQL("{}.hstore").format(sql.Identifier(ext_schema))
-        body_index: sql.Composable = sql.SQL("")
+        body_index = sql.SQL("CREATE INDEX IF NOT EXISTS {body_idx} ON {schema}.{table} USING gist (body);")
     else:
         body_type = sql.SQL("jsonb")
         body_index = sql.SQL(
@@ -80,9 +80,7 @@ def shard_ddl(shard_id: int, backend: str, ext_schema: str | None) -> str:
         body_type=body_type,
         pkey=sql.Identifier(PKEY_INDEX),
         kind_idx=sql.Identifier(KIND_INDEX),
-        body_index=body_index.format(body_idx=sql.Identifier(BODY_INDEX), schema=schema, table=sql.Identifier(TABLE))
-        if isinstance(body_index, sql.SQL)
-        else body_index,
+        body_index=body_index.format(body_idx=sql.Identifier(BODY_INDEX), schema=schema, table=sql.Identifier(TABLE)),
     )
     return _render(query)
 
