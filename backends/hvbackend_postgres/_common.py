@@ -383,8 +383,9 @@ class StoreCore:
             params.append(spec.high)
         if spec.where:
             if ext is not None:
-                conds.append(sql.SQL("body @> {}.hstore(%s::text[], %s::text[])").format(sql.Identifier(ext)))
-                params += [list(spec.where.keys()), list(spec.where.values())]
+                # the same expression as the shard's GIN index (see _schema.shard_ddl): text values, exact match
+                conds.append(sql.SQL("{}.hstore_to_jsonb(body) @> %s").format(sql.Identifier(ext)))
+                params.append(Jsonb(dict(spec.where)))
             else:
                 conds.append(sql.SQL("body @> %s"))  # the GIN index narrows; exact equality below
                 params.append(Jsonb(dict(spec.where)))

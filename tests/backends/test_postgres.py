@@ -402,7 +402,7 @@ def test_store_repr_and_label_hide_password() -> None:
     assert "topsecret-pw" not in repr(store)
 
 
-@pytest.mark.parametrize(("backend", "method"), [("hstore", "gist"), ("jsonb", "gin")])
+@pytest.mark.parametrize(("backend", "method"), [("hstore", "gin"), ("jsonb", "gin")])
 def test_where_filters_use_the_body_index(pg_datastore_factory: Any, backend: str, method: str) -> None:
     store = pg_datastore_factory(backend)
     store.put_many(3, 1, [{"city": "Oslo" if i % 100 == 0 else "Lima", "n": str(i)} for i in range(3000)])
@@ -415,7 +415,8 @@ def test_where_filters_use_the_body_index(pg_datastore_factory: Any, backend: st
         assert cur.fetchone() == {"method": method}
         cur.execute("ANALYZE entities")
         cur.execute("SET LOCAL enable_seqscan = off")  # small table: make the planner show it can use the index
-        probe = "body @> hstore('city', 'Oslo')" if backend == "hstore" else """body @> '{"city": "Oslo"}'"""
+        body = "hstore_to_jsonb(body)" if backend == "hstore" else "body"
+        probe = f"""{body} @> '{{"city": "Oslo"}}'"""
         cur.execute(f"EXPLAIN SELECT id FROM entities WHERE {probe}")
         plan = "\n".join(str(next(iter(row.values()))) for row in cur.fetchall())
     assert "entities_body_idx" in plan
