@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import heapq
 import itertools
@@ -14,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
-from hvcore._backend import ProvisionReport, Record, ServerStore
+from hvcore._backend import ProvisionReport, QuerySpec, Record, ServerStore
 from hvcore._facade import PUT_ATTEMPTS, FacadeBase, check_kind, too_many_duplicates
 from hvcore._generator import KeyGenerator
 from hvcore._key import Key, KeyLayout
@@ -278,15 +279,37 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
 
         ``where`` is an equality filter on body fields (uses the backend's index); ``since`` (inclusive) and
         ``until`` (exclusive) are aware datetimes or keys, turned into key ranges; ``shards`` limits the
-        shards read. Arguments are checked when this is called, before any I/O.
+        shards read. Arguments are checked when this is called, before any I/O. A shard that moves while
+        the query runs is followed: the stream resumes on its new server after the last key it yielded.
         """
         by_server, spec = self._plan_query(kind, where, since, until, shards, limit)
         stores = self._live()
         if spec.where:
             for index in by_server:
                 stores[index].check_data(spec.where)
-        streams = [stores[index].query(shard_ids, spec) for index, shard_ids in by_server.items()]
-        return self._merge(streams, spec.limit)
+        return self._query_following_moves([s for ids in by_server.values() for s in ids], spec)
+
+    def _query_following_moves(self, shard_ids: list[int], spec: QuerySpec) -> Iterator[Record]:
+        last: int | None = None
+        yielded = 0
+        for _ in range(MAX_HOPS):
+            if last is not None:  # key order makes a resumed stream exact: start after the last key given out
+                remaining = None if spec.limit is None else spec.limit - yielded
+                spec = dataclasses.replace(spec, low=last + 1, limit=remaining)
+            stores = self._live()
+            by_server: dict[int, list[int]] = {}
+            for shard in shard_ids:
+                by_server.setdefault(self.shard_map.server_for(shard), []).append(shard)
+            streams = [stores[index].query(ids, spec) for index, ids in by_server.items()]
+            try:
+                for record in self._merge(streams, spec.limit):
+                    yield record
+                    yielded += 1
+                    last = int(record.key)
+                return
+            except ShardMoved as moved:
+                self._follow(moved)
+        raise self._too_many_hops(shard_ids[0])
 
     @staticmethod
     def _merge(streams: list[Iterator[Record]], limit: int | None) -> Iterator[Record]:
