@@ -6,24 +6,26 @@ import asyncio
 import datetime as dt
 import heapq
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from hvcore._backend import AsyncServerStore, ProvisionReport, Record
 from hvcore._facade import PUT_ATTEMPTS, FacadeBase, check_kind, too_many_duplicates
 from hvcore._generator import KeyGenerator
 from hvcore._key import Key, KeyLayout
-from hvcore._placement import MoveProgress, MoveReport
+from hvcore._placement import MAX_HOPS, MoveProgress, MoveReport, PlacementFollower
 from hvcore._plugins import PluginRegistry
 from hvcore._sequence import AsyncSequenceSource, SequenceSource
 from hvcore._shardmap import ShardMap, format_ranges
-from hvcore.errors import ConnectionMisuse, DuplicateKey
+from hvcore.errors import ConnectionMisuse, DuplicateKey, ShardMoved
 
 __all__ = ["AsyncDatastore"]
 
+_T = TypeVar("_T")
 
-class AsyncDatastore(FacadeBase[AsyncServerStore]):
+
+class AsyncDatastore(PlacementFollower, FacadeBase[AsyncServerStore]):
     """The asyncio form of `Datastore`: ``async with AsyncDatastore(connections, backend="jsonb") as db: ...``.
 
     Pools open on ``await db.open()`` (or entering the ``async with``); every I/O method is a coroutine,
@@ -67,7 +69,6 @@ class AsyncDatastore(FacadeBase[AsyncServerStore]):
         self._owns_sequence = isinstance(sequence, str)
         self.generator = _make_generator(self.layout, source)
         self._lock = asyncio.Lock()
-        self._placement_versions: dict[int, int] = {}
         self._retired: list[Any] = []  # closed stores whose borrowed connections have not come back yet
 
     # -- lifecycle -------------------------------------------------------------------------------------------
@@ -153,6 +154,10 @@ class AsyncDatastore(FacadeBase[AsyncServerStore]):
                 await store.insert(shard_id, key, kind, data)
             except DuplicateKey:
                 continue
+            except ShardMoved as moved:  # refused by the shard's old server: nothing written, retry where it is
+                self._follow(moved)
+                store = self.store_for(shard_id)
+                continue
             return key
         raise too_many_duplicates(shard_id)
 
@@ -169,6 +174,10 @@ class AsyncDatastore(FacadeBase[AsyncServerStore]):
                 await store.insert_many(shard_id, [(k, kind, b) for k, b in zip(keys, bodies, strict=True)])
             except DuplicateKey:
                 continue
+            except ShardMoved as moved:
+                self._follow(moved)
+                store = self.store_for(shard_id)
+                continue
             return keys
         raise too_many_duplicates(shard_id)
 
@@ -176,33 +185,48 @@ class AsyncDatastore(FacadeBase[AsyncServerStore]):
         """The record stored under ``key``, or None."""
         key = self.as_key(key)
         shard = key.shard_id
-        return await self.store_for(shard).fetch(shard, key)
+        return await self._on_shard(shard, lambda store: store.fetch(shard, key))
 
     async def get_many(self, keys: Iterable[Key | int]) -> dict[Key, Record]:
         """Records of many keys: one round trip per server, servers queried concurrently; missing keys left out."""
         by_server = self._group_keys(keys)
-        stores = self._live()
-        results = await asyncio.gather(*(stores[i].fetch_many(items) for i, items in by_server.items()))
-        return {r.key: r for found in results for r in found}
+        for _ in range(MAX_HOPS):
+            stores = self._live()
+            try:
+                results = await asyncio.gather(*(stores[i].fetch_many(items) for i, items in by_server.items()))
+            except ShardMoved as moved:
+                self._follow(moved)
+                by_server = self._group_keys([key for items in by_server.values() for _, key in items])
+                continue
+            return {r.key: r for found in results for r in found}
+        raise self._too_many_hops(-1)
 
     async def update(self, key: Key | int, /, **data: Any) -> bool:
         """Merge ``data`` into the stored body; False if the key is not stored."""
         key = self.as_key(key)
-        store = self.store_for(key.shard_id)
-        store.check_data(data)
-        return await store.update(key.shard_id, key, data, merge=True)
+        self.store_for(key.shard_id).check_data(data)
+        return await self._on_shard(key.shard_id, lambda store: store.update(key.shard_id, key, data, merge=True))
 
     async def replace(self, key: Key | int, /, **data: Any) -> bool:
         """Replace the stored body with ``data`` (kind unchanged); False if the key is not stored."""
         key = self.as_key(key)
-        store = self.store_for(key.shard_id)
-        store.check_data(data)
-        return await store.update(key.shard_id, key, data, merge=False)
+        self.store_for(key.shard_id).check_data(data)
+        return await self._on_shard(key.shard_id, lambda store: store.update(key.shard_id, key, data, merge=False))
 
     async def delete(self, key: Key | int) -> bool:
         """Delete the entity; False if the key was not stored."""
         key = self.as_key(key)
-        return await self.store_for(key.shard_id).delete(key.shard_id, key)
+        return await self._on_shard(key.shard_id, lambda store: store.delete(key.shard_id, key))
+
+    async def _on_shard(self, shard_id: int, op: Callable[[AsyncServerStore], Awaitable[_T]]) -> _T:
+        """Await ``op(store)`` on the server owning ``shard_id``, following `ShardMoved` refusals (bounded)."""
+        for _ in range(MAX_HOPS):
+            store = self._live()[self.shard_map.server_for(shard_id)]
+            try:
+                return await op(store)
+            except ShardMoved as moved:
+                self._follow(moved)
+        raise self._too_many_hops(shard_id)
 
     def query(
         self,
@@ -234,17 +258,13 @@ class AsyncDatastore(FacadeBase[AsyncServerStore]):
 
     # -- shard moves (operator work: run by a sync Datastore on the same servers, in a worker thread) -----------
 
-    def placement_version(self, shard_id: int) -> int:
-        """The placement version of ``shard_id`` this process knows (0: as configured, never moved)."""
-        return self._placement_versions.get(shard_id, 0)
-
     async def reload_placement(self) -> ShardMap:
         """Read the placement recorded on the servers and route moved shards to where they are now."""
         shard_map: ShardMap
         shard_map, versions = await asyncio.to_thread(self._admin, _reload)
-        self.shard_map = shard_map
-        self._placement_versions = versions
-        return shard_map
+        for shard, version in versions.items():
+            self._apply_placement(shard, shard_map.server_for(shard), version)
+        return self.shard_map
 
     async def move_state(self, shard_id: int) -> dict[str, Any] | None:
         """The unfinished move of ``shard_id`` (phase, source, target, version), or None."""

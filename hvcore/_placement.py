@@ -21,6 +21,7 @@ __all__ = [
     "MAX_HOPS",
     "MoveProgress",
     "MoveReport",
+    "PlacementFollower",
     "PlacementMixin",
     "ShardMover",
     "export_map",
@@ -100,12 +101,17 @@ def mover_of(store: Any) -> ShardMover:
     return mover
 
 
-class PlacementMixin:
-    """Moving shards and following moves, for `Datastore` (uses its ``shard_map``, ``_live()`` and ``_lock``)."""
+class PlacementFollower:
+    """Following moved shards (`ShardMoved` refusals), for `Datastore` and `AsyncDatastore` alike."""
 
     shard_map: ShardMap
-    _lock: threading.Lock
     _live: Callable[[], list[Any]]
+
+    def _placement_guard(self) -> threading.Lock:
+        lock: threading.Lock | None = self.__dict__.get("_placement_lock")
+        if lock is None:
+            lock = self.__dict__.setdefault("_placement_lock", threading.Lock())
+        return lock
 
     def _versions(self) -> dict[int, int]:
         versions: dict[int, int] | None = self.__dict__.get("_placement_versions")
@@ -126,7 +132,7 @@ class PlacementMixin:
 
     def _apply_placement(self, shard_id: int, index: int, version: int) -> bool:
         """Point ``shard_id`` at server ``index`` if ``version`` is newer than what this process knows."""
-        with self._lock:
+        with self._placement_guard():
             versions = self._versions()
             if version <= versions.get(shard_id, 0):
                 return False
@@ -155,6 +161,14 @@ class PlacementMixin:
             "(run `hv status` and check hypervault.placement)"
         )
 
+    def placement_version(self, shard_id: int) -> int:
+        """The placement version of ``shard_id`` this process knows (0: as configured, never moved)."""
+        return self._versions().get(shard_id, 0)
+
+
+class PlacementMixin(PlacementFollower):
+    """Moving shards and following moves, for `Datastore`."""
+
     def _on_shard(self, shard_id: int, op: Callable[[ServerStore], _T]) -> _T:
         """Run ``op(store)`` on the server owning ``shard_id``, following `ShardMoved` refusals (bounded)."""
         for _ in range(MAX_HOPS):
@@ -164,10 +178,6 @@ class PlacementMixin:
             except ShardMoved as moved:
                 self._follow(moved)
         raise self._too_many_hops(shard_id)
-
-    def placement_version(self, shard_id: int) -> int:
-        """The placement version of ``shard_id`` this process knows (0: as configured, never moved)."""
-        return self._versions().get(shard_id, 0)
 
     def reload_placement(self) -> ShardMap:
         """Read the placement recorded on every reachable server and apply the newest entry of each shard."""

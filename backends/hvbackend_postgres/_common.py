@@ -16,6 +16,7 @@ from psycopg.rows import dict_row, tuple_row
 from psycopg.types import TypeInfo
 from psycopg.types.json import Jsonb
 
+from hvbackend_postgres._move import MOVED_SQLSTATE, moved_error
 from hvbackend_postgres._schema import BODY_TYPES, TABLE, ShardSQL, required_relations, shard_schema
 from hvcore._backend import BackendOptions, QuerySpec, Record, check_json, check_text, iter_fields
 from hvcore._config import redact_conninfo
@@ -221,6 +222,8 @@ class StoreCore:
 
     def _translate(self, exc: psycopg.Error, shard_id: int) -> Exception:
         state = exc.sqlstate
+        if state == MOVED_SQLSTATE:  # the forwarding stub a moved shard leaves on its old server (see _move)
+            return moved_error(exc)
         if state in _NOT_PROVISIONED_STATES:
             return NotProvisioned(
                 f"shard {shard_id} is not provisioned on {self._label} ({exc.diag.message_primary}): "

@@ -33,7 +33,7 @@ from hvbackend_postgres._common import (
     load_json,
     statement_text,
 )
-from hvbackend_postgres._move import MOVED_SQLSTATE, PostgresMover, moved_error
+from hvbackend_postgres._move import PostgresMover
 from hvbackend_postgres._schema import (
     TABLE,
     ShardSQL,
@@ -303,11 +303,6 @@ class PostgresServerStore(StoreCore):
             self.put_connection(conn)
 
     # -- entities --------------------------------------------------------------------------------------------
-
-    def _translate(self, exc: psycopg.Error, shard_id: int) -> Exception:
-        if exc.sqlstate == MOVED_SQLSTATE:  # the forwarding stub of a moved shard (see _move)
-            return moved_error(exc)
-        return super()._translate(exc, shard_id)
 
     def _hstore_schema(self) -> str:
         schema = self._ext_schema

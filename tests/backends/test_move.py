@@ -468,3 +468,25 @@ def test_a_stale_query_follows_the_move(jsonb_setup: MoveSetup) -> None:
         assert [r.key for r in stale.query(shards=[MOVED, 12])] == sorted(keys)  # the stale map is followed
         assert [r.key for r in stale.query(shards=[MOVED], limit=5)] == keys[:5]
         assert stale.shard_map.server_for(MOVED) == 1
+
+
+def test_a_stale_async_datastore_follows_the_move(jsonb_setup: MoveSetup) -> None:
+    import asyncio
+
+    async def scenario() -> None:
+        servers = [dict(s) for s in jsonb_setup.servers]
+        async with hvcore.AsyncDatastore(servers, backend="jsonb") as stale:
+            key = await stale.put(MOVED, 1, n="before")
+            with jsonb_setup.datastore() as mover:
+                mover.move_shard(MOVED, 1)
+            assert (await stale.get(key)).data == {"n": "before"}  # type: ignore[union-attr]
+            assert stale.shard_map.server_for(MOVED) == 1 and stale.placement_version(MOVED) >= 1
+            after = await stale.put(MOVED, 1, n="after")
+            assert await stale.update(after, extra="x") is True
+            assert set(await stale.get_many([key, after])) == {key, after}
+            assert await stale.delete(key) is True
+
+    asyncio.run(scenario())
+    with jsonb_setup.conn(1) as conn:
+        rows = conn.execute(f"SELECT body->>'n' FROM shard{MOVED:04d}.entities").fetchall()
+    assert rows == [("after",)]
