@@ -6,11 +6,11 @@ import asyncio
 import datetime as dt
 import heapq
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar, cast
 
-from hvcore._backend import AsyncServerStore, ProvisionReport, Record
+from hvcore._backend import AsyncServerStore, ProvisionReport, QuerySpec, Record
 from hvcore._facade import PUT_ATTEMPTS, FacadeBase, check_kind, too_many_duplicates
 from hvcore._generator import KeyGenerator
 from hvcore._key import Key, KeyLayout
@@ -243,8 +243,29 @@ class AsyncDatastore(PlacementFollower, FacadeBase[AsyncServerStore]):
         if spec.where:
             for index in by_server:
                 stores[index].check_data(spec.where)
-        streams = [stores[index].query(shard_ids, spec) for index, shard_ids in by_server.items()]
-        return _merge(streams, spec.limit)
+        return self._query_following_moves([s for ids in by_server.values() for s in ids], spec)
+
+    async def _query_following_moves(self, shard_ids: list[int], spec: QuerySpec) -> AsyncIterator[Record]:
+        last: int | None = None
+        yielded = 0
+        for _ in range(MAX_HOPS):
+            run = self._resumed(spec, last, yielded)
+            stores = self._live()
+            streams = [stores[index].query(ids, run) for index, ids in self._group_shards(shard_ids).items()]
+            merged = _merge(streams, run.limit)
+            try:
+                async for record in merged:
+                    yield record
+                    yielded += 1
+                    last = int(record.key)
+                return
+            except ShardMoved as moved:
+                self._follow(moved)
+            finally:
+                await (
+                    merged.aclose()
+                )  # an async generator is not closed by its consumer's close: return connections now
+        raise self._too_many_hops(shard_ids[0])
 
     async def _keys(self, shard_id: int, count: int) -> list[Key]:
         generator = self.generator
@@ -346,7 +367,7 @@ def _make_generator(layout: KeyLayout, source: Any) -> Any:
     return KeyGenerator(layout, sequence=source)
 
 
-async def _merge(streams: list[AsyncIterator[Record]], limit: int | None) -> AsyncIterator[Record]:
+async def _merge(streams: list[AsyncIterator[Record]], limit: int | None) -> AsyncGenerator[Record, None]:
     """Merge key-ordered async streams lazily (a heap of each stream's next record)."""
     heap: list[tuple[int, int, Record]] = []
     try:

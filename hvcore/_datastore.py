@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import heapq
 import itertools
@@ -10,7 +9,7 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
@@ -293,26 +292,24 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         last: int | None = None
         yielded = 0
         for _ in range(MAX_HOPS):
-            if last is not None:  # key order makes a resumed stream exact: start after the last key given out
-                remaining = None if spec.limit is None else spec.limit - yielded
-                spec = dataclasses.replace(spec, low=last + 1, limit=remaining)
+            run = self._resumed(spec, last, yielded)
             stores = self._live()
-            by_server: dict[int, list[int]] = {}
-            for shard in shard_ids:
-                by_server.setdefault(self.shard_map.server_for(shard), []).append(shard)
-            streams = [stores[index].query(ids, spec) for index, ids in by_server.items()]
+            streams = [stores[index].query(ids, run) for index, ids in self._group_shards(shard_ids).items()]
+            merged = self._merge(streams, run.limit)
             try:
-                for record in self._merge(streams, spec.limit):
+                for record in merged:
                     yield record
                     yielded += 1
                     last = int(record.key)
                 return
             except ShardMoved as moved:
                 self._follow(moved)
+            finally:
+                merged.close()
         raise self._too_many_hops(shard_ids[0])
 
     @staticmethod
-    def _merge(streams: list[Iterator[Record]], limit: int | None) -> Iterator[Record]:
+    def _merge(streams: list[Iterator[Record]], limit: int | None) -> Generator[Record, None, None]:
         merged = (
             heapq.merge(*streams, key=lambda record: record.key)
             if len(streams) > 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -213,6 +214,21 @@ class FacadeBase(Generic[StoreT]):
             return time_part << self.layout.time_shift
         raise InvalidQuery(f"{name} must be an aware datetime or a Key, got {type(value).__name__} {value!r}")
 
+    def _group_shards(self, shard_ids: Iterable[int]) -> dict[int, list[int]]:
+        """Shards by the index of the server that owns them now."""
+        by_server: dict[int, list[int]] = {}
+        for shard in shard_ids:
+            by_server.setdefault(self.shard_map.server_for(shard), []).append(shard)
+        return by_server
+
+    @staticmethod
+    def _resumed(spec: QuerySpec, last: int | None, yielded: int) -> QuerySpec:
+        """``spec`` for the rest of a stream cut after key ``last`` (key order makes the resume exact)."""
+        if last is None:
+            return spec
+        remaining = None if spec.limit is None else spec.limit - yielded
+        return dataclasses.replace(spec, low=last + 1, limit=remaining)
+
     def _plan_query(
         self,
         kind: int | None,
@@ -245,8 +261,6 @@ class FacadeBase(Generic[StoreT]):
             if isinstance(shards, str | bytes):
                 raise InvalidQuery(f"shards must be an iterable of shard ids, got {type(shards).__name__}")
             selected = sorted(set(shards))
-        by_server: dict[int, list[int]] = {}
-        for shard in selected:
-            by_server.setdefault(self.shard_map.server_for(shard), []).append(shard)
+        by_server = self._group_shards(selected)
         spec = QuerySpec(kind=kind, where=where or None, low=low, high=high, limit=limit)
         return by_server, spec

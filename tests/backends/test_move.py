@@ -479,6 +479,7 @@ def test_a_stale_async_datastore_follows_the_move(jsonb_setup: MoveSetup) -> Non
             key = await stale.put(MOVED, 1, n="before")
             with jsonb_setup.datastore() as mover:
                 mover.move_shard(MOVED, 1)
+            assert [r.key async for r in stale.query(shards=[MOVED])] == [key]  # the stale map is followed
             assert (await stale.get(key)).data == {"n": "before"}  # type: ignore[union-attr]
             assert stale.shard_map.server_for(MOVED) == 1 and stale.placement_version(MOVED) >= 1
             after = await stale.put(MOVED, 1, n="after")
