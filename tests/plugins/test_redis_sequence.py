@@ -8,7 +8,6 @@ import importlib
 import inspect
 import multiprocessing
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -23,7 +22,8 @@ import fakeredis
 import fakeredis.aioredis
 import pytest
 import redis
-from fixtures.services import REDIS_URL, missing_service, port_open
+from fixtures.faults import start_redis, stop_redis
+from fixtures.services import REDIS_URL, missing_service
 
 import hvplugin_redis
 from hvcore._key import KeyLayout
@@ -142,35 +142,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-DAEMON = ("--daemonize", "no")
-
-
-def start_redis(port: int) -> subprocess.Popen[bytes]:
-    """A redis-server of the test's own on ``port``, without persistence, once it accepts connections."""
-    if shutil.which("redis-server") is None:
-        missing_service("redis-server is not installed (apt-get install redis-server)")
-    proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", *DAEMON],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while not port_open("127.0.0.1", port, timeout=0.1):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"redis-server on port {port} did not start")
-        time.sleep(0.01)
-    return proc
-
-
-def stop_redis(proc: subprocess.Popen[bytes]) -> None:
-    """Stop a server started by `start_redis` (thawing it first if a test froze it)."""
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGCONT)
-        proc.terminate()
-        proc.wait(10)
 
 
 @pytest.fixture
