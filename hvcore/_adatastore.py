@@ -47,6 +47,7 @@ class AsyncDatastore(PlacementFollower, FacadeBase[AsyncServerStore]):
         allow_gaps: bool = False,
         row_factory: str = "dict",
         registry: PluginRegistry | None = None,
+        operation_timeout: float | None = 60.0,
     ) -> None:
         self._configure(
             connections,
@@ -59,6 +60,7 @@ class AsyncDatastore(PlacementFollower, FacadeBase[AsyncServerStore]):
             allow_gaps,
             row_factory,
             registry,
+            operation_timeout,
         )
         self._factory = self._registry.async_backend(backend)
         if isinstance(sequence, str):

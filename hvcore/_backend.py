@@ -48,6 +48,7 @@ class BackendOptions:
     logger: logging.Logger | None = None
     layout: KeyLayout = KeyLayout.DEFAULT
     row_factory: str = "dict"  # "dict" or "tuple": rows handed out by get_connection()/cursor()
+    operation_timeout: float | None = 60.0  # client-side bound on one exchange with a server (None: wait forever)
 
 
 BackendOptions.__module__ = "hvcore"

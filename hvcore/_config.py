@@ -18,7 +18,17 @@ __all__ = ["DatastoreConfig", "load_config", "parse_layout", "redact"]
 
 _SECRET_NAMES = frozenset({"password", "passwd", "sslpassword", "secret", "token"})
 _TOP_LEVEL = frozenset(
-    {"backend", "pool_max", "pool_block_timeout", "servers", "layout", "sequence", "allow_gaps", "row_factory"}
+    {
+        "backend",
+        "pool_max",
+        "pool_block_timeout",
+        "servers",
+        "layout",
+        "sequence",
+        "allow_gaps",
+        "row_factory",
+        "operation_timeout",
+    }
 )
 
 
@@ -70,6 +80,7 @@ class DatastoreConfig:
     sequence: str | None = None
     allow_gaps: bool = False
     row_factory: str = "dict"
+    operation_timeout: float | None = 60.0
     logger: logging.Logger | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -88,6 +99,11 @@ class DatastoreConfig:
             problems.append(
                 f"backend must be a backend name such as 'hstore', 'jsonb' or 'memory', got {self.backend!r}"
             )
+        bound = self.operation_timeout
+        if bound is not None and (
+            isinstance(bound, bool) or not isinstance(bound, int | float) or not math.isfinite(bound) or bound <= 0
+        ):
+            problems.append(f"operation_timeout must be a number of seconds > 0 or None, got {bound!r}")
         if self.row_factory not in ("dict", "tuple"):
             problems.append(f"row_factory must be 'dict' or 'tuple', got {self.row_factory!r}")
         if self.sequence is not None and (not isinstance(self.sequence, str) or "://" not in self.sequence):

@@ -43,7 +43,10 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
     ``connections`` is a list of connection-setting dicts, each with ``shards='a-b'`` (half-open:
     ``'1-9'`` is shards 1..8); the rest of each dict is passed to the backend as it is. ``pool_max``
     connections per server, ``pool_block_timeout`` seconds to wait for one, ``logger`` logs every
-    statement. Use as a context manager, or call ``close()`` when done.
+    statement. ``operation_timeout`` bounds each exchange with a server on the client side (default 60 s; None
+    waits forever): a server that stops answering without closing its sockets then fails the call with
+    `ServerUnavailable` instead of hanging it. It applies to raw ``cursor()`` statements too. Use as a context
+    manager, or call ``close()`` when done.
     """
 
     __module__ = "hvcore"
@@ -61,6 +64,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         allow_gaps: bool = False,
         row_factory: str = "dict",
         registry: PluginRegistry | None = None,
+        operation_timeout: float | None = 60.0,
     ) -> None:
         self._configure(
             connections,
@@ -73,6 +77,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
             allow_gaps,
             row_factory,
             registry,
+            operation_timeout,
         )
         self._factory = self._registry.backend(backend)
         if isinstance(sequence, str):

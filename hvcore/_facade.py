@@ -61,6 +61,7 @@ class FacadeBase(Generic[StoreT]):
         allow_gaps: bool,
         row_factory: str,
         registry: PluginRegistry | None,
+        operation_timeout: float | None = 60.0,
     ) -> None:
         check_servers(connections)
         config = DatastoreConfig(
@@ -72,6 +73,7 @@ class FacadeBase(Generic[StoreT]):
             sequence=sequence if isinstance(sequence, str) else None,
             allow_gaps=allow_gaps,
             row_factory=row_factory,
+            operation_timeout=operation_timeout,
             logger=logger,
         )
         self._config = config
@@ -87,6 +89,7 @@ class FacadeBase(Generic[StoreT]):
             logger=logger,
             layout=config.layout,
             row_factory=config.row_factory,
+            operation_timeout=config.operation_timeout,
         )
         self._key_type = config.layout.key_type
         self._stores = []
@@ -105,6 +108,7 @@ class FacadeBase(Generic[StoreT]):
             "sequence": cfg.sequence,
             "allow_gaps": cfg.allow_gaps,
             "row_factory": cfg.row_factory,
+            "operation_timeout": cfg.operation_timeout,
         }
         kwargs.update(overrides)
         make: Callable[..., Self] = cls  # subclasses take (connections, **options)

@@ -66,6 +66,8 @@ def test_datastore_from_config_file(tmp_path: Path) -> None:
         ({"pool_max": True}, "pool_max"),
         ({"pool_block_timeout": 0}, "pool_block_timeout"),
         ({"row_factory": "objects"}, "row_factory"),
+        ({"operation_timeout": 0}, "operation_timeout"),
+        ({"operation_timeout": "30"}, "operation_timeout"),
         ({"layout": -5}, "layout"),
     ],
 )

@@ -28,6 +28,7 @@ from hvbackend_postgres._common import (
     QUERY_FETCH,
     SEARCH_PATH_SQL,
     StoreCore,
+    bounded_async_connection_class,
     dump_json,
     idle_socket_state,
     load_json,
@@ -134,6 +135,7 @@ class AsyncPostgresServerStore(StoreCore):
         pool = _Pool(
             self._conninfo,
             **self._pool_kwargs(),
+            connection_class=bounded_async_connection_class(self._options.operation_timeout),
             configure=self._configure,
             open=False,
             describe_error=self._unavailable,

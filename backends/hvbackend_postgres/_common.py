@@ -61,6 +61,37 @@ def scrub(text: str, secret: str | None) -> str:
     return text
 
 
+def bounded_connection_class(timeout: float | None) -> type[psycopg.Connection[Any]]:
+    """A `psycopg.Connection` whose every wait on the server gives up after ``timeout`` seconds.
+
+    A server that is frozen (or its host gone without a reset) keeps TCP open, so no socket timeout fires;
+    psycopg's ``wait(timeout=…)`` raises an `OperationalError` instead, which the store reports as
+    `ServerUnavailable` and the pool discards the connection (left mid-statement).
+    """
+    if timeout is None:
+        return psycopg.Connection
+
+    class BoundedConnection(psycopg.Connection[Any]):
+        def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
+            return super().wait(gen, interval, limit if timeout is None else timeout)
+
+    limit = timeout
+    return BoundedConnection
+
+
+def bounded_async_connection_class(timeout: float | None) -> type[psycopg.AsyncConnection[Any]]:
+    """The asyncio form of `bounded_connection_class`."""
+    if timeout is None:
+        return psycopg.AsyncConnection
+
+    class BoundedAsyncConnection(psycopg.AsyncConnection[Any]):
+        async def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
+            return await super().wait(gen, interval, limit if timeout is None else timeout)
+
+    limit = timeout
+    return BoundedAsyncConnection
+
+
 def statement_text(query: Any, context: Any) -> str:
     """A statement as text for the log (composed SQL rendered, bytes decoded)."""
     if isinstance(query, sql.Composable):

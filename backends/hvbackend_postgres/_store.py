@@ -28,6 +28,7 @@ from hvbackend_postgres._common import (
     QUERY_FETCH,
     SEARCH_PATH_SQL,
     StoreCore,
+    bounded_connection_class,
     dump_json,
     idle_socket_state,
     load_json,
@@ -138,6 +139,7 @@ class PostgresServerStore(StoreCore):
         return _Pool(
             self._conninfo,
             **self._pool_kwargs(),
+            connection_class=bounded_connection_class(self._options.operation_timeout),
             configure=self._configure,
             open=True,
             describe_error=self._unavailable,

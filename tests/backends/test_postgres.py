@@ -421,3 +421,14 @@ def test_where_filters_use_the_body_index(pg_datastore_factory: Any, backend: st
         plan = "\n".join(str(next(iter(row.values()))) for row in cur.fetchall())
     assert "entities_body_idx" in plan
     assert len(list(store.query(where={"city": "Oslo"}))) == 30
+
+
+def test_operation_timeout_bounds_a_statement_and_the_pool_recovers(pg_datastore_factory: Any) -> None:
+    import psycopg
+
+    store = pg_datastore_factory("jsonb", operation_timeout=0.5)
+    key = store.put(2, 1, a="b")
+    with pytest.raises(psycopg.OperationalError), store.cursor(2) as cur:  # raw SQL: psycopg's own error
+        cur.execute("SELECT pg_sleep(3)")
+    assert store.get(key) is not None  # the timed-out session was discarded, not reused
+    assert store.status()[0]["reachable"]

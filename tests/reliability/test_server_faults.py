@@ -368,33 +368,52 @@ def test_query_stream_cut_by_a_server_stop_raises_server_unavailable(fault_pg: F
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="open: nothing bounds a statement on a server that stops answering (issue 7)")
-def test_a_frozen_server_fails_put_within_a_bound(fault_pg: FaultServers) -> None:
+@pytest.mark.parametrize("api", ["sync", "async"])
+def test_a_frozen_server_fails_put_within_a_bound(fault_pg: FaultServers, api: str) -> None:
     """SIGSTOP on every process of a server (a hung host: the kernel still ACKs, so TCP timeouts never fire)."""
     import os
     import signal
     import subprocess
 
-    db = hvcore.Datastore([dict(shards="0-16", **fault_pg.fresh_db(1))], backend="jsonb", pool_block_timeout=1)
+    servers = [dict(shards="0-16", **fault_pg.fresh_db(1))]
+    db = hvcore.Datastore(servers, backend="jsonb", pool_block_timeout=1, operation_timeout=1)
     db.provision()
     db.put(1, 1, a="b")
+
+    async def async_put() -> None:
+        async with hvcore.AsyncDatastore(servers, backend="jsonb", pool_block_timeout=1, operation_timeout=1) as adb:
+            await adb.put(1, 1, a="warm")  # the pool holds a connection when the server freezes
+            await freeze_then(adb.put(1, 1, a="c"))
+
+    async def freeze_then(operation: Any) -> None:
+        freeze()
+        await operation
+
     server = fault_pg.servers[1]
     postmaster = int((server.data / "postmaster.pid").read_text().split()[0])
-    children = subprocess.run(["ps", "-o", "pid=", "--ppid", str(postmaster)], capture_output=True, text=True)
-    frozen = [postmaster, *map(int, children.stdout.split())]
+    frozen: list[int] = []
     outcome: list[tuple[str, float]] = []
+
+    def freeze() -> None:  # every process of the server as it is now (an async store's sessions come late)
+        children = subprocess.run(["ps", "-o", "pid=", "--ppid", str(postmaster)], capture_output=True, text=True)
+        frozen.extend([postmaster, *map(int, children.stdout.split())])
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
 
     def put() -> None:
         started = time.monotonic()
         try:
-            db.put(1, 1, a="c")
+            if api == "sync":
+                db.put(1, 1, a="c")
+            else:
+                asyncio.run(async_put())
             outcome.append(("ok", time.monotonic() - started))
         except hvcore.HypervaultError as exc:
             outcome.append((type(exc).__name__, time.monotonic() - started))
 
     worker = threading.Thread(target=put, daemon=True)
-    for pid in frozen:
-        os.kill(pid, signal.SIGSTOP)
+    if api == "sync":
+        freeze()
     try:
         worker.start()
         worker.join(3.0)  # three times pool_block_timeout
