@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LocalServer", "find_bin_dir", "free_port", "local_servers"]
+__all__ = ["LocalServer", "find_bin_dir", "free_port", "local_servers", "servers_dir", "sweep_orphans"]
 
 _BIN_CANDIDATES = ("/usr/lib/postgresql/{v}/bin",)
 _VERSIONS = ("17", "16", "15", "14", "13")
@@ -123,14 +123,49 @@ class LocalServer:
         self.start()
 
 
+_PREFIX = "hv-pg-"
+_OWNER = "owner.pid"  # the process that started the servers of one directory
+
+
+def sweep_orphans(bin_dir: Path) -> list[Path]:
+    """Stop and delete servers whose starting process is gone (a run killed before its teardown); return them."""
+    swept = []
+    for top in Path(tempfile.gettempdir()).glob(f"{_PREFIX}*"):
+        try:
+            owner = int((top / _OWNER).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # not ours, or still being created
+        try:
+            os.kill(owner, 0)
+            continue  # its owner still runs: another test session's servers
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        for data in top.glob("*/data"):
+            if (data / "postmaster.pid").exists():
+                LocalServer(data.parent, bin_dir=bin_dir).stop("immediate")
+        shutil.rmtree(top, ignore_errors=True)
+        swept.append(top)
+    return swept
+
+
+def servers_dir(bin_dir: Path) -> Path:
+    """A new temporary directory for servers of this process (orphans of killed runs are swept first)."""
+    sweep_orphans(bin_dir)
+    top = Path(tempfile.mkdtemp(prefix=_PREFIX))
+    top.chmod(0o755)
+    (top / _OWNER).write_text(str(os.getpid()), encoding="utf-8")
+    return top
+
+
 @contextlib.contextmanager
 def local_servers(count: int = 2, *, fsync: bool = False, hba: Sequence[str] = ()) -> Iterator[list[LocalServer]]:
     """Start ``count`` servers in a temporary directory (in parallel); stop them and delete their data afterwards."""
     bin_dir = find_bin_dir()
     if bin_dir is None:
         raise FileNotFoundError("no PostgreSQL binaries (initdb, pg_ctl) found: set HV_PG_BIN")
-    top = Path(tempfile.mkdtemp(prefix="hv-pg-"))
-    top.chmod(0o755)
+    top = servers_dir(bin_dir)
     servers = [LocalServer(top / f"s{i}", bin_dir=bin_dir, fsync=fsync, hba=hba) for i in range(count)]
     try:
         with ThreadPoolExecutor(max_workers=count) as pool:
