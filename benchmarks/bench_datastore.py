@@ -21,34 +21,14 @@ from psycopg.types.json import Jsonb
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backends"))
 
+from _shared import NEXT_ID_SQL
+
 import hvcore
 from hvbackend_postgres._schema import ShardSQL
 from hvbackend_postgres._testing import local_servers
 
 BODY = {"name": "benchmark", "colour": "red", "size": 3}
 SHARD = 3  # on the first server
-
-NEXT_ID_SQL = """
-CREATE SEQUENCE IF NOT EXISTS {schema}.old_id_seq;
-CREATE OR REPLACE FUNCTION {schema}.next_id(OUT result bigint) AS $$
-DECLARE
-    our_epoch bigint := 1379365531352;
-    seq_id bigint;
-    now_millis bigint;
-    shard_id int := {shard};
-BEGIN
-    SELECT nextval('{schema}.old_id_seq') % 1024 INTO seq_id;
-    SELECT FLOOR(EXTRACT(EPOCH FROM clock_timestamp()) * 1000) INTO now_millis;
-    result := (now_millis - our_epoch) << 23;
-    result := result | (shard_id << 10);
-    result := result | (seq_id);
-END;
-$$ LANGUAGE PLPGSQL;
-CREATE TABLE IF NOT EXISTS {schema}.entities_old (
-    id bigint NOT NULL DEFAULT {schema}.next_id() PRIMARY KEY, kind smallint NOT NULL, body jsonb NOT NULL);
-CREATE INDEX IF NOT EXISTS entities_old_kind_id_idx ON {schema}.entities_old (kind, id);
-CREATE INDEX IF NOT EXISTS entities_old_body_idx ON {schema}.entities_old USING gin (body jsonb_path_ops);
-"""
 
 
 def _per_op_us(fn: Callable[[], None], n: int) -> float:

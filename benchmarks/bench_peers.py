@@ -24,10 +24,8 @@ import argparse
 import datetime as dt
 import heapq
 import json
-import statistics
 import sys
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +33,8 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backends"))
+
+from _shared import NEXT_ID_SQL, measure
 
 import hvcore
 from hvbackend_postgres._schema import ShardSQL
@@ -45,49 +45,12 @@ SHARDS = 16  # 0-8 on the first server, 8-16 on the second
 RANGE_KIND = 7  # the range query's rows, kept apart from the other measurements' rows
 BATCH = 1000
 
-NEXT_ID_SQL = """
-CREATE SEQUENCE IF NOT EXISTS {schema}.old_id_seq;
-CREATE OR REPLACE FUNCTION {schema}.next_id(OUT result bigint) AS $$
-DECLARE
-    our_epoch bigint := 1379365531352;
-    seq_id bigint;
-    now_millis bigint;
-    shard_id int := {shard};
-BEGIN
-    SELECT nextval('{schema}.old_id_seq') % 1024 INTO seq_id;
-    SELECT FLOOR(EXTRACT(EPOCH FROM clock_timestamp()) * 1000) INTO now_millis;
-    result := (now_millis - our_epoch) << 23;
-    result := result | (shard_id << 10);
-    result := result | (seq_id);
-END;
-$$ LANGUAGE PLPGSQL;
-CREATE TABLE IF NOT EXISTS {schema}.entities_old (
-    id bigint NOT NULL DEFAULT {schema}.next_id() PRIMARY KEY, kind smallint NOT NULL, body jsonb NOT NULL);
-"""
 
 CANDIDATES = {
     "psycopg": "raw psycopg, same SQL on the same pools (the floor)",
     "sqlalchemy": "SQLAlchemy ShardedSession (horizontal_shard), same schemas and servers",
     "next_id": "server-side next_id() column default, the 2015 design",
 }
-
-
-def measure(candidates: Mapping[str, Callable[[], object]], ops: int, rounds: int) -> dict[str, float]:
-    """Median seconds per call of each candidate; ``ops`` calls per block, blocks in rotating order, one warm-up."""
-    names = list(candidates)
-    for name in names:
-        for _ in range(max(ops // 5, 1)):
-            candidates[name]()
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for index in range(rounds):
-        order = names[index % len(names) :] + names[: index % len(names)]
-        for name in order:
-            fn = candidates[name]
-            started = time.perf_counter()
-            for _ in range(ops):
-                fn()
-            times[name].append((time.perf_counter() - started) / ops)
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def _cycle(items: list[Any]) -> Callable[[], Any]:

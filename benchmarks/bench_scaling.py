@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import statistics
 import sys
 import threading
 import time
@@ -30,30 +29,14 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backends"))
 
+from _shared import measure
+
 import hvcore
 from hvbackend_postgres._testing import local_servers
 
 BODY = {"name": "benchmark", "colour": "red", "size": "3"}
 SHARD_COUNTS = (16, 1024, 8192)
 THREADS = (1, 2, 4, 8)
-
-
-def measure(candidates: Mapping[str, Callable[[], object]], ops: int, rounds: int) -> dict[str, float]:
-    """Median seconds per call of each candidate; ``ops`` calls per block, blocks in rotating order, one warm-up."""
-    names = list(candidates)
-    for name in names:
-        for _ in range(max(ops // 5, 1)):
-            candidates[name]()
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for index in range(rounds):
-        order = names[index % len(names) :] + names[: index % len(names)]
-        for name in order:
-            fn = candidates[name]
-            started = time.perf_counter()
-            for _ in range(ops):
-                fn()
-            times[name].append((time.perf_counter() - started) / ops)
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def _halves(

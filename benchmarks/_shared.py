@@ -1,0 +1,51 @@
+"""Pieces several benchmark scripts share: the 2015 server-side id function and the interleaved timer."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Mapping
+
+__all__ = ["NEXT_ID_SQL", "measure"]
+
+# The 2015 library's ids made on the server (Instagram's next_id()), on a table with the same indexes as ours,
+# so that "client keys vs server keys" compares only where the id is made.
+NEXT_ID_SQL = """
+CREATE SEQUENCE IF NOT EXISTS {schema}.old_id_seq;
+CREATE OR REPLACE FUNCTION {schema}.next_id(OUT result bigint) AS $$
+DECLARE
+    our_epoch bigint := 1379365531352;
+    seq_id bigint;
+    now_millis bigint;
+    shard_id int := {shard};
+BEGIN
+    SELECT nextval('{schema}.old_id_seq') % 1024 INTO seq_id;
+    SELECT FLOOR(EXTRACT(EPOCH FROM clock_timestamp()) * 1000) INTO now_millis;
+    result := (now_millis - our_epoch) << 23;
+    result := result | (shard_id << 10);
+    result := result | (seq_id);
+END;
+$$ LANGUAGE PLPGSQL;
+CREATE TABLE IF NOT EXISTS {schema}.entities_old (
+    id bigint NOT NULL DEFAULT {schema}.next_id() PRIMARY KEY, kind smallint NOT NULL, body jsonb NOT NULL);
+CREATE INDEX IF NOT EXISTS entities_old_kind_id_idx ON {schema}.entities_old (kind, id);
+CREATE INDEX IF NOT EXISTS entities_old_body_idx ON {schema}.entities_old USING gin (body jsonb_path_ops);
+"""
+
+
+def measure(candidates: Mapping[str, Callable[[], object]], ops: int, rounds: int) -> dict[str, float]:
+    """Median seconds per call of each candidate; ``ops`` calls per block, blocks in rotating order, one warm-up."""
+    names = list(candidates)
+    for name in names:
+        for _ in range(max(ops // 5, 1)):
+            candidates[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for index in range(rounds):
+        order = names[index % len(names) :] + names[: index % len(names)]
+        for name in order:
+            fn = candidates[name]
+            started = time.perf_counter()
+            for _ in range(ops):
+                fn()
+            times[name].append((time.perf_counter() - started) / ops)
+    return {name: statistics.median(values) for name, values in times.items()}
