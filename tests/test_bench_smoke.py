@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 import pytest
-from fixtures.services import missing_service
+from fixtures.services import missing_service, require_module
 
 import hvcore
 from hvbackend_postgres._testing import find_bin_dir
@@ -20,9 +20,9 @@ from hvcore.errors import HypervaultError
 
 @pytest.mark.postgres
 def test_hv_bench_quick_writes_json_and_png(tmp_path: Path) -> None:
-    pytest.importorskip("sqlalchemy", reason="the peers part needs the 'bench' extra")
-    pytest.importorskip("matplotlib", reason="the plot needs the 'bench' extra")
-    pytest.importorskip("rich", reason="the table needs the 'bench' extra")
+    require_module("sqlalchemy", "the peers part needs the 'bench' extra")
+    require_module("matplotlib", "the plot needs the 'bench' extra")
+    require_module("rich", "the table needs the 'bench' extra")
     if find_bin_dir() is None:
         missing_service("no PostgreSQL server binaries (initdb, pg_ctl) for the benchmark's servers: set HV_PG_BIN")
     out_json, out_png = tmp_path / "r.json", tmp_path / "r.png"

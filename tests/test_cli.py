@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from fixtures.services import require_module
 
 from hvcore import KeyLayout
 from hvcore._cli import main
@@ -121,7 +122,7 @@ def test_console_script_is_installed() -> None:
 
 
 def test_demo_on_embedded_postgresql() -> None:
-    pytest.importorskip("pgserver")
+    require_module("pgserver")
     code, text = run("demo", "--rows", "300", "--json")
     assert code == 0
     result = json.loads(text)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from fixtures.services import require_module
 
 import hvcore
 from hvbackend_postgres._embedded import EMBEDDED_BACKEND, embedded_servers
@@ -13,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_embedded_servers_run_a_datastore_and_vanish() -> None:
-    pytest.importorskip("pgserver")
+    require_module("pgserver")
     with embedded_servers(2) as servers:
         assert len(servers) == 2 and servers[0]["host"] != servers[1]["host"]
         connections = [dict(shards="0-12", **servers[0]), dict(shards="12-24", **servers[1])]

@@ -7,6 +7,7 @@ import sys
 
 import psycopg
 import pytest
+from fixtures.services import missing_service
 
 from hvbackend_postgres._testing import LocalServer, find_bin_dir, local_servers, sweep_orphans
 
@@ -14,7 +15,7 @@ from hvbackend_postgres._testing import LocalServer, find_bin_dir, local_servers
 def test_servers_of_a_killed_run_are_swept_by_the_next() -> None:
     bin_dir = find_bin_dir()
     if bin_dir is None:
-        pytest.skip("no PostgreSQL binaries")
+        missing_service("no PostgreSQL server binaries (initdb, pg_ctl): set HV_PG_BIN")
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     with local_servers(1) as (server,):
         top = server.root.parent
@@ -28,7 +29,7 @@ def test_servers_of_a_killed_run_are_swept_by_the_next() -> None:
 def test_servers_of_a_live_run_are_left_alone() -> None:
     bin_dir = find_bin_dir()
     if bin_dir is None:
-        pytest.skip("no PostgreSQL binaries")
+        missing_service("no PostgreSQL server binaries (initdb, pg_ctl): set HV_PG_BIN")
     with local_servers(1) as (server,):
         assert server.root.parent not in sweep_orphans(bin_dir)
         with psycopg.connect(**server.settings, connect_timeout=2) as conn:

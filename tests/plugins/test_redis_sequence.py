@@ -507,7 +507,7 @@ def test_default_registry_finds_the_installed_plugin() -> None:
 
     points = importlib.metadata.entry_points(group="hypervault.plugins", name="redis")
     if not points:
-        pytest.skip("hypervault is not installed (pip install -e .): no entry points to find")
+        missing_service("hypervault is not installed (pip install -e .): no entry points to find")
     from hvcore._plugins import default_registry
 
     seq = default_registry().sequence("redis")("redis://127.0.0.1:6379/0")
@@ -648,7 +648,7 @@ def test_async_generator_with_the_async_source(redis_url: str, prefix: str) -> N
 def test_hv_key_new_processes_side_by_side(redis_url: str) -> None:
     hv = os.path.join(os.path.dirname(sys.executable), "hv")
     if not os.path.exists(hv):
-        pytest.skip("the hv command is not installed (pip install -e .)")
+        missing_service("the hv command is not installed (pip install -e .)")
     cmd = [hv, "key", "new", "--shard", "21", "--count", "20000", "--sequence", redis_url]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(3)]
     keys: list[int] = []
