@@ -36,7 +36,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import hvcore
-from hvcore import Key, KeyGenerator, KeyLayout
+from hvcore import Key, KeyGenerator, KeyLayout, _keymaker
 
 LAYOUT = KeyLayout.DEFAULT
 SHARDS = LAYOUT.max_shard_id + 1
@@ -45,6 +45,7 @@ CEILING = LAYOUT.sequence_size * 1000  # ids per second per shard
 OURS = "hypervault"
 BASELINE = "locked baseline"
 FLOOR = "Key creation alone"
+PURE_FLOOR = "pure-Python creation"
 
 
 class LockedGenerator:
@@ -197,7 +198,17 @@ def _cpu_ns_next_keys(next_keys: Callable[[int, int], list[Key]], n: int, ids: i
 
 
 def _cpu_ns_key_floor(n: int, ids: int) -> float:
-    """Only creating ``n`` Key objects per call, as next_keys must: the floor under any next_keys."""
+    """Only creating ``n`` Key objects per call with the maker next_keys uses: the floor under any next_keys."""
+    calls = max(1, ids // n)
+    key_type, make_keys, base = LAYOUT.key_type, _keymaker.make_keys, 1 << 50
+    start = time.process_time_ns()
+    for _ in range(calls):
+        make_keys(key_type, base, n)
+    return (time.process_time_ns() - start) / (calls * n)
+
+
+def _cpu_ns_pure_floor(n: int, ids: int) -> float:
+    """Creating ``n`` Key objects with int.__new__, as a build without the C accelerator must."""
     calls = max(1, ids // n)
     key_type, new, base = LAYOUT.key_type, int.__new__, 1 << 50
     start = time.process_time_ns()
@@ -240,6 +251,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     batches: dict[int, dict[str, list[float]]] = {n: {name: [] for name in makers} for n in (1024, 64)}
     for runs in batches.values():
         runs[FLOOR] = []
+        runs[PURE_FLOOR] = []
     peers = _peers()
     peer_runs: dict[str, list[float]] = {name: [] for name, _ in peers}
     peer_makers: dict[str, Callable[[], object]] = {}
@@ -264,6 +276,7 @@ def run(quick: bool = False) -> dict[str, Any]:
                 runs[name].append(_cpu_ns_next_keys(gen.next_keys, n, batch_ids))
         for n, runs in batches.items():
             runs[FLOOR].append(_cpu_ns_key_floor(n, batch_ids))
+            runs[PURE_FLOOR].append(_cpu_ns_pure_floor(n, batch_ids))
         for name in _rotate(list(peer_makers), r):
             count = sonyflake_count if name == "sonyflake" else peer_count
             peer_runs[name].append(_cpu_ns_peer(peer_makers[name], count))
@@ -274,6 +287,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         "rounds": rounds,
         "machine": {"cores": os.cpu_count(), "python": platform.python_version(), "load": os.getloadavg()},
         "versions": {"hypervault": hvcore.__version__},
+        "accelerated": _keymaker.ACCELERATED,
         "skipped_peers": skipped,
     }
     for title, runs in (("one shard, one thread", one), ("one shard, four threads", four)):
@@ -326,6 +340,10 @@ def report(result: dict[str, Any]) -> str:
         f"load {' '.join(f'{x:.1f}' for x in result['machine']['load'])})",
         f"ceiling: {CEILING:,} ids/s per shard (1,024 per ms)",
         "best of the rounds [median, worst]",
+        "keys made by: "
+        + (
+            "the C accelerator (hvcore._speedups)" if result.get("accelerated") else "pure Python (no hvcore._speedups)"
+        ),
     ]
     for title in ("one shard, one thread", "one shard, four threads"):
         lines.append(f"\n{title}: ids/s")
@@ -353,7 +371,8 @@ def report(result: dict[str, Any]) -> str:
         for name, f in figures.items():
             lines.append(f"  {name:<18} {f['ns_per_id']:8.1f} ns  [{f['median_ns']:.1f}, {f['worst_ns']:.1f}]")
         lines.append(f"  ours / baseline: {figures[OURS]['ns_per_id'] / figures[BASELINE]['ns_per_id']:.2f}x")
-    lines.append(f"\nGC: {'enabled' if gc.isenabled() else 'disabled'} (keys are GC-tracked int subclasses)")
+    tracking = "untracked by the cycle collector" if result.get("accelerated") else "GC-tracked int subclasses"
+    lines.append(f"\nGC: {'enabled' if gc.isenabled() else 'disabled'} (keys are {tracking})")
     return "\n".join(lines)
 
 

@@ -171,7 +171,11 @@ def rows_keys(r: dict[str, Any]) -> list[Row]:
         if scenario.startswith("next_keys(") and isinstance(figures, dict) and "hypervault" in figures:
             hv = figures["hypervault"]["ns_per_id"]
             n = scenario.split(",", 1)[1].split(")", 1)[0].strip()
-            for name, note in (("locked baseline", "locked"), ("Key creation alone", "floor")):
+            for name, note in (
+                ("locked baseline", "locked"),
+                ("Key creation alone", "floor"),
+                ("pure-Python creation", "pure"),
+            ):
                 if name in figures:
                     out.append(
                         row(
@@ -191,7 +195,8 @@ def rows_keys(r: dict[str, Any]) -> list[Row]:
 _KEY_NOTES = {
     "ceiling": "1,024 ids per ms per shard is the layout's limit: 1.0 is the most possible",
     "locked": "a straightforward generator: one lock around a (ms, sequence) dict per shard",
-    "floor": "creating the Key int objects alone, no generator: the floor for a batch",
+    "floor": "creating the Key int objects alone (same maker), no generator: the floor for a batch",
+    "pure": "int.__new__ per Key, as a build without the C accelerator makes them",
     "snowflake": "snowflake-id: pure Python, no lock, not thread-safe, no fork handling, None on overflow",
     "sonyflake": "sonyflake: 10 ms ticks, a lock per id (it sleeps past 25,600 ids/s)",
     "ulid": "python-ulid: 128-bit ids (not a bigint), random part from os.urandom",

@@ -11,19 +11,24 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
-from itertools import count, islice, repeat
+from itertools import count, islice
 from typing import Any, Final, NamedTuple
 
 from hvcore._key import Key, KeyLayout, check_shard_id
+from hvcore._keymaker import make_key as _make_key
+from hvcore._keymaker import make_keys as _make_keys
+from hvcore._keymaker import next_local as _next_local
 from hvcore._sequence import AsyncSequenceSource, SequenceSource
 from hvcore._sharedseq import SharedSequenceTable
 from hvcore.errors import ClockMovedBackwards, HypervaultError, InvalidShard
 
 __all__ = ["KeyGenerator"]
 
+if _next_local is not None:
+    _fast_next = _next_local  # bound once, without the Optional, for KeyGenerator.next_key
+
 _NS_PER_MS: Final = 1_000_000
 _SPIN_NS: Final = 200_000  # the last part of a wait for the next millisecond only yields the GIL
-_new = int.__new__
 _consume: Callable[[Iterator[int]], None] = deque[int](maxlen=0).extend  # drains an iterator in C
 _DEAD: Final[Iterator[int]] = count()  # the counter of states whose limit rejects every number
 _AGAIN: Final = 0  # _step results besides None (done), a _Reserve, or a clock reading (ns) to wait for
@@ -194,12 +199,12 @@ class _GeneratorBase:
         if last - first == k - 1:
             stop = last + 1 if last < lim else lim
             if first < stop:
-                out.extend(map(_new, repeat(key_type), range(base + first, base + stop)))
+                out += _make_keys(key_type, base + first, stop - first)
         else:
             if first < lim:
-                out.append(_new(key_type, base + first))
+                out.append(_make_key(key_type, base + first))
             if last < lim:
-                out.append(_new(key_type, base + last))
+                out.append(_make_key(key_type, base + last))
 
     def _draw(self, cnt: Iterator[int], base: int, lim: int, k: int, out: list[Key]) -> None:
         """Append up to ``k`` ids ``base + n`` for numbers n < ``lim`` drawn from ``cnt``."""
@@ -207,7 +212,7 @@ class _GeneratorBase:
         if first >= lim:
             return
         if k == 1:
-            out.append(_new(self._key_type, base + first))
+            out.append(_make_key(self._key_type, base + first))
             return
         _consume(islice(cnt, k - 2))
         self._collect(base, lim, first, next(cnt), k, out)
@@ -234,7 +239,7 @@ class _GeneratorBase:
                     return _AGAIN
             base = time_bits + sbits[shard]
             if first.setdefault(shard, t) is t:
-                out.append(_new(key_type, base))
+                out.append(_make_key(key_type, base))
                 if len(out) >= n:
                     return None
             cnt = more.get(shard) or more.setdefault(shard, count(1))
@@ -372,7 +377,7 @@ class KeyGenerator(_GeneratorBase):
 
     def next_key(self, shard_id: int) -> Key:
         """One new key for ``shard_id``."""
-        # The local-mode path of _step, inlined: this is the hot path.
+        # The local-mode path of _step, inlined: this is the hot path (done in C when the accelerator is built).
         now, end, time_bits, first, more, sbits, key_type = self._cur
         t = now()
         if t < end and shard_id.__class__ is int and shard_id >= 0:
@@ -381,10 +386,10 @@ class KeyGenerator(_GeneratorBase):
             except IndexError:
                 raise self._bad_shard(shard_id) from None
             if first.setdefault(shard_id, t) is t:
-                return _new(key_type, base)
+                return _make_key(key_type, base)
             n = next(more.get(shard_id) or more.setdefault(shard_id, count(1)))
             if n < self._size:
-                return _new(key_type, base + n)
+                return _make_key(key_type, base + n)
         elif self._source is not None and shard_id.__class__ is int and shard_id >= 0:
             try:
                 end, cnt, base, lim = self._states[shard_id]
@@ -393,8 +398,16 @@ class KeyGenerator(_GeneratorBase):
             if self._now_ns() < end:
                 n = next(cnt)
                 if n < lim:
-                    return _new(self._key_type, base + n)
+                    return _make_key(self._key_type, base + n)
         return self._fill(shard_id, 1, [])[0]
+
+    if _next_local is not None:
+        _next_key_py = next_key
+
+        def next_key(self, shard_id: int) -> Key:
+            """One new key for ``shard_id``."""
+            key = _fast_next(self._cur, shard_id, self._size)
+            return key if key is not None else self._next_key_py(shard_id)
 
     def next_keys(self, shard_id: int, n: int) -> list[Key]:
         """``n`` new keys for ``shard_id``, increasing."""
@@ -420,12 +433,12 @@ class KeyGenerator(_GeneratorBase):
                 b = a
             if b < self._size and b - a == k - 1:  # contiguous: no other thread drew in between
                 if zero and a == 1:
-                    return list(map(_new, repeat(key_type, n), range(base, base + n)))
-                out = list(map(_new, repeat(key_type, k), range(base + a, base + b + 1)))
+                    return _make_keys(key_type, base, n)
+                out = _make_keys(key_type, base + a, k)
                 if zero:
-                    out.insert(0, _new(key_type, base))
+                    out.insert(0, _make_key(key_type, base))
                 return out
-            out = [_new(key_type, base)] if zero else []
+            out = [_make_key(key_type, base)] if zero else []
             self._collect(base, self._size, a, b, k, out)
             return self._fill(shard_id, n, out)
         return self._fill(shard_id, n, [])

@@ -8,6 +8,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from fixtures.services import IN_CI
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,5 +28,8 @@ def test_wheel_installs_no_generic_top_level_names(tmp_path: Path) -> None:
     assert top == {"hvcore", "hvbackend_memory", "hvbackend_postgres", "hvplugin_redis", "hvplugin_pytest"}
     for package in top:
         assert f"{package}/py.typed" in names, f"{package} ships no py.typed"
+    assert "hvcore/_speedups.pyi" in names
+    if IN_CI:  # a compiler is there: the accelerator must be in the wheel (elsewhere the build may fall back)
+        assert any(n.startswith("hvcore/_speedups.") and n.endswith((".so", ".pyd")) for n in names), names
     assert "hv = hvcore._cli:main" in entry_points
     assert "[hypervault.backends]" in entry_points and "[pytest11]" in entry_points

@@ -1,0 +1,369 @@
+/* hvcore._speedups: makes Key objects (int subclass instances) without the cost of int.__new__.
+ *
+ * Optional: hvcore/_keymaker.py falls back to pure Python when this module is not built. Both give the same
+ * objects: instances of the given int subclass with the given values. What this adds:
+ *
+ *  - no temporary int and no argument tuple per key (int.__new__(cls, v) builds both, then copies);
+ *  - each new key is untracked by the cycle collector. A Key holds no reference but its (heap) type, so it can
+ *    never be part of a cycle the collector must break (CPython untracks atomic-only tuples and dicts the same
+ *    way). Millions of keys held by an application then cost nothing at each full collection either.
+ *
+ * The direct digit writes are for CPython 3.11's int layout (the only one this project builds and tests on);
+ * on any other version every key goes through int.__new__'s own C code, which is always correct.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <time.h>
+
+#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000 && !defined(Py_GIL_DISABLED) && !defined(PYPY_VERSION)
+#define HV_DIRECT 1
+#else
+#define HV_DIRECT 0
+#endif
+
+#define HV_MAX_VALUE 0x7FFFFFFFFFFFFFFFULL
+#define HV_MAX_DIGITS ((63 + PyLong_SHIFT - 1) / PyLong_SHIFT)
+
+/* Is `cls` an int subclass whose instances are laid out exactly like an int (no __dict__, no slots)? */
+static int
+check_key_type(PyObject *cls)
+{
+    if (!PyType_Check(cls) || !PyType_IsSubtype((PyTypeObject *)cls, &PyLong_Type)) {
+        PyErr_Format(PyExc_TypeError, "expected an int subclass, got %R", cls);
+        return -1;
+    }
+    PyTypeObject *type = (PyTypeObject *)cls;
+    if (type->tp_basicsize != PyLong_Type.tp_basicsize || type->tp_itemsize != PyLong_Type.tp_itemsize) {
+        PyErr_Format(PyExc_TypeError, "%R adds fields to int (give it __slots__ = ())", cls);
+        return -1;
+    }
+    return 0;
+}
+
+static int
+read_value(PyObject *obj, const char *what, unsigned long long *out)
+{
+    if (!PyLong_CheckExact(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s must be an int, got %R", what, obj);
+        return -1;
+    }
+    unsigned long long value = PyLong_AsUnsignedLongLong(obj);
+    if (value == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_ValueError, "%s must be in 0..2**63-1, got %R", what, obj);
+        return -1;
+    }
+    if (value > HV_MAX_VALUE) {
+        PyErr_Format(PyExc_ValueError, "%s must be in 0..2**63-1, got %R", what, obj);
+        return -1;
+    }
+    *out = value;
+    return 0;
+}
+
+#if HV_DIRECT
+/* Split `value` into int digits, least significant first; returns how many. */
+static Py_ssize_t
+split_digits(unsigned long long value, digit *digits)
+{
+    Py_ssize_t n = 0;
+    while (value) {
+        digits[n++] = (digit)(value & PyLong_MASK);
+        value >>= PyLong_SHIFT;
+    }
+    return n;
+}
+
+static PyObject *
+alloc_key(PyTypeObject *type, const digit *digits, Py_ssize_t n)
+{
+    PyLongObject *obj = (PyLongObject *)type->tp_alloc(type, n); /* zeroed, ob_size = n, type referenced */
+    if (obj == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        obj->ob_digit[i] = digits[i];
+    }
+    if (PyType_IS_GC(type)) {
+        PyObject_GC_UnTrack(obj);
+    }
+    return (PyObject *)obj;
+}
+#endif
+
+static PyObject *
+new_key(PyTypeObject *type, unsigned long long value)
+{
+#if HV_DIRECT
+    digit digits[HV_MAX_DIGITS];
+    Py_ssize_t n = split_digits(value, digits);
+    return alloc_key(type, digits, n);
+#else
+    PyObject *number = PyLong_FromUnsignedLongLong(value);
+    if (number == NULL) {
+        return NULL;
+    }
+    PyObject *args = PyTuple_Pack(1, number);
+    Py_DECREF(number);
+    if (args == NULL) {
+        return NULL;
+    }
+    PyObject *key = PyLong_Type.tp_new(type, args, NULL);
+    Py_DECREF(args);
+    return key;
+#endif
+}
+
+PyDoc_STRVAR(make_key_doc, "make_key(cls, value, /)\n--\n\nAn instance of the int subclass `cls` equal to `value`.");
+
+static PyObject *
+make_key(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    unsigned long long value;
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "make_key() takes 2 arguments (cls, value), got %zd", nargs);
+        return NULL;
+    }
+    if (check_key_type(args[0]) < 0 || read_value(args[1], "value", &value) < 0) {
+        return NULL;
+    }
+    return new_key((PyTypeObject *)args[0], value);
+}
+
+PyDoc_STRVAR(make_keys_doc,
+             "make_keys(cls, start, count, /)\n--\n\n"
+             "A list of `count` instances of the int subclass `cls`, equal to start, start + 1, ...");
+
+static PyObject *
+make_keys(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    unsigned long long start;
+    if (nargs != 3) {
+        PyErr_Format(PyExc_TypeError, "make_keys() takes 3 arguments (cls, start, count), got %zd", nargs);
+        return NULL;
+    }
+    if (check_key_type(args[0]) < 0 || read_value(args[1], "start", &start) < 0) {
+        return NULL;
+    }
+    Py_ssize_t count = PyLong_AsSsize_t(args[2]);
+    if (count == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (count < 0 || (unsigned long long)count > HV_MAX_VALUE - start + 1) {
+        PyErr_Format(PyExc_ValueError, "count must be in 0..2**63-start, got %zd", count);
+        return NULL;
+    }
+    PyTypeObject *type = (PyTypeObject *)args[0];
+    PyObject *list = PyList_New(count);
+    if (list == NULL) {
+        return NULL;
+    }
+#if HV_DIRECT
+    digit digits[HV_MAX_DIGITS];
+    Py_ssize_t n = split_digits(start, digits);
+    /* Keys of one shard and millisecond differ only in their low sequence bits: when adding the offset to the
+       lowest digit cannot carry, every key is that digit plus i (the common case); else each is split anew. */
+    int same_high = n > 0 && count > 0 && (unsigned long long)digits[0] + (unsigned long long)(count - 1) <= PyLong_MASK;
+    digit low = n > 0 ? digits[0] : 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *key;
+        if (same_high) {
+            digits[0] = low + (digit)i;
+            key = alloc_key(type, digits, n);
+        }
+        else {
+            key = new_key(type, start + (unsigned long long)i);
+        }
+        if (key == NULL) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, i, key);
+    }
+#else
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *key = new_key(type, start + (unsigned long long)i);
+        if (key == NULL) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, i, key);
+    }
+#endif
+    return list;
+}
+
+/* Set by exec_module; the module is never unloaded, so these strong references live as long as the process. */
+static PyObject *time_ns_func = NULL; /* time.time_ns: read here with the same clock_gettime call it makes */
+static PyObject *count_type = NULL;   /* itertools.count */
+static PyObject *one = NULL;          /* 1 */
+
+PyDoc_STRVAR(next_local_doc,
+             "next_local(cur, shard_id, size, /)\n--\n\n"
+             "KeyGenerator.next_key's local-mode fast path on the state tuple `cur`: a key, or None when the\n"
+             "Python code must take over (another millisecond, a bad shard id, the sequence used up).");
+
+/* The same steps, on the same objects, as the local-mode branch of KeyGenerator.next_key (hvcore/_generator.py),
+   so the two can run side by side in different threads: each step is atomic under the GIL exactly as there. */
+static PyObject *
+next_local(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_Format(PyExc_TypeError, "next_local() takes 3 arguments (cur, shard_id, size), got %zd", nargs);
+        return NULL;
+    }
+    PyObject *cur = args[0], *shard = args[1];
+    if (!PyTuple_CheckExact(cur) || PyTuple_GET_SIZE(cur) != 7) {
+        PyErr_SetString(PyExc_TypeError, "next_local() needs the generator's 7-item state tuple");
+        return NULL;
+    }
+    long long size = PyLong_AsLongLong(args[2]);
+    if (size == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    PyObject *now = PyTuple_GET_ITEM(cur, 0), *end_obj = PyTuple_GET_ITEM(cur, 1);
+    PyObject *time_bits = PyTuple_GET_ITEM(cur, 2), *first = PyTuple_GET_ITEM(cur, 3);
+    PyObject *more = PyTuple_GET_ITEM(cur, 4), *sbits = PyTuple_GET_ITEM(cur, 5);
+    PyObject *key_type = PyTuple_GET_ITEM(cur, 6);
+    if (!PyDict_CheckExact(first) || !PyDict_CheckExact(more) || !PyList_CheckExact(sbits)) {
+        PyErr_SetString(PyExc_TypeError, "next_local() needs the generator's 7-item state tuple");
+        return NULL;
+    }
+    if (check_key_type(key_type) < 0) {
+        return NULL;
+    }
+    if (!PyLong_CheckExact(shard)) {
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t index = PyLong_AsSsize_t(shard);
+    if (index == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    if (index < 0 || index >= PyList_GET_SIZE(sbits)) {
+        Py_RETURN_NONE;
+    }
+
+    PyObject *t; /* a fresh int object: whoever's reading lands in `first` got sequence 0 */
+    if (now == time_ns_func) {
+        struct timespec ts;
+        if (clock_gettime(CLOCK_REALTIME, &ts) != 0) {
+            return PyErr_SetFromErrno(PyExc_OSError);
+        }
+        t = PyLong_FromLongLong((long long)ts.tv_sec * 1000000000LL + ts.tv_nsec);
+    }
+    else {
+        t = PyObject_CallNoArgs(now);
+    }
+    if (t == NULL) {
+        return NULL;
+    }
+    int later = PyObject_RichCompareBool(t, end_obj, Py_GE);
+    if (later != 0) {
+        Py_DECREF(t);
+        return later < 0 ? NULL : Py_NewRef(Py_None);
+    }
+    long long base = PyLong_AsLongLong(time_bits);
+    long long shard_bits = PyLong_AsLongLong(PyList_GET_ITEM(sbits, index));
+    if ((base == -1 || shard_bits == -1) && PyErr_Occurred()) {
+        Py_DECREF(t);
+        return NULL;
+    }
+    base += shard_bits;
+
+    PyObject *owner = PyDict_SetDefault(first, shard, t); /* borrowed */
+    int mine = owner == t;
+    Py_DECREF(t);
+    if (owner == NULL) {
+        return NULL;
+    }
+    if (mine) {
+        return new_key((PyTypeObject *)key_type, (unsigned long long)base);
+    }
+    PyObject *counter = PyDict_GetItemWithError(more, shard); /* borrowed */
+    if (counter == NULL) {
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+        PyObject *fresh = PyObject_CallOneArg(count_type, one);
+        if (fresh == NULL) {
+            return NULL;
+        }
+        counter = PyDict_SetDefault(more, shard, fresh);
+        Py_DECREF(fresh);
+        if (counter == NULL) {
+            return NULL;
+        }
+    }
+    Py_INCREF(counter);
+    PyObject *number = PyIter_Next(counter);
+    Py_DECREF(counter);
+    if (number == NULL) {
+        return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
+    }
+    long long n = PyLong_AsLongLong(number);
+    Py_DECREF(number);
+    if (n == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (n < size) {
+        return new_key((PyTypeObject *)key_type, (unsigned long long)(base + n));
+    }
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"next_local", (PyCFunction)(void (*)(void))next_local, METH_FASTCALL, next_local_doc},
+    {"make_key", (PyCFunction)(void (*)(void))make_key, METH_FASTCALL, make_key_doc},
+    {"make_keys", (PyCFunction)(void (*)(void))make_keys, METH_FASTCALL, make_keys_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyObject *
+import_attr(const char *module_name, const char *name)
+{
+    PyObject *module = PyImport_ImportModule(module_name);
+    if (module == NULL) {
+        return NULL;
+    }
+    PyObject *attr = PyObject_GetAttrString(module, name);
+    Py_DECREF(module);
+    return attr;
+}
+
+static int
+exec_module(PyObject *module)
+{
+    if (time_ns_func == NULL) {
+        time_ns_func = import_attr("time", "time_ns");
+        count_type = import_attr("itertools", "count");
+        one = PyLong_FromLong(1);
+        if (time_ns_func == NULL || count_type == NULL || one == NULL) {
+            Py_CLEAR(time_ns_func);
+            Py_CLEAR(count_type);
+            Py_CLEAR(one);
+            return -1;
+        }
+    }
+    return PyModule_AddIntConstant(module, "DIRECT", HV_DIRECT);
+}
+
+static PyModuleDef_Slot slots[] = {
+    {Py_mod_exec, exec_module},
+    {0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "hvcore._speedups",
+    .m_doc = "Makes Key objects in C (optional; hvcore._keymaker falls back to pure Python).",
+    .m_size = 0,
+    .m_methods = methods,
+    .m_slots = slots,
+};
+
+PyMODINIT_FUNC
+PyInit__speedups(void)
+{
+    return PyModuleDef_Init(&module_def);
+}

@@ -1,0 +1,185 @@
+"""The C accelerator (hvcore._speedups) against its pure-Python twin: same keys, same errors, no leaks, no races."""
+
+from __future__ import annotations
+
+import gc
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fixtures.services import IN_CI
+from hypothesis import given
+from hypothesis import strategies as st
+
+from hvcore import Key, KeyGenerator, KeyLayout, _keymaker
+
+ROOT = Path(__file__).resolve().parents[2]
+MAX_ID = 2**63 - 1
+OLD = KeyLayout.HYPERVAULT.key_type
+
+
+def test_the_accelerator_is_built_where_a_compiler_is() -> None:
+    """CI machines have gcc: there, a build that silently fell back to pure Python is a failure."""
+    if not IN_CI:
+        pytest.skip("only asserted with CI=true (a local build without a compiler may fall back)")
+    if os.environ.get("HYPERVAULT_PURE_PYTHON", "") not in ("", "0"):
+        pytest.skip("HYPERVAULT_PURE_PYTHON is set: the accelerator is off on purpose")
+    from hvcore import _speedups
+
+    assert _keymaker.ACCELERATED
+    assert _keymaker.make_keys is _speedups.make_keys
+    direct_layout = sys.implementation.name == "cpython" and sys.version_info[:2] == (3, 11)
+    assert bool(_speedups.DIRECT) is direct_layout
+
+
+@pytest.fixture
+def c() -> Any:
+    """The compiled module (skipped locally when it was not built; with CI=true the test above fails instead)."""
+    return pytest.importorskip("hvcore._speedups")
+
+
+def _python_keys(cls: type[Key], start: int, count: int) -> list[Key]:
+    return [int.__new__(cls, v) for v in range(start, start + count)]
+
+
+@given(value=st.integers(0, MAX_ID), old_layout=st.booleans())
+def test_make_key_equals_int_new(value: int, old_layout: bool) -> None:
+    c = pytest.importorskip("hvcore._speedups")
+    cls = OLD if old_layout else Key
+    key = c.make_key(cls, value)
+    assert type(key) is cls and key == value and int(key) == value
+    assert repr(key) == f"Key({value})" and hash(key) == hash(value)
+    expected = int.__new__(cls, value)
+    assert (key.shard_id, key.added_id, key.timestamp_ms) == (
+        expected.shard_id,
+        expected.added_id,
+        expected.timestamp_ms,
+    )
+
+
+@given(start=st.integers(0, MAX_ID), count=st.integers(0, 1100))
+def test_make_keys_equals_int_new(start: int, count: int) -> None:
+    c = pytest.importorskip("hvcore._speedups")
+    count = min(count, MAX_ID - start + 1)
+    keys = c.make_keys(Key, start, count)
+    assert keys == _python_keys(Key, start, count)
+    assert all(type(k) is Key for k in keys)
+    assert _keymaker.make_keys(Key, start, count) == keys  # whichever implementation is in use
+
+
+@pytest.mark.parametrize("start", [0, 1, 2**30 - 3, 2**60 - 2, (2**30 - 1) << 30, MAX_ID - 5, 1 << 33])
+def test_make_keys_across_digit_boundaries(c: Any, start: int) -> None:
+    count = min(10, MAX_ID - start + 1)
+    assert c.make_keys(Key, start, count) == list(range(start, start + count))
+
+
+def test_keys_are_not_tracked_by_the_cycle_collector(c: Any) -> None:
+    assert not gc.is_tracked(c.make_key(Key, 12345))
+    assert not any(gc.is_tracked(k) for k in c.make_keys(OLD, 1 << 40, 100))
+    key = KeyGenerator().next_key(3)
+    assert not gc.is_tracked(key)
+    assert gc.is_tracked(int.__new__(Key, 5))  # what the pure-Python path makes: tracked, and harmless
+
+
+def test_bad_arguments_get_typed_errors(c: Any) -> None:
+    class Wide(int):  # no __slots__: its instances carry a __dict__
+        pass
+
+    with pytest.raises(TypeError, match="int subclass"):
+        c.make_key(float, 1)
+    with pytest.raises(TypeError, match="__slots__"):
+        c.make_key(Wide, 1)
+    with pytest.raises(TypeError, match="must be an int"):
+        c.make_key(Key, 1.0)
+    with pytest.raises(TypeError, match="must be an int"):
+        c.make_key(Key, True)
+    for bad in (-1, 2**63, 2**70):
+        with pytest.raises(ValueError, match=r"0\.\.2\*\*63-1"):
+            c.make_key(Key, bad)
+    with pytest.raises(ValueError, match="count"):
+        c.make_keys(Key, MAX_ID, 2)
+    with pytest.raises(ValueError, match="count"):
+        c.make_keys(Key, 0, -1)
+    with pytest.raises(TypeError, match="2 arguments"):
+        c.make_key(Key)
+    with pytest.raises(TypeError, match="state tuple"):
+        c.next_local((1, 2), 3, 1024)
+
+
+def test_next_local_leaves_odd_shard_ids_to_the_python_code(c: Any) -> None:
+    gen = KeyGenerator()
+    gen.next_key(0)  # a current millisecond exists
+    for odd in (True, -1, 8192, 2**70, 3.0, "3", None):
+        assert c.next_local(gen._cur, odd, 1024) is None
+    with pytest.raises(Exception, match="shard id"):
+        gen.next_key(True)
+
+
+def test_no_reference_or_memory_leak(c: Any) -> None:
+    gen = KeyGenerator()
+    for _ in range(2000):  # warm up: caches, dicts at their size
+        gen.next_key(5)
+    refs = sys.getrefcount(Key)
+    blocks = sys.getallocatedblocks()
+    for i in range(100_000):
+        gen.next_key(i % 50)
+        c.make_keys(Key, 1 << 40, 8)
+    gc.collect()
+    assert sys.getrefcount(Key) == refs  # each key gave back its reference to its type
+    assert sys.getallocatedblocks() - blocks < 5_000  # a leak of one object per call would be 100,000+
+
+
+def test_c_and_python_paths_interleave_without_duplicates() -> None:
+    """Threads on the C fast path and on the Python path share one generator's state: no id twice."""
+    gen = KeyGenerator()
+    python_path = getattr(KeyGenerator, "_next_key_py", KeyGenerator.next_key)
+    results: list[list[int]] = [[] for _ in range(4)]
+    start = threading.Barrier(4)
+
+    def work(index: int) -> None:
+        out = results[index]
+        start.wait()
+        for i in range(30_000):
+            shard = i % 3
+            out.append(gen.next_key(shard) if index % 2 else python_path(gen, shard))
+            if i % 97 == 0:
+                out.extend(gen.next_keys(shard, 7))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    everything = [k for out in results for k in out]
+    assert len(everything) == len(set(everything))
+    for out in results:  # what one thread gets only increases, per shard
+        for shard in range(3):
+            mine = [k for k in out if (k >> 10) & 8191 == shard]
+            assert mine == sorted(mine)
+
+
+@pytest.mark.slow
+def test_generator_suite_passes_in_pure_python() -> None:
+    """The whole generator suite again with HYPERVAULT_PURE_PYTHON=1: what a build without a compiler runs."""
+    env = {**os.environ, "HYPERVAULT_PURE_PYTHON": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "tests/core/test_generator.py", "tests/core/test_key.py"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    probe = subprocess.run(
+        [sys.executable, "-c", "from hvcore import _keymaker; print(_keymaker.ACCELERATED)"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert probe.stdout.strip() == "False"
