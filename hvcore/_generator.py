@@ -18,14 +18,16 @@ from hvcore._key import Key, KeyLayout, check_shard_id
 from hvcore._keymaker import make_key as _make_key
 from hvcore._keymaker import make_keys as _make_keys
 from hvcore._keymaker import next_local as _next_local
+from hvcore._keymaker import shared_next as _shared_next
 from hvcore._sequence import AsyncSequenceSource, SequenceSource
 from hvcore._sharedseq import SharedSequenceTable
 from hvcore.errors import ClockMovedBackwards, HypervaultError, InvalidShard
 
 __all__ = ["KeyGenerator"]
 
-if _next_local is not None:
-    _fast_next = _next_local  # bound once, without the Optional, for KeyGenerator.next_key
+if _next_local is not None and _shared_next is not None:
+    _fast_next = _next_local  # bound once, without the Optional, for KeyGenerator's fast paths
+    _fast_shared = _shared_next
 
 _NS_PER_MS: Final = 1_000_000
 _SPIN_NS: Final = 200_000  # the last part of a wait for the next millisecond only yields the GIL
@@ -90,6 +92,7 @@ class _GeneratorBase:
         "_now_ns",
         "_sbits",
         "_shards",
+        "_shared",
         "_size",
         "_source",
         "_states",
@@ -141,6 +144,7 @@ class _GeneratorBase:
         self._locks: dict[int, Any] = {}
         self._lock = threading.Lock()  # moving to a new millisecond (local mode); fork hooks
         self._fork_error: str | None = None
+        self._shared: tuple[Any, ...] | None = None  # set once keys come straight from a lock-free shared table
         self._states: list[_State] = self._fresh_states()
         self._cur: _Cur = self._make_cur(0, 0)
         _FORK_AWARE.add(self)
@@ -218,6 +222,10 @@ class _GeneratorBase:
         self._collect(base, lim, first, next(cnt), k, out)
 
     def _wanted(self, shard: int, k: int, *, refill: bool) -> int:
+        if self._shared is not None:
+            # Keys come straight from the table: a block cached here could hand this thread a number below one
+            # it already got from the table, so take exactly what is needed.
+            return min(self._size, k)
         want = min(self._size, 2 * self._want[shard]) if refill else self.block_size
         self._want[shard] = want
         return min(self._size, max(want, k))
@@ -316,6 +324,12 @@ class _GeneratorBase:
             self._states = self._fresh_states()
             self._source = table
             self._cur = self._make_cur(-1, 0)
+            if table.atomic:
+                layout = self.layout
+                self._shared = (
+                    *(self._now_ns, self._epoch_ns, self._time_shift, layout.shard_shift, self._size),
+                    *(self._max_time, self._key_type, table.buffer, table.used_bits),
+                )
 
     def _after_fork_parent(self) -> None:
         self._lock.release()
@@ -326,6 +340,7 @@ class _GeneratorBase:
         if self._fork_error is not None:
             self._source = _BrokenSource(self._fork_error)
             self._cur = self._make_cur(-1, 0)
+            self._shared = None
         # Blocks cached here belong to the parent: everything is reserved again, from the table or the source.
         self._states = self._fresh_states()
         if self.sequence is not None:
@@ -406,7 +421,8 @@ class KeyGenerator(_GeneratorBase):
 
         def next_key(self, shard_id: int) -> Key:
             """One new key for ``shard_id``."""
-            key = _fast_next(self._cur, shard_id, self._size)
+            shared = self._shared
+            key = _fast_next(self._cur, shard_id, self._size) if shared is None else _fast_shared(shared, shard_id, 0)
             return key if key is not None else self._next_key_py(shard_id)
 
     def next_keys(self, shard_id: int, n: int) -> list[Key]:
@@ -415,6 +431,8 @@ class KeyGenerator(_GeneratorBase):
             n = self._check_count(n)
             if n < 2:
                 return [self.next_key(shard_id)] if n else []
+        if self._shared is not None:
+            return self._fill(shard_id, n, _fast_shared(self._shared, shard_id, n) or [])
         now, end, time_bits, first, more, sbits, key_type = self._cur
         t = now()
         if t < end and shard_id.__class__ is int and shard_id >= 0:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 if TYPE_CHECKING:
     from hvcore._key import Key
 
-__all__ = ["ACCELERATED", "make_key", "make_keys", "next_local"]
+__all__ = ["ACCELERATED", "make_key", "make_keys", "next_local", "shared_next", "table_reserve"]
 
 K = TypeVar("K", bound="Key")
 
@@ -33,6 +33,12 @@ def make_keys(cls: type[K], start: int, count: int, /) -> list[K]:
 next_local: Callable[[tuple[Any, ...], int, int], Key | None] | None = None
 """KeyGenerator.next_key's local-mode fast path in C (None without the accelerator: the Python code does it all)."""
 
+shared_next: Callable[[tuple[Any, ...], int, int], Any] | None = None
+"""The generator's fast path on the shared table after fork (None without the accelerator)."""
+
+table_reserve: Callable[[Any, int, int, int, int, int], range] | None = None
+"""Lock-free reservation in the shared table after fork (None without the accelerator: fcntl locks then)."""
+
 ACCELERATED = False
 """Whether keys are made by the C accelerator (built at install time when a C compiler is present)."""
 
@@ -46,4 +52,6 @@ if os.environ.get("HYPERVAULT_PURE_PYTHON", "") in ("", "0"):
         make_key = _speedups.make_key
         make_keys = _speedups.make_keys
         next_local = _speedups.next_local
+        shared_next = _speedups.shared_next
+        table_reserve = _speedups.table_reserve
         ACCELERATED = True

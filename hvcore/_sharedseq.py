@@ -7,6 +7,8 @@ import os
 import tempfile
 import weakref
 
+from hvcore import _keymaker
+
 __all__ = ["SharedSequenceTable"]
 
 _WORD = 8  # bytes per int64
@@ -20,6 +22,10 @@ class SharedSequenceTable:
     descendant sees the same memory. Each shard's entry is guarded by a POSIX record lock (``fcntl.lockf``) on
     its bytes: record locks are per process, so they exclude other processes (and are released if a process
     dies), while the caller's own threads are kept apart by the generator's per-shard thread locks.
+
+    With the C accelerator (``atomic``), an entry is one word updated by compare-and-swap instead: no lock, no
+    system call, and a `KeyGenerator` takes its keys straight from the table (hvcore/_speedups.c). Every process
+    sharing a table uses the kind its creator chose, since children inherit the code with the memory.
 
     It satisfies the `SequenceSource` protocol. ``floor`` is the last millisecond the creating process used on
     its own (every shard, up to and including it, belongs to that process); a reservation for a millisecond up
@@ -35,6 +41,9 @@ class SharedSequenceTable:
         self._un = fcntl.LOCK_UN
         self.sequence_size = sequence_size
         self.shards = shards
+        self.used_bits = sequence_size.bit_length()  # room for 0..sequence_size numbers used
+        self._atomic_reserve = _keymaker.table_reserve
+        self.atomic = self._atomic_reserve is not None
         length = (shards + 1) * _ENTRY  # a header (the floor), then one entry per shard
         memfd_create = getattr(os, "memfd_create", None)
         if memfd_create is not None:
@@ -53,8 +62,15 @@ class SharedSequenceTable:
         self._words[0] = floor
         self._finalizer = weakref.finalize(self, _release, self._words, self._map, fd)
 
+    @property
+    def buffer(self) -> mmap.mmap:
+        """The shared memory itself (for the C fast path)."""
+        return self._map
+
     def reserve(self, shard_id: int, time_part: int, wanted: int) -> range:
         """Reserve up to ``wanted`` numbers of ``(shard_id, time_part)``; empty when used up or already passed."""
+        if self._atomic_reserve is not None:
+            return self._atomic_reserve(self._map, shard_id, time_part, wanted, self.sequence_size, self.used_bits)
         size = self.sequence_size
         words = self._words
         hi = 2 * shard_id + 2

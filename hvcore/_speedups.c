@@ -312,7 +312,208 @@ next_local(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+/* -- the shared sequence table after fork() (hvcore/_sharedseq.py), lock-free -------------------------------------
+ *
+ * The table is a MAP_SHARED mapping every forked process sees: int64 word 0 is the floor (milliseconds up to it
+ * belong to the process that made the table), then 16 bytes per shard whose first word packs the newest
+ * millisecond handed out for the shard and how many of its numbers are used: (time_part << used_bits) | used.
+ * One compare-and-swap moves a shard forward, so no process ever waits for a lock another holds (or died
+ * holding). A reservation gets nothing for a millisecond up to the floor or older than the shard's newest:
+ * numbers only ever move forward. */
+
+static int
+table_entry(PyObject *table, Py_buffer *view, Py_ssize_t shard, int64_t **floor, uint64_t **entry)
+{
+    if (PyObject_GetBuffer(table, view, PyBUF_WRITABLE | PyBUF_SIMPLE) < 0) {
+        return -1;
+    }
+    if (((uintptr_t)view->buf) % 8 != 0 || shard < 0 || view->len < (shard + 2) * 16) {
+        PyBuffer_Release(view);
+        PyErr_SetString(PyExc_ValueError, "shard out of the shared table's range");
+        return -1;
+    }
+    *floor = (int64_t *)view->buf;
+    *entry = (uint64_t *)((char *)view->buf + (shard + 1) * 16);
+    return 0;
+}
+
+/* Take up to `wanted` numbers of (shard, part): returns (first << 32) | how many; 0 when there are none to have. */
+static long long
+table_take(int64_t *floor, uint64_t *entry, long long part, long long wanted, long long size, int used_bits)
+{
+    if (part <= __atomic_load_n(floor, __ATOMIC_ACQUIRE)) {
+        return 0;
+    }
+    uint64_t old = __atomic_load_n(entry, __ATOMIC_ACQUIRE);
+    for (;;) {
+        long long newest = (long long)(old >> used_bits);
+        long long used = (long long)(old & ((1ULL << used_bits) - 1));
+        long long first;
+        if (part > newest) {
+            first = 0;
+        }
+        else if (part == newest) {
+            first = used;
+        }
+        else {
+            return 0;
+        }
+        long long take = size - first < wanted ? size - first : wanted;
+        if (take <= 0) {
+            return 0;
+        }
+        uint64_t new = ((uint64_t)part << used_bits) | (uint64_t)(first + take);
+        if (__atomic_compare_exchange_n(entry, &old, new, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+            return (first << 32) | take; /* packed: the first number in the high half */
+        }
+    }
+}
+
+PyDoc_STRVAR(table_reserve_doc,
+             "table_reserve(table, shard_id, time_part, wanted, size, used_bits, /)\n--\n\n"
+             "Reserve up to `wanted` sequence numbers of (shard_id, time_part) in the shared table `table` (a\n"
+             "writable buffer); returns range(first, first + taken), empty when none can be had.");
+
+static PyObject *
+table_reserve(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 6) {
+        PyErr_Format(PyExc_TypeError, "table_reserve() takes 6 arguments, got %zd", nargs);
+        return NULL;
+    }
+    Py_ssize_t shard = PyLong_AsSsize_t(args[1]);
+    long long part = PyLong_AsLongLong(args[2]);
+    long long wanted = PyLong_AsLongLong(args[3]);
+    long long size = PyLong_AsLongLong(args[4]);
+    long used_bits = PyLong_AsLong(args[5]);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    if (size < 1 || size > (1LL << 30) || used_bits < 1 || used_bits > 32 || size >= (1LL << used_bits)) {
+        PyErr_SetString(PyExc_ValueError, "table_reserve(): size must be in 1..2**used_bits-1, used_bits in 1..32");
+        return NULL;
+    }
+    Py_buffer view;
+    int64_t *floor;
+    uint64_t *entry;
+    if (table_entry(args[0], &view, shard, &floor, &entry) < 0) {
+        return NULL;
+    }
+    long long packed = table_take(floor, entry, part, wanted < 1 ? 1 : wanted, size, (int)used_bits);
+    PyBuffer_Release(&view);
+    long long first = packed >> 32, taken = packed & 0xFFFFFFFFLL;
+    return PyObject_CallFunction((PyObject *)&PyRange_Type, "LL", first, first + taken);
+}
+
+PyDoc_STRVAR(shared_next_doc,
+             "shared_next(shared, shard_id, n, /)\n--\n\n"
+             "KeyGenerator's fast path once it uses the shared table: `n` keys (a Key for n == 0, else a list of\n"
+             "up to n) straight from the table, or None when the Python code must take over (another shard id\n"
+             "type, the millisecond used up, the clock behind the table, the layout's end).\n"
+             "`shared` = (now, epoch_ns, time_shift, shard_shift, size, max_time, key_type, table, used_bits).");
+
+static PyObject *
+shared_next(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_Format(PyExc_TypeError, "shared_next() takes 3 arguments (shared, shard_id, n), got %zd", nargs);
+        return NULL;
+    }
+    PyObject *shared = args[0], *shard_obj = args[1];
+    if (!PyTuple_CheckExact(shared) || PyTuple_GET_SIZE(shared) != 9) {
+        PyErr_SetString(PyExc_TypeError, "shared_next() needs the generator's 9-item shared-table tuple");
+        return NULL;
+    }
+    long long n = PyLong_AsLongLong(args[2]);
+    if (n == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    PyObject *now = PyTuple_GET_ITEM(shared, 0), *key_type = PyTuple_GET_ITEM(shared, 6);
+    long long epoch_ns = PyLong_AsLongLong(PyTuple_GET_ITEM(shared, 1));
+    long time_shift = PyLong_AsLong(PyTuple_GET_ITEM(shared, 2));
+    long shard_shift = PyLong_AsLong(PyTuple_GET_ITEM(shared, 3));
+    long long size = PyLong_AsLongLong(PyTuple_GET_ITEM(shared, 4));
+    long long max_time = PyLong_AsLongLong(PyTuple_GET_ITEM(shared, 5));
+    long used_bits = PyLong_AsLong(PyTuple_GET_ITEM(shared, 8));
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    if (check_key_type(key_type) < 0) {
+        return NULL;
+    }
+    if (!PyLong_CheckExact(shard_obj)) {
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t shard = PyLong_AsSsize_t(shard_obj);
+    if (shard == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    if (shard < 0 || shard >> (time_shift - shard_shift) != 0 || n < 0) {
+        Py_RETURN_NONE;
+    }
+
+    long long t;
+    if (now == time_ns_func) {
+        struct timespec ts;
+        if (clock_gettime(CLOCK_REALTIME, &ts) != 0) {
+            return PyErr_SetFromErrno(PyExc_OSError);
+        }
+        t = (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+    }
+    else {
+        PyObject *reading = PyObject_CallNoArgs(now);
+        if (reading == NULL) {
+            return NULL;
+        }
+        t = PyLong_AsLongLong(reading);
+        Py_DECREF(reading);
+        if (t == -1 && PyErr_Occurred()) {
+            return NULL;
+        }
+    }
+    if (t < epoch_ns) {
+        Py_RETURN_NONE;
+    }
+    long long part = (t - epoch_ns) / 1000000;
+    if (part > max_time) {
+        Py_RETURN_NONE;
+    }
+
+    Py_buffer view;
+    int64_t *floor;
+    uint64_t *entry;
+    if (table_entry(PyTuple_GET_ITEM(shared, 7), &view, shard, &floor, &entry) < 0) {
+        return NULL;
+    }
+    long long packed = table_take(floor, entry, part, n < 1 ? 1 : n, size, (int)used_bits);
+    PyBuffer_Release(&view);
+    long long first = packed >> 32, taken = packed & 0xFFFFFFFFLL;
+    unsigned long long base = ((unsigned long long)part << time_shift) | ((unsigned long long)shard << shard_shift);
+    if (n == 0) {
+        if (taken == 0) {
+            Py_RETURN_NONE;
+        }
+        return new_key((PyTypeObject *)key_type, base + (unsigned long long)first);
+    }
+    if (taken == 0) {
+        Py_RETURN_NONE;
+    }
+    PyObject *start = PyLong_FromUnsignedLongLong(base + (unsigned long long)first);
+    PyObject *count = PyLong_FromLongLong(taken);
+    PyObject *keys = NULL;
+    if (start != NULL && count != NULL) {
+        PyObject *call_args[3] = {key_type, start, count};
+        keys = make_keys(NULL, call_args, 3);
+    }
+    Py_XDECREF(start);
+    Py_XDECREF(count);
+    return keys;
+}
+
 static PyMethodDef methods[] = {
+    {"table_reserve", (PyCFunction)(void (*)(void))table_reserve, METH_FASTCALL, table_reserve_doc},
+    {"shared_next", (PyCFunction)(void (*)(void))shared_next, METH_FASTCALL, shared_next_doc},
     {"next_local", (PyCFunction)(void (*)(void))next_local, METH_FASTCALL, next_local_doc},
     {"make_key", (PyCFunction)(void (*)(void))make_key, METH_FASTCALL, make_key_doc},
     {"make_keys", (PyCFunction)(void (*)(void))make_keys, METH_FASTCALL, make_keys_doc},

@@ -16,3 +16,9 @@ def make_keys(cls: type[K], start: int, count: int, /) -> list[K]:
 
 def next_local(cur: tuple[Any, ...], shard_id: int, size: int, /) -> Key | None:
     """KeyGenerator.next_key's local-mode fast path: a key, or None when the Python code must take over."""
+
+def table_reserve(table: Any, shard_id: int, time_part: int, wanted: int, size: int, used_bits: int, /) -> range:
+    """Reserve up to ``wanted`` numbers of (shard_id, time_part) in the shared table, lock-free."""
+
+def shared_next(shared: tuple[Any, ...], shard_id: int, n: int, /) -> Any:
+    """Keys straight from the shared table (a Key for n == 0, else a list), or None for the Python code."""

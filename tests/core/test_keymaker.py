@@ -38,8 +38,11 @@ def test_the_accelerator_is_built_where_a_compiler_is() -> None:
 
 @pytest.fixture
 def c() -> Any:
-    """The compiled module (skipped locally when it was not built; with CI=true the test above fails instead)."""
-    return pytest.importorskip("hvcore._speedups")
+    """The compiled module in use (skipped when it was not built, or turned off by HYPERVAULT_PURE_PYTHON)."""
+    module = pytest.importorskip("hvcore._speedups")
+    if not _keymaker.ACCELERATED:
+        pytest.skip("HYPERVAULT_PURE_PYTHON is set: the accelerator is off")
+    return module
 
 
 def _python_keys(cls: type[Key], start: int, count: int) -> list[Key]:
@@ -183,3 +186,85 @@ def test_generator_suite_passes_in_pure_python() -> None:
         check=True,
     )
     assert probe.stdout.strip() == "False"
+
+
+# -- the shared table after fork(): lock-free (C) and fcntl (pure Python) give the same reservations ----------------
+
+
+@given(
+    ops=st.lists(
+        st.tuples(st.integers(0, 3), st.integers(0, 6), st.integers(0, 1100)),
+        max_size=60,
+    ),
+    floor=st.integers(-1, 2),
+)
+def test_atomic_table_reserves_exactly_like_the_locked_one(ops: list[tuple[int, int, int]], floor: int) -> None:
+    if not _keymaker.ACCELERATED:
+        pytest.skip("the lock-free table needs the C accelerator")
+    from hvcore._sharedseq import SharedSequenceTable
+
+    atomic = SharedSequenceTable(4, 1024, floor=floor)
+    locked = SharedSequenceTable(4, 1024, floor=floor)
+    locked._atomic_reserve = None  # the fcntl path, as a build without the accelerator runs it
+    assert atomic.atomic
+    try:
+        for shard, part, wanted in ops:
+            assert atomic.reserve(shard, part, wanted) == locked.reserve(shard, part, wanted)
+    finally:
+        atomic.close()
+        locked.close()
+
+
+def test_atomic_table_rejects_a_shard_outside_it(c: Any) -> None:
+    from hvcore._sharedseq import SharedSequenceTable
+
+    table = SharedSequenceTable(4, 1024)
+    with pytest.raises(ValueError, match="shared table"):
+        table.reserve(4, 1, 1)
+    with pytest.raises(ValueError, match="used_bits"):
+        c.table_reserve(table.buffer, 0, 1, 1, 1024, 10)  # 1024 numbers do not fit 10 bits of "used"
+    table.close()
+
+
+def _spread_in_child(gen: KeyGenerator, rounds: int) -> tuple[int, int]:
+    """Fork; the child makes keys over 1,000 shards plus batches and writes them to a pipe-backed file."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        os.close(read)
+        code = 0
+        try:
+            keys = [gen.next_key(s) for _ in range(rounds) for s in range(1000)]
+            keys += gen.next_keys(7, 3000) + gen.next_keys(8, 1500)
+            with os.fdopen(write, "w") as out:
+                out.write(",".join(map(str, keys)))
+        except BaseException:
+            code = 1
+        os._exit(code)
+    os.close(write)
+    return pid, read
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork() on this platform")
+def test_forked_processes_spreading_over_shards_never_repeat() -> None:
+    """Parent and three children draw from the shared table at once (the lock-free path when built)."""
+    if sys.version_info >= (3, 12) and threading.active_count() > 1:  # pragma: no cover
+        pytest.skip("fork() in a process with threads warns on 3.12+")
+    gen = KeyGenerator()
+    gen.next_key(0)
+    children = [_spread_in_child(gen, 20) for _ in range(3)]
+    parent = [gen.next_key(s) for _ in range(20) for s in range(1000)]
+    parent += gen.next_keys(7, 3000) + gen.next_keys(8, 1500)
+    everything: list[int] = list(parent)
+    for pid, read in children:
+        with os.fdopen(read) as pipe:
+            text = pipe.read()
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        keys = [int(k) for k in text.split(",")]
+        assert len(keys) == 20 * 1000 + 4500
+        everything += keys
+    assert len(everything) == 4 * (20 * 1000 + 4500)
+    assert len(set(everything)) == len(everything), "two processes handed out the same id"
+    batch = gen.next_keys(9, 100)
+    assert batch == sorted(batch) and len(set(batch)) == 100
