@@ -45,7 +45,7 @@ CEILING = LAYOUT.sequence_size * 1000  # ids per second per shard
 OURS = "hypervault"
 BASELINE = "locked baseline"
 FLOOR = "Key creation alone"
-PURE_FLOOR = "pure-Python creation"
+PURE_FLOOR = "int.__new__ alone"
 
 
 class LockedGenerator:
@@ -189,6 +189,27 @@ def _cpu_ns_spread(next_key: Callable[[int], Key], rounds: int) -> float:
     return (time.process_time_ns() - start) / (rounds * SHARDS)
 
 
+def _cpu_ns_spread_after_fork(rounds: int) -> float:
+    """The spread case in a forked child, where parent and children share the sequence table."""
+    gen = KeyGenerator()
+    gen.next_key(0)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.close(read)
+        try:
+            _cpu_ns_spread(gen.next_key, 1)
+            figure = _cpu_ns_spread(gen.next_key, rounds)
+            os.write(write, repr(figure).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        text = pipe.read()
+    os.waitpid(pid, 0)
+    return float(text)
+
+
 def _cpu_ns_next_keys(next_keys: Callable[[int, int], list[Key]], n: int, ids: int) -> float:
     calls = max(1, ids // n)
     start = time.process_time_ns()
@@ -248,6 +269,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     one: dict[str, list[float]] = {name: [] for name in makers}
     four: dict[str, list[float]] = {name: [] for name in makers}
     spread: dict[str, list[float]] = {name: [] for name in makers}
+    after_fork: list[float] = []
     batches: dict[int, dict[str, list[float]]] = {n: {name: [] for name in makers} for n in (1024, 64)}
     for runs in batches.values():
         runs[FLOOR] = []
@@ -274,6 +296,8 @@ def run(quick: bool = False) -> dict[str, Any]:
             spread[name].append(_cpu_ns_spread(gen.next_key, spread_rounds))
             for n, runs in batches.items():
                 runs[name].append(_cpu_ns_next_keys(gen.next_keys, n, batch_ids))
+            if name == OURS and hasattr(os, "fork"):
+                after_fork.append(_cpu_ns_spread_after_fork(max(1, spread_rounds // 3)))
         for n, runs in batches.items():
             runs[FLOOR].append(_cpu_ns_key_floor(n, batch_ids))
             runs[PURE_FLOOR].append(_cpu_ns_pure_floor(n, batch_ids))
@@ -308,6 +332,11 @@ def run(quick: bool = False) -> dict[str, Any]:
         cpu[name] = {"ns_per_id": summary["best"], "median_ns": summary["median"], "worst_ns": summary["worst"]}
         cpu[name]["runs"] = values
     result["cpu ns per id, 8192 shards (peers: no shards)"] = cpu
+    if after_fork:
+        summary = _summary(after_fork, higher_is_better=False)
+        result["cpu ns per id, 8192 shards, in a forked child"] = {
+            OURS: {"ns_per_id": summary["best"], "median_ns": summary["median"], "worst_ns": summary["worst"]}
+        }
     for n, runs in batches.items():
         figures: dict[str, Any] = {}
         for name, values in runs.items():
@@ -362,6 +391,12 @@ def report(result: dict[str, Any]) -> str:
     for name, f in cpu.items():
         versus = "" if name == OURS else f"  ({f['ns_per_id'] / ours:5.2f}x ours)"
         lines.append(f"  {name:<18} {f['ns_per_id']:8.1f} ns  [{f['median_ns']:.1f}, {f['worst_ns']:.1f}]{versus}")
+    forked = result.get("cpu ns per id, 8192 shards, in a forked child", {}).get(OURS)
+    if forked:
+        lines.append(
+            f"  {'ours after fork()':<18} {forked['ns_per_id']:8.1f} ns  [{forked['median_ns']:.1f}, "
+            f"{forked['worst_ns']:.1f}]  (a child sharing the sequence table with its parent)"
+        )
     lines.append(f"  ceiling pace: {1e9 / CEILING:.0f} ns per id on one shard")
     for name, why in result["skipped_peers"].items():
         lines.append(f"  {name:<18} skipped: {why}")

@@ -174,7 +174,7 @@ def rows_keys(r: dict[str, Any]) -> list[Row]:
             for name, note in (
                 ("locked baseline", "locked"),
                 ("Key creation alone", "floor"),
-                ("pure-Python creation", "pure"),
+                ("int.__new__ alone", "pure"),
             ):
                 if name in figures:
                     out.append(

@@ -447,9 +447,11 @@ def cmd_bench(args: argparse.Namespace, out: TextIO) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The ``hv`` argument parser."""
     from hvcore import __version__
+    from hvcore._keymaker import ACCELERATED
 
+    keys = "keys made by the C accelerator" if ACCELERATED else "keys made in pure Python, without the C accelerator"
     parser = argparse.ArgumentParser(prog="hv", description="hypervault: sharded PostgreSQL with client-side keys")
-    parser.add_argument("--version", action="version", version=f"hypervault {__version__}")
+    parser.add_argument("--version", action="version", version=f"hypervault {__version__} ({keys})")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, func: Callable[[argparse.Namespace, TextIO], int], help_text: str, **kw: Any) -> Any:

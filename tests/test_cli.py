@@ -130,3 +130,14 @@ def test_demo_on_embedded_postgresql() -> None:
     assert [s["reachable"] for s in result["servers"]] == [True, True]
     assert sum(s["rows"] for s in result["servers"]) == 300
     assert "embedded" in result["setup"]
+
+
+def test_version_says_how_keys_are_made(capsys: pytest.CaptureFixture[str]) -> None:
+    from hvcore._keymaker import ACCELERATED
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("hypervault ")
+    assert ("C accelerator" in out and "pure Python" not in out) if ACCELERATED else "pure Python" in out
