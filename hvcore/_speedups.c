@@ -198,6 +198,43 @@ static PyObject *time_ns_func = NULL; /* time.time_ns: read here with the same c
 static PyObject *count_type = NULL;   /* itertools.count */
 static PyObject *one = NULL;          /* 1 */
 
+/* The shard id as a C integer, or -1 when it is not a plain int in 0..limit-1 (the Python code then explains). */
+static Py_ssize_t
+plain_shard(PyObject *obj, Py_ssize_t limit)
+{
+    if (!PyLong_CheckExact(obj)) {
+        return -1;
+    }
+    Py_ssize_t shard = PyLong_AsSsize_t(obj);
+    if (shard == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return -1;
+    }
+    return shard < limit ? shard : -1;
+}
+
+/* Read the generator's clock in ns: time.time_ns as it does it (clock_gettime), any other callable by a call. */
+static int
+read_clock(PyObject *now, long long *out)
+{
+    if (now == time_ns_func) {
+        struct timespec ts;
+        if (clock_gettime(CLOCK_REALTIME, &ts) != 0) {
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
+        }
+        *out = (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+        return 0;
+    }
+    PyObject *reading = PyObject_CallNoArgs(now);
+    if (reading == NULL) {
+        return -1;
+    }
+    *out = PyLong_AsLongLong(reading);
+    Py_DECREF(reading);
+    return *out == -1 && PyErr_Occurred() ? -1 : 0;
+}
+
 PyDoc_STRVAR(next_local_doc,
              "next_local(cur, shard_id, size, /)\n--\n\n"
              "KeyGenerator.next_key's local-mode fast path on the state tuple `cur`: a key, or None when the\n"
@@ -232,29 +269,15 @@ next_local(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
     if (check_key_type(key_type) < 0) {
         return NULL;
     }
-    if (!PyLong_CheckExact(shard)) {
+    Py_ssize_t index = plain_shard(shard, PyList_GET_SIZE(sbits));
+    if (index < 0) {
         Py_RETURN_NONE;
     }
-    Py_ssize_t index = PyLong_AsSsize_t(shard);
-    if (index == -1 && PyErr_Occurred()) {
-        PyErr_Clear();
-        Py_RETURN_NONE;
+    long long reading;
+    if (read_clock(now, &reading) < 0) {
+        return NULL;
     }
-    if (index < 0 || index >= PyList_GET_SIZE(sbits)) {
-        Py_RETURN_NONE;
-    }
-
-    PyObject *t; /* a fresh int object: whoever's reading lands in `first` got sequence 0 */
-    if (now == time_ns_func) {
-        struct timespec ts;
-        if (clock_gettime(CLOCK_REALTIME, &ts) != 0) {
-            return PyErr_SetFromErrno(PyExc_OSError);
-        }
-        t = PyLong_FromLongLong((long long)ts.tv_sec * 1000000000LL + ts.tv_nsec);
-    }
-    else {
-        t = PyObject_CallNoArgs(now);
-    }
+    PyObject *t = PyLong_FromLongLong(reading); /* a fresh object: whoever's reading lands in `first` got number 0 */
     if (t == NULL) {
         return NULL;
     }
@@ -441,36 +464,13 @@ shared_next(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
     if (check_key_type(key_type) < 0) {
         return NULL;
     }
-    if (!PyLong_CheckExact(shard_obj)) {
+    Py_ssize_t shard = plain_shard(shard_obj, (Py_ssize_t)1 << (time_shift - shard_shift));
+    if (shard < 0 || n < 0) {
         Py_RETURN_NONE;
     }
-    Py_ssize_t shard = PyLong_AsSsize_t(shard_obj);
-    if (shard == -1 && PyErr_Occurred()) {
-        PyErr_Clear();
-        Py_RETURN_NONE;
-    }
-    if (shard < 0 || shard >> (time_shift - shard_shift) != 0 || n < 0) {
-        Py_RETURN_NONE;
-    }
-
     long long t;
-    if (now == time_ns_func) {
-        struct timespec ts;
-        if (clock_gettime(CLOCK_REALTIME, &ts) != 0) {
-            return PyErr_SetFromErrno(PyExc_OSError);
-        }
-        t = (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-    }
-    else {
-        PyObject *reading = PyObject_CallNoArgs(now);
-        if (reading == NULL) {
-            return NULL;
-        }
-        t = PyLong_AsLongLong(reading);
-        Py_DECREF(reading);
-        if (t == -1 && PyErr_Occurred()) {
-            return NULL;
-        }
+    if (read_clock(now, &t) < 0) {
+        return NULL;
     }
     if (t < epoch_ns) {
         Py_RETURN_NONE;
