@@ -5,8 +5,9 @@ Phases (each recorded in ``hypervault.moves`` on the source, so an interrupted m
 1. **prepare** — on the source, a row trigger logs the id of every insert/update/delete of the shard into
    ``hv_src_NNNN.changes`` (TRUNCATE is refused during a move); on the target, an empty
    ``hv_dst_NNNN.entities`` (a staging schema no process routes to).
-2. **copy** — ``COPY (SELECT …) TO STDOUT`` streamed into ``COPY … FROM STDIN`` on the target, then the primary
-   key and indexes are built (faster than maintaining them row by row).
+2. **copy** — ``COPY (SELECT …) TO STDOUT`` streamed into ``COPY … FROM STDIN`` on the target, in key order, one
+   committed chunk of ``COPY_CHUNK`` rows at a time (an interrupted copy resumes after the last committed
+   chunk); then the primary key and indexes are built (faster than maintaining them row by row).
 3. **catchup** — rounds of: delete a batch of logged ids (``DELETE … RETURNING``, in a transaction that commits
    only after the target did), re-read those rows on the source, replace them on the target. Replaying an id
    twice is harmless, so a crash anywhere only replays more. Rounds stop once one finds few changes.
@@ -24,7 +25,8 @@ Phases (each recorded in ``hypervault.moves`` on the source, so an interrupted m
 7. **drop** (optional) — drop ``hv_src_NNNN`` with the old rows; the stub stays as the forwarding pointer.
 
 Interrupted before the source's switch commit, the source still serves the shard (a target copy is never routed
-to); resume starts again from the copy (the change log keeps capturing), rollback removes trigger, log and target
+to); resume goes on from where the copy stopped (after its last committed chunk; straight to the catch-up once the
+copy is complete and indexed; the change log kept capturing all along), rollback removes trigger, log and target
 copy. After it, the target serves the shard and only the drop is left. One mover per shard (advisory lock).
 
 Measured here (2 cores, 3 local servers, 100,000 jsonb rows, 4 threads writing): see docs/moving-shards.md.
@@ -52,6 +54,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CATCHUP_BATCH",
+    "COPY_CHUNK",
     "FENCE_BELOW",
     "LOCK_TIMEOUT",
     "MOVED_SQLSTATE",
@@ -61,6 +64,7 @@ __all__ = [
 ]
 
 MOVED_SQLSTATE = "ZHV01"  # raised by the forwarding stub a moved shard leaves on its old server
+COPY_CHUNK = 50_000  # rows per committed chunk of the bulk copy: an interrupted move resumes after the last one
 CATCHUP_BATCH = 20_000  # logged changes replayed per round
 FENCE_BELOW = 2_000  # a round replaying fewer changes than this ends the catch-up: the rest is done fenced
 MAX_CATCHUP_ROUNDS = 30
@@ -281,11 +285,16 @@ class PostgresMover:
                     (shard_id, source.label, target.label, "prepare", report.version),
                 )
             body_type = self._body_type(dst, target)
+            # a resumed move keeps what the target already has (a copy found wrong restarts from "prepare")
+            keep = state is not None and state["phase"] != "prepare"
             step("prepare", 0, 1)
-            self._prepare(ctl, dst, shard_id, body_type)
+            self._prepare(ctl, dst, shard_id, body_type, keep_staging=keep)
             step("prepare", 1, 1)
-            self._phase(ctl, shard_id, "copy")
-            self._copy(ctl, dst, shard_id, report, step)
+            if keep and self._staging_indexed(dst, shard_id):
+                report.notes.append("the bulk copy was complete: resumed at the catch-up")
+            else:
+                self._phase(ctl, shard_id, "copy")
+                self._copy(ctl, dst, shard_id, report, step, resume=keep)
             self._phase(ctl, shard_id, "catchup")
             self._catchup(ctl, dst, shard_id, report, step)
             self._fence_and_switch(ctl, dst, shard_id, target, body_type, report, step)
@@ -358,7 +367,7 @@ class PostgresMover:
                 time.sleep(0.05 * (attempt + 1))
         raise MoveError(f"could not lock the shard's table to {what}: long transactions keep holding it")
 
-    def _prepare(self, ctl: Conn, dst: Conn, shard_id: int, body_type: sql.Composable) -> None:
+    def _prepare(self, ctl: Conn, dst: Conn, shard_id: int, body_type: sql.Composable, *, keep_staging: bool) -> None:
         table = _qualified(shard_schema(shard_id))
         src = sql.Identifier(_src_schema(shard_id))
         capture = sql.SQL(
@@ -379,36 +388,65 @@ class PostgresMover:
         self._retry_lock(ctl, capture, "install change capture")
         dst_schema = sql.Identifier(_dst_schema(shard_id))
         with dst.transaction():
-            dst.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(dst_schema))
+            if not keep_staging:
+                dst.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(dst_schema))
             dst.execute(
                 sql.SQL(
-                    "CREATE SCHEMA {s}; CREATE TABLE {s}.{t} (id bigint NOT NULL, kind smallint NOT NULL, "
-                    "body {body} NOT NULL)"
+                    "CREATE SCHEMA IF NOT EXISTS {s}; CREATE TABLE IF NOT EXISTS {s}.{t} (id bigint NOT NULL, "
+                    "kind smallint NOT NULL, body {body} NOT NULL)"
                 ).format(s=dst_schema, t=sql.Identifier(TABLE), body=body_type)
             )
 
-    def _copy(self, ctl: Conn, dst: Conn, shard_id: int, report: MoveReport, step: MoveProgress) -> None:
+    @staticmethod
+    def _staging_indexed(dst: Conn, shard_id: int) -> bool:
+        """Whether the target's staging copy is complete: its primary key is built only after the last chunk."""
+        row = dst.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace "
+            "WHERE n.nspname = %s AND c.contype = 'p')",
+            (_dst_schema(shard_id),),
+        ).fetchone()
+        return row == (True,)
+
+    def _copy(
+        self, ctl: Conn, dst: Conn, shard_id: int, report: MoveReport, step: MoveProgress, *, resume: bool
+    ) -> None:
         t0 = time.perf_counter()
         source_table = _qualified(shard_schema(shard_id))
         staging = _qualified(_dst_schema(shard_id))
         row = ctl.execute(sql.SQL("SELECT count(*) FROM {}").format(source_table)).fetchone()
         total = int(row[0]) if row else 0
-        step("copy", 0, total)
-        done = 0
-        out_sql = sql.SQL("COPY (SELECT id, kind, body FROM {}) TO STDOUT").format(source_table)
+        done, last = 0, -1
+        if resume:  # chunks committed before the interruption stay: go on after the highest key copied
+            row = dst.execute(sql.SQL("SELECT count(*), coalesce(max(id), -1) FROM {}").format(staging)).fetchone()
+            assert row is not None
+            done, last = int(row[0]), int(row[1])
+            if done:
+                report.notes.append(f"the bulk copy resumed after {done:,} rows already on the target")
+        step("copy", done, max(total, done))
         in_sql = sql.SQL("COPY {} (id, kind, body) FROM STDIN").format(staging)
-        with (
-            dst.transaction(),
-            ctl.cursor() as out_cur,
-            dst.cursor() as in_cur,
-            out_cur.copy(out_sql) as out,
-            in_cur.copy(in_sql) as into,
-        ):
-            for block in out:
-                into.write(block)
-                lines = bytes(block).count(b"\n")
-                done += lines
-                step("copy", done, max(total, done))
+        while True:
+            out_sql = sql.SQL(
+                "COPY (SELECT id, kind, body FROM {} WHERE id > {} ORDER BY id LIMIT {}) TO STDOUT"
+            ).format(source_table, sql.Literal(last), sql.Literal(COPY_CHUNK))
+            lines, tail = 0, b""
+            with (
+                dst.transaction(),
+                ctl.cursor() as out_cur,
+                dst.cursor() as in_cur,
+                out_cur.copy(out_sql) as out,
+                in_cur.copy(in_sql) as into,
+            ):
+                for block in out:
+                    data = bytes(block)
+                    into.write(data)
+                    lines += data.count(b"\n")
+                    joined = tail + data  # keep the last row: its key is where the next chunk starts
+                    tail = joined[joined.rfind(b"\n", 0, len(joined) - 1) + 1 :]
+                    step("copy", done + lines, max(total, done + lines))
+            done += lines
+            if lines < COPY_CHUNK:
+                break
+            last = int(tail.split(b"\t", 1)[0])
         report.rows = done
         schema = sql.Identifier(_dst_schema(shard_id))
         indexes = sql.SQL(
@@ -495,6 +533,7 @@ class PostgresMover:
         step: MoveProgress,
     ) -> None:
         table = _qualified(shard_schema(shard_id))
+        mismatch = False
         for attempt in range(1, FENCE_ATTEMPTS + 1):
             report.fence_attempts = attempt
             self._phase(ctl, shard_id, "fence")
@@ -512,6 +551,7 @@ class PostgresMover:
                     step("verify", 0, 1)
                     source_sum, target_sum = self._checksums(ctl, dst, shard_id)
                     if source_sum != target_sum:
+                        mismatch = True
                         raise MoveError(
                             f"shard {shard_id}: the copy on {target.label} does not match the source "
                             f"(rows/checksum {source_sum} vs {target_sum}); the source still serves it, resume to "
@@ -534,6 +574,10 @@ class PostgresMover:
                         )
                         dst.execute(sql.SQL("DROP SCHEMA {}").format(sql.Identifier(_dst_schema(shard_id))))
                     step("switch", 1, 2)  # the target committed; the source commits when this block ends
+            except MoveError:
+                if mismatch:  # the copy is not to be trusted: a resume copies again from scratch
+                    self._phase(ctl, shard_id, "prepare")
+                raise
             except pg_errors.LockNotAvailable:
                 report.notes.append(f"fence attempt {attempt}: lock not granted within {LOCK_TIMEOUT}")
                 self._phase(ctl, shard_id, "catchup")

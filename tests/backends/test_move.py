@@ -491,3 +491,58 @@ def test_a_stale_async_datastore_follows_the_move(jsonb_setup: MoveSetup) -> Non
     with jsonb_setup.conn(1) as conn:
         rows = conn.execute(f"SELECT body->>'n' FROM shard{MOVED:04d}.entities").fetchall()
     assert rows == [("after",)]
+
+
+def test_an_interrupted_bulk_copy_resumes_after_its_last_committed_chunk(
+    jsonb_setup: MoveSetup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chunks of the bulk copy commit one by one: a resume copies only the rest; a row written meanwhile with an
+    older key than the copy had reached is caught up from the change log."""
+    from hvbackend_postgres import _move
+
+    monkeypatch.setattr(_move, "COPY_CHUNK", 100)
+    setup = jsonb_setup
+    mover = setup.datastore()
+    written = fill(mover, MOVED, 350)
+    old_key = hvcore.Key.from_parts(timestamp_ms=1_704_067_200_001, shard_id=MOVED, added_id=5)  # below every key
+
+    def interrupt(phase: str, done: int, total: int) -> None:
+        if phase == "copy" and done >= 150:  # inside the second chunk: the first is committed on the target
+            mover.put_many(MOVED, 1, [{"late": "1"}])
+            raise Boom(f"{phase} {done}/{total}")
+
+    with pytest.raises(Boom):
+        mover.move_shard(MOVED, 1, progress=interrupt)
+    with setup.conn(1) as conn:
+        assert conn.execute("SELECT count(*) FROM hv_dst_0003.entities").fetchone() == (100,)
+    with setup.conn(0) as conn:  # a row with a key the copy has already passed, written before the resume
+        conn.execute(
+            "INSERT INTO shard0003.entities (id, kind, body) VALUES (%s, 1, %s)", (int(old_key), '{"old": "1"}')
+        )
+    report = setup.datastore().move_shard(MOVED, 1)
+    assert report.resumed_from == "copy"
+    assert "the bulk copy resumed after 100 rows already on the target" in report.notes
+    assert setup.states() == ["stub", "live"]
+    target = setup.rows(1, "shard0003")
+    assert set(written) < set(target) and int(old_key) in target
+    assert len(target) == 350 + 1 + 1  # the fill, the late put, the old-key row
+    assert set(target) == set(setup.rows(0, "hv_src_0003"))
+
+
+def test_a_move_interrupted_after_its_copy_resumes_at_the_catch_up(jsonb_setup: MoveSetup) -> None:
+    setup = jsonb_setup
+    mover = setup.datastore()
+    written = fill(mover, MOVED, 200)
+
+    def interrupt(phase: str, done: int, total: int) -> None:
+        if phase == "catchup":
+            raise Boom(phase)
+
+    with pytest.raises(Boom):
+        mover.move_shard(MOVED, 1, progress=interrupt)
+    more = fill(mover, MOVED, 20)  # captured by the change log while nothing runs
+    report = setup.datastore().move_shard(MOVED, 1)
+    assert report.resumed_from == "catchup" and report.rows == 0
+    assert "the bulk copy was complete: resumed at the catch-up" in report.notes
+    assert report.catchup_rows >= 20
+    assert set(setup.rows(1, "shard0003")) == set(written) | set(more)
