@@ -9,6 +9,7 @@ pytest_plugins = [
     "fixtures.datastores",
     "fixtures.pgservers",
     "fixtures.faults",
+    "fixtures.redis_cluster",
 ]
 
 # A test using one of these fixtures gets the marker, so `-m "not postgres"` selects fast tests.

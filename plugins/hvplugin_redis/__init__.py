@@ -4,6 +4,8 @@ from collections.abc import Callable
 
 from hvcore.hookspecs import SequenceFactory, hookimpl
 from hvplugin_redis._sequence import (
+    BORN_SCRIPT,
+    CLUSTER_GROUPS,
     DEFAULT_EXPIRE_MS,
     DEFAULT_KEY_PREFIX,
     DEFAULT_MAX_SKEW_MS,
@@ -14,6 +16,8 @@ from hvplugin_redis._sequence import (
 )
 
 __all__ = [
+    "BORN_SCRIPT",
+    "CLUSTER_GROUPS",
     "DEFAULT_EXPIRE_MS",
     "DEFAULT_KEY_PREFIX",
     "DEFAULT_MAX_SKEW_MS",

@@ -15,30 +15,47 @@ Two guards keep a counter from being handed out twice, both checked by the scrip
   key is gone and is set again, so no millisecond that may have been served before is served again. A fresh
   Redis therefore starts serving ids ``max_skew_ms`` after its first use (1 s by default).
 
+Redis Cluster (``cluster=True``, ``?cluster=true`` in a URL, or a ``RedisCluster`` client): the script's two keys
+must live in one hash slot, and the ``born`` guard must live on the node whose counters it guards (a node that
+loses its data loses both). Shards are therefore spread over `CLUSTER_GROUPS` groups (``shard % 256``), each
+with its own hash tag and its own guard: counters ``{prefix:g<group>}:{shard}:{time_part}`` and guards
+``{prefix:g<group>}:born``. The 256 tags spread over the cluster's nodes; all of one shard's traffic goes to
+one slot, as it must. When a guard is found missing, the source sets every missing guard at once, so a fresh
+cluster (or a node that lost its data) warms up once, not once per group. Single-node key names are unchanged
+(a cluster never shares keys with a single node, so both namings never meet).
+
 Redis must not evict keys (``maxmemory-policy noeviction``, its default). Failures never fall back to
 anything local: a Redis that cannot be reached, times out or refuses raises `hvcore.errors.SequenceUnavailable`
-within `max_wait` seconds.
+within `max_wait` seconds (in a cluster, redis-py also refreshes its slot map after a connection error, which
+can add up to one more connect timeout per startup node).
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
+import threading
 import time
-import urllib.parse
 from collections.abc import Awaitable
 from typing import Any, Protocol, Self, cast
 
 import redis
 import redis.asyncio
+import redis.asyncio.cluster
+import redis.asyncio.retry
+import redis.cluster
 import redis.exceptions
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from hvcore._key import KeyLayout
 from hvcore.errors import ConfigError, SequenceUnavailable
+from hvplugin_redis._url import ParsedURL, parse_url
 
 __all__ = [
+    "BORN_SCRIPT",
+    "CLUSTER_GROUPS",
     "DEFAULT_EXPIRE_MS",
     "DEFAULT_KEY_PREFIX",
     "DEFAULT_MAX_SKEW_MS",
@@ -56,6 +73,10 @@ DEFAULT_EXPIRE_MS = 60_000
 
 DEFAULT_MAX_SKEW_MS = 1_000
 """Largest distance tolerated between a host's clock (the id's millisecond) and the Redis server's clock."""
+
+CLUSTER_GROUPS = 256
+"""In a Redis Cluster, shard ``s`` uses the hash tag ``{prefix:g<s % 256>}``. Every process sharing a prefix must
+agree on it, so it is a constant, not an option."""
 
 RESERVE_SCRIPT = """\
 if redis.replicate_commands then redis.replicate_commands() end
@@ -89,7 +110,26 @@ in ms, the id's Unix ms, ``max_skew_ms`` (-1: no clock guards).
 Returns the counter after the block, or the error ``HVSKEW <ms off>`` / ``HVYOUNG <first Unix ms served>``.
 """
 
-_CONNECTION_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+BORN_SCRIPT = """\
+if redis.replicate_commands then redis.replicate_commands() end
+local born = tonumber(redis.call('GET', KEYS[1]) or '')
+if not born then
+  local now = redis.call('TIME')
+  born = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  redis.call('SET', KEYS[1], string.format('%d', born))
+end
+return born
+"""
+"""Set one ``born`` guard if it is missing, as `RESERVE_SCRIPT` would (server clock); return it (Unix ms)."""
+
+# Errors worth another attempt: the connection, a timeout, or a cluster that cannot be mapped right now.
+_CONNECTION_ERRORS = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.RedisClusterException,
+    OSError,
+)
+_CLUSTER_CLIENTS = (redis.cluster.RedisCluster, redis.asyncio.cluster.RedisCluster)
 
 
 class _SyncClient(Protocol):
@@ -110,25 +150,14 @@ class _AsyncClient(Protocol):
     def eval(self, script: str, numkeys: int, /, *keys_and_args: Any) -> Awaitable[Any]: ...
 
 
-def _script_sha() -> str:
+def _sha(script: str) -> str:
     import hashlib
 
-    return hashlib.sha1(RESERVE_SCRIPT.encode(), usedforsecurity=False).hexdigest()
+    return hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()
 
 
-_SCRIPT_SHA = _script_sha()
-
-
-def _redact(url: str) -> str:
-    """``url`` without its password (and user), for messages and reprs."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None and parts.username is None:
-        return url
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"***@{host}" + (f":{parts.port}" if parts.port is not None else "")
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+_SCRIPT_SHA = _sha(RESERVE_SCRIPT)
+_BORN_SHA = _sha(BORN_SCRIPT)
 
 
 def _describe_client(client: object) -> str:
@@ -142,18 +171,39 @@ def _describe_client(client: object) -> str:
     return f"{type(client).__name__} client"
 
 
+_DEFAULTS: dict[type, dict[str, Any]] = {}
+
+
+def _defaults(cls: type) -> dict[str, Any]:
+    """The keyword defaults of ``cls``'s constructor."""
+    found = _DEFAULTS.get(cls)
+    if found is None:
+        params = inspect.signature(cls).parameters.values()
+        found = _DEFAULTS[cls] = {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY}
+    return found
+
+
+def _is_young(exc: BaseException) -> bool:
+    return "HVYOUNG" in str(exc)
+
+
 class _RedisSequenceBase:
     """Options, block sizing and error wrapping shared by `RedisSequence` and `AsyncRedisSequence`."""
 
     __slots__ = (
+        "_born_keys",
         "_epoch_ms",
         "_fixed_block",
+        "_groups",
         "_owns_client",
+        "_parsed",
         "_pid",
         "_resume_at",
         "_state",
+        "_tags",
         "_url",
         "_used_up",
+        "cluster",
         "connect_timeout",
         "expire_ms",
         "key_prefix",
@@ -166,9 +216,43 @@ class _RedisSequenceBase:
         "sequence_size",
     )
 
-    def __init__(
+    def __init__(self, target: object, options: dict[str, Any]) -> None:
+        parsed: ParsedURL | None = None
+        if isinstance(target, str):
+            parsed = parse_url(target)  # before anything else: a bad URL never reaches redis-py
+            options = self._merge(options, parsed)
+        elif isinstance(target, _CLUSTER_CLIENTS):
+            options["cluster"] = True
+        self._parsed = parsed
+        self._configure(**options)
+        if parsed is not None:
+            if self.cluster and parsed.unix:
+                raise ConfigError(f"a Redis Cluster cannot be reached through a unix socket: {parsed.name!r}")
+            if self.cluster and parsed.db != 0:
+                raise ConfigError(
+                    f"a Redis Cluster has only database 0, got db {parsed.db} in {parsed.name!r} (use /0 or no path)"
+                )
+        self._url: str | None = parsed.redis_url if parsed is not None else None
+        self._owns_client = parsed is not None
+        self.name = parsed.name if parsed is not None else _describe_client(target)
+        self._pid = os.getpid()
+
+    def _merge(self, given: dict[str, Any], parsed: ParsedURL) -> dict[str, Any]:
+        """The constructor's arguments with the URL's options: an argument left at its default takes the URL's."""
+        defaults = _defaults(type(self))
+        merged = dict(given)
+        for name, value in parsed.options.items():
+            arg = given[name]
+            if arg != defaults[name] and arg != value:
+                raise ConfigError(
+                    f"{name} is set twice, to {value!r} in the Redis URL {parsed.name!r} and to {arg!r} as an "
+                    f"argument: set it in one place"
+                )
+            merged[name] = value
+        return merged
+
+    def _configure(
         self,
-        target: object,
         *,
         key_prefix: str,
         connect_timeout: float,
@@ -180,6 +264,7 @@ class _RedisSequenceBase:
         max_block: int | None,
         max_skew_ms: int | None,
         check_clock: bool,
+        cluster: bool,
         layout: KeyLayout | None,
     ) -> None:
         layout = layout or KeyLayout.DEFAULT
@@ -188,6 +273,13 @@ class _RedisSequenceBase:
         size = self.sequence_size
         if not isinstance(key_prefix, str) or not key_prefix:
             raise ConfigError(f"key_prefix must be a non-empty str, got {key_prefix!r}")
+        if type(cluster) is not bool:
+            raise ConfigError(f"cluster must be True or False, got {cluster!r}")
+        if cluster and ("{" in key_prefix or "}" in key_prefix):
+            raise ConfigError(
+                f"key_prefix must not contain '{{' or '}}' with cluster=True (the source adds its own hash tags), "
+                f"got {key_prefix!r}"
+            )
         for label, value in (("connect_timeout", connect_timeout), ("read_timeout", read_timeout)):
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 3600:
                 raise ConfigError(f"{label} must be a number of seconds in (0, 3600), got {value!r}")
@@ -212,8 +304,11 @@ class _RedisSequenceBase:
                 f"max_skew_ms must be an int in 0..expire_ms/2 (a counter must outlive every host asking for its "
                 f"millisecond), got max_skew_ms={max_skew_ms!r} with expire_ms={expire_ms!r}"
             )
+        if type(check_clock) is not bool:
+            raise ConfigError(f"check_clock must be True or False, got {check_clock!r}")
         self.max_skew_ms: int | None = max_skew_ms if check_clock else None
         self.key_prefix = key_prefix
+        self.cluster = cluster
         self.connect_timeout = float(connect_timeout)
         self.read_timeout = float(read_timeout)
         self.retries = retries
@@ -221,11 +316,11 @@ class _RedisSequenceBase:
         self._fixed_block = block_size
         self.min_block = min_block
         self.max_block = max_block
-        self._url: str | None = target if isinstance(target, str) else None
-        self._owns_client = self._url is not None
-        self.name = _redact(self._url) if self._url is not None else _describe_client(target)
-        self._pid = os.getpid()
-        self._resume_at = 0  # first time part the server serves (after a fresh start of the prefix)
+        # Key names: one group (the prefix itself) on a single node; CLUSTER_GROUPS hash tags in a cluster.
+        self._groups = CLUSTER_GROUPS if cluster else 1
+        self._tags = [f"{{{key_prefix}:g{g}}}" for g in range(CLUSTER_GROUPS)] if cluster else [key_prefix]
+        self._born_keys = [f"{tag}:born" for tag in self._tags]
+        self._resume_at = [0] * self._groups  # per group: first time part the server serves (after a fresh start)
         # per shard: [adaptive block size, last time part reserved]
         self._state: dict[int, list[int]] = {}
         # per shard: the last time part whose numbers this source saw run out (asked again: empty, no round trip)
@@ -244,7 +339,8 @@ class _RedisSequenceBase:
     def __repr__(self) -> str:
         fixed = self._fixed_block
         sizing = f"block_size={fixed}" if fixed else f"blocks={self.min_block}..{self.max_block}"
-        return f"<{type(self).__name__} {self.name} prefix={self.key_prefix!r} {sizing}>"
+        mode = " cluster" if self.cluster else ""
+        return f"<{type(self).__name__} {self.name}{mode} prefix={self.key_prefix!r} {sizing}>"
 
     def _client_options(self) -> dict[str, Any]:
         # Retries are ours (the loop in reserve): redis-py's own would nest (connect retries inside command
@@ -257,12 +353,16 @@ class _RedisSequenceBase:
             "decode_responses": False,
         }
 
-    def _plan(self, shard_id: int, time_part: int, wanted: int) -> int:
-        """How many numbers to ask Redis for, and update the adaptive size of the shard."""
+    def _skip(self, shard_id: int, time_part: int) -> bool:
+        """True when Redis need not be asked: the group still warms up, or the millisecond is used up."""
         if type(shard_id) is not int or shard_id < 0 or type(time_part) is not int or time_part < 0:
             raise ValueError(
                 f"reserve() needs non-negative int shard_id and time_part, got {shard_id!r}, {time_part!r}"
             )
+        return time_part < self._resume_at[shard_id % self._groups] or self._used_up.get(shard_id) == time_part
+
+    def _plan(self, shard_id: int, time_part: int, wanted: int) -> int:
+        """How many numbers to ask Redis for, and update the adaptive size of the shard."""
         if self._fixed_block is not None:
             return self._fixed_block
         state = self._state.get(shard_id)
@@ -282,8 +382,9 @@ class _RedisSequenceBase:
     def _args(self, shard_id: int, time_part: int, count: int) -> tuple[str, str, int, int, int, int]:
         """KEYS and ARGV of `RESERVE_SCRIPT`."""
         skew = -1 if self.max_skew_ms is None else self.max_skew_ms
-        key = f"{self.key_prefix}:{shard_id}:{time_part}"
-        return key, f"{self.key_prefix}:born", count, self.expire_ms, time_part + self._epoch_ms, skew
+        group = shard_id % self._groups
+        key = f"{self._tags[group]}:{shard_id}:{time_part}"
+        return key, self._born_keys[group], count, self.expire_ms, time_part + self._epoch_ms, skew
 
     def _block(self, shard_id: int, time_part: int, count: int, top: object) -> range:
         if type(top) is not int or top < count:
@@ -296,12 +397,18 @@ class _RedisSequenceBase:
             return range(0)
         return range(start, min(top, size))
 
-    def _refused(self, exc: redis.exceptions.ResponseError, time_part: int, started: float) -> range:
+    def _born(self, group: int, born: object) -> None:
+        """Record a guard's value (Unix ms): its group is served from ``born + max_skew_ms`` on."""
+        if type(born) is int and self.max_skew_ms is not None:
+            self._resume_at[group] = max(self._resume_at[group], born + self.max_skew_ms - self._epoch_ms)
+
+    def _refused(self, exc: redis.exceptions.ResponseError, shard_id: int, time_part: int, started: float) -> range:
         """An error reply of the script: an empty range while a fresh prefix warms up, else the typed error."""
         text = str(exc)
         if "HVYOUNG" in text:
-            self._resume_at = int(text.rsplit(" ", 1)[-1]) - self._epoch_ms
-            wait_ms = self._resume_at - time_part
+            group = shard_id % self._groups
+            self._resume_at[group] = int(text.rsplit(" ", 1)[-1]) - self._epoch_ms
+            wait_ms = self._resume_at[group] - time_part
             if wait_ms <= self.max_wait * 1000:
                 return range(0)  # the generator moves on to later milliseconds; none is asked of Redis until then
             raise SequenceUnavailable(
@@ -320,17 +427,33 @@ class _RedisSequenceBase:
 
     def _fail(self, exc: BaseException, attempts: int, started: float) -> SequenceUnavailable:
         waited = time.monotonic() - started
+        hint = ""
+        if not self.cluster and isinstance(exc, redis.exceptions.ClusterCrossSlotError | redis.exceptions.AskError):
+            hint = " (this is a Redis Cluster node: use cluster=True, or ?cluster=true in the URL)"
         return SequenceUnavailable(
             f"Redis sequence at {self.name} unavailable after {attempts} attempt(s) in {waited:.2f} s "
-            f"(bound {self.max_wait:.2f} s): {type(exc).__name__}: {exc}"
+            f"(bound {self.max_wait:.2f} s): {type(exc).__name__}: {exc}{hint}"
         )
+
+    def _forget(self) -> None:
+        """After fork(): the parent's block sizes are not the child's."""
+        self._pid = os.getpid()
+        self._state = {}
+        self._used_up = {}
 
 
 class RedisSequence(_RedisSequenceBase):
     """A `SequenceSource` sharing each shard's milliseconds through Redis, unique across processes and hosts.
 
     ``target`` is a URL (``redis://host:port/db``, ``rediss://…``, ``unix:///path?db=0``; the source owns and
-    closes that client) or a ready ``redis.Redis`` client (left open by `close`; its own timeouts apply).
+    closes that client) or a ready client (left open by `close`; its own timeouts apply). The URL's query may
+    set any keyword argument but ``layout`` (``?key_prefix=myapp&retries=2&cluster=true``; an argument left at
+    its default takes the URL's value, two different values are a `ConfigError`), ``socket_timeout`` /
+    ``socket_connect_timeout`` (the same as ``read_timeout`` / ``connect_timeout``) and some of redis-py's
+    connection options (``client_name``, ``db``, ``health_check_interval``, ``max_connections``, ``protocol``,
+    ``socket_keepalive``, ``ssl_*`` with ``rediss://``); anything else is a `ConfigError` raised before connecting.
+    ``cluster=True`` talks to a Redis Cluster (``RedisCluster.from_url``; the URL names one startup node) with
+    cluster-safe key names (see the module's documentation).
     Blocks are sized adaptively between ``min_block`` and ``max_block`` (doubling while this process uses a
     block up within one millisecond, halving after idle milliseconds) unless ``block_size`` fixes them.
     Counters live ``expire_ms``; a millisecond more than ``max_skew_ms`` from the server's clock is refused
@@ -339,7 +462,7 @@ class RedisSequence(_RedisSequenceBase):
     """
 
     __module__ = "hvplugin_redis"
-    __slots__ = ("_client",)
+    __slots__ = ("_client", "_closed", "_lock")
 
     def __init__(
         self,
@@ -355,50 +478,72 @@ class RedisSequence(_RedisSequenceBase):
         max_block: int | None = None,
         max_skew_ms: int | None = None,
         check_clock: bool = True,
+        cluster: bool = False,
         layout: KeyLayout | None = None,
     ) -> None:
         super().__init__(
             target,
-            key_prefix=key_prefix,
-            connect_timeout=connect_timeout,
-            read_timeout=read_timeout,
-            retries=retries,
-            expire_ms=expire_ms,
-            block_size=block_size,
-            min_block=min_block,
-            max_block=max_block,
-            max_skew_ms=max_skew_ms,
-            check_clock=check_clock,
-            layout=layout,
+            {
+                "key_prefix": key_prefix,
+                "connect_timeout": connect_timeout,
+                "read_timeout": read_timeout,
+                "retries": retries,
+                "expire_ms": expire_ms,
+                "block_size": block_size,
+                "min_block": min_block,
+                "max_block": max_block,
+                "max_skew_ms": max_skew_ms,
+                "check_clock": check_clock,
+                "cluster": cluster,
+                "layout": layout,
+            },
         )
-        if isinstance(target, str):
-            self._client: _SyncClient | None = self._connect(target)
-        else:
-            self._client = target
+        self._lock = threading.Lock()
+        self._closed = False
+        self._client: _SyncClient | None = None
+        if self._url is None:
+            self._client = cast(_SyncClient, target)
+        elif not self.cluster:  # a cluster client maps the cluster when it is made: at the first reserve
+            self._client = self._connect(self._url)
 
     def _connect(self, url: str) -> _SyncClient:
         try:
-            client = cast(_SyncClient, redis.Redis.from_url(url, **self._client_options()))
+            if self.cluster:
+                options = self._client_options()
+                options.pop("retry_on_timeout")
+                return cast(_SyncClient, redis.cluster.RedisCluster.from_url(url, **options))
+            return cast(_SyncClient, redis.Redis.from_url(url, **self._client_options()))
         except ValueError as exc:
-            raise ConfigError(f"invalid Redis URL {_redact(url)!r}: {exc}") from exc
-        return client
+            raise ConfigError(f"invalid Redis URL {self.name!r}: {exc}") from exc
+
+    def _get_client(self) -> _SyncClient:
+        client = self._client
+        if client is not None:
+            return client
+        with self._lock:
+            if self._closed or self._url is None:
+                raise SequenceUnavailable(f"Redis sequence at {self.name} is closed")
+            if self._client is None:
+                self._client = self._connect(self._url)
+            return self._client
 
     def reserve(self, shard_id: int, time_part: int, wanted: int) -> range:
         """Reserve about ``wanted`` numbers (one round trip); an empty range once the millisecond is used up."""
         if self._pid != os.getpid():
             self.after_fork_in_child()
-        client = self._client
-        if client is None:
+        if self._closed:
             raise SequenceUnavailable(f"Redis sequence at {self.name} is closed")
-        if time_part < self._resume_at or self._used_up.get(shard_id) == time_part:
+        if self._skip(shard_id, time_part):
             return range(0)
         count = self._plan(shard_id, time_part, wanted)
         args = self._args(shard_id, time_part, count)
         started = time.monotonic()
         attempt = 0
+        client: _SyncClient | None = None
         while True:
             attempt += 1
             try:
+                client = self._get_client()
                 try:
                     top = client.evalsha(_SCRIPT_SHA, 2, *args)
                 except redis.exceptions.NoScriptError:
@@ -408,23 +553,38 @@ class RedisSequence(_RedisSequenceBase):
                     continue
                 raise self._fail(exc, attempt, started) from exc
             except redis.exceptions.ResponseError as exc:  # the guards, OOM, READONLY, NOPERM...: no retry
-                return self._refused(exc, time_part, started)
+                if client is not None and self._groups > 1 and _is_young(exc):
+                    self._guard_all(client)
+                return self._refused(exc, shard_id, time_part, started)
             except redis.exceptions.RedisError as exc:
                 raise self._fail(exc, attempt, started) from exc
             return self._block(shard_id, time_part, count, top)
 
+    def _guard_all(self, client: _SyncClient) -> None:
+        """Set every missing guard now (a fresh cluster, or a node that lost its data) so that all groups warm up
+        together; best effort: the first failure stops it (a group not reached warms up by itself later)."""
+        for group, key in enumerate(self._born_keys):
+            try:
+                try:
+                    born = client.evalsha(_BORN_SHA, 1, key)
+                except redis.exceptions.NoScriptError:
+                    born = client.eval(BORN_SCRIPT, 1, key)
+            except (redis.exceptions.RedisError, *_CONNECTION_ERRORS):
+                return
+            self._born(group, born)
+
     def after_fork_in_child(self) -> None:
         """Forget the parent's connections (without closing them under the parent) and the block sizes."""
-        self._pid = os.getpid()
-        self._state = {}
-        self._used_up = {}
+        self._forget()
+        self._lock = threading.Lock()
         if self._url is not None and self._client is not None:
             # redis-py's pool notices the pid change too; a fresh client makes sure nothing is shared.
-            self._client = self._connect(self._url)
+            self._client = None if self.cluster else self._connect(self._url)
 
     def close(self) -> None:
         """Close the client if this source created it; the source cannot reserve afterwards."""
-        client, self._client = self._client, None
+        with self._lock:
+            client, self._client, self._closed = self._client, None, True
         if client is not None and self._owns_client and self._pid == os.getpid():
             client.close()
 
@@ -439,7 +599,7 @@ class AsyncRedisSequence(_RedisSequenceBase):
     """The asyncio mirror of `RedisSequence` (``redis.asyncio``); each `reserve` is also capped by `max_wait`."""
 
     __module__ = "hvplugin_redis"
-    __slots__ = ("_client",)
+    __slots__ = ("_client", "_closed", "_ready", "_ready_lock")
 
     def __init__(
         self,
@@ -455,42 +615,53 @@ class AsyncRedisSequence(_RedisSequenceBase):
         max_block: int | None = None,
         max_skew_ms: int | None = None,
         check_clock: bool = True,
+        cluster: bool = False,
         layout: KeyLayout | None = None,
     ) -> None:
         super().__init__(
             target,
-            key_prefix=key_prefix,
-            connect_timeout=connect_timeout,
-            read_timeout=read_timeout,
-            retries=retries,
-            expire_ms=expire_ms,
-            block_size=block_size,
-            min_block=min_block,
-            max_block=max_block,
-            max_skew_ms=max_skew_ms,
-            check_clock=check_clock,
-            layout=layout,
+            {
+                "key_prefix": key_prefix,
+                "connect_timeout": connect_timeout,
+                "read_timeout": read_timeout,
+                "retries": retries,
+                "expire_ms": expire_ms,
+                "block_size": block_size,
+                "min_block": min_block,
+                "max_block": max_block,
+                "max_skew_ms": max_skew_ms,
+                "check_clock": check_clock,
+                "cluster": cluster,
+                "layout": layout,
+            },
         )
-        if isinstance(target, str):
-            self._client: _AsyncClient | None = self._connect(target)
-        else:
-            self._client = target
+        self._closed = False
+        self._ready = not self.cluster  # a cluster client maps the cluster once, before its first command
+        self._ready_lock: asyncio.Lock | None = None
+        if self._url is None:
+            self._client: _AsyncClient | None = cast(_AsyncClient, target)
+        else:  # neither client connects before its first command
+            self._client = self._connect(self._url)
 
     def _connect(self, url: str) -> _AsyncClient:
         try:
-            client = cast(_AsyncClient, redis.asyncio.Redis.from_url(url, **self._client_options()))
+            if self.cluster:
+                options = self._client_options()
+                del options["retry_on_timeout"]  # not an argument of the asyncio RedisCluster
+                options["retry"] = redis.asyncio.retry.Retry(NoBackoff(), 0)
+                return cast(_AsyncClient, redis.asyncio.cluster.RedisCluster.from_url(url, **options))
+            return cast(_AsyncClient, redis.asyncio.Redis.from_url(url, **self._client_options()))
         except ValueError as exc:
-            raise ConfigError(f"invalid Redis URL {_redact(url)!r}: {exc}") from exc
-        return client
+            raise ConfigError(f"invalid Redis URL {self.name!r}: {exc}") from exc
 
     async def reserve(self, shard_id: int, time_part: int, wanted: int) -> range:
         """Reserve about ``wanted`` numbers (one round trip); an empty range once the millisecond is used up."""
         if self._pid != os.getpid():
             self.after_fork_in_child()
         client = self._client
-        if client is None:
+        if client is None or self._closed:
             raise SequenceUnavailable(f"Redis sequence at {self.name} is closed")
-        if time_part < self._resume_at or self._used_up.get(shard_id) == time_part:
+        if self._skip(shard_id, time_part):
             return range(0)
         count = self._plan(shard_id, time_part, wanted)
         args = self._args(shard_id, time_part, count)
@@ -500,6 +671,8 @@ class AsyncRedisSequence(_RedisSequenceBase):
             attempt += 1
             try:
                 async with asyncio.timeout(self.connect_timeout + self.read_timeout):
+                    if not self._ready:
+                        await self._map_cluster(client)
                     try:
                         top = await client.evalsha(_SCRIPT_SHA, 2, *args)
                     except redis.exceptions.NoScriptError:
@@ -509,22 +682,51 @@ class AsyncRedisSequence(_RedisSequenceBase):
                     continue
                 raise self._fail(exc, attempt, started) from exc
             except redis.exceptions.ResponseError as exc:
-                return self._refused(exc, time_part, started)
+                if self._groups > 1 and _is_young(exc):
+                    await self._guard_all(client)
+                return self._refused(exc, shard_id, time_part, started)
             except redis.exceptions.RedisError as exc:
                 raise self._fail(exc, attempt, started) from exc
             return self._block(shard_id, time_part, count, top)
 
+    async def _map_cluster(self, client: _AsyncClient) -> None:
+        """``RedisCluster.initialize()`` by one task while the others wait: redis-py maps the cluster lazily on the
+        first command, and tasks sending their first commands concurrently lose connections (redis-py 8.1)."""
+        lock = self._ready_lock
+        if lock is None:
+            lock = self._ready_lock = asyncio.Lock()
+        async with lock:
+            if not self._ready:
+                initialize = getattr(client, "initialize", None)
+                if initialize is not None:
+                    await initialize()
+                self._ready = True
+                self._ready_lock = None
+
+    async def _guard_all(self, client: _AsyncClient) -> None:
+        """Set every missing guard now, as `RedisSequence._guard_all` does; within `max_wait` seconds."""
+        try:
+            async with asyncio.timeout(self.max_wait):
+                for group, key in enumerate(self._born_keys):
+                    try:
+                        born = await client.evalsha(_BORN_SHA, 1, key)
+                    except redis.exceptions.NoScriptError:
+                        born = await client.eval(BORN_SCRIPT, 1, key)
+                    self._born(group, born)
+        except (redis.exceptions.RedisError, *_CONNECTION_ERRORS):
+            return
+
     def after_fork_in_child(self) -> None:
         """Forget the parent's connections and the block sizes; the child connects anew on first use."""
-        self._pid = os.getpid()
-        self._state = {}
-        self._used_up = {}
+        self._forget()
+        self._ready = not self.cluster
+        self._ready_lock = None
         if self._url is not None and self._client is not None:
             self._client = self._connect(self._url)
 
     async def close(self) -> None:
         """Close the client if this source created it; the source cannot reserve afterwards."""
-        client, self._client = self._client, None
+        client, self._client, self._closed = self._client, None, True
         if client is not None and self._owns_client and self._pid == os.getpid():
             await getattr(client, "aclose")()  # noqa: B009 (missing from some redis stubs)
 
@@ -536,7 +738,9 @@ class AsyncRedisSequence(_RedisSequenceBase):
 
 
 def make_sequence(url: str, *, asyncio: bool = False, **options: Any) -> RedisSequence | AsyncRedisSequence:
-    """The registered factory: a `RedisSequence` (or `AsyncRedisSequence` when ``asyncio``) for ``url``."""
+    """The registered factory: a `RedisSequence` (or `AsyncRedisSequence` when ``asyncio``) for ``url``.
+
+    Options in the URL's query and keyword ``options`` are merged (see `RedisSequence`)."""
     if not isinstance(url, str):
         raise ConfigError(f"a Redis sequence URL must be a str, got {url!r}")
     if asyncio:

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -24,6 +25,9 @@ import pytest
 import redis
 from fixtures.faults import start_redis, stop_redis
 from fixtures.services import REDIS_URL, missing_service
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from redis.crc import key_slot
 
 import hvplugin_redis
 from hvcore._key import KeyLayout
@@ -31,7 +35,15 @@ from hvcore._plugins import PluginRegistry
 from hvcore._sequence import AsyncSequenceSource, SequenceSource
 from hvcore.errors import ConfigError, HypervaultError, PluginError, SequenceUnavailable
 from hvcore.hookspecs import hookimpl
-from hvplugin_redis import DEFAULT_MAX_SKEW_MS, RESERVE_SCRIPT, AsyncRedisSequence, RedisSequence, make_sequence
+from hvplugin_redis import (
+    CLUSTER_GROUPS,
+    DEFAULT_MAX_SKEW_MS,
+    RESERVE_SCRIPT,
+    AsyncRedisSequence,
+    RedisSequence,
+    make_sequence,
+)
+from hvplugin_redis._url import REDIS_OPTIONS, SOURCE_OPTIONS
 
 LAYOUT = KeyLayout.DEFAULT
 SIZE = LAYOUT.sequence_size
@@ -356,6 +368,178 @@ def test_invalid_url_is_a_config_error() -> None:
         RedisSequence("http://example.invalid:6379/0")
     with pytest.raises(ConfigError, match="must be a str"):
         make_sequence(6379)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- URL options
+
+
+def _close(seq: RedisSequence | AsyncRedisSequence) -> None:
+    if isinstance(seq, AsyncRedisSequence):
+        asyncio.run(seq.close())
+    else:
+        seq.close()
+
+
+@pytest.mark.parametrize("cls", [RedisSequence, AsyncRedisSequence])
+def test_url_options_set_the_sources_arguments_and_redis_pys(cls: type[RedisSequence | AsyncRedisSequence]) -> None:
+    url = (
+        "redis://127.0.0.1:1/0?key_prefix=myapp&retries=2&connect_timeout=0.25&socket_timeout=0.5&expire_ms=30000"
+        "&block_size=64&max_skew_ms=500&check_clock=false&client_name=api&health_check_interval=5&db=3"
+    )
+    seq = cls(url)
+    assert (seq.key_prefix, seq.retries, seq.connect_timeout, seq.read_timeout) == ("myapp", 2, 0.25, 0.5)
+    assert (seq.expire_ms, seq.block_size, seq.max_skew_ms, seq.cluster) == (30000, 64, None, False)
+    assert seq.max_wait == pytest.approx(3 * 0.75)
+    kwargs = seq._client.connection_pool.connection_kwargs  # type: ignore[union-attr]
+    assert (kwargs["client_name"], kwargs["health_check_interval"], kwargs["db"]) == ("api", 5, 3)
+    assert (kwargs["socket_timeout"], kwargs["socket_connect_timeout"]) == (0.5, 0.25)  # one setting each
+    assert seq.name == "redis://127.0.0.1:1/0"
+    _close(seq)
+
+
+def test_url_options_take_none_and_reach_the_registered_factory() -> None:
+    seq = RedisSequence("redis://127.0.0.1:1/0?block_size=none&min_block=32&max_block=512&max_skew_ms=None")
+    assert (seq.block_size, seq.min_block, seq.max_block, seq.max_skew_ms) == (None, 32, 512, DEFAULT_MAX_SKEW_MS)
+    seq.close()
+    factory = PluginRegistry(entry_points=[_FakeEntryPoint()]).sequence("redis")
+    made = factory("redis://127.0.0.1:1/0?key_prefix=app&block_size=8", layout=KeyLayout(epoch_ms=0))
+    assert isinstance(made, RedisSequence) and (made.key_prefix, made.block_size) == ("app", 8)
+    made.close()
+
+
+def test_an_option_set_in_the_url_and_as_an_argument() -> None:
+    url = "redis://127.0.0.1:1/0?key_prefix=a&retries=3"
+    seq = RedisSequence(url, key_prefix="a", retries=1)  # the same value, or an argument left at its default
+    assert (seq.key_prefix, seq.retries) == ("a", 3)
+    seq.close()
+    with pytest.raises(ConfigError, match=r"key_prefix is set twice, to 'a' in the Redis URL .* and to 'b'"):
+        RedisSequence(url, key_prefix="b")
+    with pytest.raises(ConfigError, match="retries is set twice"):
+        make_sequence(url, asyncio=True, retries=2)
+
+
+@pytest.mark.parametrize(
+    ("query", "match"),
+    [
+        ("prefix=myapp", r"unknown option 'prefix' .*did you mean 'key_prefix'\?.*takes block_size, .*key_prefix"),
+        ("frobnicate=1", r"unknown option 'frobnicate'.*redis-py's .*socket_timeout"),
+        ("max_wait=2", r"'max_wait' is not accepted.*\(retries \+ 1\) \* \(connect_timeout \+ read_timeout\)"),
+        ("layout=hypervault", "'layout' is not accepted.*Datastore or KeyGenerator"),
+        ("retry_on_timeout=true", r"'retry_on_timeout' is not accepted.*retries=N"),
+        ("decode_responses=true", "'decode_responses' is not accepted"),
+        ("retries=two", "option 'retries' in the Redis URL must be an int, got 'two'"),
+        ("retries=11", r"retries must be an int in 0\.\.10, got 11"),
+        ("connect_timeout=fast", "option 'connect_timeout' .* number of seconds, got 'fast'"),
+        ("socket_timeout=nan", "option 'socket_timeout' .* number of seconds"),
+        ("read_timeout=0", r"read_timeout must be a number of seconds in \(0, 3600\)"),
+        ("check_clock=maybe", "option 'check_clock' .* true or false"),
+        ("cluster=2", "option 'cluster' .* true or false"),
+        ("block_size=0", "block_size must be None"),
+        ("max_block=big", "must be an int or 'none'"),
+        ("key_prefix=", "option 'key_prefix' in the Redis URL must not be empty"),
+        ("key_prefix=a&key_prefix=b", "option 'key_prefix' is given twice"),
+        ("read_timeout=1&socket_timeout=1", r"option 'read_timeout' is given twice .*\(as 'socket_timeout'\)"),
+        ("protocol=4", r"option 'protocol' .* an int 2\.\.3, got '4'"),
+        ("max_connections=0", "option 'max_connections' .* >= 1"),
+        ("db=x", "option 'db' .* must be an int"),
+        ("ssl_cert_reqs=none", "'ssl_cert_reqs' .* needs a rediss://"),
+        ("cluster=true&db=2", "a Redis Cluster has only database 0, got db 2"),
+    ],
+)
+def test_bad_url_options_are_config_errors(query: str, match: str) -> None:
+    for cls in (RedisSequence, AsyncRedisSequence):
+        with pytest.raises(ConfigError, match=match):
+            cls(f"redis://127.0.0.1:1/0?{query}")
+
+
+def test_bad_cluster_urls_and_prefixes() -> None:
+    with pytest.raises(ConfigError, match="only database 0, got db 3"):
+        RedisSequence("redis://127.0.0.1:1/3?cluster=true")
+    with pytest.raises(ConfigError, match="only database 0"):
+        RedisSequence("redis://127.0.0.1:1/3", cluster=True)
+    with pytest.raises(ConfigError, match="unix socket"):
+        RedisSequence("unix:///tmp/redis.sock?cluster=1")
+    with pytest.raises(ConfigError, match=r"key_prefix must not contain '\{'"):
+        RedisSequence(fakeredis.FakeRedis(), cluster=True, key_prefix="{app}")
+    with pytest.raises(ConfigError, match="the path must be a database number"):
+        RedisSequence("redis://127.0.0.1:1/zero")
+    seq = RedisSequence("rediss://127.0.0.1:1/0?ssl_cert_reqs=required&ssl_check_hostname=false")
+    assert seq._client.connection_pool.connection_kwargs["ssl_cert_reqs"] == "required"  # type: ignore[union-attr]
+    seq.close()
+
+
+def test_passwords_appear_in_no_url_option_error_or_repr() -> None:
+    queries = ["prefix=x", "retries=x", "password=hunter2", "key_prefix=a&key_prefix=b", "cluster=true&db=1"]
+    for query in queries:
+        with pytest.raises(ConfigError) as info:
+            RedisSequence(f"redis://alice:s3cret@127.0.0.1:1/0?{query}")
+        assert "s3cret" not in str(info.value) and "hunter2" not in str(info.value), str(info.value)
+    with pytest.raises(ConfigError, match="set twice") as info:
+        RedisSequence("redis://alice:s3cret@127.0.0.1:1/0?key_prefix=a", key_prefix="b")
+    assert "s3cret" not in str(info.value) and "***@127.0.0.1:1" in str(info.value)
+    with pytest.raises(ConfigError, match="invalid Redis URL") as info:
+        RedisSequence("redis://alice:s3cret@127.0.0.1:port/0")
+    assert "s3cret" not in str(info.value)
+    seq = RedisSequence("redis://alice:s3cret@127.0.0.1:1/0?cluster=true&key_prefix=p&client_name=x")
+    assert "s3cret" not in repr(seq) and repr(seq).startswith("<RedisSequence redis://***@127.0.0.1:1/0 cluster")
+    seq.close()
+
+
+_VALID_OPTIONS = {*SOURCE_OPTIONS, *REDIS_OPTIONS, "socket_timeout", "socket_connect_timeout"}
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.text(st.characters(exclude_categories=["Cs"]), min_size=1, max_size=30))
+def test_any_key_prefix_round_trips_through_a_url(prefix: str) -> None:
+    seq = RedisSequence("redis://127.0.0.1:1/0?" + urllib.parse.urlencode({"key_prefix": prefix}))
+    assert seq.key_prefix == prefix
+    seq.close()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.from_regex(r"[a-z][a-z_]{0,20}", fullmatch=True).filter(lambda name: name not in _VALID_OPTIONS))
+def test_every_other_option_name_is_refused(name: str) -> None:
+    with pytest.raises(ConfigError, match=f"option '{name}'"):
+        RedisSequence(f"redis://127.0.0.1:1/0?{name}=1")
+
+
+# ---------------------------------------------------------------- cluster key names (fakeredis)
+
+
+def test_single_node_key_names_are_unchanged(fake: fakeredis.FakeRedis) -> None:
+    T = now_ms() - LAYOUT.epoch_ms
+    RedisSequence(fake).reserve(5, T, 1)
+    assert fake.exists(f"hv:seq:5:{T}", "hv:seq:born") == 2  # what the previous releases used: they mix safely
+
+
+def test_cluster_keys_of_one_script_share_a_hash_slot() -> None:
+    fake = fakeredis.FakeRedis()
+    for group in range(CLUSTER_GROUPS):
+        warm(fake, f"{{hv:seq:g{group}}}")
+    seq = RedisSequence(fake, cluster=True)
+    assert seq.cluster and "cluster" in repr(seq)
+    T = now_ms() - LAYOUT.epoch_ms
+    for shard in (0, 5, 256, 8191):
+        assert seq.reserve(shard, T, 1)
+    counters = [f"{{hv:seq:g0}}:0:{T}", f"{{hv:seq:g5}}:5:{T}", f"{{hv:seq:g0}}:256:{T}", f"{{hv:seq:g255}}:8191:{T}"]
+    assert fake.exists(*counters) == 4
+    for key in counters:
+        born = key.split("}")[0] + "}:born"
+        assert key_slot(key.encode()) == key_slot(born.encode())
+    assert len({key_slot(f"{{hv:seq:g{g}}}".encode()) for g in range(CLUSTER_GROUPS)}) > 240  # spread
+
+
+def test_a_fresh_cluster_prefix_sets_every_guard_at_once() -> None:
+    fake = fakeredis.FakeRedis()
+    seq = RedisSequence(fake, cluster=True, max_skew_ms=300, expire_ms=5000)
+    T = now_ms() - LAYOUT.epoch_ms
+    assert seq.reserve(3, T, 1) == range(0)
+    assert fake.exists(*(f"{{hv:seq:g{g}}}:born" for g in range(CLUSTER_GROUPS))) == CLUSTER_GROUPS
+    assert seq.reserve(200, T + 1, 1) == range(0)  # another group: warming up too, known without asking
+    assert fake.keys("*:200:*") == []
+    while now_ms() - LAYOUT.epoch_ms < T + 400:
+        time.sleep(0.01)
+    assert seq.reserve(200, now_ms() - LAYOUT.epoch_ms, 1) == range(16)
 
 
 # ---------------------------------------------------------------- errors (fakeredis)
@@ -848,3 +1032,18 @@ def test_datastores_take_a_redis_url_with_any_layout(redis_url: str) -> None:
 
     async_keys = asyncio.run(async_puts())
     assert len(set(async_keys)) == 100 and {k.shard_id for k in async_keys} == {3}
+
+
+def test_datastores_take_url_options(redis_url: str, prefix: str) -> None:
+    import hvcore
+
+    servers = [dict(shards="0-16", name="redis-url-options")]
+    url = f"{redis_url}?key_prefix={prefix}&block_size=64&client_name=hvtest"
+    with hvcore.Datastore(servers, backend="memory", sequence=url) as db:
+        keys = [db.put(4, 1, n=str(i)) for i in range(200)]
+    assert len(set(keys)) == 200
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert client.keys(f"{prefix}:4:*")  # the counters are under the URL's prefix
+    finally:
+        client.close()
