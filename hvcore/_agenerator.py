@@ -34,7 +34,8 @@ class AsyncKeyGenerator(_GeneratorBase):
 
     async def next_key(self, shard_id: int) -> Key:
         """One new key for ``shard_id``."""
-        return (await self._fill(shard_id, 1, []))[0]
+        key = self._quick_key(shard_id)
+        return key if key is not None else (await self._fill(shard_id, 1, []))[0]
 
     async def next_keys(self, shard_id: int, n: int) -> list[Key]:
         """``n`` new keys for ``shard_id``, increasing."""

@@ -221,6 +221,13 @@ class _GeneratorBase:
         _consume(islice(cnt, k - 2))
         self._collect(base, lim, first, next(cnt), k, out)
 
+    def _quick_key(self, shard_id: int) -> Key | None:
+        """A key at once from the C fast path (no waiting, no I/O), or None: no accelerator, or none at hand."""
+        if _next_local is None:
+            return None
+        shared = self._shared
+        return _fast_next(self._cur, shard_id, self._size) if shared is None else _fast_shared(shared, shard_id, 0)
+
     def _wanted(self, shard: int, k: int, *, refill: bool) -> int:
         if self._shared is not None:
             # Keys come straight from the table: a block cached here could hand this thread a number below one
