@@ -6,6 +6,7 @@ import contextlib
 import inspect
 import operator
 import os
+import sys
 import threading
 import time
 import weakref
@@ -112,6 +113,14 @@ class _GeneratorBase:
         max_backwards_ms: int,
         block_size: int,
     ) -> None:
+        if not getattr(sys, "_is_gil_enabled", lambda: True)():
+            # Every step of the lock-free fast paths is atomic only under the GIL (free-threaded 3.13 makes no
+            # such promise for itertools.count, for one). Importing the C accelerator turns the GIL back on.
+            raise HypervaultError(
+                "this free-threaded Python runs without the GIL, and the key generator's lock-free paths rely on "
+                "it: run with PYTHON_GIL=1 (or -X gil=1), or install hypervault with a C compiler so that its "
+                "accelerator is built (importing it turns the GIL on)"
+            )
         if not isinstance(layout, KeyLayout):
             raise TypeError(f"layout must be a KeyLayout, got {type(layout).__name__} {layout!r}")
         if type(max_backwards_ms) is not int or max_backwards_ms < 0:

@@ -268,3 +268,14 @@ def test_forked_processes_spreading_over_shards_never_repeat() -> None:
     assert len(set(everything)) == len(everything), "two processes handed out the same id"
     batch = gen.next_keys(9, 100)
     assert batch == sorted(batch) and len(set(batch)) == 100
+
+
+def test_a_free_threaded_python_without_the_gil_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lock-free paths need the GIL: without it (free-threaded build, GIL off) the generator says what to do."""
+    from hvcore import HypervaultError
+
+    monkeypatch.setattr(sys, "_is_gil_enabled", lambda: False, raising=False)
+    with pytest.raises(HypervaultError, match="PYTHON_GIL=1"):
+        KeyGenerator()
+    monkeypatch.setattr(sys, "_is_gil_enabled", lambda: True, raising=False)
+    assert KeyGenerator().next_key(1).shard_id == 1
