@@ -150,7 +150,21 @@ def rows_keys(r: dict[str, Any]) -> list[Row]:
                     lower_is_better=False,
                 )
             )
-    cpu = next((v for k, v in r.items() if k.startswith("cpu ns per id") and isinstance(v, dict)), None)
+    cpu = r.get("cpu ns per id, 8192 shards (peers: no shards)")
+    forked = r.get("cpu ns per id, 8192 shards, in a forked child", {}).get("hypervault")
+    if cpu and forked and "locked baseline" in cpu:
+        out.append(
+            row(
+                "keys",
+                "CPU per id, 8192 shards, after fork()",
+                forked["ns_per_id"],
+                "locked baseline",
+                cpu["locked baseline"]["ns_per_id"],
+                "ns/id",
+                _KEY_NOTES["forked"],
+                lower_is_better=True,
+            )
+        )
     if cpu and "hypervault" in cpu:
         hv = cpu["hypervault"]["ns_per_id"]
         for name, figures in cpu.items():
@@ -195,6 +209,7 @@ def rows_keys(r: dict[str, Any]) -> list[Row]:
 _KEY_NOTES = {
     "ceiling": "1,024 ids per ms per shard is the layout's limit: 1.0 is the most possible",
     "locked": "a straightforward generator: one lock around a (ms, sequence) dict per shard",
+    "forked": "in a forked child: ids from the sequence table shared with the parent (the baseline is not fork-safe)",
     "floor": "creating the Key int objects alone (same maker), no generator: the floor for a batch",
     "pure": "int.__new__ per Key, as a build without the C accelerator makes them",
     "snowflake": "snowflake-id: pure Python, no lock, not thread-safe, no fork handling, None on overflow",
