@@ -25,13 +25,14 @@ from hvbackend_postgres._common import (
     HSTORE_SCHEMA_SQL,
     PROVISION_BATCH,
     PROVISION_WORKERS,
-    QUERY_FETCH,
     SEARCH_PATH_SQL,
     StoreCore,
     bounded_async_connection_class,
     dump_json,
     idle_socket_state,
     load_json,
+    query_fetch_sizes,
+    query_records,
     statement_text,
 )
 from hvbackend_postgres._schema import (
@@ -463,13 +464,17 @@ class AsyncPostgresServerStore(StoreCore):
         query, params = self._query_sql(shard_ids, spec, await self._ext())
         key_type = self._options.layout.key_type
         conn, pool = await self._checkout()
+        cur: psycopg.AsyncServerCursor[tuple[Any, ...]] | None = None
         try:
             await conn.set_autocommit(False)
-            async with conn.cursor(name="hv_query") as cur:
-                cur.itersize = QUERY_FETCH
-                await cur.execute(query, params)
-                async for row in cur:  # later batches are fetched here: the server may go away meanwhile
-                    yield Record(key_type(row[0]), int(row[1]), dict(row[2]))
+            cur = conn.cursor(name="hv_query", row_factory=tuple_row)
+            await cur.execute(query, params)
+            for size in query_fetch_sizes(spec.limit):  # growing round trips (see QUERY_FETCH_FIRST)
+                rows = await cur.fetchmany(size)  # the server may go away meanwhile
+                for record in query_records(rows, key_type):
+                    yield record
+                if len(rows) < size:
+                    break
         except psycopg.Error as exc:
             error = self._translate(exc, shard_ids[0])
             if error is exc:
@@ -478,10 +483,12 @@ class AsyncPostgresServerStore(StoreCore):
         finally:
             if not conn.closed:
                 try:
-                    await conn.rollback()
+                    await conn.rollback()  # the cursor goes with the transaction: no CLOSE round trip
                     await conn.set_autocommit(True)
                 except psycopg.Error:
                     await conn.close()
+            if cur is not None:
+                await cur.close()  # client side only now (psycopg sends nothing for a cursor outside a transaction)
             await self._checkin(conn, pool)
 
     # -- operations ------------------------------------------------------------------------------------------

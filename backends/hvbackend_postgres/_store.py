@@ -25,13 +25,14 @@ from hvbackend_postgres._common import (
     HSTORE_SCHEMA_SQL,
     PROVISION_BATCH,
     PROVISION_WORKERS,
-    QUERY_FETCH,
     SEARCH_PATH_SQL,
     StoreCore,
     bounded_connection_class,
     dump_json,
     idle_socket_state,
     load_json,
+    query_fetch_sizes,
+    query_records,
     statement_text,
 )
 from hvbackend_postgres._move import PostgresMover
@@ -477,13 +478,16 @@ class PostgresServerStore(StoreCore):
         query, params = self._query_sql(shard_ids, spec, self._hstore_schema() if self.text_only else None)
         key_type = self._options.layout.key_type
         conn, pool = self._checkout()
+        cur: psycopg.ServerCursor[tuple[Any, ...]] | None = None
         try:
             conn.autocommit = False
-            with conn.cursor(name="hv_query") as cur:
-                cur.itersize = QUERY_FETCH
-                cur.execute(query, params)
-                for row in cur:  # later batches are fetched here: the server may go away meanwhile
-                    yield Record(key_type(row[0]), int(row[1]), dict(row[2]))
+            cur = conn.cursor(name="hv_query", row_factory=tuple_row)
+            cur.execute(query, params)
+            for size in query_fetch_sizes(spec.limit):  # growing round trips (see QUERY_FETCH_FIRST)
+                rows = cur.fetchmany(size)  # the server may go away meanwhile
+                yield from query_records(rows, key_type)
+                if len(rows) < size:
+                    break
         except psycopg.Error as exc:
             error = self._translate(exc, shard_ids[0])
             if error is exc:
@@ -492,10 +496,12 @@ class PostgresServerStore(StoreCore):
         finally:
             if not conn.closed:
                 try:
-                    conn.rollback()
+                    conn.rollback()  # the cursor goes with the transaction: no CLOSE round trip
                     conn.autocommit = True
                 except psycopg.Error:
                     conn.close()
+            if cur is not None:
+                cur.close()  # client side only now (psycopg sends nothing for a cursor outside a transaction)
             self._checkin(conn, pool)
 
     # -- operations ------------------------------------------------------------------------------------------
