@@ -8,14 +8,15 @@
  *    never be part of a cycle the collector must break (CPython untracks atomic-only tuples and dicts the same
  *    way). Millions of keys held by an application then cost nothing at each full collection either.
  *
- * The direct digit writes are for CPython 3.11's int layout (the only one this project builds and tests on);
- * on any other version every key goes through int.__new__'s own C code, which is always correct.
+ * The direct digit writes are for the int layouts of CPython 3.11 (ob_size) and 3.12-3.13 (lv_tag), each tested
+ * (tests/core/test_keymaker.py runs under every installed CPython of those); on any other version, and on
+ * free-threaded builds, every key goes through int.__new__'s own C code, which is always correct.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <time.h>
 
-#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000 && !defined(Py_GIL_DISABLED) && !defined(PYPY_VERSION)
+#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030E0000 && !defined(Py_GIL_DISABLED) && !defined(PYPY_VERSION)
 #define HV_DIRECT 1
 #else
 #define HV_DIRECT 0
@@ -33,7 +34,17 @@ check_key_type(PyObject *cls)
         return -1;
     }
     PyTypeObject *type = (PyTypeObject *)cls;
-    if (type->tp_basicsize != PyLong_Type.tp_basicsize || type->tp_itemsize != PyLong_Type.tp_itemsize) {
+    /* No __dict__ or __weakref__ either, inline or (3.11+) managed: a key must hold no reference but its type, or
+       untracking it from the cycle collector would be wrong. */
+    unsigned long managed = 0;
+#ifdef Py_TPFLAGS_MANAGED_DICT
+    managed |= Py_TPFLAGS_MANAGED_DICT;
+#endif
+#ifdef Py_TPFLAGS_MANAGED_WEAKREF
+    managed |= Py_TPFLAGS_MANAGED_WEAKREF;
+#endif
+    if (type->tp_basicsize != PyLong_Type.tp_basicsize || type->tp_itemsize != PyLong_Type.tp_itemsize ||
+        type->tp_dictoffset != 0 || type->tp_weaklistoffset != 0 || (type->tp_flags & managed) != 0) {
         PyErr_Format(PyExc_TypeError, "%R adds fields to int (give it __slots__ = ())", cls);
         return -1;
     }
@@ -81,9 +92,17 @@ alloc_key(PyTypeObject *type, const digit *digits, Py_ssize_t n)
     if (obj == NULL) {
         return NULL;
     }
+#if PY_VERSION_HEX >= 0x030C0000
+    /* 3.12+: the digit count and the sign share lv_tag (sign 0: positive, 1: zero); tp_alloc left room for a digit */
+    obj->long_value.lv_tag = ((uintptr_t)n << _PyLong_NON_SIZE_BITS) | (n == 0 ? 1 : 0);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        obj->long_value.ob_digit[i] = digits[i];
+    }
+#else
     for (Py_ssize_t i = 0; i < n; i++) {
         obj->ob_digit[i] = digits[i];
     }
+#endif
     if (PyType_IS_GC(type)) {
         PyObject_GC_UnTrack(obj);
     }

@@ -32,7 +32,9 @@ def test_the_accelerator_is_built_where_a_compiler_is() -> None:
 
     assert _keymaker.ACCELERATED
     assert _keymaker.make_keys is _speedups.make_keys
-    direct_layout = sys.implementation.name == "cpython" and sys.version_info[:2] == (3, 11)
+    free_threaded = not getattr(sys, "_is_gil_enabled", lambda: True)() or "t" in getattr(sys, "abiflags", "")
+    direct_layout = sys.implementation.name == "cpython" and (3, 11) <= sys.version_info[:2] <= (3, 13)
+    direct_layout = direct_layout and not free_threaded
     assert bool(_speedups.DIRECT) is direct_layout
 
 
