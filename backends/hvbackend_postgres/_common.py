@@ -165,27 +165,30 @@ _RECORD_SLOTS = _record_slots()
 def query_records(rows: Sequence[Sequence[Any]], key_type: type[Key]) -> list[Record]:
     """Rows ``(id, kind, body)`` of a query stream as Records (a batch at a time: the per-row cost is the point).
 
-    A frozen dataclass's ``__init__`` sets each field through ``object.__setattr__``, which cost more than
-    decoding the row; the slots are filled directly instead (`_record_slots` checks that `Record` still has
-    exactly these three slots, else ``Record(...)`` is called). Ids are bigints, so a non-negative one is always a
-    valid key and skips `Key`'s checks; a negative one goes through them (and is refused as before). Bodies are
-    fresh dicts from the JSON loader and are not copied again.
+    Ids are bigints, so a non-negative one is always a valid key and skips `Key`'s checks; a negative one goes
+    through them (and is refused as before).
     """
     new_int = int.__new__
+    return make_records((new_int(key_type, key) if key >= 0 else key_type(key), kind, data) for key, kind, data in rows)
+
+
+def make_records(triples: Iterable[tuple[Key, int, Any]]) -> list[Record]:
+    """Records of ``(key, kind, body)`` triples read from the server.
+
+    A frozen dataclass's ``__init__`` sets each field through ``object.__setattr__``, which cost more than
+    decoding the row; the slots are filled directly instead (`_record_slots` checks that `Record` still has
+    exactly these three slots, else ``Record(...)`` is called). Bodies are fresh dicts from the JSON or hstore
+    loader and are not copied again (anything else becomes a dict).
+    """
     if _RECORD_SLOTS is None:
-        return [
-            Record(
-                new_int(key_type, key) if key >= 0 else key_type(key), kind, data if type(data) is dict else dict(data)
-            )
-            for key, kind, data in rows
-        ]
+        return [Record(key, kind, data if type(data) is dict else dict(data)) for key, kind, data in triples]
     set_key, set_kind, set_data = _RECORD_SLOTS
     new = object.__new__
     records: list[Record] = []
     append = records.append
-    for key, kind, data in rows:
+    for key, kind, data in triples:
         record = new(Record)
-        set_key(record, new_int(key_type, key) if key >= 0 else key_type(key))
+        set_key(record, key)
         set_kind(record, kind)
         set_data(record, data if type(data) is dict else dict(data))
         append(record)
@@ -457,8 +460,8 @@ class StoreCore:
 
     @staticmethod
     def _records(items: Sequence[tuple[int, Key]], rows: Iterable[Sequence[Any]]) -> list[Record]:
-        keys = {int(k): k for _, k in items}
-        return [Record(keys[int(r[0])], int(r[1]), dict(r[2])) for r in rows]
+        keys = {int(k): k for _, k in items}  # the caller's own Key objects come back
+        return make_records((keys[r[0]], r[1], r[2]) for r in rows)
 
     def _update_sql(self, shard_id: int, ext: str | None, *, merge: bool) -> sql.Composed:
         target = sql.SQL("{}.{}").format(sql.Identifier(shard_schema(shard_id)), sql.Identifier(TABLE))
