@@ -10,6 +10,7 @@ pytest_plugins = [
     "fixtures.pgservers",
     "fixtures.faults",
     "fixtures.redis_cluster",
+    "fixtures.redis_replica",
 ]
 
 # A test using one of these fixtures gets the marker, so `-m "not postgres"` selects fast tests.

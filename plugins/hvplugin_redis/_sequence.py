@@ -24,16 +24,28 @@ one slot, as it must. When a guard is found missing, the source sets every missi
 cluster (or a node that lost its data) warms up once, not once per group. Single-node key names are unchanged
 (a cluster never shares keys with a single node, so both namings never meet).
 
+Replica failover (``wait_replicas=N``, ``?wait_replicas=N`` in a URL): replication is asynchronous, so a replica
+promoted after its primary died may lack the primary's last counters while still holding the ``born`` guard, and
+would hand those numbers out again. With ``wait_replicas=N`` every reservation is pipelined with ``WAIT N
+<wait_timeout>`` on the same connection (still one round trip, plus the replicas' acknowledgement); the block is
+handed out only if at least N replicas acknowledged it, else `hvcore.errors.SequenceUnavailable` says how many did.
+N should be the number of replicas, so that whichever is promoted holds every block handed out. Not available
+with ``cluster=True``: redis-py's cluster client sends ``WAIT`` to every primary and adds the replies up, and
+re-sends a redirected command on its own, apart from its ``WAIT``, so an acknowledgement could belong to another
+write; the combination is a `ConfigError`.
+
 Redis must not evict keys (``maxmemory-policy noeviction``, its default). Failures never fall back to
-anything local: a Redis that cannot be reached, times out or refuses raises `hvcore.errors.SequenceUnavailable`
-within `max_wait` seconds (in a cluster, redis-py also refreshes its slot map after a connection error, which
-can add up to one more connect timeout per startup node).
+anything local: a Redis that cannot be reached, times out, refuses or (with ``wait_replicas``) is not acknowledged
+by enough replicas raises `hvcore.errors.SequenceUnavailable` within `max_wait` seconds (in a cluster, redis-py
+also refreshes its slot map after a connection error, which can add up to one more connect timeout per startup
+node).
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import math
 import os
 import threading
 import time
@@ -199,6 +211,7 @@ class _RedisSequenceBase:
         "_parsed",
         "_pid",
         "_resume_at",
+        "_script_known",
         "_state",
         "_tags",
         "_url",
@@ -214,6 +227,8 @@ class _RedisSequenceBase:
         "read_timeout",
         "retries",
         "sequence_size",
+        "wait_replicas",
+        "wait_timeout",
     )
 
     def __init__(self, target: object, options: dict[str, Any]) -> None:
@@ -265,6 +280,8 @@ class _RedisSequenceBase:
         max_skew_ms: int | None,
         check_clock: bool,
         cluster: bool,
+        wait_replicas: int,
+        wait_timeout: float,
         layout: KeyLayout | None,
     ) -> None:
         layout = layout or KeyLayout.DEFAULT
@@ -280,9 +297,24 @@ class _RedisSequenceBase:
                 f"key_prefix must not contain '{{' or '}}' with cluster=True (the source adds its own hash tags), "
                 f"got {key_prefix!r}"
             )
-        for label, value in (("connect_timeout", connect_timeout), ("read_timeout", read_timeout)):
+        timeouts = (
+            ("connect_timeout", connect_timeout),
+            ("read_timeout", read_timeout),
+            ("wait_timeout", wait_timeout),
+        )
+        for label, value in timeouts:
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 3600:
                 raise ConfigError(f"{label} must be a number of seconds in (0, 3600), got {value!r}")
+        if type(wait_replicas) is not int or wait_replicas < 0:
+            raise ConfigError(
+                f"wait_replicas must be an int >= 0 (replicas that must acknowledge each block), got {wait_replicas!r}"
+            )
+        if cluster and wait_replicas:
+            raise ConfigError(
+                f"wait_replicas={wait_replicas} cannot be combined with cluster=True: redis-py's cluster client sends "
+                "WAIT to every primary and adds the replies up, and re-sends a redirected command apart from its WAIT, "
+                "so an acknowledgement could belong to another write; use wait_replicas=0 with a Redis Cluster"
+            )
         if type(retries) is not int or not 0 <= retries <= 10:
             raise ConfigError(f"retries must be an int in 0..10, got {retries!r}")
         if type(expire_ms) is not int or expire_ms < 1000:
@@ -311,6 +343,8 @@ class _RedisSequenceBase:
         self.cluster = cluster
         self.connect_timeout = float(connect_timeout)
         self.read_timeout = float(read_timeout)
+        self.wait_replicas = wait_replicas
+        self.wait_timeout = float(wait_timeout)
         self.retries = retries
         self.expire_ms = expire_ms
         self._fixed_block = block_size
@@ -320,6 +354,7 @@ class _RedisSequenceBase:
         self._groups = CLUSTER_GROUPS if cluster else 1
         self._tags = [f"{{{key_prefix}:g{g}}}" for g in range(CLUSTER_GROUPS)] if cluster else [key_prefix]
         self._born_keys = [f"{tag}:born" for tag in self._tags]
+        self._script_known = False  # with wait_replicas: the server has the script (EVALSHA), as far as we know
         self._resume_at = [0] * self._groups  # per group: first time part the server serves (after a fresh start)
         # per shard: [adaptive block size, last time part reserved]
         self._state: dict[int, list[int]] = {}
@@ -333,21 +368,35 @@ class _RedisSequenceBase:
 
     @property
     def max_wait(self) -> float:
-        """Upper bound in seconds of one `reserve` call before it raises `SequenceUnavailable`."""
-        return (self.retries + 1) * (self.connect_timeout + self.read_timeout)
+        """Upper bound in seconds of one `reserve` call before it raises `SequenceUnavailable`:
+        ``(retries + 1) * (connect_timeout + read_timeout)``, plus ``wait_timeout`` per attempt with
+        ``wait_replicas``."""
+        return (self.retries + 1) * self._attempt_timeout
+
+    @property
+    def _attempt_timeout(self) -> float:
+        waited = self.wait_timeout if self.wait_replicas else 0.0
+        return self.connect_timeout + self.read_timeout + waited
+
+    @property
+    def _wait_ms(self) -> int:
+        """``WAIT``'s timeout argument: whole milliseconds, never 0 (which would block forever)."""
+        return max(1, math.ceil(self.wait_timeout * 1000))
 
     def __repr__(self) -> str:
         fixed = self._fixed_block
         sizing = f"block_size={fixed}" if fixed else f"blocks={self.min_block}..{self.max_block}"
         mode = " cluster" if self.cluster else ""
-        return f"<{type(self).__name__} {self.name}{mode} prefix={self.key_prefix!r} {sizing}>"
+        waits = f" wait_replicas={self.wait_replicas}" if self.wait_replicas else ""
+        return f"<{type(self).__name__} {self.name}{mode} prefix={self.key_prefix!r} {sizing}{waits}>"
 
     def _client_options(self) -> dict[str, Any]:
         # Retries are ours (the loop in reserve): redis-py's own would nest (connect retries inside command
         # retries, with backoff) and multiply the time bound.
+        # The reply to WAIT comes up to wait_timeout late: the socket's read timeout leaves it that time.
         return {
             "socket_connect_timeout": self.connect_timeout,
-            "socket_timeout": self.read_timeout,
+            "socket_timeout": self._attempt_timeout - self.connect_timeout,
             "retry": Retry(NoBackoff(), 0),
             "retry_on_timeout": False,
             "decode_responses": False,
@@ -385,6 +434,42 @@ class _RedisSequenceBase:
         group = shard_id % self._groups
         key = f"{self._tags[group]}:{shard_id}:{time_part}"
         return key, self._born_keys[group], count, self.expire_ms, time_part + self._epoch_ms, skew
+
+    def _queue(self, pipe: Any, args: tuple[str, str, int, int, int, int]) -> None:
+        """Queue the reservation and its ``WAIT`` in one pipeline: by the script's SHA once the server is known to
+        have it, else the script itself (which loads it), so that no WAIT is spent on a ``NOSCRIPT``."""
+        if self._script_known:
+            pipe.evalsha(_SCRIPT_SHA, 2, *args)
+        else:
+            pipe.eval(RESERVE_SCRIPT, 2, *args)
+        pipe.execute_command("WAIT", self.wait_replicas, self._wait_ms)
+
+    def _replies(self, replies: list[Any]) -> tuple[object, object] | None:
+        """The script's reply and WAIT's; None to send the script itself again (the server lost it, a flush or a
+        failover, and the replicas do acknowledge). An error reply of either is raised (the script's first)."""
+        top, acked = replies
+        if isinstance(top, redis.exceptions.NoScriptError):
+            self._script_known = False
+            if type(acked) is int and acked < self.wait_replicas:
+                return None, acked  # the replicas do not acknowledge: sending the script again would not help
+            return None
+        for reply in (top, acked):
+            if isinstance(reply, BaseException):
+                raise reply
+        self._script_known = True
+        return top, acked
+
+    def _check_acks(self, acked: object, started: float) -> None:
+        """Refuse a block that fewer than ``wait_replicas`` replicas acknowledged: a failover could serve it again."""
+        if type(acked) is not int:
+            raise SequenceUnavailable(f"Redis sequence at {self.name} answered {acked!r} to WAIT")
+        if acked < self.wait_replicas:
+            waited = time.monotonic() - started
+            raise SequenceUnavailable(
+                f"Redis sequence at {self.name}: {acked} replica(s) acknowledged the reservation within "
+                f"wait_timeout={self.wait_timeout:g} s, wait_replicas={self.wait_replicas} asked for ({waited:.2f} s); "
+                f"its numbers are not handed out (a failover to a replica lacking them could serve them again)"
+            )
 
     def _block(self, shard_id: int, time_part: int, count: int, top: object) -> range:
         if type(top) is not int or top < count:
@@ -438,6 +523,7 @@ class _RedisSequenceBase:
     def _forget(self) -> None:
         """After fork(): the parent's block sizes are not the child's."""
         self._pid = os.getpid()
+        self._script_known = False
         self._state = {}
         self._used_up = {}
 
@@ -457,8 +543,11 @@ class RedisSequence(_RedisSequenceBase):
     Blocks are sized adaptively between ``min_block`` and ``max_block`` (doubling while this process uses a
     block up within one millisecond, halving after idle milliseconds) unless ``block_size`` fixes them.
     Counters live ``expire_ms``; a millisecond more than ``max_skew_ms`` from the server's clock is refused
-    (``check_clock=False`` turns that off, for tests with made-up clocks only). Every failure raises
-    `SequenceUnavailable` within `max_wait` seconds: ``retries + 1`` attempts of connect + read timeouts.
+    (``check_clock=False`` turns that off, for tests with made-up clocks only). ``wait_replicas=N`` hands a block
+    out only once N replicas acknowledged it (``WAIT``, pipelined with the reservation; up to ``wait_timeout``
+    seconds), so a replica promoted after a failover cannot serve it again; not with ``cluster=True``. Every
+    failure raises `SequenceUnavailable` within `max_wait` seconds: ``retries + 1`` attempts of connect + read
+    timeouts (+ ``wait_timeout`` with ``wait_replicas``; a client handed in keeps its own socket timeouts).
     """
 
     __module__ = "hvplugin_redis"
@@ -479,6 +568,8 @@ class RedisSequence(_RedisSequenceBase):
         max_skew_ms: int | None = None,
         check_clock: bool = True,
         cluster: bool = False,
+        wait_replicas: int = 0,
+        wait_timeout: float = 0.5,
         layout: KeyLayout | None = None,
     ) -> None:
         super().__init__(
@@ -495,6 +586,8 @@ class RedisSequence(_RedisSequenceBase):
                 "max_skew_ms": max_skew_ms,
                 "check_clock": check_clock,
                 "cluster": cluster,
+                "wait_replicas": wait_replicas,
+                "wait_timeout": wait_timeout,
                 "layout": layout,
             },
         )
@@ -544,10 +637,13 @@ class RedisSequence(_RedisSequenceBase):
             attempt += 1
             try:
                 client = self._get_client()
-                try:
-                    top = client.evalsha(_SCRIPT_SHA, 2, *args)
-                except redis.exceptions.NoScriptError:
-                    top = client.eval(RESERVE_SCRIPT, 2, *args)
+                if self.wait_replicas:
+                    top, acked = self._reserve_and_wait(client, args)
+                else:
+                    try:
+                        top = client.evalsha(_SCRIPT_SHA, 2, *args)
+                    except redis.exceptions.NoScriptError:
+                        top = client.eval(RESERVE_SCRIPT, 2, *args)
             except _CONNECTION_ERRORS as exc:
                 if attempt <= self.retries:
                     continue
@@ -558,7 +654,23 @@ class RedisSequence(_RedisSequenceBase):
                 return self._refused(exc, shard_id, time_part, started)
             except redis.exceptions.RedisError as exc:
                 raise self._fail(exc, attempt, started) from exc
+            if self.wait_replicas:
+                self._check_acks(acked, started)
             return self._block(shard_id, time_part, count, top)
+
+    def _reserve_and_wait(
+        self, client: _SyncClient, args: tuple[str, str, int, int, int, int]
+    ) -> tuple[object, object]:
+        """The reservation and ``WAIT`` in one pipeline: one connection, so WAIT counts this very write."""
+        with cast(Any, client).pipeline(transaction=False) as pipe:  # (not in _SyncClient: only wait_replicas uses it)
+            self._queue(pipe, args)
+            replies = self._replies(pipe.execute(raise_on_error=False))
+            if replies is None:
+                self._queue(pipe, args)
+                replies = self._replies(pipe.execute(raise_on_error=False))
+        if replies is None:
+            raise SequenceUnavailable(f"Redis sequence at {self.name} keeps losing its script (NOSCRIPT)")
+        return replies
 
     def _guard_all(self, client: _SyncClient) -> None:
         """Set every missing guard now (a fresh cluster, or a node that lost its data) so that all groups warm up
@@ -616,6 +728,8 @@ class AsyncRedisSequence(_RedisSequenceBase):
         max_skew_ms: int | None = None,
         check_clock: bool = True,
         cluster: bool = False,
+        wait_replicas: int = 0,
+        wait_timeout: float = 0.5,
         layout: KeyLayout | None = None,
     ) -> None:
         super().__init__(
@@ -632,6 +746,8 @@ class AsyncRedisSequence(_RedisSequenceBase):
                 "max_skew_ms": max_skew_ms,
                 "check_clock": check_clock,
                 "cluster": cluster,
+                "wait_replicas": wait_replicas,
+                "wait_timeout": wait_timeout,
                 "layout": layout,
             },
         )
@@ -670,13 +786,16 @@ class AsyncRedisSequence(_RedisSequenceBase):
         while True:
             attempt += 1
             try:
-                async with asyncio.timeout(self.connect_timeout + self.read_timeout):
+                async with asyncio.timeout(self._attempt_timeout):
                     if not self._ready:
                         await self._map_cluster(client)
-                    try:
-                        top = await client.evalsha(_SCRIPT_SHA, 2, *args)
-                    except redis.exceptions.NoScriptError:
-                        top = await client.eval(RESERVE_SCRIPT, 2, *args)
+                    if self.wait_replicas:
+                        top, acked = await self._reserve_and_wait(client, args)
+                    else:
+                        try:
+                            top = await client.evalsha(_SCRIPT_SHA, 2, *args)
+                        except redis.exceptions.NoScriptError:
+                            top = await client.eval(RESERVE_SCRIPT, 2, *args)
             except _CONNECTION_ERRORS as exc:  # asyncio.timeout raises TimeoutError, an OSError
                 if attempt <= self.retries:
                     continue
@@ -687,7 +806,23 @@ class AsyncRedisSequence(_RedisSequenceBase):
                 return self._refused(exc, shard_id, time_part, started)
             except redis.exceptions.RedisError as exc:
                 raise self._fail(exc, attempt, started) from exc
+            if self.wait_replicas:
+                self._check_acks(acked, started)
             return self._block(shard_id, time_part, count, top)
+
+    async def _reserve_and_wait(
+        self, client: _AsyncClient, args: tuple[str, str, int, int, int, int]
+    ) -> tuple[object, object]:
+        """The reservation and ``WAIT`` in one pipeline: one connection, so WAIT counts this very write."""
+        async with cast(Any, client).pipeline(transaction=False) as pipe:
+            self._queue(pipe, args)
+            replies = self._replies(await pipe.execute(raise_on_error=False))
+            if replies is None:
+                self._queue(pipe, args)
+                replies = self._replies(await pipe.execute(raise_on_error=False))
+        if replies is None:
+            raise SequenceUnavailable(f"Redis sequence at {self.name} keeps losing its script (NOSCRIPT)")
+        return replies
 
     async def _map_cluster(self, client: _AsyncClient) -> None:
         """``RedisCluster.initialize()`` by one task while the others wait: redis-py maps the cluster lazily on the

@@ -1,6 +1,6 @@
 """The one parser of Redis sequence URLs: the source's own options and redis-py's connection options in the query.
 
-``redis://[user:password@]host:port/db?key_prefix=myapp&connect_timeout=0.5&cluster=true&client_name=api``
+``redis://[user:password@]host:port/db?key_prefix=myapp&connect_timeout=0.5&wait_replicas=1&client_name=api``
 
 - the source's options are its constructor's keyword arguments (`SOURCE_OPTIONS`), by the same names;
 - redis-py's ``socket_timeout`` / ``socket_connect_timeout`` are the source's ``read_timeout`` / ``connect_timeout``
@@ -82,6 +82,8 @@ SOURCE_OPTIONS: dict[str, Callable[[str, str], Any]] = {
     "min_block": _as_int,
     "read_timeout": _as_seconds,
     "retries": _as_int,
+    "wait_replicas": _as_int,
+    "wait_timeout": _as_seconds,
 }
 """The source's own options in a URL query: its constructor's keyword arguments (all but ``layout``)."""
 
@@ -132,7 +134,10 @@ REDIS_OPTIONS: dict[str, Callable[[str, str], str]] = {
 """redis-py's connection options passed through to the client (checked here, parsed again by redis-py)."""
 
 _REFUSED = {
-    "max_wait": "it is derived, (retries + 1) * (connect_timeout + read_timeout): set those instead",
+    "max_wait": (
+        "it is derived, (retries + 1) * (connect_timeout + read_timeout), plus wait_timeout per attempt with "
+        "wait_replicas: set those instead"
+    ),
     "layout": "the key layout comes from the Datastore or KeyGenerator using the source",
     "password": "credentials belong in the URL's user-info: redis://user:password@host:port/0",
     "username": "credentials belong in the URL's user-info: redis://user:password@host:port/0",

@@ -8,6 +8,7 @@ import importlib
 import inspect
 import multiprocessing
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -24,6 +25,7 @@ import fakeredis.aioredis
 import pytest
 import redis
 from fixtures.faults import start_redis, stop_redis
+from fixtures.redis_replica import RedisReplicaPair
 from fixtures.services import REDIS_URL, missing_service
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -344,6 +346,12 @@ def test_the_skew_script_reply(fake: fakeredis.FakeRedis) -> None:
         ({"max_block": 2048}, "max_block"),
         ({"max_skew_ms": -1}, "max_skew_ms"),
         ({"expire_ms": 3000, "max_skew_ms": 1500}, "max_skew_ms"),
+        ({"wait_replicas": -1}, r"wait_replicas must be an int >= 0"),
+        ({"wait_replicas": True}, "wait_replicas"),
+        ({"wait_replicas": 1.0}, "wait_replicas"),
+        ({"wait_timeout": 0}, r"wait_timeout must be a number of seconds in \(0, 3600\)"),
+        ({"wait_timeout": "1"}, "wait_timeout"),
+        ({"wait_replicas": 1, "cluster": True}, "wait_replicas=1 cannot be combined with cluster=True"),
     ],
 )
 def test_bad_options_raise_config_error(fake: fakeredis.FakeRedis, options: dict[str, Any], match: str) -> None:
@@ -444,6 +452,15 @@ def test_an_option_set_in_the_url_and_as_an_argument() -> None:
         ("db=x", "option 'db' .* must be an int"),
         ("ssl_cert_reqs=none", "'ssl_cert_reqs' .* needs a rediss://"),
         ("cluster=true&db=2", "a Redis Cluster has only database 0, got db 2"),
+        ("wait_replicas=one", "option 'wait_replicas' in the Redis URL must be an int, got 'one'"),
+        ("wait_replicas=1.5", "option 'wait_replicas' in the Redis URL must be an int, got '1.5'"),
+        ("wait_replicas=-1", "wait_replicas must be an int >= 0 .*got -1"),
+        ("wait_timeout=soon", "option 'wait_timeout' in the Redis URL must be a number of seconds, got 'soon'"),
+        ("wait_timeout=inf", "option 'wait_timeout' .* number of seconds"),
+        ("wait_timeout=0", r"wait_timeout must be a number of seconds in \(0, 3600\), got 0"),
+        ("wait_replicas=1&wait_replicas=2", "option 'wait_replicas' is given twice"),
+        ("wait_replica=1", r"unknown option 'wait_replica' .*did you mean 'wait_replicas'\?"),
+        ("wait_replicas=1&cluster=true", "wait_replicas=1 cannot be combined with cluster=True"),
     ],
 )
 def test_bad_url_options_are_config_errors(query: str, match: str) -> None:
@@ -1047,3 +1064,212 @@ def test_datastores_take_url_options(redis_url: str, prefix: str) -> None:
         assert client.keys(f"{prefix}:4:*")  # the counters are under the URL's prefix
     finally:
         client.close()
+
+
+# ---------------------------------------------------------------- wait_replicas (a primary + replica of the test's own)
+
+
+@pytest.mark.parametrize("cls", [RedisSequence, AsyncRedisSequence])
+def test_wait_replicas_from_the_url_and_its_time_bound(cls: type[RedisSequence | AsyncRedisSequence]) -> None:
+    seq = cls("redis://127.0.0.1:1/0?wait_replicas=2&wait_timeout=0.25&read_timeout=0.5&connect_timeout=0.25&retries=1")
+    assert (seq.wait_replicas, seq.wait_timeout) == (2, 0.25)
+    assert seq.max_wait == pytest.approx(2 * (0.25 + 0.5 + 0.25))  # each attempt may wait for the replicas too
+    kwargs = seq._client.connection_pool.connection_kwargs  # type: ignore[union-attr]
+    assert kwargs["socket_timeout"] == pytest.approx(0.75)  # WAIT's reply may come wait_timeout late
+    assert "wait_replicas=2" in repr(seq)
+    _close(seq)
+    default = cls("redis://127.0.0.1:1/0")
+    assert (default.wait_replicas, default.wait_timeout, default.max_wait) == (0, 0.5, 4.0)  # the wait is off
+    assert "wait_replicas" not in repr(default)
+    _close(default)
+    with pytest.raises(ConfigError, match="wait_replicas is set twice"):
+        cls("redis://127.0.0.1:1/0?wait_replicas=1", wait_replicas=2)
+
+
+def test_wait_replicas_refuses_a_cluster_client_handed_in() -> None:
+    import redis.asyncio.cluster
+
+    client = redis.asyncio.cluster.RedisCluster(host="127.0.0.1", port=1)  # connects on its first command only
+    with pytest.raises(ConfigError, match="wait_replicas=1 cannot be combined with cluster=True"):
+        AsyncRedisSequence(client, wait_replicas=1)
+    with pytest.raises(ConfigError, match="redis-py's cluster client sends WAIT to every primary"):
+        RedisSequence("redis://127.0.0.1:1/0", cluster=True, wait_replicas=1)
+
+
+def test_a_server_that_cannot_wait_is_a_typed_error(fake: fakeredis.FakeRedis) -> None:
+    seq = RedisSequence(fake, wait_replicas=1)  # fakeredis has no WAIT: never a block without the acknowledgement
+    with pytest.raises(SequenceUnavailable, match="unknown command 'wait'"):
+        seq.reserve(0, now_ms() - LAYOUT.epoch_ms, 1)
+
+
+def _replica_counters(client: redis.Redis, prefix: str = "hv:seq") -> dict[bytes, bytes | None]:
+    keys = sorted(client.scan_iter(match=f"{prefix}:*:*", count=1000))
+    return dict(zip(keys, client.mget(keys) if keys else [], strict=True))
+
+
+@pytest.mark.redis  # a primary + replica of its own
+def test_wait_replicas_hands_out_only_blocks_the_replica_holds(redis_replica_pair: RedisReplicaPair) -> None:
+    pair = redis_replica_pair
+    primary, replica = pair.client("primary"), pair.client("replica")
+    warm(primary)
+    seq = RedisSequence(pair.primary_url, wait_replicas=1, wait_timeout=2.0)
+    ids: list[int] = []
+    checked = 0
+    deadline = time.monotonic() + 20
+    while checked < 300 and time.monotonic() < deadline:  # reserve() by hand: each block checked on the replica
+        t = now_ms() - LAYOUT.epoch_ms
+        block = seq.reserve(4, t, 1)
+        if not block:
+            continue
+        if checked == 150:
+            primary.script_flush()  # the pipelined EVALSHA misses: the script is sent, with its WAIT, again
+        held = int(replica.get(f"hv:seq:4:{t}") or 0)
+        assert held >= block.stop, f"block {block} of ms {t} handed out, the replica's counter is only {held}"
+        ids.extend(((t << LAYOUT.time_shift) | (4 << LAYOUT.shard_shift)) + n for n in block)
+        checked += 1
+    assert checked == 300
+    gen = generator_class("KeyGenerator")(LAYOUT, sequence=seq)
+    ids += gen.next_keys(4, 20_000)  # the generator's path: adaptive blocks
+    assert_unique(ids)
+    counters = _replica_counters(primary)
+    assert counters and _replica_counters(replica) == counters  # every reservation reached the replica
+    seq.close()
+    primary.close()
+    replica.close()
+
+
+@pytest.mark.redis  # a primary + replica of its own
+def test_async_wait_replicas_on_a_healthy_replica(redis_replica_pair: RedisReplicaPair) -> None:
+    pair = redis_replica_pair
+    with pair.client("primary") as primary:
+        warm(primary)
+
+    async def main() -> list[int]:
+        seqs = [AsyncRedisSequence(pair.primary_url, wait_replicas=1, wait_timeout=2.0) for _ in range(2)]
+        gens = [generator_class("AsyncKeyGenerator")(LAYOUT, sequence=s) for s in seqs]
+
+        async def take(gen: Any) -> list[int]:
+            out: list[int] = []
+            for _ in range(20):
+                out += await gen.next_keys(7, 500)
+                out.append(await gen.next_key(7))
+            return out
+
+        parts = await asyncio.gather(*(take(g) for g in gens))
+        for s in seqs:
+            await s.close()
+        return [k for part in parts for k in part]
+
+    keys = asyncio.run(main())
+    assert len(keys) == 2 * 20 * 501
+    assert_unique(keys)
+    with pair.client("primary") as primary, pair.client("replica") as replica:
+        counters = _replica_counters(primary)
+        assert counters and _replica_counters(replica) == counters
+
+
+@pytest.mark.redis  # a primary + replica of its own, whose replica is frozen or killed
+@pytest.mark.parametrize("fault", ["frozen", "killed"])
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_reservations_fail_within_the_bound_when_the_replica_is_gone(
+    redis_replica_pair: RedisReplicaPair, fault: str, mode: str
+) -> None:
+    pair = redis_replica_pair
+    with pair.client("primary") as primary:
+        warm(primary)
+    options: dict[str, Any] = {"wait_replicas": 1, "wait_timeout": 0.3, "connect_timeout": 0.5, "read_timeout": 0.5}
+    sync_seq = RedisSequence(pair.primary_url, **options)
+
+    def attempt(shard: int) -> tuple[range | SequenceUnavailable, float, float]:
+        """One reserve of ``shard``: (its block or error, seconds it took, the source's max_wait)."""
+
+        async def in_loop() -> tuple[range | SequenceUnavailable, float, float]:
+            async with AsyncRedisSequence(pair.primary_url, **options) as seq:  # clients are bound to their loop
+                t0 = time.monotonic()
+                try:
+                    return await seq.reserve(shard, now_ms() - LAYOUT.epoch_ms, 1), time.monotonic() - t0, seq.max_wait
+                except SequenceUnavailable as exc:
+                    return exc, time.monotonic() - t0, seq.max_wait
+
+        if mode == "async":
+            return asyncio.run(in_loop())
+        t0 = time.monotonic()
+        try:
+            return sync_seq.reserve(shard, now_ms() - LAYOUT.epoch_ms, 1), time.monotonic() - t0, sync_seq.max_wait
+        except SequenceUnavailable as exc:
+            return exc, time.monotonic() - t0, sync_seq.max_wait
+
+    def flowing(shard: int) -> range | SequenceUnavailable:
+        """Blocks flow (a busy machine may keep a healthy replica's ack past wait_timeout once: try again)."""
+        deadline = time.monotonic() + 15
+        while True:
+            got, _, _ = attempt(shard)
+            if (isinstance(got, range) and got) or time.monotonic() > deadline:
+                return got
+            time.sleep(0.05)
+
+    got = flowing(1)
+    assert isinstance(got, range) and got, f"no block while the replica was healthy: {got!r}"
+    if fault == "frozen":
+        pair.freeze_replica()
+    else:
+        pair.kill_replica()
+    try:
+        for shard in (2, 3):  # shards with nothing used up locally: each asks Redis
+            got, took, max_wait = attempt(shard)
+            assert isinstance(got, SequenceUnavailable), f"a block without the replica: {got!r}"
+            assert re.search(r"0 replica\(s\) acknowledged .* wait_replicas=1 asked for", str(got)), str(got)
+            assert took >= 0.5 * options["wait_timeout"]  # WAIT really waited for the replica
+            assert took <= max_wait + 1.0  # within the documented bound, plus slack for a busy machine
+    finally:
+        if fault == "frozen":
+            pair.thaw_replica()
+    if fault == "frozen":  # the replica catches up: blocks flow again, the same source goes on
+        got = flowing(2)
+        assert isinstance(got, range) and got, f"no block after the replica was thawed: {got!r}"
+    sync_seq.close()
+
+
+@pytest.mark.redis  # a primary + replica of its own
+def test_more_replicas_asked_than_there_are_is_refused_with_the_count(redis_replica_pair: RedisReplicaPair) -> None:
+    with redis_replica_pair.client("primary") as primary:
+        warm(primary)
+    seq = RedisSequence(redis_replica_pair.primary_url, wait_replicas=2, wait_timeout=1.0)
+    with pytest.raises(SequenceUnavailable, match=r"1 replica\(s\) acknowledged .* wait_replicas=2 asked for"):
+        seq.reserve(0, now_ms() - LAYOUT.epoch_ms, 1)
+    seq.close()
+
+
+@pytest.mark.redis  # a primary + replica of its own; the replica is promoted
+@pytest.mark.parametrize("wait_replicas", [1, 0], ids=["guarded", "control-unguarded"])
+def test_a_promoted_replica_serves_no_number_the_old_primary_handed_out(
+    redis_replica_pair: RedisReplicaPair, wait_replicas: int
+) -> None:
+    pair = redis_replica_pair
+    primary, replica = pair.client("primary"), pair.client("replica")
+    warm(primary)  # replicated: the promoted replica keeps this born guard, the gap wait_replicas closes
+    options: dict[str, Any] = {"block_size": 64, "max_skew_ms": 5000, "wait_timeout": 1.0}
+    host_a = RedisSequence(pair.primary_url, wait_replicas=wait_replicas, **options)
+    t = now_ms() - LAYOUT.epoch_ms  # one millisecond for everyone: valid for max_skew_ms
+    handed_out = list(host_a.reserve(1, t, 1)) + list(host_a.reserve(1, t, 1))
+    deadline = time.monotonic() + 10  # the replica is in sync before the failover (without WAIT, it just lags)
+    while replica.get(f"hv:seq:1:{t}") != b"128" or not replica.exists("hv:seq:born"):
+        assert time.monotonic() < deadline, "the replica never caught up"
+        time.sleep(0.01)
+    replica.replicaof("NO", "ONE")  # the failover: the replica is the primary now
+    # the old primary still takes writes from host A (as until Sentinel demotes it); the promoted one never sees them
+    for _ in range(2):
+        try:
+            handed_out += host_a.reserve(1, t, 1)
+        except SequenceUnavailable as exc:
+            assert wait_replicas, f"failed without wait_replicas: {exc}"
+            assert "0 replica(s) acknowledged" in str(exc)
+    host_b = RedisSequence(pair.replica_url, **options)  # a host failed over to the promoted replica
+    served_after = list(host_b.reserve(1, t, 1)) + list(host_b.reserve(1, t, 1))
+    again = set(handed_out) & set(served_after)
+    if wait_replicas:
+        assert handed_out == list(range(128)) and not again
+    else:  # the hazard is real: the promoted replica serves numbers the old primary already handed out
+        assert handed_out == list(range(256)) and again == set(range(128, 256))
+    for closing in (host_a, host_b, primary, replica):
+        closing.close()
