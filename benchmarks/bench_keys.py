@@ -218,23 +218,18 @@ def _cpu_ns_next_keys(next_keys: Callable[[int, int], list[Key]], n: int, ids: i
     return (time.process_time_ns() - start) / (calls * n)
 
 
-def _cpu_ns_key_floor(n: int, ids: int) -> float:
-    """Only creating ``n`` Key objects per call with the maker next_keys uses: the floor under any next_keys."""
+def _pure_make_keys(key_type: type[Key], base: int, n: int) -> list[Key]:
+    """Keys made with int.__new__, as a build without the C extension makes them."""
+    return list(map(int.__new__, repeat(key_type, n), range(base, base + n)))
+
+
+def _cpu_ns_key_floor(n: int, ids: int, make_keys: Callable[[type[Key], int, int], list[Key]]) -> float:
+    """Only creating ``n`` Key objects per call with ``make_keys``: the floor under any next_keys."""
     calls = max(1, ids // n)
-    key_type, make_keys, base = LAYOUT.key_type, _keymaker.make_keys, 1 << 50
+    key_type, base = LAYOUT.key_type, 1 << 50
     start = time.process_time_ns()
     for _ in range(calls):
         make_keys(key_type, base, n)
-    return (time.process_time_ns() - start) / (calls * n)
-
-
-def _cpu_ns_pure_floor(n: int, ids: int) -> float:
-    """Creating ``n`` Key objects with int.__new__, as a build without the C accelerator must."""
-    calls = max(1, ids // n)
-    key_type, new, base = LAYOUT.key_type, int.__new__, 1 << 50
-    start = time.process_time_ns()
-    for _ in range(calls):
-        list(map(new, repeat(key_type, n), range(base, base + n)))
     return (time.process_time_ns() - start) / (calls * n)
 
 
@@ -299,8 +294,8 @@ def run(quick: bool = False) -> dict[str, Any]:
             if name == OURS and hasattr(os, "fork"):
                 after_fork.append(_cpu_ns_spread_after_fork(max(1, spread_rounds // 3)))
         for n, runs in batches.items():
-            runs[FLOOR].append(_cpu_ns_key_floor(n, batch_ids))
-            runs[PURE_FLOOR].append(_cpu_ns_pure_floor(n, batch_ids))
+            runs[FLOOR].append(_cpu_ns_key_floor(n, batch_ids, _keymaker.make_keys))
+            runs[PURE_FLOOR].append(_cpu_ns_key_floor(n, batch_ids, _pure_make_keys))
         for name in _rotate(list(peer_makers), r):
             count = sonyflake_count if name == "sonyflake" else peer_count
             peer_runs[name].append(_cpu_ns_peer(peer_makers[name], count))

@@ -437,7 +437,7 @@ class KeyGenerator(_GeneratorBase):
 
         def next_key(self, shard_id: int) -> Key:
             """One new key for ``shard_id``."""
-            shared = self._shared
+            shared = self._shared  # _quick_key's body, inlined: one method call less on the hot path
             key = _fast_next(self._cur, shard_id, self._size) if shared is None else _fast_shared(shared, shard_id, 0)
             return key if key is not None else self._next_key_py(shard_id)
 

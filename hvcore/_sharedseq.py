@@ -43,7 +43,6 @@ class SharedSequenceTable:
         self.shards = shards
         self.used_bits = sequence_size.bit_length()  # room for 0..sequence_size numbers used
         self._atomic_reserve = _keymaker.table_reserve
-        self.atomic = self._atomic_reserve is not None
         length = (shards + 1) * _ENTRY  # a header (the floor), then one entry per shard
         memfd_create = getattr(os, "memfd_create", None)
         if memfd_create is not None:
@@ -61,6 +60,11 @@ class SharedSequenceTable:
         self._words = memoryview(self._map).cast("q")  # zero-filled: millisecond 0, nothing used
         self._words[0] = floor
         self._finalizer = weakref.finalize(self, _release, self._words, self._map, fd)
+
+    @property
+    def atomic(self) -> bool:
+        """Whether entries are moved by compare-and-swap (the C extension) rather than under fcntl locks."""
+        return self._atomic_reserve is not None
 
     @property
     def buffer(self) -> mmap.mmap:
