@@ -33,10 +33,12 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backends"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from fixtures.localpg import LocalServer, find_bin_dir
 
 import hvcore
 from hvbackend_postgres._schema import ShardSQL
-from hvbackend_postgres._testing import LocalServer, find_bin_dir
 
 BODY = {"name": "benchmark", "colour": "red", "size": "3"}  # text values: valid on hstore and jsonb
 BATCH = 1000

@@ -33,12 +33,13 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backends"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from _shared import NEXT_ID_SQL, measure
+from fixtures.localpg import local_servers
 
 import hvcore
 from hvbackend_postgres._schema import ShardSQL
-from hvbackend_postgres._testing import local_servers
 
 BODY = {"name": "benchmark", "colour": "red", "size": "3"}
 SHARDS = 16  # 0-8 on the first server, 8-16 on the second

@@ -28,11 +28,12 @@ from typing import Any
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backends"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from _shared import measure
+from fixtures.localpg import local_servers
 
 import hvcore
-from hvbackend_postgres._testing import local_servers
 
 BODY = {"name": "benchmark", "colour": "red", "size": "3"}
 SHARD_COUNTS = (16, 1024, 8192)

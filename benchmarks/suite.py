@@ -35,7 +35,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-for extra in (str(ROOT / "backends"), str(ROOT / "plugins"), str(HERE)):
+for extra in (str(ROOT / "backends"), str(ROOT / "plugins"), str(ROOT / "tests"), str(HERE)):
     if extra not in sys.path:
         sys.path.insert(0, extra)
 
@@ -598,7 +598,7 @@ def versions(redis_url: str | None) -> dict[str, Any]:
     """Python, PostgreSQL (server binaries the parts start), Redis (server at the URL) and library versions."""
     out: dict[str, Any] = {"python": platform.python_version(), "implementation": platform.python_implementation()}
     try:
-        from hvbackend_postgres._testing import find_bin_dir
+        from fixtures.localpg import find_bin_dir
 
         bin_dir = find_bin_dir()
         if bin_dir is not None:

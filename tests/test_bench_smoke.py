@@ -10,10 +10,10 @@ import os
 from pathlib import Path
 
 import pytest
+from fixtures.localpg import find_bin_dir
 from fixtures.services import missing_service, require_module
 
 import hvcore
-from hvbackend_postgres._testing import find_bin_dir
 from hvcore._cli import bench_suite, main
 from hvcore.errors import HypervaultError
 

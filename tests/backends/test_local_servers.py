@@ -7,9 +7,8 @@ import sys
 
 import psycopg
 import pytest
+from fixtures.localpg import LocalServer, find_bin_dir, local_servers, sweep_orphans
 from fixtures.services import missing_service
-
-from hvbackend_postgres._testing import LocalServer, find_bin_dir, local_servers, sweep_orphans
 
 
 def test_servers_of_a_killed_run_are_swept_by_the_next() -> None:
