@@ -1,35 +1,58 @@
-"""`AsyncDatastore`: the asyncio mirror of `Datastore` (same methods, awaitable)."""
+"""`AsyncDatastore`: routes shards to servers and keys to rows, over any registered backend (asyncio).
+
+This module is the source of ``hvcore/_datastore.py`` (`Datastore`), which tools/async_to_sync.py writes from it:
+edit this one, then run the tool.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import heapq
 import logging
+import os
+import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
+from hvcore._acompat import ALock, agather, aspawn
 from hvcore._backend import AsyncServerStore, ProvisionReport, QuerySpec, Record
-from hvcore._facade import PUT_ATTEMPTS, FacadeBase, check_kind, too_many_duplicates
+from hvcore._facade import PUT_ATTEMPTS, AsyncSequenceArg, FacadeBase, check_kind, too_many_duplicates
 from hvcore._generator import KeyGenerator
 from hvcore._key import Key, KeyLayout
-from hvcore._placement import MAX_HOPS, MoveProgress, MoveReport, PlacementFollower
+from hvcore._placement import MAX_HOPS, AsyncPlacementMixin
 from hvcore._plugins import PluginRegistry
-from hvcore._sequence import AsyncSequenceSource, SequenceSource
-from hvcore._shardmap import ShardMap, format_ranges
+from hvcore._shardmap import format_ranges
 from hvcore.errors import ConnectionMisuse, DuplicateKey, ShardMoved
 
 __all__ = ["AsyncDatastore"]
 
 _T = TypeVar("_T")
 
+_live_stores: weakref.WeakSet[AsyncDatastore] = weakref.WeakSet()
 
-class AsyncDatastore(PlacementFollower, FacadeBase[AsyncServerStore]):
-    """The asyncio form of `Datastore`: ``async with AsyncDatastore(connections, backend="jsonb") as db: ...``.
 
-    Pools open on ``await db.open()`` (or entering the ``async with``); every I/O method is a coroutine,
-    ``cursor()`` is an async context manager and ``query()`` an async iterator.
+def _after_fork_in_child() -> None:
+    for store in list(_live_stores):
+        store._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
+    """Entities in logical shards spread over physical servers, behind the 2015 library's API.
+
+    ``connections`` is a list of connection-setting dicts, each with ``shards='a-b'`` (half-open:
+    ``'1-9'`` is shards 1..8); the rest of each dict is passed to the backend as it is. ``pool_max``
+    connections per server, ``pool_block_timeout`` seconds to wait for one, ``logger`` logs every
+    statement. ``operation_timeout`` bounds each exchange with a server on the client side (default 60 s; None
+    waits forever): a server that stops answering without closing its sockets then fails the call with
+    `ServerUnavailable` instead of hanging it. It applies to raw ``cursor()`` statements too.
+
+    `AsyncDatastore` opens its pools on ``await db.open()`` or on entering ``async with``; its I/O methods are
+    coroutines, ``cursor()`` is an async context manager and ``query()`` an async iterator. `Datastore` opens them
+    in its constructor. Use either as a context manager, or call ``close()`` when done.
     """
 
     __module__ = "hvcore"
@@ -43,7 +66,7 @@ class AsyncDatastore(PlacementFollower, FacadeBase[AsyncServerStore]):
         *,
         backend: str = "hstore",
         layout: KeyLayout | str | int = KeyLayout.DEFAULT,
-        sequence: SequenceSource | AsyncSequenceSource | str | None = None,
+        sequence: AsyncSequenceArg = None,
         allow_gaps: bool = False,
         row_factory: str = "dict",
         registry: PluginRegistry | None = None,
@@ -63,42 +86,52 @@ class AsyncDatastore(PlacementFollower, FacadeBase[AsyncServerStore]):
             operation_timeout,
         )
         self._factory = self._registry.async_backend(backend)
+        source: Any = sequence
         if isinstance(sequence, str):
-            source: Any = self._sequence_from_url(sequence, asyncio=True)
-        else:
-            source = sequence
+            if True:  # ASYNC
+                source = self._sequence_from_url(sequence, asyncio=True)
+            else:
+                source = self._sequence_from_url(sequence, asyncio=False)
         self._sequence = source
         self._owns_sequence = isinstance(sequence, str)
-        self.generator = _make_generator(self.layout, source)
-        self._lock = asyncio.Lock()
-        self._retired: list[Any] = []  # closed stores whose borrowed connections have not come back yet
+        self.generator = self._make_generator(source)
+        self._lock = ALock()
+        self._retired: list[AsyncServerStore] = []  # closed stores whose borrowed connections have not come back yet
+        if True:  # ASYNC
+            pass
+        else:
+            self._open_stores()
+        _live_stores.add(self)
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
+    async def _open_stores(self) -> None:
+        stores = [self._factory(settings, self._options) for settings in self._settings]
+        try:
+            for store in stores:
+                await store.open()
+        except BaseException:
+            for store in stores:
+                await store.close()
+            raise
+        self._stores = stores
+        self._closed = False
+
     async def open(self) -> None:
-        """Open every server's pool (idempotent)."""
+        """Open every server's pool if closed (idempotent)."""
         async with self._lock:
-            if not self._closed:
-                return
-            stores = [self._factory(settings, self._options) for settings in self._settings]
-            try:
-                for store in stores:
-                    await store.open()
-            except BaseException:
-                for store in stores:
-                    await store.close()
-                raise
-            self._stores = stores
-            self._closed = False
+            if self._closed:
+                await self._open_stores()
 
     async def disconnect(self) -> None:
-        """Close every pooled connection; unusable until `reinstantiate()`."""
+        """Close every pooled connection; the store is unusable until `reinstantiate()`."""
         async with self._lock:
             stores, self._stores = self._stores, []
             self._closed = True
         for store in stores:
             await store.close()
-        self._retired = [s for s in (*self._retired, *stores) if s.stats().get("borrowed")]
+        async with self._lock:
+            self._retired = [s for s in (*self._retired, *stores) if s.stats().get("borrowed")]
 
     async def reinstantiate(self) -> None:
         """Rebuild every pool (closing the old ones first)."""
@@ -117,6 +150,21 @@ class AsyncDatastore(PlacementFollower, FacadeBase[AsyncServerStore]):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+    def _after_fork_in_child(self) -> None:
+        self._lock = ALock()
+        for store in (*self._stores, *self._retired):
+            store.after_fork_in_child()
+        self._retired = []
+
+    def _make_generator(self, source: Any) -> Any:
+        if True:  # ASYNC
+            from hvcore._agenerator import AsyncKeyGenerator
+            from hvcore._sequence import AsyncSequenceSource
+
+            if isinstance(source, AsyncSequenceSource):
+                return AsyncKeyGenerator(self.layout, sequence=source)
+        return KeyGenerator(self.layout, sequence=source)
 
     # -- connections -----------------------------------------------------------------------------------------
 
@@ -151,10 +199,11 @@ class AsyncDatastore(PlacementFollower, FacadeBase[AsyncServerStore]):
         kind = check_kind(kind)
         store.check_data(data)
         for _ in range(PUT_ATTEMPTS):
-            key = (await self._keys(shard_id, 1))[0]
+            key = await self._next_key(shard_id)
             try:
                 await store.insert(shard_id, key, kind, data)
             except DuplicateKey:
+                self._log_duplicate(shard_id, key)
                 continue
             except ShardMoved as moved:  # refused by the shard's old server: nothing written, retry where it is
                 self._follow(moved)
@@ -175,6 +224,7 @@ class AsyncDatastore(PlacementFollower, FacadeBase[AsyncServerStore]):
             try:
                 await store.insert_many(shard_id, [(k, kind, b) for k, b in zip(keys, bodies, strict=True)])
             except DuplicateKey:
+                self._log_duplicate(shard_id, keys[0])
                 continue
             except ShardMoved as moved:
                 self._follow(moved)
@@ -190,17 +240,21 @@ class AsyncDatastore(PlacementFollower, FacadeBase[AsyncServerStore]):
         return await self._on_shard(shard, lambda store: store.fetch(shard, key))
 
     async def get_many(self, keys: Iterable[Key | int]) -> dict[Key, Record]:
-        """Records of many keys: one round trip per server, servers queried concurrently; missing keys left out."""
+        """Records of many keys: one round trip per server, servers read concurrently; missing keys left out."""
         by_server = self._group_keys(keys)
         for _ in range(MAX_HOPS):
             stores = self._live()
             try:
-                results = await asyncio.gather(*(stores[i].fetch_many(items) for i, items in by_server.items()))
+                if len(by_server) <= 1:
+                    found = [r for index, items in by_server.items() for r in await stores[index].fetch_many(items)]
+                else:
+                    spawned = [aspawn(stores[index].fetch_many, items) for index, items in by_server.items()]
+                    found = [r for records in await agather(*spawned) for r in records]
             except ShardMoved as moved:
                 self._follow(moved)
                 by_server = self._group_keys([key for items in by_server.values() for _, key in items])
                 continue
-            return {r.key: r for found in results for r in found}
+            return {r.key: r for r in found}
         raise self._too_many_hops(-1)
 
     async def update(self, key: Key | int, /, **data: Any) -> bool:
@@ -221,7 +275,7 @@ class AsyncDatastore(PlacementFollower, FacadeBase[AsyncServerStore]):
         return await self._on_shard(key.shard_id, lambda store: store.delete(key.shard_id, key))
 
     async def _on_shard(self, shard_id: int, op: Callable[[AsyncServerStore], Awaitable[_T]]) -> _T:
-        """Await ``op(store)`` on the server owning ``shard_id``, following `ShardMoved` refusals (bounded)."""
+        """Run ``op(store)`` on the server owning ``shard_id``, following `ShardMoved` refusals (bounded)."""
         for _ in range(MAX_HOPS):
             store = self._live()[self.shard_map.server_for(shard_id)]
             try:
@@ -239,7 +293,13 @@ class AsyncDatastore(PlacementFollower, FacadeBase[AsyncServerStore]):
         shards: Iterable[int] | None = None,
         limit: int | None = None,
     ) -> AsyncIterator[Record]:
-        """Records in key order across shards and servers, streamed (see `Datastore.query`)."""
+        """Records in key order (creation order) across shards and servers, streamed.
+
+        ``where`` is an equality filter on body fields (uses the backend's index); ``since`` (inclusive) and
+        ``until`` (exclusive) are aware datetimes or keys, turned into key ranges; ``shards`` limits the
+        shards read. Arguments are checked when this is called, before any I/O. A shard that moves while
+        the query runs is followed: the stream resumes on its new server after the last key it yielded.
+        """
         by_server, spec = self._plan_query(kind, where, since, until, shards, limit)
         stores = self._live()
         if spec.where:
@@ -264,10 +324,16 @@ class AsyncDatastore(PlacementFollower, FacadeBase[AsyncServerStore]):
             except ShardMoved as moved:
                 self._follow(moved)
             finally:
-                await (
-                    merged.aclose()
-                )  # an async generator is not closed by its consumer's close: return connections now
+                await merged.aclose()  # a generator left unfinished returns its connections now, not when collected
         raise self._too_many_hops(shard_ids[0])
+
+    async def _next_key(self, shard_id: int) -> Key:
+        if True:  # ASYNC
+            if not isinstance(self.generator, KeyGenerator):
+                made: Key = await self.generator.next_key(shard_id)
+                return made
+        key: Key = self.generator.next_key(shard_id)
+        return key
 
     async def _keys(self, shard_id: int, count: int) -> list[Key]:
         generator = self.generator
@@ -279,64 +345,20 @@ class AsyncDatastore(PlacementFollower, FacadeBase[AsyncServerStore]):
             keys.extend(await generator.next_keys(shard_id, min(size, count - len(keys))))
         return keys
 
-    # -- shard moves (operator work: run by a sync Datastore on the same servers, in a worker thread) -----------
-
-    async def reload_placement(self) -> ShardMap:
-        """Read the placement recorded on the servers and route moved shards to where they are now."""
-        shard_map: ShardMap
-        shard_map, versions = await asyncio.to_thread(self._admin, _reload)
-        for shard, version in versions.items():
-            self._apply_placement(shard, shard_map.server_for(shard), version)
-        return self.shard_map
-
-    async def move_state(self, shard_id: int) -> dict[str, Any] | None:
-        """The unfinished move of ``shard_id`` (phase, source, target, version), or None."""
-        return cast("dict[str, Any] | None", await asyncio.to_thread(self._admin, lambda db: db.move_state(shard_id)))
-
-    async def move_shard(
-        self,
-        shard_id: int,
-        to_server: int | str,
-        *,
-        drop_source: bool = False,
-        progress: MoveProgress | None = None,
-    ) -> MoveReport:
-        """Move one shard to another server while writes continue (see `Datastore.move_shard`)."""
-        report = await asyncio.to_thread(
-            self._admin, lambda db: db.move_shard(shard_id, to_server, drop_source=drop_source, progress=progress)
-        )
-        await self.reload_placement()
-        return cast(MoveReport, report)
-
-    async def rollback_move(self, shard_id: int) -> str:
-        """Undo an interrupted move of ``shard_id`` (before its switch): the shard stays where it is."""
-        return cast(str, await asyncio.to_thread(self._admin, lambda db: db.rollback_move(shard_id)))
-
-    def _admin(self, work: Callable[[Any], Any]) -> Any:
-        from hvcore._datastore import Datastore
-
-        with Datastore(
-            list(self._config.servers),
-            pool_max=2,
-            pool_block_timeout=self._config.pool_block_timeout,
-            logger=self.logger,
-            backend=self.backend,
-            layout=self.layout,
-            allow_gaps=self._config.allow_gaps,
-            registry=self._registry,
-        ) as admin:
-            return work(admin)
+    def _log_duplicate(self, shard_id: int, key: Key) -> None:
+        if self.logger is not None:
+            self.logger.warning("key %s already stored in shard %s: retrying with fresh keys", key, shard_id)
 
     # -- operations ------------------------------------------------------------------------------------------
 
     async def provision(self, progress: Callable[[int], None] | None = None) -> list[ProvisionReport]:
-        """Create schemas, tables and indexes for every mapped shard (idempotent, servers concurrently)."""
+        """Create schemas, tables and indexes for every mapped shard on its server (idempotent, servers in parallel)."""
+        await self.reload_placement()  # after a move, a shard is provisioned where it lives now, not where configured
         stores = self._live()
-        return list(
-            await asyncio.gather(
-                *(store.provision(self.shard_map.shards_of(i), progress) for i, store in enumerate(stores))
-            )
-        )
+        if len(stores) == 1:
+            return [await stores[0].provision(self.shard_map.shards_of(0), progress)]
+        spawned = [aspawn(store.provision, self.shard_map.shards_of(i), progress) for i, store in enumerate(stores)]
+        return await agather(*spawned)
 
     async def status(self) -> list[dict[str, Any]]:
         """Per server: label, reachable, shards, pool stats, rows (errors reported, not raised)."""
@@ -361,18 +383,19 @@ class AsyncDatastore(PlacementFollower, FacadeBase[AsyncServerStore]):
         return out
 
 
-def _make_generator(layout: KeyLayout, source: Any) -> Any:
-    if isinstance(source, AsyncSequenceSource):
-        from hvcore._agenerator import AsyncKeyGenerator
-
-        return AsyncKeyGenerator(layout, sequence=source)
-    return KeyGenerator(layout, sequence=source)
-
-
 async def _merge(streams: list[AsyncIterator[Record]], limit: int | None) -> AsyncGenerator[Record, None]:
-    """Merge key-ordered async streams lazily (a heap of each stream's next record)."""
-    heap: list[tuple[int, int, Record]] = []
+    """Merge key-ordered streams lazily (a heap of each stream's next record), at most ``limit`` records."""
     try:
+        if len(streams) == 1:
+            emitted = 0
+            if limit != 0:
+                async for record in streams[0]:
+                    yield record
+                    emitted += 1
+                    if emitted == limit:
+                        break
+            return
+        heap: list[tuple[int, int, Record]] = []
         for index, stream in enumerate(streams):
             first = await anext(stream, None)
             if first is not None:
@@ -393,8 +416,3 @@ async def _merge(streams: list[AsyncIterator[Record]], limit: int | None) -> Asy
             aclose = getattr(stream, "aclose", None)
             if aclose is not None:
                 await aclose()
-
-
-def _reload(db: Any) -> tuple[ShardMap, dict[int, int]]:
-    shard_map = db.reload_placement()
-    return shard_map, {s: db.placement_version(s) for s in shard_map.shard_ids if db.placement_version(s)}

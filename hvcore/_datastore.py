@@ -1,30 +1,30 @@
-"""The `Datastore` façade: routes shards to servers and keys to rows, over any registered backend."""
+# WARNING: generated from hvcore/_adatastore.py by tools/async_to_sync.py: edit the source, then run the tool.
+"""`Datastore`: routes shards to servers and keys to rows, over any registered backend."""
 
 from __future__ import annotations
 
 import datetime as dt
 import heapq
-import itertools
 import logging
 import os
-import threading
 import weakref
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
+from hvcore._acompat import Lock, gather, spawn
 from hvcore._backend import ProvisionReport, QuerySpec, Record, ServerStore
-from hvcore._facade import PUT_ATTEMPTS, FacadeBase, check_kind, too_many_duplicates
+from hvcore._facade import PUT_ATTEMPTS, FacadeBase, SequenceArg, check_kind, too_many_duplicates
 from hvcore._generator import KeyGenerator
 from hvcore._key import Key, KeyLayout
 from hvcore._placement import MAX_HOPS, PlacementMixin
 from hvcore._plugins import PluginRegistry
-from hvcore._sequence import SequenceSource
 from hvcore._shardmap import format_ranges
 from hvcore.errors import ConnectionMisuse, DuplicateKey, ShardMoved
 
 __all__ = ["Datastore"]
+
+_T = TypeVar("_T")
 
 _live_stores: weakref.WeakSet[Datastore] = weakref.WeakSet()
 
@@ -45,8 +45,11 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
     connections per server, ``pool_block_timeout`` seconds to wait for one, ``logger`` logs every
     statement. ``operation_timeout`` bounds each exchange with a server on the client side (default 60 s; None
     waits forever): a server that stops answering without closing its sockets then fails the call with
-    `ServerUnavailable` instead of hanging it. It applies to raw ``cursor()`` statements too. Use as a context
-    manager, or call ``close()`` when done.
+    `ServerUnavailable` instead of hanging it. It applies to raw ``cursor()`` statements too.
+
+    `Datastore` opens its pools on ``await db.open()`` or on entering ``with``; its I/O methods are
+    coroutines, ``cursor()`` is a context manager and ``query()`` an iterator. `Datastore` opens them
+    in its constructor. Use either as a context manager, or call ``close()`` when done.
     """
 
     __module__ = "hvcore"
@@ -60,7 +63,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         *,
         backend: str = "hstore",
         layout: KeyLayout | str | int = KeyLayout.DEFAULT,
-        sequence: SequenceSource | str | None = None,
+        sequence: SequenceArg = None,
         allow_gaps: bool = False,
         row_factory: str = "dict",
         registry: PluginRegistry | None = None,
@@ -80,15 +83,13 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
             operation_timeout,
         )
         self._factory = self._registry.backend(backend)
+        source: Any = sequence
         if isinstance(sequence, str):
-            source: SequenceSource | None = self._sequence_from_url(sequence, asyncio=False)
-        else:
-            source = sequence
+            source = self._sequence_from_url(sequence, asyncio=False)
         self._sequence = source
         self._owns_sequence = isinstance(sequence, str)
-        self.generator = KeyGenerator(self.layout, sequence=source)
-        self._lock = threading.Lock()
-        self._executor: ThreadPoolExecutor | None = None
+        self.generator = self._make_generator(source)
+        self._lock = Lock()
         self._retired: list[ServerStore] = []  # closed stores whose borrowed connections have not come back yet
         self._open_stores()
         _live_stores.add(self)
@@ -108,7 +109,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         self._closed = False
 
     def open(self) -> None:
-        """Open every server's pool if closed (the constructor already does; idempotent)."""
+        """Open every server's pool if closed (idempotent)."""
         with self._lock:
             if self._closed:
                 self._open_stores()
@@ -116,11 +117,8 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
     def disconnect(self) -> None:
         """Close every pooled connection; the store is unusable until `reinstantiate()`."""
         with self._lock:
-            stores, self._stores = self._stores, []
+            stores, self._stores = (self._stores, [])
             self._closed = True
-            executor, self._executor = self._executor, None
-        if executor is not None:
-            executor.shutdown(wait=True)
         for store in stores:
             store.close()
         with self._lock:
@@ -129,8 +127,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
     def reinstantiate(self) -> None:
         """Rebuild every pool (closing the old ones first)."""
         self.disconnect()
-        with self._lock:
-            self._open_stores()
+        self.open()
 
     def close(self) -> None:
         """Close pools, and the sequence source if this store created it from a URL."""
@@ -139,25 +136,20 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
             self._sequence.close()
 
     def __enter__(self) -> Datastore:
+        self.open()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
     def _after_fork_in_child(self) -> None:
-        self._executor = None  # its threads did not survive the fork
-        self._lock = threading.Lock()
+        self._lock = Lock()
         for store in (*self._stores, *self._retired):
             store.after_fork_in_child()
         self._retired = []
 
-    def _pool(self) -> ThreadPoolExecutor:
-        with self._lock:
-            if self._executor is None:
-                self._executor = ThreadPoolExecutor(
-                    max_workers=min(len(self._settings), 32), thread_name_prefix="hv-fanout"
-                )
-            return self._executor
+    def _make_generator(self, source: Any) -> Any:
+        return KeyGenerator(self.layout, sequence=source)
 
     # -- connections -----------------------------------------------------------------------------------------
 
@@ -191,9 +183,8 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         store = self.store_for(shard_id)
         kind = check_kind(kind)
         store.check_data(data)
-        next_key = self.generator.next_key
         for _ in range(PUT_ATTEMPTS):
-            key = next_key(shard_id)
+            key = self._next_key(shard_id)
             try:
                 store.insert(shard_id, key, kind, data)
             except DuplicateKey:
@@ -214,7 +205,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         if not bodies:
             return []
         for _ in range(PUT_ATTEMPTS):
-            keys = self._new_keys(self.generator, shard_id, len(bodies))
+            keys = self._keys(shard_id, len(bodies))
             try:
                 store.insert_many(shard_id, [(k, kind, b) for k, b in zip(keys, bodies, strict=True)])
             except DuplicateKey:
@@ -234,7 +225,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         return self._on_shard(shard, lambda store: store.fetch(shard, key))
 
     def get_many(self, keys: Iterable[Key | int]) -> dict[Key, Record]:
-        """Records of many keys: one round trip per server, servers queried in parallel; missing keys left out."""
+        """Records of many keys: one round trip per server, servers read concurrently; missing keys left out."""
         by_server = self._group_keys(keys)
         for _ in range(MAX_HOPS):
             stores = self._live()
@@ -242,10 +233,8 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
                 if len(by_server) <= 1:
                     found = [r for index, items in by_server.items() for r in stores[index].fetch_many(items)]
                 else:
-                    futures = [
-                        self._pool().submit(stores[index].fetch_many, items) for index, items in by_server.items()
-                    ]
-                    found = [r for f in futures for r in f.result()]
+                    spawned = [spawn(stores[index].fetch_many, items) for index, items in by_server.items()]
+                    found = [r for records in gather(*spawned) for r in records]
             except ShardMoved as moved:
                 self._follow(moved)
                 by_server = self._group_keys([key for items in by_server.values() for _, key in items])
@@ -269,6 +258,16 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         """Delete the entity; False if the key was not stored."""
         key = self.as_key(key)
         return self._on_shard(key.shard_id, lambda store: store.delete(key.shard_id, key))
+
+    def _on_shard(self, shard_id: int, op: Callable[[ServerStore], _T]) -> _T:
+        """Run ``op(store)`` on the server owning ``shard_id``, following `ShardMoved` refusals (bounded)."""
+        for _ in range(MAX_HOPS):
+            store = self._live()[self.shard_map.server_for(shard_id)]
+            try:
+                return op(store)
+            except ShardMoved as moved:
+                self._follow(moved)
+        raise self._too_many_hops(shard_id)
 
     def query(
         self,
@@ -300,7 +299,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
             run = self._resumed(spec, last, yielded)
             stores = self._live()
             streams = [stores[index].query(ids, run) for index, ids in self._group_shards(shard_ids).items()]
-            merged = self._merge(streams, run.limit)
+            merged = _merge(streams, run.limit)
             try:
                 for record in merged:
                     yield record
@@ -310,23 +309,22 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
             except ShardMoved as moved:
                 self._follow(moved)
             finally:
-                merged.close()
+                merged.close()  # a generator left unfinished returns its connections now, not when collected
         raise self._too_many_hops(shard_ids[0])
 
-    @staticmethod
-    def _merge(streams: list[Iterator[Record]], limit: int | None) -> Generator[Record, None, None]:
-        merged = (
-            heapq.merge(*streams, key=lambda record: record.key)
-            if len(streams) > 1
-            else iter(streams[0] if streams else ())
-        )
-        try:
-            yield from merged if limit is None else itertools.islice(merged, limit)
-        finally:
-            for stream in streams:
-                close = getattr(stream, "close", None)
-                if close is not None:
-                    close()
+    def _next_key(self, shard_id: int) -> Key:
+        key: Key = self.generator.next_key(shard_id)
+        return key
+
+    def _keys(self, shard_id: int, count: int) -> list[Key]:
+        generator = self.generator
+        if isinstance(generator, KeyGenerator):
+            return self._new_keys(generator, shard_id, count)
+        keys: list[Key] = []
+        size = self.layout.sequence_size
+        while len(keys) < count:
+            keys.extend(generator.next_keys(shard_id, min(size, count - len(keys))))
+        return keys
 
     def _log_duplicate(self, shard_id: int, key: Key) -> None:
         if self.logger is not None:
@@ -336,15 +334,12 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
 
     def provision(self, progress: Callable[[int], None] | None = None) -> list[ProvisionReport]:
         """Create schemas, tables and indexes for every mapped shard on its server (idempotent, servers in parallel)."""
-        self.reload_placement()  # after a move, a shard is provisioned where it lives now, not where the config says
+        self.reload_placement()  # after a move, a shard is provisioned where it lives now, not where configured
         stores = self._live()
         if len(stores) == 1:
             return [stores[0].provision(self.shard_map.shards_of(0), progress)]
-        futures = [
-            self._pool().submit(store.provision, self.shard_map.shards_of(i), progress)
-            for i, store in enumerate(stores)
-        ]
-        return [f.result() for f in futures]
+        spawned = [spawn(store.provision, self.shard_map.shards_of(i), progress) for i, store in enumerate(stores)]
+        return gather(*spawned)
 
     def status(self) -> list[dict[str, Any]]:
         """Per server: label, reachable, shards, pool stats, rows (errors reported, not raised)."""
@@ -367,3 +362,38 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
                 )
             out.append(entry)
         return out
+
+
+def _merge(streams: list[Iterator[Record]], limit: int | None) -> Generator[Record, None, None]:
+    """Merge key-ordered streams lazily (a heap of each stream's next record), at most ``limit`` records."""
+    try:
+        if len(streams) == 1:
+            emitted = 0
+            if limit != 0:
+                for record in streams[0]:
+                    yield record
+                    emitted += 1
+                    if emitted == limit:
+                        break
+            return
+        heap: list[tuple[int, int, Record]] = []
+        for index, stream in enumerate(streams):
+            first = next(stream, None)
+            if first is not None:
+                heap.append((int(first.key), index, first))
+        heapq.heapify(heap)
+        emitted = 0
+        while heap and (limit is None or emitted < limit):
+            _, index, record = heap[0]
+            yield record
+            emitted += 1
+            following = next(streams[index], None)
+            if following is None:
+                heapq.heappop(heap)
+            else:
+                heapq.heapreplace(heap, (int(following.key), index, following))
+    finally:
+        for stream in streams:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()

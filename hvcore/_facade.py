@@ -13,15 +13,29 @@ from hvcore._backend import BackendOptions, QuerySpec
 from hvcore._config import DatastoreConfig, check_servers, load_config, parse_layout
 from hvcore._key import Key, KeyLayout
 from hvcore._plugins import PluginRegistry, default_registry
+from hvcore._sequence import AsyncSequenceSource, SequenceSource
 from hvcore._shardmap import ShardMap, format_ranges
 from hvcore.errors import DuplicateKey, InvalidData, InvalidKey, InvalidKind, InvalidQuery, StoreClosed
 
-__all__ = ["KIND_MAX", "PUT_ATTEMPTS", "FacadeBase", "check_kind", "too_many_duplicates"]
+__all__ = [
+    "KIND_MAX",
+    "PUT_ATTEMPTS",
+    "AsyncSequenceArg",
+    "FacadeBase",
+    "SequenceArg",
+    "check_kind",
+    "too_many_duplicates",
+]
 
 KIND_MAX = 32767  # kind is stored as a PostgreSQL smallint
 PUT_ATTEMPTS = 8  # fresh keys tried when an insert hits an existing key
 
 StoreT = TypeVar("StoreT")
+
+SequenceArg = SequenceSource | str | None
+"""What `Datastore` takes as ``sequence``: a source, a URL such as ``redis://host:6379/0``, or None (in-process)."""
+AsyncSequenceArg = SequenceSource | AsyncSequenceSource | str | None
+"""What `AsyncDatastore` takes as ``sequence``: a sync or asyncio source, a URL, or None (in-process)."""
 
 
 def check_kind(kind: object) -> int:

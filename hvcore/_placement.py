@@ -7,18 +7,19 @@ follows a `ShardMoved` refusal from a server that no longer serves a shard (relo
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-from hvcore._backend import ServerStore
 from hvcore._shardmap import ShardMap, format_ranges
 from hvcore.errors import MoveError, ShardMoved, ShardNotFound
 
 __all__ = [
     "MAX_HOPS",
+    "AsyncPlacementMixin",
     "MoveProgress",
     "MoveReport",
     "PlacementFollower",
@@ -169,16 +170,6 @@ class PlacementFollower:
 class PlacementMixin(PlacementFollower):
     """Moving shards and following moves, for `Datastore`."""
 
-    def _on_shard(self, shard_id: int, op: Callable[[ServerStore], _T]) -> _T:
-        """Run ``op(store)`` on the server owning ``shard_id``, following `ShardMoved` refusals (bounded)."""
-        for _ in range(MAX_HOPS):
-            store = self._live()[self.shard_map.server_for(shard_id)]
-            try:
-                return op(store)
-            except ShardMoved as moved:
-                self._follow(moved)
-        raise self._too_many_hops(shard_id)
-
     def reload_placement(self) -> ShardMap:
         """Read the placement recorded on every reachable server and apply the newest entry of each shard."""
         stores = self._live()
@@ -258,6 +249,74 @@ class PlacementMixin(PlacementFollower):
         labels: Mapping[str, Any] = {store.label: store for store in stores}
         target = labels.get(str(state["target"]))
         return mover_of(source).rollback(shard_id, target)
+
+
+class AsyncPlacementMixin(PlacementFollower):
+    """Moving shards and following moves, for `AsyncDatastore`: the operator work runs a `Datastore` on the same
+    servers in a worker thread (a move is minutes of copying, not a request to interleave with others)."""
+
+    _config: Any
+    _registry: Any
+    logger: Any
+    layout: Any
+    backend: str
+
+    async def reload_placement(self) -> ShardMap:
+        """Read the placement recorded on the servers and route moved shards to where they are now."""
+        shard_map, versions = await asyncio.to_thread(self._admin, _reload)
+        for shard, version in versions.items():
+            self._apply_placement(shard, shard_map.server_for(shard), version)
+        return self.shard_map
+
+    async def move_state(self, shard_id: int) -> dict[str, Any] | None:
+        """The unfinished move of ``shard_id`` (phase, source, target, version), or None."""
+        state: dict[str, Any] | None = await asyncio.to_thread(self._admin, lambda db: db.move_state(shard_id))
+        return state
+
+    async def move_shard(
+        self,
+        shard_id: int,
+        to_server: int | str,
+        *,
+        drop_source: bool = False,
+        progress: MoveProgress | None = None,
+    ) -> MoveReport:
+        """Move one shard to another server while writes continue; resumes an interrupted move of it.
+
+        ``to_server`` is a server index or label (``host:port/dbname``). Phases, reported to
+        ``progress(phase, done, total)``: prepare, copy, catchup, fence, verify, switch (and drop with
+        ``drop_source``). Writes to this shard pause during fence..switch only; other shards never pause.
+        """
+        report: MoveReport = await asyncio.to_thread(
+            self._admin, lambda db: db.move_shard(shard_id, to_server, drop_source=drop_source, progress=progress)
+        )
+        await self.reload_placement()
+        return report
+
+    async def rollback_move(self, shard_id: int) -> str:
+        """Undo an interrupted move of ``shard_id`` (before its switch): the shard stays where it is."""
+        undone: str = await asyncio.to_thread(self._admin, lambda db: db.rollback_move(shard_id))
+        return undone
+
+    def _admin(self, work: Callable[[Any], _T]) -> _T:
+        from hvcore._datastore import Datastore
+
+        with Datastore(
+            list(self._config.servers),
+            pool_max=2,
+            pool_block_timeout=self._config.pool_block_timeout,
+            logger=self.logger,
+            backend=self.backend,
+            layout=self.layout,
+            allow_gaps=self._config.allow_gaps,
+            registry=self._registry,
+        ) as admin:
+            return work(admin)
+
+
+def _reload(db: Any) -> tuple[ShardMap, dict[int, int]]:
+    shard_map = db.reload_placement()
+    return shard_map, {s: db.placement_version(s) for s in shard_map.shard_ids if db.placement_version(s)}
 
 
 MoveReport.__module__ = "hvcore"

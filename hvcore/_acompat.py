@@ -1,0 +1,118 @@
+"""Async primitives and their sync twins: the pairs tools/async_to_sync.py swaps when it writes the sync modules.
+
+An asyncio source module uses the ``a``-prefixed names; its generated sync module uses the same names without the
+prefix (the tool's names map: ``ALock`` → ``Lock``, ``aspawn`` → ``spawn``, ``agather`` → ``gather``...). The idea
+is psycopg_pool's ``_acompat.py``. Only what the two sides do differently lives here.
+
+- ``aspawn(fn, *args)`` starts ``fn(*args)`` concurrently (a task / a thread of a shared pool); ``agather(*spawned)``
+  waits for them and returns their results in order, raising the first failure (the others keep running and
+  finish on their own, returning their connections).
+- ``ato_thread(fn, *args)`` runs blocking work off the event loop; its sync twin just calls it.
+- ``ashield(awaitable)`` finishes an awaitable even if the caller is cancelled; the sync twin just returns it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar, TypeVarTuple, Unpack
+
+__all__ = [
+    "AEvent",
+    "ALock",
+    "Event",
+    "Lock",
+    "agather",
+    "ashield",
+    "asleep",
+    "aspawn",
+    "ato_thread",
+    "gather",
+    "shield",
+    "sleep",
+    "spawn",
+    "to_thread",
+]
+
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
+
+ALock = asyncio.Lock
+Lock = threading.Lock
+AEvent = asyncio.Event
+Event = threading.Event
+FANOUT_THREADS = 32  # threads of the sync side's shared fan-out pool (one per server a call reads concurrently)
+
+_executor: ThreadPoolExecutor | None = None
+_executor_lock = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _executor
+    with _executor_lock:
+        if _executor is None:
+            _executor = ThreadPoolExecutor(max_workers=FANOUT_THREADS, thread_name_prefix="hv-fanout")
+        return _executor
+
+
+def _forget_pool_in_child() -> None:
+    global _executor, _executor_lock
+    _executor = None  # its threads did not survive the fork
+    _executor_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pool_in_child)
+
+
+async def asleep(seconds: float) -> None:
+    """Wait ``seconds`` without blocking the event loop."""
+    await asyncio.sleep(seconds)
+
+
+def sleep(seconds: float) -> None:
+    """Wait ``seconds``."""
+    time.sleep(seconds)
+
+
+def aspawn(fn: Callable[[Unpack[Ts]], Coroutine[Any, Any, T]], *args: *Ts) -> asyncio.Task[T]:
+    """Start ``fn(*args)`` as a task of the running loop."""
+    return asyncio.ensure_future(fn(*args))
+
+
+def spawn(fn: Callable[[Unpack[Ts]], T], *args: *Ts) -> Future[T]:
+    """Start ``fn(*args)`` in a thread of the shared fan-out pool."""
+    return _pool().submit(fn, *args)
+
+
+async def agather(*spawned: Awaitable[T]) -> list[T]:
+    """The results of spawned tasks, in order; the first failure is raised."""
+    return list(await asyncio.gather(*spawned))
+
+
+def gather(*spawned: Future[T]) -> list[T]:
+    """The results of spawned threads, in order; the first failure is raised."""
+    return [future.result() for future in spawned]
+
+
+async def ato_thread(fn: Callable[[Unpack[Ts]], T], *args: *Ts) -> T:
+    """Run blocking ``fn(*args)`` in a worker thread, off the event loop."""
+    return await asyncio.to_thread(fn, *args)
+
+
+def to_thread(fn: Callable[[Unpack[Ts]], T], *args: *Ts) -> T:
+    """Run ``fn(*args)`` (the sync side has no event loop to keep free)."""
+    return fn(*args)
+
+
+async def ashield(awaitable: Awaitable[T]) -> T:
+    """Await ``awaitable`` to the end even if the caller is cancelled meanwhile (the caller still sees the cancel)."""
+    return await asyncio.shield(awaitable)
+
+
+def shield(result: T) -> T:
+    """The sync twin of `ashield`: the call already ran to the end."""
+    return result
