@@ -17,10 +17,14 @@ __all__ = [
     "AsyncServerStore",
     "BackendFactory",
     "BackendOptions",
+    "MoveProgress",
+    "MoveReport",
     "ProvisionReport",
     "QuerySpec",
     "Record",
     "ServerStore",
+    "ShardMover",
+    "SupportsShardMoves",
     "check_json",
     "check_text",
     "iter_fields",
@@ -178,6 +182,72 @@ class ServerStore(Protocol):
         ...
 
 
+MoveProgress = Callable[[str, int, int], None]
+"""``progress(phase, done, total)``: called at each phase start (done=0) and as work advances."""
+
+
+@dataclass(slots=True, kw_only=True)
+class MoveReport:
+    """What one shard move did: servers, rows, timings (the write pause is ``pause_seconds``)."""
+
+    shard_id: int
+    source: str
+    target: str
+    version: int = 0
+    rows: int = 0
+    copy_seconds: float = 0.0
+    catchup_rounds: int = 0
+    catchup_rows: int = 0
+    fence_attempts: int = 0
+    pause_seconds: float = 0.0
+    checksum: str = ""
+    dropped_source: bool = False
+    resumed_from: str | None = None
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The report as plain data (for ``--json``)."""
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+class ShardMover(Protocol):
+    """A backend's shard-move operations with one server as the source (``store.shard_mover()``)."""
+
+    def placement(self) -> dict[int, tuple[str, int]]:
+        """Shard → (server label, version) recorded on this server (empty if none moved)."""
+        ...
+
+    def record_placement(self, shard_id: int, server: str, version: int) -> None:
+        """Record that ``shard_id`` lives on ``server`` since ``version`` (idempotent, keeps the highest)."""
+        ...
+
+    def move_state(self, shard_id: int) -> dict[str, Any] | None:
+        """The unfinished move of ``shard_id`` recorded on this server (its source), or None."""
+        ...
+
+    def move_to(self, shard_id: int, target: Any, *, drop_source: bool, progress: MoveProgress | None) -> MoveReport:
+        """Move ``shard_id`` from this server to ``target`` online (resuming an interrupted move)."""
+        ...
+
+    def rollback(self, shard_id: int, target: Any) -> str:
+        """Undo an unfinished move before its switch; the shard stays here. Returns what was undone."""
+        ...
+
+    def drop_source(self, shard_id: int) -> bool:
+        """Drop the copy a finished move left on this server; False if there was none."""
+        ...
+
+
+@runtime_checkable
+class SupportsShardMoves(Protocol):
+    """A `ServerStore` whose backend can move shards between servers online (the PostgreSQL ones)."""
+
+    def shard_mover(self) -> ShardMover:
+        """Shard-move operations with this server as the source (or holder of placement records)."""
+        ...
+
+
 BackendFactory = Callable[[Mapping[str, Any], BackendOptions], ServerStore]
 """Builds the store of one server from its connection settings (the config dict without ``shards``)."""
 
@@ -322,5 +392,5 @@ def iter_fields(data: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
         yield name, value
 
 
-for _public in (ServerStore, AsyncServerStore, ProvisionReport):
+for _public in (ServerStore, AsyncServerStore, ProvisionReport, MoveReport, ShardMover, SupportsShardMoves):
     _public.__module__ = "hvcore"

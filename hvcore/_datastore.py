@@ -1,4 +1,5 @@
-# WARNING: generated from hvcore/_adatastore.py by tools/async_to_sync.py: edit the source, then run the tool.
+# WARNING: generated from hvcore/_adatastore.py by tools/async_to_sync.py.
+# Do not edit: edit the source, then run the tool.
 """`Datastore`: routes shards to servers and keys to rows, over any registered backend."""
 
 from __future__ import annotations

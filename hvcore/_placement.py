@@ -1,8 +1,9 @@
 """Where moved shards live, as the `Datastore` sees it: following `ShardMoved`, reloading placement, moving shards.
 
-A shard move is run by the backend (``store._shard_mover()``, see ``hvbackend_postgres._move``); this module is the
-façade's side: it picks source and target stores, applies the new placement to the in-process `ShardMap`, and
-follows a `ShardMoved` refusal from a server that no longer serves a shard (reload, retry on the new server).
+A shard move is run by the backend (`SupportsShardMoves.shard_mover()`, see ``hvbackend_postgres._move``); this
+module is the façade's side: it picks source and target stores, applies the new placement to the in-process
+`ShardMap`, and follows a `ShardMoved` refusal from a server that no longer serves a shard (reload, retry on the
+new server).
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ import asyncio
 import json
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
+from hvcore._backend import MoveProgress, MoveReport, ShardMover, SupportsShardMoves
 from hvcore._shardmap import ShardMap, format_ranges
 from hvcore.errors import MoveError, ShardMoved, ShardNotFound
 
@@ -34,72 +35,14 @@ MAX_HOPS = 8  # ShardMoved refusals followed by one call before giving up (a cha
 
 _T = TypeVar("_T")
 
-MoveProgress = Callable[[str, int, int], None]
-"""``progress(phase, done, total)``: called at each phase start (done=0) and as work advances."""
 
-
-@dataclass(slots=True, kw_only=True)
-class MoveReport:
-    """What one shard move did: servers, rows, timings (the write pause is ``pause_seconds``)."""
-
-    shard_id: int
-    source: str
-    target: str
-    version: int = 0
-    rows: int = 0
-    copy_seconds: float = 0.0
-    catchup_rounds: int = 0
-    catchup_rows: int = 0
-    fence_attempts: int = 0
-    pause_seconds: float = 0.0
-    checksum: str = ""
-    dropped_source: bool = False
-    resumed_from: str | None = None
-    seconds: float = 0.0
-    notes: list[str] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        """The report as plain data (for ``--json``)."""
-        return {name: getattr(self, name) for name in self.__slots__}
-
-
-class ShardMover(Protocol):
-    """A backend's shard-move operations on one server (``store._shard_mover()``)."""
-
-    def placement(self) -> dict[int, tuple[str, int]]:
-        """Shard → (server label, version) recorded on this server (empty if none moved)."""
-        ...
-
-    def record_placement(self, shard_id: int, server: str, version: int) -> None:
-        """Record that ``shard_id`` lives on ``server`` since ``version`` (idempotent, keeps the highest)."""
-        ...
-
-    def move_state(self, shard_id: int) -> dict[str, Any] | None:
-        """The unfinished move of ``shard_id`` recorded on this server (its source), or None."""
-        ...
-
-    def move_to(self, shard_id: int, target: Any, *, drop_source: bool, progress: MoveProgress | None) -> MoveReport:
-        """Move ``shard_id`` from this server to ``target`` online (resuming an interrupted move)."""
-        ...
-
-    def rollback(self, shard_id: int, target: Any) -> str:
-        """Undo an unfinished move before its switch; the shard stays here. Returns what was undone."""
-        ...
-
-    def drop_source(self, shard_id: int) -> bool:
-        """Drop the copy a finished move left on this server; False if there was none."""
-        ...
-
-
-def mover_of(store: Any) -> ShardMover:
-    """The shard-move operations of a server store; `MoveError` if its backend cannot move shards."""
-    factory = getattr(store, "_shard_mover", None)  # not public: the async stores' parity test compares those
-    if factory is None:
+def mover_of(store: object) -> ShardMover:
+    """The shard-move operations of a server store (`SupportsShardMoves`); `MoveError` if its backend has none."""
+    if not isinstance(store, SupportsShardMoves):
         raise MoveError(
             f"the backend of {getattr(store, 'label', store)!r} cannot move shards (PostgreSQL backends can)"
         )
-    mover: ShardMover = factory()
-    return mover
+    return store.shard_mover()
 
 
 class PlacementFollower:
@@ -262,7 +205,7 @@ class AsyncPlacementMixin(PlacementFollower):
     backend: str
 
     async def reload_placement(self) -> ShardMap:
-        """Read the placement recorded on the servers and route moved shards to where they are now."""
+        """Read the placement recorded on every reachable server and apply the newest entry of each shard."""
         shard_map, versions = await asyncio.to_thread(self._admin, _reload)
         for shard, version in versions.items():
             self._apply_placement(shard, shard_map.server_for(shard), version)
@@ -317,9 +260,6 @@ class AsyncPlacementMixin(PlacementFollower):
 def _reload(db: Any) -> tuple[ShardMap, dict[int, int]]:
     shard_map = db.reload_placement()
     return shard_map, {s: db.placement_version(s) for s in shard_map.shard_ids if db.placement_version(s)}
-
-
-MoveReport.__module__ = "hvcore"
 
 
 def plan_moves(

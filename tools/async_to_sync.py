@@ -50,6 +50,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # (async source, generated sync module), relative to the repository root
 PAIRS: list[tuple[str, str]] = [
     ("hvcore/_adatastore.py", "hvcore/_datastore.py"),
+    ("backends/hvbackend_postgres/_astore.py", "backends/hvbackend_postgres/_store.py"),
+    ("plugins/hvplugin_redis/_asequence.py", "plugins/hvplugin_redis/_sequence.py"),
 ]
 
 # async name -> sync name, for identifiers, attributes, imported names and module paths, and words in text
@@ -69,6 +71,7 @@ NAMES: dict[str, str] = {
     "_astore": "_store",
     "_asequence": "_sequence",
     "_AsyncClient": "_SyncClient",
+    "AConn": "Conn",
     "bounded_async_connection_class": "bounded_connection_class",
     "async_backend": "backend",
     # the async-compat pairs of hvcore._acompat
@@ -116,9 +119,16 @@ TEXT_ONLY: dict[str, str] = {
     "a coroutine": "a function",
 }
 # Dotted module paths that differ: ``redis.asyncio`` -> ``redis``.
-MODULES: dict[str, str] = {"redis.asyncio": "redis", "redis.asyncio.cluster": "redis.cluster"}
+MODULES: dict[str, str] = {
+    "redis.asyncio": "redis",
+    "redis.asyncio.cluster": "redis.cluster",
+    "redis.asyncio.retry": "redis.retry",
+}
 
-HEADER = "# WARNING: generated from {source} by tools/async_to_sync.py: edit the source, then run the tool.\n"
+HEADER = (
+    "# WARNING: generated from {source} by tools/async_to_sync.py.\n"
+    "# Do not edit: edit the source, then run the tool.\n"
+)
 _BLANK = "# __hv_blank_line__"
 _WORDS = re.compile(r"\b(" + "|".join(sorted(map(re.escape, NAMES), key=len, reverse=True)) + r")\b")
 _PHRASES = re.compile("|".join(sorted(map(re.escape, TEXT_ONLY), key=len, reverse=True)))
@@ -128,6 +138,16 @@ def sync_text(text: str) -> str:
     """``text`` (a string, docstring or comment) with async names and phrases swapped for the sync ones."""
     text = _PHRASES.sub(lambda m: TEXT_ONLY[m.group(0)], text)
     return _WORDS.sub(lambda m: NAMES[m.group(0)], text)
+
+
+def sync_annotation(text: str) -> str:
+    """`sync_text`, plus the type rewrites of the tool (``AsyncGenerator[Y, S]`` → ``Generator[Y, S, None]``).
+
+    For comparing signatures rendered as text (tests/test_sync_async.py).
+    """
+    text = re.sub(r"\bAsyncGenerator\[(.*?), None\]", r"Generator[\1, None, None]", text)
+    text = re.sub(r"\bAwaitable\[([^\[\]]*)\]", r"\1", text)
+    return sync_text(text)
 
 
 def _is_async_marker(node: Any) -> bool:
@@ -289,9 +309,23 @@ def convert(source: str, source_name: str, target_name: str) -> str:
 
 
 def _ruff(text: str, target_name: str) -> str:
-    """Drop imports the sync side no longer uses, sort imports, format: as the repository's ruff settings say."""
+    """Drop imports the sync side no longer uses, sort imports, undo ast.unparse's habits, format (repository settings).
+
+    ``yield`` in a loop becomes ``yield from`` (UP028; an async generator cannot delegate) and a generator argument
+    loses the parentheses ast.unparse gives it (UP034).
+    """
     for command in (
-        ["check", "--fix-only", "--quiet", "--select", "F401,I001", "--stdin-filename", target_name, "-"],
+        [
+            "check",
+            "--fix-only",
+            "--quiet",
+            "--unsafe-fixes",
+            "--select",
+            "F401,I001,UP028,UP034",
+            "--stdin-filename",
+            target_name,
+            "-",
+        ],
         ["format", "--quiet", "--stdin-filename", target_name, "-"],
     ):
         done = subprocess.run(

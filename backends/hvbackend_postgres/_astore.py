@@ -1,9 +1,14 @@
-"""`AsyncPostgresServerStore`: one PostgreSQL server behind one psycopg_pool `AsyncConnectionPool` (native asyncio)."""
+"""`AsyncPostgresServerStore`: one PostgreSQL server behind one psycopg_pool `AsyncConnectionPool` (asyncio).
+
+This module is the source of ``_store.py`` (`PostgresServerStore`, on a `ConnectionPool`), which
+tools/async_to_sync.py writes from it: edit this one, then run the tool.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -35,6 +40,7 @@ from hvbackend_postgres._common import (
     query_records,
     statement_text,
 )
+from hvbackend_postgres._move import PostgresMover
 from hvbackend_postgres._schema import (
     TABLE,
     ShardSQL,
@@ -44,6 +50,7 @@ from hvbackend_postgres._schema import (
     shard_ddl,
     shard_schema,
 )
+from hvcore._acompat import ALock, agather, aspawn
 from hvcore._backend import BackendOptions, ProvisionReport, QuerySpec, Record
 from hvcore._key import Key
 from hvcore.errors import ConnectionMisuse, ServerUnavailable
@@ -56,12 +63,12 @@ _orphans: list[Any] = []  # pools inherited over fork: kept alive so nothing fin
 
 
 def _logging_cursor(logger: Any) -> type[psycopg.AsyncCursor[Any]]:
-    """An async cursor class logging every statement with its bound values before running it."""
+    """A cursor class logging every statement with its bound values before running it."""
 
-    class LoggingAsyncCursor(psycopg.AsyncCursor[Any]):
-        """A psycopg async cursor that logs each statement and its parameters."""
+    class LoggingCursor(psycopg.AsyncCursor[Any]):
+        """A psycopg cursor that logs each statement and its parameters."""
 
-        async def execute(self, query: Any, params: Any = None, **kwargs: Any) -> LoggingAsyncCursor:
+        async def execute(self, query: Any, params: Any = None, **kwargs: Any) -> LoggingCursor:
             logger.info("statement: %s | values: %r", statement_text(query, self.connection), params)
             await super().execute(query, params, **kwargs)
             return self
@@ -72,11 +79,11 @@ def _logging_cursor(logger: Any) -> type[psycopg.AsyncCursor[Any]]:
             logger.info("statement: %s | values (%d rows): %r", text, len(params_seq), params_seq)
             await super().executemany(query, params_seq, **kwargs)
 
-    return LoggingAsyncCursor
+    return LoggingCursor
 
 
 class _Pool(psycopg_pool.AsyncConnectionPool[AConn]):
-    """psycopg_pool's async pool, which also fails waiting clients at once when a connection attempt fails."""
+    """psycopg_pool's pool, which also fails waiting clients at once when a connection attempt fails."""
 
     def __init__(self, *args: Any, describe_error: Callable[[Exception], Exception], **kwargs: Any) -> None:
         self.last_error: Exception | None = None
@@ -100,10 +107,13 @@ class _Pool(psycopg_pool.AsyncConnectionPool[AConn]):
 
 
 class AsyncPostgresServerStore(StoreCore):
-    """The asyncio twin of `PostgresServerStore`: the same SQL, checks, retries and errors, on an async pool.
+    """One PostgreSQL server as the `AsyncDatastore` sees it: a pool, the shards' schemas, hstore or jsonb bodies.
 
-    No threads: every round trip is awaited on the caller's event loop, so a full pool or a slow server makes
-    the waiting task wait, never the loop. The pool belongs to the loop that first used the store.
+    ``settings`` are libpq connection parameters (``host``, ``port``, ``dbname``, ``user``, ``password``, ``sslmode``
+    ...) and/or a ``conninfo`` string; ``backend`` is ``"hstore"`` (text to text) or ``"jsonb"`` (JSON types).
+    `AsyncPostgresServerStore` awaits every round trip on the caller's event loop (a full pool or a slow server
+    makes the waiting task wait, never the loop; the pool belongs to the loop that first used the store);
+    `PostgresServerStore` is its thread-safe sync form.
     """
 
     __module__ = "hvbackend_postgres"
@@ -112,9 +122,11 @@ class AsyncPostgresServerStore(StoreCore):
         super().__init__(settings, options, backend=backend)
         self._cursor_factory = _logging_cursor(options.logger) if options.logger is not None else None
         self._pool: _Pool | None = None
-        self._pool_lock = asyncio.Lock()
+        self._pool_lock = ALock()
+        self._lock = threading.Lock()  # guards the borrowed-connection book-keeping (no await inside)
         self._borrowed: dict[int, tuple[AConn, _Pool]] = {}
-        self._retired: set[asyncio.Task[None]] = set()
+        if True:  # ASYNC
+            self._retired: set[asyncio.Task[None]] = set()  # old pools closing in the background
 
     # -- identity --------------------------------------------------------------------------------------------
 
@@ -158,19 +170,23 @@ class AsyncPostgresServerStore(StoreCore):
             pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close(timeout=1.0)
-        if self._retired:
-            await asyncio.gather(*self._retired, return_exceptions=True)
+        if True:  # ASYNC
+            if self._retired:
+                await asyncio.gather(*self._retired, return_exceptions=True)
 
     def after_fork_in_child(self) -> None:
         """Forget the inherited pool without closing its sockets (they are the parent's sessions)."""
         pool, self._pool = self._pool, None
         if pool is not None:
+            pool._closed = True  # its finalizer must not signal the parent's workers
             _orphans.append(pool)
         _orphans.extend(conn for conn, _ in self._borrowed.values())
         self._borrowed = {}
         self._lent = 0
-        self._retired = set()
-        self._pool_lock = asyncio.Lock()
+        self._lock = threading.Lock()
+        self._pool_lock = ALock()
+        if True:  # ASYNC
+            self._retired = set()
 
     # -- connections -----------------------------------------------------------------------------------------
 
@@ -196,10 +212,13 @@ class AsyncPostgresServerStore(StoreCore):
             if self._pool is failed:
                 self._pool = await self._new_pool()
             pool = self._pool
-        if pool is not failed:  # closed in the background: its workers may still be retrying a connect
-            task = asyncio.create_task(failed.close(timeout=5.0))
-            self._retired.add(task)
-            task.add_done_callback(self._retired.discard)
+        if pool is not failed:
+            if True:  # ASYNC
+                task = asyncio.create_task(failed.close(timeout=5.0))  # its workers may still be retrying a connect
+                self._retired.add(task)
+                task.add_done_callback(self._retired.discard)
+            else:
+                failed.close(timeout=0)
         if pool is None:
             raise ServerUnavailable(f"the store of {self._label} was closed")
         return pool
@@ -234,18 +253,20 @@ class AsyncPostgresServerStore(StoreCore):
                     raise ServerUnavailable(f"the pool of {self._label} is closed") from None
                 continue  # replaced by a fresh pool meanwhile
             if await self._healthy(conn):
-                self._lent += 1
+                with self._lock:
+                    self._lent += 1
                 return conn, pool
             self._log("discarding a dead connection to %s", self._label)
             await conn.close()
             await pool.putconn(conn)
 
     async def _checkin(self, conn: AConn, pool: _Pool) -> None:
-        self._lent -= 1
+        with self._lock:
+            self._lent -= 1
         await pool.putconn(conn)
 
     async def get_connection(self, shard_id: int) -> AConn:
-        """Borrow an async connection (transactional, rows as dicts by default) in the shard's schema."""
+        """Borrow a connection (transactional, rows as dicts by default) whose search path is the shard's schema."""
         path, schema = self._search_path(shard_id)
         conn, pool = await self._checkout()
         try:
@@ -260,7 +281,8 @@ class AsyncPostgresServerStore(StoreCore):
             if isinstance(exc, psycopg.OperationalError):
                 raise self._unavailable(exc) from None
             raise
-        self._borrowed[id(conn)] = (conn, pool)
+        with self._lock:
+            self._borrowed[id(conn)] = (conn, pool)
         return conn
 
     def owns(self, conn: Any) -> bool:
@@ -270,10 +292,11 @@ class AsyncPostgresServerStore(StoreCore):
 
     async def put_connection(self, conn: Any) -> None:
         """Return a borrowed connection: an open transaction is rolled back, autocommit and tuple rows restored."""
-        entry = self._borrowed.get(id(conn))
-        if entry is None or entry[0] is not conn:
-            raise ConnectionMisuse(f"{conn!r} is not borrowed from {self._label} (returned twice?)")
-        del self._borrowed[id(conn)]
+        with self._lock:
+            entry = self._borrowed.get(id(conn))
+            if entry is None or entry[0] is not conn:
+                raise ConnectionMisuse(f"{conn!r} is not borrowed from {self._label} (returned twice?)")
+            del self._borrowed[id(conn)]
         pool = entry[1]
         try:
             if not conn.closed:
@@ -292,7 +315,7 @@ class AsyncPostgresServerStore(StoreCore):
 
     @asynccontextmanager
     async def cursor(self, shard_id: int) -> AsyncIterator[psycopg.AsyncCursor[Any]]:
-        """An async cursor in the shard's schema: commit on success, rollback on error, connection always returned."""
+        """A cursor in the shard's schema: commit on success, rollback on error, connection always returned."""
         conn = await self.get_connection(shard_id)
         try:
             async with conn.cursor() as cur:
@@ -362,19 +385,33 @@ class AsyncPostgresServerStore(StoreCore):
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _run(
-        self, shard_id: int, query: str, params: Sequence[Any], *, write: bool = False
+        self, shard_id: int, query: str, params: Sequence[Any], *, write: bool = False, retried: bool = False
     ) -> tuple[Any, ...] | None:
         """Run one statement on a pooled connection and return its first row (or None): the hot path.
 
         A connection lost underneath is retried once; a retried write hitting a unique violation was committed
-        by its first attempt, so it counts as done.
+        by its first attempt (client-side ids make this safe to tell), so it counts as done.
         """
-
-        async def op(conn: AConn) -> tuple[Any, ...] | None:
+        conn, pool = await self._checkout()
+        try:
             cur = await conn.execute(query, params)
             return await cur.fetchone() if cur.description is not None else None
-
-        return await self._with_conn(shard_id, op, committed=() if write else None)  # () marks a committed write
+        except pg_errors.UniqueViolation:
+            if retried and write:
+                return None
+            raise
+        except psycopg.OperationalError as exc:
+            if retried or not conn.closed:
+                raise self._translate(exc, shard_id) from None
+            self._log("connection to %s lost (%s): retrying once", self._label, type(exc).__name__)
+        except psycopg.Error as exc:
+            error = self._translate(exc, shard_id)
+            if error is exc:
+                raise
+            raise error from None
+        finally:
+            await self._checkin(conn, pool)
+        return await self._run(shard_id, query, params, write=write, retried=True)
 
     async def insert(self, shard_id: int, key: Key, kind: int, data: Mapping[str, Any]) -> None:
         """Store one entity with a single autocommitted INSERT; `DuplicateKey` if the id is taken."""
@@ -390,7 +427,7 @@ class AsyncPostgresServerStore(StoreCore):
         row = await self._run(shard_id, statements.fetch, (key,))
         if row is None:
             return None
-        return Record(key, row[0], row[1])
+        return Record(key, row[0], row[1])  # kind: smallint → int; body: a fresh dict from the JSON loader
 
     async def _hstore_type(self, conn: AConn) -> None:
         if self._hstore_info is None:
@@ -400,7 +437,11 @@ class AsyncPostgresServerStore(StoreCore):
             self._hstore_info = info
 
     async def insert_many(self, shard_id: int, rows: Sequence[tuple[Key, int, Mapping[str, Any]]]) -> None:
-        """Store many entities of one shard in one transaction: one binary COPY; `DuplicateKey` if a key is taken."""
+        """Store many entities of one shard in one transaction: one binary COPY; `DuplicateKey` if a key is taken.
+
+        COPY was measured against a pipelined executemany in one transaction (benchmarks/bench_batches.py):
+        about 4-6 µs per row against 10-18, so a batch of 1000 costs what about 25 single inserts do.
+        """
         if not rows:
             return
         statement = self._copy_sql(shard_id)
@@ -550,6 +591,7 @@ class AsyncPostgresServerStore(StoreCore):
         if not batches:
             return
         queue = iter(batches)
+        lock = threading.Lock()
         errors: list[BaseException] = []
 
         async def work() -> None:
@@ -557,19 +599,20 @@ class AsyncPostgresServerStore(StoreCore):
             try:
                 await conn.execute("SET synchronous_commit = off")
                 while not errors:
-                    batch = next(queue, None)
+                    with lock:
+                        batch = next(queue, None)
                     if batch is None:
                         return
                     ddl = "".join(shard_ddl(s, self.backend, ext) for s in batch)
                     await conn.execute(f"BEGIN;{ddl}COMMIT;")
                     if progress is not None:
                         progress(len(batch))
-            except Exception as exc:
+            except BaseException as exc:
                 errors.append(exc)
             finally:
                 await conn.close()
 
-        await asyncio.gather(*(work() for _ in range(PROVISION_WORKERS)))
+        await agather(*(aspawn(work) for _ in range(PROVISION_WORKERS)))
         if errors:
             error = errors[0]
             if isinstance(error, psycopg.OperationalError):
@@ -601,6 +644,14 @@ class AsyncPostgresServerStore(StoreCore):
         finally:
             await conn.close()
         return counts
+
+    if True:  # ASYNC
+        pass
+    else:
+
+        def shard_mover(self) -> PostgresMover:
+            """Shard-move operations with this server as the source (``Datastore.move_shard``), see ``_move``."""
+            return PostgresMover(self)
 
     def stats(self) -> dict[str, Any]:
         """Pool figures: pool_max, size, available, borrowed (lent by this store), waiting, connection errors."""

@@ -17,8 +17,15 @@ from psycopg.rows import dict_row, tuple_row
 from psycopg.types import TypeInfo
 from psycopg.types.json import Jsonb
 
-from hvbackend_postgres._move import MOVED_SQLSTATE, moved_error
-from hvbackend_postgres._schema import BODY_TYPES, TABLE, ShardSQL, required_relations, shard_schema
+from hvbackend_postgres._schema import (
+    BODY_TYPES,
+    MOVED_SQLSTATE,
+    TABLE,
+    ShardSQL,
+    moved_error,
+    required_relations,
+    shard_schema,
+)
 from hvcore._backend import BackendOptions, QuerySpec, Record, check_json, check_text, iter_fields
 from hvcore._config import redact_conninfo
 from hvcore._key import Key
@@ -329,7 +336,7 @@ class StoreCore:
 
     def _translate(self, exc: psycopg.Error, shard_id: int) -> Exception:
         state = exc.sqlstate
-        if state == MOVED_SQLSTATE:  # the forwarding stub a moved shard leaves on its old server (see _move)
+        if state == MOVED_SQLSTATE:  # the forwarding stub a moved shard leaves on its old server (see _schema.stub_sql)
             return moved_error(exc)
         if state in _NOT_PROVISIONED_STATES:
             return NotProvisioned(

@@ -35,35 +35,29 @@ Measured here (2 cores, 3 local servers, 100,000 jsonb rows, 4 threads writing):
 from __future__ import annotations
 
 import contextlib
-import json
 import threading
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg import sql
 
-from hvbackend_postgres._schema import BODY_INDEX, KIND_INDEX, PKEY_INDEX, TABLE, shard_schema
+from hvbackend_postgres._schema import BODY_INDEX, KIND_INDEX, PKEY_INDEX, TABLE, drop_stub_sql, shard_schema, stub_sql
 from hvcore._placement import MoveProgress, MoveReport
-from hvcore.errors import MoveError, ShardMoved
-
-if TYPE_CHECKING:
-    from hvbackend_postgres._store import PostgresServerStore
+from hvcore.errors import MoveError
 
 __all__ = [
     "CATCHUP_BATCH",
     "COPY_CHUNK",
     "FENCE_BELOW",
     "LOCK_TIMEOUT",
-    "MOVED_SQLSTATE",
+    "MoveEndpoint",
     "PostgresMover",
-    "moved_error",
     "shard_state",
 ]
 
-MOVED_SQLSTATE = "ZHV01"  # raised by the forwarding stub a moved shard leaves on its old server
 COPY_CHUNK = 50_000  # rows per committed chunk of the bulk copy: an interrupted move resumes after the last one
 CATCHUP_BATCH = 20_000  # logged changes replayed per round
 FENCE_BELOW = 2_000  # a round replaying fewer changes than this ends the catch-up: the rest is done fenced
@@ -77,24 +71,27 @@ PRE_SWITCH = ("prepare", "copy", "catchup", "fence", "verify")
 Conn = psycopg.Connection[Any]
 
 
+class MoveEndpoint(Protocol):
+    """What a mover needs of a server store (`PostgresServerStore` is one): a label, a backend, admin sessions."""
+
+    @property
+    def label(self) -> str:
+        """``host:port/dbname`` of the server."""
+        ...
+
+    backend: str
+
+    def _admin(self) -> Conn:
+        """A new autocommit session on the server, outside the pool (the caller closes it)."""
+        ...
+
+
 def _src_schema(shard_id: int) -> str:
     return f"hv_src_{shard_id:04d}"
 
 
 def _dst_schema(shard_id: int) -> str:
     return f"hv_dst_{shard_id:04d}"
-
-
-def moved_error(exc: psycopg.Error) -> ShardMoved:
-    """The `ShardMoved` a forwarding stub's ``ZHV01`` error stands for (detail: JSON shard, server, version)."""
-    message = exc.diag.message_primary or "shard moved"
-    try:
-        detail = json.loads(exc.diag.message_detail or "{}")
-        return ShardMoved(
-            message, shard_id=int(detail["shard"]), server=str(detail["server"]), version=int(detail["version"])
-        )
-    except (ValueError, KeyError, TypeError):
-        return ShardMoved(message, shard_id=-1, server="", version=0)
 
 
 _META_DDL = (
@@ -138,35 +135,6 @@ def _checksum_sql(table: sql.Composable) -> sql.Composed:
     ).format(table)
 
 
-def _stub_sql(shard_id: int, body_type: sql.Composable, server: str, version: int) -> sql.Composed:
-    """DDL of the forwarding stub: ``shardNNNN.entities`` as a view whose reads and writes raise ``ZHV01``."""
-    schema = sql.Identifier(shard_schema(shard_id))
-    message = f"shard {shard_id} moved to {server} (placement version {version})"
-    detail = json.dumps({"shard": shard_id, "server": server, "version": version})
-    raise_sql = sql.SQL("RAISE EXCEPTION USING ERRCODE = {code}, MESSAGE = {msg}, DETAIL = {detail};").format(
-        code=sql.Literal(MOVED_SQLSTATE), msg=sql.Literal(message), detail=sql.Literal(detail)
-    )
-    return sql.SQL(
-        "DROP VIEW IF EXISTS {schema}.entities;"
-        "CREATE OR REPLACE FUNCTION {schema}.hv_moved() RETURNS trigger LANGUAGE plpgsql AS $hv$BEGIN {r} END$hv$;"
-        "DROP FUNCTION IF EXISTS {schema}.hv_moved_rows();"
-        "CREATE FUNCTION {schema}.hv_moved_rows() RETURNS TABLE (id bigint, kind smallint, body {body_type}) "
-        "LANGUAGE plpgsql AS $hv$BEGIN {r} END$hv$;"
-        "CREATE VIEW {schema}.entities AS SELECT * FROM {schema}.hv_moved_rows();"
-        "CREATE TRIGGER hv_moved INSTEAD OF INSERT OR UPDATE OR DELETE ON {schema}.entities "
-        "FOR EACH ROW EXECUTE FUNCTION {schema}.hv_moved();"
-    ).format(schema=schema, r=raise_sql, body_type=body_type)
-
-
-def _drop_stub_sql(shard_id: int) -> sql.Composed:
-    schema = sql.Identifier(shard_schema(shard_id))
-    return sql.SQL(
-        "DROP VIEW IF EXISTS {schema}.entities;"
-        "DROP FUNCTION IF EXISTS {schema}.hv_moved_rows();"
-        "DROP FUNCTION IF EXISTS {schema}.hv_moved();"
-    ).format(schema=schema)
-
-
 def _record_placement(conn: Conn, shard_id: int, server: str, version: int) -> None:
     conn.execute(
         "INSERT INTO hypervault.placement (shard, server, version) VALUES (%s, %s, %s) "
@@ -181,14 +149,14 @@ class PostgresMover:
 
     __module__ = "hvbackend_postgres"
 
-    def __init__(self, store: PostgresServerStore) -> None:
+    def __init__(self, store: MoveEndpoint) -> None:
         self.store = store
 
     def __repr__(self) -> str:
         return f"<PostgresMover {self.store.label}>"
 
     @contextlib.contextmanager
-    def _conn(self, store: PostgresServerStore | None = None) -> Iterator[Conn]:
+    def _conn(self, store: MoveEndpoint | None = None) -> Iterator[Conn]:
         conn = (store or self.store)._admin()
         try:
             yield conn
@@ -240,7 +208,7 @@ class PostgresMover:
     def move_to(
         self,
         shard_id: int,
-        target: PostgresServerStore,
+        target: MoveEndpoint,
         *,
         drop_source: bool = False,
         progress: MoveProgress | None = None,
@@ -315,7 +283,7 @@ class PostgresMover:
         conn.execute("UPDATE hypervault.moves SET phase = %s, updated_at = now() WHERE shard = %s", (phase, shard_id))
 
     @staticmethod
-    def _body_type(dst: Conn, target: PostgresServerStore) -> sql.Composable:
+    def _body_type(dst: Conn, target: MoveEndpoint) -> sql.Composable:
         if target.backend != "hstore":
             return sql.SQL("jsonb")
         dst.execute("CREATE EXTENSION IF NOT EXISTS hstore")
@@ -332,7 +300,7 @@ class PostgresMover:
         conn.execute("DELETE FROM hypervault.moves WHERE shard = %s", (shard_id,))
 
     @staticmethod
-    def _check_target_free(dst: Conn, shard_id: int, target: PostgresServerStore) -> None:
+    def _check_target_free(dst: Conn, shard_id: int, target: MoveEndpoint) -> None:
         """A fresh move needs the target without live rows of the shard (an empty provisioned table is dropped)."""
         if shard_state(dst, shard_id) != "live":
             return
@@ -344,7 +312,7 @@ class PostgresMover:
             )
         dst.execute(sql.SQL("DROP TABLE {}").format(table))
 
-    def _undo_half_switch(self, ctl: Conn, dst: Conn, shard_id: int, target: PostgresServerStore) -> None:
+    def _undo_half_switch(self, ctl: Conn, dst: Conn, shard_id: int, target: MoveEndpoint) -> None:
         """The target committed its switch but the source did not: its copy is unrouted; put a stub back."""
         if shard_state(dst, shard_id) != "live":
             return
@@ -352,7 +320,7 @@ class PostgresMover:
             dst.execute(sql.SQL("DROP TABLE {}").format(_qualified(shard_schema(shard_id))))
             version = self._placed_version(ctl, shard_id)
             if version > 0:  # it forwarded here before: forward again to where the shard really is
-                dst.execute(_stub_sql(shard_id, self._body_type(dst, target), self.store.label, version))
+                dst.execute(stub_sql(shard_id, self._body_type(dst, target), self.store.label, version))
                 _record_placement(dst, shard_id, self.store.label, version)
 
     def _retry_lock(self, conn: Conn, statement: sql.Composed, what: str) -> None:
@@ -527,7 +495,7 @@ class PostgresMover:
         ctl: Conn,
         dst: Conn,
         shard_id: int,
-        target: PostgresServerStore,
+        target: MoveEndpoint,
         body_type: sql.Composable,
         report: MoveReport,
         step: MoveProgress,
@@ -566,7 +534,7 @@ class PostgresMover:
                         dst.execute(
                             sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(shard_schema(shard_id)))
                         )
-                        dst.execute(_drop_stub_sql(shard_id))
+                        dst.execute(drop_stub_sql(shard_id))
                         dst.execute(
                             sql.SQL("ALTER TABLE {} SET SCHEMA {}").format(
                                 _qualified(_dst_schema(shard_id)), sql.Identifier(shard_schema(shard_id))
@@ -605,7 +573,7 @@ class PostgresMover:
                 _qualified(shard_schema(shard_id)), sql.Identifier(_src_schema(shard_id))
             )
         )
-        ctl.execute(_stub_sql(shard_id, body_type, server, version))
+        ctl.execute(stub_sql(shard_id, body_type, server, version))
         _record_placement(ctl, shard_id, server, version)
         self._phase(ctl, shard_id, "switched")
 
@@ -623,7 +591,7 @@ class PostgresMover:
         with self._conn() as conn:
             return self._drop_source(conn, shard_id)
 
-    def rollback(self, shard_id: int, target: PostgresServerStore | None) -> str:
+    def rollback(self, shard_id: int, target: MoveEndpoint | None) -> str:
         """Undo an unfinished move before its switch: capture trigger, change log and target copy go."""
         with self._conn() as ctl:
             got = ctl.execute("SELECT pg_try_advisory_lock(%s, %s)", (_MOVE_LOCK & 0x7FFFFFFF, shard_id)).fetchone()

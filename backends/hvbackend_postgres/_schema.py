@@ -2,23 +2,31 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import psycopg
 from psycopg import sql
+
+from hvcore.errors import ShardMoved
 
 __all__ = [
     "BODY_INDEX",
     "BODY_TYPES",
     "KIND_INDEX",
+    "MOVED_SQLSTATE",
     "PKEY_INDEX",
     "TABLE",
     "ShardSQL",
     "catalog_query",
     "count_query",
+    "drop_stub_sql",
+    "moved_error",
     "required_relations",
     "shard_ddl",
     "shard_schema",
+    "stub_sql",
     "truncate_query",
 ]
 
@@ -152,3 +160,50 @@ class ShardSQL:
             insert = sql.SQL("INSERT INTO {target} (id, kind, body) VALUES (%s, %s, %s)").format(target=target)
             fetch = sql.SQL("SELECT kind, body FROM {target} WHERE id = %s").format(target=target)
         return cls(insert=_render(insert), fetch=_render(fetch))
+
+
+# -- the forwarding stub: what a moved shard leaves on its old server ---------------------------------------------
+
+MOVED_SQLSTATE = "ZHV01"  # raised by the forwarding stub a moved shard leaves on its old server
+
+
+def moved_error(exc: psycopg.Error) -> ShardMoved:
+    """The `ShardMoved` a forwarding stub's ``ZHV01`` error stands for (detail: JSON shard, server, version)."""
+    message = exc.diag.message_primary or "shard moved"
+    try:
+        detail = json.loads(exc.diag.message_detail or "{}")
+        return ShardMoved(
+            message, shard_id=int(detail["shard"]), server=str(detail["server"]), version=int(detail["version"])
+        )
+    except (ValueError, KeyError, TypeError):
+        return ShardMoved(message, shard_id=-1, server="", version=0)
+
+
+def stub_sql(shard_id: int, body_type: sql.Composable, server: str, version: int) -> sql.Composed:
+    """DDL of the forwarding stub: ``shardNNNN.entities`` as a view whose reads and writes raise ``ZHV01``."""
+    schema = sql.Identifier(shard_schema(shard_id))
+    message = f"shard {shard_id} moved to {server} (placement version {version})"
+    detail = json.dumps({"shard": shard_id, "server": server, "version": version})
+    raise_sql = sql.SQL("RAISE EXCEPTION USING ERRCODE = {code}, MESSAGE = {msg}, DETAIL = {detail};").format(
+        code=sql.Literal(MOVED_SQLSTATE), msg=sql.Literal(message), detail=sql.Literal(detail)
+    )
+    return sql.SQL(
+        "DROP VIEW IF EXISTS {schema}.entities;"
+        "CREATE OR REPLACE FUNCTION {schema}.hv_moved() RETURNS trigger LANGUAGE plpgsql AS $hv$BEGIN {r} END$hv$;"
+        "DROP FUNCTION IF EXISTS {schema}.hv_moved_rows();"
+        "CREATE FUNCTION {schema}.hv_moved_rows() RETURNS TABLE (id bigint, kind smallint, body {body_type}) "
+        "LANGUAGE plpgsql AS $hv$BEGIN {r} END$hv$;"
+        "CREATE VIEW {schema}.entities AS SELECT * FROM {schema}.hv_moved_rows();"
+        "CREATE TRIGGER hv_moved INSTEAD OF INSERT OR UPDATE OR DELETE ON {schema}.entities "
+        "FOR EACH ROW EXECUTE FUNCTION {schema}.hv_moved();"
+    ).format(schema=schema, r=raise_sql, body_type=body_type)
+
+
+def drop_stub_sql(shard_id: int) -> sql.Composed:
+    """DDL removing the forwarding stub of ``shard_id`` (view and its functions)."""
+    schema = sql.Identifier(shard_schema(shard_id))
+    return sql.SQL(
+        "DROP VIEW IF EXISTS {schema}.entities;"
+        "DROP FUNCTION IF EXISTS {schema}.hv_moved_rows();"
+        "DROP FUNCTION IF EXISTS {schema}.hv_moved();"
+    ).format(schema=schema)

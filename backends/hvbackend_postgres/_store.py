@@ -1,4 +1,6 @@
-"""`PostgresServerStore`: one physical PostgreSQL server behind one psycopg_pool pool (hstore or jsonb bodies)."""
+# WARNING: generated from backends/hvbackend_postgres/_astore.py by tools/async_to_sync.py.
+# Do not edit: edit the source, then run the tool.
+"""`PostgresServerStore`: one PostgreSQL server behind one psycopg_pool `ConnectionPool`."""
 
 from __future__ import annotations
 
@@ -45,15 +47,15 @@ from hvbackend_postgres._schema import (
     shard_ddl,
     shard_schema,
 )
+from hvcore._acompat import Lock, gather, spawn
 from hvcore._backend import BackendOptions, ProvisionReport, QuerySpec, Record
 from hvcore._key import Key
 from hvcore.errors import ConnectionMisuse, ServerUnavailable
 
-__all__ = ["PROVISION_BATCH", "PROVISION_WORKERS", "PostgresServerStore"]
+__all__ = ["PostgresServerStore"]
 
 Conn = psycopg.Connection[Any]
 _T = TypeVar("_T")
-
 _orphans: list[Any] = []  # pools inherited over fork: kept alive so nothing finalizes the parent's sockets
 
 
@@ -63,17 +65,15 @@ def _logging_cursor(logger: Any) -> type[psycopg.Cursor[Any]]:
     class LoggingCursor(psycopg.Cursor[Any]):
         """A psycopg cursor that logs each statement and its parameters."""
 
-        def _text(self, query: Any) -> str:
-            return statement_text(query, self.connection)
-
         def execute(self, query: Any, params: Any = None, **kwargs: Any) -> LoggingCursor:
-            logger.info("statement: %s | values: %r", self._text(query), params)
+            logger.info("statement: %s | values: %r", statement_text(query, self.connection), params)
             super().execute(query, params, **kwargs)
             return self
 
         def executemany(self, query: Any, params_seq: Any, **kwargs: Any) -> None:
             params_seq = list(params_seq)
-            logger.info("statement: %s | values (%d rows): %r", self._text(query), len(params_seq), params_seq)
+            text = statement_text(query, self.connection)
+            logger.info("statement: %s | values (%d rows): %r", text, len(params_seq), params_seq)
             super().executemany(query, params_seq, **kwargs)
 
     return LoggingCursor
@@ -108,6 +108,9 @@ class PostgresServerStore(StoreCore):
 
     ``settings`` are libpq connection parameters (``host``, ``port``, ``dbname``, ``user``, ``password``, ``sslmode``
     ...) and/or a ``conninfo`` string; ``backend`` is ``"hstore"`` (text to text) or ``"jsonb"`` (JSON types).
+    `PostgresServerStore` awaits every round trip on the caller's event loop (a full pool or a slow server
+    makes the waiting task wait, never the loop; the pool belongs to the loop that first used the store);
+    `PostgresServerStore` is its thread-safe sync form.
     """
 
     __module__ = "hvbackend_postgres"
@@ -116,8 +119,8 @@ class PostgresServerStore(StoreCore):
         super().__init__(settings, options, backend=backend)
         self._cursor_factory = _logging_cursor(options.logger) if options.logger is not None else None
         self._pool: _Pool | None = None
-        self._pool_lock = threading.Lock()
-        self._lock = threading.Lock()
+        self._pool_lock = Lock()
+        self._lock = threading.Lock()  # guards the borrowed-connection book-keeping (no await inside)
         self._borrowed: dict[int, tuple[Conn, _Pool]] = {}
 
     # -- identity --------------------------------------------------------------------------------------------
@@ -137,17 +140,21 @@ class PostgresServerStore(StoreCore):
             conn.cursor_factory = self._cursor_factory
 
     def _new_pool(self) -> _Pool:
-        return _Pool(
+        pool = _Pool(
             self._conninfo,
             **self._pool_kwargs(),
             connection_class=bounded_connection_class(self._options.operation_timeout),
             configure=self._configure,
-            open=True,
+            open=False,
             describe_error=self._unavailable,
         )
+        pool.open()
+        return pool
 
     def open(self) -> None:
         """Create the pool (idempotent); connections are made on first use, so a server that is down fails later."""
+        if self._pool is not None:
+            return
         with self._pool_lock:
             if self._pool is None:
                 self._pool = self._new_pool()
@@ -155,21 +162,21 @@ class PostgresServerStore(StoreCore):
     def close(self) -> None:
         """Close the pool and every idle connection (idempotent); connections still borrowed close when returned."""
         with self._pool_lock:
-            pool, self._pool = self._pool, None
+            pool, self._pool = (self._pool, None)
         if pool is not None:
             pool.close(timeout=1.0)
 
     def after_fork_in_child(self) -> None:
         """Forget the inherited pool without closing its sockets (they are the parent's sessions)."""
-        pool, self._pool = self._pool, None
+        pool, self._pool = (self._pool, None)
         if pool is not None:
-            pool._closed = True  # its __del__ must not signal the parent's worker threads
+            pool._closed = True  # its finalizer must not signal the parent's workers
             _orphans.append(pool)
-        _orphans.extend(conn for conn, _ in self._borrowed.values())
+        _orphans.extend((conn for conn, _ in self._borrowed.values()))
         self._borrowed = {}
         self._lent = 0
         self._lock = threading.Lock()
-        self._pool_lock = threading.Lock()
+        self._pool_lock = Lock()
 
     # -- connections -----------------------------------------------------------------------------------------
 
@@ -178,7 +185,8 @@ class PostgresServerStore(StoreCore):
         if pool is None:
             self.open()
             pool = self._pool
-            assert pool is not None
+            if pool is None:
+                raise ServerUnavailable(f"the store of {self._label} was closed")
         if pool.last_error is not None:
             pool = self._recover(pool)
         return pool
@@ -186,7 +194,7 @@ class PostgresServerStore(StoreCore):
     def _recover(self, failed: _Pool) -> _Pool:
         """The last connection attempt failed: probe the server now; if it is back, start from a fresh pool."""
         try:
-            probe = psycopg.connect(self._conninfo, **self._kwargs)
+            probe = psycopg.Connection.connect(self._conninfo, **self._kwargs)
         except psycopg.Error as exc:
             raise self._unavailable(exc) from None
         probe.close()
@@ -232,7 +240,7 @@ class PostgresServerStore(StoreCore):
             if self._healthy(conn):
                 with self._lock:
                     self._lent += 1
-                return conn, pool
+                return (conn, pool)
             self._log("discarding a dead connection to %s", self._label)
             conn.close()
             pool.putconn(conn)
@@ -247,10 +255,11 @@ class PostgresServerStore(StoreCore):
         path, schema = self._search_path(shard_id)
         conn, pool = self._checkout()
         try:
-            row = conn.execute(SEARCH_PATH_SQL, (path.as_string(conn), schema)).fetchone()
+            cur = conn.execute(SEARCH_PATH_SQL, (path.as_string(conn), schema))
+            row = cur.fetchone()
             if not row or not row[1]:
                 raise self._shard_missing(shard_id)
-            conn.autocommit = False
+            conn.set_autocommit(False)
             conn.row_factory = self._user_row_factory
         except BaseException as exc:
             self._checkin(conn, pool)
@@ -282,7 +291,7 @@ class PostgresServerStore(StoreCore):
                 elif status == pq.TransactionStatus.ACTIVE:
                     conn.close()
                 if not conn.closed:
-                    conn.autocommit = True
+                    conn.set_autocommit(True)
                     conn.row_factory = tuple_row
         except psycopg.Error:
             conn.close()
@@ -323,11 +332,13 @@ class PostgresServerStore(StoreCore):
         self._ext_schema = str(row[0])
         return self._ext_schema
 
+    def _ext(self) -> str | None:
+        return self._hstore_schema() if self.text_only else None
+
     def _shard_sql(self, shard_id: int) -> ShardSQL:
         statements = self._sql.get(shard_id)
         if statements is None:
-            ext = self._hstore_schema() if self.text_only else None
-            statements = self._sql[shard_id] = ShardSQL.build(shard_id, self.backend, ext)
+            statements = self._sql[shard_id] = ShardSQL.build(shard_id, self.backend, self._ext())
         return statements
 
     def _with_conn(self, shard_id: int, op: Callable[[Conn], _T], *, committed: object = None) -> _T:
@@ -442,7 +453,7 @@ class PostgresServerStore(StoreCore):
         """Records stored under these (shard, key) pairs, in one round trip; missing keys are left out."""
         if not items:
             return []
-        query, params, first_shard = self._fetch_many_sql(items, self._hstore_schema() if self.text_only else None)
+        query, params, first_shard = self._fetch_many_sql(items, self._ext())
 
         def op(conn: Conn) -> list[tuple[Any, ...]]:
             return list(conn.execute(query, params).fetchall())
@@ -451,7 +462,7 @@ class PostgresServerStore(StoreCore):
 
     def update(self, shard_id: int, key: Key, data: Mapping[str, Any], *, merge: bool) -> bool:
         """Merge ``data`` into the stored body (``||``), or replace it; False if the key is not stored."""
-        query = self._update_sql(shard_id, self._hstore_schema() if self.text_only else None, merge=merge)
+        query = self._update_sql(shard_id, self._ext(), merge=merge)
         params = (*self._body_params(data), key)
 
         def op(conn: Conn) -> bool:
@@ -471,16 +482,17 @@ class PostgresServerStore(StoreCore):
     def query(self, shard_ids: Sequence[int], spec: QuerySpec) -> Generator[Record, None, None]:
         """Matching records of these shards in key order, streamed through a server-side cursor.
 
-        One connection is held while the stream is consumed; it goes back when the stream ends or is closed.
+        One connection is held while the stream is consumed; it goes back when the stream ends or is closed
+        (``close()``).
         """
         if not shard_ids or spec.limit == 0:
             return
-        query, params = self._query_sql(shard_ids, spec, self._hstore_schema() if self.text_only else None)
+        query, params = self._query_sql(shard_ids, spec, self._ext())
         key_type = self._options.layout.key_type
         conn, pool = self._checkout()
         cur: psycopg.ServerCursor[tuple[Any, ...]] | None = None
         try:
-            conn.autocommit = False
+            conn.set_autocommit(False)
             cur = conn.cursor(name="hv_query", row_factory=tuple_row)
             cur.execute(query, params)
             for size in query_fetch_sizes(spec.limit):  # growing round trips (see QUERY_FETCH_FIRST)
@@ -497,7 +509,7 @@ class PostgresServerStore(StoreCore):
             if not conn.closed:
                 try:
                     conn.rollback()  # the cursor goes with the transaction: no CLOSE round trip
-                    conn.autocommit = True
+                    conn.set_autocommit(True)
                 except psycopg.Error:
                     conn.close()
             if cur is not None:
@@ -508,7 +520,7 @@ class PostgresServerStore(StoreCore):
 
     def _admin(self) -> Conn:
         try:
-            conn = psycopg.connect(self._conninfo, **{**self._kwargs, "autocommit": True})
+            conn = psycopg.Connection.connect(self._conninfo, **{**self._kwargs, "autocommit": True})
         except psycopg.OperationalError as exc:
             raise self._unavailable(exc) from None
         self._configure(conn)
@@ -529,14 +541,14 @@ class PostgresServerStore(StoreCore):
 
     def _existing(self, conn: Conn, shard_ids: Sequence[int]) -> dict[int, tuple[set[str], str | None]]:
         names = {shard_schema(s): s for s in shard_ids}
-        rows = conn.execute(catalog_query(), (sorted(required_relations(self.backend)), list(names))).fetchall()
-        return {names[r[0]]: (set(r[1]), r[2]) for r in rows}
+        cur = conn.execute(catalog_query(), (sorted(required_relations(self.backend)), list(names)))
+        return {names[r[0]]: (set(r[1]), r[2]) for r in cur.fetchall()}
 
     def provision(self, shard_ids: Sequence[int], progress: Callable[[int], None] | None = None) -> ProvisionReport:
         """Create the extension, schemas, tables and indexes this server's shards need; idempotent, resumable.
 
         The catalog is read first, so a re-run only touches missing shards; the rest is created in transactions of
-        `PROVISION_BATCH` shards over `PROVISION_WORKERS` sessions.
+        `PROVISION_BATCH` shards over `PROVISION_WORKERS` concurrent sessions.
         """
         started = time.perf_counter()
         report = ProvisionReport(server=self._label, shards=len(shard_ids))
@@ -544,8 +556,7 @@ class PostgresServerStore(StoreCore):
         try:
             conn.execute("SELECT pg_advisory_lock(%s)", (ADVISORY_LOCK,))
             ext = self._ensure_hstore(conn, report) if self.text_only else None
-            existing = self._existing(conn, shard_ids)
-            todo = self._todo(shard_ids, existing)
+            todo = self._todo(shard_ids, self._existing(conn, shard_ids))
             if progress is not None and len(shard_ids) > len(todo):
                 progress(len(shard_ids) - len(todo))
             batches = [todo[i : i + PROVISION_BATCH] for i in range(0, len(todo), PROVISION_BATCH)]
@@ -559,8 +570,8 @@ class PostgresServerStore(StoreCore):
     def _run_batches(self, batches: list[list[int]], ext: str | None, progress: Callable[[int], None] | None) -> None:
         if not batches:
             return
-        lock = threading.Lock()
         queue = iter(batches)
+        lock = threading.Lock()
         errors: list[BaseException] = []
 
         def work() -> None:
@@ -581,11 +592,7 @@ class PostgresServerStore(StoreCore):
             finally:
                 conn.close()
 
-        workers = [threading.Thread(target=work, name=f"hv-provision-{i}") for i in range(PROVISION_WORKERS)]
-        for thread in workers:
-            thread.start()
-        for thread in workers:
-            thread.join()
+        gather(*(spawn(work) for _ in range(PROVISION_WORKERS)))
         if errors:
             error = errors[0]
             if isinstance(error, psycopg.OperationalError):
@@ -609,8 +616,8 @@ class PostgresServerStore(StoreCore):
             existing = self._existing(conn, shard_ids)
             shards = [s for s in shard_ids if TABLE in existing.get(s, (set(), None))[0]]
             for i in range(0, len(shards), COUNT_BATCH):
-                query = count_query(shards[i : i + COUNT_BATCH])
-                for shard, count in conn.execute(query).fetchall():
+                cur = conn.execute(count_query(shards[i : i + COUNT_BATCH]))
+                for shard, count in cur.fetchall():
                     counts[int(shard)] = int(count)
         except psycopg.OperationalError as exc:
             raise self._unavailable(exc) from None
@@ -618,8 +625,8 @@ class PostgresServerStore(StoreCore):
             conn.close()
         return counts
 
-    def _shard_mover(self) -> PostgresMover:
-        """Shard-move operations with this server as source (``Datastore.move_shard``), see ``_move``."""
+    def shard_mover(self) -> PostgresMover:
+        """Shard-move operations with this server as the source (``Datastore.move_shard``), see ``_move``."""
         return PostgresMover(self)
 
     def stats(self) -> dict[str, Any]:

@@ -3,17 +3,17 @@
 from collections.abc import Callable
 
 from hvcore.hookspecs import SequenceFactory, hookimpl
-from hvplugin_redis._sequence import (
+from hvplugin_redis._asequence import AsyncRedisSequence
+from hvplugin_redis._common import (
     BORN_SCRIPT,
     CLUSTER_GROUPS,
     DEFAULT_EXPIRE_MS,
     DEFAULT_KEY_PREFIX,
     DEFAULT_MAX_SKEW_MS,
     RESERVE_SCRIPT,
-    AsyncRedisSequence,
-    RedisSequence,
-    make_sequence,
 )
+from hvplugin_redis._factory import make_sequence
+from hvplugin_redis._sequence import RedisSequence
 
 __all__ = [
     "BORN_SCRIPT",

@@ -554,7 +554,8 @@ def test_a_fresh_cluster_prefix_sets_every_guard_at_once() -> None:
     assert fake.exists(*(f"{{hv:seq:g{g}}}:born" for g in range(CLUSTER_GROUPS))) == CLUSTER_GROUPS
     assert seq.reserve(200, T + 1, 1) == range(0)  # another group: warming up too, known without asking
     assert fake.keys("*:200:*") == []
-    while now_ms() - LAYOUT.epoch_ms < T + 400:
+    born = int(fake.get("{hv:seq:g200}:born") or 0)  # the guards are set one after another: each has its own time
+    while now_ms() < born + 300 + 5:
         time.sleep(0.01)
     assert seq.reserve(200, now_ms() - LAYOUT.epoch_ms, 1) == range(16)
 
@@ -1273,3 +1274,15 @@ def test_a_promoted_replica_serves_no_number_the_old_primary_handed_out(
         assert handed_out == list(range(256)) and again == set(range(128, 256))
     for closing in (host_a, host_b, primary, replica):
         closing.close()
+
+
+def test_the_options_are_listed_once_and_the_url_parser_knows_each() -> None:
+    """The constructor's keywords are the options; `_configure` and the URL's table must name the same ones."""
+    from hvplugin_redis._common import RedisSequenceBase
+
+    keywords = {
+        p.name for p in inspect.signature(AsyncRedisSequence).parameters.values() if p.kind is p.KEYWORD_ONLY
+    }
+    configure = set(inspect.signature(RedisSequenceBase._configure).parameters) - {"self"}
+    assert keywords == configure
+    assert set(SOURCE_OPTIONS) == keywords - {"layout"}  # a layout is not something a URL can say
