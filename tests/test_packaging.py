@@ -33,7 +33,7 @@ def test_wheel_installs_no_generic_top_level_names(tmp_path: Path) -> None:
     assert "hvcore/_speedups.pyi" in names
     if IN_CI:  # a compiler is there: the accelerator must be in the wheel (elsewhere the build may fall back)
         assert any(n.startswith("hvcore/_speedups.") and n.endswith((".so", ".pyd")) for n in names), names
-    assert "hv = hvcore._cli:main" in entry_points
+    assert "hv = hvcore.cli:main" in entry_points
     assert "[hypervault.backends]" in entry_points and "[pytest11]" in entry_points
 
 
