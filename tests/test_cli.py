@@ -292,7 +292,7 @@ def test_shard_export_reads_every_way_a_server_is_given(tmp_path: Path) -> None:
     """conninfo keyword strings, URLs, separate keys, and both (keys win); never a password."""
     require_server()
     password = "Exp0rt-s3cret"
-    servers = [
+    servers: list[tuple[str, dict[str, object]]] = [
         ("0-2", {"conninfo": "host=localhost port=5432 dbname=postgres"}),
         ("2-4", {"conninfo": f"host=db-c.invalid port=6543 dbname=other user=u password={password}"}),
         ("4-6", {"conninfo": f"postgresql://u:{password}@db-b.invalid:5433/appdb"}),
