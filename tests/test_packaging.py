@@ -34,6 +34,9 @@ def test_wheel_installs_no_generic_top_level_names(tmp_path: Path) -> None:
     if IN_CI:  # a compiler is there: the accelerator must be in the wheel (elsewhere the build may fall back)
         assert any(n.startswith("hvcore/_speedups.") and n.endswith((".so", ".pyd")) for n in names), names
     assert "hv = hvcore.cli:main" in entry_points
+    cli_modules = {n.removeprefix("hvcore/cli/") for n in names if n.startswith("hvcore/cli/")}
+    assert {"__init__.py", "__main__.py", "_main.py", "_parser.py", "_output.py"} <= cli_modules, cli_modules
+    assert not [n for n in names if "bench" in n.lower() or "/tests/" in n or "_testing" in n]  # checkout-only code
     assert "[hypervault.backends]" in entry_points and "[pytest11]" in entry_points
 
 
