@@ -1,7 +1,10 @@
 """The hypervault benchmark suite: every part in one run, on one machine and one set of servers, as ratios.
 
-Usage: ``python benchmarks/suite.py [--quick] [--parts keys,redis,datastore,batches,peers,scaling] [--json PATH]
-[--png PATH]`` (also ``hv bench`` from a source checkout). Each part is a ``benchmarks/bench_<part>.py`` script with a
+Usage: ``python benchmarks/suite.py [--quick] [--parts keys,redis,datastore,batches,peers,scaling] [--output DIR]
+[--json PATH] [--png PATH]``, from a source checkout (the benchmarks are not installed with the package; there is
+no ``hv bench``). A full run writes ``benchmarks/results/latest.{json,md,png}`` (the committed results the README
+shows); a ``--quick`` run writes ``bench-results/quick/`` (ignored by git) unless ``--output``, ``--json`` or
+``--png`` say otherwise. Each part is a ``benchmarks/bench_<part>.py`` script with a
 ``run(quick) -> dict``; the suite normalises their figures into rows
 
     part, measure, hypervault, comparison, ratio, unit, explanation
@@ -40,7 +43,8 @@ for extra in (str(ROOT / "backends"), str(ROOT / "plugins"), str(ROOT / "tests")
         sys.path.insert(0, extra)
 
 PARTS = ("keys", "redis", "datastore", "batches", "peers", "scaling")
-RESULTS = HERE / "results"
+RESULTS = HERE / "results"  # the committed results: written by full runs only, unless asked
+QUICK_RESULTS = ROOT / "bench-results" / "quick"  # where --quick writes by default (git ignores bench-results/)
 LIBRARIES = (
     "hypervault",
     "psycopg",
@@ -786,20 +790,35 @@ def parse_parts(text: str) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     """The suite's options."""
     parser = argparse.ArgumentParser(
-        prog="hv bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python benchmarks/suite.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="tiny sizes (a CI smoke run; figures are noise)")
     parser.add_argument(
         "--parts", type=parse_parts, default=list(PARTS), help=f"comma-separated, default all: {','.join(PARTS)}"
     )
-    parser.add_argument("--json", type=Path, default=RESULTS / "latest.json", help="results file (default %(default)s)")
-    parser.add_argument("--png", type=Path, default=RESULTS / "latest.png", help="plot file (default %(default)s)")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        metavar="DIR",
+        help=f"write latest.json, latest.md and latest.png here (default {RESULTS.relative_to(ROOT)}, "
+        f"or {QUICK_RESULTS.relative_to(ROOT)} with --quick: a quick run never overwrites the committed results "
+        "unless asked with --output benchmarks/results)",
+    )
+    parser.add_argument("--json", type=Path, metavar="PATH", help="results file (overrides --output; .md beside it)")
+    parser.add_argument("--png", type=Path, metavar="PATH", help="plot file (overrides --output)")
     parser.add_argument("--redis-url", help="Redis for the redis part (default redis://127.0.0.1:6379/0)")
     parser.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
     parser.add_argument(
         "--from-json", type=Path, metavar="PATH", help="run nothing: redraw table, Markdown and PNG from a results file"
     )
     return parser
+
+
+def output_paths(args: argparse.Namespace) -> tuple[Path, Path]:
+    """(results JSON, plot PNG) for a run: ``--json``/``--png``, else in ``--output``, else the default directory
+    (`RESULTS` for a full run, `QUICK_RESULTS` for ``--quick``). The Markdown report goes beside the JSON."""
+    directory = args.output if args.output is not None else QUICK_RESULTS if args.quick else RESULTS
+    return args.json or directory / "latest.json", args.png or directory / "latest.png"
 
 
 def rerender(source: Path, png: Path, markdown: bool) -> int:
@@ -826,7 +845,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the chosen parts; print, write JSON and PNG; 1 if a part failed."""
     args = build_parser().parse_args(argv)
     if args.from_json:
-        return rerender(args.from_json, args.png, args.markdown)
+        return rerender(args.from_json, args.png or args.from_json.with_suffix(".png"), args.markdown)
+    json_path, png_path = output_paths(args)
     started = dt.datetime.now(dt.UTC)
     load_before = os.getloadavg()
     raw: dict[str, Any] = {}
@@ -867,11 +887,11 @@ def main(argv: list[str] | None = None) -> int:
     print_table(rows, errors)
     if args.markdown:
         print(markdown_table(rows))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(document, indent=2, default=str) + "\n", encoding="utf-8")
-    plot(rows, args.png, _title(document))
-    args.json.with_suffix(".md").write_text(markdown_report(document, rows), encoding="utf-8")
-    print(f"wrote {args.json}, {args.json.with_suffix('.md')} and {args.png}", file=sys.stderr)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(document, indent=2, default=str) + "\n", encoding="utf-8")
+    plot(rows, png_path, _title(document))
+    json_path.with_suffix(".md").write_text(markdown_report(document, rows), encoding="utf-8")
+    print(f"wrote {json_path}, {json_path.with_suffix('.md')} and {png_path}", file=sys.stderr)
     return 1 if errors else 0
 
 

@@ -6,6 +6,7 @@ import logging
 import math
 import re
 import tomllib
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 from hvcore._key import KeyLayout
 from hvcore.errors import ConfigError, ShardMapError
 
-__all__ = ["DatastoreConfig", "load_config", "parse_layout", "redact"]
+__all__ = ["DatastoreConfig", "load_config", "parse_layout", "redact", "server_endpoint"]
 
 _SECRET_NAMES = frozenset({"password", "passwd", "sslpassword", "secret", "token"})
 _TOP_LEVEL = frozenset(
@@ -66,6 +67,54 @@ def redact_conninfo(conninfo: str) -> str:
     """Mask the password in a libpq conninfo string or URL."""
     masked = re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", conninfo, flags=re.IGNORECASE)
     return re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", masked)
+
+
+def server_endpoint(settings: Mapping[str, Any]) -> tuple[str, int, str]:
+    """Where one server's connection settings point: ``(host, port, dbname)``, never the password.
+
+    Reads every way a server can be given: separate keys (``host``, ``hostaddr``, ``port``, ``dbname``, ``user``),
+    a ``conninfo`` keyword string (``"host=db2 port=5433 dbname=app"``) or URL (``"postgresql://u:pw@db2:5433/app"``),
+    or both, where the separate keys win (as in ``psycopg.connect(conninfo, **keys)``); ``shards`` is ignored.
+    Defaults are those of the PostgreSQL backends' server labels: host ``localhost``, port 5432, dbname the user
+    name, else ``postgres`` (environment variables such as ``PGHOST`` are not read). Raises `ConfigError`, without
+    the password, for settings libpq would refuse, a bad port, or several hosts (``host=a,b``: name one node).
+    The parsing is libpq's, through psycopg (imported here, not by the package); without psycopg only separate
+    keys can be read.
+    """
+    keys = {k: v for k, v in settings.items() if k not in ("shards", "conninfo") and v is not None}
+    conninfo = settings.get("conninfo") or ""
+    if not isinstance(conninfo, str):
+        raise ConfigError(f"conninfo must be a string, got {type(conninfo).__name__}")
+    try:
+        from psycopg import ProgrammingError
+        from psycopg.conninfo import conninfo_to_dict, make_conninfo
+    except ImportError:
+        if conninfo:
+            raise ConfigError(
+                "reading a conninfo string or URL needs psycopg: pip install 'hypervault[postgres]'"
+            ) from None
+        params: dict[str, Any] = {k: str(v) for k, v in keys.items()}
+    else:
+        try:
+            params = conninfo_to_dict(make_conninfo(conninfo, **keys))
+        except ProgrammingError as exc:
+            secrets = [str(keys.get("password") or ""), urllib.parse.urlsplit(conninfo).password or ""]
+            text = redact_conninfo(str(exc).strip())
+            for secret in filter(None, secrets):
+                text = text.replace(secret, "***")
+            raise ConfigError(f"invalid PostgreSQL connection settings {redact(settings)!r}: {text}") from None
+    host = str(params.get("host") or params.get("hostaddr") or "localhost")
+    port_text = str(params.get("port") or "5432")
+    dbname = str(params.get("dbname") or params.get("user") or "postgres")
+    if "," in host or "," in port_text:
+        raise ConfigError(f"server {redact(settings)!r} names several hosts ({host}): name one node per server")
+    try:
+        port = int(port_text)
+    except ValueError:
+        port = -1
+    if not 0 < port < 65536:
+        raise ConfigError(f"server {redact(settings)!r} has port {port_text!r}: expected an int in 1..65535")
+    return host, port, dbname
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib.metadata
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import pluggy
@@ -13,15 +15,54 @@ from hvcore import hookspecs
 from hvcore._backend import AsyncBackendFactory, BackendFactory
 from hvcore.errors import PluginError
 
-__all__ = ["ENTRY_POINT_GROUPS", "PluginRegistry", "default_registry"]
+__all__ = ["ENTRY_POINT_GROUPS", "EXTRA_FOR_MODULE", "EXTRA_FOR_NAME", "PluginRegistry", "default_registry"]
 
 ENTRY_POINT_GROUPS = ("hypervault.backends", "hypervault.plugins")
+
+EXTRA_FOR_MODULE = {"psycopg": "postgres", "psycopg_pool": "postgres", "redis": "redis", "pgserver": "embedded"}
+"""Missing top-level module → the ``hypervault[extra]`` that installs it (named in error messages)."""
+
+EXTRA_FOR_NAME = {"hstore": "postgres", "jsonb": "postgres", "redis": "redis", "rediss": "redis"}
+"""Built-in backend names and sequence schemes → the extra whose plugin registers them."""
+
+
+def install_hint(extra: str) -> str:
+    """``pip install 'hypervault[extra]'``, as error messages spell it."""
+    return f"pip install 'hypervault[{extra}]'"
+
+
+def describe_load_error(exc: BaseException) -> str:
+    """Why a plugin failed to load, in one line; a missing module of a known extra says what to install."""
+    text = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, ModuleNotFoundError) and exc.name:
+        extra = EXTRA_FOR_MODULE.get(exc.name.partition(".")[0])
+        if extra is not None:
+            text += f": {install_hint(extra)}"
+    return text
+
+
+def unknown_hooks(manager: pluggy.PluginManager, plugin: object) -> list[str]:
+    """Names of ``plugin``'s hook implementations that match no hookspec (pluggy's ``check_pending``, one plugin)."""
+    found = []
+    for caller in manager.get_hookcallers(plugin) or []:
+        if caller.has_spec():
+            continue
+        if any(impl.plugin is plugin and not impl.optionalhook for impl in caller.get_hookimpls()):
+            found.append(caller.name)
+    return sorted(found)
+
+
+def _spec_names() -> list[str]:
+    return sorted(name for name in hookspecs.__all__ if name.startswith(f"{hookspecs.PROJECT_NAME}_"))
 
 
 class PluginRegistry:
     """Backends and sequence sources by name, collected from pluggy plugins.
 
-    Entry points are loaded on first use (``load_entry_points=False`` for tests that register by hand).
+    Entry points are loaded on first use (``load_entry_points=False`` for tests that register by hand). A plugin
+    that fails to import, asks for hook arguments its hookspec lacks, or implements a hook no hookspec declares
+    (a misspelling) is left out and recorded in ``broken`` (plugin name → why); the others keep working, and
+    every `PluginError` about a missing name lists the broken plugins.
     """
 
     __module__ = "hvcore"
@@ -42,7 +83,11 @@ class PluginRegistry:
         return f"<PluginRegistry backends={sorted(self._backends)} sequences={sorted(self._sequences)}>"
 
     def register(self, plugin: object, name: str | None = None) -> None:
-        """Add a plugin object or module and collect what it registers."""
+        """Add a plugin object or module and collect what it registers.
+
+        Raises `PluginError` naming the plugin if it implements a hook no hookspec declares, or asks for
+        arguments a hookspec lacks; nothing of such a plugin is registered.
+        """
         with self._lock:
             self._ensure_loaded()
             self._add(plugin, name)
@@ -55,7 +100,8 @@ class PluginRegistry:
         except KeyError:
             installed = ", ".join(sorted(self._backends)) or "none"
             raise PluginError(
-                f"unknown backend {name!r}: installed backends are {installed}{self._broken_note()}"
+                f"unknown backend {name!r}: installed backends are {installed}{self._name_hint(name)}"
+                f"{self._broken_note()}"
             ) from None
 
     def async_backend(self, name: str) -> AsyncBackendFactory:
@@ -74,9 +120,26 @@ class PluginRegistry:
         except KeyError:
             installed = ", ".join(sorted(self._sequences)) or "none"
             raise PluginError(
-                f"no sequence source for {scheme!r} URLs: installed schemes are {installed} "
-                f"(the redis one needs `pip install hypervault[redis]`){self._broken_note()}"
+                f"no sequence source for {scheme!r} URLs: installed schemes are {installed}"
+                f"{self._name_hint(scheme)}{self._broken_note()}"
             ) from None
+
+    def demo_servers(self, count: int) -> AbstractContextManager[hookspecs.DemoServers] | None:
+        """The first plugin's answer to `hypervault_demo_servers` (a context manager), or None if none can."""
+        self._ensure_loaded()
+        result: AbstractContextManager[hookspecs.DemoServers] | None = self.manager.hook.hypervault_demo_servers(
+            count=count
+        )
+        return result
+
+    @staticmethod
+    def _name_hint(name: str) -> str:
+        extra = EXTRA_FOR_NAME.get(name)
+        return f" ({name!r} comes with {install_hint(extra)})" if extra else ""
+
+    def broken_note(self) -> str:
+        """``"; plugins that failed to load: name (why); ..."`` or ``""`` when every plugin loaded."""
+        return self._broken_note()
 
     def _broken_note(self) -> str:
         if not self.broken:
@@ -92,6 +155,29 @@ class PluginRegistry:
         """Sorted URL schemes of every registered sequence source."""
         self._ensure_loaded()
         return sorted(self._sequences)
+
+    def describe(self) -> dict[str, Any]:
+        """What is installed, for ``hv plugins``: backends, sequence schemes, demo providers and broken plugins.
+
+        Shape: ``{"backends": [{"name", "plugin", "asyncio"}], "sequences": [{"scheme", "plugin"}],
+        "demo_servers": [plugin names], "broken": {plugin: why}}``, every list sorted.
+        """
+        self._ensure_loaded()
+        demo = [
+            self.manager.get_name(impl.plugin) or repr(impl.plugin)
+            for impl in self.manager.hook.hypervault_demo_servers.get_hookimpls()
+        ]
+        return {
+            "backends": [
+                {"name": name, "plugin": origin, "asyncio": name in self._async_backends}
+                for name, (_, origin) in sorted(self._backends.items())
+            ],
+            "sequences": [
+                {"scheme": scheme, "plugin": origin} for scheme, (_, origin) in sorted(self._sequences.items())
+            ],
+            "demo_servers": sorted(demo),
+            "broken": dict(sorted(self.broken.items())),
+        }
 
     def _ensure_loaded(self) -> None:
         if self._loaded:
@@ -112,42 +198,85 @@ class PluginRegistry:
                 try:
                     plugin = ep.load()
                 except Exception as exc:  # one broken or half-installed plugin must not take the others down
-                    self.broken[ep.name] = f"{type(exc).__name__}: {exc}"
+                    self.broken[ep.name] = describe_load_error(exc)
                     continue
-                self._add(plugin, ep.name)
+                try:
+                    self._validate(plugin, ep.name)
+                except PluginError as exc:
+                    self.broken[ep.name] = str(exc)
+                    continue
+                self._collect(plugin, ep.name)
 
     def _add(self, plugin: object, name: str | None) -> None:
-        origin: str = name or str(getattr(plugin, "__name__", repr(plugin)))
         if self.manager.is_registered(plugin):
             return
-        self.manager.register(plugin, name=name)
+        self._validate(plugin, name)
+        self._collect(plugin, name)
+
+    def _validate(self, plugin: object, name: str | None) -> None:
+        """Register ``plugin`` with pluggy, or refuse it whole (`PluginError`) if a hook matches no hookspec."""
+        origin = name or str(getattr(plugin, "__name__", repr(plugin)))
+        try:
+            self.manager.register(plugin, name=name)
+        except pluggy.PluginValidationError as exc:  # asks for arguments its hookspec lacks
+            raise PluginError(f"plugin {origin!r} does not fit its hookspec: {exc}") from None
+        unknown = unknown_hooks(self.manager, plugin)
+        if unknown:
+            self.manager.unregister(plugin)
+            specs = _spec_names()
+            parts = []
+            for hook in unknown:
+                close = difflib.get_close_matches(hook, specs, n=1)
+                parts.append(f"{hook!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise PluginError(
+                f"plugin {origin!r} implements unknown hook(s) {', '.join(parts)}: no hookspec has that name "
+                f"(known hooks: {', '.join(specs)}); the plugin was not loaded"
+            )
+
+    def _collect(self, plugin: object, name: str | None) -> None:
+        """Call ``plugin``'s registration hooks (only its own) and file what it registers."""
+        origin: str = name or str(getattr(plugin, "__name__", repr(plugin)))
         caller = self.manager.subset_hook_caller  # call only the new plugin's hooks
         others = [p for p in self.manager.get_plugins() if p is not plugin]
-        plain = self._registrar(self._backends, origin)
-        asynchronous = self._registrar(self._async_backends, origin)
+        plain = _Registrar(self._backends, origin)
+        asynchronous = _Registrar(self._async_backends, origin)
 
-        def register_backend(name: str, factory: Any, *, async_factory: Any = None) -> None:
+        def register_backend(
+            name: str, factory: BackendFactory, *, async_factory: AsyncBackendFactory | None = None
+        ) -> None:
             plain(name, factory)
             if async_factory is not None:
                 asynchronous(name, async_factory)
 
-        caller("hypervault_register_backends", others)(register=register_backend)
-        caller("hypervault_register_sequences", others)(register=self._registrar(self._sequences, origin))
+        backends: hookspecs.BackendRegistrar = register_backend
+        sequences: hookspecs.SequenceRegistrar = _Registrar(self._sequences, origin)
+        caller("hypervault_register_backends", others)(register=backends)
+        caller("hypervault_register_sequences", others)(register=sequences)
 
-    @staticmethod
-    def _registrar(table: dict[str, tuple[Any, str]], origin: str) -> Callable[[str, Any], None]:
-        def register(name: str, factory: Any) -> None:
-            if not isinstance(name, str) or not name.isidentifier() or name != name.lower():
-                raise PluginError(f"plugin {origin!r} registered an invalid name {name!r}: use a lower-case identifier")
-            if not callable(factory):
-                raise PluginError(f"plugin {origin!r} registered {name!r} with a non-callable factory {factory!r}")
-            if name in table:
-                raise PluginError(
-                    f"{name!r} is registered twice: by {table[name][1]!r} and by {origin!r}; uninstall one of them"
-                )
-            table[name] = (factory, origin)
 
-        return register
+class _Registrar:
+    """One plugin's ``register(name, factory)`` into one table: checks the name, the factory and duplicates."""
+
+    __slots__ = ("origin", "table")
+
+    def __init__(self, table: dict[str, tuple[Any, str]], origin: str) -> None:
+        self.table = table
+        self.origin = origin
+
+    def __call__(self, name: str, factory: Any) -> None:
+        """File ``factory`` under ``name``; `PluginError` for a bad name, a non-callable or a duplicate."""
+        if not isinstance(name, str) or not name.isidentifier() or name != name.lower():
+            raise PluginError(
+                f"plugin {self.origin!r} registered an invalid name {name!r}: use a lower-case identifier"
+            )
+        if not callable(factory):
+            raise PluginError(f"plugin {self.origin!r} registered {name!r} with a non-callable factory {factory!r}")
+        if name in self.table:
+            raise PluginError(
+                f"{name!r} is registered twice: by {self.table[name][1]!r} and by {self.origin!r}; "
+                "uninstall one of them"
+            )
+        self.table[name] = (factory, self.origin)
 
 
 _default: PluginRegistry | None = None

@@ -18,8 +18,9 @@ def parse_shards(spec: object, layout: KeyLayout = KeyLayout.DEFAULT) -> tuple[l
     """Read one server's ``shards`` setting into half-open ranges, plus the problems found.
 
     Accepted: ``"1-9"`` (shards 1..8, half-open as in the 2015 library), ``"7"``, ``"1-9, 20-30"``,
-    a ``range``, an int, or a list/tuple of any of these; ``""`` or ``[]`` for a server that owns no shard yet
-    (one just added, before shards are moved to it).
+    a ``range``, or a list/tuple of these and of ints; ``""`` or ``[]`` for a server that owns no shard yet
+    (one just added, before shards are moved to it). A bare int (``shards=8``) is refused: it reads as a count
+    as easily as a shard id, so the problem says to write ``"8-9"`` for shard 8 alone (or ``"0-8"``, ``[8]``).
     """
     limit = layout.max_shard_id + 1
     ranges: list[range] = []
@@ -36,7 +37,13 @@ def parse_shards(spec: object, layout: KeyLayout = KeyLayout.DEFAULT) -> tuple[l
             ranges.append(range(start, stop))
 
     def visit(item: object) -> None:
-        if isinstance(item, bool):
+        if isinstance(item, int) and not isinstance(item, bool) and item is spec:
+            count = f', or shards="0-{item}" for shards 0..{item - 1}' if item > 0 else ""
+            problems.append(
+                f"shards={item} is an int, which reads as a count as easily as a shard: write "
+                f'shards="{item}-{item + 1}" for shard {item} alone{count} (ranges are half-open strings)'
+            )
+        elif isinstance(item, bool):
             problems.append(f"{item!r} is not a shard range")
         elif isinstance(item, int):
             add(item, item + 1, str(item))

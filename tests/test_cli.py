@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import io
 import json
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
-from fixtures.services import require_module
+from fixtures.services import PG_HOST, PG_PORT, missing_service, port_open, require_module
 
-from hvcore import KeyLayout
-from hvcore._cli import main
+from hvcore import ConfigError, Datastore, KeyLayout
+from hvcore._config import server_endpoint
+from hvcore.cli import main
+from hvcore.cli._cmd_store import status_document
+
+
+def require_server() -> None:
+    if not port_open(PG_HOST, PG_PORT):
+        missing_service(f"no PostgreSQL at {PG_HOST}:{PG_PORT}")
 
 
 def run(*argv: str) -> tuple[int, str]:
@@ -111,7 +122,7 @@ def test_config_show_masks_passwords(tmp_path: Path) -> None:
 
 def test_console_script_is_installed() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "hvcore._cli", "key", "decode", "307821103844175873", "--layout", "hypervault"],
+        [sys.executable, "-m", "hvcore.cli", "key", "decode", "307821103844175873", "--layout", "hypervault"],
         capture_output=True,
         text=True,
         check=True,
@@ -141,3 +152,196 @@ def test_version_says_how_keys_are_made(capsys: pytest.CaptureFixture[str]) -> N
     out = capsys.readouterr().out
     assert out.startswith("hypervault ")
     assert ("C accelerator" in out and "pure Python" not in out) if ACCELERATED else "pure Python" in out
+
+
+# -- the package's shape -----------------------------------------------------------------------------------------
+
+
+def test_the_cli_imports_no_backend_or_plugin() -> None:
+    """hvcore (the CLI included) never imports a backend or plugin package: they come through hooks."""
+    root = Path(__file__).resolve().parents[1] / "hvcore"
+    offenders = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            offenders += [f"{path.relative_to(root)}: {n}" for n in names if n.startswith(("hvbackend_", "hvplugin_"))]
+    assert offenders == []
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, hvcore.cli; print(sorted(m for m in sys.modules if m.startswith('hv')))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "hvbackend" not in loaded and "hvplugin" not in loaded and "hvcore.cli" in loaded
+
+
+def test_shared_options_are_declared_once() -> None:
+    source = (Path(__file__).resolve().parents[1] / "hvcore" / "cli" / "_parser.py").read_text(encoding="utf-8")
+    for option in ('"--config"', '"--json"', '"--layout"', '"--epoch"'):
+        assert source.count(option) == 1, f"{option} is declared {source.count(option)} times in hvcore/cli/_parser.py"
+    help_texts = {}
+    for argv in (["init"], ["status"], ["config"], ["shard", "move"], ["shard", "plan"], ["shard", "export"]):
+        out = io.StringIO()
+        with pytest.raises(SystemExit), contextlib.redirect_stdout(out):
+            main([*argv, "--help"])
+        help_texts[" ".join(argv)] = out.getvalue()
+    assert all("--config FILE" in text and "TOML config file" in text for text in help_texts.values()), help_texts
+
+
+@pytest.mark.parametrize("action", ["plan", "export", "move"])
+def test_shard_actions_have_descriptions(action: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["shard", action, "--help"])
+    text = capsys.readouterr().out
+    usage, _, rest = text.partition("\n\n")
+    description = rest.split("\n\n")[0]
+    assert usage.startswith(f"usage: hv shard {action}")
+    assert not description.startswith(("positional arguments", "options")) and len(description) > 60, text
+
+
+# -- hv demo without its extra -----------------------------------------------------------------------------------
+
+
+def run_python_without(module: str, argv: list[str]) -> subprocess.CompletedProcess[str]:
+    """``hv argv`` in a fresh interpreter where ``module`` cannot be imported, as if it were not installed."""
+    code = f"import sys; sys.modules[{module!r}] = None\nfrom hvcore.cli import main\nsys.exit(main({argv!r}))"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+
+
+@pytest.mark.parametrize("missing", ["pgserver", "psycopg"])
+def test_demo_without_its_extra_is_one_error_line(missing: str) -> None:
+    done = run_python_without(missing, ["demo", "--rows", "10"])
+    assert done.returncode == 2 and done.stdout == ""
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("hv: error: hv demo runs on embedded PostgreSQL servers: ")
+    assert "pip install 'hypervault[embedded]'" in lines[0] and "Traceback" not in done.stderr
+    if missing == "psycopg":  # the PostgreSQL plugin itself did not load: say why, and what to install
+        assert "postgres (ModuleNotFoundError: " in lines[0] and "pip install 'hypervault[postgres]'" in lines[0]
+
+
+# -- hv config, hv status --json, shards=8 ------------------------------------------------------------------------
+
+
+def write(path: Path, text: str) -> str:
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def test_config_prints_a_readable_summary_and_json_when_asked(tmp_path: Path) -> None:
+    config = write(
+        tmp_path / "hv.toml",
+        'backend = "jsonb"\npool_max = 4\nlayout = "hypervault"\n\n'
+        '[[servers]]\nshards = "0-8"\nhost = "db1"\npassword = "s3cret-pw"\n\n'
+        '[[servers]]\nshards = "8-16"\nconninfo = "postgresql://u:other-s3cret@db2:5433/app"\n',
+    )
+    code, text = run("config", "--config", config)
+    assert code == 0 and "s3cret" not in text
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(text)
+    assert "backend             jsonb" in text and "4 connections per server" in text
+    assert "hypervault (epoch 2013-09-16T21:05:31.352Z" in text
+    assert "host=db1 password=***" in text and "postgresql://u:***@db2:5433/app" in text
+    code, text = run("config", "--config", config, "--json")
+    doc = json.loads(text)
+    assert code == 0 and doc["backend"] == "jsonb" and doc["layout"] == "hypervault" and "s3cret" not in text
+    assert [s["shards"] for s in doc["servers"]] == ["0-8", "8-16"] and doc["servers"][0]["password"] == "***"
+
+
+def test_status_document_sorts_rows_per_shard() -> None:
+    entry = {"server": "x", "reachable": True, "rows_per_shard": {9: 1, 2: 5, 10: 0, 3: 7}}
+    (doc,) = status_document([entry])
+    assert list(doc["rows_per_shard"]) == [2, 3, 9, 10] and doc["rows_per_shard"][3] == 7
+    assert list(entry["rows_per_shard"]) == [9, 2, 10, 3]  # type: ignore[call-overload]  # the input is left alone
+
+
+def test_status_json_lists_shards_in_order(tmp_path: Path) -> None:
+    config = write(
+        tmp_path / "hv.toml",
+        'backend = "memory"\n[[servers]]\nshards = "8-12, 0-4"\nname = "sorted-a"\n\n'
+        '[[servers]]\nshards = "4-8"\nname = "sorted-b"\n',
+    )
+    assert run("init", "--config", config)[0] == 0
+    code, text = run("status", "--config", config, "--json")
+    assert code == 0
+    status = json.loads(text)
+    assert [[int(s) for s in entry["rows_per_shard"]] for entry in status] == [[0, 1, 2, 3, 8, 9, 10, 11], [4, 5, 6, 7]]
+    assert status[0]["shards"] == "0-4,8-12"
+
+
+@pytest.mark.parametrize("shards", ["8", "0"])
+def test_an_int_shards_setting_is_refused_with_the_range_to_write(
+    tmp_path: Path, shards: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write(tmp_path / "hv.toml", f'backend = "memory"\n[[servers]]\nshards = {shards}\nname = "int-shards"\n')
+    for command in ("status", "config"):
+        assert run(command, "--config", config)[0] == 2
+        err = capsys.readouterr().err
+        assert f"shards={shards} is an int" in err and f'write shards="{shards}-{int(shards) + 1}"' in err
+    with pytest.raises(ConfigError, match='shards="8-9" for shard 8 alone'):
+        Datastore([dict(shards=8)], backend="memory")
+
+
+# -- hv shard export: every way a server can be given ---------------------------------------------------------------
+
+
+@pytest.mark.postgres
+def test_shard_export_reads_every_way_a_server_is_given(tmp_path: Path) -> None:
+    """conninfo keyword strings, URLs, separate keys, and both (keys win); never a password."""
+    require_server()
+    password = "Exp0rt-s3cret"
+    servers: list[tuple[str, dict[str, object]]] = [
+        ("0-2", {"conninfo": "host=localhost port=5432 dbname=postgres"}),
+        ("2-4", {"conninfo": f"host=db-c.invalid port=6543 dbname=other user=u password={password}"}),
+        ("4-6", {"conninfo": f"postgresql://u:{password}@db-b.invalid:5433/appdb"}),
+        ("6-8", {"conninfo": f"postgresql://u:{password}@db-d.invalid:5433/appdb", "port": 7000, "dbname": "k"}),
+        ("8-10", {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "template1", "password": password}),
+        ("10-12", {"host": "db-e.invalid", "user": "appuser"}),  # libpq: dbname defaults to the user name
+    ]
+    lines = ['backend = "jsonb"', "pool_block_timeout = 1", ""]
+    for shards, settings in servers:
+        lines += ["[[servers]]", f'shards = "{shards}"']
+        lines += [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
+        lines.append("")
+    config = write(tmp_path / "hv.toml", "\n".join(lines))
+    expected = [
+        ("localhost", 5432, "postgres"),
+        ("db-c.invalid", 6543, "other"),
+        ("db-b.invalid", 5433, "appdb"),
+        ("db-d.invalid", 7000, "k"),
+        ("127.0.0.1", 5432, "template1"),
+        ("db-e.invalid", 5432, "appuser"),
+    ]
+
+    code, text = run("shard", "export", "--format", "json", "--config", config)
+    assert code == 0 and password not in text
+    exported = json.loads(text)
+    assert [(s["host"], s["port"], s["dbname"]) for s in exported["servers"]] == expected
+    assert [s["label"] for s in exported["servers"]] == [f"{h}:{p}/{d}" for h, p, d in expected]  # as the stores say
+    code, text = run("shard", "export", "--format", "citus", "--config", config)
+    assert code == 0 and password not in text
+    assert [line for line in text.splitlines() if "citus_add_node" in line] == [
+        f"SELECT citus_add_node('{h}', {p});" for h, p, _ in expected
+    ]
+    assert "SELECT citus_schema_move('shard0005', 'db-b.invalid', 5433);" in text
+    code, text = run("shard", "export", "--format", "pgdog", "--config", config)
+    assert code == 0 and password not in text
+    databases = tomllib.loads(text)["databases"]
+    assert [(d["host"], d["port"], d["database_name"]) for d in databases] == expected
+
+
+@pytest.mark.parametrize(
+    ("settings", "fragment"),
+    [
+        ({"conninfo": "postgresql://u:p%zzBadS3cret@h/db"}, "invalid percent-encoded"),
+        ({"conninfo": "host=a,b port=5432,5433 password=BadS3cret"}, "several hosts"),
+        ({"host": "h", "port": "http", "password": "BadS3cret"}, "expected an int in 1..65535"),
+        ({"host": "h", "bogus_option": "1", "password": "BadS3cret"}, 'invalid connection option "bogus_option"'),
+    ],
+)
+def test_server_endpoint_refuses_what_libpq_would_without_the_password(settings: dict[str, Any], fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        server_endpoint(settings)
+    assert fragment in str(info.value) and "BadS3cret" not in str(info.value)

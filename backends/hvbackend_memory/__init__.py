@@ -16,7 +16,7 @@ from typing import Any
 from hvcore._backend import BackendOptions, ProvisionReport, QuerySpec, Record, check_json, check_text, iter_fields
 from hvcore._key import Key
 from hvcore.errors import ConnectionMisuse, DuplicateKey, InvalidData, NotProvisioned, PoolTimeout
-from hvcore.hookspecs import hookimpl
+from hvcore.hookspecs import BackendRegistrar, hookimpl
 
 __all__ = [
     "AsyncMemoryServerStore",
@@ -31,7 +31,7 @@ _SERVERS_LOCK = threading.Lock()
 
 
 @hookimpl
-def hypervault_register_backends(register: Callable[..., None]) -> None:
+def hypervault_register_backends(register: BackendRegistrar) -> None:
     """Register the ``memory`` backend."""
     register("memory", MemoryServerStore, async_factory=AsyncMemoryServerStore)
 

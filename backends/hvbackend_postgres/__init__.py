@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from typing import Any
 
 from hvbackend_postgres._astore import AsyncPostgresServerStore
@@ -10,7 +11,7 @@ from hvbackend_postgres._move import PostgresMover
 from hvbackend_postgres._schema import ShardSQL, shard_ddl, shard_schema
 from hvbackend_postgres._store import PostgresServerStore
 from hvcore._backend import BackendOptions
-from hvcore.hookspecs import hookimpl
+from hvcore.hookspecs import BackendRegistrar, DemoServers, hookimpl
 
 __all__ = [
     "AsyncPostgresServerStore",
@@ -20,6 +21,7 @@ __all__ = [
     "async_hstore_store",
     "async_jsonb_store",
     "hstore_store",
+    "hypervault_demo_servers",
     "hypervault_register_backends",
     "jsonb_store",
     "shard_ddl",
@@ -48,7 +50,15 @@ def async_jsonb_store(settings: Mapping[str, Any], options: BackendOptions) -> A
 
 
 @hookimpl
-def hypervault_register_backends(register: Callable[..., None]) -> None:
+def hypervault_register_backends(register: BackendRegistrar) -> None:
     """Register the ``hstore`` and ``jsonb`` backends (sync and asyncio)."""
     register("hstore", hstore_store, async_factory=async_hstore_store)
     register("jsonb", jsonb_store, async_factory=async_jsonb_store)
+
+
+@hookimpl
+def hypervault_demo_servers(count: int) -> AbstractContextManager[DemoServers] | None:
+    """Embedded PostgreSQL servers (pgserver) for ``hv demo``; None when pgserver is not installed."""
+    from hvbackend_postgres._embedded import demo_servers  # pgserver is optional: imported only for the demo
+
+    return demo_servers(count)

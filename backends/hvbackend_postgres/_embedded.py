@@ -7,12 +7,15 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 from psycopg.conninfo import conninfo_to_dict
 
-__all__ = ["EMBEDDED_BACKEND", "embedded_servers"]
+from hvcore.hookspecs import DemoServers
+
+__all__ = ["EMBEDDED_BACKEND", "demo_servers", "embedded_servers"]
 
 EMBEDDED_BACKEND = "jsonb"  # pgserver ships plpgsql and pgvector, not hstore
 
@@ -60,3 +63,26 @@ def embedded_servers(count: int = 2, *, root: str | Path | None = None) -> Itera
             with contextlib.suppress(Exception):
                 server.cleanup()
         shutil.rmtree(top, ignore_errors=True)
+
+
+def demo_servers(count: int) -> AbstractContextManager[DemoServers] | None:
+    """``hv demo``'s servers (the `hypervault_demo_servers` hook): ``count`` embedded servers, or None without pgserver.
+
+    Nothing starts until the returned context manager is entered; it yields a `DemoServers` for the jsonb
+    backend (pgserver ships no hstore) and stops and deletes the servers on exit.
+    """
+    try:
+        _import_pgserver()
+    except ImportError:
+        return None
+    return _demo(count)
+
+
+@contextlib.contextmanager
+def _demo(count: int) -> Iterator[DemoServers]:
+    with embedded_servers(count) as servers:
+        yield DemoServers(
+            settings=tuple(servers),
+            backend=EMBEDDED_BACKEND,
+            description=f"{count} embedded PostgreSQL servers (pgserver), {EMBEDDED_BACKEND} backend",
+        )

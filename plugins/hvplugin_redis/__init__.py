@@ -1,8 +1,6 @@
 """hypervault plugin: a Redis sequence source, so keys stay unique across processes and hosts sharing a shard."""
 
-from collections.abc import Callable
-
-from hvcore.hookspecs import SequenceFactory, hookimpl
+from hvcore.hookspecs import SequenceRegistrar, hookimpl
 from hvplugin_redis._asequence import AsyncRedisSequence
 from hvplugin_redis._common import (
     BORN_SCRIPT,
@@ -30,7 +28,7 @@ __all__ = [
 
 
 @hookimpl
-def hypervault_register_sequences(register: Callable[[str, SequenceFactory], None]) -> None:
+def hypervault_register_sequences(register: SequenceRegistrar) -> None:
     """Register `make_sequence` for ``redis://`` and ``rediss://`` (TLS) URLs."""
     register("redis", make_sequence)
     register("rediss", make_sequence)

@@ -22,7 +22,7 @@ import pytest
 
 import hvcore
 from hvbackend_postgres._move import shard_state
-from hvcore import _cli
+from hvcore import cli as _cli
 from hvcore._placement import MoveReport
 from hvcore.errors import MoveError
 
@@ -401,7 +401,7 @@ def test_killed_cli_move_leaves_one_server_and_resumes(jsonb_setup: MoveSetup, t
     setup = jsonb_setup
     written = fill(setup.datastore(), MOVED, 100_000)
     config = str(setup.config_file(tmp_path))
-    command = [sys.executable, "-m", "hvcore._cli", "shard", "move", str(MOVED), "--to", "1", "--config", config]
+    command = [sys.executable, "-m", "hvcore.cli", "shard", "move", str(MOVED), "--to", "1", "--config", config]
     for phase in ("copy", "copy"):  # killed during the bulk copy, then again during the resumed one
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 60
@@ -420,7 +420,7 @@ def test_killed_cli_move_leaves_one_server_and_resumes(jsonb_setup: MoveSetup, t
         assert served_by(setup, written) == 0
     state = setup.datastore().move_state(MOVED)
     assert state is not None and state["target"] == setup.datastore().servers[1].label
-    resume = [sys.executable, "-m", "hvcore._cli", "shard", "move", str(MOVED), "--resume", "--drop-source"]
+    resume = [sys.executable, "-m", "hvcore.cli", "shard", "move", str(MOVED), "--resume", "--drop-source"]
     done = subprocess.run([*resume, "--config", config, "--json"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["resumed_from"] == "copy"

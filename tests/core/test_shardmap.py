@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hvcore import InvalidShard, ShardMap, ShardMapError, ShardNotFound
+from hvcore import ConfigError, InvalidShard, ShardMap, ShardMapError, ShardNotFound
 from hvcore._shardmap import format_ranges, parse_shards
 
 
@@ -144,3 +144,13 @@ def test_a_new_server_may_own_no_shard_yet() -> None:
     assert shard_map.server_count == 2
     assert shard_map.shards_of(1) == []
     assert shard_map.moved(3, 1).server_for(3) == 1
+
+
+@pytest.mark.parametrize("spec", [8, 0, 8191])
+def test_a_bare_int_is_refused_with_the_range_to_write(spec: int) -> None:
+    """``shards=8`` reads as "8 shards" as easily as "shard 8": refused, naming the half-open range for each."""
+    with pytest.raises(ConfigError, match=f'write shards="{spec}-{spec + 1}" for shard {spec} alone') as info:
+        ShardMap.from_connections([dict(shards=spec, host="a")])
+    assert isinstance(info.value, ShardMapError)
+    assert (f'shards="0-{spec}" for shards 0..{spec - 1}' in str(info.value)) == (spec > 0)
+    assert ShardMap([[spec]]).shard_ids == [spec]  # an int inside a list is still one shard id

@@ -684,6 +684,7 @@ def test_registered_through_the_entry_point_group() -> None:
     factory = registry.sequence("redis")
     sync = factory("redis://127.0.0.1:6379/0")
     asyn = factory("redis://127.0.0.1:6379/0", asyncio=True, key_prefix="x")
+    assert isinstance(asyn, AsyncRedisSequence)  # the factory's type says either flavour
     try:
         assert type(sync) is RedisSequence and type(asyn) is AsyncRedisSequence
         assert asyn.key_prefix == "x"

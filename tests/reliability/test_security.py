@@ -13,7 +13,7 @@ import pytest
 from fixtures.faults import FAULT_PASSWORD, FAULT_ROLE, FaultServers, free_port
 
 import hvcore
-from hvcore._cli import main as hv_main
+from hvcore.cli import main as hv_main
 
 pytestmark = pytest.mark.postgres
 

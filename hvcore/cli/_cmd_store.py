@@ -1,0 +1,134 @@
+"""``hv init``, ``hv status`` and ``hv config``: provision a config's shards, show its servers, show the config."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, TextIO
+
+from hvcore._config import DatastoreConfig, load_config
+from hvcore._datastore import Datastore
+from hvcore._key import KeyLayout
+from hvcore._shardmap import ShardMap
+from hvcore.cli._output import Progress, emit_json, masked, settings_text, table
+from hvcore.errors import HypervaultError
+
+__all__ = ["cmd_config_show", "cmd_init", "cmd_status", "config_document", "open_from_config", "status_document"]
+
+
+def open_from_config(path: str) -> Datastore:
+    """A `Datastore` (not yet used) from a TOML config file."""
+    return Datastore.from_config(load_config(path))
+
+
+def cmd_init(args: argparse.Namespace, out: TextIO) -> int:
+    """Create schemas, tables and indexes for every shard of the config."""
+    started = time.perf_counter()
+    with open_from_config(args.config) as store:
+        progress = Progress("provision", len(store.shard_map.shard_ids), enabled=None if not args.json else False)
+        reports = store.provision(progress.advance)
+        progress.close()
+    seconds = time.perf_counter() - started
+    if args.json:
+        emit_json({"seconds": round(seconds, 3), "servers": [dataclasses.asdict(r) for r in reports]}, out)
+        return 0
+    rows = [(r.server, r.shards, r.created, f"{r.seconds:.2f}") for r in reports]
+    table(rows, ["server", "shards", "created", "seconds"], out)
+    print(f"provisioned {sum(r.shards for r in reports)} shards in {seconds:.2f} s", file=out)
+    return 0
+
+
+def status_document(status: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """``Datastore.status()`` as ``hv status --json`` prints it: per server, ``rows_per_shard`` in shard order."""
+    out = []
+    for entry in status:
+        doc = dict(entry)
+        if isinstance(doc.get("rows_per_shard"), Mapping):
+            doc["rows_per_shard"] = {shard: doc["rows_per_shard"][shard] for shard in sorted(doc["rows_per_shard"])}
+        out.append(doc)
+    return out
+
+
+def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
+    """Show servers, their shards, pools and rows; exit 1 if a server is unreachable."""
+    with open_from_config(args.config) as store:
+        with contextlib.suppress(HypervaultError):
+            store.reload_placement()  # shards moved by `hv shard move` are counted where they are now
+        status = status_document(store.status())
+    if args.json:
+        emit_json(status, out)  # exit 0: the JSON says which servers are unreachable
+        return 0
+    rows = []
+    for entry in status:
+        pool = entry["pool"]
+        pool_text = f"{pool.get('borrowed', 0)}/{pool.get('pool_max', '?')} borrowed"
+        if entry["reachable"]:
+            rows.append(
+                (entry["server"], "yes", entry["shards"], entry["provisioned_shards"], f"{entry['rows']:,}", pool_text)
+            )
+        else:
+            rows.append((entry["server"], "NO", entry["shards"], "-", "-", pool_text))
+    table(rows, ["server", "reachable", "shards", "provisioned", "rows", "pool"], out)
+    for entry in status:
+        if not entry["reachable"]:
+            print(f"  {entry['server']}: {entry['error']}", file=out)
+    return 0 if all(e["reachable"] for e in status) else 1
+
+
+def _layout_name(layout: KeyLayout) -> str:
+    for name, preset in (("default", KeyLayout.DEFAULT), ("hypervault", KeyLayout.HYPERVAULT)):
+        if layout == preset:
+            return name
+    return "custom"
+
+
+def config_document(cfg: DatastoreConfig) -> dict[str, Any]:
+    """A config as hypervault read it, as plain data with passwords masked (``hv config --json``)."""
+    return {
+        "backend": cfg.backend,
+        "pool_max": cfg.pool_max,
+        "pool_block_timeout": cfg.pool_block_timeout,
+        "operation_timeout": cfg.operation_timeout,
+        "layout": _layout_name(cfg.layout),
+        "layout_epoch_ms": cfg.layout.epoch_ms,
+        "sequence": masked({"conninfo": cfg.sequence})["conninfo"] if cfg.sequence else None,
+        "allow_gaps": cfg.allow_gaps,
+        "row_factory": cfg.row_factory,
+        "servers": [masked(s) for s in cfg.servers],
+    }
+
+
+def cmd_config_show(args: argparse.Namespace, out: TextIO) -> int:
+    """Print a config file as hypervault reads it (passwords masked): a summary, or JSON with ``--json``."""
+    cfg = load_config(args.config)
+    shard_map, _ = ShardMap.from_connections(cfg.servers, layout=cfg.layout, allow_gaps=cfg.allow_gaps)
+    doc = config_document(cfg)
+    if args.json:
+        emit_json(doc, out)
+        return 0
+    epoch = KeyLayout(epoch_ms=cfg.layout.epoch_ms).key(0).as_dict()["created"]
+    timeout = "none (waits forever)" if cfg.operation_timeout is None else f"{cfg.operation_timeout:g} s"
+    settings = [
+        ("config file", args.config),
+        ("backend", cfg.backend),
+        ("pool", f"{cfg.pool_max} connections per server, wait up to {cfg.pool_block_timeout:g} s for one"),
+        ("operation timeout", timeout),
+        ("key layout", f"{doc['layout']} (epoch {epoch}, {cfg.layout.epoch_ms} ms)"),
+        ("sequence", doc["sequence"] or "in-process"),
+        ("rows from cursor()", f"{cfg.row_factory}s"),
+    ]
+    if cfg.allow_gaps:
+        settings.append(("gaps in the shard map", "allowed"))
+    width = max(len(name) for name, _ in settings)
+    for name, value in settings:
+        print(f"{name:<{width}}  {value}", file=out)
+    print(file=out)
+    rows = [
+        (index, server.get("shards", ""), len(shard_map.shards_of(index)), settings_text(server) or "(defaults)")
+        for index, server in enumerate(cfg.servers)
+    ]
+    table(rows, ["server", "shards", "count", "connection settings (passwords masked)"], out)
+    return 0

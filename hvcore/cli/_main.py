@@ -1,0 +1,41 @@
+"""The ``hv`` entry point: parse, run the command, turn every expected failure into one ``hv: error:`` line."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from typing import TextIO
+
+from hvcore._plugins import describe_load_error
+from hvcore.cli._parser import build_parser
+from hvcore.errors import HypervaultError
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+    """Entry point of ``hv``: run one command, print to ``out`` (stdout), return the exit code.
+
+    Exit codes: the command's own (0 ok, 1 some check failed), 2 for a `HypervaultError` or a missing optional
+    dependency (one line on stderr, no traceback, naming the ``pip install 'hypervault[extra]'`` to run), 130 when
+    interrupted. Bad arguments exit 2 through argparse (`SystemExit`).
+    """
+    out = out or sys.stdout
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args, out)
+    except HypervaultError as exc:
+        print(f"hv: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:  # an optional dependency that a plugin or command imports late
+        print(f"hv: error: {describe_load_error(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("hv: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    return code

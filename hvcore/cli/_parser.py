@@ -1,0 +1,182 @@
+"""The CLI's argument parsing: every command, its flags and help; shared options come from parent parsers.
+
+``--config``, ``--json`` and the key-layout options are each declared once, in a parent parser that the commands
+using them inherit, so their spelling and help cannot drift apart between commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+from typing import TextIO
+
+from hvcore.cli._cmd_demo import cmd_demo
+from hvcore.cli._cmd_keys import cmd_key_decode, cmd_key_new
+from hvcore.cli._cmd_plugins import cmd_plugins
+from hvcore.cli._cmd_shards import cmd_shard_export, cmd_shard_move, cmd_shard_plan
+from hvcore.cli._cmd_store import cmd_config_show, cmd_init, cmd_status
+
+__all__ = ["Command", "build_parser"]
+
+Command = Callable[[argparse.Namespace, TextIO], int]
+"""A command: ``func(args, out) -> exit code``, set as the ``func`` default of its sub-parser."""
+
+
+def _config_parent(*, required: bool) -> argparse.ArgumentParser:
+    """``--config FILE`` (the one declaration of it); optional only for ``hv demo``."""
+    parent = argparse.ArgumentParser(add_help=False)
+    help_text = "TOML config file" if required else "TOML config of real servers (default: two embedded servers)"
+    parent.add_argument("--config", metavar="FILE", required=required, help=help_text)
+    return parent
+
+
+def _json_parent() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--json", action="store_true", help="machine-readable output")
+    return parent
+
+
+def _layout_parent() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--layout", default="default", help="'default', 'hypervault' (the 2015 library's) or epoch ms")
+    parent.add_argument("--epoch", type=int, help="layout epoch in Unix ms (overrides --layout)")
+    return parent
+
+
+def _version_text() -> str:
+    from hvcore import __version__
+    from hvcore._keymaker import ACCELERATED
+
+    keys = "keys made by the C accelerator" if ACCELERATED else "keys made in pure Python, without the C accelerator"
+    return f"hypervault {__version__} ({keys})"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``hv`` argument parser: each leaf sub-parser sets ``func`` to its `Command`."""
+    parser = argparse.ArgumentParser(prog="hv", description="hypervault: sharded PostgreSQL with client-side keys")
+    parser.add_argument("--version", action="version", version=_version_text())
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    config, demo_config, json_out, layout = (
+        _config_parent(required=True),
+        _config_parent(required=False),
+        _json_parent(),
+        _layout_parent(),
+    )
+
+    def add(
+        group: argparse._SubParsersAction[argparse.ArgumentParser],
+        name: str,
+        func: Command,
+        help_text: str,
+        parents: Sequence[argparse.ArgumentParser] = (),
+        description: str | None = None,
+    ) -> argparse.ArgumentParser:
+        p = group.add_parser(name, help=help_text, description=description or help_text, parents=list(parents))
+        p.set_defaults(func=func)
+        return p
+
+    key = sub.add_parser("key", help="make and decode keys", description="Make and decode 64-bit keys.")
+    key_sub = key.add_subparsers(dest="key_command", required=True, metavar="ACTION")
+    decode = add(
+        key_sub, "decode", cmd_key_decode, "decode ids into created, shard_id and added_id", [json_out, layout]
+    )
+    decode.add_argument("ids", nargs="+", metavar="ID", help="decimal id(s)")
+    new = add(key_sub, "new", cmd_key_new, "print new ids, one per line", [json_out, layout])
+    new.add_argument("--shard", type=int, required=True, help="shard id (0..8191)")
+    new.add_argument("--count", type=int, default=1, help="how many ids (default 1)")
+    new.add_argument("--sequence", help="shared sequence URL, e.g. redis://127.0.0.1:6379/0")
+
+    demo = add(
+        sub,
+        "demo",
+        cmd_demo,
+        "run the main job: provision, write and read on two servers",
+        [json_out, demo_config],
+        "Provision shards on two servers, write entities one by one and in batches, read them back, query them, "
+        "and show where they went and how fast. Without --config the servers are embedded PostgreSQL servers "
+        "(pip install 'hypervault[embedded]'), started and deleted by the demo.",
+    )
+    demo.add_argument("--backend", choices=["embedded", "memory"], default="embedded", help="without --config")
+    demo.add_argument("--rows", type=int, default=3000, help="entities to write (default 3000)")
+
+    add(
+        sub,
+        "init",
+        cmd_init,
+        "create extensions, schemas, tables and indexes for every shard (idempotent)",
+        [json_out, config],
+    )
+    add(
+        sub,
+        "status",
+        cmd_status,
+        "servers, shards, pools and rows",
+        [json_out, config],
+        "Show each server of a config: reachable or not, its shards (where they are now, after moves), how many are "
+        "provisioned, rows, and pool use. Exits 1 when a server is unreachable (0 with --json).",
+    )
+    add(
+        sub,
+        "config",
+        cmd_config_show,
+        "show a config file as read (passwords masked)",
+        [json_out, config],
+        "Show a config file as hypervault reads it: options with their defaults filled in, and each server's shards "
+        "and connection settings, passwords masked. --json for the same as data.",
+    )
+    add(
+        sub,
+        "plugins",
+        cmd_plugins,
+        "installed backends, sequence sources and plugins that failed to load",
+        [json_out],
+        "List the backends and sequence sources the installed plugins register, which plugin provides the demo's "
+        "servers, and every plugin that failed to load with the reason (a missing extra, a misspelled hook). "
+        "Exits 1 when a plugin failed.",
+    )
+
+    shard = sub.add_parser(
+        "shard",
+        help="move shards between servers, plan moves, export the map",
+        description="Move shards between servers while writes continue, plan moves, export the shard map.",
+    )
+    shard_sub = shard.add_subparsers(dest="shard_command", required=True, metavar="ACTION")
+    move = add(
+        shard_sub,
+        "move",
+        cmd_shard_move,
+        "move one shard to another server while writes continue",
+        [json_out, config],
+        "Move one shard to another server online: copy while writes continue, catch up, fence writes to that shard "
+        "for a short pause, verify row counts and checksums on both servers, switch. Resume or roll back an "
+        "interrupted move with --resume or --rollback.",
+    )
+    move.add_argument("shard", type=int, help="the shard id")
+    move.add_argument("--to", help="target server: index in the config (0-based) or host:port/dbname")
+    move.add_argument("--drop-source", action="store_true", help="drop the old rows once the move is switched")
+    how = move.add_mutually_exclusive_group()
+    how.add_argument("--resume", action="store_true", help="resume an interrupted move (target from its record)")
+    how.add_argument("--rollback", action="store_true", help="undo an interrupted move; the shard stays put")
+    plan = add(
+        shard_sub,
+        "plan",
+        cmd_shard_plan,
+        "suggest moves that balance rows over N servers",
+        [json_out, config],
+        "Count the rows of every shard (every server must be reachable) and suggest the fewest shard moves that "
+        "balance rows over N servers; N may exceed the servers in the config (add the new ones before moving). "
+        "Prints the hv shard move commands to run; nothing is moved.",
+    )
+    plan.add_argument("--servers", type=int, required=True, help="how many servers to balance over")
+    export = add(
+        shard_sub,
+        "export",
+        cmd_shard_export,
+        "print the shard map for Citus, PgDog or as JSON",
+        [config],
+        "Print where every shard lives now (after moves), as SQL for Citus schema-based sharding (citus_add_node, "
+        "citus_schema_distribute, citus_schema_move), as pgdog.toml sections, or as JSON. Each server's host, "
+        "port and dbname are read as libpq reads them (separate keys, a conninfo string or URL); never a password.",
+    )
+    export.add_argument("--format", choices=["citus", "pgdog", "json"], default="json", help="output format")
+    return parser
