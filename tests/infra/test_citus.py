@@ -43,32 +43,32 @@ def test_a_distributed_schema_created_on_the_coordinator_lives_on_a_worker(citus
             conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
 
 
-def test_a_plain_server_with_data_becomes_a_worker(citus_cluster_factory: Callable[..., CitusCluster]) -> None:
-    cluster = citus_cluster_factory(1)
-    plain = cluster.new_plain_server()
-    with psycopg.connect(**plain.settings, autocommit=True) as conn:
+def test_plain_servers_with_data_become_the_workers(citus_cluster_factory: Callable[..., CitusCluster]) -> None:
+    cluster = citus_cluster_factory(0)  # a coordinator alone
+    assert cluster.active_workers() == []
+    plain = [cluster.new_plain_server() for _ in range(2)]
+    with psycopg.connect(**plain[0].settings, autocommit=True) as conn:
         assert conn.execute("SHOW shared_preload_libraries").fetchone() == ("",)
-        conn.execute(f"CREATE DATABASE {cluster.dbname}")
-    with psycopg.connect(**{**plain.settings, "dbname": cluster.dbname}, autocommit=True) as conn:
+    with psycopg.connect(**{**plain[0].settings, "dbname": cluster.dbname}, autocommit=True) as conn:
         conn.execute("CREATE SCHEMA shard0002")
         conn.execute("CREATE TABLE shard0002.items (id bigint PRIMARY KEY)")
         conn.execute("INSERT INTO shard0002.items SELECT generate_series(1, 10)")
-    settings = cluster.add_worker(plain)
-    assert ("127.0.0.1", plain.port) in cluster.active_workers()
-    assert len(cluster.workers) == 2
-    with psycopg.connect(**settings, autocommit=True) as conn:
+    adopted = [cluster.add_worker(server) for server in plain]
+    assert cluster.active_workers() == sorted(("127.0.0.1", server.port) for server in plain)
+    assert cluster.workers == adopted
+    with psycopg.connect(**adopted[0], autocommit=True) as conn:
         assert conn.execute("SELECT count(*) FROM shard0002.items").fetchone() == (10,)  # kept through the restart
         assert conn.execute("SELECT extname FROM pg_extension WHERE extname = 'citus'").fetchone() == ("citus",)
     move = "SELECT citus_schema_move('shard0003', '127.0.0.1', %s, 'block_writes')"
-    with cluster.connect() as conn:  # a distributed schema moves to and from the adopted worker
+    with cluster.connect() as conn:  # a distributed schema moves between the adopted workers
         conn.execute("SET citus.enable_schema_based_sharding = on")
         conn.execute("CREATE SCHEMA shard0003")
         conn.execute("CREATE TABLE shard0003.items (id bigint PRIMARY KEY)")
         conn.execute("INSERT INTO shard0003.items SELECT generate_series(1, 5)")
-        for port in (cluster.workers[0]["port"], plain.port):
-            if cluster.schema_nodes("shard0003") != [("127.0.0.1", port)]:
-                conn.execute(move, (port,))
-            assert cluster.schema_nodes("shard0003") == [("127.0.0.1", port)]
+        for server in (plain[0], plain[1]):
+            if cluster.schema_nodes("shard0003") != [("127.0.0.1", server.port)]:
+                conn.execute(move, (server.port,))
+            assert cluster.schema_nodes("shard0003") == [("127.0.0.1", server.port)]
             assert conn.execute("SELECT count(*) FROM shard0003.items").fetchone() == (5,)
 
 
