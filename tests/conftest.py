@@ -11,13 +11,41 @@ pytest_plugins = [
     "fixtures.faults",
     "fixtures.redis_cluster",
     "fixtures.redis_replica",
+    "fixtures.pgbouncer",
+    "fixtures.pgreplica",
+    "fixtures.citus",
 ]
 
 # A test using one of these fixtures gets the marker, so `-m "not postgres"` selects fast tests.
 MARKERS_BY_FIXTURE = {
-    "postgres": ("pg_main", "pg_cluster", "pg_datastore", "pg_datastore_factory"),
+    "postgres": (
+        "pg_main",
+        "pg_cluster",
+        "pg_datastore",
+        "pg_datastore_factory",
+        "pgbouncer_factory",
+        "pgbouncer_transaction",
+        "pgbouncer_session",
+        "pg_replica_pair",
+        "citus_cluster",
+        "citus_cluster_factory",
+    ),
     "redis": ("redis_url", "redis_client"),
+    "pgbouncer": ("pgbouncer_factory", "pgbouncer_transaction", "pgbouncer_session"),
+    "replica": ("pg_replica_pair",),
+    "citus": ("citus_cluster", "citus_cluster_factory"),
 }
+EXTRA_MARKERS = {
+    "pgbouncer": "starts real PgBouncer processes (fixtures.pgbouncer)",
+    "replica": "starts a PostgreSQL primary and streaming standby (fixtures.pgreplica)",
+    "citus": "starts a Citus cluster, building Citus first if missing (fixtures.citus)",
+}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Register the markers of the fixture modules that pyproject.toml does not list."""
+    for name, description in EXTRA_MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {description}")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
