@@ -179,20 +179,24 @@ class AsyncToSync(std_ast.NodeTransformer):
             out.append(std_ast.Pass())
         return out
 
+    def _visit(self, node: std_ast.AST) -> std_ast.AST:
+        visited: std_ast.AST = self.visit(node)
+        return visited
+
     def visit_AsyncFunctionDef(self, node: std_ast.AsyncFunctionDef) -> std_ast.AST:
         new = std_ast.FunctionDef(**{f: getattr(node, f) for f in node._fields})
-        return self.visit(std_ast.copy_location(new, node))
+        return self._visit(std_ast.copy_location(new, node))
 
     def visit_AsyncWith(self, node: std_ast.AsyncWith) -> std_ast.AST:
         new = std_ast.With(**{f: getattr(node, f) for f in node._fields})
-        return self.visit(std_ast.copy_location(new, node))
+        return self._visit(std_ast.copy_location(new, node))
 
     def visit_AsyncFor(self, node: std_ast.AsyncFor) -> std_ast.AST:
         new = std_ast.For(**{f: getattr(node, f) for f in node._fields})
-        return self.visit(std_ast.copy_location(new, node))
+        return self._visit(std_ast.copy_location(new, node))
 
     def visit_Await(self, node: std_ast.Await) -> std_ast.AST:
-        return self.visit(node.value)
+        return self._visit(node.value)
 
     def visit_comprehension(self, node: std_ast.comprehension) -> std_ast.AST:
         node.is_async = 0
@@ -224,10 +228,10 @@ class AsyncToSync(std_ast.NodeTransformer):
     def visit_Subscript(self, node: std_ast.Subscript) -> std_ast.AST:
         # Awaitable[T] -> T, Coroutine[Any, Any, T] -> T
         if isinstance(node.value, std_ast.Name) and node.value.id == "Awaitable":
-            return self.visit(node.slice)
+            return self._visit(node.slice)
         name = node.value.id if isinstance(node.value, std_ast.Name) else None
         if name == "Coroutine" and isinstance(node.slice, std_ast.Tuple):
-            return self.visit(node.slice.elts[-1])
+            return self._visit(node.slice.elts[-1])
         # AsyncGenerator[Y, S] -> Generator[Y, S, None]
         if name == "AsyncGenerator" and isinstance(node.slice, std_ast.Tuple) and len(node.slice.elts) == 2:
             node.slice.elts.append(std_ast.Constant(value=None))
