@@ -157,6 +157,24 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
             store.after_fork_in_child()
         self._retired = []
 
+    if True:  # ASYNC
+
+        def _admin(self, work: Callable[[Any], _T]) -> _T:
+            """Run ``work(datastore)`` on a sync `Datastore` over the same servers (moves run in a worker thread)."""
+            from hvcore._datastore import Datastore
+
+            with Datastore(
+                list(self._config.servers),
+                pool_max=2,
+                pool_block_timeout=self._config.pool_block_timeout,
+                logger=self.logger,
+                backend=self.backend,
+                layout=self.layout,
+                allow_gaps=self._config.allow_gaps,
+                registry=self._registry,
+            ) as admin:
+                return work(admin)
+
     def _make_generator(self, source: Any) -> Any:
         if True:  # ASYNC
             from hvcore._agenerator import AsyncKeyGenerator

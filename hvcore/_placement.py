@@ -198,12 +198,6 @@ class AsyncPlacementMixin(PlacementFollower):
     """Moving shards and following moves, for `AsyncDatastore`: the operator work runs a `Datastore` on the same
     servers in a worker thread (a move is minutes of copying, not a request to interleave with others)."""
 
-    _config: Any
-    _registry: Any
-    logger: Any
-    layout: Any
-    backend: str
-
     async def reload_placement(self) -> ShardMap:
         """Read the placement recorded on every reachable server and apply the newest entry of each shard."""
         shard_map, versions = await asyncio.to_thread(self._admin, _reload)
@@ -242,19 +236,8 @@ class AsyncPlacementMixin(PlacementFollower):
         return undone
 
     def _admin(self, work: Callable[[Any], _T]) -> _T:
-        from hvcore._datastore import Datastore
-
-        with Datastore(
-            list(self._config.servers),
-            pool_max=2,
-            pool_block_timeout=self._config.pool_block_timeout,
-            logger=self.logger,
-            backend=self.backend,
-            layout=self.layout,
-            allow_gaps=self._config.allow_gaps,
-            registry=self._registry,
-        ) as admin:
-            return work(admin)
+        """Run ``work(datastore)`` on a sync `Datastore` over the same servers (the async datastore provides it)."""
+        raise NotImplementedError
 
 
 def _reload(db: Any) -> tuple[ShardMap, dict[int, int]]:
