@@ -6,6 +6,7 @@ edit this one, then run the tool.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import heapq
 import logging
@@ -13,15 +14,29 @@ import os
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Any, TypeVar, cast
 
-from hvcore._acompat import ALock, agather, aspawn
+from hvcore import _schemaops
+from hvcore._acompat import ALock, agather, aspawn, ato_thread
 from hvcore._backend import AsyncServerStore, ProvisionReport, QuerySpec, Record
 from hvcore._facade import PUT_ATTEMPTS, AsyncSequenceArg, FacadeBase, check_kind, too_many_duplicates
 from hvcore._generator import KeyGenerator
 from hvcore._key import Key, KeyLayout
 from hvcore._placement import MAX_HOPS, AsyncPlacementMixin
 from hvcore._plugins import PluginRegistry
+from hvcore._schemadefs import (
+    FieldFilter,
+    IndexInfo,
+    IndexReport,
+    IndexSpec,
+    MigrationReport,
+    MigrationStatus,
+    SchemaProgress,
+    bind_filters,
+    load_migrations,
+    split_ranges,
+)
 from hvcore._shardmap import format_ranges
 from hvcore.errors import ConnectionMisuse, DuplicateKey, ShardMoved
 
@@ -97,6 +112,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         self.generator = self._make_generator(source)
         self._lock = ALock()
         self._retired: list[AsyncServerStore] = []  # closed stores whose borrowed connections have not come back yet
+        self._index_catalog = _schemaops.IndexCatalog()  # index definitions, for where/range filters
         if True:  # ASYNC
             pass
         else:
@@ -317,13 +333,43 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         ``until`` (exclusive) are aware datetimes or keys, turned into key ranges; ``shards`` limits the
         shards read. Arguments are checked when this is called, before any I/O. A shard that moves while
         the query runs is followed: the stream resumes on its new server after the last key it yielded.
+
+        A field with a secondary index of ``kind`` (`create_index`) also takes range filters, compared as the
+        index's type: ``where={"age": {">=": 18, "<": 65}}`` (operators ``>``, ``>=``, ``<``, ``<=``). Their form
+        is checked when this is called; that the field has an index of ``kind`` (`InvalidQuery` if not) when the
+        iteration starts, after reading the index definitions and before any query runs.
         """
         by_server, spec = self._plan_query(kind, where, since, until, shards, limit)
+        equal, ranges = split_ranges(spec.where, spec.kind)  # {F: {">=": a}} → range filters, bound to indexes later
+        if ranges:
+            spec = dataclasses.replace(spec, where=equal)
         stores = self._live()
         if spec.where:
             for index in by_server:
                 stores[index].check_data(spec.where)
-        return self._query_following_moves([s for ids in by_server.values() for s in ids], spec)
+        shard_ids = [s for ids in by_server.values() for s in ids]
+        if spec.where or ranges:
+            return self._query_indexed(shard_ids, spec, ranges)
+        return self._query_following_moves(shard_ids, spec)
+
+    async def _query_indexed(
+        self, shard_ids: list[int], spec: QuerySpec, ranges: tuple[FieldFilter, ...]
+    ) -> AsyncIterator[Record]:
+        """A query filtering on body fields: range filters bound to the recorded indexes (read when stale) first."""
+        catalog = self._index_catalog
+        definitions: Mapping[tuple[int, str], IndexSpec] = catalog.definitions
+        if catalog.stale((spec.kind, flt.field) for flt in ranges if spec.kind is not None):
+            definitions = await ato_thread(catalog.load, self._live())
+        filters = bind_filters(spec.kind, spec.where, ranges, definitions)
+        stream = cast(
+            AsyncGenerator[Record, None],
+            self._query_following_moves(shard_ids, dataclasses.replace(spec, filters=filters)),
+        )
+        try:
+            async for record in stream:
+                yield record
+        finally:
+            await stream.aclose()  # its connections go back now, not when the stream is collected
 
     async def _query_following_moves(self, shard_ids: list[int], spec: QuerySpec) -> AsyncIterator[Record]:
         last: int | None = None
@@ -399,6 +445,97 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
                 )
             out.append(entry)
         return out
+
+    # -- secondary indexes and migrations (the work is in hvcore._schemaops and the backends) ---------------------
+
+    async def _schema_targets(self) -> list[_schemaops.Target]:
+        """Every server store with the shards it serves now (placement reloaded: moved shards count where they are)."""
+        await self.reload_placement()
+        return [(store, self.shard_map.shards_of(index)) for index, store in enumerate(self._live())]
+
+    async def create_index(
+        self,
+        kind: int,
+        field: str,
+        *,
+        type: str = "text",
+        unique: bool = False,
+        progress: SchemaProgress | None = None,
+    ) -> IndexReport:
+        """Index body field ``field`` of ``kind`` in every shard of every server, online; resumable, idempotent.
+
+        ``type`` is text, bigint, numeric, timestamptz or boolean: how values compare in range filters (see
+        `query`); values that are not of the type are left out of the index and never match a range.
+        ``unique=True`` makes the field unique among the kind's records of each shard (not across shards). On
+        PostgreSQL each shard gets a partial expression index (``WHERE kind = K``) built with ``CREATE INDEX
+        CONCURRENTLY``, one shard at a time per server (servers in parallel), so writes go on; the definition is
+        recorded on every server first, so shards provisioned or moved there later get the index too. A rerun
+        skips shards whose index is valid and rebuilds the INVALID ones an interrupted build leaves.
+        ``progress(label, done, total)`` reports shards done. `InvalidKind`/`InvalidQuery` for bad arguments
+        (before any I/O); `MigrationError` when a shard's build fails (a duplicate for ``unique``), naming it.
+        """
+        spec = IndexSpec(kind=kind, field=field, type=type, unique=unique)
+        targets = await self._schema_targets()
+        try:
+            report: IndexReport = await ato_thread(_schemaops.create_index, targets, spec, progress)
+        finally:
+            self._index_catalog.invalidate()
+        return report
+
+    async def drop_index(self, kind: int, field: str, *, progress: SchemaProgress | None = None) -> IndexReport:
+        """Drop the index on ``field`` of ``kind`` from every shard (``DROP INDEX CONCURRENTLY``) and forget it.
+
+        Resumable: the definition is marked as being dropped first (range filters on it are then refused, new
+        shards no longer get it), and removed once every shard is done. `InvalidQuery` if no such index is recorded.
+        """
+        targets = await self._schema_targets()
+        try:
+            report: IndexReport = await ato_thread(_schemaops.drop_index, targets, kind, field, progress)
+        finally:
+            self._index_catalog.invalidate()
+        return report
+
+    async def list_indexes(self) -> list[IndexInfo]:
+        """Every recorded index with the shards that have it valid, INVALID (an interrupted build) or not at all."""
+        targets = await self._schema_targets()
+        infos: list[IndexInfo] = await ato_thread(_schemaops.list_indexes, targets)
+        return infos
+
+    async def migrate(
+        self,
+        path: str | Path,
+        *,
+        dry_run: bool = False,
+        progress: SchemaProgress | None = None,
+        wait: float = 0.0,
+    ) -> MigrationReport:
+        """Apply the numbered SQL files of directory ``path`` (``0001_name.sql``, ...) to every shard that lacks them.
+
+        Files run in version order; each runs in every shard in its own transaction with ``SET LOCAL search_path``
+        to the shard's schema (write unqualified names), and is recorded in that shard's version row in the same
+        transaction, so an interruption at any point leaves each shard with or without the file, never half of it,
+        and a rerun goes on where it stopped. A file of statements that cannot run in a transaction (``CREATE INDEX
+        CONCURRENTLY``, ``VACUUM``...) runs them outside one (only such statements in that file: write them with
+        ``IF NOT EXISTS``). Migrations are recorded on every server first: shards provisioned or moved later get them.
+        ``dry_run`` reports what would run and changes nothing. Only one schema change runs per server at a time:
+        another one waits up to ``wait`` seconds, then `MigrationError` names the holder. Bad files (names,
+        duplicates, syntax, an applied file edited since) raise `MigrationError` before any SQL; a statement failing
+        on a shard raises `MigrationError` naming the shard, file and statement (that shard rolled back, the
+        shards done before it keep the file). ``progress(file, done, total)`` reports shards done per file.
+        """
+        migrations = load_migrations(path)
+        targets = await self._schema_targets()
+        report: MigrationReport = await ato_thread(
+            lambda: _schemaops.migrate(targets, migrations, dry_run=dry_run, progress=progress, wait=wait)
+        )
+        return report
+
+    async def migration_status(self, path: str | Path | None = None) -> MigrationStatus:
+        """Migration versions recorded on the servers (and files of ``path``, if given), with the shards behind."""
+        migrations = load_migrations(path) if path is not None else None
+        targets = await self._schema_targets()
+        status: MigrationStatus = await ato_thread(_schemaops.migration_status, targets, migrations)
+        return status
 
 
 async def _merge(streams: list[AsyncIterator[Record]], limit: int | None) -> AsyncGenerator[Record, None]:

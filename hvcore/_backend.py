@@ -11,12 +11,15 @@ from typing import Any, Protocol, runtime_checkable
 
 from hvcore import errors as _errors
 from hvcore._key import Key, KeyLayout
+from hvcore._schemadefs import FieldFilter, IndexSpec, Migration
 
 __all__ = [
     "AsyncBackendFactory",
     "AsyncServerStore",
     "BackendFactory",
     "BackendOptions",
+    "IndexBuilder",
+    "Migrator",
     "MoveProgress",
     "MoveReport",
     "ProvisionReport",
@@ -24,6 +27,8 @@ __all__ = [
     "Record",
     "ServerStore",
     "ShardMover",
+    "SupportsIndexes",
+    "SupportsMigrations",
     "SupportsShardMoves",
     "check_json",
     "check_text",
@@ -60,26 +65,34 @@ BackendOptions.__module__ = "hvcore"
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class QuerySpec:
-    """A validated query; every filter is optional, ``low``/``high`` are inclusive key bounds."""
+    """A validated query; every filter is optional, ``low``/``high`` are inclusive key bounds.
+
+    ``filters`` are typed filters on indexed fields (range filters, and equality hints that ``where`` implies),
+    bound to the index definitions of ``kind`` (see `FieldFilter`).
+    """
 
     kind: int | None = None
     where: Mapping[str, Any] | None = None
     low: int | None = None
     high: int | None = None
     limit: int | None = None
+    filters: tuple[FieldFilter, ...] = ()
 
-    def matches(self, record: Record) -> bool:
-        """True if ``record`` passes every filter: the reference semantics every backend must match."""
+    def matches(self, record: Record, *, text_values: bool = False) -> bool:
+        """True if ``record`` passes every filter: the reference semantics every backend must match.
+
+        ``text_values``: the backend stores text-only bodies (typed filters then read strings as their type).
+        """
         if self.kind is not None and record.kind != self.kind:
             return False
         if self.low is not None and record.key < self.low:
             return False
         if self.high is not None and record.key > self.high:
             return False
-        if self.where:
-            data = record.data
-            return all(name in data and data[name] == value for name, value in self.where.items())
-        return True
+        data = record.data
+        if self.where and not all(name in data and data[name] == value for name, value in self.where.items()):
+            return False
+        return all(flt.matches(data, text_values=text_values) for flt in self.filters)
 
 
 QuerySpec.__module__ = "hvcore"
@@ -248,6 +261,108 @@ class SupportsShardMoves(Protocol):
         ...
 
 
+class IndexBuilder(Protocol):
+    """A backend's secondary-index work on one server (``store.index_builder()``); blocking calls.
+
+    Indexes are recorded per server (so shards provisioned or moved there later get them) and built shard by shard.
+    ``progress(count)`` is called as shards are done; ``stop()`` returning True asks the work to end after the
+    current shard (another server failed).
+    """
+
+    def definitions(self) -> list[IndexSpec]:
+        """Every index recorded on this server (``state`` "active", or "dropping" while a drop is unfinished)."""
+        ...
+
+    def record(self, spec: IndexSpec) -> None:
+        """Record ``spec`` as active (idempotent); `MigrationError` if (kind, field) has another definition."""
+        ...
+
+    def build(
+        self, spec: IndexSpec, shard_ids: Sequence[int], progress: Callable[[int], None], stop: Callable[[], bool]
+    ) -> dict[str, int]:
+        """Build the index in these shards one at a time, online; counts ``built``, ``rebuilt``, ``present``."""
+        ...
+
+    def mark_dropping(self, spec: IndexSpec) -> None:
+        """Record that ``spec`` is being dropped (new shards no longer get it; queries stop using it)."""
+        ...
+
+    def drop(
+        self, spec: IndexSpec, shard_ids: Sequence[int], progress: Callable[[int], None], stop: Callable[[], bool]
+    ) -> int:
+        """Drop the index from these shards, online; returns how many had it."""
+        ...
+
+    def forget(self, spec: IndexSpec) -> None:
+        """Remove the definition (after the drop finished everywhere)."""
+        ...
+
+    def states(self, shard_ids: Sequence[int]) -> tuple[list[int], dict[str, tuple[list[int], list[int]]]]:
+        """Shards among ``shard_ids`` whose table lives here, and per index name its (valid, invalid) shards."""
+        ...
+
+
+@runtime_checkable
+class SupportsIndexes(Protocol):
+    """A `ServerStore` or `AsyncServerStore` whose backend has secondary indexes on body fields."""
+
+    def index_builder(self) -> IndexBuilder:
+        """Secondary-index operations on this server (blocking calls)."""
+        ...
+
+
+class Migrator(Protocol):
+    """A backend's versioned schema migrations on one server (``store.migrator()``); blocking calls.
+
+    Every file runs in each shard in its own transaction, the shard's schema first on the search path, and is
+    recorded there in the same transaction; the migrations themselves are recorded per server, so shards
+    provisioned or moved there later get them.
+    """
+
+    def check(self, migrations: Sequence[Migration]) -> list[tuple[bool, list[str]]]:
+        """Parse every file before any SQL: per file (runs in a transaction?, its statements); `MigrationError`."""
+        ...
+
+    def lock(self, wait: float) -> AbstractContextManager[None]:
+        """Hold this server's schema-change lock; wait up to ``wait`` s, then `MigrationError` naming the holder."""
+        ...
+
+    def registry(self) -> dict[int, tuple[str, str]]:
+        """Migrations recorded on this server: version → (file name, checksum)."""
+        ...
+
+    def record(self, migrations: Sequence[Migration]) -> None:
+        """Record these migrations on this server (already-recorded versions with the same checksum are kept)."""
+        ...
+
+    def forget(self, versions: Sequence[int]) -> None:
+        """Remove recorded migrations no shard applied (their files were withdrawn)."""
+        ...
+
+    def applied(self, shard_ids: Sequence[int]) -> dict[int, set[int]]:
+        """Versions applied per shard, for the shards among ``shard_ids`` whose table lives on this server."""
+        ...
+
+    def apply(
+        self,
+        migration: Migration,
+        shard_ids: Sequence[int],
+        progress: Callable[[int], None],
+        stop: Callable[[], bool],
+    ) -> int:
+        """Apply ``migration`` to these shards (one transaction each); `MigrationError` naming shard and statement."""
+        ...
+
+
+@runtime_checkable
+class SupportsMigrations(Protocol):
+    """A `ServerStore` or `AsyncServerStore` whose backend runs versioned SQL migrations (the PostgreSQL ones)."""
+
+    def migrator(self) -> Migrator:
+        """Migration operations on this server (blocking calls)."""
+        ...
+
+
 BackendFactory = Callable[[Mapping[str, Any], BackendOptions], ServerStore]
 """Builds the store of one server from its connection settings (the config dict without ``shards``)."""
 
@@ -392,5 +507,16 @@ def iter_fields(data: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
         yield name, value
 
 
-for _public in (ServerStore, AsyncServerStore, ProvisionReport, MoveReport, ShardMover, SupportsShardMoves):
+for _public in (
+    ServerStore,
+    AsyncServerStore,
+    ProvisionReport,
+    MoveReport,
+    ShardMover,
+    SupportsShardMoves,
+    IndexBuilder,
+    SupportsIndexes,
+    Migrator,
+    SupportsMigrations,
+):
     _public.__module__ = "hvcore"

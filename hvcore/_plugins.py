@@ -19,7 +19,13 @@ __all__ = ["ENTRY_POINT_GROUPS", "EXTRA_FOR_MODULE", "EXTRA_FOR_NAME", "PluginRe
 
 ENTRY_POINT_GROUPS = ("hypervault.backends", "hypervault.plugins")
 
-EXTRA_FOR_MODULE = {"psycopg": "postgres", "psycopg_pool": "postgres", "redis": "redis", "pgserver": "embedded"}
+EXTRA_FOR_MODULE = {
+    "psycopg": "postgres",
+    "psycopg_pool": "postgres",
+    "pglast": "postgres",
+    "redis": "redis",
+    "pgserver": "embedded",
+}
 """Missing top-level module → the ``hypervault[extra]`` that installs it (named in error messages)."""
 
 EXTRA_FOR_NAME = {"hstore": "postgres", "jsonb": "postgres", "redis": "redis", "rediss": "redis"}

@@ -10,6 +10,7 @@
     ├── ShardNotFound (LookupError)         a valid shard id no server owns
     ├── ShardMoved (LookupError)            the shard now lives on another server (followed by `Datastore`)
     ├── MoveError (RuntimeError)            a shard move cannot start, resume, verify or roll back
+    ├── MigrationError (RuntimeError)       a migration or index build cannot start, or failed on one shard
     ├── InvalidKind (ValueError)            a kind outside 0..32767
     ├── InvalidData (ValueError)            a body the backend cannot store as given
     ├── InvalidQuery (ValueError)           query arguments that cannot mean anything (since > until, ...)
@@ -39,6 +40,7 @@ __all__ = [
     "InvalidQuery",
     "InvalidShard",
     "LayoutExhausted",
+    "MigrationError",
     "MoveError",
     "NotProvisioned",
     "PluginError",
@@ -109,6 +111,33 @@ class MoveError(HypervaultError, RuntimeError):
     """A shard move cannot start, resume, verify or roll back; the message says what state the shard is in."""
 
     __module__ = "hvcore"
+
+
+class MigrationError(HypervaultError, RuntimeError):
+    """A schema change (``migrate``, ``create_index``, ``drop_index``) cannot start, or failed on one shard.
+
+    Bad migration files are refused before any SQL runs. A failure on a shard names the server, the shard and, for
+    a migration, the file and statement (``server``, ``shard_id``, ``migration``, ``statement``, None when not
+    known); that shard's transaction was rolled back and the shards done before it keep the change, so a rerun
+    continues where this one stopped.
+    """
+
+    __module__ = "hvcore"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        server: str | None = None,
+        shard_id: int | None = None,
+        migration: str | None = None,
+        statement: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.server = server
+        self.shard_id = shard_id
+        self.migration = migration
+        self.statement = statement
 
 
 class InvalidKind(HypervaultError, ValueError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import heapq
 import itertools
 import json
@@ -15,19 +16,22 @@ from typing import Any
 
 from hvcore._backend import BackendOptions, ProvisionReport, QuerySpec, Record, check_json, check_text, iter_fields
 from hvcore._key import Key
-from hvcore.errors import ConnectionMisuse, DuplicateKey, InvalidData, NotProvisioned, PoolTimeout
+from hvcore._schemadefs import IndexSpec
+from hvcore.errors import ConnectionMisuse, DuplicateKey, InvalidData, MigrationError, NotProvisioned, PoolTimeout
 from hvcore.hookspecs import BackendRegistrar, hookimpl
 
 __all__ = [
     "AsyncMemoryServerStore",
     "MemoryConnection",
     "MemoryCursor",
+    "MemoryIndexes",
     "MemoryServerStore",
     "hypervault_register_backends",
 ]
 
 _SERVERS: dict[str, dict[int, dict[int, Record]]] = {}  # name -> shard -> id -> record; shared like a real server
 _SERVERS_LOCK = threading.Lock()
+_INDEXES: dict[str, dict[str, tuple[IndexSpec, set[int]]]] = {}  # name -> index name -> (definition, built shards)
 
 
 @hookimpl
@@ -299,7 +303,7 @@ class MemoryServerStore:
             table = self._table(shard_id)
             with self._lock:
                 snapshot = sorted(table.items())
-            streams.append(r for _, r in snapshot if spec.matches(r))
+            streams.append(r for _, r in snapshot if spec.matches(r, text_values=self.text_only))
         merged = heapq.merge(*streams, key=lambda r: r.key)
         for record in merged if spec.limit is None else itertools.islice(merged, spec.limit):
             yield Record(record.key, record.kind, copy.deepcopy(record.data))
@@ -315,10 +319,11 @@ class MemoryServerStore:
         report = ProvisionReport(server=self.label, shards=len(shard_ids))
         shards = self._shards()
         with self._lock:
-            for shard in shard_ids:
-                if shard not in shards:
-                    shards[shard] = {}
-                    report.created += 1
+            created = [shard for shard in shard_ids if shard not in shards]
+            for shard in created:
+                shards[shard] = {}
+            report.created = len(created)
+        MemoryIndexes(self).provisioned(created)
         if progress is not None:
             progress(len(shard_ids))
         return report
@@ -328,6 +333,10 @@ class MemoryServerStore:
         shards = self._shards()
         return {s: len(shards[s]) for s in shard_ids if s in shards}
 
+    def index_builder(self) -> MemoryIndexes:
+        """Secondary indexes of this server: definitions only (queries filter by `QuerySpec.matches` anyway)."""
+        return MemoryIndexes(self)
+
     def stats(self) -> dict[str, Any]:
         """Pool figures."""
         borrowed = len(self._borrowed)
@@ -336,6 +345,92 @@ class MemoryServerStore:
             "borrowed": borrowed,
             "available": self._options.pool_max - borrowed,
         }
+
+
+class MemoryIndexes:
+    """The `IndexBuilder` of a memory server: records definitions (shared by stores of the same name) and the shards
+    "built", so `list_indexes` and provisioning behave as on PostgreSQL; filtering needs no index structure."""
+
+    def __init__(self, server: MemoryServerStore) -> None:
+        self.server = server
+
+    def _table(self) -> dict[str, tuple[IndexSpec, set[int]]]:
+        with _SERVERS_LOCK:
+            return _INDEXES.setdefault(self.server.name, {})
+
+    def definitions(self) -> list[IndexSpec]:
+        """Every index recorded on this server."""
+        with _SERVERS_LOCK:
+            return [spec for spec, _ in _INDEXES.get(self.server.name, {}).values()]
+
+    def record(self, spec: IndexSpec) -> None:
+        """Record ``spec`` as active."""
+        table = self._table()
+        with _SERVERS_LOCK:
+            for other, _ in table.values():
+                if (other.kind, other.field) == (spec.kind, spec.field) and other.name != spec.name:
+                    raise MigrationError(
+                        f"field {spec.field!r} of kind {spec.kind} already has an index ({other.type}) on "
+                        f"{self.server.label}: drop it first"
+                    )
+            _, built = table.get(spec.name, (spec, set()))
+            table[spec.name] = (dataclasses.replace(spec, state="active"), built)
+
+    def build(
+        self, spec: IndexSpec, shard_ids: Sequence[int], progress: Callable[[int], None], stop: Callable[[], bool]
+    ) -> dict[str, int]:
+        """Mark the index built in every existing shard among ``shard_ids``."""
+        table = self._table()
+        counts = {"built": 0, "present": 0, "rebuilt": 0}
+        shards = self.server._shards()
+        for shard in shard_ids:
+            if stop():
+                break
+            if shard in shards or self.server._auto_provision:
+                built = table[spec.name][1]
+                counts["present" if shard in built else "built"] += 1
+                built.add(shard)
+            progress(1)
+        return counts
+
+    def mark_dropping(self, spec: IndexSpec) -> None:
+        """Record that ``spec`` is being dropped."""
+        table = self._table()
+        with _SERVERS_LOCK:
+            if spec.name in table:
+                table[spec.name] = (dataclasses.replace(spec, state="dropping"), table[spec.name][1])
+
+    def drop(
+        self, spec: IndexSpec, shard_ids: Sequence[int], progress: Callable[[int], None], stop: Callable[[], bool]
+    ) -> int:
+        """Forget the index in these shards; returns how many had it."""
+        entry = self._table().get(spec.name)
+        dropped = 0
+        for shard in shard_ids:
+            if stop():
+                break
+            if entry is not None and shard in entry[1]:
+                entry[1].discard(shard)
+                dropped += 1
+            progress(1)
+        return dropped
+
+    def forget(self, spec: IndexSpec) -> None:
+        """Remove the definition."""
+        with _SERVERS_LOCK:
+            _INDEXES.get(self.server.name, {}).pop(spec.name, None)
+
+    def states(self, shard_ids: Sequence[int]) -> tuple[list[int], dict[str, tuple[list[int], list[int]]]]:
+        """Existing shards among ``shard_ids``, and per index the shards it was built in (none is ever invalid)."""
+        shards = self.server._shards()
+        live = [s for s in shard_ids if s in shards]
+        return live, {name: ([s for s in live if s in built], []) for name, (_, built) in self._table().items()}
+
+    def provisioned(self, shard_ids: Sequence[int]) -> None:
+        """New shards get every active index, as provisioning does on PostgreSQL."""
+        for spec, built in self._table().values():
+            if spec.state == "active":
+                built.update(shard_ids)
 
 
 class AsyncMemoryServerStore:
@@ -435,6 +530,10 @@ class AsyncMemoryServerStore:
     async def row_counts(self, shard_ids: Sequence[int]) -> dict[int, int]:
         """As the sync store."""
         return self.sync.row_counts(shard_ids)
+
+    def index_builder(self) -> MemoryIndexes:
+        """As the sync store (blocking calls; nothing here waits)."""
+        return self.sync.index_builder()
 
     def stats(self) -> dict[str, Any]:
         """As the sync store."""

@@ -40,6 +40,8 @@ from hvbackend_postgres._common import (
     query_records,
     statement_text,
 )
+from hvbackend_postgres._indexes import PostgresIndexes
+from hvbackend_postgres._migrate import PostgresMigrator, new_shard_ddl
 from hvbackend_postgres._move import PostgresMover
 from hvbackend_postgres._schema import (
     TABLE,
@@ -50,7 +52,7 @@ from hvbackend_postgres._schema import (
     shard_ddl,
     shard_schema,
 )
-from hvcore._acompat import ALock, agather, aspawn
+from hvcore._acompat import ALock, agather, aspawn, ato_thread
 from hvcore._backend import BackendOptions, ProvisionReport, QuerySpec, Record
 from hvcore._key import Key
 from hvcore.errors import ConnectionMisuse, ServerUnavailable
@@ -578,7 +580,8 @@ class AsyncPostgresServerStore(StoreCore):
             if progress is not None and len(shard_ids) > len(todo):
                 progress(len(shard_ids) - len(todo))
             batches = [todo[i : i + PROVISION_BATCH] for i in range(0, len(todo), PROVISION_BATCH)]
-            await self._run_batches(batches, ext, progress)
+            extra = await ato_thread(new_shard_ddl, self, ext, todo)  # recorded indexes and migrations (_migrate)
+            await self._run_batches(batches, ext, progress, extra)
             report.created = len(todo)
         finally:
             await conn.close()
@@ -586,7 +589,11 @@ class AsyncPostgresServerStore(StoreCore):
         return report
 
     async def _run_batches(
-        self, batches: list[list[int]], ext: str | None, progress: Callable[[int], None] | None
+        self,
+        batches: list[list[int]],
+        ext: str | None,
+        progress: Callable[[int], None] | None,
+        extra: Callable[[int], str] = lambda shard_id: "",
     ) -> None:
         if not batches:
             return
@@ -603,7 +610,7 @@ class AsyncPostgresServerStore(StoreCore):
                         batch = next(queue, None)
                     if batch is None:
                         return
-                    ddl = "".join(shard_ddl(s, self.backend, ext) for s in batch)
+                    ddl = "".join(shard_ddl(s, self.backend, ext) + extra(s) for s in batch)
                     await conn.execute(f"BEGIN;{ddl}COMMIT;")
                     if progress is not None:
                         progress(len(batch))
@@ -652,6 +659,14 @@ class AsyncPostgresServerStore(StoreCore):
         def shard_mover(self) -> PostgresMover:
             """Shard-move operations with this server as the source (``Datastore.move_shard``), see ``_move``."""
             return PostgresMover(self)
+
+    def index_builder(self) -> PostgresIndexes:
+        """Secondary-index operations on this server (blocking, on sessions of their own), see ``_indexes``."""
+        return PostgresIndexes(self)
+
+    def migrator(self) -> PostgresMigrator:
+        """Migration operations on this server (blocking, on sessions of their own), see ``_migrate``."""
+        return PostgresMigrator(self)
 
     def stats(self) -> dict[str, Any]:
         """Pool figures: pool_max, size, available, borrowed (lent by this store), waiting, connection errors."""

@@ -17,6 +17,7 @@ from psycopg.rows import dict_row, tuple_row
 from psycopg.types import TypeInfo
 from psycopg.types.json import Jsonb
 
+from hvbackend_postgres._indexsql import typed_conditions
 from hvbackend_postgres._schema import (
     BODY_TYPES,
     MOVED_SQLSTATE,
@@ -510,6 +511,10 @@ class StoreCore:
                     if isinstance(value, list | tuple | Mapping):
                         conds.append(sql.SQL("body -> %s = %s"))
                         params += [name, Jsonb(value)]
+        if spec.filters:  # typed filters on indexed fields: the index's own expression (hvbackend_postgres._indexes)
+            typed, typed_params = typed_conditions(spec, ext, self.text_only)
+            conds += typed
+            params += typed_params
         cond = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conds) if conds else sql.SQL("")
         # Each shard orders (and limits) its own rows, so the planner merges per-shard primary-key index scans
         # (Merge Append) and the first rows come without sorting the range: a UNION ALL member with a WHERE

@@ -44,6 +44,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg import sql
 
+from hvbackend_postgres._migrate import adopt_staging, carry_schema, check_movable
 from hvbackend_postgres._schema import BODY_INDEX, KIND_INDEX, PKEY_INDEX, TABLE, drop_stub_sql, shard_schema, stub_sql
 from hvcore._placement import MoveProgress, MoveReport
 from hvcore.errors import MoveError
@@ -336,6 +337,7 @@ class PostgresMover:
         raise MoveError(f"could not lock the shard's table to {what}: long transactions keep holding it")
 
     def _prepare(self, ctl: Conn, dst: Conn, shard_id: int, body_type: sql.Composable, *, keep_staging: bool) -> None:
+        check_movable(ctl, shard_id)  # data outside entities (id, kind, body) would not be copied: refuse (_migrate)
         table = _qualified(shard_schema(shard_id))
         src = sql.Identifier(_src_schema(shard_id))
         capture = sql.SQL(
@@ -426,6 +428,8 @@ class PostgresMover:
             indexes += sql.SQL("CREATE INDEX {} ON {}.{} USING gin (body jsonb_path_ops);").format(
                 sql.Identifier(BODY_INDEX), schema, sql.Identifier(TABLE)
             )
+        # the shard's migrations and the recorded secondary indexes, in the same transaction (_migrate)
+        indexes += carry_schema(ctl, dst, shard_id, _dst_schema(shard_id), self.store.backend)
         dst.execute(indexes)
         report.copy_seconds = time.perf_counter() - t0
 
@@ -535,12 +539,8 @@ class PostgresMover:
                             sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(shard_schema(shard_id)))
                         )
                         dst.execute(drop_stub_sql(shard_id))
-                        dst.execute(
-                            sql.SQL("ALTER TABLE {} SET SCHEMA {}").format(
-                                _qualified(_dst_schema(shard_id)), sql.Identifier(shard_schema(shard_id))
-                            )
-                        )
-                        dst.execute(sql.SQL("DROP SCHEMA {}").format(sql.Identifier(_dst_schema(shard_id))))
+                        # every staging object (entities, what migrations made) into the shard's schema (_migrate)
+                        adopt_staging(ctl, dst, shard_id, _dst_schema(shard_id))
                     step("switch", 1, 2)  # the target committed; the source commits when this block ends
             except MoveError:
                 if mismatch:  # the copy is not to be trusted: a resume copies again from scratch

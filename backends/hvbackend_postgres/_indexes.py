@@ -1,0 +1,345 @@
+"""Secondary indexes on body fields in every shard of one PostgreSQL server: expressions, DDL and the online build.
+
+An index on (kind K, field F, type T) is, in each ``shardNNNN`` schema, a partial expression index::
+
+    CREATE INDEX CONCURRENTLY hv_k<K>_<hash> ON shardNNNN.entities ((<F as T>)) WHERE kind = K
+
+where ``<F as T>`` is `field_expr`: the field's value as T, or NULL when it is not one — never an error, so no
+write is ever refused because of an index (``hvcore._schemadefs.typed_value`` is the same rule in Python). hstore
+bodies hold text, so their expressions cast from text (``body -> 'F'``) after a pattern check; jsonb bodies check the
+JSON type first (``jsonb_typeof``). Text compares with ``COLLATE "C"`` (code-point order, as Python compares str);
+timestamptz goes through ``hypervault.hv_timestamptz(text)``, an IMMUTABLE function accepting only ISO 8601 with
+an explicit offset (so neither TimeZone nor DateStyle can change its result, which is what makes it indexable).
+
+Definitions are recorded per server in ``hypervault.indexes`` (with the migrations' tables, see ``_migrate``), so
+provisioning and shard moves give new shards the same indexes. The build goes shard by shard with ``CREATE INDEX
+CONCURRENTLY`` (outside a transaction: writes go on); an interrupted one leaves an INVALID index, which the next
+run finds in ``pg_index.indisvalid``, drops and builds again. The query side (`typed_conditions`) writes the
+same expressions, with the kind as a literal so the planner can prove the partial index's predicate even in a
+generic plan.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol
+
+import psycopg
+from psycopg import sql
+
+from hvbackend_postgres._common import ADVISORY_LOCK, HSTORE_SCHEMA_SQL
+from hvbackend_postgres._indexsql import field_expr, index_ddl
+from hvbackend_postgres._schema import TABLE, shard_schema
+from hvcore._schemadefs import TIMESTAMP_PATTERN, IndexSpec
+from hvcore.errors import MigrationError
+
+__all__ = [
+    "META_LOCK",
+    "SCHEMA_LOCK",
+    "PostgresIndexes",
+    "SchemaEndpoint",
+    "admin_connection",
+    "ensure_support",
+    "ext_schema",
+    "field_expr",
+    "has_support",
+    "index_ddl",
+    "index_states",
+    "live_shards",
+    "recorded_indexes",
+    "schema_lock",
+]
+
+META_LOCK = 0x68765F6D657461  # "hv_meta", the key _move uses too: one session creates the hypervault schema at once
+SCHEMA_LOCK = 0x68765F736368656D  # "hv_schem": one schema change (migrate, index build or drop) per database
+
+Conn = psycopg.Connection[Any]
+
+SUPPORT_DDL = sql.SQL(
+    "CREATE SCHEMA IF NOT EXISTS hypervault;"
+    "CREATE TABLE IF NOT EXISTS hypervault.indexes (name text PRIMARY KEY, kind int NOT NULL, field text NOT NULL, "
+    "type text NOT NULL, is_unique boolean NOT NULL, state text NOT NULL DEFAULT 'active', "
+    "created_at timestamptz NOT NULL DEFAULT now());"
+    "CREATE TABLE IF NOT EXISTS hypervault.migrations (version int PRIMARY KEY, name text NOT NULL, "
+    "checksum text NOT NULL, body text NOT NULL, recorded_at timestamptz NOT NULL DEFAULT now());"
+    "CREATE TABLE IF NOT EXISTS hypervault.shard_versions (shard int NOT NULL, version int NOT NULL, "
+    "applied_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (shard, version));"
+    "CREATE OR REPLACE FUNCTION hypervault.hv_timestamptz(value text) RETURNS timestamptz "
+    "LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $hv$BEGIN "
+    "IF value !~ {pattern} THEN RETURN NULL; END IF; "
+    "BEGIN RETURN value::timestamptz; EXCEPTION WHEN others THEN RETURN NULL; END; "
+    "END$hv$;"
+).format(pattern=sql.Literal(f"^({TIMESTAMP_PATTERN})$"))
+
+
+class SchemaEndpoint(Protocol):
+    """What the index builder and the migrator need of a server store (both PostgreSQL stores are one)."""
+
+    @property
+    def label(self) -> str:
+        """``host:port/dbname`` of the server."""
+        ...
+
+    backend: str
+    text_only: bool
+    _conninfo: str
+    _kwargs: dict[str, Any]
+
+    def _unavailable(self, exc: BaseException) -> Exception:
+        """The `ServerUnavailable` for a failed connection (password masked)."""
+        ...
+
+
+def admin_connection(store: SchemaEndpoint) -> Conn:
+    """A new autocommit session on the store's server, outside its pool (blocking; the caller closes it)."""
+    try:
+        return psycopg.connect(store._conninfo, **{**store._kwargs, "autocommit": True})
+    except psycopg.OperationalError as exc:
+        raise store._unavailable(exc) from None
+
+
+def has_support(conn: Conn) -> bool:
+    """True if this database has the ``hypervault`` tables indexes and migrations are recorded in."""
+    row = conn.execute(
+        "SELECT to_regclass('hypervault.shard_versions') IS NOT NULL "
+        "AND to_regprocedure('hypervault.hv_timestamptz(text)') IS NOT NULL"
+    ).fetchone()
+    return row == (True,)
+
+
+def ensure_support(conn: Conn) -> None:
+    """Create the ``hypervault`` schema's index and migration tables and the timestamptz function (idempotent)."""
+    if has_support(conn):
+        return
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (META_LOCK,))
+        conn.execute(SUPPORT_DDL)
+
+
+def ext_schema(conn: Conn, store: SchemaEndpoint) -> str | None:
+    """The schema of the hstore extension (hstore backend), or None (jsonb)."""
+    if not store.text_only:
+        return None
+    row = conn.execute(HSTORE_SCHEMA_SQL).fetchone()
+    if row is None:
+        raise MigrationError(f"the hstore extension is not installed in {store.label}: run hv init first")
+    return str(row[0])
+
+
+def recorded_indexes(conn: Conn) -> list[IndexSpec]:
+    """Every index definition recorded in this database (none if the tables were never created)."""
+    if conn.execute("SELECT to_regclass('hypervault.indexes') IS NULL").fetchone() == (True,):
+        return []
+    rows = conn.execute("SELECT kind, field, type, is_unique, state FROM hypervault.indexes ORDER BY name").fetchall()
+    return [IndexSpec(kind=r[0], field=r[1], type=r[2], unique=r[3], state=r[4]) for r in rows]
+
+
+def _holder(conn: Conn, key: int) -> str:
+    row = conn.execute(
+        "SELECT a.pid, a.application_name, a.client_addr::text, a.backend_start FROM pg_locks l "
+        "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted "
+        "AND l.classid = %s::bigint::oid AND l.objid = %s::bigint::oid AND l.objsubid = 1",
+        ((key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF),
+    ).fetchone()
+    if row is None:
+        return "another session"
+    started = row[3].isoformat(timespec="seconds") if row[3] is not None else "?"
+    return (
+        f"session pid {row[0]} ({row[1] or 'no application_name'} from {row[2] or 'a local socket'}, since {started})"
+    )
+
+
+@contextlib.contextmanager
+def schema_lock(store: SchemaEndpoint, wait: float) -> Iterator[Conn]:
+    """Hold the server's schema-change advisory lock on a session of its own (yielded); wait up to ``wait`` s.
+
+    `MigrationError` names the session holding it when the wait ends. Closing the session releases the lock, so a
+    killed migrator never leaves it held.
+    """
+    conn = admin_connection(store)
+    try:
+        deadline = time.monotonic() + max(wait, 0.0)
+        while conn.execute("SELECT pg_try_advisory_lock(%s)", (SCHEMA_LOCK,)).fetchone() != (True,):
+            if time.monotonic() >= deadline:
+                raise MigrationError(
+                    f"another schema change (hv migrate, or an index build or drop) runs on {store.label}: held by "
+                    f"{_holder(conn, SCHEMA_LOCK)}; wait for it to finish"
+                    + (f" (waited {wait:g} s)" if wait > 0 else ", or pass wait=SECONDS (hv migrate --wait)"),
+                    server=store.label,
+                )
+            time.sleep(min(0.2, max(deadline - time.monotonic(), 0.01)))
+        yield conn
+    finally:
+        conn.close()
+
+
+def live_shards(conn: Conn, shard_ids: Sequence[int]) -> list[int]:
+    """The shards among ``shard_ids`` whose entities table lives in this database (not a forwarding stub)."""
+    names = {shard_schema(s): s for s in shard_ids}
+    rows = conn.execute(
+        "SELECT n.nspname FROM pg_namespace n JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = %s "
+        "AND c.relkind IN ('r', 'p') WHERE n.nspname = ANY(%s)",
+        (TABLE, list(names)),
+    ).fetchall()
+    return sorted(names[r[0]] for r in rows)
+
+
+def index_states(conn: Conn, shard_ids: Sequence[int]) -> dict[str, dict[int, bool]]:
+    """Per ``hv_k…`` index name, the shards among ``shard_ids`` that have it, and whether it is valid."""
+    names = {shard_schema(s): s for s in shard_ids}
+    rows = conn.execute(
+        "SELECT n.nspname, i.relname, x.indisvalid FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid "
+        "JOIN pg_namespace n ON n.oid = i.relnamespace WHERE n.nspname = ANY(%s) AND i.relname LIKE 'hv\\_k%%'",
+        (list(names),),
+    ).fetchall()
+    states: dict[str, dict[int, bool]] = {}
+    for schema, name, valid in rows:
+        states.setdefault(str(name), {})[names[schema]] = bool(valid)
+    return states
+
+
+class PostgresIndexes:
+    """The `IndexBuilder` of one PostgreSQL server (``store.index_builder()``): sessions of its own, blocking."""
+
+    __module__ = "hvbackend_postgres"
+
+    def __init__(self, store: SchemaEndpoint) -> None:
+        self.store = store
+
+    def __repr__(self) -> str:
+        return f"<PostgresIndexes {self.store.label}>"
+
+    @contextlib.contextmanager
+    def _conn(self) -> Iterator[Conn]:
+        conn = admin_connection(self.store)
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    def definitions(self) -> list[IndexSpec]:
+        """Every index recorded on this server."""
+        with self._conn() as conn:
+            return recorded_indexes(conn)
+
+    def record(self, spec: IndexSpec) -> None:
+        """Record ``spec`` as active (under the provisioning lock: a provisioning run sees it, or ends first)."""
+        with self._conn() as conn:
+            ensure_support(conn)
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK,))
+                other = conn.execute(
+                    "SELECT name, type FROM hypervault.indexes WHERE kind = %s AND field = %s AND name <> %s",
+                    (spec.kind, spec.field, spec.name),
+                ).fetchone()
+                if other is not None:
+                    raise MigrationError(
+                        f"field {spec.field!r} of kind {spec.kind} already has an index ({other[1]}, {other[0]}) on "
+                        f"{self.store.label}: drop it first",
+                        server=self.store.label,
+                    )
+                conn.execute(
+                    "INSERT INTO hypervault.indexes (name, kind, field, type, is_unique) VALUES (%s, %s, %s, %s, %s) "
+                    "ON CONFLICT (name) DO UPDATE SET state = 'active'",
+                    (spec.name, spec.kind, spec.field, spec.type, spec.unique),
+                )
+
+    def build(
+        self, spec: IndexSpec, shard_ids: Sequence[int], progress: Callable[[int], None], stop: Callable[[], bool]
+    ) -> dict[str, int]:
+        """Build ``spec`` in these shards, ``CREATE INDEX CONCURRENTLY`` one at a time; INVALID leftovers rebuilt.
+
+        Counts: ``built``, ``rebuilt`` (an INVALID index found and built again), ``present`` (already valid).
+        A failing build (a duplicate for a unique index) drops its INVALID leftover and raises `MigrationError`
+        naming the shard; the shards done before it keep the index.
+        """
+        counts = {"built": 0, "rebuilt": 0, "present": 0}
+        with schema_lock(self.store, 0.0) as conn:
+            ext = ext_schema(conn, self.store)
+            live = set(live_shards(conn, shard_ids))
+            states = index_states(conn, shard_ids).get(spec.name, {})
+            for shard in shard_ids:
+                if stop():
+                    break
+                if shard in live:
+                    valid = states.get(shard)
+                    if valid:
+                        counts["present"] += 1
+                    else:
+                        if valid is not None:  # an interrupted CONCURRENTLY build left it INVALID
+                            self._drop_one(conn, spec, shard)
+                            counts["rebuilt"] += 1
+                        else:
+                            counts["built"] += 1
+                        self._build_one(conn, spec, shard, ext)
+                progress(1)
+        return counts
+
+    def _build_one(self, conn: Conn, spec: IndexSpec, shard: int, ext: str | None) -> None:
+        statement = index_ddl(spec, shard_schema(shard), ext, concurrently=True)
+        try:
+            conn.execute(statement)
+        except psycopg.Error as exc:
+            if isinstance(exc, psycopg.OperationalError) and conn.closed:
+                raise self.store._unavailable(exc) from None
+            with contextlib.suppress(psycopg.Error):
+                self._drop_one(conn, spec, shard)  # what the failed build left: the shard is as it was
+            detail = f" ({exc.diag.message_detail})" if exc.diag.message_detail else ""
+            raise MigrationError(
+                f"building index {spec.name} (kind {spec.kind}, field {spec.field!r}, {spec.type}"
+                f"{', unique' if spec.unique else ''}) failed in shard {shard} on {self.store.label}: "
+                f"{exc.diag.message_primary or exc}{detail}; the shards before it have the index, this one is as it "
+                "was: fix the data and run create_index again (it continues here)",
+                server=self.store.label,
+                shard_id=shard,
+                statement=statement.as_string(conn),
+            ) from None
+
+    @staticmethod
+    def _drop_one(conn: Conn, spec: IndexSpec, shard: int) -> None:
+        conn.execute(
+            sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}.{}").format(
+                sql.Identifier(shard_schema(shard)), sql.Identifier(spec.name)
+            )
+        )
+
+    def mark_dropping(self, spec: IndexSpec) -> None:
+        """Record that ``spec`` is being dropped (new shards no longer get it; queries stop using it)."""
+        with self._conn() as conn:
+            if conn.execute("SELECT to_regclass('hypervault.indexes') IS NOT NULL").fetchone() == (True,):
+                conn.execute("UPDATE hypervault.indexes SET state = 'dropping' WHERE name = %s", (spec.name,))
+
+    def drop(
+        self, spec: IndexSpec, shard_ids: Sequence[int], progress: Callable[[int], None], stop: Callable[[], bool]
+    ) -> int:
+        """``DROP INDEX CONCURRENTLY`` in every shard that has it; returns how many had it."""
+        dropped = 0
+        with schema_lock(self.store, 0.0) as conn:
+            states = index_states(conn, shard_ids).get(spec.name, {})
+            for shard in shard_ids:
+                if stop():
+                    break
+                if shard in states:
+                    self._drop_one(conn, spec, shard)
+                    dropped += 1
+                progress(1)
+        return dropped
+
+    def forget(self, spec: IndexSpec) -> None:
+        """Remove the definition."""
+        with self._conn() as conn:
+            if conn.execute("SELECT to_regclass('hypervault.indexes') IS NOT NULL").fetchone() == (True,):
+                conn.execute("DELETE FROM hypervault.indexes WHERE name = %s", (spec.name,))
+
+    def states(self, shard_ids: Sequence[int]) -> tuple[list[int], dict[str, tuple[list[int], list[int]]]]:
+        """Shards among ``shard_ids`` whose table lives here, and per index name its (valid, invalid) shards."""
+        with self._conn() as conn:
+            live = live_shards(conn, shard_ids)
+            found = index_states(conn, live)
+        out = {
+            name: (sorted(s for s, ok in shards.items() if ok), sorted(s for s, ok in shards.items() if not ok))
+            for name, shards in found.items()
+        }
+        return live, out

@@ -1,0 +1,395 @@
+"""Secondary indexes and migrations over every server: the façade's side of them (blocking; servers in parallel).
+
+The backends do the per-server work through `SupportsIndexes.index_builder()` and `SupportsMigrations.migrator()`
+(``hvcore._backend``); this module checks what can be checked before any SQL, records definitions and migrations on
+every server before building or applying anywhere (so a shard provisioned or moved meanwhile gets them), runs the
+servers in parallel threads, stops the others when one fails, and adds up progress and reports. `Datastore` calls
+it directly, `AsyncDatastore` in a worker thread (``ato_thread``): this is operator work, minutes of DDL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from hvcore._backend import IndexBuilder, Migrator, SupportsIndexes, SupportsMigrations
+from hvcore._schemadefs import (
+    IndexInfo,
+    IndexReport,
+    IndexSpec,
+    Migration,
+    MigrationReport,
+    MigrationRun,
+    MigrationStatus,
+    SchemaProgress,
+    VersionStatus,
+)
+from hvcore.errors import InvalidQuery, MigrationError
+
+__all__ = [
+    "INDEX_CACHE_SECONDS",
+    "IndexCatalog",
+    "Target",
+    "create_index",
+    "drop_index",
+    "index_builder_of",
+    "list_indexes",
+    "migrate",
+    "migration_status",
+    "migrator_of",
+]
+
+INDEX_CACHE_SECONDS = 60.0  # how long a process trusts the index definitions it read (a range filter miss rereads)
+
+Target = tuple[Any, Sequence[int]]
+"""A server store and the shards it serves (after moves)."""
+
+_T = TypeVar("_T")
+
+
+def _by_database(targets: Sequence[Target]) -> list[Target]:
+    """Targets merged by server label: config entries naming the same database are one server for schema work
+    (one schema-change lock, one build session)."""
+    merged: dict[str, tuple[Any, list[int]]] = {}
+    for store, shards in targets:
+        entry = merged.setdefault(str(getattr(store, "label", id(store))), (store, []))
+        entry[1].extend(shards)
+    return [(store, sorted(shards)) for store, shards in merged.values()]
+
+
+def index_builder_of(store: object) -> IndexBuilder:
+    """The secondary-index operations of a server store; `MigrationError` if its backend has none."""
+    if not isinstance(store, SupportsIndexes):
+        raise MigrationError(f"the backend of {getattr(store, 'label', store)!r} has no secondary indexes")
+    return store.index_builder()
+
+
+def migrator_of(store: object) -> Migrator:
+    """The migration operations of a server store; `MigrationError` if its backend cannot run SQL migrations."""
+    if not isinstance(store, SupportsMigrations):
+        raise MigrationError(
+            f"the backend of {getattr(store, 'label', store)!r} cannot run SQL migrations (the PostgreSQL ones can)"
+        )
+    return store.migrator()
+
+
+class _Progress:
+    """Adds up shards done by the servers' threads and reports ``progress(label, done, total)`` under a lock."""
+
+    def __init__(self, callback: SchemaProgress | None, label: str, total: int) -> None:
+        self.callback = callback
+        self.label = label
+        self.total = total
+        self.done = 0
+        self._lock = threading.Lock()
+        if callback is not None:
+            callback(label, 0, total)
+
+    def advance(self, count: int) -> None:
+        with self._lock:
+            self.done += count
+            if self.callback is not None:
+                self.callback(self.label, self.done, self.total)
+
+
+def _parallel(work: Sequence[Callable[[Callable[[], bool]], _T]]) -> list[_T]:
+    """Run each ``work(stop)`` in its own thread; when one fails the others are asked to stop; first error raised."""
+    if len(work) == 1:
+        return [work[0](lambda: False)]
+    failed = threading.Event()
+
+    def run(item: Callable[[Callable[[], bool]], _T]) -> _T:
+        try:
+            return item(failed.is_set)
+        except BaseException:
+            failed.set()
+            raise
+
+    with ThreadPoolExecutor(max_workers=len(work), thread_name_prefix="hv-schema") as pool:
+        futures = [pool.submit(run, item) for item in work]
+        errors: list[BaseException] = []
+        results: list[_T] = []
+        for future in futures:
+            try:
+                results.append(future.result())
+            except BaseException as exc:
+                errors.append(exc)
+    if errors:
+        raise next((e for e in errors if isinstance(e, MigrationError)), errors[0])
+    return results
+
+
+# -- indexes ---------------------------------------------------------------------------------------------------------
+
+
+def _conflict(builders: Sequence[tuple[IndexBuilder, Any]], spec: IndexSpec) -> None:
+    for builder, store in builders:
+        for other in builder.definitions():
+            if (other.kind, other.field) != (spec.kind, spec.field) or other.name == spec.name:
+                continue
+            if other.state == "dropping":
+                raise MigrationError(
+                    f"the index {other.name} on field {spec.field!r} of kind {spec.kind} is being dropped on "
+                    f"{store.label}: finish that first (drop_index({spec.kind}, {spec.field!r}) again)"
+                )
+            raise MigrationError(
+                f"field {spec.field!r} of kind {spec.kind} already has an index ({other.type}"
+                f"{', unique' if other.unique else ''}, {other.name}): drop it first to index it as {spec.type}"
+                f"{', unique' if spec.unique else ''}"
+            )
+
+
+def create_index(targets: Sequence[Target], spec: IndexSpec, progress: SchemaProgress | None) -> IndexReport:
+    """Record ``spec`` on every server, then build it in every shard (servers in parallel, shards one at a time)."""
+    targets = _by_database(targets)
+    started = time.perf_counter()
+    builders = [(index_builder_of(store), store) for store, _ in targets]
+    _conflict(builders, spec)
+    for builder, _ in builders:
+        builder.record(spec)
+    report = IndexReport(index=spec, shards=sum(len(shards) for _, shards in targets))
+    bar = _Progress(progress, spec.name, report.shards)
+    work = [
+        (lambda stop, b=builder, s=shards: b.build(spec, s, bar.advance, stop))
+        for (builder, _), (_, shards) in zip(builders, targets, strict=True)
+    ]
+    for counts in _parallel(work):
+        report.built += counts.get("built", 0)
+        report.rebuilt += counts.get("rebuilt", 0)
+        report.present += counts.get("present", 0)
+    if report.rebuilt:
+        report.notes.append(f"{report.rebuilt} shard(s) had an INVALID index left by an interrupted build: rebuilt")
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _recorded(builders: Sequence[tuple[IndexBuilder, Any]], kind: int, name: str) -> IndexSpec | None:
+    for builder, _ in builders:
+        for spec in builder.definitions():
+            if (spec.kind, spec.field) == (kind, name):
+                return spec
+    return None
+
+
+def drop_index(targets: Sequence[Target], kind: int, name: str, progress: SchemaProgress | None) -> IndexReport:
+    """Drop the index on (``kind``, ``name``) from every shard and forget it; resumable like `create_index`."""
+    targets = _by_database(targets)
+    started = time.perf_counter()
+    builders = [(index_builder_of(store), store) for store, _ in targets]
+    spec = _recorded(builders, kind, name)
+    if spec is None:
+        raise InvalidQuery(f"no index on field {name!r} of kind {kind} is recorded on any server: nothing to drop")
+    for builder, _ in builders:
+        builder.mark_dropping(spec)
+    report = IndexReport(index=spec, shards=sum(len(shards) for _, shards in targets))
+    bar = _Progress(progress, spec.name, report.shards)
+    work = [
+        (lambda stop, b=builder, s=shards: b.drop(spec, s, bar.advance, stop))
+        for (builder, _), (_, shards) in zip(builders, targets, strict=True)
+    ]
+    report.dropped = sum(_parallel(work))
+    for builder, _ in builders:
+        builder.forget(spec)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def list_indexes(targets: Sequence[Target]) -> list[IndexInfo]:
+    """Every recorded index with its shards: valid, INVALID (an interrupted build), missing."""
+    targets = _by_database(targets)
+    infos: dict[str, IndexInfo] = {}
+    per_server = []
+    for store, shards in targets:
+        builder = index_builder_of(store)
+        definitions = builder.definitions()
+        for spec in definitions:
+            info = infos.setdefault(spec.name, IndexInfo(index=spec))
+            info.servers.append(store.label)
+        per_server.append((builder.states(shards), definitions))
+    for (live, states), _ in per_server:
+        for name, info in infos.items():
+            valid, invalid = states.get(name, ([], []))
+            info.valid += len(valid)
+            info.invalid += invalid
+            have = set(valid) | set(invalid)
+            info.missing += [s for s in live if s not in have]
+    for info in infos.values():
+        info.invalid.sort()
+        info.missing.sort()
+    return sorted(infos.values(), key=lambda i: (i.index.kind, i.index.field))
+
+
+class IndexCatalog:
+    """The active index definitions as this process last read them (by (kind, field)), for query planning.
+
+    Read again after `INDEX_CACHE_SECONDS`, or when a range filter names an index not seen yet; `create_index` and
+    `drop_index` in this process refresh it at once.
+    """
+
+    def __init__(self) -> None:
+        self.definitions: dict[tuple[int, str], IndexSpec] = {}
+        self.loaded_at: float | None = None
+
+    def stale(self, needed: Iterable[tuple[int, str]]) -> bool:
+        """True if the definitions were never read, are old, or lack one of ``needed`` (read again then)."""
+        if self.loaded_at is None or time.monotonic() - self.loaded_at > INDEX_CACHE_SECONDS:
+            return True
+        return any(key not in self.definitions for key in needed)
+
+    def load(self, stores: Sequence[Any]) -> Mapping[tuple[int, str], IndexSpec]:
+        """Read the active definitions of every server (blocking): their union; unreachable servers are skipped."""
+        found: dict[tuple[int, str], IndexSpec] = {}
+        for store in stores:
+            if not isinstance(store, SupportsIndexes):
+                continue
+            try:
+                definitions = store.index_builder().definitions()
+            except Exception:  # an unreachable server: the others tell (definitions are recorded on every one)
+                continue
+            for spec in definitions:
+                if spec.state == "active":
+                    found[(spec.kind, spec.field)] = spec
+        self.definitions = found
+        self.loaded_at = time.monotonic()
+        return found
+
+    def invalidate(self) -> None:
+        """Forget what was read: the next query reads the definitions again."""
+        self.loaded_at = None
+
+
+# -- migrations ------------------------------------------------------------------------------------------------------
+
+
+def _check_registries(
+    migrations: Sequence[Migration],
+    registries: Sequence[tuple[str, Mapping[int, tuple[str, str]]]],
+    applied_anywhere: Callable[[int], bool],
+) -> None:
+    """Files against what the servers recorded: changed files, missing files, out-of-order versions."""
+    by_version = {m.version: m for m in migrations}
+    recorded_max = 0
+    for label, registry in registries:
+        for version, (filename, checksum) in registry.items():
+            recorded_max = max(recorded_max, version)
+            migration = by_version.get(version)
+            if migration is None and not applied_anywhere(version):
+                continue  # recorded, applied nowhere, and its file is gone: forgotten below (a bad file withdrawn)
+            if migration is None:
+                raise MigrationError(
+                    f"migration {filename} is recorded on {label} but missing from the directory: run hv migrate "
+                    "with the complete set of migration files",
+                    server=label,
+                    migration=filename,
+                )
+            if migration.checksum != checksum and applied_anywhere(version):
+                raise MigrationError(
+                    f"migration {migration.filename} changed after it was applied (its checksum on {label} differs): "
+                    "an applied migration is never edited; write a new one",
+                    server=label,
+                    migration=migration.filename,
+                )
+    recorded = {version for _, registry in registries for version in registry if version in by_version}
+    recorded_max = max(recorded, default=0)
+    for migration in migrations:
+        if migration.version not in recorded and migration.version < recorded_max:
+            raise MigrationError(
+                f"migration {migration.filename} is new but older than the newest recorded one (version "
+                f"{recorded_max}): number new migrations after it",
+                migration=migration.filename,
+            )
+
+
+def migrate(
+    targets: Sequence[Target],
+    migrations: Sequence[Migration],
+    *,
+    dry_run: bool,
+    progress: SchemaProgress | None,
+    wait: float,
+) -> MigrationReport:
+    """Apply ``migrations`` in version order to every shard that lacks them (see `Datastore.migrate`)."""
+    started = time.perf_counter()
+    migrators = [(migrator_of(store), store, shards) for store, shards in _by_database(targets)]
+    parsed = migrators[0][0].check(migrations)  # every file parsed before any SQL runs
+    report = MigrationReport(dry_run=dry_run)
+    with contextlib.ExitStack() as locks:
+        if not dry_run:
+            for migrator, _, _ in migrators:  # always in config order: two migrators never wait on each other
+                locks.enter_context(migrator.lock(wait))
+        applied = [migrator.applied(shards) for migrator, _, shards in migrators]
+        report.shards = sum(len(a) for a in applied)
+        registries = [(store.label, migrator.registry()) for migrator, store, _ in migrators]
+
+        def applied_anywhere(version: int) -> bool:
+            return any(version in versions for server in applied for versions in server.values())
+
+        _check_registries(migrations, registries, applied_anywhere)
+        if not dry_run:
+            wanted = {m.version for m in migrations}
+            for (migrator, _, _), (_, registry) in zip(migrators, registries, strict=True):
+                withdrawn = sorted(set(registry) - wanted)
+                if withdrawn:
+                    migrator.forget(withdrawn)
+                migrator.record(migrations)
+        for migration, (transactional, statements) in zip(migrations, parsed, strict=True):
+            todo = [sorted(s for s, versions in a.items() if migration.version not in versions) for a in applied]
+            run = MigrationRun(
+                version=migration.version,
+                name=migration.filename,
+                transactional=transactional,
+                applied=sum(len(t) for t in todo),
+                already=report.shards - sum(len(t) for t in todo),
+            )
+            report.runs.append(run)
+            if dry_run:
+                run.statements = statements
+                continue
+            t0 = time.perf_counter()
+            bar = _Progress(progress, migration.filename, run.applied)
+            work = [
+                (lambda stop, m=migrator, f=migration, s=shards, b=bar: m.apply(f, s, b.advance, stop))
+                for (migrator, _, _), shards in zip(migrators, todo, strict=True)
+                if shards
+            ]
+            if work:
+                _parallel(work)
+            for server, shards in zip(applied, todo, strict=True):
+                for shard in shards:
+                    server[shard].add(migration.version)
+            run.seconds = time.perf_counter() - t0
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def migration_status(targets: Sequence[Target], migrations: Sequence[Migration] | None) -> MigrationStatus:
+    """Versions (recorded on the servers, and in the directory if given) and the shards behind on each."""
+    targets = _by_database(targets)
+    names: dict[int, str] = {}
+    recorded: set[int] = set()
+    applied: dict[int, set[int]] = {}
+    for store, shards in targets:
+        migrator = migrator_of(store)
+        for version, (filename, _) in migrator.registry().items():
+            names.setdefault(version, filename)
+            recorded.add(version)
+        applied.update(migrator.applied(shards))
+    for migration in migrations or ():
+        names.setdefault(migration.version, migration.filename)
+    status = MigrationStatus(shards=len(applied))
+    for version in sorted(names):
+        behind = sorted(shard for shard, versions in applied.items() if version not in versions)
+        status.versions.append(
+            VersionStatus(
+                version=version,
+                name=names[version],
+                recorded=version in recorded,
+                applied=len(applied) - len(behind),
+                behind=behind,
+            )
+        )
+    return status
