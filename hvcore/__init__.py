@@ -10,6 +10,7 @@ from hvcore._generator import KeyGenerator
 from hvcore._key import Key, KeyLayout
 from hvcore._placement import MoveReport
 from hvcore._plugins import PluginRegistry, default_registry
+from hvcore._schemadefs import IndexInfo, IndexReport, IndexSpec, MigrationReport, MigrationStatus
 from hvcore._sequence import AsyncSequenceSource, SequenceSource
 from hvcore._shardmap import ShardMap
 from hvcore.errors import (
@@ -17,6 +18,7 @@ from hvcore.errors import (
     ConfigError,
     ConnectionMisuse,
     DuplicateKey,
+    DuplicateValue,
     HypervaultError,
     InvalidData,
     InvalidKey,
@@ -24,6 +26,7 @@ from hvcore.errors import (
     InvalidQuery,
     InvalidShard,
     LayoutExhausted,
+    MigrationError,
     MoveError,
     NotProvisioned,
     PluginError,
@@ -53,7 +56,11 @@ __all__ = [
     "ConnectionMisuse",
     "Datastore",
     "DuplicateKey",
+    "DuplicateValue",
     "HypervaultError",
+    "IndexInfo",
+    "IndexReport",
+    "IndexSpec",
     "InvalidData",
     "InvalidKey",
     "InvalidKind",
@@ -63,6 +70,9 @@ __all__ = [
     "KeyGenerator",
     "KeyLayout",
     "LayoutExhausted",
+    "MigrationError",
+    "MigrationReport",
+    "MigrationStatus",
     "MoveError",
     "MoveReport",
     "NotProvisioned",

@@ -23,6 +23,7 @@
     ├── ServerUnavailable (OSError)         a server cannot be reached (named without its password)
     ├── NotProvisioned (RuntimeError)       schemas or extensions missing: run ``hv init``
     ├── DuplicateKey (RuntimeError)         a key already stored (retried with a fresh key by ``put``)
+    ├── DuplicateValue (ValueError)         a body value a unique index of the shard already holds
     └── SequenceUnavailable (OSError)       the shared sequence source (Redis) cannot be reached in time
 """
 
@@ -33,6 +34,7 @@ __all__ = [
     "ConfigError",
     "ConnectionMisuse",
     "DuplicateKey",
+    "DuplicateValue",
     "HypervaultError",
     "InvalidData",
     "InvalidKey",
@@ -208,6 +210,15 @@ class NotProvisioned(HypervaultError, RuntimeError):
 
 class DuplicateKey(HypervaultError, RuntimeError):
     """A key that is already stored was inserted again."""
+
+    __module__ = "hvcore"
+
+
+class DuplicateValue(HypervaultError, ValueError):
+    """A write refused by a unique index: the shard already holds a record of that kind with that field value.
+
+    Unique secondary indexes (``create_index(..., unique=True)``) are unique within each shard. Nothing was written.
+    """
 
     __module__ = "hvcore"
 

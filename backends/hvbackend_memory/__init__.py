@@ -16,8 +16,16 @@ from typing import Any
 
 from hvcore._backend import BackendOptions, ProvisionReport, QuerySpec, Record, check_json, check_text, iter_fields
 from hvcore._key import Key
-from hvcore._schemadefs import IndexSpec
-from hvcore.errors import ConnectionMisuse, DuplicateKey, InvalidData, MigrationError, NotProvisioned, PoolTimeout
+from hvcore._schemadefs import IndexSpec, typed_value
+from hvcore.errors import (
+    ConnectionMisuse,
+    DuplicateKey,
+    DuplicateValue,
+    InvalidData,
+    MigrationError,
+    NotProvisioned,
+    PoolTimeout,
+)
 from hvcore.hookspecs import BackendRegistrar, hookimpl
 
 __all__ = [
@@ -234,6 +242,7 @@ class MemoryServerStore:
         with self._lock:
             if int(key) in table:
                 raise DuplicateKey(f"key {int(key)} already exists in shard {shard_id} on {self.label}")
+            MemoryIndexes(self).check_unique(shard_id, table, [record])
             table[int(key)] = record
         self._log("memory insert shard=%s id=%s kind=%s", shard_id, int(key), kind)
 
@@ -260,6 +269,7 @@ class MemoryServerStore:
             taken = [int(r.key) for r in records if int(r.key) in table]
             if taken or len({int(r.key) for r in records}) != len(records):
                 raise DuplicateKey(f"key(s) {taken[:5]} already exist in shard {shard_id} on {self.label}")
+            MemoryIndexes(self).check_unique(shard_id, table, records)
             for record in records:
                 table[int(record.key)] = record
         self._log("memory insert_many shard=%s rows=%s", shard_id, len(records))
@@ -283,7 +293,9 @@ class MemoryServerStore:
             if record is None:
                 return False
             new_body = {**record.data, **body} if merge else body
-            table[int(key)] = Record(record.key, record.kind, new_body)
+            updated = Record(record.key, record.kind, new_body)
+            MemoryIndexes(self).check_unique(shard_id, table, [updated])
+            table[int(key)] = updated
         self._log("memory update shard=%s id=%s merge=%s", shard_id, int(key), merge)
         return True
 
@@ -388,10 +400,29 @@ class MemoryIndexes:
                 break
             if shard in shards or self.server._auto_provision:
                 built = table[spec.name][1]
+                if spec.unique and shard not in built:
+                    self._check_existing(spec, shard)
                 counts["present" if shard in built else "built"] += 1
                 built.add(shard)
             progress(1)
         return counts
+
+    def _check_existing(self, spec: IndexSpec, shard: int) -> None:
+        values: set[Any] = set()
+        with self.server._lock:
+            records = list(self.server._shards().get(shard, {}).values())
+        for record in records:
+            value = typed_value(record.data.get(spec.field), spec.type, text_values=self.server.text_only)
+            if record.kind != spec.kind or value is None:
+                continue
+            if value in values:
+                raise MigrationError(
+                    f"building index {spec.name} (kind {spec.kind}, field {spec.field!r}, unique) failed in shard "
+                    f"{shard} on {self.server.label}: the value {value!r} is there twice",
+                    server=self.server.label,
+                    shard_id=shard,
+                )
+            values.add(value)
 
     def mark_dropping(self, spec: IndexSpec) -> None:
         """Record that ``spec`` is being dropped."""
@@ -425,6 +456,39 @@ class MemoryIndexes:
         shards = self.server._shards()
         live = [s for s in shard_ids if s in shards]
         return live, {name: ([s for s in live if s in built], []) for name, (_, built) in self._table().items()}
+
+    def check_unique(self, shard_id: int, table: Mapping[int, Record], records: Sequence[Record]) -> None:
+        """`DuplicateValue` if ``records`` (new, or replacing the stored ones of their keys) break a unique index
+        of ``shard_id``: two records of the index's kind with the same typed value (as on PostgreSQL)."""
+        with _SERVERS_LOCK:
+            uniques = [
+                spec
+                for spec, built in _INDEXES.get(self.server.name, {}).values()
+                if spec.unique and spec.state == "active" and shard_id in built
+            ]
+        text = self.server.text_only
+        for spec in uniques:
+            replaced = {int(r.key) for r in records}
+            seen = {
+                value
+                for key, stored in table.items()
+                if key not in replaced and stored.kind == spec.kind
+                for value in [typed_value(stored.data.get(spec.field), spec.type, text_values=text)]
+                if value is not None
+            }
+            for record in records:
+                if record.kind != spec.kind:
+                    continue
+                value = typed_value(record.data.get(spec.field), spec.type, text_values=text)
+                if value is None:
+                    continue
+                if value in seen:
+                    raise DuplicateValue(
+                        f"shard {shard_id} on {self.server.label} already holds a record with this value "
+                        f"({value!r}) under the unique index {spec.name}: nothing was written (unique indexes are "
+                        "unique within each shard)"
+                    )
+                seen.add(value)
 
     def provisioned(self, shard_ids: Sequence[int]) -> None:
         """New shards get every active index, as provisioning does on PostgreSQL."""

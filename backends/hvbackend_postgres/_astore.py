@@ -40,7 +40,7 @@ from hvbackend_postgres._common import (
     query_records,
     statement_text,
 )
-from hvbackend_postgres._indexes import PostgresIndexes
+from hvbackend_postgres._indexes import PostgresIndexes, unique_violation
 from hvbackend_postgres._migrate import PostgresMigrator, new_shard_ddl
 from hvbackend_postgres._move import PostgresMover
 from hvbackend_postgres._schema import (
@@ -420,8 +420,8 @@ class AsyncPostgresServerStore(StoreCore):
         statements = self._sql.get(shard_id) or await self._shard_sql(shard_id)
         try:
             await self._run(shard_id, statements.insert, self._insert_params(key, kind, data), write=True)
-        except pg_errors.UniqueViolation:
-            raise self._duplicate(shard_id, key) from None
+        except pg_errors.UniqueViolation as exc:  # the key, or a unique secondary index (_indexes)
+            raise unique_violation(exc, shard_id, self._label) or self._duplicate(shard_id, key) from None
 
     async def fetch(self, shard_id: int, key: Key) -> Record | None:
         """The entity stored under ``key``, or None."""
@@ -463,8 +463,8 @@ class AsyncPostgresServerStore(StoreCore):
 
         try:
             await self._with_conn(shard_id, op, committed=True)
-        except pg_errors.UniqueViolation:
-            raise self._duplicate_batch(shard_id, len(rows)) from None
+        except pg_errors.UniqueViolation as exc:  # a key, or a unique secondary index (_indexes)
+            raise unique_violation(exc, shard_id, self._label) or self._duplicate_batch(shard_id, len(rows)) from None
 
     async def fetch_many(self, items: Sequence[tuple[int, Key]]) -> list[Record]:
         """Records stored under these (shard, key) pairs, in one round trip; missing keys are left out."""
@@ -485,7 +485,10 @@ class AsyncPostgresServerStore(StoreCore):
         async def op(conn: AConn) -> bool:
             return (await conn.execute(query, params)).rowcount > 0
 
-        return await self._with_conn(shard_id, op)
+        try:
+            return await self._with_conn(shard_id, op)
+        except pg_errors.UniqueViolation as exc:  # a unique secondary index (_indexes)
+            raise unique_violation(exc, shard_id, self._label) or exc from None
 
     async def delete(self, shard_id: int, key: Key) -> bool:
         """Delete one entity; False if the key is not stored."""

@@ -31,9 +31,9 @@ from psycopg import sql
 
 from hvbackend_postgres._common import ADVISORY_LOCK, HSTORE_SCHEMA_SQL
 from hvbackend_postgres._indexsql import field_expr, index_ddl
-from hvbackend_postgres._schema import TABLE, shard_schema
+from hvbackend_postgres._schema import PKEY_INDEX, TABLE, shard_schema
 from hvcore._schemadefs import TIMESTAMP_PATTERN, IndexSpec
-from hvcore.errors import MigrationError
+from hvcore.errors import DuplicateValue, MigrationError
 
 __all__ = [
     "META_LOCK",
@@ -50,6 +50,7 @@ __all__ = [
     "live_shards",
     "recorded_indexes",
     "schema_lock",
+    "unique_violation",
 ]
 
 META_LOCK = 0x68765F6D657461  # "hv_meta", the key _move uses too: one session creates the hypervault schema at once
@@ -134,6 +135,19 @@ def recorded_indexes(conn: Conn) -> list[IndexSpec]:
         return []
     rows = conn.execute("SELECT kind, field, type, is_unique, state FROM hypervault.indexes ORDER BY name").fetchall()
     return [IndexSpec(kind=r[0], field=r[1], type=r[2], unique=r[3], state=r[4]) for r in rows]
+
+
+def unique_violation(exc: psycopg.Error, shard_id: int, label: str) -> DuplicateValue | None:
+    """The `DuplicateValue` for a unique violation of a secondary index (None for the primary key: a key taken)."""
+    constraint = exc.diag.constraint_name
+    if constraint is None or constraint == PKEY_INDEX:
+        return None
+    detail = exc.diag.message_detail or ""
+    value = detail.rsplit(")=(", 1)[-1].removesuffix(") already exists.") if ")=(" in detail else "?"
+    return DuplicateValue(
+        f"shard {shard_id} on {label} already holds a record with this value ({value!r}) under the unique index "
+        f"{constraint}: nothing was written (unique indexes are unique within each shard)"
+    )
 
 
 def _holder(conn: Conn, key: int) -> str:

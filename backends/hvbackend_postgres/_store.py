@@ -37,7 +37,7 @@ from hvbackend_postgres._common import (
     query_records,
     statement_text,
 )
-from hvbackend_postgres._indexes import PostgresIndexes
+from hvbackend_postgres._indexes import PostgresIndexes, unique_violation
 from hvbackend_postgres._migrate import PostgresMigrator, new_shard_ddl
 from hvbackend_postgres._move import PostgresMover
 from hvbackend_postgres._schema import (
@@ -405,8 +405,8 @@ class PostgresServerStore(StoreCore):
         statements = self._sql.get(shard_id) or self._shard_sql(shard_id)
         try:
             self._run(shard_id, statements.insert, self._insert_params(key, kind, data), write=True)
-        except pg_errors.UniqueViolation:
-            raise self._duplicate(shard_id, key) from None
+        except pg_errors.UniqueViolation as exc:  # the key, or a unique secondary index (_indexes)
+            raise unique_violation(exc, shard_id, self._label) or self._duplicate(shard_id, key) from None
 
     def fetch(self, shard_id: int, key: Key) -> Record | None:
         """The entity stored under ``key``, or None."""
@@ -448,8 +448,8 @@ class PostgresServerStore(StoreCore):
 
         try:
             self._with_conn(shard_id, op, committed=True)
-        except pg_errors.UniqueViolation:
-            raise self._duplicate_batch(shard_id, len(rows)) from None
+        except pg_errors.UniqueViolation as exc:  # a key, or a unique secondary index (_indexes)
+            raise unique_violation(exc, shard_id, self._label) or self._duplicate_batch(shard_id, len(rows)) from None
 
     def fetch_many(self, items: Sequence[tuple[int, Key]]) -> list[Record]:
         """Records stored under these (shard, key) pairs, in one round trip; missing keys are left out."""
@@ -470,7 +470,10 @@ class PostgresServerStore(StoreCore):
         def op(conn: Conn) -> bool:
             return conn.execute(query, params).rowcount > 0
 
-        return self._with_conn(shard_id, op)
+        try:
+            return self._with_conn(shard_id, op)
+        except pg_errors.UniqueViolation as exc:  # a unique secondary index (_indexes)
+            raise unique_violation(exc, shard_id, self._label) or exc from None
 
     def delete(self, shard_id: int, key: Key) -> bool:
         """Delete one entity; False if the key is not stored."""

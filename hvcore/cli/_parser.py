@@ -11,7 +11,9 @@ from collections.abc import Callable, Sequence
 from typing import TextIO
 
 from hvcore.cli._cmd_demo import cmd_demo
+from hvcore.cli._cmd_index import cmd_index_create, cmd_index_drop, cmd_index_list
 from hvcore.cli._cmd_keys import cmd_key_decode, cmd_key_new
+from hvcore.cli._cmd_migrate import cmd_migrate
 from hvcore.cli._cmd_plugins import cmd_plugins
 from hvcore.cli._cmd_shards import cmd_shard_export, cmd_shard_move, cmd_shard_plan
 from hvcore.cli._cmd_store import cmd_config_show, cmd_init, cmd_status
@@ -179,4 +181,73 @@ def build_parser() -> argparse.ArgumentParser:
         "port and dbname are read as libpq reads them (separate keys, a conninfo string or URL); never a password.",
     )
     export.add_argument("--format", choices=["citus", "pgdog", "json"], default="json", help="output format")
+    _add_schema_commands(sub, add, config, json_out)
     return parser
+
+
+def _add_schema_commands(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    add: Callable[..., argparse.ArgumentParser],
+    config: argparse.ArgumentParser,
+    json_out: argparse.ArgumentParser,
+) -> None:
+    """``hv index create|drop|list`` and ``hv migrate``."""
+    from hvcore._schemadefs import INDEX_TYPES
+
+    index = sub.add_parser(
+        "index",
+        help="secondary indexes on body fields",
+        description="Index a body field of one kind in every shard of every server, drop or list such indexes.",
+    )
+    index_sub = index.add_subparsers(dest="index_command", required=True, metavar="ACTION")
+    create = add(
+        index_sub,
+        "create",
+        cmd_index_create,
+        "index a body field of one kind in every shard (online, resumable)",
+        [json_out, config],
+        "Build a partial expression index (WHERE kind = K) on the body field in every shard of every server, with "
+        "CREATE INDEX CONCURRENTLY one shard at a time (writes go on). The definition is recorded on every server "
+        "first, so shards provisioned or moved later get it. Run it again after an interruption: valid indexes are "
+        "kept, INVALID ones (an interrupted build) rebuilt. query(kind=K, where={F: {'>=': a}}) then uses it.",
+    )
+    for p in (create,):
+        p.add_argument("--kind", type=int, required=True, help="the kind (0..32767)")
+        p.add_argument("--field", required=True, help="the top-level body field")
+    create.add_argument("--type", choices=INDEX_TYPES, default="text", help="how values compare (default text)")
+    create.add_argument("--unique", action="store_true", help="unique among the kind's records of each shard")
+    drop = add(
+        index_sub,
+        "drop",
+        cmd_index_drop,
+        "drop a secondary index from every shard (online, resumable)",
+        [json_out, config],
+    )
+    drop.add_argument("--kind", type=int, required=True, help="the kind (0..32767)")
+    drop.add_argument("--field", required=True, help="the indexed body field")
+    add(
+        index_sub,
+        "list",
+        cmd_index_list,
+        "recorded indexes and the shards that have them",
+        [json_out, config],
+        "List the recorded secondary indexes with the shards that have each one valid, INVALID (an interrupted "
+        "build) or not at all. Exits 1 when an index is not complete (0 with --json).",
+    )
+    migrate = add(
+        sub,
+        "migrate",
+        cmd_migrate,
+        "apply numbered SQL migration files to every shard",
+        [json_out, config],
+        "Apply the files NNNN_name.sql of DIR, in version order, to every shard of every server that lacks them: "
+        "each file in its own transaction per shard, with the shard's schema first on the search path, recorded in "
+        "that shard's version table. Idempotent and resumable; --dry-run shows what would run; --status shows the "
+        "versions and the shards behind (exit 1 when some are, 0 with --json).",
+    )
+    migrate.add_argument("directory", nargs="?", metavar="DIR", help="the migrations directory")
+    migrate.add_argument("--dry-run", action="store_true", help="show what would run; change nothing")
+    migrate.add_argument("--status", action="store_true", help="show versions and the shards behind")
+    migrate.add_argument(
+        "--wait", type=float, default=0.0, help="seconds to wait for another migrator to finish (default 0: refuse)"
+    )
