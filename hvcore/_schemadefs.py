@@ -144,7 +144,8 @@ def typed_value(raw: object, type_name: str, *, text_values: bool) -> Any:
     number, text strings, boolean booleans. timestamptz takes ISO 8601 strings with an explicit offset
     (``datetime.isoformat()`` of an aware datetime, or ``Z``), to the microsecond. Comparable results: int,
     Decimal (exact, from the number's shortest repr), str (code-point order: the server compares with
-    ``COLLATE "C"``), aware datetime, bool.
+    ``COLLATE "C"``), aware datetime, bool. ``tests/backends/test_indexes_pg.py`` checks these rules against the
+    server's expressions value by value.
     """
     if raw is None:
         return None
@@ -172,7 +173,12 @@ def typed_value(raw: object, type_name: str, *, text_values: bool) -> Any:
     if isinstance(raw, bool) or not isinstance(raw, int | float):
         return None
     if type_name == "numeric":
-        return Decimal(raw) if isinstance(raw, int) else Decimal(repr(raw))
+        if isinstance(raw, int):
+            return Decimal(raw)
+        # as the jsonb backend stores a float: its shortest repr, or, when that has an exponent (1e+300), the
+        # float's exact integer value (hvbackend_postgres._common.dump_json keeps such floats floats that way)
+        text = repr(raw)
+        return Decimal(int(raw)) if "e+" in text else Decimal(text)
     if type_name == "bigint":
         if isinstance(raw, float):
             if not math.isfinite(raw) or not raw.is_integer():

@@ -28,8 +28,7 @@ def test_every_module_and_public_name_has_a_docstring() -> None:
     for package_name in packages:
         package = importlib.import_module(package_name)
         modules = [package] + [
-            importlib.import_module(f"{package_name}.{info.name}")
-            for info in pkgutil.iter_modules(package.__path__)
+            importlib.import_module(f"{package_name}.{info.name}") for info in pkgutil.iter_modules(package.__path__)
         ]
         for module in modules:
             if not (module.__doc__ or "").strip():

@@ -1281,9 +1281,7 @@ def test_the_options_are_listed_once_and_the_url_parser_knows_each() -> None:
     """The constructor's keywords are the options; `_configure` and the URL's table must name the same ones."""
     from hvplugin_redis._common import RedisSequenceBase
 
-    keywords = {
-        p.name for p in inspect.signature(AsyncRedisSequence).parameters.values() if p.kind is p.KEYWORD_ONLY
-    }
+    keywords = {p.name for p in inspect.signature(AsyncRedisSequence).parameters.values() if p.kind is p.KEYWORD_ONLY}
     configure = set(inspect.signature(RedisSequenceBase._configure).parameters) - {"self"}
     assert keywords == configure
     assert set(SOURCE_OPTIONS) == keywords - {"layout"}  # a layout is not something a URL can say
