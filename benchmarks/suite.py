@@ -1,6 +1,6 @@
 """The hypervault benchmark suite: every part in one run, on one machine and one set of servers, as ratios.
 
-Usage: ``python benchmarks/suite.py [--quick] [--parts keys,redis,datastore,batches,peers,scaling] [--output DIR]
+Usage: ``python benchmarks/suite.py [--quick] [--parts keys,redis,datastore,batches,peers,scaling,schema] [--output DIR]
 [--json PATH] [--png PATH]``, from a source checkout (the benchmarks are not installed with the package; there is
 no ``hv bench``). A full run writes ``benchmarks/results/latest.{json,md,png}`` (the committed results the README
 shows); a ``--quick`` run writes ``bench-results/quick/`` (ignored by git) unless ``--output``, ``--json`` or
@@ -42,7 +42,7 @@ for extra in (str(ROOT / "backends"), str(ROOT / "plugins"), str(ROOT / "tests")
     if extra not in sys.path:
         sys.path.insert(0, extra)
 
-PARTS = ("keys", "redis", "datastore", "batches", "peers", "scaling")
+PARTS = ("keys", "redis", "datastore", "batches", "peers", "scaling", "schema")
 RESULTS = HERE / "results"  # the committed results: written by full runs only, unless asked
 QUICK_RESULTS = ROOT / "bench-results" / "quick"  # where --quick writes by default (git ignores bench-results/)
 LIBRARIES = (
@@ -538,6 +538,76 @@ def rows_scaling(r: dict[str, Any]) -> list[Row]:
     return out
 
 
+def rows_schema(r: dict[str, Any]) -> list[Row]:
+    """bench_schema.py: a query on an indexed field vs the GIN where path; a range with vs without the index; what
+    the index costs writes; hv migrate over thousands of shards vs provisioning them, and its re-run."""
+    q, m = r["queries"], r["migrate"]
+    rows = f"{q['rows']:,} rows"
+    out = [
+        row(
+            "schema",
+            f"query by an indexed field, {rows}",
+            q["eq_indexed_ms"],
+            "same query, GIN where path",
+            q["eq_gin_ms"],
+            "ms",
+            "where={'user_id': x}, 10 rows per id, 16 shards on 2 servers: a bigint index vs body @> (jsonb_path_ops)",
+            lower_is_better=True,
+        ),
+        row(
+            "schema",
+            f"range on an indexed field, {rows}",
+            q["range_indexed_ms"],
+            "same SQL without the index",
+            q["range_scan_ms"],
+            "ms",
+            "where={'age': {'>=': a, '<': a + 1}} (1 % of rows); the GIN index cannot answer ranges",
+            lower_is_better=True,
+        ),
+        row(
+            "schema",
+            "put_many 1000 rows, 2 indexes",
+            q["put_many_indexed_us_per_row"],
+            "same without them",
+            q["put_many_plain_us_per_row"],
+            "µs/row",
+            "what two secondary btree indexes cost each written row (index upkeep, like any index)",
+            lower_is_better=True,
+        ),
+        row(
+            "schema",
+            "put, 2 indexes",
+            q["put_indexed_us"],
+            "same without them",
+            q["put_plain_us"],
+            "µs/op",
+            "one autocommitted insert: index upkeep is small next to the round trip and commit",
+            lower_is_better=True,
+        ),
+        row(
+            "schema",
+            f"hv migrate, {m['shards']} shards, 2 servers",
+            m["migrate_s"],
+            "provisioning them",
+            m["provision_s"],
+            "s",
+            "one-statement file, one transaction per shard, the command in a new process (goal ≤ 30 s)",
+            lower_is_better=True,
+        ),
+        row(
+            "schema",
+            f"hv migrate re-run, {m['shards']} shards",
+            m["rerun_s"],
+            "the first run",
+            m["migrate_s"],
+            "s",
+            "nothing left to apply: one catalog read per server, plus process start (goal ≤ 2 s)",
+            lower_is_better=True,
+        ),
+    ]
+    return out
+
+
 NORMALISERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "keys": rows_keys,
     "redis": rows_redis,
@@ -545,6 +615,7 @@ NORMALISERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "batches": rows_batches,
     "peers": rows_peers,
     "scaling": rows_scaling,
+    "schema": rows_schema,
 }
 
 

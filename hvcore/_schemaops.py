@@ -85,6 +85,7 @@ class _Progress:
         self.label = label
         self.total = total
         self.done = 0
+        self.broken = threading.Event()  # the callback raised (a Ctrl-C, say): every server stops after its shard
         self._lock = threading.Lock()
         if callback is not None:
             callback(label, 0, total)
@@ -93,7 +94,15 @@ class _Progress:
         with self._lock:
             self.done += count
             if self.callback is not None:
-                self.callback(self.label, self.done, self.total)
+                try:
+                    self.callback(self.label, self.done, self.total)
+                except BaseException:
+                    self.broken.set()
+                    raise
+
+    def stopper(self, stop: Callable[[], bool]) -> Callable[[], bool]:
+        """``stop`` or the callback raised."""
+        return lambda: stop() or self.broken.is_set()
 
 
 def _parallel(work: Sequence[Callable[[Callable[[], bool]], _T]]) -> list[_T]:
@@ -154,7 +163,7 @@ def create_index(targets: Sequence[Target], spec: IndexSpec, progress: SchemaPro
     report = IndexReport(index=spec, shards=sum(len(shards) for _, shards in targets))
     bar = _Progress(progress, spec.name, report.shards)
     work = [
-        (lambda stop, b=builder, s=shards: b.build(spec, s, bar.advance, stop))
+        (lambda stop, b=builder, s=shards: b.build(spec, s, bar.advance, bar.stopper(stop)))
         for (builder, _), (_, shards) in zip(builders, targets, strict=True)
     ]
     for counts in _parallel(work):
@@ -188,7 +197,7 @@ def drop_index(targets: Sequence[Target], kind: int, name: str, progress: Schema
     report = IndexReport(index=spec, shards=sum(len(shards) for _, shards in targets))
     bar = _Progress(progress, spec.name, report.shards)
     work = [
-        (lambda stop, b=builder, s=shards: b.drop(spec, s, bar.advance, stop))
+        (lambda stop, b=builder, s=shards: b.drop(spec, s, bar.advance, bar.stopper(stop)))
         for (builder, _), (_, shards) in zip(builders, targets, strict=True)
     ]
     report.dropped = sum(_parallel(work))
@@ -335,7 +344,12 @@ def migrate(
                 withdrawn = sorted(set(registry) - wanted)
                 if withdrawn:
                     migrator.forget(withdrawn)
-                migrator.record(migrations)
+                changed = [m for m in migrations if registry.get(m.version) != (m.filename, m.checksum)]
+                if changed:
+                    migrator.record(changed)
+            # read again: a shard provisioned while the records were written has them from its provisioning
+            applied = [migrator.applied(shards) for migrator, _, shards in migrators]
+            report.shards = sum(len(a) for a in applied)
         for migration, (transactional, statements) in zip(migrations, parsed, strict=True):
             todo = [sorted(s for s, versions in a.items() if migration.version not in versions) for a in applied]
             run = MigrationRun(
@@ -352,7 +366,7 @@ def migrate(
             t0 = time.perf_counter()
             bar = _Progress(progress, migration.filename, run.applied)
             work = [
-                (lambda stop, m=migrator, f=migration, s=shards, b=bar: m.apply(f, s, b.advance, stop))
+                (lambda stop, m=migrator, f=migration, s=shards, b=bar: m.apply(f, s, b.advance, b.stopper(stop)))
                 for (migrator, _, _), shards in zip(migrators, todo, strict=True)
                 if shards
             ]

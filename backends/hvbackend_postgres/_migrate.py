@@ -20,8 +20,8 @@ provisioning transaction (``CONCURRENTLY`` removed: the table is new), and a sha
 schema holds into the shard's schema at the switch, and carries the version rows. Moves copy ``entities (id, kind,
 body)`` only, so `check_movable` refuses a shard whose schema holds other data.
 
-This is also the per-shard execution a transaction API can reuse: `shard_search_path` is the ``SET LOCAL`` that
-binds a transaction to a shard (it works through PgBouncer's transaction mode, where session state does not).
+The binding of a transaction to a shard (``SET LOCAL search_path``) is ``_shardtx``, for a transaction API to
+reuse.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ from hvbackend_postgres._indexes import (
     schema_lock,
 )
 from hvbackend_postgres._schema import TABLE, shard_schema
+from hvbackend_postgres._shardtx import shard_search_path, shard_transaction
 from hvcore._schemadefs import Migration
 from hvcore.errors import MigrationError, MoveError
 
@@ -62,7 +63,6 @@ __all__ = [
     "check_movable",
     "new_shard_ddl",
     "plan_migration",
-    "shard_search_path",
 ]
 
 _OUTSIDE = "cannot run in a transaction"
@@ -177,15 +177,6 @@ def plan_migration(migration: Migration) -> MigrationPlan:
     return _plan(migration.filename, migration.sql)
 
 
-def shard_search_path(shard_id: int, ext: str | None, *, local: bool = True) -> sql.Composed:
-    """``SET LOCAL search_path`` to a shard's schema, then the extension's (``SET`` for the session if not local)."""
-    return sql.SQL("SET {local}search_path = {schema}, {ext}").format(
-        local=sql.SQL("LOCAL " if local else ""),
-        schema=sql.Identifier(shard_schema(shard_id)),
-        ext=sql.Identifier(ext or "public"),
-    )
-
-
 def _version_row(shard_id: int, version: int) -> sql.Composed:
     return sql.SQL("INSERT INTO hypervault.shard_versions (shard, version) VALUES ({}, {})").format(
         sql.Literal(shard_id), sql.Literal(version)
@@ -235,12 +226,17 @@ class PostgresMigrator:
 
     def __init__(self, store: SchemaEndpoint) -> None:
         self.store = store
+        self._held: tuple[Conn, int] | None = None  # the lock's session and its thread: reused for the bookkeeping
 
     def __repr__(self) -> str:
         return f"<PostgresMigrator {self.store.label}>"
 
     @contextlib.contextmanager
     def _conn(self) -> Iterator[Conn]:
+        held = self._held
+        if held is not None and held[1] == threading.get_ident():
+            yield held[0]
+            return
         conn = admin_connection(self.store)
         try:
             yield conn
@@ -257,8 +253,12 @@ class PostgresMigrator:
 
         @contextlib.contextmanager
         def held() -> Iterator[None]:
-            with schema_lock(self.store, wait):
-                yield
+            with schema_lock(self.store, wait) as conn:
+                self._held = (conn, threading.get_ident())
+                try:
+                    yield
+                finally:
+                    self._held = None
 
         return held()
 
@@ -359,18 +359,18 @@ class PostgresMigrator:
     ) -> MigrationError:
         """Find which statement fails (again one by one, rolled back) and describe the failure."""
         failing: tuple[int, PlannedStatement, psycopg.Error] | None = None
-        with contextlib.suppress(psycopg.Error):
-            conn.execute("BEGIN")
-            try:
-                conn.execute(shard_search_path(shard, ext))
-                for number, statement in enumerate(plan.statements, 1):
-                    try:
-                        conn.execute(sql.SQL(statement.text))
-                    except psycopg.Error as again:
-                        failing = (number, statement, again)
-                        break
-            finally:
-                self._rollback(conn)
+
+        class _Undo(Exception):
+            """Leaves the diagnosing transaction rolled back."""
+
+        with contextlib.suppress(_Undo, psycopg.Error), shard_transaction(conn, shard, ext):
+            for number, statement in enumerate(plan.statements, 1):
+                try:
+                    conn.execute(sql.SQL(statement.text))
+                except psycopg.Error as again:
+                    failing = (number, statement, again)
+                    break
+            raise _Undo
         if failing is None:
             where, statement_text, error = "", None, exc
         else:
