@@ -209,7 +209,8 @@ def main() -> None:
         f"({q['range_scan_ms'] / q['range_indexed_ms']:.2f}×)"
     )
     print(
-        f"put_many: {q['put_many_indexed_us_per_row']:.2f} µs/row indexed | {q['put_many_plain_us_per_row']:.2f} plain; "
+        f"put_many: {q['put_many_indexed_us_per_row']:.2f} µs/row indexed | "
+        f"{q['put_many_plain_us_per_row']:.2f} plain; "
         f"put: {q['put_indexed_us']:.0f} µs indexed | {q['put_plain_us']:.0f} µs plain"
     )
     print(

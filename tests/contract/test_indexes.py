@@ -206,3 +206,12 @@ def test_a_unique_index_over_duplicates_fails_naming_the_shard(db: hvcore.Datast
     assert failure.value.shard_id == 5
     [info] = db.list_indexes()
     assert 5 in info.missing and not info.invalid  # the failed build left nothing behind
+
+
+def test_the_memory_backend_runs_no_migrations(tmp_path: Any) -> None:
+    (tmp_path / "0001_a.sql").write_text("SELECT 1")
+    with hvcore.Datastore([dict(shards="0-4")], backend="memory") as db:
+        with pytest.raises(MigrationError, match="cannot run SQL migrations"):
+            db.migrate(tmp_path)
+        with pytest.raises(MigrationError, match="does not exist"):
+            db.migrate(tmp_path / "nope")
