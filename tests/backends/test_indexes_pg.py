@@ -310,3 +310,19 @@ def test_hv_index_commands(setup: SchemaSetup, tmp_path: Path, capsys: pytest.Ca
     assert _cli.main(["index", "drop", "--kind", str(KIND), "--field", "age", "--config", config]) == 0
     assert "from 16 shards" in capsys.readouterr().out
     assert setup.index_states(IndexSpec(kind=KIND, field="age", type="bigint").name) == {}
+
+
+@pytest.mark.parametrize("field", ["x'); DROP TABLE canary; --", 'a"b', "\\'; SELECT pg_sleep(5); --", "é ñ $$ $hv$"])
+def test_field_names_in_index_expressions_are_inert(setup: SchemaSetup, field: str) -> None:
+    """The field name is part of the index's expression (as a psycopg.sql.Literal): hostile names stay data."""
+    with setup.conn(0) as conn:
+        conn.execute("CREATE TABLE canary (x int); INSERT INTO canary VALUES (1)")
+    db = setup.datastore()
+    value = "5" if setup.backend == "hstore" else 5
+    key = db.put(1, KIND, **{field: value})
+    db.create_index(KIND, field, type="bigint")
+    assert [r.key for r in db.query(kind=KIND, where={field: {">=": 5, "<": 6}})] == [key]
+    assert [r.key for r in db.query(kind=KIND, where={field: value})] == [key]
+    db.drop_index(KIND, field)
+    with setup.conn(0) as conn:
+        assert conn.execute("SELECT count(*) FROM canary").fetchone() == (1,)
