@@ -15,9 +15,11 @@ transaction control (``BEGIN``/``COMMIT``: each file already runs in its own tra
 
 Migrations are recorded per server in ``hypervault.migrations`` (file name, checksum, text), versions per shard in
 ``hypervault.shard_versions``. Provisioning a shard (`new_shard_ddl`) applies every recorded migration in the
-provisioning transaction (``CONCURRENTLY`` removed: the table is new), and a shard move (`carry_schema`,
-`adopt_staging`) replays the shard's migrations on the target's staging copy, moves every object the staging
-schema holds into the shard's schema at the switch, and carries the version rows. Moves copy ``entities (id, kind,
+provisioning transaction (``CONCURRENTLY`` removed: the table is new). A shard move replays the shard's migrations
+on the target's staging table while it is still empty (`replay_migrations`: the copy then brings rows the
+migrations already changed, so a data migration never runs twice on them), builds the recorded indexes with the
+mover's own (`carry_indexes`), and at the switch moves every object of the staging schema into the shard's schema
+and carries the version rows (`adopt_staging`). Moves copy ``entities (id, kind,
 body)`` only, so `check_movable` refuses a shard whose schema holds other data.
 
 The binding of a transaction to a shard (``SET LOCAL search_path``) is ``_shardtx``, for a transaction API to
@@ -59,10 +61,11 @@ __all__ = [
     "PlannedStatement",
     "PostgresMigrator",
     "adopt_staging",
-    "carry_schema",
+    "carry_indexes",
     "check_movable",
     "new_shard_ddl",
     "plan_migration",
+    "replay_migrations",
 ]
 
 _OUTSIDE = "cannot run in a transaction"
@@ -540,31 +543,51 @@ def _upsert_records(ctl: Conn, dst: Conn) -> tuple[list[Any], list[Migration]]:
     return indexes, registry
 
 
-def carry_schema(ctl: Conn, dst: Conn, shard_id: int, staging: str, backend: str) -> sql.Composable:
-    """After the bulk copy, what the staging table on the target needs: the shard's migrations (replayed with the
-    staging schema first on the search path) and the recorded indexes, as SQL run with the mover's own indexes.
+def _hstore_schema(dst: Conn, backend: str) -> str | None:
+    if backend != "hstore":
+        return None
+    row = dst.execute(
+        "SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'hstore'"
+    ).fetchone()
+    return str(row[0]) if row else "public"
 
-    The source's records (index definitions, migrations) are copied to the target first, so the target's later
-    provisioning knows them too.
-    """
-    indexes, registry = _upsert_records(ctl, dst)
+
+_REPLAYED = "hypervault: migrations replayed"  # the staging schema's comment once they are
+
+
+def replay_migrations(ctl: Conn, dst: Conn, shard_id: int, staging: str, backend: str) -> None:
+    """In the target's transaction that creates the staging table: copy the source's records (index definitions,
+    migrations) to the target, and replay the shard's migrations once, with the staging schema first on the search
+    path, while its entities table is still empty — the copy then brings the rows, which the migrations already
+    changed on the source (a data migration is not applied twice)."""
+    _upsert_records(ctl, dst)
+    comment = dst.execute("SELECT obj_description(to_regnamespace(%s), 'pg_namespace')", (staging,)).fetchone()
+    if comment is not None and comment[0] == _REPLAYED:
+        return  # a resumed move: replayed when the staging table was made
     versions = _versions(ctl, [shard_id]).get(shard_id, set())
-    ext: str | None = None
-    if backend == "hstore":
-        row = dst.execute(
-            "SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace "
-            "WHERE e.extname = 'hstore'"
-        ).fetchone()
-        ext = str(row[0]) if row else "public"
-    parts: list[sql.Composable] = []
-    replayed = [plan_migration(m) for m in registry if m.version in versions]
+    replayed = [plan_migration(m) for m in _registry(ctl) if m.version in versions]
     if replayed:
-        parts.append(
+        ext = _hstore_schema(dst, backend)
+        dst.execute(
             sql.SQL("SET LOCAL search_path = {}, {}").format(sql.Identifier(staging), sql.Identifier(ext or "public"))
         )
-        parts += [sql.SQL(s.in_transaction) for plan in replayed for s in plan.statements if s.in_transaction]
-    parts += [index_ddl(spec, staging, ext, concurrently=False) for spec in indexes]
-    return sql.SQL("").join(sql.SQL("{}\n;").format(p) for p in parts)
+        for plan in replayed:
+            for statement in plan.statements:
+                if statement.in_transaction is not None:
+                    dst.execute(sql.SQL(statement.in_transaction))
+        dst.execute("RESET search_path")
+    dst.execute(sql.SQL("COMMENT ON SCHEMA {} IS {}").format(sql.Identifier(staging), sql.Literal(_REPLAYED)))
+
+
+def carry_indexes(ctl: Conn, dst: Conn, staging: str, backend: str) -> sql.Composable:
+    """The recorded secondary indexes as DDL for the staging table, run with the mover's own indexes after the copy."""
+    indexes = [spec for spec in recorded_indexes(ctl) if spec.state == "active"]
+    if not indexes:
+        return sql.SQL("")
+    ext = _hstore_schema(dst, backend)
+    return sql.SQL("").join(
+        sql.SQL("{}\n;").format(index_ddl(spec, staging, ext, concurrently=False)) for spec in indexes
+    )
 
 
 def _relations(conn: Conn, schema: str) -> list[tuple[str, str, int]]:

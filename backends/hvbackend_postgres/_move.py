@@ -44,7 +44,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg import sql
 
-from hvbackend_postgres._migrate import adopt_staging, carry_schema, check_movable
+from hvbackend_postgres._migrate import adopt_staging, carry_indexes, check_movable, replay_migrations
 from hvbackend_postgres._schema import BODY_INDEX, KIND_INDEX, PKEY_INDEX, TABLE, drop_stub_sql, shard_schema, stub_sql
 from hvcore._placement import MoveProgress, MoveReport
 from hvcore.errors import MoveError
@@ -366,6 +366,8 @@ class PostgresMover:
                     "kind smallint NOT NULL, body {body} NOT NULL)"
                 ).format(s=dst_schema, t=sql.Identifier(TABLE), body=body_type)
             )
+            # the shard's migrations, replayed once on the empty staging table: the copy brings the data (_migrate)
+            replay_migrations(ctl, dst, shard_id, _dst_schema(shard_id), self.store.backend)
 
     @staticmethod
     def _staging_indexed(dst: Conn, shard_id: int) -> bool:
@@ -428,8 +430,8 @@ class PostgresMover:
             indexes += sql.SQL("CREATE INDEX {} ON {}.{} USING gin (body jsonb_path_ops);").format(
                 sql.Identifier(BODY_INDEX), schema, sql.Identifier(TABLE)
             )
-        # the shard's migrations and the recorded secondary indexes, in the same transaction (_migrate)
-        indexes += carry_schema(ctl, dst, shard_id, _dst_schema(shard_id), self.store.backend)
+        # the recorded secondary indexes, built with the mover's own (_migrate)
+        indexes += carry_indexes(ctl, dst, _dst_schema(shard_id), self.store.backend)
         dst.execute(indexes)
         report.copy_seconds = time.perf_counter() - t0
 

@@ -464,3 +464,38 @@ def test_async_migrate_and_status(setup: SchemaSetup, tmp_path: Path) -> None:
 
     report, status = asyncio.run(main())
     assert report.applied == 16 and status.up_to_date
+
+
+def test_a_moved_shard_is_not_migrated_twice_and_an_interrupted_move_resumes(pg_cluster: Any, tmp_path: Path) -> None:
+    """A data migration is replayed on the target's empty staging table, so the copied rows keep the value the
+    source's migration gave them; a move interrupted after the replay resumes without replaying again."""
+    setup = SchemaSetup(pg_cluster, "jsonb")
+    try:
+        db = setup.datastore()
+        keys = db.put_many(3, 1, [{"n": i} for i in range(20)])
+        folder = write(
+            tmp_path / "m",
+            {
+                "0001_bump.sql": "UPDATE entities SET body = "
+                "jsonb_set(body, '{n}', to_jsonb((body ->> 'n')::int + 100));\nCREATE TABLE notes (id bigint);",
+            },
+        )
+        db.migrate(folder)
+
+        def stop_in_copy(phase: str, done: int, total: int) -> None:
+            if phase == "copy":
+                raise KeyboardInterrupt  # after prepare (and its replay) committed on the target
+
+        with pytest.raises(KeyboardInterrupt):
+            db.move_shard(3, 1, progress=stop_in_copy)
+        assert db.move_state(3) is not None
+        report = db.move_shard(3, 1)  # resumes: the staging schema was replayed already
+        assert report.resumed_from is not None and report.rows == 20
+        fresh = setup.datastore()
+        assert sorted(r.data["n"] for r in fresh.get_many(keys).values()) == list(range(100, 120))
+        assert fresh.migration_status(folder).up_to_date
+        with fresh.cursor(3) as cur:
+            cur.execute("SELECT count(*) AS n FROM notes")
+            assert cur.fetchone() == {"n": 0}
+    finally:
+        setup.close()
