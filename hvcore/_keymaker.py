@@ -10,7 +10,27 @@ from typing import TYPE_CHECKING, Any, TypeVar
 if TYPE_CHECKING:
     from hvcore._key import Key
 
-__all__ = ["ACCELERATED", "make_key", "make_keys", "next_local", "shared_next", "table_reserve"]
+__all__ = [
+    "ACCELERATED",
+    "HOT_MS",
+    "TAG",
+    "make_key",
+    "make_keys",
+    "next_local",
+    "random_below",
+    "seed_random",
+    "shared_next",
+    "table_reserve",
+]
+
+TAG = 1 << 40
+"""A local-mode claim of a (millisecond, shard) is the int ``TAG + first number`` (a fresh object, never cached)."""
+
+HOT_MS = 10
+"""Milliseconds after a shard ran out of numbers during which every millisecond starts at number 0."""
+
+_MASK = (1 << 64) - 1
+_rng_state = [0x9E3779B97F4A7C15]  # splitmix64's state, as hvcore/_speedups.c keeps it (a list: set in place)
 
 K = TypeVar("K", bound="Key")
 
@@ -30,13 +50,26 @@ def make_keys(cls: type[K], start: int, count: int, /) -> list[K]:
     return list(map(_new, repeat(cls, count), range(start, start + count)))
 
 
+def seed_random(seed: int, /) -> None:
+    """Reseed this process's generator of random starting points (``seed`` taken modulo 2**64)."""
+    _rng_state[0] = seed & _MASK
+
+
+def random_below(bound: int, /) -> int:
+    """A number in ``0 .. bound - 1`` from splitmix64 (Steele, Lea and Flood, 2014), as the C accelerator draws it."""
+    z = _rng_state[0] = (_rng_state[0] + 0x9E3779B97F4A7C15) & _MASK
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK
+    return ((z ^ (z >> 31)) >> 11) % bound
+
+
 next_local: Callable[[tuple[Any, ...], int, int], Key | None] | None = None
 """KeyGenerator.next_key's local-mode fast path in C (None without the accelerator: the Python code does it all)."""
 
 shared_next: Callable[[tuple[Any, ...], int, int], Any] | None = None
 """The generator's fast path on the shared table after fork (None without the accelerator)."""
 
-table_reserve: Callable[[Any, int, int, int, int, int], range] | None = None
+table_reserve: Callable[[Any, int, int, int, int, int, int], range] | None = None
 """Lock-free reservation in the shared table after fork (None without the accelerator: fcntl locks then)."""
 
 ACCELERATED = False
@@ -54,4 +87,18 @@ if os.environ.get("HYPERVAULT_PURE_PYTHON", "") in ("", "0"):
         next_local = _speedups.next_local
         shared_next = _speedups.shared_next
         table_reserve = _speedups.table_reserve
+        seed_random = _speedups.seed_random
+        random_below = _speedups.random_below
         ACCELERATED = True
+        assert _speedups.TAG == TAG and _speedups.HOT_MS == HOT_MS
+
+
+def _reseed() -> None:
+    """A fresh seed from the OS: at import, and in every child after ``fork()`` (else parent and child, or two
+    children, would draw the same starting points)."""
+    seed_random(int.from_bytes(os.urandom(8), "little"))
+
+
+_reseed()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reseed)

@@ -17,6 +17,7 @@ import pytest
 
 from hvcore import (
     ClockMovedBackwards,
+    ConfigError,
     HypervaultError,
     InvalidShard,
     Key,
@@ -143,16 +144,20 @@ def test_public_classes_report_the_package() -> None:
 
 
 def test_options_are_validated() -> None:
-    with pytest.raises(ValueError, match="max_backwards_ms"):
+    with pytest.raises(ConfigError, match="max_backwards_ms"):
         KeyGenerator(max_backwards_ms=-1)
-    with pytest.raises(ValueError, match="block_size"):
+    with pytest.raises(ConfigError, match="block_size"):
         KeyGenerator(block_size=0)
-    with pytest.raises(ValueError, match="block_size"):
+    with pytest.raises(ConfigError, match="block_size"):
         KeyGenerator(block_size=LAYOUT.sequence_size + 1)
-    with pytest.raises(TypeError, match="KeyLayout"):
+    with pytest.raises(ConfigError, match="KeyLayout"):
         KeyGenerator("default")  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="AsyncKeyGenerator"):
+    with pytest.raises(ConfigError, match="AsyncKeyGenerator"):
         KeyGenerator(sequence=AsyncMemorySequence())  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="clock"):
+        KeyGenerator(clock=12)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="random_start"):
+        KeyGenerator(random_start=1)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("bad", [-1, -8192, -8193, 8192, 16384, 10**30, -(10**30), 1.0, 12.9, True, "3", None])

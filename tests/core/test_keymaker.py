@@ -224,7 +224,9 @@ def test_atomic_table_rejects_a_shard_outside_it(c: Any) -> None:
     with pytest.raises(ValueError, match="shared table"):
         table.reserve(4, 1, 1)
     with pytest.raises(ValueError, match="used_bits"):
-        c.table_reserve(table.buffer, 0, 1, 1, 1024, 10)  # 1024 numbers do not fit 10 bits of "used"
+        c.table_reserve(table.buffer, 0, 1, 1, 1024, 10, 0)  # 1024 numbers do not fit 10 bits of "used"
+    with pytest.raises(ValueError, match="spread"):
+        c.table_reserve(table.buffer, 0, 1, 1, 1024, 11, 1024)  # a random start must leave a number
     table.close()
 
 
