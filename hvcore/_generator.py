@@ -55,8 +55,9 @@ _HEADROOM: Final = 16  # a random start stays below size - size/16: a millisecon
 # time bits, first, more, shard bits, key class, start). A key is time bits + shard bits + sequence. `first` and
 # `more` are dicts made for that one millisecond. A call claims a shard's millisecond with a fresh int object,
 # `_TAG + s` (s: its first number, `start` unless a batch needs room): the call whose `first.setdefault(shard,
-# claim) is claim` gets number s; the others draw s + 1, s + 2, ... from the shard's `itertools.count` in `more`,
-# which starts after the winner's s (read back from its claim). Both operations are atomic under the GIL, and a
+# claim) is claim` gets number s; the others get s + 1, s + 2, ...: the winner's s (read back from the claim that
+# setdefault returns) plus 1, 2, ... drawn from the shard's `itertools.count(1)` in `more` (small ints: a batch
+# drawn past them allocates nothing). Both operations are atomic under the GIL, and a
 # thread that read an older `_cur` only ever touches that millisecond's own dicts, so every (shard, ms, sequence)
 # is handed out once. Only the move to a new millisecond takes a lock (once per millisecond for all shards); it
 # draws that millisecond's random `start` (below). Shard bits include a worker's slice of the sequence, if any.
@@ -399,16 +400,17 @@ class _GeneratorBase:
                 if t >= end:
                     return _AGAIN
             size = self._size
-            base = time_bits + sbits[shard]
             k = n - len(out)
-            s = start if k <= size - start else max(size - k, 0)  # a batch claiming the millisecond fits in it
-            claim = s + _TAG
-            if first.setdefault(shard, claim) is claim:
-                out.append(_make_key(key_type, base + s))
+            claim = (start if k <= size - start else max(size - k, 0)) + _TAG  # a batch claiming the ms fits in it
+            owner = first.setdefault(shard, claim)
+            s = owner - _TAG  # the first number of this (shard, millisecond): the counter counts on from it
+            base = time_bits + sbits[shard] + s
+            if owner is claim:
+                out.append(_make_key(key_type, base))
                 if len(out) >= n:
                     return None
-            cnt = more.get(shard) or more.setdefault(shard, count(first[shard] - _TAG + 1))
-            self._draw(cnt, base, size, n - len(out), out)
+            cnt = more.get(shard) or more.setdefault(shard, count(1))
+            self._draw(cnt, base, size - s, n - len(out), out)
             if len(out) >= n:
                 return None
             self._hot = self._part_of(end)  # this millisecond ran out: the next ones start whole
@@ -642,9 +644,10 @@ class KeyGenerator(_GeneratorBase):
             except IndexError:
                 raise self._bad_shard(shard_id) from None
             claim = start + _TAG
-            if first.setdefault(shard_id, claim) is claim:
+            owner = first.setdefault(shard_id, claim)
+            if owner is claim:
                 return _make_key(key_type, base + start)
-            n = next(more.get(shard_id) or more.setdefault(shard_id, count(first[shard_id] - _TAG + 1)))
+            n = next(more.get(shard_id) or more.setdefault(shard_id, count(1))) + owner - _TAG
             if n < self._size:
                 return _make_key(key_type, base + n)
         elif self._source is not None and shard_id.__class__ is int and shard_id >= 0:
@@ -683,10 +686,12 @@ class KeyGenerator(_GeneratorBase):
             except IndexError:
                 raise self._bad_shard(shard_id) from None
             size = self._size
-            s = start if n <= size - start else max(size - n, 0)  # a batch claiming the millisecond fits in it
-            claim = s + _TAG
-            zero = first.setdefault(shard_id, claim) is claim
-            cnt = more.get(shard_id) or more.setdefault(shard_id, count(first[shard_id] - _TAG + 1))
+            claim = (start if n <= size - start else max(size - n, 0)) + _TAG  # a batch claiming the ms fits in it
+            owner = first.setdefault(shard_id, claim)
+            zero = owner is claim
+            lim = size - owner + _TAG  # the counter counts on from the first number, owner - _TAG
+            base += owner - _TAG
+            cnt = more.get(shard_id) or more.setdefault(shard_id, count(1))
             k = n - 1 if zero else n
             a = next(cnt)
             if k > 1:
@@ -694,15 +699,15 @@ class KeyGenerator(_GeneratorBase):
                 b = next(cnt)
             else:
                 b = a
-            if b < size and b - a == k - 1:  # contiguous: no other thread drew in between
-                if zero and a == s + 1:
-                    return _make_keys(key_type, base + s, n)
+            if b < lim and b - a == k - 1:  # contiguous: no other thread drew in between
+                if zero and a == 1:
+                    return _make_keys(key_type, base, n)
                 out = _make_keys(key_type, base + a, k)
                 if zero:
-                    out.insert(0, _make_key(key_type, base + s))
+                    out.insert(0, _make_key(key_type, base))
                 return out
-            out = [_make_key(key_type, base + s)] if zero else []
-            self._collect(base, size, a, b, k, out)
+            out = [_make_key(key_type, base)] if zero else []
+            self._collect(base, lim, a, b, k, out)
             return self._fill(shard_id, n, out)
         return self._fill(shard_id, n, [])
 

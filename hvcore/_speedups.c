@@ -217,6 +217,7 @@ make_keys(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 /* Set by exec_module; the module is never unloaded, so these strong references live as long as the process. */
 static PyObject *time_ns_func = NULL; /* time.time_ns: read here with the same clock_gettime call it makes */
 static PyObject *count_type = NULL;   /* itertools.count */
+static PyObject *one = NULL;          /* 1 */
 
 /* A local-mode claim of a (millisecond, shard) is the int HV_TAG + the first number: never a cached small int, so
    each claim is a distinct object, and whoever loses the claim reads the winner's first number from it. The
@@ -326,7 +327,8 @@ PyDoc_STRVAR(next_local_doc,
 /* The same steps, on the same objects, as the local-mode branch of KeyGenerator.next_key (hvcore/_generator.py),
    so the two can run side by side in different threads: each step is atomic under the GIL exactly as there.
    cur = (now, end_ns, time_bits, first, more, sbits, key_type, start): the call whose claim (a fresh int,
-   HV_TAG + start) lands in `first` gets number `start`; the others draw start + 1, ... from the shard's counter. */
+   HV_TAG + start) lands in `first` gets number `start`; the others get the winner's first number plus 1, 2, ...
+   drawn from the shard's counter, itertools.count(1). */
 static PyObject *
 next_local(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
@@ -387,21 +389,16 @@ next_local(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
     if (mine) {
         return new_key((PyTypeObject *)key_type, (unsigned long long)(base + start));
     }
+    long long owner_start = PyLong_AsLongLong(owner) - HV_TAG; /* the winner's first number: ours count on from it */
+    if (owner_start == -1 - HV_TAG && PyErr_Occurred()) {
+        return NULL;
+    }
     PyObject *counter = PyDict_GetItemWithError(more, shard); /* borrowed */
     if (counter == NULL) {
         if (PyErr_Occurred()) {
             return NULL;
         }
-        long long owner_start = PyLong_AsLongLong(owner) - HV_TAG; /* the winner's first number */
-        if (owner_start == -1 - HV_TAG && PyErr_Occurred()) {
-            return NULL;
-        }
-        PyObject *from = PyLong_FromLongLong(owner_start + 1);
-        if (from == NULL) {
-            return NULL;
-        }
-        PyObject *fresh = PyObject_CallOneArg(count_type, from);
-        Py_DECREF(from);
+        PyObject *fresh = PyObject_CallOneArg(count_type, one);
         if (fresh == NULL) {
             return NULL;
         }
@@ -422,6 +419,7 @@ next_local(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
     if (n == -1 && PyErr_Occurred()) {
         return NULL;
     }
+    n += owner_start;
     if (n < size) {
         return new_key((PyTypeObject *)key_type, (unsigned long long)(base + n));
     }
@@ -656,9 +654,11 @@ exec_module(PyObject *module)
     if (time_ns_func == NULL) {
         time_ns_func = import_attr("time", "time_ns");
         count_type = import_attr("itertools", "count");
-        if (time_ns_func == NULL || count_type == NULL) {
+        one = PyLong_FromLong(1);
+        if (time_ns_func == NULL || count_type == NULL || one == NULL) {
             Py_CLEAR(time_ns_func);
             Py_CLEAR(count_type);
+            Py_CLEAR(one);
             return -1;
         }
     }
