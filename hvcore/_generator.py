@@ -199,8 +199,9 @@ class _GeneratorBase:
         if type(max_backwards_ms) is not int or max_backwards_ms < 0:
             raise ConfigError(f"max_backwards_ms must be an int >= 0, got {max_backwards_ms!r}")
         size = layout.sequence_size
-        if type(block_size) is not int or not 1 <= block_size <= size:
-            raise ConfigError(f"block_size must be an int in 1..{size}, got {block_size!r}")
+        if type(block_size) is not int or block_size < 1:
+            raise ConfigError(f"block_size must be an int >= 1, got {block_size!r}")
+        block_size = min(block_size, size)  # no block is larger than a millisecond's sequence
         if clock is not None and not callable(clock):
             raise ConfigError(f"clock must be a callable returning Unix time in ms, got {clock!r}")
         if random_start is not None and type(random_start) is not bool:
@@ -614,7 +615,8 @@ class KeyGenerator(_GeneratorBase):
 
     ``clock`` returns Unix time in integer milliseconds (tests inject a fake one; by default ``time.time_ns``
     is read). ``block_size`` is how many numbers to ask a sequence source for at once (doubling while one
-    millisecond keeps asking). `close` ends the generator (and closes a source it made from a URL).
+    millisecond keeps asking; at most the layout's sequence size). `close` ends the generator (and closes a
+    source it made from a URL).
     """
 
     __slots__ = ()

@@ -212,8 +212,6 @@ class PostgresWorkerLease(WorkerGrant):
     `WorkerLeaseLost` for every key past the confirmed horizon or after the row was taken over.
     """
 
-    __module__ = "hvbackend_postgres"
-
     def __init__(
         self,
         *,
