@@ -262,7 +262,7 @@ class _GeneratorBase:
         self._grant = grant
         self._claim: _Claim | None = None
         if slice_ is not None:
-            scope = grant.scope if grant is not None else ""
+            scope = grant._claim_scope if grant is not None else ""
             self._claim = claim_numbers(scope, numbers, self, f"worker {slice_.id} of {slice_.workers}")
             self._floor = max(self._floor, self._claim.last_ms - layout.epoch_ms)
         self.sequence: Any = None

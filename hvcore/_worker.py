@@ -15,6 +15,7 @@ the next without a millisecond in common, even when the old holder is cut off an
 
 from __future__ import annotations
 
+import itertools
 import threading
 import weakref
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ MAX_WORKER_BITS = 8
 """Most worker bits: 256 workers, each with 4 ids per shard per millisecond (default layout)."""
 
 _MIN_FREE_BITS = 2  # every worker keeps at least 4 ids per shard per millisecond
+_grant_ids = itertools.count()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -107,6 +109,9 @@ class WorkerGrant:
         self._scope = scope
         self._lost: str | None = None
         self._note = ""  # why the horizon may not move (set by the lease: its last renewal error)
+        # Which generator of this process holds the grant (hvcore._worker.claim_numbers): the grant itself, not its
+        # number, since the lease table already keeps two grants of a number apart (by floors and horizons).
+        self._claim_scope = f"{scope} grant {next(_grant_ids)}"
         self._state_lock = threading.Lock()
         self._followers: weakref.WeakSet[Any] = weakref.WeakSet()
 

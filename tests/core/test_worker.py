@@ -218,15 +218,22 @@ def test_a_revoked_grant_stops_the_generator_at_once() -> None:
     assert grant.lost and "lost" in repr(grant)
 
 
-def test_a_grant_serves_one_generator() -> None:
+def test_a_grant_serves_one_generator_at_a_time() -> None:
+    clock = Clock(tick_every=0)
     grant = WorkerGrant(WorkerSlice(id=6), floor_ms=-1, horizon_ms=T0 + 10, scope="postgres db1")
-    gen = KeyGenerator(worker=grant, clock=Clock())
+    gen = KeyGenerator(worker=grant, clock=clock)
     with pytest.raises(ConfigError, match="already used"):
-        KeyGenerator(worker=grant, clock=Clock())
-    # The same number of another lease table is another number space.
-    other = WorkerGrant(WorkerSlice(id=6), floor_ms=-1, horizon_ms=T0 + 10, scope="postgres db2")
-    KeyGenerator(worker=other, clock=Clock()).close()
+        KeyGenerator(worker=grant, clock=clock)
+    clock.ms = T0 + 3
+    gen.next_key(1)
     gen.close()
+    clock.ms, clock.tick_every = T0, 2
+    again = KeyGenerator(worker=grant, clock=clock)  # after the first is closed: from its last millisecond on
+    assert again.next_key(1).timestamp_ms > T0 + 3
+    # Another grant of the same number (a new lease after this one was lost) is kept apart by its floor instead.
+    later = WorkerGrant(WorkerSlice(id=6), floor_ms=T0 + 10, horizon_ms=T0 + 20, scope="postgres db1")
+    KeyGenerator(worker=later, clock=clock).close()
+    again.close()
 
 
 def test_bad_grants_are_config_errors() -> None:
