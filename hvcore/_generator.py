@@ -25,7 +25,6 @@ from typing import Any, Final, NamedTuple
 from hvcore._config import redact_conninfo
 from hvcore._key import Key, KeyLayout, check_shard_id
 from hvcore._keymaker import HOT_MS as _HOT_MS
-from hvcore._keymaker import TAG as _TAG
 from hvcore._keymaker import make_key as _make_key
 from hvcore._keymaker import make_keys as _make_keys
 from hvcore._keymaker import next_local as _next_local
@@ -52,12 +51,13 @@ _HEADROOM: Final = 16  # a random start stays below size - size/16: a millisecon
 # How ids are made, and why no two threads (or processes) ever make the same one:
 #
 # Local mode (no sequence source, no fork yet). `_cur` describes the newest millisecond in use: (clock, end_ns,
-# time bits, first, more, shard bits, key class, start). A key is time bits + shard bits + sequence. `first` and
-# `more` are dicts made for that one millisecond. A call claims a shard's millisecond with a fresh int object,
-# `_TAG + s` (s: its first number, `start` unless a batch needs room): the call whose `first.setdefault(shard,
-# claim) is claim` gets number s; the others get s + 1, s + 2, ...: the winner's s (read back from the claim that
-# setdefault returns) plus 1, 2, ... drawn from the shard's `itertools.count(1)` in `more` (small ints: a batch
-# drawn past them allocates nothing). Both operations are atomic under the GIL, and a
+# time bits + start, first, more, shard bits, key class, size - start). A key is time bits + shard bits + sequence;
+# numbers here count from the millisecond's `start`. `first` and `more` are dicts made for that one millisecond.
+# A call claims a shard's millisecond with a fresh object: its own clock reading (a new int) when it starts at
+# `start`, or a new tuple `(d,)` when it is a batch that must start d (< 0) earlier to fit. The call whose
+# `first.setdefault(shard, claim) is claim` gets number d (0 for a reading); the others draw d + 1, d + 2, ...
+# from the shard's `itertools.count` in `more`, made by the first of them from the claim it found. Both
+# operations are atomic under the GIL, and a
 # thread that read an older `_cur` only ever touches that millisecond's own dicts, so every (shard, ms, sequence)
 # is handed out once. Only the move to a new millisecond takes a lock (once per millisecond for all shards); it
 # draws that millisecond's random `start` (below). Shard bits include a worker's slice of the sequence, if any.
@@ -70,7 +70,7 @@ _HEADROOM: Final = 16  # a random start stays below size - size/16: a millisecon
 # 0..spread (spread = size - size/16 - 1), drawn per process (per table after a fork), so independent processes
 # sharing a shard do not hand out 0, 1, 2, ... in step. For _HOT_MS ms after a shard ran out of numbers, the
 # millisecond starts at 0 again, so a process that needs the whole sequence gets it.
-_Cur = tuple[Callable[[], int], int, int, dict[int, int], dict[int, Iterator[int]], list[int], type[Key], int]
+_Cur = tuple[Callable[[], int], int, int, dict[int, Any], dict[int, Iterator[int]], list[int], type[Key], int]
 _State = tuple[int, Iterator[int], int, int]
 
 
@@ -283,7 +283,13 @@ class _GeneratorBase:
         return [(0, _DEAD, 0, 0)] * self._shards
 
     def _make_cur(self, end: int, time_bits: int, start: int) -> _Cur:
-        return (self._now_ns, end, time_bits, {}, {}, self._sbits, self._key_type, start)
+        return (self._now_ns, end, time_bits + start, {}, {}, self._sbits, self._key_type, self._size - start)
+
+    @staticmethod
+    def _counter(shard: int, first: dict[int, Any], more: dict[int, Iterator[int]]) -> Iterator[int]:
+        """The counter of a claimed (shard, millisecond): it counts on after the winner's first number."""
+        owner = first[shard]
+        return more.setdefault(shard, count(owner[0] + 1 if owner.__class__ is tuple else 1))
 
     def _bad_shard(self, shard_id: object) -> InvalidShard:
         try:
@@ -390,28 +396,26 @@ class _GeneratorBase:
             return None
         if self._source is None:
             cur = self._cur
-            now, end, time_bits, first, more, sbits, key_type, start = cur
+            now, end, time_bits, first, more, sbits, key_type, lim = cur
             t = now()
             if t >= end:
                 wait = self._advance(cur, t)
                 if wait is not None:
                     return wait
                 cur = self._cur  # go on with the same reading: a fast clock must not starve us
-                now, end, time_bits, first, more, sbits, key_type, start = cur
+                now, end, time_bits, first, more, sbits, key_type, lim = cur
                 if t >= end:
                     return _AGAIN
-            size = self._size
+            base = time_bits + sbits[shard]
             k = n - len(out)
-            claim = (start if k <= size - start else max(size - k, 0)) + _TAG  # a batch claiming the ms fits in it
-            owner = first.setdefault(shard, claim)
-            s = owner - _TAG  # the first number of this (shard, millisecond): the counter counts on from it
-            base = time_bits + sbits[shard] + s
-            if owner is claim:
-                out.append(_make_key(key_type, base))
+            d = 0 if k <= lim else max(self._size - k, 0) - (self._size - lim)  # a batch claiming the ms fits in it
+            claim: Any = t if d == 0 else (d,)
+            if first.setdefault(shard, claim) is claim:
+                out.append(_make_key(key_type, base + d))
                 if len(out) >= n:
                     return None
-            cnt = more.get(shard) or more.setdefault(shard, count(1))
-            self._draw(cnt, base, size - s, n - len(out), out)
+            cnt = more.get(shard) or self._counter(shard, first, more)
+            self._draw(cnt, base, lim, n - len(out), out)
             if len(out) >= n:
                 return None
             self._hot = self._part_of(end)  # this millisecond ran out: the next ones start whole
@@ -638,19 +642,17 @@ class KeyGenerator(_GeneratorBase):
     def next_key(self, shard_id: int) -> Key:
         """One new key for ``shard_id``."""
         # The local-mode path of _step, inlined: this is the hot path (done in C when the accelerator is built).
-        now, end, time_bits, first, more, sbits, key_type, start = self._cur
+        now, end, time_bits, first, more, sbits, key_type, lim = self._cur
         t = now()
         if t < end and shard_id.__class__ is int and shard_id >= 0:
             try:
                 base = time_bits + sbits[shard_id]
             except IndexError:
                 raise self._bad_shard(shard_id) from None
-            claim = start + _TAG
-            owner = first.setdefault(shard_id, claim)
-            if owner is claim:
-                return _make_key(key_type, base + start)
-            n = next(more.get(shard_id) or more.setdefault(shard_id, count(1))) + owner - _TAG
-            if n < self._size:
+            if first.setdefault(shard_id, t) is t:
+                return _make_key(key_type, base)
+            n = next(more.get(shard_id) or self._counter(shard_id, first, more))
+            if n < lim:
                 return _make_key(key_type, base + n)
         elif self._source is not None and shard_id.__class__ is int and shard_id >= 0:
             try:
@@ -680,20 +682,17 @@ class KeyGenerator(_GeneratorBase):
                 return [self.next_key(shard_id)] if n else []
         if self._shared is not None:
             return self._fill(shard_id, n, _fast_shared(self._shared, shard_id, n) or [])
-        now, end, time_bits, first, more, sbits, key_type, start = self._cur
+        now, end, time_bits, first, more, sbits, key_type, lim = self._cur
         t = now()
         if t < end and shard_id.__class__ is int and shard_id >= 0:
             try:
                 base = time_bits + sbits[shard_id]
             except IndexError:
                 raise self._bad_shard(shard_id) from None
-            size = self._size
-            claim = (start if n <= size - start else max(size - n, 0)) + _TAG  # a batch claiming the ms fits in it
-            owner = first.setdefault(shard_id, claim)
-            zero = owner is claim
-            lim = size - owner + _TAG  # the counter counts on from the first number, owner - _TAG
-            base += owner - _TAG
-            cnt = more.get(shard_id) or more.setdefault(shard_id, count(1))
+            d = 0 if n <= lim else max(self._size - n, 0) - (self._size - lim)  # a batch claiming the ms fits
+            claim: Any = t if d == 0 else (d,)
+            zero = first.setdefault(shard_id, claim) is claim
+            cnt = more.get(shard_id) or self._counter(shard_id, first, more)
             k = n - 1 if zero else n
             a = next(cnt)
             if k > 1:
@@ -702,13 +701,13 @@ class KeyGenerator(_GeneratorBase):
             else:
                 b = a
             if b < lim and b - a == k - 1:  # contiguous: no other thread drew in between
-                if zero and a == 1:
-                    return _make_keys(key_type, base, n)
+                if zero and a == d + 1:
+                    return _make_keys(key_type, base + d, n)
                 out = _make_keys(key_type, base + a, k)
                 if zero:
-                    out.insert(0, _make_key(key_type, base))
+                    out.insert(0, _make_key(key_type, base + d))
                 return out
-            out = [_make_key(key_type, base)] if zero else []
+            out = [_make_key(key_type, base + d)] if zero else []
             self._collect(base, lim, a, b, k, out)
             return self._fill(shard_id, n, out)
         return self._fill(shard_id, n, [])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Callable
 from itertools import repeat
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -13,7 +14,6 @@ if TYPE_CHECKING:
 __all__ = [
     "ACCELERATED",
     "HOT_MS",
-    "TAG",
     "make_key",
     "make_keys",
     "next_local",
@@ -23,14 +23,10 @@ __all__ = [
     "table_reserve",
 ]
 
-TAG = 1 << 40
-"""A local-mode claim of a (millisecond, shard) is the int ``TAG + first number`` (a fresh object, never cached)."""
-
 HOT_MS = 10
 """Milliseconds after a shard ran out of numbers during which every millisecond starts at number 0."""
 
-_MASK = (1 << 64) - 1
-_rng_state = [0x9E3779B97F4A7C15]  # splitmix64's state, as hvcore/_speedups.c keeps it (a list: set in place)
+_rng = random.Random()  # the pure-Python build's random starts (reseeded below, as the C one is)
 
 K = TypeVar("K", bound="Key")
 
@@ -52,15 +48,12 @@ def make_keys(cls: type[K], start: int, count: int, /) -> list[K]:
 
 def seed_random(seed: int, /) -> None:
     """Reseed this process's generator of random starting points (``seed`` taken modulo 2**64)."""
-    _rng_state[0] = seed & _MASK
+    _rng.seed(seed & ((1 << 64) - 1))
 
 
 def random_below(bound: int, /) -> int:
-    """A number in ``0 .. bound - 1`` from splitmix64 (Steele, Lea and Flood, 2014), as the C accelerator draws it."""
-    z = _rng_state[0] = (_rng_state[0] + 0x9E3779B97F4A7C15) & _MASK
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK
-    return ((z ^ (z >> 31)) >> 11) % bound
+    """A random number in ``0 .. bound - 1`` (bound up to 2**53): the random starting point of a millisecond."""
+    return int(_rng.random() * bound)
 
 
 next_local: Callable[[tuple[Any, ...], int, int], Key | None] | None = None
@@ -90,7 +83,7 @@ if os.environ.get("HYPERVAULT_PURE_PYTHON", "") in ("", "0"):
         seed_random = _speedups.seed_random
         random_below = _speedups.random_below
         ACCELERATED = True
-        assert _speedups.TAG == TAG and _speedups.HOT_MS == HOT_MS
+        assert _speedups.HOT_MS == HOT_MS
 
 
 def _reseed() -> None:

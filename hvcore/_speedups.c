@@ -219,17 +219,13 @@ static PyObject *time_ns_func = NULL; /* time.time_ns: read here with the same c
 static PyObject *count_type = NULL;   /* itertools.count */
 static PyObject *one = NULL;          /* 1 */
 
-/* A local-mode claim of a (millisecond, shard) is the int HV_TAG + the first number: never a cached small int, so
-   each claim is a distinct object, and whoever loses the claim reads the winner's first number from it. The
-   generator's _TAG (hvcore/_generator.py) is the same constant, exported as TAG. */
-#define HV_TAG (1LL << 40)
-
 /* After a shard of a millisecond ran out, its generator starts milliseconds at 0 (the whole sequence) for the next
    HV_HOT_MS milliseconds instead of at a random point (the generator's _HOT_MS, exported as HOT_MS). */
 #define HV_HOT_MS 10
 
 /* -- random starting points: splitmix64 (Steele, Lea, Flood 2014; the seeding generator of xoshiro), one state per
-   process, seeded from os.urandom by hvcore._keymaker at import and again in every child after fork(). ------------ */
+   process, seeded from os.urandom by hvcore._keymaker at import and again in every child after fork(). It is
+   called from table_take, where no Python call may be made (it runs inside a compare-and-swap loop). ------------ */
 static uint64_t rng_state = 0x9E3779B97F4A7C15ULL;
 
 static uint64_t
@@ -242,7 +238,7 @@ rng_next(void)
 }
 
 /* In 0..bound-1 (bound >= 1): the top 53 bits of a draw, modulo bound (a bias below 2**-40 for the bounds used,
-   1..1024). hvcore/_keymaker.py has the same function in Python, so both give the same numbers for one seed. */
+   1..1024). A build without this module draws from Python's random.Random instead (hvcore/_keymaker.py). */
 static long long
 rng_below(long long bound)
 {
@@ -326,9 +322,10 @@ PyDoc_STRVAR(next_local_doc,
 
 /* The same steps, on the same objects, as the local-mode branch of KeyGenerator.next_key (hvcore/_generator.py),
    so the two can run side by side in different threads: each step is atomic under the GIL exactly as there.
-   cur = (now, end_ns, time_bits, first, more, sbits, key_type, start): the call whose claim (a fresh int,
-   HV_TAG + start) lands in `first` gets number `start`; the others get the winner's first number plus 1, 2, ...
-   drawn from the shard's counter, itertools.count(1). */
+   cur = (now, end_ns, time_bits + start, first, more, sbits, key_type, size - start): numbers count from the
+   millisecond's start. The call whose claim (its clock reading, a fresh int) lands in `first` gets number 0; the
+   others draw from the shard's counter, which the first of them makes from the claim it found: itertools.count(1)
+   after a reading, count(d + 1) after a batch's claim (d,) (see _GeneratorBase._counter). */
 static PyObject *
 next_local(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
@@ -341,14 +338,10 @@ next_local(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "next_local() needs the generator's 8-item state tuple");
         return NULL;
     }
-    long long size = PyLong_AsLongLong(args[2]);
-    if (size == -1 && PyErr_Occurred()) {
-        return NULL;
-    }
     PyObject *now = PyTuple_GET_ITEM(cur, 0), *end_obj = PyTuple_GET_ITEM(cur, 1);
     PyObject *time_bits = PyTuple_GET_ITEM(cur, 2), *first = PyTuple_GET_ITEM(cur, 3);
     PyObject *more = PyTuple_GET_ITEM(cur, 4), *sbits = PyTuple_GET_ITEM(cur, 5);
-    PyObject *key_type = PyTuple_GET_ITEM(cur, 6), *start_obj = PyTuple_GET_ITEM(cur, 7);
+    PyObject *key_type = PyTuple_GET_ITEM(cur, 6), *lim_obj = PyTuple_GET_ITEM(cur, 7);
     if (!PyDict_CheckExact(first) || !PyDict_CheckExact(more) || !PyList_CheckExact(sbits)) {
         PyErr_SetString(PyExc_TypeError, "next_local() needs the generator's 8-item state tuple");
         return NULL;
@@ -365,9 +358,9 @@ next_local(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     long long end = PyLong_AsLongLong(end_obj);
-    long long base = PyLong_AsLongLong(time_bits);
+    long long base = PyLong_AsLongLong(time_bits); /* time bits + the millisecond's start */
     long long shard_bits = PyLong_AsLongLong(PyList_GET_ITEM(sbits, index));
-    long long start = PyLong_AsLongLong(start_obj);
+    long long lim = PyLong_AsLongLong(lim_obj); /* numbers left from the start */
     if (PyErr_Occurred()) {
         return NULL;
     }
@@ -376,29 +369,36 @@ next_local(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
     }
     base += shard_bits;
 
-    PyObject *claim = PyLong_FromLongLong(HV_TAG + start); /* never a cached small int: a fresh object */
-    if (claim == NULL) {
+    PyObject *t = PyLong_FromLongLong(reading); /* a fresh object: whoever's reading lands in `first` got number 0 */
+    if (t == NULL) {
         return NULL;
     }
-    PyObject *owner = PyDict_SetDefault(first, shard, claim); /* borrowed */
-    int mine = owner == claim;
-    Py_DECREF(claim);
+    PyObject *owner = PyDict_SetDefault(first, shard, t); /* borrowed */
+    int mine = owner == t;
+    Py_DECREF(t);
     if (owner == NULL) {
         return NULL;
     }
     if (mine) {
-        return new_key((PyTypeObject *)key_type, (unsigned long long)(base + start));
-    }
-    long long owner_start = PyLong_AsLongLong(owner) - HV_TAG; /* the winner's first number: ours count on from it */
-    if (owner_start == -1 - HV_TAG && PyErr_Occurred()) {
-        return NULL;
+        return new_key((PyTypeObject *)key_type, (unsigned long long)base);
     }
     PyObject *counter = PyDict_GetItemWithError(more, shard); /* borrowed */
     if (counter == NULL) {
         if (PyErr_Occurred()) {
             return NULL;
         }
-        PyObject *fresh = PyObject_CallOneArg(count_type, one);
+        PyObject *fresh;
+        if (PyTuple_CheckExact(owner) && PyTuple_GET_SIZE(owner) == 1) { /* a batch that started d earlier */
+            PyObject *from = PyNumber_Add(PyTuple_GET_ITEM(owner, 0), one);
+            if (from == NULL) {
+                return NULL;
+            }
+            fresh = PyObject_CallOneArg(count_type, from);
+            Py_DECREF(from);
+        }
+        else {
+            fresh = PyObject_CallOneArg(count_type, one);
+        }
         if (fresh == NULL) {
             return NULL;
         }
@@ -419,8 +419,7 @@ next_local(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
     if (n == -1 && PyErr_Occurred()) {
         return NULL;
     }
-    n += owner_start;
-    if (n < size) {
+    if (n < lim) {
         return new_key((PyTypeObject *)key_type, (unsigned long long)(base + n));
     }
     Py_RETURN_NONE;
@@ -662,13 +661,7 @@ exec_module(PyObject *module)
             return -1;
         }
     }
-    PyObject *tag = PyLong_FromLongLong(HV_TAG);
-    if (tag == NULL) {
-        return -1;
-    }
-    int added = PyModule_AddObjectRef(module, "TAG", tag);
-    Py_DECREF(tag);
-    if (added < 0 || PyModule_AddIntConstant(module, "HOT_MS", HV_HOT_MS) < 0) {
+    if (PyModule_AddIntConstant(module, "HOT_MS", HV_HOT_MS) < 0) {
         return -1;
     }
     return PyModule_AddIntConstant(module, "DIRECT", HV_DIRECT);

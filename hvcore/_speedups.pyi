@@ -7,7 +7,6 @@ from hvcore._key import Key
 K = TypeVar("K", bound=Key)
 
 DIRECT: int
-TAG: int
 HOT_MS: int
 
 def make_key(cls: type[K], value: int, /) -> K:
