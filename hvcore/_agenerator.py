@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from hvcore._generator import _GeneratorBase
-from hvcore._key import Key, KeyLayout
+from hvcore._generator import _GeneratorBase, _Reserve
+from hvcore._key import Key, KeyLayout, check_shard_id
 from hvcore._sequence import AsyncSequenceSource, SequenceSource
 from hvcore._worker import WorkerGrant, WorkerSlice
 
@@ -59,13 +59,18 @@ class AsyncKeyGenerator(_GeneratorBase):
         await self.close()
 
     async def _fill(self, shard_id: int, n: int, out: list[Key]) -> list[Key]:
-        """Carry out `_plan`'s effects with ``asyncio.sleep``, asyncio locks and the (awaited) source."""
-        for todo in self._plan(shard_id, n, out):
-            if isinstance(todo, float):
-                await asyncio.sleep(todo)
-                continue
-            async with self._shard_lock(todo.shard, asyncio.Lock):
-                if self._states[todo.shard] is todo.state:  # nobody replaced it while we waited for the lock
-                    numbers = self._source.reserve(todo.shard, todo.time_part, todo.wanted)
-                    self._install(todo, numbers if isinstance(numbers, range) else await numbers, n, out)
+        """The slow path: `_step` until done, sleeping and reserving as it asks (KeyGenerator._fill, plus the
+        ``await``s: tests/core/test_generator.py checks the two are the same code)."""
+        shard = check_shard_id(shard_id, self.layout)
+        while (todo := self._step(shard, n, out)) is not None:
+            if isinstance(todo, _Reserve):
+                async with self._shard_lock(shard, asyncio.Lock):
+                    if self._states[shard] is todo.state:  # nobody replaced it while we waited for the lock
+                        numbers = self._source.reserve(shard, todo.time_part, todo.wanted)
+                        if not isinstance(numbers, range):  # async only: an asyncio source's coroutine
+                            numbers = await numbers
+                        self._install(shard, todo.time_part, numbers, n, out)
+            else:
+                for pause in self._pauses(shard, todo):
+                    await asyncio.sleep(pause)
         return out

@@ -1,10 +1,11 @@
 """Key generators: unique, increasing 64-bit keys per shard, made in the client without a round trip.
 
 `KeyGenerator` and `AsyncKeyGenerator` (hvcore/_agenerator.py) share one implementation, `_GeneratorBase`: every
-decision is made there, and the slow path is a plan (`_GeneratorBase._plan`) that yields its effects, a pause
-or a reservation from the sequence source. Each class only carries them out, with ``time.sleep`` and a thread
-lock or with ``asyncio.sleep`` and an asyncio lock and an awaited source (`KeyGenerator._fill`,
-`AsyncKeyGenerator._fill`). `KeyGenerator` adds inlined fast paths for its hot calls (and the C accelerator's).
+decision is made there (`_step` says what to do next: done, reserve a block, or wait; `_pauses` how to wait;
+`_install` takes a reserved block). Each class adds only its slow-path loop, `_fill`, which carries those out
+with ``time.sleep`` and a thread lock, or with ``asyncio.sleep``, an asyncio lock and an awaited source; the sync
+loop is the async one without ``async``/``await`` (checked by a test, as psycopg checks its generated sync code).
+`KeyGenerator` adds inlined fast paths for its hot calls (and the C accelerator's).
 """
 
 from __future__ import annotations
@@ -80,7 +81,6 @@ class _Reserve(NamedTuple):
     state: _State
     time_part: int
     wanted: int
-    shard: int
 
 
 class _BrokenSource:
@@ -429,33 +429,22 @@ class _GeneratorBase:
                 return None
             if lim <= 0:
                 return end  # the millisecond is used up: wait for the next one
-            return _Reserve(state, self._part_of(end), self._wanted(shard, n - len(out), refill=True), shard)
+            return _Reserve(state, self._part_of(end), self._wanted(shard, n - len(out), refill=True))
         part = self._time_part(t)
         if part <= self._floor:  # the clock is behind what the parent used before forking (or a lease's floor)
             return self._epoch_ns + (self._floor + 1) * _NS_PER_MS
-        return _Reserve(state, part, self._wanted(shard, n - len(out), refill=False), shard)
+        return _Reserve(state, part, self._wanted(shard, n - len(out), refill=False))
 
-    def _plan(self, shard_id: int, n: int, out: list[Key]) -> Iterator[float | _Reserve]:
-        """The slow path, whole: fills ``out`` up to ``n`` keys, yielding what only the caller can do.
-
-        It yields a pause (float seconds: sleep, then go on) or a `_Reserve` (take the shard's lock; if
-        ``self._states[shard] is todo.state`` still, reserve from the source and `_install` the numbers). The
-        two classes differ only in how they sleep, lock and call the source.
-        """
-        shard = check_shard_id(shard_id, self.layout)
-        step = self._step
-        while (todo := step(shard, n, out)) is not None:
-            if type(todo) is _Reserve:
-                yield todo
-            elif todo != _AGAIN:
-                assert isinstance(todo, int)
-                while (pause := self._sleep_for(shard, todo)) is not None:
-                    yield pause
+    def _pauses(self, shard: int, until: int) -> Iterator[float]:
+        """The sleeps (s) of a wait `_step` asked for: until the clock reads ``until`` (ns); none for `_AGAIN`."""
+        if until != _AGAIN:
+            while (pause := self._sleep_for(shard, until)) is not None:
+                yield pause
 
     def _shard_lock(self, shard: int, make: Callable[[], Any]) -> Any:
         return self._locks.get(shard) or self._locks.setdefault(shard, make())
 
-    def _install(self, todo: _Reserve, numbers: object, n: int, out: list[Key]) -> None:
+    def _install(self, shard: int, time_part: int, numbers: object, n: int, out: list[Key]) -> None:
         """Make a reserved block the shard's state and take from it at once, whatever the clock says by now
         (the caller holds the shard's lock)."""
         size = self._size
@@ -463,7 +452,6 @@ class _GeneratorBase:
             raise HypervaultError(
                 f"{self._source!r}.reserve() returned {numbers!r}: expected a range(start, stop) within 0..{size}"
             )
-        shard, time_part = todo.shard, todo.time_part
         end = self._epoch_ns + (time_part + 1) * _NS_PER_MS
         base = (time_part << self._time_shift) | self._sbits[shard]
         if numbers.start >= numbers.stop:  # this millisecond of this shard is used up
@@ -725,14 +713,18 @@ class KeyGenerator(_GeneratorBase):
         self.close()
 
     def _fill(self, shard_id: int, n: int, out: list[Key]) -> list[Key]:
-        """Carry out `_plan`'s effects with ``time.sleep``, thread locks and the source's ``reserve``."""
-        for todo in self._plan(shard_id, n, out):
-            if isinstance(todo, float):
-                time.sleep(todo)
-                continue
-            with self._shard_lock(todo.shard, threading.Lock):
-                if self._states[todo.shard] is todo.state:  # nobody replaced it while we waited for the lock
-                    self._install(todo, self._source.reserve(todo.shard, todo.time_part, todo.wanted), n, out)
+        """The slow path: `_step` until done, sleeping and reserving as it asks (AsyncKeyGenerator._fill, minus
+        its ``await``s: tests/core/test_generator.py checks the two are the same code)."""
+        shard = check_shard_id(shard_id, self.layout)
+        while (todo := self._step(shard, n, out)) is not None:
+            if isinstance(todo, _Reserve):
+                with self._shard_lock(shard, threading.Lock):
+                    if self._states[shard] is todo.state:  # nobody replaced it while we waited for the lock
+                        numbers = self._source.reserve(shard, todo.time_part, todo.wanted)
+                        self._install(shard, todo.time_part, numbers, n, out)
+            else:
+                for pause in self._pauses(shard, todo):
+                    time.sleep(pause)
         return out
 
 

@@ -14,6 +14,7 @@ __all__ = ["SharedSequenceTable"]
 _WORD = 8  # bytes per int64
 _ENTRY = 2 * _WORD  # per shard: highest millisecond handed out, numbers used in it
 _NEVER = -(1 << 62)  # "no shard ran out yet" in the header's second word
+_HOT_MS = _keymaker.HOT_MS
 
 
 class SharedSequenceTable:
@@ -52,6 +53,7 @@ class SharedSequenceTable:
             raise ValueError(f"spread must be an int in 0..{sequence_size - 1}, got {spread!r}")
         self.spread = spread
         self._atomic_reserve = _keymaker.table_reserve
+        self._random_below = _keymaker.random_below
         length = (shards + 1) * _ENTRY  # a header (the floor, the last run-out millisecond), then one entry per shard
         memfd_create = getattr(os, "memfd_create", None)
         if memfd_create is not None:
@@ -99,8 +101,10 @@ class SharedSequenceTable:
                 return range(0)
             if time_part > newest:
                 used = 0
-                if spread and time_part - words[1] > _keymaker.HOT_MS:  # as table_take in hvcore/_speedups.c
-                    used = min(_keymaker.random_below(spread + 1), max(size - wanted, 0))
+                if spread and time_part - words[1] > _HOT_MS:  # as table_take in hvcore/_speedups.c
+                    used = self._random_below(spread + 1)
+                    if used > size - wanted:  # the block asked for fits
+                        used = size - wanted if size > wanted else 0
             elif time_part == newest:
                 used = words[hi + 1]
             else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import enum
 import inspect
@@ -9,6 +10,7 @@ import os
 import struct
 import sys
 import tempfile
+import textwrap
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -619,7 +621,59 @@ def test_async_generator_mirrors_the_sync_one() -> None:
     # One implementation: everything but carrying out the slow path's effects is the shared base's.
     own = {name for name in vars(AsyncKeyGenerator) if not name.startswith("__")}
     assert own == {"next_key", "next_keys", "close", "_fill"}
-    assert {"_plan", "_step", "_install", "_sleep_for", "_advance"} <= set(vars(_GeneratorBase))
+    assert {"_step", "_pauses", "_install", "_sleep_for", "_advance"} <= set(vars(_GeneratorBase))
+
+
+_ASYNC_NAMES = {("asyncio", "sleep"): ("time", "sleep"), ("asyncio", "Lock"): ("threading", "Lock")}
+
+
+class _AsyncToSync(ast.NodeTransformer):
+    """What psycopg's async_to_sync does, for one function: drop ``async``/``await`` and map the asyncio names."""
+
+    def visit_AsyncFunctionDef(self, node: ast.AsyncFunctionDef) -> ast.FunctionDef:
+        self.generic_visit(node)
+        fields = {f: getattr(node, f) for f in node._fields}
+        return ast.copy_location(ast.FunctionDef(**fields), node)
+
+    def visit_AsyncWith(self, node: ast.AsyncWith) -> ast.With:
+        self.generic_visit(node)
+        return ast.copy_location(ast.With(items=node.items, body=node.body), node)
+
+    def visit_Await(self, node: ast.Await) -> ast.expr:
+        return self.visit(node.value)  # type: ignore[no-any-return]
+
+    def visit_Attribute(self, node: ast.Attribute) -> ast.Attribute:
+        if isinstance(node.value, ast.Name) and (node.value.id, node.attr) in _ASYNC_NAMES:
+            module, attr = _ASYNC_NAMES[(node.value.id, node.attr)]
+            return ast.copy_location(ast.Attribute(value=ast.Name(id=module, ctx=ast.Load()), attr=attr), node)
+        return node
+
+
+def _function_source(cls: type, name: str, *, to_sync: bool = False) -> str:
+    """The function's code without its docstring, its "# async only" statements (with their blocks) and, when
+    ``to_sync``, without async/await."""
+    kept: list[str] = []
+    skip_deeper_than: int | None = None
+    for line in inspect.getsource(getattr(cls, name)).splitlines():
+        indent = len(line) - len(line.lstrip())
+        if skip_deeper_than is not None and indent > skip_deeper_than:
+            continue
+        skip_deeper_than = indent if "# async only" in line else None
+        if skip_deeper_than is None:
+            kept.append(line)
+    tree = ast.parse(textwrap.dedent("\n".join(kept)))
+    function = tree.body[0]
+    assert isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef)
+    function.body = [s for s in function.body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
+    if to_sync:
+        tree = ast.fix_missing_locations(_AsyncToSync().visit(tree))
+    return ast.unparse(tree)
+
+
+def test_the_sync_slow_path_is_the_async_one_without_await() -> None:
+    """No hand-kept twin: KeyGenerator._fill is AsyncKeyGenerator._fill with async/await taken out (the check
+    psycopg's tools/async_to_sync.py --check makes on its generated sync code)."""
+    assert _function_source(KeyGenerator, "_fill") == _function_source(AsyncKeyGenerator, "_fill", to_sync=True)
 
 
 def test_async_generator_local_mode() -> None:
