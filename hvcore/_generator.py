@@ -14,6 +14,7 @@ import contextlib
 import inspect
 import operator
 import os
+import struct
 import sys
 import threading
 import time
@@ -493,7 +494,16 @@ class _GeneratorBase:
             self._hi = hi = min(self._max_time, horizon_ms - self.layout.epoch_ms)
             shared = self._shared
             if shared is not None:
-                self._shared = (*shared[:5], hi, *shared[6:])
+                self._shared = self._shared_params(shared, hi)
+
+    def _shared_params(self, shared: tuple[Any, ...], max_time: int) -> tuple[Any, ...]:
+        """The C fast path's view of the shared table: (clock, key class, table, its numbers packed as 8 int64s:
+        epoch ns, time shift, shard shift, sequence size, last usable millisecond, used bits, offset, spread)."""
+        table = self._source
+        assert isinstance(table, SharedSequenceTable)
+        params = (self._epoch_ns, self._time_shift, self.layout.shard_shift, self._size, max_time)
+        packed = struct.pack("=8q", *params, table.used_bits, self._offset, self._spread)
+        return (*shared[:3], packed)
 
     def _stop(self) -> None:
         """Make every call take the slow path, where it is refused (closed, or the lease is lost); under _lock."""
@@ -502,7 +512,7 @@ class _GeneratorBase:
         self._states = self._fresh_states()
         shared = self._shared
         if shared is not None:
-            self._shared = (*shared[:5], -1, *shared[6:])
+            self._shared = self._shared_params(shared, -1)
 
     def _shut(self) -> bool:
         """Refuse keys from now on and give the worker numbers back; False if it was closed already."""
@@ -540,11 +550,7 @@ class _GeneratorBase:
             self._source = table
             self._cur = self._make_cur(-1, 0, 0)
             if table.atomic:
-                layout = self.layout
-                self._shared = (
-                    *(self._now_ns, self._epoch_ns, self._time_shift, layout.shard_shift, self._size),
-                    *(self._hi, self._key_type, table.buffer, table.used_bits, self._offset, self._spread),
-                )
+                self._shared = self._shared_params((self._now_ns, self._key_type, table.buffer, b""), self._hi)
 
     def _after_fork_parent(self) -> None:
         self._lock.release()

@@ -52,7 +52,7 @@ def seed_random(seed: int, /) -> None:
 
 
 def random_below(bound: int, /) -> int:
-    """A random number in ``0 .. bound - 1`` (bound up to 2**53): the random starting point of a millisecond."""
+    """A random number in ``0 .. bound - 1`` (``bound`` in 1..2**32): the random starting point of a millisecond."""
     return int(_rng.random() * bound)
 
 

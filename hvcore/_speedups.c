@@ -16,6 +16,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <string.h>
 #include <time.h>
 
 #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030E0000 && !defined(Py_GIL_DISABLED) && !defined(PYPY_VERSION)
@@ -237,12 +238,13 @@ rng_next(void)
     return z ^ (z >> 31);
 }
 
-/* In 0..bound-1 (bound >= 1): the top 53 bits of a draw, modulo bound (a bias below 2**-40 for the bounds used,
-   1..1024). A build without this module draws from Python's random.Random instead (hvcore/_keymaker.py). */
+/* In 0..bound-1 (1 <= bound <= 2**32): the top 32 bits of a draw scaled by bound, a multiplication instead of a
+   division (Lemire 2019, without the rejection step: a relative bias below 2**-22 for the bounds used, 1..1024).
+   A build without this module draws from Python's random.Random instead (hvcore/_keymaker.py). */
 static long long
 rng_below(long long bound)
 {
-    return (long long)((rng_next() >> 11) % (uint64_t)bound);
+    return (long long)(((rng_next() >> 32) * (uint64_t)bound) >> 32);
 }
 
 PyDoc_STRVAR(seed_random_doc,
@@ -262,7 +264,7 @@ seed_random(PyObject *Py_UNUSED(module), PyObject *arg)
 
 PyDoc_STRVAR(random_below_doc,
              "random_below(bound, /)\n--\n\n"
-             "A random int in 0..bound-1 from this process's splitmix64 state (bound in 1..2**62).");
+             "A random int in 0..bound-1 from this process's splitmix64 state (bound in 1..2**32).");
 
 static PyObject *
 random_below(PyObject *Py_UNUSED(module), PyObject *arg)
@@ -271,8 +273,8 @@ random_below(PyObject *Py_UNUSED(module), PyObject *arg)
     if (bound == -1 && PyErr_Occurred()) {
         return NULL;
     }
-    if (bound < 1 || bound > (1LL << 62)) {
-        PyErr_Format(PyExc_ValueError, "random_below(): bound must be in 1..2**62, got %lld", bound);
+    if (bound < 1 || bound > (1LL << 32)) {
+        PyErr_Format(PyExc_ValueError, "random_below(): bound must be in 1..2**32, got %lld", bound);
         return NULL;
     }
     return PyLong_FromLongLong(rng_below(bound));
@@ -541,9 +543,10 @@ PyDoc_STRVAR(shared_next_doc,
              "shared_next(shared, shard_id, n, /)\n--\n\n"
              "KeyGenerator's fast path once it uses the shared table: `n` keys (a Key for n == 0, else a list of\n"
              "up to n) straight from the table, or None when the Python code must take over (another shard id\n"
-             "type, the millisecond used up, the clock behind the table, past `max_time`).\n"
-             "`shared` = (now, epoch_ns, time_shift, shard_shift, size, max_time, key_type, table, used_bits,\n"
-             "offset, spread): `offset` is added to every key (a worker's slice of the sequence bits).");
+             "type, the millisecond used up, the clock behind the table, past the last usable millisecond).\n"
+             "`shared` = (now, key_type, table, params): params packs 8 native int64s, (epoch_ns, time_shift,\n"
+             "shard_shift, size, max_time, used_bits, offset, spread); `offset` is added to every key (a worker's\n"
+             "slice of the sequence bits).");
 
 static PyObject *
 shared_next(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
@@ -553,24 +556,24 @@ shared_next(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
         return NULL;
     }
     PyObject *shared = args[0], *shard_obj = args[1];
-    if (!PyTuple_CheckExact(shared) || PyTuple_GET_SIZE(shared) != 11) {
-        PyErr_SetString(PyExc_TypeError, "shared_next() needs the generator's 11-item shared-table tuple");
+    if (!PyTuple_CheckExact(shared) || PyTuple_GET_SIZE(shared) != 4 ||
+        !PyBytes_CheckExact(PyTuple_GET_ITEM(shared, 3)) ||
+        PyBytes_GET_SIZE(PyTuple_GET_ITEM(shared, 3)) != 8 * (Py_ssize_t)sizeof(int64_t)) {
+        PyErr_SetString(PyExc_TypeError, "shared_next() needs the generator's 4-item shared-table tuple");
         return NULL;
     }
     long long n = PyLong_AsLongLong(args[2]);
     if (n == -1 && PyErr_Occurred()) {
         return NULL;
     }
-    PyObject *now = PyTuple_GET_ITEM(shared, 0), *key_type = PyTuple_GET_ITEM(shared, 6);
-    long long epoch_ns = PyLong_AsLongLong(PyTuple_GET_ITEM(shared, 1));
-    long time_shift = PyLong_AsLong(PyTuple_GET_ITEM(shared, 2));
-    long shard_shift = PyLong_AsLong(PyTuple_GET_ITEM(shared, 3));
-    long long size = PyLong_AsLongLong(PyTuple_GET_ITEM(shared, 4));
-    long long max_time = PyLong_AsLongLong(PyTuple_GET_ITEM(shared, 5));
-    long used_bits = PyLong_AsLong(PyTuple_GET_ITEM(shared, 8));
-    long long offset = PyLong_AsLongLong(PyTuple_GET_ITEM(shared, 9));
-    long long spread = PyLong_AsLongLong(PyTuple_GET_ITEM(shared, 10));
-    if (PyErr_Occurred()) {
+    PyObject *now = PyTuple_GET_ITEM(shared, 0), *key_type = PyTuple_GET_ITEM(shared, 1);
+    int64_t p[8];
+    memcpy(p, PyBytes_AS_STRING(PyTuple_GET_ITEM(shared, 3)), sizeof(p));
+    long long epoch_ns = p[0], size = p[3], max_time = p[4], offset = p[6], spread = p[7];
+    long time_shift = (long)p[1], shard_shift = (long)p[2], used_bits = (long)p[5];
+    if (time_shift <= shard_shift || time_shift > 62 || used_bits < 1 || used_bits > 32 || size < 1 ||
+        size >= (1LL << used_bits) || spread < 0 || spread >= size) {
+        PyErr_SetString(PyExc_ValueError, "shared_next(): bad shared-table parameters");
         return NULL;
     }
     if (check_key_type(key_type) < 0) {
@@ -595,7 +598,7 @@ shared_next(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
     Py_buffer view;
     int64_t *header;
     uint64_t *entry;
-    if (table_entry(PyTuple_GET_ITEM(shared, 7), &view, shard, &header, &entry) < 0) {
+    if (table_entry(PyTuple_GET_ITEM(shared, 2), &view, shard, &header, &entry) < 0) {
         return NULL;
     }
     long long packed = table_take(header, entry, part, n < 1 ? 1 : n, size, (int)used_bits, spread);

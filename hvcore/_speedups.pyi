@@ -30,4 +30,4 @@ def seed_random(seed: int, /) -> None:
     """Reseed this process's generator of random starting points."""
 
 def random_below(bound: int, /) -> int:
-    """A random int in ``0 .. bound - 1`` (splitmix64, the same numbers as hvcore._keymaker's Python twin)."""
+    """A random int in ``0 .. bound - 1`` (``bound`` in 1..2**32), from this process's splitmix64 state."""
