@@ -15,6 +15,7 @@ from hvcore._key import Key, KeyLayout
 __all__ = [
     "AsyncBackendFactory",
     "AsyncServerStore",
+    "AsyncSupportsWorkerLease",
     "BackendFactory",
     "BackendOptions",
     "MoveProgress",
@@ -25,6 +26,7 @@ __all__ = [
     "ServerStore",
     "ShardMover",
     "SupportsShardMoves",
+    "SupportsWorkerLease",
     "check_json",
     "check_text",
     "iter_fields",
@@ -248,6 +250,28 @@ class SupportsShardMoves(Protocol):
         ...
 
 
+@runtime_checkable
+class SupportsWorkerLease(Protocol):
+    """A `ServerStore` that can lease worker numbers (``Datastore(worker="lease")``), see `hvcore.WorkerGrant`."""
+
+    def lease_worker(
+        self, *, bits: int = 4, namespace: str = "default", ttl: float = 10.0, acquire_timeout: float = 0.0
+    ) -> Any:
+        """Lease a free worker number (a started `WorkerGrant` with ``close()``/``aclose()``) until closed."""
+        ...
+
+
+@runtime_checkable
+class AsyncSupportsWorkerLease(Protocol):
+    """The asyncio form of `SupportsWorkerLease`."""
+
+    async def lease_worker(
+        self, *, bits: int = 4, namespace: str = "default", ttl: float = 10.0, acquire_timeout: float = 0.0
+    ) -> Any:
+        """Lease a free worker number (a started `WorkerGrant` with ``close()``/``aclose()``) until closed."""
+        ...
+
+
 BackendFactory = Callable[[Mapping[str, Any], BackendOptions], ServerStore]
 """Builds the store of one server from its connection settings (the config dict without ``shards``)."""
 
@@ -392,5 +416,14 @@ def iter_fields(data: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
         yield name, value
 
 
-for _public in (ServerStore, AsyncServerStore, ProvisionReport, MoveReport, ShardMover, SupportsShardMoves):
+for _public in (
+    ServerStore,
+    AsyncServerStore,
+    ProvisionReport,
+    MoveReport,
+    ShardMover,
+    SupportsShardMoves,
+    SupportsWorkerLease,
+    AsyncSupportsWorkerLease,
+):
     _public.__module__ = "hvcore"
