@@ -13,6 +13,7 @@ from hvcore._plugins import PluginRegistry, default_registry
 from hvcore._schemadefs import IndexInfo, IndexReport, IndexSpec, MigrationReport, MigrationStatus
 from hvcore._sequence import AsyncSequenceSource, SequenceSource
 from hvcore._shardmap import ShardMap
+from hvcore._worker import WorkerGrant, WorkerSlice
 from hvcore.errors import (
     ClockMovedBackwards,
     ConfigError,
@@ -28,6 +29,7 @@ from hvcore.errors import (
     LayoutExhausted,
     MigrationError,
     MoveError,
+    NoFreeWorker,
     NotProvisioned,
     PluginError,
     PoolTimeout,
@@ -37,6 +39,8 @@ from hvcore.errors import (
     ShardMoved,
     ShardNotFound,
     StoreClosed,
+    WorkerLeaseError,
+    WorkerLeaseLost,
 )
 from hvcore.hookspecs import hookimpl
 
@@ -75,6 +79,7 @@ __all__ = [
     "MigrationStatus",
     "MoveError",
     "MoveReport",
+    "NoFreeWorker",
     "NotProvisioned",
     "PluginError",
     "PluginRegistry",
@@ -91,6 +96,10 @@ __all__ = [
     "ShardMoved",
     "ShardNotFound",
     "StoreClosed",
+    "WorkerGrant",
+    "WorkerLeaseError",
+    "WorkerLeaseLost",
+    "WorkerSlice",
     "__version__",
     "default_registry",
     "hookimpl",

@@ -19,7 +19,7 @@ from typing import Any, TypeVar, cast
 
 from hvcore import _schemaops
 from hvcore._acompat import ALock, agather, aspawn, ato_thread
-from hvcore._backend import AsyncServerStore, ProvisionReport, QuerySpec, Record
+from hvcore._backend import AsyncServerStore, AsyncSupportsWorkerLease, ProvisionReport, QuerySpec, Record
 from hvcore._facade import PUT_ATTEMPTS, AsyncSequenceArg, FacadeBase, check_kind, too_many_duplicates
 from hvcore._generator import KeyGenerator
 from hvcore._key import Key, KeyLayout
@@ -38,7 +38,8 @@ from hvcore._schemadefs import (
     split_ranges,
 )
 from hvcore._shardmap import format_ranges
-from hvcore.errors import ConnectionMisuse, DuplicateKey, ShardMoved
+from hvcore._worker import WorkerSlice
+from hvcore.errors import ConfigError, ConnectionMisuse, DuplicateKey, ShardMoved
 
 __all__ = ["AsyncDatastore"]
 
@@ -63,7 +64,11 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
     connections per server, ``pool_block_timeout`` seconds to wait for one, ``logger`` logs every
     statement. ``operation_timeout`` bounds each exchange with a server on the client side (default 60 s; None
     waits forever): a server that stops answering without closing its sockets then fails the call with
-    `ServerUnavailable` instead of hanging it. It applies to raw ``cursor()`` statements too.
+    `ServerUnavailable` instead of hanging it. It applies to raw ``cursor()`` statements too. ``worker`` makes keys
+    unique by construction across processes and hosts sharing shards: ``"lease"`` (or a dict of lease options:
+    ``bits``, ``namespace``, ``ttl``, ``acquire_timeout``) leases a free worker number from the first server for
+    the store's lifetime; a `WorkerSlice` is a fixed one; None (the default) uses the in-process sequence with a
+    random start per millisecond (docs/keys.md has the guarantees and figures of each).
 
     `AsyncDatastore` opens its pools on ``await db.open()`` or on entering ``async with``; its I/O methods are
     coroutines, ``cursor()`` is an async context manager and ``query()`` an async iterator. `Datastore` opens them
@@ -86,6 +91,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         row_factory: str = "dict",
         registry: PluginRegistry | None = None,
         operation_timeout: float | None = 60.0,
+        worker: WorkerSlice | Mapping[str, Any] | str | None = None,
     ) -> None:
         self._configure(
             connections,
@@ -99,6 +105,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
             row_factory,
             registry,
             operation_timeout,
+            worker,
         )
         self._factory = self._registry.async_backend(backend)
         source: Any = sequence
@@ -109,6 +116,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
                 source = self._sequence_from_url(sequence, asyncio=False)
         self._sequence = source
         self._owns_sequence = isinstance(sequence, str)
+        self._lease: Any = None  # the leased worker number (worker="lease"), held from open() to close()
         self.generator = self._make_generator(source)
         self._lock = ALock()
         self._retired: list[AsyncServerStore] = []  # closed stores whose borrowed connections have not come back yet
@@ -117,6 +125,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
             pass
         else:
             self._open_stores()
+            self._ensure_generator()
         _live_stores.add(self)
 
     # -- lifecycle -------------------------------------------------------------------------------------------
@@ -138,6 +147,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         async with self._lock:
             if self._closed:
                 await self._open_stores()
+            await self._ensure_generator()
 
     async def disconnect(self) -> None:
         """Close every pooled connection; the store is unusable until `reinstantiate()`."""
@@ -159,6 +169,12 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         await self.disconnect()
         if self._owns_sequence and self._sequence is not None:
             await self._sequence.close()
+        if self._config.worker is not None and self.generator is not None:
+            self.generator.close()  # its worker number is free for the next generator (this store's, reopened)
+            self.generator = None
+        lease, self._lease = self._lease, None
+        if lease is not None:
+            await lease.aclose()
 
     async def __aenter__(self) -> AsyncDatastore:
         await self.open()
@@ -191,7 +207,28 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
             ) as admin:
                 return work(admin)
 
+    async def _ensure_generator(self) -> None:
+        """Make the key generator if there is none: with ``worker="lease"``, lease a number from the first server."""
+        if self.generator is not None:
+            return
+        options = self._config.lease_options
+        if options is None:
+            self.generator = self._make_generator(self._sequence)
+            return
+        store = self._live()[0]
+        if not isinstance(store, AsyncSupportsWorkerLease):
+            raise ConfigError(
+                f"worker='lease' needs a backend that can lease worker numbers (PostgreSQL, memory); "
+                f"{self.backend!r} cannot: give a fixed WorkerSlice instead"
+            )
+        self._lease = await store.lease_worker(**options)
+        self.generator = KeyGenerator(self.layout, worker=self._lease)
+
     def _make_generator(self, source: Any) -> Any:
+        if self._config.lease_options is not None:
+            return None  # made by _lease_worker() once the pools are open
+        if isinstance(self._config.worker, WorkerSlice):
+            return KeyGenerator(self.layout, worker=self._config.worker)
         if True:  # ASYNC
             from hvcore._agenerator import AsyncKeyGenerator
             from hvcore._sequence import AsyncSequenceSource

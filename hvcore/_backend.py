@@ -16,6 +16,7 @@ from hvcore._schemadefs import FieldFilter, IndexSpec, Migration
 __all__ = [
     "AsyncBackendFactory",
     "AsyncServerStore",
+    "AsyncSupportsWorkerLease",
     "BackendFactory",
     "BackendOptions",
     "IndexBuilder",
@@ -30,6 +31,7 @@ __all__ = [
     "SupportsIndexes",
     "SupportsMigrations",
     "SupportsShardMoves",
+    "SupportsWorkerLease",
     "check_json",
     "check_text",
     "iter_fields",
@@ -258,6 +260,28 @@ class SupportsShardMoves(Protocol):
 
     def shard_mover(self) -> ShardMover:
         """Shard-move operations with this server as the source (or holder of placement records)."""
+        ...
+
+
+@runtime_checkable
+class SupportsWorkerLease(Protocol):
+    """A `ServerStore` that can lease worker numbers (``Datastore(worker="lease")``), see `hvcore.WorkerGrant`."""
+
+    def lease_worker(
+        self, *, bits: int = 4, namespace: str = "default", ttl: float = 10.0, acquire_timeout: float = 0.0
+    ) -> Any:
+        """Lease a free worker number (a started `WorkerGrant` with ``close()``/``aclose()``) until closed."""
+        ...
+
+
+@runtime_checkable
+class AsyncSupportsWorkerLease(Protocol):
+    """The asyncio form of `SupportsWorkerLease`."""
+
+    async def lease_worker(
+        self, *, bits: int = 4, namespace: str = "default", ttl: float = 10.0, acquire_timeout: float = 0.0
+    ) -> Any:
+        """Lease a free worker number (a started `WorkerGrant` with ``close()``/``aclose()``) until closed."""
         ...
 
 
@@ -514,6 +538,8 @@ for _public in (
     MoveReport,
     ShardMover,
     SupportsShardMoves,
+    SupportsWorkerLease,
+    AsyncSupportsWorkerLease,
     IndexBuilder,
     SupportsIndexes,
     Migrator,

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from hvcore._key import KeyLayout
+from hvcore._worker import WorkerSlice
 from hvcore.errors import ConfigError, ShardMapError
 
 __all__ = ["DatastoreConfig", "load_config", "parse_layout", "redact", "server_endpoint"]
@@ -21,6 +22,7 @@ _SECRET_NAMES = frozenset({"password", "passwd", "sslpassword", "secret", "token
 _TOP_LEVEL = frozenset(
     {
         "backend",
+        "worker",
         "pool_max",
         "pool_block_timeout",
         "servers",
@@ -130,6 +132,7 @@ class DatastoreConfig:
     allow_gaps: bool = False
     row_factory: str = "dict"
     operation_timeout: float | None = 60.0
+    worker: Any = None  # None, a WorkerSlice, "lease", or a mapping: {id, bits} (fixed) or lease options
     logger: logging.Logger | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -157,8 +160,22 @@ class DatastoreConfig:
             problems.append(f"row_factory must be 'dict' or 'tuple', got {self.row_factory!r}")
         if self.sequence is not None and (not isinstance(self.sequence, str) or "://" not in self.sequence):
             problems.append(f"sequence must be a URL such as 'redis://127.0.0.1:6379/0', got {self.sequence!r}")
+        try:
+            object.__setattr__(self, "worker", parse_worker(self.worker))
+        except ConfigError as exc:
+            problems.append(str(exc))
+        if self.worker is not None and self.sequence is not None:
+            problems.append(
+                "worker and sequence cannot be combined: a worker number owns a slice of the in-process sequence, "
+                "a shared sequence (Redis) hands out every number; choose one"
+            )
         if problems:
             raise ConfigError("; ".join(problems))
+
+    @property
+    def lease_options(self) -> dict[str, Any] | None:
+        """The worker-lease options when ``worker`` asks for a leased number, else None."""
+        return dict(self.worker) if isinstance(self.worker, Mapping) else None
 
     def __repr__(self) -> str:
         servers = [redact(s) for s in self.servers]
@@ -185,6 +202,39 @@ class DatastoreConfig:
         if "layout" in options:
             options["layout"] = parse_layout(options["layout"])
         return cls(servers=tuple(dict(s) for s in servers), **options)
+
+
+LEASE_OPTIONS = frozenset({"bits", "namespace", "ttl", "acquire_timeout"})
+"""What ``worker = {...}`` may set for a leased worker number (see `hvbackend_postgres.lease_worker`)."""
+
+
+def parse_worker(worker: object) -> WorkerSlice | dict[str, Any] | None:
+    """``Datastore(worker=...)`` checked: None; a `WorkerSlice`; ``"lease"`` or a mapping of lease options (a dict);
+    a mapping with ``id`` (and ``bits``) is a fixed `WorkerSlice`. `ConfigError` for anything else."""
+    if worker is None or isinstance(worker, WorkerSlice):
+        return worker
+    if worker == "lease":
+        return {}
+    if isinstance(worker, Mapping):
+        names = set(worker)
+        if "id" in names:
+            unknown = sorted(str(n) for n in names - {"id", "bits"})
+            if unknown:
+                raise ConfigError(
+                    f"worker = {{id, bits}} is a fixed worker number; unknown key(s) {', '.join(unknown)}"
+                )
+            return WorkerSlice(**{str(k): v for k, v in worker.items()})
+        unknown = sorted(str(n) for n in names - LEASE_OPTIONS)
+        if unknown:
+            raise ConfigError(
+                f"unknown worker lease option(s) {', '.join(unknown)}: expected {', '.join(sorted(LEASE_OPTIONS))} "
+                "(or id and bits for a fixed worker number)"
+            )
+        return {str(k): v for k, v in worker.items()}
+    raise ConfigError(
+        f"worker must be None, 'lease', a mapping of lease options (bits, namespace, ttl, acquire_timeout) or a "
+        f"WorkerSlice / {{id, bits}} for a fixed number, got {type(worker).__name__} {worker!r}"
+    )
 
 
 def load_config(path: str | Path) -> DatastoreConfig:

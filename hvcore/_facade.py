@@ -15,7 +15,7 @@ from hvcore._key import Key, KeyLayout
 from hvcore._plugins import PluginRegistry, default_registry
 from hvcore._sequence import AsyncSequenceSource, SequenceSource
 from hvcore._shardmap import ShardMap, format_ranges
-from hvcore.errors import DuplicateKey, InvalidData, InvalidKey, InvalidKind, InvalidQuery, StoreClosed
+from hvcore.errors import ConfigError, DuplicateKey, InvalidData, InvalidKey, InvalidKind, InvalidQuery, StoreClosed
 
 __all__ = [
     "KIND_MAX",
@@ -76,8 +76,14 @@ class FacadeBase(Generic[StoreT]):
         row_factory: str,
         registry: PluginRegistry | None,
         operation_timeout: float | None = 60.0,
+        worker: object = None,
     ) -> None:
         check_servers(connections)
+        if worker is not None and sequence is not None and not isinstance(sequence, str):
+            raise ConfigError(
+                "worker and sequence cannot be combined: a worker number owns a slice of the in-process sequence, "
+                "a shared sequence source hands out every number; choose one"
+            )
         config = DatastoreConfig(
             servers=tuple(connections),
             backend=backend,
@@ -88,6 +94,7 @@ class FacadeBase(Generic[StoreT]):
             allow_gaps=allow_gaps,
             row_factory=row_factory,
             operation_timeout=operation_timeout,
+            worker=worker,
             logger=logger,
         )
         self._config = config
@@ -123,6 +130,7 @@ class FacadeBase(Generic[StoreT]):
             "allow_gaps": cfg.allow_gaps,
             "row_factory": cfg.row_factory,
             "operation_timeout": cfg.operation_timeout,
+            "worker": cfg.worker,
         }
         kwargs.update(overrides)
         make: Callable[..., Self] = cls  # subclasses take (connections, **options)

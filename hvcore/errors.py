@@ -24,7 +24,10 @@
     ├── NotProvisioned (RuntimeError)       schemas or extensions missing: run ``hv init``
     ├── DuplicateKey (RuntimeError)         a key already stored (retried with a fresh key by ``put``)
     ├── DuplicateValue (ValueError)         a body value a unique index of the shard already holds
-    └── SequenceUnavailable (OSError)       the shared sequence source (Redis) cannot be reached in time
+    ├── SequenceUnavailable (OSError)       the shared sequence source (Redis) cannot be reached in time
+    └── WorkerLeaseError (RuntimeError)     a leased worker number cannot be had or kept
+        ├── NoFreeWorker                    every worker number of the lease table is held
+        └── WorkerLeaseLost                 the lease ended or lapsed: no key is made with it
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ __all__ = [
     "LayoutExhausted",
     "MigrationError",
     "MoveError",
+    "NoFreeWorker",
     "NotProvisioned",
     "PluginError",
     "PoolTimeout",
@@ -53,6 +57,8 @@ __all__ = [
     "ShardMoved",
     "ShardNotFound",
     "StoreClosed",
+    "WorkerLeaseError",
+    "WorkerLeaseLost",
 ]
 
 
@@ -225,5 +231,23 @@ class DuplicateValue(HypervaultError, ValueError):
 
 class SequenceUnavailable(HypervaultError, OSError):
     """The shared sequence source could not be reached within its timeout."""
+
+    __module__ = "hvcore"
+
+
+class WorkerLeaseError(HypervaultError, RuntimeError):
+    """A worker number leased from a shared table (PostgreSQL) cannot be had or kept."""
+
+    __module__ = "hvcore"
+
+
+class NoFreeWorker(WorkerLeaseError):
+    """Every worker number of the lease table is held by a live lease: none is free to lease."""
+
+    __module__ = "hvcore"
+
+
+class WorkerLeaseLost(WorkerLeaseError):
+    """The worker lease ended (closed, taken over) or lapsed (not renewed in time): no key is made with it."""
 
     __module__ = "hvcore"

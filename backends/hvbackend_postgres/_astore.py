@@ -41,6 +41,7 @@ from hvbackend_postgres._common import (
     statement_text,
 )
 from hvbackend_postgres._indexes import PostgresIndexes, unique_violation
+from hvbackend_postgres._lease import PostgresWorkerLease, alease_worker
 from hvbackend_postgres._migrate import PostgresMigrator, new_shard_ddl
 from hvbackend_postgres._move import PostgresMover
 from hvbackend_postgres._schema import (
@@ -654,6 +655,13 @@ class AsyncPostgresServerStore(StoreCore):
         finally:
             await conn.close()
         return counts
+
+    async def lease_worker(
+        self, *, bits: int = 4, namespace: str = "default", ttl: float = 10.0, acquire_timeout: float = 0.0
+    ) -> PostgresWorkerLease:
+        """Lease a free worker number on this server until closed (see `hvbackend_postgres.lease_worker`)."""
+        settings = {**self._kwargs, "conninfo": self._conninfo}
+        return await alease_worker(settings, bits=bits, namespace=namespace, ttl=ttl, acquire_timeout=acquire_timeout)
 
     if True:  # ASYNC
         pass
