@@ -340,6 +340,7 @@ def migrate(
         _check_registries(migrations, registries, applied_anywhere)
         if not dry_run:
             wanted = {m.version for m in migrations}
+            wrote = False
             for (migrator, _, _), (_, registry) in zip(migrators, registries, strict=True):
                 withdrawn = sorted(set(registry) - wanted)
                 if withdrawn:
@@ -347,9 +348,10 @@ def migrate(
                 changed = [m for m in migrations if registry.get(m.version) != (m.filename, m.checksum)]
                 if changed:
                     migrator.record(changed)
-            # read again: a shard provisioned while the records were written has them from its provisioning
-            applied = [migrator.applied(shards) for migrator, _, shards in migrators]
-            report.shards = sum(len(a) for a in applied)
+                wrote = wrote or bool(withdrawn or changed)
+            if wrote:  # read again: a shard provisioned while the records were written has them from provisioning
+                applied = [migrator.applied(shards) for migrator, _, shards in migrators]
+                report.shards = sum(len(a) for a in applied)
         for migration, (transactional, statements) in zip(migrations, parsed, strict=True):
             todo = [sorted(s for s, versions in a.items() if migration.version not in versions) for a in applied]
             run = MigrationRun(
