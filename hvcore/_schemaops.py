@@ -250,18 +250,25 @@ class IndexCatalog:
         return any(key not in self.definitions for key in needed)
 
     def load(self, stores: Sequence[Any]) -> Mapping[tuple[int, str], IndexSpec]:
-        """Read the active definitions of every server (blocking): their union; unreachable servers are skipped."""
+        """Read the active definitions of every server (blocking): their union. Unreachable servers are skipped
+        (definitions are recorded on every one); if none answers, the first one's error is raised."""
         found: dict[tuple[int, str], IndexSpec] = {}
+        errors: list[Exception] = []
+        answered = False
         for store in stores:
             if not isinstance(store, SupportsIndexes):
                 continue
             try:
                 definitions = store.index_builder().definitions()
-            except Exception:  # an unreachable server: the others tell (definitions are recorded on every one)
+            except Exception as exc:  # an unreachable server: the others tell
+                errors.append(exc)
                 continue
+            answered = True
             for spec in definitions:
                 if spec.state == "active":
                     found[(spec.kind, spec.field)] = spec
+        if errors and not answered:
+            raise errors[0]
         self.definitions = found
         self.loaded_at = time.monotonic()
         return found
