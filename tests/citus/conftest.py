@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from citus_helpers import add_citus_database, connect
+from citus.citus_helpers import add_citus_database, connect
 from fixtures.citus import CitusCluster
 from fixtures.datastores import MakeDatastore, SyncFacade
 

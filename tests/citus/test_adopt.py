@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from citus_helpers import connect, dsn, require_citus, run_hv, shard_table_on, write_config
+from citus.citus_helpers import connect, dsn, require_citus, run_hv, shard_table_on, write_config
 from fixtures.citus import CITUS_SETTINGS, CitusCluster
 from fixtures.localpg import LocalServer
 
