@@ -48,10 +48,11 @@ constraint names follow Citus's ``<name>_<shardid>`` convention, read from the e
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import re
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -346,7 +347,9 @@ class CitusCoordinator:
 
         ``holders``: shard id → the store of the server holding it (a PostgreSQL store of the same backend). Those
         servers must preload Citus and have its extension in this database; the ones that are not worker nodes
-        yet are added (``citus_add_node``). Resumable: run it again after an interruption.
+        yet are added (``citus_add_node``). Resumable: run it again after an interruption. ``progress(phase,
+        done, total)`` counts shards: ``stage``, ``distribute``, ``relocate`` and ``hand-over`` as each step of a
+        batch starts, ``adopt`` when a batch is done.
         """
         if batch < 1:
             raise ConfigError(f"batch must be ≥ 1, got {batch}")
@@ -363,7 +366,7 @@ class CitusCoordinator:
             step("adopt", 0, total)
             for start in range(0, total, batch):
                 chunk = order[start : start + batch]
-                self._adopt_batch(coord, chunk, holders, servers, report)
+                self._adopt_batch(coord, chunk, holders, servers, report, functools.partial(_at, step, done, total))
                 done += len(chunk)
                 step("adopt", done, total)
         report.seconds = time.perf_counter() - started
@@ -373,6 +376,7 @@ class CitusCoordinator:
         """Versions, databases, the holders as worker nodes (added if ready); holders by store label."""
         if not self.info.coordinator:
             raise ConfigError(f"{self.store.label} is a Citus worker, not the coordinator: give the coordinator")
+        coord.execute("SELECT recover_prepared_transactions()")  # a killed earlier run may have left some
         coord_db = coord.execute("SELECT current_database()").fetchone()
         backend = self.store.backend
         servers: dict[str, _Holder] = {}
@@ -464,6 +468,7 @@ class CitusCoordinator:
         holders: Mapping[int, Any],
         servers: Mapping[str, _Holder],
         report: AdoptionReport,
+        phase: Callable[[str], None],
     ) -> None:
         schemas = [shard_schema(s) for s in shards]
         distributed = set(self._placement(coord, schemas))
@@ -471,6 +476,7 @@ class CitusCoordinator:
         for shard in shards:
             by_server.setdefault(holders[shard].label, []).append(shard)
         # 1. stage: each holder sets its shards' tables aside (what an earlier run staged stays staged)
+        phase("stage")
         tick = time.perf_counter()
         staged: dict[int, tuple[int, int]] = {}
         for label, owned in by_server.items():
@@ -482,12 +488,14 @@ class CitusCoordinator:
                         self._retire(conn, [s for s in owned if shard_schema(s) not in distributed], report)
         _add(report.phases, "stage", tick)
         # 2. distribute the rest, in the order that puts each on its holder
+        phase("distribute")
         tick = time.perf_counter()
         todo = [s for s in shards if shard_schema(s) not in distributed]
         if todo:
             self._distribute(coord, todo, {s: servers[holders[s].label].node for s in todo})
         _add(report.phases, "distribute", tick)
         # 3. relocate empty placements Citus put elsewhere
+        phase("relocate")
         tick = time.perf_counter()
         placement = self._placement(coord, schemas)
         for shard in shards:
@@ -502,6 +510,7 @@ class CitusCoordinator:
         placement = self._placement(coord, schemas)
         _add(report.phases, "relocate", tick)
         # 4. hand over: the staged tables become the shard tables, verified through the coordinator
+        phase("hand-over")
         tick = time.perf_counter()
         for label, owned in by_server.items():
             mine = [s for s in owned if s in staged]
@@ -727,6 +736,10 @@ def _interleave(groups: Sequence[Sequence[int]]) -> list[int]:
                 alive.append(it)
         iters = alive
     return out
+
+
+def _at(step: MoveProgress, done: int, total: int, phase: str) -> None:
+    step(phase, done, total)
 
 
 def _add(phases: dict[str, float], name: str, since: float) -> None:

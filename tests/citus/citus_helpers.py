@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from fixtures.citus import CitusCluster, _require_citus
+from fixtures.citus import CITUS_SETTINGS, CitusCluster, _require_citus
+from fixtures.localpg import LocalServer
 from psycopg import sql
 
 from hvcore.cli import main
@@ -76,3 +77,12 @@ def add_citus_database(cluster: CitusCluster, dbname: str) -> dict[str, Any]:
 def require_citus() -> None:
     """Build Citus if needed; skip (or fail with CI=true) when it cannot be."""
     _require_citus()
+
+
+def prepare_for_citus(cluster: CitusCluster, server: LocalServer) -> None:
+    """What a DBA does on a server before adoption: preload Citus, restart, create the extension (no add_node)."""
+    with (server.data / "postgresql.conf").open("a", encoding="utf-8") as conf:
+        conf.write("\n".join(CITUS_SETTINGS) + "\n")
+    server.restart()
+    with connect(server.settings, dbname=cluster.dbname) as conn:
+        conn.execute("CREATE EXTENSION citus")

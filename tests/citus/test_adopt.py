@@ -20,8 +20,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from citus.citus_helpers import connect, dsn, require_citus, run_hv, shard_table_on, write_config
-from fixtures.citus import CITUS_SETTINGS, CitusCluster
+from citus.citus_helpers import (
+    connect,
+    dsn,
+    prepare_for_citus,
+    require_citus,
+    run_hv,
+    shard_table_on,
+    write_config,
+)
+from fixtures.citus import CitusCluster
 from fixtures.localpg import LocalServer
 
 import hvcore
@@ -59,15 +67,6 @@ class Fleet:
         return Datastore.from_config(self.citus_config, **options)
 
 
-def _prepare_for_citus(cluster: CitusCluster, server: LocalServer) -> None:
-    """What a DBA does on a server before adoption: preload Citus, restart, create the extension (no add_node)."""
-    with (server.data / "postgresql.conf").open("a", encoding="utf-8") as conf:
-        conf.write("\n".join(CITUS_SETTINGS) + "\n")
-    server.restart()
-    with connect(server.settings, dbname=cluster.dbname) as conn:
-        conn.execute("CREATE EXTENSION citus")
-
-
 def _body(shard: int, i: int) -> dict[str, Any]:
     return {"n": i, "shard": shard, "tag": "odd" if i % 2 else "even", "nested": {"i": i, "l": [i, str(i), None]}}
 
@@ -96,7 +95,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
                 row = conn.execute("SELECT pg_relation_filenode(%s)", (f"shard{shard:04d}.entities",)).fetchone()
                 filenodes[shard] = int(row[0]) if row else -1
         cluster.add_worker(plain[0])  # preload, restart, extension and citus_add_node
-        _prepare_for_citus(cluster, plain[1])  # left for hv citus adopt to add
+        prepare_for_citus(cluster, plain[1])  # left for hv citus adopt to add
 
         code, output = run_hv("citus", "adopt", "--config", str(config), "--coordinator", dsn(cluster.coordinator))
         assert code == 0, output
