@@ -183,3 +183,35 @@ def test_writes_while_shards_are_handed_over_are_refused_or_kept_never_lost(
         coordinator.close()
     with connect(cluster.coordinator) as conn:
         assert conn.execute("SELECT count(*) FROM pg_dist_schema").fetchone() == (shards,)
+
+
+def test_an_hstore_fleet_with_a_shard_moved_by_hypervault_is_adopted_where_the_shard_lives(
+    citus_cluster_factory: Any, tmp_path: Path
+) -> None:
+    """hstore bodies; shard 3 was moved to the second server by ``hv shard move`` before (its first server keeps a
+    forwarding stub under the shard's schema name, which must make way for the schema Citus creates there)."""
+    cluster = citus_cluster_factory(0)
+    plain = [cluster.new_plain_server() for _ in range(2)]
+    servers = [{**server.settings, "dbname": cluster.dbname} for server in plain]
+    config = write_config(
+        tmp_path / "hv.toml", [{"shards": "0-4", **servers[0]}, {"shards": "4-8", **servers[1]}], backend="hstore"
+    )
+    with Datastore.from_config(config) as db:
+        db.provision()
+        keys = [k for shard in range(8) for k in db.put_many(shard, 1, [{"v": str(i)} for i in range(50)])]
+        db.move_shard(3, 1)
+        reference = db.get_many(keys)
+    for server in plain:
+        prepare_for_citus(cluster, server)
+
+    code, text = run_hv("citus", "adopt", "--config", str(config), "--coordinator", dsn(cluster.coordinator))
+
+    assert code == 0, text
+    assert f"renamed the leftover shard0003 on 127.0.0.1:{servers[0]['port']}/hv_citus to hv_retired_0003" in text
+    assert cluster.schema_nodes("shard0003") == [("127.0.0.1", servers[1]["port"])]
+    citus_config = tmp_path / "hv-citus.toml"
+    citus_config.write_text(text, encoding="utf-8")
+    with Datastore.from_config(citus_config) as db:
+        assert db.backend == "hstore"
+        assert db.get_many(keys) == reference
+        assert [r.data for r in db.query(shards=[3], where={"v": "7"})] == [{"v": "7"}]
