@@ -127,13 +127,24 @@ _CHECKSUM = (
     "SELECT count(*), coalesce(sum(hashtextextended(id::text || ' ' || kind::text || ' ' || body::text, 0)), 0)"
     "::numeric FROM {}"
 )
-_COLUMNS_SQL = (
-    "SELECT attname::text, format_type(atttypid, atttypmod), attnotnull FROM pg_catalog.pg_attribute "
-    "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum"
+# every table, view, ... in these schemas: (schema, name, relkind)
+_RELATIONS_SQL = (
+    "SELECT n.nspname, c.relname::text, c.relkind::text FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
+    "ON n.oid = c.relnamespace WHERE n.nspname = ANY(%s) AND c.relkind IN ('r', 'p', 'v', 'm', 'f')"
 )
-_INDEXES_SQL = "SELECT c.relname::text FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid "
-_INDEXES_SQL += "WHERE i.indrelid = %s::regclass ORDER BY 1"
-
+# what the hand-over needs to know about the empty shard table ($1) and the staged table ($2), in one round trip
+_SWAP_FACTS_SQL = """
+SELECT (SELECT array_agg(ARRAY[attname::text, format_type(atttypid, atttypmod), attnotnull::text] ORDER BY attnum)
+          FROM pg_catalog.pg_attribute WHERE attrelid = t.empty AND attnum > 0 AND NOT attisdropped),
+       (SELECT array_agg(ARRAY[attname::text, format_type(atttypid, atttypmod), attnotnull::text] ORDER BY attnum)
+          FROM pg_catalog.pg_attribute WHERE attrelid = t.staged AND attnum > 0 AND NOT attisdropped),
+       (SELECT relowner::regrole::text FROM pg_catalog.pg_class WHERE oid = t.empty),
+       (SELECT array_agg(c.relname::text ORDER BY 1) FROM pg_catalog.pg_index i
+          JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = t.empty),
+       (SELECT array_agg(c.relname::text ORDER BY 1) FROM pg_catalog.pg_index i
+          JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = t.staged)
+FROM (SELECT %s::regclass AS empty, %s::regclass AS staged) t
+"""
 Conn = psycopg.Connection[Any]
 
 
@@ -481,7 +492,7 @@ class CitusCoordinator:
         staged: dict[int, tuple[int, int]] = {}
         for label, owned in by_server.items():
             with self._conn(servers[label].store) as conn:
-                staged.update(self._stage(conn, owned, distributed, servers, report))
+                staged.update(self._stage(conn, owned, distributed, report))
             for other_label, other in servers.items():  # stubs of shards moved away, under the names Citus needs
                 if other_label != label:
                     with self._conn(other.store) as conn:
@@ -524,7 +535,6 @@ class CitusCoordinator:
         conn: Conn,
         shards: Sequence[int],
         distributed: set[str],
-        servers: Mapping[str, _Holder],
         report: AdoptionReport,
     ) -> dict[int, tuple[int, int]]:
         """Set the holder's tables aside (``hv_adopt_NNNN``) with their figures; shard → (rows, checksum) staged.
@@ -555,39 +565,40 @@ class CitusCoordinator:
                 report.empty += 1  # no server had it: Citus creates it empty
         if not to_stage:
             return staged
+        schemas = [shard_schema(s) for s in to_stage]
+        relations = conn.execute(_RELATIONS_SQL, (schemas,)).fetchall()
+        tables = {str(r[0]): str(r[2]) for r in relations if r[1] == TABLE}
+        for shard in to_stage:
+            schema = shard_schema(shard)
+            if tables.get(schema) != "r":
+                found = {"v": "a forwarding stub of a moved shard", None: "none"}.get(
+                    tables.get(schema), "another kind"
+                )
+                raise MoveError(
+                    f"shard {shard} on {self._label_of(conn)} has no {schema}.{TABLE} table ({found}): "
+                    "its placement is stale, run hv status"
+                )
+        others = sorted({f"{r[0]}.{r[1]}" for r in relations if r[1] != TABLE})
+        if others:
+            raise MoveError(
+                f"shard schemas on {self._label_of(conn)} hold other relations than {TABLE} ({', '.join(others)}): "
+                "hv citus adopt hands over the entities table only"
+            )
         with conn.transaction():
             conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+            locked = sql.SQL(", ").join(_q(schema) for schema in schemas)
+            conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(locked))  # in-flight writes end
+            ddl: list[sql.Composable] = []
             for shard in to_stage:
                 schema, stage = shard_schema(shard), staging_schema(shard)
-                kind = conn.execute(
-                    "SELECT c.relkind FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON "
-                    "n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s",
-                    (schema, TABLE),
-                ).fetchone()
-                if kind is None or kind[0] != "r":
-                    raise MoveError(
-                        f"shard {shard} on {self._label_of(conn)} has no {schema}.{TABLE} table "
-                        f"({'a forwarding stub' if kind else 'none'}): its placement is stale, run hv status"
-                    )
-                conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(_q(schema)))
-                others = conn.execute(
-                    "SELECT c.relname::text FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON "
-                    "n.oid = c.relnamespace WHERE n.nspname = %s AND c.relkind IN ('r', 'p', 'v', 'm', 'f') "
-                    "AND c.relname <> %s",
-                    (schema, TABLE),
-                ).fetchall()
-                if others:
-                    raise MoveError(
-                        f"shard {shard} holds other relations than {TABLE} ({', '.join(r[0] for r in others)}): "
-                        "hv citus adopt hands over the entities table only"
-                    )
                 rows, checksum = _checksum(conn, _q(schema))
-                conn.execute(
-                    sql.SQL("ALTER SCHEMA {} RENAME TO {}").format(sql.Identifier(schema), sql.Identifier(stage))
-                )
                 figures = json.dumps({"rows": rows, "checksum": checksum, "by": "hv citus adopt"})
-                conn.execute(sql.SQL("COMMENT ON SCHEMA {} IS {}").format(sql.Identifier(stage), sql.Literal(figures)))
+                ddl.append(
+                    sql.SQL("ALTER SCHEMA {} RENAME TO {};").format(sql.Identifier(schema), sql.Identifier(stage))
+                )
+                ddl.append(sql.SQL("COMMENT ON SCHEMA {} IS {};").format(sql.Identifier(stage), sql.Literal(figures)))
                 staged[shard] = (rows, checksum)
+            conn.execute(sql.SQL("").join(ddl))
         return staged
 
     @staticmethod
@@ -637,8 +648,11 @@ class CitusCoordinator:
                 queue.remove(pick)
                 ordered.append(pick)
             coord.execute("".join(shard_ddl(s, self.store.backend, ext) for s in ordered))
-            for shard in ordered:
-                coord.execute("SELECT citus_schema_distribute(%s::regnamespace)", (shard_schema(shard),))
+            coord.execute(
+                "SELECT citus_schema_distribute(name::regnamespace) FROM unnest(%s::text[]) WITH ORDINALITY "
+                "AS t(name, n) ORDER BY n",
+                ([shard_schema(s) for s in ordered],),
+            )
 
     def _hand_over(
         self,
@@ -689,37 +703,35 @@ class CitusCoordinator:
         name = f"{TABLE}{suffix}"
         empty, staged_table = _q(schema, name), _q(stage)
         conn.execute(sql.SQL("LOCK TABLE {}, {} IN ACCESS EXCLUSIVE MODE").format(empty, staged_table))
-        target_cols = conn.execute(_COLUMNS_SQL, (empty.as_string(conn),)).fetchall()
-        staged_cols = conn.execute(_COLUMNS_SQL, (staged_table.as_string(conn),)).fetchall()
+        facts = conn.execute(_SWAP_FACTS_SQL, (empty.as_string(conn), staged_table.as_string(conn))).fetchone()
+        assert facts is not None
+        target_cols, staged_cols, owner, shard_indexes, staged_indexes = facts
         if target_cols != staged_cols:
             raise MoveError(
                 f"shard {shard}: the columns of its table ({staged_cols}) differ from Citus's shard table "
                 f"({target_cols}) on {CitusCoordinator._label_of(conn)}"
             )
-        merged = _checksum(conn, empty)
-        if merged[0]:
-            conn.execute(sql.SQL("INSERT INTO {} SELECT * FROM {}").format(staged_table, empty))
-        owner = conn.execute(
-            "SELECT relowner::regrole::text FROM pg_catalog.pg_class WHERE oid = %s::regclass", (empty.as_string(conn),)
-        ).fetchone()
-        shard_indexes = {str(r[0]) for r in conn.execute(_INDEXES_SQL, (empty.as_string(conn),)).fetchall()}
-        staged_indexes = [str(r[0]) for r in conn.execute(_INDEXES_SQL, (staged_table.as_string(conn),)).fetchall()]
-        unknown = [i for i in staged_indexes if f"{i}{suffix}" not in shard_indexes]
+        unknown = [i for i in staged_indexes or [] if f"{i}{suffix}" not in (shard_indexes or [])]
         if unknown:
             raise MoveError(
                 f"shard {shard} has indexes the coordinator's table lacks ({', '.join(unknown)}): create them "
                 "on the coordinator's table first (CREATE INDEX ... ON shardNNNN.entities)"
             )
-        conn.execute(sql.SQL("DROP TABLE {}").format(empty))
-        for index in staged_indexes:
-            conn.execute(
-                sql.SQL("ALTER INDEX {} RENAME TO {}").format(_q(stage, index), sql.Identifier(f"{index}{suffix}"))
+        merged = _checksum(conn, empty)
+        ddl: list[sql.Composable] = []
+        if merged[0]:  # written through Citus since the distribution: kept
+            ddl.append(sql.SQL("INSERT INTO {} SELECT * FROM {};").format(staged_table, empty))
+        ddl.append(sql.SQL("DROP TABLE {};").format(empty))
+        for index in staged_indexes or []:
+            ddl.append(
+                sql.SQL("ALTER INDEX {} RENAME TO {};").format(_q(stage, index), sql.Identifier(f"{index}{suffix}"))
             )
-        conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(staged_table, sql.Identifier(name)))
-        conn.execute(sql.SQL("ALTER TABLE {} SET SCHEMA {}").format(_q(stage, name), sql.Identifier(schema)))
+        ddl.append(sql.SQL("ALTER TABLE {} RENAME TO {};").format(staged_table, sql.Identifier(name)))
+        ddl.append(sql.SQL("ALTER TABLE {} SET SCHEMA {};").format(_q(stage, name), sql.Identifier(schema)))
         if owner is not None:
-            conn.execute(sql.SQL("ALTER TABLE {} OWNER TO {}").format(_q(schema, name), sql.Identifier(owner[0])))
-        conn.execute(sql.SQL("DROP SCHEMA {}").format(sql.Identifier(stage)))
+            ddl.append(sql.SQL("ALTER TABLE {} OWNER TO {};").format(_q(schema, name), sql.Identifier(str(owner))))
+        ddl.append(sql.SQL("DROP SCHEMA {};").format(sql.Identifier(stage)))
+        conn.execute(sql.SQL("").join(ddl))
         return merged
 
 
