@@ -1,10 +1,10 @@
 """The hypervault benchmark suite: every part in one run, on one machine and one set of servers, as ratios.
 
 Usage: ``python benchmarks/suite.py [--quick] [--parts keys,redis,datastore,batches,peers,scaling,citus]
-[--output DIR] [--json PATH] [--png PATH]``, from a source checkout (the benchmarks are not installed with the package; there is
-no ``hv bench``). A full run writes ``benchmarks/results/latest.{json,md,png}`` (the committed results the README
-shows); a ``--quick`` run writes ``bench-results/quick/`` (ignored by git) unless ``--output``, ``--json`` or
-``--png`` say otherwise. Each part is a ``benchmarks/bench_<part>.py`` script with a
+[--output DIR] [--json PATH] [--png PATH]``, from a source checkout (the benchmarks are not installed with the
+package; there is no ``hv bench``). A full run writes ``benchmarks/results/latest.{json,md,png}`` (the committed
+results the README shows); a ``--quick`` run writes ``bench-results/quick/`` (ignored by git) unless ``--output``,
+``--json`` or ``--png`` say otherwise. Each part is a ``benchmarks/bench_<part>.py`` script with a
 ``run(quick) -> dict``; the suite normalises their figures into rows
 
     part, measure, hypervault, comparison, ratio, unit, explanation
