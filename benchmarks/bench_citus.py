@@ -5,7 +5,9 @@ Usage: ``python benchmarks/bench_citus.py [--quick] [--json PATH]``. Starts its 
 
 - ``put`` / ``get`` with `Datastore` through the coordinator vs the same `Datastore` calls sent straight to the
   worker that holds the shard (Citus routes them there locally), and vs a plain PostgreSQL server without Citus
-  (hypervault before the hand-off): the routing cost users pay. Blocks in rotating order, medians.
+  (hypervault before the hand-off): the routing cost users pay; ``get_many`` of 1,000 keys over 64 shards through
+  the coordinator (one statement, which Citus plans as one subplan per shard) vs the plain server. Blocks in
+  rotating order, medians.
 - ``hv citus adopt`` of 512 shards of 100 rows (64 of 50 with ``--quick``) held by two plain servers, against the
   path Citus documents for the same fleet: ``pg_dump`` of the shard schemas restored on the coordinator, then the
   statements of ``hv shard export --format citus`` run by psql (``citus_schema_distribute`` copies each schema to a
@@ -41,14 +43,14 @@ def bench_routing(ops: int, rounds: int) -> dict[str, Any]:
     """µs per put and get: via the coordinator, straight to the holding worker, on a plain server."""
     cluster = CitusCluster(2)
     try:
-        coordinator = [{"shards": "0-16", **cluster.coordinator}]
+        coordinator = [{"shards": "0-64", **cluster.coordinator}]
         with hvcore.Datastore(coordinator, backend="jsonb") as db:
-            db.provision()  # 16 distributed schemas on the two workers
+            db.provision()  # 64 distributed schemas on the two workers
         shard = 3
         ((host, port),) = cluster.schema_nodes(f"shard{shard:04d}")
-        worker = [{"shards": "0-16", **next(w for w in cluster.workers if w["port"] == port)}]
+        worker = [{"shards": "0-64", **next(w for w in cluster.workers if w["port"] == port)}]
         plain_server = cluster.new_plain_server()
-        plain = [{"shards": "0-16", **plain_server.settings, "dbname": cluster.dbname}]
+        plain = [{"shards": "0-64", **plain_server.settings, "dbname": cluster.dbname}]
         with hvcore.Datastore(plain, backend="jsonb") as db:
             db.provision()
         stores = {
@@ -73,12 +75,21 @@ def bench_routing(ops: int, rounds: int) -> dict[str, Any]:
 
             put = measure({name: putter(store) for name, store in stores.items()}, ops, rounds)
             get = measure({name: getter(store, keys[name]) for name, store in stores.items()}, ops, rounds)
+            spread: dict[str, list[hvcore.Key]] = {}  # 1000 keys over all 64 shards: one statement per server
+            for name in ("coordinator", "plain"):
+                spread[name] = [k for s in range(64) for k in stores[name].put_many(s, 1, [BODY] * 16)][:1000]
+
+            def fetch(name: str) -> Any:
+                return lambda: stores[name].get_many(spread[name])
+
+            many = measure({name: fetch(name) for name in spread}, max(ops // 40, 3), rounds)
         finally:
             for store in stores.values():
                 store.close()
         return {
             "put_us": {name: seconds * 1e6 for name, seconds in put.items()},
             "get_us": {name: seconds * 1e6 for name, seconds in get.items()},
+            "get_many_1000_ms": {name: seconds * 1e3 for name, seconds in many.items()},
             "shard_node": f"{host}:{port}",
         }
     finally:

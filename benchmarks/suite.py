@@ -569,6 +569,20 @@ def rows_citus(r: dict[str, Any]) -> list[Row]:
                 lower_is_better=True,
             )
         )
+    many = routing.get("get_many_1000_ms")
+    if many:
+        out.append(
+            row(
+                "citus",
+                "get_many 1000 keys, 64 shards, via the coordinator",
+                many["coordinator"],
+                "plain PostgreSQL, before the hand-off",
+                many["plain"],
+                "ms",
+                "one statement over 64 schemas: Citus runs a subplan per shard, one after another",
+                lower_is_better=True,
+            )
+        )
     for name in ("adoption", "adoption_big"):
         a = r[name]
         label = f"{a['shards']} shards × {a['rows_per_shard']:,} rows"

@@ -86,3 +86,39 @@ def prepare_for_citus(cluster: CitusCluster, server: LocalServer) -> None:
     server.restart()
     with connect(server.settings, dbname=cluster.dbname) as conn:
         conn.execute("CREATE EXTENSION citus")
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+README_MARKER = "<!-- outgrowing-commands -->"
+
+
+def readme_commands() -> list[str]:
+    """The ``$ hv ...`` lines of the README's "Outgrowing" block (after its marker), without the prompt."""
+    lines = README.read_text(encoding="utf-8").splitlines()
+    start = lines.index(README_MARKER)
+    out: list[str] = []
+    inside = False
+    for line in lines[start + 1 :]:
+        if line.startswith("```"):
+            if inside:
+                break
+            inside = True
+            continue
+        if inside and line.startswith("$ hv "):
+            out.append(line[2:])
+    return out
+
+
+def readme_command(prefix: str, replace: Mapping[str, str]) -> tuple[list[str], str | None]:
+    """The README's command starting with ``prefix`` (e.g. ``hv citus adopt``) as argv for `run_hv`, its words
+    replaced by ``replace`` (the README's placeholders → this test's values), and the file it redirects to."""
+    import shlex
+
+    (line,) = [c for c in readme_commands() if c.startswith(prefix)]
+    words = [replace.get(w, w) for w in shlex.split(line)]
+    target = None
+    if ">" in words:
+        target = words[words.index(">") + 1]
+        words = words[: words.index(">")]
+    assert words[0] == "hv", line
+    return words[1:], target

@@ -24,6 +24,7 @@ from citus.citus_helpers import (
     connect,
     dsn,
     prepare_for_citus,
+    readme_command,
     require_citus,
     run_hv,
     shard_table_on,
@@ -97,9 +98,18 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         cluster.add_worker(plain[0])  # preload, restart, extension and citus_add_node
         prepare_for_citus(cluster, plain[1])  # left for hv citus adopt to add
 
-        code, output = run_hv("citus", "adopt", "--config", str(config), "--coordinator", dsn(cluster.coordinator))
-        assert code == 0, output
         citus_config = top / "hv-citus.toml"
+        argv, saved_to = readme_command(
+            "hv citus adopt",
+            {
+                "hv.toml": str(config),
+                "host=citus0 dbname=app": dsn(cluster.coordinator),
+                "hv-citus.toml": str(citus_config),
+            },
+        )
+        code, output = run_hv(*argv)
+        assert code == 0, output
+        assert saved_to == str(citus_config)
         citus_config.write_text(output, encoding="utf-8")
         adopted = {}
         for shard in range(SHARDS):
@@ -229,16 +239,12 @@ def test_citus_schema_move_under_write_load_loses_no_write(fleet: Fleet) -> None
             thread.start()
         time.sleep(0.5)
         try:
-            code, text = run_hv(
-                "shard",
-                "move",
-                str(shard),
-                "--to",
-                f"127.0.0.1:{target}",
-                "--config",
-                str(fleet.citus_config),
-                "--json",
+            argv, _ = readme_command(
+                "hv shard move", {"db2:5432": f"127.0.0.1:{target}", "hv-citus.toml": str(fleet.citus_config)}
             )
+            assert argv[:3] == ["shard", "move", str(shard)]
+            code, text = run_hv(*argv, "--json")
+
             time.sleep(0.3)  # writes go on after the switch
         finally:
             stop.set()
@@ -265,7 +271,8 @@ def test_citus_schema_move_under_write_load_loses_no_write(fleet: Fleet) -> None
 
 
 def test_status_reads_the_nodes_from_citus_schemas(fleet: Fleet) -> None:
-    code, text = run_hv("status", "--config", str(fleet.citus_config), "--json")
+    argv, _ = readme_command("hv status", {"hv-citus.toml": str(fleet.citus_config)})
+    code, text = run_hv(*argv, "--json")
     assert code == 0
     (entry,) = json.loads(text)
     assert entry["rows"] == SHARDS * ROWS and entry["provisioned_shards"] == SHARDS
