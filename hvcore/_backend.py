@@ -192,11 +192,16 @@ MoveProgress = Callable[[str, int, int], None]
 
 @dataclass(slots=True, kw_only=True)
 class MoveReport:
-    """What one shard move did: servers, rows, timings (the write pause is ``pause_seconds``)."""
+    """What one shard move did: servers, rows, timings (the write pause is ``pause_seconds``).
+
+    ``engine`` names a distributed database that moved the shard between its nodes (``"Citus 13.0.5"``; source and
+    target are then nodes, ``host:port``), empty for hypervault's own move between servers.
+    """
 
     shard_id: int
     source: str
     target: str
+    engine: str = ""
     version: int = 0
     rows: int = 0
     copy_seconds: float = 0.0

@@ -13,7 +13,7 @@ from typing import Any
 
 from hvcore._backend import AdoptionReport, MoveProgress, MoveReport, ShardCluster, SupportsShardCluster
 from hvcore._shardmap import format_ranges
-from hvcore.errors import ConfigError, MoveError
+from hvcore.errors import ConfigError, MoveError, ServerUnavailable
 
 __all__ = ["ADOPT_BATCH", "adopt_shards", "cluster_of", "cluster_status", "move_within_cluster"]
 
@@ -66,11 +66,14 @@ def cluster_status(db: Any) -> list[dict[str, Any]]:
     """Per server that fronts a distributed database: its engine and, per node, the shards it holds and their size.
 
     ``[{"server": label, "engine": "Citus 13.0.5", "nodes": [{"node": "host:port", "shards": "0-32",
-    "shard_count": 32, "bytes": 1234}, ...]}]``; plain servers are left out.
+    "shard_count": 32, "bytes": 1234}, ...]}]``; plain and unreachable servers are left out.
     """
     out: list[dict[str, Any]] = []
     for index, store in enumerate(db.servers):
-        cluster = cluster_of(store)
+        try:
+            cluster = cluster_of(store)
+        except ServerUnavailable:
+            continue  # hv status reports it as unreachable
         if cluster is None:
             continue
         shards = db.shard_map.shards_of(index)

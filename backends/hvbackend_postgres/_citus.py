@@ -322,7 +322,7 @@ class CitusCoordinator:
                     f"shard {shard_id} ({schema}) is not a distributed schema on {self.store.label}: "
                     "run hv init (new shards) or hv citus adopt first"
                 )
-            report = MoveReport(shard_id=shard_id, source=where[1], target=node)
+            report = MoveReport(shard_id=shard_id, source=where[1], target=node, engine=self.describe())
             if where[1] == node:
                 report.notes.append(f"shard {shard_id} is already on {node}")
                 return report

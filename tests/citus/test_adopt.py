@@ -253,6 +253,7 @@ def test_citus_schema_move_under_write_load_loses_no_write(fleet: Fleet) -> None
         assert code == 0, text
         report = json.loads(text)
         assert (report["source"], report["target"]) == (f"127.0.0.1:{source}", f"127.0.0.1:{target}")
+        assert report["engine"] == "Citus 13.0.5" and report["rows"] >= ROWS
         assert fleet.cluster.schema_nodes(schema) == [("127.0.0.1", target)]
         found = db.get_many(acknowledged)
         moved = [k for k in acknowledged if k.shard_id == shard]
