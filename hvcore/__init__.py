@@ -12,6 +12,7 @@ from hvcore._placement import MoveReport
 from hvcore._plugins import PluginRegistry, default_registry
 from hvcore._sequence import AsyncSequenceSource, SequenceSource
 from hvcore._shardmap import ShardMap
+from hvcore._worker import WorkerGrant, WorkerSlice
 from hvcore.errors import (
     ClockMovedBackwards,
     ConfigError,
@@ -25,6 +26,7 @@ from hvcore.errors import (
     InvalidShard,
     LayoutExhausted,
     MoveError,
+    NoFreeWorker,
     NotProvisioned,
     PluginError,
     PoolTimeout,
@@ -34,6 +36,8 @@ from hvcore.errors import (
     ShardMoved,
     ShardNotFound,
     StoreClosed,
+    WorkerLeaseError,
+    WorkerLeaseLost,
 )
 from hvcore.hookspecs import hookimpl
 
@@ -65,6 +69,7 @@ __all__ = [
     "LayoutExhausted",
     "MoveError",
     "MoveReport",
+    "NoFreeWorker",
     "NotProvisioned",
     "PluginError",
     "PluginRegistry",
@@ -81,6 +86,10 @@ __all__ = [
     "ShardMoved",
     "ShardNotFound",
     "StoreClosed",
+    "WorkerGrant",
+    "WorkerLeaseError",
+    "WorkerLeaseLost",
+    "WorkerSlice",
     "__version__",
     "default_registry",
     "hookimpl",
