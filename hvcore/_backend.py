@@ -13,6 +13,7 @@ from hvcore import errors as _errors
 from hvcore._key import Key, KeyLayout
 
 __all__ = [
+    "AdoptionReport",
     "AsyncBackendFactory",
     "AsyncServerStore",
     "AsyncSupportsWorkerLease",
@@ -20,11 +21,14 @@ __all__ = [
     "BackendOptions",
     "MoveProgress",
     "MoveReport",
+    "NodeShard",
     "ProvisionReport",
     "QuerySpec",
     "Record",
     "ServerStore",
+    "ShardCluster",
     "ShardMover",
+    "SupportsShardCluster",
     "SupportsShardMoves",
     "SupportsWorkerLease",
     "check_json",
@@ -190,11 +194,16 @@ MoveProgress = Callable[[str, int, int], None]
 
 @dataclass(slots=True, kw_only=True)
 class MoveReport:
-    """What one shard move did: servers, rows, timings (the write pause is ``pause_seconds``)."""
+    """What one shard move did: servers, rows, timings (the write pause is ``pause_seconds``).
+
+    ``engine`` names a distributed database that moved the shard between its nodes (``"Citus 13.0.5"``; source and
+    target are then nodes, ``host:port``), empty for hypervault's own move between servers.
+    """
 
     shard_id: int
     source: str
     target: str
+    engine: str = ""
     version: int = 0
     rows: int = 0
     copy_seconds: float = 0.0
@@ -261,6 +270,85 @@ class SupportsWorkerLease(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class NodeShard:
+    """Where a distributed database keeps one logical shard: its node (``host:port``) and size in bytes."""
+
+    shard_id: int
+    node: str
+    size_bytes: int
+
+
+@dataclass(slots=True, kw_only=True)
+class AdoptionReport:
+    """What one adoption of a config's shards into a distributed database did (``hv citus adopt``).
+
+    ``adopted``: shards handed over by this run; ``already``: adopted by an earlier (interrupted) run; ``empty``:
+    shards no server held, created empty; ``relocated``: empty placements the engine put on another node first and
+    that were moved (no rows) before the hand-over; ``merged_rows``: rows written through the engine while a shard
+    was being adopted, merged into it; ``rows``: rows verified through the coordinator (count and checksum);
+    ``phases``: seconds per phase.
+    """
+
+    coordinator: str
+    engine: str
+    shards: int = 0
+    adopted: int = 0
+    already: int = 0
+    empty: int = 0
+    relocated: int = 0
+    merged_rows: int = 0
+    rows: int = 0
+    verified: int = 0
+    seconds: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)
+    nodes: dict[str, str] = field(default_factory=dict)  # config server label → node (host:port)
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The report as plain data (for ``--json``)."""
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+class ShardCluster(Protocol):
+    """The distributed database one configured server fronts (a Citus coordinator): its nodes hold the shards.
+
+    Got from ``store.shard_cluster()`` (`SupportsShardCluster`). Moves between its nodes are the engine's own
+    (``citus_schema_move``), not hypervault's copy-and-switch.
+    """
+
+    def describe(self) -> str:
+        """The engine and its version, e.g. ``"Citus 13.0.5"``."""
+        ...
+
+    def nodes(self) -> list[str]:
+        """The nodes that can hold shards, as ``host:port``."""
+        ...
+
+    def placement(self, shard_ids: Sequence[int]) -> dict[int, NodeShard]:
+        """Where each of these shards lives (shards the engine does not distribute are left out)."""
+        ...
+
+    def move_to_node(self, shard_id: int, node: str, *, progress: MoveProgress | None) -> MoveReport:
+        """Move ``shard_id`` to ``node`` (``host:port``) with the engine's online move; `MoveError` if it cannot."""
+        ...
+
+    def adopt(
+        self,
+        holders: Mapping[int, Any],
+        *,
+        progress: MoveProgress | None = None,
+        batch: int = 64,
+    ) -> AdoptionReport:
+        """Hand over shards that plain servers hold (shard → that server's store) without copying their rows.
+
+        The servers must already be nodes of the cluster (or ready to be added). Resumable: run it again after an
+        interruption. Raises `ConfigError` for a server or engine that cannot take part, `MoveError` when a
+        shard cannot be handed over or verified.
+        """
+        ...
+
+
 @runtime_checkable
 class AsyncSupportsWorkerLease(Protocol):
     """The asyncio form of `SupportsWorkerLease`."""
@@ -269,6 +357,18 @@ class AsyncSupportsWorkerLease(Protocol):
         self, *, bits: int = 4, namespace: str = "default", ttl: float = 10.0, acquire_timeout: float = 0.0
     ) -> Any:
         """Lease a free worker number (a started `WorkerGrant` with ``close()``/``aclose()``) until closed."""
+        ...
+
+
+@runtime_checkable
+class SupportsShardCluster(Protocol):
+    """A `ServerStore` that can tell whether its server fronts a distributed database (PostgreSQL: Citus)."""
+
+    def shard_cluster(self) -> ShardCluster | None:
+        """The distributed database behind this server, or None when it is a plain server (asks the server once).
+
+        Raises `ConfigError` when the server runs an engine version hypervault does not support.
+        """
         ...
 
 
@@ -425,5 +525,9 @@ for _public in (
     SupportsShardMoves,
     SupportsWorkerLease,
     AsyncSupportsWorkerLease,
+    NodeShard,
+    AdoptionReport,
+    ShardCluster,
+    SupportsShardCluster,
 ):
     _public.__module__ = "hvcore"

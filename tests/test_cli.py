@@ -325,7 +325,7 @@ def test_shard_export_reads_every_way_a_server_is_given(tmp_path: Path) -> None:
     assert [line for line in text.splitlines() if "citus_add_node" in line] == [
         f"SELECT citus_add_node('{h}', {p});" for h, p, _ in expected
     ]
-    assert "SELECT citus_schema_move('shard0005', 'db-b.invalid', 5433);" in text
+    assert "SELECT citus_schema_move('shard0005', 'db-b.invalid', 5433, 'block_writes') WHERE NOT EXISTS (" in text
     code, text = run("shard", "export", "--format", "pgdog", "--config", config)
     assert code == 0 and password not in text
     databases = tomllib.loads(text)["databases"]

@@ -21,6 +21,15 @@ from psycopg.types.hstore import register_hstore
 from psycopg.types.json import set_json_dumps, set_json_loads
 from psycopg.types.numeric import Int8BinaryDumper, Int8Dumper
 
+from hvbackend_postgres._citus import (
+    CITUS_COORDINATOR_SQL,
+    CITUS_EXTENSION_SQL,
+    CITUS_UNDISTRIBUTED_SQL,
+    CitusCoordinator,
+    check_citus_version,
+    distribute_sql,
+    read_citus,
+)
 from hvbackend_postgres._common import (
     ADVISORY_LOCK,
     COUNT_BATCH,
@@ -558,17 +567,33 @@ class PostgresServerStore(StoreCore):
             conn.execute("SELECT pg_advisory_lock(%s)", (ADVISORY_LOCK,))
             ext = self._ensure_hstore(conn, report) if self.text_only else None
             todo = self._todo(shard_ids, self._existing(conn, shard_ids))
+            citus = self._citus_coordinator(conn)
+            if citus:  # a Citus coordinator: also the shard schemas that exist but are not distributed yet
+                cur = conn.execute(CITUS_UNDISTRIBUTED_SQL, ([shard_schema(s) for s in shard_ids],))
+                undistributed = {str(r[0]) for r in cur.fetchall()}
+                todo = [s for s in shard_ids if s in set(todo) or shard_schema(s) in undistributed]
             if progress is not None and len(shard_ids) > len(todo):
                 progress(len(shard_ids) - len(todo))
             batches = [todo[i : i + PROVISION_BATCH] for i in range(0, len(todo), PROVISION_BATCH)]
-            self._run_batches(batches, ext, progress)
+            self._run_batches(batches, ext, progress, citus=citus)
             report.created = len(todo)
         finally:
             conn.close()
         report.seconds = time.perf_counter() - started
         return report
 
-    def _run_batches(self, batches: list[list[int]], ext: str | None, progress: Callable[[int], None] | None) -> None:
+    def _citus_coordinator(self, conn: Conn) -> bool:
+        """True if this server is a Citus coordinator: provisioning then distributes each new shard schema."""
+        row = conn.execute(CITUS_EXTENSION_SQL).fetchone()
+        if row is None:
+            return False
+        check_citus_version(str(row[0]), None, self._label)
+        info = conn.execute(CITUS_COORDINATOR_SQL).fetchone()
+        return bool(info and info[1])
+
+    def _run_batches(
+        self, batches: list[list[int]], ext: str | None, progress: Callable[[int], None] | None, *, citus: bool = False
+    ) -> None:
         if not batches:
             return
         queue = iter(batches)
@@ -585,6 +610,8 @@ class PostgresServerStore(StoreCore):
                     if batch is None:
                         return
                     ddl = "".join(shard_ddl(s, self.backend, ext) for s in batch)
+                    if citus:  # on a Citus coordinator each schema becomes a distributed schema on a worker
+                        ddl += distribute_sql([shard_schema(s) for s in batch]) + ";"
                     conn.execute(f"BEGIN;{ddl}COMMIT;")
                     if progress is not None:
                         progress(len(batch))
@@ -636,6 +663,16 @@ class PostgresServerStore(StoreCore):
     def shard_mover(self) -> PostgresMover:
         """Shard-move operations with this server as the source (``Datastore.move_shard``), see ``_move``."""
         return PostgresMover(self)
+
+    def shard_cluster(self) -> CitusCoordinator | None:
+        """The Citus cluster this server coordinates, or None for a plain server (or a Citus worker), see
+        ``_citus``; `ConfigError` for a Citus version hypervault does not support."""
+        conn = self._admin()
+        try:
+            info = read_citus(conn, self._label)
+        finally:
+            conn.close()
+        return CitusCoordinator(self, info) if info is not None and info.coordinator else None
 
     def stats(self) -> dict[str, Any]:
         """Pool figures: pool_max, size, available, borrowed (lent by this store), waiting, connection errors."""
