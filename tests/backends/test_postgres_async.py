@@ -166,7 +166,9 @@ def test_terminated_backend_next_operation_succeeds(pg_datastore_factory: Any, p
             await db.put(1, 1, a=1)
             async with db.cursor(1) as cur:
                 await cur.execute("SELECT pg_backend_pid() AS pid")
-                pid = (await cur.fetchone())["pid"]
+                row = await cur.fetchone()
+                assert row is not None
+                pid = row["pid"]
             terminate(pg_cluster.settings(0), pid)
             await asyncio.sleep(0.05)
             key = await db.put(1, 1, a=2)  # the idle dead connection is noticed at checkout
@@ -175,7 +177,9 @@ def test_terminated_backend_next_operation_succeeds(pg_datastore_factory: Any, p
             assert len(await db.get_many(keys)) == 2
             # killed while borrowed by a user: that statement fails, the pool heals
             conn = await db.get_connection(1)
-            pid = (await (await conn.execute("SELECT pg_backend_pid() AS pid")).fetchone())["pid"]
+            row = await (await conn.execute("SELECT pg_backend_pid() AS pid")).fetchone()
+            assert row is not None
+            pid = row["pid"]
             await conn.rollback()
             terminate(pg_cluster.settings(0), pid)
             with pytest.raises(psycopg.OperationalError):
