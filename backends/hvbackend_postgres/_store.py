@@ -39,6 +39,7 @@ from hvbackend_postgres._common import (
     query_fetch_sizes,
     query_records,
 )
+from hvbackend_postgres._legacy import LEGACY_SQL, layout_problem, legacy_signs, legacy_table_error, max_id_query
 from hvbackend_postgres._move import PostgresMover
 from hvbackend_postgres._schema import (
     TABLE,
@@ -584,7 +585,9 @@ class PostgresServerStore(StoreCore):
         try:
             conn.execute("SELECT pg_advisory_lock(%s)", (ADVISORY_LOCK,))
             ext = self._ensure_hstore(conn, report) if self.text_only else None
-            todo = self._todo(shard_ids, self._existing(conn, shard_ids))
+            existing = self._existing(conn, shard_ids)
+            self._check_existing(conn, existing)
+            todo = self._todo(shard_ids, existing)
             if progress is not None and len(shard_ids) > len(todo):
                 progress(len(shard_ids) - len(todo))
             batches = [todo[i : i + PROVISION_BATCH] for i in range(0, len(todo), PROVISION_BATCH)]
@@ -594,6 +597,30 @@ class PostgresServerStore(StoreCore):
             conn.close()
         report.seconds = time.perf_counter() - started
         return report
+
+    def _check_existing(self, conn: Conn, existing: Mapping[int, tuple[set[str], str | None]]) -> None:
+        """Refuse shards that hold the 2015 library's table or ids of another layout (`_legacy`), creating nothing.
+
+        Two queries: the catalog (the 2015 ``type`` column, a 2015 ``next_id()`` and its epoch, which tables hold
+        rows), then the newest id of up to `LAYOUT_SAMPLE` shards holding rows (backward primary-key scans).
+        """
+        if not existing:
+            return
+        names = {shard_schema(shard): shard for shard in existing}
+        rows = conn.execute(LEGACY_SQL, (list(names),)).fetchall()
+        old_tables, epochs, sample = legacy_signs(rows, names)
+        layout, now_ms = (self._options.layout, time.time_ns() // 1000000)
+        for shard, epoch in sorted(epochs.items()):
+            problem = layout_problem(shard, self._label, layout, max_id=None, next_id_epoch=epoch, now_ms=now_ms)
+            if problem is not None:
+                raise problem
+        if old_tables:
+            raise legacy_table_error(old_tables, self._label)
+        if sample:
+            for shard, max_id in conn.execute(max_id_query(sample)).fetchall():
+                problem = layout_problem(shard, self._label, layout, max_id=max_id, next_id_epoch=None, now_ms=now_ms)
+                if problem is not None:
+                    raise problem
 
     def _run_batches(self, batches: list[list[int]], ext: str | None, progress: Callable[[int], None] | None) -> None:
         if not batches:
