@@ -108,12 +108,17 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         self._lock = ALock()
         self._retired: list[AsyncServerStore] = []  # closed stores whose borrowed connections have not come back yet
         if True:  # ASYNC
-            pass
+            self._check_settings()  # the stores are made by open(); their settings are checked now
         else:
             self._open_stores()
         _live_stores.add(self)
 
     # -- lifecycle -------------------------------------------------------------------------------------------
+
+    def _check_settings(self) -> None:
+        """Build each server's store without opening it: its backend checks its settings (no I/O)."""
+        for settings in self._settings:
+            self._factory(settings, self._options)
 
     async def _open_stores(self) -> None:
         stores = [self._factory(settings, self._options) for settings in self._settings]

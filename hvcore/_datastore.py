@@ -107,6 +107,11 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
+    def _check_settings(self) -> None:
+        """Build each server's store without opening it: its backend checks its settings (no I/O)."""
+        for settings in self._settings:
+            self._factory(settings, self._options)
+
     def _open_stores(self) -> None:
         stores = [self._factory(settings, self._options) for settings in self._settings]
         try:
