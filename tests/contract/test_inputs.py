@@ -24,7 +24,8 @@ def rows(store: Any) -> int:
 def stored(store: Any, key: hvcore.Key) -> dict[str, Any]:
     record = store.get(key)
     assert record is not None
-    return record.data
+    data: dict[str, Any] = record.data
+    return data
 
 
 @pytest.mark.parametrize(
