@@ -150,9 +150,7 @@ class MemoryServerStore:
         if "name" in settings:
             self.name = str(settings["name"])
         else:
-            with _SERVERS_LOCK:
-                MemoryServerStore._counter += 1
-                self.name = f"memory-{MemoryServerStore._counter}"
+            self.name = _private_name(settings)
         self._auto_provision = bool(settings.get("provisioned", True))
         self._options = options
         self._logger = options.logger
@@ -391,6 +389,25 @@ class MemoryServerStore:
             "borrowed": borrowed,
             "available": self._options.pool_max - borrowed,
         }
+
+
+_UNNAMED: dict[int, tuple[Mapping[str, Any], str]] = {}  # id(settings) -> (settings, name); keeps settings alive
+
+
+def _private_name(settings: Mapping[str, Any]) -> str:
+    """The name of an unnamed server: a fresh one per settings object, the same one when a datastore reopens.
+
+    A `Datastore` makes its stores again from the same settings on `reinstantiate()`, and the data must still be
+    there afterwards, as on a real server.
+    """
+    with _SERVERS_LOCK:
+        entry = _UNNAMED.get(id(settings))
+        if entry is not None and entry[0] is settings:
+            return entry[1]
+        MemoryServerStore._counter += 1
+        name = f"memory-{MemoryServerStore._counter}"
+        _UNNAMED[id(settings)] = (settings, name)
+        return name
 
 
 def _value_rules(server: object, datastore: str | None) -> str:
