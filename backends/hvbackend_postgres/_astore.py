@@ -472,6 +472,8 @@ class AsyncPostgresServerStore(StoreCore):
         """
         if not rows:
             return
+        if not self._backend_checked:
+            await self._check_backend()
         statement = self._copy_sql(shard_id)
 
         async def op(conn: AConn) -> bool:

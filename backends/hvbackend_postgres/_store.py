@@ -457,6 +457,8 @@ class PostgresServerStore(StoreCore):
         """
         if not rows:
             return
+        if not self._backend_checked:
+            self._check_backend()
         statement = self._copy_sql(shard_id)
 
         def op(conn: Conn) -> bool:
