@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -29,7 +30,7 @@ def test_rows_index_by_position_and_by_name(pg_datastore_factory: Any, backend: 
         cur.execute("SELECT version(), 7 AS seven")
         ver = cur.fetchone()
     assert ver is not None and ver[0] == ver["version"] and ver[1] == ver["seven"] == 7
-    assert isinstance(ver, tuple) and len(ver) == 2 and tuple(ver) == (ver[0], 7)
+    assert tuple(ver) == (ver[0], 7) and isinstance(ver, hvcore.Row) and isinstance(ver, tuple)
     assert dict(ver) == {"version": ver[0], "seven": 7} and list(ver.keys()) == ["version", "seven"]
     assert "seven" in ver and ver.get("nope", "default") == "default"
     conn = db.get_connection(9)
@@ -70,7 +71,7 @@ def test_the_other_backend_is_a_config_error_naming_both(
     pg_datastore_factory: Any, provisioned: str, opened: str, api: str
 ) -> None:
     servers = list(pg_datastore_factory(provisioned)._config.servers)
-    ops = [
+    ops: list[Callable[[Any], Any]] = [
         lambda db: db.put(1, 1, a="b"),
         lambda db: db.get(KeyLayout.DEFAULT.key(1 << 23 | 1 << 10)),
         lambda db: db.put_many(1, 1, [{"a": "b"}]),
