@@ -17,7 +17,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from hvcore._acompat import ALock, agather, aspawn
 from hvcore._backend import AsyncServerStore, ProvisionReport, QuerySpec, Record
-from hvcore._facade import PUT_ATTEMPTS, AsyncSequenceArg, FacadeBase, check_kind, too_many_duplicates
+from hvcore._facade import (
+    PUT_ATTEMPTS,
+    AsyncSequenceArg,
+    FacadeBase,
+    check_kind,
+    check_progress,
+    check_sequence,
+    too_many_duplicates,
+)
 from hvcore._generator import KeyGenerator
 from hvcore._key import Key, KeyLayout
 from hvcore._placement import MAX_HOPS, AsyncPlacementMixin
@@ -94,6 +102,10 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
             log_values,
         )
         self._factory = self._registry.async_backend(backend)
+        if True:  # ASYNC
+            check_sequence(sequence, asyncio=True)
+        else:
+            check_sequence(sequence, asyncio=False)
         source: Any = sequence
         if isinstance(sequence, str):
             if True:  # ASYNC
@@ -407,7 +419,12 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
     # -- operations ------------------------------------------------------------------------------------------
 
     async def provision(self, progress: Callable[[int], None] | None = None) -> list[ProvisionReport]:
-        """Create schemas, tables and indexes for every mapped shard on its server (idempotent, servers in parallel)."""
+        """Create schemas, tables and indexes for every mapped shard on its server (idempotent, servers in parallel).
+
+        Durable when it returns. ``progress(count)``, if given, is called as shards are done. A PostgreSQL backend
+        first refuses shards holding the 2015 library's table or ids made with another layout (`ConfigError`).
+        """
+        check_progress(progress)
         await self.reload_placement()  # after a move, a shard is provisioned where it lives now, not where configured
         stores = self._live()
         if len(stores) == 1:

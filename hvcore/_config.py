@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import re
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -12,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from hvcore._key import KeyLayout
+from hvcore._show import show_value
 from hvcore.errors import ConfigError, ShardMapError
 
 __all__ = [
@@ -41,6 +41,10 @@ _TOP_LEVEL = frozenset(
         "log_values",
     }
 )
+TIMEOUT_LIMIT = 2_147_483
+"""Longest timeout in seconds (about 24.8 days): 2**31 - 1 ms, what poll() and libpq's connect_timeout take."""
+POOL_MAX_LIMIT = 10_000
+"""Most connections per server a pool may hold (PostgreSQL's max_connections is 100 by default)."""
 ROW_FACTORIES = ("row", "dict", "tuple")
 """Rows from ``cursor()``/``get_connection()``: `Row` (tuple and mapping at once, the default), dict, or tuple."""
 VALUE_RULES = {"jsonb": "jsonb", "json": "jsonb", "text": "text", "hstore": "text"}
@@ -298,32 +302,44 @@ class DatastoreConfig:
 
     def __post_init__(self) -> None:
         problems: list[str] = []
-        if type(self.pool_max) is not int or self.pool_max < 1:
-            problems.append(f"pool_max must be an int ≥ 1, got {self.pool_max!r}")
+        if type(self.pool_max) is not int or not 1 <= self.pool_max <= POOL_MAX_LIMIT:
+            problems.append(f"pool_max must be an int in 1..{POOL_MAX_LIMIT}, got {show_value(self.pool_max)}")
         timeout = self.pool_block_timeout
         if (
             isinstance(timeout, bool)
             or not isinstance(timeout, int | float)
-            or not math.isfinite(timeout)
-            or timeout <= 0
+            or not 0 < timeout <= TIMEOUT_LIMIT  # False for NaN too; no float() of a huge int
         ):
-            problems.append(f"pool_block_timeout must be a number of seconds > 0, got {timeout!r}")
+            problems.append(
+                f"pool_block_timeout must be a number of seconds in (0, {TIMEOUT_LIMIT}], got {show_value(timeout)}"
+            )
         if not isinstance(self.backend, str) or not self.backend:
             problems.append(
-                f"backend must be a backend name such as 'hstore', 'jsonb' or 'memory', got {self.backend!r}"
+                f"backend must be a backend name such as 'hstore', 'jsonb' or 'memory', got {show_value(self.backend)}"
             )
         bound = self.operation_timeout
         if bound is not None and (
-            isinstance(bound, bool) or not isinstance(bound, int | float) or not math.isfinite(bound) or bound <= 0
+            isinstance(bound, bool) or not isinstance(bound, int | float) or not 0 < bound <= TIMEOUT_LIMIT
         ):
-            problems.append(f"operation_timeout must be a number of seconds > 0 or None, got {bound!r}")
-        if self.row_factory not in ROW_FACTORIES:
-            problems.append(f"row_factory must be 'row', 'dict' or 'tuple', got {self.row_factory!r}")
+            problems.append(
+                f"operation_timeout must be a number of seconds in (0, {TIMEOUT_LIMIT}] or None, "
+                f"got {show_value(bound)}"
+            )
+        if not isinstance(self.row_factory, str) or self.row_factory not in ROW_FACTORIES:
+            problems.append(f"row_factory must be 'row', 'dict' or 'tuple', got {show_value(self.row_factory)}")
+        if not isinstance(self.allow_gaps, bool):
+            problems.append(f"allow_gaps must be True or False, got {show_value(self.allow_gaps)}")
+        if self.logger is not None and not isinstance(self.logger, logging.Logger | logging.LoggerAdapter):
+            problems.append(
+                f"logger must be a logging.Logger (or LoggerAdapter) or None, got {show_value(self.logger)}"
+            )
         problems += _values_problems(self.values, self.backend)
         if not isinstance(self.log_values, bool):
-            problems.append(f"log_values must be True or False, got {self.log_values!r}")
+            problems.append(f"log_values must be True or False, got {show_value(self.log_values)}")
         if self.sequence is not None and (not isinstance(self.sequence, str) or "://" not in self.sequence):
-            problems.append(f"sequence must be a URL such as 'redis://127.0.0.1:6379/0', got {self.sequence!r}")
+            problems.append(
+                f"sequence must be a URL such as 'redis://127.0.0.1:6379/0', got {show_value(self.sequence)}"
+            )
         if problems:
             raise ConfigError("; ".join(problems))
 
@@ -363,7 +379,9 @@ def _values_problems(values: object, backend: object) -> list[str]:
     if values is None:
         return []
     if not isinstance(values, str) or values not in VALUE_RULES:
-        return [f"values must be 'jsonb' (JSON types) or 'text' (strings only, the hstore rules), got {values!r}"]
+        return [
+            f"values must be 'jsonb' (JSON types) or 'text' (strings only, the hstore rules), got {show_value(values)}"
+        ]
     own = _BACKEND_VALUES.get(backend) if isinstance(backend, str) else None
     if own is not None and own != VALUE_RULES[values]:
         return [
@@ -375,13 +393,19 @@ def _values_problems(values: object, backend: object) -> list[str]:
 
 def load_config(path: str | Path) -> DatastoreConfig:
     """Read a TOML config file into a `DatastoreConfig`."""
+    if not isinstance(path, str | Path):
+        raise ConfigError(
+            f"a config file is a path (str or pathlib.Path), got {type(path).__name__} {show_value(path)}"
+        )
     file = Path(path)
     try:
         raw = tomllib.loads(file.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"config file {str(file)!r} does not exist") from None
+        raise ConfigError(f"config file {show_value(str(file))} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {str(file)!r} is not valid TOML: {exc}") from None
+        raise ConfigError(f"config file {show_value(str(file))} is not valid TOML: {exc}") from None
+    except (OSError, ValueError) as exc:  # a directory, no permission, a NUL in the path, not UTF-8
+        raise ConfigError(f"config file {show_value(str(file))} cannot be read: {type(exc).__name__}: {exc}") from None
     return DatastoreConfig.from_mapping(raw, source=str(file))
 
 

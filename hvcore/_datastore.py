@@ -15,7 +15,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from hvcore._acompat import Lock, gather, spawn
 from hvcore._backend import ProvisionReport, QuerySpec, Record, ServerStore
-from hvcore._facade import PUT_ATTEMPTS, FacadeBase, SequenceArg, check_kind, too_many_duplicates
+from hvcore._facade import (
+    PUT_ATTEMPTS,
+    FacadeBase,
+    SequenceArg,
+    check_kind,
+    check_progress,
+    check_sequence,
+    too_many_duplicates,
+)
 from hvcore._generator import KeyGenerator
 from hvcore._key import Key, KeyLayout
 from hvcore._placement import MAX_HOPS, PlacementMixin
@@ -92,6 +100,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
             log_values,
         )
         self._factory = self._registry.backend(backend)
+        check_sequence(sequence, asyncio=False)
         source: Any = sequence
         if isinstance(sequence, str):
             source = self._sequence_from_url(sequence, asyncio=False)
@@ -368,7 +377,12 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
     # -- operations ------------------------------------------------------------------------------------------
 
     def provision(self, progress: Callable[[int], None] | None = None) -> list[ProvisionReport]:
-        """Create schemas, tables and indexes for every mapped shard on its server (idempotent, servers in parallel)."""
+        """Create schemas, tables and indexes for every mapped shard on its server (idempotent, servers in parallel).
+
+        Durable when it returns. ``progress(count)``, if given, is called as shards are done. A PostgreSQL backend
+        first refuses shards holding the 2015 library's table or ids made with another layout (`ConfigError`).
+        """
+        check_progress(progress)
         self.reload_placement()  # after a move, a shard is provisioned where it lives now, not where configured
         stores = self._live()
         if len(stores) == 1:

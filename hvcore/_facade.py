@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import inspect
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -16,15 +17,27 @@ from hvcore._plugins import PluginRegistry, default_registry
 from hvcore._sequence import AsyncSequenceSource, SequenceSource
 from hvcore._shardmap import ShardMap, format_ranges
 from hvcore._show import show_value
-from hvcore.errors import DuplicateKey, InvalidData, InvalidKey, InvalidKind, InvalidQuery, InvalidShard, StoreClosed
+from hvcore.errors import (
+    ConfigError,
+    DuplicateKey,
+    InvalidData,
+    InvalidKey,
+    InvalidKind,
+    InvalidQuery,
+    InvalidShard,
+    StoreClosed,
+)
 
 __all__ = [
     "KIND_MAX",
+    "LIMIT_MAX",
     "PUT_ATTEMPTS",
     "AsyncSequenceArg",
     "FacadeBase",
     "SequenceArg",
     "check_kind",
+    "check_progress",
+    "check_sequence",
     "too_many_duplicates",
 ]
 
@@ -49,6 +62,32 @@ def check_kind(kind: object) -> int:
     raise InvalidKind(
         f"kind must be an int in 0..{KIND_MAX} (stored as a smallint), got {type(kind).__name__} {show_value(kind)}"
     )
+
+
+def check_sequence(sequence: object, *, asyncio: bool) -> None:
+    """`ConfigError` unless ``sequence`` is None, a URL, or a sequence source this datastore can call.
+
+    A `Datastore` takes a `SequenceSource`; an `AsyncDatastore` takes either kind (`AsyncSequenceSource` has
+    an ``async def reserve``).
+    """
+    if sequence is None or isinstance(sequence, str):
+        return  # a URL is checked by DatastoreConfig and its scheme's factory
+    if isinstance(sequence, AsyncSequenceSource) and inspect.iscoroutinefunction(sequence.reserve):
+        if asyncio:
+            return
+        raise ConfigError(f"{show_value(sequence)} is an asyncio sequence source: use it with AsyncDatastore")
+    if isinstance(sequence, SequenceSource):
+        return
+    raise ConfigError(
+        "sequence must be None (in-process), a URL such as 'redis://127.0.0.1:6379/0' or a sequence source "
+        f"(hvcore.SequenceSource), got {type(sequence).__name__} {show_value(sequence)}"
+    )
+
+
+def check_progress(progress: object) -> None:
+    """`ConfigError` unless ``progress`` is None or callable (it is called with counts as work advances)."""
+    if progress is not None and not callable(progress):
+        raise ConfigError(f"progress must be a callable or None, got {type(progress).__name__} {show_value(progress)}")
 
 
 def too_many_duplicates(shard_id: int) -> DuplicateKey:
@@ -82,6 +121,8 @@ class FacadeBase(Generic[StoreT]):
         log_values: bool = False,
     ) -> None:
         check_servers(connections)
+        if registry is not None and not isinstance(registry, PluginRegistry):
+            raise ConfigError(f"registry must be a PluginRegistry or None, got {show_value(registry)}")
         config = DatastoreConfig(
             servers=tuple(connections),
             backend=backend,

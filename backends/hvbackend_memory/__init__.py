@@ -236,12 +236,14 @@ class MemoryServerStore:
 
     def owns(self, conn: Any) -> bool:
         """True if ``conn`` is borrowed from this store right now."""
-        return self._borrowed.get(id(conn)) is conn
+        entry = self._borrowed.get(id(conn))
+        return entry is not None and entry is conn
 
     def put_connection(self, conn: Any) -> None:
         """Return a borrowed connection."""
         with self._lock:
-            if self._borrowed.get(id(conn)) is not conn:
+            entry = self._borrowed.get(id(conn))
+            if entry is None or entry is not conn:  # None is no connection, even though get() returns it
                 raise ConnectionMisuse(f"{conn!r} is not borrowed from {self.label} (returned twice?)")
             del self._borrowed[id(conn)]
         self._slots.release()
