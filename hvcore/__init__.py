@@ -13,6 +13,7 @@ from hvcore._plugins import PluginRegistry, default_registry
 from hvcore._row import Row
 from hvcore._sequence import AsyncSequenceSource, SequenceSource
 from hvcore._shardmap import ShardMap
+from hvcore._worker import WorkerGrant, WorkerSlice
 from hvcore.errors import (
     ClockMovedBackwards,
     ConfigError,
@@ -26,6 +27,7 @@ from hvcore.errors import (
     InvalidShard,
     LayoutExhausted,
     MoveError,
+    NoFreeWorker,
     NotProvisioned,
     PluginError,
     PoolTimeout,
@@ -35,6 +37,8 @@ from hvcore.errors import (
     ShardMoved,
     ShardNotFound,
     StoreClosed,
+    WorkerLeaseError,
+    WorkerLeaseLost,
 )
 from hvcore.hookspecs import hookimpl
 
@@ -66,6 +70,7 @@ __all__ = [
     "LayoutExhausted",
     "MoveError",
     "MoveReport",
+    "NoFreeWorker",
     "NotProvisioned",
     "PluginError",
     "PluginRegistry",
@@ -83,6 +88,10 @@ __all__ = [
     "ShardMoved",
     "ShardNotFound",
     "StoreClosed",
+    "WorkerGrant",
+    "WorkerLeaseError",
+    "WorkerLeaseLost",
+    "WorkerSlice",
     "__version__",
     "default_registry",
     "hookimpl",

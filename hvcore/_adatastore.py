@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from hvcore._acompat import ALock, agather, aspawn
-from hvcore._backend import AsyncServerStore, ProvisionReport, QuerySpec, Record
+from hvcore._backend import AsyncServerStore, AsyncSupportsWorkerLease, ProvisionReport, QuerySpec, Record
 from hvcore._facade import (
     PUT_ATTEMPTS,
     AsyncSequenceArg,
@@ -32,7 +32,8 @@ from hvcore._placement import MAX_HOPS, AsyncPlacementMixin
 from hvcore._plugins import PluginRegistry
 from hvcore._row import Row
 from hvcore._shardmap import format_ranges
-from hvcore.errors import ConnectionMisuse, DuplicateKey, ShardMoved
+from hvcore._worker import WorkerSlice
+from hvcore.errors import ConfigError, ConnectionMisuse, DuplicateKey, ShardMoved
 
 if TYPE_CHECKING:  # psycopg is an optional dependency: only the types are named here
     from psycopg import AsyncConnection, AsyncCursor
@@ -60,7 +61,11 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
     connections per server, ``pool_block_timeout`` seconds to wait for one, ``logger`` logs every
     statement. ``operation_timeout`` bounds each exchange with a server on the client side (default 60 s; None
     waits forever): a server that stops answering without closing its sockets then fails the call with
-    `ServerUnavailable` instead of hanging it. It applies to raw ``cursor()`` statements too.
+    `ServerUnavailable` instead of hanging it. It applies to raw ``cursor()`` statements too. ``worker`` makes keys
+    unique by construction across processes and hosts sharing shards: ``"lease"`` (or a dict of lease options:
+    ``bits``, ``namespace``, ``ttl``, ``acquire_timeout``) leases a free worker number from the first server for
+    the store's lifetime; a `WorkerSlice` is a fixed one; None (the default) uses the in-process sequence with a
+    random start per millisecond (docs/keys.md has the guarantees and figures of each).
 
     `AsyncDatastore` opens its pools on ``await db.open()`` or on entering ``async with``; its I/O methods are
     coroutines, ``cursor()`` is an async context manager and ``query()`` an async iterator. `Datastore` opens them
@@ -85,6 +90,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         operation_timeout: float | None = 60.0,
         values: str | None = None,
         log_values: bool = False,
+        worker: WorkerSlice | Mapping[str, Any] | str | None = None,
     ) -> None:
         self._configure(
             connections,
@@ -100,6 +106,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
             operation_timeout,
             values,
             log_values,
+            worker,
         )
         self._factory = self._registry.async_backend(backend)
         if True:  # ASYNC
@@ -115,6 +122,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         self._sequence = source
         self._owns_sequence = isinstance(sequence, str)
         self._sequence_closed = False  # an owned sequence closed by close(): made again by the next open
+        self._lease: Any = None  # the leased worker number (worker="lease"), held from open() to close()
         self.generator = self._make_generator(source)
         self._ever_opened = False
         self._lock = ALock()
@@ -123,6 +131,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
             self._check_settings()  # the stores are made by open(); their settings are checked now
         else:
             self._open_stores()
+            self._ensure_generator()
         _live_stores.add(self)
 
     # -- lifecycle -------------------------------------------------------------------------------------------
@@ -159,6 +168,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         async with self._lock:
             if self._closed:
                 await self._open_stores()
+            await self._ensure_generator()
 
     async def disconnect(self) -> None:
         """Close every pooled connection; the store is unusable until `reinstantiate()`."""
@@ -181,6 +191,12 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         if self._owns_sequence and self._sequence is not None and not self._sequence_closed:
             self._sequence_closed = True
             await self._sequence.close()
+        if self._config.worker is not None and self.generator is not None:
+            self.generator.close()  # its worker number is free for the next generator (this store's, reopened)
+            self.generator = None
+        lease, self._lease = self._lease, None
+        if lease is not None:
+            await lease.aclose()
 
     async def __aenter__(self) -> AsyncDatastore:
         await self.open()
@@ -213,7 +229,28 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
             ) as admin:
                 return work(admin)
 
+    async def _ensure_generator(self) -> None:
+        """Make the key generator if there is none: with ``worker="lease"``, lease a number from the first server."""
+        if self.generator is not None:
+            return
+        options = self._config.lease_options
+        if options is None:
+            self.generator = self._make_generator(self._sequence)
+            return
+        store = self._live()[0]
+        if not isinstance(store, AsyncSupportsWorkerLease):
+            raise ConfigError(
+                f"worker='lease' needs a backend that can lease worker numbers (PostgreSQL, memory); "
+                f"{self.backend!r} cannot: give a fixed WorkerSlice instead"
+            )
+        self._lease = await store.lease_worker(**options)
+        self.generator = KeyGenerator(self.layout, worker=self._lease)
+
     def _make_generator(self, source: Any) -> Any:
+        if self._config.lease_options is not None:
+            return None  # made by _lease_worker() once the pools are open
+        if isinstance(self._config.worker, WorkerSlice):
+            return KeyGenerator(self.layout, worker=self._config.worker)
         if True:  # ASYNC
             from hvcore._agenerator import AsyncKeyGenerator
             from hvcore._sequence import AsyncSequenceSource

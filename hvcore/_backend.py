@@ -16,6 +16,7 @@ from hvcore._show import show_value
 __all__ = [
     "AsyncBackendFactory",
     "AsyncServerStore",
+    "AsyncSupportsWorkerLease",
     "BackendFactory",
     "BackendOptions",
     "MoveProgress",
@@ -26,6 +27,7 @@ __all__ = [
     "ServerStore",
     "ShardMover",
     "SupportsShardMoves",
+    "SupportsWorkerLease",
     "check_body",
     "check_json",
     "check_text",
@@ -252,6 +254,28 @@ class SupportsShardMoves(Protocol):
 
     def shard_mover(self) -> ShardMover:
         """Shard-move operations with this server as the source (or holder of placement records)."""
+        ...
+
+
+@runtime_checkable
+class SupportsWorkerLease(Protocol):
+    """A `ServerStore` that can lease worker numbers (``Datastore(worker="lease")``), see `hvcore.WorkerGrant`."""
+
+    def lease_worker(
+        self, *, bits: int = 4, namespace: str = "default", ttl: float = 10.0, acquire_timeout: float = 0.0
+    ) -> Any:
+        """Lease a free worker number (a started `WorkerGrant` with ``close()``/``aclose()``) until closed."""
+        ...
+
+
+@runtime_checkable
+class AsyncSupportsWorkerLease(Protocol):
+    """The asyncio form of `SupportsWorkerLease`."""
+
+    async def lease_worker(
+        self, *, bits: int = 4, namespace: str = "default", ttl: float = 10.0, acquire_timeout: float = 0.0
+    ) -> Any:
+        """Lease a free worker number (a started `WorkerGrant` with ``close()``/``aclose()``) until closed."""
         ...
 
 
@@ -489,5 +513,14 @@ def iter_fields(data: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
         yield name, value
 
 
-for _public in (ServerStore, AsyncServerStore, ProvisionReport, MoveReport, ShardMover, SupportsShardMoves):
+for _public in (
+    ServerStore,
+    AsyncServerStore,
+    ProvisionReport,
+    MoveReport,
+    ShardMover,
+    SupportsShardMoves,
+    SupportsWorkerLease,
+    AsyncSupportsWorkerLease,
+):
     _public.__module__ = "hvcore"

@@ -12,6 +12,7 @@ from typing import Any
 
 from hvcore._key import KeyLayout
 from hvcore._show import show_value
+from hvcore._worker import WorkerSlice
 from hvcore.errors import ConfigError, ShardMapError
 
 __all__ = [
@@ -29,6 +30,7 @@ _SECRET_NAMES = frozenset({"password", "passwd", "sslpassword", "secret", "token
 _TOP_LEVEL = frozenset(
     {
         "backend",
+        "worker",
         "pool_max",
         "pool_block_timeout",
         "servers",
@@ -298,6 +300,7 @@ class DatastoreConfig:
     operation_timeout: float | None = 60.0
     values: str | None = None
     log_values: bool = False
+    worker: Any = None  # None, a WorkerSlice, "lease", or a mapping: {id, bits} (fixed) or lease options
     logger: logging.Logger | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -340,6 +343,15 @@ class DatastoreConfig:
             problems.append(
                 f"sequence must be a URL such as 'redis://127.0.0.1:6379/0', got {show_value(self.sequence)}"
             )
+        try:
+            object.__setattr__(self, "worker", parse_worker(self.worker))
+        except ConfigError as exc:
+            problems.append(str(exc))
+        if self.worker is not None and self.sequence is not None:
+            problems.append(
+                "worker and sequence cannot be combined: a worker number owns a slice of the in-process sequence, "
+                "a shared sequence (Redis) hands out every number; choose one"
+            )
         if problems:
             raise ConfigError("; ".join(problems))
 
@@ -347,6 +359,11 @@ class DatastoreConfig:
     def value_rules(self) -> str | None:
         """The value rules asked for (``"jsonb"`` or ``"text"``), or None for the backend's own."""
         return VALUE_RULES[self.values] if isinstance(self.values, str) else None
+
+    @property
+    def lease_options(self) -> dict[str, Any] | None:
+        """The worker-lease options when ``worker`` asks for a leased number, else None."""
+        return dict(self.worker) if isinstance(self.worker, Mapping) else None
 
     def __repr__(self) -> str:
         servers = [redact(s) for s in self.servers]
@@ -389,6 +406,39 @@ def _values_problems(values: object, backend: object) -> list[str]:
             "values= chooses the rules of the memory backend (to stand in for hstore or jsonb)"
         ]
     return []
+
+
+LEASE_OPTIONS = frozenset({"bits", "namespace", "ttl", "acquire_timeout"})
+"""What ``worker = {...}`` may set for a leased worker number (see `hvbackend_postgres.lease_worker`)."""
+
+
+def parse_worker(worker: object) -> WorkerSlice | dict[str, Any] | None:
+    """``Datastore(worker=...)`` checked: None; a `WorkerSlice`; ``"lease"`` or a mapping of lease options (a dict);
+    a mapping with ``id`` (and ``bits``) is a fixed `WorkerSlice`. `ConfigError` for anything else."""
+    if worker is None or isinstance(worker, WorkerSlice):
+        return worker
+    if worker == "lease":
+        return {}
+    if isinstance(worker, Mapping):
+        names = set(worker)
+        if "id" in names:
+            unknown = sorted(str(n) for n in names - {"id", "bits"})
+            if unknown:
+                raise ConfigError(
+                    f"worker = {{id, bits}} is a fixed worker number; unknown key(s) {', '.join(unknown)}"
+                )
+            return WorkerSlice(**{str(k): v for k, v in worker.items()})
+        unknown = sorted(str(n) for n in names - LEASE_OPTIONS)
+        if unknown:
+            raise ConfigError(
+                f"unknown worker lease option(s) {', '.join(unknown)}: expected {', '.join(sorted(LEASE_OPTIONS))} "
+                "(or id and bits for a fixed worker number)"
+            )
+        return {str(k): v for k, v in worker.items()}
+    raise ConfigError(
+        f"worker must be None, 'lease', a mapping of lease options (bits, namespace, ttl, acquire_timeout) or a "
+        f"WorkerSlice / {{id, bits}} for a fixed number, got {type(worker).__name__} {show_value(worker)}"
+    )
 
 
 def load_config(path: str | Path) -> DatastoreConfig:

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from hvcore._acompat import Lock, gather, spawn
-from hvcore._backend import ProvisionReport, QuerySpec, Record, ServerStore
+from hvcore._backend import ProvisionReport, QuerySpec, Record, ServerStore, SupportsWorkerLease
 from hvcore._facade import (
     PUT_ATTEMPTS,
     FacadeBase,
@@ -30,7 +30,8 @@ from hvcore._placement import MAX_HOPS, PlacementMixin
 from hvcore._plugins import PluginRegistry
 from hvcore._row import Row
 from hvcore._shardmap import format_ranges
-from hvcore.errors import ConnectionMisuse, DuplicateKey, ShardMoved
+from hvcore._worker import WorkerSlice
+from hvcore.errors import ConfigError, ConnectionMisuse, DuplicateKey, ShardMoved
 
 if TYPE_CHECKING:  # psycopg is an optional dependency: only the types are named here
     from psycopg import Connection, Cursor
@@ -58,7 +59,11 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
     connections per server, ``pool_block_timeout`` seconds to wait for one, ``logger`` logs every
     statement. ``operation_timeout`` bounds each exchange with a server on the client side (default 60 s; None
     waits forever): a server that stops answering without closing its sockets then fails the call with
-    `ServerUnavailable` instead of hanging it. It applies to raw ``cursor()`` statements too.
+    `ServerUnavailable` instead of hanging it. It applies to raw ``cursor()`` statements too. ``worker`` makes keys
+    unique by construction across processes and hosts sharing shards: ``"lease"`` (or a dict of lease options:
+    ``bits``, ``namespace``, ``ttl``, ``acquire_timeout``) leases a free worker number from the first server for
+    the store's lifetime; a `WorkerSlice` is a fixed one; None (the default) uses the in-process sequence with a
+    random start per millisecond (docs/keys.md has the guarantees and figures of each).
 
     `Datastore` opens its pools on ``await db.open()`` or on entering ``with``; its I/O methods are
     coroutines, ``cursor()`` is a context manager and ``query()`` an iterator. `Datastore` opens them
@@ -83,6 +88,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         operation_timeout: float | None = 60.0,
         values: str | None = None,
         log_values: bool = False,
+        worker: WorkerSlice | Mapping[str, Any] | str | None = None,
     ) -> None:
         self._configure(
             connections,
@@ -98,6 +104,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
             operation_timeout,
             values,
             log_values,
+            worker,
         )
         self._factory = self._registry.backend(backend)
         check_sequence(sequence, asyncio=False)
@@ -107,11 +114,13 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         self._sequence = source
         self._owns_sequence = isinstance(sequence, str)
         self._sequence_closed = False  # an owned sequence closed by close(): made again by the next open
+        self._lease: Any = None  # the leased worker number (worker="lease"), held from open() to close()
         self.generator = self._make_generator(source)
         self._ever_opened = False
         self._lock = Lock()
         self._retired: list[ServerStore] = []  # closed stores whose borrowed connections have not come back yet
         self._open_stores()
+        self._ensure_generator()
         _live_stores.add(self)
 
     # -- lifecycle -------------------------------------------------------------------------------------------
@@ -145,6 +154,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         with self._lock:
             if self._closed:
                 self._open_stores()
+            self._ensure_generator()
 
     def disconnect(self) -> None:
         """Close every pooled connection; the store is unusable until `reinstantiate()`."""
@@ -167,6 +177,12 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         if self._owns_sequence and self._sequence is not None and (not self._sequence_closed):
             self._sequence_closed = True
             self._sequence.close()
+        if self._config.worker is not None and self.generator is not None:
+            self.generator.close()  # its worker number is free for the next generator (this store's, reopened)
+            self.generator = None
+        lease, self._lease = (self._lease, None)
+        if lease is not None:
+            lease.close()
 
     def __enter__(self) -> Datastore:
         self.open()
@@ -181,7 +197,27 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
             store.after_fork_in_child()
         self._retired = []
 
+    def _ensure_generator(self) -> None:
+        """Make the key generator if there is none: with ``worker="lease"``, lease a number from the first server."""
+        if self.generator is not None:
+            return
+        options = self._config.lease_options
+        if options is None:
+            self.generator = self._make_generator(self._sequence)
+            return
+        store = self._live()[0]
+        if not isinstance(store, SupportsWorkerLease):
+            raise ConfigError(
+                f"worker='lease' needs a backend that can lease worker numbers (PostgreSQL, memory); {self.backend!r} cannot: give a fixed WorkerSlice instead"
+            )
+        self._lease = store.lease_worker(**options)
+        self.generator = KeyGenerator(self.layout, worker=self._lease)
+
     def _make_generator(self, source: Any) -> Any:
+        if self._config.lease_options is not None:
+            return None  # made by _lease_worker() once the pools are open
+        if isinstance(self._config.worker, WorkerSlice):
+            return KeyGenerator(self.layout, worker=self._config.worker)
         return KeyGenerator(self.layout, sequence=source)
 
     # -- connections -----------------------------------------------------------------------------------------

@@ -119,8 +119,14 @@ class FacadeBase(Generic[StoreT]):
         operation_timeout: float | None = 60.0,
         values: str | None = None,
         log_values: bool = False,
+        worker: object = None,
     ) -> None:
         check_servers(connections)
+        if worker is not None and sequence is not None and not isinstance(sequence, str):
+            raise ConfigError(
+                "worker and sequence cannot be combined: a worker number owns a slice of the in-process sequence, "
+                "a shared sequence source hands out every number; choose one"
+            )
         if registry is not None and not isinstance(registry, PluginRegistry):
             raise ConfigError(f"registry must be a PluginRegistry or None, got {show_value(registry)}")
         config = DatastoreConfig(
@@ -135,6 +141,7 @@ class FacadeBase(Generic[StoreT]):
             operation_timeout=operation_timeout,
             values=values,
             log_values=log_values,
+            worker=worker,
             logger=logger,
         )
         self._config = config
@@ -179,6 +186,7 @@ class FacadeBase(Generic[StoreT]):
             "operation_timeout": cfg.operation_timeout,
             "values": cfg.values,
             "log_values": cfg.log_values,
+            "worker": cfg.worker,
         }
         if overrides.get("backend") == "memory" and cfg.backend in ("hstore", "jsonb") and cfg.values is None:
             kwargs["values"] = "text" if cfg.backend == "hstore" else "jsonb"  # stand in for the file's backend

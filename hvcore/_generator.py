@@ -1,4 +1,12 @@
-"""Key generators: unique, increasing 64-bit keys per shard, made in the client without a round trip."""
+"""Key generators: unique, increasing 64-bit keys per shard, made in the client without a round trip.
+
+`KeyGenerator` and `AsyncKeyGenerator` (hvcore/_agenerator.py) share one implementation, `_GeneratorBase`: every
+decision is made there (`_step` says what to do next: done, reserve a block, or wait; `_pauses` how to wait;
+`_install` takes a reserved block). Each class adds only its slow-path loop, `_fill`, which carries those out
+with ``time.sleep`` and a thread lock, or with ``asyncio.sleep``, an asyncio lock and an awaited source; the sync
+loop is the async one without ``async``/``await`` (checked by a test, as psycopg checks its generated sync code).
+`KeyGenerator` adds inlined fast paths for its hot calls (and the C accelerator's).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +14,7 @@ import contextlib
 import inspect
 import operator
 import os
+import struct
 import sys
 import threading
 import time
@@ -15,14 +24,18 @@ from collections.abc import Callable, Iterator
 from itertools import count, islice
 from typing import Any, Final, NamedTuple
 
+from hvcore._config import redact_conninfo
 from hvcore._key import Key, KeyLayout, check_shard_id
+from hvcore._keymaker import HOT_MS as _HOT_MS
 from hvcore._keymaker import make_key as _make_key
 from hvcore._keymaker import make_keys as _make_keys
 from hvcore._keymaker import next_local as _next_local
+from hvcore._keymaker import random_below as _random_below
 from hvcore._keymaker import shared_next as _shared_next
-from hvcore._sequence import AsyncSequenceSource, SequenceSource
+from hvcore._sequence import SequenceSource
 from hvcore._sharedseq import SharedSequenceTable
-from hvcore.errors import ClockMovedBackwards, HypervaultError, InvalidShard
+from hvcore._worker import WorkerGrant, WorkerSlice, _Claim, claim_numbers, release_numbers
+from hvcore.errors import ClockMovedBackwards, ConfigError, HypervaultError, InvalidShard
 
 __all__ = ["KeyGenerator"]
 
@@ -35,25 +48,37 @@ _SPIN_NS: Final = 200_000  # the last part of a wait for the next millisecond on
 _consume: Callable[[Iterator[int]], None] = deque[int](maxlen=0).extend  # drains an iterator in C
 _DEAD: Final[Iterator[int]] = count()  # the counter of states whose limit rejects every number
 _AGAIN: Final = 0  # _step results besides None (done), a _Reserve, or a clock reading (ns) to wait for
+_HEADROOM: Final = 16  # a random start stays below size - size/16: a millisecond keeps room for 64 more ids
 
 # How ids are made, and why no two threads (or processes) ever make the same one:
 #
 # Local mode (no sequence source, no fork yet). `_cur` describes the newest millisecond in use: (clock, end_ns,
-# time bits, first, more, shard bits, key class). A key is time bits + shard bits + sequence. `first` and `more`
-# are dicts made for that one millisecond: the call whose `first.setdefault(shard, t) is t` (t: its own clock
-# reading, a fresh int object) gets sequence 0 of that shard; the others draw 1, 2, ... from the shard's
-# `itertools.count` in `more`. Both operations are atomic under the GIL, and a thread that read an older `_cur`
-# only ever touches that millisecond's own dicts, so every (shard, ms, sequence) is handed out once. Only the
-# move to a new millisecond takes a lock (once per millisecond for all shards).
+# time bits + start, first, more, shard bits, key class, size - start). A key is time bits + shard bits + sequence;
+# numbers here count from the millisecond's `start`. `first` and `more` are dicts made for that one millisecond.
+# A call claims a shard's millisecond with a fresh object: its own clock reading (a new int) when it starts at
+# `start`, or a new tuple `(d,)` when it is a batch that must start d (< 0) earlier to fit. The call whose
+# `first.setdefault(shard, claim) is claim` gets number d (0 for a reading); the others draw d + 1, d + 2, ...
+# from the shard's `itertools.count` in `more`, made by the first of them from the claim it found. Both
+# operations are atomic under the GIL, and a
+# thread that read an older `_cur` only ever touches that millisecond's own dicts, so every (shard, ms, sequence)
+# is handed out once. Only the move to a new millisecond takes a lock (once per millisecond for all shards); it
+# draws that millisecond's random `start` (below). Shard bits include a worker's slice of the sequence, if any.
 #
 # Block mode (a sequence source, or after the first fork: the shared table). Each shard has a state
 # (end_ns, counter, base, limit), replaced whole under the shard's lock: ids are base + n for n drawn from the
 # counter while n < limit and the clock is before end_ns. The numbers come in blocks from the source.
-_Cur = tuple[Callable[[], int], int, int, dict[int, int], dict[int, Iterator[int]], list[int], type[Key]]
+#
+# Random start (the default with the system clock): each millisecond's sequence starts at a random number in
+# 0..spread (spread = size - size/16 - 1), drawn per process (per table after a fork), so independent processes
+# sharing a shard do not hand out 0, 1, 2, ... in step. For _HOT_MS ms after a shard ran out of numbers, the
+# millisecond starts at 0 again, so a process that needs the whole sequence gets it.
+_Cur = tuple[Callable[[], int], int, int, dict[int, Any], dict[int, Iterator[int]], list[int], type[Key], int]
 _State = tuple[int, Iterator[int], int, int]
 
 
 class _Reserve(NamedTuple):
+    """A block to reserve from the sequence source, for the shard whose state is ``state``."""
+
     state: _State
     time_part: int
     wanted: int
@@ -75,43 +100,91 @@ class _BrokenSource:
         pass
 
 
+def _sequence_source(sequence: object, layout: KeyLayout, *, asyncio: bool) -> tuple[Any, bool]:
+    """The sequence source for ``sequence`` (None, a source object or a URL) and whether the generator made it.
+
+    A URL goes to the sequence plugin registered for its scheme, exactly as ``Datastore(sequence=...)`` does.
+    """
+    if sequence is None:
+        return None, False
+    if isinstance(sequence, str):
+        if "://" not in sequence:
+            raise ConfigError(
+                f"sequence must be a URL such as 'redis://127.0.0.1:6379/0' or a SequenceSource, got the string "
+                f"{redact_conninfo(sequence)!r}"
+            )
+        from hvcore._plugins import default_registry  # the registry loads plugins: only when a URL is given
+
+        factory = default_registry().sequence(sequence.split("://", 1)[0])
+        return factory(sequence, asyncio=asyncio, layout=layout), True
+    reserve = getattr(sequence, "reserve", None)
+    if not all(callable(getattr(sequence, name, None)) for name in ("reserve", "after_fork_in_child", "close")):
+        raise ConfigError(
+            "sequence must be a SequenceSource (an object with reserve(), after_fork_in_child() and close()) or a "
+            f"URL such as 'redis://127.0.0.1:6379/0', got {type(sequence).__name__}"
+        )
+    if not asyncio and inspect.iscoroutinefunction(reserve):
+        raise ConfigError(f"{sequence!r} is an asynchronous sequence source: use AsyncKeyGenerator")
+    size = getattr(sequence, "sequence_size", None)
+    if type(size) is int and size != layout.sequence_size:
+        raise ConfigError(
+            f"the sequence source hands out numbers below {size}, but the layout has {layout.sequence_size} per "
+            "shard and millisecond: make the source for the same layout"
+        )
+    return sequence, False
+
+
 class _GeneratorBase:
     """State and logic shared by `KeyGenerator` and `AsyncKeyGenerator`: they only add the waiting and the I/O."""
 
     __slots__ = (
         "__weakref__",
+        "_claim",
+        "_closed",
         "_cur",
         "_custom_clock",
         "_epoch_ns",
         "_floor",
         "_fork_error",
+        "_grant",
+        "_hi",
+        "_hot",
         "_key_type",
         "_lock",
         "_locks",
         "_max_back_ns",
         "_max_time",
         "_now_ns",
+        "_offset",
+        "_owns_source",
         "_sbits",
         "_shards",
         "_shared",
         "_size",
         "_source",
+        "_spread",
         "_states",
         "_time_shift",
         "_want",
         "block_size",
         "layout",
         "max_backwards_ms",
+        "random_start",
         "sequence",
+        "worker",
     )
 
     def __init__(
         self,
         layout: KeyLayout,
-        sequence: SequenceSource | AsyncSequenceSource | None,
+        sequence: object,
+        worker: WorkerSlice | WorkerGrant | None,
+        random_start: bool | None,
         clock: Callable[[], int] | None,
         max_backwards_ms: int,
         block_size: int,
+        *,
+        asyncio: bool,
     ) -> None:
         if not getattr(sys, "_is_gil_enabled", lambda: True)():
             # Every step of the lock-free fast paths is atomic only under the GIL (free-threaded 3.13 makes no
@@ -121,23 +194,54 @@ class _GeneratorBase:
                 "it: run with PYTHON_GIL=1 (or -X gil=1), or install hypervault with a C compiler so that its "
                 "accelerator is built (importing it turns the GIL on)"
             )
+        # Every option is checked before anything is made (a claim, a source): a refused generator leaves nothing.
         if not isinstance(layout, KeyLayout):
-            raise TypeError(f"layout must be a KeyLayout, got {type(layout).__name__} {layout!r}")
+            raise ConfigError(f"layout must be a KeyLayout, got {type(layout).__name__} {layout!r}")
         if type(max_backwards_ms) is not int or max_backwards_ms < 0:
-            raise ValueError(f"max_backwards_ms must be an int >= 0, got {max_backwards_ms!r}")
+            raise ConfigError(f"max_backwards_ms must be an int >= 0, got {max_backwards_ms!r}")
         size = layout.sequence_size
-        if type(block_size) is not int or not 1 <= block_size <= size:
-            raise ValueError(f"block_size must be an int in 1..{size}, got {block_size!r}")
+        if type(block_size) is not int or block_size < 1:
+            raise ConfigError(f"block_size must be an int >= 1, got {block_size!r}")
+        block_size = min(block_size, size)  # no block is larger than a millisecond's sequence
+        if clock is not None and not callable(clock):
+            raise ConfigError(f"clock must be a callable returning Unix time in ms, got {clock!r}")
+        if random_start is not None and type(random_start) is not bool:
+            raise ConfigError(f"random_start must be True, False or None (automatic), got {random_start!r}")
+        grant = worker if isinstance(worker, WorkerGrant) else None
+        slice_ = grant.worker if grant is not None else worker
+        if slice_ is not None and not isinstance(slice_, WorkerSlice):
+            raise ConfigError(
+                "worker must be a WorkerSlice (a fixed worker number) or a WorkerGrant (a leased one, e.g. "
+                f"hvbackend_postgres.lease_worker(...)), got {type(worker).__name__}"
+            )
+        if slice_ is not None and sequence is not None:
+            raise ConfigError(
+                "worker and sequence are two ways of sharing a shard's sequence between processes: give one, not "
+                "both (a sequence source already hands out every number once)"
+            )
+        if random_start and (slice_ is not None or sequence is not None):
+            raise ConfigError(
+                "random_start=True applies to the in-process sequence only: a worker slice or a sequence source "
+                "makes every number once already (leave random_start unset)"
+            )
+        numbers = slice_.numbers(layout) if slice_ is not None else range(size)
+        if random_start is None:
+            random_start = clock is None and slice_ is None and sequence is None
         self.layout = layout
-        self.sequence = sequence
         self.max_backwards_ms = max_backwards_ms
         self.block_size = block_size
+        self.random_start = random_start
+        self.worker = worker
         self._key_type = layout.key_type
-        self._size = size
+        self._size = len(numbers)
+        self._offset = numbers.start
+        self._spread = self._size - self._size // _HEADROOM - 1 if random_start else 0
+        self._hot = -(1 << 62)  # the last millisecond a shard ran out of numbers (local mode)
         self._shards = layout.max_shard_id + 1
-        self._sbits = [shard << layout.shard_shift for shard in range(self._shards)]
+        self._sbits = [(shard << layout.shard_shift) | self._offset for shard in range(self._shards)]
         self._time_shift = layout.time_shift
         self._max_time = layout.max_time_part
+        self._hi = self._max_time  # the last millisecond keys may use (a worker lease's horizon, -1 when closed)
         self._epoch_ns = layout.epoch_ms * _NS_PER_MS
         self._max_back_ns = (max_backwards_ms + 1) * _NS_PER_MS
         self._custom_clock = clock is not None
@@ -147,15 +251,31 @@ class _GeneratorBase:
             ms_clock = clock
             # Half a millisecond in: never a cached small int, so each reading is a distinct object.
             self._now_ns = lambda: operator.index(ms_clock()) * _NS_PER_MS + _NS_PER_MS // 2
-        self._source: SequenceSource | AsyncSequenceSource | None = sequence
-        self._floor = -1  # milliseconds up to this one are not ours to use (set by a fork)
+        self._floor = -1  # milliseconds up to this one are not ours to use (set by a fork or a worker lease)
         self._want = [block_size] * self._shards
         self._locks: dict[int, Any] = {}
         self._lock = threading.Lock()  # moving to a new millisecond (local mode); fork hooks
         self._fork_error: str | None = None
+        self._closed = False
         self._shared: tuple[Any, ...] | None = None  # set once keys come straight from a lock-free shared table
         self._states: list[_State] = self._fresh_states()
-        self._cur: _Cur = self._make_cur(0, 0)
+        self._cur: _Cur = self._make_cur(0, 0, 0)
+        self._grant = grant
+        self._claim: _Claim | None = None
+        if slice_ is not None:
+            scope = grant._claim_scope if grant is not None else ""
+            self._claim = claim_numbers(scope, numbers, self, f"worker {slice_.id} of {slice_.workers}")
+            self._floor = max(self._floor, self._claim.last_ms - layout.epoch_ms)
+        self.sequence: Any = None
+        self._owns_source = False
+        self._source: Any = None
+        if sequence is not None:
+            self.sequence, self._owns_source = _sequence_source(sequence, layout, asyncio=asyncio)
+            self._source = self.sequence
+        if grant is not None:
+            self._floor = max(self._floor, grant.floor_ms - layout.epoch_ms)
+            grant._follow(self)
+            self._follow_grant()
         _FORK_AWARE.add(self)
 
     # -- helpers (pure: no waiting, no I/O) ---------------------------------------------------------------------
@@ -163,8 +283,14 @@ class _GeneratorBase:
     def _fresh_states(self) -> list[_State]:
         return [(0, _DEAD, 0, 0)] * self._shards
 
-    def _make_cur(self, end: int, time_bits: int) -> _Cur:
-        return (self._now_ns, end, time_bits, {}, {}, self._sbits, self._key_type)
+    def _make_cur(self, end: int, time_bits: int, start: int) -> _Cur:
+        return (self._now_ns, end, time_bits + start, {}, {}, self._sbits, self._key_type, self._size - start)
+
+    @staticmethod
+    def _counter(shard: int, first: dict[int, Any], more: dict[int, Iterator[int]]) -> Iterator[int]:
+        """The counter of a claimed (shard, millisecond): it counts on after the winner's first number."""
+        owner = first[shard]
+        return more.setdefault(shard, count(owner[0] + 1 if owner.__class__ is tuple else 1))
 
     def _bad_shard(self, shard_id: object) -> InvalidShard:
         try:
@@ -184,26 +310,44 @@ class _GeneratorBase:
         return n
 
     def _time_part(self, t: int) -> int:
-        """The layout's time part for clock reading ``t`` (ns), or raise if the layout cannot encode it."""
+        """The time part for clock reading ``t`` (ns), or raise if the layout (or a worker lease) cannot use it."""
         part = (t - self._epoch_ns) // _NS_PER_MS
         if part < 0:
             raise ClockMovedBackwards(
                 f"the clock reads {t // _NS_PER_MS} ms (Unix), before this layout's epoch "
                 f"{self.layout.epoch_ms} ms: no key can encode that time; check the clock or the layout"
             )
-        if part > self._max_time:
-            self.layout.compose(part, 0, 0)  # raises LayoutExhausted with the layout's own message
+        if part > self._hi:
+            if part > self._max_time:
+                self.layout.compose(part, 0, 0)  # raises LayoutExhausted with the layout's own message
+            raise self._refusal(part)
         return part
+
+    def _refusal(self, part: int) -> HypervaultError:
+        """Why no key may use millisecond ``part``: the generator is closed, or its worker lease does not cover it."""
+        if self._closed:
+            return HypervaultError(f"this {type(self).__name__} is closed: make a new one")
+        assert self._grant is not None
+        return self._grant.refusal(part + self.layout.epoch_ms)
 
     def _part_of(self, end: int) -> int:
         return (end - self._epoch_ns) // _NS_PER_MS - 1
 
-    def _advance(self, cur: _Cur, t: int) -> None:
-        """Local mode: make the millisecond of ``t`` (later than ``cur``'s) the current one."""
+    def _advance(self, cur: _Cur, t: int) -> int | None:
+        """Local mode: make the millisecond of ``t`` (later than ``cur``'s) the current one; or return the clock
+        reading (ns) to wait for when that millisecond is not ours yet (a worker's previous holder used it)."""
         with self._lock:
             if self._cur is cur and self._source is None:
                 part = self._time_part(t)
-                self._cur = self._make_cur(self._epoch_ns + (part + 1) * _NS_PER_MS, part << self._time_shift)
+                if part <= self._floor:
+                    return self._epoch_ns + (self._floor + 1) * _NS_PER_MS
+                start = 0
+                if self._spread and part - self._hot > _HOT_MS:
+                    start = _random_below(self._spread + 1)
+                if self._claim is not None:
+                    self._claim.last_ms = part + self.layout.epoch_ms
+                self._cur = self._make_cur(self._epoch_ns + (part + 1) * _NS_PER_MS, part << self._time_shift, start)
+        return None
 
     def _collect(self, base: int, lim: int, first: int, last: int, k: int, out: list[Key]) -> None:
         """Append the ids of the valid numbers among ``k`` drawn from ``first`` to ``last`` (all ours if
@@ -253,22 +397,30 @@ class _GeneratorBase:
             return None
         if self._source is None:
             cur = self._cur
-            now, end, time_bits, first, more, sbits, key_type = cur
+            now, end, time_bits, first, more, sbits, key_type, lim = cur
             t = now()
             if t >= end:
-                self._advance(cur, t)
+                wait = self._advance(cur, t)
+                if wait is not None:
+                    return wait
                 cur = self._cur  # go on with the same reading: a fast clock must not starve us
-                now, end, time_bits, first, more, sbits, key_type = cur
+                now, end, time_bits, first, more, sbits, key_type, lim = cur
                 if t >= end:
                     return _AGAIN
             base = time_bits + sbits[shard]
-            if first.setdefault(shard, t) is t:
-                out.append(_make_key(key_type, base))
+            k = n - len(out)
+            d = 0 if k <= lim else max(self._size - k, 0) - (self._size - lim)  # a batch claiming the ms fits in it
+            claim: Any = t if d == 0 else (d,)
+            if first.setdefault(shard, claim) is claim:
+                out.append(_make_key(key_type, base + d))
                 if len(out) >= n:
                     return None
-            cnt = more.get(shard) or more.setdefault(shard, count(1))
-            self._draw(cnt, base, self._size, n - len(out), out)
-            return None if len(out) >= n else end  # else this millisecond is used up: wait for the next
+            cnt = more.get(shard) or self._counter(shard, first, more)
+            self._draw(cnt, base, lim, n - len(out), out)
+            if len(out) >= n:
+                return None
+            self._hot = self._part_of(end)  # this millisecond ran out: the next ones start whole
+            return end  # wait for the next millisecond
         t = self._now_ns()
         state = self._states[shard]
         end, cnt, base, lim = state
@@ -280,9 +432,18 @@ class _GeneratorBase:
                 return end  # the millisecond is used up: wait for the next one
             return _Reserve(state, self._part_of(end), self._wanted(shard, n - len(out), refill=True))
         part = self._time_part(t)
-        if part <= self._floor:  # the clock is behind what the parent used before forking
+        if part <= self._floor:  # the clock is behind what the parent used before forking (or a lease's floor)
             return self._epoch_ns + (self._floor + 1) * _NS_PER_MS
         return _Reserve(state, part, self._wanted(shard, n - len(out), refill=False))
+
+    def _pauses(self, shard: int, until: int) -> Iterator[float]:
+        """The sleeps (s) of a wait `_step` asked for: until the clock reads ``until`` (ns); none for `_AGAIN`."""
+        if until != _AGAIN:
+            while (pause := self._sleep_for(shard, until)) is not None:
+                yield pause
+
+    def _shard_lock(self, shard: int, make: Callable[[], Any]) -> Any:
+        return self._locks.get(shard) or self._locks.setdefault(shard, make())
 
     def _install(self, shard: int, time_part: int, numbers: object, n: int, out: list[Key]) -> None:
         """Make a reserved block the shard's state and take from it at once, whatever the clock says by now
@@ -318,16 +479,64 @@ class _GeneratorBase:
             return 0.0
         return (ahead - _SPIN_NS) / 1e9
 
+    # -- worker lease, closing ----------------------------------------------------------------------------------
+
+    def _follow_grant(self) -> None:
+        """Take the worker grant's current horizon (called by the grant after each change, from any thread)."""
+        grant = self._grant
+        if grant is None:
+            return
+        with self._lock:  # read and applied together: of two changes racing, the later one wins
+            _, horizon_ms, lost = grant._limits()
+            if lost is not None or self._closed:
+                self._stop()
+                return
+            self._hi = hi = min(self._max_time, horizon_ms - self.layout.epoch_ms)
+            shared = self._shared
+            if shared is not None:
+                self._shared = self._shared_params(shared, hi)
+
+    def _shared_params(self, shared: tuple[Any, ...], max_time: int) -> tuple[Any, ...]:
+        """The C fast path's view of the shared table: (clock, key class, table, its numbers packed as 8 int64s:
+        epoch ns, time shift, shard shift, sequence size, last usable millisecond, used bits, offset, spread)."""
+        table = self._source
+        assert isinstance(table, SharedSequenceTable)
+        params = (self._epoch_ns, self._time_shift, self.layout.shard_shift, self._size, max_time)
+        packed = struct.pack("=8q", *params, table.used_bits, self._offset, self._spread)
+        return (*shared[:3], packed)
+
+    def _stop(self) -> None:
+        """Make every call take the slow path, where it is refused (closed, or the lease is lost); under _lock."""
+        self._hi = -1
+        self._cur = self._make_cur(-1, 0, 0)
+        self._states = self._fresh_states()
+        shared = self._shared
+        if shared is not None:
+            self._shared = self._shared_params(shared, -1)
+
+    def _shut(self) -> bool:
+        """Refuse keys from now on and give the worker numbers back; False if it was closed already."""
+        with self._lock:
+            if self._closed:
+                return False
+            self._closed = True
+            self._stop()
+        if self._claim is not None:
+            release_numbers(self._claim)
+        return True
+
     # -- fork -------------------------------------------------------------------------------------------------------
 
     def _before_fork(self) -> None:
         self._lock.acquire()  # no thread is moving to a new millisecond while we look
         self._fork_error = None
+        if self._claim is not None:
+            self._claim.pinned = True  # the children may use the worker numbers as long as this process lives
         if self._source is None:
             try:
                 end = self._cur[1]
-                floor = self._part_of(end) if end else -1
-                table = SharedSequenceTable(self._shards, self._size, floor=floor)
+                floor = max(self._part_of(end) if end > 0 else -1, self._floor)
+                table = SharedSequenceTable(self._shards, self._size, floor=floor, spread=self._spread)
             except Exception as exc:  # a fork hook cannot raise: the child refuses to make keys instead
                 self._fork_error = (
                     f"could not share the key generator's state before fork() ({exc!r}); this process cannot "
@@ -339,13 +548,9 @@ class _GeneratorBase:
             self._floor = floor
             self._states = self._fresh_states()
             self._source = table
-            self._cur = self._make_cur(-1, 0)
+            self._cur = self._make_cur(-1, 0, 0)
             if table.atomic:
-                layout = self.layout
-                self._shared = (
-                    *(self._now_ns, self._epoch_ns, self._time_shift, layout.shard_shift, self._size),
-                    *(self._max_time, self._key_type, table.buffer, table.used_bits),
-                )
+                self._shared = self._shared_params((self._now_ns, self._key_type, table.buffer, b""), self._hi)
 
     def _after_fork_parent(self) -> None:
         self._lock.release()
@@ -355,7 +560,7 @@ class _GeneratorBase:
         self._locks = {}
         if self._fork_error is not None:
             self._source = _BrokenSource(self._fork_error)
-            self._cur = self._make_cur(-1, 0)
+            self._cur = self._make_cur(-1, 0, 0)
             self._shared = None
         # Blocks cached here belong to the parent: everything is reserved again, from the table or the source.
         self._states = self._fresh_states()
@@ -363,7 +568,12 @@ class _GeneratorBase:
             self.sequence.after_fork_in_child()
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(layout={self.layout!r}, sequence={self.sequence!r})"
+        extra = f", worker={self.worker!r}" if self.worker is not None else ""
+        state = ", closed" if self._closed else ""
+        return (
+            f"{type(self).__name__}(layout={self.layout!r}, sequence={self.sequence!r}{extra}, "
+            f"random_start={self.random_start}{state})"
+        )
 
 
 class KeyGenerator(_GeneratorBase):
@@ -371,13 +581,29 @@ class KeyGenerator(_GeneratorBase):
 
     Each shard gets up to ``layout.sequence_size`` (1024) ids per millisecond; past that, the call waits for the
     next millisecond without holding any lock, so other threads and shards keep going. Keys of one shard never
-    repeat within the process and its forked children, and those one thread gets only ever increase.
+    repeat within the generator, across the process's threads and its forked children, and those one thread gets
+    only ever increase. What is unique across other processes depends on the options (docs/keys.md):
+
+    - default: nothing is shared with other processes; each millisecond's sequence starts at a random number
+      (``random_start``), so processes sharing a shard collide only by chance: about ``(k1 * k2) / 960`` repeated
+      ids per millisecond for two processes making k1 and k2 ids in it on that shard (measured figures in
+      docs/keys.md). ``random_start=False`` starts at 0 (the 2015 behaviour, in step with every other process).
+    - ``worker=WorkerSlice(id=..., bits=...)``, or a leased `WorkerGrant` (``hvbackend_postgres.lease_worker``):
+      unique across every generator with a different worker number of the same ``bits``, by construction; each
+      worker has ``1024 >> bits`` ids per shard per millisecond. One generator per worker number in a process.
+    - ``sequence``: a `SequenceSource`, or a URL (``"redis://127.0.0.1:6379/0"``, through the plugin registered
+      for its scheme, as ``Datastore(sequence=...)``): unique across every generator sharing the source.
+
+    Options that cannot keep their promise together (``worker`` with ``sequence``; ``random_start=True`` with
+    either), a ``sequence`` that is neither a source nor a URL, or a bad value raise `ConfigError` here, before
+    any key; an unknown URL scheme raises `PluginError`. ``random_start=None`` (the default) means True with the
+    system clock and False with an injected ``clock`` (tests then get the same keys every run).
 
     The clock going backwards: the generator keeps using the last millisecond it used while that millisecond's
     sequence lasts for the shard; then it waits for the clock to catch up when the clock is at most
     ``max_backwards_ms`` behind, and raises `ClockMovedBackwards` when it is further behind. No (shard,
     millisecond, sequence) is ever used twice. Past the layout's last millisecond it raises `LayoutExhausted`
-    rather than make a negative id.
+    rather than make a negative id; past a worker lease's horizon, or once the lease is lost, `WorkerLeaseLost`.
 
     ``fork()``: the generator moves to a table in shared memory that the child inherits; the parent keeps the
     milliseconds it already used, and from then on parent and children reserve blocks of sequence numbers of
@@ -387,7 +613,8 @@ class KeyGenerator(_GeneratorBase):
 
     ``clock`` returns Unix time in integer milliseconds (tests inject a fake one; by default ``time.time_ns``
     is read). ``block_size`` is how many numbers to ask a sequence source for at once (doubling while one
-    millisecond keeps asking).
+    millisecond keeps asking; at most the layout's sequence size). `close` ends the generator (and closes a
+    source it made from a URL).
     """
 
     __slots__ = ()
@@ -396,20 +623,20 @@ class KeyGenerator(_GeneratorBase):
     def __init__(
         self,
         layout: KeyLayout = KeyLayout.DEFAULT,
-        sequence: SequenceSource | None = None,
+        sequence: SequenceSource | str | None = None,
         *,
+        worker: WorkerSlice | WorkerGrant | None = None,
+        random_start: bool | None = None,
         clock: Callable[[], int] | None = None,
         max_backwards_ms: int = 100,
         block_size: int = 64,
     ) -> None:
-        if sequence is not None and inspect.iscoroutinefunction(getattr(sequence, "reserve", None)):
-            raise TypeError(f"{sequence!r} is an asynchronous sequence source: use AsyncKeyGenerator")
-        super().__init__(layout, sequence, clock, max_backwards_ms, block_size)
+        super().__init__(layout, sequence, worker, random_start, clock, max_backwards_ms, block_size, asyncio=False)
 
     def next_key(self, shard_id: int) -> Key:
         """One new key for ``shard_id``."""
         # The local-mode path of _step, inlined: this is the hot path (done in C when the accelerator is built).
-        now, end, time_bits, first, more, sbits, key_type = self._cur
+        now, end, time_bits, first, more, sbits, key_type, lim = self._cur
         t = now()
         if t < end and shard_id.__class__ is int and shard_id >= 0:
             try:
@@ -418,8 +645,8 @@ class KeyGenerator(_GeneratorBase):
                 raise self._bad_shard(shard_id) from None
             if first.setdefault(shard_id, t) is t:
                 return _make_key(key_type, base)
-            n = next(more.get(shard_id) or more.setdefault(shard_id, count(1)))
-            if n < self._size:
+            n = next(more.get(shard_id) or self._counter(shard_id, first, more))
+            if n < lim:
                 return _make_key(key_type, base + n)
         elif self._source is not None and shard_id.__class__ is int and shard_id >= 0:
             try:
@@ -449,15 +676,17 @@ class KeyGenerator(_GeneratorBase):
                 return [self.next_key(shard_id)] if n else []
         if self._shared is not None:
             return self._fill(shard_id, n, _fast_shared(self._shared, shard_id, n) or [])
-        now, end, time_bits, first, more, sbits, key_type = self._cur
+        now, end, time_bits, first, more, sbits, key_type, lim = self._cur
         t = now()
         if t < end and shard_id.__class__ is int and shard_id >= 0:
             try:
                 base = time_bits + sbits[shard_id]
             except IndexError:
                 raise self._bad_shard(shard_id) from None
-            zero = first.setdefault(shard_id, t) is t
-            cnt = more.get(shard_id) or more.setdefault(shard_id, count(1))
+            d = 0 if n <= lim else max(self._size - n, 0) - (self._size - lim)  # a batch claiming the ms fits
+            claim: Any = t if d == 0 else (d,)
+            zero = first.setdefault(shard_id, claim) is claim
+            cnt = more.get(shard_id) or self._counter(shard_id, first, more)
             k = n - 1 if zero else n
             a = next(cnt)
             if k > 1:
@@ -465,40 +694,44 @@ class KeyGenerator(_GeneratorBase):
                 b = next(cnt)
             else:
                 b = a
-            if b < self._size and b - a == k - 1:  # contiguous: no other thread drew in between
-                if zero and a == 1:
-                    return _make_keys(key_type, base, n)
+            if b < lim and b - a == k - 1:  # contiguous: no other thread drew in between
+                if zero and a == d + 1:
+                    return _make_keys(key_type, base + d, n)
                 out = _make_keys(key_type, base + a, k)
                 if zero:
-                    out.insert(0, _make_key(key_type, base))
+                    out.insert(0, _make_key(key_type, base + d))
                 return out
-            out = [_make_key(key_type, base)] if zero else []
-            self._collect(base, self._size, a, b, k, out)
+            out = [_make_key(key_type, base + d)] if zero else []
+            self._collect(base, lim, a, b, k, out)
             return self._fill(shard_id, n, out)
         return self._fill(shard_id, n, [])
 
-    def _fill(self, shard_id: int, n: int, out: list[Key]) -> list[Key]:
-        shard = check_shard_id(shard_id, self.layout)
-        step = self._step
-        while True:
-            todo = step(shard, n, out)
-            if todo is None:
-                return out
-            if type(todo) is _Reserve:
-                self._reserve(shard, todo, n, out)
-            elif todo != _AGAIN:
-                assert isinstance(todo, int)
-                while (pause := self._sleep_for(shard, todo)) is not None:
-                    time.sleep(pause)
+    def close(self) -> None:
+        """End the generator: every later call raises `HypervaultError`; a sequence source it made from a URL is
+        closed, and its worker number may serve a new generator of this process (from its next millisecond on)."""
+        if self._shut() and self._owns_source:
+            self.sequence.close()
 
-    def _reserve(self, shard: int, todo: _Reserve, n: int, out: list[Key]) -> None:
-        lock = self._locks.get(shard) or self._locks.setdefault(shard, threading.Lock())
-        with lock:
-            if self._states[shard] is todo.state:  # nobody replaced it while we waited for the lock
-                source = self._source
-                assert source is not None
-                numbers = source.reserve(shard, todo.time_part, todo.wanted)
-                self._install(shard, todo.time_part, numbers, n, out)
+    def __enter__(self) -> KeyGenerator:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _fill(self, shard_id: int, n: int, out: list[Key]) -> list[Key]:
+        """The slow path: `_step` until done, sleeping and reserving as it asks (AsyncKeyGenerator._fill, minus
+        its ``await``s: tests/core/test_generator.py checks the two are the same code)."""
+        shard = check_shard_id(shard_id, self.layout)
+        while (todo := self._step(shard, n, out)) is not None:
+            if isinstance(todo, _Reserve):
+                with self._shard_lock(shard, threading.Lock):
+                    if self._states[shard] is todo.state:  # nobody replaced it while we waited for the lock
+                        numbers = self._source.reserve(shard, todo.time_part, todo.wanted)
+                        self._install(shard, todo.time_part, numbers, n, out)
+            else:
+                for pause in self._pauses(shard, todo):
+                    time.sleep(pause)
+        return out
 
 
 # -- fork hooks: registered once, for every live generator ------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Callable
 from itertools import repeat
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -10,7 +11,22 @@ from typing import TYPE_CHECKING, Any, TypeVar
 if TYPE_CHECKING:
     from hvcore._key import Key
 
-__all__ = ["ACCELERATED", "make_key", "make_keys", "next_local", "shared_next", "table_reserve"]
+__all__ = [
+    "ACCELERATED",
+    "HOT_MS",
+    "make_key",
+    "make_keys",
+    "next_local",
+    "random_below",
+    "seed_random",
+    "shared_next",
+    "table_reserve",
+]
+
+HOT_MS = 10
+"""Milliseconds after a shard ran out of numbers during which every millisecond starts at number 0."""
+
+_rng = random.Random()  # the pure-Python build's random starts (reseeded below, as the C one is)
 
 K = TypeVar("K", bound="Key")
 
@@ -30,13 +46,23 @@ def make_keys(cls: type[K], start: int, count: int, /) -> list[K]:
     return list(map(_new, repeat(cls, count), range(start, start + count)))
 
 
+def seed_random(seed: int, /) -> None:
+    """Reseed this process's generator of random starting points (``seed`` taken modulo 2**64)."""
+    _rng.seed(seed & ((1 << 64) - 1))
+
+
+def random_below(bound: int, /) -> int:
+    """A random number in ``0 .. bound - 1`` (``bound`` in 1..2**32): the random starting point of a millisecond."""
+    return int(_rng.random() * bound)
+
+
 next_local: Callable[[tuple[Any, ...], int, int], Key | None] | None = None
 """KeyGenerator.next_key's local-mode fast path in C (None without the accelerator: the Python code does it all)."""
 
 shared_next: Callable[[tuple[Any, ...], int, int], Any] | None = None
 """The generator's fast path on the shared table after fork (None without the accelerator)."""
 
-table_reserve: Callable[[Any, int, int, int, int, int], range] | None = None
+table_reserve: Callable[[Any, int, int, int, int, int, int], range] | None = None
 """Lock-free reservation in the shared table after fork (None without the accelerator: fcntl locks then)."""
 
 ACCELERATED = False
@@ -54,4 +80,18 @@ if os.environ.get("HYPERVAULT_PURE_PYTHON", "") in ("", "0"):
         next_local = _speedups.next_local
         shared_next = _speedups.shared_next
         table_reserve = _speedups.table_reserve
+        seed_random = _speedups.seed_random
+        random_below = _speedups.random_below
         ACCELERATED = True
+        assert _speedups.HOT_MS == HOT_MS
+
+
+def _reseed() -> None:
+    """A fresh seed from the OS: at import, and in every child after ``fork()`` (else parent and child, or two
+    children, would draw the same starting points)."""
+    seed_random(int.from_bytes(os.urandom(8), "little"))
+
+
+_reseed()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reseed)

@@ -4,6 +4,8 @@
  * objects: instances of the given int subclass with the given values. What this adds:
  *
  *  - no temporary int and no argument tuple per key (int.__new__(cls, v) builds both, then copies);
+ *  - the generator's fast paths: next_local (one process), shared_next and table_reserve (the table shared after
+ *    fork), and the random starting point of each millisecond's sequence (splitmix64, seeded per process);
  *  - each new key is untracked by the cycle collector. A Key holds no reference but its (heap) type, so it can
  *    never be part of a cycle the collector must break (CPython untracks atomic-only tuples and dicts the same
  *    way). Millions of keys held by an application then cost nothing at each full collection either.
@@ -14,6 +16,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <string.h>
 #include <time.h>
 
 #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030E0000 && !defined(Py_GIL_DISABLED) && !defined(PYPY_VERSION)
@@ -217,6 +220,66 @@ static PyObject *time_ns_func = NULL; /* time.time_ns: read here with the same c
 static PyObject *count_type = NULL;   /* itertools.count */
 static PyObject *one = NULL;          /* 1 */
 
+/* After a shard of a millisecond ran out, its generator starts milliseconds at 0 (the whole sequence) for the next
+   HV_HOT_MS milliseconds instead of at a random point (the generator's _HOT_MS, exported as HOT_MS). */
+#define HV_HOT_MS 10
+
+/* -- random starting points: splitmix64 (Steele, Lea, Flood 2014; the seeding generator of xoshiro), one state per
+   process, seeded from os.urandom by hvcore._keymaker at import and again in every child after fork(). It is
+   called from table_take, where no Python call may be made (it runs inside a compare-and-swap loop). ------------ */
+static uint64_t rng_state = 0x9E3779B97F4A7C15ULL;
+
+static uint64_t
+rng_next(void)
+{
+    uint64_t z = (rng_state += 0x9E3779B97F4A7C15ULL);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
+/* In 0..bound-1 (1 <= bound <= 2**32): the top 32 bits of a draw scaled by bound, a multiplication instead of a
+   division (Lemire 2019, without the rejection step: a relative bias below 2**-22 for the bounds used, 1..1024).
+   A build without this module draws from Python's random.Random instead (hvcore/_keymaker.py). */
+static long long
+rng_below(long long bound)
+{
+    return (long long)(((rng_next() >> 32) * (uint64_t)bound) >> 32);
+}
+
+PyDoc_STRVAR(seed_random_doc,
+             "seed_random(seed, /)\n--\n\n"
+             "Reseed this process's generator of random starting points (an int, taken modulo 2**64).");
+
+static PyObject *
+seed_random(PyObject *Py_UNUSED(module), PyObject *arg)
+{
+    unsigned long long seed = PyLong_AsUnsignedLongLongMask(arg);
+    if (seed == (unsigned long long)-1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    rng_state = (uint64_t)seed;
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(random_below_doc,
+             "random_below(bound, /)\n--\n\n"
+             "A random int in 0..bound-1 from this process's splitmix64 state (bound in 1..2**32).");
+
+static PyObject *
+random_below(PyObject *Py_UNUSED(module), PyObject *arg)
+{
+    long long bound = PyLong_AsLongLong(arg);
+    if (bound == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (bound < 1 || bound > (1LL << 32)) {
+        PyErr_Format(PyExc_ValueError, "random_below(): bound must be in 1..2**32, got %lld", bound);
+        return NULL;
+    }
+    return PyLong_FromLongLong(rng_below(bound));
+}
+
 /* The shard id as a C integer, or -1 when it is not a plain int in 0..limit-1 (the Python code then explains). */
 static Py_ssize_t
 plain_shard(PyObject *obj, Py_ssize_t limit)
@@ -260,7 +323,11 @@ PyDoc_STRVAR(next_local_doc,
              "Python code must take over (another millisecond, a bad shard id, the sequence used up).");
 
 /* The same steps, on the same objects, as the local-mode branch of KeyGenerator.next_key (hvcore/_generator.py),
-   so the two can run side by side in different threads: each step is atomic under the GIL exactly as there. */
+   so the two can run side by side in different threads: each step is atomic under the GIL exactly as there.
+   cur = (now, end_ns, time_bits + start, first, more, sbits, key_type, size - start): numbers count from the
+   millisecond's start. The call whose claim (its clock reading, a fresh int) lands in `first` gets number 0; the
+   others draw from the shard's counter, which the first of them makes from the claim it found: itertools.count(1)
+   after a reading, count(d + 1) after a batch's claim (d,) (see _GeneratorBase._counter). */
 static PyObject *
 next_local(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
@@ -269,20 +336,16 @@ next_local(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     PyObject *cur = args[0], *shard = args[1];
-    if (!PyTuple_CheckExact(cur) || PyTuple_GET_SIZE(cur) != 7) {
-        PyErr_SetString(PyExc_TypeError, "next_local() needs the generator's 7-item state tuple");
-        return NULL;
-    }
-    long long size = PyLong_AsLongLong(args[2]);
-    if (size == -1 && PyErr_Occurred()) {
+    if (!PyTuple_CheckExact(cur) || PyTuple_GET_SIZE(cur) != 8) {
+        PyErr_SetString(PyExc_TypeError, "next_local() needs the generator's 8-item state tuple");
         return NULL;
     }
     PyObject *now = PyTuple_GET_ITEM(cur, 0), *end_obj = PyTuple_GET_ITEM(cur, 1);
     PyObject *time_bits = PyTuple_GET_ITEM(cur, 2), *first = PyTuple_GET_ITEM(cur, 3);
     PyObject *more = PyTuple_GET_ITEM(cur, 4), *sbits = PyTuple_GET_ITEM(cur, 5);
-    PyObject *key_type = PyTuple_GET_ITEM(cur, 6);
+    PyObject *key_type = PyTuple_GET_ITEM(cur, 6), *lim_obj = PyTuple_GET_ITEM(cur, 7);
     if (!PyDict_CheckExact(first) || !PyDict_CheckExact(more) || !PyList_CheckExact(sbits)) {
-        PyErr_SetString(PyExc_TypeError, "next_local() needs the generator's 7-item state tuple");
+        PyErr_SetString(PyExc_TypeError, "next_local() needs the generator's 8-item state tuple");
         return NULL;
     }
     if (check_key_type(key_type) < 0) {
@@ -296,23 +359,22 @@ next_local(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
     if (read_clock(now, &reading) < 0) {
         return NULL;
     }
+    long long end = PyLong_AsLongLong(end_obj);
+    long long base = PyLong_AsLongLong(time_bits); /* time bits + the millisecond's start */
+    long long shard_bits = PyLong_AsLongLong(PyList_GET_ITEM(sbits, index));
+    long long lim = PyLong_AsLongLong(lim_obj); /* numbers left from the start */
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    if (reading >= end) {
+        Py_RETURN_NONE;
+    }
+    base += shard_bits;
+
     PyObject *t = PyLong_FromLongLong(reading); /* a fresh object: whoever's reading lands in `first` got number 0 */
     if (t == NULL) {
         return NULL;
     }
-    int later = PyObject_RichCompareBool(t, end_obj, Py_GE);
-    if (later != 0) {
-        Py_DECREF(t);
-        return later < 0 ? NULL : Py_NewRef(Py_None);
-    }
-    long long base = PyLong_AsLongLong(time_bits);
-    long long shard_bits = PyLong_AsLongLong(PyList_GET_ITEM(sbits, index));
-    if ((base == -1 || shard_bits == -1) && PyErr_Occurred()) {
-        Py_DECREF(t);
-        return NULL;
-    }
-    base += shard_bits;
-
     PyObject *owner = PyDict_SetDefault(first, shard, t); /* borrowed */
     int mine = owner == t;
     Py_DECREF(t);
@@ -327,7 +389,18 @@ next_local(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
         if (PyErr_Occurred()) {
             return NULL;
         }
-        PyObject *fresh = PyObject_CallOneArg(count_type, one);
+        PyObject *fresh;
+        if (PyTuple_CheckExact(owner) && PyTuple_GET_SIZE(owner) == 1) { /* a batch that started d earlier */
+            PyObject *from = PyNumber_Add(PyTuple_GET_ITEM(owner, 0), one);
+            if (from == NULL) {
+                return NULL;
+            }
+            fresh = PyObject_CallOneArg(count_type, from);
+            Py_DECREF(from);
+        }
+        else {
+            fresh = PyObject_CallOneArg(count_type, one);
+        }
         if (fresh == NULL) {
             return NULL;
         }
@@ -348,7 +421,7 @@ next_local(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
     if (n == -1 && PyErr_Occurred()) {
         return NULL;
     }
-    if (n < size) {
+    if (n < lim) {
         return new_key((PyTypeObject *)key_type, (unsigned long long)(base + n));
     }
     Py_RETURN_NONE;
@@ -357,14 +430,16 @@ next_local(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 /* -- the shared sequence table after fork() (hvcore/_sharedseq.py), lock-free -------------------------------------
  *
  * The table is a MAP_SHARED mapping every forked process sees: int64 word 0 is the floor (milliseconds up to it
- * belong to the process that made the table), then 16 bytes per shard whose first word packs the newest
- * millisecond handed out for the shard and how many of its numbers are used: (time_part << used_bits) | used.
- * One compare-and-swap moves a shard forward, so no process ever waits for a lock another holds (or died
- * holding). A reservation gets nothing for a millisecond up to the floor or older than the shard's newest:
- * numbers only ever move forward. */
+ * belong to the process that made the table), word 1 the last millisecond in which a shard ran out of numbers,
+ * then 16 bytes per shard whose first word packs the newest millisecond handed out for the shard and how many of
+ * its numbers are used: (time_part << used_bits) | used. One compare-and-swap moves a shard forward, so no process
+ * ever waits for a lock another holds (or died holding). A reservation gets nothing for a millisecond up to the
+ * floor or older than the shard's newest: numbers only ever move forward. With `spread` > 0, the first reservation
+ * of a (shard, millisecond) starts at a random number in 0..spread (cut so that the block asked for fits), unless
+ * a shard ran out less than HV_HOT_MS milliseconds before: then at 0. */
 
 static int
-table_entry(PyObject *table, Py_buffer *view, Py_ssize_t shard, int64_t **floor, uint64_t **entry)
+table_entry(PyObject *table, Py_buffer *view, Py_ssize_t shard, int64_t **header, uint64_t **entry)
 {
     if (PyObject_GetBuffer(table, view, PyBUF_WRITABLE | PyBUF_SIMPLE) < 0) {
         return -1;
@@ -374,16 +449,17 @@ table_entry(PyObject *table, Py_buffer *view, Py_ssize_t shard, int64_t **floor,
         PyErr_SetString(PyExc_ValueError, "shard out of the shared table's range");
         return -1;
     }
-    *floor = (int64_t *)view->buf;
+    *header = (int64_t *)view->buf;
     *entry = (uint64_t *)((char *)view->buf + (shard + 1) * 16);
     return 0;
 }
 
 /* Take up to `wanted` numbers of (shard, part): returns (first << 32) | how many; 0 when there are none to have. */
 static long long
-table_take(int64_t *floor, uint64_t *entry, long long part, long long wanted, long long size, int used_bits)
+table_take(int64_t *header, uint64_t *entry, long long part, long long wanted, long long size, int used_bits,
+           long long spread)
 {
-    if (part <= __atomic_load_n(floor, __ATOMIC_ACQUIRE)) {
+    if (part <= __atomic_load_n(&header[0], __ATOMIC_ACQUIRE)) {
         return 0;
     }
     uint64_t old = __atomic_load_n(entry, __ATOMIC_ACQUIRE);
@@ -393,6 +469,13 @@ table_take(int64_t *floor, uint64_t *entry, long long part, long long wanted, lo
         long long first;
         if (part > newest) {
             first = 0;
+            if (spread > 0 && part - __atomic_load_n(&header[1], __ATOMIC_RELAXED) > HV_HOT_MS) {
+                long long fit = size - wanted;
+                first = rng_below(spread + 1);
+                if (first > fit) {
+                    first = fit > 0 ? fit : 0;
+                }
+            }
         }
         else if (part == newest) {
             first = used;
@@ -401,6 +484,9 @@ table_take(int64_t *floor, uint64_t *entry, long long part, long long wanted, lo
             return 0;
         }
         long long take = size - first < wanted ? size - first : wanted;
+        if (take < wanted && spread > 0) {
+            __atomic_store_n(&header[1], (int64_t)part, __ATOMIC_RELAXED); /* this shard ran out: go whole */
+        }
         if (take <= 0) {
             return 0;
         }
@@ -412,15 +498,16 @@ table_take(int64_t *floor, uint64_t *entry, long long part, long long wanted, lo
 }
 
 PyDoc_STRVAR(table_reserve_doc,
-             "table_reserve(table, shard_id, time_part, wanted, size, used_bits, /)\n--\n\n"
+             "table_reserve(table, shard_id, time_part, wanted, size, used_bits, spread, /)\n--\n\n"
              "Reserve up to `wanted` sequence numbers of (shard_id, time_part) in the shared table `table` (a\n"
-             "writable buffer); returns range(first, first + taken), empty when none can be had.");
+             "writable buffer); returns range(first, first + taken), empty when none can be had. `spread`: the\n"
+             "largest random first number of a millisecond (0: always 0).");
 
 static PyObject *
 table_reserve(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 6) {
-        PyErr_Format(PyExc_TypeError, "table_reserve() takes 6 arguments, got %zd", nargs);
+    if (nargs != 7) {
+        PyErr_Format(PyExc_TypeError, "table_reserve() takes 7 arguments, got %zd", nargs);
         return NULL;
     }
     Py_ssize_t shard = PyLong_AsSsize_t(args[1]);
@@ -428,6 +515,7 @@ table_reserve(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nar
     long long wanted = PyLong_AsLongLong(args[3]);
     long long size = PyLong_AsLongLong(args[4]);
     long used_bits = PyLong_AsLong(args[5]);
+    long long spread = PyLong_AsLongLong(args[6]);
     if (PyErr_Occurred()) {
         return NULL;
     }
@@ -435,13 +523,17 @@ table_reserve(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nar
         PyErr_SetString(PyExc_ValueError, "table_reserve(): size must be in 1..2**used_bits-1, used_bits in 1..32");
         return NULL;
     }
-    Py_buffer view;
-    int64_t *floor;
-    uint64_t *entry;
-    if (table_entry(args[0], &view, shard, &floor, &entry) < 0) {
+    if (spread < 0 || spread >= size) {
+        PyErr_SetString(PyExc_ValueError, "table_reserve(): spread must be in 0..size-1");
         return NULL;
     }
-    long long packed = table_take(floor, entry, part, wanted < 1 ? 1 : wanted, size, (int)used_bits);
+    Py_buffer view;
+    int64_t *header;
+    uint64_t *entry;
+    if (table_entry(args[0], &view, shard, &header, &entry) < 0) {
+        return NULL;
+    }
+    long long packed = table_take(header, entry, part, wanted < 1 ? 1 : wanted, size, (int)used_bits, spread);
     PyBuffer_Release(&view);
     long long first = packed >> 32, taken = packed & 0xFFFFFFFFLL;
     return PyObject_CallFunction((PyObject *)&PyRange_Type, "LL", first, first + taken);
@@ -451,8 +543,10 @@ PyDoc_STRVAR(shared_next_doc,
              "shared_next(shared, shard_id, n, /)\n--\n\n"
              "KeyGenerator's fast path once it uses the shared table: `n` keys (a Key for n == 0, else a list of\n"
              "up to n) straight from the table, or None when the Python code must take over (another shard id\n"
-             "type, the millisecond used up, the clock behind the table, the layout's end).\n"
-             "`shared` = (now, epoch_ns, time_shift, shard_shift, size, max_time, key_type, table, used_bits).");
+             "type, the millisecond used up, the clock behind the table, past the last usable millisecond).\n"
+             "`shared` = (now, key_type, table, params): params packs 8 native int64s, (epoch_ns, time_shift,\n"
+             "shard_shift, size, max_time, used_bits, offset, spread); `offset` is added to every key (a worker's\n"
+             "slice of the sequence bits).");
 
 static PyObject *
 shared_next(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
@@ -462,22 +556,24 @@ shared_next(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
         return NULL;
     }
     PyObject *shared = args[0], *shard_obj = args[1];
-    if (!PyTuple_CheckExact(shared) || PyTuple_GET_SIZE(shared) != 9) {
-        PyErr_SetString(PyExc_TypeError, "shared_next() needs the generator's 9-item shared-table tuple");
+    if (!PyTuple_CheckExact(shared) || PyTuple_GET_SIZE(shared) != 4 ||
+        !PyBytes_CheckExact(PyTuple_GET_ITEM(shared, 3)) ||
+        PyBytes_GET_SIZE(PyTuple_GET_ITEM(shared, 3)) != 8 * (Py_ssize_t)sizeof(int64_t)) {
+        PyErr_SetString(PyExc_TypeError, "shared_next() needs the generator's 4-item shared-table tuple");
         return NULL;
     }
     long long n = PyLong_AsLongLong(args[2]);
     if (n == -1 && PyErr_Occurred()) {
         return NULL;
     }
-    PyObject *now = PyTuple_GET_ITEM(shared, 0), *key_type = PyTuple_GET_ITEM(shared, 6);
-    long long epoch_ns = PyLong_AsLongLong(PyTuple_GET_ITEM(shared, 1));
-    long time_shift = PyLong_AsLong(PyTuple_GET_ITEM(shared, 2));
-    long shard_shift = PyLong_AsLong(PyTuple_GET_ITEM(shared, 3));
-    long long size = PyLong_AsLongLong(PyTuple_GET_ITEM(shared, 4));
-    long long max_time = PyLong_AsLongLong(PyTuple_GET_ITEM(shared, 5));
-    long used_bits = PyLong_AsLong(PyTuple_GET_ITEM(shared, 8));
-    if (PyErr_Occurred()) {
+    PyObject *now = PyTuple_GET_ITEM(shared, 0), *key_type = PyTuple_GET_ITEM(shared, 1);
+    int64_t p[8];
+    memcpy(p, PyBytes_AS_STRING(PyTuple_GET_ITEM(shared, 3)), sizeof(p));
+    long long epoch_ns = p[0], size = p[3], max_time = p[4], offset = p[6], spread = p[7];
+    long time_shift = (long)p[1], shard_shift = (long)p[2], used_bits = (long)p[5];
+    if (time_shift <= shard_shift || time_shift > 62 || used_bits < 1 || used_bits > 32 || size < 1 ||
+        size >= (1LL << used_bits) || spread < 0 || spread >= size) {
+        PyErr_SetString(PyExc_ValueError, "shared_next(): bad shared-table parameters");
         return NULL;
     }
     if (check_key_type(key_type) < 0) {
@@ -500,15 +596,16 @@ shared_next(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
     }
 
     Py_buffer view;
-    int64_t *floor;
+    int64_t *header;
     uint64_t *entry;
-    if (table_entry(PyTuple_GET_ITEM(shared, 7), &view, shard, &floor, &entry) < 0) {
+    if (table_entry(PyTuple_GET_ITEM(shared, 2), &view, shard, &header, &entry) < 0) {
         return NULL;
     }
-    long long packed = table_take(floor, entry, part, n < 1 ? 1 : n, size, (int)used_bits);
+    long long packed = table_take(header, entry, part, n < 1 ? 1 : n, size, (int)used_bits, spread);
     PyBuffer_Release(&view);
     long long first = packed >> 32, taken = packed & 0xFFFFFFFFLL;
     unsigned long long base = ((unsigned long long)part << time_shift) | ((unsigned long long)shard << shard_shift);
+    base += (unsigned long long)offset;
     if (n == 0) {
         if (taken == 0) {
             Py_RETURN_NONE;
@@ -536,6 +633,8 @@ static PyMethodDef methods[] = {
     {"next_local", (PyCFunction)(void (*)(void))next_local, METH_FASTCALL, next_local_doc},
     {"make_key", (PyCFunction)(void (*)(void))make_key, METH_FASTCALL, make_key_doc},
     {"make_keys", (PyCFunction)(void (*)(void))make_keys, METH_FASTCALL, make_keys_doc},
+    {"seed_random", seed_random, METH_O, seed_random_doc},
+    {"random_below", random_below, METH_O, random_below_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -564,6 +663,9 @@ exec_module(PyObject *module)
             Py_CLEAR(one);
             return -1;
         }
+    }
+    if (PyModule_AddIntConstant(module, "HOT_MS", HV_HOT_MS) < 0) {
+        return -1;
     }
     return PyModule_AddIntConstant(module, "DIRECT", HV_DIRECT);
 }

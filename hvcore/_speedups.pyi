@@ -7,6 +7,7 @@ from hvcore._key import Key
 K = TypeVar("K", bound=Key)
 
 DIRECT: int
+HOT_MS: int
 
 def make_key(cls: type[K], value: int, /) -> K:
     """An instance of the int subclass ``cls`` equal to ``value``."""
@@ -17,8 +18,16 @@ def make_keys(cls: type[K], start: int, count: int, /) -> list[K]:
 def next_local(cur: tuple[Any, ...], shard_id: int, size: int, /) -> Key | None:
     """KeyGenerator.next_key's local-mode fast path: a key, or None when the Python code must take over."""
 
-def table_reserve(table: Any, shard_id: int, time_part: int, wanted: int, size: int, used_bits: int, /) -> range:
+def table_reserve(
+    table: Any, shard_id: int, time_part: int, wanted: int, size: int, used_bits: int, spread: int, /
+) -> range:
     """Reserve up to ``wanted`` numbers of (shard_id, time_part) in the shared table, lock-free."""
 
 def shared_next(shared: tuple[Any, ...], shard_id: int, n: int, /) -> Any:
     """Keys straight from the shared table (a Key for n == 0, else a list), or None for the Python code."""
+
+def seed_random(seed: int, /) -> None:
+    """Reseed this process's generator of random starting points."""
+
+def random_below(bound: int, /) -> int:
+    """A random int in ``0 .. bound - 1`` (``bound`` in 1..2**32), from this process's splitmix64 state."""

@@ -22,7 +22,10 @@
     ├── ServerUnavailable (OSError)         a server cannot be reached (named without its password)
     ├── NotProvisioned (RuntimeError)       schemas or extensions missing: run ``hv init``
     ├── DuplicateKey (RuntimeError)         a key already stored (retried with a fresh key by ``put``)
-    └── SequenceUnavailable (OSError)       the shared sequence source (Redis) cannot be reached in time
+    ├── SequenceUnavailable (OSError)       the shared sequence source (Redis) cannot be reached in time
+    └── WorkerLeaseError (RuntimeError)     a leased worker number cannot be had or kept
+        ├── NoFreeWorker                    every worker number of the lease table is held
+        └── WorkerLeaseLost                 the lease ended or lapsed: no key is made with it
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ __all__ = [
     "InvalidShard",
     "LayoutExhausted",
     "MoveError",
+    "NoFreeWorker",
     "NotProvisioned",
     "PluginError",
     "PoolTimeout",
@@ -49,6 +53,8 @@ __all__ = [
     "ShardMoved",
     "ShardNotFound",
     "StoreClosed",
+    "WorkerLeaseError",
+    "WorkerLeaseLost",
 ]
 
 
@@ -185,5 +191,23 @@ class DuplicateKey(HypervaultError, RuntimeError):
 
 class SequenceUnavailable(HypervaultError, OSError):
     """The shared sequence source could not be reached within its timeout."""
+
+    __module__ = "hvcore"
+
+
+class WorkerLeaseError(HypervaultError, RuntimeError):
+    """A worker number leased from a shared table (PostgreSQL) cannot be had or kept."""
+
+    __module__ = "hvcore"
+
+
+class NoFreeWorker(WorkerLeaseError):
+    """Every worker number of the lease table is held by a live lease: none is free to lease."""
+
+    __module__ = "hvcore"
+
+
+class WorkerLeaseLost(WorkerLeaseError):
+    """The worker lease ended (closed, taken over) or lapsed (not renewed in time): no key is made with it."""
 
     __module__ = "hvcore"

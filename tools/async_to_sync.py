@@ -67,6 +67,8 @@ NAMES: dict[str, str] = {
     "AsyncPlacementMixin": "PlacementMixin",
     "AsyncSequenceArg": "SequenceArg",
     "AsyncShardMover": "ShardMover",
+    "AsyncSupportsWorkerLease": "SupportsWorkerLease",
+    "alease_worker": "lease_worker",
     "_adatastore": "_datastore",
     "_astore": "_store",
     "_asequence": "_sequence",

@@ -24,7 +24,8 @@ from hvcore._backend import BackendOptions, ProvisionReport, QuerySpec, Record, 
 from hvcore._config import VALUE_RULES, libpq_settings
 from hvcore._key import Key
 from hvcore._row import Row
-from hvcore.errors import ConfigError, ConnectionMisuse, DuplicateKey, NotProvisioned, PoolTimeout
+from hvcore._worker import WorkerGrant, WorkerSlice
+from hvcore.errors import ConfigError, ConnectionMisuse, DuplicateKey, NoFreeWorker, NotProvisioned, PoolTimeout
 from hvcore.hookspecs import BackendRegistrar, hookimpl
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "MemoryConnection",
     "MemoryCursor",
     "MemoryServerStore",
+    "MemoryWorkerLease",
     "hypervault_register_backends",
 ]
 
@@ -119,6 +121,36 @@ class MemoryConnection:
 
     def rollback(self) -> None:
         """Nothing to roll back."""
+
+
+class MemoryWorkerLease(WorkerGrant):
+    """A worker number held in this process until closed: what ``worker="lease"`` gets on the memory backend."""
+
+    __module__ = "hvbackend_memory"
+    _held: dict[tuple[str, int], set[int]] = {}  # noqa: RUF012 (process-wide registry, guarded by _lock)
+    _lock = threading.Lock()
+
+    @classmethod
+    def take(cls, bits: int, namespace: str) -> MemoryWorkerLease:
+        """The lowest free number of ``namespace`` (`NoFreeWorker` when all ``2**bits`` are held)."""
+        with cls._lock:
+            held = cls._held.setdefault((namespace, bits), set())
+            free = next((n for n in range(1 << bits) if n not in held), None)
+            if free is None:
+                raise NoFreeWorker(
+                    f"all {1 << bits} worker numbers of namespace {namespace!r} are held in this process"
+                )
+            held.add(free)
+        return cls(WorkerSlice(id=free, bits=bits), floor_ms=-1, horizon_ms=2**62, scope=f"memory {namespace}")
+
+    def close(self) -> None:
+        """Give the number back."""
+        with self._lock:
+            self._held.get((self.scope.removeprefix("memory "), self.worker.bits), set()).discard(self.worker.id)
+
+    async def aclose(self) -> None:
+        """Give the number back."""
+        self.close()
 
 
 class MemoryServerStore:
@@ -383,6 +415,12 @@ class MemoryServerStore:
         shards = self._shards()
         return {s: len(shards[s]) for s in shard_ids if s in shards}
 
+    def lease_worker(
+        self, *, bits: int = 4, namespace: str = "default", ttl: float = 10.0, acquire_timeout: float = 0.0
+    ) -> MemoryWorkerLease:
+        """A worker number free in this process (the memory backend's stand-in for a PostgreSQL lease)."""
+        return MemoryWorkerLease.take(bits, namespace)
+
     def stats(self) -> dict[str, Any]:
         """Pool figures."""
         borrowed = len(self._borrowed)
@@ -524,6 +562,12 @@ class AsyncMemoryServerStore:
     async def row_counts(self, shard_ids: Sequence[int]) -> dict[int, int]:
         """As the sync store."""
         return self.sync.row_counts(shard_ids)
+
+    async def lease_worker(
+        self, *, bits: int = 4, namespace: str = "default", ttl: float = 10.0, acquire_timeout: float = 0.0
+    ) -> MemoryWorkerLease:
+        """A worker number free in this process (the memory backend's stand-in for a PostgreSQL lease)."""
+        return self.sync.lease_worker(bits=bits, namespace=namespace, ttl=ttl, acquire_timeout=acquire_timeout)
 
     def stats(self) -> dict[str, Any]:
         """As the sync store."""

@@ -7,6 +7,7 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from hvbackend_postgres._astore import AsyncPostgresServerStore
+from hvbackend_postgres._lease import LeaseOptions, PostgresWorkerLease, alease_worker, lease_worker
 from hvbackend_postgres._move import PostgresMover
 from hvbackend_postgres._schema import ShardSQL, shard_ddl, shard_schema
 from hvbackend_postgres._store import PostgresServerStore
@@ -15,15 +16,19 @@ from hvcore.hookspecs import BackendRegistrar, DemoServers, hookimpl
 
 __all__ = [
     "AsyncPostgresServerStore",
+    "LeaseOptions",
     "PostgresMover",
     "PostgresServerStore",
+    "PostgresWorkerLease",
     "ShardSQL",
+    "alease_worker",
     "async_hstore_store",
     "async_jsonb_store",
     "hstore_store",
     "hypervault_demo_servers",
     "hypervault_register_backends",
     "jsonb_store",
+    "lease_worker",
     "shard_ddl",
     "shard_schema",
 ]

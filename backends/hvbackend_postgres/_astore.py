@@ -42,6 +42,7 @@ from hvbackend_postgres._common import (
     query_fetch_sizes,
     query_records,
 )
+from hvbackend_postgres._lease import PostgresWorkerLease, alease_worker
 from hvbackend_postgres._legacy import LEGACY_SQL, layout_problem, legacy_signs, legacy_table_error, max_id_query
 from hvbackend_postgres._move import PostgresMover
 from hvbackend_postgres._schema import (
@@ -703,6 +704,13 @@ class AsyncPostgresServerStore(StoreCore):
         finally:
             await conn.close()
         return counts
+
+    async def lease_worker(
+        self, *, bits: int = 4, namespace: str = "default", ttl: float = 10.0, acquire_timeout: float = 0.0
+    ) -> PostgresWorkerLease:
+        """Lease a free worker number on this server until closed (see `hvbackend_postgres.lease_worker`)."""
+        settings = {**self._kwargs, "conninfo": self._conninfo}
+        return await alease_worker(settings, bits=bits, namespace=namespace, ttl=ttl, acquire_timeout=acquire_timeout)
 
     if True:  # ASYNC
         pass

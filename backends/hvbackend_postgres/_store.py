@@ -39,6 +39,7 @@ from hvbackend_postgres._common import (
     query_fetch_sizes,
     query_records,
 )
+from hvbackend_postgres._lease import PostgresWorkerLease, lease_worker
 from hvbackend_postgres._legacy import LEGACY_SQL, layout_problem, legacy_signs, legacy_table_error, max_id_query
 from hvbackend_postgres._move import PostgresMover
 from hvbackend_postgres._schema import (
@@ -683,6 +684,13 @@ class PostgresServerStore(StoreCore):
         finally:
             conn.close()
         return counts
+
+    def lease_worker(
+        self, *, bits: int = 4, namespace: str = "default", ttl: float = 10.0, acquire_timeout: float = 0.0
+    ) -> PostgresWorkerLease:
+        """Lease a free worker number on this server until closed (see `hvbackend_postgres.lease_worker`)."""
+        settings = {**self._kwargs, "conninfo": self._conninfo}
+        return lease_worker(settings, bits=bits, namespace=namespace, ttl=ttl, acquire_timeout=acquire_timeout)
 
     def shard_mover(self) -> PostgresMover:
         """Shard-move operations with this server as the source (``Datastore.move_shard``), see ``_move``."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import enum
 import inspect
@@ -9,6 +10,7 @@ import os
 import struct
 import sys
 import tempfile
+import textwrap
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -17,15 +19,20 @@ import pytest
 
 from hvcore import (
     ClockMovedBackwards,
+    ConfigError,
     HypervaultError,
     InvalidShard,
     Key,
     KeyGenerator,
     KeyLayout,
     LayoutExhausted,
+    PluginError,
     SequenceSource,
+    WorkerSlice,
+    _keymaker,
 )
 from hvcore._agenerator import AsyncKeyGenerator
+from hvcore._generator import _GeneratorBase
 
 LAYOUT = KeyLayout.DEFAULT
 SHIFT = LAYOUT.time_shift
@@ -143,16 +150,19 @@ def test_public_classes_report_the_package() -> None:
 
 
 def test_options_are_validated() -> None:
-    with pytest.raises(ValueError, match="max_backwards_ms"):
+    with pytest.raises(ConfigError, match="max_backwards_ms"):
         KeyGenerator(max_backwards_ms=-1)
-    with pytest.raises(ValueError, match="block_size"):
+    with pytest.raises(ConfigError, match="block_size"):
         KeyGenerator(block_size=0)
-    with pytest.raises(ValueError, match="block_size"):
-        KeyGenerator(block_size=LAYOUT.sequence_size + 1)
-    with pytest.raises(TypeError, match="KeyLayout"):
+    assert KeyGenerator(block_size=LAYOUT.sequence_size + 1).block_size == LAYOUT.sequence_size  # at most all
+    with pytest.raises(ConfigError, match="KeyLayout"):
         KeyGenerator("default")  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="AsyncKeyGenerator"):
+    with pytest.raises(ConfigError, match="AsyncKeyGenerator"):
         KeyGenerator(sequence=AsyncMemorySequence())  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="clock"):
+        KeyGenerator(clock=12)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="random_start"):
+        KeyGenerator(random_start=1)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("bad", [-1, -8192, -8193, 8192, 16384, 10**30, -(10**30), 1.0, 12.9, True, "3", None])
@@ -598,12 +608,72 @@ def test_fork_without_a_shared_table_makes_the_child_refuse(monkeypatch: pytest.
 def test_async_generator_mirrors_the_sync_one() -> None:
     public = {name for name in dir(KeyGenerator) if not name.startswith("_")}
     assert public == {name for name in dir(AsyncKeyGenerator) if not name.startswith("_")}
-    for name in ("next_key", "next_keys", "__init__"):
+    for name in ("next_key", "next_keys", "close", "__init__"):
         sync_sig = inspect.signature(getattr(KeyGenerator, name))
         async_sig = inspect.signature(getattr(AsyncKeyGenerator, name))
-        assert list(sync_sig.parameters) == list(async_sig.parameters)
-    assert inspect.iscoroutinefunction(AsyncKeyGenerator.next_key)
-    assert inspect.iscoroutinefunction(AsyncKeyGenerator.next_keys)
+        assert [(p.name, p.kind, p.default) for p in sync_sig.parameters.values()] == [
+            (p.name, p.kind, p.default) for p in async_sig.parameters.values()
+        ], name
+        if name != "__init__":
+            assert getattr(KeyGenerator, name).__doc__ == getattr(AsyncKeyGenerator, name).__doc__, name
+    for name in ("next_key", "next_keys", "close"):
+        assert inspect.iscoroutinefunction(getattr(AsyncKeyGenerator, name)), name
+    # One implementation: everything but carrying out the slow path's effects is the shared base's.
+    own = {name for name in vars(AsyncKeyGenerator) if not name.startswith("__")}
+    assert own == {"next_key", "next_keys", "close", "_fill"}
+    assert {"_step", "_pauses", "_install", "_sleep_for", "_advance"} <= set(vars(_GeneratorBase))
+
+
+_ASYNC_NAMES = {("asyncio", "sleep"): ("time", "sleep"), ("asyncio", "Lock"): ("threading", "Lock")}
+
+
+class _AsyncToSync(ast.NodeTransformer):
+    """What psycopg's async_to_sync does, for one function: drop ``async``/``await`` and map the asyncio names."""
+
+    def visit_AsyncFunctionDef(self, node: ast.AsyncFunctionDef) -> ast.FunctionDef:
+        self.generic_visit(node)
+        fields = {f: getattr(node, f) for f in node._fields}
+        return ast.copy_location(ast.FunctionDef(**fields), node)
+
+    def visit_AsyncWith(self, node: ast.AsyncWith) -> ast.With:
+        self.generic_visit(node)
+        return ast.copy_location(ast.With(items=node.items, body=node.body), node)
+
+    def visit_Await(self, node: ast.Await) -> ast.expr:
+        return self.visit(node.value)  # type: ignore[no-any-return]
+
+    def visit_Attribute(self, node: ast.Attribute) -> ast.Attribute:
+        if isinstance(node.value, ast.Name) and (node.value.id, node.attr) in _ASYNC_NAMES:
+            module, attr = _ASYNC_NAMES[(node.value.id, node.attr)]
+            return ast.copy_location(ast.Attribute(value=ast.Name(id=module, ctx=ast.Load()), attr=attr), node)
+        return node
+
+
+def _function_source(cls: type, name: str, *, to_sync: bool = False) -> str:
+    """The function's code without its docstring, its "# async only" statements (with their blocks) and, when
+    ``to_sync``, without async/await."""
+    kept: list[str] = []
+    skip_deeper_than: int | None = None
+    for line in inspect.getsource(getattr(cls, name)).splitlines():
+        indent = len(line) - len(line.lstrip())
+        if skip_deeper_than is not None and indent > skip_deeper_than:
+            continue
+        skip_deeper_than = indent if "# async only" in line else None
+        if skip_deeper_than is None:
+            kept.append(line)
+    tree = ast.parse(textwrap.dedent("\n".join(kept)))
+    function = tree.body[0]
+    assert isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef)
+    function.body = [s for s in function.body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
+    if to_sync:
+        tree = ast.fix_missing_locations(_AsyncToSync().visit(tree))
+    return ast.unparse(tree)
+
+
+def test_the_sync_slow_path_is_the_async_one_without_await() -> None:
+    """No hand-kept twin: KeyGenerator._fill is AsyncKeyGenerator._fill with async/await taken out (the check
+    psycopg's tools/async_to_sync.py --check makes on its generated sync code)."""
+    assert _function_source(KeyGenerator, "_fill") == _function_source(AsyncKeyGenerator, "_fill", to_sync=True)
 
 
 def test_async_generator_local_mode() -> None:
@@ -648,3 +718,199 @@ def test_async_generator_clock_back_beyond_the_skew_raises() -> None:
             await gen.next_key(1)
 
     asyncio.run(main())
+
+
+# -- random start: each millisecond's sequence starts at a random number (the default with the system clock) --------
+
+
+def test_random_start_is_the_default_with_the_system_clock_only() -> None:
+    assert KeyGenerator().random_start
+    assert AsyncKeyGenerator().random_start
+    assert not KeyGenerator(clock=FakeClock()).random_start  # tests injecting a clock get the same keys every run
+    assert not KeyGenerator(sequence=MemorySequence()).random_start
+    assert not KeyGenerator(random_start=False).random_start
+    assert KeyGenerator(clock=FakeClock(), random_start=True).random_start
+
+
+def test_random_start_goes_on_from_a_random_number_of_each_millisecond() -> None:
+    _keymaker.seed_random(7)
+    clock = FakeClock()
+    gen = KeyGenerator(clock=clock, random_start=True)
+    starts = []
+    for _ in range(400):
+        keys = [gen.next_key(3) for _ in range(5)] + gen.next_keys(3, 4) + [gen.next_key(3)]
+        ids = [k.added_id for k in keys]
+        assert ids == list(range(ids[0], ids[0] + 10))  # one run, from the millisecond's start on
+        assert {k.timestamp_ms for k in keys} == {clock.ms}
+        starts.append(ids[0])
+        clock.ms += 1
+    top = LAYOUT.sequence_size - LAYOUT.sequence_size // 16 - 1  # 959: room for 64 more in the millisecond
+    assert min(starts) >= 0 and max(starts) <= top
+    assert len(set(starts)) > 300 and min(starts) < 50 and max(starts) > top - 50
+
+
+def test_random_start_leaves_room_for_a_batch_that_claims_the_millisecond() -> None:
+    _keymaker.seed_random(11)
+    clock = FakeClock()
+    gen = KeyGenerator(clock=clock, random_start=True)
+    for n in (1000, 1024, 300, 64):
+        for _ in range(30):
+            batch = gen.next_keys(4, n)
+            assert {k.timestamp_ms for k in batch} == {clock.ms}, n  # never split by a random start
+            assert [k.added_id for k in batch] == list(range(batch[0].added_id, batch[0].added_id + n))
+            clock.ms += 1
+
+
+def test_random_start_runs_whole_milliseconds_after_a_shard_ran_out() -> None:
+    _keymaker.seed_random(3)
+    clock = FakeClock()
+    gen = KeyGenerator(clock=clock, random_start=True)
+    first = gen.next_key(5)
+    while first.added_id < 100:  # a start well above 0, so that the millisecond runs out early
+        clock.ms += 1
+        first = gen.next_key(5)
+    t0 = first.timestamp_ms
+    clock.reads, clock.tick_every = 0, 3  # the clock moves on (from its 3rd read) while the call waits
+    rest = gen.next_keys(5, 2000)
+    in_t0 = [k for k in rest if k.timestamp_ms == t0]
+    assert len(in_t0) == 1023 - first.added_id  # the millisecond ran out
+    after = [k for k in rest if k.timestamp_ms > t0]
+    assert after[0].added_id == 0  # then the next one started at 0: a process that needs it all gets it all
+    clock.tick_every = 0
+    assert rest[-1].timestamp_ms < t0 + _keymaker.HOT_MS
+    for ms in range(rest[-1].timestamp_ms + 1, t0 + 1 + _keymaker.HOT_MS):
+        clock.ms = ms
+        assert gen.next_key(6).added_id == 0, ms - t0
+    starts = []
+    for ms in range(t0 + 1 + _keymaker.HOT_MS, t0 + 41 + _keymaker.HOT_MS):
+        clock.ms = ms
+        starts.append(gen.next_key(6).added_id)
+    assert len(set(starts)) > 30  # random again
+
+
+def test_random_starts_of_two_generators_repeat_by_chance_only() -> None:
+    """Two generators (two processes) on one shard, 3 keys each per millisecond over 5,000 ms: the repeats are
+    the overlaps of their runs, about 3 * 3 / 960 per millisecond; starting at 0 repeats every key."""
+    _keymaker.seed_random(2024)
+    clock = FakeClock()
+    one = KeyGenerator(clock=clock, random_start=True)
+    two = KeyGenerator(clock=clock, random_start=True)
+    old_one, old_two = KeyGenerator(clock=clock), KeyGenerator(clock=clock)
+    keys: list[Key] = []
+    old: list[Key] = []
+    for _ in range(5000):
+        for _ in range(3):
+            keys += [one.next_key(1), two.next_key(1)]
+            old += [old_one.next_key(1), old_two.next_key(1)]
+        clock.ms += 1
+    repeats = len(keys) - len(set(keys))
+    expected = 5000 * 3 * 3 / 960  # 46.9
+    assert 0.5 * expected < repeats < 1.6 * expected
+    assert len(old) - len(set(old)) == len(old) // 2  # in step: every key of one is a key of the other
+
+
+# -- options: every combination that cannot keep its promise is refused at construction -----------------------------
+
+
+class SizedSequence(MemorySequence):
+    """A source made for a layout with another sequence size."""
+
+    sequence_size = 512
+
+
+def test_option_combinations_that_cannot_keep_their_promise_are_refused() -> None:
+    with pytest.raises(ConfigError, match="worker and sequence"):
+        KeyGenerator(sequence=MemorySequence(), worker=WorkerSlice(id=1))
+    with pytest.raises(ConfigError, match="random_start"):
+        KeyGenerator(sequence=MemorySequence(), random_start=True)
+    with pytest.raises(ConfigError, match="random_start"):
+        KeyGenerator(worker=WorkerSlice(id=1), random_start=True)
+    with pytest.raises(ConfigError, match="512"):
+        KeyGenerator(sequence=SizedSequence())
+    small = KeyLayout(epoch_ms=0, time_bits=46, shard_bits=13, sequence_bits=5)
+    with pytest.raises(ConfigError, match="bits <= 3"):
+        KeyGenerator(small, worker=WorkerSlice(id=1, bits=4))
+    with pytest.raises(ConfigError, match="WorkerSlice"):
+        KeyGenerator(worker=3)  # type: ignore[arg-type]
+    assert KeyGenerator(worker=WorkerSlice(id=1), random_start=False).worker == WorkerSlice(id=1)
+
+
+@pytest.mark.parametrize("bad", [12, 1.5, object(), [MemorySequence()], b"redis://127.0.0.1:6379/0", {"url": "x"}])
+def test_a_sequence_that_is_neither_a_source_nor_a_url_is_refused(bad: Any) -> None:
+    with pytest.raises(ConfigError, match="SequenceSource"):
+        KeyGenerator(sequence=bad)
+    with pytest.raises(ConfigError, match="SequenceSource"):
+        AsyncKeyGenerator(sequence=bad)
+
+
+def test_a_string_sequence_must_be_a_url_of_a_known_scheme() -> None:
+    with pytest.raises(ConfigError, match="URL such as") as info:
+        KeyGenerator(sequence="127.0.0.1:6379 password=hunter2")
+    assert "hunter2" not in str(info.value)
+    with pytest.raises(PluginError, match="nosuch"):
+        KeyGenerator(sequence="nosuch://127.0.0.1/0")
+    with pytest.raises(ConfigError, match="bogus"):  # the plugin's own checks, before anything connects
+        KeyGenerator(sequence="redis://127.0.0.1:6379/0?bogus=1")
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """The machine's Redis, and a key prefix no other test uses."""
+    import uuid
+
+    import redis
+    from fixtures.services import REDIS_URL, missing_service
+
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1, socket_timeout=1)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        missing_service(f"Redis not reachable at {REDIS_URL}: {exc}")
+    finally:
+        client.close()
+    return f"{REDIS_URL}?key_prefix=hv-keygen-{uuid.uuid4().hex[:10]}&check_clock=false"
+
+
+def test_a_sequence_url_is_read_as_the_datastore_reads_it(redis_url: str) -> None:
+    with KeyGenerator(sequence=redis_url) as gen:
+        assert type(gen.sequence).__name__ == "RedisSequence"
+        assert not gen.random_start
+        keys = [gen.next_key(3) for _ in range(50)] + gen.next_keys(3, 500)
+        assert_unique(keys)
+        other = KeyGenerator(sequence=redis_url)  # another "process" on the same Redis
+        keys += other.next_keys(3, 500) + [other.next_key(3) for _ in range(50)]
+        other.close()
+    assert_unique(keys)
+    assert gen.sequence._closed  # made from the URL: closed with the generator
+    with pytest.raises(HypervaultError, match="closed"):
+        gen.next_key(3)
+
+
+def test_an_async_generator_makes_the_asyncio_source_of_a_url(redis_url: str) -> None:
+    async def main() -> list[Key]:
+        async with AsyncKeyGenerator(sequence=redis_url) as gen:
+            assert type(gen.sequence).__name__ == "AsyncRedisSequence"
+            keys = await gen.next_keys(2, 300) + [await gen.next_key(2) for _ in range(30)]
+        with pytest.raises(HypervaultError, match="closed"):
+            await gen.next_key(2)
+        return keys
+
+    assert_unique(asyncio.run(main()))
+
+
+def test_close_ends_the_generator_and_leaves_a_given_source_open() -> None:
+    source = MemorySequence()
+    gen = KeyGenerator(sequence=source, clock=FakeClock())
+    gen.next_key(1)
+    gen.close()
+    gen.close()  # idempotent
+    assert not source.closed  # not made by the generator: its owner closes it
+    for call in (lambda: gen.next_key(1), lambda: gen.next_keys(1, 5)):
+        with pytest.raises(HypervaultError, match="closed"):
+            call()
+    local = KeyGenerator()
+    local.next_key(1)  # the fast path is warm
+    local.close()
+    with pytest.raises(HypervaultError, match="closed"):
+        local.next_key(1)
+    assert "closed" in repr(local)

@@ -213,26 +213,61 @@ def test_generator_suite_passes_in_pure_python() -> None:
 
 @given(
     ops=st.lists(
-        st.tuples(st.integers(0, 3), st.integers(0, 6), st.integers(0, 1100)),
+        st.tuples(st.integers(0, 3), st.integers(0, 40), st.integers(0, 1100)),
         max_size=60,
     ),
     floor=st.integers(-1, 2),
+    spread=st.sampled_from([0, 959, 1, 1023]),
+    seed=st.integers(0, 2**64 - 1),
 )
-def test_atomic_table_reserves_exactly_like_the_locked_one(ops: list[tuple[int, int, int]], floor: int) -> None:
+def test_atomic_table_reserves_exactly_like_the_locked_one(
+    ops: list[tuple[int, int, int]], floor: int, spread: int, seed: int
+) -> None:
     if not _keymaker.ACCELERATED:
         pytest.skip("the lock-free table needs the C accelerator")
+    from hvcore import _speedups
     from hvcore._sharedseq import SharedSequenceTable
 
-    atomic = SharedSequenceTable(4, 1024, floor=floor)
-    locked = SharedSequenceTable(4, 1024, floor=floor)
+    atomic = SharedSequenceTable(4, 1024, floor=floor, spread=spread)
+    locked = SharedSequenceTable(4, 1024, floor=floor, spread=spread)
     locked._atomic_reserve = None  # the fcntl path, as a build without the accelerator runs it
     assert atomic.atomic
     try:
-        for shard, part, wanted in ops:
-            assert atomic.reserve(shard, part, wanted) == locked.reserve(shard, part, wanted)
+        for shard, part, wanted in sorted(ops, key=lambda op: op[1]):  # milliseconds move forward, mostly
+            _speedups.seed_random(seed)  # both draw the same random start (the locked path from _keymaker's C one)
+            c_range = atomic.reserve(shard, part, wanted)
+            _speedups.seed_random(seed)
+            assert c_range == locked.reserve(shard, part, wanted)
+            assert 0 <= c_range.start <= c_range.stop <= 1024
+            seed = (seed * 6364136223846793005 + 1) % 2**64
+        fresh = atomic.reserve(0, 10_000, 5)
+        assert (fresh.start == 0) if spread == 0 else (0 <= fresh.start <= spread)
     finally:
         atomic.close()
         locked.close()
+
+
+@given(seed=st.integers(0, 2**64 - 1), bound=st.integers(1, 2**32))
+def test_random_starts_are_in_range_and_follow_the_seed(seed: int, bound: int) -> None:
+    c = pytest.importorskip("hvcore._speedups")
+    c.seed_random(seed)
+    drawn = [c.random_below(bound) for _ in range(5)]
+    assert all(0 <= x < bound for x in drawn)
+    c.seed_random(seed)
+    assert [c.random_below(bound) for _ in range(5)] == drawn
+    for bad in (0, 2**32 + 1):
+        with pytest.raises(ValueError, match="bound"):
+            c.random_below(bad)
+
+
+def test_each_process_draws_its_own_random_starts() -> None:
+    """Seeded from os.urandom at import: two fresh interpreters draw different numbers."""
+    code = "from hvcore import _keymaker; print([_keymaker.random_below(1 << 32) for _ in range(3)])"
+    outs = {
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        for _ in range(2)
+    }
+    assert len(outs) == 2
 
 
 def test_atomic_table_rejects_a_shard_outside_it(c: Any) -> None:
@@ -242,7 +277,9 @@ def test_atomic_table_rejects_a_shard_outside_it(c: Any) -> None:
     with pytest.raises(ValueError, match="shared table"):
         table.reserve(4, 1, 1)
     with pytest.raises(ValueError, match="used_bits"):
-        c.table_reserve(table.buffer, 0, 1, 1, 1024, 10)  # 1024 numbers do not fit 10 bits of "used"
+        c.table_reserve(table.buffer, 0, 1, 1, 1024, 10, 0)  # 1024 numbers do not fit 10 bits of "used"
+    with pytest.raises(ValueError, match="spread"):
+        c.table_reserve(table.buffer, 0, 1, 1, 1024, 11, 1024)  # a random start must leave a number
     table.close()
 
 
