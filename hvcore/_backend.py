@@ -11,6 +11,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from hvcore import errors as _errors
 from hvcore._key import Key, KeyLayout
+from hvcore._show import show_value
 
 __all__ = [
     "AdoptionReport",
@@ -31,9 +32,13 @@ __all__ = [
     "SupportsShardCluster",
     "SupportsShardMoves",
     "SupportsWorkerLease",
+    "check_body",
     "check_json",
     "check_text",
     "iter_fields",
+    "json_default",
+    "json_equal",
+    "show_value",
 ]
 
 
@@ -57,8 +62,10 @@ class BackendOptions:
     pool_block_timeout: float = 5.0
     logger: logging.Logger | None = None
     layout: KeyLayout = KeyLayout.DEFAULT
-    row_factory: str = "dict"  # "dict" or "tuple": rows handed out by get_connection()/cursor()
+    row_factory: str = "row"  # "row" (hvcore.Row), "dict" or "tuple": rows handed out by get_connection()/cursor()
     operation_timeout: float | None = 60.0  # client-side bound on one exchange with a server (None: wait forever)
+    values: str | None = None  # "jsonb" or "text": value rules asked for (the memory backend's); None: the backend's
+    log_values: bool = False  # log bound values with each statement (user data: off unless asked)
 
 
 BackendOptions.__module__ = "hvcore"
@@ -84,7 +91,7 @@ class QuerySpec:
             return False
         if self.where:
             data = record.data
-            return all(name in data and data[name] == value for name, value in self.where.items())
+            return all(name in data and json_equal(data[name], value) for name, value in self.where.items())
         return True
 
 
@@ -464,6 +471,17 @@ AsyncBackendFactory = Callable[[Mapping[str, Any], BackendOptions], AsyncServerS
 """Builds the asyncio store of one server."""
 
 
+INT_DIGITS_MAX = 4300
+"""Longest int (in decimal digits) a jsonb body may hold: Python's default limit for int ↔ str conversion
+(``sys.get_int_max_str_digits()``), which JSON encoding and decoding go through."""
+_INT_BITS_SAFE = 14283  # every int below 2**14283 (about 10**4299.6) has at most INT_DIGITS_MAX digits
+_INT_LIMIT = 10**INT_DIGITS_MAX
+
+
+def _int_too_long(value: int) -> bool:
+    return value.bit_length() > _INT_BITS_SAFE and abs(value) >= _INT_LIMIT
+
+
 def check_text(field_name: str, text: str) -> None:
     """Raise `InvalidData` if ``text`` cannot be PostgreSQL text: it holds a NUL or is not encodable as UTF-8."""
     from hvcore.errors import InvalidData
@@ -477,17 +495,34 @@ def check_text(field_name: str, text: str) -> None:
 
 
 def check_json(name: str, value: Any, depth: int = 0) -> None:
-    """Raise `InvalidData` naming ``name`` unless ``value`` is made of JSON types only (as jsonb stores them)."""
+    """Raise `InvalidData` naming ``name`` unless ``value`` round-trips exactly through jsonb.
+
+    Accepted: str, int (at most `INT_DIGITS_MAX` digits), finite float other than ``-0.0`` (jsonb numbers have no
+    negative zero), bool, None, list and tuple (read back as lists), and mappings with string keys (any `Mapping`:
+    read back as dicts), nested at most 200 levels. Text must be valid PostgreSQL text (no NUL, no lone
+    surrogates).
+    """
     if depth > 200:
         raise _errors.InvalidData(f"field {name!r} nests deeper than 200 levels")
     if isinstance(value, str):
         check_text(name, value)
         return
-    if value is None or isinstance(value, bool | int):
+    if value is None or isinstance(value, bool):
+        return
+    if isinstance(value, int):
+        if _int_too_long(value):
+            raise _errors.InvalidData(
+                f"field {name!r} holds {show_value(value)}: ints of more than {INT_DIGITS_MAX} digits cannot be "
+                "read back (Python's int/str limit); store such a number as a string"
+            )
         return
     if isinstance(value, float):
         if not math.isfinite(value):
             raise _errors.InvalidData(f"field {name!r} is {value!r}: JSON has no NaN or infinity")
+        if value == 0.0 and math.copysign(1.0, value) < 0:
+            raise _errors.InvalidData(
+                f"field {name!r} holds -0.0: jsonb numbers have no negative zero (it would read back as 0.0); store 0.0"
+            )
         return
     if isinstance(value, list | tuple):
         for item in value:
@@ -496,14 +531,76 @@ def check_json(name: str, value: Any, depth: int = 0) -> None:
     if isinstance(value, Mapping):
         for k, v in value.items():
             if not isinstance(k, str):
-                raise _errors.InvalidData(f"field {name!r} has a non-string key {k!r}: JSON object keys are strings")
+                raise _errors.InvalidData(
+                    f"field {name!r} has a non-string key {show_value(k)}: JSON object keys are strings"
+                )
             check_text(name, k)
             check_json(name, v, depth + 1)
         return
     raise _errors.InvalidData(
-        f"field {name!r} is {type(value).__name__} {value!r}: "
-        "store JSON types (str, int, float, bool, None, list, dict)"
+        f"field {name!r} is {type(value).__name__} {show_value(value)}: store JSON types (str, int, float, bool, "
+        "None, list or tuple, dict or another mapping)"
     )
+
+
+def check_body(data: Mapping[str, Any], *, text_only: bool) -> None:
+    """Raise `InvalidData` naming the field unless every field of a body can be stored and read back exactly.
+
+    The one set of value rules of every built-in backend: ``text_only`` (hstore, and the memory backend with
+    ``values="text"``): field values are str or None; otherwise (jsonb, and the memory backend by default) the
+    JSON rules of `check_json`. Field names are strings that PostgreSQL text can hold, in both.
+    """
+    for name, value in data.items():
+        if type(name) is not str or not name.isascii() or "\x00" in name:
+            for _ in iter_fields({name: value}):  # raises for a non-string name
+                check_text(name, name)
+        kind = type(value)
+        if kind is str:
+            if not value.isascii() or "\x00" in value:  # ASCII without NUL is always valid text
+                check_text(name, value)
+        elif value is None:
+            continue
+        elif text_only:
+            if isinstance(value, str):  # a str subclass
+                check_text(name, value)
+                continue
+            raise _errors.InvalidData(
+                f"field {name!r} is {kind.__name__} {show_value(value)}: the hstore backend (and the memory backend "
+                "with values='text') stores text only; pass it as a str or use the jsonb backend"
+            )
+        elif kind is int:
+            if value.bit_length() > _INT_BITS_SAFE:
+                check_json(name, value)
+        elif kind is not bool:
+            check_json(name, value)
+
+
+def json_default(value: Any) -> Any:
+    """``json.dumps``'s ``default``: a mapping that is not a dict (``UserDict``, ``MappingProxyType``) as a dict."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"{type(value).__name__} is not a JSON type")
+
+
+def json_equal(stored: Any, wanted: Any) -> bool:
+    """Equality as PostgreSQL compares jsonb values (and hstore text): what a ``where`` filter matches.
+
+    Numbers compare by value (``1 == 1.0``), but booleans are never numbers (``True`` does not match ``1``), strings
+    never equal anything else, and lists and objects compare element by element.
+    """
+    if isinstance(stored, bool) or isinstance(wanted, bool):
+        return isinstance(stored, bool) and isinstance(wanted, bool) and stored == wanted
+    if stored is None or wanted is None:
+        return stored is None and wanted is None
+    if isinstance(stored, str) or isinstance(wanted, str):
+        return isinstance(stored, str) and isinstance(wanted, str) and stored == wanted
+    if isinstance(stored, int | float) and isinstance(wanted, int | float):
+        return stored == wanted
+    if isinstance(stored, list | tuple) and isinstance(wanted, list | tuple):
+        return len(stored) == len(wanted) and all(map(json_equal, stored, wanted))
+    if isinstance(stored, Mapping) and isinstance(wanted, Mapping):
+        return stored.keys() == wanted.keys() and all(json_equal(stored[k], wanted[k]) for k in stored)
+    return False
 
 
 def iter_fields(data: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:

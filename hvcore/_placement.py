@@ -107,7 +107,11 @@ class PlacementFollower:
         )
 
     def placement_version(self, shard_id: int) -> int:
-        """The placement version of ``shard_id`` this process knows (0: as configured, never moved)."""
+        """The placement version of ``shard_id`` this process knows (0: as configured, never moved).
+
+        `InvalidShard` for a shard id that is not an int in range, `ShardNotFound` for an unmapped one.
+        """
+        self.shard_map.server_for(shard_id)
         return self._versions().get(shard_id, 0)
 
 

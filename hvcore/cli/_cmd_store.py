@@ -117,8 +117,13 @@ def config_document(cfg: DatastoreConfig) -> dict[str, Any]:
         "sequence": masked({"conninfo": cfg.sequence})["conninfo"] if cfg.sequence else None,
         "allow_gaps": cfg.allow_gaps,
         "row_factory": cfg.row_factory,
+        "values": cfg.values,
+        "log_values": cfg.log_values,
         "servers": [masked(s) for s in cfg.servers],
     }
+
+
+_ROWS = {"row": "Row (row[0] and row['name'])", "dict": "dicts", "tuple": "tuples"}
 
 
 def cmd_config_show(args: argparse.Namespace, out: TextIO) -> int:
@@ -138,7 +143,7 @@ def cmd_config_show(args: argparse.Namespace, out: TextIO) -> int:
         ("operation timeout", timeout),
         ("key layout", f"{doc['layout']} (epoch {epoch}, {cfg.layout.epoch_ms} ms)"),
         ("sequence", doc["sequence"] or "in-process"),
-        ("rows from cursor()", f"{cfg.row_factory}s"),
+        ("rows from cursor()", _ROWS[cfg.row_factory]),
     ]
     if cfg.allow_gaps:
         settings.append(("gaps in the shard map", "allowed"))
