@@ -1,10 +1,10 @@
 """The hypervault benchmark suite: every part in one run, on one machine and one set of servers, as ratios.
 
-Usage: ``python benchmarks/suite.py [--quick] [--parts keys,redis,datastore,batches,peers,scaling,schema] [--output DIR]
-[--json PATH] [--png PATH]``, from a source checkout (the benchmarks are not installed with the package; there is
-no ``hv bench``). A full run writes ``benchmarks/results/latest.{json,md,png}`` (the committed results the README
-shows); a ``--quick`` run writes ``bench-results/quick/`` (ignored by git) unless ``--output``, ``--json`` or
-``--png`` say otherwise. Each part is a ``benchmarks/bench_<part>.py`` script with a
+Usage: ``python benchmarks/suite.py [--quick] [--parts keys,redis,datastore,batches,peers,scaling,citus,schema]
+[--output DIR] [--json PATH] [--png PATH]``, from a source checkout (the benchmarks are not installed with the
+package; there is no ``hv bench``). A full run writes ``benchmarks/results/latest.{json,md,png}`` (the committed
+results the README shows); a ``--quick`` run writes ``bench-results/quick/`` (ignored by git) unless ``--output``,
+``--json`` or ``--png`` say otherwise. Each part is a ``benchmarks/bench_<part>.py`` script with a
 ``run(quick) -> dict``; the suite normalises their figures into rows
 
     part, measure, hypervault, comparison, ratio, unit, explanation
@@ -42,7 +42,7 @@ for extra in (str(ROOT / "backends"), str(ROOT / "plugins"), str(ROOT / "tests")
     if extra not in sys.path:
         sys.path.insert(0, extra)
 
-PARTS = ("keys", "redis", "datastore", "batches", "peers", "scaling", "schema")
+PARTS = ("keys", "redis", "datastore", "batches", "peers", "scaling", "citus", "schema")
 RESULTS = HERE / "results"  # the committed results: written by full runs only, unless asked
 QUICK_RESULTS = ROOT / "bench-results" / "quick"  # where --quick writes by default (git ignores bench-results/)
 LIBRARIES = (
@@ -608,6 +608,69 @@ def rows_schema(r: dict[str, Any]) -> list[Row]:
     return out
 
 
+def rows_citus(r: dict[str, Any]) -> list[Row]:
+    """bench_citus.py: put/get through a Citus coordinator vs straight to the worker holding the shard and vs a
+    plain server; hv citus adopt vs the copying path Citus documents (dump/restore + the exported statements)."""
+    out: list[Row] = []
+    routing = r["routing"]
+    for op in ("put", "get"):
+        times = routing[f"{op}_us"]
+        out.append(
+            row(
+                "citus",
+                f"{op} via the coordinator",
+                times["coordinator"],
+                "straight to the worker holding the shard",
+                times["worker"],
+                "µs/op",
+                "the routing cost of one endpoint: a second hop through the coordinator (below 1: we pay it)",
+                lower_is_better=True,
+            )
+        )
+        out.append(
+            row(
+                "citus",
+                f"{op} after the hand-off",
+                times["coordinator"],
+                "plain PostgreSQL, before the hand-off",
+                times["plain"],
+                "µs/op",
+                "what a put/get costs after adoption compared with hypervault's own routing before it",
+                lower_is_better=True,
+            )
+        )
+    many = routing.get("get_many_1000_ms")
+    if many:
+        out.append(
+            row(
+                "citus",
+                "get_many 1000 keys, 64 shards, via the coordinator",
+                many["coordinator"],
+                "plain PostgreSQL, before the hand-off",
+                many["plain"],
+                "ms",
+                "one statement over 64 schemas: Citus runs a subplan per shard, one after another",
+                lower_is_better=True,
+            )
+        )
+    for name in ("adoption", "adoption_big"):
+        a = r[name]
+        label = f"{a['shards']} shards × {a['rows_per_shard']:,} rows"
+        out.append(
+            row(
+                "citus",
+                f"hv citus adopt, {label}",
+                a["adopt_s"],
+                "pg_dump/restore + exported citus SQL",
+                a["copy_s"],
+                "s",
+                "no row copied vs every row copied twice (restore, distribute), again where Citus placed it elsewhere",
+                lower_is_better=True,
+            )
+        )
+    return out
+
+
 NORMALISERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "keys": rows_keys,
     "redis": rows_redis,
@@ -615,6 +678,7 @@ NORMALISERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "batches": rows_batches,
     "peers": rows_peers,
     "scaling": rows_scaling,
+    "citus": rows_citus,
     "schema": rows_schema,
 }
 

@@ -10,6 +10,7 @@ from hvcore._generator import KeyGenerator
 from hvcore._key import Key, KeyLayout
 from hvcore._placement import MoveReport
 from hvcore._plugins import PluginRegistry, default_registry
+from hvcore._row import Row
 from hvcore._schemadefs import IndexInfo, IndexReport, IndexSpec, MigrationReport, MigrationStatus
 from hvcore._sequence import AsyncSequenceSource, SequenceSource
 from hvcore._shardmap import ShardMap
@@ -87,6 +88,7 @@ __all__ = [
     "ProvisionReport",
     "QuerySpec",
     "Record",
+    "Row",
     "SequenceSource",
     "SequenceUnavailable",
     "ServerStore",

@@ -15,16 +15,25 @@ import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from hvcore import _schemaops
 from hvcore._acompat import ALock, agather, aspawn, ato_thread
 from hvcore._backend import AsyncServerStore, AsyncSupportsWorkerLease, ProvisionReport, QuerySpec, Record
-from hvcore._facade import PUT_ATTEMPTS, AsyncSequenceArg, FacadeBase, check_kind, too_many_duplicates
+from hvcore._facade import (
+    PUT_ATTEMPTS,
+    AsyncSequenceArg,
+    FacadeBase,
+    check_kind,
+    check_progress,
+    check_sequence,
+    too_many_duplicates,
+)
 from hvcore._generator import KeyGenerator
 from hvcore._key import Key, KeyLayout
 from hvcore._placement import MAX_HOPS, AsyncPlacementMixin
 from hvcore._plugins import PluginRegistry
+from hvcore._row import Row
 from hvcore._schemadefs import (
     FieldFilter,
     IndexInfo,
@@ -40,6 +49,9 @@ from hvcore._schemadefs import (
 from hvcore._shardmap import format_ranges
 from hvcore._worker import WorkerSlice
 from hvcore.errors import ConfigError, ConnectionMisuse, DuplicateKey, ShardMoved
+
+if TYPE_CHECKING:  # psycopg is an optional dependency: only the types are named here
+    from psycopg import AsyncConnection, AsyncCursor
 
 __all__ = ["AsyncDatastore"]
 
@@ -88,9 +100,11 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         layout: KeyLayout | str | int = KeyLayout.DEFAULT,
         sequence: AsyncSequenceArg = None,
         allow_gaps: bool = False,
-        row_factory: str = "dict",
+        row_factory: str = "row",
         registry: PluginRegistry | None = None,
         operation_timeout: float | None = 60.0,
+        values: str | None = None,
+        log_values: bool = False,
         worker: WorkerSlice | Mapping[str, Any] | str | None = None,
     ) -> None:
         self._configure(
@@ -105,9 +119,15 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
             row_factory,
             registry,
             operation_timeout,
+            values,
+            log_values,
             worker,
         )
         self._factory = self._registry.async_backend(backend)
+        if True:  # ASYNC
+            check_sequence(sequence, asyncio=True)
+        else:
+            check_sequence(sequence, asyncio=False)
         source: Any = sequence
         if isinstance(sequence, str):
             if True:  # ASYNC
@@ -116,19 +136,26 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
                 source = self._sequence_from_url(sequence, asyncio=False)
         self._sequence = source
         self._owns_sequence = isinstance(sequence, str)
+        self._sequence_closed = False  # an owned sequence closed by close(): made again by the next open
         self._lease: Any = None  # the leased worker number (worker="lease"), held from open() to close()
         self.generator = self._make_generator(source)
+        self._ever_opened = False
         self._lock = ALock()
         self._retired: list[AsyncServerStore] = []  # closed stores whose borrowed connections have not come back yet
         self._index_catalog = _schemaops.IndexCatalog()  # index definitions, for where/range filters
         if True:  # ASYNC
-            pass
+            self._check_settings()  # the stores are made by open(); their settings are checked now
         else:
             self._open_stores()
             self._ensure_generator()
         _live_stores.add(self)
 
     # -- lifecycle -------------------------------------------------------------------------------------------
+
+    def _check_settings(self) -> None:
+        """Build each server's store without opening it: its backend checks its settings (no I/O)."""
+        for settings in self._settings:
+            self._factory(settings, self._options)
 
     async def _open_stores(self) -> None:
         stores = [self._factory(settings, self._options) for settings in self._settings]
@@ -139,8 +166,18 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
             for store in stores:
                 await store.close()
             raise
+        if self._sequence_closed:  # close() closed the sequence this store made from its URL: make a new one
+            url = self._config.sequence
+            assert url is not None
+            if True:  # ASYNC
+                self._sequence = self._sequence_from_url(url, asyncio=True)
+            else:
+                self._sequence = self._sequence_from_url(url, asyncio=False)
+            self.generator = self._make_generator(self._sequence)
+            self._sequence_closed = False
         self._stores = stores
         self._closed = False
+        self._ever_opened = True
 
     async def open(self) -> None:
         """Open every server's pool if closed (idempotent)."""
@@ -160,14 +197,15 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
             self._retired = [s for s in (*self._retired, *stores) if s.stats().get("borrowed")]
 
     async def reinstantiate(self) -> None:
-        """Rebuild every pool (closing the old ones first)."""
+        """Rebuild every pool (closing the old ones first); after `close()`, also the sequence made from a URL."""
         await self.disconnect()
         await self.open()
 
     async def close(self) -> None:
-        """Close pools, and the sequence source if this store created it from a URL."""
+        """Close pools, and the sequence source if this store created it from a URL (`open()` makes a new one)."""
         await self.disconnect()
-        if self._owns_sequence and self._sequence is not None:
+        if self._owns_sequence and self._sequence is not None and not self._sequence_closed:
+            self._sequence_closed = True
             await self._sequence.close()
         if self._config.worker is not None and self.generator is not None:
             self.generator.close()  # its worker number is free for the next generator (this store's, reopened)
@@ -239,9 +277,15 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
 
     # -- connections -----------------------------------------------------------------------------------------
 
-    async def get_connection(self, shard_id: int) -> Any:
-        """Borrow a connection of the server owning ``shard_id``, with the shard's schema on the search path."""
-        return await self.store_for(shard_id).get_connection(shard_id)
+    async def get_connection(self, shard_id: int) -> AsyncConnection[Row]:
+        """Borrow a connection of the server owning ``shard_id``, with the shard's schema on the search path.
+
+        A psycopg connection in a transaction (commit it yourself), whose rows are `Row` objects (``row[0]`` and
+        ``row["name"]``; ``row_factory="dict"``/``"tuple"`` for dicts or tuples); the memory backend lends a
+        ``MemoryConnection`` instead. Return it with `put_connection`.
+        """
+        conn: AsyncConnection[Row] = await self.store_for(shard_id).get_connection(shard_id)
+        return conn
 
     async def put_connection(self, conn: Any) -> None:
         """Return a borrowed connection; twice, or one not from this store, raises `ConnectionMisuse`.
@@ -257,8 +301,13 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         )
 
     @asynccontextmanager
-    async def cursor(self, shard_id: int) -> AsyncIterator[Any]:
-        """A cursor in the shard's schema: commit on success, rollback on error, connection always returned."""
+    async def cursor(self, shard_id: int) -> AsyncIterator[AsyncCursor[Row]]:
+        """A cursor in the shard's schema: commit on success, rollback on error, connection always returned.
+
+        A psycopg cursor whose rows are `Row` objects: ``row[0]`` and ``row["version"]`` both work, as psycopg2's
+        ``DictRow`` did (``row_factory="dict"``/``"tuple"`` for dicts or tuples). The memory backend yields a
+        ``MemoryCursor``, which answers ``SELECT version()`` and ``SELECT 1`` only.
+        """
         async with self.store_for(shard_id).cursor(shard_id) as cur:
             yield cur
 
@@ -453,7 +502,12 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
     # -- operations ------------------------------------------------------------------------------------------
 
     async def provision(self, progress: Callable[[int], None] | None = None) -> list[ProvisionReport]:
-        """Create schemas, tables and indexes for every mapped shard on its server (idempotent, servers in parallel)."""
+        """Create schemas, tables and indexes for every mapped shard on its server (idempotent, servers in parallel).
+
+        Durable when it returns. ``progress(count)``, if given, is called as shards are done. A PostgreSQL backend
+        first refuses shards holding the 2015 library's table or ids made with another layout (`ConfigError`).
+        """
+        check_progress(progress)
         await self.reload_placement()  # after a move, a shard is provisioned where it lives now, not where configured
         stores = self._live()
         if len(stores) == 1:

@@ -12,8 +12,10 @@ from typing import Any, Protocol, runtime_checkable
 from hvcore import errors as _errors
 from hvcore._key import Key, KeyLayout
 from hvcore._schemadefs import FieldFilter, IndexSpec, Migration
+from hvcore._show import show_value
 
 __all__ = [
+    "AdoptionReport",
     "AsyncBackendFactory",
     "AsyncServerStore",
     "AsyncSupportsWorkerLease",
@@ -23,18 +25,25 @@ __all__ = [
     "Migrator",
     "MoveProgress",
     "MoveReport",
+    "NodeShard",
     "ProvisionReport",
     "QuerySpec",
     "Record",
     "ServerStore",
+    "ShardCluster",
     "ShardMover",
     "SupportsIndexes",
     "SupportsMigrations",
+    "SupportsShardCluster",
     "SupportsShardMoves",
     "SupportsWorkerLease",
+    "check_body",
     "check_json",
     "check_text",
     "iter_fields",
+    "json_default",
+    "json_equal",
+    "show_value",
 ]
 
 
@@ -58,8 +67,10 @@ class BackendOptions:
     pool_block_timeout: float = 5.0
     logger: logging.Logger | None = None
     layout: KeyLayout = KeyLayout.DEFAULT
-    row_factory: str = "dict"  # "dict" or "tuple": rows handed out by get_connection()/cursor()
+    row_factory: str = "row"  # "row" (hvcore.Row), "dict" or "tuple": rows handed out by get_connection()/cursor()
     operation_timeout: float | None = 60.0  # client-side bound on one exchange with a server (None: wait forever)
+    values: str | None = None  # "jsonb" or "text": value rules asked for (the memory backend's); None: the backend's
+    log_values: bool = False  # log bound values with each statement (user data: off unless asked)
 
 
 BackendOptions.__module__ = "hvcore"
@@ -92,7 +103,7 @@ class QuerySpec:
         if self.high is not None and record.key > self.high:
             return False
         data = record.data
-        if self.where and not all(name in data and data[name] == value for name, value in self.where.items()):
+        if self.where and not all(name in data and json_equal(data[name], value) for name, value in self.where.items()):
             return False
         return all(flt.matches(data, text_values=text_values) for flt in self.filters)
 
@@ -203,11 +214,16 @@ MoveProgress = Callable[[str, int, int], None]
 
 @dataclass(slots=True, kw_only=True)
 class MoveReport:
-    """What one shard move did: servers, rows, timings (the write pause is ``pause_seconds``)."""
+    """What one shard move did: servers, rows, timings (the write pause is ``pause_seconds``).
+
+    ``engine`` names a distributed database that moved the shard between its nodes (``"Citus 13.0.5"``; source and
+    target are then nodes, ``host:port``), empty for hypervault's own move between servers.
+    """
 
     shard_id: int
     source: str
     target: str
+    engine: str = ""
     version: int = 0
     rows: int = 0
     copy_seconds: float = 0.0
@@ -271,6 +287,85 @@ class SupportsWorkerLease(Protocol):
         self, *, bits: int = 4, namespace: str = "default", ttl: float = 10.0, acquire_timeout: float = 0.0
     ) -> Any:
         """Lease a free worker number (a started `WorkerGrant` with ``close()``/``aclose()``) until closed."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class NodeShard:
+    """Where a distributed database keeps one logical shard: its node (``host:port``) and size in bytes."""
+
+    shard_id: int
+    node: str
+    size_bytes: int
+
+
+@dataclass(slots=True, kw_only=True)
+class AdoptionReport:
+    """What one adoption of a config's shards into a distributed database did (``hv citus adopt``).
+
+    ``adopted``: shards handed over by this run; ``already``: adopted by an earlier (interrupted) run; ``empty``:
+    shards no server held, created empty; ``relocated``: empty placements the engine put on another node first and
+    that were moved (no rows) before the hand-over; ``merged_rows``: rows written through the engine while a shard
+    was being adopted, merged into it; ``rows``: rows verified through the coordinator (count and checksum);
+    ``phases``: seconds per phase.
+    """
+
+    coordinator: str
+    engine: str
+    shards: int = 0
+    adopted: int = 0
+    already: int = 0
+    empty: int = 0
+    relocated: int = 0
+    merged_rows: int = 0
+    rows: int = 0
+    verified: int = 0
+    seconds: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)
+    nodes: dict[str, str] = field(default_factory=dict)  # config server label → node (host:port)
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The report as plain data (for ``--json``)."""
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+class ShardCluster(Protocol):
+    """The distributed database one configured server fronts (a Citus coordinator): its nodes hold the shards.
+
+    Got from ``store.shard_cluster()`` (`SupportsShardCluster`). Moves between its nodes are the engine's own
+    (``citus_schema_move``), not hypervault's copy-and-switch.
+    """
+
+    def describe(self) -> str:
+        """The engine and its version, e.g. ``"Citus 13.0.5"``."""
+        ...
+
+    def nodes(self) -> list[str]:
+        """The nodes that can hold shards, as ``host:port``."""
+        ...
+
+    def placement(self, shard_ids: Sequence[int]) -> dict[int, NodeShard]:
+        """Where each of these shards lives (shards the engine does not distribute are left out)."""
+        ...
+
+    def move_to_node(self, shard_id: int, node: str, *, progress: MoveProgress | None) -> MoveReport:
+        """Move ``shard_id`` to ``node`` (``host:port``) with the engine's online move; `MoveError` if it cannot."""
+        ...
+
+    def adopt(
+        self,
+        holders: Mapping[int, Any],
+        *,
+        progress: MoveProgress | None = None,
+        batch: int = 64,
+    ) -> AdoptionReport:
+        """Hand over shards that plain servers hold (shard → that server's store) without copying their rows.
+
+        The servers must already be nodes of the cluster (or ready to be added). Resumable: run it again after an
+        interruption. Raises `ConfigError` for a server or engine that cannot take part, `MoveError` when a
+        shard cannot be handed over or verified.
+        """
         ...
 
 
@@ -387,6 +482,18 @@ class SupportsMigrations(Protocol):
         ...
 
 
+@runtime_checkable
+class SupportsShardCluster(Protocol):
+    """A `ServerStore` that can tell whether its server fronts a distributed database (PostgreSQL: Citus)."""
+
+    def shard_cluster(self) -> ShardCluster | None:
+        """The distributed database behind this server, or None when it is a plain server (asks the server once).
+
+        Raises `ConfigError` when the server runs an engine version hypervault does not support.
+        """
+        ...
+
+
 BackendFactory = Callable[[Mapping[str, Any], BackendOptions], ServerStore]
 """Builds the store of one server from its connection settings (the config dict without ``shards``)."""
 
@@ -479,6 +586,17 @@ AsyncBackendFactory = Callable[[Mapping[str, Any], BackendOptions], AsyncServerS
 """Builds the asyncio store of one server."""
 
 
+INT_DIGITS_MAX = 4300
+"""Longest int (in decimal digits) a jsonb body may hold: Python's default limit for int ↔ str conversion
+(``sys.get_int_max_str_digits()``), which JSON encoding and decoding go through."""
+_INT_BITS_SAFE = 14283  # every int below 2**14283 (about 10**4299.6) has at most INT_DIGITS_MAX digits
+_INT_LIMIT = 10**INT_DIGITS_MAX
+
+
+def _int_too_long(value: int) -> bool:
+    return value.bit_length() > _INT_BITS_SAFE and abs(value) >= _INT_LIMIT
+
+
 def check_text(field_name: str, text: str) -> None:
     """Raise `InvalidData` if ``text`` cannot be PostgreSQL text: it holds a NUL or is not encodable as UTF-8."""
     from hvcore.errors import InvalidData
@@ -492,17 +610,34 @@ def check_text(field_name: str, text: str) -> None:
 
 
 def check_json(name: str, value: Any, depth: int = 0) -> None:
-    """Raise `InvalidData` naming ``name`` unless ``value`` is made of JSON types only (as jsonb stores them)."""
+    """Raise `InvalidData` naming ``name`` unless ``value`` round-trips exactly through jsonb.
+
+    Accepted: str, int (at most `INT_DIGITS_MAX` digits), finite float other than ``-0.0`` (jsonb numbers have no
+    negative zero), bool, None, list and tuple (read back as lists), and mappings with string keys (any `Mapping`:
+    read back as dicts), nested at most 200 levels. Text must be valid PostgreSQL text (no NUL, no lone
+    surrogates).
+    """
     if depth > 200:
         raise _errors.InvalidData(f"field {name!r} nests deeper than 200 levels")
     if isinstance(value, str):
         check_text(name, value)
         return
-    if value is None or isinstance(value, bool | int):
+    if value is None or isinstance(value, bool):
+        return
+    if isinstance(value, int):
+        if _int_too_long(value):
+            raise _errors.InvalidData(
+                f"field {name!r} holds {show_value(value)}: ints of more than {INT_DIGITS_MAX} digits cannot be "
+                "read back (Python's int/str limit); store such a number as a string"
+            )
         return
     if isinstance(value, float):
         if not math.isfinite(value):
             raise _errors.InvalidData(f"field {name!r} is {value!r}: JSON has no NaN or infinity")
+        if value == 0.0 and math.copysign(1.0, value) < 0:
+            raise _errors.InvalidData(
+                f"field {name!r} holds -0.0: jsonb numbers have no negative zero (it would read back as 0.0); store 0.0"
+            )
         return
     if isinstance(value, list | tuple):
         for item in value:
@@ -511,14 +646,76 @@ def check_json(name: str, value: Any, depth: int = 0) -> None:
     if isinstance(value, Mapping):
         for k, v in value.items():
             if not isinstance(k, str):
-                raise _errors.InvalidData(f"field {name!r} has a non-string key {k!r}: JSON object keys are strings")
+                raise _errors.InvalidData(
+                    f"field {name!r} has a non-string key {show_value(k)}: JSON object keys are strings"
+                )
             check_text(name, k)
             check_json(name, v, depth + 1)
         return
     raise _errors.InvalidData(
-        f"field {name!r} is {type(value).__name__} {value!r}: "
-        "store JSON types (str, int, float, bool, None, list, dict)"
+        f"field {name!r} is {type(value).__name__} {show_value(value)}: store JSON types (str, int, float, bool, "
+        "None, list or tuple, dict or another mapping)"
     )
+
+
+def check_body(data: Mapping[str, Any], *, text_only: bool) -> None:
+    """Raise `InvalidData` naming the field unless every field of a body can be stored and read back exactly.
+
+    The one set of value rules of every built-in backend: ``text_only`` (hstore, and the memory backend with
+    ``values="text"``): field values are str or None; otherwise (jsonb, and the memory backend by default) the
+    JSON rules of `check_json`. Field names are strings that PostgreSQL text can hold, in both.
+    """
+    for name, value in data.items():
+        if type(name) is not str or not name.isascii() or "\x00" in name:
+            for _ in iter_fields({name: value}):  # raises for a non-string name
+                check_text(name, name)
+        kind = type(value)
+        if kind is str:
+            if not value.isascii() or "\x00" in value:  # ASCII without NUL is always valid text
+                check_text(name, value)
+        elif value is None:
+            continue
+        elif text_only:
+            if isinstance(value, str):  # a str subclass
+                check_text(name, value)
+                continue
+            raise _errors.InvalidData(
+                f"field {name!r} is {kind.__name__} {show_value(value)}: the hstore backend (and the memory backend "
+                "with values='text') stores text only; pass it as a str or use the jsonb backend"
+            )
+        elif kind is int:
+            if value.bit_length() > _INT_BITS_SAFE:
+                check_json(name, value)
+        elif kind is not bool:
+            check_json(name, value)
+
+
+def json_default(value: Any) -> Any:
+    """``json.dumps``'s ``default``: a mapping that is not a dict (``UserDict``, ``MappingProxyType``) as a dict."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"{type(value).__name__} is not a JSON type")
+
+
+def json_equal(stored: Any, wanted: Any) -> bool:
+    """Equality as PostgreSQL compares jsonb values (and hstore text): what a ``where`` filter matches.
+
+    Numbers compare by value (``1 == 1.0``), but booleans are never numbers (``True`` does not match ``1``), strings
+    never equal anything else, and lists and objects compare element by element.
+    """
+    if isinstance(stored, bool) or isinstance(wanted, bool):
+        return isinstance(stored, bool) and isinstance(wanted, bool) and stored == wanted
+    if stored is None or wanted is None:
+        return stored is None and wanted is None
+    if isinstance(stored, str) or isinstance(wanted, str):
+        return isinstance(stored, str) and isinstance(wanted, str) and stored == wanted
+    if isinstance(stored, int | float) and isinstance(wanted, int | float):
+        return stored == wanted
+    if isinstance(stored, list | tuple) and isinstance(wanted, list | tuple):
+        return len(stored) == len(wanted) and all(map(json_equal, stored, wanted))
+    if isinstance(stored, Mapping) and isinstance(wanted, Mapping):
+        return stored.keys() == wanted.keys() and all(json_equal(stored[k], wanted[k]) for k in stored)
+    return False
 
 
 def iter_fields(data: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
@@ -544,5 +741,9 @@ for _public in (
     SupportsIndexes,
     Migrator,
     SupportsMigrations,
+    NodeShard,
+    AdoptionReport,
+    ShardCluster,
+    SupportsShardCluster,
 ):
     _public.__module__ = "hvcore"

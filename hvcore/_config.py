@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 import logging
-import math
 import re
 import tomllib
-import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hvcore._key import KeyLayout
+from hvcore._show import show_value
 from hvcore._worker import WorkerSlice
 from hvcore.errors import ConfigError, ShardMapError
 
-__all__ = ["DatastoreConfig", "load_config", "parse_layout", "redact", "server_endpoint"]
+__all__ = [
+    "LIBPQ_ALIASES",
+    "DatastoreConfig",
+    "ServerSettings",
+    "libpq_settings",
+    "load_config",
+    "parse_layout",
+    "redact",
+    "server_endpoint",
+]
 
 _SECRET_NAMES = frozenset({"password", "passwd", "sslpassword", "secret", "token"})
 _TOP_LEVEL = frozenset(
@@ -31,8 +39,19 @@ _TOP_LEVEL = frozenset(
         "allow_gaps",
         "row_factory",
         "operation_timeout",
+        "values",
+        "log_values",
     }
 )
+TIMEOUT_LIMIT = 2_147_483
+"""Longest timeout in seconds (about 24.8 days): 2**31 - 1 ms, what poll() and libpq's connect_timeout take."""
+POOL_MAX_LIMIT = 10_000
+"""Most connections per server a pool may hold (PostgreSQL's max_connections is 100 by default)."""
+ROW_FACTORIES = ("row", "dict", "tuple")
+"""Rows from ``cursor()``/``get_connection()``: `Row` (tuple and mapping at once, the default), dict, or tuple."""
+VALUE_RULES = {"jsonb": "jsonb", "json": "jsonb", "text": "text", "hstore": "text"}
+"""Spellings of the ``values`` option → the value rules: ``jsonb`` (JSON types) or ``text`` (hstore: strings)."""
+_BACKEND_VALUES = {"hstore": "text", "jsonb": "jsonb"}
 
 
 def parse_layout(value: object) -> KeyLayout:
@@ -58,7 +77,7 @@ def redact(settings: Mapping[str, Any]) -> dict[str, Any]:
     for name, value in settings.items():
         if name.lower() in _SECRET_NAMES:
             out[name] = "***"
-        elif name == "conninfo" and isinstance(value, str):
+        elif name in ("conninfo", "dsn") and isinstance(value, str):
             out[name] = redact_conninfo(value)
         else:
             out[name] = value
@@ -71,40 +90,187 @@ def redact_conninfo(conninfo: str) -> str:
     return re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", masked)
 
 
+LIBPQ_ALIASES = {"database": "dbname", "dsn": "conninfo"}
+"""psycopg2-era spellings of connection settings → the libpq/psycopg 3 ones (the 2015 library passed its dicts to
+psycopg2, whose ``connect()`` took ``database`` as a deprecated alias of ``dbname`` and ``dsn`` for the connection
+string: https://www.psycopg.org/docs/module.html#psycopg2.connect)."""
+
+_PROBE_HOST = "/dev/null/hypervault-check"  # a socket directory that cannot exist: libpq fails there, offline
+_INTEGER_OPTIONS = ("keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count", "tcp_user_timeout")
+_LIBPQ_INT = re.compile(r"\s*[-+]?\d+\s*")  # what libpq's parse_int_param accepts
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """One server's connection settings as libpq reads them: psycopg2 spellings resolved, checked, never connected.
+
+    ``conninfo`` is the connection string or URL as given (``""`` if none), ``keywords`` the separate settings
+    (``None`` values dropped) to pass beside it (``psycopg.connect(conninfo, **keywords)``), ``params`` the merged
+    result as libpq parses it (keywords win over the string; empty when psycopg is not installed). The repr masks
+    the password.
+    """
+
+    conninfo: str
+    keywords: Mapping[str, Any]
+    params: Mapping[str, str]
+
+    def __repr__(self) -> str:
+        return (
+            f"ServerSettings(conninfo={redact_conninfo(self.conninfo)!r}, keywords={redact(self.keywords)!r}, "
+            f"params={redact(self.params)!r})"
+        )
+
+    @property
+    def password(self) -> str | None:
+        """The password libpq will send, if one is given (for masking messages; never print it)."""
+        value = self.params.get("password") or self.keywords.get("password")
+        return str(value) if value else None
+
+
+def _resolve_aliases(raw: dict[str, Any]) -> None:
+    """Rename psycopg2's spellings in place; `ConfigError` if both spellings are given with different values."""
+    for old, new in LIBPQ_ALIASES.items():
+        if old not in raw:
+            continue
+        value = raw.pop(old)
+        given = raw.get(new)
+        if given is not None and value is not None and given != value:
+            shown = [redact_conninfo(str(v)) if new == "conninfo" else repr(v) for v in (value, given)]
+            raise ConfigError(
+                f"connection settings give both {old}={shown[0]} (psycopg2's spelling of {new}) and "
+                f"{new}={shown[1]}: keep one of them"
+            )
+        if given is None:
+            raw[new] = value
+
+
+def _masked_inputs(conninfo: str, keywords: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The same settings with every password replaced by ``***`` (to report a parse error without the password)."""
+    return redact_conninfo(conninfo), {k: ("***" if k == "password" else v) for k, v in keywords.items()}
+
+
+def libpq_settings(settings: Mapping[str, Any], *, ignore: Sequence[str] = ("shards",)) -> ServerSettings:
+    """Check one server's connection settings the way libpq will read them, without connecting.
+
+    ``settings`` are libpq keywords (``host``, ``port``, ``dbname``, ``user``, ``password``, ``sslmode``...) and/or
+    a ``conninfo`` string or URL; psycopg2's spellings ``database`` (for ``dbname``) and ``dsn`` (for
+    ``conninfo``) are accepted too (`LIBPQ_ALIASES`); names in ``ignore`` are left out. Raises `ConfigError`,
+    never showing the password, for: both spellings of one setting with different values; a ``conninfo`` that is
+    not a string; a name libpq does not know; a string or URL libpq cannot parse (a bad percent-encoding...);
+    values libpq would refuse when connecting (``sslmode="bogus"``, ``port="abc"``, a bad ``target_session_attrs``,
+    ``connect_timeout`` or ``keepalives*``, more ports than hosts, ...).
+
+    The names and the string are parsed by libpq through psycopg's conninfo functions (``make_conninfo``,
+    ``conninfo_to_dict``); values are checked by libpq itself: its connection start validates every option before
+    it opens a socket, so the settings are started against a socket directory that cannot exist
+    (``/dev/null/...``, no network) and only an error raised before that socket is reported. Options libpq reads
+    only on a TCP connection (``connect_timeout``, ``keepalives*``, ``tcp_user_timeout``) are checked here as
+    libpq parses them (integers). psycopg is imported here, not by the package: without it only the aliases and
+    types are checked.
+    """
+    raw = {k: v for k, v in settings.items() if k not in ignore}
+    for name in raw:
+        if not isinstance(name, str):
+            raise ConfigError(f"connection setting names must be strings, got {type(name).__name__} {name!r}")
+    _resolve_aliases(raw)
+    conninfo = raw.pop("conninfo", None) or ""
+    if not isinstance(conninfo, str):
+        raise ConfigError(f"conninfo must be a string (a libpq keyword string or URL), got {type(conninfo).__name__}")
+    keywords = {k: v for k, v in raw.items() if v is not None}
+    for name, value in keywords.items():
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            shown = "***" if name == "password" else repr(value)
+            raise ConfigError(
+                f"connection setting {name!r} must be a string or a number, got {type(value).__name__} {shown}"
+            )
+    try:
+        from psycopg import Error as PsycopgError
+        from psycopg.conninfo import conninfo_to_dict, make_conninfo
+    except ImportError:
+        return ServerSettings(conninfo, keywords, {})
+    try:
+        params = conninfo_to_dict(make_conninfo(conninfo, **keywords))
+    except PsycopgError as first:
+        masked_conninfo, masked_keywords = _masked_inputs(conninfo, keywords)
+        try:  # the same settings without the password: an error then names no secret
+            conninfo_to_dict(make_conninfo(masked_conninfo, **masked_keywords))
+        except PsycopgError as exc:
+            raise ConfigError(f"invalid PostgreSQL connection settings: {str(exc).strip()}") from None
+        what = "an invalid percent-encoded token" if "percent-encoded" in str(first) else "text libpq cannot parse"
+        raise ConfigError(
+            f"invalid PostgreSQL connection settings: the password in conninfo holds {what} (not shown here); "
+            "in a URL, percent-encode the password: urllib.parse.quote(password, safe='')"
+        ) from None
+    parsed = ServerSettings(conninfo, keywords, {k: str(v) for k, v in params.items()})
+    problem = _libpq_problem(parsed.params)
+    if problem is not None:
+        secret = parsed.password
+        if secret:
+            problem = problem.replace(secret, "***")
+        raise ConfigError(f"invalid PostgreSQL connection settings: {redact_conninfo(problem)}")
+    return parsed
+
+
+def _libpq_problem(params: Mapping[str, str]) -> str | None:
+    """What libpq would refuse in these parsed settings before connecting, or None (see `libpq_settings`)."""
+    from psycopg import Error as PsycopgError
+    from psycopg import pq
+    from psycopg.conninfo import make_conninfo, timeout_from_conninfo
+
+    for name in _INTEGER_OPTIONS:
+        value = params.get(name)
+        if value is not None and value != "" and not _LIBPQ_INT.fullmatch(value):
+            return f"invalid integer value {value!r} for connection option {name!r}"
+    try:
+        timeout_from_conninfo(dict(params))
+    except PsycopgError as exc:
+        return str(exc).strip()
+    hosts, addresses = (str(params[n]).split(",") if params.get(n) else [] for n in ("host", "hostaddr"))
+    if hosts and addresses and len(hosts) != len(addresses):
+        return f"could not match {len(hosts)} host names to {len(addresses)} hostaddr values"
+    for address in addresses:
+        if address and not _is_ip_address(address):
+            return f"could not parse network address {address!r} (hostaddr takes IP addresses)"
+    # hostaddr is emptied so that libpq uses the impossible socket directory (for as many hosts as given)
+    probe = {**params, "host": ",".join([_PROBE_HOST] * max(len(hosts), len(addresses), 1)), "hostaddr": ""}
+    pgconn = pq.PGconn.connect_start(make_conninfo("", **probe).encode())
+    try:
+        message = pgconn.error_message.decode("utf-8", "replace").strip()
+        refused = pgconn.status == pq.ConnStatus.BAD
+    finally:
+        pgconn.finish()
+    if not refused or _PROBE_HOST in message or "over a local socket" in message:
+        return None  # libpq accepted every option and went on to the (impossible) socket
+    return message
+
+
+def _is_ip_address(text: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def server_endpoint(settings: Mapping[str, Any]) -> tuple[str, int, str]:
     """Where one server's connection settings point: ``(host, port, dbname)``, never the password.
 
     Reads every way a server can be given: separate keys (``host``, ``hostaddr``, ``port``, ``dbname``, ``user``),
     a ``conninfo`` keyword string (``"host=db2 port=5433 dbname=app"``) or URL (``"postgresql://u:pw@db2:5433/app"``),
-    or both, where the separate keys win (as in ``psycopg.connect(conninfo, **keys)``); ``shards`` is ignored.
+    or both, where the separate keys win (as in ``psycopg.connect(conninfo, **keys)``); psycopg2's ``database``
+    and ``dsn`` are read as ``dbname`` and ``conninfo``; ``shards`` is ignored.
     Defaults are those of the PostgreSQL backends' server labels: host ``localhost``, port 5432, dbname the user
     name, else ``postgres`` (environment variables such as ``PGHOST`` are not read). Raises `ConfigError`, without
-    the password, for settings libpq would refuse, a bad port, or several hosts (``host=a,b``: name one node).
-    The parsing is libpq's, through psycopg (imported here, not by the package); without psycopg only separate
-    keys can be read.
+    the password, for settings libpq would refuse (see `libpq_settings`), a bad port, or several hosts
+    (``host=a,b``: name one node). The parsing is libpq's, through psycopg (imported here, not by the package);
+    without psycopg only separate keys can be read.
     """
-    keys = {k: v for k, v in settings.items() if k not in ("shards", "conninfo") and v is not None}
-    conninfo = settings.get("conninfo") or ""
-    if not isinstance(conninfo, str):
-        raise ConfigError(f"conninfo must be a string, got {type(conninfo).__name__}")
-    try:
-        from psycopg import ProgrammingError
-        from psycopg.conninfo import conninfo_to_dict, make_conninfo
-    except ImportError:
-        if conninfo:
-            raise ConfigError(
-                "reading a conninfo string or URL needs psycopg: pip install 'hypervault[postgres]'"
-            ) from None
-        params: dict[str, Any] = {k: str(v) for k, v in keys.items()}
-    else:
-        try:
-            params = conninfo_to_dict(make_conninfo(conninfo, **keys))
-        except ProgrammingError as exc:
-            secrets = [str(keys.get("password") or ""), urllib.parse.urlsplit(conninfo).password or ""]
-            text = redact_conninfo(str(exc).strip())
-            for secret in filter(None, secrets):
-                text = text.replace(secret, "***")
-            raise ConfigError(f"invalid PostgreSQL connection settings {redact(settings)!r}: {text}") from None
+    parsed = libpq_settings(settings)
+    if parsed.conninfo and not parsed.params:
+        raise ConfigError("reading a conninfo string or URL needs psycopg: pip install 'hypervault[postgres]'")
+    params: Mapping[str, Any] = parsed.params or {k: str(v) for k, v in parsed.keywords.items()}
     host = str(params.get("host") or params.get("hostaddr") or "localhost")
     port_text = str(params.get("port") or "5432")
     dbname = str(params.get("dbname") or params.get("user") or "postgres")
@@ -130,36 +296,53 @@ class DatastoreConfig:
     layout: KeyLayout = KeyLayout.DEFAULT
     sequence: str | None = None
     allow_gaps: bool = False
-    row_factory: str = "dict"
+    row_factory: str = "row"
     operation_timeout: float | None = 60.0
+    values: str | None = None
+    log_values: bool = False
     worker: Any = None  # None, a WorkerSlice, "lease", or a mapping: {id, bits} (fixed) or lease options
     logger: logging.Logger | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         problems: list[str] = []
-        if type(self.pool_max) is not int or self.pool_max < 1:
-            problems.append(f"pool_max must be an int ≥ 1, got {self.pool_max!r}")
+        if type(self.pool_max) is not int or not 1 <= self.pool_max <= POOL_MAX_LIMIT:
+            problems.append(f"pool_max must be an int in 1..{POOL_MAX_LIMIT}, got {show_value(self.pool_max)}")
         timeout = self.pool_block_timeout
         if (
             isinstance(timeout, bool)
             or not isinstance(timeout, int | float)
-            or not math.isfinite(timeout)
-            or timeout <= 0
+            or not 0 < timeout <= TIMEOUT_LIMIT  # False for NaN too; no float() of a huge int
         ):
-            problems.append(f"pool_block_timeout must be a number of seconds > 0, got {timeout!r}")
+            problems.append(
+                f"pool_block_timeout must be a number of seconds in (0, {TIMEOUT_LIMIT}], got {show_value(timeout)}"
+            )
         if not isinstance(self.backend, str) or not self.backend:
             problems.append(
-                f"backend must be a backend name such as 'hstore', 'jsonb' or 'memory', got {self.backend!r}"
+                f"backend must be a backend name such as 'hstore', 'jsonb' or 'memory', got {show_value(self.backend)}"
             )
         bound = self.operation_timeout
         if bound is not None and (
-            isinstance(bound, bool) or not isinstance(bound, int | float) or not math.isfinite(bound) or bound <= 0
+            isinstance(bound, bool) or not isinstance(bound, int | float) or not 0 < bound <= TIMEOUT_LIMIT
         ):
-            problems.append(f"operation_timeout must be a number of seconds > 0 or None, got {bound!r}")
-        if self.row_factory not in ("dict", "tuple"):
-            problems.append(f"row_factory must be 'dict' or 'tuple', got {self.row_factory!r}")
+            problems.append(
+                f"operation_timeout must be a number of seconds in (0, {TIMEOUT_LIMIT}] or None, "
+                f"got {show_value(bound)}"
+            )
+        if not isinstance(self.row_factory, str) or self.row_factory not in ROW_FACTORIES:
+            problems.append(f"row_factory must be 'row', 'dict' or 'tuple', got {show_value(self.row_factory)}")
+        if not isinstance(self.allow_gaps, bool):
+            problems.append(f"allow_gaps must be True or False, got {show_value(self.allow_gaps)}")
+        if self.logger is not None and not isinstance(self.logger, logging.Logger | logging.LoggerAdapter):
+            problems.append(
+                f"logger must be a logging.Logger (or LoggerAdapter) or None, got {show_value(self.logger)}"
+            )
+        problems += _values_problems(self.values, self.backend)
+        if not isinstance(self.log_values, bool):
+            problems.append(f"log_values must be True or False, got {show_value(self.log_values)}")
         if self.sequence is not None and (not isinstance(self.sequence, str) or "://" not in self.sequence):
-            problems.append(f"sequence must be a URL such as 'redis://127.0.0.1:6379/0', got {self.sequence!r}")
+            problems.append(
+                f"sequence must be a URL such as 'redis://127.0.0.1:6379/0', got {show_value(self.sequence)}"
+            )
         try:
             object.__setattr__(self, "worker", parse_worker(self.worker))
         except ConfigError as exc:
@@ -171,6 +354,11 @@ class DatastoreConfig:
             )
         if problems:
             raise ConfigError("; ".join(problems))
+
+    @property
+    def value_rules(self) -> str | None:
+        """The value rules asked for (``"jsonb"`` or ``"text"``), or None for the backend's own."""
+        return VALUE_RULES[self.values] if isinstance(self.values, str) else None
 
     @property
     def lease_options(self) -> dict[str, Any] | None:
@@ -204,6 +392,22 @@ class DatastoreConfig:
         return cls(servers=tuple(dict(s) for s in servers), **options)
 
 
+def _values_problems(values: object, backend: object) -> list[str]:
+    if values is None:
+        return []
+    if not isinstance(values, str) or values not in VALUE_RULES:
+        return [
+            f"values must be 'jsonb' (JSON types) or 'text' (strings only, the hstore rules), got {show_value(values)}"
+        ]
+    own = _BACKEND_VALUES.get(backend) if isinstance(backend, str) else None
+    if own is not None and own != VALUE_RULES[values]:
+        return [
+            f"values={values!r} does not fit backend={backend!r}, which stores {own} values: "
+            "values= chooses the rules of the memory backend (to stand in for hstore or jsonb)"
+        ]
+    return []
+
+
 LEASE_OPTIONS = frozenset({"bits", "namespace", "ttl", "acquire_timeout"})
 """What ``worker = {...}`` may set for a leased worker number (see `hvbackend_postgres.lease_worker`)."""
 
@@ -233,19 +437,25 @@ def parse_worker(worker: object) -> WorkerSlice | dict[str, Any] | None:
         return {str(k): v for k, v in worker.items()}
     raise ConfigError(
         f"worker must be None, 'lease', a mapping of lease options (bits, namespace, ttl, acquire_timeout) or a "
-        f"WorkerSlice / {{id, bits}} for a fixed number, got {type(worker).__name__} {worker!r}"
+        f"WorkerSlice / {{id, bits}} for a fixed number, got {type(worker).__name__} {show_value(worker)}"
     )
 
 
 def load_config(path: str | Path) -> DatastoreConfig:
     """Read a TOML config file into a `DatastoreConfig`."""
+    if not isinstance(path, str | Path):
+        raise ConfigError(
+            f"a config file is a path (str or pathlib.Path), got {type(path).__name__} {show_value(path)}"
+        )
     file = Path(path)
     try:
         raw = tomllib.loads(file.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"config file {str(file)!r} does not exist") from None
+        raise ConfigError(f"config file {show_value(str(file))} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {str(file)!r} is not valid TOML: {exc}") from None
+        raise ConfigError(f"config file {show_value(str(file))} is not valid TOML: {exc}") from None
+    except (OSError, ValueError) as exc:  # a directory, no permission, a NUL in the path, not UTF-8
+        raise ConfigError(f"config file {show_value(str(file))} cannot be read: {type(exc).__name__}: {exc}") from None
     return DatastoreConfig.from_mapping(raw, source=str(file))
 
 

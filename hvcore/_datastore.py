@@ -13,16 +13,25 @@ import weakref
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from hvcore import _schemaops
 from hvcore._acompat import Lock, gather, spawn, to_thread
 from hvcore._backend import ProvisionReport, QuerySpec, Record, ServerStore, SupportsWorkerLease
-from hvcore._facade import PUT_ATTEMPTS, FacadeBase, SequenceArg, check_kind, too_many_duplicates
+from hvcore._facade import (
+    PUT_ATTEMPTS,
+    FacadeBase,
+    SequenceArg,
+    check_kind,
+    check_progress,
+    check_sequence,
+    too_many_duplicates,
+)
 from hvcore._generator import KeyGenerator
 from hvcore._key import Key, KeyLayout
 from hvcore._placement import MAX_HOPS, PlacementMixin
 from hvcore._plugins import PluginRegistry
+from hvcore._row import Row
 from hvcore._schemadefs import (
     FieldFilter,
     IndexInfo,
@@ -38,6 +47,9 @@ from hvcore._schemadefs import (
 from hvcore._shardmap import format_ranges
 from hvcore._worker import WorkerSlice
 from hvcore.errors import ConfigError, ConnectionMisuse, DuplicateKey, ShardMoved
+
+if TYPE_CHECKING:  # psycopg is an optional dependency: only the types are named here
+    from psycopg import Connection, Cursor
 
 __all__ = ["Datastore"]
 
@@ -86,9 +98,11 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         layout: KeyLayout | str | int = KeyLayout.DEFAULT,
         sequence: SequenceArg = None,
         allow_gaps: bool = False,
-        row_factory: str = "dict",
+        row_factory: str = "row",
         registry: PluginRegistry | None = None,
         operation_timeout: float | None = 60.0,
+        values: str | None = None,
+        log_values: bool = False,
         worker: WorkerSlice | Mapping[str, Any] | str | None = None,
     ) -> None:
         self._configure(
@@ -103,16 +117,21 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
             row_factory,
             registry,
             operation_timeout,
+            values,
+            log_values,
             worker,
         )
         self._factory = self._registry.backend(backend)
+        check_sequence(sequence, asyncio=False)
         source: Any = sequence
         if isinstance(sequence, str):
             source = self._sequence_from_url(sequence, asyncio=False)
         self._sequence = source
         self._owns_sequence = isinstance(sequence, str)
+        self._sequence_closed = False  # an owned sequence closed by close(): made again by the next open
         self._lease: Any = None  # the leased worker number (worker="lease"), held from open() to close()
         self.generator = self._make_generator(source)
+        self._ever_opened = False
         self._lock = Lock()
         self._retired: list[ServerStore] = []  # closed stores whose borrowed connections have not come back yet
         self._index_catalog = _schemaops.IndexCatalog()  # index definitions, for where/range filters
@@ -121,6 +140,11 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         _live_stores.add(self)
 
     # -- lifecycle -------------------------------------------------------------------------------------------
+
+    def _check_settings(self) -> None:
+        """Build each server's store without opening it: its backend checks its settings (no I/O)."""
+        for settings in self._settings:
+            self._factory(settings, self._options)
 
     def _open_stores(self) -> None:
         stores = [self._factory(settings, self._options) for settings in self._settings]
@@ -131,8 +155,15 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
             for store in stores:
                 store.close()
             raise
+        if self._sequence_closed:  # close() closed the sequence this store made from its URL: make a new one
+            url = self._config.sequence
+            assert url is not None
+            self._sequence = self._sequence_from_url(url, asyncio=False)
+            self.generator = self._make_generator(self._sequence)
+            self._sequence_closed = False
         self._stores = stores
         self._closed = False
+        self._ever_opened = True
 
     def open(self) -> None:
         """Open every server's pool if closed (idempotent)."""
@@ -152,14 +183,15 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
             self._retired = [s for s in (*self._retired, *stores) if s.stats().get("borrowed")]
 
     def reinstantiate(self) -> None:
-        """Rebuild every pool (closing the old ones first)."""
+        """Rebuild every pool (closing the old ones first); after `close()`, also the sequence made from a URL."""
         self.disconnect()
         self.open()
 
     def close(self) -> None:
-        """Close pools, and the sequence source if this store created it from a URL."""
+        """Close pools, and the sequence source if this store created it from a URL (`open()` makes a new one)."""
         self.disconnect()
-        if self._owns_sequence and self._sequence is not None:
+        if self._owns_sequence and self._sequence is not None and (not self._sequence_closed):
+            self._sequence_closed = True
             self._sequence.close()
         if self._config.worker is not None and self.generator is not None:
             self.generator.close()  # its worker number is free for the next generator (this store's, reopened)
@@ -206,9 +238,15 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
 
     # -- connections -----------------------------------------------------------------------------------------
 
-    def get_connection(self, shard_id: int) -> Any:
-        """Borrow a connection of the server owning ``shard_id``, with the shard's schema on the search path."""
-        return self.store_for(shard_id).get_connection(shard_id)
+    def get_connection(self, shard_id: int) -> Connection[Row]:
+        """Borrow a connection of the server owning ``shard_id``, with the shard's schema on the search path.
+
+        A psycopg connection in a transaction (commit it yourself), whose rows are `Row` objects (``row[0]`` and
+        ``row["name"]``; ``row_factory="dict"``/``"tuple"`` for dicts or tuples); the memory backend lends a
+        ``MemoryConnection`` instead. Return it with `put_connection`.
+        """
+        conn: Connection[Row] = self.store_for(shard_id).get_connection(shard_id)
+        return conn
 
     def put_connection(self, conn: Any) -> None:
         """Return a borrowed connection; twice, or one not from this store, raises `ConnectionMisuse`.
@@ -224,8 +262,13 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         )
 
     @contextmanager
-    def cursor(self, shard_id: int) -> Iterator[Any]:
-        """A cursor in the shard's schema: commit on success, rollback on error, connection always returned."""
+    def cursor(self, shard_id: int) -> Iterator[Cursor[Row]]:
+        """A cursor in the shard's schema: commit on success, rollback on error, connection always returned.
+
+        A psycopg cursor whose rows are `Row` objects: ``row[0]`` and ``row["version"]`` both work, as psycopg2's
+        ``DictRow`` did (``row_factory="dict"``/``"tuple"`` for dicts or tuples). The memory backend yields a
+        ``MemoryCursor``, which answers ``SELECT version()`` and ``SELECT 1`` only.
+        """
         with self.store_for(shard_id).cursor(shard_id) as cur:
             yield cur
 
@@ -415,7 +458,12 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
     # -- operations ------------------------------------------------------------------------------------------
 
     def provision(self, progress: Callable[[int], None] | None = None) -> list[ProvisionReport]:
-        """Create schemas, tables and indexes for every mapped shard on its server (idempotent, servers in parallel)."""
+        """Create schemas, tables and indexes for every mapped shard on its server (idempotent, servers in parallel).
+
+        Durable when it returns. ``progress(count)``, if given, is called as shards are done. A PostgreSQL backend
+        first refuses shards holding the 2015 library's table or ids made with another layout (`ConfigError`).
+        """
+        check_progress(progress)
         self.reload_placement()  # after a move, a shard is provisioned where it lives now, not where configured
         stores = self._live()
         if len(stores) == 1:

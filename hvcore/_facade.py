@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import inspect
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -15,19 +16,33 @@ from hvcore._key import Key, KeyLayout
 from hvcore._plugins import PluginRegistry, default_registry
 from hvcore._sequence import AsyncSequenceSource, SequenceSource
 from hvcore._shardmap import ShardMap, format_ranges
-from hvcore.errors import ConfigError, DuplicateKey, InvalidData, InvalidKey, InvalidKind, InvalidQuery, StoreClosed
+from hvcore._show import show_value
+from hvcore.errors import (
+    ConfigError,
+    DuplicateKey,
+    InvalidData,
+    InvalidKey,
+    InvalidKind,
+    InvalidQuery,
+    InvalidShard,
+    StoreClosed,
+)
 
 __all__ = [
     "KIND_MAX",
+    "LIMIT_MAX",
     "PUT_ATTEMPTS",
     "AsyncSequenceArg",
     "FacadeBase",
     "SequenceArg",
     "check_kind",
+    "check_progress",
+    "check_sequence",
     "too_many_duplicates",
 ]
 
 KIND_MAX = 32767  # kind is stored as a PostgreSQL smallint
+LIMIT_MAX = 2**63 - 1  # query(limit=...): a PostgreSQL bigint (and the most itertools.islice takes)
 PUT_ATTEMPTS = 8  # fresh keys tried when an insert hits an existing key
 
 StoreT = TypeVar("StoreT")
@@ -45,8 +60,34 @@ def check_kind(kind: object) -> int:
     if isinstance(kind, int) and not isinstance(kind, bool) and 0 <= kind <= KIND_MAX:
         return int(kind)
     raise InvalidKind(
-        f"kind must be an int in 0..{KIND_MAX} (stored as a smallint), got {type(kind).__name__} {kind!r}"
+        f"kind must be an int in 0..{KIND_MAX} (stored as a smallint), got {type(kind).__name__} {show_value(kind)}"
     )
+
+
+def check_sequence(sequence: object, *, asyncio: bool) -> None:
+    """`ConfigError` unless ``sequence`` is None, a URL, or a sequence source this datastore can call.
+
+    A `Datastore` takes a `SequenceSource`; an `AsyncDatastore` takes either kind (`AsyncSequenceSource` has
+    an ``async def reserve``).
+    """
+    if sequence is None or isinstance(sequence, str):
+        return  # a URL is checked by DatastoreConfig and its scheme's factory
+    if isinstance(sequence, AsyncSequenceSource) and inspect.iscoroutinefunction(sequence.reserve):
+        if asyncio:
+            return
+        raise ConfigError(f"{show_value(sequence)} is an asyncio sequence source: use it with AsyncDatastore")
+    if isinstance(sequence, SequenceSource):
+        return
+    raise ConfigError(
+        "sequence must be None (in-process), a URL such as 'redis://127.0.0.1:6379/0' or a sequence source "
+        f"(hvcore.SequenceSource), got {type(sequence).__name__} {show_value(sequence)}"
+    )
+
+
+def check_progress(progress: object) -> None:
+    """`ConfigError` unless ``progress`` is None or callable (it is called with counts as work advances)."""
+    if progress is not None and not callable(progress):
+        raise ConfigError(f"progress must be a callable or None, got {type(progress).__name__} {show_value(progress)}")
 
 
 def too_many_duplicates(shard_id: int) -> DuplicateKey:
@@ -76,6 +117,8 @@ class FacadeBase(Generic[StoreT]):
         row_factory: str,
         registry: PluginRegistry | None,
         operation_timeout: float | None = 60.0,
+        values: str | None = None,
+        log_values: bool = False,
         worker: object = None,
     ) -> None:
         check_servers(connections)
@@ -84,6 +127,8 @@ class FacadeBase(Generic[StoreT]):
                 "worker and sequence cannot be combined: a worker number owns a slice of the in-process sequence, "
                 "a shared sequence source hands out every number; choose one"
             )
+        if registry is not None and not isinstance(registry, PluginRegistry):
+            raise ConfigError(f"registry must be a PluginRegistry or None, got {show_value(registry)}")
         config = DatastoreConfig(
             servers=tuple(connections),
             backend=backend,
@@ -94,6 +139,8 @@ class FacadeBase(Generic[StoreT]):
             allow_gaps=allow_gaps,
             row_factory=row_factory,
             operation_timeout=operation_timeout,
+            values=values,
+            log_values=log_values,
             worker=worker,
             logger=logger,
         )
@@ -111,6 +158,8 @@ class FacadeBase(Generic[StoreT]):
             layout=config.layout,
             row_factory=config.row_factory,
             operation_timeout=config.operation_timeout,
+            values=config.value_rules,
+            log_values=config.log_values,
         )
         self._key_type = config.layout.key_type
         self._stores = []
@@ -118,7 +167,12 @@ class FacadeBase(Generic[StoreT]):
 
     @classmethod
     def from_config(cls, config: str | Path | DatastoreConfig, **overrides: Any) -> Self:
-        """Open a datastore from a TOML config file (or a parsed `DatastoreConfig`)."""
+        """Open a datastore from a TOML config file (or a parsed `DatastoreConfig`); ``overrides`` replace options.
+
+        ``from_config("hv.toml", backend="memory")`` runs unit tests on the production config: the memory backend
+        then applies the value rules of the file's backend (``values="text"`` for hstore, ``"jsonb"`` for jsonb)
+        unless ``values=`` is given too.
+        """
         cfg = config if isinstance(config, DatastoreConfig) else load_config(config)
         kwargs: dict[str, Any] = {
             "pool_max": cfg.pool_max,
@@ -130,8 +184,12 @@ class FacadeBase(Generic[StoreT]):
             "allow_gaps": cfg.allow_gaps,
             "row_factory": cfg.row_factory,
             "operation_timeout": cfg.operation_timeout,
+            "values": cfg.values,
+            "log_values": cfg.log_values,
             "worker": cfg.worker,
         }
+        if overrides.get("backend") == "memory" and cfg.backend in ("hstore", "jsonb") and cfg.values is None:
+            kwargs["values"] = "text" if cfg.backend == "hstore" else "jsonb"  # stand in for the file's backend
         kwargs.update(overrides)
         make: Callable[..., Self] = cls  # subclasses take (connections, **options)
         return make(list(cfg.servers), **kwargs)
@@ -165,6 +223,11 @@ class FacadeBase(Generic[StoreT]):
     def _live(self) -> list[StoreT]:
         stores = self._stores
         if self._closed or not stores:
+            if not getattr(self, "_ever_opened", True):
+                raise StoreClosed(
+                    f"this {type(self).__name__} is not open yet: use `async with {type(self).__name__}(...) as db:` "
+                    "or call `await db.open()` first"
+                )
             raise StoreClosed(
                 f"this {type(self).__name__} is disconnected: call reinstantiate() to open its pools again"
             )
@@ -190,8 +253,8 @@ class FacadeBase(Generic[StoreT]):
 
     def _group_keys(self, keys: Iterable[Key | int]) -> dict[int, list[tuple[int, Key]]]:
         """Keys checked and grouped by server index (every key validated before any I/O)."""
-        if isinstance(keys, str | bytes | Mapping):
-            raise InvalidKey(f"get_many() takes an iterable of keys, got {type(keys).__name__}")
+        if isinstance(keys, str | bytes | Mapping) or not isinstance(keys, Iterable):
+            raise InvalidKey(f"get_many() takes an iterable of keys, got {type(keys).__name__} {show_value(keys)}")
         by_server: dict[int, list[tuple[int, Key]]] = {}
         server_for = self.shard_map.server_for
         key_type = self._key_type
@@ -209,8 +272,8 @@ class FacadeBase(Generic[StoreT]):
     @staticmethod
     def _check_rows(rows: Iterable[Mapping[str, Any]], check_data: Any) -> list[Mapping[str, Any]]:
         """Every row a mapping the backend accepts, checked before any SQL; the rows as a list."""
-        if isinstance(rows, Mapping | str | bytes):
-            raise InvalidData(f"rows must be an iterable of mappings, got one {type(rows).__name__}")
+        if isinstance(rows, Mapping | str | bytes) or not isinstance(rows, Iterable):
+            raise InvalidData(f"rows must be an iterable of mappings, got {type(rows).__name__} {show_value(rows)}")
         bodies = list(rows)
         for index, row in enumerate(bodies):
             if not isinstance(row, Mapping):
@@ -238,7 +301,23 @@ class FacadeBase(Generic[StoreT]):
             ms = (value - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(milliseconds=1)
             time_part = min(max(ms - self.layout.epoch_ms, 0), self.layout.max_time_part + 1)
             return time_part << self.layout.time_shift
-        raise InvalidQuery(f"{name} must be an aware datetime or a Key, got {type(value).__name__} {value!r}")
+        raise InvalidQuery(f"{name} must be an aware datetime or a Key, got {type(value).__name__} {show_value(value)}")
+
+    def _check_shards(self, shards: object) -> list[int]:
+        """``query(shards=...)`` as sorted distinct shard ids: `InvalidQuery` unless an iterable of shard ids."""
+        if isinstance(shards, str | bytes | Mapping) or not isinstance(shards, Iterable):
+            raise InvalidQuery(
+                f"shards must be an iterable of shard ids (a list, a range...), got {type(shards).__name__} "
+                f"{show_value(shards)}"
+            )
+        selected: set[int] = set()
+        for shard in shards:
+            if type(shard) is not int and (not isinstance(shard, int) or isinstance(shard, bool)):
+                raise InvalidShard(
+                    f"query(shards=...) holds {type(shard).__name__} {show_value(shard)}: shard ids are ints"
+                )
+            selected.add(int(shard))
+        return sorted(selected)
 
     def _group_shards(self, shard_ids: Iterable[int]) -> dict[int, list[int]]:
         """Shards by the index of the server that owns them now."""
@@ -272,21 +351,16 @@ class FacadeBase(Generic[StoreT]):
                 raise InvalidQuery(f"where must be a mapping of field names to values, got {type(where).__name__}")
             for name in where:
                 if not isinstance(name, str):
-                    raise InvalidQuery(f"where field names must be strings, got {name!r}")
+                    raise InvalidQuery(f"where field names must be strings, got {show_value(name)}")
             where = dict(where)
         low = self._time_bound(since, "since") if since is not None else None
         # until is exclusive: a datetime ends before its millisecond, a key before itself
         high = self._time_bound(until, "until") - 1 if until is not None else None
         if low is not None and high is not None and low > high + 1:
             raise InvalidQuery(f"since ({since!r}) is after until ({until!r}): nothing could match")
-        if limit is not None and (type(limit) is not int or limit < 0):
-            raise InvalidQuery(f"limit must be an int ≥ 0 or None, got {limit!r}")
-        if shards is None:
-            selected = self.shard_map.shard_ids
-        else:
-            if isinstance(shards, str | bytes):
-                raise InvalidQuery(f"shards must be an iterable of shard ids, got {type(shards).__name__}")
-            selected = sorted(set(shards))
+        if limit is not None and (type(limit) is not int or not 0 <= limit <= LIMIT_MAX):
+            raise InvalidQuery(f"limit must be an int in 0..2**63-1 or None, got {show_value(limit)}")
+        selected = self.shard_map.shard_ids if shards is None else self._check_shards(shards)
         by_server = self._group_shards(selected)
         spec = QuerySpec(kind=kind, where=where or None, low=low, high=high, limit=limit)
         return by_server, spec

@@ -6,6 +6,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from hvcore._show import show_value
 from hvcore.errors import InvalidKey, InvalidShard, LayoutExhausted
 
 __all__ = ["Key", "KeyLayout", "check_shard_id"]
@@ -107,14 +108,15 @@ def check_shard_id(shard_id: object, layout: KeyLayout) -> int:
         value = int(shard_id)
         if 0 <= value <= layout.max_shard_id:
             return value
-        raise InvalidShard(f"shard id {value} is out of range: expected 0..{layout.max_shard_id}")
+        raise InvalidShard(f"shard id {show_value(value)} is out of range: expected 0..{layout.max_shard_id}")
     hint = ""
     if isinstance(shard_id, str) and shard_id.strip().isdigit():
         hint = f" (convert it first: int({shard_id!r}))"
     elif isinstance(shard_id, float):
         hint = " (a float is never rounded to a shard)"
     raise InvalidShard(
-        f"shard id must be an int in 0..{layout.max_shard_id}, got {type(shard_id).__name__} {shard_id!r}{hint}"
+        f"shard id must be an int in 0..{layout.max_shard_id}, "
+        f"got {type(shard_id).__name__} {show_value(shard_id)}{hint}"
     )
 
 
@@ -135,20 +137,24 @@ class Key(int):
         if type(value) is not int and not (isinstance(value, int) and not isinstance(value, bool)):
             if isinstance(value, str):
                 raise InvalidKey(f"Key() takes an int, got the string {value!r}: use Key.parse() for strings")
-            raise InvalidKey(f"Key() takes an int in 0..{_MAX_ID}, got {type(value).__name__} {value!r}")
+            raise InvalidKey(f"Key() takes an int in 0..{_MAX_ID}, got {type(value).__name__} {show_value(value)}")
         number = int(value)
         if not 0 <= number <= _MAX_ID:
-            raise InvalidKey(f"key {number} is out of range: expected 0..{_MAX_ID} (a positive signed 64-bit int)")
+            raise InvalidKey(
+                f"key {show_value(number)} is out of range: expected 0..{_MAX_ID} (a positive signed 64-bit int)"
+            )
         return int.__new__(cls, number)
 
     @classmethod
     def parse(cls, text: str) -> Key:
         """Read a key from its decimal string form (as sent to JSON/JavaScript clients)."""
         if not isinstance(text, str):
-            raise InvalidKey(f"Key.parse() takes a str, got {type(text).__name__} {text!r}")
+            raise InvalidKey(f"Key.parse() takes a str, got {type(text).__name__} {show_value(text)}")
         stripped = text.strip()
         if not stripped.isdigit() or not stripped.isascii():
-            raise InvalidKey(f"not a decimal key: {text!r} (expected digits only, 0..{_MAX_ID})")
+            raise InvalidKey(f"not a decimal key: {show_value(text)} (expected digits only, 0..{_MAX_ID})")
+        if len(stripped.lstrip("0")) > len(str(_MAX_ID)):
+            raise InvalidKey(f"key {show_value(text)} is out of range: expected 0..{_MAX_ID}")
         return cls(int(stripped))
 
     @classmethod
@@ -169,12 +175,12 @@ class Key(int):
                 raise InvalidKey(f"created must be an aware datetime, got {created!r}")
             timestamp_ms = (created - _UNIX_EPOCH) // dt.timedelta(milliseconds=1)
         if type(timestamp_ms) is not int:
-            raise InvalidKey(f"timestamp_ms must be an int (Unix ms), got {timestamp_ms!r}")
+            raise InvalidKey(f"timestamp_ms must be an int (Unix ms), got {show_value(timestamp_ms)}")
         time_part = timestamp_ms - layout.epoch_ms
         if not 0 <= time_part <= layout.max_time_part:
             first = _UNIX_EPOCH + dt.timedelta(milliseconds=layout.epoch_ms)
             raise InvalidKey(
-                f"time {timestamp_ms} ms is outside this layout: expected {layout.epoch_ms}.."
+                f"time {show_value(timestamp_ms)} ms is outside this layout: expected {layout.epoch_ms}.."
                 f"{layout.last_timestamp_ms} (Unix ms, {first.isoformat()} .. {layout.exhausted_at.isoformat()})"
             )
         try:
@@ -182,7 +188,9 @@ class Key(int):
         except InvalidShard as exc:
             raise InvalidKey(str(exc)) from None
         if type(added_id) is not int or not 0 <= added_id < layout.sequence_size:
-            raise InvalidKey(f"added_id {added_id!r} is out of range: expected an int in 0..{layout.sequence_size - 1}")
+            raise InvalidKey(
+                f"added_id {show_value(added_id)} is out of range: expected an int in 0..{layout.sequence_size - 1}"
+            )
         return int.__new__(cls, layout.compose(time_part, shard, added_id))
 
     @classmethod

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from hvcore._backend import MoveProgress, MoveReport, ShardMover, SupportsShardMoves
+from hvcore._distributed import move_within_cluster
 from hvcore._shardmap import ShardMap, format_ranges
 from hvcore.errors import MoveError, ShardMoved, ShardNotFound
 
@@ -106,7 +107,11 @@ class PlacementFollower:
         )
 
     def placement_version(self, shard_id: int) -> int:
-        """The placement version of ``shard_id`` this process knows (0: as configured, never moved)."""
+        """The placement version of ``shard_id`` this process knows (0: as configured, never moved).
+
+        `InvalidShard` for a shard id that is not an int in range, `ShardNotFound` for an unmapped one.
+        """
+        self.shard_map.server_for(shard_id)
         return self._versions().get(shard_id, 0)
 
 
@@ -152,8 +157,13 @@ class PlacementMixin(PlacementFollower):
         ``to_server`` is a server index or label (``host:port/dbname``). Phases, reported to
         ``progress(phase, done, total)``: prepare, copy, catchup, fence, verify, switch (and drop with
         ``drop_source``). Writes to this shard pause during fence..switch only; other shards never pause.
+        On a server that fronts a distributed database (a Citus coordinator), ``to_server`` may name one of its
+        nodes (``host:port``): the engine's own move does it (``citus_schema_move``).
         """
         self.reload_placement()
+        within = move_within_cluster(self, shard_id, to_server, progress=progress)
+        if within is not None:
+            return within
         stores = self._live()
         target_index = self._server_index(to_server)
         source_index = self.shard_map.server_for(shard_id)
@@ -223,6 +233,8 @@ class AsyncPlacementMixin(PlacementFollower):
         ``to_server`` is a server index or label (``host:port/dbname``). Phases, reported to
         ``progress(phase, done, total)``: prepare, copy, catchup, fence, verify, switch (and drop with
         ``drop_source``). Writes to this shard pause during fence..switch only; other shards never pause.
+        On a server that fronts a distributed database (a Citus coordinator), ``to_server`` may name one of its
+        nodes (``host:port``): the engine's own move does it (``citus_schema_move``).
         """
         report: MoveReport = await asyncio.to_thread(
             self._admin, lambda db: db.move_shard(shard_id, to_server, drop_source=drop_source, progress=progress)
@@ -316,20 +328,7 @@ def export_map(
         }
         return json.dumps(data, indent=2) + "\n"
     if fmt == "citus":
-        lines = [
-            f"-- hypervault shard map (placement version {version}) for Citus schema-based sharding (Citus 12.0+).",
-            "-- Run on the Citus coordinator after the shard schemas were restored there (see docs/moving-shards.md).",
-            "-- 1. the servers become worker nodes",
-        ]
-        lines += [f"SELECT citus_add_node('{node(i)[0]}', {node(i)[1]});" for i in range(len(labels))]
-        lines.append("-- 2. each logical shard's schema becomes a distributed schema (one Citus shard group)")
-        lines += [f"SELECT citus_schema_distribute('{schema(shard)}');" for shard, _ in shard_map]
-        lines.append("-- 3. each schema goes to the node that served it under hypervault")
-        lines += [
-            f"SELECT citus_schema_move('{schema(shard)}', '{node(server)[0]}', {node(server)[1]});"
-            for shard, server in shard_map
-        ]
-        return "\n".join(lines) + "\n"
+        return _citus_script(shard_map, [node(i) for i in range(len(labels))], version)
     if fmt == "pgdog":
         lines = [f"# hypervault shard map (placement version {version}) for PgDog schema-based sharding (pgdog.toml)"]
         for i in range(len(labels)):
@@ -353,3 +352,49 @@ def export_map(
             ]
         return "\n".join(lines) + "\n"
     raise MoveError(f"unknown export format {fmt!r}: expected citus, pgdog or json")
+
+
+def _literal(text: str) -> str:
+    """A SQL string literal (standard_conforming_strings: quotes doubled, backslashes literal)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _citus_script(shard_map: ShardMap, nodes: Sequence[tuple[str, int, str]], version: int) -> str:
+    """``hv shard export --format citus``: the copying path Citus documents, as statements psql runs one by one.
+
+    Idempotent, so a run stopped halfway can be run again: ``citus_add_node`` returns the id of a node already
+    added, ``citus_schema_distribute`` only notices a schema already distributed, and each ``citus_schema_move``
+    runs only when the schema is not on its node yet (Citus refuses a move to the node that holds it).
+    """
+    lines = [
+        f"-- hypervault shard map (placement version {version}) for Citus schema-based sharding (Citus 12.0-13.x).",
+        "-- The path Citus documents, which copies every row; `hv citus adopt` hands the shards over without copying.",
+        "-- Before: every server preloads Citus (shared_preload_libraries = 'citus') and ran CREATE EXTENSION citus in",
+        "-- its database; the shardNNNN schemas were restored on the coordinator (pg_dump --schema='shard*' | psql)",
+        "-- and renamed or dropped on the servers (Citus creates each distributed schema on every worker).",
+        "-- Run on the coordinator with psql, one statement at a time: psql -v ON_ERROR_STOP=1 -f this.sql",
+    ]
+    if len({dbname for _, _, dbname in nodes}) > 1:
+        lines.append(
+            "-- WARNING: the servers use different database names; Citus uses the coordinator's on every node."
+        )
+    lines.append("-- 1. the servers become worker nodes")
+    for host, port in dict.fromkeys((h, p) for h, p, _ in nodes):
+        lines.append(f"SELECT citus_add_node({_literal(host)}, {port});")
+    lines.append(
+        "-- 2. each logical shard's schema becomes a distributed schema (Citus copies it to a worker it picks)"
+    )
+    lines += [f"SELECT citus_schema_distribute({_literal(f'shard{shard:04d}')});" for shard, _ in shard_map]
+    lines.append("-- 3. each schema goes to the node that served it under hypervault, unless Citus put it there")
+    for shard, server in shard_map:
+        schema = _literal(f"shard{shard:04d}")
+        host, port, _ = nodes[server]
+        held = (
+            "SELECT FROM pg_dist_shard s JOIN pg_dist_placement p USING (shardid) JOIN pg_dist_node n USING (groupid) "
+            f"WHERE s.logicalrelid = {_literal(f'shard{shard:04d}.entities')}::regclass "
+            f"AND n.nodename = {_literal(host)} AND n.nodeport = {port}"
+        )
+        lines.append(
+            f"SELECT citus_schema_move({schema}, {_literal(host)}, {port}, 'block_writes') WHERE NOT EXISTS ({held});"
+        )
+    return "\n".join(lines) + "\n"

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from hvcore._key import KeyLayout, check_shard_id
+from hvcore._show import show_value
 from hvcore.errors import InvalidShard, ShardMapError, ShardNotFound
 
 __all__ = ["ShardMap", "format_ranges", "parse_shards"]
@@ -37,16 +38,20 @@ def parse_shards(spec: object, layout: KeyLayout = KeyLayout.DEFAULT) -> tuple[l
             ranges.append(range(start, stop))
 
     def visit(item: object) -> None:
-        if isinstance(item, int) and not isinstance(item, bool) and item is spec:
+        if isinstance(item, int) and not isinstance(item, bool) and not -limit <= item <= limit:
+            problems.append(f"{show_value(item)} is out of range: shards are 0..{limit - 1}")
+        elif isinstance(item, range) and not (-limit <= item.start <= limit and -limit <= item.stop <= limit):
+            problems.append(f"{show_value(item)} is out of range: shards are 0..{limit - 1} (ends up to {limit})")
+        elif isinstance(item, int) and not isinstance(item, bool) and item is spec:
             count = f', or shards="0-{item}" for shards 0..{item - 1}' if item > 0 else ""
             problems.append(
-                f"shards={item} is an int, which reads as a count as easily as a shard: write "
+                f"shards={show_value(item)} is an int, which reads as a count as easily as a shard: write "
                 f'shards="{item}-{item + 1}" for shard {item} alone{count} (ranges are half-open strings)'
             )
         elif isinstance(item, bool):
             problems.append(f"{item!r} is not a shard range")
         elif isinstance(item, int):
-            add(item, item + 1, str(item))
+            add(item, item + 1, show_value(item))
         elif isinstance(item, range):
             if item.step != 1:
                 problems.append(f"{item!r} has a step: use contiguous ranges")
@@ -58,7 +63,11 @@ def parse_shards(spec: object, layout: KeyLayout = KeyLayout.DEFAULT) -> tuple[l
             for part in item.split(","):
                 match = _RANGE.match(part)
                 if not match:
-                    problems.append(f"{part.strip()!r} is not a shard range: expected 'a-b' (half-open) or 'a'")
+                    shown = show_value(part.strip())
+                    problems.append(f"{shown} is not a shard range: expected 'a-b' (half-open) or 'a'")
+                    continue
+                if any(group is not None and len(group) > 6 for group in match.groups()):  # int() of huge text raises
+                    problems.append(f"{show_value(part.strip())} is out of range: shards are 0..{limit - 1}")
                     continue
                 start = int(match.group(1))
                 stop = int(match.group(2)) if match.group(2) is not None else start + 1
@@ -67,7 +76,9 @@ def parse_shards(spec: object, layout: KeyLayout = KeyLayout.DEFAULT) -> tuple[l
             for sub in item:
                 visit(sub)
         else:
-            problems.append(f"{item!r} ({type(item).__name__}) is not a shard range: expected 'a-b', a range or ints")
+            problems.append(
+                f"{show_value(item)} ({type(item).__name__}) is not a shard range: expected 'a-b', a range or ints"
+            )
 
     visit(spec)
     return ranges, problems

@@ -26,7 +26,8 @@ TOOL = ROOT / "tools" / "async_to_sync.py"
 
 # Public names only one side has, and why.
 ONE_SIDED = {
-    "PostgresServerStore": {"shard_mover"},  # AsyncDatastore runs moves on a sync Datastore in a worker thread
+    # AsyncDatastore runs moves (and Citus's operator work) on a sync Datastore in a worker thread
+    "PostgresServerStore": {"shard_mover", "shard_cluster"},
     # the async memory store wraps the sync one: its cursor reads rows through the sync store, and its
     # non-blocking borrow is the sync store's get_connection_nowait
     "MemoryServerStore": {"rows", "get_connection_nowait"},

@@ -22,9 +22,10 @@ def worker_of(key: hvcore.Key, bits: int = 4) -> int:
 
 
 def test_two_memory_stores_lease_different_numbers_and_give_them_back() -> None:
-    with hvcore.Datastore(MEMORY, backend="memory", worker="lease") as a, hvcore.Datastore(
-        MEMORY, backend="memory", worker="lease"
-    ) as b:
+    with (
+        hvcore.Datastore(MEMORY, backend="memory", worker="lease") as a,
+        hvcore.Datastore(MEMORY, backend="memory", worker="lease") as b,
+    ):
         keys_a = [a.put(3, 1, n=str(i)) for i in range(50)]
         keys_b = [b.put(3, 1, n=str(i)) for i in range(50)]
         assert {worker_of(k) for k in keys_a} != {worker_of(k) for k in keys_b}
@@ -77,9 +78,10 @@ def test_postgres_leases_keep_two_datastores_apart(pg_datastore_factory: Any) ->
     base = pg_datastore_factory("jsonb")
     servers = [dict(s) for s in base._config.servers]
     worker = {"namespace": f"test-option-{next(_namespaces)}", "ttl": 5}
-    with hvcore.Datastore(servers, backend="jsonb", worker=worker) as a, hvcore.Datastore(
-        servers, backend="jsonb", worker=worker
-    ) as b:
+    with (
+        hvcore.Datastore(servers, backend="jsonb", worker=worker) as a,
+        hvcore.Datastore(servers, backend="jsonb", worker=worker) as b,
+    ):
         keys_a = [a.put(3, 1, who="a") for _ in range(30)]
         keys_b = [b.put(3, 1, who="b") for _ in range(30)]
         assert len({worker_of(k) for k in keys_a}) == 1

@@ -1,4 +1,10 @@
-"""The ``memory`` backend: the whole façade contract in process memory, for users' unit tests."""
+"""The ``memory`` backend: the whole façade contract in process memory, for users' unit tests.
+
+It takes the production connection list as it is (libpq settings are checked as the PostgreSQL backends check
+them, and never connected to) and applies the value rules of the backend it stands in for: jsonb's by default,
+hstore's with ``values="text"`` (the `Datastore` option, or a server's ``values`` setting); the checks are the same
+function the PostgreSQL backends call (`hvcore._backend.check_body`), and ``where`` compares as PostgreSQL does.
+"""
 
 from __future__ import annotations
 
@@ -8,21 +14,24 @@ import dataclasses
 import heapq
 import itertools
 import json
+import re
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
-from hvcore._backend import BackendOptions, ProvisionReport, QuerySpec, Record, check_json, check_text, iter_fields
+from hvcore._backend import BackendOptions, ProvisionReport, QuerySpec, Record, check_body, json_default
+from hvcore._config import VALUE_RULES, libpq_settings
 from hvcore._key import Key
+from hvcore._row import Row
 from hvcore._schemadefs import IndexSpec, typed_value
 from hvcore._worker import WorkerGrant, WorkerSlice
 from hvcore.errors import (
+    ConfigError,
     ConnectionMisuse,
     DuplicateKey,
     DuplicateValue,
-    InvalidData,
     MigrationError,
     NoFreeWorker,
     NotProvisioned,
@@ -43,6 +52,13 @@ __all__ = [
 _SERVERS: dict[str, dict[int, dict[int, Record]]] = {}  # name -> shard -> id -> record; shared like a real server
 _SERVERS_LOCK = threading.Lock()
 _INDEXES: dict[str, dict[str, tuple[IndexSpec, set[int]]]] = {}  # name -> index name -> (definition, built shards)
+MEMORY_SETTINGS = ("name", "values", "provisioned")
+"""Settings of the memory backend itself; every other one (but ``shards``) is a libpq setting, checked, unused."""
+VERSION = "hypervault memory backend (in-process; runs no SQL)"
+_PROBES = {  # the only statements a memory cursor answers: connection checks, as `SELECT version()` in the 2015 README
+    "select version()": ("version", VERSION),
+    "select 1": ("?column?", 1),
+}
 
 
 @hookimpl
@@ -52,10 +68,16 @@ def hypervault_register_backends(register: BackendRegistrar) -> None:
 
 
 class MemoryCursor:
-    """A cursor-like view of one shard: rows as records, no SQL (``execute`` explains what to use instead)."""
+    """A cursor-like view of one shard: rows as records, no SQL.
+
+    ``execute`` answers only the connection checks ``SELECT version()`` and ``SELECT 1`` (so code that probes its
+    connection runs unchanged), with rows that are `hvcore.Row` objects like the PostgreSQL backends' ones; any other
+    statement raises `NotImplementedError` saying what to use instead. ``rows()`` reads the shard's records.
+    """
 
     def __init__(self, connection: MemoryConnection) -> None:
         self.connection = connection
+        self._result: list[Row] = []
 
     @property
     def shard_id(self) -> int:
@@ -63,10 +85,29 @@ class MemoryCursor:
         return self.connection.shard_id
 
     def execute(self, query: object, params: object = None) -> MemoryCursor:
-        """Not supported: the memory backend runs no SQL."""
-        raise NotImplementedError(
-            "the memory backend runs no SQL: use Datastore.put/get, or cursor.rows() to read the shard"
-        )
+        """Answer ``SELECT version()`` or ``SELECT 1``; any other statement raises `NotImplementedError`."""
+        text = re.sub(r"\s+", " ", query.strip().rstrip(";").strip().lower()) if isinstance(query, str) else None
+        probe = _PROBES.get(text) if text is not None and params is None else None
+        if probe is None:
+            raise NotImplementedError(
+                f"the memory backend runs no SQL ({query!r}): use Datastore.put/get/query, or cursor.rows() to "
+                "read the shard (only SELECT version() and SELECT 1 are answered)"
+            )
+        name, value = probe
+        self._result = [Row((value,), {name: 0})]
+        return self
+
+    def fetchone(self) -> Row | None:
+        """The next row of the last ``execute``, or None."""
+        return self._result.pop(0) if self._result else None
+
+    def fetchall(self) -> list[Row]:
+        """The remaining rows of the last ``execute``."""
+        rows, self._result = self._result, []
+        return rows
+
+    def close(self) -> None:
+        """Nothing to release."""
 
     def rows(self) -> list[Record]:
         """Every record of the shard, in key order."""
@@ -129,29 +170,32 @@ class MemoryServerStore:
     """One in-memory "server": a dict per shard, a bounded pool of pretend connections.
 
     Settings: ``name`` (stores with the same name share data within the process, like one real server;
-    default: a fresh private server), ``values`` = ``"json"`` (default: JSON types kept, like the jsonb backend)
-    or ``"text"`` (strings only, like hstore), ``provisioned`` (default True; False makes shards need
-    `provision` first, as on PostgreSQL).
+    default: a fresh private server), ``values`` (``"jsonb"``, the default: JSON types kept, exactly the jsonb
+    backend's rules; ``"text"``: strings or None only, the hstore backend's rules; ``"json"``/``"hstore"`` are the
+    same two), ``provisioned`` (default True; False makes shards need `provision` first, as on PostgreSQL). Every
+    other setting must be a libpq connection setting (``host``, ``port``, ``dbname``/``database``, ``user``,
+    ``password``, ``sslmode``, ``conninfo``/``dsn``, ...): checked as the PostgreSQL backends check them
+    (`hvcore._config.libpq_settings`), never connected to, so a production connection list works as it is.
+    Raises `ConfigError` (never showing a password) for anything else.
     """
 
     _counter = 0
 
     def __init__(self, settings: Mapping[str, Any], options: BackendOptions) -> None:
-        unknown = set(settings) - {"name", "values", "provisioned"}
-        if unknown:
-            raise InvalidData(
-                f"memory backend: unknown setting(s) {sorted(unknown)}: expected name, values, provisioned"
-            )
-        values = settings.get("values", "json")
-        if values not in ("json", "text"):
-            raise InvalidData(f"memory backend: values must be 'json' or 'text', got {values!r}")
+        libpq = {k: v for k, v in settings.items() if k not in MEMORY_SETTINGS and k != "shards"}
+        if libpq:
+            try:
+                libpq_settings(libpq)
+            except ConfigError as exc:
+                raise ConfigError(
+                    f"memory backend: {exc} (its own settings are {', '.join(MEMORY_SETTINGS)}; the others must be "
+                    "libpq connection settings, as for the hstore and jsonb backends)"
+                ) from None
+        self.text_only = _value_rules(settings.get("values"), options.values) == "text"
         if "name" in settings:
             self.name = str(settings["name"])
         else:
-            with _SERVERS_LOCK:
-                MemoryServerStore._counter += 1
-                self.name = f"memory-{MemoryServerStore._counter}"
-        self.text_only = values == "text"
+            self.name = _private_name(settings)
         self._auto_provision = bool(settings.get("provisioned", True))
         self._options = options
         self._logger = options.logger
@@ -183,8 +227,13 @@ class MemoryServerStore:
         return table
 
     def _log(self, message: str, *args: object) -> None:
+        """Log an operation at DEBUG (as the PostgreSQL backends log statements)."""
         if self._logger is not None:
-            self._logger.info(message, *args)
+            self._logger.debug(message, *args)
+
+    def _shown(self, values: object) -> str:
+        """`` | values: ...`` when ``log_values=True`` was asked for, else nothing (bodies are user data)."""
+        return f" | values: {values!r}" if self._options.log_values and self._logger is not None else ""
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -232,12 +281,14 @@ class MemoryServerStore:
 
     def owns(self, conn: Any) -> bool:
         """True if ``conn`` is borrowed from this store right now."""
-        return self._borrowed.get(id(conn)) is conn
+        entry = self._borrowed.get(id(conn))
+        return entry is not None and entry is conn
 
     def put_connection(self, conn: Any) -> None:
         """Return a borrowed connection."""
         with self._lock:
-            if self._borrowed.get(id(conn)) is not conn:
+            entry = self._borrowed.get(id(conn))
+            if entry is None or entry is not conn:  # None is no connection, even though get() returns it
                 raise ConnectionMisuse(f"{conn!r} is not borrowed from {self.label} (returned twice?)")
             del self._borrowed[id(conn)]
         self._slots.release()
@@ -254,19 +305,8 @@ class MemoryServerStore:
     # -- entities --------------------------------------------------------------------------------------------
 
     def check_data(self, data: Mapping[str, Any]) -> None:
-        """Strings only in text mode; JSON-representable values otherwise."""
-        for name, value in iter_fields(data):
-            check_text(name, name)
-            if self.text_only:
-                if value is not None and not isinstance(value, str):
-                    raise InvalidData(
-                        f"field {name!r} is {type(value).__name__} {value!r}: this backend stores text only "
-                        f"(hstore); pass str({value!r}) or use the jsonb backend"
-                    )
-                if value is not None:
-                    check_text(name, value)
-            else:
-                check_json(name, value)
+        """The value rules of the backend this one stands in for: jsonb's, or hstore's with ``values="text"``."""
+        check_body(data, text_only=self.text_only)
 
     def insert(self, shard_id: int, key: Key, kind: int, data: Mapping[str, Any]) -> None:
         """Store a deep copy, so later changes to the caller's objects do not leak in."""
@@ -277,7 +317,7 @@ class MemoryServerStore:
                 raise DuplicateKey(f"key {int(key)} already exists in shard {shard_id} on {self.label}")
             MemoryIndexes(self).check_unique(shard_id, table, [record])
             table[int(key)] = record
-        self._log("memory insert shard=%s id=%s kind=%s", shard_id, int(key), kind)
+        self._log("memory insert shard=%s id=%s kind=%s%s", shard_id, int(key), kind, self._shown(data))
 
     def fetch(self, shard_id: int, key: Key) -> Record | None:
         """A copy of the stored record, or None."""
@@ -305,7 +345,9 @@ class MemoryServerStore:
             MemoryIndexes(self).check_unique(shard_id, table, records)
             for record in records:
                 table[int(record.key)] = record
-        self._log("memory insert_many shard=%s rows=%s", shard_id, len(records))
+        self._log(
+            "memory insert_many shard=%s rows=%s%s", shard_id, len(records), self._shown([r.data for r in records])
+        )
 
     def fetch_many(self, items: Sequence[tuple[int, Key]]) -> list[Record]:
         """Copies of the stored records among ``items``."""
@@ -329,7 +371,7 @@ class MemoryServerStore:
             updated = Record(record.key, record.kind, new_body)
             MemoryIndexes(self).check_unique(shard_id, table, [updated])
             table[int(key)] = updated
-        self._log("memory update shard=%s id=%s merge=%s", shard_id, int(key), merge)
+        self._log("memory update shard=%s id=%s merge=%s%s", shard_id, int(key), merge, self._shown(data))
         return True
 
     def delete(self, shard_id: int, key: Key) -> bool:
@@ -342,7 +384,17 @@ class MemoryServerStore:
 
     def query(self, shard_ids: Sequence[int], spec: QuerySpec) -> Iterator[Record]:
         """Matching records of these shards in key order (a snapshot of each shard, copied lazily)."""
-        self._log("memory query shards=%s spec=%s", len(shard_ids), spec)
+        fields = sorted(spec.where) if spec.where else []
+        self._log(
+            "memory query shards=%s kind=%s where fields=%s low=%s high=%s limit=%s%s",
+            len(shard_ids),
+            spec.kind,
+            fields,
+            spec.low,
+            spec.high,
+            spec.limit,
+            self._shown(spec.where),
+        )
         streams = []
         for shard_id in shard_ids:
             table = self._table(shard_id)
@@ -353,9 +405,12 @@ class MemoryServerStore:
         for record in merged if spec.limit is None else itertools.islice(merged, spec.limit):
             yield Record(record.key, record.kind, copy.deepcopy(record.data))
 
-    def _stored_body(self, data: Mapping[str, Any]) -> dict[str, Any]:
-        # Stored as the jsonb backend would store it (tuples come back as lists), or as text.
-        return dict(data) if self.text_only else json.loads(json.dumps(data))
+    @staticmethod
+    def _stored_body(data: Mapping[str, Any]) -> dict[str, Any]:
+        # Stored as PostgreSQL stores it: plain JSON types (tuples come back as lists, mappings as dicts, str and
+        # int subclasses as str and int), a fresh copy the caller's objects cannot change.
+        body: dict[str, Any] = json.loads(json.dumps(data, default=json_default))
+        return body
 
     # -- operations ------------------------------------------------------------------------------------------
 
@@ -534,6 +589,40 @@ class MemoryIndexes:
         for spec, built in self._table().values():
             if spec.state == "active":
                 built.update(shard_ids)
+
+
+_UNNAMED: dict[int, tuple[Mapping[str, Any], str]] = {}  # id(settings) -> (settings, name); keeps settings alive
+
+
+def _private_name(settings: Mapping[str, Any]) -> str:
+    """The name of an unnamed server: a fresh one per settings object, the same one when a datastore reopens.
+
+    A `Datastore` makes its stores again from the same settings on `reinstantiate()`, and the data must still be
+    there afterwards, as on a real server.
+    """
+    with _SERVERS_LOCK:
+        entry = _UNNAMED.get(id(settings))
+        if entry is not None and entry[0] is settings:
+            return entry[1]
+        MemoryServerStore._counter += 1
+        name = f"memory-{MemoryServerStore._counter}"
+        _UNNAMED[id(settings)] = (settings, name)
+        return name
+
+
+def _value_rules(server: object, datastore: str | None) -> str:
+    """``"jsonb"`` or ``"text"`` from a server's ``values`` setting and the datastore's ``values`` option."""
+    if server is None:
+        return datastore or "jsonb"
+    rules = VALUE_RULES.get(server) if isinstance(server, str) else None
+    if rules is None:
+        raise ConfigError(
+            f"memory backend: values must be 'jsonb' (JSON types, the jsonb rules) or 'text' (strings, the hstore "
+            f"rules), got {server!r}"
+        )
+    if datastore is not None and datastore != rules:
+        raise ConfigError(f"memory backend: this server says values={server!r}, the datastore values={datastore!r}")
+    return rules
 
 
 class AsyncMemoryServerStore:

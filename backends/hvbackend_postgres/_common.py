@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import json.scanner
+import logging
 import math
 import select
 import types
@@ -12,8 +13,7 @@ from typing import Any, cast
 
 import psycopg
 from psycopg import pq, sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from psycopg.rows import dict_row, tuple_row
+from psycopg.rows import RowMaker, dict_row, tuple_row
 from psycopg.types import TypeInfo
 from psycopg.types.json import Jsonb
 
@@ -27,13 +27,15 @@ from hvbackend_postgres._schema import (
     required_relations,
     shard_schema,
 )
-from hvcore._backend import BackendOptions, QuerySpec, Record, check_json, check_text, iter_fields
-from hvcore._config import redact_conninfo
+from hvcore._backend import BackendOptions, QuerySpec, Record, check_body, check_json, json_default
+from hvcore._config import libpq_settings, redact_conninfo
 from hvcore._key import Key
-from hvcore.errors import ConfigError, DuplicateKey, InvalidData, NotProvisioned, PoolTimeout, ServerUnavailable
+from hvcore._row import Row
+from hvcore.errors import ConfigError, DuplicateKey, NotProvisioned, PoolTimeout, ServerUnavailable
 
 __all__ = [
     "ADVISORY_LOCK",
+    "BACKEND_CHECK_SQL",
     "COUNT_BATCH",
     "HSTORE_SCHEMA_SQL",
     "PROVISION_BATCH",
@@ -42,12 +44,16 @@ __all__ = [
     "QUERY_FETCH_GROWTH",
     "QUERY_FETCH_MAX",
     "SEARCH_PATH_SQL",
+    "USER_ROW_FACTORIES",
     "StoreCore",
     "check_json",
     "idle_socket_state",
     "load_json",
+    "log_statement",
+    "log_statements",
     "query_fetch_sizes",
     "query_records",
+    "row_factory",
     "scrub",
     "statement_text",
 ]
@@ -69,6 +75,14 @@ HSTORE_SCHEMA_SQL = (
     "SELECT n.nspname FROM pg_catalog.pg_extension e "
     "JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'hstore'"
 )
+BACKEND_CHECK_SQL = (
+    f"SELECT ({HSTORE_SCHEMA_SQL}), (SELECT pg_catalog.format_type(a.atttypid, a.atttypmod) "
+    "FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid "
+    "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+    "WHERE c.relname = 'entities' AND c.relkind = 'r' AND a.attname = 'body' AND n.nspname ~ '^shard[0-9]{4,}$' "
+    "LIMIT 1)"
+)
+"""The hstore extension's schema (or NULL) and the body type of one shard table (or NULL if none exists)."""
 SEARCH_PATH_SQL = "SELECT pg_catalog.set_config('search_path', %s, false), pg_catalog.to_regnamespace(%s) IS NOT NULL"
 _NOT_PROVISIONED_STATES = frozenset({"42P01", "3F000"})  # undefined table, invalid schema name
 _MISSING_TYPE_STATES = frozenset({"42704", "42883"})  # undefined object (type), undefined function
@@ -228,11 +242,11 @@ def dump_json(obj: Any) -> str:
     another value; written as the float's exact decimal with ``.0`` (``33334739279243392.0``) it keeps its scale
     and is read back as that float. Only bodies whose text holds ``e+`` take the slow path.
     """
-    text = json.dumps(obj, ensure_ascii=False, allow_nan=False)
+    text = json.dumps(obj, ensure_ascii=False, allow_nan=False, default=json_default)
     if "e+" not in text:
         return text
     big: list[float] = []
-    text = json.dumps(_keep_floats(obj, big), ensure_ascii=False, allow_nan=False)
+    text = json.dumps(_keep_floats(obj, big), ensure_ascii=False, allow_nan=False, default=json_default)
     for index, value in enumerate(big):
         text = text.replace(f'"\\u0000{index}\\u0000"', f"{int(value)}.0", 1)
     return text
@@ -252,6 +266,47 @@ def idle_socket_state(pgconn: pq.abc.PGconn) -> bool | None:
     return None if readable else True
 
 
+def row_factory(cursor: Any) -> RowMaker[Row]:
+    """psycopg row factory of `hvcore.Row`: rows indexable by position and by column name (psycopg2's DictRow)."""
+    description = cursor.description
+    if description is None:
+        return tuple_row(cursor)  # type: ignore[return-value]  # no result: psycopg never calls the maker
+    index = {column.name: i for i, column in enumerate(description)}
+
+    def make(values: Sequence[Any]) -> Row:
+        return Row(values, index)
+
+    return make
+
+
+USER_ROW_FACTORIES: dict[str, Any] = {"row": row_factory, "dict": dict_row, "tuple": tuple_row}
+"""The ``row_factory`` option → psycopg row factory of connections lent by ``get_connection()``/``cursor()``."""
+
+
+def log_statement(logger: logging.Logger | None, log_values: bool, query: Any, params: Any, context: Any) -> None:
+    """Log one statement at DEBUG; its bound values (user data) only if ``log_values``."""
+    if logger is None or not logger.isEnabledFor(logging.DEBUG):
+        return
+    text = statement_text(query, context)
+    if log_values and params is not None:
+        logger.debug("statement: %s | values: %r", text, params)
+    else:
+        logger.debug("statement: %s", text)
+
+
+def log_statements(
+    logger: logging.Logger | None, log_values: bool, query: Any, params_seq: Sequence[Any], context: Any
+) -> None:
+    """Log a statement run for many parameter sets at DEBUG; the values only if ``log_values``."""
+    if logger is None or not logger.isEnabledFor(logging.DEBUG):
+        return
+    text = statement_text(query, context)
+    if log_values:
+        logger.debug("statement: %s | values (%d rows): %r", text, len(params_seq), list(params_seq))
+    else:
+        logger.debug("statement: %s | %d parameter sets", text, len(params_seq))
+
+
 class StoreCore:
     """The I/O-free half of a PostgreSQL server store: parsed settings, checks, statements, errors, decoding.
 
@@ -264,32 +319,25 @@ class StoreCore:
         self.backend = backend
         self.text_only = backend == "hstore"
         self._options = options
-        raw = dict(settings)
-        raw.pop("shards", None)
-        conninfo = raw.pop("conninfo", "") or ""
-        if not isinstance(conninfo, str):
-            raise ConfigError(f"conninfo must be a string, got {type(conninfo).__name__}")
-        kwargs = {k: v for k, v in raw.items() if v is not None}
-        secret = kwargs.get("password")
-        try:
-            params = conninfo_to_dict(make_conninfo(conninfo, **kwargs))
-        except psycopg.ProgrammingError as exc:
-            raise ConfigError(f"invalid PostgreSQL connection settings: {scrub(str(exc), secret)}") from None
-        self._secret: str | None = str(params["password"]) if params.get("password") else None
+        parsed = libpq_settings(settings)  # psycopg2 spellings resolved, libpq's checks, no connection
+        kwargs = dict(parsed.keywords)
+        params = parsed.params
+        self._secret: str | None = parsed.password
         host = str(params.get("host") or params.get("hostaddr") or "localhost")
         port = str(params.get("port") or "5432")
         dbname = str(params.get("dbname") or params.get("user") or "postgres")
         self._label = f"{host}:{port}/{dbname}"
-        self._conninfo = conninfo
+        self._conninfo = parsed.conninfo
         kwargs.setdefault("connect_timeout", max(2, math.ceil(options.pool_block_timeout)))
         kwargs.setdefault("application_name", "hypervault")
         self._kwargs = kwargs
-        self._user_row_factory: Any = dict_row if options.row_factory == "dict" else tuple_row
+        self._user_row_factory: Any = USER_ROW_FACTORIES.get(options.row_factory, row_factory)
         self._lent = 0
         self._sql: dict[int, ShardSQL] = {}
         self._fetch_parts: dict[int, str] = {}
         self._ext_schema: str | None = None
         self._hstore_info: TypeInfo | None = None
+        self._backend_checked = False  # see _check_backend: shards of this database store our body type
 
     # -- identity and messages -------------------------------------------------------------------------------
 
@@ -299,8 +347,10 @@ class StoreCore:
         return self._label
 
     def _log(self, message: str, *args: object) -> None:
-        if self._options.logger is not None:
-            self._options.logger.info(message, *args)
+        """Log at DEBUG (statements and connection events: never user data unless ``log_values``)."""
+        logger = self._options.logger
+        if logger is not None:
+            logger.debug(message, *args)
 
     def _unavailable(self, exc: BaseException) -> ServerUnavailable:
         text = scrub(str(exc).strip(), self._secret)
@@ -327,6 +377,20 @@ class StoreCore:
         return NotProvisioned(
             f"the hstore extension is not installed in {self._label}: run `hv init --config FILE` "
             "(Datastore.provision()) to create it and the shards' schemas"
+        )
+
+    def _backend_mismatch(self, body_type: str | None) -> ConfigError | None:
+        """The error for a database whose shard bodies are ``body_type`` when this backend wants another type."""
+        if body_type is None:
+            return None
+        found = body_type.rsplit(".", 1)[-1]
+        if found == BODY_TYPES[self.backend]:
+            return None
+        other = next((name for name, kind in BODY_TYPES.items() if kind == found), None)
+        hint = f"open it with backend={other!r}" if other else "it was not provisioned by hypervault"
+        return ConfigError(
+            f"{self._label} was provisioned for the {other or found} backend (shard bodies are {body_type}), but this "
+            f"datastore uses backend={self.backend!r}: {hint}"
         )
 
     def _duplicate(self, shard_id: int, key: Key) -> DuplicateKey:
@@ -368,28 +432,11 @@ class StoreCore:
     # -- data ------------------------------------------------------------------------------------------------
 
     def check_data(self, data: Mapping[str, Any]) -> None:
-        """hstore: text values (or None) only; jsonb: JSON types only. NUL characters rejected in both."""
-        text_only = self.text_only
-        for name, value in data.items():
-            if type(name) is not str or not name.isascii() or "\x00" in name:
-                for _ in iter_fields({name: value}):  # raises for a non-string name
-                    check_text(name, name)
-            kind = type(value)
-            if kind is str:
-                if not value.isascii() or "\x00" in value:  # ASCII without NUL is always valid text
-                    check_text(name, value)
-            elif value is None:
-                continue
-            elif text_only:
-                if isinstance(value, str):  # a str subclass
-                    check_text(name, value)
-                    continue
-                raise InvalidData(
-                    f"field {name!r} is {kind.__name__} {value!r}: the hstore backend stores text only; "
-                    f"pass str({value!r}) or use the jsonb backend"
-                )
-            elif kind is not int and kind is not bool:
-                check_json(name, value)
+        """hstore: text values (or None) only; jsonb: what round-trips through jsonb (`hvcore._backend.check_body`).
+
+        The memory backend applies the same function, so a body it accepts is one PostgreSQL stores exactly.
+        """
+        check_body(data, text_only=self.text_only)
 
     def _body_params(self, data: Mapping[str, Any]) -> tuple[Any, ...]:
         if self.text_only:
@@ -431,13 +478,18 @@ class StoreCore:
         return ((key, kind, Jsonb(data)) for key, kind, data in rows)
 
     def _log_copy(self, statement: sql.Composed, rows: Sequence[tuple[Key, int, Mapping[str, Any]]]) -> None:
-        if self._options.logger is not None:
-            self._options.logger.info(
-                "statement: %s | values (%d rows): %r",
-                statement.as_string(None),
-                len(rows),
-                [(int(key), kind, dict(data)) for key, kind, data in rows],
-            )
+        logger = self._options.logger
+        if logger is None or not logger.isEnabledFor(logging.DEBUG):
+            return
+        if self._options.log_values:
+            values = [(int(key), kind, dict(data)) for key, kind, data in rows]
+            logger.debug("statement: %s | values (%d rows): %r", statement.as_string(None), len(rows), values)
+        else:
+            logger.debug("statement: %s | %d rows", statement.as_string(None), len(rows))
+
+    def _log_statement(self, query: Any, params: Any, context: Any = None) -> None:
+        """Log a statement at DEBUG, with its bound values only when ``log_values=True`` was asked for."""
+        log_statement(self._options.logger, self._options.log_values, query, params, context)
 
     def _select_shards(self, parts: Sequence[tuple[int, sql.Composable]], ext: str | None) -> sql.Composed:
         body = sql.SQL("{}.hstore_to_json(body)").format(sql.Identifier(ext)) if ext is not None else sql.SQL("body")

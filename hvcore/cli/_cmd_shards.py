@@ -50,6 +50,15 @@ def cmd_shard_move(args: argparse.Namespace, out: TextIO) -> int:
     if args.json:
         emit_json({**report.as_dict(), "shards_per_server": specs}, out)
         return 0
+    if report.engine:  # moved between the nodes of a distributed database: the config does not change
+        print(
+            f"shard {report.shard_id}: node {report.source} → {report.target} by {report.engine}, "
+            f"{report.rows:,} rows, total {report.seconds:.2f} s",
+            file=out,
+        )
+        for note in report.notes:
+            print(f"  {note}", file=out)
+        return 0
     print(
         f"shard {report.shard_id}: {report.source} → {report.target} (placement version {report.version}), "
         f"{report.rows:,} rows copied in {report.copy_seconds:.2f} s, {report.catchup_rounds} catch-up round(s), "

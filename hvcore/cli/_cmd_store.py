@@ -11,8 +11,10 @@ from typing import Any, TextIO
 
 from hvcore._config import DatastoreConfig, load_config
 from hvcore._datastore import Datastore
+from hvcore._distributed import cluster_status
 from hvcore._key import KeyLayout
 from hvcore._shardmap import ShardMap
+from hvcore.cli._cmd_citus import print_cluster_status
 from hvcore.cli._output import Progress, emit_json, masked, settings_text, table
 from hvcore.errors import HypervaultError
 
@@ -58,6 +60,7 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
         with contextlib.suppress(HypervaultError):
             store.reload_placement()  # shards moved by `hv shard move` are counted where they are now
         status = status_document(store.status())
+        clusters = _clusters(store, status)
     if args.json:
         emit_json(status, out)  # exit 0: the JSON says which servers are unreachable
         return 0
@@ -75,7 +78,24 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
     for entry in status:
         if not entry["reachable"]:
             print(f"  {entry['server']}: {entry['error']}", file=out)
+    print_cluster_status(clusters, out)
     return 0 if all(e["reachable"] for e in status) else 1
+
+
+def _clusters(store: Datastore, status: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Nodes of the servers that front a distributed database (Citus), also added to their ``status`` entries."""
+    reachable = {e["server"] for e in status if e["reachable"]}
+    if not reachable:
+        return []
+    try:
+        clusters = cluster_status(store)
+    except HypervaultError as exc:
+        return [{"server": "?", "engine": "?", "nodes": [], "error": str(exc)}]
+    for entry in status:
+        for cluster in clusters:
+            if cluster["server"] == entry["server"]:
+                entry["cluster"] = {k: v for k, v in cluster.items() if k != "server"}
+    return clusters
 
 
 def _layout_name(layout: KeyLayout) -> str:
@@ -97,8 +117,13 @@ def config_document(cfg: DatastoreConfig) -> dict[str, Any]:
         "sequence": masked({"conninfo": cfg.sequence})["conninfo"] if cfg.sequence else None,
         "allow_gaps": cfg.allow_gaps,
         "row_factory": cfg.row_factory,
+        "values": cfg.values,
+        "log_values": cfg.log_values,
         "servers": [masked(s) for s in cfg.servers],
     }
+
+
+_ROWS = {"row": "Row (row[0] and row['name'])", "dict": "dicts", "tuple": "tuples"}
 
 
 def cmd_config_show(args: argparse.Namespace, out: TextIO) -> int:
@@ -118,7 +143,7 @@ def cmd_config_show(args: argparse.Namespace, out: TextIO) -> int:
         ("operation timeout", timeout),
         ("key layout", f"{doc['layout']} (epoch {epoch}, {cfg.layout.epoch_ms} ms)"),
         ("sequence", doc["sequence"] or "in-process"),
-        ("rows from cursor()", f"{cfg.row_factory}s"),
+        ("rows from cursor()", _ROWS[cfg.row_factory]),
     ]
     if cfg.allow_gaps:
         settings.append(("gaps in the shard map", "allowed"))

@@ -10,6 +10,7 @@ import argparse
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
+from hvcore.cli._cmd_citus import cmd_citus_adopt
 from hvcore.cli._cmd_demo import cmd_demo
 from hvcore.cli._cmd_index import cmd_index_create, cmd_index_drop, cmd_index_list
 from hvcore.cli._cmd_keys import cmd_key_decode, cmd_key_new
@@ -181,6 +182,31 @@ def build_parser() -> argparse.ArgumentParser:
         "port and dbname are read as libpq reads them (separate keys, a conninfo string or URL); never a password.",
     )
     export.add_argument("--format", choices=["citus", "pgdog", "json"], default="json", help="output format")
+
+    citus = sub.add_parser(
+        "citus",
+        help="hand the shards over to Citus schema-based sharding",
+        description="Outgrow client-side sharding: the shard schemas become Citus distributed schemas.",
+    )
+    citus_sub = citus.add_subparsers(dest="citus_command", required=True, metavar="ACTION")
+    adopt = add(
+        citus_sub,
+        "adopt",
+        cmd_citus_adopt,
+        "hand every shard to a Citus coordinator, each staying on the server that holds it (no rows copied)",
+        [json_out, config],
+        "Hand every shard of the config over to a Citus coordinator (Citus 12.0-13.x): the config's servers "
+        "become (or already are) its workers, each shard schema becomes a distributed schema on the server "
+        "that holds its rows, without copying them, verified through the coordinator (row count and checksum). "
+        "The servers must preload Citus and have CREATE EXTENSION citus in their database; servers not yet worker "
+        "nodes are added. Writes to a shard are refused (NotProvisioned) while it is handed over. Resumable: run "
+        "it again after an interruption. Prints the new config (one server: the coordinator) as TOML, the report "
+        "as comments, so that the output can be saved as the new config file.",
+    )
+    adopt.add_argument(
+        "--coordinator", required=True, metavar="DSN", help="the coordinator's connection string (conninfo or URL)"
+    )
+    adopt.add_argument("--batch", type=int, default=64, help="shards handed over together (default 64)")
     _add_schema_commands(sub, add, config, json_out)
     return parser
 

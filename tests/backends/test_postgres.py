@@ -170,7 +170,8 @@ def test_readme_flow(pg_cluster: Any, layout: str) -> None:
         db.provision()
         with db.cursor(5) as cur:
             cur.execute("SELECT version()")
-            assert "PostgreSQL" in cur.fetchone()["version"]
+            row = cur.fetchone()
+            assert row is not None and "PostgreSQL" in row["version"]
         key = db.put(12, 1, beep="boop")
         assert key.shard_id == 12 and key.layout == db.layout
         record = db.get(key)
@@ -357,17 +358,36 @@ def test_provisioning_is_idempotent(pg_cluster: Any) -> None:
 
 def test_logger_logs_statements_never_password(pg_cluster: Any, log_lines: Any) -> None:
     logger, lines = log_lines
+    logger.setLevel(logging.DEBUG)
     settings = {**fresh_db(pg_cluster, 2), "user": SECRET_ROLE, "password": SECRET_PASSWORD}
-    with hvcore.Datastore([dict(shards="0-4", **settings)], backend="jsonb", logger=logger) as db:
+    with hvcore.Datastore([dict(shards="0-4", **settings)], backend="jsonb", logger=logger, log_values=True) as db:
         db.provision()
         key = db.put(1, 5, colour="red")
         db.get(key)
         with db.cursor(2) as cur:
             cur.execute("SELECT %s::int AS x", (41,))
+        assert [r.key for r in db.query(where={"colour": "red"})] == [key]
     text = "\n".join(lines)
     assert "INSERT INTO" in text and str(int(key)) in text and "red" in text
     assert "SELECT kind, body" in text and "41" in text
+    assert "body @> %s" in text  # query() statements are logged too (a server-side cursor)
     assert SECRET_PASSWORD not in text
+
+
+def test_statements_are_debug_and_values_only_when_asked(pg_datastore_factory: Any, log_lines: Any) -> None:
+    logger, lines = log_lines
+    logger.setLevel(logging.INFO)
+    db = pg_datastore_factory("jsonb", logger=logger)
+    key = db.put(1, 5, colour="hidden-red")
+    db.put_many(2, 5, [{"colour": "hidden-blue"}])
+    assert lines == []  # nothing at INFO
+    logger.setLevel(logging.DEBUG)
+    db.put_many(2, 5, [{"colour": "hidden-blue"}])
+    db.get(key)
+    list(db.query(where={"colour": "hidden-red"}))
+    text = "\n".join(lines)
+    assert "COPY" in text and "SELECT kind, body" in text and "body @> %s" in text
+    assert "hidden" not in text and str(int(key)) not in text  # bound values only with log_values=True
 
 
 def test_fork_child_gets_new_pools_parent_keeps_sessions(pg_datastore_factory: Any) -> None:

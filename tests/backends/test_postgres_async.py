@@ -167,7 +167,9 @@ def test_terminated_backend_next_operation_succeeds(pg_datastore_factory: Any, p
             await db.put(1, 1, a=1)
             async with db.cursor(1) as cur:
                 await cur.execute("SELECT pg_backend_pid() AS pid")
-                pid = (await cur.fetchone())["pid"]
+                row = await cur.fetchone()
+                assert row is not None
+                pid = row["pid"]
             terminate(pg_cluster.settings(0), pid)
             await asyncio.sleep(0.05)
             key = await db.put(1, 1, a=2)  # the idle dead connection is noticed at checkout
@@ -176,7 +178,9 @@ def test_terminated_backend_next_operation_succeeds(pg_datastore_factory: Any, p
             assert len(await db.get_many(keys)) == 2
             # killed while borrowed by a user: that statement fails, the pool heals
             conn = await db.get_connection(1)
-            pid = (await (await conn.execute("SELECT pg_backend_pid() AS pid")).fetchone())["pid"]
+            row = await (await conn.execute("SELECT pg_backend_pid() AS pid")).fetchone()
+            assert row is not None
+            pid = row["pid"]
             await conn.rollback()
             terminate(pg_cluster.settings(0), pid)
             with pytest.raises(psycopg.OperationalError):
@@ -382,7 +386,7 @@ def test_copy_batches_round_trip_awkward_text(pg_datastore_factory: Any, backend
 
 def test_logger_logs_statements_and_copies_never_password(pg_cluster: Any) -> None:
     logger = logging.getLogger(f"hvtest.async.{next(_dbs)}")
-    logger.setLevel(logging.INFO)
+    logger.setLevel(logging.DEBUG)  # statements are logged at DEBUG
     logger.propagate = False
     lines: list[str] = []
     handler = logging.Handler()
@@ -390,23 +394,31 @@ def test_logger_logs_statements_and_copies_never_password(pg_cluster: Any) -> No
     logger.addHandler(handler)
     settings = {**fresh_db(pg_cluster, 2), "user": SECRET_ROLE, "password": SECRET_PASSWORD}
 
-    async def main() -> None:
-        async with hvcore.AsyncDatastore([dict(shards="0-4", **settings)], backend="jsonb", logger=logger) as db:
+    async def main(log_values: bool) -> None:
+        async with hvcore.AsyncDatastore(
+            [dict(shards="0-4", **settings)], backend="jsonb", logger=logger, log_values=log_values
+        ) as db:
             await db.provision()
             key = await db.put(1, 5, colour="red")
             await db.put_many(1, 5, [{"colour": "blue"}])
             await db.get(key)
             async with db.cursor(2) as cur:
                 await cur.execute("SELECT %s::int AS x", (41,))
+            assert key in [r.key async for r in db.query(where={"colour": "red"})]
 
     try:
-        run(main)
+        run(lambda: main(log_values=False))
+        hidden = "\n".join(lines)
+        lines.clear()
+        run(lambda: main(log_values=True))
     finally:
         logger.removeHandler(handler)
     text = "\n".join(lines)
+    assert "INSERT INTO" in hidden and "COPY" in hidden and "body @> %s" in hidden  # query() is logged too
+    assert "red" not in hidden and "blue" not in hidden and "41" not in hidden  # values only when asked
     assert "INSERT INTO" in text and "red" in text and "COPY" in text and "blue" in text
     assert "SELECT kind, body" in text and "41" in text
-    assert SECRET_PASSWORD not in text
+    assert SECRET_PASSWORD not in text + hidden
 
 
 # -- query plan ------------------------------------------------------------------------------------------------

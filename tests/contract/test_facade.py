@@ -205,14 +205,25 @@ def test_context_manager_closes(make_datastore) -> None:
         store.get(key)
 
 
-def test_logger_sees_operations(make_datastore, caplog: pytest.LogCaptureFixture) -> None:
+def test_logger_sees_operations_at_debug_without_values(make_datastore, caplog: pytest.LogCaptureFixture) -> None:
     logger = logging.getLogger("hv-contract")
     store = make_datastore(logger=logger)
     with caplog.at_level(logging.DEBUG, logger="hv-contract"):
-        key = store.put(1, 1, a="b")
+        key = store.put(1, 1, a="private-value")
         store.get(key)
-    assert len(caplog.records) >= 2
-    assert str(int(key)) in caplog.text
+        list(store.query(where={"a": "private-value"}))
+    assert len(caplog.records) >= 3
+    assert {r.levelno for r in caplog.records} == {logging.DEBUG}  # statements are DEBUG, never INFO
+    assert "private-value" not in caplog.text  # bound values (user data) only with log_values=True
+
+
+def test_log_values_logs_bound_values(make_datastore, caplog: pytest.LogCaptureFixture) -> None:
+    logger = logging.getLogger("hv-contract-values")
+    store = make_datastore(logger=logger, log_values=True)
+    with caplog.at_level(logging.DEBUG, logger="hv-contract-values"):
+        key = store.put(1, 1, a="shown-value")
+        store.get(key)
+    assert "shown-value" in caplog.text and str(int(key)) in caplog.text
 
 
 def test_hypervault_layout_store(make_datastore) -> None:

@@ -20,7 +20,9 @@ def backend_pids(db: hvcore.Datastore, shards: tuple[int, ...]) -> list[int]:
     for shard in shards:
         with db.cursor(shard) as cur:
             cur.execute("SELECT pg_backend_pid() AS pid")
-            pids.append(cur.fetchone()["pid"])
+            row = cur.fetchone()
+            assert row is not None
+            pids.append(row["pid"])
     return pids
 
 

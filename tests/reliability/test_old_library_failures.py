@@ -56,7 +56,9 @@ def test_killed_session_costs_no_failed_call_and_no_slot(fault_pg: FaultServers)
     # a session killed while the application holds it: its own statement fails (psycopg's error, on its own
     # connection), the connection goes back, and the slot is not lost
     conn = db.get_connection(1)
-    pid = conn.execute("SELECT pg_backend_pid() AS pid").fetchone()["pid"]
+    row = conn.execute("SELECT pg_backend_pid() AS pid").fetchone()
+    assert row is not None
+    pid = row["pid"]
     conn.rollback()
     terminate(fault_pg, 0, [pid])
     with pytest.raises(psycopg.OperationalError):
@@ -169,7 +171,9 @@ def test_fork_child_closing_its_datastore_leaves_the_parent_sessions_alive(fault
     db = one_server(fault_pg, pool_max=1)
     with db.cursor(1) as cur:
         cur.execute("SELECT pg_backend_pid() AS pid")
-        parent_pid = cur.fetchone()["pid"]
+        row = cur.fetchone()
+        assert row is not None
+        parent_pid = row["pid"]
     pid = os.fork()
     if pid == 0:  # child: uses the store, then closes it, as an exiting worker would
         code = 1

@@ -164,7 +164,8 @@ def test_sql_injection_in_config_values_is_inert(fault_pg: FaultServers) -> None
         db.provision()
         with db.cursor(1) as cur:
             cur.execute("SELECT application_name FROM pg_stat_activity WHERE pid = pg_backend_pid()")
-            assert cur.fetchone()["application_name"] == name
+            row = cur.fetchone()
+            assert row is not None and row["application_name"] == name
     canary.intact()
 
 
