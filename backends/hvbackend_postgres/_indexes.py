@@ -22,6 +22,7 @@ generic plan.
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
@@ -138,9 +139,12 @@ def recorded_indexes(conn: Conn) -> list[IndexSpec]:
 
 
 def unique_violation(exc: psycopg.Error, shard_id: int, label: str) -> DuplicateValue | None:
-    """The `DuplicateValue` for a unique violation of a secondary index (None for the primary key: a key taken)."""
+    """The `DuplicateValue` for a unique violation of a secondary index (None for the primary key: a key taken).
+
+    On Citus the primary key of a shard placement carries the placement's number (``entities_pkey_102009``).
+    """
     constraint = exc.diag.constraint_name
-    if constraint is None or constraint == PKEY_INDEX:
+    if constraint is None or constraint == PKEY_INDEX or re.fullmatch(f"{PKEY_INDEX}_[0-9]+", constraint):
         return None
     detail = exc.diag.message_detail or ""
     value = detail.rsplit(")=(", 1)[-1].removesuffix(") already exists.") if ")=(" in detail else "?"
