@@ -17,6 +17,7 @@ from psycopg.rows import RowMaker, dict_row, tuple_row
 from psycopg.types import TypeInfo
 from psycopg.types.json import Jsonb
 
+from hvbackend_postgres._fanout import check_parameters, group_pieces, item_shard, limit_error, shard_pieces
 from hvbackend_postgres._indexsql import typed_conditions
 from hvbackend_postgres._schema import (
     BODY_TYPES,
@@ -36,7 +37,6 @@ from hvcore.errors import ConfigError, DuplicateKey, NotProvisioned, PoolTimeout
 __all__ = [
     "ADVISORY_LOCK",
     "BACKEND_CHECK_SQL",
-    "COUNT_BATCH",
     "HSTORE_SCHEMA_SQL",
     "PROVISION_BATCH",
     "PROVISION_WORKERS",
@@ -60,7 +60,6 @@ __all__ = [
 
 PROVISION_BATCH = 200  # shards per provisioning transaction (thousands in one run out of lock slots)
 PROVISION_WORKERS = 2  # parallel provisioning sessions per server
-COUNT_BATCH = 500  # shards per row-count query
 # A query stream's round trips: a small first fetch (the first record comes quickly), then each one asks for
 # QUERY_FETCH_GROWTH times more rows, up to QUERY_FETCH_MAX (memory holds one batch of decoded rows at a time).
 # The cap is measured: on loopback a 100,000-row stream got slower with every larger cap tried (best of 15:
@@ -414,6 +413,9 @@ class StoreCore:
             self._sql.clear()
             self._fetch_parts.clear()
             return NotProvisioned(f"the hstore extension is missing in {self._label}: run `hv init --config FILE`")
+        limit = limit_error(exc, self._label)  # lock table, stack depth, parameters, size (_fanout)
+        if limit is not None:
+            return limit
         if isinstance(exc, psycopg.OperationalError) and (state is None or state in _SERVER_GONE_STATES):
             return self._unavailable(exc)
         return exc
@@ -512,6 +514,21 @@ class StoreCore:
         parts = self._fetch_parts
         text = " UNION ALL ".join(parts.get(shard) or self._fetch_part(shard, ext) for shard in by_shard)
         return text, list(by_shard.values()), next(iter(by_shard))
+
+    def _fetch_many_statements(
+        self, items: Sequence[tuple[int, Key]], ext: str | None
+    ) -> list[tuple[str, list[list[int]]]]:
+        """`_fetch_many_sql` per piece of at most `SHARDS_PER_STATEMENT` shards (`_fanout`): bounded locks."""
+        return [self._fetch_many_sql(piece, ext)[:2] for piece in group_pieces(items, item_shard)]
+
+    def _query_pieces_of(self, shard_ids: Sequence[int], spec: QuerySpec, ext: str | None) -> list[list[int]]:
+        """The pieces of shards a query's statements cover: bounded relations and bound values per statement.
+
+        `InvalidQuery` (before any SQL) if the filter alone binds more values than one statement may.
+        """
+        _, params = self._query_sql(shard_ids[:1], spec, ext)
+        check_parameters(len(params), "this query's filter")
+        return shard_pieces(shard_ids, len(params))
 
     def _fetch_part(self, shard_id: int, ext: str | None) -> str:
         part = self._select_shards([(shard_id, sql.SQL(" WHERE id = ANY(%s::bigint[])"))], ext).as_string(None)
