@@ -773,7 +773,8 @@ class AsyncPostgresServerStore(StoreCore):
         if old_tables:
             raise legacy_table_error(old_tables, self._label)
         if sample:
-            for shard, max_id in await (await conn.execute(max_id_query(sample))).fetchall():
+            statements = [(max_id_query(piece), ()) for piece in shard_pieces(sample)]  # bounded locks (_fanout)
+            for shard, max_id in [row for rows in await self._pieces(conn, statements) for row in rows]:
                 problem = layout_problem(shard, self._label, layout, max_id=max_id, next_id_epoch=None, now_ms=now_ms)
                 if problem is not None:
                     raise problem

@@ -58,7 +58,10 @@ __all__ = [
     "statement_text",
 ]
 
-PROVISION_BATCH = 200  # shards per provisioning transaction (thousands in one run out of lock slots)
+# Shards per provisioning transaction: each shard's DDL holds about 6 relation locks until COMMIT (table, TOAST
+# table and index, 3 indexes), so 16 shards keep a transaction near the default max_locks_per_transaction (64), like
+# every multi-shard statement (_fanout). 200 per transaction held ~1,200 of the 6,400 shared lock entries per worker.
+PROVISION_BATCH = 16
 PROVISION_WORKERS = 2  # parallel provisioning sessions per server
 # A query stream's round trips: a small first fetch (the first record comes quickly), then each one asks for
 # QUERY_FETCH_GROWTH times more rows, up to QUERY_FETCH_MAX (memory holds one batch of decoded rows at a time).

@@ -12,7 +12,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 import pytest
@@ -20,6 +20,7 @@ from fixtures.pgservers import PgCluster
 
 import hvcore
 from hvbackend_postgres._fanout import LOCKS_PER_SHARD, SHARDS_PER_STATEMENT
+from hvbackend_postgres._store import PostgresServerStore
 from hvcore import Key, Record
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -151,7 +152,7 @@ def test_query_limit_stops_early_and_the_stream_holds_nothing(fleet: Fleet) -> N
         first = [next(stream) for _ in range(3)]
         assert _rows(first) == fleet.expected(lambda r: r.kind == 1, 3)
         assert all(server["pool"]["borrowed"] == 0 for server in db.status())
-        stream.close()
+        stream.close()  # type: ignore[attr-defined]
 
 
 def test_get_many_one_key_in_every_shard_and_20000_keys(fleet: Fleet) -> None:
@@ -236,7 +237,7 @@ def test_a_raw_statement_over_the_lock_table_is_a_typed_error(fleet: Fleet) -> N
     low, high = (int(x) for x in store_settings["shards"].split("-"))
     union = " UNION ALL ".join(f"SELECT count(*) FROM {shard_schema(s)}.entities" for s in range(low, high))
     with fleet.datastore() as db:
-        store = db._stores[0]
+        store = cast(PostgresServerStore, db._stores[0])
         with pytest.raises(hvcore.ServerLimitReached) as caught, db.cursor(low) as cur:
             try:
                 cur.execute(f"SELECT sum(count) FROM ({union}) AS t")
@@ -250,7 +251,7 @@ def test_a_raw_statement_over_the_lock_table_is_a_typed_error(fleet: Fleet) -> N
 def test_too_many_parameters_is_not_server_unavailable(fleet: Fleet) -> None:
     """libpq's refusal of > 65,535 parameters: ServerLimitReached ("bind parameters"), never ServerUnavailable."""
     with fleet.datastore() as db:
-        store = db._stores[0]
+        store = cast(PostgresServerStore, db._stores[0])
         low = int(fleet.servers[0]["shards"].split("-")[0])
         with db.cursor(low) as cur:
             with pytest.raises(psycopg.Error) as raw:
