@@ -53,7 +53,13 @@ from hvbackend_postgres._common import (
     query_fetch_sizes,
     query_records,
 )
-from hvbackend_postgres._fanout import PIPELINE_PIECES, QueryPiece, shard_pieces
+from hvbackend_postgres._fanout import (
+    PIPELINE_PIECES,
+    QueryPiece,
+    configure_preparation,
+    prepare_hot,
+    shard_pieces,
+)
 from hvbackend_postgres._indexes import PostgresIndexes, unique_violation
 from hvbackend_postgres._lease import PostgresWorkerLease, alease_worker
 from hvbackend_postgres._legacy import LEGACY_SQL, layout_problem, legacy_signs, legacy_table_error, max_id_query
@@ -160,6 +166,7 @@ class AsyncPostgresServerStore(StoreCore):
         conn.adapters.register_dumper(Key, Int8BinaryDumper)
         set_json_loads(load_json, conn)
         set_json_dumps(dump_json, conn)
+        configure_preparation(conn)  # room for every shard's point statements, prepared (_fanout)
         if self._cursor_factory is not None:
             conn.cursor_factory = self._cursor_factory
 
@@ -437,7 +444,7 @@ class AsyncPostgresServerStore(StoreCore):
         """
         conn, pool = await self._checkout()
         try:
-            cur = await conn.execute(query, params)
+            cur = await conn.execute(query, params, prepare=prepare_hot(conn))
             return await cur.fetchone() if cur.description is not None else None
         except pg_errors.UniqueViolation:
             if retried and write:

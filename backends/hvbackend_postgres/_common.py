@@ -17,6 +17,7 @@ from psycopg.rows import RowMaker, dict_row, tuple_row
 from psycopg.types import TypeInfo
 from psycopg.types.json import Jsonb
 
+from hvbackend_postgres import _fanout
 from hvbackend_postgres._fanout import check_parameters, group_pieces, item_shard, limit_error, shard_pieces
 from hvbackend_postgres._indexsql import typed_conditions
 from hvbackend_postgres._schema import (
@@ -425,8 +426,12 @@ class StoreCore:
 
     def _pool_kwargs(self) -> dict[str, Any]:
         """Arguments of the psycopg_pool pool (sync or async) of this server."""
+        kwargs = {**self._kwargs, "autocommit": True}
+        options = _fanout.session_options(kwargs.get("options"))
+        if options is not None:
+            kwargs["options"] = options
         return {
-            "kwargs": {**self._kwargs, "autocommit": True},
+            "kwargs": kwargs,
             "min_size": 0,
             "max_size": self._options.pool_max,
             "timeout": self._options.pool_block_timeout,

@@ -30,16 +30,22 @@ from hvcore._backend import Record
 from hvcore.errors import InvalidQuery, ServerLimitReached
 
 __all__ = [
+    "GENERIC_PLANS",
     "LOCKS_PER_SHARD",
     "MAX_BIND_PARAMETERS",
     "PARAMETER_BUDGET",
     "PIPELINE_PIECES",
+    "PREPARED_MAX",
+    "PREPARE_HOT",
     "SHARDS_PER_STATEMENT",
     "QueryPiece",
     "check_parameters",
+    "configure_preparation",
     "group_pieces",
     "item_shard",
     "limit_error",
+    "prepare_hot",
+    "session_options",
     "shard_pieces",
 ]
 
@@ -48,6 +54,17 @@ SHARDS_PER_STATEMENT = 16  # 16 × 4 = 64 relations locked: the default max_lock
 MAX_BIND_PARAMETERS = 65_535  # the extended protocol's limit (a 16-bit count in the Bind message)
 PARAMETER_BUDGET = 4_096  # values bound by one multi-shard statement of ours: far below the limit
 PIPELINE_PIECES = 256  # statements per pipeline when refilling a query's pieces or counting rows
+
+# Statement preparation (see docs/fanout.md for the measurements). Each shard has its own statements (its schema
+# is in their text), so psycopg's defaults (prepare a text after 5 runs, counting only the last 100 texts) never
+# prepare anything on a map of thousands of shards: every put and get is parsed and planned, and planning reopens
+# the shard's relation files (a backend keeps max_files_per_process = 1,000 open against ~16,000 relation files per
+# server with 4,096 shards). So the stores prepare their per-shard point statements (insert, fetch) on their first
+# run in a session and keep up to PREPARED_MAX of them per session; other statements (the user's, multi-shard
+# pieces) keep psycopg's rules. Read when used, so a benchmark can change them.
+PREPARE_HOT = True  # prepare each shard's insert/fetch statement on first use (unless preparing is disabled)
+PREPARED_MAX = 16_384  # prepared statements kept per session (psycopg's prepared_max; its default is 100)
+GENERIC_PLANS = False  # also plan_cache_mode = force_generic_plan in every session (measured; off by default)
 
 _T = TypeVar("_T")
 _K = TypeVar("_K", bound=Hashable)
@@ -65,6 +82,29 @@ class QueryPiece:
     rows: deque[Record] = field(default_factory=deque)
     last: int | None = None
     done: bool = False
+
+
+def configure_preparation(conn: Any) -> None:
+    """Let a new pooled session keep `PREPARED_MAX` prepared statements (if the stores prepare theirs).
+
+    A session whose settings disabled preparing (``prepare_threshold=None``: PgBouncer in transaction mode) is left
+    alone. Memory: a prepared point statement costs its server session a few KiB of plan cache (measured:
+    benchmarks/bench_fanout.py), for the statements the session actually ran.
+    """
+    if PREPARE_HOT and conn.prepare_threshold is not None:
+        conn.prepared_max = max(conn.prepared_max, PREPARED_MAX)
+
+
+def prepare_hot(conn: Any) -> bool | None:
+    """``prepare=`` for a per-shard point statement on ``conn``: True (prepare now), or None (psycopg's rules)."""
+    return True if PREPARE_HOT and conn.prepare_threshold is not None else None
+
+
+def session_options(options: str | None) -> str | None:
+    """The libpq ``options`` of pooled sessions: the given ones, plus forced generic plans if `GENERIC_PLANS`."""
+    if not GENERIC_PLANS:
+        return options
+    return " ".join(part for part in (options, "-c plan_cache_mode=force_generic_plan") if part)
 
 
 def item_shard(item: tuple[int, Any]) -> int:

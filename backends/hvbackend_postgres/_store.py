@@ -50,7 +50,7 @@ from hvbackend_postgres._common import (
     query_fetch_sizes,
     query_records,
 )
-from hvbackend_postgres._fanout import PIPELINE_PIECES, QueryPiece, shard_pieces
+from hvbackend_postgres._fanout import PIPELINE_PIECES, QueryPiece, configure_preparation, prepare_hot, shard_pieces
 from hvbackend_postgres._indexes import PostgresIndexes, unique_violation
 from hvbackend_postgres._lease import PostgresWorkerLease, lease_worker
 from hvbackend_postgres._legacy import LEGACY_SQL, layout_problem, legacy_signs, legacy_table_error, max_id_query
@@ -155,6 +155,7 @@ class PostgresServerStore(StoreCore):
         conn.adapters.register_dumper(Key, Int8BinaryDumper)
         set_json_loads(load_json, conn)
         set_json_dumps(dump_json, conn)
+        configure_preparation(conn)  # room for every shard's point statements, prepared (_fanout)
         if self._cursor_factory is not None:
             conn.cursor_factory = self._cursor_factory
 
@@ -422,7 +423,7 @@ class PostgresServerStore(StoreCore):
         """
         conn, pool = self._checkout()
         try:
-            cur = conn.execute(query, params)
+            cur = conn.execute(query, params, prepare=prepare_hot(conn))
             return cur.fetchone() if cur.description is not None else None
         except pg_errors.UniqueViolation:
             if retried and write:
