@@ -298,6 +298,7 @@ RECOMMENDED = {
     "max_files_per_process": "20000",  # every relation file of 4096 shards stays open (needs `ulimit -n` above it)
     "autovacuum_analyze_scale_factor": "0.5",  # fewer autoanalyze runs (each resets sessions' relation caches)
     "autovacuum_analyze_threshold": "1000",
+    "shared_buffers": "512MB",  # 8192 shards x 4 relations of hot pages: ~256 MB, over the default 128 MB
 }
 
 
