@@ -328,6 +328,8 @@ def main() -> None:
     args = parser.parse_args()
     servers = json.loads(args.servers.read_text()) if args.servers else None
     r = run(args.quick, servers, [v for v in args.variants.split(",") if v], args.point_only, args.recommended)
+    if args.json:
+        args.json.write_text(json.dumps(r, indent=2) + "\n")
     for name, figures in r["point"].items():
         us = figures["us"]
         print(
@@ -360,8 +362,6 @@ def main() -> None:
         f"get_many(8192): {g['8192']:.1f} µs/key over 8192 shards vs {g['64']:.1f} over 64: "
         f"{r['get_many']['ratio']:.2f}x"
     )
-    if args.json:
-        args.json.write_text(json.dumps(r, indent=2) + "\n")
 
 
 if __name__ == "__main__":

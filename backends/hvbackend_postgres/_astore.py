@@ -54,6 +54,7 @@ from hvbackend_postgres._common import (
     query_records,
 )
 from hvbackend_postgres._fanout import (
+    FIRST_FILL_ROWS,
     PIPELINE_PIECES,
     QueryPiece,
     configure_preparation,
@@ -643,7 +644,8 @@ class AsyncPostgresServerStore(StoreCore):
         merged with a heap of each piece's next key (as `heapq.merge` does), and ``limit`` stops the stream.
         """
         key_type = self._options.layout.key_type
-        states = [QueryPiece(shards, query_fetch_sizes(spec.limit)) for shards in pieces]
+        first = max(10, FIRST_FILL_ROWS // len(pieces))  # the first round trip buffers ≤ FIRST_FILL_ROWS rows
+        states = [QueryPiece(shards, query_fetch_sizes(spec.limit, first)) for shards in pieces]
         await self._fill(states, spec, ext, key_type)
         heap = [(int(p.rows[0].key), i) for i, p in enumerate(states) if p.rows]
         heapq.heapify(heap)

@@ -157,13 +157,15 @@ def load_json(data: str | bytes) -> Any:
     return value if end == len(text) else _decoder.decode(text)
 
 
-def query_fetch_sizes(limit: int | None) -> Iterator[int]:
+def query_fetch_sizes(limit: int | None, first: int | None = None) -> Iterator[int]:
     """Rows to ask for in each round trip of a query stream: 100, 400, then 500 each time (with the defaults).
 
     With a ``limit`` the sizes add up to exactly the limit and then end, so no round trip asks for more rows than
-    the stream can still yield. The module's constants are read on every call (tests change them).
+    the stream can still yield. ``first`` (at most `QUERY_FETCH_FIRST`) starts smaller: the pieces of a query over
+    thousands of shards share one first round trip. The module's constants are read on every call (tests change
+    them).
     """
-    size = max(1, min(QUERY_FETCH_FIRST, QUERY_FETCH_MAX))
+    size = max(1, min(QUERY_FETCH_FIRST if first is None else min(first, QUERY_FETCH_FIRST), QUERY_FETCH_MAX))
     remaining = limit
     while remaining is None or remaining > 0:
         if remaining is not None:

@@ -30,6 +30,7 @@ from hvcore._backend import Record
 from hvcore.errors import InvalidQuery, ServerLimitReached
 
 __all__ = [
+    "FIRST_FILL_ROWS",
     "GENERIC_PLANS",
     "LOCKS_PER_SHARD",
     "MAX_BIND_PARAMETERS",
@@ -54,6 +55,7 @@ SHARDS_PER_STATEMENT = 16  # 16 × 4 = 64 relations locked: the default max_lock
 MAX_BIND_PARAMETERS = 65_535  # the extended protocol's limit (a 16-bit count in the Bind message)
 PARAMETER_BUDGET = 4_096  # values bound by one multi-shard statement of ours: far below the limit
 PIPELINE_PIECES = 256  # statements per pipeline when refilling a query's pieces or counting rows
+FIRST_FILL_ROWS = 10_000  # rows a query's first round trip over many pieces asks for in all (≥ 10 per piece)
 
 # Statement preparation (see docs/fanout.md for the measurements). Each shard has its own statements (its schema
 # is in their text), so psycopg's defaults (prepare a text after 5 runs, counting only the last 100 texts) never

@@ -50,7 +50,14 @@ from hvbackend_postgres._common import (
     query_fetch_sizes,
     query_records,
 )
-from hvbackend_postgres._fanout import PIPELINE_PIECES, QueryPiece, configure_preparation, prepare_hot, shard_pieces
+from hvbackend_postgres._fanout import (
+    FIRST_FILL_ROWS,
+    PIPELINE_PIECES,
+    QueryPiece,
+    configure_preparation,
+    prepare_hot,
+    shard_pieces,
+)
 from hvbackend_postgres._indexes import PostgresIndexes, unique_violation
 from hvbackend_postgres._lease import PostgresWorkerLease, lease_worker
 from hvbackend_postgres._legacy import LEGACY_SQL, layout_problem, legacy_signs, legacy_table_error, max_id_query
@@ -620,7 +627,8 @@ class PostgresServerStore(StoreCore):
         merged with a heap of each piece's next key (as `heapq.merge` does), and ``limit`` stops the stream.
         """
         key_type = self._options.layout.key_type
-        states = [QueryPiece(shards, query_fetch_sizes(spec.limit)) for shards in pieces]
+        first = max(10, FIRST_FILL_ROWS // len(pieces))  # the first round trip buffers ≤ FIRST_FILL_ROWS rows
+        states = [QueryPiece(shards, query_fetch_sizes(spec.limit, first)) for shards in pieces]
         self._fill(states, spec, ext, key_type)
         heap = [(int(p.rows[0].key), i) for i, p in enumerate(states) if p.rows]
         heapq.heapify(heap)
