@@ -42,6 +42,7 @@ from hvcore.errors import (
     StoreClosed,
     WorkerLeaseError,
     WorkerLeaseLost,
+    WriteOutcomeUnknown,
 )
 from hvcore.hookspecs import hookimpl
 
@@ -102,6 +103,7 @@ __all__ = [
     "WorkerLeaseError",
     "WorkerLeaseLost",
     "WorkerSlice",
+    "WriteOutcomeUnknown",
     "__version__",
     "default_registry",
     "hookimpl",

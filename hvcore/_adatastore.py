@@ -322,7 +322,8 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
             key = await self._next_key(shard_id)
             try:
                 await store.insert(shard_id, key, kind, data)
-            except DuplicateKey:
+            except DuplicateKey:  # another writer holds the key: a fresh one, never an overwrite or a success
+                self._count_collisions(shard_id, 1)
                 self._log_duplicate(shard_id, key)
                 continue
             except ShardMoved as moved:  # refused by the shard's old server: nothing written, retry where it is
@@ -333,18 +334,22 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         raise too_many_duplicates(shard_id)
 
     async def put_many(self, shard_id: int, kind: int, rows: Iterable[Mapping[str, Any]]) -> list[Key]:
-        """Store many bodies in one shard in one round trip, all or nothing; return their keys in row order."""
+        """Store many bodies in one shard in one round trip, all or nothing; return their keys in row order.
+
+        Keys another writer already holds are redrawn (only those: the rest of the batch keeps its keys) and the
+        batch is sent again, up to `PUT_ATTEMPTS` times; the keys returned are the ones stored.
+        """
         store = self.store_for(shard_id)
         kind = check_kind(kind)
         bodies = self._check_rows(rows, store.check_data)
         if not bodies:
             return []
+        keys = await self._keys(shard_id, len(bodies))
         for _ in range(PUT_ATTEMPTS):
-            keys = await self._keys(shard_id, len(bodies))
             try:
                 await store.insert_many(shard_id, [(k, kind, b) for k, b in zip(keys, bodies, strict=True)])
-            except DuplicateKey:
-                self._log_duplicate(shard_id, keys[0])
+            except DuplicateKey as taken:
+                keys = await self._redraw(shard_id, keys, taken.keys)
                 continue
             except ShardMoved as moved:
                 self._follow(moved)
@@ -352,6 +357,21 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
                 continue
             return keys
         raise too_many_duplicates(shard_id)
+
+    async def _redraw(self, shard_id: int, keys: list[Key], taken: Sequence[int]) -> list[Key]:
+        """``keys`` with the taken ones (all of them if the backend could not tell which) replaced by fresh keys."""
+        mine = set(keys)
+        known = {int(k) for k in taken if int(k) in mine}
+        positions = [i for i, k in enumerate(keys) if int(k) in known] if known else list(range(len(keys)))
+        self._count_collisions(shard_id, len(positions))
+        self._log_duplicate(shard_id, keys[positions[0]])
+        fresh: list[Key] = []
+        while len(fresh) < len(positions):  # a fresh key is never one the batch already holds
+            fresh.extend(k for k in await self._keys(shard_id, len(positions) - len(fresh)) if k not in mine)
+        out = list(keys)
+        for position, key in zip(positions, fresh, strict=False):
+            out[position] = key
+        return out
 
     async def get(self, key: Key | int) -> Record | None:
         """The record stored under ``key``, or None."""
@@ -516,7 +536,11 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         return await agather(*spawned)
 
     async def status(self) -> list[dict[str, Any]]:
-        """Per server: label, reachable, shards, pool stats, rows (errors reported, not raised)."""
+        """Per server: label, reachable, shards, pool stats, key collisions, rows (errors reported, not raised).
+
+        ``key_collisions`` counts this datastore's keys that another writer already held on that server's shards
+        (each redrawn and stored under a fresh key); ``pool`` includes the commit-status checks of lost writes.
+        """
         out: list[dict[str, Any]] = []
         for index, store in enumerate(self._live()):
             shards = self.shard_map.shards_of(index)
@@ -525,6 +549,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
                 "shards": format_ranges(shards),
                 "shard_count": len(shards),
                 "pool": store.stats(),
+                "key_collisions": sum(self._collisions_by_shard.get(shard, 0) for shard in shards),
             }
             try:
                 counts = await store.row_counts(shards)

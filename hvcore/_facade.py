@@ -164,6 +164,16 @@ class FacadeBase(Generic[StoreT]):
         self._key_type = config.layout.key_type
         self._stores = []
         self._closed = True
+        self.key_collisions = 0  # keys found taken by another writer and redrawn (see _count_collisions)
+        self._collisions_by_shard: dict[int, int] = {}
+
+    def _count_collisions(self, shard_id: int, count: int) -> None:
+        """Record ``count`` keys of ``shard_id`` found taken: each was redrawn, never overwritten or acknowledged.
+
+        ``key_collisions`` (total) and ``status()`` (per server) show them; a metrics exporter reads the attribute.
+        """
+        self.key_collisions += count
+        self._collisions_by_shard[shard_id] = self._collisions_by_shard.get(shard_id, 0) + count
 
     @classmethod
     def from_config(cls, config: str | Path | DatastoreConfig, **overrides: Any) -> Self:

@@ -21,6 +21,7 @@
     ├── StoreClosed (RuntimeError)          used after ``disconnect()``
     ├── PoolTimeout (TimeoutError)          no connection free within ``pool_block_timeout``
     ├── ServerUnavailable (OSError)         a server cannot be reached (named without its password)
+    │   └── WriteOutcomeUnknown             a write's connection was lost and the server cannot tell yet if it committed
     ├── NotProvisioned (RuntimeError)       schemas or extensions missing: run ``hv init``
     ├── DuplicateKey (RuntimeError)         a key already stored (retried with a fresh key by ``put``)
     ├── DuplicateValue (ValueError)         a body value a unique index of the shard already holds
@@ -59,6 +60,7 @@ __all__ = [
     "StoreClosed",
     "WorkerLeaseError",
     "WorkerLeaseLost",
+    "WriteOutcomeUnknown",
 ]
 
 
@@ -214,10 +216,33 @@ class NotProvisioned(HypervaultError, RuntimeError):
     __module__ = "hvcore"
 
 
-class DuplicateKey(HypervaultError, RuntimeError):
-    """A key that is already stored was inserted again."""
+class WriteOutcomeUnknown(ServerUnavailable):
+    """A write lost its connection and PostgreSQL could not say, within the wait, whether it committed.
+
+    Raised when the write's transaction was still in progress on the server (an orphaned session) for longer than
+    the settle wait, or when no server answered the question. ``keys`` are the keys the write used: each either
+    holds this write's row or no row, never another writer's (a retry never assumes success).
+    """
 
     __module__ = "hvcore"
+
+    def __init__(self, message: str, *, keys: tuple[int, ...] = ()) -> None:
+        super().__init__(message)
+        self.keys = keys
+
+
+class DuplicateKey(HypervaultError, RuntimeError):
+    """A key that is already stored was inserted again (another writer holds it).
+
+    ``keys`` are the keys found taken, when the backend knows them (a batch names every one of its taken keys),
+    so `Datastore.put_many` redraws only those; empty when unknown.
+    """
+
+    __module__ = "hvcore"
+
+    def __init__(self, message: str, *, keys: tuple[int, ...] = ()) -> None:
+        super().__init__(message)
+        self.keys = keys
 
 
 class DuplicateValue(HypervaultError, ValueError):

@@ -341,7 +341,9 @@ class MemoryServerStore:
         with self._lock:
             taken = [int(r.key) for r in records if int(r.key) in table]
             if taken or len({int(r.key) for r in records}) != len(records):
-                raise DuplicateKey(f"key(s) {taken[:5]} already exist in shard {shard_id} on {self.label}")
+                raise DuplicateKey(
+                    f"key(s) {taken[:5]} already exist in shard {shard_id} on {self.label}", keys=tuple(taken)
+                )
             MemoryIndexes(self).check_unique(shard_id, table, records)
             for record in records:
                 table[int(record.key)] = record

@@ -12,12 +12,12 @@ import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import psycopg
 import psycopg_pool
 from psycopg import errors as pg_errors
-from psycopg import pq
+from psycopg import pq, sql
 from psycopg.rows import tuple_row
 from psycopg.types import TypeInfo
 from psycopg.types.hstore import register_hstore
@@ -32,6 +32,20 @@ from hvbackend_postgres._citus import (
     check_citus_version,
     distribute_sql,
     read_citus,
+)
+from hvbackend_postgres._commit import (
+    COMMITTED,
+    IN_PROGRESS,
+    SETTLE_POLL,
+    SETTLE_SECONDS,
+    STATUS_SQL,
+    TERMINATE_SQL,
+    UNKNOWN,
+    XID_RETURNING,
+    XID_SQL,
+    CommitCounters,
+    returned_xid,
+    returning_xid,
 )
 from hvbackend_postgres._common import (
     ADVISORY_LOCK,
@@ -65,10 +79,10 @@ from hvbackend_postgres._schema import (
     shard_ddl,
     shard_schema,
 )
-from hvcore._acompat import ALock, agather, aspawn, ato_thread
+from hvcore._acompat import ALock, agather, asleep, aspawn, ato_thread
 from hvcore._backend import BackendOptions, ProvisionReport, QuerySpec, Record
 from hvcore._key import Key
-from hvcore.errors import ConnectionMisuse, ServerUnavailable
+from hvcore.errors import ConnectionMisuse, DuplicateKey, ServerUnavailable
 
 __all__ = ["AsyncPostgresServerStore"]
 
@@ -141,6 +155,7 @@ class AsyncPostgresServerStore(StoreCore):
         self._pool_lock = ALock()
         self._lock = threading.Lock()  # guards the borrowed-connection book-keeping (no await inside)
         self._borrowed: dict[int, tuple[AConn, _Pool]] = {}
+        self._commit_counters = CommitCounters()  # lost writes settled by asking the server (see _commit)
         if True:  # ASYNC
             self._retired: set[asyncio.Task[None]] = set()  # old pools closing in the background
 
@@ -396,20 +411,12 @@ class AsyncPostgresServerStore(StoreCore):
             statements = self._sql[shard_id] = ShardSQL.build(shard_id, self.backend, await self._ext())
         return statements
 
-    async def _with_conn(self, shard_id: int, op: Callable[[AConn], Awaitable[_T]], *, committed: object = None) -> _T:
-        """Run ``op`` on a pooled connection; one retry if the connection was lost underneath.
-
-        ``committed`` is what a retried write returns when it hits a unique violation: its first attempt was
-        committed before the connection was lost (client-side ids make this safe to tell).
-        """
+    async def _with_conn(self, shard_id: int, op: Callable[[AConn], Awaitable[_T]]) -> _T:
+        """Run ``op`` (a read) on a pooled connection; one retry if the connection was lost underneath."""
         for attempt in (0, 1):
             conn, pool = await self._checkout()
             try:
                 return await op(conn)
-            except pg_errors.UniqueViolation:
-                if attempt and committed is not None:
-                    return cast(_T, committed)
-                raise
             except psycopg.OperationalError as exc:
                 if attempt == 0 and conn.closed:
                     self._log("connection to %s lost (%s): retrying once", self._label, type(exc).__name__)
@@ -424,22 +431,15 @@ class AsyncPostgresServerStore(StoreCore):
                 await self._checkin(conn, pool)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _run(
-        self, shard_id: int, query: str, params: Sequence[Any], *, write: bool = False, retried: bool = False
-    ) -> tuple[Any, ...] | None:
-        """Run one statement on a pooled connection and return its first row (or None): the hot path.
+    async def _run(self, shard_id: int, query: str, params: Sequence[Any], *, retried: bool = False) -> Any:
+        """Run one read statement on a pooled connection and return its first row (or None): the hot path.
 
-        A connection lost underneath is retried once; a retried write hitting a unique violation was committed
-        by its first attempt (client-side ids make this safe to tell), so it counts as done.
+        A connection lost underneath is retried once.
         """
         conn, pool = await self._checkout()
         try:
             cur = await conn.execute(query, params)
             return await cur.fetchone() if cur.description is not None else None
-        except pg_errors.UniqueViolation:
-            if retried and write:
-                return None
-            raise
         except psycopg.OperationalError as exc:
             if retried or not conn.closed:
                 raise self._translate(exc, shard_id) from None
@@ -451,13 +451,89 @@ class AsyncPostgresServerStore(StoreCore):
             raise error from None
         finally:
             await self._checkin(conn, pool)
-        return await self._run(shard_id, query, params, write=write, retried=True)
+        return await self._run(shard_id, query, params, retried=True)
+
+    async def _write(self, shard_id: int, query: Any, params: Sequence[Any], keys: Sequence[Key]) -> int:
+        """Run one write statement that returns its transaction id (`_commit`); the rows it wrote.
+
+        One round trip: the statement, a Flush (its row, so the transaction id, leaves the server before the
+        commit) and the Sync that commits. A connection lost underneath: the server is asked whether the
+        transaction committed (`_settle`); committed → done, aborted or never started → run again (once).
+        """
+        for attempt in (0, 1):
+            conn, pool = await self._checkout()
+            cur: Any = None
+            lost: psycopg.OperationalError | None = None
+            try:
+                async with conn.pipeline():
+                    cur = await conn.execute(query, params)
+                    conn.pgconn.send_flush_request()
+                return returned_xid(cur)[1]
+            except psycopg.OperationalError as exc:
+                if not conn.closed:
+                    raise self._translate(exc, shard_id) from None
+                xid, rows = returned_xid(cur)
+                lost = exc
+                self._log("connection to %s lost during a write (%s): asking its commit status", self._label, exc)
+            except psycopg.Error as exc:
+                error = self._translate(exc, shard_id)
+                if error is exc:
+                    raise
+                raise error from None
+            finally:
+                await self._checkin(conn, pool)
+            if await self._settle(shard_id, xid, keys) == COMMITTED:
+                return rows
+            if attempt:
+                raise self._unavailable(lost) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _settle(self, shard_id: int, xid: int | None, keys: Sequence[Key]) -> str:
+        """Whether transaction ``xid`` of a lost connection committed, asked on a fresh connection.
+
+        ``committed`` or ``aborted``; `UNKNOWN` when no id was received (the statement never completed, so
+        nothing committed) or the server no longer remembers it. A transaction still in progress (its orphaned
+        session runs on) is waited for up to `SETTLE_SECONDS`, then ended with ``pg_terminate_backend``;
+        `WriteOutcomeUnknown` if no server answers or it still does not settle.
+        """
+        if xid is None:
+            self._commit_counters.count(UNKNOWN)
+            return UNKNOWN
+        deadline = time.monotonic() + SETTLE_SECONDS
+        ended = False
+        try:
+            conn = await self._admin()
+        except ServerUnavailable as exc:
+            raise self._outcome_unknown(xid, keys, f"no server answered the question ({exc})") from None
+        try:
+            while True:
+                row = await (await conn.execute(STATUS_SQL, (str(xid),))).fetchone()
+                status = str(row[0]) if row is not None and row[0] is not None else UNKNOWN
+                if status != IN_PROGRESS:
+                    self._commit_counters.count(status, ended=ended)
+                    self._log("lost write transaction %s on %s: %s", xid, self._label, status)
+                    return status
+                if time.monotonic() > deadline:
+                    if ended:
+                        raise self._outcome_unknown(xid, keys, "it is still in progress after its session was ended")
+                    await conn.execute(TERMINATE_SQL, (str(xid & 0xFFFFFFFF),))
+                    ended = True
+                    deadline = time.monotonic() + SETTLE_SECONDS
+                await asleep(SETTLE_POLL)
+        except psycopg.Error as exc:
+            raise self._outcome_unknown(xid, keys, f"the question failed ({type(exc).__name__}: {exc})") from None
+        finally:
+            await conn.close()
 
     async def insert(self, shard_id: int, key: Key, kind: int, data: Mapping[str, Any]) -> None:
-        """Store one entity with a single autocommitted INSERT; `DuplicateKey` if the id is taken."""
+        """Store one entity with a single INSERT (one round trip); `DuplicateKey` if the id is taken.
+
+        The INSERT returns its transaction id before it commits, so a lost connection is settled by asking the
+        server (`_write`), never by guessing.
+        """
         statements = self._sql.get(shard_id) or await self._shard_sql(shard_id)
         try:
-            await self._run(shard_id, statements.insert, self._insert_params(key, kind, data), write=True)
+            await self._write(shard_id, returning_xid(statements.insert), self._insert_params(key, kind, data), (key,))
         except pg_errors.UniqueViolation as exc:  # the key, or a unique secondary index (_indexes)
             raise unique_violation(exc, shard_id, self._label) or self._duplicate(shard_id, key) from None
 
@@ -487,24 +563,82 @@ class AsyncPostgresServerStore(StoreCore):
         if not self._backend_checked:
             await self._check_backend()
         statement = self._copy_sql(shard_id)
+        keys = [row[0] for row in rows]
+        for attempt in (0, 1):
+            conn, pool = await self._checkout()
+            xid: int | None = None
+            lost: psycopg.OperationalError | None = None
+            taken = False
+            try:
+                if self.text_only:
+                    await self._hstore_type(conn)
+                self._log_copy(statement, rows)
+                async with conn.pipeline():  # BEGIN and the transaction id in one round trip, before any row
+                    await conn.execute("BEGIN")
+                    first = await conn.execute(XID_SQL)
+                row = await first.fetchone()
+                xid = int(row[0]) if row is not None else None
+                async with conn.cursor() as cur:
+                    if self._hstore_info is not None:
+                        register_hstore(self._hstore_info, cur)
+                    async with cur.copy(statement) as copy:
+                        copy.set_types(self._copy_types())
+                        for values in self._copy_rows(rows):
+                            await copy.write_row(values)
+                await conn.execute("COMMIT")
+                return
+            except pg_errors.UniqueViolation as exc:  # a key, or a unique secondary index (_indexes)
+                error = unique_violation(exc, shard_id, self._label)
+                if error is not None:
+                    raise error from None
+                taken = True
+            except psycopg.OperationalError as exc:
+                if not conn.closed:
+                    raise self._translate(exc, shard_id) from None
+                lost = exc
+                self._log("connection to %s lost during a COPY (%s): asking its commit status", self._label, exc)
+            except psycopg.Error as exc:
+                translated = self._translate(exc, shard_id)
+                if translated is exc:
+                    raise
+                raise translated from None
+            finally:
+                await self._end_transaction(conn)
+                await self._checkin(conn, pool)
+            if taken:
+                raise await self._taken_keys(shard_id, keys)
+            assert lost is not None  # every other way out of the attempt returned or raised
+            if await self._settle(shard_id, xid, keys) == COMMITTED:
+                return
+            if attempt:
+                raise self._unavailable(lost) from None
 
-        async def op(conn: AConn) -> bool:
-            if self.text_only:
-                await self._hstore_type(conn)
-            self._log_copy(statement, rows)
-            async with conn.transaction(), conn.cursor() as cur:
-                if self._hstore_info is not None:
-                    register_hstore(self._hstore_info, cur)
-                async with cur.copy(statement) as copy:
-                    copy.set_types(self._copy_types())
-                    for row in self._copy_rows(rows):
-                        await copy.write_row(row)
-            return True
-
+    @staticmethod
+    async def _end_transaction(conn: AConn) -> None:
+        """Roll back what a failed write left open (a dead connection is left to the pool to discard)."""
+        if conn.closed or conn.pgconn.transaction_status == pq.TransactionStatus.IDLE:
+            return
         try:
-            await self._with_conn(shard_id, op, committed=True)
-        except pg_errors.UniqueViolation as exc:  # a key, or a unique secondary index (_indexes)
-            raise unique_violation(exc, shard_id, self._label) or self._duplicate_batch(shard_id, len(rows)) from None
+            await conn.rollback()
+        except psycopg.Error:
+            await conn.close()
+
+    async def _taken_keys(self, shard_id: int, keys: Sequence[Key]) -> DuplicateKey:
+        """The `DuplicateKey` of a batch: which of its keys another writer holds (one query, after the refusal)."""
+        query = self._taken_sql(shard_id)
+
+        async def op(conn: AConn) -> list[tuple[Any, ...]]:
+            return list(await (await conn.execute(query, ([int(k) for k in keys],))).fetchall())
+
+        taken = sorted(int(row[0]) for row in await self._with_conn(shard_id, op))
+        within = len(set(keys)) != len(keys)
+        if not taken and not within:
+            return self._duplicate_batch(shard_id, len(keys))
+        return DuplicateKey(
+            f"{len(taken)} key(s) of this batch of {len(keys)} already exist in shard {shard_id} on {self._label} "
+            f"(first: {taken[:3]})",
+            keys=tuple(taken),
+        )
 
     async def fetch_many(self, items: Sequence[tuple[int, Key]]) -> list[Record]:
         """Records stored under these (shard, key) pairs, in one round trip; missing keys are left out."""
@@ -518,26 +652,21 @@ class AsyncPostgresServerStore(StoreCore):
         return self._records(items, await self._with_conn(first_shard, op))
 
     async def update(self, shard_id: int, key: Key, data: Mapping[str, Any], *, merge: bool) -> bool:
-        """Merge ``data`` into the stored body (``||``), or replace it; False if the key is not stored."""
-        query = self._update_sql(shard_id, await self._ext(), merge=merge)
+        """Merge ``data`` into the stored body (``||``), or replace it; False if the key is not stored.
+
+        One round trip; a lost connection is settled by asking the server (`_write`).
+        """
+        query = self._update_sql(shard_id, await self._ext(), merge=merge) + sql.SQL(XID_RETURNING)
         params = (*self._body_params(data), key)
-
-        async def op(conn: AConn) -> bool:
-            return (await conn.execute(query, params)).rowcount > 0
-
         try:
-            return await self._with_conn(shard_id, op)
+            return await self._write(shard_id, query, params, (key,)) > 0
         except pg_errors.UniqueViolation as exc:  # a unique secondary index (_indexes)
             raise unique_violation(exc, shard_id, self._label) or exc from None
 
     async def delete(self, shard_id: int, key: Key) -> bool:
-        """Delete one entity; False if the key is not stored."""
-        query = self._delete_sql(shard_id)
-
-        async def op(conn: AConn) -> bool:
-            return (await conn.execute(query, (key,))).rowcount > 0
-
-        return await self._with_conn(shard_id, op)
+        """Delete one entity; False if the key is not stored (one round trip, settled like `update`)."""
+        query = self._delete_sql(shard_id) + sql.SQL(XID_RETURNING)
+        return await self._write(shard_id, query, (key,), (key,)) > 0
 
     async def query(self, shard_ids: Sequence[int], spec: QuerySpec) -> AsyncGenerator[Record, None]:
         """Matching records of these shards in key order, streamed through a server-side cursor.
@@ -778,4 +907,4 @@ class AsyncPostgresServerStore(StoreCore):
     def stats(self) -> dict[str, Any]:
         """Pool figures: pool_max, size, available, borrowed (lent by this store), waiting, connection errors."""
         pool = self._pool
-        return self._stats(pool.get_stats() if pool is not None else {})
+        return {**self._stats(pool.get_stats() if pool is not None else {}), **self._commit_counters.as_dict()}
