@@ -455,8 +455,9 @@ class PostgresServerStore(StoreCore):
                     conn.pgconn.send_flush_request()
                 return returned_xid(cur)[1]
             except psycopg.OperationalError as exc:
-                if not conn.closed:
+                if not self._lost(conn, exc):
                     raise self._translate(exc, shard_id) from None
+                conn.close()
                 xid, rows = returned_xid(cur)
                 lost = exc
                 self._log("connection to %s lost during a write (%s): asking its commit status", self._label, exc)
@@ -472,6 +473,14 @@ class PostgresServerStore(StoreCore):
             if attempt:
                 raise self._unavailable(lost) from None
         raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    def _lost(conn: Conn, exc: psycopg.OperationalError) -> bool:
+        """True if a write's outcome is unknown: its connection died, or a client-side wait gave up mid-statement.
+
+        An error the server sent (it has an SQLSTATE) rolled the transaction back: not lost, just failed.
+        """
+        return conn.closed or exc.sqlstate is None
 
     def _settle(self, shard_id: int, xid: int | None, keys: Sequence[Key]) -> str:
         """Whether transaction ``xid`` of a lost connection committed, asked on a fresh connection.
@@ -578,8 +587,9 @@ class PostgresServerStore(StoreCore):
                     raise error from None
                 taken = True
             except psycopg.OperationalError as exc:
-                if not conn.closed:
+                if not self._lost(conn, exc):
                     raise self._translate(exc, shard_id) from None
+                conn.close()
                 lost = exc
                 self._log("connection to %s lost during a COPY (%s): asking its commit status", self._label, exc)
             except psycopg.Error as exc:
