@@ -21,9 +21,13 @@ from typing import Any
 import psycopg
 import pytest
 from fixtures.faults import FaultServers
+from hypothesis import HealthCheck, event, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 import hvcore
 from hvbackend_postgres import _astore, _store
+from hvcore import _keymaker
 
 pytestmark = pytest.mark.postgres
 
@@ -248,3 +252,93 @@ def test_independent_processes_on_one_shard_lose_and_misattribute_nothing(
     wrong = [k for k, (w, n) in acked.items() if stored.get(k) != {"w": w, "n": n}]
     assert not wrong, f"{len(wrong)} acknowledged keys hold another row, e.g. {wrong[:3]}"
     print(f"\n4 independent {'async' if use_async else 'sync'} writers: {total} rows, {collisions} collisions redrawn")
+
+
+# -- the property: any interleaving of two writers sharing a shard ---------------------------------------------------
+
+
+class TickingClock:
+    """A clock both writers read: it moves on one millisecond every ``per_ms`` readings (a deterministic pace)."""
+
+    def __init__(self, per_ms: int) -> None:
+        self.per_ms = per_ms
+        self.reads = 0
+
+    def __call__(self) -> int:
+        self.reads += 1
+        return T0 + self.reads // self.per_ms
+
+
+def _interleave(dbs: list[Any], ops: list[tuple[int, int]]) -> tuple[dict[int, dict[str, Any]], list[Exception]]:
+    """Run ``ops`` ((writer, n): a put if n == 1, else a put_many of n) in order; acknowledged key → body, failures."""
+    acked: dict[int, dict[str, Any]] = {}
+    failures: list[Exception] = []
+    for step, (writer, n) in enumerate(ops):
+        bodies = [{"w": writer, "step": step, "i": i} for i in range(n)]
+        try:
+            keys = [dbs[writer].put(SHARD, 1, **bodies[0])] if n == 1 else dbs[writer].put_many(SHARD, 1, bodies)
+        except hvcore.DuplicateKey as exc:  # every fresh key taken, 8 times over: typed, and nothing stored
+            failures.append(exc)
+            continue
+        assert len(keys) == n
+        for key, body in zip(keys, bodies, strict=True):
+            assert int(key) not in acked, f"key {int(key)} acknowledged twice"
+            acked[int(key)] = body
+    return acked, failures
+
+
+OPS = st.lists(st.tuples(st.integers(0, 1), st.sampled_from([1, 1, 2, 17, 120])), min_size=1, max_size=25)
+
+
+@hsettings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=OPS, per_ms=st.integers(1, 600), seed=st.integers(0, 2**32), random_start=st.sampled_from([True, False]))
+def test_any_interleaving_of_two_writers_stores_every_acknowledged_key_with_its_own_row(
+    ops: list[tuple[int, int]], per_ms: int, seed: int, random_start: bool
+) -> None:
+    """Two generators (the default random start, and the old lockstep) on one memory shard, any interleaving."""
+    _keymaker.seed_random(seed)
+    clock = TickingClock(per_ms)
+    name = f"prop-{seed}-{per_ms}-{len(ops)}-{time.perf_counter_ns()}"
+    dbs = [hvcore.Datastore([dict(shards="0-16", name=name)], backend="memory") for _ in range(2)]
+    for db in dbs:
+        db.generator = hvcore.KeyGenerator(clock=clock, random_start=random_start)
+    try:
+        dbs[0].provision()
+        acked, _ = _interleave(dbs, ops)
+        stored = {int(r.key): r.data for r in dbs[0].query(shards=[SHARD])}
+        assert stored == acked  # every acknowledged key holds its own writer's row; nothing else was stored
+        event(f"collisions: {'some' if any(db.key_collisions for db in dbs) else 'none'}")
+    finally:
+        for db in dbs:
+            db.close()
+
+
+@pytest.fixture(scope="module")
+def property_db(fault_pg: FaultServers) -> Iterator[dict[str, Any]]:
+    """A provisioned database of fault server 0 for the property run on PostgreSQL."""
+    db, settings = fresh(fault_pg)
+    db.close()
+    yield settings
+
+
+@hsettings(
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
+@given(ops=OPS, per_ms=st.integers(100, 3000), seed=st.integers(0, 2**32))
+def test_any_interleaving_of_two_writers_on_postgresql_stores_every_acknowledged_key_with_its_own_row(
+    fault_pg: FaultServers, property_db: dict[str, Any], ops: list[tuple[int, int]], per_ms: int, seed: int
+) -> None:
+    """The same on a real server, with the default scheme (a random start per millisecond)."""
+    fault_pg.sql(0, f"TRUNCATE shard{SHARD:04d}.entities", dbname=property_db["dbname"])
+    _keymaker.seed_random(seed)
+    clock = TickingClock(per_ms)
+    dbs = [hvcore.Datastore([dict(shards="0-16", **property_db)], backend="jsonb") for _ in range(2)]
+    for db in dbs:
+        db.generator = hvcore.KeyGenerator(clock=clock, random_start=True)
+    try:
+        acked, _ = _interleave(dbs, ops)
+        assert rows_of_shard(fault_pg, property_db["dbname"]) == acked
+        event(f"collisions: {'some' if any(db.key_collisions for db in dbs) else 'none'}")
+    finally:
+        for db in dbs:
+            db.close()
