@@ -18,6 +18,7 @@ import psycopg
 import psycopg_pool
 from psycopg import errors as pg_errors
 from psycopg import pq, sql
+from psycopg.adapt import PyFormat, Transformer
 from psycopg.rows import tuple_row
 from psycopg.types import TypeInfo
 from psycopg.types.hstore import register_hstore
@@ -34,6 +35,7 @@ from hvbackend_postgres._citus import (
     read_citus,
 )
 from hvbackend_postgres._commit import (
+    BEGIN_XID_SQL,
     COMMITTED,
     IN_PROGRESS,
     SETTLE_POLL,
@@ -42,7 +44,6 @@ from hvbackend_postgres._commit import (
     TERMINATE_SQL,
     UNKNOWN,
     XID_RETURNING,
-    XID_SQL,
     CommitCounters,
     returned_xid,
     returning_xid,
@@ -70,6 +71,7 @@ from hvbackend_postgres._lease import PostgresWorkerLease, alease_worker
 from hvbackend_postgres._legacy import LEGACY_SQL, layout_problem, legacy_signs, legacy_table_error, max_id_query
 from hvbackend_postgres._migrate import PostgresMigrator, new_shard_ddl
 from hvbackend_postgres._move import PostgresMover
+from hvbackend_postgres._onetrip import PreparedNames, dollar_params, error_in, until_sync
 from hvbackend_postgres._schema import (
     TABLE,
     ShardSQL,
@@ -156,6 +158,9 @@ class AsyncPostgresServerStore(StoreCore):
         self._lock = threading.Lock()  # guards the borrowed-connection book-keeping (no await inside)
         self._borrowed: dict[int, tuple[AConn, _Pool]] = {}
         self._commit_counters = CommitCounters()  # lost writes settled by asking the server (see _commit)
+        self._prepared = PreparedNames()  # our write statements each pooled connection has prepared (_onetrip)
+        self._dollar: dict[str, bytes] = {}  # write statements with $n placeholders
+        self._write_sql: dict[tuple[int, bool | None, str | None], str] = {}  # update (merge) and delete (None)
         if True:  # ASYNC
             self._retired: set[asyncio.Task[None]] = set()  # old pools closing in the background
 
@@ -462,18 +467,17 @@ class AsyncPostgresServerStore(StoreCore):
         """
         for attempt in (0, 1):
             conn, pool = await self._checkout()
-            cur: Any = None
+            box: list[pq.abc.PGresult] = []
             lost: psycopg.OperationalError | None = None
             try:
-                async with conn.pipeline():
-                    cur = await conn.execute(query, params)
-                    conn.pgconn.send_flush_request()
-                return returned_xid(cur)[1]
+                await self._send_write(conn, query, params, box)
+                return returned_xid(box)[1]
             except psycopg.OperationalError as exc:
                 if not self._lost(conn, exc):
                     raise self._translate(exc, shard_id) from None
+                xid, rows = returned_xid(box)
+                self._give_up_waiting(conn, xid, keys)
                 await conn.close()
-                xid, rows = returned_xid(cur)
                 lost = exc
                 self._log("connection to %s lost during a write (%s): asking its commit status", self._label, exc)
             except psycopg.Error as exc:
@@ -489,6 +493,54 @@ class AsyncPostgresServerStore(StoreCore):
                 raise self._unavailable(lost) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
+    async def _send_write(self, conn: AConn, query: str, params: Sequence[Any], box: list[pq.abc.PGresult]) -> None:
+        """Parse (once per connection) / Bind / Execute, Flush, Sync in one write (`_onetrip`); results into ``box``.
+
+        A server error is raised as psycopg's exception; a statement the session no longer has (DISCARD ALL,
+        DEALLOCATE) or already has is prepared again or used as it is.
+        """
+        text = self._dollar.get(query)
+        if text is None:
+            text = self._dollar[query] = dollar_params(query)[0]
+        tx = Transformer(conn)
+        values = tx.dump_sequence(params, [PyFormat.AUTO] * len(params))
+        if self._cursor_factory is not None:
+            self._log_statement(query, params, conn)
+        pgconn = conn.pgconn
+        prepare = conn.prepare_threshold is not None
+        name = PreparedNames.name(text + repr(tx.types).encode()) if prepare else b""
+        for _ in (0, 1):
+            fresh = prepare and not self._prepared.known(conn, name)
+            del box[:]
+            pgconn.enter_pipeline_mode()
+            try:
+                if fresh:
+                    pgconn.send_prepare(name, text, param_types=tx.types)
+                if prepare:
+                    pgconn.send_query_prepared(name, values, param_formats=tx.formats)
+                else:
+                    pgconn.send_query_params(text, values, param_types=tx.types, param_formats=tx.formats)
+                pgconn.send_flush_request()
+                pgconn.pipeline_sync()
+                await conn.wait(until_sync(pgconn, box))
+            finally:
+                if pgconn.status == pq.ConnStatus.OK and pgconn.pipeline_status != pq.PipelineStatus.OFF:
+                    pgconn.exit_pipeline_mode()
+            error = error_in(box, conn.info.encoding)  # the Parse's (if sent) or the statement's
+            if isinstance(error, pg_errors.InvalidSqlStatementName):
+                self._prepared.forget(conn)
+                continue
+            if isinstance(error, pg_errors.DuplicatePreparedStatement):
+                self._prepared.add(conn, name)
+                continue
+            if error is not None:
+                raise error
+            if fresh:
+                self._prepared.add(conn, name)
+            if not any(result.status == pq.ExecStatus.TUPLES_OK for result in box):
+                raise psycopg.InterfaceError(f"no result for a write on {self._label}: {[r.status for r in box]}")
+            return
+
     @staticmethod
     def _lost(conn: AConn, exc: psycopg.OperationalError) -> bool:
         """True if a write's outcome is unknown: its connection died, or a client-side wait gave up mid-statement.
@@ -496,6 +548,20 @@ class AsyncPostgresServerStore(StoreCore):
         An error the server sent (it has an SQLSTATE) rolled the transaction back: not lost, just failed.
         """
         return conn.closed or exc.sqlstate is None
+
+    def _give_up_waiting(self, conn: AConn, xid: int | None, keys: Sequence[Key]) -> None:
+        """A write that timed out on the client before its transaction id arrived: its session may still run it.
+
+        Nothing tells whether (or when) it commits, so it is not retried: `WriteOutcomeUnknown`, naming its keys.
+        A connection the server closed is different: the statement's row is sent before the commit, so no id
+        means no commit, and the write is retried.
+        """
+        if xid is None and not conn.closed:
+            conn.pgconn.finish()  # the orphaned session is the server's to end; this socket is done with
+            self._commit_counters.count(UNKNOWN)
+            raise self._outcome_unknown(
+                None, keys, f"the server did not answer within operation_timeout={self._options.operation_timeout} s"
+            )
 
     async def _settle(self, shard_id: int, xid: int | None, keys: Sequence[Key]) -> str:
         """Whether transaction ``xid`` of a lost connection committed, asked on a fresh connection.
@@ -511,9 +577,11 @@ class AsyncPostgresServerStore(StoreCore):
         deadline = time.monotonic() + SETTLE_SECONDS
         ended = False
         try:
-            conn = await self._admin()
-        except ServerUnavailable as exc:
-            raise self._outcome_unknown(xid, keys, f"no server answered the question ({exc})") from None
+            conn = await bounded_async_connection_class(self._options.operation_timeout).connect(
+                self._conninfo, **{**self._kwargs, "autocommit": True}
+            )
+        except psycopg.Error as exc:
+            raise self._outcome_unknown(xid, keys, f"no server answered the question ({type(exc).__name__})") from None
         try:
             while True:
                 row = await (await conn.execute(STATUS_SQL, (str(xid),))).fetchone()
@@ -582,9 +650,9 @@ class AsyncPostgresServerStore(StoreCore):
                 if self.text_only:
                     await self._hstore_type(conn)
                 self._log_copy(statement, rows)
-                async with conn.pipeline():  # BEGIN and the transaction id in one round trip, before any row
-                    await conn.execute("BEGIN")
-                    first = await conn.execute(XID_SQL)
+                # BEGIN and the transaction id in one round trip (one simple-protocol query), before any row
+                first = await conn.execute(BEGIN_XID_SQL, prepare=False)
+                first.nextset()  # the SELECT's rows follow the BEGIN's (empty) result
                 row = await first.fetchone()
                 xid = int(row[0]) if row is not None else None
                 async with conn.cursor() as cur:
@@ -604,6 +672,7 @@ class AsyncPostgresServerStore(StoreCore):
             except psycopg.OperationalError as exc:
                 if not self._lost(conn, exc):
                     raise self._translate(exc, shard_id) from None
+                self._give_up_waiting(conn, xid, keys)
                 await conn.close()
                 lost = exc
                 self._log("connection to %s lost during a COPY (%s): asking its commit status", self._label, exc)
@@ -666,7 +735,11 @@ class AsyncPostgresServerStore(StoreCore):
 
         One round trip; a lost connection is settled by asking the server (`_write`).
         """
-        query = self._update_sql(shard_id, await self._ext(), merge=merge) + sql.SQL(XID_RETURNING)
+        ext = await self._ext()
+        query = self._write_sql.get((shard_id, merge, ext))
+        if query is None:
+            composed = self._update_sql(shard_id, ext, merge=merge) + sql.SQL(XID_RETURNING)
+            query = self._write_sql[(shard_id, merge, ext)] = composed.as_string(None)
         params = (*self._body_params(data), key)
         try:
             return await self._write(shard_id, query, params, (key,)) > 0
@@ -675,7 +748,10 @@ class AsyncPostgresServerStore(StoreCore):
 
     async def delete(self, shard_id: int, key: Key) -> bool:
         """Delete one entity; False if the key is not stored (one round trip, settled like `update`)."""
-        query = self._delete_sql(shard_id) + sql.SQL(XID_RETURNING)
+        query = self._write_sql.get((shard_id, None, None))
+        if query is None:
+            composed = self._delete_sql(shard_id) + sql.SQL(XID_RETURNING)
+            query = self._write_sql[(shard_id, None, None)] = composed.as_string(None)
         return await self._write(shard_id, query, (key,), (key,)) > 0
 
     async def query(self, shard_ids: Sequence[int], spec: QuerySpec) -> AsyncGenerator[Record, None]:

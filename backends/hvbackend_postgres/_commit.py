@@ -21,6 +21,7 @@ from psycopg import pq
 
 __all__ = [
     "ABORTED",
+    "BEGIN_XID_SQL",
     "COMMITTED",
     "IN_PROGRESS",
     "SETTLE_POLL",
@@ -29,7 +30,6 @@ __all__ = [
     "TERMINATE_SQL",
     "UNKNOWN",
     "XID_RETURNING",
-    "XID_SQL",
     "CommitCounters",
     "returned_xid",
     "returning_xid",
@@ -41,7 +41,7 @@ IN_PROGRESS = "in progress"
 UNKNOWN = "unknown"  # no id received, or too old for the server to remember: the write is retried
 
 XID_RETURNING = " RETURNING pg_current_xact_id()::text"
-XID_SQL = "SELECT pg_current_xact_id()::text"
+BEGIN_XID_SQL = "BEGIN; SELECT pg_current_xact_id()::text"  # no parameters: one simple-protocol query
 STATUS_SQL = "SELECT pg_xact_status(%s::xid8)"
 # The orphaned session still running our transaction, found by its transaction id (not by the pid the client saw:
 # behind PgBouncer that pid is the pooler's, not the server's).
@@ -55,16 +55,18 @@ def returning_xid(statement: str) -> str:
     return statement + XID_RETURNING
 
 
-def returned_xid(cur: Any) -> tuple[int | None, int]:
-    """(transaction id, rows) a write statement's cursor received, even if the connection died afterwards.
+def returned_xid(box: list[Any]) -> tuple[int | None, int]:
+    """(transaction id, rows) of a write statement's results as received, even if the connection died after them.
 
-    Reads the libpq result psycopg attached to the cursor as it arrived: (None, 0) if nothing arrived.
+    ``box`` holds the libpq results that arrived (`_onetrip.until_sync`): (None, 0) if no row arrived.
     """
-    result = getattr(cur, "pgresult", None) if cur is not None else None
-    if result is None or result.status != pq.ExecStatus.TUPLES_OK or result.ntuples == 0:
-        return None, 0
-    value = result.get_value(0, result.nfields - 1)
-    return (int(value) if value is not None else None), result.ntuples
+    for result in box:
+        if result.status == pq.ExecStatus.TUPLES_OK:
+            if result.ntuples == 0:
+                return None, 0
+            value = result.get_value(0, result.nfields - 1)
+            return (int(value) if value is not None else None), result.ntuples
+    return None, 0
 
 
 class CommitCounters:

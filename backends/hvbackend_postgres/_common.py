@@ -403,12 +403,12 @@ class StoreCore:
     def _duplicate(self, shard_id: int, key: Key) -> DuplicateKey:
         return DuplicateKey(f"key {int(key)} already exists in shard {shard_id} on {self._label}")
 
-    def _outcome_unknown(self, xid: int, keys: Sequence[Key], why: str) -> WriteOutcomeUnknown:
+    def _outcome_unknown(self, xid: int | None, keys: Sequence[Key], why: str) -> WriteOutcomeUnknown:
         shown = ", ".join(str(int(k)) for k in keys[:3]) + (" ..." if len(keys) > 3 else "")
+        which = f"its transaction {xid}" if xid is not None else "it"
         return WriteOutcomeUnknown(
-            f"a write to {self._label} lost its connection and whether its transaction {xid} committed is not "
-            f"known: {why}. Its keys ({shown}) hold this write's rows or none, never another writer's; read them "
-            "to know",
+            f"a write to {self._label} lost its connection and whether {which} committed is not known: {why}. "
+            f"Its keys ({shown}) hold this write's rows or none, never another writer's; read them to know",
             keys=tuple(int(k) for k in keys),
         )
 
