@@ -110,7 +110,7 @@ def _pairs(settings: dict[str, Any], n: int, rounds: int) -> dict[str, float]:
 def run(quick: bool = False) -> dict[str, Any]:
     """Both pairs on two throwaway servers: durable commits (fsync and synchronous_commit on, PostgreSQL's
     defaults) and CPU-bound ones (both off: the check's cost at its largest share); per-op µs and ratios."""
-    n, rounds = (200, 5) if quick else (500, 15)
+    n, rounds = (100, 9) if quick else (100, 61)
     out: dict[str, Any] = {"ops_per_block": n, "blocks": rounds}
     for label, fsync in (("durable", True), ("no_fsync", False)):
         with local_servers(1, fsync=fsync) as servers:
