@@ -71,7 +71,7 @@ from hvbackend_postgres._lease import PostgresWorkerLease, alease_worker
 from hvbackend_postgres._legacy import LEGACY_SQL, layout_problem, legacy_signs, legacy_table_error, max_id_query
 from hvbackend_postgres._migrate import PostgresMigrator, new_shard_ddl
 from hvbackend_postgres._move import PostgresMover
-from hvbackend_postgres._onetrip import PreparedNames, dollar_params, error_in, until_sync
+from hvbackend_postgres._onetrip import PIPELINE, PreparedNames, dollar_params, error_in, until_sync
 from hvbackend_postgres._schema import (
     TABLE,
     ShardSQL,
@@ -499,6 +499,11 @@ class AsyncPostgresServerStore(StoreCore):
         A server error is raised as psycopg's exception; a statement the session no longer has (DISCARD ALL,
         DEALLOCATE) or already has is prepared again or used as it is.
         """
+        if not PIPELINE:  # libpq before 14: the id comes with the commit's reply (settled less often, never guessed)
+            cur = await conn.execute(query, params)
+            if cur.pgresult is not None:
+                box.append(cur.pgresult)
+            return
         text = self._dollar.get(query)
         if text is None:
             text = self._dollar[query] = dollar_params(query)[0]
@@ -527,11 +532,11 @@ class AsyncPostgresServerStore(StoreCore):
                 if pgconn.status == pq.ConnStatus.OK and pgconn.pipeline_status != pq.PipelineStatus.OFF:
                     pgconn.exit_pipeline_mode()
             error = error_in(box, conn.info.encoding)  # the Parse's (if sent) or the statement's
-            if isinstance(error, pg_errors.InvalidSqlStatementName):
+            if prepare and isinstance(error, (pg_errors.InvalidSqlStatementName, pg_errors.DuplicatePreparedStatement)):
+                # the session lost our statements (DISCARD ALL, DEALLOCATE) or is another server session behind a
+                # transaction pooler: forget them and send this one unprepared (nothing was executed)
                 self._prepared.forget(conn)
-                continue
-            if isinstance(error, pg_errors.DuplicatePreparedStatement):
-                self._prepared.add(conn, name)
+                prepare = False
                 continue
             if error is not None:
                 raise error
@@ -540,6 +545,7 @@ class AsyncPostgresServerStore(StoreCore):
             if not any(result.status == pq.ExecStatus.TUPLES_OK for result in box):
                 raise psycopg.InterfaceError(f"no result for a write on {self._label}: {[r.status for r in box]}")
             return
+        raise AssertionError("unreachable")  # pragma: no cover (the unprepared try returns or raises)
 
     @staticmethod
     def _lost(conn: AConn, exc: psycopg.OperationalError) -> bool:

@@ -17,9 +17,12 @@ import zlib
 from collections.abc import Generator
 from typing import Any
 
+import psycopg
 from psycopg import errors, generators, pq
 
-__all__ = ["PreparedNames", "dollar_params", "error_in", "until_sync"]
+__all__ = ["PIPELINE", "PreparedNames", "dollar_params", "error_in", "until_sync"]
+
+PIPELINE = psycopg.Pipeline.is_supported()  # libpq 14 or later (the binary wheels ship a recent one)
 
 _PARAM = re.compile(r"%(s|%)")
 

@@ -342,3 +342,15 @@ def test_any_interleaving_of_two_writers_on_postgresql_stores_every_acknowledged
     finally:
         for db in dbs:
             db.close()
+
+
+def test_a_session_that_lost_our_prepared_statements_still_writes(fault_pg: FaultServers) -> None:
+    """DEALLOCATE ALL on a pooled session (user code through cursor()): the next writes there are sent unprepared."""
+    db, settings = fresh(fault_pg, pool_max=1)
+    first = db.put(SHARD, 1, n=1)  # the only pooled session prepares the INSERT
+    with db.cursor(SHARD) as cur:
+        cur.execute("DEALLOCATE ALL")
+    second = db.put(SHARD, 1, n=2)
+    assert db.update(first, n=3) is True
+    assert rows_of_shard(fault_pg, settings["dbname"]) == {int(first): {"n": 3}, int(second): {"n": 2}}
+    db.close()
