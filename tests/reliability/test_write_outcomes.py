@@ -354,3 +354,36 @@ def test_a_session_that_lost_our_prepared_statements_still_writes(fault_pg: Faul
     assert db.update(first, n=3) is True
     assert rows_of_shard(fault_pg, settings["dbname"]) == {int(first): {"n": 3}, int(second): {"n": 2}}
     db.close()
+
+
+def test_a_write_ended_between_its_statement_and_its_commit_is_aborted_and_runs_again(fault_pg: FaultServers) -> None:
+    """A deferred trigger makes the commit slow: the session is ended after the id arrived, before the commit."""
+    db, settings = fresh(fault_pg)
+    fault_pg.sql(
+        0,
+        f"CREATE FUNCTION shard{SHARD:04d}.slow_commit() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN PERFORM pg_sleep(1.0); RETURN NULL; END $$;"
+        f"CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON shard{SHARD:04d}.entities "
+        f"DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION shard{SHARD:04d}.slow_commit()",
+        dbname=settings["dbname"],
+    )
+    outcome: list[Any] = []
+    worker = threading.Thread(target=lambda: outcome.append(_capture(lambda: db.put(SHARD, 1, n=1))), daemon=True)
+    worker.start()
+    deadline = time.monotonic() + 10
+    pids: list[tuple[Any, ...]] = []
+    while not pids and time.monotonic() < deadline:
+        pids = fault_pg.sql(
+            0,
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND wait_event = 'PgSleep'",
+            (settings["dbname"],),
+        )
+        time.sleep(0.01)
+    assert pids, "the commit never waited in the trigger"
+    fault_pg.sql(0, "SELECT pg_terminate_backend(%s)", (pids[0][0],))
+    worker.join(30)
+    assert isinstance(outcome[0], hvcore.Key), outcome
+    assert rows_of_shard(fault_pg, settings["dbname"]) == {int(outcome[0]): {"n": 1}}
+    pool = db.status()[0]["pool"]
+    assert pool["commit_checks"] == 1 and pool["commit_checks_aborted"] == 1, pool
+    db.close()
