@@ -116,10 +116,14 @@ class ShardTransaction:
             )
 
     def _aborted_error(self, operation: str) -> TransactionError:
-        cause = f" by {type(self._error).__name__}: {self._error}" if self._error is not None else ""
-        return TransactionError(
-            f"{operation}: the transaction on shard {self.shard_id} was aborted{cause}; leave its block (or the enclosing `with tx.transaction():` savepoint block) to roll it back"
-        )
+        cause = f" by {type(self._error).__name__}: {self._error}" if self._error is not None else " by an error"
+        if operation == "commit":
+            what = "so it was rolled back and nothing was committed (the error was caught inside its block)"
+        elif operation == "savepoint release":
+            what = "so the block was rolled back to its savepoint (the error was caught inside it)"
+        else:
+            what = "leave its block (or the enclosing `with tx.transaction():` savepoint block) to roll it back"
+        return TransactionError(f"{operation}: the transaction on shard {self.shard_id} was aborted{cause}; {what}")
 
     def _abort(self, exc: BaseException) -> None:
         if self._error is None:
