@@ -17,18 +17,17 @@ import enum
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from hvcore._acompat import ato_thread
 from hvcore._backend import AsyncStoreTransaction, AsyncSupportsTransactions, QuerySpec, Record
-from hvcore._facade import PUT_ATTEMPTS, check_kind, too_many_duplicates
+from hvcore._facade import PUT_ATTEMPTS, too_many_duplicates
 from hvcore._key import Key
-from hvcore._schemadefs import FieldFilter, IndexSpec, bind_filters, split_ranges
+from hvcore._schemadefs import FieldFilter, IndexSpec, bind_filters, check_kind, split_ranges
 from hvcore._show import show_value
 from hvcore.errors import ConfigError, HypervaultError, InvalidKey, ShardMoved, TransactionError
 
-if TYPE_CHECKING:
-    from hvcore._adatastore import AsyncDatastore
+AsyncDatastore = Any  # the AsyncDatastore that opened the transaction (not imported: it imports this module)
 
 __all__ = ["ISOLATION_LEVELS", "AsyncShardTransaction", "check_isolation_level", "open_transaction"]
 
@@ -159,7 +158,7 @@ class AsyncShardTransaction:
 
     def _key(self, key: object, operation: str) -> Key:
         """``key`` as a key of this shard: `InvalidKey` for another layout's key or another shard's (no I/O)."""
-        checked = self._db.as_key(key)
+        checked: Key = self._db.as_key(key)
         if checked.shard_id != self.shard_id:
             raise InvalidKey(
                 f"{operation}: key {int(checked)} belongs to shard {checked.shard_id}, but this transaction is bound "
@@ -175,7 +174,7 @@ class AsyncShardTransaction:
         self._store.check_data(data)
         self._check("put", write=True)
         for _ in range(PUT_ATTEMPTS):
-            key = await self._db._next_key(self.shard_id)
+            key: Key = await self._db._next_key(self.shard_id)
             if await self._run(self._tx.insert, key, kind, data):
                 return key
             self._db._log_duplicate(self.shard_id, key)
@@ -184,12 +183,12 @@ class AsyncShardTransaction:
     async def put_many(self, kind: int, rows: Iterable[Mapping[str, Any]]) -> list[Key]:
         """Store many bodies in the transaction's shard, all or nothing; return their keys in row order."""
         kind = check_kind(kind)
-        bodies = self._db._check_rows(rows, self._store.check_data)
+        bodies: list[Mapping[str, Any]] = self._db._check_rows(rows, self._store.check_data)
         self._check("put_many", write=True)
         if not bodies:
             return []
         for _ in range(PUT_ATTEMPTS):
-            keys = await self._db._keys(self.shard_id, len(bodies))
+            keys: list[Key] = await self._db._keys(self.shard_id, len(bodies))
             batch = [(k, kind, b) for k, b in zip(keys, bodies, strict=True)]
             if await self._run(self._tx.insert_many, batch):
                 return keys

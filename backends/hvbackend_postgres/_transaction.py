@@ -16,7 +16,7 @@ import contextlib
 import itertools
 from collections.abc import Generator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -32,8 +32,7 @@ from hvcore._backend import QuerySpec, Record
 from hvcore._key import Key
 from hvcore.errors import ServerUnavailable, TransactionConflict, TransactionError
 
-if TYPE_CHECKING:
-    from hvbackend_postgres._store import PostgresServerStore
+PostgresServerStore = Any  # the store of the transaction's server (not imported: it imports this module)
 
 __all__ = ["PostgresTransaction", "begin_sql", "postgres_transaction"]
 
@@ -86,7 +85,8 @@ class PostgresTransaction:
             return TransactionConflict(
                 f"PostgreSQL refused the transaction on shard {self.shard_id} of {self._store.label} to keep transactions isolated ({exc.sqlstate}: {exc.diag.message_primary}): it is rolled back; run it again"
             )
-        return self._store._translate(exc, self.shard_id)
+        translated: Exception = self._store._translate(exc, self.shard_id)
+        return translated
 
     def _execute(self, query: Any, params: Any = None) -> psycopg.Cursor[Any]:
         try:
@@ -145,7 +145,8 @@ class PostgresTransaction:
         items = [(self.shard_id, key) for key in keys]
         query, params, _ = self._store._fetch_many_sql(items, self._ext)
         rows = self._execute(query, params).fetchall()
-        return self._store._records(items, rows)
+        records: list[Record] = self._store._records(items, rows)
+        return records
 
     def update(self, key: Key, data: Mapping[str, Any], *, merge: bool) -> bool:
         """Merge into (``||``) or replace the body; False if the key is not stored."""
