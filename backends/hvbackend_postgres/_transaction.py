@@ -42,6 +42,13 @@ _LEVELS = {"read committed": "READ COMMITTED", "repeatable read": "REPEATABLE RE
 _CONFLICTS = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected)
 
 
+def _unique_violation(exc: psycopg.Error) -> bool:
+    """A unique violation, also as a Citus coordinator relays one from a worker's COPY (an internal error)."""
+    return isinstance(exc, pg_errors.UniqueViolation) or (exc.diag.message_primary or "").startswith(
+        "duplicate key value violates unique constraint"
+    )
+
+
 def begin_sql(shard_id: int, ext: str | None, isolation_level: str | None, read_only: bool) -> sql.Composed:
     """``BEGIN [ISOLATION LEVEL ...] [READ ONLY]; SET LOCAL search_path = shardNNNN, <ext>``: one round trip."""
     words = ["BEGIN"]
@@ -77,7 +84,7 @@ class PostgresTransaction:
 
     def _error(self, exc: psycopg.Error) -> Exception:
         """The typed error for a driver error inside the transaction."""
-        if isinstance(exc, pg_errors.UniqueViolation):
+        if _unique_violation(exc):
             duplicate = unique_violation(exc, self.shard_id, self._store.label)
             if duplicate is not None:
                 return duplicate
@@ -121,13 +128,13 @@ class PostgresTransaction:
                     copy.set_types(store._copy_types())
                     for row in store._copy_rows(rows):
                         copy.write_row(row)
-        except pg_errors.UniqueViolation as exc:
-            self._execute(sql.SQL("ROLLBACK TO SAVEPOINT {0}; RELEASE SAVEPOINT {0}").format(name))
-            duplicate = unique_violation(exc, self.shard_id, store.label)
-            if duplicate is not None:
-                raise duplicate from None
-            return False
         except psycopg.Error as exc:
+            if _unique_violation(exc):
+                self._execute(sql.SQL("ROLLBACK TO SAVEPOINT {0}; RELEASE SAVEPOINT {0}").format(name))
+                duplicate = unique_violation(exc, self.shard_id, store.label)
+                if duplicate is not None:
+                    raise duplicate from None
+                return False
             error = self._error(exc)
             if error is exc:
                 raise
