@@ -74,6 +74,7 @@ class AsyncPostgresTransaction:
         self._insert = statements.insert + " ON CONFLICT (id) DO NOTHING"
         self._fetch = statements.fetch
         self._names = itertools.count(1)
+        self._streams: set[psycopg.AsyncServerCursor[Any]] = set()  # cursors of query streams not finished yet
 
     def __repr__(self) -> str:
         return f"<AsyncPostgresTransaction shard={self.shard_id} on {self._store.label}>"
@@ -174,6 +175,7 @@ class AsyncPostgresTransaction:
         query, params = store._query_sql([self.shard_id], spec, self._ext)
         key_type = store._options.layout.key_type
         cur = conn.cursor(name=f"hv_tx_query_{next(self._names)}", row_factory=tuple_row)
+        self._streams.add(cur)
         try:
             store._log_statement(query, params, conn)  # a server-side cursor: the logging cursor class is not used
             await cur.execute(query, params)
@@ -189,8 +191,17 @@ class AsyncPostgresTransaction:
                 raise
             raise error from None
         finally:
+            self._streams.discard(cur)
             with contextlib.suppress(psycopg.Error):
                 await cur.close()  # CLOSE, if the transaction is still usable (psycopg checks)
+
+    async def _forget_streams(self) -> None:
+        """Mark the cursors of query streams left unfinished closed, on the client only (the transaction's end closes
+        them on the server): a stream finalized later must not send its CLOSE on a connection that another borrower
+        holds by then."""
+        streams, self._streams = self._streams, set()
+        for cur in streams:
+            await psycopg.AsyncCursor.close(cur)  # the plain cursor's close: no CLOSE statement
 
     @asynccontextmanager
     async def cursor(self) -> AsyncIterator[psycopg.AsyncCursor[Any]]:
@@ -276,8 +287,10 @@ async def postgres_transaction(
         try:
             yield tx
         except BaseException:
+            await tx._forget_streams()
             await _rollback(conn)
             raise
+        await tx._forget_streams()
         if conn.closed:
             raise ServerUnavailable(
                 f"PostgreSQL server {store.label} is unavailable: the connection of the transaction on shard "

@@ -73,6 +73,7 @@ class PostgresTransaction:
         self._insert = statements.insert + " ON CONFLICT (id) DO NOTHING"
         self._fetch = statements.fetch
         self._names = itertools.count(1)
+        self._streams: set[psycopg.ServerCursor[Any]] = set()  # cursors of query streams not finished yet
 
     def __repr__(self) -> str:
         return f"<PostgresTransaction shard={self.shard_id} on {self._store.label}>"
@@ -172,6 +173,7 @@ class PostgresTransaction:
         query, params = store._query_sql([self.shard_id], spec, self._ext)
         key_type = store._options.layout.key_type
         cur = conn.cursor(name=f"hv_tx_query_{next(self._names)}", row_factory=tuple_row)
+        self._streams.add(cur)
         try:
             store._log_statement(query, params, conn)  # a server-side cursor: the logging cursor class is not used
             cur.execute(query, params)
@@ -186,8 +188,17 @@ class PostgresTransaction:
                 raise
             raise error from None
         finally:
+            self._streams.discard(cur)
             with contextlib.suppress(psycopg.Error):
                 cur.close()  # CLOSE, if the transaction is still usable (psycopg checks)
+
+    def _forget_streams(self) -> None:
+        """Mark the cursors of query streams left unfinished closed, on the client only (the transaction's end closes
+        them on the server): a stream finalized later must not send its CLOSE on a connection that another borrower
+        holds by then."""
+        streams, self._streams = (self._streams, set())
+        for cur in streams:
+            psycopg.Cursor.close(cur)  # the plain cursor's close: no CLOSE statement
 
     @contextmanager
     def cursor(self) -> Iterator[psycopg.Cursor[Any]]:
@@ -272,8 +283,10 @@ def postgres_transaction(
         try:
             yield tx
         except BaseException:
+            tx._forget_streams()
             _rollback(conn)
             raise
+        tx._forget_streams()
         if conn.closed:
             raise ServerUnavailable(
                 f"PostgreSQL server {store.label} is unavailable: the connection of the transaction on shard {shard_id} was lost, and the server rolled the transaction back"

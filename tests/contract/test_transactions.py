@@ -308,3 +308,16 @@ def test_text_only_backends_refuse_other_values_before_any_sql(db: hvcore.Datast
             tx.put_many(1, [{"ok": "1"}, "not a mapping"])  # type: ignore[list-item]
         key = tx.put(1, ok="yes")
     assert db.get(key) is not None
+
+
+def test_a_query_left_unfinished_ends_with_its_transaction(db: hvcore.Datastore) -> None:
+    db.put_many(SHARD, 1, [{"n": str(i)} for i in range(300)])
+    with db.transaction(SHARD) as tx:
+        stream = tx.query()
+        assert next(stream).data == {"n": "0"}
+        key = tx.put(1, n="after")
+    with db.transaction(SHARD) as other:  # likely the same pooled connection: no stray CLOSE reaches it
+        del stream  # finalized now, after its transaction ended
+        other.put(1, n="other")
+        assert len(list(other.query())) == 302
+    assert db.get(key) is not None
