@@ -239,3 +239,44 @@ def test_a_moved_shard_is_reported_never_followed_inside_a_transaction(servers: 
     with direct(servers[1]) as conn:
         rows = conn.execute("SELECT body->>'n' FROM shard0003.entities ORDER BY id").fetchall()
     assert rows == [("after",), ("in the transaction",)]
+
+
+@pytest.mark.parametrize("backend", ["memory", "jsonb"])
+def test_asyncio_tasks_each_have_their_own_transaction(backend: str, servers: list[dict[str, Any]]) -> None:
+    """Tasks of one loop: each ``async with adb.transaction(3)`` is its own transaction (the open ones are kept per
+    task), a task's writes are invisible to the others until its commit, and a failing task rolls back alone."""
+    config = [dict(s) for s in servers] if backend == "jsonb" else [dict(shards="0-16")]
+    seen: dict[str, Any] = {}
+
+    async def scenario() -> None:
+        async with hvcore.AsyncDatastore(config, backend=backend) as adb:
+            writing, written = asyncio.Event(), asyncio.Event()
+
+            async def writer() -> hvcore.Key:
+                async with adb.transaction(3) as tx:
+                    key = await tx.put(1, who="writer")
+                    seen["writer"] = tx
+                    written.set()
+                    await writing.wait()  # the reader looks meanwhile
+                return key
+
+            async def reader() -> None:
+                await written.wait()
+                async with adb.transaction(3) as tx:
+                    assert tx is not seen["writer"]  # not a savepoint of the writer's transaction
+                    seen["reader"] = [r.data async for r in tx.query()]
+                writing.set()
+
+            async def failing() -> None:
+                async with adb.transaction(3) as tx:
+                    await tx.put(1, who="failing")
+                    raise ZeroDivisionError
+
+            key, _, failed = await asyncio.gather(writer(), reader(), failing(), return_exceptions=True)
+            assert isinstance(failed, ZeroDivisionError)
+            seen["after"] = [r.data async for r in adb.query(shards=[3])]
+            assert isinstance(key, int) and (await adb.get(key)) is not None
+
+    asyncio.run(scenario())
+    assert seen["reader"] == []
+    assert seen["after"] == [{"who": "writer"}]

@@ -321,3 +321,20 @@ def test_a_query_left_unfinished_ends_with_its_transaction(db: hvcore.Datastore)
         other.put(1, n="other")
         assert len(list(other.query())) == 302
     assert db.get(key) is not None
+
+
+def test_range_filters_on_an_indexed_field_see_the_transactions_writes(db: hvcore.Datastore, backend_name: str) -> None:
+    def age(n: int) -> Any:
+        return str(n) if backend_name in TEXT_ONLY_BACKENDS else n  # hstore bodies hold text; its index reads it
+
+    db.create_index(6, "age", type="bigint")
+    db.put_many(SHARD, 6, [{"age": age(10)}, {"age": age(20)}])
+    with db.transaction(SHARD) as tx:
+        tx.put(6, age=age(15))
+        tx.put(6, age=age(99))
+        ages = [int(r.data["age"]) for r in tx.query(kind=6, where={"age": {">=": 12, "<": 50}})]
+        assert ages == [20, 15]  # key order: creation order
+        with pytest.raises(hvcore.InvalidQuery, match="no index on field 'size'"):
+            list(tx.query(kind=6, where={"size": {">": 1}}))
+        assert tx.state == "open"  # refused before any SQL
+    assert len(list(db.query(kind=6, where={"age": {">=": 12}}))) == 3
