@@ -280,3 +280,21 @@ def test_asyncio_tasks_each_have_their_own_transaction(backend: str, servers: li
     asyncio.run(scenario())
     assert seen["reader"] == []
     assert seen["after"] == [{"who": "writer"}]
+
+
+def test_a_task_cancelled_mid_statement_rolls_its_transaction_back(db: hvcore.Datastore, servers: Any) -> None:
+    async def scenario() -> None:
+        async with hvcore.AsyncDatastore([dict(s) for s in servers], backend="jsonb") as adb:
+            with pytest.raises(TimeoutError):
+                async with adb.transaction(3) as tx:
+                    seen["key"] = await tx.put(1, n="cancelled")
+                    async with tx.cursor() as cur:
+                        await asyncio.wait_for(cur.execute("SELECT pg_sleep(30)"), 0.3)
+            async with adb.transaction(3) as tx:  # the pool gives a usable connection again
+                seen["after"] = await tx.put(1, n="after")
+            assert adb.servers[0].stats()["borrowed"] == 0
+
+    seen: dict[str, Any] = {}
+    asyncio.run(scenario())
+    assert db.get(seen["key"]) is None
+    assert db.get(seen["after"]) is not None
