@@ -50,9 +50,10 @@ def check_isolation_level(level: object) -> str | None:
         name = " ".join(text.replace("_", " ").replace("-", " ").lower().split())
         if name in ISOLATION_LEVELS:
             return name
+    hint = " (PostgreSQL runs read uncommitted as read committed: ask for that)"
     raise ConfigError(
         f"isolation_level must be one of {', '.join(map(repr, ISOLATION_LEVELS))} or None (the server's default), got {show_value(level)}"
-        + (" (PostgreSQL runs read uncommitted as read committed: ask for that)" if "uncommitted" in str(text) else "")
+        + (hint if "uncommitted" in str(text).lower() else "")
     )
 
 

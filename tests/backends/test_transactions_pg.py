@@ -61,7 +61,8 @@ def db(servers: list[dict[str, Any]]) -> Iterator[hvcore.Datastore]:
 
 
 def test_isolation_level_and_read_only_reach_the_server_and_leave_nothing_behind(db: hvcore.Datastore) -> None:
-    with db.transaction(3, isolation_level="serializable", read_only=True) as tx, tx.cursor() as cur:
+    level = psycopg.IsolationLevel.SERIALIZABLE  # psycopg's enum is understood too
+    with db.transaction(3, isolation_level=level, read_only=True) as tx, tx.cursor() as cur:
         cur.execute("SELECT current_setting('transaction_isolation'), current_setting('transaction_read_only')")
         assert tuple(cur.fetchone()) == ("serializable", "on")
         with pytest.raises(psycopg.errors.ReadOnlySqlTransaction), tx.transaction():
