@@ -14,6 +14,7 @@ import os
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -313,7 +314,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
             yield cur
 
     def transaction(
-        self, shard_id: int, *, isolation_level: str | None = None, read_only: bool = False
+        self, shard_id: int, *, isolation_level: str | Enum | None = None, read_only: bool = False
     ) -> AbstractAsyncContextManager[AsyncShardTransaction]:
         """One transaction on one shard: ``async with db.transaction(12) as tx:`` then ``tx.put``, ``tx.get``...
 
@@ -322,7 +323,8 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         of the shard only: `InvalidKey` otherwise, before any SQL); committed when the block ends, rolled back when
         an exception leaves it. ``async with tx.transaction():`` inside it, or ``db.transaction(12)`` again in the
         same task or thread, is a savepoint. ``isolation_level``: None (the server's default), ``"read
-        committed"``, ``"repeatable read"`` or ``"serializable"``; ``read_only=True`` refuses writes
+        committed"``, ``"repeatable read"`` or ``"serializable"`` (case, ``_`` and ``-`` ignored; an enum such as
+        psycopg's ``IsolationLevel`` by its name); ``read_only=True`` refuses writes
         (`TransactionError`). Bad arguments raise `ConfigError`, `InvalidShard` or `ShardNotFound` when this is
         called. The shard context travels with the transaction (``SET LOCAL search_path`` and schema-qualified
         statements), so it works through PgBouncer in transaction mode. A shard that moved away is reported with
