@@ -12,7 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import hvcore
+from hvbackend_memory import MemoryServerStore
 from hvcore._atransaction import ISOLATION_LEVELS, check_isolation_level
+from hvcore._backend import SupportsTransactions
 
 SHARD = 3
 anything = st.one_of(
@@ -75,3 +77,42 @@ def test_keys_and_options_are_accepted_or_refused_with_a_typed_error(
             assert hvcore.Key(key).shard_id == SHARD
         assert tx.state == "open"  # refused before any I/O: the transaction goes on
         assert tx.get_many([]) == {}
+
+
+class NoTransactions:
+    """A third-party store without `SupportsTransactions`: the memory store minus ``transaction``."""
+
+    def __init__(self, settings: Any, options: Any) -> None:
+        self._inner = MemoryServerStore(settings, options)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "transaction":
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+
+class PlainPlugin:
+    """Registers the ``plain`` backend."""
+
+    @hvcore.hookimpl
+    def hypervault_register_backends(self, register: Any) -> None:
+        register("plain", NoTransactions)
+
+
+class FakeEntryPoint:
+    """Stands in for importlib.metadata.EntryPoint."""
+
+    name = "plain"
+
+    def load(self) -> object:
+        return PlainPlugin()
+
+
+def test_a_backend_without_transactions_is_a_config_error_naming_it() -> None:
+    registry = hvcore.PluginRegistry(entry_points=[FakeEntryPoint()])
+    with hvcore.Datastore([dict(shards="0-16")], backend="plain", registry=registry) as db:
+        assert not isinstance(db.servers[0], SupportsTransactions)
+        key = db.put(SHARD, 1, name="x")
+        with pytest.raises(hvcore.ConfigError, match="the 'plain' backend has no transactions"):
+            db.transaction(SHARD)
+        assert db.get(key) is not None
