@@ -5,7 +5,8 @@
 The transaction carries its shard context itself: ``BEGIN`` and ``SET LOCAL search_path`` go out in one round trip
 (`hvbackend_postgres._shardtx.shard_search_path`), and every statement hypervault sends names the shard's schema,
 so nothing depends on session state: it works through PgBouncer in transaction mode, and the connection goes back
-to the pool as it came. Statements are never prepared on the server (``prepare=False``), for the same reason.
+to the pool as it came. Statements are never prepared on the server (``prepare=False``, and no automatic
+preparation for statements run through ``tx.cursor()`` during the transaction), for the same reason.
 A key taken by another writer is ``ON CONFLICT (id) DO NOTHING`` (single rows) or a rolled-back savepoint
 (``put_many``'s COPY), so the façade retries with a fresh key without aborting the transaction.
 """
@@ -278,6 +279,9 @@ def postgres_transaction(
                 raise
             raise error from None
         break
+    # Statements run through tx.cursor() are not prepared either: behind PgBouncer in transaction mode a prepared
+    # statement stays with a server session the next transaction may not get (the pool's setting comes back after).
+    threshold, conn.prepare_threshold = (conn.prepare_threshold, None)
     try:
         tx = PostgresTransaction(store, conn, shard_id, ext)
         try:
@@ -300,4 +304,5 @@ def postgres_transaction(
     finally:
         if not conn.closed and conn.pgconn.transaction_status != pq.TransactionStatus.IDLE:
             _rollback(conn)
+        conn.prepare_threshold = threshold
         store._checkin(conn, pool)

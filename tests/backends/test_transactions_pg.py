@@ -122,9 +122,7 @@ def test_transactions_through_pgbouncer_in_transaction_mode(
                             tx.put(1, shard=str(shard), round=str(round_))
                             tx.put_many(1, [{"shard": str(shard)}])
                             with tx.cursor() as cur:  # unqualified names: SET LOCAL search_path in the transaction
-                                cur.execute(
-                                    "SELECT count(*), current_setting('search_path') FROM entities", prepare=False
-                                )
+                                cur.execute("SELECT count(*), current_setting('search_path') FROM entities")
                                 count, path = cur.fetchone()
                             if count != committed[shard] + 2 or not path.startswith(f"shard{shard:04d}"):
                                 problems.append(f"shard {shard}: {count} rows, path {path}")
