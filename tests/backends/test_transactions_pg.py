@@ -22,6 +22,7 @@ from fixtures.pgbouncer import PgBouncerSet
 from fixtures.pgservers import PgCluster
 
 import hvcore
+from hvbackend_postgres import _move
 from hvcore import MoveError, ServerUnavailable, ShardMoved, TransactionError
 
 pytestmark = pytest.mark.postgres
@@ -214,8 +215,11 @@ def test_a_server_crashed_mid_transaction_leaves_nothing_half_written(fault_pg: 
         assert db.get(key) is not None
 
 
-@pytest.mark.slow
-def test_a_moved_shard_is_reported_never_followed_inside_a_transaction(servers: list[dict[str, Any]]) -> None:
+def test_a_moved_shard_is_reported_never_followed_inside_a_transaction(
+    servers: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_move, "LOCK_TIMEOUT", "50ms")  # the move gives up sooner on the table the transaction holds
+    monkeypatch.setattr(_move, "FENCE_ATTEMPTS", 1)
     with (
         hvcore.Datastore([dict(s) for s in servers], backend="jsonb") as stale,
         hvcore.Datastore([dict(s) for s in servers], backend="jsonb") as mover,
