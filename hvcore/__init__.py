@@ -4,6 +4,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from hvcore._adatastore import AsyncDatastore
 from hvcore._agenerator import AsyncKeyGenerator
+from hvcore._atransaction import AsyncShardTransaction
 from hvcore._backend import AsyncServerStore, BackendOptions, ProvisionReport, QuerySpec, Record, ServerStore
 from hvcore._datastore import Datastore
 from hvcore._generator import KeyGenerator
@@ -14,6 +15,7 @@ from hvcore._row import Row
 from hvcore._schemadefs import IndexInfo, IndexReport, IndexSpec, MigrationReport, MigrationStatus
 from hvcore._sequence import AsyncSequenceSource, SequenceSource
 from hvcore._shardmap import ShardMap
+from hvcore._transaction import ShardTransaction
 from hvcore._worker import WorkerGrant, WorkerSlice
 from hvcore.errors import (
     ClockMovedBackwards,
@@ -40,6 +42,8 @@ from hvcore.errors import (
     ShardMoved,
     ShardNotFound,
     StoreClosed,
+    TransactionConflict,
+    TransactionError,
     WorkerLeaseError,
     WorkerLeaseLost,
     WriteOutcomeUnknown,
@@ -56,6 +60,7 @@ __all__ = [
     "AsyncKeyGenerator",
     "AsyncSequenceSource",
     "AsyncServerStore",
+    "AsyncShardTransaction",
     "BackendOptions",
     "ClockMovedBackwards",
     "ConfigError",
@@ -98,7 +103,10 @@ __all__ = [
     "ShardMapError",
     "ShardMoved",
     "ShardNotFound",
+    "ShardTransaction",
     "StoreClosed",
+    "TransactionConflict",
+    "TransactionError",
     "WorkerGrant",
     "WorkerLeaseError",
     "WorkerLeaseLost",

@@ -13,12 +13,14 @@ import logging
 import os
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from hvcore import _schemaops
 from hvcore._acompat import ALock, agather, aspawn, ato_thread
+from hvcore._atransaction import AsyncShardTransaction, open_transaction
 from hvcore._backend import AsyncServerStore, AsyncSupportsWorkerLease, ProvisionReport, QuerySpec, Record
 from hvcore._facade import (
     PUT_ATTEMPTS,
@@ -310,6 +312,27 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         """
         async with self.store_for(shard_id).cursor(shard_id) as cur:
             yield cur
+
+    def transaction(
+        self, shard_id: int, *, isolation_level: str | Enum | None = None, read_only: bool = False
+    ) -> AbstractAsyncContextManager[AsyncShardTransaction]:
+        """One transaction on one shard: ``async with db.transaction(12) as tx:`` then ``tx.put``, ``tx.get``...
+
+        Yields an `AsyncShardTransaction` whose ``put``, ``put_many``, ``get``, ``get_many``, ``update``,
+        ``replace``, ``delete``, ``query`` and ``cursor()`` all run in one transaction on the shard's server (keys
+        of the shard only: `InvalidKey` otherwise, before any SQL); committed when the block ends, rolled back when
+        an exception leaves it. ``async with tx.transaction():`` inside it, or ``db.transaction(12)`` again in the
+        same task or thread, is a savepoint. ``isolation_level``: None (the server's default), ``"read
+        committed"``, ``"repeatable read"`` or ``"serializable"`` (case, ``_`` and ``-`` ignored; an enum such as
+        psycopg's ``IsolationLevel`` by its name); ``read_only=True`` refuses writes
+        (`TransactionError`). Bad arguments raise `ConfigError`, `InvalidShard` or `ShardNotFound` when this is
+        called. The shard context travels with the transaction (``SET LOCAL search_path`` and schema-qualified
+        statements), so it works through PgBouncer in transaction mode. A shard that moved away is reported with
+        `ShardMoved`, never followed inside the transaction; `TransactionConflict` when PostgreSQL refuses it to
+        keep transactions isolated (run it again); `ServerUnavailable` when the server is lost (during the commit
+        the outcome is unknown). Transactions on different shards are separate transactions.
+        """
+        return open_transaction(self, shard_id, isolation_level, read_only)
 
     # -- entities --------------------------------------------------------------------------------------------
 

@@ -26,6 +26,8 @@
     ├── DuplicateKey (RuntimeError)         a key already stored (retried with a fresh key by ``put``)
     ├── DuplicateValue (ValueError)         a body value a unique index of the shard already holds
     ├── SequenceUnavailable (OSError)       the shared sequence source (Redis) cannot be reached in time
+    ├── TransactionError (RuntimeError)     a transaction cannot go on (ended, aborted, read-only)
+    │   └── TransactionConflict             refused to keep transactions isolated: run it again
     └── WorkerLeaseError (RuntimeError)     a leased worker number cannot be had or kept
         ├── NoFreeWorker                    every worker number of the lease table is held
         └── WorkerLeaseLost                 the lease ended or lapsed: no key is made with it
@@ -58,6 +60,8 @@ __all__ = [
     "ShardMoved",
     "ShardNotFound",
     "StoreClosed",
+    "TransactionConflict",
+    "TransactionError",
     "WorkerLeaseError",
     "WorkerLeaseLost",
     "WriteOutcomeUnknown",
@@ -256,6 +260,23 @@ class DuplicateValue(HypervaultError, ValueError):
 
 class SequenceUnavailable(HypervaultError, OSError):
     """The shared sequence source could not be reached within its timeout."""
+
+    __module__ = "hvcore"
+
+
+class TransactionError(HypervaultError, RuntimeError):
+    """A transaction of ``Datastore.transaction()`` cannot go on: it has ended, an error aborted it, or it is read-only.
+
+    An error from the server inside a transaction aborts it, as PostgreSQL does: every later call raises this error
+    until its ``with`` block (or the enclosing savepoint's, ``with tx.transaction():``) ends, which rolls it back.
+    """
+
+    __module__ = "hvcore"
+
+
+class TransactionConflict(TransactionError):
+    """The transaction was refused to keep transactions isolated (PostgreSQL's serialization failure or deadlock, a
+    write-write conflict on the memory backend); it was rolled back: run it again."""
 
     __module__ = "hvcore"
 

@@ -11,7 +11,7 @@ import contextlib
 import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar
 
 import psycopg
@@ -25,6 +25,7 @@ from psycopg.types.hstore import register_hstore
 from psycopg.types.json import set_json_dumps, set_json_loads
 from psycopg.types.numeric import Int8BinaryDumper, Int8Dumper
 
+from hvbackend_postgres._atransaction import AsyncPostgresTransaction, postgres_transaction
 from hvbackend_postgres._citus import (
     CITUS_COORDINATOR_SQL,
     CITUS_EXTENSION_SQL,
@@ -364,6 +365,13 @@ class AsyncPostgresServerStore(StoreCore):
             raise
         finally:
             await self.put_connection(conn)
+
+    def transaction(
+        self, shard_id: int, *, isolation_level: str | None = None, read_only: bool = False
+    ) -> AbstractAsyncContextManager[AsyncPostgresTransaction]:
+        """A transaction on ``shard_id`` on one pooled connection: committed when the block ends, rolled back on an
+        exception; the shard context travels with it (``SET LOCAL``), see ``_atransaction``."""
+        return postgres_transaction(self, shard_id, isolation_level, read_only)
 
     # -- entities --------------------------------------------------------------------------------------------
 

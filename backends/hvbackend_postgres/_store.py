@@ -8,7 +8,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, TypeVar
 
 import psycopg
@@ -78,6 +78,7 @@ from hvbackend_postgres._schema import (
     shard_ddl,
     shard_schema,
 )
+from hvbackend_postgres._transaction import PostgresTransaction, postgres_transaction
 from hvcore._acompat import Lock, gather, sleep, spawn, to_thread
 from hvcore._backend import BackendOptions, ProvisionReport, QuerySpec, Record
 from hvcore._key import Key
@@ -349,6 +350,13 @@ class PostgresServerStore(StoreCore):
             raise
         finally:
             self.put_connection(conn)
+
+    def transaction(
+        self, shard_id: int, *, isolation_level: str | None = None, read_only: bool = False
+    ) -> AbstractContextManager[PostgresTransaction]:
+        """A transaction on ``shard_id`` on one pooled connection: committed when the block ends, rolled back on an
+        exception; the shard context travels with it (``SET LOCAL``), see ``_transaction``."""
+        return postgres_transaction(self, shard_id, isolation_level, read_only)
 
     # -- entities --------------------------------------------------------------------------------------------
 
