@@ -10,6 +10,7 @@ from hvcore._generator import KeyGenerator
 from hvcore._key import Key, KeyLayout
 from hvcore._placement import MoveReport
 from hvcore._plugins import PluginRegistry, default_registry
+from hvcore._replicas import Timeline
 from hvcore._row import Row
 from hvcore._schemadefs import IndexInfo, IndexReport, IndexSpec, MigrationReport, MigrationStatus
 from hvcore._sequence import AsyncSequenceSource, SequenceSource
@@ -27,6 +28,7 @@ from hvcore.errors import (
     InvalidKind,
     InvalidQuery,
     InvalidShard,
+    InvalidToken,
     LayoutExhausted,
     MigrationError,
     MoveError,
@@ -71,6 +73,7 @@ __all__ = [
     "InvalidKind",
     "InvalidQuery",
     "InvalidShard",
+    "InvalidToken",
     "Key",
     "KeyGenerator",
     "KeyLayout",
@@ -98,6 +101,7 @@ __all__ = [
     "ShardMoved",
     "ShardNotFound",
     "StoreClosed",
+    "Timeline",
     "WorkerGrant",
     "WorkerLeaseError",
     "WorkerLeaseLost",

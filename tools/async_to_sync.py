@@ -52,6 +52,7 @@ PAIRS: list[tuple[str, str]] = [
     ("hvcore/_adatastore.py", "hvcore/_datastore.py"),
     ("backends/hvbackend_postgres/_astore.py", "backends/hvbackend_postgres/_store.py"),
     ("plugins/hvplugin_redis/_asequence.py", "plugins/hvplugin_redis/_sequence.py"),
+    ("hvcore/_areadrouter.py", "hvcore/_readrouter.py"),
 ]
 
 # async name -> sync name, for identifiers, attributes, imported names and module paths, and words in text
@@ -69,6 +70,8 @@ NAMES: dict[str, str] = {
     "AsyncShardMover": "ShardMover",
     "AsyncSupportsWorkerLease": "SupportsWorkerLease",
     "alease_worker": "lease_worker",
+    "AsyncReadRouter": "ReadRouter",
+    "_areadrouter": "_readrouter",
     "_adatastore": "_datastore",
     "_astore": "_store",
     "_asequence": "_sequence",

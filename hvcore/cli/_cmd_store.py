@@ -78,8 +78,36 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
     for entry in status:
         if not entry["reachable"]:
             print(f"  {entry['server']}: {entry['error']}", file=out)
+    print_replica_status(status, store.max_replica_lag, out)
     print_cluster_status(clusters, out)
     return 0 if all(e["reachable"] for e in status) else 1
+
+
+def print_replica_status(status: list[dict[str, Any]], max_lag: float, out: TextIO) -> None:
+    """The standbys of each server that has some: state (in use, lagging, down), lag, reads served."""
+    rows = []
+    for entry in status:
+        for replica in entry.get("replicas") or ():
+            lag = replica["lag_seconds"]
+            lag_bytes = replica["lag_bytes"]
+            rows.append(
+                (
+                    entry["server"],
+                    replica["server"],
+                    replica["state"],
+                    "-" if lag is None else f"{lag:.3f} s",
+                    "-" if lag_bytes is None else f"{lag_bytes:,}",
+                    f"{replica['reads']:,}",
+                )
+            )
+    if not rows:
+        return
+    print(f"\nread replicas (max lag {max_lag:g} s):", file=out)
+    table(rows, ["server", "replica", "state", "lag", "lag bytes", "reads"], out)
+    for entry in status:
+        for replica in entry.get("replicas") or ():
+            if replica.get("error"):
+                print(f"  {replica['server']}: {replica['error']}", file=out)
 
 
 def _clusters(store: Datastore, status: list[dict[str, Any]]) -> list[dict[str, Any]]:
