@@ -9,6 +9,7 @@ read; the staleness test keeps them on.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -42,15 +43,16 @@ def _server_now(pair: ReplicaPair) -> Any:
         return conn.execute("SELECT clock_timestamp()").fetchone()[0]  # type: ignore[index]
 
 
-def _read_on(pair: ReplicaPair, which: str, since: Any, shard: int = SHARD) -> int:
-    """Sessions of our pools on ``which`` whose last statement read ``shard``'s table after ``since``."""
+def _read_on(pair: ReplicaPair, which: str, since: Any, shard: int = SHARD, dbname: str = "postgres") -> int:
+    """Sessions of our pools on ``which`` (database ``dbname``) whose last statement read ``shard``'s table after
+    ``since``."""
     app = APP_PRIMARY if which == "primary" else APP_STANDBY
     with pair.connect(which) as conn:
         row = conn.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND query_start > %s"
-            " AND ((query LIKE %s AND query NOT LIKE '%%INSERT%%' AND query NOT LIKE '%%UPDATE%%')"
+            " AND datname = %s AND ((query LIKE %s AND query NOT LIKE '%%INSERT%%' AND query NOT LIKE '%%UPDATE%%')"
             " OR query = 'ROLLBACK')",  # a query stream ends with the ROLLBACK that closes its cursor
-            (app, since, f"%shard{shard:04d}%"),
+            (app, since, dbname, f"%shard{shard:04d}%"),
         ).fetchone()
     return int(row[0]) if row else 0
 
@@ -306,6 +308,38 @@ def test_config_file_replicas_and_hv_status(pg_replica_pair: ReplicaPair, tmp_pa
     assert code == 0, text
     assert f":{standby['port']}/" in text and "in use" in text, text
     assert "s3cret-pw" not in text
+
+
+def test_a_moved_shard_is_read_from_the_standby_of_its_new_server(pg_replica_pair: ReplicaPair) -> None:
+    pair = pg_replica_pair
+    moved, name = 2, f"hv_replica_move_{os.getpid()}_{time.monotonic_ns()}"
+    with pair.connect("primary") as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    second = {**_servers(pair, shards="4-8")[0], "dbname": name}  # a second server: another database, same standby
+    servers = [*_servers(pair), second]
+    try:
+        with Datastore(servers, backend="jsonb", read_from="replica") as db:
+            db.provision()
+            with db.timeline():
+                key = db.put(moved, 1, v="moving")
+            db.move_shard(moved, 1)
+            assert db.shard_map.server_for(moved) == 1
+            pair.wait_replayed()
+            _manual(db)
+            db.refresh_replicas()
+            since = _server_now(pair)
+            with db.timeline():
+                assert db.get(key).data == {"v": "moving"}  # type: ignore[union-attr]
+            assert _read_on(pair, "standby", since, moved, dbname=name) == 1
+        with Datastore(servers, backend="jsonb", read_from="replica") as stale:  # never heard of the move
+            _manual(stale)
+            stale.refresh_replicas()
+            with stale.timeline():
+                assert stale.get(key).data == {"v": "moving"}  # type: ignore[union-attr]
+            assert stale.shard_map.server_for(moved) == 1  # the standby's forwarding stub said where it went
+    finally:
+        with pair.connect("primary") as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 # -- asyncio ---------------------------------------------------------------------------------------------------------
