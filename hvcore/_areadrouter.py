@@ -21,6 +21,7 @@ __all__ = ["AsyncReadRouter", "ReplicaChoice"]
 
 MIN_REFRESH = 0.01  # seconds: the shortest refresh interval (a lag bound of 40 ms refreshes every 10 ms)
 MAX_REFRESH = 0.25  # seconds: the longest (a bound of 1 s refreshes every 250 ms)
+SETTLE_ROUNDS = 4  # extra refreshes of `refresh(settle=True)` (status) while a standby's lag is unknown
 
 
 @dataclass(slots=True)
@@ -190,17 +191,21 @@ class AsyncReadRouter:
     async def refresh(self, *, settle: bool = False) -> None:
         """Refresh every server's positions now (one after the other).
 
-        With ``settle``, a standby that has not replayed past any primary position read so far (a first refresh
-        while the primary is busy) gets a second refresh a moment later, which tells its lag.
+        With ``settle``, while a standby has not replayed past any primary position read so far (a first refresh
+        while the primary is busy, or WAL inserted but not flushed yet: the WAL writer flushes every 200 ms by
+        default), refresh again up to `SETTLE_ROUNDS` times, 0.1 s apart, which tells its lag.
         """
-        for index in range(len(self._trackers)):
-            if self._trackers[index] is not None:
-                await self.refresh_server(index)
-        if settle and any(r["state"] == "unknown" for i in range(len(self._trackers)) for r in self.describe(i)):
-            await asleep(min(self.interval, 0.1))
+        for round_ in range(SETTLE_ROUNDS + 1 if settle else 1):
+            if round_:
+                if not any(r["lag_seconds"] is None and r["state"] != "down" for r in self._described()):
+                    return
+                await asleep(0.1)
             for index in range(len(self._trackers)):
                 if self._trackers[index] is not None:
                     await self.refresh_server(index)
+
+    def _described(self) -> list[dict[str, Any]]:
+        return [r for index in range(len(self._trackers)) for r in self.describe(index)]
 
     async def note_write(self, index: int, shard_id: int, timeline: Timeline) -> None:
         """Record in ``timeline`` the WAL position of a write to ``shard_id`` just done on server ``index``'s primary

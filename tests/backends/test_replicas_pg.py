@@ -313,10 +313,12 @@ def test_config_file_replicas_and_hv_status(pg_replica_pair: ReplicaPair, tmp_pa
 def test_a_moved_shard_is_read_from_the_standby_of_its_new_server(pg_replica_pair: ReplicaPair) -> None:
     pair = pg_replica_pair
     moved, name = 2, f"hv_replica_move_{os.getpid()}_{time.monotonic_ns()}"
+    names = [f"{name}_a", f"{name}_b"]  # two servers: two databases of the primary, both on its standby
     with pair.connect("primary") as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    second = {**_servers(pair, shards="4-8")[0], "dbname": name}  # a second server: another database, same standby
-    servers = [*_servers(pair), second]
+        for dbname in names:
+            conn.execute(f"CREATE DATABASE {dbname}")
+    ranges = ("0-4", "4-8")
+    servers = [{**_servers(pair, shards=shards)[0], "dbname": n} for shards, n in zip(ranges, names, strict=True)]
     try:
         with Datastore(servers, backend="jsonb", read_from="replica") as db:
             db.provision()
@@ -330,7 +332,7 @@ def test_a_moved_shard_is_read_from_the_standby_of_its_new_server(pg_replica_pai
             since = _server_now(pair)
             with db.timeline():
                 assert db.get(key).data == {"v": "moving"}  # type: ignore[union-attr]
-            assert _read_on(pair, "standby", since, moved, dbname=name) == 1
+            assert _read_on(pair, "standby", since, moved, dbname=names[1]) == 1
         with Datastore(servers, backend="jsonb", read_from="replica") as stale:  # never heard of the move
             _manual(stale)
             stale.refresh_replicas()
@@ -339,7 +341,8 @@ def test_a_moved_shard_is_read_from_the_standby_of_its_new_server(pg_replica_pai
             assert stale.shard_map.server_for(moved) == 1  # the standby's forwarding stub said where it went
     finally:
         with pair.connect("primary") as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            for dbname in names:
+                conn.execute(f"DROP DATABASE IF EXISTS {dbname} WITH (FORCE)")
 
 
 # -- asyncio ---------------------------------------------------------------------------------------------------------
