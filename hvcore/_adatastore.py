@@ -117,6 +117,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         worker: WorkerSlice | Mapping[str, Any] | str | None = None,
         read_from: str = "primary",
         max_replica_lag: float = 1.0,
+        read_your_writes: bool = True,
     ) -> None:
         self._configure(
             connections,
@@ -135,6 +136,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
             worker,
             read_from,
             max_replica_lag,
+            read_your_writes,
         )
         self._factory = self._registry.async_backend(backend)
         self._read_from = self._config.read_from
@@ -501,7 +503,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
     async def _note_write(self, shard_id: int) -> None:
         """Record a write to ``shard_id`` in the current timeline (read-your-writes), if its server has standbys."""
         router = self._router
-        if router is not None:
+        if router is not None and self._config.read_your_writes:
             index = self.shard_map.server_for(shard_id)
             if router.has_replicas(index):
                 await router.note_write(index, shard_id, current_timeline(self._timeline))

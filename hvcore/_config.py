@@ -44,6 +44,7 @@ _TOP_LEVEL = frozenset(
         "log_values",
         "read_from",
         "max_replica_lag",
+        "read_your_writes",
     }
 )
 TIMEOUT_LIMIT = 2_147_483
@@ -309,6 +310,7 @@ class DatastoreConfig:
     worker: Any = None  # None, a WorkerSlice, "lease", or a mapping: {id, bits} (fixed) or lease options
     read_from: str = "primary"
     max_replica_lag: float = 1.0
+    read_your_writes: bool = True
     logger: logging.Logger | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -409,6 +411,8 @@ def _replica_option_problems(config: DatastoreConfig) -> list[str]:
             check(value)
         except ConfigError as exc:
             problems.append(str(exc))
+    if not isinstance(config.read_your_writes, bool):
+        problems.append(f"read_your_writes must be True or False, got {show_value(config.read_your_writes)}")
     for index, server in enumerate(config.servers):
         if isinstance(server, Mapping):
             problems += replica_problems(server, index)

@@ -115,6 +115,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         worker: WorkerSlice | Mapping[str, Any] | str | None = None,
         read_from: str = "primary",
         max_replica_lag: float = 1.0,
+        read_your_writes: bool = True,
     ) -> None:
         self._configure(
             connections,
@@ -133,6 +134,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
             worker,
             read_from,
             max_replica_lag,
+            read_your_writes,
         )
         self._factory = self._registry.backend(backend)
         self._read_from = self._config.read_from
@@ -460,7 +462,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
     def _note_write(self, shard_id: int) -> None:
         """Record a write to ``shard_id`` in the current timeline (read-your-writes), if its server has standbys."""
         router = self._router
-        if router is not None:
+        if router is not None and self._config.read_your_writes:
             index = self.shard_map.server_for(shard_id)
             if router.has_replicas(index):
                 router.note_write(index, shard_id, current_timeline(self._timeline))

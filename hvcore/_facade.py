@@ -111,6 +111,7 @@ class FacadeBase(Generic[StoreT]):
         worker: object = None,
         read_from: str = "primary",
         max_replica_lag: float = 1.0,
+        read_your_writes: bool = True,
     ) -> None:
         check_servers(connections)
         if worker is not None and sequence is not None and not isinstance(sequence, str):
@@ -136,6 +137,7 @@ class FacadeBase(Generic[StoreT]):
             logger=logger,
             read_from=read_from,
             max_replica_lag=max_replica_lag,
+            read_your_writes=read_your_writes,
         )
         self._config = config
         self._registry = registry or default_registry()
@@ -183,6 +185,7 @@ class FacadeBase(Generic[StoreT]):
             "worker": cfg.worker,
             "read_from": cfg.read_from,
             "max_replica_lag": cfg.max_replica_lag,
+            "read_your_writes": cfg.read_your_writes,
         }
         if overrides.get("backend") == "memory" and cfg.backend in ("hstore", "jsonb") and cfg.values is None:
             kwargs["values"] = "text" if cfg.backend == "hstore" else "jsonb"  # stand in for the file's backend

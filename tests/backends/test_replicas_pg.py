@@ -198,6 +198,22 @@ def test_writes_outside_a_timeline_block_pin_their_shard_for_the_whole_process(
     assert [r.key for r in db.query(kind=1, shards=[SHARD], since=key)] == [key]
 
 
+def test_read_your_writes_can_be_turned_off(pg_replica_pair: ReplicaPair) -> None:
+    pair = pg_replica_pair
+    with Datastore(
+        _servers(pair), backend="jsonb", read_from="replica", max_replica_lag=60, read_your_writes=False
+    ) as db:
+        db.provision()
+        pair.wait_replayed()
+        _manual(db)
+        db.refresh_replicas()
+        pair.pause_replay()
+        key = db.put(SHARD, 1, v="unseen")
+        db.refresh_replicas()
+        assert db.get(key) is None  # the standby, within its bound, without the write
+        assert db.get(key, read_from="primary") is not None
+
+
 def test_a_timeline_token_carries_read_your_writes_to_another_datastore(pg_replica_pair: ReplicaPair) -> None:
     pair = pg_replica_pair
     secret = "a secret of at least 16 bytes"

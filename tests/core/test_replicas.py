@@ -64,6 +64,7 @@ def test_a_replica_setting_libpq_refuses_is_a_config_error_without_the_password(
         (dict(max_replica_lag=float("nan")), "max_replica_lag must be"),
         (dict(max_replica_lag=True), "max_replica_lag must be"),
         (dict(max_replica_lag="1"), "max_replica_lag must be"),
+        (dict(read_your_writes=1), "read_your_writes must be True or False"),
     ],
 )
 def test_bad_read_options_are_config_errors(options: dict[str, Any], words: str) -> None:
