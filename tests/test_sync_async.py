@@ -20,6 +20,8 @@ import pytest
 import hvcore
 from hvbackend_memory import AsyncMemoryServerStore, MemoryServerStore
 from hvbackend_postgres import AsyncPostgresServerStore, PostgresServerStore
+from hvcore._areadrouter import AsyncReadRouter
+from hvcore._readrouter import ReadRouter
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOL = ROOT / "tools" / "async_to_sync.py"
@@ -50,6 +52,7 @@ def _pairs() -> list[tuple[type, type]]:
         (hvcore.Datastore, hvcore.AsyncDatastore),
         (PostgresServerStore, AsyncPostgresServerStore),
         (MemoryServerStore, AsyncMemoryServerStore),
+        (ReadRouter, AsyncReadRouter),
     ]
     try:
         from hvplugin_redis import AsyncRedisSequence, RedisSequence
