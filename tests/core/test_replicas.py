@@ -258,3 +258,51 @@ def test_old_tokens_restore_empty_and_short_secrets_are_refused() -> None:
         Timeline(max_age=0)
     with pytest.raises(ConfigError, match="timeline must be"):
         Datastore([PRIMARY], backend="memory").timeline("not a timeline")  # type: ignore[arg-type]
+
+
+def test_timeline_blocks_belong_to_their_thread_or_task() -> None:
+    import asyncio
+    import threading
+
+    from hvcore._replicas import current_timeline
+
+    default = Timeline()
+    seen: dict[str, Timeline] = {}
+
+    async def task(name: str) -> None:
+        with Datastore([PRIMARY], backend="memory").timeline() as mine:
+            await asyncio.sleep(0.01)
+            assert current_timeline(default) is mine
+            seen[name] = mine
+
+    async def both() -> None:
+        await asyncio.gather(task("a"), task("b"))
+
+    asyncio.run(both())
+    assert seen["a"] is not seen["b"]
+
+    def thread() -> None:
+        seen["thread"] = current_timeline(default)
+
+    with Datastore([PRIMARY], backend="memory").timeline():
+        worker = threading.Thread(target=thread)
+        worker.start()
+        worker.join()
+    assert seen["thread"] is default  # a new thread starts outside the block
+    assert current_timeline(default) is default
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-10, 70000) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_json)
+def test_any_replicas_value_is_accepted_or_a_config_error(replicas: Any) -> None:
+    try:
+        Datastore([{**PRIMARY, "replicas": replicas}], backend="memory")
+    except ConfigError as exc:
+        assert "pw-primary" not in str(exc)
