@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -14,11 +15,20 @@ from hvcore._acompat import gather, sleep, spawn
 from hvcore._replicas import PIN, LagTracker, Timeline, server_id
 from hvcore.errors import PoolTimeout, ServerUnavailable
 
-__all__ = ["ReadRouter", "ReplicaChoice"]
+__all__ = ["ReadRouter", "ReplicaChoice", "replica_timeout"]
 
 MIN_REFRESH = 0.01  # seconds: the shortest refresh interval (a lag bound of 40 ms refreshes every 10 ms)
 MAX_REFRESH = 0.25  # seconds: the longest (a bound of 1 s refreshes every 250 ms)
+REPLICA_TIMEOUT_MIN = 1.0  # seconds: the shortest operation timeout of a standby's connections
+REPLICA_TIMEOUT_LAGS = 5  # a standby's exchange may take this many lag bounds before the read goes to the primary
 SETTLE_ROUNDS = 4  # extra refreshes of `refresh(settle=True)` (status) while a standby's lag is unknown
+
+
+def replica_timeout(max_lag: float) -> float:
+    """The client-side bound on one exchange with a standby: ``max(1 s, 5 × max_lag)`` (and at most the datastore's
+    ``operation_timeout``). A standby that stops answering without closing its sockets fails the read after it, and
+    the read goes to the primary, instead of hanging it for the whole ``operation_timeout``."""
+    return max(REPLICA_TIMEOUT_MIN, REPLICA_TIMEOUT_LAGS * max_lag)
 
 
 @dataclass(slots=True)
@@ -70,11 +80,20 @@ class ReadRouter:
             for replica in settings:
                 self._factory(replica, self._options)
 
+    def _replica_options(self) -> Any:
+        """The datastore's backend options with a shorter ``operation_timeout`` (`replica_timeout`)."""
+        if not dataclasses.is_dataclass(self._options) or isinstance(self._options, type):
+            return self._options
+        current = getattr(self._options, "operation_timeout", None)
+        bound = replica_timeout(self.max_lag)
+        return dataclasses.replace(self._options, operation_timeout=bound if current is None else min(current, bound))
+
     def attach(self, primaries: Sequence[Any]) -> None:
         """Make the standbys' stores for these primaries (pools open on first use); forget any earlier state."""
         self._stores, self._trackers = ([], [])
+        options = self._replica_options()
         for primary, settings in zip(primaries, self._replica_settings, strict=True):
-            stores = [self._factory(s, self._options) for s in settings] if hasattr(primary, "wal_position") else []
+            stores = [self._factory(s, options) for s in settings] if hasattr(primary, "wal_position") else []
             self._stores.append(stores)
             labels = [str(getattr(s, "label", "?")) for s in stores]
             self._trackers.append(LagTracker(labels, max_lag=self.max_lag) if stores else None)

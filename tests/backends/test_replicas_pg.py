@@ -9,7 +9,10 @@ read; the staleness test keeps them on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -158,6 +161,43 @@ def test_a_stopped_standby_is_skipped_and_used_again_once_back(
     since = _server_now(pair)
     assert db.get(key) is not None
     assert _where(pair, since) == "standby"
+
+
+def _freeze(pair: ReplicaPair, sig: int) -> None:
+    """Send ``sig`` (SIGSTOP / SIGCONT) to the standby's postmaster and its children: sockets open, no answers."""
+    postmaster = int((pair.standby.data / "postmaster.pid").read_text().split()[0])
+    children = subprocess.run(["pgrep", "-P", str(postmaster)], capture_output=True, text=True, check=False).stdout
+    pids = [int(p) for p in children.split()]
+    for pid in [*pids, postmaster] if sig == signal.SIGSTOP else [postmaster, *pids]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+def test_a_standby_that_stops_answering_fails_over_within_its_timeout(pg_replica_pair: ReplicaPair) -> None:
+    pair = pg_replica_pair
+    with Datastore(_servers(pair), backend="jsonb", read_from="replica", max_replica_lag=0.5) as db:
+        db.provision()
+        with db.timeline():
+            key = db.put(SHARD, 1, v="a")
+        pair.wait_replayed()
+        _manual(db)
+        db.refresh_replicas()
+        assert db.get(key) is not None  # a pooled connection to the standby now exists
+        db.refresh_replicas()
+        _freeze(pair, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            assert db.get(key) is not None  # the standby's 2.5 s bound (5 × max_replica_lag), then the primary
+            first = time.monotonic() - started
+            assert db._router is not None
+            assert db._router.describe(0)[0]["fallbacks"] == 1  # it was the standby's read that failed
+            started = time.monotonic()
+            assert db.get(key) is not None  # marked down: straight to the primary
+            second = time.monotonic() - started
+        finally:
+            _freeze(pair, signal.SIGCONT)
+    assert 2.0 < first < 20, first  # the standby's bound, not the datastore's 60 s operation_timeout
+    assert second < 2.0, second
 
 
 def test_read_your_writes_goes_to_the_primary_until_the_standby_replayed_the_write(
