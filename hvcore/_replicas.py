@@ -190,10 +190,14 @@ class LagTracker:
                 self._samples.popleft()
 
     def add_replica(self, index: int, now: float, lsn: int | None) -> None:
-        """Record standby ``index``'s replayed position read at ``now`` (it answered: no longer down)."""
+        """Record standby ``index``'s replayed position read at ``now`` (it answered: no longer down).
+
+        The newest reading wins even if lower (a standby rebuilt behind the one it replaces, or two refreshes
+        finishing out of order): a lower position only makes the standby look staler, never fresher.
+        """
         state = self.replicas[index]
         with self._lock:
-            if lsn is not None and (state.replayed is None or lsn >= state.replayed):
+            if lsn is not None:
                 state.replayed = lsn
             state.read_at = now
             state.down_until = 0.0

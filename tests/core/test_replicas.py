@@ -140,6 +140,15 @@ def test_a_standby_is_as_stale_as_the_newest_primary_position_it_replayed() -> N
     assert tracker.choose(11.8) is None and tracker.describe(0, 11.8)["state"] == "down"
 
 
+def test_a_standby_replaced_by_one_further_behind_is_not_taken_for_fresh() -> None:
+    tracker = LagTracker(["r"], max_lag=1.0)
+    tracker.add_primary(0.0, 100)
+    tracker.add_replica(0, 0.1, 100)
+    tracker.add_primary(0.5, 200)
+    tracker.add_replica(0, 0.6, 50)  # the same address, a standby rebuilt from an older backup
+    assert tracker.choose(0.7) is None
+
+
 def test_round_robin_over_usable_standbys() -> None:
     tracker = LagTracker(["a", "b", "c"], max_lag=1.0)
     tracker.add_primary(0.0, 10)
