@@ -175,6 +175,12 @@ def cmd_config_show(args: argparse.Namespace, out: TextIO) -> int:
     ]
     if cfg.allow_gaps:
         settings.append(("gaps in the shard map", "allowed"))
+    standbys = sum(len(s.get("replicas") or ()) for s in cfg.servers)
+    if standbys or cfg.read_from != "primary":
+        rule = "read-your-writes" if cfg.read_your_writes else "no read-your-writes"
+        settings.append(
+            ("reads from", f"{cfg.read_from} ({standbys} standby(s), max lag {cfg.max_replica_lag:g} s, {rule})")
+        )
     width = max(len(name) for name, _ in settings)
     for name, value in settings:
         print(f"{name:<{width}}  {value}", file=out)

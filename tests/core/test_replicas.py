@@ -315,3 +315,21 @@ def test_any_replicas_value_is_accepted_or_a_config_error(replicas: Any) -> None
         Datastore([{**PRIMARY, "replicas": replicas}], backend="memory")
     except ConfigError as exc:
         assert "pw-primary" not in str(exc)
+
+
+def test_hv_config_shows_where_reads_go_and_no_replica_password(tmp_path: Any) -> None:
+    from io import StringIO
+
+    from hvcore.cli import main
+
+    path = tmp_path / "hv.toml"
+    path.write_text(
+        'read_from = "replica"\n[[servers]]\nshards = "0-4"\nhost = "db1"\npassword = "pw-primary"\n'
+        '[[servers.replicas]]\nhost = "db1r"\npassword = "pw-replica"\n',
+        encoding="utf-8",
+    )
+    out = StringIO()
+    assert main(["config", "--config", str(path)], out) == 0
+    text = out.getvalue()
+    assert "reads from          replica (1 standby(s), max lag 1 s, read-your-writes)" in text
+    assert "pw-primary" not in text and "pw-replica" not in text and "db1r" in text
