@@ -88,8 +88,9 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
     the server's other settings). ``read_from="replica"`` sends `get`, `get_many` and `query` to a standby whose
     replay lag is within ``max_replica_lag`` seconds (default 1.0), else to the primary, never failing while the
     primary is up; each of them takes ``read_from=`` for one call. After a write to a shard, its reads go to the
-    primary until a standby has replayed past that write (read-your-writes, per `timeline`). Writes always go to
-    primaries. README "Read replicas" has the details and figures.
+    primary until a standby has replayed past that write (read-your-writes, per `timeline`; it costs each write on
+    a server with standbys one more round trip, for the WAL position: ``read_your_writes=False`` turns it off).
+    Writes always go to primaries. README "Read replicas" has the details and figures.
 
     `AsyncDatastore` opens its pools on ``await db.open()`` or on entering ``async with``; its I/O methods are
     coroutines, ``cursor()`` is an async context manager and ``query()`` an async iterator. `Datastore` opens them

@@ -86,8 +86,9 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
     the server's other settings). ``read_from="replica"`` sends `get`, `get_many` and `query` to a standby whose
     replay lag is within ``max_replica_lag`` seconds (default 1.0), else to the primary, never failing while the
     primary is up; each of them takes ``read_from=`` for one call. After a write to a shard, its reads go to the
-    primary until a standby has replayed past that write (read-your-writes, per `timeline`). Writes always go to
-    primaries. README "Read replicas" has the details and figures.
+    primary until a standby has replayed past that write (read-your-writes, per `timeline`; it costs each write on
+    a server with standbys one more round trip, for the WAL position: ``read_your_writes=False`` turns it off).
+    Writes always go to primaries. README "Read replicas" has the details and figures.
 
     `Datastore` opens its pools on ``await db.open()`` or on entering ``with``; its I/O methods are
     coroutines, ``cursor()`` is a context manager and ``query()`` an iterator. `Datastore` opens them
