@@ -301,11 +301,9 @@ def test_timeline_blocks_belong_to_their_thread_or_task() -> None:
     assert current_timeline(default) is default
 
 
-_json = st.recursive(
-    st.none() | st.booleans() | st.integers(-10, 70000) | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
-    max_leaves=8,
-)
+_scalar = st.none() | st.booleans() | st.integers(-10, 70000) | st.text(max_size=8)
+_value = _scalar | st.lists(_scalar, max_size=3) | st.dictionaries(st.text(max_size=8), _scalar, max_size=3)
+_json = _value | st.lists(_value | st.dictionaries(st.text(max_size=8), _value, max_size=3), max_size=3)
 
 
 @settings(max_examples=200, deadline=None)
