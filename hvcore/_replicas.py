@@ -182,9 +182,18 @@ class LagTracker:
         self._next = 0  # round robin over usable standbys
 
     def add_primary(self, now: float, lsn: int) -> None:
-        """Record the primary's WAL insert position read at ``now`` (drops samples too old to matter)."""
+        """Record the primary's WAL insert position read at ``now`` (drops samples too old to matter).
+
+        Samples closer than ``max_lag / 128`` to the one before the last replace the last one, so the 256 kept
+        cover twice the bound whatever the refresh rate (a standby between two thinned samples is judged by the
+        older one: staler, never fresher).
+        """
         with self._lock:
-            self._samples.append((now, lsn))
+            samples = self._samples
+            if len(samples) >= 2 and now - samples[-2][0] < self.max_lag / 128:
+                samples[-1] = (now, lsn)
+            else:
+                samples.append((now, lsn))
             horizon = now - 2 * self.max_lag - 1.0
             while len(self._samples) > 1 and self._samples[0][0] < horizon:
                 self._samples.popleft()

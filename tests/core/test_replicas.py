@@ -149,6 +149,17 @@ def test_a_standby_replaced_by_one_further_behind_is_not_taken_for_fresh() -> No
     assert tracker.choose(0.7) is None
 
 
+def test_a_long_bound_keeps_samples_over_the_whole_bound() -> None:
+    tracker = LagTracker(["r"], max_lag=3600.0)
+    tracker.add_primary(0.0, 0)
+    tracker.add_replica(0, 0.0, 1000)
+    for step in range(1, 8001):  # 2000 s of refreshes every 250 ms, the primary writing all along
+        tracker.add_primary(step * 0.25, 1000 + step)
+    staleness = tracker.staleness(0, 2000.0)
+    assert staleness is not None and 1990 < staleness <= 2000
+    assert tracker.choose(2000.0) == 0  # within the hour
+
+
 def test_round_robin_over_usable_standbys() -> None:
     tracker = LagTracker(["a", "b", "c"], max_lag=1.0)
     tracker.add_primary(0.0, 10)
