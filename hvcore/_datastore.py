@@ -667,7 +667,8 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
 
         A server with standbys also has ``replicas``: per standby its label, ``state`` (``in use``: within
         ``max_replica_lag``; ``lagging``; ``down``; ``unknown``), ``lag_seconds``, ``lag_bytes``, reads served and
-        fall-backs to the primary (positions read anew first).
+        failed reads left for the primary (positions read anew first); and ``replica_reads_on_primary``: reads
+        asking for a standby that the primary served (none within the bound, or read-your-writes).
         """
         out: list[dict[str, Any]] = []
         if self._router is not None:
@@ -683,6 +684,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
             }
             if self._router is not None and self._router.has_replicas(index):
                 entry["replicas"] = self._router.describe(index)
+                entry["replica_reads_on_primary"] = self._router.on_primary[index]
             try:
                 counts = store.row_counts(shards)
             except Exception as exc:  # reported to the user as the server's state

@@ -69,6 +69,7 @@ class ReadRouter:
         self._primaries = primaries
         self._stores: list[list[Any]] = []
         self._trackers: list[LagTracker | None] = []
+        self.on_primary: list[int] = []  # per server: replica reads that went to the primary (none usable, pinned)
         self._server_ids: list[int] = []
         self._last_refresh: list[float] = []
         self._refreshing: set[int] = set()
@@ -100,6 +101,7 @@ class ReadRouter:
         self._server_ids = [server_id(str(getattr(p, "label", "?"))) for p in primaries]
         self._last_refresh = [float("-inf")] * len(primaries)
         self._refreshing = set()
+        self.on_primary = [0] * len(primaries)
 
     def close(self) -> None:
         """Wait for refreshes under way, then close every standby's store."""
@@ -146,10 +148,12 @@ class ReadRouter:
         wanted = [n for n in needs.values() if n is not None and n != PIN]
         number = tracker.choose(now, max(wanted) if wanted and len(wanted) == len(needs) else None)
         if number is None:
+            self.on_primary[index] += 1
             return None
         replayed = tracker.replicas[number].replayed or 0
         pinned = frozenset((shard for shard, need in needs.items() if need is not None and need > replayed))
         if len(pinned) == len(needs):
+            self.on_primary[index] += 1
             return None
         return ReplicaChoice(self._stores[index][number], number, pinned)
 

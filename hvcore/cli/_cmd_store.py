@@ -108,6 +108,9 @@ def print_replica_status(status: list[dict[str, Any]], max_lag: float, out: Text
         for replica in entry.get("replicas") or ():
             if replica.get("error"):
                 print(f"  {replica['server']}: {replica['error']}", file=out)
+        on_primary = entry.get("replica_reads_on_primary")
+        if on_primary:
+            print(f"  {entry['server']}: {on_primary:,} replica reads served by the primary", file=out)
 
 
 def _clusters(store: Datastore, status: list[dict[str, Any]]) -> list[dict[str, Any]]:
