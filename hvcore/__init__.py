@@ -11,6 +11,7 @@ from hvcore._generator import KeyGenerator
 from hvcore._key import Key, KeyLayout
 from hvcore._placement import MoveReport
 from hvcore._plugins import PluginRegistry, default_registry
+from hvcore._replicas import Timeline
 from hvcore._row import Row
 from hvcore._schemadefs import IndexInfo, IndexReport, IndexSpec, MigrationReport, MigrationStatus
 from hvcore._sequence import AsyncSequenceSource, SequenceSource
@@ -29,6 +30,7 @@ from hvcore.errors import (
     InvalidKind,
     InvalidQuery,
     InvalidShard,
+    InvalidToken,
     LayoutExhausted,
     MigrationError,
     MoveError,
@@ -77,6 +79,7 @@ __all__ = [
     "InvalidKind",
     "InvalidQuery",
     "InvalidShard",
+    "InvalidToken",
     "Key",
     "KeyGenerator",
     "KeyLayout",
@@ -105,6 +108,7 @@ __all__ = [
     "ShardNotFound",
     "ShardTransaction",
     "StoreClosed",
+    "Timeline",
     "TransactionConflict",
     "TransactionError",
     "WorkerGrant",

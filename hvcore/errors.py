@@ -14,6 +14,7 @@
     ├── InvalidKind (ValueError)            a kind outside 0..32767
     ├── InvalidData (ValueError)            a body the backend cannot store as given
     ├── InvalidQuery (ValueError)           query arguments that cannot mean anything (since > until, ...)
+    ├── InvalidToken (ValueError)           a timeline token that is malformed, or forged / signed otherwise
     ├── ClockMovedBackwards (RuntimeError)  the clock went back further than the tolerated skew
     ├── LayoutExhausted (OverflowError)     the time part would reach the sign bit
     ├── PluginError (LookupError)           unknown or duplicate backend / sequence names
@@ -47,6 +48,7 @@ __all__ = [
     "InvalidKind",
     "InvalidQuery",
     "InvalidShard",
+    "InvalidToken",
     "LayoutExhausted",
     "MigrationError",
     "MoveError",
@@ -168,6 +170,12 @@ class InvalidData(HypervaultError, ValueError):
 
 class InvalidQuery(HypervaultError, ValueError):
     """Query arguments that cannot mean anything: ``since`` after ``until``, a negative limit, a bad filter."""
+
+    __module__ = "hvcore"
+
+
+class InvalidToken(HypervaultError, ValueError):
+    """A read-your-writes timeline token that is not one, or whose signature does not match (forged or edited)."""
 
     __module__ = "hvcore"
 

@@ -69,6 +69,7 @@ from hvbackend_postgres._legacy import LEGACY_SQL, layout_problem, legacy_signs,
 from hvbackend_postgres._migrate import PostgresMigrator, new_shard_ddl
 from hvbackend_postgres._move import PostgresMover
 from hvbackend_postgres._onetrip import PIPELINE, PreparedNames, dollar_params, error_in, until_sync
+from hvbackend_postgres._replica import WAL_POSITION_SQL, wal_position_of
 from hvbackend_postgres._schema import (
     TABLE,
     ShardSQL,
@@ -980,6 +981,22 @@ class PostgresServerStore(StoreCore):
     def migrator(self) -> PostgresMigrator:
         """Migration operations on this server (blocking, on sessions of their own), see ``_migrate``."""
         return PostgresMigrator(self)
+
+    def wal_position(self) -> tuple[bool, int]:
+        """This server's WAL position, for read replicas: ``(in_recovery, lsn)``, ``lsn`` in bytes.
+
+        A primary answers ``(False, pg_current_wal_insert_lsn())``, a standby ``(True, pg_last_wal_replay_lsn())``
+        (see ``_replica.WAL_POSITION_SQL``). One round trip on a pooled connection; `ServerUnavailable` if the server
+        cannot be reached.
+        """
+        conn, pool = self._checkout()
+        try:
+            row = conn.execute(WAL_POSITION_SQL).fetchone()
+        except psycopg.OperationalError as exc:
+            raise self._unavailable(exc) from None
+        finally:
+            self._checkin(conn, pool)
+        return wal_position_of(row)
 
     def stats(self) -> dict[str, Any]:
         """Pool figures: pool_max, size, available, borrowed (lent by this store), waiting, connection errors."""
