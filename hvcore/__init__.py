@@ -8,6 +8,7 @@ from hvcore._backend import AsyncServerStore, BackendOptions, ProvisionReport, Q
 from hvcore._datastore import Datastore
 from hvcore._generator import KeyGenerator
 from hvcore._key import Key, KeyLayout
+from hvcore._metrics import Metrics, metrics
 from hvcore._placement import MoveReport
 from hvcore._plugins import PluginRegistry, default_registry
 from hvcore._row import Row
@@ -75,6 +76,7 @@ __all__ = [
     "KeyGenerator",
     "KeyLayout",
     "LayoutExhausted",
+    "Metrics",
     "MigrationError",
     "MigrationReport",
     "MigrationStatus",
@@ -105,4 +107,5 @@ __all__ = [
     "__version__",
     "default_registry",
     "hookimpl",
+    "metrics",
 ]
