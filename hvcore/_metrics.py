@@ -247,7 +247,7 @@ class Metrics:
         self, name: str, store: Any, seconds: float, error: BaseException | None = None, shard: int | None = None
     ) -> None:
         """One database operation ``name`` (put, get, ...) on ``store`` took ``seconds``; ``error`` if it raised."""
-        inst = self.instruments()
+        inst = self._instruments or self.instruments()
         if inst is None:
             return
         attrs = self._op_attrs(name, store, shard)
@@ -257,25 +257,25 @@ class Metrics:
 
     def connection_wait(self, pool: str, seconds: float) -> None:
         """A connection of pool ``pool`` (a server label) was obtained after waiting ``seconds``."""
-        inst = self.instruments()
+        inst = self._instruments or self.instruments()
         if inst is not None:
             inst.wait_time.record(seconds, self._pool_attrs(pool))
 
     def connection_timeout(self, pool: str) -> None:
         """No connection of pool ``pool`` (a server label) came free within the pool's timeout."""
-        inst = self.instruments()
+        inst = self._instruments or self.instruments()
         if inst is not None:
             inst.timeouts.add(1, self._pool_attrs(pool))
 
     def key_collision(self, store: Any) -> None:
         """A write found its new key already stored on ``store`` and retries with a fresh one."""
-        inst = self.instruments()
+        inst = self._instruments or self.instruments()
         if inst is not None:
             inst.collisions.add(1, {"hypervault.server": store.label})
 
     def shard_moved_followed(self, shard_id: int, server: str) -> None:
         """An operation was refused by shard ``shard_id``'s old server and follows it to ``server``."""
-        inst = self.instruments()
+        inst = self._instruments or self.instruments()
         if inst is not None:
             inst.moved_followed.add(1, {"hypervault.server": server})
 
@@ -284,7 +284,7 @@ class Metrics:
 
         For the read-replica routing: call it once per read that could not use the replica it would have used.
         """
-        inst = self.instruments()
+        inst = self._instruments or self.instruments()
         if inst is not None:
             inst.replica_fallbacks.add(
                 1, {"hypervault.server": server, "hypervault.replica": replica, "hypervault.reason": reason}
@@ -294,7 +294,7 @@ class Metrics:
         self, report: Any = None, *, source: str = "", target: str = "", error: BaseException | None = None
     ) -> None:
         """A shard move ended: ``report`` (a `MoveReport`) when it succeeded, else ``error`` with its servers."""
-        inst = self.instruments()
+        inst = self._instruments or self.instruments()
         if inst is None:
             return
         if report is not None:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import io
 import json
 import socket
+import subprocess
+import sys
+import textwrap
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -116,3 +119,39 @@ def test_hv_metrics_on_a_bad_url_is_one_error_line(capsys: pytest.CaptureFixture
     assert "not an http(s) URL" in capsys.readouterr().err
     assert cli.main(["metrics", f"http://127.0.0.1:{_free_port()}/metrics"]) == 2
     assert "cannot read http://127.0.0.1:" in capsys.readouterr().err
+
+
+def test_the_readme_route_with_the_global_provider(tmp_path: Any) -> None:
+    """The README's steps in a fresh process: exporter server, global provider, then a datastore; scraped."""
+    port = _free_port()
+    script = tmp_path / "app.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import urllib.request
+            from opentelemetry import metrics as otel
+            from opentelemetry.exporter.prometheus import PrometheusMetricReader
+            from opentelemetry.sdk.metrics import MeterProvider
+            from prometheus_client import start_http_server
+            from hvcore import Datastore
+
+            start_http_server({port}, addr="127.0.0.1")
+            otel.set_meter_provider(MeterProvider(metric_readers=[PrometheusMetricReader()]))
+            db = Datastore([dict(shards="0-16", name="readme")], backend="memory")
+            db.provision()
+            db.get(db.put(5, 1, beep="boop"))
+            print(urllib.request.urlopen("http://127.0.0.1:{port}/metrics", timeout=10).read().decode())
+            """
+        ),
+        encoding="utf-8",
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    counts = {
+        s.labels["db_operation_name"]: s.value
+        for family in text_string_to_metric_families(done.stdout)
+        for s in family.samples
+        if s.name == "db_client_operation_duration_seconds_count"
+    }
+    assert counts == {"put": 1, "get": 1}
+    assert 'db_client_connection_max{db_client_connection_pool_name="memory:readme"' in done.stdout
