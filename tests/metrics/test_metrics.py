@@ -317,7 +317,7 @@ def test_a_query_left_early_records_one_operation_per_server_without_error(make_
         ds.put_many(shard, 1, [{"n": str(i)} for i in range(5)])
     stream = iter(ds.query(kind=1))
     next(stream)
-    stream.close()  # type: ignore[attr-defined]
+    stream.close()
     assert len(list(ds.query(kind=1, limit=2))) == 2
     queries = [p for p in reader.points("db.client.operation.duration") if p.attributes["db.operation.name"] == "query"]
     assert sum(p.count for p in queries) == 4  # two queries, two servers each
