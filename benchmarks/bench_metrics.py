@@ -7,7 +7,9 @@ Three variants, on the memory backend and on a throwaway PostgreSQL server (json
 - ``bare``: a `Datastore` whose ``put`` and ``_on_shard`` are the code before instrumentation (no check at all);
 - ``off``: hypervault as shipped with no meter provider configured (one attribute check per call);
 - ``on``: an OpenTelemetry SDK ``MeterProvider`` with an ``InMemoryMetricReader`` (every call records its duration);
-- ``on_lean``: the same with exemplars off (``OTEL_METRICS_EXEMPLAR_FILTER=always_off``), the SDK's cheaper setting.
+- ``on_no_wait``: the same with ``hvcore.metrics.wait_time = False`` (no wait-time measurement per checkout).
+
+For scale, the SDK's own cost of one histogram measurement with the 5 attributes of an operation is measured too.
 
 Two measures, both printed as ratios to ``bare`` from this one run: wall-clock medians of interleaved blocks
 (``_shared.measure``), and instructions per put+get counted by valgrind's callgrind (each variant runs N and 5N
@@ -38,7 +40,7 @@ from hvcore._facade import PUT_ATTEMPTS, check_kind, too_many_duplicates
 from hvcore._placement import MAX_HOPS
 from hvcore.errors import DuplicateKey, ShardMoved
 
-VARIANTS = ("bare", "off", "on", "on_lean")
+VARIANTS = ("bare", "off", "on", "on_no_wait")
 SHARD = 3
 BODY = {"name": "benchmark", "colour": "red", "size": 3}
 
@@ -83,13 +85,9 @@ def make(variant: str, backend: str, settings: Mapping[str, Any] | None) -> tupl
         from opentelemetry.sdk.metrics import MeterProvider
         from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-        options: dict[str, Any] = {}
-        if variant == "on_lean":  # OTEL_METRICS_EXEMPLAR_FILTER=always_off: no exemplar sampling per measurement
-            from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter
-
-            options["exemplar_filter"] = AlwaysOffExemplarFilter()
-        provider = MeterProvider(metric_readers=[InMemoryMetricReader()], **options)
+        provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
     hvcore.metrics.use(provider)
+    hvcore.metrics.wait_time = variant != "on_no_wait"
     cls = BareDatastore if variant == "bare" else hvcore.Datastore
     if backend == "memory":
         servers: list[dict[str, Any]] = [dict(shards="0-16", name=f"bench-{variant}")]
@@ -115,7 +113,8 @@ def wall(backend: str, settings: Mapping[str, Any] | None, ops: int, rounds: int
     """Median µs per put+get of each variant, interleaved blocks; ``on`` keeps its provider while it runs."""
     made = {variant: make(variant, backend, settings) for variant in VARIANTS}
     # hvcore.metrics is one per process: "on" must record and the others not, so each call points it first
-    medians = measure({v: _switching(round_trip(ds), provider) for v, (ds, provider) in made.items()}, ops, rounds)
+    calls = {v: _switching(round_trip(ds), provider, v != "on_no_wait") for v, (ds, provider) in made.items()}
+    medians = measure(calls, ops, rounds)
     for ds, provider in made.values():
         ds.close()
         if provider is not None:
@@ -124,16 +123,36 @@ def wall(backend: str, settings: Mapping[str, Any] | None, ops: int, rounds: int
     return {variant: seconds * 1e6 for variant, seconds in medians.items()}
 
 
-def _switching(call: Callable[[], None], provider: Any) -> Callable[[], None]:
+def _switching(call: Callable[[], None], provider: Any, wait_time: bool) -> Callable[[], None]:
     """``call`` with hvcore.metrics pointed at ``provider`` (None: off) first, when it is not already."""
     state = hvcore.metrics
 
     def run() -> None:
         if state._explicit is not provider:
             state.use(provider)
+        state.wait_time = wait_time
         call()
 
     return run
+
+
+def sdk_record_us(ops: int, rounds: int) -> float:
+    """Median µs of one SDK histogram measurement with an operation's 5 attributes (what ``on`` adds per record)."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    histogram = provider.get_meter("bench").create_histogram("h", unit="s")
+    attrs: dict[str, Any] = {
+        "db.system.name": "postgresql",
+        "db.operation.name": "get",
+        "server.address": "127.0.0.1",
+        "server.port": 5432,
+        "db.namespace": "app",
+    }
+    seconds = measure({"record": lambda: histogram.record(0.0002, attrs)}, ops, rounds)["record"]
+    provider.shutdown()
+    return seconds * 1e6
 
 
 def worker(variant: str, backend: str, settings: Mapping[str, Any] | None, count: int) -> None:
@@ -186,6 +205,7 @@ def run(quick: bool, callgrind: bool) -> dict[str, Any]:
 
     ops, rounds = (300, 7) if quick else (1000, 21)
     results: dict[str, Any] = {"quick": quick, "ops_per_block": ops, "rounds": rounds}
+    results["sdk_record_us"] = sdk_record_us(ops * 5, rounds)
     results["memory_wall_us"] = wall("memory", None, ops * 5, rounds)
     if callgrind and shutil.which("valgrind"):
         results["memory_ir"] = per_call("memory", None, 200 if quick else 1000)
@@ -218,6 +238,7 @@ def main() -> None:
     args = parser.parse_args()
     r = run(args.quick, callgrind=not args.no_callgrind)
     print("put+get, µs per call (wall-clock medians) and instructions per call (callgrind); goals: off ≤ 1 %, on ≤ 5 %")
+    print(f"one SDK histogram measurement (5 attributes): {r['sdk_record_us']:.2f} µs")
     for backend in ("memory", "jsonb"):
         print(f"{backend:6} wall µs   {_ratios(r[f'{backend}_wall_us'])}")
         if f"{backend}_ir" in r:

@@ -157,7 +157,9 @@ class Metrics:
     recording provider is in use: the one given to `use`, else the global one (``opentelemetry.metrics.
     set_meter_provider``) as found by the last `refresh` (every datastore refreshes when it opens its pools).
     The recording methods do nothing while ``on`` is False. ``shard_attribute=True`` adds ``hypervault.shard`` to
-    the operation durations (off by default: up to 8,192 series per operation and server).
+    the operation durations (off by default: up to 8,192 series per operation and server). ``wait_time=False``
+    stops recording ``db.client.connection.wait_time`` (one histogram measurement per checkout, which costs about
+    as much as the operation's own duration: benchmarks/bench_metrics.py).
     """
 
     __module__ = "hvcore"
@@ -165,6 +167,7 @@ class Metrics:
     def __init__(self) -> None:
         self.on = False
         self.shard_attribute = False
+        self.wait_time = True
         self._explicit: Any = None
         self._provider: Any = None
         self._instruments: _Instruments | None = None
@@ -258,7 +261,7 @@ class Metrics:
     def connection_wait(self, pool: str, seconds: float) -> None:
         """A connection of pool ``pool`` (a server label) was obtained after waiting ``seconds``."""
         inst = self._instruments or self.instruments()
-        if inst is not None:
+        if inst is not None and self.wait_time:
             inst.wait_time.record(seconds, self._pool_attrs(pool))
 
     def connection_timeout(self, pool: str) -> None:

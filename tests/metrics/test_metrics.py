@@ -322,3 +322,16 @@ def test_a_query_left_early_records_one_operation_per_server_without_error(make_
     queries = [p for p in reader.points("db.client.operation.duration") if p.attributes["db.operation.name"] == "query"]
     assert sum(p.count for p in queries) == 4  # two queries, two servers each
     assert all("error.type" not in p.attributes for p in queries)
+
+
+def test_wait_time_can_be_turned_off(pg_datastore_factory, reader):
+    ds = pg_datastore_factory("jsonb")
+    metrics.wait_time = False
+    try:
+        ds.get(ds.put(3, 1, n="a"))
+    finally:
+        metrics.wait_time = True
+    assert reader.points("db.client.connection.wait_time") == []
+    assert sum(p.count for p in reader.points("db.client.operation.duration")) == 2
+    ds.get(ds.put(3, 1, n="b"))
+    assert [p.count for p in reader.points("db.client.connection.wait_time")] == [2]
