@@ -9,6 +9,7 @@ from hvcore._backend import AsyncServerStore, BackendOptions, ProvisionReport, Q
 from hvcore._datastore import Datastore
 from hvcore._generator import KeyGenerator
 from hvcore._key import Key, KeyLayout
+from hvcore._metrics import Metrics, metrics
 from hvcore._placement import MoveReport
 from hvcore._plugins import PluginRegistry, default_registry
 from hvcore._replicas import Timeline
@@ -84,6 +85,7 @@ __all__ = [
     "KeyGenerator",
     "KeyLayout",
     "LayoutExhausted",
+    "Metrics",
     "MigrationError",
     "MigrationReport",
     "MigrationStatus",
@@ -119,4 +121,5 @@ __all__ = [
     "__version__",
     "default_registry",
     "hookimpl",
+    "metrics",
 ]

@@ -16,6 +16,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from enum import Enum
 from pathlib import Path
+from time import perf_counter
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from hvcore import _schemaops
@@ -34,6 +35,7 @@ from hvcore._facade import (
 )
 from hvcore._generator import KeyGenerator
 from hvcore._key import Key, KeyLayout
+from hvcore._metrics import metrics
 from hvcore._placement import MAX_HOPS, AsyncPlacementMixin
 from hvcore._plugins import PluginRegistry
 from hvcore._replicas import Timeline, TimelineScope, check_read_from, current_timeline
@@ -211,6 +213,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
             self._router.attach(stores)
         self._closed = False
         self._ever_opened = True
+        metrics.watch(self)  # looks the meter provider up again: figures start once one is configured
 
     async def open(self) -> None:
         """Open every server's pool if closed (idempotent)."""
@@ -379,7 +382,10 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         for _ in range(PUT_ATTEMPTS):
             key = await self._next_key(shard_id)
             try:
-                await store.insert(shard_id, key, kind, data)
+                if metrics.on:
+                    await self._observed("put", store, store.insert, shard_id, key, kind, data)
+                else:
+                    await store.insert(shard_id, key, kind, data)
             except DuplicateKey:  # another writer holds the key: a fresh one, never an overwrite or a success
                 self._count_collisions(shard_id, 1)
                 self._log_duplicate(shard_id, key)
@@ -407,7 +413,8 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         keys = await self._keys(shard_id, len(bodies))
         for _ in range(PUT_ATTEMPTS):
             try:
-                await store.insert_many(shard_id, [(k, kind, b) for k, b in zip(keys, bodies, strict=True)])
+                items = [(k, kind, b) for k, b in zip(keys, bodies, strict=True)]
+                await self._observed("put_many", store, store.insert_many, shard_id, items)
             except DuplicateKey as taken:
                 keys = await self._redraw(shard_id, keys, taken.keys)
                 continue
@@ -456,7 +463,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
                     self._router.failed(index, choice, exc)
         elif read_from is not None:
             check_read_from(read_from)
-        return await self._on_shard(shard, lambda store: store.fetch(shard, key))
+        return await self._on_shard(shard, lambda store: store.fetch(shard, key), "get")
 
     async def get_many(self, keys: Iterable[Key | int], *, read_from: str | None = None) -> dict[Key, Record]:
         """Records of many keys: one round trip per server, servers read concurrently; missing keys left out.
@@ -473,9 +480,16 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
             stores = self._live()
             try:
                 if len(by_server) <= 1:
-                    records = [r for index, items in by_server.items() for r in await stores[index].fetch_many(items)]
+                    records = [
+                        r
+                        for index, items in by_server.items()
+                        for r in await self._observed("get_many", stores[index], stores[index].fetch_many, items)
+                    ]
                 else:
-                    spawned = [aspawn(stores[index].fetch_many, items) for index, items in by_server.items()]
+                    spawned = [
+                        aspawn(self._observed, "get_many", stores[index], stores[index].fetch_many, items)
+                        for index, items in by_server.items()
+                    ]
                     records = [r for batch in await agather(*spawned) for r in batch]
             except ShardMoved as moved:
                 self._follow(moved)
@@ -578,7 +592,9 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         """Merge ``data`` into the stored body; False if the key is not stored."""
         key = self.as_key(key)
         self.store_for(key.shard_id).check_data(data)
-        done = await self._on_shard(key.shard_id, lambda store: store.update(key.shard_id, key, data, merge=True))
+        done = await self._on_shard(
+            key.shard_id, lambda store: store.update(key.shard_id, key, data, merge=True), "update"
+        )
         if done and self._router is not None:
             await self._note_write(key.shard_id)
         return done
@@ -587,7 +603,9 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         """Replace the stored body with ``data`` (kind unchanged); False if the key is not stored."""
         key = self.as_key(key)
         self.store_for(key.shard_id).check_data(data)
-        done = await self._on_shard(key.shard_id, lambda store: store.update(key.shard_id, key, data, merge=False))
+        done = await self._on_shard(
+            key.shard_id, lambda store: store.update(key.shard_id, key, data, merge=False), "replace"
+        )
         if done and self._router is not None:
             await self._note_write(key.shard_id)
         return done
@@ -595,16 +613,18 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
     async def delete(self, key: Key | int) -> bool:
         """Delete the entity; False if the key was not stored."""
         key = self.as_key(key)
-        done = await self._on_shard(key.shard_id, lambda store: store.delete(key.shard_id, key))
+        done = await self._on_shard(key.shard_id, lambda store: store.delete(key.shard_id, key), "delete")
         if done and self._router is not None:
             await self._note_write(key.shard_id)
         return done
 
-    async def _on_shard(self, shard_id: int, op: Callable[[AsyncServerStore], Awaitable[_T]]) -> _T:
-        """Run ``op(store)`` on the server owning ``shard_id``, following `ShardMoved` refusals (bounded)."""
+    async def _on_shard(self, shard_id: int, op: Callable[[AsyncServerStore], Awaitable[_T]], name: str) -> _T:
+        """Run ``op(store)`` (operation ``name``) on the server owning ``shard_id``, following `ShardMoved` refusals."""
         for _ in range(MAX_HOPS):
             store = self._live()[self.shard_map.server_for(shard_id)]
             try:
+                if metrics.on:
+                    return await self._observed(name, store, op, store)
                 return await op(store)
             except ShardMoved as moved:
                 self._follow(moved)
@@ -680,7 +700,12 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
             if replicas:
                 streams = self._replica_streams(shard_ids, run)
             else:
-                streams = [stores[index].query(ids, run) for index, ids in self._group_shards(shard_ids).items()]
+                groups = self._group_shards(shard_ids)
+                streams = [stores[index].query(ids, run) for index, ids in groups.items()]
+                if metrics.on:
+                    streams = [
+                        self._observed_stream(stores[i], stream) for i, stream in zip(groups, streams, strict=True)
+                    ]
             merged = _merge(streams, run.limit)
             try:
                 async for record in merged:
@@ -736,6 +761,42 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
     def _log_duplicate(self, shard_id: int, key: Key) -> None:
         if self.logger is not None:
             self.logger.warning("key %s already stored in shard %s: retrying with fresh keys", key, shard_id)
+
+    async def _observed(self, name: str, store: AsyncServerStore, call: Callable[..., Awaitable[_T]], *args: Any) -> _T:
+        """``await call(*args)``, its duration recorded as operation ``name`` on ``store`` (hvcore._metrics)."""
+        if not metrics.on:
+            return await call(*args)
+        started = perf_counter()
+        try:
+            result = await call(*args)
+        except BaseException as exc:
+            metrics.operation(name, store, perf_counter() - started, exc)
+            raise
+        metrics.operation(name, store, perf_counter() - started)
+        return result
+
+    async def _observed_stream(self, store: AsyncServerStore, stream: AsyncIterator[Record]) -> AsyncIterator[Record]:
+        """``stream``, the time spent waiting for its records recorded as one ``query`` operation on ``store``."""
+        spent = 0.0
+        error: BaseException | None = None
+        try:
+            while True:
+                started = perf_counter()
+                try:
+                    record = await anext(stream, None)
+                except BaseException as exc:
+                    error = exc
+                    raise
+                finally:
+                    spent += perf_counter() - started
+                if record is None:
+                    return
+                yield record
+        finally:
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                await aclose()
+            metrics.operation("query", store, spent, error)
 
     # -- operations ------------------------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Se
 from contextlib import AbstractContextManager, contextmanager
 from enum import Enum
 from pathlib import Path
+from time import perf_counter
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from hvcore import _schemaops
@@ -30,6 +31,7 @@ from hvcore._facade import (
 )
 from hvcore._generator import KeyGenerator
 from hvcore._key import Key, KeyLayout
+from hvcore._metrics import metrics
 from hvcore._placement import MAX_HOPS, PlacementMixin
 from hvcore._plugins import PluginRegistry
 from hvcore._readrouter import ReadRouter, ReplicaChoice
@@ -197,6 +199,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
             self._router.attach(stores)
         self._closed = False
         self._ever_opened = True
+        metrics.watch(self)  # looks the meter provider up again: figures start once one is configured
 
     def open(self) -> None:
         """Open every server's pool if closed (idempotent)."""
@@ -340,7 +343,10 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         for _ in range(PUT_ATTEMPTS):
             key = self._next_key(shard_id)
             try:
-                store.insert(shard_id, key, kind, data)
+                if metrics.on:
+                    self._observed("put", store, store.insert, shard_id, key, kind, data)
+                else:
+                    store.insert(shard_id, key, kind, data)
             except DuplicateKey:  # another writer holds the key: a fresh one, never an overwrite or a success
                 self._count_collisions(shard_id, 1)
                 self._log_duplicate(shard_id, key)
@@ -368,7 +374,8 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         keys = self._keys(shard_id, len(bodies))
         for _ in range(PUT_ATTEMPTS):
             try:
-                store.insert_many(shard_id, [(k, kind, b) for k, b in zip(keys, bodies, strict=True)])
+                items = [(k, kind, b) for k, b in zip(keys, bodies, strict=True)]
+                self._observed("put_many", store, store.insert_many, shard_id, items)
             except DuplicateKey as taken:
                 keys = self._redraw(shard_id, keys, taken.keys)
                 continue
@@ -417,7 +424,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
                     self._router.failed(index, choice, exc)
         elif read_from is not None:
             check_read_from(read_from)
-        return self._on_shard(shard, lambda store: store.fetch(shard, key))
+        return self._on_shard(shard, lambda store: store.fetch(shard, key), "get")
 
     def get_many(self, keys: Iterable[Key | int], *, read_from: str | None = None) -> dict[Key, Record]:
         """Records of many keys: one round trip per server, servers read concurrently; missing keys left out.
@@ -434,9 +441,16 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
             stores = self._live()
             try:
                 if len(by_server) <= 1:
-                    records = [r for index, items in by_server.items() for r in stores[index].fetch_many(items)]
+                    records = [
+                        r
+                        for index, items in by_server.items()
+                        for r in self._observed("get_many", stores[index], stores[index].fetch_many, items)
+                    ]
                 else:
-                    spawned = [spawn(stores[index].fetch_many, items) for index, items in by_server.items()]
+                    spawned = [
+                        spawn(self._observed, "get_many", stores[index], stores[index].fetch_many, items)
+                        for index, items in by_server.items()
+                    ]
                     records = [r for batch in gather(*spawned) for r in batch]
             except ShardMoved as moved:
                 self._follow(moved)
@@ -537,7 +551,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         """Merge ``data`` into the stored body; False if the key is not stored."""
         key = self.as_key(key)
         self.store_for(key.shard_id).check_data(data)
-        done = self._on_shard(key.shard_id, lambda store: store.update(key.shard_id, key, data, merge=True))
+        done = self._on_shard(key.shard_id, lambda store: store.update(key.shard_id, key, data, merge=True), "update")
         if done and self._router is not None:
             self._note_write(key.shard_id)
         return done
@@ -546,7 +560,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         """Replace the stored body with ``data`` (kind unchanged); False if the key is not stored."""
         key = self.as_key(key)
         self.store_for(key.shard_id).check_data(data)
-        done = self._on_shard(key.shard_id, lambda store: store.update(key.shard_id, key, data, merge=False))
+        done = self._on_shard(key.shard_id, lambda store: store.update(key.shard_id, key, data, merge=False), "replace")
         if done and self._router is not None:
             self._note_write(key.shard_id)
         return done
@@ -554,16 +568,18 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
     def delete(self, key: Key | int) -> bool:
         """Delete the entity; False if the key was not stored."""
         key = self.as_key(key)
-        done = self._on_shard(key.shard_id, lambda store: store.delete(key.shard_id, key))
+        done = self._on_shard(key.shard_id, lambda store: store.delete(key.shard_id, key), "delete")
         if done and self._router is not None:
             self._note_write(key.shard_id)
         return done
 
-    def _on_shard(self, shard_id: int, op: Callable[[ServerStore], _T]) -> _T:
-        """Run ``op(store)`` on the server owning ``shard_id``, following `ShardMoved` refusals (bounded)."""
+    def _on_shard(self, shard_id: int, op: Callable[[ServerStore], _T], name: str) -> _T:
+        """Run ``op(store)`` (operation ``name``) on the server owning ``shard_id``, following `ShardMoved` refusals."""
         for _ in range(MAX_HOPS):
             store = self._live()[self.shard_map.server_for(shard_id)]
             try:
+                if metrics.on:
+                    return self._observed(name, store, op, store)
                 return op(store)
             except ShardMoved as moved:
                 self._follow(moved)
@@ -636,7 +652,12 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
             if replicas:
                 streams = self._replica_streams(shard_ids, run)
             else:
-                streams = [stores[index].query(ids, run) for index, ids in self._group_shards(shard_ids).items()]
+                groups = self._group_shards(shard_ids)
+                streams = [stores[index].query(ids, run) for index, ids in groups.items()]
+                if metrics.on:
+                    streams = [
+                        self._observed_stream(stores[i], stream) for i, stream in zip(groups, streams, strict=True)
+                    ]
             merged = _merge(streams, run.limit)
             try:
                 for record in merged:
@@ -688,6 +709,42 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
     def _log_duplicate(self, shard_id: int, key: Key) -> None:
         if self.logger is not None:
             self.logger.warning("key %s already stored in shard %s: retrying with fresh keys", key, shard_id)
+
+    def _observed(self, name: str, store: ServerStore, call: Callable[..., _T], *args: Any) -> _T:
+        """``await call(*args)``, its duration recorded as operation ``name`` on ``store`` (hvcore._metrics)."""
+        if not metrics.on:
+            return call(*args)
+        started = perf_counter()
+        try:
+            result = call(*args)
+        except BaseException as exc:
+            metrics.operation(name, store, perf_counter() - started, exc)
+            raise
+        metrics.operation(name, store, perf_counter() - started)
+        return result
+
+    def _observed_stream(self, store: ServerStore, stream: Iterator[Record]) -> Iterator[Record]:
+        """``stream``, the time spent waiting for its records recorded as one ``query`` operation on ``store``."""
+        spent = 0.0
+        error: BaseException | None = None
+        try:
+            while True:
+                started = perf_counter()
+                try:
+                    record = next(stream, None)
+                except BaseException as exc:
+                    error = exc
+                    raise
+                finally:
+                    spent += perf_counter() - started
+                if record is None:
+                    return
+                yield record
+        finally:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
+            metrics.operation("query", store, spent, error)
 
     # -- operations ------------------------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from typing import Any, Generic, Self, TypeVar
 from hvcore._backend import BackendOptions, QuerySpec
 from hvcore._config import DatastoreConfig, check_servers, load_config, parse_layout
 from hvcore._key import Key, KeyLayout
+from hvcore._metrics import metrics
 from hvcore._plugins import PluginRegistry, default_registry
 from hvcore._replicas import split_replicas
 from hvcore._schemadefs import KIND_MAX, check_kind
@@ -170,6 +171,8 @@ class FacadeBase(Generic[StoreT]):
         """
         self.key_collisions += count
         self._collisions_by_shard[shard_id] = self._collisions_by_shard.get(shard_id, 0) + count
+        if metrics.on:
+            metrics.key_collision(self.store_for(shard_id), count)
 
     @classmethod
     def from_config(cls, config: str | Path | DatastoreConfig, **overrides: Any) -> Self:

@@ -86,6 +86,7 @@ from hvbackend_postgres._schema import (
 from hvcore._acompat import ALock, agather, asleep, aspawn, ato_thread
 from hvcore._backend import BackendOptions, ProvisionReport, QuerySpec, Record
 from hvcore._key import Key
+from hvcore._metrics import metrics
 from hvcore.errors import ConnectionMisuse, DuplicateKey, ServerUnavailable
 
 __all__ = ["AsyncPostgresServerStore"]
@@ -285,12 +286,16 @@ class AsyncPostgresServerStore(StoreCore):
             except psycopg_pool.PoolTimeout:
                 if pool.last_error is not None:  # waited while every connection attempt failed
                     raise pool.last_error from None
+                if metrics.on:
+                    metrics.connection_timeout(self._label)
                 raise self._pool_timeout() from None
             except psycopg_pool.PoolClosed:
                 if self._pool is None or self._pool is pool:
                     raise ServerUnavailable(f"the pool of {self._label} is closed") from None
                 continue  # replaced by a fresh pool meanwhile
             if await self._healthy(conn):
+                if metrics.on:
+                    metrics.connection_wait(self._label, time.monotonic() - deadline + self._options.pool_block_timeout)
                 with self._lock:
                     self._lent += 1
                 return conn, pool

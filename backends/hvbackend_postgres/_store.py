@@ -83,6 +83,7 @@ from hvbackend_postgres._transaction import PostgresTransaction, postgres_transa
 from hvcore._acompat import Lock, gather, sleep, spawn, to_thread
 from hvcore._backend import BackendOptions, ProvisionReport, QuerySpec, Record
 from hvcore._key import Key
+from hvcore._metrics import metrics
 from hvcore.errors import ConnectionMisuse, DuplicateKey, ServerUnavailable
 
 __all__ = ["PostgresServerStore"]
@@ -270,12 +271,16 @@ class PostgresServerStore(StoreCore):
             except psycopg_pool.PoolTimeout:
                 if pool.last_error is not None:  # waited while every connection attempt failed
                     raise pool.last_error from None
+                if metrics.on:
+                    metrics.connection_timeout(self._label)
                 raise self._pool_timeout() from None
             except psycopg_pool.PoolClosed:
                 if self._pool is None or self._pool is pool:
                     raise ServerUnavailable(f"the pool of {self._label} is closed") from None
                 continue  # replaced by a fresh pool meanwhile
             if self._healthy(conn):
+                if metrics.on:
+                    metrics.connection_wait(self._label, time.monotonic() - deadline + self._options.pool_block_timeout)
                 with self._lock:
                     self._lent += 1
                 return (conn, pool)
