@@ -902,6 +902,15 @@ def _from_replica(
         stream.close()
 
 
+def _first(stream: Iterator[Record]) -> Record | BaseException | None:
+    """The first record of ``stream`` (None if empty), or the exception getting it raised (to re-raise once every
+    stream's first step is over: none of them may still be running when the streams are closed)."""
+    try:
+        return next(stream, None)
+    except BaseException as exc:  # re-raised by _merge
+        return exc
+
+
 def _merge(streams: list[Iterator[Record]], limit: int | None) -> Generator[Record, None, None]:
     """Merge key-ordered streams lazily (a heap of each stream's next record), at most ``limit`` records."""
     try:
@@ -915,9 +924,13 @@ def _merge(streams: list[Iterator[Record]], limit: int | None) -> Generator[Reco
                         break
             return
         heap: list[tuple[int, int, Record]] = []
-        for index, stream in enumerate(streams):
-            first = next(stream, None)
-            if first is not None:
+        # each server's first round trip (a pipeline of every piece of its shards) runs concurrently with the others'
+        firsts = gather(*(spawn(_first, stream) for stream in streams))
+        failed = next((outcome for outcome in firsts if isinstance(outcome, BaseException)), None)
+        if failed is not None:
+            raise failed
+        for index, first in enumerate(firsts):
+            if isinstance(first, Record):
                 heap.append((int(first.key), index, first))
         heapq.heapify(heap)
         emitted = 0

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import heapq
 import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -52,10 +54,10 @@ from hvbackend_postgres._commit import (
 from hvbackend_postgres._common import (
     ADVISORY_LOCK,
     BACKEND_CHECK_SQL,
-    COUNT_BATCH,
     HSTORE_SCHEMA_SQL,
     PROVISION_BATCH,
     PROVISION_WORKERS,
+    QUERY_FETCH_FIRST,
     SEARCH_PATH_SQL,
     StoreCore,
     bounded_async_connection_class,
@@ -66,6 +68,13 @@ from hvbackend_postgres._common import (
     log_statements,
     query_fetch_sizes,
     query_records,
+)
+from hvbackend_postgres._fanout import (
+    PIPELINE_PIECES,
+    QueryPiece,
+    configure_preparation,
+    prepare_hot,
+    shard_pieces,
 )
 from hvbackend_postgres._indexes import PostgresIndexes, unique_violation
 from hvbackend_postgres._lease import PostgresWorkerLease, alease_worker
@@ -180,6 +189,7 @@ class AsyncPostgresServerStore(StoreCore):
         conn.adapters.register_dumper(Key, Int8BinaryDumper)
         set_json_loads(load_json, conn)
         set_json_dumps(dump_json, conn)
+        configure_preparation(conn)  # room for every shard's point statements, prepared (_fanout)
         if self._cursor_factory is not None:
             conn.cursor_factory = self._cursor_factory
 
@@ -457,7 +467,7 @@ class AsyncPostgresServerStore(StoreCore):
         """
         conn, pool = await self._checkout()
         try:
-            cur = await conn.execute(query, params)
+            cur = await conn.execute(query, params, prepare=prepare_hot(conn))
             return await cur.fetchone() if cur.description is not None else None
         except psycopg.OperationalError as exc:
             if retried or not conn.closed:
@@ -740,15 +750,47 @@ class AsyncPostgresServerStore(StoreCore):
         )
 
     async def fetch_many(self, items: Sequence[tuple[int, Key]]) -> list[Record]:
-        """Records stored under these (shard, key) pairs, in one round trip; missing keys are left out."""
+        """Records stored under these (shard, key) pairs, in one round trip; missing keys are left out.
+
+        One statement per `SHARDS_PER_STATEMENT` shards (keys bound as one array per shard), all sent in one
+        pipeline, each in its own transaction: any number of keys and shards stays within the lock table
+        (see `_fanout`).
+        """
         if not items:
             return []
-        query, params, first_shard = self._fetch_many_sql(items, await self._ext())
+        statements = self._fetch_many_statements(items, await self._ext())
+        first_shard = items[0][0]
 
         async def op(conn: AConn) -> list[tuple[Any, ...]]:
-            return list(await (await conn.execute(query, params)).fetchall())
+            return [row for rows in await self._pieces(conn, statements) for row in rows]
 
         return self._records(items, await self._with_conn(first_shard, op))
+
+    async def _pieces(self, conn: AConn, statements: Sequence[tuple[Any, Sequence[Any]]]) -> list[list[Any]]:
+        """The rows of each statement, run in one round trip: a pipeline, each statement in a transaction of its own.
+
+        A single statement runs alone in autocommit (its own transaction too). With several, each is wrapped in
+        ``BEGIN``/``COMMIT`` so its locks are released before the next one plans (a pipeline without them is one
+        implicit transaction holding every lock to the end). An error rolls the open transaction back.
+        """
+        if len(statements) == 1:
+            query, params = statements[0]
+            return [list(await (await conn.execute(query, params)).fetchall())]
+        cursors: list[psycopg.AsyncCursor[Any]] = []
+        try:
+            async with conn.pipeline():
+                for query, params in statements:
+                    await conn.execute("BEGIN")
+                    cursors.append(await conn.cursor().execute(query, params))
+                    await conn.execute("COMMIT")
+        except psycopg.Error:
+            if not conn.closed and conn.pgconn.transaction_status != pq.TransactionStatus.IDLE:
+                try:
+                    await conn.rollback()
+                except psycopg.Error:
+                    await conn.close()
+            raise
+        return [list(await cur.fetchall()) for cur in cursors]
 
     async def update(self, shard_id: int, key: Key, data: Mapping[str, Any], *, merge: bool) -> bool:
         """Merge ``data`` into the stored body (``||``), or replace it; False if the key is not stored.
@@ -775,14 +817,25 @@ class AsyncPostgresServerStore(StoreCore):
         return await self._write(shard_id, query, (key,), (key,)) > 0
 
     async def query(self, shard_ids: Sequence[int], spec: QuerySpec) -> AsyncGenerator[Record, None]:
-        """Matching records of these shards in key order, streamed through a server-side cursor.
+        """Matching records of these shards in key order, streamed.
 
-        One connection is held while the stream is consumed; it goes back when the stream ends or is closed
-        (``aclose()``).
+        Up to `SHARDS_PER_STATEMENT` shards: one statement through a server-side cursor, one connection held
+        while the stream is consumed (it goes back when the stream ends or is closed with ``aclose()``). More
+        shards: `_query_pieces`.
         """
         if not shard_ids or spec.limit == 0:
             return
-        query, params = self._query_sql(shard_ids, spec, await self._ext())
+        ext = await self._ext()
+        pieces = self._query_pieces_of(shard_ids, spec, ext)
+        if len(pieces) > 1:
+            stream = self._query_pieces(pieces, spec, ext)
+            try:
+                async for record in stream:
+                    yield record
+            finally:
+                await stream.aclose()
+            return
+        query, params = self._query_sql(shard_ids, spec, ext)
         key_type = self._options.layout.key_type
         conn, pool = await self._checkout()
         cur: psycopg.AsyncServerCursor[tuple[Any, ...]] | None = None
@@ -812,6 +865,66 @@ class AsyncPostgresServerStore(StoreCore):
             if cur is not None:
                 await cur.close()  # client side only now (psycopg sends nothing for a cursor outside a transaction)
             await self._checkin(conn, pool)
+
+    async def _query_pieces(
+        self, pieces: list[list[int]], spec: QuerySpec, ext: str | None
+    ) -> AsyncGenerator[Record, None]:
+        """A query over more shards than one statement may lock: pages of each piece, merged in key order.
+
+        Each piece of shards (`_fanout.shard_pieces`) is read in pages by key (``id > last ORDER BY id LIMIT n``,
+        sizes from `query_fetch_sizes`, none past ``limit``), every page a statement in its own transaction; the
+        pages of all pieces that need one are sent in one pipeline (the first round trip asks every piece). No
+        connection or lock is held between round trips, however slowly the stream is consumed. The pieces are
+        merged with a heap of each piece's next key (as `heapq.merge` does), and ``limit`` stops the stream.
+        """
+        key_type = self._options.layout.key_type
+        states = [QueryPiece(shards, query_fetch_sizes(spec.limit)) for shards in pieces]
+        await self._fill(states, spec, ext, key_type)
+        heap = [(int(p.rows[0].key), i) for i, p in enumerate(states) if p.rows]
+        heapq.heapify(heap)
+        emitted = 0
+        while heap:
+            index = heap[0][1]
+            piece = states[index]
+            yield piece.rows.popleft()
+            emitted += 1
+            if spec.limit is not None and emitted >= spec.limit:
+                return
+            if not piece.rows and not piece.done:
+                low_water = [p for p in states if p is not piece and not p.done and len(p.rows) < QUERY_FETCH_FIRST]
+                await self._fill([piece, *low_water[: PIPELINE_PIECES - 1]], spec, ext, key_type)
+            if piece.rows:
+                heapq.heapreplace(heap, (int(piece.rows[0].key), index))
+            else:
+                heapq.heappop(heap)
+
+    async def _fill(self, states: Sequence[QueryPiece], spec: QuerySpec, ext: str | None, key_type: type[Key]) -> None:
+        """Read the next page of each piece in ``states``, in one pipeline (see `_pieces`)."""
+        statements: list[tuple[Any, Sequence[Any]]] = []
+        filled: list[tuple[QueryPiece, int]] = []
+        for piece in states:
+            size = next(piece.sizes, 0)
+            if size == 0:  # read as many rows as the limit allows already
+                piece.done = True
+                continue
+            low = spec.low if piece.last is None else max(spec.low or 0, piece.last + 1)
+            page = dataclasses.replace(spec, low=low, limit=size)
+            statements.append(self._query_sql(piece.shards, page, ext))
+            filled.append((piece, size))
+
+        async def op(conn: AConn) -> list[list[Any]]:
+            return await self._pieces(conn, statements)
+
+        if not statements:
+            return
+        pages = await self._with_conn(states[0].shards[0], op)
+        for (piece, size), rows in zip(filled, pages, strict=True):
+            records = query_records(rows, key_type)
+            piece.rows.extend(records)
+            if records:
+                piece.last = int(records[-1].key)
+            if len(rows) < size:
+                piece.done = True
 
     # -- operations ------------------------------------------------------------------------------------------
 
@@ -902,7 +1015,8 @@ class AsyncPostgresServerStore(StoreCore):
         if old_tables:
             raise legacy_table_error(old_tables, self._label)
         if sample:
-            for shard, max_id in await (await conn.execute(max_id_query(sample))).fetchall():
+            statements = [(max_id_query(piece), ()) for piece in shard_pieces(sample)]  # bounded locks (_fanout)
+            for shard, max_id in [row for rows in await self._pieces(conn, statements) for row in rows]:
                 problem = layout_problem(shard, self._label, layout, max_id=max_id, next_id_epoch=None, now_ms=now_ms)
                 if problem is not None:
                     raise problem
@@ -967,10 +1081,11 @@ class AsyncPostgresServerStore(StoreCore):
         try:
             existing = await self._existing(conn, shard_ids)
             shards = [s for s in shard_ids if TABLE in existing.get(s, (set(), None))[0]]
-            for i in range(0, len(shards), COUNT_BATCH):
-                cur = await conn.execute(count_query(shards[i : i + COUNT_BATCH]))
-                for shard, count in await cur.fetchall():
-                    counts[int(shard)] = int(count)
+            statements = [(count_query(piece), ()) for piece in shard_pieces(shards)]  # bounded locks (_fanout)
+            for i in range(0, len(statements), PIPELINE_PIECES):
+                for rows in await self._pieces(conn, statements[i : i + PIPELINE_PIECES]):
+                    for shard, count in rows:
+                        counts[int(shard)] = int(count)
         except psycopg.OperationalError as exc:
             raise self._unavailable(exc) from None
         finally:

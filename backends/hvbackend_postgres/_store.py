@@ -5,6 +5,8 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import heapq
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
@@ -48,10 +50,10 @@ from hvbackend_postgres._commit import (
 from hvbackend_postgres._common import (
     ADVISORY_LOCK,
     BACKEND_CHECK_SQL,
-    COUNT_BATCH,
     HSTORE_SCHEMA_SQL,
     PROVISION_BATCH,
     PROVISION_WORKERS,
+    QUERY_FETCH_FIRST,
     SEARCH_PATH_SQL,
     StoreCore,
     bounded_connection_class,
@@ -63,6 +65,7 @@ from hvbackend_postgres._common import (
     query_fetch_sizes,
     query_records,
 )
+from hvbackend_postgres._fanout import PIPELINE_PIECES, QueryPiece, configure_preparation, prepare_hot, shard_pieces
 from hvbackend_postgres._indexes import PostgresIndexes, unique_violation
 from hvbackend_postgres._lease import PostgresWorkerLease, lease_worker
 from hvbackend_postgres._legacy import LEGACY_SQL, layout_problem, legacy_signs, legacy_table_error, max_id_query
@@ -175,6 +178,7 @@ class PostgresServerStore(StoreCore):
         conn.adapters.register_dumper(Key, Int8BinaryDumper)
         set_json_loads(load_json, conn)
         set_json_dumps(dump_json, conn)
+        configure_preparation(conn)  # room for every shard's point statements, prepared (_fanout)
         if self._cursor_factory is not None:
             conn.cursor_factory = self._cursor_factory
 
@@ -442,7 +446,7 @@ class PostgresServerStore(StoreCore):
         """
         conn, pool = self._checkout()
         try:
-            cur = conn.execute(query, params)
+            cur = conn.execute(query, params, prepare=prepare_hot(conn))
             return cur.fetchone() if cur.description is not None else None
         except psycopg.OperationalError as exc:
             if retried or not conn.closed:
@@ -724,15 +728,47 @@ class PostgresServerStore(StoreCore):
         )
 
     def fetch_many(self, items: Sequence[tuple[int, Key]]) -> list[Record]:
-        """Records stored under these (shard, key) pairs, in one round trip; missing keys are left out."""
+        """Records stored under these (shard, key) pairs, in one round trip; missing keys are left out.
+
+        One statement per `SHARDS_PER_STATEMENT` shards (keys bound as one array per shard), all sent in one
+        pipeline, each in its own transaction: any number of keys and shards stays within the lock table
+        (see `_fanout`).
+        """
         if not items:
             return []
-        query, params, first_shard = self._fetch_many_sql(items, self._ext())
+        statements = self._fetch_many_statements(items, self._ext())
+        first_shard = items[0][0]
 
         def op(conn: Conn) -> list[tuple[Any, ...]]:
-            return list(conn.execute(query, params).fetchall())
+            return [row for rows in self._pieces(conn, statements) for row in rows]
 
         return self._records(items, self._with_conn(first_shard, op))
+
+    def _pieces(self, conn: Conn, statements: Sequence[tuple[Any, Sequence[Any]]]) -> list[list[Any]]:
+        """The rows of each statement, run in one round trip: a pipeline, each statement in a transaction of its own.
+
+        A single statement runs alone in autocommit (its own transaction too). With several, each is wrapped in
+        ``BEGIN``/``COMMIT`` so its locks are released before the next one plans (a pipeline without them is one
+        implicit transaction holding every lock to the end). An error rolls the open transaction back.
+        """
+        if len(statements) == 1:
+            query, params = statements[0]
+            return [list(conn.execute(query, params).fetchall())]
+        cursors: list[psycopg.Cursor[Any]] = []
+        try:
+            with conn.pipeline():
+                for query, params in statements:
+                    conn.execute("BEGIN")
+                    cursors.append(conn.cursor().execute(query, params))
+                    conn.execute("COMMIT")
+        except psycopg.Error:
+            if not conn.closed and conn.pgconn.transaction_status != pq.TransactionStatus.IDLE:
+                try:
+                    conn.rollback()
+                except psycopg.Error:
+                    conn.close()
+            raise
+        return [list(cur.fetchall()) for cur in cursors]
 
     def update(self, shard_id: int, key: Key, data: Mapping[str, Any], *, merge: bool) -> bool:
         """Merge ``data`` into the stored body (``||``), or replace it; False if the key is not stored.
@@ -759,14 +795,25 @@ class PostgresServerStore(StoreCore):
         return self._write(shard_id, query, (key,), (key,)) > 0
 
     def query(self, shard_ids: Sequence[int], spec: QuerySpec) -> Generator[Record, None, None]:
-        """Matching records of these shards in key order, streamed through a server-side cursor.
+        """Matching records of these shards in key order, streamed.
 
-        One connection is held while the stream is consumed; it goes back when the stream ends or is closed
-        (``close()``).
+        Up to `SHARDS_PER_STATEMENT` shards: one statement through a server-side cursor, one connection held
+        while the stream is consumed (it goes back when the stream ends or is closed with ``close()``). More
+        shards: `_query_pieces`.
         """
         if not shard_ids or spec.limit == 0:
             return
-        query, params = self._query_sql(shard_ids, spec, self._ext())
+        ext = self._ext()
+        pieces = self._query_pieces_of(shard_ids, spec, ext)
+        if len(pieces) > 1:
+            stream = self._query_pieces(pieces, spec, ext)
+            try:
+                for record in stream:
+                    yield record
+            finally:
+                stream.close()
+            return
+        query, params = self._query_sql(shard_ids, spec, ext)
         key_type = self._options.layout.key_type
         conn, pool = self._checkout()
         cur: psycopg.ServerCursor[tuple[Any, ...]] | None = None
@@ -777,7 +824,8 @@ class PostgresServerStore(StoreCore):
             cur.execute(query, params)
             for size in query_fetch_sizes(spec.limit):  # growing round trips (see QUERY_FETCH_FIRST)
                 rows = cur.fetchmany(size)  # the server may go away meanwhile
-                yield from query_records(rows, key_type)
+                for record in query_records(rows, key_type):
+                    yield record
                 if len(rows) < size:
                     break
         except psycopg.Error as exc:
@@ -795,6 +843,64 @@ class PostgresServerStore(StoreCore):
             if cur is not None:
                 cur.close()  # client side only now (psycopg sends nothing for a cursor outside a transaction)
             self._checkin(conn, pool)
+
+    def _query_pieces(self, pieces: list[list[int]], spec: QuerySpec, ext: str | None) -> Generator[Record, None, None]:
+        """A query over more shards than one statement may lock: pages of each piece, merged in key order.
+
+        Each piece of shards (`_fanout.shard_pieces`) is read in pages by key (``id > last ORDER BY id LIMIT n``,
+        sizes from `query_fetch_sizes`, none past ``limit``), every page a statement in its own transaction; the
+        pages of all pieces that need one are sent in one pipeline (the first round trip asks every piece). No
+        connection or lock is held between round trips, however slowly the stream is consumed. The pieces are
+        merged with a heap of each piece's next key (as `heapq.merge` does), and ``limit`` stops the stream.
+        """
+        key_type = self._options.layout.key_type
+        states = [QueryPiece(shards, query_fetch_sizes(spec.limit)) for shards in pieces]
+        self._fill(states, spec, ext, key_type)
+        heap = [(int(p.rows[0].key), i) for i, p in enumerate(states) if p.rows]
+        heapq.heapify(heap)
+        emitted = 0
+        while heap:
+            index = heap[0][1]
+            piece = states[index]
+            yield piece.rows.popleft()
+            emitted += 1
+            if spec.limit is not None and emitted >= spec.limit:
+                return
+            if not piece.rows and (not piece.done):
+                low_water = [p for p in states if p is not piece and (not p.done) and (len(p.rows) < QUERY_FETCH_FIRST)]
+                self._fill([piece, *low_water[: PIPELINE_PIECES - 1]], spec, ext, key_type)
+            if piece.rows:
+                heapq.heapreplace(heap, (int(piece.rows[0].key), index))
+            else:
+                heapq.heappop(heap)
+
+    def _fill(self, states: Sequence[QueryPiece], spec: QuerySpec, ext: str | None, key_type: type[Key]) -> None:
+        """Read the next page of each piece in ``states``, in one pipeline (see `_pieces`)."""
+        statements: list[tuple[Any, Sequence[Any]]] = []
+        filled: list[tuple[QueryPiece, int]] = []
+        for piece in states:
+            size = next(piece.sizes, 0)
+            if size == 0:  # read as many rows as the limit allows already
+                piece.done = True
+                continue
+            low = spec.low if piece.last is None else max(spec.low or 0, piece.last + 1)
+            page = dataclasses.replace(spec, low=low, limit=size)
+            statements.append(self._query_sql(piece.shards, page, ext))
+            filled.append((piece, size))
+
+        def op(conn: Conn) -> list[list[Any]]:
+            return self._pieces(conn, statements)
+
+        if not statements:
+            return
+        pages = self._with_conn(states[0].shards[0], op)
+        for (piece, size), rows in zip(filled, pages, strict=True):
+            records = query_records(rows, key_type)
+            piece.rows.extend(records)
+            if records:
+                piece.last = int(records[-1].key)
+            if len(rows) < size:
+                piece.done = True
 
     # -- operations ------------------------------------------------------------------------------------------
 
@@ -883,7 +989,8 @@ class PostgresServerStore(StoreCore):
         if old_tables:
             raise legacy_table_error(old_tables, self._label)
         if sample:
-            for shard, max_id in conn.execute(max_id_query(sample)).fetchall():
+            statements = [(max_id_query(piece), ()) for piece in shard_pieces(sample)]  # bounded locks (_fanout)
+            for shard, max_id in [row for rows in self._pieces(conn, statements) for row in rows]:
                 problem = layout_problem(shard, self._label, layout, max_id=max_id, next_id_epoch=None, now_ms=now_ms)
                 if problem is not None:
                     raise problem
@@ -948,10 +1055,11 @@ class PostgresServerStore(StoreCore):
         try:
             existing = self._existing(conn, shard_ids)
             shards = [s for s in shard_ids if TABLE in existing.get(s, (set(), None))[0]]
-            for i in range(0, len(shards), COUNT_BATCH):
-                cur = conn.execute(count_query(shards[i : i + COUNT_BATCH]))
-                for shard, count in cur.fetchall():
-                    counts[int(shard)] = int(count)
+            statements = [(count_query(piece), ()) for piece in shard_pieces(shards)]  # bounded locks (_fanout)
+            for i in range(0, len(statements), PIPELINE_PIECES):
+                for rows in self._pieces(conn, statements[i : i + PIPELINE_PIECES]):
+                    for shard, count in rows:
+                        counts[int(shard)] = int(count)
         except psycopg.OperationalError as exc:
             raise self._unavailable(exc) from None
         finally:
