@@ -353,8 +353,8 @@ class AsyncPostgresServerStore(StoreCore):
         with self._lock:
             self._lent -= 1
         if True:  # ASYNC
-            idle = conn.pgconn.transaction_status == pq.TransactionStatus.IDLE
-            if idle and not (pool._lock.locked() or pool._waiting):
+            clean = conn.autocommit and conn.pgconn.transaction_status == pq.TransactionStatus.IDLE
+            if clean and not (pool._lock.locked() or pool._waiting):
                 # psycopg_pool's return of an idle connection with its lock free and nobody waiting never suspends,
                 # so no cancellation can reach it: the common case needs no shield (a task per return)
                 await pool.putconn(conn)
@@ -364,8 +364,9 @@ class AsyncPostgresServerStore(StoreCore):
     async def _give_back(self, conn: AConn, pool: _Pool, *, discard: bool = False) -> None:
         """Return ``conn`` to ``pool``, closing it first if it is in an unknown state: the pool then replaces it.
 
-        Every caller's own work is done or rolled back by now, so a connection that is not idle (a statement or
-        a transaction left behind by an interruption) cannot be trusted: it is closed, never reused. On asyncio the
+        Every caller's own work is done or rolled back by now, so a connection that is not idle in autocommit (a
+        statement, a transaction or a half-restored state left behind by an interruption) cannot be trusted: it is
+        closed, never reused. On asyncio the
         return runs to its end even if the caller is cancelled meanwhile.
         """
         if True:  # ASYNC
@@ -376,7 +377,8 @@ class AsyncPostgresServerStore(StoreCore):
     async def _return_to_pool(self, conn: AConn, pool: _Pool, discard: bool) -> None:
         self._returning += 1
         try:
-            if not conn.closed and (discard or conn.pgconn.transaction_status != pq.TransactionStatus.IDLE):
+            idle = conn.autocommit and conn.pgconn.transaction_status == pq.TransactionStatus.IDLE
+            if not conn.closed and (discard or not idle):
                 await conn.close()
             await pool.putconn(conn)
         finally:
@@ -399,10 +401,13 @@ class AsyncPostgresServerStore(StoreCore):
                 await conn.set_autocommit(False)
             conn.row_factory = self._user_row_factory
         except BaseException as exc:
-            if not conn.closed and conn.pgconn.transaction_status == pq.TransactionStatus.INTRANS:
-                with contextlib.suppress(psycopg.Error):
-                    await conn.rollback()
-            await self._checkin(conn, pool)
+            try:
+                if not conn.closed and conn.pgconn.transaction_status == pq.TransactionStatus.INTRANS:
+                    with contextlib.suppress(psycopg.Error):
+                        await conn.rollback()
+                        await conn.set_autocommit(True)
+            finally:
+                await self._checkin(conn, pool)
             if isinstance(exc, psycopg.OperationalError):
                 raise self._unavailable(exc) from None
             raise
@@ -707,15 +712,21 @@ class AsyncPostgresServerStore(StoreCore):
                 raise
             raise error from None
         finally:
-            if not conn.closed:
-                try:
-                    await conn.rollback()  # the cursor goes with the transaction: no CLOSE round trip
-                    await conn.set_autocommit(True)
-                except psycopg.Error:
+            try:
+                if not conn.closed:
+                    try:
+                        await conn.rollback()  # the cursor goes with the transaction: no CLOSE round trip
+                        await conn.set_autocommit(True)
+                    except psycopg.Error:
+                        await conn.close()
+            finally:  # even if interrupted above: then the connection is discarded (closing it sends nothing)
+                if not (conn.autocommit and conn.pgconn.transaction_status == pq.TransactionStatus.IDLE):
                     await conn.close()
-            if cur is not None:
-                await cur.close()  # client side only now (psycopg sends nothing for a cursor outside a transaction)
-            await self._checkin(conn, pool)
+                try:
+                    if cur is not None:
+                        await cur.close()  # client side only now: no round trip, nothing to interrupt
+                finally:
+                    await self._checkin(conn, pool)
 
     # -- operations ------------------------------------------------------------------------------------------
 

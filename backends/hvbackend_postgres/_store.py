@@ -338,8 +338,9 @@ class PostgresServerStore(StoreCore):
     def _give_back(self, conn: Conn, pool: _Pool, *, discard: bool = False) -> None:
         """Return ``conn`` to ``pool``, closing it first if it is in an unknown state: the pool then replaces it.
 
-        Every caller's own work is done or rolled back by now, so a connection that is not idle (a statement or
-        a transaction left behind by an interruption) cannot be trusted: it is closed, never reused. On asyncio the
+        Every caller's own work is done or rolled back by now, so a connection that is not idle in autocommit (a
+        statement, a transaction or a half-restored state left behind by an interruption) cannot be trusted: it is
+        closed, never reused. On asyncio the
         return runs to its end even if the caller is cancelled meanwhile.
         """
         self._return_to_pool(conn, pool, discard)
@@ -347,7 +348,8 @@ class PostgresServerStore(StoreCore):
     def _return_to_pool(self, conn: Conn, pool: _Pool, discard: bool) -> None:
         self._returning += 1
         try:
-            if not conn.closed and (discard or conn.pgconn.transaction_status != pq.TransactionStatus.IDLE):
+            idle = conn.autocommit and conn.pgconn.transaction_status == pq.TransactionStatus.IDLE
+            if not conn.closed and (discard or not idle):
                 conn.close()
             pool.putconn(conn)
         finally:
@@ -370,10 +372,13 @@ class PostgresServerStore(StoreCore):
                 conn.set_autocommit(False)
             conn.row_factory = self._user_row_factory
         except BaseException as exc:
-            if not conn.closed and conn.pgconn.transaction_status == pq.TransactionStatus.INTRANS:
-                with contextlib.suppress(psycopg.Error):
-                    conn.rollback()
-            self._checkin(conn, pool)
+            try:
+                if not conn.closed and conn.pgconn.transaction_status == pq.TransactionStatus.INTRANS:
+                    with contextlib.suppress(psycopg.Error):
+                        conn.rollback()
+                        conn.set_autocommit(True)
+            finally:
+                self._checkin(conn, pool)
             if isinstance(exc, psycopg.OperationalError):
                 raise self._unavailable(exc) from None
             raise
@@ -677,15 +682,21 @@ class PostgresServerStore(StoreCore):
                 raise
             raise error from None
         finally:
-            if not conn.closed:
-                try:
-                    conn.rollback()  # the cursor goes with the transaction: no CLOSE round trip
-                    conn.set_autocommit(True)
-                except psycopg.Error:
+            try:
+                if not conn.closed:
+                    try:
+                        conn.rollback()  # the cursor goes with the transaction: no CLOSE round trip
+                        conn.set_autocommit(True)
+                    except psycopg.Error:
+                        conn.close()
+            finally:  # even if interrupted above: then the connection is discarded (closing it sends nothing)
+                if not (conn.autocommit and conn.pgconn.transaction_status == pq.TransactionStatus.IDLE):
                     conn.close()
-            if cur is not None:
-                cur.close()  # client side only now (psycopg sends nothing for a cursor outside a transaction)
-            self._checkin(conn, pool)
+                try:
+                    if cur is not None:
+                        cur.close()  # client side only now: no round trip, nothing to interrupt
+                finally:
+                    self._checkin(conn, pool)
 
     # -- operations ------------------------------------------------------------------------------------------
 
