@@ -1008,7 +1008,13 @@ async def _merge(streams: list[AsyncIterator[Record]], limit: int | None) -> Asy
             else:
                 heapq.heapreplace(heap, (int(following.key), index, following))
     finally:
-        for stream in streams:
+        interrupted: BaseException | None = None
+        for stream in streams:  # every stream is closed (returning its connection) even if one close is interrupted
             aclose = getattr(stream, "aclose", None)
             if aclose is not None:
-                await aclose()
+                try:
+                    await aclose()
+                except BaseException as exc:
+                    interrupted = interrupted or exc
+        if interrupted is not None:
+            raise interrupted

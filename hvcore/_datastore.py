@@ -944,7 +944,13 @@ def _merge(streams: list[Iterator[Record]], limit: int | None) -> Generator[Reco
             else:
                 heapq.heapreplace(heap, (int(following.key), index, following))
     finally:
-        for stream in streams:
+        interrupted: BaseException | None = None
+        for stream in streams:  # every stream is closed (returning its connection) even if one close is interrupted
             close = getattr(stream, "close", None)
             if close is not None:
-                close()
+                try:
+                    close()
+                except BaseException as exc:
+                    interrupted = interrupted or exc
+        if interrupted is not None:
+            raise interrupted
