@@ -80,7 +80,9 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
     unique by construction across processes and hosts sharing shards: ``"lease"`` (or a dict of lease options:
     ``bits``, ``namespace``, ``ttl``, ``acquire_timeout``) leases a free worker number from the first server for
     the store's lifetime; a `WorkerSlice` is a fixed one; None (the default) uses the in-process sequence with a
-    random start per millisecond (docs/keys.md has the guarantees and figures of each).
+    random start per millisecond (docs/keys.md has the guarantees and figures of each). ``coalesce_reads`` (default
+    True) merges ``get()`` calls that overlap on one server into one batch read (``hvcore._coalesce``); a lone call
+    goes straight through. It applies to `AsyncDatastore`; `Datastore` accepts it and reads one key per statement.
 
     `AsyncDatastore` opens its pools on ``await db.open()`` or on entering ``async with``; its I/O methods are
     coroutines, ``cursor()`` is an async context manager and ``query()`` an async iterator. `Datastore` opens them
@@ -106,6 +108,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         values: str | None = None,
         log_values: bool = False,
         worker: WorkerSlice | Mapping[str, Any] | str | None = None,
+        coalesce_reads: bool = True,
     ) -> None:
         self._configure(
             connections,
@@ -143,6 +146,10 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         self._lock = ALock()
         self._retired: list[AsyncServerStore] = []  # closed stores whose borrowed connections have not come back yet
         self._index_catalog = _schemaops.IndexCatalog()  # index definitions, for where/range filters
+        if not isinstance(coalesce_reads, bool):
+            raise ConfigError(f"coalesce_reads must be True or False, got {coalesce_reads!r}")
+        self._coalesce_reads = coalesce_reads
+        self._readers: dict[int, Any] = {}  # id(store) -> its ReadCoalescer (hvcore._coalesce), made on first get
         if True:  # ASYNC
             self._check_settings()  # the stores are made by open(); their settings are checked now
         else:
@@ -191,6 +198,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         async with self._lock:
             stores, self._stores = self._stores, []
             self._closed = True
+            self._readers = {}
         for store in stores:
             await store.close()
         async with self._lock:
@@ -223,6 +231,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
 
     def _after_fork_in_child(self) -> None:
         self._lock = ALock()
+        self._readers = {}
         for store in (*self._stores, *self._retired):
             store.after_fork_in_child()
         self._retired = []
@@ -357,7 +366,22 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         """The record stored under ``key``, or None."""
         key = self.as_key(key)
         shard = key.shard_id
+        if True:  # ASYNC
+            if self._coalesce_reads:  # overlapping calls share one batch read per server (hvcore._coalesce)
+                return await self._on_shard(shard, lambda store: self._reader(store).get(shard, key))
         return await self._on_shard(shard, lambda store: store.fetch(shard, key))
+
+    if True:  # ASYNC
+
+        def _reader(self, store: AsyncServerStore) -> Any:
+            """The `ReadCoalescer` of ``store`` (made on first use; one per store, dropped with the stores)."""
+            reader = self._readers.get(id(store))
+            if reader is None or reader.owner is not store:
+                from hvcore._coalesce import ReadCoalescer
+
+                reader = ReadCoalescer(store.fetch, store.fetch_many, self._options.pool_max, owner=store)
+                self._readers[id(store)] = reader
+            return reader
 
     async def get_many(self, keys: Iterable[Key | int]) -> dict[Key, Record]:
         """Records of many keys: one round trip per server, servers read concurrently; missing keys left out."""

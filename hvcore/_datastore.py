@@ -78,7 +78,9 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
     unique by construction across processes and hosts sharing shards: ``"lease"`` (or a dict of lease options:
     ``bits``, ``namespace``, ``ttl``, ``acquire_timeout``) leases a free worker number from the first server for
     the store's lifetime; a `WorkerSlice` is a fixed one; None (the default) uses the in-process sequence with a
-    random start per millisecond (docs/keys.md has the guarantees and figures of each).
+    random start per millisecond (docs/keys.md has the guarantees and figures of each). ``coalesce_reads`` (default
+    True) merges ``get()`` calls that overlap on one server into one batch read (``hvcore._coalesce``); a lone call
+    goes straight through. It applies to `Datastore`; `Datastore` accepts it and reads one key per statement.
 
     `Datastore` opens its pools on ``await db.open()`` or on entering ``with``; its I/O methods are
     coroutines, ``cursor()`` is a context manager and ``query()`` an iterator. `Datastore` opens them
@@ -104,6 +106,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         values: str | None = None,
         log_values: bool = False,
         worker: WorkerSlice | Mapping[str, Any] | str | None = None,
+        coalesce_reads: bool = True,
     ) -> None:
         self._configure(
             connections,
@@ -135,6 +138,10 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         self._lock = Lock()
         self._retired: list[ServerStore] = []  # closed stores whose borrowed connections have not come back yet
         self._index_catalog = _schemaops.IndexCatalog()  # index definitions, for where/range filters
+        if not isinstance(coalesce_reads, bool):
+            raise ConfigError(f"coalesce_reads must be True or False, got {coalesce_reads!r}")
+        self._coalesce_reads = coalesce_reads
+        self._readers: dict[int, Any] = {}  # id(store) -> its ReadCoalescer (hvcore._coalesce), made on first get
         self._open_stores()
         self._ensure_generator()
         _live_stores.add(self)
@@ -177,6 +184,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         with self._lock:
             stores, self._stores = (self._stores, [])
             self._closed = True
+            self._readers = {}
         for store in stores:
             store.close()
         with self._lock:
@@ -209,6 +217,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
 
     def _after_fork_in_child(self) -> None:
         self._lock = Lock()
+        self._readers = {}
         for store in (*self._stores, *self._retired):
             store.after_fork_in_child()
         self._retired = []

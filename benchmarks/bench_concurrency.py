@@ -1,0 +1,306 @@
+"""Benchmark throughput under concurrency: `AsyncDatastore` with overlapping calls vs raw asyncpg and raw psycopg.
+
+Usage: ``python benchmarks/bench_concurrency.py [--quick] [--json PATH]``. Starts two throwaway PostgreSQL servers
+(system binaries, fsync on, ``synchronous_commit = off`` so the figures show client CPU and round trips rather than
+the disk), provisions 64 logical shards (32 per server, jsonb bodies) and measures, in one run, candidates in
+rotating order per round (medians of the rounds):
+
+- **64 concurrent gets** (one shard, the issue's ``shard0003.entities``), pool size 8 everywhere: `AsyncDatastore`
+  (reads coalesced, the default), `AsyncDatastore(coalesce_reads=False)`, raw asyncpg (``asyncpg.create_pool`` with
+  ``reset`` off, as users run it, jsonb decoded by ``json.loads`` as we do) and a raw psycopg ``AsyncConnectionPool``,
+  each running the same single-key SQL;
+- **64 concurrent puts**: `AsyncDatastore.put` vs the same INSERT by hand on asyncpg and psycopg pools;
+- **one task at a time**: p50 and p99 latency of ``get`` coalesced vs uncoalesced (coalescing must cost a lone call
+  nothing);
+- **sync get_many** of 1000 keys over 64 shards on 2 servers vs the raw psycopg floor (the same per-server
+  ``UNION ALL`` statements by hand on the Datastore's pools, servers read one after the other).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import psycopg_pool
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backends"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from _shared import measure
+from fixtures.localpg import local_servers
+
+import hvcore
+from hvbackend_postgres._schema import ShardSQL
+
+BODY = {"name": "benchmark", "colour": "red", "size": 3}
+SHARD = 3  # on the first server
+SHARDS = 64  # 0-32 on the first server, 32-64 on the second
+POOL = 8
+TASKS = 64
+ROWS = 2000  # rows of SHARD the gets read
+
+
+def _ops_per_s(count: int, seconds: float) -> float:
+    return count / seconds
+
+
+async def _concurrently(op: Callable[[int], Awaitable[object]], tasks: int, per_task: int) -> float:
+    """Seconds for ``tasks`` tasks each awaiting ``op(i)`` ``per_task`` times."""
+
+    async def worker(first: int) -> None:
+        for i in range(first, first + per_task):
+            await op(i)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(t * per_task) for t in range(tasks)))
+    return time.perf_counter() - started
+
+
+async def _rounds(
+    candidates: dict[str, Callable[[int], Awaitable[object]]], tasks: int, per_task: int, rounds: int
+) -> dict[str, float]:
+    """Median ops/s of each candidate over ``rounds`` rounds in rotating order (one warm-up block each)."""
+    names = list(candidates)
+    for name in names:
+        await _concurrently(candidates[name], tasks, max(per_task // 4, 1))
+    rates: dict[str, list[float]] = {name: [] for name in names}
+    for index in range(rounds):
+        for name in names[index % len(names) :] + names[: index % len(names)]:
+            seconds = await _concurrently(candidates[name], tasks, per_task)
+            rates[name].append(_ops_per_s(tasks * per_task, seconds))
+    return {name: statistics.median(values) for name, values in rates.items()}
+
+
+async def _latencies(
+    candidates: dict[str, Callable[[int], Awaitable[object]]], ops: int, rounds: int
+) -> dict[str, dict[str, float]]:
+    """p50/p99 µs of one call at a time, blocks of ``ops`` calls in rotating order."""
+    names = list(candidates)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for name in names:
+        for i in range(ops // 4):
+            await candidates[name](i)
+    for index in range(rounds):
+        for name in names[index % len(names) :] + names[: index % len(names)]:
+            op = candidates[name]
+            out = samples[name]
+            for i in range(ops):
+                started = time.perf_counter()
+                await op(i)
+                out.append(time.perf_counter() - started)
+    result = {}
+    for name, values in samples.items():
+        values.sort()
+        result[name] = {
+            "p50_us": values[len(values) // 2] * 1e6,
+            "p99_us": values[min(len(values) - 1, int(len(values) * 0.99))] * 1e6,
+        }
+    return result
+
+
+async def bench_async(servers: list[dict[str, Any]], quick: bool) -> dict[str, Any]:
+    """64 concurrent gets and puts, and lone-call latency, against asyncpg and psycopg pools of the same size."""
+    import asyncpg
+
+    per_task, rounds = (10, 5) if quick else (30, 7)
+    connections = [{**servers[0], "shards": f"0-{SHARDS // 2}"}, {**servers[1], "shards": f"{SHARDS // 2}-{SHARDS}"}]
+    statements = ShardSQL.build(SHARD, "jsonb", None)
+    out: dict[str, Any] = {"tasks": TASKS, "pool": POOL, "per_task": per_task, "rounds": rounds}
+    settings = dict(servers[0])
+
+    async def init(conn: Any) -> None:
+        await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+    async def no_reset(conn: Any) -> None:
+        return None
+
+    apg = await asyncpg.create_pool(
+        host=settings["host"],
+        port=settings["port"],
+        user=settings.get("user"),
+        database=settings["dbname"],
+        min_size=POOL,
+        max_size=POOL,
+        init=init,
+        reset=no_reset,
+    )
+    conninfo = psycopg.conninfo.make_conninfo(**settings)
+    pgpool = psycopg_pool.AsyncConnectionPool(
+        conninfo, min_size=POOL, max_size=POOL, open=False, kwargs={"autocommit": True}
+    )
+    await pgpool.open(wait=True)
+    pg_fetch = statements.fetch
+    pg_insert = statements.insert
+    apg_fetch = f"SELECT kind, body FROM shard{SHARD:04d}.entities WHERE id = $1"
+    apg_insert = f"INSERT INTO shard{SHARD:04d}.entities (id, kind, body) VALUES ($1, $2, $3)"
+    async with (
+        hvcore.AsyncDatastore(connections, pool_max=POOL, backend="jsonb") as hv,
+        hvcore.AsyncDatastore(connections, pool_max=POOL, backend="jsonb", coalesce_reads=False) as plain,
+    ):
+        await hv.provision()
+        keys = await hv.put_many(SHARD, 1, [dict(BODY, n=i) for i in range(ROWS)])
+        ints = [int(k) for k in keys]
+        rng = random.Random(7)
+        order = [rng.randrange(ROWS) for _ in range(TASKS * per_task * 2)]
+        size = len(order)
+        next_key = hv.generator.next_key
+
+        async def hv_get(i: int) -> object:
+            record = await hv.get(keys[order[i % size]])
+            assert record is not None
+            return record
+
+        async def plain_get(i: int) -> object:
+            record = await plain.get(keys[order[i % size]])
+            assert record is not None
+            return record
+
+        async def apg_get(i: int) -> object:
+            async with apg.acquire() as conn:
+                row = await conn.fetchrow(apg_fetch, ints[order[i % size]])
+            assert row is not None
+            return row
+
+        async def pg_get(i: int) -> object:
+            async with pgpool.connection() as conn:
+                row = await (await conn.execute(pg_fetch, (ints[order[i % size]],))).fetchone()
+            assert row is not None
+            return row
+
+        gets = await _rounds(
+            {"hypervault": hv_get, "uncoalesced": plain_get, "asyncpg": apg_get, "psycopg": pg_get},
+            TASKS,
+            per_task,
+            rounds,
+        )
+        out["get_ops_per_s"] = gets
+
+        async def hv_put(i: int) -> object:
+            return await hv.put(SHARD, 1, **BODY)
+
+        async def apg_put(i: int) -> object:
+            async with apg.acquire() as conn:
+                return await conn.execute(apg_insert, int(next_key(SHARD)), 1, BODY)
+
+        async def pg_put(i: int) -> object:
+            from psycopg.types.json import Jsonb
+
+            async with pgpool.connection() as conn:
+                return await conn.execute(pg_insert, (int(next_key(SHARD)), 1, Jsonb(BODY)))
+
+        puts = await _rounds({"hypervault": hv_put, "asyncpg": apg_put, "psycopg": pg_put}, TASKS, per_task, rounds)
+        out["put_ops_per_s"] = puts
+
+        lone = await _latencies({"hypervault": hv_get, "uncoalesced": plain_get}, 100 if quick else 300, rounds)
+        out["lone_get"] = lone
+    await apg.close()
+    await pgpool.close()
+    out["get_vs_asyncpg"] = gets["hypervault"] / gets["asyncpg"]
+    out["get_vs_psycopg"] = gets["hypervault"] / gets["psycopg"]
+    out["get_vs_uncoalesced"] = gets["hypervault"] / gets["uncoalesced"]
+    out["put_vs_asyncpg"] = puts["hypervault"] / puts["asyncpg"]
+    out["put_vs_psycopg"] = puts["hypervault"] / puts["psycopg"]
+    out["lone_p50_ratio"] = lone["hypervault"]["p50_us"] / lone["uncoalesced"]["p50_us"]
+    out["lone_p99_ratio"] = lone["hypervault"]["p99_us"] / lone["uncoalesced"]["p99_us"]
+    return out
+
+
+def bench_get_many(servers: list[dict[str, Any]], quick: bool) -> dict[str, Any]:
+    """Sync get_many of 1000 keys (64 shards, 2 servers) vs the raw psycopg floor on the same pools."""
+    rounds = 9 if quick else 31
+    connections = [{**servers[0], "shards": f"0-{SHARDS // 2}"}, {**servers[1], "shards": f"{SHARDS // 2}-{SHARDS}"}]
+    with hvcore.Datastore(connections, pool_max=POOL, backend="jsonb") as db:
+        keys = [k for shard in range(SHARDS) for k in db.put_many(shard, 2, [dict(BODY, n=i) for i in range(16)])]
+        random.Random(3).shuffle(keys)
+        many = keys[:1000]
+        stores = db._live()
+        by_server: dict[int, list[tuple[int, hvcore.Key]]] = {}
+        for key in many:
+            by_server.setdefault(db.shard_map.server_for(key.shard_id), []).append((key.shard_id, key))
+        fetch_sql = {}
+        for index, items in by_server.items():
+            shards = list(dict.fromkeys(s for s, _ in items))
+            text = " UNION ALL ".join(
+                f"(SELECT id, kind, body FROM shard{shard:04d}.entities WHERE id = ANY(%s::bigint[]))"
+                for shard in shards
+            )
+            fetch_sql[index] = (text, [[int(k) for s, k in items if s == shard] for shard in shards])
+
+        def hv_get_many() -> None:
+            assert len(db.get_many(many)) == len(many)
+
+        def pg_get_many() -> None:
+            found = 0
+            for index, (query, params) in fetch_sql.items():
+                with stores[index]._pool.connection() as conn:
+                    found += len(conn.execute(query, params).fetchall())
+            assert found == len(many)
+
+        per_call = measure({"hypervault": hv_get_many, "psycopg": pg_get_many}, 1, rounds)
+    return {
+        "keys": len(many),
+        "hypervault_us_per_key": per_call["hypervault"] / len(many) * 1e6,
+        "psycopg_us_per_key": per_call["psycopg"] / len(many) * 1e6,
+        "ratio": per_call["psycopg"] / per_call["hypervault"],
+    }
+
+
+def run(quick: bool) -> dict[str, Any]:
+    """Run every measurement on two fresh local servers; the figures and ratios."""
+    with local_servers(2, fsync=True) as local:
+        settings = [s.settings for s in local]
+        for server in settings:
+            with psycopg.connect(**server, autocommit=True) as conn:
+                conn.execute("ALTER SYSTEM SET synchronous_commit = off")
+                conn.execute("SELECT pg_reload_conf()")
+        results: dict[str, Any] = {"quick": quick}
+        results["async"] = asyncio.run(bench_async(settings, quick))
+        results["get_many"] = bench_get_many(settings, quick)
+    return results
+
+
+def main() -> None:
+    """Command-line entry: print the figures and ratios (and write them as JSON if asked)."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer rounds")
+    parser.add_argument("--json", type=Path, help="also write the results to this file")
+    args = parser.parse_args()
+    r = run(args.quick)
+    a, g = r["async"], r["get_many"]
+    gets, puts, lone = a["get_ops_per_s"], a["put_ops_per_s"], a["lone_get"]
+    print(
+        f"{a['tasks']} concurrent gets, pool {a['pool']}: hypervault {gets['hypervault']:,.0f} ops/s | uncoalesced "
+        f"{gets['uncoalesced']:,.0f} | asyncpg {gets['asyncpg']:,.0f} | psycopg {gets['psycopg']:,.0f} | "
+        f"vs asyncpg {a['get_vs_asyncpg']:.2f}× (target ≥ 1.0), vs psycopg {a['get_vs_psycopg']:.2f}×, "
+        f"vs uncoalesced {a['get_vs_uncoalesced']:.2f}×"
+    )
+    print(
+        f"{a['tasks']} concurrent puts, pool {a['pool']}: hypervault {puts['hypervault']:,.0f} ops/s | asyncpg "
+        f"{puts['asyncpg']:,.0f} | psycopg {puts['psycopg']:,.0f} | vs asyncpg {a['put_vs_asyncpg']:.2f}× "
+        f"(target ≥ 0.9), vs psycopg {a['put_vs_psycopg']:.2f}×"
+    )
+    print(
+        f"lone get p50/p99: coalescing on {lone['hypervault']['p50_us']:.0f}/{lone['hypervault']['p99_us']:.0f} µs | "
+        f"off {lone['uncoalesced']['p50_us']:.0f}/{lone['uncoalesced']['p99_us']:.0f} µs | ratio "
+        f"{a['lone_p50_ratio']:.3f}/{a['lone_p99_ratio']:.3f} (target ≤ 1.05)"
+    )
+    print(
+        f"sync get_many {g['keys']} keys, {SHARDS} shards, 2 servers: hypervault "
+        f"{g['hypervault_us_per_key']:.2f} µs/key | raw psycopg floor {g['psycopg_us_per_key']:.2f} µs/key | "
+        f"ratio {g['ratio']:.2f}× (target ≥ 1.0)"
+    )
+    if args.json:
+        args.json.write_text(json.dumps(r, indent=2) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

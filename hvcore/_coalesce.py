@@ -1,0 +1,204 @@
+"""Coalescing of overlapping point reads (``get``) into one batch read per server: the DataLoader pattern, no I/O.
+
+The idea is Facebook's DataLoader (and the "request coalescing" of caches such as Varnish and groupcache's
+singleflight): reads that overlap in time are merged into one batch request, and identical keys read at once are
+fetched once. What differs here is when a read waits: DataLoader always waits one tick so that a batch can form,
+which makes a lone call slower. `ReadCoalescer` sends a read straight through (no timer, no extra hop) when nothing
+else of its server is in flight; only reads arriving while others are running queue up, and they are sent as one
+batch (one ``= ANY`` statement per server on PostgreSQL) on the next turn of the event loop, or when a running read
+of the server ends, at most ``limit`` reads and batches running at once (the pool's size: more would only wait for
+a connection).
+
+Each caller gets its own outcome: its record (a copy of the body when several callers asked for the same key at
+once), None, or its own exception object:
+
+- a batch that fails with `ShardMoved` fails the callers of that shard only (the façade follows the move for each of
+  them, as for an uncoalesced read); the rest of the batch runs again;
+- a batch that fails with `ServerUnavailable` or `PoolTimeout` fails every caller of it (they all read that
+  server, and an uncoalesced read would have failed alike); the other servers' coalescers are untouched;
+- any other failure of a batch over several shards is retried shard by shard, so a caller never sees an error that
+  its own shard would not have raised.
+
+A batch runs in a task of its own and callers await their own futures: a cancelled caller cancels only its future;
+the batch goes on for the others and returns its connection as usual. This module does no I/O itself: it is given
+the backend's ``fetch`` and ``fetch_many`` and calls nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import dataclasses
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+
+from hvcore._backend import Record
+from hvcore._key import Key
+from hvcore.errors import PoolTimeout, ServerUnavailable, ShardMoved
+
+__all__ = ["ReadCoalescer"]
+
+FetchOne = Callable[[int, Key], Awaitable[Record | None]]
+FetchMany = Callable[[Sequence[tuple[int, Key]]], Awaitable[Iterable[Record]]]
+_SERVER_WIDE = (ServerUnavailable, PoolTimeout)
+
+
+class _Wanted:
+    """One key of a batch: its shard, the first caller's key object and the callers' futures."""
+
+    __slots__ = ("futures", "key", "shard_id")
+
+    def __init__(self, shard_id: int, key: Key, future: asyncio.Future[Record | None]) -> None:
+        self.shard_id = shard_id
+        self.key = key
+        self.futures = [future]
+
+    def waiting(self) -> bool:
+        return any(not future.done() for future in self.futures)
+
+
+class ReadCoalescer:
+    """Merges overlapping ``get`` calls on one server into batch reads; each caller gets its own outcome.
+
+    ``fetch_one(shard_id, key)`` reads one key (the uncoalesced path, taken by a lone call), ``fetch_many(items)``
+    reads ``(shard_id, key)`` pairs in one round trip and leaves missing keys out; ``limit`` (≥ 1) bounds the reads
+    in flight at once through this coalescer (give the pool's size). ``owner`` is whatever the caller wants to
+    recognise the coalescer by (the server store). One coalescer serves one event loop.
+    """
+
+    __slots__ = ("_busy", "_fetch_many", "_fetch_one", "_limit", "_pending", "_scheduled", "_tasks", "owner")
+
+    def __init__(self, fetch_one: FetchOne, fetch_many: FetchMany, limit: int, owner: object = None) -> None:
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        self._fetch_one = fetch_one
+        self._fetch_many = fetch_many
+        self._limit = limit
+        self.owner = owner
+        self._busy = 0  # reads and batches of this server running now
+        self._pending: dict[int, _Wanted] = {}  # keys waiting for the next batch
+        self._scheduled = False  # a flush is due on the next turn of the loop
+        self._tasks: set[asyncio.Task[None]] = set()  # running batches (kept referenced until done)
+
+    @property
+    def in_flight(self) -> int:
+        """Reads and batches running now (0 when idle)."""
+        return self._busy
+
+    async def get(self, shard_id: int, key: Key) -> Record | None:
+        """The record of ``key`` in ``shard_id``, or None; raises what reading it raised (see the module docstring)."""
+        if not self._busy:  # nothing of this server in flight: straight through, no extra hop
+            self._busy = 1
+            try:
+                return await self._fetch_one(shard_id, key)
+            finally:
+                self._busy -= 1
+                if self._pending:
+                    self._flush()
+        future: asyncio.Future[Record | None] = asyncio.get_running_loop().create_future()
+        wanted = self._pending.get(key)
+        if wanted is None:
+            self._pending[key] = _Wanted(shard_id, key, future)
+        else:
+            wanted.futures.append(future)  # the same key asked for again: fetched once
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._on_turn)
+        return await future
+
+    def _on_turn(self) -> None:
+        self._scheduled = False
+        self._flush()
+
+    def _flush(self) -> None:
+        """Send every pending key as one batch, unless ``limit`` reads are running (their end sends it then)."""
+        if not self._pending or self._busy >= self._limit:
+            return
+        batch = [wanted for wanted in self._pending.values() if wanted.waiting()]
+        self._pending = {}
+        if not batch:
+            return
+        self._busy += 1
+        task = asyncio.get_running_loop().create_task(self._run(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, batch: list[_Wanted]) -> None:
+        try:
+            await self._resolve(batch)
+        except BaseException as exc:  # the batch task itself was cancelled (loop shutting down): so are its callers
+            for wanted in batch:
+                for future in wanted.futures:
+                    if not future.done():
+                        future.cancel()
+            if not isinstance(exc, asyncio.CancelledError):
+                raise
+        finally:
+            self._busy -= 1
+            self._flush()
+
+    async def _resolve(self, batch: list[_Wanted]) -> None:
+        """Read ``batch`` and hand each caller its outcome (failures split as the module docstring says)."""
+        while batch:
+            try:
+                if len(batch) == 1:
+                    one = batch[0]
+                    found = {one.key: await self._fetch_one(one.shard_id, one.key)}
+                else:
+                    records = await self._fetch_many([(w.shard_id, w.key) for w in batch])
+                    found = {record.key: record for record in records}
+            except asyncio.CancelledError:
+                raise
+            except ShardMoved as moved:  # that shard's callers follow the move; the others are read again
+                _fail([w for w in batch if w.shard_id == moved.shard_id], moved)
+                rest = [w for w in batch if w.shard_id != moved.shard_id]
+                if len(rest) == len(batch):  # not a shard of this batch: every caller sees it, as they would alone
+                    _fail(batch, moved)
+                    return
+                batch = rest
+                continue
+            except Exception as exc:
+                shards = {w.shard_id for w in batch}
+                if isinstance(exc, _SERVER_WIDE) or len(shards) == 1:
+                    _fail(batch, exc)
+                    return
+                for shard in shards:  # which shard failed is not known: each shard on its own
+                    await self._resolve([w for w in batch if w.shard_id == shard])
+                return
+            for wanted in batch:
+                _deliver(wanted, found.get(wanted.key))
+            return
+
+
+def _deliver(wanted: _Wanted, record: Record | None) -> None:
+    """Hand the record to the first waiting caller, a deep copy of its body to each other one."""
+    first = True
+    for future in wanted.futures:
+        if future.done():  # that caller was cancelled
+            continue
+        if record is None or first:
+            future.set_result(record)
+            first = False
+        else:
+            future.set_result(dataclasses.replace(record, data=copy.deepcopy(record.data)))
+
+
+def _fail(batch: list[_Wanted], error: BaseException) -> None:
+    """Fail every waiting caller of ``batch``, each with its own copy of ``error``."""
+    for wanted in batch:
+        for future in wanted.futures:
+            if not future.done():
+                future.set_exception(_own_copy(error))
+
+
+def _own_copy(error: BaseException) -> BaseException:
+    """A copy of ``error`` (same type, args, attributes and cause) whose traceback is the raiser's own."""
+    try:
+        clone = type(error).__new__(type(error), *error.args)
+        clone.args = error.args
+        vars(clone).update(vars(error))
+    except Exception:  # an exception type that cannot be copied this way: share the object
+        return error
+    clone.__cause__ = error.__cause__
+    clone.__context__ = error.__context__
+    clone.__suppress_context__ = error.__suppress_context__
+    return clone
