@@ -144,7 +144,9 @@ async def bench_async(servers: list[dict[str, Any]], quick: bool) -> dict[str, A
     apg_insert = f"INSERT INTO shard{SHARD:04d}.entities (id, kind, body) VALUES ($1, $2, $3)"
     async with (
         hvcore.AsyncDatastore(connections, pool_max=POOL, backend="jsonb") as hv,
-        hvcore.AsyncDatastore(connections, pool_max=POOL, backend="jsonb", coalesce_reads=False) as plain,
+        hvcore.AsyncDatastore(
+            connections, pool_max=POOL, backend="jsonb", coalesce_reads=False, coalesce_writes=False
+        ) as plain,
     ):
         await hv.provision()
         keys = await hv.put_many(SHARD, 1, [dict(BODY, n=i) for i in range(ROWS)])
@@ -187,6 +189,9 @@ async def bench_async(servers: list[dict[str, Any]], quick: bool) -> dict[str, A
         async def hv_put(i: int) -> object:
             return await hv.put(SHARD, 1, **BODY)
 
+        async def plain_put(i: int) -> object:
+            return await plain.put(SHARD, 1, **BODY)
+
         async def apg_put(i: int) -> object:
             async with apg.acquire() as conn:
                 return await conn.execute(apg_insert, int(next_key(SHARD)), 1, BODY)
@@ -197,11 +202,18 @@ async def bench_async(servers: list[dict[str, Any]], quick: bool) -> dict[str, A
             async with pgpool.connection() as conn:
                 return await conn.execute(pg_insert, (int(next_key(SHARD)), 1, Jsonb(BODY)))
 
-        puts = await _rounds({"hypervault": hv_put, "asyncpg": apg_put, "psycopg": pg_put}, TASKS, per_task, rounds)
+        puts = await _rounds(
+            {"hypervault": hv_put, "uncoalesced": plain_put, "asyncpg": apg_put, "psycopg": pg_put},
+            TASKS,
+            per_task,
+            rounds,
+        )
         out["put_ops_per_s"] = puts
 
         lone = await _latencies({"hypervault": hv_get, "uncoalesced": plain_get}, 100 if quick else 300, rounds)
         out["lone_get"] = lone
+        lone_put = await _latencies({"hypervault": hv_put, "uncoalesced": plain_put}, 100 if quick else 300, rounds)
+        out["lone_put"] = lone_put
     await apg.close()
     await pgpool.close()
     out["get_vs_asyncpg"] = gets["hypervault"] / gets["asyncpg"]
@@ -209,6 +221,9 @@ async def bench_async(servers: list[dict[str, Any]], quick: bool) -> dict[str, A
     out["get_vs_uncoalesced"] = gets["hypervault"] / gets["uncoalesced"]
     out["put_vs_asyncpg"] = puts["hypervault"] / puts["asyncpg"]
     out["put_vs_psycopg"] = puts["hypervault"] / puts["psycopg"]
+    out["put_vs_uncoalesced"] = puts["hypervault"] / puts["uncoalesced"]
+    out["lone_put_p50_ratio"] = lone_put["hypervault"]["p50_us"] / lone_put["uncoalesced"]["p50_us"]
+    out["lone_put_p99_ratio"] = lone_put["hypervault"]["p99_us"] / lone_put["uncoalesced"]["p99_us"]
     out["lone_p50_ratio"] = lone["hypervault"]["p50_us"] / lone["uncoalesced"]["p50_us"]
     out["lone_p99_ratio"] = lone["hypervault"]["p99_us"] / lone["uncoalesced"]["p99_us"]
     return out
@@ -285,13 +300,20 @@ def main() -> None:
     )
     print(
         f"{a['tasks']} concurrent puts, pool {a['pool']}: hypervault {puts['hypervault']:,.0f} ops/s | asyncpg "
-        f"{puts['asyncpg']:,.0f} | psycopg {puts['psycopg']:,.0f} | vs asyncpg {a['put_vs_asyncpg']:.2f}× "
-        f"(target ≥ 0.9), vs psycopg {a['put_vs_psycopg']:.2f}×"
+        f"{puts['asyncpg']:,.0f} | uncoalesced {puts['uncoalesced']:,.0f} | psycopg {puts['psycopg']:,.0f} | "
+        f"vs asyncpg {a['put_vs_asyncpg']:.2f}× (target ≥ 0.9), vs psycopg {a['put_vs_psycopg']:.2f}×, "
+        f"vs uncoalesced {a['put_vs_uncoalesced']:.2f}×"
     )
     print(
         f"lone get p50/p99: coalescing on {lone['hypervault']['p50_us']:.0f}/{lone['hypervault']['p99_us']:.0f} µs | "
         f"off {lone['uncoalesced']['p50_us']:.0f}/{lone['uncoalesced']['p99_us']:.0f} µs | ratio "
         f"{a['lone_p50_ratio']:.3f}/{a['lone_p99_ratio']:.3f} (target ≤ 1.05)"
+    )
+    lp = a["lone_put"]
+    print(
+        f"lone put p50/p99: coalescing on {lp['hypervault']['p50_us']:.0f}/{lp['hypervault']['p99_us']:.0f} µs | "
+        f"off {lp['uncoalesced']['p50_us']:.0f}/{lp['uncoalesced']['p99_us']:.0f} µs | ratio "
+        f"{a['lone_put_p50_ratio']:.3f}/{a['lone_put_p99_ratio']:.3f} (target ≤ 1.05)"
     )
     print(
         f"sync get_many {g['keys']} keys, {SHARDS} shards, 2 servers: hypervault "

@@ -81,8 +81,10 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
     ``bits``, ``namespace``, ``ttl``, ``acquire_timeout``) leases a free worker number from the first server for
     the store's lifetime; a `WorkerSlice` is a fixed one; None (the default) uses the in-process sequence with a
     random start per millisecond (docs/keys.md has the guarantees and figures of each). ``coalesce_reads`` (default
-    True) merges ``get()`` calls that overlap on one server into one batch read (``hvcore._coalesce``); a lone call
-    goes straight through. It applies to `AsyncDatastore`; `Datastore` accepts it and reads one key per statement.
+    True) merges ``get()`` calls that overlap on one server into one batch read, ``coalesce_writes`` (default True)
+    merges overlapping ``put()`` calls of a shard into multi-row INSERTs (a backend that has ``insert_group``), each
+    call keeping its own result or error (``hvcore._coalesce``); a lone call goes straight through. Both apply to
+    `AsyncDatastore`; `Datastore` accepts them and runs one statement per call.
 
     `AsyncDatastore` opens its pools on ``await db.open()`` or on entering ``async with``; its I/O methods are
     coroutines, ``cursor()`` is an async context manager and ``query()`` an async iterator. `Datastore` opens them
@@ -109,6 +111,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         log_values: bool = False,
         worker: WorkerSlice | Mapping[str, Any] | str | None = None,
         coalesce_reads: bool = True,
+        coalesce_writes: bool = True,
     ) -> None:
         self._configure(
             connections,
@@ -146,10 +149,13 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         self._lock = ALock()
         self._retired: list[AsyncServerStore] = []  # closed stores whose borrowed connections have not come back yet
         self._index_catalog = _schemaops.IndexCatalog()  # index definitions, for where/range filters
-        if not isinstance(coalesce_reads, bool):
-            raise ConfigError(f"coalesce_reads must be True or False, got {coalesce_reads!r}")
+        for name, flag in (("coalesce_reads", coalesce_reads), ("coalesce_writes", coalesce_writes)):
+            if not isinstance(flag, bool):
+                raise ConfigError(f"{name} must be True or False, got {flag!r}")
         self._coalesce_reads = coalesce_reads
+        self._coalesce_writes = coalesce_writes
         self._readers: dict[int, Any] = {}  # id(store) -> its ReadCoalescer (hvcore._coalesce), made on first get
+        self._writers: dict[int, Any] = {}  # id(store) -> its WriteCoalescer, made on first put
         if True:  # ASYNC
             self._check_settings()  # the stores are made by open(); their settings are checked now
         else:
@@ -199,6 +205,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
             stores, self._stores = self._stores, []
             self._closed = True
             self._readers = {}
+            self._writers = {}
         for store in stores:
             await store.close()
         async with self._lock:
@@ -232,6 +239,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
     def _after_fork_in_child(self) -> None:
         self._lock = ALock()
         self._readers = {}
+        self._writers = {}
         for store in (*self._stores, *self._retired):
             store.after_fork_in_child()
         self._retired = []
@@ -330,7 +338,13 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         for _ in range(PUT_ATTEMPTS):
             key = await self._next_key(shard_id)
             try:
-                await store.insert(shard_id, key, kind, data)
+                if True:  # ASYNC
+                    if self._coalesce_writes and hasattr(store, "insert_group"):  # overlapping puts: multi-row INSERTs
+                        await self._writer(store).insert(shard_id, key, kind, data)
+                    else:
+                        await store.insert(shard_id, key, kind, data)
+                else:
+                    store.insert(shard_id, key, kind, data)
             except DuplicateKey:
                 self._log_duplicate(shard_id, key)
                 continue
@@ -382,6 +396,17 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
                 reader = ReadCoalescer(store.fetch, store.fetch_many, self._options.pool_max, owner=store)
                 self._readers[id(store)] = reader
             return reader
+
+        def _writer(self, store: AsyncServerStore) -> Any:
+            """The `WriteCoalescer` of ``store`` (made on first use; one per store, dropped with the stores)."""
+            writer = self._writers.get(id(store))
+            if writer is None or writer.owner is not store:
+                from hvcore._coalesce import WriteCoalescer
+
+                group = cast(Any, store).insert_group
+                writer = WriteCoalescer(store.insert, group, store.fetch_many, self._options.pool_max, owner=store)
+                self._writers[id(store)] = writer
+            return writer
 
     async def get_many(self, keys: Iterable[Key | int]) -> dict[Key, Record]:
         """Records of many keys: one round trip per server (concurrently on asyncio); missing keys left out."""

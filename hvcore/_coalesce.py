@@ -1,4 +1,4 @@
-"""Coalescing of overlapping point reads (``get``) into one batch read per server: the DataLoader pattern, no I/O.
+"""Coalescing of overlapping point reads (``get``) and inserts (``put``) per server: the DataLoader pattern, no I/O.
 
 The idea is Facebook's DataLoader (and the "request coalescing" of caches such as Varnish and groupcache's
 singleflight): reads that overlap in time are merged into one batch request, and identical keys read at once are
@@ -20,8 +20,9 @@ once), None, or its own exception object:
   its own shard would not have raised.
 
 A batch runs in a task of its own and callers await their own futures: a cancelled caller cancels only its future;
-the batch goes on for the others and returns its connection as usual. This module does no I/O itself: it is given
-the backend's ``fetch`` and ``fetch_many`` and calls nothing else.
+the batch goes on for the others and returns its connection as usual. `WriteCoalescer` does the same for inserts
+(multi-row ``INSERT ... ON CONFLICT DO NOTHING``, each ``put`` keeping its own outcome: see its docstring). This
+module does no I/O itself: it is given the backend's methods and calls nothing else.
 """
 
 from __future__ import annotations
@@ -29,16 +30,21 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+import json
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from hvcore._backend import Record
 from hvcore._key import Key
 from hvcore.errors import PoolTimeout, ServerUnavailable, ShardMoved
 
-__all__ = ["ReadCoalescer"]
+__all__ = ["GROUP_MAX", "ReadCoalescer", "WriteCoalescer"]
 
 FetchOne = Callable[[int, Key], Awaitable[Record | None]]
 FetchMany = Callable[[Sequence[tuple[int, Key]]], Awaitable[Iterable[Record]]]
+InsertOne = Callable[[int, Key, int, Mapping[str, Any]], Awaitable[None]]
+InsertGroup = Callable[[int, Sequence[tuple[Key, int, Mapping[str, Any]]]], Awaitable[set[int]]]
+GROUP_MAX = 500  # rows per multi-row INSERT (4 bind parameters a row at most: far below the protocol's 65,535)
 _SERVER_WIDE = (ServerUnavailable, PoolTimeout)
 
 
@@ -167,6 +173,177 @@ class ReadCoalescer:
             for wanted in batch:
                 _deliver(wanted, found.get(wanted.key))
             return
+
+
+class _Write:
+    """One queued ``put``: its row and its caller's future."""
+
+    __slots__ = ("data", "future", "key", "kind")
+
+    def __init__(self, key: Key, kind: int, data: Mapping[str, Any], future: asyncio.Future[None]) -> None:
+        self.key = key
+        self.kind = kind
+        self.data = data
+        self.future = future
+
+
+class WriteCoalescer:
+    """Merges overlapping inserts of one server into multi-row INSERTs; each ``put`` keeps its own outcome.
+
+    ``insert_one(shard_id, key, kind, data)`` is the uncoalesced insert (a lone call takes it, and so does every row
+    a group could not store); ``insert_group(shard_id, rows)`` stores rows of one shard in one statement and returns
+    the ids it stored, leaving out rows whose key or unique value is taken (``ON CONFLICT DO NOTHING``);
+    ``fetch_many`` tells, after a group failed, which of its rows were stored anyway (a connection lost around the
+    commit). ``limit`` bounds the inserts and groups in flight (the pool's size).
+
+    Outcomes are each caller's own, as if its insert ran alone: a row the group stored succeeded; a row it left out
+    runs alone (so its `DuplicateKey` or `DuplicateValue` is its own); a group refused with `ShardMoved` fails its
+    callers with it (nothing was written; the façade follows the move and retries); a group that failed otherwise
+    is checked with ``fetch_many``: a row found under its key with its kind and body was stored (a key taken by
+    someone else before holds another row: such a row runs alone and gets its `DuplicateKey`), the others run
+    alone, and if the check fails too every caller gets the group's error (as a lone insert that lost its
+    connection and could not retry would). The rows of a group share one transaction: they are committed together,
+    and none is ever undone by another's failure.
+    """
+
+    __slots__ = (
+        "_busy",
+        "_fetch_many",
+        "_insert_group",
+        "_insert_one",
+        "_limit",
+        "_pending",
+        "_scheduled",
+        "_tasks",
+        "owner",
+    )
+
+    def __init__(
+        self, insert_one: InsertOne, insert_group: InsertGroup, fetch_many: FetchMany, limit: int, owner: object = None
+    ) -> None:
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        self._insert_one = insert_one
+        self._insert_group = insert_group
+        self._fetch_many = fetch_many
+        self._limit = limit
+        self.owner = owner
+        self._busy = 0
+        self._pending: dict[int, list[_Write]] = {}  # shard -> queued rows
+        self._scheduled = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def in_flight(self) -> int:
+        """Inserts and groups running now (0 when idle)."""
+        return self._busy
+
+    async def insert(self, shard_id: int, key: Key, kind: int, data: Mapping[str, Any]) -> None:
+        """Store one row; raises what storing it alone would raise (see the class docstring)."""
+        if not self._busy:  # nothing of this server in flight: straight through, no extra hop
+            self._busy = 1
+            try:
+                await self._insert_one(shard_id, key, kind, data)
+                return
+            finally:
+                self._busy -= 1
+                if self._pending:
+                    self._flush()
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.setdefault(shard_id, []).append(_Write(key, kind, data, future))
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._on_turn)
+        await future
+
+    def _on_turn(self) -> None:
+        self._scheduled = False
+        self._flush()
+
+    def _flush(self) -> None:
+        """Start a group per shard with queued rows, while fewer than ``limit`` inserts and groups run."""
+        while self._pending and self._busy < self._limit:
+            shard_id = next(iter(self._pending))
+            queued = self._pending[shard_id]
+            group, rest = queued[:GROUP_MAX], queued[GROUP_MAX:]
+            if rest:
+                self._pending[shard_id] = rest
+            else:
+                del self._pending[shard_id]
+            group = [write for write in group if not write.future.done()]  # callers cancelled before it was sent
+            if not group:
+                continue
+            self._busy += 1
+            task = asyncio.get_running_loop().create_task(self._run(shard_id, group))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, shard_id: int, group: list[_Write]) -> None:
+        try:
+            await self._store(shard_id, group)
+        except BaseException as exc:
+            for write in group:
+                if not write.future.done():
+                    write.future.cancel()
+            if not isinstance(exc, asyncio.CancelledError):
+                raise
+        finally:
+            self._busy -= 1
+            self._flush()
+
+    async def _store(self, shard_id: int, group: list[_Write]) -> None:
+        if len(group) == 1:
+            await self._alone(shard_id, group)
+            return
+        try:
+            stored = await self._insert_group(shard_id, [(w.key, w.kind, w.data) for w in group])
+        except asyncio.CancelledError:
+            raise
+        except ShardMoved as moved:  # refused by the stub a moved shard left behind: nothing written
+            _fail_writes(group, moved)
+            return
+        except Exception as exc:  # stored or not? a row under its key with its kind and body tells
+            try:
+                found = await self._fetch_many([(shard_id, w.key) for w in group])
+            except Exception:
+                _fail_writes(group, exc)
+                return
+            mine = {int(w.key): (w.kind, _as_stored(w.data)) for w in group}
+            stored = {int(r.key) for r in found if mine.get(int(r.key)) == (r.kind, r.data)}
+        for write in group:
+            if int(write.key) in stored and not write.future.done():
+                write.future.set_result(None)
+        await self._alone(shard_id, [w for w in group if int(w.key) not in stored])
+
+    async def _alone(self, shard_id: int, writes: list[_Write]) -> None:
+        """Insert each row on its own: its outcome is its caller's."""
+        for write in writes:
+            if write.future.done():  # cancelled meanwhile: its row is not written
+                continue
+            try:
+                await self._insert_one(shard_id, write.key, write.kind, write.data)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not write.future.done():
+                    write.future.set_exception(exc)
+            else:
+                if not write.future.done():
+                    write.future.set_result(None)
+
+
+def _as_stored(data: Mapping[str, Any]) -> Any:
+    """``data`` as it reads back (JSON types: tuples and mappings become lists and dicts), for comparing."""
+    try:
+        return json.loads(json.dumps(data))
+    except (TypeError, ValueError):  # not JSON: never equal to what was read back
+        return object()
+
+
+def _fail_writes(group: list[_Write], error: BaseException) -> None:
+    for write in group:
+        if not write.future.done():
+            write.future.set_exception(_own_copy(error))
 
 
 def _deliver(wanted: _Wanted, record: Record | None) -> None:

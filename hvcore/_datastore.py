@@ -79,8 +79,10 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
     ``bits``, ``namespace``, ``ttl``, ``acquire_timeout``) leases a free worker number from the first server for
     the store's lifetime; a `WorkerSlice` is a fixed one; None (the default) uses the in-process sequence with a
     random start per millisecond (docs/keys.md has the guarantees and figures of each). ``coalesce_reads`` (default
-    True) merges ``get()`` calls that overlap on one server into one batch read (``hvcore._coalesce``); a lone call
-    goes straight through. It applies to `Datastore`; `Datastore` accepts it and reads one key per statement.
+    True) merges ``get()`` calls that overlap on one server into one batch read, ``coalesce_writes`` (default True)
+    merges overlapping ``put()`` calls of a shard into multi-row INSERTs (a backend that has ``insert_group``), each
+    call keeping its own result or error (``hvcore._coalesce``); a lone call goes straight through. Both apply to
+    `Datastore`; `Datastore` accepts them and runs one statement per call.
 
     `Datastore` opens its pools on ``await db.open()`` or on entering ``with``; its I/O methods are
     coroutines, ``cursor()`` is a context manager and ``query()`` an iterator. `Datastore` opens them
@@ -107,6 +109,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         log_values: bool = False,
         worker: WorkerSlice | Mapping[str, Any] | str | None = None,
         coalesce_reads: bool = True,
+        coalesce_writes: bool = True,
     ) -> None:
         self._configure(
             connections,
@@ -138,10 +141,13 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         self._lock = Lock()
         self._retired: list[ServerStore] = []  # closed stores whose borrowed connections have not come back yet
         self._index_catalog = _schemaops.IndexCatalog()  # index definitions, for where/range filters
-        if not isinstance(coalesce_reads, bool):
-            raise ConfigError(f"coalesce_reads must be True or False, got {coalesce_reads!r}")
+        for name, flag in (("coalesce_reads", coalesce_reads), ("coalesce_writes", coalesce_writes)):
+            if not isinstance(flag, bool):
+                raise ConfigError(f"{name} must be True or False, got {flag!r}")
         self._coalesce_reads = coalesce_reads
+        self._coalesce_writes = coalesce_writes
         self._readers: dict[int, Any] = {}  # id(store) -> its ReadCoalescer (hvcore._coalesce), made on first get
+        self._writers: dict[int, Any] = {}  # id(store) -> its WriteCoalescer, made on first put
         self._open_stores()
         self._ensure_generator()
         _live_stores.add(self)
@@ -185,6 +191,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
             stores, self._stores = (self._stores, [])
             self._closed = True
             self._readers = {}
+            self._writers = {}
         for store in stores:
             store.close()
         with self._lock:
@@ -218,6 +225,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
     def _after_fork_in_child(self) -> None:
         self._lock = Lock()
         self._readers = {}
+        self._writers = {}
         for store in (*self._stores, *self._retired):
             store.after_fork_in_child()
         self._retired = []

@@ -21,16 +21,16 @@ pytestmark = pytest.mark.postgres
 _dbs = itertools.count()
 
 
-def fresh_servers(cluster: Any, indexes: tuple[int, int], shards: tuple[str, str] = ("0-8", "8-16")) -> list[Any]:
-    """Two new databases on cluster servers ``indexes``, provisioned (jsonb) for ``shards``: their settings."""
+def fresh_servers(cluster: Any, indexes: tuple[int, int], backend: str = "jsonb") -> list[Any]:
+    """Two new databases on cluster servers ``indexes``, provisioned for shards 0-8 and 8-16: their settings."""
     name = f"hvco_{os.getpid()}_{next(_dbs)}"
     servers = []
-    for index, span in zip(indexes, shards, strict=True):
+    for index, span in zip(indexes, ("0-8", "8-16"), strict=True):
         settings = cluster.settings(index)
         with psycopg.connect(**settings, autocommit=True) as conn:
             conn.execute(f"CREATE DATABASE {name}")
         servers.append({**settings, "dbname": name, "shards": span})
-    with hvcore.Datastore([dict(s) for s in servers], backend="jsonb") as db:
+    with hvcore.Datastore([dict(s) for s in servers], backend=backend) as db:
         db.provision()
     return servers
 
@@ -206,3 +206,64 @@ def test_a_moved_shard_is_followed_for_each_waiting_caller(pg_cluster: Any) -> N
 def test_coalesce_reads_must_be_a_bool() -> None:
     with pytest.raises(hvcore.ConfigError, match="coalesce_reads must be True or False"):
         hvcore.AsyncDatastore([{"shards": "0-4"}], backend="memory", coalesce_reads="yes")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("backend", ["jsonb", "hstore"])
+def test_overlapping_puts_each_keep_their_own_outcome(
+    pg_cluster: Any, backend: str, counted: tuple[logging.Logger, StatementCounter]
+) -> None:
+    """A unique index: of puts repeating a value at once, exactly one is stored and the others get DuplicateValue."""
+    servers = fresh_servers(pg_cluster, (0, 1), backend)
+    logger, _ = counted
+    groups: list[str] = []
+    logger.addHandler(_Collect(groups))
+
+    async def main() -> None:
+        async with hvcore.AsyncDatastore([dict(s) for s in servers], backend=backend, pool_max=4, logger=logger) as db:
+            await db.create_index(1, "u", unique=True)
+            await db.put(3, 1, u="taken")
+            values = [f"v{i % 7}" for i in range(40)] + ["taken", "taken"]
+            results = await asyncio.gather(
+                *(db.put(3, 1, u=v, n=str(i)) for i, v in enumerate(values)), return_exceptions=True
+            )
+            stored = {v for v, r in zip(values, results, strict=True) if isinstance(r, hvcore.Key)}
+            assert stored == {f"v{i}" for i in range(7)}
+            assert all(isinstance(r, hvcore.Key | hvcore.DuplicateValue) for r in results), results
+            assert sum(isinstance(r, hvcore.Key) for r in results) == 7
+            found = await db.get_many([r for r in results if isinstance(r, hvcore.Key)])
+            assert sorted(r.data["u"] for r in found.values()) == sorted(stored)
+            others = await asyncio.gather(*(db.put(shard, 2, n=str(shard)) for shard in range(16) for _ in range(3)))
+            assert len(set(others)) == 48
+            assert len(await db.get_many(others)) == 48
+            assert all(store.stats()["borrowed"] == 0 for store in db._live())
+
+    asyncio.run(main())
+    assert any("ON CONFLICT DO NOTHING" in g for g in groups)  # the overlapping puts were grouped
+
+
+class _Collect(logging.Handler):
+    def __init__(self, into: list[str]) -> None:
+        super().__init__(logging.DEBUG)
+        self.into = into
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.into.append(record.getMessage())
+
+
+def test_overlapping_puts_follow_a_moved_shard(pg_cluster: Any) -> None:
+    servers = fresh_servers(pg_cluster, (0, 1))
+
+    async def main() -> None:
+        async with hvcore.AsyncDatastore([dict(s) for s in servers], backend="jsonb", pool_max=4) as stale:
+            await stale.put(3, 1, n="before")
+            with hvcore.Datastore([dict(s) for s in servers], backend="jsonb") as mover:
+                mover.move_shard(3, 1)
+            keys = await asyncio.gather(*(stale.put(shard, 1, n=str(i)) for i in range(10) for shard in (3, 4, 3)))
+            assert len(set(keys)) == 30
+            assert len(await stale.get_many(keys)) == 30
+            assert stale.shard_map.server_for(3) == 1
+
+    asyncio.run(main())
+    admin = {k: v for k, v in servers[1].items() if k != "shards"}
+    with psycopg.connect(**admin) as conn:
+        assert conn.execute("SELECT count(*) FROM shard0003.entities").fetchone() == (21,)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hvcore import Key, Record
-from hvcore._coalesce import ReadCoalescer
-from hvcore.errors import NotProvisioned, ServerUnavailable, ShardMoved
+from hvcore._coalesce import ReadCoalescer, WriteCoalescer
+from hvcore.errors import DuplicateKey, DuplicateValue, NotProvisioned, ServerUnavailable, ShardMoved
 
 
 def key(shard: int, n: int) -> Key:
@@ -239,3 +239,154 @@ def test_limit_must_be_positive() -> None:
     server = FakeServer()
     with pytest.raises(ValueError, match="at least 1"):
         ReadCoalescer(server.fetch, server.fetch_many, 0)
+
+
+# -- writes ------------------------------------------------------------------------------------------------------
+
+
+class FakeTable:
+    """Rows by key with a unique ``u`` field per shard; shards moved away; a group that fails before or after commit."""
+
+    def __init__(self, moved: Iterable[int] = ()) -> None:
+        self.rows: dict[Key, dict[str, Any]] = {}
+        self.moved = set(moved)
+        self.fail_group: str | None = None  # "before" (nothing written) / "after" (written, then the error)
+        self.fail_check = False
+        self.singles = 0
+        self.groups: list[int] = []
+
+    def _taken(self, shard: int, k: Key, data: Mapping[str, Any]) -> Exception | None:
+        if k in self.rows:
+            return DuplicateKey(f"key {int(k)} taken")
+        if any(r.get("u") == data.get("u") and s.shard_id == shard for s, r in self.rows.items()):
+            return DuplicateValue(f"value {data.get('u')} taken")
+        return None
+
+    async def insert(self, shard: int, k: Key, kind: int, data: Mapping[str, Any]) -> None:
+        self.singles += 1
+        await asyncio.sleep(0)
+        if shard in self.moved:
+            raise ShardMoved(f"shard {shard} moved", shard_id=shard, server="other", version=2)
+        error = self._taken(shard, k, data)
+        if error is not None:
+            raise error
+        self.rows[k] = dict(data)
+
+    async def insert_group(self, shard: int, rows: Sequence[tuple[Key, int, Mapping[str, Any]]]) -> set[int]:
+        self.groups.append(len(rows))
+        await asyncio.sleep(0)
+        if shard in self.moved:
+            raise ShardMoved(f"shard {shard} moved", shard_id=shard, server="other", version=2)
+        if self.fail_group == "before":
+            raise ServerUnavailable("connection lost before the commit")
+        stored = set()
+        for k, _, data in rows:
+            if self._taken(shard, k, data) is None:
+                self.rows[k] = dict(data)
+                stored.add(int(k))
+        if self.fail_group == "after":
+            raise ServerUnavailable("connection lost after the commit")
+        return stored
+
+    async def fetch_many(self, items: Sequence[tuple[int, Key]]) -> list[Record]:
+        await asyncio.sleep(0)
+        if self.fail_check:
+            raise ServerUnavailable("server down")
+        return [Record(k, 1, self.rows[k]) for _, k in items if k in self.rows]
+
+
+def writer(table: FakeTable, limit: int = 8) -> WriteCoalescer:
+    return WriteCoalescer(table.insert, table.insert_group, table.fetch_many, limit, owner=table)
+
+
+def test_a_lone_insert_goes_straight_through() -> None:
+    table = FakeTable()
+    coro = writer(table).insert(1, key(1, 1), 1, {"u": 1})
+    with pytest.raises(StopIteration):
+        while True:
+            coro.send(None)  # only the fake's own round trip suspends it
+    assert table.singles == 1 and table.groups == []
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    writes=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 30), st.integers(0, 6)), min_size=1, max_size=30),
+    taken=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 30), st.integers(0, 6)), max_size=5),
+    moved=st.sets(st.integers(0, 3), max_size=1),
+    fail_group=st.sampled_from([None, "before", "after"]),
+    fail_check=st.booleans(),
+    limit=st.integers(1, 3),
+)
+def test_every_put_gets_its_own_outcome(
+    writes: list[tuple[int, int, int]],
+    taken: list[tuple[int, int, int]],
+    moved: set[int],
+    fail_group: str | None,
+    fail_check: bool,
+    limit: int,
+) -> None:
+    """Keys taken before, unique values repeated within a group, a moved shard, a group failing around its commit."""
+    rows = list({key(s, n): (s, key(s, n), {"u": u}) for s, n, u in writes}.values())  # the façade's keys are unique
+
+    def fresh() -> FakeTable:
+        table = FakeTable(moved)
+        for s, n, u in taken:
+            table.rows[key(s, n)] = {"u": u, "by": "another process"}
+        return table
+
+    async def alone() -> tuple[list[Any], dict[Key, dict[str, Any]]]:
+        table = fresh()
+        return [await outcome(table.insert(s, k, 1, d)) for s, k, d in rows], table.rows
+
+    async def together() -> tuple[list[Any], dict[Key, dict[str, Any]], FakeTable]:
+        table = fresh()
+        table.fail_group, table.fail_check = fail_group, fail_check
+        coalescer = writer(table, limit)
+        results = await asyncio.gather(*(outcome(coalescer.insert(s, k, 1, d)) for s, k, d in rows))
+        assert coalescer.in_flight == 0
+        return list(results), table.rows, table
+
+    expected, expected_rows = asyncio.run(alone())
+    got, got_rows, table = asyncio.run(together())
+    if fail_group is not None and fail_check and table.groups:
+        # the group's outcome could not be told: its callers failed with its error (their rows may be stored, as
+        # a lone insert's may be when its connection is lost around the commit); everything else is as alone
+        lost = [i for i, r in enumerate(got) if isinstance(r, ServerUnavailable)]
+        assert lost
+        for i, (a, b) in enumerate(zip(expected, got, strict=True)):
+            if i not in lost:
+                assert same(a, b) or (a is None and b is None)
+        assert all(k in expected_rows or k not in got_rows for k in got_rows)
+        return
+    # the same outcome for every put, in any order of execution that keeps a group's earlier rows first
+    assert [type(r) for r in got] == [type(r) for r in expected], (expected, got)
+    assert got_rows.keys() == expected_rows.keys()
+    errors = [e for e in got if isinstance(e, Exception)]
+    assert len({id(e) for e in errors}) == len(errors)
+
+
+def test_overlapping_inserts_are_one_group_per_shard() -> None:
+    table = FakeTable()
+    coalescer = writer(table)
+
+    async def main() -> None:
+        await asyncio.gather(*(coalescer.insert(s, key(s, n), 1, {"u": n}) for s in (1, 2) for n in range(10)))
+
+    asyncio.run(main())
+    assert table.singles == 1 and sorted(table.groups) == [9, 10]
+    assert len(table.rows) == 20
+
+
+def test_a_cancelled_put_waiting_for_its_group_writes_nothing() -> None:
+    table = FakeTable()
+    coalescer = writer(table, limit=1)
+
+    async def main() -> list[Any]:
+        tasks = [asyncio.ensure_future(coalescer.insert(1, key(1, n), 1, {"u": n})) for n in range(4)]
+        await asyncio.sleep(0)
+        tasks[2].cancel()
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    results = asyncio.run(main())
+    assert isinstance(results[2], asyncio.CancelledError)
+    assert set(table.rows) == {key(1, 0), key(1, 1), key(1, 3)}
