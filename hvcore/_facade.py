@@ -14,6 +14,7 @@ from hvcore._backend import BackendOptions, QuerySpec
 from hvcore._config import DatastoreConfig, check_servers, load_config, parse_layout
 from hvcore._key import Key, KeyLayout
 from hvcore._plugins import PluginRegistry, default_registry
+from hvcore._schemadefs import KIND_MAX, check_kind
 from hvcore._sequence import AsyncSequenceSource, SequenceSource
 from hvcore._shardmap import ShardMap, format_ranges
 from hvcore._show import show_value
@@ -22,7 +23,6 @@ from hvcore.errors import (
     DuplicateKey,
     InvalidData,
     InvalidKey,
-    InvalidKind,
     InvalidQuery,
     InvalidShard,
     StoreClosed,
@@ -41,7 +41,6 @@ __all__ = [
     "too_many_duplicates",
 ]
 
-KIND_MAX = 32767  # kind is stored as a PostgreSQL smallint
 LIMIT_MAX = 2**63 - 1  # query(limit=...): a PostgreSQL bigint (and the most itertools.islice takes)
 PUT_ATTEMPTS = 8  # fresh keys tried when an insert hits an existing key
 
@@ -51,17 +50,6 @@ SequenceArg = SequenceSource | str | None
 """What `Datastore` takes as ``sequence``: a source, a URL such as ``redis://host:6379/0``, or None (in-process)."""
 AsyncSequenceArg = SequenceSource | AsyncSequenceSource | str | None
 """What `AsyncDatastore` takes as ``sequence``: a sync or asyncio source, a URL, or None (in-process)."""
-
-
-def check_kind(kind: object) -> int:
-    """Return ``kind`` if it is an int in 0..32767, else raise `InvalidKind`."""
-    if type(kind) is int and 0 <= kind <= KIND_MAX:
-        return kind
-    if isinstance(kind, int) and not isinstance(kind, bool) and 0 <= kind <= KIND_MAX:
-        return int(kind)
-    raise InvalidKind(
-        f"kind must be an int in 0..{KIND_MAX} (stored as a smallint), got {type(kind).__name__} {show_value(kind)}"
-    )
 
 
 def check_sequence(sequence: object, *, asyncio: bool) -> None:
