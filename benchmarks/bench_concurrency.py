@@ -13,7 +13,9 @@ rotating order per round (medians of the rounds):
 - **one task at a time**: p50 and p99 latency of ``get`` coalesced vs uncoalesced (coalescing must cost a lone call
   nothing);
 - **sync get_many** of 1000 keys over 64 shards on 2 servers vs the raw psycopg floor (the same per-server
-  ``UNION ALL`` statements by hand on the Datastore's pools, servers read one after the other).
+  ``UNION ALL`` statements by hand on the Datastore's pools, servers read one after the other);
+- **sync gets from 64 threads**, pool 8: `Datastore` (reads coalesced) vs ``coalesce_reads=False`` vs a raw psycopg
+  ``ConnectionPool`` with the same SQL; and one thread's get, coalescing on vs off.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import json
 import random
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -210,6 +213,15 @@ async def bench_async(servers: list[dict[str, Any]], quick: bool) -> dict[str, A
         )
         out["put_ops_per_s"] = puts
 
+    # One call at a time, on datastores of their own: pools that served 64 tasks hold more warm sessions, and
+    # cycling through 8 server processes costs a lone call more than reusing one (measured: up to 1.7×), which
+    # would favour whichever side kept fewer sessions busy.
+    async with (
+        hvcore.AsyncDatastore(connections, pool_max=POOL, backend="jsonb") as hv,
+        hvcore.AsyncDatastore(
+            connections, pool_max=POOL, backend="jsonb", coalesce_reads=False, coalesce_writes=False
+        ) as plain,
+    ):
         lone = await _latencies({"hypervault": hv_get, "uncoalesced": plain_get}, 100 if quick else 300, rounds)
         out["lone_get"] = lone
         lone_put = await _latencies({"hypervault": hv_put, "uncoalesced": plain_put}, 100 if quick else 300, rounds)
@@ -227,6 +239,81 @@ async def bench_async(servers: list[dict[str, Any]], quick: bool) -> dict[str, A
     out["lone_p50_ratio"] = lone["hypervault"]["p50_us"] / lone["uncoalesced"]["p50_us"]
     out["lone_p99_ratio"] = lone["hypervault"]["p99_us"] / lone["uncoalesced"]["p99_us"]
     return out
+
+
+def _threads(op: Callable[[int], object], threads: int, per_thread: int) -> float:
+    """Seconds for ``threads`` threads each calling ``op(i)`` ``per_thread`` times (started together)."""
+    start = threading.Barrier(threads + 1)
+
+    def worker(first: int) -> None:
+        start.wait()
+        for i in range(first, first + per_thread):
+            op(i)
+
+    workers = [threading.Thread(target=worker, args=(t * per_thread,)) for t in range(threads)]
+    for thread in workers:
+        thread.start()
+    start.wait()
+    started = time.perf_counter()
+    for thread in workers:
+        thread.join()
+    return time.perf_counter() - started
+
+
+def bench_threads(servers: list[dict[str, Any]], quick: bool) -> dict[str, Any]:
+    """Sync `Datastore.get` from 64 threads, reads coalesced vs not, vs raw psycopg (same SQL, pool of 8)."""
+    per_thread, rounds = (10, 5) if quick else (20, 7)
+    connections = [{**servers[0], "shards": f"0-{SHARDS // 2}"}, {**servers[1], "shards": f"{SHARDS // 2}-{SHARDS}"}]
+    statements = ShardSQL.build(SHARD, "jsonb", None)
+    with (
+        hvcore.Datastore(connections, pool_max=POOL, backend="jsonb") as hv,
+        hvcore.Datastore(connections, pool_max=POOL, backend="jsonb", coalesce_reads=False) as plain,
+        psycopg_pool.ConnectionPool(
+            psycopg.conninfo.make_conninfo(**servers[0]),
+            min_size=POOL,
+            max_size=POOL,
+            kwargs={"autocommit": True},
+        ) as pool,
+    ):
+        keys = hv.put_many(SHARD, 3, [dict(BODY, n=i) for i in range(ROWS)])
+        ints = [int(k) for k in keys]
+        rng = random.Random(11)
+        order = [rng.randrange(ROWS) for _ in range(TASKS * per_thread * 2)]
+        size = len(order)
+
+        def hv_get(i: int) -> object:
+            return hv.get(keys[order[i % size]])
+
+        def plain_get(i: int) -> object:
+            return plain.get(keys[order[i % size]])
+
+        def pg_get(i: int) -> object:
+            with pool.connection() as conn:
+                return conn.execute(statements.fetch, (ints[order[i % size]],)).fetchone()
+
+        candidates = {"hypervault": hv_get, "uncoalesced": plain_get, "psycopg": pg_get}
+        names = list(candidates)
+        for name in names:
+            _threads(candidates[name], TASKS, 2)
+        rates: dict[str, list[float]] = {name: [] for name in names}
+        for index in range(rounds):
+            for name in names[index % len(names) :] + names[: index % len(names)]:
+                rates[name].append(TASKS * per_thread / _threads(candidates[name], TASKS, per_thread))
+    with (  # one thread at a time, on datastores of their own (see bench_async)
+        hvcore.Datastore(connections, pool_max=POOL, backend="jsonb") as hv,
+        hvcore.Datastore(connections, pool_max=POOL, backend="jsonb", coalesce_reads=False) as plain,
+    ):
+        lone = measure({"hypervault": lambda: hv_get(0), "uncoalesced": lambda: plain_get(0)}, 300, rounds)
+    medians = {name: statistics.median(values) for name, values in rates.items()}
+    return {
+        "threads": TASKS,
+        "pool": POOL,
+        "get_ops_per_s": medians,
+        "vs_uncoalesced": medians["hypervault"] / medians["uncoalesced"],
+        "vs_psycopg": medians["hypervault"] / medians["psycopg"],
+        "lone_us": {name: seconds * 1e6 for name, seconds in lone.items()},
+        "lone_ratio": lone["hypervault"] / lone["uncoalesced"],
+    }
 
 
 def bench_get_many(servers: list[dict[str, Any]], quick: bool) -> dict[str, Any]:
@@ -280,6 +367,7 @@ def run(quick: bool) -> dict[str, Any]:
         results: dict[str, Any] = {"quick": quick}
         results["async"] = asyncio.run(bench_async(settings, quick))
         results["get_many"] = bench_get_many(settings, quick)
+        results["threads"] = bench_threads(settings, quick)
     return results
 
 
@@ -319,6 +407,14 @@ def main() -> None:
         f"sync get_many {g['keys']} keys, {SHARDS} shards, 2 servers: hypervault "
         f"{g['hypervault_us_per_key']:.2f} µs/key | raw psycopg floor {g['psycopg_us_per_key']:.2f} µs/key | "
         f"ratio {g['ratio']:.2f}× (target ≥ 1.0)"
+    )
+    t = r["threads"]
+    tg = t["get_ops_per_s"]
+    print(
+        f"sync get from {t['threads']} threads, pool {t['pool']}: hypervault {tg['hypervault']:,.0f} ops/s | "
+        f"uncoalesced {tg['uncoalesced']:,.0f} | psycopg {tg['psycopg']:,.0f} | vs uncoalesced "
+        f"{t['vs_uncoalesced']:.2f}×, vs psycopg {t['vs_psycopg']:.2f}×; one thread: {t['lone_us']['hypervault']:.0f} "
+        f"vs {t['lone_us']['uncoalesced']:.0f} µs (ratio {t['lone_ratio']:.3f})"
     )
     if args.json:
         args.json.write_text(json.dumps(r, indent=2) + "\n", encoding="utf-8")

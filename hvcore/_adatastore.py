@@ -81,10 +81,10 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
     ``bits``, ``namespace``, ``ttl``, ``acquire_timeout``) leases a free worker number from the first server for
     the store's lifetime; a `WorkerSlice` is a fixed one; None (the default) uses the in-process sequence with a
     random start per millisecond (docs/keys.md has the guarantees and figures of each). ``coalesce_reads`` (default
-    True) merges ``get()`` calls that overlap on one server into one batch read, ``coalesce_writes`` (default True)
-    merges overlapping ``put()`` calls of a shard into multi-row INSERTs (a backend that has ``insert_group``), each
-    call keeping its own result or error (``hvcore._coalesce``); a lone call goes straight through. Both apply to
-    `AsyncDatastore`; `Datastore` accepts them and runs one statement per call.
+    True) merges ``get()`` calls that overlap on one server into one batch read (on `Datastore`: the calls of
+    threads that would wait for a pooled connection), ``coalesce_writes`` (default True) merges overlapping ``put()``
+    calls of a shard into multi-row INSERTs on `AsyncDatastore` (a backend that has ``insert_group``), each call
+    keeping its own result or error (``hvcore._coalesce``); a lone call goes straight through.
 
     `AsyncDatastore` opens its pools on ``await db.open()`` or on entering ``async with``; its I/O methods are
     coroutines, ``cursor()`` is an async context manager and ``query()`` an async iterator. `Datastore` opens them
@@ -380,22 +380,29 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         """The record stored under ``key``, or None."""
         key = self.as_key(key)
         shard = key.shard_id
-        if True:  # ASYNC
-            if self._coalesce_reads:  # overlapping calls share one batch read per server (hvcore._coalesce)
-                return await self._on_shard(shard, lambda store: self._reader(store).get(shard, key))
+        if self._coalesce_reads:  # overlapping calls share one batch read per server (hvcore._coalesce)
+            found: Record | None = await self._on_shard(shard, lambda store: self._reader(store).get(shard, key))
+            return found
         return await self._on_shard(shard, lambda store: store.fetch(shard, key))
 
+    def _reader(self, store: AsyncServerStore) -> Any:
+        """The read coalescer of ``store`` (made on first use; one per store, dropped with the stores).
+
+        A `ReadCoalescer` on asyncio, a `ThreadReadCoalescer` for `Datastore` (hvcore._coalesce).
+        """
+        reader = self._readers.get(id(store))
+        if reader is None or reader.owner is not store:
+            from hvcore import _coalesce
+
+            limit = self._options.pool_max
+            if True:  # ASYNC
+                reader = _coalesce.ReadCoalescer(store.fetch, store.fetch_many, limit, owner=store)
+            else:
+                reader = _coalesce.ThreadReadCoalescer(store.fetch, store.fetch_many, limit, owner=store)
+            self._readers[id(store)] = reader
+        return reader
+
     if True:  # ASYNC
-
-        def _reader(self, store: AsyncServerStore) -> Any:
-            """The `ReadCoalescer` of ``store`` (made on first use; one per store, dropped with the stores)."""
-            reader = self._readers.get(id(store))
-            if reader is None or reader.owner is not store:
-                from hvcore._coalesce import ReadCoalescer
-
-                reader = ReadCoalescer(store.fetch, store.fetch_many, self._options.pool_max, owner=store)
-                self._readers[id(store)] = reader
-            return reader
 
         def _writer(self, store: AsyncServerStore) -> Any:
             """The `WriteCoalescer` of ``store`` (made on first use; one per store, dropped with the stores)."""

@@ -31,6 +31,7 @@ import asyncio
 import copy
 import dataclasses
 import json
+import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -38,10 +39,12 @@ from hvcore._backend import Record
 from hvcore._key import Key
 from hvcore.errors import PoolTimeout, ServerUnavailable, ShardMoved
 
-__all__ = ["GROUP_MAX", "ReadCoalescer", "WriteCoalescer"]
+__all__ = ["GROUP_MAX", "ReadCoalescer", "ThreadReadCoalescer", "WriteCoalescer"]
 
 FetchOne = Callable[[int, Key], Awaitable[Record | None]]
 FetchMany = Callable[[Sequence[tuple[int, Key]]], Awaitable[Iterable[Record]]]
+SyncFetchOne = Callable[[int, Key], Record | None]
+SyncFetchMany = Callable[[Sequence[tuple[int, Key]]], Iterable[Record]]
 InsertOne = Callable[[int, Key, int, Mapping[str, Any]], Awaitable[None]]
 InsertGroup = Callable[[int, Sequence[tuple[Key, int, Mapping[str, Any]]]], Awaitable[set[int]]]
 GROUP_MAX = 500  # rows per multi-row INSERT (4 bind parameters a row at most: far below the protocol's 65,535)
@@ -173,6 +176,132 @@ class ReadCoalescer:
             for wanted in batch:
                 _deliver(wanted, found.get(wanted.key))
             return
+
+
+class _Waiter:
+    """A thread waiting for a connection: its key, then its outcome (or the batch it leads)."""
+
+    __slots__ = ("batch", "error", "event", "key", "record", "shard_id")
+
+    def __init__(self, shard_id: int, key: Key) -> None:
+        self.shard_id = shard_id
+        self.key = key
+        self.event = threading.Event()
+        self.batch: list[_Waiter] | None = None  # set when this thread is to run the batch of every waiter
+        self.record: Record | None = None
+        self.error: BaseException | None = None
+
+    def settle(self, record: Record | None, error: BaseException | None) -> None:
+        self.record, self.error = record, error
+        self.event.set()
+
+
+class ThreadReadCoalescer:
+    """`ReadCoalescer` for threads: threads that would wait for a pooled connection share one batch read.
+
+    A call runs straight through while fewer than ``limit`` reads of this server run (so a lone call, or a few
+    concurrent ones, never waits); a thread arriving when ``limit`` are running queues, and when a read ends, the
+    thread queued first runs one ``fetch_many`` for every queued key (identical keys once) and hands each waiting
+    thread its own outcome, split on failure as `ReadCoalescer` splits it. No timer, no helper thread.
+    """
+
+    __slots__ = ("_busy", "_fetch_many", "_fetch_one", "_limit", "_lock", "_queue", "owner")
+
+    def __init__(self, fetch_one: SyncFetchOne, fetch_many: SyncFetchMany, limit: int, owner: object = None) -> None:
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        self._fetch_one = fetch_one
+        self._fetch_many = fetch_many
+        self._limit = limit
+        self.owner = owner
+        self._lock = threading.Lock()
+        self._busy = 0
+        self._queue: list[_Waiter] = []
+
+    @property
+    def in_flight(self) -> int:
+        """Reads and batches running now (0 when idle)."""
+        return self._busy
+
+    def get(self, shard_id: int, key: Key) -> Record | None:
+        """The record of ``key`` in ``shard_id``, or None; raises what reading it raised."""
+        with self._lock:
+            if self._busy < self._limit:
+                self._busy += 1
+                waiter = None
+            else:
+                waiter = _Waiter(shard_id, key)
+                self._queue.append(waiter)
+        if waiter is None:
+            try:
+                return self._fetch_one(shard_id, key)
+            finally:
+                self._release()
+        waiter.event.wait()
+        if waiter.batch is not None:  # this thread leads the batch (its slot was handed over by _release)
+            try:
+                self._resolve(waiter.batch)
+            finally:
+                self._release()
+        if waiter.error is not None:
+            raise waiter.error
+        return waiter.record
+
+    def _release(self) -> None:
+        """A read ended: hand its slot to the oldest waiting thread with every queued key, or free it."""
+        with self._lock:
+            if not self._queue:
+                self._busy -= 1
+                return
+            batch, self._queue = self._queue, []
+        leader = batch[0]
+        leader.batch = batch
+        leader.event.set()
+
+    def _resolve(self, batch: list[_Waiter]) -> None:
+        """Read ``batch`` (one fetch per distinct key) and settle every waiter, failures split per shard."""
+        wanted: dict[Key, list[_Waiter]] = {}
+        for waiter in batch:
+            wanted.setdefault(waiter.key, []).append(waiter)
+        groups = list(wanted.values())
+        while groups:
+            try:
+                if len(groups) == 1:
+                    first = groups[0][0]
+                    found = {first.key: self._fetch_one(first.shard_id, first.key)}
+                else:
+                    records = self._fetch_many([(g[0].shard_id, g[0].key) for g in groups])
+                    found = {record.key: record for record in records}
+            except ShardMoved as moved:
+                hit = [g for g in groups if g[0].shard_id == moved.shard_id]
+                for group in hit or groups:
+                    _settle_error(group, moved)
+                if not hit:
+                    return
+                groups = [g for g in groups if g[0].shard_id != moved.shard_id]
+                continue
+            except Exception as exc:
+                shards = {g[0].shard_id for g in groups}
+                if isinstance(exc, _SERVER_WIDE) or len(shards) == 1:
+                    for group in groups:
+                        _settle_error(group, exc)
+                    return
+                for shard in shards:
+                    self._resolve([w for g in groups if g[0].shard_id == shard for w in g])
+                return
+            for group in groups:
+                record = found.get(group[0].key)
+                for index, waiter in enumerate(group):
+                    if record is not None and index:
+                        waiter.settle(dataclasses.replace(record, data=copy.deepcopy(record.data)), None)
+                    else:
+                        waiter.settle(record, None)
+            return
+
+
+def _settle_error(group: list[_Waiter], error: BaseException) -> None:
+    for waiter in group:
+        waiter.settle(None, _own_copy(error))
 
 
 class _Write:

@@ -79,10 +79,10 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
     ``bits``, ``namespace``, ``ttl``, ``acquire_timeout``) leases a free worker number from the first server for
     the store's lifetime; a `WorkerSlice` is a fixed one; None (the default) uses the in-process sequence with a
     random start per millisecond (docs/keys.md has the guarantees and figures of each). ``coalesce_reads`` (default
-    True) merges ``get()`` calls that overlap on one server into one batch read, ``coalesce_writes`` (default True)
-    merges overlapping ``put()`` calls of a shard into multi-row INSERTs (a backend that has ``insert_group``), each
-    call keeping its own result or error (``hvcore._coalesce``); a lone call goes straight through. Both apply to
-    `Datastore`; `Datastore` accepts them and runs one statement per call.
+    True) merges ``get()`` calls that overlap on one server into one batch read (on `Datastore`: the calls of
+    threads that would wait for a pooled connection), ``coalesce_writes`` (default True) merges overlapping ``put()``
+    calls of a shard into multi-row INSERTs on `Datastore` (a backend that has ``insert_group``), each call
+    keeping its own result or error (``hvcore._coalesce``); a lone call goes straight through.
 
     `Datastore` opens its pools on ``await db.open()`` or on entering ``with``; its I/O methods are
     coroutines, ``cursor()`` is a context manager and ``query()`` an iterator. `Datastore` opens them
@@ -335,7 +335,24 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         """The record stored under ``key``, or None."""
         key = self.as_key(key)
         shard = key.shard_id
+        if self._coalesce_reads:  # overlapping calls share one batch read per server (hvcore._coalesce)
+            found: Record | None = self._on_shard(shard, lambda store: self._reader(store).get(shard, key))
+            return found
         return self._on_shard(shard, lambda store: store.fetch(shard, key))
+
+    def _reader(self, store: ServerStore) -> Any:
+        """The read coalescer of ``store`` (made on first use; one per store, dropped with the stores).
+
+        A `ReadCoalescer` on asyncio, a `ThreadReadCoalescer` for `Datastore` (hvcore._coalesce).
+        """
+        reader = self._readers.get(id(store))
+        if reader is None or reader.owner is not store:
+            from hvcore import _coalesce
+
+            limit = self._options.pool_max
+            reader = _coalesce.ThreadReadCoalescer(store.fetch, store.fetch_many, limit, owner=store)
+            self._readers[id(store)] = reader
+        return reader
 
     def get_many(self, keys: Iterable[Key | int]) -> dict[Key, Record]:
         """Records of many keys: one round trip per server (concurrently on asyncio); missing keys left out."""

@@ -7,6 +7,7 @@ import itertools
 import logging
 import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import psycopg
@@ -267,3 +268,27 @@ def test_overlapping_puts_follow_a_moved_shard(pg_cluster: Any) -> None:
     admin = {k: v for k, v in servers[1].items() if k != "shards"}
     with psycopg.connect(**admin) as conn:
         assert conn.execute("SELECT count(*) FROM shard0003.entities").fetchone() == (21,)
+
+
+def test_sync_threads_share_batches_and_agree_with_uncoalesced(
+    pg_datastore_factory: Any, counted: tuple[logging.Logger, StatementCounter]
+) -> None:
+    servers = [dict(s) for s in pg_datastore_factory("jsonb")._config.servers]
+    logger, counter = counted
+    with (
+        hvcore.Datastore(servers, backend="jsonb", pool_max=2, logger=logger) as together,
+        hvcore.Datastore(servers, backend="jsonb", coalesce_reads=False) as alone,
+    ):
+        stored = [
+            k for shard in range(16) for k in together.put_many(shard, 1, [{"s": shard, "i": i} for i in range(4)])
+        ]
+        missing = [together.generator.next_key(shard) for shard in range(16)]
+        wanted = [*stored, *missing, *stored[:10]] * 3
+        expected = [alone.get(k) for k in wanted]
+        counter.batches = counter.singles = 0
+        with ThreadPoolExecutor(max_workers=48) as pool:
+            got = list(pool.map(together.get, wanted))
+        assert got == expected
+        assert counter.batches >= 1  # threads that found both connections busy shared batch reads
+        assert counter.batches + counter.singles < len(wanted)
+        assert all(store.stats()["borrowed"] == 0 for store in together._live())

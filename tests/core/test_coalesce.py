@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -11,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hvcore import Key, Record
-from hvcore._coalesce import ReadCoalescer, WriteCoalescer
+from hvcore._coalesce import ReadCoalescer, ThreadReadCoalescer, WriteCoalescer
 from hvcore.errors import DuplicateKey, DuplicateValue, NotProvisioned, ServerUnavailable, ShardMoved
 
 
@@ -389,3 +392,118 @@ def test_a_cancelled_put_waiting_for_its_group_writes_nothing() -> None:
     results = asyncio.run(main())
     assert isinstance(results[2], asyncio.CancelledError)
     assert set(table.rows) == {key(1, 0), key(1, 1), key(1, 3)}
+
+
+# -- threads ------------------------------------------------------------------------------------------------------
+
+
+class ThreadServer:
+    """FakeServer's rules for threads: a gate holds reads while threads pile up."""
+
+    def __init__(self, inner: FakeServer) -> None:
+        self.inner = inner
+        self.gate = threading.Event()
+        self.gate.set()
+        self.lock = threading.Lock()
+
+    def fetch(self, shard_id: int, k: Key) -> Record | None:
+        self.gate.wait()
+        with self.lock:
+            self.inner.instant = True
+            found: Record | None = _run_now(self.inner.fetch(shard_id, k))
+            return found
+
+    def fetch_many(self, items: Sequence[tuple[int, Key]]) -> list[Record]:
+        self.gate.wait()
+        with self.lock:
+            self.inner.batches.append(len(items))
+            self.inner._check(s for s, _ in items)
+            return [Record(k, 1, {**self.inner.rows[k]}) for _, k in items if k in self.inner.rows]
+
+
+def _run_now(coro: Any) -> Any:
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value
+    raise AssertionError("the fake suspended")
+
+
+def threaded(reader: ThreadReadCoalescer, wanted: list[Key]) -> list[Any]:
+    results: list[Any] = [None] * len(wanted)
+
+    def call(index: int) -> None:
+        try:
+            results[index] = reader.get(wanted[index].shard_id, wanted[index])
+        except Exception as exc:
+            results[index] = exc
+
+    with ThreadPoolExecutor(max_workers=len(wanted)) as pool:
+        list(pool.map(call, range(len(wanted))))
+    return results
+
+
+def test_threads_that_would_wait_for_a_connection_share_one_batch() -> None:
+    stored = [key(1, n) for n in range(30)]
+    server = ThreadServer(FakeServer(stored))
+    reader = ThreadReadCoalescer(server.fetch, server.fetch_many, 2)
+    server.gate.clear()
+    results: list[Any] = []
+
+    def call(k: Key) -> None:
+        results.append(reader.get(1, k))
+
+    threads = [threading.Thread(target=call, args=(k,)) for k in [*stored, stored[5]]]
+    for thread in threads:
+        thread.start()
+    for _ in range(500):
+        if len(reader._queue) == 29:  # two reads hold the two slots; every other thread queued
+            break
+        time.sleep(0.01)
+    assert reader.in_flight == 2 and len(reader._queue) == 29
+    server.gate.set()
+    for thread in threads:
+        thread.join()
+    assert sorted(r.key for r in results) == sorted([*stored, stored[5]])
+    assert server.inner.batches == [28]  # 29 queued threads, 28 distinct keys: one batch
+    assert reader.in_flight == 0
+
+
+def test_a_lone_thread_goes_straight_through() -> None:
+    server = ThreadServer(FakeServer([key(1, 1)]))
+    reader = ThreadReadCoalescer(server.fetch, server.fetch_many, 1)
+    assert reader.get(1, key(1, 1)) is not None and reader.get(1, key(1, 2)) is None
+    assert server.inner.batches == [] and reader.in_flight == 0
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    picks=st.lists(st.tuples(st.integers(0, 5), st.integers(0, 7)), min_size=1, max_size=24),
+    broken=st.sets(st.integers(0, 5), max_size=2),
+    moved=st.sets(st.integers(0, 5), max_size=2),
+    down=st.booleans(),
+)
+def test_every_thread_gets_what_it_would_get_alone(
+    picks: list[tuple[int, int]], broken: set[int], moved: set[int], down: bool
+) -> None:
+    stored = [key(s, n) for s in range(6) for n in range(0, 8, 2)]
+    inner = FakeServer(stored, broken, moved - broken)
+    inner.down = down
+    server = ThreadServer(inner)
+    wanted = [key(s, n) for s, n in picks]
+    alone: list[Any] = []
+    for k in wanted:
+        try:
+            alone.append(server.fetch(k.shard_id, k))
+        except Exception as exc:
+            alone.append(exc)
+    reader = ThreadReadCoalescer(server.fetch, server.fetch_many, 1)
+    server.gate.clear()
+    timer = threading.Timer(0.05, server.gate.set)  # let the threads queue up behind the first read
+    timer.start()
+    together = threaded(reader, wanted)
+    timer.join()
+    assert all(same(a, b) for a, b in zip(alone, together, strict=True)), (alone, together)
+    errors = [e for e in together if isinstance(e, Exception)]
+    assert len({id(e) for e in errors}) == len(errors)
+    assert reader.in_flight == 0
