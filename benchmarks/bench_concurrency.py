@@ -110,6 +110,72 @@ async def _latencies(
     return result
 
 
+class RawGroups:
+    """Overlapping raw-psycopg INSERTs sent together: the two designs measured for coalescing puts.
+
+    ``mode="pipeline"``: the queued INSERTs go back to back on one connection in pipeline mode, a Sync after each
+    (each its own transaction; psycopg's public ``Pipeline.sync()`` waits for results, so the private
+    ``_enqueue_sync`` is used). ``mode="multirow"``: one ``INSERT ... VALUES (...), ... ON CONFLICT DO NOTHING
+    RETURNING id``. A lone call goes straight through in both, as in `hvcore._coalesce`.
+    """
+
+    def __init__(self, pool: Any, insert: str, mode: str) -> None:
+        self.pool, self.insert, self.mode = pool, insert, mode
+        head, row = insert.split(" VALUES ", 1)
+        self.head, self.row = head, row
+        self.busy = 0
+        self.pending: list[tuple[int, Any, asyncio.Future[None]]] = []
+        self.scheduled = False
+
+    async def put(self, key: int, body: Any) -> None:
+        """Insert one row (straight through when nothing else is in flight)."""
+        if not self.busy:
+            self.busy = 1
+            try:
+                async with self.pool.connection() as conn:
+                    await conn.execute(self.insert, (key, 1, body))
+            finally:
+                self.busy -= 1
+                self._flush()
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.pending.append((key, body, future))
+        if not self.scheduled:
+            self.scheduled = True
+            asyncio.get_running_loop().call_soon(self._turn)
+        await future
+
+    def _turn(self) -> None:
+        self.scheduled = False
+        self._flush()
+
+    def _flush(self) -> None:
+        if self.pending and self.busy < POOL:
+            batch, self.pending = self.pending, []
+            self.busy += 1
+            asyncio.get_running_loop().create_task(self._run(batch))
+
+    async def _run(self, batch: list[tuple[int, Any, asyncio.Future[None]]]) -> None:
+        try:
+            async with self.pool.connection() as conn:
+                if self.mode == "pipeline":
+                    async with conn.pipeline() as pipeline:
+                        for key, body, _ in batch:
+                            await conn.execute(self.insert, (key, 1, body))
+                            pipeline._enqueue_sync()
+                else:
+                    query = (
+                        f"{self.head} VALUES {', '.join([self.row] * len(batch))} ON CONFLICT DO NOTHING RETURNING id"
+                    )
+                    cur = await conn.execute(query, [v for key, body, _ in batch for v in (key, 1, body)])
+                    assert len(await cur.fetchall()) == len(batch)
+            for _, _, future in batch:
+                future.set_result(None)
+        finally:
+            self.busy -= 1
+            self._flush()
+
+
 async def bench_async(servers: list[dict[str, Any]], quick: bool) -> dict[str, Any]:
     """64 concurrent gets and puts, and lone-call latency, against asyncpg and psycopg pools of the same size."""
     import asyncpg
@@ -205,8 +271,26 @@ async def bench_async(servers: list[dict[str, Any]], quick: bool) -> dict[str, A
             async with pgpool.connection() as conn:
                 return await conn.execute(pg_insert, (int(next_key(SHARD)), 1, Jsonb(BODY)))
 
+        from psycopg.types.json import Jsonb
+
+        pipelined = RawGroups(pgpool, pg_insert, "pipeline")
+        multirow = RawGroups(pgpool, pg_insert, "multirow")
+
+        async def pipeline_put(i: int) -> None:
+            await pipelined.put(int(next_key(SHARD)), Jsonb(BODY))
+
+        async def multirow_put(i: int) -> None:
+            await multirow.put(int(next_key(SHARD)), Jsonb(BODY))
+
         puts = await _rounds(
-            {"hypervault": hv_put, "uncoalesced": plain_put, "asyncpg": apg_put, "psycopg": pg_put},
+            {
+                "hypervault": hv_put,
+                "uncoalesced": plain_put,
+                "asyncpg": apg_put,
+                "psycopg": pg_put,
+                "psycopg_pipeline": pipeline_put,
+                "psycopg_multirow": multirow_put,
+            },
             TASKS,
             per_task,
             rounds,
@@ -222,9 +306,10 @@ async def bench_async(servers: list[dict[str, Any]], quick: bool) -> dict[str, A
             connections, pool_max=POOL, backend="jsonb", coalesce_reads=False, coalesce_writes=False
         ) as plain,
     ):
-        lone = await _latencies({"hypervault": hv_get, "uncoalesced": plain_get}, 100 if quick else 300, rounds)
+        lone_rounds = rounds if quick else 25  # small blocks, many rounds: load spikes hit both sides alike
+        lone = await _latencies({"hypervault": hv_get, "uncoalesced": plain_get}, 100, lone_rounds)
         out["lone_get"] = lone
-        lone_put = await _latencies({"hypervault": hv_put, "uncoalesced": plain_put}, 100 if quick else 300, rounds)
+        lone_put = await _latencies({"hypervault": hv_put, "uncoalesced": plain_put}, 100, lone_rounds)
         out["lone_put"] = lone_put
     await apg.close()
     await pgpool.close()
@@ -303,7 +388,7 @@ def bench_threads(servers: list[dict[str, Any]], quick: bool) -> dict[str, Any]:
         hvcore.Datastore(connections, pool_max=POOL, backend="jsonb") as hv,
         hvcore.Datastore(connections, pool_max=POOL, backend="jsonb", coalesce_reads=False) as plain,
     ):
-        lone = measure({"hypervault": lambda: hv_get(0), "uncoalesced": lambda: plain_get(0)}, 300, rounds)
+        lone = measure({"hypervault": lambda: hv_get(0), "uncoalesced": lambda: plain_get(0)}, 100, 5 * rounds)
     medians = {name: statistics.median(values) for name, values in rates.items()}
     return {
         "threads": TASKS,
@@ -318,7 +403,7 @@ def bench_threads(servers: list[dict[str, Any]], quick: bool) -> dict[str, Any]:
 
 def bench_get_many(servers: list[dict[str, Any]], quick: bool) -> dict[str, Any]:
     """Sync get_many of 1000 keys (64 shards, 2 servers) vs the raw psycopg floor on the same pools."""
-    rounds = 9 if quick else 31
+    rounds = 9 if quick else 41
     connections = [{**servers[0], "shards": f"0-{SHARDS // 2}"}, {**servers[1], "shards": f"{SHARDS // 2}-{SHARDS}"}]
     with hvcore.Datastore(connections, pool_max=POOL, backend="jsonb") as db:
         keys = [k for shard in range(SHARDS) for k in db.put_many(shard, 2, [dict(BODY, n=i) for i in range(16)])]
@@ -347,7 +432,7 @@ def bench_get_many(servers: list[dict[str, Any]], quick: bool) -> dict[str, Any]
                     found += len(conn.execute(query, params).fetchall())
             assert found == len(many)
 
-        per_call = measure({"hypervault": hv_get_many, "psycopg": pg_get_many}, 1, rounds)
+        per_call = measure({"hypervault": hv_get_many, "psycopg": pg_get_many}, 3, rounds)
     return {
         "keys": len(many),
         "hypervault_us_per_key": per_call["hypervault"] / len(many) * 1e6,
@@ -390,7 +475,8 @@ def main() -> None:
         f"{a['tasks']} concurrent puts, pool {a['pool']}: hypervault {puts['hypervault']:,.0f} ops/s | asyncpg "
         f"{puts['asyncpg']:,.0f} | uncoalesced {puts['uncoalesced']:,.0f} | psycopg {puts['psycopg']:,.0f} | "
         f"vs asyncpg {a['put_vs_asyncpg']:.2f}× (target ≥ 0.9), vs psycopg {a['put_vs_psycopg']:.2f}×, "
-        f"vs uncoalesced {a['put_vs_uncoalesced']:.2f}×"
+        f"vs uncoalesced {a['put_vs_uncoalesced']:.2f}×; raw psycopg with overlapping puts grouped: pipeline "
+        f"(a Sync each) {puts['psycopg_pipeline']:,.0f}, multi-row INSERT {puts['psycopg_multirow']:,.0f}"
     )
     print(
         f"lone get p50/p99: coalescing on {lone['hypervault']['p50_us']:.0f}/{lone['hypervault']['p99_us']:.0f} µs | "

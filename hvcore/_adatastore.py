@@ -416,7 +416,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
             return writer
 
     async def get_many(self, keys: Iterable[Key | int]) -> dict[Key, Record]:
-        """Records of many keys: one round trip per server (concurrently on asyncio); missing keys left out."""
+        """Records of many keys: one round trip per server, servers read concurrently; missing keys left out."""
         by_server = self._group_keys(keys)
         for _ in range(MAX_HOPS):
             stores = self._live()
@@ -432,17 +432,27 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
     async def _fetch_by_server(
         self, stores: list[AsyncServerStore], by_server: Mapping[int, Sequence[tuple[int, Key]]]
     ) -> list[Record]:
-        """Each server's (shard, key) pairs read by its ``fetch_many``: concurrently on asyncio, in turn in `Datastore`.
+        """Each server's (shard, key) pairs read by its ``fetch_many``, the servers' round trips overlapping.
 
-        Measured by benchmarks/bench_concurrency.py (1000 keys, 64 shards, 2 servers): the sync side's thread per
-        server cost more than the overlap saved on 2 cores (docs/benchmarks.md), so it reads the servers one after the
-        other, as the raw-psycopg floor does; on asyncio the overlap costs a task, not a thread.
+        The first server is read by the calling task or thread while the others run in spawned ones: measured by
+        benchmarks/bench_concurrency.py (1000 keys, 64 shards, 2 servers, on 2 busy cores) this beat a thread per
+        server and reading the servers in turn (docs/benchmarks.md). The first failure is raised; reads already
+        spawned finish on their own and return their connections.
         """
-        if True:  # ASYNC
-            if len(by_server) > 1:
-                spawned = [aspawn(stores[index].fetch_many, items) for index, items in by_server.items()]
-                return [r for records in await agather(*spawned) for r in records]
-        return [r for index, items in by_server.items() for r in await stores[index].fetch_many(items)]
+        order = list(by_server.items())
+        if not order:
+            return []
+        spawned = [aspawn(stores[index].fetch_many, items) for index, items in order[1:]]
+        try:
+            found = list(await stores[order[0][0]].fetch_many(order[0][1]))
+        except BaseException:
+            if True:  # ASYNC
+                for task in spawned:  # their failures are not this call's any more: do not log them as lost
+                    task.add_done_callback(_forget_failure)
+            raise
+        for records in await agather(*spawned):
+            found.extend(records)
+        return found
 
     async def update(self, key: Key | int, /, **data: Any) -> bool:
         """Merge ``data`` into the stored body; False if the key is not stored."""
@@ -694,6 +704,14 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         targets = await self._schema_targets()
         status: MigrationStatus = await ato_thread(_schemaops.migration_status, targets, migrations)
         return status
+
+
+if True:  # ASYNC
+
+    def _forget_failure(task: Any) -> None:
+        """Mark a finished task's exception as seen (a spawned read whose caller already failed)."""
+        if not task.cancelled():
+            task.exception()
 
 
 async def _merge(streams: list[AsyncIterator[Record]], limit: int | None) -> AsyncGenerator[Record, None]:
