@@ -86,20 +86,22 @@ async def _rounds(
 async def _latencies(
     candidates: dict[str, Callable[[int], Awaitable[object]]], ops: int, rounds: int
 ) -> dict[str, dict[str, float]]:
-    """p50/p99 µs of one call at a time, blocks of ``ops`` calls in rotating order."""
+    """p50/p99 µs of one call at a time; the candidates take turns call by call, so load swings hit them alike."""
     names = list(candidates)
     samples: dict[str, list[float]] = {name: [] for name in names}
     for name in names:
         for i in range(ops // 4):
             await candidates[name](i)
-    for index in range(rounds):
-        for name in names[index % len(names) :] + names[: index % len(names)]:
-            op = candidates[name]
-            out = samples[name]
-            for i in range(ops):
-                started = time.perf_counter()
-                await op(i)
-                out.append(time.perf_counter() - started)
+    for i in range(ops * rounds):
+        shift = i % len(names)
+        for name in names[shift:] + names[:shift]:
+            started = time.perf_counter()
+            await candidates[name](i)
+            samples[name].append(time.perf_counter() - started)
+    return _percentiles(samples)
+
+
+def _percentiles(samples: dict[str, list[float]]) -> dict[str, dict[str, float]]:
     result = {}
     for name, values in samples.items():
         values.sort()
@@ -108,6 +110,22 @@ async def _latencies(
             "p99_us": values[min(len(values) - 1, int(len(values) * 0.99))] * 1e6,
         }
     return result
+
+
+def _sync_latencies(candidates: dict[str, Callable[[int], object]], ops: int) -> dict[str, dict[str, float]]:
+    """`_latencies` for plain calls."""
+    names = list(candidates)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for name in names:
+        for i in range(ops // 20):
+            candidates[name](i)
+    for i in range(ops):
+        shift = i % len(names)
+        for name in names[shift:] + names[:shift]:
+            started = time.perf_counter()
+            candidates[name](i)
+            samples[name].append(time.perf_counter() - started)
+    return _percentiles(samples)
 
 
 class RawGroups:
@@ -297,19 +315,32 @@ async def bench_async(servers: list[dict[str, Any]], quick: bool) -> dict[str, A
         )
         out["put_ops_per_s"] = puts
 
-    # One call at a time, on datastores of their own: pools that served 64 tasks hold more warm sessions, and
-    # cycling through 8 server processes costs a lone call more than reusing one (measured: up to 1.7×), which
-    # would favour whichever side kept fewer sessions busy.
-    async with (
-        hvcore.AsyncDatastore(connections, pool_max=POOL, backend="jsonb") as hv,
-        hvcore.AsyncDatastore(
-            connections, pool_max=POOL, backend="jsonb", coalesce_reads=False, coalesce_writes=False
-        ) as plain,
-    ):
-        lone_rounds = rounds if quick else 25  # small blocks, many rounds: load spikes hit both sides alike
-        lone = await _latencies({"hypervault": hv_get, "uncoalesced": plain_get}, 100, lone_rounds)
+    # One call at a time: one datastore, coalescing switched on and off call by call, so both sides use the same
+    # pool, sessions and server processes (two datastores measured alike differ by up to 1.5× on this machine,
+    # depending only on which was opened first).
+    async with hvcore.AsyncDatastore(connections, pool_max=POOL, backend="jsonb") as one:
+
+        def switched(op: Callable[[int], Awaitable[object]], on: bool) -> Callable[[int], Awaitable[object]]:
+            async def call(i: int) -> object:
+                one._coalesce_reads = one._coalesce_writes = on
+                return await op(i)
+
+            return call
+
+        async def one_get(i: int) -> object:
+            return await one.get(keys[order[i % size]])
+
+        async def one_put(i: int) -> object:
+            return await one.put(SHARD, 1, **BODY)
+
+        lone_rounds = rounds if quick else 30
+        lone = await _latencies(
+            {"hypervault": switched(one_get, True), "uncoalesced": switched(one_get, False)}, 100, lone_rounds
+        )
         out["lone_get"] = lone
-        lone_put = await _latencies({"hypervault": hv_put, "uncoalesced": plain_put}, 100, lone_rounds)
+        lone_put = await _latencies(
+            {"hypervault": switched(one_put, True), "uncoalesced": switched(one_put, False)}, 100, lone_rounds
+        )
         out["lone_put"] = lone_put
     await apg.close()
     await pgpool.close()
@@ -384,11 +415,16 @@ def bench_threads(servers: list[dict[str, Any]], quick: bool) -> dict[str, Any]:
         for index in range(rounds):
             for name in names[index % len(names) :] + names[: index % len(names)]:
                 rates[name].append(TASKS * per_thread / _threads(candidates[name], TASKS, per_thread))
-    with (  # one thread at a time, on datastores of their own (see bench_async)
-        hvcore.Datastore(connections, pool_max=POOL, backend="jsonb") as hv,
-        hvcore.Datastore(connections, pool_max=POOL, backend="jsonb", coalesce_reads=False) as plain,
-    ):
-        lone = measure({"hypervault": lambda: hv_get(0), "uncoalesced": lambda: plain_get(0)}, 100, 5 * rounds)
+    with hvcore.Datastore(connections, pool_max=POOL, backend="jsonb") as one:  # one thread: see bench_async
+
+        def one_get(on: bool) -> Callable[[int], object]:
+            def call(i: int) -> object:
+                one._coalesce_reads = on
+                return one.get(keys[order[i % size]])
+
+            return call
+
+        lone = _sync_latencies({"hypervault": one_get(True), "uncoalesced": one_get(False)}, 500 if quick else 3000)
     medians = {name: statistics.median(values) for name, values in rates.items()}
     return {
         "threads": TASKS,
@@ -396,14 +432,15 @@ def bench_threads(servers: list[dict[str, Any]], quick: bool) -> dict[str, Any]:
         "get_ops_per_s": medians,
         "vs_uncoalesced": medians["hypervault"] / medians["uncoalesced"],
         "vs_psycopg": medians["hypervault"] / medians["psycopg"],
-        "lone_us": {name: seconds * 1e6 for name, seconds in lone.items()},
-        "lone_ratio": lone["hypervault"] / lone["uncoalesced"],
+        "lone": lone,
+        "lone_p50_ratio": lone["hypervault"]["p50_us"] / lone["uncoalesced"]["p50_us"],
+        "lone_p99_ratio": lone["hypervault"]["p99_us"] / lone["uncoalesced"]["p99_us"],
     }
 
 
 def bench_get_many(servers: list[dict[str, Any]], quick: bool) -> dict[str, Any]:
     """Sync get_many of 1000 keys (64 shards, 2 servers) vs the raw psycopg floor on the same pools."""
-    rounds = 9 if quick else 41
+    rounds = 15 if quick else 121
     connections = [{**servers[0], "shards": f"0-{SHARDS // 2}"}, {**servers[1], "shards": f"{SHARDS // 2}-{SHARDS}"}]
     with hvcore.Datastore(connections, pool_max=POOL, backend="jsonb") as db:
         keys = [k for shard in range(SHARDS) for k in db.put_many(shard, 2, [dict(BODY, n=i) for i in range(16)])]
@@ -432,7 +469,7 @@ def bench_get_many(servers: list[dict[str, Any]], quick: bool) -> dict[str, Any]
                     found += len(conn.execute(query, params).fetchall())
             assert found == len(many)
 
-        per_call = measure({"hypervault": hv_get_many, "psycopg": pg_get_many}, 3, rounds)
+        per_call = measure({"hypervault": hv_get_many, "psycopg": pg_get_many}, 1, rounds)
     return {
         "keys": len(many),
         "hypervault_us_per_key": per_call["hypervault"] / len(many) * 1e6,
@@ -499,8 +536,10 @@ def main() -> None:
     print(
         f"sync get from {t['threads']} threads, pool {t['pool']}: hypervault {tg['hypervault']:,.0f} ops/s | "
         f"uncoalesced {tg['uncoalesced']:,.0f} | psycopg {tg['psycopg']:,.0f} | vs uncoalesced "
-        f"{t['vs_uncoalesced']:.2f}×, vs psycopg {t['vs_psycopg']:.2f}×; one thread: {t['lone_us']['hypervault']:.0f} "
-        f"vs {t['lone_us']['uncoalesced']:.0f} µs (ratio {t['lone_ratio']:.3f})"
+        f"{t['vs_uncoalesced']:.2f}×, vs psycopg {t['vs_psycopg']:.2f}×; one thread p50/p99: "
+        f"{t['lone']['hypervault']['p50_us']:.0f}/{t['lone']['hypervault']['p99_us']:.0f} vs "
+        f"{t['lone']['uncoalesced']['p50_us']:.0f}/{t['lone']['uncoalesced']['p99_us']:.0f} µs (ratio "
+        f"{t['lone_p50_ratio']:.3f}/{t['lone_p99_ratio']:.3f})"
     )
     if args.json:
         args.json.write_text(json.dumps(r, indent=2) + "\n", encoding="utf-8")
