@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
+import functools
 import json
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -127,23 +128,16 @@ class ReadCoalescer:
         if not batch:
             return
         self._busy += 1
-        task = asyncio.get_running_loop().create_task(self._run(batch))
+        task = asyncio.get_running_loop().create_task(self._resolve(batch))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(functools.partial(self._batch_done, [f for w in batch for f in w.futures]))
 
-    async def _run(self, batch: list[_Wanted]) -> None:
-        try:
-            await self._resolve(batch)
-        except BaseException as exc:  # the batch task itself was cancelled (loop shutting down): so are its callers
-            for wanted in batch:
-                for future in wanted.futures:
-                    if not future.done():
-                        future.cancel()
-            if not isinstance(exc, asyncio.CancelledError):
-                raise
-        finally:
-            self._busy -= 1
-            self._flush()
+    def _batch_done(self, futures: list[asyncio.Future[Any]], task: asyncio.Task[None]) -> None:
+        """A batch task ended (even one cancelled before it started): free its slot, send what queued meanwhile."""
+        self._tasks.discard(task)
+        self._busy -= 1
+        _orphaned(futures, task)
+        self._flush()
 
     async def _resolve(self, batch: list[_Wanted]) -> None:
         """Read ``batch`` and hand each caller its outcome (failures split as the module docstring says)."""
@@ -403,22 +397,16 @@ class WriteCoalescer:
             if not group:
                 continue
             self._busy += 1
-            task = asyncio.get_running_loop().create_task(self._run(shard_id, group))
+            task = asyncio.get_running_loop().create_task(self._store(shard_id, group))
             self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(functools.partial(self._group_done, [w.future for w in group]))
 
-    async def _run(self, shard_id: int, group: list[_Write]) -> None:
-        try:
-            await self._store(shard_id, group)
-        except BaseException as exc:
-            for write in group:
-                if not write.future.done():
-                    write.future.cancel()
-            if not isinstance(exc, asyncio.CancelledError):
-                raise
-        finally:
-            self._busy -= 1
-            self._flush()
+    def _group_done(self, futures: list[asyncio.Future[Any]], task: asyncio.Task[None]) -> None:
+        """A group task ended (even one cancelled before it started): free its slot, send what queued meanwhile."""
+        self._tasks.discard(task)
+        self._busy -= 1
+        _orphaned(futures, task)
+        self._flush()
 
     async def _store(self, shard_id: int, group: list[_Write]) -> None:
         if len(group) == 1:
@@ -473,6 +461,17 @@ def _fail_writes(group: list[_Write], error: BaseException) -> None:
     for write in group:
         if not write.future.done():
             write.future.set_exception(_own_copy(error))
+
+
+def _orphaned(futures: list[asyncio.Future[Any]], task: asyncio.Task[None]) -> None:
+    """Settle the callers a finished batch task left waiting: cancelled with it, or failed with its error."""
+    error = None if task.cancelled() else task.exception()
+    for future in futures:
+        if not future.done():
+            if error is None:
+                future.cancel()
+            else:
+                future.set_exception(_own_copy(error))
 
 
 def _deliver(wanted: _Wanted, record: Record | None) -> None:

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hvcore import Key, Record
-from hvcore._coalesce import ReadCoalescer, ThreadReadCoalescer, WriteCoalescer
+from hvcore._coalesce import ReadCoalescer, ThreadReadCoalescer, WriteCoalescer, _Wanted, _Write
 from hvcore.errors import DuplicateKey, DuplicateValue, NotProvisioned, ServerUnavailable, ShardMoved
 
 
@@ -236,6 +236,46 @@ def test_a_cancelled_batch_task_cancels_its_callers() -> None:
     assert results[0].key == key(1, 1)
     assert all(isinstance(r, asyncio.CancelledError) for r in results[1:])
     assert reader.in_flight == 0
+
+
+def test_a_batch_cancelled_before_it_started_frees_its_slot() -> None:
+    """Cancelled before its first step (a loop shutting down), a batch still frees its slot: nothing hangs after."""
+    stored = [key(1, n) for n in range(4)]
+    server = FakeServer(stored)
+    reader = coalescer(server, limit=1)
+
+    async def main() -> Any:
+        waiting = asyncio.get_running_loop().create_future()
+        reader._pending[stored[2]] = _Wanted(1, stored[2], waiting)
+        reader._flush()  # the batch task is made...
+        (task,) = reader._tasks
+        task.cancel()  # ...and cancelled before it ran a single step
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert reader.in_flight == 0 and not reader._tasks and server.batches == [] and server.singles == 0
+        return await asyncio.wait_for(reader.get(1, stored[1]), 1)
+
+    after = asyncio.run(main())
+    assert after is not None and after.key == stored[1]
+
+
+def test_a_write_group_cancelled_before_it_started_frees_its_slot() -> None:
+    table = FakeTable()
+    coalescer_ = writer(table, limit=1)
+
+    async def main() -> None:
+        waiting: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        coalescer_._pending[1] = [_Write(key(1, 1), 1, {"u": 1}, waiting), _Write(key(1, 2), 1, {"u": 2}, waiting)]
+        coalescer_._flush()
+        (task,) = coalescer_._tasks
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert coalescer_.in_flight == 0 and table.groups == [] and table.rows == {}
+        await asyncio.wait_for(coalescer_.insert(1, key(1, 3), 1, {"u": 3}), 1)
+
+    asyncio.run(main())
+    assert list(table.rows) == [key(1, 3)]
 
 
 def test_limit_must_be_positive() -> None:
