@@ -235,6 +235,11 @@ class ThreadReadCoalescer:
         if waiter.batch is not None:  # this thread leads the batch (its slot was handed over by _release)
             try:
                 self._resolve(waiter.batch)
+            except BaseException as exc:  # not a read's failure (those are settled): no thread may wait forever
+                for other in waiter.batch:
+                    if not other.event.is_set():
+                        other.settle(None, exc if other is waiter else _own_copy(exc))
+                raise
             finally:
                 self._release()
         if waiter.error is not None:
