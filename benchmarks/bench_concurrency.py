@@ -14,8 +14,8 @@ rotating order per round (medians of the rounds):
   nothing);
 - **sync get_many** of 1000 keys over 64 shards on 2 servers vs the raw psycopg floor (the same per-server
   ``UNION ALL`` statements by hand on the Datastore's pools, servers read one after the other);
-- **sync gets from 64 threads**, pool 8: `Datastore` (reads coalesced) vs ``coalesce_reads=False`` vs a raw psycopg
-  ``ConnectionPool`` with the same SQL; and one thread's get, coalescing on vs off.
+- **sync gets and puts from 64 threads**, pool 8: `Datastore` (coalesced) vs coalescing off vs a raw psycopg
+  ``ConnectionPool`` with the same SQL; and one thread's get and put, coalescing on vs off.
 """
 
 from __future__ import annotations
@@ -377,13 +377,15 @@ def _threads(op: Callable[[int], object], threads: int, per_thread: int) -> floa
 
 
 def bench_threads(servers: list[dict[str, Any]], quick: bool) -> dict[str, Any]:
-    """Sync `Datastore.get` from 64 threads, reads coalesced vs not, vs raw psycopg (same SQL, pool of 8)."""
+    """Sync `Datastore.get`/`put` from 64 threads, coalesced vs not, vs raw psycopg (same SQL, pool of 8)."""
     per_thread, rounds = (10, 5) if quick else (20, 7)
     connections = [{**servers[0], "shards": f"0-{SHARDS // 2}"}, {**servers[1], "shards": f"{SHARDS // 2}-{SHARDS}"}]
     statements = ShardSQL.build(SHARD, "jsonb", None)
     with (
         hvcore.Datastore(connections, pool_max=POOL, backend="jsonb") as hv,
-        hvcore.Datastore(connections, pool_max=POOL, backend="jsonb", coalesce_reads=False) as plain,
+        hvcore.Datastore(
+            connections, pool_max=POOL, backend="jsonb", coalesce_reads=False, coalesce_writes=False
+        ) as plain,
         psycopg_pool.ConnectionPool(
             psycopg.conninfo.make_conninfo(**servers[0]),
             min_size=POOL,
@@ -407,14 +409,32 @@ def bench_threads(servers: list[dict[str, Any]], quick: bool) -> dict[str, Any]:
             with pool.connection() as conn:
                 return conn.execute(statements.fetch, (ints[order[i % size]],)).fetchone()
 
-        candidates = {"hypervault": hv_get, "uncoalesced": plain_get, "psycopg": pg_get}
-        names = list(candidates)
-        for name in names:
-            _threads(candidates[name], TASKS, 2)
-        rates: dict[str, list[float]] = {name: [] for name in names}
-        for index in range(rounds):
-            for name in names[index % len(names) :] + names[: index % len(names)]:
-                rates[name].append(TASKS * per_thread / _threads(candidates[name], TASKS, per_thread))
+        next_key = hv.generator.next_key
+
+        def hv_put(i: int) -> object:
+            return hv.put(SHARD, 1, **BODY)
+
+        def plain_put(i: int) -> object:
+            return plain.put(SHARD, 1, **BODY)
+
+        def pg_put(i: int) -> object:
+            from psycopg.types.json import Jsonb
+
+            with pool.connection() as conn:
+                return conn.execute(statements.insert, (int(next_key(SHARD)), 1, Jsonb(BODY)))
+
+        def rounds_of(candidates: dict[str, Callable[[int], object]]) -> dict[str, float]:
+            names = list(candidates)
+            for name in names:
+                _threads(candidates[name], TASKS, 2)
+            rates: dict[str, list[float]] = {name: [] for name in names}
+            for index in range(rounds):
+                for name in names[index % len(names) :] + names[: index % len(names)]:
+                    rates[name].append(TASKS * per_thread / _threads(candidates[name], TASKS, per_thread))
+            return {name: statistics.median(values) for name, values in rates.items()}
+
+        medians = rounds_of({"hypervault": hv_get, "uncoalesced": plain_get, "psycopg": pg_get})
+        puts = rounds_of({"hypervault": hv_put, "uncoalesced": plain_put, "psycopg": pg_put})
     with hvcore.Datastore(connections, pool_max=POOL, backend="jsonb") as one:  # one thread: see bench_async
 
         def one_get(on: bool) -> Callable[[int], object]:
@@ -425,11 +445,23 @@ def bench_threads(servers: list[dict[str, Any]], quick: bool) -> dict[str, Any]:
             return call
 
         lone = _sync_latencies({"hypervault": one_get(True), "uncoalesced": one_get(False)}, 500 if quick else 3000)
-    medians = {name: statistics.median(values) for name, values in rates.items()}
+
+        def one_put(on: bool) -> Callable[[int], object]:
+            def call(i: int) -> object:
+                one._coalesce_writes = on
+                return one.put(SHARD, 1, **BODY)
+
+            return call
+
+        lone_put = _sync_latencies({"hypervault": one_put(True), "uncoalesced": one_put(False)}, 300 if quick else 2000)
     return {
         "threads": TASKS,
         "pool": POOL,
         "get_ops_per_s": medians,
+        "put_ops_per_s": puts,
+        "put_vs_uncoalesced": puts["hypervault"] / puts["uncoalesced"],
+        "put_vs_psycopg": puts["hypervault"] / puts["psycopg"],
+        "lone_put": lone_put,
         "vs_uncoalesced": medians["hypervault"] / medians["uncoalesced"],
         "vs_psycopg": medians["hypervault"] / medians["psycopg"],
         "lone": lone,
@@ -540,6 +572,14 @@ def main() -> None:
         f"{t['lone']['hypervault']['p50_us']:.0f}/{t['lone']['hypervault']['p99_us']:.0f} vs "
         f"{t['lone']['uncoalesced']['p50_us']:.0f}/{t['lone']['uncoalesced']['p99_us']:.0f} µs (ratio "
         f"{t['lone_p50_ratio']:.3f}/{t['lone_p99_ratio']:.3f})"
+    )
+    tp, lp1 = t["put_ops_per_s"], t["lone_put"]
+    print(
+        f"sync put from {t['threads']} threads, pool {t['pool']}: hypervault {tp['hypervault']:,.0f} ops/s | "
+        f"uncoalesced {tp['uncoalesced']:,.0f} | psycopg {tp['psycopg']:,.0f} | vs uncoalesced "
+        f"{t['put_vs_uncoalesced']:.2f}×, vs psycopg {t['put_vs_psycopg']:.2f}×; one thread p50/p99: "
+        f"{lp1['hypervault']['p50_us']:.0f}/{lp1['hypervault']['p99_us']:.0f} vs "
+        f"{lp1['uncoalesced']['p50_us']:.0f}/{lp1['uncoalesced']['p99_us']:.0f} µs"
     )
     if args.json:
         args.json.write_text(json.dumps(r, indent=2) + "\n", encoding="utf-8")

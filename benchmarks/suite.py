@@ -761,6 +761,43 @@ def rows_concurrency(r: dict[str, Any]) -> list[Row]:
                 lower_is_better=False,
             )
         )
+        if "put_ops_per_s" in t:
+            out.append(
+                row(
+                    "concurrency",
+                    f"sync puts from {t['threads']} threads, {pool}",
+                    t["put_ops_per_s"]["hypervault"],
+                    "coalesce_writes=False",
+                    t["put_ops_per_s"]["uncoalesced"],
+                    "ops/s",
+                    "threads that would wait for a pooled connection share multi-row INSERTs (ThreadWriteCoalescer)",
+                    lower_is_better=False,
+                )
+            )
+            out.append(
+                row(
+                    "concurrency",
+                    f"sync puts from {t['threads']} threads, {pool}",
+                    t["put_ops_per_s"]["hypervault"],
+                    PEER_LABELS["psycopg"],
+                    t["put_ops_per_s"]["psycopg"],
+                    "ops/s",
+                    "the same single-row INSERT on a psycopg ConnectionPool of the same size",
+                    lower_is_better=False,
+                )
+            )
+            out.append(
+                row(
+                    "concurrency",
+                    "sync put, one thread, p50",
+                    t["lone_put"]["hypervault"]["p50_us"],
+                    "coalescing off",
+                    t["lone_put"]["uncoalesced"]["p50_us"],
+                    "µs",
+                    "a lone call goes straight through: coalescing must cost it nothing (1.0)",
+                    lower_is_better=True,
+                )
+            )
         for pct in ("p50", "p99"):
             out.append(
                 row(

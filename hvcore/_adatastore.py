@@ -81,10 +81,10 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
     ``bits``, ``namespace``, ``ttl``, ``acquire_timeout``) leases a free worker number from the first server for
     the store's lifetime; a `WorkerSlice` is a fixed one; None (the default) uses the in-process sequence with a
     random start per millisecond (docs/keys.md has the guarantees and figures of each). ``coalesce_reads`` (default
-    True) merges ``get()`` calls that overlap on one server into one batch read (on `Datastore`: the calls of
-    threads that would wait for a pooled connection), ``coalesce_writes`` (default True) merges overlapping ``put()``
-    calls of a shard into multi-row INSERTs on `AsyncDatastore` (a backend that has ``insert_group``), each call
-    keeping its own result or error (``hvcore._coalesce``); a lone call goes straight through.
+    True) merges ``get()`` calls that overlap on one server into one batch read, ``coalesce_writes`` (default True)
+    merges overlapping ``put()`` calls of a shard into multi-row INSERTs (a backend that has ``insert_group``), each
+    call keeping its own result or error (``hvcore._coalesce``); a lone call goes straight through. On `Datastore`
+    the calls merged are those of threads that would otherwise wait for a pooled connection.
 
     `AsyncDatastore` opens its pools on ``await db.open()`` or on entering ``async with``; its I/O methods are
     coroutines, ``cursor()`` is an async context manager and ``query()`` an async iterator. `Datastore` opens them
@@ -338,13 +338,10 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         for _ in range(PUT_ATTEMPTS):
             key = await self._next_key(shard_id)
             try:
-                if True:  # ASYNC
-                    if self._coalesce_writes and hasattr(store, "insert_group"):  # overlapping puts: multi-row INSERTs
-                        await self._writer(store).insert(shard_id, key, kind, data)
-                    else:
-                        await store.insert(shard_id, key, kind, data)
+                if self._coalesce_writes and hasattr(store, "insert_group"):  # overlapping puts: multi-row INSERTs
+                    await self._writer(store).insert(shard_id, key, kind, data)
                 else:
-                    store.insert(shard_id, key, kind, data)
+                    await store.insert(shard_id, key, kind, data)
             except DuplicateKey:
                 self._log_duplicate(shard_id, key)
                 continue
@@ -385,6 +382,23 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
             return found
         return await self._on_shard(shard, lambda store: store.fetch(shard, key))
 
+    def _writer(self, store: AsyncServerStore) -> Any:
+        """The write coalescer of ``store`` (made on first use; one per store, dropped with the stores).
+
+        A `WriteCoalescer` on asyncio, a `ThreadWriteCoalescer` for `Datastore` (hvcore._coalesce).
+        """
+        writer = self._writers.get(id(store))
+        if writer is None or writer.owner is not store:
+            from hvcore import _coalesce
+
+            group, limit = cast(Any, store).insert_group, self._options.pool_max
+            if True:  # ASYNC
+                writer = _coalesce.WriteCoalescer(store.insert, group, store.fetch_many, limit, owner=store)
+            else:
+                writer = _coalesce.ThreadWriteCoalescer(store.insert, group, store.fetch_many, limit, owner=store)
+            self._writers[id(store)] = writer
+        return writer
+
     def _reader(self, store: AsyncServerStore) -> Any:
         """The read coalescer of ``store`` (made on first use; one per store, dropped with the stores).
 
@@ -401,19 +415,6 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
                 reader = _coalesce.ThreadReadCoalescer(store.fetch, store.fetch_many, limit, owner=store)
             self._readers[id(store)] = reader
         return reader
-
-    if True:  # ASYNC
-
-        def _writer(self, store: AsyncServerStore) -> Any:
-            """The `WriteCoalescer` of ``store`` (made on first use; one per store, dropped with the stores)."""
-            writer = self._writers.get(id(store))
-            if writer is None or writer.owner is not store:
-                from hvcore._coalesce import WriteCoalescer
-
-                group = cast(Any, store).insert_group
-                writer = WriteCoalescer(store.insert, group, store.fetch_many, self._options.pool_max, owner=store)
-                self._writers[id(store)] = writer
-            return writer
 
     async def get_many(self, keys: Iterable[Key | int]) -> dict[Key, Record]:
         """Records of many keys: one round trip per server, servers read concurrently; missing keys left out."""

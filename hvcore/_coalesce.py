@@ -40,12 +40,14 @@ from hvcore._backend import Record
 from hvcore._key import Key
 from hvcore.errors import PoolTimeout, ServerUnavailable, ShardMoved
 
-__all__ = ["GROUP_MAX", "ReadCoalescer", "ThreadReadCoalescer", "WriteCoalescer"]
+__all__ = ["GROUP_MAX", "ReadCoalescer", "ThreadReadCoalescer", "ThreadWriteCoalescer", "WriteCoalescer"]
 
 FetchOne = Callable[[int, Key], Awaitable[Record | None]]
 FetchMany = Callable[[Sequence[tuple[int, Key]]], Awaitable[Iterable[Record]]]
 SyncFetchOne = Callable[[int, Key], Record | None]
 SyncFetchMany = Callable[[Sequence[tuple[int, Key]]], Iterable[Record]]
+SyncInsertOne = Callable[[int, Key, int, Mapping[str, Any]], None]
+SyncInsertGroup = Callable[[int, Sequence[tuple[Key, int, Mapping[str, Any]]]], set[int]]
 InsertOne = Callable[[int, Key, int, Mapping[str, Any]], Awaitable[None]]
 InsertGroup = Callable[[int, Sequence[tuple[Key, int, Mapping[str, Any]]]], Awaitable[set[int]]]
 GROUP_MAX = 500  # rows per multi-row INSERT (4 bind parameters a row at most: far below the protocol's 65,535)
@@ -466,6 +468,137 @@ def _fail_writes(group: list[_Write], error: BaseException) -> None:
     for write in group:
         if not write.future.done():
             write.future.set_exception(_own_copy(error))
+
+
+class _ThreadWrite:
+    """A thread's queued insert: its row, then its outcome (or the queue it leads)."""
+
+    __slots__ = ("batch", "data", "error", "event", "key", "kind", "shard_id")
+
+    def __init__(self, shard_id: int, key: Key, kind: int, data: Mapping[str, Any]) -> None:
+        self.shard_id = shard_id
+        self.key = key
+        self.kind = kind
+        self.data = data
+        self.event = threading.Event()
+        self.batch: list[_ThreadWrite] | None = None
+        self.error: BaseException | None = None
+
+    def settle(self, error: BaseException | None) -> None:
+        self.error = error
+        self.event.set()
+
+
+class ThreadWriteCoalescer:
+    """`WriteCoalescer` for threads: threads that would wait for a pooled connection share multi-row INSERTs.
+
+    As `ThreadReadCoalescer`: straight through while fewer than ``limit`` inserts of this server run; threads
+    arriving when all are busy queue, and when an insert ends the oldest queued thread stores every queued row, one
+    group per shard, with `WriteCoalescer`'s rules for each row's outcome.
+    """
+
+    __slots__ = ("_busy", "_fetch_many", "_insert_group", "_insert_one", "_limit", "_lock", "_queue", "owner")
+
+    def __init__(
+        self,
+        insert_one: SyncInsertOne,
+        insert_group: SyncInsertGroup,
+        fetch_many: SyncFetchMany,
+        limit: int,
+        owner: object = None,
+    ) -> None:
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        self._insert_one = insert_one
+        self._insert_group = insert_group
+        self._fetch_many = fetch_many
+        self._limit = limit
+        self.owner = owner
+        self._lock = threading.Lock()
+        self._busy = 0
+        self._queue: list[_ThreadWrite] = []
+
+    @property
+    def in_flight(self) -> int:
+        """Inserts and groups running now (0 when idle)."""
+        return self._busy
+
+    def insert(self, shard_id: int, key: Key, kind: int, data: Mapping[str, Any]) -> None:
+        """Store one row; raises what storing it alone would raise."""
+        with self._lock:
+            if self._busy < self._limit:
+                self._busy += 1
+                write = None
+            else:
+                write = _ThreadWrite(shard_id, key, kind, data)
+                self._queue.append(write)
+        if write is None:
+            try:
+                self._insert_one(shard_id, key, kind, data)
+                return
+            finally:
+                self._release()
+        write.event.wait()
+        if write.batch is not None:  # this thread stores every queued row (its slot was handed over)
+            try:
+                by_shard: dict[int, list[_ThreadWrite]] = {}
+                for queued in write.batch:
+                    by_shard.setdefault(queued.shard_id, []).append(queued)
+                for shard, group in by_shard.items():
+                    for start in range(0, len(group), GROUP_MAX):
+                        self._store(shard, group[start : start + GROUP_MAX])
+            except BaseException as exc:  # not a row's failure (those are settled): no thread may wait forever
+                for other in write.batch:
+                    if not other.event.is_set() or other is write:
+                        other.settle(exc if other is write else _own_copy(exc))
+                raise
+            finally:
+                self._release()
+        if write.error is not None:
+            raise write.error
+
+    def _release(self) -> None:
+        with self._lock:
+            if not self._queue:
+                self._busy -= 1
+                return
+            batch, self._queue = self._queue, []
+        leader = batch[0]
+        leader.batch = batch
+        leader.event.set()
+
+    def _store(self, shard_id: int, group: list[_ThreadWrite]) -> None:
+        if len(group) == 1:
+            self._alone(shard_id, group)
+            return
+        try:
+            stored = self._insert_group(shard_id, [(w.key, w.kind, w.data) for w in group])
+        except ShardMoved as moved:
+            for write in group:
+                write.settle(_own_copy(moved))
+            return
+        except Exception as exc:
+            try:
+                found = self._fetch_many([(shard_id, w.key) for w in group])
+            except Exception:
+                for write in group:
+                    write.settle(_own_copy(exc))
+                return
+            mine = {int(w.key): (w.kind, _as_stored(w.data)) for w in group}
+            stored = {int(r.key) for r in found if mine.get(int(r.key)) == (r.kind, r.data)}
+        for write in group:
+            if int(write.key) in stored:
+                write.settle(None)
+        self._alone(shard_id, [w for w in group if int(w.key) not in stored])
+
+    def _alone(self, shard_id: int, writes: list[_ThreadWrite]) -> None:
+        for write in writes:
+            try:
+                self._insert_one(shard_id, write.key, write.kind, write.data)
+            except Exception as exc:
+                write.settle(exc)
+            else:
+                write.settle(None)
 
 
 def _orphaned(futures: list[asyncio.Future[Any]], task: asyncio.Task[None]) -> None:

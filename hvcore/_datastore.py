@@ -79,10 +79,10 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
     ``bits``, ``namespace``, ``ttl``, ``acquire_timeout``) leases a free worker number from the first server for
     the store's lifetime; a `WorkerSlice` is a fixed one; None (the default) uses the in-process sequence with a
     random start per millisecond (docs/keys.md has the guarantees and figures of each). ``coalesce_reads`` (default
-    True) merges ``get()`` calls that overlap on one server into one batch read (on `Datastore`: the calls of
-    threads that would wait for a pooled connection), ``coalesce_writes`` (default True) merges overlapping ``put()``
-    calls of a shard into multi-row INSERTs on `Datastore` (a backend that has ``insert_group``), each call
-    keeping its own result or error (``hvcore._coalesce``); a lone call goes straight through.
+    True) merges ``get()`` calls that overlap on one server into one batch read, ``coalesce_writes`` (default True)
+    merges overlapping ``put()`` calls of a shard into multi-row INSERTs (a backend that has ``insert_group``), each
+    call keeping its own result or error (``hvcore._coalesce``); a lone call goes straight through. On `Datastore`
+    the calls merged are those of threads that would otherwise wait for a pooled connection.
 
     `Datastore` opens its pools on ``await db.open()`` or on entering ``with``; its I/O methods are
     coroutines, ``cursor()`` is a context manager and ``query()`` an iterator. `Datastore` opens them
@@ -299,7 +299,10 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         for _ in range(PUT_ATTEMPTS):
             key = self._next_key(shard_id)
             try:
-                store.insert(shard_id, key, kind, data)
+                if self._coalesce_writes and hasattr(store, "insert_group"):  # overlapping puts: multi-row INSERTs
+                    self._writer(store).insert(shard_id, key, kind, data)
+                else:
+                    store.insert(shard_id, key, kind, data)
             except DuplicateKey:
                 self._log_duplicate(shard_id, key)
                 continue
@@ -339,6 +342,20 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
             found: Record | None = self._on_shard(shard, lambda store: self._reader(store).get(shard, key))
             return found
         return self._on_shard(shard, lambda store: store.fetch(shard, key))
+
+    def _writer(self, store: ServerStore) -> Any:
+        """The write coalescer of ``store`` (made on first use; one per store, dropped with the stores).
+
+        A `WriteCoalescer` on asyncio, a `ThreadWriteCoalescer` for `Datastore` (hvcore._coalesce).
+        """
+        writer = self._writers.get(id(store))
+        if writer is None or writer.owner is not store:
+            from hvcore import _coalesce
+
+            group, limit = (cast(Any, store).insert_group, self._options.pool_max)
+            writer = _coalesce.ThreadWriteCoalescer(store.insert, group, store.fetch_many, limit, owner=store)
+            self._writers[id(store)] = writer
+        return writer
 
     def _reader(self, store: ServerStore) -> Any:
         """The read coalescer of ``store`` (made on first use; one per store, dropped with the stores).

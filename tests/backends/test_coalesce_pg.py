@@ -292,3 +292,36 @@ def test_sync_threads_share_batches_and_agree_with_uncoalesced(
         assert counter.batches >= 1  # threads that found both connections busy shared batch reads
         assert counter.batches + counter.singles < len(wanted)
         assert all(store.stats()["borrowed"] == 0 for store in together._live())
+
+
+def test_sync_threads_putting_at_once_each_keep_their_own_outcome(pg_cluster: Any) -> None:
+    servers = fresh_servers(pg_cluster, (0, 1))
+    collect: list[str] = []
+    logger = logging.getLogger(f"hv.test.coalesce.{next(_dbs)}")
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    handler = _Collect(collect)
+    logger.addHandler(handler)
+    try:
+        with hvcore.Datastore([dict(s) for s in servers], backend="jsonb", pool_max=2, logger=logger) as db:
+            db.create_index(1, "u", unique=True)
+            values = [f"v{i % 9}" for i in range(60)]
+
+            def put(value: str) -> Any:
+                try:
+                    return db.put(3, 1, u=value)
+                except hvcore.DuplicateValue as exc:
+                    return exc
+
+            with ThreadPoolExecutor(max_workers=30) as pool:
+                results = list(pool.map(put, values))
+            stored = [r for r in results if isinstance(r, hvcore.Key)]
+            assert len(stored) == 9 and all(isinstance(r, hvcore.Key | hvcore.DuplicateValue) for r in results)
+            assert sorted(r.data["u"] for r in db.get_many(stored).values()) == [f"v{i}" for i in range(9)]
+            with ThreadPoolExecutor(max_workers=30) as pool:
+                keys = list(pool.map(lambda i: db.put(i % 16, 2, n=i), range(90)))
+            assert len(set(keys)) == 90 and len(db.get_many(keys)) == 90
+            assert all(store.stats()["borrowed"] == 0 for store in db._live())
+    finally:
+        logger.removeHandler(handler)
+    assert any("ON CONFLICT DO NOTHING" in s for s in collect)  # threads that found the pool busy were grouped

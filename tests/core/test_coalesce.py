@@ -14,7 +14,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hvcore import Key, Record
-from hvcore._coalesce import ReadCoalescer, ThreadReadCoalescer, WriteCoalescer, _Wanted, _Write
+from hvcore._coalesce import (
+    ReadCoalescer,
+    ThreadReadCoalescer,
+    ThreadWriteCoalescer,
+    WriteCoalescer,
+    _Wanted,
+    _Write,
+)
 from hvcore.errors import DuplicateKey, DuplicateValue, NotProvisioned, ServerUnavailable, ShardMoved
 
 
@@ -547,3 +554,86 @@ def test_every_thread_gets_what_it_would_get_alone(
     errors = [e for e in together if isinstance(e, Exception)]
     assert len({id(e) for e in errors}) == len(errors)
     assert reader.in_flight == 0
+
+
+class ThreadTable:
+    """FakeTable's rules for threads, behind a gate and a lock."""
+
+    def __init__(self, inner: FakeTable) -> None:
+        self.inner = inner
+        self.gate = threading.Event()
+        self.gate.set()
+        self.lock = threading.Lock()
+
+    def _now(self, coro: Any) -> Any:
+        self.gate.wait()
+        with self.lock:
+            loop = asyncio.new_event_loop()
+            try:
+                return loop.run_until_complete(coro)
+            finally:
+                loop.close()
+
+    def insert(self, shard: int, k: Key, kind: int, data: Mapping[str, Any]) -> None:
+        self._now(self.inner.insert(shard, k, kind, data))
+
+    def insert_group(self, shard: int, rows: Sequence[tuple[Key, int, Mapping[str, Any]]]) -> set[int]:
+        stored: set[int] = self._now(self.inner.insert_group(shard, rows))
+        return stored
+
+    def fetch_many(self, items: Sequence[tuple[int, Key]]) -> list[Record]:
+        found: list[Record] = self._now(self.inner.fetch_many(items))
+        return found
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    writes=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 30), st.integers(0, 6)), min_size=1, max_size=20),
+    taken=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 30), st.integers(0, 6)), max_size=5),
+    moved=st.sets(st.integers(0, 3), max_size=1),
+    fail_group=st.sampled_from([None, "before", "after"]),
+)
+def test_every_thread_put_gets_its_own_outcome(
+    writes: list[tuple[int, int, int]], taken: list[tuple[int, int, int]], moved: set[int], fail_group: str | None
+) -> None:
+    rows = list({key(s, n): (s, key(s, n), {"u": u}) for s, n, u in writes}.values())
+    shared = {v["u"] for _, _, v in rows}
+    if len(shared) < len(rows):  # threads race for a repeated unique value: which one wins is not defined
+        rows = list({d["u"]: (s, k, d) for s, k, d in rows}.values())
+
+    def fresh() -> FakeTable:
+        table = FakeTable(moved)
+        for s, n, u in taken:
+            table.rows[key(s, n)] = {"u": u, "by": "another process"}
+        return table
+
+    alone_table = fresh()
+    expected: list[Any] = []
+    for s, k, d in rows:
+        try:
+            ThreadTable(alone_table).insert(s, k, 1, d)
+            expected.append(None)
+        except Exception as exc:
+            expected.append(exc)
+    inner = fresh()
+    inner.fail_group = fail_group
+    table = ThreadTable(inner)
+    coalescer_ = ThreadWriteCoalescer(table.insert, table.insert_group, table.fetch_many, 1)
+    table.gate.clear()
+    timer = threading.Timer(0.05, table.gate.set)
+    timer.start()
+    got: list[Any] = [None] * len(rows)
+
+    def put(index: int) -> None:
+        s, k, d = rows[index]
+        try:
+            coalescer_.insert(s, k, 1, d)
+        except Exception as exc:
+            got[index] = exc
+
+    with ThreadPoolExecutor(max_workers=len(rows)) as pool:
+        list(pool.map(put, range(len(rows))))
+    timer.join()
+    assert [type(r) for r in got] == [type(r) for r in expected], (expected, got)
+    assert inner.rows.keys() == alone_table.rows.keys()
+    assert coalescer_.in_flight == 0
