@@ -475,6 +475,12 @@ class StoreCore:
             return (list(data.keys()), list(data.values()))
         return (Jsonb(data),)
 
+    @staticmethod
+    def _group_insert_sql(statements: ShardSQL, count: int) -> str:
+        """``count`` rows of the shard's single-row INSERT in one statement, conflicts skipped, stored ids returned."""
+        head, row = statements.insert.split(" VALUES ", 1)
+        return f"{head} VALUES {', '.join([row] * count)} ON CONFLICT DO NOTHING RETURNING id"
+
     def _insert_params(self, key: Key, kind: int, data: Mapping[str, Any]) -> tuple[Any, ...]:
         if self.text_only:
             return (key, kind, list(data.keys()), list(data.values()))

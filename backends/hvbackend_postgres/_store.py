@@ -753,6 +753,28 @@ class PostgresServerStore(StoreCore):
         except pg_errors.UniqueViolation as exc:  # the key, or a unique secondary index (_indexes)
             raise unique_violation(exc, shard_id, self._label) or self._duplicate(shard_id, key) from None
 
+    def insert_group(self, shard_id: int, rows: Sequence[tuple[Key, int, Mapping[str, Any]]]) -> set[int]:
+        """Store rows of one shard with one multi-row INSERT (autocommitted); the ids it stored.
+
+        ``ON CONFLICT DO NOTHING``: a row whose key or unique value is taken is left out, not an error; the caller
+        (``hvcore._coalesce.WriteCoalescer``, for overlapping ``put()`` calls) runs such a row alone with `insert`
+        to give it its own outcome. Never retried here (a lost connection leaves the outcome to be checked).
+        """
+        statements = self._sql.get(shard_id) or self._shard_sql(shard_id)
+        query = self._group_insert_sql(statements, len(rows))
+        params = [value for key, kind, data in rows for value in self._insert_params(key, kind, data)]
+        conn, pool = self._checkout()
+        try:
+            cur = conn.execute(query, params)
+            return {int(row[0]) for row in cur.fetchall()}
+        except psycopg.Error as exc:
+            error = self._translate(exc, shard_id)
+            if error is exc:
+                raise
+            raise error from None
+        finally:
+            self._checkin(conn, pool)
+
     def fetch(self, shard_id: int, key: Key) -> Record | None:
         """The entity stored under ``key``, or None."""
         statements = self._sql.get(shard_id) or self._shard_sql(shard_id)
