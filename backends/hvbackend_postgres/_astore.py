@@ -60,6 +60,7 @@ from hvbackend_postgres._commit import (
     UNKNOWN,
     XID_RETURNING,
     CommitCounters,
+    returned_ids,
     returned_xid,
     returning_xid,
 )
@@ -793,15 +794,27 @@ class AsyncPostgresServerStore(StoreCore):
 
         ``ON CONFLICT DO NOTHING``: a row whose key or unique value is taken is left out, not an error; the caller
         (``hvcore._coalesce.WriteCoalescer``, for overlapping ``put()`` calls) runs such a row alone with `insert`
-        to give it its own outcome. Never retried here (a lost connection leaves the outcome to be checked).
+        to give it its own outcome. The statement returns its transaction id before it commits, as `insert` does
+        (`_write`): after a lost connection the server is asked whether it committed; committed → the ids
+        received; aborted or never started → an empty set (nothing stored: every row runs alone). Never retried
+        here.
         """
         statements = self._sql.get(shard_id) or await self._shard_sql(shard_id)
         query = self._group_insert_sql(statements, len(rows))
         params = [value for key, kind, data in rows for value in self._insert_params(key, kind, data)]
+        keys = [row[0] for row in rows]
         conn, pool = await self._checkout()
+        box: list[pq.abc.PGresult] = []
         try:
-            cur = await conn.execute(query, params)
-            return {int(row[0]) for row in await cur.fetchall()}
+            await self._send_write(conn, query, params, box)
+            return returned_ids(box)
+        except psycopg.OperationalError as exc:
+            if not self._lost(conn, exc):
+                raise self._translate(exc, shard_id) from None
+            xid = returned_xid(box)[0]
+            self._give_up_waiting(conn, xid, keys)
+            await conn.close()
+            self._log("connection to %s lost during a group write (%s): asking its commit status", self._label, exc)
         except psycopg.Error as exc:
             error = self._translate(exc, shard_id)
             if error is exc:
@@ -809,6 +822,9 @@ class AsyncPostgresServerStore(StoreCore):
             raise error from None
         finally:
             await self._checkin(conn, pool)
+        if await self._settle(shard_id, xid, keys) == COMMITTED:
+            return returned_ids(box)
+        return set()
 
     async def fetch(self, shard_id: int, key: Key) -> Record | None:
         """The entity stored under ``key``, or None."""
