@@ -530,7 +530,10 @@ class AsyncPostgresServerStore(StoreCore):
                 await conn.wait(until_sync(pgconn, box))
             finally:
                 if pgconn.status == pq.ConnStatus.OK and pgconn.pipeline_status != pq.PipelineStatus.OFF:
-                    pgconn.exit_pipeline_mode()
+                    try:
+                        pgconn.exit_pipeline_mode()
+                    except psycopg.Error:  # interrupted with results still due (cancelled): the session is unusable
+                        pgconn.finish()
             error = error_in(box, conn.info.encoding)  # the Parse's (if sent) or the statement's
             if prepare and isinstance(error, (pg_errors.InvalidSqlStatementName, pg_errors.DuplicatePreparedStatement)):
                 # the session lost our statements (DISCARD ALL, DEALLOCATE) or is another server session behind a

@@ -387,3 +387,29 @@ def test_a_write_ended_between_its_statement_and_its_commit_is_aborted_and_runs_
     pool = db.status()[0]["pool"]
     assert pool["commit_checks"] == 1 and pool["commit_checks_aborted"] == 1, pool
     db.close()
+
+
+def test_a_cancelled_async_put_leaves_a_usable_pool(fault_pg: FaultServers) -> None:
+    """asyncio cancellation while the INSERT waits on a lock: the cancellation is what the caller sees, the session
+    is discarded (its results were still due), and the next put works."""
+    db, settings = fresh(fault_pg)
+    db.close()
+    blocker = psycopg.connect(**fault_pg.settings(0, dbname=settings["dbname"]), connect_timeout=5)
+    blocker.execute(f"LOCK TABLE shard{SHARD:04d}.entities IN ACCESS EXCLUSIVE MODE")
+
+    async def scenario() -> hvcore.Key:
+        async with hvcore.AsyncDatastore([dict(shards="0-16", **settings)], backend="jsonb", pool_max=1) as db:
+            await db.put(SHARD + 1, 1, warm=True)  # the pool's one session, on another (unlocked) shard
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(db.put(SHARD, 1, n=1), 0.5)
+            blocker.rollback()
+            key = await db.put(SHARD, 1, n=2)
+            assert db.store_for(SHARD).stats()["borrowed"] == 0
+            return key
+
+    try:
+        key = asyncio.run(scenario())
+    finally:
+        blocker.close()
+    stored = rows_of_shard(fault_pg, settings["dbname"])
+    assert stored[int(key)] == {"n": 2} and len(stored) <= 2  # the cancelled INSERT may have run once unlocked
