@@ -44,6 +44,7 @@ from hvbackend_postgres._commit import (
     TERMINATE_SQL,
     UNKNOWN,
     XID_RETURNING,
+    XID_SQL,
     CommitCounters,
     returned_xid,
     returning_xid,
@@ -160,6 +161,7 @@ class AsyncPostgresServerStore(StoreCore):
         self._commit_counters = CommitCounters()  # lost writes settled by asking the server (see _commit)
         self._prepared = PreparedNames()  # our write statements each pooled connection has prepared (_onetrip)
         self._dollar: dict[str, bytes] = {}  # write statements with $n placeholders
+        self._xid_in_txn = False  # True once the server refused pg_current_xact_id() in RETURNING (Citus)
         self._write_sql: dict[tuple[int, bool | None, str | None], str] = {}  # update (merge) and delete (None)
         if True:  # ASYNC
             self._retired: set[asyncio.Task[None]] = set()  # old pools closing in the background
@@ -496,29 +498,37 @@ class AsyncPostgresServerStore(StoreCore):
     async def _send_write(self, conn: AConn, query: str, params: Sequence[Any], box: list[pq.abc.PGresult]) -> None:
         """Parse (once per connection) / Bind / Execute, Flush, Sync in one write (`_onetrip`); results into ``box``.
 
-        A server error is raised as psycopg's exception; a statement the session no longer has (DISCARD ALL,
-        DEALLOCATE) or already has is prepared again or used as it is.
+        ``query`` returns its transaction id (`returning_xid`). A server that refuses a volatile function in
+        RETURNING (a Citus coordinator routes the row to a worker) gets, from then on, the statement without it in
+        an explicit transaction that reads the coordinator's id first: BEGIN, SELECT pg_current_xact_id(), the
+        statement, Flush, COMMIT, Sync, still one write. A server error is raised as psycopg's exception; a
+        statement the session no longer has (DISCARD ALL, DEALLOCATE) or already has is sent unprepared.
         """
         if not PIPELINE:  # libpq before 14: the id comes with the commit's reply (settled less often, never guessed)
             cur = await conn.execute(query, params)
             if cur.pgresult is not None:
                 box.append(cur.pgresult)
             return
-        text = self._dollar.get(query)
-        if text is None:
-            text = self._dollar[query] = dollar_params(query)[0]
-        tx = Transformer(conn)
-        values = tx.dump_sequence(params, [PyFormat.AUTO] * len(params))
         if self._cursor_factory is not None:
             self._log_statement(query, params, conn)
+        tx = Transformer(conn)
+        values = tx.dump_sequence(params, [PyFormat.AUTO] * len(params))
         pgconn = conn.pgconn
         prepare = conn.prepare_threshold is not None
-        name = PreparedNames.name(text + repr(tx.types).encode()) if prepare else b""
-        for _ in (0, 1):
+        for _ in range(3):
+            in_txn = self._xid_in_txn
+            statement = query.removesuffix(XID_RETURNING) if in_txn else query
+            text = self._dollar.get(statement)
+            if text is None:
+                text = self._dollar[statement] = dollar_params(statement)[0]
+            name = PreparedNames.name(text + repr(tx.types).encode()) if prepare else b""
             fresh = prepare and not self._prepared.known(conn, name)
             del box[:]
             pgconn.enter_pipeline_mode()
             try:
+                if in_txn:
+                    pgconn.send_query_params(b"BEGIN", None)
+                    pgconn.send_query_params(XID_SQL, None)
                 if fresh:
                     pgconn.send_prepare(name, text, param_types=tx.types)
                 if prepare:
@@ -526,6 +536,8 @@ class AsyncPostgresServerStore(StoreCore):
                 else:
                     pgconn.send_query_params(text, values, param_types=tx.types, param_formats=tx.formats)
                 pgconn.send_flush_request()
+                if in_txn:
+                    pgconn.send_query_params(b"COMMIT", None)
                 pgconn.pipeline_sync()
                 await conn.wait(until_sync(pgconn, box))
             finally:
@@ -535,11 +547,17 @@ class AsyncPostgresServerStore(StoreCore):
                     except psycopg.Error:  # interrupted with results still due (cancelled): the session is unusable
                         pgconn.finish()
             error = error_in(box, conn.info.encoding)  # the Parse's (if sent) or the statement's
+            if error is not None and pgconn.transaction_status != pq.TransactionStatus.IDLE:
+                await conn.rollback()  # an explicit transaction the error left open
             if prepare and isinstance(error, (pg_errors.InvalidSqlStatementName, pg_errors.DuplicatePreparedStatement)):
                 # the session lost our statements (DISCARD ALL, DEALLOCATE) or is another server session behind a
                 # transaction pooler: forget them and send this one unprepared (nothing was executed)
                 self._prepared.forget(conn)
                 prepare = False
+                continue
+            if isinstance(error, pg_errors.FeatureNotSupported) and not in_txn and "RETURNING" in str(error):
+                self._log("%s refuses pg_current_xact_id() in RETURNING: transaction ids read first", self._label)
+                self._xid_in_txn = True  # nothing was executed: the statement was refused when planned
                 continue
             if error is not None:
                 raise error
@@ -548,7 +566,7 @@ class AsyncPostgresServerStore(StoreCore):
             if not any(result.status == pq.ExecStatus.TUPLES_OK for result in box):
                 raise psycopg.InterfaceError(f"no result for a write on {self._label}: {[r.status for r in box]}")
             return
-        raise AssertionError("unreachable")  # pragma: no cover (the unprepared try returns or raises)
+        raise AssertionError("unreachable")  # pragma: no cover (the third try returns or raises)
 
     @staticmethod
     def _lost(conn: AConn, exc: psycopg.OperationalError) -> bool:

@@ -30,6 +30,7 @@ __all__ = [
     "TERMINATE_SQL",
     "UNKNOWN",
     "XID_RETURNING",
+    "XID_SQL",
     "CommitCounters",
     "returned_xid",
     "returning_xid",
@@ -41,6 +42,7 @@ IN_PROGRESS = "in progress"
 UNKNOWN = "unknown"  # no id received, or too old for the server to remember: the write is retried
 
 XID_RETURNING = " RETURNING pg_current_xact_id()::text"
+XID_SQL = b"SELECT pg_current_xact_id()::text"
 BEGIN_XID_SQL = "BEGIN; SELECT pg_current_xact_id()::text"  # no parameters: one simple-protocol query
 STATUS_SQL = "SELECT pg_xact_status(%s::xid8)"
 # The orphaned session still running our transaction, found by its transaction id (not by the pid the client saw:
@@ -56,17 +58,22 @@ def returning_xid(statement: str) -> str:
 
 
 def returned_xid(box: list[Any]) -> tuple[int | None, int]:
-    """(transaction id, rows) of a write statement's results as received, even if the connection died after them.
+    """(transaction id, rows written) of a write's results as received, even if the connection died after them.
 
-    ``box`` holds the libpq results that arrived (`_onetrip.until_sync`): (None, 0) if no row arrived.
+    ``box`` holds the libpq results that arrived (`_onetrip.until_sync`): the id is the first row's last column
+    (the statement's RETURNING, or the SELECT before it in an explicit transaction); the rows come from the
+    statement's command tag. (None, 0) if nothing arrived.
     """
+    xid: int | None = None
+    rows = 0
     for result in box:
-        if result.status == pq.ExecStatus.TUPLES_OK:
-            if result.ntuples == 0:
-                return None, 0
+        if xid is None and result.status == pq.ExecStatus.TUPLES_OK and result.ntuples:
             value = result.get_value(0, result.nfields - 1)
-            return (int(value) if value is not None else None), result.ntuples
-    return None, 0
+            xid = int(value) if value is not None else None
+        tag = (result.command_status or b"").split(b" ", 1)[0]
+        if tag in (b"INSERT", b"UPDATE", b"DELETE"):
+            rows = result.command_tuples or 0
+    return xid, rows
 
 
 class CommitCounters:
