@@ -525,12 +525,12 @@ class PostgresServerStore(StoreCore):
                     pgconn.send_query_params(b"COMMIT", None)
                 pgconn.pipeline_sync()
                 conn.wait(until_sync(pgconn, box))
-            finally:
-                if pgconn.status == pq.ConnStatus.OK and pgconn.pipeline_status != pq.PipelineStatus.OFF:
-                    try:
-                        pgconn.exit_pipeline_mode()
-                    except psycopg.Error:  # interrupted with results still due (cancelled): the session is unusable
-                        pgconn.finish()
+            except BaseException as exc:
+                # cancelled or interrupted with results still due: the session is unusable; a lost connection or a
+                # client-side timeout is left to the caller, which settles it (`_write`)
+                self._leave_pipeline(pgconn, finish=not isinstance(exc, psycopg.OperationalError))
+                raise
+            self._leave_pipeline(pgconn, finish=True)
             error = error_in(box, conn.info.encoding)  # the Parse's (if sent) or the statement's
             if error is not None and pgconn.transaction_status != pq.TransactionStatus.IDLE:
                 conn.rollback()  # an explicit transaction the error left open
@@ -552,6 +552,17 @@ class PostgresServerStore(StoreCore):
                 raise psycopg.InterfaceError(f"no result for a write on {self._label}: {[r.status for r in box]}")
             return
         raise AssertionError("unreachable")  # pragma: no cover (the third try returns or raises)
+
+    @staticmethod
+    def _leave_pipeline(pgconn: pq.abc.PGconn, *, finish: bool) -> None:
+        """Leave libpq's pipeline mode; if results are still due, end the session when ``finish``."""
+        if pgconn.status != pq.ConnStatus.OK or pgconn.pipeline_status == pq.PipelineStatus.OFF:
+            return
+        try:
+            pgconn.exit_pipeline_mode()
+        except psycopg.Error:
+            if finish:
+                pgconn.finish()
 
     @staticmethod
     def _lost(conn: Conn, exc: psycopg.OperationalError) -> bool:
