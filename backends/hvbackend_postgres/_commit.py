@@ -32,6 +32,7 @@ __all__ = [
     "XID_RETURNING",
     "XID_SQL",
     "CommitCounters",
+    "returned_ids",
     "returned_xid",
     "returning_xid",
 ]
@@ -74,6 +75,14 @@ def returned_xid(box: list[Any]) -> tuple[int | None, int]:
         if tag in (b"INSERT", b"UPDATE", b"DELETE"):
             rows = result.command_tuples or 0
     return xid, rows
+
+
+def returned_ids(box: list[Any]) -> set[int]:
+    """The ids (first column) of the rows a write statement returned, as received (`returned_xid`'s ``box``)."""
+    for result in box:
+        if result.status == pq.ExecStatus.TUPLES_OK:
+            return {int(result.get_value(i, 0)) for i in range(result.ntuples)}
+    return set()
 
 
 class CommitCounters:
