@@ -64,6 +64,7 @@ from hvbackend_postgres._commit import (
     returned_ids,
     returned_xid,
     returning_xid,
+    without_xid,
 )
 from hvbackend_postgres._common import (
     ADVISORY_LOCK,
@@ -686,7 +687,7 @@ class AsyncPostgresServerStore(StoreCore):
         prepare = conn.prepare_threshold is not None
         for _ in range(3):
             in_txn = self._xid_in_txn
-            statement = query.removesuffix(XID_RETURNING) if in_txn else query
+            statement = without_xid(query) if in_txn else query
             text = self._dollar.get(statement)
             if text is None:
                 text = self._dollar[statement] = dollar_params(statement)[0]

@@ -35,6 +35,7 @@ __all__ = [
     "returned_ids",
     "returned_xid",
     "returning_xid",
+    "without_xid",
 ]
 
 COMMITTED = "committed"
@@ -43,6 +44,7 @@ IN_PROGRESS = "in progress"
 UNKNOWN = "unknown"  # no id received, or too old for the server to remember: the write is retried
 
 XID_RETURNING = " RETURNING pg_current_xact_id()::text"
+XID_COLUMN = ", pg_current_xact_id()::text"  # the id after other RETURNING columns
 XID_SQL = b"SELECT pg_current_xact_id()::text"
 BEGIN_XID_SQL = "BEGIN; SELECT pg_current_xact_id()::text"  # no parameters: one simple-protocol query
 STATUS_SQL = "SELECT pg_xact_status(%s::xid8)"
@@ -51,6 +53,17 @@ STATUS_SQL = "SELECT pg_xact_status(%s::xid8)"
 TERMINATE_SQL = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_xid::text = %s"
 SETTLE_SECONDS = 10.0  # how long an orphaned transaction may stay in progress before it is ended
 SETTLE_POLL = 0.02  # seconds between two status questions while it is in progress
+
+
+def without_xid(statement: str) -> str:
+    """A statement of `returning_xid` (or a ``RETURNING ..., pg_current_xact_id()::text``) without the id column.
+
+    For a server that refuses the volatile function in RETURNING (a Citus coordinator): the id is then read by a
+    SELECT before the statement, in the same explicit transaction.
+    """
+    if statement.endswith(XID_RETURNING):
+        return statement.removesuffix(XID_RETURNING)
+    return statement.removesuffix(XID_COLUMN)
 
 
 def returning_xid(statement: str) -> str:
@@ -78,9 +91,9 @@ def returned_xid(box: list[Any]) -> tuple[int | None, int]:
 
 
 def returned_ids(box: list[Any]) -> set[int]:
-    """The ids (first column) of the rows a write statement returned, as received (`returned_xid`'s ``box``)."""
+    """The ids (first column) of the rows an INSERT returned, as received (`returned_xid`'s ``box``)."""
     for result in box:
-        if result.status == pq.ExecStatus.TUPLES_OK:
+        if result.status == pq.ExecStatus.TUPLES_OK and (result.command_status or b"").startswith(b"INSERT"):
             return {int(result.get_value(i, 0)) for i in range(result.ntuples)}
     return set()
 
