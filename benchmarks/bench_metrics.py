@@ -47,7 +47,10 @@ BODY = {"name": "benchmark", "colour": "red", "size": 3}
 
 
 class BareDatastore(hvcore.Datastore):
-    """`Datastore` with ``put`` and ``_on_shard`` (which ``get`` uses) as they were before instrumentation."""
+    """`Datastore` with ``put`` and ``_on_shard`` (which ``get`` uses) as they are, less the instrumentation.
+
+    Keep in step with ``hvcore/_datastore.py``: the two must differ only by the ``metrics.on`` branches.
+    """
 
     def put(self, shard_id: int, kind: int, /, **data: Any) -> hvcore.Key:
         """The pre-metrics ``put``."""
@@ -57,14 +60,21 @@ class BareDatastore(hvcore.Datastore):
         for _ in range(PUT_ATTEMPTS):
             key = self._next_key(shard_id)
             try:
-                store.insert(shard_id, key, kind, data)
+                if self._coalesce_writes and hasattr(store, "insert_group"):
+                    insert = self._writer(store).insert
+                else:
+                    insert = store.insert
+                insert(shard_id, key, kind, data)
             except DuplicateKey:
+                self._count_collisions(shard_id, 1)
                 self._log_duplicate(shard_id, key)
                 continue
             except ShardMoved as moved:
                 self._follow(moved)
                 store = self.store_for(shard_id)
                 continue
+            if self._router is not None:
+                self._note_write(shard_id)
             return key
         raise too_many_duplicates(shard_id)
 

@@ -4,6 +4,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from hvcore._adatastore import AsyncDatastore
 from hvcore._agenerator import AsyncKeyGenerator
+from hvcore._atransaction import AsyncShardTransaction
 from hvcore._backend import AsyncServerStore, BackendOptions, ProvisionReport, QuerySpec, Record, ServerStore
 from hvcore._datastore import Datastore
 from hvcore._generator import KeyGenerator
@@ -11,10 +12,12 @@ from hvcore._key import Key, KeyLayout
 from hvcore._metrics import Metrics, metrics
 from hvcore._placement import MoveReport
 from hvcore._plugins import PluginRegistry, default_registry
+from hvcore._replicas import Timeline
 from hvcore._row import Row
 from hvcore._schemadefs import IndexInfo, IndexReport, IndexSpec, MigrationReport, MigrationStatus
 from hvcore._sequence import AsyncSequenceSource, SequenceSource
 from hvcore._shardmap import ShardMap
+from hvcore._transaction import ShardTransaction
 from hvcore._worker import WorkerGrant, WorkerSlice
 from hvcore.errors import (
     ClockMovedBackwards,
@@ -28,6 +31,7 @@ from hvcore.errors import (
     InvalidKind,
     InvalidQuery,
     InvalidShard,
+    InvalidToken,
     LayoutExhausted,
     MigrationError,
     MoveError,
@@ -36,13 +40,17 @@ from hvcore.errors import (
     PluginError,
     PoolTimeout,
     SequenceUnavailable,
+    ServerLimitReached,
     ServerUnavailable,
     ShardMapError,
     ShardMoved,
     ShardNotFound,
     StoreClosed,
+    TransactionConflict,
+    TransactionError,
     WorkerLeaseError,
     WorkerLeaseLost,
+    WriteOutcomeUnknown,
 )
 from hvcore.hookspecs import hookimpl
 
@@ -56,6 +64,7 @@ __all__ = [
     "AsyncKeyGenerator",
     "AsyncSequenceSource",
     "AsyncServerStore",
+    "AsyncShardTransaction",
     "BackendOptions",
     "ClockMovedBackwards",
     "ConfigError",
@@ -72,6 +81,7 @@ __all__ = [
     "InvalidKind",
     "InvalidQuery",
     "InvalidShard",
+    "InvalidToken",
     "Key",
     "KeyGenerator",
     "KeyLayout",
@@ -93,17 +103,23 @@ __all__ = [
     "Row",
     "SequenceSource",
     "SequenceUnavailable",
+    "ServerLimitReached",
     "ServerStore",
     "ServerUnavailable",
     "ShardMap",
     "ShardMapError",
     "ShardMoved",
     "ShardNotFound",
+    "ShardTransaction",
     "StoreClosed",
+    "Timeline",
+    "TransactionConflict",
+    "TransactionError",
     "WorkerGrant",
     "WorkerLeaseError",
     "WorkerLeaseLost",
     "WorkerSlice",
+    "WriteOutcomeUnknown",
     "__version__",
     "default_registry",
     "hookimpl",

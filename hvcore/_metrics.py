@@ -270,11 +270,11 @@ class Metrics:
         if inst is not None:
             inst.timeouts.add(1, self._pool_attrs(pool))
 
-    def key_collision(self, store: Any) -> None:
-        """A write found its new key already stored on ``store`` and retries with a fresh one."""
+    def key_collision(self, store: Any, count: int = 1) -> None:
+        """``count`` new keys of a write were found already stored on ``store``; each retries with a fresh one."""
         inst = self._instruments or self.instruments()
         if inst is not None:
-            inst.collisions.add(1, {"hypervault.server": store.label})
+            inst.collisions.add(count, {"hypervault.server": store.label})
 
     def shard_moved_followed(self, shard_id: int, server: str) -> None:
         """An operation was refused by shard ``shard_id``'s old server and follows it to ``server``."""

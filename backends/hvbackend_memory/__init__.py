@@ -305,6 +305,20 @@ class MemoryServerStore:
         finally:
             self.put_connection(conn)
 
+    @contextmanager
+    def transaction(
+        self, shard_id: int, *, isolation_level: str | None = None, read_only: bool = False
+    ) -> Iterator[Any]:
+        """A transaction on ``shard_id`` holding one connection slot (see ``hvbackend_memory._transaction``)."""
+        from hvbackend_memory._transaction import memory_transaction
+
+        conn = self.get_connection(shard_id)
+        try:
+            with memory_transaction(self, conn, shard_id, isolation_level, read_only) as tx:
+                yield tx
+        finally:
+            self.put_connection(conn)
+
     # -- entities --------------------------------------------------------------------------------------------
 
     def check_data(self, data: Mapping[str, Any]) -> None:
@@ -344,7 +358,9 @@ class MemoryServerStore:
         with self._lock:
             taken = [int(r.key) for r in records if int(r.key) in table]
             if taken or len({int(r.key) for r in records}) != len(records):
-                raise DuplicateKey(f"key(s) {taken[:5]} already exist in shard {shard_id} on {self.label}")
+                raise DuplicateKey(
+                    f"key(s) {taken[:5]} already exist in shard {shard_id} on {self.label}", keys=tuple(taken)
+                )
             MemoryIndexes(self).check_unique(shard_id, table, records)
             for record in records:
                 table[int(record.key)] = record
@@ -685,6 +701,20 @@ class AsyncMemoryServerStore:
         conn = await self.get_connection(shard_id)
         try:
             yield conn.cursor()
+        finally:
+            self.sync.put_connection(conn)
+
+    @asynccontextmanager
+    async def transaction(
+        self, shard_id: int, *, isolation_level: str | None = None, read_only: bool = False
+    ) -> AsyncIterator[Any]:
+        """A transaction on ``shard_id`` holding one connection slot (see ``hvbackend_memory._transaction``)."""
+        from hvbackend_memory._transaction import AsyncMemoryTransaction, memory_transaction
+
+        conn = await self.get_connection(shard_id)
+        try:
+            with memory_transaction(self.sync, conn, shard_id, isolation_level, read_only) as tx:
+                yield AsyncMemoryTransaction(tx)
         finally:
             self.sync.put_connection(conn)
 
