@@ -455,6 +455,9 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
             choice = self._router.pick(index, (shard,), current_timeline(self._timeline))
             if choice is not None:
                 try:
+                    if metrics.on:
+                        found: Record | None = await self._observed("get", choice.store, choice.store.fetch, shard, key)
+                        return found
                     record: Record | None = await choice.store.fetch(shard, key)
                     return record
                 except ShardMoved as moved:  # the standby replayed the move: read where the shard is now
@@ -533,6 +536,9 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
     ) -> list[Record] | None:
         """``fetch_many`` on a standby; None if it failed (the keys are then read from the primary)."""
         try:
+            if metrics.on:
+                observed: list[Record] = await self._observed("get_many", choice.store, choice.store.fetch_many, items)
+                return observed
             records: list[Record] = await choice.store.fetch_many(items)
             return records
         except ShardMoved as moved:
@@ -735,10 +741,21 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
             if choice is not None:
                 mine = [shard for shard in ids if shard not in choice.pinned]
                 ids = [shard for shard in ids if shard in choice.pinned]
-                streams.append(_from_replica(index, choice, choice.store.query(mine, run)))
+                stream: AsyncIterator[Record] = choice.store.query(mine, run)
+                if metrics.on:
+                    stream = self._observed_stream(choice.store, stream)
+                streams.append(_from_replica(index, choice, stream))
             if ids:
-                streams.append(stores[index].query(ids, run))
+                stream = stores[index].query(ids, run)
+                streams.append(self._observed_stream(stores[index], stream) if metrics.on else stream)
         return streams
+
+    def _metric_pools(self) -> list[tuple[str, Mapping[str, Any]]]:
+        """``(label, stats())`` of every pool: the primaries' and, opened or not, the standbys' (hvcore._metrics)."""
+        pools: list[tuple[str, Mapping[str, Any]]] = [(store.label, store.stats()) for store in list(self._stores)]
+        if self._router is not None:
+            pools += self._router.pools()
+        return pools
 
     async def _next_key(self, shard_id: int) -> Key:
         if True:  # ASYNC
@@ -952,7 +969,7 @@ class _ReplicaFailed(HypervaultError):
 
 
 async def _from_replica(
-    index: int, choice: ReplicaChoice, stream: AsyncGenerator[Record, None]
+    index: int, choice: ReplicaChoice, stream: AsyncIterator[Record]
 ) -> AsyncGenerator[Record, None]:
     """``stream`` from a standby, its failures (but `ShardMoved`) raised as `_ReplicaFailed`."""
     try:
@@ -963,7 +980,9 @@ async def _from_replica(
     except Exception as exc:
         raise _ReplicaFailed(index, choice, exc) from exc
     finally:
-        await stream.aclose()
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 async def _first(stream: AsyncIterator[Record]) -> Record | BaseException | None:

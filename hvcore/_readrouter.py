@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hvcore._acompat import gather, sleep, spawn
+from hvcore._metrics import metrics
 from hvcore._replicas import PIN, LagTracker, Timeline, server_id
 from hvcore.errors import PoolTimeout, ServerUnavailable
 
@@ -71,6 +72,7 @@ class ReadRouter:
         self._trackers: list[LagTracker | None] = []
         self.on_primary: list[int] = []  # per server: replica reads that went to the primary (none usable, pinned)
         self._server_ids: list[int] = []
+        self._labels: list[str] = []
         self._last_refresh: list[float] = []
         self._refreshing: set[int] = set()
         self._pending: set[Any] = set()
@@ -98,7 +100,8 @@ class ReadRouter:
             self._stores.append(stores)
             labels = [str(getattr(s, "label", "?")) for s in stores]
             self._trackers.append(LagTracker(labels, max_lag=self.max_lag) if stores else None)
-        self._server_ids = [server_id(str(getattr(p, "label", "?"))) for p in primaries]
+        self._labels = [str(getattr(p, "label", "?")) for p in primaries]
+        self._server_ids = [server_id(label) for label in self._labels]
         self._last_refresh = [float("-inf")] * len(primaries)
         self._refreshing = set()
         self.on_primary = [0] * len(primaries)
@@ -146,26 +149,54 @@ class ReadRouter:
         server = self._server_ids[index]
         needs = {shard: timeline.need(shard, server) for shard in shards}
         wanted = [n for n in needs.values() if n is not None and n != PIN]
-        number = tracker.choose(now, max(wanted) if wanted and len(wanted) == len(needs) else None)
+        need = max(wanted) if wanted and len(wanted) == len(needs) else None
+        number = tracker.choose(now, need)
         if number is None:
             self.on_primary[index] += 1
+            if metrics.on:
+                self._count_fallback(index, tracker, now, need)
             return None
         replayed = tracker.replicas[number].replayed or 0
         pinned = frozenset((shard for shard, need in needs.items() if need is not None and need > replayed))
         if len(pinned) == len(needs):
             self.on_primary[index] += 1
+            if metrics.on:
+                metrics.replica_fallback(self._labels[index], tracker.replicas[number].label, "read_your_writes")
             return None
         return ReplicaChoice(self._stores[index][number], number, pinned)
+
+    def _count_fallback(self, index: int, tracker: LagTracker, now: float, need: int | None) -> None:
+        """Count a read that no standby could take, with why (hvcore._metrics): down, read_your_writes or lag."""
+        states = tracker.replicas
+        if all(state.down_until > now for state in states):
+            reason, replica = ("down", states[0].label)
+        elif need is not None and any(tracker.usable(i, now) for i in range(len(states))):
+            reason, replica = (
+                "read_your_writes",
+                next((s.label for i, s in enumerate(states) if tracker.usable(i, now))),
+            )
+        else:
+            reason, replica = ("lag", next((s.label for s in states if s.down_until <= now), states[0].label))
+        metrics.replica_fallback(self._labels[index], replica, reason)
+
+    def pools(self) -> list[tuple[str, Any]]:
+        """``(label, stats())`` of every standby's pool (for the pool gauges of hvcore._metrics)."""
+        return [(store.label, store.stats()) for group in list(self._stores) for store in group]
 
     def failed(self, index: int, choice: ReplicaChoice, error: BaseException) -> None:
         """A read on ``choice`` failed: a standby that cannot be reached is skipped until a refresh finds it again."""
         tracker = self._trackers[index] if index < len(self._trackers) else None
         if tracker is None:
             return
-        if isinstance(error, ServerUnavailable | PoolTimeout | OSError):  # down, refusing, or out of connections
+        down = isinstance(error, ServerUnavailable | PoolTimeout | OSError)  # down, refusing, or out of connections
+        if down:
             tracker.mark_down(choice.number, time.monotonic(), f"{type(error).__name__}: {error}")
         else:
             tracker.replicas[choice.number].fallbacks += 1
+        if metrics.on:
+            metrics.replica_fallback(
+                self._labels[index], tracker.replicas[choice.number].label, "down" if down else "error"
+            )
 
     def _start_refresh(self, index: int, now: float) -> None:
         self._refreshing.add(index)
