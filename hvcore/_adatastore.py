@@ -477,8 +477,8 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
             if choice is not None:
                 try:
                     if metrics.on:
-                        found: Record | None = await self._observed("get", choice.store, choice.store.fetch, shard, key)
-                        return found
+                        seen: Record | None = await self._observed("get", choice.store, choice.store.fetch, shard, key)
+                        return seen
                     record: Record | None = await choice.store.fetch(shard, key)
                     return record
                 except ShardMoved as moved:  # the standby replayed the move: read where the shard is now

@@ -438,8 +438,8 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
             if choice is not None:
                 try:
                     if metrics.on:
-                        found: Record | None = self._observed("get", choice.store, choice.store.fetch, shard, key)
-                        return found
+                        seen: Record | None = self._observed("get", choice.store, choice.store.fetch, shard, key)
+                        return seen
                     record: Record | None = choice.store.fetch(shard, key)
                     return record
                 except ShardMoved as moved:  # the standby replayed the move: read where the shard is now
