@@ -477,9 +477,11 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
             if choice is not None:
                 try:
                     if metrics.on:
-                        seen: Record | None = await self._observed("get", choice.store, choice.store.fetch, shard, key)
-                        return seen
-                    record: Record | None = await choice.store.fetch(shard, key)
+                        record: Record | None = await self._observed(
+                            "get", choice.store, choice.store.fetch, shard, key
+                        )
+                    else:
+                        record = await choice.store.fetch(shard, key)
                     return record
                 except ShardMoved as moved:  # the standby replayed the move: read where the shard is now
                     self._follow(moved)
@@ -583,10 +585,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
     ) -> list[Record] | None:
         """``fetch_many`` on a standby; None if it failed (the keys are then read from the primary)."""
         try:
-            if metrics.on:
-                observed: list[Record] = await self._observed("get_many", choice.store, choice.store.fetch_many, items)
-                return observed
-            records: list[Record] = await choice.store.fetch_many(items)
+            records: list[Record] = await self._observed("get_many", choice.store, choice.store.fetch_many, items)
             return records
         except ShardMoved as moved:
             self._follow(moved)
@@ -820,21 +819,16 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
             if choice is not None:
                 mine = [shard for shard in ids if shard not in choice.pinned]
                 ids = [shard for shard in ids if shard in choice.pinned]
-                stream: AsyncIterator[Record] = choice.store.query(mine, run)
+                replica_stream = choice.store.query(mine, run)
                 if metrics.on:
-                    stream = self._observed_stream(choice.store, stream)
-                streams.append(_from_replica(index, choice, stream))
+                    replica_stream = cast(
+                        AsyncGenerator[Record, None], self._observed_stream(choice.store, replica_stream)
+                    )
+                streams.append(_from_replica(index, choice, replica_stream))
             if ids:
-                stream = stores[index].query(ids, run)
-                streams.append(self._observed_stream(stores[index], stream) if metrics.on else stream)
+                primary_stream = stores[index].query(ids, run)
+                streams.append(self._observed_stream(stores[index], primary_stream) if metrics.on else primary_stream)
         return streams
-
-    def _metric_pools(self) -> list[tuple[str, Mapping[str, Any]]]:
-        """``(label, stats())`` of every pool: the primaries' and, opened or not, the standbys' (hvcore._metrics)."""
-        pools: list[tuple[str, Mapping[str, Any]]] = [(store.label, store.stats()) for store in list(self._stores)]
-        if self._router is not None:
-            pools += self._router.pools()
-        return pools
 
     async def _next_key(self, shard_id: int) -> Key:
         if True:  # ASYNC
@@ -1048,7 +1042,7 @@ class _ReplicaFailed(HypervaultError):
 
 
 async def _from_replica(
-    index: int, choice: ReplicaChoice, stream: AsyncIterator[Record]
+    index: int, choice: ReplicaChoice, stream: AsyncGenerator[Record, None]
 ) -> AsyncGenerator[Record, None]:
     """``stream`` from a standby, its failures (but `ShardMoved`) raised as `_ReplicaFailed`."""
     try:
@@ -1059,9 +1053,7 @@ async def _from_replica(
     except Exception as exc:
         raise _ReplicaFailed(index, choice, exc) from exc
     finally:
-        aclose = getattr(stream, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        await stream.aclose()
 
 
 async def _first(stream: AsyncIterator[Record]) -> Record | BaseException | None:

@@ -438,9 +438,9 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
             if choice is not None:
                 try:
                     if metrics.on:
-                        seen: Record | None = self._observed("get", choice.store, choice.store.fetch, shard, key)
-                        return seen
-                    record: Record | None = choice.store.fetch(shard, key)
+                        record: Record | None = self._observed("get", choice.store, choice.store.fetch, shard, key)
+                    else:
+                        record = choice.store.fetch(shard, key)
                     return record
                 except ShardMoved as moved:  # the standby replayed the move: read where the shard is now
                     self._follow(moved)
@@ -536,10 +536,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
     def _replica_fetch(self, index: int, choice: ReplicaChoice, items: list[tuple[int, Key]]) -> list[Record] | None:
         """``fetch_many`` on a standby; None if it failed (the keys are then read from the primary)."""
         try:
-            if metrics.on:
-                observed: list[Record] = self._observed("get_many", choice.store, choice.store.fetch_many, items)
-                return observed
-            records: list[Record] = choice.store.fetch_many(items)
+            records: list[Record] = self._observed("get_many", choice.store, choice.store.fetch_many, items)
             return records
         except ShardMoved as moved:
             self._follow(moved)
@@ -763,21 +760,16 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
             if choice is not None:
                 mine = [shard for shard in ids if shard not in choice.pinned]
                 ids = [shard for shard in ids if shard in choice.pinned]
-                stream: Iterator[Record] = choice.store.query(mine, run)
+                replica_stream = choice.store.query(mine, run)
                 if metrics.on:
-                    stream = self._observed_stream(choice.store, stream)
-                streams.append(_from_replica(index, choice, stream))
+                    replica_stream = cast(
+                        Generator[Record, None, None], self._observed_stream(choice.store, replica_stream)
+                    )
+                streams.append(_from_replica(index, choice, replica_stream))
             if ids:
-                stream = stores[index].query(ids, run)
-                streams.append(self._observed_stream(stores[index], stream) if metrics.on else stream)
+                primary_stream = stores[index].query(ids, run)
+                streams.append(self._observed_stream(stores[index], primary_stream) if metrics.on else primary_stream)
         return streams
-
-    def _metric_pools(self) -> list[tuple[str, Mapping[str, Any]]]:
-        """``(label, stats())`` of every pool: the primaries' and, opened or not, the standbys' (hvcore._metrics)."""
-        pools: list[tuple[str, Mapping[str, Any]]] = [(store.label, store.stats()) for store in list(self._stores)]
-        if self._router is not None:
-            pools += self._router.pools()
-        return pools
 
     def _next_key(self, shard_id: int) -> Key:
         key: Key = self.generator.next_key(shard_id)
@@ -975,7 +967,9 @@ class _ReplicaFailed(HypervaultError):
         self.index, self.choice, self.error = (index, choice, error)
 
 
-def _from_replica(index: int, choice: ReplicaChoice, stream: Iterator[Record]) -> Generator[Record, None, None]:
+def _from_replica(
+    index: int, choice: ReplicaChoice, stream: Generator[Record, None, None]
+) -> Generator[Record, None, None]:
     """``stream`` from a standby, its failures (but `ShardMoved`) raised as `_ReplicaFailed`."""
     try:
         yield from stream
@@ -984,9 +978,7 @@ def _from_replica(index: int, choice: ReplicaChoice, stream: Iterator[Record]) -
     except Exception as exc:
         raise _ReplicaFailed(index, choice, exc) from exc
     finally:
-        close = getattr(stream, "close", None)
-        if close is not None:
-            close()
+        stream.close()
 
 
 def _first(stream: Iterator[Record]) -> Record | BaseException | None:

@@ -72,7 +72,6 @@ class ReadRouter:
         self._trackers: list[LagTracker | None] = []
         self.on_primary: list[int] = []  # per server: replica reads that went to the primary (none usable, pinned)
         self._server_ids: list[int] = []
-        self._labels: list[str] = []
         self._last_refresh: list[float] = []
         self._refreshing: set[int] = set()
         self._pending: set[Any] = set()
@@ -100,8 +99,7 @@ class ReadRouter:
             self._stores.append(stores)
             labels = [str(getattr(s, "label", "?")) for s in stores]
             self._trackers.append(LagTracker(labels, max_lag=self.max_lag) if stores else None)
-        self._labels = [str(getattr(p, "label", "?")) for p in primaries]
-        self._server_ids = [server_id(label) for label in self._labels]
+        self._server_ids = [server_id(str(getattr(p, "label", "?"))) for p in primaries]
         self._last_refresh = [float("-inf")] * len(primaries)
         self._refreshing = set()
         self.on_primary = [0] * len(primaries)
@@ -149,54 +147,60 @@ class ReadRouter:
         server = self._server_ids[index]
         needs = {shard: timeline.need(shard, server) for shard in shards}
         wanted = [n for n in needs.values() if n is not None and n != PIN]
-        need = max(wanted) if wanted and len(wanted) == len(needs) else None
-        number = tracker.choose(now, need)
+        number = tracker.choose(now, max(wanted) if wanted and len(wanted) == len(needs) else None)
         if number is None:
             self.on_primary[index] += 1
             if metrics.on:
-                self._count_fallback(index, tracker, now, need)
+                self._count_fallback(index, None, self._no_standby_reason(tracker, now, bool(wanted)))
             return None
         replayed = tracker.replicas[number].replayed or 0
         pinned = frozenset((shard for shard, need in needs.items() if need is not None and need > replayed))
         if len(pinned) == len(needs):
             self.on_primary[index] += 1
             if metrics.on:
-                metrics.replica_fallback(self._labels[index], tracker.replicas[number].label, "read_your_writes")
+                self._count_fallback(index, number, "read_your_writes")
             return None
         return ReplicaChoice(self._stores[index][number], number, pinned)
-
-    def _count_fallback(self, index: int, tracker: LagTracker, now: float, need: int | None) -> None:
-        """Count a read that no standby could take, with why (hvcore._metrics): down, read_your_writes or lag."""
-        states = tracker.replicas
-        if all(state.down_until > now for state in states):
-            reason, replica = ("down", states[0].label)
-        elif need is not None and any(tracker.usable(i, now) for i in range(len(states))):
-            reason, replica = (
-                "read_your_writes",
-                next((s.label for i, s in enumerate(states) if tracker.usable(i, now))),
-            )
-        else:
-            reason, replica = ("lag", next((s.label for s in states if s.down_until <= now), states[0].label))
-        metrics.replica_fallback(self._labels[index], replica, reason)
-
-    def pools(self) -> list[tuple[str, Any]]:
-        """``(label, stats())`` of every standby's pool (for the pool gauges of hvcore._metrics)."""
-        return [(store.label, store.stats()) for group in list(self._stores) for store in group]
 
     def failed(self, index: int, choice: ReplicaChoice, error: BaseException) -> None:
         """A read on ``choice`` failed: a standby that cannot be reached is skipped until a refresh finds it again."""
         tracker = self._trackers[index] if index < len(self._trackers) else None
         if tracker is None:
             return
-        down = isinstance(error, ServerUnavailable | PoolTimeout | OSError)  # down, refusing, or out of connections
-        if down:
+        if isinstance(error, ServerUnavailable | PoolTimeout | OSError):  # down, refusing, or out of connections
             tracker.mark_down(choice.number, time.monotonic(), f"{type(error).__name__}: {error}")
+            reason = "down"
         else:
             tracker.replicas[choice.number].fallbacks += 1
+            reason = "error"
         if metrics.on:
-            metrics.replica_fallback(
-                self._labels[index], tracker.replicas[choice.number].label, "down" if down else "error"
-            )
+            self._count_fallback(index, choice.number, reason)
+
+    def _count_fallback(self, index: int, number: int | None, reason: str) -> None:
+        """Count a read meant for a standby of server ``index`` that goes to the primary (hvcore._metrics).
+
+        ``number`` is the standby it would have used; None when no standby was usable (then ``any`` if the server
+        has several).
+        """
+        stores = self._stores[index] if index < len(self._stores) else []
+        if number is not None and number < len(stores):
+            replica = str(getattr(stores[number], "label", "?"))
+        else:
+            replica = str(getattr(stores[0], "label", "?")) if len(stores) == 1 else "any"
+        primaries = self._primaries()
+        server = str(getattr(primaries[index], "label", "?")) if index < len(primaries) else "?"
+        metrics.replica_fallback(server, replica, reason)
+
+    @staticmethod
+    def _no_standby_reason(tracker: LagTracker, now: float, waited: bool) -> str:
+        """Why no standby was usable: ``read_your_writes`` (one is within the lag bound but behind this timeline's
+        writes), ``lag`` (up but behind, or not measured yet), else ``down``."""
+        states = {tracker.describe(number, now)["state"] for number in range(len(tracker.replicas))}
+        if waited and "in use" in states:
+            return "read_your_writes"
+        if states & {"in use", "lagging", "unknown"}:
+            return "lag"
+        return "down"
 
     def _start_refresh(self, index: int, now: float) -> None:
         self._refreshing.add(index)
