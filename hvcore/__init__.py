@@ -9,8 +9,10 @@ from hvcore._backend import AsyncServerStore, BackendOptions, ProvisionReport, Q
 from hvcore._datastore import Datastore
 from hvcore._generator import KeyGenerator
 from hvcore._key import Key, KeyLayout
+from hvcore._metrics import Metrics, metrics
 from hvcore._placement import MoveReport
 from hvcore._plugins import PluginRegistry, default_registry
+from hvcore._replicas import Timeline
 from hvcore._row import Row
 from hvcore._schemadefs import IndexInfo, IndexReport, IndexSpec, MigrationReport, MigrationStatus
 from hvcore._sequence import AsyncSequenceSource, SequenceSource
@@ -29,6 +31,7 @@ from hvcore.errors import (
     InvalidKind,
     InvalidQuery,
     InvalidShard,
+    InvalidToken,
     LayoutExhausted,
     MigrationError,
     MoveError,
@@ -46,6 +49,7 @@ from hvcore.errors import (
     TransactionError,
     WorkerLeaseError,
     WorkerLeaseLost,
+    WriteOutcomeUnknown,
 )
 from hvcore.hookspecs import hookimpl
 
@@ -76,10 +80,12 @@ __all__ = [
     "InvalidKind",
     "InvalidQuery",
     "InvalidShard",
+    "InvalidToken",
     "Key",
     "KeyGenerator",
     "KeyLayout",
     "LayoutExhausted",
+    "Metrics",
     "MigrationError",
     "MigrationReport",
     "MigrationStatus",
@@ -104,13 +110,16 @@ __all__ = [
     "ShardNotFound",
     "ShardTransaction",
     "StoreClosed",
+    "Timeline",
     "TransactionConflict",
     "TransactionError",
     "WorkerGrant",
     "WorkerLeaseError",
     "WorkerLeaseLost",
     "WorkerSlice",
+    "WriteOutcomeUnknown",
     "__version__",
     "default_registry",
     "hookimpl",
+    "metrics",
 ]

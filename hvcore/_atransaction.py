@@ -89,6 +89,7 @@ class AsyncShardTransaction:
         self._error: BaseException | None = None  # what aborted the transaction, if something did
         self._error_depth = 0  # the savepoint depth it happened at (rolling back to that savepoint clears it)
         self._depth = 0
+        self._wrote = False  # a write was sent: the commit is noted for read-your-writes (read replicas)
 
     def __repr__(self) -> str:
         return f"<AsyncShardTransaction shard={self.shard_id} {self.state} on {self._store.label}>"
@@ -112,11 +113,13 @@ class AsyncShardTransaction:
             )
         if self._error is not None or self._tx.aborted():
             raise self._aborted_error(operation)
-        if write and self.read_only:
-            raise TransactionError(
-                f"{operation}: the transaction on shard {shard} is read-only (read_only=True); open it without "
-                "read_only to write"
-            )
+        if write:
+            if self.read_only:
+                raise TransactionError(
+                    f"{operation}: the transaction on shard {shard} is read-only (read_only=True); open it without "
+                    "read_only to write"
+                )
+            self._wrote = True
 
     def _aborted_error(self, operation: str) -> TransactionError:
         cause = f" by {type(self._error).__name__}: {self._error}" if self._error is not None else " by an error"
@@ -287,7 +290,7 @@ class AsyncShardTransaction:
         transaction does when its block ends. The memory backend yields a ``MemoryCursor`` reading the shard as the
         transaction sees it.
         """
-        self._check("cursor")
+        self._check("cursor", write=not self.read_only)  # statements of its own may write
         async with self._tx.cursor() as cur:
             yield cur
 
@@ -370,3 +373,5 @@ async def _begin(
         raise
     if tx is not None:
         tx._state = "committed"
+        if tx._wrote:  # reads on standbys wait for this commit in the current timeline, as after any write
+            await db._note_write(shard_id)

@@ -180,7 +180,10 @@ class ServerStore(Protocol):
         ...
 
     def insert_many(self, shard_id: int, rows: Sequence[tuple[Key, int, Mapping[str, Any]]]) -> None:
-        """Store many entities of one shard in one transaction (all or nothing); `DuplicateKey` if a key exists."""
+        """Store many entities of one shard in one transaction (all or nothing); `DuplicateKey` if a key exists.
+
+        The error's ``keys`` name the batch's taken keys when the backend can tell (the façade redraws only those).
+        """
         ...
 
     def fetch_many(self, items: Sequence[tuple[int, Key]]) -> list[Record]:

@@ -14,6 +14,7 @@
     ├── InvalidKind (ValueError)            a kind outside 0..32767
     ├── InvalidData (ValueError)            a body the backend cannot store as given
     ├── InvalidQuery (ValueError)           query arguments that cannot mean anything (since > until, ...)
+    ├── InvalidToken (ValueError)           a timeline token that is malformed, or forged / signed otherwise
     ├── ClockMovedBackwards (RuntimeError)  the clock went back further than the tolerated skew
     ├── LayoutExhausted (OverflowError)     the time part would reach the sign bit
     ├── PluginError (LookupError)           unknown or duplicate backend / sequence names
@@ -21,6 +22,7 @@
     ├── StoreClosed (RuntimeError)          used after ``disconnect()``
     ├── PoolTimeout (TimeoutError)          no connection free within ``pool_block_timeout``
     ├── ServerUnavailable (OSError)         a server cannot be reached (named without its password)
+    │   └── WriteOutcomeUnknown             a write's connection was lost and the server cannot tell yet if it committed
     ├── NotProvisioned (RuntimeError)       schemas or extensions missing: run ``hv init``
     ├── DuplicateKey (RuntimeError)         a key already stored (retried with a fresh key by ``put``)
     ├── DuplicateValue (ValueError)         a body value a unique index of the shard already holds
@@ -46,6 +48,7 @@ __all__ = [
     "InvalidKind",
     "InvalidQuery",
     "InvalidShard",
+    "InvalidToken",
     "LayoutExhausted",
     "MigrationError",
     "MoveError",
@@ -63,6 +66,7 @@ __all__ = [
     "TransactionError",
     "WorkerLeaseError",
     "WorkerLeaseLost",
+    "WriteOutcomeUnknown",
 ]
 
 
@@ -170,6 +174,12 @@ class InvalidQuery(HypervaultError, ValueError):
     __module__ = "hvcore"
 
 
+class InvalidToken(HypervaultError, ValueError):
+    """A read-your-writes timeline token that is not one, or whose signature does not match (forged or edited)."""
+
+    __module__ = "hvcore"
+
+
 class ClockMovedBackwards(HypervaultError, RuntimeError):
     """The wall clock went back further than the generator tolerates."""
 
@@ -218,10 +228,33 @@ class NotProvisioned(HypervaultError, RuntimeError):
     __module__ = "hvcore"
 
 
-class DuplicateKey(HypervaultError, RuntimeError):
-    """A key that is already stored was inserted again."""
+class WriteOutcomeUnknown(ServerUnavailable):
+    """A write lost its connection and PostgreSQL could not say, within the wait, whether it committed.
+
+    Raised when the write's transaction was still in progress on the server (an orphaned session) for longer than
+    the settle wait, or when no server answered the question. ``keys`` are the keys the write used: each either
+    holds this write's row or no row, never another writer's (a retry never assumes success).
+    """
 
     __module__ = "hvcore"
+
+    def __init__(self, message: str, *, keys: tuple[int, ...] = ()) -> None:
+        super().__init__(message)
+        self.keys = keys
+
+
+class DuplicateKey(HypervaultError, RuntimeError):
+    """A key that is already stored was inserted again (another writer holds it).
+
+    ``keys`` are the keys found taken, when the backend knows them (a batch names every one of its taken keys),
+    so `Datastore.put_many` redraws only those; empty when unknown.
+    """
+
+    __module__ = "hvcore"
+
+    def __init__(self, message: str, *, keys: tuple[int, ...] = ()) -> None:
+        super().__init__(message)
+        self.keys = keys
 
 
 class DuplicateValue(HypervaultError, ValueError):

@@ -22,6 +22,8 @@ from hvbackend_memory import AsyncMemoryServerStore, MemoryServerStore
 from hvbackend_postgres import AsyncPostgresServerStore, PostgresServerStore
 from hvbackend_postgres._atransaction import AsyncPostgresTransaction
 from hvbackend_postgres._transaction import PostgresTransaction
+from hvcore._areadrouter import AsyncReadRouter
+from hvcore._readrouter import ReadRouter
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOL = ROOT / "tools" / "async_to_sync.py"
@@ -54,6 +56,7 @@ def _pairs() -> list[tuple[type, type]]:
         (MemoryServerStore, AsyncMemoryServerStore),
         (hvcore.ShardTransaction, hvcore.AsyncShardTransaction),
         (PostgresTransaction, AsyncPostgresTransaction),
+        (ReadRouter, AsyncReadRouter),
     ]
     try:
         from hvplugin_redis import AsyncRedisSequence, RedisSequence

@@ -54,6 +54,7 @@ PAIRS: list[tuple[str, str]] = [
     ("plugins/hvplugin_redis/_asequence.py", "plugins/hvplugin_redis/_sequence.py"),
     ("hvcore/_atransaction.py", "hvcore/_transaction.py"),
     ("backends/hvbackend_postgres/_atransaction.py", "backends/hvbackend_postgres/_transaction.py"),
+    ("hvcore/_areadrouter.py", "hvcore/_readrouter.py"),
 ]
 
 # async name -> sync name, for identifiers, attributes, imported names and module paths, and words in text
@@ -76,6 +77,8 @@ NAMES: dict[str, str] = {
     "AsyncPostgresTransaction": "PostgresTransaction",
     "_atransaction": "_transaction",
     "alease_worker": "lease_worker",
+    "AsyncReadRouter": "ReadRouter",
+    "_areadrouter": "_readrouter",
     "_adatastore": "_datastore",
     "_astore": "_store",
     "_asequence": "_sequence",

@@ -31,7 +31,14 @@ from hvcore._backend import BackendOptions, QuerySpec, Record, check_body, check
 from hvcore._config import libpq_settings, redact_conninfo
 from hvcore._key import Key
 from hvcore._row import Row
-from hvcore.errors import ConfigError, DuplicateKey, NotProvisioned, PoolTimeout, ServerUnavailable
+from hvcore.errors import (
+    ConfigError,
+    DuplicateKey,
+    NotProvisioned,
+    PoolTimeout,
+    ServerUnavailable,
+    WriteOutcomeUnknown,
+)
 
 __all__ = [
     "ADVISORY_LOCK",
@@ -395,6 +402,21 @@ class StoreCore:
 
     def _duplicate(self, shard_id: int, key: Key) -> DuplicateKey:
         return DuplicateKey(f"key {int(key)} already exists in shard {shard_id} on {self._label}")
+
+    def _outcome_unknown(self, xid: int | None, keys: Sequence[Key], why: str) -> WriteOutcomeUnknown:
+        shown = ", ".join(str(int(k)) for k in keys[:3]) + (" ..." if len(keys) > 3 else "")
+        which = f"its transaction {xid}" if xid is not None else "it"
+        return WriteOutcomeUnknown(
+            f"a write to {self._label} lost its connection and whether {which} committed is not known: {why}. "
+            f"Its keys ({shown}) hold this write's rows or none, never another writer's; read them to know",
+            keys=tuple(int(k) for k in keys),
+        )
+
+    def _taken_sql(self, shard_id: int) -> sql.Composed:
+        """The keys of a list (``%s``: bigint[]) that a shard holds: which keys of a refused batch are taken."""
+        return sql.SQL("SELECT id FROM {}.{} WHERE id = ANY(%s::bigint[])").format(
+            sql.Identifier(shard_schema(shard_id)), sql.Identifier(TABLE)
+        )
 
     def _duplicate_batch(self, shard_id: int, count: int) -> DuplicateKey:
         return DuplicateKey(f"a key of this batch of {count} already exists in shard {shard_id} on {self._label}")

@@ -19,6 +19,7 @@ import psycopg
 import pytest
 from fixtures.faults import FaultServers
 from fixtures.pgbouncer import PgBouncerSet
+from fixtures.pgreplica import ReplicaPair
 from fixtures.pgservers import PgCluster
 
 import hvcore
@@ -301,3 +302,27 @@ def test_a_task_cancelled_mid_statement_rolls_its_transaction_back(db: hvcore.Da
     asyncio.run(scenario())
     assert db.get(seen["key"]) is None
     assert db.get(seen["after"]) is not None
+
+
+def test_a_committed_transaction_counts_as_a_write_for_read_your_writes(pg_replica_pair: ReplicaPair) -> None:
+    """With read replicas, reads after a transaction's commit go to the primary until the standby replayed it."""
+    pair = pg_replica_pair
+    standby = pair.standby_settings
+    servers = [dict(shards="0-4", **pair.primary_settings, replicas=[dict(host=standby["host"], port=standby["port"])])]
+    with hvcore.Datastore(servers, backend="jsonb", read_from="replica", max_replica_lag=60) as db:
+        db.provision()
+        pair.wait_replayed()
+        assert db._router is not None
+        db._router.interval = 3600.0  # positions read by refresh_replicas() only
+        db.refresh_replicas()
+        pair.pause_replay()
+        try:
+            with db.transaction(1) as tx:
+                key = tx.put(1, v="in a transaction")
+            with db.transaction(1, read_only=True) as tx:  # reads only: nothing to wait for
+                assert tx.get(key) is not None  # a transaction reads on the primary, always
+            db.refresh_replicas()
+            assert db.get(key) is not None  # the primary: the standby has not replayed the commit
+            assert db.get(key, read_from="replica") is not None
+        finally:
+            pair.resume_replay()
