@@ -16,12 +16,14 @@ import enum
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, suppress
 from contextvars import ContextVar
+from time import perf_counter
 from typing import Any, TypeVar
 
 from hvcore._acompat import to_thread
 from hvcore._backend import QuerySpec, Record, StoreTransaction, SupportsTransactions
 from hvcore._facade import PUT_ATTEMPTS, too_many_duplicates
 from hvcore._key import Key
+from hvcore._metrics import metrics
 from hvcore._schemadefs import FieldFilter, IndexSpec, bind_filters, check_kind, split_ranges
 from hvcore._show import show_value
 from hvcore.errors import ConfigError, HypervaultError, InvalidKey, ShardMoved, TransactionError
@@ -347,6 +349,7 @@ def open_transaction(
 @contextmanager
 def _begin(db: Datastore, store: Any, shard_id: int, level: str | None, read_only: bool) -> Iterator[ShardTransaction]:
     tx: ShardTransaction | None = None
+    started = perf_counter() if metrics.on else None  # the whole transaction is one operation, "transaction"
     try:
         with store.transaction(shard_id, isolation_level=level, read_only=read_only) as backend_tx:
             tx = ShardTransaction(db, store, backend_tx, shard_id, level, read_only)
@@ -357,10 +360,14 @@ def _begin(db: Datastore, store: Any, shard_id: int, level: str | None, read_onl
                     raise tx._aborted_error("commit")
             finally:
                 _OPEN.set(tuple(t for t in _OPEN.get() if t is not tx))
-    except BaseException:
+    except BaseException as exc:
         if tx is not None:
             tx._state = "rolled back"
+        if started is not None:
+            metrics.operation("transaction", store, perf_counter() - started, exc)
         raise
+    if started is not None:
+        metrics.operation("transaction", store, perf_counter() - started)
     if tx is not None:
         tx._state = "committed"
         if tx._wrote:  # reads on standbys wait for this commit in the current timeline, as after any write
