@@ -18,11 +18,13 @@ from hvcore.errors import ConfigError, ShardMapError
 
 __all__ = [
     "LIBPQ_ALIASES",
+    "PGBOUNCER_MODES",
     "DatastoreConfig",
     "ServerSettings",
     "libpq_settings",
     "load_config",
     "parse_layout",
+    "pgbouncer_mode",
     "redact",
     "server_endpoint",
 ]
@@ -155,13 +157,33 @@ def _masked_inputs(conninfo: str, keywords: Mapping[str, Any]) -> tuple[str, dic
     return redact_conninfo(conninfo), {k: ("***" if k == "password" else v) for k, v in keywords.items()}
 
 
-def libpq_settings(settings: Mapping[str, Any], *, ignore: Sequence[str] = ("shards", "replicas")) -> ServerSettings:
+PGBOUNCER_MODES = ("auto", "transaction", "session", "off")
+"""The ``pgbouncer`` setting of a server entry: how the PostgreSQL stores treat a pooler between them and the server.
+
+``"transaction"``: a pooler in transaction mode (PgBouncer ``pool_mode = transaction``), so each transaction may
+run on another server session: no prepared statements, ``SET LOCAL`` only; ``"session"``: a pooler in session mode
+(behaves like a direct connection); ``"off"``: a direct connection; ``"auto"`` (the default): detected on the first
+connection (see README "Behind PgBouncer")."""
+SERVER_OPTIONS = ("shards", "pgbouncer", "replicas")
+"""The names of a server entry that are hypervault's own, not libpq connection settings."""
+
+
+def pgbouncer_mode(settings: Mapping[str, Any]) -> str:
+    """The ``pgbouncer`` setting of one server entry (default ``"auto"``); `ConfigError` naming the choices if bad."""
+    value = settings.get("pgbouncer", "auto")
+    if not isinstance(value, str) or value not in PGBOUNCER_MODES:
+        choices = ", ".join(repr(mode) for mode in PGBOUNCER_MODES)
+        raise ConfigError(f"pgbouncer must be one of {choices} (the pooler's pool_mode), got {show_value(value)}")
+    return value
+
+
+def libpq_settings(settings: Mapping[str, Any], *, ignore: Sequence[str] = SERVER_OPTIONS) -> ServerSettings:
     """Check one server's connection settings the way libpq will read them, without connecting.
 
     ``settings`` are libpq keywords (``host``, ``port``, ``dbname``, ``user``, ``password``, ``sslmode``...) and/or
     a ``conninfo`` string or URL; psycopg2's spellings ``database`` (for ``dbname``) and ``dsn`` (for
-    ``conninfo``) are accepted too (`LIBPQ_ALIASES`); names in ``ignore`` are left out (a server entry's
-    ``shards`` and ``replicas``). Raises `ConfigError`,
+    ``conninfo``) are accepted too (`LIBPQ_ALIASES`); names in ``ignore`` (hypervault's own ``shards``,
+    ``replicas`` and ``pgbouncer``, whose value is checked: `pgbouncer_mode`) are left out. Raises `ConfigError`,
     never showing the password, for: both spellings of one setting with different values; a ``conninfo`` that is
     not a string; a name libpq does not know; a string or URL libpq cannot parse (a bad percent-encoding...);
     values libpq would refuse when connecting (``sslmode="bogus"``, ``port="abc"``, a bad ``target_session_attrs``,
@@ -175,6 +197,8 @@ def libpq_settings(settings: Mapping[str, Any], *, ignore: Sequence[str] = ("sha
     libpq parses them (integers). psycopg is imported here, not by the package: without it only the aliases and
     types are checked.
     """
+    if "pgbouncer" in settings:
+        pgbouncer_mode(settings)  # hypervault's own setting: checked here too, so every backend refuses a bad one
     raw = {k: v for k, v in settings.items() if k not in ignore}
     for name in raw:
         if not isinstance(name, str):
@@ -347,6 +371,12 @@ class DatastoreConfig:
                 f"logger must be a logging.Logger (or LoggerAdapter) or None, got {show_value(self.logger)}"
             )
         problems += _values_problems(self.values, self.backend)
+        for index, server in enumerate(self.servers):
+            if isinstance(server, Mapping) and "pgbouncer" in server:
+                try:
+                    pgbouncer_mode(server)
+                except ConfigError as exc:
+                    problems.append(f"servers[{index}]: {exc}")
         if not isinstance(self.log_values, bool):
             problems.append(f"log_values must be True or False, got {show_value(self.log_values)}")
         if self.sequence is not None and (not isinstance(self.sequence, str) or "://" not in self.sequence):

@@ -84,7 +84,11 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
     unique by construction across processes and hosts sharing shards: ``"lease"`` (or a dict of lease options:
     ``bits``, ``namespace``, ``ttl``, ``acquire_timeout``) leases a free worker number from the first server for
     the store's lifetime; a `WorkerSlice` is a fixed one; None (the default) uses the in-process sequence with a
-    random start per millisecond (docs/keys.md has the guarantees and figures of each).
+    random start per millisecond (docs/keys.md has the guarantees and figures of each). ``coalesce_reads`` (default
+    True) merges ``get()`` calls that overlap on one server into one batch read, ``coalesce_writes`` (default True)
+    merges overlapping ``put()`` calls of a shard into multi-row INSERTs (a backend that has ``insert_group``), each
+    call keeping its own result or error (``hvcore._coalesce``); a lone call goes straight through. On `Datastore`
+    the calls merged are those of threads that would otherwise wait for a pooled connection.
 
     Read replicas: a server entry may list its standbys, ``replicas=[dict(host=..., port=...)]`` (each inherits
     the server's other settings). ``read_from="replica"`` sends `get`, `get_many` and `query` to a standby whose
@@ -121,6 +125,8 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         read_from: str = "primary",
         max_replica_lag: float = 1.0,
         read_your_writes: bool = True,
+        coalesce_reads: bool = True,
+        coalesce_writes: bool = True,
     ) -> None:
         self._configure(
             connections,
@@ -166,6 +172,13 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         self._lock = Lock()
         self._retired: list[ServerStore] = []  # closed stores whose borrowed connections have not come back yet
         self._index_catalog = _schemaops.IndexCatalog()  # index definitions, for where/range filters
+        for name, flag in (("coalesce_reads", coalesce_reads), ("coalesce_writes", coalesce_writes)):
+            if not isinstance(flag, bool):
+                raise ConfigError(f"{name} must be True or False, got {flag!r}")
+        self._coalesce_reads = coalesce_reads
+        self._coalesce_writes = coalesce_writes
+        self._readers: dict[int, Any] = {}  # id(store) -> its ReadCoalescer (hvcore._coalesce), made on first get
+        self._writers: dict[int, Any] = {}  # id(store) -> its WriteCoalescer, made on first put
         self._open_stores()
         self._ensure_generator()
         _live_stores.add(self)
@@ -213,6 +226,8 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         with self._lock:
             stores, self._stores = (self._stores, [])
             self._closed = True
+            self._readers = {}
+            self._writers = {}
         for store in stores:
             store.close()
         if self._router is not None:
@@ -247,6 +262,8 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
 
     def _after_fork_in_child(self) -> None:
         self._lock = Lock()
+        self._readers = {}
+        self._writers = {}
         for store in (*self._stores, *self._retired):
             store.after_fork_in_child()
         self._retired = []
@@ -343,10 +360,14 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         for _ in range(PUT_ATTEMPTS):
             key = self._next_key(shard_id)
             try:
-                if metrics.on:
-                    self._observed("put", store, store.insert, shard_id, key, kind, data)
+                if self._coalesce_writes and hasattr(store, "insert_group"):  # overlapping puts: multi-row INSERTs
+                    insert = self._writer(store).insert
                 else:
-                    store.insert(shard_id, key, kind, data)
+                    insert = store.insert
+                if metrics.on:
+                    self._observed("put", store, insert, shard_id, key, kind, data)
+                else:
+                    insert(shard_id, key, kind, data)
             except DuplicateKey:  # another writer holds the key: a fresh one, never an overwrite or a success
                 self._count_collisions(shard_id, 1)
                 self._log_duplicate(shard_id, key)
@@ -424,7 +445,38 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
                     self._router.failed(index, choice, exc)
         elif read_from is not None:
             check_read_from(read_from)
+        if self._coalesce_reads:  # overlapping calls share one batch read per server (hvcore._coalesce)
+            found: Record | None = self._on_shard(shard, lambda store: self._reader(store).get(shard, key), "get")
+            return found
         return self._on_shard(shard, lambda store: store.fetch(shard, key), "get")
+
+    def _writer(self, store: ServerStore) -> Any:
+        """The write coalescer of ``store`` (made on first use; one per store, dropped with the stores).
+
+        A `WriteCoalescer` on asyncio, a `ThreadWriteCoalescer` for `Datastore` (hvcore._coalesce).
+        """
+        writer = self._writers.get(id(store))
+        if writer is None or writer.owner is not store:
+            from hvcore import _coalesce
+
+            group, limit = (cast(Any, store).insert_group, self._options.pool_max)
+            writer = _coalesce.ThreadWriteCoalescer(store.insert, group, store.fetch_many, limit, owner=store)
+            self._writers[id(store)] = writer
+        return writer
+
+    def _reader(self, store: ServerStore) -> Any:
+        """The read coalescer of ``store`` (made on first use; one per store, dropped with the stores).
+
+        A `ReadCoalescer` on asyncio, a `ThreadReadCoalescer` for `Datastore` (hvcore._coalesce).
+        """
+        reader = self._readers.get(id(store))
+        if reader is None or reader.owner is not store:
+            from hvcore import _coalesce
+
+            limit = self._options.pool_max
+            reader = _coalesce.ThreadReadCoalescer(store.fetch, store.fetch_many, limit, owner=store)
+            self._readers[id(store)] = reader
+        return reader
 
     def get_many(self, keys: Iterable[Key | int], *, read_from: str | None = None) -> dict[Key, Record]:
         """Records of many keys: one round trip per server, servers read concurrently; missing keys left out.
@@ -440,18 +492,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         for _ in range(MAX_HOPS):
             stores = self._live()
             try:
-                if len(by_server) <= 1:
-                    records = [
-                        r
-                        for index, items in by_server.items()
-                        for r in self._observed("get_many", stores[index], stores[index].fetch_many, items)
-                    ]
-                else:
-                    spawned = [
-                        spawn(self._observed, "get_many", stores[index], stores[index].fetch_many, items)
-                        for index, items in by_server.items()
-                    ]
-                    records = [r for batch in gather(*spawned) for r in batch]
+                records = self._fetch_by_server(stores, by_server)
             except ShardMoved as moved:
                 self._follow(moved)
                 by_server = self._group_keys([key for items in by_server.values() for _, key in items])
@@ -546,6 +587,35 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         if self._router is not None:
             self._live()
             self._router.refresh()
+
+    def _fetch_by_server(
+        self, stores: list[ServerStore], by_server: Mapping[int, Sequence[tuple[int, Key]]]
+    ) -> list[Record]:
+        """Each server's (shard, key) pairs read by its ``fetch_many``, the servers' round trips overlapping.
+
+        The first server is read by the calling task or thread while the others run in spawned ones: measured by
+        benchmarks/bench_concurrency.py (1000 keys, 64 shards, 2 servers, on 2 busy cores) this beat a thread per
+        server and reading the servers in turn (docs/benchmarks.md). The first failure is raised; reads already
+        spawned finish on their own and return their connections.
+        """
+        order = list(by_server.items())
+        if not order:
+            return []
+
+        def read(index: int, items: Sequence[tuple[int, Key]]) -> list[Record]:
+            store = stores[index]
+            if metrics.on:
+                return list(self._observed("get_many", store, store.fetch_many, items))
+            return list(store.fetch_many(items))
+
+        spawned = [spawn(read, index, items) for index, items in order[1:]]
+        try:
+            found = read(*order[0])
+        except BaseException:
+            raise
+        for records in gather(*spawned):
+            found.extend(records)
+        return found
 
     def update(self, key: Key | int, /, **data: Any) -> bool:
         """Merge ``data`` into the stored body; False if the key is not stored."""
@@ -902,6 +972,15 @@ def _from_replica(
         stream.close()
 
 
+def _first(stream: Iterator[Record]) -> Record | BaseException | None:
+    """The first record of ``stream`` (None if empty), or the exception getting it raised (to re-raise once every
+    stream's first step is over: none of them may still be running when the streams are closed)."""
+    try:
+        return next(stream, None)
+    except BaseException as exc:  # re-raised by _merge
+        return exc
+
+
 def _merge(streams: list[Iterator[Record]], limit: int | None) -> Generator[Record, None, None]:
     """Merge key-ordered streams lazily (a heap of each stream's next record), at most ``limit`` records."""
     try:
@@ -915,9 +994,13 @@ def _merge(streams: list[Iterator[Record]], limit: int | None) -> Generator[Reco
                         break
             return
         heap: list[tuple[int, int, Record]] = []
-        for index, stream in enumerate(streams):
-            first = next(stream, None)
-            if first is not None:
+        # each server's first round trip (a pipeline of every piece of its shards) runs concurrently with the others'
+        firsts = gather(*(spawn(_first, stream) for stream in streams))
+        failed = next((outcome for outcome in firsts if isinstance(outcome, BaseException)), None)
+        if failed is not None:
+            raise failed
+        for index, first in enumerate(firsts):
+            if isinstance(first, Record):
                 heap.append((int(first.key), index, first))
         heapq.heapify(heap)
         emitted = 0
@@ -931,7 +1014,13 @@ def _merge(streams: list[Iterator[Record]], limit: int | None) -> Generator[Reco
             else:
                 heapq.heapreplace(heap, (int(following.key), index, following))
     finally:
-        for stream in streams:
+        interrupted: BaseException | None = None
+        for stream in streams:  # every stream is closed (returning its connection) even if one close is interrupted
             close = getattr(stream, "close", None)
             if close is not None:
-                close()
+                try:
+                    close()
+                except BaseException as exc:
+                    interrupted = interrupted or exc
+        if interrupted is not None:
+            raise interrupted

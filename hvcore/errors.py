@@ -23,6 +23,7 @@
     ├── PoolTimeout (TimeoutError)          no connection free within ``pool_block_timeout``
     ├── ServerUnavailable (OSError)         a server cannot be reached (named without its password)
     │   └── WriteOutcomeUnknown             a write's connection was lost and the server cannot tell yet if it committed
+    ├── ServerLimitReached (RuntimeError)   a healthy server refused a statement at one of its limits
     ├── NotProvisioned (RuntimeError)       schemas or extensions missing: run ``hv init``
     ├── DuplicateKey (RuntimeError)         a key already stored (retried with a fresh key by ``put``)
     ├── DuplicateValue (ValueError)         a body value a unique index of the shard already holds
@@ -57,6 +58,7 @@ __all__ = [
     "PluginError",
     "PoolTimeout",
     "SequenceUnavailable",
+    "ServerLimitReached",
     "ServerUnavailable",
     "ShardMapError",
     "ShardMoved",
@@ -220,6 +222,24 @@ class ServerUnavailable(HypervaultError, OSError):
     """A server could not be reached or refused the connection."""
 
     __module__ = "hvcore"
+
+
+class ServerLimitReached(HypervaultError, RuntimeError):
+    """A healthy server refused a statement at one of PostgreSQL's limits; the server itself is fine.
+
+    ``limit`` names it: ``"max_locks_per_transaction"`` (the shared lock table is full: "out of shared memory"),
+    ``"max_stack_depth"`` (a statement too deeply nested), ``"bind parameters"`` (more than 65,535 values in one
+    statement) or ``"statement size"`` (a statement or value over PostgreSQL's 1 GB). The message says what to do.
+    hypervault's own multi-shard statements stay far below these limits (see docs/fanout.md); this error comes
+    from raw ``cursor()`` statements, or from other sessions filling the server's shared lock table.
+    """
+
+    __module__ = "hvcore"
+
+    def __init__(self, message: str, *, limit: str, server: str | None = None) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.server = server
 
 
 class NotProvisioned(HypervaultError, RuntimeError):

@@ -31,6 +31,7 @@ __all__ = [
     "UNKNOWN",
     "XID_RETURNING",
     "CommitCounters",
+    "returned_ids",
     "returned_xid",
     "returning_xid",
 ]
@@ -67,6 +68,14 @@ def returned_xid(box: list[Any]) -> tuple[int | None, int]:
             value = result.get_value(0, result.nfields - 1)
             return (int(value) if value is not None else None), result.ntuples
     return None, 0
+
+
+def returned_ids(box: list[Any]) -> set[int]:
+    """The ids (first column) of the rows a write statement returned, as received (`returned_xid`'s ``box``)."""
+    for result in box:
+        if result.status == pq.ExecStatus.TUPLES_OK:
+            return {int(result.get_value(i, 0)) for i in range(result.ntuples)}
+    return set()
 
 
 class CommitCounters:

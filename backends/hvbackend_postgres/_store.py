@@ -5,11 +5,13 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import heapq
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import psycopg
 import psycopg_pool
@@ -22,6 +24,18 @@ from psycopg.types.hstore import register_hstore
 from psycopg.types.json import set_json_dumps, set_json_loads
 from psycopg.types.numeric import Int8BinaryDumper, Int8Dumper
 
+from hvbackend_postgres._bouncer import (
+    BACKEND_PID_SQL,
+    DETECT_ROUNDS,
+    DETECT_TIMEOUT,
+    POOLER_HINT_SQL,
+    RESET_SQL,
+    SEARCH_PATH_LOCAL_SQL,
+    client_endpoint,
+    pooler_possible,
+    pooling_from_pids,
+    transaction_mode_kwargs,
+)
 from hvbackend_postgres._citus import (
     CITUS_COORDINATOR_SQL,
     CITUS_EXTENSION_SQL,
@@ -42,16 +56,17 @@ from hvbackend_postgres._commit import (
     UNKNOWN,
     XID_RETURNING,
     CommitCounters,
+    returned_ids,
     returned_xid,
     returning_xid,
 )
 from hvbackend_postgres._common import (
     ADVISORY_LOCK,
     BACKEND_CHECK_SQL,
-    COUNT_BATCH,
     HSTORE_SCHEMA_SQL,
     PROVISION_BATCH,
     PROVISION_WORKERS,
+    QUERY_FETCH_FIRST,
     SEARCH_PATH_SQL,
     StoreCore,
     bounded_connection_class,
@@ -63,12 +78,14 @@ from hvbackend_postgres._common import (
     query_fetch_sizes,
     query_records,
 )
+from hvbackend_postgres._fanout import PIPELINE_PIECES, QueryPiece, configure_preparation, prepare_hot, shard_pieces
 from hvbackend_postgres._indexes import PostgresIndexes, unique_violation
 from hvbackend_postgres._lease import PostgresWorkerLease, lease_worker
 from hvbackend_postgres._legacy import LEGACY_SQL, layout_problem, legacy_signs, legacy_table_error, max_id_query
 from hvbackend_postgres._migrate import PostgresMigrator, new_shard_ddl
 from hvbackend_postgres._move import PostgresMover
 from hvbackend_postgres._onetrip import PIPELINE, PreparedNames, dollar_params, error_in, until_sync
+from hvbackend_postgres._poolguard import signal_safe_getconn
 from hvbackend_postgres._replica import WAL_POSITION_SQL, wal_position_of
 from hvbackend_postgres._schema import (
     TABLE,
@@ -82,6 +99,7 @@ from hvbackend_postgres._schema import (
 from hvbackend_postgres._transaction import PostgresTransaction, postgres_transaction
 from hvcore._acompat import Lock, gather, sleep, spawn, to_thread
 from hvcore._backend import BackendOptions, ProvisionReport, QuerySpec, Record
+from hvcore._config import pgbouncer_mode
 from hvcore._key import Key
 from hvcore._metrics import metrics
 from hvcore.errors import ConnectionMisuse, DuplicateKey, ServerUnavailable
@@ -135,6 +153,10 @@ class _Pool(psycopg_pool.ConnectionPool[Conn]):
         self.last_error = None
         return conn
 
+    def _getconn_unchecked(self, timeout: float) -> Conn:
+        """psycopg_pool's wait for a connection, safe from exceptions raised by signal handlers (`_poolguard`)."""
+        return cast(Conn, signal_safe_getconn(self, timeout))
+
 
 class PostgresServerStore(StoreCore):
     """One PostgreSQL server as the `Datastore` sees it: a pool, the shards' schemas, hstore or jsonb bodies.
@@ -143,7 +165,8 @@ class PostgresServerStore(StoreCore):
     ...) and/or a ``conninfo`` string; ``backend`` is ``"hstore"`` (text to text) or ``"jsonb"`` (JSON types).
     `PostgresServerStore` awaits every round trip on the caller's event loop (a full pool or a slow server
     makes the waiting task wait, never the loop; the pool belongs to the loop that first used the store);
-    `PostgresServerStore` is its thread-safe sync form.
+    `PostgresServerStore` is its thread-safe sync form. ``settings["pgbouncer"]`` says whether a pooler stands in
+    front of the server (``"auto"``, ``"transaction"``, ``"session"``, ``"off"``; see ``_bouncer``).
     """
 
     __module__ = "hvbackend_postgres"
@@ -161,6 +184,10 @@ class PostgresServerStore(StoreCore):
         self._prepared = PreparedNames()  # our write statements each pooled connection has prepared (_onetrip)
         self._dollar: dict[str, bytes] = {}  # write statements with $n placeholders
         self._write_sql: dict[tuple[int, bool | None, str | None], str] = {}  # update (merge) and delete (None)
+        self.pgbouncer = pgbouncer_mode(settings)  # as configured; `pooling` is what it resolved to
+        self.pooling: str | None = None if self.pgbouncer == "auto" else self.pgbouncer
+        self._detect_lock = Lock()
+        self._returning = 0  # connections on their way back to the pool (shielded from cancellation)
 
     # -- identity --------------------------------------------------------------------------------------------
 
@@ -175,8 +202,48 @@ class PostgresServerStore(StoreCore):
         conn.adapters.register_dumper(Key, Int8BinaryDumper)
         set_json_loads(load_json, conn)
         set_json_dumps(dump_json, conn)
+        configure_preparation(conn)  # room for every shard's point statements, prepared (_fanout)
         if self._cursor_factory is not None:
             conn.cursor_factory = self._cursor_factory
+        if self.pooling is None:
+            with self._detect_lock:
+                if self.pooling is None:
+                    self.pooling = self._detect_pooling(conn)
+        if self.pooling == "transaction":
+            conn.prepare_threshold = None  # prepared statements stay with a server session (see _bouncer)
+
+    def _detect_pooling(self, conn: Conn) -> str:
+        """``pgbouncer="auto"``: "off", "session" or "transaction", from this new connection (see ``_bouncer``)."""
+        started = time.perf_counter()
+        try:
+            row = conn.execute(POOLER_HINT_SQL, prepare=False).fetchone()
+            host, port = client_endpoint(conn.pgconn)
+            if not pooler_possible(host, port, row[0] if row else None):
+                mode = "off"
+            else:
+                probe = bounded_connection_class(DETECT_TIMEOUT).connect(
+                    self._conninfo, **transaction_mode_kwargs({**self._kwargs, "autocommit": True})
+                )
+                try:
+                    own: list[int] = []
+                    other: list[int] = []
+                    for _ in range(DETECT_ROUNDS):
+                        for pids, client in ((own, conn), (other, probe)):
+                            pid_row = client.execute(BACKEND_PID_SQL, prepare=False).fetchone()
+                            pids.append(int(pid_row[0]) if pid_row else -1)
+                finally:
+                    probe.close()
+                mode = pooling_from_pids(own, other)
+        except psycopg.Error as exc:
+            self._log("pgbouncer='auto': probe of %s failed (%s): assuming transaction pooling", self._label, exc)
+            return "transaction"
+        self._log(
+            "pgbouncer='auto': %s is %s (%.1f ms)",
+            self._label,
+            {"off": "a direct connection", "session": "direct or session pooling"}.get(mode, "transaction pooling"),
+            (time.perf_counter() - started) * 1000,
+        )
+        return mode
 
     def _new_pool(self) -> _Pool:
         pool = _Pool(
@@ -216,6 +283,8 @@ class PostgresServerStore(StoreCore):
         self._lent = 0
         self._lock = threading.Lock()
         self._pool_lock = Lock()
+        self._detect_lock = Lock()
+        self._returning = 0
 
     # -- connections -----------------------------------------------------------------------------------------
 
@@ -278,34 +347,70 @@ class PostgresServerStore(StoreCore):
                 if self._pool is None or self._pool is pool:
                     raise ServerUnavailable(f"the pool of {self._label} is closed") from None
                 continue  # replaced by a fresh pool meanwhile
-            if self._healthy(conn):
+            try:
+                healthy = self._healthy(conn)
+            except BaseException:  # interrupted (cancelled, a signal) during the round trip: state unknown
+                self._give_back(conn, pool, discard=True)
+                raise
+            if healthy:
                 if metrics.on:
                     metrics.connection_wait(self._label, time.monotonic() - deadline + self._options.pool_block_timeout)
                 with self._lock:
                     self._lent += 1
                 return (conn, pool)
             self._log("discarding a dead connection to %s", self._label)
-            conn.close()
-            pool.putconn(conn)
+            self._give_back(conn, pool, discard=True)
 
     def _checkin(self, conn: Conn, pool: _Pool) -> None:
+        """Give a connection back; a return cannot be cancelled half-way (a half-done return loses the slot)."""
         with self._lock:
             self._lent -= 1
-        pool.putconn(conn)
+        self._give_back(conn, pool)
+
+    def _give_back(self, conn: Conn, pool: _Pool, *, discard: bool = False) -> None:
+        """Return ``conn`` to ``pool``, closing it first if it is in an unknown state: the pool then replaces it.
+
+        Every caller's own work is done or rolled back by now, so a connection that is not idle in autocommit (a
+        statement, a transaction or a half-restored state left behind by an interruption) cannot be trusted: it is
+        closed, never reused. On asyncio the
+        return runs to its end even if the caller is cancelled meanwhile.
+        """
+        self._return_to_pool(conn, pool, discard)
+
+    def _return_to_pool(self, conn: Conn, pool: _Pool, discard: bool) -> None:
+        self._returning += 1
+        try:
+            idle = conn.autocommit and conn.pgconn.transaction_status == pq.TransactionStatus.IDLE
+            if not conn.closed and (discard or not idle):
+                conn.close()
+            pool.putconn(conn)
+        finally:
+            self._returning -= 1
 
     def get_connection(self, shard_id: int) -> Conn:
         """Borrow a connection (transactional, rows as dicts by default) whose search path is the shard's schema."""
         path, schema = self._search_path(shard_id)
         conn, pool = self._checkout()
         try:
-            cur = conn.execute(SEARCH_PATH_SQL, (path.as_string(conn), schema))
+            if self.pooling == "transaction":  # one transaction, bound to the shard by SET LOCAL (see _bouncer)
+                conn.set_autocommit(False)
+                cur = conn.execute(SEARCH_PATH_LOCAL_SQL, (path.as_string(conn), schema))
+            else:
+                cur = conn.execute(SEARCH_PATH_SQL, (path.as_string(conn), schema))
             row = cur.fetchone()
             if not row or not row[1]:
                 raise self._shard_missing(shard_id)
-            conn.set_autocommit(False)
+            if conn.autocommit:
+                conn.set_autocommit(False)
             conn.row_factory = self._user_row_factory
         except BaseException as exc:
-            self._checkin(conn, pool)
+            try:
+                if not conn.closed and conn.pgconn.transaction_status == pq.TransactionStatus.INTRANS:
+                    with contextlib.suppress(psycopg.Error):
+                        conn.rollback()
+                        conn.set_autocommit(True)
+            finally:
+                self._checkin(conn, pool)
             if isinstance(exc, psycopg.OperationalError):
                 raise self._unavailable(exc) from None
             raise
@@ -319,13 +424,19 @@ class PostgresServerStore(StoreCore):
         return entry is not None and entry[0] is conn
 
     def put_connection(self, conn: Any) -> None:
-        """Return a borrowed connection: an open transaction is rolled back, autocommit and tuple rows restored."""
+        """Return a borrowed connection: an open transaction is rolled back, the session reset (``RESET ALL``, role,
+        cursors, LISTEN, advisory locks, temporary tables: ``_bouncer.RESET_SQL``), autocommit and tuple rows
+        restored. A connection that cannot be brought back to that state is closed (the pool replaces it)."""
+        self._put_back(conn, session_reset=True)
+
+    def _put_back(self, conn: Any, *, session_reset: bool) -> None:
         with self._lock:
             entry = self._borrowed.get(id(conn))
             if entry is None or entry[0] is not conn:
                 raise ConnectionMisuse(f"{conn!r} is not borrowed from {self._label} (returned twice?)")
             del self._borrowed[id(conn)]
         pool = entry[1]
+        clean = False
         try:
             if not conn.closed:
                 status = conn.pgconn.transaction_status
@@ -334,20 +445,44 @@ class PostgresServerStore(StoreCore):
                 elif status == pq.TransactionStatus.ACTIVE:
                     conn.close()
                 if not conn.closed:
-                    conn.set_autocommit(True)
-                    conn.row_factory = tuple_row
+                    self._reset(conn, session_reset)
+                    clean = True
         except psycopg.Error:
-            conn.close()
+            pass
         finally:
+            if not clean and (not conn.closed):  # an error, or interrupted half-way: unknown state, never reused
+                conn.close()
             self._checkin(conn, pool)
+
+    def _reset(self, conn: Conn, session: bool) -> None:
+        """Undo what user code may have left on an idle connection (see ``_bouncer``): the session's state with one
+        round trip (``session``), then psycopg's attributes."""
+        conn.set_autocommit(True)
+        if session:
+            # behind a transaction-mode pooler this reaches whichever server session serves it: harmless, and it
+            # cleans what a committed SET left there (the pooler's own server_reset_query does not run in that mode)
+            conn.execute(RESET_SQL)
+        if conn.isolation_level is not None:
+            conn.set_isolation_level(None)
+        if conn.read_only is not None:
+            conn.set_read_only(None)
+        if conn.deferrable is not None:
+            conn.set_deferrable(None)
+        conn.prepare_threshold = None if self.pooling == "transaction" else 5
+        conn.row_factory = tuple_row
+        conn.cursor_factory = self._cursor_factory or psycopg.Cursor
 
     @contextmanager
     def cursor(self, shard_id: int) -> Iterator[psycopg.Cursor[Any]]:
         """A cursor in the shard's schema: commit on success, rollback on error, connection always returned."""
         conn = self.get_connection(shard_id)
+        session_reset = True
         try:
             with conn.cursor() as cur:
                 yield cur
+            if self.pooling == "transaction" and conn.pgconn.transaction_status == pq.TransactionStatus.INTRANS:
+                conn.execute(RESET_SQL)  # in the block's own transaction: what it SET ends with it
+                session_reset = False
             conn.commit()
         except BaseException:
             if not conn.closed:
@@ -355,7 +490,7 @@ class PostgresServerStore(StoreCore):
                     conn.rollback()
             raise
         finally:
-            self.put_connection(conn)
+            self._put_back(conn, session_reset=session_reset)
 
     def transaction(
         self, shard_id: int, *, isolation_level: str | None = None, read_only: bool = False
@@ -442,7 +577,7 @@ class PostgresServerStore(StoreCore):
         """
         conn, pool = self._checkout()
         try:
-            cur = conn.execute(query, params)
+            cur = conn.execute(query, params, prepare=prepare_hot(conn))
             return cur.fetchone() if cur.description is not None else None
         except psycopg.OperationalError as exc:
             if retried or not conn.closed:
@@ -619,6 +754,43 @@ class PostgresServerStore(StoreCore):
         except pg_errors.UniqueViolation as exc:  # the key, or a unique secondary index (_indexes)
             raise unique_violation(exc, shard_id, self._label) or self._duplicate(shard_id, key) from None
 
+    def insert_group(self, shard_id: int, rows: Sequence[tuple[Key, int, Mapping[str, Any]]]) -> set[int]:
+        """Store rows of one shard with one multi-row INSERT (autocommitted); the ids it stored.
+
+        ``ON CONFLICT DO NOTHING``: a row whose key or unique value is taken is left out, not an error; the caller
+        (``hvcore._coalesce.WriteCoalescer``, for overlapping ``put()`` calls) runs such a row alone with `insert`
+        to give it its own outcome. The statement returns its transaction id before it commits, as `insert` does
+        (`_write`): after a lost connection the server is asked whether it committed; committed → the ids
+        received; aborted or never started → an empty set (nothing stored: every row runs alone). Never retried
+        here.
+        """
+        statements = self._sql.get(shard_id) or self._shard_sql(shard_id)
+        query = self._group_insert_sql(statements, len(rows))
+        params = [value for key, kind, data in rows for value in self._insert_params(key, kind, data)]
+        keys = [row[0] for row in rows]
+        conn, pool = self._checkout()
+        box: list[pq.abc.PGresult] = []
+        try:
+            self._send_write(conn, query, params, box)
+            return returned_ids(box)
+        except psycopg.OperationalError as exc:
+            if not self._lost(conn, exc):
+                raise self._translate(exc, shard_id) from None
+            xid = returned_xid(box)[0]
+            self._give_up_waiting(conn, xid, keys)
+            conn.close()
+            self._log("connection to %s lost during a group write (%s): asking its commit status", self._label, exc)
+        except psycopg.Error as exc:
+            error = self._translate(exc, shard_id)
+            if error is exc:
+                raise
+            raise error from None
+        finally:
+            self._checkin(conn, pool)
+        if self._settle(shard_id, xid, keys) == COMMITTED:
+            return returned_ids(box)
+        return set()
+
     def fetch(self, shard_id: int, key: Key) -> Record | None:
         """The entity stored under ``key``, or None."""
         statements = self._sql.get(shard_id) or self._shard_sql(shard_id)
@@ -724,15 +896,47 @@ class PostgresServerStore(StoreCore):
         )
 
     def fetch_many(self, items: Sequence[tuple[int, Key]]) -> list[Record]:
-        """Records stored under these (shard, key) pairs, in one round trip; missing keys are left out."""
+        """Records stored under these (shard, key) pairs, in one round trip; missing keys are left out.
+
+        One statement per `SHARDS_PER_STATEMENT` shards (keys bound as one array per shard), all sent in one
+        pipeline, each in its own transaction: any number of keys and shards stays within the lock table
+        (see `_fanout`).
+        """
         if not items:
             return []
-        query, params, first_shard = self._fetch_many_sql(items, self._ext())
+        statements = self._fetch_many_statements(items, self._ext())
+        first_shard = items[0][0]
 
         def op(conn: Conn) -> list[tuple[Any, ...]]:
-            return list(conn.execute(query, params).fetchall())
+            return [row for rows in self._pieces(conn, statements) for row in rows]
 
         return self._records(items, self._with_conn(first_shard, op))
+
+    def _pieces(self, conn: Conn, statements: Sequence[tuple[Any, Sequence[Any]]]) -> list[list[Any]]:
+        """The rows of each statement, run in one round trip: a pipeline, each statement in a transaction of its own.
+
+        A single statement runs alone in autocommit (its own transaction too). With several, each is wrapped in
+        ``BEGIN``/``COMMIT`` so its locks are released before the next one plans (a pipeline without them is one
+        implicit transaction holding every lock to the end). An error rolls the open transaction back.
+        """
+        if len(statements) == 1:
+            query, params = statements[0]
+            return [list(conn.execute(query, params).fetchall())]
+        cursors: list[psycopg.Cursor[Any]] = []
+        try:
+            with conn.pipeline():
+                for query, params in statements:
+                    conn.execute("BEGIN")
+                    cursors.append(conn.cursor().execute(query, params))
+                    conn.execute("COMMIT")
+        except psycopg.Error:
+            if not conn.closed and conn.pgconn.transaction_status != pq.TransactionStatus.IDLE:
+                try:
+                    conn.rollback()
+                except psycopg.Error:
+                    conn.close()
+            raise
+        return [list(cur.fetchall()) for cur in cursors]
 
     def update(self, shard_id: int, key: Key, data: Mapping[str, Any], *, merge: bool) -> bool:
         """Merge ``data`` into the stored body (``||``), or replace it; False if the key is not stored.
@@ -759,14 +963,25 @@ class PostgresServerStore(StoreCore):
         return self._write(shard_id, query, (key,), (key,)) > 0
 
     def query(self, shard_ids: Sequence[int], spec: QuerySpec) -> Generator[Record, None, None]:
-        """Matching records of these shards in key order, streamed through a server-side cursor.
+        """Matching records of these shards in key order, streamed.
 
-        One connection is held while the stream is consumed; it goes back when the stream ends or is closed
-        (``close()``).
+        Up to `SHARDS_PER_STATEMENT` shards: one statement through a server-side cursor, one connection held
+        while the stream is consumed (it goes back when the stream ends or is closed with ``close()``). More
+        shards: `_query_pieces`.
         """
         if not shard_ids or spec.limit == 0:
             return
-        query, params = self._query_sql(shard_ids, spec, self._ext())
+        ext = self._ext()
+        pieces = self._query_pieces_of(shard_ids, spec, ext)
+        if len(pieces) > 1:
+            stream = self._query_pieces(pieces, spec, ext)
+            try:
+                for record in stream:
+                    yield record
+            finally:
+                stream.close()
+            return
+        query, params = self._query_sql(shard_ids, spec, ext)
         key_type = self._options.layout.key_type
         conn, pool = self._checkout()
         cur: psycopg.ServerCursor[tuple[Any, ...]] | None = None
@@ -777,7 +992,8 @@ class PostgresServerStore(StoreCore):
             cur.execute(query, params)
             for size in query_fetch_sizes(spec.limit):  # growing round trips (see QUERY_FETCH_FIRST)
                 rows = cur.fetchmany(size)  # the server may go away meanwhile
-                yield from query_records(rows, key_type)
+                for record in query_records(rows, key_type):
+                    yield record
                 if len(rows) < size:
                     break
         except psycopg.Error as exc:
@@ -786,15 +1002,79 @@ class PostgresServerStore(StoreCore):
                 raise
             raise error from None
         finally:
-            if not conn.closed:
-                try:
-                    conn.rollback()  # the cursor goes with the transaction: no CLOSE round trip
-                    conn.set_autocommit(True)
-                except psycopg.Error:
+            try:
+                if not conn.closed:
+                    try:
+                        conn.rollback()  # the cursor goes with the transaction: no CLOSE round trip
+                        conn.set_autocommit(True)
+                    except psycopg.Error:
+                        conn.close()
+            finally:  # even if interrupted above: then the connection is discarded (closing it sends nothing)
+                if not (conn.autocommit and conn.pgconn.transaction_status == pq.TransactionStatus.IDLE):
                     conn.close()
-            if cur is not None:
-                cur.close()  # client side only now (psycopg sends nothing for a cursor outside a transaction)
-            self._checkin(conn, pool)
+                try:
+                    if cur is not None:
+                        cur.close()  # client side only now: no round trip, nothing to interrupt
+                finally:
+                    self._checkin(conn, pool)
+
+    def _query_pieces(self, pieces: list[list[int]], spec: QuerySpec, ext: str | None) -> Generator[Record, None, None]:
+        """A query over more shards than one statement may lock: pages of each piece, merged in key order.
+
+        Each piece of shards (`_fanout.shard_pieces`) is read in pages by key (``id > last ORDER BY id LIMIT n``,
+        sizes from `query_fetch_sizes`, none past ``limit``), every page a statement in its own transaction; the
+        pages of all pieces that need one are sent in one pipeline (the first round trip asks every piece). No
+        connection or lock is held between round trips, however slowly the stream is consumed. The pieces are
+        merged with a heap of each piece's next key (as `heapq.merge` does), and ``limit`` stops the stream.
+        """
+        key_type = self._options.layout.key_type
+        states = [QueryPiece(shards, query_fetch_sizes(spec.limit)) for shards in pieces]
+        self._fill(states, spec, ext, key_type)
+        heap = [(int(p.rows[0].key), i) for i, p in enumerate(states) if p.rows]
+        heapq.heapify(heap)
+        emitted = 0
+        while heap:
+            index = heap[0][1]
+            piece = states[index]
+            yield piece.rows.popleft()
+            emitted += 1
+            if spec.limit is not None and emitted >= spec.limit:
+                return
+            if not piece.rows and (not piece.done):
+                low_water = [p for p in states if p is not piece and (not p.done) and (len(p.rows) < QUERY_FETCH_FIRST)]
+                self._fill([piece, *low_water[: PIPELINE_PIECES - 1]], spec, ext, key_type)
+            if piece.rows:
+                heapq.heapreplace(heap, (int(piece.rows[0].key), index))
+            else:
+                heapq.heappop(heap)
+
+    def _fill(self, states: Sequence[QueryPiece], spec: QuerySpec, ext: str | None, key_type: type[Key]) -> None:
+        """Read the next page of each piece in ``states``, in one pipeline (see `_pieces`)."""
+        statements: list[tuple[Any, Sequence[Any]]] = []
+        filled: list[tuple[QueryPiece, int]] = []
+        for piece in states:
+            size = next(piece.sizes, 0)
+            if size == 0:  # read as many rows as the limit allows already
+                piece.done = True
+                continue
+            low = spec.low if piece.last is None else max(spec.low or 0, piece.last + 1)
+            page = dataclasses.replace(spec, low=low, limit=size)
+            statements.append(self._query_sql(piece.shards, page, ext))
+            filled.append((piece, size))
+
+        def op(conn: Conn) -> list[list[Any]]:
+            return self._pieces(conn, statements)
+
+        if not statements:
+            return
+        pages = self._with_conn(states[0].shards[0], op)
+        for (piece, size), rows in zip(filled, pages, strict=True):
+            records = query_records(rows, key_type)
+            piece.rows.extend(records)
+            if records:
+                piece.last = int(records[-1].key)
+            if len(rows) < size:
+                piece.done = True
 
     # -- operations ------------------------------------------------------------------------------------------
 
@@ -883,7 +1163,8 @@ class PostgresServerStore(StoreCore):
         if old_tables:
             raise legacy_table_error(old_tables, self._label)
         if sample:
-            for shard, max_id in conn.execute(max_id_query(sample)).fetchall():
+            statements = [(max_id_query(piece), ()) for piece in shard_pieces(sample)]  # bounded locks (_fanout)
+            for shard, max_id in [row for rows in self._pieces(conn, statements) for row in rows]:
                 problem = layout_problem(shard, self._label, layout, max_id=max_id, next_id_epoch=None, now_ms=now_ms)
                 if problem is not None:
                     raise problem
@@ -948,10 +1229,11 @@ class PostgresServerStore(StoreCore):
         try:
             existing = self._existing(conn, shard_ids)
             shards = [s for s in shard_ids if TABLE in existing.get(s, (set(), None))[0]]
-            for i in range(0, len(shards), COUNT_BATCH):
-                cur = conn.execute(count_query(shards[i : i + COUNT_BATCH]))
-                for shard, count in cur.fetchall():
-                    counts[int(shard)] = int(count)
+            statements = [(count_query(piece), ()) for piece in shard_pieces(shards)]  # bounded locks (_fanout)
+            for i in range(0, len(statements), PIPELINE_PIECES):
+                for rows in self._pieces(conn, statements[i : i + PIPELINE_PIECES]):
+                    for shard, count in rows:
+                        counts[int(shard)] = int(count)
         except psycopg.OperationalError as exc:
             raise self._unavailable(exc) from None
         finally:
@@ -1004,6 +1286,13 @@ class PostgresServerStore(StoreCore):
         return wal_position_of(row)
 
     def stats(self) -> dict[str, Any]:
-        """Pool figures: pool_max, size, available, borrowed (lent by this store), waiting, connection errors."""
+        """Pool figures: pool_max, size, available, borrowed (lent by this store), waiting, connection errors;
+        ``replacing``: connections counted in ``size`` that are being opened, returned or replaced (``size`` =
+        ``available`` + ``borrowed`` + ``replacing``); ``pgbouncer``/``pooling``: the setting and what it resolved
+        to (None until the first connection when "auto")."""
         pool = self._pool
-        return {**self._stats(pool.get_stats() if pool is not None else {}), **self._commit_counters.as_dict()}
+        stats = self._stats(pool.get_stats() if pool is not None else {})
+        stats["replacing"] = max(0, stats["size"] - stats["available"] - stats["borrowed"])
+        stats["pgbouncer"] = self.pgbouncer
+        stats["pooling"] = self.pooling
+        return {**stats, **self._commit_counters.as_dict()}
