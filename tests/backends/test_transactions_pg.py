@@ -9,6 +9,7 @@ half-written, and a shard that moved is reported, never followed, inside a trans
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import threading
@@ -326,3 +327,22 @@ def test_a_committed_transaction_counts_as_a_write_for_read_your_writes(pg_repli
             assert db.get(key, read_from="replica") is not None
         finally:
             pair.resume_replay()
+
+
+@pytest.mark.parametrize("outcome", ["commit", "rollback"])
+def test_what_user_sql_leaves_in_the_session_is_reset_after_the_transaction(servers: Any, outcome: str) -> None:
+    """``tx.cursor()`` is user code: a session-level SET and an advisory lock taken there do not outlive the
+    transaction on the pooled connection (one connection: the next transaction gets the same session)."""
+    with hvcore.Datastore([dict(s) for s in servers], backend="jsonb", pool_max=1) as db:
+        with contextlib.suppress(ZeroDivisionError), db.transaction(3) as tx, tx.cursor() as cur:
+            cur.execute("SET statement_timeout = 4321")  # not LOCAL: it would stay with the session
+            cur.execute("SELECT pg_advisory_lock(4242)")
+            pid = cur.execute("SELECT pg_backend_pid()").fetchone()[0]
+            if outcome == "rollback":
+                _ = 1 / 0
+        with db.transaction(3) as tx, tx.cursor() as cur:
+            assert cur.execute("SELECT pg_backend_pid()").fetchone()[0] == pid  # the same session
+            assert cur.execute("SHOW statement_timeout").fetchone()[0] == "0"
+        with direct(servers[0]) as other:
+            held = other.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 4242")
+            assert held.fetchone() == (0,)
