@@ -1,8 +1,9 @@
 """The hypervault benchmark suite: every part in one run, on one machine and one set of servers, as ratios.
 
 Usage: ``python benchmarks/suite.py [--quick] [--parts keys,redis,datastore,batches,peers,scaling,citus,schema,
-concurrency] [--output DIR] [--json PATH] [--png PATH]``, from a source checkout (the benchmarks are not installed
-with the package; there is no ``hv bench``). A full run writes ``benchmarks/results/latest.{json,md,png}`` (the
+commit_status,concurrency] [--output DIR] [--json PATH] [--png PATH]``, from a source checkout (the benchmarks are
+not installed with the package; there is no ``hv bench``).
+A full run writes ``benchmarks/results/latest.{json,md,png}`` (the
 committed results the README shows); a ``--quick`` run writes ``bench-results/quick/`` (ignored by git) unless
 ``--output``, ``--json`` or ``--png`` say otherwise. Each part is a ``benchmarks/bench_<part>.py`` script with a
 ``run(quick) -> dict``; the suite normalises their figures into rows
@@ -42,7 +43,18 @@ for extra in (str(ROOT / "backends"), str(ROOT / "plugins"), str(ROOT / "tests")
     if extra not in sys.path:
         sys.path.insert(0, extra)
 
-PARTS = ("keys", "redis", "datastore", "batches", "peers", "scaling", "citus", "schema", "concurrency")
+PARTS = (
+    "keys",
+    "redis",
+    "datastore",
+    "batches",
+    "peers",
+    "scaling",
+    "citus",
+    "schema",
+    "commit_status",
+    "concurrency",
+)
 RESULTS = HERE / "results"  # the committed results: written by full runs only, unless asked
 QUICK_RESULTS = ROOT / "bench-results" / "quick"  # where --quick writes by default (git ignores bench-results/)
 LIBRARIES = (
@@ -672,6 +684,28 @@ def rows_citus(r: dict[str, Any]) -> list[Row]:
     return out
 
 
+def rows_commit_status(r: dict[str, Any]) -> list[Row]:
+    """bench_commit_status.py: a healthy put and update with the commit-status check (the transaction id read before
+    the commit) vs the same write without it, on durable and on CPU-bound servers."""
+    out = []
+    for label, title in (("durable", "fsync on"), ("no_fsync", "fsync off")):
+        f = r[label]
+        for op in ("put", "update"):
+            out.append(
+                row(
+                    "commit_status",
+                    f"{op} with the commit-status check, {title}",
+                    f[f"{op}_with_check_us"],
+                    "the same write without it",
+                    f[f"{op}_without_check_us"],
+                    "µs",
+                    "goal ≤ 3 % slower (ratio ≥ 0.97): the id rides in the write's round trip, a Flush sends it first",
+                    lower_is_better=True,
+                )
+            )
+    return out
+
+
 def rows_concurrency(r: dict[str, Any]) -> list[Row]:
     """bench_concurrency.py: 64 overlapping calls on AsyncDatastore vs raw asyncpg/psycopg; lone calls; get_many."""
     a, g = r["async"], r["get_many"]
@@ -835,6 +869,7 @@ NORMALISERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "scaling": rows_scaling,
     "citus": rows_citus,
     "schema": rows_schema,
+    "commit_status": rows_commit_status,
     "concurrency": rows_concurrency,
 }
 

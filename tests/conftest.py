@@ -56,5 +56,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             if names.intersection(fixtures):
                 item.add_marker(getattr(pytest.mark, marker))
         callspec = getattr(item, "callspec", None)
-        if callspec is not None and callspec.params.get("backend_name") in ("hstore", "jsonb"):
+        if callspec is not None and callspec.params.get("backend_name") in ("hstore", "jsonb", "jsonb-pgbouncer"):
             item.add_marker(pytest.mark.postgres)
+        if callspec is not None and str(callspec.params.get("backend_name", "")).endswith("-pgbouncer"):
+            item.add_marker(pytest.mark.pgbouncer)

@@ -141,9 +141,14 @@ def recorded_indexes(conn: Conn) -> list[IndexSpec]:
 def unique_violation(exc: psycopg.Error, shard_id: int, label: str) -> DuplicateValue | None:
     """The `DuplicateValue` for a unique violation of a secondary index (None for the primary key: a key taken).
 
-    On Citus the primary key of a shard placement carries the placement's number (``entities_pkey_102009``).
+    On Citus the primary key of a shard placement carries the placement's number (``entities_pkey_102009``), and an
+    error relayed from a worker inside a transaction block may come without its constraint field: the name is then
+    read from the message (``duplicate key value violates unique constraint "..."``).
     """
     constraint = exc.diag.constraint_name
+    if constraint is None:
+        named = re.search(r'unique constraint "([^"]+)"', exc.diag.message_primary or "")
+        constraint = named.group(1) if named else None
     if constraint is None or constraint == PKEY_INDEX or re.fullmatch(f"{PKEY_INDEX}_[0-9]+", constraint):
         return None
     detail = exc.diag.message_detail or ""

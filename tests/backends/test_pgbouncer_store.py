@@ -1,0 +1,337 @@
+"""Issue 13 through a real PgBouncer: rows in the right shard, clean connections, the mode chosen and detected."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from fixtures.pgbouncer import PgBouncerFactory, PgBouncerSet
+from fixtures.pgservers import PgCluster
+
+import hvcore
+from hvbackend_postgres._bouncer import pooler_possible, pooling_from_pids
+from hvbackend_postgres._schema import shard_schema
+
+SHARDS = [0, 1, 2, 3, 8, 9, 10, 11]  # 8 shards, 4 on each server
+MODES = ["transaction", "session"]
+
+
+def _through(bouncers: PgBouncerSet, servers: list[dict[str, Any]], **extra: Any) -> list[dict[str, Any]]:
+    """The factory databases' server entries, pointed at the poolers in front of them."""
+    return [
+        {**server, "host": "127.0.0.1", "port": bouncer.port, **extra}
+        for server, bouncer in zip(servers, bouncers[: len(servers)], strict=True)
+    ]
+
+
+@pytest.fixture
+def empty_servers(_pg_factory_databases: Any) -> list[dict[str, Any]]:
+    """The jsonb factory databases (shards 0-8 and 8-16 on servers 0 and 1), emptied, as direct server entries."""
+    return [dict(s) for s in _pg_factory_databases.empty("jsonb")]
+
+
+@pytest.fixture(params=MODES)
+def bouncer_servers(request: pytest.FixtureRequest, empty_servers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Server entries through the session-scoped poolers of one mode (``pgbouncer`` left to "auto")."""
+    bouncers: PgBouncerSet = request.getfixturevalue(f"pgbouncer_{request.param}")
+    return _through(bouncers, empty_servers)
+
+
+def _misplaced_rows(direct: list[dict[str, Any]]) -> list[tuple[int, Any]]:
+    """Rows whose body names another shard than the schema holding them, read from the servers directly."""
+    wrong: list[tuple[int, Any]] = []
+    for server in direct:
+        low, high = (int(x) for x in server["shards"].split("-"))
+        settings = {k: v for k, v in server.items() if k != "shards"}
+        with psycopg.connect(**settings, autocommit=True) as conn:
+            for shard in range(low, high):
+                rows = conn.execute(f"SELECT body->>'shard' FROM {shard_schema(shard)}.entities").fetchall()
+                wrong += [(shard, row[0]) for row in rows if row[0] != str(shard)]
+    return wrong
+
+
+def _row_count(direct: list[dict[str, Any]]) -> int:
+    total = 0
+    for server in direct:
+        low, high = (int(x) for x in server["shards"].split("-"))
+        settings = {k: v for k, v in server.items() if k != "shards"}
+        with psycopg.connect(**settings, autocommit=True) as conn:
+            for shard in range(low, high):
+                row = conn.execute(f"SELECT count(*) FROM {shard_schema(shard)}.entities").fetchone()
+                total += int(row[0]) if row else 0
+    return total
+
+
+def _mixed_work(db: hvcore.Datastore, seed: int, rounds: int, errors: list[str], puts: list[int]) -> None:
+    """put/get/get_many/query/update/cursor over `SHARDS`, checking every answer."""
+    rnd = random.Random(seed)
+    mine: list[hvcore.Key] = []
+    for i in range(rounds):
+        shard = rnd.choice(SHARDS)
+        op = rnd.choice(["put", "put", "get_many", "query", "update", "cursor"])
+        try:
+            if op == "put" or not mine:
+                key = db.put(shard, 1, shard=str(shard), worker=str(seed), i=str(i))
+                puts.append(1)
+                record = db.get(key)
+                if record is None or record.data.get("shard") != str(shard) or key.shard_id != shard:
+                    errors.append(f"get after put of {key} in shard {shard}: {record}")
+                mine.append(key)
+            elif op == "get_many":
+                sample = rnd.sample(mine, min(5, len(mine)))
+                found = db.get_many(sample)
+                if set(found) != set(sample):
+                    errors.append(f"get_many missed {set(sample) - set(found)}")
+            elif op == "query":
+                key = rnd.choice(mine)
+                got = list(db.query(kind=1, shards=[key.shard_id], since=key, limit=1))
+                if not got or got[0].key != key:
+                    errors.append(f"query from {key} in shard {key.shard_id} gave {got}")
+            elif op == "update":
+                key = rnd.choice(mine)
+                if not db.update(key, touched=str(i)):
+                    errors.append(f"update of {key} found nothing")
+            else:
+                with db.cursor(shard) as cur:
+                    cur.execute("SELECT current_schema(), count(*) FROM entities")
+                    row = cur.fetchone()
+                    if row is None or row[0] != shard_schema(shard):
+                        errors.append(f"cursor({shard}) ran in {row[0] if row else None}")
+        except Exception as exc:  # every failure is an error of the run
+            errors.append(f"{op} in shard {shard}: {type(exc).__name__}: {exc}")
+
+
+def test_mixed_threads_through_pgbouncer(
+    bouncer_servers: list[dict[str, Any]], empty_servers: list[dict[str, Any]]
+) -> None:
+    errors: list[str] = []
+    puts: list[int] = []
+    with hvcore.Datastore(bouncer_servers, pool_max=6, backend="jsonb") as db:
+        threads = [threading.Thread(target=_mixed_work, args=(db, seed, 60, errors, puts)) for seed in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        for server in db.servers:
+            assert server.stats()["borrowed"] == 0
+    assert errors == []
+    assert _misplaced_rows(empty_servers) == []
+    assert _row_count(empty_servers) == len(puts)
+
+
+async def _async_mixed(db: hvcore.AsyncDatastore, seed: int, rounds: int, errors: list[str], puts: list[int]) -> None:
+    rnd = random.Random(seed)
+    mine: list[hvcore.Key] = []
+    for i in range(rounds):
+        shard = rnd.choice(SHARDS)
+        op = rnd.choice(["put", "put", "get_many", "query", "update", "cursor"])
+        try:
+            if op == "put" or not mine:
+                key = await db.put(shard, 1, shard=str(shard), worker=str(seed), i=str(i))
+                puts.append(1)
+                record = await db.get(key)
+                if record is None or record.data.get("shard") != str(shard):
+                    errors.append(f"get after put of {key} in shard {shard}: {record}")
+                mine.append(key)
+            elif op == "get_many":
+                sample = rnd.sample(mine, min(5, len(mine)))
+                if set(await db.get_many(sample)) != set(sample):
+                    errors.append("get_many missed keys")
+            elif op == "query":
+                key = rnd.choice(mine)
+                got = [r async for r in db.query(kind=1, shards=[key.shard_id], since=key, limit=1)]
+                if not got or got[0].key != key:
+                    errors.append(f"query from {key} gave {got}")
+            elif op == "update":
+                if not await db.update(rnd.choice(mine), touched=str(i)):
+                    errors.append("update found nothing")
+            else:
+                async with db.cursor(shard) as cur:
+                    await cur.execute("SELECT current_schema(), count(*) FROM entities")
+                    row = await cur.fetchone()
+                    if row is None or row[0] != shard_schema(shard):
+                        errors.append(f"cursor({shard}) ran in {row[0] if row else None}")
+        except Exception as exc:
+            errors.append(f"{op} in shard {shard}: {type(exc).__name__}: {exc}")
+
+
+def test_mixed_tasks_through_pgbouncer(
+    bouncer_servers: list[dict[str, Any]], empty_servers: list[dict[str, Any]]
+) -> None:
+    errors: list[str] = []
+    puts: list[int] = []
+
+    async def main() -> None:
+        async with hvcore.AsyncDatastore(bouncer_servers, pool_max=6, backend="jsonb") as db:
+            await asyncio.gather(*(_async_mixed(db, seed, 8, errors, puts) for seed in range(50)))
+            for server in db.servers:
+                assert server.stats()["borrowed"] == 0
+
+    asyncio.run(main())
+    assert errors == []
+    assert _misplaced_rows(empty_servers) == []
+    assert _row_count(empty_servers) == len(puts)
+
+
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+def test_auto_detects_the_pool_mode(
+    request: pytest.FixtureRequest, mode: str, empty_servers: list[dict[str, Any]]
+) -> None:
+    bouncers: PgBouncerSet = request.getfixturevalue(f"pgbouncer_{mode}")
+    with hvcore.Datastore(_through(bouncers, empty_servers), backend="jsonb") as db:
+        db.get(db.put(0, 1, a="b"))
+        assert db.servers[0].stats()["pooling"] == mode
+        assert db.servers[0].stats()["pgbouncer"] == "auto"
+    with hvcore.Datastore(empty_servers, backend="jsonb") as db:
+        db.get(db.put(0, 1, a="b"))
+        assert db.servers[0].stats()["pooling"] == "off"
+
+
+def test_auto_detection_async(pgbouncer_transaction: PgBouncerSet, empty_servers: list[dict[str, Any]]) -> None:
+    async def main() -> str | None:
+        async with hvcore.AsyncDatastore(_through(pgbouncer_transaction, empty_servers), backend="jsonb") as db:
+            await db.put(0, 1, a="b")
+            return db.servers[0].stats()["pooling"]  # type: ignore[no-any-return]
+
+    assert asyncio.run(main()) == "transaction"
+
+
+def test_explicit_mode_skips_detection(
+    pgbouncer_transaction: PgBouncerSet, empty_servers: list[dict[str, Any]]
+) -> None:
+    servers = _through(pgbouncer_transaction, empty_servers, pgbouncer="transaction")
+    with hvcore.Datastore(servers, backend="jsonb") as db:
+        assert db.servers[0].stats()["pooling"] == "transaction"  # before any connection
+        key = db.put(3, 1, a="b")
+        for _ in range(10):  # past psycopg's prepare_threshold: nothing is prepared
+            assert db.get(key) is not None
+
+
+def test_bad_pgbouncer_setting_is_a_typed_error_before_any_connection() -> None:
+    with pytest.raises(hvcore.ConfigError, match="pgbouncer must be one of 'auto', 'transaction'"):
+        hvcore.Datastore([dict(shards="0-4", host="127.0.0.1", port=1, pgbouncer="txn")], backend="jsonb")
+    with pytest.raises(hvcore.ConfigError, match="pgbouncer must be one of"):
+        hvcore.AsyncDatastore([dict(shards="0-4", host="127.0.0.1", port=1, pgbouncer=True)], backend="jsonb")
+    with pytest.raises(hvcore.ConfigError, match=r"servers\[0\]: pgbouncer"):
+        hvcore.Datastore([dict(shards="0-4", name="m", pgbouncer="Transaction")], backend="memory")
+
+
+def test_pure_detection_rules() -> None:
+    assert not pooler_possible("127.0.0.1", 5432, 5432)
+    assert pooler_possible("127.0.0.1", 6432, 5432)
+    assert pooler_possible("/var/run/postgresql", 5432, None)
+    assert pooling_from_pids([10, 10, 10], [11, 11, 11]) == "session"
+    assert pooling_from_pids([10, 10, 10], [12, 10, 12]) == "transaction"
+    assert pooling_from_pids([10, 11, 10], [12, 12, 12]) == "transaction"
+
+
+# -- connections come back clean -------------------------------------------------------------------------------
+
+LEAKS: list[tuple[str, str, str]] = [
+    # (statement made inside cursor(), a query showing it, the value on a fresh connection)
+    ("SET default_transaction_read_only = on", "SHOW default_transaction_read_only", "off"),
+    ("SET statement_timeout = 1", "SHOW statement_timeout", "0"),
+    ("SET synchronous_commit = local", "SHOW synchronous_commit", "off"),  # the suite's servers run with off
+    ("SET ROLE pg_read_all_data", "SELECT current_user", "postgres"),
+    ("SET SESSION AUTHORIZATION hv_secret", "SELECT session_user", "postgres"),
+]
+
+
+@pytest.fixture(params=["direct", "session", "transaction"])
+def one_session_servers(
+    request: pytest.FixtureRequest,
+    empty_servers: list[dict[str, Any]],
+    pgbouncer_factory: PgBouncerFactory,
+    pg_cluster: PgCluster,
+) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """pool_max=1 server entries: direct, or through poolers with ONE server connection (so a leak cannot hide)."""
+    if request.param == "direct":
+        yield "direct", empty_servers
+        return
+    bouncers = PgBouncerSet(
+        pgbouncer_factory(server, pool_mode=request.param, default_pool_size=1) for server in pg_cluster.servers[:2]
+    )
+    yield request.param, _through(bouncers, empty_servers)
+
+
+def _fresh_values(direct: dict[str, Any]) -> dict[str, str]:
+    settings = {k: v for k, v in direct.items() if k != "shards"}
+    with psycopg.connect(**settings, autocommit=True) as conn:
+        return {show: str(conn.execute(show).fetchone()[0]) for _, show, _ in LEAKS}  # type: ignore[index]
+
+
+@pytest.mark.parametrize(("statement", "show", "fresh"), LEAKS, ids=[s for s, _, _ in LEAKS])
+def test_a_set_inside_cursor_does_not_outlive_it(
+    one_session_servers: tuple[str, list[dict[str, Any]]],
+    statement: str,
+    show: str,
+    fresh: str,
+    empty_servers: list[dict[str, Any]],
+) -> None:
+    mode, servers = one_session_servers
+    expected = _fresh_values(empty_servers[0])[show]
+    with hvcore.Datastore(servers, pool_max=1, backend="jsonb") as db:
+        with db.cursor(2) as cur:
+            cur.execute(statement)
+            cur.execute(show)
+            row = cur.fetchone()
+            assert row is not None and str(row[0]) != expected  # the SET took effect inside the block
+        key = db.put(2, 1, after=statement)  # read-only / timeout / role would fail here
+        assert db.get(key) is not None
+        assert [r.key for r in db.query(kind=1, shards=[2])] == [key]
+        with db.cursor(2) as cur:
+            cur.execute(show)
+            row = cur.fetchone()
+            assert row is not None and str(row[0]) == expected, f"{mode}: {statement} leaked"
+            cur.execute("SELECT current_schema()")
+            assert cur.fetchone()[0] == shard_schema(2)  # type: ignore[index]
+
+
+@pytest.mark.parametrize(("statement", "show", "fresh"), LEAKS[:4], ids=[s for s, _, _ in LEAKS[:4]])
+def test_a_set_on_a_borrowed_connection_does_not_outlive_it(
+    one_session_servers: tuple[str, list[dict[str, Any]]],
+    statement: str,
+    show: str,
+    fresh: str,
+    empty_servers: list[dict[str, Any]],
+) -> None:
+    mode, servers = one_session_servers
+    expected = _fresh_values(empty_servers[0])[show]
+    with hvcore.Datastore(servers, pool_max=1, backend="jsonb") as db:
+        conn = db.get_connection(9)
+        conn.execute(statement)
+        conn.commit()  # committed session state: reset by put_connection (the pooler's one server session too)
+        conn.read_only = False  # psycopg's attributes are reset too
+        db.put_connection(conn)
+        key = db.put(9, 1, after=statement)
+        assert db.get(key) is not None
+        conn = db.get_connection(9)
+        try:
+            assert conn.read_only is None
+            row = conn.execute(show).fetchone()
+            assert row is not None and str(row[0]) == expected, f"{mode}: {statement} leaked"
+        finally:
+            db.put_connection(conn)
+
+
+def test_async_cursor_set_does_not_leak(
+    pgbouncer_factory: PgBouncerFactory, pg_cluster: PgCluster, empty_servers: list[dict[str, Any]]
+) -> None:
+    bouncers = PgBouncerSet(pgbouncer_factory(s, default_pool_size=1) for s in pg_cluster.servers[:2])
+
+    async def main() -> None:
+        async with hvcore.AsyncDatastore(_through(bouncers, empty_servers), pool_max=1, backend="jsonb") as db:
+            async with db.cursor(1) as cur:
+                await cur.execute("SET default_transaction_read_only = on")
+            key = await db.put(1, 1, a="b")
+            assert await db.get(key) is not None
+            async with db.cursor(1) as cur:
+                await cur.execute("SHOW default_transaction_read_only")
+                assert (await cur.fetchone())[0] == "off"  # type: ignore[index]
+
+    asyncio.run(main())
