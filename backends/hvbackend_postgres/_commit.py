@@ -29,8 +29,10 @@ __all__ = [
     "STATUS_SQL",
     "TERMINATE_SQL",
     "UNKNOWN",
+    "XID_GROUP_RETURNING",
     "XID_RETURNING",
     "CommitCounters",
+    "group_ids",
     "returned_xid",
     "returning_xid",
 ]
@@ -41,6 +43,7 @@ IN_PROGRESS = "in progress"
 UNKNOWN = "unknown"  # no id received, or too old for the server to remember: the write is retried
 
 XID_RETURNING = " RETURNING pg_current_xact_id()::text"
+XID_GROUP_RETURNING = ", pg_current_xact_id()::text"  # appended to a multi-row INSERT's ``RETURNING id``
 BEGIN_XID_SQL = "BEGIN; SELECT pg_current_xact_id()::text"  # no parameters: one simple-protocol query
 STATUS_SQL = "SELECT pg_xact_status(%s::xid8)"
 # The orphaned session still running our transaction, found by its transaction id (not by the pid the client saw:
@@ -67,6 +70,14 @@ def returned_xid(box: list[Any]) -> tuple[int | None, int]:
             value = result.get_value(0, result.nfields - 1)
             return (int(value) if value is not None else None), result.ntuples
     return None, 0
+
+
+def group_ids(box: list[Any]) -> set[int]:
+    """The ids a multi-row ``INSERT ... RETURNING id, pg_current_xact_id()`` stored, from its results as received."""
+    for result in box:
+        if result.status == pq.ExecStatus.TUPLES_OK:
+            return {int(result.get_value(row, 0)) for row in range(result.ntuples)}
+    return set()
 
 
 class CommitCounters:
