@@ -476,7 +476,12 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
             choice = self._router.pick(index, (shard,), current_timeline(self._timeline))
             if choice is not None:
                 try:
-                    record: Record | None = await choice.store.fetch(shard, key)
+                    if metrics.on:
+                        record: Record | None = await self._observed(
+                            "get", choice.store, choice.store.fetch, shard, key
+                        )
+                    else:
+                        record = await choice.store.fetch(shard, key)
                     return record
                 except ShardMoved as moved:  # the standby replayed the move: read where the shard is now
                     self._follow(moved)
@@ -580,7 +585,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
     ) -> list[Record] | None:
         """``fetch_many`` on a standby; None if it failed (the keys are then read from the primary)."""
         try:
-            records: list[Record] = await choice.store.fetch_many(items)
+            records: list[Record] = await self._observed("get_many", choice.store, choice.store.fetch_many, items)
             return records
         except ShardMoved as moved:
             self._follow(moved)
@@ -814,9 +819,15 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
             if choice is not None:
                 mine = [shard for shard in ids if shard not in choice.pinned]
                 ids = [shard for shard in ids if shard in choice.pinned]
-                streams.append(_from_replica(index, choice, choice.store.query(mine, run)))
+                replica_stream = choice.store.query(mine, run)
+                if metrics.on:
+                    replica_stream = cast(
+                        AsyncGenerator[Record, None], self._observed_stream(choice.store, replica_stream)
+                    )
+                streams.append(_from_replica(index, choice, replica_stream))
             if ids:
-                streams.append(stores[index].query(ids, run))
+                primary_stream = stores[index].query(ids, run)
+                streams.append(self._observed_stream(stores[index], primary_stream) if metrics.on else primary_stream)
         return streams
 
     async def _next_key(self, shard_id: int) -> Key:

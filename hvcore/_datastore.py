@@ -437,7 +437,10 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
             choice = self._router.pick(index, (shard,), current_timeline(self._timeline))
             if choice is not None:
                 try:
-                    record: Record | None = choice.store.fetch(shard, key)
+                    if metrics.on:
+                        record: Record | None = self._observed("get", choice.store, choice.store.fetch, shard, key)
+                    else:
+                        record = choice.store.fetch(shard, key)
                     return record
                 except ShardMoved as moved:  # the standby replayed the move: read where the shard is now
                     self._follow(moved)
@@ -533,7 +536,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
     def _replica_fetch(self, index: int, choice: ReplicaChoice, items: list[tuple[int, Key]]) -> list[Record] | None:
         """``fetch_many`` on a standby; None if it failed (the keys are then read from the primary)."""
         try:
-            records: list[Record] = choice.store.fetch_many(items)
+            records: list[Record] = self._observed("get_many", choice.store, choice.store.fetch_many, items)
             return records
         except ShardMoved as moved:
             self._follow(moved)
@@ -757,9 +760,15 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
             if choice is not None:
                 mine = [shard for shard in ids if shard not in choice.pinned]
                 ids = [shard for shard in ids if shard in choice.pinned]
-                streams.append(_from_replica(index, choice, choice.store.query(mine, run)))
+                replica_stream = choice.store.query(mine, run)
+                if metrics.on:
+                    replica_stream = cast(
+                        Generator[Record, None, None], self._observed_stream(choice.store, replica_stream)
+                    )
+                streams.append(_from_replica(index, choice, replica_stream))
             if ids:
-                streams.append(stores[index].query(ids, run))
+                primary_stream = stores[index].query(ids, run)
+                streams.append(self._observed_stream(stores[index], primary_stream) if metrics.on else primary_stream)
         return streams
 
     def _next_key(self, shard_id: int) -> Key:

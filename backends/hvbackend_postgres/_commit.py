@@ -32,7 +32,7 @@ __all__ = [
     "XID_GROUP_RETURNING",
     "XID_RETURNING",
     "CommitCounters",
-    "group_ids",
+    "returned_ids",
     "returned_xid",
     "returning_xid",
 ]
@@ -72,11 +72,11 @@ def returned_xid(box: list[Any]) -> tuple[int | None, int]:
     return None, 0
 
 
-def group_ids(box: list[Any]) -> set[int]:
-    """The ids a multi-row ``INSERT ... RETURNING id, pg_current_xact_id()`` stored, from its results as received."""
+def returned_ids(box: list[Any]) -> set[int]:
+    """The ids (first column) of the rows a write statement returned, as received (`returned_xid`'s ``box``)."""
     for result in box:
         if result.status == pq.ExecStatus.TUPLES_OK:
-            return {int(result.get_value(row, 0)) for row in range(result.ntuples)}
+            return {int(result.get_value(i, 0)) for i in range(result.ntuples)}
     return set()
 
 

@@ -478,9 +478,12 @@ class StoreCore:
 
     @staticmethod
     def _group_insert_sql(statements: ShardSQL, count: int) -> str:
-        """``count`` rows of the shard's single-row INSERT in one statement, conflicts skipped, stored ids returned."""
+        """``count`` rows of the shard's single-row INSERT in one statement, conflicts skipped; returns the stored
+        ids, each row with the transaction id last (`_commit`: a lost connection is settled by asking the server)."""
         head, row = statements.insert.split(" VALUES ", 1)
-        return f"{head} VALUES {', '.join([row] * count)} ON CONFLICT DO NOTHING RETURNING id"
+        return (
+            f"{head} VALUES {', '.join([row] * count)} ON CONFLICT DO NOTHING RETURNING id, pg_current_xact_id()::text"
+        )
 
     def _insert_params(self, key: Key, kind: int, data: Mapping[str, Any]) -> tuple[Any, ...]:
         if self.text_only:

@@ -57,7 +57,7 @@ from hvbackend_postgres._commit import (
     XID_GROUP_RETURNING,
     XID_RETURNING,
     CommitCounters,
-    group_ids,
+    returned_ids,
     returned_xid,
     returning_xid,
 )
@@ -763,28 +763,28 @@ class PostgresServerStore(StoreCore):
 
         ``ON CONFLICT DO NOTHING``: a row whose key or unique value is taken is left out, not an error; the caller
         (``hvcore._coalesce.WriteCoalescer``, for overlapping ``put()`` calls) runs such a row alone with `insert`
-        to give it its own outcome. The statement returns its transaction id with the ids, before the commit, as
-        `insert` does (``_commit``): a connection lost underneath is settled by asking the server. Committed: the
-        ids received; not committed: `ServerUnavailable` (nothing was stored: each row may run alone); not known:
-        `WriteOutcomeUnknown`. Never retried here.
+        to give it its own outcome. The statement returns its transaction id before it commits, as `insert` does
+        (`_write`): after a lost connection the server is asked whether it committed; committed → the ids
+        received; aborted or never started → an empty set (nothing stored: every row runs alone). Never retried
+        here. A server that refuses the statement (Citus: no transaction id in a multi-row INSERT's RETURNING) turns
+        ``insert_groups`` off for this store.
         """
         statements = self._sql.get(shard_id) or self._shard_sql(shard_id)
         query = self._group_insert_sql(statements, len(rows)) + XID_GROUP_RETURNING
         params = [value for key, kind, data in rows for value in self._insert_params(key, kind, data)]
-        keys = [key for key, _, _ in rows]
+        keys = [row[0] for row in rows]
         conn, pool = self._checkout()
         box: list[pq.abc.PGresult] = []
         try:
             self._send_write(conn, query, params, box, reused=False)
-            return group_ids(box)
+            return returned_ids(box)
         except psycopg.OperationalError as exc:
             if not self._lost(conn, exc):
                 raise self._translate(exc, shard_id) from None
-            xid, _ = returned_xid(box)
+            xid = returned_xid(box)[0]
             self._give_up_waiting(conn, xid, keys)
             conn.close()
-            lost = exc
-            self._log("connection to %s lost during a grouped insert (%s): asking its commit status", self._label, exc)
+            self._log("connection to %s lost during a group write (%s): asking its commit status", self._label, exc)
         except pg_errors.FeatureNotSupported:  # Citus: no transaction id in a multi-row INSERT's RETURNING
             self.insert_groups = False  # puts run one INSERT each on this server from now on
             raise
@@ -796,8 +796,8 @@ class PostgresServerStore(StoreCore):
         finally:
             self._checkin(conn, pool)
         if self._settle(shard_id, xid, keys) == COMMITTED:
-            return group_ids(box)
-        raise self._unavailable(lost) from None
+            return returned_ids(box)
+        return set()
 
     def fetch(self, shard_id: int, key: Key) -> Record | None:
         """The entity stored under ``key``, or None."""

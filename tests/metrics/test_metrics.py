@@ -114,7 +114,9 @@ def test_every_operation_records_its_duration_with_the_conventions_attributes(ma
     assert reader.points("hypervault.key.collisions") == []
 
 
-def test_a_failed_operation_records_its_error_type(make_datastore, reader):
+def test_a_failed_operation_records_its_error_type(make_datastore, backend_name, reader):
+    if backend_name.endswith("-pgbouncer"):
+        pytest.skip("the schema is dropped through the configured address, here a 3-connection PgBouncer: see jsonb")
     ds = make_datastore()
     with pytest.raises(NotProvisioned):
         _put_unprovisioned(ds)
@@ -134,6 +136,7 @@ def _put_unprovisioned(ds: Any) -> None:
         return
     settings = {k: v for k, v in inner._config.servers[0].items() if k != "shards"}  # shards 0-8
     with psycopg.connect(**settings, autocommit=True) as conn:
+        conn.execute("SET lock_timeout = '30s'")  # fail, not hang, if a session holds the shard's table
         conn.execute("DROP SCHEMA shard0007 CASCADE")
     try:
         ds.put(7, 1, name="x")
