@@ -29,6 +29,7 @@ __all__ = [
     "STATUS_SQL",
     "TERMINATE_SQL",
     "UNKNOWN",
+    "XID_GROUP_RETURNING",
     "XID_RETURNING",
     "CommitCounters",
     "returned_ids",
@@ -42,6 +43,7 @@ IN_PROGRESS = "in progress"
 UNKNOWN = "unknown"  # no id received, or too old for the server to remember: the write is retried
 
 XID_RETURNING = " RETURNING pg_current_xact_id()::text"
+XID_GROUP_RETURNING = ", pg_current_xact_id()::text"  # appended to a multi-row INSERT's ``RETURNING id``
 BEGIN_XID_SQL = "BEGIN; SELECT pg_current_xact_id()::text"  # no parameters: one simple-protocol query
 STATUS_SQL = "SELECT pg_xact_status(%s::xid8)"
 # The orphaned session still running our transaction, found by its transaction id (not by the pid the client saw:

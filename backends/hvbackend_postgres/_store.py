@@ -54,6 +54,7 @@ from hvbackend_postgres._commit import (
     STATUS_SQL,
     TERMINATE_SQL,
     UNKNOWN,
+    XID_GROUP_RETURNING,
     XID_RETURNING,
     CommitCounters,
     returned_ids,
@@ -627,11 +628,14 @@ class PostgresServerStore(StoreCore):
                 raise self._unavailable(lost) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _send_write(self, conn: Conn, query: str, params: Sequence[Any], box: list[pq.abc.PGresult]) -> None:
+    def _send_write(
+        self, conn: Conn, query: str, params: Sequence[Any], box: list[pq.abc.PGresult], *, reused: bool = True
+    ) -> None:
         """Parse (once per connection) / Bind / Execute, Flush, Sync in one write (`_onetrip`); results into ``box``.
 
         A server error is raised as psycopg's exception; a statement the session no longer has (DISCARD ALL,
-        DEALLOCATE) or already has is prepared again or used as it is.
+        DEALLOCATE) or already has is prepared again or used as it is. ``reused=False``: a statement text that
+        varies (a multi-row INSERT of any size) is sent unprepared.
         """
         if not PIPELINE:  # libpq before 14: the id comes with the commit's reply (settled less often, never guessed)
             cur = conn.execute(query, params)
@@ -646,7 +650,7 @@ class PostgresServerStore(StoreCore):
         if self._cursor_factory is not None:
             self._log_statement(query, params, conn)
         pgconn = conn.pgconn
-        prepare = conn.prepare_threshold is not None
+        prepare = reused and conn.prepare_threshold is not None
         name = PreparedNames.name(text + repr(tx.types).encode()) if prepare else b""
         for _ in (0, 1):
             fresh = prepare and (not self._prepared.known(conn, name))
@@ -755,23 +759,24 @@ class PostgresServerStore(StoreCore):
             raise unique_violation(exc, shard_id, self._label) or self._duplicate(shard_id, key) from None
 
     def insert_group(self, shard_id: int, rows: Sequence[tuple[Key, int, Mapping[str, Any]]]) -> set[int]:
-        """Store rows of one shard with one multi-row INSERT (autocommitted); the ids it stored.
+        """Store rows of one shard with one multi-row INSERT (one implicit transaction); the ids it stored.
 
         ``ON CONFLICT DO NOTHING``: a row whose key or unique value is taken is left out, not an error; the caller
         (``hvcore._coalesce.WriteCoalescer``, for overlapping ``put()`` calls) runs such a row alone with `insert`
         to give it its own outcome. The statement returns its transaction id before it commits, as `insert` does
         (`_write`): after a lost connection the server is asked whether it committed; committed → the ids
         received; aborted or never started → an empty set (nothing stored: every row runs alone). Never retried
-        here.
+        here. A server that refuses the statement (Citus: no transaction id in a multi-row INSERT's RETURNING) turns
+        ``insert_groups`` off for this store.
         """
         statements = self._sql.get(shard_id) or self._shard_sql(shard_id)
-        query = self._group_insert_sql(statements, len(rows))
+        query = self._group_insert_sql(statements, len(rows)) + XID_GROUP_RETURNING
         params = [value for key, kind, data in rows for value in self._insert_params(key, kind, data)]
         keys = [row[0] for row in rows]
         conn, pool = self._checkout()
         box: list[pq.abc.PGresult] = []
         try:
-            self._send_write(conn, query, params, box)
+            self._send_write(conn, query, params, box, reused=False)
             return returned_ids(box)
         except psycopg.OperationalError as exc:
             if not self._lost(conn, exc):
@@ -780,6 +785,9 @@ class PostgresServerStore(StoreCore):
             self._give_up_waiting(conn, xid, keys)
             conn.close()
             self._log("connection to %s lost during a group write (%s): asking its commit status", self._label, exc)
+        except pg_errors.FeatureNotSupported:  # Citus: no transaction id in a multi-row INSERT's RETURNING
+            self.insert_groups = False  # puts run one INSERT each on this server from now on
+            raise
         except psycopg.Error as exc:
             error = self._translate(exc, shard_id)
             if error is exc:
