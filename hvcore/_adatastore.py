@@ -88,7 +88,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
     the store's lifetime; a `WorkerSlice` is a fixed one; None (the default) uses the in-process sequence with a
     random start per millisecond (docs/keys.md has the guarantees and figures of each). ``coalesce_reads`` (default
     True) merges ``get()`` calls that overlap on one server into one batch read, ``coalesce_writes`` (default True)
-    merges overlapping ``put()`` calls of a shard into multi-row INSERTs (a backend that has ``insert_group``), each
+    merges overlapping ``put()`` calls of a shard into multi-row INSERTs (a store whose ``insert_groups`` is true), each
     call keeping its own result or error (``hvcore._coalesce``); a lone call goes straight through. On `Datastore`
     the calls merged are those of threads that would otherwise wait for a pooled connection.
 
@@ -399,7 +399,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         for _ in range(PUT_ATTEMPTS):
             key = await self._next_key(shard_id)
             try:
-                if self._coalesce_writes and hasattr(store, "insert_group"):  # overlapping puts: multi-row INSERTs
+                if self._coalesce_writes and getattr(store, "insert_groups", False):  # overlapping: multi-row INSERTs
                     insert = self._writer(store).insert
                 else:
                     insert = store.insert
@@ -505,9 +505,9 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
 
             group, limit = cast(Any, store).insert_group, self._options.pool_max
             if True:  # ASYNC
-                writer = _coalesce.WriteCoalescer(store.insert, group, store.fetch_many, limit, owner=store)
+                writer = _coalesce.WriteCoalescer(store.insert, group, limit, owner=store)
             else:
-                writer = _coalesce.ThreadWriteCoalescer(store.insert, group, store.fetch_many, limit, owner=store)
+                writer = _coalesce.ThreadWriteCoalescer(store.insert, group, limit, owner=store)
             self._writers[id(store)] = writer
         return writer
 

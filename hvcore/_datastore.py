@@ -86,7 +86,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
     the store's lifetime; a `WorkerSlice` is a fixed one; None (the default) uses the in-process sequence with a
     random start per millisecond (docs/keys.md has the guarantees and figures of each). ``coalesce_reads`` (default
     True) merges ``get()`` calls that overlap on one server into one batch read, ``coalesce_writes`` (default True)
-    merges overlapping ``put()`` calls of a shard into multi-row INSERTs (a backend that has ``insert_group``), each
+    merges overlapping ``put()`` calls of a shard into multi-row INSERTs (a store whose ``insert_groups`` is true), each
     call keeping its own result or error (``hvcore._coalesce``); a lone call goes straight through. On `Datastore`
     the calls merged are those of threads that would otherwise wait for a pooled connection.
 
@@ -360,7 +360,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         for _ in range(PUT_ATTEMPTS):
             key = self._next_key(shard_id)
             try:
-                if self._coalesce_writes and hasattr(store, "insert_group"):  # overlapping puts: multi-row INSERTs
+                if self._coalesce_writes and getattr(store, "insert_groups", False):  # overlapping: multi-row INSERTs
                     insert = self._writer(store).insert
                 else:
                     insert = store.insert
@@ -463,7 +463,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
             from hvcore import _coalesce
 
             group, limit = (cast(Any, store).insert_group, self._options.pool_max)
-            writer = _coalesce.ThreadWriteCoalescer(store.insert, group, store.fetch_many, limit, owner=store)
+            writer = _coalesce.ThreadWriteCoalescer(store.insert, group, limit, owner=store)
             self._writers[id(store)] = writer
         return writer
 

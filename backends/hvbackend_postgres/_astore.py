@@ -58,6 +58,7 @@ from hvbackend_postgres._commit import (
     STATUS_SQL,
     TERMINATE_SQL,
     UNKNOWN,
+    XID_GROUP_RETURNING,
     XID_RETURNING,
     XID_SQL,
     CommitCounters,
@@ -665,7 +666,9 @@ class AsyncPostgresServerStore(StoreCore):
                 raise self._unavailable(lost) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _send_write(self, conn: AConn, query: str, params: Sequence[Any], box: list[pq.abc.PGresult]) -> None:
+    async def _send_write(
+        self, conn: AConn, query: str, params: Sequence[Any], box: list[pq.abc.PGresult], *, reused: bool = True
+    ) -> None:
         """Parse (once per connection) / Bind / Execute, Flush, Sync in one write (`_onetrip`); results into ``box``.
 
         ``query`` returns its transaction id (`returning_xid`). A server that refuses a volatile function in
@@ -673,6 +676,7 @@ class AsyncPostgresServerStore(StoreCore):
         an explicit transaction that reads the coordinator's id first: BEGIN, SELECT pg_current_xact_id(), the
         statement, Flush, COMMIT, Sync, still one write. A server error is raised as psycopg's exception; a
         statement the session no longer has (DISCARD ALL, DEALLOCATE) or already has is sent unprepared.
+        ``reused=False``: a statement text that varies (a multi-row INSERT of any size) is sent unprepared.
         """
         if not PIPELINE:  # libpq before 14: the id comes with the commit's reply (settled less often, never guessed)
             cur = await conn.execute(query, params)
@@ -684,7 +688,7 @@ class AsyncPostgresServerStore(StoreCore):
         tx = Transformer(conn)
         values = tx.dump_sequence(params, [PyFormat.AUTO] * len(params))
         pgconn = conn.pgconn
-        prepare = conn.prepare_threshold is not None
+        prepare = reused and conn.prepare_threshold is not None
         for _ in range(3):
             in_txn = self._xid_in_txn
             statement = without_xid(query) if in_txn else query
@@ -823,23 +827,24 @@ class AsyncPostgresServerStore(StoreCore):
             raise unique_violation(exc, shard_id, self._label) or self._duplicate(shard_id, key) from None
 
     async def insert_group(self, shard_id: int, rows: Sequence[tuple[Key, int, Mapping[str, Any]]]) -> set[int]:
-        """Store rows of one shard with one multi-row INSERT (autocommitted); the ids it stored.
+        """Store rows of one shard with one multi-row INSERT (one implicit transaction); the ids it stored.
 
         ``ON CONFLICT DO NOTHING``: a row whose key or unique value is taken is left out, not an error; the caller
         (``hvcore._coalesce.WriteCoalescer``, for overlapping ``put()`` calls) runs such a row alone with `insert`
         to give it its own outcome. The statement returns its transaction id before it commits, as `insert` does
         (`_write`): after a lost connection the server is asked whether it committed; committed → the ids
         received; aborted or never started → an empty set (nothing stored: every row runs alone). Never retried
-        here.
+        here. A server that refuses the statement (Citus: no transaction id in a multi-row INSERT's RETURNING) turns
+        ``insert_groups`` off for this store.
         """
         statements = self._sql.get(shard_id) or await self._shard_sql(shard_id)
-        query = self._group_insert_sql(statements, len(rows))
+        query = self._group_insert_sql(statements, len(rows)) + XID_GROUP_RETURNING
         params = [value for key, kind, data in rows for value in self._insert_params(key, kind, data)]
         keys = [row[0] for row in rows]
         conn, pool = await self._checkout()
         box: list[pq.abc.PGresult] = []
         try:
-            await self._send_write(conn, query, params, box)
+            await self._send_write(conn, query, params, box, reused=False)
             return returned_ids(box)
         except psycopg.OperationalError as exc:
             if not self._lost(conn, exc):
@@ -848,6 +853,9 @@ class AsyncPostgresServerStore(StoreCore):
             self._give_up_waiting(conn, xid, keys)
             await conn.close()
             self._log("connection to %s lost during a group write (%s): asking its commit status", self._label, exc)
+        except pg_errors.FeatureNotSupported:  # Citus: no transaction id in a multi-row INSERT's RETURNING
+            self.insert_groups = False  # puts run one INSERT each on this server from now on
+            raise
         except psycopg.Error as exc:
             error = self._translate(exc, shard_id)
             if error is exc:

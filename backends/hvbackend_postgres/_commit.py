@@ -29,6 +29,7 @@ __all__ = [
     "STATUS_SQL",
     "TERMINATE_SQL",
     "UNKNOWN",
+    "XID_GROUP_RETURNING",
     "XID_RETURNING",
     "XID_SQL",
     "CommitCounters",
@@ -44,7 +45,7 @@ IN_PROGRESS = "in progress"
 UNKNOWN = "unknown"  # no id received, or too old for the server to remember: the write is retried
 
 XID_RETURNING = " RETURNING pg_current_xact_id()::text"
-XID_COLUMN = ", pg_current_xact_id()::text"  # the id after other RETURNING columns
+XID_GROUP_RETURNING = ", pg_current_xact_id()::text"  # appended to a multi-row INSERT's ``RETURNING id``
 XID_SQL = b"SELECT pg_current_xact_id()::text"
 BEGIN_XID_SQL = "BEGIN; SELECT pg_current_xact_id()::text"  # no parameters: one simple-protocol query
 STATUS_SQL = "SELECT pg_xact_status(%s::xid8)"
@@ -63,7 +64,7 @@ def without_xid(statement: str) -> str:
     """
     if statement.endswith(XID_RETURNING):
         return statement.removesuffix(XID_RETURNING)
-    return statement.removesuffix(XID_COLUMN)
+    return statement.removesuffix(XID_GROUP_RETURNING)
 
 
 def returning_xid(statement: str) -> str:

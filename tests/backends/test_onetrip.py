@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hvbackend_postgres._commit import XID_COLUMN, XID_RETURNING, returning_xid, without_xid
+from hvbackend_postgres._commit import XID_GROUP_RETURNING, XID_RETURNING, returning_xid, without_xid
 from hvbackend_postgres._onetrip import PreparedNames, dollar_params
 
 PLAIN = st.text(alphabet=st.characters(blacklist_characters="%\x00", codec="utf-8"), max_size=12)
@@ -36,7 +36,7 @@ def test_any_other_percent_sequence_is_refused(statement: str) -> None:
 def test_the_id_column_comes_off_for_a_server_refusing_it_in_returning() -> None:
     single = "INSERT INTO s.entities (id, kind, body) VALUES (%s, %s, %s)"
     assert without_xid(returning_xid(single)) == single
-    group = f"INSERT INTO s.entities VALUES (%s), (%s) ON CONFLICT DO NOTHING RETURNING id{XID_COLUMN}"
+    group = f"INSERT INTO s.entities VALUES (%s), (%s) ON CONFLICT DO NOTHING RETURNING id{XID_GROUP_RETURNING}"
     assert without_xid(group) == "INSERT INTO s.entities VALUES (%s), (%s) ON CONFLICT DO NOTHING RETURNING id"
     assert returning_xid(single).endswith(XID_RETURNING)
 

@@ -338,3 +338,16 @@ def test_wait_time_can_be_turned_off(pg_datastore_factory, reader):
     assert sum(p.count for p in reader.points("db.client.operation.duration")) == 2
     ds.get(ds.put(3, 1, n="b"))
     assert [p.count for p in reader.points("db.client.connection.wait_time")] == [2]
+
+
+def test_a_transaction_is_one_operation_with_its_outcome(make_datastore, reader):
+    ds = make_datastore()
+    with ds.transaction(3) as tx:
+        tx.put(1, name="x")
+        tx.put_many(1, [{"name": "y"}])
+    with pytest.raises(ZeroDivisionError), ds.transaction(3) as tx:
+        tx.put(1, name="z")
+        _ = 1 / 0
+    points = [dict(p.attributes) for p in reader.points("db.client.operation.duration")]
+    mine = [(a["db.operation.name"], a.get("error.type")) for a in points if a["db.operation.name"] == "transaction"]
+    assert sorted(mine, key=str) == [("transaction", "ZeroDivisionError"), ("transaction", None)]

@@ -62,7 +62,7 @@ def test_fallbacks_are_counted_by_reason_and_standby_pools_reported(
         db.refresh_replicas()
         assert db.get(key) is not None  # the standby: no fall-back
         assert set(db.get_many([key])) == {key}
-        assert [r.key for r in db.query(kind=1, shards=[SHARD])] == [key]
+        assert [r.key for r in db.query(kind=1, shards=[SHARD], since=key)] == [key]  # the pair is shared
         assert _points(reader, "hypervault.replica.fallbacks") == []
 
         pair.pause_replay()
