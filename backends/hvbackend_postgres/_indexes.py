@@ -30,6 +30,7 @@ from typing import Any, Protocol
 import psycopg
 from psycopg import sql
 
+from hvbackend_postgres._bouncer import session_lock_refusal, transaction_pooled
 from hvbackend_postgres._common import ADVISORY_LOCK, HSTORE_SCHEMA_SQL
 from hvbackend_postgres._indexsql import field_expr, index_ddl
 from hvbackend_postgres._schema import PKEY_INDEX, TABLE, shard_schema
@@ -178,6 +179,8 @@ def schema_lock(store: SchemaEndpoint, wait: float) -> Iterator[Conn]:
     """
     conn = admin_connection(store)
     try:
+        if transaction_pooled(store, conn):  # the lock would outlive this session on the pooler's server session
+            raise MigrationError(session_lock_refusal("a schema change", store.label), server=store.label)
         deadline = time.monotonic() + max(wait, 0.0)
         while conn.execute("SELECT pg_try_advisory_lock(%s)", (SCHEMA_LOCK,)).fetchone() != (True,):
             if time.monotonic() >= deadline:

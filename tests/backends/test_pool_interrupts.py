@@ -76,6 +76,7 @@ async def _one_call(db: hvcore.AsyncDatastore, rnd: random.Random, keys: list[hv
             await db.put_connection(conn)
 
 
+@pytest.mark.timeout(180)
 @pytest.mark.parametrize("pool_max", [1, 2])
 def test_cancellation_storm_loses_no_connection(storm_servers: list[dict[str, Any]], pool_max: int) -> None:
     calls = 1500
@@ -119,18 +120,16 @@ class Storm(BaseException):
     """Raised by the test's SIGALRM handler: a BaseException, like KeyboardInterrupt."""
 
 
-BLOCKING = {"wait", "wait_c", "wait_select", "wait_epoll", "wait_poll", "_wait_conn", "select", "poll"}
-"""Function names of the waits a thread blocks in: the pool's wait for a connection (``SignalSafeWaiter.wait``,
-``threading.Condition.wait``) and psycopg's waits for the server (``psycopg.waiting``)."""
-
-
 def _blocked(frame: Any) -> bool:
-    """True if ``frame`` (where the signal handler interrupted the main thread) is inside a blocking wait."""
-    while frame is not None:
-        if frame.f_code.co_name in BLOCKING:
-            return True
-        frame = frame.f_back
-    return False
+    """True if ``frame`` (where the handler interrupted the main thread) is one of the waits a call blocks in: the
+    pool's wait for a connection (`SignalSafeWaiter.wait`, through ``threading.Condition.wait``) or psycopg's wait
+    for the server (``Connection.wait``)."""
+    if frame is not None and frame.f_code.co_filename.endswith("threading.py"):
+        frame = frame.f_back  # Condition.wait: judged by its caller (the stdlib's futures are not signal-safe)
+    if frame is None or frame.f_code.co_name != "wait":
+        return False
+    filename = frame.f_code.co_filename.replace("\\", "/")
+    return filename.endswith(("/_poolguard.py", "/psycopg/connection.py"))
 
 
 @contextlib.contextmanager
@@ -185,6 +184,11 @@ def _sync_call(db: hvcore.Datastore, rnd: random.Random, keys: list[hvcore.Key])
             db.put_connection(conn)
 
 
+# psycopg's Connection.wait is also entered for work that does not block (closing a server cursor whose
+# transaction is gone): interrupted there, the cursor object is left unclosed on the client (the server's cursor
+# went with its transaction) and warns when collected.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.timeout(180)
 @pytest.mark.parametrize("pool_max", [1, 2])
 def test_signal_storm_loses_no_connection(storm_servers: list[dict[str, Any]], pool_max: int) -> None:
     assert threading.current_thread() is threading.main_thread()
