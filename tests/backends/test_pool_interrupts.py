@@ -129,7 +129,7 @@ def _blocked(frame: Any) -> bool:
     if frame is None or frame.f_code.co_name != "wait":
         return False
     filename = frame.f_code.co_filename.replace("\\", "/")
-    return filename.endswith(("/_poolguard.py", "/psycopg/connection.py"))
+    return bool(filename.endswith(("/_poolguard.py", "/psycopg/connection.py")))
 
 
 @contextlib.contextmanager
