@@ -1,10 +1,11 @@
 """The hypervault benchmark suite: every part in one run, on one machine and one set of servers, as ratios.
 
-Usage: ``python benchmarks/suite.py [--quick] [--parts keys,redis,datastore,batches,peers,scaling,citus,schema]
-[--output DIR] [--json PATH] [--png PATH]``, from a source checkout (the benchmarks are not installed with the
-package; there is no ``hv bench``). A full run writes ``benchmarks/results/latest.{json,md,png}`` (the committed
-results the README shows); a ``--quick`` run writes ``bench-results/quick/`` (ignored by git) unless ``--output``,
-``--json`` or ``--png`` say otherwise. Each part is a ``benchmarks/bench_<part>.py`` script with a
+Usage: ``python benchmarks/suite.py [--quick] [--parts keys,redis,datastore,batches,peers,scaling,citus,schema,
+commit_status,concurrency] [--output DIR] [--json PATH] [--png PATH]``, from a source checkout (the benchmarks are
+not installed with the package; there is no ``hv bench``).
+A full run writes ``benchmarks/results/latest.{json,md,png}`` (the
+committed results the README shows); a ``--quick`` run writes ``bench-results/quick/`` (ignored by git) unless
+``--output``, ``--json`` or ``--png`` say otherwise. Each part is a ``benchmarks/bench_<part>.py`` script with a
 ``run(quick) -> dict``; the suite normalises their figures into rows
 
     part, measure, hypervault, comparison, ratio, unit, explanation
@@ -42,11 +43,23 @@ for extra in (str(ROOT / "backends"), str(ROOT / "plugins"), str(ROOT / "tests")
     if extra not in sys.path:
         sys.path.insert(0, extra)
 
-PARTS = ("keys", "redis", "datastore", "batches", "peers", "scaling", "citus", "schema")
+PARTS = (
+    "keys",
+    "redis",
+    "datastore",
+    "batches",
+    "peers",
+    "scaling",
+    "citus",
+    "schema",
+    "commit_status",
+    "concurrency",
+)
 RESULTS = HERE / "results"  # the committed results: written by full runs only, unless asked
 QUICK_RESULTS = ROOT / "bench-results" / "quick"  # where --quick writes by default (git ignores bench-results/)
 LIBRARIES = (
     "hypervault",
+    "asyncpg",
     "psycopg",
     "psycopg-binary",
     "psycopg-pool",
@@ -671,6 +684,182 @@ def rows_citus(r: dict[str, Any]) -> list[Row]:
     return out
 
 
+def rows_commit_status(r: dict[str, Any]) -> list[Row]:
+    """bench_commit_status.py: a healthy put and update with the commit-status check (the transaction id read before
+    the commit) vs the same write without it, on durable and on CPU-bound servers."""
+    out = []
+    for label, title in (("durable", "fsync on"), ("no_fsync", "fsync off")):
+        f = r[label]
+        for op in ("put", "update"):
+            out.append(
+                row(
+                    "commit_status",
+                    f"{op} with the commit-status check, {title}",
+                    f[f"{op}_with_check_us"],
+                    "the same write without it",
+                    f[f"{op}_without_check_us"],
+                    "µs",
+                    "goal ≤ 3 % slower (ratio ≥ 0.97): the id rides in the write's round trip, a Flush sends it first",
+                    lower_is_better=True,
+                )
+            )
+    return out
+
+
+def rows_concurrency(r: dict[str, Any]) -> list[Row]:
+    """bench_concurrency.py: 64 overlapping calls on AsyncDatastore vs raw asyncpg/psycopg; lone calls; get_many."""
+    a, g = r["async"], r["get_many"]
+    gets, puts = a["get_ops_per_s"], a["put_ops_per_s"]
+    pool = f"pool {a['pool']}"
+    out = [
+        row(
+            "concurrency",
+            f"{a['tasks']} concurrent gets, {pool}",
+            gets["hypervault"],
+            "raw asyncpg, same SQL (reset off)",
+            gets["asyncpg"],
+            "ops/s",
+            "overlapping gets coalesced into one = ANY statement per server (hvcore._coalesce) vs asyncpg's pool",
+            lower_is_better=False,
+        ),
+        row(
+            "concurrency",
+            f"{a['tasks']} concurrent gets, {pool}",
+            gets["hypervault"],
+            "coalesce_reads=False",
+            gets["uncoalesced"],
+            "ops/s",
+            "the same calls one statement each (what coalescing buys)",
+            lower_is_better=False,
+        ),
+        row(
+            "concurrency",
+            f"{a['tasks']} concurrent puts, {pool}",
+            puts["hypervault"],
+            "raw asyncpg, same SQL (reset off)",
+            puts["asyncpg"],
+            "ops/s",
+            "overlapping puts of a shard as one multi-row INSERT, each put its own outcome, vs one INSERT each",
+            lower_is_better=False,
+        ),
+        row(
+            "concurrency",
+            f"{a['tasks']} concurrent puts, {pool}",
+            puts["hypervault"],
+            "coalesce_writes=False",
+            puts["uncoalesced"],
+            "ops/s",
+            "the same calls one INSERT each (what coalescing buys)",
+            lower_is_better=False,
+        ),
+    ]
+    for name, label in (("lone_get", "get"), ("lone_put", "put")):
+        lone = a.get(name)
+        if lone:
+            for pct in ("p50", "p99"):
+                out.append(
+                    row(
+                        "concurrency",
+                        f"one {label} at a time, {pct}",
+                        lone["hypervault"][f"{pct}_us"],
+                        "coalescing off",
+                        lone["uncoalesced"][f"{pct}_us"],
+                        "µs",
+                        "a lone call goes straight through: coalescing must cost it nothing (1.0)",
+                        lower_is_better=True,
+                    )
+                )
+    t = r.get("threads")
+    if t:
+        out.append(
+            row(
+                "concurrency",
+                f"sync gets from {t['threads']} threads, {pool}",
+                t["get_ops_per_s"]["hypervault"],
+                "coalesce_reads=False",
+                t["get_ops_per_s"]["uncoalesced"],
+                "ops/s",
+                "threads that would wait for a pooled connection share one batch read (ThreadReadCoalescer)",
+                lower_is_better=False,
+            )
+        )
+        out.append(
+            row(
+                "concurrency",
+                f"sync gets from {t['threads']} threads, {pool}",
+                t["get_ops_per_s"]["hypervault"],
+                PEER_LABELS["psycopg"],
+                t["get_ops_per_s"]["psycopg"],
+                "ops/s",
+                "the same single-key SELECT on a psycopg ConnectionPool of the same size, one statement per call",
+                lower_is_better=False,
+            )
+        )
+        if "put_ops_per_s" in t:
+            out.append(
+                row(
+                    "concurrency",
+                    f"sync puts from {t['threads']} threads, {pool}",
+                    t["put_ops_per_s"]["hypervault"],
+                    "coalesce_writes=False",
+                    t["put_ops_per_s"]["uncoalesced"],
+                    "ops/s",
+                    "threads that would wait for a pooled connection share multi-row INSERTs (ThreadWriteCoalescer)",
+                    lower_is_better=False,
+                )
+            )
+            out.append(
+                row(
+                    "concurrency",
+                    f"sync puts from {t['threads']} threads, {pool}",
+                    t["put_ops_per_s"]["hypervault"],
+                    PEER_LABELS["psycopg"],
+                    t["put_ops_per_s"]["psycopg"],
+                    "ops/s",
+                    "the same single-row INSERT on a psycopg ConnectionPool of the same size",
+                    lower_is_better=False,
+                )
+            )
+            out.append(
+                row(
+                    "concurrency",
+                    "sync put, one thread, p50",
+                    t["lone_put"]["hypervault"]["p50_us"],
+                    "coalescing off",
+                    t["lone_put"]["uncoalesced"]["p50_us"],
+                    "µs",
+                    "a lone call goes straight through: coalescing must cost it nothing (1.0)",
+                    lower_is_better=True,
+                )
+            )
+        for pct in ("p50", "p99"):
+            out.append(
+                row(
+                    "concurrency",
+                    f"sync get, one thread, {pct}",
+                    t["lone"]["hypervault"][f"{pct}_us"],
+                    "coalescing off",
+                    t["lone"]["uncoalesced"][f"{pct}_us"],
+                    "µs",
+                    "a lone call goes straight through: coalescing must cost it nothing (1.0)",
+                    lower_is_better=True,
+                )
+            )
+    out.append(
+        row(
+            "concurrency",
+            f"sync get_many {g['keys']} keys, 64 shards, 2 servers",
+            g["hypervault_us_per_key"],
+            PEER_LABELS["psycopg"],
+            g["psycopg_us_per_key"],
+            "µs/key",
+            "the first server read by the calling thread, the other in a spawned one (the floor reads them in turn)",
+            lower_is_better=True,
+        )
+    )
+    return out
+
+
 NORMALISERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "keys": rows_keys,
     "redis": rows_redis,
@@ -680,6 +869,8 @@ NORMALISERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "scaling": rows_scaling,
     "citus": rows_citus,
     "schema": rows_schema,
+    "commit_status": rows_commit_status,
+    "concurrency": rows_concurrency,
 }
 
 

@@ -4,16 +4,20 @@ from importlib.metadata import PackageNotFoundError, version
 
 from hvcore._adatastore import AsyncDatastore
 from hvcore._agenerator import AsyncKeyGenerator
+from hvcore._atransaction import AsyncShardTransaction
 from hvcore._backend import AsyncServerStore, BackendOptions, ProvisionReport, QuerySpec, Record, ServerStore
 from hvcore._datastore import Datastore
 from hvcore._generator import KeyGenerator
 from hvcore._key import Key, KeyLayout
+from hvcore._metrics import Metrics, metrics
 from hvcore._placement import MoveReport
 from hvcore._plugins import PluginRegistry, default_registry
+from hvcore._replicas import Timeline
 from hvcore._row import Row
 from hvcore._schemadefs import IndexInfo, IndexReport, IndexSpec, MigrationReport, MigrationStatus
 from hvcore._sequence import AsyncSequenceSource, SequenceSource
 from hvcore._shardmap import ShardMap
+from hvcore._transaction import ShardTransaction
 from hvcore._worker import WorkerGrant, WorkerSlice
 from hvcore.errors import (
     ClockMovedBackwards,
@@ -27,6 +31,7 @@ from hvcore.errors import (
     InvalidKind,
     InvalidQuery,
     InvalidShard,
+    InvalidToken,
     LayoutExhausted,
     MigrationError,
     MoveError,
@@ -35,13 +40,17 @@ from hvcore.errors import (
     PluginError,
     PoolTimeout,
     SequenceUnavailable,
+    ServerLimitReached,
     ServerUnavailable,
     ShardMapError,
     ShardMoved,
     ShardNotFound,
     StoreClosed,
+    TransactionConflict,
+    TransactionError,
     WorkerLeaseError,
     WorkerLeaseLost,
+    WriteOutcomeUnknown,
 )
 from hvcore.hookspecs import hookimpl
 
@@ -55,6 +64,7 @@ __all__ = [
     "AsyncKeyGenerator",
     "AsyncSequenceSource",
     "AsyncServerStore",
+    "AsyncShardTransaction",
     "BackendOptions",
     "ClockMovedBackwards",
     "ConfigError",
@@ -71,10 +81,12 @@ __all__ = [
     "InvalidKind",
     "InvalidQuery",
     "InvalidShard",
+    "InvalidToken",
     "Key",
     "KeyGenerator",
     "KeyLayout",
     "LayoutExhausted",
+    "Metrics",
     "MigrationError",
     "MigrationReport",
     "MigrationStatus",
@@ -91,18 +103,25 @@ __all__ = [
     "Row",
     "SequenceSource",
     "SequenceUnavailable",
+    "ServerLimitReached",
     "ServerStore",
     "ServerUnavailable",
     "ShardMap",
     "ShardMapError",
     "ShardMoved",
     "ShardNotFound",
+    "ShardTransaction",
     "StoreClosed",
+    "Timeline",
+    "TransactionConflict",
+    "TransactionError",
     "WorkerGrant",
     "WorkerLeaseError",
     "WorkerLeaseLost",
     "WorkerSlice",
+    "WriteOutcomeUnknown",
     "__version__",
     "default_registry",
     "hookimpl",
+    "metrics",
 ]

@@ -13,12 +13,16 @@ import logging
 import os
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from enum import Enum
 from pathlib import Path
+from time import perf_counter
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from hvcore import _schemaops
 from hvcore._acompat import ALock, agather, aspawn, ato_thread
+from hvcore._areadrouter import AsyncReadRouter, ReplicaChoice
+from hvcore._atransaction import AsyncShardTransaction, open_transaction
 from hvcore._backend import AsyncServerStore, AsyncSupportsWorkerLease, ProvisionReport, QuerySpec, Record
 from hvcore._facade import (
     PUT_ATTEMPTS,
@@ -31,8 +35,10 @@ from hvcore._facade import (
 )
 from hvcore._generator import KeyGenerator
 from hvcore._key import Key, KeyLayout
+from hvcore._metrics import metrics
 from hvcore._placement import MAX_HOPS, AsyncPlacementMixin
 from hvcore._plugins import PluginRegistry
+from hvcore._replicas import Timeline, TimelineScope, check_read_from, current_timeline
 from hvcore._row import Row
 from hvcore._schemadefs import (
     FieldFilter,
@@ -48,7 +54,7 @@ from hvcore._schemadefs import (
 )
 from hvcore._shardmap import format_ranges
 from hvcore._worker import WorkerSlice
-from hvcore.errors import ConfigError, ConnectionMisuse, DuplicateKey, ShardMoved
+from hvcore.errors import ConfigError, ConnectionMisuse, DuplicateKey, HypervaultError, ShardMoved
 
 if TYPE_CHECKING:  # psycopg is an optional dependency: only the types are named here
     from psycopg import AsyncConnection, AsyncCursor
@@ -80,7 +86,19 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
     unique by construction across processes and hosts sharing shards: ``"lease"`` (or a dict of lease options:
     ``bits``, ``namespace``, ``ttl``, ``acquire_timeout``) leases a free worker number from the first server for
     the store's lifetime; a `WorkerSlice` is a fixed one; None (the default) uses the in-process sequence with a
-    random start per millisecond (docs/keys.md has the guarantees and figures of each).
+    random start per millisecond (docs/keys.md has the guarantees and figures of each). ``coalesce_reads`` (default
+    True) merges ``get()`` calls that overlap on one server into one batch read, ``coalesce_writes`` (default True)
+    merges overlapping ``put()`` calls of a shard into multi-row INSERTs (a backend that has ``insert_group``), each
+    call keeping its own result or error (``hvcore._coalesce``); a lone call goes straight through. On `Datastore`
+    the calls merged are those of threads that would otherwise wait for a pooled connection.
+
+    Read replicas: a server entry may list its standbys, ``replicas=[dict(host=..., port=...)]`` (each inherits
+    the server's other settings). ``read_from="replica"`` sends `get`, `get_many` and `query` to a standby whose
+    replay lag is within ``max_replica_lag`` seconds (default 1.0), else to the primary, never failing while the
+    primary is up; each of them takes ``read_from=`` for one call. After a write to a shard, its reads go to the
+    primary until a standby has replayed past that write (read-your-writes, per `timeline`; it costs each write on
+    a server with standbys one more round trip, for the WAL position: ``read_your_writes=False`` turns it off).
+    Writes always go to primaries. README "Read replicas" has the details and figures.
 
     `AsyncDatastore` opens its pools on ``await db.open()`` or on entering ``async with``; its I/O methods are
     coroutines, ``cursor()`` is an async context manager and ``query()`` an async iterator. `Datastore` opens them
@@ -106,6 +124,11 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         values: str | None = None,
         log_values: bool = False,
         worker: WorkerSlice | Mapping[str, Any] | str | None = None,
+        read_from: str = "primary",
+        max_replica_lag: float = 1.0,
+        read_your_writes: bool = True,
+        coalesce_reads: bool = True,
+        coalesce_writes: bool = True,
     ) -> None:
         self._configure(
             connections,
@@ -122,8 +145,22 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
             values,
             log_values,
             worker,
+            read_from,
+            max_replica_lag,
+            read_your_writes,
         )
         self._factory = self._registry.async_backend(backend)
+        self._read_from = self._config.read_from
+        self._timeline = Timeline()  # the process-wide read-your-writes positions (outside any `timeline()` block)
+        self._router: AsyncReadRouter | None = None
+        if any(self._replica_settings):
+            self._router = AsyncReadRouter(
+                self._replica_settings,
+                self._factory,
+                self._options,
+                max_lag=self._config.max_replica_lag,
+                primaries=self._live,
+            )
         if True:  # ASYNC
             check_sequence(sequence, asyncio=True)
         else:
@@ -143,6 +180,13 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         self._lock = ALock()
         self._retired: list[AsyncServerStore] = []  # closed stores whose borrowed connections have not come back yet
         self._index_catalog = _schemaops.IndexCatalog()  # index definitions, for where/range filters
+        for name, flag in (("coalesce_reads", coalesce_reads), ("coalesce_writes", coalesce_writes)):
+            if not isinstance(flag, bool):
+                raise ConfigError(f"{name} must be True or False, got {flag!r}")
+        self._coalesce_reads = coalesce_reads
+        self._coalesce_writes = coalesce_writes
+        self._readers: dict[int, Any] = {}  # id(store) -> its ReadCoalescer (hvcore._coalesce), made on first get
+        self._writers: dict[int, Any] = {}  # id(store) -> its WriteCoalescer, made on first put
         if True:  # ASYNC
             self._check_settings()  # the stores are made by open(); their settings are checked now
         else:
@@ -156,6 +200,8 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         """Build each server's store without opening it: its backend checks its settings (no I/O)."""
         for settings in self._settings:
             self._factory(settings, self._options)
+        if self._router is not None:
+            self._router.check()
 
     async def _open_stores(self) -> None:
         stores = [self._factory(settings, self._options) for settings in self._settings]
@@ -176,8 +222,11 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
             self.generator = self._make_generator(self._sequence)
             self._sequence_closed = False
         self._stores = stores
+        if self._router is not None:
+            self._router.attach(stores)
         self._closed = False
         self._ever_opened = True
+        metrics.watch(self)  # looks the meter provider up again: figures start once one is configured
 
     async def open(self) -> None:
         """Open every server's pool if closed (idempotent)."""
@@ -191,8 +240,12 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         async with self._lock:
             stores, self._stores = self._stores, []
             self._closed = True
+            self._readers = {}
+            self._writers = {}
         for store in stores:
             await store.close()
+        if self._router is not None:
+            await self._router.close()
         async with self._lock:
             self._retired = [s for s in (*self._retired, *stores) if s.stats().get("borrowed")]
 
@@ -223,9 +276,13 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
 
     def _after_fork_in_child(self) -> None:
         self._lock = ALock()
+        self._readers = {}
+        self._writers = {}
         for store in (*self._stores, *self._retired):
             store.after_fork_in_child()
         self._retired = []
+        if self._router is not None:
+            self._router.after_fork_in_child()
 
     if True:  # ASYNC
 
@@ -311,6 +368,27 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         async with self.store_for(shard_id).cursor(shard_id) as cur:
             yield cur
 
+    def transaction(
+        self, shard_id: int, *, isolation_level: str | Enum | None = None, read_only: bool = False
+    ) -> AbstractAsyncContextManager[AsyncShardTransaction]:
+        """One transaction on one shard: ``async with db.transaction(12) as tx:`` then ``tx.put``, ``tx.get``...
+
+        Yields an `AsyncShardTransaction` whose ``put``, ``put_many``, ``get``, ``get_many``, ``update``,
+        ``replace``, ``delete``, ``query`` and ``cursor()`` all run in one transaction on the shard's server (keys
+        of the shard only: `InvalidKey` otherwise, before any SQL); committed when the block ends, rolled back when
+        an exception leaves it. ``async with tx.transaction():`` inside it, or ``db.transaction(12)`` again in the
+        same task or thread, is a savepoint. ``isolation_level``: None (the server's default), ``"read
+        committed"``, ``"repeatable read"`` or ``"serializable"`` (case, ``_`` and ``-`` ignored; an enum such as
+        psycopg's ``IsolationLevel`` by its name); ``read_only=True`` refuses writes
+        (`TransactionError`). Bad arguments raise `ConfigError`, `InvalidShard` or `ShardNotFound` when this is
+        called. The shard context travels with the transaction (``SET LOCAL search_path`` and schema-qualified
+        statements), so it works through PgBouncer in transaction mode. A shard that moved away is reported with
+        `ShardMoved`, never followed inside the transaction; `TransactionConflict` when PostgreSQL refuses it to
+        keep transactions isolated (run it again); `ServerUnavailable` when the server is lost (during the commit
+        the outcome is unknown). Transactions on different shards are separate transactions.
+        """
+        return open_transaction(self, shard_id, isolation_level, read_only)
+
     # -- entities --------------------------------------------------------------------------------------------
 
     async def put(self, shard_id: int, kind: int, /, **data: Any) -> Key:
@@ -321,84 +399,311 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         for _ in range(PUT_ATTEMPTS):
             key = await self._next_key(shard_id)
             try:
-                await store.insert(shard_id, key, kind, data)
-            except DuplicateKey:
+                if self._coalesce_writes and hasattr(store, "insert_group"):  # overlapping puts: multi-row INSERTs
+                    insert = self._writer(store).insert
+                else:
+                    insert = store.insert
+                if metrics.on:
+                    await self._observed("put", store, insert, shard_id, key, kind, data)
+                else:
+                    await insert(shard_id, key, kind, data)
+            except DuplicateKey:  # another writer holds the key: a fresh one, never an overwrite or a success
+                self._count_collisions(shard_id, 1)
                 self._log_duplicate(shard_id, key)
                 continue
             except ShardMoved as moved:  # refused by the shard's old server: nothing written, retry where it is
                 self._follow(moved)
                 store = self.store_for(shard_id)
                 continue
+            if self._router is not None:
+                await self._note_write(shard_id)
             return key
         raise too_many_duplicates(shard_id)
 
     async def put_many(self, shard_id: int, kind: int, rows: Iterable[Mapping[str, Any]]) -> list[Key]:
-        """Store many bodies in one shard in one round trip, all or nothing; return their keys in row order."""
+        """Store many bodies in one shard in one round trip, all or nothing; return their keys in row order.
+
+        Keys another writer already holds are redrawn (only those: the rest of the batch keeps its keys) and the
+        batch is sent again, up to `PUT_ATTEMPTS` times; the keys returned are the ones stored.
+        """
         store = self.store_for(shard_id)
         kind = check_kind(kind)
         bodies = self._check_rows(rows, store.check_data)
         if not bodies:
             return []
+        keys = await self._keys(shard_id, len(bodies))
         for _ in range(PUT_ATTEMPTS):
-            keys = await self._keys(shard_id, len(bodies))
             try:
-                await store.insert_many(shard_id, [(k, kind, b) for k, b in zip(keys, bodies, strict=True)])
-            except DuplicateKey:
-                self._log_duplicate(shard_id, keys[0])
+                items = [(k, kind, b) for k, b in zip(keys, bodies, strict=True)]
+                await self._observed("put_many", store, store.insert_many, shard_id, items)
+            except DuplicateKey as taken:
+                keys = await self._redraw(shard_id, keys, taken.keys)
                 continue
             except ShardMoved as moved:
                 self._follow(moved)
                 store = self.store_for(shard_id)
                 continue
+            if self._router is not None:
+                await self._note_write(shard_id)
             return keys
         raise too_many_duplicates(shard_id)
 
-    async def get(self, key: Key | int) -> Record | None:
-        """The record stored under ``key``, or None."""
+    async def _redraw(self, shard_id: int, keys: list[Key], taken: Sequence[int]) -> list[Key]:
+        """``keys`` with the taken ones (all of them if the backend could not tell which) replaced by fresh keys."""
+        mine = set(keys)
+        known = {int(k) for k in taken if int(k) in mine}
+        positions = [i for i, k in enumerate(keys) if int(k) in known] if known else list(range(len(keys)))
+        self._count_collisions(shard_id, len(positions))
+        self._log_duplicate(shard_id, keys[positions[0]])
+        fresh: list[Key] = []
+        while len(fresh) < len(positions):  # a fresh key is never one the batch already holds
+            fresh.extend(k for k in await self._keys(shard_id, len(positions) - len(fresh)) if k not in mine)
+        out = list(keys)
+        for position, key in zip(positions, fresh, strict=False):
+            out[position] = key
+        return out
+
+    async def get(self, key: Key | int, *, read_from: str | None = None) -> Record | None:
+        """The record stored under ``key``, or None.
+
+        ``read_from`` (``"primary"``/``"replica"``) overrides the datastore's for this call (`ConfigError` if
+        neither).
+        """
         key = self.as_key(key)
         shard = key.shard_id
-        return await self._on_shard(shard, lambda store: store.fetch(shard, key))
+        if self._router is not None and self._reads_replicas(read_from):
+            index = self.shard_map.server_for(shard)
+            choice = self._router.pick(index, (shard,), current_timeline(self._timeline))
+            if choice is not None:
+                try:
+                    record: Record | None = await choice.store.fetch(shard, key)
+                    return record
+                except ShardMoved as moved:  # the standby replayed the move: read where the shard is now
+                    self._follow(moved)
+                except Exception as exc:  # down, or anything a standby cannot answer: the primary decides
+                    self._router.failed(index, choice, exc)
+        elif read_from is not None:
+            check_read_from(read_from)
+        if self._coalesce_reads:  # overlapping calls share one batch read per server (hvcore._coalesce)
+            found: Record | None = await self._on_shard(shard, lambda store: self._reader(store).get(shard, key), "get")
+            return found
+        return await self._on_shard(shard, lambda store: store.fetch(shard, key), "get")
 
-    async def get_many(self, keys: Iterable[Key | int]) -> dict[Key, Record]:
-        """Records of many keys: one round trip per server, servers read concurrently; missing keys left out."""
+    def _writer(self, store: AsyncServerStore) -> Any:
+        """The write coalescer of ``store`` (made on first use; one per store, dropped with the stores).
+
+        A `WriteCoalescer` on asyncio, a `ThreadWriteCoalescer` for `Datastore` (hvcore._coalesce).
+        """
+        writer = self._writers.get(id(store))
+        if writer is None or writer.owner is not store:
+            from hvcore import _coalesce
+
+            group, limit = cast(Any, store).insert_group, self._options.pool_max
+            if True:  # ASYNC
+                writer = _coalesce.WriteCoalescer(store.insert, group, store.fetch_many, limit, owner=store)
+            else:
+                writer = _coalesce.ThreadWriteCoalescer(store.insert, group, store.fetch_many, limit, owner=store)
+            self._writers[id(store)] = writer
+        return writer
+
+    def _reader(self, store: AsyncServerStore) -> Any:
+        """The read coalescer of ``store`` (made on first use; one per store, dropped with the stores).
+
+        A `ReadCoalescer` on asyncio, a `ThreadReadCoalescer` for `Datastore` (hvcore._coalesce).
+        """
+        reader = self._readers.get(id(store))
+        if reader is None or reader.owner is not store:
+            from hvcore import _coalesce
+
+            limit = self._options.pool_max
+            if True:  # ASYNC
+                reader = _coalesce.ReadCoalescer(store.fetch, store.fetch_many, limit, owner=store)
+            else:
+                reader = _coalesce.ThreadReadCoalescer(store.fetch, store.fetch_many, limit, owner=store)
+            self._readers[id(store)] = reader
+        return reader
+
+    async def get_many(self, keys: Iterable[Key | int], *, read_from: str | None = None) -> dict[Key, Record]:
+        """Records of many keys: one round trip per server, servers read concurrently; missing keys left out.
+
+        ``read_from`` (``"primary"``/``"replica"``) overrides the datastore's for this call.
+        """
         by_server = self._group_keys(keys)
+        found: dict[Key, Record] = {}
+        if self._router is not None and self._reads_replicas(read_from):
+            by_server = await self._get_many_replicas(by_server, found)
+        elif read_from is not None:
+            check_read_from(read_from)
         for _ in range(MAX_HOPS):
             stores = self._live()
             try:
-                if len(by_server) <= 1:
-                    found = [r for index, items in by_server.items() for r in await stores[index].fetch_many(items)]
-                else:
-                    spawned = [aspawn(stores[index].fetch_many, items) for index, items in by_server.items()]
-                    found = [r for records in await agather(*spawned) for r in records]
+                records = await self._fetch_by_server(stores, by_server)
             except ShardMoved as moved:
                 self._follow(moved)
                 by_server = self._group_keys([key for items in by_server.values() for _, key in items])
                 continue
-            return {r.key: r for r in found}
+            return {**found, **{r.key: r for r in records}}
         raise self._too_many_hops(-1)
+
+    async def _get_many_replicas(
+        self, by_server: dict[int, list[tuple[int, Key]]], found: dict[Key, Record]
+    ) -> dict[int, list[tuple[int, Key]]]:
+        """Read what standbys may serve into ``found``; return the keys left for the primaries, by server."""
+        router = self._router
+        assert router is not None
+        timeline = current_timeline(self._timeline)
+        rest: list[Key] = []
+        jobs: list[tuple[int, ReplicaChoice, list[tuple[int, Key]]]] = []
+        for index, items in by_server.items():
+            choice = router.pick(index, {shard for shard, _ in items}, timeline)
+            if choice is None:
+                rest.extend(key for _, key in items)
+                continue
+            pinned = choice.pinned
+            jobs.append((index, choice, [item for item in items if item[0] not in pinned] if pinned else items))
+            rest.extend(key for shard, key in items if shard in pinned)
+        if not jobs:
+            return by_server
+        if len(jobs) == 1:
+            results = [await self._replica_fetch(*jobs[0])]
+        else:
+            results = await agather(*(aspawn(self._replica_fetch, *job) for job in jobs))
+        for (_, _, items), records in zip(jobs, results, strict=True):
+            if records is None:
+                rest.extend(key for _, key in items)
+            else:
+                found.update((r.key, r) for r in records)
+        return self._group_keys(rest)
+
+    async def _replica_fetch(
+        self, index: int, choice: ReplicaChoice, items: list[tuple[int, Key]]
+    ) -> list[Record] | None:
+        """``fetch_many`` on a standby; None if it failed (the keys are then read from the primary)."""
+        try:
+            records: list[Record] = await choice.store.fetch_many(items)
+            return records
+        except ShardMoved as moved:
+            self._follow(moved)
+        except Exception as exc:  # down, or anything a standby cannot answer: the primary decides
+            assert self._router is not None
+            self._router.failed(index, choice, exc)
+        return None
+
+    @property
+    def read_from(self) -> str:
+        """Where reads go unless a call says otherwise: ``"primary"`` or ``"replica"`` (the ``read_from`` option)."""
+        return self._read_from
+
+    @property
+    def max_replica_lag(self) -> float:
+        """Seconds a standby may be behind its primary and still serve reads (the ``max_replica_lag`` option)."""
+        return self._config.max_replica_lag
+
+    def _reads_replicas(self, read_from: str | None) -> bool:
+        """True if a read with this ``read_from`` argument (None: the datastore's) may go to a standby."""
+        if read_from is None:
+            return self._read_from == "replica"
+        return check_read_from(read_from) == "replica"
+
+    async def _note_write(self, shard_id: int) -> None:
+        """Record a write to ``shard_id`` in the current timeline (read-your-writes), if its server has standbys."""
+        router = self._router
+        if router is not None and self._config.read_your_writes:
+            index = self.shard_map.server_for(shard_id)
+            if router.has_replicas(index):
+                await router.note_write(index, shard_id, current_timeline(self._timeline))
+
+    def timeline(self, timeline: Timeline | None = None) -> TimelineScope:
+        """A ``with`` block whose writes and reads use ``timeline`` (a new empty one if None) for read-your-writes.
+
+        Outside such blocks the datastore uses one timeline for the whole process. Give each user or request its
+        own, restored from and saved to their session with `Timeline.from_token` / `Timeline.token`::
+
+            tl = Timeline.from_token(session.get("hv"), secret=KEY)
+            with db.timeline(tl):
+                ...
+            session["hv"] = tl.token(secret=KEY)
+
+        The block is bound to the current thread or asyncio task (a context variable); it yields the timeline.
+        """
+        return TimelineScope(timeline if timeline is not None else Timeline())
+
+    async def refresh_replicas(self) -> None:
+        """Read every primary's and standby's WAL position now (reads otherwise refresh them in the background,
+        at most every ``max_replica_lag / 4`` seconds, between 10 and 250 ms). Never raises for a server down."""
+        if self._router is not None:
+            self._live()
+            await self._router.refresh()
+
+    async def _fetch_by_server(
+        self, stores: list[AsyncServerStore], by_server: Mapping[int, Sequence[tuple[int, Key]]]
+    ) -> list[Record]:
+        """Each server's (shard, key) pairs read by its ``fetch_many``, the servers' round trips overlapping.
+
+        The first server is read by the calling task or thread while the others run in spawned ones: measured by
+        benchmarks/bench_concurrency.py (1000 keys, 64 shards, 2 servers, on 2 busy cores) this beat a thread per
+        server and reading the servers in turn (docs/benchmarks.md). The first failure is raised; reads already
+        spawned finish on their own and return their connections.
+        """
+        order = list(by_server.items())
+        if not order:
+            return []
+
+        async def read(index: int, items: Sequence[tuple[int, Key]]) -> list[Record]:
+            store = stores[index]
+            if metrics.on:
+                return list(await self._observed("get_many", store, store.fetch_many, items))
+            return list(await store.fetch_many(items))
+
+        spawned = [aspawn(read, index, items) for index, items in order[1:]]
+        try:
+            found = await read(*order[0])
+        except BaseException:
+            if True:  # ASYNC
+                for task in spawned:  # their failures are not this call's any more: do not log them as lost
+                    task.add_done_callback(_forget_failure)
+            raise
+        for records in await agather(*spawned):
+            found.extend(records)
+        return found
 
     async def update(self, key: Key | int, /, **data: Any) -> bool:
         """Merge ``data`` into the stored body; False if the key is not stored."""
         key = self.as_key(key)
         self.store_for(key.shard_id).check_data(data)
-        return await self._on_shard(key.shard_id, lambda store: store.update(key.shard_id, key, data, merge=True))
+        done = await self._on_shard(
+            key.shard_id, lambda store: store.update(key.shard_id, key, data, merge=True), "update"
+        )
+        if done and self._router is not None:
+            await self._note_write(key.shard_id)
+        return done
 
     async def replace(self, key: Key | int, /, **data: Any) -> bool:
         """Replace the stored body with ``data`` (kind unchanged); False if the key is not stored."""
         key = self.as_key(key)
         self.store_for(key.shard_id).check_data(data)
-        return await self._on_shard(key.shard_id, lambda store: store.update(key.shard_id, key, data, merge=False))
+        done = await self._on_shard(
+            key.shard_id, lambda store: store.update(key.shard_id, key, data, merge=False), "replace"
+        )
+        if done and self._router is not None:
+            await self._note_write(key.shard_id)
+        return done
 
     async def delete(self, key: Key | int) -> bool:
         """Delete the entity; False if the key was not stored."""
         key = self.as_key(key)
-        return await self._on_shard(key.shard_id, lambda store: store.delete(key.shard_id, key))
+        done = await self._on_shard(key.shard_id, lambda store: store.delete(key.shard_id, key), "delete")
+        if done and self._router is not None:
+            await self._note_write(key.shard_id)
+        return done
 
-    async def _on_shard(self, shard_id: int, op: Callable[[AsyncServerStore], Awaitable[_T]]) -> _T:
-        """Run ``op(store)`` on the server owning ``shard_id``, following `ShardMoved` refusals (bounded)."""
+    async def _on_shard(self, shard_id: int, op: Callable[[AsyncServerStore], Awaitable[_T]], name: str) -> _T:
+        """Run ``op(store)`` (operation ``name``) on the server owning ``shard_id``, following `ShardMoved` refusals."""
         for _ in range(MAX_HOPS):
             store = self._live()[self.shard_map.server_for(shard_id)]
             try:
+                if metrics.on:
+                    return await self._observed(name, store, op, store)
                 return await op(store)
             except ShardMoved as moved:
                 self._follow(moved)
@@ -412,6 +717,8 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         until: dt.datetime | Key | None = None,
         shards: Iterable[int] | None = None,
         limit: int | None = None,
+        *,
+        read_from: str | None = None,
     ) -> AsyncIterator[Record]:
         """Records in key order (creation order) across shards and servers, streamed.
 
@@ -424,7 +731,11 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         index's type: ``where={"age": {">=": 18, "<": 65}}`` (operators ``>``, ``>=``, ``<``, ``<=``). Their form
         is checked when this is called; that the field has an index of ``kind`` (`InvalidQuery` if not) when the
         iteration starts, after reading the index definitions and before any query runs.
+
+        ``read_from`` (``"primary"``/``"replica"``) overrides the datastore's for this call; a standby failing
+        mid-stream is left for the primary, which resumes after the last key yielded.
         """
+        replicas = self._reads_replicas(read_from) and self._router is not None
         by_server, spec = self._plan_query(kind, where, since, until, shards, limit)
         equal, ranges = split_ranges(spec.where, spec.kind)  # {F: {">=": a}} → range filters, bound to indexes later
         if ranges:
@@ -435,11 +746,11 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
                 stores[index].check_data(spec.where)
         shard_ids = [s for ids in by_server.values() for s in ids]
         if spec.where or ranges:
-            return self._query_indexed(shard_ids, spec, ranges)
-        return self._query_following_moves(shard_ids, spec)
+            return self._query_indexed(shard_ids, spec, ranges, replicas)
+        return self._query_following_moves(shard_ids, spec, replicas)
 
     async def _query_indexed(
-        self, shard_ids: list[int], spec: QuerySpec, ranges: tuple[FieldFilter, ...]
+        self, shard_ids: list[int], spec: QuerySpec, ranges: tuple[FieldFilter, ...], replicas: bool = False
     ) -> AsyncIterator[Record]:
         """A query filtering on body fields: range filters bound to the recorded indexes (read when stale) first."""
         catalog = self._index_catalog
@@ -449,7 +760,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         filters = bind_filters(spec.kind, spec.where, ranges, definitions)
         stream = cast(
             AsyncGenerator[Record, None],
-            self._query_following_moves(shard_ids, dataclasses.replace(spec, filters=filters)),
+            self._query_following_moves(shard_ids, dataclasses.replace(spec, filters=filters), replicas),
         )
         try:
             async for record in stream:
@@ -457,13 +768,23 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         finally:
             await stream.aclose()  # its connections go back now, not when the stream is collected
 
-    async def _query_following_moves(self, shard_ids: list[int], spec: QuerySpec) -> AsyncIterator[Record]:
+    async def _query_following_moves(
+        self, shard_ids: list[int], spec: QuerySpec, replicas: bool = False
+    ) -> AsyncIterator[Record]:
         last: int | None = None
         yielded = 0
         for _ in range(MAX_HOPS):
             run = self._resumed(spec, last, yielded)
             stores = self._live()
-            streams = [stores[index].query(ids, run) for index, ids in self._group_shards(shard_ids).items()]
+            if replicas:
+                streams = self._replica_streams(shard_ids, run)
+            else:
+                groups = self._group_shards(shard_ids)
+                streams = [stores[index].query(ids, run) for index, ids in groups.items()]
+                if metrics.on:
+                    streams = [
+                        self._observed_stream(stores[i], stream) for i, stream in zip(groups, streams, strict=True)
+                    ]
             merged = _merge(streams, run.limit)
             try:
                 async for record in merged:
@@ -473,9 +794,30 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
                 return
             except ShardMoved as moved:
                 self._follow(moved)
+            except _ReplicaFailed as failed:  # resumed on the primaries after the last key yielded
+                assert self._router is not None
+                self._router.failed(failed.index, failed.choice, failed.error)
+                replicas = False
             finally:
                 await merged.aclose()  # a generator left unfinished returns its connections now, not when collected
         raise self._too_many_hops(shard_ids[0])
+
+    def _replica_streams(self, shard_ids: list[int], run: QuerySpec) -> list[AsyncIterator[Record]]:
+        """One stream per server: from a standby for the shards it may serve, from the primary for the rest."""
+        router = self._router
+        assert router is not None
+        timeline = current_timeline(self._timeline)
+        stores = self._live()
+        streams: list[AsyncIterator[Record]] = []
+        for index, ids in self._group_shards(shard_ids).items():
+            choice = router.pick(index, ids, timeline)
+            if choice is not None:
+                mine = [shard for shard in ids if shard not in choice.pinned]
+                ids = [shard for shard in ids if shard in choice.pinned]
+                streams.append(_from_replica(index, choice, choice.store.query(mine, run)))
+            if ids:
+                streams.append(stores[index].query(ids, run))
+        return streams
 
     async def _next_key(self, shard_id: int) -> Key:
         if True:  # ASYNC
@@ -499,6 +841,42 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         if self.logger is not None:
             self.logger.warning("key %s already stored in shard %s: retrying with fresh keys", key, shard_id)
 
+    async def _observed(self, name: str, store: AsyncServerStore, call: Callable[..., Awaitable[_T]], *args: Any) -> _T:
+        """``await call(*args)``, its duration recorded as operation ``name`` on ``store`` (hvcore._metrics)."""
+        if not metrics.on:
+            return await call(*args)
+        started = perf_counter()
+        try:
+            result = await call(*args)
+        except BaseException as exc:
+            metrics.operation(name, store, perf_counter() - started, exc)
+            raise
+        metrics.operation(name, store, perf_counter() - started)
+        return result
+
+    async def _observed_stream(self, store: AsyncServerStore, stream: AsyncIterator[Record]) -> AsyncIterator[Record]:
+        """``stream``, the time spent waiting for its records recorded as one ``query`` operation on ``store``."""
+        spent = 0.0
+        error: BaseException | None = None
+        try:
+            while True:
+                started = perf_counter()
+                try:
+                    record = await anext(stream, None)
+                except BaseException as exc:
+                    error = exc
+                    raise
+                finally:
+                    spent += perf_counter() - started
+                if record is None:
+                    return
+                yield record
+        finally:
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                await aclose()
+            metrics.operation("query", store, spent, error)
+
     # -- operations ------------------------------------------------------------------------------------------
 
     async def provision(self, progress: Callable[[int], None] | None = None) -> list[ProvisionReport]:
@@ -516,8 +894,19 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         return await agather(*spawned)
 
     async def status(self) -> list[dict[str, Any]]:
-        """Per server: label, reachable, shards, pool stats, rows (errors reported, not raised)."""
+        """Per server: label, reachable, shards, pool stats, key collisions, rows (errors reported, not raised).
+
+        ``key_collisions`` counts this datastore's keys that another writer already held on that server's shards
+        (each redrawn and stored under a fresh key); ``pool`` includes the commit-status checks of lost writes.
+        A server with standbys also has ``replicas``: per standby its label, ``state`` (``in use``: within
+        ``max_replica_lag``; ``lagging``; ``down``; ``unknown``), ``lag_seconds``, ``lag_bytes``, reads served and
+        failed reads left for the primary (positions read anew first); and ``replica_reads_on_primary``: reads
+        asking for a standby that the primary served (none within the bound, or read-your-writes).
+        """
         out: list[dict[str, Any]] = []
+        if self._router is not None:
+            self._live()
+            await self._router.refresh(settle=True)
         for index, store in enumerate(self._live()):
             shards = self.shard_map.shards_of(index)
             entry: dict[str, Any] = {
@@ -525,7 +914,11 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
                 "shards": format_ranges(shards),
                 "shard_count": len(shards),
                 "pool": store.stats(),
+                "key_collisions": sum(self._collisions_by_shard.get(shard, 0) for shard in shards),
             }
+            if self._router is not None and self._router.has_replicas(index):
+                entry["replicas"] = self._router.describe(index)
+                entry["replica_reads_on_primary"] = self._router.on_primary[index]
             try:
                 counts = await store.row_counts(shards)
             except Exception as exc:  # reported to the user as the server's state
@@ -629,6 +1022,46 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         return status
 
 
+class _ReplicaFailed(HypervaultError):
+    """A standby's query stream failed (internal: the query resumes on the primaries)."""
+
+    def __init__(self, index: int, choice: ReplicaChoice, error: Exception) -> None:
+        super().__init__(f"standby {getattr(choice.store, 'label', '?')} failed: {type(error).__name__}")
+        self.index, self.choice, self.error = index, choice, error
+
+
+async def _from_replica(
+    index: int, choice: ReplicaChoice, stream: AsyncGenerator[Record, None]
+) -> AsyncGenerator[Record, None]:
+    """``stream`` from a standby, its failures (but `ShardMoved`) raised as `_ReplicaFailed`."""
+    try:
+        async for record in stream:
+            yield record
+    except ShardMoved:
+        raise
+    except Exception as exc:
+        raise _ReplicaFailed(index, choice, exc) from exc
+    finally:
+        await stream.aclose()
+
+
+async def _first(stream: AsyncIterator[Record]) -> Record | BaseException | None:
+    """The first record of ``stream`` (None if empty), or the exception getting it raised (to re-raise once every
+    stream's first step is over: none of them may still be running when the streams are closed)."""
+    try:
+        return await anext(stream, None)
+    except BaseException as exc:  # re-raised by _merge
+        return exc
+
+
+if True:  # ASYNC
+
+    def _forget_failure(task: Any) -> None:
+        """Mark a finished task's exception as seen (a spawned read whose caller already failed)."""
+        if not task.cancelled():
+            task.exception()
+
+
 async def _merge(streams: list[AsyncIterator[Record]], limit: int | None) -> AsyncGenerator[Record, None]:
     """Merge key-ordered streams lazily (a heap of each stream's next record), at most ``limit`` records."""
     try:
@@ -642,9 +1075,13 @@ async def _merge(streams: list[AsyncIterator[Record]], limit: int | None) -> Asy
                         break
             return
         heap: list[tuple[int, int, Record]] = []
-        for index, stream in enumerate(streams):
-            first = await anext(stream, None)
-            if first is not None:
+        # each server's first round trip (a pipeline of every piece of its shards) runs concurrently with the others'
+        firsts = await agather(*(aspawn(_first, stream) for stream in streams))
+        failed = next((outcome for outcome in firsts if isinstance(outcome, BaseException)), None)
+        if failed is not None:
+            raise failed
+        for index, first in enumerate(firsts):
+            if isinstance(first, Record):
                 heap.append((int(first.key), index, first))
         heapq.heapify(heap)
         emitted = 0

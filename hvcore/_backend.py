@@ -18,6 +18,8 @@ __all__ = [
     "AdoptionReport",
     "AsyncBackendFactory",
     "AsyncServerStore",
+    "AsyncStoreTransaction",
+    "AsyncSupportsTransactions",
     "AsyncSupportsWorkerLease",
     "BackendFactory",
     "BackendOptions",
@@ -32,10 +34,12 @@ __all__ = [
     "ServerStore",
     "ShardCluster",
     "ShardMover",
+    "StoreTransaction",
     "SupportsIndexes",
     "SupportsMigrations",
     "SupportsShardCluster",
     "SupportsShardMoves",
+    "SupportsTransactions",
     "SupportsWorkerLease",
     "check_body",
     "check_json",
@@ -176,7 +180,10 @@ class ServerStore(Protocol):
         ...
 
     def insert_many(self, shard_id: int, rows: Sequence[tuple[Key, int, Mapping[str, Any]]]) -> None:
-        """Store many entities of one shard in one transaction (all or nothing); `DuplicateKey` if a key exists."""
+        """Store many entities of one shard in one transaction (all or nothing); `DuplicateKey` if a key exists.
+
+        The error's ``keys`` name the batch's taken keys when the backend can tell (the façade redraws only those).
+        """
         ...
 
     def fetch_many(self, items: Sequence[tuple[int, Key]]) -> list[Record]:
@@ -482,6 +489,130 @@ class SupportsMigrations(Protocol):
         ...
 
 
+class StoreTransaction(Protocol):
+    """One open transaction of a backend, bound to one shard (what `SupportsTransactions.transaction` yields).
+
+    Every method runs in that transaction; the façade (`hvcore.ShardTransaction`) has checked the arguments, that
+    keys belong to the shard and that the transaction may write. Errors are the store's typed ones (`ShardMoved`,
+    `ServerUnavailable`, `DuplicateValue`, `TransactionConflict`...); an error from the server aborts the
+    transaction, as in PostgreSQL, which `aborted` then reports.
+    """
+
+    def insert(self, key: Key, kind: int, data: Mapping[str, Any]) -> bool:
+        """Store one entity; False (and nothing written, the transaction still usable) if the key is taken."""
+        ...
+
+    def insert_many(self, rows: Sequence[tuple[Key, int, Mapping[str, Any]]]) -> bool:
+        """Store every row or none; False (nothing written, the transaction still usable) if a key is taken."""
+        ...
+
+    def fetch(self, key: Key) -> Record | None:
+        """The entity under ``key`` as this transaction sees it (its own writes included), or None."""
+        ...
+
+    def fetch_many(self, keys: Sequence[Key]) -> list[Record]:
+        """The entities under these keys as this transaction sees them; missing keys are left out."""
+        ...
+
+    def update(self, key: Key, data: Mapping[str, Any], *, merge: bool) -> bool:
+        """Merge ``data`` into the body, or replace it (``merge=False``); False if the key is not stored."""
+        ...
+
+    def delete(self, key: Key) -> bool:
+        """Delete one entity; False if the key is not stored."""
+        ...
+
+    def query(self, spec: QuerySpec) -> Iterator[Record]:
+        """The shard's records matching ``spec`` in key order, as this transaction sees them, streamed."""
+        ...
+
+    def cursor(self) -> AbstractContextManager[Any]:
+        """A cursor in the transaction, the shard's schema first on the search path (no commit when it closes)."""
+        ...
+
+    def savepoint(self) -> AbstractContextManager[None]:
+        """A savepoint: released when the block ends, rolled back to (and released) on an exception."""
+        ...
+
+    def aborted(self) -> bool:
+        """True if an error aborted the transaction: only rolling back (to a savepoint) is possible (no I/O)."""
+        ...
+
+
+@runtime_checkable
+class SupportsTransactions(Protocol):
+    """A `ServerStore` whose backend runs transactions on one shard (PostgreSQL, memory): ``Datastore.transaction``."""
+
+    def transaction(
+        self, shard_id: int, *, isolation_level: str | None = None, read_only: bool = False
+    ) -> AbstractContextManager[StoreTransaction]:
+        """Begin a transaction on ``shard_id``: committed when the block ends, rolled back on an exception.
+
+        ``isolation_level``: None (the server's default), ``"read committed"``, ``"repeatable read"`` or
+        ``"serializable"`` (checked by the façade). The shard context travels with the transaction (PostgreSQL:
+        ``SET LOCAL search_path`` and schema-qualified statements), so it holds through PgBouncer in transaction mode.
+        Raises `TransactionConflict` when the commit is refused to keep transactions isolated, `ServerUnavailable`
+        when the server is lost (during the commit: outcome unknown), `TransactionError` when the block ends
+        normally although an error aborted the transaction (it is rolled back).
+        """
+        ...
+
+
+class AsyncStoreTransaction(Protocol):
+    """The asyncio form of `StoreTransaction`."""
+
+    async def insert(self, key: Key, kind: int, data: Mapping[str, Any]) -> bool:
+        """Store one entity; False (and nothing written, the transaction still usable) if the key is taken."""
+        ...
+
+    async def insert_many(self, rows: Sequence[tuple[Key, int, Mapping[str, Any]]]) -> bool:
+        """Store every row or none; False (nothing written, the transaction still usable) if a key is taken."""
+        ...
+
+    async def fetch(self, key: Key) -> Record | None:
+        """The entity under ``key`` as this transaction sees it (its own writes included), or None."""
+        ...
+
+    async def fetch_many(self, keys: Sequence[Key]) -> list[Record]:
+        """The entities under these keys as this transaction sees them; missing keys are left out."""
+        ...
+
+    async def update(self, key: Key, data: Mapping[str, Any], *, merge: bool) -> bool:
+        """Merge ``data`` into the body, or replace it (``merge=False``); False if the key is not stored."""
+        ...
+
+    async def delete(self, key: Key) -> bool:
+        """Delete one entity; False if the key is not stored."""
+        ...
+
+    def query(self, spec: QuerySpec) -> AsyncIterator[Record]:
+        """The shard's records matching ``spec`` in key order, as this transaction sees them, streamed."""
+        ...
+
+    def cursor(self) -> AbstractAsyncContextManager[Any]:
+        """A cursor in the transaction, the shard's schema first on the search path (no commit when it closes)."""
+        ...
+
+    def savepoint(self) -> AbstractAsyncContextManager[None]:
+        """A savepoint: released when the block ends, rolled back to (and released) on an exception."""
+        ...
+
+    def aborted(self) -> bool:
+        """True if an error aborted the transaction: only rolling back (to a savepoint) is possible (no I/O)."""
+        ...
+
+
+@runtime_checkable
+class AsyncSupportsTransactions(Protocol):
+    """The asyncio form of `SupportsTransactions`."""
+
+    def transaction(
+        self, shard_id: int, *, isolation_level: str | None = None, read_only: bool = False
+    ) -> AbstractAsyncContextManager[AsyncStoreTransaction]:
+        """Begin a transaction on ``shard_id``: committed when the block ends, rolled back on an exception."""
+        ...
+
+
 @runtime_checkable
 class SupportsShardCluster(Protocol):
     """A `ServerStore` that can tell whether its server fronts a distributed database (PostgreSQL: Citus)."""
@@ -741,6 +872,10 @@ for _public in (
     SupportsIndexes,
     Migrator,
     SupportsMigrations,
+    StoreTransaction,
+    SupportsTransactions,
+    AsyncStoreTransaction,
+    AsyncSupportsTransactions,
     NodeShard,
     AdoptionReport,
     ShardCluster,

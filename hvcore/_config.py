@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from hvcore._key import KeyLayout
+from hvcore._replicas import check_max_replica_lag, check_read_from, replica_problems
 from hvcore._show import show_value
 from hvcore._worker import WorkerSlice
 from hvcore.errors import ConfigError, ShardMapError
@@ -43,6 +44,9 @@ _TOP_LEVEL = frozenset(
         "operation_timeout",
         "values",
         "log_values",
+        "read_from",
+        "max_replica_lag",
+        "read_your_writes",
     }
 )
 TIMEOUT_LIMIT = 2_147_483
@@ -79,6 +83,8 @@ def redact(settings: Mapping[str, Any]) -> dict[str, Any]:
     for name, value in settings.items():
         if name.lower() in _SECRET_NAMES:
             out[name] = "***"
+        elif name == "replicas" and isinstance(value, list | tuple):
+            out[name] = [redact(r) if isinstance(r, Mapping) else r for r in value]
         elif name in ("conninfo", "dsn") and isinstance(value, str):
             out[name] = redact_conninfo(value)
         else:
@@ -158,7 +164,7 @@ PGBOUNCER_MODES = ("auto", "transaction", "session", "off")
 run on another server session: no prepared statements, ``SET LOCAL`` only; ``"session"``: a pooler in session mode
 (behaves like a direct connection); ``"off"``: a direct connection; ``"auto"`` (the default): detected on the first
 connection (see README "Behind PgBouncer")."""
-SERVER_OPTIONS = ("shards", "pgbouncer")
+SERVER_OPTIONS = ("shards", "pgbouncer", "replicas")
 """The names of a server entry that are hypervault's own, not libpq connection settings."""
 
 
@@ -176,8 +182,8 @@ def libpq_settings(settings: Mapping[str, Any], *, ignore: Sequence[str] = SERVE
 
     ``settings`` are libpq keywords (``host``, ``port``, ``dbname``, ``user``, ``password``, ``sslmode``...) and/or
     a ``conninfo`` string or URL; psycopg2's spellings ``database`` (for ``dbname``) and ``dsn`` (for
-    ``conninfo``) are accepted too (`LIBPQ_ALIASES`); names in ``ignore`` (hypervault's own ``shards`` and
-    ``pgbouncer``, whose value is checked: `pgbouncer_mode`) are left out. Raises `ConfigError`,
+    ``conninfo``) are accepted too (`LIBPQ_ALIASES`); names in ``ignore`` (hypervault's own ``shards``,
+    ``replicas`` and ``pgbouncer``, whose value is checked: `pgbouncer_mode`) are left out. Raises `ConfigError`,
     never showing the password, for: both spellings of one setting with different values; a ``conninfo`` that is
     not a string; a name libpq does not know; a string or URL libpq cannot parse (a bad percent-encoding...);
     values libpq would refuse when connecting (``sslmode="bogus"``, ``port="abc"``, a bad ``target_session_attrs``,
@@ -326,6 +332,9 @@ class DatastoreConfig:
     values: str | None = None
     log_values: bool = False
     worker: Any = None  # None, a WorkerSlice, "lease", or a mapping: {id, bits} (fixed) or lease options
+    read_from: str = "primary"
+    max_replica_lag: float = 1.0
+    read_your_writes: bool = True
     logger: logging.Logger | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -383,6 +392,7 @@ class DatastoreConfig:
                 "worker and sequence cannot be combined: a worker number owns a slice of the in-process sequence, "
                 "a shared sequence (Redis) hands out every number; choose one"
             )
+        problems += _replica_option_problems(self)
         if problems:
             raise ConfigError("; ".join(problems))
 
@@ -421,6 +431,22 @@ class DatastoreConfig:
         if "layout" in options:
             options["layout"] = parse_layout(options["layout"])
         return cls(servers=tuple(dict(s) for s in servers), **options)
+
+
+def _replica_option_problems(config: DatastoreConfig) -> list[str]:
+    """``read_from``, ``max_replica_lag`` and every server's ``replicas`` list checked (`hvcore._replicas`)."""
+    problems: list[str] = []
+    for check, value in ((check_read_from, config.read_from), (check_max_replica_lag, config.max_replica_lag)):
+        try:
+            check(value)
+        except ConfigError as exc:
+            problems.append(str(exc))
+    if not isinstance(config.read_your_writes, bool):
+        problems.append(f"read_your_writes must be True or False, got {show_value(config.read_your_writes)}")
+    for index, server in enumerate(config.servers):
+        if isinstance(server, Mapping):
+            problems += replica_problems(server, index)
+    return problems
 
 
 def _values_problems(values: object, backend: object) -> list[str]:

@@ -13,7 +13,10 @@ from typing import Any, Generic, Self, TypeVar
 from hvcore._backend import BackendOptions, QuerySpec
 from hvcore._config import DatastoreConfig, check_servers, load_config, parse_layout
 from hvcore._key import Key, KeyLayout
+from hvcore._metrics import metrics
 from hvcore._plugins import PluginRegistry, default_registry
+from hvcore._replicas import split_replicas
+from hvcore._schemadefs import KIND_MAX, check_kind
 from hvcore._sequence import AsyncSequenceSource, SequenceSource
 from hvcore._shardmap import ShardMap, format_ranges
 from hvcore._show import show_value
@@ -22,7 +25,6 @@ from hvcore.errors import (
     DuplicateKey,
     InvalidData,
     InvalidKey,
-    InvalidKind,
     InvalidQuery,
     InvalidShard,
     StoreClosed,
@@ -41,7 +43,6 @@ __all__ = [
     "too_many_duplicates",
 ]
 
-KIND_MAX = 32767  # kind is stored as a PostgreSQL smallint
 LIMIT_MAX = 2**63 - 1  # query(limit=...): a PostgreSQL bigint (and the most itertools.islice takes)
 PUT_ATTEMPTS = 8  # fresh keys tried when an insert hits an existing key
 
@@ -51,17 +52,6 @@ SequenceArg = SequenceSource | str | None
 """What `Datastore` takes as ``sequence``: a source, a URL such as ``redis://host:6379/0``, or None (in-process)."""
 AsyncSequenceArg = SequenceSource | AsyncSequenceSource | str | None
 """What `AsyncDatastore` takes as ``sequence``: a sync or asyncio source, a URL, or None (in-process)."""
-
-
-def check_kind(kind: object) -> int:
-    """Return ``kind`` if it is an int in 0..32767, else raise `InvalidKind`."""
-    if type(kind) is int and 0 <= kind <= KIND_MAX:
-        return kind
-    if isinstance(kind, int) and not isinstance(kind, bool) and 0 <= kind <= KIND_MAX:
-        return int(kind)
-    raise InvalidKind(
-        f"kind must be an int in 0..{KIND_MAX} (stored as a smallint), got {type(kind).__name__} {show_value(kind)}"
-    )
 
 
 def check_sequence(sequence: object, *, asyncio: bool) -> None:
@@ -120,6 +110,9 @@ class FacadeBase(Generic[StoreT]):
         values: str | None = None,
         log_values: bool = False,
         worker: object = None,
+        read_from: str = "primary",
+        max_replica_lag: float = 1.0,
+        read_your_writes: bool = True,
     ) -> None:
         check_servers(connections)
         if worker is not None and sequence is not None and not isinstance(sequence, str):
@@ -143,14 +136,18 @@ class FacadeBase(Generic[StoreT]):
             log_values=log_values,
             worker=worker,
             logger=logger,
+            read_from=read_from,
+            max_replica_lag=max_replica_lag,
+            read_your_writes=read_your_writes,
         )
         self._config = config
         self._registry = registry or default_registry()
         self.layout: KeyLayout = config.layout
         self.logger = logger
-        self.shard_map, self._settings = ShardMap.from_connections(
+        self.shard_map, settings = ShardMap.from_connections(
             config.servers, layout=config.layout, allow_gaps=config.allow_gaps
         )
+        self._settings, self._replica_settings = split_replicas(settings)
         self._options = BackendOptions(
             pool_max=config.pool_max,
             pool_block_timeout=float(config.pool_block_timeout),
@@ -164,6 +161,18 @@ class FacadeBase(Generic[StoreT]):
         self._key_type = config.layout.key_type
         self._stores = []
         self._closed = True
+        self.key_collisions = 0  # keys found taken by another writer and redrawn (see _count_collisions)
+        self._collisions_by_shard: dict[int, int] = {}
+
+    def _count_collisions(self, shard_id: int, count: int) -> None:
+        """Record ``count`` keys of ``shard_id`` found taken: each was redrawn, never overwritten or acknowledged.
+
+        ``key_collisions`` (total) and ``status()`` (per server) show them; a metrics exporter reads the attribute.
+        """
+        self.key_collisions += count
+        self._collisions_by_shard[shard_id] = self._collisions_by_shard.get(shard_id, 0) + count
+        if metrics.on:
+            metrics.key_collision(self.store_for(shard_id), count)
 
     @classmethod
     def from_config(cls, config: str | Path | DatastoreConfig, **overrides: Any) -> Self:
@@ -187,6 +196,9 @@ class FacadeBase(Generic[StoreT]):
             "values": cfg.values,
             "log_values": cfg.log_values,
             "worker": cfg.worker,
+            "read_from": cfg.read_from,
+            "max_replica_lag": cfg.max_replica_lag,
+            "read_your_writes": cfg.read_your_writes,
         }
         if overrides.get("backend") == "memory" and cfg.backend in ("hstore", "jsonb") and cfg.values is None:
             kwargs["values"] = "text" if cfg.backend == "hstore" else "jsonb"  # stand in for the file's backend

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from hvcore._backend import MoveProgress, MoveReport, ShardMover, SupportsShardMoves
 from hvcore._distributed import move_within_cluster
+from hvcore._metrics import metrics
 from hvcore._shardmap import ShardMap, format_ranges
 from hvcore.errors import MoveError, ShardMoved, ShardNotFound
 
@@ -95,6 +96,8 @@ class PlacementFollower:
                 f"one of this datastore's servers ({', '.join(labels)}): add it to the config"
             ) from moved
         index = labels.index(moved.server)
+        if metrics.on:
+            metrics.shard_moved_followed(moved.shard_id, moved.server)
         if not self._apply_placement(moved.shard_id, index, moved.version) and (
             self.shard_map.server_for(moved.shard_id) != index
         ):
@@ -178,7 +181,14 @@ class PlacementMixin(PlacementFollower):
                         report.dropped_source = True
                         report.notes.append(f"dropped the old copy on {store.label}")
             return report
-        report = mover_of(stores[source_index]).move_to(shard_id, target, drop_source=drop_source, progress=progress)
+        try:
+            report = mover_of(stores[source_index]).move_to(
+                shard_id, target, drop_source=drop_source, progress=progress
+            )
+        except BaseException as exc:
+            metrics.shard_move(source=stores[source_index].label, target=target.label, error=exc)
+            raise
+        metrics.shard_move(report)
         self._apply_placement(shard_id, target_index, report.version)
         for index, store in enumerate(stores):
             if index not in (source_index, target_index):

@@ -25,6 +25,8 @@ EXTRA_FOR_MODULE = {
     "pglast": "postgres",
     "redis": "redis",
     "pgserver": "embedded",
+    "opentelemetry": "otel",
+    "prometheus_client": "otel",
 }
 """Missing top-level module → the ``hypervault[extra]`` that installs it (named in error messages)."""
 

@@ -19,7 +19,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from hvcore.errors import InvalidQuery, MigrationError
+from hvcore._show import show_value
+from hvcore.errors import InvalidKind, InvalidQuery, MigrationError
 
 __all__ = [
     "INDEX_TYPES",
@@ -61,10 +62,21 @@ SchemaProgress = Callable[[str, int, int], None]
 """``progress(label, done, total)``: shards done of ``total`` for the step ``label`` (an index or a migration file)."""
 
 
-def _check_kind(kind: object) -> int:
-    from hvcore._facade import check_kind  # the façade's rule for kinds (imported late: _facade imports this module)
+KIND_MAX = 32767  # kind is stored as a PostgreSQL smallint
 
-    return check_kind(kind)
+
+def check_kind(kind: object) -> int:
+    """Return ``kind`` if it is an int in 0..32767, else raise `InvalidKind`."""
+    if type(kind) is int and 0 <= kind <= KIND_MAX:
+        return kind
+    if isinstance(kind, int) and not isinstance(kind, bool) and 0 <= kind <= KIND_MAX:
+        return int(kind)
+    raise InvalidKind(
+        f"kind must be an int in 0..{KIND_MAX} (stored as a smallint), got {type(kind).__name__} {show_value(kind)}"
+    )
+
+
+_check_kind = check_kind
 
 
 def _check_field(name: object) -> str:

@@ -14,6 +14,7 @@
     ├── InvalidKind (ValueError)            a kind outside 0..32767
     ├── InvalidData (ValueError)            a body the backend cannot store as given
     ├── InvalidQuery (ValueError)           query arguments that cannot mean anything (since > until, ...)
+    ├── InvalidToken (ValueError)           a timeline token that is malformed, or forged / signed otherwise
     ├── ClockMovedBackwards (RuntimeError)  the clock went back further than the tolerated skew
     ├── LayoutExhausted (OverflowError)     the time part would reach the sign bit
     ├── PluginError (LookupError)           unknown or duplicate backend / sequence names
@@ -21,10 +22,14 @@
     ├── StoreClosed (RuntimeError)          used after ``disconnect()``
     ├── PoolTimeout (TimeoutError)          no connection free within ``pool_block_timeout``
     ├── ServerUnavailable (OSError)         a server cannot be reached (named without its password)
+    │   └── WriteOutcomeUnknown             a write's connection was lost and the server cannot tell yet if it committed
+    ├── ServerLimitReached (RuntimeError)   a healthy server refused a statement at one of its limits
     ├── NotProvisioned (RuntimeError)       schemas or extensions missing: run ``hv init``
     ├── DuplicateKey (RuntimeError)         a key already stored (retried with a fresh key by ``put``)
     ├── DuplicateValue (ValueError)         a body value a unique index of the shard already holds
     ├── SequenceUnavailable (OSError)       the shared sequence source (Redis) cannot be reached in time
+    ├── TransactionError (RuntimeError)     a transaction cannot go on (ended, aborted, read-only)
+    │   └── TransactionConflict             refused to keep transactions isolated: run it again
     └── WorkerLeaseError (RuntimeError)     a leased worker number cannot be had or kept
         ├── NoFreeWorker                    every worker number of the lease table is held
         └── WorkerLeaseLost                 the lease ended or lapsed: no key is made with it
@@ -44,6 +49,7 @@ __all__ = [
     "InvalidKind",
     "InvalidQuery",
     "InvalidShard",
+    "InvalidToken",
     "LayoutExhausted",
     "MigrationError",
     "MoveError",
@@ -52,13 +58,17 @@ __all__ = [
     "PluginError",
     "PoolTimeout",
     "SequenceUnavailable",
+    "ServerLimitReached",
     "ServerUnavailable",
     "ShardMapError",
     "ShardMoved",
     "ShardNotFound",
     "StoreClosed",
+    "TransactionConflict",
+    "TransactionError",
     "WorkerLeaseError",
     "WorkerLeaseLost",
+    "WriteOutcomeUnknown",
 ]
 
 
@@ -166,6 +176,12 @@ class InvalidQuery(HypervaultError, ValueError):
     __module__ = "hvcore"
 
 
+class InvalidToken(HypervaultError, ValueError):
+    """A read-your-writes timeline token that is not one, or whose signature does not match (forged or edited)."""
+
+    __module__ = "hvcore"
+
+
 class ClockMovedBackwards(HypervaultError, RuntimeError):
     """The wall clock went back further than the generator tolerates."""
 
@@ -208,16 +224,57 @@ class ServerUnavailable(HypervaultError, OSError):
     __module__ = "hvcore"
 
 
+class ServerLimitReached(HypervaultError, RuntimeError):
+    """A healthy server refused a statement at one of PostgreSQL's limits; the server itself is fine.
+
+    ``limit`` names it: ``"max_locks_per_transaction"`` (the shared lock table is full: "out of shared memory"),
+    ``"max_stack_depth"`` (a statement too deeply nested), ``"bind parameters"`` (more than 65,535 values in one
+    statement) or ``"statement size"`` (a statement or value over PostgreSQL's 1 GB). The message says what to do.
+    hypervault's own multi-shard statements stay far below these limits (see docs/fanout.md); this error comes
+    from raw ``cursor()`` statements, or from other sessions filling the server's shared lock table.
+    """
+
+    __module__ = "hvcore"
+
+    def __init__(self, message: str, *, limit: str, server: str | None = None) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.server = server
+
+
 class NotProvisioned(HypervaultError, RuntimeError):
     """The shard's schema, table or extension is missing: run ``hv init``."""
 
     __module__ = "hvcore"
 
 
-class DuplicateKey(HypervaultError, RuntimeError):
-    """A key that is already stored was inserted again."""
+class WriteOutcomeUnknown(ServerUnavailable):
+    """A write lost its connection and PostgreSQL could not say, within the wait, whether it committed.
+
+    Raised when the write's transaction was still in progress on the server (an orphaned session) for longer than
+    the settle wait, or when no server answered the question. ``keys`` are the keys the write used: each either
+    holds this write's row or no row, never another writer's (a retry never assumes success).
+    """
 
     __module__ = "hvcore"
+
+    def __init__(self, message: str, *, keys: tuple[int, ...] = ()) -> None:
+        super().__init__(message)
+        self.keys = keys
+
+
+class DuplicateKey(HypervaultError, RuntimeError):
+    """A key that is already stored was inserted again (another writer holds it).
+
+    ``keys`` are the keys found taken, when the backend knows them (a batch names every one of its taken keys),
+    so `Datastore.put_many` redraws only those; empty when unknown.
+    """
+
+    __module__ = "hvcore"
+
+    def __init__(self, message: str, *, keys: tuple[int, ...] = ()) -> None:
+        super().__init__(message)
+        self.keys = keys
 
 
 class DuplicateValue(HypervaultError, ValueError):
@@ -231,6 +288,23 @@ class DuplicateValue(HypervaultError, ValueError):
 
 class SequenceUnavailable(HypervaultError, OSError):
     """The shared sequence source could not be reached within its timeout."""
+
+    __module__ = "hvcore"
+
+
+class TransactionError(HypervaultError, RuntimeError):
+    """A transaction of ``Datastore.transaction()`` cannot go on: it has ended, an error aborted it, or it is read-only.
+
+    An error from the server inside a transaction aborts it, as PostgreSQL does: every later call raises this error
+    until its ``with`` block (or the enclosing savepoint's, ``with tx.transaction():``) ends, which rolls it back.
+    """
+
+    __module__ = "hvcore"
+
+
+class TransactionConflict(TransactionError):
+    """The transaction was refused to keep transactions isolated (PostgreSQL's serialization failure or deadlock, a
+    write-write conflict on the memory backend); it was rolled back: run it again."""
 
     __module__ = "hvcore"
 

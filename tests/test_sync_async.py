@@ -20,6 +20,10 @@ import pytest
 import hvcore
 from hvbackend_memory import AsyncMemoryServerStore, MemoryServerStore
 from hvbackend_postgres import AsyncPostgresServerStore, PostgresServerStore
+from hvbackend_postgres._atransaction import AsyncPostgresTransaction
+from hvbackend_postgres._transaction import PostgresTransaction
+from hvcore._areadrouter import AsyncReadRouter
+from hvcore._readrouter import ReadRouter
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOL = ROOT / "tools" / "async_to_sync.py"
@@ -50,6 +54,9 @@ def _pairs() -> list[tuple[type, type]]:
         (hvcore.Datastore, hvcore.AsyncDatastore),
         (PostgresServerStore, AsyncPostgresServerStore),
         (MemoryServerStore, AsyncMemoryServerStore),
+        (hvcore.ShardTransaction, hvcore.AsyncShardTransaction),
+        (PostgresTransaction, AsyncPostgresTransaction),
+        (ReadRouter, AsyncReadRouter),
     ]
     try:
         from hvplugin_redis import AsyncRedisSequence, RedisSequence

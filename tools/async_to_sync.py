@@ -52,6 +52,9 @@ PAIRS: list[tuple[str, str]] = [
     ("hvcore/_adatastore.py", "hvcore/_datastore.py"),
     ("backends/hvbackend_postgres/_astore.py", "backends/hvbackend_postgres/_store.py"),
     ("plugins/hvplugin_redis/_asequence.py", "plugins/hvplugin_redis/_sequence.py"),
+    ("hvcore/_atransaction.py", "hvcore/_transaction.py"),
+    ("backends/hvbackend_postgres/_atransaction.py", "backends/hvbackend_postgres/_transaction.py"),
+    ("hvcore/_areadrouter.py", "hvcore/_readrouter.py"),
 ]
 
 # async name -> sync name, for identifiers, attributes, imported names and module paths, and words in text
@@ -68,7 +71,14 @@ NAMES: dict[str, str] = {
     "AsyncSequenceArg": "SequenceArg",
     "AsyncShardMover": "ShardMover",
     "AsyncSupportsWorkerLease": "SupportsWorkerLease",
+    "AsyncShardTransaction": "ShardTransaction",
+    "AsyncStoreTransaction": "StoreTransaction",
+    "AsyncSupportsTransactions": "SupportsTransactions",
+    "AsyncPostgresTransaction": "PostgresTransaction",
+    "_atransaction": "_transaction",
     "alease_worker": "lease_worker",
+    "AsyncReadRouter": "ReadRouter",
+    "_areadrouter": "_readrouter",
     "_adatastore": "_datastore",
     "_astore": "_store",
     "_asequence": "_sequence",

@@ -24,6 +24,7 @@ from typing import Any
 from hvcore._backend import BackendOptions, ProvisionReport, QuerySpec, Record, check_body, json_default
 from hvcore._config import VALUE_RULES, libpq_settings
 from hvcore._key import Key
+from hvcore._metrics import metrics
 from hvcore._row import Row
 from hvcore._schemadefs import IndexSpec, typed_value
 from hvcore._worker import WorkerGrant, WorkerSlice
@@ -270,6 +271,8 @@ class MemoryServerStore:
         self._table(shard_id)
         acquired = self._slots.acquire(timeout=timeout) if timeout > 0 else self._slots.acquire(blocking=False)
         if not acquired:
+            if timeout > 0:
+                metrics.connection_timeout(self.label)
             raise PoolTimeout(
                 f"no connection to {self.label} free within {self._options.pool_block_timeout} s "
                 f"(pool_max={self._options.pool_max}, all borrowed): return connections with put_connection()"
@@ -299,6 +302,20 @@ class MemoryServerStore:
         conn = self.get_connection(shard_id)
         try:
             yield conn.cursor()
+        finally:
+            self.put_connection(conn)
+
+    @contextmanager
+    def transaction(
+        self, shard_id: int, *, isolation_level: str | None = None, read_only: bool = False
+    ) -> Iterator[Any]:
+        """A transaction on ``shard_id`` holding one connection slot (see ``hvbackend_memory._transaction``)."""
+        from hvbackend_memory._transaction import memory_transaction
+
+        conn = self.get_connection(shard_id)
+        try:
+            with memory_transaction(self, conn, shard_id, isolation_level, read_only) as tx:
+                yield tx
         finally:
             self.put_connection(conn)
 
@@ -341,7 +358,9 @@ class MemoryServerStore:
         with self._lock:
             taken = [int(r.key) for r in records if int(r.key) in table]
             if taken or len({int(r.key) for r in records}) != len(records):
-                raise DuplicateKey(f"key(s) {taken[:5]} already exist in shard {shard_id} on {self.label}")
+                raise DuplicateKey(
+                    f"key(s) {taken[:5]} already exist in shard {shard_id} on {self.label}", keys=tuple(taken)
+                )
             MemoryIndexes(self).check_unique(shard_id, table, records)
             for record in records:
                 table[int(record.key)] = record
@@ -664,6 +683,7 @@ class AsyncMemoryServerStore:
                 return self.sync.get_connection_nowait(shard_id)
             except PoolTimeout:
                 if time.monotonic() >= deadline:
+                    metrics.connection_timeout(self.label)
                     raise
                 await asyncio.sleep(0.005)
 
@@ -681,6 +701,20 @@ class AsyncMemoryServerStore:
         conn = await self.get_connection(shard_id)
         try:
             yield conn.cursor()
+        finally:
+            self.sync.put_connection(conn)
+
+    @asynccontextmanager
+    async def transaction(
+        self, shard_id: int, *, isolation_level: str | None = None, read_only: bool = False
+    ) -> AsyncIterator[Any]:
+        """A transaction on ``shard_id`` holding one connection slot (see ``hvbackend_memory._transaction``)."""
+        from hvbackend_memory._transaction import AsyncMemoryTransaction, memory_transaction
+
+        conn = await self.get_connection(shard_id)
+        try:
+            with memory_transaction(self.sync, conn, shard_id, isolation_level, read_only) as tx:
+                yield AsyncMemoryTransaction(tx)
         finally:
             self.sync.put_connection(conn)
 

@@ -17,6 +17,8 @@ from psycopg.rows import RowMaker, dict_row, tuple_row
 from psycopg.types import TypeInfo
 from psycopg.types.json import Jsonb
 
+from hvbackend_postgres import _fanout
+from hvbackend_postgres._fanout import check_parameters, group_pieces, item_shard, limit_error, shard_pieces
 from hvbackend_postgres._indexsql import typed_conditions
 from hvbackend_postgres._schema import (
     BODY_TYPES,
@@ -31,12 +33,18 @@ from hvcore._backend import BackendOptions, QuerySpec, Record, check_body, check
 from hvcore._config import libpq_settings, redact_conninfo
 from hvcore._key import Key
 from hvcore._row import Row
-from hvcore.errors import ConfigError, DuplicateKey, NotProvisioned, PoolTimeout, ServerUnavailable
+from hvcore.errors import (
+    ConfigError,
+    DuplicateKey,
+    NotProvisioned,
+    PoolTimeout,
+    ServerUnavailable,
+    WriteOutcomeUnknown,
+)
 
 __all__ = [
     "ADVISORY_LOCK",
     "BACKEND_CHECK_SQL",
-    "COUNT_BATCH",
     "HSTORE_SCHEMA_SQL",
     "PROVISION_BATCH",
     "PROVISION_WORKERS",
@@ -58,9 +66,11 @@ __all__ = [
     "statement_text",
 ]
 
-PROVISION_BATCH = 200  # shards per provisioning transaction (thousands in one run out of lock slots)
+# Shards per provisioning transaction: each shard's DDL holds about 6 relation locks until COMMIT (table, TOAST
+# table and index, 3 indexes), so 16 shards keep a transaction near the default max_locks_per_transaction (64), like
+# every multi-shard statement (_fanout). 200 per transaction held ~1,200 of the 6,400 shared lock entries per worker.
+PROVISION_BATCH = 16
 PROVISION_WORKERS = 2  # parallel provisioning sessions per server
-COUNT_BATCH = 500  # shards per row-count query
 # A query stream's round trips: a small first fetch (the first record comes quickly), then each one asks for
 # QUERY_FETCH_GROWTH times more rows, up to QUERY_FETCH_MAX (memory holds one batch of decoded rows at a time).
 # The cap is measured: on loopback a 100,000-row stream got slower with every larger cap tried (best of 15:
@@ -396,6 +406,21 @@ class StoreCore:
     def _duplicate(self, shard_id: int, key: Key) -> DuplicateKey:
         return DuplicateKey(f"key {int(key)} already exists in shard {shard_id} on {self._label}")
 
+    def _outcome_unknown(self, xid: int | None, keys: Sequence[Key], why: str) -> WriteOutcomeUnknown:
+        shown = ", ".join(str(int(k)) for k in keys[:3]) + (" ..." if len(keys) > 3 else "")
+        which = f"its transaction {xid}" if xid is not None else "it"
+        return WriteOutcomeUnknown(
+            f"a write to {self._label} lost its connection and whether {which} committed is not known: {why}. "
+            f"Its keys ({shown}) hold this write's rows or none, never another writer's; read them to know",
+            keys=tuple(int(k) for k in keys),
+        )
+
+    def _taken_sql(self, shard_id: int) -> sql.Composed:
+        """The keys of a list (``%s``: bigint[]) that a shard holds: which keys of a refused batch are taken."""
+        return sql.SQL("SELECT id FROM {}.{} WHERE id = ANY(%s::bigint[])").format(
+            sql.Identifier(shard_schema(shard_id)), sql.Identifier(TABLE)
+        )
+
     def _duplicate_batch(self, shard_id: int, count: int) -> DuplicateKey:
         return DuplicateKey(f"a key of this batch of {count} already exists in shard {shard_id} on {self._label}")
 
@@ -414,14 +439,21 @@ class StoreCore:
             self._sql.clear()
             self._fetch_parts.clear()
             return NotProvisioned(f"the hstore extension is missing in {self._label}: run `hv init --config FILE`")
+        limit = limit_error(exc, self._label)  # lock table, stack depth, parameters, size (_fanout)
+        if limit is not None:
+            return limit
         if isinstance(exc, psycopg.OperationalError) and (state is None or state in _SERVER_GONE_STATES):
             return self._unavailable(exc)
         return exc
 
     def _pool_kwargs(self) -> dict[str, Any]:
         """Arguments of the psycopg_pool pool (sync or async) of this server."""
+        kwargs = {**self._kwargs, "autocommit": True}
+        options = _fanout.session_options(kwargs.get("options"))
+        if options is not None:
+            kwargs["options"] = options
         return {
-            "kwargs": {**self._kwargs, "autocommit": True},
+            "kwargs": kwargs,
             "min_size": 0,
             "max_size": self._options.pool_max,
             "timeout": self._options.pool_block_timeout,
@@ -442,6 +474,15 @@ class StoreCore:
         if self.text_only:
             return (list(data.keys()), list(data.values()))
         return (Jsonb(data),)
+
+    @staticmethod
+    def _group_insert_sql(statements: ShardSQL, count: int) -> str:
+        """``count`` rows of the shard's single-row INSERT in one statement, conflicts skipped; returns the stored
+        ids, each row with the transaction id last (`_commit`: a lost connection is settled by asking the server)."""
+        head, row = statements.insert.split(" VALUES ", 1)
+        return (
+            f"{head} VALUES {', '.join([row] * count)} ON CONFLICT DO NOTHING RETURNING id, pg_current_xact_id()::text"
+        )
 
     def _insert_params(self, key: Key, kind: int, data: Mapping[str, Any]) -> tuple[Any, ...]:
         if self.text_only:
@@ -512,6 +553,21 @@ class StoreCore:
         parts = self._fetch_parts
         text = " UNION ALL ".join(parts.get(shard) or self._fetch_part(shard, ext) for shard in by_shard)
         return text, list(by_shard.values()), next(iter(by_shard))
+
+    def _fetch_many_statements(
+        self, items: Sequence[tuple[int, Key]], ext: str | None
+    ) -> list[tuple[str, list[list[int]]]]:
+        """`_fetch_many_sql` per piece of at most `SHARDS_PER_STATEMENT` shards (`_fanout`): bounded locks."""
+        return [self._fetch_many_sql(piece, ext)[:2] for piece in group_pieces(items, item_shard)]
+
+    def _query_pieces_of(self, shard_ids: Sequence[int], spec: QuerySpec, ext: str | None) -> list[list[int]]:
+        """The pieces of shards a query's statements cover: bounded relations and bound values per statement.
+
+        `InvalidQuery` (before any SQL) if the filter alone binds more values than one statement may.
+        """
+        _, params = self._query_sql(shard_ids[:1], spec, ext)
+        check_parameters(len(params), "this query's filter")
+        return shard_pieces(shard_ids, len(params))
 
     def _fetch_part(self, shard_id: int, ext: str | None) -> str:
         part = self._select_shards([(shard_id, sql.SQL(" WHERE id = ANY(%s::bigint[])"))], ext).as_string(None)

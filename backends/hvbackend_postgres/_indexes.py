@@ -142,9 +142,14 @@ def recorded_indexes(conn: Conn) -> list[IndexSpec]:
 def unique_violation(exc: psycopg.Error, shard_id: int, label: str) -> DuplicateValue | None:
     """The `DuplicateValue` for a unique violation of a secondary index (None for the primary key: a key taken).
 
-    On Citus the primary key of a shard placement carries the placement's number (``entities_pkey_102009``).
+    On Citus the primary key of a shard placement carries the placement's number (``entities_pkey_102009``), and an
+    error relayed from a worker inside a transaction block may come without its constraint field: the name is then
+    read from the message (``duplicate key value violates unique constraint "..."``).
     """
     constraint = exc.diag.constraint_name
+    if constraint is None:
+        named = re.search(r'unique constraint "([^"]+)"', exc.diag.message_primary or "")
+        constraint = named.group(1) if named else None
     if constraint is None or constraint == PKEY_INDEX or re.fullmatch(f"{PKEY_INDEX}_[0-9]+", constraint):
         return None
     detail = exc.diag.message_detail or ""
@@ -240,6 +245,11 @@ class PostgresIndexes:
         finally:
             conn.close()
 
+    def _refuse_behind_transaction_pooler(self, conn: Conn) -> None:
+        """`MigrationError` behind a transaction-mode pooler: builds and drops need `schema_lock`'s session lock."""
+        if transaction_pooled(self.store, conn):
+            raise MigrationError(session_lock_refusal("a schema change", self.store.label), server=self.store.label)
+
     def definitions(self) -> list[IndexSpec]:
         """Every index recorded on this server."""
         with self._conn() as conn:
@@ -248,6 +258,7 @@ class PostgresIndexes:
     def record(self, spec: IndexSpec) -> None:
         """Record ``spec`` as active (under the provisioning lock: a provisioning run sees it, or ends first)."""
         with self._conn() as conn:
+            self._refuse_behind_transaction_pooler(conn)  # before anything is recorded
             ensure_support(conn)
             with conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK,))
@@ -329,6 +340,7 @@ class PostgresIndexes:
     def mark_dropping(self, spec: IndexSpec) -> None:
         """Record that ``spec`` is being dropped (new shards no longer get it; queries stop using it)."""
         with self._conn() as conn:
+            self._refuse_behind_transaction_pooler(conn)
             if conn.execute("SELECT to_regclass('hypervault.indexes') IS NOT NULL").fetchone() == (True,):
                 conn.execute("UPDATE hypervault.indexes SET state = 'dropping' WHERE name = %s", (spec.name,))
 
@@ -351,6 +363,7 @@ class PostgresIndexes:
     def forget(self, spec: IndexSpec) -> None:
         """Remove the definition."""
         with self._conn() as conn:
+            self._refuse_behind_transaction_pooler(conn)
             if conn.execute("SELECT to_regclass('hypervault.indexes') IS NOT NULL").fetchone() == (True,):
                 conn.execute("DELETE FROM hypervault.indexes WHERE name = %s", (spec.name,))
 

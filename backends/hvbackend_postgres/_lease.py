@@ -175,6 +175,7 @@ def _parse_settings(settings: Mapping[str, Any] | str) -> tuple[str, dict[str, A
     elif isinstance(settings, Mapping):
         raw = dict(settings)
         raw.pop("shards", None)  # a Datastore server entry may be given as it is
+        raw.pop("replicas", None)
         conninfo = raw.pop("conninfo", "") or ""
         if not isinstance(conninfo, str):
             raise ConfigError(f"conninfo must be a string, got {type(conninfo).__name__}")

@@ -5,16 +5,19 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import heapq
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, TypeVar, cast
 
 import psycopg
 import psycopg_pool
 from psycopg import errors as pg_errors
-from psycopg import pq
+from psycopg import pq, sql
+from psycopg.adapt import PyFormat, Transformer
 from psycopg.rows import tuple_row
 from psycopg.types import TypeInfo
 from psycopg.types.hstore import register_hstore
@@ -39,13 +42,28 @@ from hvbackend_postgres._citus import (
     distribute_sql,
     read_citus,
 )
+from hvbackend_postgres._commit import (
+    BEGIN_XID_SQL,
+    COMMITTED,
+    IN_PROGRESS,
+    SETTLE_POLL,
+    SETTLE_SECONDS,
+    STATUS_SQL,
+    TERMINATE_SQL,
+    UNKNOWN,
+    XID_RETURNING,
+    CommitCounters,
+    returned_ids,
+    returned_xid,
+    returning_xid,
+)
 from hvbackend_postgres._common import (
     ADVISORY_LOCK,
     BACKEND_CHECK_SQL,
-    COUNT_BATCH,
     HSTORE_SCHEMA_SQL,
     PROVISION_BATCH,
     PROVISION_WORKERS,
+    QUERY_FETCH_FIRST,
     SEARCH_PATH_SQL,
     StoreCore,
     bounded_connection_class,
@@ -57,12 +75,15 @@ from hvbackend_postgres._common import (
     query_fetch_sizes,
     query_records,
 )
+from hvbackend_postgres._fanout import PIPELINE_PIECES, QueryPiece, configure_preparation, prepare_hot, shard_pieces
 from hvbackend_postgres._indexes import PostgresIndexes, unique_violation
 from hvbackend_postgres._lease import PostgresWorkerLease, lease_worker
 from hvbackend_postgres._legacy import LEGACY_SQL, layout_problem, legacy_signs, legacy_table_error, max_id_query
 from hvbackend_postgres._migrate import PostgresMigrator, new_shard_ddl
 from hvbackend_postgres._move import PostgresMover
+from hvbackend_postgres._onetrip import PIPELINE, PreparedNames, dollar_params, error_in, until_sync
 from hvbackend_postgres._poolguard import signal_safe_getconn
+from hvbackend_postgres._replica import WAL_POSITION_SQL, wal_position_of
 from hvbackend_postgres._schema import (
     TABLE,
     ShardSQL,
@@ -73,11 +94,13 @@ from hvbackend_postgres._schema import (
     shard_schema,
 )
 from hvbackend_postgres._shardtx import shard_search_path
-from hvcore._acompat import Lock, gather, spawn, to_thread
+from hvbackend_postgres._transaction import PostgresTransaction, postgres_transaction
+from hvcore._acompat import Lock, gather, sleep, spawn, to_thread
 from hvcore._backend import BackendOptions, ProvisionReport, QuerySpec, Record
 from hvcore._config import pgbouncer_mode
 from hvcore._key import Key
-from hvcore.errors import ConfigError, ConnectionMisuse, ServerUnavailable
+from hvcore._metrics import metrics
+from hvcore.errors import ConfigError, ConnectionMisuse, DuplicateKey, ServerUnavailable
 
 __all__ = ["PostgresServerStore"]
 
@@ -155,6 +178,10 @@ class PostgresServerStore(StoreCore):
         self._pool_lock = Lock()
         self._lock = threading.Lock()  # guards the borrowed-connection book-keeping (no await inside)
         self._borrowed: dict[int, tuple[Conn, _Pool]] = {}
+        self._commit_counters = CommitCounters()  # lost writes settled by asking the server (see _commit)
+        self._prepared = PreparedNames()  # our write statements each pooled connection has prepared (_onetrip)
+        self._dollar: dict[str, bytes] = {}  # write statements with $n placeholders
+        self._write_sql: dict[tuple[int, bool | None, str | None], str] = {}  # update (merge) and delete (None)
         self.pgbouncer = pgbouncer_mode(settings)  # as configured; `pooling` is what it resolved to
         self.pooling: str | None = None if self.pgbouncer == "auto" else self.pgbouncer
         self._detect_lock = Lock()
@@ -174,6 +201,7 @@ class PostgresServerStore(StoreCore):
         conn.adapters.register_dumper(Key, Int8BinaryDumper)
         set_json_loads(load_json, conn)
         set_json_dumps(dump_json, conn)
+        configure_preparation(conn)  # room for every shard's point statements, prepared (_fanout)
         if self._cursor_factory is not None:
             conn.cursor_factory = self._cursor_factory
         if self.pooling is None:
@@ -191,7 +219,8 @@ class PostgresServerStore(StoreCore):
             self._log("pgbouncer='auto': %s did not answer the check (%s): transaction pooling", self._label, exc)
             return "transaction"
         mode = "transaction" if pooler_possible(client_endpoint(conn.pgconn)[1], row[0] if row else None) else "off"
-        self._log("pgbouncer='auto': %s is %s", self._label, "direct" if mode == "off" else "maybe pooled: transaction")
+        # no label here: the statement log of tests is searched for bound values, and a port may contain them
+        self._log("pgbouncer='auto': %s", "direct" if mode == "off" else "not the server's port: transaction pooling")
         return mode
 
     def _new_pool(self) -> _Pool:
@@ -289,6 +318,8 @@ class PostgresServerStore(StoreCore):
             except psycopg_pool.PoolTimeout:
                 if pool.last_error is not None:  # waited while every connection attempt failed
                     raise pool.last_error from None
+                if metrics.on:
+                    metrics.connection_timeout(self._label)
                 raise self._pool_timeout() from None
             except psycopg_pool.PoolClosed:
                 if self._pool is None or self._pool is pool:
@@ -300,6 +331,8 @@ class PostgresServerStore(StoreCore):
                 self._give_back(conn, pool, discard=True)
                 raise
             if healthy:
+                if metrics.on:
+                    metrics.connection_wait(self._label, time.monotonic() - deadline + self._options.pool_block_timeout)
                 with self._lock:
                     self._lent += 1
                 return (conn, pool)
@@ -436,6 +469,13 @@ class PostgresServerStore(StoreCore):
         finally:
             self._put_back(conn, session_reset=session_reset)
 
+    def transaction(
+        self, shard_id: int, *, isolation_level: str | None = None, read_only: bool = False
+    ) -> AbstractContextManager[PostgresTransaction]:
+        """A transaction on ``shard_id`` on one pooled connection: committed when the block ends, rolled back on an
+        exception; the shard context travels with it (``SET LOCAL``), see ``_transaction``."""
+        return postgres_transaction(self, shard_id, isolation_level, read_only)
+
     # -- entities --------------------------------------------------------------------------------------------
 
     def _hstore_schema(self) -> str:
@@ -487,20 +527,12 @@ class PostgresServerStore(StoreCore):
             statements = self._sql[shard_id] = ShardSQL.build(shard_id, self.backend, self._ext())
         return statements
 
-    def _with_conn(self, shard_id: int, op: Callable[[Conn], _T], *, committed: object = None) -> _T:
-        """Run ``op`` on a pooled connection; one retry if the connection was lost underneath.
-
-        ``committed`` is what a retried write returns when it hits a unique violation: its first attempt was
-        committed before the connection was lost (client-side ids make this safe to tell).
-        """
+    def _with_conn(self, shard_id: int, op: Callable[[Conn], _T]) -> _T:
+        """Run ``op`` (a read) on a pooled connection; one retry if the connection was lost underneath."""
         for attempt in (0, 1):
             conn, pool = self._checkout()
             try:
                 return op(conn)
-            except pg_errors.UniqueViolation:
-                if attempt and committed is not None:
-                    return cast(_T, committed)
-                raise
             except psycopg.OperationalError as exc:
                 if attempt == 0 and conn.closed:
                     self._log("connection to %s lost (%s): retrying once", self._label, type(exc).__name__)
@@ -515,22 +547,15 @@ class PostgresServerStore(StoreCore):
                 self._checkin(conn, pool)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _run(
-        self, shard_id: int, query: str, params: Sequence[Any], *, write: bool = False, retried: bool = False
-    ) -> tuple[Any, ...] | None:
-        """Run one statement on a pooled connection and return its first row (or None): the hot path.
+    def _run(self, shard_id: int, query: str, params: Sequence[Any], *, retried: bool = False) -> Any:
+        """Run one read statement on a pooled connection and return its first row (or None): the hot path.
 
-        A connection lost underneath is retried once; a retried write hitting a unique violation was committed
-        by its first attempt (client-side ids make this safe to tell), so it counts as done.
+        A connection lost underneath is retried once.
         """
         conn, pool = self._checkout()
         try:
-            cur = conn.execute(query, params)
+            cur = conn.execute(query, params, prepare=prepare_hot(conn))
             return cur.fetchone() if cur.description is not None else None
-        except pg_errors.UniqueViolation:
-            if retried and write:
-                return None
-            raise
         except psycopg.OperationalError as exc:
             if retried or not conn.closed:
                 raise self._translate(exc, shard_id) from None
@@ -542,15 +567,209 @@ class PostgresServerStore(StoreCore):
             raise error from None
         finally:
             self._checkin(conn, pool)
-        return self._run(shard_id, query, params, write=write, retried=True)
+        return self._run(shard_id, query, params, retried=True)
+
+    def _write(self, shard_id: int, query: Any, params: Sequence[Any], keys: Sequence[Key]) -> int:
+        """Run one write statement that returns its transaction id (`_commit`); the rows it wrote.
+
+        One round trip: the statement, a Flush (its row, so the transaction id, leaves the server before the
+        commit) and the Sync that commits. A connection lost underneath: the server is asked whether the
+        transaction committed (`_settle`); committed → done, aborted or never started → run again (once).
+        """
+        for attempt in (0, 1):
+            conn, pool = self._checkout()
+            box: list[pq.abc.PGresult] = []
+            lost: psycopg.OperationalError | None = None
+            try:
+                self._send_write(conn, query, params, box)
+                return returned_xid(box)[1]
+            except psycopg.OperationalError as exc:
+                if not self._lost(conn, exc):
+                    raise self._translate(exc, shard_id) from None
+                xid, rows = returned_xid(box)
+                self._give_up_waiting(conn, xid, keys)
+                conn.close()
+                lost = exc
+                self._log("connection to %s lost during a write (%s): asking its commit status", self._label, exc)
+            except psycopg.Error as exc:
+                error = self._translate(exc, shard_id)
+                if error is exc:
+                    raise
+                raise error from None
+            finally:
+                self._checkin(conn, pool)
+            if self._settle(shard_id, xid, keys) == COMMITTED:
+                return rows
+            if attempt:
+                raise self._unavailable(lost) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _send_write(self, conn: Conn, query: str, params: Sequence[Any], box: list[pq.abc.PGresult]) -> None:
+        """Parse (once per connection) / Bind / Execute, Flush, Sync in one write (`_onetrip`); results into ``box``.
+
+        A server error is raised as psycopg's exception; a statement the session no longer has (DISCARD ALL,
+        DEALLOCATE) or already has is prepared again or used as it is.
+        """
+        if not PIPELINE:  # libpq before 14: the id comes with the commit's reply (settled less often, never guessed)
+            cur = conn.execute(query, params)
+            if cur.pgresult is not None:
+                box.append(cur.pgresult)
+            return
+        text = self._dollar.get(query)
+        if text is None:
+            text = self._dollar[query] = dollar_params(query)[0]
+        tx = Transformer(conn)
+        values = tx.dump_sequence(params, [PyFormat.AUTO] * len(params))
+        if self._cursor_factory is not None:
+            self._log_statement(query, params, conn)
+        pgconn = conn.pgconn
+        prepare = conn.prepare_threshold is not None
+        name = PreparedNames.name(text + repr(tx.types).encode()) if prepare else b""
+        for _ in (0, 1):
+            fresh = prepare and (not self._prepared.known(conn, name))
+            del box[:]
+            pgconn.enter_pipeline_mode()
+            try:
+                if fresh:
+                    pgconn.send_prepare(name, text, param_types=tx.types)
+                if prepare:
+                    pgconn.send_query_prepared(name, values, param_formats=tx.formats)
+                else:
+                    pgconn.send_query_params(text, values, param_types=tx.types, param_formats=tx.formats)
+                pgconn.send_flush_request()
+                pgconn.pipeline_sync()
+                conn.wait(until_sync(pgconn, box))
+            finally:
+                if pgconn.status == pq.ConnStatus.OK and pgconn.pipeline_status != pq.PipelineStatus.OFF:
+                    try:
+                        pgconn.exit_pipeline_mode()
+                    except psycopg.OperationalError:  # interrupted mid-exchange (a cancel, a signal): "busy"
+                        pgconn.finish()  # unusable now; the interruption goes on, the pool replaces the connection
+            error = error_in(box, conn.info.encoding)  # the Parse's (if sent) or the statement's
+            if prepare and isinstance(error, (pg_errors.InvalidSqlStatementName, pg_errors.DuplicatePreparedStatement)):
+                # the session lost our statements (DISCARD ALL, DEALLOCATE) or is another server session behind a
+                # transaction pooler: forget them and send this one unprepared (nothing was executed)
+                self._prepared.forget(conn)
+                prepare = False
+                continue
+            if error is not None:
+                raise error
+            if fresh:
+                self._prepared.add(conn, name)
+            if not any(result.status == pq.ExecStatus.TUPLES_OK for result in box):
+                raise psycopg.InterfaceError(f"no result for a write on {self._label}: {[r.status for r in box]}")
+            return
+        raise AssertionError("unreachable")  # pragma: no cover (the unprepared try returns or raises)
+
+    @staticmethod
+    def _lost(conn: Conn, exc: psycopg.OperationalError) -> bool:
+        """True if a write's outcome is unknown: its connection died, or a client-side wait gave up mid-statement.
+
+        An error the server sent (it has an SQLSTATE) rolled the transaction back: not lost, just failed.
+        """
+        return conn.closed or exc.sqlstate is None
+
+    def _give_up_waiting(self, conn: Conn, xid: int | None, keys: Sequence[Key]) -> None:
+        """A write that timed out on the client before its transaction id arrived: its session may still run it.
+
+        Nothing tells whether (or when) it commits, so it is not retried: `WriteOutcomeUnknown`, naming its keys.
+        A connection the server closed is different: the statement's row is sent before the commit, so no id
+        means no commit, and the write is retried.
+        """
+        if xid is None and (not conn.closed):
+            conn.pgconn.finish()  # the orphaned session is the server's to end; this socket is done with
+            self._commit_counters.count(UNKNOWN)
+            raise self._outcome_unknown(
+                None, keys, f"the server did not answer within operation_timeout={self._options.operation_timeout} s"
+            )
+
+    def _settle(self, shard_id: int, xid: int | None, keys: Sequence[Key]) -> str:
+        """Whether transaction ``xid`` of a lost connection committed, asked on a fresh connection.
+
+        ``committed`` or ``aborted``; `UNKNOWN` when no id was received (the statement never completed, so
+        nothing committed) or the server no longer remembers it. A transaction still in progress (its orphaned
+        session runs on) is waited for up to `SETTLE_SECONDS`, then ended with ``pg_terminate_backend``;
+        `WriteOutcomeUnknown` if no server answers or it still does not settle.
+        """
+        if xid is None:
+            self._commit_counters.count(UNKNOWN)
+            return UNKNOWN
+        deadline = time.monotonic() + SETTLE_SECONDS
+        ended = False
+        try:
+            conn = bounded_connection_class(self._options.operation_timeout).connect(
+                self._conninfo, **{**self._kwargs, "autocommit": True}
+            )
+        except psycopg.Error as exc:
+            raise self._outcome_unknown(xid, keys, f"no server answered the question ({type(exc).__name__})") from None
+        try:
+            while True:
+                row = conn.execute(STATUS_SQL, (str(xid),)).fetchone()
+                status = str(row[0]) if row is not None and row[0] is not None else UNKNOWN
+                if status != IN_PROGRESS:
+                    self._commit_counters.count(status, ended=ended)
+                    self._log("lost write transaction %s on %s: %s", xid, self._label, status)
+                    return status
+                if time.monotonic() > deadline:
+                    if ended:
+                        raise self._outcome_unknown(xid, keys, "it is still in progress after its session was ended")
+                    conn.execute(TERMINATE_SQL, (str(xid & 4294967295),))
+                    ended = True
+                    deadline = time.monotonic() + SETTLE_SECONDS
+                sleep(SETTLE_POLL)
+        except psycopg.Error as exc:
+            raise self._outcome_unknown(xid, keys, f"the question failed ({type(exc).__name__}: {exc})") from None
+        finally:
+            conn.close()
 
     def insert(self, shard_id: int, key: Key, kind: int, data: Mapping[str, Any]) -> None:
-        """Store one entity with a single autocommitted INSERT; `DuplicateKey` if the id is taken."""
+        """Store one entity with a single INSERT (one round trip); `DuplicateKey` if the id is taken.
+
+        The INSERT returns its transaction id before it commits, so a lost connection is settled by asking the
+        server (`_write`), never by guessing.
+        """
         statements = self._sql.get(shard_id) or self._shard_sql(shard_id)
         try:
-            self._run(shard_id, statements.insert, self._insert_params(key, kind, data), write=True)
+            self._write(shard_id, returning_xid(statements.insert), self._insert_params(key, kind, data), (key,))
         except pg_errors.UniqueViolation as exc:  # the key, or a unique secondary index (_indexes)
             raise unique_violation(exc, shard_id, self._label) or self._duplicate(shard_id, key) from None
+
+    def insert_group(self, shard_id: int, rows: Sequence[tuple[Key, int, Mapping[str, Any]]]) -> set[int]:
+        """Store rows of one shard with one multi-row INSERT (autocommitted); the ids it stored.
+
+        ``ON CONFLICT DO NOTHING``: a row whose key or unique value is taken is left out, not an error; the caller
+        (``hvcore._coalesce.WriteCoalescer``, for overlapping ``put()`` calls) runs such a row alone with `insert`
+        to give it its own outcome. The statement returns its transaction id before it commits, as `insert` does
+        (`_write`): after a lost connection the server is asked whether it committed; committed → the ids
+        received; aborted or never started → an empty set (nothing stored: every row runs alone). Never retried
+        here.
+        """
+        statements = self._sql.get(shard_id) or self._shard_sql(shard_id)
+        query = self._group_insert_sql(statements, len(rows))
+        params = [value for key, kind, data in rows for value in self._insert_params(key, kind, data)]
+        keys = [row[0] for row in rows]
+        conn, pool = self._checkout()
+        box: list[pq.abc.PGresult] = []
+        try:
+            self._send_write(conn, query, params, box)
+            return returned_ids(box)
+        except psycopg.OperationalError as exc:
+            if not self._lost(conn, exc):
+                raise self._translate(exc, shard_id) from None
+            xid = returned_xid(box)[0]
+            self._give_up_waiting(conn, xid, keys)
+            conn.close()
+            self._log("connection to %s lost during a group write (%s): asking its commit status", self._label, exc)
+        except psycopg.Error as exc:
+            error = self._translate(exc, shard_id)
+            if error is exc:
+                raise
+            raise error from None
+        finally:
+            self._checkin(conn, pool)
+        if self._settle(shard_id, xid, keys) == COMMITTED:
+            return returned_ids(box)
+        return set()
 
     def fetch(self, shard_id: int, key: Key) -> Record | None:
         """The entity stored under ``key``, or None."""
@@ -578,67 +797,171 @@ class PostgresServerStore(StoreCore):
         if not self._backend_checked:
             self._check_backend()
         statement = self._copy_sql(shard_id)
+        keys = [row[0] for row in rows]
+        for attempt in (0, 1):
+            conn, pool = self._checkout()
+            xid: int | None = None
+            lost: psycopg.OperationalError | None = None
+            taken = False
+            try:
+                if self.text_only:
+                    self._hstore_type(conn)
+                self._log_copy(statement, rows)
+                # BEGIN and the transaction id in one round trip (one simple-protocol query), before any row
+                first = conn.execute(BEGIN_XID_SQL, prepare=False)
+                first.nextset()  # the SELECT's rows follow the BEGIN's (empty) result
+                row = first.fetchone()
+                xid = int(row[0]) if row is not None else None
+                with conn.cursor() as cur:
+                    if self._hstore_info is not None:
+                        register_hstore(self._hstore_info, cur)
+                    with cur.copy(statement) as copy:
+                        copy.set_types(self._copy_types())
+                        for values in self._copy_rows(rows):
+                            copy.write_row(values)
+                conn.execute("COMMIT")
+                return
+            except pg_errors.UniqueViolation as exc:  # a key, or a unique secondary index (_indexes)
+                error = unique_violation(exc, shard_id, self._label)
+                if error is not None:
+                    raise error from None
+                taken = True
+            except psycopg.OperationalError as exc:
+                if not self._lost(conn, exc):
+                    raise self._translate(exc, shard_id) from None
+                self._give_up_waiting(conn, xid, keys)
+                conn.close()
+                lost = exc
+                self._log("connection to %s lost during a COPY (%s): asking its commit status", self._label, exc)
+            except psycopg.Error as exc:
+                translated = self._translate(exc, shard_id)
+                if translated is exc:
+                    raise
+                raise translated from None
+            finally:
+                self._end_transaction(conn)
+                self._checkin(conn, pool)
+            if taken:
+                raise self._taken_keys(shard_id, keys)
+            assert lost is not None  # every other way out of the attempt returned or raised
+            if self._settle(shard_id, xid, keys) == COMMITTED:
+                return
+            if attempt:
+                raise self._unavailable(lost) from None
 
-        def op(conn: Conn) -> bool:
-            if self.text_only:
-                self._hstore_type(conn)
-            self._log_copy(statement, rows)
-            with conn.transaction(), conn.cursor() as cur:
-                if self._hstore_info is not None:
-                    register_hstore(self._hstore_info, cur)
-                with cur.copy(statement) as copy:
-                    copy.set_types(self._copy_types())
-                    for row in self._copy_rows(rows):
-                        copy.write_row(row)
-            return True
-
+    @staticmethod
+    def _end_transaction(conn: Conn) -> None:
+        """Roll back what a failed write left open (a dead connection is left to the pool to discard)."""
+        if conn.closed or conn.pgconn.transaction_status == pq.TransactionStatus.IDLE:
+            return
         try:
-            self._with_conn(shard_id, op, committed=True)
-        except pg_errors.UniqueViolation as exc:  # a key, or a unique secondary index (_indexes)
-            raise unique_violation(exc, shard_id, self._label) or self._duplicate_batch(shard_id, len(rows)) from None
+            conn.rollback()
+        except psycopg.Error:
+            conn.close()
 
-    def fetch_many(self, items: Sequence[tuple[int, Key]]) -> list[Record]:
-        """Records stored under these (shard, key) pairs, in one round trip; missing keys are left out."""
-        if not items:
-            return []
-        query, params, first_shard = self._fetch_many_sql(items, self._ext())
+    def _taken_keys(self, shard_id: int, keys: Sequence[Key]) -> DuplicateKey:
+        """The `DuplicateKey` of a batch: which of its keys another writer holds (one query, after the refusal)."""
+        query = self._taken_sql(shard_id)
 
         def op(conn: Conn) -> list[tuple[Any, ...]]:
-            return list(conn.execute(query, params).fetchall())
+            return list(conn.execute(query, ([int(k) for k in keys],)).fetchall())
+
+        taken = sorted(int(row[0]) for row in self._with_conn(shard_id, op))
+        within = len(set(keys)) != len(keys)
+        if not taken and (not within):
+            return self._duplicate_batch(shard_id, len(keys))
+        return DuplicateKey(
+            f"{len(taken)} key(s) of this batch of {len(keys)} already exist in shard {shard_id} on {self._label} (first: {taken[:3]})",
+            keys=tuple(taken),
+        )
+
+    def fetch_many(self, items: Sequence[tuple[int, Key]]) -> list[Record]:
+        """Records stored under these (shard, key) pairs, in one round trip; missing keys are left out.
+
+        One statement per `SHARDS_PER_STATEMENT` shards (keys bound as one array per shard), all sent in one
+        pipeline, each in its own transaction: any number of keys and shards stays within the lock table
+        (see `_fanout`).
+        """
+        if not items:
+            return []
+        statements = self._fetch_many_statements(items, self._ext())
+        first_shard = items[0][0]
+
+        def op(conn: Conn) -> list[tuple[Any, ...]]:
+            return [row for rows in self._pieces(conn, statements) for row in rows]
 
         return self._records(items, self._with_conn(first_shard, op))
 
-    def update(self, shard_id: int, key: Key, data: Mapping[str, Any], *, merge: bool) -> bool:
-        """Merge ``data`` into the stored body (``||``), or replace it; False if the key is not stored."""
-        query = self._update_sql(shard_id, self._ext(), merge=merge)
-        params = (*self._body_params(data), key)
+    def _pieces(self, conn: Conn, statements: Sequence[tuple[Any, Sequence[Any]]]) -> list[list[Any]]:
+        """The rows of each statement, run in one round trip: a pipeline, each statement in a transaction of its own.
 
-        def op(conn: Conn) -> bool:
-            return conn.execute(query, params).rowcount > 0
-
+        A single statement runs alone in autocommit (its own transaction too). With several, each is wrapped in
+        ``BEGIN``/``COMMIT`` so its locks are released before the next one plans (a pipeline without them is one
+        implicit transaction holding every lock to the end). An error rolls the open transaction back.
+        """
+        if len(statements) == 1:
+            query, params = statements[0]
+            return [list(conn.execute(query, params).fetchall())]
+        cursors: list[psycopg.Cursor[Any]] = []
         try:
-            return self._with_conn(shard_id, op)
+            with conn.pipeline():
+                for query, params in statements:
+                    conn.execute("BEGIN")
+                    cursors.append(conn.cursor().execute(query, params))
+                    conn.execute("COMMIT")
+        except psycopg.Error:
+            if not conn.closed and conn.pgconn.transaction_status != pq.TransactionStatus.IDLE:
+                try:
+                    conn.rollback()
+                except psycopg.Error:
+                    conn.close()
+            raise
+        return [list(cur.fetchall()) for cur in cursors]
+
+    def update(self, shard_id: int, key: Key, data: Mapping[str, Any], *, merge: bool) -> bool:
+        """Merge ``data`` into the stored body (``||``), or replace it; False if the key is not stored.
+
+        One round trip; a lost connection is settled by asking the server (`_write`).
+        """
+        ext = self._ext()
+        query = self._write_sql.get((shard_id, merge, ext))
+        if query is None:
+            composed = self._update_sql(shard_id, ext, merge=merge) + sql.SQL(XID_RETURNING)
+            query = self._write_sql[shard_id, merge, ext] = composed.as_string(None)
+        params = (*self._body_params(data), key)
+        try:
+            return self._write(shard_id, query, params, (key,)) > 0
         except pg_errors.UniqueViolation as exc:  # a unique secondary index (_indexes)
             raise unique_violation(exc, shard_id, self._label) or exc from None
 
     def delete(self, shard_id: int, key: Key) -> bool:
-        """Delete one entity; False if the key is not stored."""
-        query = self._delete_sql(shard_id)
-
-        def op(conn: Conn) -> bool:
-            return conn.execute(query, (key,)).rowcount > 0
-
-        return self._with_conn(shard_id, op)
+        """Delete one entity; False if the key is not stored (one round trip, settled like `update`)."""
+        query = self._write_sql.get((shard_id, None, None))
+        if query is None:
+            composed = self._delete_sql(shard_id) + sql.SQL(XID_RETURNING)
+            query = self._write_sql[shard_id, None, None] = composed.as_string(None)
+        return self._write(shard_id, query, (key,), (key,)) > 0
 
     def query(self, shard_ids: Sequence[int], spec: QuerySpec) -> Generator[Record, None, None]:
-        """Matching records of these shards in key order, streamed through a server-side cursor.
+        """Matching records of these shards in key order, streamed.
 
-        One connection is held while the stream is consumed; it goes back when the stream ends or is closed
-        (``close()``).
+        Up to `SHARDS_PER_STATEMENT` shards: one statement through a server-side cursor, one connection held
+        while the stream is consumed (it goes back when the stream ends or is closed with ``close()``). More
+        shards: `_query_pieces`.
         """
         if not shard_ids or spec.limit == 0:
             return
-        query, params = self._query_sql(shard_ids, spec, self._ext())
+        ext = self._ext()
+        pieces = self._query_pieces_of(shard_ids, spec, ext)
+        if len(pieces) > 1:
+            stream = self._query_pieces(pieces, spec, ext)
+            try:
+                for record in stream:
+                    yield record
+            finally:
+                stream.close()
+            return
+        query, params = self._query_sql(shard_ids, spec, ext)
         key_type = self._options.layout.key_type
         conn, pool = self._checkout()
         cur: psycopg.ServerCursor[tuple[Any, ...]] | None = None
@@ -649,7 +972,8 @@ class PostgresServerStore(StoreCore):
             cur.execute(query, params)
             for size in query_fetch_sizes(spec.limit):  # growing round trips (see QUERY_FETCH_FIRST)
                 rows = cur.fetchmany(size)  # the server may go away meanwhile
-                yield from query_records(rows, key_type)
+                for record in query_records(rows, key_type):
+                    yield record
                 if len(rows) < size:
                     break
         except psycopg.Error as exc:
@@ -673,6 +997,64 @@ class PostgresServerStore(StoreCore):
                         cur.close()  # client side only now: no round trip, nothing to interrupt
                 finally:
                     self._checkin(conn, pool)
+
+    def _query_pieces(self, pieces: list[list[int]], spec: QuerySpec, ext: str | None) -> Generator[Record, None, None]:
+        """A query over more shards than one statement may lock: pages of each piece, merged in key order.
+
+        Each piece of shards (`_fanout.shard_pieces`) is read in pages by key (``id > last ORDER BY id LIMIT n``,
+        sizes from `query_fetch_sizes`, none past ``limit``), every page a statement in its own transaction; the
+        pages of all pieces that need one are sent in one pipeline (the first round trip asks every piece). No
+        connection or lock is held between round trips, however slowly the stream is consumed. The pieces are
+        merged with a heap of each piece's next key (as `heapq.merge` does), and ``limit`` stops the stream.
+        """
+        key_type = self._options.layout.key_type
+        states = [QueryPiece(shards, query_fetch_sizes(spec.limit)) for shards in pieces]
+        self._fill(states, spec, ext, key_type)
+        heap = [(int(p.rows[0].key), i) for i, p in enumerate(states) if p.rows]
+        heapq.heapify(heap)
+        emitted = 0
+        while heap:
+            index = heap[0][1]
+            piece = states[index]
+            yield piece.rows.popleft()
+            emitted += 1
+            if spec.limit is not None and emitted >= spec.limit:
+                return
+            if not piece.rows and (not piece.done):
+                low_water = [p for p in states if p is not piece and (not p.done) and (len(p.rows) < QUERY_FETCH_FIRST)]
+                self._fill([piece, *low_water[: PIPELINE_PIECES - 1]], spec, ext, key_type)
+            if piece.rows:
+                heapq.heapreplace(heap, (int(piece.rows[0].key), index))
+            else:
+                heapq.heappop(heap)
+
+    def _fill(self, states: Sequence[QueryPiece], spec: QuerySpec, ext: str | None, key_type: type[Key]) -> None:
+        """Read the next page of each piece in ``states``, in one pipeline (see `_pieces`)."""
+        statements: list[tuple[Any, Sequence[Any]]] = []
+        filled: list[tuple[QueryPiece, int]] = []
+        for piece in states:
+            size = next(piece.sizes, 0)
+            if size == 0:  # read as many rows as the limit allows already
+                piece.done = True
+                continue
+            low = spec.low if piece.last is None else max(spec.low or 0, piece.last + 1)
+            page = dataclasses.replace(spec, low=low, limit=size)
+            statements.append(self._query_sql(piece.shards, page, ext))
+            filled.append((piece, size))
+
+        def op(conn: Conn) -> list[list[Any]]:
+            return self._pieces(conn, statements)
+
+        if not statements:
+            return
+        pages = self._with_conn(states[0].shards[0], op)
+        for (piece, size), rows in zip(filled, pages, strict=True):
+            records = query_records(rows, key_type)
+            piece.rows.extend(records)
+            if records:
+                piece.last = int(records[-1].key)
+            if len(rows) < size:
+                piece.done = True
 
     # -- operations ------------------------------------------------------------------------------------------
 
@@ -763,7 +1145,8 @@ class PostgresServerStore(StoreCore):
         if old_tables:
             raise legacy_table_error(old_tables, self._label)
         if sample:
-            for shard, max_id in conn.execute(max_id_query(sample)).fetchall():
+            statements = [(max_id_query(piece), ()) for piece in shard_pieces(sample)]  # bounded locks (_fanout)
+            for shard, max_id in [row for rows in self._pieces(conn, statements) for row in rows]:
                 problem = layout_problem(shard, self._label, layout, max_id=max_id, next_id_epoch=None, now_ms=now_ms)
                 if problem is not None:
                     raise problem
@@ -828,10 +1211,11 @@ class PostgresServerStore(StoreCore):
         try:
             existing = self._existing(conn, shard_ids)
             shards = [s for s in shard_ids if TABLE in existing.get(s, (set(), None))[0]]
-            for i in range(0, len(shards), COUNT_BATCH):
-                cur = conn.execute(count_query(shards[i : i + COUNT_BATCH]))
-                for shard, count in cur.fetchall():
-                    counts[int(shard)] = int(count)
+            statements = [(count_query(piece), ()) for piece in shard_pieces(shards)]  # bounded locks (_fanout)
+            for i in range(0, len(statements), PIPELINE_PIECES):
+                for rows in self._pieces(conn, statements[i : i + PIPELINE_PIECES]):
+                    for shard, count in rows:
+                        counts[int(shard)] = int(count)
         except psycopg.OperationalError as exc:
             raise self._unavailable(exc) from None
         finally:
@@ -867,6 +1251,22 @@ class PostgresServerStore(StoreCore):
         """Migration operations on this server (blocking, on sessions of their own), see ``_migrate``."""
         return PostgresMigrator(self)
 
+    def wal_position(self) -> tuple[bool, int]:
+        """This server's WAL position, for read replicas: ``(in_recovery, lsn)``, ``lsn`` in bytes.
+
+        A primary answers ``(False, pg_current_wal_insert_lsn())``, a standby ``(True, pg_last_wal_replay_lsn())``
+        (see ``_replica.WAL_POSITION_SQL``). One round trip on a pooled connection; `ServerUnavailable` if the server
+        cannot be reached.
+        """
+        conn, pool = self._checkout()
+        try:
+            row = conn.execute(WAL_POSITION_SQL).fetchone()
+        except psycopg.OperationalError as exc:
+            raise self._unavailable(exc) from None
+        finally:
+            self._checkin(conn, pool)
+        return wal_position_of(row)
+
     def stats(self) -> dict[str, Any]:
         """Pool figures: pool_max, size, available, borrowed (lent by this store), waiting, connection errors;
         ``replacing``: connections counted in ``size`` that are being opened, returned or replaced (``size`` =
@@ -877,4 +1277,4 @@ class PostgresServerStore(StoreCore):
         stats["replacing"] = max(0, stats["size"] - stats["available"] - stats["borrowed"])
         stats["pgbouncer"] = self.pgbouncer
         stats["pooling"] = self.pooling
-        return stats
+        return {**stats, **self._commit_counters.as_dict()}

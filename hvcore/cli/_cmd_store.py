@@ -78,8 +78,39 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
     for entry in status:
         if not entry["reachable"]:
             print(f"  {entry['server']}: {entry['error']}", file=out)
+    print_replica_status(status, store.max_replica_lag, out)
     print_cluster_status(clusters, out)
     return 0 if all(e["reachable"] for e in status) else 1
+
+
+def print_replica_status(status: list[dict[str, Any]], max_lag: float, out: TextIO) -> None:
+    """The standbys of each server that has some: state (in use, lagging, down), lag, reads served."""
+    rows = []
+    for entry in status:
+        for replica in entry.get("replicas") or ():
+            lag = replica["lag_seconds"]
+            lag_bytes = replica["lag_bytes"]
+            rows.append(
+                (
+                    entry["server"],
+                    replica["server"],
+                    replica["state"],
+                    "-" if lag is None else f"{lag:.3f} s",
+                    "-" if lag_bytes is None else f"{lag_bytes:,}",
+                    f"{replica['reads']:,}",
+                )
+            )
+    if not rows:
+        return
+    print(f"\nread replicas (max lag {max_lag:g} s):", file=out)
+    table(rows, ["server", "replica", "state", "lag", "lag bytes", "reads"], out)
+    for entry in status:
+        for replica in entry.get("replicas") or ():
+            if replica.get("error"):
+                print(f"  {replica['server']}: {replica['error']}", file=out)
+        on_primary = entry.get("replica_reads_on_primary")
+        if on_primary:
+            print(f"  {entry['server']}: {on_primary:,} replica reads served by the primary", file=out)
 
 
 def _clusters(store: Datastore, status: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -147,6 +178,12 @@ def cmd_config_show(args: argparse.Namespace, out: TextIO) -> int:
     ]
     if cfg.allow_gaps:
         settings.append(("gaps in the shard map", "allowed"))
+    standbys = sum(len(s.get("replicas") or ()) for s in cfg.servers)
+    if standbys or cfg.read_from != "primary":
+        rule = "read-your-writes" if cfg.read_your_writes else "no read-your-writes"
+        settings.append(
+            ("reads from", f"{cfg.read_from} ({standbys} standby(s), max lag {cfg.max_replica_lag:g} s, {rule})")
+        )
     width = max(len(name) for name, _ in settings)
     for name, value in settings:
         print(f"{name:<{width}}  {value}", file=out)

@@ -14,6 +14,7 @@ from hvcore.cli._cmd_citus import cmd_citus_adopt
 from hvcore.cli._cmd_demo import cmd_demo
 from hvcore.cli._cmd_index import cmd_index_create, cmd_index_drop, cmd_index_list
 from hvcore.cli._cmd_keys import cmd_key_decode, cmd_key_new
+from hvcore.cli._cmd_metrics import cmd_metrics
 from hvcore.cli._cmd_migrate import cmd_migrate
 from hvcore.cli._cmd_plugins import cmd_plugins
 from hvcore.cli._cmd_shards import cmd_shard_export, cmd_shard_move, cmd_shard_plan
@@ -118,6 +119,19 @@ def build_parser() -> argparse.ArgumentParser:
         "Show each server of a config: reachable or not, its shards (where they are now, after moves), how many are "
         "provisioned, rows, and pool use. Exits 1 when a server is unreachable (0 with --json).",
     )
+    metrics_cmd = add(
+        sub,
+        "metrics",
+        cmd_metrics,
+        "an application's hypervault metrics, read from its Prometheus endpoint",
+        [json_out],
+        'Read an application\'s Prometheus endpoint (OpenTelemetry SDK + Prometheus exporter, README "Metrics") and '
+        "print hypervault's figures: operation counts and durations per operation and server, pool use "
+        "(used/idle/max/pending, timeouts, mean wait), and hypervault's counters (key collisions, ShardMoved "
+        "refusals followed, replica fall-backs, moves). --watch N refreshes every N seconds.",
+    )
+    metrics_cmd.add_argument("url", metavar="URL", help="the endpoint, e.g. http://127.0.0.1:9464/metrics")
+    metrics_cmd.add_argument("--watch", type=float, metavar="SECONDS", help="refresh every SECONDS until Ctrl-C")
     add(
         sub,
         "config",

@@ -423,4 +423,5 @@ def test_a_frozen_server_fails_put_within_a_bound(fault_pg: FaultServers, api: s
         worker.join(10)
         db.close()
     print(f"\nfrozen server: put → {outcome}")
-    assert outcome and outcome[0][0] == "ServerUnavailable" and outcome[0][1] < 3.0
+    # WriteOutcomeUnknown (a ServerUnavailable): the INSERT was sent, the frozen session may still run it one day
+    assert outcome and outcome[0][0] in ("ServerUnavailable", "WriteOutcomeUnknown") and outcome[0][1] < 3.0

@@ -1,0 +1,314 @@
+"""`AsyncPostgresTransaction`: one transaction on one shard of a PostgreSQL server (asyncio).
+
+This module is the source of ``_transaction.py`` (`PostgresTransaction`), which tools/async_to_sync.py writes from
+it: edit this one, then run the tool.
+
+The transaction carries its shard context itself: ``BEGIN`` and ``SET LOCAL search_path`` go out in one round trip
+(`hvbackend_postgres._shardtx.shard_search_path`), and every statement hypervault sends names the shard's schema,
+so nothing depends on session state: it works through PgBouncer in transaction mode, and the connection goes back
+to the pool as it came. Statements are never prepared on the server (``prepare=False``, and no automatic
+preparation for statements run through ``tx.cursor()`` during the transaction), for the same reason.
+A key taken by another writer is ``ON CONFLICT (id) DO NOTHING`` (single rows) or a rolled-back savepoint
+(``put_many``'s COPY), so the façade retries with a fresh key without aborting the transaction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg import pq, sql
+from psycopg.rows import tuple_row
+from psycopg.types.hstore import register_hstore
+
+from hvbackend_postgres._common import query_fetch_sizes, query_records
+from hvbackend_postgres._indexes import unique_violation
+from hvbackend_postgres._schema import ShardSQL
+from hvbackend_postgres._shardtx import shard_search_path
+from hvcore._backend import QuerySpec, Record
+from hvcore._key import Key
+from hvcore.errors import ServerUnavailable, TransactionConflict, TransactionError
+
+AsyncPostgresServerStore = Any  # the store of the transaction's server (not imported: it imports this module)
+
+__all__ = ["AsyncPostgresTransaction", "begin_sql", "postgres_transaction"]
+
+AConn = psycopg.AsyncConnection[Any]
+
+_LEVELS = {"read committed": "READ COMMITTED", "repeatable read": "REPEATABLE READ", "serializable": "SERIALIZABLE"}
+_CONFLICTS = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected)
+
+
+def _unique_violation(exc: psycopg.Error) -> bool:
+    """A unique violation, also as a Citus coordinator relays one from a worker's COPY (an internal error)."""
+    return isinstance(exc, pg_errors.UniqueViolation) or (exc.diag.message_primary or "").startswith(
+        "duplicate key value violates unique constraint"
+    )
+
+
+def begin_sql(shard_id: int, ext: str | None, isolation_level: str | None, read_only: bool) -> sql.Composed:
+    """``BEGIN [ISOLATION LEVEL ...] [READ ONLY]; SET LOCAL search_path = shardNNNN, <ext>``: one round trip."""
+    words = ["BEGIN"]
+    if isolation_level is not None:
+        words.append(f"ISOLATION LEVEL {_LEVELS[isolation_level]}")
+    if read_only:
+        words.append("READ ONLY")
+    return sql.SQL("{}; {}").format(sql.SQL(" ".join(words)), shard_search_path(shard_id, ext))
+
+
+class AsyncPostgresTransaction:
+    """The statements of one transaction on one shard, on one borrowed connection (a `AsyncStoreTransaction`)."""
+
+    __module__ = "hvbackend_postgres"
+
+    def __init__(self, store: AsyncPostgresServerStore, conn: AConn, shard_id: int, ext: str | None) -> None:
+        self._store = store
+        self._conn = conn
+        self.shard_id = shard_id
+        self._ext = ext
+        statements = ShardSQL.build(shard_id, store.backend, ext)
+        self._insert = statements.insert + " ON CONFLICT (id) DO NOTHING"
+        self._fetch = statements.fetch
+        self._names = itertools.count(1)
+        self._streams: set[psycopg.AsyncServerCursor[Any]] = set()  # cursors of query streams not finished yet
+
+    def __repr__(self) -> str:
+        return f"<AsyncPostgresTransaction shard={self.shard_id} on {self._store.label}>"
+
+    def aborted(self) -> bool:
+        """True if the connection is gone or not in a usable transaction (an error aborted it)."""
+        conn = self._conn
+        return conn.closed or conn.pgconn.transaction_status != pq.TransactionStatus.INTRANS
+
+    def _error(self, exc: psycopg.Error) -> Exception:
+        """The typed error for a driver error inside the transaction."""
+        if _unique_violation(exc):
+            duplicate = unique_violation(exc, self.shard_id, self._store.label)
+            if duplicate is not None:
+                return duplicate
+        if isinstance(exc, _CONFLICTS):
+            return TransactionConflict(
+                f"PostgreSQL refused the transaction on shard {self.shard_id} of {self._store.label} to keep "
+                f"transactions isolated ({exc.sqlstate}: {exc.diag.message_primary}): it is rolled back; run it again"
+            )
+        translated: Exception = self._store._translate(exc, self.shard_id)
+        return translated
+
+    async def _execute(self, query: Any, params: Any = None) -> psycopg.AsyncCursor[Any]:
+        try:
+            return await self._conn.execute(query, params, prepare=False)
+        except psycopg.Error as exc:
+            error = self._error(exc)
+            if error is exc:
+                raise
+            raise error from None
+
+    # -- entities ------------------------------------------------------------------------------------------------
+
+    async def insert(self, key: Key, kind: int, data: Mapping[str, Any]) -> bool:
+        """One ``INSERT ... ON CONFLICT (id) DO NOTHING``: False if the key is taken (the transaction goes on)."""
+        cur = await self._execute(self._insert, self._store._insert_params(key, kind, data))
+        return cur.rowcount == 1
+
+    async def insert_many(self, rows: Sequence[tuple[Key, int, Mapping[str, Any]]]) -> bool:
+        """One binary COPY inside a savepoint: a taken key rolls back to it and returns False."""
+        store, conn = self._store, self._conn
+        if store.text_only:
+            await store._hstore_type(conn)
+        statement = store._copy_sql(self.shard_id)
+        name = sql.Identifier(f"hv_copy_{next(self._names)}")
+        await self._execute(sql.SQL("SAVEPOINT {}").format(name))
+        store._log_copy(statement, rows)
+        try:
+            async with conn.cursor() as cur:
+                if store._hstore_info is not None:
+                    register_hstore(store._hstore_info, cur)
+                async with cur.copy(statement) as copy:
+                    copy.set_types(store._copy_types())
+                    for row in store._copy_rows(rows):
+                        await copy.write_row(row)
+        except psycopg.Error as exc:
+            if _unique_violation(exc):
+                await self._execute(sql.SQL("ROLLBACK TO SAVEPOINT {0}; RELEASE SAVEPOINT {0}").format(name))
+                duplicate = unique_violation(exc, self.shard_id, store.label)
+                if duplicate is not None:
+                    raise duplicate from None
+                return False
+            error = self._error(exc)
+            if error is exc:
+                raise
+            raise error from None
+        await self._execute(sql.SQL("RELEASE SAVEPOINT {}").format(name))
+        return True
+
+    async def fetch(self, key: Key) -> Record | None:
+        """The record under ``key`` as the transaction sees it, or None."""
+        row = await (await self._execute(self._fetch, (key,))).fetchone()
+        return None if row is None else Record(key, row[0], row[1])
+
+    async def fetch_many(self, keys: Sequence[Key]) -> list[Record]:
+        """The records of these keys in one statement; missing keys are left out."""
+        items = [(self.shard_id, key) for key in keys]
+        query, params, _ = self._store._fetch_many_sql(items, self._ext)
+        rows = await (await self._execute(query, params)).fetchall()
+        records: list[Record] = self._store._records(items, rows)
+        return records
+
+    async def update(self, key: Key, data: Mapping[str, Any], *, merge: bool) -> bool:
+        """Merge into (``||``) or replace the body; False if the key is not stored."""
+        query = self._store._update_sql(self.shard_id, self._ext, merge=merge)
+        cur = await self._execute(query, (*self._store._body_params(data), key))
+        return cur.rowcount > 0
+
+    async def delete(self, key: Key) -> bool:
+        """Delete one entity; False if the key is not stored."""
+        cur = await self._execute(self._store._delete_sql(self.shard_id), (key,))
+        return cur.rowcount > 0
+
+    async def query(self, spec: QuerySpec) -> AsyncGenerator[Record, None]:
+        """Matching records of the shard in key order, through a server-side cursor of the transaction."""
+        store, conn = self._store, self._conn
+        query, params = store._query_sql([self.shard_id], spec, self._ext)
+        key_type = store._options.layout.key_type
+        cur = conn.cursor(name=f"hv_tx_query_{next(self._names)}", row_factory=tuple_row)
+        self._streams.add(cur)
+        try:
+            store._log_statement(query, params, conn)  # a server-side cursor: the logging cursor class is not used
+            await cur.execute(query, params)
+            for size in query_fetch_sizes(spec.limit):
+                rows = await cur.fetchmany(size)
+                for record in query_records(rows, key_type):
+                    yield record
+                if len(rows) < size:
+                    break
+        except psycopg.Error as exc:
+            error = self._error(exc)
+            if error is exc:
+                raise
+            raise error from None
+        finally:
+            self._streams.discard(cur)
+            with contextlib.suppress(psycopg.Error):
+                await cur.close()  # CLOSE, if the transaction is still usable (psycopg checks)
+
+    async def _forget_streams(self) -> None:
+        """Mark the cursors of query streams left unfinished closed, on the client only (the transaction's end closes
+        them on the server): a stream finalized later must not send its CLOSE on a connection that another borrower
+        holds by then."""
+        streams, self._streams = self._streams, set()
+        for cur in streams:
+            await psycopg.AsyncCursor.close(cur)  # the plain cursor's close: no CLOSE statement
+
+    @asynccontextmanager
+    async def cursor(self) -> AsyncIterator[psycopg.AsyncCursor[Any]]:
+        """A cursor of the transaction's connection (rows as the datastore's ``row_factory``); commits nothing."""
+        async with self._conn.cursor(row_factory=self._store._user_row_factory) as cur:
+            yield cur
+
+    @asynccontextmanager
+    async def savepoint(self) -> AsyncIterator[None]:
+        """``SAVEPOINT``; ``RELEASE`` when the block ends, ``ROLLBACK TO`` and ``RELEASE`` on an exception."""
+        name = sql.Identifier(f"hv_savepoint_{next(self._names)}")
+        await self._execute(sql.SQL("SAVEPOINT {}").format(name))
+        try:
+            yield
+        except BaseException:
+            if not self._conn.closed:
+                with contextlib.suppress(psycopg.Error):  # a lost connection: aborted() reports it
+                    await self._conn.execute(
+                        sql.SQL("ROLLBACK TO SAVEPOINT {0}; RELEASE SAVEPOINT {0}").format(name), prepare=False
+                    )
+            raise
+        await self._execute(sql.SQL("RELEASE SAVEPOINT {}").format(name))
+
+    # -- the end -------------------------------------------------------------------------------------------------
+
+    async def _commit(self) -> None:
+        conn = self._conn
+        try:
+            await conn.execute("COMMIT", prepare=False)
+        except psycopg.Error as exc:
+            if isinstance(exc, psycopg.OperationalError) and conn.closed:
+                lost = self._store._unavailable(exc)
+                raise ServerUnavailable(
+                    f"{lost} (the connection was lost during COMMIT: whether the transaction on shard "
+                    f"{self.shard_id} committed is unknown)"
+                ) from None
+            error = self._error(exc)
+            if error is exc:
+                raise
+            raise error from None
+
+
+async def _rollback(conn: AConn) -> None:
+    """Roll back whatever is open; a connection that cannot is closed (the pool then replaces it)."""
+    if conn.closed:
+        return
+    if conn.pgconn.transaction_status == pq.TransactionStatus.ACTIVE:  # interrupted mid-statement
+        await conn.close()
+        return
+    try:
+        await conn.execute("ROLLBACK", prepare=False)
+    except psycopg.Error:
+        await conn.close()
+
+
+@asynccontextmanager
+async def postgres_transaction(
+    store: AsyncPostgresServerStore, shard_id: int, isolation_level: str | None, read_only: bool
+) -> AsyncIterator[AsyncPostgresTransaction]:
+    """Borrow a connection, begin on ``shard_id``; commit when the block ends, roll back on an exception.
+
+    A connection found dead at ``BEGIN`` is replaced once (nothing ran yet). The connection goes back to the pool
+    idle, or closed if it could not be rolled back.
+    """
+    ext = await store._ext()
+    begin = begin_sql(shard_id, ext, isolation_level, read_only)
+    for attempt in (0, 1):
+        conn, pool = await store._checkout()
+        try:
+            await conn.execute(begin, prepare=False)
+        except psycopg.Error as exc:
+            await _rollback(conn)
+            await store._checkin(conn, pool)
+            if attempt == 0 and conn.closed and isinstance(exc, psycopg.OperationalError):
+                continue
+            error = store._translate(exc, shard_id)
+            if error is exc:
+                raise
+            raise error from None
+        break
+    # Statements run through tx.cursor() are not prepared either: behind PgBouncer in transaction mode a prepared
+    # statement stays with a server session the next transaction may not get (the pool's setting comes back after).
+    threshold, conn.prepare_threshold = conn.prepare_threshold, None
+    try:
+        tx = AsyncPostgresTransaction(store, conn, shard_id, ext)
+        try:
+            yield tx
+        except BaseException:
+            await tx._forget_streams()
+            await _rollback(conn)
+            raise
+        await tx._forget_streams()
+        if conn.closed:
+            raise ServerUnavailable(
+                f"PostgreSQL server {store.label} is unavailable: the connection of the transaction on shard "
+                f"{shard_id} was lost, and the server rolled the transaction back"
+            )
+        if tx.aborted():
+            await _rollback(conn)
+            raise TransactionError(
+                f"the transaction on shard {shard_id} of {store.label} is no longer open on its connection (a "
+                "COMMIT or ROLLBACK through tx.cursor()?): nothing more is committed"
+            )
+        await tx._commit()
+    finally:
+        if not conn.closed and conn.pgconn.transaction_status != pq.TransactionStatus.IDLE:
+            await _rollback(conn)
+        conn.prepare_threshold = threshold
+        await store._checkin(conn, pool)

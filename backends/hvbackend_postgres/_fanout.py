@@ -1,0 +1,197 @@
+"""Multi-shard statements in bounded pieces, and PostgreSQL's limits as typed errors (no I/O).
+
+A statement reading many shards locks every relation it plans: each shard's table and its three indexes
+(`_schema.required_relations`), plus one per secondary index. PostgreSQL keeps those locks in one lock table shared
+by every session of the server, sized ``max_locks_per_transaction × (max_connections + max_prepared_transactions)``:
+6,400 entries on default settings (64 × 100). One statement over 4,096 shards takes 16,384 locks and fails with
+``out of shared memory``, and every other session needing a lock at that moment fails with it. A long ``UNION ALL``
+also runs into ``max_stack_depth`` (about 5,700 shards with the default 2 MB) and, when each member binds its own
+values, into the protocol's 65,535 bind parameters.
+
+So every multi-shard statement hypervault sends covers at most `SHARDS_PER_STATEMENT` shards (16 × 4 relations =
+64 locks: one session's ``max_locks_per_transaction`` on stock settings, so a full pool of 10 sessions per server
+holds at most a tenth of the table, leaving the rest to other work) and binds at most `PARAMETER_BUDGET` values;
+each piece runs in a transaction of its own, so its locks are released before the next piece takes any. The pieces
+of one call go to a server together in one pipeline (`psycopg.AsyncConnection.pipeline`): one round trip, however
+many pieces. Whatever limit a statement can still reach (raw ``cursor()`` SQL, other sessions filling the lock
+table) is reported as `ServerLimitReached` by `limit_error`, never as `ServerUnavailable`.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import psycopg
+
+from hvcore._backend import Record
+from hvcore.errors import InvalidQuery, ServerLimitReached
+
+__all__ = [
+    "GENERIC_PLANS",
+    "LOCKS_PER_SHARD",
+    "MAX_BIND_PARAMETERS",
+    "PARAMETER_BUDGET",
+    "PIPELINE_PIECES",
+    "PREPARED_MAX",
+    "PREPARE_HOT",
+    "SHARDS_PER_STATEMENT",
+    "QueryPiece",
+    "check_parameters",
+    "configure_preparation",
+    "group_pieces",
+    "item_shard",
+    "limit_error",
+    "prepare_hot",
+    "session_options",
+    "shard_pieces",
+]
+
+LOCKS_PER_SHARD = 4  # the table, its primary key, the (kind, id) index and the body's GIN index
+SHARDS_PER_STATEMENT = 16  # 16 × 4 = 64 relations locked: the default max_locks_per_transaction
+MAX_BIND_PARAMETERS = 65_535  # the extended protocol's limit (a 16-bit count in the Bind message)
+PARAMETER_BUDGET = 4_096  # values bound by one multi-shard statement of ours: far below the limit
+PIPELINE_PIECES = 256  # statements per pipeline when refilling a query's pieces or counting rows
+
+# Statement preparation (see docs/fanout.md for the measurements). Each shard has its own statements (its schema
+# is in their text), so psycopg's defaults (prepare a text after 5 runs, counting only the last 100 texts) never
+# prepare anything on a map of thousands of shards: every put and get is parsed and planned, and planning reopens
+# the shard's relation files (a backend keeps max_files_per_process = 1,000 open against ~16,000 relation files per
+# server with 4,096 shards). So the stores prepare their per-shard point statements (insert, fetch) on their first
+# run in a session and keep up to PREPARED_MAX of them per session; other statements (the user's, multi-shard
+# pieces) keep psycopg's rules. Read when used, so a benchmark can change them.
+PREPARE_HOT = True  # prepare each shard's insert/fetch statement on first use (unless preparing is disabled)
+PREPARED_MAX = 16_384  # prepared statements kept per session (psycopg's prepared_max; its default is 100)
+GENERIC_PLANS = False  # also plan_cache_mode = force_generic_plan in every session (measured; off by default)
+
+_T = TypeVar("_T")
+_K = TypeVar("_K", bound=Hashable)
+
+_TOO_MANY_PARAMETERS = "number of parameters must be between"  # libpq's message, raised before anything is sent
+
+
+@dataclass(slots=True, eq=False)
+class QueryPiece:
+    """One piece of a multi-piece query stream: its shards, the page sizes left, the records read and not yet
+    yielded, the last key read, and whether it has no more rows."""
+
+    shards: list[int]
+    sizes: Iterator[int]
+    rows: deque[Record] = field(default_factory=deque)
+    last: int | None = None
+    done: bool = False
+
+
+def configure_preparation(conn: Any) -> None:
+    """Let a new pooled session keep `PREPARED_MAX` prepared statements (if the stores prepare theirs).
+
+    A session whose settings disabled preparing (``prepare_threshold=None``: PgBouncer in transaction mode) is left
+    alone. Memory: a prepared point statement costs its server session a few KiB of plan cache (measured:
+    benchmarks/bench_fanout.py), for the statements the session actually ran.
+    """
+    if PREPARE_HOT and conn.prepare_threshold is not None:
+        conn.prepared_max = max(conn.prepared_max, PREPARED_MAX)
+
+
+def prepare_hot(conn: Any) -> bool | None:
+    """``prepare=`` for a per-shard point statement on ``conn``: True (prepare now), or None (psycopg's rules)."""
+    return True if PREPARE_HOT and conn.prepare_threshold is not None else None
+
+
+def session_options(options: str | None) -> str | None:
+    """The libpq ``options`` of pooled sessions: the given ones, plus forced generic plans if `GENERIC_PLANS`."""
+    if not GENERIC_PLANS:
+        return options
+    return " ".join(part for part in (options, "-c plan_cache_mode=force_generic_plan") if part)
+
+
+def item_shard(item: tuple[int, Any]) -> int:
+    """The shard of a ``(shard, key)`` pair (`group_pieces` of `fetch_many`)."""
+    return item[0]
+
+
+def shard_pieces(shard_ids: Sequence[int], params_per_shard: int = 0) -> list[list[int]]:
+    """``shard_ids`` cut into pieces of at most `SHARDS_PER_STATEMENT` shards and `PARAMETER_BUDGET` values.
+
+    ``params_per_shard`` is how many values each shard's part of the statement binds. Order is kept. A filter
+    that alone needs more than the protocol's 65,535 values is refused by `check_parameters` first.
+    """
+    size = SHARDS_PER_STATEMENT
+    if params_per_shard > 0:
+        size = max(1, min(size, PARAMETER_BUDGET // params_per_shard))
+    return [list(shard_ids[i : i + size]) for i in range(0, len(shard_ids), size)]
+
+
+def group_pieces(items: Iterable[_T], shard_of: Callable[[_T], _K]) -> list[list[_T]]:
+    """``items`` grouped so that each group spans at most `SHARDS_PER_STATEMENT` distinct shards (first-seen order)."""
+    groups: list[list[_T]] = []
+    seen: dict[_K, int] = {}
+    in_last = 0  # distinct shards of the last group
+    for item in items:
+        shard = shard_of(item)
+        index = seen.get(shard)
+        if index is None:
+            if not groups or in_last >= SHARDS_PER_STATEMENT:
+                groups.append([])
+                in_last = 0
+            index = seen[shard] = len(groups) - 1
+            in_last += 1
+        groups[index].append(item)
+    return groups
+
+
+def check_parameters(count: int, what: str) -> None:
+    """`InvalidQuery` before any SQL when one shard's part of a statement would bind more values than allowed."""
+    if count > MAX_BIND_PARAMETERS:
+        raise InvalidQuery(
+            f"{what} needs {count:,} bound values in each statement, but PostgreSQL accepts at most "
+            f"{MAX_BIND_PARAMETERS:,}: filter on fewer fields (or fewer list values) per query"
+        )
+
+
+def limit_error(exc: BaseException, server: str) -> ServerLimitReached | None:
+    """`ServerLimitReached` for an error that is one of PostgreSQL's limits, else None.
+
+    SQLSTATE 53200 (``out of shared memory``: the shared lock table is full), 54001 (``stack depth limit
+    exceeded``), 54000 (program limit exceeded, e.g. a value or statement over 1 GB), and libpq's refusal to send
+    more than 65,535 parameters (no SQLSTATE: psycopg raises it as an `OperationalError`, which used to be reported
+    as `ServerUnavailable` although the server was fine).
+    """
+    if not isinstance(exc, psycopg.Error):
+        return None
+    state = exc.sqlstate
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if state == "53200":
+        return ServerLimitReached(
+            f"{server} ran out of lock table entries ({text}): the shared lock table holds "
+            "max_locks_per_transaction × (max_connections + max_prepared_transactions) locks and a statement or "
+            "transaction locking many tables filled it; hypervault's own statements lock at most "
+            f"{SHARDS_PER_STATEMENT * LOCKS_PER_SHARD} relations each, so split your own multi-shard SQL, or raise "
+            "max_locks_per_transaction on the server (a restart)",
+            limit="max_locks_per_transaction",
+            server=server,
+        )
+    if state == "54001":
+        return ServerLimitReached(
+            f"{server} refused a statement nested too deeply ({text}): split it (hypervault's own statements "
+            f"cover at most {SHARDS_PER_STATEMENT} shards each), or raise max_stack_depth",
+            limit="max_stack_depth",
+            server=server,
+        )
+    if state == "54000":
+        return ServerLimitReached(
+            f"{server} refused a statement at a size limit ({text}): send smaller statements or values "
+            "(PostgreSQL caps a statement and a value at 1 GB)",
+            limit="statement size",
+            server=server,
+        )
+    if isinstance(exc, psycopg.OperationalError) and _TOO_MANY_PARAMETERS in str(exc):
+        return ServerLimitReached(
+            f"a statement for {server} binds more than {MAX_BIND_PARAMETERS:,} values ({text}): the protocol "
+            "allows at most that many per statement; bind arrays (= ANY(%s)) or split the statement",
+            limit="bind parameters",
+            server=server,
+        )
+    return None

@@ -1,0 +1,311 @@
+"""Benchmark thousands of shards per server on PostgreSQL's default settings (issue 14).
+
+Usage: ``python benchmarks/bench_fanout.py [--quick] [--json PATH] [--servers FILE] [--variants a,b]``. Two throwaway
+servers (``fixtures.localpg``, default settings but fsync off) hold 8192 shards (4096 each), 2 rows per shard. Measures,
+each figure a median over interleaved blocks (so the machine's drift hits both sides alike):
+
+- put / get to a random one of all 8192 shards vs to a random one of 16 of them, after a warm-up in which every
+  pooled session touched every shard, with the plan-cache memory of each pooled session (``pg_backend_memory_contexts``:
+  the ``CachedPlan*`` contexts) beside it. Per variant of statement preparation (``--variants``):
+  ``library`` (what the stores do: each shard's insert and fetch prepared on first use, up to
+  `hvbackend_postgres._fanout.PREPARED_MAX` per session), ``psycopg`` (psycopg's defaults: prepare after 5 runs,
+  ``prepared_max`` 100: the state before issue 14), ``generic`` (library + ``plan_cache_mode =
+  force_generic_plan`` in every session);
+- a full-fleet ``query(limit=10)``: time to the first record and to the end, 8192 shards vs 16 shards;
+- ``get_many`` of 8192 keys, one per shard, per key vs ``get_many`` of 8192 keys over 64 shards.
+
+``--recommended`` then restarts the two servers with the settings docs/fanout.md recommends and measures put/get
+again. ``--servers FILE`` reuses servers already provisioned (a JSON list of two settings dicts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backends"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from _shared import measure
+from fixtures.localpg import local_servers
+
+import hvcore
+from hvbackend_postgres import _fanout
+
+SHARDS = 8192
+POOL = 4  # sessions per server (each one warmed on every shard)
+VARIANTS = ("library", "psycopg", "generic")
+PLAN_MEMORY_SQL = "SELECT coalesce(sum(total_bytes), 0) FROM pg_backend_memory_contexts WHERE name LIKE 'CachedPlan%%'"
+
+
+def _config(servers: list[dict[str, Any]], dbname: str = "hv_fanout_bench") -> list[dict[str, Any]]:
+    half = SHARDS // 2
+    return [
+        {**servers[0], "dbname": dbname, "shards": f"0-{half}"},
+        {**servers[1], "dbname": dbname, "shards": f"{half}-{SHARDS}"},
+    ]
+
+
+def prepare(servers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Create and provision the 8192-shard database (once), 2 rows per shard; the datastore config."""
+    config = _config(servers)
+    for server in servers:
+        with psycopg.connect(**server, autocommit=True) as conn:
+            if conn.execute("SELECT 1 FROM pg_database WHERE datname = 'hv_fanout_bench'").fetchone() is None:
+                conn.execute("CREATE DATABASE hv_fanout_bench")
+    with hvcore.Datastore([dict(c) for c in config], backend="jsonb") as db:
+        db.provision()
+        if sum(s["rows"] for s in db.status()) == 0:
+            for shard in range(SHARDS):
+                db.put_many(shard, 1, [{"n": 0, "city": "Oslo"}, {"n": 1, "city": "Rome"}])
+    return config
+
+
+@contextmanager
+def variant(name: str) -> Iterator[None]:
+    """Statement preparation of the pools made inside (see the module docstring)."""
+    saved = (_fanout.PREPARE_HOT, _fanout.GENERIC_PLANS)
+    if name == "psycopg":
+        _fanout.PREPARE_HOT = False
+    elif name == "generic":
+        _fanout.GENERIC_PLANS = True
+    try:
+        yield
+    finally:
+        _fanout.PREPARE_HOT, _fanout.GENERIC_PLANS = saved
+
+
+def _warm(db: hvcore.Datastore, keys: dict[int, hvcore.Key]) -> float:
+    """Every pooled session touches every shard (a put and a get each): POOL threads per server, all shards each."""
+    started = time.perf_counter()
+
+    def work(index: int) -> None:
+        order = list(range(SHARDS))
+        random.Random(index).shuffle(order)
+        for shard in order:
+            key = db.put(shard, 2, w=index)
+            db.get(key)
+            keys.setdefault(shard, key)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(POOL * 2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - started
+
+
+def _plan_memory(db: hvcore.Datastore) -> list[float]:
+    """MiB of plan cache in each pooled session (every connection borrowed at once, so each is asked)."""
+    out: list[float] = []
+    for index in range(2):
+        shard = index * SHARDS // 2
+        conns = [db.get_connection(shard) for _ in range(POOL)]
+        try:
+            for conn in conns:
+                row = conn.execute(PLAN_MEMORY_SQL).fetchone()
+                out.append(float(row[0]) / 2**20 if row else 0.0)
+        finally:
+            for conn in conns:
+                db.put_connection(conn)
+    return out
+
+
+def bench_point(config: list[dict[str, Any]], name: str, ops: int, rounds: int) -> dict[str, Any]:
+    """µs per put and per get, random of 8192 vs random of 16 shards, after warm-up; plan cache per session."""
+    with variant(name), hvcore.Datastore([dict(c) for c in config], backend="jsonb", pool_max=POOL) as db:
+        keys: dict[int, hvcore.Key] = {}
+        warm_s = _warm(db, keys)
+        rng = random.Random(3)
+        few = [s * (SHARDS // 16) + 7 for s in range(16)]  # 16 shards, 8 on each server
+
+        def ops_of(kind: str, shards: list[int]) -> Callable[[], None]:
+            picks = [rng.choice(shards) for _ in range(4096)]
+            state = [0]
+
+            def run() -> None:
+                state[0] = (state[0] + 1) & 4095
+                shard = picks[state[0]]
+                if kind == "put":
+                    db.put(shard, 3, n=1)
+                else:
+                    db.get(keys[shard])
+
+            return run
+
+        everything = list(range(SHARDS))
+        timed = measure(
+            {
+                "put_8192": ops_of("put", everything),
+                "put_16": ops_of("put", few),
+                "get_8192": ops_of("get", everything),
+                "get_16": ops_of("get", few),
+            },
+            ops,
+            rounds,
+        )
+        memory = _plan_memory(db)
+    us = {k: v * 1e6 for k, v in timed.items()}
+    return {
+        "us": us,
+        "put_ratio": us["put_16"] / us["put_8192"],  # throughput of 8192 relative to 16 (1.0 = flat)
+        "get_ratio": us["get_16"] / us["get_8192"],
+        "plan_mib_per_session": statistics.median(memory),
+        "plan_mib_max": max(memory),
+        "warm_s": warm_s,
+    }
+
+
+def bench_query(config: list[dict[str, Any]], rounds: int) -> dict[str, Any]:
+    """Full-fleet ``query(limit=10)``: first record and whole call, over 8192 shards vs over 16."""
+    out: dict[str, list[float]] = {"first_8192": [], "total_8192": [], "first_16": [], "total_16": []}
+    few = [s * (SHARDS // 16) + 7 for s in range(16)]
+    with hvcore.Datastore([dict(c) for c in config], backend="jsonb", pool_max=POOL) as db:
+        for index in range(rounds + 1):
+            for label, shards in (("8192", None), ("16", few))[:: 1 if index % 2 else -1]:
+                started = time.perf_counter()
+                stream = db.query(kind=1, limit=10, shards=shards)
+                next(stream)
+                first = time.perf_counter() - started
+                rest = list(stream)
+                total = time.perf_counter() - started
+                assert len(rest) == 9
+                if index:  # the first round warms
+                    out[f"first_{label}"].append(first * 1e3)
+                    out[f"total_{label}"].append(total * 1e3)
+    med = {k: statistics.median(v) for k, v in out.items()}
+    return {
+        "ms": med,
+        "first_ratio": med["first_8192"] / med["first_16"],
+        "total_ratio": med["total_8192"] / med["total_16"],
+    }
+
+
+def bench_get_many(config: list[dict[str, Any]], rounds: int) -> dict[str, Any]:
+    """get_many of 8192 keys: one in each of 8192 shards vs 128 in each of 64 shards (µs per key)."""
+    with hvcore.Datastore([dict(c) for c in config], backend="jsonb", pool_max=POOL) as db:
+        everywhere = [r.key for r in db.query(kind=1) if r.data["n"] == 0]
+        assert len(everywhere) == SHARDS
+        shards64 = [s * (SHARDS // 64) for s in range(64)]
+        for shard in shards64:  # 128 keys in each of 64 shards
+            db.put_many(shard, 4, [{"n": i} for i in range(128)])
+        few = [r.key for r in db.query(kind=4, shards=shards64)]
+        assert len(few) == SHARDS
+        timed = measure({"8192": lambda: db.get_many(everywhere), "64": lambda: db.get_many(few)}, 1, rounds)
+    us = {k: v / SHARDS * 1e6 for k, v in timed.items()}
+    return {"us_per_key": us, "ratio": us["8192"] / us["64"]}
+
+
+def run(
+    quick: bool,
+    servers: list[dict[str, Any]] | None,
+    variants: list[str],
+    point_only: bool = False,
+    recommended: bool = False,
+) -> dict[str, Any]:
+    """Every measure on the given servers, or on two fresh local servers at default settings."""
+    ops, rounds = (100, 3) if quick else (300, 7)
+
+    def measure_all(settings: list[dict[str, Any]]) -> dict[str, Any]:
+        config = prepare(settings)
+        results: dict[str, Any] = {"quick": quick, "point": {}}
+        for name in variants:
+            results["point"][name] = bench_point(config, name, ops, rounds)
+        if not point_only:
+            results["query"] = bench_query(config, rounds)
+            results["get_many"] = bench_get_many(config, 3 if quick else 5)
+        return results
+
+    if servers is not None:
+        return measure_all(servers)
+    with local_servers(2) as local:
+        results = measure_all([s.settings for s in local])
+        if recommended:  # the same servers restarted with the settings docs/fanout.md recommends
+            for server in local:
+                _recommend(server)
+            config = _config([s.settings for s in local])
+            results["recommended"] = {"settings": RECOMMENDED, "point": bench_point(config, "library", ops, rounds)}
+        return results
+
+
+RECOMMENDED = {
+    "max_files_per_process": "20000",  # every relation file of 4096 shards stays open (needs `ulimit -n` above it)
+    "autovacuum_analyze_scale_factor": "0.5",  # fewer autoanalyze runs (each resets sessions' relation caches)
+    "autovacuum_analyze_threshold": "1000",
+}
+
+
+def _recommend(server: Any) -> None:
+    """Apply `RECOMMENDED` with ALTER SYSTEM and restart ``server`` with an open-files limit above them."""
+    with psycopg.connect(**server.settings, autocommit=True) as conn:
+        for name, value in RECOMMENDED.items():
+            conn.execute(psycopg.sql.SQL("ALTER SYSTEM SET {} = {}").format(psycopg.sql.Identifier(name), value))
+    server.stop()
+    pg_ctl = f"{server.bin_dir / 'pg_ctl'} -D {server.data} -l {server.log} -w -t 60 start"
+    command = ["bash", "-c", f"ulimit -n 20000 && {pg_ctl}"]
+    if os.geteuid() == 0:
+        command = ["runuser", "-u", "postgres", "--", *command]
+    subprocess.run(command, check=True, capture_output=True, timeout=90)
+    server.running = True
+
+
+def main() -> None:
+    """Command-line entry: print the figures (and write them as JSON if asked)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer operations and rounds")
+    parser.add_argument("--json", type=Path, help="also write the results to this file")
+    parser.add_argument("--servers", type=Path, help="a JSON list of two servers' settings to reuse")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated of {','.join(VARIANTS)}")
+    parser.add_argument("--point-only", action="store_true", help="only the put/get measures")
+    parser.add_argument("--recommended", action="store_true", help="then put/get again with the recommended settings")
+    args = parser.parse_args()
+    servers = json.loads(args.servers.read_text()) if args.servers else None
+    r = run(args.quick, servers, [v for v in args.variants.split(",") if v], args.point_only, args.recommended)
+    for name, figures in r["point"].items():
+        us = figures["us"]
+        print(
+            f"{name:10s} put {us['put_8192']:6.1f} µs (8192) vs {us['put_16']:6.1f} µs (16): "
+            f"{figures['put_ratio']:.2f}x | "
+            f"get {us['get_8192']:6.1f} vs {us['get_16']:6.1f} µs: {figures['get_ratio']:.2f}x | plan cache "
+            f"{figures['plan_mib_per_session']:.1f} MiB per session (max {figures['plan_mib_max']:.1f}) | "
+            f"warm-up {figures['warm_s']:.0f} s"
+        )
+    if "recommended" in r:
+        figures = r["recommended"]["point"]
+        print(
+            f"recommended settings ({', '.join(f'{k}={v}' for k, v in RECOMMENDED.items())}): put "
+            f"{figures['put_ratio']:.2f}x, get {figures['get_ratio']:.2f}x, plan cache "
+            f"{figures['plan_mib_per_session']:.1f} MiB per session"
+        )
+    if "query" not in r:
+        return
+    q = r["query"]["ms"]
+    print(
+        f"query(limit=10): first record {q['first_8192']:.1f} ms (8192 shards) vs {q['first_16']:.1f} ms (16): "
+        f"{r['query']['first_ratio']:.1f}x | whole call {q['total_8192']:.1f} vs {q['total_16']:.1f} ms: "
+        f"{r['query']['total_ratio']:.1f}x"
+    )
+    g = r["get_many"]["us_per_key"]
+    print(
+        f"get_many(8192): {g['8192']:.1f} µs/key over 8192 shards vs {g['64']:.1f} over 64: "
+        f"{r['get_many']['ratio']:.2f}x"
+    )
+    if args.json:
+        args.json.write_text(json.dumps(r, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,360 @@
+"""Metrics through the OpenTelemetry API: operation durations, pool gauges, and hypervault's own counters.
+
+hypervault depends on the OpenTelemetry **API** only (``pip install 'hypervault[otel]'``), never on the SDK: an
+application that configures a ``MeterProvider`` (SDK, Prometheus or OTLP exporter: its choice) gets the figures;
+one that does not pays one attribute check per operation (``metrics.on``, False) and no instrument is ever made.
+Without ``opentelemetry-api`` installed, ``metrics.on`` stays False for good.
+
+Names and attributes follow the OpenTelemetry semantic conventions for database clients
+(https://opentelemetry.io/docs/specs/semconv/database/database-metrics/): ``db.client.operation.duration`` (stable),
+``db.client.connection.*`` (development stability, as the conventions are), plus ``hypervault.*`` counters for
+what only hypervault knows (key collisions retried, `ShardMoved` refusals followed, replica fall-backs, shard moves
+and their write pause). Pool figures are read from each store's ``stats()`` when a reader collects (observable
+instruments), never on the hot path.
+
+The provider is looked up when a datastore opens its pools and on `Metrics.refresh` / `Metrics.use` (configure
+OpenTelemetry at start-up, before opening datastores, as its documentation advises); the hot path never looks it up.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+__all__ = ["DURATION_BUCKETS", "METER_NAME", "Metrics", "metrics"]
+
+METER_NAME = "hypervault"
+# The bucket boundaries the semantic conventions advise for db.client.operation.duration (seconds).
+DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0)
+# Finer ones for the pool's wait time: a free connection is handed out in microseconds.
+WAIT_BUCKETS = (0.00001, 0.0001, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
+
+PoolSource = Callable[[], Iterable[tuple[str, Mapping[str, Any]]]]
+
+
+def _real_provider(provider: Any) -> bool:
+    """True for a provider that records: not the API's no-op one, not its proxy waiting for a real one."""
+    if provider is None:
+        return False
+    try:
+        from opentelemetry.metrics import NoOpMeterProvider
+    except ImportError:  # pragma: no cover - a provider object exists only with the API installed
+        return False
+    return not isinstance(provider, NoOpMeterProvider) and type(provider).__name__ != "_ProxyMeterProvider"
+
+
+def _global_provider() -> Any:
+    try:
+        from opentelemetry.metrics import get_meter_provider
+    except ImportError:
+        return None
+    return get_meter_provider()  # also resolves OTEL_PYTHON_METER_PROVIDER on first call
+
+
+def _endpoint(label: str) -> dict[str, Any]:
+    """``host:port/dbname`` (a PostgreSQL store's label) as semantic-convention attributes; other labels as they are."""
+    where, _, dbname = label.partition("/")
+    host, _, port = where.rpartition(":")
+    if host and port.isdigit():
+        attrs: dict[str, Any] = {"server.address": host.strip("[]"), "server.port": int(port)}
+        if dbname:
+            attrs["db.namespace"] = dbname
+        return attrs
+    return {"server.address": label}
+
+
+def _system_name(store: Any) -> str:
+    """``postgresql`` for the hstore/jsonb stores; ``hypervault.<backend>`` for others (``hypervault.memory``)."""
+    module = type(store).__module__.split(".")[0]
+    if module == "hvbackend_postgres":
+        return "postgresql"
+    return "hypervault." + module.removeprefix("hvbackend_")
+
+
+def _error_type(exc: BaseException) -> str:
+    return type(exc).__qualname__
+
+
+class _Instruments:
+    """The instruments, made once per provider from its meter."""
+
+    def __init__(self, meter: Any, owner: Metrics) -> None:
+        self.duration = meter.create_histogram(
+            "db.client.operation.duration",
+            unit="s",
+            description="Duration of database client operations.",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+        self.wait_time = meter.create_histogram(
+            "db.client.connection.wait_time",
+            unit="s",
+            description="The time it took to obtain an open connection from the pool.",
+            explicit_bucket_boundaries_advisory=WAIT_BUCKETS,
+        )
+        self.timeouts = meter.create_counter(
+            "db.client.connection.timeouts",
+            unit="{timeout}",
+            description="Connection requests that timed out waiting for a free connection of the pool.",
+        )
+        meter.create_observable_up_down_counter(
+            "db.client.connection.count",
+            callbacks=[owner._observe_count],
+            unit="{connection}",
+            description="The number of connections that are currently in state described by the state attribute.",
+        )
+        meter.create_observable_up_down_counter(
+            "db.client.connection.max",
+            callbacks=[owner._observe_max],
+            unit="{connection}",
+            description="The maximum number of open connections allowed.",
+        )
+        meter.create_observable_up_down_counter(
+            "db.client.connection.pending_requests",
+            callbacks=[owner._observe_pending],
+            unit="{request}",
+            description="The number of current pending requests for an open connection.",
+        )
+        self.collisions = meter.create_counter(
+            "hypervault.key.collisions",
+            unit="{collision}",
+            description="Writes that found their new key already stored (another process made it) and retried.",
+        )
+        self.moved_followed = meter.create_counter(
+            "hypervault.shard_moved.followed",
+            unit="{refusal}",
+            description="Operations refused by a shard's old server (ShardMoved) and retried where the shard is now.",
+        )
+        self.replica_fallbacks = meter.create_counter(
+            "hypervault.replica.fallbacks",
+            unit="{read}",
+            description="Reads meant for a replica that went elsewhere (lagging, down, or read-your-writes).",
+        )
+        self.moves = meter.create_counter(
+            "hypervault.shard.moves",
+            unit="{move}",
+            description="Shard moves run by this process (error.type set on failures).",
+        )
+        self.move_pause = meter.create_histogram(
+            "hypervault.shard.move.pause",
+            unit="s",
+            description="How long writes to a moving shard paused (fence to switch).",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+        self.move_duration = meter.create_histogram(
+            "hypervault.shard.move.duration",
+            unit="s",
+            description="Duration of whole shard moves.",
+            explicit_bucket_boundaries_advisory=(0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0, 1800.0, 3600.0),
+        )
+
+
+class Metrics:
+    """hypervault's instruments, made lazily from the configured OpenTelemetry meter provider.
+
+    One instance per process: ``hvcore.metrics``. ``on`` is the only thing the hot path reads; it is True while a
+    recording provider is in use: the one given to `use`, else the global one (``opentelemetry.metrics.
+    set_meter_provider``) as found by the last `refresh` (every datastore refreshes when it opens its pools).
+    The recording methods do nothing while ``on`` is False. ``shard_attribute=True`` adds ``hypervault.shard`` to
+    the operation durations (off by default: up to 8,192 series per operation and server). ``wait_time=False``
+    stops recording ``db.client.connection.wait_time`` (one histogram measurement per checkout, which costs about
+    as much as the operation's own duration: benchmarks/bench_metrics.py).
+    """
+
+    __module__ = "hvcore"
+
+    def __init__(self) -> None:
+        self.on = False
+        self.shard_attribute = False
+        self.wait_time = True
+        self._explicit: Any = None
+        self._provider: Any = None
+        self._instruments: _Instruments | None = None
+        self._lock = threading.Lock()
+        self._watched: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._sources: list[PoolSource] = []
+        self._attrs: dict[tuple[str, str, int | None], dict[str, Any]] = {}
+        self._labels: dict[str, dict[str, Any]] = {}
+
+    def __repr__(self) -> str:
+        return f"<Metrics {'on' if self.on else 'off'} provider={type(self._provider).__name__}>"
+
+    # -- configuration ---------------------------------------------------------------------------------------
+
+    def use(self, meter_provider: Any) -> bool:
+        """Record through ``meter_provider`` instead of the global one (None: back to the global); return ``on``.
+
+        For tests (an SDK ``MeterProvider`` with an ``InMemoryMetricReader``) and applications that keep
+        hypervault's figures apart. The API's ``NoOpMeterProvider`` turns recording off.
+        """
+        self._explicit = meter_provider
+        return self.refresh()
+
+    def refresh(self) -> bool:
+        """Look up the provider again (the one given to `use`, else the global one); return ``on``."""
+        provider = self._explicit if self._explicit is not None else _global_provider()
+        with self._lock:
+            if provider is not self._provider:
+                self._provider = provider
+                self._instruments = None  # made from the new provider's meter on first use
+            self.on = _real_provider(provider)
+        return self.on
+
+    def watch(self, datastore: Any) -> None:
+        """Report the pools of ``datastore`` (its ``_stores``: ``label`` and ``stats()``) while it lives; refresh."""
+        self._watched.add(datastore)
+        self.refresh()
+
+    def add_pool_source(self, source: PoolSource) -> None:
+        """Also report the pools ``source()`` lists as ``(pool name, stats)`` pairs (e.g. replica pools).
+
+        ``stats`` has the keys of ``ServerStore.stats()``: ``pool_max``, ``available``, ``borrowed``, ``waiting``.
+        """
+        self._sources.append(source)
+
+    def instruments(self) -> _Instruments | None:
+        """The instruments (made on first call while ``on``); None while off."""
+        made = self._instruments
+        if made is not None or not self.on:
+            return made
+        with self._lock:
+            if self._instruments is None and self.on:
+                from hvcore import __version__
+
+                meter = self._provider.get_meter(METER_NAME, __version__)
+                self._instruments = _Instruments(meter, self)
+            return self._instruments
+
+    # -- attributes --------------------------------------------------------------------------------------------
+
+    def _op_attrs(self, name: str, store: Any, shard: int | None) -> dict[str, Any]:
+        label: str = store.label
+        key = (name, label, shard if self.shard_attribute else None)
+        attrs = self._attrs.get(key)
+        if attrs is None:
+            attrs = {"db.system.name": _system_name(store), "db.operation.name": name, **_endpoint(label)}
+            if key[2] is not None:
+                attrs["hypervault.shard"] = key[2]
+            if len(self._attrs) < 100_000:  # bounded cache
+                self._attrs[key] = attrs
+        return attrs
+
+    @staticmethod
+    def _pool_attrs(label: str) -> dict[str, Any]:
+        return {"db.client.connection.pool.name": label}
+
+    # -- recording (each does nothing while off) ----------------------------------------------------------------
+
+    def operation(
+        self, name: str, store: Any, seconds: float, error: BaseException | None = None, shard: int | None = None
+    ) -> None:
+        """One database operation ``name`` (put, get, ...) on ``store`` took ``seconds``; ``error`` if it raised."""
+        inst = self._instruments or self.instruments()
+        if inst is None:
+            return
+        attrs = self._op_attrs(name, store, shard)
+        if error is not None:
+            attrs = {**attrs, "error.type": _error_type(error)}
+        inst.duration.record(seconds, attrs)
+
+    def connection_wait(self, pool: str, seconds: float) -> None:
+        """A connection of pool ``pool`` (a server label) was obtained after waiting ``seconds``."""
+        inst = self._instruments or self.instruments()
+        if inst is not None and self.wait_time:
+            inst.wait_time.record(seconds, self._pool_attrs(pool))
+
+    def connection_timeout(self, pool: str) -> None:
+        """No connection of pool ``pool`` (a server label) came free within the pool's timeout."""
+        inst = self._instruments or self.instruments()
+        if inst is not None:
+            inst.timeouts.add(1, self._pool_attrs(pool))
+
+    def key_collision(self, store: Any, count: int = 1) -> None:
+        """``count`` new keys of a write were found already stored on ``store``; each retries with a fresh one."""
+        inst = self._instruments or self.instruments()
+        if inst is not None:
+            inst.collisions.add(count, {"hypervault.server": store.label})
+
+    def shard_moved_followed(self, shard_id: int, server: str) -> None:
+        """An operation was refused by shard ``shard_id``'s old server and follows it to ``server``."""
+        inst = self._instruments or self.instruments()
+        if inst is not None:
+            inst.moved_followed.add(1, {"hypervault.server": server})
+
+    def replica_fallback(self, server: str, replica: str, reason: str) -> None:
+        """A read meant for ``replica`` (a label) of ``server`` went elsewhere; ``reason``: lag, down, read_your_writes.
+
+        For the read-replica routing: call it once per read that could not use the replica it would have used.
+        """
+        inst = self._instruments or self.instruments()
+        if inst is not None:
+            inst.replica_fallbacks.add(
+                1, {"hypervault.server": server, "hypervault.replica": replica, "hypervault.reason": reason}
+            )
+
+    def shard_move(
+        self, report: Any = None, *, source: str = "", target: str = "", error: BaseException | None = None
+    ) -> None:
+        """A shard move ended: ``report`` (a `MoveReport`) when it succeeded, else ``error`` with its servers."""
+        inst = self._instruments or self.instruments()
+        if inst is None:
+            return
+        if report is not None:
+            attrs = {"hypervault.source": report.source, "hypervault.target": report.target}
+            inst.moves.add(1, attrs)
+            inst.move_pause.record(report.pause_seconds, attrs)
+            inst.move_duration.record(report.seconds, attrs)
+        else:
+            attrs = {"hypervault.source": source, "hypervault.target": target}
+            inst.moves.add(1, {**attrs, "error.type": _error_type(error) if error is not None else "unknown"})
+
+    # -- pool gauges (observable: read when a reader collects) --------------------------------------------------
+
+    def pool_stats(self) -> dict[str, dict[str, int]]:
+        """Pool name → summed ``pool_max``, ``available``, ``borrowed``, ``waiting`` over every watched pool."""
+        totals: dict[str, dict[str, int]] = {}
+        for label, stats in self._pools():
+            total = totals.setdefault(label, {"pool_max": 0, "available": 0, "borrowed": 0, "waiting": 0})
+            for name in total:
+                total[name] += int(stats.get(name, 0) or 0)
+        return totals
+
+    def _pools(self) -> Iterator[tuple[str, Mapping[str, Any]]]:
+        for datastore in list(self._watched):
+            pools = getattr(datastore, "_metric_pools", None)
+            if pools is not None:  # a datastore with more pools than its stores (replicas)
+                yield from pools()
+                continue
+            for store in list(getattr(datastore, "_stores", ())):
+                yield store.label, store.stats()
+        for source in list(self._sources):
+            yield from source()
+
+    def _observe(self, make: Callable[[str, dict[str, int]], Iterable[tuple[int, dict[str, Any]]]]) -> list[Any]:
+        from opentelemetry.metrics import Observation
+
+        return [
+            Observation(value, attrs)
+            for label, stats in self.pool_stats().items()
+            for value, attrs in make(label, stats)
+        ]
+
+    def _observe_count(self, options: Any = None) -> list[Any]:
+        def make(label: str, stats: dict[str, int]) -> list[tuple[int, dict[str, Any]]]:
+            attrs = self._pool_attrs(label)
+            return [
+                (stats["available"], {**attrs, "db.client.connection.state": "idle"}),
+                (stats["borrowed"], {**attrs, "db.client.connection.state": "used"}),
+            ]
+
+        return self._observe(make)
+
+    def _observe_max(self, options: Any = None) -> list[Any]:
+        return self._observe(lambda label, stats: [(stats["pool_max"], self._pool_attrs(label))])
+
+    def _observe_pending(self, options: Any = None) -> list[Any]:
+        return self._observe(lambda label, stats: [(stats["waiting"], self._pool_attrs(label))])
+
+
+metrics = Metrics()

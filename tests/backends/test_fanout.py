@@ -1,0 +1,281 @@
+"""8192 shards on servers left at PostgreSQL's default settings: every multi-shard call in bounded pieces (issue 14).
+
+Two layouts, each a session-wide database on the suite's extra servers (``max_locks_per_transaction = 64``,
+``max_connections = 100``, as initdb leaves them): 4096 shards on each of two servers, and all 8192 on one server.
+Three small rows per shard; every answer is compared with a reference computed from the rows written.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, cast
+
+import psycopg
+import pytest
+from fixtures.pgservers import PgCluster
+
+import hvcore
+from hvbackend_postgres._fanout import LOCKS_PER_SHARD, SHARDS_PER_STATEMENT
+from hvbackend_postgres._store import PostgresServerStore
+from hvcore import Key, Record
+
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+
+SHARDS = 8192
+CITIES = ("Oslo", "Rome", "Lima")
+LAYOUTS = {"two": (("0-4096", 0), ("4096-8192", 1)), "one": (("0-8192", 0),)}
+
+
+class Fleet:
+    """A provisioned database of 8192 shards with its rows, and a reference to check answers against."""
+
+    def __init__(self, name: str, servers: list[dict[str, Any]], records: list[Record]) -> None:
+        self.name = name
+        self.servers = servers
+        self.records = sorted(records, key=lambda r: int(r.key))
+
+    def datastore(self, **options: Any) -> hvcore.Datastore:
+        return hvcore.Datastore([dict(s) for s in self.servers], backend="jsonb", **options)
+
+    def expected(self, match: Callable[[Record], bool], limit: int | None = None) -> list[tuple[int, int, Any]]:
+        found = [(int(r.key), r.kind, r.data) for r in self.records if match(r)]
+        return found if limit is None else found[:limit]
+
+
+def _rows(records: Iterator[Record] | list[Record]) -> list[tuple[int, int, Any]]:
+    return [(int(r.key), r.kind, r.data) for r in records]
+
+
+def _build(cluster: PgCluster, name: str) -> Fleet:
+    dbname = f"hv_fanout_{name}"
+    servers = []
+    for shards, index in LAYOUTS[name]:
+        settings = cluster.settings(index)
+        with psycopg.connect(**settings, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {dbname}")
+            conn.execute(f"CREATE DATABASE {dbname}")
+        servers.append({**settings, "dbname": dbname, "shards": shards})
+    rng = random.Random(14)
+    records: list[Record] = []
+    with hvcore.Datastore([dict(s) for s in servers], backend="jsonb", pool_max=4) as db:
+        db.provision()
+        for shard in range(SHARDS):
+            bodies = [
+                {"city": rng.choice(CITIES), "n": i, "tags": [shard % 3, i]} if i < 2 else {"city": "Oslo", "n": 9}
+                for i in range(3)
+            ]
+            kinds = (1, 1, 2)
+            for kind in (1, 2):
+                chosen = [b for b, k in zip(bodies, kinds, strict=True) if k == kind]
+                keys = db.put_many(shard, kind, chosen)
+                records += [Record(key, kind, body) for key, body in zip(keys, chosen, strict=True)]
+    return Fleet(name, servers, records)
+
+
+@pytest.fixture(scope="session")
+def _fleets(pg_cluster: PgCluster) -> dict[str, Fleet]:
+    for settings in pg_cluster[:2]:  # the suite's servers must be at the defaults this issue is about
+        with psycopg.connect(**settings, autocommit=True) as conn:
+            row = conn.execute("SELECT current_setting('max_locks_per_transaction')").fetchone()
+            assert row is not None and row[0] == "64"
+    return {}
+
+
+@pytest.fixture(scope="session", params=sorted(LAYOUTS))
+def fleet(request: pytest.FixtureRequest, pg_cluster: PgCluster, _fleets: dict[str, Fleet]) -> Fleet:
+    """8192 shards with 3 rows each: on two servers (``two``) or on one (``one``), provisioned once per session."""
+    name = request.param
+    if name not in _fleets:
+        _fleets[name] = _build(pg_cluster, name)
+    return _fleets[name]
+
+
+def _lock_peak(servers: list[dict[str, Any]]) -> tuple[Callable[[], int], Callable[[], None]]:
+    """Sample pg_locks of every server (other sessions' locks) until stopped; returns (stop, peak) callables."""
+    peak = [0]
+    stopping = threading.Event()
+
+    def watch(settings: dict[str, Any]) -> None:
+        with psycopg.connect(**settings, autocommit=True) as conn:
+            while not stopping.is_set():
+                row = conn.execute(
+                    "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                    "WHERE a.datname = current_database() AND l.pid <> pg_backend_pid()"
+                ).fetchone()
+                assert row is not None
+                peak[0] = max(peak[0], int(row[0]))
+                time.sleep(0.001)
+
+    threads = [threading.Thread(target=watch, args=({k: v for k, v in s.items() if k != "shards"},)) for s in servers]
+    for thread in threads:
+        thread.start()
+
+    def stop() -> None:
+        stopping.set()
+        for thread in threads:
+            thread.join()
+
+    return (lambda: peak[0]), stop
+
+
+def test_query_over_every_shard_is_exact_in_key_order(fleet: Fleet) -> None:
+    """limit, where (scalar and list), since/until, all at once: the reference's rows in key order."""
+    keys = [int(r.key) for r in fleet.records]
+    since, until = Key(keys[len(keys) // 4]), Key(keys[3 * len(keys) // 4])
+    with fleet.datastore() as db:
+        assert _rows(db.query(kind=1, limit=10)) == fleet.expected(lambda r: r.kind == 1, 10)
+        assert _rows(db.query(limit=1000)) == fleet.expected(lambda r: True, 1000)
+        assert _rows(db.query()) == fleet.expected(lambda r: True)
+        assert _rows(db.query(where={"city": "Oslo"})) == fleet.expected(lambda r: r.data["city"] == "Oslo")
+        assert _rows(db.query(where={"tags": [2, 1]})) == fleet.expected(lambda r: r.data.get("tags") == [2, 1])
+        assert _rows(db.query(since=since, until=until)) == fleet.expected(lambda r: since <= r.key < until)
+        when = since.created
+        assert _rows(db.query(kind=2, since=when)) == fleet.expected(lambda r: r.kind == 2 and r.key.created >= when)
+        everything = {"kind": 1, "where": {"city": "Rome", "tags": [1, 0], "n": 0}, "since": since, "until": until}
+        expected = fleet.expected(
+            lambda r: r.kind == 1 and r.data == {"city": "Rome", "tags": [1, 0], "n": 0} and since <= r.key < until
+        )
+        assert expected  # the filter selects something
+        assert _rows(db.query(**everything)) == expected  # type: ignore[arg-type]
+        assert _rows(db.query(**everything, limit=7)) == expected[:7]  # type: ignore[arg-type]
+
+
+def test_query_limit_stops_early_and_the_stream_holds_nothing(fleet: Fleet) -> None:
+    """A stream left half-read holds no connection; a limit of 1 over 8192 shards gives the very first key."""
+    with fleet.datastore() as db:
+        assert _rows(db.query(limit=1)) == fleet.expected(lambda r: True, 1)
+        stream = db.query(kind=1)
+        first = [next(stream) for _ in range(3)]
+        assert _rows(first) == fleet.expected(lambda r: r.kind == 1, 3)
+        assert all(server["pool"]["borrowed"] == 0 for server in db.status())
+        stream.close()  # type: ignore[attr-defined]
+
+
+def test_get_many_one_key_in_every_shard_and_20000_keys(fleet: Fleet) -> None:
+    """get_many of one key per shard (8192 shards) and of 20,000 keys, plus missing keys left out."""
+    by_shard: dict[int, Record] = {}
+    for record in fleet.records:
+        by_shard.setdefault(record.key.shard_id, record)
+    assert len(by_shard) == SHARDS
+    with fleet.datastore() as db:
+        found = db.get_many(r.key for r in by_shard.values())
+        assert {int(k): (r.kind, r.data) for k, r in found.items()} == {
+            int(r.key): (r.kind, r.data) for r in by_shard.values()
+        }
+        chosen = random.Random(20).sample(fleet.records, 20_000)
+        early = 1_704_067_201_000  # 2024-01-01, before any row was written
+        missing = [Key.from_parts(timestamp_ms=early + i, shard_id=i % SHARDS, added_id=0) for i in range(100)]
+        found = db.get_many([*(r.key for r in chosen), *missing])
+        assert len(found) == 20_000
+        assert {int(k): (r.kind, r.data) for k, r in found.items()} == {int(r.key): (r.kind, r.data) for r in chosen}
+
+
+def test_status_counts_every_shard(fleet: Fleet) -> None:
+    """Row counts per shard over 8192 shards (pieces of 16 shards in a pipeline)."""
+    with fleet.datastore() as db:
+        status = db.status()
+    assert sum(s["rows"] for s in status) == len(fleet.records)
+    assert sum(s["provisioned_shards"] for s in status) == SHARDS
+
+
+def test_a_streaming_full_fleet_query_leaves_room_for_other_sessions(fleet: Fleet) -> None:
+    """While a full-fleet query streams, other sessions write and read; the peak lock count stays bounded."""
+    peak, stop = _lock_peak(fleet.servers)
+    errors: list[BaseException] = []
+    done = threading.Event()
+    counts = {"put": 0, "get": 0}
+
+    def other_work(db: hvcore.Datastore) -> None:
+        rng = random.Random(threading.get_ident())
+        try:
+            while not done.is_set():
+                key = db.put(rng.randrange(SHARDS), 7, probe=True)
+                assert db.get(key) is not None
+                assert db.delete(key)
+                counts["put"] += 1
+                counts["get"] += 1
+        except BaseException as exc:
+            errors.append(exc)
+
+    try:
+        with fleet.datastore() as db, fleet.datastore(pool_max=2) as other:
+            workers = [threading.Thread(target=other_work, args=(other,)) for _ in range(2)]
+            for worker in workers:
+                worker.start()
+            streamed = 0
+            for _ in range(2):
+                for streamed, _record in enumerate(db.query(kind=1), 1):
+                    if streamed % 2000 == 0:
+                        time.sleep(0.01)  # a slow consumer
+                with psycopg.connect(**{k: v for k, v in fleet.servers[0].items() if k != "shards"}) as conn:
+                    conn.execute("SELECT 1")  # a plain new session also gets in
+                assert db.get_many(r.key for r in fleet.records[:5000])
+            done.set()
+            for worker in workers:
+                worker.join()
+    finally:
+        done.set()
+        stop()
+    assert not errors, errors
+    assert streamed == len(fleet.expected(lambda r: r.kind == 1))
+    assert counts["put"] > 0
+    # one datastore's sessions, one statement each at a time: 16 shards x 4 relations, plus each worker's put/get
+    bound = len(fleet.servers) * (2 * SHARDS_PER_STATEMENT * LOCKS_PER_SHARD + 40)
+    assert peak() <= bound, f"peak {peak()} locks"
+    print(f"\n{fleet.name}: peak {peak()} locks held by other sessions (bound {bound}); {counts['put']} puts meanwhile")
+
+
+def test_a_raw_statement_over_the_lock_table_is_a_typed_error(fleet: Fleet) -> None:
+    """A statement locking every shard (raw SQL) fails as ServerLimitReached naming the limit, the server stays fine."""
+    from hvbackend_postgres._schema import shard_schema
+
+    store_settings = fleet.servers[0]
+    low, high = (int(x) for x in store_settings["shards"].split("-"))
+    union = " UNION ALL ".join(f"SELECT count(*) FROM {shard_schema(s)}.entities" for s in range(low, high))
+    with fleet.datastore() as db:
+        store = cast(PostgresServerStore, db._stores[0])
+        with pytest.raises(hvcore.ServerLimitReached) as caught, db.cursor(low) as cur:
+            try:
+                cur.execute(f"SELECT sum(count) FROM ({union}) AS t")
+            except psycopg.Error as exc:
+                raise store._translate(exc, low) from None
+        assert caught.value.limit in ("max_locks_per_transaction", "max_stack_depth")
+        assert "ServerUnavailable" not in type(caught.value).__name__
+        assert db.get(fleet.records[0].key) is not None  # the server is fine
+
+
+def test_too_many_parameters_is_not_server_unavailable(fleet: Fleet) -> None:
+    """libpq's refusal of > 65,535 parameters: ServerLimitReached ("bind parameters"), never ServerUnavailable."""
+    with fleet.datastore() as db:
+        store = cast(PostgresServerStore, db._stores[0])
+        low = int(fleet.servers[0]["shards"].split("-")[0])
+        with db.cursor(low) as cur:
+            with pytest.raises(psycopg.Error) as raw:
+                cur.execute("SELECT " + ",".join(["%s"] * 70_000), [1] * 70_000)
+            error = store._translate(raw.value, low)
+        assert isinstance(error, hvcore.ServerLimitReached)
+        assert error.limit == "bind parameters"
+        assert "65,535" in str(error)
+        # a query filter needing more values than one statement may bind is refused before any SQL
+        wide = {f"f{i}": [i] for i in range(33_000)}
+        with pytest.raises(hvcore.InvalidQuery, match="65,535"):
+            list(db.query(kind=1, where=wide))
+
+
+def test_async_datastore_reads_every_shard(fleet: Fleet) -> None:
+    """The asyncio store takes the same pieces: query and get_many over 8192 shards."""
+    import asyncio
+
+    async def run() -> tuple[list[tuple[int, int, Any]], int]:
+        async with hvcore.AsyncDatastore([dict(s) for s in fleet.servers], backend="jsonb") as db:
+            rows = [r async for r in db.query(where={"city": "Lima"}, since=dt.datetime(2025, 1, 1, tzinfo=dt.UTC))]
+            found = await db.get_many(r.key for r in fleet.records[::3])
+            return _rows(rows), len(found)
+
+    rows, found = asyncio.run(run())
+    assert rows == fleet.expected(lambda r: r.data["city"] == "Lima")
+    assert found == len(fleet.records[::3])
