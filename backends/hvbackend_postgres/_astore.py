@@ -34,6 +34,7 @@ from hvbackend_postgres._bouncer import (
     SCHEMA_EXISTS_SQL,
     client_endpoint,
     pooler_possible,
+    restore_sql,
     session_lock_refusal,
     shard_bound_async_class,
 )
@@ -225,6 +226,8 @@ class AsyncPostgresServerStore(StoreCore):
                     self.pooling = await self._detect_pooling(conn)
         if self.pooling == "transaction":
             conn.prepare_threshold = None  # prepared statements stay with a server session (see _bouncer)
+        if self.pooling != "off":  # behind a pooler RESET ALL would also undo what it keeps per client
+            cast(Any, conn).hv_restore = restore_sql(conn.pgconn)
 
     async def _detect_pooling(self, conn: AConn) -> str:
         """``pgbouncer="auto"``: "off" for a direct TCP connection, else "transaction" (see ``_bouncer``)."""
@@ -473,7 +476,7 @@ class AsyncPostgresServerStore(StoreCore):
         if session:
             # behind a transaction-mode pooler this reaches whichever server session serves it: harmless, and it
             # cleans what a committed SET left there (the pooler's own server_reset_query does not run in that mode)
-            await conn.execute(RESET_SQL)
+            await conn.execute(RESET_SQL + getattr(conn, "hv_restore", ""))
         if conn.isolation_level is not None:
             await conn.set_isolation_level(None)
         if conn.read_only is not None:
@@ -493,7 +496,7 @@ class AsyncPostgresServerStore(StoreCore):
             async with conn.cursor() as cur:
                 yield cur
             if self.pooling == "transaction" and conn.pgconn.transaction_status == pq.TransactionStatus.INTRANS:
-                await conn.execute(RESET_SQL)  # in the block's own transaction: what it SET ends with it
+                await conn.execute(RESET_SQL + getattr(conn, "hv_restore", ""))  # ends with the block's transaction
                 session_reset = False
             await conn.commit()
         except BaseException:

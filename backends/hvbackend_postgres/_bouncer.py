@@ -44,10 +44,12 @@ from psycopg import pq
 
 __all__ = [
     "POOLER_HINT_SQL",
+    "POOLER_TRACKED",
     "RESET_SQL",
     "SCHEMA_EXISTS_SQL",
     "client_endpoint",
     "pooler_possible",
+    "restore_sql",
     "session_lock_refusal",
     "shard_bound_async_class",
     "shard_bound_class",
@@ -67,6 +69,18 @@ it returns to the authenticated one); then cursors, LISTEN registrations, sessio
 tables. It is ``DISCARD ALL`` without ``DEALLOCATE ALL``, so psycopg's own prepared statements stay valid (and,
 unlike ``DISCARD ALL``, it can run inside a transaction: `cursor()` behind a transaction-mode pooler does that).
 """
+POOLER_TRACKED = (
+    "client_encoding",
+    "DateStyle",
+    "TimeZone",
+    "IntervalStyle",
+    "standard_conforming_strings",
+    "application_name",
+)
+"""Settings PgBouncer keeps per client and applies to whichever server session serves it (those it reports with
+ParameterStatus). Through a pooler, ``RESET ALL`` sets them back to the *pooler's* startup values while PgBouncer
+still believes the client's are in force, so the reset puts the client's startup values back (`restore_sql`):
+found by tests/backends/test_pgbouncer_store.py (``application_name`` came back empty)."""
 SCHEMA_EXISTS_SQL = "SELECT pg_catalog.to_regnamespace(%s) IS NOT NULL"
 """Whether a shard's schema exists (checked once per shard before its first binding behind a transaction pooler)."""
 POOLER_HINT_SQL = "SELECT pg_catalog.current_setting('port')::int"
@@ -89,6 +103,17 @@ def pooler_possible(port: int | None, server_port: int | None) -> bool:
     server's ``port`` setting.
     """
     return port is None or server_port is None or port != server_port
+
+
+def restore_sql(pgconn: pq.abc.PGconn) -> str:
+    """``SET`` statements giving back a new connection's `POOLER_TRACKED` values, to follow `RESET_SQL`."""
+    parts = []
+    for name in POOLER_TRACKED:
+        value = pgconn.parameter_status(name.encode())
+        if value is not None:
+            literal = value.decode("utf-8", "replace").replace("'", "''")
+            parts.append(f"; SET {name} = '{literal}'")
+    return "".join(parts)
 
 
 def transaction_pooled(store: Any, conn: psycopg.Connection[Any]) -> bool:
@@ -131,6 +156,7 @@ def shard_bound_class(base: type[psycopg.Connection[Any]]) -> type[psycopg.Conne
 
     class ShardBoundConnection(base):  # type: ignore[valid-type,misc]
         hv_bind: bytes | None = None
+        hv_restore = ""  # behind a pooler: `restore_sql` of the connection as it started
 
         def _start_query(self) -> Any:
             return _bind_after_begin(self, super()._start_query())
@@ -153,6 +179,7 @@ def shard_bound_async_class(base: type[psycopg.AsyncConnection[Any]]) -> type[ps
 
     class ShardBoundAsyncConnection(base):  # type: ignore[valid-type,misc]
         hv_bind: bytes | None = None
+        hv_restore = ""  # behind a pooler: `restore_sql` of the connection as it started
 
         def _start_query(self) -> Any:
             return _bind_after_begin(self, super()._start_query())

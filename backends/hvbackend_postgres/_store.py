@@ -30,6 +30,7 @@ from hvbackend_postgres._bouncer import (
     SCHEMA_EXISTS_SQL,
     client_endpoint,
     pooler_possible,
+    restore_sql,
     session_lock_refusal,
     shard_bound_class,
 )
@@ -210,6 +211,8 @@ class PostgresServerStore(StoreCore):
                     self.pooling = self._detect_pooling(conn)
         if self.pooling == "transaction":
             conn.prepare_threshold = None  # prepared statements stay with a server session (see _bouncer)
+        if self.pooling != "off":  # behind a pooler RESET ALL would also undo what it keeps per client
+            cast(Any, conn).hv_restore = restore_sql(conn.pgconn)
 
     def _detect_pooling(self, conn: Conn) -> str:
         """``pgbouncer="auto"``: "off" for a direct TCP connection, else "transaction" (see ``_bouncer``)."""
@@ -438,7 +441,7 @@ class PostgresServerStore(StoreCore):
         if session:
             # behind a transaction-mode pooler this reaches whichever server session serves it: harmless, and it
             # cleans what a committed SET left there (the pooler's own server_reset_query does not run in that mode)
-            conn.execute(RESET_SQL)
+            conn.execute(RESET_SQL + getattr(conn, "hv_restore", ""))
         if conn.isolation_level is not None:
             conn.set_isolation_level(None)
         if conn.read_only is not None:
@@ -458,7 +461,7 @@ class PostgresServerStore(StoreCore):
             with conn.cursor() as cur:
                 yield cur
             if self.pooling == "transaction" and conn.pgconn.transaction_status == pq.TransactionStatus.INTRANS:
-                conn.execute(RESET_SQL)  # in the block's own transaction: what it SET ends with it
+                conn.execute(RESET_SQL + getattr(conn, "hv_restore", ""))  # ends with the block's transaction
                 session_reset = False
             conn.commit()
         except BaseException:

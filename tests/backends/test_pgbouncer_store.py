@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from fixtures.pgbouncer import PgBouncerFactory, PgBouncerSet
 from fixtures.pgservers import PgCluster
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import hvcore
@@ -434,3 +434,62 @@ def test_schema_changes_and_provisioning_are_refused_behind_transaction_pooling(
     assert _advisory_locks(empty_servers) == 0  # nothing left held on the pooler's server sessions
     with hvcore.Datastore(_through(pgbouncer_transaction, empty_servers, pgbouncer="session"), backend="jsonb") as db:
         assert db.servers[0].stats()["pgbouncer"] == "session"  # named session pooling is not refused (not run here)
+
+
+# -- the class: whatever session state user code leaves, the next borrower sees a fresh session ---------------------
+
+SESSION_CHANGES = [
+    "SET statement_timeout = '123s'",
+    "SET lock_timeout = '7s'",
+    "SET default_transaction_read_only = on",
+    "SET default_transaction_isolation = 'serializable'",
+    "SET synchronous_commit = local",
+    "SET work_mem = '7MB'",
+    "SET TIME ZONE 'Asia/Tokyo'",
+    "SET datestyle = 'SQL, DMY'",
+    "SET application_name = 'left-behind'",
+    "SET ROLE pg_read_all_data",
+    "SET SESSION AUTHORIZATION hv_secret",
+    "LISTEN hv_left_behind",
+    "SELECT pg_advisory_lock(4242)",
+    "CREATE TEMP TABLE IF NOT EXISTS hv_left_behind (x int)",
+    "DECLARE hv_held CURSOR WITH HOLD FOR SELECT 1",
+]
+SESSION_STATE = (
+    "SELECT current_user, session_user, "
+    "(SELECT array_agg(name || '=' || setting ORDER BY name) FROM pg_settings WHERE name <> 'search_path'), "
+    "(SELECT count(*) FROM pg_listening_channels()), "
+    "(SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()), "
+    "(SELECT count(*) FROM pg_class WHERE relnamespace = pg_my_temp_schema()), "
+    "(SELECT count(*) FROM pg_cursors)"
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(changes=st.lists(st.sampled_from(SESSION_CHANGES), unique=True, max_size=6), commit=st.booleans())
+def test_any_session_state_left_by_user_code_is_gone_for_the_next_borrower(
+    one_session_servers: tuple[str, list[dict[str, Any]]], changes: list[str], commit: bool
+) -> None:
+    mode, servers = one_session_servers
+    with hvcore.Datastore(servers, pool_max=1, backend="jsonb") as db:
+        with db.cursor(1) as cur:
+            cur.execute(SESSION_STATE)
+            fresh = cur.fetchone()
+        if commit:  # in a cursor() block, committed at its end
+            with db.cursor(1) as cur:
+                for change in changes:
+                    cur.execute(change)
+        else:  # on a borrowed connection, committed by the borrower, then returned
+            conn = db.get_connection(1)
+            for change in changes:
+                conn.execute(change)
+            conn.commit()
+            db.put_connection(conn)
+        with db.cursor(1) as cur:
+            cur.execute(SESSION_STATE)
+            after = cur.fetchone()
+        assert fresh is not None and after is not None
+        changed = set(after[2]) ^ set(fresh[2])
+        assert not changed, f"{mode}: {changes} left settings behind: {sorted(changed)}"
+        assert tuple(after) == tuple(fresh), f"{mode}: {changes} left state behind"
+        assert db.get(db.put(1, 1, after="changes")) is not None

@@ -117,7 +117,7 @@ def test_cancellation_storm_loses_no_connection(storm_servers: list[dict[str, An
 
 
 class Storm(BaseException):
-    """Raised by the test's SIGALRM handler: a BaseException, like KeyboardInterrupt."""
+    """Raised by the test's SIGUSR1 handler: a BaseException, like KeyboardInterrupt."""
 
 
 def _blocked(frame: Any) -> bool:
@@ -133,9 +133,10 @@ def _blocked(frame: Any) -> bool:
 
 
 @contextlib.contextmanager
-def _alarm_storm(interval: float) -> Iterator[list[int]]:
-    """SIGALRM every ``interval`` s; while ``state[0]`` is set and the main thread is blocked, the handler disarms it
-    and raises `Storm`. ``state``: ``[armed, fired, raised]``.
+def _signal_storm(interval: float) -> Iterator[list[int]]:
+    """SIGUSR1 to the main thread every ``interval`` s (from a thread: SIGALRM is pytest-timeout's); while
+    ``state[0]`` is set and the main thread is blocked, the handler disarms it and raises `Storm`.
+    ``state``: ``[armed, fired, raised]``.
 
     Raised only in blocking waits, where a thread spends its time and a real Ctrl-C lands: pure-Python code has
     interruption points at every call, and no library (psycopg_pool's return path included) is safe from an
@@ -143,6 +144,7 @@ def _alarm_storm(interval: float) -> Iterator[list[int]]:
     of the test's own bookkeeping.
     """
     state = [0, 0, 0]
+    stop = threading.Event()
 
     def handler(signum: int, frame: Any) -> None:
         state[1] += 1
@@ -151,14 +153,20 @@ def _alarm_storm(interval: float) -> Iterator[list[int]]:
             state[2] += 1
             raise Storm
 
-    previous = signal.signal(signal.SIGALRM, handler)
-    signal.setitimer(signal.ITIMER_REAL, interval, interval)
+    def sender(target: int) -> None:
+        while not stop.wait(interval):
+            signal.pthread_kill(target, signal.SIGUSR1)
+
+    previous = signal.signal(signal.SIGUSR1, handler)
+    thread = threading.Thread(target=sender, args=(threading.get_ident(),), daemon=True)
+    thread.start()
     try:
         yield state
     finally:
         state[0] = 0
-        signal.setitimer(signal.ITIMER_REAL, 0, 0)
-        signal.signal(signal.SIGALRM, previous)
+        stop.set()
+        thread.join()
+        signal.signal(signal.SIGUSR1, previous)
 
 
 def _sync_call(db: hvcore.Datastore, rnd: random.Random, keys: list[hvcore.Key]) -> None:
@@ -209,7 +217,7 @@ def test_signal_storm_loses_no_connection(storm_servers: list[dict[str, Any]], p
         interrupted = done = 0
         deadline = time.monotonic() + 4.0
         try:
-            with _alarm_storm(0.002) as state:
+            with _signal_storm(0.002) as state:
                 while time.monotonic() < deadline:
                     try:
                         state[0] = 1
