@@ -79,7 +79,7 @@ async def _one_call(db: hvcore.AsyncDatastore, rnd: random.Random, keys: list[hv
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("pool_max", [1, 2])
 def test_cancellation_storm_loses_no_connection(storm_servers: list[dict[str, Any]], pool_max: int) -> None:
-    calls = 1500
+    calls = 1000  # x 4 parameter sets: 4,000 cancelled calls
     rnd = random.Random(pool_max)
     unexpected: list[str] = []
 
