@@ -198,7 +198,7 @@ async def bench_async(servers: list[dict[str, Any]], quick: bool) -> dict[str, A
     """64 concurrent gets and puts, and lone-call latency, against asyncpg and psycopg pools of the same size."""
     import asyncpg
 
-    per_task, rounds = (10, 5) if quick else (30, 7)
+    per_task, rounds = (5, 3) if quick else (30, 7)
     connections = [{**servers[0], "shards": f"0-{SHARDS // 2}"}, {**servers[1], "shards": f"{SHARDS // 2}-{SHARDS}"}]
     statements = ShardSQL.build(SHARD, "jsonb", None)
     out: dict[str, Any] = {"tasks": TASKS, "pool": POOL, "per_task": per_task, "rounds": rounds}
@@ -333,7 +333,7 @@ async def bench_async(servers: list[dict[str, Any]], quick: bool) -> dict[str, A
         async def one_put(i: int) -> object:
             return await one.put(SHARD, 1, **BODY)
 
-        lone_rounds = rounds if quick else 30
+        lone_rounds = 1 if quick else 30
         lone = await _latencies(
             {"hypervault": switched(one_get, True), "uncoalesced": switched(one_get, False)}, 100, lone_rounds
         )
@@ -378,7 +378,7 @@ def _threads(op: Callable[[int], object], threads: int, per_thread: int) -> floa
 
 def bench_threads(servers: list[dict[str, Any]], quick: bool) -> dict[str, Any]:
     """Sync `Datastore.get`/`put` from 64 threads, coalesced vs not, vs raw psycopg (same SQL, pool of 8)."""
-    per_thread, rounds = (10, 5) if quick else (20, 7)
+    per_thread, rounds = (5, 3) if quick else (20, 7)
     connections = [{**servers[0], "shards": f"0-{SHARDS // 2}"}, {**servers[1], "shards": f"{SHARDS // 2}-{SHARDS}"}]
     statements = ShardSQL.build(SHARD, "jsonb", None)
     with (
@@ -444,7 +444,7 @@ def bench_threads(servers: list[dict[str, Any]], quick: bool) -> dict[str, Any]:
 
             return call
 
-        lone = _sync_latencies({"hypervault": one_get(True), "uncoalesced": one_get(False)}, 500 if quick else 3000)
+        lone = _sync_latencies({"hypervault": one_get(True), "uncoalesced": one_get(False)}, 150 if quick else 3000)
 
         def one_put(on: bool) -> Callable[[int], object]:
             def call(i: int) -> object:
@@ -453,7 +453,7 @@ def bench_threads(servers: list[dict[str, Any]], quick: bool) -> dict[str, Any]:
 
             return call
 
-        lone_put = _sync_latencies({"hypervault": one_put(True), "uncoalesced": one_put(False)}, 300 if quick else 2000)
+        lone_put = _sync_latencies({"hypervault": one_put(True), "uncoalesced": one_put(False)}, 100 if quick else 2000)
     return {
         "threads": TASKS,
         "pool": POOL,
@@ -472,7 +472,7 @@ def bench_threads(servers: list[dict[str, Any]], quick: bool) -> dict[str, Any]:
 
 def bench_get_many(servers: list[dict[str, Any]], quick: bool) -> dict[str, Any]:
     """Sync get_many of 1000 keys (64 shards, 2 servers) vs the raw psycopg floor on the same pools."""
-    rounds = 15 if quick else 121
+    rounds = 5 if quick else 121
     connections = [{**servers[0], "shards": f"0-{SHARDS // 2}"}, {**servers[1], "shards": f"{SHARDS // 2}-{SHARDS}"}]
     with hvcore.Datastore(connections, pool_max=POOL, backend="jsonb") as db:
         keys = [k for shard in range(SHARDS) for k in db.put_many(shard, 2, [dict(BODY, n=i) for i in range(16)])]

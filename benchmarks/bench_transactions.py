@@ -1,6 +1,7 @@
 """Benchmark transactions on real PostgreSQL: a transaction of 10 puts vs 10 autocommit puts, in one run.
 
-Usage: ``python benchmarks/bench_transactions.py [--quick] [--json PATH]``. Starts one throwaway PostgreSQL server
+Usage: ``python benchmarks/bench_transactions.py [--quick] [--json PATH]``, or part ``transactions`` of
+``benchmarks/suite.py``. Starts one throwaway PostgreSQL server
 (system binaries, fsync on, durable commits: every autocommit put waits for its WAL flush) and prints, for
 `Datastore` and `AsyncDatastore`, the time of each candidate and every ratio against the 10 autocommit puts
 measured in the same run:
@@ -103,13 +104,10 @@ def report(title: str, times: dict[str, float]) -> list[dict[str, Any]]:
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark; print the ratios (and write them as JSON with ``--json``)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run)")
-    parser.add_argument("--json", type=Path, help="write the figures here")
-    args = parser.parse_args(argv)
-    ops, rounds = (5, 3) if args.quick else (20, 15)
+def run(quick: bool = False) -> dict[str, Any]:
+    """Start a server, measure every candidate (sync and async), print the ratios; the figures by API and name
+    (``{"sync": [{"name", "seconds", "baseline", "speedup"}, ...], "async": [...]}``), as ``suite.py`` reads them."""
+    ops, rounds = (5, 3) if quick else (20, 15)
     bin_dir = find_bin_dir()
     if bin_dir is None:
         raise SystemExit("no PostgreSQL binaries (initdb, pg_ctl): set HV_PG_BIN")
@@ -138,6 +136,16 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.stop("immediate")
         shutil.rmtree(top, ignore_errors=True)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; print the ratios (and write them as JSON with ``--json``)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run)")
+    parser.add_argument("--json", type=Path, help="write the figures here")
+    args = parser.parse_args(argv)
+    results = run(args.quick)
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     return 0

@@ -53,6 +53,7 @@ PARTS = (
     "citus",
     "schema",
     "commit_status",
+    "transactions",
     "concurrency",
 )
 RESULTS = HERE / "results"  # the committed results: written by full runs only, unless asked
@@ -684,6 +685,41 @@ def rows_citus(r: dict[str, Any]) -> list[Row]:
     return out
 
 
+def rows_transactions(r: dict[str, Any]) -> list[Row]:
+    """bench_transactions.py: a transaction of 10 puts vs 10 autocommit puts (sync and async), and one put alone in
+    a transaction vs a plain put (where a transaction costs)."""
+    out = []
+    for api, label in (("sync", "Datastore"), ("async", "AsyncDatastore")):
+        times = {entry["name"]: entry["seconds"] for entry in r.get(api, [])}
+        if "transaction of 10 puts" in times:
+            out.append(
+                row(
+                    "transactions",
+                    f"transaction of 10 puts ({label})",
+                    times["transaction of 10 puts"] * 1e3,
+                    "10 autocommit puts",
+                    times["10 autocommit puts"] * 1e3,
+                    "ms",
+                    "one durable commit instead of ten; BEGIN and SET LOCAL search_path in one round trip (fsync on)",
+                    lower_is_better=True,
+                )
+            )
+        if "transaction of 1 put" in times:
+            out.append(
+                row(
+                    "transactions",
+                    f"transaction of 1 put ({label})",
+                    times["transaction of 1 put"] * 1e3,
+                    "1 autocommit put",
+                    times["1 autocommit put"] * 1e3,
+                    "ms",
+                    "a transaction around a single write: two more round trips (BEGIN, COMMIT), the same one commit",
+                    lower_is_better=True,
+                )
+            )
+    return out
+
+
 def rows_commit_status(r: dict[str, Any]) -> list[Row]:
     """bench_commit_status.py: a healthy put and update with the commit-status check (the transaction id read before
     the commit) vs the same write without it, on durable and on CPU-bound servers."""
@@ -870,6 +906,7 @@ NORMALISERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "citus": rows_citus,
     "schema": rows_schema,
     "commit_status": rows_commit_status,
+    "transactions": rows_transactions,
     "concurrency": rows_concurrency,
 }
 

@@ -17,12 +17,14 @@ import enum
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from contextvars import ContextVar
+from time import perf_counter
 from typing import Any, TypeVar
 
 from hvcore._acompat import ato_thread
 from hvcore._backend import AsyncStoreTransaction, AsyncSupportsTransactions, QuerySpec, Record
 from hvcore._facade import PUT_ATTEMPTS, too_many_duplicates
 from hvcore._key import Key
+from hvcore._metrics import metrics
 from hvcore._schemadefs import FieldFilter, IndexSpec, bind_filters, check_kind, split_ranges
 from hvcore._show import show_value
 from hvcore.errors import ConfigError, HypervaultError, InvalidKey, ShardMoved, TransactionError
@@ -89,6 +91,7 @@ class AsyncShardTransaction:
         self._error: BaseException | None = None  # what aborted the transaction, if something did
         self._error_depth = 0  # the savepoint depth it happened at (rolling back to that savepoint clears it)
         self._depth = 0
+        self._wrote = False  # a write was sent: the commit is noted for read-your-writes (read replicas)
 
     def __repr__(self) -> str:
         return f"<AsyncShardTransaction shard={self.shard_id} {self.state} on {self._store.label}>"
@@ -112,11 +115,13 @@ class AsyncShardTransaction:
             )
         if self._error is not None or self._tx.aborted():
             raise self._aborted_error(operation)
-        if write and self.read_only:
-            raise TransactionError(
-                f"{operation}: the transaction on shard {shard} is read-only (read_only=True); open it without "
-                "read_only to write"
-            )
+        if write:
+            if self.read_only:
+                raise TransactionError(
+                    f"{operation}: the transaction on shard {shard} is read-only (read_only=True); open it without "
+                    "read_only to write"
+                )
+            self._wrote = True
 
     def _aborted_error(self, operation: str) -> TransactionError:
         cause = f" by {type(self._error).__name__}: {self._error}" if self._error is not None else " by an error"
@@ -287,7 +292,7 @@ class AsyncShardTransaction:
         transaction does when its block ends. The memory backend yields a ``MemoryCursor`` reading the shard as the
         transaction sees it.
         """
-        self._check("cursor")
+        self._check("cursor", write=not self.read_only)  # statements of its own may write
         async with self._tx.cursor() as cur:
             yield cur
 
@@ -354,6 +359,7 @@ async def _begin(
     db: AsyncDatastore, store: Any, shard_id: int, level: str | None, read_only: bool
 ) -> AsyncIterator[AsyncShardTransaction]:
     tx: AsyncShardTransaction | None = None
+    started = perf_counter() if metrics.on else None  # the whole transaction is one operation, "transaction"
     try:
         async with store.transaction(shard_id, isolation_level=level, read_only=read_only) as backend_tx:
             tx = AsyncShardTransaction(db, store, backend_tx, shard_id, level, read_only)
@@ -364,9 +370,15 @@ async def _begin(
                     raise tx._aborted_error("commit")
             finally:
                 _OPEN.set(tuple(t for t in _OPEN.get() if t is not tx))
-    except BaseException:
+    except BaseException as exc:
         if tx is not None:
             tx._state = "rolled back"
+        if started is not None:
+            metrics.operation("transaction", store, perf_counter() - started, exc)
         raise
+    if started is not None:
+        metrics.operation("transaction", store, perf_counter() - started)
     if tx is not None:
         tx._state = "committed"
+        if tx._wrote:  # reads on standbys wait for this commit in the current timeline, as after any write
+            await db._note_write(shard_id)

@@ -31,14 +31,13 @@ import asyncio
 import copy
 import dataclasses
 import functools
-import json
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from hvcore._backend import Record
 from hvcore._key import Key
-from hvcore.errors import PoolTimeout, ServerUnavailable, ShardMoved
+from hvcore.errors import PoolTimeout, ServerUnavailable, ShardMoved, WriteOutcomeUnknown
 
 __all__ = ["GROUP_MAX", "ReadCoalescer", "ThreadReadCoalescer", "ThreadWriteCoalescer", "WriteCoalescer"]
 
@@ -322,40 +321,27 @@ class WriteCoalescer:
 
     ``insert_one(shard_id, key, kind, data)`` is the uncoalesced insert (a lone call takes it, and so does every row
     a group could not store); ``insert_group(shard_id, rows)`` stores rows of one shard in one statement and returns
-    the ids it stored, leaving out rows whose key or unique value is taken (``ON CONFLICT DO NOTHING``);
-    ``fetch_many`` tells, after a group failed, which of its rows were stored anyway (a connection lost around the
-    commit). ``limit`` bounds the inserts and groups in flight (the pool's size).
+    the ids it stored, leaving out rows whose key or unique value is taken (``ON CONFLICT DO NOTHING``), and settles
+    a lost connection itself (PostgreSQL: by the transaction's id, ``hvbackend_postgres._commit``): it returns only
+    if the group committed, raises `WriteOutcomeUnknown` if that cannot be known, and anything else means nothing
+    was stored. ``limit`` bounds the inserts and groups in flight (the pool's size).
 
     Outcomes are each caller's own, as if its insert ran alone: a row the group stored succeeded; a row it left out
     runs alone (so its `DuplicateKey` or `DuplicateValue` is its own); a group refused with `ShardMoved` fails its
-    callers with it (nothing was written; the façade follows the move and retries); a group that failed otherwise
-    is checked with ``fetch_many``: a row found under its key with its kind and body was stored (a key taken by
-    someone else before holds another row: such a row runs alone and gets its `DuplicateKey`), the others run
-    alone, and if the check fails too every caller gets the group's error (as a lone insert that lost its
-    connection and could not retry would). The rows of a group share one transaction: they are committed together,
-    and none is ever undone by another's failure.
+    callers with it (nothing was written; the façade follows the move and retries); a group whose outcome is not
+    known fails its callers with `WriteOutcomeUnknown` (their keys hold their rows or none, as for a lone put, but
+    for a key another writer held before the group, which the group had left out: reading it tells); a group that
+    failed otherwise stored nothing, and each row runs alone. The rows of a group share one
+    transaction: they are committed together, and none is ever undone by another's failure.
     """
 
-    __slots__ = (
-        "_busy",
-        "_fetch_many",
-        "_insert_group",
-        "_insert_one",
-        "_limit",
-        "_pending",
-        "_scheduled",
-        "_tasks",
-        "owner",
-    )
+    __slots__ = ("_busy", "_insert_group", "_insert_one", "_limit", "_pending", "_scheduled", "_tasks", "owner")
 
-    def __init__(
-        self, insert_one: InsertOne, insert_group: InsertGroup, fetch_many: FetchMany, limit: int, owner: object = None
-    ) -> None:
+    def __init__(self, insert_one: InsertOne, insert_group: InsertGroup, limit: int, owner: object = None) -> None:
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
         self._insert_one = insert_one
         self._insert_group = insert_group
-        self._fetch_many = fetch_many
         self._limit = limit
         self.owner = owner
         self._busy = 0
@@ -423,17 +409,11 @@ class WriteCoalescer:
             stored = await self._insert_group(shard_id, [(w.key, w.kind, w.data) for w in group])
         except asyncio.CancelledError:
             raise
-        except ShardMoved as moved:  # refused by the stub a moved shard left behind: nothing written
-            _fail_writes(group, moved)
+        except (ShardMoved, WriteOutcomeUnknown) as exc:  # nothing written / not known: the callers are told
+            _fail_writes(group, exc)
             return
-        except Exception as exc:  # stored or not? a row under its key with its kind and body tells
-            try:
-                found = await self._fetch_many([(shard_id, w.key) for w in group])
-            except Exception:
-                _fail_writes(group, exc)
-                return
-            mine = {int(w.key): (w.kind, _as_stored(w.data)) for w in group}
-            stored = {int(r.key) for r in found if mine.get(int(r.key)) == (r.kind, r.data)}
+        except Exception:  # the group stored nothing (the store settles lost connections): each row alone
+            stored = set()
         for write in group:
             if int(write.key) in stored and not write.future.done():
                 write.future.set_result(None)
@@ -454,14 +434,6 @@ class WriteCoalescer:
             else:
                 if not write.future.done():
                     write.future.set_result(None)
-
-
-def _as_stored(data: Mapping[str, Any]) -> Any:
-    """``data`` as it reads back (JSON types: tuples and mappings become lists and dicts), for comparing."""
-    try:
-        return json.loads(json.dumps(data))
-    except (TypeError, ValueError):  # not JSON: never equal to what was read back
-        return object()
 
 
 def _fail_writes(group: list[_Write], error: BaseException) -> None:
@@ -497,21 +469,15 @@ class ThreadWriteCoalescer:
     group per shard, with `WriteCoalescer`'s rules for each row's outcome.
     """
 
-    __slots__ = ("_busy", "_fetch_many", "_insert_group", "_insert_one", "_limit", "_lock", "_queue", "owner")
+    __slots__ = ("_busy", "_insert_group", "_insert_one", "_limit", "_lock", "_queue", "owner")
 
     def __init__(
-        self,
-        insert_one: SyncInsertOne,
-        insert_group: SyncInsertGroup,
-        fetch_many: SyncFetchMany,
-        limit: int,
-        owner: object = None,
+        self, insert_one: SyncInsertOne, insert_group: SyncInsertGroup, limit: int, owner: object = None
     ) -> None:
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
         self._insert_one = insert_one
         self._insert_group = insert_group
-        self._fetch_many = fetch_many
         self._limit = limit
         self.owner = owner
         self._lock = threading.Lock()
@@ -573,19 +539,12 @@ class ThreadWriteCoalescer:
             return
         try:
             stored = self._insert_group(shard_id, [(w.key, w.kind, w.data) for w in group])
-        except ShardMoved as moved:
+        except (ShardMoved, WriteOutcomeUnknown) as exc:
             for write in group:
-                write.settle(_own_copy(moved))
+                write.settle(_own_copy(exc))
             return
-        except Exception as exc:
-            try:
-                found = self._fetch_many([(shard_id, w.key) for w in group])
-            except Exception:
-                for write in group:
-                    write.settle(_own_copy(exc))
-                return
-            mine = {int(w.key): (w.kind, _as_stored(w.data)) for w in group}
-            stored = {int(r.key) for r in found if mine.get(int(r.key)) == (r.kind, r.data)}
+        except Exception:  # nothing stored: each row alone
+            stored = set()
         for write in group:
             if int(write.key) in stored:
                 write.settle(None)

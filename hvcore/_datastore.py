@@ -86,7 +86,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
     the store's lifetime; a `WorkerSlice` is a fixed one; None (the default) uses the in-process sequence with a
     random start per millisecond (docs/keys.md has the guarantees and figures of each). ``coalesce_reads`` (default
     True) merges ``get()`` calls that overlap on one server into one batch read, ``coalesce_writes`` (default True)
-    merges overlapping ``put()`` calls of a shard into multi-row INSERTs (a backend that has ``insert_group``), each
+    merges overlapping ``put()`` calls of a shard into multi-row INSERTs (a store whose ``insert_groups`` is true), each
     call keeping its own result or error (``hvcore._coalesce``); a lone call goes straight through. On `Datastore`
     the calls merged are those of threads that would otherwise wait for a pooled connection.
 
@@ -360,7 +360,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         for _ in range(PUT_ATTEMPTS):
             key = self._next_key(shard_id)
             try:
-                if self._coalesce_writes and hasattr(store, "insert_group"):  # overlapping puts: multi-row INSERTs
+                if self._coalesce_writes and getattr(store, "insert_groups", False):  # overlapping: multi-row INSERTs
                     insert = self._writer(store).insert
                 else:
                     insert = store.insert
@@ -437,7 +437,10 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
             choice = self._router.pick(index, (shard,), current_timeline(self._timeline))
             if choice is not None:
                 try:
-                    record: Record | None = choice.store.fetch(shard, key)
+                    if metrics.on:
+                        record: Record | None = self._observed("get", choice.store, choice.store.fetch, shard, key)
+                    else:
+                        record = choice.store.fetch(shard, key)
                     return record
                 except ShardMoved as moved:  # the standby replayed the move: read where the shard is now
                     self._follow(moved)
@@ -460,7 +463,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
             from hvcore import _coalesce
 
             group, limit = (cast(Any, store).insert_group, self._options.pool_max)
-            writer = _coalesce.ThreadWriteCoalescer(store.insert, group, store.fetch_many, limit, owner=store)
+            writer = _coalesce.ThreadWriteCoalescer(store.insert, group, limit, owner=store)
             self._writers[id(store)] = writer
         return writer
 
@@ -533,7 +536,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
     def _replica_fetch(self, index: int, choice: ReplicaChoice, items: list[tuple[int, Key]]) -> list[Record] | None:
         """``fetch_many`` on a standby; None if it failed (the keys are then read from the primary)."""
         try:
-            records: list[Record] = choice.store.fetch_many(items)
+            records: list[Record] = self._observed("get_many", choice.store, choice.store.fetch_many, items)
             return records
         except ShardMoved as moved:
             self._follow(moved)
@@ -757,9 +760,15 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
             if choice is not None:
                 mine = [shard for shard in ids if shard not in choice.pinned]
                 ids = [shard for shard in ids if shard in choice.pinned]
-                streams.append(_from_replica(index, choice, choice.store.query(mine, run)))
+                replica_stream = choice.store.query(mine, run)
+                if metrics.on:
+                    replica_stream = cast(
+                        Generator[Record, None, None], self._observed_stream(choice.store, replica_stream)
+                    )
+                streams.append(_from_replica(index, choice, replica_stream))
             if ids:
-                streams.append(stores[index].query(ids, run))
+                primary_stream = stores[index].query(ids, run)
+                streams.append(self._observed_stream(stores[index], primary_stream) if metrics.on else primary_stream)
         return streams
 
     def _next_key(self, shard_id: int) -> Key:

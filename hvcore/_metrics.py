@@ -283,9 +283,11 @@ class Metrics:
             inst.moved_followed.add(1, {"hypervault.server": server})
 
     def replica_fallback(self, server: str, replica: str, reason: str) -> None:
-        """A read meant for ``replica`` (a label) of ``server`` went elsewhere; ``reason``: lag, down, read_your_writes.
+        """A read meant for a standby of ``server`` went to the primary; one call per such read.
 
-        For the read-replica routing: call it once per read that could not use the replica it would have used.
+        ``replica`` is the standby's label (``any`` when none of several was usable); ``reason`` is ``lag`` (behind
+        ``max_replica_lag``, or not measured yet), ``down``, ``read_your_writes`` (behind this timeline's writes)
+        or ``error`` (the read failed on the standby).
         """
         inst = self._instruments or self.instruments()
         if inst is not None:
@@ -328,6 +330,10 @@ class Metrics:
                 continue
             for store in list(getattr(datastore, "_stores", ())):
                 yield store.label, store.stats()
+            router = getattr(datastore, "_router", None)  # read replicas: one pool per standby
+            for group in list(getattr(router, "_stores", ())):
+                for store in list(group):
+                    yield store.label, store.stats()
         for source in list(self._sources):
             yield from source()
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hvcore._acompat import gather, sleep, spawn
+from hvcore._metrics import metrics
 from hvcore._replicas import PIN, LagTracker, Timeline, server_id
 from hvcore.errors import PoolTimeout, ServerUnavailable
 
@@ -149,11 +150,15 @@ class ReadRouter:
         number = tracker.choose(now, max(wanted) if wanted and len(wanted) == len(needs) else None)
         if number is None:
             self.on_primary[index] += 1
+            if metrics.on:
+                self._count_fallback(index, None, self._no_standby_reason(tracker, now, bool(wanted)))
             return None
         replayed = tracker.replicas[number].replayed or 0
         pinned = frozenset((shard for shard, need in needs.items() if need is not None and need > replayed))
         if len(pinned) == len(needs):
             self.on_primary[index] += 1
+            if metrics.on:
+                self._count_fallback(index, number, "read_your_writes")
             return None
         return ReplicaChoice(self._stores[index][number], number, pinned)
 
@@ -164,8 +169,38 @@ class ReadRouter:
             return
         if isinstance(error, ServerUnavailable | PoolTimeout | OSError):  # down, refusing, or out of connections
             tracker.mark_down(choice.number, time.monotonic(), f"{type(error).__name__}: {error}")
+            reason = "down"
         else:
             tracker.replicas[choice.number].fallbacks += 1
+            reason = "error"
+        if metrics.on:
+            self._count_fallback(index, choice.number, reason)
+
+    def _count_fallback(self, index: int, number: int | None, reason: str) -> None:
+        """Count a read meant for a standby of server ``index`` that goes to the primary (hvcore._metrics).
+
+        ``number`` is the standby it would have used; None when no standby was usable (then ``any`` if the server
+        has several).
+        """
+        stores = self._stores[index] if index < len(self._stores) else []
+        if number is not None and number < len(stores):
+            replica = str(getattr(stores[number], "label", "?"))
+        else:
+            replica = str(getattr(stores[0], "label", "?")) if len(stores) == 1 else "any"
+        primaries = self._primaries()
+        server = str(getattr(primaries[index], "label", "?")) if index < len(primaries) else "?"
+        metrics.replica_fallback(server, replica, reason)
+
+    @staticmethod
+    def _no_standby_reason(tracker: LagTracker, now: float, waited: bool) -> str:
+        """Why no standby was usable: ``read_your_writes`` (one is within the lag bound but behind this timeline's
+        writes), ``lag`` (up but behind, or not measured yet), else ``down``."""
+        states = {tracker.describe(number, now)["state"] for number in range(len(tracker.replicas))}
+        if waited and "in use" in states:
+            return "read_your_writes"
+        if states & {"in use", "lagging", "unknown"}:
+            return "lag"
+        return "down"
 
     def _start_refresh(self, index: int, now: float) -> None:
         self._refreshing.add(index)

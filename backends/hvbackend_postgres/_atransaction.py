@@ -26,6 +26,7 @@ from psycopg import pq, sql
 from psycopg.rows import tuple_row
 from psycopg.types.hstore import register_hstore
 
+from hvbackend_postgres._bouncer import RESET_SQL
 from hvbackend_postgres._common import query_fetch_sizes, query_records
 from hvbackend_postgres._indexes import unique_violation
 from hvbackend_postgres._schema import ShardSQL
@@ -76,6 +77,7 @@ class AsyncPostgresTransaction:
         self._fetch = statements.fetch
         self._names = itertools.count(1)
         self._streams: set[psycopg.AsyncServerCursor[Any]] = set()  # cursors of query streams not finished yet
+        self.user_sql = False  # tx.cursor() was lent: the session is reset when the transaction ends (see _bouncer)
 
     def __repr__(self) -> str:
         return f"<AsyncPostgresTransaction shard={self.shard_id} on {self._store.label}>"
@@ -207,6 +209,7 @@ class AsyncPostgresTransaction:
     @asynccontextmanager
     async def cursor(self) -> AsyncIterator[psycopg.AsyncCursor[Any]]:
         """A cursor of the transaction's connection (rows as the datastore's ``row_factory``); commits nothing."""
+        self.user_sql = True
         async with self._conn.cursor(row_factory=self._store._user_row_factory) as cur:
             yield cur
 
@@ -258,6 +261,17 @@ async def _rollback(conn: AConn) -> None:
         await conn.close()
 
 
+async def _reset_session(store: AsyncPostgresServerStore, conn: AConn, *, session: bool) -> None:
+    """After a transaction whose connection user code had (``tx.cursor()``): the session's state and psycopg's
+    attributes back to the pool's (the store's own reset, see ``_bouncer``); a connection that cannot is closed."""
+    if conn.closed:
+        return
+    try:
+        await store._reset(conn, session)
+    except psycopg.Error:
+        await conn.close()
+
+
 @asynccontextmanager
 async def postgres_transaction(
     store: AsyncPostgresServerStore, shard_id: int, isolation_level: str | None, read_only: bool
@@ -293,6 +307,8 @@ async def postgres_transaction(
         except BaseException:
             await tx._forget_streams()
             await _rollback(conn)
+            if tx.user_sql:
+                await _reset_session(store, conn, session=True)
             raise
         await tx._forget_streams()
         if conn.closed:
@@ -306,7 +322,13 @@ async def postgres_transaction(
                 f"the transaction on shard {shard_id} of {store.label} is no longer open on its connection (a "
                 "COMMIT or ROLLBACK through tx.cursor()?): nothing more is committed"
             )
+        pooled = getattr(store, "pooling", None) == "transaction"
+        if tx.user_sql and pooled and not tx.aborted():
+            # behind a transaction-mode pooler, in the transaction's own session: what user SQL SET ends with it
+            await tx._execute(RESET_SQL)
         await tx._commit()
+        if tx.user_sql:
+            await _reset_session(store, conn, session=not pooled)
     finally:
         if not conn.closed and conn.pgconn.transaction_status != pq.TransactionStatus.IDLE:
             await _rollback(conn)

@@ -29,11 +29,14 @@ __all__ = [
     "STATUS_SQL",
     "TERMINATE_SQL",
     "UNKNOWN",
+    "XID_GROUP_RETURNING",
     "XID_RETURNING",
+    "XID_SQL",
     "CommitCounters",
     "returned_ids",
     "returned_xid",
     "returning_xid",
+    "without_xid",
 ]
 
 COMMITTED = "committed"
@@ -42,6 +45,8 @@ IN_PROGRESS = "in progress"
 UNKNOWN = "unknown"  # no id received, or too old for the server to remember: the write is retried
 
 XID_RETURNING = " RETURNING pg_current_xact_id()::text"
+XID_GROUP_RETURNING = ", pg_current_xact_id()::text"  # appended to a multi-row INSERT's ``RETURNING id``
+XID_SQL = b"SELECT pg_current_xact_id()::text"
 BEGIN_XID_SQL = "BEGIN; SELECT pg_current_xact_id()::text"  # no parameters: one simple-protocol query
 STATUS_SQL = "SELECT pg_xact_status(%s::xid8)"
 # The orphaned session still running our transaction, found by its transaction id (not by the pid the client saw:
@@ -51,29 +56,45 @@ SETTLE_SECONDS = 10.0  # how long an orphaned transaction may stay in progress b
 SETTLE_POLL = 0.02  # seconds between two status questions while it is in progress
 
 
+def without_xid(statement: str) -> str:
+    """A statement of `returning_xid` (or a ``RETURNING ..., pg_current_xact_id()::text``) without the id column.
+
+    For a server that refuses the volatile function in RETURNING (a Citus coordinator): the id is then read by a
+    SELECT before the statement, in the same explicit transaction.
+    """
+    if statement.endswith(XID_RETURNING):
+        return statement.removesuffix(XID_RETURNING)
+    return statement.removesuffix(XID_GROUP_RETURNING)
+
+
 def returning_xid(statement: str) -> str:
     """``statement`` (an INSERT, UPDATE or DELETE without RETURNING) returning its transaction id as text."""
     return statement + XID_RETURNING
 
 
 def returned_xid(box: list[Any]) -> tuple[int | None, int]:
-    """(transaction id, rows) of a write statement's results as received, even if the connection died after them.
+    """(transaction id, rows written) of a write's results as received, even if the connection died after them.
 
-    ``box`` holds the libpq results that arrived (`_onetrip.until_sync`): (None, 0) if no row arrived.
+    ``box`` holds the libpq results that arrived (`_onetrip.until_sync`): the id is the first row's last column
+    (the statement's RETURNING, or the SELECT before it in an explicit transaction); the rows come from the
+    statement's command tag. (None, 0) if nothing arrived.
     """
+    xid: int | None = None
+    rows = 0
     for result in box:
-        if result.status == pq.ExecStatus.TUPLES_OK:
-            if result.ntuples == 0:
-                return None, 0
+        if xid is None and result.status == pq.ExecStatus.TUPLES_OK and result.ntuples:
             value = result.get_value(0, result.nfields - 1)
-            return (int(value) if value is not None else None), result.ntuples
-    return None, 0
+            xid = int(value) if value is not None else None
+        tag = (result.command_status or b"").split(b" ", 1)[0]
+        if tag in (b"INSERT", b"UPDATE", b"DELETE"):
+            rows = result.command_tuples or 0
+    return xid, rows
 
 
 def returned_ids(box: list[Any]) -> set[int]:
-    """The ids (first column) of the rows a write statement returned, as received (`returned_xid`'s ``box``)."""
+    """The ids (first column) of the rows an INSERT returned, as received (`returned_xid`'s ``box``)."""
     for result in box:
-        if result.status == pq.ExecStatus.TUPLES_OK:
+        if result.status == pq.ExecStatus.TUPLES_OK and (result.command_status or b"").startswith(b"INSERT"):
             return {int(result.get_value(i, 0)) for i in range(result.ntuples)}
     return set()
 

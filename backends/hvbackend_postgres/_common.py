@@ -345,6 +345,7 @@ class StoreCore:
         self._lent = 0
         self._sql: dict[int, ShardSQL] = {}
         self._fetch_parts: dict[int, str] = {}
+        self.insert_groups = True  # overlapping puts may share multi-row INSERTs (False once the server refuses them)
         self._ext_schema: str | None = None
         self._hstore_info: TypeInfo | None = None
         self._backend_checked = False  # see _check_backend: shards of this database store our body type

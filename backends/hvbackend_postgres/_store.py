@@ -52,11 +52,14 @@ from hvbackend_postgres._commit import (
     STATUS_SQL,
     TERMINATE_SQL,
     UNKNOWN,
+    XID_GROUP_RETURNING,
     XID_RETURNING,
+    XID_SQL,
     CommitCounters,
     returned_ids,
     returned_xid,
     returning_xid,
+    without_xid,
 )
 from hvbackend_postgres._common import (
     ADVISORY_LOCK,
@@ -182,6 +185,7 @@ class PostgresServerStore(StoreCore):
         self._commit_counters = CommitCounters()  # lost writes settled by asking the server (see _commit)
         self._prepared = PreparedNames()  # our write statements each pooled connection has prepared (_onetrip)
         self._dollar: dict[str, bytes] = {}  # write statements with $n placeholders
+        self._xid_in_txn = False  # True once the server refused pg_current_xact_id() in RETURNING (Citus)
         self._write_sql: dict[tuple[int, bool | None, str | None], str] = {}  # update (merge) and delete (None)
         self.pgbouncer = pgbouncer_mode(settings)  # as configured; `pooling` is what it resolved to
         self.pooling: str | None = None if self.pgbouncer == "auto" else self.pgbouncer
@@ -607,32 +611,43 @@ class PostgresServerStore(StoreCore):
                 raise self._unavailable(lost) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _send_write(self, conn: Conn, query: str, params: Sequence[Any], box: list[pq.abc.PGresult]) -> None:
+    def _send_write(
+        self, conn: Conn, query: str, params: Sequence[Any], box: list[pq.abc.PGresult], *, reused: bool = True
+    ) -> None:
         """Parse (once per connection) / Bind / Execute, Flush, Sync in one write (`_onetrip`); results into ``box``.
 
-        A server error is raised as psycopg's exception; a statement the session no longer has (DISCARD ALL,
-        DEALLOCATE) or already has is prepared again or used as it is.
+        ``query`` returns its transaction id (`returning_xid`). A server that refuses a volatile function in
+        RETURNING (a Citus coordinator routes the row to a worker) gets, from then on, the statement without it in
+        an explicit transaction that reads the coordinator's id first: BEGIN, SELECT pg_current_xact_id(), the
+        statement, Flush, COMMIT, Sync, still one write. A server error is raised as psycopg's exception; a
+        statement the session no longer has (DISCARD ALL, DEALLOCATE) or already has is sent unprepared.
+        ``reused=False``: a statement text that varies (a multi-row INSERT of any size) is sent unprepared.
         """
         if not PIPELINE:  # libpq before 14: the id comes with the commit's reply (settled less often, never guessed)
             cur = conn.execute(query, params)
             if cur.pgresult is not None:
                 box.append(cur.pgresult)
             return
-        text = self._dollar.get(query)
-        if text is None:
-            text = self._dollar[query] = dollar_params(query)[0]
-        tx = Transformer(conn)
-        values = tx.dump_sequence(params, [PyFormat.AUTO] * len(params))
         if self._cursor_factory is not None:
             self._log_statement(query, params, conn)
+        tx = Transformer(conn)
+        values = tx.dump_sequence(params, [PyFormat.AUTO] * len(params))
         pgconn = conn.pgconn
-        prepare = conn.prepare_threshold is not None
-        name = PreparedNames.name(text + repr(tx.types).encode()) if prepare else b""
-        for _ in (0, 1):
+        prepare = reused and conn.prepare_threshold is not None
+        for _ in range(3):
+            in_txn = self._xid_in_txn
+            statement = without_xid(query) if in_txn else query
+            text = self._dollar.get(statement)
+            if text is None:
+                text = self._dollar[statement] = dollar_params(statement)[0]
+            name = PreparedNames.name(text + repr(tx.types).encode()) if prepare else b""
             fresh = prepare and (not self._prepared.known(conn, name))
             del box[:]
             pgconn.enter_pipeline_mode()
             try:
+                if in_txn:
+                    pgconn.send_query_params(b"BEGIN", None)
+                    pgconn.send_query_params(XID_SQL, None)
                 if fresh:
                     pgconn.send_prepare(name, text, param_types=tx.types)
                 if prepare:
@@ -640,20 +655,28 @@ class PostgresServerStore(StoreCore):
                 else:
                     pgconn.send_query_params(text, values, param_types=tx.types, param_formats=tx.formats)
                 pgconn.send_flush_request()
+                if in_txn:
+                    pgconn.send_query_params(b"COMMIT", None)
                 pgconn.pipeline_sync()
                 conn.wait(until_sync(pgconn, box))
-            finally:
-                if pgconn.status == pq.ConnStatus.OK and pgconn.pipeline_status != pq.PipelineStatus.OFF:
-                    try:
-                        pgconn.exit_pipeline_mode()
-                    except psycopg.OperationalError:  # interrupted mid-exchange (a cancel, a signal): "busy"
-                        pgconn.finish()  # unusable now; the interruption goes on, the pool replaces the connection
+            except BaseException as exc:
+                # cancelled or interrupted with results still due: the session is unusable; a lost connection or a
+                # client-side timeout is left to the caller, which settles it (`_write`)
+                self._leave_pipeline(pgconn, finish=not isinstance(exc, psycopg.OperationalError))
+                raise
+            self._leave_pipeline(pgconn, finish=True)
             error = error_in(box, conn.info.encoding)  # the Parse's (if sent) or the statement's
+            if error is not None and pgconn.transaction_status != pq.TransactionStatus.IDLE:
+                conn.rollback()  # an explicit transaction the error left open
             if prepare and isinstance(error, (pg_errors.InvalidSqlStatementName, pg_errors.DuplicatePreparedStatement)):
                 # the session lost our statements (DISCARD ALL, DEALLOCATE) or is another server session behind a
                 # transaction pooler: forget them and send this one unprepared (nothing was executed)
                 self._prepared.forget(conn)
                 prepare = False
+                continue
+            if isinstance(error, pg_errors.FeatureNotSupported) and (not in_txn) and ("RETURNING" in str(error)):
+                self._log("%s refuses pg_current_xact_id() in RETURNING: transaction ids read first", self._label)
+                self._xid_in_txn = True  # nothing was executed: the statement was refused when planned
                 continue
             if error is not None:
                 raise error
@@ -662,7 +685,18 @@ class PostgresServerStore(StoreCore):
             if not any(result.status == pq.ExecStatus.TUPLES_OK for result in box):
                 raise psycopg.InterfaceError(f"no result for a write on {self._label}: {[r.status for r in box]}")
             return
-        raise AssertionError("unreachable")  # pragma: no cover (the unprepared try returns or raises)
+        raise AssertionError("unreachable")  # pragma: no cover (the third try returns or raises)
+
+    @staticmethod
+    def _leave_pipeline(pgconn: pq.abc.PGconn, *, finish: bool) -> None:
+        """Leave libpq's pipeline mode; if results are still due, end the session when ``finish``."""
+        if pgconn.status != pq.ConnStatus.OK or pgconn.pipeline_status == pq.PipelineStatus.OFF:
+            return
+        try:
+            pgconn.exit_pipeline_mode()
+        except psycopg.Error:
+            if finish:
+                pgconn.finish()
 
     @staticmethod
     def _lost(conn: Conn, exc: psycopg.OperationalError) -> bool:
@@ -738,23 +772,24 @@ class PostgresServerStore(StoreCore):
             raise unique_violation(exc, shard_id, self._label) or self._duplicate(shard_id, key) from None
 
     def insert_group(self, shard_id: int, rows: Sequence[tuple[Key, int, Mapping[str, Any]]]) -> set[int]:
-        """Store rows of one shard with one multi-row INSERT (autocommitted); the ids it stored.
+        """Store rows of one shard with one multi-row INSERT (one implicit transaction); the ids it stored.
 
         ``ON CONFLICT DO NOTHING``: a row whose key or unique value is taken is left out, not an error; the caller
         (``hvcore._coalesce.WriteCoalescer``, for overlapping ``put()`` calls) runs such a row alone with `insert`
         to give it its own outcome. The statement returns its transaction id before it commits, as `insert` does
         (`_write`): after a lost connection the server is asked whether it committed; committed → the ids
         received; aborted or never started → an empty set (nothing stored: every row runs alone). Never retried
-        here.
+        here. A server that refuses the statement (Citus: no transaction id in a multi-row INSERT's RETURNING) turns
+        ``insert_groups`` off for this store.
         """
         statements = self._sql.get(shard_id) or self._shard_sql(shard_id)
-        query = self._group_insert_sql(statements, len(rows))
+        query = self._group_insert_sql(statements, len(rows)) + XID_GROUP_RETURNING
         params = [value for key, kind, data in rows for value in self._insert_params(key, kind, data)]
         keys = [row[0] for row in rows]
         conn, pool = self._checkout()
         box: list[pq.abc.PGresult] = []
         try:
-            self._send_write(conn, query, params, box)
+            self._send_write(conn, query, params, box, reused=False)
             return returned_ids(box)
         except psycopg.OperationalError as exc:
             if not self._lost(conn, exc):
@@ -763,6 +798,9 @@ class PostgresServerStore(StoreCore):
             self._give_up_waiting(conn, xid, keys)
             conn.close()
             self._log("connection to %s lost during a group write (%s): asking its commit status", self._label, exc)
+        except pg_errors.FeatureNotSupported:  # Citus: no transaction id in a multi-row INSERT's RETURNING
+            self.insert_groups = False  # puts run one INSERT each on this server from now on
+            raise
         except psycopg.Error as exc:
             error = self._translate(exc, shard_id)
             if error is exc:

@@ -25,6 +25,7 @@ from psycopg import pq, sql
 from psycopg.rows import tuple_row
 from psycopg.types.hstore import register_hstore
 
+from hvbackend_postgres._bouncer import RESET_SQL
 from hvbackend_postgres._common import query_fetch_sizes, query_records
 from hvbackend_postgres._indexes import unique_violation
 from hvbackend_postgres._schema import ShardSQL
@@ -75,6 +76,7 @@ class PostgresTransaction:
         self._fetch = statements.fetch
         self._names = itertools.count(1)
         self._streams: set[psycopg.ServerCursor[Any]] = set()  # cursors of query streams not finished yet
+        self.user_sql = False  # tx.cursor() was lent: the session is reset when the transaction ends (see _bouncer)
 
     def __repr__(self) -> str:
         return f"<PostgresTransaction shard={self.shard_id} on {self._store.label}>"
@@ -204,6 +206,7 @@ class PostgresTransaction:
     @contextmanager
     def cursor(self) -> Iterator[psycopg.Cursor[Any]]:
         """A cursor of the transaction's connection (rows as the datastore's ``row_factory``); commits nothing."""
+        self.user_sql = True
         with self._conn.cursor(row_factory=self._store._user_row_factory) as cur:
             yield cur
 
@@ -254,6 +257,17 @@ def _rollback(conn: Conn) -> None:
         conn.close()
 
 
+def _reset_session(store: PostgresServerStore, conn: Conn, *, session: bool) -> None:
+    """After a transaction whose connection user code had (``tx.cursor()``): the session's state and psycopg's
+    attributes back to the pool's (the store's own reset, see ``_bouncer``); a connection that cannot is closed."""
+    if conn.closed:
+        return
+    try:
+        store._reset(conn, session)
+    except psycopg.Error:
+        conn.close()
+
+
 @contextmanager
 def postgres_transaction(
     store: PostgresServerStore, shard_id: int, isolation_level: str | None, read_only: bool
@@ -289,6 +303,8 @@ def postgres_transaction(
         except BaseException:
             tx._forget_streams()
             _rollback(conn)
+            if tx.user_sql:
+                _reset_session(store, conn, session=True)
             raise
         tx._forget_streams()
         if conn.closed:
@@ -300,7 +316,13 @@ def postgres_transaction(
             raise TransactionError(
                 f"the transaction on shard {shard_id} of {store.label} is no longer open on its connection (a COMMIT or ROLLBACK through tx.cursor()?): nothing more is committed"
             )
+        pooled = getattr(store, "pooling", None) == "transaction"
+        if tx.user_sql and pooled and (not tx.aborted()):
+            # behind a transaction-mode pooler, in the transaction's own session: what user SQL SET ends with it
+            tx._execute(RESET_SQL)
         tx._commit()
+        if tx.user_sql:
+            _reset_session(store, conn, session=not pooled)
     finally:
         if not conn.closed and conn.pgconn.transaction_status != pq.TransactionStatus.IDLE:
             _rollback(conn)

@@ -54,7 +54,8 @@ def _read_on(pair: ReplicaPair, which: str, since: Any, shard: int = SHARD, dbna
         row = conn.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND query_start > %s"
             " AND datname = %s AND ((query LIKE %s AND query NOT LIKE '%%INSERT%%' AND query NOT LIKE '%%UPDATE%%')"
-            " OR query = 'ROLLBACK')",  # a query stream ends with the ROLLBACK that closes its cursor
+            " OR query IN ('ROLLBACK', 'DEALLOCATE ALL'))",  # a query stream ends with the ROLLBACK that closes
+            # its cursor, and psycopg's DEALLOCATE ALL after a rollback of a transaction that prepared statements
             (app, since, dbname, f"%shard{shard:04d}%"),
         ).fetchone()
     return int(row[0]) if row else 0
@@ -78,7 +79,16 @@ def replica_db(pg_replica_pair: ReplicaPair) -> Iterator[Datastore]:
 
 def _where(pair: ReplicaPair, since: Any) -> str:
     on_standby, on_primary = _read_on(pair, "standby", since), _read_on(pair, "primary", since)
-    assert (on_standby, on_primary) in ((1, 0), (0, 1)), (on_standby, on_primary)
+    if (on_standby, on_primary) not in ((1, 0), (0, 1)):
+        sessions = {}
+        for which in ("standby", "primary"):
+            with pair.connect(which) as conn:
+                sessions[which] = conn.execute(
+                    "SELECT application_name, query_start > %s, left(query, 60) FROM pg_stat_activity"
+                    " WHERE application_name LIKE 'hv-test-%%'",
+                    (since,),
+                ).fetchall()
+        raise AssertionError(f"{(on_standby, on_primary)}: {sessions}")
     return "standby" if on_standby else "primary"
 
 
@@ -218,6 +228,52 @@ def test_a_query_stream_cut_by_its_standby_resumes_on_the_primary(
                 pair.stop_standby("immediate")
     assert seen == keys  # every row once, in key order
     assert db._router is not None and db._router.describe(0)[0]["state"] == "down"
+
+
+def test_standby_reads_pools_and_fallbacks_are_in_the_metrics(
+    pg_replica_pair: ReplicaPair, replica_db: Datastore
+) -> None:
+    sdk = pytest.importorskip("opentelemetry.sdk.metrics")
+    export = pytest.importorskip("opentelemetry.sdk.metrics.export")
+    from hvcore import metrics
+
+    pair, db = pg_replica_pair, replica_db
+    reader = export.InMemoryMetricReader()
+    provider = sdk.MeterProvider(metric_readers=[reader])
+    assert metrics.use(provider) is True
+    try:
+        with db.timeline():
+            key = db.put(SHARD, 1, v="m")
+        pair.wait_replayed()
+        db.refresh_replicas()
+        with db.timeline():
+            assert db.get(key) is not None  # the standby
+            assert set(db.get_many([key])) == {key}
+            assert [r.key for r in db.query(kind=1, shards=[SHARD], since=key)] == [key]
+        pair.pause_replay()
+        with db.timeline():
+            mine = db.put(SHARD, 1, v="mine")
+            assert db.get(mine) is not None  # read-your-writes: the primary
+        data = reader.get_metrics_data()
+        points: dict[str, list[Any]] = {}
+        for resource in data.resource_metrics:
+            for scope in resource.scope_metrics:
+                for metric in scope.metrics:
+                    points.setdefault(metric.name, []).extend(metric.data.data_points)
+    finally:
+        metrics.use(None)
+        provider.shutdown()
+    standby_port = pair.standby_settings["port"]
+    on_standby = {
+        p.attributes["db.operation.name"]
+        for p in points["db.client.operation.duration"]
+        if p.attributes.get("server.port") == standby_port
+    }
+    assert on_standby == {"get", "get_many", "query"}
+    pools = {p.attributes["db.client.connection.pool.name"] for p in points["db.client.connection.max"]}
+    assert any(f":{standby_port}/" in name for name in pools), pools
+    reasons = {p.attributes["hypervault.reason"]: p.value for p in points["hypervault.replica.fallbacks"]}
+    assert reasons.get("read_your_writes", 0) >= 1, reasons
 
 
 def test_read_your_writes_goes_to_the_primary_until_the_standby_replayed_the_write(

@@ -9,6 +9,7 @@ half-written, and a shard that moved is reported, never followed, inside a trans
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import threading
@@ -19,6 +20,7 @@ import psycopg
 import pytest
 from fixtures.faults import FaultServers
 from fixtures.pgbouncer import PgBouncerSet
+from fixtures.pgreplica import ReplicaPair
 from fixtures.pgservers import PgCluster
 
 import hvcore
@@ -301,3 +303,46 @@ def test_a_task_cancelled_mid_statement_rolls_its_transaction_back(db: hvcore.Da
     asyncio.run(scenario())
     assert db.get(seen["key"]) is None
     assert db.get(seen["after"]) is not None
+
+
+def test_a_committed_transaction_counts_as_a_write_for_read_your_writes(pg_replica_pair: ReplicaPair) -> None:
+    """With read replicas, reads after a transaction's commit go to the primary until the standby replayed it."""
+    pair = pg_replica_pair
+    standby = pair.standby_settings
+    servers = [dict(shards="0-4", **pair.primary_settings, replicas=[dict(host=standby["host"], port=standby["port"])])]
+    with hvcore.Datastore(servers, backend="jsonb", read_from="replica", max_replica_lag=60) as db:
+        db.provision()
+        pair.wait_replayed()
+        assert db._router is not None
+        db._router.interval = 3600.0  # positions read by refresh_replicas() only
+        db.refresh_replicas()
+        pair.pause_replay()
+        try:
+            with db.transaction(1) as tx:
+                key = tx.put(1, v="in a transaction")
+            with db.transaction(1, read_only=True) as tx:  # reads only: nothing to wait for
+                assert tx.get(key) is not None  # a transaction reads on the primary, always
+            db.refresh_replicas()
+            assert db.get(key) is not None  # the primary: the standby has not replayed the commit
+            assert db.get(key, read_from="replica") is not None
+        finally:
+            pair.resume_replay()
+
+
+@pytest.mark.parametrize("outcome", ["commit", "rollback"])
+def test_what_user_sql_leaves_in_the_session_is_reset_after_the_transaction(servers: Any, outcome: str) -> None:
+    """``tx.cursor()`` is user code: a session-level SET and an advisory lock taken there do not outlive the
+    transaction on the pooled connection (one connection: the next transaction gets the same session)."""
+    with hvcore.Datastore([dict(s) for s in servers], backend="jsonb", pool_max=1) as db:
+        with contextlib.suppress(ZeroDivisionError), db.transaction(3) as tx, tx.cursor() as cur:
+            cur.execute("SET statement_timeout = 4321")  # not LOCAL: it would stay with the session
+            cur.execute("SELECT pg_advisory_lock(4242)")
+            pid = cur.execute("SELECT pg_backend_pid()").fetchone()[0]
+            if outcome == "rollback":
+                _ = 1 / 0
+        with db.transaction(3) as tx, tx.cursor() as cur:
+            assert cur.execute("SELECT pg_backend_pid()").fetchone()[0] == pid  # the same session
+            assert cur.execute("SHOW statement_timeout").fetchone()[0] == "0"
+        with direct(servers[0]) as other:
+            held = other.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 4242")
+            assert held.fetchone() == (0,)

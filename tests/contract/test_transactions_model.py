@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 import hvcore
 
 SETTINGS = settings(
-    max_examples=int(os.environ.get("HV_TX_EXAMPLES", "60")),
+    max_examples=int(os.environ.get("HV_TX_EXAMPLES", "30")),
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.too_slow],

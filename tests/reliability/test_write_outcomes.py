@@ -123,8 +123,12 @@ def taken(fault_pg: FaultServers) -> Iterator[tuple[hvcore.Datastore, hvcore.Dat
     other.close()
 
 
-def test_a_cut_put_whose_key_another_writer_holds_stores_its_own_row(fault_pg: FaultServers, taken: Any) -> None:
+@pytest.mark.parametrize("xid_in_txn", [False, True], ids=["returning", "explicit-transaction"])
+def test_a_cut_put_whose_key_another_writer_holds_stores_its_own_row(
+    fault_pg: FaultServers, taken: Any, xid_in_txn: bool
+) -> None:
     ours, _, settings, _ = taken
+    ours.store_for(SHARD)._xid_in_txn = xid_in_txn
     outcome = cut_while_waiting(fault_pg, settings["dbname"], lambda: ours.put(SHARD, 1, by="ours"))
     assert isinstance(outcome, hvcore.Key), outcome
     stored = rows_of_shard(fault_pg, settings["dbname"])
@@ -132,7 +136,10 @@ def test_a_cut_put_whose_key_another_writer_holds_stores_its_own_row(fault_pg: F
     assert sorted(b["by"] for b in stored.values()) == ["other", "ours"]
     assert ours.key_collisions == 1  # the retry met the other writer's row: a collision, a fresh key
     pool = ours.status()[0]["pool"]
-    assert pool["commit_checks"] == 1 and pool["commit_checks_unknown"] == 1
+    # RETURNING: no id had arrived (the INSERT never ran); explicit transaction: the SELECT's id arrived with the
+    # termination notice, and the server said aborted. Either way the write ran again.
+    settled = "commit_checks_aborted" if xid_in_txn else "commit_checks_unknown"
+    assert pool["commit_checks"] == 1 and pool[settled] == 1, pool
     assert ours.status()[0]["key_collisions"] == 1
 
 
@@ -148,8 +155,10 @@ def test_a_cut_put_many_stores_all_its_rows_and_redraws_only_the_taken_key(fault
     assert [k.added_id for k in outcome[1:]] == list(range(1, 100))
 
 
-def test_a_cut_update_is_applied_once(fault_pg: FaultServers, taken: Any) -> None:
+@pytest.mark.parametrize("xid_in_txn", [False, True], ids=["returning", "explicit-transaction"])
+def test_a_cut_update_is_applied_once(fault_pg: FaultServers, taken: Any, xid_in_txn: bool) -> None:
     ours, _, settings, clock = taken
+    ours.store_for(SHARD)._xid_in_txn = xid_in_txn
     clock.ms += 1
     key = ours.put(SHARD, 1, by="ours", n=1)
     outcome = cut_while_waiting(fault_pg, settings["dbname"], lambda: ours.update(key, n=2))
@@ -191,10 +200,13 @@ def commits_without_reply(fault_pg: FaultServers, monkeypatch: pytest.MonkeyPatc
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("xid_in_txn", [False, True], ids=["returning", "explicit-transaction"])
 def test_a_write_committed_whose_reply_never_came_is_a_success_with_exactly_one_row(
-    fault_pg: FaultServers, request: pytest.FixtureRequest
+    fault_pg: FaultServers, request: pytest.FixtureRequest, xid_in_txn: bool
 ) -> None:
+    """Both ways of reading the id: RETURNING, and BEGIN + SELECT first (what a Citus coordinator gets)."""
     db, settings = fresh(fault_pg, operation_timeout=1.0)
+    db.store_for(SHARD)._xid_in_txn = xid_in_txn  # type: ignore[attr-defined]
     keyed = db.put(SHARD, 1, n=0)
     request.getfixturevalue("commits_without_reply")
     started = time.monotonic()
@@ -387,3 +399,29 @@ def test_a_write_ended_between_its_statement_and_its_commit_is_aborted_and_runs_
     pool = db.status()[0]["pool"]
     assert pool["commit_checks"] == 1 and pool["commit_checks_aborted"] == 1, pool
     db.close()
+
+
+def test_a_cancelled_async_put_leaves_a_usable_pool(fault_pg: FaultServers) -> None:
+    """asyncio cancellation while the INSERT waits on a lock: the cancellation is what the caller sees, the session
+    is discarded (its results were still due), and the next put works."""
+    db, settings = fresh(fault_pg)
+    db.close()
+    blocker = psycopg.connect(**fault_pg.settings(0, dbname=settings["dbname"]), connect_timeout=5)
+    blocker.execute(f"LOCK TABLE shard{SHARD:04d}.entities IN ACCESS EXCLUSIVE MODE")
+
+    async def scenario() -> hvcore.Key:
+        async with hvcore.AsyncDatastore([dict(shards="0-16", **settings)], backend="jsonb", pool_max=1) as db:
+            await db.put(SHARD + 1, 1, warm=True)  # the pool's one session, on another (unlocked) shard
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(db.put(SHARD, 1, n=1), 0.5)
+            blocker.rollback()
+            key = await db.put(SHARD, 1, n=2)
+            assert db.store_for(SHARD).stats()["borrowed"] == 0
+            return key
+
+    try:
+        key = asyncio.run(scenario())
+    finally:
+        blocker.close()
+    stored = rows_of_shard(fault_pg, settings["dbname"])
+    assert stored[int(key)] == {"n": 2} and len(stored) <= 2  # the cancelled INSERT may have run once unlocked
