@@ -85,6 +85,7 @@ NAMES: dict[str, str] = {
     "_AsyncClient": "_SyncClient",
     "AConn": "Conn",
     "bounded_async_connection_class": "bounded_connection_class",
+    "shard_bound_async_class": "shard_bound_class",
     "async_backend": "backend",
     # the async-compat pairs of hvcore._acompat
     "ALock": "Lock",

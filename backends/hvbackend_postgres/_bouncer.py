@@ -1,4 +1,4 @@
-"""What the stores do about a pooler in front of the server, and about connections user code had (no I/O here).
+"""What the stores do about a pooler in front of the server, and about connections user code had.
 
 PgBouncer in transaction mode (``pool_mode = transaction``) hands each transaction of a client connection to any
 of its server sessions, so nothing tied to a session follows the client: a ``SET`` (``search_path`` included),
@@ -6,7 +6,10 @@ a prepared statement (psycopg prepares a query automatically after ``prepare_thr
 an advisory lock. The stores therefore, behind such a pooler (``pgbouncer="transaction"``, or detected by
 ``"auto"``): never prepare (``prepare_threshold=None``), qualify their own statements with the shard's schema
 (they always do), and bind ``cursor(shard)`` / ``get_connection(shard)`` to the shard with ``SET LOCAL
-search_path`` inside the borrowed transaction, which is then the one transaction the block runs.
+search_path`` at the start of every transaction the borrower opens (`shard_bound_class`): the first statement
+after ``BEGIN``, whether psycopg begins implicitly (``autocommit=False``) or through ``conn.transaction()``, so a
+borrowed connection stays in its shard across ``commit()`` and ``with conn.transaction():`` commits as it does
+on a direct connection. Statements the borrower runs in autocommit mode have no shard binding there.
 
 Connections that user code had (``cursor()``, ``get_connection()``) come back clean: an open transaction is rolled
 back, then `RESET_SQL` undoes what a session can keep (run-time settings, role and session authorization, cursors,
@@ -15,36 +18,42 @@ Behind a transaction-mode pooler a session reset would reach whichever server se
 runs it as the last statement of the block's own transaction (a ``SET`` made in it is undone at commit) and
 `put_connection` rolls back. The store's own statements change no session state and skip the reset.
 
-How "auto" decides (`pooler_possible`, `pooling_from_pids`): the first connection of a store asks the server for
-the port it was reached on (``inet_server_port()``): a direct TCP connection sees its own port, and the store
-stops there ("off"). Otherwise (another port: a pooler or a port mapping; a Unix socket) a second, short-lived
-connection asks for ``pg_backend_pid()`` in turn with the first one, `DETECT_ROUNDS` times: two client connections
-served by the same server process, or one client connection moving between server processes, is transaction
-pooling (PgBouncer reuses the most recently released server connection first, so this shows at once); neither
-is a pooler in session mode, or none ("session": treated as direct). A probe that fails or gets no answer within
-`DETECT_TIMEOUT` says "transaction", the mode that is correct behind either kind of pooler. Name the mode in the
-server entry where it is known: detection cannot see a pooler listening on its server's port number on another
-host, and a pooler that hands out its server connections round-robin only shows through the moving pid.
+How "auto" decides (`pooler_possible`): the first connection of a store asks the server which port it serves
+(``current_setting('port')``, one round trip once per store). Connected to the server itself, over TCP or its Unix
+socket (whose file name carries the port: ``.s.PGSQL.5432``), the client used that port: "off". Anything else (a
+pooler on its own port, or a port mapping such as Docker's) is treated as transaction pooling, the mode that is
+correct behind every kind of pooler and costs only psycopg's prepared statements. A client cannot tell session
+pooling from transaction pooling for sure without the pooler's admin console: an earlier probe (two client
+connections asking ``pg_backend_pid()`` in turn; sharing a server process, or one client moving between
+processes, means transaction pooling) answered "session" for a transaction-mode PgBouncer whenever other clients
+kept its server connections busy (three stores starting at once, tests/backends/test_pgbouncer_store.py), and
+prepared statements then failed. Name the mode where it is known: ``pgbouncer="session"`` behind a
+session-mode pooler (prepared statements, session ``search_path``), ``"off"`` for a port mapping,
+``"transaction"`` to skip the check. Detection cannot see a pooler listening on its server's port number on
+another host: name it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
+import psycopg
 from psycopg import pq
 
 __all__ = [
-    "BACKEND_PID_SQL",
-    "DETECT_ROUNDS",
-    "DETECT_TIMEOUT",
     "POOLER_HINT_SQL",
+    "POOLER_TRACKED",
     "RESET_SQL",
-    "SEARCH_PATH_LOCAL_SQL",
+    "SCHEMA_EXISTS_SQL",
     "client_endpoint",
     "pooler_possible",
-    "pooling_from_pids",
-    "transaction_mode_kwargs",
+    "restore_sql",
+    "session_lock_refusal",
+    "shard_bound_async_class",
+    "shard_bound_class",
+    "transaction_pooled",
 ]
 
 RESET_SQL = (
@@ -60,17 +69,21 @@ it returns to the authenticated one); then cursors, LISTEN registrations, sessio
 tables. It is ``DISCARD ALL`` without ``DEALLOCATE ALL``, so psycopg's own prepared statements stay valid (and,
 unlike ``DISCARD ALL``, it can run inside a transaction: `cursor()` behind a transaction-mode pooler does that).
 """
-SEARCH_PATH_LOCAL_SQL = (
-    "SELECT pg_catalog.set_config('search_path', %s, true), pg_catalog.to_regnamespace(%s) IS NOT NULL"
+POOLER_TRACKED = (
+    "client_encoding",
+    "DateStyle",
+    "TimeZone",
+    "IntervalStyle",
+    "standard_conforming_strings",
+    "application_name",
 )
-"""``SET LOCAL search_path`` (until the transaction ends) and whether the shard's schema exists: one round trip."""
-POOLER_HINT_SQL = "SELECT pg_catalog.inet_server_port()"
-BACKEND_PID_SQL = "SELECT pg_catalog.pg_backend_pid()"
-DETECT_ROUNDS = 3
-"""Rounds of the "auto" probe: each asks both client connections for their server process."""
-DETECT_TIMEOUT = 1.0
-"""Seconds the probe connection waits for an answer: a pooler in session mode whose server connections are all
-taken makes it wait, and so may a busy one in transaction mode; it then says "transaction" (safe behind both)."""
+"""Settings PgBouncer keeps per client and applies to whichever server session serves it (those it reports with
+ParameterStatus). Through a pooler, ``RESET ALL`` sets them back to the *pooler's* startup values while PgBouncer
+still believes the client's are in force, so the reset puts the client's startup values back (`restore_sql`):
+found by tests/backends/test_pgbouncer_store.py (``application_name`` came back empty)."""
+SCHEMA_EXISTS_SQL = "SELECT pg_catalog.to_regnamespace(%s) IS NOT NULL"
+"""Whether a shard's schema exists (checked once per shard before its first binding behind a transaction pooler)."""
+POOLER_HINT_SQL = "SELECT pg_catalog.current_setting('port')::int"
 
 
 def client_endpoint(pgconn: pq.abc.PGconn) -> tuple[str, int | None]:
@@ -83,25 +96,104 @@ def client_endpoint(pgconn: pq.abc.PGconn) -> tuple[str, int | None]:
     return host, port
 
 
-def pooler_possible(host: str, port: int | None, server_port: int | None) -> bool:
-    """False only when the client reached the server directly over TCP: the server was reached on the client's port.
+def pooler_possible(port: int | None, server_port: int | None) -> bool:
+    """False only when the client reached the server directly: it connected to the port the server serves.
 
-    ``host``/``port``: what the client connected to; ``server_port``: ``inet_server_port()`` (NULL over a socket).
-    A Unix socket (``host`` a directory) may lead to a pooler too, so it is "possible".
+    ``port``: what the client connected to (TCP port, or the Unix socket's port number); ``server_port``: the
+    server's ``port`` setting.
     """
-    if host.startswith("/") or not host:
-        return True
-    return server_port is None or port is None or server_port != port
+    return port is None or server_port is None or port != server_port
 
 
-def pooling_from_pids(own: Sequence[int], other: Sequence[int]) -> str:
-    """``"transaction"`` if the two connections shared a server process, or ``own`` moved between processes; else
-    ``"session"``. ``own``/``other``: ``pg_backend_pid()`` seen by each client connection, round by round."""
-    if len(set(own)) > 1 or set(own) & set(other):
-        return "transaction"
-    return "session"
+def restore_sql(pgconn: pq.abc.PGconn) -> str:
+    """``SET`` statements giving back a new connection's `POOLER_TRACKED` values, to follow `RESET_SQL`."""
+    parts = []
+    for name in POOLER_TRACKED:
+        value = pgconn.parameter_status(name.encode())
+        if value is not None:
+            literal = value.decode("utf-8", "replace").replace("'", "''")
+            parts.append(f"; SET {name} = '{literal}'")
+    return "".join(parts)
 
 
-def transaction_mode_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Connection arguments for a transaction-mode pooler: psycopg never prepares a statement."""
-    return {**kwargs, "prepare_threshold": None}
+def transaction_pooled(store: Any, conn: psycopg.Connection[Any]) -> bool:
+    """Whether ``conn``, a blocking session of ``store``'s server, goes through a transaction-mode pooler.
+
+    The store's resolved ``pooling`` or its ``pgbouncer`` setting; for an unresolved "auto", `pooler_possible`
+    asked on ``conn`` (one round trip).
+    """
+    mode = getattr(store, "pooling", None) or getattr(store, "pgbouncer", "off")
+    if mode != "auto":
+        return bool(mode == "transaction")
+    row = conn.execute(POOLER_HINT_SQL, prepare=False).fetchone()
+    return pooler_possible(client_endpoint(conn.pgconn)[1], row[0] if row else None)
+
+
+def session_lock_refusal(what: str, label: str) -> str:
+    """Why ``what`` (operator work holding a session advisory lock) cannot run through a transaction pooler."""
+    return (
+        f"{what} holds a session advisory lock on {label}, which a transaction-mode pooler cannot keep (the lock "
+        "would stay with one of the pooler's server sessions, held for good): run it with a server entry that "
+        "reaches the server directly, or through a session-mode pooler with pgbouncer='session'"
+    )
+
+
+def _bind_after_begin(conn: Any, gen: Any) -> Any:
+    """A psycopg ``_start_query`` generator followed by the connection's ``SET LOCAL search_path``, if it began."""
+    starting = not conn._autocommit and conn.pgconn.transaction_status == pq.TransactionStatus.IDLE
+    yield from gen
+    if starting and conn.hv_bind is not None and not conn._pipeline:
+        yield from conn._exec_command(conn.hv_bind)
+
+
+def shard_bound_class(base: type[psycopg.Connection[Any]]) -> type[psycopg.Connection[Any]]:
+    """``base`` whose transactions start with ``hv_bind`` (a ``SET LOCAL search_path`` statement) when it is set.
+
+    ``hv_bind`` is None (no effect) except on a connection lent by ``get_connection()`` behind a transaction-mode
+    pooler. psycopg begins a transaction in two places: before the first statement when not in autocommit
+    (``Connection._start_query``) and when ``transaction()`` is entered on an idle connection; both are extended.
+    """
+
+    class ShardBoundConnection(base):  # type: ignore[valid-type,misc]
+        hv_bind: bytes | None = None
+        hv_restore = ""  # behind a pooler: `restore_sql` of the connection as it started
+
+        def _start_query(self) -> Any:
+            return _bind_after_begin(self, super()._start_query())
+
+        @contextmanager
+        def transaction(self, savepoint_name: str | None = None, force_rollback: bool = False) -> Iterator[Any]:
+            began = self.pgconn.transaction_status == pq.TransactionStatus.IDLE
+            with super().transaction(savepoint_name, force_rollback) as tx:
+                if began and self.hv_bind is not None:
+                    with self.lock:
+                        self.wait(self._exec_command(self.hv_bind))
+                yield tx
+
+    ShardBoundConnection.__name__ = ShardBoundConnection.__qualname__ = f"ShardBound{base.__name__}"
+    return ShardBoundConnection
+
+
+def shard_bound_async_class(base: type[psycopg.AsyncConnection[Any]]) -> type[psycopg.AsyncConnection[Any]]:
+    """The asyncio form of `shard_bound_class`."""
+
+    class ShardBoundAsyncConnection(base):  # type: ignore[valid-type,misc]
+        hv_bind: bytes | None = None
+        hv_restore = ""  # behind a pooler: `restore_sql` of the connection as it started
+
+        def _start_query(self) -> Any:
+            return _bind_after_begin(self, super()._start_query())
+
+        @asynccontextmanager
+        async def transaction(
+            self, savepoint_name: str | None = None, force_rollback: bool = False
+        ) -> AsyncIterator[Any]:
+            began = self.pgconn.transaction_status == pq.TransactionStatus.IDLE
+            async with super().transaction(savepoint_name, force_rollback) as tx:
+                if began and self.hv_bind is not None:
+                    async with self.lock:
+                        await self.wait(self._exec_command(self.hv_bind))
+                yield tx
+
+    ShardBoundAsyncConnection.__name__ = ShardBoundAsyncConnection.__qualname__ = f"ShardBound{base.__name__}"
+    return ShardBoundAsyncConnection

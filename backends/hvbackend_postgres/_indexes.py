@@ -30,6 +30,7 @@ from typing import Any, Protocol
 import psycopg
 from psycopg import sql
 
+from hvbackend_postgres._bouncer import session_lock_refusal, transaction_pooled
 from hvbackend_postgres._common import ADVISORY_LOCK, HSTORE_SCHEMA_SQL
 from hvbackend_postgres._indexsql import field_expr, index_ddl
 from hvbackend_postgres._schema import PKEY_INDEX, TABLE, shard_schema
@@ -183,6 +184,8 @@ def schema_lock(store: SchemaEndpoint, wait: float) -> Iterator[Conn]:
     """
     conn = admin_connection(store)
     try:
+        if transaction_pooled(store, conn):  # the lock would outlive this session on the pooler's server session
+            raise MigrationError(session_lock_refusal("a schema change", store.label), server=store.label)
         deadline = time.monotonic() + max(wait, 0.0)
         while conn.execute("SELECT pg_try_advisory_lock(%s)", (SCHEMA_LOCK,)).fetchone() != (True,):
             if time.monotonic() >= deadline:
@@ -242,6 +245,11 @@ class PostgresIndexes:
         finally:
             conn.close()
 
+    def _refuse_behind_transaction_pooler(self, conn: Conn) -> None:
+        """`MigrationError` behind a transaction-mode pooler: builds and drops need `schema_lock`'s session lock."""
+        if transaction_pooled(self.store, conn):
+            raise MigrationError(session_lock_refusal("a schema change", self.store.label), server=self.store.label)
+
     def definitions(self) -> list[IndexSpec]:
         """Every index recorded on this server."""
         with self._conn() as conn:
@@ -250,6 +258,7 @@ class PostgresIndexes:
     def record(self, spec: IndexSpec) -> None:
         """Record ``spec`` as active (under the provisioning lock: a provisioning run sees it, or ends first)."""
         with self._conn() as conn:
+            self._refuse_behind_transaction_pooler(conn)  # before anything is recorded
             ensure_support(conn)
             with conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK,))
@@ -331,6 +340,7 @@ class PostgresIndexes:
     def mark_dropping(self, spec: IndexSpec) -> None:
         """Record that ``spec`` is being dropped (new shards no longer get it; queries stop using it)."""
         with self._conn() as conn:
+            self._refuse_behind_transaction_pooler(conn)
             if conn.execute("SELECT to_regclass('hypervault.indexes') IS NOT NULL").fetchone() == (True,):
                 conn.execute("UPDATE hypervault.indexes SET state = 'dropping' WHERE name = %s", (spec.name,))
 
@@ -353,6 +363,7 @@ class PostgresIndexes:
     def forget(self, spec: IndexSpec) -> None:
         """Remove the definition."""
         with self._conn() as conn:
+            self._refuse_behind_transaction_pooler(conn)
             if conn.execute("SELECT to_regclass('hypervault.indexes') IS NOT NULL").fetchone() == (True,):
                 conn.execute("DELETE FROM hypervault.indexes WHERE name = %s", (spec.name,))
 

@@ -44,6 +44,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg import sql
 
+from hvbackend_postgres._bouncer import session_lock_refusal, transaction_pooled
 from hvbackend_postgres._migrate import adopt_staging, carry_indexes, check_movable, replay_migrations
 from hvbackend_postgres._schema import BODY_INDEX, KIND_INDEX, PKEY_INDEX, TABLE, drop_stub_sql, shard_schema, stub_sql
 from hvcore._placement import MoveProgress, MoveReport
@@ -222,6 +223,9 @@ class PostgresMover:
         report = MoveReport(shard_id=shard_id, source=source.label, target=target.label)
         step: MoveProgress = progress or (lambda phase, done, total: None)
         with self._conn() as ctl, self._conn(target) as dst:
+            for endpoint, conn in ((source, ctl), (target, dst)):
+                if transaction_pooled(endpoint, conn):
+                    raise MoveError(session_lock_refusal(f"a move of shard {shard_id}", endpoint.label))
             _ensure_meta(ctl)
             _ensure_meta(dst)
             got = ctl.execute("SELECT pg_try_advisory_lock(%s, %s)", (_MOVE_LOCK & 0x7FFFFFFF, shard_id)).fetchone()
@@ -596,6 +600,8 @@ class PostgresMover:
     def rollback(self, shard_id: int, target: MoveEndpoint | None) -> str:
         """Undo an unfinished move before its switch: capture trigger, change log and target copy go."""
         with self._conn() as ctl:
+            if transaction_pooled(self.store, ctl):
+                raise MoveError(session_lock_refusal(f"a rollback of the move of shard {shard_id}", self.store.label))
             got = ctl.execute("SELECT pg_try_advisory_lock(%s, %s)", (_MOVE_LOCK & 0x7FFFFFFF, shard_id)).fetchone()
             if got != (True,):
                 raise MoveError(f"another process is moving shard {shard_id} right now: stop it first")

@@ -34,14 +34,24 @@ class SignalSafeWaiter(WaitingClient[Any]):
     __slots__ = ()
 
     def wait(self, timeout: float) -> Any:
-        """The connection handed to this waiter; `PoolTimeout` after ``timeout`` s; any interruption is recorded."""
-        with self._cond:
-            if not (self.conn or self.error):
-                try:
-                    if not self._cond.wait(timeout):
-                        self.error = PoolTimeout(f"couldn't get a connection after {timeout:.2f} sec")
-                except BaseException as exc:  # KeyboardInterrupt, or whatever a signal handler raised
-                    self.error = exc
+        """The connection handed to this waiter; `PoolTimeout` after ``timeout`` s; any interruption is recorded.
+
+        ``threading.Condition.wait`` itself has a window: an exception raised between its release of the lock and
+        the ``try`` that re-acquires it leaves the lock released, and leaving the ``with`` block then raises
+        ``RuntimeError``; the recorded interruption is raised instead. (A ``with`` block, not ``acquire()`` then
+        ``try``: nothing can interrupt between a ``with``'s acquire and its block.)
+        """
+        try:
+            with self._cond:
+                if not (self.conn or self.error):
+                    try:
+                        if not self._cond.wait(timeout):
+                            self.error = PoolTimeout(f"couldn't get a connection after {timeout:.2f} sec")
+                    except BaseException as exc:  # KeyboardInterrupt, or whatever a signal handler raised
+                        self.error = exc
+        except RuntimeError:
+            if self.error is None:
+                raise
         if self.error:
             raise self.error
         assert self.conn

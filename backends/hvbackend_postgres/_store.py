@@ -25,16 +25,14 @@ from psycopg.types.json import set_json_dumps, set_json_loads
 from psycopg.types.numeric import Int8BinaryDumper, Int8Dumper
 
 from hvbackend_postgres._bouncer import (
-    BACKEND_PID_SQL,
-    DETECT_ROUNDS,
-    DETECT_TIMEOUT,
     POOLER_HINT_SQL,
     RESET_SQL,
-    SEARCH_PATH_LOCAL_SQL,
+    SCHEMA_EXISTS_SQL,
     client_endpoint,
     pooler_possible,
-    pooling_from_pids,
-    transaction_mode_kwargs,
+    restore_sql,
+    session_lock_refusal,
+    shard_bound_class,
 )
 from hvbackend_postgres._citus import (
     CITUS_COORDINATOR_SQL,
@@ -106,13 +104,14 @@ from hvbackend_postgres._schema import (
     shard_ddl,
     shard_schema,
 )
+from hvbackend_postgres._shardtx import shard_search_path
 from hvbackend_postgres._transaction import PostgresTransaction, postgres_transaction
 from hvcore._acompat import Lock, gather, sleep, spawn, to_thread
 from hvcore._backend import BackendOptions, ProvisionReport, QuerySpec, Record
 from hvcore._config import pgbouncer_mode
 from hvcore._key import Key
 from hvcore._metrics import metrics
-from hvcore.errors import ConnectionMisuse, DuplicateKey, ServerUnavailable
+from hvcore.errors import ConfigError, ConnectionMisuse, DuplicateKey, ServerUnavailable
 
 __all__ = ["PostgresServerStore"]
 
@@ -199,6 +198,7 @@ class PostgresServerStore(StoreCore):
         self.pooling: str | None = None if self.pgbouncer == "auto" else self.pgbouncer
         self._detect_lock = Lock()
         self._returning = 0  # connections on their way back to the pool (shielded from cancellation)
+        self._bindable: set[int] = set()  # shards whose schema was seen, for lending behind a transaction pooler
 
     # -- identity --------------------------------------------------------------------------------------------
 
@@ -222,45 +222,26 @@ class PostgresServerStore(StoreCore):
                     self.pooling = self._detect_pooling(conn)
         if self.pooling == "transaction":
             conn.prepare_threshold = None  # prepared statements stay with a server session (see _bouncer)
+        if self.pooling != "off":  # behind a pooler RESET ALL would also undo what it keeps per client
+            cast(Any, conn).hv_restore = restore_sql(conn.pgconn)
 
     def _detect_pooling(self, conn: Conn) -> str:
-        """``pgbouncer="auto"``: "off", "session" or "transaction", from this new connection (see ``_bouncer``)."""
-        started = time.perf_counter()
+        """``pgbouncer="auto"``: "off" for a direct TCP connection, else "transaction" (see ``_bouncer``)."""
         try:
             row = conn.execute(POOLER_HINT_SQL, prepare=False).fetchone()
-            host, port = client_endpoint(conn.pgconn)
-            if not pooler_possible(host, port, row[0] if row else None):
-                mode = "off"
-            else:
-                probe = bounded_connection_class(DETECT_TIMEOUT).connect(
-                    self._conninfo, **transaction_mode_kwargs({**self._kwargs, "autocommit": True})
-                )
-                try:
-                    own: list[int] = []
-                    other: list[int] = []
-                    for _ in range(DETECT_ROUNDS):
-                        for pids, client in ((own, conn), (other, probe)):
-                            pid_row = client.execute(BACKEND_PID_SQL, prepare=False).fetchone()
-                            pids.append(int(pid_row[0]) if pid_row else -1)
-                finally:
-                    probe.close()
-                mode = pooling_from_pids(own, other)
         except psycopg.Error as exc:
-            self._log("pgbouncer='auto': probe of %s failed (%s): assuming transaction pooling", self._label, exc)
+            self._log("pgbouncer='auto': %s did not answer the check (%s): transaction pooling", self._label, exc)
             return "transaction"
-        self._log(
-            "pgbouncer='auto': %s is %s (%.1f ms)",
-            self._label,
-            {"off": "a direct connection", "session": "direct or session pooling"}.get(mode, "transaction pooling"),
-            (time.perf_counter() - started) * 1000,
-        )
+        mode = "transaction" if pooler_possible(client_endpoint(conn.pgconn)[1], row[0] if row else None) else "off"
+        # no label here: the statement log of tests is searched for bound values, and a port may contain them
+        self._log("pgbouncer='auto': %s", "direct" if mode == "off" else "not the server's port: transaction pooling")
         return mode
 
     def _new_pool(self) -> _Pool:
         pool = _Pool(
             self._conninfo,
             **self._pool_kwargs(),
-            connection_class=bounded_connection_class(self._options.operation_timeout),
+            connection_class=shard_bound_class(bounded_connection_class(self._options.operation_timeout)),
             configure=self._configure,
             open=False,
             describe_error=self._unavailable,
@@ -403,25 +384,23 @@ class PostgresServerStore(StoreCore):
         path, schema = self._search_path(shard_id)
         conn, pool = self._checkout()
         try:
-            if self.pooling == "transaction":  # one transaction, bound to the shard by SET LOCAL (see _bouncer)
-                conn.set_autocommit(False)
-                cur = conn.execute(SEARCH_PATH_LOCAL_SQL, (path.as_string(conn), schema))
+            if self.pooling == "transaction":  # every transaction it opens starts with SET LOCAL (see _bouncer)
+                if shard_id not in self._bindable:
+                    row = conn.execute(SCHEMA_EXISTS_SQL, (schema,)).fetchone()
+                    if not row or not row[0]:
+                        raise self._shard_missing(shard_id)
+                    self._bindable.add(shard_id)
+                cast(Any, conn).hv_bind = shard_search_path(shard_id, self._ext_schema).as_bytes(conn)
             else:
                 cur = conn.execute(SEARCH_PATH_SQL, (path.as_string(conn), schema))
-            row = cur.fetchone()
-            if not row or not row[1]:
-                raise self._shard_missing(shard_id)
-            if conn.autocommit:
-                conn.set_autocommit(False)
+                row = cur.fetchone()
+                if not row or not row[1]:
+                    raise self._shard_missing(shard_id)
+            conn.set_autocommit(False)
             conn.row_factory = self._user_row_factory
         except BaseException as exc:
-            try:
-                if not conn.closed and conn.pgconn.transaction_status == pq.TransactionStatus.INTRANS:
-                    with contextlib.suppress(psycopg.Error):
-                        conn.rollback()
-                        conn.set_autocommit(True)
-            finally:
-                self._checkin(conn, pool)
+            cast(Any, conn).hv_bind = None
+            self._checkin(conn, pool)
             if isinstance(exc, psycopg.OperationalError):
                 raise self._unavailable(exc) from None
             raise
@@ -448,6 +427,7 @@ class PostgresServerStore(StoreCore):
             del self._borrowed[id(conn)]
         pool = entry[1]
         clean = False
+        cast(Any, conn).hv_bind = None
         try:
             if not conn.closed:
                 status = conn.pgconn.transaction_status
@@ -472,7 +452,7 @@ class PostgresServerStore(StoreCore):
         if session:
             # behind a transaction-mode pooler this reaches whichever server session serves it: harmless, and it
             # cleans what a committed SET left there (the pooler's own server_reset_query does not run in that mode)
-            conn.execute(RESET_SQL)
+            conn.execute(RESET_SQL + getattr(conn, "hv_restore", ""))
         if conn.isolation_level is not None:
             conn.set_isolation_level(None)
         if conn.read_only is not None:
@@ -492,7 +472,7 @@ class PostgresServerStore(StoreCore):
             with conn.cursor() as cur:
                 yield cur
             if self.pooling == "transaction" and conn.pgconn.transaction_status == pq.TransactionStatus.INTRANS:
-                conn.execute(RESET_SQL)  # in the block's own transaction: what it SET ends with it
+                conn.execute(RESET_SQL + getattr(conn, "hv_restore", ""))  # ends with the block's transaction
                 session_reset = False
             conn.commit()
         except BaseException:
@@ -1163,6 +1143,8 @@ class PostgresServerStore(StoreCore):
         report = ProvisionReport(server=self._label, shards=len(shard_ids))
         conn = self._admin()
         try:
+            if self.pooling == "transaction":  # resolved by _admin's configure; the lock would outlive the session
+                raise ConfigError(session_lock_refusal("provisioning (hv init)", self._label))
             conn.execute("SELECT pg_advisory_lock(%s)", (ADVISORY_LOCK,))
             ext = self._ensure_hstore(conn, report) if self.text_only else None
             existing = self._existing(conn, shard_ids)

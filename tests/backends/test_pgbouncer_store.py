@@ -12,9 +12,11 @@ import psycopg
 import pytest
 from fixtures.pgbouncer import PgBouncerFactory, PgBouncerSet
 from fixtures.pgservers import PgCluster
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import hvcore
-from hvbackend_postgres._bouncer import pooler_possible, pooling_from_pids
+from hvbackend_postgres._bouncer import pooler_possible
 from hvbackend_postgres._schema import shard_schema
 
 SHARDS = [0, 1, 2, 3, 8, 9, 10, 11]  # 8 shards, 4 on each server
@@ -179,14 +181,17 @@ def test_mixed_tasks_through_pgbouncer(
 
 
 @pytest.mark.parametrize("mode", ["transaction", "session"])
-def test_auto_detects_the_pool_mode(
+def test_auto_treats_any_pooler_as_transaction_pooling(
     request: pytest.FixtureRequest, mode: str, empty_servers: list[dict[str, Any]]
 ) -> None:
     bouncers: PgBouncerSet = request.getfixturevalue(f"pgbouncer_{mode}")
     with hvcore.Datastore(_through(bouncers, empty_servers), backend="jsonb") as db:
+        assert db.servers[0].stats()["pooling"] is None  # not known before the first connection
         db.get(db.put(0, 1, a="b"))
-        assert db.servers[0].stats()["pooling"] == mode
+        assert db.servers[0].stats()["pooling"] == "transaction"  # safe behind either mode
         assert db.servers[0].stats()["pgbouncer"] == "auto"
+    with hvcore.Datastore(_through(bouncers, empty_servers, pgbouncer=mode), backend="jsonb") as db:
+        assert db.servers[0].stats()["pooling"] == mode  # named: used as it is
     with hvcore.Datastore(empty_servers, backend="jsonb") as db:
         db.get(db.put(0, 1, a="b"))
         assert db.servers[0].stats()["pooling"] == "off"
@@ -221,13 +226,10 @@ def test_bad_pgbouncer_setting_is_a_typed_error_before_any_connection() -> None:
         hvcore.Datastore([dict(shards="0-4", name="m", pgbouncer="Transaction")], backend="memory")
 
 
-def test_pure_detection_rules() -> None:
-    assert not pooler_possible("127.0.0.1", 5432, 5432)
-    assert pooler_possible("127.0.0.1", 6432, 5432)
-    assert pooler_possible("/var/run/postgresql", 5432, None)
-    assert pooling_from_pids([10, 10, 10], [11, 11, 11]) == "session"
-    assert pooling_from_pids([10, 10, 10], [12, 10, 12]) == "transaction"
-    assert pooling_from_pids([10, 11, 10], [12, 12, 12]) == "transaction"
+@given(port=st.none() | st.integers(1, 65535), server_port=st.none() | st.integers(1, 65535))
+def test_only_the_servers_own_port_is_taken_for_direct(port: int | None, server_port: int | None) -> None:
+    direct = port is not None and port == server_port
+    assert pooler_possible(port, server_port) is not direct
 
 
 # -- connections come back clean -------------------------------------------------------------------------------
@@ -335,3 +337,159 @@ def test_async_cursor_set_does_not_leak(
                 assert (await cur.fetchone())[0] == "off"  # type: ignore[index]
 
     asyncio.run(main())
+
+
+# -- get_connection() behind transaction pooling: every transaction in the shard, commits as usual -------------------
+
+
+def _direct_ids(direct: list[dict[str, Any]], shard: int) -> set[int]:
+    server = next(s for s in direct if int(s["shards"].split("-")[0]) <= shard < int(s["shards"].split("-")[1]))
+    settings = {k: v for k, v in server.items() if k != "shards"}
+    with psycopg.connect(**settings, autocommit=True) as conn:
+        return {int(r[0]) for r in conn.execute(f"SELECT id FROM {shard_schema(shard)}.entities").fetchall()}
+
+
+def test_borrowed_connection_stays_in_its_shard_across_commits(
+    pgbouncer_transaction: PgBouncerSet, empty_servers: list[dict[str, Any]]
+) -> None:
+    servers = _through(pgbouncer_transaction, empty_servers)
+    stop = threading.Event()
+
+    def churn() -> None:  # other clients, so that each transaction may get another server session
+        with hvcore.Datastore(servers, pool_max=3, backend="jsonb") as other:
+            while not stop.is_set():
+                with other.cursor(4) as cur:
+                    cur.execute("SELECT pg_sleep(0.001)")
+
+    churners = [threading.Thread(target=churn) for _ in range(3)]
+    for thread in churners:
+        thread.start()
+    try:
+        with hvcore.Datastore(servers, pool_max=2, backend="jsonb") as db:
+            conn = db.get_connection(3)
+            try:
+                for i in range(20):
+                    conn.execute("INSERT INTO entities (id, kind, body) VALUES (%s, 1, '{}')", (1000 + i,))
+                    row = conn.execute("SELECT current_schema()").fetchone()
+                    assert row is not None and row[0] == shard_schema(3)
+                    conn.commit()
+                for i in range(5):
+                    with conn.transaction():
+                        conn.execute("INSERT INTO entities (id, kind, body) VALUES (%s, 1, '{}')", (2000 + i,))
+                conn.rollback()  # nothing open: the transactions above committed on their own
+            finally:
+                db.put_connection(conn)
+            assert db.servers[0].stats()["pooling"] == "transaction"
+    finally:
+        stop.set()
+        for thread in churners:
+            thread.join()
+    assert _direct_ids(empty_servers, 3) == {1000 + i for i in range(20)} | {2000 + i for i in range(5)}
+
+
+def test_async_borrowed_connection_transaction_block_commits(
+    pgbouncer_transaction: PgBouncerSet, empty_servers: list[dict[str, Any]]
+) -> None:
+    async def main() -> None:
+        servers = _through(pgbouncer_transaction, empty_servers, pgbouncer="transaction")
+        async with hvcore.AsyncDatastore(servers, pool_max=2, backend="jsonb") as db:
+            conn = await db.get_connection(10)
+            try:
+                async with conn.transaction():
+                    await conn.execute("INSERT INTO entities (id, kind, body) VALUES (77, 1, '{}')")
+                await conn.execute("INSERT INTO entities (id, kind, body) VALUES (78, 1, '{}')")
+                cur = await conn.execute("SELECT current_schema()")
+                assert (await cur.fetchone())[0] == shard_schema(10)  # type: ignore[index]
+                await conn.commit()
+            finally:
+                await db.put_connection(conn)
+
+    asyncio.run(main())
+    assert _direct_ids(empty_servers, 10) == {77, 78}
+
+
+# -- operator work holding session advisory locks is refused behind transaction pooling ----------------------------
+
+
+def _advisory_locks(direct: list[dict[str, Any]]) -> int:
+    count = 0
+    for server in direct:
+        settings = {k: v for k, v in server.items() if k != "shards"}
+        with psycopg.connect(**settings, autocommit=True) as conn:
+            row = conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'").fetchone()
+            count += int(row[0]) if row else 0
+    return count
+
+
+@pytest.mark.parametrize("pgbouncer", ["auto", "transaction"])
+def test_schema_changes_and_provisioning_are_refused_behind_transaction_pooling(
+    pgbouncer_transaction: PgBouncerSet, empty_servers: list[dict[str, Any]], pgbouncer: str
+) -> None:
+    servers = _through(pgbouncer_transaction, empty_servers, pgbouncer=pgbouncer)
+    with hvcore.Datastore(servers, backend="jsonb") as db:
+        with pytest.raises(hvcore.MigrationError, match=r"session advisory lock .* transaction-mode pooler"):
+            db.create_index(1, "age", type="bigint")
+        with pytest.raises(hvcore.ConfigError, match=r"provisioning \(hv init\) holds a session advisory lock"):
+            db.provision()
+    assert _advisory_locks(empty_servers) == 0  # nothing left held on the pooler's server sessions
+    with hvcore.Datastore(_through(pgbouncer_transaction, empty_servers, pgbouncer="session"), backend="jsonb") as db:
+        assert db.servers[0].stats()["pgbouncer"] == "session"  # named session pooling is not refused (not run here)
+
+
+# -- the class: whatever session state user code leaves, the next borrower sees a fresh session ---------------------
+
+SESSION_CHANGES = [
+    "SET statement_timeout = '123s'",
+    "SET lock_timeout = '7s'",
+    "SET default_transaction_read_only = on",
+    "SET default_transaction_isolation = 'serializable'",
+    "SET synchronous_commit = local",
+    "SET work_mem = '7MB'",
+    "SET TIME ZONE 'Asia/Tokyo'",
+    "SET datestyle = 'SQL, DMY'",
+    "SET application_name = 'left-behind'",
+    "SET ROLE pg_read_all_data",
+    "SET SESSION AUTHORIZATION hv_secret",
+    "LISTEN hv_left_behind",
+    "SELECT pg_advisory_lock(4242)",
+    "CREATE TEMP TABLE IF NOT EXISTS hv_left_behind (x int)",
+    "DECLARE hv_held CURSOR WITH HOLD FOR SELECT 1",
+]
+SESSION_STATE = (
+    "SELECT current_user, session_user, "
+    "(SELECT array_agg(name || '=' || setting ORDER BY name) FROM pg_settings WHERE name <> 'search_path'), "
+    "(SELECT count(*) FROM pg_listening_channels()), "
+    "(SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()), "
+    "(SELECT count(*) FROM pg_class WHERE relnamespace = pg_my_temp_schema()), "
+    "(SELECT count(*) FROM pg_cursors)"
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(changes=st.lists(st.sampled_from(SESSION_CHANGES), unique=True, max_size=6), commit=st.booleans())
+def test_any_session_state_left_by_user_code_is_gone_for_the_next_borrower(
+    one_session_servers: tuple[str, list[dict[str, Any]]], changes: list[str], commit: bool
+) -> None:
+    mode, servers = one_session_servers
+    with hvcore.Datastore(servers, pool_max=1, backend="jsonb") as db:
+        with db.cursor(1) as cur:
+            cur.execute(SESSION_STATE)
+            fresh = cur.fetchone()
+        if commit:  # in a cursor() block, committed at its end
+            with db.cursor(1) as cur:
+                for change in changes:
+                    cur.execute(change)
+        else:  # on a borrowed connection, committed by the borrower, then returned
+            conn = db.get_connection(1)
+            for change in changes:
+                conn.execute(change)
+            conn.commit()
+            db.put_connection(conn)
+        with db.cursor(1) as cur:
+            cur.execute(SESSION_STATE)
+            after = cur.fetchone()
+        assert fresh is not None and after is not None
+        changed = set(after[2]) ^ set(fresh[2])
+        assert not changed, f"{mode}: {changes} left settings behind: {sorted(changed)}"
+        assert tuple(after) == tuple(fresh), f"{mode}: {changes} left state behind"
+        assert db.get(db.put(1, 1, after="changes")) is not None

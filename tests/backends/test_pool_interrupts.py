@@ -76,9 +76,10 @@ async def _one_call(db: hvcore.AsyncDatastore, rnd: random.Random, keys: list[hv
             await db.put_connection(conn)
 
 
+@pytest.mark.timeout(180)
 @pytest.mark.parametrize("pool_max", [1, 2])
 def test_cancellation_storm_loses_no_connection(storm_servers: list[dict[str, Any]], pool_max: int) -> None:
-    calls = 1500
+    calls = 1000  # x 4 parameter sets: 4,000 cancelled calls
     rnd = random.Random(pool_max)
     unexpected: list[str] = []
 
@@ -116,27 +117,26 @@ def test_cancellation_storm_loses_no_connection(storm_servers: list[dict[str, An
 
 
 class Storm(BaseException):
-    """Raised by the test's SIGALRM handler: a BaseException, like KeyboardInterrupt."""
-
-
-BLOCKING = {"wait", "wait_c", "wait_select", "wait_epoll", "wait_poll", "_wait_conn", "select", "poll"}
-"""Function names of the waits a thread blocks in: the pool's wait for a connection (``SignalSafeWaiter.wait``,
-``threading.Condition.wait``) and psycopg's waits for the server (``psycopg.waiting``)."""
+    """Raised by the test's SIGUSR1 handler: a BaseException, like KeyboardInterrupt."""
 
 
 def _blocked(frame: Any) -> bool:
-    """True if ``frame`` (where the signal handler interrupted the main thread) is inside a blocking wait."""
-    while frame is not None:
-        if frame.f_code.co_name in BLOCKING:
-            return True
-        frame = frame.f_back
-    return False
+    """True if ``frame`` (where the handler interrupted the main thread) is one of the waits a call blocks in: the
+    pool's wait for a connection (`SignalSafeWaiter.wait`, through ``threading.Condition.wait``) or psycopg's wait
+    for the server (``Connection.wait``)."""
+    if frame is not None and frame.f_code.co_filename.endswith("threading.py"):
+        frame = frame.f_back  # Condition.wait: judged by its caller (the stdlib's futures are not signal-safe)
+    if frame is None or frame.f_code.co_name != "wait":
+        return False
+    filename = frame.f_code.co_filename.replace("\\", "/")
+    return bool(filename.endswith(("/_poolguard.py", "/psycopg/connection.py")))
 
 
 @contextlib.contextmanager
-def _alarm_storm(interval: float) -> Iterator[list[int]]:
-    """SIGALRM every ``interval`` s; while ``state[0]`` is set and the main thread is blocked, the handler disarms it
-    and raises `Storm`. ``state``: ``[armed, fired, raised]``.
+def _signal_storm(interval: float) -> Iterator[list[int]]:
+    """SIGUSR1 to the main thread every ``interval`` s (from a thread: SIGALRM is pytest-timeout's); while
+    ``state[0]`` is set and the main thread is blocked, the handler disarms it and raises `Storm`.
+    ``state``: ``[armed, fired, raised]``.
 
     Raised only in blocking waits, where a thread spends its time and a real Ctrl-C lands: pure-Python code has
     interruption points at every call, and no library (psycopg_pool's return path included) is safe from an
@@ -144,6 +144,7 @@ def _alarm_storm(interval: float) -> Iterator[list[int]]:
     of the test's own bookkeeping.
     """
     state = [0, 0, 0]
+    stop = threading.Event()
 
     def handler(signum: int, frame: Any) -> None:
         state[1] += 1
@@ -152,14 +153,20 @@ def _alarm_storm(interval: float) -> Iterator[list[int]]:
             state[2] += 1
             raise Storm
 
-    previous = signal.signal(signal.SIGALRM, handler)
-    signal.setitimer(signal.ITIMER_REAL, interval, interval)
+    def sender(target: int) -> None:
+        while not stop.wait(interval):
+            signal.pthread_kill(target, signal.SIGUSR1)
+
+    previous = signal.signal(signal.SIGUSR1, handler)
+    thread = threading.Thread(target=sender, args=(threading.get_ident(),), daemon=True)
+    thread.start()
     try:
         yield state
     finally:
         state[0] = 0
-        signal.setitimer(signal.ITIMER_REAL, 0, 0)
-        signal.signal(signal.SIGALRM, previous)
+        stop.set()
+        thread.join()
+        signal.signal(signal.SIGUSR1, previous)
 
 
 def _sync_call(db: hvcore.Datastore, rnd: random.Random, keys: list[hvcore.Key]) -> None:
@@ -185,6 +192,11 @@ def _sync_call(db: hvcore.Datastore, rnd: random.Random, keys: list[hvcore.Key])
             db.put_connection(conn)
 
 
+# psycopg's Connection.wait is also entered for work that does not block (closing a server cursor whose
+# transaction is gone): interrupted there, the cursor object is left unclosed on the client (the server's cursor
+# went with its transaction) and warns when collected.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.timeout(180)
 @pytest.mark.parametrize("pool_max", [1, 2])
 def test_signal_storm_loses_no_connection(storm_servers: list[dict[str, Any]], pool_max: int) -> None:
     assert threading.current_thread() is threading.main_thread()
@@ -205,7 +217,7 @@ def test_signal_storm_loses_no_connection(storm_servers: list[dict[str, Any]], p
         interrupted = done = 0
         deadline = time.monotonic() + 4.0
         try:
-            with _alarm_storm(0.002) as state:
+            with _signal_storm(0.002) as state:
                 while time.monotonic() < deadline:
                     try:
                         state[0] = 1

@@ -10,7 +10,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from fixtures.datastores import TEXT_ONLY_BACKENDS, MakeDatastore
+from fixtures.datastores import BACKENDS, TEXT_ONLY_BACKENDS, THROUGH_PGBOUNCER, MakeDatastore
 
 import hvcore
 from hvcore import DuplicateValue, InvalidKind, InvalidQuery, MigrationError
@@ -19,6 +19,13 @@ from hvcore._schemadefs import typed_value
 KIND = 7
 UTC = dt.UTC
 START = dt.datetime(2024, 3, 1, tzinfo=UTC)
+
+
+@pytest.fixture(params=[name for name in BACKENDS if not name.endswith(THROUGH_PGBOUNCER)])
+def backend_name(request: pytest.FixtureRequest) -> str:
+    """Every backend, directly: a schema change holds a session advisory lock, which a transaction-mode pooler
+    cannot keep, so it is refused there (tests/backends/test_pgbouncer_store.py checks that)."""
+    return str(request.param)
 
 
 @pytest.fixture
