@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 import psycopg
+from psycopg import errors as pg_errors
 from psycopg import sql
 
 from hvbackend_postgres._bouncer import session_lock_refusal, transaction_pooled
@@ -49,6 +50,7 @@ __all__ = [
     "has_support",
     "index_ddl",
     "index_states",
+    "is_unique_violation",
     "live_shards",
     "recorded_indexes",
     "schema_lock",
@@ -137,6 +139,13 @@ def recorded_indexes(conn: Conn) -> list[IndexSpec]:
         return []
     rows = conn.execute("SELECT kind, field, type, is_unique, state FROM hypervault.indexes ORDER BY name").fetchall()
     return [IndexSpec(kind=r[0], field=r[1], type=r[2], unique=r[3], state=r[4]) for r in rows]
+
+
+def is_unique_violation(exc: psycopg.Error) -> bool:
+    """A unique violation, also as a Citus coordinator relays one from a worker's COPY (an internal error)."""
+    return isinstance(exc, pg_errors.UniqueViolation) or (exc.diag.message_primary or "").startswith(
+        "duplicate key value violates unique constraint"
+    )
 
 
 def unique_violation(exc: psycopg.Error, shard_id: int, label: str) -> DuplicateValue | None:

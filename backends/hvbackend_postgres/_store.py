@@ -87,7 +87,7 @@ from hvbackend_postgres._fanout import (
     prepare_hot,
     shard_pieces,
 )
-from hvbackend_postgres._indexes import PostgresIndexes, unique_violation
+from hvbackend_postgres._indexes import PostgresIndexes, is_unique_violation, unique_violation
 from hvbackend_postgres._lease import PostgresWorkerLease, lease_worker
 from hvbackend_postgres._legacy import LEGACY_SQL, layout_problem, legacy_signs, legacy_table_error, max_id_query
 from hvbackend_postgres._migrate import PostgresMigrator, new_shard_ddl
@@ -882,10 +882,16 @@ class PostgresServerStore(StoreCore):
                 lost = exc
                 self._log("connection to %s lost during a COPY (%s): asking its commit status", self._label, exc)
             except psycopg.Error as exc:
-                translated = self._translate(exc, shard_id)
-                if translated is exc:
-                    raise
-                raise translated from None
+                if not is_unique_violation(exc):
+                    translated = self._translate(exc, shard_id)
+                    if translated is exc:
+                        raise
+                    raise translated from None
+                # a Citus coordinator relays a worker's COPY unique violation as an internal error
+                error = unique_violation(exc, shard_id, self._label)
+                if error is not None:
+                    raise error from None
+                taken = True
             finally:
                 self._end_transaction(conn)
                 self._checkin(conn, pool)

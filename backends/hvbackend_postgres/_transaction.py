@@ -27,7 +27,7 @@ from psycopg.types.hstore import register_hstore
 
 from hvbackend_postgres._bouncer import RESET_SQL
 from hvbackend_postgres._common import query_fetch_sizes, query_records
-from hvbackend_postgres._indexes import unique_violation
+from hvbackend_postgres._indexes import is_unique_violation, unique_violation
 from hvbackend_postgres._schema import ShardSQL
 from hvbackend_postgres._shardtx import shard_search_path
 from hvcore._backend import QuerySpec, Record
@@ -42,13 +42,6 @@ Conn = psycopg.Connection[Any]
 
 _LEVELS = {"read committed": "READ COMMITTED", "repeatable read": "REPEATABLE READ", "serializable": "SERIALIZABLE"}
 _CONFLICTS = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected)
-
-
-def _unique_violation(exc: psycopg.Error) -> bool:
-    """A unique violation, also as a Citus coordinator relays one from a worker's COPY (an internal error)."""
-    return isinstance(exc, pg_errors.UniqueViolation) or (exc.diag.message_primary or "").startswith(
-        "duplicate key value violates unique constraint"
-    )
 
 
 def begin_sql(shard_id: int, ext: str | None, isolation_level: str | None, read_only: bool) -> sql.Composed:
@@ -88,7 +81,7 @@ class PostgresTransaction:
 
     def _error(self, exc: psycopg.Error) -> Exception:
         """The typed error for a driver error inside the transaction."""
-        if _unique_violation(exc):
+        if is_unique_violation(exc):
             duplicate = unique_violation(exc, self.shard_id, self._store.label)
             if duplicate is not None:
                 return duplicate
@@ -133,7 +126,7 @@ class PostgresTransaction:
                     for row in store._copy_rows(rows):
                         copy.write_row(row)
         except psycopg.Error as exc:
-            if _unique_violation(exc):
+            if is_unique_violation(exc):
                 self._execute(sql.SQL("ROLLBACK TO SAVEPOINT {0}; RELEASE SAVEPOINT {0}").format(name))
                 duplicate = unique_violation(exc, self.shard_id, store.label)
                 if duplicate is not None:
