@@ -90,7 +90,9 @@ def test_a_datastore_works_through_session_poolers(pgbouncer_session: PgBouncerS
     with psycopg.connect(**pg_cluster.settings(0), autocommit=True) as conn:
         if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone() is None:
             conn.execute(f"CREATE DATABASE {dbname}")
-    server = {**pgbouncer_session.settings(0, dbname=dbname), "shards": "0-4"}
+    # a session pooler listens on its own port: "auto" would take it for transaction pooling (README "Behind
+    # PgBouncer"), which refuses provisioning; a session-mode pooler is said so
+    server = {**pgbouncer_session.settings(0, dbname=dbname), "shards": "0-4", "pgbouncer": "session"}
     with hvcore.Datastore([server], backend="jsonb") as store:
         store.provision()
         key = store.put(3, 1, through="pgbouncer")
