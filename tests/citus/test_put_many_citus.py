@@ -23,7 +23,7 @@ def test_put_many_of_a_value_a_unique_index_holds_is_duplicate_value(make_datast
     try:
         db.put(SHARD, 7, email="ada@example.org")
         before = len(list(db.query(shards=[SHARD], kind=7)))
-        with pytest.raises(hvcore.DuplicateValue, match="ada@example.org"):
+        with pytest.raises(hvcore.DuplicateValue, match=r"ada@example\.org"):
             db.put_many(SHARD, 7, [{"email": "bob@example.org"}, {"email": "ada@example.org"}])
         assert len(list(db.query(shards=[SHARD], kind=7))) == before  # all-or-nothing
         keys = db.put_many(SHARD, 7, [{"email": "bob@example.org"}, {"email": "cy@example.org"}])
