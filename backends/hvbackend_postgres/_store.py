@@ -588,35 +588,48 @@ class PostgresServerStore(StoreCore):
 
         One round trip: the statement, a Flush (its row, so the transaction id, leaves the server before the
         commit) and the Sync that commits. A connection lost underneath: the server is asked whether the
-        transaction committed (`_settle`); committed → done, aborted or never started → run again (once).
+        transaction committed (`_write_attempt`); committed → done, aborted or never started → run again (once).
         """
         for attempt in (0, 1):
-            conn, pool = self._checkout()
-            box: list[pq.abc.PGresult] = []
-            lost: psycopg.OperationalError | None = None
-            try:
-                self._send_write(conn, query, params, box)
+            box, lost = self._write_attempt(shard_id, query, params, keys)
+            if lost is None:
                 return returned_xid(box)[1]
-            except psycopg.OperationalError as exc:
-                if not self._lost(conn, exc):
-                    raise self._translate(exc, shard_id) from None
-                xid, rows = returned_xid(box)
-                self._give_up_waiting(conn, xid, keys)
-                conn.close()
-                lost = exc
-                self._log("connection to %s lost during a write (%s): asking its commit status", self._label, exc)
-            except psycopg.Error as exc:
-                error = self._translate(exc, shard_id)
-                if error is exc:
-                    raise
-                raise error from None
-            finally:
-                self._checkin(conn, pool)
-            if self._settle(shard_id, xid, keys) == COMMITTED:
-                return rows
             if attempt:
                 raise self._unavailable(lost) from None
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _write_attempt(
+        self, shard_id: int, query: Any, params: Sequence[Any], keys: Sequence[Key], *, reused: bool = True
+    ) -> tuple[list[pq.abc.PGresult], psycopg.OperationalError | None]:
+        """One attempt of a write returning its transaction id: the results received, and None if it committed.
+
+        A connection lost underneath is closed and the server asked about the transaction (`_settle`): committed →
+        (results, None); aborted or never started → (results, the loss), nothing stored. Server errors are raised
+        translated (`_translate`); ``reused`` as for `_send_write`.
+        """
+        conn, pool = self._checkout()
+        box: list[pq.abc.PGresult] = []
+        try:
+            self._send_write(conn, query, params, box, reused=reused)
+            return (box, None)
+        except psycopg.OperationalError as exc:
+            if not self._lost(conn, exc):
+                raise self._translate(exc, shard_id) from None
+            xid = returned_xid(box)[0]
+            self._give_up_waiting(conn, xid, keys)
+            conn.close()
+            lost = exc
+            self._log("connection to %s lost during a write (%s): asking its commit status", self._label, exc)
+        except psycopg.Error as exc:
+            error = self._translate(exc, shard_id)
+            if error is exc:
+                raise
+            raise error from None
+        finally:
+            self._checkin(conn, pool)
+        if self._settle(shard_id, xid, keys) == COMMITTED:
+            return (box, None)
+        return (box, lost)
 
     def _send_write(
         self, conn: Conn, query: str, params: Sequence[Any], box: list[pq.abc.PGresult], *, reused: bool = True
@@ -793,31 +806,12 @@ class PostgresServerStore(StoreCore):
         query = self._group_insert_sql(statements, len(rows)) + XID_GROUP_RETURNING
         params = [value for key, kind, data in rows for value in self._insert_params(key, kind, data)]
         keys = [row[0] for row in rows]
-        conn, pool = self._checkout()
-        box: list[pq.abc.PGresult] = []
         try:
-            self._send_write(conn, query, params, box, reused=False)
-            return returned_ids(box)
-        except psycopg.OperationalError as exc:
-            if not self._lost(conn, exc):
-                raise self._translate(exc, shard_id) from None
-            xid = returned_xid(box)[0]
-            self._give_up_waiting(conn, xid, keys)
-            conn.close()
-            self._log("connection to %s lost during a group write (%s): asking its commit status", self._label, exc)
+            box, lost = self._write_attempt(shard_id, query, params, keys, reused=False)
         except pg_errors.FeatureNotSupported:  # Citus: no transaction id in a multi-row INSERT's RETURNING
             self.insert_groups = False  # puts run one INSERT each on this server from now on
             raise
-        except psycopg.Error as exc:
-            error = self._translate(exc, shard_id)
-            if error is exc:
-                raise
-            raise error from None
-        finally:
-            self._checkin(conn, pool)
-        if self._settle(shard_id, xid, keys) == COMMITTED:
-            return returned_ids(box)
-        return set()
+        return returned_ids(box) if lost is None else set()
 
     def fetch(self, shard_id: int, key: Key) -> Record | None:
         """The entity stored under ``key``, or None."""
