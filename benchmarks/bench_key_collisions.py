@@ -22,6 +22,12 @@ Cauchy-Schwarz); the replay shows how close each candidate comes, and how widely
 
 Then keys/s of one process on one shard, the default against leased workers (2 and 4 bits): the default may
 take all 1,024 ids of a millisecond, a worker ``1024 >> bits``.
+
+Last, the same through the library (``--pg``, a database of its own, dropped after): ``--processes`` independent
+processes each doing ``Datastore.put`` on one shard for ``--seconds`` with a ``put_many`` of 100 rows every 400
+puts, per ``worker`` option: ``None`` (random start per millisecond, the default before), ``"auto"`` (the default:
+a start leased per process, `hvcore._worker.home_start`) and ``"lease"`` (a slice per process); the collision
+retries each process counted (``key_collisions``) per 1,000 keys stored, and the mean put time (µs) per process.
 """
 
 from __future__ import annotations
@@ -65,6 +71,81 @@ def _generator(mode: str, pg: str, namespace: str, bits: int) -> tuple[KeyGenera
 
     lease = lease_worker(pg, bits=bits, namespace=namespace, schema=LEASE_SCHEMA, ttl=10.0)
     return KeyGenerator(worker=lease), lease
+
+
+def datastore_main(args: argparse.Namespace) -> int:
+    """Puts (and a put_many of 100 every 400 puts) on one shard from ``--start-at`` for ``--seconds``: a summary."""
+    import hvcore
+
+    worker: Any = {"none": None, "auto": "auto", "lease": {"namespace": args.namespace}}[args.mode]
+    settings = json.loads(args.pg_settings)
+    with hvcore.Datastore([dict(shards="0-16", **settings)], backend="jsonb", worker=worker) as db:
+        db.put(SHARD + 1, 1, warm=True)
+        while time.time_ns() < args.start_at:
+            time.sleep(0.0005)
+        puts = stored = 0
+        put_ns = 0
+        stop = time.perf_counter_ns() + int(args.seconds * 1e9)
+        while time.perf_counter_ns() < stop:
+            began = time.perf_counter_ns()
+            db.put(SHARD, 1, n=puts)
+            put_ns += time.perf_counter_ns() - began
+            puts += 1
+            stored += 1
+            if puts % 400 == 0:
+                db.put_many(SHARD, 1, [{"n": puts, "i": i} for i in range(100)])
+                stored += 100
+        result: dict[str, Any] = {"puts": puts, "stored": stored, "collisions": db.key_collisions}
+        result["put_us"] = put_ns / puts / 1000
+        result["worker_status"] = db.worker_status
+    print(json.dumps(result))
+    return 0
+
+
+def run_datastores(args: argparse.Namespace) -> dict[str, Any]:
+    """Independent processes putting through the library on one shard, per worker option: collisions, put µs."""
+    import psycopg
+
+    import hvcore
+
+    dbname = f"hv_bench_collisions_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(args.pg, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {dbname}")
+    base = psycopg.conninfo.conninfo_to_dict(args.pg)
+    settings = {**{k: v for k, v in base.items() if k != "dbname"}, "dbname": dbname}
+    out: dict[str, Any] = {}
+    try:
+        with hvcore.Datastore([dict(shards="0-16", **settings)], backend="jsonb", worker=None) as db:
+            db.provision()
+        for mode in ("none", "auto", "lease"):
+            start_at = time.time_ns() + int(2.5e9)
+            command = [sys.executable, __file__, "--datastore-worker", "--mode", mode, "--start-at", str(start_at)]
+            command += ["--seconds", str(args.seconds), "--pg-settings", json.dumps(settings)]
+            command += ["--namespace", f"bench-{uuid.uuid4().hex[:12]}"]
+            procs = [
+                subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for _ in range(args.processes)
+            ]
+            summaries = []
+            for proc in procs:
+                stdout, stderr = proc.communicate(timeout=args.seconds * 4 + 60)
+                if proc.returncode != 0:
+                    raise RuntimeError(f"a {mode} datastore worker failed ({proc.returncode}): {stderr[-2000:]}")
+                summaries.append(json.loads(stdout.strip().splitlines()[-1]))
+            stored = sum(s["stored"] for s in summaries)
+            collisions = sum(s["collisions"] for s in summaries)
+            out[mode] = {
+                "stored": stored,
+                "collisions": collisions,
+                "collisions_per_1000": 1000 * collisions / max(stored, 1),
+                "put_us": statistics.mean(s["put_us"] for s in summaries),
+                "puts_per_s_per_process": statistics.mean(s["puts"] for s in summaries) / args.seconds,
+                "worker_status": [s["worker_status"] for s in summaries],
+            }
+    finally:
+        with psycopg.connect(args.pg, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {dbname} WITH (FORCE)")
+    return out
 
 
 def worker_main(args: argparse.Namespace) -> int:
@@ -278,6 +359,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         replays[scheme] = {"mean_per_1000": statistics.mean(draws), "p95_per_1000": draws[int(0.95 * len(draws))]}
     result["replayed on the default run's timelines"] = replays
     result["throughput, one process, one shard"] = throughput(args, "leased" in modes)
+    if "leased" in modes:
+        result["datastore"] = run_datastores(args)
     return result
 
 
@@ -318,6 +401,19 @@ def report(result: dict[str, Any]) -> str:
     lines.append("one process, one shard: keys/s (next_key loop; next_keys(shard, 64) loop)")
     for name, f in result["throughput, one process, one shard"].items():
         lines.append(f"  {name:<16} {f['next_key_per_s']:>12,.0f}   {f['next_keys64_per_s']:>12,.0f}")
+    if "datastore" in result:
+        lines.append(
+            f"through the library: {result['processes']} processes, Datastore.put on one shard (+ put_many(100) every "
+            "400 puts): collision retries per 1,000 keys stored; mean put µs and puts/s per process"
+        )
+        base = result["datastore"]["none"]["put_us"]
+        for mode, f in result["datastore"].items():
+            name = {"none": "worker=None", "auto": "auto (default)", "lease": "worker='lease'"}[mode]
+            lines.append(
+                f"  {name:<16} {f['collisions_per_1000']:8.2f}   ({f['collisions']} of {f['stored']:,}; put "
+                f"{f['put_us']:.0f} µs = {f['put_us'] / base:.3f}x worker=None; "
+                f"{f['puts_per_s_per_process']:,.0f} puts/s per process)"
+            )
     return "\n".join(lines)
 
 
@@ -334,6 +430,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures as JSON")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--throughput", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--datastore-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--pg-settings", default="{}", help=argparse.SUPPRESS)
     parser.add_argument("--mode", default="default", help=argparse.SUPPRESS)
     parser.add_argument("--start-at", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--out", default="", help=argparse.SUPPRESS)
@@ -341,6 +439,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.worker:
         return worker_main(args)
+    if args.datastore_worker:
+        return datastore_main(args)
     if args.quick:
         args.seconds = 1.0
     result = run(args)

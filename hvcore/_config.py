@@ -331,7 +331,7 @@ class DatastoreConfig:
     operation_timeout: float | None = 60.0
     values: str | None = None
     log_values: bool = False
-    worker: Any = None  # None, a WorkerSlice, "lease", or a mapping: {id, bits} (fixed) or lease options
+    worker: Any = "auto"  # "auto", None, a WorkerSlice, "lease", or a mapping: {id, bits} (fixed) or lease options
     read_from: str = "primary"
     max_replica_lag: float = 1.0
     read_your_writes: bool = True
@@ -387,7 +387,7 @@ class DatastoreConfig:
             object.__setattr__(self, "worker", parse_worker(self.worker))
         except ConfigError as exc:
             problems.append(str(exc))
-        if self.worker is not None and self.sequence is not None:
+        if self.worker not in (None, "auto") and self.sequence is not None:
             problems.append(
                 "worker and sequence cannot be combined: a worker number owns a slice of the in-process sequence, "
                 "a shared sequence (Redis) hands out every number; choose one"
@@ -400,6 +400,11 @@ class DatastoreConfig:
     def value_rules(self) -> str | None:
         """The value rules asked for (``"jsonb"`` or ``"text"``), or None for the backend's own."""
         return VALUE_RULES[self.values] if isinstance(self.values, str) else None
+
+    @property
+    def auto_worker(self) -> bool:
+        """True when ``worker="auto"`` (the default) and no sequence: lease a start per process where possible."""
+        return self.worker == "auto" and self.sequence is None
 
     @property
     def lease_options(self) -> dict[str, Any] | None:
@@ -469,10 +474,10 @@ LEASE_OPTIONS = frozenset({"bits", "namespace", "ttl", "acquire_timeout"})
 """What ``worker = {...}`` may set for a leased worker number (see `hvbackend_postgres.lease_worker`)."""
 
 
-def parse_worker(worker: object) -> WorkerSlice | dict[str, Any] | None:
-    """``Datastore(worker=...)`` checked: None; a `WorkerSlice`; ``"lease"`` or a mapping of lease options (a dict);
+def parse_worker(worker: object) -> WorkerSlice | dict[str, Any] | str | None:
+    """``Datastore(worker=...)`` checked: ``"auto"``; None; a `WorkerSlice`; ``"lease"`` or a mapping of lease options;
     a mapping with ``id`` (and ``bits``) is a fixed `WorkerSlice`. `ConfigError` for anything else."""
-    if worker is None or isinstance(worker, WorkerSlice):
+    if worker is None or isinstance(worker, WorkerSlice) or worker == "auto":
         return worker
     if worker == "lease":
         return {}
@@ -493,8 +498,8 @@ def parse_worker(worker: object) -> WorkerSlice | dict[str, Any] | None:
             )
         return {str(k): v for k, v in worker.items()}
     raise ConfigError(
-        f"worker must be None, 'lease', a mapping of lease options (bits, namespace, ttl, acquire_timeout) or a "
-        f"WorkerSlice / {{id, bits}} for a fixed number, got {type(worker).__name__} {show_value(worker)}"
+        f"worker must be 'auto', None, 'lease', a mapping of lease options (bits, namespace, ttl, acquire_timeout) "
+        f"or a WorkerSlice / {{id, bits}} for a fixed number, got {type(worker).__name__} {show_value(worker)}"
     )
 
 

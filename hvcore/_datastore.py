@@ -51,7 +51,7 @@ from hvcore._schemadefs import (
 )
 from hvcore._shardmap import format_ranges
 from hvcore._transaction import ShardTransaction, open_transaction
-from hvcore._worker import WorkerSlice
+from hvcore._worker import WorkerSlice, home_start
 from hvcore.errors import ConfigError, ConnectionMisuse, DuplicateKey, HypervaultError, ShardMoved
 
 if TYPE_CHECKING:  # psycopg is an optional dependency: only the types are named here
@@ -71,6 +71,10 @@ def _after_fork_in_child() -> None:
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
+_logger = logging.getLogger("hvcore")
+AUTO_LEASE: dict[str, Any] = {"bits": 8, "namespace": "auto"}
+'The lease of ``worker="auto"``: 256 numbers, each a place to start a millisecond\'s sequence (`home_start`).'
+
 
 class Datastore(PlacementMixin, FacadeBase[ServerStore]):
     """Entities in logical shards spread over physical servers, behind the 2015 library's API.
@@ -80,11 +84,16 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
     connections per server, ``pool_block_timeout`` seconds to wait for one, ``logger`` logs every
     statement. ``operation_timeout`` bounds each exchange with a server on the client side (default 60 s; None
     waits forever): a server that stops answering without closing its sockets then fails the call with
-    `ServerUnavailable` instead of hanging it. It applies to raw ``cursor()`` statements too. ``worker`` makes keys
-    unique by construction across processes and hosts sharing shards: ``"lease"`` (or a dict of lease options:
-    ``bits``, ``namespace``, ``ttl``, ``acquire_timeout``) leases a free worker number from the first server for
-    the store's lifetime; a `WorkerSlice` is a fixed one; None (the default) uses the in-process sequence with a
-    random start per millisecond (docs/keys.md has the guarantees and figures of each). ``coalesce_reads`` (default
+    `ServerUnavailable` instead of hanging it. It applies to raw ``cursor()`` statements too. ``worker`` says how
+    independent processes sharing shards keep apart: ``"auto"`` (the default) leases a start from the first
+    PostgreSQL server (namespace ``auto`` of ``hypervault.worker_leases``, 256 numbers) so that each process counts
+    each millisecond's ids from its own place, full speed, and otherwise (memory backend, ``sequence`` given, or the
+    lease refused: every number held, no CREATE privilege, server down) uses a random start per millisecond, with a
+    warning on the ``hvcore`` logger (`worker_status` says which); collisions left are redrawn, never stored over.
+    ``"lease"`` (or a dict of lease options: ``bits``, ``namespace``, ``ttl``, ``acquire_timeout``) leases a worker
+    number owning a slice of the sequence for the store's lifetime: keys unique by construction, or an error; a
+    `WorkerSlice` is a fixed one; None: a random start per millisecond, no lease (docs/guarantees.md has the
+    guarantees and figures of each). ``coalesce_reads`` (default
     True) merges ``get()`` calls that overlap on one server into one batch read, ``coalesce_writes`` (default True)
     merges overlapping ``put()`` calls of a shard into multi-row INSERTs (a store whose ``insert_groups`` is true), each
     call keeping its own result or error (``hvcore._coalesce``); a lone call goes straight through. On `Datastore`
@@ -121,7 +130,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         operation_timeout: float | None = 60.0,
         values: str | None = None,
         log_values: bool = False,
-        worker: WorkerSlice | Mapping[str, Any] | str | None = None,
+        worker: WorkerSlice | Mapping[str, Any] | str | None = "auto",
         read_from: str = "primary",
         max_replica_lag: float = 1.0,
         read_your_writes: bool = True,
@@ -166,7 +175,9 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         self._sequence = source
         self._owns_sequence = isinstance(sequence, str)
         self._sequence_closed = False  # an owned sequence closed by close(): made again by the next open
-        self._lease: Any = None  # the leased worker number (worker="lease"), held from open() to close()
+        self._lease: Any = None  # the leased worker number (worker="lease" or "auto"), held from open() to close()
+        self._worker_status = "in-process sequence, random start per millisecond"  # see worker_status
+        self._lease_tried = False  # worker="auto": whether this open() asked for a lease yet
         self.generator = self._make_generator(source)
         self._ever_opened = False
         self._lock = Lock()
@@ -246,12 +257,15 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         if self._owns_sequence and self._sequence is not None and (not self._sequence_closed):
             self._sequence_closed = True
             self._sequence.close()
-        if self._config.worker is not None and self.generator is not None:
+        if self._config.worker not in (None, "auto") and self.generator is not None:
             self.generator.close()  # its worker number is free for the next generator (this store's, reopened)
             self.generator = None
         lease, self._lease = (self._lease, None)
         if lease is not None:
             lease.close()
+        self._lease_tried = False
+        if self._config.auto_worker and hasattr(self.generator, "start_each_ms_at"):
+            self.generator.start_each_ms_at(None)  # the number is given back: random starts until open() leases again
 
     def __enter__(self) -> Datastore:
         self.open()
@@ -271,8 +285,11 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
             self._router.after_fork_in_child()
 
     def _ensure_generator(self) -> None:
-        """Make the key generator if there is none: with ``worker="lease"``, lease a number from the first server."""
+        """Make the key generator if there is none: with ``worker="lease"``, lease a number from the first server;
+        with ``worker="auto"``, lease a start for the generator (`_lease_start`)."""
         if self.generator is not None:
+            if self._config.auto_worker and (not self._lease_tried):
+                self._lease_start()
             return
         options = self._config.lease_options
         if options is None:
@@ -285,6 +302,44 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
             )
         self._lease = store.lease_worker(**options)
         self.generator = KeyGenerator(self.layout, worker=self._lease)
+
+    def _lease_start(self) -> None:
+        """``worker="auto"``: lease a number of namespace ``auto`` (8 bits) and start each millisecond at its home.
+
+        Only on a backend whose leases span processes and hosts (PostgreSQL: ``leases_across_processes``); the
+        in-process random start stays otherwise, and when the lease is refused (a warning says why and what to do).
+        """
+        self._lease_tried = True  # once per open(): a refusal is not asked again (nor warned about) on every call
+        store = self._live()[0]
+        if not getattr(store, "leases_across_processes", False) or not isinstance(store, SupportsWorkerLease):
+            self._worker_status = f"in-process sequence, random start per millisecond ({self.backend} backend)"
+            return
+        try:
+            lease = store.lease_worker(**AUTO_LEASE)
+        except HypervaultError as exc:
+            self._worker_status = f"in-process sequence, random start per millisecond (no lease: {exc})"
+            _logger.warning(
+                "worker='auto': no start could be leased from %s (%s: %s); keys use a random start per millisecond, so processes sharing shards may collide (each collision is redrawn, never stored over). Free or add numbers, grant CREATE on the database once (or create hypervault.worker_leases as its owner), or pass worker=None to silence this",
+                cast(Any, store).label,
+                type(exc).__name__,
+                exc,
+            )
+            return
+        self._lease = lease
+        home = home_start(lease.worker, self.layout)
+        self.generator.start_each_ms_at(home)
+        self._worker_status = f"in-process sequence, each millisecond starting at {home} (leased number {lease.worker.id} of {lease.worker.workers}, namespace {AUTO_LEASE['namespace']!r})"
+
+    @property
+    def worker_status(self) -> str:
+        """How this datastore's keys keep apart from other processes': a leased start, a slice, or a random start."""
+        if self._lease is not None and (not self._config.auto_worker):
+            return f"worker number {self._lease.worker.id} of {self._lease.worker.workers} (leased)"
+        if isinstance(self._config.worker, WorkerSlice):
+            return f"worker number {self._config.worker.id} of {self._config.worker.workers} (fixed)"
+        if self._sequence is not None:
+            return "shared sequence"
+        return self._worker_status
 
     def _make_generator(self, source: Any) -> Any:
         if self._config.lease_options is not None:

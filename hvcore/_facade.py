@@ -115,6 +115,8 @@ class FacadeBase(Generic[StoreT]):
         read_your_writes: bool = True,
     ) -> None:
         check_servers(connections)
+        if worker == "auto" and sequence is not None:
+            worker = None  # a shared sequence keeps processes apart already: nothing to lease
         if worker is not None and sequence is not None and not isinstance(sequence, str):
             raise ConfigError(
                 "worker and sequence cannot be combined: a worker number owns a slice of the in-process sequence, "

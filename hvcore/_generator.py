@@ -148,6 +148,7 @@ class _GeneratorBase:
         "_fork_error",
         "_grant",
         "_hi",
+        "_home",
         "_hot",
         "_key_type",
         "_lock",
@@ -237,6 +238,7 @@ class _GeneratorBase:
         self._offset = numbers.start
         self._spread = self._size - self._size // _HEADROOM - 1 if random_start else 0
         self._hot = -(1 << 62)  # the last millisecond a shard ran out of numbers (local mode)
+        self._home: int | None = None  # where each millisecond starts instead of a random number (start_each_ms_at)
         self._shards = layout.max_shard_id + 1
         self._sbits = [(shard << layout.shard_shift) | self._offset for shard in range(self._shards)]
         self._time_shift = layout.time_shift
@@ -343,7 +345,7 @@ class _GeneratorBase:
                     return self._epoch_ns + (self._floor + 1) * _NS_PER_MS
                 start = 0
                 if self._spread and part - self._hot > _HOT_MS:
-                    start = _random_below(self._spread + 1)
+                    start = _random_below(self._spread + 1) if self._home is None else self._home
                 if self._claim is not None:
                     self._claim.last_ms = part + self.layout.epoch_ms
                 self._cur = self._make_cur(self._epoch_ns + (part + 1) * _NS_PER_MS, part << self._time_shift, start)
@@ -480,6 +482,21 @@ class _GeneratorBase:
         return (ahead - _SPIN_NS) / 1e9
 
     # -- worker lease, closing ----------------------------------------------------------------------------------
+
+    def start_each_ms_at(self, start: int | None) -> None:
+        """Start each millisecond's sequence at ``start`` instead of at a random number (None: random again).
+
+        For independent processes given distinct starts by a lease (``Datastore(worker="auto")``, see
+        `hvcore._worker.home_start`): each process counts up from its own place, so processes making fewer ids per
+        millisecond than the gap between two starts never make the same key. Applies to a ``random_start``
+        generator in local mode (before any fork: a forked family draws random starts from its shared table).
+        Raises `ConfigError` if the generator has no random start or ``start`` is outside ``0 .. spread``.
+        """
+        if start is not None and (type(start) is not int or not self._spread or not 0 <= start <= self._spread):
+            raise ConfigError(
+                f"start_each_ms_at needs a random_start generator and a start in 0..{self._spread}, got {start!r}"
+            )
+        self._home = start
 
     def _follow_grant(self) -> None:
         """Take the worker grant's current horizon (called by the grant after each change, from any thread)."""

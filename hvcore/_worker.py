@@ -24,7 +24,15 @@ from typing import Any
 from hvcore._key import KeyLayout
 from hvcore.errors import ConfigError, WorkerLeaseLost
 
-__all__ = ["MAX_WORKER_BITS", "MIN_WORKER_BITS", "WorkerGrant", "WorkerSlice", "claim_numbers", "release_numbers"]
+__all__ = [
+    "MAX_WORKER_BITS",
+    "MIN_WORKER_BITS",
+    "WorkerGrant",
+    "WorkerSlice",
+    "claim_numbers",
+    "home_start",
+    "release_numbers",
+]
 
 MIN_WORKER_BITS = 1
 """Fewest worker bits: 2 workers, each with half of the sequence."""
@@ -239,3 +247,15 @@ def release_numbers(claim: _Claim) -> None:
     with _claims_lock:
         if not claim.pinned:
             claim.generator = None
+
+
+def home_start(worker: WorkerSlice, layout: KeyLayout = KeyLayout.DEFAULT) -> int:
+    """Where worker ``worker.id`` starts each millisecond when numbers are homes, not slices (``worker="auto"``).
+
+    The worker number's bits reversed, spread over the random-start range ``0 .. size - size/16 - 1`` (0..959 in
+    the default layout): workers 0, 1, 2, 3 of 256 start at 0, 480, 240, 720, so the first few processes are as
+    far apart as they can be and each may make that many ids in a millisecond before it reaches another's start.
+    """
+    spread = layout.sequence_size - layout.sequence_size // 16
+    reversed_id = int(f"{worker.id:0{worker.bits}b}"[::-1], 2)
+    return reversed_id * spread // worker.workers

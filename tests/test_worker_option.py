@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +14,7 @@ import pytest
 
 import hvcore
 from hvcore import ConfigError, WorkerSlice
+from hvcore._worker import home_start
 
 _namespaces = itertools.count()
 MEMORY = [dict(shards="0-8", name="worker-a"), dict(shards="8-16", name="worker-b")]
@@ -45,11 +49,11 @@ def test_a_fixed_worker_slice_is_used_as_given() -> None:
 @pytest.mark.parametrize(
     ("worker", "words"),
     [
-        ("postgres", "worker must be None, 'lease'"),
+        ("postgres", "worker must be 'auto', None, 'lease'"),
         ({"bits": 4, "colour": "red"}, "unknown worker lease option(s) colour"),
         ({"id": 3, "size": 1}, "unknown key(s) size"),
         ({"id": 99, "bits": 4}, "WorkerSlice.id"),
-        (7, "worker must be None"),
+        (7, "worker must be 'auto', None"),
     ],
 )
 def test_bad_worker_options_are_config_errors(worker: Any, words: str) -> None:
@@ -103,3 +107,114 @@ def test_async_postgres_lease_is_taken_on_open_and_released_on_close(pg_datastor
             assert db._lease is None
 
     asyncio.run(main())
+
+
+# -- worker="auto", the default --------------------------------------------------------------------------------------
+
+
+def sequence_of(key: hvcore.Key) -> int:
+    """The sequence number a key carries in its millisecond."""
+    return int(key.added_id)
+
+
+def auto_db(settings: dict[str, Any], **options: Any) -> hvcore.Datastore:
+    """A provisioned jsonb datastore with the default worker option on a database of its own."""
+    db = hvcore.Datastore([dict(shards="0-16", **settings)], backend="jsonb", **options)
+    db.provision()
+    return db
+
+
+def test_the_default_leases_a_distinct_start_per_process_on_postgresql(fault_pg: Any) -> None:
+    settings = fault_pg.fresh_db(0)
+    with auto_db(settings) as a, hvcore.Datastore([dict(shards="0-16", **settings)], backend="jsonb") as b:
+        assert a._config.worker == "auto"
+        homes = []
+        for db in (a, b):
+            assert db._lease is not None, db.worker_status
+            assert "starting at" in db.worker_status
+            homes.append(home_start(db._lease.worker))
+            seen = set()
+            for _ in range(5):  # a put alone in its millisecond starts at the home
+                time.sleep(0.002)
+                seen.add(sequence_of(db.put(3, 1, x=1)))
+            assert homes[-1] in seen
+        assert homes[0] != homes[1]
+        taken = [r[0] for r in fault_pg.sql(0, LEASED, dbname=settings["dbname"])]
+        assert sorted(taken) == sorted([a._lease.worker.id, b._lease.worker.id])
+    assert fault_pg.sql(0, LEASED, dbname=settings["dbname"]) == []  # given back on close
+    started = time.monotonic()
+    with hvcore.Datastore([dict(shards="0-16", **settings)], backend="jsonb") as c:
+        assert c._lease is not None
+        c.put(3, 1)
+    assert time.monotonic() - started < 5  # a released number is free at once (no wait for its ttl)
+
+
+LEASED = "SELECT worker FROM hypervault.worker_leases WHERE namespace = 'auto' AND holder IS NOT NULL"
+
+
+def test_the_default_falls_back_to_a_random_start_with_a_warning_when_every_number_is_held(
+    fault_pg: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = fault_pg.fresh_db(0)
+    with auto_db(settings) as first:
+        assert first._lease is not None
+    dbname = settings["dbname"]
+    fault_pg.sql(
+        0,
+        "UPDATE hypervault.worker_leases SET holder = 'elsewhere', horizon_ms = 9e15 WHERE namespace = 'auto'",
+        dbname=dbname,
+    )
+    with caplog.at_level(logging.WARNING, logger="hvcore"), auto_db(settings) as db:
+        assert db._lease is None
+        assert "no lease" in db.worker_status and "NoFreeWorker" not in db.worker_status
+        keys = [db.put(3, 1, n=i) for i in range(20)]
+        assert [db.get_many(keys)[k].data["n"] for k in keys] == list(range(20))
+    warned = [r for r in caplog.records if "no start could be leased" in r.getMessage()]
+    assert len(warned) == 1 and "NoFreeWorker" in warned[0].getMessage()
+
+
+def test_the_default_falls_back_for_a_role_that_cannot_create_the_lease_table(
+    fault_pg: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = fault_pg.fresh_db(0)
+    dbname = settings["dbname"]
+    auto_db(settings, worker=None).close()  # provisioned by the owner, no lease table
+    role = f"hv_ro_{next(_namespaces)}_{os.getpid()}"
+    fault_pg.sql(0, f"CREATE ROLE {role} LOGIN PASSWORD 'ro-Pa55'")
+    fault_pg.sql(0, f"GRANT USAGE ON SCHEMA shard0003 TO {role}", dbname=dbname)
+    fault_pg.sql(0, f"GRANT SELECT, INSERT ON shard0003.entities TO {role}", dbname=dbname)
+    limited = {**settings, "user": role, "password": "ro-Pa55"}
+    with (
+        caplog.at_level(logging.WARNING, logger="hvcore"),
+        hvcore.Datastore([dict(shards="0-16", **limited)], backend="jsonb") as db,
+    ):
+        assert db._lease is None
+        key = db.put(3, 1, who="ro")
+        assert db.get_many([key])[key].data["who"] == "ro"
+    assert any("WorkerLeaseError" in r.getMessage() and "CREATE" in r.getMessage() for r in caplog.records)
+    with pytest.raises(hvcore.errors.WorkerLeaseError):  # asked for explicitly, the lease is strict
+        hvcore.Datastore([dict(shards="0-16", **limited)], backend="jsonb", worker="lease")
+
+
+def test_worker_none_and_the_memory_backend_keep_the_random_start_without_a_lease(fault_pg: Any) -> None:
+    settings = fault_pg.fresh_db(0)
+    with auto_db(settings, worker=None) as db:
+        assert db._lease is None and "random start" in db.worker_status
+    assert fault_pg.sql(0, "SELECT to_regclass('hypervault.worker_leases')", dbname=settings["dbname"]) == [(None,)]
+    with hvcore.Datastore(MEMORY, backend="memory") as mem:
+        assert mem._lease is None and "memory backend" in mem.worker_status
+
+
+def test_async_default_leases_on_open_and_gives_back_on_close(fault_pg: Any) -> None:
+    settings = fault_pg.fresh_db(0)
+    auto_db(settings, worker=None).close()
+
+    async def main() -> None:
+        db = hvcore.AsyncDatastore([dict(shards="0-16", **settings)], backend="jsonb")
+        async with db:
+            assert db._lease is not None and "starting at" in db.worker_status
+            await db.put(3, 1)
+        assert db._lease is None and "starting at" in db.worker_status  # the status of its last open
+
+    asyncio.run(main())
+    assert fault_pg.sql(0, LEASED, dbname=settings["dbname"]) == []

@@ -14,7 +14,8 @@ the holder may use. Every step is one short statement in its own transaction, ju
   holder's floor (its keys start after it) and its horizon becomes the server's now + ``ttl``;
 - renew (every ``ttl / 4``): ``horizon_ms = greatest(horizon_ms, now + ttl) WHERE holder = our token``; only a
   value the server returned after commit ever extends what the generator may use;
-- release (`close`): the token is cleared and the horizon kept: the next holder starts after it.
+- release (`close`): the token is cleared and the horizon lowered to this host's clock + 1 s (the generator
+  refuses keys by then; kept whole after a fork, as children may go on): the next holder starts after it.
 
 Why this is safe even when the holder is cut off without knowing (a dead connection, a stopped process, a
 network split): the old holder makes keys only up to the last horizon the server confirmed to it, and a new
@@ -69,6 +70,7 @@ DEFAULT_TABLE: Final = "worker_leases"
 _DDL_LOCK: Final = 0x68765F6C65617365  # "hv_lease": one process creates the table at a time
 _NOW_MS: Final = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
 _MAX_NAME: Final = 63  # PostgreSQL identifiers
+_RELEASE_MARGIN_MS: Final = 1000  # a released number's horizon: this host's clock at release + this
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -162,8 +164,11 @@ class _Statements:
             " WHERE namespace = %(ns)s AND worker = %(worker)s AND holder = %(token)s"
             " RETURNING horizon_ms, " + _NOW_MS
         ).format(table)
+        # ``last_ms``: this host's clock (+ 1 s) once its generator refuses keys; NULL after a fork (children may
+        # go on to the horizon). The next holder starts after it instead of waiting out the whole ttl.
         self.release = sql.SQL(
-            "UPDATE {} SET holder = NULL, holder_info = NULL"
+            "UPDATE {} SET holder = NULL, holder_info = NULL,"
+            " horizon_ms = least(horizon_ms, coalesce(%(last_ms)s, horizon_ms))"
             " WHERE namespace = %(ns)s AND worker = %(worker)s AND holder = %(token)s"
         ).format(table)
 
@@ -236,6 +241,7 @@ class PostgresWorkerLease(WorkerGrant):
         self._connect = connect  # () -> a new connection
         self._conn: psycopg.Connection[Any] | None = connection
         self._owner_pid = os.getpid()
+        self._forked = False  # set in the parent at a fork: its children may use the number up to the horizon
         self._closed = False
         self._renewed_at = time.monotonic()
         self._lock = threading.Lock()  # the connection: the renewal thread and close()
@@ -322,7 +328,10 @@ class PostgresWorkerLease(WorkerGrant):
             self._thread.join(self.options.connect_timeout + 1)
         self.revoke("the lease was closed")
         if os.getpid() == self._owner_pid and not self._thread.is_alive():
-            params = {"ns": self.namespace, "worker": self.worker.id, "token": self._token}
+            # The generators following the grant refuse keys from now on: none uses a millisecond after this
+            # reading (1 s of margin for a clock stepped back); after a fork, children may, up to the horizon.
+            last_ms = None if self._forked else _unix_ms() + _RELEASE_MARGIN_MS
+            params = {"ns": self.namespace, "worker": self.worker.id, "token": self._token, "last_ms": last_ms}
             with contextlib.suppress(psycopg.Error, OSError), self._lock:
                 if self._conn is None or self._conn.closed:
                     self._conn = self._connect()
@@ -365,6 +374,11 @@ _LEASES: weakref.WeakSet[PostgresWorkerLease] = weakref.WeakSet()
 _INHERITED: list[object] = []
 
 
+def _before_fork() -> None:
+    for lease in list(_LEASES):
+        lease._forked = True
+
+
 def _after_fork_in_child() -> None:
     for lease in list(_LEASES):
         with contextlib.suppress(Exception):  # a fork hook must not raise
@@ -372,7 +386,7 @@ def _after_fork_in_child() -> None:
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
 
 
 def lease_worker(

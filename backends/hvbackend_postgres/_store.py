@@ -179,6 +179,7 @@ class PostgresServerStore(StoreCore):
     """
 
     __module__ = "hvbackend_postgres"
+    leases_across_processes = True  # its worker leases hold across processes and hosts (Datastore worker="auto")
 
     def __init__(self, settings: Mapping[str, Any], options: BackendOptions, *, backend: str = "jsonb") -> None:
         super().__init__(settings, options, backend=backend)
@@ -1275,7 +1276,7 @@ class PostgresServerStore(StoreCore):
         self, *, bits: int = 4, namespace: str = "default", ttl: float = 10.0, acquire_timeout: float = 0.0
     ) -> PostgresWorkerLease:
         """Lease a free worker number on this server until closed (see `hvbackend_postgres.lease_worker`)."""
-        settings = {**self._kwargs, "conninfo": self._conninfo}
+        settings = {**self._kwargs, "conninfo": self._conninfo, "application_name": "hypervault-lease"}
         return lease_worker(settings, bits=bits, namespace=namespace, ttl=ttl, acquire_timeout=acquire_timeout)
 
     def shard_mover(self) -> PostgresMover:
