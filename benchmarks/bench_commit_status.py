@@ -61,7 +61,9 @@ def _compare(a: Callable[[], object], b: Callable[[], object], n: int, rounds: i
     return statistics.median(times_a), statistics.median(times_b)
 
 
-def _plain_write(self: Any, shard_id: int, query: Any, params: Sequence[Any], keys: Sequence[Any]) -> int:
+def _plain_write(
+    self: Any, shard_id: int, query: Any, params: Sequence[Any], keys: Sequence[Any], ours: Any = None
+) -> int:
     """The write before the check: the same statement without RETURNING, one autocommitted execute."""
     conn, pool = self._checkout()
     try:

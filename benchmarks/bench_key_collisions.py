@@ -45,10 +45,12 @@ import tempfile
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from hvcore import Key, KeyGenerator, KeyLayout, _keymaker
 
@@ -142,9 +144,47 @@ def run_datastores(args: argparse.Namespace) -> dict[str, Any]:
                 "puts_per_s_per_process": statistics.mean(s["puts"] for s in summaries) / args.seconds,
                 "worker_status": [s["worker_status"] for s in summaries],
             }
+        out["put_cost_one_process"] = put_cost(settings, args)
     finally:
         with psycopg.connect(args.pg, autocommit=True) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {dbname} WITH (FORCE)")
+    return out
+
+
+def put_cost(settings: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """One process, one shard: µs per put and per put_many(100) with the default (auto) vs worker=None, the two
+    datastores used in alternating blocks (drift and load hit both alike); medians."""
+    import hvcore
+
+    server = [dict(shards="0-16", **settings)]
+    with (
+        hvcore.Datastore(server, backend="jsonb", worker=None) as plain,
+        hvcore.Datastore(server, backend="jsonb") as auto,
+    ):
+        rows = [{"i": i} for i in range(100)]
+        blocks = 5 if args.seconds <= 1 else 15
+        out: dict[str, Any] = {}
+
+        def put(db: Any) -> object:
+            return db.put(SHARD + 2, 1, x=1)
+
+        def put_many(db: Any) -> object:
+            return db.put_many(SHARD + 2, 1, rows)
+
+        operations: list[tuple[str, Callable[[Any], object], int]] = [("put", put, 100), ("put_many_100", put_many, 10)]
+        for name, op, n in operations:
+            times: dict[str, list[float]] = {"auto": [], "none": []}
+            for index in range(blocks + 1):
+                order = (("auto", auto), ("none", plain)) if index % 2 else (("none", plain), ("auto", auto))
+                for mode, db in order:
+                    began = time.perf_counter()
+                    for _ in range(n):
+                        op(db)
+                    if index:  # the first block warms both
+                        times[mode].append((time.perf_counter() - began) / n * 1e6)
+            auto_us, none_us = statistics.median(times["auto"]), statistics.median(times["none"])
+            out[name] = {"auto_us": auto_us, "none_us": none_us, "ratio": auto_us / none_us}
+        out["auto_status"] = auto.worker_status
     return out
 
 
@@ -315,7 +355,22 @@ def pg_reachable(pg: str) -> bool:
         return False
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(quick: bool = False) -> dict[str, Any]:
+    """For benchmarks/suite.py: every measurement on a throwaway PostgreSQL server (system binaries)."""
+    import psycopg
+    from fixtures.localpg import local_servers
+
+    args = main_parser().parse_args(["--quick"] if quick else [])
+    if quick:
+        args.seconds = 1.0
+    with local_servers(1) as servers:
+        args.pg = psycopg.conninfo.make_conninfo(**{**servers[0].settings, "dbname": "postgres"})
+        result = measure(args)
+    result["text"] = report(result)
+    return result
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
     """Every measurement; a JSON-ready dict."""
     result: dict[str, Any] = {
         "processes": args.processes,
@@ -414,11 +469,16 @@ def report(result: dict[str, Any]) -> str:
                 f"{f['put_us']:.0f} µs = {f['put_us'] / base:.3f}x worker=None; "
                 f"{f['puts_per_s_per_process']:,.0f} puts/s per process)"
             )
+        cost = result["datastore"]["put_cost_one_process"]
+        lines.append("one process alone, alternating blocks (medians): default (auto) vs worker=None")
+        for name in ("put", "put_many_100"):
+            f = cost[name]
+            lines.append(f"  {name:<16} {f['auto_us']:8.0f} µs vs {f['none_us']:.0f} µs: {f['ratio']:.3f}x")
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command line: the parent (measure, report), or ``--worker`` (one process's keys)."""
+def main_parser() -> argparse.ArgumentParser:
+    """The command line's options (the suite's `run` uses their defaults)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--processes", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=3.0)
@@ -436,14 +496,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--start-at", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--out", default="", help=argparse.SUPPRESS)
     parser.add_argument("--namespace", default="default", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: the parent (measure, report), or ``--worker`` (one process's keys)."""
+    args = main_parser().parse_args(argv)
     if args.worker:
         return worker_main(args)
     if args.datastore_worker:
         return datastore_main(args)
     if args.quick:
         args.seconds = 1.0
-    result = run(args)
+    result = measure(args)
     print(report(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

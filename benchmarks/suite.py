@@ -1,8 +1,8 @@
 """The hypervault benchmark suite: every part in one run, on one machine and one set of servers, as ratios.
 
 Usage: ``python benchmarks/suite.py [--quick] [--parts keys,redis,datastore,batches,peers,scaling,citus,schema,
-commit_status,concurrency] [--output DIR] [--json PATH] [--png PATH]``, from a source checkout (the benchmarks are
-not installed with the package; there is no ``hv bench``).
+commit_status,key_collisions,concurrency] [--output DIR] [--json PATH] [--png PATH]``, from a source checkout (the
+benchmarks are not installed with the package; there is no ``hv bench``).
 A full run writes ``benchmarks/results/latest.{json,md,png}`` (the
 committed results the README shows); a ``--quick`` run writes ``bench-results/quick/`` (ignored by git) unless
 ``--output``, ``--json`` or ``--png`` say otherwise. Each part is a ``benchmarks/bench_<part>.py`` script with a
@@ -53,6 +53,7 @@ PARTS = (
     "citus",
     "schema",
     "commit_status",
+    "key_collisions",
     "transactions",
     "concurrency",
 )
@@ -742,6 +743,56 @@ def rows_commit_status(r: dict[str, Any]) -> list[Row]:
     return out
 
 
+def rows_key_collisions(r: dict[str, Any]) -> list[Row]:
+    """bench_key_collisions.py: independent processes on one shard: collision retries per 1,000 keys with the
+    default (a start leased per process) vs worker=None (random start), and what the default costs a put."""
+    out = []
+    library = r.get("datastore")
+    if library:
+        auto, none = library["auto"], library["none"]
+        out.append(
+            row(
+                "key_collisions",
+                f"collision retries per 1,000 keys, {r['processes']} processes on one shard, default (auto)",
+                auto["collisions_per_1000"],
+                "worker=None (random start per ms)",
+                none["collisions_per_1000"],
+                "per 1,000",
+                "goal < 1 with the default; no ratio when the default had none",
+                lower_is_better=True,
+            )
+        )
+        cost = library["put_cost_one_process"]
+        for name in ("put", "put_many_100"):
+            out.append(
+                row(
+                    "key_collisions",
+                    f"{name}, default (auto: a leased start)",
+                    cost[name]["auto_us"],
+                    "worker=None, same process, alternating blocks",
+                    cost[name]["none_us"],
+                    "µs",
+                    "the lease is taken once at open: a put costs the same",
+                    lower_is_better=True,
+                )
+            )
+    speed = r["throughput, one process, one shard"]
+    if "leased, 4 bits" in speed:
+        out.append(
+            row(
+                "key_collisions",
+                "keys/s, one process, one shard, default generator (auto uses it)",
+                speed["default"]["next_key_per_s"],
+                "worker='lease' (4 bits: 64 ids per shard per ms)",
+                speed["leased, 4 bits"]["next_key_per_s"],
+                "keys/s",
+                "a leased slice owns 1/16 of the sequence; a leased start keeps all of it",
+                lower_is_better=False,
+            )
+        )
+    return out
+
+
 def rows_concurrency(r: dict[str, Any]) -> list[Row]:
     """bench_concurrency.py: 64 overlapping calls on AsyncDatastore vs raw asyncpg/psycopg; lone calls; get_many."""
     a, g = r["async"], r["get_many"]
@@ -906,6 +957,7 @@ NORMALISERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "citus": rows_citus,
     "schema": rows_schema,
     "commit_status": rows_commit_status,
+    "key_collisions": rows_key_collisions,
     "transactions": rows_transactions,
     "concurrency": rows_concurrency,
 }

@@ -11,6 +11,7 @@ import datetime as dt
 import heapq
 import logging
 import os
+import threading
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -76,6 +77,16 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 _logger = logging.getLogger("hvcore")
 AUTO_LEASE: dict[str, Any] = {"bits": 8, "namespace": "auto"}
 """The lease of ``worker="auto"``: 256 numbers, each a place to start a millisecond's sequence (`home_start`)."""
+AUTO_CLOSE_WAIT = 0.5
+"""Seconds `close` waits for a ``worker="auto"`` lease to be given back; past that it goes on in the background (a
+number not given back frees itself a ``ttl`` after its last renewal; only starts, not uniqueness, depend on it)."""
+
+
+def _close_within(lease: Any, seconds: float) -> None:
+    """Close ``lease`` in a daemon thread and wait for it at most ``seconds``."""
+    closing = threading.Thread(target=lease.close, name="hypervault-lease-close", daemon=True)
+    closing.start()
+    closing.join(seconds)
 
 
 class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
@@ -275,7 +286,9 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
             self.generator.close()  # its worker number is free for the next generator (this store's, reopened)
             self.generator = None
         lease, self._lease = self._lease, None
-        if lease is not None:
+        if lease is not None and self._config.auto_worker:
+            await ato_thread(_close_within, lease, AUTO_CLOSE_WAIT)  # an unresponsive server must not hold close()
+        elif lease is not None:
             await lease.aclose()
         self._lease_tried = False
         if self._config.auto_worker and hasattr(self.generator, "start_each_ms_at"):

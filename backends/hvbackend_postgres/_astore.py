@@ -51,9 +51,12 @@ from hvbackend_postgres._commit import (
     BEGIN_XID_SQL,
     COMMITTED,
     IN_PROGRESS,
+    SAME_STATEMENT_SQL,
+    SESSION_GONE_SQL,
     SETTLE_POLL,
     SETTLE_SECONDS,
     STATUS_SQL,
+    TERMINATE_PID_SQL,
     TERMINATE_SQL,
     UNKNOWN,
     XID_GROUP_RETURNING,
@@ -63,6 +66,7 @@ from hvbackend_postgres._commit import (
     returned_ids,
     returned_xid,
     returning_xid,
+    stored_rows_sql,
     without_xid,
 )
 from hvbackend_postgres._common import (
@@ -613,15 +617,23 @@ class AsyncPostgresServerStore(StoreCore):
             await self._checkin(conn, pool)
         return await self._run(shard_id, query, params, retried=True)
 
-    async def _write(self, shard_id: int, query: Any, params: Sequence[Any], keys: Sequence[Key]) -> int:
+    async def _write(
+        self,
+        shard_id: int,
+        query: Any,
+        params: Sequence[Any],
+        keys: Sequence[Key],
+        ours: tuple[str, Sequence[Any]] | None = None,
+    ) -> int:
         """Run one write statement that returns its transaction id (`_commit`); the rows it wrote.
 
         One round trip: the statement, a Flush (its row, so the transaction id, leaves the server before the
         commit) and the Sync that commits. A connection lost underneath: the server is asked whether the
         transaction committed (`_write_attempt`); committed → done, aborted or never started → run again (once).
+        ``ours``: for an INSERT, the statement and parameters finding its rows as stored (`stored_rows_sql`).
         """
         for attempt in (0, 1):
-            box, lost = await self._write_attempt(shard_id, query, params, keys)
+            box, lost, _ = await self._write_attempt(shard_id, query, params, keys, ours=ours)
             if lost is None:
                 return returned_xid(box)[1]
             if attempt:
@@ -629,24 +641,33 @@ class AsyncPostgresServerStore(StoreCore):
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _write_attempt(
-        self, shard_id: int, query: Any, params: Sequence[Any], keys: Sequence[Key], *, reused: bool = True
-    ) -> tuple[list[pq.abc.PGresult], psycopg.OperationalError | None]:
-        """One attempt of a write returning its transaction id: the results received, and None if it committed.
+        self,
+        shard_id: int,
+        query: Any,
+        params: Sequence[Any],
+        keys: Sequence[Key],
+        *,
+        reused: bool = True,
+        ours: tuple[str, Sequence[Any]] | None = None,
+    ) -> tuple[list[pq.abc.PGresult], psycopg.OperationalError | None, set[int] | None]:
+        """One attempt of a write returning its transaction id: the results received, None if it committed, and
+        the ids of its rows found stored when that was settled by reading them (else None).
 
         A connection lost underneath is closed and the server asked about the transaction (`_settle`): committed →
-        (results, None); aborted or never started → (results, the loss), nothing stored. Server errors are raised
-        translated (`_translate`); ``reused`` as for `_send_write`.
+        (results, None, ...); aborted or never started → (results, the loss, ...), nothing stored. Server errors
+        are raised translated (`_translate`); ``reused`` as for `_send_write`, ``ours`` as for `_write`.
         """
         conn, pool = await self._checkout()
         box: list[pq.abc.PGresult] = []
         try:
             await self._send_write(conn, query, params, box, reused=reused)
-            return box, None
+            return box, None, None
         except psycopg.OperationalError as exc:
             if not self._lost(conn, exc):
                 raise self._translate(exc, shard_id) from None
             xid = returned_xid(box)[0]
             self._give_up_waiting(conn, xid, keys)
+            pid = self._session_pid(conn)
             await conn.close()
             lost = exc
             self._log("connection to %s lost during a write (%s): asking its commit status", self._label, exc)
@@ -657,9 +678,8 @@ class AsyncPostgresServerStore(StoreCore):
             raise error from None
         finally:
             await self._checkin(conn, pool)
-        if await self._settle(shard_id, xid, keys) == COMMITTED:
-            return box, None
-        return box, lost
+        status, stored = await self._settle(shard_id, xid, keys, pid=pid, query=query, ours=ours)
+        return box, None if status == COMMITTED else lost, stored
 
     async def _send_write(
         self, conn: AConn, query: str, params: Sequence[Any], box: list[pq.abc.PGresult], *, reused: bool = True
@@ -770,17 +790,38 @@ class AsyncPostgresServerStore(StoreCore):
                 None, keys, f"the server did not answer within operation_timeout={self._options.operation_timeout} s"
             )
 
-    async def _settle(self, shard_id: int, xid: int | None, keys: Sequence[Key]) -> str:
-        """Whether transaction ``xid`` of a lost connection committed, asked on a fresh connection.
+    @staticmethod
+    def _session_pid(conn: AConn) -> int:
+        """The server process of a connection that just broke (0 if libpq no longer knows it)."""
+        try:
+            return int(conn.pgconn.backend_pid)
+        except psycopg.Error:
+            return 0
 
-        ``committed`` or ``aborted``; `UNKNOWN` when no id was received (the statement never completed, so
-        nothing committed) or the server no longer remembers it. A transaction still in progress (its orphaned
-        session runs on) is waited for up to `SETTLE_SECONDS`, then ended with ``pg_terminate_backend``;
-        `WriteOutcomeUnknown` if no server answers or it still does not settle.
+    async def _settle(
+        self,
+        shard_id: int,
+        xid: int | None,
+        keys: Sequence[Key],
+        *,
+        pid: int = 0,
+        query: str | None = None,
+        ours: tuple[str, Sequence[Any]] | None = None,
+    ) -> tuple[str, set[int] | None]:
+        """Whether transaction ``xid`` of a lost connection committed, asked on a fresh connection; and, when that
+        was settled by reading the write's rows (no id received), the ids found stored.
+
+        ``committed`` or ``aborted``; `UNKNOWN` when the server no longer remembers it. A transaction still in
+        progress (its orphaned session runs on) is waited for up to `SETTLE_SECONDS`, then ended with
+        ``pg_terminate_backend``. No id received: `_settle_unseen` (``query`` the statement sent, ``pid`` its
+        session; None for a COPY, whose id comes before anything else is sent: never started). `WriteOutcomeUnknown`
+        if no server answers or it still does not settle.
         """
         if xid is None:
+            if query is not None:
+                return await self._settle_unseen(keys, pid, query, ours)
             self._commit_counters.count(UNKNOWN)
-            return UNKNOWN
+            return UNKNOWN, None
         deadline = time.monotonic() + SETTLE_SECONDS
         ended = False
         try:
@@ -796,7 +837,7 @@ class AsyncPostgresServerStore(StoreCore):
                 if status != IN_PROGRESS:
                     self._commit_counters.count(status, ended=ended)
                     self._log("lost write transaction %s on %s: %s", xid, self._label, status)
-                    return status
+                    return status, None
                 if time.monotonic() > deadline:
                     if ended:
                         raise self._outcome_unknown(xid, keys, "it is still in progress after its session was ended")
@@ -809,6 +850,75 @@ class AsyncPostgresServerStore(StoreCore):
         finally:
             await conn.close()
 
+    async def _settle_unseen(
+        self, keys: Sequence[Key], pid: int, query: str, ours: tuple[str, Sequence[Any]] | None
+    ) -> tuple[str, set[int] | None]:
+        """A write lost before its transaction id arrived: it may have committed all the same (`_commit`).
+
+        Waits until the session that ran it is gone (`_wait_session_gone`), then reads ``ours`` (an INSERT's rows
+        as it sent them): some stored → `COMMITTED` with their ids; none, or no ``ours`` (UPDATE, DELETE: running
+        them again stores the same) → `UNKNOWN`, to run again. `WriteOutcomeUnknown` if the session stays.
+        """
+        try:
+            conn = await bounded_async_connection_class(self._options.operation_timeout).connect(
+                self._conninfo, **{**self._kwargs, "autocommit": True}
+            )
+        except psycopg.Error as exc:
+            raise self._outcome_unknown(None, keys, f"no server answered the question ({type(exc).__name__})") from None
+        try:
+            await self._wait_session_gone(conn, pid, query, keys)
+            status, stored = UNKNOWN, None
+            if ours is not None:
+                statement, params = ours
+                stored = {int(row[0]) for row in await (await conn.execute(statement, params)).fetchall()}
+                status = COMMITTED if stored else UNKNOWN
+        except psycopg.Error as exc:
+            raise self._outcome_unknown(None, keys, f"the question failed ({type(exc).__name__}: {exc})") from None
+        finally:
+            await conn.close()
+        self._commit_counters.count(status)
+        self._log("lost write on %s before its transaction id arrived: %s", self._label, status)
+        return status, stored
+
+    async def _wait_session_gone(self, conn: AConn, pid: int, query: str, keys: Sequence[Key]) -> None:
+        """Wait until the session that ran a lost write can no longer commit it (bounded by `SETTLE_SECONDS`).
+
+        Direct connection: its backend ``pid`` leaves ``pg_stat_activity`` (ended with ``pg_terminate_backend``
+        after `SETTLE_SECONDS`). Behind a pooler the pid the client saw is the pooler's: then every session of our
+        role that was running the same statement when we first asked must have moved on. `WriteOutcomeUnknown`
+        if it does not happen in time.
+        """
+        deadline = time.monotonic() + SETTLE_SECONDS
+        if self.pooling == "off" and pid:
+            ended = False
+            while True:
+                row = await (await conn.execute(SESSION_GONE_SQL, (pid,))).fetchone()
+                if row is not None and row[0]:
+                    return
+                if time.monotonic() > deadline:
+                    if ended:
+                        raise self._outcome_unknown(None, keys, f"its session (pid {pid}) stays after being ended")
+                    await conn.execute(TERMINATE_PID_SQL, (pid,))
+                    self._commit_counters.count_ended()
+                    ended = True
+                    deadline = time.monotonic() + SETTLE_SECONDS
+                await asleep(SETTLE_POLL)
+        text = self._dollar.get(query) or self._dollar.get(without_xid(query)) or dollar_params(query)[0]
+        params: dict[str, Any] = {"since": None, "query": text.decode()}
+        while True:
+            row = await (await conn.execute(SAME_STATEMENT_SQL, params)).fetchone()
+            assert row is not None
+            params["since"] = params["since"] or row[0]
+            if not row[1]:
+                return
+            if time.monotonic() > deadline:
+                raise self._outcome_unknown(
+                    None,
+                    keys,
+                    f"{row[1]} session(s) running the same statement did not finish within {SETTLE_SECONDS} s",
+                )
+            await asleep(SETTLE_POLL)
+
     async def insert(self, shard_id: int, key: Key, kind: int, data: Mapping[str, Any]) -> None:
         """Store one entity with a single INSERT (one round trip); `DuplicateKey` if the id is taken.
 
@@ -816,8 +926,10 @@ class AsyncPostgresServerStore(StoreCore):
         server (`_write`), never by guessing.
         """
         statements = self._sql.get(shard_id) or await self._shard_sql(shard_id)
+        params = self._insert_params(key, kind, data)
+        ours = (stored_rows_sql(statements.insert, 1), params)
         try:
-            await self._write(shard_id, returning_xid(statements.insert), self._insert_params(key, kind, data), (key,))
+            await self._write(shard_id, returning_xid(statements.insert), params, (key,), ours)
         except pg_errors.UniqueViolation as exc:  # the key, or a unique secondary index (_indexes)
             raise unique_violation(exc, shard_id, self._label) or self._duplicate(shard_id, key) from None
 
@@ -836,12 +948,15 @@ class AsyncPostgresServerStore(StoreCore):
         query = self._group_insert_sql(statements, len(rows)) + XID_GROUP_RETURNING
         params = [value for key, kind, data in rows for value in self._insert_params(key, kind, data)]
         keys = [row[0] for row in rows]
+        ours = (stored_rows_sql(statements.insert, len(rows)), params)
         try:
-            box, lost = await self._write_attempt(shard_id, query, params, keys, reused=False)
+            box, lost, stored = await self._write_attempt(shard_id, query, params, keys, reused=False, ours=ours)
         except pg_errors.FeatureNotSupported:  # Citus: no transaction id in a multi-row INSERT's RETURNING
             self.insert_groups = False  # puts run one INSERT each on this server from now on
             raise
-        return returned_ids(box) if lost is None else set()
+        if lost is not None:
+            return set()
+        return stored if stored is not None else returned_ids(box)
 
     async def fetch(self, shard_id: int, key: Key) -> Record | None:
         """The entity stored under ``key``, or None."""
@@ -922,7 +1037,7 @@ class AsyncPostgresServerStore(StoreCore):
             if taken:
                 raise await self._taken_keys(shard_id, keys)
             assert lost is not None  # every other way out of the attempt returned or raised
-            if await self._settle(shard_id, xid, keys) == COMMITTED:
+            if (await self._settle(shard_id, xid, keys))[0] == COMMITTED:
                 return
             if attempt:
                 raise self._unavailable(lost) from None

@@ -7,8 +7,17 @@ made; a COPY asks for it in the round trip of its ``BEGIN``. When the connection
 connection asks ``pg_xact_status(xid)``, the mechanism PostgreSQL documents for this case ("Transaction ID and
 snapshot information functions"): ``committed`` → the write is done, with its own keys; ``aborted`` → retry;
 ``in progress`` → the orphaned session is still running: wait for it (bounded), then end it, then ask again.
-A write that never received its id did not get past its statement on the server (the row is sent before the
-commit), so it is retried as aborted. A unique violation on a retry is a collision like any other (a fresh key),
+
+A write that never received its id may still have committed: the server may have run the statement and the
+commit after the connection died on the way back (the whole write was sent in one piece). So it is not retried
+blindly: first the session that ran it must be gone, so that it cannot commit any more (direct connection: its
+backend pid, known without a round trip, leaves ``pg_stat_activity``, and is ended with ``pg_terminate_backend``
+after `SETTLE_SECONDS`; behind a pooler, where that pid is the pooler's: every session of our role that was
+running the same statement when we asked has finished), then the rows decide: an INSERT whose rows are stored
+with exactly its values (`stored_rows_sql`: key, kind and body compared by the server) committed; otherwise it
+did not, and runs again (a row at its key with other values is another writer's: a collision, a fresh key). An
+UPDATE or DELETE runs again once the session is gone (running it twice stores the same thing). If the session
+does not go, `WriteOutcomeUnknown`. A unique violation on a retry is a collision like any other (a fresh key),
 never evidence that the first attempt committed: another process may hold that key.
 """
 
@@ -24,9 +33,12 @@ __all__ = [
     "BEGIN_XID_SQL",
     "COMMITTED",
     "IN_PROGRESS",
+    "SAME_STATEMENT_SQL",
+    "SESSION_GONE_SQL",
     "SETTLE_POLL",
     "SETTLE_SECONDS",
     "STATUS_SQL",
+    "TERMINATE_PID_SQL",
     "TERMINATE_SQL",
     "UNKNOWN",
     "XID_GROUP_RETURNING",
@@ -36,6 +48,7 @@ __all__ = [
     "returned_ids",
     "returned_xid",
     "returning_xid",
+    "stored_rows_sql",
     "without_xid",
 ]
 
@@ -52,8 +65,30 @@ STATUS_SQL = "SELECT pg_xact_status(%s::xid8)"
 # The orphaned session still running our transaction, found by its transaction id (not by the pid the client saw:
 # behind PgBouncer that pid is the pooler's, not the server's).
 TERMINATE_SQL = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_xid::text = %s"
+SESSION_GONE_SQL = "SELECT NOT EXISTS (SELECT FROM pg_stat_activity WHERE pid = %s)"
+TERMINATE_PID_SQL = "SELECT pg_terminate_backend(%s)"
+# Behind a pooler: sessions of our role running our statement that began before ``%(since)s`` (the first ask).
+SAME_STATEMENT_SQL = (
+    "SELECT statement_timestamp(), count(*) FILTER (WHERE xact_start <= coalesce(%(since)s, statement_timestamp()))"
+    " FROM pg_stat_activity WHERE usename = current_user AND pid <> pg_backend_pid() AND state <> 'idle'"
+    " AND query = %(query)s"
+)
 SETTLE_SECONDS = 10.0  # how long an orphaned transaction may stay in progress before it is ended
 SETTLE_POLL = 0.02  # seconds between two status questions while it is in progress
+
+
+def stored_rows_sql(insert: str, count: int) -> str:
+    """The ids, among ``count`` rows given as ``insert``'s VALUES row (same parameters, row after row), that are
+    stored with exactly these values: key, kind and body compared by the server (jsonb or hstore equality).
+
+    ``insert`` is a shard's single-row ``INSERT INTO <table> (id, kind, body) VALUES (...)`` (`ShardSQL.insert`).
+    """
+    head, row = insert.split(" VALUES ", 1)
+    table = head.removeprefix("INSERT INTO ").removesuffix(" (id, kind, body)")
+    return (
+        f"SELECT t.id FROM {table} AS t JOIN (VALUES {', '.join([row] * count)}) AS o (id, kind, body)"
+        " ON t.id = o.id AND t.kind = o.kind AND t.body = o.body"
+    )
 
 
 def without_xid(statement: str) -> str:
@@ -123,6 +158,11 @@ class CommitCounters:
             else:
                 self.unknown += 1
             self.ended += int(ended)
+
+    def count_ended(self) -> None:
+        """Record an orphaned session ended by ``pg_terminate_backend`` (its write's id had not arrived)."""
+        with self._lock:
+            self.ended += 1
 
     def as_dict(self) -> dict[str, int]:
         """The counters, for ``stats()``."""

@@ -47,9 +47,12 @@ from hvbackend_postgres._commit import (
     BEGIN_XID_SQL,
     COMMITTED,
     IN_PROGRESS,
+    SAME_STATEMENT_SQL,
+    SESSION_GONE_SQL,
     SETTLE_POLL,
     SETTLE_SECONDS,
     STATUS_SQL,
+    TERMINATE_PID_SQL,
     TERMINATE_SQL,
     UNKNOWN,
     XID_GROUP_RETURNING,
@@ -59,6 +62,7 @@ from hvbackend_postgres._commit import (
     returned_ids,
     returned_xid,
     returning_xid,
+    stored_rows_sql,
     without_xid,
 )
 from hvbackend_postgres._common import (
@@ -584,15 +588,23 @@ class PostgresServerStore(StoreCore):
             self._checkin(conn, pool)
         return self._run(shard_id, query, params, retried=True)
 
-    def _write(self, shard_id: int, query: Any, params: Sequence[Any], keys: Sequence[Key]) -> int:
+    def _write(
+        self,
+        shard_id: int,
+        query: Any,
+        params: Sequence[Any],
+        keys: Sequence[Key],
+        ours: tuple[str, Sequence[Any]] | None = None,
+    ) -> int:
         """Run one write statement that returns its transaction id (`_commit`); the rows it wrote.
 
         One round trip: the statement, a Flush (its row, so the transaction id, leaves the server before the
         commit) and the Sync that commits. A connection lost underneath: the server is asked whether the
         transaction committed (`_write_attempt`); committed → done, aborted or never started → run again (once).
+        ``ours``: for an INSERT, the statement and parameters finding its rows as stored (`stored_rows_sql`).
         """
         for attempt in (0, 1):
-            box, lost = self._write_attempt(shard_id, query, params, keys)
+            box, lost, _ = self._write_attempt(shard_id, query, params, keys, ours=ours)
             if lost is None:
                 return returned_xid(box)[1]
             if attempt:
@@ -600,24 +612,33 @@ class PostgresServerStore(StoreCore):
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _write_attempt(
-        self, shard_id: int, query: Any, params: Sequence[Any], keys: Sequence[Key], *, reused: bool = True
-    ) -> tuple[list[pq.abc.PGresult], psycopg.OperationalError | None]:
-        """One attempt of a write returning its transaction id: the results received, and None if it committed.
+        self,
+        shard_id: int,
+        query: Any,
+        params: Sequence[Any],
+        keys: Sequence[Key],
+        *,
+        reused: bool = True,
+        ours: tuple[str, Sequence[Any]] | None = None,
+    ) -> tuple[list[pq.abc.PGresult], psycopg.OperationalError | None, set[int] | None]:
+        """One attempt of a write returning its transaction id: the results received, None if it committed, and
+        the ids of its rows found stored when that was settled by reading them (else None).
 
         A connection lost underneath is closed and the server asked about the transaction (`_settle`): committed →
-        (results, None); aborted or never started → (results, the loss), nothing stored. Server errors are raised
-        translated (`_translate`); ``reused`` as for `_send_write`.
+        (results, None, ...); aborted or never started → (results, the loss, ...), nothing stored. Server errors
+        are raised translated (`_translate`); ``reused`` as for `_send_write`, ``ours`` as for `_write`.
         """
         conn, pool = self._checkout()
         box: list[pq.abc.PGresult] = []
         try:
             self._send_write(conn, query, params, box, reused=reused)
-            return (box, None)
+            return (box, None, None)
         except psycopg.OperationalError as exc:
             if not self._lost(conn, exc):
                 raise self._translate(exc, shard_id) from None
             xid = returned_xid(box)[0]
             self._give_up_waiting(conn, xid, keys)
+            pid = self._session_pid(conn)
             conn.close()
             lost = exc
             self._log("connection to %s lost during a write (%s): asking its commit status", self._label, exc)
@@ -628,9 +649,8 @@ class PostgresServerStore(StoreCore):
             raise error from None
         finally:
             self._checkin(conn, pool)
-        if self._settle(shard_id, xid, keys) == COMMITTED:
-            return (box, None)
-        return (box, lost)
+        status, stored = self._settle(shard_id, xid, keys, pid=pid, query=query, ours=ours)
+        return (box, None if status == COMMITTED else lost, stored)
 
     def _send_write(
         self, conn: Conn, query: str, params: Sequence[Any], box: list[pq.abc.PGresult], *, reused: bool = True
@@ -741,17 +761,38 @@ class PostgresServerStore(StoreCore):
                 None, keys, f"the server did not answer within operation_timeout={self._options.operation_timeout} s"
             )
 
-    def _settle(self, shard_id: int, xid: int | None, keys: Sequence[Key]) -> str:
-        """Whether transaction ``xid`` of a lost connection committed, asked on a fresh connection.
+    @staticmethod
+    def _session_pid(conn: Conn) -> int:
+        """The server process of a connection that just broke (0 if libpq no longer knows it)."""
+        try:
+            return int(conn.pgconn.backend_pid)
+        except psycopg.Error:
+            return 0
 
-        ``committed`` or ``aborted``; `UNKNOWN` when no id was received (the statement never completed, so
-        nothing committed) or the server no longer remembers it. A transaction still in progress (its orphaned
-        session runs on) is waited for up to `SETTLE_SECONDS`, then ended with ``pg_terminate_backend``;
-        `WriteOutcomeUnknown` if no server answers or it still does not settle.
+    def _settle(
+        self,
+        shard_id: int,
+        xid: int | None,
+        keys: Sequence[Key],
+        *,
+        pid: int = 0,
+        query: str | None = None,
+        ours: tuple[str, Sequence[Any]] | None = None,
+    ) -> tuple[str, set[int] | None]:
+        """Whether transaction ``xid`` of a lost connection committed, asked on a fresh connection; and, when that
+        was settled by reading the write's rows (no id received), the ids found stored.
+
+        ``committed`` or ``aborted``; `UNKNOWN` when the server no longer remembers it. A transaction still in
+        progress (its orphaned session runs on) is waited for up to `SETTLE_SECONDS`, then ended with
+        ``pg_terminate_backend``. No id received: `_settle_unseen` (``query`` the statement sent, ``pid`` its
+        session; None for a COPY, whose id comes before anything else is sent: never started). `WriteOutcomeUnknown`
+        if no server answers or it still does not settle.
         """
         if xid is None:
+            if query is not None:
+                return self._settle_unseen(keys, pid, query, ours)
             self._commit_counters.count(UNKNOWN)
-            return UNKNOWN
+            return (UNKNOWN, None)
         deadline = time.monotonic() + SETTLE_SECONDS
         ended = False
         try:
@@ -767,7 +808,7 @@ class PostgresServerStore(StoreCore):
                 if status != IN_PROGRESS:
                     self._commit_counters.count(status, ended=ended)
                     self._log("lost write transaction %s on %s: %s", xid, self._label, status)
-                    return status
+                    return (status, None)
                 if time.monotonic() > deadline:
                     if ended:
                         raise self._outcome_unknown(xid, keys, "it is still in progress after its session was ended")
@@ -780,6 +821,75 @@ class PostgresServerStore(StoreCore):
         finally:
             conn.close()
 
+    def _settle_unseen(
+        self, keys: Sequence[Key], pid: int, query: str, ours: tuple[str, Sequence[Any]] | None
+    ) -> tuple[str, set[int] | None]:
+        """A write lost before its transaction id arrived: it may have committed all the same (`_commit`).
+
+        Waits until the session that ran it is gone (`_wait_session_gone`), then reads ``ours`` (an INSERT's rows
+        as it sent them): some stored → `COMMITTED` with their ids; none, or no ``ours`` (UPDATE, DELETE: running
+        them again stores the same) → `UNKNOWN`, to run again. `WriteOutcomeUnknown` if the session stays.
+        """
+        try:
+            conn = bounded_connection_class(self._options.operation_timeout).connect(
+                self._conninfo, **{**self._kwargs, "autocommit": True}
+            )
+        except psycopg.Error as exc:
+            raise self._outcome_unknown(None, keys, f"no server answered the question ({type(exc).__name__})") from None
+        try:
+            self._wait_session_gone(conn, pid, query, keys)
+            status, stored = (UNKNOWN, None)
+            if ours is not None:
+                statement, params = ours
+                stored = {int(row[0]) for row in conn.execute(statement, params).fetchall()}
+                status = COMMITTED if stored else UNKNOWN
+        except psycopg.Error as exc:
+            raise self._outcome_unknown(None, keys, f"the question failed ({type(exc).__name__}: {exc})") from None
+        finally:
+            conn.close()
+        self._commit_counters.count(status)
+        self._log("lost write on %s before its transaction id arrived: %s", self._label, status)
+        return (status, stored)
+
+    def _wait_session_gone(self, conn: Conn, pid: int, query: str, keys: Sequence[Key]) -> None:
+        """Wait until the session that ran a lost write can no longer commit it (bounded by `SETTLE_SECONDS`).
+
+        Direct connection: its backend ``pid`` leaves ``pg_stat_activity`` (ended with ``pg_terminate_backend``
+        after `SETTLE_SECONDS`). Behind a pooler the pid the client saw is the pooler's: then every session of our
+        role that was running the same statement when we first asked must have moved on. `WriteOutcomeUnknown`
+        if it does not happen in time.
+        """
+        deadline = time.monotonic() + SETTLE_SECONDS
+        if self.pooling == "off" and pid:
+            ended = False
+            while True:
+                row = conn.execute(SESSION_GONE_SQL, (pid,)).fetchone()
+                if row is not None and row[0]:
+                    return
+                if time.monotonic() > deadline:
+                    if ended:
+                        raise self._outcome_unknown(None, keys, f"its session (pid {pid}) stays after being ended")
+                    conn.execute(TERMINATE_PID_SQL, (pid,))
+                    self._commit_counters.count_ended()
+                    ended = True
+                    deadline = time.monotonic() + SETTLE_SECONDS
+                sleep(SETTLE_POLL)
+        text = self._dollar.get(query) or self._dollar.get(without_xid(query)) or dollar_params(query)[0]
+        params: dict[str, Any] = {"since": None, "query": text.decode()}
+        while True:
+            row = conn.execute(SAME_STATEMENT_SQL, params).fetchone()
+            assert row is not None
+            params["since"] = params["since"] or row[0]
+            if not row[1]:
+                return
+            if time.monotonic() > deadline:
+                raise self._outcome_unknown(
+                    None,
+                    keys,
+                    f"{row[1]} session(s) running the same statement did not finish within {SETTLE_SECONDS} s",
+                )
+            sleep(SETTLE_POLL)
+
     def insert(self, shard_id: int, key: Key, kind: int, data: Mapping[str, Any]) -> None:
         """Store one entity with a single INSERT (one round trip); `DuplicateKey` if the id is taken.
 
@@ -787,8 +897,10 @@ class PostgresServerStore(StoreCore):
         server (`_write`), never by guessing.
         """
         statements = self._sql.get(shard_id) or self._shard_sql(shard_id)
+        params = self._insert_params(key, kind, data)
+        ours = (stored_rows_sql(statements.insert, 1), params)
         try:
-            self._write(shard_id, returning_xid(statements.insert), self._insert_params(key, kind, data), (key,))
+            self._write(shard_id, returning_xid(statements.insert), params, (key,), ours)
         except pg_errors.UniqueViolation as exc:  # the key, or a unique secondary index (_indexes)
             raise unique_violation(exc, shard_id, self._label) or self._duplicate(shard_id, key) from None
 
@@ -807,12 +919,15 @@ class PostgresServerStore(StoreCore):
         query = self._group_insert_sql(statements, len(rows)) + XID_GROUP_RETURNING
         params = [value for key, kind, data in rows for value in self._insert_params(key, kind, data)]
         keys = [row[0] for row in rows]
+        ours = (stored_rows_sql(statements.insert, len(rows)), params)
         try:
-            box, lost = self._write_attempt(shard_id, query, params, keys, reused=False)
+            box, lost, stored = self._write_attempt(shard_id, query, params, keys, reused=False, ours=ours)
         except pg_errors.FeatureNotSupported:  # Citus: no transaction id in a multi-row INSERT's RETURNING
             self.insert_groups = False  # puts run one INSERT each on this server from now on
             raise
-        return returned_ids(box) if lost is None else set()
+        if lost is not None:
+            return set()
+        return stored if stored is not None else returned_ids(box)
 
     def fetch(self, shard_id: int, key: Key) -> Record | None:
         """The entity stored under ``key``, or None."""
@@ -893,7 +1008,7 @@ class PostgresServerStore(StoreCore):
             if taken:
                 raise self._taken_keys(shard_id, keys)
             assert lost is not None  # every other way out of the attempt returned or raised
-            if self._settle(shard_id, xid, keys) == COMMITTED:
+            if self._settle(shard_id, xid, keys)[0] == COMMITTED:
                 return
             if attempt:
                 raise self._unavailable(lost) from None

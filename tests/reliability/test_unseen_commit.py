@@ -1,0 +1,208 @@
+"""A write that committed on the server while its reply (with its transaction id) never reached the client.
+
+The one case the transaction id cannot settle: the whole write (statement, Flush, Sync) reached the server, which
+ran and committed it, and the connection died before the first byte of the reply came back. A TCP proxy between
+the datastore and the server (`CutProxy`) lets requests through, swallows the replies once frozen, and cuts every
+connection once the row is visible on the server. The write must then be reported as done, once: never retried
+under a fresh key (an orphan duplicate row), never a success with another writer's row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from fixtures.faults import FaultServers
+
+import hvcore
+from hvbackend_postgres import _astore, _store
+
+pytestmark = pytest.mark.postgres
+
+SHARD = 5
+
+
+class CutProxy:
+    """A TCP proxy to one server: `freeze` swallows the server's replies, `cut` closes every connection."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self._target = (host, port)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._frozen = threading.Event()
+        self._pairs: list[tuple[socket.socket, socket.socket]] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self._target)
+            with self._lock:
+                self._pairs.append((client, server))
+            threading.Thread(target=self._pump, args=(client, server), daemon=True).start()
+
+    def _pump(self, client: socket.socket, server: socket.socket) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            while True:
+                ready, _, _ = select.select([client, server], [], [], 0.5)
+                for sock in ready:
+                    data = sock.recv(65536)
+                    if not data:
+                        raise OSError("closed")
+                    if sock is client:
+                        server.sendall(data)
+                    elif not self._frozen.is_set():
+                        client.sendall(data)
+        for sock in (client, server):
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def freeze(self) -> None:
+        """From now on, the server's replies are dropped (the requests still go through)."""
+        self._frozen.set()
+
+    def cut(self) -> None:
+        """Close every open connection, both ways (the server sees its client go), and thaw for new ones."""
+        with self._lock:
+            pairs, self._pairs = self._pairs, []
+        for pair in pairs:
+            for sock in pair:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                with contextlib.suppress(OSError):
+                    sock.close()
+        self._frozen.clear()
+
+    def close(self) -> None:
+        """Stop accepting and cut everything."""
+        self._closed = True
+        self._listener.close()
+        self.cut()
+
+
+@pytest.fixture
+def proxied(fault_pg: FaultServers) -> Iterator[tuple[CutProxy, dict[str, Any], dict[str, Any]]]:
+    """(proxy, settings through it, direct settings) for a fresh provisioned database of fault server 0."""
+    direct = fault_pg.fresh_db(0)
+    with hvcore.Datastore([dict(shards="0-16", **direct)], backend="jsonb", worker=None) as db:
+        db.provision()
+    proxy = CutProxy(str(direct.get("host", "127.0.0.1")), int(direct["port"]))
+    through = {**direct, "host": "127.0.0.1", "port": proxy.port}
+    yield proxy, through, direct
+    proxy.close()
+
+
+def rows(direct: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every body of the test shard, read straight from the server."""
+    with psycopg.connect(**direct, autocommit=True) as conn:
+        return [r[0] for r in conn.execute(f"SELECT body FROM shard{SHARD:04d}.entities ORDER BY id")]
+
+
+def cut_after_commit(proxy: CutProxy, direct: dict[str, Any], marker: str, action: Callable[[], Any]) -> Any:
+    """Freeze the replies, run ``action`` in a thread, cut once a row with ``marker`` is visible; its outcome."""
+    proxy.freeze()
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append(action())
+        except Exception as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    deadline = time.monotonic() + 10
+    with psycopg.connect(**direct, autocommit=True) as conn:
+        query = f"SELECT count(*) FROM shard{SHARD:04d}.entities WHERE body->>'by' = %s"
+        while conn.execute(query, (marker,)).fetchone() == (0,):
+            assert time.monotonic() < deadline, "the write never committed"
+            time.sleep(0.005)
+    time.sleep(0.05)  # whatever of the reply there is has reached the proxy, and been dropped
+    proxy.cut()
+    worker.join(30)
+    assert not worker.is_alive(), "the write hung"
+    return outcome[0]
+
+
+@pytest.mark.parametrize("pgbouncer", ["off", "transaction"], ids=["direct", "behind-a-pooler"])
+def test_a_put_committed_whose_reply_never_came_back_is_stored_once(
+    proxied: tuple[CutProxy, dict[str, Any], dict[str, Any]], pgbouncer: str
+) -> None:
+    proxy, through, direct = proxied
+    with hvcore.Datastore([dict(shards="0-16", pgbouncer=pgbouncer, **through)], backend="jsonb") as db:
+        db.put(SHARD, 1, by="warm")  # the pooled connection exists, its statement is prepared (direct)
+        outcome = cut_after_commit(proxy, direct, "cut", lambda: db.put(SHARD, 1, by="cut"))
+        assert isinstance(outcome, hvcore.Key), outcome
+        assert [b["by"] for b in rows(direct)] == ["warm", "cut"]  # once: no orphan under another key
+        assert db.get_many([outcome])[outcome].data == {"by": "cut"}
+        assert db.key_collisions == 0
+        pool = db.status()[0]["pool"]
+        assert pool["commit_checks"] == 1 and pool["commit_checks_committed"] == 1, pool
+
+
+def test_an_async_put_committed_whose_reply_never_came_back_is_stored_once(
+    proxied: tuple[CutProxy, dict[str, Any], dict[str, Any]],
+) -> None:
+    proxy, through, direct = proxied
+
+    async def main() -> Any:
+        async with hvcore.AsyncDatastore([dict(shards="0-16", pgbouncer="off", **through)], backend="jsonb") as db:
+            await db.put(SHARD, 1, by="warm")
+            loop = asyncio.get_running_loop()
+            task = loop.create_task(db.put(SHARD, 1, by="cut"))
+            outcome = await asyncio.to_thread(cut_after_commit, proxy, direct, "cut", lambda: None)
+            assert outcome is None
+            return await task
+
+    key = asyncio.run(main())
+    assert isinstance(key, hvcore.Key), key
+    assert [b["by"] for b in rows(direct)] == ["warm", "cut"]
+
+
+def test_an_update_committed_whose_reply_never_came_back_is_applied_once(
+    proxied: tuple[CutProxy, dict[str, Any], dict[str, Any]],
+) -> None:
+    proxy, through, direct = proxied
+    with hvcore.Datastore([dict(shards="0-16", pgbouncer="off", **through)], backend="jsonb") as db:
+        key = db.put(SHARD, 1, by="first")
+        assert cut_after_commit(proxy, direct, "second", lambda: db.update(key, by="second")) is True
+        assert rows(direct) == [{"by": "second"}]
+
+
+def test_coalesced_puts_committed_whose_reply_never_came_back_are_stored_once(
+    proxied: tuple[CutProxy, dict[str, Any], dict[str, Any]],
+) -> None:
+    """Overlapping puts share one multi-row INSERT (`insert_group`): a lost group must not run its rows again."""
+    proxy, through, direct = proxied
+
+    async def main() -> list[Any]:
+        async with hvcore.AsyncDatastore([dict(shards="0-16", pgbouncer="off", **through)], backend="jsonb") as db:
+            await db.put(SHARD, 1, by="warm")
+            loop = asyncio.get_running_loop()
+            tasks = [loop.create_task(db.put(SHARD, 1, by="cut", i=i)) for i in range(8)]
+            await asyncio.to_thread(cut_after_commit, proxy, direct, "cut", lambda: None)
+            return list(await asyncio.gather(*tasks, return_exceptions=True))
+
+    outcomes = asyncio.run(main())
+    stored = [b for b in rows(direct) if b["by"] == "cut"]
+    assert all(isinstance(o, hvcore.Key) for o in outcomes), outcomes
+    assert sorted(b["i"] for b in stored) == list(range(8))  # each once
+
+
+@pytest.fixture(autouse=True)
+def _short_settle(monkeypatch: pytest.MonkeyPatch) -> None:
+    for module in (_store, _astore):
+        monkeypatch.setattr(module, "SETTLE_SECONDS", 3.0)
