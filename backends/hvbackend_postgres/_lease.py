@@ -242,6 +242,7 @@ class PostgresWorkerLease(WorkerGrant):
         self._conn: psycopg.Connection[Any] | None = connection
         self._owner_pid = os.getpid()
         self._forked = False  # set in the parent at a fork: its children may use the number up to the horizon
+        self._keep_connection = True  # False: a connection per statement (behind a pooler, none is held idle)
         self._closed = False
         self._renewed_at = time.monotonic()
         self._lock = threading.Lock()  # the connection: the renewal thread and close()
@@ -290,6 +291,8 @@ class PostgresWorkerLease(WorkerGrant):
                 with self._conn.transaction():
                     self._conn.execute("SET LOCAL synchronous_commit = on")
                     row = self._conn.execute(self._sql.renew, params).fetchone()
+            if not self._keep_connection:
+                self._drop_connection()
         except (psycopg.Error, OSError) as exc:
             self._drop_connection()
             ago = time.monotonic() - self._renewed_at
@@ -399,6 +402,7 @@ def lease_worker(
     ttl: float = 10.0,
     acquire_timeout: float = 0.0,
     connect_timeout: float = 5.0,
+    keep_connection: bool = True,
 ) -> PostgresWorkerLease:
     """Lease a free worker number from the PostgreSQL server at ``settings`` and keep it until `close`.
 
@@ -406,7 +410,8 @@ def lease_worker(
     a Datastore server entry's ``shards`` is ignored). The options are `LeaseOptions`'. Makes the table on first
     use, takes the number free the longest, waits until this host's clock passes the previous holder's last
     millisecond, and starts renewing in a background thread. Returns the started lease, a `WorkerGrant`:
-    ``KeyGenerator(worker=lease)``.
+    ``KeyGenerator(worker=lease)``. ``keep_connection=False`` connects anew for each renewal instead of holding a
+    connection idle between them (behind a session pooler an idle client holds a server session).
 
     Raises `ConfigError` (bad settings or options, or ``bits`` other than the namespace's), `ServerUnavailable`
     (the server cannot be reached), `NoFreeWorker` (every number held, after ``acquire_timeout``), or
@@ -437,11 +442,15 @@ def lease_worker(
             f"cannot lease a worker number: PostgreSQL server {label} is unavailable: {scrub(str(exc).strip(), secret)}"
         ) from None
     try:
-        return _acquire(conn, connect, options, label, secret)
+        lease = _acquire(conn, connect, options, label, secret)
     except BaseException:
         with contextlib.suppress(Exception):
             conn.close()
         raise
+    if not keep_connection:
+        lease._keep_connection = False
+        lease._drop_connection()
+    return lease
 
 
 def _acquire(
@@ -532,6 +541,7 @@ async def alease_worker(
     ttl: float = 10.0,
     acquire_timeout: float = 0.0,
     connect_timeout: float = 5.0,
+    keep_connection: bool = True,
 ) -> PostgresWorkerLease:
     """`lease_worker` for asyncio code: acquires in a worker thread and returns the same started lease.
 
@@ -548,4 +558,5 @@ async def alease_worker(
         ttl=ttl,
         acquire_timeout=acquire_timeout,
         connect_timeout=connect_timeout,
+        keep_connection=keep_connection,
     )

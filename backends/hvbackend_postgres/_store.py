@@ -1390,9 +1390,20 @@ class PostgresServerStore(StoreCore):
     def lease_worker(
         self, *, bits: int = 4, namespace: str = "default", ttl: float = 10.0, acquire_timeout: float = 0.0
     ) -> PostgresWorkerLease:
-        """Lease a free worker number on this server until closed (see `hvbackend_postgres.lease_worker`)."""
+        """Lease a free worker number on this server until closed (see `hvbackend_postgres.lease_worker`).
+
+        Its connection is held between renewals only on a direct connection: behind a pooler (or before the store
+        knows), each renewal connects anew, so that the lease never holds a pooler's server session idle.
+        """
         settings = {**self._kwargs, "conninfo": self._conninfo, "application_name": "hypervault-lease"}
-        return lease_worker(settings, bits=bits, namespace=namespace, ttl=ttl, acquire_timeout=acquire_timeout)
+        return lease_worker(
+            settings,
+            bits=bits,
+            namespace=namespace,
+            ttl=ttl,
+            acquire_timeout=acquire_timeout,
+            keep_connection=self.pooling == "off",
+        )
 
     def shard_mover(self) -> PostgresMover:
         """Shard-move operations with this server as the source (``Datastore.move_shard``), see ``_move``."""
