@@ -9,7 +9,10 @@ the pace of a process doing puts), all in the same seconds. The parent counts **
 once (total minus distinct), which is what a datastore sees as collision retries, per 1,000 keys made:
 
 - ``old``: ``KeyGenerator(random_start=False)``, every millisecond's sequence starting at 0 (the scheme before);
-- ``default``: ``KeyGenerator()``, each millisecond starting at a random number in 0..959 (the chosen scheme);
+- ``default``: ``KeyGenerator()``, each millisecond starting at a random number in 0..959 (a lone generator's
+  default, and a Datastore's with ``worker=None`` or when no start can be leased);
+- ``auto``: what ``Datastore(worker="auto")``, the library's default, does: ``KeyGenerator()`` starting each
+  millisecond at the home of a number leased per process (8 bits, `hvcore._worker.home_start`), whole sequence;
 - ``leased``: ``KeyGenerator(worker=lease_worker(...))``, a worker number per process (4 bits) leased from
   PostgreSQL (``--pg``; skipped when no server answers): 0 by construction.
 
@@ -52,7 +55,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from hvcore import Key, KeyGenerator, KeyLayout, _keymaker
+from hvcore import Key, KeyGenerator, KeyLayout, WorkerSlice, _keymaker
+from hvcore._worker import home_start
 
 LAYOUT = KeyLayout.DEFAULT
 SHARD = 1
@@ -69,6 +73,13 @@ def _generator(mode: str, pg: str, namespace: str, bits: int) -> tuple[KeyGenera
         return KeyGenerator(random_start=False), None
     if mode == "default":
         return KeyGenerator(), None
+    if mode == "auto":  # what Datastore(worker="auto") does: a leased start, the whole sequence
+        from hvbackend_postgres._lease import lease_worker
+
+        lease = lease_worker(pg, bits=8, namespace=namespace, schema=LEASE_SCHEMA, ttl=10.0)
+        gen = KeyGenerator()
+        gen.start_each_ms_at(home_start(lease.worker))
+        return gen, lease
     from hvbackend_postgres._lease import lease_worker
 
     lease = lease_worker(pg, bits=bits, namespace=namespace, schema=LEASE_SCHEMA, ttl=10.0)
@@ -268,7 +279,7 @@ def run_processes(mode: str, args: argparse.Namespace, *, throughput: bool = Fal
             for out in outs:
                 data = Path(out).read_bytes()
                 keys.append(list(struct.unpack(f"<{len(data) // 8}q", data)))
-    if mode == "leased":
+    if mode in ("leased", "auto"):
         _drop_namespace(args.pg, namespace)
     return {"summaries": summaries, "keys": keys}
 
@@ -321,6 +332,8 @@ def replay(lines: list[dict[int, int]], scheme: str, rng: random.Random) -> int:
                 lo = min(rng.randint(0, SIZE - SIZE // 16 - 1), SIZE - k)
             elif scheme == "random start per process":
                 lo = min(fixed[index], SIZE - k)
+            elif scheme == "leased start per process (auto)":
+                lo = min(home_start(WorkerSlice(id=index, bits=8)), SIZE - k)
             elif scheme == "random slice of 16 per process":
                 lo = slices[index] * (SIZE // 16)
             else:
@@ -342,6 +355,7 @@ SCHEMES = [
     "random start per ms, 0..959 (chosen)",
     "random start per process",
     "random slice of 16 per process",
+    "leased start per process (auto)",
 ]
 
 
@@ -380,7 +394,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "accelerated": _keymaker.ACCELERATED,
         "runs": {},
     }
-    modes = ["old", "default"] + (["leased"] if pg_reachable(args.pg) else [])
+    modes = ["old", "default"] + (["auto", "leased"] if pg_reachable(args.pg) else [])
     if "leased" not in modes:
         result["skipped"] = f"leased: no PostgreSQL at {args.pg!r}"
     default_keys: list[list[int]] = []
@@ -399,7 +413,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 counts = [line.get(ms, 0) for line in lines]
                 pairs += (sum(counts) ** 2 - sum(c * c for c in counts)) // 2
             counted["random_bound_per_1000"] = 1000 * pairs / SIZE / max(counted["keys"], 1)
-            if mode == "leased":
+            if mode in ("leased", "auto"):
                 counted["workers"] = sorted(s["worker"] for s in done["summaries"])
             figures.append(counted)
             if mode == "default":
@@ -462,7 +476,8 @@ def report(result: dict[str, Any]) -> str:
             "400 puts): collision retries per 1,000 keys stored; mean put µs and puts/s per process"
         )
         base = result["datastore"]["none"]["put_us"]
-        for mode, f in result["datastore"].items():
+        for mode in ("none", "auto", "lease"):
+            f = result["datastore"][mode]
             name = {"none": "worker=None", "auto": "auto (default)", "lease": "worker='lease'"}[mode]
             lines.append(
                 f"  {name:<16} {f['collisions_per_1000']:8.2f}   ({f['collisions']} of {f['stored']:,}; put "
@@ -509,9 +524,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.seconds = 1.0
     result = measure(args)
-    print(report(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(report(result))
     return 0
 
 
