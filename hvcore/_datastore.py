@@ -79,6 +79,20 @@ AUTO_CLOSE_WAIT = 0.5
 'Seconds `close` waits for a ``worker="auto"`` lease to be given back; past that it goes on in the background (a\nnumber not given back frees itself a ``ttl`` after its last renewal; only starts, not uniqueness, depend on it).'
 
 
+class _HomeFollower:
+    """Follows a ``worker="auto"`` lease: once it is lost (another holder took the number), the generator goes back
+    to random starts, so that two processes never count from one home in step."""
+
+    def __init__(self, lease: Any, generator: Any) -> None:
+        self._lease = weakref.ref(lease)
+        self._generator = weakref.ref(generator)
+
+    def _follow_grant(self) -> None:
+        lease, generator = (self._lease(), self._generator())
+        if lease is not None and generator is not None and (lease.lost is not None):
+            generator.start_each_ms_at(None)
+
+
 def _close_within(lease: Any, seconds: float) -> None:
     """Close ``lease`` in a daemon thread and wait for it at most ``seconds``."""
     closing = threading.Thread(target=lease.close, name="hypervault-lease-close", daemon=True)
@@ -188,6 +202,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         self._lease: Any = None  # the leased worker number (worker="lease" or "auto"), held from open() to close()
         self._worker_status = "in-process sequence, random start per millisecond"  # see worker_status
         self._lease_tried = False  # worker="auto": whether this open() asked for a lease yet
+        self._home_follower: Any = None  # worker="auto": drops the leased start if the lease is lost
         self.generator = self._make_generator(source)
         self._ever_opened = False
         self._lock = Lock()
@@ -340,6 +355,8 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         self._lease = lease
         home = home_start(lease.worker, self.layout)
         self.generator.start_each_ms_at(home)
+        self._home_follower = _HomeFollower(lease, self.generator)
+        lease._follow(self._home_follower)  # a lease lost to another holder: back to random starts
         self._worker_status = f"in-process sequence, each millisecond starting at {home} (leased number {lease.worker.id} of {lease.worker.workers}, namespace {AUTO_LEASE['namespace']!r})"
 
     @property
@@ -351,6 +368,8 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
             return f"worker number {self._config.worker.id} of {self._config.worker.workers} (fixed)"
         if self._sequence is not None:
             return "shared sequence"
+        if self._config.auto_worker and self._lease is not None and (self._lease.lost is not None):
+            return f"in-process sequence, random start per millisecond (the leased start was lost: {self._lease.lost})"
         return self._worker_status
 
     def _make_generator(self, source: Any) -> Any:

@@ -218,3 +218,21 @@ def test_async_default_leases_on_open_and_gives_back_on_close(fault_pg: Any) -> 
 
     asyncio.run(main())
     assert fault_pg.sql(0, LEASED, dbname=settings["dbname"]) == []
+
+
+def test_a_lost_auto_lease_goes_back_to_random_starts(fault_pg: Any) -> None:
+    """Another holder took the number (ours lapsed): two processes must not count from one home in step."""
+    settings = fault_pg.fresh_db(0)
+    with auto_db(settings) as db:
+        lease = db._lease
+        assert lease is not None and db.generator._home == home_start(lease.worker)
+        fault_pg.sql(
+            0,
+            "UPDATE hypervault.worker_leases SET holder = 'thief' WHERE namespace = 'auto' AND worker = %s",
+            (lease.worker.id,),
+            dbname=settings["dbname"],
+        )
+        assert lease.renew() is False and lease.lost is not None
+        assert db.generator._home is None
+        assert "was lost" in db.worker_status
+        db.put(3, 1)
