@@ -623,14 +623,15 @@ class AsyncPostgresServerStore(StoreCore):
         query: Any,
         params: Sequence[Any],
         keys: Sequence[Key],
-        ours: tuple[str, Sequence[Any]] | None = None,
+        ours: str | None = None,
     ) -> int:
         """Run one write statement that returns its transaction id (`_commit`); the rows it wrote.
 
         One round trip: the statement, a Flush (its row, so the transaction id, leaves the server before the
         commit) and the Sync that commits. A connection lost underneath: the server is asked whether the
         transaction committed (`_write_attempt`); committed → done, aborted or never started → run again (once).
-        ``ours``: for an INSERT, the statement and parameters finding its rows as stored (`stored_rows_sql`).
+        ``ours``: for an INSERT, the shard's single-row INSERT, ``params`` being that row's values once per key: its
+        rows are then found as stored by `stored_rows_sql` (built only after a loss).
         """
         for attempt in (0, 1):
             box, lost, _ = await self._write_attempt(shard_id, query, params, keys, ours=ours)
@@ -648,7 +649,7 @@ class AsyncPostgresServerStore(StoreCore):
         keys: Sequence[Key],
         *,
         reused: bool = True,
-        ours: tuple[str, Sequence[Any]] | None = None,
+        ours: str | None = None,
     ) -> tuple[list[pq.abc.PGresult], psycopg.OperationalError | None, set[int] | None]:
         """One attempt of a write returning its transaction id: the results received, None if it committed, and
         the ids of its rows found stored when that was settled by reading them (else None).
@@ -678,7 +679,7 @@ class AsyncPostgresServerStore(StoreCore):
             raise error from None
         finally:
             await self._checkin(conn, pool)
-        status, stored = await self._settle(shard_id, xid, keys, pid=pid, query=query, ours=ours)
+        status, stored = await self._settle(shard_id, xid, keys, pid=pid, query=query, ours=ours, params=params)
         return box, None if status == COMMITTED else lost, stored
 
     async def _send_write(
@@ -806,7 +807,8 @@ class AsyncPostgresServerStore(StoreCore):
         *,
         pid: int = 0,
         query: str | None = None,
-        ours: tuple[str, Sequence[Any]] | None = None,
+        ours: str | None = None,
+        params: Sequence[Any] = (),
     ) -> tuple[str, set[int] | None]:
         """Whether transaction ``xid`` of a lost connection committed, asked on a fresh connection; and, when that
         was settled by reading the write's rows (no id received), the ids found stored.
@@ -819,7 +821,7 @@ class AsyncPostgresServerStore(StoreCore):
         """
         if xid is None:
             if query is not None:
-                return await self._settle_unseen(keys, pid, query, ours)
+                return await self._settle_unseen(keys, pid, query, ours, params)
             self._commit_counters.count(UNKNOWN)
             return UNKNOWN, None
         deadline = time.monotonic() + SETTLE_SECONDS
@@ -851,7 +853,7 @@ class AsyncPostgresServerStore(StoreCore):
             await conn.close()
 
     async def _settle_unseen(
-        self, keys: Sequence[Key], pid: int, query: str, ours: tuple[str, Sequence[Any]] | None
+        self, keys: Sequence[Key], pid: int, query: str, ours: str | None, params: Sequence[Any]
     ) -> tuple[str, set[int] | None]:
         """A write lost before its transaction id arrived: it may have committed all the same (`_commit`).
 
@@ -869,7 +871,7 @@ class AsyncPostgresServerStore(StoreCore):
             await self._wait_session_gone(conn, pid, query, keys)
             status, stored = UNKNOWN, None
             if ours is not None:
-                statement, params = ours
+                statement = stored_rows_sql(ours, len(keys))
                 stored = {int(row[0]) for row in await (await conn.execute(statement, params)).fetchall()}
                 status = COMMITTED if stored else UNKNOWN
         except psycopg.Error as exc:
@@ -927,9 +929,8 @@ class AsyncPostgresServerStore(StoreCore):
         """
         statements = self._sql.get(shard_id) or await self._shard_sql(shard_id)
         params = self._insert_params(key, kind, data)
-        ours = (stored_rows_sql(statements.insert, 1), params)
         try:
-            await self._write(shard_id, returning_xid(statements.insert), params, (key,), ours)
+            await self._write(shard_id, returning_xid(statements.insert), params, (key,), statements.insert)
         except pg_errors.UniqueViolation as exc:  # the key, or a unique secondary index (_indexes)
             raise unique_violation(exc, shard_id, self._label) or self._duplicate(shard_id, key) from None
 
@@ -948,9 +949,10 @@ class AsyncPostgresServerStore(StoreCore):
         query = self._group_insert_sql(statements, len(rows)) + XID_GROUP_RETURNING
         params = [value for key, kind, data in rows for value in self._insert_params(key, kind, data)]
         keys = [row[0] for row in rows]
-        ours = (stored_rows_sql(statements.insert, len(rows)), params)
         try:
-            box, lost, stored = await self._write_attempt(shard_id, query, params, keys, reused=False, ours=ours)
+            box, lost, stored = await self._write_attempt(
+                shard_id, query, params, keys, reused=False, ours=statements.insert
+            )
         except pg_errors.FeatureNotSupported:  # Citus: no transaction id in a multi-row INSERT's RETURNING
             self.insert_groups = False  # puts run one INSERT each on this server from now on
             raise

@@ -589,19 +589,15 @@ class PostgresServerStore(StoreCore):
         return self._run(shard_id, query, params, retried=True)
 
     def _write(
-        self,
-        shard_id: int,
-        query: Any,
-        params: Sequence[Any],
-        keys: Sequence[Key],
-        ours: tuple[str, Sequence[Any]] | None = None,
+        self, shard_id: int, query: Any, params: Sequence[Any], keys: Sequence[Key], ours: str | None = None
     ) -> int:
         """Run one write statement that returns its transaction id (`_commit`); the rows it wrote.
 
         One round trip: the statement, a Flush (its row, so the transaction id, leaves the server before the
         commit) and the Sync that commits. A connection lost underneath: the server is asked whether the
         transaction committed (`_write_attempt`); committed → done, aborted or never started → run again (once).
-        ``ours``: for an INSERT, the statement and parameters finding its rows as stored (`stored_rows_sql`).
+        ``ours``: for an INSERT, the shard's single-row INSERT, ``params`` being that row's values once per key: its
+        rows are then found as stored by `stored_rows_sql` (built only after a loss).
         """
         for attempt in (0, 1):
             box, lost, _ = self._write_attempt(shard_id, query, params, keys, ours=ours)
@@ -619,7 +615,7 @@ class PostgresServerStore(StoreCore):
         keys: Sequence[Key],
         *,
         reused: bool = True,
-        ours: tuple[str, Sequence[Any]] | None = None,
+        ours: str | None = None,
     ) -> tuple[list[pq.abc.PGresult], psycopg.OperationalError | None, set[int] | None]:
         """One attempt of a write returning its transaction id: the results received, None if it committed, and
         the ids of its rows found stored when that was settled by reading them (else None).
@@ -649,7 +645,7 @@ class PostgresServerStore(StoreCore):
             raise error from None
         finally:
             self._checkin(conn, pool)
-        status, stored = self._settle(shard_id, xid, keys, pid=pid, query=query, ours=ours)
+        status, stored = self._settle(shard_id, xid, keys, pid=pid, query=query, ours=ours, params=params)
         return (box, None if status == COMMITTED else lost, stored)
 
     def _send_write(
@@ -777,7 +773,8 @@ class PostgresServerStore(StoreCore):
         *,
         pid: int = 0,
         query: str | None = None,
-        ours: tuple[str, Sequence[Any]] | None = None,
+        ours: str | None = None,
+        params: Sequence[Any] = (),
     ) -> tuple[str, set[int] | None]:
         """Whether transaction ``xid`` of a lost connection committed, asked on a fresh connection; and, when that
         was settled by reading the write's rows (no id received), the ids found stored.
@@ -790,7 +787,7 @@ class PostgresServerStore(StoreCore):
         """
         if xid is None:
             if query is not None:
-                return self._settle_unseen(keys, pid, query, ours)
+                return self._settle_unseen(keys, pid, query, ours, params)
             self._commit_counters.count(UNKNOWN)
             return (UNKNOWN, None)
         deadline = time.monotonic() + SETTLE_SECONDS
@@ -822,7 +819,7 @@ class PostgresServerStore(StoreCore):
             conn.close()
 
     def _settle_unseen(
-        self, keys: Sequence[Key], pid: int, query: str, ours: tuple[str, Sequence[Any]] | None
+        self, keys: Sequence[Key], pid: int, query: str, ours: str | None, params: Sequence[Any]
     ) -> tuple[str, set[int] | None]:
         """A write lost before its transaction id arrived: it may have committed all the same (`_commit`).
 
@@ -840,7 +837,7 @@ class PostgresServerStore(StoreCore):
             self._wait_session_gone(conn, pid, query, keys)
             status, stored = (UNKNOWN, None)
             if ours is not None:
-                statement, params = ours
+                statement = stored_rows_sql(ours, len(keys))
                 stored = {int(row[0]) for row in conn.execute(statement, params).fetchall()}
                 status = COMMITTED if stored else UNKNOWN
         except psycopg.Error as exc:
@@ -898,9 +895,8 @@ class PostgresServerStore(StoreCore):
         """
         statements = self._sql.get(shard_id) or self._shard_sql(shard_id)
         params = self._insert_params(key, kind, data)
-        ours = (stored_rows_sql(statements.insert, 1), params)
         try:
-            self._write(shard_id, returning_xid(statements.insert), params, (key,), ours)
+            self._write(shard_id, returning_xid(statements.insert), params, (key,), statements.insert)
         except pg_errors.UniqueViolation as exc:  # the key, or a unique secondary index (_indexes)
             raise unique_violation(exc, shard_id, self._label) or self._duplicate(shard_id, key) from None
 
@@ -919,9 +915,8 @@ class PostgresServerStore(StoreCore):
         query = self._group_insert_sql(statements, len(rows)) + XID_GROUP_RETURNING
         params = [value for key, kind, data in rows for value in self._insert_params(key, kind, data)]
         keys = [row[0] for row in rows]
-        ours = (stored_rows_sql(statements.insert, len(rows)), params)
         try:
-            box, lost, stored = self._write_attempt(shard_id, query, params, keys, reused=False, ours=ours)
+            box, lost, stored = self._write_attempt(shard_id, query, params, keys, reused=False, ours=statements.insert)
         except pg_errors.FeatureNotSupported:  # Citus: no transaction id in a multi-row INSERT's RETURNING
             self.insert_groups = False  # puts run one INSERT each on this server from now on
             raise
