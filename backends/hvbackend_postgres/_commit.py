@@ -71,7 +71,7 @@ TERMINATE_PID_SQL = "SELECT pg_terminate_backend(%s)"
 SAME_STATEMENT_SQL = (
     "SELECT statement_timestamp(), count(*) FILTER (WHERE xact_start <= coalesce(%(since)s, statement_timestamp()))"
     " FROM pg_stat_activity WHERE usename = current_user AND pid <> pg_backend_pid() AND state <> 'idle'"
-    " AND query = %(query)s"
+    " AND query <> '' AND starts_with(%(query)s, query)"  # pg_stat_activity keeps track_activity_query_size bytes
 )
 SETTLE_SECONDS = 10.0  # how long an orphaned transaction may stay in progress before it is ended
 SETTLE_POLL = 0.02  # seconds between two status questions while it is in progress
