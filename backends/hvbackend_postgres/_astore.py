@@ -346,6 +346,9 @@ class AsyncPostgresServerStore(StoreCore):
             pool = self._pool
             if pool is None or pool.last_error is not None:
                 pool = await self._current_pool()
+            if True:  # ASYNC
+                task = asyncio.current_task()
+                cancels = task.cancelling() if task is not None else 0
             try:
                 conn = await pool.getconn(max(deadline - time.monotonic(), 0.001))
             except psycopg_pool.PoolTimeout:
@@ -358,6 +361,13 @@ class AsyncPostgresServerStore(StoreCore):
                 if self._pool is None or self._pool is pool:
                     raise ServerUnavailable(f"the pool of {self._label} is closed") from None
                 continue  # replaced by a fresh pool meanwhile
+            if True:  # ASYNC
+                if task is not None and task.cancelling() > cancels:
+                    # cancelled as the pool handed the connection over: psycopg_pool waits with asyncio.wait_for,
+                    # which on Python 3.11 returns the result and drops a cancellation arriving as the wait ends
+                    # (CPython gh-86296, fixed in 3.12); the caller asked to stop, so it stops, and nothing is lost
+                    await self._give_back(conn, pool)
+                    raise asyncio.CancelledError
             try:
                 healthy = await self._healthy(conn)
             except BaseException:  # interrupted (cancelled, a signal) during the round trip: state unknown

@@ -280,9 +280,11 @@ async def postgres_transaction(
         conn, pool = await store._checkout()
         try:
             await conn.execute(begin, prepare=False)
-        except psycopg.Error as exc:
+        except BaseException as exc:  # a cancellation or a signal too: the connection goes back (closed if busy)
             await _rollback(conn)
             await store._checkin(conn, pool)
+            if not isinstance(exc, psycopg.Error):
+                raise
             if attempt == 0 and conn.closed and isinstance(exc, psycopg.OperationalError):
                 continue
             error = store._translate(exc, shard_id)

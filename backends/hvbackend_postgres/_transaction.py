@@ -276,9 +276,11 @@ def postgres_transaction(
         conn, pool = store._checkout()
         try:
             conn.execute(begin, prepare=False)
-        except psycopg.Error as exc:
+        except BaseException as exc:  # a cancellation or a signal too: the connection goes back (closed if busy)
             _rollback(conn)
             store._checkin(conn, pool)
+            if not isinstance(exc, psycopg.Error):
+                raise
             if attempt == 0 and conn.closed and isinstance(exc, psycopg.OperationalError):
                 continue
             error = store._translate(exc, shard_id)
