@@ -24,7 +24,7 @@ def fresh_settings() -> Iterator[dict[str, Any]]:
     if not port_open(PG_HOST, PG_PORT):
         missing_service(f"no PostgreSQL at {PG_HOST}:{PG_PORT}")
     name = f"hvcancel_{os.getpid()}_{next(_dbs)}"
-    admin = {"host": PG_HOST, "port": PG_PORT, "user": PG_USER, "dbname": "postgres"}
+    admin: dict[str, Any] = {"host": PG_HOST, "port": PG_PORT, "user": PG_USER, "dbname": "postgres"}
     with psycopg.connect(**admin, autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name}")
     yield {"host": PG_HOST, "port": PG_PORT, "user": PG_USER, "dbname": name}
