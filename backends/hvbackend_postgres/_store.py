@@ -89,7 +89,15 @@ from hvbackend_postgres._fanout import (
 )
 from hvbackend_postgres._indexes import PostgresIndexes, is_unique_violation, unique_violation
 from hvbackend_postgres._lease import PostgresWorkerLease, lease_worker
-from hvbackend_postgres._legacy import LEGACY_SQL, layout_problem, legacy_signs, legacy_table_error, max_id_query
+from hvbackend_postgres._legacy import (
+    LAYOUT_SAMPLE,
+    LAYOUT_SAMPLE_SQL,
+    LEGACY_SQL,
+    layout_problem,
+    legacy_signs,
+    legacy_table_error,
+    max_id_query,
+)
 from hvbackend_postgres._migrate import PostgresMigrator, new_shard_ddl
 from hvbackend_postgres._move import PostgresMover
 from hvbackend_postgres._onetrip import PIPELINE, PreparedNames, dollar_params, error_in, until_sync
@@ -523,17 +531,36 @@ class PostgresServerStore(StoreCore):
         conn, pool = self._checkout()
         try:
             row = conn.execute(BACKEND_CHECK_SQL).fetchone()
+            ext_schema, body_type = row if row is not None else (None, None)
+            mismatch = self._backend_mismatch(body_type)
+            if mismatch is not None:
+                raise mismatch
+            if body_type is not None:
+                self._check_layout(conn)
         except psycopg.OperationalError as exc:
             raise self._unavailable(exc) from None
         finally:
             self._checkin(conn, pool)
-        ext_schema, body_type = row if row is not None else (None, None)
-        mismatch = self._backend_mismatch(body_type)
-        if mismatch is not None:
-            raise mismatch
         if ext_schema is not None and self._ext_schema is None:
             self._ext_schema = str(ext_schema)
         self._backend_checked = body_type is not None  # nothing provisioned yet: look again next time
+
+    def _check_layout(self, conn: Conn) -> None:
+        """Refuse a database whose ids were made with another layout (`_legacy.layout_problem`), before the first
+        statement on shards: the newest id of up to `LAYOUT_SAMPLE` shard tables, those the statistics say hold
+        rows first. Two round trips, once per store: a process opened with the wrong ``layout=`` would otherwise
+        write ids that sort before the stored ones (key order and ``since``/``until`` no longer creation order).
+        """
+        rows = conn.execute(LAYOUT_SAMPLE_SQL, (LAYOUT_SAMPLE,)).fetchall()
+        sample = [int(name.removeprefix("shard")) for (name,) in rows]
+        if not sample:
+            return
+        layout, now_ms = (self._options.layout, time.time_ns() // 1000000)
+        statements = [(max_id_query(piece), ()) for piece in shard_pieces(sample)]  # bounded locks (_fanout)
+        for shard, max_id in [row for found in self._pieces(conn, statements) for row in found]:
+            problem = layout_problem(shard, self._label, layout, max_id=max_id, next_id_epoch=None, now_ms=now_ms)
+            if problem is not None:
+                raise problem
 
     def _shard_sql(self, shard_id: int) -> ShardSQL:
         statements = self._sql.get(shard_id)
