@@ -283,3 +283,66 @@ def test_async_datastore_reads_every_shard(fleet: Fleet) -> None:
     rows, found = asyncio.run(run())
     assert rows == fleet.expected(lambda r: r.data["city"] == "Lima")
     assert found == len(fleet.records[::3])
+
+
+def test_update_and_delete_by_filter_over_every_shard(fleet: Fleet) -> None:
+    """update_where / delete_where over all 8192 shards on default settings: exact counts, the reference's rows
+    afterwards, and the locks the server's other sessions see stay bounded (one transaction per 16 shards)."""
+    lima = [r for r in fleet.records if r.data.get("city") == "Lima"]
+    doomed = {int(r.key) for r in lima if r.kind == 1 and r.data["n"] == 0}
+    assert len({r.key.shard_id for r in lima}) > SHARDS // 2 and 0 < len(doomed) < len(fleet.records) - 20_000
+    peak, stop = _lock_peak(fleet.servers)
+    try:
+        with fleet.datastore() as db:
+            changed = db.update_where(where={"city": "Lima"}, set={"seen": True})
+            deleted = db.delete_where(kind=1, where={"city": "Lima", "n": 0})
+    finally:
+        stop()
+    for record in lima:  # the reference follows (the other tests compare with it)
+        record.data["seen"] = True
+    fleet.records = [r for r in fleet.records if int(r.key) not in doomed]
+    assert (changed, deleted) == (len(lima), len(doomed))
+    with fleet.datastore() as db:
+        assert _rows(db.query(where={"seen": True})) == fleet.expected(lambda r: r.data.get("seen") is True)
+        assert sum(s["rows"] for s in db.status()) == len(fleet.records)
+    bound = len(fleet.servers) * (SHARDS_PER_STATEMENT * LOCKS_PER_SHARD + 40)
+    assert peak() <= bound, f"peak {peak()} locks"
+    print(f"\n{fleet.name}: update_where/delete_where over {SHARDS} shards, peak {peak()} locks (bound {bound})")
+
+
+def test_a_failing_piece_leaves_the_pieces_before_it_committed_and_says_so(fleet: Fleet) -> None:
+    """Not atomic across pieces: a trigger refusing updates in one shard stops its server's pieces there; the error
+    says how many records were committed before it, which matches what is stored; running the call again finishes."""
+    from hvbackend_postgres._schema import shard_schema
+
+    low, high = (int(x) for x in fleet.servers[0]["shards"].split("-"))
+    refusing = low + (high - low) * 3 // 4
+    schema = shard_schema(refusing)
+    admin = {k: v for k, v in fleet.servers[0].items() if k != "shards"}
+    with psycopg.connect(**admin, autocommit=True) as conn:
+        conn.execute(
+            "CREATE FUNCTION public.hv_refuse() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$BEGIN RAISE EXCEPTION 'refused by test'; END$$"
+        )
+        conn.execute(f"CREATE TRIGGER hv_refuse BEFORE UPDATE ON {schema}.entities EXECUTE FUNCTION public.hv_refuse()")
+    try:
+        with fleet.datastore() as db:
+            with pytest.raises(psycopg.errors.RaiseException) as caught:
+                db.update_where(kind=2, set={"p": 1})
+            note = " ".join(getattr(caught.value, "__notes__", []))
+            done = int(note.split("update_where: ")[1].split(" record(s)")[0])
+            stored = sum(1 for _ in db.query(kind=2, where={"p": 1}))
+            assert done == stored
+            # the refusing shard's server stopped at its piece: every piece before it, none after
+            first_piece = (refusing - low) // SHARDS_PER_STATEMENT * SHARDS_PER_STATEMENT + low
+            shards = {r.key.shard_id for r in db.query(kind=2, where={"p": 1}, shards=range(low, high))}
+            assert shards == set(range(low, first_piece))
+    finally:
+        with psycopg.connect(**admin, autocommit=True) as conn:
+            conn.execute(f"DROP TRIGGER hv_refuse ON {schema}.entities")
+            conn.execute("DROP FUNCTION public.hv_refuse()")
+    with fleet.datastore() as db:
+        assert db.update_where(kind=2, set={"p": 1}) == SHARDS  # one kind-2 record per shard
+    for record in fleet.records:
+        if record.kind == 2:
+            record.data["p"] = 1
