@@ -87,7 +87,6 @@ from hvbackend_postgres._fanout import (
     FIRST_FILL_ROWS,
     PIPELINE_PIECES,
     QueryPiece,
-    check_parameters,
     configure_preparation,
     prepare_hot,
     shard_pieces,
@@ -1044,11 +1043,7 @@ class AsyncPostgresServerStore(StoreCore):
         Returns the rows written by this call. Errors: as `query`'s (`ShardMoved`, `NotProvisioned`,
         `ServerLimitReached`, `ServerUnavailable`), `DuplicateValue` for a unique secondary index.
         """
-        ext = await self._ext()
-        statements = {shard: self._write_where_sql(shard, spec, ext, data) for shard in shard_ids}
-        if statements:
-            check_parameters(len(next(iter(statements.values()))[1]), "this filter write")
-        pieces = shard_pieces(list(statements))
+        statements, pieces = self._write_where_pieces(shard_ids, spec, await self._ext(), data)
         written = 0
         for start in range(0, len(pieces), PIPELINE_PIECES):
             batch = pieces[start : start + PIPELINE_PIECES]

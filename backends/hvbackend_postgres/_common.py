@@ -618,16 +618,33 @@ class StoreCore:
         The filter is `_query_sql`'s (kind, key range, ``where``, typed filters on indexed fields), so a filter
         write touches exactly the rows the same query reads. Returns the statement and its parameters.
         """
+        statements, _ = self._write_where_pieces([shard_id], spec, ext, data)
+        return statements[shard_id]
+
+    def _write_where_pieces(
+        self, shard_ids: Sequence[int], spec: QuerySpec, ext: str | None, data: Mapping[str, Any] | None
+    ) -> tuple[dict[int, tuple[str, list[Any]]], list[list[int]]]:
+        """Each shard's filter-write statement (`_write_where_sql`) and the pieces of shards that run together
+        (`_fanout.shard_pieces`: one transaction each). The filter is rendered once (its text and values are the
+        same for every shard). `InvalidQuery` (before any SQL) if one statement would bind more values than the
+        protocol allows."""
         cond, params = self._filter_sql(spec, ext)
-        target = sql.SQL("{}.{}").format(sql.Identifier(shard_schema(shard_id)), sql.Identifier(TABLE))
+        value: sql.Composable = sql.SQL("")
         if data is None:
-            return (sql.SQL("DELETE FROM {}").format(target) + cond).as_string(None), params
-        if ext is not None:
-            value: sql.Composable = sql.SQL("{}.hstore(%s::text[], %s::text[])").format(sql.Identifier(ext))
+            head = sql.SQL("DELETE FROM {schema}.{table}")
         else:
-            value = sql.SQL("%s")
-        statement = sql.SQL("UPDATE {} SET body = body || {}").format(target, value) + cond
-        return statement.as_string(None), [*self._body_params(data), *params]
+            value = sql.SQL("{}.hstore(%s::text[], %s::text[])").format(sql.Identifier(ext)) if ext else sql.SQL("%s")
+            head = sql.SQL("UPDATE {schema}.{table} SET body = body || {value}")
+            params = [*self._body_params(data), *params]
+        check_parameters(len(params), "this filter write")
+        tail = cond.as_string(None)
+        table = sql.Identifier(TABLE)
+
+        def text(shard: int) -> str:
+            return head.format(schema=sql.Identifier(shard_schema(shard)), table=table, value=value).as_string(None)
+
+        statements = {shard: (text(shard) + tail, params) for shard in shard_ids}
+        return statements, shard_pieces(list(statements))
 
     def _filter_sql(self, spec: QuerySpec, ext: str | None) -> tuple[sql.Composed, list[Any]]:
         """``spec``'s filter as one shard's ``WHERE`` clause (empty without a filter) and its parameters."""

@@ -83,7 +83,6 @@ from hvbackend_postgres._fanout import (
     FIRST_FILL_ROWS,
     PIPELINE_PIECES,
     QueryPiece,
-    check_parameters,
     configure_preparation,
     prepare_hot,
     shard_pieces,
@@ -1014,11 +1013,7 @@ class PostgresServerStore(StoreCore):
         Returns the rows written by this call. Errors: as `query`'s (`ShardMoved`, `NotProvisioned`,
         `ServerLimitReached`, `ServerUnavailable`), `DuplicateValue` for a unique secondary index.
         """
-        ext = self._ext()
-        statements = {shard: self._write_where_sql(shard, spec, ext, data) for shard in shard_ids}
-        if statements:
-            check_parameters(len(next(iter(statements.values()))[1]), "this filter write")
-        pieces = shard_pieces(list(statements))
+        statements, pieces = self._write_where_pieces(shard_ids, spec, self._ext(), data)
         written = 0
         for start in range(0, len(pieces), PIPELINE_PIECES):
             batch = pieces[start : start + PIPELINE_PIECES]
