@@ -352,3 +352,17 @@ def test_a_failing_piece_leaves_the_pieces_before_it_committed_and_says_so(fleet
     for record in fleet.records:
         if record.kind == 2:
             record.data["p"] = 1
+
+
+def test_without_pieces_a_filter_write_overflows_the_lock_table(fleet: Fleet, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bound is what keeps the filter writes above working: one transaction per server (no pieces) fails."""
+    from hvbackend_postgres import _fanout
+
+    monkeypatch.setattr(_fanout, "SHARDS_PER_STATEMENT", SHARDS)
+    with fleet.datastore() as db:
+        with pytest.raises(hvcore.ServerLimitReached) as caught:
+            db.update_where(kind=2, set={"p": 1})
+        assert caught.value.limit == "max_locks_per_transaction"
+        assert "0 record(s) in 0 shard(s)" in " ".join(getattr(caught.value, "__notes__", []))
+        monkeypatch.undo()
+        assert db.get(fleet.records[0].key) is not None  # the server is fine
