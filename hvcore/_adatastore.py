@@ -792,7 +792,8 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         and others not. If a piece fails, the pieces before it stay committed and later pieces of that server do
         not run: the error raised carries a note with the records already changed. Running the same call again
         finishes the job (merging the same fields again changes nothing). A shard moved meanwhile is followed.
-        `DuplicateValue` if a unique index of ``kind`` would hold a value twice in a shard (that piece unchanged).
+        `DuplicateValue` if a unique index of ``kind`` would hold a value twice in a shard (that piece unchanged);
+        otherwise `query`'s errors (`NotProvisioned`, `ServerUnavailable`, `ServerLimitReached`...).
         """
         if not isinstance(set, Mapping):
             raise InvalidData(f"set must be a mapping of field names to values, got {type(set).__name__}")
