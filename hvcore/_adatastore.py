@@ -790,7 +790,8 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         transaction: 64 relations locked at most, see docs/fanout.md); a piece commits or rolls back as a whole,
         pieces commit one after another, servers run concurrently. A concurrent reader may see some pieces done
         and others not. If a piece fails, the pieces before it stay committed and later pieces of that server do
-        not run: the error raised carries a note with the records already changed. Running the same call again
+        not run: the error raised carries a note with the records already changed (a lower bound if a connection
+        was lost: a piece whose commit was sent may have committed unseen). Running the same call again
         finishes the job (merging the same fields again changes nothing). A shard moved meanwhile is followed.
         `DuplicateValue` if a unique index of ``kind`` would hold a value twice in a shard (that piece unchanged);
         otherwise `query`'s errors (`NotProvisioned`, `ServerUnavailable`, `ServerLimitReached`...).
