@@ -1,8 +1,8 @@
 """The hypervault benchmark suite: every part in one run, on one machine and one set of servers, as ratios.
 
 Usage: ``python benchmarks/suite.py [--quick] [--parts keys,redis,datastore,batches,peers,scaling,citus,schema,
-commit_status,concurrency] [--output DIR] [--json PATH] [--png PATH]``, from a source checkout (the benchmarks are
-not installed with the package; there is no ``hv bench``).
+commit_status,concurrency,fanout] [--output DIR] [--json PATH] [--png PATH]``, from a source checkout (the benchmarks
+are not installed with the package; there is no ``hv bench``).
 A full run writes ``benchmarks/results/latest.{json,md,png}`` (the
 committed results the README shows); a ``--quick`` run writes ``bench-results/quick/`` (ignored by git) unless
 ``--output``, ``--json`` or ``--png`` say otherwise. Each part is a ``benchmarks/bench_<part>.py`` script with a
@@ -55,6 +55,7 @@ PARTS = (
     "commit_status",
     "transactions",
     "concurrency",
+    "fanout",
 )
 RESULTS = HERE / "results"  # the committed results: written by full runs only, unless asked
 QUICK_RESULTS = ROOT / "bench-results" / "quick"  # where --quick writes by default (git ignores bench-results/)
@@ -896,6 +897,100 @@ def rows_concurrency(r: dict[str, Any]) -> list[Row]:
     return out
 
 
+def rows_fanout(r: dict[str, Any]) -> list[Row]:
+    """bench_fanout.py: 8192 shards on two servers at default settings. put/get to a random one of 8192 shards vs
+    one of 16 after every pooled session touched every shard (ratio = how flat the cost is: 1.0 flat, goal put
+    ≥ 0.8, get ≥ 0.6), the library's statement preparation vs psycopg's defaults, plan cache per session; a
+    full-fleet query(limit=10) and get_many over 8192 shards vs over 16 / 64."""
+    out: list[Row] = []
+    point = r.get("point", {})
+    lib = point.get("library")
+    if lib:
+        us = lib["us"]
+        for op in ("put", "get"):
+            out.append(
+                row(
+                    "fanout",
+                    f"{op}, random of 8192 shards",
+                    us[f"{op}_8192"],
+                    "random of 16 shards",
+                    us[f"{op}_16"],
+                    "µs/op",
+                    f"after warm-up, servers at default settings; goal ≥ {0.8 if op == 'put' else 0.6} (server CPU "
+                    f"ratio {lib[f'{op}_cpu_ratio']:.2f})",
+                    lower_is_better=True,
+                )
+            )
+        out.append(
+            info(
+                "fanout",
+                "plan cache per pooled session",
+                lib["plan_mib_per_session"],
+                "MiB",
+                "each shard's insert and fetch prepared on first use (pg_backend_memory_contexts, CachedPlan*)",
+            )
+        )
+        for name, label in (("psycopg", "psycopg's defaults"), ("generic", "force_generic_plan")):
+            other = point.get(name)
+            if other:
+                for op in ("put", "get"):
+                    out.append(
+                        row(
+                            "fanout",
+                            f"{op}, random of 8192 shards",
+                            us[f"{op}_8192"],
+                            label,
+                            other["us"][f"{op}_8192"],
+                            "µs/op",
+                            f"statement preparation per shard vs {label} (same warm-up)",
+                            lower_is_better=True,
+                        )
+                    )
+    if "query" in r:
+        q = r["query"]["ms"]
+        out.append(
+            row(
+                "fanout",
+                "query(limit=10), first record, 8192 shards",
+                q["first_8192"],
+                "over 16 shards",
+                q["first_16"],
+                "ms",
+                "512 pieces of 16 shards, pipelined per server: planning thousands of tables is the cost",
+                lower_is_better=True,
+            )
+        )
+    if "get_many" in r:
+        g = r["get_many"]["us_per_key"]
+        out.append(
+            row(
+                "fanout",
+                "get_many 8192 keys, one per shard",
+                g["8192"],
+                "8192 keys in 64 shards",
+                g["64"],
+                "µs/key",
+                "pieces of 16 shards in one pipeline per server",
+                lower_is_better=True,
+            )
+        )
+    if "filter_write" in r:
+        w = r["filter_write"]["ms"]
+        out.append(
+            row(
+                "fanout",
+                "update_where over 8192 shards",
+                w["update_8192"],
+                "over 16 shards",
+                w["update_16"],
+                "ms",
+                "one statement per shard, a transaction per 16 shards, pipelined per server",
+                lower_is_better=True,
+            )
+        )
+    return out
+
+
 NORMALISERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "keys": rows_keys,
     "redis": rows_redis,
@@ -908,6 +1003,7 @@ NORMALISERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "commit_status": rows_commit_status,
     "transactions": rows_transactions,
     "concurrency": rows_concurrency,
+    "fanout": rows_fanout,
 }
 
 

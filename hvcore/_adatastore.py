@@ -23,7 +23,14 @@ from hvcore import _schemaops
 from hvcore._acompat import ALock, agather, aspawn, ato_thread
 from hvcore._areadrouter import AsyncReadRouter, ReplicaChoice
 from hvcore._atransaction import AsyncShardTransaction, open_transaction
-from hvcore._backend import AsyncServerStore, AsyncSupportsWorkerLease, ProvisionReport, QuerySpec, Record
+from hvcore._backend import (
+    AsyncServerStore,
+    AsyncSupportsFilterWrites,
+    AsyncSupportsWorkerLease,
+    ProvisionReport,
+    QuerySpec,
+    Record,
+)
 from hvcore._facade import (
     PUT_ATTEMPTS,
     AsyncSequenceArg,
@@ -54,7 +61,15 @@ from hvcore._schemadefs import (
 )
 from hvcore._shardmap import format_ranges
 from hvcore._worker import WorkerSlice
-from hvcore.errors import ConfigError, ConnectionMisuse, DuplicateKey, HypervaultError, ShardMoved
+from hvcore.errors import (
+    ConfigError,
+    ConnectionMisuse,
+    DuplicateKey,
+    HypervaultError,
+    InvalidData,
+    InvalidQuery,
+    ShardMoved,
+)
 
 if TYPE_CHECKING:  # psycopg is an optional dependency: only the types are named here
     from psycopg import AsyncConnection, AsyncCursor
@@ -754,6 +769,136 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
             return self._query_indexed(shard_ids, spec, ranges, replicas)
         return self._query_following_moves(shard_ids, spec, replicas)
 
+    async def update_where(
+        self,
+        *,
+        set: Mapping[str, Any],
+        kind: int | None = None,
+        where: Mapping[str, Any] | None = None,
+        since: dt.datetime | Key | None = None,
+        until: dt.datetime | Key | None = None,
+        shards: Iterable[int] | None = None,
+    ) -> int:
+        """Merge ``set`` into the body of every record matching the filter, on every shard; the records changed.
+
+        The filter is `query`'s, checked the same way before any I/O (``kind``, ``where`` with equality and, on
+        indexed fields, range filters, ``since``/``until``, ``shards``); at least one of them must be given
+        (`InvalidQuery` otherwise: to change every record say so with ``shards=range(8192)``). ``set`` is checked
+        as `update`'s body (`InvalidData`; it must name at least one field). A record's kind and key never change.
+
+        **Not atomic across shards.** The work is cut into pieces of at most 16 shards per server (each piece one
+        transaction: 64 relations locked at most, see docs/fanout.md); a piece commits or rolls back as a whole,
+        pieces commit one after another, servers run concurrently. A concurrent reader may see some pieces done
+        and others not. If a piece fails, the pieces before it stay committed and later pieces of that server do
+        not run: the error raised carries a note with the records already changed (a lower bound if a connection
+        was lost: a piece whose commit was sent may have committed unseen). Running the same call again
+        finishes the job (merging the same fields again changes nothing). A shard moved meanwhile is followed.
+        `DuplicateValue` if a unique index of ``kind`` would hold a value twice in a shard (that piece unchanged);
+        otherwise `query`'s errors (`NotProvisioned`, `ServerUnavailable`, `ServerLimitReached`...).
+        """
+        if not isinstance(set, Mapping):
+            raise InvalidData(f"set must be a mapping of field names to values, got {type(set).__name__}")
+        if not set:
+            raise InvalidData("set is empty: name at least one field to merge into the matching bodies")
+        changes = dict(set)
+        by_server, spec = await self._plan_write_where("update_where", kind, where, since, until, shards)
+        stores = self._live()
+        for index in by_server:
+            stores[index].check_data(changes)
+        return await self._write_where("update_where", by_server, spec, changes)
+
+    async def delete_where(
+        self,
+        *,
+        kind: int | None = None,
+        where: Mapping[str, Any] | None = None,
+        since: dt.datetime | Key | None = None,
+        until: dt.datetime | Key | None = None,
+        shards: Iterable[int] | None = None,
+    ) -> int:
+        """Delete every record matching the filter, on every shard; the records deleted.
+
+        The filter and its checks are `update_where`'s (at least one of ``kind``, ``where``, ``since``,
+        ``until``, ``shards``), and so is the way it runs: pieces of at most 16 shards per server, each a
+        transaction of its own, **not atomic across pieces**; after a failure the pieces before it stay deleted
+        (the error's note says how many records), and running the call again deletes the rest.
+        """
+        by_server, spec = await self._plan_write_where("delete_where", kind, where, since, until, shards)
+        return await self._write_where("delete_where", by_server, spec, None)
+
+    async def _plan_write_where(
+        self,
+        name: str,
+        kind: int | None,
+        where: Mapping[str, Any] | None,
+        since: dt.datetime | Key | None,
+        until: dt.datetime | Key | None,
+        shards: Iterable[int] | None,
+    ) -> tuple[dict[int, list[int]], QuerySpec]:
+        """The shards per server and the bound filter of `update_where`/`delete_where` (checked as `query`'s)."""
+        if kind is None and where is None and since is None and until is None and shards is None:
+            raise InvalidQuery(
+                f"{name}() without a filter would write every record of every shard: give kind=, where=, "
+                "since=/until= or shards= (shards=range(8192) to mean every shard)"
+            )
+        by_server, spec = self._plan_query(kind, where, since, until, shards, None)
+        equal, ranges = split_ranges(spec.where, spec.kind)
+        if ranges:
+            spec = dataclasses.replace(spec, where=equal)
+        stores = self._live()
+        if spec.where:
+            for index in by_server:
+                stores[index].check_data(spec.where)
+        if spec.where or ranges:
+            catalog = self._index_catalog
+            definitions: Mapping[tuple[int, str], IndexSpec] = catalog.definitions
+            if catalog.stale((spec.kind, flt.field) for flt in ranges if spec.kind is not None):
+                definitions = await ato_thread(catalog.load, stores)
+            spec = dataclasses.replace(spec, filters=bind_filters(spec.kind, spec.where, ranges, definitions))
+        return by_server, spec
+
+    async def _write_where(
+        self, name: str, by_server: dict[int, list[int]], spec: QuerySpec, data: dict[str, Any] | None
+    ) -> int:
+        """Run a filter write on every server concurrently, following moved shards; the records written."""
+        counts: dict[int, int] = {}  # rows written per shard, filled as pieces commit
+        todo = [shard for ids in by_server.values() for shard in ids]
+        try:
+            for _ in range(MAX_HOPS):
+                stores = self._live()
+                jobs = [(stores[index], ids) for index, ids in self._group_shards(todo).items()]
+                if len(jobs) == 1:
+                    outcomes = [await _write_outcome(name, jobs[0][0], jobs[0][1], spec, data, counts)]
+                else:
+                    outcomes = await agather(
+                        *(aspawn(_write_outcome, name, store, ids, spec, data, counts) for store, ids in jobs)
+                    )
+                failed = next((e for e in outcomes if e is not None and not isinstance(e, ShardMoved)), None)
+                if failed is not None:
+                    raise failed
+                moved = [e for e in outcomes if isinstance(e, ShardMoved)]
+                if not moved:
+                    break
+                for refusal in moved:
+                    self._follow(refusal)
+                todo = [shard for shard in todo if shard not in counts]
+            else:
+                raise self._too_many_hops(todo[0])
+        except BaseException as exc:
+            if isinstance(exc, Exception):
+                exc.add_note(
+                    f"{name}: {sum(counts.values())} record(s) in {len(counts)} shard(s) were already written and "
+                    "committed before this error (pieces are not atomic together); running the call again "
+                    "finishes the job"
+                )
+            raise
+        finally:
+            if self._router is not None:
+                for shard, count in counts.items():
+                    if count:
+                        await self._note_write(shard)
+        return sum(counts.values())
+
     async def _query_indexed(
         self, shard_ids: list[int], spec: QuerySpec, ranges: tuple[FieldFilter, ...], replicas: bool = False
     ) -> AsyncIterator[Record]:
@@ -1054,6 +1199,45 @@ async def _from_replica(
         raise _ReplicaFailed(index, choice, exc) from exc
     finally:
         await stream.aclose()
+
+
+async def _write_outcome(
+    name: str,
+    store: AsyncServerStore,
+    shard_ids: list[int],
+    spec: QuerySpec,
+    data: dict[str, Any] | None,
+    counts: dict[int, int],
+) -> BaseException | None:
+    """One server's part of a filter write (`AsyncDatastore.update_where`): None, or the exception it raised
+    (returned, so that every server's part is over before the caller raises or resumes moved shards)."""
+    started = perf_counter()
+    try:
+        await _write_on(store, shard_ids, spec, data, counts)
+    except BaseException as exc:  # re-raised by the caller
+        if metrics.on:
+            metrics.operation(name, store, perf_counter() - started, exc)
+        return exc
+    if metrics.on:
+        metrics.operation(name, store, perf_counter() - started)
+    return None
+
+
+async def _write_on(
+    store: AsyncServerStore, shard_ids: list[int], spec: QuerySpec, data: dict[str, Any] | None, counts: dict[int, int]
+) -> None:
+    """A filter write on one server: the store's own (`AsyncSupportsFilterWrites`), or, for a backend without
+    one, the matching keys read with ``query`` and written one by one."""
+    if isinstance(store, AsyncSupportsFilterWrites):
+        if data is None:
+            await store.delete_where(shard_ids, spec, counts)
+        else:
+            await store.update_where(shard_ids, spec, data, counts)
+        return
+    keys = [record.key async for record in store.query(shard_ids, spec)]
+    for key in keys:
+        write = store.delete(key.shard_id, key) if data is None else store.update(key.shard_id, key, data, merge=True)
+        counts[key.shard_id] = counts.get(key.shard_id, 0) + int(await write)
 
 
 async def _first(stream: AsyncIterator[Record]) -> Record | BaseException | None:

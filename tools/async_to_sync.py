@@ -74,6 +74,7 @@ NAMES: dict[str, str] = {
     "AsyncShardTransaction": "ShardTransaction",
     "AsyncStoreTransaction": "StoreTransaction",
     "AsyncSupportsTransactions": "SupportsTransactions",
+    "AsyncSupportsFilterWrites": "SupportsFilterWrites",
     "AsyncPostgresTransaction": "PostgresTransaction",
     "_atransaction": "_transaction",
     "alease_worker": "lease_worker",

@@ -1057,6 +1057,94 @@ class AsyncPostgresServerStore(StoreCore):
             query = self._write_sql[(shard_id, None, None)] = composed.as_string(None)
         return await self._write(shard_id, query, (key,), (key,)) > 0
 
+    async def update_where(
+        self, shard_ids: Sequence[int], spec: QuerySpec, data: Mapping[str, Any], counts: dict[int, int]
+    ) -> int:
+        """Merge ``data`` into every record of these shards matching ``spec``; the rows changed (see `_write_where`)."""
+        return await self._write_where(shard_ids, spec, data, counts)
+
+    async def delete_where(self, shard_ids: Sequence[int], spec: QuerySpec, counts: dict[int, int]) -> int:
+        """Delete every record of these shards matching ``spec``; the rows deleted (see `_write_where`)."""
+        return await self._write_where(shard_ids, spec, None, counts)
+
+    async def _write_where(
+        self, shard_ids: Sequence[int], spec: QuerySpec, data: Mapping[str, Any] | None, counts: dict[int, int]
+    ) -> int:
+        """A filter update (``data``) or delete (None) in pieces, each piece a transaction of its own.
+
+        One statement per shard; the statements of a piece of `_fanout.shard_pieces` shards (16: 64 relations
+        locked, as a query's piece) run between ``BEGIN`` and ``COMMIT``, and up to `PIPELINE_PIECES` pieces go
+        to the server in one pipeline (one round trip). A piece commits or rolls back as a whole; pieces are not
+        atomic together. ``counts`` receives the rows written per shard as each piece commits, so after an
+        error the caller knows what is done (the pipeline stops at the failing piece: later ones never run).
+        Returns the rows written by this call. Errors: as `query`'s (`ShardMoved`, `NotProvisioned`,
+        `ServerLimitReached`, `ServerUnavailable`), `DuplicateValue` for a unique secondary index.
+        """
+        statements, pieces = self._write_where_pieces(shard_ids, spec, await self._ext(), data)
+        written = 0
+        for start in range(0, len(pieces), PIPELINE_PIECES):
+            batch = pieces[start : start + PIPELINE_PIECES]
+            conn, pool = await self._checkout()
+            try:
+                written += await self._write_pieces(conn, batch, statements, counts)
+            except psycopg.Error as exc:
+                failed = self._failed_shard(exc, batch, counts)
+                if isinstance(exc, pg_errors.UniqueViolation):
+                    raise unique_violation(exc, failed, self._label) or exc from None
+                error = self._translate(exc, failed)
+                if error is exc:
+                    raise
+                raise error from None
+            finally:
+                await self._checkin(conn, pool)
+        return written
+
+    async def _write_pieces(
+        self,
+        conn: AConn,
+        pieces: Sequence[Sequence[int]],
+        statements: Mapping[int, tuple[str, list[Any]]],
+        counts: dict[int, int],
+    ) -> int:
+        """Run pieces of a filter write in one pipeline, each between BEGIN and COMMIT; rows written by those
+        that committed go into ``counts`` (also when a later piece fails, which is then raised)."""
+        sent: list[tuple[list[tuple[int, psycopg.AsyncCursor[Any]]], psycopg.AsyncCursor[Any]]] = []
+        failure: psycopg.Error | None = None
+        try:
+            async with conn.pipeline():
+                for piece in pieces:
+                    await conn.execute("BEGIN")
+                    cursors = []
+                    for shard in piece:
+                        query, params = statements[shard]
+                        cursors.append((shard, await conn.cursor().execute(query, params)))
+                    sent.append((cursors, await conn.execute("COMMIT")))
+        except psycopg.Error as exc:
+            failure = exc
+        written = 0
+        for cursors, commit in sent:
+            if commit.statusmessage != "COMMIT":  # the failing piece (rolled back) and those never run
+                break
+            for shard, cur in cursors:
+                counts[shard] = counts.get(shard, 0) + max(cur.rowcount, 0)
+                written += max(cur.rowcount, 0)
+        if failure is not None:
+            if not conn.closed and conn.pgconn.transaction_status != pq.TransactionStatus.IDLE:
+                try:
+                    await conn.rollback()
+                except psycopg.Error:
+                    await conn.close()
+            raise failure
+        return written
+
+    @staticmethod
+    def _failed_shard(exc: psycopg.Error, pieces: Sequence[Sequence[int]], counts: Mapping[int, int]) -> int:
+        """The shard a failed filter write names (its schema), else the first shard of the batch not done."""
+        schema = exc.diag.schema_name or ""
+        if schema.startswith("shard") and schema[5:].isdigit():
+            return int(schema[5:])
+        return next((shard for piece in pieces for shard in piece if shard not in counts), pieces[0][0])
+
     async def query(self, shard_ids: Sequence[int], spec: QuerySpec) -> AsyncGenerator[Record, None]:
         """Matching records of these shards in key order, streamed.
 

@@ -599,6 +599,55 @@ class StoreCore:
 
     def _query_sql(self, shard_ids: Sequence[int], spec: QuerySpec, ext: str | None) -> tuple[sql.Composed, list[Any]]:
         """The statement a query stream runs: each shard's key range (index scans) merged in key order."""
+        cond, params = self._filter_sql(spec, ext)
+        # Each shard orders (and limits) its own rows, so the planner merges per-shard primary-key index scans
+        # (Merge Append) and the first rows come without sorting the range: a UNION ALL member with a WHERE
+        # but no ORDER BY is planned alone, unordered, and the whole union is then sorted.
+        order: sql.Composable = sql.SQL(" ORDER BY id")
+        if spec.limit is not None:
+            order = sql.SQL(" ORDER BY id LIMIT {}").format(sql.Literal(spec.limit))
+        per_shard = [(s, cond + order) for s in shard_ids]
+        query = sql.SQL("SELECT * FROM ({}) AS hv{}").format(self._select_shards(per_shard, ext), order)
+        return query, params * len(shard_ids)
+
+    def _write_where_sql(
+        self, shard_id: int, spec: QuerySpec, ext: str | None, data: Mapping[str, Any] | None
+    ) -> tuple[str, list[Any]]:
+        """One shard's part of `update_where` (``data`` merged into each matching body) or `delete_where` (None).
+
+        The filter is `_query_sql`'s (kind, key range, ``where``, typed filters on indexed fields), so a filter
+        write touches exactly the rows the same query reads. Returns the statement and its parameters.
+        """
+        statements, _ = self._write_where_pieces([shard_id], spec, ext, data)
+        return statements[shard_id]
+
+    def _write_where_pieces(
+        self, shard_ids: Sequence[int], spec: QuerySpec, ext: str | None, data: Mapping[str, Any] | None
+    ) -> tuple[dict[int, tuple[str, list[Any]]], list[list[int]]]:
+        """Each shard's filter-write statement (`_write_where_sql`) and the pieces of shards that run together
+        (`_fanout.shard_pieces`: one transaction each). The filter is rendered once (its text and values are the
+        same for every shard). `InvalidQuery` (before any SQL) if one statement would bind more values than the
+        protocol allows."""
+        cond, params = self._filter_sql(spec, ext)
+        value: sql.Composable = sql.SQL("")
+        if data is None:
+            head = sql.SQL("DELETE FROM {schema}.{table}")
+        else:
+            value = sql.SQL("{}.hstore(%s::text[], %s::text[])").format(sql.Identifier(ext)) if ext else sql.SQL("%s")
+            head = sql.SQL("UPDATE {schema}.{table} SET body = body || {value}")
+            params = [*self._body_params(data), *params]
+        check_parameters(len(params), "this filter write")
+        tail = cond.as_string(None)
+        table = sql.Identifier(TABLE)
+
+        def text(shard: int) -> str:
+            return head.format(schema=sql.Identifier(shard_schema(shard)), table=table, value=value).as_string(None)
+
+        statements = {shard: (text(shard) + tail, params) for shard in shard_ids}
+        return statements, shard_pieces(list(statements))
+
+    def _filter_sql(self, spec: QuerySpec, ext: str | None) -> tuple[sql.Composed, list[Any]]:
+        """``spec``'s filter as one shard's ``WHERE`` clause (empty without a filter) and its parameters."""
         conds: list[sql.Composable] = []
         params: list[Any] = []
         if spec.kind is not None:
@@ -626,16 +675,9 @@ class StoreCore:
             typed, typed_params = typed_conditions(spec, ext, self.text_only)
             conds += typed
             params += typed_params
-        cond = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conds) if conds else sql.SQL("")
-        # Each shard orders (and limits) its own rows, so the planner merges per-shard primary-key index scans
-        # (Merge Append) and the first rows come without sorting the range: a UNION ALL member with a WHERE
-        # but no ORDER BY is planned alone, unordered, and the whole union is then sorted.
-        order: sql.Composable = sql.SQL(" ORDER BY id")
-        if spec.limit is not None:
-            order = sql.SQL(" ORDER BY id LIMIT {}").format(sql.Literal(spec.limit))
-        per_shard = [(s, cond + order) for s in shard_ids]
-        query = sql.SQL("SELECT * FROM ({}) AS hv{}").format(self._select_shards(per_shard, ext), order)
-        return query, params * len(shard_ids)
+        if not conds:
+            return sql.Composed([]), params
+        return sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conds), params
 
     # -- provisioning ----------------------------------------------------------------------------------------
 
