@@ -65,12 +65,7 @@ GROUP_MAX = 500  # rows per multi-row INSERT (4 bind parameters a row at most: f
 _SERVER_WIDE = (ServerUnavailable, PoolTimeout)
 
 if True:  # ASYNC
-    _AFuture = asyncio.Future  # threads: the _Future below
-
-    def _new_future() -> asyncio.Future[Any]:
-        """A future of the running loop."""
-        return asyncio.get_running_loop().create_future()
-
+    _AFuture = asyncio.Future  # of the running loop when made in a coroutine; threads: the _Future below
 else:
 
     class _Future(Generic[T]):
@@ -115,10 +110,6 @@ else:
             result: T = self._result
             return result
 
-    def _new_future() -> _Future[Any]:
-        """A thread's outcome, not set yet."""
-        return _Future()
-
 
 class _Coalescer(abc.ABC, Generic[J]):
     """What reads and writes share: the slots of one server, the queue's hand-off, the callers of a failed job.
@@ -140,6 +131,8 @@ class _Coalescer(abc.ABC, Generic[J]):
             self._tasks: set[asyncio.Task[None]] = set()  # running jobs (kept referenced until done)
         else:
             self._lock = threading.Lock()  # guards _busy and the queue
+
+    _pending: dict[Any, Any]  # the queued calls (a subclass's)
 
     @property
     def in_flight(self) -> int:
@@ -180,7 +173,8 @@ class _Coalescer(abc.ABC, Generic[J]):
         """A call or job ended: its slot runs what queued meanwhile, or is freed."""
         if True:  # ASYNC
             self._busy -= 1
-            self._flush()
+            if self._pending:
+                self._flush()
         else:
             with self._lock:
                 jobs = []
@@ -285,7 +279,7 @@ class ReadCoalescer(_Coalescer[list[_Wanted]]):
             return self._wait(future)
 
     def _queue(self, shard_id: int, key: Key) -> _AFuture[Record | None]:
-        future: _AFuture[Record | None] = _new_future()
+        future: _AFuture[Record | None] = _AFuture()
         wanted = self._pending.get(key)
         if wanted is None:
             self._pending[key] = _Wanted(shard_id, key, future)
@@ -391,7 +385,7 @@ class WriteCoalescer(_Coalescer[tuple[int, list[_Write]]]):
             self._wait(future)
 
     def _queue(self, shard_id: int, key: Key, kind: int, data: Mapping[str, Any]) -> _AFuture[None]:
-        future: _AFuture[None] = _new_future()
+        future: _AFuture[None] = _AFuture()
         self._pending.setdefault(shard_id, []).append(_Write(key, kind, data, future))
         return future
 

@@ -103,11 +103,6 @@ class _Future(Generic[T]):
         return result
 
 
-def _new_future() -> _Future[Any]:
-    """A thread's outcome, not set yet."""
-    return _Future()
-
-
 class _Coalescer(abc.ABC, Generic[J]):
     """What reads and writes share: the slots of one server, the queue's hand-off, the callers of a failed job.
 
@@ -124,6 +119,8 @@ class _Coalescer(abc.ABC, Generic[J]):
         self.owner = owner
         self._busy = 0  # calls and jobs of this server running now
         self._lock = threading.Lock()  # guards _busy and the queue
+
+    _pending: dict[Any, Any]  # the queued calls (a subclass's)
 
     @property
     def in_flight(self) -> int:
@@ -224,7 +221,7 @@ class ThreadReadCoalescer(_Coalescer[list[_Wanted]]):
         return self._wait(future)
 
     def _queue(self, shard_id: int, key: Key) -> _Future[Record | None]:
-        future: _Future[Record | None] = _new_future()
+        future: _Future[Record | None] = _Future()
         wanted = self._pending.get(key)
         if wanted is None:
             self._pending[key] = _Wanted(shard_id, key, future)
@@ -327,7 +324,7 @@ class ThreadWriteCoalescer(_Coalescer[tuple[int, list[_Write]]]):
         self._wait(future)
 
     def _queue(self, shard_id: int, key: Key, kind: int, data: Mapping[str, Any]) -> _Future[None]:
-        future: _Future[None] = _new_future()
+        future: _Future[None] = _Future()
         self._pending.setdefault(shard_id, []).append(_Write(key, kind, data, future))
         return future
 
