@@ -178,7 +178,7 @@ class _Coalescer(abc.ABC, Generic[J]):
         else:
             with self._lock:
                 jobs = []
-                while (job := self._take()) is not None:
+                while self._pending and (job := self._take()) is not None:
                     jobs.append(job)
                 if not jobs:
                     self._busy -= 1

@@ -151,7 +151,7 @@ class _Coalescer(abc.ABC, Generic[J]):
         """A call or job ended: its slot runs what queued meanwhile, or is freed."""
         with self._lock:
             jobs = []
-            while (job := self._take()) is not None:
+            while self._pending and (job := self._take()) is not None:
                 jobs.append(job)
             if not jobs:
                 self._busy -= 1
