@@ -45,7 +45,7 @@ import dataclasses
 import functools
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Any, Generic, TypeVar, TypeVarTuple
+from typing import Any, Generic, TypeVar
 
 from hvcore._backend import Record
 from hvcore._key import Key
@@ -55,7 +55,6 @@ __all__ = ["GROUP_MAX", "ReadCoalescer", "WriteCoalescer"]
 
 T = TypeVar("T")
 J = TypeVar("J")  # a job: what one slot runs (a batch of reads, a group of one shard's inserts)
-Ts = TypeVarTuple("Ts")
 
 FetchOne = Callable[[int, Key], Awaitable[Record | None]]
 FetchMany = Callable[[Sequence[tuple[int, Key]]], Awaitable[Iterable[Record]]]
@@ -114,7 +113,7 @@ else:
 class _Coalescer(abc.ABC, Generic[J]):
     """What reads and writes share: the slots of one server, the queue's hand-off, the callers of a failed job.
 
-    A subclass queues a call (``_queue``, given to `_admit`), takes the queued calls as jobs (`_take`: None when
+    A subclass queues a call (``_queue``, called by `_admit`), takes the queued calls as jobs (`_take`: None when
     none is left), names a job's callers (`_futures`) and runs a job, settling each caller (`_run`).
     """
 
@@ -133,6 +132,7 @@ class _Coalescer(abc.ABC, Generic[J]):
             self._lock = threading.Lock()  # guards _busy and the queue
 
     _pending: dict[Any, Any]  # the queued calls (a subclass's)
+    _queue: Callable[..., _AFuture[Any]]  # queue a call (its arguments as `_admit` got them): its future
 
     @property
     def in_flight(self) -> int:
@@ -151,13 +151,13 @@ class _Coalescer(abc.ABC, Generic[J]):
     async def _run(self, job: J) -> None:
         """Run ``job`` and settle each of its callers' futures."""
 
-    def _admit(self, queue: Callable[[*Ts], _AFuture[T]], *args: *Ts) -> _AFuture[T] | None:
-        """None if the call may go straight through (a slot is taken for it); else ``queue(*args)``: its future."""
+    def _admit(self, *call: Any) -> _AFuture[Any] | None:
+        """None if the call may go straight through (a slot is taken for it); else ``_queue(*call)``: its future."""
         if True:  # ASYNC
             if not self._busy:  # nothing of this server in flight: straight through, no extra hop
                 self._busy = 1
                 return None
-            future = queue(*args)
+            future = self._queue(*call)
             if not self._scheduled:
                 self._scheduled = True
                 asyncio.get_running_loop().call_soon(self._on_turn)
@@ -167,7 +167,7 @@ class _Coalescer(abc.ABC, Generic[J]):
                 if self._busy < self._limit:  # a pooled connection is free: straight through
                     self._busy += 1
                     return None
-                return queue(*args)
+                return self._queue(*call)
 
     def _release(self) -> None:
         """A call or job ended: its slot runs what queued meanwhile, or is freed."""
@@ -177,12 +177,12 @@ class _Coalescer(abc.ABC, Generic[J]):
                 self._flush()
         else:
             with self._lock:
-                jobs = []
-                while self._pending and (job := self._take()) is not None:
-                    jobs.append(job)
-                if not jobs:
+                if not self._pending:  # nothing queued: the slot is free
                     self._busy -= 1
                     return
+                jobs = []
+                while (job := self._take()) is not None:  # threads are never cancelled: each queued call is in one
+                    jobs.append(job)
             self._futures(jobs[0])[0].hand(jobs)  # the thread queued first runs them all, in this slot
 
     if True:  # ASYNC
@@ -267,7 +267,7 @@ class ReadCoalescer(_Coalescer[list[_Wanted]]):
 
     async def get(self, shard_id: int, key: Key) -> Record | None:
         """The record of ``key`` in ``shard_id``, or None; raises what reading it raised (see the module docstring)."""
-        future = self._admit(self._queue, shard_id, key)
+        future: _AFuture[Record | None] | None = self._admit(shard_id, key)
         if future is None:
             try:
                 return await self._fetch_one(shard_id, key)
@@ -372,7 +372,7 @@ class WriteCoalescer(_Coalescer[tuple[int, list[_Write]]]):
 
     async def insert(self, shard_id: int, key: Key, kind: int, data: Mapping[str, Any]) -> None:
         """Store one row; raises what storing it alone would raise (see the class docstring)."""
-        future = self._admit(self._queue, shard_id, key, kind, data)
+        future: _AFuture[None] | None = self._admit(shard_id, key, kind, data)
         if future is None:
             try:
                 await self._insert_one(shard_id, key, kind, data)
