@@ -118,6 +118,8 @@ class _Coalescer(abc.ABC, Generic[J]):
     """
 
     __slots__ = ("_busy", "_limit", "_lock", "_scheduled", "_tasks", "owner")  # asyncio: no _lock; threads: no _tasks
+    _pending: dict[Any, Any]  # the queued calls (a subclass's)
+    _queue: Callable[..., _AFuture[Any]]  # queue a call (its arguments as `_admit` got them): its future
 
     def __init__(self, limit: int, owner: object) -> None:
         if limit < 1:
@@ -130,9 +132,6 @@ class _Coalescer(abc.ABC, Generic[J]):
             self._tasks: set[asyncio.Task[None]] = set()  # running jobs (kept referenced until done)
         else:
             self._lock = threading.Lock()  # guards _busy and the queue
-
-    _pending: dict[Any, Any]  # the queued calls (a subclass's)
-    _queue: Callable[..., _AFuture[Any]]  # queue a call (its arguments as `_admit` got them): its future
 
     @property
     def in_flight(self) -> int:
@@ -202,13 +201,14 @@ class _Coalescer(abc.ABC, Generic[J]):
         def _job_done(self, futures: list[asyncio.Future[Any]], task: asyncio.Task[None]) -> None:
             """A job's task ended (even one cancelled before it started): settle the callers it left, free its slot."""
             self._tasks.discard(task)
-            if task.cancelled():
-                for future in futures:
+            error = None if task.cancelled() else task.exception()
+            for future in futures:
+                if future.done():
+                    continue
+                if error is None:  # cancelled (or, never, ended leaving a caller unsettled)
                     future.cancel()
-            else:
-                error = task.exception()
-                if error is not None:
-                    _settle_left(futures, error)
+                else:
+                    future.set_exception(_own_copy(error))
             self._release()
 
     else:

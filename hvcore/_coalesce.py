@@ -110,6 +110,8 @@ class _Coalescer(abc.ABC, Generic[J]):
     """
 
     __slots__ = ("_busy", "_limit", "_lock", "_scheduled", "_tasks", "owner")  # asyncio: no _lock; threads: no _tasks
+    _pending: dict[Any, Any]  # the queued calls (a subclass's)
+    _queue: Callable[..., _Future[Any]]  # queue a call (its arguments as `_admit` got them): its future
 
     def __init__(self, limit: int, owner: object) -> None:
         if limit < 1:
@@ -118,9 +120,6 @@ class _Coalescer(abc.ABC, Generic[J]):
         self.owner = owner
         self._busy = 0  # calls and jobs of this server running now
         self._lock = threading.Lock()  # guards _busy and the queue
-
-    _pending: dict[Any, Any]  # the queued calls (a subclass's)
-    _queue: Callable[..., _Future[Any]]  # queue a call (its arguments as `_admit` got them): its future
 
     @property
     def in_flight(self) -> int:
