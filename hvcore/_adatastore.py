@@ -200,7 +200,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
                 raise ConfigError(f"{name} must be True or False, got {flag!r}")
         self._coalesce_reads = coalesce_reads
         self._coalesce_writes = coalesce_writes
-        self._readers: dict[int, Any] = {}  # id(store) -> its ReadCoalescer (hvcore._coalesce), made on first get
+        self._readers: dict[int, Any] = {}  # id(store) -> its ReadCoalescer (hvcore._acoalesce), made on first get
         self._writers: dict[int, Any] = {}  # id(store) -> its WriteCoalescer, made on first put
         if True:  # ASYNC
             self._check_settings()  # the stores are made by open(); their settings are checked now
@@ -512,34 +512,28 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
     def _writer(self, store: AsyncServerStore) -> Any:
         """The write coalescer of ``store`` (made on first use; one per store, dropped with the stores).
 
-        A `WriteCoalescer` on asyncio, a `ThreadWriteCoalescer` for `Datastore` (hvcore._coalesce).
+        A `WriteCoalescer` (hvcore._acoalesce).
         """
         writer = self._writers.get(id(store))
         if writer is None or writer.owner is not store:
-            from hvcore import _coalesce
+            from hvcore import _acoalesce
 
             group, limit = cast(Any, store).insert_group, self._options.pool_max
-            if True:  # ASYNC
-                writer = _coalesce.WriteCoalescer(store.insert, group, limit, owner=store)
-            else:
-                writer = _coalesce.ThreadWriteCoalescer(store.insert, group, limit, owner=store)
+            writer = _acoalesce.WriteCoalescer(store.insert, group, limit, owner=store)
             self._writers[id(store)] = writer
         return writer
 
     def _reader(self, store: AsyncServerStore) -> Any:
         """The read coalescer of ``store`` (made on first use; one per store, dropped with the stores).
 
-        A `ReadCoalescer` on asyncio, a `ThreadReadCoalescer` for `Datastore` (hvcore._coalesce).
+        A `ReadCoalescer` (hvcore._acoalesce).
         """
         reader = self._readers.get(id(store))
         if reader is None or reader.owner is not store:
-            from hvcore import _coalesce
+            from hvcore import _acoalesce
 
             limit = self._options.pool_max
-            if True:  # ASYNC
-                reader = _coalesce.ReadCoalescer(store.fetch, store.fetch_many, limit, owner=store)
-            else:
-                reader = _coalesce.ThreadReadCoalescer(store.fetch, store.fetch_many, limit, owner=store)
+            reader = _acoalesce.ReadCoalescer(store.fetch, store.fetch_many, limit, owner=store)
             self._readers[id(store)] = reader
         return reader
 

@@ -185,8 +185,8 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
                 raise ConfigError(f"{name} must be True or False, got {flag!r}")
         self._coalesce_reads = coalesce_reads
         self._coalesce_writes = coalesce_writes
-        self._readers: dict[int, Any] = {}  # id(store) -> its ReadCoalescer (hvcore._coalesce), made on first get
-        self._writers: dict[int, Any] = {}  # id(store) -> its WriteCoalescer, made on first put
+        self._readers: dict[int, Any] = {}  # id(store) -> its ThreadReadCoalescer (hvcore._coalesce), made on first get
+        self._writers: dict[int, Any] = {}  # id(store) -> its ThreadWriteCoalescer, made on first put
         self._open_stores()
         self._ensure_generator()
         _live_stores.add(self)
@@ -464,7 +464,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
     def _writer(self, store: ServerStore) -> Any:
         """The write coalescer of ``store`` (made on first use; one per store, dropped with the stores).
 
-        A `WriteCoalescer` on asyncio, a `ThreadWriteCoalescer` for `Datastore` (hvcore._coalesce).
+        A `ThreadWriteCoalescer` (hvcore._coalesce).
         """
         writer = self._writers.get(id(store))
         if writer is None or writer.owner is not store:
@@ -478,7 +478,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
     def _reader(self, store: ServerStore) -> Any:
         """The read coalescer of ``store`` (made on first use; one per store, dropped with the stores).
 
-        A `ReadCoalescer` on asyncio, a `ThreadReadCoalescer` for `Datastore` (hvcore._coalesce).
+        A `ThreadReadCoalescer` (hvcore._coalesce).
         """
         reader = self._readers.get(id(store))
         if reader is None or reader.owner is not store:

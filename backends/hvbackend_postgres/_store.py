@@ -822,7 +822,7 @@ class PostgresServerStore(StoreCore):
         """Store rows of one shard with one multi-row INSERT (one implicit transaction); the ids it stored.
 
         ``ON CONFLICT DO NOTHING``: a row whose key or unique value is taken is left out, not an error; the caller
-        (``hvcore._coalesce.WriteCoalescer``, for overlapping ``put()`` calls) runs such a row alone with `insert`
+        (``hvcore._coalesce.ThreadWriteCoalescer``, for overlapping ``put()``) runs such a row alone with `insert`
         to give it its own outcome. The statement returns its transaction id before it commits, as `insert` does
         (`_write`): after a lost connection the server is asked whether it committed; committed → the ids
         received; aborted or never started → an empty set (nothing stored: every row runs alone). Never retried
