@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import json.scanner
 import logging
 import math
 import select
+import threading
 import types
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, cast
@@ -53,6 +55,7 @@ __all__ = [
     "QUERY_FETCH_MAX",
     "SEARCH_PATH_SQL",
     "USER_ROW_FACTORIES",
+    "OperationTimeout",
     "StoreCore",
     "check_json",
     "idle_socket_state",
@@ -106,19 +109,52 @@ def scrub(text: str, secret: str | None) -> str:
     return text
 
 
+class OperationTimeout(psycopg.errors._WaitTimeout, ServerUnavailable):
+    """``operation_timeout`` expired while waiting for the server: a `ServerUnavailable` (and, for the store's own
+    handling, the psycopg error its ``wait(timeout=)`` raises). A cancel request for the statement was sent, so a
+    statement that was only waiting (a lock, a slow plan) stops on the server instead of completing later."""
+
+
+def _timed_out(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any], limit: float) -> OperationTimeout:
+    """The error for a wait that ran past ``limit`` seconds, after sending a cancel request for the statement from a
+    thread (a frozen server would block the caller in the cancel's own connection attempt)."""
+    info = conn.info
+    where = f"{info.host}:{info.port}/{info.dbname}"
+    if conn.pgconn.transaction_status == pq.TransactionStatus.ACTIVE:
+        with contextlib.suppress(psycopg.Error):
+            cancel = conn.pgconn.get_cancel()
+            threading.Thread(target=_send_cancel, args=(cancel,), name="hv-cancel", daemon=True).start()
+    return OperationTimeout(
+        f"PostgreSQL server {where} did not answer within operation_timeout={limit} s: a cancel request was sent "
+        "for the statement, and the connection is not reused (a statement that had already committed stays "
+        "committed)"
+    )
+
+
+def _send_cancel(cancel: Any) -> None:
+    with contextlib.suppress(Exception):
+        cancel.cancel()
+
+
 def bounded_connection_class(timeout: float | None) -> type[psycopg.Connection[Any]]:
     """A `psycopg.Connection` whose every wait on the server gives up after ``timeout`` seconds.
 
     A server that is frozen (or its host gone without a reset) keeps TCP open, so no socket timeout fires;
-    psycopg's ``wait(timeout=…)`` raises an `OperationalError` instead, which the store reports as
-    `ServerUnavailable` and the pool discards the connection (left mid-statement).
+    psycopg's ``wait(timeout=…)`` raises instead: `OperationTimeout` (a `ServerUnavailable`, even for a raw
+    ``cursor()`` statement), after a cancel request for the statement; the pool discards the connection (left
+    mid-statement).
     """
     if timeout is None:
         return psycopg.Connection
 
     class BoundedConnection(psycopg.Connection[Any]):
         def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
-            return super().wait(gen, interval, limit if timeout is None else timeout)
+            try:
+                return super().wait(gen, interval, limit if timeout is None else timeout)
+            except psycopg.errors._WaitTimeout as exc:
+                if isinstance(exc, OperationTimeout):
+                    raise
+                raise _timed_out(self, limit if timeout is None else timeout) from None
 
     limit = timeout
     return BoundedConnection
@@ -131,7 +167,12 @@ def bounded_async_connection_class(timeout: float | None) -> type[psycopg.AsyncC
 
     class BoundedAsyncConnection(psycopg.AsyncConnection[Any]):
         async def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
-            return await super().wait(gen, interval, limit if timeout is None else timeout)
+            try:
+                return await super().wait(gen, interval, limit if timeout is None else timeout)
+            except psycopg.errors._WaitTimeout as exc:
+                if isinstance(exc, OperationTimeout):
+                    raise
+                raise _timed_out(self, limit if timeout is None else timeout) from None
 
     limit = timeout
     return BoundedAsyncConnection

@@ -129,7 +129,8 @@ def test_a_write_under_another_layout_is_refused_before_anything_is_stored(
         old.provision()
         stored = old.put(6, 1, written="on the 2015 layout")
     if api == "sync":
-        for op in (lambda db: db.put(1, 1, a="b"), lambda db: db.put_many(2, 1, [{"a": "b"}])):
+        ops: list[Callable[[Any], Any]] = [lambda db: db.put(1, 1, a="b"), lambda db: db.put_many(2, 1, [{"a": "b"}])]
+        for op in ops:
             with hvcore.Datastore(servers, backend=backend) as new, pytest.raises(hvcore.ConfigError) as info:
                 op(new)
             assert "shard 6" in str(info.value) and "layout='hypervault'" in str(info.value)

@@ -1,4 +1,4 @@
-"""AsyncDatastore under cancellation: a cancelled task gives its connection back and stops (a new user's findings)."""
+"""Cancelled tasks and operation_timeout: connections come back, calls stop, errors are typed (a new user's report)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import itertools
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -100,3 +101,54 @@ def test_cancel_while_waiting_for_a_connection_is_not_lost(fresh_settings: dict[
         return swallowed
 
     assert asyncio.run(main()) == []
+
+
+@pytest.mark.parametrize("how", ["cursor", "get_connection", "transaction"])
+def test_operation_timeout_in_user_sql_is_server_unavailable(fresh_settings: dict[str, Any], how: str) -> None:
+    """Raw statements past operation_timeout raised psycopg's private ``_WaitTimeout``."""
+    servers = [{**fresh_settings, "shards": "0-8"}]
+    with hvcore.Datastore(servers, backend="jsonb", operation_timeout=0.5) as db:
+        db.provision()
+        with pytest.raises(hvcore.ServerUnavailable, match=r"operation_timeout=0\.5 s"):
+            if how == "cursor":
+                with db.cursor(2) as cur:
+                    cur.execute("SELECT pg_sleep(3)")
+            elif how == "get_connection":
+                conn = db.get_connection(2)
+                try:
+                    conn.execute("SELECT pg_sleep(3)")
+                finally:
+                    db.put_connection(conn)
+            else:
+                with db.transaction(2) as tx, tx.cursor() as cur:
+                    cur.execute("SELECT pg_sleep(3)")
+        assert db.get(db.put(2, 1, after="timeout")) is not None  # the pool serves on
+
+
+def test_async_operation_timeout_in_a_cursor_is_server_unavailable(fresh_settings: dict[str, Any]) -> None:
+    async def main() -> None:
+        servers = [{**fresh_settings, "shards": "0-8"}]
+        async with hvcore.AsyncDatastore(servers, backend="jsonb", operation_timeout=0.5) as db:
+            await db.provision()
+            with pytest.raises(hvcore.ServerUnavailable, match="operation_timeout"):
+                async with db.cursor(2) as cur:
+                    await cur.execute("SELECT pg_sleep(3)")
+
+    asyncio.run(main())
+
+
+def test_a_write_timed_out_on_a_lock_wait_is_cancelled_not_committed_later(fresh_settings: dict[str, Any]) -> None:
+    """operation_timeout gave up on the client only: an update waiting on a row lock went on and committed once
+    the lock was released, after its caller was told the outcome was unknown. A cancel request now stops it."""
+    servers = [{**fresh_settings, "shards": "0-8"}]
+    with hvcore.Datastore(servers, backend="jsonb", operation_timeout=0.5, pool_max=4) as db:
+        db.provision()
+        key = db.put(2, 5, a=1)
+        with db.transaction(2) as tx:
+            tx.update(key, a=2)  # holds the row lock
+            with pytest.raises(hvcore.ServerUnavailable):
+                db.update(key, a=3)
+            time.sleep(0.5)  # the cancel request travels on its own thread
+        time.sleep(0.5)
+        record = db.get(key)
+        assert record is not None and record.data == {"a": 2}
