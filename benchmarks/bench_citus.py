@@ -74,6 +74,29 @@ def bench_routing(ops: int, rounds: int) -> dict[str, Any]:
             "plain": stores["plain"],
         }
         try:
+            # the fan-out first, on the same rows everywhere: 16 per shard (the puts measured below add to shard 3)
+            spread: dict[str, list[hvcore.Key]] = {}  # 1000 keys over all 64 shards
+            for name in ("coordinator", "plain"):
+                spread[name] = [k for s in range(64) for k in stores[name].put_many(s, 1, [BODY] * 16)][:1000]
+            spread["coordinator_16"] = spread["workers"] = spread["coordinator"]
+            for name, store in fanout.items():
+                assert len(store.get_many(spread[name])) == 1000  # the store has looked at its server (Citus?)
+            fanout["coordinator_16"]._stores[0].shards_per_statement = None  # type: ignore[attr-defined]
+            pieces = {name: getattr(store._stores[0], "shards_per_statement", None) for name, store in fanout.items()}
+            rows = {name: len(list(store.query())) for name, store in fanout.items()}
+            assert set(rows.values()) == {64 * 16}, rows
+
+            def fetch(name: str) -> Any:
+                return lambda: fanout[name].get_many(spread[name])
+
+            def first(name: str, limit: int | None) -> Any:
+                return lambda: list(fanout[name].query(limit=limit))
+
+            slow = max(ops // 40, 3)
+            many = measure({name: fetch(name) for name in fanout}, slow, rounds)
+            limited = measure({name: first(name, 10) for name in fanout}, slow, rounds)
+            whole = measure({name: first(name, None) for name in fanout}, max(slow // 2, 2), rounds)
+
             keys = {name: [store.put(shard, 1, **BODY) for _ in range(200)] for name, store in stores.items()}
 
             def putter(store: hvcore.Datastore) -> Any:
@@ -90,26 +113,6 @@ def bench_routing(ops: int, rounds: int) -> dict[str, Any]:
 
             put = measure({name: putter(store) for name, store in stores.items()}, ops, rounds)
             get = measure({name: getter(store, keys[name]) for name, store in stores.items()}, ops, rounds)
-            spread: dict[str, list[hvcore.Key]] = {}  # 1000 keys over all 64 shards
-            for name in ("coordinator", "plain"):
-                spread[name] = [k for s in range(64) for k in stores[name].put_many(s, 1, [BODY] * 16)][:1000]
-            spread["coordinator_16"] = spread["workers"] = spread["coordinator"]
-            for name, store in fanout.items():
-                assert len(store.get_many(spread[name])) == 1000  # the store has looked at its server (Citus?)
-            fanout["coordinator_16"]._stores[0].shards_per_statement = None  # type: ignore[attr-defined]
-            pieces = {name: getattr(store._stores[0], "shards_per_statement", None) for name, store in fanout.items()}
-            rows = {name: len(list(store.query())) for name, store in fanout.items()}
-
-            def fetch(name: str) -> Any:
-                return lambda: fanout[name].get_many(spread[name])
-
-            def first(name: str, limit: int | None) -> Any:
-                return lambda: list(fanout[name].query(limit=limit))
-
-            slow = max(ops // 40, 3)
-            many = measure({name: fetch(name) for name in fanout}, slow, rounds)
-            limited = measure({name: first(name, 10) for name in fanout}, slow, rounds)
-            whole = measure({name: first(name, None) for name in fanout}, max(slow // 2, 2), rounds)
         finally:
             for store in {id(s): s for s in (*stores.values(), *fanout.values())}.values():
                 store.close()
