@@ -545,6 +545,12 @@ class AsyncPostgresServerStore(StoreCore):
             await self._check_backend()
         return await self._hstore_schema() if self.text_only else None
 
+    async def _citus_pieces(self, conn: AConn) -> None:
+        """``shards_per_statement`` = 1 where Citus distributes this database's shard schemas (Citus router-plans a
+        statement naming one of them, see ``_citus``), else the default; run where the citus extension exists."""
+        found = await (await conn.execute(CITUS_SHARD_SCHEMAS_SQL)).fetchone()
+        self.shards_per_statement = CITUS_SHARDS_PER_STATEMENT if found is not None and found[0] else None
+
     async def _check_backend(self) -> None:
         """Once per store: refuse a database whose shards were provisioned by the other PostgreSQL backend.
 
@@ -555,9 +561,8 @@ class AsyncPostgresServerStore(StoreCore):
         conn, pool = await self._checkout()
         try:
             row = await (await conn.execute(BACKEND_CHECK_SQL)).fetchone()
-            if row is not None and row[2]:  # Citus: one schema per statement where it distributes the shard schemas
-                found = await (await conn.execute(CITUS_SHARD_SCHEMAS_SQL)).fetchone()
-                self.shards_per_statement = CITUS_SHARDS_PER_STATEMENT if found is not None and found[0] else None
+            if row is not None and row[2]:  # Citus installed: are the shard schemas distributed?
+                await self._citus_pieces(conn)
         except psycopg.OperationalError as exc:
             raise self._unavailable(exc) from None
         finally:
@@ -1307,6 +1312,8 @@ class AsyncPostgresServerStore(StoreCore):
         try:
             existing = await self._existing(conn, shard_ids)
             shards = [s for s in shard_ids if TABLE in existing.get(s, (set(), None))[0]]
+            if await (await conn.execute(CITUS_EXTENSION_SQL)).fetchone() is not None:
+                await self._citus_pieces(conn)  # a store that ran no statement on shards yet (hv status)
             pieces = shard_pieces(shards, per_statement=self.shards_per_statement)  # bounded locks (_fanout)
             statements = [(count_query(piece), ()) for piece in pieces]
             for i in range(0, len(statements), PIPELINE_PIECES):

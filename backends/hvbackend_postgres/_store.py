@@ -516,6 +516,12 @@ class PostgresServerStore(StoreCore):
             self._check_backend()
         return self._hstore_schema() if self.text_only else None
 
+    def _citus_pieces(self, conn: Conn) -> None:
+        """``shards_per_statement`` = 1 where Citus distributes this database's shard schemas (Citus router-plans a
+        statement naming one of them, see ``_citus``), else the default; run where the citus extension exists."""
+        found = conn.execute(CITUS_SHARD_SCHEMAS_SQL).fetchone()
+        self.shards_per_statement = CITUS_SHARDS_PER_STATEMENT if found is not None and found[0] else None
+
     def _check_backend(self) -> None:
         """Once per store: refuse a database whose shards were provisioned by the other PostgreSQL backend.
 
@@ -526,9 +532,8 @@ class PostgresServerStore(StoreCore):
         conn, pool = self._checkout()
         try:
             row = conn.execute(BACKEND_CHECK_SQL).fetchone()
-            if row is not None and row[2]:  # Citus: one schema per statement where it distributes the shard schemas
-                found = conn.execute(CITUS_SHARD_SCHEMAS_SQL).fetchone()
-                self.shards_per_statement = CITUS_SHARDS_PER_STATEMENT if found is not None and found[0] else None
+            if row is not None and row[2]:  # Citus installed: are the shard schemas distributed?
+                self._citus_pieces(conn)
         except psycopg.OperationalError as exc:
             raise self._unavailable(exc) from None
         finally:
@@ -1273,6 +1278,8 @@ class PostgresServerStore(StoreCore):
         try:
             existing = self._existing(conn, shard_ids)
             shards = [s for s in shard_ids if TABLE in existing.get(s, (set(), None))[0]]
+            if conn.execute(CITUS_EXTENSION_SQL).fetchone() is not None:
+                self._citus_pieces(conn)  # a store that ran no statement on shards yet (hv status)
             pieces = shard_pieces(shards, per_statement=self.shards_per_statement)  # bounded locks (_fanout)
             statements = [(count_query(piece), ()) for piece in pieces]
             for i in range(0, len(statements), PIPELINE_PIECES):

@@ -114,6 +114,19 @@ def test_get_many_and_queries_send_one_schema_per_statement_and_citus_router_pla
     assert len(routed) >= 5 * SHARDS, notices[:20]
 
 
+def test_row_counts_of_a_fresh_store_send_one_schema_per_statement(
+    filled: dict[str, Any], statements: tuple[logging.Logger, _Statements]
+) -> None:
+    """What ``hv status`` counts with, on a store that ran nothing on shards before: it looks for Citus itself."""
+    logger, log = statements
+    with hvcore.Datastore([filled], backend="jsonb", logger=logger) as db:
+        (store,) = db._stores
+        assert store.row_counts(range(SHARDS)) == dict.fromkeys(range(SHARDS), 20)  # type: ignore[attr-defined]
+    assert any("count(" in line for line in log.lines)  # the statements were logged
+    assert [sorted(n) for n in log.schemas() if len(n) > 1] == []
+    assert len(log.schemas()) >= SHARDS
+
+
 def test_the_async_store_cuts_the_same_pieces(filled: dict[str, Any], statements: tuple[Any, _Statements]) -> None:
     logger, log = statements
 
