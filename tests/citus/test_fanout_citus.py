@@ -121,7 +121,7 @@ def test_row_counts_of_a_fresh_store_send_one_schema_per_statement(
     logger, log = statements
     with hvcore.Datastore([filled], backend="jsonb", logger=logger) as db:
         (store,) = db._stores
-        assert store.row_counts(range(SHARDS)) == dict.fromkeys(range(SHARDS), 20)  # type: ignore[attr-defined]
+        assert store.row_counts(range(SHARDS)) == dict.fromkeys(range(SHARDS), 20)
     assert any("count(" in line for line in log.lines)  # the statements were logged
     assert [sorted(n) for n in log.schemas() if len(n) > 1] == []
     assert len(log.schemas()) >= SHARDS
