@@ -114,6 +114,33 @@ def test_get_many_and_queries_send_one_schema_per_statement_and_citus_router_pla
     assert len(routed) >= 5 * SHARDS, notices[:20]
 
 
+def test_one_schema_statements_share_transactions_sixteen_at_a_time(
+    filled: dict[str, Any], statements: tuple[logging.Logger, _Statements]
+) -> None:
+    """A transaction holds what one 16-shard statement would lock, and Citus opens its remote transactions once
+    per 16 statements, not per statement (each transaction costs a BEGIN and COMMIT on every worker it reaches)."""
+    logger, log = statements
+    with hvcore.Datastore([filled], backend="jsonb", logger=logger) as db:
+        everything = list(db.query())
+        log.lines.clear()
+        assert len(db.get_many([r.key for r in everything])) == SHARDS * 20
+    groups: list[int] = []
+    inside: int | None = None
+    for line in log.lines:
+        text = line.removeprefix("statement:").strip().upper()
+        if text.startswith("BEGIN"):
+            assert inside is None, "nested BEGIN"
+            inside = 0
+        elif text.startswith("COMMIT"):
+            assert inside is not None
+            groups.append(inside)
+            inside = None
+        elif SCHEMA.search(line):
+            assert inside is not None, f"a statement outside the pieces' transactions: {line[:120]}"
+            inside += 1
+    assert groups == [SHARDS_PER_STATEMENT] * (SHARDS // SHARDS_PER_STATEMENT), (groups, log.lines[:5])
+
+
 def test_row_counts_of_a_fresh_store_send_one_schema_per_statement(
     filled: dict[str, Any], statements: tuple[logging.Logger, _Statements]
 ) -> None:
