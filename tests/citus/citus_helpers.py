@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
-from collections.abc import Mapping, Sequence
+import logging
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from fixtures.citus import CITUS_SETTINGS, CitusCluster, _require_citus
@@ -14,6 +16,33 @@ from fixtures.localpg import LocalServer
 from psycopg import sql
 
 from hvcore.cli import main
+
+
+class StatementLog(logging.Handler):
+    """The lines a store logs (``Datastore(logger=...)``: its statements at DEBUG)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+_Log = TypeVar("_Log", bound=logging.Handler)
+
+
+@contextlib.contextmanager
+def statement_log(name: str, handler: _Log) -> Iterator[tuple[logging.Logger, _Log]]:
+    """A logger of its own (DEBUG, not propagated) for a store, with ``handler`` (e.g. a `StatementLog`) on it."""
+    logger = logging.getLogger(name)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    logger.addHandler(handler)
+    try:
+        yield logger, handler
+    finally:
+        logger.removeHandler(handler)
 
 
 def run_hv(*argv: str) -> tuple[int, str]:

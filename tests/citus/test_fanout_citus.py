@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from citus.citus_helpers import connect
+from citus.citus_helpers import StatementLog, connect, statement_log
 from citus.conftest import _ContractDatabases
 from fixtures.citus import CitusCluster
 from hypothesis import given
@@ -37,15 +37,8 @@ SUBPLAN = "generating subplan"
 ROUTER = ("Creating router plan", "fast-path router")
 
 
-class _Statements(logging.Handler):
-    """The store's statement log (``Datastore(logger=...)``)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
+class _Statements(StatementLog):
+    """The store's statement log, and the shard schemas each statement names."""
 
     def schemas(self) -> list[set[str]]:
         """The shard schemas each logged statement names (statements naming none left out)."""
@@ -54,13 +47,8 @@ class _Statements(logging.Handler):
 
 @pytest.fixture
 def statements() -> Iterator[tuple[logging.Logger, _Statements]]:
-    logger = logging.getLogger("hv.test.citus.fanout")
-    logger.setLevel(logging.DEBUG)
-    logger.propagate = False
-    handler = _Statements()
-    logger.addHandler(handler)
-    yield logger, handler
-    logger.removeHandler(handler)
+    with statement_log("hv.test.citus.fanout", _Statements()) as pair:
+        yield pair
 
 
 @pytest.fixture
