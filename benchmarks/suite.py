@@ -654,17 +654,50 @@ def rows_citus(r: dict[str, Any]) -> list[Row]:
                 lower_is_better=True,
             )
         )
-    many = routing.get("get_many_1000_ms")
-    if many:
+    fanout = [
+        ("get_many_1000_ms", "get_many 1000 keys, 64 shards"),
+        ("query_limit_10_ms", "query(limit=10), 64 shards"),
+        ("query_all_ms", "query, all rows of 64 shards"),
+    ]
+    for key, what in fanout:
+        times = routing.get(key)
+        if not times:
+            continue
+        if "coordinator_16" in times:
+            out.append(
+                row(
+                    "citus",
+                    f"{what}, via the coordinator",
+                    times["coordinator"],
+                    "16 schemas per statement (before)",
+                    times["coordinator_16"],
+                    "ms",
+                    "one schema per statement, each router-planned, vs a UNION ALL Citus plans as a subplan per schema",
+                    lower_is_better=True,
+                )
+            )
+        if "workers" in times:
+            out.append(
+                row(
+                    "citus",
+                    f"{what}, via the coordinator",
+                    times["coordinator"],
+                    "straight to the workers holding them",
+                    times["workers"],
+                    "ms",
+                    "the routing cost of one endpoint for a fan-out (below 1: we pay it)",
+                    lower_is_better=True,
+                )
+            )
         out.append(
             row(
                 "citus",
-                "get_many 1000 keys, 64 shards, via the coordinator",
-                many["coordinator"],
+                f"{what}, after the hand-off",
+                times["coordinator"],
                 "plain PostgreSQL, before the hand-off",
-                many["plain"],
+                times["plain"],
                 "ms",
-                "one statement over 64 schemas: Citus runs a subplan per shard, one after another",
+                "a fan-out through the coordinator compared with hypervault's own routing before the hand-off",
                 lower_is_better=True,
             )
         )

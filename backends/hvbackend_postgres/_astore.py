@@ -41,6 +41,8 @@ from hvbackend_postgres._bouncer import (
 from hvbackend_postgres._citus import (
     CITUS_COORDINATOR_SQL,
     CITUS_EXTENSION_SQL,
+    CITUS_SHARD_SCHEMAS_SQL,
+    CITUS_SHARDS_PER_STATEMENT,
     CITUS_UNDISTRIBUTED_SQL,
     CitusCoordinator,
     check_citus_version,
@@ -88,6 +90,7 @@ from hvbackend_postgres._fanout import (
     PIPELINE_PIECES,
     QueryPiece,
     configure_preparation,
+    pieces_per_transaction,
     prepare_hot,
     shard_pieces,
 )
@@ -560,6 +563,12 @@ class AsyncPostgresServerStore(StoreCore):
             await self._check_backend()
         return await self._hstore_schema() if self.text_only else None
 
+    async def _citus_pieces(self, conn: AConn) -> None:
+        """``shards_per_statement`` = 1 where Citus distributes this database's shard schemas (Citus router-plans a
+        statement naming one of them, see ``_citus``), else the default; run where the citus extension exists."""
+        found = await (await conn.execute(CITUS_SHARD_SCHEMAS_SQL)).fetchone()
+        self.shards_per_statement = CITUS_SHARDS_PER_STATEMENT if found is not None and found[0] else None
+
     async def _check_backend(self) -> None:
         """Once per store: refuse a database whose shards were provisioned by the other PostgreSQL backend.
 
@@ -570,7 +579,9 @@ class AsyncPostgresServerStore(StoreCore):
         conn, pool = await self._checkout()
         try:
             row = await (await conn.execute(BACKEND_CHECK_SQL)).fetchone()
-            ext_schema, body_type = row if row is not None else (None, None)
+            if row is not None and row[2]:  # Citus installed: are the shard schemas distributed?
+                await self._citus_pieces(conn)
+            ext_schema, body_type = row[:2] if row is not None else (None, None)
             mismatch = self._backend_mismatch(body_type)
             if mismatch is not None:
                 raise mismatch
@@ -595,7 +606,8 @@ class AsyncPostgresServerStore(StoreCore):
         if not sample:
             return
         layout, now_ms = self._options.layout, time.time_ns() // 1_000_000
-        statements = [(max_id_query(piece), ()) for piece in shard_pieces(sample)]  # bounded locks (_fanout)
+        pieces = shard_pieces(sample, per_statement=self.shards_per_statement)  # bounded locks (_fanout)
+        statements = [(max_id_query(piece), ()) for piece in pieces]
         for shard, max_id in [row for found in await self._pieces(conn, statements) for row in found]:
             problem = layout_problem(shard, self._label, layout, max_id=max_id, next_id_epoch=None, now_ms=now_ms)
             if problem is not None:
@@ -1012,18 +1024,24 @@ class AsyncPostgresServerStore(StoreCore):
 
         A single statement runs alone in autocommit (its own transaction too). With several, each is wrapped in
         ``BEGIN``/``COMMIT`` so its locks are released before the next one plans (a pipeline without them is one
-        implicit transaction holding every lock to the end). An error rolls the open transaction back.
+        implicit transaction holding every lock to the end). Statements of one schema each (``shards_per_statement``
+        1, Citus) share a transaction `pieces_per_transaction` at a time: as many locks as one full piece, and Citus
+        opens a transaction on a worker once per group, not per statement. An error rolls the open transaction back.
         """
         if len(statements) == 1:
             query, params = statements[0]
             return [list(await (await conn.execute(query, params)).fetchall())]
         cursors: list[psycopg.AsyncCursor[Any]] = []
+        per_transaction = pieces_per_transaction(self.shards_per_statement)  # 1, or 16 one-schema pieces on Citus
+        last = len(statements) - 1
         try:
             async with conn.pipeline():
-                for query, params in statements:
-                    await conn.execute("BEGIN")
+                for i, (query, params) in enumerate(statements):
+                    if i % per_transaction == 0:
+                        await conn.execute("BEGIN")
                     cursors.append(await conn.cursor().execute(query, params))
-                    await conn.execute("COMMIT")
+                    if i % per_transaction == per_transaction - 1 or i == last:
+                        await conn.execute("COMMIT")
         except psycopg.Error:
             if not conn.closed and conn.pgconn.transaction_status != pq.TransactionStatus.IDLE:
                 try:
@@ -1353,7 +1371,8 @@ class AsyncPostgresServerStore(StoreCore):
         if old_tables:
             raise legacy_table_error(old_tables, self._label)
         if sample:
-            statements = [(max_id_query(piece), ()) for piece in shard_pieces(sample)]  # bounded locks (_fanout)
+            pieces = shard_pieces(sample, per_statement=self.shards_per_statement)  # bounded locks (_fanout)
+            statements = [(max_id_query(piece), ()) for piece in pieces]
             for shard, max_id in [row for rows in await self._pieces(conn, statements) for row in rows]:
                 problem = layout_problem(shard, self._label, layout, max_id=max_id, next_id_epoch=None, now_ms=now_ms)
                 if problem is not None:
@@ -1419,7 +1438,10 @@ class AsyncPostgresServerStore(StoreCore):
         try:
             existing = await self._existing(conn, shard_ids)
             shards = [s for s in shard_ids if TABLE in existing.get(s, (set(), None))[0]]
-            statements = [(count_query(piece), ()) for piece in shard_pieces(shards)]  # bounded locks (_fanout)
+            if await (await conn.execute(CITUS_EXTENSION_SQL)).fetchone() is not None:
+                await self._citus_pieces(conn)  # a store that ran no statement on shards yet (hv status)
+            pieces = shard_pieces(shards, per_statement=self.shards_per_statement)  # bounded locks (_fanout)
+            statements = [(count_query(piece), ()) for piece in pieces]
             for i in range(0, len(statements), PIPELINE_PIECES):
                 for rows in await self._pieces(conn, statements[i : i + PIPELINE_PIECES]):
                     for shard, count in rows:

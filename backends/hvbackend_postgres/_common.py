@@ -93,9 +93,10 @@ BACKEND_CHECK_SQL = (
     "FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid "
     "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
     "WHERE c.relname = 'entities' AND c.relkind = 'r' AND a.attname = 'body' AND n.nspname ~ '^shard[0-9]{4,}$' "
-    "LIMIT 1)"
+    "LIMIT 1), EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'citus')"
 )
-"""The hstore extension's schema (or NULL) and the body type of one shard table (or NULL if none exists)."""
+"""The hstore extension's schema (or NULL), the body type of one shard table (or NULL if none exists), and whether
+Citus is installed in the database (then `hvbackend_postgres._citus.CITUS_SHARD_SCHEMAS_SQL` says more)."""
 SEARCH_PATH_SQL = "SELECT pg_catalog.set_config('search_path', %s, false), pg_catalog.to_regnamespace(%s) IS NOT NULL"
 _NOT_PROVISIONED_STATES = frozenset({"42P01", "3F000"})  # undefined table, invalid schema name
 _MISSING_TYPE_STATES = frozenset({"42704", "42883"})  # undefined object (type), undefined function
@@ -389,6 +390,7 @@ class StoreCore:
         self._sql: dict[int, ShardSQL] = {}
         self._fetch_parts: dict[int, str] = {}
         self.insert_groups = True  # overlapping puts may share multi-row INSERTs (False once the server refuses them)
+        self.shards_per_statement: int | None = None  # None: SHARDS_PER_STATEMENT; 1 on Citus (see _check_backend)
         self._ext_schema: str | None = None
         self._hstore_info: TypeInfo | None = None
         self._backend_checked = False  # see _check_backend: shards of this database store our body type
@@ -602,7 +604,8 @@ class StoreCore:
         self, items: Sequence[tuple[int, Key]], ext: str | None
     ) -> list[tuple[str, list[list[int]]]]:
         """`_fetch_many_sql` per piece of at most `SHARDS_PER_STATEMENT` shards (`_fanout`): bounded locks."""
-        return [self._fetch_many_sql(piece, ext)[:2] for piece in group_pieces(items, item_shard)]
+        pieces = group_pieces(items, item_shard, per_statement=self.shards_per_statement)
+        return [self._fetch_many_sql(piece, ext)[:2] for piece in pieces]
 
     def _query_pieces_of(self, shard_ids: Sequence[int], spec: QuerySpec, ext: str | None) -> list[list[int]]:
         """The pieces of shards a query's statements cover: bounded relations and bound values per statement.
@@ -611,7 +614,7 @@ class StoreCore:
         """
         _, params = self._query_sql(shard_ids[:1], spec, ext)
         check_parameters(len(params), "this query's filter")
-        return shard_pieces(shard_ids, len(params))
+        return shard_pieces(shard_ids, len(params), per_statement=self.shards_per_statement)
 
     def _fetch_part(self, shard_id: int, ext: str | None) -> str:
         part = self._select_shards([(shard_id, sql.SQL(" WHERE id = ANY(%s::bigint[])"))], ext).as_string(None)

@@ -37,6 +37,8 @@ from hvbackend_postgres._bouncer import (
 from hvbackend_postgres._citus import (
     CITUS_COORDINATOR_SQL,
     CITUS_EXTENSION_SQL,
+    CITUS_SHARD_SCHEMAS_SQL,
+    CITUS_SHARDS_PER_STATEMENT,
     CITUS_UNDISTRIBUTED_SQL,
     CitusCoordinator,
     check_citus_version,
@@ -84,6 +86,7 @@ from hvbackend_postgres._fanout import (
     PIPELINE_PIECES,
     QueryPiece,
     configure_preparation,
+    pieces_per_transaction,
     prepare_hot,
     shard_pieces,
 )
@@ -521,6 +524,12 @@ class PostgresServerStore(StoreCore):
             self._check_backend()
         return self._hstore_schema() if self.text_only else None
 
+    def _citus_pieces(self, conn: Conn) -> None:
+        """``shards_per_statement`` = 1 where Citus distributes this database's shard schemas (Citus router-plans a
+        statement naming one of them, see ``_citus``), else the default; run where the citus extension exists."""
+        found = conn.execute(CITUS_SHARD_SCHEMAS_SQL).fetchone()
+        self.shards_per_statement = CITUS_SHARDS_PER_STATEMENT if found is not None and found[0] else None
+
     def _check_backend(self) -> None:
         """Once per store: refuse a database whose shards were provisioned by the other PostgreSQL backend.
 
@@ -531,7 +540,9 @@ class PostgresServerStore(StoreCore):
         conn, pool = self._checkout()
         try:
             row = conn.execute(BACKEND_CHECK_SQL).fetchone()
-            ext_schema, body_type = row if row is not None else (None, None)
+            if row is not None and row[2]:  # Citus installed: are the shard schemas distributed?
+                self._citus_pieces(conn)
+            ext_schema, body_type = row[:2] if row is not None else (None, None)
             mismatch = self._backend_mismatch(body_type)
             if mismatch is not None:
                 raise mismatch
@@ -556,7 +567,8 @@ class PostgresServerStore(StoreCore):
         if not sample:
             return
         layout, now_ms = (self._options.layout, time.time_ns() // 1000000)
-        statements = [(max_id_query(piece), ()) for piece in shard_pieces(sample)]  # bounded locks (_fanout)
+        pieces = shard_pieces(sample, per_statement=self.shards_per_statement)  # bounded locks (_fanout)
+        statements = [(max_id_query(piece), ()) for piece in pieces]
         for shard, max_id in [row for found in self._pieces(conn, statements) for row in found]:
             problem = layout_problem(shard, self._label, layout, max_id=max_id, next_id_epoch=None, now_ms=now_ms)
             if problem is not None:
@@ -972,18 +984,24 @@ class PostgresServerStore(StoreCore):
 
         A single statement runs alone in autocommit (its own transaction too). With several, each is wrapped in
         ``BEGIN``/``COMMIT`` so its locks are released before the next one plans (a pipeline without them is one
-        implicit transaction holding every lock to the end). An error rolls the open transaction back.
+        implicit transaction holding every lock to the end). Statements of one schema each (``shards_per_statement``
+        1, Citus) share a transaction `pieces_per_transaction` at a time: as many locks as one full piece, and Citus
+        opens a transaction on a worker once per group, not per statement. An error rolls the open transaction back.
         """
         if len(statements) == 1:
             query, params = statements[0]
             return [list(conn.execute(query, params).fetchall())]
         cursors: list[psycopg.Cursor[Any]] = []
+        per_transaction = pieces_per_transaction(self.shards_per_statement)  # 1, or 16 one-schema pieces on Citus
+        last = len(statements) - 1
         try:
             with conn.pipeline():
-                for query, params in statements:
-                    conn.execute("BEGIN")
+                for i, (query, params) in enumerate(statements):
+                    if i % per_transaction == 0:
+                        conn.execute("BEGIN")
                     cursors.append(conn.cursor().execute(query, params))
-                    conn.execute("COMMIT")
+                    if i % per_transaction == per_transaction - 1 or i == last:
+                        conn.execute("COMMIT")
         except psycopg.Error:
             if not conn.closed and conn.pgconn.transaction_status != pq.TransactionStatus.IDLE:
                 try:
@@ -1309,7 +1327,8 @@ class PostgresServerStore(StoreCore):
         if old_tables:
             raise legacy_table_error(old_tables, self._label)
         if sample:
-            statements = [(max_id_query(piece), ()) for piece in shard_pieces(sample)]  # bounded locks (_fanout)
+            pieces = shard_pieces(sample, per_statement=self.shards_per_statement)  # bounded locks (_fanout)
+            statements = [(max_id_query(piece), ()) for piece in pieces]
             for shard, max_id in [row for rows in self._pieces(conn, statements) for row in rows]:
                 problem = layout_problem(shard, self._label, layout, max_id=max_id, next_id_epoch=None, now_ms=now_ms)
                 if problem is not None:
@@ -1375,7 +1394,10 @@ class PostgresServerStore(StoreCore):
         try:
             existing = self._existing(conn, shard_ids)
             shards = [s for s in shard_ids if TABLE in existing.get(s, (set(), None))[0]]
-            statements = [(count_query(piece), ()) for piece in shard_pieces(shards)]  # bounded locks (_fanout)
+            if conn.execute(CITUS_EXTENSION_SQL).fetchone() is not None:
+                self._citus_pieces(conn)  # a store that ran no statement on shards yet (hv status)
+            pieces = shard_pieces(shards, per_statement=self.shards_per_statement)  # bounded locks (_fanout)
+            statements = [(count_query(piece), ()) for piece in pieces]
             for i in range(0, len(statements), PIPELINE_PIECES):
                 for rows in self._pieces(conn, statements[i : i + PIPELINE_PIECES]):
                     for shard, count in rows:
