@@ -346,6 +346,8 @@ class AsyncPostgresServerStore(StoreCore):
             pool = self._pool
             if pool is None or pool.last_error is not None:
                 pool = await self._current_pool()
+            # metrics.wait_time: "all" records every checkout's wait, "waits" those that find no idle connection
+            timed = metrics.on and (metrics.wait_all or (metrics.wait_some and not pool._pool))
             try:
                 conn = await pool.getconn(max(deadline - time.monotonic(), 0.001))
             except psycopg_pool.PoolTimeout:
@@ -364,7 +366,7 @@ class AsyncPostgresServerStore(StoreCore):
                 await self._give_back(conn, pool, discard=True)
                 raise
             if healthy:
-                if metrics.on:
+                if timed:
                     metrics.connection_wait(self._label, time.monotonic() - deadline + self._options.pool_block_timeout)
                 with self._lock:
                     self._lent += 1

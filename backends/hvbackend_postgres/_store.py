@@ -327,6 +327,8 @@ class PostgresServerStore(StoreCore):
             pool = self._pool
             if pool is None or pool.last_error is not None:
                 pool = self._current_pool()
+            # metrics.wait_time: "all" records every checkout's wait, "waits" those that find no idle connection
+            timed = metrics.on and (metrics.wait_all or (metrics.wait_some and (not pool._pool)))
             try:
                 conn = pool.getconn(max(deadline - time.monotonic(), 0.001))
             except psycopg_pool.PoolTimeout:
@@ -345,7 +347,7 @@ class PostgresServerStore(StoreCore):
                 self._give_back(conn, pool, discard=True)
                 raise
             if healthy:
-                if metrics.on:
+                if timed:
                     metrics.connection_wait(self._label, time.monotonic() - deadline + self._options.pool_block_timeout)
                 with self._lock:
                     self._lent += 1
