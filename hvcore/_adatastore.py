@@ -96,8 +96,9 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
     the server's other settings). ``read_from="replica"`` sends `get`, `get_many` and `query` to a standby whose
     replay lag is within ``max_replica_lag`` seconds (default 1.0), else to the primary, never failing while the
     primary is up; each of them takes ``read_from=`` for one call. After a write to a shard, its reads go to the
-    primary until a standby has replayed past that write (read-your-writes, per `timeline`; it costs each write on
-    a server with standbys one more round trip, for the WAL position: ``read_your_writes=False`` turns it off).
+    primary until a standby has replayed past that write (read-your-writes, per `timeline`: a put, update, replace
+    or delete on a server with standbys brings the WAL position back in its own exchange; put_many and
+    transactions read it after, one more round trip; ``read_your_writes=False`` turns it off).
     Writes always go to primaries. README "Read replicas" has the details and figures.
 
     `AsyncDatastore` opens its pools on ``await db.open()`` or on entering ``async with``; its I/O methods are
@@ -223,7 +224,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
             self._sequence_closed = False
         self._stores = stores
         if self._router is not None:
-            self._router.attach(stores)
+            self._router.attach(stores, track_writes=self._config.read_your_writes)
         self._closed = False
         self._ever_opened = True
         metrics.watch(self)  # looks the meter provider up again: figures start once one is configured
@@ -416,7 +417,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
                 store = self.store_for(shard_id)
                 continue
             if self._router is not None:
-                await self._note_write(shard_id)
+                await self._note_write(shard_id, carried=True)
             return key
         raise too_many_duplicates(shard_id)
 
@@ -610,13 +611,17 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
             return self._read_from == "replica"
         return check_read_from(read_from) == "replica"
 
-    async def _note_write(self, shard_id: int) -> None:
-        """Record a write to ``shard_id`` in the current timeline (read-your-writes), if its server has standbys."""
+    async def _note_write(self, shard_id: int, carried: bool = False) -> None:
+        """Record a write to ``shard_id`` in the current timeline (read-your-writes), if its server has standbys.
+
+        ``carried``: the write was one exchange of the store's that brings back the WAL position (put, update,
+        replace, delete: `AsyncReadRouter.note_write`); others cost a round trip for it.
+        """
         router = self._router
         if router is not None and self._config.read_your_writes:
             index = self.shard_map.server_for(shard_id)
             if router.has_replicas(index):
-                await router.note_write(index, shard_id, current_timeline(self._timeline))
+                await router.note_write(index, shard_id, current_timeline(self._timeline), carried=carried)
 
     def timeline(self, timeline: Timeline | None = None) -> TimelineScope:
         """A ``with`` block whose writes and reads use ``timeline`` (a new empty one if None) for read-your-writes.
@@ -680,7 +685,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
             key.shard_id, lambda store: store.update(key.shard_id, key, data, merge=True), "update"
         )
         if done and self._router is not None:
-            await self._note_write(key.shard_id)
+            await self._note_write(key.shard_id, carried=True)
         return done
 
     async def replace(self, key: Key | int, /, **data: Any) -> bool:
@@ -691,7 +696,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
             key.shard_id, lambda store: store.update(key.shard_id, key, data, merge=False), "replace"
         )
         if done and self._router is not None:
-            await self._note_write(key.shard_id)
+            await self._note_write(key.shard_id, carried=True)
         return done
 
     async def delete(self, key: Key | int) -> bool:
@@ -699,7 +704,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         key = self.as_key(key)
         done = await self._on_shard(key.shard_id, lambda store: store.delete(key.shard_id, key), "delete")
         if done and self._router is not None:
-            await self._note_write(key.shard_id)
+            await self._note_write(key.shard_id, carried=True)
         return done
 
     async def _on_shard(self, shard_id: int, op: Callable[[AsyncServerStore], Awaitable[_T]], name: str) -> _T:

@@ -94,8 +94,9 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
     the server's other settings). ``read_from="replica"`` sends `get`, `get_many` and `query` to a standby whose
     replay lag is within ``max_replica_lag`` seconds (default 1.0), else to the primary, never failing while the
     primary is up; each of them takes ``read_from=`` for one call. After a write to a shard, its reads go to the
-    primary until a standby has replayed past that write (read-your-writes, per `timeline`; it costs each write on
-    a server with standbys one more round trip, for the WAL position: ``read_your_writes=False`` turns it off).
+    primary until a standby has replayed past that write (read-your-writes, per `timeline`: a put, update, replace
+    or delete on a server with standbys brings the WAL position back in its own exchange; put_many and
+    transactions read it after, one more round trip; ``read_your_writes=False`` turns it off).
     Writes always go to primaries. README "Read replicas" has the details and figures.
 
     `Datastore` opens its pools on ``await db.open()`` or on entering ``with``; its I/O methods are
@@ -209,7 +210,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
             self._sequence_closed = False
         self._stores = stores
         if self._router is not None:
-            self._router.attach(stores)
+            self._router.attach(stores, track_writes=self._config.read_your_writes)
         self._closed = False
         self._ever_opened = True
         metrics.watch(self)  # looks the meter provider up again: figures start once one is configured
@@ -377,7 +378,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
                 store = self.store_for(shard_id)
                 continue
             if self._router is not None:
-                self._note_write(shard_id)
+                self._note_write(shard_id, carried=True)
             return key
         raise too_many_duplicates(shard_id)
 
@@ -561,13 +562,17 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
             return self._read_from == "replica"
         return check_read_from(read_from) == "replica"
 
-    def _note_write(self, shard_id: int) -> None:
-        """Record a write to ``shard_id`` in the current timeline (read-your-writes), if its server has standbys."""
+    def _note_write(self, shard_id: int, carried: bool = False) -> None:
+        """Record a write to ``shard_id`` in the current timeline (read-your-writes), if its server has standbys.
+
+        ``carried``: the write was one exchange of the store's that brings back the WAL position (put, update,
+        replace, delete: `ReadRouter.note_write`); others cost a round trip for it.
+        """
         router = self._router
         if router is not None and self._config.read_your_writes:
             index = self.shard_map.server_for(shard_id)
             if router.has_replicas(index):
-                router.note_write(index, shard_id, current_timeline(self._timeline))
+                router.note_write(index, shard_id, current_timeline(self._timeline), carried=carried)
 
     def timeline(self, timeline: Timeline | None = None) -> TimelineScope:
         """A ``with`` block whose writes and reads use ``timeline`` (a new empty one if None) for read-your-writes.
@@ -626,7 +631,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         self.store_for(key.shard_id).check_data(data)
         done = self._on_shard(key.shard_id, lambda store: store.update(key.shard_id, key, data, merge=True), "update")
         if done and self._router is not None:
-            self._note_write(key.shard_id)
+            self._note_write(key.shard_id, carried=True)
         return done
 
     def replace(self, key: Key | int, /, **data: Any) -> bool:
@@ -635,7 +640,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         self.store_for(key.shard_id).check_data(data)
         done = self._on_shard(key.shard_id, lambda store: store.update(key.shard_id, key, data, merge=False), "replace")
         if done and self._router is not None:
-            self._note_write(key.shard_id)
+            self._note_write(key.shard_id, carried=True)
         return done
 
     def delete(self, key: Key | int) -> bool:
@@ -643,7 +648,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         key = self.as_key(key)
         done = self._on_shard(key.shard_id, lambda store: store.delete(key.shard_id, key), "delete")
         if done and self._router is not None:
-            self._note_write(key.shard_id)
+            self._note_write(key.shard_id, carried=True)
         return done
 
     def _on_shard(self, shard_id: int, op: Callable[[ServerStore], _T], name: str) -> _T:
