@@ -153,6 +153,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         self._factory = self._registry.async_backend(backend)
         self._read_from = self._config.read_from
         self._timeline = Timeline()  # the process-wide read-your-writes positions (outside any `timeline()` block)
+        self._lent_shards: dict[int, tuple[Any, int]] = {}  # id(conn) → (conn, shard) of get_connection, with standbys
         self._router: AsyncReadRouter | None = None
         if any(self._replica_settings):
             self._router = AsyncReadRouter(
@@ -340,9 +341,13 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
 
         A psycopg connection in a transaction (commit it yourself), whose rows are `Row` objects (``row[0]`` and
         ``row["name"]``; ``row_factory="dict"``/``"tuple"`` for dicts or tuples); the memory backend lends a
-        ``MemoryConnection`` instead. Return it with `put_connection`.
+        ``MemoryConnection`` instead. Return it with `put_connection`. On a server with standbys (and
+        ``read_your_writes``), `put_connection` counts it as a write to the shard: the primary's WAL position is
+        read then (one round trip) and the shard's reads stay on the primary until a standby has replayed it.
         """
         conn: AsyncConnection[Row] = await self.store_for(shard_id).get_connection(shard_id)
+        if self._router is not None and self._config.read_your_writes:  # put_connection notes it as a write
+            self._lent_shards[id(conn)] = (conn, shard_id)
         return conn
 
     async def put_connection(self, conn: Any) -> None:
@@ -353,6 +358,9 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         for store in (*self._stores, *self._retired):
             if store.owns(conn):
                 await store.put_connection(conn)
+                lent = self._lent_shards.pop(id(conn), None)
+                if lent is not None and lent[0] is conn:  # whatever it committed counts as a write to its shard
+                    await self._note_write(lent[1])
                 return
         raise ConnectionMisuse(
             f"{conn!r} is not borrowed from this AsyncDatastore: it was already returned, or came from elsewhere"
@@ -364,10 +372,13 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
 
         A psycopg cursor whose rows are `Row` objects: ``row[0]`` and ``row["version"]`` both work, as psycopg2's
         ``DictRow`` did (``row_factory="dict"``/``"tuple"`` for dicts or tuples). The memory backend yields a
-        ``MemoryCursor``, which answers ``SELECT version()`` and ``SELECT 1`` only.
+        ``MemoryCursor``, which answers ``SELECT version()`` and ``SELECT 1`` only. On a server with standbys
+        (and ``read_your_writes``), a block that commits counts as a write to the shard, as for `get_connection`.
         """
         async with self.store_for(shard_id).cursor(shard_id) as cur:
             yield cur
+        if self._router is not None:  # committed: read-your-writes counts the block as a write to the shard
+            await self._note_write(shard_id)
 
     def transaction(
         self, shard_id: int, *, isolation_level: str | Enum | None = None, read_only: bool = False

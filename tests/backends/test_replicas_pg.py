@@ -363,6 +363,32 @@ def test_without_read_your_writes_or_standbys_writes_send_no_position_query(pg_r
             assert store.track_wal is False and store.written_position() is None
 
 
+def test_writes_through_cursor_and_borrowed_connections_count_for_read_your_writes(
+    pg_replica_pair: ReplicaPair, replica_db: Datastore
+) -> None:
+    pair, db = pg_replica_pair, replica_db
+    pair.pause_replay()
+    now_ms = int(time.time() * 1000)
+    by_cursor, key = (hvcore.Key.from_parts(timestamp_ms=now_ms, shard_id=SHARD, added_id=n) for n in (1, 2))
+    with db.timeline():
+        with db.cursor(SHARD) as cur:
+            cur.execute("INSERT INTO entities (id, kind, body) VALUES (%s, 1, '{}')", (by_cursor,))
+        conn = db.get_connection(SHARD)
+        conn.execute("INSERT INTO entities (id, kind, body) VALUES (%s, 1, '{}')", (key,))
+        conn.commit()
+        db.put_connection(conn)
+        db.refresh_replicas()
+        for written in (by_cursor, key):
+            since = _server_now(pair)
+            assert db.get(written) is not None  # my own writes: from the primary, the standby has not replayed them
+            assert _where(pair, since) == "primary"
+    with db.timeline():
+        since = _server_now(pair)
+        assert db.get(key) is None  # another timeline: the standby, within its bound
+        assert _where(pair, since) == "standby"
+    pair.resume_replay()
+
+
 def test_writes_outside_a_timeline_block_pin_their_shard_for_the_whole_process(
     pg_replica_pair: ReplicaPair, replica_db: Datastore
 ) -> None:
