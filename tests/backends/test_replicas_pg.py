@@ -528,6 +528,17 @@ def test_config_file_replicas_and_hv_status(pg_replica_pair: ReplicaPair, tmp_pa
     assert f":{standby['port']}/" in text and "in use" in text, text
     assert "s3cret-pw" not in text
 
+    out = StringIO()  # --watch: the same tables again on the same datastore, the terminal cleared before each
+    started = time.monotonic()
+    code = main(["status", "--config", str(path), "--watch", "0.2", "--count", "3"], out)
+    text = out.getvalue()
+    assert code == 0, text
+    assert text.count("\x1b[H\x1b[J") == 3 and text.count(f"hv status {path}") == 3
+    assert text.count("in use") == 3 and time.monotonic() - started >= 0.4
+    out = StringIO()
+    assert main(["status", "--config", str(path), "--watch", "0.1", "--count", "2", "--json"], out) == 0
+    assert "\x1b[" not in out.getvalue() and out.getvalue().count('"replicas"') == 2
+
 
 def test_a_moved_shard_is_read_from_the_standby_of_its_new_server(pg_replica_pair: ReplicaPair) -> None:
     pair = pg_replica_pair

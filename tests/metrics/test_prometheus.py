@@ -112,6 +112,11 @@ def test_hv_metrics_prints_the_scraped_figures(pg_datastore_factory: Any, endpoi
     assert puts[0]["count"] == 3 and puts[0]["mean_ms"] > 0 and puts[0]["p95_le_ms"] is not None
     assert {p["pool"] for p in found["pools"]} == {s.label for s in ds._stores}
 
+    out = io.StringIO()  # --watch: scraped again each round, the terminal cleared first (shared with hv status)
+    assert cli.main(["metrics", endpoint, "--watch", "0.05", "--count", "2"], out=out) == 0
+    assert out.getvalue().count("\x1b[H\x1b[J") == 2 and out.getvalue().count(f"{endpoint}  ") == 2
+    assert out.getvalue().count("get_many") == 2
+
 
 def test_hv_metrics_on_a_bad_url_is_one_error_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["metrics", "ftp://x/metrics"]) == 2
