@@ -229,10 +229,11 @@ def per_call(
     }
 
 
-def run(quick: bool, callgrind: bool | None = None, variants: tuple[str, ...] = VARIANTS) -> dict[str, Any]:
+def run(quick: bool, callgrind: bool | None = None, variants: tuple[str, ...] = ("off", "on")) -> dict[str, Any]:
     """Every measure on memory and on fresh local PostgreSQL servers; the figures.
 
-    ``callgrind`` (default: when not ``quick`` and valgrind is installed) adds the instruction counts.
+    ``callgrind`` (default: when not ``quick`` and valgrind is installed) adds the instruction counts of
+    ``variants`` (the suite's part: off and on, about 10 minutes on 2 busy cores; the command line: every variant).
     """
     from fixtures.localpg import local_servers
 
@@ -246,12 +247,12 @@ def run(quick: bool, callgrind: bool | None = None, variants: tuple[str, ...] = 
         results["sdk_record_ir"] = per_call("sdk", None, 2000, SDK_CASES)
     results["memory_wall_us"] = wall("memory", None, ops * 5, rounds)
     if callgrind:
-        results["memory_ir"] = per_call("memory", None, 200 if quick else 1000, variants)
+        results["memory_ir"] = per_call("memory", None, 300, variants)  # the garbage collector off: stable counts
     with local_servers(1, fsync=False) as local:
         settings = dict(local[0].settings)
         results["jsonb_wall_us"] = wall("jsonb", settings, ops // 3, rounds)
         if callgrind:
-            results["jsonb_ir"] = per_call("jsonb", settings, 100 if quick else 300, variants)
+            results["jsonb_ir"] = per_call("jsonb", settings, 100, variants)
     with local_servers(1, fsync=True) as durable:  # the put users feel: a commit that waits for its WAL flush
         results["put_fsync_wall_us"] = wall("jsonb", dict(durable[0].settings), ops // 5, rounds, put_only)
     return results

@@ -9,8 +9,8 @@ median reads per second of each setup and its ratio to "primary only" measured i
 - setups: every thread reads the primary (``read_from="primary"``); every thread reads the standby
   (``read_from="replica"``); half the threads each (``primary + replica``: the read capacity of both servers).
 
-Also: ``put`` with a standby configured (each write then reads the primary's WAL position for read-your-writes),
-with a standby and ``read_your_writes=False``, and without a standby, µs per call.
+Also: ``put`` with a standby configured (read-your-writes: each write brings back the primary's WAL position after
+its commit, in the same exchange), with a standby and ``read_your_writes=False``, and without a standby, µs per call.
 
 What to expect depends on the cores: both servers and the client share this machine, so a standby adds no CPU
 here; on separate machines it adds a server's worth of read capacity.
