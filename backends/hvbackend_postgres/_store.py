@@ -641,6 +641,8 @@ class PostgresServerStore(StoreCore):
         finally:
             self._checkin(conn, pool)
         if self._settle(shard_id, xid, keys) == COMMITTED:
+            if self.track_wal:  # committed without its WAL position (read-your-writes): reads after this cover it
+                self._wal_gap()
             return (box, None)
         return (box, lost)
 
@@ -657,9 +659,9 @@ class PostgresServerStore(StoreCore):
         ``reused=False``: a statement text that varies (a multi-row INSERT of any size) is sent unprepared.
         """
         if not PIPELINE:  # libpq before 14: the id comes with the commit's reply (settled less often, never guessed)
-            if self.track_wal:
-                self._wal_gap()  # no position with the write: read-your-writes reads it after (one round trip)
             cur = conn.execute(query, params)
+            if self.track_wal:
+                self._wal_gap()  # committed, no position with it: read-your-writes reads it after (one round trip)
             if cur.pgresult is not None:
                 box.append(cur.pgresult)
             return
@@ -704,8 +706,6 @@ class PostgresServerStore(StoreCore):
                 # cancelled or interrupted with results still due: the session is unusable; a lost connection or a
                 # client-side timeout is left to the caller, which settles it (`_write`)
                 self._leave_pipeline(pgconn, finish=not isinstance(exc, psycopg.OperationalError))
-                if self.track_wal:
-                    self._wal_gap()
                 raise
             self._leave_pipeline(pgconn, finish=True)
             if track:
@@ -1367,7 +1367,8 @@ class PostgresServerStore(StoreCore):
                 self._wal_gaps_covered = covers
 
     def _wal_gap(self) -> None:
-        """A write's exchange ended without its position: `written_position` is None until a read covers it."""
+        """A write committed without bringing back its position (a lost exchange, settled by asking the server; an
+        old libpq): `written_position` is None until a `wal_position` read that began after this covers it."""
         with self._lock:
             self._wal_gaps += 1
 
