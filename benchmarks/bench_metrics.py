@@ -63,7 +63,7 @@ def _provider(variant: str) -> Any:
 
     options: dict[str, Any] = {}
     if variant == "on_no_exemplars":
-        from opentelemetry.sdk.metrics._internal.exemplar import AlwaysOffExemplarFilter
+        from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter
 
         options["exemplar_filter"] = AlwaysOffExemplarFilter()
     return MeterProvider(metric_readers=[InMemoryMetricReader()], **options)
