@@ -1,8 +1,8 @@
 """The hypervault benchmark suite: every part in one run, on one machine and one set of servers, as ratios.
 
 Usage: ``python benchmarks/suite.py [--quick] [--parts keys,redis,datastore,batches,peers,scaling,citus,schema,
-commit_status,concurrency,fanout] [--output DIR] [--json PATH] [--png PATH]``, from a source checkout (the benchmarks
-are not installed with the package; there is no ``hv bench``).
+commit_status,concurrency,fanout,metrics,replicas] [--output DIR] [--json PATH] [--png PATH]``, from a
+source checkout (the benchmarks are not installed with the package; there is no ``hv bench``).
 A full run writes ``benchmarks/results/latest.{json,md,png}`` (the
 committed results the README shows); a ``--quick`` run writes ``bench-results/quick/`` (ignored by git) unless
 ``--output``, ``--json`` or ``--png`` say otherwise. Each part is a ``benchmarks/bench_<part>.py`` script with a
@@ -56,6 +56,8 @@ PARTS = (
     "transactions",
     "concurrency",
     "fanout",
+    "metrics",
+    "replicas",
 )
 RESULTS = HERE / "results"  # the committed results: written by full runs only, unless asked
 QUICK_RESULTS = ROOT / "bench-results" / "quick"  # where --quick writes by default (git ignores bench-results/)
@@ -1024,6 +1026,64 @@ def rows_fanout(r: dict[str, Any]) -> list[Row]:
     return out
 
 
+def rows_metrics(r: dict[str, Any]) -> list[Row]:
+    """bench_metrics.py: put+get (and a durable put) with an OpenTelemetry SDK meter provider vs none configured."""
+    out = []
+    for key, measure, unit in (
+        ("jsonb_ir", "put+get, jsonb, client instructions", "instr."),
+        ("memory_ir", "put+get, memory backend, instructions", "instr."),
+        ("jsonb_wall_us", "put+get, jsonb (fsync off)", "µs/op"),
+        ("put_fsync_wall_us", "put, jsonb (fsync on)", "µs/op"),
+    ):
+        figures = r.get(key)
+        if not figures:
+            continue
+        out.append(
+            row(
+                "metrics",
+                f"metrics on: {measure}",
+                figures["on"],
+                "no meter provider (metrics off)",
+                figures["off"],
+                unit,
+                "OpenTelemetry SDK provider, in-memory reader: one SDK histogram measurement per operation (goal "
+                "≤ 1.05× the time); instructions by callgrind, wall time noisy on shared cores",
+                lower_is_better=True,
+            )
+        )
+    return out
+
+
+def rows_replicas(r: dict[str, Any]) -> list[Row]:
+    """bench_replicas.py: reads on a standby (or spread over primary and standby) vs the primary only; what a
+    standby and read-your-writes cost a put."""
+    out = []
+    reads = r["reads"]
+    for name, unit in (("get_many", "calls/s (100 keys)"), ("query", "queries/s (100 rows)")):
+        base = reads[name]["primary only"]["per_s"]
+        for setup in ("replica only", "primary + replica"):
+            out.append(
+                row(
+                    "replicas",
+                    f"{name}, {r['threads']} threads, reads on {setup}",
+                    reads[name][setup]["per_s"],
+                    "primary only",
+                    base,
+                    unit,
+                    "primary and standby share this machine's cores with the client: a standby adds no CPU here",
+                    lower_is_better=False,
+                )
+            )
+    puts = r["put"]
+    base = puts["put, no standby"]["us"]
+    for name, why in (
+        ("put, standby (read-your-writes)", "the WAL position rides in the write's own exchange"),
+        ("put, standby, read_your_writes=False", "no position asked for"),
+    ):
+        out.append(row("replicas", name, puts[name]["us"], "put, no standby", base, "µs/op", why, lower_is_better=True))
+    return out
+
+
 NORMALISERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "keys": rows_keys,
     "redis": rows_redis,
@@ -1037,6 +1097,8 @@ NORMALISERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "transactions": rows_transactions,
     "concurrency": rows_concurrency,
     "fanout": rows_fanout,
+    "metrics": rows_metrics,
+    "replicas": rows_replicas,
 }
 
 

@@ -111,8 +111,9 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
     the server's other settings). ``read_from="replica"`` sends `get`, `get_many` and `query` to a standby whose
     replay lag is within ``max_replica_lag`` seconds (default 1.0), else to the primary, never failing while the
     primary is up; each of them takes ``read_from=`` for one call. After a write to a shard, its reads go to the
-    primary until a standby has replayed past that write (read-your-writes, per `timeline`; it costs each write on
-    a server with standbys one more round trip, for the WAL position: ``read_your_writes=False`` turns it off).
+    primary until a standby has replayed past that write (read-your-writes, per `timeline`: a put, update, replace
+    or delete on a server with standbys brings the WAL position back in its own exchange; put_many and
+    transactions read it after, one more round trip; ``read_your_writes=False`` turns it off).
     Writes always go to primaries. README "Read replicas" has the details and figures.
 
     `AsyncDatastore` opens its pools on ``await db.open()`` or on entering ``async with``; its I/O methods are
@@ -167,6 +168,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         self._factory = self._registry.async_backend(backend)
         self._read_from = self._config.read_from
         self._timeline = Timeline()  # the process-wide read-your-writes positions (outside any `timeline()` block)
+        self._lent_shards: dict[int, tuple[Any, int]] = {}  # id(conn) → (conn, shard) of get_connection, with standbys
         self._router: AsyncReadRouter | None = None
         if any(self._replica_settings):
             self._router = AsyncReadRouter(
@@ -238,7 +240,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
             self._sequence_closed = False
         self._stores = stores
         if self._router is not None:
-            self._router.attach(stores)
+            self._router.attach(stores, track_writes=self._config.read_your_writes)
         self._closed = False
         self._ever_opened = True
         metrics.watch(self)  # looks the meter provider up again: figures start once one is configured
@@ -354,9 +356,13 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
 
         A psycopg connection in a transaction (commit it yourself), whose rows are `Row` objects (``row[0]`` and
         ``row["name"]``; ``row_factory="dict"``/``"tuple"`` for dicts or tuples); the memory backend lends a
-        ``MemoryConnection`` instead. Return it with `put_connection`.
+        ``MemoryConnection`` instead. Return it with `put_connection`. On a server with standbys (and
+        ``read_your_writes``), `put_connection` counts it as a write to the shard: the primary's WAL position is
+        read then (one round trip) and the shard's reads stay on the primary until a standby has replayed it.
         """
         conn: AsyncConnection[Row] = await self.store_for(shard_id).get_connection(shard_id)
+        if self._router is not None and self._config.read_your_writes:  # put_connection notes it as a write
+            self._lent_shards[id(conn)] = (conn, shard_id)
         return conn
 
     async def put_connection(self, conn: Any) -> None:
@@ -367,6 +373,9 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         for store in (*self._stores, *self._retired):
             if store.owns(conn):
                 await store.put_connection(conn)
+                lent = self._lent_shards.pop(id(conn), None)
+                if lent is not None and lent[0] is conn:  # whatever it committed counts as a write to its shard
+                    await self._note_write(lent[1])
                 return
         raise ConnectionMisuse(
             f"{conn!r} is not borrowed from this AsyncDatastore: it was already returned, or came from elsewhere"
@@ -378,10 +387,13 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
 
         A psycopg cursor whose rows are `Row` objects: ``row[0]`` and ``row["version"]`` both work, as psycopg2's
         ``DictRow`` did (``row_factory="dict"``/``"tuple"`` for dicts or tuples). The memory backend yields a
-        ``MemoryCursor``, which answers ``SELECT version()`` and ``SELECT 1`` only.
+        ``MemoryCursor``, which answers ``SELECT version()`` and ``SELECT 1`` only. On a server with standbys
+        (and ``read_your_writes``), a block that commits counts as a write to the shard, as for `get_connection`.
         """
         async with self.store_for(shard_id).cursor(shard_id) as cur:
             yield cur
+        if self._router is not None:  # committed: read-your-writes counts the block as a write to the shard
+            await self._note_write(shard_id)
 
     def transaction(
         self, shard_id: int, *, isolation_level: str | Enum | None = None, read_only: bool = False
@@ -431,7 +443,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
                 store = self.store_for(shard_id)
                 continue
             if self._router is not None:
-                await self._note_write(shard_id)
+                await self._note_write(shard_id, carried=True)
             return key
         raise too_many_duplicates(shard_id)
 
@@ -619,13 +631,17 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
             return self._read_from == "replica"
         return check_read_from(read_from) == "replica"
 
-    async def _note_write(self, shard_id: int) -> None:
-        """Record a write to ``shard_id`` in the current timeline (read-your-writes), if its server has standbys."""
+    async def _note_write(self, shard_id: int, carried: bool = False) -> None:
+        """Record a write to ``shard_id`` in the current timeline (read-your-writes), if its server has standbys.
+
+        ``carried``: the write was one exchange of the store's that brings back the WAL position (put, update,
+        replace, delete: `AsyncReadRouter.note_write`); others cost a round trip for it.
+        """
         router = self._router
         if router is not None and self._config.read_your_writes:
             index = self.shard_map.server_for(shard_id)
             if router.has_replicas(index):
-                await router.note_write(index, shard_id, current_timeline(self._timeline))
+                await router.note_write(index, shard_id, current_timeline(self._timeline), carried=carried)
 
     def timeline(self, timeline: Timeline | None = None) -> TimelineScope:
         """A ``with`` block whose writes and reads use ``timeline`` (a new empty one if None) for read-your-writes.
@@ -689,7 +705,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
             key.shard_id, lambda store: store.update(key.shard_id, key, data, merge=True), "update"
         )
         if done and self._router is not None:
-            await self._note_write(key.shard_id)
+            await self._note_write(key.shard_id, carried=True)
         return done
 
     async def replace(self, key: Key | int, /, **data: Any) -> bool:
@@ -700,7 +716,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
             key.shard_id, lambda store: store.update(key.shard_id, key, data, merge=False), "replace"
         )
         if done and self._router is not None:
-            await self._note_write(key.shard_id)
+            await self._note_write(key.shard_id, carried=True)
         return done
 
     async def delete(self, key: Key | int) -> bool:
@@ -708,7 +724,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         key = self.as_key(key)
         done = await self._on_shard(key.shard_id, lambda store: store.delete(key.shard_id, key), "delete")
         if done and self._router is not None:
-            await self._note_write(key.shard_id)
+            await self._note_write(key.shard_id, carried=True)
         return done
 
     async def _on_shard(self, shard_id: int, op: Callable[[AsyncServerStore], Awaitable[_T]], name: str) -> _T:

@@ -102,8 +102,9 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
     the server's other settings). ``read_from="replica"`` sends `get`, `get_many` and `query` to a standby whose
     replay lag is within ``max_replica_lag`` seconds (default 1.0), else to the primary, never failing while the
     primary is up; each of them takes ``read_from=`` for one call. After a write to a shard, its reads go to the
-    primary until a standby has replayed past that write (read-your-writes, per `timeline`; it costs each write on
-    a server with standbys one more round trip, for the WAL position: ``read_your_writes=False`` turns it off).
+    primary until a standby has replayed past that write (read-your-writes, per `timeline`: a put, update, replace
+    or delete on a server with standbys brings the WAL position back in its own exchange; put_many and
+    transactions read it after, one more round trip; ``read_your_writes=False`` turns it off).
     Writes always go to primaries. README "Read replicas" has the details and figures.
 
     `Datastore` opens its pools on ``await db.open()`` or on entering ``with``; its I/O methods are
@@ -158,6 +159,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         self._factory = self._registry.backend(backend)
         self._read_from = self._config.read_from
         self._timeline = Timeline()  # the process-wide read-your-writes positions (outside any `timeline()` block)
+        self._lent_shards: dict[int, tuple[Any, int]] = {}  # id(conn) → (conn, shard) of get_connection, with standbys
         self._router: ReadRouter | None = None
         if any(self._replica_settings):
             self._router = ReadRouter(
@@ -217,7 +219,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
             self._sequence_closed = False
         self._stores = stores
         if self._router is not None:
-            self._router.attach(stores)
+            self._router.attach(stores, track_writes=self._config.read_your_writes)
         self._closed = False
         self._ever_opened = True
         metrics.watch(self)  # looks the meter provider up again: figures start once one is configured
@@ -308,9 +310,13 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
 
         A psycopg connection in a transaction (commit it yourself), whose rows are `Row` objects (``row[0]`` and
         ``row["name"]``; ``row_factory="dict"``/``"tuple"`` for dicts or tuples); the memory backend lends a
-        ``MemoryConnection`` instead. Return it with `put_connection`.
+        ``MemoryConnection`` instead. Return it with `put_connection`. On a server with standbys (and
+        ``read_your_writes``), `put_connection` counts it as a write to the shard: the primary's WAL position is
+        read then (one round trip) and the shard's reads stay on the primary until a standby has replayed it.
         """
         conn: Connection[Row] = self.store_for(shard_id).get_connection(shard_id)
+        if self._router is not None and self._config.read_your_writes:  # put_connection notes it as a write
+            self._lent_shards[id(conn)] = (conn, shard_id)
         return conn
 
     def put_connection(self, conn: Any) -> None:
@@ -321,6 +327,9 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         for store in (*self._stores, *self._retired):
             if store.owns(conn):
                 store.put_connection(conn)
+                lent = self._lent_shards.pop(id(conn), None)
+                if lent is not None and lent[0] is conn:  # whatever it committed counts as a write to its shard
+                    self._note_write(lent[1])
                 return
         raise ConnectionMisuse(
             f"{conn!r} is not borrowed from this Datastore: it was already returned, or came from elsewhere"
@@ -332,10 +341,13 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
 
         A psycopg cursor whose rows are `Row` objects: ``row[0]`` and ``row["version"]`` both work, as psycopg2's
         ``DictRow`` did (``row_factory="dict"``/``"tuple"`` for dicts or tuples). The memory backend yields a
-        ``MemoryCursor``, which answers ``SELECT version()`` and ``SELECT 1`` only.
+        ``MemoryCursor``, which answers ``SELECT version()`` and ``SELECT 1`` only. On a server with standbys
+        (and ``read_your_writes``), a block that commits counts as a write to the shard, as for `get_connection`.
         """
         with self.store_for(shard_id).cursor(shard_id) as cur:
             yield cur
+        if self._router is not None:  # committed: read-your-writes counts the block as a write to the shard
+            self._note_write(shard_id)
 
     def transaction(
         self, shard_id: int, *, isolation_level: str | Enum | None = None, read_only: bool = False
@@ -385,7 +397,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
                 store = self.store_for(shard_id)
                 continue
             if self._router is not None:
-                self._note_write(shard_id)
+                self._note_write(shard_id, carried=True)
             return key
         raise too_many_duplicates(shard_id)
 
@@ -569,13 +581,17 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
             return self._read_from == "replica"
         return check_read_from(read_from) == "replica"
 
-    def _note_write(self, shard_id: int) -> None:
-        """Record a write to ``shard_id`` in the current timeline (read-your-writes), if its server has standbys."""
+    def _note_write(self, shard_id: int, carried: bool = False) -> None:
+        """Record a write to ``shard_id`` in the current timeline (read-your-writes), if its server has standbys.
+
+        ``carried``: the write was one exchange of the store's that brings back the WAL position (put, update,
+        replace, delete: `ReadRouter.note_write`); others cost a round trip for it.
+        """
         router = self._router
         if router is not None and self._config.read_your_writes:
             index = self.shard_map.server_for(shard_id)
             if router.has_replicas(index):
-                router.note_write(index, shard_id, current_timeline(self._timeline))
+                router.note_write(index, shard_id, current_timeline(self._timeline), carried=carried)
 
     def timeline(self, timeline: Timeline | None = None) -> TimelineScope:
         """A ``with`` block whose writes and reads use ``timeline`` (a new empty one if None) for read-your-writes.
@@ -634,7 +650,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         self.store_for(key.shard_id).check_data(data)
         done = self._on_shard(key.shard_id, lambda store: store.update(key.shard_id, key, data, merge=True), "update")
         if done and self._router is not None:
-            self._note_write(key.shard_id)
+            self._note_write(key.shard_id, carried=True)
         return done
 
     def replace(self, key: Key | int, /, **data: Any) -> bool:
@@ -643,7 +659,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         self.store_for(key.shard_id).check_data(data)
         done = self._on_shard(key.shard_id, lambda store: store.update(key.shard_id, key, data, merge=False), "replace")
         if done and self._router is not None:
-            self._note_write(key.shard_id)
+            self._note_write(key.shard_id, carried=True)
         return done
 
     def delete(self, key: Key | int) -> bool:
@@ -651,7 +667,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         key = self.as_key(key)
         done = self._on_shard(key.shard_id, lambda store: store.delete(key.shard_id, key), "delete")
         if done and self._router is not None:
-            self._note_write(key.shard_id)
+            self._note_write(key.shard_id, carried=True)
         return done
 
     def _on_shard(self, shard_id: int, op: Callable[[ServerStore], _T], name: str) -> _T:

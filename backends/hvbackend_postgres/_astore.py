@@ -109,7 +109,13 @@ from hvbackend_postgres._migrate import PostgresMigrator, new_shard_ddl
 from hvbackend_postgres._move import PostgresMover
 from hvbackend_postgres._onetrip import PIPELINE, PreparedNames, dollar_params, error_in, until_sync
 from hvbackend_postgres._poolguard import signal_safe_getconn
-from hvbackend_postgres._replica import WAL_POSITION_SQL, wal_position_of
+from hvbackend_postgres._replica import (
+    WAL_AFTER_WRITE_SQL,
+    WAL_POSITION_SQL,
+    position_after_write,
+    until_second_sync,
+    wal_position_of,
+)
 from hvbackend_postgres._schema import (
     TABLE,
     ShardSQL,
@@ -209,6 +215,11 @@ class AsyncPostgresServerStore(StoreCore):
         self._borrowed: dict[int, tuple[AConn, _Pool]] = {}
         self._commit_counters = CommitCounters()  # lost writes settled by asking the server (see _commit)
         self._prepared = PreparedNames()  # our write statements each pooled connection has prepared (_onetrip)
+        # read-your-writes with standbys (hvcore._areadrouter): writes bring back the WAL position past their commit
+        self.track_wal = False
+        self._wal_written = 0  # the highest such position seen (bytes)
+        self._wal_gaps = 0  # writes that may have committed without bringing it back (a lost exchange)
+        self._wal_gaps_covered = 0  # ... of which a later `wal_position()` read covers this many
         self._dollar: dict[str, bytes] = {}  # write statements with $n placeholders
         self._xid_in_txn = False  # True once the server refused pg_current_xact_id() in RETURNING (Citus)
         self._write_sql: dict[tuple[int, bool | None, str | None], str] = {}  # update (merge) and delete (None)
@@ -360,6 +371,8 @@ class AsyncPostgresServerStore(StoreCore):
             if True:  # ASYNC
                 task = asyncio.current_task()
                 cancels = task.cancelling() if task is not None else 0
+            # metrics.wait_time: "all" records every checkout's wait, "waits" those that find no idle connection
+            timed = metrics.on and (metrics.wait_all or (metrics.wait_some and not pool._pool))
             try:
                 conn = await pool.getconn(max(deadline - time.monotonic(), 0.001))
             except psycopg_pool.PoolTimeout:
@@ -385,7 +398,7 @@ class AsyncPostgresServerStore(StoreCore):
                 await self._give_back(conn, pool, discard=True)
                 raise
             if healthy:
-                if metrics.on:
+                if timed:
                     metrics.connection_wait(self._label, time.monotonic() - deadline + self._options.pool_block_timeout)
                 with self._lock:
                     self._lent += 1
@@ -706,6 +719,8 @@ class AsyncPostgresServerStore(StoreCore):
         finally:
             await self._checkin(conn, pool)
         if await self._settle(shard_id, xid, keys) == COMMITTED:
+            if self.track_wal:  # committed without its WAL position (read-your-writes): reads after this cover it
+                self._wal_gap()
             return box, None
         return box, lost
 
@@ -723,6 +738,8 @@ class AsyncPostgresServerStore(StoreCore):
         """
         if not PIPELINE:  # libpq before 14: the id comes with the commit's reply (settled less often, never guessed)
             cur = await conn.execute(query, params)
+            if self.track_wal:
+                self._wal_gap()  # committed, no position with it: read-your-writes reads it after (one round trip)
             if cur.pgresult is not None:
                 box.append(cur.pgresult)
             return
@@ -741,6 +758,7 @@ class AsyncPostgresServerStore(StoreCore):
             name = PreparedNames.name(text + repr(tx.types).encode()) if prepare else b""
             fresh = prepare and not self._prepared.known(conn, name)
             del box[:]
+            track, tail = self.track_wal, list[pq.abc.PGresult]()
             pgconn.enter_pipeline_mode()
             try:
                 if in_txn:
@@ -756,13 +774,20 @@ class AsyncPostgresServerStore(StoreCore):
                 if in_txn:
                     pgconn.send_query_params(b"COMMIT", None)
                 pgconn.pipeline_sync()
-                await conn.wait(until_sync(pgconn, box))
+                if track:  # read-your-writes: the WAL position after the commit, in the same exchange
+                    pgconn.send_query_params(WAL_AFTER_WRITE_SQL, None)
+                    pgconn.pipeline_sync()
+                    await conn.wait(until_second_sync(pgconn, box, tail))
+                else:
+                    await conn.wait(until_sync(pgconn, box))
             except BaseException as exc:
                 # cancelled or interrupted with results still due: the session is unusable; a lost connection or a
                 # client-side timeout is left to the caller, which settles it (`_write`)
                 self._leave_pipeline(pgconn, finish=not isinstance(exc, psycopg.OperationalError))
                 raise
             self._leave_pipeline(pgconn, finish=True)
+            if track:
+                self._wal_seen(position_after_write(tail))
             error = error_in(box, conn.info.encoding)  # the Parse's (if sent) or the statement's
             if error is not None and pgconn.transaction_status != pq.TransactionStatus.IDLE:
                 await conn.rollback()  # an explicit transaction the error left open
@@ -1492,6 +1517,7 @@ class AsyncPostgresServerStore(StoreCore):
         (see ``_replica.WAL_POSITION_SQL``). One round trip on a pooled connection; `ServerUnavailable` if the server
         cannot be reached.
         """
+        gaps = self._wal_gaps
         conn, pool = await self._checkout()
         try:
             row = await (await conn.execute(WAL_POSITION_SQL)).fetchone()
@@ -1499,7 +1525,37 @@ class AsyncPostgresServerStore(StoreCore):
             raise self._unavailable(exc) from None
         finally:
             await self._checkin(conn, pool)
-        return wal_position_of(row)
+        in_recovery, lsn = wal_position_of(row)
+        if not in_recovery:
+            self._wal_seen(lsn, covers=gaps)
+        return in_recovery, lsn
+
+    def written_position(self) -> int | None:
+        """A WAL position (bytes) past the commit of every write this store finished, or None if unknown.
+
+        Known only while ``track_wal`` is set (the read router sets it on primaries with standbys): each write
+        then brings back the primary's position after its commit in the same exchange (`_send_write`), so
+        read-your-writes costs no round trip of its own. None before the first such write, or while a write whose
+        exchange was lost (settled by asking the server) is not covered by a later `wal_position` read.
+        """
+        if not self.track_wal or self._wal_gaps != self._wal_gaps_covered or not self._wal_written:
+            return None
+        return self._wal_written
+
+    def _wal_seen(self, lsn: int | None, covers: int | None = None) -> None:
+        """Fold a primary WAL position read after some commits into `written_position`; ``covers``: the number of
+        gaps counted before the read began (a position read later covers the writes they stand for)."""
+        with self._lock:
+            if lsn is not None and lsn > self._wal_written:
+                self._wal_written = lsn
+            if covers is not None and lsn is not None and covers > self._wal_gaps_covered:
+                self._wal_gaps_covered = covers
+
+    def _wal_gap(self) -> None:
+        """A write committed without bringing back its position (a lost exchange, settled by asking the server; an
+        old libpq): `written_position` is None until a `wal_position` read that began after this covers it."""
+        with self._lock:
+            self._wal_gaps += 1
 
     def stats(self) -> dict[str, Any]:
         """Pool figures: pool_max, size, available, borrowed (lent by this store), waiting, connection errors;
