@@ -5,9 +5,11 @@ Usage: ``python benchmarks/bench_citus.py [--quick] [--json PATH]``. Starts its 
 
 - ``put`` / ``get`` with `Datastore` through the coordinator vs the same `Datastore` calls sent straight to the
   worker that holds the shard (Citus routes them there locally), and vs a plain PostgreSQL server without Citus
-  (hypervault before the hand-off): the routing cost users pay; ``get_many`` of 1,000 keys over 64 shards through
-  the coordinator (one statement, which Citus plans as one subplan per shard) vs the plain server. Blocks in
-  rotating order, medians.
+  (hypervault before the hand-off): the routing cost users pay. ``get_many`` of 1,000 keys over 64 shards, and
+  ``query`` over all 64 shards (``limit=10``, and whole), through the coordinator (one schema per statement, each
+  router-planned by Citus; and, for comparison, the 16-schema statements used before, which Citus plans as one
+  subplan per schema), straight to the two workers (a config giving each worker the shards it holds), and on the
+  plain server. Blocks in rotating order, medians.
 - ``hv citus adopt`` of 512 shards of 100 rows (64 of 50 with ``--quick``) held by two plain servers, against the
   path Citus documents for the same fleet: ``pg_dump`` of the shard schemas restored on the coordinator, then the
   statements of ``hv shard export --format citus`` run by psql (``citus_schema_distribute`` copies each schema to a
@@ -40,7 +42,9 @@ BODY = {"name": "benchmark", "colour": "red", "size": 3}
 
 
 def bench_routing(ops: int, rounds: int) -> dict[str, Any]:
-    """µs per put and get: via the coordinator, straight to the holding worker, on a plain server."""
+    """µs per put and get: via the coordinator, straight to the holding worker, on a plain server; ms per get_many
+    over 64 shards and per query over all of them: via the coordinator (one schema per statement, and the 16-schema
+    statements used before), straight to the workers (each its own schemas), on a plain server."""
     cluster = CitusCluster(2)
     try:
         coordinator = [{"shards": "0-64", **cluster.coordinator}]
@@ -49,6 +53,11 @@ def bench_routing(ops: int, rounds: int) -> dict[str, Any]:
         shard = 3
         ((host, port),) = cluster.schema_nodes(f"shard{shard:04d}")
         worker = [{"shards": "0-64", **next(w for w in cluster.workers if w["port"] == port)}]
+        held: dict[int, list[int]] = {}  # worker port → the shards whose schema it holds
+        for s in range(64):
+            ((_, node_port),) = cluster.schema_nodes(f"shard{s:04d}")
+            held.setdefault(node_port, []).append(s)
+        workers = [{"shards": held[w["port"]], **w} for w in cluster.workers if w["port"] in held]
         plain_server = cluster.new_plain_server()
         plain = [{"shards": "0-64", **plain_server.settings, "dbname": cluster.dbname}]
         with hvcore.Datastore(plain, backend="jsonb") as db:
@@ -58,7 +67,36 @@ def bench_routing(ops: int, rounds: int) -> dict[str, Any]:
             "worker": hvcore.Datastore(worker, backend="jsonb"),
             "plain": hvcore.Datastore(plain, backend="jsonb"),
         }
+        fanout = {
+            "coordinator": stores["coordinator"],
+            "coordinator_16": hvcore.Datastore(coordinator, backend="jsonb"),  # 16 schemas per statement (before)
+            "workers": hvcore.Datastore(workers, backend="jsonb"),
+            "plain": stores["plain"],
+        }
         try:
+            # the fan-out first, on the same rows everywhere: 16 per shard (the puts measured below add to shard 3)
+            spread: dict[str, list[hvcore.Key]] = {}  # 1000 keys over all 64 shards
+            for name in ("coordinator", "plain"):
+                spread[name] = [k for s in range(64) for k in stores[name].put_many(s, 1, [BODY] * 16)][:1000]
+            spread["coordinator_16"] = spread["workers"] = spread["coordinator"]
+            for name, store in fanout.items():
+                assert len(store.get_many(spread[name])) == 1000  # the store has looked at its server (Citus?)
+            fanout["coordinator_16"]._stores[0].shards_per_statement = None  # type: ignore[attr-defined]
+            pieces = {name: getattr(store._stores[0], "shards_per_statement", None) for name, store in fanout.items()}
+            rows = {name: len(list(store.query())) for name, store in fanout.items()}
+            assert set(rows.values()) == {64 * 16}, rows
+
+            def fetch(name: str) -> Any:
+                return lambda: fanout[name].get_many(spread[name])
+
+            def first(name: str, limit: int | None) -> Any:
+                return lambda: list(fanout[name].query(limit=limit))
+
+            slow = max(ops // 40, 3)
+            many = measure({name: fetch(name) for name in fanout}, slow, rounds)
+            limited = measure({name: first(name, 10) for name in fanout}, slow, rounds)
+            whole = measure({name: first(name, None) for name in fanout}, max(slow // 2, 2), rounds)
+
             keys = {name: [store.put(shard, 1, **BODY) for _ in range(200)] for name, store in stores.items()}
 
             def putter(store: hvcore.Datastore) -> Any:
@@ -75,21 +113,17 @@ def bench_routing(ops: int, rounds: int) -> dict[str, Any]:
 
             put = measure({name: putter(store) for name, store in stores.items()}, ops, rounds)
             get = measure({name: getter(store, keys[name]) for name, store in stores.items()}, ops, rounds)
-            spread: dict[str, list[hvcore.Key]] = {}  # 1000 keys over all 64 shards: one statement per server
-            for name in ("coordinator", "plain"):
-                spread[name] = [k for s in range(64) for k in stores[name].put_many(s, 1, [BODY] * 16)][:1000]
-
-            def fetch(name: str) -> Any:
-                return lambda: stores[name].get_many(spread[name])
-
-            many = measure({name: fetch(name) for name in spread}, max(ops // 40, 3), rounds)
         finally:
-            for store in stores.values():
+            for store in {id(s): s for s in (*stores.values(), *fanout.values())}.values():
                 store.close()
         return {
             "put_us": {name: seconds * 1e6 for name, seconds in put.items()},
             "get_us": {name: seconds * 1e6 for name, seconds in get.items()},
             "get_many_1000_ms": {name: seconds * 1e3 for name, seconds in many.items()},
+            "query_limit_10_ms": {name: seconds * 1e3 for name, seconds in limited.items()},
+            "query_all_ms": {name: seconds * 1e3 for name, seconds in whole.items()},
+            "query_rows": rows,
+            "shards_per_statement": pieces,
             "shard_node": f"{host}:{port}",
         }
     finally:

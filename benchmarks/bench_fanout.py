@@ -1,6 +1,7 @@
 """Benchmark thousands of shards per server on PostgreSQL's default settings (issue 14).
 
-Usage: ``python benchmarks/bench_fanout.py [--quick] [--json PATH] [--servers FILE] [--variants a,b]``. Two throwaway
+Usage: ``python benchmarks/bench_fanout.py [--quick] [--json PATH] [--servers FILE] [--variants a,b]``, or as a part of
+the suite: ``python benchmarks/suite.py --parts fanout``. Two throwaway
 servers (``fixtures.localpg``, default settings but fsync off) hold 8192 shards (4096 each), 2 rows per shard. Measures,
 each figure a median over interleaved blocks (so the machine's drift hits both sides alike):
 
@@ -12,7 +13,8 @@ each figure a median over interleaved blocks (so the machine's drift hits both s
   ``prepared_max`` 100: the state before issue 14), ``generic`` (library + ``plan_cache_mode =
   force_generic_plan`` in every session);
 - a full-fleet ``query(limit=10)``: time to the first record and to the end, 8192 shards vs 16 shards;
-- ``get_many`` of 8192 keys, one per shard, per key vs ``get_many`` of 8192 keys over 64 shards.
+- ``get_many`` of 8192 keys, one per shard, per key vs ``get_many`` of 8192 keys over 64 shards;
+- ``update_where`` (one matching row per shard) over all 8192 shards vs over 16.
 
 ``--recommended`` then restarts the two servers with the settings docs/fanout.md recommends and measures put/get
 again. ``--servers FILE`` reuses servers already provisioned (a JSON list of two settings dicts).
@@ -262,15 +264,38 @@ def bench_get_many(config: list[dict[str, Any]], rounds: int) -> dict[str, Any]:
     return {"us_per_key": us, "ratio": us["8192"] / us["64"]}
 
 
+def bench_filter_write(config: list[dict[str, Any]], rounds: int) -> dict[str, Any]:
+    """``update_where`` over all 8192 shards vs over 16 of them (ms per call; 1 matching row per shard)."""
+    few = [s * (SHARDS // 16) + 7 for s in range(16)]
+    out: dict[str, list[float]] = {"update_8192": [], "update_16": []}
+    with hvcore.Datastore([dict(c) for c in config], backend="jsonb", pool_max=POOL) as db:
+        for index in range(rounds + 1):
+            for label, shards in (("8192", None), ("16", few))[:: 1 if index % 2 else -1]:
+                started = time.perf_counter()
+                changed = db.update_where(kind=1, where={"city": "Oslo"}, shards=shards, set={"w": index})
+                took = time.perf_counter() - started
+                assert changed == (SHARDS if shards is None else len(few))
+                if index:  # the first round warms
+                    out[f"update_{label}"].append(took * 1e3)
+    med = {k: statistics.median(v) for k, v in out.items()}
+    return {"ms": med, "ratio": med["update_8192"] / med["update_16"]}
+
+
 def run(
     quick: bool,
-    servers: list[dict[str, Any]] | None,
-    variants: list[str],
+    servers: list[dict[str, Any]] | None = None,
+    variants: list[str] | None = None,
     point_only: bool = False,
     recommended: bool = False,
 ) -> dict[str, Any]:
-    """Every measure on the given servers, or on two fresh local servers at default settings."""
+    """Every measure on the given servers, or on two fresh local servers at default settings.
+
+    ``variants``: the statement preparations compared (default: all of `VARIANTS`; ``library`` only if ``quick``).
+    This is the suite's entry (``python benchmarks/suite.py --parts fanout``).
+    """
     ops, rounds = (100, 3) if quick else (300, 7)
+    if variants is None:
+        variants = ["library"] if quick else list(VARIANTS)
 
     def measure_all(settings: list[dict[str, Any]]) -> dict[str, Any]:
         config = prepare(settings)
@@ -280,6 +305,7 @@ def run(
         if not point_only:
             results["query"] = bench_query(config, rounds)
             results["get_many"] = bench_get_many(config, 3 if quick else 5)
+            results["filter_write"] = bench_filter_write(config, 2 if quick else 5)
         return results
 
     if servers is not None:
@@ -361,6 +387,11 @@ def main() -> None:
     print(
         f"get_many(8192): {g['8192']:.1f} µs/key over 8192 shards vs {g['64']:.1f} over 64: "
         f"{r['get_many']['ratio']:.2f}x"
+    )
+    w = r["filter_write"]["ms"]
+    print(
+        f"update_where: {w['update_8192']:.0f} ms over 8192 shards vs {w['update_16']:.1f} ms over 16: "
+        f"{r['filter_write']['ratio']:.1f}x"
     )
 
 

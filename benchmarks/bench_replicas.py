@@ -9,8 +9,11 @@ median reads per second of each setup and its ratio to "primary only" measured i
 - setups: every thread reads the primary (``read_from="primary"``); every thread reads the standby
   (``read_from="replica"``); half the threads each (``primary + replica``: the read capacity of both servers).
 
-Also: ``put`` with a standby configured (each write then reads the primary's WAL position for read-your-writes),
-with a standby and ``read_your_writes=False``, and without a standby, µs per call.
+Not quick: client instructions per put counted by callgrind on a plain server (`put_worker`): a put, a put that
+brings back the WAL position in its own exchange (read-your-writes now), a put followed by a position read (before).
+
+Also: ``put`` with a standby configured (read-your-writes: each write brings back the primary's WAL position after
+its commit, in the same exchange), with a standby and ``read_your_writes=False``, and without a standby, µs per call.
 
 What to expect depends on the cores: both servers and the client share this machine, so a standby adds no CPU
 here; on separate machines it adds a server's worth of read capacity.
@@ -19,10 +22,14 @@ here; on separate machines it adds a server's worth of read capacity.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import random
+import re
+import shutil
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -139,6 +146,47 @@ def bench_put(pair: ReplicaPair, ops: int, rounds: int) -> dict[str, Any]:
     return {name: {"us": value * 1e6, "ratio": value / base} for name, value in medians.items()}
 
 
+PUT_MODES = ("put", "position in the same exchange", "position read after")
+
+
+def put_worker(mode: str, settings: dict[str, Any], count: int) -> None:
+    """The callgrind subject: ``count`` puts on a plain server, as a write to a server with standbys does them.
+
+    ``position in the same exchange`` is what read-your-writes does now (the store's ``track_wal``, set for
+    primaries with standbys); ``position read after`` is what it did before (``wal_position()``, a round trip).
+    """
+    with hvcore.Datastore([dict(settings, shards="0-16")], backend="jsonb") as db:
+        db.provision()
+        store: Any = db._stores[0]
+        store.track_wal = mode == "position in the same exchange"
+        after = mode == "position read after"
+        for n in range(50 + count):
+            if n == 50:
+                gc.collect()
+                gc.disable()  # collections at different moments are the main noise between two counts
+            db.put(1, 2, a="b")
+            if after:
+                store.wal_position()
+        gc.enable()
+
+
+def put_instructions(settings: dict[str, Any], count: int) -> dict[str, float]:
+    """Client instructions per put of each `PUT_MODES` mode, by callgrind: (Ir(5·count) - Ir(count)) / (4·count)."""
+
+    def collected(mode: str, n: int) -> int:
+        command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__]
+        command += ["--worker", mode, json.dumps(settings), str(n)]
+        done = subprocess.run(
+            command, capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"}, check=False
+        )
+        found = re.search(r"Collected : (\d+)", done.stderr)
+        if done.returncode != 0 or found is None:
+            raise RuntimeError(f"callgrind worker failed: {done.stderr[-2000:]}")
+        return int(found.group(1))
+
+    return {mode: (collected(mode, 5 * count) - collected(mode, count)) / (4 * count) for mode in PUT_MODES}
+
+
 def run(quick: bool) -> dict[str, Any]:
     """Every measurement of this script, on one primary + standby pair started for it."""
     rounds, seconds, ops = (3, 1.0, 200) if quick else (5, 2.0, 500)
@@ -153,7 +201,13 @@ def run(quick: bool) -> dict[str, Any]:
         with pair.connect("primary") as conn:
             conn.execute("ANALYZE")
         pair.wait_replayed()
-        return {
+        results: dict[str, Any] = {}
+        if not quick and shutil.which("valgrind"):
+            from fixtures.localpg import local_servers
+
+            with local_servers(1, fsync=False) as local:
+                results["put_instructions"] = put_instructions(dict(local[0].settings), 100)
+        return results | {
             "quick": quick,
             "threads": THREADS,
             "cpus": os.cpu_count(),
@@ -168,6 +222,10 @@ def run(quick: bool) -> dict[str, Any]:
 
 def main() -> None:
     """Run and print the figures (and write them as JSON with ``--json``)."""
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        _, _, mode, settings, count = sys.argv
+        put_worker(mode, json.loads(settings), int(count))
+        return
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer and shorter blocks")
     parser.add_argument("--json", type=Path, help="also write the results here")
@@ -181,6 +239,10 @@ def main() -> None:
     print(f"  standby served {r['reads']['standby_reads']:,} reads ({r['reads']['standby_fallbacks']} fall-backs)")
     for name, figures in r["put"].items():
         print(f"  {name:38s} {figures['us']:7.1f} µs  x{figures['ratio']:.2f}")
+    if "put_instructions" in r:
+        base = r["put_instructions"]["put"]
+        for mode, count in r["put_instructions"].items():
+            print(f"  client instructions per {mode:30s} {count:10,.0f}  x{count / base:.3f}")
     if args.json:
         args.json.write_text(json.dumps(r, indent=2) + "\n", encoding="utf-8")
 

@@ -1,8 +1,8 @@
 """The hypervault benchmark suite: every part in one run, on one machine and one set of servers, as ratios.
 
 Usage: ``python benchmarks/suite.py [--quick] [--parts keys,redis,datastore,batches,peers,scaling,citus,schema,
-commit_status,key_collisions,concurrency] [--output DIR] [--json PATH] [--png PATH]``, from a source checkout (the
-benchmarks are not installed with the package; there is no ``hv bench``).
+commit_status,key_collisions,concurrency,fanout,metrics,replicas] [--output DIR] [--json PATH] [--png PATH]``, from
+a source checkout (the benchmarks are not installed with the package; there is no ``hv bench``).
 A full run writes ``benchmarks/results/latest.{json,md,png}`` (the
 committed results the README shows); a ``--quick`` run writes ``bench-results/quick/`` (ignored by git) unless
 ``--output``, ``--json`` or ``--png`` say otherwise. Each part is a ``benchmarks/bench_<part>.py`` script with a
@@ -56,6 +56,9 @@ PARTS = (
     "key_collisions",
     "transactions",
     "concurrency",
+    "fanout",
+    "metrics",
+    "replicas",
 )
 RESULTS = HERE / "results"  # the committed results: written by full runs only, unless asked
 QUICK_RESULTS = ROOT / "bench-results" / "quick"  # where --quick writes by default (git ignores bench-results/)
@@ -654,17 +657,50 @@ def rows_citus(r: dict[str, Any]) -> list[Row]:
                 lower_is_better=True,
             )
         )
-    many = routing.get("get_many_1000_ms")
-    if many:
+    fanout = [
+        ("get_many_1000_ms", "get_many 1000 keys, 64 shards"),
+        ("query_limit_10_ms", "query(limit=10), 64 shards"),
+        ("query_all_ms", "query, all rows of 64 shards"),
+    ]
+    for key, what in fanout:
+        times = routing.get(key)
+        if not times:
+            continue
+        if "coordinator_16" in times:
+            out.append(
+                row(
+                    "citus",
+                    f"{what}, via the coordinator",
+                    times["coordinator"],
+                    "16 schemas per statement (before)",
+                    times["coordinator_16"],
+                    "ms",
+                    "one schema per statement, each router-planned, vs a UNION ALL Citus plans as a subplan per schema",
+                    lower_is_better=True,
+                )
+            )
+        if "workers" in times:
+            out.append(
+                row(
+                    "citus",
+                    f"{what}, via the coordinator",
+                    times["coordinator"],
+                    "straight to the workers holding them",
+                    times["workers"],
+                    "ms",
+                    "the routing cost of one endpoint for a fan-out (below 1: we pay it)",
+                    lower_is_better=True,
+                )
+            )
         out.append(
             row(
                 "citus",
-                "get_many 1000 keys, 64 shards, via the coordinator",
-                many["coordinator"],
+                f"{what}, after the hand-off",
+                times["coordinator"],
                 "plain PostgreSQL, before the hand-off",
-                many["plain"],
+                times["plain"],
                 "ms",
-                "one statement over 64 schemas: Citus runs a subplan per shard, one after another",
+                "a fan-out through the coordinator compared with hypervault's own routing before the hand-off",
                 lower_is_better=True,
             )
         )
@@ -947,6 +983,158 @@ def rows_concurrency(r: dict[str, Any]) -> list[Row]:
     return out
 
 
+def rows_fanout(r: dict[str, Any]) -> list[Row]:
+    """bench_fanout.py: 8192 shards on two servers at default settings. put/get to a random one of 8192 shards vs
+    one of 16 after every pooled session touched every shard (ratio = how flat the cost is: 1.0 flat, goal put
+    ≥ 0.8, get ≥ 0.6), the library's statement preparation vs psycopg's defaults, plan cache per session; a
+    full-fleet query(limit=10) and get_many over 8192 shards vs over 16 / 64."""
+    out: list[Row] = []
+    point = r.get("point", {})
+    lib = point.get("library")
+    if lib:
+        us = lib["us"]
+        for op in ("put", "get"):
+            out.append(
+                row(
+                    "fanout",
+                    f"{op}, random of 8192 shards",
+                    us[f"{op}_8192"],
+                    "random of 16 shards",
+                    us[f"{op}_16"],
+                    "µs/op",
+                    f"after warm-up, servers at default settings; goal ≥ {0.8 if op == 'put' else 0.6} (server CPU "
+                    f"ratio {lib[f'{op}_cpu_ratio']:.2f})",
+                    lower_is_better=True,
+                )
+            )
+        out.append(
+            info(
+                "fanout",
+                "plan cache per pooled session",
+                lib["plan_mib_per_session"],
+                "MiB",
+                "each shard's insert and fetch prepared on first use (pg_backend_memory_contexts, CachedPlan*)",
+            )
+        )
+        for name, label in (("psycopg", "psycopg's defaults"), ("generic", "force_generic_plan")):
+            other = point.get(name)
+            if other:
+                for op in ("put", "get"):
+                    out.append(
+                        row(
+                            "fanout",
+                            f"{op}, random of 8192 shards",
+                            us[f"{op}_8192"],
+                            label,
+                            other["us"][f"{op}_8192"],
+                            "µs/op",
+                            f"statement preparation per shard vs {label} (same warm-up)",
+                            lower_is_better=True,
+                        )
+                    )
+    if "query" in r:
+        q = r["query"]["ms"]
+        out.append(
+            row(
+                "fanout",
+                "query(limit=10), first record, 8192 shards",
+                q["first_8192"],
+                "over 16 shards",
+                q["first_16"],
+                "ms",
+                "512 pieces of 16 shards, pipelined per server: planning thousands of tables is the cost",
+                lower_is_better=True,
+            )
+        )
+    if "get_many" in r:
+        g = r["get_many"]["us_per_key"]
+        out.append(
+            row(
+                "fanout",
+                "get_many 8192 keys, one per shard",
+                g["8192"],
+                "8192 keys in 64 shards",
+                g["64"],
+                "µs/key",
+                "pieces of 16 shards in one pipeline per server",
+                lower_is_better=True,
+            )
+        )
+    if "filter_write" in r:
+        w = r["filter_write"]["ms"]
+        out.append(
+            row(
+                "fanout",
+                "update_where over 8192 shards",
+                w["update_8192"],
+                "over 16 shards",
+                w["update_16"],
+                "ms",
+                "one statement per shard, a transaction per 16 shards, pipelined per server",
+                lower_is_better=True,
+            )
+        )
+    return out
+
+
+def rows_metrics(r: dict[str, Any]) -> list[Row]:
+    """bench_metrics.py: put+get (and a durable put) with an OpenTelemetry SDK meter provider vs none configured."""
+    out = []
+    for key, measure, unit in (
+        ("jsonb_ir", "put+get, jsonb, client instructions", "instr."),
+        ("memory_ir", "put+get, memory backend, instructions", "instr."),
+        ("jsonb_wall_us", "put+get, jsonb (fsync off)", "µs/op"),
+        ("put_fsync_wall_us", "put, jsonb (fsync on)", "µs/op"),
+    ):
+        figures = r.get(key)
+        if not figures:
+            continue
+        out.append(
+            row(
+                "metrics",
+                f"metrics on: {measure}",
+                figures["on"],
+                "no meter provider (metrics off)",
+                figures["off"],
+                unit,
+                "OpenTelemetry SDK provider, in-memory reader: one SDK histogram measurement per operation (goal "
+                "≤ 1.05× the time); instructions by callgrind, wall time noisy on shared cores",
+                lower_is_better=True,
+            )
+        )
+    return out
+
+
+def rows_replicas(r: dict[str, Any]) -> list[Row]:
+    """bench_replicas.py: reads on a standby (or spread over primary and standby) vs the primary only; what a
+    standby and read-your-writes cost a put."""
+    out = []
+    reads = r["reads"]
+    for name, unit in (("get_many", "calls/s (100 keys)"), ("query", "queries/s (100 rows)")):
+        base = reads[name]["primary only"]["per_s"]
+        for setup in ("replica only", "primary + replica"):
+            out.append(
+                row(
+                    "replicas",
+                    f"{name}, {r['threads']} threads, reads on {setup}",
+                    reads[name][setup]["per_s"],
+                    "primary only",
+                    base,
+                    unit,
+                    "primary and standby share this machine's cores with the client: a standby adds no CPU here",
+                    lower_is_better=False,
+                )
+            )
+    puts = r["put"]
+    base = puts["put, no standby"]["us"]
+    for name, why in (
+        ("put, standby (read-your-writes)", "the WAL position rides in the write's own exchange"),
+        ("put, standby, read_your_writes=False", "no position asked for"),
+    ):
+        out.append(row("replicas", name, puts[name]["us"], "put, no standby", base, "µs/op", why, lower_is_better=True))
+    return out
+
+
 NORMALISERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "keys": rows_keys,
     "redis": rows_redis,
@@ -960,6 +1148,9 @@ NORMALISERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "key_collisions": rows_key_collisions,
     "transactions": rows_transactions,
     "concurrency": rows_concurrency,
+    "fanout": rows_fanout,
+    "metrics": rows_metrics,
+    "replicas": rows_replicas,
 }
 
 

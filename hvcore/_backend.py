@@ -19,6 +19,7 @@ __all__ = [
     "AsyncBackendFactory",
     "AsyncServerStore",
     "AsyncStoreTransaction",
+    "AsyncSupportsFilterWrites",
     "AsyncSupportsTransactions",
     "AsyncSupportsWorkerLease",
     "BackendFactory",
@@ -35,6 +36,7 @@ __all__ = [
     "ShardCluster",
     "ShardMover",
     "StoreTransaction",
+    "SupportsFilterWrites",
     "SupportsIndexes",
     "SupportsMigrations",
     "SupportsShardCluster",
@@ -614,6 +616,42 @@ class AsyncSupportsTransactions(Protocol):
 
 
 @runtime_checkable
+class SupportsFilterWrites(Protocol):
+    """A `ServerStore` that updates or deletes the records matching a filter itself (``Datastore.update_where``).
+
+    A store without these methods still serves those calls: the `Datastore` then queries the matching keys and
+    writes them one by one.
+    """
+
+    def update_where(
+        self, shard_ids: Sequence[int], spec: QuerySpec, data: Mapping[str, Any], counts: dict[int, int]
+    ) -> int:
+        """Merge ``data`` into every record of these shards matching ``spec`` (``spec.limit`` is None); the rows
+        changed. In pieces that each commit as a whole; ``counts`` receives the rows written per shard as each
+        piece commits, so a caller knows what is done when a later piece fails."""
+        ...
+
+    def delete_where(self, shard_ids: Sequence[int], spec: QuerySpec, counts: dict[int, int]) -> int:
+        """Delete every record of these shards matching ``spec``; the rows deleted (``counts`` as `update_where`)."""
+        ...
+
+
+@runtime_checkable
+class AsyncSupportsFilterWrites(Protocol):
+    """The asyncio form of `SupportsFilterWrites`."""
+
+    async def update_where(
+        self, shard_ids: Sequence[int], spec: QuerySpec, data: Mapping[str, Any], counts: dict[int, int]
+    ) -> int:
+        """As `SupportsFilterWrites.update_where`."""
+        ...
+
+    async def delete_where(self, shard_ids: Sequence[int], spec: QuerySpec, counts: dict[int, int]) -> int:
+        """As `SupportsFilterWrites.delete_where`."""
+        ...
+
+
+@runtime_checkable
 class SupportsShardCluster(Protocol):
     """A `ServerStore` that can tell whether its server fronts a distributed database (PostgreSQL: Citus)."""
 
@@ -876,6 +914,8 @@ for _public in (
     SupportsTransactions,
     AsyncStoreTransaction,
     AsyncSupportsTransactions,
+    SupportsFilterWrites,
+    AsyncSupportsFilterWrites,
     NodeShard,
     AdoptionReport,
     ShardCluster,

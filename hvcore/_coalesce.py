@@ -1,13 +1,22 @@
+# WARNING: generated from hvcore/_acoalesce.py by tools/async_to_sync.py.
+# Do not edit: edit the source, then run the tool.
 """Coalescing of overlapping point reads (``get``) and inserts (``put``) per server: the DataLoader pattern, no I/O.
 
 The idea is Facebook's DataLoader (and the "request coalescing" of caches such as Varnish and groupcache's
 singleflight): reads that overlap in time are merged into one batch request, and identical keys read at once are
 fetched once. What differs here is when a read waits: DataLoader always waits one tick so that a batch can form,
-which makes a lone call slower. `ReadCoalescer` sends a read straight through (no timer, no extra hop) when nothing
-else of its server is in flight; only reads arriving while others are running queue up, and they are sent as one
-batch (one ``= ANY`` statement per server on PostgreSQL) on the next turn of the event loop, or when a running read
-of the server ends, at most ``limit`` reads and batches running at once (the pool's size: more would only wait for
-a connection).
+which makes a lone call slower. Here a call goes straight through (no timer, no extra hop) when a slot is free for
+it; only calls arriving while the slots are taken queue up, and they are sent as batches (one ``= ANY`` statement
+per server on PostgreSQL for reads, one multi-row INSERT per shard for writes), at most ``limit`` calls and batches
+of a server running at once (the pool's size: more would only wait for a connection).
+
+- On asyncio a call goes straight through when nothing of its server is in flight (so the calls of one turn of the
+  event loop form a batch); queued calls are sent on the next turn of the loop, or when a running call of the server
+  ends, each batch in a task of its own: a cancelled caller cancels only its future, the batch goes on for the
+  others and returns its connection as usual.
+- With threads a call goes straight through while fewer than ``limit`` run (a thread would otherwise wait for a
+  pooled connection); when a call ends, its slot goes to the thread queued first, which runs every queued batch and
+  hands each waiting thread its outcome. No timer, no helper thread.
 
 Each caller gets its own outcome: its record (a copy of the body when several callers asked for the same key at
 once), None, or its own exception object:
@@ -19,38 +28,153 @@ once), None, or its own exception object:
 - any other failure of a batch over several shards is retried shard by shard, so a caller never sees an error that
   its own shard would not have raised.
 
-A batch runs in a task of its own and callers await their own futures: a cancelled caller cancels only its future;
-the batch goes on for the others and returns its connection as usual. `WriteCoalescer` does the same for inserts
-(multi-row ``INSERT ... ON CONFLICT DO NOTHING``, each ``put`` keeping its own outcome: see its docstring). This
-module does no I/O itself: it is given the backend's methods and calls nothing else.
+For inserts, `ThreadWriteCoalescer` does the same (multi-row ``INSERT ... ON CONFLICT DO NOTHING``, each ``put`` keeping
+its own outcome: see its docstring). This module does no I/O itself: it is given the backend's methods and calls
+nothing else.
 """
 
 from __future__ import annotations
 
-import asyncio
+import abc
 import copy
 import dataclasses
-import functools
 import threading
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Generic, TypeVar
 
 from hvcore._backend import Record
 from hvcore._key import Key
 from hvcore.errors import PoolTimeout, ServerUnavailable, ShardMoved, WriteOutcomeUnknown
 
-__all__ = ["GROUP_MAX", "ReadCoalescer", "ThreadReadCoalescer", "ThreadWriteCoalescer", "WriteCoalescer"]
+__all__ = ["GROUP_MAX", "ThreadReadCoalescer", "ThreadWriteCoalescer"]
 
-FetchOne = Callable[[int, Key], Awaitable[Record | None]]
-FetchMany = Callable[[Sequence[tuple[int, Key]]], Awaitable[Iterable[Record]]]
-SyncFetchOne = Callable[[int, Key], Record | None]
-SyncFetchMany = Callable[[Sequence[tuple[int, Key]]], Iterable[Record]]
-SyncInsertOne = Callable[[int, Key, int, Mapping[str, Any]], None]
-SyncInsertGroup = Callable[[int, Sequence[tuple[Key, int, Mapping[str, Any]]]], set[int]]
-InsertOne = Callable[[int, Key, int, Mapping[str, Any]], Awaitable[None]]
-InsertGroup = Callable[[int, Sequence[tuple[Key, int, Mapping[str, Any]]]], Awaitable[set[int]]]
+T = TypeVar("T")
+J = TypeVar("J")  # a job: what one slot runs (a batch of reads, a group of one shard's inserts)
+
+FetchOne = Callable[[int, Key], Record | None]
+FetchMany = Callable[[Sequence[tuple[int, Key]]], Iterable[Record]]
+InsertOne = Callable[[int, Key, int, Mapping[str, Any]], None]
+InsertGroup = Callable[[int, Sequence[tuple[Key, int, Mapping[str, Any]]]], set[int]]
 GROUP_MAX = 500  # rows per multi-row INSERT (4 bind parameters a row at most: far below the protocol's 65,535)
 _SERVER_WIDE = (ServerUnavailable, PoolTimeout)
+
+
+class _Future(Generic[T]):
+    """A waiting thread's outcome (its result or error, set once by the thread that ran its job), or a hand-off.
+
+    `hand` wakes the thread before its outcome is set: the slot of an ended call is its, with the queued jobs
+    to run (`_Coalescer._lead`).
+    """
+
+    __slots__ = ("_error", "_result", "_settled", "_woken", "lead")
+
+    def __init__(self) -> None:
+        self._woken = threading.Event()
+        self._settled = False
+        self._result: Any = None
+        self._error: BaseException | None = None
+        self.lead: list[Any] | None = None  # the jobs this thread is to run, when a slot was handed to it
+
+    def done(self) -> bool:
+        return self._settled
+
+    def set_result(self, result: T) -> None:
+        self._result = result
+        self._settled = True
+        self._woken.set()
+
+    def set_exception(self, error: BaseException) -> None:
+        self._error = error
+        self._settled = True
+        self._woken.set()
+
+    def hand(self, jobs: list[Any]) -> None:
+        self.lead = jobs
+        self._woken.set()
+
+    def wait(self) -> None:
+        self._woken.wait()
+
+    def result(self) -> T:
+        if self._error is not None:
+            raise self._error
+        result: T = self._result
+        return result
+
+
+class _Coalescer(abc.ABC, Generic[J]):
+    """What reads and writes share: the slots of one server, the queue's hand-off, the callers of a failed job.
+
+    A subclass queues a call (``_queue``, called by `_admit`), takes the queued calls as jobs (`_take`: None when
+    none is left), names a job's callers (`_futures`) and runs a job, settling each caller (`_run`).
+    """
+
+    __slots__ = ("_busy", "_limit", "_lock", "_scheduled", "_tasks", "owner")  # asyncio: no _lock; threads: no _tasks
+    _pending: dict[Any, Any]  # the queued calls (a subclass's)
+    _queue: Callable[..., _Future[Any]]  # queue a call (its arguments as `_admit` got them): its future
+
+    def __init__(self, limit: int, owner: object) -> None:
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        self._limit = limit
+        self.owner = owner
+        self._busy = 0  # calls and jobs of this server running now
+        self._lock = threading.Lock()  # guards _busy and the queue
+
+    @property
+    def in_flight(self) -> int:
+        """Calls and batches running now (0 when idle)."""
+        return self._busy
+
+    @abc.abstractmethod
+    def _take(self) -> J | None:
+        """The next job of queued calls, taken off the queue; None if nothing is queued."""
+
+    @abc.abstractmethod
+    def _futures(self, job: J) -> list[_Future[Any]]:
+        """The futures of ``job``'s callers."""
+
+    @abc.abstractmethod
+    def _run(self, job: J) -> None:
+        """Run ``job`` and settle each of its callers' futures."""
+
+    def _admit(self, *call: Any) -> _Future[Any] | None:
+        """None if the call may go straight through (a slot is taken for it); else ``_queue(*call)``: its future."""
+        with self._lock:
+            if self._busy < self._limit:  # a pooled connection is free: straight through
+                self._busy += 1
+                return None
+            return self._queue(*call)
+
+    def _release(self) -> None:
+        """A call or job ended: its slot runs what queued meanwhile, or is freed."""
+        with self._lock:
+            if not self._pending:  # nothing queued: the slot is free
+                self._busy -= 1
+                return
+            jobs = []
+            while (job := self._take()) is not None:  # threads are never cancelled: each queued call is in one
+                jobs.append(job)
+        self._futures(jobs[0])[0].hand(jobs)  # the thread queued first runs them all, in this slot
+
+    def _wait(self, future: _Future[T]) -> T:
+        """The outcome of a queued call; a thread handed a slot meanwhile first runs the queued jobs."""
+        future.wait()
+        if future.lead is not None:
+            self._lead(future.lead)
+        return future.result()
+
+    def _lead(self, jobs: list[J]) -> None:
+        """Run ``jobs`` in this thread (the slot of an ended call was handed to it), then pass the slot on."""
+        try:
+            for job in jobs:
+                self._run(job)
+        except BaseException as exc:  # not a caller's failure (those are settled): no thread may wait forever
+            for job in jobs:
+                _settle_left(self._futures(job), exc)
+            raise
+        finally:
+            self._release()
 
 
 class _Wanted:
@@ -58,7 +182,7 @@ class _Wanted:
 
     __slots__ = ("futures", "key", "shard_id")
 
-    def __init__(self, shard_id: int, key: Key, future: asyncio.Future[Record | None]) -> None:
+    def __init__(self, shard_id: int, key: Key, future: _Future[Record | None]) -> None:
         self.shard_id = shard_id
         self.key = key
         self.futures = [future]
@@ -67,91 +191,65 @@ class _Wanted:
         return any(not future.done() for future in self.futures)
 
 
-class ReadCoalescer:
+class ThreadReadCoalescer(_Coalescer[list[_Wanted]]):
     """Merges overlapping ``get`` calls on one server into batch reads; each caller gets its own outcome.
 
-    ``fetch_one(shard_id, key)`` reads one key (the uncoalesced path, taken by a lone call), ``fetch_many(items)``
-    reads ``(shard_id, key)`` pairs in one round trip and leaves missing keys out; ``limit`` (≥ 1) bounds the reads
-    in flight at once through this coalescer (give the pool's size). ``owner`` is whatever the caller wants to
-    recognise the coalescer by (the server store). One coalescer serves one event loop.
+    ``fetch_one(shard_id, key)`` reads one key (the uncoalesced path, taken by a call that goes straight through),
+    ``fetch_many(items)`` reads ``(shard_id, key)`` pairs in one round trip and leaves missing keys out; ``limit``
+    (≥ 1) bounds the reads in flight at once through this coalescer (give the pool's size). ``owner`` is whatever
+    the caller wants to recognise the coalescer by (the server store). One coalescer serves one event loop, or any
+    number of threads (`ThreadReadCoalescer`).
     """
 
-    __slots__ = ("_busy", "_fetch_many", "_fetch_one", "_limit", "_pending", "_scheduled", "_tasks", "owner")
+    __slots__ = ("_fetch_many", "_fetch_one", "_pending")
 
     def __init__(self, fetch_one: FetchOne, fetch_many: FetchMany, limit: int, owner: object = None) -> None:
-        if limit < 1:
-            raise ValueError(f"limit must be at least 1, got {limit}")
+        super().__init__(limit, owner)
         self._fetch_one = fetch_one
         self._fetch_many = fetch_many
-        self._limit = limit
-        self.owner = owner
-        self._busy = 0  # reads and batches of this server running now
-        self._pending: dict[int, _Wanted] = {}  # keys waiting for the next batch
-        self._scheduled = False  # a flush is due on the next turn of the loop
-        self._tasks: set[asyncio.Task[None]] = set()  # running batches (kept referenced until done)
+        self._pending: dict[Key, _Wanted] = {}  # keys waiting for the next batch
 
-    @property
-    def in_flight(self) -> int:
-        """Reads and batches running now (0 when idle)."""
-        return self._busy
-
-    async def get(self, shard_id: int, key: Key) -> Record | None:
+    def get(self, shard_id: int, key: Key) -> Record | None:
         """The record of ``key`` in ``shard_id``, or None; raises what reading it raised (see the module docstring)."""
-        if not self._busy:  # nothing of this server in flight: straight through, no extra hop
-            self._busy = 1
+        future: _Future[Record | None] | None = self._admit(shard_id, key)
+        if future is None:
             try:
-                return await self._fetch_one(shard_id, key)
+                return self._fetch_one(shard_id, key)
             finally:
-                self._busy -= 1
-                if self._pending:
-                    self._flush()
-        future: asyncio.Future[Record | None] = asyncio.get_running_loop().create_future()
+                self._release()
+        return self._wait(future)
+
+    def _queue(self, shard_id: int, key: Key) -> _Future[Record | None]:
+        future: _Future[Record | None] = _Future()
         wanted = self._pending.get(key)
         if wanted is None:
             self._pending[key] = _Wanted(shard_id, key, future)
         else:
             wanted.futures.append(future)  # the same key asked for again: fetched once
-        if not self._scheduled:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._on_turn)
-        return await future
+        return future
 
-    def _on_turn(self) -> None:
-        self._scheduled = False
-        self._flush()
-
-    def _flush(self) -> None:
-        """Send every pending key as one batch, unless ``limit`` reads are running (their end sends it then)."""
-        if not self._pending or self._busy >= self._limit:
-            return
+    def _take(self) -> list[_Wanted] | None:
+        """Every queued key whose callers still wait, as one batch."""
+        if not self._pending:
+            return None
         batch = [wanted for wanted in self._pending.values() if wanted.waiting()]
         self._pending = {}
-        if not batch:
-            return
-        self._busy += 1
-        task = asyncio.get_running_loop().create_task(self._resolve(batch))
-        self._tasks.add(task)
-        task.add_done_callback(functools.partial(self._batch_done, [f for w in batch for f in w.futures]))
+        return batch or None
 
-    def _batch_done(self, futures: list[asyncio.Future[Any]], task: asyncio.Task[None]) -> None:
-        """A batch task ended (even one cancelled before it started): free its slot, send what queued meanwhile."""
-        self._tasks.discard(task)
-        self._busy -= 1
-        _orphaned(futures, task)
-        self._flush()
+    def _futures(self, job: list[_Wanted]) -> list[_Future[Any]]:
+        return [future for wanted in job for future in wanted.futures]
 
-    async def _resolve(self, batch: list[_Wanted]) -> None:
-        """Read ``batch`` and hand each caller its outcome (failures split as the module docstring says)."""
+    def _run(self, job: list[_Wanted]) -> None:
+        """Read ``job`` and hand each caller its outcome (failures split as the module docstring says)."""
+        batch = job
         while batch:
             try:
                 if len(batch) == 1:
                     one = batch[0]
-                    found = {one.key: await self._fetch_one(one.shard_id, one.key)}
+                    found = {one.key: self._fetch_one(one.shard_id, one.key)}
                 else:
-                    records = await self._fetch_many([(w.shard_id, w.key) for w in batch])
+                    records = self._fetch_many([(w.shard_id, w.key) for w in batch])
                     found = {record.key: record for record in records}
-            except asyncio.CancelledError:
-                raise
             except ShardMoved as moved:  # that shard's callers follow the move; the others are read again
                 _fail([w for w in batch if w.shard_id == moved.shard_id], moved)
                 rest = [w for w in batch if w.shard_id != moved.shard_id]
@@ -166,142 +264,11 @@ class ReadCoalescer:
                     _fail(batch, exc)
                     return
                 for shard in shards:  # which shard failed is not known: each shard on its own
-                    await self._resolve([w for w in batch if w.shard_id == shard])
+                    self._run([w for w in batch if w.shard_id == shard])
                 return
             for wanted in batch:
                 _deliver(wanted, found.get(wanted.key))
             return
-
-
-class _Waiter:
-    """A thread waiting for a connection: its key, then its outcome (or the batch it leads)."""
-
-    __slots__ = ("batch", "error", "event", "key", "record", "shard_id")
-
-    def __init__(self, shard_id: int, key: Key) -> None:
-        self.shard_id = shard_id
-        self.key = key
-        self.event = threading.Event()
-        self.batch: list[_Waiter] | None = None  # set when this thread is to run the batch of every waiter
-        self.record: Record | None = None
-        self.error: BaseException | None = None
-
-    def settle(self, record: Record | None, error: BaseException | None) -> None:
-        self.record, self.error = record, error
-        self.event.set()
-
-
-class ThreadReadCoalescer:
-    """`ReadCoalescer` for threads: threads that would wait for a pooled connection share one batch read.
-
-    A call runs straight through while fewer than ``limit`` reads of this server run (so a lone call, or a few
-    concurrent ones, never waits); a thread arriving when ``limit`` are running queues, and when a read ends, the
-    thread queued first runs one ``fetch_many`` for every queued key (identical keys once) and hands each waiting
-    thread its own outcome, split on failure as `ReadCoalescer` splits it. No timer, no helper thread.
-    """
-
-    __slots__ = ("_busy", "_fetch_many", "_fetch_one", "_limit", "_lock", "_queue", "owner")
-
-    def __init__(self, fetch_one: SyncFetchOne, fetch_many: SyncFetchMany, limit: int, owner: object = None) -> None:
-        if limit < 1:
-            raise ValueError(f"limit must be at least 1, got {limit}")
-        self._fetch_one = fetch_one
-        self._fetch_many = fetch_many
-        self._limit = limit
-        self.owner = owner
-        self._lock = threading.Lock()
-        self._busy = 0
-        self._queue: list[_Waiter] = []
-
-    @property
-    def in_flight(self) -> int:
-        """Reads and batches running now (0 when idle)."""
-        return self._busy
-
-    def get(self, shard_id: int, key: Key) -> Record | None:
-        """The record of ``key`` in ``shard_id``, or None; raises what reading it raised."""
-        with self._lock:
-            if self._busy < self._limit:
-                self._busy += 1
-                waiter = None
-            else:
-                waiter = _Waiter(shard_id, key)
-                self._queue.append(waiter)
-        if waiter is None:
-            try:
-                return self._fetch_one(shard_id, key)
-            finally:
-                self._release()
-        waiter.event.wait()
-        if waiter.batch is not None:  # this thread leads the batch (its slot was handed over by _release)
-            try:
-                self._resolve(waiter.batch)
-            except BaseException as exc:  # not a read's failure (those are settled): no thread may wait forever
-                for other in waiter.batch:
-                    if not other.event.is_set():
-                        other.settle(None, exc if other is waiter else _own_copy(exc))
-                raise
-            finally:
-                self._release()
-        if waiter.error is not None:
-            raise waiter.error
-        return waiter.record
-
-    def _release(self) -> None:
-        """A read ended: hand its slot to the oldest waiting thread with every queued key, or free it."""
-        with self._lock:
-            if not self._queue:
-                self._busy -= 1
-                return
-            batch, self._queue = self._queue, []
-        leader = batch[0]
-        leader.batch = batch
-        leader.event.set()
-
-    def _resolve(self, batch: list[_Waiter]) -> None:
-        """Read ``batch`` (one fetch per distinct key) and settle every waiter, failures split per shard."""
-        wanted: dict[Key, list[_Waiter]] = {}
-        for waiter in batch:
-            wanted.setdefault(waiter.key, []).append(waiter)
-        groups = list(wanted.values())
-        while groups:
-            try:
-                if len(groups) == 1:
-                    first = groups[0][0]
-                    found = {first.key: self._fetch_one(first.shard_id, first.key)}
-                else:
-                    records = self._fetch_many([(g[0].shard_id, g[0].key) for g in groups])
-                    found = {record.key: record for record in records}
-            except ShardMoved as moved:
-                hit = [g for g in groups if g[0].shard_id == moved.shard_id]
-                for group in hit or groups:
-                    _settle_error(group, moved)
-                if not hit:
-                    return
-                groups = [g for g in groups if g[0].shard_id != moved.shard_id]
-                continue
-            except Exception as exc:
-                shards = {g[0].shard_id for g in groups}
-                if isinstance(exc, _SERVER_WIDE) or len(shards) == 1:
-                    for group in groups:
-                        _settle_error(group, exc)
-                    return
-                for shard in shards:
-                    self._resolve([w for g in groups if g[0].shard_id == shard for w in g])
-                return
-            for group in groups:
-                record = found.get(group[0].key)
-                for index, waiter in enumerate(group):
-                    if record is not None and index:
-                        waiter.settle(dataclasses.replace(record, data=copy.deepcopy(record.data)), None)
-                    else:
-                        waiter.settle(record, None)
-            return
-
-
-def _settle_error(group: list[_Waiter], error: BaseException) -> None:
-    for waiter in group:
-        waiter.settle(None, _own_copy(error))
 
 
 class _Write:
@@ -309,22 +276,23 @@ class _Write:
 
     __slots__ = ("data", "future", "key", "kind")
 
-    def __init__(self, key: Key, kind: int, data: Mapping[str, Any], future: asyncio.Future[None]) -> None:
+    def __init__(self, key: Key, kind: int, data: Mapping[str, Any], future: _Future[None]) -> None:
         self.key = key
         self.kind = kind
         self.data = data
         self.future = future
 
 
-class WriteCoalescer:
+class ThreadWriteCoalescer(_Coalescer[tuple[int, list[_Write]]]):
     """Merges overlapping inserts of one server into multi-row INSERTs; each ``put`` keeps its own outcome.
 
-    ``insert_one(shard_id, key, kind, data)`` is the uncoalesced insert (a lone call takes it, and so does every row
-    a group could not store); ``insert_group(shard_id, rows)`` stores rows of one shard in one statement and returns
-    the ids it stored, leaving out rows whose key or unique value is taken (``ON CONFLICT DO NOTHING``), and settles
-    a lost connection itself (PostgreSQL: by the transaction's id, ``hvbackend_postgres._commit``): it returns only
-    if the group committed, raises `WriteOutcomeUnknown` if that cannot be known, and anything else means nothing
-    was stored. ``limit`` bounds the inserts and groups in flight (the pool's size).
+    ``insert_one(shard_id, key, kind, data)`` is the uncoalesced insert (a call that goes straight through takes it,
+    and so does every row a group could not store); ``insert_group(shard_id, rows)`` stores rows of one shard in one
+    statement and returns the ids it stored, leaving out rows whose key or unique value is taken (``ON CONFLICT DO
+    NOTHING``), and settles a lost connection itself (PostgreSQL: by the transaction's id,
+    ``hvbackend_postgres._commit``): it returns only if the group committed, raises `WriteOutcomeUnknown` if that
+    cannot be known, and anything else means nothing was stored. ``limit`` bounds the inserts and groups in flight
+    (the pool's size). Queued rows go in groups of one shard, at most `GROUP_MAX` rows each.
 
     Outcomes are each caller's own, as if its insert ran alone: a row the group stored succeeded; a row it left out
     runs alone (so its `DuplicateKey` or `DuplicateValue` is its own); a group refused with `ShardMoved` fails its
@@ -335,240 +303,79 @@ class WriteCoalescer:
     transaction: they are committed together, and none is ever undone by another's failure.
     """
 
-    __slots__ = ("_busy", "_insert_group", "_insert_one", "_limit", "_pending", "_scheduled", "_tasks", "owner")
+    __slots__ = ("_insert_group", "_insert_one", "_pending")
 
     def __init__(self, insert_one: InsertOne, insert_group: InsertGroup, limit: int, owner: object = None) -> None:
-        if limit < 1:
-            raise ValueError(f"limit must be at least 1, got {limit}")
+        super().__init__(limit, owner)
         self._insert_one = insert_one
         self._insert_group = insert_group
-        self._limit = limit
-        self.owner = owner
-        self._busy = 0
         self._pending: dict[int, list[_Write]] = {}  # shard -> queued rows
-        self._scheduled = False
-        self._tasks: set[asyncio.Task[None]] = set()
 
-    @property
-    def in_flight(self) -> int:
-        """Inserts and groups running now (0 when idle)."""
-        return self._busy
-
-    async def insert(self, shard_id: int, key: Key, kind: int, data: Mapping[str, Any]) -> None:
+    def insert(self, shard_id: int, key: Key, kind: int, data: Mapping[str, Any]) -> None:
         """Store one row; raises what storing it alone would raise (see the class docstring)."""
-        if not self._busy:  # nothing of this server in flight: straight through, no extra hop
-            self._busy = 1
+        future: _Future[None] | None = self._admit(shard_id, key, kind, data)
+        if future is None:
             try:
-                await self._insert_one(shard_id, key, kind, data)
+                self._insert_one(shard_id, key, kind, data)
                 return
             finally:
-                self._busy -= 1
-                if self._pending:
-                    self._flush()
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                self._release()
+        self._wait(future)
+
+    def _queue(self, shard_id: int, key: Key, kind: int, data: Mapping[str, Any]) -> _Future[None]:
+        future: _Future[None] = _Future()
         self._pending.setdefault(shard_id, []).append(_Write(key, kind, data, future))
-        if not self._scheduled:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._on_turn)
-        await future
+        return future
 
-    def _on_turn(self) -> None:
-        self._scheduled = False
-        self._flush()
-
-    def _flush(self) -> None:
-        """Start a group per shard with queued rows, while fewer than ``limit`` inserts and groups run."""
-        while self._pending and self._busy < self._limit:
+    def _take(self) -> tuple[int, list[_Write]] | None:
+        """The queued rows of the first shard in the queue (at most `GROUP_MAX`) whose callers still wait."""
+        while self._pending:
             shard_id = next(iter(self._pending))
             queued = self._pending[shard_id]
-            group, rest = queued[:GROUP_MAX], queued[GROUP_MAX:]
+            group, rest = (queued[:GROUP_MAX], queued[GROUP_MAX:])
             if rest:
                 self._pending[shard_id] = rest
             else:
                 del self._pending[shard_id]
             group = [write for write in group if not write.future.done()]  # callers cancelled before it was sent
-            if not group:
-                continue
-            self._busy += 1
-            task = asyncio.get_running_loop().create_task(self._store(shard_id, group))
-            self._tasks.add(task)
-            task.add_done_callback(functools.partial(self._group_done, [w.future for w in group]))
+            if group:
+                return (shard_id, group)
+        return None
 
-    def _group_done(self, futures: list[asyncio.Future[Any]], task: asyncio.Task[None]) -> None:
-        """A group task ended (even one cancelled before it started): free its slot, send what queued meanwhile."""
-        self._tasks.discard(task)
-        self._busy -= 1
-        _orphaned(futures, task)
-        self._flush()
+    def _futures(self, job: tuple[int, list[_Write]]) -> list[_Future[Any]]:
+        return [write.future for write in job[1]]
 
-    async def _store(self, shard_id: int, group: list[_Write]) -> None:
+    def _run(self, job: tuple[int, list[_Write]]) -> None:
+        """Store one shard's group and settle each caller (outcomes as the class docstring says)."""
+        shard_id, group = job
         if len(group) == 1:
-            await self._alone(shard_id, group)
+            self._alone(shard_id, group)
             return
         try:
-            stored = await self._insert_group(shard_id, [(w.key, w.kind, w.data) for w in group])
-        except asyncio.CancelledError:
-            raise
+            stored = self._insert_group(shard_id, [(w.key, w.kind, w.data) for w in group])
         except (ShardMoved, WriteOutcomeUnknown) as exc:  # nothing written / not known: the callers are told
-            _fail_writes(group, exc)
+            _settle_left([w.future for w in group], exc)
             return
         except Exception:  # the group stored nothing (the store settles lost connections): each row alone
             stored = set()
         for write in group:
-            if int(write.key) in stored and not write.future.done():
+            if int(write.key) in stored and (not write.future.done()):
                 write.future.set_result(None)
-        await self._alone(shard_id, [w for w in group if int(w.key) not in stored])
+        self._alone(shard_id, [w for w in group if int(w.key) not in stored])
 
-    async def _alone(self, shard_id: int, writes: list[_Write]) -> None:
+    def _alone(self, shard_id: int, writes: list[_Write]) -> None:
         """Insert each row on its own: its outcome is its caller's."""
         for write in writes:
             if write.future.done():  # cancelled meanwhile: its row is not written
                 continue
             try:
-                await self._insert_one(shard_id, write.key, write.kind, write.data)
-            except asyncio.CancelledError:
-                raise
+                self._insert_one(shard_id, write.key, write.kind, write.data)
             except Exception as exc:
                 if not write.future.done():
                     write.future.set_exception(exc)
             else:
                 if not write.future.done():
                     write.future.set_result(None)
-
-
-def _fail_writes(group: list[_Write], error: BaseException) -> None:
-    for write in group:
-        if not write.future.done():
-            write.future.set_exception(_own_copy(error))
-
-
-class _ThreadWrite:
-    """A thread's queued insert: its row, then its outcome (or the queue it leads)."""
-
-    __slots__ = ("batch", "data", "error", "event", "key", "kind", "shard_id")
-
-    def __init__(self, shard_id: int, key: Key, kind: int, data: Mapping[str, Any]) -> None:
-        self.shard_id = shard_id
-        self.key = key
-        self.kind = kind
-        self.data = data
-        self.event = threading.Event()
-        self.batch: list[_ThreadWrite] | None = None
-        self.error: BaseException | None = None
-
-    def settle(self, error: BaseException | None) -> None:
-        self.error = error
-        self.event.set()
-
-
-class ThreadWriteCoalescer:
-    """`WriteCoalescer` for threads: threads that would wait for a pooled connection share multi-row INSERTs.
-
-    As `ThreadReadCoalescer`: straight through while fewer than ``limit`` inserts of this server run; threads
-    arriving when all are busy queue, and when an insert ends the oldest queued thread stores every queued row, one
-    group per shard, with `WriteCoalescer`'s rules for each row's outcome.
-    """
-
-    __slots__ = ("_busy", "_insert_group", "_insert_one", "_limit", "_lock", "_queue", "owner")
-
-    def __init__(
-        self, insert_one: SyncInsertOne, insert_group: SyncInsertGroup, limit: int, owner: object = None
-    ) -> None:
-        if limit < 1:
-            raise ValueError(f"limit must be at least 1, got {limit}")
-        self._insert_one = insert_one
-        self._insert_group = insert_group
-        self._limit = limit
-        self.owner = owner
-        self._lock = threading.Lock()
-        self._busy = 0
-        self._queue: list[_ThreadWrite] = []
-
-    @property
-    def in_flight(self) -> int:
-        """Inserts and groups running now (0 when idle)."""
-        return self._busy
-
-    def insert(self, shard_id: int, key: Key, kind: int, data: Mapping[str, Any]) -> None:
-        """Store one row; raises what storing it alone would raise."""
-        with self._lock:
-            if self._busy < self._limit:
-                self._busy += 1
-                write = None
-            else:
-                write = _ThreadWrite(shard_id, key, kind, data)
-                self._queue.append(write)
-        if write is None:
-            try:
-                self._insert_one(shard_id, key, kind, data)
-                return
-            finally:
-                self._release()
-        write.event.wait()
-        if write.batch is not None:  # this thread stores every queued row (its slot was handed over)
-            try:
-                by_shard: dict[int, list[_ThreadWrite]] = {}
-                for queued in write.batch:
-                    by_shard.setdefault(queued.shard_id, []).append(queued)
-                for shard, group in by_shard.items():
-                    for start in range(0, len(group), GROUP_MAX):
-                        self._store(shard, group[start : start + GROUP_MAX])
-            except BaseException as exc:  # not a row's failure (those are settled): no thread may wait forever
-                for other in write.batch:
-                    if not other.event.is_set() or other is write:
-                        other.settle(exc if other is write else _own_copy(exc))
-                raise
-            finally:
-                self._release()
-        if write.error is not None:
-            raise write.error
-
-    def _release(self) -> None:
-        with self._lock:
-            if not self._queue:
-                self._busy -= 1
-                return
-            batch, self._queue = self._queue, []
-        leader = batch[0]
-        leader.batch = batch
-        leader.event.set()
-
-    def _store(self, shard_id: int, group: list[_ThreadWrite]) -> None:
-        if len(group) == 1:
-            self._alone(shard_id, group)
-            return
-        try:
-            stored = self._insert_group(shard_id, [(w.key, w.kind, w.data) for w in group])
-        except (ShardMoved, WriteOutcomeUnknown) as exc:
-            for write in group:
-                write.settle(_own_copy(exc))
-            return
-        except Exception:  # nothing stored: each row alone
-            stored = set()
-        for write in group:
-            if int(write.key) in stored:
-                write.settle(None)
-        self._alone(shard_id, [w for w in group if int(w.key) not in stored])
-
-    def _alone(self, shard_id: int, writes: list[_ThreadWrite]) -> None:
-        for write in writes:
-            try:
-                self._insert_one(shard_id, write.key, write.kind, write.data)
-            except Exception as exc:
-                write.settle(exc)
-            else:
-                write.settle(None)
-
-
-def _orphaned(futures: list[asyncio.Future[Any]], task: asyncio.Task[None]) -> None:
-    """Settle the callers a finished batch task left waiting: cancelled with it, or failed with its error."""
-    error = None if task.cancelled() else task.exception()
-    for future in futures:
-        if not future.done():
-            if error is None:
-                future.cancel()
-            else:
-                future.set_exception(_own_copy(error))
 
 
 def _deliver(wanted: _Wanted, record: Record | None) -> None:
@@ -587,9 +394,14 @@ def _deliver(wanted: _Wanted, record: Record | None) -> None:
 def _fail(batch: list[_Wanted], error: BaseException) -> None:
     """Fail every waiting caller of ``batch``, each with its own copy of ``error``."""
     for wanted in batch:
-        for future in wanted.futures:
-            if not future.done():
-                future.set_exception(_own_copy(error))
+        _settle_left(wanted.futures, error)
+
+
+def _settle_left(futures: Iterable[_Future[Any]], error: BaseException) -> None:
+    """Fail every caller of ``futures`` still waiting, each with its own copy of ``error``."""
+    for future in futures:
+        if not future.done():
+            future.set_exception(_own_copy(error))
 
 
 def _own_copy(error: BaseException) -> BaseException:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hvcore._hosts import host_problem
 from hvcore._key import KeyLayout
 from hvcore._replicas import check_max_replica_lag, check_read_from, replica_problems
 from hvcore._show import show_value
@@ -208,6 +209,9 @@ def libpq_settings(settings: Mapping[str, Any], *, ignore: Sequence[str] = SERVE
     if not isinstance(conninfo, str):
         raise ConfigError(f"conninfo must be a string (a libpq keyword string or URL), got {type(conninfo).__name__}")
     keywords = {k: v for k, v in raw.items() if v is not None}
+    problem = host_problem(keywords)
+    if problem is not None:
+        raise ConfigError(problem)
     for name, value in keywords.items():
         if isinstance(value, bool) or not isinstance(value, str | int | float):
             shown = "***" if name == "password" else repr(value)

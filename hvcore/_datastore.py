@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from hvcore import _schemaops
 from hvcore._acompat import Lock, gather, spawn, to_thread
-from hvcore._backend import ProvisionReport, QuerySpec, Record, ServerStore, SupportsWorkerLease
+from hvcore._backend import ProvisionReport, QuerySpec, Record, ServerStore, SupportsFilterWrites, SupportsWorkerLease
 from hvcore._facade import (
     PUT_ATTEMPTS,
     FacadeBase,
@@ -53,7 +53,15 @@ from hvcore._schemadefs import (
 from hvcore._shardmap import format_ranges
 from hvcore._transaction import ShardTransaction, open_transaction
 from hvcore._worker import WorkerSlice, home_start
-from hvcore.errors import ConfigError, ConnectionMisuse, DuplicateKey, HypervaultError, ShardMoved
+from hvcore.errors import (
+    ConfigError,
+    ConnectionMisuse,
+    DuplicateKey,
+    HypervaultError,
+    InvalidData,
+    InvalidQuery,
+    ShardMoved,
+)
 
 if TYPE_CHECKING:  # psycopg is an optional dependency: only the types are named here
     from psycopg import Connection, Cursor
@@ -127,8 +135,9 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
     the server's other settings). ``read_from="replica"`` sends `get`, `get_many` and `query` to a standby whose
     replay lag is within ``max_replica_lag`` seconds (default 1.0), else to the primary, never failing while the
     primary is up; each of them takes ``read_from=`` for one call. After a write to a shard, its reads go to the
-    primary until a standby has replayed past that write (read-your-writes, per `timeline`; it costs each write on
-    a server with standbys one more round trip, for the WAL position: ``read_your_writes=False`` turns it off).
+    primary until a standby has replayed past that write (read-your-writes, per `timeline`: a put, update, replace
+    or delete on a server with standbys brings the WAL position back in its own exchange; put_many and
+    transactions read it after, one more round trip; ``read_your_writes=False`` turns it off).
     Writes always go to primaries. README "Read replicas" has the details and figures.
 
     `Datastore` opens its pools on ``await db.open()`` or on entering ``with``; its I/O methods are
@@ -183,6 +192,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         self._factory = self._registry.backend(backend)
         self._read_from = self._config.read_from
         self._timeline = Timeline()  # the process-wide read-your-writes positions (outside any `timeline()` block)
+        self._lent_shards: dict[int, tuple[Any, int]] = {}  # id(conn) → (conn, shard) of get_connection, with standbys
         self._router: ReadRouter | None = None
         if any(self._replica_settings):
             self._router = ReadRouter(
@@ -213,8 +223,8 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
                 raise ConfigError(f"{name} must be True or False, got {flag!r}")
         self._coalesce_reads = coalesce_reads
         self._coalesce_writes = coalesce_writes
-        self._readers: dict[int, Any] = {}  # id(store) -> its ReadCoalescer (hvcore._coalesce), made on first get
-        self._writers: dict[int, Any] = {}  # id(store) -> its WriteCoalescer, made on first put
+        self._readers: dict[int, Any] = {}  # id(store) -> its ThreadReadCoalescer (hvcore._coalesce), made on first get
+        self._writers: dict[int, Any] = {}  # id(store) -> its ThreadWriteCoalescer, made on first put
         self._open_stores()
         self._ensure_generator()
         _live_stores.add(self)
@@ -245,7 +255,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
             self._sequence_closed = False
         self._stores = stores
         if self._router is not None:
-            self._router.attach(stores)
+            self._router.attach(stores, track_writes=self._config.read_your_writes)
         self._closed = False
         self._ever_opened = True
         metrics.watch(self)  # looks the meter provider up again: figures start once one is configured
@@ -386,9 +396,13 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
 
         A psycopg connection in a transaction (commit it yourself), whose rows are `Row` objects (``row[0]`` and
         ``row["name"]``; ``row_factory="dict"``/``"tuple"`` for dicts or tuples); the memory backend lends a
-        ``MemoryConnection`` instead. Return it with `put_connection`.
+        ``MemoryConnection`` instead. Return it with `put_connection`. On a server with standbys (and
+        ``read_your_writes``), `put_connection` counts it as a write to the shard: the primary's WAL position is
+        read then (one round trip) and the shard's reads stay on the primary until a standby has replayed it.
         """
         conn: Connection[Row] = self.store_for(shard_id).get_connection(shard_id)
+        if self._router is not None and self._config.read_your_writes:  # put_connection notes it as a write
+            self._lent_shards[id(conn)] = (conn, shard_id)
         return conn
 
     def put_connection(self, conn: Any) -> None:
@@ -399,6 +413,9 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         for store in (*self._stores, *self._retired):
             if store.owns(conn):
                 store.put_connection(conn)
+                lent = self._lent_shards.pop(id(conn), None)
+                if lent is not None and lent[0] is conn:  # whatever it committed counts as a write to its shard
+                    self._note_write(lent[1])
                 return
         raise ConnectionMisuse(
             f"{conn!r} is not borrowed from this Datastore: it was already returned, or came from elsewhere"
@@ -410,10 +427,13 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
 
         A psycopg cursor whose rows are `Row` objects: ``row[0]`` and ``row["version"]`` both work, as psycopg2's
         ``DictRow`` did (``row_factory="dict"``/``"tuple"`` for dicts or tuples). The memory backend yields a
-        ``MemoryCursor``, which answers ``SELECT version()`` and ``SELECT 1`` only.
+        ``MemoryCursor``, which answers ``SELECT version()`` and ``SELECT 1`` only. On a server with standbys
+        (and ``read_your_writes``), a block that commits counts as a write to the shard, as for `get_connection`.
         """
         with self.store_for(shard_id).cursor(shard_id) as cur:
             yield cur
+        if self._router is not None:  # committed: read-your-writes counts the block as a write to the shard
+            self._note_write(shard_id)
 
     def transaction(
         self, shard_id: int, *, isolation_level: str | Enum | None = None, read_only: bool = False
@@ -463,7 +483,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
                 store = self.store_for(shard_id)
                 continue
             if self._router is not None:
-                self._note_write(shard_id)
+                self._note_write(shard_id, carried=True)
             return key
         raise too_many_duplicates(shard_id)
 
@@ -542,7 +562,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
     def _writer(self, store: ServerStore) -> Any:
         """The write coalescer of ``store`` (made on first use; one per store, dropped with the stores).
 
-        A `WriteCoalescer` on asyncio, a `ThreadWriteCoalescer` for `Datastore` (hvcore._coalesce).
+        A `ThreadWriteCoalescer` (hvcore._coalesce).
         """
         writer = self._writers.get(id(store))
         if writer is None or writer.owner is not store:
@@ -556,7 +576,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
     def _reader(self, store: ServerStore) -> Any:
         """The read coalescer of ``store`` (made on first use; one per store, dropped with the stores).
 
-        A `ReadCoalescer` on asyncio, a `ThreadReadCoalescer` for `Datastore` (hvcore._coalesce).
+        A `ThreadReadCoalescer` (hvcore._coalesce).
         """
         reader = self._readers.get(id(store))
         if reader is None or reader.owner is not store:
@@ -647,13 +667,17 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
             return self._read_from == "replica"
         return check_read_from(read_from) == "replica"
 
-    def _note_write(self, shard_id: int) -> None:
-        """Record a write to ``shard_id`` in the current timeline (read-your-writes), if its server has standbys."""
+    def _note_write(self, shard_id: int, carried: bool = False) -> None:
+        """Record a write to ``shard_id`` in the current timeline (read-your-writes), if its server has standbys.
+
+        ``carried``: the write was one exchange of the store's that brings back the WAL position (put, update,
+        replace, delete: `ReadRouter.note_write`); others cost a round trip for it.
+        """
         router = self._router
         if router is not None and self._config.read_your_writes:
             index = self.shard_map.server_for(shard_id)
             if router.has_replicas(index):
-                router.note_write(index, shard_id, current_timeline(self._timeline))
+                router.note_write(index, shard_id, current_timeline(self._timeline), carried=carried)
 
     def timeline(self, timeline: Timeline | None = None) -> TimelineScope:
         """A ``with`` block whose writes and reads use ``timeline`` (a new empty one if None) for read-your-writes.
@@ -712,7 +736,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         self.store_for(key.shard_id).check_data(data)
         done = self._on_shard(key.shard_id, lambda store: store.update(key.shard_id, key, data, merge=True), "update")
         if done and self._router is not None:
-            self._note_write(key.shard_id)
+            self._note_write(key.shard_id, carried=True)
         return done
 
     def replace(self, key: Key | int, /, **data: Any) -> bool:
@@ -721,7 +745,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         self.store_for(key.shard_id).check_data(data)
         done = self._on_shard(key.shard_id, lambda store: store.update(key.shard_id, key, data, merge=False), "replace")
         if done and self._router is not None:
-            self._note_write(key.shard_id)
+            self._note_write(key.shard_id, carried=True)
         return done
 
     def delete(self, key: Key | int) -> bool:
@@ -729,7 +753,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         key = self.as_key(key)
         done = self._on_shard(key.shard_id, lambda store: store.delete(key.shard_id, key), "delete")
         if done and self._router is not None:
-            self._note_write(key.shard_id)
+            self._note_write(key.shard_id, carried=True)
         return done
 
     def _on_shard(self, shard_id: int, op: Callable[[ServerStore], _T], name: str) -> _T:
@@ -783,6 +807,133 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         if spec.where or ranges:
             return self._query_indexed(shard_ids, spec, ranges, replicas)
         return self._query_following_moves(shard_ids, spec, replicas)
+
+    def update_where(
+        self,
+        *,
+        set: Mapping[str, Any],
+        kind: int | None = None,
+        where: Mapping[str, Any] | None = None,
+        since: dt.datetime | Key | None = None,
+        until: dt.datetime | Key | None = None,
+        shards: Iterable[int] | None = None,
+    ) -> int:
+        """Merge ``set`` into the body of every record matching the filter, on every shard; the records changed.
+
+        The filter is `query`'s, checked the same way before any I/O (``kind``, ``where`` with equality and, on
+        indexed fields, range filters, ``since``/``until``, ``shards``); at least one of them must be given
+        (`InvalidQuery` otherwise: to change every record say so with ``shards=range(8192)``). ``set`` is checked
+        as `update`'s body (`InvalidData`; it must name at least one field). A record's kind and key never change.
+
+        **Not atomic across shards.** The work is cut into pieces of at most 16 shards per server (each piece one
+        transaction: 64 relations locked at most, see docs/fanout.md); a piece commits or rolls back as a whole,
+        pieces commit one after another, servers run concurrently. A concurrent reader may see some pieces done
+        and others not. If a piece fails, the pieces before it stay committed and later pieces of that server do
+        not run: the error raised carries a note with the records already changed (a lower bound if a connection
+        was lost: a piece whose commit was sent may have committed unseen). Running the same call again
+        finishes the job (merging the same fields again changes nothing). A shard moved meanwhile is followed.
+        `DuplicateValue` if a unique index of ``kind`` would hold a value twice in a shard (that piece unchanged);
+        otherwise `query`'s errors (`NotProvisioned`, `ServerUnavailable`, `ServerLimitReached`...).
+        """
+        if not isinstance(set, Mapping):
+            raise InvalidData(f"set must be a mapping of field names to values, got {type(set).__name__}")
+        if not set:
+            raise InvalidData("set is empty: name at least one field to merge into the matching bodies")
+        changes = dict(set)
+        by_server, spec = self._plan_write_where("update_where", kind, where, since, until, shards)
+        stores = self._live()
+        for index in by_server:
+            stores[index].check_data(changes)
+        return self._write_where("update_where", by_server, spec, changes)
+
+    def delete_where(
+        self,
+        *,
+        kind: int | None = None,
+        where: Mapping[str, Any] | None = None,
+        since: dt.datetime | Key | None = None,
+        until: dt.datetime | Key | None = None,
+        shards: Iterable[int] | None = None,
+    ) -> int:
+        """Delete every record matching the filter, on every shard; the records deleted.
+
+        The filter and its checks are `update_where`'s (at least one of ``kind``, ``where``, ``since``,
+        ``until``, ``shards``), and so is the way it runs: pieces of at most 16 shards per server, each a
+        transaction of its own, **not atomic across pieces**; after a failure the pieces before it stay deleted
+        (the error's note says how many records), and running the call again deletes the rest.
+        """
+        by_server, spec = self._plan_write_where("delete_where", kind, where, since, until, shards)
+        return self._write_where("delete_where", by_server, spec, None)
+
+    def _plan_write_where(
+        self,
+        name: str,
+        kind: int | None,
+        where: Mapping[str, Any] | None,
+        since: dt.datetime | Key | None,
+        until: dt.datetime | Key | None,
+        shards: Iterable[int] | None,
+    ) -> tuple[dict[int, list[int]], QuerySpec]:
+        """The shards per server and the bound filter of `update_where`/`delete_where` (checked as `query`'s)."""
+        if kind is None and where is None and (since is None) and (until is None) and (shards is None):
+            raise InvalidQuery(
+                f"{name}() without a filter would write every record of every shard: give kind=, where=, since=/until= or shards= (shards=range(8192) to mean every shard)"
+            )
+        by_server, spec = self._plan_query(kind, where, since, until, shards, None)
+        equal, ranges = split_ranges(spec.where, spec.kind)
+        if ranges:
+            spec = dataclasses.replace(spec, where=equal)
+        stores = self._live()
+        if spec.where:
+            for index in by_server:
+                stores[index].check_data(spec.where)
+        if spec.where or ranges:
+            catalog = self._index_catalog
+            definitions: Mapping[tuple[int, str], IndexSpec] = catalog.definitions
+            if catalog.stale((spec.kind, flt.field) for flt in ranges if spec.kind is not None):
+                definitions = to_thread(catalog.load, stores)
+            spec = dataclasses.replace(spec, filters=bind_filters(spec.kind, spec.where, ranges, definitions))
+        return (by_server, spec)
+
+    def _write_where(
+        self, name: str, by_server: dict[int, list[int]], spec: QuerySpec, data: dict[str, Any] | None
+    ) -> int:
+        """Run a filter write on every server concurrently, following moved shards; the records written."""
+        counts: dict[int, int] = {}  # rows written per shard, filled as pieces commit
+        todo = [shard for ids in by_server.values() for shard in ids]
+        try:
+            for _ in range(MAX_HOPS):
+                stores = self._live()
+                jobs = [(stores[index], ids) for index, ids in self._group_shards(todo).items()]
+                if len(jobs) == 1:
+                    outcomes = [_write_outcome(name, jobs[0][0], jobs[0][1], spec, data, counts)]
+                else:
+                    outcomes = gather(
+                        *(spawn(_write_outcome, name, store, ids, spec, data, counts) for store, ids in jobs)
+                    )
+                failed = next((e for e in outcomes if e is not None and (not isinstance(e, ShardMoved))), None)
+                if failed is not None:
+                    raise failed
+                moved = [e for e in outcomes if isinstance(e, ShardMoved)]
+                if not moved:
+                    break
+                for refusal in moved:
+                    self._follow(refusal)
+                todo = [shard for shard in todo if shard not in counts]
+            else:
+                raise self._too_many_hops(todo[0])
+        except BaseException as exc:
+            if isinstance(exc, Exception):
+                exc.add_note(
+                    f"{name}: {sum(counts.values())} record(s) in {len(counts)} shard(s) were already written and committed before this error (pieces are not atomic together); running the call again finishes the job"
+                )
+            raise
+        finally:
+            if self._router is not None:
+                for shard, count in counts.items():
+                    if count:
+                        self._note_write(shard)
+        return sum(counts.values())
 
     def _query_indexed(
         self, shard_ids: list[int], spec: QuerySpec, ranges: tuple[FieldFilter, ...], replicas: bool = False
@@ -1065,6 +1216,45 @@ def _from_replica(
         raise _ReplicaFailed(index, choice, exc) from exc
     finally:
         stream.close()
+
+
+def _write_outcome(
+    name: str,
+    store: ServerStore,
+    shard_ids: list[int],
+    spec: QuerySpec,
+    data: dict[str, Any] | None,
+    counts: dict[int, int],
+) -> BaseException | None:
+    """One server's part of a filter write (`Datastore.update_where`): None, or the exception it raised
+    (returned, so that every server's part is over before the caller raises or resumes moved shards)."""
+    started = perf_counter()
+    try:
+        _write_on(store, shard_ids, spec, data, counts)
+    except BaseException as exc:  # re-raised by the caller
+        if metrics.on:
+            metrics.operation(name, store, perf_counter() - started, exc)
+        return exc
+    if metrics.on:
+        metrics.operation(name, store, perf_counter() - started)
+    return None
+
+
+def _write_on(
+    store: ServerStore, shard_ids: list[int], spec: QuerySpec, data: dict[str, Any] | None, counts: dict[int, int]
+) -> None:
+    """A filter write on one server: the store's own (`SupportsFilterWrites`), or, for a backend without
+    one, the matching keys read with ``query`` and written one by one."""
+    if isinstance(store, SupportsFilterWrites):
+        if data is None:
+            store.delete_where(shard_ids, spec, counts)
+        else:
+            store.update_where(shard_ids, spec, data, counts)
+        return
+    keys = [record.key for record in store.query(shard_ids, spec)]
+    for key in keys:
+        write = store.delete(key.shard_id, key) if data is None else store.update(key.shard_id, key, data, merge=True)
+        counts[key.shard_id] = counts.get(key.shard_id, 0) + int(write)
 
 
 def _first(stream: Iterator[Record]) -> Record | BaseException | None:

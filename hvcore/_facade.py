@@ -306,13 +306,15 @@ class FacadeBase(Generic[StoreT]):
         return keys
 
     def _time_bound(self, value: object, name: str) -> int:
-        """A ``since``/``until`` argument as a key value: aware datetime → first key of that millisecond."""
+        """A ``since``/``until`` argument as a key value: a key as it is; an aware datetime → the first key of the
+        first whole millisecond at or after it (keys carry whole ms: ``key.created >= since`` and ``< until`` hold
+        exactly for a datetime with microseconds too)."""
         if isinstance(value, Key):
             return int(self.as_key(value))
         if isinstance(value, dt.datetime):
             if value.tzinfo is None:
                 raise InvalidQuery(f"{name} must be an aware datetime (e.g. tzinfo=datetime.UTC), got {value!r}")
-            ms = (value - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(milliseconds=1)
+            ms = -((dt.datetime(1970, 1, 1, tzinfo=dt.UTC) - value) // dt.timedelta(milliseconds=1))  # rounded up
             time_part = min(max(ms - self.layout.epoch_ms, 0), self.layout.max_time_part + 1)
             return time_part << self.layout.time_shift
         raise InvalidQuery(f"{name} must be an aware datetime or a Key, got {type(value).__name__} {show_value(value)}")

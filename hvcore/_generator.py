@@ -370,6 +370,7 @@ class _GeneratorBase:
         first = next(cnt)
         if first >= lim:
             return
+        k = min(k, lim - first)  # no more than this millisecond can still give: linear time for any batch
         if k == 1:
             out.append(_make_key(self._key_type, base + first))
             return
@@ -706,18 +707,20 @@ class KeyGenerator(_GeneratorBase):
             cnt = more.get(shard_id) or self._counter(shard_id, first, more)
             k = n - 1 if zero else n
             a = next(cnt)
+            if a < lim:
+                k = min(k, lim - a)  # no more than this millisecond can still give: linear time for any batch
             if k > 1:
                 _consume(islice(cnt, k - 2))
                 b = next(cnt)
             else:
                 b = a
             if b < lim and b - a == k - 1:  # contiguous: no other thread drew in between
-                if zero and a == d + 1:
+                if zero and a == d + 1 and k == n - 1:
                     return _make_keys(key_type, base + d, n)
                 out = _make_keys(key_type, base + a, k)
                 if zero:
                     out.insert(0, _make_key(key_type, base + d))
-                return out
+                return out if len(out) >= n else self._fill(shard_id, n, out)
             out = [_make_key(key_type, base + d)] if zero else []
             self._collect(base, lim, a, b, k, out)
             return self._fill(shard_id, n, out)

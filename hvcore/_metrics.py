@@ -53,12 +53,24 @@ def _global_provider() -> Any:
     return get_meter_provider()  # also resolves OTEL_PYTHON_METER_PROVIDER on first call
 
 
+DEFAULT_PORT = 5432
+"""PostgreSQL's default port: the conventions ask for ``server.port`` only when another one is used."""
+
+WAIT_TIME_MODES = ("off", "waits", "all")
+
+
 def _endpoint(label: str) -> dict[str, Any]:
-    """``host:port/dbname`` (a PostgreSQL store's label) as semantic-convention attributes; other labels as they are."""
+    """``host:port/dbname`` (a PostgreSQL store's label) as semantic-convention attributes; other labels as they are.
+
+    ``server.port`` is left out for the default port 5432, as the conventions say (it is "conditionally required:
+    if using a port other than the default port for this DBMS"): one attribute less per measurement.
+    """
     where, _, dbname = label.partition("/")
     host, _, port = where.rpartition(":")
     if host and port.isdigit():
-        attrs: dict[str, Any] = {"server.address": host.strip("[]"), "server.port": int(port)}
+        attrs: dict[str, Any] = {"server.address": host.strip("[]")}
+        if int(port) != DEFAULT_PORT:
+            attrs["server.port"] = int(port)
         if dbname:
             attrs["db.namespace"] = dbname
         return attrs
@@ -157,9 +169,11 @@ class Metrics:
     recording provider is in use: the one given to `use`, else the global one (``opentelemetry.metrics.
     set_meter_provider``) as found by the last `refresh` (every datastore refreshes when it opens its pools).
     The recording methods do nothing while ``on`` is False. ``shard_attribute=True`` adds ``hypervault.shard`` to
-    the operation durations (off by default: up to 8,192 series per operation and server). ``wait_time=False``
-    stops recording ``db.client.connection.wait_time`` (one histogram measurement per checkout, which costs about
-    as much as the operation's own duration: benchmarks/bench_metrics.py).
+    the operation durations (off by default: up to 8,192 series per operation and server). ``wait_time`` says
+    which checkouts record ``db.client.connection.wait_time``: ``"waits"`` (the default: only those that found no
+    idle connection and had to wait for one), ``"all"`` (every checkout: one more SDK measurement per operation,
+    which costs about as much as the operation's own duration one: benchmarks/bench_metrics.py) or ``"off"``;
+    True and False mean ``"all"`` and ``"off"``. Anything else raises `ConfigError`.
     """
 
     __module__ = "hvcore"
@@ -167,7 +181,8 @@ class Metrics:
     def __init__(self) -> None:
         self.on = False
         self.shard_attribute = False
-        self.wait_time = True
+        self.wait_all = False  # hot-path flags of `wait_time` (read by the stores' checkouts while ``on``)
+        self.wait_some = True
         self._explicit: Any = None
         self._provider: Any = None
         self._instruments: _Instruments | None = None
@@ -181,6 +196,22 @@ class Metrics:
         return f"<Metrics {'on' if self.on else 'off'} provider={type(self._provider).__name__}>"
 
     # -- configuration ---------------------------------------------------------------------------------------
+
+    @property
+    def wait_time(self) -> str:
+        """Which checkouts record their wait: ``"off"``, ``"waits"`` (default: those that waited) or ``"all"``."""
+        return "all" if self.wait_all else "waits" if self.wait_some else "off"
+
+    @wait_time.setter
+    def wait_time(self, mode: str | bool) -> None:
+        if mode is True or mode is False:
+            mode = "all" if mode else "off"
+        if mode not in WAIT_TIME_MODES:
+            from hvcore.errors import ConfigError
+
+            modes = ", ".join(WAIT_TIME_MODES)
+            raise ConfigError(f"metrics.wait_time must be one of {modes} (or a bool), got {mode!r}")
+        self.wait_all, self.wait_some = mode == "all", mode != "off"
 
     def use(self, meter_provider: Any) -> bool:
         """Record through ``meter_provider`` instead of the global one (None: back to the global); return ``on``.
@@ -240,9 +271,14 @@ class Metrics:
                 self._attrs[key] = attrs
         return attrs
 
-    @staticmethod
-    def _pool_attrs(label: str) -> dict[str, Any]:
-        return {"db.client.connection.pool.name": label}
+    def _pool_attrs(self, label: str) -> dict[str, Any]:
+        """``{"db.client.connection.pool.name": label}``, made once per label (bounded cache)."""
+        attrs = self._labels.get(label)
+        if attrs is None:
+            attrs = {"db.client.connection.pool.name": label}
+            if len(self._labels) < 10_000:
+                self._labels[label] = attrs
+        return attrs
 
     # -- recording (each does nothing while off) ----------------------------------------------------------------
 
@@ -259,9 +295,12 @@ class Metrics:
         inst.duration.record(seconds, attrs)
 
     def connection_wait(self, pool: str, seconds: float) -> None:
-        """A connection of pool ``pool`` (a server label) was obtained after waiting ``seconds``."""
+        """A connection of pool ``pool`` (a server label) was obtained after waiting ``seconds``.
+
+        Whether a checkout calls this is the store's decision, from ``wait_all`` / ``wait_some`` (`wait_time`).
+        """
         inst = self._instruments or self.instruments()
-        if inst is not None and self.wait_time:
+        if inst is not None:
             inst.wait_time.record(seconds, self._pool_attrs(pool))
 
     def connection_timeout(self, pool: str) -> None:

@@ -90,12 +90,18 @@ class ReadRouter:
         bound = replica_timeout(self.max_lag)
         return dataclasses.replace(self._options, operation_timeout=bound if current is None else min(current, bound))
 
-    def attach(self, primaries: Sequence[Any]) -> None:
-        """Make the standbys' stores for these primaries (pools open on first use); forget any earlier state."""
+    def attach(self, primaries: Sequence[Any], *, track_writes: bool = False) -> None:
+        """Make the standbys' stores for these primaries (pools open on first use); forget any earlier state.
+
+        ``track_writes`` (read-your-writes): primaries with standbys that can bring back the WAL position with each
+        write (``track_wal``, PostgreSQL) are told to, so `note_write` needs no round trip of its own.
+        """
         self._stores, self._trackers = ([], [])
         options = self._replica_options()
         for primary, settings in zip(primaries, self._replica_settings, strict=True):
             stores = [self._factory(s, options) for s in settings] if hasattr(primary, "wal_position") else []
+            if stores and track_writes and hasattr(primary, "track_wal"):
+                primary.track_wal = True
             self._stores.append(stores)
             labels = [str(getattr(s, "label", "?")) for s in stores]
             self._trackers.append(LagTracker(labels, max_lag=self.max_lag) if stores else None)
@@ -262,15 +268,23 @@ class ReadRouter:
     def _described(self) -> list[dict[str, Any]]:
         return [r for index in range(len(self._trackers)) for r in self.describe(index)]
 
-    def note_write(self, index: int, shard_id: int, timeline: Timeline) -> None:
-        """Record in ``timeline`` the WAL position of a write to ``shard_id`` just done on server ``index``'s primary
-        (one round trip); a primary that cannot tell pins the shard to it until the position expires."""
+    def note_write(self, index: int, shard_id: int, timeline: Timeline, *, carried: bool = False) -> None:
+        """Record in ``timeline`` the WAL position of a write to ``shard_id`` just done on server ``index``'s primary;
+        a primary that cannot tell pins the shard to it until the position expires.
+
+        ``carried``: the write went through the primary's store in one exchange that brought the position back
+        (``written_position()``, see `attach`): no round trip. Otherwise, or when that position is unknown, the
+        position is read now (one round trip).
+        """
         if not self.has_replicas(index):
             return
-        try:
-            _, lsn = self._primaries()[index].wal_position()
-        except Exception:  # the write is done; what is unknown is only when standbys have it
-            lsn = PIN
+        primary = self._primaries()[index]
+        lsn = primary.written_position() if carried and hasattr(primary, "written_position") else None
+        if lsn is None:
+            try:
+                _, lsn = primary.wal_position()
+            except Exception:  # the write is done; what is unknown is only when standbys have it
+                lsn = PIN
         timeline.note(shard_id, self._server_ids[index], lsn)
 
     def describe(self, index: int) -> list[dict[str, Any]]:

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from hvcore._hosts import host_problem
 from hvcore._show import show_value
 from hvcore.errors import ConfigError, InvalidToken
 
@@ -115,6 +116,8 @@ def replica_problems(server: Mapping[str, Any], index: int) -> list[str]:
                 )
         if not replica:
             problems.append(f"{where}: replicas[{number}] is empty: give at least host and port (or conninfo)")
+        elif (problem := host_problem(replica)) is not None:
+            problems.append(f"{where}: replicas[{number}]: {problem}")
     return problems
 
 

@@ -246,6 +246,25 @@ def _is_range(value: object) -> bool:
     return isinstance(value, Mapping) and bool(value) and all(op in RANGE_OPERATORS for op in value)
 
 
+_OPERATOR_LIKE = re.compile(r"[<>=!~]+|\$\w+|(?:eq|ne|neq|gt|gte|ge|lt|lte|le)", re.IGNORECASE)
+
+
+def _refuse_operator_lookalikes(name: str, value: object) -> None:
+    """`InvalidQuery` for a filter object that reads as a mistyped range (``{"=>": 5}``, ``{"gt": 5}``, ``{">": 1,
+    "x": 2}``): taken as an equality filter on an object, it would match nothing, silently."""
+    if not isinstance(value, Mapping):
+        return
+    ops = [k for k in value if k in RANGE_OPERATORS]
+    odd = [k for k in value if k not in RANGE_OPERATORS and isinstance(k, str) and _OPERATOR_LIKE.fullmatch(k.strip())]
+    if ops or odd:
+        allowed = ", ".join(RANGE_OPERATORS)
+        shown = ", ".join(repr(k) for k in (odd or [k for k in value if k not in RANGE_OPERATORS]))
+        raise InvalidQuery(
+            f"where[{name!r}] has the key(s) {shown}: a range filter takes only the operators {allowed} "
+            f"(e.g. {{'>=': 18, '<': 65}}), and an object value without operator keys is an equality filter"
+        )
+
+
 def _bound_family(name: str, op: str, bound: object) -> str:
     if bound is None:
         raise InvalidQuery(f"where[{name!r}][{op!r}] is None: a range bound is a value (nothing is below None)")
@@ -286,6 +305,7 @@ def split_ranges(
     ranges: list[FieldFilter] = []
     for name, value in where.items():
         if not _is_range(value):
+            _refuse_operator_lookalikes(name, value)
             equal[name] = value
             continue
         families = {_bound_family(name, op, bound) for op, bound in value.items()}

@@ -130,6 +130,35 @@ def test_a_bad_percent_encoding_in_the_password_is_named_not_shown() -> None:
     assert "urllib.parse.quote" in str(info.value)
 
 
+@pytest.mark.parametrize(
+    "server",
+    [
+        dict(host=f"postgresql://app:{SECRET}@127.0.0.1/app"),
+        dict(host=f"127.0.0.1 password={SECRET}"),
+        dict(host=f"app:{SECRET}@127.0.0.1"),
+        dict(hostaddr=f"postgres://app:{SECRET}@10.0.0.1"),
+        dict(host="127.0.0.1", replicas=[dict(host=f"postgresql://app:{SECRET}@127.0.0.2/app")]),
+    ],
+    ids=["url", "keywords", "user-at-host", "hostaddr-url", "replica-url"],
+)
+@pytest.mark.parametrize("backend", ["jsonb", "hstore", "memory"])
+@pytest.mark.parametrize("api", ["sync", "async"])
+def test_a_connection_string_given_as_host_is_refused_unshown(server: dict[str, Any], backend: str, api: str) -> None:
+    """``host=os.environ["DATABASE_URL"]``: refused when the store is built, the string never shown (libpq would
+    take it as a host name, and the server's label in reprs, status and errors would carry the password)."""
+    make = hvcore.Datastore if api == "sync" else hvcore.AsyncDatastore
+    with pytest.raises(hvcore.ConfigError, match="conninfo=") as info:
+        make([{"shards": "0-4", **server}], backend=backend)
+    assert SECRET not in message(info.value) and SECRET not in str(info.getrepr())
+
+
+@pytest.mark.parametrize("host", ["db-2.internal", "127.0.0.1", "::1", "/var/run/postgresql", "a,b"])
+def test_host_names_addresses_and_socket_directories_are_accepted(host: str) -> None:
+    hvcore.Datastore(
+        [dict(shards="0-4", host=host, port="5432,5432" if "," in host else 5432)], backend="jsonb"
+    ).close()
+
+
 # -- the memory backend takes the production list --------------------------------------------------------------------
 
 

@@ -22,7 +22,9 @@ from hvbackend_memory import AsyncMemoryServerStore, MemoryServerStore
 from hvbackend_postgres import AsyncPostgresServerStore, PostgresServerStore
 from hvbackend_postgres._atransaction import AsyncPostgresTransaction
 from hvbackend_postgres._transaction import PostgresTransaction
+from hvcore._acoalesce import ReadCoalescer, WriteCoalescer
 from hvcore._areadrouter import AsyncReadRouter
+from hvcore._coalesce import ThreadReadCoalescer, ThreadWriteCoalescer
 from hvcore._readrouter import ReadRouter
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,6 +59,8 @@ def _pairs() -> list[tuple[type, type]]:
         (hvcore.ShardTransaction, hvcore.AsyncShardTransaction),
         (PostgresTransaction, AsyncPostgresTransaction),
         (ReadRouter, AsyncReadRouter),
+        (ThreadReadCoalescer, ReadCoalescer),
+        (ThreadWriteCoalescer, WriteCoalescer),
     ]
     try:
         from hvplugin_redis import AsyncRedisSequence, RedisSequence

@@ -55,6 +55,7 @@ PAIRS: list[tuple[str, str]] = [
     ("hvcore/_atransaction.py", "hvcore/_transaction.py"),
     ("backends/hvbackend_postgres/_atransaction.py", "backends/hvbackend_postgres/_transaction.py"),
     ("hvcore/_areadrouter.py", "hvcore/_readrouter.py"),
+    ("hvcore/_acoalesce.py", "hvcore/_coalesce.py"),
 ]
 
 # async name -> sync name, for identifiers, attributes, imported names and module paths, and words in text
@@ -74,6 +75,7 @@ NAMES: dict[str, str] = {
     "AsyncShardTransaction": "ShardTransaction",
     "AsyncStoreTransaction": "StoreTransaction",
     "AsyncSupportsTransactions": "SupportsTransactions",
+    "AsyncSupportsFilterWrites": "SupportsFilterWrites",
     "AsyncPostgresTransaction": "PostgresTransaction",
     "_atransaction": "_transaction",
     "alease_worker": "lease_worker",
@@ -87,6 +89,10 @@ NAMES: dict[str, str] = {
     "bounded_async_connection_class": "bounded_connection_class",
     "shard_bound_async_class": "shard_bound_class",
     "async_backend": "backend",
+    "_acoalesce": "_coalesce",
+    "_AFuture": "_Future",
+    "ReadCoalescer": "ThreadReadCoalescer",
+    "WriteCoalescer": "ThreadWriteCoalescer",
     # the async-compat pairs of hvcore._acompat
     "ALock": "Lock",
     "AEvent": "Event",

@@ -401,6 +401,47 @@ class MemoryServerStore:
         self._log("memory delete shard=%s id=%s", shard_id, int(key))
         return found
 
+    def update_where(
+        self, shard_ids: Sequence[int], spec: QuerySpec, data: Mapping[str, Any], counts: dict[int, int]
+    ) -> int:
+        """Merge ``data`` into every record of these shards matching ``spec``; the rows changed.
+
+        Each shard is changed as a whole under the store's lock (as a PostgreSQL piece commits as a whole);
+        ``counts`` receives the rows changed per shard as each shard is done. `DuplicateValue` (that shard left
+        unchanged) if a unique index of the kind would hold a value twice.
+        """
+        body = self._stored_body(data)
+        written = 0
+        for shard_id in shard_ids:
+            table = self._table(shard_id)
+            with self._lock:
+                changed = [
+                    Record(r.key, r.kind, {**r.data, **body})
+                    for r in table.values()
+                    if spec.matches(r, text_values=self.text_only)
+                ]
+                MemoryIndexes(self).check_unique(shard_id, table, changed)
+                for record in changed:
+                    table[int(record.key)] = record
+                counts[shard_id] = counts.get(shard_id, 0) + len(changed)
+            written += len(changed)
+        self._log("memory update_where shards=%s rows=%s%s", len(shard_ids), written, self._shown(data))
+        return written
+
+    def delete_where(self, shard_ids: Sequence[int], spec: QuerySpec, counts: dict[int, int]) -> int:
+        """Delete every record of these shards matching ``spec``; the rows deleted (``counts`` as `update_where`)."""
+        written = 0
+        for shard_id in shard_ids:
+            table = self._table(shard_id)
+            with self._lock:
+                gone = [key for key, r in table.items() if spec.matches(r, text_values=self.text_only)]
+                for key in gone:
+                    del table[key]
+                counts[shard_id] = counts.get(shard_id, 0) + len(gone)
+            written += len(gone)
+        self._log("memory delete_where shards=%s rows=%s", len(shard_ids), written)
+        return written
+
     def query(self, shard_ids: Sequence[int], spec: QuerySpec) -> Iterator[Record]:
         """Matching records of these shards in key order (a snapshot of each shard, copied lazily)."""
         fields = sorted(spec.where) if spec.where else []
@@ -741,6 +782,16 @@ class AsyncMemoryServerStore:
     async def delete(self, shard_id: int, key: Key) -> bool:
         """As the sync store."""
         return self.sync.delete(shard_id, key)
+
+    async def update_where(
+        self, shard_ids: Sequence[int], spec: QuerySpec, data: Mapping[str, Any], counts: dict[int, int]
+    ) -> int:
+        """As the sync store."""
+        return self.sync.update_where(shard_ids, spec, data, counts)
+
+    async def delete_where(self, shard_ids: Sequence[int], spec: QuerySpec, counts: dict[int, int]) -> int:
+        """As the sync store."""
+        return self.sync.delete_where(shard_ids, spec, counts)
 
     async def query(self, shard_ids: Sequence[int], spec: QuerySpec) -> AsyncIterator[Record]:
         """As the sync store."""

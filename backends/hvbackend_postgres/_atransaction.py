@@ -276,24 +276,26 @@ async def postgres_transaction(
     """
     ext = await store._ext()
     begin = begin_sql(shard_id, ext, isolation_level, read_only)
-    for attempt in (0, 1):
-        conn, pool = await store._checkout()
-        try:
-            await conn.execute(begin, prepare=False)
-        except psycopg.Error as exc:
-            await _rollback(conn)
-            await store._checkin(conn, pool)
-            if attempt == 0 and conn.closed and isinstance(exc, psycopg.OperationalError):
-                continue
-            error = store._translate(exc, shard_id)
-            if error is exc:
-                raise
-            raise error from None
-        break
-    # Statements run through tx.cursor() are not prepared either: behind PgBouncer in transaction mode a prepared
-    # statement stays with a server session the next transaction may not get (the pool's setting comes back after).
-    threshold, conn.prepare_threshold = conn.prepare_threshold, None
+    held: tuple[AConn, Any, int | None] | None = None  # from the checkout on, every way out gives it back
     try:
+        for attempt in (0, 1):
+            conn, pool = await store._checkout()
+            held = (conn, pool, conn.prepare_threshold)
+            try:
+                await conn.execute(begin, prepare=False)
+            except psycopg.Error as exc:
+                if attempt == 0 and conn.closed and isinstance(exc, psycopg.OperationalError):
+                    held = None
+                    await store._checkin(conn, pool)
+                    continue  # found dead at BEGIN: nothing ran yet, so once more on a fresh connection
+                error = store._translate(exc, shard_id)
+                if error is exc:
+                    raise
+                raise error from None
+            break
+        # Statements run through tx.cursor() are not prepared either: behind PgBouncer in transaction mode a
+        # prepared statement stays with a server session the next transaction may not get (restored after).
+        conn.prepare_threshold = None
         tx = AsyncPostgresTransaction(store, conn, shard_id, ext)
         try:
             yield tx
@@ -323,7 +325,9 @@ async def postgres_transaction(
         if tx.user_sql:
             await _reset_session(store, conn, session=not pooled)
     finally:
-        if not conn.closed and conn.pgconn.transaction_status != pq.TransactionStatus.IDLE:
-            await _rollback(conn)
-        conn.prepare_threshold = threshold
-        await store._checkin(conn, pool)
+        if held is not None:
+            conn, pool, threshold = held
+            if not conn.closed and conn.pgconn.transaction_status != pq.TransactionStatus.IDLE:
+                await _rollback(conn)
+            conn.prepare_threshold = threshold
+            await store._checkin(conn, pool)

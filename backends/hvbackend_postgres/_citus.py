@@ -10,6 +10,13 @@ every statement naming the schema there. This module is what the PostgreSQL back
   plain servers hold over to Citus once those servers are its workers, without copying a row.
 - `CITUS_*_SQL` and `distribute_sql`: what provisioning does differently on a coordinator (every new shard schema is
   created and then distributed with ``citus_schema_distribute``, so its table lives on a worker, not the coordinator).
+- `CITUS_SHARDS_PER_STATEMENT`: how the stores cut multi-shard statements (``get_many``, ``query``) on a Citus node
+  whose shard schemas are distributed: one schema per statement. Citus routes a statement naming one distributed
+  schema to the worker holding it (router planning: ``EXPLAIN`` shows ``Task Count: 1`` and the node), but plans a
+  ``UNION ALL`` over several schemas by recursive planning: one distributed subplan per schema, run one after
+  another, their rows collected on the coordinator as intermediate results, then the top query run over those
+  (``EXPLAIN``: ``Distributed Subplan 1_1``, ``1_2``, ...). The one-schema statements of a call still go in one
+  pipeline (one round trip), 16 to a transaction (`hvbackend_postgres._fanout.pieces_per_transaction`).
 
 What Citus requires, measured on Citus 13.0.5 (see docs/moving-shards.md): ``citus_schema_distribute`` only
 converts a schema *of the coordinator*; its rows are copied to a worker chosen by Citus (colocation id modulo the
@@ -67,6 +74,8 @@ from hvcore.errors import ConfigError, MoveError
 __all__ = [
     "CITUS_COORDINATOR_SQL",
     "CITUS_EXTENSION_SQL",
+    "CITUS_SHARDS_PER_STATEMENT",
+    "CITUS_SHARD_SCHEMAS_SQL",
     "CITUS_UNDISTRIBUTED_SQL",
     "MAX_VERSION",
     "MIN_VERSION",
@@ -88,6 +97,12 @@ LOCK_TIMEOUT = "10s"  # longest wait for a shard's lock while staging or handing
 
 CITUS_EXTENSION_SQL = "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'citus'"
 CITUS_COORDINATOR_SQL = "SELECT citus_version(), citus_is_coordinator()"
+CITUS_SHARDS_PER_STATEMENT = 1  # a store's shards_per_statement where Citus distributes the shard schemas (above)
+# run only where the citus extension exists (BACKEND_CHECK_SQL says so): are shard schemas distributed here?
+CITUS_SHARD_SCHEMAS_SQL = (
+    "SELECT EXISTS (SELECT FROM pg_catalog.pg_dist_schema d JOIN pg_catalog.pg_namespace n ON n.oid = d.schemaid "
+    "WHERE n.nspname ~ '^shard[0-9]{4,}$')"
+)
 CITUS_UNDISTRIBUTED_SQL = (
     "SELECT n.nspname FROM pg_catalog.pg_namespace n WHERE n.nspname = ANY(%s) "
     "AND NOT EXISTS (SELECT FROM pg_catalog.pg_dist_schema d WHERE d.schemaid = n.oid)"

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import json.scanner
 import logging
 import math
 import select
+import threading
 import types
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, cast
@@ -53,6 +55,7 @@ __all__ = [
     "QUERY_FETCH_MAX",
     "SEARCH_PATH_SQL",
     "USER_ROW_FACTORIES",
+    "OperationTimeout",
     "StoreCore",
     "check_json",
     "idle_socket_state",
@@ -90,9 +93,10 @@ BACKEND_CHECK_SQL = (
     "FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid "
     "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
     "WHERE c.relname = 'entities' AND c.relkind = 'r' AND a.attname = 'body' AND n.nspname ~ '^shard[0-9]{4,}$' "
-    "LIMIT 1)"
+    "LIMIT 1), EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'citus')"
 )
-"""The hstore extension's schema (or NULL) and the body type of one shard table (or NULL if none exists)."""
+"""The hstore extension's schema (or NULL), the body type of one shard table (or NULL if none exists), and whether
+Citus is installed in the database (then `hvbackend_postgres._citus.CITUS_SHARD_SCHEMAS_SQL` says more)."""
 SEARCH_PATH_SQL = "SELECT pg_catalog.set_config('search_path', %s, false), pg_catalog.to_regnamespace(%s) IS NOT NULL"
 _NOT_PROVISIONED_STATES = frozenset({"42P01", "3F000"})  # undefined table, invalid schema name
 _MISSING_TYPE_STATES = frozenset({"42704", "42883"})  # undefined object (type), undefined function
@@ -106,19 +110,52 @@ def scrub(text: str, secret: str | None) -> str:
     return text
 
 
+class OperationTimeout(psycopg.errors._WaitTimeout, ServerUnavailable):
+    """``operation_timeout`` expired while waiting for the server: a `ServerUnavailable` (and, for the store's own
+    handling, the psycopg error its ``wait(timeout=)`` raises). A cancel request for the statement was sent, so a
+    statement that was only waiting (a lock, a slow plan) stops on the server instead of completing later."""
+
+
+def _timed_out(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any], limit: float) -> OperationTimeout:
+    """The error for a wait that ran past ``limit`` seconds, after sending a cancel request for the statement from a
+    thread (a frozen server would block the caller in the cancel's own connection attempt)."""
+    info = conn.info
+    where = f"{info.host}:{info.port}/{info.dbname}"
+    if conn.pgconn.transaction_status == pq.TransactionStatus.ACTIVE:
+        with contextlib.suppress(psycopg.Error):
+            cancel = conn.pgconn.get_cancel()
+            threading.Thread(target=_send_cancel, args=(cancel,), name="hv-cancel", daemon=True).start()
+    return OperationTimeout(
+        f"PostgreSQL server {where} did not answer within operation_timeout={limit} s: a cancel request was sent "
+        "for the statement, and the connection is not reused (a statement that had already committed stays "
+        "committed)"
+    )
+
+
+def _send_cancel(cancel: Any) -> None:
+    with contextlib.suppress(Exception):
+        cancel.cancel()
+
+
 def bounded_connection_class(timeout: float | None) -> type[psycopg.Connection[Any]]:
     """A `psycopg.Connection` whose every wait on the server gives up after ``timeout`` seconds.
 
     A server that is frozen (or its host gone without a reset) keeps TCP open, so no socket timeout fires;
-    psycopg's ``wait(timeout=…)`` raises an `OperationalError` instead, which the store reports as
-    `ServerUnavailable` and the pool discards the connection (left mid-statement).
+    psycopg's ``wait(timeout=…)`` raises instead: `OperationTimeout` (a `ServerUnavailable`, even for a raw
+    ``cursor()`` statement), after a cancel request for the statement; the pool discards the connection (left
+    mid-statement).
     """
     if timeout is None:
         return psycopg.Connection
 
     class BoundedConnection(psycopg.Connection[Any]):
         def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
-            return super().wait(gen, interval, limit if timeout is None else timeout)
+            try:
+                return super().wait(gen, interval, limit if timeout is None else timeout)
+            except psycopg.errors._WaitTimeout as exc:
+                if isinstance(exc, OperationTimeout):
+                    raise
+                raise _timed_out(self, limit if timeout is None else timeout) from None
 
     limit = timeout
     return BoundedConnection
@@ -131,7 +168,12 @@ def bounded_async_connection_class(timeout: float | None) -> type[psycopg.AsyncC
 
     class BoundedAsyncConnection(psycopg.AsyncConnection[Any]):
         async def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
-            return await super().wait(gen, interval, limit if timeout is None else timeout)
+            try:
+                return await super().wait(gen, interval, limit if timeout is None else timeout)
+            except psycopg.errors._WaitTimeout as exc:
+                if isinstance(exc, OperationTimeout):
+                    raise
+                raise _timed_out(self, limit if timeout is None else timeout) from None
 
     limit = timeout
     return BoundedAsyncConnection
@@ -348,6 +390,7 @@ class StoreCore:
         self._sql: dict[int, ShardSQL] = {}
         self._fetch_parts: dict[int, str] = {}
         self.insert_groups = True  # overlapping puts may share multi-row INSERTs (False once the server refuses them)
+        self.shards_per_statement: int | None = None  # None: SHARDS_PER_STATEMENT; 1 on Citus (see _check_backend)
         self._ext_schema: str | None = None
         self._hstore_info: TypeInfo | None = None
         self._backend_checked = False  # see _check_backend: shards of this database store our body type
@@ -561,7 +604,8 @@ class StoreCore:
         self, items: Sequence[tuple[int, Key]], ext: str | None
     ) -> list[tuple[str, list[list[int]]]]:
         """`_fetch_many_sql` per piece of at most `SHARDS_PER_STATEMENT` shards (`_fanout`): bounded locks."""
-        return [self._fetch_many_sql(piece, ext)[:2] for piece in group_pieces(items, item_shard)]
+        pieces = group_pieces(items, item_shard, per_statement=self.shards_per_statement)
+        return [self._fetch_many_sql(piece, ext)[:2] for piece in pieces]
 
     def _query_pieces_of(self, shard_ids: Sequence[int], spec: QuerySpec, ext: str | None) -> list[list[int]]:
         """The pieces of shards a query's statements cover: bounded relations and bound values per statement.
@@ -570,7 +614,7 @@ class StoreCore:
         """
         _, params = self._query_sql(shard_ids[:1], spec, ext)
         check_parameters(len(params), "this query's filter")
-        return shard_pieces(shard_ids, len(params))
+        return shard_pieces(shard_ids, len(params), per_statement=self.shards_per_statement)
 
     def _fetch_part(self, shard_id: int, ext: str | None) -> str:
         part = self._select_shards([(shard_id, sql.SQL(" WHERE id = ANY(%s::bigint[])"))], ext).as_string(None)
@@ -599,6 +643,55 @@ class StoreCore:
 
     def _query_sql(self, shard_ids: Sequence[int], spec: QuerySpec, ext: str | None) -> tuple[sql.Composed, list[Any]]:
         """The statement a query stream runs: each shard's key range (index scans) merged in key order."""
+        cond, params = self._filter_sql(spec, ext)
+        # Each shard orders (and limits) its own rows, so the planner merges per-shard primary-key index scans
+        # (Merge Append) and the first rows come without sorting the range: a UNION ALL member with a WHERE
+        # but no ORDER BY is planned alone, unordered, and the whole union is then sorted.
+        order: sql.Composable = sql.SQL(" ORDER BY id")
+        if spec.limit is not None:
+            order = sql.SQL(" ORDER BY id LIMIT {}").format(sql.Literal(spec.limit))
+        per_shard = [(s, cond + order) for s in shard_ids]
+        query = sql.SQL("SELECT * FROM ({}) AS hv{}").format(self._select_shards(per_shard, ext), order)
+        return query, params * len(shard_ids)
+
+    def _write_where_sql(
+        self, shard_id: int, spec: QuerySpec, ext: str | None, data: Mapping[str, Any] | None
+    ) -> tuple[str, list[Any]]:
+        """One shard's part of `update_where` (``data`` merged into each matching body) or `delete_where` (None).
+
+        The filter is `_query_sql`'s (kind, key range, ``where``, typed filters on indexed fields), so a filter
+        write touches exactly the rows the same query reads. Returns the statement and its parameters.
+        """
+        statements, _ = self._write_where_pieces([shard_id], spec, ext, data)
+        return statements[shard_id]
+
+    def _write_where_pieces(
+        self, shard_ids: Sequence[int], spec: QuerySpec, ext: str | None, data: Mapping[str, Any] | None
+    ) -> tuple[dict[int, tuple[str, list[Any]]], list[list[int]]]:
+        """Each shard's filter-write statement (`_write_where_sql`) and the pieces of shards that run together
+        (`_fanout.shard_pieces`: one transaction each). The filter is rendered once (its text and values are the
+        same for every shard). `InvalidQuery` (before any SQL) if one statement would bind more values than the
+        protocol allows."""
+        cond, params = self._filter_sql(spec, ext)
+        value: sql.Composable = sql.SQL("")
+        if data is None:
+            head = sql.SQL("DELETE FROM {schema}.{table}")
+        else:
+            value = sql.SQL("{}.hstore(%s::text[], %s::text[])").format(sql.Identifier(ext)) if ext else sql.SQL("%s")
+            head = sql.SQL("UPDATE {schema}.{table} SET body = body || {value}")
+            params = [*self._body_params(data), *params]
+        check_parameters(len(params), "this filter write")
+        tail = cond.as_string(None)
+        table = sql.Identifier(TABLE)
+
+        def text(shard: int) -> str:
+            return head.format(schema=sql.Identifier(shard_schema(shard)), table=table, value=value).as_string(None)
+
+        statements = {shard: (text(shard) + tail, params) for shard in shard_ids}
+        return statements, shard_pieces(list(statements))
+
+    def _filter_sql(self, spec: QuerySpec, ext: str | None) -> tuple[sql.Composed, list[Any]]:
+        """``spec``'s filter as one shard's ``WHERE`` clause (empty without a filter) and its parameters."""
         conds: list[sql.Composable] = []
         params: list[Any] = []
         if spec.kind is not None:
@@ -626,16 +719,9 @@ class StoreCore:
             typed, typed_params = typed_conditions(spec, ext, self.text_only)
             conds += typed
             params += typed_params
-        cond = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conds) if conds else sql.SQL("")
-        # Each shard orders (and limits) its own rows, so the planner merges per-shard primary-key index scans
-        # (Merge Append) and the first rows come without sorting the range: a UNION ALL member with a WHERE
-        # but no ORDER BY is planned alone, unordered, and the whole union is then sorted.
-        order: sql.Composable = sql.SQL(" ORDER BY id")
-        if spec.limit is not None:
-            order = sql.SQL(" ORDER BY id LIMIT {}").format(sql.Literal(spec.limit))
-        per_shard = [(s, cond + order) for s in shard_ids]
-        query = sql.SQL("SELECT * FROM ({}) AS hv{}").format(self._select_shards(per_shard, ext), order)
-        return query, params * len(shard_ids)
+        if not conds:
+            return sql.Composed([]), params
+        return sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conds), params
 
     # -- provisioning ----------------------------------------------------------------------------------------
 

@@ -15,6 +15,12 @@ each piece runs in a transaction of its own, so its locks are released before th
 of one call go to a server together in one pipeline (`psycopg.AsyncConnection.pipeline`): one round trip, however
 many pieces. Whatever limit a statement can still reach (raw ``cursor()`` SQL, other sessions filling the lock
 table) is reported as `ServerLimitReached` by `limit_error`, never as `ServerUnavailable`.
+
+A store can ask for smaller pieces (its ``shards_per_statement``, passed as ``per_statement``): on a Citus node whose
+shard schemas are distributed it is 1, since Citus routes a statement naming one schema to the worker holding it
+but plans one naming several as a distributed subplan per schema (see `hvbackend_postgres._citus`); those pieces
+then share transactions, `pieces_per_transaction` of them each, so a transaction still locks what one full piece
+would.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ __all__ = [
     "group_pieces",
     "item_shard",
     "limit_error",
+    "pieces_per_transaction",
     "prepare_hot",
     "session_options",
     "shard_pieces",
@@ -114,20 +121,27 @@ def item_shard(item: tuple[int, Any]) -> int:
     return item[0]
 
 
-def shard_pieces(shard_ids: Sequence[int], params_per_shard: int = 0) -> list[list[int]]:
+def shard_pieces(
+    shard_ids: Sequence[int], params_per_shard: int = 0, *, per_statement: int | None = None
+) -> list[list[int]]:
     """``shard_ids`` cut into pieces of at most `SHARDS_PER_STATEMENT` shards and `PARAMETER_BUDGET` values.
 
     ``params_per_shard`` is how many values each shard's part of the statement binds. Order is kept. A filter
     that alone needs more than the protocol's 65,535 values is refused by `check_parameters` first.
+    ``per_statement`` caps the shards of a piece lower (a store's ``shards_per_statement``: 1 on Citus).
     """
-    size = SHARDS_PER_STATEMENT
+    size = min(SHARDS_PER_STATEMENT, per_statement or SHARDS_PER_STATEMENT)
     if params_per_shard > 0:
         size = max(1, min(size, PARAMETER_BUDGET // params_per_shard))
     return [list(shard_ids[i : i + size]) for i in range(0, len(shard_ids), size)]
 
 
-def group_pieces(items: Iterable[_T], shard_of: Callable[[_T], _K]) -> list[list[_T]]:
-    """``items`` grouped so that each group spans at most `SHARDS_PER_STATEMENT` distinct shards (first-seen order)."""
+def group_pieces(
+    items: Iterable[_T], shard_of: Callable[[_T], _K], *, per_statement: int | None = None
+) -> list[list[_T]]:
+    """``items`` grouped so that each group spans at most `SHARDS_PER_STATEMENT` distinct shards (first-seen order),
+    or ``per_statement`` if lower (a store's ``shards_per_statement``: 1 on Citus)."""
+    size = min(SHARDS_PER_STATEMENT, per_statement or SHARDS_PER_STATEMENT)
     groups: list[list[_T]] = []
     seen: dict[_K, int] = {}
     in_last = 0  # distinct shards of the last group
@@ -135,13 +149,20 @@ def group_pieces(items: Iterable[_T], shard_of: Callable[[_T], _K]) -> list[list
         shard = shard_of(item)
         index = seen.get(shard)
         if index is None:
-            if not groups or in_last >= SHARDS_PER_STATEMENT:
+            if not groups or in_last >= size:
                 groups.append([])
                 in_last = 0
             index = seen[shard] = len(groups) - 1
             in_last += 1
         groups[index].append(item)
     return groups
+
+
+def pieces_per_transaction(per_statement: int | None) -> int:
+    """How many statements of a pipeline share one transaction: 1 for pieces of `SHARDS_PER_STATEMENT` shards; for
+    smaller pieces (``per_statement``, a store's ``shards_per_statement``) as many as keep a transaction within
+    `SHARDS_PER_STATEMENT` shards' locks (16 one-schema statements on Citus)."""
+    return max(1, SHARDS_PER_STATEMENT // min(SHARDS_PER_STATEMENT, per_statement or SHARDS_PER_STATEMENT))
 
 
 def check_parameters(count: int, what: str) -> None:

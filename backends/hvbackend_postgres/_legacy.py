@@ -27,6 +27,7 @@ from hvcore.errors import ConfigError
 __all__ = [
     "FUTURE_SKEW_MS",
     "LAYOUT_SAMPLE",
+    "LAYOUT_SAMPLE_SQL",
     "LEGACY_SQL",
     "describe_layout",
     "epoch_of_next_id",
@@ -52,6 +53,13 @@ LEGACY_SQL = (
 source of a ``next_id()`` function in it (or NULL), and whether the catalog's statistics say its ``entities``
 table holds rows (NULL when the shard has no table: a moved shard's forwarding view). Statistics, not the files:
 reading the size of 8192 tables doubled the cost of this query."""
+LAYOUT_SAMPLE_SQL = (
+    "SELECT n.nspname FROM pg_catalog.pg_namespace n "
+    "JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = 'entities' AND c.relkind = 'r' "
+    "WHERE n.nspname ~ '^shard[0-9]{4,}$' ORDER BY c.relpages > 0 OR c.reltuples > 0 DESC, n.nspname LIMIT %s"
+)
+"""Up to ``%s`` shard schemas of this database with an ``entities`` table, those whose statistics say it holds rows
+first (a table written since its last ANALYZE has none: the first shards by name fill the sample)."""
 LAYOUT_SAMPLE = 64
 """Shards whose newest id `provision` reads: the layout is one per database, so any shard holding rows shows a
 mismatch; reading every shard's would make a re-run of `provision` on 8192 shards several times slower."""

@@ -37,6 +37,8 @@ from hvbackend_postgres._bouncer import (
 from hvbackend_postgres._citus import (
     CITUS_COORDINATOR_SQL,
     CITUS_EXTENSION_SQL,
+    CITUS_SHARD_SCHEMAS_SQL,
+    CITUS_SHARDS_PER_STATEMENT,
     CITUS_UNDISTRIBUTED_SQL,
     CitusCoordinator,
     check_citus_version,
@@ -88,17 +90,32 @@ from hvbackend_postgres._fanout import (
     PIPELINE_PIECES,
     QueryPiece,
     configure_preparation,
+    pieces_per_transaction,
     prepare_hot,
     shard_pieces,
 )
 from hvbackend_postgres._indexes import PostgresIndexes, is_unique_violation, unique_violation
 from hvbackend_postgres._lease import PostgresWorkerLease, lease_worker
-from hvbackend_postgres._legacy import LEGACY_SQL, layout_problem, legacy_signs, legacy_table_error, max_id_query
+from hvbackend_postgres._legacy import (
+    LAYOUT_SAMPLE,
+    LAYOUT_SAMPLE_SQL,
+    LEGACY_SQL,
+    layout_problem,
+    legacy_signs,
+    legacy_table_error,
+    max_id_query,
+)
 from hvbackend_postgres._migrate import PostgresMigrator, new_shard_ddl
 from hvbackend_postgres._move import PostgresMover
 from hvbackend_postgres._onetrip import PIPELINE, PreparedNames, dollar_params, error_in, until_sync
 from hvbackend_postgres._poolguard import signal_safe_getconn
-from hvbackend_postgres._replica import WAL_POSITION_SQL, wal_position_of
+from hvbackend_postgres._replica import (
+    WAL_AFTER_WRITE_SQL,
+    WAL_POSITION_SQL,
+    position_after_write,
+    until_second_sync,
+    wal_position_of,
+)
 from hvbackend_postgres._schema import (
     TABLE,
     ShardSQL,
@@ -196,6 +213,11 @@ class PostgresServerStore(StoreCore):
         self._borrowed: dict[int, tuple[Conn, _Pool]] = {}
         self._commit_counters = CommitCounters()  # lost writes settled by asking the server (see _commit)
         self._prepared = PreparedNames()  # our write statements each pooled connection has prepared (_onetrip)
+        # read-your-writes with standbys (hvcore._readrouter): writes bring back the WAL position past their commit
+        self.track_wal = False
+        self._wal_written = 0  # the highest such position seen (bytes)
+        self._wal_gaps = 0  # writes that may have committed without bringing it back (a lost exchange)
+        self._wal_gaps_covered = 0  # ... of which a later `wal_position()` read covers this many
         self._dollar: dict[str, bytes] = {}  # write statements with $n placeholders
         self._xid_in_txn = False  # True once the server refused pg_current_xact_id() in RETURNING (Citus)
         self._write_sql: dict[tuple[int, bool | None, str | None], str] = {}  # update (merge) and delete (None)
@@ -332,6 +354,8 @@ class PostgresServerStore(StoreCore):
             pool = self._pool
             if pool is None or pool.last_error is not None:
                 pool = self._current_pool()
+            # metrics.wait_time: "all" records every checkout's wait, "waits" those that find no idle connection
+            timed = metrics.on and (metrics.wait_all or (metrics.wait_some and (not pool._pool)))
             try:
                 conn = pool.getconn(max(deadline - time.monotonic(), 0.001))
             except psycopg_pool.PoolTimeout:
@@ -350,7 +374,7 @@ class PostgresServerStore(StoreCore):
                 self._give_back(conn, pool, discard=True)
                 raise
             if healthy:
-                if metrics.on:
+                if timed:
                     metrics.connection_wait(self._label, time.monotonic() - deadline + self._options.pool_block_timeout)
                 with self._lock:
                     self._lent += 1
@@ -518,6 +542,12 @@ class PostgresServerStore(StoreCore):
             self._check_backend()
         return self._hstore_schema() if self.text_only else None
 
+    def _citus_pieces(self, conn: Conn) -> None:
+        """``shards_per_statement`` = 1 where Citus distributes this database's shard schemas (Citus router-plans a
+        statement naming one of them, see ``_citus``), else the default; run where the citus extension exists."""
+        found = conn.execute(CITUS_SHARD_SCHEMAS_SQL).fetchone()
+        self.shards_per_statement = CITUS_SHARDS_PER_STATEMENT if found is not None and found[0] else None
+
     def _check_backend(self) -> None:
         """Once per store: refuse a database whose shards were provisioned by the other PostgreSQL backend.
 
@@ -528,17 +558,39 @@ class PostgresServerStore(StoreCore):
         conn, pool = self._checkout()
         try:
             row = conn.execute(BACKEND_CHECK_SQL).fetchone()
+            if row is not None and row[2]:  # Citus installed: are the shard schemas distributed?
+                self._citus_pieces(conn)
+            ext_schema, body_type = row[:2] if row is not None else (None, None)
+            mismatch = self._backend_mismatch(body_type)
+            if mismatch is not None:
+                raise mismatch
+            if body_type is not None:
+                self._check_layout(conn)
         except psycopg.OperationalError as exc:
             raise self._unavailable(exc) from None
         finally:
             self._checkin(conn, pool)
-        ext_schema, body_type = row if row is not None else (None, None)
-        mismatch = self._backend_mismatch(body_type)
-        if mismatch is not None:
-            raise mismatch
         if ext_schema is not None and self._ext_schema is None:
             self._ext_schema = str(ext_schema)
         self._backend_checked = body_type is not None  # nothing provisioned yet: look again next time
+
+    def _check_layout(self, conn: Conn) -> None:
+        """Refuse a database whose ids were made with another layout (`_legacy.layout_problem`), before the first
+        statement on shards: the newest id of up to `LAYOUT_SAMPLE` shard tables, those the statistics say hold
+        rows first. Two round trips, once per store: a process opened with the wrong ``layout=`` would otherwise
+        write ids that sort before the stored ones (key order and ``since``/``until`` no longer creation order).
+        """
+        rows = conn.execute(LAYOUT_SAMPLE_SQL, (LAYOUT_SAMPLE,)).fetchall()
+        sample = [int(name.removeprefix("shard")) for (name,) in rows]
+        if not sample:
+            return
+        layout, now_ms = (self._options.layout, time.time_ns() // 1000000)
+        pieces = shard_pieces(sample, per_statement=self.shards_per_statement)  # bounded locks (_fanout)
+        statements = [(max_id_query(piece), ()) for piece in pieces]
+        for shard, max_id in [row for found in self._pieces(conn, statements) for row in found]:
+            problem = layout_problem(shard, self._label, layout, max_id=max_id, next_id_epoch=None, now_ms=now_ms)
+            if problem is not None:
+                raise problem
 
     def _shard_sql(self, shard_id: int) -> ShardSQL:
         statements = self._sql.get(shard_id)
@@ -646,7 +698,11 @@ class PostgresServerStore(StoreCore):
         finally:
             self._checkin(conn, pool)
         status, stored = self._settle(shard_id, xid, keys, pid=pid, query=query, ours=ours, params=params)
-        return (box, None if status == COMMITTED else lost, stored)
+        if status == COMMITTED:
+            if self.track_wal:  # committed without its WAL position (read-your-writes): reads after this cover it
+                self._wal_gap()
+            return (box, None, stored)
+        return (box, lost, stored)
 
     def _send_write(
         self, conn: Conn, query: str, params: Sequence[Any], box: list[pq.abc.PGresult], *, reused: bool = True
@@ -662,6 +718,8 @@ class PostgresServerStore(StoreCore):
         """
         if not PIPELINE:  # libpq before 14: the id comes with the commit's reply (settled less often, never guessed)
             cur = conn.execute(query, params)
+            if self.track_wal:
+                self._wal_gap()  # committed, no position with it: read-your-writes reads it after (one round trip)
             if cur.pgresult is not None:
                 box.append(cur.pgresult)
             return
@@ -680,6 +738,7 @@ class PostgresServerStore(StoreCore):
             name = PreparedNames.name(text + repr(tx.types).encode()) if prepare else b""
             fresh = prepare and (not self._prepared.known(conn, name))
             del box[:]
+            track, tail = (self.track_wal, list[pq.abc.PGresult]())
             pgconn.enter_pipeline_mode()
             try:
                 if in_txn:
@@ -695,13 +754,20 @@ class PostgresServerStore(StoreCore):
                 if in_txn:
                     pgconn.send_query_params(b"COMMIT", None)
                 pgconn.pipeline_sync()
-                conn.wait(until_sync(pgconn, box))
+                if track:  # read-your-writes: the WAL position after the commit, in the same exchange
+                    pgconn.send_query_params(WAL_AFTER_WRITE_SQL, None)
+                    pgconn.pipeline_sync()
+                    conn.wait(until_second_sync(pgconn, box, tail))
+                else:
+                    conn.wait(until_sync(pgconn, box))
             except BaseException as exc:
                 # cancelled or interrupted with results still due: the session is unusable; a lost connection or a
                 # client-side timeout is left to the caller, which settles it (`_write`)
                 self._leave_pipeline(pgconn, finish=not isinstance(exc, psycopg.OperationalError))
                 raise
             self._leave_pipeline(pgconn, finish=True)
+            if track:
+                self._wal_seen(position_after_write(tail))
             error = error_in(box, conn.info.encoding)  # the Parse's (if sent) or the statement's
             if error is not None and pgconn.transaction_status != pq.TransactionStatus.IDLE:
                 conn.rollback()  # an explicit transaction the error left open
@@ -904,7 +970,7 @@ class PostgresServerStore(StoreCore):
         """Store rows of one shard with one multi-row INSERT (one implicit transaction); the ids it stored.
 
         ``ON CONFLICT DO NOTHING``: a row whose key or unique value is taken is left out, not an error; the caller
-        (``hvcore._coalesce.WriteCoalescer``, for overlapping ``put()`` calls) runs such a row alone with `insert`
+        (``hvcore._coalesce.ThreadWriteCoalescer``, for overlapping ``put()``) runs such a row alone with `insert`
         to give it its own outcome. The statement returns its transaction id before it commits, as `insert` does
         (`_write`): after a lost connection the server is asked whether it committed; committed → the ids
         received; aborted or never started → an empty set (nothing stored: every row runs alone). Never retried
@@ -1056,18 +1122,24 @@ class PostgresServerStore(StoreCore):
 
         A single statement runs alone in autocommit (its own transaction too). With several, each is wrapped in
         ``BEGIN``/``COMMIT`` so its locks are released before the next one plans (a pipeline without them is one
-        implicit transaction holding every lock to the end). An error rolls the open transaction back.
+        implicit transaction holding every lock to the end). Statements of one schema each (``shards_per_statement``
+        1, Citus) share a transaction `pieces_per_transaction` at a time: as many locks as one full piece, and Citus
+        opens a transaction on a worker once per group, not per statement. An error rolls the open transaction back.
         """
         if len(statements) == 1:
             query, params = statements[0]
             return [list(conn.execute(query, params).fetchall())]
         cursors: list[psycopg.Cursor[Any]] = []
+        per_transaction = pieces_per_transaction(self.shards_per_statement)  # 1, or 16 one-schema pieces on Citus
+        last = len(statements) - 1
         try:
             with conn.pipeline():
-                for query, params in statements:
-                    conn.execute("BEGIN")
+                for i, (query, params) in enumerate(statements):
+                    if i % per_transaction == 0:
+                        conn.execute("BEGIN")
                     cursors.append(conn.cursor().execute(query, params))
-                    conn.execute("COMMIT")
+                    if i % per_transaction == per_transaction - 1 or i == last:
+                        conn.execute("COMMIT")
         except psycopg.Error:
             if not conn.closed and conn.pgconn.transaction_status != pq.TransactionStatus.IDLE:
                 try:
@@ -1100,6 +1172,94 @@ class PostgresServerStore(StoreCore):
             composed = self._delete_sql(shard_id) + sql.SQL(XID_RETURNING)
             query = self._write_sql[shard_id, None, None] = composed.as_string(None)
         return self._write(shard_id, query, (key,), (key,)) > 0
+
+    def update_where(
+        self, shard_ids: Sequence[int], spec: QuerySpec, data: Mapping[str, Any], counts: dict[int, int]
+    ) -> int:
+        """Merge ``data`` into every record of these shards matching ``spec``; the rows changed (see `_write_where`)."""
+        return self._write_where(shard_ids, spec, data, counts)
+
+    def delete_where(self, shard_ids: Sequence[int], spec: QuerySpec, counts: dict[int, int]) -> int:
+        """Delete every record of these shards matching ``spec``; the rows deleted (see `_write_where`)."""
+        return self._write_where(shard_ids, spec, None, counts)
+
+    def _write_where(
+        self, shard_ids: Sequence[int], spec: QuerySpec, data: Mapping[str, Any] | None, counts: dict[int, int]
+    ) -> int:
+        """A filter update (``data``) or delete (None) in pieces, each piece a transaction of its own.
+
+        One statement per shard; the statements of a piece of `_fanout.shard_pieces` shards (16: 64 relations
+        locked, as a query's piece) run between ``BEGIN`` and ``COMMIT``, and up to `PIPELINE_PIECES` pieces go
+        to the server in one pipeline (one round trip). A piece commits or rolls back as a whole; pieces are not
+        atomic together. ``counts`` receives the rows written per shard as each piece commits, so after an
+        error the caller knows what is done (the pipeline stops at the failing piece: later ones never run).
+        Returns the rows written by this call. Errors: as `query`'s (`ShardMoved`, `NotProvisioned`,
+        `ServerLimitReached`, `ServerUnavailable`), `DuplicateValue` for a unique secondary index.
+        """
+        statements, pieces = self._write_where_pieces(shard_ids, spec, self._ext(), data)
+        written = 0
+        for start in range(0, len(pieces), PIPELINE_PIECES):
+            batch = pieces[start : start + PIPELINE_PIECES]
+            conn, pool = self._checkout()
+            try:
+                written += self._write_pieces(conn, batch, statements, counts)
+            except psycopg.Error as exc:
+                failed = self._failed_shard(exc, batch, counts)
+                if isinstance(exc, pg_errors.UniqueViolation):
+                    raise unique_violation(exc, failed, self._label) or exc from None
+                error = self._translate(exc, failed)
+                if error is exc:
+                    raise
+                raise error from None
+            finally:
+                self._checkin(conn, pool)
+        return written
+
+    def _write_pieces(
+        self,
+        conn: Conn,
+        pieces: Sequence[Sequence[int]],
+        statements: Mapping[int, tuple[str, list[Any]]],
+        counts: dict[int, int],
+    ) -> int:
+        """Run pieces of a filter write in one pipeline, each between BEGIN and COMMIT; rows written by those
+        that committed go into ``counts`` (also when a later piece fails, which is then raised)."""
+        sent: list[tuple[list[tuple[int, psycopg.Cursor[Any]]], psycopg.Cursor[Any]]] = []
+        failure: psycopg.Error | None = None
+        try:
+            with conn.pipeline():
+                for piece in pieces:
+                    conn.execute("BEGIN")
+                    cursors = []
+                    for shard in piece:
+                        query, params = statements[shard]
+                        cursors.append((shard, conn.cursor().execute(query, params)))
+                    sent.append((cursors, conn.execute("COMMIT")))
+        except psycopg.Error as exc:
+            failure = exc
+        written = 0
+        for cursors, commit in sent:
+            if commit.statusmessage != "COMMIT":  # the failing piece (rolled back) and those never run
+                break
+            for shard, cur in cursors:
+                counts[shard] = counts.get(shard, 0) + max(cur.rowcount, 0)
+                written += max(cur.rowcount, 0)
+        if failure is not None:
+            if not conn.closed and conn.pgconn.transaction_status != pq.TransactionStatus.IDLE:
+                try:
+                    conn.rollback()
+                except psycopg.Error:
+                    conn.close()
+            raise failure
+        return written
+
+    @staticmethod
+    def _failed_shard(exc: psycopg.Error, pieces: Sequence[Sequence[int]], counts: Mapping[int, int]) -> int:
+        """The shard a failed filter write names (its schema), else the first shard of the batch not done."""
+        schema = exc.diag.schema_name or ""
+        if schema.startswith("shard") and schema[5:].isdigit():
+            return int(schema[5:])
+        return next((shard for piece in pieces for shard in piece if shard not in counts), pieces[0][0])
 
     def query(self, shard_ids: Sequence[int], spec: QuerySpec) -> Generator[Record, None, None]:
         """Matching records of these shards in key order, streamed.
@@ -1305,7 +1465,8 @@ class PostgresServerStore(StoreCore):
         if old_tables:
             raise legacy_table_error(old_tables, self._label)
         if sample:
-            statements = [(max_id_query(piece), ()) for piece in shard_pieces(sample)]  # bounded locks (_fanout)
+            pieces = shard_pieces(sample, per_statement=self.shards_per_statement)  # bounded locks (_fanout)
+            statements = [(max_id_query(piece), ()) for piece in pieces]
             for shard, max_id in [row for rows in self._pieces(conn, statements) for row in rows]:
                 problem = layout_problem(shard, self._label, layout, max_id=max_id, next_id_epoch=None, now_ms=now_ms)
                 if problem is not None:
@@ -1371,7 +1532,10 @@ class PostgresServerStore(StoreCore):
         try:
             existing = self._existing(conn, shard_ids)
             shards = [s for s in shard_ids if TABLE in existing.get(s, (set(), None))[0]]
-            statements = [(count_query(piece), ()) for piece in shard_pieces(shards)]  # bounded locks (_fanout)
+            if conn.execute(CITUS_EXTENSION_SQL).fetchone() is not None:
+                self._citus_pieces(conn)  # a store that ran no statement on shards yet (hv status)
+            pieces = shard_pieces(shards, per_statement=self.shards_per_statement)  # bounded locks (_fanout)
+            statements = [(count_query(piece), ()) for piece in pieces]
             for i in range(0, len(statements), PIPELINE_PIECES):
                 for rows in self._pieces(conn, statements[i : i + PIPELINE_PIECES]):
                     for shard, count in rows:
@@ -1429,6 +1593,7 @@ class PostgresServerStore(StoreCore):
         (see ``_replica.WAL_POSITION_SQL``). One round trip on a pooled connection; `ServerUnavailable` if the server
         cannot be reached.
         """
+        gaps = self._wal_gaps
         conn, pool = self._checkout()
         try:
             row = conn.execute(WAL_POSITION_SQL).fetchone()
@@ -1436,7 +1601,37 @@ class PostgresServerStore(StoreCore):
             raise self._unavailable(exc) from None
         finally:
             self._checkin(conn, pool)
-        return wal_position_of(row)
+        in_recovery, lsn = wal_position_of(row)
+        if not in_recovery:
+            self._wal_seen(lsn, covers=gaps)
+        return (in_recovery, lsn)
+
+    def written_position(self) -> int | None:
+        """A WAL position (bytes) past the commit of every write this store finished, or None if unknown.
+
+        Known only while ``track_wal`` is set (the read router sets it on primaries with standbys): each write
+        then brings back the primary's position after its commit in the same exchange (`_send_write`), so
+        read-your-writes costs no round trip of its own. None before the first such write, or while a write whose
+        exchange was lost (settled by asking the server) is not covered by a later `wal_position` read.
+        """
+        if not self.track_wal or self._wal_gaps != self._wal_gaps_covered or (not self._wal_written):
+            return None
+        return self._wal_written
+
+    def _wal_seen(self, lsn: int | None, covers: int | None = None) -> None:
+        """Fold a primary WAL position read after some commits into `written_position`; ``covers``: the number of
+        gaps counted before the read began (a position read later covers the writes they stand for)."""
+        with self._lock:
+            if lsn is not None and lsn > self._wal_written:
+                self._wal_written = lsn
+            if covers is not None and lsn is not None and (covers > self._wal_gaps_covered):
+                self._wal_gaps_covered = covers
+
+    def _wal_gap(self) -> None:
+        """A write committed without bringing back its position (a lost exchange, settled by asking the server; an
+        old libpq): `written_position` is None until a `wal_position` read that began after this covers it."""
+        with self._lock:
+            self._wal_gaps += 1
 
     def stats(self) -> dict[str, Any]:
         """Pool figures: pool_max, size, available, borrowed (lent by this store), waiting, connection errors;

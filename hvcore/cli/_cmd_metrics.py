@@ -12,13 +12,13 @@ import math
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, TextIO
 
 from hvcore.cli._output import emit_json, table
 from hvcore.errors import ConfigError, ServerUnavailable
 
-__all__ = ["cmd_metrics", "figures", "scrape"]
+__all__ = ["cmd_metrics", "figures", "scrape", "watch"]
 
 _DURATION = "db_client_operation_duration_seconds"
 _WAIT = "db_client_connection_wait_time_seconds"
@@ -140,18 +140,36 @@ def print_figures(found: dict[str, list[dict[str, Any]]], out: TextIO) -> None:
         table(counter_rows, ["hypervault", "labels", "value"], out)
 
 
+def watch(
+    every: float | None, count: int | None, title: str, show: Callable[[], int], out: TextIO, *, clear: bool = True
+) -> int:
+    """Run ``show()`` once, or every ``every`` seconds as watch(1) does (``hv metrics --watch``, ``hv status --watch``).
+
+    With ``every`` and ``clear`` (not for JSON), each round clears the terminal and prints ``title`` and the time
+    first. Stops after ``count`` rounds if given (else at Ctrl-C); returns the last round's exit code.
+    """
+    rounds = 0
+    while True:
+        if every and clear:
+            out.write("\x1b[H\x1b[J")  # clear the terminal, as watch(1) does
+            print(f"{title}  {time.strftime('%H:%M:%S')}  (every {every:g} s, Ctrl-C to stop)", file=out)
+        code = show()
+        out.flush()
+        rounds += 1
+        if not every or (count is not None and rounds >= count):
+            return code
+        time.sleep(every)
+
+
 def cmd_metrics(args: argparse.Namespace, out: TextIO) -> int:
     """Print the figures of an application's Prometheus endpoint; ``--watch N`` repeats every N seconds."""
-    while True:
+
+    def show() -> int:
         found = figures(scrape(args.url))
         if args.json:
             emit_json(found, out)
         else:
-            if args.watch:
-                out.write("\x1b[H\x1b[J")  # clear the terminal, as watch(1) does
-                print(f"{args.url}  {time.strftime('%H:%M:%S')}  (every {args.watch:g} s, Ctrl-C to stop)", file=out)
             print_figures(found, out)
-        out.flush()
-        if not args.watch:
-            return 0
-        time.sleep(args.watch)
+        return 0
+
+    return watch(args.watch, args.count, args.url, show, out, clear=not args.json)

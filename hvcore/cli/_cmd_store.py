@@ -15,6 +15,7 @@ from hvcore._distributed import cluster_status
 from hvcore._key import KeyLayout
 from hvcore._shardmap import ShardMap
 from hvcore.cli._cmd_citus import print_cluster_status
+from hvcore.cli._cmd_metrics import watch
 from hvcore.cli._output import Progress, emit_json, masked, settings_text, table
 from hvcore.errors import HypervaultError
 
@@ -55,12 +56,25 @@ def status_document(status: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]
 
 
 def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
-    """Show servers, their shards, pools and rows; exit 1 if a server is unreachable."""
+    """Show servers, their shards, pools and rows; exit 1 if a server is unreachable. ``--watch N``: again every N
+    seconds on the same datastore (pools and standby lag as they change), until Ctrl-C."""
     with open_from_config(args.config) as store:
-        with contextlib.suppress(HypervaultError):
-            store.reload_placement()  # shards moved by `hv shard move` are counted where they are now
-        status = status_document(store.status())
-        clusters = _clusters(store, status)
+        return watch(
+            args.watch,
+            args.count,
+            f"hv status {args.config}",
+            lambda: _show_status(store, args, out),
+            out,
+            clear=not args.json,
+        )
+
+
+def _show_status(store: Datastore, args: argparse.Namespace, out: TextIO) -> int:
+    """One round of `cmd_status`."""
+    with contextlib.suppress(HypervaultError):
+        store.reload_placement()  # shards moved by `hv shard move` are counted where they are now
+    status = status_document(store.status())
+    clusters = _clusters(store, status)
     if args.json:
         emit_json(status, out)  # exit 0: the JSON says which servers are unreachable
         return 0

@@ -110,15 +110,18 @@ def build_parser() -> argparse.ArgumentParser:
         "create extensions, schemas, tables and indexes for every shard (idempotent)",
         [json_out, config],
     )
-    add(
+    status_cmd = add(
         sub,
         "status",
         cmd_status,
         "servers, shards, pools and rows",
         [json_out, config],
         "Show each server of a config: reachable or not, its shards (where they are now, after moves), how many are "
-        "provisioned, rows, and pool use. Exits 1 when a server is unreachable (0 with --json).",
+        "provisioned, rows, and pool use; read replicas with their state and lag. Exits 1 when a server is "
+        "unreachable (0 with --json). --watch N shows it again every N seconds.",
     )
+    status_cmd.add_argument("--watch", type=float, metavar="SECONDS", help="refresh every SECONDS until Ctrl-C")
+    status_cmd.add_argument("--count", type=int, metavar="N", help="with --watch: stop after N refreshes")
     metrics_cmd = add(
         sub,
         "metrics",
@@ -132,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     metrics_cmd.add_argument("url", metavar="URL", help="the endpoint, e.g. http://127.0.0.1:9464/metrics")
     metrics_cmd.add_argument("--watch", type=float, metavar="SECONDS", help="refresh every SECONDS until Ctrl-C")
+    metrics_cmd.add_argument("--count", type=int, metavar="N", help="with --watch: stop after N refreshes")
     add(
         sub,
         "config",

@@ -117,6 +117,35 @@ def test_provision_refuses_a_layout_that_does_not_match_the_stored_ids(fault_pg:
         old.provision()  # the matching layout passes
 
 
+@pytest.mark.parametrize("api", ["sync", "async"])
+@pytest.mark.parametrize("backend", ["jsonb", "hstore"])
+def test_a_write_under_another_layout_is_refused_before_anything_is_stored(
+    fault_pg: FaultServers, api: str, backend: str
+) -> None:
+    """A process opened with the wrong ``layout=`` (provisioning is an operator's step, done long before) used to
+    write ids that sort before the stored ones; its first statement on the shards is now a ConfigError."""
+    servers = [dict(shards="0-8", **fault_pg.fresh_db(0))]
+    with hvcore.Datastore(servers, backend=backend, layout="hypervault") as old:
+        old.provision()
+        stored = old.put(6, 1, written="on the 2015 layout")
+    if api == "sync":
+        ops: list[Callable[[Any], Any]] = [lambda db: db.put(1, 1, a="b"), lambda db: db.put_many(2, 1, [{"a": "b"}])]
+        for op in ops:
+            with hvcore.Datastore(servers, backend=backend) as new, pytest.raises(hvcore.ConfigError) as info:
+                op(new)
+            assert "shard 6" in str(info.value) and "layout='hypervault'" in str(info.value)
+    else:
+
+        async def run() -> None:
+            async with hvcore.AsyncDatastore(servers, backend=backend) as new:
+                with pytest.raises(hvcore.ConfigError, match="layout='hypervault'"):
+                    await new.put(1, 1, a="b")
+
+        asyncio.run(run())
+    with hvcore.Datastore(servers, backend=backend, layout="hypervault") as old:
+        assert [r.key for r in old.query()] == [stored]  # nothing written by the refused calls
+
+
 SCHEMA_2015 = """
 CREATE EXTENSION IF NOT EXISTS hstore;
 CREATE SCHEMA shard0003;

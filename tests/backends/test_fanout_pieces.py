@@ -9,6 +9,7 @@ shard or key exactly once, or `InvalidQuery` before any SQL when the filter alon
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -24,6 +25,7 @@ from hvbackend_postgres._fanout import (
     group_pieces,
     limit_error,
 )
+from hvbackend_postgres._schema import shard_schema
 from hvbackend_postgres._store import PostgresServerStore
 from hvcore import Key, QuerySpec
 
@@ -114,6 +116,31 @@ def test_get_many_statements_are_bounded_for_any_keys(backend: str, data: st.Dat
         assert text.count(" UNION ALL ") == len(params) - 1
         asked += [key for keys in params for key in keys]
     assert sorted(asked) == sorted(int(key) for _, key in items)
+
+
+@pytest.mark.parametrize("backend", sorted(STORES))
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.data_too_large, HealthCheck.too_slow])
+@given(data=st.data())
+def test_filter_write_pieces_are_bounded_for_any_filter(backend: str, data: st.DataObject) -> None:
+    """update_where/delete_where: one statement per shard (one schema each), ≤ 16 shards per transaction, every
+    shard once in order; a filter over the protocol's limit is InvalidQuery before any SQL."""
+    store = STORES[backend]
+    shard_ids = data.draw(shard_sets())
+    spec = dataclasses.replace(data.draw(specs(backend)), limit=None)
+    change = data.draw(st.none() | st.just({"seen": "yes"}))
+    one = store._filter_sql(spec, EXT[backend])[1] + (list(store._body_params(change)) if change else [])
+    if len(one) > MAX_BIND_PARAMETERS:
+        with pytest.raises(hvcore.InvalidQuery, match="65,535"):
+            store._write_where_pieces(shard_ids, spec, EXT[backend], change)
+        return
+    statements, pieces = store._write_where_pieces(shard_ids, spec, EXT[backend], change)
+    assert [s for piece in pieces for s in piece] == shard_ids
+    assert all(1 <= len(piece) <= SHARDS_PER_STATEMENT for piece in pieces)
+    for shard in shard_ids[:40]:
+        text, params = statements[shard]
+        assert text.startswith("UPDATE " if change else "DELETE ")
+        assert text.count('"shard') == 1 and f'"{shard_schema(shard)}"' in text
+        assert len(params) == len(one) <= MAX_BIND_PARAMETERS
 
 
 @given(st.lists(st.integers(0, 300), max_size=2_000))

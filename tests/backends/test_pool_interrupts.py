@@ -50,7 +50,7 @@ def _settled(stats_of: Any, pool_max: int, timeout: float = 10.0) -> dict[str, A
 
 async def _one_call(db: hvcore.AsyncDatastore, rnd: random.Random, keys: list[hvcore.Key]) -> None:
     shard = rnd.choice(SHARDS)
-    op = rnd.choice(["put", "get", "get_many", "update", "cursor", "query", "borrow", "put_many"])
+    op = rnd.choice(["put", "get", "get_many", "update", "cursor", "query", "borrow", "put_many", "transaction"])
     if op == "put" or not keys:
         keys.append(await db.put(shard, 1, **_body(rnd)))
     elif op == "get":
@@ -68,6 +68,9 @@ async def _one_call(db: hvcore.AsyncDatastore, rnd: random.Random, keys: list[hv
             pass
     elif op == "put_many":
         await db.put_many(shard, 1, [{"i": str(i)} for i in range(50)])
+    elif op == "transaction":  # a cancel can land in BEGIN, a statement, COMMIT or the rollback
+        async with db.transaction(shard) as tx:
+            keys.append(await tx.put(1, **_body(rnd)))
     else:
         conn = await db.get_connection(shard)
         try:
@@ -171,7 +174,7 @@ def _signal_storm(interval: float) -> Iterator[list[int]]:
 
 def _sync_call(db: hvcore.Datastore, rnd: random.Random, keys: list[hvcore.Key]) -> None:
     shard = rnd.choice(SHARDS)
-    op = rnd.choice(["put", "get", "get_many", "cursor", "borrow", "query"])
+    op = rnd.choice(["put", "get", "get_many", "cursor", "borrow", "query", "transaction"])
     if op == "put":
         keys.append(db.put(shard, 1, n=str(rnd.random())))
     elif op == "get":
@@ -184,6 +187,9 @@ def _sync_call(db: hvcore.Datastore, rnd: random.Random, keys: list[hvcore.Key])
     elif op == "query":
         for _ in db.query(kind=1, shards=[shard], limit=5):
             pass
+    elif op == "transaction":
+        with db.transaction(shard) as tx:
+            tx.put(1, n=str(rnd.random()))
     else:
         conn = db.get_connection(shard)
         try:

@@ -304,6 +304,91 @@ def test_read_your_writes_goes_to_the_primary_until_the_standby_replayed_the_wri
         assert _where(pair, since) == "standby"  # replayed past my write: the standby again
 
 
+def _count_position_reads(store: Any) -> list[int]:
+    """Count the calls of ``store.wal_position()`` (a round trip each) from now on; the list holds the count."""
+    calls = [0]
+    read = store.wal_position
+
+    def counted() -> Any:
+        calls[0] += 1
+        return read()
+
+    store.wal_position = counted
+    return calls
+
+
+def test_read_your_writes_positions_ride_in_the_writes_own_exchange(
+    pg_replica_pair: ReplicaPair, replica_db: Datastore
+) -> None:
+    db = replica_db
+    primary: Any = db._stores[0]
+    assert primary.track_wal is True  # a primary with a standby, read-your-writes on
+    server = db._router.server_id(0)  # type: ignore[union-attr]
+    _, before = primary.wal_position()
+    reads = _count_position_reads(primary)
+    with db.timeline() as tl:
+        key = db.put(SHARD, 1, v="a")
+        after_put = tl.need(SHARD, server)
+        assert after_put is not None and after_put > before  # past the write's WAL, read after its commit
+        assert db.update(key, v="b") and db.replace(key, v="c") and db.delete(key)
+        after_delete = tl.need(SHARD, server)
+        assert after_delete is not None and after_delete > after_put
+        assert reads[0] == 0  # no round trip of their own
+        _, now = primary.wal_position()
+        assert after_delete <= now
+        reads[0] = 0
+        db.put_many(SHARD, 1, [{"v": "d"}])  # a COPY in its own transaction: the position is read after it
+        assert reads[0] == 1 and (tl.need(SHARD, server) or 0) >= now
+
+        primary._wal_gap()  # as after a write whose exchange was lost and settled by asking the server
+        assert primary.written_position() is None
+        reads[0] = 0
+        db.put(SHARD, 1, v="e")  # the position is read after it, which covers the gap
+        assert reads[0] == 1 and primary.written_position() is not None
+        db.put(SHARD, 1, v="f")
+        assert reads[0] == 1
+
+
+def test_without_read_your_writes_or_standbys_writes_send_no_position_query(pg_replica_pair: ReplicaPair) -> None:
+    pair = pg_replica_pair
+    servers = [dict(shards="0-4", **pair.primary_settings)]
+    for db in (
+        Datastore(_servers(pair), backend="jsonb", read_from="replica", read_your_writes=False),
+        Datastore(servers, backend="jsonb"),
+    ):
+        with db:
+            db.provision()
+            db.put(SHARD, 1, v="x")
+            store: Any = db._stores[0]
+            assert store.track_wal is False and store.written_position() is None
+
+
+def test_writes_through_cursor_and_borrowed_connections_count_for_read_your_writes(
+    pg_replica_pair: ReplicaPair, replica_db: Datastore
+) -> None:
+    pair, db = pg_replica_pair, replica_db
+    pair.pause_replay()
+    now_ms = int(time.time() * 1000)
+    by_cursor, key = (hvcore.Key.from_parts(timestamp_ms=now_ms, shard_id=SHARD, added_id=n) for n in (1, 2))
+    with db.timeline():
+        with db.cursor(SHARD) as cur:
+            cur.execute("INSERT INTO entities (id, kind, body) VALUES (%s, 1, '{}')", (by_cursor,))
+        conn = db.get_connection(SHARD)
+        conn.execute("INSERT INTO entities (id, kind, body) VALUES (%s, 1, '{}')", (key,))
+        conn.commit()
+        db.put_connection(conn)
+        db.refresh_replicas()
+        for written in (by_cursor, key):
+            since = _server_now(pair)
+            assert db.get(written) is not None  # my own writes: from the primary, the standby has not replayed them
+            assert _where(pair, since) == "primary"
+    with db.timeline():
+        since = _server_now(pair)
+        assert db.get(key) is None  # another timeline: the standby, within its bound
+        assert _where(pair, since) == "standby"
+    pair.resume_replay()
+
+
 def test_writes_outside_a_timeline_block_pin_their_shard_for_the_whole_process(
     pg_replica_pair: ReplicaPair, replica_db: Datastore
 ) -> None:
@@ -442,6 +527,17 @@ def test_config_file_replicas_and_hv_status(pg_replica_pair: ReplicaPair, tmp_pa
     assert code == 0, text
     assert f":{standby['port']}/" in text and "in use" in text, text
     assert "s3cret-pw" not in text
+
+    out = StringIO()  # --watch: the same tables again on the same datastore, the terminal cleared before each
+    started = time.monotonic()
+    code = main(["status", "--config", str(path), "--watch", "0.2", "--count", "3"], out)
+    text = out.getvalue()
+    assert code == 0, text
+    assert text.count("\x1b[H\x1b[J") == 3 and text.count(f"hv status {path}") == 3
+    assert text.count("in use") == 3 and time.monotonic() - started >= 0.4
+    out = StringIO()
+    assert main(["status", "--config", str(path), "--watch", "0.1", "--count", "2", "--json"], out) == 0
+    assert "\x1b[" not in out.getvalue() and out.getvalue().count('"replicas"') == 2
 
 
 def test_a_moved_shard_is_read_from_the_standby_of_its_new_server(pg_replica_pair: ReplicaPair) -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
-from collections.abc import Mapping, Sequence
+import logging
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from fixtures.citus import CITUS_SETTINGS, CitusCluster, _require_citus
@@ -14,6 +16,33 @@ from fixtures.localpg import LocalServer
 from psycopg import sql
 
 from hvcore.cli import main
+
+
+class StatementLog(logging.Handler):
+    """The lines a store logs (``Datastore(logger=...)``: its statements at DEBUG)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+_Log = TypeVar("_Log", bound=logging.Handler)
+
+
+@contextlib.contextmanager
+def statement_log(name: str, handler: _Log) -> Iterator[tuple[logging.Logger, _Log]]:
+    """A logger of its own (DEBUG, not propagated) for a store, with ``handler`` (e.g. a `StatementLog`) on it."""
+    logger = logging.getLogger(name)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    logger.addHandler(handler)
+    try:
+        yield logger, handler
+    finally:
+        logger.removeHandler(handler)
 
 
 def run_hv(*argv: str) -> tuple[int, str]:
@@ -79,11 +108,16 @@ def require_citus() -> None:
     _require_citus()
 
 
-def prepare_for_citus(cluster: CitusCluster, server: LocalServer) -> None:
-    """What a DBA does on a server before adoption: preload Citus, restart, create the extension (no add_node)."""
+def preload_citus(server: LocalServer) -> None:
+    """``shared_preload_libraries = 'citus'`` (and what Citus needs) in the server's postgresql.conf, restart."""
     with (server.data / "postgresql.conf").open("a", encoding="utf-8") as conf:
         conf.write("\n".join(CITUS_SETTINGS) + "\n")
     server.restart()
+
+
+def prepare_for_citus(cluster: CitusCluster, server: LocalServer) -> None:
+    """What a DBA does on a server before adoption: preload Citus, restart, create the extension (no add_node)."""
+    preload_citus(server)
     with connect(server.settings, dbname=cluster.dbname) as conn:
         conn.execute("CREATE EXTENSION citus")
 
@@ -92,8 +126,9 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 README_MARKER = "<!-- outgrowing-commands -->"
 
 
-def readme_commands() -> list[str]:
-    """The ``$ hv ...`` lines of the README's "Outgrowing" block (after its marker), without the prompt."""
+def readme_commands(program: str = "hv") -> list[str]:
+    """The ``$ hv ...`` (or other ``program``'s) lines of the README's "Outgrowing" block (after its marker), without
+    the prompt."""
     lines = README.read_text(encoding="utf-8").splitlines()
     start = lines.index(README_MARKER)
     out: list[str] = []
@@ -104,21 +139,23 @@ def readme_commands() -> list[str]:
                 break
             inside = True
             continue
-        if inside and line.startswith("$ hv "):
+        if inside and line.startswith(f"$ {program} "):
             out.append(line[2:])
     return out
 
 
 def readme_command(prefix: str, replace: Mapping[str, str]) -> tuple[list[str], str | None]:
-    """The README's command starting with ``prefix`` (e.g. ``hv citus adopt``) as argv for `run_hv`, its words
-    replaced by ``replace`` (the README's placeholders → this test's values), and the file it redirects to."""
+    """The README's command starting with ``prefix`` (e.g. ``hv citus adopt``, ``psql``) as argv without the program
+    (for `run_hv`), its words replaced by ``replace`` (the README's placeholders → this test's values), and the file
+    it redirects to."""
     import shlex
 
-    (line,) = [c for c in readme_commands() if c.startswith(prefix)]
+    program = prefix.split()[0]
+    (line,) = [c for c in readme_commands(program) if c.startswith(prefix)]
     words = [replace.get(w, w) for w in shlex.split(line)]
     target = None
     if ">" in words:
         target = words[words.index(">") + 1]
         words = words[: words.index(">")]
-    assert words[0] == "hv", line
+    assert words[0] == program, line
     return words[1:], target

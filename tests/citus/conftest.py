@@ -1,4 +1,5 @@
-"""Fixtures of the Citus hand-off tests: the contract suite's ``make_datastore`` on a Citus coordinator."""
+"""Fixtures of the Citus hand-off tests: the contract suite's ``make_datastore`` on a Citus coordinator (the shared
+one of `fixtures.datastores`, fed by this directory's ``pg_datastore_factory``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ from typing import Any
 import pytest
 from citus.citus_helpers import add_citus_database, connect
 from fixtures.citus import CitusCluster
-from fixtures.datastores import MakeDatastore, SyncFacade
 
 import hvcore
 from hvbackend_postgres._schema import truncate_query
@@ -64,27 +64,10 @@ def citus_datastore_factory(
 
 
 @pytest.fixture
-def make_datastore(
-    backend_name: str, api: str, citus_datastore_factory: Callable[..., hvcore.Datastore]
-) -> Iterator[MakeDatastore]:
-    """The contract suite's ``make_datastore``, on a Citus coordinator: one server owning shards 0-16."""
-    made: list[Any] = []
-
-    def make(**options: Any) -> hvcore.Datastore:
-        store = citus_datastore_factory(backend_name, **options)
-        made.append(store)
-        if api == "sync":
-            return store
-        facade = SyncFacade(hvcore.AsyncDatastore(list(store._config.servers), backend=store.backend, **options))
-        made.append(facade)
-        return facade  # type: ignore[return-value]
-
-    yield make
-    for store in made:
-        for server in store._stores:
-            stats = server.stats()
-            assert stats.get("borrowed", 0) == 0, f"{server.label} still lends {stats['borrowed']} connection(s)"
-        getattr(store, "shutdown", store.close)()
+def pg_datastore_factory(citus_datastore_factory: Callable[..., hvcore.Datastore]) -> Callable[..., hvcore.Datastore]:
+    """The shared ``make_datastore`` (`fixtures.datastores`) builds its PostgreSQL stores with this factory: here,
+    on the Citus coordinator alone (shards 0-16), so the contract suite runs through Citus unchanged."""
+    return citus_datastore_factory
 
 
 @pytest.fixture(params=["hstore", "jsonb"])

@@ -3,7 +3,8 @@
 The module's fleet is built once, as a user would (the README's "Outgrowing" commands): two plain PostgreSQL
 servers hold the shards (one given as a conninfo string, one as separate keys); hypervault provisions them and
 writes 64,000 rows; the servers are made ready for Citus (``shared_preload_libraries``, restart, ``CREATE EXTENSION
-citus``; the first one is also added as a worker node, the second is left for the command to add); then
+citus``: the README's ``psql`` line, run by psql on the second; the first one is also added as a worker node, the
+second is left for the command to add); then
 ``hv citus adopt --config hv.toml --coordinator DSN`` prints the new config, saved as ``hv-citus.toml``.
 Tests that write remove their rows afterwards, so the reference holds for every test in any order.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
 import threading
 import time
 import tomllib
@@ -23,7 +25,7 @@ import pytest
 from citus.citus_helpers import (
     connect,
     dsn,
-    prepare_for_citus,
+    preload_citus,
     readme_command,
     require_citus,
     run_hv,
@@ -31,7 +33,7 @@ from citus.citus_helpers import (
     write_config,
 )
 from fixtures.citus import CitusCluster
-from fixtures.localpg import LocalServer
+from fixtures.localpg import LocalServer, find_bin_dir
 
 import hvcore
 from hvcore import Datastore, Key, Record
@@ -96,7 +98,12 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
                 row = conn.execute("SELECT pg_relation_filenode(%s)", (f"shard{shard:04d}.entities",)).fetchone()
                 filenodes[shard] = int(row[0]) if row else -1
         cluster.add_worker(plain[0])  # preload, restart, extension and citus_add_node
-        prepare_for_citus(cluster, plain[1])  # left for hv citus adopt to add
+        preload_citus(plain[1])  # then the README's psql line; left for hv citus adopt to add as a node
+        argv, _ = readme_command("psql", {"host=db1 dbname=app": dsn(servers[1])})
+        bin_dir = find_bin_dir()
+        assert bin_dir is not None
+        done = subprocess.run([str(bin_dir / "psql"), "-X", *argv], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
 
         citus_config = top / "hv-citus.toml"
         argv, saved_to = readme_command(

@@ -4,24 +4,15 @@ transaction id in a multi-row INSERT's RETURNING) and the store stops grouping p
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable
 
 import psycopg
 import pytest
+from citus.citus_helpers import StatementLog, statement_log
 
 import hvcore
 
 pytestmark = [pytest.mark.citus, pytest.mark.postgres]
-
-
-class _Collect(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.statements: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.statements.append(record.getMessage())
 
 
 @pytest.mark.parametrize("backend", ["jsonb", "hstore"])
@@ -29,11 +20,6 @@ def test_overlapping_puts_and_gets_through_a_coordinator(
     citus_datastore_factory: Callable[..., hvcore.Datastore], backend: str
 ) -> None:
     server = dict(citus_datastore_factory(backend)._config.servers[0])
-    logger = logging.getLogger(f"hv.test.coalesce.citus.{backend}")
-    logger.setLevel(logging.DEBUG)
-    logger.propagate = False
-    collect = _Collect()
-    logger.addHandler(collect)
 
     async def main() -> None:
         async with hvcore.AsyncDatastore([server], backend=backend, pool_max=4, logger=logger) as db:
@@ -49,8 +35,6 @@ def test_overlapping_puts_and_gets_through_a_coordinator(
                 await store.insert_group(5, rows)  # type: ignore[attr-defined]
             assert store.insert_groups is False  # type: ignore[attr-defined]
 
-    try:
+    with statement_log(f"hv.test.coalesce.citus.{backend}", StatementLog()) as (logger, collect):
         asyncio.run(main())
-    finally:
-        logger.removeHandler(collect)
-    assert any("= ANY(" in s for s in collect.statements)  # gets were batched
+    assert any("= ANY(" in s for s in collect.lines)  # gets were batched

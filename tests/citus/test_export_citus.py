@@ -1,9 +1,9 @@
 """`hv shard export --format citus`, executed against Citus by psql: the copying path Citus documents.
 
-Three plain servers, given every way a config can give one (separate keys; a conninfo keyword string; a URL whose
-port and dbname are overridden by separate keys, which win), hold 12 shards. As the export's header says: the
+Four plain servers, given every way a config can give one (separate keys; a conninfo keyword string; a URL; a URL
+whose port and dbname are overridden by separate keys, which win), hold 16 shards. As the export's header says: the
 servers preload Citus, the shard schemas are dumped and restored on the coordinator (pg_dump | psql) and renamed
-on the servers; then psql runs the export on the coordinator. It must add exactly those three servers as workers
+on the servers; then psql runs the export on the coordinator. It must add exactly those four servers as workers
 (an export naming a wrong host or port fails there), distribute every schema and put each on its server.
 """
 
@@ -34,7 +34,7 @@ def test_the_citus_export_runs_on_citus_for_every_way_a_server_is_given(
     cluster: CitusCluster = citus_cluster_factory(0)
     bin_dir = find_bin_dir()
     assert bin_dir is not None
-    plain = [cluster.new_plain_server() for _ in range(3)]
+    plain = [cluster.new_plain_server() for _ in range(4)]
     ports = [server.port for server in plain]
     config = write_config(
         tmp_path / "hv.toml",
@@ -47,11 +47,12 @@ def test_the_citus_export_runs_on_citus_for_every_way_a_server_is_given(
                 "port": ports[2],
                 "dbname": cluster.dbname,
             },
+            {"shards": "12-16", "conninfo": f"postgresql://postgres@127.0.0.1:{ports[3]}/{cluster.dbname}"},
         ],
     )
     with Datastore.from_config(config) as db:
         db.provision()
-        keys = [k for shard in range(12) for k in db.put_many(shard, 1, [{"s": shard, "i": i} for i in range(100)])]
+        keys = [k for shard in range(16) for k in db.put_many(shard, 1, [{"s": shard, "i": i} for i in range(100)])]
         reference = db.get_many(keys)
     for server in plain:
         prepare_for_citus(cluster, server)
@@ -80,11 +81,11 @@ def test_the_citus_export_runs_on_citus_for_every_way_a_server_is_given(
 
     assert done.returncode == 0, done.stderr
     assert cluster.active_workers() == sorted(("127.0.0.1", port) for port in ports)
-    for shard in range(12):
+    for shard in range(16):
         assert cluster.schema_nodes(f"shard{shard:04d}") == [("127.0.0.1", ports[shard // 4])], f"shard {shard}"
-    with Datastore([{"shards": "0-12", **cluster.coordinator}], backend="jsonb") as db:
+    with Datastore([{"shards": "0-16", **cluster.coordinator}], backend="jsonb") as db:
         assert db.get_many(keys) == reference
     again = _psql(bin_dir, script, cluster.coordinator)  # idempotent: nothing left to add, distribute or move
     assert again.returncode == 0, again.stderr
-    for shard in range(12):
+    for shard in range(16):
         assert cluster.schema_nodes(f"shard{shard:04d}") == [("127.0.0.1", ports[shard // 4])]

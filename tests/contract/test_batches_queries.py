@@ -153,6 +153,22 @@ def test_query_time_range_uses_key_bounds(datastore: hvcore.Datastore) -> None:
     assert list(datastore.query(until=first.created)) == []
 
 
+@pytest.mark.parametrize("micros", [1, 500, 999])
+def test_query_time_bounds_with_microseconds_hold_exactly(datastore: hvcore.Datastore, micros: int) -> None:
+    """Keys carry whole milliseconds; a datetime bound with microseconds used to be cut to its millisecond, so
+    ``since=t`` returned a record created before t and ``until=t`` left one out."""
+    first = datastore.put(1, 1, n="a")
+    while (second := datastore.put(1, 1, n="b")).created == first.created:
+        datastore.delete(second)
+    t = first.created + dt.timedelta(microseconds=micros)  # after first, before second
+    assert [r.key for r in datastore.query(shards=[1], since=t)] == [second]
+    assert [r.key for r in datastore.query(shards=[1], until=t)] == [first]
+    assert [r.key for r in datastore.query(shards=[1], since=first.created)] == [first, second]
+    assert [r.key for r in datastore.query(shards=[1], until=first.created)] == []
+    for record in datastore.query(shards=[1]):
+        assert (record.key.created >= t) == (record.key == second)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [

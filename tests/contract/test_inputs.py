@@ -10,7 +10,7 @@ import types
 from typing import Any
 
 import pytest
-from fixtures.datastores import TEXT_ONLY_BACKENDS
+from fixtures.datastores import TEXT_ONLY_BACKENDS, THROUGH_PGBOUNCER
 
 import hvcore
 
@@ -166,3 +166,37 @@ def test_huge_keys_are_invalid_key(datastore: Any, key: Any) -> None:
             call(key)
     with pytest.raises(hvcore.InvalidKey):
         hvcore.Key.parse("1" * 5000)
+
+
+_OPERATOR_TYPOS = ["=>", "=<", "gt", "gte", "lt", "LTE", "!=", "<>", "=", "==", "$gt", "$in", "~"]
+
+
+@pytest.mark.parametrize(
+    ("typo", "indexed"),
+    [*((typo, False) for typo in _OPERATOR_TYPOS), *((typo, True) for typo in ("=>", "gt"))],
+)
+def test_a_mistyped_range_operator_is_invalid_query_not_an_empty_result(
+    datastore: Any, backend_name: str, typo: str, indexed: bool
+) -> None:
+    """``where={"age": {"=>": 18}}`` used to be an equality filter on an object (matching nothing, silently)."""
+    if indexed:
+        if backend_name.endswith(THROUGH_PGBOUNCER):
+            pytest.skip("indexes are made directly, not through a transaction-mode pooler (test_pgbouncer_store.py)")
+        datastore.create_index(1, "age", type="bigint")
+    try:
+        datastore.put(1, 1, age="30" if backend_name in TEXT_ONLY_BACKENDS else 30)
+        for where in ({"age": {typo: 5}}, {"age": {">=": 5, typo: 1}}, {"age": {">=": 5, "x": 1}}):
+            with pytest.raises(hvcore.InvalidQuery, match=r"operators >, >=, <, <=") as info:
+                datastore.query(kind=1, where=where)
+            assert repr(typo if typo in where["age"] else "x") in str(info.value)
+    finally:
+        if indexed:
+            datastore.drop_index(1, "age")
+
+
+def test_an_object_value_without_operator_keys_is_still_an_equality_filter(datastore: Any, backend_name: str) -> None:
+    if backend_name in TEXT_ONLY_BACKENDS:
+        pytest.skip("hstore stores text only")
+    key = datastore.put(1, 1, addr={"city": "Oslo", "in": 1})
+    datastore.put(1, 1, addr={"city": "Bergen"})
+    assert [r.key for r in datastore.query(kind=1, where={"addr": {"city": "Oslo", "in": 1}})] == [key]

@@ -14,14 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hvcore import Key, Record
-from hvcore._coalesce import (
-    ReadCoalescer,
-    ThreadReadCoalescer,
-    ThreadWriteCoalescer,
-    WriteCoalescer,
-    _Wanted,
-    _Write,
-)
+from hvcore._acoalesce import ReadCoalescer, WriteCoalescer, _Wanted, _Write
+from hvcore._coalesce import ThreadReadCoalescer, ThreadWriteCoalescer
 from hvcore.errors import (
     DuplicateKey,
     DuplicateValue,
@@ -497,6 +491,12 @@ def threaded(reader: ThreadReadCoalescer, wanted: list[Key]) -> list[Any]:
     return results
 
 
+def queued(reader: ThreadReadCoalescer) -> int:
+    """Threads waiting in ``reader``'s queue."""
+    with reader._lock:
+        return sum(len(wanted.futures) for wanted in reader._pending.values())
+
+
 def test_threads_that_would_wait_for_a_connection_share_one_batch() -> None:
     stored = [key(1, n) for n in range(30)]
     server = ThreadServer(FakeServer(stored))
@@ -511,10 +511,10 @@ def test_threads_that_would_wait_for_a_connection_share_one_batch() -> None:
     for thread in threads:
         thread.start()
     for _ in range(500):
-        if len(reader._queue) == 29:  # two reads hold the two slots; every other thread queued
+        if queued(reader) == 29:  # two reads hold the two slots; every other thread queued
             break
         time.sleep(0.01)
-    assert reader.in_flight == 2 and len(reader._queue) == 29
+    assert reader.in_flight == 2 and queued(reader) == 29
     server.gate.set()
     for thread in threads:
         thread.join()

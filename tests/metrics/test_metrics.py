@@ -54,7 +54,8 @@ class Reader:
         out: dict[tuple[str, str], int] = {}
         for p in self.points("db.client.operation.duration"):
             a = p.attributes
-            where = f"{a['server.address']}:{a['server.port']}" if "server.port" in a else a["server.address"]
+            port = a.get("server.port", 5432 if a["db.system.name"] == "postgresql" else None)  # 5432: left out
+            where = a["server.address"] if port is None else f"{a['server.address']}:{port}"
             out[(a["db.operation.name"], where)] = out.get((a["db.operation.name"], where), 0) + p.count
         return out
 
@@ -66,6 +67,14 @@ def reader() -> Iterator[Reader]:
     yield made
     metrics.use(None)
     made.provider.shutdown()
+
+
+@pytest.fixture
+def all_waits() -> Iterator[None]:
+    """``metrics.wait_time = "all"`` for one test (every checkout records its wait)."""
+    metrics.wait_time = "all"
+    yield
+    metrics.wait_time = "waits"
 
 
 def _where(store: Any) -> str:
@@ -110,7 +119,10 @@ def test_every_operation_records_its_duration_with_the_conventions_attributes(ma
         assert "error.type" not in attrs
         assert point.sum > 0 and point.sum < 60  # seconds, not ms
         if backend_name != "memory":
-            assert isinstance(attrs["server.port"], int) and attrs["db.namespace"]
+            assert attrs["db.namespace"]
+            # the conventions want server.port only for a port other than PostgreSQL's default
+            assert attrs.get("server.port") != 5432
+            assert f"{attrs['server.address']}:{attrs.get('server.port', 5432)}" in {_where(s) for s in stores}
     assert reader.points("hypervault.key.collisions") == []
 
 
@@ -159,7 +171,7 @@ def test_a_key_collision_is_counted_and_retried(reader):
     assert [p.attributes["error.type"] for p in failed] == ["DuplicateKey"]
 
 
-def test_pool_gauges_match_stats_and_timeouts_and_waits_are_recorded(pg_datastore_factory, reader):
+def test_pool_gauges_match_stats_and_timeouts_and_waits_are_recorded(pg_datastore_factory, reader, all_waits):
     ds = pg_datastore_factory("jsonb", pool_max=2, pool_block_timeout=3)
     ds.get_many([ds.put(3, 1, n="a"), ds.put(12, 1, n="b")])  # both pools have an idle connection now
     held = [ds.get_connection(3), ds.get_connection(4)]
@@ -202,7 +214,7 @@ def test_pool_gauges_match_stats_and_timeouts_and_waits_are_recorded(pg_datastor
     assert [(a["db.operation.name"], a["error.type"]) for a in failed] == [("get", "PoolTimeout")]
 
 
-def test_async_datastore_records_pools_and_operations(pg_datastore_factory, reader):
+def test_async_datastore_records_pools_and_operations(pg_datastore_factory, reader, all_waits):
     servers = list(pg_datastore_factory("hstore")._config.servers)
 
     async def scenario() -> dict[str, Any]:
@@ -327,17 +339,55 @@ def test_a_query_left_early_records_one_operation_per_server_without_error(make_
     assert all("error.type" not in p.attributes for p in queries)
 
 
-def test_wait_time_can_be_turned_off(pg_datastore_factory, reader):
-    ds = pg_datastore_factory("jsonb")
+def test_wait_time_records_only_checkouts_that_waited_unless_told_otherwise(pg_datastore_factory, reader):
+    ds = pg_datastore_factory("jsonb", pool_max=1, pool_block_timeout=10)
+    assert metrics.wait_time == "waits"  # the default
+
+    def waits() -> tuple[int, float]:
+        points = reader.points("db.client.connection.wait_time")
+        assert all(p.attributes == {"db.client.connection.pool.name": ds._stores[0].label} for p in points)
+        return sum(p.count for p in points), sum(p.sum for p in points)
+
+    ds.get(ds.put(3, 1, n="a"))  # the first checkout may wait for the pool's connection to open
+    opened = waits()[0]
+    assert opened <= 1
+    ds.get(ds.put(3, 1, n="b"))  # the idle connection is there: no wait, nothing recorded
+    ds.get(ds.put(3, 1, n="b"))
+    assert waits()[0] == opened
+    assert sum(p.count for p in reader.points("db.client.operation.duration")) == 6
+
+    held = ds.get_connection(3)  # the only connection: the next checkout waits for it
+    threading.Timer(0.3, ds.put_connection, (held,)).start()
+    before = waits()[1]
+    ds.put(3, 1, n="c")
+    count, total = waits()
+    assert count == opened + 1 and total - before >= 0.25
+
+    metrics.wait_time = "all"
+    try:
+        ds.get(ds.put(3, 1, n="d"))
+    finally:
+        metrics.wait_time = "waits"
+    assert waits()[0] == opened + 3  # the put's checkout and the get's
+
     metrics.wait_time = False
     try:
-        ds.get(ds.put(3, 1, n="a"))
+        assert metrics.wait_time == "off"
+        held = ds.get_connection(3)
+        threading.Timer(0.2, ds.put_connection, (held,)).start()
+        ds.get(ds.put(3, 1, n="e"))
     finally:
         metrics.wait_time = True
-    assert reader.points("db.client.connection.wait_time") == []
-    assert sum(p.count for p in reader.points("db.client.operation.duration")) == 2
-    ds.get(ds.put(3, 1, n="b"))
-    assert [p.count for p in reader.points("db.client.connection.wait_time")] == [2]
+    assert metrics.wait_time == "all"
+    metrics.wait_time = "waits"
+    assert waits()[0] == opened + 3
+
+
+@pytest.mark.parametrize("bad", ["some", "", None, 1, "ALL"])
+def test_a_bad_wait_time_mode_is_refused_by_name(bad):
+    with pytest.raises(hvcore.ConfigError, match=r"metrics.wait_time must be one of off, waits, all .*got"):
+        metrics.wait_time = bad
+    assert metrics.wait_time == "waits"
 
 
 def test_a_transaction_is_one_operation_with_its_outcome(make_datastore, reader):

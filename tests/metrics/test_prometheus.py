@@ -34,6 +34,7 @@ def endpoint() -> Iterator[str]:
     reader = PrometheusMetricReader()
     provider = MeterProvider(metric_readers=[reader])
     metrics.use(provider)
+    metrics.wait_time = "all"  # every checkout's wait, so the test knows how many
     port = _free_port()
     server, thread = start_http_server(port, addr="127.0.0.1")
     yield f"http://127.0.0.1:{port}/metrics"
@@ -41,6 +42,7 @@ def endpoint() -> Iterator[str]:
     server.server_close()
     thread.join(timeout=10)
     metrics.use(None)
+    metrics.wait_time = "waits"
     provider.shutdown()  # unregisters the reader's collector from prometheus_client's registry
 
 
@@ -68,12 +70,9 @@ def test_a_scrape_exposes_operations_and_pools(pg_datastore_factory: Any, endpoi
         ds.put_connection(conn)
     host, _, rest = ds._stores[0].label.partition(":")
     port, _, dbname = rest.partition("/")
-    server = {
-        ("server_address", host),
-        ("server_port", port),
-        ("db_namespace", dbname),
-        ("db_system_name", "postgresql"),
-    }
+    server = {("server_address", host), ("db_namespace", dbname), ("db_system_name", "postgresql")}
+    if port != "5432":  # the conventions want server.port only for a port other than PostgreSQL's default
+        server.add(("server_port", port))
     gets = frozenset({*server, ("db_operation_name", "get")})
     assert samples[("db_client_operation_duration_seconds_count", gets)] == 2
     assert 0 < samples[("db_client_operation_duration_seconds_sum", gets)] < 10
@@ -112,6 +111,11 @@ def test_hv_metrics_prints_the_scraped_figures(pg_datastore_factory: Any, endpoi
     puts = [o for o in found["operations"] if o["operation"] == "put" and o["server"] == host_port]
     assert puts[0]["count"] == 3 and puts[0]["mean_ms"] > 0 and puts[0]["p95_le_ms"] is not None
     assert {p["pool"] for p in found["pools"]} == {s.label for s in ds._stores}
+
+    out = io.StringIO()  # --watch: scraped again each round, the terminal cleared first (shared with hv status)
+    assert cli.main(["metrics", endpoint, "--watch", "0.05", "--count", "2"], out=out) == 0
+    assert out.getvalue().count("\x1b[H\x1b[J") == 2 and out.getvalue().count(f"{endpoint}  ") == 2
+    assert out.getvalue().count("get_many") == 2
 
 
 def test_hv_metrics_on_a_bad_url_is_one_error_line(capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,0 +1,61 @@
+"""The suite's ``metrics`` and ``replicas`` parts: their figures become rows with the right ratios (no servers run).
+
+The scripts' ``run()`` take minutes (callgrind, a streaming standby); what can drift without a run is the shape the
+suite's normalisers read, checked here against results shaped as the scripts write them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(monkeypatch: pytest.MonkeyPatch, name: str) -> ModuleType:
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    spec = importlib.util.spec_from_file_location(f"hv_test_{name}", ROOT / "benchmarks" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_metrics_and_replicas_are_suite_parts_with_normalisers(monkeypatch: pytest.MonkeyPatch) -> None:
+    suite = _load(monkeypatch, "suite")
+    assert {"metrics", "replicas"} <= set(suite.PARTS) <= set(suite.NORMALISERS)
+    bench = _load(monkeypatch, "bench_metrics")
+    assert bench.VARIANTS[0] == "off" and not hasattr(bench, "BareDatastore")  # no hand-kept uninstrumented copy
+
+    rows = suite.rows_metrics(
+        {
+            "jsonb_ir": {"off": 400_000.0, "on": 600_000.0},
+            "jsonb_wall_us": {"off": 200.0, "on": 210.0},
+            "put_fsync_wall_us": {"off": 1000.0, "on": 1010.0},
+        }
+    )
+    assert [r.measure for r in rows] == [
+        "metrics on: put+get, jsonb, client instructions",
+        "metrics on: put+get, jsonb (fsync off)",
+        "metrics on: put, jsonb (fsync on)",
+    ]
+    assert rows[0].ratio == pytest.approx(400_000 / 600_000)  # below 1: metrics on costs
+
+    reads = {
+        setup: {"per_s": value, "ratio": value / 100}
+        for setup, value in (("primary only", 100.0), ("replica only", 150.0), ("primary + replica", 120.0))
+    }
+    puts = {
+        "put, no standby": {"us": 500.0, "ratio": 1.0},
+        "put, standby (read-your-writes)": {"us": 550.0, "ratio": 1.1},
+        "put, standby, read_your_writes=False": {"us": 500.0, "ratio": 1.0},
+    }
+    rows = suite.rows_replicas({"threads": 4, "reads": {"get_many": reads, "query": reads}, "put": puts})
+    assert len(rows) == 6
+    assert rows[0].ratio == pytest.approx(1.5) and rows[0].comparison == "primary only"
+    assert rows[4].measure == "put, standby (read-your-writes)" and rows[4].ratio == pytest.approx(500 / 550)
