@@ -181,8 +181,9 @@ def test_the_default_falls_back_for_a_role_that_cannot_create_the_lease_table(
     auto_db(settings, worker=None).close()  # provisioned by the owner, no lease table
     role = f"hv_ro_{next(_namespaces)}_{os.getpid()}"
     fault_pg.sql(0, f"CREATE ROLE {role} LOGIN PASSWORD 'ro-Pa55'")
-    fault_pg.sql(0, f"GRANT USAGE ON SCHEMA shard0003 TO {role}", dbname=dbname)
-    fault_pg.sql(0, f"GRANT SELECT, INSERT ON shard0003.entities TO {role}", dbname=dbname)
+    for shard in range(16):  # opening reads every shard (the newest key of each); puts go to shard 3
+        fault_pg.sql(0, f"GRANT USAGE ON SCHEMA shard{shard:04d} TO {role}", dbname=dbname)
+        fault_pg.sql(0, f"GRANT SELECT, INSERT ON shard{shard:04d}.entities TO {role}", dbname=dbname)
     limited = {**settings, "user": role, "password": "ro-Pa55"}
     with (
         caplog.at_level(logging.WARNING, logger="hvcore"),
