@@ -72,7 +72,8 @@ def cut_while_waiting(fault_pg: FaultServers, dbname: str, action: Callable[[], 
     The outcome is the action's result, or the exception it raised.
     """
     blocker = psycopg.connect(**fault_pg.settings(0, dbname=dbname), connect_timeout=5)
-    blocker.execute(f"LOCK TABLE shard{shard:04d}.entities IN ACCESS EXCLUSIVE MODE")
+    # SHARE: writes wait, reads (the store's first-use layout check, the commit checks) do not
+    blocker.execute(f"LOCK TABLE shard{shard:04d}.entities IN SHARE MODE")
     outcome: list[Any] = []
     worker = threading.Thread(target=lambda: outcome.append(_capture(action)), daemon=True)
     worker.start()
@@ -443,7 +444,7 @@ def test_a_cancelled_async_put_leaves_a_usable_pool(fault_pg: FaultServers) -> N
     db, settings = fresh(fault_pg)
     db.close()
     blocker = psycopg.connect(**fault_pg.settings(0, dbname=settings["dbname"]), connect_timeout=5)
-    blocker.execute(f"LOCK TABLE shard{SHARD:04d}.entities IN ACCESS EXCLUSIVE MODE")
+    blocker.execute(f"LOCK TABLE shard{SHARD:04d}.entities IN SHARE MODE")
 
     async def scenario() -> hvcore.Key:
         async with hvcore.AsyncDatastore([dict(shards="0-16", **settings)], backend="jsonb", pool_max=1) as db:
