@@ -121,10 +121,16 @@ def build_parser() -> argparse.ArgumentParser:
         [json_out, demo_config],
         "Provision shards on two servers, write entities one by one and in batches, read them back, query them, "
         "and show where they went and how fast. Without --config the servers are embedded PostgreSQL servers "
-        "(pip install 'hypervault[embedded]'), started and deleted by the demo.",
+        "(pip install 'hypervault[embedded]'), started and deleted by the demo; with --config the rows it writes "
+        "into your servers carry a run mark and are deleted again at the end (unless --keep).",
     )
     demo.add_argument("--backend", choices=["embedded", "memory"], default="embedded", help="without --config")
     demo.add_argument("--rows", type=int, default=3000, help="entities to write (default 3000)")
+    demo.add_argument(
+        "--keep",
+        action="store_true",
+        help="with --config: keep the demo's rows (by default they are deleted at the end)",
+    )
 
     add(
         sub,
