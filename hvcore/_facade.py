@@ -202,6 +202,17 @@ class FacadeBase(Generic[StoreT]):
             "max_replica_lag": cfg.max_replica_lag,
             "read_your_writes": cfg.read_your_writes,
         }
+        options = [
+            name
+            for name, p in inspect.signature(cls).parameters.items()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY or (p.default is not inspect.Parameter.empty)
+        ]
+        unknown = sorted(set(overrides) - set(options))
+        if unknown:  # the same typo in the file is a ConfigError listing the settings: so is it here
+            raise ConfigError(
+                f"from_config() got unknown option(s) {', '.join(map(repr, unknown))}: the options are "
+                f"{', '.join(options)}"
+            )
         if overrides.get("backend") == "memory" and cfg.backend in ("hstore", "jsonb") and cfg.values is None:
             kwargs["values"] = "text" if cfg.backend == "hstore" else "jsonb"  # stand in for the file's backend
         kwargs.update(overrides)

@@ -88,7 +88,9 @@ class Row(tuple[Any, ...]):
     __hash__ = tuple.__hash__
 
     def __repr__(self) -> str:
-        return "Row(" + ", ".join(f"{name}={value!r}" for name, value in self.as_dict().items()) + ")"
+        names = {i: name for name, i in self._index.items()}  # a repeated column name maps to its last column
+        shown = (f"{names[i]}={v!r}" if i in names else repr(v) for i, v in enumerate(tuple.__iter__(self)))
+        return "Row(" + ", ".join(shown) + ")"
 
 
 def make_row_maker(names: Sequence[str]) -> Any:

@@ -345,3 +345,26 @@ def test_server_endpoint_refuses_what_libpq_would_without_the_password(settings:
     with pytest.raises(ConfigError) as info:
         server_endpoint(settings)
     assert fragment in str(info.value) and "BadS3cret" not in str(info.value)
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_demo_on_a_configs_servers_deletes_only_its_own_rows(
+    pg_datastore_factory: Any, tmp_path: Path, keep: bool
+) -> None:
+    """``hv demo --config`` wrote its rows into the configured databases and left them there (a new user's finding):
+    they carry a run mark and are deleted at the end, the application's rows untouched."""
+    app = pg_datastore_factory("jsonb")
+    mine = [app.put(s, 0, city="Oslo", user="app") for s in (1, 9)]
+    lines = ['backend = "jsonb"']
+    for server in app._config.servers:
+        lines += ["[[servers]]"] + [f"{k} = {json.dumps(v)}" for k, v in server.items()]
+    config = tmp_path / "hv.toml"
+    config.write_text("\n".join(lines) + "\n")
+    code, text = run("demo", "--config", str(config), "--rows", "40", *(["--keep"] if keep else []))
+    assert code == 0, text
+    rows = list(app.query())
+    assert {r.key for r in rows} >= set(mine)
+    if keep:
+        assert len(rows) == 42 and "were kept" in text
+    else:
+        assert [r.key for r in rows] == sorted(mine) and "40 rows were deleted again" in text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -57,6 +58,16 @@ def test_datastore_from_config_file(tmp_path: Path) -> None:
         key = store.put(5, 1, a="b")
         assert store.get(key) is not None
         assert store.shard_map.server_for(5) == 1
+
+
+@pytest.mark.parametrize("make", [hvcore.Datastore, hvcore.AsyncDatastore])
+def test_from_config_overrides_are_checked_like_the_files_settings(tmp_path: Path, make: Any) -> None:
+    """A misspelt override was a builtins TypeError; the same misspelling in the file was a ConfigError."""
+    path = write(tmp_path, 'backend = "memory"\n[[servers]]\nshards = "0-4"\n')
+    with pytest.raises(ConfigError, match=r"unknown option\(s\) 'pool_maxx'.*pool_max"):
+        make.from_config(path, pool_maxx=3)
+    store = make.from_config(path, coalesce_reads=False, pool_max=3)  # every constructor option may be overridden
+    assert store._options.pool_max == 3
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ import logging
 import math
 import select
 import threading
+import time
 import types
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, cast
@@ -117,14 +118,20 @@ class OperationTimeout(psycopg.errors._WaitTimeout, ServerUnavailable):
 
 
 def _timed_out(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any], limit: float) -> OperationTimeout:
-    """The error for a wait that ran past ``limit`` seconds, after sending a cancel request for the statement from a
-    thread (a frozen server would block the caller in the cancel's own connection attempt)."""
+    """The error for a wait that ran past ``limit`` seconds, after starting a cancel request for the statement.
+
+    libpq's non-blocking cancel connection (``PQcancelStart``, libpq 17+) is started here and finished on a thread,
+    bounded by ``limit``: a frozen server must hold neither the caller nor, as the blocking ``PQcancel`` would (it
+    keeps the GIL), the whole process.
+    """
     info = conn.info
     where = f"{info.host}:{info.port}/{info.dbname}"
-    if conn.pgconn.transaction_status == pq.TransactionStatus.ACTIVE:
+    if conn.pgconn.transaction_status == pq.TransactionStatus.ACTIVE and _CANCEL_CONN:
         with contextlib.suppress(psycopg.Error):
-            cancel = conn.pgconn.get_cancel()
-            threading.Thread(target=_send_cancel, args=(cancel,), name="hv-cancel", daemon=True).start()
+            cancel = conn.pgconn.cancel_conn()
+            cancel.start()
+            deadline = time.monotonic() + max(limit, 1.0)
+            threading.Thread(target=_finish_cancel, args=(cancel, deadline), name="hv-cancel", daemon=True).start()
     return OperationTimeout(
         f"PostgreSQL server {where} did not answer within operation_timeout={limit} s: a cancel request was sent "
         "for the statement, and the connection is not reused (a statement that had already committed stays "
@@ -132,9 +139,24 @@ def _timed_out(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any], lim
     )
 
 
-def _send_cancel(cancel: Any) -> None:
-    with contextlib.suppress(Exception):
-        cancel.cancel()
+_CANCEL_CONN = psycopg.pq.version() >= 170000  # PQcancelStart/PQcancelPoll: libpq 17 (psycopg-binary bundles 17+)
+
+
+def _finish_cancel(cancel: Any, deadline: float) -> None:
+    """Drive a started cancel connection to its end (or ``deadline``, monotonic s), waiting in ``select``."""
+    try:
+        while (left := deadline - time.monotonic()) > 0:
+            status = cancel.poll()
+            if status == pq.PollingStatus.READING:
+                select.select([cancel.socket], [], [], left)
+            elif status == pq.PollingStatus.WRITING:
+                select.select([], [cancel.socket], [], left)
+            else:  # OK (sent) or FAILED: either way nothing more to do
+                return
+    except (psycopg.Error, OSError, ValueError):
+        pass  # the cancel is best effort: the statement's connection is discarded anyway
+    finally:
+        cancel.finish()
 
 
 def bounded_connection_class(timeout: float | None) -> type[psycopg.Connection[Any]]:

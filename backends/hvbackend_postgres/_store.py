@@ -1531,7 +1531,8 @@ class PostgresServerStore(StoreCore):
         counts: dict[int, int] = {}
         try:
             existing = self._existing(conn, shard_ids)
-            shards = [s for s in shard_ids if TABLE in existing.get(s, (set(), None))[0]]
+            # a table, not a moved shard's forwarding view (which raises ShardMoved when read): its body type is known
+            shards = [s for s in shard_ids if TABLE in existing.get(s, (set(), None))[0] and existing[s][1] is not None]
             if conn.execute(CITUS_EXTENSION_SQL).fetchone() is not None:
                 self._citus_pieces(conn)  # a store that ran no statement on shards yet (hv status)
             pieces = shard_pieces(shards, per_statement=self.shards_per_statement)  # bounded locks (_fanout)

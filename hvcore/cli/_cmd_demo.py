@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import random
+import secrets
 import sys
 import time
 from collections.abc import Iterator
@@ -66,18 +67,23 @@ def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
         t0 = time.perf_counter()
         store.provision()
         provision_s = time.perf_counter() - t0
+        # On a config's real servers the demo's rows carry a run mark and are deleted at the end (--keep keeps them):
+        # only rows holding this run's mark are ever deleted, whatever else the databases hold.
+        mark: dict[str, str] = {"hv_demo": secrets.token_hex(8)} if args.config else {}
         singles = args.rows // 2
         progress = Progress("put", singles, enabled=None if not args.json else False)
         keys: list[Key] = []
         t0 = time.perf_counter()
         for i in range(singles):
-            keys.append(store.put(rng.choice(shard_ids), i % 3, user=f"user{i}", city=rng.choice(cities)))
+            keys.append(store.put(rng.choice(shard_ids), i % 3, user=f"user{i}", city=rng.choice(cities), **mark))
             progress.advance()
         put_s = time.perf_counter() - t0
         progress.close()
         batches: dict[int, list[dict[str, str]]] = {}
         for i in range(singles, args.rows):
-            batches.setdefault(rng.choice(shard_ids), []).append({"user": f"user{i}", "city": rng.choice(cities)})
+            batches.setdefault(rng.choice(shard_ids), []).append(
+                {"user": f"user{i}", "city": rng.choice(cities), **mark}
+            )
         t0 = time.perf_counter()
         for shard, rows in batches.items():
             keys.extend(store.put_many(shard, 1, rows))
@@ -88,8 +94,9 @@ def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
         t0 = time.perf_counter()
         found = store.get_many(keys)
         get_many_s = time.perf_counter() - t0
-        oslo_first = [r.key.as_dict() for r in store.query(where={"city": "Oslo"}, limit=3)]
+        oslo_first = [r.key.as_dict() for r in store.query(where={"city": "Oslo", **mark}, limit=3)]
         status = store.status()
+        removed = store.delete_where(where=mark) if mark and not args.keep else 0
     batched = args.rows - singles
     ok = len(found) == len(keys) and found_one_by_one == singles
     result: dict[str, Any] = {
@@ -107,11 +114,19 @@ def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
         "get_many_keys_per_second": round(len(keys) / get_many_s) if keys else None,
         "sample_keys": [k.as_dict() for k in keys[:3]],
         "first_three_in_oslo": oslo_first,
+        "demo_rows_deleted": removed,
     }
     if args.json:
         emit_json(result, out)
         return 0 if ok else 1
     _print_demo(result, len(shard_ids), provision_s, singles, batched, out)
+    if mark:
+        print(
+            f"the demo's {removed:,} rows were deleted again (they held hv_demo={mark['hv_demo']!r})"
+            if not args.keep
+            else f"the demo's rows were kept: delete them with delete_where(where={mark!r})",
+            file=out,
+        )
     return 0 if ok else 1
 
 

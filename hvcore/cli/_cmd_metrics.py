@@ -8,13 +8,16 @@ hypervault's counters), exposed by the application through the OpenTelemetry SDK
 from __future__ import annotations
 
 import argparse
+import base64
 import math
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable
 from typing import Any, TextIO
 
+from hvcore._config import redact_conninfo
 from hvcore.cli._output import emit_json, table
 from hvcore.errors import ConfigError, ServerUnavailable
 
@@ -26,14 +29,34 @@ _HIDDEN_LABELS = ("otel_scope_name", "otel_scope_version", "otel_scope_schema_ur
 
 
 def scrape(url: str, timeout: float = 5.0) -> str:
-    """The text of a Prometheus endpoint; `ConfigError` for a URL that is not http(s), `ServerUnavailable` if down."""
+    """The text of a Prometheus endpoint; `ConfigError` for a URL that is not http(s), `ServerUnavailable` if down.
+
+    A user and password in the URL (``http://user:pw@host:9464/metrics``) are sent as HTTP basic authentication,
+    never shown: errors name the URL with the password masked.
+    """
     if not url.startswith(("http://", "https://")):
-        raise ConfigError(f"not an http(s) URL: {url!r} (give the application's endpoint: http://host:9464/metrics)")
+        raise ConfigError(
+            f"not an http(s) URL: {redact_conninfo(url)!r} (give the application's endpoint: http://host:9464/metrics)"
+        )
+    parts = urllib.parse.urlsplit(url)
+    shown = redact_conninfo(url)
+    request = urllib.request.Request(url)
+    if parts.username is not None or parts.password is not None:
+        netloc = parts.hostname or ""
+        if ":" in netloc:
+            netloc = f"[{netloc}]"
+        if parts.port is not None:
+            netloc += f":{parts.port}"
+        user = urllib.parse.unquote(parts.username or "")
+        secret = urllib.parse.unquote(parts.password or "")
+        credentials = base64.b64encode(f"{user}:{secret}".encode()).decode("ascii")
+        request = urllib.request.Request(urllib.parse.urlunsplit(parts._replace(netloc=netloc)))
+        request.add_header("Authorization", f"Basic {credentials}")
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             body: bytes = response.read()
-    except (urllib.error.URLError, OSError) as exc:
-        raise ServerUnavailable(f"cannot read {url}: {exc}") from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise ServerUnavailable(f"cannot read {shown}: {redact_conninfo(str(exc))}") from None
     return body.decode("utf-8", "replace")
 
 
@@ -42,8 +65,10 @@ def _labels(sample: Any) -> dict[str, str]:
 
 
 def _server(labels: dict[str, str]) -> str:
+    """``host[:port][/database]``: two databases of one server are two rows (their figures are kept apart)."""
     address = labels.get("server_address", "?")
-    return f"{address}:{labels['server_port']}" if "server_port" in labels else address
+    server = f"{address}:{labels['server_port']}" if "server_port" in labels else address
+    return f"{server}/{labels['db_namespace']}" if labels.get("db_namespace") else server
 
 
 def _quantile(buckets: list[tuple[float, float]], count: float, q: float) -> float | None:

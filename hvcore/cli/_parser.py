@@ -7,6 +7,7 @@ using them inherit, so their spelling and help cannot drift apart between comman
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
@@ -24,6 +25,28 @@ __all__ = ["Command", "build_parser"]
 
 Command = Callable[[argparse.Namespace, TextIO], int]
 """A command: ``func(args, out) -> exit code``, set as the ``func`` default of its sub-parser."""
+
+
+def _seconds(text: str) -> float:
+    """``--watch``'s value: a number of seconds above 0 (argparse reports anything else as a usage error)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of seconds above 0, e.g. 2")
+    return value
+
+
+def _count(text: str) -> int:
+    """``--count``'s value: a whole number above 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number above 0")
+    return value
 
 
 def _config_parent(*, required: bool) -> argparse.ArgumentParser:
@@ -98,10 +121,16 @@ def build_parser() -> argparse.ArgumentParser:
         [json_out, demo_config],
         "Provision shards on two servers, write entities one by one and in batches, read them back, query them, "
         "and show where they went and how fast. Without --config the servers are embedded PostgreSQL servers "
-        "(pip install 'hypervault[embedded]'), started and deleted by the demo.",
+        "(pip install 'hypervault[embedded]'), started and deleted by the demo; with --config the rows it writes "
+        "into your servers carry a run mark and are deleted again at the end (unless --keep).",
     )
     demo.add_argument("--backend", choices=["embedded", "memory"], default="embedded", help="without --config")
     demo.add_argument("--rows", type=int, default=3000, help="entities to write (default 3000)")
+    demo.add_argument(
+        "--keep",
+        action="store_true",
+        help="with --config: keep the demo's rows (by default they are deleted at the end)",
+    )
 
     add(
         sub,
@@ -120,8 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
         "provisioned, rows, and pool use; read replicas with their state and lag. Exits 1 when a server is "
         "unreachable (0 with --json). --watch N shows it again every N seconds.",
     )
-    status_cmd.add_argument("--watch", type=float, metavar="SECONDS", help="refresh every SECONDS until Ctrl-C")
-    status_cmd.add_argument("--count", type=int, metavar="N", help="with --watch: stop after N refreshes")
+    status_cmd.add_argument("--watch", type=_seconds, metavar="SECONDS", help="refresh every SECONDS until Ctrl-C")
+    status_cmd.add_argument("--count", type=_count, metavar="N", help="with --watch: stop after N refreshes")
     metrics_cmd = add(
         sub,
         "metrics",
@@ -134,8 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
         "refusals followed, replica fall-backs, moves). --watch N refreshes every N seconds.",
     )
     metrics_cmd.add_argument("url", metavar="URL", help="the endpoint, e.g. http://127.0.0.1:9464/metrics")
-    metrics_cmd.add_argument("--watch", type=float, metavar="SECONDS", help="refresh every SECONDS until Ctrl-C")
-    metrics_cmd.add_argument("--count", type=int, metavar="N", help="with --watch: stop after N refreshes")
+    metrics_cmd.add_argument("--watch", type=_seconds, metavar="SECONDS", help="refresh every SECONDS until Ctrl-C")
+    metrics_cmd.add_argument("--count", type=_count, metavar="N", help="with --watch: stop after N refreshes")
     add(
         sub,
         "config",

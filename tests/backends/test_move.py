@@ -456,6 +456,19 @@ def test_provision_with_the_old_config_after_a_move(jsonb_setup: MoveSetup) -> N
     assert jsonb_setup.states() == ["stub", "live"]
 
 
+def test_status_with_the_old_config_after_a_move_counts_the_other_shards(jsonb_setup: MoveSetup) -> None:
+    """The moved shard's forwarding view raised ShardMoved while counting rows: the old server, up and serving its
+    other shards, was shown unreachable."""
+    with jsonb_setup.datastore() as mover:
+        mover.put(MOVED, 1, a="moved")
+        mover.put(2, 1, a="stays")
+        mover.move_shard(MOVED, 1)
+    with jsonb_setup.datastore() as stale:  # the config still says shard 3 is on server 0
+        first = stale.status()[0]
+        assert first["reachable"] is True, first
+        assert first["rows_per_shard"].get(2) == 1 and MOVED not in first["rows_per_shard"]
+
+
 def test_a_stale_query_follows_the_move(jsonb_setup: MoveSetup) -> None:
     with jsonb_setup.datastore() as stale, jsonb_setup.datastore() as mover:
         keys = [*stale.put_many(MOVED, 1, [{"n": str(i)} for i in range(1200)]), stale.put(12, 1, n="other")]

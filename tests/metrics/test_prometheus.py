@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import http.server
 import io
 import json
 import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -19,6 +22,7 @@ from prometheus_client import start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
 from hvcore import cli, metrics
+from hvcore.cli import _cmd_metrics as cli_metrics
 
 
 def _free_port() -> int:
@@ -95,7 +99,7 @@ def test_hv_metrics_prints_the_scraped_figures(pg_datastore_factory: Any, endpoi
     out = io.StringIO()
     assert cli.main(["metrics", endpoint], out=out) == 0
     text = out.getvalue()
-    host_port = ds._stores[0].label.partition("/")[0]
+    host_port = ds._stores[0].label  # host:port/database: two databases of one server are two rows
     lines = [line.split() for line in text.splitlines()]
     assert ["put", host_port, "-", "3"] in [line[:4] for line in lines]
     assert ["get_many", host_port, "-", "1"] in [line[:4] for line in lines]
@@ -123,6 +127,67 @@ def test_hv_metrics_on_a_bad_url_is_one_error_line(capsys: pytest.CaptureFixture
     assert "not an http(s) URL" in capsys.readouterr().err
     assert cli.main(["metrics", f"http://127.0.0.1:{_free_port()}/metrics"]) == 2
     assert "cannot read http://127.0.0.1:" in capsys.readouterr().err
+
+
+def _duration_series(db: str, count: int, total: float) -> str:
+    labels = (
+        f'db_namespace="{db}",db_operation_name="put",db_system_name="postgresql",'
+        'server_address="127.0.0.1",server_port="5433"'
+    )
+    return (
+        f'db_client_operation_duration_seconds_bucket{{{labels},le="0.005"}} {count}.0\n'
+        f'db_client_operation_duration_seconds_bucket{{{labels},le="+Inf"}} {count}.0\n'
+        f"db_client_operation_duration_seconds_count{{{labels}}} {count}.0\n"
+        f"db_client_operation_duration_seconds_sum{{{labels}}} {total}\n"
+    )
+
+
+def test_two_databases_of_one_server_are_two_rows() -> None:
+    """Both series were one row holding the last one's count and sum and both's buckets (96 puts shown of 200)."""
+    text = "# TYPE db_client_operation_duration_seconds histogram\n"
+    text += _duration_series("app", 104, 0.5) + _duration_series("app2", 96, 0.25)
+    found = {o["server"]: o for o in cli_metrics.figures(text)["operations"]}
+    assert set(found) == {"127.0.0.1:5433/app", "127.0.0.1:5433/app2"}
+    assert [found["127.0.0.1:5433/app"]["count"], found["127.0.0.1:5433/app2"]["count"]] == [104, 96]
+
+
+@pytest.mark.parametrize("argv", [["--watch", "-1"], ["--watch", "0"], ["--watch", "soon"], ["--count", "0"]])
+def test_bad_watch_and_count_values_are_usage_errors(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(["metrics", "http://127.0.0.1:1/metrics", *argv])
+    assert info.value.code == 2 and "Traceback" not in capsys.readouterr().err
+
+
+def test_a_password_in_the_url_is_sent_as_basic_auth_never_shown(capsys: pytest.CaptureFixture[str]) -> None:
+    seen: list[str | None] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.headers.get("Authorization"))
+            body = b"# TYPE hypervault_key_collisions_total counter\nhypervault_key_collisions_total 2.0\n"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        port = server.server_address[1]
+        out = io.StringIO()
+        assert cli.main(["metrics", f"http://ops:s3cr%40t@127.0.0.1:{port}/metrics"], out=out) == 0
+        assert seen == ["Basic " + base64.b64encode(b"ops:s3cr@t").decode()]
+        assert "hypervault_key_collisions_total" in out.getvalue()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert cli.main(["metrics", f"http://ops:s3cr3tPW@127.0.0.1:{_free_port()}/metrics"]) == 2
+    err = capsys.readouterr().err
+    assert "s3cr3tPW" not in err and "cannot read http://ops:***@127.0.0.1:" in err
 
 
 def test_the_readme_route_with_the_global_provider(tmp_path: Any) -> None:
