@@ -219,7 +219,9 @@ def test_a_write_committed_whose_reply_never_came_is_a_success_with_exactly_one_
     stored = rows_of_shard(fault_pg, settings["dbname"])
     assert stored == {int(keyed): {"n": 10}, int(key): {"n": 1}, int(keys[0]): {"n": 2}, int(keys[1]): {"n": 3}}
     pool = db.status()[0]["pool"]
-    assert pool["commit_checks_committed"] == 3 and pool["orphans_ended"] == 3, pool
+    # the cancel request sent at operation_timeout usually ends the standby wait itself; a session still waiting
+    # after SETTLE_SECONDS is ended (orphans_ended)
+    assert pool["commit_checks_committed"] == 3 and pool["orphans_ended"] <= 3, pool
     assert db.key_collisions == 0
     db.close()
 
