@@ -26,6 +26,7 @@ def _coordinator_store(cfg: DatastoreConfig, dsn: str, shards: str) -> Datastore
         layout=cfg.layout,
         allow_gaps=cfg.allow_gaps,
         operation_timeout=cfg.operation_timeout,
+        worker=None,  # adoption makes no keys: no worker number leased
     )
 
 
@@ -64,7 +65,7 @@ def cmd_citus_adopt(args: argparse.Namespace, out: TextIO) -> int:
     dsn = str(args.coordinator)
     if not dsn.strip():
         raise ConfigError("--coordinator needs the coordinator's connection string (conninfo or URL)")
-    with Datastore.from_config(cfg, pool_max=2) as source:
+    with Datastore.from_config(cfg, pool_max=2, worker=None) as source:
         shards = format_ranges(source.shard_map.shard_ids)
         with _coordinator_store(cfg, dsn, shards) as coordinator:
             bar = Progress("adopt", len(source.shard_map.shard_ids), enabled=None if not args.json else False)

@@ -126,7 +126,7 @@ def cmd_shard_export(args: argparse.Namespace, out: TextIO) -> int:
     """Print the shard map for Citus schema-based sharding, PgDog, or as JSON (hosts, ports, dbnames; no passwords)."""
     cfg = load_config(args.config)
     endpoints = [dict(zip(("host", "port", "dbname"), server_endpoint(s), strict=True)) for s in cfg.servers]
-    with Datastore.from_config(cfg) as store:
+    with Datastore.from_config(cfg, worker=None) as store:  # a move copies rows, makes no keys
         shard_map = store.reload_placement()
         labels = [s.label for s in store.servers]
         version = max((store.placement_version(s) for s in shard_map.shard_ids), default=0)

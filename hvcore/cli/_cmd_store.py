@@ -23,8 +23,8 @@ __all__ = ["cmd_config_show", "cmd_init", "cmd_status", "config_document", "open
 
 
 def open_from_config(path: str) -> Datastore:
-    """A `Datastore` (not yet used) from a TOML config file."""
-    return Datastore.from_config(load_config(path))
+    """A `Datastore` (not yet used) from a TOML config file, for commands that make no keys (no worker lease)."""
+    return Datastore.from_config(load_config(path), worker=None)
 
 
 def cmd_init(args: argparse.Namespace, out: TextIO) -> int:
