@@ -26,7 +26,7 @@ from hvcore._key import Key
 from hvcore._metrics import metrics
 from hvcore._schemadefs import FieldFilter, IndexSpec, bind_filters, check_kind, split_ranges
 from hvcore._show import show_value
-from hvcore.errors import ConfigError, HypervaultError, InvalidKey, ShardMoved, TransactionError
+from hvcore.errors import ConfigError, HypervaultError, InvalidKey, PoolTimeout, ShardMoved, TransactionError
 
 Datastore = Any  # the Datastore that opened the transaction (not imported: it imports this module)
 
@@ -363,6 +363,12 @@ def _begin(db: Datastore, store: Any, shard_id: int, level: str | None, read_onl
     except BaseException as exc:
         if tx is not None:
             tx._state = "rolled back"
+        elif isinstance(exc, PoolTimeout):
+            held = [t.shard_id for t in _OPEN.get() if t._store is store]
+            if held:  # the caller waits for connections it holds itself
+                exc.add_note(
+                    f"this thread or task holds {len(held)} of them itself, in open transactions on shard(s) {', '.join(map(str, held))} of the same server: each transaction on another shard needs a connection of its own, so nesting them needs pool_max above that count (or one shard's transaction at a time)"
+                )
         if started is not None:
             metrics.operation("transaction", store, perf_counter() - started, exc)
         raise

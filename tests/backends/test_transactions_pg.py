@@ -346,3 +346,16 @@ def test_what_user_sql_leaves_in_the_session_is_reset_after_the_transaction(serv
         with direct(servers[0]) as other:
             held = other.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 4242")
             assert held.fetchone() == (0,)
+
+
+def test_nested_transactions_past_pool_max_say_the_caller_holds_the_connections(servers: Any) -> None:
+    """``with db.transaction(1), db.transaction(2), db.transaction(5):`` on pool_max=2 said only "all borrowed:
+    return connections with put_connection()"; the caller holds them itself, in its own open transactions."""
+    with hvcore.Datastore([dict(s) for s in servers], backend="jsonb", pool_max=2, pool_block_timeout=0.3) as db:
+        with db.transaction(1), db.transaction(2), pytest.raises(hvcore.PoolTimeout) as info:  # noqa: SIM117
+            with db.transaction(5):
+                pass
+        notes = " ".join(getattr(info.value, "__notes__", []))
+        assert "holds 2 of them itself" in notes and "shard(s) 1, 2" in notes
+        with db.transaction(5) as tx:  # once they end, the pool serves again
+            tx.put(1, after="timeout")
