@@ -27,7 +27,15 @@ from hvcore._key import Key
 from hvcore._metrics import metrics
 from hvcore._schemadefs import FieldFilter, IndexSpec, bind_filters, check_kind, split_ranges
 from hvcore._show import show_value
-from hvcore.errors import ConfigError, HypervaultError, InvalidKey, PoolTimeout, ShardMoved, TransactionError
+from hvcore.errors import (
+    ConfigError,
+    HypervaultError,
+    InvalidKey,
+    PoolTimeout,
+    ShardMoved,
+    StoreClosed,
+    TransactionError,
+)
 
 AsyncDatastore = Any  # the AsyncDatastore that opened the transaction (not imported: it imports this module)
 
@@ -115,6 +123,13 @@ class AsyncShardTransaction:
             )
         if self._error is not None or self._tx.aborted():
             raise self._aborted_error(operation)
+        if self._db._closed:
+            closed = StoreClosed(
+                f"{operation}: the datastore was disconnected while the transaction on shard {shard} was open: "
+                "nothing more runs in it, and it is rolled back when its block ends"
+            )
+            self._abort(closed)
+            raise closed
         if write:
             if self.read_only:
                 raise TransactionError(
@@ -366,6 +381,11 @@ async def _begin(
             _OPEN.set((*_OPEN.get(), tx))
             try:
                 yield tx
+                if db._closed:  # disconnect() meanwhile: a transaction does not commit into a closed datastore
+                    raise StoreClosed(
+                        f"the datastore was disconnected while the transaction on shard {shard_id} was open: rolled "
+                        "back, nothing committed"
+                    )
                 if tx._error is not None or backend_tx.aborted():
                     raise tx._aborted_error("commit")
             finally:

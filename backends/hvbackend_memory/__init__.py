@@ -303,7 +303,8 @@ class MemoryServerStore:
         try:
             yield conn.cursor()
         finally:
-            self.put_connection(conn)
+            if not conn.closed:  # close() (disconnect) meanwhile took every borrowed connection back
+                self.put_connection(conn)
 
     @contextmanager
     def transaction(
@@ -317,7 +318,8 @@ class MemoryServerStore:
             with memory_transaction(self, conn, shard_id, isolation_level, read_only) as tx:
                 yield tx
         finally:
-            self.put_connection(conn)
+            if not conn.closed:  # close() (disconnect) meanwhile took every borrowed connection back
+                self.put_connection(conn)
 
     # -- entities --------------------------------------------------------------------------------------------
 
@@ -743,7 +745,8 @@ class AsyncMemoryServerStore:
         try:
             yield conn.cursor()
         finally:
-            self.sync.put_connection(conn)
+            if not conn.closed:  # close() (disconnect) meanwhile took every borrowed connection back
+                self.sync.put_connection(conn)
 
     @asynccontextmanager
     async def transaction(
@@ -757,7 +760,8 @@ class AsyncMemoryServerStore:
             with memory_transaction(self.sync, conn, shard_id, isolation_level, read_only) as tx:
                 yield AsyncMemoryTransaction(tx)
         finally:
-            self.sync.put_connection(conn)
+            if not conn.closed:  # close() (disconnect) meanwhile took every borrowed connection back
+                self.sync.put_connection(conn)
 
     async def insert(self, shard_id: int, key: Key, kind: int, data: Mapping[str, Any]) -> None:
         """As the sync store."""

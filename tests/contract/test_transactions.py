@@ -249,6 +249,21 @@ def test_an_ended_transaction_refuses_use(db: hvcore.Datastore) -> None:
         tx.put(1, name="y")
 
 
+def test_a_disconnect_inside_an_open_transaction_commits_nothing(db: hvcore.Datastore) -> None:
+    """``db.disconnect()`` inside ``with db.transaction(...)``: later tx calls ran and the block committed."""
+    before = db.put(SHARD, 1, name="before")
+    try:
+        with pytest.raises(hvcore.StoreClosed, match="rolled back, nothing committed"), db.transaction(SHARD) as tx:
+            tx.put(1, name="inside")
+            tx.update(before, name="changed")
+            db.disconnect()
+            with pytest.raises(hvcore.StoreClosed, match="disconnected while the transaction"):
+                tx.put(1, name="after")
+    finally:
+        db.reinstantiate()
+    assert [r.data["name"] for r in db.query(shards=[SHARD])] == ["before"]
+
+
 def test_transactions_on_two_shards_are_separate(db: hvcore.Datastore) -> None:
     with db.transaction(SHARD) as tx:
         kept = tx.put(1, name="kept")
