@@ -306,8 +306,9 @@ def _key(secret: str | bytes | None) -> bytes:
         return _UNKEYED
     if isinstance(secret, str):
         secret = secret.encode()
-    if not isinstance(secret, bytes) or len(secret) < 16:
-        raise InvalidToken("a timeline secret must be str or bytes of at least 16 bytes")
+    if not isinstance(secret, bytes) or len(secret) < 16:  # the caller's setting, not the token, is wrong
+        shown = f"{len(secret)} bytes" if isinstance(secret, bytes) else type(secret).__name__
+        raise ConfigError(f"a timeline secret must be str or bytes of at least 16 bytes, got {shown}")
     return secret
 
 
@@ -390,6 +391,7 @@ class Timeline:
         With a ``secret`` (str or bytes, ≥ 16 bytes) the token is signed (HMAC-SHA256) and a token forged or
         edited without it is refused; without one, it only carries a checksum (a typo is caught, a forgery is not:
         a forged token can only make its holder's reads go to the primary, or see data as stale as the lag bound).
+        A shorter secret, or one that is not str or bytes, is a `ConfigError`.
         """
         now = self._clock()
         self._expire(now)

@@ -272,7 +272,7 @@ def test_old_tokens_restore_empty_and_short_secrets_are_refused() -> None:
     clock.now += 61
     assert len(Timeline.from_token(token, clock=clock)) == 0
     assert len(Timeline.from_token(None)) == 0 and len(Timeline.from_token("")) == 0
-    with pytest.raises(InvalidToken, match="16 bytes"):
+    with pytest.raises(ConfigError, match="16 bytes"):  # the setting is wrong, not a token
         tl.token(secret="short")
     with pytest.raises(ConfigError, match="max_age"):
         Timeline(max_age=0)
@@ -342,3 +342,14 @@ def test_hv_config_shows_where_reads_go_and_no_replica_password(tmp_path: Any) -
     text = out.getvalue()
     assert "reads from          replica (1 standby(s), max lag 1 s, read-your-writes)" in text
     assert "pw-primary" not in text and "pw-replica" not in text and "db1r" in text
+
+
+@pytest.mark.parametrize("secret", [b"short", "", 16, bytearray(b"x" * 20)])
+def test_a_bad_timeline_secret_is_a_config_error_on_both_sides(secret: Any) -> None:
+    """A short or mistyped secret is the caller's setting, not a bad token: it was InvalidToken."""
+    timeline = Timeline()
+    with pytest.raises(hvcore.ConfigError, match="at least 16 bytes"):
+        timeline.token(secret=secret)
+    token = timeline.token()
+    with pytest.raises(hvcore.ConfigError, match="at least 16 bytes"):
+        Timeline.from_token(token, secret=secret)
