@@ -147,12 +147,15 @@ class Key(int):
 
     @classmethod
     def parse(cls, text: str) -> Key:
-        """Read a key from its decimal string form (as sent to JSON/JavaScript clients)."""
+        """Read a key from its decimal string form (as sent to JSON/JavaScript clients); surrounding whitespace
+        (a newline pasted with it) is ignored; anything else than ASCII digits is `InvalidKey`."""
         if not isinstance(text, str):
             raise InvalidKey(f"Key.parse() takes a str, got {type(text).__name__} {show_value(text)}")
         stripped = text.strip()
         if not stripped.isdigit() or not stripped.isascii():
-            raise InvalidKey(f"not a decimal key: {show_value(text)} (expected digits only, 0..{_MAX_ID})")
+            raise InvalidKey(
+                f"not a decimal key: {show_value(text)} (expected digits only, 0..{_MAX_ID}; surrounding whitespace is ignored)"
+            )
         if len(stripped.lstrip("0")) > len(str(_MAX_ID)):
             raise InvalidKey(f"key {show_value(text)} is out of range: expected 0..{_MAX_ID}")
         return cls(int(stripped))
