@@ -154,7 +154,8 @@ class Key(int):
         stripped = text.strip()
         if not stripped.isdigit() or not stripped.isascii():
             raise InvalidKey(
-                f"not a decimal key: {show_value(text)} (expected digits only, 0..{_MAX_ID}; surrounding whitespace is ignored)"
+                f"not a decimal key: {show_value(text)} (expected digits only, 0..{_MAX_ID}; surrounding "
+                "whitespace is ignored)"
             )
         if len(stripped.lstrip("0")) > len(str(_MAX_ID)):
             raise InvalidKey(f"key {show_value(text)} is out of range: expected 0..{_MAX_ID}")
