@@ -463,7 +463,8 @@ def _values_problems(values: object, backend: object) -> list[str]:
         return []
     if not isinstance(values, str) or values not in VALUE_RULES:
         return [
-            f"values must be 'jsonb' (JSON types) or 'text' (strings only, the hstore rules), got {show_value(values)}"
+            f"values must be 'jsonb' (JSON types; also spelt 'json') or 'text' (strings only, the hstore rules; also "
+            f"spelt 'hstore'), got {show_value(values)}"
         ]
     own = _BACKEND_VALUES.get(backend) if isinstance(backend, str) else None
     if own is not None and own != VALUE_RULES[values]:

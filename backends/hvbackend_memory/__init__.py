@@ -679,8 +679,8 @@ def _value_rules(server: object, datastore: str | None) -> str:
     rules = VALUE_RULES.get(server) if isinstance(server, str) else None
     if rules is None:
         raise ConfigError(
-            f"memory backend: values must be 'jsonb' (JSON types, the jsonb rules) or 'text' (strings, the hstore "
-            f"rules), got {server!r}"
+            f"memory backend: values must be 'jsonb' (JSON types, the jsonb rules; also spelt 'json') or 'text' "
+            f"(strings, the hstore rules; also spelt 'hstore'), got {server!r}"
         )
     if datastore is not None and datastore != rules:
         raise ConfigError(f"memory backend: this server says values={server!r}, the datastore values={datastore!r}")
