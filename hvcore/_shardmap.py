@@ -148,9 +148,22 @@ class ShardMap:
         if mapped and not allow_gaps:
             holes = [s for s in range(mapped[0], mapped[-1] + 1) if owner[s] == -1]
             if holes:
+                pairs = [
+                    (i, spec)
+                    for i, spec in enumerate(servers)
+                    if isinstance(spec, list | tuple)
+                    and len(spec) == 2
+                    and all(type(v) is int for v in spec)
+                    and spec[1] - spec[0] > 1
+                ]
+                hint = "".join(
+                    f"; server #{i}'s shards={tuple(spec)!r} lists the shard ids {spec[0]} and {spec[1]}: for the "
+                    f"range {spec[0]}..{spec[1] - 1} write '{spec[0]}-{spec[1]}' or range({spec[0]}, {spec[1]})"
+                    for i, spec in pairs
+                )
                 problems.append(
                     f"shards {format_ranges(holes)} lie between mapped ranges but no server owns them "
-                    "(map them, or pass allow_gaps=True)"
+                    f"(map them, or pass allow_gaps=True){hint}"
                 )
         if servers and not mapped and not problems:
             problems.append("no server owns any shard: give at least one server a range such as shards='0-16'")

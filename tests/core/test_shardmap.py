@@ -47,6 +47,8 @@ def test_single_shard_strings_and_full_range() -> None:
         (["x"], "not a shard range"),
         (["1-9", "5-12"], "overlap on shards 5-9"),
         (["1-5", "9-12"], "shards 5-9 lie between"),
+        ([(0, 8)], r"shards=\(0, 8\) lists the shard ids 0 and 8: for the range 0..7 write '0-8'"),
+        ([[4, 9], "9-12"], r"shards=\(4, 9\) lists the shard ids 4 and 9"),
         ([3.5], "not a shard range"),
         ([True], "not a shard range"),
         ([[]], "no server owns any shard"),
