@@ -206,7 +206,8 @@ def limit_error(exc: BaseException, server: str) -> ServerLimitReached | None:
     if state == "54000":
         return ServerLimitReached(
             f"{server} refused a statement at a size limit ({text}): send smaller statements or values "
-            "(PostgreSQL caps a statement and a value at 1 GB)",
+            "(PostgreSQL caps a statement and a field at 1 GB and a jsonb object at 256 MiB: the server's words "
+            "above name the limit reached)",
             limit="statement size",
             server=server,
         )
