@@ -20,6 +20,7 @@ pytest_plugins = [
 MARKERS_BY_FIXTURE = {
     "postgres": (
         "pg_main",
+        "pg_fresh_db",
         "pg_cluster",
         "pg_datastore",
         "pg_datastore_factory",

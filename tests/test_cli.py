@@ -370,29 +370,16 @@ def test_demo_on_a_configs_servers_deletes_only_its_own_rows(
         assert [r.key for r in rows] == sorted(mine) and "40 rows were deleted again" in text
 
 
-def test_commands_that_make_no_keys_lease_no_worker_number(tmp_path: Path) -> None:
+def test_commands_that_make_no_keys_lease_no_worker_number(tmp_path: Path, pg_fresh_db: dict[str, Any]) -> None:
     """Datastores lease a worker number by default (worker="auto"); hv init/status/config/shard export make no
     keys, so they neither create the lease table nor hold a number."""
-    if not port_open(PG_HOST, PG_PORT):
-        missing_service(f"no PostgreSQL at {PG_HOST}:{PG_PORT}")
     import psycopg
 
-    name = f"hvcli_nolease_{abs(hash(tmp_path)) % 10**8}"
-    admin: dict[str, Any] = {"host": PG_HOST, "port": PG_PORT, "dbname": "postgres", "autocommit": True}
-    with psycopg.connect(**admin) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name}")
-        conn.execute(f"CREATE DATABASE {name}")
-    try:
-        config = tmp_path / "hv.toml"
-        config.write_text(
-            f'backend = "jsonb"\n[[servers]]\nshards = "0-4"\nhost = "{PG_HOST}"\nport = {PG_PORT}\ndbname = "{name}"\n'
-        )
-        for argv in (["init"], ["status"], ["shard", "export", "--format", "json"]):
-            code, text = run(*argv, "--config", str(config))
-            assert code == 0, (argv, text)
-        with psycopg.connect(**{**admin, "dbname": name}) as conn:
-            found = conn.execute("SELECT to_regclass('hypervault.worker_leases')").fetchone()
-        assert found == (None,)
-    finally:
-        with psycopg.connect(**admin) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    config = tmp_path / "hv.toml"
+    settings = "\n".join(f"{k} = {json.dumps(v)}" for k, v in pg_fresh_db.items())
+    config.write_text(f'backend = "jsonb"\n[[servers]]\nshards = "0-4"\n{settings}\n')
+    for argv in (["init"], ["status"], ["shard", "export", "--format", "json"]):
+        code, text = run(*argv, "--config", str(config))
+        assert code == 0, (argv, text)
+    with psycopg.connect(**pg_fresh_db) as conn:
+        assert conn.execute("SELECT to_regclass('hypervault.worker_leases')").fetchone() == (None,)

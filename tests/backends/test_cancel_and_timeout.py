@@ -4,40 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
-import os
 import time
-from collections.abc import Iterator
 from typing import Any
 
-import psycopg
 import pytest
-from fixtures.services import PG_HOST, PG_PORT, PG_USER, missing_service, port_open
 
 import hvcore
 
-_dbs = itertools.count()
 
-
-@pytest.fixture
-def fresh_settings() -> Iterator[dict[str, Any]]:
-    """A new database on the machine's PostgreSQL, dropped afterwards."""
-    if not port_open(PG_HOST, PG_PORT):
-        missing_service(f"no PostgreSQL at {PG_HOST}:{PG_PORT}")
-    name = f"hvcancel_{os.getpid()}_{next(_dbs)}"
-    admin: dict[str, Any] = {"host": PG_HOST, "port": PG_PORT, "user": PG_USER, "dbname": "postgres"}
-    with psycopg.connect(**admin, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    yield {"host": PG_HOST, "port": PG_PORT, "user": PG_USER, "dbname": name}
-    with psycopg.connect(**admin, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-
-
-def test_cancelled_transactions_keep_no_connection(fresh_settings: dict[str, Any]) -> None:
+def test_cancelled_transactions_keep_no_connection(pg_fresh_db: dict[str, Any]) -> None:
     """Tasks cancelled in AsyncDatastore.transaction() (in BEGIN, a statement, COMMIT) give every connection back."""
 
     async def main() -> dict[str, Any]:
-        servers = [{**fresh_settings, "shards": "0-8"}]
+        servers = [{**pg_fresh_db, "shards": "0-8"}]
         hvcore.Datastore(servers, backend="jsonb").provision()
         async with hvcore.AsyncDatastore(servers, backend="jsonb", pool_max=4, pool_block_timeout=2) as db:
             await db.put(6, 1, warm=1)
@@ -63,12 +42,12 @@ def test_cancelled_transactions_keep_no_connection(fresh_settings: dict[str, Any
     assert pool["borrowed"] == 0, pool
 
 
-def test_cancel_while_waiting_for_a_connection_is_not_lost(fresh_settings: dict[str, Any]) -> None:
+def test_cancel_while_waiting_for_a_connection_is_not_lost(pg_fresh_db: dict[str, Any]) -> None:
     """A task cancelled as the pool hands it a connection ends with CancelledError, not running on (Python 3.11's
     asyncio.wait_for, which psycopg_pool waits with, drops a cancellation arriving as the wait ends: gh-86296)."""
 
     async def main() -> list[int]:
-        servers = [{**fresh_settings, "shards": "0-8"}]
+        servers = [{**pg_fresh_db, "shards": "0-8"}]
         hvcore.Datastore(servers, backend="jsonb").provision()
         swallowed: list[int] = []
         async with hvcore.AsyncDatastore(servers, backend="jsonb", pool_max=1, pool_block_timeout=5) as db:
@@ -104,9 +83,9 @@ def test_cancel_while_waiting_for_a_connection_is_not_lost(fresh_settings: dict[
 
 
 @pytest.mark.parametrize("how", ["cursor", "get_connection", "transaction"])
-def test_operation_timeout_in_user_sql_is_server_unavailable(fresh_settings: dict[str, Any], how: str) -> None:
+def test_operation_timeout_in_user_sql_is_server_unavailable(pg_fresh_db: dict[str, Any], how: str) -> None:
     """Raw statements past operation_timeout raised psycopg's private ``_WaitTimeout``."""
-    servers = [{**fresh_settings, "shards": "0-8"}]
+    servers = [{**pg_fresh_db, "shards": "0-8"}]
     with hvcore.Datastore(servers, backend="jsonb", operation_timeout=0.5) as db:
         db.provision()
         with pytest.raises(hvcore.ServerUnavailable, match=r"operation_timeout=0\.5 s"):
@@ -125,9 +104,9 @@ def test_operation_timeout_in_user_sql_is_server_unavailable(fresh_settings: dic
         assert db.get(db.put(2, 1, after="timeout")) is not None  # the pool serves on
 
 
-def test_async_operation_timeout_in_a_cursor_is_server_unavailable(fresh_settings: dict[str, Any]) -> None:
+def test_async_operation_timeout_in_a_cursor_is_server_unavailable(pg_fresh_db: dict[str, Any]) -> None:
     async def main() -> None:
-        servers = [{**fresh_settings, "shards": "0-8"}]
+        servers = [{**pg_fresh_db, "shards": "0-8"}]
         async with hvcore.AsyncDatastore(servers, backend="jsonb", operation_timeout=0.5) as db:
             await db.provision()
             with pytest.raises(hvcore.ServerUnavailable, match="operation_timeout"):
@@ -137,10 +116,10 @@ def test_async_operation_timeout_in_a_cursor_is_server_unavailable(fresh_setting
     asyncio.run(main())
 
 
-def test_a_write_timed_out_on_a_lock_wait_is_cancelled_not_committed_later(fresh_settings: dict[str, Any]) -> None:
+def test_a_write_timed_out_on_a_lock_wait_is_cancelled_not_committed_later(pg_fresh_db: dict[str, Any]) -> None:
     """operation_timeout gave up on the client only: an update waiting on a row lock went on and committed once
     the lock was released, after its caller was told the outcome was unknown. A cancel request now stops it."""
-    servers = [{**fresh_settings, "shards": "0-8"}]
+    servers = [{**pg_fresh_db, "shards": "0-8"}]
     with hvcore.Datastore(servers, backend="jsonb", operation_timeout=0.5, pool_max=4) as db:
         db.provision()
         key = db.put(2, 5, a=1)

@@ -433,17 +433,12 @@ def _shut(*sockets: socket.socket) -> None:
 
 
 @pytest.fixture
-def cut_db(pg_main: dict[str, Any]) -> Iterator[dict[str, Any]]:
+def cut_db(pg_fresh_db: dict[str, Any]) -> dict[str, Any]:
     """A new database on the machine's PostgreSQL, provisioned for shards 0-16 (jsonb), dropped afterwards."""
-    name = f"hvcut_{os.getpid()}_{next(_dbs)}"
-    with psycopg.connect(**pg_main, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    settings = {**pg_main, "dbname": name, "sslmode": "disable", "gssencmode": "disable"}
+    settings = {**pg_fresh_db, "sslmode": "disable", "gssencmode": "disable"}
     with hvcore.Datastore([dict(settings, shards="0-16")], backend="jsonb") as db:
         db.provision()
-    yield settings
-    with psycopg.connect(**pg_main, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    return settings
 
 
 def _puts_through(
