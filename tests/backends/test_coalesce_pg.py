@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import os
@@ -16,6 +15,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from fixtures.relay import Relay, shut
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -334,8 +334,8 @@ def test_sync_threads_putting_at_once_each_keep_their_own_outcome(pg_cluster: An
 # -- a grouped INSERT cut mid-commit, on real PostgreSQL ------------------------------------------------------------
 
 
-class CutProxy:
-    """A TCP proxy in front of PostgreSQL that cuts the session of a multi-row INSERT (a group of coalesced puts).
+class CutProxy(Relay):
+    """A relay in front of PostgreSQL that cuts the session of a multi-row INSERT (a group of coalesced puts).
 
     Armed (`arm`), it watches what the server sends: the first time a statement reports ``INSERT 0 n`` with n ≥ 2
     rows, it closes both sockets at ``at``: ``"commit-reply"`` forwards the INSERT's rows (its transaction id) and
@@ -346,37 +346,25 @@ class CutProxy:
     """
 
     def __init__(self, host: str, port: int, at: str) -> None:
-        self._target = (host, port)
         self._at = at
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self._listener.getsockname()[1]
         self._armed = False
-        self._lock = threading.Lock()
+        self._arm_lock = threading.Lock()
         self.cuts = 0
         self.cut_rows = 0
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(host, port)
 
     def arm(self) -> None:
-        with self._lock:
+        with self._arm_lock:
             self._armed = True
 
-    def close(self) -> None:
-        self._listener.close()
-
     def _take(self) -> bool:
-        with self._lock:
+        with self._arm_lock:
             armed, self._armed = self._armed, False
             return armed
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            server = socket.create_connection(self._target)
-            threading.Thread(target=self._up, args=(client, server), daemon=True).start()
-            threading.Thread(target=self._down, args=(server, client), daemon=True).start()
+    def serve(self, client: socket.socket, server: socket.socket) -> None:
+        threading.Thread(target=self._up, args=(client, server), daemon=True).start()
+        threading.Thread(target=self._down, args=(server, client), daemon=True).start()
 
     @staticmethod
     def _up(client: socket.socket, server: socket.socket) -> None:
@@ -386,7 +374,7 @@ class CutProxy:
         except OSError:
             pass
         finally:
-            _shut(client, server)
+            shut(client, server)
 
     def _down(self, server: socket.socket, client: socket.socket) -> None:
         buffer = b""
@@ -422,14 +410,7 @@ class CutProxy:
         except OSError:
             pass
         finally:
-            _shut(client, server)
-
-
-def _shut(*sockets: socket.socket) -> None:
-    for sock in sockets:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
-        sock.close()
+            shut(client, server)
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from typing import Any
 import psycopg
 import pytest
 from fixtures.faults import FaultServers
+from fixtures.relay import Relay, shut
 
 import hvcore
 from hvbackend_postgres import _astore, _store
@@ -30,29 +31,15 @@ pytestmark = pytest.mark.postgres
 SHARD = 5
 
 
-class CutProxy:
-    """A TCP proxy to one server: `freeze` swallows the server's replies, `cut` closes every connection."""
+class CutProxy(Relay):
+    """A relay to one server: `freeze` swallows the server's replies, `cut` closes every connection (and thaws)."""
 
     def __init__(self, host: str, port: int) -> None:
-        self._target = (host, port)
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
         self._frozen = threading.Event()
-        self._pairs: list[tuple[socket.socket, socket.socket]] = []
-        self._lock = threading.Lock()
-        self._closed = False
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(host, port)
 
-    def _accept(self) -> None:
-        while not self._closed:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            server = socket.create_connection(self._target)
-            with self._lock:
-                self._pairs.append((client, server))
-            threading.Thread(target=self._pump, args=(client, server), daemon=True).start()
+    def serve(self, client: socket.socket, server: socket.socket) -> None:
+        threading.Thread(target=self._pump, args=(client, server), daemon=True).start()
 
     def _pump(self, client: socket.socket, server: socket.socket) -> None:
         with contextlib.suppress(OSError, ValueError):
@@ -66,9 +53,7 @@ class CutProxy:
                         server.sendall(data)
                     elif not self._frozen.is_set():
                         client.sendall(data)
-        for sock in (client, server):
-            with contextlib.suppress(OSError):
-                sock.close()
+        shut(client, server)
 
     def freeze(self) -> None:
         """From now on, the server's replies are dropped (the requests still go through)."""
@@ -76,21 +61,8 @@ class CutProxy:
 
     def cut(self) -> None:
         """Close every open connection, both ways (the server sees its client go), and thaw for new ones."""
-        with self._lock:
-            pairs, self._pairs = self._pairs, []
-        for pair in pairs:
-            for sock in pair:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-                with contextlib.suppress(OSError):
-                    sock.close()
+        super().cut()
         self._frozen.clear()
-
-    def close(self) -> None:
-        """Stop accepting and cut everything."""
-        self._closed = True
-        self._listener.close()
-        self.cut()
 
 
 @pytest.fixture
