@@ -6,6 +6,7 @@ No server is needed: every check here runs before anything connects (libpq check
 from __future__ import annotations
 
 import asyncio
+import string
 import subprocess
 import sys
 import textwrap
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import hvcore
 from hvcore._config import libpq_settings
@@ -150,6 +153,19 @@ def test_a_connection_string_given_as_host_is_refused_unshown(server: dict[str, 
     with pytest.raises(hvcore.ConfigError, match="conninfo=") as info:
         make([{"shards": "0-4", **server}], backend=backend)
     assert SECRET not in message(info.value) and SECRET not in str(info.getrepr())
+
+
+@given(
+    secret=st.text(alphabet=string.ascii_letters + string.digits + "!$%^*()-_+.~", min_size=6, max_size=30),
+    form=st.sampled_from(["postgresql://app:{}@db/app", "db password={}", "app:{}@db", "host=db password={} x=1"]),
+    name=st.sampled_from(["host", "hostaddr"]),
+)
+def test_no_connection_string_in_a_host_setting_is_ever_shown(secret: str, form: str, name: str) -> None:
+    """The kind, not the reported case: whatever the password and the way it is written into host/hostaddr, the
+    store is refused before anything is made and the error never holds it."""
+    with pytest.raises(hvcore.ConfigError) as info:
+        hvcore.Datastore([{"shards": "0-4", name: form.format(secret)}], backend="jsonb")
+    assert secret not in message(info.value)
 
 
 @pytest.mark.parametrize("host", ["db-2.internal", "127.0.0.1", "::1", "/var/run/postgresql", "a,b"])
