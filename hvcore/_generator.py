@@ -35,7 +35,7 @@ from hvcore._keymaker import shared_next as _shared_next
 from hvcore._sequence import SequenceSource
 from hvcore._sharedseq import SharedSequenceTable
 from hvcore._worker import WorkerGrant, WorkerSlice, _Claim, claim_numbers, release_numbers
-from hvcore.errors import ClockMovedBackwards, ConfigError, HypervaultError, InvalidShard
+from hvcore.errors import ClockMovedBackwards, ConfigError, HypervaultError, InvalidArgument, InvalidShard
 
 __all__ = ["KeyGenerator"]
 
@@ -305,10 +305,10 @@ class _GeneratorBase:
     def _check_count(n: object) -> int:
         if type(n) is not int:
             if isinstance(n, bool) or not hasattr(n, "__index__"):
-                raise TypeError(f"n must be an int, got {type(n).__name__} {n!r}")
+                raise InvalidArgument(f"n (how many keys) must be an int >= 0, got {type(n).__name__} {n!r}")
             n = operator.index(n)
         if n < 0:
-            raise ValueError(f"n must be >= 0, got {n}")
+            raise InvalidArgument(f"n (how many keys) must be an int >= 0, got {n}")
         return n
 
     def _time_part(self, t: int) -> int:

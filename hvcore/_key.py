@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from hvcore._show import show_value
-from hvcore.errors import InvalidKey, InvalidShard, LayoutExhausted
+from hvcore.errors import ConfigError, InvalidKey, InvalidShard, LayoutExhausted
 
 __all__ = ["Key", "KeyLayout", "check_shard_id"]
 
@@ -34,14 +34,14 @@ class KeyLayout:
         for name in ("epoch_ms", "time_bits", "shard_bits", "sequence_bits"):
             value = getattr(self, name)
             if type(value) is not int or value < 0:
-                raise ValueError(f"KeyLayout.{name} must be a non-negative int, got {value!r}")
+                raise ConfigError(f"KeyLayout.{name} must be a non-negative int, got {value!r}")
         total = self.time_bits + self.shard_bits + self.sequence_bits
         if total != 64:
-            raise ValueError(
+            raise ConfigError(
                 f"KeyLayout bits must add up to 64, got {self.time_bits}+{self.shard_bits}+{self.sequence_bits}={total}"
             )
         if self.shard_bits < 1 or self.sequence_bits < 1 or self.time_bits < 2:
-            raise ValueError("KeyLayout needs at least 2 time bits, 1 shard bit and 1 sequence bit")
+            raise ConfigError("KeyLayout needs at least 2 time bits, 1 shard bit and 1 sequence bit")
 
     @property
     def shard_shift(self) -> int:

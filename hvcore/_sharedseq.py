@@ -50,7 +50,9 @@ class SharedSequenceTable:
         self.shards = shards
         self.used_bits = sequence_size.bit_length()  # room for 0..sequence_size numbers used
         if type(spread) is not int or not 0 <= spread < sequence_size:
-            raise ValueError(f"spread must be an int in 0..{sequence_size - 1}, got {spread!r}")
+            from hvcore.errors import ConfigError
+
+            raise ConfigError(f"spread must be an int in 0..{sequence_size - 1}, got {spread!r}")
         self.spread = spread
         self._atomic_reserve = _keymaker.table_reserve
         self._random_below = _keymaker.random_below

@@ -44,6 +44,7 @@ __all__ = [
     "DuplicateKey",
     "DuplicateValue",
     "HypervaultError",
+    "InvalidArgument",
     "InvalidData",
     "InvalidKey",
     "InvalidKind",
@@ -93,6 +94,13 @@ class ShardMapError(ConfigError):
         self.problems = list(problems)
         lines = "\n".join(f"  - {p}" for p in self.problems)
         super().__init__(f"invalid shard map ({len(self.problems)} problem(s)):\n{lines}")
+
+
+class InvalidArgument(HypervaultError, ValueError, TypeError):
+    """An argument of the wrong type or out of range (e.g. a negative count); names what was given and what is
+    accepted. Both a ``ValueError`` and a ``TypeError``, so ``except`` clauses written for either still catch it."""
+
+    __module__ = "hvcore"
 
 
 class InvalidKey(HypervaultError, ValueError):

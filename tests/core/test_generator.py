@@ -21,6 +21,7 @@ from hvcore import (
     ClockMovedBackwards,
     ConfigError,
     HypervaultError,
+    InvalidArgument,
     InvalidShard,
     Key,
     KeyGenerator,
@@ -192,11 +193,18 @@ def test_next_keys_counts() -> None:
     assert gen.next_keys(1, 0) == []
     assert [k.added_id for k in gen.next_keys(1, 1)] == [0]
     assert [k.added_id for k in gen.next_keys(1, 3)] == [1, 2, 3]
-    with pytest.raises(ValueError):
-        gen.next_keys(1, -1)
-    for bad in (1.5, True, "2"):
-        with pytest.raises(TypeError):
+    for bad in (-1, -(10**20), 1.5, True, "2", None):
+        with pytest.raises(InvalidArgument, match=r"n \(how many keys\) must be an int >= 0") as raised:
             gen.next_keys(1, bad)  # type: ignore[arg-type]
+        assert isinstance(raised.value, ValueError) and isinstance(raised.value, TypeError)  # builtin kinds too
+
+    async def async_counts() -> None:
+        agen = AsyncKeyGenerator(clock=FakeClock())
+        for bad in (-1, 2.0):
+            with pytest.raises(InvalidArgument, match="how many keys"):
+                await agen.next_keys(1, bad)  # type: ignore[arg-type]
+
+    asyncio.run(async_counts())
 
 
 def test_next_keys_fills_a_millisecond_then_moves_on() -> None:
