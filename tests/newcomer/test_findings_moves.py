@@ -73,3 +73,20 @@ def test_async_put_in_a_transaction_on_a_moved_shard_is_shard_moved(two_dbs: lis
             assert await stale.get(key) is not None
 
     asyncio.run(main())
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="raw SQL through cursor(3) on a moved shard's old server raises psycopg's DatabaseError (the stub's "
+    "RAISE) rather than ShardMoved, and cursor(3) keeps going to the old server",
+)
+def test_raw_sql_through_cursor_on_a_moved_shard_is_shard_moved_then_followed(two_dbs: list[dict[str, Any]]) -> None:
+    """ServerLimitReached shows raw cursor() errors are translated; the forwarding stub's refusal is not, and the
+    datastore does not learn the new placement from it."""
+    _move_shard_3(two_dbs)
+    with hvcore.Datastore([dict(s) for s in two_dbs], backend="jsonb") as stale:
+        with pytest.raises(hvcore.ShardMoved), stale.cursor(3) as cur:
+            cur.execute("SELECT count(*) FROM entities")
+        with stale.cursor(3) as cur:  # the datastore has learnt where shard 3 is now
+            cur.execute("SELECT count(*) FROM entities")
+            assert cur.fetchone()[0] == 1
