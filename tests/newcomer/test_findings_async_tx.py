@@ -62,7 +62,9 @@ def test_child_tasks_open_their_own_transactions_inside_an_open_one(pg_fresh_db:
     "acknowledged write lost); jsonb: B gets TransactionError. Expected: B's transaction is its own",
 )
 @pytest.mark.parametrize("backend", ["memory", "jsonb"])
-def test_a_failing_child_task_does_not_undo_a_sibling_that_finished(backend: str, request: pytest.FixtureRequest) -> None:
+def test_a_failing_child_task_does_not_undo_a_sibling_that_finished(
+    backend: str, request: pytest.FixtureRequest
+) -> None:
     """Task A fails (its block rolls back), task B finishes first without error: B's row must be stored, on every
     backend alike."""
     fresh = request.getfixturevalue("pg_fresh_db") if backend != "memory" else None
