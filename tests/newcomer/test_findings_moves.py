@@ -89,4 +89,5 @@ def test_raw_sql_through_cursor_on_a_moved_shard_is_shard_moved_then_followed(tw
             cur.execute("SELECT count(*) FROM entities")
         with stale.cursor(3) as cur:  # the datastore has learnt where shard 3 is now
             cur.execute("SELECT count(*) FROM entities")
-            assert cur.fetchone()[0] == 1
+            row = cur.fetchone()
+            assert row is not None and row[0] == 1
