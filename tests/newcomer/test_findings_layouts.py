@@ -1,0 +1,48 @@
+"""A newcomer's findings on custom key layouts (an epoch in Unix ms, KeyLayout(...), hv key --epoch)."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import pytest
+
+import hvcore
+from hvcore.cli import main
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="hv key decode --epoch -5 ends in a Python traceback (builtins ValueError from KeyLayout), exit 1; "
+    "README: a failure is one 'hv: error: ...' line and exit code 2, never a traceback",
+)
+def test_hv_key_decode_with_a_negative_epoch_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    try:
+        code = main(["key", "decode", "307821103844175873", "--epoch", "-5"], io.StringIO())
+    except ValueError as exc:  # what happens now: the exception escapes main()
+        pytest.fail(f"traceback: {type(exc).__name__}: {exc}")
+    assert code == 2
+    assert capsys.readouterr().err.startswith("hv: error:")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="KeyLayout(epoch_ms=-5) / bits not adding up to 64 raise builtins ValueError, not a hypervault "
+    "ConfigError (every other layout mistake, e.g. Datastore(layout=-1), is a ConfigError)",
+)
+@pytest.mark.parametrize("options", [dict(epoch_ms=-5), dict(epoch_ms="1"), dict(epoch_ms=0, time_bits=50)])
+def test_a_bad_key_layout_is_a_config_error(options: dict[str, object]) -> None:
+    with pytest.raises(hvcore.ConfigError):
+        hvcore.KeyLayout(**options)  # type: ignore[arg-type]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a layout that cannot make a key today is accepted by Datastore(); the first put raises "
+    "ClockMovedBackwards (epoch in the future: nothing moved) or LayoutExhausted (epoch 0)",
+)
+@pytest.mark.parametrize("epoch_ms", [0, time.time_ns() // 1_000_000 + 365 * 86_400_000])
+def test_a_layout_that_cannot_make_a_key_now_is_refused_when_the_store_is_built(epoch_ms: int) -> None:
+    """README: bad input is a typed error before any SQL; the settings are checked when the store is built."""
+    with pytest.raises(hvcore.ConfigError, match=r"layout|epoch"):
+        hvcore.Datastore([dict(shards="0-16")], backend="memory", layout=epoch_ms).close()
