@@ -11,11 +11,6 @@ import hvcore
 from hvcore.cli import main
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hv key decode --epoch -5 ends in a Python traceback (builtins ValueError from KeyLayout), exit 1; "
-    "README: a failure is one 'hv: error: ...' line and exit code 2, never a traceback",
-)
 def test_hv_key_decode_with_a_negative_epoch_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     try:
         code = main(["key", "decode", "307821103844175873", "--epoch", "-5"], io.StringIO())
@@ -25,11 +20,6 @@ def test_hv_key_decode_with_a_negative_epoch_is_a_usage_error(capsys: pytest.Cap
     assert capsys.readouterr().err.startswith("hv: error:")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="KeyLayout(epoch_ms=-5) / bits not adding up to 64 raise builtins ValueError, not a hypervault "
-    "ConfigError (every other layout mistake, e.g. Datastore(layout=-1), is a ConfigError)",
-)
 @pytest.mark.parametrize("options", [dict(epoch_ms=-5), dict(epoch_ms="1"), dict(epoch_ms=0, time_bits=50)])
 def test_a_bad_key_layout_is_a_config_error(options: dict[str, object]) -> None:
     with pytest.raises(hvcore.ConfigError):
