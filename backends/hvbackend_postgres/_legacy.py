@@ -38,7 +38,11 @@ __all__ = [
     "max_id_query",
 ]
 
-FUTURE_SKEW_MS = 86_400_000  # a stored id may be this far ahead of the local clock before it counts as "future"
+FUTURE_SKEW_MS = 366 * 86_400_000
+"""How far a stored id may be ahead of the local clock before it counts as made with another epoch: a year. Ids of
+another preset layout land 10.3 years away (the two epochs' distance), while a writer whose clock ran ahead (or
+this host's clock behind) leaves ids hours or days ahead: those are the right layout and must not close the
+store (a newcomer's finding: one id two days ahead made every new store refuse to work)."""
 PRESETS = {"default": KeyLayout.DEFAULT, "hypervault": KeyLayout.HYPERVAULT}
 
 LEGACY_SQL = (
@@ -123,8 +127,9 @@ def layout_problem(
     hint = f"; under {describe_layout(fits[0])} it was made {_iso(_decoded(max_id, fits[0]))}" if fits else ""
     return ConfigError(
         f"shard {shard_id} on {label} holds id {max_id}, which under {describe_layout(layout)} was made "
-        f"{_iso(_decoded(max_id, layout))}, in the future: its ids were made with an earlier epoch{hint}. "
-        "Open the datastore with the layout the ids were made with (see 'Coming from hv 0.1' in the README)"
+        f"{_iso(_decoded(max_id, layout))}, more than a year in the future: its ids were made with an earlier "
+        f"epoch{hint}. Open the datastore with the layout the ids were made with (see 'Coming from hv 0.1' in the "
+        "README); if the layout is right, a clock that ran ahead wrote it: check the clocks of the writers"
     )
 
 

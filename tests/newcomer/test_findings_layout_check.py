@@ -13,12 +13,6 @@ import hvcore
 DAY_MS = 86_400_000
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="one stored id more than a day ahead of this process's clock (a writer whose clock ran ahead, or this "
-    "host's clock behind) makes every call of every new store a ConfigError that tells the user to switch to "
-    "layout='hypervault', which would write ids of another epoch",
-)
 def test_an_id_from_a_clock_two_days_ahead_does_not_close_the_datastore(pg_fresh_db: dict[str, Any]) -> None:
     """Another host's Datastore, its clock two days ahead, wrote one row (the raw INSERT below is that row). The
     ids are of the right layout. New processes with correct clocks must still be able to read and write."""
@@ -37,3 +31,16 @@ def test_an_id_from_a_clock_two_days_ahead_does_not_close_the_datastore(pg_fresh
         except hvcore.ConfigError as exc:
             pytest.fail(f"the store refuses to work: {exc}")
         assert record is not None and db.get(key) is not None
+
+
+def test_an_id_of_the_other_preset_layout_is_still_refused(pg_fresh_db: dict[str, Any]) -> None:
+    """The check the skew bound must not weaken: ids made with the 2015 epoch, opened with the 2024 one."""
+    servers = [{**pg_fresh_db, "shards": "0-8"}]
+    with hvcore.Datastore(servers, backend="jsonb", layout="hypervault") as db:
+        db.provision()
+        db.put(3, 1, n="2015 epoch")
+    with psycopg.connect(**pg_fresh_db, autocommit=True) as conn:
+        conn.execute("ANALYZE shard0003.entities")
+    with hvcore.Datastore(servers, backend="jsonb", layout="default") as db:
+        with pytest.raises(hvcore.ConfigError, match="more than a year in the future.*layout='hypervault'"):
+            db.put(3, 1, n="refused")
