@@ -134,6 +134,24 @@ def _sequence_source(sequence: object, layout: KeyLayout, *, asyncio: bool) -> t
     return sequence, False
 
 
+def _check_layout_now(layout: KeyLayout, now_ms: int) -> None:
+    """`ConfigError` if ``layout`` can make no key at Unix time ``now_ms``: its epoch is ahead, or it ran out.
+
+    Checked when a generator on the system clock is built (a `Datastore` builds one), so a layout of the wrong
+    epoch is refused before any SQL instead of at the first put (as ClockMovedBackwards or LayoutExhausted).
+    """
+    if now_ms < layout.epoch_ms:
+        raise ConfigError(
+            f"the layout's epoch {layout.epoch_ms} ms (Unix) is ahead of the clock ({now_ms} ms): no key can be made "
+            "before it; an epoch is a past moment in Unix ms (layout='default' is 2024-01-01, 1704067200000)"
+        )
+    if now_ms > layout.last_timestamp_ms:
+        raise ConfigError(
+            f"the layout with epoch {layout.epoch_ms} ms (Unix) ran out of ids at {layout.exhausted_at.isoformat()}: "
+            "choose a later epoch, e.g. layout='default' (2024-01-01, lasts until 2058)"
+        )
+
+
 class _GeneratorBase:
     """State and logic shared by `KeyGenerator` and `AsyncKeyGenerator`: they only add the waiting and the I/O."""
 
@@ -253,6 +271,8 @@ class _GeneratorBase:
             ms_clock = clock
             # Half a millisecond in: never a cached small int, so each reading is a distinct object.
             self._now_ns = lambda: operator.index(ms_clock()) * _NS_PER_MS + _NS_PER_MS // 2
+        if not self._custom_clock:  # the system clock: a layout that cannot make a key now is refused here
+            _check_layout_now(layout, time.time_ns() // _NS_PER_MS)
         self._floor = -1  # milliseconds up to this one are not ours to use (set by a fork or a worker lease)
         self._want = [block_size] * self._shards
         self._locks: dict[int, Any] = {}

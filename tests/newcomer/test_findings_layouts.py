@@ -26,11 +26,6 @@ def test_a_bad_key_layout_is_a_config_error(options: dict[str, object]) -> None:
         hvcore.KeyLayout(**options)  # type: ignore[arg-type]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a layout that cannot make a key today is accepted by Datastore(); the first put raises "
-    "ClockMovedBackwards (epoch in the future: nothing moved) or LayoutExhausted (epoch 0)",
-)
 @pytest.mark.parametrize("epoch_ms", [0, time.time_ns() // 1_000_000 + 365 * 86_400_000])
 def test_a_layout_that_cannot_make_a_key_now_is_refused_when_the_store_is_built(epoch_ms: int) -> None:
     """README: bad input is a typed error before any SQL; the settings are checked when the store is built."""
