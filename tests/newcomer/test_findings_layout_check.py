@@ -41,6 +41,8 @@ def test_an_id_of_the_other_preset_layout_is_still_refused(pg_fresh_db: dict[str
         db.put(3, 1, n="2015 epoch")
     with psycopg.connect(**pg_fresh_db, autocommit=True) as conn:
         conn.execute("ANALYZE shard0003.entities")
-    with hvcore.Datastore(servers, backend="jsonb", layout="default") as db:
-        with pytest.raises(hvcore.ConfigError, match="more than a year in the future.*layout='hypervault'"):
-            db.put(3, 1, n="refused")
+    with (
+        hvcore.Datastore(servers, backend="jsonb", layout="default") as db,
+        pytest.raises(hvcore.ConfigError, match=r"more than a year in the future.*layout='hypervault'"),
+    ):
+        db.put(3, 1, n="refused")
