@@ -19,10 +19,11 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from hvcore._backend import BackendOptions, ProvisionReport, QuerySpec, Record, check_body, json_default
 from hvcore._config import VALUE_RULES, libpq_settings
+from hvcore._holdings import CONNECTION, STREAM, Holdings, pool_timeout
 from hvcore._key import Key
 from hvcore._metrics import metrics
 from hvcore._row import Row
@@ -39,6 +40,8 @@ from hvcore.errors import (
     PoolTimeout,
 )
 from hvcore.hookspecs import BackendRegistrar, hookimpl
+
+_T = TypeVar("_T")
 
 __all__ = [
     "AsyncMemoryServerStore",
@@ -203,6 +206,9 @@ class MemoryServerStore:
         self._lock = threading.RLock()
         self._slots = threading.BoundedSemaphore(options.pool_max)
         self._borrowed: dict[int, MemoryConnection] = {}
+        self._borrower: dict[int, object] = {}  # id(conn) → who borrowed it (`Holdings`)
+        self._holdings = Holdings()
+        self._local = threading.local()  # .held: the async store took this call's slot already
         self._open = False
 
     @property
@@ -248,12 +254,16 @@ class MemoryServerStore:
             for conn in self._borrowed.values():
                 conn.closed = True
             self._borrowed.clear()
+            self._borrower.clear()
+            self._holdings.clear()
             self._slots = threading.BoundedSemaphore(self._options.pool_max)
             self._open = False
 
     def after_fork_in_child(self) -> None:
         """Connections borrowed by the parent's threads are not the child's."""
         self._borrowed = {}
+        self._borrower = {}
+        self._holdings = Holdings()
         self._slots = threading.BoundedSemaphore(self._options.pool_max)
         self._lock = threading.RLock()
 
@@ -269,18 +279,35 @@ class MemoryServerStore:
 
     def _borrow(self, shard_id: int, timeout: float) -> MemoryConnection:
         self._table(shard_id)
+        self._take_slot(timeout)
+        conn = MemoryConnection(self, shard_id)
+        with self._lock:
+            self._borrowed[id(conn)] = conn
+            self._borrower[id(conn)] = self._holdings.take(CONNECTION)
+        return conn
+
+    def _take_slot(self, timeout: float) -> None:
+        """Take a pretend connection for a call, waiting up to ``timeout`` s (0: not at all), as a PostgreSQL pool
+        does: every operation needs one while it runs and a query stream holds one until it ends, so code that
+        writes inside a loop over ``query()`` with a small ``pool_max`` fails here as it would on PostgreSQL."""
         acquired = self._slots.acquire(timeout=timeout) if timeout > 0 else self._slots.acquire(blocking=False)
         if not acquired:
             if timeout > 0:
                 metrics.connection_timeout(self.label)
-            raise PoolTimeout(
-                f"no connection to {self.label} free within {self._options.pool_block_timeout} s "
-                f"(pool_max={self._options.pool_max}, all borrowed): return connections with put_connection()"
-            )
-        conn = MemoryConnection(self, shard_id)
-        with self._lock:
-            self._borrowed[id(conn)] = conn
-        return conn
+            options = self._options
+            raise pool_timeout(self.label, options.pool_block_timeout, options.pool_max, self._holdings.mine())
+
+    @contextmanager
+    def _slot(self) -> Iterator[None]:
+        """One operation's pretend connection (none taken when the async store took it for this call)."""
+        if getattr(self._local, "held", False):
+            yield
+            return
+        self._take_slot(self._options.pool_block_timeout)
+        try:
+            yield
+        finally:
+            self._slots.release()
 
     def owns(self, conn: Any) -> bool:
         """True if ``conn`` is borrowed from this store right now."""
@@ -294,6 +321,9 @@ class MemoryServerStore:
             if entry is None or entry is not conn:  # None is no connection, even though get() returns it
                 raise ConnectionMisuse(f"{conn!r} is not borrowed from {self.label} (returned twice?)")
             del self._borrowed[id(conn)]
+            owner = self._borrower.pop(id(conn), None)
+        if owner is not None:
+            self._holdings.give(CONNECTION, owner)
         self._slots.release()
 
     @contextmanager
@@ -329,22 +359,24 @@ class MemoryServerStore:
 
     def insert(self, shard_id: int, key: Key, kind: int, data: Mapping[str, Any]) -> None:
         """Store a deep copy, so later changes to the caller's objects do not leak in."""
-        table = self._table(shard_id)
-        record = Record(key, kind, self._stored_body(data))
-        with self._lock:
-            if int(key) in table:
-                raise DuplicateKey(f"key {int(key)} already exists in shard {shard_id} on {self.label}")
-            MemoryIndexes(self).check_unique(shard_id, table, [record])
-            table[int(key)] = record
-        self._log("memory insert shard=%s id=%s kind=%s%s", shard_id, int(key), kind, self._shown(data))
+        with self._slot():
+            table = self._table(shard_id)
+            record = Record(key, kind, self._stored_body(data))
+            with self._lock:
+                if int(key) in table:
+                    raise DuplicateKey(f"key {int(key)} already exists in shard {shard_id} on {self.label}")
+                MemoryIndexes(self).check_unique(shard_id, table, [record])
+                table[int(key)] = record
+            self._log("memory insert shard=%s id=%s kind=%s%s", shard_id, int(key), kind, self._shown(data))
 
     def fetch(self, shard_id: int, key: Key) -> Record | None:
         """A copy of the stored record, or None."""
-        record = self._table(shard_id).get(int(key))
-        self._log("memory fetch shard=%s id=%s", shard_id, int(key))
-        if record is None:
-            return None
-        return Record(key, record.kind, copy.deepcopy(record.data))
+        with self._slot():
+            record = self._table(shard_id).get(int(key))
+            self._log("memory fetch shard=%s id=%s", shard_id, int(key))
+            if record is None:
+                return None
+            return Record(key, record.kind, copy.deepcopy(record.data))
 
     def rows(self, shard_id: int) -> list[Record]:
         """Every record of a shard in key order (copies)."""
@@ -355,53 +387,57 @@ class MemoryServerStore:
 
     def insert_many(self, shard_id: int, rows: Sequence[tuple[Key, int, Mapping[str, Any]]]) -> None:
         """Store every row or none (one lock, checked first)."""
-        table = self._table(shard_id)
-        records = [Record(key, kind, self._stored_body(data)) for key, kind, data in rows]
-        with self._lock:
-            taken = [int(r.key) for r in records if int(r.key) in table]
-            if taken or len({int(r.key) for r in records}) != len(records):
-                raise DuplicateKey(
-                    f"key(s) {taken[:5]} already exist in shard {shard_id} on {self.label}", keys=tuple(taken)
-                )
-            MemoryIndexes(self).check_unique(shard_id, table, records)
-            for record in records:
-                table[int(record.key)] = record
-        self._log(
-            "memory insert_many shard=%s rows=%s%s", shard_id, len(records), self._shown([r.data for r in records])
-        )
+        with self._slot():
+            table = self._table(shard_id)
+            records = [Record(key, kind, self._stored_body(data)) for key, kind, data in rows]
+            with self._lock:
+                taken = [int(r.key) for r in records if int(r.key) in table]
+                if taken or len({int(r.key) for r in records}) != len(records):
+                    raise DuplicateKey(
+                        f"key(s) {taken[:5]} already exist in shard {shard_id} on {self.label}", keys=tuple(taken)
+                    )
+                MemoryIndexes(self).check_unique(shard_id, table, records)
+                for record in records:
+                    table[int(record.key)] = record
+            self._log(
+                "memory insert_many shard=%s rows=%s%s", shard_id, len(records), self._shown([r.data for r in records])
+            )
 
     def fetch_many(self, items: Sequence[tuple[int, Key]]) -> list[Record]:
         """Copies of the stored records among ``items``."""
-        out = []
-        for shard_id, key in items:
-            record = self._table(shard_id).get(int(key))
-            if record is not None:
-                out.append(Record(key, record.kind, copy.deepcopy(record.data)))
-        self._log("memory fetch_many keys=%s", len(items))
-        return out
+        with self._slot():
+            out = []
+            for shard_id, key in items:
+                record = self._table(shard_id).get(int(key))
+                if record is not None:
+                    out.append(Record(key, record.kind, copy.deepcopy(record.data)))
+            self._log("memory fetch_many keys=%s", len(items))
+            return out
 
     def update(self, shard_id: int, key: Key, data: Mapping[str, Any], *, merge: bool) -> bool:
         """Merge into or replace a stored body."""
-        table = self._table(shard_id)
-        body = self._stored_body(data)
-        with self._lock:
-            record = table.get(int(key))
-            if record is None:
-                return False
-            new_body = {**record.data, **body} if merge else body
-            updated = Record(record.key, record.kind, new_body)
-            MemoryIndexes(self).check_unique(shard_id, table, [updated])
-            table[int(key)] = updated
-        self._log("memory update shard=%s id=%s merge=%s%s", shard_id, int(key), merge, self._shown(data))
-        return True
+        with self._slot():
+            table = self._table(shard_id)
+            body = self._stored_body(data)
+            with self._lock:
+                record = table.get(int(key))
+                if record is None:
+                    return False
+                new_body = {**record.data, **body} if merge else body
+                updated = Record(record.key, record.kind, new_body)
+                MemoryIndexes(self).check_unique(shard_id, table, [updated])
+                table[int(key)] = updated
+            self._log("memory update shard=%s id=%s merge=%s%s", shard_id, int(key), merge, self._shown(data))
+            return True
 
     def delete(self, shard_id: int, key: Key) -> bool:
         """Remove a record."""
-        table = self._table(shard_id)
-        with self._lock:
-            found = table.pop(int(key), None) is not None
-        self._log("memory delete shard=%s id=%s", shard_id, int(key))
-        return found
+        with self._slot():
+            table = self._table(shard_id)
+            with self._lock:
+                found = table.pop(int(key), None) is not None
+            self._log("memory delete shard=%s id=%s", shard_id, int(key))
+            return found
 
     def update_where(
         self, shard_ids: Sequence[int], spec: QuerySpec, data: Mapping[str, Any], counts: dict[int, int]
@@ -412,40 +448,51 @@ class MemoryServerStore:
         ``counts`` receives the rows changed per shard as each shard is done. `DuplicateValue` (that shard left
         unchanged) if a unique index of the kind would hold a value twice.
         """
-        body = self._stored_body(data)
-        written = 0
-        for shard_id in shard_ids:
-            table = self._table(shard_id)
-            with self._lock:
-                changed = [
-                    Record(r.key, r.kind, {**r.data, **body})
-                    for r in table.values()
-                    if spec.matches(r, text_values=self.text_only)
-                ]
-                MemoryIndexes(self).check_unique(shard_id, table, changed)
-                for record in changed:
-                    table[int(record.key)] = record
-                counts[shard_id] = counts.get(shard_id, 0) + len(changed)
-            written += len(changed)
-        self._log("memory update_where shards=%s rows=%s%s", len(shard_ids), written, self._shown(data))
-        return written
+        with self._slot():
+            body = self._stored_body(data)
+            written = 0
+            for shard_id in shard_ids:
+                table = self._table(shard_id)
+                with self._lock:
+                    changed = [
+                        Record(r.key, r.kind, {**r.data, **body})
+                        for r in table.values()
+                        if spec.matches(r, text_values=self.text_only)
+                    ]
+                    MemoryIndexes(self).check_unique(shard_id, table, changed)
+                    for record in changed:
+                        table[int(record.key)] = record
+                    counts[shard_id] = counts.get(shard_id, 0) + len(changed)
+                written += len(changed)
+            self._log("memory update_where shards=%s rows=%s%s", len(shard_ids), written, self._shown(data))
+            return written
 
     def delete_where(self, shard_ids: Sequence[int], spec: QuerySpec, counts: dict[int, int]) -> int:
         """Delete every record of these shards matching ``spec``; the rows deleted (``counts`` as `update_where`)."""
-        written = 0
-        for shard_id in shard_ids:
-            table = self._table(shard_id)
-            with self._lock:
-                gone = [key for key, r in table.items() if spec.matches(r, text_values=self.text_only)]
-                for key in gone:
-                    del table[key]
-                counts[shard_id] = counts.get(shard_id, 0) + len(gone)
-            written += len(gone)
-        self._log("memory delete_where shards=%s rows=%s", len(shard_ids), written)
-        return written
+        with self._slot():
+            written = 0
+            for shard_id in shard_ids:
+                table = self._table(shard_id)
+                with self._lock:
+                    gone = [key for key, r in table.items() if spec.matches(r, text_values=self.text_only)]
+                    for key in gone:
+                        del table[key]
+                    counts[shard_id] = counts.get(shard_id, 0) + len(gone)
+                written += len(gone)
+            self._log("memory delete_where shards=%s rows=%s", len(shard_ids), written)
+            return written
 
     def query(self, shard_ids: Sequence[int], spec: QuerySpec) -> Iterator[Record]:
-        """Matching records of these shards in key order (a snapshot of each shard, copied lazily)."""
+        """Matching records of these shards in key order (a snapshot of each shard, copied lazily); the stream holds
+        a pretend connection until it ends or is closed, as a PostgreSQL one does."""
+        with self._slot():
+            owner = self._holdings.take(STREAM)
+            try:
+                yield from self._query_records(shard_ids, spec)
+            finally:
+                self._holdings.give(STREAM, owner)
+
+    def _query_records(self, shard_ids: Sequence[int], spec: QuerySpec) -> Iterator[Record]:
         fields = sorted(spec.where) if spec.where else []
         self._log(
             "memory query shards=%s kind=%s where fields=%s low=%s high=%s limit=%s%s",
@@ -492,8 +539,9 @@ class MemoryServerStore:
 
     def row_counts(self, shard_ids: Sequence[int]) -> dict[int, int]:
         """Rows per existing shard."""
-        shards = self._shards()
-        return {s: len(shards[s]) for s in shard_ids if s in shards}
+        with self._slot():
+            shards = self._shards()
+            return {s: len(shards[s]) for s in shard_ids if s in shards}
 
     def lease_worker(
         self, *, bits: int = 4, namespace: str = "default", ttl: float = 10.0, acquire_timeout: float = 0.0
@@ -730,6 +778,30 @@ class AsyncMemoryServerStore:
                     raise
                 await asyncio.sleep(0.005)
 
+    async def _take_slot(self) -> None:
+        """A pretend connection for one call, waited for without blocking the loop (see the sync `_take_slot`)."""
+        deadline = time.monotonic() + self._options.pool_block_timeout
+        while True:
+            try:
+                self.sync._take_slot(0)
+                return
+            except PoolTimeout:
+                if time.monotonic() >= deadline:
+                    metrics.connection_timeout(self.label)
+                    raise
+                await asyncio.sleep(0.005)
+
+    async def _call(self, method: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """Run a sync store method with the pretend connection taken here (the loop never blocks on the pool)."""
+        await self._take_slot()
+        local = self.sync._local
+        local.held = True
+        try:
+            return method(*args, **kwargs)
+        finally:
+            local.held = False
+            self.sync._slots.release()
+
     async def put_connection(self, conn: Any) -> None:
         """Return a borrowed connection."""
         self.sync.put_connection(conn)
@@ -765,42 +837,48 @@ class AsyncMemoryServerStore:
 
     async def insert(self, shard_id: int, key: Key, kind: int, data: Mapping[str, Any]) -> None:
         """As the sync store."""
-        self.sync.insert(shard_id, key, kind, data)
+        await self._call(self.sync.insert, shard_id, key, kind, data)
 
     async def fetch(self, shard_id: int, key: Key) -> Record | None:
         """As the sync store."""
-        return self.sync.fetch(shard_id, key)
+        return await self._call(self.sync.fetch, shard_id, key)
 
     async def insert_many(self, shard_id: int, rows: Sequence[tuple[Key, int, Mapping[str, Any]]]) -> None:
         """As the sync store."""
-        self.sync.insert_many(shard_id, rows)
+        await self._call(self.sync.insert_many, shard_id, rows)
 
     async def fetch_many(self, items: Sequence[tuple[int, Key]]) -> list[Record]:
         """As the sync store."""
-        return self.sync.fetch_many(items)
+        return await self._call(self.sync.fetch_many, items)
 
     async def update(self, shard_id: int, key: Key, data: Mapping[str, Any], *, merge: bool) -> bool:
         """As the sync store."""
-        return self.sync.update(shard_id, key, data, merge=merge)
+        return await self._call(self.sync.update, shard_id, key, data, merge=merge)
 
     async def delete(self, shard_id: int, key: Key) -> bool:
         """As the sync store."""
-        return self.sync.delete(shard_id, key)
+        return await self._call(self.sync.delete, shard_id, key)
 
     async def update_where(
         self, shard_ids: Sequence[int], spec: QuerySpec, data: Mapping[str, Any], counts: dict[int, int]
     ) -> int:
         """As the sync store."""
-        return self.sync.update_where(shard_ids, spec, data, counts)
+        return await self._call(self.sync.update_where, shard_ids, spec, data, counts)
 
     async def delete_where(self, shard_ids: Sequence[int], spec: QuerySpec, counts: dict[int, int]) -> int:
         """As the sync store."""
-        return self.sync.delete_where(shard_ids, spec, counts)
+        return await self._call(self.sync.delete_where, shard_ids, spec, counts)
 
     async def query(self, shard_ids: Sequence[int], spec: QuerySpec) -> AsyncIterator[Record]:
-        """As the sync store."""
-        for record in self.sync.query(shard_ids, spec):
-            yield record
+        """As the sync store: the stream holds a pretend connection until it ends or is closed."""
+        await self._take_slot()
+        owner = self.sync._holdings.take(STREAM)
+        try:
+            for record in self.sync._query_records(shard_ids, spec):
+                yield record
+        finally:
+            self.sync._holdings.give(STREAM, owner)
+            self.sync._slots.release()
 
     async def provision(
         self, shard_ids: Sequence[int], progress: Callable[[int], None] | None = None
@@ -810,7 +888,7 @@ class AsyncMemoryServerStore:
 
     async def row_counts(self, shard_ids: Sequence[int]) -> dict[int, int]:
         """As the sync store."""
-        return self.sync.row_counts(shard_ids)
+        return await self._call(self.sync.row_counts, shard_ids)
 
     async def lease_worker(
         self, *, bits: int = 4, namespace: str = "default", ttl: float = 10.0, acquire_timeout: float = 0.0

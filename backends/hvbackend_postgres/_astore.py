@@ -133,6 +133,7 @@ from hvbackend_postgres._shardtx import shard_search_path
 from hvcore._acompat import ALock, agather, ashield, asleep, aspawn, ato_thread
 from hvcore._backend import BackendOptions, ProvisionReport, QuerySpec, Record
 from hvcore._config import pgbouncer_mode
+from hvcore._holdings import CONNECTION, STREAM
 from hvcore._key import Key
 from hvcore._metrics import metrics
 from hvcore.errors import ConfigError, ConnectionMisuse, DuplicateKey, ServerUnavailable
@@ -311,6 +312,8 @@ class AsyncPostgresServerStore(StoreCore):
             _orphans.append(pool)
         _orphans.extend(conn for conn, _ in self._borrowed.values())
         self._borrowed = {}
+        self._borrower = {}
+        self._holdings.clear()
         self._lent = 0
         self._lock = threading.Lock()
         self._pool_lock = ALock()
@@ -474,6 +477,7 @@ class AsyncPostgresServerStore(StoreCore):
             raise
         with self._lock:
             self._borrowed[id(conn)] = (conn, pool)
+            self._borrower[id(conn)] = self._holdings.take(CONNECTION)
         return conn
 
     def owns(self, conn: Any) -> bool:
@@ -493,6 +497,9 @@ class AsyncPostgresServerStore(StoreCore):
             if entry is None or entry[0] is not conn:
                 raise ConnectionMisuse(f"{conn!r} is not borrowed from {self._label} (returned twice?)")
             del self._borrowed[id(conn)]
+            owner = self._borrower.pop(id(conn), None)
+        if owner is not None:
+            self._holdings.give(CONNECTION, owner)
         pool = entry[1]
         clean = False
         cast(Any, conn).hv_bind = None
@@ -1330,6 +1337,7 @@ class AsyncPostgresServerStore(StoreCore):
         query, params = self._query_sql(shard_ids, spec, ext)
         key_type = self._options.layout.key_type
         conn, pool = await self._checkout()
+        owner = self._holdings.take(STREAM)  # held while the caller iterates (named by a PoolTimeout meanwhile)
         cur: psycopg.AsyncServerCursor[tuple[Any, ...]] | None = None
         try:
             await conn.set_autocommit(False)
@@ -1362,6 +1370,7 @@ class AsyncPostgresServerStore(StoreCore):
                     if cur is not None:
                         await cur.close()  # client side only now: no round trip, nothing to interrupt
                 finally:
+                    self._holdings.give(STREAM, owner)
                     await self._checkin(conn, pool)
 
     async def _query_pieces(

@@ -34,6 +34,7 @@ from hvbackend_postgres._schema import (
 )
 from hvcore._backend import BackendOptions, QuerySpec, Record, check_body, check_json, json_default
 from hvcore._config import libpq_settings, redact_conninfo
+from hvcore._holdings import Holdings, pool_timeout
 from hvcore._key import Key
 from hvcore._row import Row
 from hvcore.errors import (
@@ -409,6 +410,8 @@ class StoreCore:
         self._kwargs = kwargs
         self._user_row_factory: Any = USER_ROW_FACTORIES.get(options.row_factory, row_factory)
         self._lent = 0
+        self._holdings = Holdings()  # what each thread / task holds of the pool (for the PoolTimeout's note)
+        self._borrower: dict[int, object] = {}  # id(conn) of a get_connection() connection → who borrowed it
         self._sql: dict[int, ShardSQL] = {}
         self._fetch_parts: dict[int, str] = {}
         self.insert_groups = True  # overlapping puts may share multi-row INSERTs (False once the server refuses them)
@@ -439,11 +442,9 @@ class StoreCore:
         return ServerUnavailable(f"PostgreSQL server {self._label} is unavailable: {text}")
 
     def _pool_timeout(self) -> PoolTimeout:
-        timeout = self._options.pool_block_timeout
-        return PoolTimeout(
-            f"no connection to {self._label} free within {timeout} s (pool_max={self._options.pool_max}, "
-            "all borrowed): return connections with put_connection()"
-        )
+        """The `PoolTimeout` of this store's pool, noting what the waiting thread or task holds itself."""
+        options = self._options
+        return pool_timeout(self._label, options.pool_block_timeout, options.pool_max, self._holdings.mine())
 
     def _shard_missing(self, shard_id: int) -> NotProvisioned:
         schema = shard_schema(shard_id)

@@ -130,6 +130,7 @@ from hvbackend_postgres._transaction import PostgresTransaction, postgres_transa
 from hvcore._acompat import Lock, gather, sleep, spawn, to_thread
 from hvcore._backend import BackendOptions, ProvisionReport, QuerySpec, Record
 from hvcore._config import pgbouncer_mode
+from hvcore._holdings import CONNECTION, STREAM
 from hvcore._key import Key
 from hvcore._metrics import metrics
 from hvcore.errors import ConfigError, ConnectionMisuse, DuplicateKey, ServerUnavailable
@@ -299,6 +300,8 @@ class PostgresServerStore(StoreCore):
             _orphans.append(pool)
         _orphans.extend((conn for conn, _ in self._borrowed.values()))
         self._borrowed = {}
+        self._borrower = {}
+        self._holdings.clear()
         self._lent = 0
         self._lock = threading.Lock()
         self._pool_lock = Lock()
@@ -435,6 +438,7 @@ class PostgresServerStore(StoreCore):
             raise
         with self._lock:
             self._borrowed[id(conn)] = (conn, pool)
+            self._borrower[id(conn)] = self._holdings.take(CONNECTION)
         return conn
 
     def owns(self, conn: Any) -> bool:
@@ -454,6 +458,9 @@ class PostgresServerStore(StoreCore):
             if entry is None or entry[0] is not conn:
                 raise ConnectionMisuse(f"{conn!r} is not borrowed from {self._label} (returned twice?)")
             del self._borrowed[id(conn)]
+            owner = self._borrower.pop(id(conn), None)
+        if owner is not None:
+            self._holdings.give(CONNECTION, owner)
         pool = entry[1]
         clean = False
         cast(Any, conn).hv_bind = None
@@ -1283,6 +1290,7 @@ class PostgresServerStore(StoreCore):
         query, params = self._query_sql(shard_ids, spec, ext)
         key_type = self._options.layout.key_type
         conn, pool = self._checkout()
+        owner = self._holdings.take(STREAM)  # held while the caller iterates (named by a PoolTimeout meanwhile)
         cur: psycopg.ServerCursor[tuple[Any, ...]] | None = None
         try:
             conn.set_autocommit(False)
@@ -1315,6 +1323,7 @@ class PostgresServerStore(StoreCore):
                     if cur is not None:
                         cur.close()  # client side only now: no round trip, nothing to interrupt
                 finally:
+                    self._holdings.give(STREAM, owner)
                     self._checkin(conn, pool)
 
     def _query_pieces(self, pieces: list[list[int]], spec: QuerySpec, ext: str | None) -> Generator[Record, None, None]:

@@ -9,12 +9,6 @@ import pytest
 import hvcore
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the PoolTimeout says 'return connections with put_connection()' although the code never borrowed one: "
-    "the open query() stream of the same thread holds it (the transaction case got such a note, this one did not); "
-    "memory: the loop never times out (a stream holds no connection), so it passes unit tests and fails on PostgreSQL",
-)
 @pytest.mark.parametrize("backend", ["memory", "jsonb"])
 def test_writing_inside_a_query_loop_with_a_small_pool_says_the_stream_holds_the_connection(
     backend: str, request: pytest.FixtureRequest
