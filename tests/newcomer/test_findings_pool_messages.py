@@ -43,6 +43,7 @@ def test_writing_inside_a_query_loop_with_a_small_pool_says_the_stream_holds_the
 def test_callers_that_timed_out_are_not_counted_as_waiting(pg_fresh_db: dict[str, Any]) -> None:
     servers = [{**pg_fresh_db, "shards": "0-8"}]
     with hvcore.Datastore(servers, backend="jsonb", pool_max=1, pool_block_timeout=0.2, worker=None) as db:
+        db.provision()
         held = db.get_connection(3)
         try:
             for _ in range(3):
