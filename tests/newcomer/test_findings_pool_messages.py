@@ -27,3 +27,22 @@ def test_writing_inside_a_query_loop_with_a_small_pool_says_the_stream_holds_the
                 db.update(record.key, seen="yes")
         text = " ".join([str(caught.value), *getattr(caught.value, "__notes__", [])])
         assert "query" in text, text
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="stats()['waiting'] (and the db.client.connection.pending_requests gauge read from it) keeps counting "
+    "callers that already got PoolTimeout, until a connection is returned: 3 timeouts, 'waiting': 3, nobody waits",
+)
+def test_callers_that_timed_out_are_not_counted_as_waiting(pg_fresh_db: dict[str, Any]) -> None:
+    servers = [{**pg_fresh_db, "shards": "0-8"}]
+    with hvcore.Datastore(servers, backend="jsonb", pool_max=1, pool_block_timeout=0.2, worker=None) as db:
+        db.provision()
+        held = db.get_connection(3)
+        try:
+            for _ in range(3):
+                with pytest.raises(hvcore.PoolTimeout):
+                    db.get_connection(4)
+            assert db.servers[0].stats()["waiting"] == 0
+        finally:
+            db.put_connection(held)

@@ -1,0 +1,61 @@
+"""A newcomer's findings: secondary indexes on body fields whose names contain '%'.
+
+The indexed field's name is spliced into the statement as a ``psycopg.sql.Literal``; the composed text is then
+run with bound parameters, so psycopg reads a '%' in the name as a placeholder: '%s', '%d', a lone '%' crash,
+and '%%' becomes '%' - the statement then filters on another field. Memory gets all of these right.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import hvcore
+
+
+def _store(backend: str, request: pytest.FixtureRequest) -> hvcore.Datastore:
+    if backend == "memory":
+        return hvcore.Datastore([dict(shards="0-4")], backend="memory")
+    fresh = request.getfixturevalue("pg_fresh_db")
+    db = hvcore.Datastore([{**fresh, "shards": "0-4"}], backend=backend)
+    db.provision()
+    return db
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="hstore/jsonb: query/update_where on an indexed field named 'cpu%' raise psycopg.ProgrammingError "
+    "(only '%s', '%b', '%t' are allowed as placeholders); the memory backend answers",
+)
+@pytest.mark.parametrize("backend", ["hstore", "jsonb"])
+@pytest.mark.parametrize("field", ["cpu%", "50%d", "%s"])
+def test_queries_on_an_indexed_field_with_a_percent_sign(
+    backend: str, field: str, request: pytest.FixtureRequest
+) -> None:
+    with _store(backend, request) as db:
+        db.create_index(1, field, type="bigint")
+        key = db.put(2, 1, **{field: "5"} if backend == "hstore" else {field: 5})
+        bound = 5
+        assert [r.key for r in db.query(kind=1, where={field: {">=": bound}})] == [key]
+        assert db.update_where(kind=1, where={field: {">=": bound}}, set={"seen": "yes"}) == 1
+
+
+DOUBLE_PERCENT = pytest.mark.xfail(
+    strict=True,
+    reason="jsonb: delete_where on indexed field 'a%%b' runs against field 'a%b' (psycopg turns %% into %): it "
+    "deletes a record that has no 'a%%b' field and keeps the one that matches; memory deletes the right one",
+)
+
+
+@pytest.mark.parametrize("backend", ["memory", pytest.param("jsonb", marks=DOUBLE_PERCENT)])
+def test_delete_where_on_an_indexed_field_with_a_double_percent_deletes_the_matching_record(
+    backend: str, request: pytest.FixtureRequest
+) -> None:
+    with _store(backend, request) as db:
+        db.create_index(1, "a%%b", type="bigint")
+        match = db.put(2, 1, **{"a%%b": 5})
+        other = db.put(2, 1, **{"a%b": 7})
+        deleted = db.delete_where(kind=1, where={"a%%b": {">=": 5}})
+        left: dict[Any, Any] = db.get_many([match, other])
+        assert (deleted, sorted(left)) == (1, [other]), f"deleted {deleted}, left {sorted(left)}; match={match}"
