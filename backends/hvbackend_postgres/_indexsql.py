@@ -15,7 +15,7 @@ from hvbackend_postgres._schema import TABLE
 from hvcore._backend import QuerySpec
 from hvcore._schemadefs import BIGINT_MAX, BIGINT_MIN, INT_PATTERN, NUMERIC_PATTERN, IndexSpec, typed_value
 
-__all__ = ["OPERATORS", "PG_TYPES", "field_expr", "index_ddl", "typed_conditions"]
+__all__ = ["OPERATORS", "PG_TYPES", "BoundLiteral", "field_expr", "index_ddl", "typed_conditions"]
 
 PG_TYPES = {
     "text": "text",
@@ -27,23 +27,43 @@ PG_TYPES = {
 OPERATORS = frozenset({"=", ">", ">=", "<", "<="})
 
 
-def _match(text: sql.Composable, pattern: str) -> sql.Composed:
-    return sql.SQL("{} ~ {}").format(text, sql.Literal(f"^({pattern})$"))
+class BoundLiteral(sql.Literal):
+    """A `psycopg.sql.Literal` for a statement executed with bound parameters: its ``%`` signs are doubled.
+
+    psycopg reads placeholders in the whole statement text, string constants included, so a field named ``cpu%``
+    spliced as a plain literal fails ("only '%s', '%b', '%t' are allowed") and one named ``a%%b`` silently becomes
+    ``a%b`` (another field: a newcomer's delete_where deleted the wrong records). Doubled, the server receives the
+    constant exactly as the index's DDL (run without parameters) wrote it, so the planner still matches the index.
+    """
+
+    def as_bytes(self, context: Any = None) -> bytes:
+        """The literal's SQL with ``%`` written ``%%``."""
+        return super().as_bytes(context).replace(b"%", b"%%")
+
+    def as_string(self, context: Any = None) -> str:
+        """As `as_bytes`, decoded."""
+        return super().as_string(context).replace("%", "%%")
 
 
-def field_expr(field: str, type_name: str, ext: str | None) -> sql.Composed:
+def _match(text: sql.Composable, pattern: str, literal: type[sql.Literal]) -> sql.Composed:
+    return sql.SQL("{} ~ {}").format(text, literal(f"^({pattern})$"))
+
+
+def field_expr(field: str, type_name: str, ext: str | None, *, bound: bool = False) -> sql.Composed:
     """The indexed expression: body field ``field`` as ``type_name``, NULL when it is not one (never an error).
 
     ``ext`` is the hstore extension's schema for hstore bodies (text values), None for jsonb. The same text is used
     to build the index and to query it (the planner matches expressions, and the field as a constant).
+    ``bound``: the text goes into a statement executed with bound parameters (`BoundLiteral` constants).
     """
-    name = sql.Literal(field)
+    literal: type[sql.Literal] = BoundLiteral if bound else sql.Literal
+    name = literal(field)
     if ext is None:
         value = sql.SQL("(body -> {})").format(name)
         text: sql.Composable = sql.SQL("(body ->> {})").format(name)
 
         def when(json_type: str, then: sql.Composable) -> sql.Composed:
-            return sql.SQL("(CASE WHEN jsonb_typeof({}) = {} THEN {} END)").format(value, sql.Literal(json_type), then)
+            return sql.SQL("(CASE WHEN jsonb_typeof({}) = {} THEN {} END)").format(value, literal(json_type), then)
 
         if type_name == "text":
             return sql.SQL('({} COLLATE "C")').format(when("string", text))
@@ -55,7 +75,7 @@ def field_expr(field: str, type_name: str, ext: str | None) -> sql.Composed:
             number = sql.SQL("({})::numeric").format(value)
             integral = sql.SQL(
                 "(CASE WHEN {n} = trunc({n}) AND {n} BETWEEN {lo} AND {hi} THEN {n}::bigint END)"
-            ).format(n=number, lo=sql.Literal(BIGINT_MIN), hi=sql.Literal(BIGINT_MAX))
+            ).format(n=number, lo=literal(BIGINT_MIN), hi=literal(BIGINT_MAX))
             return when("number", integral)
         if type_name == "timestamptz":
             return when("string", sql.SQL("hypervault.hv_timestamptz({})").format(text))
@@ -66,11 +86,11 @@ def field_expr(field: str, type_name: str, ext: str | None) -> sql.Composed:
     if type_name == "boolean":
         return sql.SQL("(CASE WHEN {t} IN ('true', 'false') THEN {t}::boolean END)").format(t=text)
     if type_name == "numeric":
-        return sql.SQL("(CASE WHEN {} THEN {}::numeric END)").format(_match(text, NUMERIC_PATTERN), text)
+        return sql.SQL("(CASE WHEN {} THEN {}::numeric END)").format(_match(text, NUMERIC_PATTERN, literal), text)
     if type_name == "bigint":
         return sql.SQL(
             "(CASE WHEN {m} THEN (CASE WHEN {t}::numeric BETWEEN {lo} AND {hi} THEN {t}::bigint END) END)"
-        ).format(m=_match(text, INT_PATTERN), t=text, lo=sql.Literal(BIGINT_MIN), hi=sql.Literal(BIGINT_MAX))
+        ).format(m=_match(text, INT_PATTERN, literal), t=text, lo=literal(BIGINT_MIN), hi=literal(BIGINT_MAX))
     if type_name == "timestamptz":
         return sql.SQL("hypervault.hv_timestamptz({})").format(text)
     raise ValueError(f"unknown index type {type_name!r}")
@@ -107,7 +127,7 @@ def typed_conditions(spec: QuerySpec, ext: str | None, text_only: bool) -> tuple
             if value is None:
                 continue
             ops = (("=", value),)
-        expr = field_expr(flt.field, flt.type, ext)
+        expr = field_expr(flt.field, flt.type, ext, bound=True)
         conds.append(sql.SQL("kind = {}").format(sql.Literal(flt.kind)))
         for op, bound in ops:
             if op not in OPERATORS:

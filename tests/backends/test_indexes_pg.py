@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 from fixtures.schemadbs import SchemaSetup
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from psycopg import sql
 
 import hvcore
@@ -326,3 +328,33 @@ def test_field_names_in_index_expressions_are_inert(setup: SchemaSetup, field: s
     db.drop_index(KIND, field)
     with setup.conn(0) as conn:
         assert conn.execute("SELECT count(*) FROM canary").fetchone() == (1,)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    field=st.text(alphabet="%%sdbt'\"\\ a$;é", min_size=1, max_size=8).filter(lambda f: f.strip() == f and "%" in f),
+    decoy=st.sampled_from(["percent halved", "other name"]),
+)
+def test_field_names_with_percent_signs_query_their_own_field_through_the_index(
+    setup: SchemaSetup, field: str, decoy: str
+) -> None:
+    """The class of a newcomer's finding: an indexed field's name is a constant in a statement run with bound
+    parameters, where psycopg reads '%' as a placeholder ('cpu%' crashed; 'a%%b' filtered on 'a%b' and
+    delete_where deleted the wrong record). Any name: range and equality filters find exactly its own records, and
+    a record under the name psycopg would have made of it is untouched."""
+    db = setup.datastore()
+    text_only = setup.backend == "hstore"
+    value: Any = "5" if text_only else 5
+    other = field.replace("%%", "%") if decoy == "percent halved" and "%%" in field else field + "x"
+    mine = db.put(1, KIND, **{field: value})
+    theirs = db.put(1, KIND, **{other: value})
+    db.create_index(KIND, field, type="bigint")
+    try:
+        assert [r.key for r in db.query(kind=KIND, where={field: {">=": 5, "<": 6}})] == [mine]
+        assert [r.key for r in db.query(kind=KIND, where={field: value})] == [mine]
+        assert db.delete_where(kind=KIND, where={field: {">=": 5}}) == 1
+        assert set(db.get_many([mine, theirs])) == {theirs}
+    finally:
+        db.drop_index(KIND, field)
+        db.delete(mine)
+        db.delete(theirs)
