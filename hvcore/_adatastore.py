@@ -118,6 +118,12 @@ def _close_within(lease: Any, seconds: float) -> None:
     closing.join(seconds)
 
 
+def _release_when_collected(owner: object, lease: Any) -> weakref.finalize[Any, Any]:
+    """Close ``lease`` (in the background: a collection must not wait for a server) once ``owner`` is garbage
+    collected without being closed: a dropped datastore leaves no renewal thread and no held number behind."""
+    return weakref.finalize(owner, _close_within, lease, 0)
+
+
 class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
     """Entities in logical shards spread over physical servers, behind the 2015 library's API.
 
@@ -228,6 +234,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         self._lease: Any = None  # the leased worker number (worker="lease" or "auto"), held from open() to close()
         self._worker_status = "in-process sequence, random start per millisecond"  # see worker_status
         self._lease_tried = False  # worker="auto": whether this open() asked for a lease yet
+        self._lease_finalizer: weakref.finalize[Any, Any] | None = None  # gives the lease back if never closed
         self._home_follower: Any = None  # worker="auto": drops the leased start if the lease is lost
         self.generator = self._make_generator(source)
         self._ever_opened = False
@@ -318,6 +325,9 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
             self.generator.close()  # its worker number is free for the next generator (this store's, reopened)
             self.generator = None
         lease, self._lease = self._lease, None
+        if self._lease_finalizer is not None:
+            self._lease_finalizer.detach()  # given back here instead
+            self._lease_finalizer = None
         if lease is not None and self._config.auto_worker:
             await ato_thread(_close_within, lease, AUTO_CLOSE_WAIT)  # an unresponsive server must not hold close()
         elif lease is not None:
@@ -379,6 +389,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
                 f"{self.backend!r} cannot: give a fixed WorkerSlice instead"
             )
         self._lease = await store.lease_worker(**options)
+        self._lease_finalizer = _release_when_collected(self, self._lease)
         self.generator = KeyGenerator(self.layout, worker=self._lease)
 
     async def _lease_start(self) -> None:
@@ -407,6 +418,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
             )
             return
         self._lease = lease
+        self._lease_finalizer = _release_when_collected(self, lease)
         home = home_start(lease.worker, self.layout)
         self.generator.start_each_ms_at(home)
         self._home_follower = _HomeFollower(lease, self.generator)

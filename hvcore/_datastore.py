@@ -108,6 +108,12 @@ def _close_within(lease: Any, seconds: float) -> None:
     closing.join(seconds)
 
 
+def _release_when_collected(owner: object, lease: Any) -> weakref.finalize[Any, Any]:
+    """Close ``lease`` (in the background: a collection must not wait for a server) once ``owner`` is garbage
+    collected without being closed: a dropped datastore leaves no renewal thread and no held number behind."""
+    return weakref.finalize(owner, _close_within, lease, 0)
+
+
 class Datastore(PlacementMixin, FacadeBase[ServerStore]):
     """Entities in logical shards spread over physical servers, behind the 2015 library's API.
 
@@ -212,6 +218,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         self._lease: Any = None  # the leased worker number (worker="lease" or "auto"), held from open() to close()
         self._worker_status = "in-process sequence, random start per millisecond"  # see worker_status
         self._lease_tried = False  # worker="auto": whether this open() asked for a lease yet
+        self._lease_finalizer: weakref.finalize[Any, Any] | None = None  # gives the lease back if never closed
         self._home_follower: Any = None  # worker="auto": drops the leased start if the lease is lost
         self.generator = self._make_generator(source)
         self._ever_opened = False
@@ -296,6 +303,9 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
             self.generator.close()  # its worker number is free for the next generator (this store's, reopened)
             self.generator = None
         lease, self._lease = (self._lease, None)
+        if self._lease_finalizer is not None:
+            self._lease_finalizer.detach()  # given back here instead
+            self._lease_finalizer = None
         if lease is not None and self._config.auto_worker:
             to_thread(_close_within, lease, AUTO_CLOSE_WAIT)  # an unresponsive server must not hold close()
         elif lease is not None:
@@ -338,6 +348,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
                 f"worker='lease' needs a backend that can lease worker numbers (PostgreSQL, memory); {self.backend!r} cannot: give a fixed WorkerSlice instead"
             )
         self._lease = store.lease_worker(**options)
+        self._lease_finalizer = _release_when_collected(self, self._lease)
         self.generator = KeyGenerator(self.layout, worker=self._lease)
 
     def _lease_start(self) -> None:
@@ -363,6 +374,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
             )
             return
         self._lease = lease
+        self._lease_finalizer = _release_when_collected(self, lease)
         home = home_start(lease.worker, self.layout)
         self.generator.start_each_ms_at(home)
         self._home_follower = _HomeFollower(lease, self.generator)

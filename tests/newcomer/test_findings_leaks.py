@@ -18,12 +18,6 @@ def _lease_threads() -> list[str]:
     return [t.name for t in threading.enumerate() if t.name.startswith("hypervault-lease")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a Datastore dropped without close() is garbage-collected (its pools close) but its worker-lease thread "
-    "runs on for the life of the process, renewing a worker number nobody uses: a thread and one of the 256 numbers "
-    "per dropped store",
-)
 def test_a_dropped_datastore_leaves_no_lease_thread(pg_fresh_db: dict[str, Any]) -> None:
     """A newcomer's web handler or test helper that builds a Datastore and forgets close(): once the object is
     gone, nothing of it should keep running."""
