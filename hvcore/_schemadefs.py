@@ -528,16 +528,21 @@ def load_migrations(path: str | Path) -> list[Migration]:
     """The migration files of a directory, in version order; `MigrationError` before any SQL for bad files.
 
     Files are ``NNNN_name.sql`` (at least four digits, version ≥ 1; name of letters, digits, ``_ . -``), UTF-8;
-    other ``.sql`` names, a version used twice, and a directory without migrations are refused; files not ending in
-    ``.sql`` are ignored (a README, say).
+    other ``.sql`` names (``.SQL`` and other cases of the extension too), a version used twice, and a directory
+    without migrations are refused; files not ending in ``.sql`` in any case are ignored (a README, say).
     """
     folder = Path(path)
     if not folder.is_dir():
         raise MigrationError(f"migrations directory {str(folder)!r} does not exist or is not a directory")
     found: dict[int, Migration] = {}
     for entry in sorted(folder.iterdir()):
-        if entry.suffix != ".sql" or not entry.is_file():
+        if entry.suffix.lower() != ".sql" or not entry.is_file():
             continue
+        if entry.suffix != ".sql":  # 0002_b.SQL: meant as a migration; skipping it would report success without it
+            raise MigrationError(
+                f"migration file {entry.name!r} ends in {entry.suffix!r}: migrations end in '.sql' (lower case); "
+                f"rename it to {entry.stem + '.sql'!r}"
+            )
         match = _MIGRATION_FILE.fullmatch(entry.name)
         if match is None or int(match.group(1)) == 0:
             raise MigrationError(

@@ -8,8 +8,6 @@ import time
 import weakref
 from typing import Any
 
-import pytest
-
 import hvcore
 from hvbackend_postgres import _lease
 

@@ -5,16 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 import hvcore
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a migration named 0002_b.SQL (upper-case extension, as some editors and Windows tools write it) is "
-    "silently ignored: migrate() applies 0001 only and reports success; 002_b.sql or 0002-b.sql are refused",
-)
 def test_a_migration_file_with_an_upper_case_extension_is_not_silently_skipped(
     pg_fresh_db: dict[str, Any], tmp_path: Path
 ) -> None:
