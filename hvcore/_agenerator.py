@@ -26,7 +26,7 @@ class AsyncKeyGenerator(_GeneratorBase):
 
     def __init__(
         self,
-        layout: KeyLayout = KeyLayout.DEFAULT,
+        layout: KeyLayout | str | int = KeyLayout.DEFAULT,
         sequence: AsyncSequenceSource | SequenceSource | str | None = None,
         *,
         worker: WorkerSlice | WorkerGrant | None = None,

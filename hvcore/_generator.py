@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from itertools import count, islice
 from typing import Any, Final, NamedTuple
 
-from hvcore._config import redact_conninfo
+from hvcore._config import parse_layout, redact_conninfo
 from hvcore._key import Key, KeyLayout, check_shard_id
 from hvcore._keymaker import HOT_MS as _HOT_MS
 from hvcore._keymaker import make_key as _make_key
@@ -195,7 +195,7 @@ class _GeneratorBase:
 
     def __init__(
         self,
-        layout: KeyLayout,
+        layout: KeyLayout | str | int,
         sequence: object,
         worker: WorkerSlice | WorkerGrant | None,
         random_start: bool | None,
@@ -214,8 +214,7 @@ class _GeneratorBase:
                 "accelerator is built (importing it turns the GIL on)"
             )
         # Every option is checked before anything is made (a claim, a source): a refused generator leaves nothing.
-        if not isinstance(layout, KeyLayout):
-            raise ConfigError(f"layout must be a KeyLayout, got {type(layout).__name__} {layout!r}")
+        layout = parse_layout(layout)  # a KeyLayout, "default"/"hypervault", or an epoch in Unix ms: as Datastore
         if type(max_backwards_ms) is not int or max_backwards_ms < 0:
             raise ConfigError(f"max_backwards_ms must be an int >= 0, got {max_backwards_ms!r}")
         size = layout.sequence_size
@@ -617,6 +616,7 @@ class _GeneratorBase:
 class KeyGenerator(_GeneratorBase):
     """Makes unique, increasing keys per shard, safe across threads and ``fork()``.
 
+    ``layout``: a `KeyLayout`, ``"default"`` / ``"hypervault"``, or an epoch in Unix ms (as `Datastore` takes it).
     Each shard gets up to ``layout.sequence_size`` (1024) ids per millisecond; past that, the call waits for the
     next millisecond without holding any lock, so other threads and shards keep going. Keys of one shard never
     repeat within the generator, across the process's threads and its forked children, and those one thread gets
@@ -660,7 +660,7 @@ class KeyGenerator(_GeneratorBase):
 
     def __init__(
         self,
-        layout: KeyLayout = KeyLayout.DEFAULT,
+        layout: KeyLayout | str | int = KeyLayout.DEFAULT,
         sequence: SequenceSource | str | None = None,
         *,
         worker: WorkerSlice | WorkerGrant | None = None,

@@ -420,6 +420,8 @@ class Timeline:
         whose signature does not match ``secret`` (forged, edited, or signed with another secret).
         """
         timeline = cls(max_age=max_age, clock=clock)
+        if secret is not None:
+            _key(secret)  # a secret too short is refused on every call, not only on the first with a token
         if token is None or token == "":
             return timeline
         if not isinstance(token, str):
@@ -433,8 +435,8 @@ class Timeline:
             raise InvalidToken(f"not a timeline token ({len(raw)} bytes do not make one): {show_value(token)}")
         expected = hmac.new(_key(secret), body, hashlib.sha256).digest()[:_MAC_SIZE]
         if not hmac.compare_digest(mac, expected):
-            signed = "with this secret" if secret is not None else "without a secret"
-            raise InvalidToken(f"timeline token signature does not match (forged, edited, or not made {signed})")
+            made = "signed with another secret" if secret is not None else "signed with a secret, read without one"
+            raise InvalidToken(f"timeline token signature does not match (forged, edited, or {made})")
         version, issued = _HEADER.unpack_from(body)
         if version != _TOKEN_VERSION:
             raise InvalidToken(f"timeline token version {version}, expected {_TOKEN_VERSION}")

@@ -171,10 +171,25 @@ def config_document(cfg: DatastoreConfig) -> dict[str, Any]:
 _ROWS = {"row": "Row (row[0] and row['name'])", "dict": "dicts", "tuple": "tuples"}
 
 
+def _check_plugins(cfg: DatastoreConfig) -> None:
+    """What `Datastore.from_config` would refuse beyond the file itself: the backend name and the sequence URL
+    (read by their plugins, no connection made). A file `hv config` shows without complaint opens."""
+    from hvcore._plugins import default_registry
+
+    registry = default_registry()
+    registry.backend(cfg.backend)
+    if isinstance(cfg.sequence, str) and "://" in cfg.sequence:
+        source = registry.sequence(cfg.sequence.split("://", 1)[0])(cfg.sequence, asyncio=False, layout=cfg.layout)
+        source.close()
+
+
 def cmd_config_show(args: argparse.Namespace, out: TextIO) -> int:
-    """Print a config file as hypervault reads it (passwords masked): a summary, or JSON with ``--json``."""
+    """Print a config file as hypervault reads it (passwords masked): a summary, or JSON with ``--json``.
+
+    Refuses (exit 2) what `Datastore.from_config` would refuse, the backend and the sequence URL included."""
     cfg = load_config(args.config)
     shard_map, _ = ShardMap.from_connections(cfg.servers, layout=cfg.layout, allow_gaps=cfg.allow_gaps)
+    _check_plugins(cfg)
     doc = config_document(cfg)
     if args.json:
         emit_json(doc, out)

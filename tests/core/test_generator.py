@@ -156,8 +156,11 @@ def test_options_are_validated() -> None:
     with pytest.raises(ConfigError, match="block_size"):
         KeyGenerator(block_size=0)
     assert KeyGenerator(block_size=LAYOUT.sequence_size + 1).block_size == LAYOUT.sequence_size  # at most all
+    assert KeyGenerator("hypervault").layout is KeyLayout.HYPERVAULT  # the names Datastore takes
+    with pytest.raises(ConfigError, match="unknown layout 'defualt'"):
+        KeyGenerator("defualt")
     with pytest.raises(ConfigError, match="KeyLayout"):
-        KeyGenerator("default")  # type: ignore[arg-type]
+        KeyGenerator(1.5)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="AsyncKeyGenerator"):
         KeyGenerator(sequence=AsyncMemorySequence())  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="clock"):
