@@ -71,10 +71,13 @@ def test_new_keys_are_unique_and_decode_to_the_shard() -> None:
 
 
 @pytest.mark.parametrize(
-    ("args", "message"), [(["--shard", "8192"], "0..8191"), (["--shard", "1", "--count", "0"], "≥ 1")]
+    ("args", "message"), [(["--shard", "8192"], "0..8191"), (["--shard", "1", "--count", "0"], "above 0")]
 )
 def test_new_bad_input(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
-    code, _ = run("key", "new", *args)
+    try:
+        code, _ = run("key", "new", *args)
+    except SystemExit as exc:  # argparse's usage error (a bad --count): exit status 2 and an error line
+        code = int(exc.code or 0)
     assert code == 2
     assert message in capsys.readouterr().err
 

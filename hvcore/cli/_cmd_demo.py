@@ -16,7 +16,7 @@ from hvcore._datastore import Datastore
 from hvcore._key import Key
 from hvcore._plugins import PluginRegistry, default_registry, install_hint
 from hvcore.cli._output import Progress, emit_json, table
-from hvcore.errors import PluginError
+from hvcore.errors import ConfigError, PluginError
 
 __all__ = ["DEMO_SERVERS", "SHARDS_PER_SERVER", "cmd_demo", "demo_setup"]
 
@@ -37,6 +37,11 @@ def demo_setup(args: argparse.Namespace, registry: PluginRegistry) -> Iterator[t
     `PluginError` saying which extra to install.
     """
     if args.config:
+        if args.backend is not None:
+            raise ConfigError(
+                f"hv demo: --backend {args.backend} picks the demo's own servers; with --config the file's servers "
+                "and backend are used: give one of the two"
+            )
         cfg = load_config(args.config)
         yield [dict(s) for s in cfg.servers], cfg.backend, f"servers from {args.config}"
         return

@@ -11,7 +11,7 @@ from hvcore._key import Key, KeyLayout
 from hvcore._plugins import default_registry
 from hvcore._sequence import SequenceSource
 from hvcore.cli._output import emit_json, table
-from hvcore.errors import HypervaultError, PluginError
+from hvcore.errors import PluginError
 
 __all__ = ["cmd_key_decode", "cmd_key_new", "layout_from_args"]
 
@@ -38,8 +38,6 @@ def cmd_key_decode(args: argparse.Namespace, out: TextIO) -> int:
 def cmd_key_new(args: argparse.Namespace, out: TextIO) -> int:
     """Print new ids, one per line (or as JSON)."""
     layout = layout_from_args(args)
-    if args.count < 1:
-        raise HypervaultError(f"--count must be ≥ 1, got {args.count}")
     source: SequenceSource | None = None
     if args.sequence:
         made = default_registry().sequence(args.sequence.split("://", 1)[0])(args.sequence, layout=layout)

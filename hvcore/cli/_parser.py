@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     decode.add_argument("ids", nargs="+", metavar="ID", help="decimal id(s)")
     new = add(key_sub, "new", cmd_key_new, "print new ids, one per line", [json_out, layout])
     new.add_argument("--shard", type=int, required=True, help="shard id (0..8191)")
-    new.add_argument("--count", type=int, default=1, help="how many ids (default 1)")
+    new.add_argument("--count", type=_count, default=1, help="how many ids (default 1)")
     new.add_argument("--sequence", help="shared sequence URL, e.g. redis://127.0.0.1:6379/0")
 
     demo = add(
@@ -124,8 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
         "(pip install 'hypervault[embedded]'), started and deleted by the demo; with --config the rows it writes "
         "into your servers carry a run mark and are deleted again at the end (unless --keep).",
     )
-    demo.add_argument("--backend", choices=["embedded", "memory"], default="embedded", help="without --config")
-    demo.add_argument("--rows", type=int, default=3000, help="entities to write (default 3000)")
+    demo.add_argument(
+        "--backend", choices=["embedded", "memory"], help="the demo's own servers (default embedded); not with --config"
+    )
+    demo.add_argument("--rows", type=_count, default=3000, help="entities to write (default 3000)")
     demo.add_argument(
         "--keep",
         action="store_true",
@@ -217,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
         "balance rows over N servers; N may exceed the servers in the config (add the new ones before moving). "
         "Prints the hv shard move commands to run; nothing is moved.",
     )
-    plan.add_argument("--servers", type=int, required=True, help="how many servers to balance over")
+    plan.add_argument("--servers", type=_count, required=True, help="how many servers to balance over")
     export = add(
         shard_sub,
         "export",
@@ -253,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     adopt.add_argument(
         "--coordinator", required=True, metavar="DSN", help="the coordinator's connection string (conninfo or URL)"
     )
-    adopt.add_argument("--batch", type=int, default=64, help="shards handed over together (default 64)")
+    adopt.add_argument("--batch", type=_count, default=64, help="shards handed over together (default 64)")
     _add_schema_commands(sub, add, config, json_out)
     return parser
 

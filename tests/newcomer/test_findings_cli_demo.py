@@ -16,23 +16,15 @@ def _hv(*argv: str) -> tuple[int, str]:
     return code, out.getvalue()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hv demo --rows -5 runs and prints negative entity counts and rates (put -3 entities at -2,994,012/s), "
-    "exit 1 with no error line; README: a failure is one 'hv: error: ...' line and exit code 2",
-)
-def test_demo_refuses_a_negative_row_count(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out = _hv("demo", "--backend", "memory", "--rows", "-5")
-    assert "-" not in out.split("operation", 1)[-1].split("read back")[0].replace("─", ""), out
-    assert code == 2
-    assert "hv: error:" in capsys.readouterr().err
+@pytest.mark.parametrize("rows", ["-5", "0"])
+def test_demo_refuses_a_row_count_below_one(rows: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:  # argparse's usage error: nothing runs
+        _hv("demo", "--backend", "memory", "--rows", rows)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "hv demo: error: argument --rows" in err and "above 0" in err, err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hv demo --config FILE --backend memory silently ignores --backend (the help says 'without --config') "
-    "and writes into the configured servers",
-)
 def test_demo_refuses_backend_with_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A user asking for the memory backend must not get rows written into the servers of the file; the config
     names a server that does not exist, so honouring --backend memory or refusing the pair both pass quickly."""
