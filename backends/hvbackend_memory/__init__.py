@@ -209,6 +209,9 @@ class MemoryServerStore:
         self._borrower: dict[int, object] = {}  # id(conn) → who borrowed it (`Holdings`)
         self._holdings = Holdings()
         self._local = threading.local()  # .held: the async store took this call's slot already
+        self._in_use = 0  # pretend connections taken (calls running, streams open, connections borrowed)
+        self._waiting = 0
+        self._generation = 0  # a new pool of pretend connections each close() (see _release_slot)
         self._open = False
 
     @property
@@ -257,6 +260,8 @@ class MemoryServerStore:
             self._borrower.clear()
             self._holdings.clear()
             self._slots = threading.BoundedSemaphore(self._options.pool_max)
+            self._in_use = 0
+            self._generation += 1
             self._open = False
 
     def after_fork_in_child(self) -> None:
@@ -266,6 +271,9 @@ class MemoryServerStore:
         self._holdings = Holdings()
         self._slots = threading.BoundedSemaphore(self._options.pool_max)
         self._lock = threading.RLock()
+        self._in_use = 0
+        self._waiting = 0
+        self._generation += 1
 
     # -- connections -----------------------------------------------------------------------------------------
 
@@ -286,16 +294,27 @@ class MemoryServerStore:
             self._borrower[id(conn)] = self._holdings.take(CONNECTION)
         return conn
 
-    def _take_slot(self, timeout: float) -> None:
+    def _take_slot(self, timeout: float) -> int:
         """Take a pretend connection for a call, waiting up to ``timeout`` s (0: not at all), as a PostgreSQL pool
         does: every operation needs one while it runs and a query stream holds one until it ends, so code that
         writes inside a loop over ``query()`` with a small ``pool_max`` fails here as it would on PostgreSQL."""
-        acquired = self._slots.acquire(timeout=timeout) if timeout > 0 else self._slots.acquire(blocking=False)
-        if not acquired:
+        acquired = self._slots.acquire(blocking=False)
+        if not acquired and timeout > 0:
+            self._count_waiting(1)
+            try:
+                acquired = self._slots.acquire(timeout=timeout)
+            finally:
+                self._count_waiting(-1)
+        if acquired:
+            with self._lock:
+                self._in_use += 1
+                return self._generation
+        else:
             if timeout > 0:
                 metrics.connection_timeout(self.label)
             options = self._options
             raise pool_timeout(self.label, options.pool_block_timeout, options.pool_max, self._holdings.mine())
+        raise AssertionError("unreachable")  # pragma: no cover
 
     @contextmanager
     def _slot(self) -> Iterator[None]:
@@ -303,11 +322,11 @@ class MemoryServerStore:
         if getattr(self._local, "held", False):
             yield
             return
-        self._take_slot(self._options.pool_block_timeout)
+        generation = self._take_slot(self._options.pool_block_timeout)
         try:
             yield
         finally:
-            self._slots.release()
+            self._release_slot(generation)
 
     def owns(self, conn: Any) -> bool:
         """True if ``conn`` is borrowed from this store right now."""
@@ -324,7 +343,21 @@ class MemoryServerStore:
             owner = self._borrower.pop(id(conn), None)
         if owner is not None:
             self._holdings.give(CONNECTION, owner)
+        self._release_slot(self._generation)
+
+    def _release_slot(self, generation: int) -> None:
+        """Give a pretend connection back, unless the pool was closed (and renewed) since it was taken: a stream
+        finalized after `close` must not free a slot of the new pool."""
+        with self._lock:
+            if generation != self._generation:
+                return
+            self._in_use -= 1
         self._slots.release()
+
+    def _count_waiting(self, change: int) -> None:
+        """Callers waiting for a pretend connection right now (``stats()["waiting"]``)."""
+        with self._lock:
+            self._waiting += change
 
     @contextmanager
     def cursor(self, shard_id: int) -> Iterator[MemoryCursor]:
@@ -554,12 +587,19 @@ class MemoryServerStore:
         return MemoryIndexes(self)
 
     def stats(self) -> dict[str, Any]:
-        """Pool figures."""
-        borrowed = len(self._borrowed)
+        """Pool figures with the PostgreSQL stores' keys: ``pool_max``, ``size`` (always ``pool_max``: pretend
+        connections are all open), ``available``, ``borrowed`` (taken by running calls, open query streams and
+        borrowed connections), ``replacing`` (0) and ``waiting`` (callers waiting for one)."""
+        with self._lock:
+            in_use, waiting = self._in_use, self._waiting
+        pool_max = self._options.pool_max
         return {
-            "pool_max": self._options.pool_max,
-            "borrowed": borrowed,
-            "available": self._options.pool_max - borrowed,
+            "pool_max": pool_max,
+            "size": pool_max,
+            "available": pool_max - in_use,
+            "borrowed": in_use,
+            "replacing": 0,
+            "waiting": waiting,
         }
 
 
@@ -768,39 +808,45 @@ class AsyncMemoryServerStore:
 
     async def get_connection(self, shard_id: int) -> MemoryConnection:
         """Borrow a pretend connection, waiting (without blocking the loop) up to ``pool_block_timeout``."""
-        deadline = time.monotonic() + self._options.pool_block_timeout
-        while True:
-            try:
-                return self.sync.get_connection_nowait(shard_id)
-            except PoolTimeout:
-                if time.monotonic() >= deadline:
-                    metrics.connection_timeout(self.label)
-                    raise
-                await asyncio.sleep(0.005)
+        return await self._waiting_for(lambda: self.sync.get_connection_nowait(shard_id))
 
-    async def _take_slot(self) -> None:
-        """A pretend connection for one call, waited for without blocking the loop (see the sync `_take_slot`)."""
+    async def _take_slot(self) -> int:
+        """A pretend connection for one call, waited for without blocking the loop (see the sync `_take_slot`);
+        the pool's generation, for `_release_slot`."""
+        return await self._waiting_for(lambda: self.sync._take_slot(0))
+
+    async def _waiting_for(self, take: Callable[[], _T]) -> _T:
+        """``take()`` until it does not raise `PoolTimeout`, polling up to ``pool_block_timeout`` (counted in
+        ``stats()["waiting"]`` meanwhile)."""
+        try:
+            return take()
+        except PoolTimeout:
+            if self._options.pool_block_timeout <= 0:
+                raise
         deadline = time.monotonic() + self._options.pool_block_timeout
-        while True:
-            try:
-                self.sync._take_slot(0)
-                return
-            except PoolTimeout:
-                if time.monotonic() >= deadline:
-                    metrics.connection_timeout(self.label)
-                    raise
+        self.sync._count_waiting(1)
+        try:
+            while True:
                 await asyncio.sleep(0.005)
+                try:
+                    return take()
+                except PoolTimeout:
+                    if time.monotonic() >= deadline:
+                        metrics.connection_timeout(self.label)
+                        raise
+        finally:
+            self.sync._count_waiting(-1)
 
     async def _call(self, method: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         """Run a sync store method with the pretend connection taken here (the loop never blocks on the pool)."""
-        await self._take_slot()
+        generation = await self._take_slot()
         local = self.sync._local
         local.held = True
         try:
             return method(*args, **kwargs)
         finally:
             local.held = False
-            self.sync._slots.release()
+            self.sync._release_slot(generation)
 
     async def put_connection(self, conn: Any) -> None:
         """Return a borrowed connection."""
@@ -871,14 +917,14 @@ class AsyncMemoryServerStore:
 
     async def query(self, shard_ids: Sequence[int], spec: QuerySpec) -> AsyncIterator[Record]:
         """As the sync store: the stream holds a pretend connection until it ends or is closed."""
-        await self._take_slot()
+        generation = await self._take_slot()
         owner = self.sync._holdings.take(STREAM)
         try:
             for record in self.sync._query_records(shard_ids, spec):
                 yield record
         finally:
             self.sync._holdings.give(STREAM, owner)
-            self.sync._slots.release()
+            self.sync._release_slot(generation)
 
     async def provision(
         self, shard_ids: Sequence[int], progress: Callable[[int], None] | None = None

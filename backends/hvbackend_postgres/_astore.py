@@ -315,6 +315,7 @@ class AsyncPostgresServerStore(StoreCore):
         self._borrower = {}
         self._holdings.clear()
         self._lent = 0
+        self._waiting = 0
         self._lock = threading.Lock()
         self._pool_lock = ALock()
         self._detect_lock = ALock()
@@ -380,7 +381,11 @@ class AsyncPostgresServerStore(StoreCore):
                 task = asyncio.current_task()
                 cancels = task.cancelling() if task is not None else 0
             # metrics.wait_time: "all" records every checkout's wait, "waits" those that find no idle connection
-            timed = metrics.on and (metrics.wait_all or (metrics.wait_some and not pool._pool))
+            waits = not pool._pool  # no idle connection: this caller waits (stats()["waiting"] counts it meanwhile)
+            timed = metrics.on and (metrics.wait_all or (metrics.wait_some and waits))
+            if waits:
+                with self._lock:
+                    self._waiting += 1
             try:
                 conn = await pool.getconn(max(deadline - time.monotonic(), 0.001))
             except psycopg_pool.PoolTimeout:
@@ -393,6 +398,10 @@ class AsyncPostgresServerStore(StoreCore):
                 if self._pool is None or self._pool is pool:
                     raise ServerUnavailable(f"the pool of {self._label} is closed") from None
                 continue  # replaced by a fresh pool meanwhile
+            finally:
+                if waits:
+                    with self._lock:
+                        self._waiting -= 1
             if True:  # ASYNC
                 if task is not None and task.cancelling() > cancels:
                     # cancelled as the pool handed the connection over: psycopg_pool waits with asyncio.wait_for,

@@ -410,6 +410,7 @@ class StoreCore:
         self._kwargs = kwargs
         self._user_row_factory: Any = USER_ROW_FACTORIES.get(options.row_factory, row_factory)
         self._lent = 0
+        self._waiting = 0  # callers waiting for a connection of the pool right now (see _checkout)
         self._holdings = Holdings()  # what each thread / task holds of the pool (for the PoolTimeout's note)
         self._borrower: dict[int, object] = {}  # id(conn) of a get_connection() connection → who borrowed it
         self._sql: dict[int, ShardSQL] = {}
@@ -775,7 +776,7 @@ class StoreCore:
             "size": raw.get("pool_size", 0),
             "available": raw.get("pool_available", 0),
             "borrowed": self._lent,
-            "waiting": raw.get("requests_waiting", 0),
+            "waiting": self._waiting,  # callers in a checkout now (psycopg_pool's count keeps those that gave up)
             "connection_errors": raw.get("connections_errors", 0),
             "connections_lost": raw.get("connections_lost", 0) + raw.get("returns_bad", 0),
         }

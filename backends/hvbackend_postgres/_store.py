@@ -303,6 +303,7 @@ class PostgresServerStore(StoreCore):
         self._borrower = {}
         self._holdings.clear()
         self._lent = 0
+        self._waiting = 0
         self._lock = threading.Lock()
         self._pool_lock = Lock()
         self._detect_lock = Lock()
@@ -358,7 +359,11 @@ class PostgresServerStore(StoreCore):
             if pool is None or pool.last_error is not None:
                 pool = self._current_pool()
             # metrics.wait_time: "all" records every checkout's wait, "waits" those that find no idle connection
-            timed = metrics.on and (metrics.wait_all or (metrics.wait_some and (not pool._pool)))
+            waits = not pool._pool  # no idle connection: this caller waits (stats()["waiting"] counts it meanwhile)
+            timed = metrics.on and (metrics.wait_all or (metrics.wait_some and waits))
+            if waits:
+                with self._lock:
+                    self._waiting += 1
             try:
                 conn = pool.getconn(max(deadline - time.monotonic(), 0.001))
             except psycopg_pool.PoolTimeout:
@@ -371,6 +376,10 @@ class PostgresServerStore(StoreCore):
                 if self._pool is None or self._pool is pool:
                     raise ServerUnavailable(f"the pool of {self._label} is closed") from None
                 continue  # replaced by a fresh pool meanwhile
+            finally:
+                if waits:
+                    with self._lock:
+                        self._waiting -= 1
             try:
                 healthy = self._healthy(conn)
             except BaseException:  # interrupted (cancelled, a signal) during the round trip: state unknown

@@ -2,17 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
-
 import hvcore
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="memory stats() has pool_max/borrowed/available only: a health check reading stats()['waiting'] or "
-    "['size'] (README: 'size = available + borrowed + replacing') passes on PostgreSQL and raises KeyError in "
-    "unit tests on memory",
-)
 def test_memory_stats_have_the_documented_pool_keys() -> None:
     with hvcore.Datastore([dict(shards="0-16")], backend="memory") as db:
         db.put(1, 1)

@@ -29,11 +29,6 @@ def test_writing_inside_a_query_loop_with_a_small_pool_says_the_stream_holds_the
         assert "query" in text, text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="stats()['waiting'] (and the db.client.connection.pending_requests gauge read from it) keeps counting "
-    "callers that already got PoolTimeout, until a connection is returned: 3 timeouts, 'waiting': 3, nobody waits",
-)
 def test_callers_that_timed_out_are_not_counted_as_waiting(pg_fresh_db: dict[str, Any]) -> None:
     servers = [{**pg_fresh_db, "shards": "0-8"}]
     with hvcore.Datastore(servers, backend="jsonb", pool_max=1, pool_block_timeout=0.2, worker=None) as db:
