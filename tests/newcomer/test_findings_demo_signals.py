@@ -41,7 +41,6 @@ def _server_pids(dirs: set[str]) -> list[int]:
     "running and /tmp/hv-embedded-* stays (Ctrl-C, SIGINT, cleans up: 'hv: interrupted', exit 130)",
 )
 def test_sigterm_during_the_demo_leaves_no_embedded_server_behind() -> None:
-    pytest.importorskip("pgserver")
     before = _embedded_dirs()
     demo = subprocess.Popen([HV, "demo", "--rows", "300000"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
