@@ -94,6 +94,15 @@ class FacadeBase(Generic[StoreT]):
     _stores: list[StoreT]
     _closed: bool
 
+    def __reduce__(self) -> Any:
+        """Refused: a datastore holds pools, sockets and threads of this process (pickling reaches it when one is
+        handed to a multiprocessing worker or an executor)."""
+        name = type(self).__name__
+        raise TypeError(
+            f"a {name} cannot be pickled (it holds this process's connection pools and threads): build one in each "
+            f"process instead, e.g. {name}.from_config(path) in the worker's initializer, and pass the config path"
+        )
+
     def _configure(
         self,
         connections: Sequence[Mapping[str, Any]],

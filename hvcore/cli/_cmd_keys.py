@@ -17,10 +17,11 @@ __all__ = ["cmd_key_decode", "cmd_key_new", "layout_from_args"]
 
 
 def layout_from_args(args: argparse.Namespace) -> KeyLayout:
-    """The layout chosen by ``--layout``/``--epoch`` (``--epoch`` wins)."""
+    """The layout chosen by ``--layout`` (a name or an epoch in Unix ms) or ``--epoch`` (one of the two)."""
     if getattr(args, "epoch", None) is not None:
         return KeyLayout(epoch_ms=args.epoch)
-    return parse_layout(args.layout)
+    layout: str = args.layout
+    return parse_layout(int(layout) if layout.isdigit() else layout)
 
 
 def cmd_key_decode(args: argparse.Namespace, out: TextIO) -> int:

@@ -65,8 +65,11 @@ def _json_parent() -> argparse.ArgumentParser:
 
 def _layout_parent() -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
-    parent.add_argument("--layout", default="default", help="'default', 'hypervault' (the 2015 library's) or epoch ms")
-    parent.add_argument("--epoch", type=int, help="layout epoch in Unix ms (overrides --layout)")
+    chosen = parent.add_mutually_exclusive_group()
+    chosen.add_argument(
+        "--layout", default="default", help="'default', 'hypervault' (the 2015 library's) or an epoch in Unix ms"
+    )
+    chosen.add_argument("--epoch", type=int, help="the layout's epoch in Unix ms (the same as --layout EPOCH)")
     return parent
 
 

@@ -33,11 +33,6 @@ def test_a_layout_that_cannot_make_a_key_now_is_refused_when_the_store_is_built(
         hvcore.Datastore([dict(shards="0-16")], backend="memory", layout=epoch_ms).close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hv key decode --layout 1379365531352 says \"unknown layout '1379365531352': expected 'default', "
-    "'hypervault' or an epoch in Unix ms\" - it is an epoch in Unix ms (only --epoch takes one)",
-)
 def test_hv_key_decode_layout_given_as_an_epoch(capsys: pytest.CaptureFixture[str]) -> None:
     out = io.StringIO()
     code = main(["key", "decode", "307821103844175873", "--layout", "1379365531352"], out)
@@ -47,11 +42,6 @@ def test_hv_key_decode_layout_given_as_an_epoch(capsys: pytest.CaptureFixture[st
         assert "2014-11-15T14:11:06.450Z" in out.getvalue()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hv key decode --layout hypervault --epoch 0: two layouts asked for, the epoch silently wins (the id "
-    "decodes to 1971) instead of a usage error",
-)
 def test_hv_key_decode_refuses_layout_and_epoch_together() -> None:
     try:
         code = main(["key", "decode", "307821103844175873", "--layout", "hypervault", "--epoch", "0"], io.StringIO())
