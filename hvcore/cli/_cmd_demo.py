@@ -60,6 +60,22 @@ def demo_setup(args: argparse.Namespace, registry: PluginRegistry) -> Iterator[t
         yield _with_shards([dict(s) for s in demo.settings]), demo.backend, demo.description
 
 
+def _delete_after_interruption(store: Datastore, mark: dict[str, str]) -> None:
+    """Delete an interrupted demo's rows from the configured servers (each holds the run's ``mark``); if that is
+    interrupted or fails too, say how to delete them later."""
+    print(f"hv demo: stopped: deleting the rows it wrote (hv_demo={mark['hv_demo']!r})…", file=sys.stderr)
+    try:
+        removed = store.delete_where(where=mark)
+    except BaseException:
+        print(
+            f"hv demo: rows marked hv_demo={mark['hv_demo']!r} are left in the configured servers: delete them with "
+            f"Datastore.from_config(...).delete_where(where={mark!r})",
+            file=sys.stderr,
+        )
+        raise
+    print(f"hv demo: {removed:,} rows deleted", file=sys.stderr)
+
+
 def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     """Provision shards on two servers, write and read entities one by one and in batches, show where they went."""
     rng = random.Random(42)
@@ -75,33 +91,38 @@ def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
         # On a config's real servers the demo's rows carry a run mark and are deleted at the end (--keep keeps them):
         # only rows holding this run's mark are ever deleted, whatever else the databases hold.
         mark: dict[str, str] = {"hv_demo": secrets.token_hex(8)} if args.config else {}
-        singles = args.rows // 2
-        progress = Progress("put", singles, enabled=None if not args.json else False)
-        keys: list[Key] = []
-        t0 = time.perf_counter()
-        for i in range(singles):
-            keys.append(store.put(rng.choice(shard_ids), i % 3, user=f"user{i}", city=rng.choice(cities), **mark))
-            progress.advance()
-        put_s = time.perf_counter() - t0
-        progress.close()
-        batches: dict[int, list[dict[str, str]]] = {}
-        for i in range(singles, args.rows):
-            batches.setdefault(rng.choice(shard_ids), []).append(
-                {"user": f"user{i}", "city": rng.choice(cities), **mark}
-            )
-        t0 = time.perf_counter()
-        for shard, rows in batches.items():
-            keys.extend(store.put_many(shard, 1, rows))
-        put_many_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        found_one_by_one = sum(1 for k in keys[:singles] if store.get(k) is not None)
-        get_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        found = store.get_many(keys)
-        get_many_s = time.perf_counter() - t0
-        oslo_first = [r.key.as_dict() for r in store.query(where={"city": "Oslo", **mark}, limit=3)]
-        status = store.status()
-        removed = store.delete_where(where=mark) if mark and not args.keep else 0
+        try:
+            singles = args.rows // 2
+            progress = Progress("put", singles, enabled=None if not args.json else False)
+            keys: list[Key] = []
+            t0 = time.perf_counter()
+            for i in range(singles):
+                keys.append(store.put(rng.choice(shard_ids), i % 3, user=f"user{i}", city=rng.choice(cities), **mark))
+                progress.advance()
+            put_s = time.perf_counter() - t0
+            progress.close()
+            batches: dict[int, list[dict[str, str]]] = {}
+            for i in range(singles, args.rows):
+                batches.setdefault(rng.choice(shard_ids), []).append(
+                    {"user": f"user{i}", "city": rng.choice(cities), **mark}
+                )
+            t0 = time.perf_counter()
+            for shard, rows in batches.items():
+                keys.extend(store.put_many(shard, 1, rows))
+            put_many_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            found_one_by_one = sum(1 for k in keys[:singles] if store.get(k) is not None)
+            get_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            found = store.get_many(keys)
+            get_many_s = time.perf_counter() - t0
+            oslo_first = [r.key.as_dict() for r in store.query(where={"city": "Oslo", **mark}, limit=3)]
+            status = store.status()
+            removed = store.delete_where(where=mark) if mark and not args.keep else 0
+        except BaseException:  # Ctrl-C or a failure half-way: the rows written so far go too, as promised
+            if mark and not args.keep:
+                _delete_after_interruption(store, mark)
+            raise
     batched = args.rows - singles
     ok = len(found) == len(keys) and found_one_by_one == singles
     result: dict[str, Any] = {

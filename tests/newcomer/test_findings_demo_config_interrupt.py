@@ -9,19 +9,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 import hvcore
 
 HV = str(Path(sys.executable).with_name("hv"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Ctrl-C during hv demo --config: 'hv: interrupted', exit 130, and the thousands of rows it wrote so far "
-    "(marked hv_demo=<run mark>) stay in the configured databases; the mark is printed nowhere. Help: 'the rows it "
-    "writes into your servers carry a run mark and are deleted again at the end (unless --keep)'",
-)
 def test_an_interrupted_demo_on_configured_servers_deletes_its_rows(
     pg_fresh_db: dict[str, Any], tmp_path: Path
 ) -> None:
