@@ -11,8 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 HV = str(Path(sys.executable).with_name("hv"))
 
 
@@ -35,11 +33,6 @@ def _server_pids(dirs: set[str]) -> list[int]:
     return pids
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SIGTERM during hv demo (embedded servers) kills the CLI at once: its embedded PostgreSQL server(s) keep "
-    "running and /tmp/hv-embedded-* stays (Ctrl-C, SIGINT, cleans up: 'hv: interrupted', exit 130)",
-)
 def test_sigterm_during_the_demo_leaves_no_embedded_server_behind() -> None:
     before = _embedded_dirs()
     demo = subprocess.Popen([HV, "demo", "--rows", "300000"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
