@@ -134,7 +134,9 @@ def session_lock_refusal(what: str, label: str) -> str:
     return (
         f"{what} holds a session advisory lock on {label}, which a transaction-mode pooler cannot keep (the lock "
         "would stay with one of the pooler's server sessions, held for good): run it with a server entry that "
-        "reaches the server directly, or through a session-mode pooler with pgbouncer='session'"
+        "reaches the server directly, or through a session-mode pooler with pgbouncer='session'. No pooler there? "
+        "pgbouncer='auto' (the default) takes a port other than the server's own for one, as a port mapping such "
+        "as Docker's '-p 15432:5432' looks: set pgbouncer='off' on that server entry"
     )
 
 

@@ -38,12 +38,6 @@ def mapped(pg_fresh_db: dict[str, Any]) -> Iterator[dict[str, Any]]:
         relay.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="behind a port mapping, pgbouncer='auto' resolves to 'transaction' and provision() is refused with a "
-    "message about 'a transaction-mode pooler' (there is none) that never names pgbouncer='auto', the port "
-    "guess, or pgbouncer='off', the setting that fixes it",
-)
 def test_provision_behind_a_port_mapping_says_how_to_fix_it(mapped: dict[str, Any]) -> None:
     """The first thing a newcomer with PostgreSQL in Docker does is `hv init`."""
     with hvcore.Datastore([{**mapped, "shards": "0-4"}], backend="jsonb") as db:
