@@ -7,7 +7,8 @@ Fixtures:
   options (``layout=``, ``pool_max=``...); every store it makes is closed after the test.
 - ``hv_postgres_datastore``: an empty `Datastore` on real PostgreSQL (shards 0-16, backend ``jsonb``; pass
   ``--hv-backend hstore`` for hstore). The server comes from ``$HYPERVAULT_TEST_DSN`` (a throwaway database:
-  the fixture creates and empties schemas ``shard0000``..``shard0015`` there), else from testcontainers when
+  the fixture creates and empties schemas ``shard0000``..``shard0015`` there, and drops and makes them again when
+  a run with the other backend left them), else from testcontainers when
   a Docker engine runs, else the test is skipped with the reason.
 """
 
@@ -76,10 +77,28 @@ def _hv_postgres_provisioned(
     backend = str(pytestconfig.getoption("--hv-backend"))
     store = hvcore.Datastore([dict(settings, shards=spec) for spec in POSTGRES_SHARDS], backend=backend)
     try:
-        store.provision()
+        try:
+            store.provision()
+        except hvcore.ConfigError as exc:
+            if "belongs to another backend" not in str(exc):
+                raise
+            _drop_shard_schemas(settings)  # a throwaway database a run with the other backend used: start afresh
+            store.provision()
         yield store
     finally:
         store.close()
+
+
+def _drop_shard_schemas(settings: dict[str, Any]) -> None:
+    """Drop the fixture's own shard schemas (shard0000..shard0015) from the throwaway test database."""
+    import psycopg
+    from psycopg import sql
+
+    from hvbackend_postgres._schema import shard_schema
+
+    with psycopg.connect(**settings, autocommit=True) as conn:
+        for shard in range(16):
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(shard_schema(shard))))
 
 
 @pytest.fixture

@@ -9,12 +9,6 @@ import pytest
 pytest_plugins = ["pytester"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hv_postgres_datastore on a throwaway HYPERVAULT_TEST_DSN that a jsonb run used before: the hstore run "
-    "(--hv-backend hstore) errors in every test with ConfigError 'this database belongs to another backend' "
-    "instead of giving the promised empty store (a CI job running both backends against one database)",
-)
 def test_the_postgres_fixture_runs_both_backends_on_one_throwaway_database(
     pytester: pytest.Pytester, pg_fresh_db: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
