@@ -14,7 +14,7 @@ import os
 import threading
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from enum import Enum
 from pathlib import Path
 from time import perf_counter
@@ -452,6 +452,8 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         ``MemoryConnection`` instead. Return it with `put_connection`. On a server with standbys (and
         ``read_your_writes``), `put_connection` counts it as a write to the shard: the primary's WAL position is
         read then (one round trip) and the shard's reads stay on the primary until a standby has replayed it.
+        A statement reaching a shard that moved away raises `ShardMoved` (through the connection's cursors and
+        ``execute``); when the connection is returned, the datastore learns the shard's new server.
         """
         conn: AsyncConnection[Row] = await self.store_for(shard_id).get_connection(shard_id)
         if self._router is not None and self._config.read_your_writes:  # put_connection notes it as a write
@@ -465,7 +467,10 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         """
         for store in (*self._stores, *self._retired):
             if store.owns(conn):
+                moved = getattr(conn, "hv_moved", None)  # a statement reached a moved shard's forwarding stub
                 await store.put_connection(conn)
+                if isinstance(moved, ShardMoved):
+                    self._learn(moved, "get_connection()")
                 lent = self._lent_shards.pop(id(conn), None)
                 if lent is not None and lent[0] is conn:  # whatever it committed counts as a write to its shard
                     await self._note_write(lent[1])
@@ -473,6 +478,12 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         raise ConnectionMisuse(
             f"{conn!r} is not borrowed from this AsyncDatastore: it was already returned, or came from elsewhere"
         )
+
+    def _learn(self, moved: ShardMoved, lent: str) -> None:
+        """After raw SQL refused by a moved shard's old server: later calls go to its new server."""
+        with suppress(HypervaultError):
+            self._follow(moved)
+            moved.add_note(f"nothing of it was committed; the next {lent} goes to {moved.server}: run it again there")
 
     @asynccontextmanager
     async def cursor(self, shard_id: int) -> AsyncIterator[AsyncCursor[Row]]:
@@ -482,9 +493,15 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         ``DictRow`` did (``row_factory="dict"``/``"tuple"`` for dicts or tuples). The memory backend yields a
         ``MemoryCursor``, which answers ``SELECT version()`` and ``SELECT 1`` only. On a server with standbys
         (and ``read_your_writes``), a block that commits counts as a write to the shard, as for `get_connection`.
+        A statement reaching a shard that moved away raises `ShardMoved` (the block rolls back); the datastore
+        learns the new server, so the next ``cursor(shard_id)`` goes there.
         """
-        async with self.store_for(shard_id).cursor(shard_id) as cur:
-            yield cur
+        try:
+            async with self.store_for(shard_id).cursor(shard_id) as cur:
+                yield cur
+        except ShardMoved as moved:  # the shard's old server refused a statement: nothing of the block committed
+            self._learn(moved, f"cursor({shard_id})")
+            raise
         if self._router is not None:  # committed: read-your-writes counts the block as a write to the shard
             await self._note_write(shard_id)
 

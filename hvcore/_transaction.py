@@ -354,11 +354,15 @@ class ShardTransaction:
 
         A psycopg cursor whose rows are `Row` objects, as `Datastore.cursor` lends; it commits nothing: the
         transaction does when its block ends. The memory backend yields a ``MemoryCursor`` reading the shard as the
-        transaction sees it.
+        transaction sees it. A statement reaching a shard that moved away raises `ShardMoved` (as every method does).
         """
         self._check("cursor", write=not self.read_only)  # statements of its own may write
-        with self._tx.cursor() as cur:
-            yield cur
+        try:
+            with self._tx.cursor() as cur:
+                yield cur
+        except ShardMoved as moved:  # a statement of its own reached a moved shard's forwarding stub
+            self._abort(moved)
+            raise self._moved(moved) from moved
 
     @contextmanager
     def transaction(self) -> Iterator[ShardTransaction]:
