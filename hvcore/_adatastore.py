@@ -510,19 +510,20 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
     ) -> AbstractAsyncContextManager[AsyncShardTransaction]:
         """One transaction on one shard: ``async with db.transaction(12) as tx:`` then ``tx.put``, ``tx.get``...
 
-        Yields an `AsyncShardTransaction` whose ``put``, ``put_many``, ``get``, ``get_many``, ``update``,
-        ``replace``, ``delete``, ``query`` and ``cursor()`` all run in one transaction on the shard's server (keys
-        of the shard only: `InvalidKey` otherwise, before any SQL); committed when the block ends, rolled back when
-        an exception leaves it. ``async with tx.transaction():`` inside it, or ``db.transaction(12)`` again in the
-        same task or thread, is a savepoint. ``isolation_level``: None (the server's default), ``"read
-        committed"``, ``"repeatable read"`` or ``"serializable"`` (case, ``_`` and ``-`` ignored; an enum such as
-        psycopg's ``IsolationLevel`` by its name); ``read_only=True`` refuses writes
-        (`TransactionError`). Bad arguments raise `ConfigError`, `InvalidShard` or `ShardNotFound` when this is
-        called. The shard context travels with the transaction (``SET LOCAL search_path`` and schema-qualified
-        statements), so it works through PgBouncer in transaction mode. A shard that moved away is reported with
-        `ShardMoved`, never followed inside the transaction; `TransactionConflict` when PostgreSQL refuses it to
-        keep transactions isolated (run it again); `ServerUnavailable` when the server is lost (during the commit
-        the outcome is unknown). Transactions on different shards are separate transactions.
+        Yields an `AsyncShardTransaction` whose ``put``, ``put_many``, ``get``, ``get_many``, ``update``, ``replace``,
+        ``delete``, ``query`` and ``cursor()`` all run in one transaction on the shard's server (keys of the shard only:
+        `InvalidKey` otherwise, before any SQL); committed when the block ends, rolled back when an exception leaves it.
+        ``async with tx.transaction():`` inside it, or ``db.transaction(12)`` again in the same task or thread, is a
+        savepoint; in a child task or another thread it is a transaction of its own (the parent's ``tx`` is only for the
+        task or thread that opened it: `TransactionError` elsewhere). ``isolation_level``: None (the server's default),
+        ``"read committed"``, ``"repeatable read"`` or ``"serializable"`` (case, ``_`` and ``-`` ignored; an enum such
+        as psycopg's ``IsolationLevel`` by its name); ``read_only=True`` refuses writes (`TransactionError`). Bad
+        arguments raise `ConfigError`, `InvalidShard` or `ShardNotFound` when this is called. The shard context travels
+        with the transaction (``SET LOCAL search_path`` and schema-qualified statements), so it works through PgBouncer
+        in transaction mode. A shard that moved away is reported with `ShardMoved`, never followed inside the
+        transaction; `TransactionConflict` when PostgreSQL refuses it to keep transactions isolated (run it again);
+        `ServerUnavailable` when the server is lost (during the commit the outcome is unknown). Transactions on
+        different shards are separate transactions.
         """
         return open_transaction(self, shard_id, isolation_level, read_only)
 
