@@ -225,8 +225,13 @@ class AsyncPostgresTransaction:
         A statement refused by a moved shard's forwarding stub (``ZHV01``) raises `ShardMoved`."""
         self.user_sql = True
         # the lent cursor class: a statement the forwarding stub of a moved shard refuses raises ShardMoved
-        async with self._store._lent_cursor(self._conn, row_factory=self._store._user_row_factory) as cur:
-            yield cur
+        conn: Any = self._conn
+        conn.hv_shard = self.shard_id
+        try:
+            async with self._store._lent_cursor(conn, row_factory=self._store._user_row_factory) as cur:
+                yield cur
+        finally:
+            conn.hv_shard = conn.hv_moved = None
 
     @asynccontextmanager
     async def savepoint(self) -> AsyncIterator[None]:
