@@ -14,7 +14,7 @@ import os
 import threading
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from enum import Enum
 from pathlib import Path
 from time import perf_counter
@@ -464,6 +464,8 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         ``MemoryConnection`` instead. Return it with `put_connection`. On a server with standbys (and
         ``read_your_writes``), `put_connection` counts it as a write to the shard: the primary's WAL position is
         read then (one round trip) and the shard's reads stay on the primary until a standby has replayed it.
+        A statement reaching a shard that moved away raises `ShardMoved` (through the connection's cursors and
+        ``execute``); when the connection is returned, the datastore learns the shard's new server.
         """
         conn: AsyncConnection[Row] = await self.store_for(shard_id).get_connection(shard_id)
         if self._router is not None and self._config.read_your_writes:  # put_connection notes it as a write
@@ -477,7 +479,10 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         """
         for store in (*self._stores, *self._retired):
             if store.owns(conn):
+                moved = getattr(conn, "hv_moved", None)  # a statement reached a moved shard's forwarding stub
                 await store.put_connection(conn)
+                if isinstance(moved, ShardMoved):
+                    self._learn(moved, "get_connection()")
                 lent = self._lent_shards.pop(id(conn), None)
                 if lent is not None and lent[0] is conn:  # whatever it committed counts as a write to its shard
                     await self._note_write(lent[1])
@@ -485,6 +490,12 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         raise ConnectionMisuse(
             f"{conn!r} is not borrowed from this AsyncDatastore: it was already returned, or came from elsewhere"
         )
+
+    def _learn(self, moved: ShardMoved, lent: str) -> None:
+        """After raw SQL refused by a moved shard's old server: later calls go to its new server."""
+        with suppress(HypervaultError):
+            self._follow(moved)
+            moved.add_note(f"nothing of it was committed; the next {lent} goes to {moved.server}: run it again there")
 
     @asynccontextmanager
     async def cursor(self, shard_id: int) -> AsyncIterator[AsyncCursor[Row]]:
@@ -494,9 +505,15 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         ``DictRow`` did (``row_factory="dict"``/``"tuple"`` for dicts or tuples). The memory backend yields a
         ``MemoryCursor``, which answers ``SELECT version()`` and ``SELECT 1`` only. On a server with standbys
         (and ``read_your_writes``), a block that commits counts as a write to the shard, as for `get_connection`.
+        A statement reaching a shard that moved away raises `ShardMoved` (the block rolls back); the datastore
+        learns the new server, so the next ``cursor(shard_id)`` goes there.
         """
-        async with self.store_for(shard_id).cursor(shard_id) as cur:
-            yield cur
+        try:
+            async with self.store_for(shard_id).cursor(shard_id) as cur:
+                yield cur
+        except ShardMoved as moved:  # the shard's old server refused a statement: nothing of the block committed
+            self._learn(moved, f"cursor({shard_id})")
+            raise
         if self._router is not None:  # committed: read-your-writes counts the block as a write to the shard
             await self._note_write(shard_id)
 
@@ -505,19 +522,20 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
     ) -> AbstractAsyncContextManager[AsyncShardTransaction]:
         """One transaction on one shard: ``async with db.transaction(12) as tx:`` then ``tx.put``, ``tx.get``...
 
-        Yields an `AsyncShardTransaction` whose ``put``, ``put_many``, ``get``, ``get_many``, ``update``,
-        ``replace``, ``delete``, ``query`` and ``cursor()`` all run in one transaction on the shard's server (keys
-        of the shard only: `InvalidKey` otherwise, before any SQL); committed when the block ends, rolled back when
-        an exception leaves it. ``async with tx.transaction():`` inside it, or ``db.transaction(12)`` again in the
-        same task or thread, is a savepoint. ``isolation_level``: None (the server's default), ``"read
-        committed"``, ``"repeatable read"`` or ``"serializable"`` (case, ``_`` and ``-`` ignored; an enum such as
-        psycopg's ``IsolationLevel`` by its name); ``read_only=True`` refuses writes
-        (`TransactionError`). Bad arguments raise `ConfigError`, `InvalidShard` or `ShardNotFound` when this is
-        called. The shard context travels with the transaction (``SET LOCAL search_path`` and schema-qualified
-        statements), so it works through PgBouncer in transaction mode. A shard that moved away is reported with
-        `ShardMoved`, never followed inside the transaction; `TransactionConflict` when PostgreSQL refuses it to
-        keep transactions isolated (run it again); `ServerUnavailable` when the server is lost (during the commit
-        the outcome is unknown). Transactions on different shards are separate transactions.
+        Yields an `AsyncShardTransaction` whose ``put``, ``put_many``, ``get``, ``get_many``, ``update``, ``replace``,
+        ``delete``, ``query`` and ``cursor()`` all run in one transaction on the shard's server (keys of the shard only:
+        `InvalidKey` otherwise, before any SQL); committed when the block ends, rolled back when an exception leaves it.
+        ``async with tx.transaction():`` inside it, or ``db.transaction(12)`` again in the same task or thread, is a
+        savepoint; in a child task or another thread it is a transaction of its own (the parent's ``tx`` is only for the
+        task or thread that opened it: `TransactionError` elsewhere). ``isolation_level``: None (the server's default),
+        ``"read committed"``, ``"repeatable read"`` or ``"serializable"`` (case, ``_`` and ``-`` ignored; an enum such
+        as psycopg's ``IsolationLevel`` by its name); ``read_only=True`` refuses writes (`TransactionError`). Bad
+        arguments raise `ConfigError`, `InvalidShard` or `ShardNotFound` when this is called. The shard context travels
+        with the transaction (``SET LOCAL search_path`` and schema-qualified statements), so it works through PgBouncer
+        in transaction mode. A shard that moved away is reported with `ShardMoved`, never followed inside the
+        transaction; `TransactionConflict` when PostgreSQL refuses it to keep transactions isolated (run it again);
+        `ServerUnavailable` when the server is lost (during the commit the outcome is unknown). Transactions on
+        different shards are separate transactions.
         """
         return open_transaction(self, shard_id, isolation_level, read_only)
 

@@ -12,13 +12,15 @@ savepoint ends), savepoints for nested blocks, and no silent following of a move
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import enum
+import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from time import perf_counter
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from hvcore._acompat import ato_thread
 from hvcore._backend import AsyncStoreTransaction, AsyncSupportsTransactions, QuerySpec, Record
@@ -47,8 +49,54 @@ ISOLATION_LEVELS = ("read committed", "repeatable read", "serializable")
 """The isolation levels a transaction may ask for (PostgreSQL's; None keeps the server's default)."""
 
 # The transactions open in this thread (or asyncio task), innermost last: a nested db.transaction(same shard)
-# becomes a savepoint of the open one instead of a second connection.
+# becomes a savepoint of the open one instead of a second connection. asyncio runs every child task in a copy of
+# its parent's context (asyncio.to_thread too), so the copy holds the parent's transactions: each transaction also
+# knows its home (`_Home`), and only code running there joins it or uses it.
 _OPEN: ContextVar[tuple[AsyncShardTransaction, ...]] = ContextVar("hv_open_transactions", default=())
+
+
+class _Home:
+    """The contextvars context a transaction was opened in: one asyncio task's, or one thread's.
+
+    `here` tells that context from every other, copies included (a child task of ``asyncio.gather``,
+    ``create_task`` or a ``TaskGroup``, a thread of ``asyncio.to_thread`` or ``copy_context().run``): Python 3.11
+    shows no context's identity, but a `ContextVar` token resets only in the context that set it (``ValueError``
+    elsewhere). The variable is this transaction's own and is unset again by `leave`, so nothing accumulates.
+    """
+
+    __slots__ = ("_token", "_var")
+
+    def __init__(self) -> None:
+        self._var: ContextVar[None] = ContextVar("hv_transaction_home")
+        self._token: Token[None] | None = self._var.set(None)
+
+    def here(self) -> bool:
+        """True if the running code is in the home context (no I/O; False once `leave` ran)."""
+        if self._token is None:
+            return False
+        try:
+            self._var.reset(self._token)
+        except ValueError:  # the token was made in another context: a copy of it, or another thread's
+            return False
+        self._token = self._var.set(None)
+        return True
+
+    def leave(self) -> None:
+        """Unset the variable in the home context (the transaction ended); later `here` calls are False."""
+        if self.here():
+            self._var.reset(cast("Token[None]", self._token))
+        self._token = None
+
+
+def _running() -> str:
+    """The asyncio task or the thread running this code, for messages."""
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no event loop running in this thread
+        task = None
+    if task is not None:
+        return f"task {task.get_name()!r}"
+    return f"thread {threading.current_thread().name!r}"
 
 
 def check_isolation_level(level: object) -> str | None:
@@ -74,8 +122,10 @@ class AsyncShardTransaction:
     Got from ``async with db.transaction(shard_id) as tx:``; committed when the block ends, rolled back when an
     exception leaves it. Keys must belong to the shard (`InvalidKey` otherwise, before any SQL). An error from the
     server aborts the transaction (as PostgreSQL does): later calls raise `TransactionError` until the block, or the
-    enclosing ``async with tx.transaction():`` savepoint block, ends and rolls it back. Not for concurrent use by
-    several tasks or threads at once.
+    enclosing ``async with tx.transaction():`` savepoint block, ends and rolls it back. It belongs to the asyncio
+    task (or thread) that opened it: called from another one (a child task of ``asyncio.gather``/``create_task``/
+    ``TaskGroup``, a thread), every method raises `TransactionError` before any I/O; that task opens its own with
+    ``db.transaction(shard_id)``.
     """
 
     __module__ = "hvcore"
@@ -100,6 +150,8 @@ class AsyncShardTransaction:
         self._error_depth = 0  # the savepoint depth it happened at (rolling back to that savepoint clears it)
         self._depth = 0
         self._wrote = False  # a write was sent: the commit is noted for read-your-writes (read replicas)
+        self._home = _Home()  # the context (task, thread) that opened it: the only one that joins or uses it
+        self._opened_by = _running()
 
     def __repr__(self) -> str:
         return f"<AsyncShardTransaction shard={self.shard_id} {self.state} on {self._store.label}>"
@@ -120,6 +172,14 @@ class AsyncShardTransaction:
             raise TransactionError(
                 f"{operation}: the transaction on shard {shard} was {self._state}; start a new one with "
                 f"db.transaction({shard})"
+            )
+        if not self._home.here():
+            raise TransactionError(
+                f"{operation}: the transaction on shard {shard} belongs to the {self._opened_by} that opened it, "
+                f"and this is {_running()}: a transaction is used only in the asyncio task or thread that opened it "
+                "(a child task or thread would interleave its calls and savepoints with the parent's on one "
+                f"connection); open one there with db.transaction({shard}), its own. On Python 3.11 "
+                "asyncio.wait_for and asyncio.shield run their awaitable in a new task: use asyncio.timeout() instead"
             )
         if self._error is not None or self._tx.aborted():
             raise self._aborted_error(operation)
@@ -305,11 +365,15 @@ class AsyncShardTransaction:
 
         A psycopg cursor whose rows are `Row` objects, as `AsyncDatastore.cursor` lends; it commits nothing: the
         transaction does when its block ends. The memory backend yields a ``MemoryCursor`` reading the shard as the
-        transaction sees it.
+        transaction sees it. A statement reaching a shard that moved away raises `ShardMoved` (as every method does).
         """
         self._check("cursor", write=not self.read_only)  # statements of its own may write
-        async with self._tx.cursor() as cur:
-            yield cur
+        try:
+            async with self._tx.cursor() as cur:
+                yield cur
+        except ShardMoved as moved:  # a statement of its own reached a moved shard's forwarding stub
+            self._abort(moved)
+            raise self._moved(moved) from moved
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncShardTransaction]:
@@ -334,9 +398,9 @@ class AsyncShardTransaction:
 
 
 def _open_one(db: AsyncDatastore, shard_id: int) -> AsyncShardTransaction | None:
-    """The innermost transaction of ``db`` on ``shard_id`` open in this thread or task, if any."""
+    """The innermost transaction of ``db`` on ``shard_id`` opened by this thread or task and still open, if any."""
     for tx in reversed(_OPEN.get()):
-        if tx._db is db and tx.shard_id == shard_id and tx._state == "open":
+        if tx._db is db and tx.shard_id == shard_id and tx._state == "open" and tx._home.here():
             return tx
     return None
 
@@ -390,11 +454,12 @@ async def _begin(
                     raise tx._aborted_error("commit")
             finally:
                 _OPEN.set(tuple(t for t in _OPEN.get() if t is not tx))
+                tx._home.leave()
     except BaseException as exc:
         if tx is not None:
             tx._state = "rolled back"
         elif isinstance(exc, PoolTimeout):
-            held = [t.shard_id for t in _OPEN.get() if t._store is store]
+            held = [t.shard_id for t in _OPEN.get() if t._store is store and t._home.here()]
             if held:  # the caller waits for connections it holds itself
                 exc.add_note(
                     f"this thread or task holds {len(held)} of them itself, in open transactions on shard(s) "

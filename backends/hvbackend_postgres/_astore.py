@@ -121,13 +121,17 @@ from hvbackend_postgres._replica import (
     wal_position_of,
 )
 from hvbackend_postgres._schema import (
+    MOVED_SQLSTATE,
+    STUB_PLANNING_STATES,
     TABLE,
     ShardSQL,
     catalog_query,
     count_query,
+    moved_error,
     required_relations,
     shard_ddl,
     shard_schema,
+    stub_probe_sql,
 )
 from hvbackend_postgres._shardtx import shard_search_path
 from hvcore._acompat import ALock, agather, ashield, asleep, aspawn, ato_thread
@@ -136,7 +140,7 @@ from hvcore._config import pgbouncer_mode
 from hvcore._holdings import CONNECTION, STREAM
 from hvcore._key import Key
 from hvcore._metrics import metrics
-from hvcore.errors import ConfigError, ConnectionMisuse, DuplicateKey, ServerUnavailable
+from hvcore.errors import ConfigError, ConnectionMisuse, DuplicateKey, ServerUnavailable, ShardMoved
 
 __all__ = ["AsyncPostgresServerStore"]
 
@@ -162,6 +166,57 @@ def _logging_cursor(logger: Any, log_values: bool = False) -> type[psycopg.Async
             await super().executemany(query, params_seq, **kwargs)
 
     return LoggingCursor
+
+
+STUB_PROBE_WAIT = 0.5  # s: how long a lent cursor waits for a connection of a full pool to check for a stub
+
+
+def _lent_cursor(
+    base: type[psycopg.AsyncCursor[Any]], probe: Callable[[int], Awaitable[ShardMoved | None]]
+) -> type[psycopg.AsyncCursor[Any]]:
+    """``base`` for user SQL (``cursor()``, ``get_connection()``, ``tx.cursor()``): a statement refused by a moved
+    shard's forwarding stub raises `ShardMoved`, noted on the connection (``hv_moved``) so that ``put_connection``
+    lets the datastore learn the new placement.
+
+    The stub's own ``ZHV01`` says so at once; a statement PostgreSQL refuses while planning (`STUB_PLANNING_STATES`:
+    ON CONFLICT with a target, TRUNCATE, DDL...) is checked with ``probe(shard)`` (`stub_probe_sql` on another
+    pooled connection: the statement's own transaction is aborted) for the shard the connection is lent for
+    (``hv_shard``); without an answer the driver's error stands.
+    """
+
+    class LentCursor(base):  # type: ignore[valid-type,misc]
+        """A psycopg cursor whose forwarding-stub refusals are `ShardMoved`."""
+
+        async def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+            try:
+                return await super().execute(query, params, **kwargs)
+            except psycopg.Error as exc:
+                moved = await self._moved(exc)
+                if moved is None:
+                    raise
+                raise moved from exc
+
+        async def executemany(self, query: Any, params_seq: Any, **kwargs: Any) -> None:
+            try:
+                await super().executemany(query, params_seq, **kwargs)
+            except psycopg.Error as exc:
+                moved = await self._moved(exc)
+                if moved is None:
+                    raise
+                raise moved from exc
+
+        async def _moved(self, exc: psycopg.Error) -> ShardMoved | None:
+            conn: Any = self.connection
+            moved: ShardMoved | None = None
+            if exc.sqlstate == MOVED_SQLSTATE:
+                moved = moved_error(exc)
+            elif exc.sqlstate in STUB_PLANNING_STATES and getattr(conn, "hv_shard", None) is not None:
+                moved = await probe(conn.hv_shard)
+            if moved is not None:
+                conn.hv_moved = moved
+            return moved
+
+    return LentCursor
 
 
 class _Pool(psycopg_pool.AsyncConnectionPool[AConn]):
@@ -215,6 +270,7 @@ class AsyncPostgresServerStore(StoreCore):
         self._cursor_factory = (
             _logging_cursor(options.logger, options.log_values) if options.logger is not None else None
         )
+        self._lent_cursor = _lent_cursor(self._cursor_factory or psycopg.AsyncCursor, self._stub_probe)  # user SQL
         self._pool: _Pool | None = None
         self._pool_lock = ALock()
         self._lock = threading.Lock()  # guards the borrowed-connection book-keeping (no await inside)
@@ -478,6 +534,8 @@ class AsyncPostgresServerStore(StoreCore):
                     raise self._shard_missing(shard_id)
             await conn.set_autocommit(False)
             conn.row_factory = self._user_row_factory
+            conn.cursor_factory = self._lent_cursor  # a forwarding stub's refusal is ShardMoved (`_reset` undoes)
+            cast(Any, conn).hv_shard = shard_id
         except BaseException as exc:
             cast(Any, conn).hv_bind = None
             await self._checkin(conn, pool)
@@ -512,6 +570,7 @@ class AsyncPostgresServerStore(StoreCore):
         pool = entry[1]
         clean = False
         cast(Any, conn).hv_bind = None
+        cast(Any, conn).hv_moved = cast(Any, conn).hv_shard = None
         try:
             if not conn.closed:
                 status = conn.pgconn.transaction_status
@@ -559,13 +618,59 @@ class AsyncPostgresServerStore(StoreCore):
                 await conn.execute(RESET_SQL + getattr(conn, "hv_restore", ""))  # ends with the block's transaction
                 session_reset = False
             await conn.commit()
-        except BaseException:
+        except BaseException as exc:
             if not conn.closed:
                 with contextlib.suppress(psycopg.Error):
                     await conn.rollback()
+            if isinstance(exc, psycopg.Error) and exc.sqlstate in STUB_PLANNING_STATES:
+                moved = await self._stub_refusal(conn, shard_id)
+                if moved is not None:
+                    raise moved from exc
             raise
         finally:
             await self._put_back(conn, session_reset=session_reset)
+
+    async def _stub_probe(self, shard_id: int) -> ShardMoved | None:
+        """`_stub_refusal` on a pooled connection of its own, for a lent cursor whose statement aborted its
+        transaction: None without one (a pool with room for one more connection waits up to ``pool_block_timeout``
+        for it; a full one, with none idle, `STUB_PROBE_WAIT`)."""
+        pool = self._pool
+        if pool is None:
+            return None
+        stats = pool.get_stats()
+        full = stats.get("pool_size", 0) >= pool.max_size and not stats.get("pool_available", 0)
+        try:
+            conn = await pool.getconn(STUB_PROBE_WAIT if full else self._options.pool_block_timeout)
+        except psycopg_pool.PoolTimeout:
+            return None
+        try:
+            await conn.execute(stub_probe_sql(shard_id))
+        except psycopg.Error as exc:
+            return moved_error(exc) if exc.sqlstate == MOVED_SQLSTATE else None
+        finally:
+            await self._give_back(conn, pool)
+        return None
+
+    async def _stub_refusal(self, conn: AConn, shard_id: int) -> ShardMoved | None:
+        """`ShardMoved` if ``shard_id``'s table on this server is a moved shard's forwarding stub, else None.
+
+        For a statement refused while planning (`STUB_PLANNING_STATES`), which the stub's ``ZHV01`` never
+        reaches: one read (`stub_probe_sql`) on ``conn``, lent and idle, rolled back after.
+        """
+        if conn.closed or conn.pgconn.transaction_status != pq.TransactionStatus.IDLE:
+            return None
+        cast(Any, conn).hv_shard = None  # no second probe from the lent cursor class
+        try:
+            await conn.execute(stub_probe_sql(shard_id))
+        except ShardMoved as moved:  # the lent cursor class translated the stub's ZHV01
+            return moved
+        except psycopg.Error as exc:
+            return moved_error(exc) if exc.sqlstate == MOVED_SQLSTATE else None
+        finally:
+            if not conn.closed:
+                with contextlib.suppress(psycopg.Error):
+                    await conn.rollback()
+        return None
 
     def transaction(
         self, shard_id: int, *, isolation_level: str | None = None, read_only: bool = False

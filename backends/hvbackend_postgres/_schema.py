@@ -17,6 +17,7 @@ __all__ = [
     "KIND_INDEX",
     "MOVED_SQLSTATE",
     "PKEY_INDEX",
+    "STUB_PLANNING_STATES",
     "TABLE",
     "ShardSQL",
     "catalog_query",
@@ -26,6 +27,7 @@ __all__ = [
     "required_relations",
     "shard_ddl",
     "shard_schema",
+    "stub_probe_sql",
     "stub_sql",
     "truncate_query",
 ]
@@ -165,6 +167,15 @@ class ShardSQL:
 # -- the forwarding stub: what a moved shard leaves on its old server ---------------------------------------------
 
 MOVED_SQLSTATE = "ZHV01"  # raised by the forwarding stub a moved shard leaves on its old server
+STUB_PLANNING_STATES = frozenset({"42P10", "42809", "42704", "42703", "0A000"})
+"""What PostgreSQL raises, while planning, for a statement the stub cannot take (a view over a function): ON
+CONFLICT naming a target or constraint, TRUNCATE/ALTER/CREATE INDEX/COPY TO, a system column, FOR UPDATE. The stub's
+``ZHV01`` never comes then: raw SQL failing so is checked with `stub_probe_sql`."""
+
+
+def stub_probe_sql(shard_id: int) -> sql.Composed:
+    """A cheap read of ``shardNNNN.entities``: one row of a table, or the stub's ``ZHV01`` (`moved_error`)."""
+    return sql.SQL("SELECT 1 FROM {}.{} LIMIT 1").format(sql.Identifier(shard_schema(shard_id)), sql.Identifier(TABLE))
 
 
 def moved_error(exc: psycopg.Error) -> ShardMoved:

@@ -7,8 +7,12 @@ The transaction carries its shard context itself: ``BEGIN`` and ``SET LOCAL sear
 so nothing depends on session state: it works through PgBouncer in transaction mode, and the connection goes back
 to the pool as it came. Statements are never prepared on the server (``prepare=False``, and no automatic
 preparation for statements run through ``tx.cursor()`` during the transaction), for the same reason.
-A key taken by another writer is ``ON CONFLICT (id) DO NOTHING`` (single rows) or a rolled-back savepoint
-(``put_many``'s COPY), so the façade retries with a fresh key without aborting the transaction.
+A key taken by another writer is ``ON CONFLICT DO NOTHING`` (single rows) or a rolled-back savepoint
+(``put_many``'s COPY), so the façade retries with a fresh key without aborting the transaction. The single-row
+INSERT names no conflict target: a moved shard's forwarding stub is a view, on which PostgreSQL refuses
+``ON CONFLICT (id)`` while planning (no unique index: 42P10) before the stub's trigger could answer, so it would
+never report `ShardMoved`. Every statement a transaction sends reaches the stub's function or trigger, which
+raises ``ZHV01`` (`ShardMoved`); raw SQL through ``tx.cursor()`` does too when it reads or writes the table.
 """
 
 from __future__ import annotations
@@ -65,7 +69,8 @@ class PostgresTransaction:
         self.shard_id = shard_id
         self._ext = ext
         statements = ShardSQL.build(shard_id, store.backend, ext)
-        self._insert = statements.insert + " ON CONFLICT (id) DO NOTHING"
+        self._insert = statements.insert + " ON CONFLICT DO NOTHING"  # no target: see the module's docstring
+        self._insert_plain = statements.insert
         self._fetch = statements.fetch
         self._names = itertools.count(1)
         self._streams: set[psycopg.ServerCursor[Any]] = set()  # cursors of query streams not finished yet
@@ -84,7 +89,10 @@ class PostgresTransaction:
         if is_unique_violation(exc):
             duplicate = unique_violation(exc, self.shard_id, self._store.label)
             if duplicate is not None:
-                return duplicate
+                return duplicate  # `insert`'s plain INSERT: the key was free a statement earlier
+            return TransactionConflict(
+                f"a key of shard {self.shard_id} on {self._store.label} was taken by another transaction while this one wrote it: it is rolled back; run it again"
+            )
         if isinstance(exc, _CONFLICTS):
             return TransactionConflict(
                 f"PostgreSQL refused the transaction on shard {self.shard_id} of {self._store.label} to keep transactions isolated ({exc.sqlstate}: {exc.diag.message_primary}): it is rolled back; run it again"
@@ -104,8 +112,18 @@ class PostgresTransaction:
     # -- entities ------------------------------------------------------------------------------------------------
 
     def insert(self, key: Key, kind: int, data: Mapping[str, Any]) -> bool:
-        """One ``INSERT ... ON CONFLICT (id) DO NOTHING``: False if the key is taken (the transaction goes on)."""
-        cur = self._execute(self._insert, self._store._insert_params(key, kind, data))
+        """One ``INSERT ... ON CONFLICT DO NOTHING``: False if the key is taken (the transaction goes on).
+
+        A row left out with its key free took a unique secondary index's value: the plain INSERT then raises
+        `DuplicateValue` (aborting the transaction, as any error does). Both extra statements run only then.
+        """
+        params = self._store._insert_params(key, kind, data)
+        cur = self._execute(self._insert, params)
+        if cur.rowcount == 1:
+            return True
+        if self.fetch(key) is not None:
+            return False
+        cur = self._execute(self._insert_plain, params)
         return cur.rowcount == 1
 
     def insert_many(self, rows: Sequence[tuple[Key, int, Mapping[str, Any]]]) -> bool:
@@ -198,10 +216,18 @@ class PostgresTransaction:
 
     @contextmanager
     def cursor(self) -> Iterator[psycopg.Cursor[Any]]:
-        """A cursor of the transaction's connection (rows as the datastore's ``row_factory``); commits nothing."""
+        """A cursor of the transaction's connection (rows as the datastore's ``row_factory``); commits nothing.
+
+        A statement refused by a moved shard's forwarding stub (``ZHV01``) raises `ShardMoved`."""
         self.user_sql = True
-        with self._conn.cursor(row_factory=self._store._user_row_factory) as cur:
-            yield cur
+        # the lent cursor class: a statement the forwarding stub of a moved shard refuses raises ShardMoved
+        conn: Any = self._conn
+        conn.hv_shard = self.shard_id
+        try:
+            with self._store._lent_cursor(conn, row_factory=self._store._user_row_factory) as cur:
+                yield cur
+        finally:
+            conn.hv_shard = conn.hv_moved = None
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:

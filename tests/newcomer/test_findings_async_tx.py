@@ -43,11 +43,6 @@ async def _scenario(servers: list[dict[str, Any]], backend: str, a_fails: bool) 
     return shown, stored
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="child tasks inherit the parent's open transaction (ContextVar copy) and interleave savepoints on its "
-    "connection: B (done first) gets TransactionError 'aborted by an error', its row is lost, the outer commits",
-)
 def test_child_tasks_open_their_own_transactions_inside_an_open_one(pg_fresh_db: dict[str, Any]) -> None:
     """Two gathered tasks, each ``async with db.transaction(5)``, while the parent has one open on shard 5: both
     finish without error and both rows are stored."""
@@ -56,11 +51,6 @@ def test_child_tasks_open_their_own_transactions_inside_an_open_one(pg_fresh_db:
     assert stored == ["A", "B", "outer"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="memory: task A's rollback undoes task B's savepoint too, yet B's block returned normally (an "
-    "acknowledged write lost); jsonb: B gets TransactionError. Expected: B's transaction is its own",
-)
 @pytest.mark.parametrize("backend", ["memory", "jsonb"])
 def test_a_failing_child_task_does_not_undo_a_sibling_that_finished(
     backend: str, request: pytest.FixtureRequest

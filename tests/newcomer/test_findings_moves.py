@@ -41,11 +41,6 @@ def _move_shard_3(servers: list[dict[str, Any]]) -> hvcore.Key:
     return key
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tx.put on a moved shard's old server raises psycopg InvalidColumnReference (ON CONFLICT against the "
-    "forwarding stub) instead of ShardMoved, and the store never learns the move, so every rerun fails the same",
-)
 def test_a_put_in_a_transaction_on_a_moved_shard_is_shard_moved(two_dbs: list[dict[str, Any]]) -> None:
     """README: 'Moved shards ... the call raises ShardMoved and the block rolls back; the datastore has learnt the
     new placement, so running the transaction again goes to the new server.' tx.get/update/put_many do so."""
@@ -58,7 +53,6 @@ def test_a_put_in_a_transaction_on_a_moved_shard_is_shard_moved(two_dbs: list[di
         assert stale.get(key) is not None
 
 
-@pytest.mark.xfail(strict=True, reason="AsyncDatastore: the same raw psycopg InvalidColumnReference from tx.put")
 def test_async_put_in_a_transaction_on_a_moved_shard_is_shard_moved(two_dbs: list[dict[str, Any]]) -> None:
     """The asyncio form of the test above."""
     _move_shard_3(two_dbs)
@@ -75,11 +69,6 @@ def test_async_put_in_a_transaction_on_a_moved_shard_is_shard_moved(two_dbs: lis
     asyncio.run(main())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="raw SQL through cursor(3) on a moved shard's old server raises psycopg's DatabaseError (the stub's "
-    "RAISE) rather than ShardMoved, and cursor(3) keeps going to the old server",
-)
 def test_raw_sql_through_cursor_on_a_moved_shard_is_shard_moved_then_followed(two_dbs: list[dict[str, Any]]) -> None:
     """ServerLimitReached shows raw cursor() errors are translated; the forwarding stub's refusal is not, and the
     datastore does not learn the new placement from it."""
