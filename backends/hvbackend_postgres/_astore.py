@@ -81,6 +81,7 @@ from hvbackend_postgres._common import (
     SEARCH_PATH_SQL,
     StoreCore,
     bounded_async_connection_class,
+    check_not_ending,
     dump_json,
     idle_socket_state,
     load_json,
@@ -188,6 +189,10 @@ def _lent_cursor(
         """A psycopg cursor whose forwarding-stub refusals are `ShardMoved`."""
 
         async def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+            conn: Any = self.connection
+            in_tx = getattr(conn, "hv_in_tx", None)
+            if in_tx is not None:  # inside db.transaction(): its end is the block's, never the statement's
+                check_not_ending(query, conn, in_tx)
             try:
                 return await super().execute(query, params, **kwargs)
             except psycopg.Error as exc:

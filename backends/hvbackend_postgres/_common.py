@@ -7,6 +7,7 @@ import json
 import json.scanner
 import logging
 import math
+import re
 import select
 import threading
 import time
@@ -37,12 +38,14 @@ from hvcore._config import libpq_settings, redact_conninfo
 from hvcore._holdings import Holdings, pool_timeout
 from hvcore._key import Key
 from hvcore._row import Row
+from hvcore._show import show_value
 from hvcore.errors import (
     ConfigError,
     DuplicateKey,
     NotProvisioned,
     PoolTimeout,
     ServerUnavailable,
+    TransactionError,
     WriteOutcomeUnknown,
 )
 
@@ -200,6 +203,27 @@ def bounded_async_connection_class(timeout: float | None) -> type[psycopg.AsyncC
 
     limit = timeout
     return BoundedAsyncConnection
+
+
+_ENDS_TRANSACTION = re.compile(
+    r"(?:^|;)\s*(?:COMMIT|END|ABORT|ROLLBACK(?!\s+(?:WORK\s+|TRANSACTION\s+)?TO\b)|PREPARE\s+TRANSACTION)\b",
+    re.IGNORECASE,
+)
+"""A statement (or one of several) that ends the transaction it runs in: COMMIT, END, ABORT, ROLLBACK (not ROLLBACK
+TO a savepoint), PREPARE TRANSACTION."""
+
+
+def check_not_ending(query: Any, conn: Any, shard_id: int) -> None:
+    """`TransactionError` before anything is sent if ``query``, run by user code inside ``db.transaction(shard_id)``,
+    would end that transaction: a COMMIT there would store its first half and leave the rest to run outside it.
+    (``connection.commit()``/``rollback()`` are refused by psycopg itself there: see the transaction's cursor.)"""
+    text = statement_text(query, conn)
+    if _ENDS_TRANSACTION.search(text):
+        raise TransactionError(
+            f"a statement ending the transaction ({show_value(text)}) was sent through tx.cursor() inside "
+            f"db.transaction({shard_id}): the block commits when it ends and rolls back on an exception; raise an "
+            "exception to roll back, or open separate transactions"
+        )
 
 
 def statement_text(query: Any, context: Any) -> str:

@@ -222,12 +222,14 @@ class PostgresTransaction:
         self.user_sql = True
         # the lent cursor class: a statement the forwarding stub of a moved shard refuses raises ShardMoved
         conn: Any = self._conn
-        conn.hv_shard = self.shard_id
+        conn.hv_shard = conn.hv_in_tx = self.shard_id  # statements ending the transaction are refused (_common)
+        conn._num_transactions += 1  # psycopg's own guard: commit()/rollback() refused, as in conn.transaction()
         try:
             with self._store._lent_cursor(conn, row_factory=self._store._user_row_factory) as cur:
                 yield cur
         finally:
-            conn.hv_shard = conn.hv_moved = None
+            conn._num_transactions -= 1
+            conn.hv_shard = conn.hv_moved = conn.hv_in_tx = None
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:
