@@ -81,7 +81,7 @@ TERMINATE_SQL = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE ba
 SESSION_GONE_SQL = "SELECT NOT EXISTS (SELECT FROM pg_stat_activity WHERE pid = %s)"
 # The session of a lost write on a direct connection (no row: gone): its transaction id (32 bits, None before the
 # statement wrote a row or after its transaction ended), its state, when it started (a pid reused by a new session
-# is another session), and the server's next full transaction id (to widen the 32-bit id: `full_xid`).
+# is another session), and a full transaction id near it (to widen the 32-bit id: `full_xid`).
 SESSION_XID_SQL = (
     "SELECT backend_xid::text, state, backend_start, pg_snapshot_xmax(pg_current_snapshot())::text"
     " FROM pg_stat_activity WHERE pid = %s"
@@ -111,13 +111,12 @@ def stored_rows_sql(insert: str, count: int) -> str:
     )
 
 
-def full_xid(xid: int, next_full: int) -> int:
-    """The 64-bit transaction id (``xid8``) of a running transaction's 32-bit ``xid``, given the server's next full
-    id (``pg_snapshot_xmax(pg_current_snapshot())``): same epoch, or the one before if the counter wrapped since."""
-    epoch, low = divmod(next_full, 1 << 32)
-    if xid >= low:
-        epoch -= 1
-    return (epoch << 32) | xid
+def full_xid(xid: int, near: int) -> int:
+    """The 64-bit transaction id (``xid8``) of a running transaction's 32-bit ``xid``, given a full id ``near`` it
+    (``pg_snapshot_xmax(pg_current_snapshot())``: one past the last completed transaction; a running one may be
+    below or above it, never 2^31 away): the full id within 2^31 of ``near`` whose low 32 bits are ``xid``."""
+    half = 1 << 31
+    return near + ((xid - near + half) % (1 << 32)) - half
 
 
 def applied_sql(statement: str) -> str:

@@ -684,6 +684,7 @@ class PostgresServerStore(StoreCore):
         """
         conn, pool = self._checkout()
         box: list[pq.abc.PGresult] = []
+        pid = self._session_pid(conn)  # known before the write: libpq forgets it once the connection breaks
         try:
             self._send_write(conn, query, params, box, reused=reused)
             return (returned_xid(box)[1], returned_ids(box), None)
@@ -693,7 +694,6 @@ class PostgresServerStore(StoreCore):
             xid = returned_xid(box)[0]
             received = command_rows(box) is not None
             timed_out = not conn.closed  # operation_timeout: the session may still run the write
-            pid = self._session_pid(conn)
             if timed_out:
                 conn.pgconn.finish()  # this socket is done with; the session is ended while settling
             conn.close()
@@ -834,7 +834,7 @@ class PostgresServerStore(StoreCore):
 
     @staticmethod
     def _session_pid(conn: Conn) -> int:
-        """The server process of a connection that just broke (0 if libpq no longer knows it)."""
+        """The server process of a connection (0 if libpq no longer knows it: read it before a write that may break)."""
         try:
             return int(conn.pgconn.backend_pid)
         except psycopg.Error:
