@@ -716,9 +716,10 @@ class AsyncPostgresServerStore(StoreCore):
         *,
         reused: bool = True,
         ours: str | None = None,
+        ids: bool = False,
     ) -> tuple[int, set[int], psycopg.OperationalError | None]:
-        """One attempt of a write returning its transaction id: (rows written, ids of the rows an INSERT stored,
-        None if it committed, else the loss: nothing was stored, it may run again).
+        """One attempt of a write returning its transaction id: (rows written, ids of the rows an INSERT stored if
+        ``ids`` (else empty), None if it committed, else the loss: nothing was stored, it may run again).
 
         A connection lost underneath is closed and the write settled (`_settle`). A client-side wait that gave up
         (``operation_timeout``: a cancel request was sent) is settled too, its session ended at once (it is ours):
@@ -731,7 +732,7 @@ class AsyncPostgresServerStore(StoreCore):
         pid = self._session_pid(conn)  # known before the write: libpq forgets it once the connection breaks
         try:
             await self._send_write(conn, query, params, box, reused=reused)
-            return returned_xid(box)[1], returned_ids(box), None
+            return returned_xid(box)[1], returned_ids(box) if ids else set(), None
         except psycopg.OperationalError as exc:
             if not self._lost(conn, exc):
                 raise self._translate(exc, shard_id) from None
@@ -750,17 +751,15 @@ class AsyncPostgresServerStore(StoreCore):
             raise error from None
         finally:
             await self._checkin(conn, pool)
-        status, ids, rows = await self._settle(
+        status, stored, rows = await self._settle(
             shard_id, xid, keys, pid=pid, query=query, ours=ours, params=params, end=timed_out, received=received
         )
         if status == COMMITTED:
             if self.track_wal:  # committed without its WAL position (read-your-writes): reads after this cover it
                 self._wal_gap()
-            if ids is None:
-                ids = returned_ids(box)
             if rows is None:
                 rows = command_rows(box) or 0
-            return rows, ids, None
+            return rows, (stored if stored is not None else returned_ids(box)) if ids else set(), None
         if timed_out:
             raise self._ended_uncommitted(status) from None
         return 0, set(), lost
@@ -1065,7 +1064,7 @@ class AsyncPostgresServerStore(StoreCore):
         keys = [row[0] for row in rows]
         try:
             _, stored, lost = await self._write_attempt(
-                shard_id, query, params, keys, reused=False, ours=statements.insert
+                shard_id, query, params, keys, reused=False, ours=statements.insert, ids=True
             )
         except pg_errors.FeatureNotSupported:  # Citus: no transaction id in a multi-row INSERT's RETURNING
             self.insert_groups = False  # puts run one INSERT each on this server from now on
