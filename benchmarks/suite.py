@@ -772,7 +772,7 @@ def rows_commit_status(r: dict[str, Any]) -> list[Row]:
                     "the same write without it",
                     f[f"{op}_without_check_us"],
                     "µs",
-                    "goal ≤ 3 % slower (ratio ≥ 0.97): the id rides in the write's round trip, a Flush sends it first",
+                    "goal ≤ 3 % slower (ratio ≥ 0.97): the id rides in the write's round trip, with the commit's reply",
                     lower_is_better=True,
                 )
             )
