@@ -43,7 +43,6 @@ __all__ = [
     "COMMITTED",
     "IN_PROGRESS",
     "SAME_STATEMENT_SQL",
-    "SESSION_GONE_SQL",
     "SESSION_XID_SQL",
     "SETTLE_POLL",
     "SETTLE_SECONDS",
@@ -78,7 +77,6 @@ STATUS_SQL = "SELECT pg_xact_status(%s::xid8)"
 # The orphaned session still running our transaction, found by its transaction id (not by the pid the client saw:
 # behind PgBouncer that pid is the pooler's, not the server's).
 TERMINATE_SQL = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_xid::text = %s"
-SESSION_GONE_SQL = "SELECT NOT EXISTS (SELECT FROM pg_stat_activity WHERE pid = %s)"
 # The session of a lost write on a direct connection (no row: gone): its transaction id (32 bits, None before the
 # statement wrote a row or after its transaction ended), its state, when it started (a pid reused by a new session
 # is another session), and a full transaction id near it (to widen the 32-bit id: `full_xid`).
