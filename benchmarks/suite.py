@@ -758,7 +758,7 @@ def rows_transactions(r: dict[str, Any]) -> list[Row]:
 
 
 def rows_commit_status(r: dict[str, Any]) -> list[Row]:
-    """bench_commit_status.py: a healthy put and update with the commit-status check (the transaction id read before
+    """bench_commit_status.py: a healthy put and update with the commit-status check (the transaction id returned with
     the commit) vs the same write without it, on durable and on CPU-bound servers."""
     out = []
     for label, title in (("durable", "fsync on"), ("no_fsync", "fsync off")):
