@@ -183,12 +183,13 @@ def test_coalesced_puts_committed_whose_reply_never_came_back_are_stored_once(
     assert sorted(b["i"] for b in stored) == list(range(8))  # each once
 
 
+@pytest.mark.parametrize("pgbouncer", ["off", "transaction"], ids=["direct", "behind-a-pooler"])
 def test_a_delete_committed_whose_reply_never_came_back_is_reported_deleted(
-    proxied: tuple[CutProxy, dict[str, Any], dict[str, Any]],
+    proxied: tuple[CutProxy, dict[str, Any], dict[str, Any]], pgbouncer: str
 ) -> None:
     """Run again, the DELETE would find nothing and report the key as not stored: the row's absence settles it."""
     proxy, through, direct = proxied
-    with hvcore.Datastore([dict(shards="0-16", pgbouncer="off", **through)], backend="jsonb") as db:
+    with hvcore.Datastore([dict(shards="0-16", pgbouncer=pgbouncer, **through)], backend="jsonb") as db:
         key = db.put(SHARD, 1, by="doomed")
         gone = f"SELECT NOT EXISTS (SELECT FROM shard{SHARD:04d}.entities WHERE id = %s)"
         assert cut_when(proxy, direct, gone, (int(key),), lambda: db.delete(key)) is True
