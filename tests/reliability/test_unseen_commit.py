@@ -254,7 +254,8 @@ def test_a_put_cut_while_its_session_commits_is_settled_committed_by_the_server(
         outcome = cut_when(proxy, direct, SLEEPING, (direct["dbname"],), lambda: db.put(SHARD, 1, by="cut"), settle=0.1)
         assert isinstance(outcome, hvcore.Key), outcome
         assert [b["by"] for b in rows(direct)] == ["warm", "cut"]  # once: no orphan under another key
-        assert db.get(outcome).data == {"by": "cut", "touched": True}
+        record = db.get(outcome)
+        assert record is not None and record.data == {"by": "cut", "touched": True}
         pool = db.status()[0]["pool"]
         assert pool["commit_checks_committed"] == 1 and pool["commit_checks_by_rows"] == 0, pool
 
