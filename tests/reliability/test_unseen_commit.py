@@ -222,6 +222,34 @@ def test_an_update_committed_whose_reply_never_came_back_is_not_run_again(
             assert conn.execute(f"SELECT count(*) FROM shard{SHARD:04d}.audit").fetchone() == (1,)
 
 
+def test_an_hstore_replace_committed_whose_reply_never_came_back_is_not_run_again(fault_pg: FaultServers) -> None:
+    """The same check on the hstore backend: the server compares the hstore the statement builds with the body."""
+    direct = fault_pg.fresh_db(0)
+    with hvcore.Datastore([dict(shards="0-16", **direct)], backend="hstore", worker=None) as db:
+        db.provision()
+    proxy = CutProxy(str(direct.get("host", "127.0.0.1")), int(direct["port"]))
+    through = {**direct, "host": "127.0.0.1", "port": proxy.port}
+    with psycopg.connect(**direct, autocommit=True) as conn:
+        conn.execute(
+            f"CREATE TABLE shard{SHARD:04d}.audit (id bigint);"
+            f"CREATE FUNCTION shard{SHARD:04d}.audit() RETURNS trigger LANGUAGE plpgsql AS "
+            f"$$ BEGIN INSERT INTO shard{SHARD:04d}.audit VALUES (NEW.id); RETURN NULL; END $$;"
+            f"CREATE TRIGGER audit AFTER UPDATE ON shard{SHARD:04d}.entities FOR EACH ROW "
+            f"EXECUTE FUNCTION shard{SHARD:04d}.audit()"
+        )
+    try:
+        with hvcore.Datastore([dict(shards="0-16", pgbouncer="off", **through)], backend="hstore") as db:
+            key = db.put(SHARD, 1, by="first", n="1")
+            done = f"SELECT count(*) > 0 FROM shard{SHARD:04d}.audit"
+            assert cut_when(proxy, direct, done, None, lambda: db.replace(key, by="second")) is True
+            record = db.get(key)
+            assert record is not None and record.data == {"by": "second"}
+            with psycopg.connect(**direct, autocommit=True) as conn:
+                assert conn.execute(f"SELECT count(*) FROM shard{SHARD:04d}.audit").fetchone() == (1,)
+    finally:
+        proxy.close()
+
+
 def _slow_commit(direct: dict[str, Any], body: str) -> None:
     """A deferred trigger on the test shard: at commit it sleeps 1 s, then runs ``body`` (plpgsql statements)."""
     with psycopg.connect(**direct, autocommit=True) as conn:
