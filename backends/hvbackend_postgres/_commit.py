@@ -1,24 +1,33 @@
-"""Did a write whose connection was lost commit? Asked of PostgreSQL by transaction id, never inferred.
+"""Did a write whose connection was lost commit? Asked of PostgreSQL by transaction id wherever it can answer.
 
-Every write transaction (put, put_many, update, replace, delete) learns its transaction id before its COMMIT is
-processed: a single statement returns ``pg_current_xact_id()`` (``RETURNING``) and a Flush message makes the server
-send that row before the Sync that commits the implicit transaction, all in the one round trip the write already
-made; a COPY asks for it in the round trip of its ``BEGIN``. When the connection is lost after that, a fresh
-connection asks ``pg_xact_status(xid)``, the mechanism PostgreSQL documents for this case ("Transaction ID and
-snapshot information functions"): ``committed`` → the write is done, with its own keys; ``aborted`` → retry;
-``in progress`` → the orphaned session is still running: wait for it (bounded), then end it, then ask again.
+Every write statement (put, update, replace, delete, a coalesced group of puts) returns ``pg_current_xact_id()``
+(``RETURNING``) and is sent with the Sync that commits its implicit transaction in one write to the socket; the id
+comes back with the commit's reply, in one packet (no Flush before the Sync: a Flush made the server send the row
+ahead of the commit, a second packet and a second client wake-up on every healthy write, measured +3-10 % with
+durable commits, benchmarks/bench_commit_status.py). A COPY (put_many) reads its id in the round trip of its
+``BEGIN``, before any row is sent. When the connection is lost, a fresh connection settles the write:
 
-A write that never received its id may still have committed: the server may have run the statement and the
-commit after the connection died on the way back (the whole write was sent in one piece). So it is not retried
-blindly: first the session that ran it must be gone, so that it cannot commit any more (direct connection: its
-backend pid, known without a round trip, leaves ``pg_stat_activity``, and is ended with ``pg_terminate_backend``
-after `SETTLE_SECONDS`; behind a pooler, where that pid is the pooler's: every session of our role that was
-running the same statement when we asked has finished), then the rows decide: an INSERT whose rows are stored
-with exactly its values (`stored_rows_sql`: key, kind and body compared by the server) committed; otherwise it
-did not, and runs again (a row at its key with other values is another writer's: a collision, a fresh key). An
-UPDATE or DELETE runs again once the session is gone (running it twice stores the same thing). If the session
-does not go, `WriteOutcomeUnknown`. A unique violation on a retry is a collision like any other (a fresh key),
-never evidence that the first attempt committed: another process may hold that key.
+- The id arrived (a COPY; or the session was ended by the server, which sends what it had buffered with its
+  FATAL notice): ``pg_xact_status(xid)``, the mechanism PostgreSQL documents for this case ("Transaction ID and
+  snapshot information functions"): ``committed`` → the write is done, with its own keys; ``aborted`` → run again;
+  ``in progress`` → the orphaned session is still running: wait for it (`SETTLE_SECONDS`), end it, ask again.
+- No id arrived, direct connection: the session that ran the write is known by its backend pid. While it is in
+  ``pg_stat_activity``, its ``backend_xid`` is the write's transaction id (`SESSION_XID_SQL`; an id is assigned
+  when the statement first writes a row); the session is waited for (bounded, then ended with
+  ``pg_terminate_backend``; at once when the client gave up after ``operation_timeout``: it is ours to end), and
+  if an id was seen, ``pg_xact_status`` decides as above.
+- No id seen at all: the session was already gone when we looked (the connection was cut after the server
+  committed or ended it), it ended between two looks without an id ever being visible, or the connection goes
+  through a pooler, where the pid is the pooler's and sessions running the same statement cannot be told apart
+  (`SAME_STATEMENT_SQL`: every such session of our role must have finished first). Only then do the rows decide,
+  once nothing can commit any more: an INSERT whose rows are stored with exactly its values (`stored_rows_sql`:
+  key, kind and body compared by the server) committed; an UPDATE whose row already holds what it writes
+  (`applied_sql`: applying it again would change nothing), or a DELETE whose row is absent, is done; anything
+  else did not commit and runs again. Edge: a lost DELETE of a key that was not stored then reports it deleted.
+
+If the session does not go, or no server answers, `WriteOutcomeUnknown`. A unique violation on a retry is a
+collision like any other (a fresh key), never evidence that the first attempt committed: another process may
+hold that key.
 """
 
 from __future__ import annotations
@@ -34,7 +43,7 @@ __all__ = [
     "COMMITTED",
     "IN_PROGRESS",
     "SAME_STATEMENT_SQL",
-    "SESSION_GONE_SQL",
+    "SESSION_XID_SQL",
     "SETTLE_POLL",
     "SETTLE_SECONDS",
     "STATUS_SQL",
@@ -45,6 +54,9 @@ __all__ = [
     "XID_RETURNING",
     "XID_SQL",
     "CommitCounters",
+    "applied_sql",
+    "command_rows",
+    "full_xid",
     "returned_ids",
     "returned_xid",
     "returning_xid",
@@ -65,7 +77,13 @@ STATUS_SQL = "SELECT pg_xact_status(%s::xid8)"
 # The orphaned session still running our transaction, found by its transaction id (not by the pid the client saw:
 # behind PgBouncer that pid is the pooler's, not the server's).
 TERMINATE_SQL = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_xid::text = %s"
-SESSION_GONE_SQL = "SELECT NOT EXISTS (SELECT FROM pg_stat_activity WHERE pid = %s)"
+# The session of a lost write on a direct connection (no row: gone): its transaction id (32 bits, None before the
+# statement wrote a row or after its transaction ended), its state, when it started (a pid reused by a new session
+# is another session), and a full transaction id near it (to widen the 32-bit id: `full_xid`).
+SESSION_XID_SQL = (
+    "SELECT backend_xid::text, state, backend_start, pg_snapshot_xmax(pg_current_snapshot())::text"
+    " FROM pg_stat_activity WHERE pid = %s"
+)
 TERMINATE_PID_SQL = "SELECT pg_terminate_backend(%s)"
 # Behind a pooler: sessions of our role running our statement that began before ``%(since)s`` (the first ask).
 SAME_STATEMENT_SQL = (
@@ -89,6 +107,26 @@ def stored_rows_sql(insert: str, count: int) -> str:
         f"SELECT t.id FROM {table} AS t JOIN (VALUES {', '.join([row] * count)}) AS o (id, kind, body)"
         " ON t.id = o.id AND t.kind = o.kind AND t.body = o.body"
     )
+
+
+def full_xid(xid: int, near: int) -> int:
+    """The 64-bit transaction id (``xid8``) of a running transaction's 32-bit ``xid``, given a full id ``near`` it
+    (``pg_snapshot_xmax(pg_current_snapshot())``: one past the last completed transaction; a running one may be
+    below or above it, never 2^31 away): the full id within 2^31 of ``near`` whose low 32 bits are ``xid``."""
+    half = 1 << 31
+    return near + ((xid - near + half) % (1 << 32)) - half
+
+
+def applied_sql(statement: str) -> str:
+    """For a by-key UPDATE or DELETE (``_update_sql`` / ``_delete_sql``, without RETURNING): a query, taking the same
+    parameters, whose one row says whether the write is in place: the row already holds what the UPDATE sets
+    (setting it again would change nothing; no row: the key is not stored), or the DELETE's row is absent."""
+    if statement.startswith("DELETE FROM "):
+        table, where = statement.removeprefix("DELETE FROM ").split(" WHERE ", 1)
+        return f"SELECT NOT EXISTS (SELECT FROM {table} WHERE {where})"
+    head, rest = statement.removeprefix("UPDATE ").split(" SET body = ", 1)
+    value, where = rest.rsplit(" WHERE ", 1)
+    return f"SELECT ({value}) = body FROM {head} WHERE {where}"
 
 
 def without_xid(statement: str) -> str:
@@ -126,6 +164,15 @@ def returned_xid(box: list[Any]) -> tuple[int | None, int]:
     return xid, rows
 
 
+def command_rows(box: list[Any]) -> int | None:
+    """The rows a write's statement wrote, from its command tag among the results received; None if it did not
+    arrive (`returned_xid`'s ``box``)."""
+    for result in box:
+        if (result.command_status or b"").split(b" ", 1)[0] in (b"INSERT", b"UPDATE", b"DELETE"):
+            return int(result.command_tuples or 0)
+    return None
+
+
 def returned_ids(box: list[Any]) -> set[int]:
     """The ids (first column) of the rows an INSERT returned, as received (`returned_xid`'s ``box``)."""
     for result in box:
@@ -137,20 +184,22 @@ def returned_ids(box: list[Any]) -> set[int]:
 class CommitCounters:
     """How often lost connections made a write ask the server about its commit, and what it answered."""
 
-    __slots__ = ("_lock", "aborted", "checks", "committed", "ended", "unknown")
+    __slots__ = ("_lock", "aborted", "by_rows", "checks", "committed", "ended", "unknown")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.checks = 0  # writes whose connection was lost and asked (or could not ask) the server
         self.committed = 0  # ... whose first attempt had committed: done, with their own keys
         self.aborted = 0  # ... whose attempt had not committed: retried
-        self.unknown = 0  # ... that had received no transaction id: retried
+        self.unknown = 0  # ... whose transaction the server could not name, and whose rows were not stored: retried
         self.ended = 0  # orphaned sessions still running a write, ended by pg_terminate_backend
+        self.by_rows = 0  # ... decided by reading the write's rows: no transaction id was ever seen
 
-    def count(self, outcome: str, *, ended: bool = False) -> None:
-        """Record one resolved check."""
+    def count(self, outcome: str, *, ended: bool = False, by_rows: bool = False) -> None:
+        """Record one resolved check (``by_rows``: decided by reading the rows, not by the server's status)."""
         with self._lock:
             self.checks += 1
+            self.by_rows += int(by_rows)
             if outcome == COMMITTED:
                 self.committed += 1
             elif outcome == ABORTED:
@@ -159,11 +208,6 @@ class CommitCounters:
                 self.unknown += 1
             self.ended += int(ended)
 
-    def count_ended(self) -> None:
-        """Record an orphaned session ended by ``pg_terminate_backend`` (its write's id had not arrived)."""
-        with self._lock:
-            self.ended += 1
-
     def as_dict(self) -> dict[str, int]:
         """The counters, for ``stats()``."""
         return {
@@ -171,5 +215,6 @@ class CommitCounters:
             "commit_checks_committed": self.committed,
             "commit_checks_aborted": self.aborted,
             "commit_checks_unknown": self.unknown,
+            "commit_checks_by_rows": self.by_rows,
             "orphans_ended": self.ended,
         }

@@ -1,12 +1,12 @@
-"""One write statement, a Flush and the Sync that commits it, in one write to the socket (see `_commit`).
+"""One write statement and the Sync that commits it, in one write to the socket (see `_commit`).
 
 psycopg's ``Connection.pipeline()`` can send the same messages, but its bookkeeping (entering and leaving the
 pipeline, a sync per block, results attached to cursors) cost more than the statement itself here (measured:
-+100 % on a healthy put, benchmarks/bench_commit_status.py), and the row of a statement whose connection dies
-before the Sync's reply is dropped with the exception. This module drives libpq's pipeline directly, as psycopg's
++100 % on a healthy put, benchmarks/bench_commit_status.py), and the results of a statement whose connection dies
+before the Sync's reply are dropped with the exception. This module drives libpq's pipeline directly, as psycopg's
 own generators do: Parse (first use on a connection, unless statements are not prepared there) / Bind / Execute,
-Flush, Sync; then every result up to the Sync's, each kept in ``box`` as it arrives, so the statement's row (its
-transaction id) is known even when the commit's reply never comes.
+Sync; then every result up to the Sync's, each kept in ``box`` as it arrives (the statement's row, its transaction
+id, comes in the same packet as the commit's reply; no Flush asks for it earlier: a second packet per write).
 """
 
 from __future__ import annotations

@@ -50,7 +50,7 @@ from hvbackend_postgres._commit import (
     COMMITTED,
     IN_PROGRESS,
     SAME_STATEMENT_SQL,
-    SESSION_GONE_SQL,
+    SESSION_XID_SQL,
     SETTLE_POLL,
     SETTLE_SECONDS,
     STATUS_SQL,
@@ -61,6 +61,9 @@ from hvbackend_postgres._commit import (
     XID_RETURNING,
     XID_SQL,
     CommitCounters,
+    applied_sql,
+    command_rows,
+    full_xid,
     returned_ids,
     returned_xid,
     returning_xid,
@@ -771,16 +774,17 @@ class PostgresServerStore(StoreCore):
     ) -> int:
         """Run one write statement that returns its transaction id (`_commit`); the rows it wrote.
 
-        One round trip: the statement, a Flush (its row, so the transaction id, leaves the server before the
-        commit) and the Sync that commits. A connection lost underneath: the server is asked whether the
-        transaction committed (`_write_attempt`); committed → done, aborted or never started → run again (once).
-        ``ours``: for an INSERT, the shard's single-row INSERT, ``params`` being that row's values once per key: its
-        rows are then found as stored by `stored_rows_sql` (built only after a loss).
+        One round trip: the statement and the Sync that commits it, in one write to the socket; the id comes with
+        the commit's reply. A connection lost underneath: the write is settled (`_write_attempt`, `_settle`);
+        committed → done, not committed → run again (once). ``ours``: for an INSERT, the shard's single-row INSERT,
+        ``params`` being that row's values once per key: its rows are then found as stored by `stored_rows_sql`
+        (built only after a loss the server could not settle); an UPDATE or DELETE by key is checked with
+        `applied_sql` instead.
         """
         for attempt in (0, 1):
-            box, lost, _ = self._write_attempt(shard_id, query, params, keys, ours=ours)
+            rows, _, lost = self._write_attempt(shard_id, query, params, keys, ours=ours)
             if lost is None:
-                return returned_xid(box)[1]
+                return rows
             if attempt:
                 raise self._unavailable(lost) from None
         raise AssertionError("unreachable")  # pragma: no cover
@@ -794,28 +798,34 @@ class PostgresServerStore(StoreCore):
         *,
         reused: bool = True,
         ours: str | None = None,
-    ) -> tuple[list[pq.abc.PGresult], psycopg.OperationalError | None, set[int] | None]:
-        """One attempt of a write returning its transaction id: the results received, None if it committed, and
-        the ids of its rows found stored when that was settled by reading them (else None).
+        ids: bool = False,
+    ) -> tuple[int, set[int], psycopg.OperationalError | None]:
+        """One attempt of a write returning its transaction id: (rows written, ids of the rows an INSERT stored if
+        ``ids`` (else empty), None if it committed, else the loss: nothing was stored, it may run again).
 
-        A connection lost underneath is closed and the server asked about the transaction (`_settle`): committed →
-        (results, None, ...); aborted or never started → (results, the loss, ...), nothing stored. Server errors
-        are raised translated (`_translate`); ``reused`` as for `_send_write`, ``ours`` as for `_write`.
+        A connection lost underneath is closed and the write settled (`_settle`). A client-side wait that gave up
+        (``operation_timeout``: a cancel request was sent) is settled too, its session ended at once (it is ours):
+        committed → success; not committed → `ServerUnavailable` at once, not run again (the time allowed is
+        spent). Server errors are raised translated (`_translate`); ``reused`` as for `_send_write`, ``ours`` as
+        for `_write`.
         """
         conn, pool = self._checkout()
         box: list[pq.abc.PGresult] = []
+        pid = self._session_pid(conn)  # known before the write: libpq forgets it once the connection breaks
         try:
             self._send_write(conn, query, params, box, reused=reused)
-            return (box, None, None)
+            return (returned_xid(box)[1], returned_ids(box) if ids else set(), None)
         except psycopg.OperationalError as exc:
             if not self._lost(conn, exc):
                 raise self._translate(exc, shard_id) from None
             xid = returned_xid(box)[0]
-            self._give_up_waiting(conn, xid, keys)
-            pid = self._session_pid(conn)
+            received = command_rows(box) is not None
+            timed_out = not conn.closed  # operation_timeout: the session may still run the write
+            if timed_out:
+                conn.pgconn.finish()  # this socket is done with; the session is ended while settling
             conn.close()
             lost = exc
-            self._log("connection to %s lost during a write (%s): asking its commit status", self._label, exc)
+            self._log("connection to %s lost during a write (%s): settling its commit", self._label, exc)
         except psycopg.Error as exc:
             error = self._translate(exc, shard_id)
             if error is exc:
@@ -823,26 +833,39 @@ class PostgresServerStore(StoreCore):
             raise error from None
         finally:
             self._checkin(conn, pool)
-        status, stored = self._settle(shard_id, xid, keys, pid=pid, query=query, ours=ours, params=params)
+        status, stored, rows = self._settle(
+            shard_id, xid, keys, pid=pid, query=query, ours=ours, params=params, end=timed_out, received=received
+        )
         if status == COMMITTED:
             if self.track_wal:  # committed without its WAL position (read-your-writes): reads after this cover it
                 self._wal_gap()
-            return (box, None, stored)
-        return (box, lost, stored)
+            if rows is None:
+                rows = command_rows(box) or 0
+            return (rows, (stored if stored is not None else returned_ids(box)) if ids else set(), None)
+        if timed_out:
+            raise self._ended_uncommitted(status) from None
+        return (0, set(), lost)
+
+    def _ended_uncommitted(self, status: str) -> ServerUnavailable:
+        """The error of a write that timed out on the client and was settled as not committed (``status``)."""
+        return ServerUnavailable(
+            f"PostgreSQL server {self._label} did not answer within operation_timeout={self._options.operation_timeout} s: the write's session was ended and the write did not commit ({status}: nothing of it is stored); it can be run again"
+        )
 
     def _send_write(
         self, conn: Conn, query: str, params: Sequence[Any], box: list[pq.abc.PGresult], *, reused: bool = True
     ) -> None:
-        """Parse (once per connection) / Bind / Execute, Flush, Sync in one write (`_onetrip`); results into ``box``.
+        """Parse (once per connection) / Bind / Execute, Sync in one write (`_onetrip`); results into ``box``.
 
-        ``query`` returns its transaction id (`returning_xid`). A server that refuses a volatile function in
-        RETURNING (a Citus coordinator routes the row to a worker) gets, from then on, the statement without it in
-        an explicit transaction that reads the coordinator's id first: BEGIN, SELECT pg_current_xact_id(), the
-        statement, Flush, COMMIT, Sync, still one write. A server error is raised as psycopg's exception; a
-        statement the session no longer has (DISCARD ALL, DEALLOCATE) or already has is sent unprepared.
-        ``reused=False``: a statement text that varies (a multi-row INSERT of any size) is sent unprepared.
+        ``query`` returns its transaction id (`returning_xid`), which comes with the commit's reply (one packet).
+        A server that refuses a volatile function in RETURNING (a Citus coordinator routes the row to a worker)
+        gets, from then on, the statement without it in an explicit transaction that reads the coordinator's id
+        first: BEGIN, SELECT pg_current_xact_id(), the statement, COMMIT, Sync, still one write. A server error is
+        raised as psycopg's exception; a statement the session no longer has (DISCARD ALL, DEALLOCATE) or already
+        has is sent unprepared. ``reused=False``: a statement text that varies (a multi-row INSERT of any size) is
+        sent unprepared.
         """
-        if not PIPELINE:  # libpq before 14: the id comes with the commit's reply (settled less often, never guessed)
+        if not PIPELINE:  # libpq before 14: the same one round trip, through psycopg's execute
             cur = conn.execute(query, params)
             if self.track_wal:
                 self._wal_gap()  # committed, no position with it: read-your-writes reads it after (one round trip)
@@ -876,7 +899,6 @@ class PostgresServerStore(StoreCore):
                     pgconn.send_query_prepared(name, values, param_formats=tx.formats)
                 else:
                     pgconn.send_query_params(text, values, param_types=tx.types, param_formats=tx.formats)
-                pgconn.send_flush_request()
                 if in_txn:
                     pgconn.send_query_params(b"COMMIT", None)
                 pgconn.pipeline_sync()
@@ -935,23 +957,9 @@ class PostgresServerStore(StoreCore):
         """
         return conn.closed or exc.sqlstate is None
 
-    def _give_up_waiting(self, conn: Conn, xid: int | None, keys: Sequence[Key]) -> None:
-        """A write that timed out on the client before its transaction id arrived: its session may still run it.
-
-        Nothing tells whether (or when) it commits, so it is not retried: `WriteOutcomeUnknown`, naming its keys.
-        A connection the server closed is different: the statement's row is sent before the commit, so no id
-        means no commit, and the write is retried.
-        """
-        if xid is None and (not conn.closed):
-            conn.pgconn.finish()  # the orphaned session is the server's to end; this socket is done with
-            self._commit_counters.count(UNKNOWN)
-            raise self._outcome_unknown(
-                None, keys, f"the server did not answer within operation_timeout={self._options.operation_timeout} s"
-            )
-
     @staticmethod
     def _session_pid(conn: Conn) -> int:
-        """The server process of a connection that just broke (0 if libpq no longer knows it)."""
+        """The server process of a connection (0 if libpq no longer knows it: read it before a write that may break)."""
         try:
             return int(conn.pgconn.backend_pid)
         except psycopg.Error:
@@ -967,102 +975,109 @@ class PostgresServerStore(StoreCore):
         query: str | None = None,
         ours: str | None = None,
         params: Sequence[Any] = (),
-    ) -> tuple[str, set[int] | None]:
-        """Whether transaction ``xid`` of a lost connection committed, asked on a fresh connection; and, when that
-        was settled by reading the write's rows (no id received), the ids found stored.
+        end: bool = False,
+        received: bool = True,
+    ) -> tuple[str, set[int] | None, int | None]:
+        """Whether a write whose connection was lost committed (`_commit`), asked on a fresh connection; with the
+        ids its INSERT stored and the rows it wrote when they had to be read (else None).
 
-        ``committed`` or ``aborted``; `UNKNOWN` when the server no longer remembers it. A transaction still in
-        progress (its orphaned session runs on) is waited for up to `SETTLE_SECONDS`, then ended with
-        ``pg_terminate_backend``. No id received: `_settle_unseen` (``query`` the statement sent, ``pid`` its
-        session; None for a COPY, whose id comes before anything else is sent: never started). `WriteOutcomeUnknown`
-        if no server answers or it still does not settle.
+        ``xid``: its transaction id, if it arrived. If not: on a direct connection its session (``pid``) is watched
+        in ``pg_stat_activity`` for the id until it is gone (`_watch_session`); behind a pooler, every session
+        running the same statement (``query``) must finish (`_wait_statement_gone`). With an id, the server says
+        (`_xact_status`): ``committed``, ``aborted``, or `UNKNOWN` if it no longer remembers it. With none, the rows
+        decide (`_read_outcome`: ``ours`` for an INSERT, `applied_sql` for an UPDATE or DELETE): `COMMITTED` or
+        `UNKNOWN`. ``query`` None: a COPY whose ``BEGIN`` did not answer, so its COMMIT was never sent: `UNKNOWN`.
+        ``end``: the client gave up (``operation_timeout``): a session still running is ended at once, not after
+        `SETTLE_SECONDS`. ``received``: the statement's own result arrived; if not and it committed, its rows are
+        read. `WriteOutcomeUnknown` if no server answers or the session does not end.
         """
-        if xid is None:
-            if query is not None:
-                return self._settle_unseen(keys, pid, query, ours, params)
+        if xid is None and query is None:
             self._commit_counters.count(UNKNOWN)
-            return (UNKNOWN, None)
-        deadline = time.monotonic() + SETTLE_SECONDS
-        ended = False
+            return (UNKNOWN, None, None)
         try:
             conn = bounded_connection_class(self._options.operation_timeout).connect(
                 self._conninfo, **{**self._kwargs, "autocommit": True}
             )
         except psycopg.Error as exc:
             raise self._outcome_unknown(xid, keys, f"no server answered the question ({type(exc).__name__})") from None
+        ended = False
         try:
-            while True:
-                row = conn.execute(STATUS_SQL, (str(xid),)).fetchone()
-                status = str(row[0]) if row is not None and row[0] is not None else UNKNOWN
-                if status != IN_PROGRESS:
-                    self._commit_counters.count(status, ended=ended)
-                    self._log("lost write transaction %s on %s: %s", xid, self._label, status)
-                    return (status, None)
-                if time.monotonic() > deadline:
-                    if ended:
-                        raise self._outcome_unknown(xid, keys, "it is still in progress after its session was ended")
-                    conn.execute(TERMINATE_SQL, (str(xid & 4294967295),))
-                    ended = True
-                    deadline = time.monotonic() + SETTLE_SECONDS
-                sleep(SETTLE_POLL)
+            if xid is None and query is not None:
+                if self.pooling == "off" and pid:
+                    xid, ended = self._watch_session(conn, pid, keys, end=end)
+                else:
+                    self._wait_statement_gone(conn, query, keys)
+            if xid is None and query is not None:
+                status, ids, rows = self._read_outcome(conn, query, ours, params, len(keys))
+                self._commit_counters.count(status, ended=ended, by_rows=True)
+                self._log("lost write on %s, no transaction id seen: %s (by its rows)", self._label, status)
+                return (status, ids, rows)
+            assert xid is not None  # a COPY without its id returned above
+            status, terminated = self._xact_status(conn, xid, keys, end=end)
+            self._commit_counters.count(status, ended=ended or terminated)
+            self._log("lost write transaction %s on %s: %s", xid, self._label, status)
+            if status != COMMITTED or received or query is None:
+                return (status, None, None)
+            return (COMMITTED, *self._read_outcome(conn, query, ours, params, len(keys), committed=True)[1:])
         except psycopg.Error as exc:
             raise self._outcome_unknown(xid, keys, f"the question failed ({type(exc).__name__}: {exc})") from None
         finally:
             conn.close()
 
-    def _settle_unseen(
-        self, keys: Sequence[Key], pid: int, query: str, ours: str | None, params: Sequence[Any]
-    ) -> tuple[str, set[int] | None]:
-        """A write lost before its transaction id arrived: it may have committed all the same (`_commit`).
+    def _xact_status(self, conn: Conn, xid: int, keys: Sequence[Key], *, end: bool) -> tuple[str, bool]:
+        """``pg_xact_status(xid)`` once the transaction is no longer in progress; and whether its session was ended.
 
-        Waits until the session that ran it is gone (`_wait_session_gone`), then reads ``ours`` (an INSERT's rows
-        as it sent them): some stored → `COMMITTED` with their ids; none, or no ``ours`` (UPDATE, DELETE: running
-        them again stores the same) → `UNKNOWN`, to run again. `WriteOutcomeUnknown` if the session stays.
+        In progress: waited for up to `SETTLE_SECONDS` (``end``: not at all), then its session is ended with
+        ``pg_terminate_backend``; `WriteOutcomeUnknown` if it is still in progress `SETTLE_SECONDS` after that.
         """
-        try:
-            conn = bounded_connection_class(self._options.operation_timeout).connect(
-                self._conninfo, **{**self._kwargs, "autocommit": True}
-            )
-        except psycopg.Error as exc:
-            raise self._outcome_unknown(None, keys, f"no server answered the question ({type(exc).__name__})") from None
-        try:
-            self._wait_session_gone(conn, pid, query, keys)
-            status, stored = (UNKNOWN, None)
-            if ours is not None:
-                statement = stored_rows_sql(ours, len(keys))
-                stored = {int(row[0]) for row in conn.execute(statement, params).fetchall()}
-                status = COMMITTED if stored else UNKNOWN
-        except psycopg.Error as exc:
-            raise self._outcome_unknown(None, keys, f"the question failed ({type(exc).__name__}: {exc})") from None
-        finally:
-            conn.close()
-        self._commit_counters.count(status)
-        self._log("lost write on %s before its transaction id arrived: %s", self._label, status)
-        return (status, stored)
+        deadline = time.monotonic() + (0.0 if end else SETTLE_SECONDS)
+        ended = False
+        while True:
+            row = conn.execute(STATUS_SQL, (str(xid),)).fetchone()
+            status = str(row[0]) if row is not None and row[0] is not None else UNKNOWN
+            if status != IN_PROGRESS:
+                return (status, ended)
+            if time.monotonic() > deadline:
+                if ended:
+                    raise self._outcome_unknown(xid, keys, "it is still in progress after its session was ended")
+                conn.execute(TERMINATE_SQL, (str(xid & 4294967295),))
+                ended = True
+                deadline = time.monotonic() + SETTLE_SECONDS
+            sleep(SETTLE_POLL)
 
-    def _wait_session_gone(self, conn: Conn, pid: int, query: str, keys: Sequence[Key]) -> None:
-        """Wait until the session that ran a lost write can no longer commit it (bounded by `SETTLE_SECONDS`).
+    def _watch_session(self, conn: Conn, pid: int, keys: Sequence[Key], *, end: bool) -> tuple[int | None, bool]:
+        """Watch the session of a lost write (direct connection: backend ``pid``) until it is gone, so can no longer
+        commit: the transaction id it was seen running (`SESSION_XID_SQL`; None if none was seen) and whether it
+        had to be ended.
 
-        Direct connection: its backend ``pid`` leaves ``pg_stat_activity`` (ended with ``pg_terminate_backend``
-        after `SETTLE_SECONDS`). Behind a pooler the pid the client saw is the pooler's: then every session of our
-        role that was running the same statement when we first asked must have moved on. `WriteOutcomeUnknown`
-        if it does not happen in time.
+        It is given `SETTLE_SECONDS` (``end``: none, the client gave up) before ``pg_terminate_backend``;
+        `WriteOutcomeUnknown` if it is still there `SETTLE_SECONDS` after that.
+        """
+        deadline = time.monotonic() + (0.0 if end else SETTLE_SECONDS)
+        xid: int | None = None
+        started: Any = None
+        ended = False
+        while True:
+            row = conn.execute(SESSION_XID_SQL, (pid,)).fetchone()
+            if row is None or (started is not None and row[2] != started):  # gone (a reused pid is another session)
+                return (xid, ended)
+            started = row[2]
+            if row[0] is not None:
+                xid = full_xid(int(row[0]), int(row[3]))
+            if time.monotonic() > deadline:
+                if ended:
+                    raise self._outcome_unknown(xid, keys, f"its session (pid {pid}) stays after being ended")
+                conn.execute(TERMINATE_PID_SQL, (pid,))
+                ended = True
+                deadline = time.monotonic() + SETTLE_SECONDS
+            sleep(SETTLE_POLL)
+
+    def _wait_statement_gone(self, conn: Conn, query: str, keys: Sequence[Key]) -> None:
+        """Behind a pooler (the pid the client saw is the pooler's): wait until every session of our role that was
+        running the same statement when we first asked has moved on (bounded by `SETTLE_SECONDS`), so that a lost
+        write can no longer commit. `WriteOutcomeUnknown` if it does not happen in time.
         """
         deadline = time.monotonic() + SETTLE_SECONDS
-        if self.pooling == "off" and pid:
-            ended = False
-            while True:
-                row = conn.execute(SESSION_GONE_SQL, (pid,)).fetchone()
-                if row is not None and row[0]:
-                    return
-                if time.monotonic() > deadline:
-                    if ended:
-                        raise self._outcome_unknown(None, keys, f"its session (pid {pid}) stays after being ended")
-                    conn.execute(TERMINATE_PID_SQL, (pid,))
-                    self._commit_counters.count_ended()
-                    ended = True
-                    deadline = time.monotonic() + SETTLE_SECONDS
-                sleep(SETTLE_POLL)
         text = self._dollar.get(query) or self._dollar.get(without_xid(query)) or dollar_params(query)[0]
         params: dict[str, Any] = {"since": None, "query": text.decode()}
         while True:
@@ -1079,11 +1094,32 @@ class PostgresServerStore(StoreCore):
                 )
             sleep(SETTLE_POLL)
 
+    @staticmethod
+    def _read_outcome(
+        conn: Conn, query: str, ours: str | None, params: Sequence[Any], count: int, *, committed: bool = False
+    ) -> tuple[str, set[int] | None, int]:
+        """What a lost write left in place, read once nothing can commit it any more: (`COMMITTED` or `UNKNOWN`,
+        the ids an INSERT stored, the rows written).
+
+        ``ours`` (an INSERT's single-row statement, ``params`` its rows' values): the ids stored with exactly these
+        values (`stored_rows_sql`); some → committed. Otherwise ``query`` is an UPDATE or DELETE by key: its
+        `applied_sql` says whether the row holds what it writes (or is absent) → committed. ``committed``: the
+        server said so already; only the ids or rows are wanted (an UPDATE whose row is gone wrote none).
+        """
+        if ours is not None:
+            ids = {int(row[0]) for row in conn.execute(stored_rows_sql(ours, count), params).fetchall()}
+            return (COMMITTED if ids else UNKNOWN, ids, len(ids))
+        row = conn.execute(applied_sql(without_xid(query)), params).fetchone()
+        if committed:
+            return (COMMITTED, None, int(row is not None))
+        done = row is not None and bool(row[0])
+        return (COMMITTED if done else UNKNOWN, None, int(done))
+
     def insert(self, shard_id: int, key: Key, kind: int, data: Mapping[str, Any]) -> None:
         """Store one entity with a single INSERT (one round trip); `DuplicateKey` if the id is taken.
 
-        The INSERT returns its transaction id before it commits, so a lost connection is settled by asking the
-        server (`_write`), never by guessing.
+        The INSERT returns its transaction id with its commit's reply; a lost connection is settled by asking the
+        server (`_write`), or, when no server can name the transaction, by reading the row once nothing can commit it.
         """
         statements = self._sql.get(shard_id) or self._shard_sql(shard_id)
         params = self._insert_params(key, kind, data)
@@ -1097,24 +1133,23 @@ class PostgresServerStore(StoreCore):
 
         ``ON CONFLICT DO NOTHING``: a row whose key or unique value is taken is left out, not an error; the caller
         (``hvcore._coalesce.ThreadWriteCoalescer``, for overlapping ``put()``) runs such a row alone with `insert`
-        to give it its own outcome. The statement returns its transaction id before it commits, as `insert` does
-        (`_write`): after a lost connection the server is asked whether it committed; committed → the ids
-        received; aborted or never started → an empty set (nothing stored: every row runs alone). Never retried
-        here. A server that refuses the statement (Citus: no transaction id in a multi-row INSERT's RETURNING) turns
-        ``insert_groups`` off for this store.
+        to give it its own outcome. The statement returns its transaction id, as `insert` does (`_write`): after a
+        lost connection the write is settled; committed → the ids received (or read); not committed → an empty
+        set (nothing stored: every row runs alone). Never retried here. A server that refuses the statement
+        (Citus: no transaction id in a multi-row INSERT's RETURNING) turns ``insert_groups`` off for this store.
         """
         statements = self._sql.get(shard_id) or self._shard_sql(shard_id)
         query = self._group_insert_sql(statements, len(rows)) + XID_GROUP_RETURNING
         params = [value for key, kind, data in rows for value in self._insert_params(key, kind, data)]
         keys = [row[0] for row in rows]
         try:
-            box, lost, stored = self._write_attempt(shard_id, query, params, keys, reused=False, ours=statements.insert)
+            _, stored, lost = self._write_attempt(
+                shard_id, query, params, keys, reused=False, ours=statements.insert, ids=True
+            )
         except pg_errors.FeatureNotSupported:  # Citus: no transaction id in a multi-row INSERT's RETURNING
             self.insert_groups = False  # puts run one INSERT each on this server from now on
             raise
-        if lost is not None:
-            return set()
-        return stored if stored is not None else returned_ids(box)
+        return set() if lost is not None else stored
 
     def fetch(self, shard_id: int, key: Key) -> Record | None:
         """The entity stored under ``key``, or None."""
@@ -1147,7 +1182,7 @@ class PostgresServerStore(StoreCore):
             conn, pool = self._checkout()
             xid: int | None = None
             lost: psycopg.OperationalError | None = None
-            taken = False
+            taken = timed_out = False
             try:
                 if self.text_only:
                     self._hstore_type(conn)
@@ -1174,7 +1209,9 @@ class PostgresServerStore(StoreCore):
             except psycopg.OperationalError as exc:
                 if not self._lost(conn, exc):
                     raise self._translate(exc, shard_id) from None
-                self._give_up_waiting(conn, xid, keys)
+                timed_out = not conn.closed  # operation_timeout: the session may still run the COPY
+                if timed_out:
+                    conn.pgconn.finish()  # this socket is done with; the session is ended while settling
                 conn.close()
                 lost = exc
                 self._log("connection to %s lost during a COPY (%s): asking its commit status", self._label, exc)
@@ -1195,8 +1232,11 @@ class PostgresServerStore(StoreCore):
             if taken:
                 raise self._taken_keys(shard_id, keys)
             assert lost is not None  # every other way out of the attempt returned or raised
-            if self._settle(shard_id, xid, keys)[0] == COMMITTED:
+            status = self._settle(shard_id, xid, keys, end=timed_out)[0]
+            if status == COMMITTED:
                 return
+            if timed_out:
+                raise self._ended_uncommitted(status) from None
             if attempt:
                 raise self._unavailable(lost) from None
 
@@ -1278,7 +1318,8 @@ class PostgresServerStore(StoreCore):
     def update(self, shard_id: int, key: Key, data: Mapping[str, Any], *, merge: bool) -> bool:
         """Merge ``data`` into the stored body (``||``), or replace it; False if the key is not stored.
 
-        One round trip; a lost connection is settled by asking the server (`_write`).
+        One round trip; a lost connection is settled by asking the server (`_write`), or, when no server can name
+        the transaction, by reading the row (already as written: done, True; never applied twice).
         """
         ext = self._ext()
         query = self._write_sql.get((shard_id, merge, ext))
@@ -1292,7 +1333,8 @@ class PostgresServerStore(StoreCore):
             raise unique_violation(exc, shard_id, self._label) or exc from None
 
     def delete(self, shard_id: int, key: Key) -> bool:
-        """Delete one entity; False if the key is not stored (one round trip, settled like `update`)."""
+        """Delete one entity; False if the key is not stored (one round trip, settled like `update`: a lost delete
+        that committed is True, not run again into False; one the server cannot name is True if the row is absent)."""
         query = self._write_sql.get((shard_id, None, None))
         if query is None:
             composed = self._delete_sql(shard_id) + sql.SQL(XID_RETURNING)

@@ -453,7 +453,7 @@ def _puts_through(
 
 
 # "whole-reply" failed (strict xfail) until a write without its transaction id was settled by waiting for its session
-# to go and reading its rows (hvbackend_postgres._astore._settle_unseen): its rows ran again alone, collided with
+# to go and reading its rows (hvbackend_postgres._astore._read_outcome): its rows ran again alone, collided with
 # themselves and were stored twice under fresh keys.
 @pytest.mark.parametrize("at", ["commit-reply", "whole-reply"])
 @pytest.mark.parametrize("side", ["async", "threads"])

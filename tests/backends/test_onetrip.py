@@ -6,7 +6,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hvbackend_postgres._commit import XID_GROUP_RETURNING, XID_RETURNING, returning_xid, without_xid
+from hvbackend_postgres._commit import (
+    XID_GROUP_RETURNING,
+    XID_RETURNING,
+    applied_sql,
+    full_xid,
+    returning_xid,
+    without_xid,
+)
 from hvbackend_postgres._onetrip import PreparedNames, dollar_params
 
 PLAIN = st.text(alphabet=st.characters(blacklist_characters="%\x00", codec="utf-8"), max_size=12)
@@ -39,6 +46,25 @@ def test_the_id_column_comes_off_for_a_server_refusing_it_in_returning() -> None
     group = f"INSERT INTO s.entities VALUES (%s), (%s) ON CONFLICT DO NOTHING RETURNING id{XID_GROUP_RETURNING}"
     assert without_xid(group) == "INSERT INTO s.entities VALUES (%s), (%s) ON CONFLICT DO NOTHING RETURNING id"
     assert returning_xid(single).endswith(XID_RETURNING)
+
+
+@given(st.integers(0, (1 << 62)), st.integers(-(1 << 31) + 1, (1 << 31) - 1))
+def test_a_32_bit_transaction_id_widens_to_the_full_id_near_the_servers(full: int, distance: int) -> None:
+    """pg_stat_activity's backend_xid has 32 bits; pg_xact_status wants xid8: the one within 2^31 of the server's."""
+    near = full + distance
+    assert full_xid(full & 0xFFFFFFFF, near) == full
+
+
+def test_an_update_or_delete_by_key_reads_whether_it_is_in_place_with_the_same_parameters() -> None:
+    merge = 'UPDATE "shard0003"."entities" SET body = body || %s WHERE id = %s'
+    assert applied_sql(merge) == 'SELECT (body || %s) = body FROM "shard0003"."entities" WHERE id = %s'
+    hstore = 'UPDATE "s"."entities" SET body = "public".hstore(%s::text[], %s::text[]) WHERE id = %s'
+    assert (
+        applied_sql(hstore)
+        == 'SELECT ("public".hstore(%s::text[], %s::text[])) = body FROM "s"."entities" WHERE id = %s'
+    )
+    delete = 'DELETE FROM "s"."entities" WHERE id = %s'
+    assert applied_sql(delete) == 'SELECT NOT EXISTS (SELECT FROM "s"."entities" WHERE id = %s)'
 
 
 def test_prepared_names_depend_on_the_text_and_are_forgotten_per_connection() -> None:

@@ -1,10 +1,12 @@
-"""A write that committed on the server while its reply (with its transaction id) never reached the client.
+"""A write whose reply (with its transaction id) never reached the client: settled by the server, else by its rows.
 
-The one case the transaction id cannot settle: the whole write (statement, Flush, Sync) reached the server, which
-ran and committed it, and the connection died before the first byte of the reply came back. A TCP proxy between
-the datastore and the server (`CutProxy`) lets requests through, swallows the replies once frozen, and cuts every
-connection once the row is visible on the server. The write must then be reported as done, once: never retried
-under a fresh key (an orphan duplicate row), never a success with another writer's row.
+A TCP proxy between the datastore and the server (`CutProxy`) lets requests through, swallows the replies once
+frozen, and cuts every connection at a chosen moment. Cut while the write's session still runs its transaction
+(a slow deferred trigger at commit): the session's ``backend_xid`` is read from ``pg_stat_activity`` and
+``pg_xact_status`` decides, committed or aborted. Cut once the row is visible (the whole write, statement and
+Sync, reached the server, which ran and committed it, and its session is gone or idle with no transaction): no
+server can name the transaction, the rows decide. Either way the write is reported as done, once: never retried
+under a fresh key (an orphan duplicate row), never applied twice, a committed delete never reported "not found".
 """
 
 from __future__ import annotations
@@ -85,6 +87,14 @@ def rows(direct: dict[str, Any]) -> list[dict[str, Any]]:
 
 def cut_after_commit(proxy: CutProxy, direct: dict[str, Any], marker: str, action: Callable[[], Any]) -> Any:
     """Freeze the replies, run ``action`` in a thread, cut once a row with ``marker`` is visible; its outcome."""
+    query = f"SELECT count(*) > 0 FROM shard{SHARD:04d}.entities WHERE body->>'by' = %s"
+    return cut_when(proxy, direct, query, (marker,), action)
+
+
+def cut_when(
+    proxy: CutProxy, direct: dict[str, Any], ready: str, params: Any, action: Callable[[], Any], *, settle: float = 0.05
+) -> Any:
+    """Freeze the replies, run ``action`` in a thread, cut once ``ready`` (one boolean) is true; its outcome."""
     proxy.freeze()
     outcome: list[Any] = []
 
@@ -98,11 +108,10 @@ def cut_after_commit(proxy: CutProxy, direct: dict[str, Any], marker: str, actio
     worker.start()
     deadline = time.monotonic() + 10
     with psycopg.connect(**direct, autocommit=True) as conn:
-        query = f"SELECT count(*) FROM shard{SHARD:04d}.entities WHERE body->>'by' = %s"
-        while conn.execute(query, (marker,)).fetchone() == (0,):
-            assert time.monotonic() < deadline, "the write never committed"
+        while conn.execute(ready, params).fetchone() != (True,):
+            assert time.monotonic() < deadline, f"never ready: {ready}"
             time.sleep(0.005)
-    time.sleep(0.05)  # whatever of the reply there is has reached the proxy, and been dropped
+    time.sleep(settle)  # whatever of the reply there is has reached the proxy, and been dropped
     proxy.cut()
     worker.join(30)
     assert not worker.is_alive(), "the write hung"
@@ -172,6 +181,128 @@ def test_coalesced_puts_committed_whose_reply_never_came_back_are_stored_once(
     stored = [b for b in rows(direct) if b["by"] == "cut"]
     assert all(isinstance(o, hvcore.Key) for o in outcomes), outcomes
     assert sorted(b["i"] for b in stored) == list(range(8))  # each once
+
+
+@pytest.mark.parametrize("pgbouncer", ["off", "transaction"], ids=["direct", "behind-a-pooler"])
+def test_a_delete_committed_whose_reply_never_came_back_is_reported_deleted(
+    proxied: tuple[CutProxy, dict[str, Any], dict[str, Any]], pgbouncer: str
+) -> None:
+    """Run again, the DELETE would find nothing and report the key as not stored: the row's absence settles it."""
+    proxy, through, direct = proxied
+    with hvcore.Datastore([dict(shards="0-16", pgbouncer=pgbouncer, **through)], backend="jsonb") as db:
+        key = db.put(SHARD, 1, by="doomed")
+        gone = f"SELECT NOT EXISTS (SELECT FROM shard{SHARD:04d}.entities WHERE id = %s)"
+        assert cut_when(proxy, direct, gone, (int(key),), lambda: db.delete(key)) is True
+        assert rows(direct) == []
+        pool = db.status()[0]["pool"]
+        assert pool["commit_checks"] == 1 and pool["commit_checks_committed"] == 1, pool
+
+
+@pytest.mark.parametrize("merge", [True, False], ids=["update", "replace"])
+def test_an_update_committed_whose_reply_never_came_back_is_not_run_again(
+    proxied: tuple[CutProxy, dict[str, Any], dict[str, Any]], merge: bool
+) -> None:
+    """An audit trigger counts the UPDATEs that reach the row: one, not a second run of a write already in place."""
+    proxy, through, direct = proxied
+    table = f"shard{SHARD:04d}.entities"
+    with psycopg.connect(**direct, autocommit=True) as conn:
+        conn.execute(
+            f"CREATE TABLE shard{SHARD:04d}.audit (id bigint, body jsonb);"
+            f"CREATE FUNCTION shard{SHARD:04d}.audit() RETURNS trigger LANGUAGE plpgsql AS "
+            f"$$ BEGIN INSERT INTO shard{SHARD:04d}.audit VALUES (NEW.id, NEW.body); RETURN NULL; END $$;"
+            f"CREATE TRIGGER audit AFTER UPDATE ON {table} FOR EACH ROW EXECUTE FUNCTION shard{SHARD:04d}.audit()"
+        )
+    with hvcore.Datastore([dict(shards="0-16", pgbouncer="off", **through)], backend="jsonb") as db:
+        key = db.put(SHARD, 1, by="first", n=1)
+        write = (lambda: db.update(key, by="second")) if merge else (lambda: db.replace(key, by="second"))
+        done = f"SELECT count(*) > 0 FROM shard{SHARD:04d}.audit"
+        assert cut_when(proxy, direct, done, None, write) is True
+        assert rows(direct) == [{"by": "second", "n": 1} if merge else {"by": "second"}]
+        with psycopg.connect(**direct, autocommit=True) as conn:
+            assert conn.execute(f"SELECT count(*) FROM shard{SHARD:04d}.audit").fetchone() == (1,)
+
+
+def test_an_hstore_replace_committed_whose_reply_never_came_back_is_not_run_again(fault_pg: FaultServers) -> None:
+    """The same check on the hstore backend: the server compares the hstore the statement builds with the body."""
+    direct = fault_pg.fresh_db(0)
+    with hvcore.Datastore([dict(shards="0-16", **direct)], backend="hstore", worker=None) as db:
+        db.provision()
+    proxy = CutProxy(str(direct.get("host", "127.0.0.1")), int(direct["port"]))
+    through = {**direct, "host": "127.0.0.1", "port": proxy.port}
+    with psycopg.connect(**direct, autocommit=True) as conn:
+        conn.execute(
+            f"CREATE TABLE shard{SHARD:04d}.audit (id bigint);"
+            f"CREATE FUNCTION shard{SHARD:04d}.audit() RETURNS trigger LANGUAGE plpgsql AS "
+            f"$$ BEGIN INSERT INTO shard{SHARD:04d}.audit VALUES (NEW.id); RETURN NULL; END $$;"
+            f"CREATE TRIGGER audit AFTER UPDATE ON shard{SHARD:04d}.entities FOR EACH ROW "
+            f"EXECUTE FUNCTION shard{SHARD:04d}.audit()"
+        )
+    try:
+        with hvcore.Datastore([dict(shards="0-16", pgbouncer="off", **through)], backend="hstore") as db:
+            key = db.put(SHARD, 1, by="first", n="1")
+            done = f"SELECT count(*) > 0 FROM shard{SHARD:04d}.audit"
+            assert cut_when(proxy, direct, done, None, lambda: db.replace(key, by="second")) is True
+            record = db.get(key)
+            assert record is not None and record.data == {"by": "second"}
+            with psycopg.connect(**direct, autocommit=True) as conn:
+                assert conn.execute(f"SELECT count(*) FROM shard{SHARD:04d}.audit").fetchone() == (1,)
+    finally:
+        proxy.close()
+
+
+def _slow_commit(direct: dict[str, Any], body: str) -> None:
+    """A deferred trigger on the test shard: at commit it sleeps 1 s, then runs ``body`` (plpgsql statements)."""
+    with psycopg.connect(**direct, autocommit=True) as conn:
+        conn.execute(
+            f"CREATE SEQUENCE shard{SHARD:04d}.commits;"
+            f"CREATE FUNCTION shard{SHARD:04d}.slow_commit() RETURNS trigger LANGUAGE plpgsql AS "
+            f"$$ BEGIN PERFORM pg_sleep(1.0); {body} RETURN NULL; END $$;"
+            f"CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON shard{SHARD:04d}.entities "
+            f"DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION shard{SHARD:04d}.slow_commit()"
+        )
+
+
+SLEEPING = "SELECT count(*) > 0 FROM pg_stat_activity WHERE datname = %s AND wait_event = 'PgSleep'"
+
+
+def test_a_put_cut_while_its_session_commits_is_settled_committed_by_the_server(
+    proxied: tuple[CutProxy, dict[str, Any], dict[str, Any]],
+) -> None:
+    """Cut while the session runs its commit (its id not sent yet): its backend_xid, then pg_xact_status.
+
+    The trigger also changes the row at commit, so the row no longer holds what the INSERT sent: reading the rows
+    would say "not stored" and store it again under a fresh key. The server says committed: one row, its key.
+    """
+    proxy, through, direct = proxied
+    with hvcore.Datastore([dict(shards="0-16", pgbouncer="off", **through)], backend="jsonb") as db:
+        db.put(SHARD, 1, by="warm")
+        _slow_commit(
+            direct, f"UPDATE shard{SHARD:04d}.entities SET body = body || '{{\"touched\": true}}' WHERE id = NEW.id;"
+        )
+        outcome = cut_when(proxy, direct, SLEEPING, (direct["dbname"],), lambda: db.put(SHARD, 1, by="cut"), settle=0.1)
+        assert isinstance(outcome, hvcore.Key), outcome
+        assert [b["by"] for b in rows(direct)] == ["warm", "cut"]  # once: no orphan under another key
+        record = db.get(outcome)
+        assert record is not None and record.data == {"by": "cut", "touched": True}
+        pool = db.status()[0]["pool"]
+        assert pool["commit_checks_committed"] == 1 and pool["commit_checks_by_rows"] == 0, pool
+
+
+def test_a_put_cut_while_its_session_commits_is_settled_aborted_by_the_server_and_runs_again(
+    proxied: tuple[CutProxy, dict[str, Any], dict[str, Any]],
+) -> None:
+    """The same cut, and the first commit fails (the trigger raises once): the server says aborted; run again."""
+    proxy, through, direct = proxied
+    with hvcore.Datastore([dict(shards="0-16", pgbouncer="off", **through)], backend="jsonb") as db:
+        db.put(SHARD, 1, by="warm")
+        _slow_commit(
+            direct, f"IF nextval('shard{SHARD:04d}.commits') = 1 THEN RAISE EXCEPTION 'first commit fails'; END IF;"
+        )
+        outcome = cut_when(proxy, direct, SLEEPING, (direct["dbname"],), lambda: db.put(SHARD, 1, by="cut"), settle=0.1)
+        assert isinstance(outcome, hvcore.Key), outcome
+        assert [b["by"] for b in rows(direct)] == ["warm", "cut"]
+        pool = db.status()[0]["pool"]
+        assert pool["commit_checks"] == 1 and pool["commit_checks_aborted"] == 1, pool
 
 
 @pytest.fixture(autouse=True)

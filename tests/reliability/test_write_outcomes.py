@@ -440,6 +440,49 @@ def test_a_write_ended_between_its_statement_and_its_commit_is_aborted_and_runs_
     db.close()
 
 
+@pytest.mark.parametrize("op", ["put", "update", "delete", "async put"])
+def test_a_write_timed_out_on_a_lock_is_ended_and_reported_not_stored(fault_pg: FaultServers, op: str) -> None:
+    """operation_timeout while the write waits on a lock (a table lock for put, a row lock for update and delete):
+    its session is ended and the write settled, so the caller learns it did not commit (a plain
+    `ServerUnavailable`, not `WriteOutcomeUnknown`), and it does not commit later when the lock goes."""
+    db, settings = fresh(fault_pg, operation_timeout=0.5)
+    key = db.put(SHARD, 1, n=0)
+    blocker = psycopg.connect(**fault_pg.settings(0, dbname=settings["dbname"]), connect_timeout=5)
+    if op.endswith("put"):
+        blocker.execute(f"LOCK TABLE shard{SHARD:04d}.entities IN SHARE MODE")
+    else:
+        blocker.execute(f"SELECT FROM shard{SHARD:04d}.entities WHERE id = %s FOR UPDATE", (int(key),))
+
+    async def async_put() -> Any:
+        async with hvcore.AsyncDatastore(
+            [dict(shards="0-16", **settings)], backend="jsonb", operation_timeout=0.5
+        ) as adb:
+            return await adb.put(SHARD, 1, n=1)
+
+    write: Callable[[], Any] = {
+        "put": lambda: db.put(SHARD, 1, n=1),
+        "update": lambda: db.update(key, n=1),
+        "delete": lambda: db.delete(key),
+        "async put": lambda: asyncio.run(async_put()),
+    }[op]
+    try:
+        started = time.monotonic()
+        with pytest.raises(hvcore.ServerUnavailable, match="did not commit") as info:
+            write()
+        assert not isinstance(info.value, hvcore.WriteOutcomeUnknown), info.value
+        assert time.monotonic() - started < 5  # not waited for SETTLE_SECONDS: the session was ended at once
+    finally:
+        blocker.rollback()
+        blocker.close()
+    time.sleep(0.5)  # a write still alive on the server would now run and commit
+    assert rows_of_shard(fault_pg, settings["dbname"]) == {int(key): {"n": 0}}
+    if op != "async put":
+        pool = db.status()[0]["pool"]
+        assert pool["commit_checks"] == 1 and pool["commit_checks_committed"] == 0, pool
+    assert db.put(SHARD, 1, n=2)  # the pool serves on
+    db.close()
+
+
 def test_a_cancelled_async_put_leaves_a_usable_pool(fault_pg: FaultServers) -> None:
     """asyncio cancellation while the INSERT waits on a lock: the cancellation is what the caller sees, the session
     is discarded (its results were still due), and the next put works."""
