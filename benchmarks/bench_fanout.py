@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import random
+import signal
 import statistics
 import subprocess
 import sys
@@ -126,11 +127,18 @@ def _plan_memory(db: hvcore.Datastore) -> list[float]:
     return out
 
 
-def bench_point(config: list[dict[str, Any]], name: str, ops: int, rounds: int) -> dict[str, Any]:
-    """µs per put and per get, random of 8192 vs random of 16 shards, after warm-up; plan cache per session."""
+def bench_point(
+    config: list[dict[str, Any]], name: str, ops: int, rounds: int, counters: bool = False, warm_rounds: int = 1
+) -> dict[str, Any]:
+    """µs per put and per get, random of 8192 vs random of 16 shards, after warm-up; plan cache per session.
+
+    ``counters``: then the server's work per operation as well (`_counters`), each candidate run again for it.
+    ``warm_rounds``: warm-ups in a row; one runs each shard's statements about twice per session, three about six
+    times: past PostgreSQL's five custom plans per prepared statement, so the sessions' steady state.
+    """
     with variant(name), hvcore.Datastore([dict(c) for c in config], backend="jsonb", pool_max=POOL) as db:
         keys: dict[int, hvcore.Key] = {}
-        warm_s = _warm(db, keys)
+        warm_s = sum(_warm(db, keys) for _ in range(warm_rounds))
         rng = random.Random(3)
         few = [s * (SHARDS // 16) + 7 for s in range(16)]  # 16 shards, 8 on each server
 
@@ -155,7 +163,9 @@ def bench_point(config: list[dict[str, Any]], name: str, ops: int, rounds: int) 
             "get_8192": ops_of("get", everything),
             "get_16": ops_of("get", few),
         }
-        wall, cpu = _measure_with_server_cpu(candidates, _backend_pids(config), ops, rounds)
+        pids = _backend_pids(config)
+        wall, cpu = _measure_with_server_cpu(candidates, pids, ops, rounds)
+        per_op = {k: _counters(config, pids, fn, max(ops * 3, 600)) for k, fn in candidates.items()} if counters else {}
         memory = _plan_memory(db)
     us = {k: v * 1e6 for k, v in wall.items()}
     cpu_us = {k: v * 1e6 for k, v in cpu.items()}
@@ -169,7 +179,67 @@ def bench_point(config: list[dict[str, Any]], name: str, ops: int, rounds: int) 
         "plan_mib_per_session": statistics.median(memory),
         "plan_mib_max": max(memory),
         "warm_s": warm_s,
+        "counters": per_op,
     }
+
+
+COUNTERS_SQL = (
+    "SELECT (pg_current_wal_insert_lsn() - '0/0')::int8, w.wal_fpi, d.blks_read, d.blks_hit, d.xact_commit, "
+    "(SELECT coalesce(sum(autoanalyze_count + autovacuum_count), 0) FROM pg_stat_user_tables)::int8 "
+    "FROM pg_stat_database d, pg_stat_wal w WHERE d.datname = current_database()"
+)
+COUNTER_NAMES = ("wal_bytes", "wal_fpi", "blks_read", "blks_hit", "commits", "auto_vacuum_analyze")
+STATS_FLUSH_S = 11.0  # an idle backend has flushed its statistics by then (PostgreSQL 15: after 10 s idle)
+SYSCALLS = ("openat", "close", "lseek", "pread64", "pwrite64")  # relation files opened/closed, sized, read, written
+
+
+def _server_totals(config: list[dict[str, Any]]) -> dict[str, int]:
+    """`COUNTERS_SQL` summed over the servers (WAL position, FPIs, blocks read/hit, commits, autovacuum runs)."""
+    out = dict.fromkeys(COUNTER_NAMES, 0)
+    for server in config:
+        with psycopg.connect(**{k: v for k, v in server.items() if k != "shards"}, autocommit=True) as conn:
+            row = conn.execute(COUNTERS_SQL).fetchone()
+            for name, value in zip(COUNTER_NAMES, row or (), strict=True):
+                out[name] += int(value)
+    return out
+
+
+def _counters(config: list[dict[str, Any]], pids: list[int], fn: Callable[[], None], ops: int) -> dict[str, float]:
+    """The server's work per call of ``fn``: WAL bytes and full-page images, shared-buffer blocks read (from the
+    OS) and hit, transactions, autovacuum/autoanalyze runs (`COUNTERS_SQL`, statistics flushed by waiting
+    `STATS_FLUSH_S`), and the sessions' `SYSCALLS` per call (``strace -c`` on them, a second run of ``ops``
+    calls; left out if strace is missing or not allowed). Load does not move these, unlike times."""
+    time.sleep(STATS_FLUSH_S)
+    before = _server_totals(config)
+    for _ in range(ops):
+        fn()
+    time.sleep(STATS_FLUSH_S)
+    after = _server_totals(config)
+    out = {name: (after[name] - before[name]) / ops for name in COUNTER_NAMES}
+    with suppress(OSError, subprocess.SubprocessError, ValueError):
+        out.update(_syscalls(pids, fn, ops))
+    return out
+
+
+def _syscalls(pids: list[int], fn: Callable[[], None], ops: int) -> dict[str, float]:
+    """`SYSCALLS` per call of ``fn`` made by the server sessions ``pids`` (``strace -c -f``, attached meanwhile)."""
+    report = Path(f"/tmp/hv_bench_fanout_strace_{os.getpid()}.txt")
+    attach = [arg for pid in pids for arg in ("-p", str(pid))]
+    tracer = subprocess.Popen(["strace", "-c", "-f", "-o", str(report), *attach], stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1.0)  # attached
+        for _ in range(ops):
+            fn()
+    finally:
+        tracer.send_signal(signal.SIGINT)
+        tracer.wait(30)
+    counts: dict[str, float] = dict.fromkeys(SYSCALLS, 0.0)
+    for line in report.read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 5 and parts[-1] in counts and parts[3].isdigit():
+            counts[parts[-1]] = int(parts[3]) / ops
+    report.unlink()
+    return counts
 
 
 def _backend_pids(config: list[dict[str, Any]]) -> list[int]:
@@ -287,10 +357,13 @@ def run(
     variants: list[str] | None = None,
     point_only: bool = False,
     recommended: bool = False,
+    counters: bool = False,
+    warm_rounds: int = 1,
 ) -> dict[str, Any]:
     """Every measure on the given servers, or on two fresh local servers at default settings.
 
-    ``variants``: the statement preparations compared (default: all of `VARIANTS`; ``library`` only if ``quick``).
+    ``variants``: the statement preparations compared (default: all of `VARIANTS`; ``library`` only if ``quick``);
+    ``counters``: the server's work per put and get too (`_counters`); ``warm_rounds``: as for `bench_point`.
     This is the suite's entry (``python benchmarks/suite.py --parts fanout``).
     """
     ops, rounds = (100, 3) if quick else (300, 7)
@@ -301,7 +374,7 @@ def run(
         config = prepare(settings)
         results: dict[str, Any] = {"quick": quick, "point": {}}
         for name in variants:
-            results["point"][name] = bench_point(config, name, ops, rounds)
+            results["point"][name] = bench_point(config, name, ops, rounds, counters, warm_rounds)
         if not point_only:
             results["query"] = bench_query(config, rounds)
             results["get_many"] = bench_get_many(config, 3 if quick else 5)
@@ -316,7 +389,10 @@ def run(
             for server in local:
                 _recommend(server)
             config = _config([s.settings for s in local])
-            results["recommended"] = {"settings": RECOMMENDED, "point": bench_point(config, "library", ops, rounds)}
+            results["recommended"] = {
+                "settings": RECOMMENDED,
+                "point": bench_point(config, "library", ops, rounds, counters),
+            }
         return results
 
 
@@ -342,6 +418,12 @@ def _recommend(server: Any) -> None:
     server.running = True
 
 
+def _print_counters(name: str, counters: dict[str, dict[str, float]]) -> None:
+    """One line per measured operation: the server's work per call (`_counters`)."""
+    for op, values in counters.items():
+        print(f"  {name} {op:9s} per call: " + " ".join(f"{k} {v:.2f}" for k, v in values.items()))
+
+
 def main() -> None:
     """Command-line entry: print the figures (and write them as JSON if asked)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -351,9 +433,12 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated of {','.join(VARIANTS)}")
     parser.add_argument("--point-only", action="store_true", help="only the put/get measures")
     parser.add_argument("--recommended", action="store_true", help="then put/get again with the recommended settings")
+    parser.add_argument("--counters", action="store_true", help="the server's work per put/get too (uses strace)")
+    parser.add_argument("--warm-rounds", type=int, default=1, help="warm-ups before put/get (3: steady state)")
     args = parser.parse_args()
     servers = json.loads(args.servers.read_text()) if args.servers else None
-    r = run(args.quick, servers, [v for v in args.variants.split(",") if v], args.point_only, args.recommended)
+    variants = [v for v in args.variants.split(",") if v]
+    r = run(args.quick, servers, variants, args.point_only, args.recommended, args.counters, args.warm_rounds)
     if args.json:
         args.json.write_text(json.dumps(r, indent=2) + "\n")
     for name, figures in r["point"].items():
@@ -366,6 +451,7 @@ def main() -> None:
             f"{figures['plan_mib_per_session']:.1f} MiB per session (max {figures['plan_mib_max']:.1f}) | "
             f"warm-up {figures['warm_s']:.0f} s"
         )
+        _print_counters(name, figures["counters"])
     if "recommended" in r:
         figures = r["recommended"]["point"]
         print(
@@ -375,6 +461,7 @@ def main() -> None:
             f"(server CPU {figures['get_cpu_ratio']:.2f}x), plan cache "
             f"{figures['plan_mib_per_session']:.1f} MiB per session"
         )
+        _print_counters("recommended", figures["counters"])
     if "query" not in r:
         return
     q = r["query"]["ms"]
