@@ -247,8 +247,12 @@ def test_a_streaming_full_fleet_query_leaves_room_for_other_sessions(fleet: Flee
     assert not errors, errors
     assert streamed == len(fleet.expected(lambda r: r.kind == 1))
     assert counts["put"] > 0
-    # one datastore's sessions, one statement each at a time: 16 shards x 4 relations, plus each worker's put/get
-    bound = len(fleet.servers) * (2 * SHARDS_PER_STATEMENT * LOCKS_PER_SHARD + 40)
+    # per server, three sessions may each run a statement of ours at the same moment (the query's, and the two
+    # workers' stores checking the layout when they start: pieces of 16 shards each), so at most 16 shards x 4
+    # relations apiece, plus the workers' put/get/delete and the lease renewals; one statement over every shard
+    # would hold thousands (the test below shows the overflow it causes). Measured under load: 185 of this bound.
+    sessions = 3
+    bound = len(fleet.servers) * (sessions * (SHARDS_PER_STATEMENT * LOCKS_PER_SHARD + 8) + 40)
     assert peak() <= bound, f"peak {peak()} locks (autovacuum workers' peak {autovacuum_peak()}, not counted)"
     print(
         f"\n{fleet.name}: peak {peak()} locks held by other sessions (bound {bound}; autovacuum workers' peak "
