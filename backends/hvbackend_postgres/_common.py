@@ -505,7 +505,8 @@ class StoreCore:
         which = f"its transaction {xid}" if xid is not None else "it"
         return WriteOutcomeUnknown(
             f"a write to {self._label} lost its connection and whether {which} committed is not known: {why}. "
-            f"Its keys ({shown}) hold this write's rows or none, never another writer's; read them to know",
+            f"Read its keys ({shown}) to know: a new key holds this write's row or none, never another writer's; a "
+            "key it updated, replaced or deleted holds the row as before or as this write left it",
             keys=tuple(int(k) for k in keys),
         )
 
