@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from typing import Any
@@ -13,6 +14,12 @@ from hvbackend_postgres._schema import ShardSQL, shard_ddl, shard_schema
 from hvbackend_postgres._store import PostgresServerStore
 from hvcore._backend import BackendOptions
 from hvcore.hookspecs import BackendRegistrar, DemoServers, hookimpl
+
+# psycopg_pool warns on its own logger about what hypervault turns into typed errors anyway (a failed connection
+# attempt, a connection it closed on purpose after a timeout); an application that configured no logging got
+# those lines on stderr from Python's last-resort handler. A NullHandler only replaces that fallback: handlers the
+# application configures still receive every record.
+logging.getLogger("psycopg.pool").addHandler(logging.NullHandler())
 
 __all__ = [
     "AsyncPostgresServerStore",

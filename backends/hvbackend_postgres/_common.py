@@ -464,6 +464,11 @@ class StoreCore:
             return ServerUnavailable(
                 f"PostgreSQL server {self._label} refused the login: {text} (check user and password)"
             )
+        if re.search(r'(database|role) "[^"]*" does not exist', text):  # the server is up: the setting is wrong
+            return ServerUnavailable(
+                f"PostgreSQL server {self._label} refused the connection: {text} (the server answers; check dbname "
+                "and user in the connection settings: hypervault creates schemas, not databases or roles)"
+            )
         return ServerUnavailable(f"PostgreSQL server {self._label} is unavailable: {text}")
 
     def _pool_timeout(self) -> PoolTimeout:
