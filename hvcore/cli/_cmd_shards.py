@@ -59,6 +59,11 @@ def cmd_shard_move(args: argparse.Namespace, out: TextIO) -> int:
         for note in report.notes:
             print(f"  {note}", file=out)
         return 0
+    if report.source == report.target:  # nothing moved: say so, without a report of a copy that did not happen
+        print(f"shard {report.shard_id} is already on {report.target}: nothing to move", file=out)
+        for note in report.notes[1:]:
+            print(f"  {note}", file=out)
+        return 0
     print(
         f"shard {report.shard_id}: {report.source} → {report.target} (placement version {report.version}), "
         f"{report.rows:,} rows copied in {report.copy_seconds:.2f} s, {report.catchup_rounds} catch-up round(s), "

@@ -311,6 +311,9 @@ def test_cli_move_plan_export_status(
     assert len(pgdog["databases"]) == 2
     assert _cli.main(["shard", "move", str(MOVED), "--rollback", "--config", config]) == 2
     assert "nothing to roll back" in capsys.readouterr().err
+    assert _cli.main(["shard", "move", str(MOVED), "--to", "1", "--config", config]) == 0  # already there
+    said = capsys.readouterr().out
+    assert said.startswith(f"shard {MOVED} is already on ") and "nothing to move" in said and "copied" not in said
 
 
 class Boom(Exception):
