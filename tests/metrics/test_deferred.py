@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from fixtures.otel import metric_points
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from opentelemetry.sdk.metrics import MeterProvider
@@ -29,15 +30,7 @@ class Provider:
         self.provider = MeterProvider(metric_readers=[self.reader])
 
     def points(self, name: str = DURATION) -> list[Any]:
-        data = self.reader.get_metrics_data()
-        return [
-            point
-            for resource in (data.resource_metrics if data is not None else ())
-            for scope in resource.scope_metrics
-            for metric in scope.metrics
-            if metric.name == name
-            for point in metric.data.data_points
-        ]
+        return metric_points(self.reader, name)
 
     def count(self) -> int:
         return sum(point.count for point in self.points())

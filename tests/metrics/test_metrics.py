@@ -15,6 +15,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from fixtures.otel import metric_points
 from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -36,14 +37,7 @@ class Reader:
 
     def points(self, name: str) -> list[Any]:
         """The data points of metric ``name`` collected now."""
-        data = self.reader.get_metrics_data()
-        found: list[Any] = []
-        for resource in data.resource_metrics if data is not None else ():
-            for scope in resource.scope_metrics:
-                for metric in scope.metrics:
-                    if metric.name == name:
-                        found.extend(metric.data.data_points)
-        return found
+        return metric_points(self.reader, name)
 
     def by_attrs(self, name: str) -> dict[frozenset[tuple[str, Any]], Any]:
         """Data points of ``name`` keyed by their attribute sets."""

@@ -9,15 +9,13 @@ right after the call gave up, before the cancel request can arrive.
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
-from fixtures.relay import Relay, shut
+from fixtures.relay import Forward
 
 import hvcore
 
@@ -25,29 +23,12 @@ ROUNDS = 5
 CONNECT_DELAY = 0.3  # seconds before a new connection through the relay carries bytes
 
 
-class SlowConnect(Relay):
-    """Bytes both ways, unchanged, once ``CONNECT_DELAY`` has passed since the connection was accepted."""
-
-    def serve(self, client: socket.socket, server: socket.socket) -> None:
-        def pump(src: socket.socket, dst: socket.socket) -> None:
-            time.sleep(CONNECT_DELAY)
-            try:
-                while data := src.recv(65536):
-                    dst.sendall(data)
-            except OSError:
-                pass
-            shut(src, dst)
-
-        threading.Thread(target=pump, args=(client, server), daemon=True).start()
-        threading.Thread(target=pump, args=(server, client), daemon=True).start()
-
-
 @pytest.fixture
 def remote(pg_fresh_db: dict[str, Any]) -> Iterator[list[dict[str, Any]]]:
     """The fresh database, provisioned directly, as servers reached through the slow-connect relay."""
     with hvcore.Datastore([{**pg_fresh_db, "shards": "0-8"}], backend="jsonb") as db:
         db.provision()
-    relay = SlowConnect(pg_fresh_db["host"], pg_fresh_db["port"])
+    relay = Forward(pg_fresh_db["host"], pg_fresh_db["port"], connect_delay=CONNECT_DELAY)
     try:
         yield [{**pg_fresh_db, "port": relay.port, "shards": "0-8", "pgbouncer": "off"}]
     finally:

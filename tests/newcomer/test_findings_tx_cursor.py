@@ -43,7 +43,7 @@ def test_savepoints_and_plain_statements_through_a_transaction_cursor_still_work
             tx.put(1, n="kept")
             with tx.cursor() as cur:
                 cur.execute("SAVEPOINT mine")
-                cur.execute("INSERT INTO entities (id, kind, body) VALUES (1, 1, '{\"n\": \"undone\"}')")
+                cur.execute('INSERT INTO entities (id, kind, body) VALUES (1, 1, \'{"n": "undone"}\')')
                 cur.execute("ROLLBACK TO SAVEPOINT mine")
                 cur.execute("SELECT 'COMMIT'")  # a string, not a statement: passes (the guard reads statements)
         assert [r.data["n"] for r in db.query(kind=1)] == ["kept"]
