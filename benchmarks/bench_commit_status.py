@@ -1,21 +1,22 @@
-"""The cost of returning each write's transaction id (the commit-status check), on healthy writes.
+"""What the commit-status check (settling a lost write by asking the server) costs healthy writes.
 
 Usage: ``python benchmarks/bench_commit_status.py [--quick] [--json PATH]``. Starts throwaway PostgreSQL servers
 (system binaries): one with durable commits (fsync and synchronous_commit on, PostgreSQL's defaults), one with both
 off (CPU and round trips only: where the check's share is largest), and times, on one datastore and one pool each,
 in alternating blocks:
 
-- ``put``: `Datastore.put` as shipped (the INSERT returns ``pg_current_xact_id()``; statement and Sync in one
-  write to the socket through libpq's pipeline, the id back with the commit's reply) against the same
-  `Datastore.put` with the store's write swapped for the write before (one autocommitted INSERT, nothing
-  returned): the extra cost of the check;
+- ``put``: `Datastore.put` as shipped (the INSERT and the Sync that commits it in one write to the socket
+  through libpq's pipeline, the session's pid noted for settling a lost write) against the same `Datastore.put`
+  with the store's write swapped for the write before the commit-status check (one autocommitted psycopg
+  ``execute``): what the check costs a healthy write;
 - ``update``: the same for `Datastore.update`.
 
 Prints each pair and its ratio (check / without), measured in this one run (medians of the blocks; and the ratio of
-the fastest blocks, the least disturbed on a shared machine). Goal: at most 1.03 for put. Until
-2026-11-30 a Flush before the Sync made the server send the id ahead of the commit: two reply packets, two client
-wake-ups, 1.03-1.10 with durable commits; without it a lost write is settled through ``pg_stat_activity`` or its
-rows (`hvbackend_postgres._commit`).
+the fastest blocks, the least disturbed on a shared machine). Goal: at most 1.03 for put. History (2026-11-30): a
+Flush before the Sync made the server send the transaction id ahead of the commit: two reply packets, two client
+wake-ups, 1.03-1.10 with durable commits; without the Flush, ``RETURNING pg_current_xact_id()`` still cost
+3-5 %; the write now returns no id, and a lost write is settled through ``pg_stat_activity`` or its rows
+(`hvbackend_postgres._commit`).
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def _plain_write(
     conn, pool = self._checkout()
     try:
         text = query if isinstance(query, str) else query.as_string(conn)
-        return int(conn.execute(text.removesuffix(XID_RETURNING), params).rowcount)
+        return int(conn.execute(text.removesuffix(XID_RETURNING), params).rowcount)  # (no suffix since 2026-11-30)
     finally:
         self._checkin(conn, pool)
 

@@ -1,14 +1,20 @@
 """Did a write whose connection was lost commit? Asked of PostgreSQL by transaction id wherever it can answer.
 
-Every write statement (put, update, replace, delete, a coalesced group of puts) returns ``pg_current_xact_id()``
-(``RETURNING``) and is sent with the Sync that commits its implicit transaction in one write to the socket; the id
-comes back with the commit's reply, in one packet (no Flush before the Sync: a Flush made the server send the row
-ahead of the commit, a second packet and a second client wake-up on every healthy write, measured +3-10 % with
-durable commits, benchmarks/bench_commit_status.py). A COPY (put_many) reads its id in the round trip of its
-``BEGIN``, before any row is sent. When the connection is lost, a fresh connection settles the write:
+A single-row write (put, update, replace, delete) is its statement and the Sync that commits its implicit
+transaction, in one write to the socket, and nothing else: its results come back with the commit's reply, in one
+packet. It does not return its transaction id: a Flush before the Sync (to have the id before the commit) cost a
+second packet and client wake-up per write (+3-10 % with durable commits), and a ``RETURNING
+pg_current_xact_id()`` without the Flush still cost 3-5 % (a row description and a row per write, measured
+against the plain INSERT, benchmarks/bench_commit_status.py), while an id that arrives with the commit's reply is
+of little use: the reply that carries it says the write committed (only a session the server ends after the
+statement ran sends the buffered id with its FATAL notice; that session is gone, so the rows settle it). A
+coalesced group of puts returns its ids and transaction id (`XID_GROUP_RETURNING`); a COPY (put_many) reads its
+id in the round trip of its ``BEGIN``, before any row is sent.
 
-- The id arrived (a COPY; or the session was ended by the server, which sends what it had buffered with its
-  FATAL notice): ``pg_xact_status(xid)``, the mechanism PostgreSQL documents for this case ("Transaction ID and
+When the connection is lost, a fresh connection settles the write:
+
+- The id arrived (a COPY; a group whose session was ended by the server, which sends what it had buffered with
+  its FATAL notice): ``pg_xact_status(xid)``, the mechanism PostgreSQL documents for this case ("Transaction ID and
   snapshot information functions"): ``committed`` → the write is done, with its own keys; ``aborted`` → run again;
   ``in progress`` → the orphaned session is still running: wait for it (`SETTLE_SECONDS`), end it, ask again.
 - No id arrived, direct connection: the session that ran the write is known by its backend pid. While it is in
@@ -16,8 +22,8 @@ durable commits, benchmarks/bench_commit_status.py). A COPY (put_many) reads its
   when the statement first writes a row); the session is waited for (bounded, then ended with
   ``pg_terminate_backend``; at once when the client gave up after ``operation_timeout``: it is ours to end), and
   if an id was seen, ``pg_xact_status`` decides as above.
-- No id seen at all: the session was already gone when we looked (the connection was cut after the server
-  committed or ended it), it ended between two looks without an id ever being visible, or the connection goes
+- No id seen at all: the session was already gone when we looked (the server ended it, or the connection was
+  cut after it committed), it ended between two looks without an id ever being visible, or the connection goes
   through a pooler, where the pid is the pooler's and sessions running the same statement cannot be told apart
   (`SAME_STATEMENT_SQL`: every such session of our role must have finished first). Only then do the rows decide,
   once nothing can commit any more: an INSERT whose rows are stored with exactly its values (`stored_rows_sql`:

@@ -16,7 +16,7 @@ from typing import Any, TypeVar, cast
 import psycopg
 import psycopg_pool
 from psycopg import errors as pg_errors
-from psycopg import pq, sql
+from psycopg import pq
 from psycopg.adapt import PyFormat, Transformer
 from psycopg.rows import tuple_row
 from psycopg.types import TypeInfo
@@ -58,7 +58,6 @@ from hvbackend_postgres._commit import (
     TERMINATE_SQL,
     UNKNOWN,
     XID_GROUP_RETURNING,
-    XID_RETURNING,
     XID_SQL,
     CommitCounters,
     applied_sql,
@@ -66,7 +65,6 @@ from hvbackend_postgres._commit import (
     full_xid,
     returned_ids,
     returned_xid,
-    returning_xid,
     stored_rows_sql,
     without_xid,
 )
@@ -772,10 +770,13 @@ class PostgresServerStore(StoreCore):
     def _write(
         self, shard_id: int, query: Any, params: Sequence[Any], keys: Sequence[Key], ours: str | None = None
     ) -> int:
-        """Run one write statement that returns its transaction id (`_commit`); the rows it wrote.
+        """Run one write statement (an INSERT, UPDATE or DELETE by key) in its own implicit transaction; the rows it
+        wrote.
 
-        One round trip: the statement and the Sync that commits it, in one write to the socket; the id comes with
-        the commit's reply. A connection lost underneath: the write is settled (`_write_attempt`, `_settle`);
+        One round trip: the statement and the Sync that commits it, in one write to the socket; nothing more than
+        the write itself on a healthy connection (`_commit`: a transaction id returned with the reply measured 3-5 %
+        slower, and is of use only in a reply that is lost). A connection lost underneath: the write is settled by
+        the server through its session's transaction id, else by its rows (`_write_attempt`, `_settle`);
         committed → done, not committed → run again (once). ``ours``: for an INSERT, the shard's single-row INSERT,
         ``params`` being that row's values once per key: its rows are then found as stored by `stored_rows_sql`
         (built only after a loss the server could not settle); an UPDATE or DELETE by key is checked with
@@ -800,7 +801,7 @@ class PostgresServerStore(StoreCore):
         ours: str | None = None,
         ids: bool = False,
     ) -> tuple[int, set[int], psycopg.OperationalError | None]:
-        """One attempt of a write returning its transaction id: (rows written, ids of the rows an INSERT stored if
+        """One attempt of a write: (rows written, ids of the rows an INSERT stored if
         ``ids`` (else empty), None if it committed, else the loss: nothing was stored, it may run again).
 
         A connection lost underneath is closed and the write settled (`_settle`). A client-side wait that gave up
@@ -857,10 +858,11 @@ class PostgresServerStore(StoreCore):
     ) -> None:
         """Parse (once per connection) / Bind / Execute, Sync in one write (`_onetrip`); results into ``box``.
 
-        ``query`` returns its transaction id (`returning_xid`), which comes with the commit's reply (one packet).
-        A server that refuses a volatile function in RETURNING (a Citus coordinator routes the row to a worker)
-        gets, from then on, the statement without it in an explicit transaction that reads the coordinator's id
-        first: BEGIN, SELECT pg_current_xact_id(), the statement, COMMIT, Sync, still one write. A server error is
+        One reply packet: the statement's results come with the commit's. A grouped insert returns its transaction
+        id (`XID_GROUP_RETURNING`); a server that refuses a volatile function in RETURNING (a Citus coordinator
+        routes the row to a worker) gets, from then on, statements without it in an explicit transaction that reads
+        the coordinator's id first: BEGIN, SELECT pg_current_xact_id(), the statement, COMMIT, Sync, still one
+        write. A server error is
         raised as psycopg's exception; a statement the session no longer has (DISCARD ALL, DEALLOCATE) or already
         has is sent unprepared. ``reused=False``: a statement text that varies (a multi-row INSERT of any size) is
         sent unprepared.
@@ -933,7 +935,7 @@ class PostgresServerStore(StoreCore):
                 raise error
             if fresh:
                 self._prepared.add(conn, name)
-            if not any(result.status == pq.ExecStatus.TUPLES_OK for result in box):
+            if command_rows(box) is None:
                 raise psycopg.InterfaceError(f"no result for a write on {self._label}: {[r.status for r in box]}")
             return
         raise AssertionError("unreachable")  # pragma: no cover (the third try returns or raises)
@@ -1118,13 +1120,13 @@ class PostgresServerStore(StoreCore):
     def insert(self, shard_id: int, key: Key, kind: int, data: Mapping[str, Any]) -> None:
         """Store one entity with a single INSERT (one round trip); `DuplicateKey` if the id is taken.
 
-        The INSERT returns its transaction id with its commit's reply; a lost connection is settled by asking the
-        server (`_write`), or, when no server can name the transaction, by reading the row once nothing can commit it.
+        A lost connection is settled by asking the server (`_write`: the transaction id its session ran), or, when
+        no server can name the transaction, by reading the row once nothing can commit it.
         """
         statements = self._sql.get(shard_id) or self._shard_sql(shard_id)
         params = self._insert_params(key, kind, data)
         try:
-            self._write(shard_id, returning_xid(statements.insert), params, (key,), statements.insert)
+            self._write(shard_id, statements.insert, params, (key,), statements.insert)
         except pg_errors.UniqueViolation as exc:  # the key, or a unique secondary index (_indexes)
             raise unique_violation(exc, shard_id, self._label) or self._duplicate(shard_id, key) from None
 
@@ -1133,9 +1135,9 @@ class PostgresServerStore(StoreCore):
 
         ``ON CONFLICT DO NOTHING``: a row whose key or unique value is taken is left out, not an error; the caller
         (``hvcore._coalesce.ThreadWriteCoalescer``, for overlapping ``put()``) runs such a row alone with `insert`
-        to give it its own outcome. The statement returns its transaction id, as `insert` does (`_write`): after a
-        lost connection the write is settled; committed → the ids received (or read); not committed → an empty
-        set (nothing stored: every row runs alone). Never retried here. A server that refuses the statement
+        to give it its own outcome. The statement returns the ids stored and its transaction id; after a lost
+        connection the write is settled (`_write_attempt`); committed → the ids received (or read); not committed →
+        an empty set (nothing stored: every row runs alone). Never retried here. A server that refuses the statement
         (Citus: no transaction id in a multi-row INSERT's RETURNING) turns ``insert_groups`` off for this store.
         """
         statements = self._sql.get(shard_id) or self._shard_sql(shard_id)
@@ -1324,7 +1326,7 @@ class PostgresServerStore(StoreCore):
         ext = self._ext()
         query = self._write_sql.get((shard_id, merge, ext))
         if query is None:
-            composed = self._update_sql(shard_id, ext, merge=merge) + sql.SQL(XID_RETURNING)
+            composed = self._update_sql(shard_id, ext, merge=merge)
             query = self._write_sql[shard_id, merge, ext] = composed.as_string(None)
         params = (*self._body_params(data), key)
         try:
@@ -1337,7 +1339,7 @@ class PostgresServerStore(StoreCore):
         that committed is True, not run again into False; one the server cannot name is True if the row is absent)."""
         query = self._write_sql.get((shard_id, None, None))
         if query is None:
-            composed = self._delete_sql(shard_id) + sql.SQL(XID_RETURNING)
+            composed = self._delete_sql(shard_id)
             query = self._write_sql[shard_id, None, None] = composed.as_string(None)
         return self._write(shard_id, query, (key,), (key,)) > 0
 

@@ -408,7 +408,10 @@ def test_a_session_that_lost_our_prepared_statements_still_writes(fault_pg: Faul
 
 
 def test_a_write_ended_between_its_statement_and_its_commit_is_aborted_and_runs_again(fault_pg: FaultServers) -> None:
-    """A deferred trigger makes the commit slow: the session is ended after the id arrived, before the commit."""
+    """A deferred trigger makes the commit slow: the session is ended after its statement ran, before the commit.
+
+    The session is gone before it is looked at and the write returns no transaction id (a RETURNING costs 3-5 % on
+    every write; `_commit`): its rows decide, once nothing can commit it: not stored, so it runs again."""
     db, settings = fresh(fault_pg)
     fault_pg.sql(
         0,
@@ -436,7 +439,7 @@ def test_a_write_ended_between_its_statement_and_its_commit_is_aborted_and_runs_
     assert isinstance(outcome[0], hvcore.Key), outcome
     assert rows_of_shard(fault_pg, settings["dbname"]) == {int(outcome[0]): {"n": 1}}
     pool = db.status()[0]["pool"]
-    assert pool["commit_checks"] == 1 and pool["commit_checks_aborted"] == 1, pool
+    assert pool["commit_checks"] == 1 and pool["commit_checks_committed"] == 0, pool
     db.close()
 
 
