@@ -546,7 +546,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         store = self.store_for(shard_id)
         kind = check_kind(kind)
         store.check_data(data)
-        for _ in range(PUT_ATTEMPTS):
+        for attempt in range(PUT_ATTEMPTS):
             key = await self._next_key(shard_id)
             try:
                 if self._coalesce_writes and getattr(store, "insert_groups", False):  # overlapping: multi-row INSERTs
@@ -560,6 +560,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
             except DuplicateKey:  # another writer holds the key: a fresh one, never an overwrite or a success
                 self._count_collisions(shard_id, 1)
                 self._log_duplicate(shard_id, key)
+                self._step_past_collision(shard_id, attempt)
                 continue
             except ShardMoved as moved:  # refused by the shard's old server: nothing written, retry where it is
                 self._follow(moved)
@@ -582,11 +583,12 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         if not bodies:
             return []
         keys = await self._keys(shard_id, len(bodies))
-        for _ in range(PUT_ATTEMPTS):
+        for attempt in range(PUT_ATTEMPTS):
             try:
                 items = [(k, kind, b) for k, b in zip(keys, bodies, strict=True)]
                 await self._observed("put_many", store, store.insert_many, shard_id, items)
             except DuplicateKey as taken:
+                self._step_past_collision(shard_id, attempt)
                 keys = await self._redraw(shard_id, keys, taken.keys)
                 continue
             except ShardMoved as moved:

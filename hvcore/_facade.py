@@ -13,6 +13,7 @@ from typing import Any, Generic, Self, TypeVar
 from hvcore._backend import BackendOptions, QuerySpec
 from hvcore._config import DatastoreConfig, check_servers, load_config, parse_layout
 from hvcore._key import Key, KeyLayout
+from hvcore._keymaker import random_below
 from hvcore._metrics import metrics
 from hvcore._plugins import PluginRegistry, default_registry
 from hvcore._replicas import split_replicas
@@ -174,6 +175,15 @@ class FacadeBase(Generic[StoreT]):
         self._closed = True
         self.key_collisions = 0  # keys found taken by another writer and redrawn (see _count_collisions)
         self._collisions_by_shard: dict[int, int] = {}
+
+    def _step_past_collision(self, shard_id: int, attempt: int) -> None:
+        """A key of ``shard_id`` was found taken (``attempt``: 0 for the first time in this call): move the
+        generator past a random stretch of up to 32·2^attempt numbers of the millisecond, so that the next draw does
+        not land on the other writer's next key, and the one after (it counts up through the same numbers: drawn
+        one after the other, all 8 attempts could fall inside a batch it wrote)."""
+        skip = getattr(getattr(self, "generator", None), "skip_numbers", None)
+        if skip is not None:
+            skip(shard_id, 1 + random_below(32 << min(attempt, 5)))
 
     def _count_collisions(self, shard_id: int, count: int) -> None:
         """Record ``count`` keys of ``shard_id`` found taken: each was redrawn, never overwritten or acknowledged.

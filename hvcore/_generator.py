@@ -503,6 +503,21 @@ class _GeneratorBase:
 
     # -- worker lease, closing ----------------------------------------------------------------------------------
 
+    def skip_numbers(self, shard_id: int, count: int) -> None:
+        """Leave the next ``count`` numbers of ``shard_id``'s current millisecond unused (local mode only).
+
+        After a collision (another process holds the key just made, and most likely the ones after it: it counts
+        up through the same stretch), the next keys then land past that stretch instead of on each of its keys in
+        turn. No effect with a shared sequence (Redis, or a forked family's shared table: no collisions to step
+        past) or when the shard has not drawn in the current millisecond (the next millisecond starts afresh).
+        """
+        if self._source is not None or self._shared is not None or type(count) is not int or count < 1:
+            return
+        _, _, _, first, more, _, _, _ = self._cur
+        if shard_id in first:
+            cnt = more.get(shard_id) or self._counter(shard_id, first, more)
+            _consume(islice(cnt, count))
+
     def start_each_ms_at(self, start: int | None) -> None:
         """Start each millisecond's sequence at ``start`` instead of at a random number (None: random again).
 

@@ -950,3 +950,18 @@ def test_a_batch_draws_sequence_numbers_in_proportion_to_its_size(monkeypatch: p
     assert len(keys) == n and keys == sorted(set(keys))
     assert {k.shard_id for k in keys} == {1}
     assert skipped <= 2 * n, f"{skipped:,} sequence numbers skipped over to make {n:,} keys"
+
+
+def test_skip_numbers_moves_past_a_stretch_of_the_current_millisecond() -> None:
+    """After a collision the datastore steps past a random stretch: the next key lands beyond it, same millisecond;
+    a shard that has not drawn in this millisecond, or a shared sequence, is left alone."""
+    clock = FakeClock()
+    gen = KeyGenerator(clock=clock, random_start=False)
+    first = gen.next_key(4)
+    gen.skip_numbers(4, 10)
+    after = gen.next_key(4)
+    assert (after.created, after.added_id) == (first.created, first.added_id + 11)
+    gen.skip_numbers(5, 10)  # shard 5 has not drawn in this millisecond: nothing to skip
+    assert gen.next_key(5).added_id == 0
+    gen.skip_numbers(4, 0)  # nothing, not an error
+    assert gen.next_key(4).added_id == after.added_id + 1
