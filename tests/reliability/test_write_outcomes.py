@@ -21,7 +21,7 @@ from typing import Any
 import psycopg
 import pytest
 from fixtures.faults import FaultServers
-from hypothesis import event, example, given, HealthCheck
+from hypothesis import HealthCheck, event, example, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
