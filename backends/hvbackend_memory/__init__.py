@@ -170,6 +170,26 @@ class MemoryWorkerLease(WorkerGrant):
         self.close()
 
 
+class _SlotUse:
+    """``with store._slot():``: takes a pretend connection for the block and gives it back (a plain class: this is
+    on every memory call, where a generator-based context manager cost more than the call itself)."""
+
+    __slots__ = ("_generation", "_store")
+
+    def __init__(self, store: MemoryServerStore) -> None:
+        self._store = store
+        self._generation: int | None = None
+
+    def __enter__(self) -> None:
+        store = self._store
+        if not getattr(store._local, "held", False):
+            self._generation = store._take_slot(store._options.pool_block_timeout)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._generation is not None:
+            self._store._release_slot(self._generation)
+
+
 class MemoryServerStore:
     """One in-memory "server": a dict per shard, a bounded pool of pretend connections.
 
@@ -204,7 +224,7 @@ class MemoryServerStore:
         self._options = options
         self._logger = options.logger
         self._lock = threading.RLock()
-        self._slots = threading.BoundedSemaphore(options.pool_max)
+        self._slot_free = threading.Condition(self._lock)  # a pretend connection came back (see _take_slot)
         self._borrowed: dict[int, MemoryConnection] = {}
         self._borrower: dict[int, object] = {}  # id(conn) → who borrowed it (`Holdings`)
         self._holdings = Holdings()
@@ -259,7 +279,7 @@ class MemoryServerStore:
             self._borrowed.clear()
             self._borrower.clear()
             self._holdings.clear()
-            self._slots = threading.BoundedSemaphore(self._options.pool_max)
+            self._slot_free.notify_all()  # waiters see the new generation's free pool
             self._in_use = 0
             self._generation += 1
             self._open = False
@@ -269,8 +289,8 @@ class MemoryServerStore:
         self._borrowed = {}
         self._borrower = {}
         self._holdings = Holdings()
-        self._slots = threading.BoundedSemaphore(self._options.pool_max)
         self._lock = threading.RLock()
+        self._slot_free = threading.Condition(self._lock)
         self._in_use = 0
         self._waiting = 0
         self._generation += 1
@@ -297,36 +317,34 @@ class MemoryServerStore:
     def _take_slot(self, timeout: float) -> int:
         """Take a pretend connection for a call, waiting up to ``timeout`` s (0: not at all), as a PostgreSQL pool
         does: every operation needs one while it runs and a query stream holds one until it ends, so code that
-        writes inside a loop over ``query()`` with a small ``pool_max`` fails here as it would on PostgreSQL."""
-        acquired = self._slots.acquire(blocking=False)
-        if not acquired and timeout > 0:
-            self._count_waiting(1)
-            try:
-                acquired = self._slots.acquire(timeout=timeout)
-            finally:
-                self._count_waiting(-1)
-        if acquired:
-            with self._lock:
+        writes inside a loop over ``query()`` with a small ``pool_max`` fails here as it would on PostgreSQL.
+        Returns the pool's generation (for `_release_slot`)."""
+        pool_max = self._options.pool_max
+        with self._lock:
+            if self._in_use < pool_max:
                 self._in_use += 1
                 return self._generation
-        else:
             if timeout > 0:
-                metrics.connection_timeout(self.label)
-            options = self._options
-            raise pool_timeout(self.label, options.pool_block_timeout, options.pool_max, self._holdings.mine())
-        raise AssertionError("unreachable")  # pragma: no cover
+                deadline = time.monotonic() + timeout
+                self._waiting += 1
+                try:
+                    while self._in_use >= pool_max:
+                        left = deadline - time.monotonic()
+                        if left <= 0 or (not self._slot_free.wait(left) and self._in_use >= pool_max):
+                            break
+                finally:
+                    self._waiting -= 1
+                if self._in_use < pool_max:
+                    self._in_use += 1
+                    return self._generation
+        if timeout > 0:
+            metrics.connection_timeout(self.label)
+        options = self._options
+        raise pool_timeout(self.label, options.pool_block_timeout, options.pool_max, self._holdings.mine())
 
-    @contextmanager
-    def _slot(self) -> Iterator[None]:
+    def _slot(self) -> _SlotUse:
         """One operation's pretend connection (none taken when the async store took it for this call)."""
-        if getattr(self._local, "held", False):
-            yield
-            return
-        generation = self._take_slot(self._options.pool_block_timeout)
-        try:
-            yield
-        finally:
-            self._release_slot(generation)
+        return _SlotUse(self)
 
     def owns(self, conn: Any) -> bool:
         """True if ``conn`` is borrowed from this store right now."""
@@ -352,7 +370,8 @@ class MemoryServerStore:
             if generation != self._generation:
                 return
             self._in_use -= 1
-        self._slots.release()
+            if self._waiting:
+                self._slot_free.notify()
 
     def _count_waiting(self, change: int) -> None:
         """Callers waiting for a pretend connection right now (``stats()["waiting"]``)."""
