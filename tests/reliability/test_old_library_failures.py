@@ -325,7 +325,8 @@ def test_repeated_id_from_another_process_is_retried_with_a_fresh_key(
     two.generator = hvcore.KeyGenerator(clock=clock)  # whose clocks read the same millisecond
     first = [one.put(5, 1, by="one") for _ in range(3)]
     second = two.put(5, 1, by="two")  # its sequence 0, 1, 2 are stored already: retried with fresh keys
-    assert second not in first and duplicates.count == 3
+    # each collision is logged; after the first, the generator steps past a random stretch, so 1 to 3 of them
+    assert second not in first and 1 <= duplicates.count <= 3
     assert one.get(second).data == {"by": "two"}  # type: ignore[union-attr]
     assert all(one.get(k).data == {"by": "one"} for k in first)  # type: ignore[union-attr]
     one.close()
