@@ -322,10 +322,7 @@ class Metrics:
         attrs = self._op_attrs(name, store, shard)
         if error is not None:
             attrs = {**attrs, "error.type": _error_type(error)}
-        pending = self._pending
-        pending.append((inst.duration, seconds, attrs, inst.context()))
-        if len(pending) >= FLUSH_AT:
-            self._wake_flusher()
+        self._defer(inst.duration, seconds, attrs, inst.context())
 
     def connection_wait(self, pool: str, seconds: float) -> None:
         """A connection of pool ``pool`` (a server label) was obtained after waiting ``seconds``.
@@ -334,12 +331,16 @@ class Metrics:
         """
         inst = self._instruments or self.instruments()
         if inst is not None:
-            pending = self._pending
-            pending.append((inst.wait_time, seconds, self._pool_attrs(pool), inst.context()))
-            if len(pending) >= FLUSH_AT:
-                self._wake_flusher()
+            self._defer(inst.wait_time, seconds, self._pool_attrs(pool), inst.context())
 
     # -- deferred measurements ---------------------------------------------------------------------------------
+
+    def _defer(self, histogram: Any, value: float, attrs: Mapping[str, Any], context: Any) -> None:
+        """Queue one histogram measurement; wake the background thread once `FLUSH_AT` are waiting."""
+        pending = self._pending
+        pending.append((histogram, value, attrs, context))
+        if len(pending) >= FLUSH_AT:
+            self._wake_flusher()
 
     @property
     def pending(self) -> int:

@@ -174,12 +174,12 @@ _ROWS = {"row": "Row (row[0] and row['name'])", "dict": "dicts", "tuple": "tuple
 def _check_plugins(cfg: DatastoreConfig) -> None:
     """What `Datastore.from_config` would refuse beyond the file itself: the backend name and the sequence URL
     (read by their plugins, no connection made). A file `hv config` shows without complaint opens."""
+    from hvcore._generator import _sequence_source
     from hvcore._plugins import default_registry
 
-    registry = default_registry()
-    registry.backend(cfg.backend)
-    if isinstance(cfg.sequence, str) and "://" in cfg.sequence:
-        source = registry.sequence(cfg.sequence.split("://", 1)[0])(cfg.sequence, asyncio=False, layout=cfg.layout)
+    default_registry().backend(cfg.backend)
+    source, _ = _sequence_source(cfg.sequence, cfg.layout, asyncio=False)  # as Datastore(sequence=...) reads it
+    if source is not None:
         source.close()
 
 
