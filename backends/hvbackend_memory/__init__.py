@@ -90,6 +90,7 @@ class MemoryCursor:
 
     def execute(self, query: object, params: object = None) -> MemoryCursor:
         """Answer ``SELECT version()`` or ``SELECT 1``; any other statement raises `NotImplementedError`."""
+        self.connection.check_lent()
         text = re.sub(r"\s+", " ", query.strip().rstrip(";").strip().lower()) if isinstance(query, str) else None
         probe = _PROBES.get(text) if text is not None and params is None else None
         if probe is None:
@@ -125,19 +126,32 @@ class MemoryConnection:
         self.server = server
         self.shard_id = shard_id
         self.closed = False
+        self.returned = False  # given back with put_connection(): every use raises ConnectionMisuse, as on PostgreSQL
 
     def __repr__(self) -> str:
-        return f"<MemoryConnection server={self.server.label!r} shard={self.shard_id}>"
+        state = ", returned with put_connection()" if self.returned else ""
+        return f"<MemoryConnection server={self.server.label!r} shard={self.shard_id}{state}>"
+
+    def check_lent(self) -> None:
+        """`ConnectionMisuse` once returned: the PostgreSQL backends refuse it too (the pool lends it to others)."""
+        if self.returned:
+            raise ConnectionMisuse(
+                f"this connection to shard {self.shard_id} on {self.server.label} was returned with put_connection(): "
+                "borrow one again with get_connection() (or use `with db.cursor(shard) as cur:`)"
+            )
 
     def cursor(self) -> MemoryCursor:
         """A cursor on this connection's shard."""
+        self.check_lent()
         return MemoryCursor(self)
 
     def commit(self) -> None:
         """Nothing to commit: every write is immediate."""
+        self.check_lent()
 
     def rollback(self) -> None:
         """Nothing to roll back."""
+        self.check_lent()
 
 
 class MemoryWorkerLease(WorkerGrant):
@@ -359,6 +373,7 @@ class MemoryServerStore:
                 raise ConnectionMisuse(f"{conn!r} is not borrowed from {self.label} (returned twice?)")
             del self._borrowed[id(conn)]
             owner = self._borrower.pop(id(conn), None)
+        conn.returned = conn.closed = True
         if owner is not None:
             self._holdings.give(CONNECTION, owner)
         self._release_slot(self._generation)

@@ -107,6 +107,7 @@ from hvbackend_postgres._legacy import (
     legacy_table_error,
     max_id_query,
 )
+from hvbackend_postgres._lent import LentConnection, detach, lent_target
 from hvbackend_postgres._migrate import PostgresMigrator, new_shard_ddl
 from hvbackend_postgres._move import PostgresMover
 from hvbackend_postgres._onetrip import PIPELINE, PreparedNames, dollar_params, error_in, until_sync
@@ -184,9 +185,28 @@ def _lent_cursor(
     """
 
     class LentCursor(base):  # type: ignore[valid-type,misc]
-        "A psycopg cursor whose forwarding-stub refusals are `ShardMoved`."
+        "A psycopg cursor whose forwarding-stub refusals are `ShardMoved`, refused once its borrow has ended."
+
+        def __init__(self, connection: Any, **kwargs: Any) -> None:
+            super().__init__(connection, **kwargs)
+            self._hv_lend = getattr(connection, "hv_lend", None)  # the borrow it was made in (None: a transaction's)
+
+        def _check_lent(self) -> None:
+            """`ConnectionMisuse` if the connection was returned since: it may be another borrower's by now."""
+            lend = self._hv_lend
+            if lend is not None and getattr(self.connection, "hv_lend", None) is not lend:
+                raise lend.hv_misuse()
+
+        def copy(self, *args: Any, **kwargs: Any) -> Any:
+            self._check_lent()
+            return super().copy(*args, **kwargs)
+
+        def stream(self, *args: Any, **kwargs: Any) -> Any:
+            self._check_lent()
+            return super().stream(*args, **kwargs)
 
         def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+            self._check_lent()
             conn: Any = self.connection
             in_tx = getattr(conn, "hv_in_tx", None)
             if in_tx is not None:  # inside db.transaction(): its end is the block's, never the statement's
@@ -200,6 +220,7 @@ def _lent_cursor(
                 raise moved from exc
 
         def executemany(self, query: Any, params_seq: Any, **kwargs: Any) -> None:
+            self._check_lent()
             try:
                 super().executemany(query, params_seq, **kwargs)
             except psycopg.Error as exc:
@@ -274,6 +295,7 @@ class PostgresServerStore(StoreCore):
         self._pool_lock = Lock()
         self._lock = threading.Lock()  # guards the borrowed-connection book-keeping (no await inside)
         self._borrowed: dict[int, tuple[Conn, _Pool]] = {}
+        self._handles: dict[int, LentConnection] = {}  # id(connection) -> the handle lent for it
         self._commit_counters = CommitCounters()  # lost writes settled by asking the server (see _commit)
         self._prepared = PreparedNames()  # our write statements each pooled connection has prepared (_onetrip)
         # read-your-writes with standbys (hvcore._readrouter): writes bring back the WAL position past their commit
@@ -363,6 +385,7 @@ class PostgresServerStore(StoreCore):
         _orphans.extend((conn for conn, _ in self._borrowed.values()))
         self._borrowed = {}
         self._borrower = {}
+        self._handles = {}
         self._holdings.clear()
         self._lent = 0
         self._waiting = 0
@@ -509,15 +532,19 @@ class PostgresServerStore(StoreCore):
             if isinstance(exc, psycopg.OperationalError):
                 raise self._unavailable(exc) from None
             raise
+        handle = LentConnection(conn, f"shard {shard_id} on {self._label}")
+        cast(Any, conn).hv_lend = handle  # cursors made through it are refused once it is returned (LentCursor)
         with self._lock:
             self._borrowed[id(conn)] = (conn, pool)
             self._borrower[id(conn)] = self._holdings.take(CONNECTION)
-        return conn
+            self._handles[id(conn)] = handle
+        return cast(Conn, handle)
 
     def owns(self, conn: Any) -> bool:
-        """True if ``conn`` is borrowed from this store right now."""
-        entry = self._borrowed.get(id(conn))
-        return entry is not None and entry[0] is conn
+        """True if ``conn`` (the handle `get_connection` lent, or its connection) is borrowed from this store now."""
+        real = lent_target(conn)
+        entry = self._borrowed.get(id(real))
+        return entry is not None and entry[0] is real
 
     def put_connection(self, conn: Any) -> None:
         """Return a borrowed connection: an open transaction is rolled back, the session reset (``RESET ALL``, role,
@@ -525,18 +552,22 @@ class PostgresServerStore(StoreCore):
         restored. A connection that cannot be brought back to that state is closed (the pool replaces it)."""
         self._put_back(conn, session_reset=True)
 
-    def _put_back(self, conn: Any, *, session_reset: bool) -> None:
+    def _put_back(self, lent: Any, *, session_reset: bool) -> None:
+        conn = lent_target(lent)
         with self._lock:
             entry = self._borrowed.get(id(conn))
             if entry is None or entry[0] is not conn:
-                raise ConnectionMisuse(f"{conn!r} is not borrowed from {self._label} (returned twice?)")
+                raise ConnectionMisuse(f"{lent!r} is not borrowed from {self._label} (returned twice?)")
             del self._borrowed[id(conn)]
             owner = self._borrower.pop(id(conn), None)
+            handle = self._handles.pop(id(conn), None)
+        if handle is not None:  # the borrower's handle lets go first: nothing of theirs reaches the next borrower
+            detach(handle)
         if owner is not None:
             self._holdings.give(CONNECTION, owner)
         pool = entry[1]
         clean = False
-        cast(Any, conn).hv_bind = None
+        cast(Any, conn).hv_bind = cast(Any, conn).hv_lend = None
         cast(Any, conn).hv_moved = cast(Any, conn).hv_shard = None
         try:
             if not conn.closed:

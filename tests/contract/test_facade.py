@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import inspect
 import logging
 import threading
 
@@ -164,6 +165,34 @@ def test_connections_are_borrowed_and_returned(datastore: hvcore.Datastore) -> N
         datastore.put_connection(conn)
     with pytest.raises(ConnectionMisuse):
         datastore.put_connection(object())
+
+
+def _settle(datastore: hvcore.Datastore, result: object) -> object:
+    """``result`` awaited on the async facade's loop when it is awaitable (an async connection's methods)."""
+    return datastore.run(result) if inspect.isawaitable(result) else result  # type: ignore[attr-defined]
+
+
+def test_a_returned_connection_is_refused_not_shared(datastore: hvcore.Datastore) -> None:
+    conn = datastore.get_connection(3)
+    earlier = conn.cursor()  # made while borrowed
+    datastore.put_connection(conn)
+    theirs = datastore.get_connection(3)  # the next borrower: on PostgreSQL, often the very same pooled session
+    try:
+        with pytest.raises(ConnectionMisuse, match=r"returned with put_connection\(\).*get_connection"):
+            conn.cursor()
+        with pytest.raises(ConnectionMisuse, match=r"returned with put_connection\(\)"):
+            _settle(datastore, earlier.execute("SELECT 1"))
+        with pytest.raises(ConnectionMisuse):
+            _settle(datastore, conn.commit())  # type: ignore[func-returns-value]
+        assert "returned with put_connection()" in repr(conn)
+        assert conn.closed  # as the borrower sees it (`if not conn.closed:` guards stay quiet)
+        cur = theirs.cursor()  # the next borrower's connection is untouched
+        _settle(datastore, cur.execute("SELECT 1"))
+        assert _settle(datastore, cur.fetchone())[0] == 1  # type: ignore[index]
+    finally:
+        datastore.put_connection(theirs)
+    with pytest.raises(ConnectionMisuse):
+        datastore.put_connection(conn)
 
 
 def test_cursor_returns_its_connection_on_error(datastore: hvcore.Datastore) -> None:

@@ -9,12 +9,6 @@ import pytest
 import hvcore
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="after put_connection(conn) the old handle still works and is the very object the next borrower gets: "
-    "a statement through it runs inside the next borrower's transaction (the 2015 'two borrowers share it' "
-    "failure, reached by use-after-return instead of a double return)",
-)
 def test_a_returned_connection_handle_is_refused(pg_fresh_db: dict[str, Any]) -> None:
     servers = [{**pg_fresh_db, "shards": "0-8"}]
     with hvcore.Datastore(servers, backend="jsonb", pool_max=1) as db:
