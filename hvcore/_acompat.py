@@ -32,6 +32,7 @@ __all__ = [
     "aspawn",
     "ato_thread",
     "gather",
+    "loop_gone",
     "shield",
     "sleep",
     "spawn",
@@ -116,3 +117,13 @@ async def ashield(awaitable: Awaitable[T]) -> T:
 def shield(result: T) -> T:
     """The sync twin of `ashield`: the call already ran to the end."""
     return result
+
+
+def loop_gone(loop: asyncio.AbstractEventLoop | None) -> bool:
+    """True if ``loop`` (the one an object's tasks or sockets belong to) is not the running one and runs no more.
+
+    Its tasks will never run again and its transports cannot close: what an earlier ``asyncio.run()`` left to an
+    object used from a later one (a script calling ``asyncio.run`` per step, a test framework's loop per test). Call
+    it from a coroutine.
+    """
+    return loop is not None and loop is not asyncio.get_running_loop() and not loop.is_running()

@@ -431,6 +431,13 @@ class DatastoreConfig:
                 f"{source}: unknown setting(s) {', '.join(unknown)}; expected {', '.join(sorted(_TOP_LEVEL))}"
             )
         servers = raw.get("servers")
+        if isinstance(servers, Mapping):  # [servers] (one table) where [[servers]] (a list of tables) was meant
+            raise ShardMapError(
+                [
+                    f"{source}: [servers] is a single table; write [[servers]] (double brackets: one entry per "
+                    'server, each with shards = "a-b"), and [[servers.replicas]] for standbys'
+                ]
+            )
         if not isinstance(servers, list) or not servers:
             raise ShardMapError([f'{source}: no [[servers]] entries: add one per server with shards = "a-b"'])
         for index, server in enumerate(servers):

@@ -272,11 +272,18 @@ def plan_moves(
 ) -> list[tuple[int, int, int, int]]:
     """Moves that balance rows over ``servers`` servers: (shard, rows, from server, to server), greedy.
 
+    Raises `MoveError` unless 1 ≤ ``servers`` ≤ the number of shards in ``owner`` (shard → server index).
+
     Shards on servers numbered ``servers`` or above are moved off first (shrinking); then, while the fullest
     and the emptiest server differ, the shard whose rows come closest to half that gap moves between them.
     """
     if servers < 1:
         raise MoveError(f"--servers must be ≥ 1, got {servers}")
+    if servers > len(owner):
+        raise MoveError(
+            f"--servers {servers} is more servers than the map has shards ({len(owner)}): a server holds whole "
+            f"shards, so at most {len(owner)} can each hold one; use --servers {len(owner)} or fewer"
+        )
     load = [0] * max(servers, max(owner.values(), default=0) + 1)
     where = dict(owner)
     for shard, server in where.items():

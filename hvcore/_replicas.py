@@ -94,8 +94,8 @@ def replica_problems(server: Mapping[str, Any], index: int) -> list[str]:
     where = f"server #{index}"
     if isinstance(replicas, Mapping | str | bytes) or not isinstance(replicas, Sequence):
         return [
-            f"{where}: replicas must be a list of dicts such as [dict(host='standby1', port=5432)], "
-            f"got {type(replicas).__name__}"
+            f"{where}: replicas must be a list of dicts such as [dict(host='standby1', port=5432)] (in a config "
+            f"file: one [[servers.replicas]] table per standby, double brackets), got {type(replicas).__name__}"
         ]
     problems: list[str] = []
     for number, replica in enumerate(replicas):

@@ -42,6 +42,8 @@ def test_full_config(tmp_path: Path) -> None:
         ('pool_block_timeout = nan\n[[servers]]\nshards="0-1"\n', ConfigError, "pool_block_timeout"),
         ('colour = "red"\n[[servers]]\nshards="0-1"\n', ConfigError, "unknown setting"),
         ('backend = "jsonb"\n', ShardMapError, "no \\[\\[servers\\]\\]"),
+        ('[servers]\nshards = "0-1"\n', ShardMapError, r"\[servers\] is a single table; write \[\[servers\]\]"),
+        ('[[servers]]\nshards = "0-1"\n[servers.replicas]\nhost = "h"\n', ConfigError, r"\[\[servers.replicas\]\]"),
         ('layout = "nope"\n[[servers]]\nshards="0-1"\n', ConfigError, "unknown layout"),
         ("this is = not toml = at all", ConfigError, "not valid TOML"),
         ('sequence = "redis"\n[[servers]]\nshards="0-1"\n', ConfigError, "URL"),

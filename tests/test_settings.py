@@ -10,6 +10,7 @@ import string
 import subprocess
 import sys
 import textwrap
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -221,6 +222,19 @@ def test_values_text_gives_the_memory_backend_the_hstore_rules() -> None:
             db.put(1, 1, n=1)
     with hvcore.Datastore([dict(shards="0-4", name="vj")], backend="memory") as db:  # jsonb's rules by default
         assert stored(db, db.put(1, 1, n=1)) == {"n": 1}
+
+
+@pytest.mark.parametrize("first", ["text", "jsonb"])
+def test_a_named_memory_server_keeps_the_value_rules_it_was_first_used_with(first: str) -> None:
+    other = "jsonb" if first == "text" else "text"
+    name = f"rules-{first}-{uuid.uuid4().hex[:8]}"
+    with hvcore.Datastore([dict(shards="0-4", name=name)], backend="memory", values=first) as db:
+        key = db.put(1, 1, n="1")
+        # another store on the same server with the other rules would read or write values its rules forbid
+        with pytest.raises(hvcore.ConfigError, match=rf"keeps {first} values.*values='{other}'.*use values='{first}'"):
+            hvcore.Datastore([dict(shards="0-4", name=name)], backend="memory", values=other)
+        with hvcore.Datastore([dict(shards="0-4", name=name)], backend="memory", values=first) as same:
+            assert stored(same, key) == {"n": "1"}
 
 
 @pytest.mark.parametrize(("backend", "values"), [("hstore", "jsonb"), ("jsonb", "text"), ("memory", "xml")])

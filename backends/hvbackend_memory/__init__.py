@@ -55,6 +55,7 @@ __all__ = [
 
 _SERVERS: dict[str, dict[int, dict[int, Record]]] = {}  # name -> shard -> id -> record; shared like a real server
 _SERVERS_LOCK = threading.Lock()
+_VALUE_RULES: dict[str, bool] = {}  # name -> text_only of the first store that used the server (one rule per server)
 _INDEXES: dict[str, dict[str, tuple[IndexSpec, set[int]]]] = {}  # name -> index name -> (definition, built shards)
 MEMORY_SETTINGS = ("name", "values", "provisioned")
 """Settings of the memory backend itself; every other one (but ``shards``) is a libpq setting, checked, unused."""
@@ -234,6 +235,8 @@ class MemoryServerStore:
             self.name = str(settings["name"])
         else:
             self.name = _private_name(settings)
+        with _SERVERS_LOCK:
+            self._check_value_rules(record=False)  # a server already used with the other rules: refused now
         self._auto_provision = bool(settings.get("provisioned", True))
         self._options = options
         self._logger = options.logger
@@ -258,7 +261,19 @@ class MemoryServerStore:
 
     def _shards(self) -> dict[int, dict[int, Record]]:
         with _SERVERS_LOCK:
+            self._check_value_rules(record=True)
             return _SERVERS.setdefault(self.name, {})
+
+    def _check_value_rules(self, *, record: bool) -> None:
+        """`ConfigError` if the named server keeps the other value rules (as PostgreSQL's layout check refuses an
+        hstore store on jsonb tables); ``record``: this store's rules become the server's if it has none yet."""
+        rules = _VALUE_RULES.setdefault(self.name, self.text_only) if record else _VALUE_RULES.get(self.name)
+        if rules is not None and rules != self.text_only:
+            kept, asked = ("text", "jsonb") if rules else ("jsonb", "text")
+            raise ConfigError(
+                f"memory server {self.name!r} keeps {kept} values (the rules of the store that first used it), but "
+                f"this store has values={asked!r}: use values={kept!r}, or another server name"
+            )
 
     def _table(self, shard_id: int) -> dict[int, Record]:
         shards = self._shards()

@@ -246,11 +246,25 @@ def _lent_cursor(
     return LentCursor
 
 
+if True:  # ASYNC
+    from hvcore._acompat import loop_gone
+
+    async def _abandon(pool: _Pool) -> None:
+        """Close a pool whose event loop is gone: its idle connections closed here, its workers (tasks of the dead
+        loop) never awaited — `psycopg_pool.AsyncConnectionPool.close` would wait for them on that loop."""
+        pool._closed = True  # getconn refuses, putconn closes what comes back
+        idle, pool._pool = list(pool._pool), type(pool._pool)()
+        for conn in idle:
+            await conn.close()
+
+
 class _Pool(psycopg_pool.AsyncConnectionPool[AConn]):
     """psycopg_pool's pool, which also fails waiting clients at once when a connection attempt fails."""
 
     def __init__(self, *args: Any, describe_error: Callable[[Exception], Exception], **kwargs: Any) -> None:
         self.last_error: Exception | None = None
+        if True:  # ASYNC
+            self.hv_loop: asyncio.AbstractEventLoop | None = None  # set by open (see loop_gone)
         self._describe_error = describe_error
         super().__init__(*args, **kwargs)
 
@@ -368,6 +382,8 @@ class AsyncPostgresServerStore(StoreCore):
             describe_error=self._unavailable,
         )
         await pool.open()
+        if True:  # ASYNC
+            pool.hv_loop = asyncio.get_running_loop()  # its workers' loop (see close)
         return pool
 
     async def open(self) -> None:
@@ -380,13 +396,21 @@ class AsyncPostgresServerStore(StoreCore):
 
     async def close(self) -> None:
         """Close the pool and every idle connection (idempotent); connections still borrowed close when returned."""
-        async with self._pool_lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            await pool.close(timeout=1.0)
         if True:  # ASYNC
-            if self._retired:
-                await asyncio.gather(*self._retired, return_exceptions=True)
+            pool, self._pool = self._pool, None  # no lock: it may belong to a loop that is gone (below)
+            if pool is not None and loop_gone(pool.hv_loop):
+                await _abandon(pool)
+            elif pool is not None:
+                await pool.close(timeout=1.0)
+            retired = [task for task in self._retired if not loop_gone(task.get_loop())]
+            self._retired = set()
+            if retired:
+                await asyncio.gather(*retired, return_exceptions=True)
+        else:
+            async with self._pool_lock:
+                pool, self._pool = self._pool, None
+            if pool is not None:
+                await pool.close(timeout=1.0)
 
     def after_fork_in_child(self) -> None:
         """Forget the inherited pool without closing its sockets (they are the parent's sessions)."""

@@ -63,7 +63,7 @@ class AsyncRedisSequence(RedisSequenceBase):
     """
 
     __module__ = "hvplugin_redis"
-    __slots__ = ("_client", "_closed", "_lock", "_ready")
+    __slots__ = ("_client", "_closed", "_lock", "_loop", "_ready")
 
     def __init__(
         self,
@@ -89,6 +89,7 @@ class AsyncRedisSequence(RedisSequenceBase):
         self._lock = ALock()
         self._ready = not self.cluster  # a cluster client maps the cluster once, before its first command
         self._client: _AsyncClient | None = None
+        self._loop: Any = None  # asyncio: the event loop the client's connections belong to (see _get_client)
         if self._url is None:
             self._client = cast(_AsyncClient, target)
         elif True:  # ASYNC
@@ -110,6 +111,10 @@ class AsyncRedisSequence(RedisSequenceBase):
 
     async def _get_client(self) -> _AsyncClient:
         client = self._client
+        if True:  # ASYNC
+            if self._loop is not asyncio.get_running_loop():
+                await self._follow_loop()
+                client = self._client
         if client is not None:
             return client
         async with self._lock:
@@ -215,6 +220,21 @@ class AsyncRedisSequence(RedisSequenceBase):
                 born = await client.eval(BORN_SCRIPT, 1, key)
             self._born(group, born)
 
+    if True:  # ASYNC
+
+        async def _follow_loop(self) -> None:
+            """Used from another event loop: once the loop its connections belong to runs no more (an earlier
+            ``asyncio.run()``), a client made from the URL is replaced by a new one (the old one's sockets cannot
+            be closed without their loop); a running other loop keeps it (redis-py then says what is wrong)."""
+            from hvcore._acompat import loop_gone
+
+            if loop_gone(self._loop):
+                self._lock = ALock()  # it may wait on the old loop
+                self._ready = not self.cluster
+                if self._url is not None and self._client is not None:
+                    self._client = self._connect(self._url)
+            self._loop = asyncio.get_running_loop()
+
     def after_fork_in_child(self) -> None:
         """Forget the parent's connections (without closing them under the parent) and the block sizes."""
         self._forget()
@@ -235,6 +255,11 @@ class AsyncRedisSequence(RedisSequenceBase):
             with self._lock:
                 client, self._client, self._closed = self._client, None, True
         if client is not None and self._owns_client and self._pid == os.getpid():
+            if True:  # ASYNC
+                from hvcore._acompat import loop_gone
+
+                if loop_gone(self._loop):  # its sockets belong to an event loop that runs no more: left to close
+                    return
             await getattr(client, "aclose")()  # noqa: B009 (missing from some redis stubs)
 
     async def __aenter__(self) -> Self:

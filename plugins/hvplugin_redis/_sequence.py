@@ -57,7 +57,7 @@ class RedisSequence(RedisSequenceBase):
     """
 
     __module__ = "hvplugin_redis"
-    __slots__ = ("_client", "_closed", "_lock", "_ready")
+    __slots__ = ("_client", "_closed", "_lock", "_loop", "_ready")
 
     def __init__(
         self,
@@ -83,6 +83,7 @@ class RedisSequence(RedisSequenceBase):
         self._lock = Lock()
         self._ready = not self.cluster  # a cluster client maps the cluster once, before its first command
         self._client: _SyncClient | None = None
+        self._loop: Any = None  # asyncio: the event loop the client's connections belong to (see _get_client)
         if self._url is None:
             self._client = cast(_SyncClient, target)
         elif not self.cluster:  # a sync cluster client maps the cluster when it is made: at the first reserve

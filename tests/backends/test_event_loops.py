@@ -1,0 +1,77 @@
+"""An AsyncDatastore used from one ``asyncio.run()`` after another (a script per step, a test loop per test)."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import warnings
+from typing import Any
+
+import pytest
+
+import hvcore
+
+
+def _servers(backend: str, pg_fresh_db: dict[str, Any]) -> list[dict[str, Any]]:
+    if backend == "memory":
+        return [dict(shards="0-8")]
+    return [{**pg_fresh_db, "shards": "0-8"}]
+
+
+@pytest.mark.parametrize("backend", ["memory", "jsonb", "hstore"])
+def test_a_store_opened_in_one_event_loop_works_and_closes_in_the_next(
+    backend: str, pg_fresh_db: dict[str, Any]
+) -> None:
+    db = hvcore.AsyncDatastore(_servers(backend, pg_fresh_db), backend=backend, pool_max=3)
+
+    async def first() -> hvcore.Key:
+        await db.open()
+        await db.provision()
+        return await db.put(1, 1, a="b")
+
+    key = asyncio.run(first())  # the loop its pools' workers ran on is closed after this
+
+    async def second() -> list[hvcore.Record | None]:
+        # more calls at once than the pool holds: connections are made (and waited for) on the new loop
+        return await asyncio.gather(*(db.get(key) for _ in range(12)), db.put(2, 1, c="d"))  # type: ignore[arg-type]
+
+    *records, other = asyncio.run(second())
+    assert all(r is not None and r.data == {"a": "b"} for r in records)
+
+    async def third() -> None:
+        assert await db.get(other) is not None  # type: ignore[arg-type]
+        await db.close()  # was: RuntimeError('Event loop is closed') from the pool's workers of the first loop
+
+    asyncio.run(third())
+    assert all(store.stats().get("borrowed", 0) == 0 for store in db._stores)
+
+
+def test_closing_from_a_later_event_loop(pg_fresh_db: dict[str, Any]) -> None:
+    db = hvcore.AsyncDatastore(_servers("jsonb", pg_fresh_db), backend="jsonb")
+
+    async def first() -> None:
+        await db.open()
+        await db.provision()
+        await db.put(1, 1, a="b")
+
+    asyncio.run(first())
+    asyncio.run(db.close())  # was: RuntimeError('Event loop is closed')
+    asyncio.run(db.open())  # and it opens again in yet another loop
+    asyncio.run(db.close())
+
+
+def test_a_redis_sequence_follows_the_event_loop(pg_fresh_db: dict[str, Any], redis_prefix: tuple[str, str]) -> None:
+    url, prefix = redis_prefix
+    db = hvcore.AsyncDatastore(_servers("jsonb", pg_fresh_db), backend="jsonb", sequence=f"{url}?key_prefix={prefix}")
+
+    async def put() -> hvcore.Key:
+        await db.open()
+        await db.provision()
+        return await db.put(1, 1, a="b")
+
+    keys = [asyncio.run(put()) for _ in range(3)]  # was: RuntimeError('Event loop is closed') from the second on
+    assert len(set(keys)) == 3
+    asyncio.run(db.close())
+    with warnings.catch_warnings():  # the first loops' Redis sockets could not be closed without their loop
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
