@@ -7,6 +7,7 @@ inside contextlib with AttributeError: '_GeneratorContextManager' object has no 
 from __future__ import annotations
 
 import asyncio
+from contextlib import AbstractContextManager
 from typing import Any
 
 import pytest
@@ -24,11 +25,13 @@ REASON = (
 @pytest.mark.parametrize("block", ["transaction", "savepoint", "cursor"])
 def test_a_block_entered_twice_is_a_typed_error(block: str) -> None:
     with hvcore.Datastore([dict(shards="0-8")], backend="memory") as db, db.transaction(5) as outer:
-        made = {
-            "transaction": lambda: db.transaction(6),
-            "savepoint": outer.transaction,
-            "cursor": lambda: db.cursor(6),
-        }[block]()
+        made: AbstractContextManager[Any]
+        if block == "transaction":
+            made = db.transaction(6)
+        elif block == "savepoint":
+            made = outer.transaction()
+        else:
+            made = db.cursor(6)
         with made:
             pass
         with pytest.raises(hvcore.HypervaultError, match=r"db\.transaction|tx\.transaction|db\.cursor"), made:
