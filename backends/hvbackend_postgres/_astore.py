@@ -445,6 +445,24 @@ class AsyncPostgresServerStore(StoreCore):
             pool = await self._recover(pool)
         return pool
 
+    if True:  # ASYNC
+
+        async def _follow_loop(self, pool: _Pool) -> _Pool | None:
+            """``pool`` was opened on an event loop that runs no more (an earlier ``asyncio.run()``): its workers,
+            which make its connections, will never run again, so it is closed (idle connections) and a new pool
+            opened on the running loop. A pool of another loop that still runs is left as it is."""
+            if not loop_gone(pool.hv_loop):
+                return pool
+            if self._pool is pool:  # the first caller on the new loop: the old locks may be held by dead tasks
+                self._pool_lock = ALock()
+                self._detect_lock = ALock()
+            async with self._pool_lock:
+                if self._pool is pool:
+                    self._pool = None
+                    await _abandon(pool)
+                    self._pool = await self._new_pool()
+                return self._pool
+
     async def _recover(self, failed: _Pool) -> _Pool:
         """The last connection attempt failed: probe the server now; if it is back, start from a fresh pool."""
         try:
@@ -484,6 +502,9 @@ class AsyncPostgresServerStore(StoreCore):
         deadline = time.monotonic() + self._options.pool_block_timeout
         while True:
             pool = self._pool
+            if True:  # ASYNC
+                if pool is not None and pool.hv_loop is not asyncio.get_running_loop():
+                    pool = await self._follow_loop(pool)
             if pool is None or pool.last_error is not None:
                 pool = await self._current_pool()
             if True:  # ASYNC

@@ -10,8 +10,6 @@ import asyncio
 import time
 from typing import Any
 
-import pytest
-
 import hvcore
 
 
@@ -30,13 +28,6 @@ async def _close(db: hvcore.AsyncDatastore) -> str:
     return "closed"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="opened in one event loop and called in another, every call waits pool_block_timeout and raises "
-    "PoolTimeout 'every one in use' (nothing is in use: the pool's connection workers died with the first loop), and "
-    "close() then raises RuntimeError('Event loop is closed'); it should work in the new loop or fail at once with "
-    "a typed error naming the event loop, and close() should close",
-)
 def test_a_store_opened_in_another_event_loop_works_or_says_so_at_once(pg_fresh_db: dict[str, Any]) -> None:
     db = _store(pg_fresh_db)
     asyncio.run(db.open())
@@ -59,13 +50,6 @@ def test_a_store_opened_in_another_event_loop_works_or_says_so_at_once(pg_fresh_
     assert closed == "closed", closed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a store used in one loop, then in a second one, cannot grow its pool there: four concurrent "
-    "cursor() blocks of 0.3 s run one after another on the first loop's connection (1.2 s) and the new "
-    "connections never arrive, and close() then raises RuntimeError('Event loop is closed'); they should run side "
-    "by side (pool_max=4) or fail at once naming the event loop, and close() should close",
-)
 def test_a_store_used_in_a_second_event_loop_can_still_open_connections(pg_fresh_db: dict[str, Any]) -> None:
     db = _store(pg_fresh_db)
 
