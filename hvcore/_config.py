@@ -93,10 +93,24 @@ def redact(settings: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+_URL_SCHEME = re.compile(r"\s*postgres(?:ql)?://", re.IGNORECASE)
+_URL_USERINFO_SECRET = re.compile(r"(://[^:/@?#\s]*:)[^@/?#]*@")  # user:password@ (the password percent-encoded)
+_URL_QUERY_SECRET = re.compile(r"((?:^|&)(?:ssl)?password=)[^&#]*", re.IGNORECASE)
+_KEYWORD_SECRET = re.compile(r"((?<![\w])(?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'|(?:[^\s'\\]|\\.)+)", re.IGNORECASE)
+
+
 def redact_conninfo(conninfo: str) -> str:
-    """Mask the password in a libpq conninfo string or URL."""
-    masked = re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", conninfo, flags=re.IGNORECASE)
-    return re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", masked)
+    """Mask the password (and ``sslpassword``) in a libpq conninfo, as ``***``, keeping every other setting as written.
+
+    Both forms libpq reads (https://www.postgresql.org/docs/current/libpq-connect.html#LIBPQ-CONNSTRING): a URL
+    (``user:password@`` and ``?password=...``, which ends at ``&`` or ``#``) and ``keyword = value`` pairs (a value
+    quoted in single quotes, or unquoted with backslash escapes).
+    """
+    if _URL_SCHEME.match(conninfo):
+        head, mark, query = conninfo.partition("?")
+        head = _URL_USERINFO_SECRET.sub(r"\1***@", head)
+        return head + mark + _URL_QUERY_SECRET.sub(r"\1***", query)
+    return _KEYWORD_SECRET.sub(r"\1***", conninfo)
 
 
 LIBPQ_ALIASES = {"database": "dbname", "dsn": "conninfo"}

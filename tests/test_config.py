@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 import hvcore
 from hvcore import ConfigError, KeyLayout, ShardMapError
@@ -114,3 +118,31 @@ def test_redaction() -> None:
 def test_config_repr_hides_secrets() -> None:
     cfg = DatastoreConfig(servers=({"shards": "0-1", "password": "hunter2"},))
     assert "hunter2" not in repr(cfg)
+
+
+_SECRET_TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=4)
+
+
+@given(_SECRET_TEXT)
+def test_a_masked_keyword_conninfo_keeps_every_other_setting(secret: str) -> None:
+    conninfo = make_conninfo(host="h1", password=secret, user="u", sslpassword=secret, application_name="my app")
+    masked = redact_conninfo(conninfo)
+    assert conninfo_to_dict(masked) == {
+        "host": "h1",
+        "password": "***",
+        "user": "u",
+        "sslpassword": "***",
+        "application_name": "my app",
+    }
+
+
+@given(_SECRET_TEXT)
+def test_a_masked_url_conninfo_keeps_every_other_setting(secret: str) -> None:
+    quoted = quote(secret, safe="")
+    url = f"postgresql://bob:{quoted}@db:5432/x?password={quoted}&sslmode=disable&application_name=app#frag"
+    assert (
+        redact_conninfo(url) == "postgresql://bob:***@db:5432/x?password=***&sslmode=disable&application_name=app#frag"
+    )
+    assert redact_conninfo(f"postgresql://bob@db/x?sslmode=disable&PassWord={quoted}") == (
+        "postgresql://bob@db/x?sslmode=disable&PassWord=***"
+    )

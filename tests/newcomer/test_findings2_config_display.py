@@ -6,17 +6,9 @@ import io
 import json
 from pathlib import Path
 
-import pytest
-
 from hvcore.cli import main
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the password mask of a conninfo URL eats every query option after ?password=... (\\S+ runs over '&'): "
-    "`hv config` shows '...?password=***' and drops '&sslmode=disable&application_name=app'; it should mask the "
-    "password alone and keep the options",
-)
 def test_hv_config_keeps_the_url_options_after_a_masked_password(tmp_path: Path) -> None:
     path = tmp_path / "hv.toml"
     url = "postgresql://app@127.0.0.1/app?password=hunter2&sslmode=disable&application_name=app"
