@@ -120,7 +120,7 @@ def test_config_repr_hides_secrets() -> None:
     assert "hunter2" not in repr(cfg)
 
 
-_SECRET_TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=4)
+_SECRET_TEXT = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), min_size=4)
 
 
 @given(_SECRET_TEXT)
