@@ -14,7 +14,7 @@ import os
 import threading
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+from contextlib import AbstractAsyncContextManager, suppress
 from enum import Enum
 from pathlib import Path
 from time import perf_counter
@@ -32,6 +32,7 @@ from hvcore._backend import (
     QuerySpec,
     Record,
 )
+from hvcore._blocks import aonce_block
 from hvcore._facade import (
     PUT_ATTEMPTS,
     AsyncSequenceArg,
@@ -365,6 +366,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
                 pool_block_timeout=self._config.pool_block_timeout,
                 logger=self.logger,
                 backend=self.backend,
+                values=self._config.values,  # the same value rules: the memory backend refuses a store without
                 layout=self.layout,
                 allow_gaps=self._config.allow_gaps,
                 registry=self._registry,
@@ -497,7 +499,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
             self._follow(moved)
             moved.add_note(f"nothing of it was committed; the next {lent} goes to {moved.server}: run it again there")
 
-    @asynccontextmanager
+    @aonce_block("db.cursor(shard)", ConnectionMisuse)
     async def cursor(self, shard_id: int) -> AsyncIterator[AsyncCursor[Row]]:
         """A cursor in the shard's schema: commit on success, rollback on error, connection always returned.
 

@@ -17,13 +17,14 @@ import dataclasses
 import enum
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+from contextlib import AbstractAsyncContextManager, suppress
 from contextvars import ContextVar, Token
 from time import perf_counter
 from typing import Any, TypeVar, cast
 
 from hvcore._acompat import ato_thread
 from hvcore._backend import AsyncStoreTransaction, AsyncSupportsTransactions, QuerySpec, Record
+from hvcore._blocks import aonce_block
 from hvcore._facade import PUT_ATTEMPTS, too_many_duplicates
 from hvcore._key import Key
 from hvcore._metrics import metrics
@@ -31,6 +32,7 @@ from hvcore._schemadefs import FieldFilter, IndexSpec, bind_filters, check_kind,
 from hvcore._show import show_value
 from hvcore.errors import (
     ConfigError,
+    ConnectionMisuse,
     HypervaultError,
     InvalidKey,
     PoolTimeout,
@@ -359,7 +361,7 @@ class AsyncShardTransaction:
             if aclose is not None:
                 await aclose()
 
-    @asynccontextmanager
+    @aonce_block("tx.cursor()", ConnectionMisuse)
     async def cursor(self) -> AsyncIterator[Any]:
         """A cursor in the transaction, the shard's schema first on the search path (write unqualified names).
 
@@ -375,7 +377,7 @@ class AsyncShardTransaction:
             self._abort(moved)
             raise self._moved(moved) from moved
 
-    @asynccontextmanager
+    @aonce_block("tx.transaction()", TransactionError)
     async def transaction(self) -> AsyncIterator[AsyncShardTransaction]:
         """A savepoint: the block's changes are kept when it ends, undone (and only those) when an exception leaves it.
 
@@ -433,7 +435,7 @@ def open_transaction(
     return _begin(db, store, shard_id, level, read_only)
 
 
-@asynccontextmanager
+@aonce_block("db.transaction(shard)", TransactionError)
 async def _begin(
     db: AsyncDatastore, store: Any, shard_id: int, level: str | None, read_only: bool
 ) -> AsyncIterator[AsyncShardTransaction]:

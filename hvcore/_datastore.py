@@ -12,7 +12,7 @@ import os
 import threading
 import weakref
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager, suppress
+from contextlib import AbstractContextManager, suppress
 from enum import Enum
 from pathlib import Path
 from time import perf_counter
@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from hvcore import _schemaops
 from hvcore._acompat import Lock, gather, spawn, to_thread
 from hvcore._backend import ProvisionReport, QuerySpec, Record, ServerStore, SupportsFilterWrites, SupportsWorkerLease
+from hvcore._blocks import once_block
 from hvcore._facade import (
     PUT_ATTEMPTS,
     FacadeBase,
@@ -444,7 +445,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
             self._follow(moved)
             moved.add_note(f"nothing of it was committed; the next {lent} goes to {moved.server}: run it again there")
 
-    @contextmanager
+    @once_block("db.cursor(shard)", ConnectionMisuse)
     def cursor(self, shard_id: int) -> Iterator[Cursor[Row]]:
         """A cursor in the shard's schema: commit on success, rollback on error, connection always returned.
 

@@ -16,13 +16,14 @@ import dataclasses
 import enum
 import threading
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager, suppress
+from contextlib import AbstractContextManager, suppress
 from contextvars import ContextVar, Token
 from time import perf_counter
 from typing import Any, TypeVar, cast
 
 from hvcore._acompat import to_thread
 from hvcore._backend import QuerySpec, Record, StoreTransaction, SupportsTransactions
+from hvcore._blocks import once_block
 from hvcore._facade import PUT_ATTEMPTS, too_many_duplicates
 from hvcore._key import Key
 from hvcore._metrics import metrics
@@ -30,6 +31,7 @@ from hvcore._schemadefs import FieldFilter, IndexSpec, bind_filters, check_kind,
 from hvcore._show import show_value
 from hvcore.errors import (
     ConfigError,
+    ConnectionMisuse,
     HypervaultError,
     InvalidKey,
     PoolTimeout,
@@ -348,7 +350,7 @@ class ShardTransaction:
             if close is not None:
                 close()
 
-    @contextmanager
+    @once_block("tx.cursor()", ConnectionMisuse)
     def cursor(self) -> Iterator[Any]:
         """A cursor in the transaction, the shard's schema first on the search path (write unqualified names).
 
@@ -364,7 +366,7 @@ class ShardTransaction:
             self._abort(moved)
             raise self._moved(moved) from moved
 
-    @contextmanager
+    @once_block("tx.transaction()", TransactionError)
     def transaction(self) -> Iterator[ShardTransaction]:
         """A savepoint: the block's changes are kept when it ends, undone (and only those) when an exception leaves it.
 
@@ -420,7 +422,7 @@ def open_transaction(
     return _begin(db, store, shard_id, level, read_only)
 
 
-@contextmanager
+@once_block("db.transaction(shard)", TransactionError)
 def _begin(db: Datastore, store: Any, shard_id: int, level: str | None, read_only: bool) -> Iterator[ShardTransaction]:
     tx: ShardTransaction | None = None
     started = perf_counter() if metrics.on else None  # the whole transaction is one operation, "transaction"

@@ -118,6 +118,7 @@ NAMES: dict[str, str] = {
     "AbstractAsyncContextManager": "AbstractContextManager",
     "AsyncExitStack": "ExitStack",
     "asynccontextmanager": "contextmanager",
+    "aonce_block": "once_block",
     "__aenter__": "__enter__",
     "__aexit__": "__exit__",
     "__aiter__": "__iter__",

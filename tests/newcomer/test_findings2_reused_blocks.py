@@ -21,7 +21,6 @@ REASON = (
 )
 
 
-@pytest.mark.xfail(strict=True, raises=AttributeError, reason=REASON)
 @pytest.mark.parametrize("block", ["transaction", "savepoint", "cursor"])
 def test_a_block_entered_twice_is_a_typed_error(block: str) -> None:
     with hvcore.Datastore([dict(shards="0-8")], backend="memory") as db, db.transaction(5) as outer:
@@ -38,7 +37,6 @@ def test_a_block_entered_twice_is_a_typed_error(block: str) -> None:
             pass
 
 
-@pytest.mark.xfail(strict=True, raises=AttributeError, reason=REASON)
 def test_an_async_transaction_block_entered_twice_is_a_typed_error() -> None:
     async def main() -> Any:
         async with hvcore.AsyncDatastore([dict(shards="0-8")], backend="memory") as db:
