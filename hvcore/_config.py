@@ -14,7 +14,7 @@ from hvcore._hosts import host_problem
 from hvcore._key import KeyLayout
 from hvcore._replicas import check_max_replica_lag, check_read_from, replica_problems
 from hvcore._show import show_value
-from hvcore._worker import WorkerSlice
+from hvcore._worker import WorkerSlice, lease_option_problems
 from hvcore.errors import ConfigError, ShardMapError
 
 __all__ = [
@@ -522,6 +522,9 @@ def parse_worker(worker: object) -> WorkerSlice | dict[str, Any] | str | None:
                 f"unknown worker lease option(s) {', '.join(unknown)}: expected {', '.join(sorted(LEASE_OPTIONS))} "
                 "(or id and bits for a fixed worker number)"
             )
+        problems = lease_option_problems(worker)
+        if problems:
+            raise ConfigError("invalid worker lease options: " + "; ".join(problems))
         return {str(k): v for k, v in worker.items()}
     raise ConfigError(
         f"worker must be 'auto', None, 'lease', a mapping of lease options (bits, namespace, ttl, acquire_timeout) "

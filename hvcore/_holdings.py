@@ -14,10 +14,11 @@ from collections import Counter
 
 from hvcore.errors import PoolTimeout
 
-__all__ = ["CONNECTION", "STREAM", "Holdings", "current_owner", "pool_timeout"]
+__all__ = ["CONNECTION", "STREAM", "TRANSACTION", "Holdings", "current_owner", "pool_timeout"]
 
 STREAM = "open query() streams"
 CONNECTION = "borrowed connections (get_connection(), cursor())"
+TRANSACTION = "open transactions (db.transaction())"
 
 
 def current_owner() -> object:
@@ -79,9 +80,21 @@ def pool_timeout(label: str, timeout: float, pool_max: int, held: dict[str, int]
     )
     if held:
         what = ", ".join(f"{kind}: {n}" for kind, n in sorted(held.items()))
+        advice = []
+        if TRANSACTION in held:
+            advice.append(
+                "Inside `with db.transaction(shard) as tx:` the transaction holds its connection: call tx.get(), "
+                "tx.put()... there (db.get() and the other db. calls each need a connection of their own, outside "
+                "the transaction)"
+            )
+        if STREAM in held:
+            advice.append(
+                "A write inside a loop over query() needs a second connection while the stream holds one: read the "
+                "records first (list(db.query(...)))"
+            )
+        advice.append("or raise pool_max above what one caller holds at once")
         error.add_note(
-            f"this thread or task holds {sum(held.values())} of them itself ({what}): it waited for itself. A write "
-            "inside a loop over query() needs a second connection while the stream holds one: read the records "
-            "first (list(db.query(...))), or raise pool_max above what one caller holds at once"
+            f"this thread or task holds {sum(held.values())} of them itself ({what}): it waited for itself. "
+            + "; ".join(advice)
         )
     return error

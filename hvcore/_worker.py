@@ -16,8 +16,10 @@ the next without a millisecond in common, even when the old holder is cut off an
 from __future__ import annotations
 
 import itertools
+import math
 import threading
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +33,7 @@ __all__ = [
     "WorkerSlice",
     "claim_numbers",
     "home_start",
+    "lease_option_problems",
     "release_numbers",
 ]
 
@@ -39,6 +42,36 @@ MIN_WORKER_BITS = 1
 
 MAX_WORKER_BITS = 8
 """Most worker bits: 256 workers, each with 4 ids per shard per millisecond (default layout)."""
+
+LEASE_NAME_MAX = 63  # PostgreSQL identifiers (the lease's schema and table; the namespace is kept as short)
+LEASE_SECONDS = {"ttl": (0.5, 3600.0), "acquire_timeout": (0.0, 86400.0), "connect_timeout": (0.1, 600.0)}
+"""Worker-lease options in seconds: the range each must be in."""
+
+
+def lease_option_problems(options: Mapping[str, Any]) -> list[str]:
+    """What is wrong with the worker-lease option values given (``bits``, ``namespace``, ``schema``, ``table``,
+    ``ttl``, ``acquire_timeout``, ``connect_timeout``; absent ones are fine): one sentence each, empty when fine.
+
+    Shared by every backend's lease and by the config file's ``worker = {...}``, so a file ``hv config`` accepts
+    is one ``Datastore`` accepts."""
+    problems: list[str] = []
+    if "bits" in options:
+        bits = options["bits"]
+        if type(bits) is not int or not MIN_WORKER_BITS <= bits <= MAX_WORKER_BITS:
+            problems.append(f"bits must be an int in {MIN_WORKER_BITS}..{MAX_WORKER_BITS}, got {bits!r}")
+    for name in ("namespace", "schema", "table"):
+        if name in options:
+            value = options[name]
+            if not isinstance(value, str) or not value or len(value) > LEASE_NAME_MAX or "\x00" in value:
+                problems.append(f"{name} must be a non-empty str of at most {LEASE_NAME_MAX} characters, got {value!r}")
+    for name, (low, high) in LEASE_SECONDS.items():
+        if name in options:
+            value = options[name]
+            number = not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+            if not number or not low <= value <= high:
+                problems.append(f"{name} must be a number of seconds in {low}..{high}, got {value!r}")
+    return problems
+
 
 _MIN_FREE_BITS = 2  # every worker keeps at least 4 ids per shard per millisecond
 _grant_ids = itertools.count()

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from hvcore._backend import BackendOptions, ProvisionReport, QuerySpec, Record, check_body, json_default
 from hvcore._config import VALUE_RULES, libpq_settings
-from hvcore._holdings import CONNECTION, STREAM, Holdings, pool_timeout
+from hvcore._holdings import CONNECTION, STREAM, TRANSACTION, Holdings, pool_timeout
 from hvcore._key import Key
 from hvcore._metrics import metrics
 from hvcore._row import Row
@@ -243,7 +243,7 @@ class MemoryServerStore:
         self._lock = threading.RLock()
         self._slot_free = threading.Condition(self._lock)  # a pretend connection came back (see _take_slot)
         self._borrowed: dict[int, MemoryConnection] = {}
-        self._borrower: dict[int, object] = {}  # id(conn) → who borrowed it (`Holdings`)
+        self._borrower: dict[int, tuple[object, str]] = {}  # id(conn) → who borrowed it, held as what (`Holdings`)
         self._holdings = Holdings()
         self._local = threading.local()  # .held: the async store took this call's slot already
         self._in_use = 0  # pretend connections taken (calls running, streams open, connections borrowed)
@@ -334,13 +334,14 @@ class MemoryServerStore:
         """Borrow a pretend connection or raise `PoolTimeout` at once."""
         return self._borrow(shard_id, 0)
 
-    def _borrow(self, shard_id: int, timeout: float) -> MemoryConnection:
+    def _borrow(self, shard_id: int, timeout: float, held_as: str = CONNECTION) -> MemoryConnection:
+        """A pretend connection, counted in `Holdings` as ``held_as`` (a transaction's: `TRANSACTION`)."""
         self._table(shard_id)
         self._take_slot(timeout)
         conn = MemoryConnection(self, shard_id)
         with self._lock:
             self._borrowed[id(conn)] = conn
-            self._borrower[id(conn)] = self._holdings.take(CONNECTION)
+            self._borrower[id(conn)] = (self._holdings.take(held_as), held_as)
         return conn
 
     def _take_slot(self, timeout: float) -> int:
@@ -387,10 +388,10 @@ class MemoryServerStore:
             if entry is None or entry is not conn:  # None is no connection, even though get() returns it
                 raise ConnectionMisuse(f"{conn!r} is not borrowed from {self.label} (returned twice?)")
             del self._borrowed[id(conn)]
-            owner = self._borrower.pop(id(conn), None)
+            holder = self._borrower.pop(id(conn), None)
         conn.returned = conn.closed = True
-        if owner is not None:
-            self._holdings.give(CONNECTION, owner)
+        if holder is not None:
+            self._holdings.give(holder[1], holder[0])
         self._release_slot(self._generation)
 
     def _release_slot(self, generation: int) -> None:
@@ -425,7 +426,7 @@ class MemoryServerStore:
         """A transaction on ``shard_id`` holding one connection slot (see ``hvbackend_memory._transaction``)."""
         from hvbackend_memory._transaction import memory_transaction
 
-        conn = self.get_connection(shard_id)
+        conn = self._borrow(shard_id, self._options.pool_block_timeout, TRANSACTION)
         try:
             with memory_transaction(self, conn, shard_id, isolation_level, read_only) as tx:
                 yield tx
@@ -922,7 +923,7 @@ class AsyncMemoryServerStore:
         """A transaction on ``shard_id`` holding one connection slot (see ``hvbackend_memory._transaction``)."""
         from hvbackend_memory._transaction import AsyncMemoryTransaction, memory_transaction
 
-        conn = await self.get_connection(shard_id)
+        conn = await self._waiting_for(lambda: self.sync._borrow(shard_id, 0, TRANSACTION))
         try:
             with memory_transaction(self.sync, conn, shard_id, isolation_level, read_only) as tx:
                 yield AsyncMemoryTransaction(tx)

@@ -60,7 +60,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from hvbackend_postgres._common import bounded_connection_class, scrub
-from hvcore._worker import MAX_WORKER_BITS, MIN_WORKER_BITS, WorkerGrant, WorkerSlice
+from hvcore._worker import WorkerGrant, WorkerSlice, lease_option_problems
 from hvcore.errors import ConfigError, NoFreeWorker, ServerUnavailable, WorkerLeaseError
 
 __all__ = ["DEFAULT_SCHEMA", "DEFAULT_TABLE", "LeaseOptions", "PostgresWorkerLease", "alease_worker", "lease_worker"]
@@ -69,7 +69,7 @@ DEFAULT_SCHEMA: Final = "hypervault"
 DEFAULT_TABLE: Final = "worker_leases"
 _DDL_LOCK: Final = 0x68765F6C65617365  # "hv_lease": one process creates the table at a time
 _NOW_MS: Final = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
-_MAX_NAME: Final = 63  # PostgreSQL identifiers
+LEASE_FIELDS: Final = ("bits", "namespace", "schema", "table", "ttl", "acquire_timeout", "connect_timeout")
 _RELEASE_MARGIN_MS: Final = 1000  # a released number's horizon: this host's clock at release + this
 
 
@@ -95,18 +95,7 @@ class LeaseOptions:
     connect_timeout: float = 5.0
 
     def __post_init__(self) -> None:
-        problems: list[str] = []
-        if type(self.bits) is not int or not MIN_WORKER_BITS <= self.bits <= MAX_WORKER_BITS:
-            problems.append(f"bits must be an int in {MIN_WORKER_BITS}..{MAX_WORKER_BITS}, got {self.bits!r}")
-        for name in ("namespace", "schema", "table"):
-            value = getattr(self, name)
-            if not isinstance(value, str) or not value or len(value) > _MAX_NAME or "\x00" in value:
-                problems.append(f"{name} must be a non-empty str of at most {_MAX_NAME} characters, got {value!r}")
-        for name, low, high in (("ttl", 0.5, 3600.0), ("acquire_timeout", 0.0, 86400.0), ("connect_timeout", 0.1, 600)):
-            value = getattr(self, name)
-            number = not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
-            if not number or not low <= value <= high:
-                problems.append(f"{name} must be a number of seconds in {low}..{high}, got {value!r}")
+        problems = lease_option_problems({name: getattr(self, name) for name in LEASE_FIELDS})
         if problems:
             raise ConfigError("invalid worker lease options: " + "; ".join(problems))
 

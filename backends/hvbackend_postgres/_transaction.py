@@ -35,6 +35,7 @@ from hvbackend_postgres._indexes import is_unique_violation, unique_violation
 from hvbackend_postgres._schema import ShardSQL
 from hvbackend_postgres._shardtx import shard_search_path
 from hvcore._backend import QuerySpec, Record
+from hvcore._holdings import TRANSACTION
 from hvcore._key import Key
 from hvcore.errors import ServerUnavailable, TransactionConflict, TransactionError
 
@@ -301,6 +302,7 @@ def postgres_transaction(
     ext = store._ext()
     begin = begin_sql(shard_id, ext, isolation_level, read_only)
     held: tuple[Conn, Any, int | None] | None = None  # from the checkout on, every way out gives it back
+    owner: object = None
     try:
         for attempt in (0, 1):
             conn, pool = store._checkout()
@@ -317,6 +319,7 @@ def postgres_transaction(
                     raise
                 raise error from None
             break
+        owner = store._holdings.take(TRANSACTION)  # a PoolTimeout of this caller's meanwhile names the transaction
         # Statements run through tx.cursor() are not prepared either: behind PgBouncer in transaction mode a
         # prepared statement stays with a server session the next transaction may not get (restored after).
         conn.prepare_threshold = None
@@ -347,6 +350,8 @@ def postgres_transaction(
         if tx.user_sql:
             _reset_session(store, conn, session=not pooled)
     finally:
+        if owner is not None:
+            store._holdings.give(TRANSACTION, owner)
         if held is not None:
             conn, pool, threshold = held
             if not conn.closed and conn.pgconn.transaction_status != pq.TransactionStatus.IDLE:

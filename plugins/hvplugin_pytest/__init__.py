@@ -38,10 +38,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 @pytest.fixture
 def hv_make_datastore() -> Iterator[Callable[..., hvcore.Datastore]]:
-    """Factory of empty in-memory datastores, closed after the test."""
+    """Factory of empty in-memory datastores, closed after the test: ``make(shards=("0-8", "8-16"), **options)``, one
+    server per range (a single str is one server's range), options as for `Datastore`."""
     made: list[hvcore.Datastore] = []
 
     def make(shards: Sequence[str] = ("0-8", "8-16"), **options: Any) -> hvcore.Datastore:
+        if isinstance(shards, str):  # one server's range, spelt as in a connection dict
+            shards = (shards,)
         run = next(_runs)
         options.setdefault("backend", "memory")
         servers = [dict(shards=spec, name=f"pytest-{run}-{i}") for i, spec in enumerate(shards)]

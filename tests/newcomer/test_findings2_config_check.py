@@ -17,13 +17,6 @@ from hvcore.cli import main
 SERVER = '[[servers]]\nshards = "0-16"\nhost = "127.0.0.1"\ndbname = "app"\n'
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hv config checks worker lease options only for unknown names and the layout only for its type: "
-    "worker = {bits = 9} (bits must be 1..8) and an epoch ahead of the clock pass hv config (exit 0), while "
-    "Datastore.from_config (and hv init/status) refuse them with ConfigError; hv config should refuse them too "
-    "(exit 2, the same message)",
-)
 @pytest.mark.parametrize("setting", ["worker = { bits = 9 }", "layout = 99999999999999"])
 def test_hv_config_refuses_what_the_datastore_refuses(setting: str, tmp_path: Path) -> None:
     path = tmp_path / "hv.toml"

@@ -32,7 +32,6 @@ def _text(exc: BaseException) -> str:
     return " ".join([str(exc), *getattr(exc, "__notes__", [])])
 
 
-@pytest.mark.xfail(strict=True, reason=REASON)
 @pytest.mark.parametrize("backend", ["memory", "jsonb"])
 def test_db_get_inside_a_transaction_block_with_a_small_pool_names_the_transaction(
     backend: str, request: pytest.FixtureRequest
@@ -48,7 +47,6 @@ def test_db_get_inside_a_transaction_block_with_a_small_pool_names_the_transacti
         assert "transaction" in _text(caught.value), _text(caught.value)
 
 
-@pytest.mark.xfail(strict=True, reason=REASON)
 @pytest.mark.parametrize("backend", ["memory", "jsonb"])
 def test_async_db_get_inside_a_transaction_block_with_a_small_pool_names_the_transaction(
     backend: str, request: pytest.FixtureRequest
