@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import itertools
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -86,3 +87,38 @@ def test_an_application_role_without_grants_gets_a_typed_error(pg_fresh_db: dict
     ):
         db.put(2, 1, a=1)
     assert "shard0002" in str(caught.value) and "grant" in str(caught.value).lower(), caught.value
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="with fewer server connections allowed than pool_max (a role's CONNECTION LIMIT, max_connections shared "
+    "by many processes), a call that finds no idle connection and is refused a new one fails at once with "
+    "ServerUnavailable 'too many connections' although the server is up and the pool's one connection frees up in "
+    "0.1 s; it should wait for a pooled connection (pool_block_timeout) and only then fail, naming the limit",
+)
+def test_a_connection_limit_below_pool_max_makes_calls_wait_not_fail(
+    pg_fresh_db: dict[str, Any], bare_role: str
+) -> None:
+    with hvcore.Datastore([{**pg_fresh_db, "shards": "0-4"}], backend="jsonb", worker=None) as owner:
+        owner.provision()
+    with psycopg.connect(**pg_fresh_db, autocommit=True) as conn:
+        conn.execute(f"ALTER ROLE {bare_role} CONNECTION LIMIT 1")
+        conn.execute(f"GRANT USAGE ON SCHEMA shard0003 TO {bare_role}")
+    servers = [{**pg_fresh_db, "user": bare_role, "shards": "0-4"}]
+    failures: list[BaseException] = []
+
+    def work(db: hvcore.Datastore) -> None:
+        for _ in range(3):
+            try:
+                with db.cursor(3) as cur:
+                    cur.execute("SELECT pg_sleep(0.1)")
+            except hvcore.HypervaultError as exc:
+                failures.append(exc)
+
+    with hvcore.Datastore(servers, backend="jsonb", worker=None, pool_max=3, pool_block_timeout=4) as db:
+        threads = [threading.Thread(target=work, args=(db,)) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+    assert not failures, f"{len(failures)} of 9 calls failed, first: {failures[0]!r}"
