@@ -17,12 +17,6 @@ import hvcore
 _names = itertools.count()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a named memory server first used with values='text' (the hstore rules) opens without complaint in a "
-    "store with the jsonb rules, and each then reads the other's bodies (the text store gets {'n': 5}); it should "
-    "be a ConfigError naming both value rules, as opening a PostgreSQL database with the other backend is",
-)
 def test_a_named_memory_server_refuses_a_store_with_other_value_rules() -> None:
     name = f"nc2-shared-{next(_names)}"
     with hvcore.Datastore([dict(shards="0-8", name=name)], backend="memory", values="text") as text_store:
