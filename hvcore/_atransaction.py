@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import enum
+import os
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, suppress
@@ -66,15 +67,17 @@ class _Home:
     elsewhere). The variable is this transaction's own and is unset again by `leave`, so nothing accumulates.
     """
 
-    __slots__ = ("_token", "_var")
+    __slots__ = ("_pid", "_token", "_var")
 
     def __init__(self) -> None:
         self._var: ContextVar[None] = ContextVar("hv_transaction_home")
         self._token: Token[None] | None = self._var.set(None)
+        self._pid = os.getpid()  # a child forked inside the block has the same context, but not the connection
 
     def here(self) -> bool:
-        """True if the running code is in the home context (no I/O; False once `leave` ran)."""
-        if self._token is None:
+        """True if the running code is in the home context of the process that opened it (no I/O; False once
+        `leave` ran)."""
+        if self._token is None or self._pid != os.getpid():
             return False
         try:
             self._var.reset(self._token)

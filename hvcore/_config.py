@@ -540,7 +540,7 @@ def load_config(path: str | Path) -> DatastoreConfig:
         )
     file = Path(path)
     try:
-        raw = tomllib.loads(file.read_text(encoding="utf-8"))
+        raw = tomllib.loads(file.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         raise ConfigError(f"config file {show_value(str(file))} does not exist") from None
     except tomllib.TOMLDecodeError as exc:

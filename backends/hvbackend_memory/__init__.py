@@ -146,6 +146,18 @@ class MemoryConnection:
         self.check_lent()
         return MemoryCursor(self)
 
+    autocommit = False  # as a lent PostgreSQL connection: in a transaction the borrower commits
+
+    def execute(self, query: object, params: object = None) -> MemoryCursor:
+        """``cursor().execute(query, params)``, as psycopg's ``Connection.execute``: the cursor, to fetch from."""
+        return self.cursor().execute(query, params)
+
+    @contextmanager
+    def transaction(self) -> Iterator[MemoryConnection]:
+        """A block as psycopg's ``conn.transaction()`` opens one; nothing to commit or roll back here."""
+        self.check_lent()
+        yield self
+
     def commit(self) -> None:
         """Nothing to commit: every write is immediate."""
         self.check_lent()

@@ -26,12 +26,6 @@ def test_hv_config_refuses_what_the_datastore_refuses(setting: str, tmp_path: Pa
     assert main(["config", "--config", str(path)], io.StringIO()) == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a config file saved with a UTF-8 byte order mark (Windows Notepad, some editors) is refused as 'not "
-    "valid TOML: Invalid statement (at line 1, column 1)', pointing at a line that looks right; it should be "
-    "read (utf-8-sig), or the message should name the byte order mark",
-)
 def test_a_config_file_with_a_byte_order_mark_is_read_or_named(tmp_path: Path) -> None:
     path = tmp_path / "hv.toml"
     path.write_bytes(b"\xef\xbb\xbf" + f'backend = "jsonb"\n{SERVER}'.encode())

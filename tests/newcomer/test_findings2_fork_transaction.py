@@ -11,18 +11,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import pytest
-
 import hvcore
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a child forked inside an open db.transaction(5) block gets the parent's transaction from its own "
-    "db.transaction(5) (a savepoint on the parent's connection, whose socket both processes now share): its block "
-    "ends without error, but the parent's rollback undoes the child's write; the child should get a transaction of "
-    "its own, on its own connection, as a thread does",
-)
 def test_a_child_forked_inside_a_transaction_commits_its_own(pg_fresh_db: dict[str, Any]) -> None:
     servers = [{**pg_fresh_db, "shards": "0-8"}]
     with hvcore.Datastore(servers, backend="jsonb", worker=None) as db:
