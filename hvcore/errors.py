@@ -24,6 +24,8 @@
     ├── ServerUnavailable (OSError)         a server cannot be reached (named without its password)
     │   └── WriteOutcomeUnknown             a write's connection was lost and the server cannot tell yet if it committed
     ├── ServerLimitReached (RuntimeError)   a healthy server refused a statement at one of its limits
+    ├── PermissionDenied (PermissionError)  the connecting role lacks a privilege (names the GRANT to run)
+    ├── ReadOnlyServer (RuntimeError)       the server refuses writes: read-only database or role, or a standby
     ├── NotProvisioned (RuntimeError)       schemas or extensions missing: run ``hv init``
     ├── DuplicateKey (RuntimeError)         a key already stored (retried with a fresh key by ``put``)
     ├── DuplicateValue (ValueError)         a body value a unique index of the shard already holds
@@ -56,8 +58,10 @@ __all__ = [
     "MoveError",
     "NoFreeWorker",
     "NotProvisioned",
+    "PermissionDenied",
     "PluginError",
     "PoolTimeout",
+    "ReadOnlyServer",
     "SequenceUnavailable",
     "ServerLimitReached",
     "ServerUnavailable",
@@ -248,6 +252,24 @@ class ServerLimitReached(HypervaultError, RuntimeError):
         super().__init__(message)
         self.limit = limit
         self.server = server
+
+
+class PermissionDenied(HypervaultError, PermissionError):
+    """The server refused a statement: the connecting role lacks a privilege (SQLSTATE 42501).
+
+    The message names the server, the role and what PostgreSQL said (the object), and the GRANT that fixes it: the
+    role running ``hv init`` needs CREATE on the database; an application role needs USAGE on the shard schemas
+    and SELECT, INSERT, UPDATE, DELETE on their tables.
+    """
+
+    __module__ = "hvcore"
+
+
+class ReadOnlyServer(HypervaultError, RuntimeError):
+    """The server refused a write (SQLSTATE 25006): a read-only database or role (``default_transaction_read_only``)
+    or a standby. Nothing was written."""
+
+    __module__ = "hvcore"
 
 
 class NotProvisioned(HypervaultError, RuntimeError):

@@ -258,8 +258,22 @@ if True:  # ASYNC
             await conn.close()
 
 
+TOO_MANY_CONNECTIONS = "53300"  # max_connections, or the role's or database's CONNECTION LIMIT
+_TOO_MANY = ("too many connections", "too many clients")  # the server's 53300 texts: libpq gives no SQLSTATE at login
+
+
+def _too_many_connections(exc: BaseException) -> bool:
+    """True if a connection attempt was refused only because the server (or the role's or database's CONNECTION
+    LIMIT) allows no more sessions (SQLSTATE 53300; at login libpq passes on the server's text alone)."""
+    if getattr(exc, "sqlstate", None) == TOO_MANY_CONNECTIONS:
+        return True
+    text = str(exc)
+    return any(phrase in text for phrase in _TOO_MANY)
+
+
 class _Pool(psycopg_pool.AsyncConnectionPool[AConn]):
-    """psycopg_pool's pool, which also fails waiting clients at once when a connection attempt fails."""
+    """psycopg_pool's pool, which also fails waiting clients at once when a connection attempt fails (unless the
+    server only refuses more sessions while the pool has some: then they wait for one to come back)."""
 
     def __init__(self, *args: Any, describe_error: Callable[[Exception], Exception], **kwargs: Any) -> None:
         self.last_error: Exception | None = None
@@ -272,6 +286,10 @@ class _Pool(psycopg_pool.AsyncConnectionPool[AConn]):
         try:
             conn = await super()._connect(timeout)
         except Exception as exc:
+            if self._nconns > 1 and _too_many_connections(exc):
+                # the server (or the role's CONNECTION LIMIT) allows no more sessions, but this pool has some: its
+                # waiting clients get one when it comes back; psycopg_pool tries to grow again later
+                raise
             error = self._describe_error(exc)
             self.last_error = error
             async with self._lock:
@@ -1707,8 +1725,20 @@ class AsyncPostgresServerStore(StoreCore):
         """Create the extension, schemas, tables and indexes this server's shards need; idempotent, resumable.
 
         The catalog is read first, so a re-run only touches missing shards; the rest is created in transactions of
-        `PROVISION_BATCH` shards over `PROVISION_WORKERS` concurrent sessions.
+        `PROVISION_BATCH` shards over `PROVISION_WORKERS` concurrent sessions. A role without CREATE on the
+        database gets `PermissionDenied` naming the GRANT; a read-only server `ReadOnlyServer`.
         """
+        try:
+            return await self._provision(shard_ids, progress)
+        except psycopg.Error as exc:
+            refused = self._refusal(exc)
+            if refused is None:
+                raise
+            raise refused from None
+
+    async def _provision(
+        self, shard_ids: Sequence[int], progress: Callable[[int], None] | None = None
+    ) -> ProvisionReport:
         started = time.perf_counter()
         report = ProvisionReport(server=self._label, shards=len(shard_ids))
         conn = await self._admin()

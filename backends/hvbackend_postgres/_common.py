@@ -42,8 +42,11 @@ from hvcore._show import show_value
 from hvcore.errors import (
     ConfigError,
     DuplicateKey,
+    HypervaultError,
     NotProvisioned,
+    PermissionDenied,
     PoolTimeout,
+    ReadOnlyServer,
     ServerUnavailable,
     TransactionError,
     WriteOutcomeUnknown,
@@ -104,6 +107,8 @@ BACKEND_CHECK_SQL = (
 Citus is installed in the database (then `hvbackend_postgres._citus.CITUS_SHARD_SCHEMAS_SQL` says more)."""
 SEARCH_PATH_SQL = "SELECT pg_catalog.set_config('search_path', %s, false), pg_catalog.to_regnamespace(%s) IS NOT NULL"
 _NOT_PROVISIONED_STATES = frozenset({"42P01", "3F000"})  # undefined table, invalid schema name
+PRIVILEGE_SQLSTATE = "42501"  # insufficient_privilege: PermissionDenied
+READ_ONLY_SQLSTATE = "25006"  # read_only_sql_transaction: ReadOnlyServer
 _MISSING_TYPE_STATES = frozenset({"42704", "42883"})  # undefined object (type), undefined function
 
 
@@ -428,6 +433,7 @@ class StoreCore:
         port = str(params.get("port") or "5432")
         dbname = str(params.get("dbname") or params.get("user") or "postgres")
         self._label = f"{host}:{port}/{dbname}"
+        self._role = str(params.get("user") or "")  # named in PermissionDenied
         self._conninfo = parsed.conninfo
         kwargs.setdefault("connect_timeout", max(2, math.ceil(options.pool_block_timeout)))
         kwargs.setdefault("application_name", "hypervault")
@@ -542,9 +548,33 @@ class StoreCore:
         limit = limit_error(exc, self._label)  # lock table, stack depth, parameters, size (_fanout)
         if limit is not None:
             return limit
+        refused = self._refusal(exc)
+        if refused is not None:
+            return refused
         if isinstance(exc, psycopg.OperationalError) and (state is None or state in _SERVER_GONE_STATES):
             return self._unavailable(exc)
         return exc
+
+    def _refusal(self, exc: psycopg.Error) -> HypervaultError | None:
+        """`PermissionDenied` (a privilege the role lacks) or `ReadOnlyServer` (writes refused) for ``exc``, else
+        None: the server is fine and says what to change, so neither is `ServerUnavailable`."""
+        state = exc.sqlstate
+        if state not in (PRIVILEGE_SQLSTATE, READ_ONLY_SQLSTATE):
+            return None
+        who = f"role {self._role!r}" if self._role else "the connecting role (libpq's default user)"
+        said = exc.diag.message_primary or str(exc)
+        if state == READ_ONLY_SQLSTATE:
+            return ReadOnlyServer(
+                f"PostgreSQL server {self._label} refuses writes ({said}): the database or {who} is read-only "
+                "(default_transaction_read_only), or this is a standby; nothing was written. Point the entry at the "
+                "primary, or ALTER DATABASE/ROLE ... SET default_transaction_read_only = off"
+            )
+        return PermissionDenied(
+            f"PostgreSQL server {self._label} refused {who}: {said}. The role running `hv init` (provision, "
+            "migrations, moves) needs CREATE on the database (GRANT CREATE ON DATABASE <db> TO <role>); an "
+            "application role needs, for each shard schema, GRANT USAGE ON SCHEMA shardNNNN TO <role> and GRANT "
+            "SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA shardNNNN TO <role>"
+        )
 
     def _pool_kwargs(self) -> dict[str, Any]:
         """Arguments of the psycopg_pool pool (sync or async) of this server."""

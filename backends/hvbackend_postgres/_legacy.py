@@ -60,10 +60,14 @@ reading the size of 8192 tables doubled the cost of this query."""
 LAYOUT_SAMPLE_SQL = (
     "SELECT n.nspname FROM pg_catalog.pg_namespace n "
     "JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = 'entities' AND c.relkind = 'r' "
-    "WHERE n.nspname ~ '^shard[0-9]{4,}$' ORDER BY c.relpages > 0 OR c.reltuples > 0 DESC, n.nspname LIMIT %s"
+    "WHERE n.nspname ~ '^shard[0-9]{4,}$' "
+    "AND pg_catalog.has_schema_privilege(n.oid, 'USAGE') AND pg_catalog.has_table_privilege(c.oid, 'SELECT') "
+    "ORDER BY c.relpages > 0 OR c.reltuples > 0 DESC, n.nspname LIMIT %s"
 )
-"""Up to ``%s`` shard schemas of this database with an ``entities`` table, those whose statistics say it holds rows
-first (a table written since its last ANALYZE has none: the first shards by name fill the sample)."""
+"""Up to ``%s`` shard schemas of this database with an ``entities`` table the connecting role may read, those whose
+statistics say it holds rows first (a table written since its last ANALYZE has none: the first shards by name fill
+the sample). Shards the role may not read are left out: the check must not fail a call on another shard (the call's
+own statement then says which privilege is missing, as `PermissionDenied`)."""
 LAYOUT_SAMPLE = 64
 """Shards whose newest id `provision` reads: the layout is one per database, so any shard holding rows shows a
 mismatch; reading every shard's would make a re-run of `provision` on 8192 shards several times slower."""

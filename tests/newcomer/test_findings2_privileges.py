@@ -36,12 +36,6 @@ def bare_role(pg_fresh_db: dict[str, Any]) -> Iterator[str]:
         conn.execute(f"DROP ROLE {name}")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=psycopg.errors.InsufficientPrivilege,
-    reason="provision() as a role without CREATE on the database raises psycopg's InsufficientPrivilege "
-    "'permission denied for database ...'; it should be a HypervaultError naming the role and the privilege to grant",
-)
 def test_provisioning_without_create_privilege_is_a_typed_error(pg_fresh_db: dict[str, Any], bare_role: str) -> None:
     servers = [{**pg_fresh_db, "user": bare_role, "shards": "0-4"}]
     with (
@@ -52,12 +46,6 @@ def test_provisioning_without_create_privilege_is_a_typed_error(pg_fresh_db: dic
     assert "CREATE" in str(caught.value) or "privilege" in str(caught.value), caught.value
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=psycopg.errors.InsufficientPrivilege,
-    reason="`hv init` as a role without CREATE on the database prints psycopg's traceback and exits 1; it should "
-    "be one 'hv: error: ...' line and exit 2",
-)
 def test_hv_init_without_create_privilege_is_one_error_line(
     pg_fresh_db: dict[str, Any], bare_role: str, tmp_path: Path
 ) -> None:
@@ -69,14 +57,6 @@ def test_hv_init_without_create_privilege_is_one_error_line(
     assert main(["init", "--config", str(config)], io.StringIO()) == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=psycopg.errors.InsufficientPrivilege,
-    reason="an application role without USAGE on the shard schemas (provisioned by another role) gets psycopg's "
-    "InsufficientPrivilege from hypervault's own layout check ('SELECT 0::int, max(id) FROM shard0000...', whatever "
-    "shard it wrote to) on every put/get/query; it should be a HypervaultError naming the role, the schema and the "
-    "grants the application needs",
-)
 def test_an_application_role_without_grants_gets_a_typed_error(pg_fresh_db: dict[str, Any], bare_role: str) -> None:
     with hvcore.Datastore([{**pg_fresh_db, "shards": "0-4"}], backend="jsonb", worker=None) as owner:
         owner.provision()
@@ -89,13 +69,6 @@ def test_an_application_role_without_grants_gets_a_typed_error(pg_fresh_db: dict
     assert "shard0002" in str(caught.value) and "grant" in str(caught.value).lower(), caught.value
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="with fewer server connections allowed than pool_max (a role's CONNECTION LIMIT, max_connections shared "
-    "by many processes), a call that finds no idle connection and is refused a new one fails at once with "
-    "ServerUnavailable 'too many connections' although the server is up and the pool's one connection frees up in "
-    "0.1 s; it should wait for a pooled connection (pool_block_timeout) and only then fail, naming the limit",
-)
 def test_a_connection_limit_below_pool_max_makes_calls_wait_not_fail(
     pg_fresh_db: dict[str, Any], bare_role: str
 ) -> None:

@@ -23,13 +23,6 @@ CALLS: dict[str, Callable[[hvcore.Datastore], object]] = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=psycopg.errors.ReadOnlySqlTransaction,
-    reason="a write to a read-only database raises psycopg's ReadOnlySqlTransaction 'cannot execute INSERT in a "
-    "read-only transaction'; it should be a HypervaultError saying the server refuses writes (read-only, or a "
-    "standby) and naming it",
-)
 @pytest.mark.parametrize("call", sorted(CALLS))
 def test_a_write_to_a_read_only_database_is_a_typed_error(call: str, pg_fresh_db: dict[str, Any]) -> None:
     servers = [{**pg_fresh_db, "shards": "0-4"}]
