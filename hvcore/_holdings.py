@@ -12,9 +12,9 @@ import asyncio
 import threading
 from collections import Counter
 
-from hvcore.errors import PoolTimeout
+from hvcore.errors import PoolTimeout, StoreClosed
 
-__all__ = ["CONNECTION", "STREAM", "TRANSACTION", "Holdings", "current_owner", "pool_timeout"]
+__all__ = ["CONNECTION", "STREAM", "TRANSACTION", "Holdings", "closed_while_waiting", "current_owner", "pool_timeout"]
 
 STREAM = "open query() streams"
 CONNECTION = "borrowed connections (get_connection(), cursor())"
@@ -98,3 +98,12 @@ def pool_timeout(label: str, timeout: float, pool_max: int, held: dict[str, int]
             + "; ".join(advice)
         )
     return error
+
+
+def closed_while_waiting(label: str) -> StoreClosed:
+    """The `StoreClosed` of a call that waited for a connection to ``label`` while the store was closed (as a call
+    made after ``close()`` gets; never `ServerUnavailable`: the server is fine)."""
+    return StoreClosed(
+        f"the datastore was closed (close() or disconnect()) while this call waited for a connection to {label}: "
+        "nothing of the call ran; reinstantiate() (or open()) to use it again"
+    )

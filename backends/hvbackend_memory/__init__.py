@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from hvcore._backend import BackendOptions, ProvisionReport, QuerySpec, Record, check_body, json_default
 from hvcore._config import VALUE_RULES, libpq_settings
-from hvcore._holdings import CONNECTION, STREAM, TRANSACTION, Holdings, pool_timeout
+from hvcore._holdings import CONNECTION, STREAM, TRANSACTION, Holdings, closed_while_waiting, pool_timeout
 from hvcore._key import Key
 from hvcore._metrics import metrics
 from hvcore._row import Row
@@ -368,6 +368,7 @@ class MemoryServerStore:
                 return self._generation
             if timeout > 0:
                 deadline = time.monotonic() + timeout
+                generation = self._generation
                 self._waiting += 1
                 try:
                     while self._in_use >= pool_max:
@@ -376,6 +377,8 @@ class MemoryServerStore:
                             break
                 finally:
                     self._waiting -= 1
+                if self._generation != generation:  # closed meanwhile, as a PostgreSQL pool refuses its waiters
+                    raise closed_while_waiting(self.label)
                 if self._in_use < pool_max:
                     self._in_use += 1
                     return self._generation
@@ -886,10 +889,13 @@ class AsyncMemoryServerStore:
             if self._options.pool_block_timeout <= 0:
                 raise
         deadline = time.monotonic() + self._options.pool_block_timeout
+        generation = self.sync._generation
         self.sync._count_waiting(1)
         try:
             while True:
                 await asyncio.sleep(0.005)
+                if self.sync._generation != generation:  # closed while this call waited (see the sync _take_slot)
+                    raise closed_while_waiting(self.label)
                 try:
                     return take()
                 except PoolTimeout:

@@ -137,7 +137,7 @@ from hvbackend_postgres._transaction import PostgresTransaction, postgres_transa
 from hvcore._acompat import Lock, gather, sleep, spawn, to_thread
 from hvcore._backend import BackendOptions, ProvisionReport, QuerySpec, Record
 from hvcore._config import pgbouncer_mode
-from hvcore._holdings import CONNECTION, STREAM
+from hvcore._holdings import CONNECTION, STREAM, closed_while_waiting
 from hvcore._key import Key
 from hvcore._metrics import metrics
 from hvcore.errors import ConfigError, ConnectionMisuse, DuplicateKey, ServerUnavailable, ShardMoved
@@ -476,8 +476,8 @@ class PostgresServerStore(StoreCore):
                     metrics.connection_timeout(self._label)
                 raise self._pool_timeout() from None
             except psycopg_pool.PoolClosed:
-                if self._pool is None or self._pool is pool:
-                    raise ServerUnavailable(f"the pool of {self._label} is closed") from None
+                if self._pool is None or self._pool is pool:  # the store was closed while this call waited
+                    raise closed_while_waiting(self._label) from None
                 continue  # replaced by a fresh pool meanwhile
             finally:
                 if waits:

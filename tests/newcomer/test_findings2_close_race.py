@@ -30,7 +30,6 @@ def _servers(backend: str, request: pytest.FixtureRequest) -> list[dict[str, Any
     return [{**request.getfixturevalue("pg_fresh_db"), "shards": "0-8"}]
 
 
-@pytest.mark.xfail(strict=True, reason=REASON)
 @pytest.mark.parametrize("backend", ["memory", "jsonb"])
 def test_a_call_waiting_for_a_connection_when_the_store_closes_gets_store_closed(
     backend: str, request: pytest.FixtureRequest
@@ -63,7 +62,6 @@ def test_a_call_waiting_for_a_connection_when_the_store_closes_gets_store_closed
             db.put_connection(held)
 
 
-@pytest.mark.xfail(strict=True, reason=REASON)
 def test_async_call_waiting_for_a_connection_when_the_store_closes_gets_store_closed(
     pg_fresh_db: dict[str, Any],
 ) -> None:
