@@ -109,6 +109,14 @@ def _error_type(exc: BaseException) -> str:
     return type(exc).__qualname__
 
 
+def _no_span() -> Any:
+    """A truthy OpenTelemetry context holding no span (see `_Instruments.no_span`)."""
+    from opentelemetry.context import Context
+    from opentelemetry.trace import INVALID_SPAN, set_span_in_context
+
+    return set_span_in_context(INVALID_SPAN, Context())
+
+
 class _Instruments:
     """The instruments, made once per provider from its meter."""
 
@@ -116,6 +124,10 @@ class _Instruments:
         from opentelemetry.context import get_current
 
         self.context = get_current  # the caller's context, kept with a deferred measurement (exemplars)
+        # What a deferred measurement made outside any span is handed over with: OpenTelemetry's empty Context is
+        # falsy, and ``Histogram.record`` replaces a falsy context with the current one, which on the draining
+        # thread is the drainer's (a collection or `flush` made inside a span would lend it its trace).
+        self.no_span = _no_span()
         self.duration = meter.create_histogram(
             "db.client.operation.duration",
             unit="s",
@@ -355,6 +367,10 @@ class Metrics:
         SDK refuses with an exception is logged and dropped, never raised into the caller.
         """
         pending = self._pending
+        if not pending:  # also: nothing imported from OpenTelemetry when it is not installed
+            return 0
+        inst = self._instruments
+        no_span = inst.no_span if inst is not None else _no_span()
         done = 0
         while True:
             try:
@@ -362,7 +378,7 @@ class Metrics:
             except IndexError:
                 return done
             try:
-                histogram.record(value, attrs, context=context)
+                histogram.record(value, attrs, context=context or no_span)  # see _Instruments.no_span
             except Exception:  # an SDK's own failure must not stop the drain (nor reach a collection)
                 _log.exception("hypervault: a deferred measurement was refused by %r", histogram)
             done += 1

@@ -154,3 +154,25 @@ def test_a_forked_child_does_not_record_its_parents_measurements_again(provider,
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert provider.count() == 1
+
+
+def test_a_measurement_made_outside_any_span_gets_no_exemplar_from_the_span_that_hands_it_over(memory_db):
+    """OpenTelemetry's empty ``Context`` is falsy, and ``Histogram.record`` replaces a falsy context with the
+    current one: a measurement made outside any span must not take the trace of the code that drains the queue
+    (a collection or ``flush`` made inside a span), whichever exemplar filter is set."""
+    from opentelemetry.sdk.metrics import AlwaysOnExemplarFilter
+
+    reader = InMemoryMetricReader()
+    made = MeterProvider(metric_readers=[reader], exemplar_filter=AlwaysOnExemplarFilter())
+    metrics.use(made)
+    try:
+        memory_db.put(3, 1, n=1)  # no span
+        tracer = TracerProvider().get_tracer("test")
+        with tracer.start_as_current_span("collector"):
+            points = metric_points(reader, DURATION)  # the collection drains the queue inside a sampled span
+        exemplars = [e for point in points for e in point.exemplars]
+        assert len(exemplars) == 1
+        assert (exemplars[0].trace_id, exemplars[0].span_id) == (None, None)
+    finally:
+        metrics.use(None)
+        made.shutdown()
