@@ -32,8 +32,10 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -123,8 +125,9 @@ def wall(
     subject: Callable[[hvcore.Datastore], Callable[[], None]] = round_trip,
     *,
     drain: bool = True,
-) -> dict[str, float]:
-    """Median µs per call of ``subject`` for each variant, interleaved blocks.
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Median µs per call of ``subject`` for each variant, interleaved blocks: wall time, and the process's CPU
+    time (user + system, every thread: `time.process_time`).
 
     ``hvcore.metrics`` is one per process: before each call it is pointed at the variant's provider (a no-op
     unless the previous call was another variant's, i.e. once per block). ``drain``: every `DRAIN_EVERY` calls
@@ -138,7 +141,7 @@ def wall(
     if not drain:
         _metrics.FLUSH_AT = 1 << 62
     try:
-        medians = measure(calls, ops, rounds)
+        medians, cpu = measure_cpu(calls, ops, rounds)
     finally:
         _metrics.FLUSH_AT = flush_at
         hvcore.metrics.flush()
@@ -148,7 +151,36 @@ def wall(
             provider.shutdown()
     hvcore.metrics.use(None)
     hvcore.metrics.wait_time = "waits"
-    return {variant: seconds * 1e6 for variant, seconds in medians.items()}
+    return (
+        {variant: seconds * 1e6 for variant, seconds in medians.items()},
+        {variant: seconds * 1e6 for variant, seconds in cpu.items()},
+    )
+
+
+def measure_cpu(
+    candidates: Mapping[str, Callable[[], object]], ops: int, rounds: int
+) -> tuple[dict[str, float], dict[str, float]]:
+    """`_shared.measure` (median seconds per call, blocks in rotating order, one warm-up) timing each block by the
+    wall clock and by the process's CPU time at once: (wall medians, CPU medians)."""
+    names = list(candidates)
+    for name in names:
+        for _ in range(max(ops // 5, 1)):
+            candidates[name]()
+    walls: dict[str, list[float]] = {name: [] for name in names}
+    cpus: dict[str, list[float]] = {name: [] for name in names}
+    for index in range(rounds):
+        order = names[index % len(names) :] + names[: index % len(names)]
+        for name in order:
+            fn = candidates[name]
+            wall_started, cpu_started = time.perf_counter(), time.process_time()
+            for _ in range(ops):
+                fn()
+            cpus[name].append((time.process_time() - cpu_started) / ops)
+            walls[name].append((time.perf_counter() - wall_started) / ops)
+    return (
+        {name: statistics.median(values) for name, values in walls.items()},
+        {name: statistics.median(values) for name, values in cpus.items()},
+    )
 
 
 def _switching(call: Callable[[], None], provider: Any, wait_time: str, drain: bool) -> Callable[[], None]:
@@ -272,20 +304,21 @@ def run(quick: bool, callgrind: bool | None = None, variants: tuple[str, ...] = 
     results["sdk_record_us"] = sdk_record_us(ops * 5, rounds)
     if callgrind:
         results["sdk_record_ir"] = per_call("sdk", None, 2000, SDK_CASES)
-    results["memory_wall_us"] = wall("memory", None, ops * 5, rounds)
+    results["memory_wall_us"], results["memory_cpu_us"] = wall("memory", None, ops * 5, rounds)
     if callgrind:
         results["memory_ir"] = per_call("memory", None, 300, variants)  # the garbage collector off: stable counts
     with local_servers(1, fsync=False) as local:
         settings = dict(local[0].settings)
-        results["jsonb_wall_us"] = wall("jsonb", settings, ops // 3, rounds)
-        results["jsonb_caller_us"] = wall("jsonb", settings, ops // 3, rounds, drain=False)
+        results["jsonb_wall_us"], results["jsonb_cpu_us"] = wall("jsonb", settings, ops // 3, rounds)
+        results["jsonb_caller_us"], _ = wall("jsonb", settings, ops // 3, rounds, drain=False)
         if callgrind:
             results["jsonb_ir"] = per_call("jsonb", settings, 100, variants)
     with local_servers(1, fsync=True) as durable:  # the put users feel: a commit that waits for its WAL flush
-        results["put_fsync_wall_us"] = wall("jsonb", dict(durable[0].settings), ops // 5, rounds, put_only)
-        results["put_fsync_caller_us"] = wall(
-            "jsonb", dict(durable[0].settings), ops // 5, rounds, put_only, drain=False
+        durable_settings = dict(durable[0].settings)
+        results["put_fsync_wall_us"], results["put_fsync_cpu_us"] = wall(
+            "jsonb", durable_settings, ops // 5, rounds, put_only
         )
+        results["put_fsync_caller_us"], _ = wall("jsonb", durable_settings, ops // 5, rounds, put_only, drain=False)
     return results
 
 
@@ -302,11 +335,42 @@ MEASURES = (
     ("memory_ir", "memory, put+get, instructions"),
     ("jsonb_ir", "jsonb, put+get, instructions (client)"),
     ("memory_wall_us", "memory, put+get, wall µs, all costs"),
+    ("memory_cpu_us", "memory, put+get, CPU µs, all costs"),
     ("jsonb_wall_us", "jsonb, put+get, wall µs, all costs (fsync off)"),
+    ("jsonb_cpu_us", "jsonb, put+get, client CPU µs, all costs (fsync off)"),
     ("jsonb_caller_us", "jsonb, put+get, wall µs, caller (fsync off)"),
     ("put_fsync_wall_us", "jsonb, put, wall µs, all costs (fsync on)"),
+    ("put_fsync_cpu_us", "jsonb, put, client CPU µs, all costs (fsync on)"),
     ("put_fsync_caller_us", "jsonb, put, wall µs, caller (fsync on)"),
 )
+
+SUMMARY = (  # (workload, key of the caller's path, (name, key) of each total): "on" against "off" of each measure
+    (
+        "jsonb put+get (fsync off)",
+        "jsonb_caller_us",
+        (("client instructions", "jsonb_ir"), ("client CPU time", "jsonb_cpu_us"), ("wall", "jsonb_wall_us")),
+    ),
+    (
+        "jsonb put (fsync on)",
+        "put_fsync_caller_us",
+        (("client CPU time", "put_fsync_cpu_us"), ("wall", "put_fsync_wall_us")),
+    ),
+)
+
+
+def summary(r: Mapping[str, Any]) -> list[str]:
+    """One line per workload: metrics on / off on the caller's path beside the total-cost measures (goal 1.05×)."""
+    lines = []
+    for workload, caller, totals in SUMMARY:
+        if caller not in r:
+            continue
+        parts = ", ".join(f"{name} {_ratio(r[key])}" for name, key in totals if key in r)
+        lines.append(f"{workload:26} caller's path: wall {_ratio(r[caller])} | total: {parts}")
+    return lines
+
+
+def _ratio(figures: Mapping[str, float]) -> str:
+    return f"{figures['on'] / figures['off']:.3f}×"
 
 
 def main() -> None:
@@ -334,7 +398,11 @@ def main() -> None:
         print("instructions per SDK measurement: " + ", ".join(f"{k} {v:,.0f}" for k, v in r["sdk_record_ir"].items()))
     for key, label in MEASURES:
         if key in r:
-            print(f"{label:48} {_ratios(r[key])}")
+            print(f"{label:52} {_ratios(r[key])}")
+    print("on / off, the caller's path (measurements handed over after the timing) and in total (handed over on the")
+    print("caller's thread every 64 calls, inside the timing; instructions include the hand-over); goal ≤ 1.05×:")
+    for line in summary(r):
+        print("  " + line)
     if args.json:
         args.json.write_text(json.dumps(r, indent=2) + "\n", encoding="utf-8")
 

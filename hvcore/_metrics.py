@@ -331,10 +331,17 @@ class Metrics:
         inst = self._instruments or self.instruments()
         if inst is None:
             return
-        attrs = self._op_attrs(name, store, shard)
+        # the hot path, inlined (each Python call saved is ~1,000 instructions of an operation's ~10,000 here):
+        # a cached attributes dict found without calling _op_attrs, the queue appended without calling _defer
+        attrs = self._attrs.get((name, store.label, shard if self.shard_attribute else None))
+        if attrs is None:
+            attrs = self._op_attrs(name, store, shard)
         if error is not None:
             attrs = {**attrs, "error.type": _error_type(error)}
-        self._defer(inst.duration, seconds, attrs, inst.context())
+        pending = self._pending
+        pending.append((inst.duration, seconds, attrs, inst.context()))
+        if len(pending) >= FLUSH_AT:
+            self._wake_flusher()
 
     def connection_wait(self, pool: str, seconds: float) -> None:
         """A connection of pool ``pool`` (a server label) was obtained after waiting ``seconds``.
@@ -371,14 +378,15 @@ class Metrics:
             return 0
         inst = self._instruments
         no_span = inst.no_span if inst is not None else _no_span()
+        popleft = pending.popleft
         done = 0
         while True:
             try:
-                histogram, value, attrs, context = pending.popleft()
+                histogram, value, attrs, context = popleft()
             except IndexError:
                 return done
             try:
-                histogram.record(value, attrs, context=context or no_span)  # see _Instruments.no_span
+                histogram.record(value, attrs, context or no_span)  # see _Instruments.no_span
             except Exception:  # an SDK's own failure must not stop the drain (nor reach a collection)
                 _log.exception("hypervault: a deferred measurement was refused by %r", histogram)
             done += 1

@@ -176,3 +176,57 @@ def test_a_measurement_made_outside_any_span_gets_no_exemplar_from_the_span_that
     finally:
         metrics.use(None)
         made.shutdown()
+
+
+def test_the_shard_attribute_follows_the_setting_between_two_calls(provider, memory_db):
+    metrics.shard_attribute = True
+    try:
+        memory_db.delete(memory_db.get(memory_db.put(3, 1, n=1)).key)
+        memory_db.put(5, 1, n=1)
+        memory_db.put(5, 1, n=1)
+        with memory_db.transaction(5) as tx:
+            tx.put(1, n=2)
+    finally:
+        metrics.shard_attribute = False
+    memory_db.put(5, 1, n=1)
+    counts = {
+        (p.attributes["db.operation.name"], p.attributes.get("hypervault.shard")): p.count for p in provider.points()
+    }
+    assert counts == {
+        ("put", 3): 1,
+        ("get", 3): 1,
+        ("delete", 3): 1,
+        ("put", 5): 2,
+        ("transaction", 5): 1,
+        ("put", None): 1,
+    }
+
+
+def test_a_users_views_apply_to_the_deferred_durations(memory_db):
+    """Deferred measurements reach the SDK one by one through ``Histogram.record``: a View's attribute filter and
+    aggregation apply to each, as they would had it been recorded on the caller's path."""
+    from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
+
+    reader = InMemoryMetricReader()
+    view = View(
+        instrument_name=DURATION,
+        attribute_keys={"db.operation.name"},
+        aggregation=ExplicitBucketHistogramAggregation(boundaries=(0.5,)),
+    )
+    made = MeterProvider(metric_readers=[reader], views=[view])
+    metrics.use(made)
+    try:
+        for _ in range(3):
+            memory_db.get(memory_db.put(3, 1, n=1))
+        points = {p.attributes["db.operation.name"]: p for p in metric_points(reader, DURATION)}
+        assert {name: dict(p.attributes) for name, p in points.items()} == {
+            "put": {"db.operation.name": "put"},
+            "get": {"db.operation.name": "get"},
+        }
+        assert [(p.count, tuple(p.explicit_bounds), list(p.bucket_counts)) for p in points.values()] == [
+            (3, (0.5,), [3, 0]),
+            (3, (0.5,), [3, 0]),
+        ]
+    finally:
+        metrics.use(None)
+        made.shutdown()
