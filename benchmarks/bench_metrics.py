@@ -1,6 +1,6 @@
 """Benchmark what metrics cost: put + get with metrics on against the same code with metrics off.
 
-Usage: ``python benchmarks/bench_metrics.py [--quick] [--json PATH] [--no-callgrind]``.
+Usage: ``python benchmarks/bench_metrics.py [--quick] [--json PATH] [--no-callgrind] [--sdk-stages]``.
 
 Every variant runs hypervault as shipped; only the OpenTelemetry set-up differs (nothing is copied or kept in step
 by hand), on the memory backend and on a throwaway PostgreSQL server (jsonb, started by the script):
@@ -19,7 +19,8 @@ Durations are deferred (hvcore/_metrics.py), so each wall measure is taken twice
 measurements handed to the SDK on the caller's thread every 64 calls, inside the timing: the CPU metrics cost in
 all) and **caller** (handed over after the timing, as a collection or the background thread would: the latency a
 caller sees). The instruction counts include the hand-over (the worker drains the queue before it ends).
-For scale, the SDK's own cost of one histogram measurement is counted too, by number of attributes.
+For scale, the SDK's own cost of one histogram measurement is counted too, by number of attributes;
+``--sdk-stages`` counts only that, stage by stage of ``Histogram.record`` (where its instructions go).
 What the off path costs is one attribute read per call (``hvcore.metrics.on``), not measured here (it was 0.99–1.00×
 against a hand-made uninstrumented copy, which this script no longer keeps). Goal (issue 18): on ≤ 5 %.
 """
@@ -237,6 +238,69 @@ def sdk_worker(case: str, count: int) -> None:
     gc.enable()
 
 
+SDK_STAGES = (
+    "Histogram.record",
+    "Measurement(...), its attributes validated and copied",
+    "the attributes validated and copied alone (_clean_attribute_value)",
+    "exemplar filter (trace based)",
+    "MeasurementConsumer.consume_measurement",
+    "_ViewInstrumentMatch.consume_measurement",
+    "the series key alone (_hash_attributes)",
+    "aggregation (explicit buckets)",
+)
+
+
+def _sdk_stage(stage: str) -> Callable[[], object]:
+    """One stage of the SDK's ``Histogram.record`` (5 attributes, a context holding no span), called alone.
+
+    Reads the SDK's private objects (version 1.45.2): a benchmark's look inside, which hypervault never does.
+    """
+    from time import time_ns
+
+    from opentelemetry.attributes import _clean_attribute_value
+    from opentelemetry.sdk.metrics._internal._view_instrument_match import _hash_attributes
+    from opentelemetry.sdk.metrics._internal.measurement import Measurement
+
+    _, histogram, attrs = _sdk_histogram(SDK_CASES[0])
+    context = _metrics._no_span()
+    histogram.record(0.0002, attrs, context)
+    measurement = Measurement(0.0002, time_ns(), histogram, context, attrs)
+    consumer = histogram._measurement_consumer
+    (storage,) = consumer._reader_storages.values()
+    (match,) = storage._get_or_init_view_instrument_match(histogram)
+    (aggregation,) = match._attributes_aggregation.values()
+    exemplar_filter = consumer._sdk_config.exemplar_filter
+    stages: dict[str, Callable[[], object]] = dict(
+        zip(
+            SDK_STAGES,
+            (
+                lambda: histogram.record(0.0002, attrs, context),
+                lambda: Measurement(0.0002, time_ns(), histogram, context, attrs),
+                lambda: _clean_attribute_value(attrs, None),
+                lambda: exemplar_filter.should_sample(0.0002, 0, attrs, context),
+                lambda: consumer.consume_measurement(measurement),
+                lambda: match.consume_measurement(measurement, False),
+                lambda: _hash_attributes(attrs),
+                lambda: aggregation.aggregate(measurement, False),
+            ),
+            strict=True,
+        )
+    )
+    return stages[stage]
+
+
+def stage_worker(stage: str, count: int) -> None:
+    """The callgrind subject of one `SDK_STAGES` stage: ``count`` calls."""
+    call = _sdk_stage(stage)
+    for _ in range(100):
+        call()
+    gc.collect()
+    gc.disable()
+    for _ in range(count):
+        call()
+    gc.enable()
+
+
 def worker(variant: str, backend: str, settings: Mapping[str, Any] | None, count: int) -> None:
     """The callgrind subject: ``count`` put+get calls of one variant after a warm-up of 50."""
     ds, _ = make(variant, backend, settings)
@@ -379,6 +443,8 @@ def main() -> None:
         _, _, variant, backend, settings, count = sys.argv
         if backend == "sdk":
             sdk_worker(variant, int(count))
+        elif backend == "sdk_stage":
+            stage_worker(variant, int(count))
         else:
             worker(variant, backend, json.loads(settings), int(count))
         return
@@ -387,7 +453,14 @@ def main() -> None:
     parser.add_argument("--no-callgrind", action="store_true", help="wall-clock only")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     parser.add_argument("--callgrind-variants", default=",".join(VARIANTS), help="variants counted by callgrind")
+    parser.add_argument(
+        "--sdk-stages", action="store_true", help="only where one SDK measurement's instructions go (callgrind)"
+    )
     args = parser.parse_args()
+    if args.sdk_stages:
+        for stage, figure in per_call("sdk_stage", None, 2000, SDK_STAGES).items():
+            print(f"{stage:60} {figure:9,.0f} instructions")
+        return
     variants = tuple(v for v in VARIANTS if v in args.callgrind_variants.split(","))
     if "off" not in variants:
         parser.error("--callgrind-variants must include off (the ratios' baseline)")
