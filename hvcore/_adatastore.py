@@ -556,7 +556,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
                 else:
                     insert = store.insert
                 if metrics.on:
-                    await self._observed("put", store, insert, shard_id, key, kind, data)
+                    await self._observed("put", store, insert, shard_id, key, kind, data, shard=shard_id)
                 else:
                     await insert(shard_id, key, kind, data)
             except DuplicateKey:  # another writer holds the key: a fresh one, never an overwrite or a success
@@ -588,7 +588,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         for attempt in range(PUT_ATTEMPTS):
             try:
                 items = [(k, kind, b) for k, b in zip(keys, bodies, strict=True)]
-                await self._observed("put_many", store, store.insert_many, shard_id, items)
+                await self._observed("put_many", store, store.insert_many, shard_id, items, shard=shard_id)
             except DuplicateKey as taken:
                 self._step_past_collision(shard_id, attempt)
                 keys = await self._redraw(shard_id, keys, taken.keys)
@@ -632,7 +632,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
                 try:
                     if metrics.on:
                         record: Record | None = await self._observed(
-                            "get", choice.store, choice.store.fetch, shard, key
+                            "get", choice.store, choice.store.fetch, shard, key, shard=shard
                         )
                     else:
                         record = await choice.store.fetch(shard, key)
@@ -860,7 +860,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
             store = self._live()[self.shard_map.server_for(shard_id)]
             try:
                 if metrics.on:
-                    return await self._observed(name, store, op, store)
+                    return await self._observed(name, store, op, store, shard=shard_id)
                 return await op(store)
             except ShardMoved as moved:
                 self._follow(moved)
@@ -1134,17 +1134,25 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         if self.logger is not None:
             self.logger.warning("key %s already stored in shard %s: retrying with fresh keys", key, shard_id)
 
-    async def _observed(self, name: str, store: AsyncServerStore, call: Callable[..., Awaitable[_T]], *args: Any) -> _T:
-        """``await call(*args)``, its duration recorded as operation ``name`` on ``store`` (hvcore._metrics)."""
+    async def _observed(
+        self,
+        name: str,
+        store: AsyncServerStore,
+        call: Callable[..., Awaitable[_T]],
+        *args: Any,
+        shard: int | None = None,
+    ) -> _T:
+        """``await call(*args)``, its duration recorded as operation ``name`` on ``store`` (hvcore._metrics);
+        ``shard``: the one shard it touches (the ``hypervault.shard`` attribute, when `Metrics.shard_attribute`)."""
         if not metrics.on:
             return await call(*args)
         started = perf_counter()
         try:
             result = await call(*args)
         except BaseException as exc:
-            metrics.operation(name, store, perf_counter() - started, exc)
+            metrics.operation(name, store, perf_counter() - started, exc, shard)
             raise
-        metrics.operation(name, store, perf_counter() - started)
+        metrics.operation(name, store, perf_counter() - started, None, shard)
         return result
 
     async def _observed_stream(self, store: AsyncServerStore, stream: AsyncIterator[Record]) -> AsyncIterator[Record]:

@@ -473,10 +473,10 @@ async def _begin(
                     "transaction at a time)"
                 )
         if started is not None:
-            metrics.operation("transaction", store, perf_counter() - started, exc)
+            metrics.operation("transaction", store, perf_counter() - started, exc, shard_id)
         raise
     if started is not None:
-        metrics.operation("transaction", store, perf_counter() - started)
+        metrics.operation("transaction", store, perf_counter() - started, None, shard_id)
     if tx is not None:
         tx._state = "committed"
         if tx._wrote:  # reads on standbys wait for this commit in the current timeline, as after any write

@@ -502,7 +502,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
                 else:
                     insert = store.insert
                 if metrics.on:
-                    self._observed("put", store, insert, shard_id, key, kind, data)
+                    self._observed("put", store, insert, shard_id, key, kind, data, shard=shard_id)
                 else:
                     insert(shard_id, key, kind, data)
             except DuplicateKey:  # another writer holds the key: a fresh one, never an overwrite or a success
@@ -534,7 +534,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         for attempt in range(PUT_ATTEMPTS):
             try:
                 items = [(k, kind, b) for k, b in zip(keys, bodies, strict=True)]
-                self._observed("put_many", store, store.insert_many, shard_id, items)
+                self._observed("put_many", store, store.insert_many, shard_id, items, shard=shard_id)
             except DuplicateKey as taken:
                 self._step_past_collision(shard_id, attempt)
                 keys = self._redraw(shard_id, keys, taken.keys)
@@ -577,7 +577,9 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
             if choice is not None:
                 try:
                     if metrics.on:
-                        record: Record | None = self._observed("get", choice.store, choice.store.fetch, shard, key)
+                        record: Record | None = self._observed(
+                            "get", choice.store, choice.store.fetch, shard, key, shard=shard
+                        )
                     else:
                         record = choice.store.fetch(shard, key)
                     return record
@@ -795,7 +797,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
             store = self._live()[self.shard_map.server_for(shard_id)]
             try:
                 if metrics.on:
-                    return self._observed(name, store, op, store)
+                    return self._observed(name, store, op, store, shard=shard_id)
                 return op(store)
             except ShardMoved as moved:
                 self._follow(moved)
@@ -1059,17 +1061,20 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         if self.logger is not None:
             self.logger.warning("key %s already stored in shard %s: retrying with fresh keys", key, shard_id)
 
-    def _observed(self, name: str, store: ServerStore, call: Callable[..., _T], *args: Any) -> _T:
-        """``await call(*args)``, its duration recorded as operation ``name`` on ``store`` (hvcore._metrics)."""
+    def _observed(
+        self, name: str, store: ServerStore, call: Callable[..., _T], *args: Any, shard: int | None = None
+    ) -> _T:
+        """``await call(*args)``, its duration recorded as operation ``name`` on ``store`` (hvcore._metrics);
+        ``shard``: the one shard it touches (the ``hypervault.shard`` attribute, when `Metrics.shard_attribute`)."""
         if not metrics.on:
             return call(*args)
         started = perf_counter()
         try:
             result = call(*args)
         except BaseException as exc:
-            metrics.operation(name, store, perf_counter() - started, exc)
+            metrics.operation(name, store, perf_counter() - started, exc, shard)
             raise
-        metrics.operation(name, store, perf_counter() - started)
+        metrics.operation(name, store, perf_counter() - started, None, shard)
         return result
 
     def _observed_stream(self, store: ServerStore, stream: Iterator[Record]) -> Iterator[Record]:

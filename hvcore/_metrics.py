@@ -109,6 +109,14 @@ def _error_type(exc: BaseException) -> str:
     return type(exc).__qualname__
 
 
+def _no_span() -> Any:
+    """A truthy OpenTelemetry context holding no span (see `_Instruments.no_span`)."""
+    from opentelemetry.context import Context
+    from opentelemetry.trace import INVALID_SPAN, set_span_in_context
+
+    return set_span_in_context(INVALID_SPAN, Context())
+
+
 class _Instruments:
     """The instruments, made once per provider from its meter."""
 
@@ -116,6 +124,10 @@ class _Instruments:
         from opentelemetry.context import get_current
 
         self.context = get_current  # the caller's context, kept with a deferred measurement (exemplars)
+        # What a deferred measurement made outside any span is handed over with: OpenTelemetry's empty Context is
+        # falsy, and ``Histogram.record`` replaces a falsy context with the current one, which on the draining
+        # thread is the drainer's (a collection or `flush` made inside a span would lend it its trace).
+        self.no_span = _no_span()
         self.duration = meter.create_histogram(
             "db.client.operation.duration",
             unit="s",
@@ -319,10 +331,17 @@ class Metrics:
         inst = self._instruments or self.instruments()
         if inst is None:
             return
-        attrs = self._op_attrs(name, store, shard)
+        # the hot path, inlined (each Python call saved is ~1,000 instructions of an operation's ~10,000 here):
+        # a cached attributes dict found without calling _op_attrs, the queue appended without calling _defer
+        attrs = self._attrs.get((name, store.label, shard if self.shard_attribute else None))
+        if attrs is None:
+            attrs = self._op_attrs(name, store, shard)
         if error is not None:
             attrs = {**attrs, "error.type": _error_type(error)}
-        self._defer(inst.duration, seconds, attrs, inst.context())
+        pending = self._pending
+        pending.append((inst.duration, seconds, attrs, inst.context()))
+        if len(pending) >= FLUSH_AT:
+            self._wake_flusher()
 
     def connection_wait(self, pool: str, seconds: float) -> None:
         """A connection of pool ``pool`` (a server label) was obtained after waiting ``seconds``.
@@ -355,14 +374,19 @@ class Metrics:
         SDK refuses with an exception is logged and dropped, never raised into the caller.
         """
         pending = self._pending
+        if not pending:  # also: nothing imported from OpenTelemetry when it is not installed
+            return 0
+        inst = self._instruments
+        no_span = inst.no_span if inst is not None else _no_span()
+        popleft = pending.popleft
         done = 0
         while True:
             try:
-                histogram, value, attrs, context = pending.popleft()
+                histogram, value, attrs, context = popleft()
             except IndexError:
                 return done
             try:
-                histogram.record(value, attrs, context=context)
+                histogram.record(value, attrs, context or no_span)  # see _Instruments.no_span
             except Exception:  # an SDK's own failure must not stop the drain (nor reach a collection)
                 _log.exception("hypervault: a deferred measurement was refused by %r", histogram)
             done += 1

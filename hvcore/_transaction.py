@@ -454,10 +454,10 @@ def _begin(db: Datastore, store: Any, shard_id: int, level: str | None, read_onl
                     f"this thread or task holds {len(held)} of them itself, in open transactions on shard(s) {', '.join(map(str, held))} of the same server: each transaction on another shard needs a connection of its own, so nesting them needs pool_max above that count (or one shard's transaction at a time)"
                 )
         if started is not None:
-            metrics.operation("transaction", store, perf_counter() - started, exc)
+            metrics.operation("transaction", store, perf_counter() - started, exc, shard_id)
         raise
     if started is not None:
-        metrics.operation("transaction", store, perf_counter() - started)
+        metrics.operation("transaction", store, perf_counter() - started, None, shard_id)
     if tx is not None:
         tx._state = "committed"
         if tx._wrote:  # reads on standbys wait for this commit in the current timeline, as after any write

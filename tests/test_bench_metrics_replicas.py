@@ -59,3 +59,19 @@ def test_metrics_and_replicas_are_suite_parts_with_normalisers(monkeypatch: pyte
     assert len(rows) == 6
     assert rows[0].ratio == pytest.approx(1.5) and rows[0].comparison == "primary only"
     assert rows[4].measure == "put, standby (read-your-writes)" and rows[4].ratio == pytest.approx(500 / 550)
+
+
+def test_bench_metrics_summarises_the_callers_path_beside_the_total_and_reaches_every_sdk_stage(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The summary's lines (on / off per workload) and ``--sdk-stages``' subjects, each called once without
+    valgrind: the stages read the SDK's private objects, which a new SDK release may move."""
+    bench = _load(monkeypatch, "bench_metrics")
+    figures = {"off": 100.0, "on": 110.0}
+    r = {key: figures for key in ("jsonb_caller_us", "jsonb_ir", "jsonb_cpu_us", "jsonb_wall_us")}
+    assert bench.summary(r) == [
+        "jsonb put+get (fsync off)  caller's path: wall 1.100× | total: client instructions 1.100×, "
+        "client CPU time 1.100×, wall 1.100×"
+    ]
+    for stage in bench.SDK_STAGES:
+        bench.stage_worker(stage, 1)

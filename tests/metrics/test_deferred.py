@@ -154,3 +154,79 @@ def test_a_forked_child_does_not_record_its_parents_measurements_again(provider,
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert provider.count() == 1
+
+
+def test_a_measurement_made_outside_any_span_gets_no_exemplar_from_the_span_that_hands_it_over(memory_db):
+    """OpenTelemetry's empty ``Context`` is falsy, and ``Histogram.record`` replaces a falsy context with the
+    current one: a measurement made outside any span must not take the trace of the code that drains the queue
+    (a collection or ``flush`` made inside a span), whichever exemplar filter is set."""
+    from opentelemetry.sdk.metrics import AlwaysOnExemplarFilter
+
+    reader = InMemoryMetricReader()
+    made = MeterProvider(metric_readers=[reader], exemplar_filter=AlwaysOnExemplarFilter())
+    metrics.use(made)
+    try:
+        memory_db.put(3, 1, n=1)  # no span
+        tracer = TracerProvider().get_tracer("test")
+        with tracer.start_as_current_span("collector"):
+            points = metric_points(reader, DURATION)  # the collection drains the queue inside a sampled span
+        exemplars = [e for point in points for e in point.exemplars]
+        assert len(exemplars) == 1
+        assert (exemplars[0].trace_id, exemplars[0].span_id) == (None, None)
+    finally:
+        metrics.use(None)
+        made.shutdown()
+
+
+def test_the_shard_attribute_follows_the_setting_between_two_calls(provider, memory_db):
+    metrics.shard_attribute = True
+    try:
+        memory_db.delete(memory_db.get(memory_db.put(3, 1, n=1)).key)
+        memory_db.put(5, 1, n=1)
+        memory_db.put(5, 1, n=1)
+        with memory_db.transaction(5) as tx:
+            tx.put(1, n=2)
+    finally:
+        metrics.shard_attribute = False
+    memory_db.put(5, 1, n=1)
+    counts = {
+        (p.attributes["db.operation.name"], p.attributes.get("hypervault.shard")): p.count for p in provider.points()
+    }
+    assert counts == {
+        ("put", 3): 1,
+        ("get", 3): 1,
+        ("delete", 3): 1,
+        ("put", 5): 2,
+        ("transaction", 5): 1,
+        ("put", None): 1,
+    }
+
+
+def test_a_users_views_apply_to_the_deferred_durations(memory_db):
+    """Deferred measurements reach the SDK one by one through ``Histogram.record``: a View's attribute filter and
+    aggregation apply to each, as they would had it been recorded on the caller's path."""
+    from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
+
+    reader = InMemoryMetricReader()
+    view = View(
+        instrument_name=DURATION,
+        attribute_keys={"db.operation.name"},
+        aggregation=ExplicitBucketHistogramAggregation(boundaries=(0.5,)),
+    )
+    made = MeterProvider(metric_readers=[reader], views=[view])
+    metrics.use(made)
+    try:
+        for _ in range(3):
+            memory_db.get(memory_db.put(3, 1, n=1))
+        points = {p.attributes["db.operation.name"]: p for p in metric_points(reader, DURATION)}
+        assert {name: dict(p.attributes) for name, p in points.items()} == {
+            "put": {"db.operation.name": "put"},
+            "get": {"db.operation.name": "get"},
+        }
+        assert [(p.count, tuple(p.explicit_bounds), list(p.bucket_counts)) for p in points.values()] == [
+            (3, (0.5,), [3, 0]),
+            (3, (0.5,), [3, 0]),
+        ]
+    finally:
+        metrics.use(None)
+        made.shutdown()
