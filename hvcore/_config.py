@@ -93,14 +93,14 @@ def redact(settings: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-_URL_SCHEME = re.compile(r"\s*postgres(?:ql)?://", re.IGNORECASE)
+_URL_SCHEME = re.compile(r"\s*[a-z][a-z0-9+.-]*://", re.IGNORECASE)  # postgresql://, and http:// (hv metrics)
 _URL_USERINFO_SECRET = re.compile(r"(://[^:/@?#\s]*:)[^@/?#]*@")  # user:password@ (the password percent-encoded)
 _URL_QUERY_SECRET = re.compile(r"((?:^|&)(?:ssl)?password=)[^&#]*", re.IGNORECASE)
 _KEYWORD_SECRET = re.compile(r"((?<![\w])(?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'|(?:[^\s'\\]|\\.)+)", re.IGNORECASE)
 
 
 def redact_conninfo(conninfo: str) -> str:
-    """Mask the password (and ``sslpassword``) in a libpq conninfo, as ``***``, keeping every other setting as written.
+    """Mask the password (and ``sslpassword``) in a libpq conninfo or any URL, as ``***``, keeping the rest as written.
 
     Both forms libpq reads (https://www.postgresql.org/docs/current/libpq-connect.html#LIBPQ-CONNSTRING): a URL
     (``user:password@`` and ``?password=...``, which ends at ``&`` or ``#``) and ``keyword = value`` pairs (a value

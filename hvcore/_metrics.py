@@ -48,6 +48,8 @@ WAIT_BUCKETS = (0.00001, 0.0001, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
 FLUSH_AT = 4096
 """Deferred measurements waiting for the SDK before the background thread hands them over (a collection drains
 the queue whatever its length)."""
+SETTLE_WAIT = 0.05
+"""Seconds a collection waits at most for drains running on other threads to hand over what they took (s)."""
 
 Pending = tuple[Any, float, Mapping[str, Any], Any]  # (histogram, value, attributes, OpenTelemetry context)
 
@@ -228,6 +230,8 @@ class Metrics:
         self._labels: dict[str, dict[str, Any]] = {}
         self._pending: deque[Pending] = deque()  # deferred histogram measurements (see the module docstring)
         self._flush_wanted = threading.Event()
+        self._draining = 0  # flush() calls running (see _flush_settled)
+        self._settled = threading.Condition()
         self._flusher: threading.Thread | None = None
         if hasattr(os, "register_at_fork"):  # a child must not record its parent's measurements again
             os.register_at_fork(after_in_child=self._forget_pending)
@@ -380,16 +384,33 @@ class Metrics:
         no_span = inst.no_span if inst is not None else _no_span()
         popleft = pending.popleft
         done = 0
-        while True:
-            try:
-                histogram, value, attrs, context = popleft()
-            except IndexError:
-                return done
-            try:
-                histogram.record(value, attrs, context or no_span)  # see _Instruments.no_span
-            except Exception:  # an SDK's own failure must not stop the drain (nor reach a collection)
-                _log.exception("hypervault: a deferred measurement was refused by %r", histogram)
-            done += 1
+        settled = self._settled
+        with settled:
+            self._draining += 1
+        try:
+            while True:
+                try:
+                    histogram, value, attrs, context = popleft()
+                except IndexError:
+                    return done
+                try:
+                    histogram.record(value, attrs, context or no_span)  # see _Instruments.no_span
+                except Exception:  # an SDK's own failure must not stop the drain (nor reach a collection)
+                    _log.exception("hypervault: a deferred measurement was refused by %r", histogram)
+                done += 1
+        finally:
+            with settled:
+                self._draining -= 1
+                if not self._draining:
+                    settled.notify_all()
+
+    def _flush_settled(self) -> None:
+        """`flush`, then wait (up to `SETTLE_WAIT` s) for drains running on other threads: a measurement another
+        drain took from the queue but has not recorded yet belongs in a collection beginning now, too. Bounded,
+        so an SDK lock held by the collection that such a drain needs can delay it, never deadlock it."""
+        self.flush()
+        with self._settled:
+            self._settled.wait_for(lambda: not self._draining, timeout=SETTLE_WAIT)
 
     def _wake_flusher(self) -> None:
         """Have the background thread drain the queue (started on first need, again after a fork)."""
@@ -413,6 +434,8 @@ class Metrics:
         self._pending.clear()
         self._flusher = None
         self._flush_wanted = threading.Event()
+        self._draining = 0  # flush() calls running (see _flush_settled)
+        self._settled = threading.Condition()
 
     def connection_timeout(self, pool: str) -> None:
         """No connection of pool ``pool`` (a server label) came free within the pool's timeout."""
@@ -490,7 +513,7 @@ class Metrics:
     def _observe(self, make: Callable[[str, dict[str, int]], Iterable[tuple[int, dict[str, Any]]]]) -> list[Any]:
         from opentelemetry.metrics import Observation
 
-        self.flush()  # a collection begins: the deferred durations first, so that it includes them
+        self._flush_settled()  # a collection begins: the deferred durations first, so that it includes them
 
         return [
             Observation(value, attrs)

@@ -146,3 +146,12 @@ def test_a_masked_url_conninfo_keeps_every_other_setting(secret: str) -> None:
     assert redact_conninfo(f"postgresql://bob@db/x?sslmode=disable&PassWord={quoted}") == (
         "postgresql://bob@db/x?sslmode=disable&PassWord=***"
     )
+
+
+@given(_SECRET_TEXT, st.sampled_from(["postgresql", "postgres", "http", "https"]))
+def test_a_url_of_any_scheme_has_its_userinfo_password_masked(secret: str, scheme: str) -> None:
+    quoted = quote(secret, safe="")
+    assert (
+        redact_conninfo(f"{scheme}://ops:{quoted}@127.0.0.1:9464/metrics")
+        == f"{scheme}://ops:***@127.0.0.1:9464/metrics"
+    )
