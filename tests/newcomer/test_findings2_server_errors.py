@@ -8,13 +8,16 @@ update_where also prints "error ignored terminating <psycopg.Pipeline ...>: pipe
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
 import hvcore
+from hvcore.cli import main
 
 CALLS: dict[str, Callable[[hvcore.Datastore], object]] = {
     "put": lambda db: db.put(2, 1, a=1),
@@ -33,3 +36,33 @@ def test_a_write_to_a_read_only_database_is_a_typed_error(call: str, pg_fresh_db
         conn.execute(f"ALTER DATABASE {pg_fresh_db['dbname']} SET default_transaction_read_only = on")
     with hvcore.Datastore(servers, backend="jsonb", worker=None) as db, pytest.raises(hvcore.HypervaultError):
         CALLS[call](db)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=psycopg.errors.ReadOnlySqlTransaction,
+    reason="`hv index create` / `hv migrate` / `hv demo --config` on a read-only database print psycopg's traceback "
+    "(exit 1); each should be one 'hv: error: ...' line and exit 2",
+)
+@pytest.mark.parametrize("command", ["index", "migrate"])
+def test_hv_on_a_read_only_database_is_one_error_line(
+    command: str, pg_fresh_db: dict[str, Any], tmp_path: Path
+) -> None:
+    servers = [{**pg_fresh_db, "shards": "0-4"}]
+    with hvcore.Datastore(servers, backend="jsonb", worker=None) as db:
+        db.provision()
+    with psycopg.connect(**pg_fresh_db, autocommit=True) as conn:
+        conn.execute(f"ALTER DATABASE {pg_fresh_db['dbname']} SET default_transaction_read_only = on")
+    config = tmp_path / "hv.toml"
+    config.write_text(
+        f'backend = "jsonb"\n[[servers]]\nshards = "0-4"\nhost = "{pg_fresh_db["host"]}"\n'
+        f'port = {pg_fresh_db["port"]}\ndbname = "{pg_fresh_db["dbname"]}"\n'
+    )
+    migrations = tmp_path / "migrations"
+    migrations.mkdir()
+    (migrations / "0001_notes.sql").write_text("CREATE TABLE notes (id int);")
+    argv = {
+        "index": ["index", "create", "--kind", "1", "--field", "x", "--type", "text"],
+        "migrate": ["migrate", str(migrations)],
+    }[command]
+    assert main([*argv, "--config", str(config)], io.StringIO()) == 2
