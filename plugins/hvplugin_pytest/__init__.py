@@ -8,7 +8,8 @@ Fixtures:
 - ``hv_postgres_datastore``: an empty `Datastore` on real PostgreSQL (shards 0-16, backend ``jsonb``; pass
   ``--hv-backend hstore`` for hstore). The server comes from ``$HYPERVAULT_TEST_DSN`` (a throwaway database:
   the fixture creates and empties schemas ``shard0000``..``shard0015`` there, and drops and makes them again when
-  a run with the other backend left them), else from testcontainers when
+  a run with the other backend left them; a database holding hypervault rows it did not make is refused before
+  anything is changed, and one it uses is marked with a schema ``hv_pytest_fixture``), else from testcontainers when
   a Docker engine runs, else the test is skipped with the reason.
 """
 
@@ -76,7 +77,8 @@ def hv_postgres_server(pytestconfig: pytest.Config) -> Iterator[tuple[dict[str, 
 def _hv_postgres_provisioned(
     hv_postgres_server: tuple[dict[str, Any], str], pytestconfig: pytest.Config
 ) -> Iterator[hvcore.Datastore]:
-    settings, _ = hv_postgres_server
+    settings, origin = hv_postgres_server
+    _check_throwaway(settings, origin)
     backend = str(pytestconfig.getoption("--hv-backend"))
     store = hvcore.Datastore([dict(settings, shards=spec) for spec in POSTGRES_SHARDS], backend=backend)
     try:
@@ -90,6 +92,42 @@ def _hv_postgres_provisioned(
         yield store
     finally:
         store.close()
+
+
+OWNER_MARK = "hv_pytest_fixture"
+"""A schema the fixture makes in the database it provisions: the mark of a database whose shards it may empty."""
+
+
+def _check_throwaway(settings: dict[str, Any], origin: str) -> None:
+    """Fail the tests, before anything is changed, if the database holds hypervault rows the fixture did not make.
+
+    The fixture empties its shards before each test; a ``$HYPERVAULT_TEST_DSN`` reused from a development or
+    production database would lose its rows. A database without shard rows (a fresh one) gets the mark
+    (`OWNER_MARK`) and is the fixture's from then on.
+    """
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(**settings, autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = %s", (OWNER_MARK,)).fetchone():
+            return
+        tables = conn.execute(
+            "SELECT n.nspname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname ~ '^shard[0-9]{4,}$' AND c.relname = 'entities' AND c.relkind = 'r' ORDER BY 1"
+        ).fetchall()
+        for (schema,) in tables:
+            query = sql.SQL("SELECT EXISTS (SELECT FROM {}.entities)").format(sql.Identifier(schema))
+            row = conn.execute(query).fetchone()
+            if row and row[0]:
+                dbname = conn.info.dbname
+                pytest.fail(
+                    f"hv_postgres_datastore: the database {dbname!r} ({origin}) holds hypervault rows the fixture did "
+                    f"not make ({schema}.entities is not empty), and the fixture empties shards before each test: "
+                    "point HYPERVAULT_TEST_DSN at a throwaway database. If this one is throwaway, mark it with "
+                    f"CREATE SCHEMA {OWNER_MARK};",
+                    pytrace=False,
+                )
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(OWNER_MARK)))
 
 
 def _drop_shard_schemas(settings: dict[str, Any]) -> None:

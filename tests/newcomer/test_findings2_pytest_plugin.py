@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 import hvcore
 
 pytest_plugins = ["pytester"]
@@ -19,13 +21,6 @@ def test_hv_make_datastore_with_one_range_as_a_string(hv_make_datastore: Callabl
     assert [server["shards"] for server in db.status()] == ["0-4"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hv_postgres_datastore empties shard0000-shard0015 of whatever database HYPERVAULT_TEST_DSN names (and "
-    "drops them when the backend differs), even one that held rows before the test session began (a dev database "
-    "whose URL was reused, as DATABASE_URL often is): a test run deletes that data. The fixture should refuse a "
-    "database whose shards hold rows it did not write (e.g. no marker of its own), naming it, and delete nothing",
-)
 def test_the_postgres_fixture_does_not_empty_a_database_that_holds_data(
     pytester: pytest.Pytester, pg_fresh_db: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
