@@ -19,7 +19,7 @@ from typing import Any, TextIO
 
 from hvcore._config import redact_conninfo
 from hvcore.cli._output import emit_json, table
-from hvcore.errors import ConfigError, ServerUnavailable
+from hvcore.errors import ConfigError, HypervaultError, ServerUnavailable
 
 __all__ = ["cmd_metrics", "figures", "scrape", "watch"]
 
@@ -91,7 +91,15 @@ def figures(text: str) -> dict[str, list[dict[str, Any]]]:
         name = labels.get("db_client_connection_pool_name", "?")
         return pools.setdefault(name, {"pool": name})
 
-    for family in text_string_to_metric_families(text):
+    try:
+        families = list(text_string_to_metric_families(text))
+    except ValueError as exc:  # not the Prometheus text format: an HTML page, JSON, another endpoint
+        start = " ".join(text.strip().split())[:60]
+        raise HypervaultError(
+            f"the endpoint did not answer in the Prometheus text format ({exc}; it began {start!r}): give the "
+            "application's metrics URL, usually ending in /metrics"
+        ) from None
+    for family in families:
         for sample in family.samples:
             labels = _labels(sample)
             if family.name == _DURATION:

@@ -39,12 +39,5 @@ def html_url() -> Iterator[str]:
     server.server_close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="`hv metrics` on a URL that serves HTML (the app's page, / instead of /metrics) prints prometheus_client's "
-    "traceback 'ValueError: invalid metric name:<!DOCTYPE html>...'; it should be one 'hv: error: ... is not a "
-    "Prometheus endpoint' line and exit 2",
-)
 def test_hv_metrics_on_a_web_page_is_one_error_line(html_url: str) -> None:
     assert main(["metrics", html_url], io.StringIO()) == 2
