@@ -8,6 +8,7 @@ identifier, same start time) still move; `hv shard plan` refuses and `hv status`
 
 from __future__ import annotations
 
+import asyncio
 import io
 import itertools
 import os
@@ -166,3 +167,21 @@ def test_hv_shard_plan_refuses_and_hv_status_warns_about_entries_reaching_one_da
     out = io.StringIO()
     assert main(["status", "--config", str(config)], out) == 1
     assert "same database" in out.getvalue(), out.getvalue()
+
+
+def test_async_datastore_lists_and_refuses_the_same_database_twice(pg_fresh_db: dict[str, Any]) -> None:
+    entries = [
+        {**pg_fresh_db, "host": "127.0.0.1", "shards": "0-8"},
+        {**pg_fresh_db, "host": "localhost", "shards": "8-16"},
+    ]
+
+    async def scenario() -> list[tuple[str, ...]]:
+        async with hvcore.AsyncDatastore([dict(e) for e in entries], backend="jsonb", worker=None) as db:
+            await db.provision()
+            with pytest.raises(hvcore.MoveError, match="same database"):
+                await db.move_shard(4, 1)
+            assert await db.get(await db.put(4, 1, after="the refused move")) is not None
+            return await db.shared_databases()
+
+    groups = asyncio.run(scenario())
+    assert len(groups) == 1 and len(groups[0]) == 2
