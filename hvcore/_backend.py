@@ -266,6 +266,11 @@ class ShardMover(Protocol):
         """The unfinished move of ``shard_id`` recorded on this server (its source), or None."""
         ...
 
+    def database_identity(self) -> str:
+        """Which database this server entry reaches: equal for two entries that name one database under two names
+        (``127.0.0.1`` and ``localhost``, a copied entry), different for distinct databases."""
+        ...
+
     def move_to(self, shard_id: int, target: Any, *, drop_source: bool, progress: MoveProgress | None) -> MoveReport:
         """Move ``shard_id`` from this server to ``target`` online (resuming an interrupted move)."""
         ...

@@ -31,6 +31,7 @@ __all__ = [
     "export_map",
     "mover_of",
     "plan_moves",
+    "shared_databases_text",
 ]
 
 MAX_HOPS = 8  # ShardMoved refusals followed by one call before giving up (a chain of moves)
@@ -141,6 +142,20 @@ class PlacementMixin(PlacementFollower):
                 self._apply_placement(shard, labels.index(label), version)
         return self.shard_map
 
+    def shared_databases(self) -> list[tuple[str, ...]]:
+        """Groups of this datastore's server entries that reach one database under different names (``127.0.0.1``
+        and ``localhost``, a copied entry): a misconfiguration, as a move between them would copy a shard onto
+        itself. Empty when every entry names its own database; unreachable servers and backends without shard
+        moves are left out."""
+        found: dict[str, list[str]] = {}
+        for store in self._live():
+            try:
+                identity = mover_of(store).database_identity()
+            except Exception:  # no moves on this backend, or unreachable: hv status reports that on its own
+                continue
+            found.setdefault(identity, []).append(store.label)
+        return [tuple(labels) for labels in found.values() if len(labels) > 1]
+
     def move_state(self, shard_id: int) -> dict[str, Any] | None:
         """The unfinished move of ``shard_id`` (phase, source, target, version), or None."""
         self.reload_placement()
@@ -225,6 +240,11 @@ class AsyncPlacementMixin(PlacementFollower):
             self._apply_placement(shard, shard_map.server_for(shard), version)
         return self.shard_map
 
+    async def shared_databases(self) -> list[tuple[str, ...]]:
+        """Groups of server entries that reach one database under different names (see `Datastore`'s)."""
+        groups: list[tuple[str, ...]] = await asyncio.to_thread(self._admin, lambda db: db.shared_databases())
+        return groups
+
     async def move_state(self, shard_id: int) -> dict[str, Any] | None:
         """The unfinished move of ``shard_id`` (phase, source, target, version), or None."""
         state: dict[str, Any] | None = await asyncio.to_thread(self._admin, lambda db: db.move_state(shard_id))
@@ -265,6 +285,16 @@ class AsyncPlacementMixin(PlacementFollower):
 def _reload(db: Any) -> tuple[ShardMap, dict[int, int]]:
     shard_map = db.reload_placement()
     return shard_map, {s: db.placement_version(s) for s in shard_map.shard_ids if db.placement_version(s)}
+
+
+def shared_databases_text(groups: Sequence[Sequence[str]]) -> str:
+    """What to tell about server entries that reach one database (`PlacementMixin.shared_databases`)."""
+    named = "; ".join(" and ".join(group) for group in groups)
+    return (
+        f"these server entries reach the same database under different names: {named}. A move between them would "
+        "copy a shard onto itself, and their shards are one set of tables. Give each [[servers]] entry its own "
+        "database (or remove the duplicate entry)"
+    )
 
 
 def plan_moves(

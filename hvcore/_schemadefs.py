@@ -550,6 +550,12 @@ def load_migrations(path: str | Path) -> list[Migration]:
                 "'_', '.' or '-'): rename it, or move it out of the directory"
             )
         version = int(match.group(1))
+        if version > BIGINT_MAX:
+            raise MigrationError(
+                f"migration file {entry.name!r} has version {version}, past the largest one allowed "
+                f"({BIGINT_MAX:,}, a PostgreSQL bigint; a YYYYMMDDHHMMSS timestamp fits): renumber it",
+                migration=entry.name,
+            )
         if version in found:
             raise MigrationError(
                 f"migration version {version} is used twice: {found[version].filename} and {entry.name}"

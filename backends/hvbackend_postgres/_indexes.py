@@ -52,6 +52,7 @@ __all__ = [
     "index_states",
     "is_unique_violation",
     "live_shards",
+    "narrow_version_tables",
     "recorded_indexes",
     "schema_lock",
     "unique_violation",
@@ -67,9 +68,9 @@ SUPPORT_DDL = sql.SQL(
     "CREATE TABLE IF NOT EXISTS hypervault.indexes (name text PRIMARY KEY, kind int NOT NULL, field text NOT NULL, "
     "type text NOT NULL, is_unique boolean NOT NULL, state text NOT NULL DEFAULT 'active', "
     "created_at timestamptz NOT NULL DEFAULT now());"
-    "CREATE TABLE IF NOT EXISTS hypervault.migrations (version int PRIMARY KEY, name text NOT NULL, "
+    "CREATE TABLE IF NOT EXISTS hypervault.migrations (version bigint PRIMARY KEY, name text NOT NULL, "
     "checksum text NOT NULL, body text NOT NULL, recorded_at timestamptz NOT NULL DEFAULT now());"
-    "CREATE TABLE IF NOT EXISTS hypervault.shard_versions (shard int NOT NULL, version int NOT NULL, "
+    "CREATE TABLE IF NOT EXISTS hypervault.shard_versions (shard int NOT NULL, version bigint NOT NULL, "
     "applied_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (shard, version));"
     "CREATE OR REPLACE FUNCTION hypervault.hv_timestamptz(value text) RETURNS timestamptz "
     "LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $hv$BEGIN "
@@ -114,13 +115,38 @@ def has_support(conn: Conn) -> bool:
     return row == (True,)
 
 
+# the version columns made int by earlier releases (a YYYYMMDDHHMMSS version does not fit): widened in place
+_NARROW_VERSIONS_SQL = (
+    "SELECT c.relname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+    "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'hypervault' "
+    "AND c.relname IN ('migrations', 'shard_versions') AND a.attname = 'version' AND a.atttypid <> 'bigint'::regtype "
+    "ORDER BY c.relname"
+)
+
+
+def narrow_version_tables(conn: Conn) -> list[str]:
+    """The bookkeeping tables whose ``version`` column is still int (made by an earlier release)."""
+    return [str(row[0]) for row in conn.execute(_NARROW_VERSIONS_SQL).fetchall()]
+
+
 def ensure_support(conn: Conn) -> None:
-    """Create the ``hypervault`` schema's index and migration tables and the timestamptz function (idempotent)."""
-    if has_support(conn):
+    """Create the ``hypervault`` schema's index and migration tables and the timestamptz function (idempotent);
+    widen the version columns of tables an earlier release made int to bigint (in place, once).
+
+    A role that does not own older tables cannot widen them: they are left as they are (versions up to
+    2,147,483,647 still fit; the migrator refuses larger ones by name, see `_migrate`)."""
+    if not has_support(conn):
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (META_LOCK,))
+            conn.execute(SUPPORT_DDL)
+    if not narrow_version_tables(conn):
         return
-    with conn.transaction():
+    with contextlib.suppress(pg_errors.InsufficientPrivilege), conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (META_LOCK,))
-        conn.execute(SUPPORT_DDL)
+        for table in narrow_version_tables(conn):  # again under the lock: another session may have done it
+            conn.execute(
+                sql.SQL("ALTER TABLE hypervault.{} ALTER COLUMN version TYPE bigint").format(sql.Identifier(table))
+            )
 
 
 def ext_schema(conn: Conn, store: SchemaEndpoint) -> str | None:

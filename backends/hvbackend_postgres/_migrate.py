@@ -8,7 +8,9 @@ transaction control (``BEGIN``/``COMMIT``: each file already runs in its own tra
 - a transactional file is one round trip: ``BEGIN; SET LOCAL search_path = shardNNNN, <ext>; <statements>;
   INSERT INTO hypervault.shard_versions ...; COMMIT`` — the file and its record commit together or not at all. On
   failure the shard is rolled back, its statements are run again one by one in a transaction that is rolled back
-  too, to name the one that fails, and `MigrationError` reports shard, file and statement;
+  too, to name the one that fails, and `MigrationError` reports shard, file and statement. Before the COMMIT a
+  guard checks that the search path is still the shard's (`path_guard`: ``RESET ALL`` or ``set_config(
+  'search_path', ...)`` would have put the shard's objects elsewhere; no parse can list every spelling);
 - a non-transactional file runs its statements one by one in autocommit with the shard's search path, then records
   the version; an interrupted ``CREATE INDEX CONCURRENTLY`` leaves an INVALID index, which a rerun drops and builds
   again (a valid one is kept).
@@ -48,15 +50,17 @@ from hvbackend_postgres._indexes import (
     has_support,
     index_ddl,
     live_shards,
+    narrow_version_tables,
     recorded_indexes,
     schema_lock,
 )
 from hvbackend_postgres._schema import TABLE, shard_schema
 from hvbackend_postgres._shardtx import shard_search_path, shard_transaction
-from hvcore._schemadefs import Migration
+from hvcore._schemadefs import BIGINT_MAX, Migration
 from hvcore.errors import MigrationError, MoveError
 
 __all__ = [
+    "ESCAPED_PATH",
     "MigrationPlan",
     "PlannedStatement",
     "PostgresMigrator",
@@ -64,6 +68,8 @@ __all__ = [
     "carry_indexes",
     "check_movable",
     "new_shard_ddl",
+    "path_capture",
+    "path_guard",
     "plan_migration",
     "replay_migrations",
 ]
@@ -180,6 +186,33 @@ def plan_migration(migration: Migration) -> MigrationPlan:
     return _plan(migration.filename, migration.sql)
 
 
+ESCAPED_PATH = "ZHV02"  # SQLSTATE of the guard: a migration changed the search path it runs with
+_PATH_SETTING = "hypervault.migration_search_path"
+
+
+def path_capture() -> sql.Composed:
+    """Right after ``SET LOCAL search_path``: remember it for `path_guard` (transaction-local)."""
+    return sql.SQL("SELECT pg_catalog.set_config({}, pg_catalog.current_setting('search_path'), true)").format(
+        sql.Literal(_PATH_SETTING)
+    )
+
+
+def path_guard(shard_id: int, what: str) -> sql.Composed:
+    """Before the COMMIT of a shard's migration: raise ``ZHV02`` if the search path is no longer the shard's.
+
+    Catches every spelling of the escape (``RESET ALL``, ``set_config('search_path', ...)``, a function or DO block
+    doing either), which no parse of the file can list: the shard's objects would have gone to another schema."""
+    message = (
+        f"{what} changed search_path in shard {shard_id} (RESET ALL, set_config('search_path', ...) or the like): "
+        "its statements would not have run in the shard's schema"
+    )
+    return sql.SQL(
+        "DO $hv$BEGIN IF pg_catalog.current_setting('search_path') IS DISTINCT FROM "
+        "pg_catalog.current_setting({setting}, true) THEN RAISE EXCEPTION USING ERRCODE = {code}, MESSAGE = {message}, "
+        "DETAIL = 'search_path is ' || pg_catalog.current_setting('search_path'); END IF; END$hv$"
+    ).format(setting=sql.Literal(_PATH_SETTING), code=sql.Literal(ESCAPED_PATH), message=sql.Literal(message))
+
+
 def _version_row(shard_id: int, version: int) -> sql.Composed:
     return sql.SQL("INSERT INTO hypervault.shard_versions (shard, version) VALUES ({}, {})").format(
         sql.Literal(shard_id), sql.Literal(version)
@@ -209,8 +242,30 @@ def _versions(conn: Conn, shard_ids: Sequence[int]) -> dict[int, set[int]]:
     return found
 
 
+_INT_MAX = 2**31 - 1  # the version columns of tables an earlier release made (int) that could not be widened
+
+
+def _check_version(migration: Migration) -> None:
+    if not 0 < migration.version <= BIGINT_MAX:
+        raise MigrationError(
+            f"migration {migration.filename} has version {migration.version}: versions are 1..{BIGINT_MAX:,} "
+            "(a PostgreSQL bigint; a YYYYMMDDHHMMSS timestamp fits): renumber it",
+            migration=migration.filename,
+        )
+
+
 def _record(conn: Conn, migrations: Sequence[Migration]) -> None:
-    ensure_support(conn)
+    ensure_support(conn)  # widens the version columns an earlier release made int
+    large = [m for m in migrations if m.version > _INT_MAX]
+    narrow = narrow_version_tables(conn) if large else []
+    if narrow:
+        raise MigrationError(
+            f"migration {large[0].filename} has version {large[0].version}, past what the int version columns of "
+            f"{', '.join('hypervault.' + t for t in narrow)} hold ({_INT_MAX:,}); this role could not widen them "
+            "(it does not own them): have their owner run ALTER TABLE hypervault.<table> ALTER COLUMN version TYPE "
+            "bigint on each, or renumber the file. Nothing was applied",
+            migration=large[0].filename,
+        )
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK,))  # provisioning sees all of them or none
         for m in migrations:
@@ -248,6 +303,8 @@ class PostgresMigrator:
 
     def check(self, migrations: Sequence[Migration]) -> list[tuple[bool, list[str]]]:
         """Parse every file before any SQL: per file (runs in a transaction?, its statements); `MigrationError`."""
+        for migration in migrations:
+            _check_version(migration)
         plans = [plan_migration(m) for m in migrations]
         return [(plan.transactional, [s.text for s in plan.statements]) for plan in plans]
 
@@ -340,8 +397,9 @@ class PostgresMigrator:
     def _apply_transactional(
         self, conn: Conn, migration: Migration, plan: MigrationPlan, shard: int, ext: str | None
     ) -> None:
-        parts: list[sql.Composable] = [sql.SQL("BEGIN"), shard_search_path(shard, ext)]
+        parts: list[sql.Composable] = [sql.SQL("BEGIN"), shard_search_path(shard, ext), path_capture()]
         parts += [sql.SQL(s.text) for s in plan.statements]  # the file's own text: it is the migration
+        parts += [path_guard(shard, f"migration {migration.filename}")]  # every shard's objects in its own schema
         parts += [_version_row(shard, migration.version), sql.SQL("COMMIT")]
         script = sql.SQL("\n;\n").join(parts)  # a newline first: a statement may end in a -- comment
         try:
@@ -366,14 +424,32 @@ class PostgresMigrator:
         class _Undo(Exception):
             """Leaves the diagnosing transaction rolled back."""
 
+        escaped = exc.sqlstate == ESCAPED_PATH
         with contextlib.suppress(_Undo, psycopg.Error), shard_transaction(conn, shard, ext):
+            path = conn.execute("SELECT pg_catalog.current_setting('search_path')").fetchone()
             for number, statement in enumerate(plan.statements, 1):
                 try:
                     conn.execute(sql.SQL(statement.text))
                 except psycopg.Error as again:
                     failing = (number, statement, again)
                     break
+                if conn.execute("SELECT pg_catalog.current_setting('search_path')").fetchone() != path:
+                    escaped, failing = True, (number, statement, exc)  # the cause of what failed after it, if any
+                    break
             raise _Undo
+        if escaped:
+            shown = f", statement {failing[0]} of {len(plan.statements)} `{_short(failing[1].text)}`" if failing else ""
+            return MigrationError(
+                f"migration {migration.filename} changes search_path in shard {shard} on {self.store.label}{shown} "
+                "(RESET ALL, set_config('search_path', ...) or the like): its objects would land outside the "
+                f"shard's schema {shard_schema(shard)}. Shard {shard} was rolled back and nothing of this file is "
+                "recorded for it. Each shard runs the file with its own schema first on search_path: remove that "
+                "statement (qualify names only for objects outside the shard), then run hv migrate again",
+                server=self.store.label,
+                shard_id=shard,
+                migration=migration.filename,
+                statement=failing[1].text if failing else None,
+            )
         if failing is None:
             where, statement_text, error = "", None, exc
         else:
@@ -477,9 +553,10 @@ def new_shard_ddl(store: SchemaEndpoint, ext: str | None, shard_ids: Sequence[in
         have = applied.get(shard_id, set())
         missing = [(version, plan) for version, plan in plans if version not in have]
         if missing:
-            parts.append(shard_search_path(shard_id, ext))
+            parts += [shard_search_path(shard_id, ext), path_capture()]
             for version, plan in missing:
                 parts += [sql.SQL(s.in_transaction) for s in plan.statements if s.in_transaction is not None]
+                parts.append(path_guard(shard_id, f"recorded migration {version}, replayed while provisioning,"))
                 parts.append(sql.SQL("{} ON CONFLICT DO NOTHING").format(_version_row(shard_id, version)))
         parts += [index_ddl(spec, shard_schema(shard_id), ext, concurrently=False) for spec in indexes]
         if not parts:
@@ -571,10 +648,18 @@ def replay_migrations(ctl: Conn, dst: Conn, shard_id: int, staging: str, backend
         dst.execute(
             sql.SQL("SET LOCAL search_path = {}, {}").format(sql.Identifier(staging), sql.Identifier(ext or "public"))
         )
+        path = dst.execute("SELECT pg_catalog.current_setting('search_path')").fetchone()
         for plan in replayed:
             for statement in plan.statements:
                 if statement.in_transaction is not None:
                     dst.execute(sql.SQL(statement.in_transaction))
+                    if dst.execute("SELECT pg_catalog.current_setting('search_path')").fetchone() != path:
+                        raise MoveError(
+                            f"a migration of shard {shard_id} changes search_path (`{_short(statement.text)}`): "
+                            "replayed on the target, its objects would land outside the shard's schema. The move "
+                            "was refused (the target's copy is rolled back); write a migration that undoes that "
+                            "file's effect outside the shard, then move again"
+                        )
         dst.execute("RESET search_path")
     dst.execute(sql.SQL("COMMENT ON SCHEMA {} IS {}").format(sql.Identifier(staging), sql.Literal(_REPLAYED)))
 

@@ -57,6 +57,8 @@ __all__ = [
     "LOCK_TIMEOUT",
     "MoveEndpoint",
     "PostgresMover",
+    "database_identity",
+    "same_database_refusal",
     "shard_state",
 ]
 
@@ -112,6 +114,40 @@ def _ensure_meta(conn: Conn) -> None:
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_META_LOCK,))
         conn.execute(_META_DDL)
+
+
+_IDENTITY_SQL = (
+    "SELECT current_database(), (SELECT oid FROM pg_database WHERE datname = current_database()), "
+    "pg_postmaster_start_time()"
+)
+
+
+def database_identity(conn: Conn) -> str:
+    """Which database ``conn`` reaches, whatever host name or address led there: the cluster's system identifier,
+    the server's start time and the database's name and oid.
+
+    The system identifier alone is shared by a cluster and its clones (a promoted base backup keeps it), so the
+    postmaster's start time, to the microsecond, tells a clone from its original; both are readable by any role
+    (``pg_control_system()`` may be revoked: then the start time and database decide alone).
+    """
+    row = conn.execute(_IDENTITY_SQL).fetchone()
+    assert row is not None
+    system = "?"
+    with contextlib.suppress(pg_errors.InsufficientPrivilege), conn.transaction():
+        found = conn.execute("SELECT system_identifier FROM pg_control_system()").fetchone()
+        system = str(found[0]) if found else "?"
+    return f"{system}/{row[2].isoformat()}/{row[0]}/{row[1]}"
+
+
+def same_database_refusal(shard_id: int, source: str, target: str) -> MoveError:
+    """The refusal of a move whose target entry reaches the source's own database (nothing was changed)."""
+    return MoveError(
+        f"cannot move shard {shard_id} from {source} to {target}: both server entries reach the same database "
+        "(same PostgreSQL server and database under two names, e.g. 127.0.0.1 and localhost, or an entry copied "
+        "for a new server whose host/port/dbname were not changed). The shard was left as it was, and is already "
+        "there. Give each [[servers]] entry its own database (or remove the duplicate entry), then run hv shard "
+        "plan again"
+    )
 
 
 def shard_state(conn: Conn, shard_id: int) -> str:
@@ -200,6 +236,12 @@ class PostgresMover:
         names = ("shard", "source", "target", "phase", "version", "started_at", "updated_at")
         return dict(zip(names, row, strict=True))
 
+    def database_identity(self) -> str:
+        """Which database this server entry reaches (equal for two entries naming one database), see
+        `database_identity`."""
+        with self._conn() as conn:
+            return database_identity(conn)
+
     def state_of(self, shard_id: int) -> str:
         """``live``, ``stub`` or ``none``: what this server holds as ``shardNNNN.entities``."""
         with self._conn() as conn:
@@ -226,6 +268,8 @@ class PostgresMover:
             for endpoint, conn in ((source, ctl), (target, dst)):
                 if transaction_pooled(endpoint, conn):
                     raise MoveError(session_lock_refusal(f"a move of shard {shard_id}", endpoint.label))
+            if database_identity(ctl) == database_identity(dst):  # before anything changes on either side
+                raise same_database_refusal(shard_id, source.label, target.label)
             _ensure_meta(ctl)
             _ensure_meta(dst)
             got = ctl.execute("SELECT pg_try_advisory_lock(%s, %s)", (_MOVE_LOCK & 0x7FFFFFFF, shard_id)).fetchone()
@@ -312,8 +356,12 @@ class PostgresMover:
         table = _qualified(shard_schema(shard_id))
         if dst.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(table)).fetchone() == (True,):
             raise MoveError(
-                f"{target.label} already holds rows of shard {shard_id} in {shard_schema(shard_id)}: "
-                "it cannot receive the shard (inspect and drop that table first)"
+                f"{target.label} already holds rows of shard {shard_id} in {shard_schema(shard_id)}, and the source "
+                f"serves the shard too: two copies, at most one of which your processes use (an earlier config? a "
+                "restored backup?). The move was refused and changed nothing. Find which copy is routed to "
+                f"(hv status, every process's config) before touching either; to move the unused one out of the "
+                f"way, rename it (ALTER SCHEMA {shard_schema(shard_id)} RENAME TO ...) on the server that does not "
+                "serve the shard, then move again"
             )
         dst.execute(sql.SQL("DROP TABLE {}").format(table))
 

@@ -7,10 +7,10 @@ from typing import TextIO
 
 from hvcore._config import load_config, server_endpoint
 from hvcore._datastore import Datastore
-from hvcore._placement import export_map, plan_moves
+from hvcore._placement import export_map, plan_moves, shared_databases_text
 from hvcore.cli._cmd_store import open_from_config
 from hvcore.cli._output import Progress, emit_json, table
-from hvcore.errors import HypervaultError
+from hvcore.errors import HypervaultError, MoveError
 
 __all__ = ["cmd_shard_export", "cmd_shard_move", "cmd_shard_plan"]
 
@@ -92,6 +92,9 @@ def _rows_per_shard(store: Datastore) -> dict[int, int]:
 def cmd_shard_plan(args: argparse.Namespace, out: TextIO) -> int:
     """Suggest shard moves that balance rows over N servers."""
     with open_from_config(args.config) as store:
+        shared = store.shared_databases()
+        if shared:
+            raise MoveError(f"cannot plan moves: {shared_databases_text(shared)}")
         rows = _rows_per_shard(store)
         owner = dict(iter(store.shard_map))
         labels = [s.label for s in store.servers]

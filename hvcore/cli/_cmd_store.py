@@ -14,6 +14,7 @@ from hvcore._datastore import Datastore
 from hvcore._distributed import cluster_status
 from hvcore._generator import _check_layout_now
 from hvcore._key import KeyLayout
+from hvcore._placement import shared_databases_text
 from hvcore._shardmap import ShardMap
 from hvcore.cli._cmd_citus import print_cluster_status
 from hvcore.cli._cmd_metrics import watch
@@ -57,7 +58,8 @@ def status_document(status: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]
 
 
 def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
-    """Show servers, their shards, pools and rows; exit 1 if a server is unreachable. ``--watch N``: again every N
+    """Show servers, their shards, pools and rows; exit 1 if a server is unreachable or two server entries reach one
+    database (under two names). ``--watch N``: again every N
     seconds on the same datastore (pools and standby lag as they change), until Ctrl-C."""
     with open_from_config(args.config) as store:
         return watch(
@@ -95,7 +97,10 @@ def _show_status(store: Datastore, args: argparse.Namespace, out: TextIO) -> int
             print(f"  {entry['server']}: {entry['error']}", file=out)
     print_replica_status(status, store.max_replica_lag, out)
     print_cluster_status(clusters, out)
-    return 0 if all(e["reachable"] for e in status) else 1
+    shared = store.shared_databases()
+    if shared:
+        print(f"\nWARNING: {shared_databases_text(shared)}", file=out)
+    return 0 if all(e["reachable"] for e in status) and not shared else 1
 
 
 def print_replica_status(status: list[dict[str, Any]], max_lag: float, out: TextIO) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import psycopg
 import pytest
 
 import hvcore
@@ -37,14 +36,6 @@ def _same_database_twice(pg_fresh_db: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=psycopg.errors.UndefinedTable,
-    reason="moving an empty shard to a server entry that is the source's own database drops the shard's table "
-    "(the shard is then NotProvisioned for every process) and raises psycopg's UndefinedTable; the move should "
-    "be refused with a MoveError (same database: the servers' system identifier and database match) and the "
-    "shard left as it was",
-)
 def test_moving_an_empty_shard_onto_its_own_database_is_refused_and_keeps_the_shard(
     pg_fresh_db: dict[str, Any],
 ) -> None:
@@ -56,12 +47,6 @@ def test_moving_an_empty_shard_onto_its_own_database_is_refused_and_keeps_the_sh
         assert db.get(key) is not None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="moving a shard with rows to a server entry that is the source's own database is refused with "
-    "'... already holds rows of shard 3 in shard0003: ... (inspect and drop that table first)': following that "
-    "advice drops the shard's only copy; the refusal should say that the target is the source's own database",
-)
 def test_moving_a_shard_onto_its_own_database_does_not_advise_dropping_it(pg_fresh_db: dict[str, Any]) -> None:
     with hvcore.Datastore(_same_database_twice(pg_fresh_db), backend="jsonb", worker=None) as db:
         db.provision()
