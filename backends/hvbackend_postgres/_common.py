@@ -72,6 +72,7 @@ __all__ = [
     "log_statements",
     "query_fetch_sizes",
     "query_records",
+    "refusal_error",
     "row_factory",
     "scrub",
     "statement_text",
@@ -556,25 +557,8 @@ class StoreCore:
         return exc
 
     def _refusal(self, exc: psycopg.Error) -> HypervaultError | None:
-        """`PermissionDenied` (a privilege the role lacks) or `ReadOnlyServer` (writes refused) for ``exc``, else
-        None: the server is fine and says what to change, so neither is `ServerUnavailable`."""
-        state = exc.sqlstate
-        if state not in (PRIVILEGE_SQLSTATE, READ_ONLY_SQLSTATE):
-            return None
-        who = f"role {self._role!r}" if self._role else "the connecting role (libpq's default user)"
-        said = exc.diag.message_primary or str(exc)
-        if state == READ_ONLY_SQLSTATE:
-            return ReadOnlyServer(
-                f"PostgreSQL server {self._label} refuses writes ({said}): the database or {who} is read-only "
-                "(default_transaction_read_only), or this is a standby; nothing was written. Point the entry at the "
-                "primary, or ALTER DATABASE/ROLE ... SET default_transaction_read_only = off"
-            )
-        return PermissionDenied(
-            f"PostgreSQL server {self._label} refused {who}: {said}. The role running `hv init` (provision, "
-            "migrations, moves) needs CREATE on the database (GRANT CREATE ON DATABASE <db> TO <role>); an "
-            "application role needs, for each shard schema, GRANT USAGE ON SCHEMA shardNNNN TO <role> and GRANT "
-            "SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA shardNNNN TO <role>"
-        )
+        """`refusal_error` for this server and role."""
+        return refusal_error(exc, self._label, self._role)
 
     def _pool_kwargs(self) -> dict[str, Any]:
         """Arguments of the psycopg_pool pool (sync or async) of this server."""
@@ -840,3 +824,25 @@ class StoreCore:
             "connection_errors": raw.get("connections_errors", 0),
             "connections_lost": raw.get("connections_lost", 0) + raw.get("returns_bad", 0),
         }
+
+
+def refusal_error(exc: psycopg.Error, label: str, role: str) -> HypervaultError | None:
+    """`PermissionDenied` (a privilege ``role`` lacks) or `ReadOnlyServer` (writes refused) for ``exc`` on server
+    ``label``, else None: the server is fine and says what to change, so neither is `ServerUnavailable`."""
+    state = exc.sqlstate
+    if state not in (PRIVILEGE_SQLSTATE, READ_ONLY_SQLSTATE):
+        return None
+    who = f"role {role!r}" if role else "the connecting role (libpq's default user)"
+    said = exc.diag.message_primary or str(exc)
+    if state == READ_ONLY_SQLSTATE:
+        return ReadOnlyServer(
+            f"PostgreSQL server {label} refuses writes ({said}): the database or {who} is read-only "
+            "(default_transaction_read_only), or this is a standby; nothing was written. Point the entry at the "
+            "primary, or ALTER DATABASE/ROLE ... SET default_transaction_read_only = off"
+        )
+    return PermissionDenied(
+        f"PostgreSQL server {label} refused {who}: {said}. The role running `hv init` (provision, migrations, "
+        "moves) needs CREATE on the database (GRANT CREATE ON DATABASE <db> TO <role>); an application role needs, "
+        "for each shard schema, GRANT USAGE ON SCHEMA shardNNNN TO <role> and GRANT SELECT, INSERT, UPDATE, DELETE "
+        "ON ALL TABLES IN SCHEMA shardNNNN TO <role>"
+    )

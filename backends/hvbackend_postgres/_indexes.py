@@ -32,7 +32,7 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 
 from hvbackend_postgres._bouncer import session_lock_refusal, transaction_pooled
-from hvbackend_postgres._common import ADVISORY_LOCK, HSTORE_SCHEMA_SQL
+from hvbackend_postgres._common import ADVISORY_LOCK, HSTORE_SCHEMA_SQL, refusal_error
 from hvbackend_postgres._indexsql import field_expr, index_ddl
 from hvbackend_postgres._schema import PKEY_INDEX, TABLE, shard_schema
 from hvcore._schemadefs import TIMESTAMP_PATTERN, IndexSpec
@@ -136,9 +136,16 @@ def ensure_support(conn: Conn) -> None:
     A role that does not own older tables cannot widen them: they are left as they are (versions up to
     2,147,483,647 still fit; the migrator refuses larger ones by name, see `_migrate`)."""
     if not has_support(conn):
-        with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (META_LOCK,))
-            conn.execute(SUPPORT_DDL)
+        try:
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (META_LOCK,))
+                conn.execute(SUPPORT_DDL)
+        except psycopg.Error as exc:  # a role without CREATE, a read-only server: typed, named (hv: one line)
+            info = conn.info
+            refused = refusal_error(exc, f"{info.host}:{info.port}/{info.dbname}", info.user)
+            if refused is None:
+                raise
+            raise refused from None
     if not narrow_version_tables(conn):
         return
     with contextlib.suppress(pg_errors.InsufficientPrivilege), conn.transaction():

@@ -38,12 +38,6 @@ def test_a_write_to_a_read_only_database_is_a_typed_error(call: str, pg_fresh_db
         CALLS[call](db)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=psycopg.errors.ReadOnlySqlTransaction,
-    reason="`hv index create` / `hv migrate` / `hv demo --config` on a read-only database print psycopg's traceback "
-    "(exit 1); each should be one 'hv: error: ...' line and exit 2",
-)
 @pytest.mark.parametrize("command", ["index", "migrate"])
 def test_hv_on_a_read_only_database_is_one_error_line(
     command: str, pg_fresh_db: dict[str, Any], tmp_path: Path
