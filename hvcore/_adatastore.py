@@ -70,6 +70,7 @@ from hvcore.errors import (
     HypervaultError,
     InvalidData,
     InvalidQuery,
+    ShardMapError,
     ShardMoved,
 )
 
@@ -1184,15 +1185,43 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         """Create schemas, tables and indexes for every mapped shard on its server (idempotent, servers in parallel).
 
         Durable when it returns. ``progress(count)``, if given, is called as shards are done. A PostgreSQL backend
-        first refuses shards holding the 2015 library's table or ids made with another layout (`ConfigError`).
+        first refuses shards holding the 2015 library's table or ids made with another layout (`ConfigError`);
+        `ShardMapError` if a shard missing on its server holds rows on another server of the config (swapped
+        lines), before anything is created.
         """
         check_progress(progress)
         await self.reload_placement()  # after a move, a shard is provisioned where it lives now, not where configured
         stores = self._live()
+        await self._check_homes(stores)
         if len(stores) == 1:
             return [await stores[0].provision(self.shard_map.shards_of(0), progress)]
         spawned = [aspawn(store.provision, self.shard_map.shards_of(i), progress) for i, store in enumerate(stores)]
         return await agather(*spawned)
+
+    async def _check_homes(self, stores: Sequence[AsyncServerStore]) -> None:
+        """`ShardMapError` before anything is created if a shard missing on the server the map gives it holds rows on
+        another server of this config (server lines swapped, ranges edited wrongly): provisioning would create it
+        empty beside its rows, and the application would read none of them. One catalog read per pair of servers
+        (the row count only for the shards found elsewhere)."""
+        problems: list[str] = []
+        for index, store in enumerate(stores):
+            mine = self.shard_map.shards_of(index)
+            for other_index, other in enumerate(stores):
+                if other_index == index or not mine:
+                    continue
+                elsewhere = {s: n for s, n in (await other.row_counts(mine)).items() if n > 0}
+                if not elsewhere:
+                    continue
+                here = await store.row_counts(sorted(elsewhere))
+                problems += [
+                    f"shard {shard} is mapped to server #{index} ({store.label}), which does not have it, but its "
+                    f"table with {rows:,} row(s) is on server #{other_index} ({other.label}): the [[servers]] lines "
+                    "may be swapped or their shard ranges edited wrongly; fix the config (nothing was created)"
+                    for shard, rows in sorted(elsewhere.items())
+                    if shard not in here
+                ]
+        if problems:
+            raise ShardMapError(problems)
 
     async def status(self) -> list[dict[str, Any]]:
         """Per server: label, reachable, shards, pool stats, key collisions, rows (errors reported, not raised).
