@@ -95,8 +95,11 @@ from hvbackend_postgres._fanout import (
     FIRST_FILL_ROWS,
     PIPELINE_PIECES,
     QueryPiece,
+    bring_preferred_forward,
     configure_preparation,
+    mark_session,
     pieces_per_transaction,
+    preferred_shard,
     prepare_hot,
     shard_pieces,
 )
@@ -248,6 +251,12 @@ class _Pool(psycopg_pool.AsyncConnectionPool[AConn]):
         self.last_error = None
         return conn
 
+    async def _get_ready_connection(self, timeout: float | None) -> AConn | None:
+        """psycopg_pool's pick of an idle connection, which takes the front one: a single-shard operation's own
+        session is brought to the front first, if idle (shard-affine sessions: `_fanout.bring_preferred_forward`)."""
+        bring_preferred_forward(self._pool)
+        return await super()._get_ready_connection(timeout)
+
     if True:  # ASYNC
         pass
     else:
@@ -313,6 +322,7 @@ class AsyncPostgresServerStore(StoreCore):
         set_json_loads(load_json, conn)
         set_json_dumps(dump_json, conn)
         configure_preparation(conn)  # room for every shard's point statements, prepared (_fanout)
+        mark_session(conn)  # its random line over shard ids: which shards prefer it (_fanout, shard-affine sessions)
         if self._cursor_factory is not None:
             conn.cursor_factory = self._cursor_factory
         if self.pooling is None:
@@ -432,8 +442,12 @@ class AsyncPostgresServerStore(StoreCore):
             return False
         return True
 
-    async def _checkout(self) -> tuple[AConn, _Pool]:
-        """Borrow a checked connection: dead ones are discarded and replaced without failing the caller."""
+    async def _checkout(self, shard: int | None = None) -> tuple[AConn, _Pool]:
+        """Borrow a checked connection: dead ones are discarded and replaced without failing the caller.
+
+        ``shard``: the one shard the borrower will work on (a point operation, a lent connection or transaction
+        bound to it): the pool then hands out the idle session that shard prefers (`_fanout.bring_preferred_forward`).
+        """
         deadline = time.monotonic() + self._options.pool_block_timeout
         while True:
             pool = self._pool
@@ -448,6 +462,7 @@ class AsyncPostgresServerStore(StoreCore):
             if waits:
                 with self._lock:
                     self._waiting += 1
+            preference = preferred_shard.set(shard)
             try:
                 conn = await pool.getconn(max(deadline - time.monotonic(), 0.001))
             except psycopg_pool.PoolTimeout:
@@ -461,6 +476,7 @@ class AsyncPostgresServerStore(StoreCore):
                     raise ServerUnavailable(f"the pool of {self._label} is closed") from None
                 continue  # replaced by a fresh pool meanwhile
             finally:
+                preferred_shard.reset(preference)
                 if waits:
                     with self._lock:
                         self._waiting -= 1
@@ -524,7 +540,7 @@ class AsyncPostgresServerStore(StoreCore):
     async def get_connection(self, shard_id: int) -> AConn:
         """Borrow a connection (transactional, rows as dicts by default) whose search path is the shard's schema."""
         path, schema = self._search_path(shard_id)
-        conn, pool = await self._checkout()
+        conn, pool = await self._checkout(shard_id)
         try:
             if self.pooling == "transaction":  # every transaction it opens starts with SET LOCAL (see _bouncer)
                 if shard_id not in self._bindable:
@@ -764,10 +780,12 @@ class AsyncPostgresServerStore(StoreCore):
             statements = self._sql[shard_id] = ShardSQL.build(shard_id, self.backend, await self._ext())
         return statements
 
-    async def _with_conn(self, shard_id: int, op: Callable[[AConn], Awaitable[_T]]) -> _T:
-        """Run ``op`` (a read) on a pooled connection; one retry if the connection was lost underneath."""
+    async def _with_conn(self, shard_id: int, op: Callable[[AConn], Awaitable[_T]], *, one_shard: bool = False) -> _T:
+        """Run ``op`` (a read) on a pooled connection; one retry if the connection was lost underneath.
+
+        ``one_shard``: ``op`` reads ``shard_id`` only, so it runs on that shard's preferred session (`_checkout`)."""
         for attempt in (0, 1):
-            conn, pool = await self._checkout()
+            conn, pool = await self._checkout(shard_id if one_shard else None)
             try:
                 return await op(conn)
             except psycopg.OperationalError as exc:
@@ -789,7 +807,7 @@ class AsyncPostgresServerStore(StoreCore):
 
         A connection lost underneath is retried once.
         """
-        conn, pool = await self._checkout()
+        conn, pool = await self._checkout(shard_id)
         try:
             cur = await conn.execute(query, params, prepare=prepare_hot(conn))
             return await cur.fetchone() if cur.description is not None else None
@@ -854,7 +872,7 @@ class AsyncPostgresServerStore(StoreCore):
         spent). Server errors are raised translated (`_translate`); ``reused`` as for `_send_write`, ``ours`` as
         for `_write`.
         """
-        conn, pool = await self._checkout()
+        conn, pool = await self._checkout(shard_id)
         box: list[pq.abc.PGresult] = []
         pid = self._session_pid(conn)  # known before the write: libpq forgets it once the connection breaks
         try:
@@ -1227,7 +1245,7 @@ class AsyncPostgresServerStore(StoreCore):
         statement = self._copy_sql(shard_id)
         keys = [row[0] for row in rows]
         for attempt in (0, 1):
-            conn, pool = await self._checkout()
+            conn, pool = await self._checkout(shard_id)
             xid: int | None = None
             lost: psycopg.OperationalError | None = None
             taken = timed_out = False
@@ -1305,7 +1323,7 @@ class AsyncPostgresServerStore(StoreCore):
         async def op(conn: AConn) -> list[tuple[Any, ...]]:
             return list(await (await conn.execute(query, ([int(k) for k in keys],))).fetchall())
 
-        taken = sorted(int(row[0]) for row in await self._with_conn(shard_id, op))
+        taken = sorted(int(row[0]) for row in await self._with_conn(shard_id, op, one_shard=True))
         within = len(set(keys)) != len(keys)
         if not taken and not within:
             return self._duplicate_batch(shard_id, len(keys))

@@ -308,7 +308,7 @@ async def postgres_transaction(
     held: tuple[AConn, Any, int | None] | None = None  # from the checkout on, every way out gives it back
     try:
         for attempt in (0, 1):
-            conn, pool = await store._checkout()
+            conn, pool = await store._checkout(shard_id)
             held = (conn, pool, conn.prepare_threshold)
             try:
                 await conn.execute(begin, prepare=False)

@@ -91,8 +91,11 @@ from hvbackend_postgres._fanout import (
     FIRST_FILL_ROWS,
     PIPELINE_PIECES,
     QueryPiece,
+    bring_preferred_forward,
     configure_preparation,
+    mark_session,
     pieces_per_transaction,
+    preferred_shard,
     prepare_hot,
     shard_pieces,
 )
@@ -245,6 +248,12 @@ class _Pool(psycopg_pool.ConnectionPool[Conn]):
         self.last_error = None
         return conn
 
+    def _get_ready_connection(self, timeout: float | None) -> Conn | None:
+        """psycopg_pool's pick of an idle connection, which takes the front one: a single-shard operation's own
+        session is brought to the front first, if idle (shard-affine sessions: `_fanout.bring_preferred_forward`)."""
+        bring_preferred_forward(self._pool)
+        return super()._get_ready_connection(timeout)
+
     def _getconn_unchecked(self, timeout: float) -> Conn:
         """psycopg_pool's wait for a connection, safe from exceptions raised by signal handlers (`_poolguard`)."""
         return cast(Conn, signal_safe_getconn(self, timeout))
@@ -304,6 +313,7 @@ class PostgresServerStore(StoreCore):
         set_json_loads(load_json, conn)
         set_json_dumps(dump_json, conn)
         configure_preparation(conn)  # room for every shard's point statements, prepared (_fanout)
+        mark_session(conn)  # its random line over shard ids: which shards prefer it (_fanout, shard-affine sessions)
         if self._cursor_factory is not None:
             conn.cursor_factory = self._cursor_factory
         if self.pooling is None:
@@ -413,8 +423,12 @@ class PostgresServerStore(StoreCore):
             return False
         return True
 
-    def _checkout(self) -> tuple[Conn, _Pool]:
-        """Borrow a checked connection: dead ones are discarded and replaced without failing the caller."""
+    def _checkout(self, shard: int | None = None) -> tuple[Conn, _Pool]:
+        """Borrow a checked connection: dead ones are discarded and replaced without failing the caller.
+
+        ``shard``: the one shard the borrower will work on (a point operation, a lent connection or transaction
+        bound to it): the pool then hands out the idle session that shard prefers (`_fanout.bring_preferred_forward`).
+        """
         deadline = time.monotonic() + self._options.pool_block_timeout
         while True:
             pool = self._pool
@@ -426,6 +440,7 @@ class PostgresServerStore(StoreCore):
             if waits:
                 with self._lock:
                     self._waiting += 1
+            preference = preferred_shard.set(shard)
             try:
                 conn = pool.getconn(max(deadline - time.monotonic(), 0.001))
             except psycopg_pool.PoolTimeout:
@@ -439,6 +454,7 @@ class PostgresServerStore(StoreCore):
                     raise ServerUnavailable(f"the pool of {self._label} is closed") from None
                 continue  # replaced by a fresh pool meanwhile
             finally:
+                preferred_shard.reset(preference)
                 if waits:
                     with self._lock:
                         self._waiting -= 1
@@ -485,7 +501,7 @@ class PostgresServerStore(StoreCore):
     def get_connection(self, shard_id: int) -> Conn:
         """Borrow a connection (transactional, rows as dicts by default) whose search path is the shard's schema."""
         path, schema = self._search_path(shard_id)
-        conn, pool = self._checkout()
+        conn, pool = self._checkout(shard_id)
         try:
             if self.pooling == "transaction":  # every transaction it opens starts with SET LOCAL (see _bouncer)
                 if shard_id not in self._bindable:
@@ -725,10 +741,12 @@ class PostgresServerStore(StoreCore):
             statements = self._sql[shard_id] = ShardSQL.build(shard_id, self.backend, self._ext())
         return statements
 
-    def _with_conn(self, shard_id: int, op: Callable[[Conn], _T]) -> _T:
-        """Run ``op`` (a read) on a pooled connection; one retry if the connection was lost underneath."""
+    def _with_conn(self, shard_id: int, op: Callable[[Conn], _T], *, one_shard: bool = False) -> _T:
+        """Run ``op`` (a read) on a pooled connection; one retry if the connection was lost underneath.
+
+        ``one_shard``: ``op`` reads ``shard_id`` only, so it runs on that shard's preferred session (`_checkout`)."""
         for attempt in (0, 1):
-            conn, pool = self._checkout()
+            conn, pool = self._checkout(shard_id if one_shard else None)
             try:
                 return op(conn)
             except psycopg.OperationalError as exc:
@@ -750,7 +768,7 @@ class PostgresServerStore(StoreCore):
 
         A connection lost underneath is retried once.
         """
-        conn, pool = self._checkout()
+        conn, pool = self._checkout(shard_id)
         try:
             cur = conn.execute(query, params, prepare=prepare_hot(conn))
             return cur.fetchone() if cur.description is not None else None
@@ -810,7 +828,7 @@ class PostgresServerStore(StoreCore):
         spent). Server errors are raised translated (`_translate`); ``reused`` as for `_send_write`, ``ours`` as
         for `_write`.
         """
-        conn, pool = self._checkout()
+        conn, pool = self._checkout(shard_id)
         box: list[pq.abc.PGresult] = []
         pid = self._session_pid(conn)  # known before the write: libpq forgets it once the connection breaks
         try:
@@ -1181,7 +1199,7 @@ class PostgresServerStore(StoreCore):
         statement = self._copy_sql(shard_id)
         keys = [row[0] for row in rows]
         for attempt in (0, 1):
-            conn, pool = self._checkout()
+            conn, pool = self._checkout(shard_id)
             xid: int | None = None
             lost: psycopg.OperationalError | None = None
             taken = timed_out = False
@@ -1259,7 +1277,7 @@ class PostgresServerStore(StoreCore):
         def op(conn: Conn) -> list[tuple[Any, ...]]:
             return list(conn.execute(query, ([int(k) for k in keys],)).fetchall())
 
-        taken = sorted(int(row[0]) for row in self._with_conn(shard_id, op))
+        taken = sorted(int(row[0]) for row in self._with_conn(shard_id, op, one_shard=True))
         within = len(set(keys)) != len(keys)
         if not taken and (not within):
             return self._duplicate_batch(shard_id, len(keys))

@@ -303,7 +303,7 @@ def postgres_transaction(
     held: tuple[Conn, Any, int | None] | None = None  # from the checkout on, every way out gives it back
     try:
         for attempt in (0, 1):
-            conn, pool = store._checkout()
+            conn, pool = store._checkout(shard_id)
             held = (conn, pool, conn.prepare_threshold)
             try:
                 conn.execute(begin, prepare=False)

@@ -386,3 +386,64 @@ def test_without_pieces_a_filter_write_overflows_the_lock_table(fleet: Fleet, mo
         assert "0 record(s) in 0 shard(s)" in " ".join(getattr(caught.value, "__notes__", []))
         monkeypatch.undo()
         assert db.get(fleet.records[0].key) is not None  # the server is fine
+
+
+def _sessions_statements(db: hvcore.Datastore, shard: int, count: int) -> dict[int, set[str]]:
+    """The prepared statements of each of ``count`` pooled sessions of ``shard``'s server: {backend pid: texts}."""
+    conns = [db.get_connection(shard) for _ in range(count)]
+    try:
+        out: dict[int, set[str]] = {}
+        for conn in conns:
+            rows = conn.execute("SELECT statement FROM pg_prepared_statements").fetchall()
+            out[conn.info.backend_pid] = {str(next(iter(cast(dict[str, Any], row).values()))) for row in rows}
+        return out
+    finally:
+        for conn in conns:
+            db.put_connection(conn)
+
+
+def test_point_operations_keep_to_their_shards_session(fleet: Fleet) -> None:
+    """Shard-affine sessions (docs/fanout.md): with the pool's sessions idle, every put and get of a shard runs on
+    the one session that shard prefers, so each session prepares (and caches plans and relation files for) about a
+    quarter of the shards instead of all of them. psycopg_pool's own order (first in, first out) would send a
+    shard's put and its get to different sessions."""
+    pool = 4
+    first = int(fleet.servers[0]["shards"].split("-")[0])
+    shards = random.Random(7).sample(range(first, first + 4096), 400)
+    with fleet.datastore(pool_max=pool) as db:
+        _sessions_statements(db, first, pool)  # all four sessions open (each borrowed at once), then idle
+        for _ in range(2):
+            for shard in shards:
+                db.get(db.put(shard, 5, n=1))
+        sessions = _sessions_statements(db, first, pool)
+    assert len(sessions) == pool
+    homes = {
+        shard: [pid for pid, texts in sessions.items() if any(shard_schema(shard) in t for t in texts)]
+        for shard in shards
+    }
+    spread = {shard: pids for shard, pids in homes.items() if len(pids) != 1}
+    assert not spread, f"{len(spread)} of {len(shards)} shards ran on more than one session: {list(spread.items())[:3]}"
+    per_session = sorted(sum(1 for pids in homes.values() if pids[0] == pid) for pid in sessions)
+    assert per_session[0] >= len(shards) // pool // 2, per_session  # each session has its share (rendezvous hashing)
+
+
+def test_a_busy_session_does_not_hold_up_its_shards(fleet: Fleet) -> None:
+    """A shard whose preferred session is lent out is served at once by another idle session (no wait for it)."""
+    shard = int(fleet.servers[0]["shards"].split("-")[0]) + 11
+    key = next(r.key for r in fleet.records if r.key.shard_id == shard)
+    with fleet.datastore(pool_max=2, pool_block_timeout=0.5) as db:
+        _sessions_statements(db, shard, 2)  # both sessions open, then idle
+        held = db.get_connection(shard)  # the shard's own session
+        try:
+            own = held.info.backend_pid
+            for _ in range(20):  # waiting for the lent session would end in a PoolTimeout after 0.5 s
+                assert db.get(key) is not None
+            other = db.get_connection(shard)  # the only idle one left: the one that served the gets
+            try:
+                assert other.info.backend_pid != own
+                rows = other.execute("SELECT statement FROM pg_prepared_statements").fetchall()
+                assert any(shard_schema(shard) in str(next(iter(cast(dict[str, Any], r).values()))) for r in rows)
+            finally:
+                db.put_connection(other)
+        finally:
+            db.put_connection(held)
