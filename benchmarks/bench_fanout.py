@@ -9,11 +9,13 @@ each figure a median over interleaved blocks (so the machine's drift hits both s
   pooled session touched every shard, with the plan-cache memory of each pooled session (``pg_backend_memory_contexts``:
   the ``CachedPlan*`` contexts) beside it. Per variant of statement preparation (``--variants``):
   ``library`` (what the stores do: each shard's insert and fetch prepared on first use, up to
-  `hvbackend_postgres._fanout.PREPARED_MAX` per session, and run on the shard's own session when it is idle:
+  `hvbackend_postgres._fanout.PREPARED_MAX` per session, planned once per session (generic plans:
+  `hvbackend_postgres._fanout.GENERIC_POINT_PLANS`) and run on the shard's own session when it is idle:
   `hvbackend_postgres._fanout.SHARD_AFFINITY`), ``spread`` (the same without shard-affine sessions: every session
-  serves every shard, psycopg_pool's first-in-first-out order), ``psycopg`` (psycopg's defaults: prepare after 5
-  runs, ``prepared_max`` 100, no affinity: the state before issue 14), ``generic`` (library + ``plan_cache_mode =
-  force_generic_plan`` in every session);
+  serves every shard, psycopg_pool's first-in-first-out order), ``auto`` (the same without generic plans:
+  PostgreSQL plans each statement's first five runs per session), ``psycopg`` (psycopg's defaults: prepare after 5
+  runs, ``prepared_max`` 100, neither of the above: the state before issue 14), ``generic`` (library +
+  ``plan_cache_mode = force_generic_plan`` for everything, set at connection: the earlier experiment);
 - a full-fleet ``query(limit=10)``: time to the first record and to the end, 8192 shards vs 16 shards;
 - ``get_many`` of 8192 keys, one per shard, per key vs ``get_many`` of 8192 keys over 64 shards;
 - ``update_where`` (one matching row per shard) over all 8192 shards vs over 16.
@@ -52,7 +54,7 @@ from hvbackend_postgres import _fanout
 
 SHARDS = 8192
 POOL = 4  # sessions per server (each one warmed on every shard)
-VARIANTS = ("library", "spread", "psycopg", "generic")
+VARIANTS = ("library", "spread", "auto", "psycopg", "generic")
 PLAN_MEMORY_SQL = "SELECT coalesce(sum(total_bytes), 0) FROM pg_backend_memory_contexts WHERE name LIKE 'CachedPlan%%'"
 
 
@@ -82,9 +84,11 @@ def prepare(servers: list[dict[str, Any]]) -> list[dict[str, Any]]:
 @contextmanager
 def variant(name: str) -> Iterator[None]:
     """Statement preparation of the pools made inside (see the module docstring)."""
-    saved = (_fanout.PREPARE_HOT, _fanout.GENERIC_PLANS, _fanout.SHARD_AFFINITY)
+    saved = (_fanout.PREPARE_HOT, _fanout.GENERIC_PLANS, _fanout.SHARD_AFFINITY, _fanout.GENERIC_POINT_PLANS)
     if name in ("psycopg", "spread"):
         _fanout.SHARD_AFFINITY = False
+    if name in ("psycopg", "auto"):
+        _fanout.GENERIC_POINT_PLANS = False
     if name == "psycopg":
         _fanout.PREPARE_HOT = False
     elif name == "generic":
@@ -92,7 +96,7 @@ def variant(name: str) -> Iterator[None]:
     try:
         yield
     finally:
-        _fanout.PREPARE_HOT, _fanout.GENERIC_PLANS, _fanout.SHARD_AFFINITY = saved
+        _fanout.PREPARE_HOT, _fanout.GENERIC_PLANS, _fanout.SHARD_AFFINITY, _fanout.GENERIC_POINT_PLANS = saved
 
 
 WARM_THREADS = POOL * 2  # callers of the warm-up, all at once (POOL per server: every session busy)

@@ -79,6 +79,7 @@ from hvbackend_postgres._common import (
     PROVISION_BATCH,
     PROVISION_WORKERS,
     QUERY_FETCH_FIRST,
+    SEARCH_PATH_AUTO_PLANS_SQL,
     SEARCH_PATH_SQL,
     StoreCore,
     bounded_async_connection_class,
@@ -92,13 +93,17 @@ from hvbackend_postgres._common import (
     query_records,
 )
 from hvbackend_postgres._fanout import (
+    AUTO_PLANS_SQL,
     FIRST_FILL_ROWS,
+    GENERIC_POINT_PLANS,
     PIPELINE_PIECES,
+    POINT_PLANS_SQL,
     QueryPiece,
     bring_preferred_forward,
     configure_preparation,
     mark_session,
     pieces_per_transaction,
+    plans_generic,
     preferred_shard,
     prepare_hot,
     shard_pieces,
@@ -333,6 +338,10 @@ class AsyncPostgresServerStore(StoreCore):
             conn.prepare_threshold = None  # prepared statements stay with a server session (see _bouncer)
         if self.pooling != "off":  # behind a pooler RESET ALL would also undo what it keeps per client
             cast(Any, conn).hv_restore = restore_sql(conn.pgconn)
+        elif GENERIC_POINT_PLANS and prepare_hot(conn):  # our point statements planned once per session (_fanout)
+            await conn.execute(POINT_PLANS_SQL)
+            cast(Any, conn).hv_generic = True
+            cast(Any, conn).hv_restore = "; " + POINT_PLANS_SQL  # after RESET ALL, once a lent connection is back
 
     async def _detect_pooling(self, conn: AConn) -> str:
         """``pgbouncer="auto"``: "off" for a direct TCP connection, else "transaction" (see ``_bouncer``)."""
@@ -550,7 +559,8 @@ class AsyncPostgresServerStore(StoreCore):
                     self._bindable.add(shard_id)
                 cast(Any, conn).hv_bind = shard_search_path(shard_id, self._ext_schema).as_bytes(conn)
             else:
-                cur = await conn.execute(SEARCH_PATH_SQL, (path.as_string(conn), schema))
+                query = SEARCH_PATH_AUTO_PLANS_SQL if plans_generic(conn) else SEARCH_PATH_SQL
+                cur = await conn.execute(query, (path.as_string(conn), schema))
                 row = await cur.fetchone()
                 if not row or not row[1]:
                     raise self._shard_missing(shard_id)
@@ -1350,7 +1360,9 @@ class AsyncPostgresServerStore(StoreCore):
 
         return self._records(items, await self._with_conn(first_shard, op))
 
-    async def _pieces(self, conn: AConn, statements: Sequence[tuple[Any, Sequence[Any]]]) -> list[list[Any]]:
+    async def _pieces(
+        self, conn: AConn, statements: Sequence[tuple[Any, Sequence[Any]]], *, values_matter: bool = False
+    ) -> list[list[Any]]:
         """The rows of each statement, run in one round trip: a pipeline, each statement in a transaction of its own.
 
         A single statement runs alone in autocommit (its own transaction too). With several, each is wrapped in
@@ -1358,8 +1370,11 @@ class AsyncPostgresServerStore(StoreCore):
         implicit transaction holding every lock to the end). Statements of one schema each (``shards_per_statement``
         1, Citus) share a transaction `pieces_per_transaction` at a time: as many locks as one full piece, and Citus
         opens a transaction on a worker once per group, not per statement. An error rolls the open transaction back.
+        ``values_matter``: the statements' plans may depend on the values bound (a query's filter), so on a session
+        in generic-plan mode each transaction plans them as PostgreSQL does by default (`_fanout.AUTO_PLANS_SQL`).
         """
-        if len(statements) == 1:
+        auto_plans = values_matter and plans_generic(conn)
+        if len(statements) == 1 and not auto_plans:
             query, params = statements[0]
             return [list(await (await conn.execute(query, params)).fetchall())]
         cursors: list[psycopg.AsyncCursor[Any]] = []
@@ -1370,6 +1385,8 @@ class AsyncPostgresServerStore(StoreCore):
                 for i, (query, params) in enumerate(statements):
                     if i % per_transaction == 0:
                         await conn.execute("BEGIN")
+                        if auto_plans:
+                            await conn.execute(AUTO_PLANS_SQL)
                     cursors.append(await conn.cursor().execute(query, params))
                     if i % per_transaction == per_transaction - 1 or i == last:
                         await conn.execute("COMMIT")
@@ -1465,6 +1482,8 @@ class AsyncPostgresServerStore(StoreCore):
             async with conn.pipeline():
                 for piece in pieces:
                     await conn.execute("BEGIN")
+                    if plans_generic(conn):  # a filter's plan depends on its values (_fanout.GENERIC_POINT_PLANS)
+                        await conn.execute(AUTO_PLANS_SQL)
                     cursors = []
                     for shard in piece:
                         query, params = statements[shard]
@@ -1602,7 +1621,7 @@ class AsyncPostgresServerStore(StoreCore):
             filled.append((piece, size))
 
         async def op(conn: AConn) -> list[list[Any]]:
-            return await self._pieces(conn, statements)
+            return await self._pieces(conn, statements, values_matter=True)
 
         if not statements:
             return

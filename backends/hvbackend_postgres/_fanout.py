@@ -38,12 +38,15 @@ from hvcore._backend import Record
 from hvcore.errors import InvalidQuery, ServerLimitReached
 
 __all__ = [
+    "AUTO_PLANS_SQL",
     "FIRST_FILL_ROWS",
     "GENERIC_PLANS",
+    "GENERIC_POINT_PLANS",
     "LOCKS_PER_SHARD",
     "MAX_BIND_PARAMETERS",
     "PARAMETER_BUDGET",
     "PIPELINE_PIECES",
+    "POINT_PLANS_SQL",
     "PREPARED_MAX",
     "PREPARE_HOT",
     "SHARDS_PER_STATEMENT",
@@ -58,6 +61,7 @@ __all__ = [
     "limit_error",
     "mark_session",
     "pieces_per_transaction",
+    "plans_generic",
     "preferred_shard",
     "prepare_hot",
     "session_options",
@@ -80,7 +84,20 @@ FIRST_FILL_ROWS = 10_000  # rows a query's first round trip over many pieces ask
 # pieces) keep psycopg's rules. Read when used, so a benchmark can change them.
 PREPARE_HOT = True  # prepare each shard's insert/fetch statement on first use (unless preparing is disabled)
 PREPARED_MAX = 16_384  # prepared statements kept per session (psycopg's prepared_max; its default is 100)
-GENERIC_PLANS = False  # also plan_cache_mode = force_generic_plan in every session (measured; off by default)
+GENERIC_PLANS = False  # plan_cache_mode = force_generic_plan for everything in every session (the bench's "generic")
+
+# Generic plans for the stores' own point statements (see docs/fanout.md, "Generic plans for point statements").
+# PostgreSQL plans a prepared statement anew for each of its first five runs in a session (plan_cache_mode = auto),
+# and planning a shard's fetch asks the sizes of its table and indexes, reopening their files: a get at 8192 shards
+# paid that until its shard had run five times in that session. A pooled session connected directly to its server
+# therefore runs with plan_cache_mode = force_generic_plan while it serves the stores' own statements; whatever may
+# depend on the values bound gets PostgreSQL's default back: a lent connection (get_connection(), cursor()) is set to
+# auto when lent (in the statement that sets its search path) and reset when returned; a transaction() and each
+# piece of a multi-shard query or filter write run SET LOCAL plan_cache_mode = auto after BEGIN (same round trip).
+# Behind a pooler (PgBouncer), or with preparing disabled, nothing changes. Read when used.
+GENERIC_POINT_PLANS = True
+POINT_PLANS_SQL = "SET plan_cache_mode = force_generic_plan"
+AUTO_PLANS_SQL = "SET LOCAL plan_cache_mode = auto"
 
 # Shard-affine sessions (see docs/fanout.md, "Shard-affine sessions"). Left to psycopg_pool's order (first in, first
 # out), every pooled session serves every shard of its server, so each backend's relation cache, plan cache and
@@ -123,6 +140,12 @@ def configure_preparation(conn: Any) -> None:
     """
     if PREPARE_HOT and conn.prepare_threshold is not None:
         conn.prepared_max = max(conn.prepared_max, PREPARED_MAX)
+
+
+def plans_generic(conn: Any) -> bool:
+    """Whether ``conn`` is a pooled session in generic-plan mode (`GENERIC_POINT_PLANS`): then anything of the
+    user's, and the stores' statements whose plans depend on values, run with `AUTO_PLANS_SQL` first."""
+    return bool(getattr(conn, "hv_generic", False))
 
 
 def prepare_hot(conn: Any) -> bool | None:

@@ -75,6 +75,7 @@ from hvbackend_postgres._common import (
     PROVISION_BATCH,
     PROVISION_WORKERS,
     QUERY_FETCH_FIRST,
+    SEARCH_PATH_AUTO_PLANS_SQL,
     SEARCH_PATH_SQL,
     StoreCore,
     bounded_connection_class,
@@ -88,13 +89,17 @@ from hvbackend_postgres._common import (
     query_records,
 )
 from hvbackend_postgres._fanout import (
+    AUTO_PLANS_SQL,
     FIRST_FILL_ROWS,
+    GENERIC_POINT_PLANS,
     PIPELINE_PIECES,
+    POINT_PLANS_SQL,
     QueryPiece,
     bring_preferred_forward,
     configure_preparation,
     mark_session,
     pieces_per_transaction,
+    plans_generic,
     preferred_shard,
     prepare_hot,
     shard_pieces,
@@ -324,6 +329,10 @@ class PostgresServerStore(StoreCore):
             conn.prepare_threshold = None  # prepared statements stay with a server session (see _bouncer)
         if self.pooling != "off":  # behind a pooler RESET ALL would also undo what it keeps per client
             cast(Any, conn).hv_restore = restore_sql(conn.pgconn)
+        elif GENERIC_POINT_PLANS and prepare_hot(conn):  # our point statements planned once per session (_fanout)
+            conn.execute(POINT_PLANS_SQL)
+            cast(Any, conn).hv_generic = True
+            cast(Any, conn).hv_restore = "; " + POINT_PLANS_SQL  # after RESET ALL, once a lent connection is back
 
     def _detect_pooling(self, conn: Conn) -> str:
         """``pgbouncer="auto"``: "off" for a direct TCP connection, else "transaction" (see ``_bouncer``)."""
@@ -511,7 +520,8 @@ class PostgresServerStore(StoreCore):
                     self._bindable.add(shard_id)
                 cast(Any, conn).hv_bind = shard_search_path(shard_id, self._ext_schema).as_bytes(conn)
             else:
-                cur = conn.execute(SEARCH_PATH_SQL, (path.as_string(conn), schema))
+                query = SEARCH_PATH_AUTO_PLANS_SQL if plans_generic(conn) else SEARCH_PATH_SQL
+                cur = conn.execute(query, (path.as_string(conn), schema))
                 row = cur.fetchone()
                 if not row or not row[1]:
                     raise self._shard_missing(shard_id)
@@ -1303,7 +1313,9 @@ class PostgresServerStore(StoreCore):
 
         return self._records(items, self._with_conn(first_shard, op))
 
-    def _pieces(self, conn: Conn, statements: Sequence[tuple[Any, Sequence[Any]]]) -> list[list[Any]]:
+    def _pieces(
+        self, conn: Conn, statements: Sequence[tuple[Any, Sequence[Any]]], *, values_matter: bool = False
+    ) -> list[list[Any]]:
         """The rows of each statement, run in one round trip: a pipeline, each statement in a transaction of its own.
 
         A single statement runs alone in autocommit (its own transaction too). With several, each is wrapped in
@@ -1311,8 +1323,11 @@ class PostgresServerStore(StoreCore):
         implicit transaction holding every lock to the end). Statements of one schema each (``shards_per_statement``
         1, Citus) share a transaction `pieces_per_transaction` at a time: as many locks as one full piece, and Citus
         opens a transaction on a worker once per group, not per statement. An error rolls the open transaction back.
+        ``values_matter``: the statements' plans may depend on the values bound (a query's filter), so on a session
+        in generic-plan mode each transaction plans them as PostgreSQL does by default (`_fanout.AUTO_PLANS_SQL`).
         """
-        if len(statements) == 1:
+        auto_plans = values_matter and plans_generic(conn)
+        if len(statements) == 1 and (not auto_plans):
             query, params = statements[0]
             return [list(conn.execute(query, params).fetchall())]
         cursors: list[psycopg.Cursor[Any]] = []
@@ -1323,6 +1338,8 @@ class PostgresServerStore(StoreCore):
                 for i, (query, params) in enumerate(statements):
                     if i % per_transaction == 0:
                         conn.execute("BEGIN")
+                        if auto_plans:
+                            conn.execute(AUTO_PLANS_SQL)
                     cursors.append(conn.cursor().execute(query, params))
                     if i % per_transaction == per_transaction - 1 or i == last:
                         conn.execute("COMMIT")
@@ -1418,6 +1435,8 @@ class PostgresServerStore(StoreCore):
             with conn.pipeline():
                 for piece in pieces:
                     conn.execute("BEGIN")
+                    if plans_generic(conn):  # a filter's plan depends on its values (_fanout.GENERIC_POINT_PLANS)
+                        conn.execute(AUTO_PLANS_SQL)
                     cursors = []
                     for shard in piece:
                         query, params = statements[shard]
@@ -1553,7 +1572,7 @@ class PostgresServerStore(StoreCore):
             filled.append((piece, size))
 
         def op(conn: Conn) -> list[list[Any]]:
-            return self._pieces(conn, statements)
+            return self._pieces(conn, statements, values_matter=True)
 
         if not statements:
             return

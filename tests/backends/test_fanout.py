@@ -447,3 +447,40 @@ def test_a_busy_session_does_not_hold_up_its_shards(fleet: Fleet) -> None:
                 db.put_connection(other)
         finally:
             db.put_connection(held)
+
+
+PLANS_SQL = "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements"
+
+
+def _plans(conn: psycopg.Connection[Any], shard: int) -> list[tuple[int, int]]:
+    """(generic plans, custom plans) of each prepared statement of this session naming ``shard``'s schema."""
+    rows = [tuple(cast(dict[str, Any], row).values()) for row in conn.execute(PLANS_SQL).fetchall()]
+    return [(int(g), int(c)) for text, g, c in rows if shard_schema(shard) in str(text)]
+
+
+def test_point_statements_are_planned_once_and_lent_connections_plan_as_postgresql_does(fleet: Fleet) -> None:
+    """Generic plans for the stores' own point statements (docs/fanout.md): a shard's insert and fetch are planned
+    once per session, not on each of their first five runs (PostgreSQL's plan_cache_mode = auto: each such planning
+    reopens the shard's relation files); a lent connection or a transaction is back on auto, and its session
+    returns to generic plans once given back."""
+    first = int(fleet.servers[0]["shards"].split("-")[0])
+    shard, later = first + 21, first + 22
+    with fleet.datastore(pool_max=1) as db:
+        for _ in range(3):
+            db.get(db.put(shard, 5, n=1))
+        conn = db.get_connection(shard)
+        try:
+            assert conn.execute("SHOW plan_cache_mode").fetchone() == {"plan_cache_mode": "auto"}
+            plans = _plans(conn, shard)
+        finally:
+            db.put_connection(conn)
+        assert len(plans) == 2 and all(g == 3 and c == 0 for g, c in plans), plans  # insert and fetch, 3 runs each
+        with db.transaction(shard) as tx, tx.cursor() as cur:
+            mode = cur.execute("SELECT current_setting('plan_cache_mode')").fetchone()
+            assert mode is not None and "auto" in str(mode)
+        db.get(db.put(later, 5, n=1))  # the session given back twice: generic plans again
+        conn = db.get_connection(later)
+        try:
+            assert _plans(conn, later) == [(1, 0), (1, 0)]
+        finally:
+            db.put_connection(conn)
