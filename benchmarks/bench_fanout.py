@@ -446,6 +446,25 @@ def _print_counters(name: str, counters: dict[str, dict[str, float]]) -> None:
         print(f"  {name} {op:9s} per call: " + " ".join(f"{k} {v:.2f}" for k, v in values.items()))
 
 
+GOALS = {"put": 0.8, "get": 0.6}  # issue 14: throughput at 8192 shards over 16, after warm-up, default settings
+
+
+def _print_goals(r: dict[str, Any]) -> None:
+    """One line: issue 14's goals against what the shipped stores (``library``) measured, wall and server CPU."""
+    figures = r["point"].get("library")
+    if figures is None:
+        return
+    parts = []
+    for op, goal in GOALS.items():
+        wall, cpu = figures[f"{op}_ratio"], figures[f"{op}_cpu_ratio"]
+        verdict = "met" if min(wall, cpu) >= goal else "met by wall time only" if wall >= goal else "NOT met"
+        parts.append(f"{op} >= {goal}x: {wall:.2f}x (server CPU {cpu:.2f}x) {verdict}")
+    print(
+        f"goals, library on default settings: {'; '.join(parts)}; "
+        f"plan cache {figures['plan_mib_per_session']:.1f} MiB per session"
+    )
+
+
 def main() -> None:
     """Command-line entry: print the figures (and write them as JSON if asked)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -484,6 +503,7 @@ def main() -> None:
             f"warm-up {figures['warm_s']:.0f} s"
         )
         _print_counters(name, figures["counters"])
+    _print_goals(r)
     if "recommended" in r:
         figures = r["recommended"]["point"]
         print(
