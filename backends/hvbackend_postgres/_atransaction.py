@@ -40,7 +40,7 @@ from hvcore._backend import QuerySpec, Record
 from hvcore._key import Key
 from hvcore.errors import ServerUnavailable, TransactionConflict, TransactionError
 
-AUTO_BEGIN = sql.SQL("; " + AUTO_PLANS_SQL)  # a transaction on a session in generic-plan mode plans as by default
+AUTO_BEGIN = sql.SQL("; " + AUTO_PLANS_SQL)  # a transaction on a session in generic-plan mode: its own plan mode
 AsyncPostgresServerStore = Any  # the store of the transaction's server (not imported: it imports this module)
 
 __all__ = ["AsyncPostgresTransaction", "begin_sql", "postgres_transaction"]

@@ -91,13 +91,14 @@ GENERIC_PLANS = False  # plan_cache_mode = force_generic_plan for everything in 
 # and planning a shard's fetch asks the sizes of its table and indexes, reopening their files: a get at 8192 shards
 # paid that until its shard had run five times in that session. A pooled session connected directly to its server
 # therefore runs with plan_cache_mode = force_generic_plan while it serves the stores' own statements; whatever may
-# depend on the values bound gets PostgreSQL's default back: a lent connection (get_connection(), cursor()) is set to
-# auto when lent (in the statement that sets its search path) and reset when returned; a transaction() and each
-# piece of a multi-shard query or filter write run SET LOCAL plan_cache_mode = auto after BEGIN (same round trip).
+# depend on the values bound gets the session's own value back (auto, unless the role, database or connection options
+# set another): a lent connection (get_connection(), cursor()) gets it when lent (in the statement that sets its
+# search path) and generic plans again when returned (after RESET ALL); a transaction() and each piece of a
+# multi-shard query or filter write run SET LOCAL plan_cache_mode TO DEFAULT after BEGIN (same round trip).
 # Behind a pooler (PgBouncer), or with preparing disabled, nothing changes. Read when used.
 GENERIC_POINT_PLANS = True
 POINT_PLANS_SQL = "SET plan_cache_mode = force_generic_plan"
-AUTO_PLANS_SQL = "SET LOCAL plan_cache_mode = auto"
+AUTO_PLANS_SQL = "SET LOCAL plan_cache_mode TO DEFAULT"  # the session's own value: auto, or the role's/database's
 
 # Shard-affine sessions (see docs/fanout.md, "Shard-affine sessions"). Left to psycopg_pool's order (first in, first
 # out), every pooled session serves every shard of its server, so each backend's relation cache, plan cache and

@@ -484,3 +484,28 @@ def test_point_statements_are_planned_once_and_lent_connections_plan_as_postgres
             assert _plans(conn, later) == [(1, 0), (1, 0)]
         finally:
             db.put_connection(conn)
+
+
+def test_a_lent_connection_gets_the_databases_own_plan_mode(fleet: Fleet) -> None:
+    """A lent connection and a transaction get the session's own plan_cache_mode back (here the database's
+    ``force_custom_plan``), not a fixed ``auto``; the stores' point statements still run generic plans."""
+    server = fleet.servers[0]
+    first = int(server["shards"].split("-")[0])
+    settings = {k: v for k, v in server.items() if k != "shards"}
+    alter = "ALTER DATABASE {} {}"
+    with psycopg.connect(**settings, autocommit=True) as admin:
+        admin.execute(alter.format(server["dbname"], "SET plan_cache_mode = force_custom_plan"))
+        try:
+            with fleet.datastore(pool_max=1) as db:
+                db.get(db.put(first + 31, 5, n=1))
+                conn = db.get_connection(first + 31)
+                try:
+                    assert conn.execute("SHOW plan_cache_mode").fetchone() == {"plan_cache_mode": "force_custom_plan"}
+                    assert _plans(conn, first + 31) == [(1, 0), (1, 0)]
+                finally:
+                    db.put_connection(conn)
+                with db.transaction(first + 31) as tx, tx.cursor() as cur:
+                    mode = cur.execute("SELECT current_setting('plan_cache_mode')").fetchone()
+                    assert mode is not None and "force_custom_plan" in str(mode)
+        finally:
+            admin.execute(alter.format(server["dbname"], "RESET plan_cache_mode"))
