@@ -9,9 +9,13 @@ each figure a median over interleaved blocks (so the machine's drift hits both s
   pooled session touched every shard, with the plan-cache memory of each pooled session (``pg_backend_memory_contexts``:
   the ``CachedPlan*`` contexts) beside it. Per variant of statement preparation (``--variants``):
   ``library`` (what the stores do: each shard's insert and fetch prepared on first use, up to
-  `hvbackend_postgres._fanout.PREPARED_MAX` per session), ``psycopg`` (psycopg's defaults: prepare after 5 runs,
-  ``prepared_max`` 100: the state before issue 14), ``generic`` (library + ``plan_cache_mode =
-  force_generic_plan`` in every session);
+  `hvbackend_postgres._fanout.PREPARED_MAX` per session, planned once per session (generic plans:
+  `hvbackend_postgres._fanout.GENERIC_POINT_PLANS`) and run on the shard's own session when it is idle:
+  `hvbackend_postgres._fanout.SHARD_AFFINITY`), ``spread`` (the same without shard-affine sessions: every session
+  serves every shard, psycopg_pool's first-in-first-out order), ``auto`` (the same without generic plans:
+  PostgreSQL plans each statement's first five runs per session), ``psycopg`` (psycopg's defaults: prepare after 5
+  runs, ``prepared_max`` 100, neither of the above: the state before issue 14), ``generic`` (library +
+  ``plan_cache_mode = force_generic_plan`` for everything, set at connection: the earlier experiment);
 - a full-fleet ``query(limit=10)``: time to the first record and to the end, 8192 shards vs 16 shards;
 - ``get_many`` of 8192 keys, one per shard, per key vs ``get_many`` of 8192 keys over 64 shards;
 - ``update_where`` (one matching row per shard) over all 8192 shards vs over 16.
@@ -50,7 +54,7 @@ from hvbackend_postgres import _fanout
 
 SHARDS = 8192
 POOL = 4  # sessions per server (each one warmed on every shard)
-VARIANTS = ("library", "psycopg", "generic")
+VARIANTS = ("library", "spread", "auto", "psycopg", "generic")
 PLAN_MEMORY_SQL = "SELECT coalesce(sum(total_bytes), 0) FROM pg_backend_memory_contexts WHERE name LIKE 'CachedPlan%%'"
 
 
@@ -80,7 +84,11 @@ def prepare(servers: list[dict[str, Any]]) -> list[dict[str, Any]]:
 @contextmanager
 def variant(name: str) -> Iterator[None]:
     """Statement preparation of the pools made inside (see the module docstring)."""
-    saved = (_fanout.PREPARE_HOT, _fanout.GENERIC_PLANS)
+    saved = (_fanout.PREPARE_HOT, _fanout.GENERIC_PLANS, _fanout.SHARD_AFFINITY, _fanout.GENERIC_POINT_PLANS)
+    if name in ("psycopg", "spread"):
+        _fanout.SHARD_AFFINITY = False
+    if name in ("psycopg", "auto"):
+        _fanout.GENERIC_POINT_PLANS = False
     if name == "psycopg":
         _fanout.PREPARE_HOT = False
     elif name == "generic":
@@ -88,11 +96,17 @@ def variant(name: str) -> Iterator[None]:
     try:
         yield
     finally:
-        _fanout.PREPARE_HOT, _fanout.GENERIC_PLANS = saved
+        _fanout.PREPARE_HOT, _fanout.GENERIC_PLANS, _fanout.SHARD_AFFINITY, _fanout.GENERIC_POINT_PLANS = saved
 
 
-def _warm(db: hvcore.Datastore, keys: dict[int, hvcore.Key]) -> float:
-    """Every pooled session touches every shard (a put and a get each): POOL threads per server, all shards each."""
+WARM_THREADS = POOL * 2  # callers of the warm-up, all at once (POOL per server: every session busy)
+
+
+def _warm(db: hvcore.Datastore, keys: dict[int, hvcore.Key], threads_count: int = WARM_THREADS) -> float:
+    """Every shard gets a put and a get from each of ``threads_count`` callers, each walking all shards in its own
+    random order. With `WARM_THREADS` (POOL per server: the pool's sessions busy most of the time) every pooled
+    session touches nearly every shard, shard-affine or not; fewer callers leave sessions idle, so shard-affine
+    sessions each keep to their own shards."""
     started = time.perf_counter()
 
     def work(index: int) -> None:
@@ -103,7 +117,7 @@ def _warm(db: hvcore.Datastore, keys: dict[int, hvcore.Key]) -> float:
             db.get(key)
             keys.setdefault(shard, key)
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(POOL * 2)]
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(threads_count)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -128,17 +142,24 @@ def _plan_memory(db: hvcore.Datastore) -> list[float]:
 
 
 def bench_point(
-    config: list[dict[str, Any]], name: str, ops: int, rounds: int, counters: bool = False, warm_rounds: int = 1
+    config: list[dict[str, Any]],
+    name: str,
+    ops: int,
+    rounds: int,
+    counters: bool = False,
+    warm_rounds: int = 1,
+    warm_threads: int = WARM_THREADS,
 ) -> dict[str, Any]:
     """µs per put and per get, random of 8192 vs random of 16 shards, after warm-up; plan cache per session.
 
     ``counters``: then the server's work per operation as well (`_counters`), each candidate run again for it.
     ``warm_rounds``: warm-ups in a row; one runs each shard's statements about twice per session, three about six
     times: past PostgreSQL's five custom plans per prepared statement, so the sessions' steady state.
+    ``warm_threads``: callers of the warm-up (`_warm`).
     """
     with variant(name), hvcore.Datastore([dict(c) for c in config], backend="jsonb", pool_max=POOL) as db:
         keys: dict[int, hvcore.Key] = {}
-        warm_s = sum(_warm(db, keys) for _ in range(warm_rounds))
+        warm_s = sum(_warm(db, keys, warm_threads) for _ in range(warm_rounds))
         rng = random.Random(3)
         few = [s * (SHARDS // 16) + 7 for s in range(16)]  # 16 shards, 8 on each server
 
@@ -359,6 +380,7 @@ def run(
     recommended: bool = False,
     counters: bool = False,
     warm_rounds: int = 1,
+    warm_threads: int = WARM_THREADS,
 ) -> dict[str, Any]:
     """Every measure on the given servers, or on two fresh local servers at default settings.
 
@@ -374,7 +396,7 @@ def run(
         config = prepare(settings)
         results: dict[str, Any] = {"quick": quick, "point": {}}
         for name in variants:
-            results["point"][name] = bench_point(config, name, ops, rounds, counters, warm_rounds)
+            results["point"][name] = bench_point(config, name, ops, rounds, counters, warm_rounds, warm_threads)
         if not point_only:
             results["query"] = bench_query(config, rounds)
             results["get_many"] = bench_get_many(config, 3 if quick else 5)
@@ -391,7 +413,7 @@ def run(
             config = _config([s.settings for s in local])
             results["recommended"] = {
                 "settings": RECOMMENDED,
-                "point": bench_point(config, "library", ops, rounds, counters),
+                "point": bench_point(config, "library", ops, rounds, counters, warm_rounds, warm_threads),
             }
         return results
 
@@ -424,6 +446,25 @@ def _print_counters(name: str, counters: dict[str, dict[str, float]]) -> None:
         print(f"  {name} {op:9s} per call: " + " ".join(f"{k} {v:.2f}" for k, v in values.items()))
 
 
+GOALS = {"put": 0.8, "get": 0.6}  # issue 14: throughput at 8192 shards over 16, after warm-up, default settings
+
+
+def _print_goals(r: dict[str, Any]) -> None:
+    """One line: issue 14's goals against what the shipped stores (``library``) measured, wall and server CPU."""
+    figures = r["point"].get("library")
+    if figures is None:
+        return
+    parts = []
+    for op, goal in GOALS.items():
+        wall, cpu = figures[f"{op}_ratio"], figures[f"{op}_cpu_ratio"]
+        verdict = "met" if min(wall, cpu) >= goal else "met by wall time only" if wall >= goal else "NOT met"
+        parts.append(f"{op} >= {goal}x: {wall:.2f}x (server CPU {cpu:.2f}x) {verdict}")
+    print(
+        f"goals, library on default settings: {'; '.join(parts)}; "
+        f"plan cache {figures['plan_mib_per_session']:.1f} MiB per session"
+    )
+
+
 def main() -> None:
     """Command-line entry: print the figures (and write them as JSON if asked)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -435,10 +476,20 @@ def main() -> None:
     parser.add_argument("--recommended", action="store_true", help="then put/get again with the recommended settings")
     parser.add_argument("--counters", action="store_true", help="the server's work per put/get too (uses strace)")
     parser.add_argument("--warm-rounds", type=int, default=1, help="warm-ups before put/get (3: steady state)")
+    parser.add_argument("--warm-threads", type=int, default=WARM_THREADS, help="callers of the warm-up, at once")
     args = parser.parse_args()
     servers = json.loads(args.servers.read_text()) if args.servers else None
     variants = [v for v in args.variants.split(",") if v]
-    r = run(args.quick, servers, variants, args.point_only, args.recommended, args.counters, args.warm_rounds)
+    r = run(
+        args.quick,
+        servers,
+        variants,
+        args.point_only,
+        args.recommended,
+        args.counters,
+        args.warm_rounds,
+        args.warm_threads,
+    )
     if args.json:
         args.json.write_text(json.dumps(r, indent=2) + "\n")
     for name, figures in r["point"].items():
@@ -452,6 +503,7 @@ def main() -> None:
             f"warm-up {figures['warm_s']:.0f} s"
         )
         _print_counters(name, figures["counters"])
+    _print_goals(r)
     if "recommended" in r:
         figures = r["recommended"]["point"]
         print(

@@ -1013,10 +1013,16 @@ def rows_fanout(r: dict[str, Any]) -> list[Row]:
                 "plan cache per pooled session",
                 lib["plan_mib_per_session"],
                 "MiB",
-                "each shard's insert and fetch prepared on first use (pg_backend_memory_contexts, CachedPlan*)",
+                "each shard's insert and fetch prepared on first use, generic plans (pg_backend_memory_contexts, "
+                "CachedPlan*)",
             )
         )
-        for name, label in (("psycopg", "psycopg's defaults"), ("generic", "force_generic_plan")):
+        for name, label in (
+            ("spread", "without shard-affine sessions"),
+            ("auto", "without generic plans for point statements"),
+            ("psycopg", "psycopg's defaults"),
+            ("generic", "force_generic_plan for everything"),
+        ):
             other = point.get(name)
             if other:
                 for op in ("put", "get"):
@@ -1028,7 +1034,7 @@ def rows_fanout(r: dict[str, Any]) -> list[Row]:
                             label,
                             other["us"][f"{op}_8192"],
                             "µs/op",
-                            f"statement preparation per shard vs {label} (same warm-up)",
+                            f"the stores' point statements as shipped vs {label} (same warm-up)",
                             lower_is_better=True,
                         )
                     )

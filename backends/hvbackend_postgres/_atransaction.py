@@ -32,6 +32,7 @@ from psycopg.types.hstore import register_hstore
 
 from hvbackend_postgres._bouncer import RESET_SQL
 from hvbackend_postgres._common import query_fetch_sizes, query_records
+from hvbackend_postgres._fanout import AUTO_PLANS_SQL, plans_generic
 from hvbackend_postgres._indexes import is_unique_violation, unique_violation
 from hvbackend_postgres._schema import ShardSQL
 from hvbackend_postgres._shardtx import shard_search_path
@@ -40,6 +41,7 @@ from hvcore._holdings import TRANSACTION
 from hvcore._key import Key
 from hvcore.errors import ServerUnavailable, TransactionConflict, TransactionError
 
+AUTO_BEGIN = sql.SQL("; " + AUTO_PLANS_SQL)  # a transaction on a session in generic-plan mode: its own plan mode
 AsyncPostgresServerStore = Any  # the store of the transaction's server (not imported: it imports this module)
 
 __all__ = ["AsyncPostgresTransaction", "begin_sql", "postgres_transaction"]
@@ -310,10 +312,10 @@ async def postgres_transaction(
     owner: object = None
     try:
         for attempt in (0, 1):
-            conn, pool = await store._checkout()
+            conn, pool = await store._checkout(shard_id)
             held = (conn, pool, conn.prepare_threshold)
             try:
-                await conn.execute(begin, prepare=False)
+                await conn.execute(begin + AUTO_BEGIN if plans_generic(conn) else begin, prepare=False)
             except psycopg.Error as exc:
                 if attempt == 0 and conn.closed and isinstance(exc, psycopg.OperationalError):
                     held = None

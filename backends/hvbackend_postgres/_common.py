@@ -107,6 +107,12 @@ BACKEND_CHECK_SQL = (
 """The hstore extension's schema (or NULL), the body type of one shard table (or NULL if none exists), and whether
 Citus is installed in the database (then `hvbackend_postgres._citus.CITUS_SHARD_SCHEMAS_SQL` says more)."""
 SEARCH_PATH_SQL = "SELECT pg_catalog.set_config('search_path', %s, false), pg_catalog.to_regnamespace(%s) IS NOT NULL"
+SEARCH_PATH_AUTO_PLANS_SQL = (
+    SEARCH_PATH_SQL + ", pg_catalog.set_config('plan_cache_mode', (SELECT s.reset_val FROM pg_catalog.pg_settings s "
+    "WHERE s.name = 'plan_cache_mode'), false)"
+)
+"""`SEARCH_PATH_SQL` for a session in generic-plan mode: the lent connection gets the session's own plan_cache_mode
+back (``auto`` unless the role, database or connection options set another), as ``RESET`` would give it."""
 _NOT_PROVISIONED_STATES = frozenset({"42P01", "3F000"})  # undefined table, invalid schema name
 PRIVILEGE_SQLSTATE = "42501"  # insufficient_privilege: PermissionDenied
 READ_ONLY_SQLSTATE = "25006"  # read_only_sql_transaction: ReadOnlyServer

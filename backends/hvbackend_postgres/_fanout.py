@@ -25,8 +25,10 @@ would.
 
 from __future__ import annotations
 
+import random
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -36,22 +38,31 @@ from hvcore._backend import Record
 from hvcore.errors import InvalidQuery, ServerLimitReached
 
 __all__ = [
+    "AUTO_PLANS_SQL",
     "FIRST_FILL_ROWS",
     "GENERIC_PLANS",
+    "GENERIC_POINT_PLANS",
     "LOCKS_PER_SHARD",
     "MAX_BIND_PARAMETERS",
     "PARAMETER_BUDGET",
     "PIPELINE_PIECES",
+    "POINT_PLANS_SQL",
     "PREPARED_MAX",
     "PREPARE_HOT",
     "SHARDS_PER_STATEMENT",
+    "SHARD_AFFINITY",
     "QueryPiece",
+    "affinity_rank",
+    "bring_preferred_forward",
     "check_parameters",
     "configure_preparation",
     "group_pieces",
     "item_shard",
     "limit_error",
+    "mark_session",
     "pieces_per_transaction",
+    "plans_generic",
+    "preferred_shard",
     "prepare_hot",
     "session_options",
     "shard_pieces",
@@ -73,7 +84,34 @@ FIRST_FILL_ROWS = 10_000  # rows a query's first round trip over many pieces ask
 # pieces) keep psycopg's rules. Read when used, so a benchmark can change them.
 PREPARE_HOT = True  # prepare each shard's insert/fetch statement on first use (unless preparing is disabled)
 PREPARED_MAX = 16_384  # prepared statements kept per session (psycopg's prepared_max; its default is 100)
-GENERIC_PLANS = False  # also plan_cache_mode = force_generic_plan in every session (measured; off by default)
+GENERIC_PLANS = False  # plan_cache_mode = force_generic_plan for everything in every session (the bench's "generic")
+
+# Generic plans for the stores' own point statements (see docs/fanout.md, "Generic plans for point statements").
+# PostgreSQL plans a prepared statement anew for each of its first five runs in a session (plan_cache_mode = auto),
+# and planning a shard's fetch asks the sizes of its table and indexes, reopening their files: a get at 8192 shards
+# paid that until its shard had run five times in that session. A pooled session connected directly to its server
+# therefore runs with plan_cache_mode = force_generic_plan while it serves the stores' own statements; whatever may
+# depend on the values bound gets the session's own value back (auto, unless the role, database or connection options
+# set another): a lent connection (get_connection(), cursor()) gets it when lent (in the statement that sets its
+# search path) and generic plans again when returned (after RESET ALL); a transaction() and each piece of a
+# multi-shard query or filter write run SET LOCAL plan_cache_mode TO DEFAULT after BEGIN (same round trip).
+# Behind a pooler (PgBouncer), or with preparing disabled, nothing changes. Read when used.
+GENERIC_POINT_PLANS = True
+POINT_PLANS_SQL = "SET plan_cache_mode = force_generic_plan"
+AUTO_PLANS_SQL = "SET LOCAL plan_cache_mode TO DEFAULT"  # the session's own value: auto, or the role's/database's
+
+# Shard-affine sessions (see docs/fanout.md, "Shard-affine sessions"). Left to psycopg_pool's order (first in, first
+# out), every pooled session serves every shard of its server, so each backend's relation cache, plan cache and
+# ~1,000 open files (max_files_per_process) cover all of its 4,096+ shards' ~16,000 relation files, and a shard's
+# prepared statement runs in each session only 1/n of the time (so it stays in PostgreSQL's first five, custom-planned
+# runs n times longer). A single-shard operation instead takes, among the idle sessions, the one its shard ranks
+# highest (rendezvous hashing: a per-session random line over shard ids), so each shard keeps to one session while
+# that session is free and to the next in its own order when it is busy: nobody waits for a particular session, and a
+# session coming or going moves only the shards it ranked first. Read when used, so a benchmark can turn it off.
+SHARD_AFFINITY = True
+_RANK_PRIME = 2_147_483_647  # 2^31 - 1: ranks are (shard * a + b) mod this, with a session's own random a and b
+preferred_shard: ContextVar[int | None] = ContextVar("hv_preferred_shard", default=None)
+"""The shard of the single-shard operation now asking its pool for a session (set around ``getconn``)."""
 
 _T = TypeVar("_T")
 _K = TypeVar("_K", bound=Hashable)
@@ -105,6 +143,12 @@ def configure_preparation(conn: Any) -> None:
         conn.prepared_max = max(conn.prepared_max, PREPARED_MAX)
 
 
+def plans_generic(conn: Any) -> bool:
+    """Whether ``conn`` is a pooled session in generic-plan mode (`GENERIC_POINT_PLANS`): then anything of the
+    user's, and the stores' statements whose plans depend on values, run with `AUTO_PLANS_SQL` first."""
+    return bool(getattr(conn, "hv_generic", False))
+
+
 def prepare_hot(conn: Any) -> bool | None:
     """``prepare=`` for a per-shard point statement on ``conn``: True (prepare now), or None (psycopg's rules)."""
     return True if PREPARE_HOT and conn.prepare_threshold is not None else None
@@ -115,6 +159,31 @@ def session_options(options: str | None) -> str | None:
     if not GENERIC_PLANS:
         return options
     return " ".join(part for part in (options, "-c plan_cache_mode=force_generic_plan") if part)
+
+
+def mark_session(conn: Any) -> None:
+    """Give a new pooled session its random line over shard ids (`affinity_rank`)."""
+    conn.hv_rank = (random.randrange(1, _RANK_PRIME), random.randrange(_RANK_PRIME))
+
+
+def affinity_rank(shard: int, conn: Any) -> int:
+    """How much ``shard`` prefers session ``conn`` (higher first; -1 for a session without a line)."""
+    line: tuple[int, int] | None = getattr(conn, "hv_rank", None)
+    return -1 if line is None else (shard * line[0] + line[1]) % _RANK_PRIME
+
+
+def bring_preferred_forward(idle: deque[Any]) -> None:
+    """Move the idle session the asking shard ranks highest (`preferred_shard`) to the front of psycopg_pool's queue
+    of idle sessions, which hands out its front one; nothing to do without a shard, with one session or less, or
+    with `SHARD_AFFINITY` off."""
+    shard = preferred_shard.get()
+    if shard is None or len(idle) < 2 or not SHARD_AFFINITY:
+        return
+    at = max(range(len(idle)), key=lambda index: affinity_rank(shard, idle[index]))
+    if at:
+        conn = idle[at]
+        del idle[at]
+        idle.appendleft(conn)
 
 
 def item_shard(item: tuple[int, Any]) -> int:

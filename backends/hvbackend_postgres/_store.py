@@ -75,6 +75,7 @@ from hvbackend_postgres._common import (
     PROVISION_BATCH,
     PROVISION_WORKERS,
     QUERY_FETCH_FIRST,
+    SEARCH_PATH_AUTO_PLANS_SQL,
     SEARCH_PATH_SQL,
     StoreCore,
     bounded_connection_class,
@@ -88,11 +89,18 @@ from hvbackend_postgres._common import (
     query_records,
 )
 from hvbackend_postgres._fanout import (
+    AUTO_PLANS_SQL,
     FIRST_FILL_ROWS,
+    GENERIC_POINT_PLANS,
     PIPELINE_PIECES,
+    POINT_PLANS_SQL,
     QueryPiece,
+    bring_preferred_forward,
     configure_preparation,
+    mark_session,
     pieces_per_transaction,
+    plans_generic,
+    preferred_shard,
     prepare_hot,
     shard_pieces,
 )
@@ -284,6 +292,12 @@ class _Pool(psycopg_pool.ConnectionPool[Conn]):
         self.last_error = None
         return conn
 
+    def _get_ready_connection(self, timeout: float | None) -> Conn | None:
+        """psycopg_pool's pick of an idle connection, which takes the front one: a single-shard operation's own
+        session is brought to the front first, if idle (shard-affine sessions: `_fanout.bring_preferred_forward`)."""
+        bring_preferred_forward(self._pool)
+        return super()._get_ready_connection(timeout)
+
     def _getconn_unchecked(self, timeout: float) -> Conn:
         """psycopg_pool's wait for a connection, safe from exceptions raised by signal handlers (`_poolguard`)."""
         return cast(Conn, signal_safe_getconn(self, timeout))
@@ -344,6 +358,7 @@ class PostgresServerStore(StoreCore):
         set_json_loads(load_json, conn)
         set_json_dumps(dump_json, conn)
         configure_preparation(conn)  # room for every shard's point statements, prepared (_fanout)
+        mark_session(conn)  # its random line over shard ids: which shards prefer it (_fanout, shard-affine sessions)
         if self._cursor_factory is not None:
             conn.cursor_factory = self._cursor_factory
         if self.pooling is None:
@@ -354,6 +369,10 @@ class PostgresServerStore(StoreCore):
             conn.prepare_threshold = None  # prepared statements stay with a server session (see _bouncer)
         if self.pooling != "off":  # behind a pooler RESET ALL would also undo what it keeps per client
             cast(Any, conn).hv_restore = restore_sql(conn.pgconn)
+        elif GENERIC_POINT_PLANS and prepare_hot(conn):  # our point statements planned once per session (_fanout)
+            conn.execute(POINT_PLANS_SQL)
+            cast(Any, conn).hv_generic = True
+            cast(Any, conn).hv_restore = "; " + POINT_PLANS_SQL  # after RESET ALL, once a lent connection is back
 
     def _detect_pooling(self, conn: Conn) -> str:
         """``pgbouncer="auto"``: "off" for a direct TCP connection, else "transaction" (see ``_bouncer``)."""
@@ -454,8 +473,12 @@ class PostgresServerStore(StoreCore):
             return False
         return True
 
-    def _checkout(self) -> tuple[Conn, _Pool]:
-        """Borrow a checked connection: dead ones are discarded and replaced without failing the caller."""
+    def _checkout(self, shard: int | None = None) -> tuple[Conn, _Pool]:
+        """Borrow a checked connection: dead ones are discarded and replaced without failing the caller.
+
+        ``shard``: the one shard the borrower will work on (a point operation, a lent connection or transaction
+        bound to it): the pool then hands out the idle session that shard prefers (`_fanout.bring_preferred_forward`).
+        """
         deadline = time.monotonic() + self._options.pool_block_timeout
         while True:
             pool = self._pool
@@ -467,6 +490,7 @@ class PostgresServerStore(StoreCore):
             if waits:
                 with self._lock:
                     self._waiting += 1
+            preference = preferred_shard.set(shard)
             try:
                 conn = pool.getconn(max(deadline - time.monotonic(), 0.001))
             except psycopg_pool.PoolTimeout:
@@ -480,6 +504,7 @@ class PostgresServerStore(StoreCore):
                     raise closed_while_waiting(self._label) from None
                 continue  # replaced by a fresh pool meanwhile
             finally:
+                preferred_shard.reset(preference)
                 if waits:
                     with self._lock:
                         self._waiting -= 1
@@ -526,7 +551,7 @@ class PostgresServerStore(StoreCore):
     def get_connection(self, shard_id: int) -> Conn:
         """Borrow a connection (transactional, rows as dicts by default) whose search path is the shard's schema."""
         path, schema = self._search_path(shard_id)
-        conn, pool = self._checkout()
+        conn, pool = self._checkout(shard_id)
         try:
             if self.pooling == "transaction":  # every transaction it opens starts with SET LOCAL (see _bouncer)
                 if shard_id not in self._bindable:
@@ -536,7 +561,8 @@ class PostgresServerStore(StoreCore):
                     self._bindable.add(shard_id)
                 cast(Any, conn).hv_bind = shard_search_path(shard_id, self._ext_schema).as_bytes(conn)
             else:
-                cur = conn.execute(SEARCH_PATH_SQL, (path.as_string(conn), schema))
+                query = SEARCH_PATH_AUTO_PLANS_SQL if plans_generic(conn) else SEARCH_PATH_SQL
+                cur = conn.execute(query, (path.as_string(conn), schema))
                 row = cur.fetchone()
                 if not row or not row[1]:
                     raise self._shard_missing(shard_id)
@@ -774,10 +800,12 @@ class PostgresServerStore(StoreCore):
             statements = self._sql[shard_id] = ShardSQL.build(shard_id, self.backend, self._ext())
         return statements
 
-    def _with_conn(self, shard_id: int, op: Callable[[Conn], _T]) -> _T:
-        """Run ``op`` (a read) on a pooled connection; one retry if the connection was lost underneath."""
+    def _with_conn(self, shard_id: int, op: Callable[[Conn], _T], *, one_shard: bool = False) -> _T:
+        """Run ``op`` (a read) on a pooled connection; one retry if the connection was lost underneath.
+
+        ``one_shard``: ``op`` reads ``shard_id`` only, so it runs on that shard's preferred session (`_checkout`)."""
         for attempt in (0, 1):
-            conn, pool = self._checkout()
+            conn, pool = self._checkout(shard_id if one_shard else None)
             try:
                 return op(conn)
             except psycopg.OperationalError as exc:
@@ -799,7 +827,7 @@ class PostgresServerStore(StoreCore):
 
         A connection lost underneath is retried once.
         """
-        conn, pool = self._checkout()
+        conn, pool = self._checkout(shard_id)
         try:
             cur = conn.execute(query, params, prepare=prepare_hot(conn))
             return cur.fetchone() if cur.description is not None else None
@@ -859,7 +887,7 @@ class PostgresServerStore(StoreCore):
         spent). Server errors are raised translated (`_translate`); ``reused`` as for `_send_write`, ``ours`` as
         for `_write`.
         """
-        conn, pool = self._checkout()
+        conn, pool = self._checkout(shard_id)
         box: list[pq.abc.PGresult] = []
         pid = self._session_pid(conn)  # known before the write: libpq forgets it once the connection breaks
         try:
@@ -1230,7 +1258,7 @@ class PostgresServerStore(StoreCore):
         statement = self._copy_sql(shard_id)
         keys = [row[0] for row in rows]
         for attempt in (0, 1):
-            conn, pool = self._checkout()
+            conn, pool = self._checkout(shard_id)
             xid: int | None = None
             lost: psycopg.OperationalError | None = None
             taken = timed_out = False
@@ -1308,7 +1336,7 @@ class PostgresServerStore(StoreCore):
         def op(conn: Conn) -> list[tuple[Any, ...]]:
             return list(conn.execute(query, ([int(k) for k in keys],)).fetchall())
 
-        taken = sorted(int(row[0]) for row in self._with_conn(shard_id, op))
+        taken = sorted(int(row[0]) for row in self._with_conn(shard_id, op, one_shard=True))
         within = len(set(keys)) != len(keys)
         if not taken and (not within):
             return self._duplicate_batch(shard_id, len(keys))
@@ -1334,7 +1362,9 @@ class PostgresServerStore(StoreCore):
 
         return self._records(items, self._with_conn(first_shard, op))
 
-    def _pieces(self, conn: Conn, statements: Sequence[tuple[Any, Sequence[Any]]]) -> list[list[Any]]:
+    def _pieces(
+        self, conn: Conn, statements: Sequence[tuple[Any, Sequence[Any]]], *, values_matter: bool = False
+    ) -> list[list[Any]]:
         """The rows of each statement, run in one round trip: a pipeline, each statement in a transaction of its own.
 
         A single statement runs alone in autocommit (its own transaction too). With several, each is wrapped in
@@ -1342,8 +1372,11 @@ class PostgresServerStore(StoreCore):
         implicit transaction holding every lock to the end). Statements of one schema each (``shards_per_statement``
         1, Citus) share a transaction `pieces_per_transaction` at a time: as many locks as one full piece, and Citus
         opens a transaction on a worker once per group, not per statement. An error rolls the open transaction back.
+        ``values_matter``: the statements' plans may depend on the values bound (a query's filter), so on a session
+        in generic-plan mode each transaction plans them as PostgreSQL does by default (`_fanout.AUTO_PLANS_SQL`).
         """
-        if len(statements) == 1:
+        auto_plans = values_matter and plans_generic(conn)
+        if len(statements) == 1 and (not auto_plans):
             query, params = statements[0]
             return [list(conn.execute(query, params).fetchall())]
         cursors: list[psycopg.Cursor[Any]] = []
@@ -1354,6 +1387,8 @@ class PostgresServerStore(StoreCore):
                 for i, (query, params) in enumerate(statements):
                     if i % per_transaction == 0:
                         conn.execute("BEGIN")
+                        if auto_plans:
+                            conn.execute(AUTO_PLANS_SQL)
                     cursors.append(conn.cursor().execute(query, params))
                     if i % per_transaction == per_transaction - 1 or i == last:
                         conn.execute("COMMIT")
@@ -1449,6 +1484,8 @@ class PostgresServerStore(StoreCore):
             with conn.pipeline():
                 for piece in pieces:
                     conn.execute("BEGIN")
+                    if plans_generic(conn):  # a filter's plan depends on its values (_fanout.GENERIC_POINT_PLANS)
+                        conn.execute(AUTO_PLANS_SQL)
                     cursors = []
                     for shard in piece:
                         query, params = statements[shard]
@@ -1584,7 +1621,7 @@ class PostgresServerStore(StoreCore):
             filled.append((piece, size))
 
         def op(conn: Conn) -> list[list[Any]]:
-            return self._pieces(conn, statements)
+            return self._pieces(conn, statements, values_matter=True)
 
         if not statements:
             return

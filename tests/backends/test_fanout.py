@@ -386,3 +386,126 @@ def test_without_pieces_a_filter_write_overflows_the_lock_table(fleet: Fleet, mo
         assert "0 record(s) in 0 shard(s)" in " ".join(getattr(caught.value, "__notes__", []))
         monkeypatch.undo()
         assert db.get(fleet.records[0].key) is not None  # the server is fine
+
+
+def _sessions_statements(db: hvcore.Datastore, shard: int, count: int) -> dict[int, set[str]]:
+    """The prepared statements of each of ``count`` pooled sessions of ``shard``'s server: {backend pid: texts}."""
+    conns = [db.get_connection(shard) for _ in range(count)]
+    try:
+        out: dict[int, set[str]] = {}
+        for conn in conns:
+            rows = conn.execute("SELECT statement FROM pg_prepared_statements").fetchall()
+            out[conn.info.backend_pid] = {str(next(iter(cast(dict[str, Any], row).values()))) for row in rows}
+        return out
+    finally:
+        for conn in conns:
+            db.put_connection(conn)
+
+
+def test_point_operations_keep_to_their_shards_session(fleet: Fleet) -> None:
+    """Shard-affine sessions (docs/fanout.md): with the pool's sessions idle, every put and get of a shard runs on
+    the one session that shard prefers, so each session prepares (and caches plans and relation files for) about a
+    quarter of the shards instead of all of them. psycopg_pool's own order (first in, first out) would send a
+    shard's put and its get to different sessions."""
+    pool = 4
+    first = int(fleet.servers[0]["shards"].split("-")[0])
+    shards = random.Random(7).sample(range(first, first + 4096), 400)
+    with fleet.datastore(pool_max=pool) as db:
+        _sessions_statements(db, first, pool)  # all four sessions open (each borrowed at once), then idle
+        for _ in range(2):
+            for shard in shards:
+                db.get(db.put(shard, 5, n=1))
+        sessions = _sessions_statements(db, first, pool)
+    assert len(sessions) == pool
+    homes = {
+        shard: [pid for pid, texts in sessions.items() if any(shard_schema(shard) in t for t in texts)]
+        for shard in shards
+    }
+    spread = {shard: pids for shard, pids in homes.items() if len(pids) != 1}
+    assert not spread, f"{len(spread)} of {len(shards)} shards ran on more than one session: {list(spread.items())[:3]}"
+    per_session = sorted(sum(1 for pids in homes.values() if pids[0] == pid) for pid in sessions)
+    assert per_session[0] >= len(shards) // pool // 2, per_session  # each session has its share (rendezvous hashing)
+
+
+def test_a_busy_session_does_not_hold_up_its_shards(fleet: Fleet) -> None:
+    """A shard whose preferred session is lent out is served at once by another idle session (no wait for it)."""
+    shard = int(fleet.servers[0]["shards"].split("-")[0]) + 11
+    key = next(r.key for r in fleet.records if r.key.shard_id == shard)
+    with fleet.datastore(pool_max=2, pool_block_timeout=0.5) as db:
+        _sessions_statements(db, shard, 2)  # both sessions open, then idle
+        held = db.get_connection(shard)  # the shard's own session
+        try:
+            own = held.info.backend_pid
+            for _ in range(20):  # waiting for the lent session would end in a PoolTimeout after 0.5 s
+                assert db.get(key) is not None
+            other = db.get_connection(shard)  # the only idle one left: the one that served the gets
+            try:
+                assert other.info.backend_pid != own
+                rows = other.execute("SELECT statement FROM pg_prepared_statements").fetchall()
+                assert any(shard_schema(shard) in str(next(iter(cast(dict[str, Any], r).values()))) for r in rows)
+            finally:
+                db.put_connection(other)
+        finally:
+            db.put_connection(held)
+
+
+PLANS_SQL = "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements"
+
+
+def _plans(conn: psycopg.Connection[Any], shard: int) -> list[tuple[int, int]]:
+    """(generic plans, custom plans) of each prepared statement of this session naming ``shard``'s schema."""
+    rows = [tuple(cast(dict[str, Any], row).values()) for row in conn.execute(PLANS_SQL).fetchall()]
+    return [(int(g), int(c)) for text, g, c in rows if shard_schema(shard) in str(text)]
+
+
+def test_point_statements_are_planned_once_and_lent_connections_plan_as_postgresql_does(fleet: Fleet) -> None:
+    """Generic plans for the stores' own point statements (docs/fanout.md): a shard's insert and fetch are planned
+    once per session, not on each of their first five runs (PostgreSQL's plan_cache_mode = auto: each such planning
+    reopens the shard's relation files); a lent connection or a transaction is back on auto, and its session
+    returns to generic plans once given back."""
+    first = int(fleet.servers[0]["shards"].split("-")[0])
+    shard, later = first + 21, first + 22
+    with fleet.datastore(pool_max=1) as db:
+        for _ in range(3):
+            db.get(db.put(shard, 5, n=1))
+        conn = db.get_connection(shard)
+        try:
+            assert conn.execute("SHOW plan_cache_mode").fetchone() == {"plan_cache_mode": "auto"}
+            plans = _plans(conn, shard)
+        finally:
+            db.put_connection(conn)
+        assert len(plans) == 2 and all(g == 3 and c == 0 for g, c in plans), plans  # insert and fetch, 3 runs each
+        with db.transaction(shard) as tx, tx.cursor() as cur:
+            mode = cur.execute("SELECT current_setting('plan_cache_mode')").fetchone()
+            assert mode is not None and "auto" in str(mode)
+        db.get(db.put(later, 5, n=1))  # the session given back twice: generic plans again
+        conn = db.get_connection(later)
+        try:
+            assert _plans(conn, later) == [(1, 0), (1, 0)]
+        finally:
+            db.put_connection(conn)
+
+
+def test_a_lent_connection_gets_the_databases_own_plan_mode(fleet: Fleet) -> None:
+    """A lent connection and a transaction get the session's own plan_cache_mode back (here the database's
+    ``force_custom_plan``), not a fixed ``auto``; the stores' point statements still run generic plans."""
+    server = fleet.servers[0]
+    first = int(server["shards"].split("-")[0])
+    settings = {k: v for k, v in server.items() if k != "shards"}
+    alter = "ALTER DATABASE {} {}"
+    with psycopg.connect(**settings, autocommit=True) as admin:
+        admin.execute(alter.format(server["dbname"], "SET plan_cache_mode = force_custom_plan"))
+        try:
+            with fleet.datastore(pool_max=1) as db:
+                db.get(db.put(first + 31, 5, n=1))
+                conn = db.get_connection(first + 31)
+                try:
+                    assert conn.execute("SHOW plan_cache_mode").fetchone() == {"plan_cache_mode": "force_custom_plan"}
+                    assert _plans(conn, first + 31) == [(1, 0), (1, 0)]
+                finally:
+                    db.put_connection(conn)
+                with db.transaction(first + 31) as tx, tx.cursor() as cur:
+                    mode = cur.execute("SELECT current_setting('plan_cache_mode')").fetchone()
+                    assert mode is not None and "force_custom_plan" in str(mode)
+        finally:
+            admin.execute(alter.format(server["dbname"], "RESET plan_cache_mode"))
