@@ -241,7 +241,10 @@ class AsyncPlacementMixin(PlacementFollower):
         return self.shard_map
 
     async def shared_databases(self) -> list[tuple[str, ...]]:
-        """Groups of server entries that reach one database under different names (see `Datastore`'s)."""
+        """Groups of this datastore's server entries that reach one database under different names (``127.0.0.1``
+        and ``localhost``, a copied entry): a misconfiguration, as a move between them would copy a shard onto
+        itself. Empty when every entry names its own database; unreachable servers and backends without shard
+        moves are left out."""
         groups: list[tuple[str, ...]] = await asyncio.to_thread(self._admin, lambda db: db.shared_databases())
         return groups
 
