@@ -45,7 +45,7 @@ from hvcore._facade import (
 from hvcore._generator import KeyGenerator
 from hvcore._key import Key, KeyLayout
 from hvcore._metrics import metrics
-from hvcore._placement import MAX_HOPS, AsyncPlacementMixin
+from hvcore._placement import MAX_HOPS, AsyncPlacementMixin, match_identity
 from hvcore._plugins import PluginRegistry
 from hvcore._replicas import Timeline, TimelineScope, check_read_from, current_timeline
 from hvcore._row import Row
@@ -242,6 +242,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         self._ever_opened = False
         self._lock = ALock()
         self._retired: list[AsyncServerStore] = []  # closed stores whose borrowed connections have not come back yet
+        self._identities: dict[str, str] | None = None  # server label -> database identity (`_follow_moved`)
         self._index_catalog = _schemaops.IndexCatalog()  # index definitions, for where/range filters
         for name, flag in (("coalesce_reads", coalesce_reads), ("coalesce_writes", coalesce_writes)):
             if not isinstance(flag, bool):
@@ -285,6 +286,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
             self.generator = self._make_generator(self._sequence)
             self._sequence_closed = False
         self._stores = stores
+        self._identities = None
         if self._router is not None:
             self._router.attach(stores, track_writes=self._config.read_your_writes)
         self._closed = False
@@ -485,7 +487,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
                 moved = getattr(conn, "hv_moved", None)  # a statement reached a moved shard's forwarding stub
                 await store.put_connection(conn)
                 if isinstance(moved, ShardMoved):
-                    self._learn(moved, "get_connection()")
+                    await self._learn(moved, "get_connection()")
                 lent = self._lent_shards.pop(id(conn), None)
                 if lent is not None and lent[0] is conn:  # whatever it committed counts as a write to its shard
                     await self._note_write(lent[1])
@@ -494,11 +496,28 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
             f"{conn!r} is not borrowed from this AsyncDatastore: it was already returned, or came from elsewhere"
         )
 
-    def _learn(self, moved: ShardMoved, lent: str) -> None:
+    async def _learn(self, moved: ShardMoved, lent: str) -> None:
         """After raw SQL refused by a moved shard's old server: later calls go to its new server."""
         with suppress(HypervaultError):
-            self._follow(moved)
+            await self._follow_moved(moved)
             moved.add_note(f"nothing of it was committed; the next {lent} goes to {moved.server}: run it again there")
+
+    async def _follow_moved(self, moved: ShardMoved) -> None:
+        """`_follow`, the target matched by its database identity when this config names it otherwise (``localhost``
+        for ``127.0.0.1``, a PgBouncer in front): each server's identity is read once (one session each)."""
+        if moved.identity and moved.server not in [store.label for store in self._live()]:
+            if self._identities is None:
+                found: dict[str, str] = {}
+                for store in self._live():
+                    identify = getattr(store, "database_identity", None)
+                    if identify is not None:
+                        with suppress(HypervaultError):
+                            found[store.label] = await identify()
+                self._identities = found
+            label = match_identity(moved.identity, self._identities)
+            if label is not None:
+                moved.server = label
+        self._follow(moved)
 
     @aonce_block("db.cursor(shard)", ConnectionMisuse)
     async def cursor(self, shard_id: int) -> AsyncIterator[AsyncCursor[Row]]:
@@ -515,7 +534,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
             async with self.store_for(shard_id).cursor(shard_id) as cur:
                 yield cur
         except ShardMoved as moved:  # the shard's old server refused a statement: nothing of the block committed
-            self._learn(moved, f"cursor({shard_id})")
+            await self._learn(moved, f"cursor({shard_id})")
             raise
         if self._router is not None:  # committed: read-your-writes counts the block as a write to the shard
             await self._note_write(shard_id)
@@ -566,7 +585,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
                 self._step_past_collision(shard_id, attempt)
                 continue
             except ShardMoved as moved:  # refused by the shard's old server: nothing written, retry where it is
-                self._follow(moved)
+                await self._follow_moved(moved)
                 store = self.store_for(shard_id)
                 continue
             if self._router is not None:
@@ -595,7 +614,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
                 keys = await self._redraw(shard_id, keys, taken.keys)
                 continue
             except ShardMoved as moved:
-                self._follow(moved)
+                await self._follow_moved(moved)
                 store = self.store_for(shard_id)
                 continue
             if self._router is not None:
@@ -639,7 +658,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
                         record = await choice.store.fetch(shard, key)
                     return record
                 except ShardMoved as moved:  # the standby replayed the move: read where the shard is now
-                    self._follow(moved)
+                    await self._follow_moved(moved)
                 except Exception as exc:  # down, or anything a standby cannot answer: the primary decides
                     self._router.failed(index, choice, exc)
         elif read_from is not None:
@@ -693,7 +712,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
             try:
                 records = await self._fetch_by_server(stores, by_server)
             except ShardMoved as moved:
-                self._follow(moved)
+                await self._follow_moved(moved)
                 by_server = self._group_keys([key for items in by_server.values() for _, key in items])
                 continue
             return {**found, **{r.key: r for r in records}}
@@ -737,7 +756,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
             records: list[Record] = await self._observed("get_many", choice.store, choice.store.fetch_many, items)
             return records
         except ShardMoved as moved:
-            self._follow(moved)
+            await self._follow_moved(moved)
         except Exception as exc:  # down, or anything a standby cannot answer: the primary decides
             assert self._router is not None
             self._router.failed(index, choice, exc)
@@ -864,7 +883,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
                     return await self._observed(name, store, op, store, shard=shard_id)
                 return await op(store)
             except ShardMoved as moved:
-                self._follow(moved)
+                await self._follow_moved(moved)
         raise self._too_many_hops(shard_id)
 
     def query(
@@ -1018,7 +1037,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
                 if not moved:
                     break
                 for refusal in moved:
-                    self._follow(refusal)
+                    await self._follow_moved(refusal)
                 todo = [shard for shard in todo if shard not in counts]
             else:
                 raise self._too_many_hops(todo[0])
@@ -1081,7 +1100,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
                     last = int(record.key)
                 return
             except ShardMoved as moved:
-                self._follow(moved)
+                await self._follow_moved(moved)
             except _ReplicaFailed as failed:  # resumed on the primaries after the last key yielded
                 assert self._router is not None
                 self._router.failed(failed.index, failed.choice, failed.error)

@@ -34,7 +34,7 @@ from hvcore._facade import (
 from hvcore._generator import KeyGenerator
 from hvcore._key import Key, KeyLayout
 from hvcore._metrics import metrics
-from hvcore._placement import MAX_HOPS, PlacementMixin
+from hvcore._placement import MAX_HOPS, PlacementMixin, match_identity
 from hvcore._plugins import PluginRegistry
 from hvcore._readrouter import ReadRouter, ReplicaChoice
 from hvcore._replicas import Timeline, TimelineScope, check_read_from, current_timeline
@@ -226,6 +226,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         self._ever_opened = False
         self._lock = Lock()
         self._retired: list[ServerStore] = []  # closed stores whose borrowed connections have not come back yet
+        self._identities: dict[str, str] | None = None  # server label -> database identity (`_follow_moved`)
         self._index_catalog = _schemaops.IndexCatalog()  # index definitions, for where/range filters
         for name, flag in (("coalesce_reads", coalesce_reads), ("coalesce_writes", coalesce_writes)):
             if not isinstance(flag, bool):
@@ -263,6 +264,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
             self.generator = self._make_generator(self._sequence)
             self._sequence_closed = False
         self._stores = stores
+        self._identities = None
         if self._router is not None:
             self._router.attach(stores, track_writes=self._config.read_your_writes)
         self._closed = False
@@ -443,8 +445,25 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
     def _learn(self, moved: ShardMoved, lent: str) -> None:
         """After raw SQL refused by a moved shard's old server: later calls go to its new server."""
         with suppress(HypervaultError):
-            self._follow(moved)
+            self._follow_moved(moved)
             moved.add_note(f"nothing of it was committed; the next {lent} goes to {moved.server}: run it again there")
+
+    def _follow_moved(self, moved: ShardMoved) -> None:
+        """`_follow`, the target matched by its database identity when this config names it otherwise (``localhost``
+        for ``127.0.0.1``, a PgBouncer in front): each server's identity is read once (one session each)."""
+        if moved.identity and moved.server not in [store.label for store in self._live()]:
+            if self._identities is None:
+                found: dict[str, str] = {}
+                for store in self._live():
+                    identify = getattr(store, "database_identity", None)
+                    if identify is not None:
+                        with suppress(HypervaultError):
+                            found[store.label] = identify()
+                self._identities = found
+            label = match_identity(moved.identity, self._identities)
+            if label is not None:
+                moved.server = label
+        self._follow(moved)
 
     @once_block("db.cursor(shard)", ConnectionMisuse)
     def cursor(self, shard_id: int) -> Iterator[Cursor[Row]]:
@@ -512,7 +531,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
                 self._step_past_collision(shard_id, attempt)
                 continue
             except ShardMoved as moved:  # refused by the shard's old server: nothing written, retry where it is
-                self._follow(moved)
+                self._follow_moved(moved)
                 store = self.store_for(shard_id)
                 continue
             if self._router is not None:
@@ -541,7 +560,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
                 keys = self._redraw(shard_id, keys, taken.keys)
                 continue
             except ShardMoved as moved:
-                self._follow(moved)
+                self._follow_moved(moved)
                 store = self.store_for(shard_id)
                 continue
             if self._router is not None:
@@ -585,7 +604,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
                         record = choice.store.fetch(shard, key)
                     return record
                 except ShardMoved as moved:  # the standby replayed the move: read where the shard is now
-                    self._follow(moved)
+                    self._follow_moved(moved)
                 except Exception as exc:  # down, or anything a standby cannot answer: the primary decides
                     self._router.failed(index, choice, exc)
         elif read_from is not None:
@@ -639,7 +658,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
             try:
                 records = self._fetch_by_server(stores, by_server)
             except ShardMoved as moved:
-                self._follow(moved)
+                self._follow_moved(moved)
                 by_server = self._group_keys([key for items in by_server.values() for _, key in items])
                 continue
             return {**found, **{r.key: r for r in records}}
@@ -681,7 +700,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
             records: list[Record] = self._observed("get_many", choice.store, choice.store.fetch_many, items)
             return records
         except ShardMoved as moved:
-            self._follow(moved)
+            self._follow_moved(moved)
         except Exception as exc:  # down, or anything a standby cannot answer: the primary decides
             assert self._router is not None
             self._router.failed(index, choice, exc)
@@ -801,7 +820,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
                     return self._observed(name, store, op, store, shard=shard_id)
                 return op(store)
             except ShardMoved as moved:
-                self._follow(moved)
+                self._follow_moved(moved)
         raise self._too_many_hops(shard_id)
 
     def query(
@@ -954,7 +973,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
                 if not moved:
                     break
                 for refusal in moved:
-                    self._follow(refusal)
+                    self._follow_moved(refusal)
                 todo = [shard for shard in todo if shard not in counts]
             else:
                 raise self._too_many_hops(todo[0])
@@ -1012,7 +1031,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
                     last = int(record.key)
                 return
             except ShardMoved as moved:
-                self._follow(moved)
+                self._follow_moved(moved)
             except _ReplicaFailed as failed:  # resumed on the primaries after the last key yielded
                 assert self._router is not None
                 self._router.failed(failed.index, failed.choice, failed.error)

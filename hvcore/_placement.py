@@ -29,6 +29,7 @@ __all__ = [
     "PlacementMixin",
     "ShardMover",
     "export_map",
+    "match_identity",
     "mover_of",
     "plan_moves",
     "shared_databases_text",
@@ -37,6 +38,22 @@ __all__ = [
 MAX_HOPS = 8  # ShardMoved refusals followed by one call before giving up (a chain of moves)
 
 _T = TypeVar("_T")
+
+
+def match_identity(identity: str, known: Mapping[str, str]) -> str | None:
+    """The label in ``known`` (label → database identity, "system/start/dbname/oid") reaching the database
+    ``identity`` names, or None: the exact identity first; else the one entry whose identity matches without the
+    server's start time (the target restarted since the move), if only one does."""
+    exact = [label for label, found in known.items() if found == identity]
+    if len(exact) == 1:
+        return exact[0]
+
+    def stable(text: str) -> str:
+        parts = text.split("/")
+        return "/".join(parts[:1] + parts[2:]) if len(parts) >= 4 else text
+
+    loose = [label for label, found in known.items() if stable(found) == stable(identity)]
+    return loose[0] if len(loose) == 1 and not stable(identity).startswith("?/") else None
 
 
 def mover_of(store: object) -> ShardMover:

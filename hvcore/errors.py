@@ -126,15 +126,17 @@ class ShardNotFound(HypervaultError, LookupError):
 
 
 class ShardMoved(HypervaultError, LookupError):
-    """The server reached no longer serves the shard: ``server`` (a label) does since placement ``version``."""
+    """The server reached no longer serves the shard: ``server`` (a label) does since placement ``version``;
+    ``identity`` names that server's database whatever it is called ("" when the stub predates identities)."""
 
     __module__ = "hvcore"
 
-    def __init__(self, message: str, *, shard_id: int, server: str, version: int) -> None:
+    def __init__(self, message: str, *, shard_id: int, server: str, version: int, identity: str = "") -> None:
         super().__init__(message)
         self.shard_id = shard_id
         self.server = server
         self.version = version
+        self.identity = identity
 
 
 class MoveError(HypervaultError, RuntimeError):

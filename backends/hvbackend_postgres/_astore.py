@@ -121,7 +121,7 @@ from hvbackend_postgres._legacy import (
 )
 from hvbackend_postgres._lent import LentConnection, detach, lent_target
 from hvbackend_postgres._migrate import PostgresMigrator, new_shard_ddl
-from hvbackend_postgres._move import PostgresMover
+from hvbackend_postgres._move import IDENTITY_SQL, SYSTEM_ID_SQL, PostgresMover, identity_text
 from hvbackend_postgres._onetrip import PIPELINE, PreparedNames, dollar_params, error_in, until_sync
 from hvbackend_postgres._poolguard import signal_safe_getconn
 from hvbackend_postgres._replica import (
@@ -1729,6 +1729,21 @@ class AsyncPostgresServerStore(StoreCore):
                 piece.done = True
 
     # -- operations ------------------------------------------------------------------------------------------
+
+    async def database_identity(self) -> str:
+        """Which database this entry reaches, whatever it is called (see `_move.database_identity`): a move's
+        forwarding stub names its target so, and `AsyncDatastore` matches it to its own entries. One new session."""
+        conn = await self._admin()
+        try:
+            row = await (await conn.execute(IDENTITY_SQL)).fetchone()
+            system = "?"
+            with contextlib.suppress(pg_errors.InsufficientPrivilege):
+                async with conn.transaction():
+                    found = await (await conn.execute(SYSTEM_ID_SQL)).fetchone()
+                    system = str(found[0]) if found else "?"
+        finally:
+            await conn.close()
+        return identity_text(system, row)
 
     async def _admin(self) -> AConn:
         try:

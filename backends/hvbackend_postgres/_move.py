@@ -116,10 +116,16 @@ def _ensure_meta(conn: Conn) -> None:
         conn.execute(_META_DDL)
 
 
-_IDENTITY_SQL = (
+IDENTITY_SQL = (
     "SELECT current_database(), (SELECT oid FROM pg_database WHERE datname = current_database()), "
     "pg_postmaster_start_time()"
 )
+SYSTEM_ID_SQL = "SELECT system_identifier FROM pg_control_system()"
+
+
+def identity_text(system: str, row: Any) -> str:
+    """The identity string of `database_identity` from the system identifier and `IDENTITY_SQL`'s row."""
+    return f"{system}/{row[2].isoformat()}/{row[0]}/{row[1]}"
 
 
 def database_identity(conn: Conn) -> str:
@@ -130,13 +136,13 @@ def database_identity(conn: Conn) -> str:
     postmaster's start time, to the microsecond, tells a clone from its original; both are readable by any role
     (``pg_control_system()`` may be revoked: then the start time and database decide alone).
     """
-    row = conn.execute(_IDENTITY_SQL).fetchone()
+    row = conn.execute(IDENTITY_SQL).fetchone()
     assert row is not None
     system = "?"
     with contextlib.suppress(pg_errors.InsufficientPrivilege), conn.transaction():
-        found = conn.execute("SELECT system_identifier FROM pg_control_system()").fetchone()
+        found = conn.execute(SYSTEM_ID_SQL).fetchone()
         system = str(found[0]) if found else "?"
-    return f"{system}/{row[2].isoformat()}/{row[0]}/{row[1]}"
+    return identity_text(system, row)
 
 
 def same_database_refusal(shard_id: int, source: str, target: str) -> MoveError:
@@ -268,7 +274,8 @@ class PostgresMover:
             for endpoint, conn in ((source, ctl), (target, dst)):
                 if transaction_pooled(endpoint, conn):
                     raise MoveError(session_lock_refusal(f"a move of shard {shard_id}", endpoint.label))
-            if database_identity(ctl) == database_identity(dst):  # before anything changes on either side
+            self._target_identity = database_identity(dst)  # also written into the stub (followed by identity)
+            if database_identity(ctl) == self._target_identity:  # before anything changes on either side
                 raise same_database_refusal(shard_id, source.label, target.label)
             _ensure_meta(ctl)
             _ensure_meta(dst)
@@ -627,7 +634,7 @@ class PostgresMover:
                 _qualified(shard_schema(shard_id)), sql.Identifier(_src_schema(shard_id))
             )
         )
-        ctl.execute(stub_sql(shard_id, body_type, server, version))
+        ctl.execute(stub_sql(shard_id, body_type, server, version, getattr(self, "_target_identity", "")))
         _record_placement(ctl, shard_id, server, version)
         self._phase(ctl, shard_id, "switched")
 

@@ -179,22 +179,31 @@ def stub_probe_sql(shard_id: int) -> sql.Composed:
 
 
 def moved_error(exc: psycopg.Error) -> ShardMoved:
-    """The `ShardMoved` a forwarding stub's ``ZHV01`` error stands for (detail: JSON shard, server, version)."""
+    """The `ShardMoved` a forwarding stub's ``ZHV01`` error stands for (detail: JSON shard, server, version and,
+    from stubs left since identities were recorded, the target database's ``identity``)."""
     message = exc.diag.message_primary or "shard moved"
     try:
         detail = json.loads(exc.diag.message_detail or "{}")
         return ShardMoved(
-            message, shard_id=int(detail["shard"]), server=str(detail["server"]), version=int(detail["version"])
+            message,
+            shard_id=int(detail["shard"]),
+            server=str(detail["server"]),
+            version=int(detail["version"]),
+            identity=str(detail.get("identity") or ""),
         )
     except (ValueError, KeyError, TypeError):
         return ShardMoved(message, shard_id=-1, server="", version=0)
 
 
-def stub_sql(shard_id: int, body_type: sql.Composable, server: str, version: int) -> sql.Composed:
-    """DDL of the forwarding stub: ``shardNNNN.entities`` as a view whose reads and writes raise ``ZHV01``."""
+def stub_sql(shard_id: int, body_type: sql.Composable, server: str, version: int, identity: str = "") -> sql.Composed:
+    """DDL of the forwarding stub: ``shardNNNN.entities`` as a view whose reads and writes raise ``ZHV01``.
+
+    The detail names the target by the mover's label (``server``) and by its database ``identity``
+    (`hvbackend_postgres._move.database_identity`), so a process whose config spells that server otherwise
+    (``localhost``, a PgBouncer in front) still follows the move."""
     schema = sql.Identifier(shard_schema(shard_id))
     message = f"shard {shard_id} moved to {server} (placement version {version})"
-    detail = json.dumps({"shard": shard_id, "server": server, "version": version})
+    detail = json.dumps({"shard": shard_id, "server": server, "version": version, "identity": identity})
     raise_sql = sql.SQL("RAISE EXCEPTION USING ERRCODE = {code}, MESSAGE = {msg}, DETAIL = {detail};").format(
         code=sql.Literal(MOVED_SQLSTATE), msg=sql.Literal(message), detail=sql.Literal(detail)
     )

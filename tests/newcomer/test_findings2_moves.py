@@ -60,13 +60,6 @@ def test_moving_a_shard_onto_its_own_database_does_not_advise_dropping_it(pg_fre
         assert len(list(db.query(kind=1, shards=[3]))) == 10
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="after a move run with a config naming the servers by IP (127.0.0.1), an application whose config names "
-    "the same servers by host name (localhost) gets ShardNotFound 'moved to 127.0.0.1:5432/... which is not one of "
-    "this datastore's servers ... add it to the config' on every get and put of the shard; the stub's target "
-    "should be matched by server identity (system identifier and database), as hv citus adopt does, and followed",
-)
 def test_a_move_is_followed_by_a_process_that_names_the_servers_differently(
     two_separate_databases: list[dict[str, Any]],
 ) -> None:
@@ -81,13 +74,6 @@ def test_a_move_is_followed_by_a_process_that_names_the_servers_differently(
         assert app.get(app.put(2, 1, after="the move")) is not None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the README's own deployment (applications through PgBouncer in transaction mode, operator work with "
-    "entries that reach the servers directly): after hv shard move, every application process gets ShardNotFound "
-    "'moved to 127.0.0.1:5432/... which is not one of this datastore's servers (127.0.0.1:<pgbouncer port>/...)' "
-    "for the moved shard; it should follow the move to the entry that reaches the same database",
-)
 def test_a_move_is_followed_by_an_application_behind_pgbouncer(
     two_separate_databases: list[dict[str, Any]], pgbouncer_factory: Any
 ) -> None:
