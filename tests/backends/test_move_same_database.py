@@ -121,12 +121,13 @@ def test_distinct_databases_of_one_server_are_not_taken_for_one(
 def test_a_target_already_holding_rows_is_refused_without_advice_to_drop_a_copy(
     pg_fresh_db: dict[str, Any], second_db: dict[str, Any]
 ) -> None:
+    entries = [{**pg_fresh_db, "shards": "0-8"}, {**second_db, "shards": "8-16"}]
+    with hvcore.Datastore(entries, backend="jsonb", worker=None) as db:
+        db.provision()  # before the other copy holds rows: provisioning refuses a map whose shard has rows elsewhere
     with hvcore.Datastore([{**second_db, "shards": "0-16"}], backend="jsonb", worker=None) as other:
         other.provision()
         other.put_many(3, 1, [{"other": i} for i in range(4)])  # a second live copy of shard 3 (an older config)
-    entries = [{**pg_fresh_db, "shards": "0-8"}, {**second_db, "shards": "8-16"}]
     with hvcore.Datastore(entries, backend="jsonb", worker=None) as db:
-        db.provision()
         db.put_many(3, 1, [{"i": i} for i in range(6)])
         with pytest.raises(hvcore.MoveError) as caught:
             db.move_shard(3, 1)
