@@ -1736,11 +1736,12 @@ class AsyncPostgresServerStore(StoreCore):
         conn = await self._admin()
         try:
             row = await (await conn.execute(IDENTITY_SQL)).fetchone()
-            system = "?"
-            with contextlib.suppress(pg_errors.InsufficientPrivilege):
+            try:
                 async with conn.transaction():
                     found = await (await conn.execute(SYSTEM_ID_SQL)).fetchone()
                     system = str(found[0]) if found else "?"
+            except pg_errors.InsufficientPrivilege:  # pg_control_system() revoked: start time and database decide
+                system = "?"
         finally:
             await conn.close()
         return identity_text(system, row)

@@ -1642,10 +1642,12 @@ class PostgresServerStore(StoreCore):
         conn = self._admin()
         try:
             row = conn.execute(IDENTITY_SQL).fetchone()
-            system = "?"
-            with contextlib.suppress(pg_errors.InsufficientPrivilege), conn.transaction():
-                found = conn.execute(SYSTEM_ID_SQL).fetchone()
-                system = str(found[0]) if found else "?"
+            try:
+                with conn.transaction():
+                    found = conn.execute(SYSTEM_ID_SQL).fetchone()
+                    system = str(found[0]) if found else "?"
+            except pg_errors.InsufficientPrivilege:  # pg_control_system() revoked: start time and database decide
+                system = "?"
         finally:
             conn.close()
         return identity_text(system, row)
