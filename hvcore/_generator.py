@@ -134,7 +134,7 @@ def _sequence_source(sequence: object, layout: KeyLayout, *, asyncio: bool) -> t
     return sequence, False
 
 
-def _check_layout_now(layout: KeyLayout, now_ms: int) -> None:
+def check_layout_now(layout: KeyLayout, now_ms: int) -> None:
     """`ConfigError` if ``layout`` can make no key at Unix time ``now_ms``: its epoch is ahead, or it ran out.
 
     Checked when a generator on the system clock is built (a `Datastore` builds one), so a layout of the wrong
@@ -271,7 +271,7 @@ class _GeneratorBase:
             # Half a millisecond in: never a cached small int, so each reading is a distinct object.
             self._now_ns = lambda: operator.index(ms_clock()) * _NS_PER_MS + _NS_PER_MS // 2
         if not self._custom_clock:  # the system clock: a layout that cannot make a key now is refused here
-            _check_layout_now(layout, time.time_ns() // _NS_PER_MS)
+            check_layout_now(layout, time.time_ns() // _NS_PER_MS)
         self._floor = -1  # milliseconds up to this one are not ours to use (set by a fork or a worker lease)
         self._want = [block_size] * self._shards
         self._locks: dict[int, Any] = {}

@@ -247,6 +247,7 @@ class MemoryServerStore:
             self.name = str(settings["name"])
         else:
             self.name = _private_name(settings)
+        self._rules_recorded = False  # this store's value rules are the server's (see _shards)
         with _SERVERS_LOCK:
             self._check_value_rules(record=False)  # a server already used with the other rules: refused now
         self._auto_provision = bool(settings.get("provisioned", True))
@@ -273,7 +274,9 @@ class MemoryServerStore:
 
     def _shards(self) -> dict[int, dict[int, Record]]:
         with _SERVERS_LOCK:
-            self._check_value_rules(record=True)
+            if not self._rules_recorded:  # once per store: a later store with other rules is refused on its side
+                self._check_value_rules(record=True)
+                self._rules_recorded = True
             return _SERVERS.setdefault(self.name, {})
 
     def _check_value_rules(self, *, record: bool) -> None:

@@ -12,7 +12,7 @@ from typing import Any, TextIO
 from hvcore._config import DatastoreConfig, load_config
 from hvcore._datastore import Datastore
 from hvcore._distributed import cluster_status
-from hvcore._generator import _check_layout_now
+from hvcore._generator import check_layout_now
 from hvcore._key import KeyLayout
 from hvcore._placement import shared_databases_text
 from hvcore._shardmap import ShardMap
@@ -196,7 +196,7 @@ def cmd_config_show(args: argparse.Namespace, out: TextIO) -> int:
     cfg = load_config(args.config)
     shard_map, _ = ShardMap.from_connections(cfg.servers, layout=cfg.layout, allow_gaps=cfg.allow_gaps)
     _check_plugins(cfg)
-    _check_layout_now(cfg.layout, time.time_ns() // 1_000_000)  # as the Datastore's key generator checks it
+    check_layout_now(cfg.layout, time.time_ns() // 1_000_000)  # as the Datastore's key generator checks it
     doc = config_document(cfg)
     if args.json:
         emit_json(doc, out)

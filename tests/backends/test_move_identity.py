@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
-import psycopg
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -16,13 +14,8 @@ from hvcore._placement import match_identity
 
 
 @pytest.fixture
-def two_databases(pg_fresh_db: dict[str, Any]) -> Iterator[list[dict[str, Any]]]:
-    second = f"{pg_fresh_db['dbname']}_m"
-    with psycopg.connect(**pg_fresh_db, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {second}")
-    yield [{**pg_fresh_db, "shards": "0-4"}, {**pg_fresh_db, "dbname": second, "shards": "4-8"}]
-    with psycopg.connect(**pg_fresh_db, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {second} WITH (FORCE)")
+def two_databases(pg_fresh_db: dict[str, Any], pg_fresh_db2: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{**pg_fresh_db, "shards": "0-4"}, {**pg_fresh_db2, "shards": "4-8"}]
 
 
 def test_an_async_application_follows_a_move_made_under_other_server_names(two_databases: list[dict[str, Any]]) -> None:

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import io
-import itertools
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +26,6 @@ from hvcore.cli import main
 pytestmark = pytest.mark.postgres
 
 SOCKET_DIR = "/var/run/postgresql"
-_dbs = itertools.count()
 
 
 def _spellings(settings_: dict[str, Any]) -> list[dict[str, Any]]:
@@ -62,15 +59,9 @@ def _leftovers(entry: dict[str, Any]) -> list[str]:
 
 
 @pytest.fixture
-def second_db(pg_fresh_db: dict[str, Any]) -> Iterator[dict[str, Any]]:
+def second_db(pg_fresh_db2: dict[str, Any]) -> dict[str, Any]:
     """Another fresh database on the same server as ``pg_fresh_db`` (same system identifier and start time)."""
-    name = f"hvsamedb_{os.getpid()}_{next(_dbs)}"
-    admin = {**pg_fresh_db, "dbname": "postgres"}
-    with psycopg.connect(**admin, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    yield {**pg_fresh_db, "dbname": name}
-    with psycopg.connect(**admin, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    return pg_fresh_db2
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -10,24 +10,17 @@ for a new server whose dbname was not changed yet). hv shard plan then proposes 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
-import psycopg
 import pytest
 
 import hvcore
 
 
 @pytest.fixture
-def two_separate_databases(pg_fresh_db: dict[str, Any]) -> Iterator[list[dict[str, Any]]]:
+def two_separate_databases(pg_fresh_db: dict[str, Any], pg_fresh_db2: dict[str, Any]) -> list[dict[str, Any]]:
     """The fresh database (shards 0-4) and a second one beside it (4-8)."""
-    second = f"{pg_fresh_db['dbname']}_b"
-    with psycopg.connect(**pg_fresh_db, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {second}")
-    yield [{**pg_fresh_db, "shards": "0-4"}, {**pg_fresh_db, "dbname": second, "shards": "4-8"}]
-    with psycopg.connect(**pg_fresh_db, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {second} WITH (FORCE)")
+    return [{**pg_fresh_db, "shards": "0-4"}, {**pg_fresh_db2, "shards": "4-8"}]
 
 
 def _same_database_twice(pg_fresh_db: dict[str, Any]) -> list[dict[str, Any]]:

@@ -11,25 +11,18 @@ a migration applied meanwhile lands on the source table, which the switch then s
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 
 import hvcore
 
 
 @pytest.fixture
-def two_databases(pg_fresh_db: dict[str, Any]) -> Iterator[list[dict[str, Any]]]:
+def two_databases(pg_fresh_db: dict[str, Any], pg_fresh_db2: dict[str, Any]) -> list[dict[str, Any]]:
     """Server 0 (shards 0-4) is the fresh database, server 1 (4-8) a second one made beside it."""
-    second = f"{pg_fresh_db['dbname']}_b"
-    with psycopg.connect(**pg_fresh_db, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {second}")
-    yield [{**pg_fresh_db, "shards": "0-4"}, {**pg_fresh_db, "dbname": second, "shards": "4-8"}]
-    with psycopg.connect(**pg_fresh_db, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {second} WITH (FORCE)")
+    return [{**pg_fresh_db, "shards": "0-4"}, {**pg_fresh_db2, "shards": "4-8"}]
 
 
 @pytest.mark.xfail(

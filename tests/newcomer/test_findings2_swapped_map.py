@@ -8,7 +8,6 @@ beside them: the data is split over two servers without an error.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -18,13 +17,8 @@ import hvcore
 
 
 @pytest.fixture
-def two_databases(pg_fresh_db: dict[str, Any]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
-    second = f"{pg_fresh_db['dbname']}_b"
-    with psycopg.connect(**pg_fresh_db, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {second}")
-    yield pg_fresh_db, {**pg_fresh_db, "dbname": second}
-    with psycopg.connect(**pg_fresh_db, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {second} WITH (FORCE)")
+def two_databases(pg_fresh_db: dict[str, Any], pg_fresh_db2: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    return pg_fresh_db, pg_fresh_db2
 
 
 def test_provisioning_a_swapped_map_is_refused(two_databases: tuple[dict[str, Any], dict[str, Any]]) -> None:
