@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import dataclasses
 import heapq
+import logging
 import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -266,6 +267,11 @@ if True:  # ASYNC
             await conn.close()
 
 
+if True:  # ASYNC
+    from psycopg_pool.pool_async import StopWorker
+
+_pool_log = logging.getLogger("psycopg.pool")  # psycopg_pool's own logger, for the worker's warnings
+
 TOO_MANY_CONNECTIONS = "53300"  # max_connections, or the role's or database's CONNECTION LIMIT
 _TOO_MANY = ("too many connections", "too many clients")  # the server's 53300 texts: libpq gives no SQLSTATE at login
 
@@ -316,7 +322,30 @@ class _Pool(psycopg_pool.AsyncConnectionPool[AConn]):
         return await super()._get_ready_connection(timeout)
 
     if True:  # ASYNC
-        pass
+
+        @classmethod
+        async def worker(cls, q: Any) -> None:
+            """psycopg_pool's maintenance worker, except that its own cancellation ends it.
+
+            psycopg_pool catches ``CancelledError`` from each task it runs (to keep the pool consistent) and goes
+            back to its queue, so a worker cancelled while it opened a connection for a growing pool (asyncio.run()
+            ending with the store still open, then used from the next asyncio.run()) lost the cancellation and
+            asyncio.run() waited for it forever. A task that is being cancelled (``cancelling()``) now stops.
+            """
+            me = asyncio.current_task()
+            while True:
+                task = await q.get()
+                if isinstance(task, StopWorker):
+                    return
+                try:
+                    await task.run()
+                except (Exception, asyncio.CancelledError) as exc:
+                    if me is not None and me.cancelling():
+                        raise
+                    _pool_log.warning("task run %s failed: %s: %s", task, exc.__class__.__name__, exc)
+                if me is not None and me.cancelling():  # swallowed on its way (asyncio.wait_for inside psycopg)
+                    raise asyncio.CancelledError
+
     else:
 
         def _getconn_unchecked(self, timeout: float) -> AConn:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import heapq
+import logging
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
@@ -250,6 +251,8 @@ def _lent_cursor(
 
     return LentCursor
 
+
+_pool_log = logging.getLogger("psycopg.pool")  # psycopg_pool's own logger, for the worker's warnings
 
 TOO_MANY_CONNECTIONS = "53300"  # max_connections, or the role's or database's CONNECTION LIMIT
 _TOO_MANY = ("too many connections", "too many clients")  # the server's 53300 texts: libpq gives no SQLSTATE at login

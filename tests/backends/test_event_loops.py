@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import subprocess
+import sys
 import warnings
 from typing import Any
 
@@ -75,3 +77,36 @@ def test_a_redis_sequence_follows_the_event_loop(pg_fresh_db: dict[str, Any], re
     with warnings.catch_warnings():  # the first loops' Redis sockets could not be closed without their loop
         warnings.simplefilter("ignore", ResourceWarning)
         gc.collect()
+
+
+_ROUNDS = """
+import asyncio, os, sys, threading, time, hvcore
+settings = eval(sys.argv[1])
+progress = [time.monotonic()]
+def watchdog():
+    while time.monotonic() - progress[0] < 20:
+        time.sleep(0.5)
+    print("HUNG", flush=True)
+    os._exit(3)
+threading.Thread(target=watchdog, daemon=True).start()
+for _ in range(20):
+    db = hvcore.AsyncDatastore([dict(settings, shards="0-8")], backend="jsonb", pool_max=3, worker=None)
+    async def first():
+        await db.open(); await db.provision(); return await db.put(1, 1, a="b")
+    key = asyncio.run(first())
+    async def second():  # growing the pool on this loop; asyncio.run then cancels its workers mid-connect
+        return await asyncio.gather(*(db.get(key) for _ in range(12)), db.put(2, 1, c="d"))
+    asyncio.run(second())
+    asyncio.run(db.close())
+    progress[0] = time.monotonic()
+print("all ok", flush=True)
+"""
+
+
+def test_every_asyncio_run_ends_though_the_pool_grows_as_it_ends(pg_fresh_db: dict[str, Any]) -> None:
+    """newcomer3's finding: psycopg_pool's worker swallowed the cancellation asyncio.run() sends at its end while it
+    opened a connection, and asyncio.run() waited forever (about one round in six); `_Pool.worker` now stops."""
+    done = subprocess.run(
+        [sys.executable, "-c", _ROUNDS, repr(pg_fresh_db)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0 and "all ok" in done.stdout, (done.returncode, done.stdout[-300:], done.stderr[-600:])
