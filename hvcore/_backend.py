@@ -20,6 +20,7 @@ __all__ = [
     "AsyncServerStore",
     "AsyncStoreTransaction",
     "AsyncSupportsFilterWrites",
+    "AsyncSupportsRowEstimates",
     "AsyncSupportsTransactions",
     "AsyncSupportsWorkerLease",
     "BackendFactory",
@@ -39,6 +40,7 @@ __all__ = [
     "SupportsFilterWrites",
     "SupportsIndexes",
     "SupportsMigrations",
+    "SupportsRowEstimates",
     "SupportsShardCluster",
     "SupportsShardMoves",
     "SupportsTransactions",
@@ -665,6 +667,25 @@ class SupportsShardCluster(Protocol):
 
         Raises `ConfigError` when the server runs an engine version hypervault does not support.
         """
+        ...
+
+
+@runtime_checkable
+class SupportsRowEstimates(Protocol):
+    """A `ServerStore` that can estimate rows per shard without reading the shards' tables (``hv status --watch``)."""
+
+    def row_estimates(self, shard_ids: Sequence[int]) -> dict[int, int]:
+        """Approximate rows per existing shard (only shards that exist), from the server's statistics: no table is
+        scanned or locked, so it costs one catalog query however many shards and rows there are."""
+        ...
+
+
+@runtime_checkable
+class AsyncSupportsRowEstimates(Protocol):
+    """The asyncio twin of `SupportsRowEstimates`."""
+
+    async def row_estimates(self, shard_ids: Sequence[int]) -> dict[int, int]:
+        """As `SupportsRowEstimates.row_estimates`."""
         ...
 
 

@@ -20,7 +20,15 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from hvcore import _schemaops
 from hvcore._acompat import Lock, gather, spawn, to_thread
-from hvcore._backend import ProvisionReport, QuerySpec, Record, ServerStore, SupportsFilterWrites, SupportsWorkerLease
+from hvcore._backend import (
+    ProvisionReport,
+    QuerySpec,
+    Record,
+    ServerStore,
+    SupportsFilterWrites,
+    SupportsRowEstimates,
+    SupportsWorkerLease,
+)
 from hvcore._blocks import once_block
 from hvcore._facade import (
     PUT_ATTEMPTS,
@@ -59,6 +67,7 @@ from hvcore.errors import (
     ConnectionMisuse,
     DuplicateKey,
     HypervaultError,
+    InvalidArgument,
     InvalidData,
     InvalidQuery,
     ShardMapError,
@@ -1162,8 +1171,13 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         if problems:
             raise ShardMapError(problems)
 
-    def status(self) -> list[dict[str, Any]]:
+    def status(self, *, rows: str = "exact") -> list[dict[str, Any]]:
         """Per server: label, reachable, shards, pool stats, key collisions, rows (errors reported, not raised).
+
+        ``rows="exact"`` counts every shard's rows (on PostgreSQL a ``count(*)`` of each shard table: a scan of
+        every row); ``rows="estimated"`` reads them from the server's statistics instead (``n_live_tup``: one
+        catalog query, no table read, approximate), as ``hv status --watch`` does; an entry says which in
+        ``rows_estimated``. A backend without estimates counts exactly. `InvalidArgument` for another ``rows``.
 
         ``key_collisions`` counts this datastore's keys that another writer already held on that server's shards
         (each redrawn and stored under a fresh key); ``pool`` includes the commit-status checks of lost writes.
@@ -1172,6 +1186,10 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         failed reads left for the primary (positions read anew first); and ``replica_reads_on_primary``: reads
         asking for a standby that the primary served (none within the bound, or read-your-writes).
         """
+        if rows not in ("exact", "estimated"):
+            raise InvalidArgument(
+                f"status(rows={rows!r}): rows is 'exact' (count every row) or 'estimated' (statistics)"
+            )
         out: list[dict[str, Any]] = []
         if self._router is not None:
             self._live()
@@ -1188,13 +1206,21 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
             if self._router is not None and self._router.has_replicas(index):
                 entry["replicas"] = self._router.describe(index)
                 entry["replica_reads_on_primary"] = self._router.on_primary[index]
+            estimated = rows == "estimated" and isinstance(store, SupportsRowEstimates)
             try:
-                counts = store.row_counts(shards)
+                if estimated:
+                    counts = cast(SupportsRowEstimates, store).row_estimates(shards)
+                else:
+                    counts = store.row_counts(shards)
             except Exception as exc:  # reported to the user as the server's state
                 entry.update(reachable=False, error=f"{type(exc).__name__}: {exc}")
             else:
                 entry.update(
-                    reachable=True, rows=sum(counts.values()), provisioned_shards=len(counts), rows_per_shard=counts
+                    reachable=True,
+                    rows=sum(counts.values()),
+                    rows_estimated=estimated,
+                    provisioned_shards=len(counts),
+                    rows_per_shard=counts,
                 )
             out.append(entry)
         return out

@@ -76,6 +76,7 @@ NAMES: dict[str, str] = {
     "AsyncStoreTransaction": "StoreTransaction",
     "AsyncSupportsTransactions": "SupportsTransactions",
     "AsyncSupportsFilterWrites": "SupportsFilterWrites",
+    "AsyncSupportsRowEstimates": "SupportsRowEstimates",
     "AsyncPostgresTransaction": "PostgresTransaction",
     "_atransaction": "_transaction",
     "alease_worker": "lease_worker",

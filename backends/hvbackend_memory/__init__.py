@@ -644,6 +644,10 @@ class MemoryServerStore:
             shards = self._shards()
             return {s: len(shards[s]) for s in shard_ids if s in shards}
 
+    def row_estimates(self, shard_ids: Sequence[int]) -> dict[int, int]:
+        """Rows per existing shard: exact here, as counting is cheap in memory (`SupportsRowEstimates`)."""
+        return self.row_counts(shard_ids)
+
     def lease_worker(
         self, *, bits: int = 4, namespace: str = "default", ttl: float = 10.0, acquire_timeout: float = 0.0
     ) -> MemoryWorkerLease:
@@ -1006,6 +1010,10 @@ class AsyncMemoryServerStore:
     async def row_counts(self, shard_ids: Sequence[int]) -> dict[int, int]:
         """As the sync store."""
         return await self._call(self.sync.row_counts, shard_ids)
+
+    async def row_estimates(self, shard_ids: Sequence[int]) -> dict[int, int]:
+        """As the sync store."""
+        return await self._call(self.sync.row_estimates, shard_ids)
 
     async def lease_worker(
         self, *, bits: int = 4, namespace: str = "default", ttl: float = 10.0, acquire_timeout: float = 0.0

@@ -76,7 +76,8 @@ def _show_status(store: Datastore, args: argparse.Namespace, out: TextIO) -> int
     """One round of `cmd_status`."""
     with contextlib.suppress(HypervaultError):
         store.reload_placement()  # shards moved by `hv shard move` are counted where they are now
-    status = status_document(store.status())
+    rows_mode = getattr(args, "rows", None) or ("estimated" if args.watch else "exact")
+    status = status_document(store.status(rows=rows_mode))
     clusters = _clusters(store, status)
     if args.json:
         emit_json(status, out)  # exit 0: the JSON says which servers are unreachable
@@ -91,7 +92,8 @@ def _show_status(store: Datastore, args: argparse.Namespace, out: TextIO) -> int
             )
         else:
             rows.append((entry["server"], "NO", entry["shards"], "-", "-", pool_text))
-    table(rows, ["server", "reachable", "shards", "provisioned", "rows", "pool"], out)
+    rows_header = "rows (estimated)" if any(e.get("rows_estimated") for e in status) else "rows"
+    table(rows, ["server", "reachable", "shards", "provisioned", rows_header, "pool"], out)
     for entry in status:
         if not entry["reachable"]:
             print(f"  {entry['server']}: {entry['error']}", file=out)

@@ -152,10 +152,27 @@ def build_parser() -> argparse.ArgumentParser:
         [json_out, config],
         "Show each server of a config: reachable or not, its shards (where they are now, after moves), how many are "
         "provisioned, rows, and pool use; read replicas with their state and lag. Exits 1 when a server is "
-        "unreachable (0 with --json). --watch N shows it again every N seconds.",
+        "unreachable (0 with --json). --watch N shows it again every N seconds. Rows are counted exactly (a scan of "
+        "every shard table) once, and estimated from the server's statistics (no table read) with --watch or "
+        "--estimate.",
     )
     status_cmd.add_argument("--watch", type=_seconds, metavar="SECONDS", help="refresh every SECONDS until Ctrl-C")
     status_cmd.add_argument("--count", type=_count, metavar="N", help="with --watch: stop after N refreshes")
+    rows_mode = status_cmd.add_mutually_exclusive_group()
+    rows_mode.add_argument(
+        "--estimate",
+        dest="rows",
+        action="store_const",
+        const="estimated",
+        help="rows from the server's statistics: no shard table is read (the default with --watch)",
+    )
+    rows_mode.add_argument(
+        "--exact",
+        dest="rows",
+        action="store_const",
+        const="exact",
+        help="count every shard's rows, also with --watch (a scan of every shard table each round)",
+    )
     metrics_cmd = add(
         sub,
         "metrics",
