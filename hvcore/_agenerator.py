@@ -66,7 +66,7 @@ class AsyncKeyGenerator(_GeneratorBase):
             if isinstance(todo, _Reserve):
                 async with self._shard_lock(shard, asyncio.Lock):
                     if self._states[shard] is todo.state:  # nobody replaced it while we waited for the lock
-                        numbers = self._source.reserve(shard, todo.time_part, todo.wanted)
+                        numbers = self._reserve(shard, todo.time_part, todo.wanted)
                         if not isinstance(numbers, range):  # async only: an asyncio source's coroutine
                             numbers = await numbers
                         self._install(shard, todo.time_part, numbers, n, out)

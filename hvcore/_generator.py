@@ -5,7 +5,7 @@ decision is made there (`_step` says what to do next: done, reserve a block, or 
 `_install` takes a reserved block). Each class adds only its slow-path loop, `_fill`, which carries those out
 with ``time.sleep`` and a thread lock, or with ``asyncio.sleep``, an asyncio lock and an awaited source; the sync
 loop is the async one without ``async``/``await`` (checked by a test, as psycopg checks its generated sync code).
-`KeyGenerator` adds inlined fast paths for its hot calls (and the C accelerator's).
+`KeyGenerator` adds an inlined fast path for its hot call (and the C accelerator's).
 """
 
 from __future__ import annotations
@@ -26,22 +26,18 @@ from typing import Any, Final, NamedTuple
 
 from hvcore._config import parse_layout, redact_conninfo
 from hvcore._key import Key, KeyLayout, check_shard_id
-from hvcore._keymaker import HOT_MS as _HOT_MS
 from hvcore._keymaker import make_key as _make_key
 from hvcore._keymaker import make_keys as _make_keys
-from hvcore._keymaker import next_local as _next_local
-from hvcore._keymaker import random_below as _random_below
 from hvcore._keymaker import shared_next as _shared_next
 from hvcore._sequence import SequenceSource
-from hvcore._sharedseq import SharedSequenceTable
+from hvcore._sharedseq import SharedSequenceTable, process_table
 from hvcore._worker import WorkerGrant, WorkerSlice, _Claim, claim_numbers, release_numbers
 from hvcore.errors import ClockMovedBackwards, ConfigError, HypervaultError, InvalidArgument, InvalidShard
 
 __all__ = ["KeyGenerator"]
 
-if _next_local is not None and _shared_next is not None:
-    _fast_next = _next_local  # bound once, without the Optional, for KeyGenerator's fast paths
-    _fast_shared = _shared_next
+if _shared_next is not None:
+    _fast_shared = _shared_next  # bound once, without the Optional, for KeyGenerator's fast paths
 
 _NS_PER_MS: Final = 1_000_000
 _SPIN_NS: Final = 200_000  # the last part of a wait for the next millisecond only yields the GIL
@@ -50,29 +46,24 @@ _DEAD: Final[Iterator[int]] = count()  # the counter of states whose limit rejec
 _AGAIN: Final = 0  # _step results besides None (done), a _Reserve, or a clock reading (ns) to wait for
 _HEADROOM: Final = 16  # a random start stays below size - size/16: a millisecond keeps room for 64 more ids
 
-# How ids are made, and why no two threads (or processes) ever make the same one:
+# How ids are made, and why no two threads, generators or forked processes ever make the same one:
 #
-# Local mode (no sequence source, no fork yet). `_cur` describes the newest millisecond in use: (clock, end_ns,
-# time bits + start, first, more, shard bits, key class, size - start). A key is time bits + shard bits + sequence;
-# numbers here count from the millisecond's `start`. `first` and `more` are dicts made for that one millisecond.
-# A call claims a shard's millisecond with a fresh object: its own clock reading (a new int) when it starts at
-# `start`, or a new tuple `(d,)` when it is a batch that must start d (< 0) earlier to fit. The call whose
-# `first.setdefault(shard, claim) is claim` gets number d (0 for a reading); the others draw d + 1, d + 2, ...
-# from the shard's `itertools.count` in `more`, made by the first of them from the claim it found. Both
-# operations are atomic under the GIL, and a
-# thread that read an older `_cur` only ever touches that millisecond's own dicts, so every (shard, ms, sequence)
-# is handed out once. Only the move to a new millisecond takes a lock (once per millisecond for all shards); it
-# draws that millisecond's random `start` (below). Shard bits include a worker's slice of the sequence, if any.
+# Every generator without a sequence source takes its numbers from its process's sequence table for its layout,
+# its worker numbers (if any) and its clock (hvcore/_sharedseq.py: `process_table`): one table per such key, shared
+# by every generator of the process and, as shared memory, by the processes forked from it. Per shard the table
+# keeps the newest millisecond handed out and how many of its numbers are used; a reservation moves that forward
+# atomically (a compare-and-swap in C, else under a thread lock and an fcntl record lock), so every (shard, ms,
+# sequence) is handed out once, whichever generator, thread or process asks. With the C accelerator next_key takes
+# its key straight from the table (`shared_next`); otherwise a generator caches blocks of numbers per shard.
 #
-# Block mode (a sequence source, or after the first fork: the shared table). Each shard has a state
-# (end_ns, counter, base, limit), replaced whole under the shard's lock: ids are base + n for n drawn from the
-# counter while n < limit and the clock is before end_ns. The numbers come in blocks from the source.
+# Block mode (all generators). Each shard has a state (end_ns, counter, base, limit), replaced whole under the
+# shard's lock: ids are base + n for n drawn from the counter while n < limit and the clock is before end_ns. The
+# numbers come in blocks from the table or from the sequence source.
 #
-# Random start (the default with the system clock): each millisecond's sequence starts at a random number in
-# 0..spread (spread = size - size/16 - 1), drawn per process (per table after a fork), so independent processes
-# sharing a shard do not hand out 0, 1, 2, ... in step. For _HOT_MS ms after a shard ran out of numbers, the
-# millisecond starts at 0 again, so a process that needs the whole sequence gets it.
-_Cur = tuple[Callable[[], int], int, int, dict[int, Any], dict[int, Iterator[int]], list[int], type[Key], int]
+# Random start (the default with the system clock): the first reservation of each (shard, millisecond) starts at
+# a random number in 0..spread (spread = size - size/16 - 1), or at the generator's home (start_each_ms_at), so
+# independent processes sharing a shard do not hand out 0, 1, 2, ... in step. For HOT_MS ms after a shard ran out
+# of numbers, milliseconds start at 0 again, so a process that needs the whole sequence gets it.
 _State = tuple[int, Iterator[int], int, int]
 
 
@@ -82,22 +73,6 @@ class _Reserve(NamedTuple):
     state: _State
     time_part: int
     wanted: int
-
-
-class _BrokenSource:
-    """Stands in for the shared table in a child whose parent could not set one up before ``fork()``."""
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-
-    def reserve(self, shard_id: int, time_part: int, wanted: int) -> range:
-        raise HypervaultError(self.reason)
-
-    def after_fork_in_child(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 def _sequence_source(sequence: object, layout: KeyLayout, *, asyncio: bool) -> tuple[Any, bool]:
@@ -159,15 +134,12 @@ class _GeneratorBase:
         "__weakref__",
         "_claim",
         "_closed",
-        "_cur",
         "_custom_clock",
         "_epoch_ns",
         "_floor",
-        "_fork_error",
         "_grant",
         "_hi",
         "_home",
-        "_hot",
         "_key_type",
         "_lock",
         "_locks",
@@ -254,7 +226,6 @@ class _GeneratorBase:
         self._size = len(numbers)
         self._offset = numbers.start
         self._spread = self._size - self._size // _HEADROOM - 1 if random_start else 0
-        self._hot = -(1 << 62)  # the last millisecond a shard ran out of numbers (local mode)
         self._home: int | None = None  # where each millisecond starts instead of a random number (start_each_ms_at)
         self._shards = layout.max_shard_id + 1
         self._sbits = [(shard << layout.shard_shift) | self._offset for shard in range(self._shards)]
@@ -275,24 +246,27 @@ class _GeneratorBase:
         self._floor = -1  # milliseconds up to this one are not ours to use (set by a fork or a worker lease)
         self._want = [block_size] * self._shards
         self._locks: dict[int, Any] = {}
-        self._lock = threading.Lock()  # moving to a new millisecond (local mode); fork hooks
-        self._fork_error: str | None = None
+        self._lock = threading.Lock()  # the worker grant's changes; fork hooks
         self._closed = False
-        self._shared: tuple[Any, ...] | None = None  # set once keys come straight from a lock-free shared table
+        self._shared: tuple[Any, ...] | None = None  # set when keys come straight from a lock-free table (C)
         self._states: list[_State] = self._fresh_states()
-        self._cur: _Cur = self._make_cur(0, 0, 0)
         self._grant = grant
-        self._claim: _Claim | None = None
-        if slice_ is not None:
-            scope = grant._claim_scope if grant is not None else ""
-            self._claim = claim_numbers(scope, numbers, self, f"worker {slice_.id} of {slice_.workers}")
-            self._floor = max(self._floor, self._claim.last_ms - layout.epoch_ms)
         self.sequence: Any = None
         self._owns_source = False
         self._source: Any = None
         if sequence is not None:
             self.sequence, self._owns_source = _sequence_source(sequence, layout, asyncio=asyncio)
             self._source = self.sequence
+        else:
+            self._source = self._process_table(numbers, clock)
+        self._claim: _Claim | None = None
+        if slice_ is not None:
+            scope = grant._claim_scope if grant is not None else ""
+            self._claim = claim_numbers(scope, numbers, self, f"worker {slice_.id} of {slice_.workers}")
+            self._claim.table = (self._source, layout.epoch_ms)
+            self._floor = max(self._floor, self._claim.last_used_ms() - layout.epoch_ms)
+        if self.sequence is None and self._source.atomic:
+            self._shared = self._shared_params((self._now_ns, self._key_type, self._source.buffer, b""), self._hi)
         if grant is not None:
             self._floor = max(self._floor, grant.floor_ms - layout.epoch_ms)
             grant._follow(self)
@@ -304,14 +278,26 @@ class _GeneratorBase:
     def _fresh_states(self) -> list[_State]:
         return [(0, _DEAD, 0, 0)] * self._shards
 
-    def _make_cur(self, end: int, time_bits: int, start: int) -> _Cur:
-        return (self._now_ns, end, time_bits + start, {}, {}, self._sbits, self._key_type, self._size - start)
-
-    @staticmethod
-    def _counter(shard: int, first: dict[int, Any], more: dict[int, Iterator[int]]) -> Iterator[int]:
-        """The counter of a claimed (shard, millisecond): it counts on after the winner's first number."""
-        owner = first[shard]
-        return more.setdefault(shard, count(owner[0] + 1 if owner.__class__ is tuple else 1))
+    def _process_table(self, numbers: range, clock: Callable[[], int] | None) -> SharedSequenceTable:
+        """This process's sequence table for the layout, the numbers and the clock (one per such key: generators
+        with other clocks must not move each other's milliseconds). `HypervaultError` if none can be made."""
+        clock_key: object = None
+        if clock is not None:
+            try:
+                hash(clock)
+            except TypeError:
+                clock_key = ("clock", id(clock))  # alive while a generator holds it, as the table is
+            else:
+                clock_key = clock
+        key = (self.layout, numbers.start, numbers.stop, clock_key)
+        try:
+            return process_table(key, lambda: SharedSequenceTable(self._shards, self._size))
+        except Exception as exc:
+            raise HypervaultError(
+                f"could not make the key generator's sequence table in shared memory ({exc!r}): without it, "
+                "generators of this process (and processes forked from it) could repeat each other's ids; use a "
+                "sequence source (e.g. sequence='redis://...') instead"
+            ) from exc
 
     def _bad_shard(self, shard_id: object) -> InvalidShard:
         try:
@@ -354,22 +340,6 @@ class _GeneratorBase:
     def _part_of(self, end: int) -> int:
         return (end - self._epoch_ns) // _NS_PER_MS - 1
 
-    def _advance(self, cur: _Cur, t: int) -> int | None:
-        """Local mode: make the millisecond of ``t`` (later than ``cur``'s) the current one; or return the clock
-        reading (ns) to wait for when that millisecond is not ours yet (a worker's previous holder used it)."""
-        with self._lock:
-            if self._cur is cur and self._source is None:
-                part = self._time_part(t)
-                if part <= self._floor:
-                    return self._epoch_ns + (self._floor + 1) * _NS_PER_MS
-                start = 0
-                if self._spread and part - self._hot > _HOT_MS:
-                    start = _random_below(self._spread + 1) if self._home is None else self._home
-                if self._claim is not None:
-                    self._claim.last_ms = part + self.layout.epoch_ms
-                self._cur = self._make_cur(self._epoch_ns + (part + 1) * _NS_PER_MS, part << self._time_shift, start)
-        return None
-
     def _collect(self, base: int, lim: int, first: int, last: int, k: int, out: list[Key]) -> None:
         """Append the ids of the valid numbers among ``k`` drawn from ``first`` to ``last`` (all ours if
         contiguous; else another thread drew in between and only the ends are surely ours)."""
@@ -398,10 +368,15 @@ class _GeneratorBase:
 
     def _quick_key(self, shard_id: int) -> Key | None:
         """A key at once from the C fast path (no waiting, no I/O), or None: no accelerator, or none at hand."""
-        if _next_local is None:
-            return None
         shared = self._shared
-        return _fast_next(self._cur, shard_id, self._size) if shared is None else _fast_shared(shared, shard_id, 0)
+        return None if shared is None else _fast_shared(shared, shard_id, 0)
+
+    def _reserve(self, shard: int, time_part: int, wanted: int) -> Any:
+        """Numbers from the sequence source, or from the table with this generator's spread and home."""
+        if self.sequence is not None:
+            return self._source.reserve(shard, time_part, wanted)
+        home = -1 if self._home is None else self._home
+        return self._source.reserve(shard, time_part, wanted, spread=self._spread, home=home)
 
     def _wanted(self, shard: int, k: int, *, refill: bool) -> int:
         if self._shared is not None:
@@ -417,32 +392,6 @@ class _GeneratorBase:
         `_Reserve`, wait until a clock reading (ns), or just go on (`_AGAIN`)."""
         if len(out) >= n:
             return None
-        if self._source is None:
-            cur = self._cur
-            now, end, time_bits, first, more, sbits, key_type, lim = cur
-            t = now()
-            if t >= end:
-                wait = self._advance(cur, t)
-                if wait is not None:
-                    return wait
-                cur = self._cur  # go on with the same reading: a fast clock must not starve us
-                now, end, time_bits, first, more, sbits, key_type, lim = cur
-                if t >= end:
-                    return _AGAIN
-            base = time_bits + sbits[shard]
-            k = n - len(out)
-            d = 0 if k <= lim else max(self._size - k, 0) - (self._size - lim)  # a batch claiming the ms fits in it
-            claim: Any = t if d == 0 else (d,)
-            if first.setdefault(shard, claim) is claim:
-                out.append(_make_key(key_type, base + d))
-                if len(out) >= n:
-                    return None
-            cnt = more.get(shard) or self._counter(shard, first, more)
-            self._draw(cnt, base, lim, n - len(out), out)
-            if len(out) >= n:
-                return None
-            self._hot = self._part_of(end)  # this millisecond ran out: the next ones start whole
-            return end  # wait for the next millisecond
         t = self._now_ns()
         state = self._states[shard]
         end, cnt, base, lim = state
@@ -454,8 +403,10 @@ class _GeneratorBase:
                 return end  # the millisecond is used up: wait for the next one
             return _Reserve(state, self._part_of(end), self._wanted(shard, n - len(out), refill=True))
         part = self._time_part(t)
-        if part <= self._floor:  # the clock is behind what the parent used before forking (or a lease's floor)
+        if part <= self._floor:  # the clock is behind a worker lease's floor (or an earlier holder's last ms)
             return self._epoch_ns + (self._floor + 1) * _NS_PER_MS
+        if self.sequence is None:  # the clock went back: go on in the shard's newest millisecond while it lasts
+            part = max(part, self._source.newest(shard))
         return _Reserve(state, part, self._wanted(shard, n - len(out), refill=False))
 
     def _pauses(self, shard: int, until: int) -> Iterator[float]:
@@ -504,19 +455,30 @@ class _GeneratorBase:
     # -- worker lease, closing ----------------------------------------------------------------------------------
 
     def skip_numbers(self, shard_id: int, count: int) -> None:
-        """Leave the next ``count`` numbers of ``shard_id``'s current millisecond unused (local mode only).
+        """Leave the next ``count`` numbers of ``shard_id``'s current millisecond unused.
 
         After a collision (another process holds the key just made, and most likely the ones after it: it counts
         up through the same stretch), the next keys then land past that stretch instead of on each of its keys in
-        turn. No effect with a shared sequence (Redis, or a forked family's shared table: no collisions to step
-        past) or when the shard has not drawn in the current millisecond (the next millisecond starts afresh).
+        turn. No effect with a sequence source (Redis: no collisions to step past), or when no generator of the
+        process has drawn for the shard in the current millisecond (the next millisecond starts afresh).
         """
-        if self._source is not None or self._shared is not None or type(count) is not int or count < 1:
+        if self.sequence is not None or type(count) is not int or count < 1:
             return
-        _, _, _, first, more, _, _, _ = self._cur
-        if shard_id in first:
-            cnt = more.get(shard_id) or self._counter(shard_id, first, more)
-            _consume(islice(cnt, count))
+        if type(shard_id) is not int or not 0 <= shard_id < self._shards:
+            return
+        t = self._now_ns()
+        end, cnt, _, lim = self._states[shard_id]
+        if t < end:  # a block of this millisecond is cached here (no C accelerator): skip within it first
+            first = next(cnt)
+            if first < lim:
+                _consume(islice(cnt, min(count, lim - first) - 1))
+                count -= lim - first  # what the block did not hold
+            if count <= 0:
+                return
+        part = (t - self._epoch_ns) // _NS_PER_MS
+        table = self._source
+        if table.newest(shard_id) == part:
+            table.reserve(shard_id, part, count, spread=self._spread)  # taken by no one: the stretch is skipped
 
     def start_each_ms_at(self, start: int | None) -> None:
         """Start each millisecond's sequence at ``start`` instead of at a random number (None: random again).
@@ -524,14 +486,19 @@ class _GeneratorBase:
         For independent processes given distinct starts by a lease (``Datastore(worker="auto")``, see
         `hvcore._worker.home_start`): each process counts up from its own place, so processes making fewer ids per
         millisecond than the gap between two starts never make the same key. Applies to a ``random_start``
-        generator in local mode (before any fork: a forked family draws random starts from its shared table).
-        Raises `ConfigError` if the generator has no random start or ``start`` is outside ``0 .. spread``.
+        generator without a sequence source; the first generator of the process (or of its forked family) to use a
+        (shard, millisecond) sets where it starts. Raises `ConfigError` if the generator has no random start or
+        ``start`` is outside ``0 .. spread``.
         """
         if start is not None and (type(start) is not int or not self._spread or not 0 <= start <= self._spread):
             raise ConfigError(
                 f"start_each_ms_at needs a random_start generator and a start in 0..{self._spread}, got {start!r}"
             )
-        self._home = start
+        with self._lock:
+            self._home = start
+            shared = self._shared
+            if shared is not None:
+                self._shared = self._shared_params(shared, self._hi)
 
     def _follow_grant(self) -> None:
         """Take the worker grant's current horizon (called by the grant after each change, from any thread)."""
@@ -549,18 +516,19 @@ class _GeneratorBase:
                 self._shared = self._shared_params(shared, hi)
 
     def _shared_params(self, shared: tuple[Any, ...], max_time: int) -> tuple[Any, ...]:
-        """The C fast path's view of the shared table: (clock, key class, table, its numbers packed as 8 int64s:
-        epoch ns, time shift, shard shift, sequence size, last usable millisecond, used bits, offset, spread)."""
+        """The C fast path's view of the table: (clock, key class, table, its numbers packed as 10 int64s: epoch
+        ns, time shift, shard shift, sequence size, last usable millisecond, used bits, offset, spread, home (-1:
+        random), floor)."""
         table = self._source
         assert isinstance(table, SharedSequenceTable)
         params = (self._epoch_ns, self._time_shift, self.layout.shard_shift, self._size, max_time)
-        packed = struct.pack("=8q", *params, table.used_bits, self._offset, self._spread)
+        home = -1 if self._home is None else self._home
+        packed = struct.pack("=10q", *params, table.used_bits, self._offset, self._spread, home, self._floor)
         return (*shared[:3], packed)
 
     def _stop(self) -> None:
         """Make every call take the slow path, where it is refused (closed, or the lease is lost); under _lock."""
         self._hi = -1
-        self._cur = self._make_cur(-1, 0, 0)
         self._states = self._fresh_states()
         shared = self._shared
         if shared is not None:
@@ -580,29 +548,9 @@ class _GeneratorBase:
     # -- fork -------------------------------------------------------------------------------------------------------
 
     def _before_fork(self) -> None:
-        self._lock.acquire()  # no thread is moving to a new millisecond while we look
-        self._fork_error = None
+        self._lock.acquire()  # no worker grant change while we look
         if self._claim is not None:
             self._claim.pinned = True  # the children may use the worker numbers as long as this process lives
-        if self._source is None:
-            try:
-                end = self._cur[1]
-                floor = max(self._part_of(end) if end > 0 else -1, self._floor)
-                table = SharedSequenceTable(self._shards, self._size, floor=floor, spread=self._spread)
-            except Exception as exc:  # a fork hook cannot raise: the child refuses to make keys instead
-                self._fork_error = (
-                    f"could not share the key generator's state before fork() ({exc!r}); this process cannot "
-                    f"make keys without risking duplicates of its parent's: create a new KeyGenerator"
-                )
-                return
-            # Everything up to the current millisecond stays ours (threads still finishing it included);
-            # parent and children now take later milliseconds in blocks from the shared table.
-            self._floor = floor
-            self._states = self._fresh_states()
-            self._source = table
-            self._cur = self._make_cur(-1, 0, 0)
-            if table.atomic:
-                self._shared = self._shared_params((self._now_ns, self._key_type, table.buffer, b""), self._hi)
 
     def _after_fork_parent(self) -> None:
         self._lock.release()
@@ -610,11 +558,8 @@ class _GeneratorBase:
     def _after_fork_child(self) -> None:
         self._lock = threading.Lock()
         self._locks = {}
-        if self._fork_error is not None:
-            self._source = _BrokenSource(self._fork_error)
-            self._cur = self._make_cur(-1, 0, 0)
-            self._shared = None
-        # Blocks cached here belong to the parent: everything is reserved again, from the table or the source.
+        # Blocks cached here belong to the parent: everything is reserved again, from the table (the parent's,
+        # in shared memory) or the source.
         self._states = self._fresh_states()
         if self.sequence is not None:
             self.sequence.after_fork_in_child()
@@ -658,10 +603,14 @@ class KeyGenerator(_GeneratorBase):
     millisecond, sequence) is ever used twice. Past the layout's last millisecond it raises `LayoutExhausted`
     rather than make a negative id; past a worker lease's horizon, or once the lease is lost, `WorkerLeaseLost`.
 
-    ``fork()``: the generator moves to a table in shared memory that the child inherits; the parent keeps the
-    milliseconds it already used, and from then on parent and children reserve blocks of sequence numbers of
-    later milliseconds from that table, so no process hands out an id another one does. With a ``sequence``
-    source (e.g. Redis) blocks come from the source instead; the child drops the blocks it inherited and calls
+    Generators of one process: every generator without a ``sequence`` takes its numbers from the process's one
+    sequence table for its layout (and worker numbers, and clock: generators given different ``clock`` functions
+    keep separate tables), so two generators of a process never hand out the same key either; their keys
+    interleave, and only those of one generator (one thread) are sure to increase.
+
+    ``fork()``: that table is in shared memory, which the child inherits: parent and children reserve sequence
+    numbers from it, so no process hands out an id another one does. With a ``sequence`` source (e.g. Redis)
+    numbers come from the source instead; the child drops the blocks it inherited and calls
     ``sequence.after_fork_in_child()``.
 
     ``clock`` returns Unix time in integer milliseconds (tests inject a fake one; by default ``time.time_ns``
@@ -688,20 +637,8 @@ class KeyGenerator(_GeneratorBase):
 
     def next_key(self, shard_id: int) -> Key:
         """One new key for ``shard_id``."""
-        # The local-mode path of _step, inlined: this is the hot path (done in C when the accelerator is built).
-        now, end, time_bits, first, more, sbits, key_type, lim = self._cur
-        t = now()
-        if t < end and shard_id.__class__ is int and shard_id >= 0:
-            try:
-                base = time_bits + sbits[shard_id]
-            except IndexError:
-                raise self._bad_shard(shard_id) from None
-            if first.setdefault(shard_id, t) is t:
-                return _make_key(key_type, base)
-            n = next(more.get(shard_id) or self._counter(shard_id, first, more))
-            if n < lim:
-                return _make_key(key_type, base + n)
-        elif self._source is not None and shard_id.__class__ is int and shard_id >= 0:
+        # The first branch of _step, inlined: this is the hot path (done in C when the accelerator is built).
+        if shard_id.__class__ is int and shard_id >= 0:
             try:
                 end, cnt, base, lim = self._states[shard_id]
             except IndexError:
@@ -712,13 +649,13 @@ class KeyGenerator(_GeneratorBase):
                     return _make_key(self._key_type, base + n)
         return self._fill(shard_id, 1, [])[0]
 
-    if _next_local is not None:
+    if _shared_next is not None:
         _next_key_py = next_key
 
         def next_key(self, shard_id: int) -> Key:
             """One new key for ``shard_id``."""
             shared = self._shared  # _quick_key's body, inlined: one method call less on the hot path
-            key = _fast_next(self._cur, shard_id, self._size) if shared is None else _fast_shared(shared, shard_id, 0)
+            key = _fast_shared(shared, shard_id, 0) if shared is not None else None
             return key if key is not None else self._next_key_py(shard_id)
 
     def next_keys(self, shard_id: int, n: int) -> list[Key]:
@@ -729,36 +666,6 @@ class KeyGenerator(_GeneratorBase):
                 return [self.next_key(shard_id)] if n else []
         if self._shared is not None:
             return self._fill(shard_id, n, _fast_shared(self._shared, shard_id, n) or [])
-        now, end, time_bits, first, more, sbits, key_type, lim = self._cur
-        t = now()
-        if t < end and shard_id.__class__ is int and shard_id >= 0:
-            try:
-                base = time_bits + sbits[shard_id]
-            except IndexError:
-                raise self._bad_shard(shard_id) from None
-            d = 0 if n <= lim else max(self._size - n, 0) - (self._size - lim)  # a batch claiming the ms fits
-            claim: Any = t if d == 0 else (d,)
-            zero = first.setdefault(shard_id, claim) is claim
-            cnt = more.get(shard_id) or self._counter(shard_id, first, more)
-            k = n - 1 if zero else n
-            a = next(cnt)
-            if a < lim:
-                k = min(k, lim - a)  # no more than this millisecond can still give: linear time for any batch
-            if k > 1:
-                _consume(islice(cnt, k - 2))
-                b = next(cnt)
-            else:
-                b = a
-            if b < lim and b - a == k - 1:  # contiguous: no other thread drew in between
-                if zero and a == d + 1 and k == n - 1:
-                    return _make_keys(key_type, base + d, n)
-                out = _make_keys(key_type, base + a, k)
-                if zero:
-                    out.insert(0, _make_key(key_type, base + d))
-                return out if len(out) >= n else self._fill(shard_id, n, out)
-            out = [_make_key(key_type, base + d)] if zero else []
-            self._collect(base, lim, a, b, k, out)
-            return self._fill(shard_id, n, out)
         return self._fill(shard_id, n, [])
 
     def close(self) -> None:
@@ -781,7 +688,7 @@ class KeyGenerator(_GeneratorBase):
             if isinstance(todo, _Reserve):
                 with self._shard_lock(shard, threading.Lock):
                     if self._states[shard] is todo.state:  # nobody replaced it while we waited for the lock
-                        numbers = self._source.reserve(shard, todo.time_part, todo.wanted)
+                        numbers = self._reserve(shard, todo.time_part, todo.wanted)
                         self._install(shard, todo.time_part, numbers, n, out)
             else:
                 for pause in self._pauses(shard, todo):

@@ -16,7 +16,6 @@ __all__ = [
     "HOT_MS",
     "make_key",
     "make_keys",
-    "next_local",
     "random_below",
     "seed_random",
     "shared_next",
@@ -56,14 +55,11 @@ def random_below(bound: int, /) -> int:
     return int(_rng.random() * bound)
 
 
-next_local: Callable[[tuple[Any, ...], int, int], Key | None] | None = None
-"""KeyGenerator.next_key's local-mode fast path in C (None without the accelerator: the Python code does it all)."""
-
 shared_next: Callable[[tuple[Any, ...], int, int], Any] | None = None
-"""The generator's fast path on the shared table after fork (None without the accelerator)."""
+"""The generator's fast path on its sequence table (None without the accelerator: the Python code does it all)."""
 
-table_reserve: Callable[[Any, int, int, int, int, int, int], range] | None = None
-"""Lock-free reservation in the shared table after fork (None without the accelerator: fcntl locks then)."""
+table_reserve: Callable[[Any, int, int, int, int, int, int, int], range] | None = None
+"""Lock-free reservation in a sequence table (None without the accelerator: locks then)."""
 
 ACCELERATED = False
 """Whether keys are made by the C accelerator (built at install time when a C compiler is present)."""
@@ -77,7 +73,6 @@ if os.environ.get("HYPERVAULT_PURE_PYTHON", "") in ("", "0"):
     else:
         make_key = _speedups.make_key
         make_keys = _speedups.make_keys
-        next_local = _speedups.next_local
         shared_next = _speedups.shared_next
         table_reserve = _speedups.table_reserve
         seed_random = _speedups.seed_random

@@ -21,6 +21,7 @@ import base64
 import contextvars
 import hashlib
 import hmac
+import itertools
 import struct
 import threading
 import time
@@ -37,6 +38,7 @@ __all__ = [
     "DEFAULT_MAX_AGE",
     "DEFAULT_MAX_REPLICA_LAG",
     "READ_FROM",
+    "TOKEN_MAX_CHARS",
     "LagTracker",
     "Timeline",
     "TimelineScope",
@@ -56,8 +58,11 @@ MAX_LAG_LIMIT = 86_400.0
 """The largest ``max_replica_lag`` accepted (a day)."""
 DEFAULT_MAX_AGE = 60.0
 """Seconds a write position of a `Timeline` is kept (after that, any standby within the lag bound has it)."""
-TOKEN_MAX_ENTRIES = 256
-"""Most shards a timeline token carries (the newest writes are kept)."""
+TOKEN_MAX_CHARS = 2048
+"""Longest timeline token (characters), so that it fits a cookie (browsers keep at least 4096 bytes per cookie,
+name and attributes included). A timeline that would need more pins shards to their primaries instead of
+carrying their positions (`Timeline.token`): reads go to the primary for a while, never to a standby that
+lacks a write."""
 PIN = 2**63 - 1
 """A write position no standby reaches: the shard reads from its primary until the entry expires."""
 _WAL_PAGE_HEADERS = (24, 40)  # SizeOfXLogShortPHD, SizeOfXLogLongPHD: an insert position just after a page header
@@ -289,11 +294,90 @@ class LagTracker:
 
 # -- read-your-writes ----------------------------------------------------------------------------------------------
 
-_TOKEN_VERSION = 1
-_HEADER = struct.Struct(">BQ")  # version, issued at (Unix ms)
-_ENTRY = struct.Struct(">IIQI")  # shard, server id, WAL position, age at issue (ms)
+_TOKEN_VERSION = 2
+_V1_HEADER = struct.Struct(">BQ")  # version 1 (read only): version, issued at (Unix ms)
+_V1_ENTRY = struct.Struct(">IIQI")  # shard, server id, WAL position, age at issue (ms)
+_SERVER = struct.Struct(">I")
 _MAC_SIZE = 12
 _UNKEYED = b"hypervault-timeline-v1"
+_ANY = -1  # the "server" of a pinned entry: no standby serves the shard, whichever server it is on now
+_PINNED, _BITMAP, _EVERY = 1, 2, 4  # group flags (version 2)
+
+# Version 2 of the token body: version (1 byte), issued at (Unix ms, varint), number of groups (varint), then per
+# group: flags (1 byte); unless _PINNED or _EVERY, the server id (4 bytes) and the highest WAL position written to
+# it (varint); the age of the group's newest write at issue (ms, varint); unless _EVERY, its shards, as a sorted list
+# (count, first, then each gap - 1, varints) or, with _BITMAP, as a bitmap (first shard, byte count, bytes; bit i of
+# byte j is shard first + 8j + i), whichever is shorter. Varints are unsigned LEB128. A group stands for "each of
+# these shards needs a standby of this server past this position" (_PINNED: needs its primary; _EVERY: every shard
+# does), until max_age after the group's newest write: never less strict than the positions it was made from.
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+class _Reader:
+    """Reads a version 2 token body; `InvalidToken` for anything short or malformed."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.at = 0
+
+    def take(self, size: int) -> bytes:
+        if size < 0 or self.at + size > len(self.body):
+            raise InvalidToken("not a timeline token (truncated)")
+        chunk = self.body[self.at : self.at + size]
+        self.at += size
+        return chunk
+
+    def varint(self) -> int:
+        value = shift = 0
+        while True:
+            byte = self.take(1)[0]
+            value |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                if byte == 0 and shift:
+                    raise InvalidToken("not a timeline token (a number written too long)")
+                return value
+            shift += 7
+            if shift > 63:
+                raise InvalidToken("not a timeline token (a number too large)")
+
+
+def _shard_set(shards: list[int]) -> tuple[int, bytes]:
+    """``shards`` (sorted, distinct) as a list or a bitmap, whichever is shorter: (flag, encoding)."""
+    listed = _varint(len(shards)) + _varint(shards[0])
+    listed += b"".join(_varint(b - a - 1) for a, b in itertools.pairwise(shards))
+    span = shards[-1] - shards[0] + 1
+    if (span + 7) // 8 + 2 >= len(listed):
+        return 0, listed
+    bits = bytearray((span + 7) // 8)
+    for shard in shards:
+        offset = shard - shards[0]
+        bits[offset >> 3] |= 1 << (offset & 7)
+    return _BITMAP, _varint(shards[0]) + _varint(len(bits)) + bytes(bits)
+
+
+def _read_shards(reader: _Reader, flags: int) -> list[int]:
+    if flags & _BITMAP:
+        first = reader.varint()
+        bits = reader.take(reader.varint())
+        return [first + 8 * j + i for j, byte in enumerate(bits) for i in range(8) if byte >> i & 1]
+    count = reader.varint()
+    if count < 1 or count > len(reader.body):
+        raise InvalidToken("not a timeline token (a shard list of a wrong length)")
+    shards = [reader.varint()]
+    for _ in range(count - 1):
+        shards.append(shards[-1] + reader.varint() + 1)
+    return shards
 
 
 def server_id(label: str) -> int:
@@ -318,9 +402,9 @@ class Timeline:
     After a write to a shard, the datastore records the primary's WAL position here; reads of that shard then go
     to the primary until a standby has replayed past it. A `Datastore` keeps one for the whole process; give each
     user or request its own with ``db.timeline(tl)`` and carry it across requests and processes as a token
-    (`token`, `from_token`: about 20 bytes per shard written, base64url). Positions expire ``max_age`` seconds
-    (default 60) after their write: by then any standby within the lag bound has them. Thread-safe; the clock
-    (``time.time``, Unix seconds) can be injected.
+    (`token`, `from_token`: base64url, about 20 bytes per server written to plus a bit or two per shard, at most
+    `TOKEN_MAX_CHARS`). Positions expire ``max_age`` seconds (default 60) after their write: by then any standby
+    within the lag bound has them. Thread-safe; the clock (``time.time``, Unix seconds) can be injected.
     """
 
     __module__ = "hvcore"
@@ -333,20 +417,28 @@ class Timeline:
         self.max_age = float(max_age)
         self._clock = clock
         self._entries: dict[int, tuple[int, int, float]] = {}  # shard → (server id, WAL position, written at)
+        self._every: float | None = None  # every shard reads from its primary until max_age after this (a token's)
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"<Timeline {len(self)} shard(s) max_age={self.max_age:g}s>"
+        every = ", every shard pinned to its primary" if self._pins_every(self._clock()) else ""
+        return f"<Timeline {len(self)} shard(s){every} max_age={self.max_age:g}s>"
 
     def __len__(self) -> int:
         self._expire(self._clock())
         return len(self._entries)
+
+    def _pins_every(self, now: float) -> bool:
+        every = self._every
+        return every is not None and now - every <= self.max_age
 
     def _expire(self, now: float) -> None:
         with self._lock:
             old = [shard for shard, (_, _, at) in self._entries.items() if now - at > self.max_age]
             for shard in old:
                 del self._entries[shard]
+            if self._every is not None and not self._pins_every(now):
+                self._every = None
 
     def note(self, shard_id: int, server: int, lsn: int, *, at: float | None = None) -> None:
         """Record a write to ``shard_id`` on server ``server`` (`server_id`) at WAL position ``lsn``."""
@@ -360,20 +452,22 @@ class Timeline:
     def need(self, shard_id: int, server: int) -> int | None:
         """The WAL position a standby of ``server`` must have replayed to serve ``shard_id`` (None: any will do).
 
-        A position recorded on another server (the shard moved since) pins the shard to its primary until it expires.
+        A position recorded on another server (the shard moved since) pins the shard to its primary until it
+        expires, as does a token that pinned it (`token`).
         """
         entry = self._entries.get(shard_id)
-        if entry is None:
-            return None
-        if self._clock() - entry[2] > self.max_age:
-            with self._lock:
-                if self._entries.get(shard_id) is entry:
-                    del self._entries[shard_id]
-            return None
+        now = self._clock()
+        if entry is None or now - entry[2] > self.max_age:
+            if entry is not None:
+                with self._lock:
+                    if self._entries.get(shard_id) is entry:
+                        del self._entries[shard_id]
+            return PIN if self._pins_every(now) else None
         return entry[1] if entry[0] == server else PIN
 
     def positions(self) -> dict[int, tuple[int, int]]:
-        """Shard → (server id, WAL position) of the writes not expired yet."""
+        """Shard → (server id, WAL position) of the writes not expired yet (server id -1 and position `PIN`: the
+        shard reads from its primary, as a token that could not carry its position said)."""
         self._expire(self._clock())
         with self._lock:
             return {shard: (server, lsn) for shard, (server, lsn, _) in self._entries.items()}
@@ -384,26 +478,68 @@ class Timeline:
             mine = self._entries.get(shard)
             if mine is None or at >= mine[2]:
                 self.note(shard, server, lsn, at=at)
+        every = other._every
+        if every is not None:
+            with self._lock:
+                self._every = every if self._every is None else max(self._every, every)
 
     def token(self, secret: str | bytes | None = None) -> str:
         """These positions as a short URL-safe string, for a cookie or session; `from_token` reads it back.
+
+        The token carries, per server written to, the highest WAL position written and the shards written there
+        (a bitmap or a list), with the age of the newest of those writes: read back, each of those shards needs a
+        standby past that position until ``max_age`` after that newest write (never less than it needed here).
+        It is at most `TOKEN_MAX_CHARS` (2048) characters: a timeline that would need more (many servers and
+        shards) carries its shards pinned to their primaries instead (a bit per shard at most), and one that still
+        would not fit pins every shard to its primary for ``max_age``: reads go to primaries for a while, never to
+        a standby that lacks a write.
 
         With a ``secret`` (str or bytes, ≥ 16 bytes) the token is signed (HMAC-SHA256) and a token forged or
         edited without it is refused; without one, it only carries a checksum (a typo is caught, a forgery is not:
         a forged token can only make its holder's reads go to the primary, or see data as stale as the lag bound).
         A shorter secret, or one that is not str or bytes, is a `ConfigError`.
         """
+        key = _key(secret)
         now = self._clock()
         self._expire(now)
         with self._lock:
-            newest = sorted(self._entries.items(), key=lambda item: item[1][2], reverse=True)[:TOKEN_MAX_ENTRIES]
+            entries = dict(self._entries)
+            every = self._every
         issued = int(now * 1000)
-        body = _HEADER.pack(_TOKEN_VERSION, issued)
-        for shard, (server, lsn, at) in sorted(newest):
-            age = min(max(issued - int(at * 1000), 0), 2**32 - 1)
-            body += _ENTRY.pack(shard, server, min(lsn, PIN), age)
-        mac = hmac.new(_key(secret), body, hashlib.sha256).digest()[:_MAC_SIZE]
+
+        def age(at: float) -> int:
+            return max(issued - int(at * 1000), 0)
+
+        groups: dict[int, list[Any]] = {}  # server id (or _ANY) → [highest position, newest write, shards]
+        for shard, (server, lsn, at) in entries.items():
+            where = _ANY if server == _ANY or lsn >= PIN else server
+            group = groups.setdefault(where, [0, at, []])
+            group[0] = max(group[0], lsn)
+            group[1] = max(group[1], at)
+            group[2].append(shard)
+        encoded = [self._group(server, lsn, age(at), sorted(shards)) for server, (lsn, at, shards) in groups.items()]
+        if every is not None:
+            encoded.append(bytes([_EVERY]) + _varint(age(every)))
+        chars = _token_chars(sum(map(len, encoded)) + len(encoded))
+        if chars > TOKEN_MAX_CHARS and entries:  # too many servers: every shard written pinned to its primary
+            newest = max(at for _, _, at in entries.values())
+            encoded = [self._group(_ANY, PIN, age(newest), sorted(entries))]
+            if every is not None:
+                encoded.append(bytes([_EVERY]) + _varint(age(every)))
+            chars = _token_chars(sum(map(len, encoded)) + len(encoded))
+        if chars > TOKEN_MAX_CHARS:  # too many shards even so: every shard pinned
+            newest = max([at for _, _, at in entries.values()] + ([every] if every is not None else []))
+            encoded = [bytes([_EVERY]) + _varint(age(newest))]
+        body = bytes([_TOKEN_VERSION]) + _varint(issued) + _varint(len(encoded)) + b"".join(encoded)
+        mac = hmac.new(key, body, hashlib.sha256).digest()[:_MAC_SIZE]
         return base64.urlsafe_b64encode(body + mac).rstrip(b"=").decode("ascii")
+
+    @staticmethod
+    def _group(server: int, lsn: int, age_ms: int, shards: list[int]) -> bytes:
+        flag, shard_set = _shard_set(shards)
+        if server == _ANY:
+            return bytes([_PINNED | flag]) + _varint(age_ms) + shard_set
+        return bytes([flag]) + _SERVER.pack(server) + _varint(min(lsn, PIN)) + _varint(age_ms) + shard_set
 
     @classmethod
     def from_token(
@@ -416,6 +552,7 @@ class Timeline:
     ) -> Timeline:
         """A timeline from a `token` (None or ``""``: an empty one); positions older than ``max_age`` are dropped.
 
+        Tokens of version 1 (hypervault before the compact tokens: 20 bytes per shard) are read too.
         `InvalidToken` (a ValueError) for a token that is not one (bad characters, truncated, another version) or
         whose signature does not match ``secret`` (forged, edited, or signed with another secret).
         """
@@ -431,22 +568,61 @@ class Timeline:
         except (ValueError, TypeError):
             raise InvalidToken(f"not a timeline token (not base64url): {show_value(token)}") from None
         body, mac = raw[:-_MAC_SIZE], raw[-_MAC_SIZE:]
-        if len(body) < _HEADER.size or (len(body) - _HEADER.size) % _ENTRY.size:
+        if len(body) < 2:
             raise InvalidToken(f"not a timeline token ({len(raw)} bytes do not make one): {show_value(token)}")
         expected = hmac.new(_key(secret), body, hashlib.sha256).digest()[:_MAC_SIZE]
         if not hmac.compare_digest(mac, expected):
             made = "signed with another secret" if secret is not None else "signed with a secret, read without one"
             raise InvalidToken(f"timeline token signature does not match (forged, edited, or {made})")
-        version, issued = _HEADER.unpack_from(body)
-        if version != _TOKEN_VERSION:
-            raise InvalidToken(f"timeline token version {version}, expected {_TOKEN_VERSION}")
         now = clock()
-        for offset in range(_HEADER.size, len(body), _ENTRY.size):
-            shard, server, lsn, age = _ENTRY.unpack_from(body, offset)
-            at = min((issued - age) / 1000, now)  # a clock ahead of ours does not make a position last longer
-            if now - at <= timeline.max_age:
-                timeline._entries[shard] = (server, lsn, at)
+        if body[0] == 1:
+            timeline._read_v1(body, now)
+        elif body[0] == _TOKEN_VERSION:
+            timeline._read_v2(body, now)
+        else:
+            raise InvalidToken(f"timeline token version {body[0]}, expected {_TOKEN_VERSION} (or 1)")
         return timeline
+
+    def _read_v1(self, body: bytes, now: float) -> None:
+        if len(body) < _V1_HEADER.size or (len(body) - _V1_HEADER.size) % _V1_ENTRY.size:
+            raise InvalidToken(f"not a timeline token ({len(body)} bytes do not make a version 1 body)")
+        _, issued = _V1_HEADER.unpack_from(body)
+        for offset in range(_V1_HEADER.size, len(body), _V1_ENTRY.size):
+            shard, server, lsn, age = _V1_ENTRY.unpack_from(body, offset)
+            at = min((issued - age) / 1000, now)  # a clock ahead of ours does not make a position last longer
+            if now - at <= self.max_age:
+                self._entries[shard] = (server, lsn, at)
+
+    def _read_v2(self, body: bytes, now: float) -> None:
+        reader = _Reader(body)
+        reader.take(1)
+        issued = reader.varint()
+        for _ in range(reader.varint()):
+            flags = reader.take(1)[0]
+            if flags & ~(_PINNED | _BITMAP | _EVERY):
+                raise InvalidToken(f"not a timeline token (group flags {flags:#x})")
+            server, lsn = _ANY, PIN
+            if not flags & (_PINNED | _EVERY):
+                server = _SERVER.unpack(reader.take(_SERVER.size))[0]
+                lsn = reader.varint()
+            at = min((issued - reader.varint()) / 1000, now)  # a clock ahead of ours does not make it last longer
+            if flags & _EVERY:
+                if now - at <= self.max_age:
+                    self._every = at if self._every is None else max(self._every, at)
+                continue
+            shards = _read_shards(reader, flags)
+            if now - at <= self.max_age:
+                for shard in shards:
+                    old = self._entries.get(shard)
+                    if old is None or old[1] < lsn:  # a pin (or a higher position) is the stricter need
+                        self._entries[shard] = (server, lsn, at)
+        if reader.at != len(body):
+            raise InvalidToken("not a timeline token (bytes after its last group)")
+
+
+def _token_chars(groups_size: int) -> int:
+    """Characters of a token whose groups take ``groups_size`` bytes (header at most 1 + 9 + 3 bytes, and the MAC)."""
+    return ((1 + 9 + 3 + groups_size + _MAC_SIZE) * 4 + 2) // 3
 
 
 _scoped: contextvars.ContextVar[Timeline | None] = contextvars.ContextVar("hv_timeline", default=None)

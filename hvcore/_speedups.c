@@ -4,8 +4,9 @@
  * objects: instances of the given int subclass with the given values. What this adds:
  *
  *  - no temporary int and no argument tuple per key (int.__new__(cls, v) builds both, then copies);
- *  - the generator's fast paths: next_local (one process), shared_next and table_reserve (the table shared after
- *    fork), and the random starting point of each millisecond's sequence (splitmix64, seeded per process);
+ *  - the generator's fast paths on its sequence table (hvcore/_sharedseq.py, one per layout in a process, shared
+ *    with forked children): shared_next and table_reserve, and the random starting point of each (shard,
+ *    millisecond)'s sequence (splitmix64, seeded per process);
  *  - each new key is untracked by the cycle collector. A Key holds no reference but its (heap) type, so it can
  *    never be part of a cycle the collector must break (CPython untracks atomic-only tuples and dicts the same
  *    way). Millions of keys held by an application then cost nothing at each full collection either.
@@ -217,8 +218,6 @@ make_keys(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 
 /* Set by exec_module; the module is never unloaded, so these strong references live as long as the process. */
 static PyObject *time_ns_func = NULL; /* time.time_ns: read here with the same clock_gettime call it makes */
-static PyObject *count_type = NULL;   /* itertools.count */
-static PyObject *one = NULL;          /* 1 */
 
 /* After a shard of a millisecond ran out, its generator starts milliseconds at 0 (the whole sequence) for the next
    HV_HOT_MS milliseconds instead of at a random point (the generator's _HOT_MS, exported as HOT_MS). */
@@ -317,126 +316,18 @@ read_clock(PyObject *now, long long *out)
     return *out == -1 && PyErr_Occurred() ? -1 : 0;
 }
 
-PyDoc_STRVAR(next_local_doc,
-             "next_local(cur, shard_id, size, /)\n--\n\n"
-             "KeyGenerator.next_key's local-mode fast path on the state tuple `cur`: a key, or None when the\n"
-             "Python code must take over (another millisecond, a bad shard id, the sequence used up).");
-
-/* The same steps, on the same objects, as the local-mode branch of KeyGenerator.next_key (hvcore/_generator.py),
-   so the two can run side by side in different threads: each step is atomic under the GIL exactly as there.
-   cur = (now, end_ns, time_bits + start, first, more, sbits, key_type, size - start): numbers count from the
-   millisecond's start. The call whose claim (its clock reading, a fresh int) lands in `first` gets number 0; the
-   others draw from the shard's counter, which the first of them makes from the claim it found: itertools.count(1)
-   after a reading, count(d + 1) after a batch's claim (d,) (see _GeneratorBase._counter). */
-static PyObject *
-next_local(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
-{
-    if (nargs != 3) {
-        PyErr_Format(PyExc_TypeError, "next_local() takes 3 arguments (cur, shard_id, size), got %zd", nargs);
-        return NULL;
-    }
-    PyObject *cur = args[0], *shard = args[1];
-    if (!PyTuple_CheckExact(cur) || PyTuple_GET_SIZE(cur) != 8) {
-        PyErr_SetString(PyExc_TypeError, "next_local() needs the generator's 8-item state tuple");
-        return NULL;
-    }
-    PyObject *now = PyTuple_GET_ITEM(cur, 0), *end_obj = PyTuple_GET_ITEM(cur, 1);
-    PyObject *time_bits = PyTuple_GET_ITEM(cur, 2), *first = PyTuple_GET_ITEM(cur, 3);
-    PyObject *more = PyTuple_GET_ITEM(cur, 4), *sbits = PyTuple_GET_ITEM(cur, 5);
-    PyObject *key_type = PyTuple_GET_ITEM(cur, 6), *lim_obj = PyTuple_GET_ITEM(cur, 7);
-    if (!PyDict_CheckExact(first) || !PyDict_CheckExact(more) || !PyList_CheckExact(sbits)) {
-        PyErr_SetString(PyExc_TypeError, "next_local() needs the generator's 8-item state tuple");
-        return NULL;
-    }
-    if (check_key_type(key_type) < 0) {
-        return NULL;
-    }
-    Py_ssize_t index = plain_shard(shard, PyList_GET_SIZE(sbits));
-    if (index < 0) {
-        Py_RETURN_NONE;
-    }
-    long long reading;
-    if (read_clock(now, &reading) < 0) {
-        return NULL;
-    }
-    long long end = PyLong_AsLongLong(end_obj);
-    long long base = PyLong_AsLongLong(time_bits); /* time bits + the millisecond's start */
-    long long shard_bits = PyLong_AsLongLong(PyList_GET_ITEM(sbits, index));
-    long long lim = PyLong_AsLongLong(lim_obj); /* numbers left from the start */
-    if (PyErr_Occurred()) {
-        return NULL;
-    }
-    if (reading >= end) {
-        Py_RETURN_NONE;
-    }
-    base += shard_bits;
-
-    PyObject *t = PyLong_FromLongLong(reading); /* a fresh object: whoever's reading lands in `first` got number 0 */
-    if (t == NULL) {
-        return NULL;
-    }
-    PyObject *owner = PyDict_SetDefault(first, shard, t); /* borrowed */
-    int mine = owner == t;
-    Py_DECREF(t);
-    if (owner == NULL) {
-        return NULL;
-    }
-    if (mine) {
-        return new_key((PyTypeObject *)key_type, (unsigned long long)base);
-    }
-    PyObject *counter = PyDict_GetItemWithError(more, shard); /* borrowed */
-    if (counter == NULL) {
-        if (PyErr_Occurred()) {
-            return NULL;
-        }
-        PyObject *fresh;
-        if (PyTuple_CheckExact(owner) && PyTuple_GET_SIZE(owner) == 1) { /* a batch that started d earlier */
-            PyObject *from = PyNumber_Add(PyTuple_GET_ITEM(owner, 0), one);
-            if (from == NULL) {
-                return NULL;
-            }
-            fresh = PyObject_CallOneArg(count_type, from);
-            Py_DECREF(from);
-        }
-        else {
-            fresh = PyObject_CallOneArg(count_type, one);
-        }
-        if (fresh == NULL) {
-            return NULL;
-        }
-        counter = PyDict_SetDefault(more, shard, fresh);
-        Py_DECREF(fresh);
-        if (counter == NULL) {
-            return NULL;
-        }
-    }
-    Py_INCREF(counter);
-    PyObject *number = PyIter_Next(counter);
-    Py_DECREF(counter);
-    if (number == NULL) {
-        return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
-    }
-    long long n = PyLong_AsLongLong(number);
-    Py_DECREF(number);
-    if (n == -1 && PyErr_Occurred()) {
-        return NULL;
-    }
-    if (n < lim) {
-        return new_key((PyTypeObject *)key_type, (unsigned long long)(base + n));
-    }
-    Py_RETURN_NONE;
-}
-
-/* -- the shared sequence table after fork() (hvcore/_sharedseq.py), lock-free -------------------------------------
+/* -- the sequence table (hvcore/_sharedseq.py), lock-free ----------------------------------------------------------
  *
- * The table is a MAP_SHARED mapping every forked process sees: int64 word 0 is the floor (milliseconds up to it
- * belong to the process that made the table), word 1 the last millisecond in which a shard ran out of numbers,
+ * Every generator of one layout in a process takes its numbers from one table, a MAP_SHARED mapping that forked
+ * children share too: int64 word 0 is the floor (milliseconds up to it belong to the process that made the
+ * table), word 1 the last millisecond in which a shard ran out of numbers,
  * then 16 bytes per shard whose first word packs the newest millisecond handed out for the shard and how many of
  * its numbers are used: (time_part << used_bits) | used. One compare-and-swap moves a shard forward, so no process
  * ever waits for a lock another holds (or died holding). A reservation gets nothing for a millisecond up to the
  * floor or older than the shard's newest: numbers only ever move forward. With `spread` > 0, the first reservation
- * of a (shard, millisecond) starts at a random number in 0..spread (cut so that the block asked for fits), unless
- * a shard ran out less than HV_HOT_MS milliseconds before: then at 0. */
+ * of a (shard, millisecond) starts at a random number in 0..spread (cut so that the block asked for fits), or at
+ * `home` when it is >= 0 (a worker="auto" lease's place), unless a shard ran out less than HV_HOT_MS
+ * milliseconds before: then at 0. */
 
 static int
 table_entry(PyObject *table, Py_buffer *view, Py_ssize_t shard, int64_t **header, uint64_t **entry)
@@ -457,7 +348,7 @@ table_entry(PyObject *table, Py_buffer *view, Py_ssize_t shard, int64_t **header
 /* Take up to `wanted` numbers of (shard, part): returns (first << 32) | how many; 0 when there are none to have. */
 static long long
 table_take(int64_t *header, uint64_t *entry, long long part, long long wanted, long long size, int used_bits,
-           long long spread)
+           long long spread, long long home)
 {
     if (part <= __atomic_load_n(&header[0], __ATOMIC_ACQUIRE)) {
         return 0;
@@ -471,7 +362,7 @@ table_take(int64_t *header, uint64_t *entry, long long part, long long wanted, l
             first = 0;
             if (spread > 0 && part - __atomic_load_n(&header[1], __ATOMIC_RELAXED) > HV_HOT_MS) {
                 long long fit = size - wanted;
-                first = rng_below(spread + 1);
+                first = home >= 0 ? home : rng_below(spread + 1);
                 if (first > fit) {
                     first = fit > 0 ? fit : 0;
                 }
@@ -498,16 +389,17 @@ table_take(int64_t *header, uint64_t *entry, long long part, long long wanted, l
 }
 
 PyDoc_STRVAR(table_reserve_doc,
-             "table_reserve(table, shard_id, time_part, wanted, size, used_bits, spread, /)\n--\n\n"
+             "table_reserve(table, shard_id, time_part, wanted, size, used_bits, spread, home=-1, /)\n--\n\n"
              "Reserve up to `wanted` sequence numbers of (shard_id, time_part) in the shared table `table` (a\n"
              "writable buffer); returns range(first, first + taken), empty when none can be had. `spread`: the\n"
-             "largest random first number of a millisecond (0: always 0).");
+             "largest random first number of a millisecond (0: always 0); `home` (>= 0): the first number\n"
+             "instead of a random one.");
 
 static PyObject *
 table_reserve(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 7) {
-        PyErr_Format(PyExc_TypeError, "table_reserve() takes 7 arguments, got %zd", nargs);
+    if (nargs != 7 && nargs != 8) {
+        PyErr_Format(PyExc_TypeError, "table_reserve() takes 7 or 8 arguments, got %zd", nargs);
         return NULL;
     }
     Py_ssize_t shard = PyLong_AsSsize_t(args[1]);
@@ -516,6 +408,7 @@ table_reserve(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nar
     long long size = PyLong_AsLongLong(args[4]);
     long used_bits = PyLong_AsLong(args[5]);
     long long spread = PyLong_AsLongLong(args[6]);
+    long long home = nargs == 8 ? PyLong_AsLongLong(args[7]) : -1;
     if (PyErr_Occurred()) {
         return NULL;
     }
@@ -523,8 +416,8 @@ table_reserve(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nar
         PyErr_SetString(PyExc_ValueError, "table_reserve(): size must be in 1..2**used_bits-1, used_bits in 1..32");
         return NULL;
     }
-    if (spread < 0 || spread >= size) {
-        PyErr_SetString(PyExc_ValueError, "table_reserve(): spread must be in 0..size-1");
+    if (spread < 0 || spread >= size || home < -1 || home > spread) {
+        PyErr_SetString(PyExc_ValueError, "table_reserve(): spread must be in 0..size-1, home in -1..spread");
         return NULL;
     }
     Py_buffer view;
@@ -533,7 +426,7 @@ table_reserve(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nar
     if (table_entry(args[0], &view, shard, &header, &entry) < 0) {
         return NULL;
     }
-    long long packed = table_take(header, entry, part, wanted < 1 ? 1 : wanted, size, (int)used_bits, spread);
+    long long packed = table_take(header, entry, part, wanted < 1 ? 1 : wanted, size, (int)used_bits, spread, home);
     PyBuffer_Release(&view);
     long long first = packed >> 32, taken = packed & 0xFFFFFFFFLL;
     return PyObject_CallFunction((PyObject *)&PyRange_Type, "LL", first, first + taken);
@@ -541,12 +434,13 @@ table_reserve(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nar
 
 PyDoc_STRVAR(shared_next_doc,
              "shared_next(shared, shard_id, n, /)\n--\n\n"
-             "KeyGenerator's fast path once it uses the shared table: `n` keys (a Key for n == 0, else a list of\n"
+             "KeyGenerator's fast path on its sequence table: `n` keys (a Key for n == 0, else a list of\n"
              "up to n) straight from the table, or None when the Python code must take over (another shard id\n"
              "type, the millisecond used up, the clock behind the table, past the last usable millisecond).\n"
-             "`shared` = (now, key_type, table, params): params packs 8 native int64s, (epoch_ns, time_shift,\n"
-             "shard_shift, size, max_time, used_bits, offset, spread); `offset` is added to every key (a worker's\n"
-             "slice of the sequence bits).");
+             "`shared` = (now, key_type, table, params): params packs 10 native int64s, (epoch_ns, time_shift,\n"
+             "shard_shift, size, max_time, used_bits, offset, spread, home, floor); `offset` is added to every key\n"
+             "(a worker's slice of the sequence bits), `home` (>= 0) starts a millisecond instead of a random\n"
+             "number, and milliseconds up to `floor` are not the generator's to use.");
 
 static PyObject *
 shared_next(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
@@ -558,7 +452,7 @@ shared_next(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
     PyObject *shared = args[0], *shard_obj = args[1];
     if (!PyTuple_CheckExact(shared) || PyTuple_GET_SIZE(shared) != 4 ||
         !PyBytes_CheckExact(PyTuple_GET_ITEM(shared, 3)) ||
-        PyBytes_GET_SIZE(PyTuple_GET_ITEM(shared, 3)) != 8 * (Py_ssize_t)sizeof(int64_t)) {
+        PyBytes_GET_SIZE(PyTuple_GET_ITEM(shared, 3)) != 10 * (Py_ssize_t)sizeof(int64_t)) {
         PyErr_SetString(PyExc_TypeError, "shared_next() needs the generator's 4-item shared-table tuple");
         return NULL;
     }
@@ -567,12 +461,13 @@ shared_next(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
         return NULL;
     }
     PyObject *now = PyTuple_GET_ITEM(shared, 0), *key_type = PyTuple_GET_ITEM(shared, 1);
-    int64_t p[8];
+    int64_t p[10];
     memcpy(p, PyBytes_AS_STRING(PyTuple_GET_ITEM(shared, 3)), sizeof(p));
     long long epoch_ns = p[0], size = p[3], max_time = p[4], offset = p[6], spread = p[7];
+    long long home = p[8], floor = p[9];
     long time_shift = (long)p[1], shard_shift = (long)p[2], used_bits = (long)p[5];
     if (time_shift <= shard_shift || time_shift > 62 || used_bits < 1 || used_bits > 32 || size < 1 ||
-        size >= (1LL << used_bits) || spread < 0 || spread >= size) {
+        size >= (1LL << used_bits) || spread < 0 || spread >= size || home < -1 || home > spread) {
         PyErr_SetString(PyExc_ValueError, "shared_next(): bad shared-table parameters");
         return NULL;
     }
@@ -591,7 +486,7 @@ shared_next(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
         Py_RETURN_NONE;
     }
     long long part = (t - epoch_ns) / 1000000;
-    if (part > max_time) {
+    if (part > max_time || part <= floor) {
         Py_RETURN_NONE;
     }
 
@@ -601,7 +496,7 @@ shared_next(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
     if (table_entry(PyTuple_GET_ITEM(shared, 2), &view, shard, &header, &entry) < 0) {
         return NULL;
     }
-    long long packed = table_take(header, entry, part, n < 1 ? 1 : n, size, (int)used_bits, spread);
+    long long packed = table_take(header, entry, part, n < 1 ? 1 : n, size, (int)used_bits, spread, home);
     PyBuffer_Release(&view);
     long long first = packed >> 32, taken = packed & 0xFFFFFFFFLL;
     unsigned long long base = ((unsigned long long)part << time_shift) | ((unsigned long long)shard << shard_shift);
@@ -630,7 +525,6 @@ shared_next(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
 static PyMethodDef methods[] = {
     {"table_reserve", (PyCFunction)(void (*)(void))table_reserve, METH_FASTCALL, table_reserve_doc},
     {"shared_next", (PyCFunction)(void (*)(void))shared_next, METH_FASTCALL, shared_next_doc},
-    {"next_local", (PyCFunction)(void (*)(void))next_local, METH_FASTCALL, next_local_doc},
     {"make_key", (PyCFunction)(void (*)(void))make_key, METH_FASTCALL, make_key_doc},
     {"make_keys", (PyCFunction)(void (*)(void))make_keys, METH_FASTCALL, make_keys_doc},
     {"seed_random", seed_random, METH_O, seed_random_doc},
@@ -655,12 +549,7 @@ exec_module(PyObject *module)
 {
     if (time_ns_func == NULL) {
         time_ns_func = import_attr("time", "time_ns");
-        count_type = import_attr("itertools", "count");
-        one = PyLong_FromLong(1);
-        if (time_ns_func == NULL || count_type == NULL || one == NULL) {
-            Py_CLEAR(time_ns_func);
-            Py_CLEAR(count_type);
-            Py_CLEAR(one);
+        if (time_ns_func == NULL) {
             return -1;
         }
     }

@@ -15,13 +15,11 @@ def make_key(cls: type[K], value: int, /) -> K:
 def make_keys(cls: type[K], start: int, count: int, /) -> list[K]:
     """``count`` instances of the int subclass ``cls``, equal to start, start + 1, ..."""
 
-def next_local(cur: tuple[Any, ...], shard_id: int, size: int, /) -> Key | None:
-    """KeyGenerator.next_key's local-mode fast path: a key, or None when the Python code must take over."""
-
 def table_reserve(
-    table: Any, shard_id: int, time_part: int, wanted: int, size: int, used_bits: int, spread: int, /
+    table: Any, shard_id: int, time_part: int, wanted: int, size: int, used_bits: int, spread: int, home: int = -1, /
 ) -> range:
-    """Reserve up to ``wanted`` numbers of (shard_id, time_part) in the shared table, lock-free."""
+    """Reserve up to ``wanted`` numbers of (shard_id, time_part) in a sequence table, lock-free; ``home`` (>= 0)
+    starts a new millisecond there instead of at a random number."""
 
 def shared_next(shared: tuple[Any, ...], shard_id: int, n: int, /) -> Any:
     """Keys straight from the shared table (a Key for n == 0, else a list), or None for the Python code."""

@@ -233,9 +233,10 @@ class WorkerGrant:
 
 
 class _Claim:
-    """A generator's hold on worker numbers in this process; ``last_ms``: the last Unix ms it may have used."""
+    """A generator's hold on worker numbers in this process; ``last_ms``: the last Unix ms an earlier holder may
+    have used; ``table``: the generator's sequence table and its layout's epoch (Unix ms), which tell the rest."""
 
-    __slots__ = ("generator", "last_ms", "numbers", "pinned", "scope")
+    __slots__ = ("generator", "last_ms", "numbers", "pinned", "scope", "table")
 
     def __init__(self, scope: str, numbers: range, generator: object, last_ms: int) -> None:
         self.scope = scope
@@ -243,6 +244,15 @@ class _Claim:
         self.generator: weakref.ref[object] | None = weakref.ref(generator)
         self.last_ms = last_ms
         self.pinned = False  # set once the generator forks: its children may go on using the numbers
+        self.table: tuple[Any, int] | None = None
+
+    def last_used_ms(self) -> int:
+        """The last Unix ms the numbers may have been used in: by an earlier holder, or in the generator's table."""
+        if self.table is None:
+            return self.last_ms
+        table, epoch_ms = self.table
+        newest = max((table.newest(shard) for shard in range(table.shards)), default=-1)
+        return max(self.last_ms, newest + epoch_ms if newest > 0 else -1)
 
     def held(self) -> bool:
         return self.pinned or (self.generator is not None and self.generator() is not None)
@@ -268,7 +278,7 @@ def claim_numbers(scope: str, numbers: range, generator: object, describe: str) 
                     "(it is thread-safe), or close() the other first"
                 )
             else:
-                floor = max(floor, old.last_ms)  # a closed or collected generator: start after its last ms
+                floor = max(floor, old.last_used_ms())  # a closed or collected generator: after its last ms
         claim = _Claim(scope, numbers, generator, floor)
         kept.append(claim)
         _claims[:] = kept

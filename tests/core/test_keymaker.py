@@ -111,15 +111,16 @@ def test_bad_arguments_get_typed_errors(c: Any) -> None:
         c.make_keys(Key, 0, -1)
     with pytest.raises(TypeError, match="2 arguments"):
         c.make_key(Key)
-    with pytest.raises(TypeError, match="state tuple"):
-        c.next_local((1, 2), 3, 1024)
+    with pytest.raises(TypeError, match="shared-table tuple"):
+        c.shared_next((1, 2), 3, 0)
 
 
-def test_next_local_leaves_odd_shard_ids_to_the_python_code(c: Any) -> None:
+def test_shared_next_leaves_odd_shard_ids_to_the_python_code(c: Any) -> None:
     gen = KeyGenerator()
-    gen.next_key(0)  # a current millisecond exists
+    gen.next_key(0)
+    assert gen._shared is not None
     for odd in (True, -1, 8192, 2**70, 3.0, "3", None):
-        assert c.next_local(gen._cur, odd, 1024) is None
+        assert c.shared_next(gen._shared, odd, 0) is None
     with pytest.raises(Exception, match="shard id"):
         gen.next_key(True)
 

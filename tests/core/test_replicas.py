@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
+import struct
 from typing import Any
 
 import pytest
@@ -12,7 +15,7 @@ from hypothesis import strategies as st
 import hvcore
 from hvcore import ConfigError, Datastore, InvalidToken, Timeline
 from hvcore._config import DatastoreConfig, redact
-from hvcore._replicas import PIN, LagTracker, replica_settings, settle_lsn, split_replicas
+from hvcore._replicas import PIN, TOKEN_MAX_CHARS, LagTracker, replica_settings, settle_lsn, split_replicas
 
 PRIMARY = dict(shards="0-4", host="db1", port=5432, dbname="app", user="u", password="pw-primary")
 
@@ -234,12 +237,59 @@ def test_a_write_position_is_needed_until_it_expires_and_a_moved_shard_pins_its_
     st.one_of(st.none(), st.text(min_size=16).filter(lambda s: len(s.encode()) >= 16), st.binary(min_size=16)),
 )
 def test_tokens_round_trip(entries: dict[int, tuple[int, int, float]], secret: str | bytes | None) -> None:
+    """Read back, a token needs at least what the timeline needed, for the same shards: per server written to, the
+    highest position (a pin stays a pin), until max_age after that server's newest write."""
     clock = Clock()
     tl = Timeline(clock=clock)
     for shard, (server, lsn, age) in entries.items():
         tl.note(shard, server, lsn, at=clock.now - age)
     back = Timeline.from_token(tl.token(secret=secret), secret=secret, clock=clock)
-    assert back.positions() == tl.positions()
+    assert back.positions().keys() == tl.positions().keys()
+    assert_at_least_as_strict(back, tl, {server for server, _, _ in entries.values()} | {12345})
+
+
+def assert_at_least_as_strict(back: Timeline, original: Timeline, servers: set[int]) -> None:
+    for shard in original.positions():
+        for server in servers:
+            need, was = back.need(shard, server), original.need(shard, server)
+            assert was is None or (need is not None and need >= was), (shard, server, need, was)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    shards=st.lists(st.integers(0, 2**20), min_size=1, max_size=9000, unique=True),
+    servers=st.integers(1, 9000),
+    data=st.data(),
+)
+def test_tokens_stay_cookie_sized_and_never_lose_a_write(shards: list[int], servers: int, data: st.DataObject) -> None:
+    """Any number of shards and servers: at most TOKEN_MAX_CHARS, and every write still needed once read back
+    (pinned to the primary when its position could not be carried)."""
+    clock = Clock()
+    tl = Timeline(clock=clock)
+    for index, shard in enumerate(shards):
+        server = data.draw(st.integers(0, servers - 1)) if index < 50 else index % servers
+        tl.note(shard, server, 1000 + index, at=clock.now - (index % 50))
+    token = tl.token(secret=b"0123456789abcdef")
+    assert len(token) <= TOKEN_MAX_CHARS
+    back = Timeline.from_token(token, secret=b"0123456789abcdef", clock=clock)
+    assert_at_least_as_strict(back, tl, set(range(min(servers, 3))))
+    clock.now += 61  # and everything expires as before
+    assert back.need(shards[0], 0) is None and len(back) == 0
+
+
+def test_a_token_of_a_few_servers_keeps_positions_and_a_version_1_token_is_still_read() -> None:
+    clock = Clock()
+    tl = Timeline(clock=clock)
+    for shard in range(200):
+        tl.note(shard, shard % 2, 5000 + shard)
+    token = tl.token()
+    assert len(token) < 200  # 200 shards: a bitmap each
+    back = Timeline.from_token(token, clock=clock)
+    assert back.need(7, 1) == 5199 and back.need(8, 0) == 5198 and back.need(8, 1) == PIN and back.need(300, 0) is None
+    v1 = struct.pack(">BQ", 1, int(clock.now * 1000)) + struct.pack(">IIQI", 3, 9, 777, 10)
+    v1 += hmac.new(b"hypervault-timeline-v1", v1, hashlib.sha256).digest()[:12]
+    old = Timeline.from_token(base64.urlsafe_b64encode(v1).decode().rstrip("="), clock=clock)
+    assert old.need(3, 9) == 777 and old.positions() == {3: (9, 777)}
 
 
 @settings(max_examples=300, deadline=None)

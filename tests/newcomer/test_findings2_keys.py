@@ -9,18 +9,9 @@ by chance.
 
 from __future__ import annotations
 
-import pytest
-
 import hvcore
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="two KeyGenerator() of one process hand out the same ids (about half of 2,000 interleaved next_key "
-    "calls on one shard): both start each millisecond at the process's one random start and have separate "
-    "sequence tables; ids should never repeat within a process (one table per process, as after fork(), or "
-    "at least a random start per generator)",
-)
 def test_two_key_generators_of_one_process_never_repeat_an_id() -> None:
     first, second = hvcore.KeyGenerator(), hvcore.KeyGenerator()
     made_first, made_second = [], []

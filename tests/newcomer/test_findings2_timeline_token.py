@@ -11,19 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-
 import hvcore
 
 SECRET = b"at least 16 bytes of secret"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a timeline that wrote to 200 shards gives a 5,362-character token, past the ~4 KB a browser keeps in a "
-    "cookie (the README's example stores it in one); the token should stay cookie-sized (e.g. one entry per server "
-    "pinning it to its primary once per-shard entries would not fit) without losing read-your-writes",
-)
 def test_a_timeline_token_of_many_shards_fits_a_cookie(pg_fresh_db: dict[str, Any]) -> None:
     servers = [{**pg_fresh_db, "shards": "0-200", "replicas": [{"port": 1}]}]  # a standby that is down: fine
     with hvcore.Datastore(servers, backend="jsonb", read_from="replica", worker=None) as db:

@@ -321,8 +321,10 @@ def test_repeated_id_from_another_process_is_retried_with_a_fresh_key(
     one.provision()
     two = hvcore.Datastore([dict(shards="0-16", **settings)], backend="jsonb", logger=logger)
     clock = FrozenClock(T0)
-    one.generator = hvcore.KeyGenerator(clock=clock)  # two "processes" without a shared sequence,
-    two.generator = hvcore.KeyGenerator(clock=clock)  # whose clocks read the same millisecond
+    # two "processes" without a shared sequence, whose clocks read the same millisecond (a clock function each:
+    # generators of one clock in one process share a sequence table and never collide)
+    one.generator = hvcore.KeyGenerator(clock=lambda: clock())
+    two.generator = hvcore.KeyGenerator(clock=lambda: clock())
     first = [one.put(5, 1, by="one") for _ in range(3)]
     second = two.put(5, 1, by="two")  # its sequence 0, 1, 2 are stored already: retried with fresh keys
     # each collision is logged; after the first, the generator steps past a random stretch, so 1 to 3 of them
