@@ -21,7 +21,7 @@ SECRET = "s3cr3tPW"
 @pytest.mark.xfail(
     strict=True,
     reason="a conninfo whose password holds an unquoted space ('password=my s3cr3tPW') is refused with libpq's "
-    "message 'missing \"=\" after \"s3cr3tPW\"', which quotes the rest of the password; the ConfigError should "
+    'message \'missing "=" after "s3cr3tPW"\', which quotes the rest of the password; the ConfigError should '
     "say the conninfo is malformed after password= without showing any of it",
 )
 @pytest.mark.parametrize("spelling", ["conninfo", "dsn"])
