@@ -16,12 +16,6 @@ import pytest
 import hvcore
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="delete_where(where={}) deletes every record of every shard: an empty where filters nothing, so it "
-    "should be refused like delete_where() with no filter (InvalidQuery naming shards=range(8192) for 'every "
-    "record')",
-)
 @pytest.mark.parametrize("backend", ["memory", "jsonb"])
 def test_delete_where_with_an_empty_where_is_refused_not_a_wipe(backend: str, request: pytest.FixtureRequest) -> None:
     if backend == "memory":
@@ -42,11 +36,6 @@ def test_delete_where_with_an_empty_where_is_refused_not_a_wipe(backend: str, re
         db.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="update_where(set=..., where={}) rewrites every record of every shard: an empty where should be "
-    "refused like update_where() with no filter (InvalidQuery)",
-)
 def test_update_where_with_an_empty_where_is_refused() -> None:
     db = hvcore.Datastore([dict(shards="0-16")], backend="memory")
     try:
