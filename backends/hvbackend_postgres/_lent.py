@@ -4,7 +4,7 @@ Everything reachable from the handle is guarded, not only the handle itself: a m
 (``ex = conn.execute``), a coroutine made before it and awaited after, cursors of both kinds (``conn.cursor()`` and
 the server-side ``conn.cursor("name")``), their ``connection``, ``conn.transaction()``, ``conn.pipeline()``,
 ``cursor.copy()``, ``cursor.stream()`` and ``conn.notifies()``. Each is handed out wrapped (a bound method in a
-function checking the borrow at call time, an object in `_Guarded`), so after the return it raises
+callable checking the borrow at call time, an object in `_Guarded`), so after the return it raises
 `ConnectionMisuse` instead of running on the pooled session, which the pool lends to the next borrower. Not
 guarded: ``conn.pgconn`` (libpq's own object, which psycopg's adapters need unwrapped) and ``conn.info``
 (read-only facts); code that drives libpq directly is on its own.
@@ -12,11 +12,11 @@ guarded: ``conn.pgconn`` (libpq's own object, which psycopg's adapters need unwr
 
 from __future__ import annotations
 
-import functools
 import inspect
 import weakref
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
+from types import MethodType
 from typing import Any, NoReturn
 
 import wrapt
@@ -117,32 +117,61 @@ def _guard(handle: LentConnection, value: Any) -> Any:
         return value
     if value is handle.__wrapped__:  # ``cursor.connection``, ``transaction.connection``: the handle itself
         return handle
-    if inspect.ismethod(value):
-        return _guarded_method(handle, value)
+    if isinstance(value, MethodType):
+        if _is_async(value.__func__):
+            return _GuardedAsyncMethod(handle, value)
+        return _GuardedMethod(handle, value)
+    if isinstance(value, BaseCursor):
+        handle._self_cursors.add(value)
+        return _Guarded(value, handle)
     if isinstance(value, _SESSION_BOUND) and not isinstance(value, _Guarded):
-        if isinstance(value, BaseCursor):
-            handle._self_cursors.add(value)
         return _Guarded(value, handle)
     return value
 
 
-def _guarded_method(handle: LentConnection, method: Any) -> Any:
-    """``method`` checking the borrow when it is called (awaited, for a coroutine function), its result guarded."""
-    if inspect.iscoroutinefunction(method):
+_ASYNC_FUNCTIONS: dict[Any, bool] = {}  # function -> is a coroutine function (asked once per method of a class)
 
-        @functools.wraps(method)
-        async def call_async(*args: Any, **kwargs: Any) -> Any:
-            _check(handle)
-            return _guard(handle, await method(*args, **kwargs))
 
-        return call_async
+def _is_async(function: Any) -> bool:
+    found = _ASYNC_FUNCTIONS.get(function)
+    if found is None:
+        found = _ASYNC_FUNCTIONS[function] = inspect.iscoroutinefunction(function)
+    return found
 
-    @functools.wraps(method)
-    def call(*args: Any, **kwargs: Any) -> Any:
-        _check(handle)
-        return _guard(handle, method(*args, **kwargs))
 
-    return call
+class _GuardedMethod:
+    """A method reached through a lent handle: checks the borrow when called, guards what it returns."""
+
+    __slots__ = ("_handle", "_method")
+
+    def __init__(self, handle: LentConnection, method: Any) -> None:
+        self._handle = handle
+        self._method = method
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        handle = self._handle
+        if isinstance(handle.__wrapped__, _Returned):
+            raise handle.hv_misuse()
+        return _guard(handle, self._method(*args, **kwargs))
+
+    def __getattr__(self, name: str) -> Any:  # __name__, __doc__, __self__... of the method
+        return getattr(self._method, name)
+
+    def __repr__(self) -> str:
+        return f"<guarded {self._method!r}>"
+
+
+class _GuardedAsyncMethod(_GuardedMethod):
+    """A coroutine method reached through a lent handle: checks the borrow when awaited (a coroutine made while lent
+    and awaited after the return is refused too)."""
+
+    __slots__ = ()
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        handle = self._handle
+        if isinstance(handle.__wrapped__, _Returned):
+            raise handle.hv_misuse()
+        return _guard(handle, await self._method(*args, **kwargs))
 
 
 def _close_locally(cursor: BaseCursor[Any, Any]) -> None:
