@@ -273,3 +273,67 @@ def test_memory_entry_points_are_refused_after_return(entry: str, api: str) -> N
                 await _settle(use(taken))
 
     asyncio.run(main())
+
+
+def _public_methods(cls: type) -> list[str]:
+    return sorted(n for n in dir(cls) if not n.startswith("_") and inspect.isfunction(getattr(cls, n, None)))
+
+
+@pytest.mark.parametrize("api", ["sync", "async"])
+def test_every_public_method_taken_while_lent_is_refused_after_return(
+    provisioned: list[dict[str, Any]], api: str
+) -> None:
+    """The kind, not the cases above: every public method of psycopg's connection and of both cursor classes, taken
+    while lent, raises ConnectionMisuse when called (or awaited) after the return, before looking at its arguments."""
+    import psycopg
+
+    classes = (
+        (psycopg.Connection, psycopg.Cursor, psycopg.ServerCursor)
+        if api == "sync"
+        else (psycopg.AsyncConnection, psycopg.AsyncCursor, psycopg.AsyncServerCursor)
+    )
+    names = {cls: [n for n in _public_methods(cls) if n not in ("connect", "close")] for cls in classes}
+
+    def take(conn: Any) -> dict[str, Any]:
+        made = {classes[0]: conn, classes[1]: conn.cursor(), classes[2]: _kept(conn.cursor("hv_all"))}
+        return {f"{cls.__name__}.{n}": getattr(made[cls], n) for cls in classes for n in names[cls]}
+
+    async def check(methods: dict[str, Any]) -> list[str]:
+        missed = []
+        for name, method in methods.items():
+            try:
+                await _settle(method())
+            except hvcore.ConnectionMisuse:
+                continue
+            except Exception as exc:  # reported below
+                missed.append(f"{name}: {type(exc).__name__}: {exc}")
+            else:
+                missed.append(f"{name}: ran")
+        return missed
+
+    if api == "sync":
+        with hvcore.Datastore(provisioned, backend="jsonb", pool_max=1) as db:
+            conn = db.get_connection(3)
+            methods = take(conn)
+            db.put_connection(conn)
+            theirs = db.get_connection(4)
+            try:
+                missed = asyncio.run(check(methods))
+            finally:
+                db.put_connection(theirs)
+    else:
+
+        async def main() -> list[str]:
+            async with hvcore.AsyncDatastore(provisioned, backend="jsonb", pool_max=1) as db:
+                conn = await db.get_connection(3)
+                methods = take(conn)
+                await db.put_connection(conn)
+                theirs = await db.get_connection(4)
+                try:
+                    return await check(methods)
+                finally:
+                    await db.put_connection(theirs)
+
+        missed = asyncio.run(main())
+    assert len(names[classes[0]]) > 20 and len(names[classes[2]]) > 10
+    assert missed == []
