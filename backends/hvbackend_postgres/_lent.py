@@ -151,8 +151,18 @@ class _GuardedMethod:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         handle = self._handle
         if isinstance(handle.__wrapped__, _Returned):
+            if self._closes_cursor():
+                return None
             raise handle.hv_misuse()
         return _guard(handle, self._method(*args, **kwargs))
+
+    def _closes_cursor(self) -> bool:
+        """True (and the cursor marked closed) for a cursor's ``close`` called after the return: it sends nothing."""
+        owner = getattr(self._method, "__self__", None)
+        if self._method.__name__ == "close" and isinstance(owner, BaseCursor):
+            _close_locally(owner)
+            return True
+        return False
 
     def __getattr__(self, name: str) -> Any:  # __name__, __doc__, __self__... of the method
         return getattr(self._method, name)
@@ -170,6 +180,8 @@ class _GuardedAsyncMethod(_GuardedMethod):
     async def __call__(self, *args: Any, **kwargs: Any) -> Any:
         handle = self._handle
         if isinstance(handle.__wrapped__, _Returned):
+            if self._closes_cursor():
+                return None
             raise handle.hv_misuse()
         return _guard(handle, await self._method(*args, **kwargs))
 

@@ -229,9 +229,11 @@ def test_a_server_cursor_left_open_is_closed_with_the_return(provisioned: list[d
         conn = db.get_connection(3)
         cur = conn.cursor("hv_t")
         cur.execute(SCROLL)
+        close = cur.close  # taken while lent
         db.put_connection(conn)
         assert cur.closed
         cur.close()  # closing again sends nothing: allowed
+        close()
 
 
 MEMORY: dict[str, tuple[Take, Use]] = {
