@@ -54,6 +54,7 @@ from hvcore.errors import (
     WorkerLeaseError,
     WorkerLeaseLost,
     WriteOutcomeUnknown,
+    WrongEventLoop,
 )
 from hvcore.hookspecs import hookimpl
 
@@ -126,6 +127,7 @@ __all__ = [
     "WorkerLeaseLost",
     "WorkerSlice",
     "WriteOutcomeUnknown",
+    "WrongEventLoop",
     "__version__",
     "default_registry",
     "hookimpl",

@@ -21,6 +21,8 @@ from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar, TypeVarTuple, Unpack
 
+from hvcore.errors import WrongEventLoop
+
 __all__ = [
     "AEvent",
     "ALock",
@@ -33,6 +35,7 @@ __all__ = [
     "ato_thread",
     "gather",
     "loop_gone",
+    "owned_elsewhere",
     "shield",
     "sleep",
     "spawn",
@@ -127,3 +130,20 @@ def loop_gone(loop: asyncio.AbstractEventLoop | None) -> bool:
     it from a coroutine.
     """
     return loop is not None and loop is not asyncio.get_running_loop() and not loop.is_running()
+
+
+def owned_elsewhere(loop: asyncio.AbstractEventLoop | None, what: str) -> WrongEventLoop | None:
+    """The error for using ``what`` from the running loop when ``loop`` (the one its pools, locks or sockets belong
+    to) is another loop that still runs (another thread's): None when it is the running loop, None or gone.
+
+    Its connections are made and handed over by tasks of that loop, and asyncio's primitives are not thread-safe:
+    a second loop would wait for pool timeouts (or corrupt the pool), so it fails at once instead. Call it from a
+    coroutine.
+    """
+    if loop is None or loop is asyncio.get_running_loop() or not loop.is_running():
+        return None
+    return WrongEventLoop(
+        f"{what} is in use by another event loop that still runs (another thread's?): an AsyncDatastore belongs to "
+        "one event loop at a time; make one per event loop (one per thread), or run this call on the store's own "
+        "loop (asyncio.run_coroutine_threadsafe); once that loop has ended, the next one takes the store over"
+    )

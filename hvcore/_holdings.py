@@ -1,7 +1,7 @@
 """Which pooled connections the current thread or asyncio task holds itself, for a `PoolTimeout` that says so.
 
-A caller that waits for a connection while it holds the pool's others itself (an open ``query()`` stream being
-iterated, connections from ``get_connection()`` not yet given back) waits for itself: the timeout is certain, and
+A caller that waits for a connection while it holds the pool's others itself (connections from
+``get_connection()`` not yet given back, an open transaction) waits for itself: the timeout is certain, and
 "the pool is busy" would send the reader looking in the wrong place. Stores count what each owner holds here and
 `pool_timeout` builds the error, the same on every backend. No I/O.
 """
@@ -14,9 +14,8 @@ from collections import Counter
 
 from hvcore.errors import PoolTimeout, StoreClosed
 
-__all__ = ["CONNECTION", "STREAM", "TRANSACTION", "Holdings", "closed_while_waiting", "current_owner", "pool_timeout"]
+__all__ = ["CONNECTION", "TRANSACTION", "Holdings", "closed_while_waiting", "current_owner", "pool_timeout"]
 
-STREAM = "open query() streams"
 CONNECTION = "borrowed connections (get_connection(), cursor())"
 TRANSACTION = "open transactions (db.transaction())"
 
@@ -31,7 +30,8 @@ def current_owner() -> object:
 
 
 class Holdings:
-    """What each owner (`current_owner`) holds of one pool: counts of `STREAM` and `CONNECTION`, thread-safe."""
+    """What each owner (`current_owner`) holds of one pool: counts of `CONNECTION` and `TRANSACTION`, thread-safe
+    (a ``query()`` stream holds no connection between its round trips: nothing to count)."""
 
     __slots__ = ("_counts", "_lock")
 
@@ -75,8 +75,7 @@ def pool_timeout(label: str, timeout: float, pool_max: int, held: dict[str, int]
     """
     error = PoolTimeout(
         f"no connection to {label} free within {timeout} s (pool_max={pool_max}, every one in use): raise "
-        "pool_max or pool_block_timeout, give back connections from get_connection() with put_connection(), and "
-        "close query() streams that are no longer read"
+        "pool_max or pool_block_timeout, and give back connections from get_connection() with put_connection()"
     )
     if held:
         what = ", ".join(f"{kind}: {n}" for kind, n in sorted(held.items()))
@@ -86,11 +85,6 @@ def pool_timeout(label: str, timeout: float, pool_max: int, held: dict[str, int]
                 "Inside `with db.transaction(shard) as tx:` the transaction holds its connection: call tx.get(), "
                 "tx.put()... there (db.get() and the other db. calls each need a connection of their own, outside "
                 "the transaction)"
-            )
-        if STREAM in held:
-            advice.append(
-                "A write inside a loop over query() needs a second connection while the stream holds one: read the "
-                "records first (list(db.query(...)))"
             )
         advice.append("or raise pool_max above what one caller holds at once")
         error.add_note(

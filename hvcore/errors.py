@@ -20,6 +20,7 @@
     ├── PluginError (LookupError)           unknown or duplicate backend / sequence names
     ├── ConnectionMisuse (ValueError)       a connection returned twice, or not from this store
     ├── StoreClosed (RuntimeError)          used after ``disconnect()``
+    ├── WrongEventLoop (RuntimeError)       an AsyncDatastore used from a second running event loop
     ├── PoolTimeout (TimeoutError)          no connection free within ``pool_block_timeout``
     ├── ServerUnavailable (OSError)         a server cannot be reached (named without its password)
     │   └── WriteOutcomeUnknown             a write's connection was lost and the server cannot tell yet if it committed
@@ -74,6 +75,7 @@ __all__ = [
     "WorkerLeaseError",
     "WorkerLeaseLost",
     "WriteOutcomeUnknown",
+    "WrongEventLoop",
 ]
 
 
@@ -222,6 +224,14 @@ class ConnectionMisuse(HypervaultError, ValueError):
 
 class StoreClosed(HypervaultError, RuntimeError):
     """The datastore was used after ``disconnect()`` (call ``reinstantiate()``)."""
+
+    __module__ = "hvcore"
+
+
+class WrongEventLoop(HypervaultError, RuntimeError):
+    """An `AsyncDatastore` used from an event loop other than the running one its pools belong to (two threads,
+    each with its own loop): make one per event loop (per thread). Once that loop has ended (an earlier
+    ``asyncio.run()``), the next loop takes the store over instead."""
 
     __module__ = "hvcore"
 

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from hvcore._backend import BackendOptions, ProvisionReport, QuerySpec, Record, check_body, json_default
 from hvcore._config import VALUE_RULES, libpq_settings
-from hvcore._holdings import CONNECTION, STREAM, TRANSACTION, Holdings, closed_while_waiting, pool_timeout
+from hvcore._holdings import CONNECTION, TRANSACTION, Holdings, closed_while_waiting, pool_timeout
 from hvcore._key import Key
 from hvcore._metrics import metrics
 from hvcore._row import Row
@@ -105,10 +105,12 @@ class MemoryCursor:
 
     def fetchone(self) -> Row | None:
         """The next row of the last ``execute``, or None."""
+        self.connection.check_lent()
         return self._result.pop(0) if self._result else None
 
     def fetchall(self) -> list[Row]:
         """The remaining rows of the last ``execute``."""
+        self.connection.check_lent()
         rows, self._result = self._result, []
         return rows
 
@@ -117,6 +119,7 @@ class MemoryCursor:
 
     def rows(self) -> list[Record]:
         """Every record of the shard, in key order."""
+        self.connection.check_lent()
         return self.connection.server.rows(self.shard_id)
 
 
@@ -584,14 +587,12 @@ class MemoryServerStore:
             return written
 
     def query(self, shard_ids: Sequence[int], spec: QuerySpec) -> Iterator[Record]:
-        """Matching records of these shards in key order (a snapshot of each shard, copied lazily); the stream holds
-        a pretend connection until it ends or is closed, as a PostgreSQL one does."""
+        """Matching records of these shards in key order (a snapshot of each shard, copied lazily); the stream takes
+        a pretend connection to start and holds none between records, as a PostgreSQL one reads its pages on a
+        connection borrowed for each round trip (left early, it has nothing to give back)."""
         with self._slot():
-            owner = self._holdings.take(STREAM)
-            try:
-                yield from self._query_records(shard_ids, spec)
-            finally:
-                self._holdings.give(STREAM, owner)
+            records = self._query_records(shard_ids, spec)
+        yield from records
 
     def _query_records(self, shard_ids: Sequence[int], spec: QuerySpec) -> Iterator[Record]:
         fields = sorted(spec.where) if spec.where else []
@@ -991,15 +992,10 @@ class AsyncMemoryServerStore:
         return await self._call(self.sync.delete_where, shard_ids, spec, counts)
 
     async def query(self, shard_ids: Sequence[int], spec: QuerySpec) -> AsyncIterator[Record]:
-        """As the sync store: the stream holds a pretend connection until it ends or is closed."""
-        generation = await self._take_slot()
-        owner = self.sync._holdings.take(STREAM)
-        try:
-            for record in self.sync._query_records(shard_ids, spec):
-                yield record
-        finally:
-            self.sync._holdings.give(STREAM, owner)
-            self.sync._release_slot(generation)
+        """As the sync store: a pretend connection to start, none held between records."""
+        self.sync._release_slot(await self._take_slot())
+        for record in self.sync._query_records(shard_ids, spec):
+            yield record
 
     async def provision(
         self, shard_ids: Sequence[int], progress: Callable[[int], None] | None = None

@@ -149,7 +149,7 @@ from hvbackend_postgres._shardtx import shard_search_path
 from hvcore._acompat import ALock, agather, ashield, asleep, aspawn, ato_thread
 from hvcore._backend import BackendOptions, ProvisionReport, QuerySpec, Record
 from hvcore._config import pgbouncer_mode
-from hvcore._holdings import CONNECTION, STREAM, closed_while_waiting
+from hvcore._holdings import CONNECTION, closed_while_waiting
 from hvcore._key import Key
 from hvcore._metrics import metrics
 from hvcore.errors import ConfigError, ConnectionMisuse, DuplicateKey, ServerUnavailable, ShardMoved
@@ -259,7 +259,7 @@ def _lent_cursor(
 
 
 if True:  # ASYNC
-    from hvcore._acompat import loop_gone
+    from hvcore._acompat import loop_gone, owned_elsewhere
 
     async def _abandon(pool: _Pool) -> None:
         """Close a pool whose event loop is gone: its idle connections closed here, its workers (tasks of the dead
@@ -466,6 +466,10 @@ class AsyncPostgresServerStore(StoreCore):
     async def close(self) -> None:
         """Close the pool and every idle connection (idempotent); connections still borrowed close when returned."""
         if True:  # ASYNC
+            if self._pool is not None:
+                elsewhere = owned_elsewhere(self._pool.hv_loop, f"the pool of {self._label}")
+                if elsewhere is not None:  # its workers run there: close it from there
+                    raise elsewhere
             pool, self._pool = self._pool, None  # no lock: it may belong to a loop that is gone (below)
             if pool is not None and loop_gone(pool.hv_loop):
                 await _abandon(pool)
@@ -519,7 +523,11 @@ class AsyncPostgresServerStore(StoreCore):
         async def _follow_loop(self, pool: _Pool) -> _Pool | None:
             """``pool`` was opened on an event loop that runs no more (an earlier ``asyncio.run()``): its workers,
             which make its connections, will never run again, so it is closed (idle connections) and a new pool
-            opened on the running loop. A pool of another loop that still runs is left as it is."""
+            opened on the running loop. A pool of another loop that still runs (another thread's) is left to it:
+            `WrongEventLoop` at once, where waiting on it would only end in pool timeouts."""
+            elsewhere = owned_elsewhere(pool.hv_loop, f"the pool of {self._label}")
+            if elsewhere is not None:
+                raise elsewhere
             if not loop_gone(pool.hv_loop):
                 return pool
             if self._pool is pool:  # the first caller on the new loop: the old locks may be held by dead tasks
@@ -1642,62 +1650,25 @@ class AsyncPostgresServerStore(StoreCore):
         return next((shard for piece in pieces for shard in piece if shard not in counts), pieces[0][0])
 
     async def query(self, shard_ids: Sequence[int], spec: QuerySpec) -> AsyncGenerator[Record, None]:
-        """Matching records of these shards in key order, streamed.
+        """Matching records of these shards in key order, streamed: pages by key (`_query_pieces`), each read on a
+        connection borrowed for that round trip only.
 
-        Up to `SHARDS_PER_STATEMENT` shards: one statement through a server-side cursor, one connection held
-        while the stream is consumed (it goes back when the stream ends or is closed with ``aclose()``). More
-        shards: `_query_pieces`.
+        No connection is held between records, so a stream left early (``break`` out of ``async for``, an
+        exception in the loop body) has nothing to give back: neither the event loop's clean-up of the abandoned
+        generator nor the end of ``asyncio.run()`` has to run anything on a pooled session. (It was one server-side
+        cursor per statement, its connection held until the generator was closed: left early, it went back only
+        when the generator was collected, as a task the ending loop cancelled.)
         """
         if not shard_ids or spec.limit == 0:
             return
         ext = await self._ext()
         pieces = self._query_pieces_of(shard_ids, spec, ext)
-        if len(pieces) > 1:
-            stream = self._query_pieces(pieces, spec, ext)
-            try:
-                async for record in stream:
-                    yield record
-            finally:
-                await stream.aclose()
-            return
-        query, params = self._query_sql(shard_ids, spec, ext)
-        key_type = self._options.layout.key_type
-        conn, pool = await self._checkout()
-        owner = self._holdings.take(STREAM)  # held while the caller iterates (named by a PoolTimeout meanwhile)
-        cur: psycopg.AsyncServerCursor[tuple[Any, ...]] | None = None
+        stream = self._query_pieces(pieces, spec, ext)
         try:
-            await conn.set_autocommit(False)
-            cur = conn.cursor(name="hv_query", row_factory=tuple_row)
-            self._log_statement(query, params, conn)  # a server-side cursor: the logging cursor class is not used
-            await cur.execute(query, params)
-            for size in query_fetch_sizes(spec.limit):  # growing round trips (see QUERY_FETCH_FIRST)
-                rows = await cur.fetchmany(size)  # the server may go away meanwhile
-                for record in query_records(rows, key_type):
-                    yield record
-                if len(rows) < size:
-                    break
-        except psycopg.Error as exc:
-            error = self._translate(exc, shard_ids[0])
-            if error is exc:
-                raise
-            raise error from None
+            async for record in stream:
+                yield record
         finally:
-            try:
-                if not conn.closed:
-                    try:
-                        await conn.rollback()  # the cursor goes with the transaction: no CLOSE round trip
-                        await conn.set_autocommit(True)
-                    except psycopg.Error:
-                        await conn.close()
-            finally:  # even if interrupted above: then the connection is discarded (closing it sends nothing)
-                if not (conn.autocommit and conn.pgconn.transaction_status == pq.TransactionStatus.IDLE):
-                    await conn.close()
-                try:
-                    if cur is not None:
-                        await cur.close()  # client side only now: no round trip, nothing to interrupt
-                finally:
-                    self._holdings.give(STREAM, owner)
-                    await self._checkin(conn, pool)
+            await stream.aclose()
 
     async def _query_pieces(
         self, pieces: list[list[int]], spec: QuerySpec, ext: str | None

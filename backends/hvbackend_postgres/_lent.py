@@ -1,12 +1,33 @@
-"""The handle `get_connection` lends: the pooled psycopg connection until `put_connection`, refused after."""
+"""The handle `get_connection` lends: the pooled psycopg connection until `put_connection`, refused after.
+
+Everything reachable from the handle is guarded, not only the handle itself: a method taken before the return
+(``ex = conn.execute``), a coroutine made before it and awaited after, cursors of both kinds (``conn.cursor()`` and
+the server-side ``conn.cursor("name")``), their ``connection``, ``conn.transaction()``, ``conn.pipeline()``,
+``cursor.copy()``, ``cursor.stream()`` and ``conn.notifies()``. Each is handed out wrapped (a bound method in a
+callable checking the borrow at call time, an object in `_Guarded`), so after the return it raises
+`ConnectionMisuse` instead of running on the pooled session, which the pool lends to the next borrower. Not
+guarded: ``conn.pgconn`` (libpq's own object, which psycopg's adapters need unwrapped) and ``conn.info``
+(read-only facts); code that drives libpq directly is on its own.
+"""
 
 from __future__ import annotations
 
+import inspect
+import weakref
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
+from types import MethodType
 from typing import Any, NoReturn
 
 import wrapt
+from psycopg._cursor_base import BaseCursor
 
 from hvcore.errors import ConnectionMisuse
+
+_PLAIN = (type(None), bool, int, float, str, bytes, tuple, list, dict)  # results passed on as they are (fast path)
+_SESSION_BOUND = (BaseCursor, AbstractContextManager, AbstractAsyncContextManager, Iterator, AsyncIterator)
+"""What a lent handle's methods return that may act on the session later: cursors, transactions, pipelines,
+copies (context managers), streams and notification generators (iterators): handed out as `_Guarded`."""
 
 
 def _misuse(where: str) -> ConnectionMisuse:
@@ -23,12 +44,15 @@ class _Returned:
     closed = True  # as the borrower sees it: ``if not conn.closed`` guards stay quiet, every use is refused
 
     def __init__(self, where: str) -> None:
-        self.where = where
+        object.__setattr__(self, "where", where)
 
     def __getattr__(self, name: str) -> NoReturn:
         if name.startswith("__"):  # wrapt and Python probe optional dunders: absent, not misuse
             raise AttributeError(name)
         raise _misuse(self.where)
+
+    def __setattr__(self, name: str, value: object) -> NoReturn:
+        raise _misuse(self.where)  # ``conn.autocommit = True`` would reach the next borrower's session
 
     def __enter__(self) -> NoReturn:
         raise _misuse(self.where)
@@ -47,15 +71,22 @@ class LentConnection(wrapt.ObjectProxy[Any]):
     """A borrowed psycopg connection, as itself: ``isinstance(conn, psycopg.Connection)``, every attribute and method.
 
     Once it is given back with `put_connection` the handle lets go of the pool's connection (which the pool then
-    lends to others) and every use of it raises `ConnectionMisuse`, instead of running in the next borrower's
-    transaction (each borrow gets a handle of its own); only ``closed`` still answers (True). A transparent proxy
-    by ``wrapt.ObjectProxy`` (Graham Dumpleton's wrapt), so psycopg's own functions (``sql.Composable.as_string``,
-    ``TypeInfo.fetch``...) take it.
+    lends to others) and every use of it, or of anything taken from it (see the module's docstring), raises
+    `ConnectionMisuse`, instead of running in the next borrower's transaction (each borrow gets a handle of its
+    own); only ``closed`` still answers (True). A transparent proxy by ``wrapt.ObjectProxy`` (Graham Dumpleton's
+    wrapt), so psycopg's own functions (``sql.Composable.as_string``, ``TypeInfo.fetch``...) take it.
     """
 
     def __init__(self, conn: Any, where: str) -> None:
         super().__init__(conn)
         self._self_where = where
+        self._self_cursors: weakref.WeakSet[BaseCursor[Any, Any]] = weakref.WeakSet()  # closed with the return
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self.__wrapped__, name)  # once returned: `_Returned` raises ConnectionMisuse
+        if name.startswith("__"):
+            return value
+        return _guard(self, value)
 
     def __repr__(self) -> str:
         wrapped = self.__wrapped__
@@ -71,6 +102,177 @@ class LentConnection(wrapt.ObjectProxy[Any]):
         return _misuse(self._self_where)
 
 
+def _returned(handle: LentConnection) -> bool:
+    return isinstance(handle.__wrapped__, _Returned)
+
+
+def _check(handle: LentConnection) -> None:
+    if isinstance(handle.__wrapped__, _Returned):
+        raise handle.hv_misuse()
+
+
+def _guard(handle: LentConnection, value: Any) -> Any:
+    """``value``, reached through ``handle``, as the borrower may keep it: refused once the handle is returned."""
+    if isinstance(value, _PLAIN):
+        return value
+    if value is handle.__wrapped__:  # ``cursor.connection``, ``transaction.connection``: the handle itself
+        return handle
+    if isinstance(value, MethodType):
+        if _is_async(value.__func__):
+            return _GuardedAsyncMethod(handle, value)
+        return _GuardedMethod(handle, value)
+    if isinstance(value, BaseCursor):
+        handle._self_cursors.add(value)
+        return _Guarded(value, handle)
+    if isinstance(value, _SESSION_BOUND) and not isinstance(value, _Guarded):
+        return _Guarded(value, handle)
+    return value
+
+
+_ASYNC_FUNCTIONS: dict[Any, bool] = {}  # function -> is a coroutine function (asked once per method of a class)
+
+
+def _is_async(function: Any) -> bool:
+    found = _ASYNC_FUNCTIONS.get(function)
+    if found is None:
+        found = _ASYNC_FUNCTIONS[function] = inspect.iscoroutinefunction(function)
+    return found
+
+
+class _GuardedMethod:
+    """A method reached through a lent handle: checks the borrow when called, guards what it returns."""
+
+    __slots__ = ("_handle", "_method")
+
+    def __init__(self, handle: LentConnection, method: Any) -> None:
+        self._handle = handle
+        self._method = method
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        handle = self._handle
+        if isinstance(handle.__wrapped__, _Returned):
+            if self._closes_cursor():
+                return None
+            raise handle.hv_misuse()
+        return _guard(handle, self._method(*args, **kwargs))
+
+    def _closes_cursor(self) -> bool:
+        """True (and the cursor marked closed) for a cursor's ``close`` called after the return: it sends nothing."""
+        owner = getattr(self._method, "__self__", None)
+        if self._method.__name__ == "close" and isinstance(owner, BaseCursor):
+            _close_locally(owner)
+            return True
+        return False
+
+    def __getattr__(self, name: str) -> Any:  # __name__, __doc__, __self__... of the method
+        return getattr(self._method, name)
+
+    def __repr__(self) -> str:
+        return f"<guarded {self._method!r}>"
+
+
+class _GuardedAsyncMethod(_GuardedMethod):
+    """A coroutine method reached through a lent handle: checks the borrow when awaited (a coroutine made while lent
+    and awaited after the return is refused too)."""
+
+    __slots__ = ()
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        handle = self._handle
+        if isinstance(handle.__wrapped__, _Returned):
+            if self._closes_cursor():
+                return None
+            raise handle.hv_misuse()
+        return _guard(handle, await self._method(*args, **kwargs))
+
+
+def _close_locally(cursor: BaseCursor[Any, Any]) -> None:
+    """Mark a cursor closed without a round trip: the return's session reset closed it on the server."""
+    if not cursor.closed:
+        cursor._close()  # psycopg's client-side half of close()
+
+
+class _Guarded(wrapt.ObjectProxy[Any]):
+    """A cursor, transaction, pipeline, copy or stream made through a lent handle: usable while the handle is lent,
+    `ConnectionMisuse` once it is returned (closing a cursor again is allowed: it sends nothing)."""
+
+    def __init__(self, wrapped: Any, handle: LentConnection) -> None:
+        super().__init__(wrapped)
+        self._self_handle = handle
+
+    def __getattr__(self, name: str) -> Any:
+        handle = self._self_handle
+        if name.startswith("__"):
+            return getattr(self.__wrapped__, name)
+        if _returned(handle):
+            wrapped = self.__wrapped__
+            if name == "closed":
+                return True
+            if name == "close" and isinstance(wrapped, BaseCursor):
+                return self._close_after_return
+            raise handle.hv_misuse()
+        return _guard(handle, getattr(self.__wrapped__, name))
+
+    def _close_after_return(self) -> Any:
+        _close_locally(self.__wrapped__)
+        if inspect.iscoroutinefunction(type(self.__wrapped__).close):
+            return _done()
+        return None
+
+    def __repr__(self) -> str:
+        return repr(self.__wrapped__)
+
+    def __reduce_ex__(self, protocol: Any) -> NoReturn:
+        raise TypeError(f"{self!r} cannot be pickled")
+
+    def _same(self, result: Any) -> Any:
+        return self if result is self.__wrapped__ else _guard(self._self_handle, result)
+
+    def __enter__(self) -> Any:
+        _check(self._self_handle)
+        return self._same(self.__wrapped__.__enter__())
+
+    def __exit__(self, *exc: Any) -> Any:
+        if _returned(self._self_handle):
+            if isinstance(self.__wrapped__, BaseCursor):
+                _close_locally(self.__wrapped__)
+                return None
+            raise self._self_handle.hv_misuse()
+        return self.__wrapped__.__exit__(*exc)
+
+    async def __aenter__(self) -> Any:
+        _check(self._self_handle)
+        return self._same(await self.__wrapped__.__aenter__())
+
+    async def __aexit__(self, *exc: Any) -> Any:
+        if _returned(self._self_handle):
+            if isinstance(self.__wrapped__, BaseCursor):
+                _close_locally(self.__wrapped__)
+                return None
+            raise self._self_handle.hv_misuse()
+        return await self.__wrapped__.__aexit__(*exc)
+
+    def __iter__(self) -> Any:
+        _check(self._self_handle)
+        return self._same(iter(self.__wrapped__))
+
+    def __next__(self) -> Any:
+        _check(self._self_handle)
+        return next(self.__wrapped__)
+
+    def __aiter__(self) -> Any:
+        _check(self._self_handle)
+        return self._same(self.__wrapped__.__aiter__())
+
+    async def __anext__(self) -> Any:
+        _check(self._self_handle)
+        return await self.__wrapped__.__anext__()
+
+
+async def _done() -> None:
+    """An async cursor's ``close()`` after the return: nothing to send."""
+
+
 def lent_target(conn: Any) -> Any:
     """The pooled connection behind ``conn`` (a `LentConnection` or the connection itself); None once returned."""
     if isinstance(conn, LentConnection):
@@ -80,5 +282,9 @@ def lent_target(conn: Any) -> Any:
 
 
 def detach(handle: LentConnection) -> None:
-    """Let go of the pooled connection: every later use of ``handle`` raises `ConnectionMisuse`."""
+    """Let go of the pooled connection: every later use of ``handle``, or of anything taken from it, raises
+    `ConnectionMisuse`; its cursors are marked closed (the session reset that follows closes them on the server)."""
     handle.__wrapped__ = _Returned(handle._self_where)
+    for cursor in list(handle._self_cursors):
+        _close_locally(cursor)
+    handle._self_cursors.clear()

@@ -146,7 +146,7 @@ from hvbackend_postgres._transaction import PostgresTransaction, postgres_transa
 from hvcore._acompat import Lock, gather, sleep, spawn, to_thread
 from hvcore._backend import BackendOptions, ProvisionReport, QuerySpec, Record
 from hvcore._config import pgbouncer_mode
-from hvcore._holdings import CONNECTION, STREAM, closed_while_waiting
+from hvcore._holdings import CONNECTION, closed_while_waiting
 from hvcore._key import Key
 from hvcore._metrics import metrics
 from hvcore.errors import ConfigError, ConnectionMisuse, DuplicateKey, ServerUnavailable, ShardMoved
@@ -1524,62 +1524,24 @@ class PostgresServerStore(StoreCore):
         return next((shard for piece in pieces for shard in piece if shard not in counts), pieces[0][0])
 
     def query(self, shard_ids: Sequence[int], spec: QuerySpec) -> Generator[Record, None, None]:
-        """Matching records of these shards in key order, streamed.
+        """Matching records of these shards in key order, streamed: pages by key (`_query_pieces`), each read on a
+        connection borrowed for that round trip only.
 
-        Up to `SHARDS_PER_STATEMENT` shards: one statement through a server-side cursor, one connection held
-        while the stream is consumed (it goes back when the stream ends or is closed with ``close()``). More
-        shards: `_query_pieces`.
+        No connection is held between records, so a stream left early (``break`` out of ``for``, an
+        exception in the loop body) has nothing to give back: neither the event loop's clean-up of the abandoned
+        generator nor the end of ``asyncio.run()`` has to run anything on a pooled session. (It was one server-side
+        cursor per statement, its connection held until the generator was closed: left early, it went back only
+        when the generator was collected, as a task the ending loop cancelled.)
         """
         if not shard_ids or spec.limit == 0:
             return
         ext = self._ext()
         pieces = self._query_pieces_of(shard_ids, spec, ext)
-        if len(pieces) > 1:
-            stream = self._query_pieces(pieces, spec, ext)
-            try:
-                for record in stream:
-                    yield record
-            finally:
-                stream.close()
-            return
-        query, params = self._query_sql(shard_ids, spec, ext)
-        key_type = self._options.layout.key_type
-        conn, pool = self._checkout()
-        owner = self._holdings.take(STREAM)  # held while the caller iterates (named by a PoolTimeout meanwhile)
-        cur: psycopg.ServerCursor[tuple[Any, ...]] | None = None
+        stream = self._query_pieces(pieces, spec, ext)
         try:
-            conn.set_autocommit(False)
-            cur = conn.cursor(name="hv_query", row_factory=tuple_row)
-            self._log_statement(query, params, conn)  # a server-side cursor: the logging cursor class is not used
-            cur.execute(query, params)
-            for size in query_fetch_sizes(spec.limit):  # growing round trips (see QUERY_FETCH_FIRST)
-                rows = cur.fetchmany(size)  # the server may go away meanwhile
-                for record in query_records(rows, key_type):
-                    yield record
-                if len(rows) < size:
-                    break
-        except psycopg.Error as exc:
-            error = self._translate(exc, shard_ids[0])
-            if error is exc:
-                raise
-            raise error from None
+            yield from stream
         finally:
-            try:
-                if not conn.closed:
-                    try:
-                        conn.rollback()  # the cursor goes with the transaction: no CLOSE round trip
-                        conn.set_autocommit(True)
-                    except psycopg.Error:
-                        conn.close()
-            finally:  # even if interrupted above: then the connection is discarded (closing it sends nothing)
-                if not (conn.autocommit and conn.pgconn.transaction_status == pq.TransactionStatus.IDLE):
-                    conn.close()
-                try:
-                    if cur is not None:
-                        cur.close()  # client side only now: no round trip, nothing to interrupt
-                finally:
-                    self._holdings.give(STREAM, owner)
-                    self._checkin(conn, pool)
+            stream.close()
 
     def _query_pieces(self, pieces: list[list[int]], spec: QuerySpec, ext: str | None) -> Generator[Record, None, None]:
         """A query over more shards than one statement may lock: pages of each piece, merged in key order.

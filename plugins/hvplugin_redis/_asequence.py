@@ -225,9 +225,12 @@ class AsyncRedisSequence(RedisSequenceBase):
         async def _follow_loop(self) -> None:
             """Used from another event loop: once the loop its connections belong to runs no more (an earlier
             ``asyncio.run()``), a client made from the URL is replaced by a new one (the old one's sockets cannot
-            be closed without their loop); a running other loop keeps it (redis-py then says what is wrong)."""
-            from hvcore._acompat import loop_gone
+            be closed without their loop); a running other loop (another thread's) keeps it: `WrongEventLoop`."""
+            from hvcore._acompat import loop_gone, owned_elsewhere
 
+            elsewhere = owned_elsewhere(self._loop, f"Redis sequence at {self.name}")
+            if elsewhere is not None:
+                raise elsewhere
             if loop_gone(self._loop):
                 self._lock = ALock()  # it may wait on the old loop
                 self._ready = not self.cluster

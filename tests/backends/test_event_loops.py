@@ -110,3 +110,87 @@ def test_every_asyncio_run_ends_though_the_pool_grows_as_it_ends(pg_fresh_db: di
         [sys.executable, "-c", _ROUNDS, repr(pg_fresh_db)], capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0 and "all ok" in done.stdout, (done.returncode, done.stdout[-300:], done.stderr[-600:])
+
+
+@pytest.mark.parametrize("backend", ["jsonb", "memory"])
+def test_two_running_event_loops_sharing_one_store_fail_fast(backend: str, pg_fresh_db: dict[str, Any]) -> None:
+    """An AsyncDatastore belongs to one event loop at a time: used from a second loop while the first still runs
+    (two threads, each with its own loop) it raises WrongEventLoop at once (was: 5 s for 100 gets, each waiting for
+    a pool timeout), and the first loop's use goes on unharmed. The memory backend holds nothing of a loop's."""
+    import threading
+    import time
+
+    db = hvcore.AsyncDatastore(_servers(backend, pg_fresh_db), backend=backend, pool_max=2)
+    ready = threading.Event()
+    stop = threading.Event()
+    keys: list[hvcore.Key] = []
+    first_errors: list[BaseException] = []
+
+    async def first() -> None:
+        await db.open()
+        await db.provision()
+        keys.append(await db.put(1, 1, a="b"))
+        ready.set()
+        while not stop.is_set():  # the first loop keeps running, and keeps using the store
+            assert await db.get(keys[0]) is not None
+            await asyncio.sleep(0.01)
+        await db.close()
+
+    def run_first() -> None:
+        try:
+            asyncio.run(first())
+        except BaseException as exc:
+            first_errors.append(exc)
+
+    thread = threading.Thread(target=run_first)
+    thread.start()
+    try:
+        assert ready.wait(30)
+
+        async def second() -> list[hvcore.Record | None]:
+            return [await db.get(keys[0]) for _ in range(100)]
+
+        started = time.monotonic()
+        if backend == "memory":
+            records = asyncio.run(second())
+            assert all(r is not None for r in records)
+        else:
+            with pytest.raises(hvcore.WrongEventLoop, match=r"one event loop at a time.*one per event loop"):
+                asyncio.run(second())
+            assert time.monotonic() - started < 1.0
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not first_errors
+
+
+def test_a_redis_sequence_refuses_a_second_running_event_loop(
+    pg_fresh_db: dict[str, Any], redis_prefix: tuple[str, str]
+) -> None:
+    """The Redis sequence's client belongs to the loop that made it, as the pools do: a put from a second running
+    loop fails at once with WrongEventLoop (was: the client switched loops under the first one's feet)."""
+    import threading
+
+    url, prefix = redis_prefix
+    db = hvcore.AsyncDatastore(_servers("jsonb", pg_fresh_db), backend="jsonb", sequence=f"{url}?key_prefix={prefix}")
+    ready, stop = threading.Event(), threading.Event()
+
+    async def first() -> None:
+        await db.open()
+        await db.provision()
+        await db.put(1, 1, a="b")
+        ready.set()
+        while not stop.is_set():
+            await db.put(1, 1, a="b")
+            await asyncio.sleep(0.01)
+        await db.close()
+
+    thread = threading.Thread(target=asyncio.run, args=(first(),))
+    thread.start()
+    try:
+        assert ready.wait(30)
+        with pytest.raises(hvcore.WrongEventLoop, match="Redis sequence"):
+            asyncio.run(db.put(2, 1, c="d"))
+    finally:
+        stop.set()
+        thread.join(30)

@@ -11,7 +11,9 @@ from typing import Any
 import psycopg
 import pytest
 
+import hvbackend_postgres._astore as astore_module
 import hvbackend_postgres._common as common
+import hvbackend_postgres._store as store_module
 import hvcore
 from hvcore import Key, Record
 
@@ -29,23 +31,24 @@ def small_fetches(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def fetches(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[int, int]]]:
-    """Every server-side fetch a query makes, sync or async: (rows asked for, rows received)."""
+    """Every page a query over one piece of shards reads, sync or async: (rows asked for, rows received). A page is
+    one statement (``id > last ORDER BY id LIMIT n``) on a connection borrowed for that round trip."""
     seen: list[tuple[int, int]] = []
-    sync_fetch = psycopg.ServerCursor.fetchmany
-    async_fetch = psycopg.AsyncServerCursor.fetchmany
+    asked: list[int] = []
+    for module in (astore_module, store_module):
+        sizes, records = module.query_fetch_sizes, module.query_records
 
-    def fetchmany(self: Any, size: int = 0) -> Any:
-        rows = sync_fetch(self, size)
-        seen.append((size, len(rows)))
-        return rows
+        def counted_sizes(*args: Any, _sizes: Any = sizes) -> Iterator[int]:
+            for size in _sizes(*args):
+                asked.append(size)  # drawn just before its page is read
+                yield size
 
-    async def afetchmany(self: Any, size: int = 0) -> Any:
-        rows = await async_fetch(self, size)
-        seen.append((size, len(rows)))
-        return rows
+        def counted_records(rows: Any, *args: Any, _records: Any = records) -> Any:
+            seen.append((asked[-1], len(rows)))
+            return _records(rows, *args)
 
-    monkeypatch.setattr(psycopg.ServerCursor, "fetchmany", fetchmany)
-    monkeypatch.setattr(psycopg.AsyncServerCursor, "fetchmany", afetchmany)
+        monkeypatch.setattr(module, "query_fetch_sizes", counted_sizes)
+        monkeypatch.setattr(module, "query_records", counted_records)
     yield seen
 
 
@@ -201,14 +204,15 @@ def _idle_pool_connection(server: Any) -> None:
 
 
 @pytest.mark.usefixtures("small_fetches")
-def test_closing_a_stream_early_returns_the_connection(pg_datastore_factory: Any) -> None:
+def test_a_stream_left_open_holds_no_connection(pg_datastore_factory: Any) -> None:
     db = pg_datastore_factory("jsonb", pool_max=1)
     keys = fill(db, (3,), 60)
     server = db.store_for(3)
     stream = db.query(shards=[3])
-    first = [next(stream) for _ in range(15)]  # into the third fetch
+    first = [next(stream) for _ in range(15)]  # into the third page
     assert [r.key for r in first] == sorted(keys)[:15]
-    assert server.stats()["borrowed"] == 1
+    assert server.stats()["borrowed"] == 0  # between round trips a stream holds no connection
+    assert len(list(db.query(shards=[3]))) == 60  # pool_max=1: another stream meanwhile
     stream.close()
     assert server.stats()["borrowed"] == 0
     _idle_pool_connection(server)
@@ -216,7 +220,7 @@ def test_closing_a_stream_early_returns_the_connection(pg_datastore_factory: Any
 
 
 @pytest.mark.usefixtures("small_fetches")
-def test_closing_an_async_stream_early_returns_the_connection(pg_datastore_factory: Any) -> None:
+def test_an_async_stream_left_open_holds_no_connection(pg_datastore_factory: Any) -> None:
     db = pg_datastore_factory("jsonb")
     keys = fill(db, (3,), 60)
 
@@ -226,7 +230,7 @@ def test_closing_an_async_stream_early_returns_the_connection(pg_datastore_facto
             stream = adb.query(shards=[3])
             first = [await anext(stream) for _ in range(15)]
             assert [r.key for r in first] == sorted(keys)[:15]
-            assert server.stats()["borrowed"] == 1
+            assert server.stats()["borrowed"] == 0  # between round trips a stream holds no connection
             await stream.aclose()  # type: ignore[attr-defined]
             assert server.stats()["borrowed"] == 0
             conn = await server._pool.getconn(timeout=5)

@@ -54,8 +54,9 @@ def _read_on(pair: ReplicaPair, which: str, since: Any, shard: int = SHARD, dbna
         row = conn.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND query_start > %s"
             " AND datname = %s AND ((query LIKE %s AND query NOT LIKE '%%INSERT%%' AND query NOT LIKE '%%UPDATE%%')"
-            " OR query IN ('ROLLBACK', 'DEALLOCATE ALL'))",  # a query stream ends with the ROLLBACK that closes
-            # its cursor, and psycopg's DEALLOCATE ALL after a rollback of a transaction that prepared statements
+            " OR query IN ('COMMIT', 'ROLLBACK', 'DEALLOCATE ALL'))",  # a query stream's page ends with its
+            # COMMIT (BEGIN; SELECT ...; COMMIT), and psycopg's DEALLOCATE ALL after a rollback of a transaction
+            # that prepared statements
             (app, since, dbname, f"%shard{shard:04d}%"),
         ).fetchone()
     return int(row[0]) if row else 0

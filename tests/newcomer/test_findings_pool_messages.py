@@ -10,11 +10,11 @@ import hvcore
 
 
 @pytest.mark.parametrize("backend", ["memory", "jsonb"])
-def test_writing_inside_a_query_loop_with_a_small_pool_says_the_stream_holds_the_connection(
-    backend: str, request: pytest.FixtureRequest
-) -> None:
-    """``for r in db.query(...): db.update(r.key, ...)`` with pool_max=1: the stream holds the server's only
-    connection. The error should name that cause (an open query), not a put_connection() the code never needed."""
+def test_writing_inside_a_query_loop_with_a_small_pool_works(backend: str, request: pytest.FixtureRequest) -> None:
+    """``for r in db.query(...): db.update(r.key, ...)`` with pool_max=1. The newcomer found the PoolTimeout blamed a
+    put_connection() the code never needed (the stream held the server's only connection); the note then named the
+    open query. Now a stream holds no connection between its records (pages by key, a connection per round trip):
+    the loop simply works."""
     if backend == "memory":
         servers: list[dict[str, Any]] = [dict(shards="0-8")]
     else:
@@ -22,11 +22,9 @@ def test_writing_inside_a_query_loop_with_a_small_pool_says_the_stream_holds_the
     with hvcore.Datastore(servers, backend=backend, pool_max=1, pool_block_timeout=0.3) as db:
         db.provision()
         db.put_many(3, 1, [{"n": str(i)} for i in range(3)])
-        with pytest.raises(hvcore.PoolTimeout) as caught:
-            for record in db.query(kind=1):
-                db.update(record.key, seen="yes")
-        text = " ".join([str(caught.value), *getattr(caught.value, "__notes__", [])])
-        assert "query" in text, text
+        for record in db.query(kind=1):
+            assert db.update(record.key, seen="yes")
+        assert [r.data["seen"] for r in db.query(kind=1)] == ["yes"] * 3
 
 
 def test_callers_that_timed_out_are_not_counted_as_waiting(pg_fresh_db: dict[str, Any]) -> None:
