@@ -25,6 +25,7 @@
     │   └── WriteOutcomeUnknown             a write's connection was lost and the server cannot tell yet if it committed
     ├── ServerLimitReached (RuntimeError)   a healthy server refused a statement at one of its limits
     ├── PermissionDenied (PermissionError)  the connecting role lacks a privilege (names the GRANT to run)
+    │   └── LoginRefused                    the role's or database's settings refuse every session (CONNECTION LIMIT...)
     ├── ReadOnlyServer (RuntimeError)       the server refuses writes: read-only database or role, or a standby
     ├── NotProvisioned (RuntimeError)       schemas or extensions missing: run ``hv init``
     ├── DuplicateKey (RuntimeError)         a key already stored (retried with a fresh key by ``put``)
@@ -54,6 +55,7 @@ __all__ = [
     "InvalidShard",
     "InvalidToken",
     "LayoutExhausted",
+    "LoginRefused",
     "MigrationError",
     "MoveError",
     "NoFreeWorker",
@@ -265,6 +267,27 @@ class PermissionDenied(HypervaultError, PermissionError):
     """
 
     __module__ = "hvcore"
+
+
+class LoginRefused(PermissionDenied):
+    """The server answers but its configuration refuses this login: the role's or the database's ``CONNECTION
+    LIMIT`` (0, or every allowed session taken), ``ALLOW_CONNECTIONS false``, no CONNECT privilege on the database,
+    or a ``NOLOGIN`` role. Not a `ServerUnavailable`: the server is fine, and retrying or failing over does not
+    help until a superuser changes the setting; the message names the statement that does.
+
+    ``server`` is the entry's ``host:port/dbname`` (never a password), ``role`` the role refused ("" when not
+    known), ``database`` the database, ``setting`` what refused it (``"role CONNECTION LIMIT"``, ``"database
+    CONNECTION LIMIT"``, ``"ALLOW_CONNECTIONS"``, ``"CONNECT privilege"``, ``"LOGIN"``).
+    """
+
+    __module__ = "hvcore"
+
+    def __init__(self, message: str, *, server: str, role: str, database: str, setting: str) -> None:
+        super().__init__(message)
+        self.server = server
+        self.role = role
+        self.database = database
+        self.setting = setting
 
 
 class ReadOnlyServer(HypervaultError, RuntimeError):

@@ -43,6 +43,7 @@ from hvcore.errors import (
     ConfigError,
     DuplicateKey,
     HypervaultError,
+    LoginRefused,
     NotProvisioned,
     PermissionDenied,
     PoolTimeout,
@@ -70,6 +71,7 @@ __all__ = [
     "load_json",
     "log_statement",
     "log_statements",
+    "login_refusal",
     "query_fetch_sizes",
     "query_records",
     "refusal_error",
@@ -441,6 +443,7 @@ class StoreCore:
         dbname = str(params.get("dbname") or params.get("user") or "postgres")
         self._label = f"{host}:{port}/{dbname}"
         self._role = str(params.get("user") or "")  # named in PermissionDenied
+        self._dbname = dbname
         self._conninfo = parsed.conninfo
         kwargs.setdefault("connect_timeout", max(2, math.ceil(options.pool_block_timeout)))
         kwargs.setdefault("application_name", "hypervault")
@@ -471,8 +474,13 @@ class StoreCore:
         if logger is not None:
             logger.debug(message, *args)
 
-    def _unavailable(self, exc: BaseException) -> ServerUnavailable:
+    def _unavailable(self, exc: BaseException) -> ServerUnavailable | LoginRefused:
+        """The error for a failed connection or a lost session: `LoginRefused` when the server's configuration
+        refuses this role's or database's sessions (`login_refusal`), else `ServerUnavailable`."""
         text = scrub(str(exc).strip(), self._secret)
+        refused = login_refusal(text, self._label, self._role, self._dbname)
+        if refused is not None:
+            return refused
         if "password authentication failed" in text or "authentication failed" in text:
             return ServerUnavailable(
                 f"PostgreSQL server {self._label} refused the login: {text} (check user and password)"
@@ -830,6 +838,74 @@ class StoreCore:
             "connection_errors": raw.get("connections_errors", 0),
             "connections_lost": raw.get("connections_lost", 0) + raw.get("returns_bad", 0),
         }
+
+
+_PLAIN_NAME = re.compile(r"[a-z_][a-z0-9_$]*")
+_LOGIN_REFUSALS = (
+    # (the server's FATAL text at login (libpq passes no SQLSTATE on), the setting, whose name it quotes)
+    (re.compile(r'too many connections for role "((?:[^"]|"")*)"'), "role CONNECTION LIMIT", "role"),
+    (re.compile(r'too many connections for database "((?:[^"]|"")*)"'), "database CONNECTION LIMIT", "database"),
+    (re.compile(r'database "((?:[^"]|"")*)" is not currently accepting connections'), "ALLOW_CONNECTIONS", "database"),
+    (re.compile(r'permission denied for database "((?:[^"]|"")*)"'), "CONNECT privilege", "database"),
+    (re.compile(r'role "((?:[^"]|"")*)" is not permitted to log in'), "LOGIN", "role"),
+)
+
+
+def _sql_name(name: str) -> str:
+    """``name`` as it is written in SQL: as is when it needs no quotes, else a quoted identifier."""
+    if _PLAIN_NAME.fullmatch(name):
+        return name
+    return sql.Identifier(name).as_string(None)
+
+
+def login_refusal(text: str, label: str, role: str, dbname: str) -> LoginRefused | None:
+    """`LoginRefused` if ``text`` (a failed connection's message, password already masked) says the server's
+    configuration refuses sessions of this role or database, else None.
+
+    At login libpq passes on the server's FATAL text alone (no SQLSTATE), so its texts are matched: the role's or
+    database's CONNECTION LIMIT (53300; this pool has no session of its own then: see ``_Pool._connect``),
+    ``ALLOW_CONNECTIONS false``, no CONNECT privilege, a NOLOGIN role. ``role`` is the configured user ("" for
+    libpq's default, then the name the server gives, if any); the message names the statement that lifts it.
+    """
+    for pattern, setting, subject in _LOGIN_REFUSALS:
+        found = pattern.search(text)
+        if found is None:
+            continue
+        named = found.group(1).replace('""', '"')
+        who = named if subject == "role" else role
+        database = named if subject == "database" else dbname
+        role_sql = _sql_name(who) if who else "<role>"
+        db_sql = _sql_name(database)
+        said = text[found.start() :].split("\n")[0].strip()
+        fix = {
+            "role CONNECTION LIMIT": (
+                f"the role's CONNECTION LIMIT is 0, or all the sessions it allows are taken (by every process "
+                f"logging in as {who!r}). As a superuser: ALTER ROLE {role_sql} CONNECTION LIMIT <n> (-1: no limit), "
+                "or lower pool_max of the processes sharing the role"
+            ),
+            "database CONNECTION LIMIT": (
+                f"the database's CONNECTION LIMIT is 0, or all the sessions it allows are taken. As a superuser: "
+                f"ALTER DATABASE {db_sql} CONNECTION LIMIT <n> (-1: no limit), or lower pool_max of its clients"
+            ),
+            "ALLOW_CONNECTIONS": (
+                f"the database does not allow connections. As a superuser: ALTER DATABASE {db_sql} "
+                "ALLOW_CONNECTIONS true (or point the entry at another database)"
+            ),
+            "CONNECT privilege": (
+                f"the role lacks the CONNECT privilege on the database. As its owner: GRANT CONNECT ON DATABASE "
+                f"{db_sql} TO {role_sql}"
+            ),
+            "LOGIN": f"the role may not log in. As a superuser: ALTER ROLE {role_sql} LOGIN (or use a login role)",
+        }[setting]
+        shown_role = f"role {who!r}" if who else "the connecting role (libpq's default user)"
+        return LoginRefused(
+            f"PostgreSQL server {label} refuses every session of {shown_role} on database {database!r} ({said}): {fix}",
+            server=label,
+            role=who,
+            database=database,
+            setting=setting,
+        )
+    return None
 
 
 def refusal_error(exc: psycopg.Error, label: str, role: str) -> HypervaultError | None:
