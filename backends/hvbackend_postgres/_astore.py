@@ -76,7 +76,9 @@ from hvbackend_postgres._commit import (
 from hvbackend_postgres._common import (
     ADVISORY_LOCK,
     BACKEND_CHECK_SQL,
+    DENIED_SHARD_SQL,
     HSTORE_SCHEMA_SQL,
+    PRIVILEGE_SQLSTATE,
     PROVISION_BATCH,
     PROVISION_WORKERS,
     QUERY_FETCH_FIRST,
@@ -90,6 +92,7 @@ from hvbackend_postgres._common import (
     load_json,
     log_statement,
     log_statements,
+    named_shard,
     query_fetch_sizes,
     query_records,
 )
@@ -913,10 +916,18 @@ class AsyncPostgresServerStore(StoreCore):
             statements = self._sql[shard_id] = ShardSQL.build(shard_id, self.backend, await self._ext())
         return statements
 
-    async def _with_conn(self, shard_id: int, op: Callable[[AConn], Awaitable[_T]], *, one_shard: bool = False) -> _T:
+    async def _with_conn(
+        self,
+        shard_id: int,
+        op: Callable[[AConn], Awaitable[_T]],
+        *,
+        one_shard: bool = False,
+        shards: Sequence[int] = (),
+    ) -> _T:
         """Run ``op`` (a read) on a pooled connection; one retry if the connection was lost underneath.
 
-        ``one_shard``: ``op`` reads ``shard_id`` only, so it runs on that shard's preferred session (`_checkout`)."""
+        ``one_shard``: ``op`` reads ``shard_id`` only, so it runs on that shard's preferred session (`_checkout`).
+        ``shards``: every shard ``op`` reads, for the error's name of the one that failed (`_translate_over`)."""
         for attempt in (0, 1):
             conn, pool = await self._checkout(shard_id if one_shard else None)
             try:
@@ -927,13 +938,33 @@ class AsyncPostgresServerStore(StoreCore):
                     continue
                 raise self._translate(exc, shard_id) from None
             except psycopg.Error as exc:
-                error = self._translate(exc, shard_id)
+                error = await self._translate_over(conn, exc, shards) if shards else self._translate(exc, shard_id)
                 if error is exc:
                     raise
                 raise error from None
             finally:
                 await self._checkin(conn, pool)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _translate_over(
+        self, conn: AConn, exc: psycopg.Error, shards: Sequence[int], privileges: Sequence[str] = ("SELECT",)
+    ) -> Exception:
+        """`_translate` for statements over several ``shards``, naming the shard that failed: the one whose schema
+        the server names; for a privilege refused on a table (the server names the table alone), the first of
+        ``shards`` whose schema or table this role lacks ``privileges`` on, asked on ``conn`` (one round trip,
+        best effort: else every shard is named)."""
+        if exc.sqlstate == PRIVILEGE_SQLSTATE and len(shards) > 1 and named_shard(exc) is None:
+            try:
+                if not conn.closed and conn.pgconn.transaction_status == pq.TransactionStatus.INERROR:
+                    await conn.rollback()
+                schemas = [shard_schema(shard) for shard in shards]
+                cur = await conn.execute(DENIED_SHARD_SQL, (schemas, list(privileges)), prepare=False)
+                row = await cur.fetchone()
+            except psycopg.Error:
+                row = None
+            if row is not None:
+                return self._translate(exc, int(row[0].removeprefix("shard")))
+        return self._translate(exc, shards[0], shards)
 
     async def _run(self, shard_id: int, query: str, params: Sequence[Any], *, retried: bool = False) -> Any:
         """Run one read statement on a pooled connection and return its first row (or None): the hot path.
@@ -1481,7 +1512,8 @@ class AsyncPostgresServerStore(StoreCore):
         async def op(conn: AConn) -> list[tuple[Any, ...]]:
             return [row for rows in await self._pieces(conn, statements) for row in rows]
 
-        return self._records(items, await self._with_conn(first_shard, op))
+        shards = list(dict.fromkeys(shard for shard, _ in items))
+        return self._records(items, await self._with_conn(first_shard, op, shards=shards))
 
     async def _pieces(
         self, conn: AConn, statements: Sequence[tuple[Any, Sequence[Any]]], *, values_matter: bool = False
@@ -1582,7 +1614,9 @@ class AsyncPostgresServerStore(StoreCore):
                 failed = self._failed_shard(exc, batch, counts)
                 if isinstance(exc, pg_errors.UniqueViolation):
                     raise unique_violation(exc, failed, self._label) or exc from None
-                error = self._translate(exc, failed)
+                pending = [shard for piece in batch for shard in piece if shard not in counts]
+                privileges = ("SELECT", "DELETE" if data is None else "UPDATE")
+                error = await self._translate_over(conn, exc, pending or [failed], privileges)
                 if error is exc:
                     raise
                 raise error from None
@@ -1674,7 +1708,7 @@ class AsyncPostgresServerStore(StoreCore):
                 if len(rows) < size:
                     break
         except psycopg.Error as exc:
-            error = self._translate(exc, shard_ids[0])
+            error = await self._translate_over(conn, exc, shard_ids)
             if error is exc:
                 raise
             raise error from None
@@ -1748,7 +1782,8 @@ class AsyncPostgresServerStore(StoreCore):
 
         if not statements:
             return
-        pages = await self._with_conn(states[0].shards[0], op)
+        shards = [shard for piece, _ in filled for shard in piece.shards]
+        pages = await self._with_conn(states[0].shards[0], op, shards=shards)
         for (piece, size), rows in zip(filled, pages, strict=True):
             records = query_records(rows, key_type)
             piece.rows.extend(records)

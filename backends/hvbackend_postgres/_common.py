@@ -56,6 +56,7 @@ from hvcore.errors import (
 __all__ = [
     "ADVISORY_LOCK",
     "BACKEND_CHECK_SQL",
+    "DENIED_SHARD_SQL",
     "HSTORE_SCHEMA_SQL",
     "PROVISION_BATCH",
     "PROVISION_WORKERS",
@@ -72,6 +73,7 @@ __all__ = [
     "log_statement",
     "log_statements",
     "login_refusal",
+    "named_shard",
     "query_fetch_sizes",
     "query_records",
     "refusal_error",
@@ -545,8 +547,15 @@ class StoreCore:
     def _duplicate_batch(self, shard_id: int, count: int) -> DuplicateKey:
         return DuplicateKey(f"a key of this batch of {count} already exists in shard {shard_id} on {self._label}")
 
-    def _translate(self, exc: psycopg.Error, shard_id: int) -> Exception:
+    def _translate(self, exc: psycopg.Error, shard_id: int, shards: Sequence[int] = ()) -> Exception:
+        """``exc`` as a hypervault error where one fits (else ``exc`` itself), naming the shard it is about:
+        the shard whose schema the server names (a statement over several shards fails on one of them), else
+        ``shard_id``. ``shards``: all the shards the failed statement(s) covered, named when the server names
+        none of them (a privilege on a table, whose name alone is given)."""
         state = exc.sqlstate
+        named = named_shard(exc)
+        if named is not None:
+            shard_id, shards = named, ()
         if state == MOVED_SQLSTATE:  # the forwarding stub a moved shard leaves on its old server (see _schema.stub_sql)
             return moved_error(exc)
         if state in _NOT_PROVISIONED_STATES:
@@ -563,7 +572,7 @@ class StoreCore:
         limit = limit_error(exc, self._label)  # lock table, stack depth, parameters, size (_fanout)
         if limit is not None:
             return limit
-        refused = self._refusal(exc)
+        refused = refusal_error(exc, self._label, self._role, shard_id, shards)
         if refused is not None:
             return refused
         if isinstance(exc, psycopg.OperationalError) and (state is None or state in _SERVER_GONE_STATES):
@@ -908,23 +917,70 @@ def login_refusal(text: str, label: str, role: str, dbname: str) -> LoginRefused
     return None
 
 
-def refusal_error(exc: psycopg.Error, label: str, role: str) -> HypervaultError | None:
+_SHARD_SCHEMA = re.compile(r"\bshard(\d{4,})\b")
+
+
+def named_shard(exc: psycopg.Error) -> int | None:
+    """The shard whose schema a server error names (its schema field, else its message: ``relation
+    "shard0003.entities" does not exist``, ``permission denied for schema shard0003``), or None."""
+    diag = exc.diag
+    for text in (diag.schema_name, diag.message_primary):
+        found = _SHARD_SCHEMA.search(text or "")
+        if found is not None:
+            return int(found.group(1))
+    return None
+
+
+DENIED_SHARD_SQL = (
+    "SELECT u.n FROM unnest(%s::text[]) WITH ORDINALITY AS u(n, i) WHERE CASE "
+    "WHEN pg_catalog.to_regnamespace(u.n) IS NULL THEN false "
+    "WHEN NOT pg_catalog.has_schema_privilege(u.n, 'USAGE') THEN true "
+    f"WHEN pg_catalog.to_regclass(pg_catalog.format('%%I.%%I', u.n, '{TABLE}')) IS NULL THEN false "
+    "ELSE NOT (SELECT pg_catalog.bool_and(pg_catalog.has_table_privilege("
+    f"pg_catalog.to_regclass(pg_catalog.format('%%I.%%I', u.n, '{TABLE}')), p)) FROM unnest(%s::text[]) AS p) "
+    "END ORDER BY u.i LIMIT 1"
+)
+"""The first of these shard schemas (``%s``: text[]) where the connected role lacks USAGE, or one of the table
+privileges (``%s``: text[]) on its table: which shard refused a statement over several (the server's "permission
+denied for table entities" names no schema)."""
+
+
+def _shards_text(shards: Sequence[int]) -> str:
+    shown = ", ".join(str(s) for s in shards[:8]) + (", ..." if len(shards) > 8 else "")
+    return f"one of shards {shown}"
+
+
+def refusal_error(
+    exc: psycopg.Error, label: str, role: str, shard_id: int | None = None, shards: Sequence[int] = ()
+) -> HypervaultError | None:
     """`PermissionDenied` (a privilege ``role`` lacks) or `ReadOnlyServer` (writes refused) for ``exc`` on server
-    ``label``, else None: the server is fine and says what to change, so neither is `ServerUnavailable`."""
+    ``label``, else None: the server is fine and says what to change, so neither is `ServerUnavailable`.
+
+    ``shard_id``: the shard the statement was about, named with its schema (and in the GRANT to run); ``shards``
+    (several): the statement covered these and the server did not say which refused, so they are all named."""
     state = exc.sqlstate
     if state not in (PRIVILEGE_SQLSTATE, READ_ONLY_SQLSTATE):
         return None
     who = f"role {role!r}" if role else "the connecting role (libpq's default user)"
     said = exc.diag.message_primary or str(exc)
+    if len(shards) > 1:
+        where = f" on {_shards_text(shards)}"
+        schema = "shardNNNN"
+    elif shard_id is not None:
+        schema = shard_schema(shard_id)
+        where = f" on shard {shard_id} (schema {schema})"
+    else:
+        where, schema = "", "shardNNNN"
     if state == READ_ONLY_SQLSTATE:
         return ReadOnlyServer(
             f"PostgreSQL server {label} refuses writes ({said}): the database or {who} is read-only "
             "(default_transaction_read_only), or this is a standby; nothing was written. Point the entry at the "
             "primary, or ALTER DATABASE/ROLE ... SET default_transaction_read_only = off"
         )
+    grantee = _sql_name(role) if role else "<role>"
     return PermissionDenied(
-        f"PostgreSQL server {label} refused {who}: {said}. The role running `hv init` (provision, migrations, "
-        "moves) needs CREATE on the database (GRANT CREATE ON DATABASE <db> TO <role>); an application role needs, "
-        "for each shard schema, GRANT USAGE ON SCHEMA shardNNNN TO <role> and GRANT SELECT, INSERT, UPDATE, DELETE "
-        "ON ALL TABLES IN SCHEMA shardNNNN TO <role>"
+        f"PostgreSQL server {label} refused {who}{where}: {said}. The role running `hv init` (provision, "
+        f"migrations, moves) needs CREATE on the database (GRANT CREATE ON DATABASE <db> TO {grantee}); an "
+        f"application role needs, for each shard schema, GRANT USAGE ON SCHEMA {schema} TO {grantee} and GRANT "
+        f"SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {grantee}"
     )

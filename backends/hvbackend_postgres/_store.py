@@ -72,7 +72,9 @@ from hvbackend_postgres._commit import (
 from hvbackend_postgres._common import (
     ADVISORY_LOCK,
     BACKEND_CHECK_SQL,
+    DENIED_SHARD_SQL,
     HSTORE_SCHEMA_SQL,
+    PRIVILEGE_SQLSTATE,
     PROVISION_BATCH,
     PROVISION_WORKERS,
     QUERY_FETCH_FIRST,
@@ -86,6 +88,7 @@ from hvbackend_postgres._common import (
     load_json,
     log_statement,
     log_statements,
+    named_shard,
     query_fetch_sizes,
     query_records,
 )
@@ -803,10 +806,13 @@ class PostgresServerStore(StoreCore):
             statements = self._sql[shard_id] = ShardSQL.build(shard_id, self.backend, self._ext())
         return statements
 
-    def _with_conn(self, shard_id: int, op: Callable[[Conn], _T], *, one_shard: bool = False) -> _T:
+    def _with_conn(
+        self, shard_id: int, op: Callable[[Conn], _T], *, one_shard: bool = False, shards: Sequence[int] = ()
+    ) -> _T:
         """Run ``op`` (a read) on a pooled connection; one retry if the connection was lost underneath.
 
-        ``one_shard``: ``op`` reads ``shard_id`` only, so it runs on that shard's preferred session (`_checkout`)."""
+        ``one_shard``: ``op`` reads ``shard_id`` only, so it runs on that shard's preferred session (`_checkout`).
+        ``shards``: every shard ``op`` reads, for the error's name of the one that failed (`_translate_over`)."""
         for attempt in (0, 1):
             conn, pool = self._checkout(shard_id if one_shard else None)
             try:
@@ -817,13 +823,33 @@ class PostgresServerStore(StoreCore):
                     continue
                 raise self._translate(exc, shard_id) from None
             except psycopg.Error as exc:
-                error = self._translate(exc, shard_id)
+                error = self._translate_over(conn, exc, shards) if shards else self._translate(exc, shard_id)
                 if error is exc:
                     raise
                 raise error from None
             finally:
                 self._checkin(conn, pool)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _translate_over(
+        self, conn: Conn, exc: psycopg.Error, shards: Sequence[int], privileges: Sequence[str] = ("SELECT",)
+    ) -> Exception:
+        """`_translate` for statements over several ``shards``, naming the shard that failed: the one whose schema
+        the server names; for a privilege refused on a table (the server names the table alone), the first of
+        ``shards`` whose schema or table this role lacks ``privileges`` on, asked on ``conn`` (one round trip,
+        best effort: else every shard is named)."""
+        if exc.sqlstate == PRIVILEGE_SQLSTATE and len(shards) > 1 and (named_shard(exc) is None):
+            try:
+                if not conn.closed and conn.pgconn.transaction_status == pq.TransactionStatus.INERROR:
+                    conn.rollback()
+                schemas = [shard_schema(shard) for shard in shards]
+                cur = conn.execute(DENIED_SHARD_SQL, (schemas, list(privileges)), prepare=False)
+                row = cur.fetchone()
+            except psycopg.Error:
+                row = None
+            if row is not None:
+                return self._translate(exc, int(row[0].removeprefix("shard")))
+        return self._translate(exc, shards[0], shards)
 
     def _run(self, shard_id: int, query: str, params: Sequence[Any], *, retried: bool = False) -> Any:
         """Run one read statement on a pooled connection and return its first row (or None): the hot path.
@@ -1363,7 +1389,8 @@ class PostgresServerStore(StoreCore):
         def op(conn: Conn) -> list[tuple[Any, ...]]:
             return [row for rows in self._pieces(conn, statements) for row in rows]
 
-        return self._records(items, self._with_conn(first_shard, op))
+        shards = list(dict.fromkeys((shard for shard, _ in items)))
+        return self._records(items, self._with_conn(first_shard, op, shards=shards))
 
     def _pieces(
         self, conn: Conn, statements: Sequence[tuple[Any, Sequence[Any]]], *, values_matter: bool = False
@@ -1464,7 +1491,9 @@ class PostgresServerStore(StoreCore):
                 failed = self._failed_shard(exc, batch, counts)
                 if isinstance(exc, pg_errors.UniqueViolation):
                     raise unique_violation(exc, failed, self._label) or exc from None
-                error = self._translate(exc, failed)
+                pending = [shard for piece in batch for shard in piece if shard not in counts]
+                privileges = ("SELECT", "DELETE" if data is None else "UPDATE")
+                error = self._translate_over(conn, exc, pending or [failed], privileges)
                 if error is exc:
                     raise
                 raise error from None
@@ -1556,7 +1585,7 @@ class PostgresServerStore(StoreCore):
                 if len(rows) < size:
                     break
         except psycopg.Error as exc:
-            error = self._translate(exc, shard_ids[0])
+            error = self._translate_over(conn, exc, shard_ids)
             if error is exc:
                 raise
             raise error from None
@@ -1628,7 +1657,8 @@ class PostgresServerStore(StoreCore):
 
         if not statements:
             return
-        pages = self._with_conn(states[0].shards[0], op)
+        shards = [shard for piece, _ in filled for shard in piece.shards]
+        pages = self._with_conn(states[0].shards[0], op, shards=shards)
         for (piece, size), rows in zip(filled, pages, strict=True):
             records = query_records(rows, key_type)
             piece.rows.extend(records)
