@@ -24,6 +24,9 @@
     ├── ServerUnavailable (OSError)         a server cannot be reached (named without its password)
     │   └── WriteOutcomeUnknown             a write's connection was lost and the server cannot tell yet if it committed
     ├── ServerLimitReached (RuntimeError)   a healthy server refused a statement at one of its limits
+    ├── ServerError (RuntimeError)          a trigger of the database raised in a statement (keeps SQLSTATE, message)
+    │   └── ConstraintViolation (ValueError)  a CHECK, NOT NULL, foreign key or exclusion constraint refused the data
+    ├── StatementTimeout (TimeoutError)     the server cancelled a statement at its statement_timeout / lock_timeout
     ├── PermissionDenied (PermissionError)  the connecting role lacks a privilege (names the GRANT to run)
     │   └── LoginRefused                    the role's or database's settings refuse every session (CONNECTION LIMIT...)
     ├── ReadOnlyServer (RuntimeError)       the server refuses writes: read-only database or role, or a standby
@@ -44,6 +47,7 @@ __all__ = [
     "ClockMovedBackwards",
     "ConfigError",
     "ConnectionMisuse",
+    "ConstraintViolation",
     "DuplicateKey",
     "DuplicateValue",
     "HypervaultError",
@@ -65,11 +69,13 @@ __all__ = [
     "PoolTimeout",
     "ReadOnlyServer",
     "SequenceUnavailable",
+    "ServerError",
     "ServerLimitReached",
     "ServerUnavailable",
     "ShardMapError",
     "ShardMoved",
     "ShardNotFound",
+    "StatementTimeout",
     "StoreClosed",
     "TransactionConflict",
     "TransactionError",
@@ -256,6 +262,51 @@ class ServerLimitReached(HypervaultError, RuntimeError):
         super().__init__(message)
         self.limit = limit
         self.server = server
+
+
+class ServerError(HypervaultError, RuntimeError):
+    """The server refused a statement of a hypervault operation for a reason of the database's own making: a trigger
+    the user added raised (PL/pgSQL ``RAISE EXCEPTION``, SQLSTATE class P0). The statement was rolled back.
+
+    The message keeps the server's (with its detail and hint) and names the server, the shard and its schema;
+    ``sqlstate``, ``server`` (``host:port/dbname``), ``shard_id`` (None when not known) and ``server_message``
+    hold them; the psycopg error is the ``__cause__``.
+    """
+
+    __module__ = "hvcore"
+
+    def __init__(
+        self, message: str, *, sqlstate: str, server: str, shard_id: int | None, server_message: str = ""
+    ) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+        self.server = server
+        self.shard_id = shard_id
+        self.server_message = server_message
+
+
+class ConstraintViolation(ServerError, ValueError):
+    """A constraint the user added to a shard's table refused the data (SQLSTATE class 23: CHECK, NOT NULL,
+    foreign key, exclusion). A unique violation is `DuplicateKey` / `DuplicateValue` instead."""
+
+    __module__ = "hvcore"
+
+
+class StatementTimeout(HypervaultError, TimeoutError):
+    """The server cancelled a statement at one of its own time limits: ``setting`` is ``"statement_timeout"``
+    (SQLSTATE 57014) or ``"lock_timeout"`` (55P03), set for the role, the database or the connection. The statement
+    was rolled back; the server is fine (not `ServerUnavailable`). ``sqlstate``, ``server`` and ``shard_id`` as for
+    `ServerError`; the psycopg error is the ``__cause__``. hypervault's own limit is ``operation_timeout``
+    (`ServerUnavailable`)."""
+
+    __module__ = "hvcore"
+
+    def __init__(self, message: str, *, setting: str, sqlstate: str, server: str, shard_id: int | None) -> None:
+        super().__init__(message)
+        self.setting = setting
+        self.sqlstate = sqlstate
+        self.server = server
+        self.shard_id = shard_id
 
 
 class PermissionDenied(HypervaultError, PermissionError):

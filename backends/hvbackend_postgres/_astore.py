@@ -86,6 +86,7 @@ from hvbackend_postgres._common import (
     SEARCH_PATH_SQL,
     StoreCore,
     bounded_async_connection_class,
+    chained,
     check_not_ending,
     dump_json,
     idle_socket_state,
@@ -936,12 +937,13 @@ class AsyncPostgresServerStore(StoreCore):
                 if attempt == 0 and conn.closed:
                     self._log("connection to %s lost (%s): retrying once", self._label, type(exc).__name__)
                     continue
-                raise self._translate(exc, shard_id) from None
+                error = self._translate(exc, shard_id)
+                raise error from chained(error, exc)
             except psycopg.Error as exc:
                 error = await self._translate_over(conn, exc, shards) if shards else self._translate(exc, shard_id)
                 if error is exc:
                     raise
-                raise error from None
+                raise error from chained(error, exc)
             finally:
                 await self._checkin(conn, pool)
         raise AssertionError("unreachable")  # pragma: no cover
@@ -977,13 +979,14 @@ class AsyncPostgresServerStore(StoreCore):
             return await cur.fetchone() if cur.description is not None else None
         except psycopg.OperationalError as exc:
             if retried or not conn.closed:
-                raise self._translate(exc, shard_id) from None
+                error = self._translate(exc, shard_id)
+                raise error from chained(error, exc)
             self._log("connection to %s lost (%s): retrying once", self._label, type(exc).__name__)
         except psycopg.Error as exc:
             error = self._translate(exc, shard_id)
             if error is exc:
                 raise
-            raise error from None
+            raise error from chained(error, exc)
         finally:
             await self._checkin(conn, pool)
         return await self._run(shard_id, query, params, retried=True)
@@ -1044,7 +1047,8 @@ class AsyncPostgresServerStore(StoreCore):
             return returned_xid(box)[1], returned_ids(box) if ids else set(), None
         except psycopg.OperationalError as exc:
             if not self._lost(conn, exc):
-                raise self._translate(exc, shard_id) from None
+                error = self._translate(exc, shard_id)
+                raise error from chained(error, exc)
             xid = returned_xid(box)[0]
             received = command_rows(box) is not None
             timed_out = not conn.closed  # operation_timeout: the session may still run the write
@@ -1057,7 +1061,7 @@ class AsyncPostgresServerStore(StoreCore):
             error = self._translate(exc, shard_id)
             if error is exc:
                 raise
-            raise error from None
+            raise error from chained(error, exc)
         finally:
             await self._checkin(conn, pool)
         status, stored, rows = await self._settle(
@@ -1438,7 +1442,8 @@ class AsyncPostgresServerStore(StoreCore):
                 taken = True
             except psycopg.OperationalError as exc:
                 if not self._lost(conn, exc):
-                    raise self._translate(exc, shard_id) from None
+                    failure = self._translate(exc, shard_id)
+                    raise failure from chained(failure, exc)
                 timed_out = not conn.closed  # operation_timeout: the session may still run the COPY
                 if timed_out:
                     conn.pgconn.finish()  # this socket is done with; the session is ended while settling
@@ -1450,7 +1455,7 @@ class AsyncPostgresServerStore(StoreCore):
                     translated = self._translate(exc, shard_id)
                     if translated is exc:
                         raise
-                    raise translated from None
+                    raise translated from chained(translated, exc)
                 # a Citus coordinator relays a worker's COPY unique violation as an internal error
                 error = unique_violation(exc, shard_id, self._label)
                 if error is not None:
@@ -1619,7 +1624,7 @@ class AsyncPostgresServerStore(StoreCore):
                 error = await self._translate_over(conn, exc, pending or [failed], privileges)
                 if error is exc:
                     raise
-                raise error from None
+                raise error from chained(error, exc)
             finally:
                 await self._checkin(conn, pool)
         return written
@@ -1711,7 +1716,7 @@ class AsyncPostgresServerStore(StoreCore):
             error = await self._translate_over(conn, exc, shard_ids)
             if error is exc:
                 raise
-            raise error from None
+            raise error from chained(error, exc)
         finally:
             try:
                 if not conn.closed:

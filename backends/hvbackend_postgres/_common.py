@@ -41,6 +41,7 @@ from hvcore._row import Row
 from hvcore._show import show_value
 from hvcore.errors import (
     ConfigError,
+    ConstraintViolation,
     DuplicateKey,
     HypervaultError,
     LoginRefused,
@@ -48,7 +49,9 @@ from hvcore.errors import (
     PermissionDenied,
     PoolTimeout,
     ReadOnlyServer,
+    ServerError,
     ServerUnavailable,
+    StatementTimeout,
     TransactionError,
     WriteOutcomeUnknown,
 )
@@ -67,6 +70,7 @@ __all__ = [
     "USER_ROW_FACTORIES",
     "OperationTimeout",
     "StoreCore",
+    "chained",
     "check_json",
     "idle_socket_state",
     "load_json",
@@ -79,6 +83,7 @@ __all__ = [
     "refusal_error",
     "row_factory",
     "scrub",
+    "statement_error",
     "statement_text",
 ]
 
@@ -575,6 +580,9 @@ class StoreCore:
         refused = refusal_error(exc, self._label, self._role, shard_id, shards)
         if refused is not None:
             return refused
+        typed = statement_error(exc, self._label, shard_id)
+        if typed is not None:
+            return typed
         if isinstance(exc, psycopg.OperationalError) and (state is None or state in _SERVER_GONE_STATES):
             return self._unavailable(exc)
         return exc
@@ -948,6 +956,57 @@ denied for table entities" names no schema)."""
 def _shards_text(shards: Sequence[int]) -> str:
     shown = ", ".join(str(s) for s in shards[:8]) + (", ..." if len(shards) > 8 else "")
     return f"one of shards {shown}"
+
+
+_TIME_LIMITS = {"57014": ("statement timeout", "statement_timeout"), "55P03": ("lock timeout", "lock_timeout")}
+
+
+def statement_error(exc: psycopg.Error, label: str, shard_id: int | None) -> HypervaultError | None:
+    """The typed error of a statement the server refused for a reason of the database's own making, else None:
+    `StatementTimeout` (the server's statement_timeout or lock_timeout cancelled it), `ConstraintViolation` (a
+    constraint of class 23 but a unique one), `ServerError` (a trigger or function raised: class P0). The server's
+    message, detail and hint are kept, with the SQLSTATE, the server and the shard."""
+    state = exc.sqlstate or ""
+    diag = exc.diag
+    primary = diag.message_primary or str(exc).strip()
+    where = f"shard {shard_id} (schema {shard_schema(shard_id)}) on " if shard_id is not None else ""
+    limit = _TIME_LIMITS.get(state)
+    if limit is not None and limit[0] in primary:
+        setting = limit[1]
+        return StatementTimeout(
+            f"PostgreSQL server {label} cancelled a statement on {where or 'it'} at its {setting} ({state}: "
+            f"{primary}); the statement was rolled back. The setting comes from the role, the database or the "
+            f"connection options (SHOW {setting}): raise it (ALTER ROLE/DATABASE ... SET {setting} = ...), or set "
+            f"it in the server entry (options = '-c {setting}=...')",
+            setting=setting,
+            sqlstate=state,
+            server=label,
+            shard_id=shard_id,
+        )
+    if state[:2] == "23" and state != "23505":
+        kind: type[ServerError] = ConstraintViolation
+        why = "a constraint of the shard's table refused the data"
+    elif state[:2] == "P0":
+        kind = ServerError
+        why = "a trigger or function of the database raised"
+    else:
+        return None
+    extra = "".join(
+        f"; {name}: {text}" for name, text in (("detail", diag.message_detail), ("hint", diag.message_hint)) if text
+    )
+    return kind(
+        f"{why} on {where}PostgreSQL server {label} ({state}: {primary}{extra}); the statement was rolled back",
+        sqlstate=state,
+        server=label,
+        shard_id=shard_id,
+        server_message=primary,
+    )
+
+
+def chained(error: BaseException, exc: BaseException) -> BaseException | None:
+    """What a translated ``error`` is raised from: the psycopg error ``exc`` for the errors that keep the server's
+    own report (`ServerError`, `StatementTimeout`), else None (no driver traceback for the others)."""
+    return exc if isinstance(error, ServerError | StatementTimeout) else None
 
 
 def refusal_error(

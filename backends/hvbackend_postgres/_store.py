@@ -82,6 +82,7 @@ from hvbackend_postgres._common import (
     SEARCH_PATH_SQL,
     StoreCore,
     bounded_connection_class,
+    chained,
     check_not_ending,
     dump_json,
     idle_socket_state,
@@ -821,12 +822,13 @@ class PostgresServerStore(StoreCore):
                 if attempt == 0 and conn.closed:
                     self._log("connection to %s lost (%s): retrying once", self._label, type(exc).__name__)
                     continue
-                raise self._translate(exc, shard_id) from None
+                error = self._translate(exc, shard_id)
+                raise error from chained(error, exc)
             except psycopg.Error as exc:
                 error = self._translate_over(conn, exc, shards) if shards else self._translate(exc, shard_id)
                 if error is exc:
                     raise
-                raise error from None
+                raise error from chained(error, exc)
             finally:
                 self._checkin(conn, pool)
         raise AssertionError("unreachable")  # pragma: no cover
@@ -862,13 +864,14 @@ class PostgresServerStore(StoreCore):
             return cur.fetchone() if cur.description is not None else None
         except psycopg.OperationalError as exc:
             if retried or not conn.closed:
-                raise self._translate(exc, shard_id) from None
+                error = self._translate(exc, shard_id)
+                raise error from chained(error, exc)
             self._log("connection to %s lost (%s): retrying once", self._label, type(exc).__name__)
         except psycopg.Error as exc:
             error = self._translate(exc, shard_id)
             if error is exc:
                 raise
-            raise error from None
+            raise error from chained(error, exc)
         finally:
             self._checkin(conn, pool)
         return self._run(shard_id, query, params, retried=True)
@@ -924,7 +927,8 @@ class PostgresServerStore(StoreCore):
             return (returned_xid(box)[1], returned_ids(box) if ids else set(), None)
         except psycopg.OperationalError as exc:
             if not self._lost(conn, exc):
-                raise self._translate(exc, shard_id) from None
+                error = self._translate(exc, shard_id)
+                raise error from chained(error, exc)
             xid = returned_xid(box)[0]
             received = command_rows(box) is not None
             timed_out = not conn.closed  # operation_timeout: the session may still run the write
@@ -937,7 +941,7 @@ class PostgresServerStore(StoreCore):
             error = self._translate(exc, shard_id)
             if error is exc:
                 raise
-            raise error from None
+            raise error from chained(error, exc)
         finally:
             self._checkin(conn, pool)
         status, stored, rows = self._settle(
@@ -1316,7 +1320,8 @@ class PostgresServerStore(StoreCore):
                 taken = True
             except psycopg.OperationalError as exc:
                 if not self._lost(conn, exc):
-                    raise self._translate(exc, shard_id) from None
+                    failure = self._translate(exc, shard_id)
+                    raise failure from chained(failure, exc)
                 timed_out = not conn.closed  # operation_timeout: the session may still run the COPY
                 if timed_out:
                     conn.pgconn.finish()  # this socket is done with; the session is ended while settling
@@ -1328,7 +1333,7 @@ class PostgresServerStore(StoreCore):
                     translated = self._translate(exc, shard_id)
                     if translated is exc:
                         raise
-                    raise translated from None
+                    raise translated from chained(translated, exc)
                 # a Citus coordinator relays a worker's COPY unique violation as an internal error
                 error = unique_violation(exc, shard_id, self._label)
                 if error is not None:
@@ -1496,7 +1501,7 @@ class PostgresServerStore(StoreCore):
                 error = self._translate_over(conn, exc, pending or [failed], privileges)
                 if error is exc:
                     raise
-                raise error from None
+                raise error from chained(error, exc)
             finally:
                 self._checkin(conn, pool)
         return written
@@ -1588,7 +1593,7 @@ class PostgresServerStore(StoreCore):
             error = self._translate_over(conn, exc, shard_ids)
             if error is exc:
                 raise
-            raise error from None
+            raise error from chained(error, exc)
         finally:
             try:
                 if not conn.closed:
