@@ -965,7 +965,8 @@ def statement_error(exc: psycopg.Error, label: str, shard_id: int | None) -> Hyp
     """The typed error of a statement the server refused for a reason of the database's own making, else None:
     `StatementTimeout` (the server's statement_timeout or lock_timeout cancelled it), `ConstraintViolation` (a
     constraint of class 23 but a unique one), `ServerError` (a trigger or function raised: class P0). The server's
-    message, detail and hint are kept, with the SQLSTATE, the server and the shard."""
+    message, detail and hint are kept, with the SQLSTATE, the server and the shard (a constraint's detail, which
+    shows the row's values, stays on the psycopg error, the ``__cause__``: bodies are user data)."""
     state = exc.sqlstate or ""
     diag = exc.diag
     primary = diag.message_primary or str(exc).strip()
@@ -973,8 +974,9 @@ def statement_error(exc: psycopg.Error, label: str, shard_id: int | None) -> Hyp
     limit = _TIME_LIMITS.get(state)
     if limit is not None and limit[0] in primary:
         setting = limit[1]
+        shard = f" on shard {shard_id} (schema {shard_schema(shard_id)})" if shard_id is not None else ""
         return StatementTimeout(
-            f"PostgreSQL server {label} cancelled a statement on {where or 'it'} at its {setting} ({state}: "
+            f"PostgreSQL server {label} cancelled a statement{shard} at its {setting} ({state}: "
             f"{primary}); the statement was rolled back. The setting comes from the role, the database or the "
             f"connection options (SHOW {setting}): raise it (ALTER ROLE/DATABASE ... SET {setting} = ...), or set "
             f"it in the server entry (options = '-c {setting}=...')",
@@ -983,17 +985,17 @@ def statement_error(exc: psycopg.Error, label: str, shard_id: int | None) -> Hyp
             server=label,
             shard_id=shard_id,
         )
+    details: tuple[tuple[str, str | None], ...] = (("detail", diag.message_detail), ("hint", diag.message_hint))
     if state[:2] == "23" and state != "23505":
         kind: type[ServerError] = ConstraintViolation
         why = "a constraint of the shard's table refused the data"
+        details = details[1:]  # the detail shows the row's values (user data): kept on the psycopg error only
     elif state[:2] == "P0":
         kind = ServerError
         why = "a trigger or function of the database raised"
     else:
         return None
-    extra = "".join(
-        f"; {name}: {text}" for name, text in (("detail", diag.message_detail), ("hint", diag.message_hint)) if text
-    )
+    extra = "".join(f"; {name}: {text}" for name, text in details if text)
     return kind(
         f"{why} on {where}PostgreSQL server {label} ({state}: {primary}{extra}); the statement was rolled back",
         sqlstate=state,
