@@ -580,7 +580,7 @@ class StoreCore:
         refused = refusal_error(exc, self._label, self._role, shard_id, shards)
         if refused is not None:
             return refused
-        typed = statement_error(exc, self._label, shard_id)
+        typed = statement_error(exc, self._label, shard_id, shards)
         if typed is not None:
             return typed
         if isinstance(exc, psycopg.OperationalError) and (state is None or state in _SERVER_GONE_STATES):
@@ -961,20 +961,28 @@ def _shards_text(shards: Sequence[int]) -> str:
 _TIME_LIMITS = {"57014": ("statement timeout", "statement_timeout"), "55P03": ("lock timeout", "lock_timeout")}
 
 
-def statement_error(exc: psycopg.Error, label: str, shard_id: int | None) -> HypervaultError | None:
+def statement_error(
+    exc: psycopg.Error, label: str, shard_id: int | None, shards: Sequence[int] = ()
+) -> HypervaultError | None:
     """The typed error of a statement the server refused for a reason of the database's own making, else None:
     `StatementTimeout` (the server's statement_timeout or lock_timeout cancelled it), `ConstraintViolation` (a
     constraint of class 23 but a unique one), `ServerError` (a trigger or function raised: class P0). The server's
     message, detail and hint are kept, with the SQLSTATE, the server and the shard (a constraint's detail, which
-    shows the row's values, stays on the psycopg error, the ``__cause__``: bodies are user data)."""
+    shows the row's values, stays on the psycopg error, the ``__cause__``: bodies are user data). ``shards``
+    (several): the statements covered these and the server named none of them (a trigger's error names no
+    table), so all are named and ``shard_id`` is None."""
     state = exc.sqlstate or ""
     diag = exc.diag
     primary = diag.message_primary or str(exc).strip()
-    where = f"shard {shard_id} (schema {shard_schema(shard_id)}) on " if shard_id is not None else ""
+    if len(shards) > 1:
+        shard_id, shown = None, _shards_text(shards)
+    else:
+        shown = f"shard {shard_id} (schema {shard_schema(shard_id)})" if shard_id is not None else ""
+    where = f"{shown} on " if shown else ""
     limit = _TIME_LIMITS.get(state)
     if limit is not None and limit[0] in primary:
         setting = limit[1]
-        shard = f" on shard {shard_id} (schema {shard_schema(shard_id)})" if shard_id is not None else ""
+        shard = f" on {shown}" if shown else ""
         return StatementTimeout(
             f"PostgreSQL server {label} cancelled a statement{shard} at its {setting} ({state}: "
             f"{primary}); the statement was rolled back. The setting comes from the role, the database or the "

@@ -1496,9 +1496,11 @@ class PostgresServerStore(StoreCore):
                 failed = self._failed_shard(exc, batch, counts)
                 if isinstance(exc, pg_errors.UniqueViolation):
                     raise unique_violation(exc, failed, self._label) or exc from None
-                pending = [shard for piece in batch for shard in piece if shard not in counts]
+                piece = next(
+                    (p for p in batch if any((shard not in counts for shard in p))), [failed]
+                )  # the failing one
                 privileges = ("SELECT", "DELETE" if data is None else "UPDATE")
-                error = self._translate_over(conn, exc, pending or [failed], privileges)
+                error = self._translate_over(conn, exc, piece, privileges)
                 if error is exc:
                     raise
                 raise error from chained(error, exc)
