@@ -34,6 +34,7 @@ from hvcore._backend import (
     Record,
 )
 from hvcore._blocks import aonce_block
+from hvcore._config import check_server_entries
 from hvcore._facade import (
     PUT_ATTEMPTS,
     AsyncSequenceArg,
@@ -264,13 +265,18 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
 
     def _check_settings(self) -> None:
         """Build each server's store without opening it: its backend checks its settings (no I/O)."""
-        for settings in self._settings:
-            self._factory(settings, self._options)
+        self._build_stores()
         if self._router is not None:
             self._router.check()
 
+    def _build_stores(self) -> list[AsyncServerStore]:
+        """Each server's store, not opened: built by its backend, which checks its settings (`check_server_entries`:
+        every refused entry named)."""
+        shards = [server.get("shards") for server in self._config.servers]
+        return check_server_entries(self._settings, lambda settings: self._factory(settings, self._options), shards)
+
     async def _open_stores(self) -> None:
-        stores = [self._factory(settings, self._options) for settings in self._settings]
+        stores = self._build_stores()
         try:
             for store in stores:
                 await store.open()

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 import re
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from hvcore._hosts import host_problem
 from hvcore._key import KeyLayout
@@ -22,6 +23,7 @@ __all__ = [
     "PGBOUNCER_MODES",
     "DatastoreConfig",
     "ServerSettings",
+    "check_server_entries",
     "libpq_settings",
     "load_config",
     "parse_layout",
@@ -183,6 +185,72 @@ SERVER_OPTIONS = ("shards", "pgbouncer", "replicas")
 """The names of a server entry that are hypervault's own, not libpq connection settings."""
 
 
+_LIBPQ_NAMES: frozenset[str] = frozenset()
+_CONNINFO_FORMS = (
+    "write key=value pairs separated by spaces (host=db2 port=5432 dbname=app) or a URL "
+    "(postgresql://user@db2:5432/app)"
+)
+_BAD_OPTION = re.compile(
+    r'invalid (?:connection|URI query parameter) option "([^"]*)"|invalid URI query parameter: "([^"]*)"'
+)
+
+
+def _libpq_names() -> frozenset[str]:
+    """The connection settings this libpq knows (psycopg is imported here, not by the package)."""
+    global _LIBPQ_NAMES
+    if not _LIBPQ_NAMES:
+        from psycopg import pq
+
+        _LIBPQ_NAMES = frozenset(option.keyword.decode() for option in pq.Conninfo.get_defaults())
+    return _LIBPQ_NAMES
+
+
+def _unknown_setting(name: str, where: str = "") -> str:
+    """The problem of a setting name libpq does not know, with the closest known name if one is close."""
+    known = sorted(_libpq_names() | set(SERVER_OPTIONS) | set(LIBPQ_ALIASES))
+    close = difflib.get_close_matches(name.lower(), known, n=1, cutoff=0.75)
+    hint = f": did you mean {close[0]!r}?" if close else ""
+    return (
+        f"unknown connection setting {name!r}{where}{hint} (libpq's are host, port, dbname, user, password, sslmode, "
+        f"connect_timeout, ... ; hypervault's own {', '.join(SERVER_OPTIONS)})"
+    )
+
+
+def _port_problem(params: Mapping[str, str], conninfo: str) -> str | None:
+    """What is wrong with the parsed ``port`` (each of a comma-separated list must be an int in 1..65535), or None."""
+    text = params.get("port") or ""
+    for part in text.split(","):
+        part = part.strip()
+        if part and not (part.isdigit() and 0 < int(part) < 65536):
+            where = " (in conninfo)" if conninfo and "port" in conninfo else ""
+            return f"port{where} must be a number in 1..65535 (one per host, comma-separated), got {part!r}"
+    return None
+
+
+_T = TypeVar("_T")
+
+
+def check_server_entries(
+    entries: Sequence[Mapping[str, Any]], build: Callable[[Mapping[str, Any]], _T], shards: Sequence[object] = ()
+) -> list[_T]:
+    """Each server entry built by ``build`` (its backend's store factory with the datastore's options: it checks the
+    settings, no I/O), in order: the one check of server entries, shared by `Datastore` and ``hv config``.
+
+    `ConfigError` naming every refused entry (``server #N``, its ``shards`` when given) and why, at once.
+    """
+    built: list[_T] = []
+    problems: list[str] = []
+    for index, entry in enumerate(entries):
+        try:
+            built.append(build(entry))
+        except ConfigError as exc:
+            range_ = f" (shards {shards[index]!r})" if index < len(shards) else ""
+            problems.append(f"server #{index}{range_}: {exc}")
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return built
+
+
 def pgbouncer_mode(settings: Mapping[str, Any]) -> str:
     """The ``pgbouncer`` setting of one server entry (default ``"auto"``); `ConfigError` naming the choices if bad."""
     value = settings.get("pgbouncer", "auto")
@@ -237,6 +305,9 @@ def libpq_settings(settings: Mapping[str, Any], *, ignore: Sequence[str] = SERVE
         from psycopg.conninfo import conninfo_to_dict, make_conninfo
     except ImportError:
         return ServerSettings(conninfo, keywords, {})
+    for name in keywords:
+        if name not in _libpq_names():
+            raise ConfigError(_unknown_setting(name))
     try:
         params = conninfo_to_dict(make_conninfo(conninfo, **keywords))
     except PsycopgError as first:
@@ -244,18 +315,23 @@ def libpq_settings(settings: Mapping[str, Any], *, ignore: Sequence[str] = SERVE
         try:  # the same settings without the password: an error then names no secret
             conninfo_to_dict(make_conninfo(masked_conninfo, **masked_keywords))
         except PsycopgError as exc:
-            raise ConfigError(f"invalid PostgreSQL connection settings: {str(exc).strip()}") from None
+            said = str(exc).strip()
+            bad = _BAD_OPTION.search(said)
+            if bad is not None:
+                raise ConfigError(_unknown_setting(bad.group(1) or bad.group(2), " in conninfo")) from None
+            raise ConfigError(
+                f"invalid PostgreSQL connection settings: conninfo cannot be read ({said}): {_CONNINFO_FORMS}"
+            ) from None
         what = "an invalid percent-encoded token" if "percent-encoded" in str(first) else "text libpq cannot parse"
         raise ConfigError(
             f"invalid PostgreSQL connection settings: the password in conninfo holds {what} (not shown here); "
             "in a URL, percent-encode the password: urllib.parse.quote(password, safe='')"
         ) from None
     parsed = ServerSettings(conninfo, keywords, {k: str(v) for k, v in params.items()})
-    problem = _libpq_problem(parsed.params)
+    problem = _port_problem(parsed.params, conninfo)
+    if problem is None:  # checked without the passwords, so that the message holds none (and nothing is masked)
+        problem = _libpq_problem({k: v for k, v in parsed.params.items() if k not in _SECRET_NAMES})
     if problem is not None:
-        secret = parsed.password
-        if secret:
-            problem = problem.replace(secret, "***")
         raise ConfigError(f"invalid PostgreSQL connection settings: {redact_conninfo(problem)}")
     return parsed
 

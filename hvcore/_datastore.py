@@ -30,6 +30,7 @@ from hvcore._backend import (
     SupportsWorkerLease,
 )
 from hvcore._blocks import once_block
+from hvcore._config import check_server_entries
 from hvcore._facade import (
     PUT_ATTEMPTS,
     FacadeBase,
@@ -252,13 +253,18 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
 
     def _check_settings(self) -> None:
         """Build each server's store without opening it: its backend checks its settings (no I/O)."""
-        for settings in self._settings:
-            self._factory(settings, self._options)
+        self._build_stores()
         if self._router is not None:
             self._router.check()
 
+    def _build_stores(self) -> list[ServerStore]:
+        """Each server's store, not opened: built by its backend, which checks its settings (`check_server_entries`:
+        every refused entry named)."""
+        shards = [server.get("shards") for server in self._config.servers]
+        return check_server_entries(self._settings, lambda settings: self._factory(settings, self._options), shards)
+
     def _open_stores(self) -> None:
-        stores = [self._factory(settings, self._options) for settings in self._settings]
+        stores = self._build_stores()
         try:
             for store in stores:
                 store.open()

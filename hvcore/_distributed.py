@@ -13,7 +13,7 @@ from typing import Any
 
 from hvcore._backend import AdoptionReport, MoveProgress, MoveReport, ShardCluster, SupportsShardCluster
 from hvcore._shardmap import format_ranges
-from hvcore.errors import ConfigError, MoveError, ServerUnavailable
+from hvcore.errors import ConfigError, LoginRefused, MoveError, ServerUnavailable
 
 __all__ = ["ADOPT_BATCH", "adopt_shards", "cluster_of", "cluster_status", "move_within_cluster"]
 
@@ -72,7 +72,7 @@ def cluster_status(db: Any) -> list[dict[str, Any]]:
     for index, store in enumerate(db.servers):
         try:
             cluster = cluster_of(store)
-        except ServerUnavailable:
+        except (ServerUnavailable, LoginRefused):
             continue  # hv status reports it as unreachable
         if cluster is None:
             continue

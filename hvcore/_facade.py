@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Generic, Self, TypeVar
 
 from hvcore._backend import BackendOptions, QuerySpec
-from hvcore._config import DatastoreConfig, check_servers, load_config, parse_layout
+from hvcore._config import DatastoreConfig, check_server_entries, check_servers, load_config, parse_layout
 from hvcore._key import Key, KeyLayout
 from hvcore._keymaker import random_below
 from hvcore._metrics import metrics
@@ -53,6 +53,34 @@ SequenceArg = SequenceSource | str | None
 """What `Datastore` takes as ``sequence``: a source, a URL such as ``redis://host:6379/0``, or None (in-process)."""
 AsyncSequenceArg = SequenceSource | AsyncSequenceSource | str | None
 """What `AsyncDatastore` takes as ``sequence``: a sync or asyncio source, a URL, or None (in-process)."""
+
+
+def backend_options(config: DatastoreConfig) -> BackendOptions:
+    """What each server's store is built with: the datastore's pool, timeout, layout, row and value options."""
+    return BackendOptions(
+        pool_max=config.pool_max,
+        pool_block_timeout=float(config.pool_block_timeout),
+        logger=config.logger,
+        layout=config.layout,
+        row_factory=config.row_factory,
+        operation_timeout=config.operation_timeout,
+        values=config.value_rules,
+        log_values=config.log_values,
+    )
+
+
+def check_config_servers(config: DatastoreConfig, registry: PluginRegistry | None = None) -> None:
+    """Check a config's server entries as `Datastore` does, without connecting: the shard map, the ``replicas``
+    lists, and each entry (and standby) built by its backend's store factory (`check_server_entries`).
+    ``hv config`` runs this, so a file it shows opens."""
+    _, settings = ShardMap.from_connections(config.servers, layout=config.layout, allow_gaps=config.allow_gaps)
+    primaries, standbys = split_replicas(settings)
+    factory = (registry or default_registry()).backend(config.backend)
+    options = backend_options(config)
+    check_server_entries(primaries, lambda entry: factory(entry, options), [s.get("shards") for s in config.servers])
+    for replicas in standbys:
+        for replica in replicas:
+            factory(replica, options)
 
 
 def check_sequence(sequence: object, *, asyncio: bool) -> None:
@@ -160,16 +188,7 @@ class FacadeBase(Generic[StoreT]):
             config.servers, layout=config.layout, allow_gaps=config.allow_gaps
         )
         self._settings, self._replica_settings = split_replicas(settings)
-        self._options = BackendOptions(
-            pool_max=config.pool_max,
-            pool_block_timeout=float(config.pool_block_timeout),
-            logger=logger,
-            layout=config.layout,
-            row_factory=config.row_factory,
-            operation_timeout=config.operation_timeout,
-            values=config.value_rules,
-            log_values=config.log_values,
-        )
+        self._options = backend_options(config)
         self._key_type = config.layout.key_type
         self._stores = []
         self._closed = True

@@ -25,7 +25,11 @@
     ├── ServerUnavailable (OSError)         a server cannot be reached (named without its password)
     │   └── WriteOutcomeUnknown             a write's connection was lost and the server cannot tell yet if it committed
     ├── ServerLimitReached (RuntimeError)   a healthy server refused a statement at one of its limits
+    ├── ServerError (RuntimeError)          a trigger of the database raised in a statement (keeps SQLSTATE, message)
+    │   └── ConstraintViolation (ValueError)  a CHECK, NOT NULL, foreign key or exclusion constraint refused the data
+    ├── StatementTimeout (TimeoutError)     the server cancelled a statement at its statement_timeout / lock_timeout
     ├── PermissionDenied (PermissionError)  the connecting role lacks a privilege (names the GRANT to run)
+    │   └── LoginRefused                    the role's or database's settings refuse every session (CONNECTION LIMIT...)
     ├── ReadOnlyServer (RuntimeError)       the server refuses writes: read-only database or role, or a standby
     ├── NotProvisioned (RuntimeError)       schemas or extensions missing: run ``hv init``
     ├── DuplicateKey (RuntimeError)         a key already stored (retried with a fresh key by ``put``)
@@ -44,6 +48,7 @@ __all__ = [
     "ClockMovedBackwards",
     "ConfigError",
     "ConnectionMisuse",
+    "ConstraintViolation",
     "DuplicateKey",
     "DuplicateValue",
     "HypervaultError",
@@ -55,6 +60,7 @@ __all__ = [
     "InvalidShard",
     "InvalidToken",
     "LayoutExhausted",
+    "LoginRefused",
     "MigrationError",
     "MoveError",
     "NoFreeWorker",
@@ -64,11 +70,13 @@ __all__ = [
     "PoolTimeout",
     "ReadOnlyServer",
     "SequenceUnavailable",
+    "ServerError",
     "ServerLimitReached",
     "ServerUnavailable",
     "ShardMapError",
     "ShardMoved",
     "ShardNotFound",
+    "StatementTimeout",
     "StoreClosed",
     "TransactionConflict",
     "TransactionError",
@@ -266,6 +274,51 @@ class ServerLimitReached(HypervaultError, RuntimeError):
         self.server = server
 
 
+class ServerError(HypervaultError, RuntimeError):
+    """The server refused a statement of a hypervault operation for a reason of the database's own making: a trigger
+    the user added raised (PL/pgSQL ``RAISE EXCEPTION``, SQLSTATE class P0). The statement was rolled back.
+
+    The message keeps the server's (with its detail and hint) and names the server, the shard and its schema;
+    ``sqlstate``, ``server`` (``host:port/dbname``), ``shard_id`` (None when not known) and ``server_message``
+    hold them; the psycopg error is the ``__cause__``.
+    """
+
+    __module__ = "hvcore"
+
+    def __init__(
+        self, message: str, *, sqlstate: str, server: str, shard_id: int | None, server_message: str = ""
+    ) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+        self.server = server
+        self.shard_id = shard_id
+        self.server_message = server_message
+
+
+class ConstraintViolation(ServerError, ValueError):
+    """A constraint the user added to a shard's table refused the data (SQLSTATE class 23: CHECK, NOT NULL,
+    foreign key, exclusion). A unique violation is `DuplicateKey` / `DuplicateValue` instead."""
+
+    __module__ = "hvcore"
+
+
+class StatementTimeout(HypervaultError, TimeoutError):
+    """The server cancelled a statement at one of its own time limits: ``setting`` is ``"statement_timeout"``
+    (SQLSTATE 57014) or ``"lock_timeout"`` (55P03), set for the role, the database or the connection. The statement
+    was rolled back; the server is fine (not `ServerUnavailable`). ``sqlstate``, ``server`` and ``shard_id`` as for
+    `ServerError`; the psycopg error is the ``__cause__``. hypervault's own limit is ``operation_timeout``
+    (`ServerUnavailable`)."""
+
+    __module__ = "hvcore"
+
+    def __init__(self, message: str, *, setting: str, sqlstate: str, server: str, shard_id: int | None) -> None:
+        super().__init__(message)
+        self.setting = setting
+        self.sqlstate = sqlstate
+        self.server = server
+        self.shard_id = shard_id
+
+
 class PermissionDenied(HypervaultError, PermissionError):
     """The server refused a statement: the connecting role lacks a privilege (SQLSTATE 42501).
 
@@ -275,6 +328,27 @@ class PermissionDenied(HypervaultError, PermissionError):
     """
 
     __module__ = "hvcore"
+
+
+class LoginRefused(PermissionDenied):
+    """The server answers but its configuration refuses this login: the role's or the database's ``CONNECTION
+    LIMIT`` (0, or every allowed session taken), ``ALLOW_CONNECTIONS false``, no CONNECT privilege on the database,
+    or a ``NOLOGIN`` role. Not a `ServerUnavailable`: the server is fine, and retrying or failing over does not
+    help until a superuser changes the setting; the message names the statement that does.
+
+    ``server`` is the entry's ``host:port/dbname`` (never a password), ``role`` the role refused ("" when not
+    known), ``database`` the database, ``setting`` what refused it (``"role CONNECTION LIMIT"``, ``"database
+    CONNECTION LIMIT"``, ``"ALLOW_CONNECTIONS"``, ``"CONNECT privilege"``, ``"LOGIN"``).
+    """
+
+    __module__ = "hvcore"
+
+    def __init__(self, message: str, *, server: str, role: str, database: str, setting: str) -> None:
+        super().__init__(message)
+        self.server = server
+        self.role = role
+        self.database = database
+        self.setting = setting
 
 
 class ReadOnlyServer(HypervaultError, RuntimeError):

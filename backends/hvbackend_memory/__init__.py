@@ -319,15 +319,13 @@ class MemoryServerStore:
         self._open = True
 
     def close(self) -> None:
-        """Forget borrowed connections (their slots come back)."""
+        """End the pool: running calls and waiters let go of it (a new generation); connections still borrowed stay
+        lent until `put_connection` takes them back (and closes them), as a PostgreSQL store does: their slots
+        stay taken meanwhile, so ``stats()["borrowed"]`` counts them and the datastore keeps this store to take
+        them back."""
         with self._lock:
-            for conn in self._borrowed.values():
-                conn.closed = True
-            self._borrowed.clear()
-            self._borrower.clear()
-            self._holdings.clear()
             self._slot_free.notify_all()  # waiters see the new generation's free pool
-            self._in_use = 0
+            self._in_use = len(self._borrowed)
             self._generation += 1
             self._open = False
 
@@ -437,7 +435,7 @@ class MemoryServerStore:
         try:
             yield conn.cursor()
         finally:
-            if not conn.closed:  # close() (disconnect) meanwhile took every borrowed connection back
+            if not conn.returned:  # taken back already (by the caller, through put_connection)
                 self.put_connection(conn)
 
     @contextmanager
@@ -452,7 +450,7 @@ class MemoryServerStore:
             with memory_transaction(self, conn, shard_id, isolation_level, read_only) as tx:
                 yield tx
         finally:
-            if not conn.closed:  # close() (disconnect) meanwhile took every borrowed connection back
+            if not conn.returned:  # taken back already (by the caller, through put_connection)
                 self.put_connection(conn)
 
     # -- entities --------------------------------------------------------------------------------------------
@@ -939,7 +937,7 @@ class AsyncMemoryServerStore:
         try:
             yield conn.cursor()
         finally:
-            if not conn.closed:  # close() (disconnect) meanwhile took every borrowed connection back
+            if not conn.returned:  # taken back already (by the caller, through put_connection)
                 self.sync.put_connection(conn)
 
     @asynccontextmanager
@@ -954,7 +952,7 @@ class AsyncMemoryServerStore:
             with memory_transaction(self.sync, conn, shard_id, isolation_level, read_only) as tx:
                 yield AsyncMemoryTransaction(tx)
         finally:
-            if not conn.closed:  # close() (disconnect) meanwhile took every borrowed connection back
+            if not conn.returned:  # taken back already (by the caller, through put_connection)
                 self.sync.put_connection(conn)
 
     async def insert(self, shard_id: int, key: Key, kind: int, data: Mapping[str, Any]) -> None:

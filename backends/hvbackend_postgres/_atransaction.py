@@ -31,7 +31,7 @@ from psycopg.rows import tuple_row
 from psycopg.types.hstore import register_hstore
 
 from hvbackend_postgres._bouncer import RESET_SQL
-from hvbackend_postgres._common import query_fetch_sizes, query_records
+from hvbackend_postgres._common import chained, query_fetch_sizes, query_records
 from hvbackend_postgres._fanout import AUTO_PLANS_SQL, plans_generic
 from hvbackend_postgres._indexes import is_unique_violation, unique_violation
 from hvbackend_postgres._schema import ShardSQL
@@ -113,7 +113,7 @@ class AsyncPostgresTransaction:
             error = self._error(exc)
             if error is exc:
                 raise
-            raise error from None
+            raise error from chained(error, exc)
 
     # -- entities ------------------------------------------------------------------------------------------------
 
@@ -159,7 +159,7 @@ class AsyncPostgresTransaction:
             error = self._error(exc)
             if error is exc:
                 raise
-            raise error from None
+            raise error from chained(error, exc)
         await self._execute(sql.SQL("RELEASE SAVEPOINT {}").format(name))
         return True
 
@@ -207,7 +207,7 @@ class AsyncPostgresTransaction:
             error = self._error(exc)
             if error is exc:
                 raise
-            raise error from None
+            raise error from chained(error, exc)
         finally:
             self._streams.discard(cur)
             with contextlib.suppress(psycopg.Error):
@@ -270,7 +270,7 @@ class AsyncPostgresTransaction:
             error = self._error(exc)
             if error is exc:
                 raise
-            raise error from None
+            raise error from chained(error, exc)
 
 
 async def _rollback(conn: AConn) -> None:
@@ -324,7 +324,7 @@ async def postgres_transaction(
                 error = store._translate(exc, shard_id)
                 if error is exc:
                     raise
-                raise error from None
+                raise error from chained(error, exc)
             break
         owner = store._holdings.take(TRANSACTION)  # a PoolTimeout of this caller's meanwhile names the transaction
         # Statements run through tx.cursor() are not prepared either: behind PgBouncer in transaction mode a

@@ -41,13 +41,17 @@ from hvcore._row import Row
 from hvcore._show import show_value
 from hvcore.errors import (
     ConfigError,
+    ConstraintViolation,
     DuplicateKey,
     HypervaultError,
+    LoginRefused,
     NotProvisioned,
     PermissionDenied,
     PoolTimeout,
     ReadOnlyServer,
+    ServerError,
     ServerUnavailable,
+    StatementTimeout,
     TransactionError,
     WriteOutcomeUnknown,
 )
@@ -55,6 +59,7 @@ from hvcore.errors import (
 __all__ = [
     "ADVISORY_LOCK",
     "BACKEND_CHECK_SQL",
+    "DENIED_SHARD_SQL",
     "HSTORE_SCHEMA_SQL",
     "PROVISION_BATCH",
     "PROVISION_WORKERS",
@@ -65,16 +70,20 @@ __all__ = [
     "USER_ROW_FACTORIES",
     "OperationTimeout",
     "StoreCore",
+    "chained",
     "check_json",
     "idle_socket_state",
     "load_json",
     "log_statement",
     "log_statements",
+    "login_refusal",
+    "named_shard",
     "query_fetch_sizes",
     "query_records",
     "refusal_error",
     "row_factory",
     "scrub",
+    "statement_error",
     "statement_text",
 ]
 
@@ -441,6 +450,7 @@ class StoreCore:
         dbname = str(params.get("dbname") or params.get("user") or "postgres")
         self._label = f"{host}:{port}/{dbname}"
         self._role = str(params.get("user") or "")  # named in PermissionDenied
+        self._dbname = dbname
         self._conninfo = parsed.conninfo
         kwargs.setdefault("connect_timeout", max(2, math.ceil(options.pool_block_timeout)))
         kwargs.setdefault("application_name", "hypervault")
@@ -471,8 +481,13 @@ class StoreCore:
         if logger is not None:
             logger.debug(message, *args)
 
-    def _unavailable(self, exc: BaseException) -> ServerUnavailable:
+    def _unavailable(self, exc: BaseException) -> ServerUnavailable | LoginRefused:
+        """The error for a failed connection or a lost session: `LoginRefused` when the server's configuration
+        refuses this role's or database's sessions (`login_refusal`), else `ServerUnavailable`."""
         text = scrub(str(exc).strip(), self._secret)
+        refused = login_refusal(text, self._label, self._role, self._dbname)
+        if refused is not None:
+            return refused
         if "password authentication failed" in text or "authentication failed" in text:
             return ServerUnavailable(
                 f"PostgreSQL server {self._label} refused the login: {text} (check user and password)"
@@ -537,8 +552,15 @@ class StoreCore:
     def _duplicate_batch(self, shard_id: int, count: int) -> DuplicateKey:
         return DuplicateKey(f"a key of this batch of {count} already exists in shard {shard_id} on {self._label}")
 
-    def _translate(self, exc: psycopg.Error, shard_id: int) -> Exception:
+    def _translate(self, exc: psycopg.Error, shard_id: int, shards: Sequence[int] = ()) -> Exception:
+        """``exc`` as a hypervault error where one fits (else ``exc`` itself), naming the shard it is about:
+        the shard whose schema the server names (a statement over several shards fails on one of them), else
+        ``shard_id``. ``shards``: all the shards the failed statement(s) covered, named when the server names
+        none of them (a privilege on a table, whose name alone is given)."""
         state = exc.sqlstate
+        named = named_shard(exc)
+        if named is not None:
+            shard_id, shards = named, ()
         if state == MOVED_SQLSTATE:  # the forwarding stub a moved shard leaves on its old server (see _schema.stub_sql)
             return moved_error(exc)
         if state in _NOT_PROVISIONED_STATES:
@@ -555,9 +577,12 @@ class StoreCore:
         limit = limit_error(exc, self._label)  # lock table, stack depth, parameters, size (_fanout)
         if limit is not None:
             return limit
-        refused = self._refusal(exc)
+        refused = refusal_error(exc, self._label, self._role, shard_id, shards)
         if refused is not None:
             return refused
+        typed = statement_error(exc, self._label, shard_id, shards)
+        if typed is not None:
+            return typed
         if isinstance(exc, psycopg.OperationalError) and (state is None or state in _SERVER_GONE_STATES):
             return self._unavailable(exc)
         return exc
@@ -832,23 +857,199 @@ class StoreCore:
         }
 
 
-def refusal_error(exc: psycopg.Error, label: str, role: str) -> HypervaultError | None:
+_PLAIN_NAME = re.compile(r"[a-z_][a-z0-9_$]*")
+_LOGIN_REFUSALS = (
+    # (the server's FATAL text at login (libpq passes no SQLSTATE on), the setting, whose name it quotes)
+    (re.compile(r'too many connections for role "((?:[^"]|"")*)"'), "role CONNECTION LIMIT", "role"),
+    (re.compile(r'too many connections for database "((?:[^"]|"")*)"'), "database CONNECTION LIMIT", "database"),
+    (re.compile(r'database "((?:[^"]|"")*)" is not currently accepting connections'), "ALLOW_CONNECTIONS", "database"),
+    (re.compile(r'permission denied for database "((?:[^"]|"")*)"'), "CONNECT privilege", "database"),
+    (re.compile(r'role "((?:[^"]|"")*)" is not permitted to log in'), "LOGIN", "role"),
+)
+
+
+def _sql_name(name: str) -> str:
+    """``name`` as it is written in SQL: as is when it needs no quotes, else a quoted identifier."""
+    if _PLAIN_NAME.fullmatch(name):
+        return name
+    return sql.Identifier(name).as_string(None)
+
+
+def login_refusal(text: str, label: str, role: str, dbname: str) -> LoginRefused | None:
+    """`LoginRefused` if ``text`` (a failed connection's message, password already masked) says the server's
+    configuration refuses sessions of this role or database, else None.
+
+    At login libpq passes on the server's FATAL text alone (no SQLSTATE), so its texts are matched: the role's or
+    database's CONNECTION LIMIT (53300; this pool has no session of its own then: see ``_Pool._connect``),
+    ``ALLOW_CONNECTIONS false``, no CONNECT privilege, a NOLOGIN role. ``role`` is the configured user ("" for
+    libpq's default, then the name the server gives, if any); the message names the statement that lifts it.
+    """
+    for pattern, setting, subject in _LOGIN_REFUSALS:
+        found = pattern.search(text)
+        if found is None:
+            continue
+        named = found.group(1).replace('""', '"')
+        who = named if subject == "role" else role
+        database = named if subject == "database" else dbname
+        role_sql = _sql_name(who) if who else "<role>"
+        db_sql = _sql_name(database)
+        said = text[found.start() :].split("\n")[0].strip()
+        fix = {
+            "role CONNECTION LIMIT": (
+                f"the role's CONNECTION LIMIT is 0, or all the sessions it allows are taken (by every process "
+                f"logging in as {who!r}). As a superuser: ALTER ROLE {role_sql} CONNECTION LIMIT <n> (-1: no limit), "
+                "or lower pool_max of the processes sharing the role"
+            ),
+            "database CONNECTION LIMIT": (
+                f"the database's CONNECTION LIMIT is 0, or all the sessions it allows are taken. As a superuser: "
+                f"ALTER DATABASE {db_sql} CONNECTION LIMIT <n> (-1: no limit), or lower pool_max of its clients"
+            ),
+            "ALLOW_CONNECTIONS": (
+                f"the database does not allow connections. As a superuser: ALTER DATABASE {db_sql} "
+                "ALLOW_CONNECTIONS true (or point the entry at another database)"
+            ),
+            "CONNECT privilege": (
+                f"the role lacks the CONNECT privilege on the database. As its owner: GRANT CONNECT ON DATABASE "
+                f"{db_sql} TO {role_sql}"
+            ),
+            "LOGIN": f"the role may not log in. As a superuser: ALTER ROLE {role_sql} LOGIN (or use a login role)",
+        }[setting]
+        shown_role = f"role {who!r}" if who else "the connecting role (libpq's default user)"
+        return LoginRefused(
+            f"PostgreSQL server {label} refuses every session of {shown_role} on database {database!r} ({said}): {fix}",
+            server=label,
+            role=who,
+            database=database,
+            setting=setting,
+        )
+    return None
+
+
+_SHARD_SCHEMA = re.compile(r"\bshard(\d{4,})\b")
+
+
+def named_shard(exc: psycopg.Error) -> int | None:
+    """The shard whose schema a server error names (its schema field, else its message: ``relation
+    "shard0003.entities" does not exist``, ``permission denied for schema shard0003``), or None."""
+    diag = exc.diag
+    for text in (diag.schema_name, diag.message_primary):
+        found = _SHARD_SCHEMA.search(text or "")
+        if found is not None:
+            return int(found.group(1))
+    return None
+
+
+DENIED_SHARD_SQL = (
+    "SELECT u.n FROM unnest(%s::text[]) WITH ORDINALITY AS u(n, i) WHERE CASE "
+    "WHEN pg_catalog.to_regnamespace(u.n) IS NULL THEN false "
+    "WHEN NOT pg_catalog.has_schema_privilege(u.n, 'USAGE') THEN true "
+    f"WHEN pg_catalog.to_regclass(pg_catalog.format('%%I.%%I', u.n, '{TABLE}')) IS NULL THEN false "
+    "ELSE NOT (SELECT pg_catalog.bool_and(pg_catalog.has_table_privilege("
+    f"pg_catalog.to_regclass(pg_catalog.format('%%I.%%I', u.n, '{TABLE}')), p)) FROM unnest(%s::text[]) AS p) "
+    "END ORDER BY u.i LIMIT 1"
+)
+"""The first of these shard schemas (``%s``: text[]) where the connected role lacks USAGE, or one of the table
+privileges (``%s``: text[]) on its table: which shard refused a statement over several (the server's "permission
+denied for table entities" names no schema)."""
+
+
+def _shards_text(shards: Sequence[int]) -> str:
+    shown = ", ".join(str(s) for s in shards[:8]) + (", ..." if len(shards) > 8 else "")
+    return f"one of shards {shown}"
+
+
+_TIME_LIMITS = {"57014": ("statement timeout", "statement_timeout"), "55P03": ("lock timeout", "lock_timeout")}
+
+
+def statement_error(
+    exc: psycopg.Error, label: str, shard_id: int | None, shards: Sequence[int] = ()
+) -> HypervaultError | None:
+    """The typed error of a statement the server refused for a reason of the database's own making, else None:
+    `StatementTimeout` (the server's statement_timeout or lock_timeout cancelled it), `ConstraintViolation` (a
+    constraint of class 23 but a unique one), `ServerError` (a trigger or function raised: class P0). The server's
+    message, detail and hint are kept, with the SQLSTATE, the server and the shard (a constraint's detail, which
+    shows the row's values, stays on the psycopg error, the ``__cause__``: bodies are user data). ``shards``
+    (several): the statements covered these and the server named none of them (a trigger's error names no
+    table), so all are named and ``shard_id`` is None."""
+    state = exc.sqlstate or ""
+    diag = exc.diag
+    primary = diag.message_primary or str(exc).strip()
+    if len(shards) > 1:
+        shard_id, shown = None, _shards_text(shards)
+    else:
+        shown = f"shard {shard_id} (schema {shard_schema(shard_id)})" if shard_id is not None else ""
+    where = f"{shown} on " if shown else ""
+    limit = _TIME_LIMITS.get(state)
+    if limit is not None and limit[0] in primary:
+        setting = limit[1]
+        shard = f" on {shown}" if shown else ""
+        return StatementTimeout(
+            f"PostgreSQL server {label} cancelled a statement{shard} at its {setting} ({state}: "
+            f"{primary}); the statement was rolled back. The setting comes from the role, the database or the "
+            f"connection options (SHOW {setting}): raise it (ALTER ROLE/DATABASE ... SET {setting} = ...), or set "
+            f"it in the server entry (options = '-c {setting}=...')",
+            setting=setting,
+            sqlstate=state,
+            server=label,
+            shard_id=shard_id,
+        )
+    details: tuple[tuple[str, str | None], ...] = (("detail", diag.message_detail), ("hint", diag.message_hint))
+    if state[:2] == "23" and state != "23505":
+        kind: type[ServerError] = ConstraintViolation
+        why = "a constraint of the shard's table refused the data"
+        details = details[1:]  # the detail shows the row's values (user data): kept on the psycopg error only
+    elif state[:2] == "P0":
+        kind = ServerError
+        why = "a trigger or function of the database raised"
+    else:
+        return None
+    extra = "".join(f"; {name}: {text}" for name, text in details if text)
+    return kind(
+        f"{why} on {where}PostgreSQL server {label} ({state}: {primary}{extra}); the statement was rolled back",
+        sqlstate=state,
+        server=label,
+        shard_id=shard_id,
+        server_message=primary,
+    )
+
+
+def chained(error: BaseException, exc: BaseException) -> BaseException | None:
+    """What a translated ``error`` is raised from: the psycopg error ``exc`` for the errors that keep the server's
+    own report (`ServerError`, `StatementTimeout`), else None (no driver traceback for the others)."""
+    return exc if isinstance(error, ServerError | StatementTimeout) else None
+
+
+def refusal_error(
+    exc: psycopg.Error, label: str, role: str, shard_id: int | None = None, shards: Sequence[int] = ()
+) -> HypervaultError | None:
     """`PermissionDenied` (a privilege ``role`` lacks) or `ReadOnlyServer` (writes refused) for ``exc`` on server
-    ``label``, else None: the server is fine and says what to change, so neither is `ServerUnavailable`."""
+    ``label``, else None: the server is fine and says what to change, so neither is `ServerUnavailable`.
+
+    ``shard_id``: the shard the statement was about, named with its schema (and in the GRANT to run); ``shards``
+    (several): the statement covered these and the server did not say which refused, so they are all named."""
     state = exc.sqlstate
     if state not in (PRIVILEGE_SQLSTATE, READ_ONLY_SQLSTATE):
         return None
     who = f"role {role!r}" if role else "the connecting role (libpq's default user)"
     said = exc.diag.message_primary or str(exc)
+    if len(shards) > 1:
+        where = f" on {_shards_text(shards)}"
+        schema = "shardNNNN"
+    elif shard_id is not None:
+        schema = shard_schema(shard_id)
+        where = f" on shard {shard_id} (schema {schema})"
+    else:
+        where, schema = "", "shardNNNN"
     if state == READ_ONLY_SQLSTATE:
         return ReadOnlyServer(
             f"PostgreSQL server {label} refuses writes ({said}): the database or {who} is read-only "
             "(default_transaction_read_only), or this is a standby; nothing was written. Point the entry at the "
             "primary, or ALTER DATABASE/ROLE ... SET default_transaction_read_only = off"
         )
+    grantee = _sql_name(role) if role else "<role>"
     return PermissionDenied(
-        f"PostgreSQL server {label} refused {who}: {said}. The role running `hv init` (provision, migrations, "
-        "moves) needs CREATE on the database (GRANT CREATE ON DATABASE <db> TO <role>); an application role needs, "
-        "for each shard schema, GRANT USAGE ON SCHEMA shardNNNN TO <role> and GRANT SELECT, INSERT, UPDATE, DELETE "
-        "ON ALL TABLES IN SCHEMA shardNNNN TO <role>"
+        f"PostgreSQL server {label} refused {who}{where}: {said}. The role running `hv init` (provision, "
+        f"migrations, moves) needs CREATE on the database (GRANT CREATE ON DATABASE <db> TO {grantee}); an "
+        f"application role needs, for each shard schema, GRANT USAGE ON SCHEMA {schema} TO {grantee} and GRANT "
+        f"SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {grantee}"
     )

@@ -72,7 +72,9 @@ from hvbackend_postgres._commit import (
 from hvbackend_postgres._common import (
     ADVISORY_LOCK,
     BACKEND_CHECK_SQL,
+    DENIED_SHARD_SQL,
     HSTORE_SCHEMA_SQL,
+    PRIVILEGE_SQLSTATE,
     PROVISION_BATCH,
     PROVISION_WORKERS,
     QUERY_FETCH_FIRST,
@@ -80,12 +82,14 @@ from hvbackend_postgres._common import (
     SEARCH_PATH_SQL,
     StoreCore,
     bounded_connection_class,
+    chained,
     check_not_ending,
     dump_json,
     idle_socket_state,
     load_json,
     log_statement,
     log_statements,
+    named_shard,
     query_fetch_sizes,
     query_records,
 )
@@ -806,10 +810,13 @@ class PostgresServerStore(StoreCore):
             statements = self._sql[shard_id] = ShardSQL.build(shard_id, self.backend, self._ext())
         return statements
 
-    def _with_conn(self, shard_id: int, op: Callable[[Conn], _T], *, one_shard: bool = False) -> _T:
+    def _with_conn(
+        self, shard_id: int, op: Callable[[Conn], _T], *, one_shard: bool = False, shards: Sequence[int] = ()
+    ) -> _T:
         """Run ``op`` (a read) on a pooled connection; one retry if the connection was lost underneath.
 
-        ``one_shard``: ``op`` reads ``shard_id`` only, so it runs on that shard's preferred session (`_checkout`)."""
+        ``one_shard``: ``op`` reads ``shard_id`` only, so it runs on that shard's preferred session (`_checkout`).
+        ``shards``: every shard ``op`` reads, for the error's name of the one that failed (`_translate_over`)."""
         for attempt in (0, 1):
             conn, pool = self._checkout(shard_id if one_shard else None)
             try:
@@ -818,15 +825,36 @@ class PostgresServerStore(StoreCore):
                 if attempt == 0 and conn.closed:
                     self._log("connection to %s lost (%s): retrying once", self._label, type(exc).__name__)
                     continue
-                raise self._translate(exc, shard_id) from None
-            except psycopg.Error as exc:
                 error = self._translate(exc, shard_id)
+                raise error from chained(error, exc)
+            except psycopg.Error as exc:
+                error = self._translate_over(conn, exc, shards) if shards else self._translate(exc, shard_id)
                 if error is exc:
                     raise
-                raise error from None
+                raise error from chained(error, exc)
             finally:
                 self._checkin(conn, pool)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _translate_over(
+        self, conn: Conn, exc: psycopg.Error, shards: Sequence[int], privileges: Sequence[str] = ("SELECT",)
+    ) -> Exception:
+        """`_translate` for statements over several ``shards``, naming the shard that failed: the one whose schema
+        the server names; for a privilege refused on a table (the server names the table alone), the first of
+        ``shards`` whose schema or table this role lacks ``privileges`` on, asked on ``conn`` (one round trip,
+        best effort: else every shard is named)."""
+        if exc.sqlstate == PRIVILEGE_SQLSTATE and len(shards) > 1 and (named_shard(exc) is None):
+            try:
+                if not conn.closed and conn.pgconn.transaction_status == pq.TransactionStatus.INERROR:
+                    conn.rollback()
+                schemas = [shard_schema(shard) for shard in shards]
+                cur = conn.execute(DENIED_SHARD_SQL, (schemas, list(privileges)), prepare=False)
+                row = cur.fetchone()
+            except psycopg.Error:
+                row = None
+            if row is not None:
+                return self._translate(exc, int(row[0].removeprefix("shard")))
+        return self._translate(exc, shards[0], shards)
 
     def _run(self, shard_id: int, query: str, params: Sequence[Any], *, retried: bool = False) -> Any:
         """Run one read statement on a pooled connection and return its first row (or None): the hot path.
@@ -839,13 +867,14 @@ class PostgresServerStore(StoreCore):
             return cur.fetchone() if cur.description is not None else None
         except psycopg.OperationalError as exc:
             if retried or not conn.closed:
-                raise self._translate(exc, shard_id) from None
+                error = self._translate(exc, shard_id)
+                raise error from chained(error, exc)
             self._log("connection to %s lost (%s): retrying once", self._label, type(exc).__name__)
         except psycopg.Error as exc:
             error = self._translate(exc, shard_id)
             if error is exc:
                 raise
-            raise error from None
+            raise error from chained(error, exc)
         finally:
             self._checkin(conn, pool)
         return self._run(shard_id, query, params, retried=True)
@@ -901,7 +930,8 @@ class PostgresServerStore(StoreCore):
             return (returned_xid(box)[1], returned_ids(box) if ids else set(), None)
         except psycopg.OperationalError as exc:
             if not self._lost(conn, exc):
-                raise self._translate(exc, shard_id) from None
+                error = self._translate(exc, shard_id)
+                raise error from chained(error, exc)
             xid = returned_xid(box)[0]
             received = command_rows(box) is not None
             timed_out = not conn.closed  # operation_timeout: the session may still run the write
@@ -914,7 +944,7 @@ class PostgresServerStore(StoreCore):
             error = self._translate(exc, shard_id)
             if error is exc:
                 raise
-            raise error from None
+            raise error from chained(error, exc)
         finally:
             self._checkin(conn, pool)
         status, stored, rows = self._settle(
@@ -1293,7 +1323,8 @@ class PostgresServerStore(StoreCore):
                 taken = True
             except psycopg.OperationalError as exc:
                 if not self._lost(conn, exc):
-                    raise self._translate(exc, shard_id) from None
+                    failure = self._translate(exc, shard_id)
+                    raise failure from chained(failure, exc)
                 timed_out = not conn.closed  # operation_timeout: the session may still run the COPY
                 if timed_out:
                     conn.pgconn.finish()  # this socket is done with; the session is ended while settling
@@ -1305,7 +1336,7 @@ class PostgresServerStore(StoreCore):
                     translated = self._translate(exc, shard_id)
                     if translated is exc:
                         raise
-                    raise translated from None
+                    raise translated from chained(translated, exc)
                 # a Citus coordinator relays a worker's COPY unique violation as an internal error
                 error = unique_violation(exc, shard_id, self._label)
                 if error is not None:
@@ -1366,7 +1397,8 @@ class PostgresServerStore(StoreCore):
         def op(conn: Conn) -> list[tuple[Any, ...]]:
             return [row for rows in self._pieces(conn, statements) for row in rows]
 
-        return self._records(items, self._with_conn(first_shard, op))
+        shards = list(dict.fromkeys((shard for shard, _ in items)))
+        return self._records(items, self._with_conn(first_shard, op, shards=shards))
 
     def _pieces(
         self, conn: Conn, statements: Sequence[tuple[Any, Sequence[Any]]], *, values_matter: bool = False
@@ -1467,10 +1499,14 @@ class PostgresServerStore(StoreCore):
                 failed = self._failed_shard(exc, batch, counts)
                 if isinstance(exc, pg_errors.UniqueViolation):
                     raise unique_violation(exc, failed, self._label) or exc from None
-                error = self._translate(exc, failed)
+                piece = next(
+                    (p for p in batch if any((shard not in counts for shard in p))), [failed]
+                )  # the failing one
+                privileges = ("SELECT", "DELETE" if data is None else "UPDATE")
+                error = self._translate_over(conn, exc, piece, privileges)
                 if error is exc:
                     raise
-                raise error from None
+                raise error from chained(error, exc)
             finally:
                 self._checkin(conn, pool)
         return written
@@ -1593,7 +1629,8 @@ class PostgresServerStore(StoreCore):
 
         if not statements:
             return
-        pages = self._with_conn(states[0].shards[0], op)
+        shards = [shard for piece, _ in filled for shard in piece.shards]
+        pages = self._with_conn(states[0].shards[0], op, shards=shards)
         for (piece, size), rows in zip(filled, pages, strict=True):
             records = query_records(rows, key_type)
             piece.rows.extend(records)

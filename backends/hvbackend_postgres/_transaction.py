@@ -30,7 +30,7 @@ from psycopg.rows import tuple_row
 from psycopg.types.hstore import register_hstore
 
 from hvbackend_postgres._bouncer import RESET_SQL
-from hvbackend_postgres._common import query_fetch_sizes, query_records
+from hvbackend_postgres._common import chained, query_fetch_sizes, query_records
 from hvbackend_postgres._fanout import AUTO_PLANS_SQL, plans_generic
 from hvbackend_postgres._indexes import is_unique_violation, unique_violation
 from hvbackend_postgres._schema import ShardSQL
@@ -110,7 +110,7 @@ class PostgresTransaction:
             error = self._error(exc)
             if error is exc:
                 raise
-            raise error from None
+            raise error from chained(error, exc)
 
     # -- entities ------------------------------------------------------------------------------------------------
 
@@ -156,7 +156,7 @@ class PostgresTransaction:
             error = self._error(exc)
             if error is exc:
                 raise
-            raise error from None
+            raise error from chained(error, exc)
         self._execute(sql.SQL("RELEASE SAVEPOINT {}").format(name))
         return True
 
@@ -203,7 +203,7 @@ class PostgresTransaction:
             error = self._error(exc)
             if error is exc:
                 raise
-            raise error from None
+            raise error from chained(error, exc)
         finally:
             self._streams.discard(cur)
             with contextlib.suppress(psycopg.Error):
@@ -265,7 +265,7 @@ class PostgresTransaction:
             error = self._error(exc)
             if error is exc:
                 raise
-            raise error from None
+            raise error from chained(error, exc)
 
 
 def _rollback(conn: Conn) -> None:
@@ -319,7 +319,7 @@ def postgres_transaction(
                 error = store._translate(exc, shard_id)
                 if error is exc:
                     raise
-                raise error from None
+                raise error from chained(error, exc)
             break
         owner = store._holdings.take(TRANSACTION)  # a PoolTimeout of this caller's meanwhile names the transaction
         # Statements run through tx.cursor() are not prepared either: behind PgBouncer in transaction mode a

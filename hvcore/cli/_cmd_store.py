@@ -12,6 +12,7 @@ from typing import Any, TextIO
 from hvcore._config import DatastoreConfig, load_config
 from hvcore._datastore import Datastore
 from hvcore._distributed import cluster_status
+from hvcore._facade import check_config_servers
 from hvcore._generator import check_layout_now
 from hvcore._key import KeyLayout
 from hvcore._placement import shared_databases_text
@@ -198,6 +199,7 @@ def cmd_config_show(args: argparse.Namespace, out: TextIO) -> int:
     cfg = load_config(args.config)
     shard_map, _ = ShardMap.from_connections(cfg.servers, layout=cfg.layout, allow_gaps=cfg.allow_gaps)
     _check_plugins(cfg)
+    check_config_servers(cfg)  # each server entry as Datastore checks it (its backend's own check, no I/O)
     check_layout_now(cfg.layout, time.time_ns() // 1_000_000)  # as the Datastore's key generator checks it
     doc = config_document(cfg)
     if args.json:

@@ -353,8 +353,12 @@ def test_a_failing_piece_leaves_the_pieces_before_it_committed_and_says_so(fleet
         conn.execute(f"CREATE TRIGGER hv_refuse BEFORE UPDATE ON {schema}.entities EXECUTE FUNCTION public.hv_refuse()")
     try:
         with fleet.datastore() as db:
-            with pytest.raises(psycopg.errors.RaiseException) as caught:
+            with pytest.raises(hvcore.ServerError) as caught:  # the trigger's error, typed (raised from it)
                 db.update_where(kind=2, set={"p": 1})
+            assert isinstance(caught.value.__cause__, psycopg.errors.RaiseException)
+            assert "refused by test" in str(caught.value) and "P0001" in str(caught.value)
+            first = (refusing - low) // SHARDS_PER_STATEMENT * SHARDS_PER_STATEMENT + low
+            assert f"one of shards {first}, {first + 1}," in str(caught.value), str(caught.value)  # its piece
             note = " ".join(getattr(caught.value, "__notes__", []))
             done = int(note.split("update_where: ")[1].split(" record(s)")[0])
             stored = sum(1 for _ in db.query(kind=2, where={"p": 1}))

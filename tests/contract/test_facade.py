@@ -227,6 +227,23 @@ def test_disconnect_then_reinstantiate(datastore: hvcore.Datastore) -> None:
     assert datastore.get(key) is not None
 
 
+@pytest.mark.parametrize("end", ["disconnect", "close"])
+def test_a_connection_borrowed_before_the_store_closes_is_taken_back_once(make_datastore, end: str) -> None:
+    """``put_connection()`` of a connection borrowed before ``disconnect()``/``close()`` is accepted on every backend
+    (the PostgreSQL pools close it then): its slot is not lost; returned twice, it is refused as usual."""
+    store = make_datastore(pool_max=1)
+    conn = store.get_connection(3)
+    old = list(store._stores)
+    getattr(store, end)()
+    store.put_connection(conn)
+    assert conn.closed
+    assert all(server.stats()["borrowed"] == 0 for server in old)
+    with pytest.raises(ConnectionMisuse):
+        store.put_connection(conn)
+    store.reinstantiate()
+    store.put_connection(store.get_connection(3))  # the single slot is free
+
+
 def test_context_manager_closes(make_datastore) -> None:
     with make_datastore() as store:
         key = store.put(1, 1, a="b")

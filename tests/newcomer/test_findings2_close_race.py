@@ -58,7 +58,7 @@ def test_a_call_waiting_for_a_connection_when_the_store_closes_gets_store_closed
     try:
         assert outcome and isinstance(outcome[0], hvcore.StoreClosed), repr(outcome)
     finally:
-        with contextlib.suppress(hvcore.HypervaultError):  # PostgreSQL takes it back after close(); memory refuses
+        with contextlib.suppress(hvcore.HypervaultError):  # taken back after close() on every backend
             db.put_connection(held)
 
 
