@@ -52,6 +52,7 @@ __all__ = [
     "index_states",
     "is_unique_violation",
     "live_shards",
+    "lock_holder",
     "narrow_version_tables",
     "recorded_indexes",
     "schema_lock",
@@ -202,7 +203,8 @@ def unique_violation(exc: psycopg.Error, shard_id: int, label: str) -> Duplicate
     )
 
 
-def _holder(conn: Conn, key: int) -> str:
+def lock_holder(conn: Conn, key: int) -> str:
+    """Who holds the advisory lock ``key`` (pid, application_name, client, since), for messages."""
     row = conn.execute(
         "SELECT a.pid, a.application_name, a.client_addr::text, a.backend_start FROM pg_locks l "
         "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted "
@@ -232,8 +234,9 @@ def schema_lock(store: SchemaEndpoint, wait: float) -> Iterator[Conn]:
         while conn.execute("SELECT pg_try_advisory_lock(%s)", (SCHEMA_LOCK,)).fetchone() != (True,):
             if time.monotonic() >= deadline:
                 raise MigrationError(
-                    f"another schema change (hv migrate, or an index build or drop) runs on {store.label}: held by "
-                    f"{_holder(conn, SCHEMA_LOCK)}; wait for it to finish"
+                    f"another schema change (hv migrate, an index build or drop, or the switch of a shard move) runs "
+                    f"on {store.label}: held by "
+                    f"{lock_holder(conn, SCHEMA_LOCK)}; wait for it to finish"
                     + (f" (waited {wait:g} s)" if wait > 0 else ", or pass wait=SECONDS (hv migrate --wait)"),
                     server=store.label,
                 )

@@ -11,8 +11,13 @@ Phases (each recorded in ``hypervault.moves`` on the source, so an interrupted m
 3. **catchup** — rounds of: delete a batch of logged ids (``DELETE … RETURNING``, in a transaction that commits
    only after the target did), re-read those rows on the source, replace them on the target. Replaying an id
    twice is harmless, so a crash anywhere only replays more. Rounds stop once one finds few changes.
-4. **fence** — ``LOCK TABLE … IN EXCLUSIVE MODE`` on the source shard only: its writers wait (reads go on), other
-   shards never notice. The last logged changes are replayed under the lock.
+4. **fence** — first the source server's schema-change lock (``_indexes.SCHEMA_LOCK``, shared: ``hv migrate`` and
+   index builds and drops hold it exclusively, so the move waits for one that runs, catching up meanwhile), then
+   ``LOCK TABLE … IN EXCLUSIVE MODE`` on the source shard only: its writers wait (reads go on), other shards never
+   notice. Under both: migrations the source shard got during the move are replayed on the copy, the last logged
+   changes are replayed, and the copy gets the indexes recorded (or loses those dropped) during the move — so a
+   schema change racing a move ends on the shard's final home. (A schema change reading placement just before the
+   switch, and locking just after it, misses the shard on both servers: the `Datastore` runs it again there.)
 5. **verify** — row count and a checksum of every row (sum of ``hashtextextended`` over ``id, kind, body::text``,
    order independent) on both sides, in parallel, under the lock. A mismatch aborts before the switch.
 6. **switch** — still under the lock, the source table moves to ``hv_src_NNNN`` and ``shardNNNN.entities``
@@ -45,7 +50,15 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 
 from hvbackend_postgres._bouncer import session_lock_refusal, transaction_pooled
-from hvbackend_postgres._migrate import adopt_staging, carry_indexes, check_movable, replay_migrations
+from hvbackend_postgres._indexes import SCHEMA_LOCK, lock_holder
+from hvbackend_postgres._migrate import (
+    adopt_staging,
+    carry_indexes,
+    check_movable,
+    reconcile_indexes,
+    replay_migrations,
+    replay_new_migrations,
+)
 from hvbackend_postgres._schema import BODY_INDEX, KIND_INDEX, PKEY_INDEX, TABLE, drop_stub_sql, shard_schema, stub_sql
 from hvcore._placement import MoveProgress, MoveReport
 from hvcore.errors import MoveError
@@ -66,6 +79,7 @@ COPY_CHUNK = 50_000  # rows per committed chunk of the bulk copy: an interrupted
 CATCHUP_BATCH = 20_000  # logged changes replayed per round
 FENCE_BELOW = 2_000  # a round replaying fewer changes than this ends the catch-up: the rest is done fenced
 MAX_CATCHUP_ROUNDS = 30
+SCHEMA_WAIT = 600.0  # longest wait for a schema change on the source (hv migrate, an index build) before the fence
 LOCK_TIMEOUT = "1s"  # longest wait for the fence's lock (and trigger DDL) before giving way and retrying
 FENCE_ATTEMPTS = 5
 _MOVE_LOCK = 0x68765F6D6F7665  # "hv_move": advisory lock (key, shard) held by the one mover of a shard
@@ -565,7 +579,40 @@ class PostgresMover:
         report: MoveReport,
         step: MoveProgress,
     ) -> None:
+        self._hold_schema_lock(ctl, dst, shard_id)
+        try:
+            self._fence_attempts(ctl, dst, shard_id, target, body_type, report, step)
+        finally:
+            if not ctl.closed:
+                ctl.execute("SELECT pg_advisory_unlock_shared(%s)", (SCHEMA_LOCK,))
+
+    def _hold_schema_lock(self, ctl: Conn, dst: Conn, shard_id: int) -> None:
+        """Take the source server's schema-change lock (shared: moves of other shards go on; `schema_lock`'s
+        holders, hv migrate and index builds and drops, exclude it), replaying changes while one runs: from the
+        fence to the switch no schema change lands on the source shard, and what landed before is on the copy."""
+        deadline = time.monotonic() + SCHEMA_WAIT
+        while ctl.execute("SELECT pg_try_advisory_lock_shared(%s)", (SCHEMA_LOCK,)).fetchone() != (True,):
+            if time.monotonic() >= deadline:
+                raise MoveError(
+                    f"shard {shard_id}: a schema change (hv migrate, an index build or drop) on {self.store.label} "
+                    f"held by {lock_holder(ctl, SCHEMA_LOCK)} did not end within {SCHEMA_WAIT:g} s; the source still "
+                    "serves the shard: resume the move once it is done"
+                )
+            self._replay(ctl, dst, shard_id, CATCHUP_BATCH)
+            time.sleep(0.2)
+
+    def _fence_attempts(
+        self,
+        ctl: Conn,
+        dst: Conn,
+        shard_id: int,
+        target: MoveEndpoint,
+        body_type: sql.Composable,
+        report: MoveReport,
+        step: MoveProgress,
+    ) -> None:
         table = _qualified(shard_schema(shard_id))
+        staging = _dst_schema(shard_id)
         mismatch = False
         for attempt in range(1, FENCE_ATTEMPTS + 1):
             report.fence_attempts = attempt
@@ -577,8 +624,12 @@ class PostgresMover:
                     ctl.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT)))
                     ctl.execute(sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(table))
                     t_locked = time.perf_counter()
+                    # what hv migrate and index builds did to the source shard during the move, on the copy too
+                    check_movable(ctl, shard_id)  # a migration may have added data a move does not copy
+                    new = replay_new_migrations(ctl, dst, shard_id, staging, self.store.backend)
                     while self._replay(ctl, dst, shard_id, CATCHUP_BATCH):
                         pass
+                    built, dropped = reconcile_indexes(ctl, dst, staging, self.store.backend)
                     t_replayed = time.perf_counter()
                     step("fence", 1, 1)
                     step("verify", 0, 1)
@@ -613,6 +664,19 @@ class PostgresMover:
                 self._replay(ctl, dst, shard_id, CATCHUP_BATCH)
                 continue
             report.pause_seconds = time.perf_counter() - t0
+            if new or built or dropped:
+                report.notes.append(
+                    "schema changes made during the move, applied to the copy under the fence: "
+                    + "; ".join(
+                        part
+                        for part in (
+                            f"migrations {', '.join(map(str, new))}" if new else "",
+                            f"indexes built {', '.join(built)}" if built else "",
+                            f"indexes dropped {', '.join(dropped)}" if dropped else "",
+                        )
+                        if part
+                    )
+                )
             # only now (the source's record is the authority): a crash before this leaves the target unrecorded
             _record_placement(dst, shard_id, target.label, report.version)
             report.notes.append(
