@@ -9,6 +9,7 @@ new server).
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -28,6 +29,7 @@ __all__ = [
     "PlacementFollower",
     "PlacementMixin",
     "ShardMover",
+    "canonical_identity",
     "export_map",
     "match_identity",
     "mover_of",
@@ -40,10 +42,31 @@ MAX_HOPS = 8  # ShardMoved refusals followed by one call before giving up (a cha
 _T = TypeVar("_T")
 
 
+def canonical_identity(identity: str) -> str:
+    """A database identity ("system/start/dbname/oid") with its start time as UTC microseconds
+    (``2026-11-30T09:00:00.000001Z``, what `hvbackend_postgres._move.identity_text` writes now); forwarding stubs
+    written by earlier releases hold the start time in their session's TimeZone (``2026-11-30T10:00:00.000001+01:00``,
+    microseconds left out when zero), rewritten here. Anything else is returned as it is."""
+    parts = identity.split("/", 2)
+    if len(parts) < 3 or parts[1].endswith("Z"):
+        return identity
+    try:
+        start = datetime.datetime.fromisoformat(parts[1])
+    except ValueError:
+        return identity
+    if start.tzinfo is None:
+        return identity
+    utc = start.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return f"{parts[0]}/{utc}/{parts[2]}"
+
+
 def match_identity(identity: str, known: Mapping[str, str]) -> str | None:
     """The label in ``known`` (label → database identity, "system/start/dbname/oid") reaching the database
     ``identity`` names, or None: the exact identity first; else the one entry whose identity matches without the
-    server's start time (the target restarted since the move), if only one does."""
+    server's start time (the target restarted since the move), if only one does. Both sides are compared in
+    `canonical_identity` form (a stub written by an earlier release matches)."""
+    identity = canonical_identity(identity)
+    known = {label: canonical_identity(found) for label, found in known.items()}
     exact = [label for label, found in known.items() if found == identity]
     if len(exact) == 1:
         return exact[0]

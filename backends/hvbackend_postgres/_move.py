@@ -130,16 +130,25 @@ def _ensure_meta(conn: Conn) -> None:
         conn.execute(_META_DDL)
 
 
+# Every part renders the same whatever the session's settings (an entry's options may set TimeZone, DateStyle,
+# extra_float_digits, search_path...): the start time in UTC through to_char (which neither TimeZone nor DateStyle
+# changes), names and oids as they are, each function and operator qualified with pg_catalog (a search_path naming
+# pg_catalog after a schema of look-alikes cannot reroute them).
 IDENTITY_SQL = (
-    "SELECT current_database(), (SELECT oid FROM pg_database WHERE datname = current_database()), "
-    "pg_postmaster_start_time()"
+    "SELECT pg_catalog.current_database(), (SELECT d.oid FROM pg_catalog.pg_database d WHERE d.datname "
+    "OPERATOR(pg_catalog.=) pg_catalog.current_database()), pg_catalog.to_char(pg_catalog.timezone('UTC', "
+    'pg_catalog.pg_postmaster_start_time()), \'YYYY-MM-DD"T"HH24:MI:SS.US"Z"\')'
 )
-SYSTEM_ID_SQL = "SELECT system_identifier FROM pg_control_system()"
+SYSTEM_ID_SQL = "SELECT system_identifier FROM pg_catalog.pg_control_system()"
 
 
 def identity_text(system: str, row: Any) -> str:
-    """The identity string of `database_identity` from the system identifier and `IDENTITY_SQL`'s row."""
-    return f"{system}/{row[2].isoformat()}/{row[0]}/{row[1]}"
+    """The identity string of `database_identity` from the system identifier and `IDENTITY_SQL`'s row:
+    ``system/start/dbname/oid``, the start as ``2026-11-30T09:00:00.000001Z`` (UTC, microseconds).
+
+    Stubs written before (the start in the session's TimeZone, ``...+01:00``) are still matched:
+    `hvcore._placement.canonical_identity` rewrites that form to this one."""
+    return f"{system}/{row[2]}/{row[0]}/{row[1]}"
 
 
 def database_identity(conn: Conn) -> str:

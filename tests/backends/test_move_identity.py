@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 from typing import Any
 
 import pytest
@@ -10,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import hvcore
-from hvcore._placement import match_identity
+from hvcore._placement import canonical_identity, match_identity
 
 
 @pytest.fixture
@@ -63,3 +64,20 @@ def test_match_identity_names_one_entry_or_none(
     else:
         assert found is None  # unknown, or ambiguous (two entries reach one database): never a guess
     assert match_identity(f"?/{start}/{db}", {label: f"?/x/{db}" for label in known}) is None
+
+
+@given(
+    st.datetimes(
+        min_value=datetime.datetime(2000, 1, 1), max_value=datetime.datetime(2100, 1, 1), timezones=st.timezones()
+    ),
+    _SYSTEMS,
+    _DBS,
+)
+def test_a_stub_written_in_a_session_time_zone_matches_the_utc_identity(
+    start: datetime.datetime, system: str, db: str
+) -> None:
+    """Stubs left by earlier releases name the start time in their session's TimeZone (isoformat, offset)."""
+    new = f"{system}/{start.astimezone(datetime.UTC).strftime('%Y-%m-%dT%H:%M:%S.%fZ')}/{db}"
+    old = f"{system}/{start.isoformat()}/{db}"
+    assert canonical_identity(old) == new and canonical_identity(new) == new
+    assert match_identity(old, {"a": new, "b": f"{system}/2001-01-01T00:00:00.000000Z/other/1"}) == "a"
