@@ -166,21 +166,45 @@ class PlacementMixin(PlacementFollower):
         """Read the placement recorded on every reachable server and apply the newest entry of each shard."""
         stores = self._live()
         labels = [store.label for store in stores]
-        newest: dict[int, tuple[int, str]] = {}
+        newest: dict[int, tuple[int, str, str]] = {}
         for store in stores:
             try:
-                recorded = mover_of(store).placement()
+                mover = mover_of(store)
+                records = getattr(mover, "placement_records", None)
+                recorded = (
+                    records()
+                    if records is not None
+                    else {shard: (label, version, "") for shard, (label, version) in mover.placement().items()}
+                )
             except MoveError:
                 return self.shard_map
             except Exception:  # an unreachable server: the others (and ShardMoved refusals) still tell
                 continue
-            for shard, (label, version) in recorded.items():
-                if version > newest.get(shard, (0, ""))[0]:
-                    newest[shard] = (version, label)
-        for shard, (version, label) in sorted(newest.items()):
-            if label in labels and shard in self.shard_map:
+            for shard, (label, version, identity) in recorded.items():
+                if version > newest.get(shard, (0, "", ""))[0]:
+                    newest[shard] = (version, label, identity)
+        for shard, (version, label, identity) in sorted(newest.items()):
+            if shard not in self.shard_map:
+                continue
+            if label not in labels and identity:  # this config names the server otherwise (localhost, a pooler)
+                label = match_identity(identity, self._known_identities()) or label
+            if label in labels:
                 self._apply_placement(shard, labels.index(label), version)
         return self.shard_map
+
+    def _known_identities(self) -> dict[str, str]:
+        """Label → database identity of this datastore's servers, each read once (one session each; unreachable
+        servers and backends without moves left out)."""
+        known: dict[str, str] | None = self.__dict__.get("_placement_identities")
+        if known is None:
+            known = {}
+            for store in self._live():
+                try:
+                    known[store.label] = mover_of(store).database_identity()
+                except Exception:  # unreachable, or no moves on this backend: not matched by identity
+                    continue
+            self.__dict__["_placement_identities"] = known
+        return known
 
     def shared_databases(self) -> list[tuple[str, ...]]:
         """Groups of this datastore's server entries that reach one database under different names (``127.0.0.1``
@@ -245,10 +269,12 @@ class PlacementMixin(PlacementFollower):
             raise
         metrics.shard_move(report)
         self._apply_placement(shard_id, target_index, report.version)
+        identity = ""
         for index, store in enumerate(stores):
             if index not in (source_index, target_index):
                 try:
-                    mover_of(store).record_placement(shard_id, target.label, report.version)
+                    identity = identity or mover_of(target).database_identity()
+                    mover_of(store).record_placement(shard_id, target.label, report.version, identity)
                 except Exception as exc:  # the source's forwarding pointer still redirects every process
                     report.notes.append(f"placement not recorded on {store.label}: {type(exc).__name__}")
         return report

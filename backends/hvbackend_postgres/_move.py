@@ -122,12 +122,27 @@ _META_DDL = (
 )
 
 
+# placement records name the server by the mover's label and, since, by its database identity (`_record_placement`)
+_IDENTITY_COLUMN = "ALTER TABLE hypervault.placement ADD COLUMN IF NOT EXISTS identity text NOT NULL DEFAULT ''"
+_META_READY_SQL = (
+    "SELECT to_regclass('hypervault.moves') IS NOT NULL AND EXISTS (SELECT 1 FROM pg_catalog.pg_attribute "
+    "WHERE attrelid = to_regclass('hypervault.placement') AND attname = 'identity' AND NOT attisdropped)"
+)
+
+
 def _ensure_meta(conn: Conn) -> None:
-    if conn.execute("SELECT to_regclass('hypervault.moves') IS NOT NULL").fetchone() == (True,):
+    if conn.execute(_META_READY_SQL).fetchone() == (True,):
         return
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_META_LOCK,))
         conn.execute(_META_DDL)
+        # a table made by an earlier release gets the column; a role not owning it leaves it as it is
+        with contextlib.suppress(pg_errors.InsufficientPrivilege), conn.transaction():
+            conn.execute(_IDENTITY_COLUMN)
+
+
+def _has_identity_column(conn: Conn) -> bool:
+    return conn.execute(_META_READY_SQL).fetchone() == (True,)
 
 
 # Every part renders the same whatever the session's settings (an entry's options may set TimeZone, DateStyle,
@@ -202,7 +217,16 @@ def _checksum_sql(table: sql.Composable) -> sql.Composed:
     ).format(table)
 
 
-def _record_placement(conn: Conn, shard_id: int, server: str, version: int) -> None:
+def _record_placement(conn: Conn, shard_id: int, server: str, version: int, identity: str = "") -> None:
+    """Record shard → server (label, and database identity so processes naming it otherwise match it)."""
+    if identity and _has_identity_column(conn):
+        conn.execute(
+            "INSERT INTO hypervault.placement (shard, server, version, identity) VALUES (%s, %s, %s, %s) "
+            "ON CONFLICT (shard) DO UPDATE SET server = EXCLUDED.server, version = EXCLUDED.version, "
+            "identity = EXCLUDED.identity, updated_at = now() WHERE hypervault.placement.version < EXCLUDED.version",
+            (shard_id, server, version, identity),
+        )
+        return
     conn.execute(
         "INSERT INTO hypervault.placement (shard, server, version) VALUES (%s, %s, %s) "
         "ON CONFLICT (shard) DO UPDATE SET server = EXCLUDED.server, version = EXCLUDED.version, updated_at = now() "
@@ -234,17 +258,24 @@ class PostgresMover:
 
     def placement(self) -> dict[int, tuple[str, int]]:
         """Shard → (server label, version) recorded on this server (empty if no shard moved in or out)."""
+        return {shard: (label, version) for shard, (label, version, _) in self.placement_records().items()}
+
+    def placement_records(self) -> dict[int, tuple[str, int, str]]:
+        """Shard → (server label, version, database identity) recorded on this server; the identity is "" for
+        records written before identities were (`hvcore._placement.match_identity` matches the others)."""
         with self._conn() as conn:
             if conn.execute("SELECT to_regclass('hypervault.placement') IS NULL").fetchone() == (True,):
                 return {}
-            rows = conn.execute("SELECT shard, server, version FROM hypervault.placement").fetchall()
-        return {int(r[0]): (str(r[1]), int(r[2])) for r in rows}
+            column = "identity" if _has_identity_column(conn) else "''"
+            rows = conn.execute(f"SELECT shard, server, version, {column} FROM hypervault.placement").fetchall()
+        return {int(r[0]): (str(r[1]), int(r[2]), str(r[3] or "")) for r in rows}
 
-    def record_placement(self, shard_id: int, server: str, version: int) -> None:
-        """Record that ``shard_id`` lives on ``server`` since ``version`` (keeps the highest version)."""
+    def record_placement(self, shard_id: int, server: str, version: int, identity: str = "") -> None:
+        """Record that ``shard_id`` lives on ``server`` (whose database is ``identity``, if given) since ``version``
+        (keeps the highest version)."""
         with self._conn() as conn:
             _ensure_meta(conn)
-            _record_placement(conn, shard_id, server, version)
+            _record_placement(conn, shard_id, server, version, identity)
 
     def move_state(self, shard_id: int) -> dict[str, Any] | None:
         """The move of ``shard_id`` recorded on this server as its source (phase, target, version), or None."""
@@ -403,8 +434,9 @@ class PostgresMover:
             dst.execute(sql.SQL("DROP TABLE {}").format(_qualified(shard_schema(shard_id))))
             version = self._placed_version(ctl, shard_id)
             if version > 0:  # it forwarded here before: forward again to where the shard really is
-                dst.execute(stub_sql(shard_id, self._body_type(dst, target), self.store.label, version))
-                _record_placement(dst, shard_id, self.store.label, version)
+                source = database_identity(ctl)
+                dst.execute(stub_sql(shard_id, self._body_type(dst, target), self.store.label, version, source))
+                _record_placement(dst, shard_id, self.store.label, version, source)
 
     def _retry_lock(self, conn: Conn, statement: sql.Composed, what: str) -> None:
         """Run DDL that needs a table lock with a short lock timeout, retrying while writers hold the table."""
@@ -687,7 +719,7 @@ class PostgresMover:
                     )
                 )
             # only now (the source's record is the authority): a crash before this leaves the target unrecorded
-            _record_placement(dst, shard_id, target.label, report.version)
+            _record_placement(dst, shard_id, target.label, report.version, self._target_identity)
             report.notes.append(
                 f"pause: lock {1000 * (t_locked - t0):.0f} ms, last changes {1000 * (t_replayed - t_locked):.0f} ms, "
                 f"verify {1000 * (t_verified - t_replayed):.0f} ms, "
@@ -708,7 +740,7 @@ class PostgresMover:
             )
         )
         ctl.execute(stub_sql(shard_id, body_type, server, version, getattr(self, "_target_identity", "")))
-        _record_placement(ctl, shard_id, server, version)
+        _record_placement(ctl, shard_id, server, version, getattr(self, "_target_identity", ""))
         self._phase(ctl, shard_id, "switched")
 
     def _drop_source(self, conn: Conn, shard_id: int) -> bool:
