@@ -52,6 +52,8 @@ from hvbackend_postgres._indexes import (
     live_shards,
     narrow_version_tables,
     recorded_indexes,
+    refusals,
+    refused,
     schema_lock,
 )
 from hvbackend_postgres._schema import TABLE, shard_schema
@@ -299,7 +301,8 @@ class PostgresMigrator:
             return
         conn = admin_connection(self.store)
         try:
-            yield conn
+            with refusals(self.store, conn, "migration bookkeeping (hypervault.migrations, hypervault.shard_versions)"):
+                yield conn
         finally:
             conn.close()
 
@@ -410,7 +413,17 @@ class PostgresMigrator:
             if conn.closed:
                 raise
             self._rollback(conn)
-            raise self._failure(conn, migration, plan, shard, ext, exc) from None
+            failure = self._failure(conn, migration, plan, shard, ext, exc)
+            found = refused(exc, conn, self.store, self._where(migration, shard, failure.statement))
+            raise (found or failure) from None
+
+    @staticmethod
+    def _where(migration: Migration, shard: int, statement: str | None) -> str:
+        shown = f", statement `{_short(statement)}`" if statement else ""
+        return (
+            f"migration {migration.filename} in shard {shard}{shown} (rolled back in that shard; the shards done "
+            "before it keep it, and hv migrate continues here once the server accepts it)"
+        )
 
     @staticmethod
     def _rollback(conn: Conn) -> None:
@@ -499,6 +512,9 @@ class PostgresMigrator:
                                 sql.Identifier(schema), sql.Identifier(statement.concurrent_index)
                             )
                         )
+                found = refused(exc, conn, self.store, self._where(migration, shard, statement.text))
+                if found is not None:
+                    raise found from None
                 detail = f" ({exc.diag.message_detail})" if exc.diag.message_detail else ""
                 raise MigrationError(
                     f"migration {migration.filename} failed in shard {shard} on {self.store.label}, statement "

@@ -50,6 +50,7 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 
 from hvbackend_postgres._bouncer import session_lock_refusal, transaction_pooled
+from hvbackend_postgres._common import refusal_error
 from hvbackend_postgres._indexes import SCHEMA_LOCK, lock_holder
 from hvbackend_postgres._migrate import (
     adopt_staging,
@@ -61,7 +62,7 @@ from hvbackend_postgres._migrate import (
 )
 from hvbackend_postgres._schema import BODY_INDEX, KIND_INDEX, PKEY_INDEX, TABLE, drop_stub_sql, shard_schema, stub_sql
 from hvcore._placement import MoveProgress, MoveReport
-from hvcore.errors import MoveError
+from hvcore.errors import HypervaultError, MoveError, PermissionDenied, ReadOnlyServer
 
 __all__ = [
     "CATCHUP_BATCH",
@@ -181,6 +182,41 @@ def database_identity(conn: Conn) -> str:
         found = conn.execute(SYSTEM_ID_SQL).fetchone()
         system = str(found[0]) if found else "?"
     return identity_text(system, row)
+
+
+_CAN_MOVE_SQL = (
+    "SELECT pg_catalog.pg_is_in_recovery() OR pg_catalog.current_setting('transaction_read_only') = 'on', "
+    "pg_catalog.has_database_privilege(pg_catalog.current_database(), 'CREATE'), "
+    "(SELECT pg_catalog.pg_has_role(c.relowner, 'USAGE') FROM pg_catalog.pg_class c "
+    "WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(%s)), current_user"
+)
+
+
+def move_refusal(conn: Conn, shard_id: int, label: str, side: str, *, owns_table: bool) -> HypervaultError | None:
+    """`ReadOnlyServer` or `PermissionDenied` for a move side that cannot take it, before anything changes: the
+    server refuses writes, the role lacks CREATE on the database (the move makes schemas on both sides) or, on the
+    source (``owns_table``), does not own the shard's table (change capture triggers, the switch's ALTER)."""
+    row = conn.execute(_CAN_MOVE_SQL, (f'"{shard_schema(shard_id)}"."{TABLE}"',)).fetchone()
+    assert row is not None
+    read_only, create, owner, role = bool(row[0]), bool(row[1]), row[2], str(row[3])
+    what = f"cannot move shard {shard_id}: the {side} server {label}"
+    if read_only:
+        return ReadOnlyServer(
+            f"{what} refuses writes (a standby, or a read-only database or role {role!r}); nothing was changed. "
+            "Point the entry at the primary, or ALTER DATABASE/ROLE ... SET default_transaction_read_only = off"
+        )
+    if not create:
+        return PermissionDenied(
+            f"{what} does not let role {role!r} create schemas (a move makes its working schemas there); nothing "
+            f"was changed. GRANT CREATE ON DATABASE <db> TO {role} (or move as the role that ran hv init)"
+        )
+    if owns_table and owner is False:
+        return PermissionDenied(
+            f"{what}: role {role!r} does not own {shard_schema(shard_id)}.{TABLE} (a move installs change capture "
+            "on it and moves it aside at the switch); nothing was changed. Move as the role that ran hv init (the "
+            "owner of the shard schemas), or GRANT <owner> TO " + role
+        )
+    return None
 
 
 def same_database_refusal(shard_id: int, source: str, target: str) -> MoveError:
@@ -328,60 +364,87 @@ class PostgresMover:
             for endpoint, conn in ((source, ctl), (target, dst)):
                 if transaction_pooled(endpoint, conn):
                     raise MoveError(session_lock_refusal(f"a move of shard {shard_id}", endpoint.label))
-            self._target_identity = database_identity(dst)  # also written into the stub (followed by identity)
-            if database_identity(ctl) == self._target_identity:  # before anything changes on either side
-                raise same_database_refusal(shard_id, source.label, target.label)
-            _ensure_meta(ctl)
-            _ensure_meta(dst)
-            got = ctl.execute("SELECT pg_try_advisory_lock(%s, %s)", (_MOVE_LOCK & 0x7FFFFFFF, shard_id)).fetchone()
-            if got != (True,):
-                raise MoveError(f"another process is moving shard {shard_id} from {source.label} right now")
-            state = self._state(ctl, shard_id)
-            if state is not None and state["phase"] == "switched":
-                # a stale record of an older move out of here; the shard is live here again
-                self._forget_old_source(ctl, shard_id)
-                state = None
-            if state is not None and state["target"] != target.label:
-                raise MoveError(
-                    f"shard {shard_id} has an unfinished move to {state['target']} (phase {state['phase']}): "
-                    f"resume it with that target, or roll it back first (hv shard move {shard_id} --rollback)"
-                )
-            if shard_state(ctl, shard_id) != "live":
-                raise MoveError(f"shard {shard_id} is not served by {source.label}: nothing to move from there")
-            old = self._state(dst, shard_id)
-            if old is not None and old["phase"] == "switched":
-                self._forget_old_source(dst, shard_id)  # rows an older move out of the target left behind
-            if state is not None:
-                report.resumed_from = str(state["phase"])
-                report.version = int(state["version"])
-                self._undo_half_switch(ctl, dst, shard_id, target)
-            else:
-                self._check_target_free(dst, shard_id, target)
-                report.version = 1 + max(self._placed_version(ctl, shard_id), self._placed_version(dst, shard_id), 0)
-                ctl.execute(
-                    "INSERT INTO hypervault.moves (shard, source, target, phase, version) VALUES (%s, %s, %s, %s, %s)",
-                    (shard_id, source.label, target.label, "prepare", report.version),
-                )
-            body_type = self._body_type(dst, target)
-            # a resumed move keeps what the target already has (a copy found wrong restarts from "prepare")
-            keep = state is not None and state["phase"] != "prepare"
-            step("prepare", 0, 1)
-            self._prepare(ctl, dst, shard_id, body_type, keep_staging=keep)
-            step("prepare", 1, 1)
-            if keep and self._staging_indexed(dst, shard_id):
-                report.notes.append("the bulk copy was complete: resumed at the catch-up")
-            else:
-                self._phase(ctl, shard_id, "copy")
-                self._copy(ctl, dst, shard_id, report, step, resume=keep)
-            self._phase(ctl, shard_id, "catchup")
-            self._catchup(ctl, dst, shard_id, report, step)
-            self._fence_and_switch(ctl, dst, shard_id, target, body_type, report, step)
-            if drop_source:
-                step("drop", 0, 1)
-                report.dropped_source = self._drop_source(ctl, shard_id)
-                step("drop", 1, 1)
+            for endpoint, conn, side in ((source, ctl, "source"), (target, dst, "target")):
+                refusal = move_refusal(conn, shard_id, endpoint.label, side, owns_table=side == "source")
+                if refusal is not None:
+                    raise refusal
+            try:
+                self._move(ctl, dst, shard_id, target, report, step, drop_source=drop_source)
+            except psycopg.Error as exc:  # a privilege or read-only refusal past the checks above: typed, both named
+                found = refusal_error(exc, f"{source.label} (source) or {target.label} (target)", ctl.info.user)
+                if found is None:
+                    raise
+                raise type(found)(
+                    f"the move of shard {shard_id} stopped: {found}. Its state is recorded: run the move again once "
+                    "fixed (it resumes), or roll it back"
+                ) from None
         report.seconds = time.perf_counter() - started
         return report
+
+    def _move(
+        self,
+        ctl: Conn,
+        dst: Conn,
+        shard_id: int,
+        target: MoveEndpoint,
+        report: MoveReport,
+        step: MoveProgress,
+        *,
+        drop_source: bool,
+    ) -> None:
+        source = self.store
+        self._target_identity = database_identity(dst)  # also written into the stub (followed by identity)
+        if database_identity(ctl) == self._target_identity:  # before anything changes on either side
+            raise same_database_refusal(shard_id, source.label, target.label)
+        _ensure_meta(ctl)
+        _ensure_meta(dst)
+        got = ctl.execute("SELECT pg_try_advisory_lock(%s, %s)", (_MOVE_LOCK & 0x7FFFFFFF, shard_id)).fetchone()
+        if got != (True,):
+            raise MoveError(f"another process is moving shard {shard_id} from {source.label} right now")
+        state = self._state(ctl, shard_id)
+        if state is not None and state["phase"] == "switched":
+            # a stale record of an older move out of here; the shard is live here again
+            self._forget_old_source(ctl, shard_id)
+            state = None
+        if state is not None and state["target"] != target.label:
+            raise MoveError(
+                f"shard {shard_id} has an unfinished move to {state['target']} (phase {state['phase']}): "
+                f"resume it with that target, or roll it back first (hv shard move {shard_id} --rollback)"
+            )
+        if shard_state(ctl, shard_id) != "live":
+            raise MoveError(f"shard {shard_id} is not served by {source.label}: nothing to move from there")
+        old = self._state(dst, shard_id)
+        if old is not None and old["phase"] == "switched":
+            self._forget_old_source(dst, shard_id)  # rows an older move out of the target left behind
+        if state is not None:
+            report.resumed_from = str(state["phase"])
+            report.version = int(state["version"])
+            self._undo_half_switch(ctl, dst, shard_id, target)
+        else:
+            self._check_target_free(dst, shard_id, target)
+            report.version = 1 + max(self._placed_version(ctl, shard_id), self._placed_version(dst, shard_id), 0)
+            ctl.execute(
+                "INSERT INTO hypervault.moves (shard, source, target, phase, version) VALUES (%s, %s, %s, %s, %s)",
+                (shard_id, source.label, target.label, "prepare", report.version),
+            )
+        body_type = self._body_type(dst, target)
+        # a resumed move keeps what the target already has (a copy found wrong restarts from "prepare")
+        keep = state is not None and state["phase"] != "prepare"
+        step("prepare", 0, 1)
+        self._prepare(ctl, dst, shard_id, body_type, keep_staging=keep)
+        step("prepare", 1, 1)
+        if keep and self._staging_indexed(dst, shard_id):
+            report.notes.append("the bulk copy was complete: resumed at the catch-up")
+        else:
+            self._phase(ctl, shard_id, "copy")
+            self._copy(ctl, dst, shard_id, report, step, resume=keep)
+        self._phase(ctl, shard_id, "catchup")
+        self._catchup(ctl, dst, shard_id, report, step)
+        self._fence_and_switch(ctl, dst, shard_id, target, body_type, report, step)
+        if drop_source:
+            step("drop", 0, 1)
+            report.dropped_source = self._drop_source(ctl, shard_id)
+            step("drop", 1, 1)
 
     @staticmethod
     def _placed_version(conn: Conn, shard_id: int) -> int:
