@@ -687,7 +687,7 @@ class PostgresMover:
         try:
             self._fence_attempts(ctl, dst, shard_id, target, body_type, report, step)
         finally:
-            if not ctl.closed:
+            with contextlib.suppress(psycopg.Error):  # a lost session released it already
                 ctl.execute("SELECT pg_advisory_unlock_shared(%s)", (SCHEMA_LOCK,))
 
     def _hold_schema_lock(self, ctl: Conn, dst: Conn, shard_id: int) -> None:

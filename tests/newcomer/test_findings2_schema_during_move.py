@@ -11,12 +11,17 @@ a migration applied meanwhile lands on the source table, which the switch then s
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 import hvcore
+from hvbackend_postgres._indexes import SCHEMA_LOCK
 
 
 @pytest.fixture
@@ -138,3 +143,50 @@ def test_a_move_switching_before_the_schema_change_locks_is_caught_up(
                 assert cur.fetchone() == (True,)
             assert all(not v.behind for v in db.migration_status().versions)
         assert moved
+
+
+def test_a_move_waits_for_a_schema_change_running_on_its_source(two_databases: list[dict[str, Any]]) -> None:
+    """hv migrate holds the source's schema-change lock: the move catches up meanwhile and fences once it ends."""
+    with hvcore.Datastore(two_databases, backend="jsonb", worker=None) as db:
+        db.provision()
+        db.put_many(2, 1, [{"i": i} for i in range(50)])
+        entry = {k: v for k, v in two_databases[0].items() if k != "shards"}
+        with psycopg.connect(**entry, autocommit=True) as holder:
+            holder.execute("SELECT pg_advisory_lock(%s)", (SCHEMA_LOCK,))
+            phases: list[tuple[str, float]] = []
+            release = threading.Timer(1.5, lambda: holder.execute("SELECT pg_advisory_unlock_all()"))
+            started = time.monotonic()
+            release.start()
+            report = db.move_shard(2, 1, progress=lambda phase, done, total: phases.append((phase, time.monotonic())))
+            release.join()
+        fenced = min(t for phase, t in phases if phase == "fence") - started
+        assert fenced >= 1.4, (fenced, phases)
+        assert report.rows == 50 and len(list(db.query(kind=1, shards=[2]))) == 50
+
+
+def test_an_async_datastore_catches_up_a_move_switching_before_its_index_build(
+    two_databases: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+
+    with hvcore.Datastore(two_databases, backend="jsonb", worker=None) as db:
+        db.provision()
+        db.put_many(2, 1, [{"email": f"u{i}@x"} for i in range(50)])
+
+        async def scenario() -> hvcore.IndexReport:
+            async with hvcore.AsyncDatastore(two_databases, backend="jsonb", worker=None) as operator:
+                read_first = operator._schema_targets
+                moved: list[object] = []
+
+                async def targets_then_a_move() -> Any:
+                    targets = await read_first()
+                    if not moved:
+                        moved.append(await asyncio.to_thread(db.move_shard, 2, 1))
+                    return targets
+
+                monkeypatch.setattr(operator, "_schema_targets", targets_then_a_move)
+                return await operator.create_index(1, "email", type="text", unique=True)
+
+        report = asyncio.run(scenario())
+        assert report.built + report.present == 8, report
+        [info] = db.list_indexes()
+        assert info.missing == [] and info.valid == 8, info
