@@ -219,6 +219,22 @@ def move_refusal(conn: Conn, shard_id: int, label: str, side: str, *, owns_table
     return None
 
 
+@contextlib.contextmanager
+def _refusals(doing: str, labels: str, conn: Conn, after: str = "") -> Iterator[None]:
+    """A privilege or read-only refusal (`_common.refusal_error`) inside becomes `PermissionDenied` /
+    `ReadOnlyServer` saying ``doing`` and naming ``labels``; other errors pass."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        role = ""
+        with contextlib.suppress(Exception):
+            role = conn.info.user
+        found = refusal_error(exc, labels, role)
+        if found is None:
+            raise
+        raise type(found)(f"{doing}: {found}{after}") from None
+
+
 def same_database_refusal(shard_id: int, source: str, target: str) -> MoveError:
     """The refusal of a move whose target entry reaches the source's own database (nothing was changed)."""
     return MoveError(
@@ -368,16 +384,14 @@ class PostgresMover:
                 refusal = move_refusal(conn, shard_id, endpoint.label, side, owns_table=side == "source")
                 if refusal is not None:
                     raise refusal
-            try:
+            # a privilege or read-only refusal past the checks above: typed, both servers named
+            with _refusals(
+                f"the move of shard {shard_id} stopped",
+                f"{source.label} (source) or {target.label} (target)",
+                ctl,
+                ". Its state is recorded: run the move again once fixed (it resumes), or roll it back",
+            ):
                 self._move(ctl, dst, shard_id, target, report, step, drop_source=drop_source)
-            except psycopg.Error as exc:  # a privilege or read-only refusal past the checks above: typed, both named
-                found = refusal_error(exc, f"{source.label} (source) or {target.label} (target)", ctl.info.user)
-                if found is None:
-                    raise
-                raise type(found)(
-                    f"the move of shard {shard_id} stopped: {found}. Its state is recorded: run the move again once "
-                    "fixed (it resumes), or roll it back"
-                ) from None
         report.seconds = time.perf_counter() - started
         return report
 
@@ -817,12 +831,13 @@ class PostgresMover:
 
     def drop_source(self, shard_id: int) -> bool:
         """Drop the old rows a finished move out of this server left (the forwarding stub stays)."""
-        with self._conn() as conn:
+        with self._conn() as conn, _refusals(f"dropping the old rows of shard {shard_id}", self.store.label, conn):
             return self._drop_source(conn, shard_id)
 
     def rollback(self, shard_id: int, target: MoveEndpoint | None) -> str:
         """Undo an unfinished move before its switch: capture trigger, change log and target copy go."""
-        with self._conn() as ctl:
+        labels = self.store.label + (f" (source) or {target.label} (target)" if target is not None else "")
+        with self._conn() as ctl, _refusals(f"the rollback of the move of shard {shard_id} stopped", labels, ctl):
             if transaction_pooled(self.store, ctl):
                 raise MoveError(session_lock_refusal(f"a rollback of the move of shard {shard_id}", self.store.label))
             got = ctl.execute("SELECT pg_try_advisory_lock(%s, %s)", (_MOVE_LOCK & 0x7FFFFFFF, shard_id)).fetchone()

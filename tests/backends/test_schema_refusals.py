@@ -108,3 +108,19 @@ def test_a_read_only_database_is_read_only_server(
                 db.move_shard(1, 1)
     message = str(caught.value)
     assert any(label in message for label in labels), message
+
+
+def test_dropping_a_moved_shards_old_rows_refused_names_shard_and_server(
+    two_databases: list[dict[str, Any]], role: str
+) -> None:
+    with hvcore.Datastore(two_databases, backend="jsonb", worker=None) as owner:
+        owner.move_shard(1, 1)  # the old rows stay in hv_src_0001 on server 0, owned by the owner
+    for entry in two_databases:  # the placement tables the move made: readable, so the role finds the shard
+        with psycopg.connect(**{k: v for k, v in entry.items() if k != "shards"}, autocommit=True) as conn:
+            conn.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA hypervault TO {role}")
+    with hvcore.Datastore(_as(two_databases, user=role), backend="jsonb", worker=None) as db:
+        labels = [s.label for s in db.servers]
+        with pytest.raises(hvcore.PermissionDenied) as caught:
+            db.move_shard(1, 1, drop_source=True)
+    message = str(caught.value)
+    assert "old rows of shard 1" in message and labels[0] in message and role in message, message
