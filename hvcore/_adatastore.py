@@ -1314,6 +1314,17 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         await self.reload_placement()
         return [(store, self.shard_map.shards_of(index)) for index, store in enumerate(self._live())]
 
+    async def _moved_targets(self, targets: list[_schemaops.Target]) -> list[_schemaops.Target] | None:
+        """After a schema operation: the targets again if a shard moved meanwhile (another process's move switched
+        between this one reading placement and taking the servers' schema-change locks, so the operation missed it
+        on both sides), else None. The operations are idempotent: running them again does what is left."""
+        again = await self._schema_targets()
+        if [(id(store), list(shards)) for store, shards in again] == [
+            (id(store), list(shards)) for store, shards in targets
+        ]:
+            return None
+        return again
+
     async def create_index(
         self,
         kind: int,
@@ -1339,6 +1350,14 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         targets = await self._schema_targets()
         try:
             report: IndexReport = await ato_thread(_schemaops.create_index, targets, spec, progress)
+            for _ in range(MAX_HOPS):
+                moved = await self._moved_targets(targets)
+                if moved is None:
+                    break
+                targets = moved
+                again: IndexReport = await ato_thread(_schemaops.create_index, targets, spec, None)
+                report.built += again.built
+                report.rebuilt += again.rebuilt
         finally:
             self._index_catalog.invalidate()
         return report
@@ -1352,6 +1371,12 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         targets = await self._schema_targets()
         try:
             report: IndexReport = await ato_thread(_schemaops.drop_index, targets, kind, field, progress)
+            for _ in range(MAX_HOPS):
+                moved = await self._moved_targets(targets)
+                if moved is None:
+                    break
+                targets = moved
+                report.dropped += await ato_thread(_schemaops.drop_built, targets, report.index)
         finally:
             self._index_catalog.invalidate()
         return report
@@ -1389,6 +1414,13 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         report: MigrationReport = await ato_thread(
             lambda: _schemaops.migrate(targets, migrations, dry_run=dry_run, progress=progress, wait=wait)
         )
+        for _ in range(0 if dry_run else MAX_HOPS):
+            moved = await self._moved_targets(targets)
+            if moved is None:
+                break
+            targets = moved
+            again: MigrationReport = await ato_thread(_schemaops.migrate_again, targets, migrations, wait)
+            _schemaops.add_rerun(report, again)
         return report
 
     async def migration_status(self, path: str | Path | None = None) -> MigrationStatus:

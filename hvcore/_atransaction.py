@@ -224,21 +224,23 @@ class AsyncShardTransaction:
             return await op(*args, **kwargs)
         except ShardMoved as moved:
             self._abort(moved)
-            raise self._moved(moved) from moved
+            raise await self._moved(moved) from moved
         except BaseException as exc:
             self._abort(exc)
             raise
 
-    def _moved(self, moved: ShardMoved) -> ShardMoved:
-        """The error for a shard that moved away under the transaction; new transactions go to its new server."""
+    async def _moved(self, moved: ShardMoved) -> ShardMoved:
+        """The error for a shard that moved away under the transaction; new transactions go to its new server
+        (matched by database identity when this config names it otherwise, as the datastore's own calls do)."""
         with suppress(HypervaultError):
-            self._db._follow(moved)
+            await self._db._follow_moved(moved)
         return ShardMoved(
             f"{moved}: the transaction on shard {self.shard_id} cannot follow it (its statements ran on the old "
             "server) and is rolled back when its block ends; run it again (new transactions go to the new server)",
             shard_id=moved.shard_id,
             server=moved.server,
             version=moved.version,
+            identity=moved.identity,
         )
 
     def _key(self, key: object, operation: str) -> Key:
@@ -355,7 +357,7 @@ class AsyncShardTransaction:
                 yield record
         except ShardMoved as moved:
             self._abort(moved)
-            raise self._moved(moved) from moved
+            raise await self._moved(moved) from moved
         except Exception as exc:
             self._abort(exc)
             raise
@@ -378,7 +380,7 @@ class AsyncShardTransaction:
                 yield cur
         except ShardMoved as moved:  # a statement of its own reached a moved shard's forwarding stub
             self._abort(moved)
-            raise self._moved(moved) from moved
+            raise await self._moved(moved) from moved
 
     @aonce_block("tx.transaction()", TransactionError)
     async def transaction(self) -> AsyncIterator[AsyncShardTransaction]:

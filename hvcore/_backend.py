@@ -260,8 +260,9 @@ class ShardMover(Protocol):
         """Shard → (server label, version) recorded on this server (empty if none moved)."""
         ...
 
-    def record_placement(self, shard_id: int, server: str, version: int) -> None:
-        """Record that ``shard_id`` lives on ``server`` since ``version`` (idempotent, keeps the highest)."""
+    def record_placement(self, shard_id: int, server: str, version: int, identity: str = "") -> None:
+        """Record that ``shard_id`` lives on ``server`` since ``version`` (idempotent, keeps the highest);
+        ``identity``: the server's `database_identity`, so processes naming it otherwise match the record."""
         ...
 
     def move_state(self, shard_id: int) -> dict[str, Any] | None:

@@ -1241,6 +1241,17 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         self.reload_placement()
         return [(store, self.shard_map.shards_of(index)) for index, store in enumerate(self._live())]
 
+    def _moved_targets(self, targets: list[_schemaops.Target]) -> list[_schemaops.Target] | None:
+        """After a schema operation: the targets again if a shard moved meanwhile (another process's move switched
+        between this one reading placement and taking the servers' schema-change locks, so the operation missed it
+        on both sides), else None. The operations are idempotent: running them again does what is left."""
+        again = self._schema_targets()
+        if [(id(store), list(shards)) for store, shards in again] == [
+            (id(store), list(shards)) for store, shards in targets
+        ]:
+            return None
+        return again
+
     def create_index(
         self, kind: int, field: str, *, type: str = "text", unique: bool = False, progress: SchemaProgress | None = None
     ) -> IndexReport:
@@ -1260,6 +1271,14 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         targets = self._schema_targets()
         try:
             report: IndexReport = to_thread(_schemaops.create_index, targets, spec, progress)
+            for _ in range(MAX_HOPS):
+                moved = self._moved_targets(targets)
+                if moved is None:
+                    break
+                targets = moved
+                again: IndexReport = to_thread(_schemaops.create_index, targets, spec, None)
+                report.built += again.built
+                report.rebuilt += again.rebuilt
         finally:
             self._index_catalog.invalidate()
         return report
@@ -1273,6 +1292,12 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         targets = self._schema_targets()
         try:
             report: IndexReport = to_thread(_schemaops.drop_index, targets, kind, field, progress)
+            for _ in range(MAX_HOPS):
+                moved = self._moved_targets(targets)
+                if moved is None:
+                    break
+                targets = moved
+                report.dropped += to_thread(_schemaops.drop_built, targets, report.index)
         finally:
             self._index_catalog.invalidate()
         return report
@@ -1305,6 +1330,13 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         report: MigrationReport = to_thread(
             lambda: _schemaops.migrate(targets, migrations, dry_run=dry_run, progress=progress, wait=wait)
         )
+        for _ in range(0 if dry_run else MAX_HOPS):
+            moved = self._moved_targets(targets)
+            if moved is None:
+                break
+            targets = moved
+            again: MigrationReport = to_thread(_schemaops.migrate_again, targets, migrations, wait)
+            _schemaops.add_rerun(report, again)
         return report
 
     def migration_status(self, path: str | Path | None = None) -> MigrationStatus:

@@ -9,6 +9,7 @@ new server).
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -28,6 +29,7 @@ __all__ = [
     "PlacementFollower",
     "PlacementMixin",
     "ShardMover",
+    "canonical_identity",
     "export_map",
     "match_identity",
     "mover_of",
@@ -40,10 +42,31 @@ MAX_HOPS = 8  # ShardMoved refusals followed by one call before giving up (a cha
 _T = TypeVar("_T")
 
 
+def canonical_identity(identity: str) -> str:
+    """A database identity ("system/start/dbname/oid") with its start time as UTC microseconds
+    (``2026-11-30T09:00:00.000001Z``, what `hvbackend_postgres._move.identity_text` writes now); forwarding stubs
+    written by earlier releases hold the start time in their session's TimeZone (``2026-11-30T10:00:00.000001+01:00``,
+    microseconds left out when zero), rewritten here. Anything else is returned as it is."""
+    parts = identity.split("/", 2)
+    if len(parts) < 3 or parts[1].endswith("Z"):
+        return identity
+    try:
+        start = datetime.datetime.fromisoformat(parts[1])
+    except ValueError:
+        return identity
+    if start.tzinfo is None:
+        return identity
+    utc = start.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return f"{parts[0]}/{utc}/{parts[2]}"
+
+
 def match_identity(identity: str, known: Mapping[str, str]) -> str | None:
     """The label in ``known`` (label → database identity, "system/start/dbname/oid") reaching the database
     ``identity`` names, or None: the exact identity first; else the one entry whose identity matches without the
-    server's start time (the target restarted since the move), if only one does."""
+    server's start time (the target restarted since the move), if only one does. Both sides are compared in
+    `canonical_identity` form (a stub written by an earlier release matches)."""
+    identity = canonical_identity(identity)
+    known = {label: canonical_identity(found) for label, found in known.items()}
     exact = [label for label, found in known.items() if found == identity]
     if len(exact) == 1:
         return exact[0]
@@ -143,21 +166,45 @@ class PlacementMixin(PlacementFollower):
         """Read the placement recorded on every reachable server and apply the newest entry of each shard."""
         stores = self._live()
         labels = [store.label for store in stores]
-        newest: dict[int, tuple[int, str]] = {}
+        newest: dict[int, tuple[int, str, str]] = {}
         for store in stores:
             try:
-                recorded = mover_of(store).placement()
+                mover = mover_of(store)
+                records = getattr(mover, "placement_records", None)
+                recorded = (
+                    records()
+                    if records is not None
+                    else {shard: (label, version, "") for shard, (label, version) in mover.placement().items()}
+                )
             except MoveError:
                 return self.shard_map
             except Exception:  # an unreachable server: the others (and ShardMoved refusals) still tell
                 continue
-            for shard, (label, version) in recorded.items():
-                if version > newest.get(shard, (0, ""))[0]:
-                    newest[shard] = (version, label)
-        for shard, (version, label) in sorted(newest.items()):
-            if label in labels and shard in self.shard_map:
+            for shard, (label, version, identity) in recorded.items():
+                if version > newest.get(shard, (0, "", ""))[0]:
+                    newest[shard] = (version, label, identity)
+        for shard, (version, label, identity) in sorted(newest.items()):
+            if shard not in self.shard_map:
+                continue
+            if label not in labels and identity:  # this config names the server otherwise (localhost, a pooler)
+                label = match_identity(identity, self._known_identities()) or label
+            if label in labels:
                 self._apply_placement(shard, labels.index(label), version)
         return self.shard_map
+
+    def _known_identities(self) -> dict[str, str]:
+        """Label → database identity of this datastore's servers, each read once (one session each; unreachable
+        servers and backends without moves left out)."""
+        known: dict[str, str] | None = self.__dict__.get("_placement_identities")
+        if known is None:
+            known = {}
+            for store in self._live():
+                try:
+                    known[store.label] = mover_of(store).database_identity()
+                except Exception:  # unreachable, or no moves on this backend: not matched by identity
+                    continue
+            self.__dict__["_placement_identities"] = known
+        return known
 
     def shared_databases(self) -> list[tuple[str, ...]]:
         """Groups of this datastore's server entries that reach one database under different names (``127.0.0.1``
@@ -222,10 +269,12 @@ class PlacementMixin(PlacementFollower):
             raise
         metrics.shard_move(report)
         self._apply_placement(shard_id, target_index, report.version)
+        identity = ""
         for index, store in enumerate(stores):
             if index not in (source_index, target_index):
                 try:
-                    mover_of(store).record_placement(shard_id, target.label, report.version)
+                    identity = identity or mover_of(target).database_identity()
+                    mover_of(store).record_placement(shard_id, target.label, report.version, identity)
                 except Exception as exc:  # the source's forwarding pointer still redirects every process
                     report.notes.append(f"placement not recorded on {store.label}: {type(exc).__name__}")
         return report

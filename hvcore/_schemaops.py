@@ -34,11 +34,14 @@ __all__ = [
     "INDEX_CACHE_SECONDS",
     "IndexCatalog",
     "Target",
+    "add_rerun",
     "create_index",
+    "drop_built",
     "drop_index",
     "index_builder_of",
     "list_indexes",
     "migrate",
+    "migrate_again",
     "migration_status",
     "migrator_of",
 ]
@@ -205,6 +208,14 @@ def drop_index(targets: Sequence[Target], kind: int, name: str, progress: Schema
         builder.forget(spec)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def drop_built(targets: Sequence[Target], spec: IndexSpec) -> int:
+    """Drop ``spec`` again from these shards (a shard moved while `drop_index` ran); returns how many had it."""
+    targets = _by_database(targets)
+    builders = [(index_builder_of(store), shards) for store, shards in targets]
+    work = [(lambda stop, b=builder, s=shards: b.drop(spec, s, lambda _: None, stop)) for builder, shards in builders]
+    return sum(_parallel(work))
 
 
 def list_indexes(targets: Sequence[Target]) -> list[IndexInfo]:
@@ -387,6 +398,26 @@ def migrate(
             run.seconds = time.perf_counter() - t0
     report.seconds = time.perf_counter() - started
     return report
+
+
+def migrate_again(targets: Sequence[Target], migrations: Sequence[Migration], wait: float) -> MigrationReport:
+    """`migrate` once more, without progress (shards that moved while the first run read placement)."""
+    return migrate(targets, migrations, dry_run=False, progress=None, wait=wait)
+
+
+def add_rerun(report: MigrationReport, again: MigrationReport) -> None:
+    """Count into ``report`` what a second run (shards that moved during the first) applied."""
+    runs = {run.version: run for run in report.runs}
+    report.shards = max(report.shards, again.shards)
+    for run in again.runs:
+        first = runs.get(run.version)
+        if first is None:
+            report.runs.append(run)
+            continue
+        first.applied += run.applied
+        first.already = max(report.shards - first.applied, 0)
+        first.seconds += run.seconds
+    report.seconds += again.seconds
 
 
 def migration_status(targets: Sequence[Target], migrations: Sequence[Migration] | None) -> MigrationStatus:

@@ -222,14 +222,16 @@ class ShardTransaction:
             raise
 
     def _moved(self, moved: ShardMoved) -> ShardMoved:
-        """The error for a shard that moved away under the transaction; new transactions go to its new server."""
+        """The error for a shard that moved away under the transaction; new transactions go to its new server
+        (matched by database identity when this config names it otherwise, as the datastore's own calls do)."""
         with suppress(HypervaultError):
-            self._db._follow(moved)
+            self._db._follow_moved(moved)
         return ShardMoved(
             f"{moved}: the transaction on shard {self.shard_id} cannot follow it (its statements ran on the old server) and is rolled back when its block ends; run it again (new transactions go to the new server)",
             shard_id=moved.shard_id,
             server=moved.server,
             version=moved.version,
+            identity=moved.identity,
         )
 
     def _key(self, key: object, operation: str) -> Key:

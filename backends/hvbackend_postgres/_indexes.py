@@ -36,7 +36,7 @@ from hvbackend_postgres._common import ADVISORY_LOCK, HSTORE_SCHEMA_SQL, refusal
 from hvbackend_postgres._indexsql import field_expr, index_ddl
 from hvbackend_postgres._schema import PKEY_INDEX, TABLE, shard_schema
 from hvcore._schemadefs import TIMESTAMP_PATTERN, IndexSpec
-from hvcore.errors import DuplicateValue, MigrationError
+from hvcore.errors import DuplicateValue, HypervaultError, MigrationError
 
 __all__ = [
     "META_LOCK",
@@ -52,8 +52,10 @@ __all__ = [
     "index_states",
     "is_unique_violation",
     "live_shards",
+    "lock_holder",
     "narrow_version_tables",
     "recorded_indexes",
+    "refused",
     "schema_lock",
     "unique_violation",
 ]
@@ -96,6 +98,30 @@ class SchemaEndpoint(Protocol):
     def _unavailable(self, exc: BaseException) -> Exception:
         """The `ServerUnavailable` for a failed connection (password masked)."""
         ...
+
+
+def refused(exc: psycopg.Error, conn: Conn | None, store: SchemaEndpoint, doing: str) -> HypervaultError | None:
+    """`PermissionDenied` or `ReadOnlyServer` (`_common.refusal_error`) for a schema statement the server refused,
+    its message starting with ``doing`` (the operation, and the shard when there is one); None for other errors."""
+    role = ""
+    with contextlib.suppress(Exception):
+        role = conn.info.user if conn is not None else ""
+    found = refusal_error(exc, store.label, role or str(store._kwargs.get("user") or ""))
+    if found is None:
+        return None
+    return type(found)(f"{doing}: {found}")
+
+
+@contextlib.contextmanager
+def refusals(store: SchemaEndpoint, conn: Conn, doing: str) -> Iterator[Conn]:
+    """Yield ``conn``; a privilege or read-only refusal inside becomes `refused`'s typed error."""
+    try:
+        yield conn
+    except psycopg.Error as exc:
+        found = refused(exc, conn, store, doing)
+        if found is None:
+            raise
+        raise found from None
 
 
 def admin_connection(store: SchemaEndpoint) -> Conn:
@@ -202,7 +228,8 @@ def unique_violation(exc: psycopg.Error, shard_id: int, label: str) -> Duplicate
     )
 
 
-def _holder(conn: Conn, key: int) -> str:
+def lock_holder(conn: Conn, key: int) -> str:
+    """Who holds the advisory lock ``key`` (pid, application_name, client, since), for messages."""
     row = conn.execute(
         "SELECT a.pid, a.application_name, a.client_addr::text, a.backend_start FROM pg_locks l "
         "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted "
@@ -232,13 +259,15 @@ def schema_lock(store: SchemaEndpoint, wait: float) -> Iterator[Conn]:
         while conn.execute("SELECT pg_try_advisory_lock(%s)", (SCHEMA_LOCK,)).fetchone() != (True,):
             if time.monotonic() >= deadline:
                 raise MigrationError(
-                    f"another schema change (hv migrate, or an index build or drop) runs on {store.label}: held by "
-                    f"{_holder(conn, SCHEMA_LOCK)}; wait for it to finish"
+                    f"another schema change (hv migrate, an index build or drop, or the switch of a shard move) runs "
+                    f"on {store.label}: held by "
+                    f"{lock_holder(conn, SCHEMA_LOCK)}; wait for it to finish"
                     + (f" (waited {wait:g} s)" if wait > 0 else ", or pass wait=SECONDS (hv migrate --wait)"),
                     server=store.label,
                 )
             time.sleep(min(0.2, max(deadline - time.monotonic(), 0.01)))
-        yield conn
+        with refusals(store, conn, "a schema change"):
+            yield conn
     finally:
         conn.close()
 
@@ -283,7 +312,8 @@ class PostgresIndexes:
     def _conn(self) -> Iterator[Conn]:
         conn = admin_connection(self.store)
         try:
-            yield conn
+            with refusals(self.store, conn, "index bookkeeping (hypervault.indexes)"):
+                yield conn
         finally:
             conn.close()
 
@@ -360,6 +390,9 @@ class PostgresIndexes:
                 raise self.store._unavailable(exc) from None
             with contextlib.suppress(psycopg.Error):
                 self._drop_one(conn, spec, shard)  # what the failed build left: the shard is as it was
+            found = refused(exc, conn, self.store, f"building index {spec.name} in shard {shard}")
+            if found is not None:
+                raise found from None
             detail = f" ({exc.diag.message_detail})" if exc.diag.message_detail else ""
             raise MigrationError(
                 f"building index {spec.name} (kind {spec.kind}, field {spec.field!r}, {spec.type}"
@@ -397,7 +430,8 @@ class PostgresIndexes:
                 if stop():
                     break
                 if shard in states:
-                    self._drop_one(conn, spec, shard)
+                    with refusals(self.store, conn, f"dropping index {spec.name} in shard {shard}"):
+                        self._drop_one(conn, spec, shard)
                     dropped += 1
                 progress(1)
         return dropped

@@ -52,6 +52,8 @@ from hvbackend_postgres._indexes import (
     live_shards,
     narrow_version_tables,
     recorded_indexes,
+    refusals,
+    refused,
     schema_lock,
 )
 from hvbackend_postgres._schema import TABLE, shard_schema
@@ -71,7 +73,9 @@ __all__ = [
     "path_capture",
     "path_guard",
     "plan_migration",
+    "reconcile_indexes",
     "replay_migrations",
+    "replay_new_migrations",
 ]
 
 _OUTSIDE = "cannot run in a transaction"
@@ -297,7 +301,8 @@ class PostgresMigrator:
             return
         conn = admin_connection(self.store)
         try:
-            yield conn
+            with refusals(self.store, conn, "migration bookkeeping (hypervault.migrations, hypervault.shard_versions)"):
+                yield conn
         finally:
             conn.close()
 
@@ -408,7 +413,17 @@ class PostgresMigrator:
             if conn.closed:
                 raise
             self._rollback(conn)
-            raise self._failure(conn, migration, plan, shard, ext, exc) from None
+            failure = self._failure(conn, migration, plan, shard, ext, exc)
+            found = refused(exc, conn, self.store, self._where(migration, shard, failure.statement))
+            raise (found or failure) from None
+
+    @staticmethod
+    def _where(migration: Migration, shard: int, statement: str | None) -> str:
+        shown = f", statement `{_short(statement)}`" if statement else ""
+        return (
+            f"migration {migration.filename} in shard {shard}{shown} (rolled back in that shard; the shards done "
+            "before it keep it, and hv migrate continues here once the server accepts it)"
+        )
 
     @staticmethod
     def _rollback(conn: Conn) -> None:
@@ -497,6 +512,9 @@ class PostgresMigrator:
                                 sql.Identifier(schema), sql.Identifier(statement.concurrent_index)
                             )
                         )
+                found = refused(exc, conn, self.store, self._where(migration, shard, statement.text))
+                if found is not None:
+                    raise found from None
                 detail = f" ({exc.diag.message_detail})" if exc.diag.message_detail else ""
                 raise MigrationError(
                     f"migration {migration.filename} failed in shard {shard} on {self.store.label}, statement "
@@ -629,39 +647,114 @@ def _hstore_schema(dst: Conn, backend: str) -> str | None:
     return str(row[0]) if row else "public"
 
 
-_REPLAYED = "hypervault: migrations replayed"  # the staging schema's comment once they are
+_REPLAYED = "hypervault: migrations replayed"  # the staging schema's comment once they are, then ": 1,2,..."
+
+
+def _replayed(dst: Conn, staging: str) -> tuple[bool, set[int] | None]:
+    """Whether the shard's migrations were replayed on the staging schema (its comment), and which versions.
+
+    A comment written before the versions were listed (exactly `_REPLAYED`) gives (True, None): unknown, the
+    caller counts the versions the source shard has as replayed (what such a move did)."""
+    row = dst.execute("SELECT obj_description(to_regnamespace(%s), 'pg_namespace')", (staging,)).fetchone()
+    text = row[0] if row is not None else None
+    if not isinstance(text, str) or not text.startswith(_REPLAYED):
+        return False, None
+    if text == _REPLAYED:
+        return True, None
+    listed = text[len(_REPLAYED) :].lstrip(": ")
+    return True, {int(v) for v in listed.split(",") if v.strip().isdigit()}
+
+
+def _mark_replayed(dst: Conn, staging: str, versions: set[int]) -> None:
+    text = f"{_REPLAYED}: {','.join(str(v) for v in sorted(versions))}"
+    dst.execute(sql.SQL("COMMENT ON SCHEMA {} IS {}").format(sql.Identifier(staging), sql.Literal(text)))
+
+
+def _replay(ctl: Conn, dst: Conn, shard_id: int, staging: str, backend: str, versions: set[int]) -> None:
+    """Run the in-transaction form of these recorded migrations on the staging schema (in dst's transaction)."""
+    replayed = [plan_migration(m) for m in _registry(ctl) if m.version in versions]
+    if not replayed:
+        return
+    ext = _hstore_schema(dst, backend)
+    dst.execute(
+        sql.SQL("SET LOCAL search_path = {}, {}").format(sql.Identifier(staging), sql.Identifier(ext or "public"))
+    )
+    path = dst.execute("SELECT pg_catalog.current_setting('search_path')").fetchone()
+    for plan in replayed:
+        for statement in plan.statements:
+            if statement.in_transaction is not None:
+                dst.execute(sql.SQL(statement.in_transaction))
+                if dst.execute("SELECT pg_catalog.current_setting('search_path')").fetchone() != path:
+                    raise MoveError(
+                        f"a migration of shard {shard_id} changes search_path (`{_short(statement.text)}`): "
+                        "replayed on the target, its objects would land outside the shard's schema. The move "
+                        "was refused (the target's copy is rolled back); write a migration that undoes that "
+                        "file's effect outside the shard, then move again"
+                    )
+    dst.execute("RESET search_path")
 
 
 def replay_migrations(ctl: Conn, dst: Conn, shard_id: int, staging: str, backend: str) -> None:
     """In the target's transaction that creates the staging table: copy the source's records (index definitions,
     migrations) to the target, and replay the shard's migrations once, with the staging schema first on the search
     path, while its entities table is still empty — the copy then brings the rows, which the migrations already
-    changed on the source (a data migration is not applied twice)."""
+    changed on the source (a data migration is not applied twice). The versions replayed are listed in the
+    staging schema's comment (`replay_new_migrations` adds those applied on the source during the move)."""
     _upsert_records(ctl, dst)
-    comment = dst.execute("SELECT obj_description(to_regnamespace(%s), 'pg_namespace')", (staging,)).fetchone()
-    if comment is not None and comment[0] == _REPLAYED:
+    if _replayed(dst, staging)[0]:
         return  # a resumed move: replayed when the staging table was made
     versions = _versions(ctl, [shard_id]).get(shard_id, set())
-    replayed = [plan_migration(m) for m in _registry(ctl) if m.version in versions]
-    if replayed:
-        ext = _hstore_schema(dst, backend)
-        dst.execute(
-            sql.SQL("SET LOCAL search_path = {}, {}").format(sql.Identifier(staging), sql.Identifier(ext or "public"))
-        )
-        path = dst.execute("SELECT pg_catalog.current_setting('search_path')").fetchone()
-        for plan in replayed:
-            for statement in plan.statements:
-                if statement.in_transaction is not None:
-                    dst.execute(sql.SQL(statement.in_transaction))
-                    if dst.execute("SELECT pg_catalog.current_setting('search_path')").fetchone() != path:
-                        raise MoveError(
-                            f"a migration of shard {shard_id} changes search_path (`{_short(statement.text)}`): "
-                            "replayed on the target, its objects would land outside the shard's schema. The move "
-                            "was refused (the target's copy is rolled back); write a migration that undoes that "
-                            "file's effect outside the shard, then move again"
-                        )
-        dst.execute("RESET search_path")
-    dst.execute(sql.SQL("COMMENT ON SCHEMA {} IS {}").format(sql.Identifier(staging), sql.Literal(_REPLAYED)))
+    _replay(ctl, dst, shard_id, staging, backend, versions)
+    _mark_replayed(dst, staging, versions)
+
+
+def replay_new_migrations(ctl: Conn, dst: Conn, shard_id: int, staging: str, backend: str) -> list[int]:
+    """Under the fence and the source's schema-change lock: replay on the staging schema the migrations the source
+    shard got since the staging table was made (an ``hv migrate`` that ran during the move), in one transaction
+    of the target; returns their versions.
+
+    Run before the last changes are replayed: rows such a migration changed on the source were logged by the change
+    capture, so the source's rows replace what the replay did to them (a data migration whose rows a catch-up round
+    had already brought over changes them twice: the checksum then differs and the move stops before its switch;
+    a resume copies again, with every migration replayed on the empty table)."""
+    versions = _versions(ctl, [shard_id]).get(shard_id, set())
+    replayed, done = _replayed(dst, staging)
+    if not replayed or done is None:  # not prepared, or prepared by an earlier release: see `_replayed`
+        return []
+    new = versions - done
+    if not new:
+        return []
+    with dst.transaction():
+        _upsert_records(ctl, dst)
+        _replay(ctl, dst, shard_id, staging, backend, new)
+        _mark_replayed(dst, staging, done | new)
+    return sorted(new)
+
+
+def reconcile_indexes(ctl: Conn, dst: Conn, staging: str, backend: str) -> tuple[list[str], list[str]]:
+    """Under the fence and the source's schema-change lock, once the staging copy equals the source: build the
+    active recorded indexes the staging table lacks (created during the move), drop those no longer recorded as
+    active (dropped during the move) or INVALID; returns (built, dropped) index names."""
+    active = {spec.name: spec for spec in recorded_indexes(ctl) if spec.state == "active"}
+    present = {
+        str(name): bool(valid)
+        for name, valid in dst.execute(
+            "SELECT i.relname, x.indisvalid FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid "
+            "JOIN pg_namespace n ON n.oid = i.relnamespace WHERE n.nspname = %s AND i.relname LIKE 'hv\\_k%%'",
+            (staging,),
+        ).fetchall()
+    }
+    dropped = sorted(name for name, valid in present.items() if name not in active or not valid)
+    built = sorted(name for name in active if not present.get(name))
+    if not dropped and not built:
+        return [], []
+    ext = _hstore_schema(dst, backend)
+    with dst.transaction():
+        for name in dropped:
+            dst.execute(sql.SQL("DROP INDEX IF EXISTS {}.{}").format(sql.Identifier(staging), sql.Identifier(name)))
+        for name in built:
+            dst.execute(index_ddl(active[name], staging, ext, concurrently=False))
+    return built, dropped
 
 
 def carry_indexes(ctl: Conn, dst: Conn, staging: str, backend: str) -> sql.Composable:

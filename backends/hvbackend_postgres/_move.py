@@ -11,8 +11,13 @@ Phases (each recorded in ``hypervault.moves`` on the source, so an interrupted m
 3. **catchup** — rounds of: delete a batch of logged ids (``DELETE … RETURNING``, in a transaction that commits
    only after the target did), re-read those rows on the source, replace them on the target. Replaying an id
    twice is harmless, so a crash anywhere only replays more. Rounds stop once one finds few changes.
-4. **fence** — ``LOCK TABLE … IN EXCLUSIVE MODE`` on the source shard only: its writers wait (reads go on), other
-   shards never notice. The last logged changes are replayed under the lock.
+4. **fence** — first the source server's schema-change lock (``_indexes.SCHEMA_LOCK``, shared: ``hv migrate`` and
+   index builds and drops hold it exclusively, so the move waits for one that runs, catching up meanwhile), then
+   ``LOCK TABLE … IN EXCLUSIVE MODE`` on the source shard only: its writers wait (reads go on), other shards never
+   notice. Under both: migrations the source shard got during the move are replayed on the copy, the last logged
+   changes are replayed, and the copy gets the indexes recorded (or loses those dropped) during the move — so a
+   schema change racing a move ends on the shard's final home. (A schema change reading placement just before the
+   switch, and locking just after it, misses the shard on both servers: the `Datastore` runs it again there.)
 5. **verify** — row count and a checksum of every row (sum of ``hashtextextended`` over ``id, kind, body::text``,
    order independent) on both sides, in parallel, under the lock. A mismatch aborts before the switch.
 6. **switch** — still under the lock, the source table moves to ``hv_src_NNNN`` and ``shardNNNN.entities``
@@ -45,10 +50,19 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 
 from hvbackend_postgres._bouncer import session_lock_refusal, transaction_pooled
-from hvbackend_postgres._migrate import adopt_staging, carry_indexes, check_movable, replay_migrations
+from hvbackend_postgres._common import refusal_error
+from hvbackend_postgres._indexes import SCHEMA_LOCK, lock_holder
+from hvbackend_postgres._migrate import (
+    adopt_staging,
+    carry_indexes,
+    check_movable,
+    reconcile_indexes,
+    replay_migrations,
+    replay_new_migrations,
+)
 from hvbackend_postgres._schema import BODY_INDEX, KIND_INDEX, PKEY_INDEX, TABLE, drop_stub_sql, shard_schema, stub_sql
 from hvcore._placement import MoveProgress, MoveReport
-from hvcore.errors import MoveError
+from hvcore.errors import HypervaultError, MoveError, PermissionDenied, ReadOnlyServer
 
 __all__ = [
     "CATCHUP_BATCH",
@@ -66,6 +80,7 @@ COPY_CHUNK = 50_000  # rows per committed chunk of the bulk copy: an interrupted
 CATCHUP_BATCH = 20_000  # logged changes replayed per round
 FENCE_BELOW = 2_000  # a round replaying fewer changes than this ends the catch-up: the rest is done fenced
 MAX_CATCHUP_ROUNDS = 30
+SCHEMA_WAIT = 600.0  # longest wait for a schema change on the source (hv migrate, an index build) before the fence
 LOCK_TIMEOUT = "1s"  # longest wait for the fence's lock (and trigger DDL) before giving way and retrying
 FENCE_ATTEMPTS = 5
 _MOVE_LOCK = 0x68765F6D6F7665  # "hv_move": advisory lock (key, shard) held by the one mover of a shard
@@ -108,24 +123,48 @@ _META_DDL = (
 )
 
 
+# placement records name the server by the mover's label and, since, by its database identity (`_record_placement`)
+_IDENTITY_COLUMN = "ALTER TABLE hypervault.placement ADD COLUMN IF NOT EXISTS identity text NOT NULL DEFAULT ''"
+_META_READY_SQL = (
+    "SELECT to_regclass('hypervault.moves') IS NOT NULL AND EXISTS (SELECT 1 FROM pg_catalog.pg_attribute "
+    "WHERE attrelid = to_regclass('hypervault.placement') AND attname = 'identity' AND NOT attisdropped)"
+)
+
+
 def _ensure_meta(conn: Conn) -> None:
-    if conn.execute("SELECT to_regclass('hypervault.moves') IS NOT NULL").fetchone() == (True,):
+    if conn.execute(_META_READY_SQL).fetchone() == (True,):
         return
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_META_LOCK,))
         conn.execute(_META_DDL)
+        # a table made by an earlier release gets the column; a role not owning it leaves it as it is
+        with contextlib.suppress(pg_errors.InsufficientPrivilege), conn.transaction():
+            conn.execute(_IDENTITY_COLUMN)
 
 
+def _has_identity_column(conn: Conn) -> bool:
+    return conn.execute(_META_READY_SQL).fetchone() == (True,)
+
+
+# Every part renders the same whatever the session's settings (an entry's options may set TimeZone, DateStyle,
+# extra_float_digits, search_path...): the start time in UTC through to_char (which neither TimeZone nor DateStyle
+# changes), names and oids as they are, each function and operator qualified with pg_catalog (a search_path naming
+# pg_catalog after a schema of look-alikes cannot reroute them).
 IDENTITY_SQL = (
-    "SELECT current_database(), (SELECT oid FROM pg_database WHERE datname = current_database()), "
-    "pg_postmaster_start_time()"
+    "SELECT pg_catalog.current_database(), (SELECT d.oid FROM pg_catalog.pg_database d WHERE d.datname "
+    "OPERATOR(pg_catalog.=) pg_catalog.current_database()), pg_catalog.to_char(pg_catalog.timezone('UTC', "
+    'pg_catalog.pg_postmaster_start_time()), \'YYYY-MM-DD"T"HH24:MI:SS.US"Z"\')'
 )
-SYSTEM_ID_SQL = "SELECT system_identifier FROM pg_control_system()"
+SYSTEM_ID_SQL = "SELECT system_identifier FROM pg_catalog.pg_control_system()"
 
 
 def identity_text(system: str, row: Any) -> str:
-    """The identity string of `database_identity` from the system identifier and `IDENTITY_SQL`'s row."""
-    return f"{system}/{row[2].isoformat()}/{row[0]}/{row[1]}"
+    """The identity string of `database_identity` from the system identifier and `IDENTITY_SQL`'s row:
+    ``system/start/dbname/oid``, the start as ``2026-11-30T09:00:00.000001Z`` (UTC, microseconds).
+
+    Stubs written before (the start in the session's TimeZone, ``...+01:00``) are still matched:
+    `hvcore._placement.canonical_identity` rewrites that form to this one."""
+    return f"{system}/{row[2]}/{row[0]}/{row[1]}"
 
 
 def database_identity(conn: Conn) -> str:
@@ -143,6 +182,57 @@ def database_identity(conn: Conn) -> str:
         found = conn.execute(SYSTEM_ID_SQL).fetchone()
         system = str(found[0]) if found else "?"
     return identity_text(system, row)
+
+
+_CAN_MOVE_SQL = (
+    "SELECT pg_catalog.pg_is_in_recovery() OR pg_catalog.current_setting('transaction_read_only') = 'on', "
+    "pg_catalog.has_database_privilege(pg_catalog.current_database(), 'CREATE'), "
+    "(SELECT pg_catalog.pg_has_role(c.relowner, 'USAGE') FROM pg_catalog.pg_class c "
+    "WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(%s)), current_user"
+)
+
+
+def move_refusal(conn: Conn, shard_id: int, label: str, side: str, *, owns_table: bool) -> HypervaultError | None:
+    """`ReadOnlyServer` or `PermissionDenied` for a move side that cannot take it, before anything changes: the
+    server refuses writes, the role lacks CREATE on the database (the move makes schemas on both sides) or, on the
+    source (``owns_table``), does not own the shard's table (change capture triggers, the switch's ALTER)."""
+    row = conn.execute(_CAN_MOVE_SQL, (f'"{shard_schema(shard_id)}"."{TABLE}"',)).fetchone()
+    assert row is not None
+    read_only, create, owner, role = bool(row[0]), bool(row[1]), row[2], str(row[3])
+    what = f"cannot move shard {shard_id}: the {side} server {label}"
+    if read_only:
+        return ReadOnlyServer(
+            f"{what} refuses writes (a standby, or a read-only database or role {role!r}); nothing was changed. "
+            "Point the entry at the primary, or ALTER DATABASE/ROLE ... SET default_transaction_read_only = off"
+        )
+    if not create:
+        return PermissionDenied(
+            f"{what} does not let role {role!r} create schemas (a move makes its working schemas there); nothing "
+            f"was changed. GRANT CREATE ON DATABASE <db> TO {role} (or move as the role that ran hv init)"
+        )
+    if owns_table and owner is False:
+        return PermissionDenied(
+            f"{what}: role {role!r} does not own {shard_schema(shard_id)}.{TABLE} (a move installs change capture "
+            "on it and moves it aside at the switch); nothing was changed. Move as the role that ran hv init (the "
+            "owner of the shard schemas), or GRANT <owner> TO " + role
+        )
+    return None
+
+
+@contextlib.contextmanager
+def _refusals(doing: str, labels: str, conn: Conn, after: str = "") -> Iterator[None]:
+    """A privilege or read-only refusal (`_common.refusal_error`) inside becomes `PermissionDenied` /
+    `ReadOnlyServer` saying ``doing`` and naming ``labels``; other errors pass."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        role = ""
+        with contextlib.suppress(Exception):
+            role = conn.info.user
+        found = refusal_error(exc, labels, role)
+        if found is None:
+            raise
+        raise type(found)(f"{doing}: {found}{after}") from None
 
 
 def same_database_refusal(shard_id: int, source: str, target: str) -> MoveError:
@@ -179,7 +269,16 @@ def _checksum_sql(table: sql.Composable) -> sql.Composed:
     ).format(table)
 
 
-def _record_placement(conn: Conn, shard_id: int, server: str, version: int) -> None:
+def _record_placement(conn: Conn, shard_id: int, server: str, version: int, identity: str = "") -> None:
+    """Record shard → server (label, and database identity so processes naming it otherwise match it)."""
+    if identity and _has_identity_column(conn):
+        conn.execute(
+            "INSERT INTO hypervault.placement (shard, server, version, identity) VALUES (%s, %s, %s, %s) "
+            "ON CONFLICT (shard) DO UPDATE SET server = EXCLUDED.server, version = EXCLUDED.version, "
+            "identity = EXCLUDED.identity, updated_at = now() WHERE hypervault.placement.version < EXCLUDED.version",
+            (shard_id, server, version, identity),
+        )
+        return
     conn.execute(
         "INSERT INTO hypervault.placement (shard, server, version) VALUES (%s, %s, %s) "
         "ON CONFLICT (shard) DO UPDATE SET server = EXCLUDED.server, version = EXCLUDED.version, updated_at = now() "
@@ -211,17 +310,24 @@ class PostgresMover:
 
     def placement(self) -> dict[int, tuple[str, int]]:
         """Shard → (server label, version) recorded on this server (empty if no shard moved in or out)."""
+        return {shard: (label, version) for shard, (label, version, _) in self.placement_records().items()}
+
+    def placement_records(self) -> dict[int, tuple[str, int, str]]:
+        """Shard → (server label, version, database identity) recorded on this server; the identity is "" for
+        records written before identities were (`hvcore._placement.match_identity` matches the others)."""
         with self._conn() as conn:
             if conn.execute("SELECT to_regclass('hypervault.placement') IS NULL").fetchone() == (True,):
                 return {}
-            rows = conn.execute("SELECT shard, server, version FROM hypervault.placement").fetchall()
-        return {int(r[0]): (str(r[1]), int(r[2])) for r in rows}
+            column = "identity" if _has_identity_column(conn) else "''"
+            rows = conn.execute(f"SELECT shard, server, version, {column} FROM hypervault.placement").fetchall()
+        return {int(r[0]): (str(r[1]), int(r[2]), str(r[3] or "")) for r in rows}
 
-    def record_placement(self, shard_id: int, server: str, version: int) -> None:
-        """Record that ``shard_id`` lives on ``server`` since ``version`` (keeps the highest version)."""
+    def record_placement(self, shard_id: int, server: str, version: int, identity: str = "") -> None:
+        """Record that ``shard_id`` lives on ``server`` (whose database is ``identity``, if given) since ``version``
+        (keeps the highest version)."""
         with self._conn() as conn:
             _ensure_meta(conn)
-            _record_placement(conn, shard_id, server, version)
+            _record_placement(conn, shard_id, server, version, identity)
 
     def move_state(self, shard_id: int) -> dict[str, Any] | None:
         """The move of ``shard_id`` recorded on this server as its source (phase, target, version), or None."""
@@ -274,60 +380,85 @@ class PostgresMover:
             for endpoint, conn in ((source, ctl), (target, dst)):
                 if transaction_pooled(endpoint, conn):
                     raise MoveError(session_lock_refusal(f"a move of shard {shard_id}", endpoint.label))
-            self._target_identity = database_identity(dst)  # also written into the stub (followed by identity)
-            if database_identity(ctl) == self._target_identity:  # before anything changes on either side
-                raise same_database_refusal(shard_id, source.label, target.label)
-            _ensure_meta(ctl)
-            _ensure_meta(dst)
-            got = ctl.execute("SELECT pg_try_advisory_lock(%s, %s)", (_MOVE_LOCK & 0x7FFFFFFF, shard_id)).fetchone()
-            if got != (True,):
-                raise MoveError(f"another process is moving shard {shard_id} from {source.label} right now")
-            state = self._state(ctl, shard_id)
-            if state is not None and state["phase"] == "switched":
-                # a stale record of an older move out of here; the shard is live here again
-                self._forget_old_source(ctl, shard_id)
-                state = None
-            if state is not None and state["target"] != target.label:
-                raise MoveError(
-                    f"shard {shard_id} has an unfinished move to {state['target']} (phase {state['phase']}): "
-                    f"resume it with that target, or roll it back first (hv shard move {shard_id} --rollback)"
-                )
-            if shard_state(ctl, shard_id) != "live":
-                raise MoveError(f"shard {shard_id} is not served by {source.label}: nothing to move from there")
-            old = self._state(dst, shard_id)
-            if old is not None and old["phase"] == "switched":
-                self._forget_old_source(dst, shard_id)  # rows an older move out of the target left behind
-            if state is not None:
-                report.resumed_from = str(state["phase"])
-                report.version = int(state["version"])
-                self._undo_half_switch(ctl, dst, shard_id, target)
-            else:
-                self._check_target_free(dst, shard_id, target)
-                report.version = 1 + max(self._placed_version(ctl, shard_id), self._placed_version(dst, shard_id), 0)
-                ctl.execute(
-                    "INSERT INTO hypervault.moves (shard, source, target, phase, version) VALUES (%s, %s, %s, %s, %s)",
-                    (shard_id, source.label, target.label, "prepare", report.version),
-                )
-            body_type = self._body_type(dst, target)
-            # a resumed move keeps what the target already has (a copy found wrong restarts from "prepare")
-            keep = state is not None and state["phase"] != "prepare"
-            step("prepare", 0, 1)
-            self._prepare(ctl, dst, shard_id, body_type, keep_staging=keep)
-            step("prepare", 1, 1)
-            if keep and self._staging_indexed(dst, shard_id):
-                report.notes.append("the bulk copy was complete: resumed at the catch-up")
-            else:
-                self._phase(ctl, shard_id, "copy")
-                self._copy(ctl, dst, shard_id, report, step, resume=keep)
-            self._phase(ctl, shard_id, "catchup")
-            self._catchup(ctl, dst, shard_id, report, step)
-            self._fence_and_switch(ctl, dst, shard_id, target, body_type, report, step)
-            if drop_source:
-                step("drop", 0, 1)
-                report.dropped_source = self._drop_source(ctl, shard_id)
-                step("drop", 1, 1)
+            for endpoint, conn, side in ((source, ctl, "source"), (target, dst, "target")):
+                refusal = move_refusal(conn, shard_id, endpoint.label, side, owns_table=side == "source")
+                if refusal is not None:
+                    raise refusal
+            # a privilege or read-only refusal past the checks above: typed, both servers named
+            with _refusals(
+                f"the move of shard {shard_id} stopped",
+                f"{source.label} (source) or {target.label} (target)",
+                ctl,
+                ". Its state is recorded: run the move again once fixed (it resumes), or roll it back",
+            ):
+                self._move(ctl, dst, shard_id, target, report, step, drop_source=drop_source)
         report.seconds = time.perf_counter() - started
         return report
+
+    def _move(
+        self,
+        ctl: Conn,
+        dst: Conn,
+        shard_id: int,
+        target: MoveEndpoint,
+        report: MoveReport,
+        step: MoveProgress,
+        *,
+        drop_source: bool,
+    ) -> None:
+        source = self.store
+        self._target_identity = database_identity(dst)  # also written into the stub (followed by identity)
+        if database_identity(ctl) == self._target_identity:  # before anything changes on either side
+            raise same_database_refusal(shard_id, source.label, target.label)
+        _ensure_meta(ctl)
+        _ensure_meta(dst)
+        got = ctl.execute("SELECT pg_try_advisory_lock(%s, %s)", (_MOVE_LOCK & 0x7FFFFFFF, shard_id)).fetchone()
+        if got != (True,):
+            raise MoveError(f"another process is moving shard {shard_id} from {source.label} right now")
+        state = self._state(ctl, shard_id)
+        if state is not None and state["phase"] == "switched":
+            # a stale record of an older move out of here; the shard is live here again
+            self._forget_old_source(ctl, shard_id)
+            state = None
+        if state is not None and state["target"] != target.label:
+            raise MoveError(
+                f"shard {shard_id} has an unfinished move to {state['target']} (phase {state['phase']}): "
+                f"resume it with that target, or roll it back first (hv shard move {shard_id} --rollback)"
+            )
+        if shard_state(ctl, shard_id) != "live":
+            raise MoveError(f"shard {shard_id} is not served by {source.label}: nothing to move from there")
+        old = self._state(dst, shard_id)
+        if old is not None and old["phase"] == "switched":
+            self._forget_old_source(dst, shard_id)  # rows an older move out of the target left behind
+        if state is not None:
+            report.resumed_from = str(state["phase"])
+            report.version = int(state["version"])
+            self._undo_half_switch(ctl, dst, shard_id, target)
+        else:
+            self._check_target_free(dst, shard_id, target)
+            report.version = 1 + max(self._placed_version(ctl, shard_id), self._placed_version(dst, shard_id), 0)
+            ctl.execute(
+                "INSERT INTO hypervault.moves (shard, source, target, phase, version) VALUES (%s, %s, %s, %s, %s)",
+                (shard_id, source.label, target.label, "prepare", report.version),
+            )
+        body_type = self._body_type(dst, target)
+        # a resumed move keeps what the target already has (a copy found wrong restarts from "prepare")
+        keep = state is not None and state["phase"] != "prepare"
+        step("prepare", 0, 1)
+        self._prepare(ctl, dst, shard_id, body_type, keep_staging=keep)
+        step("prepare", 1, 1)
+        if keep and self._staging_indexed(dst, shard_id):
+            report.notes.append("the bulk copy was complete: resumed at the catch-up")
+        else:
+            self._phase(ctl, shard_id, "copy")
+            self._copy(ctl, dst, shard_id, report, step, resume=keep)
+        self._phase(ctl, shard_id, "catchup")
+        self._catchup(ctl, dst, shard_id, report, step)
+        self._fence_and_switch(ctl, dst, shard_id, target, body_type, report, step)
+        if drop_source:
+            step("drop", 0, 1)
+            report.dropped_source = self._drop_source(ctl, shard_id)
+            step("drop", 1, 1)
 
     @staticmethod
     def _placed_version(conn: Conn, shard_id: int) -> int:
@@ -380,8 +511,9 @@ class PostgresMover:
             dst.execute(sql.SQL("DROP TABLE {}").format(_qualified(shard_schema(shard_id))))
             version = self._placed_version(ctl, shard_id)
             if version > 0:  # it forwarded here before: forward again to where the shard really is
-                dst.execute(stub_sql(shard_id, self._body_type(dst, target), self.store.label, version))
-                _record_placement(dst, shard_id, self.store.label, version)
+                source = database_identity(ctl)
+                dst.execute(stub_sql(shard_id, self._body_type(dst, target), self.store.label, version, source))
+                _record_placement(dst, shard_id, self.store.label, version, source)
 
     def _retry_lock(self, conn: Conn, statement: sql.Composed, what: str) -> None:
         """Run DDL that needs a table lock with a short lock timeout, retrying while writers hold the table."""
@@ -565,7 +697,40 @@ class PostgresMover:
         report: MoveReport,
         step: MoveProgress,
     ) -> None:
+        self._hold_schema_lock(ctl, dst, shard_id)
+        try:
+            self._fence_attempts(ctl, dst, shard_id, target, body_type, report, step)
+        finally:
+            with contextlib.suppress(psycopg.Error):  # a lost session released it already
+                ctl.execute("SELECT pg_advisory_unlock_shared(%s)", (SCHEMA_LOCK,))
+
+    def _hold_schema_lock(self, ctl: Conn, dst: Conn, shard_id: int) -> None:
+        """Take the source server's schema-change lock (shared: moves of other shards go on; `schema_lock`'s
+        holders, hv migrate and index builds and drops, exclude it), replaying changes while one runs: from the
+        fence to the switch no schema change lands on the source shard, and what landed before is on the copy."""
+        deadline = time.monotonic() + SCHEMA_WAIT
+        while ctl.execute("SELECT pg_try_advisory_lock_shared(%s)", (SCHEMA_LOCK,)).fetchone() != (True,):
+            if time.monotonic() >= deadline:
+                raise MoveError(
+                    f"shard {shard_id}: a schema change (hv migrate, an index build or drop) on {self.store.label} "
+                    f"held by {lock_holder(ctl, SCHEMA_LOCK)} did not end within {SCHEMA_WAIT:g} s; the source still "
+                    "serves the shard: resume the move once it is done"
+                )
+            self._replay(ctl, dst, shard_id, CATCHUP_BATCH)
+            time.sleep(0.2)
+
+    def _fence_attempts(
+        self,
+        ctl: Conn,
+        dst: Conn,
+        shard_id: int,
+        target: MoveEndpoint,
+        body_type: sql.Composable,
+        report: MoveReport,
+        step: MoveProgress,
+    ) -> None:
         table = _qualified(shard_schema(shard_id))
+        staging = _dst_schema(shard_id)
         mismatch = False
         for attempt in range(1, FENCE_ATTEMPTS + 1):
             report.fence_attempts = attempt
@@ -577,8 +742,12 @@ class PostgresMover:
                     ctl.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT)))
                     ctl.execute(sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(table))
                     t_locked = time.perf_counter()
+                    # what hv migrate and index builds did to the source shard during the move, on the copy too
+                    check_movable(ctl, shard_id)  # a migration may have added data a move does not copy
+                    new = replay_new_migrations(ctl, dst, shard_id, staging, self.store.backend)
                     while self._replay(ctl, dst, shard_id, CATCHUP_BATCH):
                         pass
+                    built, dropped = reconcile_indexes(ctl, dst, staging, self.store.backend)
                     t_replayed = time.perf_counter()
                     step("fence", 1, 1)
                     step("verify", 0, 1)
@@ -613,8 +782,21 @@ class PostgresMover:
                 self._replay(ctl, dst, shard_id, CATCHUP_BATCH)
                 continue
             report.pause_seconds = time.perf_counter() - t0
+            if new or built or dropped:
+                report.notes.append(
+                    "schema changes made during the move, applied to the copy under the fence: "
+                    + "; ".join(
+                        part
+                        for part in (
+                            f"migrations {', '.join(map(str, new))}" if new else "",
+                            f"indexes built {', '.join(built)}" if built else "",
+                            f"indexes dropped {', '.join(dropped)}" if dropped else "",
+                        )
+                        if part
+                    )
+                )
             # only now (the source's record is the authority): a crash before this leaves the target unrecorded
-            _record_placement(dst, shard_id, target.label, report.version)
+            _record_placement(dst, shard_id, target.label, report.version, self._target_identity)
             report.notes.append(
                 f"pause: lock {1000 * (t_locked - t0):.0f} ms, last changes {1000 * (t_replayed - t_locked):.0f} ms, "
                 f"verify {1000 * (t_verified - t_replayed):.0f} ms, "
@@ -635,7 +817,7 @@ class PostgresMover:
             )
         )
         ctl.execute(stub_sql(shard_id, body_type, server, version, getattr(self, "_target_identity", "")))
-        _record_placement(ctl, shard_id, server, version)
+        _record_placement(ctl, shard_id, server, version, getattr(self, "_target_identity", ""))
         self._phase(ctl, shard_id, "switched")
 
     def _drop_source(self, conn: Conn, shard_id: int) -> bool:
@@ -649,12 +831,13 @@ class PostgresMover:
 
     def drop_source(self, shard_id: int) -> bool:
         """Drop the old rows a finished move out of this server left (the forwarding stub stays)."""
-        with self._conn() as conn:
+        with self._conn() as conn, _refusals(f"dropping the old rows of shard {shard_id}", self.store.label, conn):
             return self._drop_source(conn, shard_id)
 
     def rollback(self, shard_id: int, target: MoveEndpoint | None) -> str:
         """Undo an unfinished move before its switch: capture trigger, change log and target copy go."""
-        with self._conn() as ctl:
+        labels = self.store.label + (f" (source) or {target.label} (target)" if target is not None else "")
+        with self._conn() as ctl, _refusals(f"the rollback of the move of shard {shard_id} stopped", labels, ctl):
             if transaction_pooled(self.store, ctl):
                 raise MoveError(session_lock_refusal(f"a rollback of the move of shard {shard_id}", self.store.label))
             got = ctl.execute("SELECT pg_try_advisory_lock(%s, %s)", (_MOVE_LOCK & 0x7FFFFFFF, shard_id)).fetchone()

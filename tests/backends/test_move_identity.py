@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 from typing import Any
 
 import pytest
@@ -10,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import hvcore
-from hvcore._placement import match_identity
+from hvcore._placement import canonical_identity, match_identity
 
 
 @pytest.fixture
@@ -63,3 +64,85 @@ def test_match_identity_names_one_entry_or_none(
     else:
         assert found is None  # unknown, or ambiguous (two entries reach one database): never a guess
     assert match_identity(f"?/{start}/{db}", {label: f"?/x/{db}" for label in known}) is None
+
+
+@given(
+    st.datetimes(
+        min_value=datetime.datetime(2000, 1, 1), max_value=datetime.datetime(2100, 1, 1), timezones=st.timezones()
+    ),
+    _SYSTEMS,
+    _DBS,
+)
+def test_a_stub_written_in_a_session_time_zone_matches_the_utc_identity(
+    start: datetime.datetime, system: str, db: str
+) -> None:
+    """Stubs left by earlier releases name the start time in their session's TimeZone (isoformat, offset)."""
+    new = f"{system}/{start.astimezone(datetime.UTC).strftime('%Y-%m-%dT%H:%M:%S.%fZ')}/{db}"
+    old = f"{system}/{start.isoformat()}/{db}"
+    assert canonical_identity(old) == new and canonical_identity(new) == new
+    assert match_identity(old, {"a": new, "b": f"{system}/2001-01-01T00:00:00.000000Z/other/1"}) == "a"
+
+
+def test_reload_placement_matches_a_record_naming_the_target_otherwise(two_databases: list[dict[str, Any]]) -> None:
+    """hv status and provision reload placement: a record naming the target 127.0.0.1 is this config's localhost."""
+    operator_servers = [{**s, "host": "127.0.0.1"} for s in two_databases]
+    app_servers = [{**s, "host": "localhost"} for s in two_databases]
+    with hvcore.Datastore(operator_servers, backend="jsonb", worker=None) as operator:
+        operator.provision()
+        key = operator.put(1, 1, n="before")
+        operator.move_shard(1, 1)
+    with hvcore.Datastore(app_servers, backend="jsonb", worker=None) as app:
+        app.reload_placement()
+        assert app.shard_map.server_for(1) == 1 and app.placement_version(1) == 1
+        app.provision()  # where the shard lives now: nothing recreated on its old server
+        assert [s["provisioned_shards"] for s in app.status()] == [3, 5]
+        got = app.get(key)
+        assert got is not None and got.data == {"n": "before"}
+
+    async def scenario() -> int:
+        async with hvcore.AsyncDatastore(app_servers, backend="jsonb", worker=None) as app:
+            await app.reload_placement()
+            return app.shard_map.server_for(1)
+
+    assert asyncio.run(scenario()) == 1
+
+
+def test_a_transaction_refused_by_a_moved_shard_sends_the_next_one_to_the_otherwise_named_server(
+    two_databases: list[dict[str, Any]],
+) -> None:
+    operator_servers = [{**s, "host": "127.0.0.1"} for s in two_databases]
+    app_servers = [{**s, "host": "localhost"} for s in two_databases]
+    with (
+        hvcore.Datastore(operator_servers, backend="jsonb", worker=None) as operator,
+        hvcore.Datastore(app_servers, backend="jsonb", worker=None) as app,
+    ):
+        operator.provision()
+        app.put(1, 1, n="before")  # the app knows shard 1 on server 0
+        operator.move_shard(1, 1)
+        with pytest.raises(hvcore.ShardMoved) as refused, app.transaction(1) as tx:
+            tx.put(1, n="in a transaction")
+        assert refused.value.server == app.servers[1].label, refused.value
+        assert app.shard_map.server_for(1) == 1
+        with app.transaction(1) as tx:
+            key = tx.put(1, n="again")
+        assert app.get(key) is not None
+
+    async def scenario() -> tuple[str, int, bool]:
+        async with hvcore.AsyncDatastore(app_servers, backend="jsonb", worker=None) as app:
+            await app.put(2, 1, n="before")
+            with hvcore.Datastore(operator_servers, backend="jsonb", worker=None) as operator:
+                await asyncio.to_thread(operator.move_shard, 2, 1)
+            try:
+                async with app.transaction(2) as tx:
+                    await tx.put(1, n="in a transaction")
+            except hvcore.ShardMoved as moved:
+                server = moved.server
+            else:
+                raise AssertionError("the transaction was not refused")
+            async with app.transaction(2) as tx:
+                key = await tx.put(1, n="again")
+            return server, app.shard_map.server_for(2), await app.get(key) is not None
+
+    server, index, found = asyncio.run(scenario())
+    assert server.startswith("localhost:") and server.endswith(app_servers[1]["dbname"]), server
+    assert (index, found) == (1, True)

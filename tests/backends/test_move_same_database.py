@@ -35,6 +35,14 @@ def _spellings(settings_: dict[str, Any]) -> list[dict[str, Any]]:
         {**settings_, "host": "localhost"},
         {**settings_, "host": "localhost", "hostaddr": "127.0.0.1"},
         {**settings_, "host": "127.0.0.1", "application_name": "a copied entry"},
+        # session settings of their own (the database identity must not render them)
+        {**settings_, "host": "127.0.0.1", "options": "-c TimeZone=Asia/Kolkata"},
+        {
+            **settings_,
+            "host": "localhost",
+            "options": "-c TimeZone=America/St_Johns -c DateStyle=SQL,DMY -c extra_float_digits=-15 "
+            "-c IntervalStyle=iso_8601 -c search_path=public,pg_catalog",
+        },
     ]
     if os.path.exists(os.path.join(SOCKET_DIR, f".s.PGSQL.{settings_.get('port', 5432)}")):
         out.append({**settings_, "host": SOCKET_DIR})
@@ -64,7 +72,7 @@ def second_db(pg_fresh_db2: dict[str, Any]) -> dict[str, Any]:
     return pg_fresh_db2
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=16, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data(), rows=st.sampled_from([0, 0, 1, 25]), drop_source=st.booleans())
 def test_a_move_between_two_spellings_of_one_database_is_refused_and_changes_nothing(
     pg_fresh_db: dict[str, Any], data: st.DataObject, rows: int, drop_source: bool
@@ -177,3 +185,60 @@ def test_async_datastore_lists_and_refuses_the_same_database_twice(pg_fresh_db: 
 
     groups = asyncio.run(scenario())
     assert len(groups) == 1 and len(groups[0]) == 2
+
+
+def test_two_entries_differing_only_in_their_time_zone_are_one_database(pg_fresh_db: dict[str, Any]) -> None:
+    """The identity rendered the postmaster's start time in the session's TimeZone: an entry whose options set
+    another one passed for a second database, and the move dropped the empty shard's table it was moving."""
+    entries = [
+        {**pg_fresh_db, "shards": "0-8"},
+        {**pg_fresh_db, "options": "-c TimeZone=Pacific/Chatham", "shards": "8-16"},
+    ]
+    with hvcore.Datastore(entries, backend="jsonb", worker=None) as db:
+        db.provision()
+        with pytest.raises(hvcore.MoveError, match="same database"):
+            db.move_shard(3, 1)
+        with _conn(entries[0]) as conn:
+            assert shard_state(conn, 3) == "live"
+        assert _leftovers(entries[0]) == []
+        assert db.get(db.put(3, 1, after="the refused move")) is not None
+
+
+_ZONES = ["UTC", "Asia/Kolkata", "Pacific/Chatham", "America/St_Johns", "Africa/Monrovia", "Etc/GMT+12", "Europe/Paris"]
+_SETTINGS = st.fixed_dictionaries(
+    {},
+    optional={
+        "TimeZone": st.sampled_from(_ZONES),
+        "DateStyle": st.sampled_from(["ISO, MDY", "SQL, DMY", "Postgres, YMD", "German"]),
+        "extra_float_digits": st.integers(-15, 3),
+        "IntervalStyle": st.sampled_from(["postgres", "sql_standard", "iso_8601", "postgres_verbose"]),
+        "search_path": st.sampled_from(['"$user", public', "public, pg_catalog", "pg_catalog"]),
+        "bytea_output": st.sampled_from(["hex", "escape"]),
+        "lc_monetary": st.just("C"),
+        "lc_numeric": st.just("C"),
+    },
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(session=_SETTINGS)
+def test_the_database_identity_does_not_depend_on_session_settings(
+    pg_fresh_db: dict[str, Any], session: dict[str, Any]
+) -> None:
+    from hvbackend_postgres._move import database_identity
+
+    entry = {k: v for k, v in pg_fresh_db.items() if k != "shards"}
+    with psycopg.connect(**entry, autocommit=True) as plain:
+        expected = database_identity(plain)
+    options = " ".join(f"-c {name}={str(value).replace(' ', '')}" for name, value in session.items())
+    with psycopg.connect(**entry, options=options, autocommit=True) as conn:
+        assert database_identity(conn) == expected, session
+
+    async def through_the_store() -> str:
+        async with hvcore.AsyncDatastore(
+            [{**entry, "options": options, "shards": "0-1"}], backend="jsonb", worker=None
+        ) as db:
+            identity: str = await db.servers[0].database_identity()  # type: ignore[attr-defined]
+            return identity
+
+    assert asyncio.run(through_the_store()) == expected
