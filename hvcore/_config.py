@@ -98,7 +98,13 @@ def redact(settings: Mapping[str, Any]) -> dict[str, Any]:
 _URL_SCHEME = re.compile(r"\s*[a-z][a-z0-9+.-]*://", re.IGNORECASE)  # postgresql://, and http:// (hv metrics)
 _URL_USERINFO_SECRET = re.compile(r"(://[^:/@?#\s]*:)[^@/?#]*@")  # user:password@ (the password percent-encoded)
 _URL_QUERY_SECRET = re.compile(r"((?:^|&)(?:ssl)?password=)[^&#]*", re.IGNORECASE)
-_KEYWORD_SECRET = re.compile(r"((?<![\w])(?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'|(?:[^\s'\\]|\\.)+)", re.IGNORECASE)
+_KEYWORD_SECRET = re.compile(
+    r"((?<![\w])(?:ssl)?password\s*=\s*)"
+    # the value: quoted (an unterminated quote runs to the end, as libpq reads it) or a word, then any words that
+    # are not ``key=`` pairs: the rest of a password holding an unquoted space, which libpq refuses (masked too)
+    r"('(?:[^'\\]|\\.)*'?|(?:[^\s'\\]|\\.)+)(?:\s+(?![\w.-]+\s*=)(?:[^\s\\]|\\.)+)*",
+    re.IGNORECASE,
+)
 
 
 def redact_conninfo(conninfo: str) -> str:

@@ -155,3 +155,21 @@ def test_a_url_of_any_scheme_has_its_userinfo_password_masked(secret: str, schem
         redact_conninfo(f"{scheme}://ops:{quoted}@127.0.0.1:9464/metrics")
         == f"{scheme}://ops:***@127.0.0.1:9464/metrics"
     )
+
+
+_WORD = st.text(
+    st.sampled_from("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&*+,-./:;<>?@^_~"), min_size=6
+)
+
+
+@given(st.lists(_WORD, min_size=2, max_size=4), st.sampled_from(["", " sslmode=require", " dbname=app user=u"]))
+def test_a_password_written_unquoted_with_spaces_is_never_shown(words: list[str], rest: str) -> None:
+    """A password holding spaces written without quotes (``password=my s3cret``) is text libpq cannot read: neither
+    the ConfigError nor any masked display shows a word of it (libpq's own message quotes the word it stumbled on)."""
+    conninfo = f"host=127.0.0.1 password={' '.join(words)}{rest}"
+    shown = redact_conninfo(conninfo)
+    with pytest.raises(hvcore.ConfigError) as caught:
+        hvcore.Datastore([{"shards": "0-8", "conninfo": conninfo}], backend="jsonb")
+    for word in words:
+        assert word not in shown, shown
+        assert word not in str(caught.value), str(caught.value)

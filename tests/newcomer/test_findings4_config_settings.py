@@ -17,12 +17,6 @@ import hvcore
 from hvcore.cli import main
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hv config shows a server entry with an unknown libpq option (hots=), a bad port, or both dbname and "
-    "database with different values, and exits 0; Datastore.from_config refuses each with ConfigError, so hv "
-    "config should exit 2 with the same 'hv: error:' line",
-)
 @pytest.mark.parametrize(
     "entry",
     [
