@@ -87,7 +87,9 @@ def shard_ddl(shard_id: int, backend: str, ext_schema: str | None) -> str:
         "CONSTRAINT {pkey} PRIMARY KEY (id));"
         "CREATE INDEX IF NOT EXISTS {kind_idx} ON {schema}.{table} (kind, id);"
         "{body_index}"
-        "ALTER INDEX {schema}.{body_idx} SET (fastupdate = off);"
+        "DO $hv$BEGIN IF NOT EXISTS (SELECT 1 FROM pg_class WHERE oid = to_regclass({body_idx_name}) "
+        "AND reloptions @> '{{fastupdate=off}}') THEN ALTER INDEX {schema}.{body_idx} SET (fastupdate = off); "
+        "END IF; END$hv$;"
     ).format(
         schema=schema,
         table=sql.Identifier(TABLE),
@@ -95,6 +97,7 @@ def shard_ddl(shard_id: int, backend: str, ext_schema: str | None) -> str:
         pkey=sql.Identifier(PKEY_INDEX),
         kind_idx=sql.Identifier(KIND_INDEX),
         body_idx=sql.Identifier(BODY_INDEX),
+        body_idx_name=sql.Literal(sql.SQL("{}.{}").format(schema, sql.Identifier(BODY_INDEX)).as_string(None)),
         body_index=body_index.format(
             body_idx=sql.Identifier(BODY_INDEX),
             schema=schema,
