@@ -20,6 +20,10 @@ each figure a median over interleaved blocks (so the machine's drift hits both s
 - ``get_many`` of 8192 keys, one per shard, per key vs ``get_many`` of 8192 keys over 64 shards;
 - ``update_where`` (one matching row per shard) over all 8192 shards vs over 16.
 
+``--layout`` changes every shard after provisioning (`LAYOUT_SQL`): ``fastupdate_on`` gives back the body index's
+pending list (the layout before issue 14's fifth session), ``no_gin`` drops the body index; the counts per relation
+behind these are ``bench_put_blocks.py``'s.
+
 ``--recommended`` then restarts the two servers with the settings docs/fanout.md recommends and measures put/get
 again. ``--servers FILE`` reuses servers already provisioned (a JSON list of two settings dicts).
 """
@@ -64,6 +68,28 @@ def _config(servers: list[dict[str, Any]], dbname: str = "hv_fanout_bench") -> l
         {**servers[0], "dbname": dbname, "shards": f"0-{half}"},
         {**servers[1], "dbname": dbname, "shards": f"{half}-{SHARDS}"},
     ]
+
+
+LAYOUT_SQL = {  # --layout: what is changed in every shard after provisioning, to compare per-shard layouts
+    "shipped": "",  # the body's GIN index without a pending list (fastupdate = off): since issue 14's fifth session
+    "fastupdate_on": "ALTER INDEX {schema}.entities_body_idx RESET (fastupdate);",  # the layout before it
+    "no_gin": "DROP INDEX IF EXISTS {schema}.entities_body_idx;",  # no body index (where filters scan the table)
+}
+
+
+def _apply_layout(config: list[dict[str, Any]], layout: str) -> None:
+    """Change every shard's relations as `LAYOUT_SQL` says (after provisioning; nothing for ``shipped``)."""
+    if not LAYOUT_SQL[layout]:
+        return
+    for server in config:
+        first, _, last = str(server["shards"]).partition("-")
+        settings = {k: v for k, v in server.items() if k != "shards"}
+        with psycopg.connect(**settings, autocommit=True) as conn:
+            for start in range(int(first), int(last), 16):
+                statements = "".join(
+                    LAYOUT_SQL[layout].format(schema=f"shard{s:04d}") for s in range(start, min(int(last), start + 16))
+                )
+                conn.execute(statements)
 
 
 def prepare(servers: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -381,6 +407,7 @@ def run(
     counters: bool = False,
     warm_rounds: int = 1,
     warm_threads: int = WARM_THREADS,
+    layout: str = "shipped",
 ) -> dict[str, Any]:
     """Every measure on the given servers, or on two fresh local servers at default settings.
 
@@ -394,7 +421,8 @@ def run(
 
     def measure_all(settings: list[dict[str, Any]]) -> dict[str, Any]:
         config = prepare(settings)
-        results: dict[str, Any] = {"quick": quick, "point": {}}
+        _apply_layout(config, layout)
+        results: dict[str, Any] = {"quick": quick, "layout": layout, "point": {}}
         for name in variants:
             results["point"][name] = bench_point(config, name, ops, rounds, counters, warm_rounds, warm_threads)
         if not point_only:
@@ -476,6 +504,7 @@ def main() -> None:
     parser.add_argument("--recommended", action="store_true", help="then put/get again with the recommended settings")
     parser.add_argument("--counters", action="store_true", help="the server's work per put/get too (uses strace)")
     parser.add_argument("--warm-rounds", type=int, default=1, help="warm-ups before put/get (3: steady state)")
+    parser.add_argument("--layout", default="shipped", choices=sorted(LAYOUT_SQL), help="change every shard first")
     parser.add_argument("--warm-threads", type=int, default=WARM_THREADS, help="callers of the warm-up, at once")
     args = parser.parse_args()
     servers = json.loads(args.servers.read_text()) if args.servers else None
@@ -489,9 +518,11 @@ def main() -> None:
         args.counters,
         args.warm_rounds,
         args.warm_threads,
+        args.layout,
     )
     if args.json:
         args.json.write_text(json.dumps(r, indent=2) + "\n")
+    print(f"layout: {r['layout']}")
     for name, figures in r["point"].items():
         us = figures["us"]
         print(

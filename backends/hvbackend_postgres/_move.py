@@ -618,9 +618,9 @@ class PostgresMover:
             s=schema, t=sql.Identifier(TABLE), pkey=sql.Identifier(PKEY_INDEX), kind_idx=sql.Identifier(KIND_INDEX)
         )
         if self.store.backend == "jsonb":
-            indexes += sql.SQL("CREATE INDEX {} ON {}.{} USING gin (body jsonb_path_ops);").format(
-                sql.Identifier(BODY_INDEX), schema, sql.Identifier(TABLE)
-            )
+            indexes += sql.SQL(
+                "CREATE INDEX {} ON {}.{} USING gin (body jsonb_path_ops) WITH (fastupdate = off);"
+            ).format(sql.Identifier(BODY_INDEX), schema, sql.Identifier(TABLE))
         # the recorded secondary indexes, built with the mover's own (_migrate)
         indexes += carry_indexes(ctl, dst, _dst_schema(shard_id), self.store.backend)
         dst.execute(indexes)
