@@ -87,9 +87,11 @@ def shard_ddl(shard_id: int, backend: str, ext_schema: str | None) -> str:
         "CONSTRAINT {pkey} PRIMARY KEY (id));"
         "CREATE INDEX IF NOT EXISTS {kind_idx} ON {schema}.{table} (kind, id);"
         "{body_index}"
-        "DO $hv$BEGIN IF NOT EXISTS (SELECT 1 FROM pg_class WHERE oid = to_regclass({body_idx_name}) "
-        "AND reloptions @> '{{fastupdate=off}}') THEN ALTER INDEX {schema}.{body_idx} SET (fastupdate = off); "
-        "END IF; END$hv$;"
+        # shards provisioned before: the pending list turned off, unless the index says fastupdate itself (an
+        # ALTER INDEX ... SET (fastupdate = on) by its owner is kept)
+        "DO $hv$BEGIN IF NOT EXISTS (SELECT 1 FROM pg_class c, unnest(coalesce(c.reloptions, '{{}}')) o "
+        "WHERE c.oid = to_regclass({body_idx_name}) AND starts_with(o, 'fastupdate=')) "
+        "THEN ALTER INDEX {schema}.{body_idx} SET (fastupdate = off); END IF; END$hv$;"
     ).format(
         schema=schema,
         table=sql.Identifier(TABLE),
@@ -111,15 +113,17 @@ def shard_ddl(shard_id: int, backend: str, ext_schema: str | None) -> str:
 def catalog_query() -> str:
     """One catalog query listing, per ``shard%`` schema given as ``%s`` (text[]), its relations and the body type.
 
-    The body index counts only with ``fastupdate = off`` (`shard_ddl`): a shard provisioned before that is listed
-    without it, so provisioning it again (``hv init``) turns the option off, and nothing else reads the difference.
+    The body index counts only with a ``fastupdate`` option of its own (`shard_ddl` makes it ``off``): a shard
+    provisioned before that is listed without it, so provisioning it again (``hv init``) turns the pending list off;
+    an index its owner set to ``fastupdate = on`` is kept so. Nothing else reads the difference.
     """
     return (
         "SELECT n.nspname, array_remove(array_agg(c.relname::text), NULL), "
         "max(format_type(a.atttypid, a.atttypmod)) "
         "FROM pg_namespace n "
         "LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = ANY(%s) "
-        f"AND (c.relname <> '{BODY_INDEX}' OR coalesce(c.reloptions, '{{}}') @> '{{fastupdate=off}}') "
+        f"AND (c.relname <> '{BODY_INDEX}' OR EXISTS (SELECT FROM unnest(coalesce(c.reloptions, '{{}}')) o "
+        "WHERE starts_with(o, 'fastupdate='))) "
         "LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND c.relkind = 'r' AND a.attname = 'body' "
         "WHERE n.nspname = ANY(%s) GROUP BY n.nspname"
     )

@@ -59,3 +59,19 @@ def test_provisioning_again_turns_off_the_pending_list_of_shards_made_before(
     finally:
         with store.cursor(3) as cur:
             cur.execute("ALTER INDEX entities_body_idx SET (fastupdate = off)")
+
+
+@pytest.mark.parametrize("backend", ["hstore", "jsonb"])
+def test_provisioning_again_keeps_a_pending_list_its_owner_turned_on(pg_datastore_factory: Any, backend: str) -> None:
+    """An index set to ``fastupdate = on`` by hand (few large shards: the list amortises inserts) stays so."""
+    store = pg_datastore_factory(backend)
+    with store.cursor(3) as cur:
+        cur.execute("ALTER INDEX entities_body_idx SET (fastupdate = on)")
+    try:
+        assert sum(r.created for r in store.provision()) == 0
+        assert "fastupdate=on" in _options(store)
+        key = store.put(3, 1, city="Oslo", n="1")
+        assert [r.key for r in store.query(where={"city": "Oslo"})] == [key]
+    finally:
+        with store.cursor(3) as cur:
+            cur.execute("ALTER INDEX entities_body_idx SET (fastupdate = off)")
