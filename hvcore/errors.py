@@ -39,7 +39,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 __all__ = [
     "ClockMovedBackwards",
@@ -90,12 +90,13 @@ class HypervaultError(Exception):
 
     __module__ = "hvcore"
 
-    def __reduce__(self) -> tuple[Any, ...]:
+    def __reduce__(self) -> str | tuple[Any, ...]:
         # Exception's own __reduce__ rebuilds by calling cls(*args), which fails for an __init__ with keyword-only
         # arguments and misreads one that builds its message from other arguments (ShardMapError): rebuild without
-        # __init__ instead, from args (OSError's include its filenames) and the instance's __dict__.
-        cls, args = super().__reduce__()[:2]
-        return _rebuild_error, (cls, args), self.__dict__ or None
+        # __init__ instead, from args (OSError's include its filenames) and a copy of the instance's __dict__ (a
+        # copy: psycopg.Error.__reduce__, first in OperationTimeout's MRO, edits the state it gets from here).
+        cls, args = cast(tuple[Any, ...], super().__reduce__())[:2]  # Exception's: (cls, args[, state])
+        return _rebuild_error, (cls, args), dict(self.__dict__)
 
 
 def _rebuild_error(cls: type[HypervaultError], args: tuple[Any, ...]) -> HypervaultError:
