@@ -25,7 +25,7 @@ import typing
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -199,6 +199,15 @@ def test_cause_and_traceback_are_not_pickled() -> None:
             for copied in pickle.loads(pickle.dumps(error)), copy.deepcopy(error):
                 _assert_same(copied, error)
                 assert copied.__cause__ is None and copied.__context__ is None and copied.__traceback__ is None
+
+
+def test_pickling_leaves_the_error_itself_alone() -> None:
+    """psycopg.Error.__reduce__ (first in OperationTimeout's MRO) sets ``_pgconn`` to None in the state it is given:
+    in a copy of the error's __dict__, not in the error still being handled."""
+    pgconn = object()
+    error = OperationTimeout("PostgreSQL server h1:5432/app did not answer", pgconn=cast(Any, pgconn))
+    copied = pickle.loads(pickle.dumps(error))
+    assert error.pgconn is pgconn and copied.pgconn is None and str(copied) == str(error)
 
 
 def test_a_pickled_error_holds_no_password() -> None:
