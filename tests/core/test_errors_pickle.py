@@ -43,7 +43,7 @@ PACKAGES = tuple(
         }
     )
 )
-PROTOCOLS = range(2, pickle.HIGHEST_PROTOCOL + 1)
+PROTOCOLS = range(pickle.HIGHEST_PROTOCOL + 1)  # 0 and 1 too, though 2.. is what anyone uses
 Arguments = tuple[tuple[Any, ...], dict[str, Any]]
 
 # Strategies for the arguments of a class whose __init__'s annotations do not say enough: {cls: strategy}.
