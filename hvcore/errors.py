@@ -44,6 +44,8 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 __all__ = [
     "ClockMovedBackwards",
     "ConfigError",
@@ -88,9 +90,31 @@ __all__ = [
 
 
 class HypervaultError(Exception):
-    """Base of every error raised by hypervault."""
+    """Base of every error raised by hypervault.
+
+    Every error pickles and copies (``copy.copy``, ``copy.deepcopy``) as itself: same class, ``args``, message and
+    attributes (``shard_id``, ``server``, ``limit``, ... and notes of ``add_note``), so it crosses a process
+    boundary (``ProcessPoolExecutor``, ``multiprocessing``) intact, whatever its ``__init__`` takes. As for every
+    Python exception, ``__cause__``, ``__context__`` and ``__traceback__`` are not pickled.
+    """
 
     __module__ = "hvcore"
+
+    def __reduce__(self) -> str | tuple[Any, ...]:
+        # Exception's own __reduce__ rebuilds by calling cls(*args), which fails for an __init__ with keyword-only
+        # arguments and misreads one that builds its message from other arguments (ShardMapError): rebuild without
+        # __init__ instead, from args (OSError's include its filenames) and a copy of the instance's __dict__ (a
+        # copy: psycopg.Error.__reduce__, first in OperationTimeout's MRO, edits the state it gets from here).
+        cls, args = cast(tuple[Any, ...], super().__reduce__())[:2]  # Exception's: (cls, args[, state])
+        return _rebuild_error, (cls, args), dict(self.__dict__)
+
+
+def _rebuild_error(cls: type[HypervaultError], args: tuple[Any, ...]) -> HypervaultError:
+    """Unpickle a `HypervaultError` without calling its ``__init__`` (then ``__setstate__`` restores __dict__)."""
+    error = cls.__new__(cls, *args)
+    if isinstance(error, OSError):
+        OSError.__init__(error, *args)  # errno, strerror, filename(s), when OSError.__new__ left them to __init__
+    return error
 
 
 class ConfigError(HypervaultError, ValueError):

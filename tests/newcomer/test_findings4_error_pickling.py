@@ -23,12 +23,6 @@ def _examples() -> list[errors.HypervaultError]:
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ShardMoved and ServerLimitReached cannot be unpickled (TypeError: missing keyword-only arguments; "
-    "ProcessPoolExecutor then raises BrokenProcessPool) and ShardMapError unpickles with its message split per "
-    "character; each error should round-trip with the same type, message and attributes (e.g. a __reduce__)",
-)
 @pytest.mark.parametrize("index", range(3), ids=["ShardMoved", "ServerLimitReached", "ShardMapError"])
 def test_hvcore_errors_round_trip_through_pickle(index: int) -> None:
     error = _examples()[index]
