@@ -1,0 +1,180 @@
+"""A plain call that waits for its own caller's open transaction: found in a fraction of a second, cancelled, named.
+
+Inside ``with db.transaction(5) as tx:`` a ``db.update(key, ...)`` (instead of ``tx.update``) runs on another pooled
+session; if the transaction wrote that row, the call waits for the transaction's row lock, and the transaction's
+session sits idle until its owner (the thread or asyncio task in the block) goes on: a deadlock PostgreSQL cannot
+see, which used to end only at ``operation_timeout`` with a `ServerUnavailable` blaming a healthy server.
+
+Only an owner (`hvcore._holdings.current_owner`) that holds an open transaction on this server pays anything: the
+transaction registers its session's backend pid here (`SelfLocks.opened`); a statement such an owner runs on
+another pooled session is watched (`SelfLockWatch`): if it has not finished after `SELF_LOCK_DELAY` seconds, one
+query on a connection of its own (`BLOCKED_BY_SQL`) asks the server whether the statement's session waits, directly
+or through other waiting sessions, for one of the owner's transactions. If it does, the statement is cancelled
+(``pg_cancel_backend``: the server rolls its implicit transaction back, so nothing of it is stored) and the call
+raises `SelfDeadlock` naming the transaction's shard and the operation; the transaction is left as it was. If not
+(ordinary contention with another session), the question is asked again, less and less often, while the statement
+runs; it keeps waiting as before. A caller holding no transaction on the server is not watched (one dict test per
+checkout while some transaction is open on the store, none otherwise).
+
+Direct connections only: behind PgBouncer the pid a client sees is the pooler's, not a server session's.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from hvcore.errors import SelfDeadlock
+
+__all__ = [
+    "BLOCKED_BY_SQL",
+    "CANCEL_SQL",
+    "SELF_LOCK_DELAY",
+    "SELF_LOCK_POLL_MAX",
+    "SelfLockWatch",
+    "SelfLocks",
+]
+
+SELF_LOCK_DELAY = 0.15
+"""Seconds a watched statement runs before the server is asked what it waits for."""
+SELF_LOCK_POLL_MAX = 1.0
+"""The longest pause between two such questions while the statement goes on waiting (the pause doubles up to it)."""
+
+BLOCKED_BY_SQL = """WITH RECURSIVE chain(pid) AS (
+    SELECT unnest(pg_blocking_pids(%(pid)s))
+  UNION
+    SELECT unnest(pg_blocking_pids(chain.pid)) FROM chain
+)
+SELECT array(SELECT pid FROM chain WHERE pid = ANY(%(ours)s)),
+       (SELECT query FROM pg_stat_activity WHERE pid = %(pid)s),
+       (SELECT backend_start FROM pg_stat_activity WHERE pid = %(pid)s)"""
+"""The sessions among ``ours`` that the session ``pid`` waits for, directly or through other waiting sessions
+(each of those waits for the next); the statement it runs and when it started (to cancel that session only)."""
+
+CANCEL_SQL = "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE pid = %s AND backend_start = %s"
+"""Cancel the statement of session ``pid`` if it is still the session that was seen (a pid is reused later)."""
+
+_OPERATIONS = {
+    "INSERT": "put",
+    "COPY": "put_many",
+    "UPDATE": "update (or replace, update_where)",
+    "DELETE": "delete (or delete_where)",
+    "SELECT": "get_many (or get, query)",
+}
+
+
+class SelfLockWatch:
+    """One watched statement: its owner and session; set between the checkout and the return of its connection."""
+
+    __slots__ = ("done", "fired", "guard", "handle", "owner", "pid")
+
+    def __init__(self, owner: object, pid: int) -> None:
+        self.owner = owner
+        self.pid = pid
+        self.handle: Any = None  # the timer of the first question (asyncio TimerHandle / threading.Timer)
+        self.done = False  # the connection came back: the call is over
+        self.fired = False  # a cancel was (or is being) sent for the call's statement
+        self.guard = threading.Lock()
+
+    def fire(self) -> bool:
+        """Before the cancel: True if the call is still on (the cancel may be sent), and it is noted."""
+        with self.guard:
+            if self.done:
+                return False
+            self.fired = True
+            return True
+
+    def stop(self) -> bool:
+        """When the connection comes back: True if a cancel was sent (the session is not reused: a late cancel must
+        not reach the next borrower's statement)."""
+        with self.guard:
+            self.done = True
+            handle, self.handle = self.handle, None
+            fired = self.fired
+        if handle is not None:
+            handle.cancel()
+        return fired
+
+
+class SelfLocks:
+    """The open transactions of one store's owners (their sessions' pids) and what their plain calls ran into."""
+
+    __slots__ = ("_found", "_lock", "_open", "tasks")
+
+    def __init__(self) -> None:
+        self._open: dict[object, list[tuple[int, int]]] = {}  # owner -> [(pid, shard)] of its open transactions
+        self._found: dict[object, tuple[str, list[int]]] = {}  # owner -> (statement, pids) of a cancelled call
+        self._lock = threading.Lock()
+        self.tasks: set[Any] = set()  # asyncio: the running questions (a task needs a reference)
+
+    def __bool__(self) -> bool:
+        """True while some owner holds an open transaction on the store (then its checkouts look further)."""
+        return bool(self._open)
+
+    def clear(self) -> None:
+        """After ``fork()`` in the child: the parent's transactions and sessions are not the child's."""
+        with self._lock:
+            self._open.clear()
+            self._found.clear()
+        self.tasks = set()
+
+    def opened(self, owner: object, pid: int, shard_id: int) -> tuple[int, int] | None:
+        """A transaction of ``owner`` began on session ``pid``; the mark for `closed` (None if the pid is unknown)."""
+        if not pid:
+            return None
+        mark = (pid, shard_id)
+        with self._lock:
+            self._open.setdefault(owner, []).append(mark)
+        return mark
+
+    def closed(self, owner: object, mark: tuple[int, int] | None) -> None:
+        """The transaction of `opened` ended."""
+        if mark is None:
+            return
+        with self._lock:
+            held = self._open.get(owner)
+            if held is not None:
+                held.remove(mark)
+                if not held:
+                    del self._open[owner]
+
+    def holds(self, owner: object) -> bool:
+        """True if ``owner`` holds an open transaction on the store."""
+        return owner in self._open
+
+    def pids(self, owner: object) -> list[int]:
+        """The sessions of ``owner``'s open transactions."""
+        with self._lock:
+            return [pid for pid, _ in self._open.get(owner, ())]
+
+    def found(self, owner: object, statement: str, pids: list[int]) -> None:
+        """Before a cancel: the call of ``owner`` runs ``statement`` and waits for its transactions' ``pids``."""
+        with self._lock:
+            self._found[owner] = (statement, pids)
+
+    def forget(self, owner: object) -> None:
+        """The watched call is over: a finding it did not raise (it finished before the cancel came) is dropped."""
+        if self._found:
+            with self._lock:
+                self._found.pop(owner, None)
+
+    def error(self, owner: object, shard_id: int, label: str) -> SelfDeadlock | None:
+        """The `SelfDeadlock` of ``owner``'s call cancelled on shard ``shard_id`` of ``label``, if one was."""
+        with self._lock:
+            found = self._found.pop(owner, None)
+            if found is None:
+                return None
+            statement, pids = found
+            shards = sorted({shard for pid, shard in self._open.get(owner, ()) if pid in pids})
+        verb = statement.lstrip().split(None, 1)[0].upper() if statement.strip() else ""
+        operation = _OPERATIONS.get(verb, "the operation")
+        who = "thread" if isinstance(owner, int) else "asyncio task"
+        blocks = " and ".join(f"db.transaction({shard})" for shard in shards) or "an open db.transaction()"
+        on = f"shard {shards[0]}" if len(shards) == 1 else "shards " + ", ".join(str(s) for s in shards)
+        return SelfDeadlock(
+            f"db.{operation} on shard {shard_id} waited for a lock held by this {who}'s own open transaction on "
+            f"{on} of {label} ({blocks}): that transaction cannot go on until the call returns, so the wait "
+            f"would never end. The call was cancelled on the server (nothing of it is stored; the transaction is "
+            f"still open). Inside the block run it through the transaction (tx.{operation.split(' ', 1)[0]}(...)), "
+            "or run it after the block ends"
+        )
