@@ -54,12 +54,12 @@ SELECT array(SELECT pid FROM chain WHERE pid = ANY(%(ours)s)),
 CANCEL_SQL = "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE pid = %s AND backend_start = %s"
 """Cancel the statement of session ``pid`` if it is still the session that was seen (a pid is reused later)."""
 
-_OPERATIONS = {
-    "INSERT": "put",
-    "COPY": "put_many",
-    "UPDATE": "update (or replace, update_where)",
-    "DELETE": "delete (or delete_where)",
-    "SELECT": "get_many (or get, query)",
+_OPERATIONS = {  # the statement's first word -> (the plain calls that send it, the transaction's calls instead)
+    "INSERT": ("db.put", "tx.put"),
+    "COPY": ("db.put_many", "tx.put_many"),
+    "UPDATE": ("db.update, db.replace or db.update_where", "tx.update or tx.replace"),
+    "DELETE": ("db.delete or db.delete_where", "tx.delete"),
+    "SELECT": ("db.get_many, db.get or db.query", "tx.get_many, tx.get or tx.query"),
 }
 
 
@@ -166,15 +166,15 @@ class SelfLocks:
                 return None
             statement, pids = found
             shards = sorted({shard for pid, shard in self._open.get(owner, ()) if pid in pids})
-        verb = statement.lstrip().split(None, 1)[0].upper() if statement.strip() else ""
-        operation = _OPERATIONS.get(verb, "the operation")
+        verb = statement.split(None, 1)[0].upper() if statement.strip() else ""
+        calls, instead = _OPERATIONS.get(verb, ("a plain call", "the transaction's own call (tx.<operation>)"))
+        what = f"{verb} ({calls})" if verb in _OPERATIONS else calls
         who = "thread" if isinstance(owner, int) else "asyncio task"
-        blocks = " and ".join(f"db.transaction({shard})" for shard in shards) or "an open db.transaction()"
         on = f"shard {shards[0]}" if len(shards) == 1 else "shards " + ", ".join(str(s) for s in shards)
+        blocks = " and ".join(f"db.transaction({shard})" for shard in shards) or "db.transaction()"
         return SelfDeadlock(
-            f"db.{operation} on shard {shard_id} waited for a lock held by this {who}'s own open transaction on "
-            f"{on} of {label} ({blocks}): that transaction cannot go on until the call returns, so the wait "
-            f"would never end. The call was cancelled on the server (nothing of it is stored; the transaction is "
-            f"still open). Inside the block run it through the transaction (tx.{operation.split(' ', 1)[0]}(...)), "
-            "or run it after the block ends"
+            f"a plain {what} on shard {shard_id} of {label} waited for a lock held by this {who}'s own open "
+            f"transaction on {on} ({blocks}), which cannot go on until the call returns: the wait would never end. "
+            "The call was cancelled on the server (nothing of it is stored) and the transaction is still open. "
+            f"Inside the block, run it through the transaction ({instead}), or run it after the block ends"
         )
