@@ -634,7 +634,7 @@ class AsyncPostgresServerStore(StoreCore):
                     metrics.connection_wait(self._label, time.monotonic() - deadline + self._options.pool_block_timeout)
                 with self._lock:
                     self._lent += 1
-                if self._self_locks and watch:  # some transaction is open on this server: is it this caller's?
+                if self._self_locks.open and watch:  # some transaction is open on this server: is it this caller's?
                     self._watch(conn)
                 return conn, pool
             self._log("discarding a dead connection to %s", self._label)
@@ -710,7 +710,7 @@ class AsyncPostgresServerStore(StoreCore):
         """Give a connection back; a return cannot be cancelled half-way (a half-done return loses the slot)."""
         with self._lock:
             self._lent -= 1
-        if cast(Any, conn).hv_watch is not None and self._unwatch(conn):
+        if conn.hv_watch is not None and self._unwatch(conn):  # type: ignore[attr-defined]
             await self._give_back(conn, pool, discard=True)  # cancelled (_selflock): no late cancel for the next one
             return
         if True:  # ASYNC

@@ -541,7 +541,9 @@ class StoreCore:
         return DuplicateKey(f"a key of this batch of {count} already exists in shard {shard_id} on {self._label}")
 
     def _translate(self, exc: psycopg.Error, shard_id: int) -> Exception:
-        if self._self_locks and isinstance(exc, pg_errors.QueryCanceled):  # cancelled waiting for its own transaction?
+        if self._self_locks.open and isinstance(
+            exc, pg_errors.QueryCanceled
+        ):  # cancelled waiting for its own transaction?
             found = self._self_locks.error(current_owner(), shard_id, self._label)
             if found is not None:
                 return found

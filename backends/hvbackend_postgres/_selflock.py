@@ -99,22 +99,19 @@ class SelfLockWatch:
 class SelfLocks:
     """The open transactions of one store's owners (their sessions' pids) and what their plain calls ran into."""
 
-    __slots__ = ("_found", "_lock", "_open", "tasks")
+    __slots__ = ("_found", "_lock", "open", "tasks")
 
     def __init__(self) -> None:
-        self._open: dict[object, list[tuple[int, int]]] = {}  # owner -> [(pid, shard)] of its open transactions
+        self.open: dict[object, list[tuple[int, int]]] = {}  # owner -> [(pid, shard)] of its open transactions
+        """Non-empty while some owner holds an open transaction on the store (then its checkouts look further)."""
         self._found: dict[object, tuple[str, list[int]]] = {}  # owner -> (statement, pids) of a cancelled call
         self._lock = threading.Lock()
         self.tasks: set[Any] = set()  # asyncio: the running questions (a task needs a reference)
 
-    def __bool__(self) -> bool:
-        """True while some owner holds an open transaction on the store (then its checkouts look further)."""
-        return bool(self._open)
-
     def clear(self) -> None:
         """After ``fork()`` in the child: the parent's transactions and sessions are not the child's."""
         with self._lock:
-            self._open.clear()
+            self.open.clear()
             self._found.clear()
         self.tasks = set()
 
@@ -124,7 +121,7 @@ class SelfLocks:
             return None
         mark = (pid, shard_id)
         with self._lock:
-            self._open.setdefault(owner, []).append(mark)
+            self.open.setdefault(owner, []).append(mark)
         return mark
 
     def closed(self, owner: object, mark: tuple[int, int] | None) -> None:
@@ -132,20 +129,20 @@ class SelfLocks:
         if mark is None:
             return
         with self._lock:
-            held = self._open.get(owner)
+            held = self.open.get(owner)
             if held is not None:
                 held.remove(mark)
                 if not held:
-                    del self._open[owner]
+                    del self.open[owner]
 
     def holds(self, owner: object) -> bool:
         """True if ``owner`` holds an open transaction on the store."""
-        return owner in self._open
+        return owner in self.open
 
     def pids(self, owner: object) -> list[int]:
         """The sessions of ``owner``'s open transactions."""
         with self._lock:
-            return [pid for pid, _ in self._open.get(owner, ())]
+            return [pid for pid, _ in self.open.get(owner, ())]
 
     def found(self, owner: object, statement: str, pids: list[int]) -> None:
         """Before a cancel: the call of ``owner`` runs ``statement`` and waits for its transactions' ``pids``."""
@@ -165,7 +162,7 @@ class SelfLocks:
             if found is None:
                 return None
             statement, pids = found
-            shards = sorted({shard for pid, shard in self._open.get(owner, ()) if pid in pids})
+            shards = sorted({shard for pid, shard in self.open.get(owner, ()) if pid in pids})
         verb = statement.split(None, 1)[0].upper() if statement.strip() else ""
         calls, instead = _OPERATIONS.get(verb, ("a plain call", "the transaction's own call (tx.<operation>)"))
         what = f"{verb} ({calls})" if verb in _OPERATIONS else calls

@@ -154,12 +154,12 @@ def test_asyncio_a_plain_call_waiting_for_the_tasks_own_transaction_fails_fast(
         ) as db:
             await db.provision()
             key = await db.put(5, 1, balance="100")
-            for call in (lambda: db.update(key, note="x"), lambda: db.delete(key)):
+            for op in ("update", "delete"):
                 async with db.transaction(5) as tx:
                     await tx.update(key, balance="70")
                     started = time.monotonic()
                     with pytest.raises(SelfDeadlock, match=r"asyncio task.*db\.transaction\(5\)"):
-                        await call()
+                        await (db.update(key, note="x") if op == "update" else db.delete(key))
                     assert time.monotonic() - started < FAST
                     await tx.update(key, balance="60")
             record = await db.get(key)
