@@ -21,6 +21,7 @@ Direct connections only: behind PgBouncer the pid a client sees is the pooler's,
 
 from __future__ import annotations
 
+import re
 import threading
 from typing import Any
 
@@ -61,6 +62,8 @@ _OPERATIONS = {  # the statement's first word -> (the plain calls that send it, 
     "DELETE": ("db.delete or db.delete_where", "tx.delete"),
     "SELECT": ("db.get_many, db.get or db.query", "tx.get_many, tx.get or tx.query"),
 }
+
+_VERB = re.compile(r"\b(INSERT|COPY|UPDATE|DELETE|SELECT)\b", re.IGNORECASE)
 
 
 class SelfLockWatch:
@@ -163,8 +166,9 @@ class SelfLocks:
                 return None
             statement, pids = found
             shards = sorted({shard for pid, shard in self.open.get(owner, ()) if pid in pids})
-        verb = statement.split(None, 1)[0].upper() if statement.strip() else ""
-        calls, instead = _OPERATIONS.get(verb, ("a plain call", "the transaction's own call (tx.<operation>)"))
+        first = _VERB.search(statement)  # a read may start with "(" or WITH
+        verb = first.group(1).upper() if first is not None else ""
+        calls, instead = _OPERATIONS.get(verb, ("call", "tx.<operation>"))
         what = f"{verb} ({calls})" if verb in _OPERATIONS else calls
         who = "thread" if isinstance(owner, int) else "asyncio task"
         on = f"shard {shards[0]}" if len(shards) == 1 else "shards " + ", ".join(str(s) for s in shards)

@@ -86,6 +86,19 @@ def test_a_put_waiting_for_a_unique_value_the_callers_transaction_wrote_fails_fa
     assert [r.data for r in db.query(kind=1)] == [{"email": "a@example.org"}]
 
 
+@pytest.mark.parametrize("op", ["get", "get_many"])
+def test_a_read_waiting_for_a_table_lock_of_the_callers_transaction_fails_fast(db: hvcore.Datastore, op: str) -> None:
+    key = db.put(5, 1, balance="100")
+    with db.transaction(5) as tx:
+        with tx.cursor() as cur:
+            cur.execute('LOCK TABLE "shard0005".entities IN ACCESS EXCLUSIVE MODE')
+        started = time.monotonic()
+        with pytest.raises(SelfDeadlock, match=r"SELECT .*tx\.get"):
+            db.get(key) if op == "get" else db.get_many([key])
+        assert time.monotonic() - started < FAST
+    assert db.get_many([key])[key].data == {"balance": "100"}
+
+
 def test_the_error_also_ends_the_block_and_rolls_the_transaction_back(db: hvcore.Datastore) -> None:
     key = db.put(5, 1, balance="100")
     with pytest.raises(SelfDeadlock), db.transaction(5) as tx:
