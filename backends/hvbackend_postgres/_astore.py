@@ -151,6 +151,7 @@ from hvbackend_postgres._selflock import (
     SELF_LOCK_DELAY,
     SELF_LOCK_POLL_MAX,
     SelfLockWatch,
+    call_later,
 )
 from hvbackend_postgres._shardtx import shard_search_path
 from hvcore._acompat import ALock, agather, ashield, asleep, aspawn, ato_thread
@@ -650,9 +651,7 @@ class AsyncPostgresServerStore(StoreCore):
         if True:  # ASYNC
             watch.handle = asyncio.get_running_loop().call_later(SELF_LOCK_DELAY, self._spawn_check, watch)
         else:
-            watch.handle = threading.Timer(SELF_LOCK_DELAY, self._check_self_lock, (watch,))
-            watch.handle.daemon = True
-            watch.handle.start()
+            watch.handle = call_later(SELF_LOCK_DELAY, self._check_self_lock, watch)
         cast(Any, conn).hv_watch = watch
 
     def _spawn_check(self, watch: SelfLockWatch) -> None:

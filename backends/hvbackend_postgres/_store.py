@@ -141,7 +141,14 @@ from hvbackend_postgres._schema import (
     shard_schema,
     stub_probe_sql,
 )
-from hvbackend_postgres._selflock import BLOCKED_BY_SQL, CANCEL_SQL, SELF_LOCK_DELAY, SELF_LOCK_POLL_MAX, SelfLockWatch
+from hvbackend_postgres._selflock import (
+    BLOCKED_BY_SQL,
+    CANCEL_SQL,
+    SELF_LOCK_DELAY,
+    SELF_LOCK_POLL_MAX,
+    SelfLockWatch,
+    call_later,
+)
 from hvbackend_postgres._shardtx import shard_search_path
 from hvbackend_postgres._transaction import PostgresTransaction, postgres_transaction
 from hvcore._acompat import Lock, gather, sleep, spawn, to_thread
@@ -541,9 +548,7 @@ class PostgresServerStore(StoreCore):
         if not self._self_locks.holds(owner):
             return
         watch = SelfLockWatch(owner, self._session_pid(conn))
-        watch.handle = threading.Timer(SELF_LOCK_DELAY, self._check_self_lock, (watch,))
-        watch.handle.daemon = True
-        watch.handle.start()
+        watch.handle = call_later(SELF_LOCK_DELAY, self._check_self_lock, watch)
         cast(Any, conn).hv_watch = watch
 
     def _spawn_check(self, watch: SelfLockWatch) -> None:
