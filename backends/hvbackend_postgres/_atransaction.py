@@ -313,7 +313,7 @@ async def postgres_transaction(
     mark: tuple[int, int] | None = None
     try:
         for attempt in (0, 1):
-            conn, pool = await store._checkout(shard_id)
+            conn, pool = await store._checkout(shard_id, watch=False)  # a nested transaction: see _selflock
             held = (conn, pool, conn.prepare_threshold)
             try:
                 await conn.execute(begin + AUTO_BEGIN if plans_generic(conn) else begin, prepare=False)

@@ -16,7 +16,10 @@ raises `SelfDeadlock` naming the transaction's shard and the operation; the tran
 runs; it keeps waiting as before. A caller holding no transaction on the server is not watched (one dict test per
 checkout while some transaction is open on the store, none otherwise).
 
-Direct connections only: behind PgBouncer the pid a client sees is the pooler's, not a server session's.
+Direct connections only: behind PgBouncer the pid a client sees is the pooler's, not a server session's. Not
+watched: connections lent to user code (``get_connection()``, ``cursor()``) and the connection of a transaction
+(a transaction nested in another of the same owner on the same server runs mostly user SQL through
+``tx.cursor()``, whose errors are the user's own: cancelling it would give a bare ``QueryCanceled``).
 """
 
 from __future__ import annotations

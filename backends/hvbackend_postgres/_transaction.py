@@ -308,7 +308,7 @@ def postgres_transaction(
     mark: tuple[int, int] | None = None
     try:
         for attempt in (0, 1):
-            conn, pool = store._checkout(shard_id)
+            conn, pool = store._checkout(shard_id, watch=False)  # a nested transaction: see _selflock
             held = (conn, pool, conn.prepare_threshold)
             try:
                 conn.execute(begin + AUTO_BEGIN if plans_generic(conn) else begin, prepare=False)
