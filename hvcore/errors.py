@@ -36,7 +36,8 @@
     ├── DuplicateValue (ValueError)         a body value a unique index of the shard already holds
     ├── SequenceUnavailable (OSError)       the shared sequence source (Redis) cannot be reached in time
     ├── TransactionError (RuntimeError)     a transaction cannot go on (ended, aborted, read-only)
-    │   └── TransactionConflict             refused to keep transactions isolated: run it again
+    │   ├── TransactionConflict             refused to keep transactions isolated: run it again
+    │   └── SelfDeadlock                    a plain call waited for a lock its caller's own open transaction holds
     └── WorkerLeaseError (RuntimeError)     a leased worker number cannot be had or kept
         ├── NoFreeWorker                    every worker number of the lease table is held
         └── WorkerLeaseLost                 the lease ended or lapsed: no key is made with it
@@ -71,6 +72,7 @@ __all__ = [
     "PluginError",
     "PoolTimeout",
     "ReadOnlyServer",
+    "SelfDeadlock",
     "SequenceUnavailable",
     "ServerError",
     "ServerLimitReached",
@@ -463,5 +465,18 @@ class NoFreeWorker(WorkerLeaseError):
 
 class WorkerLeaseLost(WorkerLeaseError):
     """The worker lease ended (closed, taken over) or lapsed (not renewed in time): no key is made with it."""
+
+    __module__ = "hvcore"
+
+
+class SelfDeadlock(TransactionError):
+    """A plain call (``db.update``, ``db.delete``, ``db.put``...) made by the owner (thread or asyncio task) of an
+    open ``db.transaction()`` on the same server waited for a lock that transaction holds.
+
+    The transaction's session sits idle until its owner goes on, and the owner waits for the call: a deadlock the
+    server cannot see. The call is cancelled on the server (nothing of it is stored) soon after it starts waiting,
+    instead of after ``operation_timeout``; the transaction stays open. The message names the transaction's shard
+    and the operation: run it as ``tx.<operation>`` inside the block, or after the block ends.
+    """
 
     __module__ = "hvcore"

@@ -149,11 +149,19 @@ from hvbackend_postgres._schema import (
     shard_schema,
     stub_probe_sql,
 )
+from hvbackend_postgres._selflock import (
+    BLOCKED_BY_SQL,
+    CANCEL_SQL,
+    SELF_LOCK_DELAY,
+    SELF_LOCK_POLL_MAX,
+    SelfLockWatch,
+    call_later,
+)
 from hvbackend_postgres._shardtx import shard_search_path
 from hvcore._acompat import ALock, agather, ashield, asleep, aspawn, ato_thread
 from hvcore._backend import BackendOptions, ProvisionReport, QuerySpec, Record
 from hvcore._config import pgbouncer_mode
-from hvcore._holdings import CONNECTION, closed_while_waiting
+from hvcore._holdings import CONNECTION, closed_while_waiting, current_owner
 from hvcore._key import Key
 from hvcore._metrics import metrics
 from hvcore.errors import ConfigError, ConnectionMisuse, DuplicateKey, ServerUnavailable, ShardMoved
@@ -500,6 +508,7 @@ class AsyncPostgresServerStore(StoreCore):
         self._borrower = {}
         self._handles = {}
         self._holdings.clear()
+        self._self_locks.clear()
         self._lent = 0
         self._waiting = 0
         self._lock = threading.Lock()
@@ -578,11 +587,13 @@ class AsyncPostgresServerStore(StoreCore):
             return False
         return True
 
-    async def _checkout(self, shard: int | None = None) -> tuple[AConn, _Pool]:
+    async def _checkout(self, shard: int | None = None, *, watch: bool = True) -> tuple[AConn, _Pool]:
         """Borrow a checked connection: dead ones are discarded and replaced without failing the caller.
 
         ``shard``: the one shard the borrower will work on (a point operation, a lent connection or transaction
         bound to it): the pool then hands out the idle session that shard prefers (`_fanout.bring_preferred_forward`).
+        ``watch``: a caller holding an open transaction on this server has its statements watched for a wait on
+        that transaction (`_watch`; not a connection lent to user code).
         """
         deadline = time.monotonic() + self._options.pool_block_timeout
         while True:
@@ -636,14 +647,83 @@ class AsyncPostgresServerStore(StoreCore):
                     metrics.connection_wait(self._label, time.monotonic() - deadline + self._options.pool_block_timeout)
                 with self._lock:
                     self._lent += 1
+                if self._self_locks.open and watch:  # some transaction is open on this server: is it this caller's?
+                    self._watch(conn)
                 return conn, pool
             self._log("discarding a dead connection to %s", self._label)
             await self._give_back(conn, pool, discard=True)
+
+    def _watch(self, conn: AConn) -> None:
+        """Watch the statements ``conn`` runs for the current owner if it holds an open transaction on this server
+        (see `_selflock`): `_check_self_lock` runs after `SELF_LOCK_DELAY` s unless the connection is back by then."""
+        owner = current_owner()
+        if not self._self_locks.holds(owner):
+            return
+        watch = SelfLockWatch(owner, self._session_pid(conn))
+        if True:  # ASYNC
+            watch.handle = asyncio.get_running_loop().call_later(SELF_LOCK_DELAY, self._spawn_check, watch)
+        else:
+            watch.handle = call_later(SELF_LOCK_DELAY, self._check_self_lock, watch)
+        cast(Any, conn).hv_watch = watch
+
+    def _spawn_check(self, watch: SelfLockWatch) -> None:
+        """Start `_check_self_lock` (asyncio: as a task of the loop, kept until it ends)."""
+        if True:  # ASYNC
+            if watch.done:
+                return
+            task = asyncio.ensure_future(self._check_self_lock(watch))
+            self._self_locks.tasks.add(task)
+            task.add_done_callback(self._self_locks.tasks.discard)
+        else:
+            self._check_self_lock(watch)
+
+    def _unwatch(self, conn: AConn) -> bool:
+        """The watched call on ``conn`` is over; True if its statement was cancelled (the session is not reused)."""
+        watch: SelfLockWatch = cast(Any, conn).hv_watch
+        cast(Any, conn).hv_watch = None
+        fired = watch.stop()
+        self._self_locks.forget(watch.owner)
+        return fired
+
+    async def _check_self_lock(self, watch: SelfLockWatch) -> None:
+        """Ask the server, on a connection of its own, whether the watched session waits for one of its owner's open
+        transactions (`BLOCKED_BY_SQL`); if so, note it and cancel the statement (`_translate` then raises
+        `SelfDeadlock`), else ask again after a pause (doubling up to `SELF_LOCK_POLL_MAX`) while the call goes on.
+        Best effort: a failure here leaves the call waiting as it would without the watch."""
+        conn: AConn | None = None
+        pause = SELF_LOCK_DELAY
+        try:
+            while not watch.done and watch.pid:
+                ours = self._self_locks.pids(watch.owner)
+                if not ours:
+                    return
+                if conn is None:
+                    conn = await bounded_async_connection_class(self._options.operation_timeout).connect(
+                        self._conninfo, **{**self._kwargs, "autocommit": True}
+                    )
+                cur = await conn.execute(BLOCKED_BY_SQL, {"pid": watch.pid, "ours": ours})
+                row = await cur.fetchone()
+                if row is not None and row[0] and watch.fire():
+                    self._self_locks.found(watch.owner, str(row[1] or ""), list(row[0]))
+                    await conn.execute(CANCEL_SQL, (watch.pid, row[2]))
+                    self._log("a call on %s waited for its own transaction (pid %s): cancelled", self._label, row[0])
+                    return
+                await asleep(pause)
+                pause = min(pause * 2, SELF_LOCK_POLL_MAX)
+        except (psycopg.Error, OSError) as exc:
+            self._log("checking what a call on %s waits for failed: %s", self._label, exc)
+        finally:
+            if conn is not None:
+                with contextlib.suppress(psycopg.Error):
+                    await conn.close()
 
     async def _checkin(self, conn: AConn, pool: _Pool) -> None:
         """Give a connection back; a return cannot be cancelled half-way (a half-done return loses the slot)."""
         with self._lock:
             self._lent -= 1
+        if conn.hv_watch is not None and self._unwatch(conn):  # type: ignore[attr-defined]
+            await self._give_back(conn, pool, discard=True)  # cancelled (_selflock): no late cancel for the next one
+            return
         if True:  # ASYNC
             clean = conn.autocommit and conn.pgconn.transaction_status == pq.TransactionStatus.IDLE
             if clean and not (pool._lock.locked() or pool._waiting):
@@ -679,7 +759,7 @@ class AsyncPostgresServerStore(StoreCore):
     async def get_connection(self, shard_id: int) -> AConn:
         """Borrow a connection (transactional, rows as dicts by default) whose search path is the shard's schema."""
         path, schema = self._search_path(shard_id)
-        conn, pool = await self._checkout(shard_id)
+        conn, pool = await self._checkout(shard_id, watch=False)  # what user code runs there is its own business
         try:
             if self.pooling == "transaction":  # every transaction it opens starts with SET LOCAL (see _bouncer)
                 if shard_id not in self._bindable:

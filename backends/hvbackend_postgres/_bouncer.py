@@ -159,6 +159,7 @@ def shard_bound_class(base: type[psycopg.Connection[Any]]) -> type[psycopg.Conne
     class ShardBoundConnection(base):  # type: ignore[valid-type,misc]
         hv_bind: bytes | None = None
         hv_restore = ""  # behind a pooler: `restore_sql` of the connection as it started
+        hv_watch: Any = None  # a `_selflock.SelfLockWatch` while a caller holding a transaction uses it
 
         def _start_query(self) -> Any:
             return _bind_after_begin(self, super()._start_query())
@@ -182,6 +183,7 @@ def shard_bound_async_class(base: type[psycopg.AsyncConnection[Any]]) -> type[ps
     class ShardBoundAsyncConnection(base):  # type: ignore[valid-type,misc]
         hv_bind: bytes | None = None
         hv_restore = ""  # behind a pooler: `restore_sql` of the connection as it started
+        hv_watch: Any = None  # a `_selflock.SelfLockWatch` while a caller holding a transaction uses it
 
         def _start_query(self) -> Any:
             return _bind_after_begin(self, super()._start_query())

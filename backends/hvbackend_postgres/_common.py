@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, cast
 
 import psycopg
+from psycopg import errors as pg_errors
 from psycopg import pq, sql
 from psycopg.rows import RowMaker, dict_row, tuple_row
 from psycopg.types import TypeInfo
@@ -33,9 +34,10 @@ from hvbackend_postgres._schema import (
     required_relations,
     shard_schema,
 )
+from hvbackend_postgres._selflock import SelfLocks
 from hvcore._backend import BackendOptions, QuerySpec, Record, check_body, check_json, json_default
 from hvcore._config import libpq_settings, redact_conninfo
-from hvcore._holdings import Holdings, pool_timeout
+from hvcore._holdings import Holdings, current_owner, pool_timeout
 from hvcore._key import Key
 from hvcore._row import Row
 from hvcore._show import show_value
@@ -459,6 +461,7 @@ class StoreCore:
         self._lent = 0
         self._waiting = 0  # callers waiting for a connection of the pool right now (see _checkout)
         self._holdings = Holdings()  # what each thread / task holds of the pool (for the PoolTimeout's note)
+        self._self_locks = SelfLocks()  # owners' open transactions: a plain call waiting for one (_selflock)
         self._borrower: dict[int, object] = {}  # id(conn) of a get_connection() connection → who borrowed it
         self._sql: dict[int, ShardSQL] = {}
         self._fetch_parts: dict[int, str] = {}
@@ -557,6 +560,12 @@ class StoreCore:
         the shard whose schema the server names (a statement over several shards fails on one of them), else
         ``shard_id``. ``shards``: all the shards the failed statement(s) covered, named when the server names
         none of them (a privilege on a table, whose name alone is given)."""
+        if self._self_locks.open and isinstance(
+            exc, pg_errors.QueryCanceled
+        ):  # cancelled waiting for its own transaction?
+            found = self._self_locks.error(current_owner(), shard_id, self._label)
+            if found is not None:
+                return found
         state = exc.sqlstate
         named = named_shard(exc)
         if named is not None:

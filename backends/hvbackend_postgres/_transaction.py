@@ -305,9 +305,10 @@ def postgres_transaction(
     begin = begin_sql(shard_id, ext, isolation_level, read_only)
     held: tuple[Conn, Any, int | None] | None = None  # from the checkout on, every way out gives it back
     owner: object = None
+    mark: tuple[int, int] | None = None
     try:
         for attempt in (0, 1):
-            conn, pool = store._checkout(shard_id)
+            conn, pool = store._checkout(shard_id, watch=False)  # a nested transaction: see _selflock
             held = (conn, pool, conn.prepare_threshold)
             try:
                 conn.execute(begin + AUTO_BEGIN if plans_generic(conn) else begin, prepare=False)
@@ -322,6 +323,8 @@ def postgres_transaction(
                 raise error from chained(error, exc)
             break
         owner = store._holdings.take(TRANSACTION)  # a PoolTimeout of this caller's meanwhile names the transaction
+        if store.pooling == "off":  # a plain call of this owner waiting for this session fails fast (_selflock)
+            mark = store._self_locks.opened(owner, store._session_pid(conn), shard_id)
         # Statements run through tx.cursor() are not prepared either: behind PgBouncer in transaction mode a
         # prepared statement stays with a server session the next transaction may not get (restored after).
         conn.prepare_threshold = None
@@ -354,6 +357,7 @@ def postgres_transaction(
     finally:
         if owner is not None:
             store._holdings.give(TRANSACTION, owner)
+            store._self_locks.closed(owner, mark)
         if held is not None:
             conn, pool, threshold = held
             if not conn.closed and conn.pgconn.transaction_status != pq.TransactionStatus.IDLE:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from typing import Any
 
@@ -123,11 +124,24 @@ def test_a_write_timed_out_on_a_lock_wait_is_cancelled_not_committed_later(pg_fr
     with hvcore.Datastore(servers, backend="jsonb", operation_timeout=0.5, pool_max=4) as db:
         db.provision()
         key = db.put(2, 5, a=1)
-        with db.transaction(2) as tx:
-            tx.update(key, a=2)  # holds the row lock
+        locked, release = threading.Event(), threading.Event()
+
+        def holder() -> None:  # another thread's transaction (one's own would be a SelfDeadlock: test_self_lock_pg)
+            with db.transaction(2) as tx:
+                tx.update(key, a=2)  # holds the row lock
+                locked.set()
+                release.wait(30)
+
+        thread = threading.Thread(target=holder)
+        thread.start()
+        try:
+            assert locked.wait(30)
             with pytest.raises(hvcore.ServerUnavailable):
                 db.update(key, a=3)
             time.sleep(0.5)  # the cancel request travels on its own thread
+        finally:
+            release.set()
+            thread.join(30)
         time.sleep(0.5)
         record = db.get(key)
         assert record is not None and record.data == {"a": 2}

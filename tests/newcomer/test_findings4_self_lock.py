@@ -17,12 +17,6 @@ import pytest
 import hvcore
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="db.update(key) inside this thread's own db.transaction(shard) block, on a row that transaction "
-    "locked, waits out operation_timeout and raises ServerUnavailable ('did not answer'); it should say it waits "
-    "for the caller's own open transaction on that shard (use tx.update), not blame the server",
-)
 def test_a_plain_write_blocked_by_the_callers_own_transaction_names_the_transaction(
     pg_fresh_db: dict[str, Any],
 ) -> None:

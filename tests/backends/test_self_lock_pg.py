@@ -1,0 +1,203 @@
+"""A plain call waiting for a lock its caller's own open transaction holds fails fast with `SelfDeadlock`.
+
+Inside ``with db.transaction(5) as tx:``, ``db.update(key, ...)`` (instead of ``tx.update``) on a row the
+transaction wrote waits for the transaction, whose session is idle until the call returns: PostgreSQL cannot see
+that deadlock. The call is cancelled on the server soon after it starts waiting (nothing of it is stored, the
+transaction goes on) and raises `SelfDeadlock` naming the shard and the fix, long before ``operation_timeout``
+(30 s here; the tests allow 10). A wait for another thread's or task's transaction is ordinary contention: it
+still waits, and succeeds when that transaction commits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+import hvcore
+from hvcore import SelfDeadlock
+
+pytestmark = pytest.mark.postgres
+
+BACKENDS = ["jsonb", "hstore"]
+TIMEOUT = 30  # operation_timeout: the error must come long before it
+FAST = 10.0  # seconds: well under operation_timeout, without a tight figure for a loaded machine
+
+
+@pytest.fixture(params=BACKENDS)
+def db(request: pytest.FixtureRequest, pg_fresh_db: dict[str, Any]) -> Iterator[hvcore.Datastore]:
+    store = hvcore.Datastore(
+        [{**pg_fresh_db, "shards": "0-8"}], backend=request.param, pool_max=3, operation_timeout=TIMEOUT
+    )
+    try:
+        store.provision()
+        yield store
+    finally:
+        store.close()
+
+
+# each: (what the plain call does, the transaction's call that would be right) on a record the transaction updated
+PLAIN: dict[str, Callable[[hvcore.Datastore, hvcore.Key], Any]] = {
+    "update": lambda db, key: db.update(key, note="plain"),
+    "replace": lambda db, key: db.replace(key, note="plain"),
+    "delete": lambda db, key: db.delete(key),
+    "update_where": lambda db, key: db.update_where(set={"note": "plain"}, kind=1, shards=[5]),
+    "delete_where": lambda db, key: db.delete_where(kind=1, shards=[5]),
+}
+STATEMENT = {"update": "UPDATE", "replace": "UPDATE", "delete": "DELETE", "update_where": "UPDATE"}
+STATEMENT["delete_where"] = "DELETE"
+
+
+@pytest.mark.parametrize("op", sorted(PLAIN))
+def test_a_plain_write_on_a_row_of_the_callers_transaction_fails_fast_and_the_transaction_goes_on(
+    db: hvcore.Datastore, op: str
+) -> None:
+    key = db.put(5, 1, balance="100")
+    with db.transaction(5) as tx:
+        tx.update(key, balance="70")
+        started = time.monotonic()
+        with pytest.raises(SelfDeadlock) as caught:
+            PLAIN[op](db, key)
+        waited = time.monotonic() - started
+        tx.update(key, seen="after")  # the transaction is still open and usable
+    assert waited < FAST, f"{waited:.1f} s"
+    message = str(caught.value)
+    assert isinstance(caught.value, hvcore.TransactionError)
+    assert "shard 5" in message and "db.transaction(5)" in message, message
+    assert STATEMENT[op] in message and "tx." in message, message
+    assert "nothing of it is stored" in message
+    record = db.get(key)
+    assert record is not None and record.data == {"balance": "70", "seen": "after"}  # the plain call left nothing
+
+
+def test_a_put_waiting_for_a_unique_value_the_callers_transaction_wrote_fails_fast(db: hvcore.Datastore) -> None:
+    db.create_index(1, "email", unique=True)
+    with db.transaction(5) as tx:
+        tx.put(1, email="a@example.org")
+        started = time.monotonic()
+        with pytest.raises(SelfDeadlock, match=r"INSERT \(db\.put\).*tx\.put"):
+            db.put(5, 1, email="a@example.org")  # the unique check waits for the transaction's row
+        assert time.monotonic() - started < FAST
+    assert [r.data for r in db.query(kind=1)] == [{"email": "a@example.org"}]
+
+
+@pytest.mark.parametrize("op", ["get", "get_many"])
+def test_a_read_waiting_for_a_table_lock_of_the_callers_transaction_fails_fast(db: hvcore.Datastore, op: str) -> None:
+    key = db.put(5, 1, balance="100")
+    with db.transaction(5) as tx:
+        with tx.cursor() as cur:
+            cur.execute('LOCK TABLE "shard0005".entities IN ACCESS EXCLUSIVE MODE')
+        started = time.monotonic()
+        with pytest.raises(SelfDeadlock, match=r"SELECT .*tx\.get"):
+            db.get(key) if op == "get" else db.get_many([key])
+        assert time.monotonic() - started < FAST
+    assert db.get_many([key])[key].data == {"balance": "100"}
+
+
+def test_the_error_also_ends_the_block_and_rolls_the_transaction_back(db: hvcore.Datastore) -> None:
+    key = db.put(5, 1, balance="100")
+    with pytest.raises(SelfDeadlock), db.transaction(5) as tx:
+        tx.update(key, balance="70")
+        db.update(key, note="x")  # the slip: db. instead of tx.
+    record = db.get(key)
+    assert record is not None and record.data == {"balance": "100"}
+    assert db.update(key, note="after")  # the pool works on (the cancelled session was not reused)
+
+
+def test_waiting_for_another_threads_transaction_still_waits_and_succeeds(db: hvcore.Datastore) -> None:
+    """The caller holds a transaction of its own (so its calls are watched), but the lock it waits for is another
+    thread's: ordinary contention, never cancelled."""
+    key = db.put(5, 1, balance="100")
+    other = db.put(6, 1, n="1")
+    locked, release = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def holder() -> None:
+        try:
+            with db.transaction(5) as tx:
+                tx.update(key, balance="70")
+                locked.set()
+                release.wait(30)
+        except BaseException as exc:  # pragma: no cover (reported below)
+            errors.append(exc)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    assert locked.wait(30)
+    timer = threading.Timer(1.5, release.set)  # past several of the watch's questions
+    timer.start()
+    try:
+        with db.transaction(6) as tx:
+            tx.update(other, n="2")
+            started = time.monotonic()
+            assert db.update(key, note="plain")  # waits for the holder's commit
+            waited = time.monotonic() - started
+    finally:
+        release.set()
+        thread.join(30)
+        timer.cancel()
+    assert not errors, errors
+    assert waited >= 1.0, f"{waited:.2f} s: it did not wait for the other transaction"
+    record = db.get(key)
+    assert record is not None and record.data == {"balance": "70", "note": "plain"}
+
+
+def test_a_connection_lent_to_user_code_is_not_watched(db: hvcore.Datastore) -> None:
+    """What user code runs on ``get_connection()``/``cursor()`` is its own business: its wait is not cancelled."""
+    key = db.put(5, 1, balance="100")
+    with db.transaction(5) as tx:
+        tx.update(key, balance="70")
+        with pytest.raises(psycopg.errors.LockNotAvailable), db.cursor(5) as cur:
+            cur.execute("SET LOCAL lock_timeout = '1s'")
+            cur.execute("UPDATE entities SET id = id WHERE id = %s", (key,))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_asyncio_a_plain_call_waiting_for_the_tasks_own_transaction_fails_fast(
+    backend: str, pg_fresh_db: dict[str, Any]
+) -> None:
+    async def scenario() -> None:
+        async with hvcore.AsyncDatastore(
+            [{**pg_fresh_db, "shards": "0-8"}], backend=backend, pool_max=3, operation_timeout=TIMEOUT
+        ) as db:
+            await db.provision()
+            key = await db.put(5, 1, balance="100")
+            for op in ("update", "delete"):
+                async with db.transaction(5) as tx:
+                    await tx.update(key, balance="70")
+                    started = time.monotonic()
+                    with pytest.raises(SelfDeadlock, match=r"asyncio task.*db\.transaction\(5\)"):
+                        await (db.update(key, note="x") if op == "update" else db.delete(key))
+                    assert time.monotonic() - started < FAST
+                    await tx.update(key, balance="60")
+            record = await db.get(key)
+            assert record is not None and record.data == {"balance": "60"}
+
+            # another task's transaction: ordinary contention, the caller (holding a transaction too) waits
+            other = await db.put(6, 1, n="1")
+            locked, release = asyncio.Event(), asyncio.Event()
+
+            async def holder() -> None:
+                async with db.transaction(5) as tx:
+                    await tx.update(key, balance="50")
+                    locked.set()
+                    await release.wait()
+
+            held = asyncio.ensure_future(holder())
+            await locked.wait()
+            asyncio.get_running_loop().call_later(1.5, release.set)
+            async with db.transaction(6) as tx:
+                await tx.update(other, n="2")
+                started = time.monotonic()
+                assert await db.update(key, note="plain")
+                assert time.monotonic() - started >= 1.0
+            await held
+            record = await db.get(key)
+            assert record is not None and record.data == {"balance": "50", "note": "plain"}
+
+    asyncio.run(scenario())
