@@ -240,7 +240,7 @@ class _GeneratorBase:
         else:
             ms_clock = clock
             # Half a millisecond in: never a cached small int, so each reading is a distinct object.
-            self._now_ns = lambda: operator.index(ms_clock()) * _NS_PER_MS + _NS_PER_MS // 2
+            self._now_ns = lambda: _clock_ms(ms_clock) * _NS_PER_MS + _NS_PER_MS // 2
         if not self._custom_clock:  # the system clock: a layout that cannot make a key now is refused here
             check_layout_now(layout, time.time_ns() // _NS_PER_MS)
         self._floor = -1  # milliseconds up to this one are not ours to use (set by a fork or a worker lease)
@@ -571,6 +571,29 @@ class _GeneratorBase:
             f"{type(self).__name__}(layout={self.layout!r}, sequence={self.sequence!r}{extra}, "
             f"random_start={self.random_start}{state})"
         )
+
+
+_CLOCK_MS_LIMIT = 2**47  # ms after 1970 up to the year 6429: a reading above is in µs or ns, not ms
+
+
+def _clock_ms(clock: Callable[[], int]) -> int:
+    """One reading of a custom ``clock`` (Unix time in whole ms), checked: `InvalidArgument` for a float (seconds,
+    ``time.time``) or a reading in µs/ns (``time.time_ns``), which would fail later as a bare TypeError or
+    OverflowError."""
+    value = clock()
+    try:
+        ms = operator.index(value)
+    except TypeError:
+        raise InvalidArgument(
+            f"clock() returned {type(value).__name__} {value!r}: a KeyGenerator clock returns Unix time in whole "
+            "milliseconds as an int, e.g. lambda: time.time_ns() // 1_000_000"
+        ) from None
+    if ms >= _CLOCK_MS_LIMIT:
+        raise InvalidArgument(
+            f"clock() returned {ms}, past the year 6000 in milliseconds: it reads µs or ns; a KeyGenerator clock "
+            "returns Unix time in whole milliseconds, e.g. lambda: time.time_ns() // 1_000_000"
+        )
+    return ms
 
 
 class KeyGenerator(_GeneratorBase):

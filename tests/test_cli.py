@@ -70,6 +70,23 @@ def test_new_keys_are_unique_and_decode_to_the_shard() -> None:
     assert {KeyLayout.DEFAULT.key(i).shard_id for i in ids} == {42}
 
 
+def test_new_keys_are_written_as_they_are_made() -> None:
+    """``hv key new --count N`` writes each batch at once (``| head`` sees ids before all N exist; 2,000,000 keys
+    were held in memory, 382 MB, and printed after 20 s)."""
+
+    class Sink(io.StringIO):
+        writes = 0
+
+        def write(self, text: str) -> int:
+            self.writes += 1
+            return super().write(text)
+
+    out = Sink()
+    assert main(["key", "new", "--shard", "3", "--count", "5000"], out) == 0
+    assert len(out.getvalue().split()) == 5000
+    assert out.writes >= 5, f"{out.writes} write(s) for 5,000 keys: not written batch by batch"
+
+
 @pytest.mark.parametrize(
     ("args", "message"), [(["--shard", "8192"], "0..8191"), (["--shard", "1", "--count", "0"], "above 0")]
 )

@@ -49,17 +49,18 @@ def cmd_key_new(args: argparse.Namespace, out: TextIO) -> int:
         source = made
     generator = KeyGenerator(layout, sequence=source)
     try:
-        keys: list[Key] = []
+        keys: list[Key] = []  # kept for --json only: text is written batch by batch (a pipe sees ids at once)
         remaining = args.count
         while remaining:
             batch = generator.next_keys(args.shard, min(remaining, layout.sequence_size))
-            keys.extend(batch)
+            if args.json:
+                keys.extend(batch)
+            else:
+                out.write("".join(f"{k}\n" for k in batch))
             remaining -= len(batch)
     finally:
         if source is not None:
             source.close()
     if args.json:
         emit_json([k.as_dict() for k in keys], out)
-    else:
-        out.write("".join(f"{k}\n" for k in keys))
     return 0

@@ -12,6 +12,7 @@ import sys
 import tempfile
 import textwrap
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -954,3 +955,16 @@ def test_skip_numbers_moves_past_a_stretch_of_the_current_millisecond() -> None:
     assert gen.next_key(5).added_id == 0
     gen.skip_numbers(4, 0)  # nothing, not an error
     assert gen.next_key(4).added_id == after.added_id + 1
+
+
+@pytest.mark.parametrize(
+    ("clock", "said"),
+    [(time.time_ns, "µs or ns"), (lambda: time.time_ns() // 1000, "µs or ns"), (time.time, "float")],
+)
+def test_a_clock_in_other_units_is_a_typed_error(clock: Any, said: str) -> None:
+    """A test clock in ns, µs or float seconds: `InvalidArgument` naming the unit expected (was a bare
+    OverflowError or TypeError from deep inside)."""
+    generator = KeyGenerator(clock=clock)
+    with pytest.raises(InvalidArgument, match=said) as caught:
+        generator.next_key(1)
+    assert "milliseconds" in str(caught.value)
