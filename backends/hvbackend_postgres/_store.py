@@ -121,7 +121,7 @@ from hvbackend_postgres._legacy import (
     max_id_query,
 )
 from hvbackend_postgres._lent import LentConnection, detach, lent_target
-from hvbackend_postgres._migrate import PostgresMigrator, new_shard_ddl
+from hvbackend_postgres._migrate import ESCAPED_PATH, PostgresMigrator, new_shard_ddl
 from hvbackend_postgres._move import IDENTITY_SQL, SYSTEM_ID_SQL, PostgresMover, identity_text
 from hvbackend_postgres._onetrip import PIPELINE, PreparedNames, dollar_params, error_in, until_sync
 from hvbackend_postgres._poolguard import signal_safe_getconn
@@ -161,7 +161,7 @@ from hvcore._config import pgbouncer_mode
 from hvcore._holdings import CONNECTION, closed_while_waiting, current_owner
 from hvcore._key import Key
 from hvcore._metrics import metrics
-from hvcore.errors import ConfigError, ConnectionMisuse, DuplicateKey, ServerUnavailable, ShardMoved
+from hvcore.errors import ConfigError, ConnectionMisuse, DuplicateKey, MigrationError, ServerUnavailable, ShardMoved
 
 __all__ = ["PostgresServerStore"]
 
@@ -1758,11 +1758,17 @@ class PostgresServerStore(StoreCore):
 
         The catalog is read first, so a re-run only touches missing shards; the rest is created in transactions of
         `PROVISION_BATCH` shards over `PROVISION_WORKERS` concurrent sessions. A role without CREATE on the
-        database gets `PermissionDenied` naming the GRANT; a read-only server `ReadOnlyServer`.
+        database gets `PermissionDenied` naming the GRANT; a read-only server `ReadOnlyServer`; a recorded
+        migration that leaves the new shard's schema when replayed there `MigrationError`.
         """
         try:
             return self._provision(shard_ids, progress)
         except psycopg.Error as exc:
+            if exc.sqlstate == ESCAPED_PATH:  # a recorded migration replayed on a new shard left its schema
+                raise MigrationError(
+                    f"provisioning on {self._label} stopped: {exc.diag.message_primary}. That batch of new shards was rolled back (nothing of it is created). A recorded migration must run in the shard's schema: record a corrected file (hv migrate) or remove it from hypervault.migrations, then run hv init again",
+                    server=self._label,
+                ) from None
             refused = self._refusal(exc)
             if refused is None:
                 raise
