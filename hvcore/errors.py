@@ -357,14 +357,16 @@ class PermissionDenied(HypervaultError, PermissionError):
 
 
 class LoginRefused(PermissionDenied):
-    """The server answers but its configuration refuses this login: the role's or the database's ``CONNECTION
-    LIMIT`` (0, or every allowed session taken), ``ALLOW_CONNECTIONS false``, no CONNECT privilege on the database,
-    or a ``NOLOGIN`` role. Not a `ServerUnavailable`: the server is fine, and retrying or failing over does not
-    help until a superuser changes the setting; the message names the statement that does.
+    """The server answers but refuses this login: the role's or the database's ``CONNECTION LIMIT`` (0, or every
+    allowed session taken), ``ALLOW_CONNECTIONS false``, no CONNECT privilege on the database, a ``NOLOGIN`` role, a
+    wrong password (or another authentication failure), no ``pg_hba.conf`` line for it, or a role or database that
+    does not exist. Not a `ServerUnavailable`: the server is fine, and retrying or failing over does not help until
+    the connection settings or the server's configuration change; the message says which.
 
     ``server`` is the entry's ``host:port/dbname`` (never a password), ``role`` the role refused ("" when not
     known), ``database`` the database, ``setting`` what refused it (``"role CONNECTION LIMIT"``, ``"database
-    CONNECTION LIMIT"``, ``"ALLOW_CONNECTIONS"``, ``"CONNECT privilege"``, ``"LOGIN"``).
+    CONNECTION LIMIT"``, ``"ALLOW_CONNECTIONS"``, ``"CONNECT privilege"``, ``"LOGIN"``, ``"password"``,
+    ``"authentication"``, ``"pg_hba.conf"``, ``"role missing"``, ``"database missing"``).
     """
 
     __module__ = "hvcore"

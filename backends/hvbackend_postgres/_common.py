@@ -491,14 +491,14 @@ class StoreCore:
         refused = login_refusal(text, self._label, self._role, self._dbname)
         if refused is not None:
             return refused
-        if "password authentication failed" in text or "authentication failed" in text:
-            return ServerUnavailable(
-                f"PostgreSQL server {self._label} refused the login: {text} (check user and password)"
-            )
-        if re.search(r'(database|role) "[^"]*" does not exist', text):  # the server is up: the setting is wrong
-            return ServerUnavailable(
-                f"PostgreSQL server {self._label} refused the connection: {text} (the server answers; check dbname "
-                "and user in the connection settings: hypervault creates schemas, not databases or roles)"
+        if "authentication failed" in text:  # another method than password (ident, peer, cert...)
+            return LoginRefused(
+                f"PostgreSQL server {self._label} refused the login: {text} (check user and the authentication "
+                "method pg_hba.conf asks of it)",
+                server=self._label,
+                role=self._role,
+                database=self._dbname,
+                setting="authentication",
             )
         return ServerUnavailable(f"PostgreSQL server {self._label} is unavailable: {text}")
 
@@ -874,6 +874,10 @@ _LOGIN_REFUSALS = (
     (re.compile(r'database "((?:[^"]|"")*)" is not currently accepting connections'), "ALLOW_CONNECTIONS", "database"),
     (re.compile(r'permission denied for database "((?:[^"]|"")*)"'), "CONNECT privilege", "database"),
     (re.compile(r'role "((?:[^"]|"")*)" is not permitted to log in'), "LOGIN", "role"),
+    (re.compile(r'password authentication failed for user "((?:[^"]|"")*)"'), "password", "role"),
+    (re.compile(r'no pg_hba\.conf entry for host "[^"]*", user "((?:[^"]|"")*)"'), "pg_hba.conf", "role"),
+    (re.compile(r'role "((?:[^"]|"")*)" does not exist'), "role missing", "role"),
+    (re.compile(r'database "((?:[^"]|"")*)" does not exist'), "database missing", "database"),
 )
 
 
@@ -890,7 +894,8 @@ def login_refusal(text: str, label: str, role: str, dbname: str) -> LoginRefused
 
     At login libpq passes on the server's FATAL text alone (no SQLSTATE), so its texts are matched: the role's or
     database's CONNECTION LIMIT (53300; this pool has no session of its own then: see ``_Pool._connect``),
-    ``ALLOW_CONNECTIONS false``, no CONNECT privilege, a NOLOGIN role. ``role`` is the configured user ("" for
+    ``ALLOW_CONNECTIONS false``, no CONNECT privilege, a NOLOGIN role, a wrong password, no pg_hba.conf line, a role
+    or database that does not exist. ``role`` is the configured user ("" for
     libpq's default, then the name the server gives, if any); the message names the statement that lifts it.
     """
     for pattern, setting, subject in _LOGIN_REFUSALS:
@@ -922,6 +927,22 @@ def login_refusal(text: str, label: str, role: str, dbname: str) -> LoginRefused
                 f"{db_sql} TO {role_sql}"
             ),
             "LOGIN": f"the role may not log in. As a superuser: ALTER ROLE {role_sql} LOGIN (or use a login role)",
+            "password": (
+                "the password is wrong for this role, or it has none: correct the entry's password (or the "
+                f"PGPASSFILE line libpq reads); as a superuser, ALTER ROLE {role_sql} PASSWORD '...' sets one"
+            ),
+            "pg_hba.conf": (
+                "the server's pg_hba.conf has no line admitting this host, role and database: add one and reload "
+                "the server (SELECT pg_reload_conf()), or connect as a role it admits"
+            ),
+            "role missing": (
+                f"no such role on this server: check user in the connection settings, or create it as a superuser "
+                f"(CREATE ROLE {role_sql} LOGIN PASSWORD '...'); hypervault creates schemas, not databases or roles"
+            ),
+            "database missing": (
+                f"no such database on this server: check dbname in the connection settings, or create it "
+                f"(CREATE DATABASE {db_sql}); hypervault creates schemas, not databases or roles"
+            ),
         }[setting]
         shown_role = f"role {who!r}" if who else "the connecting role (libpq's default user)"
         return LoginRefused(

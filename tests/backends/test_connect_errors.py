@@ -22,11 +22,12 @@ def test_a_database_or_role_that_does_not_exist_names_the_setting(
     servers = [{**pg_main, setting: value, "shards": "0-2"}]
     with (
         hvcore.Datastore(servers, backend="jsonb", worker=None, pool_block_timeout=2) as db,
-        pytest.raises(hvcore.ServerUnavailable) as caught,
+        pytest.raises(hvcore.LoginRefused) as caught,  # not ServerUnavailable: the server answers
     ):
         db.put(1, 1, a=1)
     text = str(caught.value)
-    assert f'{said} "{value}" does not exist' in text and "check dbname and user" in text, text
+    assert f'{said} "{value}" does not exist' in text and f"check {setting} in the connection settings" in text, text
+    assert caught.value.setting == f"{said} missing"
 
 
 def test_an_application_without_logging_gets_no_stray_pool_lines(pg_main: dict[str, Any]) -> None:
@@ -38,7 +39,7 @@ def test_an_application_without_logging_gets_no_stray_pool_lines(pg_main: dict[s
         try:
             with hvcore.Datastore(servers, backend="jsonb", worker=None, pool_block_timeout=1) as db:
                 db.put(1, 1, a=1)
-        except hvcore.ServerUnavailable:
+        except hvcore.LoginRefused:
             print("refused")
         """
     )

@@ -251,11 +251,12 @@ def test_wrong_password(pg_cluster: Any) -> None:
     db = hvcore.Datastore([dict(shards="0-4", **settings)], backend="jsonb", pool_block_timeout=3)
     try:
         started = time.monotonic()
-        with pytest.raises(hvcore.ServerUnavailable) as info:
+        with pytest.raises(hvcore.LoginRefused) as info:  # not ServerUnavailable: retrying cannot help
             db.put(1, 1, a=1)
         assert time.monotonic() - started < 2.5
         assert "password" in str(info.value) and wrong not in str(info.value)
-        with pytest.raises(hvcore.ServerUnavailable) as info:
+        assert info.value.setting == "password" and info.value.role == SECRET_ROLE
+        with pytest.raises(hvcore.LoginRefused) as info:
             db.provision()
         assert wrong not in str(info.value)
         assert wrong not in repr(db) and wrong not in repr(db.servers[0])
@@ -263,7 +264,7 @@ def test_wrong_password(pg_cluster: Any) -> None:
         db.close()
     conninfo = f"host=127.0.0.1 port={settings['port']} dbname=postgres user={SECRET_ROLE} password={wrong}"
     with hvcore.Datastore([dict(shards="0-4", conninfo=conninfo)], backend="jsonb") as db2:
-        with pytest.raises(hvcore.ServerUnavailable) as info:
+        with pytest.raises(hvcore.LoginRefused) as info:
             db2.put(1, 1, a=1)
         assert wrong not in str(info.value)
 

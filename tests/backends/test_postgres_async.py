@@ -262,18 +262,18 @@ def test_server_down_then_back(pg_cluster: Any) -> None:
         pg_cluster.start(2)
 
 
-def test_wrong_password_is_server_unavailable(pg_cluster: Any) -> None:
+def test_wrong_password_is_login_refused(pg_cluster: Any) -> None:
     wrong = "not-the-Pa55word-42"
     settings = {**pg_cluster.settings(2), "user": SECRET_ROLE, "password": wrong}
 
     async def main() -> None:
         async with hvcore.AsyncDatastore([dict(shards="0-4", **settings)], backend="jsonb", pool_block_timeout=3) as db:
             started = time.monotonic()
-            with pytest.raises(hvcore.ServerUnavailable) as info:
+            with pytest.raises(hvcore.LoginRefused) as info:
                 await db.put(1, 1, a=1)
             assert time.monotonic() - started < 2.5
             assert "password" in str(info.value) and wrong not in str(info.value)
-            with pytest.raises(hvcore.ServerUnavailable) as info:
+            with pytest.raises(hvcore.LoginRefused) as info:
                 await db.provision()
             assert wrong not in str(info.value) and wrong not in repr(db.servers[0])
 
