@@ -55,8 +55,10 @@ def demo_setup(args: argparse.Namespace, registry: PluginRegistry) -> Iterator[t
             f"hv demo runs on embedded PostgreSQL servers: {install_hint('embedded')} "
             f"(or: hv demo --backend memory; hv demo --config FILE for your own servers){registry.broken_note()}"
         )
-    print(f"starting {DEMO_SERVERS} demo servers…", file=sys.stderr)
+    print(f"starting {DEMO_SERVERS} demo servers (initdb and start of each: seconds to a minute)…", file=sys.stderr)
+    started = time.perf_counter()
     with provider as demo:
+        print(f"demo servers up in {time.perf_counter() - started:.1f} s", file=sys.stderr)
         yield _with_shards([dict(s) for s in demo.settings]), demo.backend, demo.description
 
 
@@ -85,6 +87,8 @@ def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
         Datastore(conns, backend=backend) as store,
     ):
         shard_ids = store.shard_map.shard_ids
+        if not args.json:
+            print(f"provisioning {len(shard_ids)} shards…", file=sys.stderr)
         t0 = time.perf_counter()
         store.provision()
         provision_s = time.perf_counter() - t0
