@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import statistics
+import subprocess
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 __all__ = ["NEXT_ID_SQL", "measure"]
 
@@ -49,3 +53,28 @@ def measure(candidates: Mapping[str, Callable[[], object]], ops: int, rounds: in
                 fn()
             times[name].append((time.perf_counter() - started) / ops)
     return {name: statistics.median(values) for name, values in times.items()}
+
+
+SYSCALLS = ("openat", "close", "lseek", "pread64", "pwrite64")  # relation files opened/closed, sized, read, written
+
+
+def syscalls_per_call(pids: list[int], fn: Callable[[], None], ops: int) -> dict[str, float]:
+    """`SYSCALLS` per call of ``fn`` made by the server sessions ``pids`` (``strace -c -f`` attached meanwhile;
+    raises OSError where strace is missing). Load does not move these counts, unlike times."""
+    report = Path(f"/tmp/hv_bench_strace_{os.getpid()}.txt")
+    attach = [arg for pid in pids for arg in ("-p", str(pid))]
+    tracer = subprocess.Popen(["strace", "-c", "-f", "-o", str(report), *attach], stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1.0)  # attached
+        for _ in range(ops):
+            fn()
+    finally:
+        tracer.send_signal(signal.SIGINT)
+        tracer.wait(30)
+    counts: dict[str, float] = dict.fromkeys(SYSCALLS, 0.0)
+    for line in report.read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 5 and parts[-1] in counts and parts[3].isdigit():
+            counts[parts[-1]] = int(parts[3]) / ops
+    report.unlink()
+    return counts

@@ -34,7 +34,6 @@ import argparse
 import json
 import os
 import random
-import signal
 import statistics
 import subprocess
 import sys
@@ -50,7 +49,7 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backends"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from _shared import measure
+from _shared import measure, syscalls_per_call
 from fixtures.localpg import local_servers
 
 import hvcore
@@ -237,7 +236,6 @@ COUNTERS_SQL = (
 )
 COUNTER_NAMES = ("wal_bytes", "wal_fpi", "blks_read", "blks_hit", "commits", "auto_vacuum_analyze")
 STATS_FLUSH_S = 11.0  # an idle backend has flushed its statistics by then (PostgreSQL 15: after 10 s idle)
-SYSCALLS = ("openat", "close", "lseek", "pread64", "pwrite64")  # relation files opened/closed, sized, read, written
 
 
 def _server_totals(config: list[dict[str, Any]]) -> dict[str, int]:
@@ -264,29 +262,8 @@ def _counters(config: list[dict[str, Any]], pids: list[int], fn: Callable[[], No
     after = _server_totals(config)
     out = {name: (after[name] - before[name]) / ops for name in COUNTER_NAMES}
     with suppress(OSError, subprocess.SubprocessError, ValueError):
-        out.update(_syscalls(pids, fn, ops))
+        out.update(syscalls_per_call(pids, fn, ops))
     return out
-
-
-def _syscalls(pids: list[int], fn: Callable[[], None], ops: int) -> dict[str, float]:
-    """`SYSCALLS` per call of ``fn`` made by the server sessions ``pids`` (``strace -c -f``, attached meanwhile)."""
-    report = Path(f"/tmp/hv_bench_fanout_strace_{os.getpid()}.txt")
-    attach = [arg for pid in pids for arg in ("-p", str(pid))]
-    tracer = subprocess.Popen(["strace", "-c", "-f", "-o", str(report), *attach], stderr=subprocess.DEVNULL)
-    try:
-        time.sleep(1.0)  # attached
-        for _ in range(ops):
-            fn()
-    finally:
-        tracer.send_signal(signal.SIGINT)
-        tracer.wait(30)
-    counts: dict[str, float] = dict.fromkeys(SYSCALLS, 0.0)
-    for line in report.read_text().splitlines():
-        parts = line.split()
-        if len(parts) >= 5 and parts[-1] in counts and parts[3].isdigit():
-            counts[parts[-1]] = int(parts[3]) / ops
-    report.unlink()
-    return counts
 
 
 def _backend_pids(config: list[dict[str, Any]]) -> list[int]:

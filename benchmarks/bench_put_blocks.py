@@ -21,14 +21,10 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import random
 import shutil
-import signal
-import subprocess
 import sys
 import time
-from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
@@ -37,7 +33,9 @@ import psycopg
 from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _shared import syscalls_per_call
 from fixtures.localpg import LocalServer, find_bin_dir, servers_dir
 
 TABLE = "entities"
@@ -136,26 +134,6 @@ def _files_per_shard(server: LocalServer, conn: psycopg.Connection[Any]) -> dict
     }
 
 
-def _strace(pids: list[int], fn: Callable[[], None], ops: int) -> dict[str, float]:
-    report = Path(f"/tmp/hv_put_blocks_strace_{os.getpid()}.txt")
-    attach = [a for pid in pids for a in ("-p", str(pid))]
-    tracer = subprocess.Popen(["strace", "-c", "-f", "-o", str(report), *attach], stderr=subprocess.DEVNULL)
-    try:
-        time.sleep(1.0)
-        for _ in range(ops):
-            fn()
-    finally:
-        tracer.send_signal(signal.SIGINT)
-        tracer.wait(30)
-    counts = dict.fromkeys(("openat", "close", "lseek", "pread64", "pwrite64"), 0.0)
-    for line in report.read_text().splitlines():
-        parts = line.split()
-        if len(parts) >= 5 and parts[-1] in counts and parts[3].isdigit():
-            counts[parts[-1]] = int(parts[3]) / ops
-    report.unlink()
-    return counts
-
-
 def measure_layout(
     server: LocalServer, layout: str, shards: int, sessions: int, puts: int, use_strace: bool
 ) -> dict[str, Any]:
@@ -240,7 +218,7 @@ def measure_layout(
                         shard = next(shards_left)
                         put(shard, conns[shard % sessions])
 
-                    out[f"syscalls_per_put_{label}"] = _strace(pids, put_fresh, puts // 2)
+                    out[f"syscalls_per_put_{label}"] = syscalls_per_call(pids, put_fresh, puts // 2)
             out["buffers"] = {f"{r[0]}/{r[1]}": int(r[2]) for r in observer.execute(BUFFERS_SQL)}
             out.update(_files_per_shard(server, observer))
             out["explain_cold_insert"] = "\n".join(
