@@ -362,8 +362,8 @@ class MemoryServerStore:
 
     def _take_slot(self, timeout: float) -> int:
         """Take a pretend connection for a call, waiting up to ``timeout`` s (0: not at all), as a PostgreSQL pool
-        does: every operation needs one while it runs and a query stream holds one until it ends, so code that
-        writes inside a loop over ``query()`` with a small ``pool_max`` fails here as it would on PostgreSQL.
+        does: every operation needs one while it runs (a query stream to start, none between its records), so
+        code that holds more at once than ``pool_max`` allows fails here as it would on PostgreSQL.
         Returns the pool's generation (for `_release_slot`)."""
         pool_max = self._options.pool_max
         with self._lock:
@@ -659,8 +659,8 @@ class MemoryServerStore:
 
     def stats(self) -> dict[str, Any]:
         """Pool figures with the PostgreSQL stores' keys: ``pool_max``, ``size`` (always ``pool_max``: pretend
-        connections are all open), ``available``, ``borrowed`` (taken by running calls, open query streams and
-        borrowed connections), ``replacing`` (0) and ``waiting`` (callers waiting for one)."""
+        connections are all open), ``available``, ``borrowed`` (taken by running calls and borrowed
+        connections), ``replacing`` (0) and ``waiting`` (callers waiting for one)."""
         with self._lock:
             in_use, waiting = self._in_use, self._waiting
         pool_max = self._options.pool_max
