@@ -2070,9 +2070,11 @@ class AsyncPostgresServerStore(StoreCore):
 
     async def row_estimates(self, shard_ids: Sequence[int]) -> dict[int, int]:
         """Approximate rows per provisioned shard from the server's statistics (``pg_stat_user_tables.n_live_tup``:
-        rows inserted less rows deleted, as counted by the server; 0 after a statistics reset until writes or
-        ANALYZE): one catalog query, no shard table scanned or locked, so ``hv status --watch`` costs the same
-        for 8192 shards of a billion rows as for 16 small ones. Moved shards' forwarding views are left out."""
+        rows inserted less rows deleted, as counted by the server: a session's counts arrive up to ~10 s after its
+        writes (PostgreSQL's PGSTAT_IDLE_INTERVAL), an ANALYZE racing a DELETE can leave it off until the next
+        ANALYZE, 0 after a statistics reset): one catalog query, no shard table scanned or locked, so
+        ``hv status --watch`` costs the same for 8192 shards of a billion rows as for 16 small ones. Moved shards'
+        forwarding views are left out."""
         names = {shard_schema(s): s for s in shard_ids}
         conn = await self._admin()
         try:
