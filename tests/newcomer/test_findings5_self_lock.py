@@ -1,0 +1,78 @@
+"""Fifth newcomer: `SelfDeadlock` misses a plain call whose statement runs on a fan-out worker.
+
+With two servers, ``db.update_where``/``db.delete_where``/``db.get_many`` run the piece of each further server on a
+thread of the fan-out pool (sync) or a new asyncio task (async). The watch asks whether the *current owner* (thread
+or task) holds a transaction, so a piece on a worker waiting for the caller's own transaction's row lock is not
+watched: the call hangs for ``operation_timeout`` and then blames the server (`ServerUnavailable`), exactly the
+slip `SelfDeadlock` was made for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+import hvcore
+
+TIMEOUT = 3
+
+
+def _entries(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{**a, "shards": "0-8"}, {**b, "shards": "8-16"}]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="update_where over two servers inside one's own transaction: the piece run on a fan-out thread is not "
+    "watched, so it waits operation_timeout and raises ServerUnavailable; it should raise SelfDeadlock at once",
+)
+def test_update_where_over_two_servers_waiting_for_own_transaction_is_a_self_deadlock(
+    pg_fresh_db: dict[str, Any], pg_fresh_db2: dict[str, Any]
+) -> None:
+    db = hvcore.Datastore(_entries(pg_fresh_db, pg_fresh_db2), backend="jsonb", pool_max=4, operation_timeout=TIMEOUT)
+    try:
+        db.provision()
+        key = db.put(5, 1, balance=100)
+        db.put(12, 1, balance=100)
+        started = time.monotonic()
+        with pytest.raises(hvcore.HypervaultError) as caught, db.transaction(5) as tx:
+            tx.update(key, balance=70)
+            db.update_where(set={"note": "x"}, kind=1)  # the slip: a filter write over every shard
+        elapsed = time.monotonic() - started
+        assert isinstance(caught.value, hvcore.SelfDeadlock), f"{caught.value!r} after {elapsed:.1f} s"
+    finally:
+        db.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="async update_where over two servers inside the task's own transaction: the piece spawned as another "
+    "task is not watched, waits operation_timeout and raises ServerUnavailable; it should raise SelfDeadlock",
+)
+def test_async_update_where_over_two_servers_waiting_for_own_transaction_is_a_self_deadlock(
+    pg_fresh_db: dict[str, Any], pg_fresh_db2: dict[str, Any]
+) -> None:
+    async def main() -> BaseException | None:
+        db = hvcore.AsyncDatastore(
+            _entries(pg_fresh_db, pg_fresh_db2), backend="jsonb", pool_max=4, operation_timeout=TIMEOUT
+        )
+        await db.open()
+        try:
+            await db.provision()
+            key = await db.put(5, 1, balance=100)
+            await db.put(12, 1, balance=100)
+            try:
+                async with db.transaction(5) as tx:
+                    await tx.update(key, balance=70)
+                    await db.update_where(set={"note": "x"}, kind=1)
+            except hvcore.HypervaultError as exc:
+                return exc
+            return None
+        finally:
+            await db.close()
+
+    error = asyncio.run(main())
+    assert isinstance(error, hvcore.SelfDeadlock), repr(error)
