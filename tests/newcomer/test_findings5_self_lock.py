@@ -10,6 +10,7 @@ slip `SelfDeadlock` was made for.
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from typing import Any
 
@@ -68,6 +69,38 @@ def test_async_update_where_over_two_servers_waiting_for_own_transaction_is_a_se
                 async with db.transaction(5) as tx:
                     await tx.update(key, balance=70)
                     await db.update_where(set={"note": "x"}, kind=1)
+            except hvcore.HypervaultError as exc:
+                return exc
+            return None
+        finally:
+            await db.close()
+
+    error = asyncio.run(main())
+    assert isinstance(error, hvcore.SelfDeadlock), repr(error)
+
+
+@pytest.mark.xfail(
+    sys.version_info < (3, 12),
+    strict=True,
+    reason="on Python 3.11 asyncio.wait_for runs its awaitable as a new task, so `await asyncio.wait_for(db.update("
+    "key, ...), 10)` inside the task's own transaction is not watched: it waits operation_timeout and raises "
+    "ServerUnavailable blaming the server (asyncio.timeout() gets SelfDeadlock at once); it should be SelfDeadlock",
+)
+def test_async_plain_call_under_wait_for_waiting_for_own_transaction_is_a_self_deadlock(
+    pg_fresh_db: dict[str, Any],
+) -> None:
+    async def main() -> BaseException | None:
+        db = hvcore.AsyncDatastore(
+            [{**pg_fresh_db, "shards": "0-8"}], backend="jsonb", pool_max=4, operation_timeout=TIMEOUT
+        )
+        await db.open()
+        try:
+            await db.provision()
+            key = await db.put(5, 1, balance=100)
+            try:
+                async with db.transaction(5) as tx:
+                    await tx.update(key, balance=70)
+                    await asyncio.wait_for(db.update(key, note="x"), 10)
             except hvcore.HypervaultError as exc:
                 return exc
             return None
