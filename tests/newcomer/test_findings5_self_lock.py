@@ -109,3 +109,29 @@ def test_async_plain_call_under_wait_for_waiting_for_own_transaction_is_a_self_d
 
     error = asyncio.run(main())
     assert isinstance(error, hvcore.SelfDeadlock), repr(error)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="get_many([near, far]) inside one's own transaction that locked far's shard table (tx.cursor() LOCK "
+    "TABLE): the read of the second server runs on a fan-out thread, is not watched, and waits operation_timeout "
+    "(ServerUnavailable); get_many([far, near]) gets SelfDeadlock at once (the first server is read by the caller); "
+    "both should",
+)
+def test_get_many_over_two_servers_waiting_for_own_table_lock_is_a_self_deadlock(
+    pg_fresh_db: dict[str, Any], pg_fresh_db2: dict[str, Any]
+) -> None:
+    db = hvcore.Datastore(_entries(pg_fresh_db, pg_fresh_db2), backend="jsonb", pool_max=4, operation_timeout=TIMEOUT)
+    try:
+        db.provision()
+        near = db.put(5, 1, balance=100)
+        far = db.put(12, 1, balance=100)
+        started = time.monotonic()
+        with pytest.raises(hvcore.HypervaultError) as caught, db.transaction(12) as tx:
+            with tx.cursor() as cur:
+                cur.execute("LOCK TABLE shard0012.entities IN ACCESS EXCLUSIVE MODE")
+            db.get_many([near, far])
+        elapsed = time.monotonic() - started
+        assert isinstance(caught.value, hvcore.SelfDeadlock), f"{caught.value!r} after {elapsed:.1f} s"
+    finally:
+        db.close()
