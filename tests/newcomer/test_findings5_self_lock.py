@@ -135,3 +135,26 @@ def test_get_many_over_two_servers_waiting_for_own_table_lock_is_a_self_deadlock
         assert isinstance(caught.value, hvcore.SelfDeadlock), f"{caught.value!r} after {elapsed:.1f} s"
     finally:
         db.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a `with db.cursor(5) as cur:` block is one transaction (README), but a plain db.update waiting for the "
+    "row lock of the caller's own open cursor block is not a SelfDeadlock: it hangs operation_timeout and raises "
+    "ServerUnavailable blaming the server; it should fail fast as inside db.transaction()",
+)
+def test_a_plain_write_waiting_for_the_callers_own_cursor_block_is_a_self_deadlock(
+    pg_fresh_db: dict[str, Any],
+) -> None:
+    db = hvcore.Datastore([{**pg_fresh_db, "shards": "0-8"}], backend="jsonb", pool_max=4, operation_timeout=TIMEOUT)
+    try:
+        db.provision()
+        key = db.put(5, 1, balance=100)
+        started = time.monotonic()
+        with pytest.raises(hvcore.HypervaultError) as caught, db.cursor(5) as cur:
+            cur.execute("UPDATE entities SET kind = kind WHERE id = %s", (key,))
+            db.update(key, note="x")  # the same slip as inside db.transaction()
+        elapsed = time.monotonic() - started
+        assert isinstance(caught.value, hvcore.SelfDeadlock), f"{caught.value!r} after {elapsed:.1f} s"
+    finally:
+        db.close()
