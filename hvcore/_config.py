@@ -96,7 +96,8 @@ def redact(settings: Mapping[str, Any]) -> dict[str, Any]:
 
 
 _URL_SCHEME = re.compile(r"\s*[a-z][a-z0-9+.-]*://", re.IGNORECASE)  # postgresql://, and http:// (hv metrics)
-_URL_USERINFO_SECRET = re.compile(r"(://[^:/@?#\s]*:)[^@/?#]*@")  # user:password@ (the password percent-encoded)
+# user:password@ up to the last @ before ? or #: a password with an unescaped / (or @) is masked whole too
+_URL_USERINFO_SECRET = re.compile(r"(://[^:/@?#\s]*:)[^?#]*@")
 _URL_QUERY_SECRET = re.compile(r"((?:^|&)(?:ssl)?password=)[^&#]*", re.IGNORECASE)
 _KEYWORD_SECRET = re.compile(
     r"((?<![\w])(?:ssl)?password\s*=\s*)"
@@ -228,6 +229,13 @@ def _port_problem(params: Mapping[str, str], conninfo: str) -> str | None:
     for part in text.split(","):
         part = part.strip()
         if part and not (part.isdigit() and 0 < int(part) < 65536):
+            userinfo = conninfo.split("?", 1)[0].rpartition("@")[0]  # "" without an @
+            if _URL_SCHEME.match(conninfo) and part in userinfo:  # the "port" is a password's tail: not shown
+                return (
+                    "the URL in conninfo has a port that is not a number in 1..65535 (not shown: with a user:password@ "
+                    "part, a password holding '/', '@', '?' or '#' makes libpq read its tail as host:port): "
+                    "percent-encode the password, urllib.parse.quote(password, safe='')"
+                )
             where = " (in conninfo)" if conninfo and "port" in conninfo else ""
             return f"port{where} must be a number in 1..65535 (one per host, comma-separated), got {part!r}"
     return None
@@ -316,10 +324,15 @@ def libpq_settings(settings: Mapping[str, Any], *, ignore: Sequence[str] = SERVE
             raise ConfigError(_unknown_setting(name))
     try:
         params = conninfo_to_dict(make_conninfo(conninfo, **keywords))
-    except PsycopgError as first:
+    except (PsycopgError, UnicodeDecodeError) as first:  # a percent-encoded byte sequence that is not UTF-8 too
         masked_conninfo, masked_keywords = _masked_inputs(conninfo, keywords)
         try:  # the same settings without the password: an error then names no secret
             conninfo_to_dict(make_conninfo(masked_conninfo, **masked_keywords))
+        except UnicodeDecodeError:
+            raise ConfigError(
+                "invalid PostgreSQL connection settings: the URL in conninfo holds percent-encoded bytes that are "
+                "not UTF-8 (a %XX sequence): percent-encode text with urllib.parse.quote(text, safe='')"
+            ) from None
         except PsycopgError as exc:
             said = str(exc).strip()
             bad = _BAD_OPTION.search(said)

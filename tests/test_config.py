@@ -173,3 +173,21 @@ def test_a_password_written_unquoted_with_spaces_is_never_shown(words: list[str]
     for word in words:
         assert word not in shown, shown
         assert word not in str(caught.value), str(caught.value)
+
+
+@given(st.lists(_WORD, min_size=2, max_size=3), st.sampled_from(["127.0.0.1", "127.0.0.1:5432", "db"]))
+def test_a_url_password_with_an_unescaped_slash_is_never_shown(words: list[str], host: str) -> None:
+    """``postgresql://app:pa/ss@host/db``: libpq reads ``pa`` as a port (the password's tail); neither the masked
+    URL nor the ConfigError shows any part of the password."""
+    words = [w.replace("@", "").replace("/", "").replace("?", "").replace("#", "") or "xxxxxx" for w in words]
+    url = f"postgresql://app:{'/'.join(words)}@{host}/app"
+    shown = redact_conninfo(url)
+    try:
+        hvcore.Datastore([{"shards": "0-8", "conninfo": url}], backend="jsonb", worker=None).close()
+        said = ""
+    except hvcore.HypervaultError as exc:
+        said = str(exc)
+    for word in words:
+        if len(word) >= 6:
+            assert word not in shown, shown
+            assert word not in said, said

@@ -34,7 +34,6 @@ def _secret(url: str) -> str:
     return url.split(":")[2].split("/")[0]
 
 
-@pytest.mark.xfail(strict=True, reason=REASON)
 @pytest.mark.parametrize("url", URLS)
 def test_a_url_password_with_a_slash_is_not_shown_by_the_config_error(url: str) -> None:
     with pytest.raises(hvcore.ConfigError) as caught:
@@ -42,7 +41,6 @@ def test_a_url_password_with_a_slash_is_not_shown_by_the_config_error(url: str) 
     assert _secret(url) not in str(caught.value), str(caught.value)
 
 
-@pytest.mark.xfail(strict=True, reason=REASON)
 @pytest.mark.parametrize("command", ["config", "status"])
 def test_hv_never_prints_a_url_password_with_a_slash(
     command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
