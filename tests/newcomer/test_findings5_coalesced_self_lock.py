@@ -25,7 +25,7 @@ GAP = 0.5  # lets each thread reach the coalescer's queue before the next step (
 
 
 @pytest.mark.xfail(
-    strict=True,
+    strict=False,  # the threads are ordered by pauses: under load the batch may not form and the get is watched
     reason="a get queued behind another thread's get runs in that thread's batch: a get waiting for its caller's own "
     "transaction's lock is then not watched, and both fail with ServerUnavailable at operation_timeout (the other "
     "thread for a key nobody locked); the caller should get SelfDeadlock and the other thread its record",
