@@ -948,8 +948,8 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
 
         The filter is `query`'s, checked the same way before any I/O (``kind``, ``where`` with equality and, on
         indexed fields, range filters, ``since``/``until``, ``shards``); at least one of them must be given
-        (`InvalidQuery` otherwise, also for an empty ``where={}``, which filters nothing: to change every record say
-        so with ``shards=range(8192)``). ``set`` is checked
+        (`InvalidQuery` otherwise: to change every record say so with ``shards=range(8192)``); an empty ``where={}``
+        is refused too, also beside other filters (it filters nothing: leave it out). ``set`` is checked
         as `update`'s body (`InvalidData`; it must name at least one field). A record's kind and key never change.
 
         **Not atomic across shards.** The work is cut into pieces of at most 16 shards per server (each piece one
@@ -1002,12 +1002,15 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         shards: Iterable[int] | None,
     ) -> tuple[dict[int, list[int]], QuerySpec]:
         """The shards per server and the bound filter of `update_where`/`delete_where` (checked as `query`'s)."""
-        no_where = where is None or (isinstance(where, Mapping) and not where)  # where={} filters nothing
-        if kind is None and no_where and since is None and until is None and shards is None:
-            given = "" if where is None else " (where={} is empty: it filters nothing)"
+        if isinstance(where, Mapping) and not where:  # built from a request that named no filter, most likely
             raise InvalidQuery(
-                f"{name}() without a filter would write every record of every shard{given}: give kind=, a "
-                "non-empty where=, since=/until= or shards= (shards=range(8192) to mean every shard)"
+                f"{name}(where={{}}): an empty where filters nothing, so the call would write every record the other "
+                "filters match: leave where out to mean that, or give the fields to match"
+            )
+        if kind is None and where is None and since is None and until is None and shards is None:
+            raise InvalidQuery(
+                f"{name}() without a filter would write every record of every shard: give kind=, where=, "
+                "since=/until= or shards= (shards=range(8192) to mean every shard)"
             )
         by_server, spec = self._plan_query(kind, where, since, until, shards, None)
         equal, ranges = split_ranges(spec.where, spec.kind)

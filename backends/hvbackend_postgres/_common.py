@@ -500,6 +500,8 @@ class StoreCore:
                 database=self._dbname,
                 setting="authentication",
             )
+        if isinstance(exc, OperationTimeout):  # its message names the server and the bound already
+            return ServerUnavailable(text)
         return ServerUnavailable(f"PostgreSQL server {self._label} is unavailable: {text}")
 
     def _pool_timeout(self) -> PoolTimeout:

@@ -46,3 +46,20 @@ def test_update_where_with_an_empty_where_is_refused() -> None:
         assert not changed, f"update_where(where={{}}) changed {len(changed)} records without any filter"
     finally:
         db.close()
+
+
+@pytest.mark.parametrize("call", ["update_where", "delete_where"])
+def test_an_empty_where_beside_kind_is_refused_too(call: str) -> None:
+    """newcomer5: ``delete_where(kind=K, where={})`` wrote every record of kind K (a handler passing its kind and a
+    where built from request parameters); an explicit empty where is refused whatever else is given."""
+    db = hvcore.Datastore([dict(shards="0-16")], backend="memory")
+    try:
+        keys = [db.put(shard, 1, n=shard) for shard in range(16)]
+        extra = {"set": {"status": "banned"}} if call == "update_where" else {}
+        with pytest.raises(hvcore.InvalidQuery, match="empty where"):
+            getattr(db, call)(kind=1, where={}, **extra)
+        assert all("status" not in rec.data for rec in db.get_many(keys).values())
+        assert len(db.get_many(keys)) == 16
+        assert getattr(db, call)(kind=1, where={"n": 3}, **extra) == 1  # a real filter still works
+    finally:
+        db.close()

@@ -98,12 +98,6 @@ def test_a_query_cut_off_by_operation_timeout_ends_at_the_timeout_and_names_it(p
         db.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="db.get / db.get_many cut off by operation_timeout say 'PostgreSQL server X is unavailable: PostgreSQL "
-    "server X did not answer within operation_timeout' (the server named twice, and 'unavailable' for a healthy "
-    "server that answered late); one sentence, as db.update's 'did not answer within operation_timeout'",
-)
 def test_a_read_cut_off_by_operation_timeout_names_the_server_once(pg_fresh_db: dict[str, Any]) -> None:
     db = hvcore.Datastore([{**pg_fresh_db, "shards": "0-8"}], backend="jsonb", pool_max=4, operation_timeout=1)
     ready, done = threading.Event(), threading.Event()
