@@ -302,7 +302,9 @@ class ServerLimitReached(HypervaultError, RuntimeError):
 
 class ServerError(HypervaultError, RuntimeError):
     """The server refused a statement of a hypervault operation for a reason of the database's own making: a trigger
-    the user added raised (PL/pgSQL ``RAISE EXCEPTION``, SQLSTATE class P0). The statement was rolled back.
+    the user added raised (PL/pgSQL ``RAISE EXCEPTION``, SQLSTATE class P0; a data exception in it, class 22, such as
+    a failed cast or a division by zero; no RETURN, class 2F; and the other classes a routine raises: 09, 20, 21,
+    27, 38, 39). The statement was rolled back.
 
     The message keeps the server's (with its detail and hint) and names the server, the shard and its schema;
     ``sqlstate``, ``server`` (``host:port/dbname``), ``shard_id`` (None when not known) and ``server_message``

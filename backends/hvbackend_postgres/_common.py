@@ -990,6 +990,12 @@ def _shards_text(shards: Sequence[int]) -> str:
     return f"one of shards {shown}"
 
 
+# SQLSTATE classes a trigger, function or expression the user added raises (hypervault's own statements bind checked
+# values, so these come from the database's additions): P0 PL/pgSQL RAISE, 22 data exception (a cast, a division by
+# zero), 21 cardinality (a subquery of one row), 20 CASE not found, 2F SQL routine (no RETURN), 38 external
+# routine, 39 external routine invocation (trigger protocol), 09 triggered action, 27 triggered data change
+_RAISED_CLASSES = frozenset({"P0", "22", "21", "20", "2F", "38", "39", "09", "27"})
+
 _TIME_LIMITS = {"57014": ("statement timeout", "statement_timeout"), "55P03": ("lock timeout", "lock_timeout")}
 
 
@@ -998,7 +1004,8 @@ def statement_error(
 ) -> HypervaultError | None:
     """The typed error of a statement the server refused for a reason of the database's own making, else None:
     `StatementTimeout` (the server's statement_timeout or lock_timeout cancelled it), `ConstraintViolation` (a
-    constraint of class 23 but a unique one), `ServerError` (a trigger or function raised: class P0). The server's
+    constraint of class 23 but a unique one), `ServerError` (a trigger or function raised: `_RAISED_CLASSES`, e.g. P0
+    RAISE, 22 a cast or division by zero). The server's
     message, detail and hint are kept, with the SQLSTATE, the server and the shard (a constraint's detail, which
     shows the row's values, stays on the psycopg error, the ``__cause__``: bodies are user data). ``shards``
     (several): the statements covered these and the server named none of them (a trigger's error names no
@@ -1030,7 +1037,7 @@ def statement_error(
         kind: type[ServerError] = ConstraintViolation
         why = "a constraint of the shard's table refused the data"
         details = details[1:]  # the detail shows the row's values (user data): kept on the psycopg error only
-    elif state[:2] == "P0":
+    elif state[:2] in _RAISED_CLASSES:
         kind = ServerError
         why = "a trigger or function of the database raised"
     else:
