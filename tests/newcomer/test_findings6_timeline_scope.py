@@ -26,9 +26,8 @@ def test_a_timeline_scope_entered_twice_is_gone_after_its_blocks() -> None:
         mine = hvcore.Timeline()
         scope = db.timeline(mine)
         try:
-            with scope:
-                with scope:  # a middleware and a handler decorator entering the request's scope
-                    db.put(3, 1, a="1")
+            with scope, scope:  # a middleware and a handler decorator entering the request's scope
+                db.put(3, 1, a="1")
         except hvcore.HypervaultError:
             pass  # refusing the re-entry would do
         assert _scoped.get() is None, "the request's timeline outlived its blocks"
