@@ -35,7 +35,7 @@ def test_the_connection_bound_by_with_is_refused_after_the_return(pg_fresh_db: d
             theirs.execute("CREATE TEMP TABLE theirs (x int)")
             with pytest.raises(hvcore.ConnectionMisuse):
                 conn.execute("ROLLBACK")  # a bug in the first request's code, after it gave the connection back
-            assert theirs.execute("SELECT count(*) FROM theirs").fetchone()[0] == 0
+            assert theirs.execute("SELECT count(*) FROM theirs").fetchone() == (0,)
         finally:
             theirs.rollback()
             db.put_connection(theirs)

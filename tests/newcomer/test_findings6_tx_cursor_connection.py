@@ -35,7 +35,7 @@ def test_a_transaction_cursors_connection_is_refused_after_the_block(pg_fresh_db
             theirs.execute("CREATE TEMP TABLE theirs (x int)")
             with pytest.raises(hvcore.ConnectionMisuse):
                 kept.execute("ROLLBACK")
-            assert theirs.execute("SELECT count(*) FROM theirs").fetchone()[0] == 0
+            assert theirs.execute("SELECT count(*) FROM theirs").fetchone() == (0,)
         finally:
             theirs.rollback()
             db.put_connection(theirs)
