@@ -1,0 +1,180 @@
+"""Every pipelined fan-out cut off by operation_timeout ends at it, as a point operation does (`_pipelined`).
+
+The pieces of `query`, `get_many`, `update_where`/`delete_where` and exact row counts (`status`) run in psycopg
+pipelines. One waiting past ``operation_timeout`` for another session's lock used to end after twice the timeout
+(psycopg's exit from the pipeline waited again) with psycopg's "cannot exit pipeline mode while busy"; now each ends
+at the timeout with `ServerUnavailable` naming it, the statement cancelled on the server, the session discarded and
+the pool usable; a filter write says which of its pieces committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+import hvcore
+
+TIMEOUT = 1.0
+BOUND = 1.6  # operation_timeout plus the grace for the cancelled pipeline's results (0.5 s at most) and some load
+
+
+@contextlib.contextmanager
+def locked(db: hvcore.Datastore, shard: int, sql: str) -> Iterator[None]:
+    """``sql`` run in a transaction on ``shard`` held open by another thread for the block."""
+    ready, done = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with db.transaction(shard) as tx:
+            with tx.cursor() as cur:
+                cur.execute(sql)
+            ready.set()
+            done.wait(15)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    try:
+        assert ready.wait(5)
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
+def waiting_sessions(settings: dict[str, Any]) -> int:
+    """Sessions of the database waiting for a lock (a cancelled statement no longer does)."""
+    conninfo = {k: v for k, v in settings.items() if k != "shards"}
+    with psycopg.connect(**conninfo, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def borrowed(db: hvcore.Datastore) -> int:
+    return sum(entry["pool"]["borrowed"] for entry in db.status(rows="estimated"))
+
+
+def timed(call: Callable[[], object]) -> tuple[float, hvcore.ServerUnavailable]:
+    started = time.monotonic()
+    with pytest.raises(hvcore.ServerUnavailable) as caught:
+        call()
+    return time.monotonic() - started, caught.value
+
+
+def check_message(error: BaseException) -> str:
+    message = str(error)
+    assert message.count("operation_timeout=") == 1, message
+    assert message.count("PostgreSQL server") == 1, message
+    assert "pipeline" not in message, message
+    return message
+
+
+def test_a_filter_write_cut_off_after_some_pieces_says_which_committed(pg_fresh_db: dict[str, Any]) -> None:
+    settings = {**pg_fresh_db, "shards": "0-48"}  # 48 shards: three pieces of 16 on one server
+    db = hvcore.Datastore([settings], backend="jsonb", pool_max=4, operation_timeout=TIMEOUT)
+    try:
+        db.provision()
+        keys = {shard: db.put(shard, 1, n=0) for shard in range(48)}
+        with locked(db, 40, f"SELECT 1 FROM shard0040.entities WHERE id = {int(keys[40])} FOR UPDATE"):
+            elapsed, error = timed(lambda: db.update_where(set={"n": 1}, kind=1))
+            assert waiting_sessions(settings) == 0  # the cut-off statement was cancelled on the server
+        message = check_message(error)
+        assert elapsed < BOUND, f"{elapsed:.2f} s: {message}"
+        assert "2 of the 3 piece(s) sent to this server committed (32 record(s))" in message, message
+        assert "did not commit" in message, message
+        assert any("32 record(s) in 32 shard(s)" in note for note in error.__notes__), error.__notes__
+        assert [int(db.get(keys[s]).data["n"]) for s in range(48)] == [1] * 32 + [0] * 16  # type: ignore[union-attr]
+        assert borrowed(db) == 0
+        assert db.update_where(set={"n": 1}, kind=1) == 48  # the pool works; running the call again finishes
+        assert db.delete_where(kind=1) == 48
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize("call", ["get_many", "query", "row_counts"])
+def test_a_read_fan_out_cut_off_ends_at_the_timeout(pg_fresh_db: dict[str, Any], call: str) -> None:
+    settings = {**pg_fresh_db, "shards": "0-40"}
+    db = hvcore.Datastore([settings], backend="jsonb", pool_max=4, operation_timeout=TIMEOUT)
+    try:
+        db.provision()
+        keys = [db.put(shard, 1, n=shard) for shard in range(40)]
+        calls: dict[str, Callable[[], object]] = {
+            "get_many": lambda: db.get_many(keys),  # 40 shards: three statements in one pipeline
+            "query": lambda: list(db.query(1)),
+            "row_counts": lambda: db.status(),
+        }
+        with locked(db, 35, "LOCK TABLE shard0035.entities IN ACCESS EXCLUSIVE MODE"):
+            started = time.monotonic()
+            if call == "row_counts":  # status() reports an unreachable server instead of raising
+                (entry,) = db.status()
+                elapsed = time.monotonic() - started
+                assert entry["reachable"] is False, entry
+                message = check_message(Exception(entry["error"]))
+            else:
+                elapsed, error = timed(calls[call])
+                message = check_message(error)
+            assert waiting_sessions(settings) == 0
+        assert elapsed < BOUND, f"{elapsed:.2f} s: {message}"
+        assert "did not answer within operation_timeout=1.0 s" in message, message
+        assert borrowed(db) == 0
+        assert len(db.get_many(keys)) == 40 and len(list(db.query(1))) == 40
+        assert db.status()[0]["rows"] == 40
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize("call", ["update_where", "get_many", "query"])
+def test_asyncio_a_fan_out_cut_off_ends_at_the_timeout(pg_fresh_db: dict[str, Any], call: str) -> None:
+    async def scenario() -> None:
+        settings = {**pg_fresh_db, "shards": "0-40"}
+        async with hvcore.AsyncDatastore(
+            [settings], backend="jsonb", pool_max=4, operation_timeout=TIMEOUT
+        ) as db:
+            await db.provision()
+            keys = [await db.put(shard, 1, n=shard) for shard in range(40)]
+            ready, done = asyncio.Event(), asyncio.Event()
+
+            async def holder() -> None:
+                async with db.transaction(35) as tx:
+                    async with tx.cursor() as cur:
+                        await cur.execute(f"SELECT 1 FROM shard0035.entities WHERE id = {int(keys[35])} FOR UPDATE")
+                        if call != "update_where":
+                            await cur.execute("LOCK TABLE shard0035.entities IN ACCESS EXCLUSIVE MODE")
+                    ready.set()
+                    await asyncio.wait_for(done.wait(), 15)
+
+            async def query() -> object:
+                return [record async for record in db.query(1)]
+
+            calls: dict[str, Callable[[], Any]] = {
+                "update_where": lambda: db.update_where(set={"n": -1}, kind=1),
+                "get_many": lambda: db.get_many(keys),
+                "query": query,
+            }
+            task = asyncio.ensure_future(holder())
+            try:
+                await asyncio.wait_for(ready.wait(), 5)
+                started = time.monotonic()
+                with pytest.raises(hvcore.ServerUnavailable) as caught:
+                    await calls[call]()
+                elapsed = time.monotonic() - started
+            finally:
+                done.set()
+                await task
+            message = check_message(caught.value)
+            assert elapsed < BOUND, f"{elapsed:.2f} s: {message}"
+            if call == "update_where":
+                assert "2 of the 3 piece(s) sent to this server committed (32 record(s))" in message, message
+            stats = await db.status(rows="estimated")
+            assert stats[0]["pool"]["borrowed"] == 0
+            assert len(await db.get_many(keys)) == 40
+
+    asyncio.run(scenario())
