@@ -18,6 +18,8 @@ from typing import Any
 
 import psycopg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import hvcore
 
@@ -99,6 +101,34 @@ def test_a_filter_write_cut_off_after_some_pieces_says_which_committed(pg_fresh_
         db.close()
 
 
+def test_property_a_cut_off_filter_write_reports_exactly_the_pieces_before_the_locked_shard(
+    pg_fresh_db: dict[str, Any],
+) -> None:
+    """Whichever shard's row is locked, the pieces before its piece are the ones reported committed, and hold the
+    write; its piece and the later ones do not."""
+    db = hvcore.Datastore([{**pg_fresh_db, "shards": "0-48"}], backend="jsonb", pool_max=4, operation_timeout=TIMEOUT)
+    try:
+        db.provision()
+        keys = {shard: db.put(shard, 1, n=0) for shard in range(48)}
+
+        @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+        @given(st.integers(0, 47))
+        def cut_at(shard: int) -> None:
+            with locked(db, shard, f"SELECT 1 FROM shard{shard:04d}.entities WHERE id = {int(keys[shard])} FOR UPDATE"):
+                elapsed, error = timed(lambda: db.update_where(set={"n": 1}, kind=1))
+            done = shard // 16
+            message = check_message(error)
+            assert elapsed < BOUND, f"{elapsed:.2f} s: {message}"
+            assert f"{done} of the 3 piece(s) sent to this server committed ({16 * done} record(s))" in message
+            assert [int(db.get(keys[s]).data["n"]) for s in range(48)] == [1] * (16 * done) + [0] * (48 - 16 * done)  # type: ignore[union-attr]
+            assert db.update_where(set={"n": 0}, kind=1) == 48
+
+        cut_at()
+        assert borrowed(db) == 0
+    finally:
+        db.close()
+
+
 @pytest.mark.parametrize("call", ["get_many", "query", "row_counts"])
 def test_a_read_fan_out_cut_off_ends_at_the_timeout(pg_fresh_db: dict[str, Any], call: str) -> None:
     settings = {**pg_fresh_db, "shards": "0-40"}
@@ -135,9 +165,7 @@ def test_a_read_fan_out_cut_off_ends_at_the_timeout(pg_fresh_db: dict[str, Any],
 def test_asyncio_a_fan_out_cut_off_ends_at_the_timeout(pg_fresh_db: dict[str, Any], call: str) -> None:
     async def scenario() -> None:
         settings = {**pg_fresh_db, "shards": "0-40"}
-        async with hvcore.AsyncDatastore(
-            [settings], backend="jsonb", pool_max=4, operation_timeout=TIMEOUT
-        ) as db:
+        async with hvcore.AsyncDatastore([settings], backend="jsonb", pool_max=4, operation_timeout=TIMEOUT) as db:
             await db.provision()
             keys = [await db.put(shard, 1, n=shard) for shard in range(40)]
             ready, done = asyncio.Event(), asyncio.Event()
