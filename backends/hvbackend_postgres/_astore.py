@@ -1860,8 +1860,8 @@ class AsyncPostgresServerStore(StoreCore):
             tail = "; the cancelled piece and the pieces after it did not commit (nothing of them is stored)"
         else:
             tail = (
-                "; the server did not confirm the others in time, so the piece that was running (or one after it) "
-                "may have committed too: that count is a lower bound"
+                "; the server did not confirm the others in time (the session was closed with replies unread), so "
+                "more of them may have committed: that count is a lower bound"
             )
         return OperationTimeout(f"{head}{tail}; running the call again finishes the job")
 
