@@ -237,3 +237,59 @@ def test_asyncio_a_fan_out_cut_off_ends_at_the_timeout(pg_fresh_db: dict[str, An
             assert len(await db.get_many(keys)) == 40
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("call", ["update_where", "query"])
+def test_through_a_transaction_pooler_a_fan_out_cut_off_ends_at_the_timeout(
+    _pg_factory_databases: Any, pgbouncer_transaction: Any, call: str
+) -> None:
+    """Behind PgBouncer (transaction mode) the cancel request goes through the pooler: the same end, on two servers
+    at once (both cut off: the call still ends at one timeout, not one per server)."""
+    servers = [dict(s) for s in _pg_factory_databases.empty("jsonb")]
+    through = [
+        {**server, "host": "127.0.0.1", "port": bouncer.port}
+        for server, bouncer in zip(servers, pgbouncer_transaction[: len(servers)], strict=True)
+    ]
+    db = hvcore.Datastore(through, backend="jsonb", pool_max=2, operation_timeout=TIMEOUT)
+    try:
+        keys = {shard: db.put(shard, 1, n=0) for shard in range(16)}
+        calls: dict[str, Callable[[], object]] = {
+            "update_where": lambda: db.update_where(set={"n": 1}, kind=1),
+            "query": lambda: list(db.query(1)),
+        }
+        lock = "SELECT 1 FROM shard{0:04d}.entities WHERE id = {1} FOR UPDATE"
+        if call == "query":
+            lock = "LOCK TABLE shard{0:04d}.entities IN ACCESS EXCLUSIVE MODE"
+        with locked(db, 5, lock.format(5, int(keys[5]))), locked(db, 12, lock.format(12, int(keys[12]))):
+            elapsed, error = timed(calls[call])
+        message = check_message(error)
+        assert elapsed < BOUND, f"{elapsed:.2f} s: {message}"
+        assert borrowed(db) == 0
+        assert db.update_where(set={"n": 2}, kind=1) == 16
+        assert len(list(db.query(1))) == 16
+    finally:
+        db.close()
+
+
+def test_a_query_over_two_servers_both_cut_off_ends_at_one_timeout(
+    pg_fresh_db: dict[str, Any], pg_fresh_db2: dict[str, Any]
+) -> None:
+    """The finding's second case: it took 4x operation_timeout over two servers' shards (2x each, one after the
+    other); each server's first round trip runs concurrently, and each now ends at the timeout."""
+    entries = [{**pg_fresh_db, "shards": "0-40"}, {**pg_fresh_db2, "shards": "40-80"}]
+    db = hvcore.Datastore(entries, backend="jsonb", pool_max=4, operation_timeout=TIMEOUT)
+    try:
+        db.provision()
+        for shard in range(80):
+            db.put(shard, 1, n=shard)
+        with (
+            locked(db, 35, "LOCK TABLE shard0035.entities IN ACCESS EXCLUSIVE MODE"),
+            locked(db, 75, "LOCK TABLE shard0075.entities IN ACCESS EXCLUSIVE MODE"),
+        ):
+            elapsed, error = timed(lambda: list(db.query(1)))
+        message = check_message(error)
+        assert elapsed < BOUND, f"{elapsed:.2f} s: {message}"
+        assert borrowed(db) == 0
+        assert len(list(db.query(1))) == 80
+    finally:
+        db.close()
