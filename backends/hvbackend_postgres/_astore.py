@@ -263,6 +263,13 @@ def _lent_cursor(
             try:
                 await super().executemany(query, params_seq, **kwargs)
             except psycopg.Error as exc:
+                cut = timeout_in(exc)
+                if cut is not None and cut is not exc:
+                    # psycopg runs executemany in a pipeline of its own, which it cannot leave once operation_timeout
+                    # cut it off ("cannot exit pipeline mode while busy"): the session is done with, as after any
+                    # timeout (the pool discards it), and the error is the timeout's, as for execute()
+                    self.connection.pgconn.finish()
+                    raise cut from None
                 moved = await self._moved(exc)
                 if moved is None:
                     raise

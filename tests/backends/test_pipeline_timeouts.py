@@ -293,3 +293,62 @@ def test_a_query_over_two_servers_both_cut_off_ends_at_one_timeout(
         assert len(list(db.query(1))) == 80
     finally:
         db.close()
+
+
+@pytest.mark.parametrize("where", ["cursor", "transaction"])
+def test_a_raw_executemany_cut_off_is_the_timeout_not_psycopgs_pipeline_error(
+    pg_fresh_db: dict[str, Any], where: str
+) -> None:
+    """psycopg runs ``executemany`` in a pipeline of its own: cut off by operation_timeout it raised psycopg's bare
+    OperationalError "cannot exit pipeline mode while busy"; now the timeout's `ServerUnavailable`, as execute()."""
+    db = hvcore.Datastore([{**pg_fresh_db, "shards": "0-16"}], backend="jsonb", pool_max=4, operation_timeout=TIMEOUT)
+    statement = "UPDATE entities SET kind = kind WHERE id = %s"
+
+    def run() -> None:
+        if where == "cursor":
+            with db.cursor(5) as cur:
+                cur.executemany(statement, [(1,), (2,)])
+        else:
+            with db.transaction(5) as tx, tx.cursor() as cur:
+                cur.executemany(statement, [(1,), (2,)])
+
+    try:
+        db.provision()
+        with locked(db, 5, "LOCK TABLE shard0005.entities IN ACCESS EXCLUSIVE MODE"):
+            elapsed, error = timed(run)
+        message = check_message(error)
+        assert elapsed < BOUND, f"{elapsed:.2f} s: {message}"
+        assert borrowed(db) == 0
+        run()  # the pool works
+    finally:
+        db.close()
+
+
+def test_asyncio_a_raw_executemany_cut_off_is_the_timeout(pg_fresh_db: dict[str, Any]) -> None:
+    async def scenario() -> None:
+        async with hvcore.AsyncDatastore(
+            [{**pg_fresh_db, "shards": "0-16"}], backend="jsonb", pool_max=4, operation_timeout=TIMEOUT
+        ) as db:
+            await db.provision()
+            ready, done = asyncio.Event(), asyncio.Event()
+
+            async def holder() -> None:
+                async with db.transaction(5) as tx, tx.cursor() as cur:
+                    await cur.execute("LOCK TABLE shard0005.entities IN ACCESS EXCLUSIVE MODE")
+                    ready.set()
+                    await asyncio.wait_for(done.wait(), 15)
+
+            task = asyncio.ensure_future(holder())
+            try:
+                await asyncio.wait_for(ready.wait(), 5)
+                with pytest.raises(hvcore.ServerUnavailable) as caught:
+                    async with db.cursor(5) as cur:
+                        await cur.executemany("UPDATE entities SET kind = kind WHERE id = %s", [(1,), (2,)])
+            finally:
+                done.set()
+                await task
+            check_message(caught.value)
+            stats = await db.status(rows="estimated")
+            assert stats[0]["pool"]["borrowed"] == 0
+
+    asyncio.run(scenario())
