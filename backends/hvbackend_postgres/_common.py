@@ -12,7 +12,7 @@ import select
 import threading
 import time
 import types
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from typing import Any, cast
 
 import psycopg
@@ -254,6 +254,19 @@ def bounded_connection_class(timeout: float | None) -> type[psycopg.Connection[A
                 self.hv_cut = gen  # left where it waited: a pipeline's results can still be read (_pipelined)
                 raise _timed_out(self, limit if timeout is None else timeout) from None
 
+        @contextlib.contextmanager
+        def pipeline(self) -> Iterator[psycopg.Pipeline]:
+            """psycopg's pipeline; cut off by the timeout, its exit raises the timeout (`timeout_in`), not psycopg's
+            "cannot exit pipeline mode while busy" (the session stays unusable: it is not reused)."""
+            try:
+                with super().pipeline() as pipeline:
+                    yield pipeline
+            except psycopg.OperationalError as exc:
+                cut = timeout_in(exc)
+                if cut is None or cut is exc:
+                    raise
+                raise cut from None
+
     limit = timeout
     return BoundedConnection
 
@@ -274,6 +287,18 @@ def bounded_async_connection_class(timeout: float | None) -> type[psycopg.AsyncC
                     raise
                 self.hv_cut = gen  # left where it waited: a pipeline's results can still be read (_pipelined)
                 raise _timed_out(self, limit if timeout is None else timeout) from None
+
+        @contextlib.asynccontextmanager
+        async def pipeline(self) -> AsyncIterator[psycopg.AsyncPipeline]:
+            """As `BoundedConnection.pipeline`: a pipeline cut off by the timeout raises the timeout on its exit."""
+            try:
+                async with super().pipeline() as pipeline:
+                    yield pipeline
+            except psycopg.OperationalError as exc:
+                cut = timeout_in(exc)
+                if cut is None or cut is exc:
+                    raise
+                raise cut from None
 
     limit = timeout
     return BoundedAsyncConnection

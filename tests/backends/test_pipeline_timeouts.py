@@ -295,12 +295,13 @@ def test_a_query_over_two_servers_both_cut_off_ends_at_one_timeout(
         db.close()
 
 
-@pytest.mark.parametrize("where", ["cursor", "transaction"])
-def test_a_raw_executemany_cut_off_is_the_timeout_not_psycopgs_pipeline_error(
+@pytest.mark.parametrize("where", ["cursor", "transaction", "lent pipeline", "transaction pipeline"])
+def test_user_pipelines_cut_off_raise_the_timeout_not_psycopgs_pipeline_error(
     pg_fresh_db: dict[str, Any], where: str
 ) -> None:
-    """psycopg runs ``executemany`` in a pipeline of its own: cut off by operation_timeout it raised psycopg's bare
-    OperationalError "cannot exit pipeline mode while busy"; now the timeout's `ServerUnavailable`, as execute()."""
+    """psycopg runs ``executemany`` in a pipeline of its own, and user code may open one (``conn.pipeline()``):
+    cut off by operation_timeout either raised psycopg's bare OperationalError "cannot exit pipeline mode while
+    busy"; now the timeout's `ServerUnavailable`, as execute(), and the session is not reused."""
     db = hvcore.Datastore([{**pg_fresh_db, "shards": "0-16"}], backend="jsonb", pool_max=4, operation_timeout=TIMEOUT)
     statement = "UPDATE entities SET kind = kind WHERE id = %s"
 
@@ -308,9 +309,20 @@ def test_a_raw_executemany_cut_off_is_the_timeout_not_psycopgs_pipeline_error(
         if where == "cursor":
             with db.cursor(5) as cur:
                 cur.executemany(statement, [(1,), (2,)])
-        else:
+        elif where == "transaction":
             with db.transaction(5) as tx, tx.cursor() as cur:
                 cur.executemany(statement, [(1,), (2,)])
+        elif where == "lent pipeline":
+            conn = db.get_connection(5)
+            try:
+                with conn.pipeline():
+                    conn.execute(statement, (1,))
+                    conn.execute("SELECT 1")
+            finally:
+                db.put_connection(conn)
+        else:
+            with db.transaction(5) as tx, tx.cursor() as cur, cur.connection.pipeline():
+                cur.execute(statement, (1,))
 
     try:
         db.provision()
@@ -324,7 +336,8 @@ def test_a_raw_executemany_cut_off_is_the_timeout_not_psycopgs_pipeline_error(
         db.close()
 
 
-def test_asyncio_a_raw_executemany_cut_off_is_the_timeout(pg_fresh_db: dict[str, Any]) -> None:
+@pytest.mark.parametrize("where", ["executemany", "lent pipeline"])
+def test_asyncio_user_pipelines_cut_off_raise_the_timeout(pg_fresh_db: dict[str, Any], where: str) -> None:
     async def scenario() -> None:
         async with hvcore.AsyncDatastore(
             [{**pg_fresh_db, "shards": "0-16"}], backend="jsonb", pool_max=4, operation_timeout=TIMEOUT
@@ -342,8 +355,16 @@ def test_asyncio_a_raw_executemany_cut_off_is_the_timeout(pg_fresh_db: dict[str,
             try:
                 await asyncio.wait_for(ready.wait(), 5)
                 with pytest.raises(hvcore.ServerUnavailable) as caught:
-                    async with db.cursor(5) as cur:
-                        await cur.executemany("UPDATE entities SET kind = kind WHERE id = %s", [(1,), (2,)])
+                    if where == "executemany":
+                        async with db.cursor(5) as cur:
+                            await cur.executemany("UPDATE entities SET kind = kind WHERE id = %s", [(1,), (2,)])
+                    else:
+                        conn = await db.get_connection(5)
+                        try:
+                            async with conn.pipeline():
+                                await conn.execute("UPDATE entities SET kind = kind WHERE id = 1")
+                        finally:
+                            await db.put_connection(conn)
             finally:
                 done.set()
                 await task
