@@ -275,7 +275,8 @@ def test_a_query_over_two_servers_both_cut_off_ends_at_one_timeout(
     pg_fresh_db: dict[str, Any], pg_fresh_db2: dict[str, Any]
 ) -> None:
     """The finding's second case: it took 4x operation_timeout over two servers' shards (2x each, one after the
-    other); each server's first round trip runs concurrently, and each now ends at the timeout."""
+    other); each server's first round trip runs concurrently, and each now ends at the timeout. `status()`'s exact
+    counts too (they were unbounded, then one timeout per server, one server after another)."""
     entries = [{**pg_fresh_db, "shards": "0-40"}, {**pg_fresh_db2, "shards": "40-80"}]
     db = hvcore.Datastore(entries, backend="jsonb", pool_max=4, operation_timeout=TIMEOUT)
     try:
@@ -287,8 +288,13 @@ def test_a_query_over_two_servers_both_cut_off_ends_at_one_timeout(
             locked(db, 75, "LOCK TABLE shard0075.entities IN ACCESS EXCLUSIVE MODE"),
         ):
             elapsed, error = timed(lambda: list(db.query(1)))
+            started = time.monotonic()
+            entries = db.status()  # exact counts: the servers are counted at once
+            status_seconds = time.monotonic() - started
         message = check_message(error)
         assert elapsed < BOUND, f"{elapsed:.2f} s: {message}"
+        assert [entry["reachable"] for entry in entries] == [False, False], entries
+        assert status_seconds < BOUND, f"status() took {status_seconds:.2f} s"
         assert borrowed(db) == 0
         assert len(list(db.query(1))) == 80
     finally:
