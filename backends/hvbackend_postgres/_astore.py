@@ -1719,7 +1719,7 @@ class AsyncPostgresServerStore(StoreCore):
         cast(Any, conn).hv_cut = None
         if gen is None:
             return False, None
-        grace = min(PIPELINE_GRACE, self._options.operation_timeout or PIPELINE_GRACE)
+        grace = min(PIPELINE_GRACE, (self._options.operation_timeout or 4 * PIPELINE_GRACE) / 4)
         try:
             await psycopg.AsyncConnection.wait(conn, resumed(gen), timeout=grace)  # unbounded class: no second cancel
         except psycopg.errors._WaitTimeout:
@@ -1860,8 +1860,8 @@ class AsyncPostgresServerStore(StoreCore):
         """The error of a filter write's pipeline cut off by ``operation_timeout``: what of it committed."""
         head = (
             f"PostgreSQL server {self._label} did not answer within operation_timeout={self._options.operation_timeout}"
-            f" s: the filter write's statement was cancelled and its session closed; {done} of the {pieces} piece(s) "
-            f"sent to this server committed ({written} record(s))"
+            f" s: a cancel request was sent for the filter write's statement and its session closed; {done} of the "
+            f"{pieces} piece(s) sent to this server committed ({written} record(s))"
         )
         if cut.settled:
             tail = "; the cancelled piece and the pieces after it did not commit (nothing of them is stored)"

@@ -181,8 +181,8 @@ class PipelineTimeout(OperationTimeout):
 
 PIPELINE_GRACE = 0.5
 """Seconds a pipeline cut off by ``operation_timeout`` is given, after the cancel request, for its remaining results
-(the cancelled statement's error, the aborted ones after it: milliseconds on a server that answers); capped at the
-timeout itself. Past it the session is closed unread."""
+(the cancelled statement's error, the aborted ones after it: milliseconds on a server that answers); at most a
+quarter of the timeout (0.25 s for 1 s). Past it the session is closed unread."""
 
 
 def timeout_in(exc: BaseException) -> OperationTimeout | None:

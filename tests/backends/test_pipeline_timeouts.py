@@ -379,3 +379,42 @@ def test_asyncio_user_pipelines_cut_off_raise_the_timeout(pg_fresh_db: dict[str,
             assert stats[0]["pool"]["borrowed"] == 0
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("call", ["update_where", "get_many"])
+def test_a_frozen_session_cut_off_is_closed_after_a_short_grace(pg_fresh_db: dict[str, Any], call: str) -> None:
+    """The pooled session's server process stopped (SIGSTOP): the cancel cannot take effect, the pipeline's replies
+    never come; after operation_timeout and a grace of a quarter of it the session is closed unread, the filter
+    write's count said to be a lower bound, and the pool goes on with a new session."""
+    import os
+    import signal
+
+    db = hvcore.Datastore([{**pg_fresh_db, "shards": "0-40"}], backend="jsonb", pool_max=1, operation_timeout=TIMEOUT)
+    try:
+        db.provision()
+        keys = [db.put(shard, 1, n=0) for shard in range(40)]
+        with db.cursor(0) as cur:  # the pool's one session
+            row = cur.execute("SELECT pg_backend_pid()").fetchone()
+        assert row is not None
+        pid = int(row[0])
+        calls: dict[str, Callable[[], object]] = {
+            "update_where": lambda: db.update_where(set={"n": 1}, kind=1),
+            "get_many": lambda: db.get_many(keys),
+        }
+        try:
+            os.kill(pid, signal.SIGSTOP)
+        except PermissionError:
+            pytest.skip("cannot stop the server's session process (not its owner)")
+        try:
+            elapsed, error = timed(calls[call])
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        message = check_message(error)
+        print(f"\nfrozen session, {call}: {elapsed:.2f} s: {message}")
+        assert elapsed < TIMEOUT * 1.25 + 0.35, f"{elapsed:.2f} s: {message}"
+        if call == "update_where":
+            assert "0 of the 3 piece(s)" in message and "that count is a lower bound" in message, message
+        assert borrowed(db) == 0
+        assert len(db.get_many(keys)) == 40
+    finally:
+        db.close()
