@@ -192,7 +192,7 @@ def test_a_read_fan_out_cut_off_ends_at_the_timeout(pg_fresh_db: dict[str, Any],
         db.close()
 
 
-@pytest.mark.parametrize("call", ["update_where", "get_many", "query"])
+@pytest.mark.parametrize("call", ["update_where", "get_many", "query", "row_counts"])
 def test_asyncio_a_fan_out_cut_off_ends_at_the_timeout(pg_fresh_db: dict[str, Any], call: str) -> None:
     async def scenario() -> None:
         settings = {**pg_fresh_db, "shards": "0-40"}
@@ -213,10 +213,16 @@ def test_asyncio_a_fan_out_cut_off_ends_at_the_timeout(pg_fresh_db: dict[str, An
             async def query() -> object:
                 return [record async for record in db.query(1)]
 
+            async def status() -> None:  # status() reports the server unreachable instead of raising
+                (entry,) = await db.status()
+                assert entry["reachable"] is False, entry
+                raise hvcore.ServerUnavailable(entry["error"])
+
             calls: dict[str, Callable[[], Any]] = {
                 "update_where": lambda: db.update_where(set={"n": -1}, kind=1),
                 "get_many": lambda: db.get_many(keys),
                 "query": query,
+                "row_counts": status,
             }
             task = asyncio.ensure_future(holder())
             try:
