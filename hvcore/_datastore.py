@@ -1205,7 +1205,13 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         if self._router is not None:
             self._live()
             self._router.refresh(settle=True)
-        for index, store in enumerate(self._live()):
+        stores = self._live()
+        # every server counted at once: a server that does not answer (a locked table, say) costs operation_timeout
+        # once, not once per server
+        counted = gather(
+            *(spawn(_server_rows, store, self.shard_map.shards_of(index), rows) for index, store in enumerate(stores))
+        )
+        for index, store in enumerate(stores):
             shards = self.shard_map.shards_of(index)
             entry: dict[str, Any] = {
                 "server": store.label,
@@ -1218,12 +1224,8 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
                 entry["replicas"] = self._router.describe(index)
                 entry["replica_reads_on_primary"] = self._router.on_primary[index]
             estimated = rows == "estimated" and isinstance(store, SupportsRowEstimates)
-            try:
-                if estimated:
-                    counts = cast(SupportsRowEstimates, store).row_estimates(shards)
-                else:
-                    counts = store.row_counts(shards)
-            except Exception as exc:  # reported to the user as the server's state
+            counts, exc = counted[index]
+            if exc is not None:  # reported to the user as the server's state
                 entry.update(reachable=False, error=f"{type(exc).__name__}: {exc}")
             else:
                 entry.update(
@@ -1369,6 +1371,17 @@ def _from_replica(
         raise _ReplicaFailed(index, choice, exc) from exc
     finally:
         stream.close()
+
+
+def _server_rows(store: ServerStore, shards: list[int], rows: str) -> tuple[dict[int, int], Exception | None]:
+    """One server's rows per shard for `Datastore.status` (estimated if asked and the backend can), or the
+    error that stopped the count (returned: `status` reports it as the server's state)."""
+    try:
+        if rows == "estimated" and isinstance(store, SupportsRowEstimates):
+            return (cast(SupportsRowEstimates, store).row_estimates(shards), None)
+        return (store.row_counts(shards), None)
+    except Exception as exc:
+        return ({}, exc)
 
 
 def _write_outcome(

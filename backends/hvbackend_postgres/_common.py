@@ -12,7 +12,7 @@ import select
 import threading
 import time
 import types
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from typing import Any, cast
 
 import psycopg
@@ -21,6 +21,7 @@ from psycopg import pq, sql
 from psycopg.rows import RowMaker, dict_row, tuple_row
 from psycopg.types import TypeInfo
 from psycopg.types.json import Jsonb
+from psycopg.waiting import Wait
 
 from hvbackend_postgres import _fanout
 from hvbackend_postgres._fanout import check_parameters, group_pieces, item_shard, limit_error, shard_pieces
@@ -63,6 +64,7 @@ __all__ = [
     "BACKEND_CHECK_SQL",
     "DENIED_SHARD_SQL",
     "HSTORE_SCHEMA_SQL",
+    "PIPELINE_GRACE",
     "PROVISION_BATCH",
     "PROVISION_WORKERS",
     "QUERY_FETCH_FIRST",
@@ -71,6 +73,7 @@ __all__ = [
     "SEARCH_PATH_SQL",
     "USER_ROW_FACTORIES",
     "OperationTimeout",
+    "PipelineTimeout",
     "StoreCore",
     "chained",
     "check_json",
@@ -83,10 +86,12 @@ __all__ = [
     "query_fetch_sizes",
     "query_records",
     "refusal_error",
+    "resumed",
     "row_factory",
     "scrub",
     "statement_error",
     "statement_text",
+    "timeout_in",
 ]
 
 # Shards per provisioning transaction: each shard's DDL holds about 6 relation locks until COMMIT (table, TOAST
@@ -166,6 +171,46 @@ def _timed_out(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any], lim
     )
 
 
+class PipelineTimeout(OperationTimeout):
+    """`OperationTimeout` of a pipeline (a fan-out's pieces, see the store's ``_pipelined``): ``settled`` is True if
+    every result of the pipeline arrived after the cancel (each cursor then says whether its statement ran), False
+    if the session was closed with results still due (what the cursors say is a lower bound)."""
+
+    settled: bool = False
+
+
+PIPELINE_GRACE = 0.5
+"""Seconds a pipeline cut off by ``operation_timeout`` is given, after the cancel request, for its remaining results
+(the cancelled statement's error, the aborted ones after it: milliseconds on a server that answers); at most a
+quarter of the timeout (0.25 s for 1 s). Past it the session is closed unread."""
+
+
+def timeout_in(exc: BaseException) -> OperationTimeout | None:
+    """The `OperationTimeout` that ``exc`` is or replaced (psycopg's exit from a pipeline cut off by it fails with
+    "cannot exit pipeline mode while busy", the timeout as its context), else None."""
+    seen: BaseException | None = exc
+    for _ in range(4):
+        if seen is None:
+            return None
+        if isinstance(seen, OperationTimeout):
+            return seen
+        seen = seen.__context__
+    return None
+
+
+def resumed(gen: Generator[Any, Any, Any]) -> Generator[Any, Any, Any]:
+    """``gen``, a psycopg generator a timed-out wait left suspended, driven on from where it was: the first wait is
+    for reading or writing (what it last asked for is not known), and it is never sent None (psycopg's C generators
+    store the readiness they are sent in an int)."""
+    ready = yield Wait.RW
+    try:
+        state = gen.send(ready)
+        while True:
+            state = gen.send((yield state))
+    except StopIteration as stop:
+        return stop.value
+
+
 _CANCEL_CONN = psycopg.pq.version() >= 170000  # PQcancelStart/PQcancelPoll: libpq 17 (psycopg-binary bundles 17+)
 
 
@@ -198,13 +243,29 @@ def bounded_connection_class(timeout: float | None) -> type[psycopg.Connection[A
         return psycopg.Connection
 
     class BoundedConnection(psycopg.Connection[Any]):
+        hv_cut: Any = None  # the generator a wait cut off by the timeout left suspended
+
         def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
             try:
                 return super().wait(gen, interval, limit if timeout is None else timeout)
             except psycopg.errors._WaitTimeout as exc:
                 if isinstance(exc, OperationTimeout):
                     raise
+                self.hv_cut = gen  # left where it waited: a pipeline's results can still be read (_pipelined)
                 raise _timed_out(self, limit if timeout is None else timeout) from None
+
+        @contextlib.contextmanager
+        def pipeline(self) -> Iterator[psycopg.Pipeline]:
+            """psycopg's pipeline; cut off by the timeout, its exit raises the timeout (`timeout_in`), not psycopg's
+            "cannot exit pipeline mode while busy" (the session stays unusable: it is not reused)."""
+            try:
+                with super().pipeline() as pipeline:
+                    yield pipeline
+            except psycopg.OperationalError as exc:
+                cut = timeout_in(exc)
+                if cut is None or cut is exc:
+                    raise
+                raise cut from None
 
     limit = timeout
     return BoundedConnection
@@ -216,13 +277,28 @@ def bounded_async_connection_class(timeout: float | None) -> type[psycopg.AsyncC
         return psycopg.AsyncConnection
 
     class BoundedAsyncConnection(psycopg.AsyncConnection[Any]):
+        hv_cut: Any = None  # the generator a wait cut off by the timeout left suspended
+
         async def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
             try:
                 return await super().wait(gen, interval, limit if timeout is None else timeout)
             except psycopg.errors._WaitTimeout as exc:
                 if isinstance(exc, OperationTimeout):
                     raise
+                self.hv_cut = gen  # left where it waited: a pipeline's results can still be read (_pipelined)
                 raise _timed_out(self, limit if timeout is None else timeout) from None
+
+        @contextlib.asynccontextmanager
+        async def pipeline(self) -> AsyncIterator[psycopg.AsyncPipeline]:
+            """As `BoundedConnection.pipeline`: a pipeline cut off by the timeout raises the timeout on its exit."""
+            try:
+                async with super().pipeline() as pipeline:
+                    yield pipeline
+            except psycopg.OperationalError as exc:
+                cut = timeout_in(exc)
+                if cut is None or cut is exc:
+                    raise
+                raise cut from None
 
     limit = timeout
     return BoundedAsyncConnection

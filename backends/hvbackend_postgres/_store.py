@@ -74,12 +74,15 @@ from hvbackend_postgres._common import (
     BACKEND_CHECK_SQL,
     DENIED_SHARD_SQL,
     HSTORE_SCHEMA_SQL,
+    PIPELINE_GRACE,
     PRIVILEGE_SQLSTATE,
     PROVISION_BATCH,
     PROVISION_WORKERS,
     QUERY_FETCH_FIRST,
     SEARCH_PATH_AUTO_PLANS_SQL,
     SEARCH_PATH_SQL,
+    OperationTimeout,
+    PipelineTimeout,
     StoreCore,
     bounded_connection_class,
     chained,
@@ -92,6 +95,8 @@ from hvbackend_postgres._common import (
     named_shard,
     query_fetch_sizes,
     query_records,
+    resumed,
+    timeout_in,
 )
 from hvbackend_postgres._fanout import (
     AUTO_PLANS_SQL,
@@ -248,6 +253,13 @@ def _lent_cursor(
             try:
                 super().executemany(query, params_seq, **kwargs)
             except psycopg.Error as exc:
+                cut = timeout_in(exc)
+                if cut is not None and cut is not exc:
+                    # psycopg runs executemany in a pipeline of its own, which it cannot leave once operation_timeout
+                    # cut it off ("cannot exit pipeline mode while busy"): the session is done with, as after any
+                    # timeout (the pool discards it), and the error is the timeout's, as for execute()
+                    self.connection.pgconn.finish()
+                    raise cut from None
                 moved = self._moved(exc)
                 if moved is None:
                     raise
@@ -892,7 +904,7 @@ class PostgresServerStore(StoreCore):
             try:
                 return op(conn)
             except psycopg.OperationalError as exc:
-                if attempt == 0 and conn.closed:
+                if attempt == 0 and conn.closed and (not isinstance(exc, OperationTimeout)):  # a timeout spent the time
                     self._log("connection to %s lost (%s): retrying once", self._label, type(exc).__name__)
                     continue
                 error = self._translate(exc, shard_id)
@@ -1490,16 +1502,19 @@ class PostgresServerStore(StoreCore):
         cursors: list[psycopg.Cursor[Any]] = []
         per_transaction = pieces_per_transaction(self.shards_per_statement)  # 1, or 16 one-schema pieces on Citus
         last = len(statements) - 1
+
+        def send() -> None:
+            for i, (query, params) in enumerate(statements):
+                if i % per_transaction == 0:
+                    conn.execute("BEGIN")
+                    if auto_plans:
+                        conn.execute(AUTO_PLANS_SQL)
+                cursors.append(conn.cursor().execute(query, params))
+                if i % per_transaction == per_transaction - 1 or i == last:
+                    conn.execute("COMMIT")
+
         try:
-            with conn.pipeline():
-                for i, (query, params) in enumerate(statements):
-                    if i % per_transaction == 0:
-                        conn.execute("BEGIN")
-                        if auto_plans:
-                            conn.execute(AUTO_PLANS_SQL)
-                    cursors.append(conn.cursor().execute(query, params))
-                    if i % per_transaction == per_transaction - 1 or i == last:
-                        conn.execute("COMMIT")
+            self._pipelined(conn, send)
         except psycopg.Error:
             if not conn.closed and conn.pgconn.transaction_status != pq.TransactionStatus.IDLE:
                 try:
@@ -1508,6 +1523,73 @@ class PostgresServerStore(StoreCore):
                     conn.close()
             raise
         return [list(cur.fetchall()) for cur in cursors]
+
+    def _pipelined(self, conn: Conn, send: Callable[[], None]) -> None:
+        """Run ``send`` (statements it queues with ``conn.execute``) in one psycopg pipeline: every result read.
+
+        Every pipelined fan-out (query pages, `fetch_many`, filter writes, row counts) runs here, so that one cut
+        off by ``operation_timeout`` ends as a point operation does, at the timeout: the bounded connection sent a
+        cancel request for the statement the server runs (a lock wait, say); the pipeline's remaining results (that
+        statement's error, the aborted ones after it) are then read for at most `PIPELINE_GRACE` s, each attached
+        to its cursor (so a cursor says whether its statement ran), and the connection is closed, never reused (a
+        cancel request arriving late would hit its next statement; the pool replaces it). `PipelineTimeout` then,
+        its ``settled`` True if every result arrived; if they all arrived without an error (the statement finished
+        as the wait gave up) the pipeline succeeded. (psycopg's own exit from the pipeline waited for the busy
+        statement a second time, then failed with "cannot exit pipeline mode while busy", and the connection's
+        clean-up waited a third.) Any other error is raised as it comes.
+        """
+        settled = False
+        try:
+            with conn.pipeline():
+                try:
+                    send()
+                except OperationTimeout:  # cut off while sending: psycopg's exit would wait again; nothing to read
+                    self._end_cut(conn)
+                    raise
+        except psycopg.OperationalError as exc:
+            cut = timeout_in(exc)
+            if cut is None:
+                raise
+            if not conn.closed:
+                settled, error = self._read_cut(conn)
+                if settled and error is None:
+                    self._log("a pipeline on %s finished as operation_timeout expired", self._label)
+                    conn.close()
+                    return
+                if error is not None and settled and (not isinstance(error, pg_errors.QueryCanceled)):
+                    conn.close()
+                    raise error from None  # the pipeline's own failure, once the lock it waited for was free
+            conn.close()
+            timeout = PipelineTimeout(*cut.args)
+            timeout.settled = settled
+            raise timeout from None
+
+    def _read_cut(self, conn: Conn) -> tuple[bool, psycopg.Error | None]:
+        """Read on the pipeline a timeout cut off (its suspended generator, `_common.resumed`) for `PIPELINE_GRACE`
+        s at most: (whether every result arrived, the first error among them)."""
+        gen = cast(Any, conn).hv_cut
+        cast(Any, conn).hv_cut = None
+        if gen is None:
+            return (False, None)
+        grace = min(PIPELINE_GRACE, (self._options.operation_timeout or 4 * PIPELINE_GRACE) / 4)
+        try:
+            psycopg.Connection.wait(conn, resumed(gen), timeout=grace)  # unbounded class: no second cancel
+        except psycopg.errors._WaitTimeout:
+            self._end_cut(conn, gen)
+            return (False, None)
+        except psycopg.Error as exc:  # the cancelled statement's error, raised once every result was read
+            return (conn.pgconn.status == pq.ConnStatus.OK, exc)
+        return (conn.pgconn.status == pq.ConnStatus.OK, None)
+
+    @staticmethod
+    def _end_cut(conn: Conn, gen: Any = None) -> None:
+        """Close the session of a pipeline cut off with results still due (and the generator left reading them)."""
+        conn.pgconn.finish()
+        gen = gen or cast(Any, conn).hv_cut
+        cast(Any, conn).hv_cut = None
+        if gen is not None:
+            with contextlib.suppress(Exception):
+                gen.close()
 
     def update(self, shard_id: int, key: Key, data: Mapping[str, Any], *, merge: bool) -> bool:
         """Merge ``data`` into the stored body (``||``), or replace it; False if the key is not stored.
@@ -1592,26 +1674,33 @@ class PostgresServerStore(StoreCore):
         that committed go into ``counts`` (also when a later piece fails, which is then raised)."""
         sent: list[tuple[list[tuple[int, psycopg.Cursor[Any]]], psycopg.Cursor[Any]]] = []
         failure: psycopg.Error | None = None
+        generic = plans_generic(conn)  # a filter's plan depends on its values (_fanout.GENERIC_POINT_PLANS)
+
+        def send() -> None:
+            for piece in pieces:
+                conn.execute("BEGIN")
+                if generic:
+                    conn.execute(AUTO_PLANS_SQL)
+                cursors = []
+                for shard in piece:
+                    query, params = statements[shard]
+                    cursors.append((shard, conn.cursor().execute(query, params)))
+                sent.append((cursors, conn.execute("COMMIT")))
+
         try:
-            with conn.pipeline():
-                for piece in pieces:
-                    conn.execute("BEGIN")
-                    if plans_generic(conn):  # a filter's plan depends on its values (_fanout.GENERIC_POINT_PLANS)
-                        conn.execute(AUTO_PLANS_SQL)
-                    cursors = []
-                    for shard in piece:
-                        query, params = statements[shard]
-                        cursors.append((shard, conn.cursor().execute(query, params)))
-                    sent.append((cursors, conn.execute("COMMIT")))
+            self._pipelined(conn, send)
         except psycopg.Error as exc:
             failure = exc
-        written = 0
+        written = done = 0
         for cursors, commit in sent:
             if commit.statusmessage != "COMMIT":  # the failing piece (rolled back) and those never run
                 break
+            done += 1
             for shard, cur in cursors:
                 counts[shard] = counts.get(shard, 0) + max(cur.rowcount, 0)
                 written += max(cur.rowcount, 0)
+        if isinstance(failure, PipelineTimeout):
+            raise self._filter_write_cut(failure, done, len(pieces), written) from None
         if failure is not None:
             if not conn.closed and conn.pgconn.transaction_status != pq.TransactionStatus.IDLE:
                 try:
@@ -1620,6 +1709,15 @@ class PostgresServerStore(StoreCore):
                     conn.close()
             raise failure
         return written
+
+    def _filter_write_cut(self, cut: PipelineTimeout, done: int, pieces: int, written: int) -> OperationTimeout:
+        """The error of a filter write's pipeline cut off by ``operation_timeout``: what of it committed."""
+        head = f"PostgreSQL server {self._label} did not answer within operation_timeout={self._options.operation_timeout} s: a cancel request was sent for the filter write's statement and its session closed; {done} of the {pieces} piece(s) sent to this server committed ({written} record(s))"
+        if cut.settled:
+            tail = "; the cancelled piece and the pieces after it did not commit (nothing of them is stored)"
+        else:
+            tail = "; the server did not confirm the others in time (the session was closed with replies unread), so more of them may have committed: that count is a lower bound"
+        return OperationTimeout(f"{head}{tail}; running the call again finishes the job")
 
     @staticmethod
     def _failed_shard(exc: psycopg.Error, pieces: Sequence[Sequence[int]], counts: Mapping[int, int]) -> int:
@@ -1727,9 +1825,13 @@ class PostgresServerStore(StoreCore):
             conn.close()
         return identity_text(system, row)
 
-    def _admin(self) -> Conn:
+    def _admin(self, *, bounded: bool = False) -> Conn:
+        """A session of its own (not pooled), in autocommit. ``bounded``: each exchange is bounded by
+        ``operation_timeout`` like the pool's (row counts, `provisioned`); unbounded for provisioning, whose DDL and
+        advisory lock may rightly take longer."""
+        cls = bounded_connection_class(self._options.operation_timeout) if bounded else psycopg.Connection
         try:
-            conn = psycopg.Connection.connect(self._conninfo, **{**self._kwargs, "autocommit": True})
+            conn = cls.connect(self._conninfo, **{**self._kwargs, "autocommit": True})
         except psycopg.OperationalError as exc:
             raise self._unavailable(exc) from None
         self._configure(conn)
@@ -1883,7 +1985,7 @@ class PostgresServerStore(StoreCore):
 
     def provisioned(self, shard_ids: Sequence[int]) -> list[int]:
         """The shards among ``shard_ids`` whose entities table exists on this server."""
-        conn = self._admin()
+        conn = self._admin(bounded=True)
         try:
             existing = self._existing(conn, shard_ids)
         finally:
@@ -1891,8 +1993,9 @@ class PostgresServerStore(StoreCore):
         return [s for s in shard_ids if TABLE in existing.get(s, (set(), None))[0]]
 
     def row_counts(self, shard_ids: Sequence[int]) -> dict[int, int]:
-        """Exact rows per provisioned shard (shards without a table are left out)."""
-        conn = self._admin()
+        """Exact rows per provisioned shard (shards without a table are left out); `ServerUnavailable` naming
+        ``operation_timeout`` if a count waits past it (a shard's table locked by another session, say)."""
+        conn = self._admin(bounded=True)
         counts: dict[int, int] = {}
         try:
             existing = self._existing(conn, shard_ids)
@@ -1920,7 +2023,7 @@ class PostgresServerStore(StoreCore):
         ``hv status --watch`` costs the same for 8192 shards of a billion rows as for 16 small ones. Moved shards'
         forwarding views are left out."""
         names = {shard_schema(s): s for s in shard_ids}
-        conn = self._admin()
+        conn = self._admin(bounded=True)
         try:
             cur = conn.execute(ROW_ESTIMATES_SQL, (TABLE, list(names)))
             return {names[schema]: max(int(rows), 0) for schema, rows in cur.fetchall()}
