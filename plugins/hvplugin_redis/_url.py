@@ -150,19 +150,44 @@ _SCHEMES = ("redis", "rediss", "unix")
 
 
 def redact(url: str) -> str:
-    """``url`` without its password (and user), for messages and reprs."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None and parts.username is None:
+    """``url`` without its password (and user), for messages and reprs: the user-info becomes ``***``. When the
+    parser finds none but the URL holds an ``@``, everything up to the last ``@`` is masked: a password holding ``/``,
+    ``?`` or ``#`` that is not percent-encoded ends the URL's authority early for the parser
+    (``redis://app:pa/ss@host`` has host ``app`` and port ``pa``), and would otherwise be shown whole."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
         return url
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
     try:
-        port = parts.port
+        netloc = urllib.parse.urlsplit(url).netloc
     except ValueError:
-        port = None
-    netloc = f"***@{host}" + (f":{port}" if port is not None else "")
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+        netloc = ""
+    userinfo = netloc.rpartition("@")[0]
+    if "@" in netloc and rest.startswith(userinfo + "@"):  # the parser's user-info (the rest kept as written)
+        return f"{scheme}://***@{rest[len(userinfo) + 1 :]}"
+    return f"{scheme}://***@{rest.rpartition('@')[2]}"
+
+
+def _encoding_hint(url: str) -> str:
+    """What to do when the parser's user-info stops before the URL's last ``@`` (a ``/``, ``?`` or ``#`` in the
+    password, not percent-encoded), else ``""``."""
+    rest = url.partition("://")[2]
+    try:
+        netloc = urllib.parse.urlsplit(url).netloc
+    except ValueError:
+        netloc = ""
+    if "@" in rest and rest.rpartition("@")[0] != netloc.rpartition("@")[0]:
+        return (
+            "; a password holding '/', '?', '#' or '@' must be percent-encoded in the URL "
+            "(urllib.parse.quote(password, safe=''))"
+        )
+    return ""
+
+
+def _parse_problem(exc: ValueError, url: str) -> str:
+    """The parser's complaint, without quoting a value from the URL (a misread port may be part of a password)."""
+    if "port" in str(exc).lower():
+        return "the port must be a number in 0..65535"
+    return "not a URL the parser reads" if redact(url) != url else str(exc)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -188,7 +213,9 @@ def parse_url(url: str) -> ParsedURL:
         parts = urllib.parse.urlsplit(url)
         parts.port  # noqa: B018 (raises ValueError for a bad port)
     except ValueError as exc:
-        raise ConfigError(f"invalid Redis URL {safe!r}: {exc}") from None
+        raise ConfigError(f"invalid Redis URL {safe!r}: {_parse_problem(exc, url)}{_encoding_hint(url)}") from None
+    if _encoding_hint(url):
+        raise ConfigError(f"invalid Redis URL {safe!r}: the host is not where the last '@' says{_encoding_hint(url)}")
     name = urllib.parse.urlunsplit(urllib.parse.urlsplit(safe)._replace(query="", fragment=""))
     if parts.scheme not in _SCHEMES:
         raise ConfigError(f"invalid Redis URL {name!r}: the scheme must be redis://, rediss:// or unix://")

@@ -34,7 +34,6 @@ REASON = (
 )
 
 
-@pytest.mark.xfail(strict=True, reason=REASON)
 @pytest.mark.parametrize("url", URLS)
 def test_a_redis_url_password_with_a_reserved_character_is_not_shown(url: str) -> None:
     with pytest.raises(hvcore.ConfigError) as datastore:
@@ -45,7 +44,6 @@ def test_a_redis_url_password_with_a_reserved_character_is_not_shown(url: str) -
     assert SECRET not in str(generator.value)
 
 
-@pytest.mark.xfail(strict=True, reason=REASON)
 @pytest.mark.parametrize("command", ["key new", "config"])
 def test_hv_never_prints_a_redis_url_password_with_a_slash(command: str, tmp_path: Path) -> None:
     url = URLS[0]
