@@ -34,7 +34,10 @@ def db(make_datastore: MakeDatastore) -> Iterator[hvcore.Datastore]:
     store = make_datastore()
     yield store
     for info in store.list_indexes():
-        store.drop_index(info.index.kind, info.index.field)
+        if info.index.kind is None or info.index.field is None:
+            store.drop_body_index()
+        else:
+            store.drop_index(info.index.kind, info.index.field)
 
 
 def bodies(text_only: bool, count: int = 240) -> list[dict[str, Any]]:
