@@ -164,6 +164,33 @@ def test_a_moved_shard_gets_no_body_index_when_none_is_recorded(setup: SchemaSet
     assert gin_options(setup) == {}
 
 
+@pytest.mark.parametrize("operation", ["create", "drop"])
+def test_a_body_index_created_or_dropped_during_a_move_is_so_on_the_moved_shard(
+    setup: SchemaSetup, operation: str
+) -> None:
+    """Another process builds (or drops) the body index while the move copies: the switch reconciles the copy."""
+    db = setup.datastore(worker=None)
+    operator = setup.datastore(worker=None)
+    db.put_many(3, 1, bodies(setup, 200))
+    if operation == "drop":
+        db.create_body_index()
+    done: list[object] = []
+
+    def progress(phase: str, n: int, total: int) -> None:
+        if phase == "catchup" and not done:  # the copy is done; the switch has not happened yet
+            done.append(operator.create_body_index() if operation == "create" else operator.drop_body_index())
+
+    db.move_shard(3, 1, progress=progress)
+    assert done, "the move never reached its catch-up phase"
+    if operation == "create":
+        assert sorted(gin_options(setup)) == list(range(16))
+        [info] = db.list_indexes()
+        assert info.valid == 16 and not info.missing
+    else:
+        assert gin_options(setup) == {}
+        assert db.list_indexes() == []
+
+
 def old_layout(setup: SchemaSetup, shards: range) -> None:
     """Give these shards the body index as the releases before did (no record)."""
     for shard in shards:
