@@ -215,6 +215,15 @@ def test_provisioning_records_the_body_index_of_shards_made_by_an_earlier_releas
     assert recorded(setup, 0) == recorded(setup, 1) == []
 
 
+def test_hv_init_says_it_recorded_the_body_index(
+    setup: SchemaSetup, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    old_layout(setup, range(16))
+    assert _cli.main(["init", "--config", str(setup.config_file(tmp_path))]) == 0
+    out = capsys.readouterr().out
+    assert out.count("recorded the body index (entities_body_idx): existing shards have it") == 2, out
+
+
 def test_a_shard_moved_from_an_earlier_release_keeps_its_body_index(setup: SchemaSetup) -> None:
     old_layout(setup, range(16))
     db = setup.datastore()
