@@ -907,7 +907,8 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
     ) -> AsyncIterator[Record]:
         """Records in key order (creation order) across shards and servers, streamed.
 
-        ``where`` is an equality filter on body fields (uses the backend's index); ``since`` (inclusive) and
+        ``where`` is an equality filter on body fields (answered from the body index if built:
+        `create_body_index`; the same records either way); ``since`` (inclusive) and
         ``until`` (exclusive) are aware datetimes or keys, turned into key ranges; ``shards`` limits the
         shards read. Arguments are checked when this is called, before any I/O. A shard that moves while
         the query runs is followed: the stream resumes on its new server after the last key it yielded.
