@@ -226,7 +226,10 @@ def record_body_index(conn: Conn, state: str, *, replace: bool) -> None:
     """Record the body index in ``state`` (the ``hypervault`` tables made if missing); ``replace=False`` leaves a
     row that is there (any state)."""
     ensure_support(conn)
-    conn.execute(BODY_TABLE_DDL)
+    if conn.execute("SELECT to_regclass('hypervault.body_index') IS NULL").fetchone() == (True,):
+        with conn.transaction():  # one session creates it at once (concurrent CREATE TABLE IF NOT EXISTS can clash)
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (META_LOCK,))
+            conn.execute(BODY_TABLE_DDL)
     conflict = "DO UPDATE SET state = excluded.state" if replace else "DO NOTHING"
     conn.execute(
         f"INSERT INTO hypervault.body_index (name, state) VALUES (%s, %s) ON CONFLICT (name) {conflict}",
