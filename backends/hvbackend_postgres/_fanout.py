@@ -69,7 +69,7 @@ __all__ = [
     "shard_pieces",
 ]
 
-LOCKS_PER_SHARD = 4  # the table, its primary key, the (kind, id) index and the body's GIN index
+LOCKS_PER_SHARD = 4  # at most: the table, its primary key, the (kind, id) index and the body index (if built)
 SHARDS_PER_STATEMENT = 16  # 16 × 4 = 64 relations locked: the default max_locks_per_transaction
 MAX_BIND_PARAMETERS = 65_535  # the extended protocol's limit (a 16-bit count in the Bind message)
 PARAMETER_BUDGET = 4_096  # values bound by one multi-shard statement of ours: far below the limit
