@@ -20,8 +20,10 @@ each figure a median over interleaved blocks (so the machine's drift hits both s
 - ``get_many`` of 8192 keys, one per shard, per key vs ``get_many`` of 8192 keys over 64 shards;
 - ``update_where`` (one matching row per shard) over all 8192 shards vs over 16.
 
-``--layout`` changes every shard after provisioning (`LAYOUT_SQL`): ``fastupdate_on`` gives back the body index's
-pending list (the layout before issue 14's fifth session), ``no_gin`` drops the body index; the counts per relation
+``--layout`` sets every shard's layout after provisioning (`LAYOUT_SQL`): ``shipped`` (the default) has no body
+index, as shards are provisioned now; ``body_index`` has the one ``create_body_index`` builds (GIN, ``fastupdate =
+off``: what every shard had until it was made optional); ``fastupdate_on`` that index with its pending list (the
+layout before issue 14's fifth session); ``no_gin`` is ``shipped`` under its earlier name. The counts per relation
 behind these are ``bench_put_blocks.py``'s.
 
 ``--recommended`` then restarts the two servers with the settings docs/fanout.md recommends and measures put/get
@@ -54,6 +56,7 @@ from fixtures.localpg import local_servers
 
 import hvcore
 from hvbackend_postgres import _fanout
+from hvbackend_postgres._indexes import record_body_index
 
 SHARDS = 8192
 POOL = 4  # sessions per server (each one warmed on every shard)
@@ -69,17 +72,21 @@ def _config(servers: list[dict[str, Any]], dbname: str = "hv_fanout_bench") -> l
     ]
 
 
-LAYOUT_SQL = {  # --layout: what is changed in every shard after provisioning, to compare per-shard layouts
-    "shipped": "",  # the body's GIN index without a pending list (fastupdate = off): since issue 14's fifth session
-    "fastupdate_on": "ALTER INDEX {schema}.entities_body_idx RESET (fastupdate);",  # the layout before it
-    "no_gin": "DROP INDEX IF EXISTS {schema}.entities_body_idx;",  # no body index (where filters scan the table)
+BODY_GIN = "CREATE INDEX IF NOT EXISTS entities_body_idx ON {schema}.entities USING gin (body jsonb_path_ops) "
+LAYOUT_SQL = {  # --layout: what every shard is made to have after provisioning, to compare per-shard layouts
+    "shipped": "DROP INDEX IF EXISTS {schema}.entities_body_idx;",  # no body index: the layout shards get now
+    "no_gin": "DROP INDEX IF EXISTS {schema}.entities_body_idx;",  # the same (its name in earlier measurements)
+    # create_body_index's GIN (fastupdate = off): every shard's layout until the body index was made optional
+    "body_index": BODY_GIN + "WITH (fastupdate = off);ALTER INDEX {schema}.entities_body_idx SET (fastupdate = off);",
+    # the same with its pending list (fastupdate = on, PostgreSQL's default): the layout before issue 14's fifth session
+    "fastupdate_on": BODY_GIN + ";ALTER INDEX {schema}.entities_body_idx RESET (fastupdate);",
 }
+"""Each layout is applied to every shard whatever an earlier run left (the database is reused), and the body index
+recorded (``hypervault.body_index``) only where the shards have it, as ``create_body_index`` would."""
 
 
 def _apply_layout(config: list[dict[str, Any]], layout: str) -> None:
-    """Change every shard's relations as `LAYOUT_SQL` says (after provisioning; nothing for ``shipped``)."""
-    if not LAYOUT_SQL[layout]:
-        return
+    """Make every shard's relations what `LAYOUT_SQL` says (after provisioning), in statements of 16 shards."""
     for server in config:
         first, _, last = str(server["shards"]).partition("-")
         settings = {k: v for k, v in server.items() if k != "shards"}
@@ -89,6 +96,10 @@ def _apply_layout(config: list[dict[str, Any]], layout: str) -> None:
                     LAYOUT_SQL[layout].format(schema=f"shard{s:04d}") for s in range(start, min(int(last), start + 16))
                 )
                 conn.execute(statements)
+            if layout in ("body_index", "fastupdate_on"):
+                record_body_index(conn, "active", replace=True)
+            elif conn.execute("SELECT to_regclass('hypervault.body_index') IS NOT NULL").fetchone() == (True,):
+                conn.execute("DELETE FROM hypervault.body_index")
 
 
 def prepare(servers: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -402,7 +402,8 @@ class IndexBuilder(Protocol):
 
     Indexes are recorded per server (so shards provisioned or moved there later get them) and built shard by shard.
     ``progress(count)`` is called as shards are done; ``stop()`` returning True asks the work to end after the
-    current shard (another server failed).
+    current shard (another server failed). A ``spec`` may be `IndexSpec.body()` (``create_body_index``: kind and
+    field None); a backend that needs no structure for it records it like any other and builds nothing (memory).
     """
 
     def definitions(self) -> list[IndexSpec]:

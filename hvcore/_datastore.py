@@ -851,7 +851,8 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
     ) -> Iterator[Record]:
         """Records in key order (creation order) across shards and servers, streamed.
 
-        ``where`` is an equality filter on body fields (uses the backend's index); ``since`` (inclusive) and
+        ``where`` is an equality filter on body fields (answered from the body index if built:
+        `create_body_index`; the same records either way); ``since`` (inclusive) and
         ``until`` (exclusive) are aware datetimes or keys, turned into key ranges; ``shards`` limits the
         shards read. Arguments are checked when this is called, before any I/O. A shard that moves while
         the query runs is followed: the stream resumes on its new server after the last key it yielded.
@@ -1271,7 +1272,23 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         ``progress(label, done, total)`` reports shards done. `InvalidKind`/`InvalidQuery` for bad arguments
         (before any I/O); `MigrationError` when a shard's build fails (a duplicate for ``unique``), naming it.
         """
-        spec = IndexSpec(kind=kind, field=field, type=type, unique=unique)
+        return self._create_index(IndexSpec(kind=kind, field=field, type=type, unique=unique), progress)
+
+    def create_body_index(self, *, progress: SchemaProgress | None = None) -> IndexReport:
+        """Index whole bodies in every shard of every server, online, for equality ``where`` filters; resumable.
+
+        Without it (the default layout) a ``where`` reads every record of a shard's range that its other filters
+        (``kind``, ``since``/``until``, an indexed field) leave, and checks each; with it each shard's GIN index
+        (``jsonb_path_ops``; on hstore over ``hstore_to_jsonb(body)``) finds the matching records, and every write
+        pays for updating it. Built like `create_index`: recorded on every server first (shards provisioned or
+        moved there later get it too), then ``CREATE INDEX CONCURRENTLY`` one shard at a time per server (servers
+        in parallel); a rerun skips valid indexes and rebuilds INVALID leftovers of an interrupted build. The
+        report's ``index`` is `IndexSpec.body()`; `list_indexes` shows it. `MigrationError` names a shard whose
+        build fails.
+        """
+        return self._create_index(IndexSpec.body(), progress)
+
+    def _create_index(self, spec: IndexSpec, progress: SchemaProgress | None) -> IndexReport:
         targets = self._schema_targets()
         try:
             report: IndexReport = to_thread(_schemaops.create_index, targets, spec, progress)
@@ -1293,6 +1310,22 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         Resumable: the definition is marked as being dropped first (range filters on it are then refused, new
         shards no longer get it), and removed once every shard is done. `InvalidQuery` if no such index is recorded.
         """
+        if kind is None or field is None:  # typed callers cannot; the body index has its own call
+            raise InvalidQuery(
+                f"drop_index({kind!r}, {field!r}): an index on a field names its kind and field; drop the body index with drop_body_index()"
+            )
+        return self._drop_index(kind, field, progress)
+
+    def drop_body_index(self, *, progress: SchemaProgress | None = None) -> IndexReport:
+        """Drop the body index (`create_body_index`) from every shard (``DROP INDEX CONCURRENTLY``) and forget it.
+
+        Resumable as `drop_index`: marked as being dropped first (new shards no longer get it), forgotten once every
+        shard is done. Also drops the index from shards that have it unrecorded (provisioned by a release that gave
+        every shard one); a datastore without it is left as it is (the report's ``dropped`` is 0).
+        """
+        return self._drop_index(None, None, progress)
+
+    def _drop_index(self, kind: int | None, field: str | None, progress: SchemaProgress | None) -> IndexReport:
         targets = self._schema_targets()
         try:
             report: IndexReport = to_thread(_schemaops.drop_index, targets, kind, field, progress)

@@ -23,6 +23,8 @@ from hvcore._show import show_value
 from hvcore.errors import InvalidKind, InvalidQuery, MigrationError
 
 __all__ = [
+    "BODY_INDEX_NAME",
+    "BODY_INDEX_TYPE",
     "INDEX_TYPES",
     "RANGE_OPERATORS",
     "FieldFilter",
@@ -42,6 +44,8 @@ __all__ = [
 ]
 
 INDEX_TYPES = ("text", "bigint", "numeric", "timestamptz", "boolean")
+BODY_INDEX_TYPE = "body"  # the type of `IndexSpec.body()`: a GIN index on the whole body, not one typed field
+BODY_INDEX_NAME = "entities_body_idx"  # its name in every shard (the name the layout gave it when every shard had it)
 RANGE_OPERATORS = (">", ">=", "<", "<=")
 MAX_FIELD_LENGTH = 200  # characters of an indexed field name (it is part of the index expression)
 BIGINT_MIN, BIGINT_MAX = -(2**63), 2**63 - 1
@@ -99,31 +103,58 @@ class IndexSpec:
 
     ``type`` is one of text, bigint, numeric, timestamptz, boolean. Raises `InvalidKind` for a kind outside
     0..32767 and `InvalidQuery` for a bad field name, type or ``unique`` flag.
+
+    `IndexSpec.body()` is the other sort: the body index (``type`` "body", ``kind`` and ``field`` None), one per
+    server over every kind and field, serving equality ``where`` filters (containment); see
+    ``Datastore.create_body_index``.
     """
 
-    kind: int
-    field: str
+    kind: int | None
+    field: str | None
     type: str = "text"
     unique: bool = False
     state: str = "active"  # "dropping" while drop_index has not finished
 
     def __post_init__(self) -> None:
-        _check_kind(self.kind)
-        _check_field(self.field)
-        if self.type not in INDEX_TYPES:
-            raise InvalidQuery(f"unknown index type {self.type!r}: expected one of {', '.join(INDEX_TYPES)}")
+        if self.type == BODY_INDEX_TYPE:
+            if self.kind is not None or self.field is not None or self.unique:
+                raise InvalidQuery(
+                    "the body index covers every kind and field and is not unique: IndexSpec.body(), "
+                    f"got kind={self.kind!r}, field={self.field!r}, unique={self.unique!r}"
+                )
+        else:
+            _check_kind(self.kind)
+            _check_field(self.field)
+            if self.type not in INDEX_TYPES:
+                raise InvalidQuery(
+                    f"unknown index type {self.type!r}: expected one of {', '.join(INDEX_TYPES)} "
+                    "(or IndexSpec.body() for the body index)"
+                )
         if not isinstance(self.unique, bool):
             raise InvalidQuery(f"unique must be True or False, got {self.unique!r}")
         if self.state not in ("active", "dropping"):
             raise InvalidQuery(f"index state must be 'active' or 'dropping', got {self.state!r}")
 
+    @classmethod
+    def body(cls, *, state: str = "active") -> IndexSpec:
+        """The body index: every shard's GIN index on the whole body, for equality ``where`` filters."""
+        return cls(kind=None, field=None, type=BODY_INDEX_TYPE, state=state)
+
+    @property
+    def is_body(self) -> bool:
+        """True for the body index (`body`), False for an index on one field of one kind."""
+        return self.type == BODY_INDEX_TYPE
+
     @property
     def name(self) -> str:
-        """The index's name in every shard: ``hv_k<kind>_<hash>``, the hash of field, type and uniqueness.
+        """The index's name in every shard: ``hv_k<kind>_<hash>``, the hash of field, type and uniqueness;
+        ``entities_body_idx`` for the body index.
 
         Deterministic, so every process and every shard agree, and a definition with another type or uniqueness
         never mistakes an old index of the same field for its own.
         """
+        if self.is_body:
+            return BODY_INDEX_NAME
         digest = hashlib.sha256(f"{self.field}\x00{self.type}\x00{int(self.unique)}".encode()).hexdigest()
         return f"hv_k{self.kind}_{digest[:12]}"
 

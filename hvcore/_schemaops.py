@@ -139,6 +139,8 @@ def _parallel(work: Sequence[Callable[[Callable[[], bool]], _T]]) -> list[_T]:
 
 
 def _conflict(builders: Sequence[tuple[IndexBuilder, Any]], spec: IndexSpec) -> None:
+    if spec.is_body:  # one body index per server: nothing to conflict with
+        return
     for builder, store in builders:
         for other in builder.definitions():
             if (other.kind, other.field) != (spec.kind, spec.field) or other.name == spec.name:
@@ -179,20 +181,28 @@ def create_index(targets: Sequence[Target], spec: IndexSpec, progress: SchemaPro
     return report
 
 
-def _recorded(builders: Sequence[tuple[IndexBuilder, Any]], kind: int, name: str) -> IndexSpec | None:
+def _recorded(builders: Sequence[tuple[IndexBuilder, Any]], kind: int | None, name: str | None) -> IndexSpec | None:
     for builder, _ in builders:
         for spec in builder.definitions():
-            if (spec.kind, spec.field) == (kind, name):
+            if not spec.is_body and (spec.kind, spec.field) == (kind, name):
                 return spec
     return None
 
 
-def drop_index(targets: Sequence[Target], kind: int, name: str, progress: SchemaProgress | None) -> IndexReport:
-    """Drop the index on (``kind``, ``name``) from every shard and forget it; resumable like `create_index`."""
+def drop_index(
+    targets: Sequence[Target], kind: int | None, name: str | None, progress: SchemaProgress | None
+) -> IndexReport:
+    """Drop the index on (``kind``, ``name``) from every shard and forget it; resumable like `create_index`.
+
+    ``kind`` and ``name`` None: the body index (`IndexSpec.body`), which is dropped (and forgotten) even where it is
+    not recorded: the shards of a deployment provisioned before it was optional have it without a record."""
     targets = _by_database(targets)
     started = time.perf_counter()
     builders = [(index_builder_of(store), store) for store, _ in targets]
-    spec = _recorded(builders, kind, name)
+    if kind is None and name is None:
+        spec: IndexSpec | None = IndexSpec.body(state="dropping")
+    else:
+        spec = _recorded(builders, kind, name)
     if spec is None:
         raise InvalidQuery(f"no index on field {name!r} of kind {kind} is recorded on any server: nothing to drop")
     for builder, _ in builders:
@@ -240,7 +250,7 @@ def list_indexes(targets: Sequence[Target]) -> list[IndexInfo]:
     for info in infos.values():
         info.invalid.sort()
         info.missing.sort()
-    return sorted(infos.values(), key=lambda i: (i.index.kind, i.index.field))
+    return sorted(infos.values(), key=lambda i: (not i.index.is_body, i.index.kind or 0, i.index.field or ""))
 
 
 class IndexCatalog:
@@ -276,7 +286,7 @@ class IndexCatalog:
                 continue
             answered = True
             for spec in definitions:
-                if spec.state == "active":
+                if spec.state == "active" and spec.kind is not None and spec.field is not None:  # not the body index
                     found[(spec.kind, spec.field)] = spec
         if errors and not answered:
             raise errors[0]

@@ -727,7 +727,7 @@ class MemoryIndexes:
         with self.server._lock:
             records = list(self.server._shards().get(shard, {}).values())
         for record in records:
-            value = typed_value(record.data.get(spec.field), spec.type, text_values=self.server.text_only)
+            value = typed_value(record.data.get(str(spec.field)), spec.type, text_values=self.server.text_only)
             if record.kind != spec.kind or value is None:
                 continue
             if value in values:
@@ -788,13 +788,13 @@ class MemoryIndexes:
                 value
                 for key, stored in table.items()
                 if key not in replaced and stored.kind == spec.kind
-                for value in [typed_value(stored.data.get(spec.field), spec.type, text_values=text)]
+                for value in [typed_value(stored.data.get(str(spec.field)), spec.type, text_values=text)]
                 if value is not None
             }
             for record in records:
                 if record.kind != spec.kind:
                     continue
-                value = typed_value(record.data.get(spec.field), spec.type, text_values=text)
+                value = typed_value(record.data.get(str(spec.field)), spec.type, text_values=text)
                 if value is None:
                     continue
                 if value in seen:

@@ -118,7 +118,7 @@ from hvbackend_postgres._fanout import (
     prepare_hot,
     shard_pieces,
 )
-from hvbackend_postgres._indexes import PostgresIndexes, is_unique_violation, unique_violation
+from hvbackend_postgres._indexes import PostgresIndexes, adopt_body_index, is_unique_violation, unique_violation
 from hvbackend_postgres._lease import PostgresWorkerLease, alease_worker
 from hvbackend_postgres._legacy import (
     LAYOUT_SAMPLE,
@@ -142,6 +142,8 @@ from hvbackend_postgres._replica import (
     wal_position_of,
 )
 from hvbackend_postgres._schema import (
+    BODY_INDEX,
+    BODY_INDEX_UNSET,
     MOVED_SQLSTATE,
     STUB_PLANNING_STATES,
     TABLE,
@@ -2008,7 +2010,8 @@ class AsyncPostgresServerStore(StoreCore):
 
     async def _existing(self, conn: AConn, shard_ids: Sequence[int]) -> dict[int, tuple[set[str], str | None]]:
         names = {shard_schema(s): s for s in shard_ids}
-        cur = await conn.execute(catalog_query(), (sorted(required_relations(self.backend)), list(names)))
+        relations = sorted(required_relations(self.backend) | {BODY_INDEX})  # the body index: see _todo
+        cur = await conn.execute(catalog_query(), (relations, list(names)))
         return {names[r[0]]: (set(r[1]), r[2]) for r in await cur.fetchall()}
 
     async def provision(
@@ -2059,6 +2062,12 @@ class AsyncPostgresServerStore(StoreCore):
             if progress is not None and len(shard_ids) > len(todo):
                 progress(len(shard_ids) - len(todo))
             batches = [todo[i : i + PROVISION_BATCH] for i in range(0, len(todo), PROVISION_BATCH)]
+            # shards of an earlier release, which gave every shard a body index: recorded (unless recorded or being
+            # dropped already), so the new shards get it too (_indexes.adopt_body_index)
+            if any(relations & {BODY_INDEX, BODY_INDEX_UNSET} for relations, _ in existing.values()):
+                adopted: bool = await ato_thread(adopt_body_index, self)
+                if adopted:
+                    report.notes.append(f"recorded the body index ({BODY_INDEX}): existing shards have it")
             extra = await ato_thread(new_shard_ddl, self, ext, todo)  # recorded indexes and migrations (_migrate)
             await self._run_batches(batches, ext, progress, extra, citus=citus)
             report.created = len(todo)

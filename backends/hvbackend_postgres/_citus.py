@@ -59,7 +59,7 @@ import functools
 import json
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,7 +67,7 @@ import psycopg
 from psycopg import sql
 
 from hvbackend_postgres._move import MoveEndpoint
-from hvbackend_postgres._schema import TABLE, shard_ddl, shard_schema
+from hvbackend_postgres._schema import BODY_INDEX, TABLE, body_index_ddl, shard_ddl, shard_schema
 from hvcore._backend import AdoptionReport, MoveProgress, MoveReport, NodeShard
 from hvcore.errors import ConfigError, MoveError
 
@@ -268,6 +268,17 @@ def _checksum(conn: Conn, table: sql.Composable) -> tuple[int, int]:
     row = conn.execute(sql.SQL(_CHECKSUM).format(table)).fetchone()
     assert row is not None
     return int(row[0]), int(row[1])
+
+
+def _staged_with_body_index(conn: Conn, shards: Sequence[int]) -> set[int]:
+    """The shards among ``shards`` whose staged table (``hv_adopt_NNNN``) on this holder has the body index."""
+    names = {staging_schema(s): s for s in shards}
+    rows = conn.execute(
+        "SELECT n.nspname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE c.relname = %s AND n.nspname = ANY(%s)",
+        (BODY_INDEX, list(names)),
+    ).fetchall()
+    return {names[str(r[0])] for r in rows}
 
 
 @dataclass(slots=True)
@@ -505,9 +516,11 @@ class CitusCoordinator:
         phase("stage")
         tick = time.perf_counter()
         staged: dict[int, tuple[int, int]] = {}
+        with_body: set[int] = set()  # staged tables with the body index: the coordinator's table gets it too
         for label, owned in by_server.items():
             with self._conn(servers[label].store) as conn:
                 staged.update(self._stage(conn, owned, distributed, report))
+                with_body |= _staged_with_body_index(conn, owned)
             for other_label, other in servers.items():  # stubs of shards moved away, under the names Citus needs
                 if other_label != label:
                     with self._conn(other.store) as conn:
@@ -518,7 +531,7 @@ class CitusCoordinator:
         tick = time.perf_counter()
         todo = [s for s in shards if shard_schema(s) not in distributed]
         if todo:
-            self._distribute(coord, todo, {s: servers[holders[s].label].node for s in todo})
+            self._distribute(coord, todo, {s: servers[holders[s].label].node for s in todo}, with_body)
         _add(report.phases, "distribute", tick)
         # 3. relocate empty placements Citus put elsewhere
         phase("relocate")
@@ -637,8 +650,12 @@ class CitusCoordinator:
             )
             report.notes.append(f"renamed the leftover {name} on {CitusCoordinator._label_of(conn)} to {retired}")
 
-    def _distribute(self, coord: Conn, shards: Sequence[int], want: Mapping[int, str]) -> None:
-        """Create and distribute these schemas in one transaction, ordered so that each lands on its holder.
+    def _distribute(
+        self, coord: Conn, shards: Sequence[int], want: Mapping[int, str], with_body: Collection[int] = ()
+    ) -> None:
+        """Create and distribute these schemas in one transaction, ordered so that each lands on its holder; the
+        shards in ``with_body`` get the body index (their staged tables have it, and the hand-over needs every index
+        of a staged table on Citus's empty one).
 
         Citus puts a new distributed schema on placement node ``colocation_id % nodes`` (host name, then port order;
         ``EmptySingleShardTableColocationDecideNodeId`` in Citus 12-13), and colocation ids come from one sequence:
@@ -662,7 +679,10 @@ class CitusCoordinator:
                 pick = next((s for s in queue if want[s] == slot), queue[0])
                 queue.remove(pick)
                 ordered.append(pick)
-            coord.execute("".join(shard_ddl(s, self.store.backend, ext) for s in ordered))
+            body = {
+                s: body_index_ddl(shard_schema(s), ext, concurrently=False).as_string(None) + ";" for s in with_body
+            }
+            coord.execute("".join(shard_ddl(s, self.store.backend, ext) + body.get(s, "") for s in ordered))
             coord.execute(
                 "SELECT citus_schema_distribute(name::regnamespace) FROM unnest(%s::text[]) WITH ORDINALITY "
                 "AS t(name, n) ORDER BY n",

@@ -27,6 +27,7 @@ from hvbackend_postgres import _fanout
 from hvbackend_postgres._fanout import check_parameters, group_pieces, item_shard, limit_error, shard_pieces
 from hvbackend_postgres._indexsql import typed_conditions
 from hvbackend_postgres._schema import (
+    BODY_INDEX_UNSET,
     BODY_TYPES,
     MOVED_SQLSTATE,
     TABLE,
@@ -891,11 +892,11 @@ class StoreCore:
             params.append(spec.high)
         if spec.where:
             if ext is not None:
-                # the same expression as the shard's GIN index (see _schema.shard_ddl): text values, exact match
+                # the same expression as the body index (_schema.body_index_ddl), when built: text values, exact match
                 conds.append(sql.SQL("{}.hstore_to_jsonb(body) @> %s").format(sql.Identifier(ext)))
                 params.append(Jsonb(dict(spec.where)))
             else:
-                conds.append(sql.SQL("body @> %s"))  # the GIN index narrows; exact equality below
+                conds.append(sql.SQL("body @> %s"))  # the body index narrows, when built; exact equality below
                 params.append(Jsonb(dict(spec.where)))
                 for name, value in spec.where.items():
                     if isinstance(value, list | tuple | Mapping):
@@ -912,7 +913,8 @@ class StoreCore:
     # -- provisioning ----------------------------------------------------------------------------------------
 
     def _todo(self, shard_ids: Sequence[int], existing: Mapping[int, tuple[set[str], str | None]]) -> list[int]:
-        """The shards still missing a relation; `ConfigError` if a shard holds another backend's bodies."""
+        """The shards still missing a relation (or holding a body index to give ``fastupdate = off``, see
+        `_schema.catalog_query`); `ConfigError` if a shard holds another backend's bodies."""
         todo: list[int] = []
         wanted = BODY_TYPES[self.backend]
         for shard in shard_ids:
@@ -922,8 +924,8 @@ class StoreCore:
                     f"shard {shard} on {self._label} stores bodies as {body_type}, not {wanted}: "
                     f"this database belongs to another backend"
                 )
-            if not relations >= required_relations(self.backend):
-                todo.append(shard)
+            if not relations >= required_relations(self.backend) or BODY_INDEX_UNSET in relations:
+                todo.append(shard)  # a relation missing, or an earlier release's body index (fastupdate turned off)
         return todo
 
     def _cannot_create_hstore(self, exc: BaseException) -> NotProvisioned:

@@ -1,20 +1,21 @@
 """Multi-shard statements in bounded pieces, and PostgreSQL's limits as typed errors (no I/O).
 
-A statement reading many shards locks every relation it plans: each shard's table and its three indexes
-(`_schema.required_relations`), plus one per secondary index. PostgreSQL keeps those locks in one lock table shared
-by every session of the server, sized ``max_locks_per_transaction × (max_connections + max_prepared_transactions)``:
-6,400 entries on default settings (64 × 100). One statement over 4,096 shards takes 16,384 locks and fails with
-``out of shared memory``, and every other session needing a lock at that moment fails with it. A long ``UNION ALL``
-also runs into ``max_stack_depth`` (about 5,700 shards with the default 2 MB) and, when each member binds its own
-values, into the protocol's 65,535 bind parameters.
+A statement reading many shards locks every relation it plans: each shard's table and its two indexes
+(`_schema.required_relations`), plus the body index if built and one per secondary index. PostgreSQL keeps those
+locks in one lock table shared by every session of the server, sized ``max_locks_per_transaction × (max_connections
++ max_prepared_transactions)``: 6,400 entries on default settings (64 × 100). One statement over 4,096 shards takes
+16,384 locks and fails with ``out of shared memory``, and every other session needing a lock at that moment fails
+with it. A long ``UNION ALL`` also runs into ``max_stack_depth`` (about 5,700 shards with the default 2 MB) and,
+when each member binds its own values, into the protocol's 65,535 bind parameters.
 
-So every multi-shard statement hypervault sends covers at most `SHARDS_PER_STATEMENT` shards (16 × 4 relations =
-64 locks: one session's ``max_locks_per_transaction`` on stock settings, so a full pool of 10 sessions per server
-holds at most a tenth of the table, leaving the rest to other work) and binds at most `PARAMETER_BUDGET` values;
-each piece runs in a transaction of its own, so its locks are released before the next piece takes any. The pieces
-of one call go to a server together in one pipeline (`psycopg.AsyncConnection.pipeline`): one round trip, however
-many pieces. Whatever limit a statement can still reach (raw ``cursor()`` SQL, other sessions filling the lock
-table) is reported as `ServerLimitReached` by `limit_error`, never as `ServerUnavailable`.
+So every multi-shard statement hypervault sends covers at most `SHARDS_PER_STATEMENT` shards (16 × 4 relations = 64
+locks with the body index, 48 without: one session's ``max_locks_per_transaction`` on stock settings, so a full pool
+of 10 sessions per server holds at most a tenth of the table, leaving the rest to other work) and binds at most
+`PARAMETER_BUDGET` values; each piece runs in a transaction of its own, so its locks are released before the next
+piece takes any. The pieces of one call go to a server together in one pipeline
+(`psycopg.AsyncConnection.pipeline`): one round trip, however many pieces. Whatever limit a statement can still
+reach (raw ``cursor()`` SQL, other sessions filling the lock table) is reported as `ServerLimitReached` by
+`limit_error`, never as `ServerUnavailable`.
 
 A store can ask for smaller pieces (its ``shards_per_statement``, passed as ``per_statement``): on a Citus node whose
 shard schemas are distributed it is 1, since Citus routes a statement naming one schema to the worker holding it
@@ -68,7 +69,7 @@ __all__ = [
     "shard_pieces",
 ]
 
-LOCKS_PER_SHARD = 4  # the table, its primary key, the (kind, id) index and the body's GIN index
+LOCKS_PER_SHARD = 4  # at most: the table, its primary key, the (kind, id) index and the body index (if built)
 SHARDS_PER_STATEMENT = 16  # 16 × 4 = 64 relations locked: the default max_locks_per_transaction
 MAX_BIND_PARAMETERS = 65_535  # the extended protocol's limit (a 16-bit count in the Bind message)
 PARAMETER_BUDGET = 4_096  # values bound by one multi-shard statement of ours: far below the limit

@@ -34,16 +34,19 @@ from psycopg import sql
 from hvbackend_postgres._bouncer import session_lock_refusal, transaction_pooled
 from hvbackend_postgres._common import ADVISORY_LOCK, HSTORE_SCHEMA_SQL, refusal_error
 from hvbackend_postgres._indexsql import field_expr, index_ddl
-from hvbackend_postgres._schema import PKEY_INDEX, TABLE, shard_schema
+from hvbackend_postgres._schema import BODY_INDEX, PKEY_INDEX, TABLE, shard_schema
 from hvcore._schemadefs import TIMESTAMP_PATTERN, IndexSpec
 from hvcore.errors import DuplicateValue, HypervaultError, MigrationError
 
 __all__ = [
+    "BODY_TABLE_DDL",
     "META_LOCK",
     "SCHEMA_LOCK",
     "PostgresIndexes",
     "SchemaEndpoint",
     "admin_connection",
+    "adopt_body_index",
+    "adopt_body_index_on",
     "ensure_support",
     "ext_schema",
     "field_expr",
@@ -54,6 +57,7 @@ __all__ = [
     "live_shards",
     "lock_holder",
     "narrow_version_tables",
+    "record_body_index",
     "recorded_indexes",
     "refused",
     "schema_lock",
@@ -192,12 +196,66 @@ def ext_schema(conn: Conn, store: SchemaEndpoint) -> str | None:
     return str(row[0])
 
 
+BODY_TABLE_DDL = (
+    "CREATE TABLE IF NOT EXISTS hypervault.body_index (name text PRIMARY KEY CHECK (name = 'entities_body_idx'), "
+    "state text NOT NULL DEFAULT 'active', created_at timestamptz NOT NULL DEFAULT now())"
+)
+"""Where the body index (`IndexSpec.body`) is recorded: a row when the server gives shards one. A table of its own,
+not a row of ``hypervault.indexes``: a process of an earlier release reads those as typed indexes (kind, field),
+and would fail on one without them."""
+
+
 def recorded_indexes(conn: Conn) -> list[IndexSpec]:
-    """Every index definition recorded in this database (none if the tables were never created)."""
-    if conn.execute("SELECT to_regclass('hypervault.indexes') IS NULL").fetchone() == (True,):
-        return []
+    """Every index definition recorded in this database, the body index first (none if the tables were never
+    created)."""
+    found = conn.execute(
+        "SELECT to_regclass('hypervault.indexes') IS NOT NULL, to_regclass('hypervault.body_index') IS NOT NULL"
+    ).fetchone()
+    specs: list[IndexSpec] = []
+    if found is not None and found[1]:
+        row = conn.execute("SELECT state FROM hypervault.body_index").fetchone()
+        if row is not None:
+            specs.append(IndexSpec.body(state=str(row[0])))
+    if found is None or not found[0]:
+        return specs
     rows = conn.execute("SELECT kind, field, type, is_unique, state FROM hypervault.indexes ORDER BY name").fetchall()
-    return [IndexSpec(kind=r[0], field=r[1], type=r[2], unique=r[3], state=r[4]) for r in rows]
+    return specs + [IndexSpec(kind=r[0], field=r[1], type=r[2], unique=r[3], state=r[4]) for r in rows]
+
+
+def record_body_index(conn: Conn, state: str, *, replace: bool) -> None:
+    """Record the body index in ``state`` (the ``hypervault`` tables made if missing); ``replace=False`` leaves a
+    row that is there (any state)."""
+    ensure_support(conn)
+    if conn.execute("SELECT to_regclass('hypervault.body_index') IS NULL").fetchone() == (True,):
+        with conn.transaction():  # one session creates it at once (concurrent CREATE TABLE IF NOT EXISTS can clash)
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (META_LOCK,))
+            conn.execute(BODY_TABLE_DDL)
+    conflict = "DO UPDATE SET state = excluded.state" if replace else "DO NOTHING"
+    conn.execute(
+        f"INSERT INTO hypervault.body_index (name, state) VALUES (%s, %s) ON CONFLICT (name) {conflict}",
+        (BODY_INDEX, state),
+    )
+
+
+def adopt_body_index(store: SchemaEndpoint) -> bool:
+    """Record the body index as active on a server whose shards have it and that records nothing about it (shards
+    provisioned by a release that gave every shard one): provisioning and moves then give new shards it too, as that
+    release did. A row in any state is left (a drop in progress stays one). True if it was recorded now.
+
+    Called by provisioning, which holds the provisioning lock already (`PostgresIndexes.record` takes it too)."""
+    with contextlib.closing(admin_connection(store)) as conn, refusals(store, conn, "recording the body index"):
+        return adopt_body_index_on(conn)
+
+
+def adopt_body_index_on(conn: Conn) -> bool:
+    """`adopt_body_index` on a session of the server (the caller knows its shards have the index)."""
+    if (
+        conn.execute("SELECT to_regclass('hypervault.body_index') IS NOT NULL").fetchone() == (True,)
+        and conn.execute("SELECT 1 FROM hypervault.body_index").fetchone() is not None
+    ):
+        return False
+    record_body_index(conn, "active", replace=False)
+    return True
 
 
 def is_unique_violation(exc: psycopg.Error) -> bool:
@@ -284,12 +342,14 @@ def live_shards(conn: Conn, shard_ids: Sequence[int]) -> list[int]:
 
 
 def index_states(conn: Conn, shard_ids: Sequence[int]) -> dict[str, dict[int, bool]]:
-    """Per ``hv_k…`` index name, the shards among ``shard_ids`` that have it, and whether it is valid."""
+    """Per ``hv_k…`` index name (and the body index's), the shards among ``shard_ids`` that have it, and whether it
+    is valid."""
     names = {shard_schema(s): s for s in shard_ids}
     rows = conn.execute(
         "SELECT n.nspname, i.relname, x.indisvalid FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid "
-        "JOIN pg_namespace n ON n.oid = i.relnamespace WHERE n.nspname = ANY(%s) AND i.relname LIKE 'hv\\_k%%'",
-        (list(names),),
+        "JOIN pg_namespace n ON n.oid = i.relnamespace WHERE n.nspname = ANY(%s) "
+        "AND (i.relname LIKE 'hv\\_k%%' OR i.relname = %s)",
+        (list(names), BODY_INDEX),
     ).fetchall()
     states: dict[str, dict[int, bool]] = {}
     for schema, name, valid in rows:
@@ -334,6 +394,9 @@ class PostgresIndexes:
             ensure_support(conn)
             with conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK,))
+                if spec.is_body:
+                    record_body_index(conn, "active", replace=True)
+                    return
                 other = conn.execute(
                     "SELECT name, type FROM hypervault.indexes WHERE kind = %s AND field = %s AND name <> %s",
                     (spec.kind, spec.field, spec.name),
@@ -394,11 +457,16 @@ class PostgresIndexes:
             if found is not None:
                 raise found from None
             detail = f" ({exc.diag.message_detail})" if exc.diag.message_detail else ""
+            what = (
+                "the body index"
+                if spec.is_body
+                else f"kind {spec.kind}, field {spec.field!r}, {spec.type}{', unique' if spec.unique else ''}"
+            )
+            again = "create_body_index" if spec.is_body else "create_index"
             raise MigrationError(
-                f"building index {spec.name} (kind {spec.kind}, field {spec.field!r}, {spec.type}"
-                f"{', unique' if spec.unique else ''}) failed in shard {shard} on {self.store.label}: "
+                f"building index {spec.name} ({what}) failed in shard {shard} on {self.store.label}: "
                 f"{exc.diag.message_primary or exc}{detail}; the shards before it have the index, this one is as it "
-                "was: fix the data and run create_index again (it continues here)",
+                f"was: fix the data and run {again} again (it continues here)",
                 server=self.store.label,
                 shard_id=shard,
                 statement=statement.as_string(conn),
@@ -416,7 +484,9 @@ class PostgresIndexes:
         """Record that ``spec`` is being dropped (new shards no longer get it; queries stop using it)."""
         with self._conn() as conn:
             self._refuse_behind_transaction_pooler(conn)
-            if conn.execute("SELECT to_regclass('hypervault.indexes') IS NOT NULL").fetchone() == (True,):
+            if spec.is_body:  # recorded even where it was not: provisioning then does not record it as active
+                record_body_index(conn, "dropping", replace=True)
+            elif conn.execute("SELECT to_regclass('hypervault.indexes') IS NOT NULL").fetchone() == (True,):
                 conn.execute("UPDATE hypervault.indexes SET state = 'dropping' WHERE name = %s", (spec.name,))
 
     def drop(
@@ -440,8 +510,9 @@ class PostgresIndexes:
         """Remove the definition."""
         with self._conn() as conn:
             self._refuse_behind_transaction_pooler(conn)
-            if conn.execute("SELECT to_regclass('hypervault.indexes') IS NOT NULL").fetchone() == (True,):
-                conn.execute("DELETE FROM hypervault.indexes WHERE name = %s", (spec.name,))
+            table = "body_index" if spec.is_body else "indexes"
+            if conn.execute(f"SELECT to_regclass('hypervault.{table}') IS NOT NULL").fetchone() == (True,):
+                conn.execute(f"DELETE FROM hypervault.{table} WHERE name = %s", (spec.name,))
 
     def states(self, shard_ids: Sequence[int]) -> tuple[list[int], dict[str, tuple[list[int], list[int]]]]:
         """Shards among ``shard_ids`` whose table lives here, and per index name its (valid, invalid) shards."""

@@ -11,7 +11,7 @@ from typing import Any
 
 from psycopg import sql
 
-from hvbackend_postgres._schema import TABLE
+from hvbackend_postgres._schema import TABLE, body_index_ddl
 from hvcore._backend import QuerySpec
 from hvcore._schemadefs import BIGINT_MAX, BIGINT_MIN, INT_PATTERN, NUMERIC_PATTERN, IndexSpec, typed_value
 
@@ -97,7 +97,10 @@ def field_expr(field: str, type_name: str, ext: str | None, *, bound: bool = Fal
 
 
 def index_ddl(spec: IndexSpec, schema: str, ext: str | None, *, concurrently: bool) -> sql.Composed:
-    """``CREATE [UNIQUE] INDEX [CONCURRENTLY] IF NOT EXISTS`` of ``spec`` on ``schema``'s entities table."""
+    """``CREATE [UNIQUE] INDEX [CONCURRENTLY] IF NOT EXISTS`` of ``spec`` on ``schema``'s entities table (for
+    `IndexSpec.body`, `_schema.body_index_ddl`)."""
+    if spec.is_body:
+        return body_index_ddl(schema, ext, concurrently=concurrently)
     return sql.SQL(
         "CREATE {unique}INDEX {concurrently}IF NOT EXISTS {name} ON {schema}.{table} (({expr})) WHERE kind = {kind}"
     ).format(
@@ -106,7 +109,7 @@ def index_ddl(spec: IndexSpec, schema: str, ext: str | None, *, concurrently: bo
         name=sql.Identifier(spec.name),
         schema=sql.Identifier(schema),
         table=sql.Identifier(TABLE),
-        expr=field_expr(spec.field, spec.type, ext),
+        expr=field_expr(str(spec.field), spec.type, ext),
         kind=sql.Literal(spec.kind),
     )
 

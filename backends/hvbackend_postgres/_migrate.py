@@ -45,18 +45,20 @@ from hvbackend_postgres._indexes import (
     Conn,
     SchemaEndpoint,
     admin_connection,
+    adopt_body_index_on,
     ensure_support,
     ext_schema,
     has_support,
     index_ddl,
     live_shards,
     narrow_version_tables,
+    record_body_index,
     recorded_indexes,
     refusals,
     refused,
     schema_lock,
 )
-from hvbackend_postgres._schema import TABLE, shard_schema
+from hvbackend_postgres._schema import BODY_INDEX, TABLE, shard_schema
 from hvbackend_postgres._shardtx import shard_search_path, shard_transaction
 from hvcore._schemadefs import BIGINT_MAX, Migration
 from hvcore.errors import MigrationError, MoveError
@@ -630,6 +632,9 @@ def _upsert_records(ctl: Conn, dst: Conn) -> tuple[list[Any], list[Migration]]:
     if registry:
         _record(dst, registry)
     for spec in indexes:
+        if spec.is_body:
+            record_body_index(dst, "active", replace=False)
+            continue
         dst.execute(
             "INSERT INTO hypervault.indexes (name, kind, field, type, is_unique) VALUES (%s, %s, %s, %s, %s) "
             "ON CONFLICT (name) DO NOTHING",
@@ -700,6 +705,8 @@ def replay_migrations(ctl: Conn, dst: Conn, shard_id: int, staging: str, backend
     path, while its entities table is still empty — the copy then brings the rows, which the migrations already
     changed on the source (a data migration is not applied twice). The versions replayed are listed in the
     staging schema's comment (`replay_new_migrations` adds those applied on the source during the move)."""
+    if index_states_by_name(ctl, shard_id, BODY_INDEX) is not None:  # a shard of a release that gave every shard one
+        adopt_body_index_on(ctl)  # recorded on the source (unless it says more), so the target records it too
     _upsert_records(ctl, dst)
     if _replayed(dst, staging)[0]:
         return  # a resumed move: replayed when the staging table was made
@@ -734,14 +741,16 @@ def replay_new_migrations(ctl: Conn, dst: Conn, shard_id: int, staging: str, bac
 def reconcile_indexes(ctl: Conn, dst: Conn, staging: str, backend: str) -> tuple[list[str], list[str]]:
     """Under the fence and the source's schema-change lock, once the staging copy equals the source: build the
     active recorded indexes the staging table lacks (created during the move), drop those no longer recorded as
-    active (dropped during the move) or INVALID; returns (built, dropped) index names."""
+    active (dropped during the move) or INVALID; returns (built, dropped) index names. The body index counts as
+    one of them (`IndexSpec.body`)."""
     active = {spec.name: spec for spec in recorded_indexes(ctl) if spec.state == "active"}
     present = {
         str(name): bool(valid)
         for name, valid in dst.execute(
             "SELECT i.relname, x.indisvalid FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid "
-            "JOIN pg_namespace n ON n.oid = i.relnamespace WHERE n.nspname = %s AND i.relname LIKE 'hv\\_k%%'",
-            (staging,),
+            "JOIN pg_namespace n ON n.oid = i.relnamespace WHERE n.nspname = %s "
+            "AND (i.relname LIKE 'hv\\_k%%' OR i.relname = %s)",
+            (staging, BODY_INDEX),
         ).fetchall()
     }
     dropped = sorted(name for name, valid in present.items() if name not in active or not valid)

@@ -60,7 +60,7 @@ from hvbackend_postgres._migrate import (
     replay_migrations,
     replay_new_migrations,
 )
-from hvbackend_postgres._schema import BODY_INDEX, KIND_INDEX, PKEY_INDEX, TABLE, drop_stub_sql, shard_schema, stub_sql
+from hvbackend_postgres._schema import KIND_INDEX, PKEY_INDEX, TABLE, drop_stub_sql, shard_schema, stub_sql
 from hvcore._placement import MoveProgress, MoveReport
 from hvcore.errors import HypervaultError, MoveError, PermissionDenied, ReadOnlyServer
 
@@ -617,11 +617,7 @@ class PostgresMover:
         ).format(
             s=schema, t=sql.Identifier(TABLE), pkey=sql.Identifier(PKEY_INDEX), kind_idx=sql.Identifier(KIND_INDEX)
         )
-        if self.store.backend == "jsonb":
-            indexes += sql.SQL(
-                "CREATE INDEX {} ON {}.{} USING gin (body jsonb_path_ops) WITH (fastupdate = off);"
-            ).format(sql.Identifier(BODY_INDEX), schema, sql.Identifier(TABLE))
-        # the recorded secondary indexes, built with the mover's own (_migrate)
+        # the recorded secondary indexes and the body index if recorded, built with the mover's own (_migrate)
         indexes += carry_indexes(ctl, dst, _dst_schema(shard_id), self.store.backend)
         dst.execute(indexes)
         report.copy_seconds = time.perf_counter() - t0

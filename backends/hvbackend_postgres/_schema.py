@@ -9,10 +9,12 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
+from hvcore._schemadefs import BODY_INDEX_NAME
 from hvcore.errors import ShardMoved
 
 __all__ = [
     "BODY_INDEX",
+    "BODY_INDEX_UNSET",
     "BODY_TYPES",
     "KIND_INDEX",
     "MOVED_SQLSTATE",
@@ -20,6 +22,7 @@ __all__ = [
     "STUB_PLANNING_STATES",
     "TABLE",
     "ShardSQL",
+    "body_index_ddl",
     "catalog_query",
     "count_query",
     "drop_stub_sql",
@@ -35,19 +38,19 @@ __all__ = [
 TABLE = "entities"
 PKEY_INDEX = "entities_pkey"
 KIND_INDEX = "entities_kind_id_idx"
-BODY_INDEX = "entities_body_idx"
+BODY_INDEX = BODY_INDEX_NAME
+BODY_INDEX_UNSET = f"{BODY_INDEX} (fastupdate unset)"  # how `catalog_query` lists a body index of an earlier release
 BODY_TYPES = {"hstore": "hstore", "jsonb": "jsonb"}
 
 
 def required_relations(backend: str) -> frozenset[str]:
-    """Relations a provisioned shard has: the table, its primary key, the kind index and the body index.
+    """Relations a provisioned shard has: the table, its primary key and the kind index.
 
-    The body index serves ``where`` (containment): GIN ``jsonb_path_ops``, which hashes values so any size fits;
-    for hstore on the expression ``hstore_to_jsonb(body)`` (``gin_hstore_ops`` stores whole values, so a value
-    over ~2.7 kB would make an insert fail; GiST has no limit but cost 33 µs per inserted row here, GIN 2.7 µs).
+    The body index (`BODY_INDEX`, for ``where``) is optional: built by ``create_body_index`` and then given to
+    every new shard of the server (it is recorded there, ``hvbackend_postgres._indexes``), not part of the layout.
     """
     del backend  # every backend has the same relations; kept for callers that name it
-    return frozenset({TABLE, PKEY_INDEX, KIND_INDEX, BODY_INDEX})
+    return frozenset({TABLE, PKEY_INDEX, KIND_INDEX})
 
 
 def shard_schema(shard_id: int) -> str:
@@ -59,38 +62,59 @@ def _render(query: sql.Composable) -> str:
     return query.as_string(None)
 
 
+def body_index_ddl(schema: str, ext_schema: str | None, *, concurrently: bool) -> sql.Composed:
+    """``CREATE INDEX [CONCURRENTLY] IF NOT EXISTS entities_body_idx`` on ``schema``'s table: the body index.
+
+    GIN ``jsonb_path_ops``, which hashes values so any size fits; for hstore (``ext_schema`` given) on the
+    expression ``hstore_to_jsonb(body)``, what ``where`` filters compare (``gin_hstore_ops`` stores whole values, so
+    a value over ~2.7 kB would make an insert fail; GiST has no limit but cost 33 µs per inserted row here, GIN
+    2.7 µs). ``fastupdate = off``: no pending list, so a write pays its own index update and no later one pays a
+    flush of everyone's.
+    """
+    if ext_schema is not None:
+        indexed: sql.Composable = sql.SQL("(({}.hstore_to_jsonb(body)) jsonb_path_ops)").format(
+            sql.Identifier(ext_schema)
+        )
+    else:
+        indexed = sql.SQL("(body jsonb_path_ops)")
+    return sql.SQL(
+        "CREATE INDEX {concurrently}IF NOT EXISTS {name} ON {schema}.{table} USING gin {indexed} "
+        "WITH (fastupdate = off)"
+    ).format(
+        concurrently=sql.SQL("CONCURRENTLY " if concurrently else ""),
+        name=sql.Identifier(BODY_INDEX),
+        schema=sql.Identifier(schema),
+        table=sql.Identifier(TABLE),
+        indexed=indexed,
+    )
+
+
 def shard_ddl(shard_id: int, backend: str, ext_schema: str | None) -> str:
     """Idempotent DDL creating the schema, table and indexes of one shard (several statements, no parameters).
 
     ``entities(id bigint primary key, kind smallint, body)`` plus an index on ``(kind, id)`` for queries by kind and
-    key range, and a GIN index on the body for equality (containment) queries on body fields.
+    key range. No body index: a server that records one adds `body_index_ddl` (``_migrate.new_shard_ddl``); on a
+    shard that has one without a ``fastupdate`` option of its own (made by an earlier release), the pending list
+    is turned off.
     """
     schema = sql.Identifier(shard_schema(shard_id))
     if backend == "hstore":
         if ext_schema is None:
             raise ValueError("the hstore backend needs the schema of the hstore extension")
         body_type: sql.Composable = sql.SQL("{}.hstore").format(sql.Identifier(ext_schema))
-        body_index = sql.SQL(
-            "CREATE INDEX IF NOT EXISTS {body_idx} ON {schema}.{table} "
-            "USING gin (({ext}.hstore_to_jsonb(body)) jsonb_path_ops) WITH (fastupdate = off);"
-        )
     else:
         body_type = sql.SQL("jsonb")
-        body_index = sql.SQL(
-            "CREATE INDEX IF NOT EXISTS {body_idx} ON {schema}.{table} USING gin (body jsonb_path_ops) "
-            "WITH (fastupdate = off);"
-        )
     query = sql.SQL(
         "CREATE SCHEMA IF NOT EXISTS {schema};"
         "CREATE TABLE IF NOT EXISTS {schema}.{table} ("
         "id bigint NOT NULL, kind smallint NOT NULL, body {body_type} NOT NULL, "
         "CONSTRAINT {pkey} PRIMARY KEY (id));"
         "CREATE INDEX IF NOT EXISTS {kind_idx} ON {schema}.{table} (kind, id);"
-        "{body_index}"
-        # shards provisioned before: the pending list turned off, unless the index says fastupdate itself (an
+        # a body index made before: the pending list turned off, unless the index says fastupdate itself (an
         # ALTER INDEX ... SET (fastupdate = on) by its owner is kept)
-        "DO $hv$BEGIN IF NOT EXISTS (SELECT 1 FROM pg_class c, unnest(coalesce(c.reloptions, '{{}}')) o "
-        "WHERE c.oid = to_regclass({body_idx_name}) AND starts_with(o, 'fastupdate=')) "
+        "DO $hv$BEGIN IF to_regclass({body_idx_name}) IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_class c, "
+        "unnest(coalesce(c.reloptions, '{{}}')) o WHERE c.oid = to_regclass({body_idx_name}) "
+        "AND starts_with(o, 'fastupdate=')) "
         "THEN ALTER INDEX {schema}.{body_idx} SET (fastupdate = off); END IF; END$hv$;"
     ).format(
         schema=schema,
@@ -100,12 +124,6 @@ def shard_ddl(shard_id: int, backend: str, ext_schema: str | None) -> str:
         kind_idx=sql.Identifier(KIND_INDEX),
         body_idx=sql.Identifier(BODY_INDEX),
         body_idx_name=sql.Literal(sql.SQL("{}.{}").format(schema, sql.Identifier(BODY_INDEX)).as_string(None)),
-        body_index=body_index.format(
-            body_idx=sql.Identifier(BODY_INDEX),
-            schema=schema,
-            table=sql.Identifier(TABLE),
-            ext=sql.Identifier(ext_schema or "public"),
-        ),
     )
     return _render(query)
 
@@ -113,17 +131,18 @@ def shard_ddl(shard_id: int, backend: str, ext_schema: str | None) -> str:
 def catalog_query() -> str:
     """One catalog query listing, per ``shard%`` schema given as ``%s`` (text[]), its relations and the body type.
 
-    The body index counts only with a ``fastupdate`` option of its own (`shard_ddl` makes it ``off``): a shard
-    provisioned before that is listed without it, so provisioning it again (``hv init``) turns the pending list off;
-    an index its owner set to ``fastupdate = on`` is kept so. Nothing else reads the difference.
+    The body index (when its name is among the relations asked for) is listed as `BODY_INDEX` with a
+    ``fastupdate`` option of its own (`body_index_ddl` makes it ``off``), and as `BODY_INDEX_UNSET` without one: a
+    shard provisioned by an earlier release, which provisioning (``hv init``) gives ``fastupdate = off``; an index
+    its owner set to ``fastupdate = on`` is kept so.
     """
     return (
-        "SELECT n.nspname, array_remove(array_agg(c.relname::text), NULL), "
+        "SELECT n.nspname, array_remove(array_agg(CASE WHEN c.relname = "
+        f"'{BODY_INDEX}' AND NOT EXISTS (SELECT FROM unnest(coalesce(c.reloptions, '{{}}')) o "
+        f"WHERE starts_with(o, 'fastupdate=')) THEN '{BODY_INDEX_UNSET}' ELSE c.relname::text END), NULL), "
         "max(format_type(a.atttypid, a.atttypmod)) "
         "FROM pg_namespace n "
         "LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = ANY(%s) "
-        f"AND (c.relname <> '{BODY_INDEX}' OR EXISTS (SELECT FROM unnest(coalesce(c.reloptions, '{{}}')) o "
-        "WHERE starts_with(o, 'fastupdate='))) "
         "LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND c.relkind = 'r' AND a.attname = 'body' "
         "WHERE n.nspname = ANY(%s) GROUP BY n.nspname"
     )

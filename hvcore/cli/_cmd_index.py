@@ -1,4 +1,5 @@
-"""``hv index create|drop|list``: secondary indexes on body fields, in every shard of every server."""
+"""``hv index create|drop|list``: secondary indexes on body fields (and the body index), in every shard of every
+server."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from hvcore._schemadefs import IndexReport
 from hvcore._shardmap import format_ranges
 from hvcore.cli._cmd_store import open_from_config
 from hvcore.cli._output import Progress, emit_json, table
+from hvcore.errors import InvalidArgument
 
 __all__ = ["cmd_index_create", "cmd_index_drop", "cmd_index_list", "step_progress"]
 
@@ -39,14 +41,34 @@ def step_progress(enabled: bool) -> Iterator[Callable[[str, int, int], None]]:
 
 def _describe(report: IndexReport) -> str:
     spec = report.index
+    if spec.is_body:
+        return f"the body index {spec.name} (GIN over whole bodies, every kind)"
     unique = ", unique in each shard" if spec.unique else ""
     return f"index {spec.name} (kind {spec.kind}, field {spec.field!r}, {spec.type}{unique})"
 
 
+def _which(args: argparse.Namespace, action: str) -> bool:
+    """True for ``--body``; `InvalidArgument` unless exactly one of ``--body`` and ``--kind`` with ``--field``."""
+    named = args.kind is not None or args.field is not None
+    if args.body and (named or getattr(args, "unique", False) or getattr(args, "type", "text") != "text"):
+        raise InvalidArgument(
+            f"hv index {action} --body takes no --kind, --field, --type or --unique: the body index covers every "
+            "kind and field"
+        )
+    if not args.body and (args.kind is None or args.field is None):
+        raise InvalidArgument(f"hv index {action} needs --kind K and --field F (or --body for the body index)")
+    return bool(args.body)
+
+
 def cmd_index_create(args: argparse.Namespace, out: TextIO) -> int:
-    """Build a secondary index in every shard (online, resumable), then report what was done."""
+    """Build a secondary index (or the body index: ``--body``) in every shard (online, resumable), then report what
+    was done."""
+    body = _which(args, "create")
     with open_from_config(args.config) as store, step_progress(not args.json) as progress:
-        report = store.create_index(args.kind, args.field, type=args.type, unique=args.unique, progress=progress)
+        if body:
+            report = store.create_body_index(progress=progress)
+        else:
+            report = store.create_index(args.kind, args.field, type=args.type, unique=args.unique, progress=progress)
     if args.json:
         emit_json(report.as_dict(), out)
         return 0
@@ -61,9 +83,14 @@ def cmd_index_create(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_index_drop(args: argparse.Namespace, out: TextIO) -> int:
-    """Drop a secondary index from every shard (online, resumable) and forget its definition."""
+    """Drop a secondary index (or the body index: ``--body``) from every shard (online, resumable) and forget its
+    definition."""
+    body = _which(args, "drop")
     with open_from_config(args.config) as store, step_progress(not args.json) as progress:
-        report = store.drop_index(args.kind, args.field, progress=progress)
+        if body:
+            report = store.drop_body_index(progress=progress)
+        else:
+            report = store.drop_index(args.kind, args.field, progress=progress)
     if args.json:
         emit_json(report.as_dict(), out)
         return 0
@@ -85,8 +112,8 @@ def cmd_index_list(args: argparse.Namespace, out: TextIO) -> int:
     rows = [
         (
             info.index.name,
-            info.index.kind,
-            info.index.field,
+            "*" if info.index.kind is None else info.index.kind,
+            "*" if info.index.field is None else info.index.field,
             info.index.type + (" unique" if info.index.unique else ""),
             info.index.state,
             info.valid,
@@ -98,10 +125,10 @@ def cmd_index_list(args: argparse.Namespace, out: TextIO) -> int:
     table(rows, ["name", "kind", "field", "type", "state", "valid", "invalid", "missing"], out)
     incomplete = [info for info in infos if info.invalid or info.missing or info.index.state != "active"]
     for info in incomplete:
+        which = "--body" if info.index.is_body else f"--kind {info.index.kind} --field {info.index.field!r}"
         print(
             f"  {info.index.name} is not complete: run hv index "
-            f"{'drop' if info.index.state == 'dropping' else 'create'} --kind {info.index.kind} "
-            f"--field {info.index.field!r} again",
+            f"{'drop' if info.index.state == 'dropping' else 'create'} {which} again",
             file=out,
         )
     return 1 if incomplete else 0

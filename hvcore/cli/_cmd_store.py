@@ -43,6 +43,9 @@ def cmd_init(args: argparse.Namespace, out: TextIO) -> int:
         return 0
     rows = [(r.server, r.shards, r.created, f"{r.seconds:.2f}") for r in reports]
     table(rows, ["server", "shards", "created", "seconds"], out)
+    for report in reports:  # what else was done: an extension created, a body index recorded
+        for note in report.notes:
+            print(f"  {report.server}: {note}", file=out)
     print(f"provisioned {sum(r.shards for r in reports)} shards in {seconds:.2f} s", file=out)
     return 0
 

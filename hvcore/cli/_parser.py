@@ -292,7 +292,8 @@ def _add_schema_commands(
     index = sub.add_parser(
         "index",
         help="secondary indexes on body fields",
-        description="Index a body field of one kind in every shard of every server, drop or list such indexes.",
+        description="Index a body field of one kind (or whole bodies: --body) in every shard of every server, drop or "
+        "list such indexes.",
     )
     index_sub = index.add_subparsers(dest="index_command", required=True, metavar="ACTION")
     create = add(
@@ -304,13 +305,17 @@ def _add_schema_commands(
         "Build a partial expression index (WHERE kind = K) on the body field in every shard of every server, with "
         "CREATE INDEX CONCURRENTLY one shard at a time (writes go on). The definition is recorded on every server "
         "first, so shards provisioned or moved later get it. Run it again after an interruption: valid indexes are "
-        "kept, INVALID ones (an interrupted build) rebuilt. query(kind=K, where={F: {'>=': a}}) then uses it.",
+        "kept, INVALID ones (an interrupted build) rebuilt. query(kind=K, where={F: {'>=': a}}) then uses it. "
+        "With --body instead of --kind/--field: the body index (GIN over whole bodies, every kind), which equality "
+        "where filters use; shards have none unless it is built (every write then pays for it).",
     )
-    for p in (create,):
-        p.add_argument("--kind", type=int, required=True, help="the kind (0..32767)")
-        p.add_argument("--field", required=True, help="the top-level body field")
+    create.add_argument("--kind", type=int, help="the kind (0..32767)")
+    create.add_argument("--field", help="the top-level body field")
     create.add_argument("--type", choices=INDEX_TYPES, default="text", help="how values compare (default text)")
     create.add_argument("--unique", action="store_true", help="unique among the kind's records of each shard")
+    create.add_argument(
+        "--body", action="store_true", help="the body index, for equality where filters (not with --kind/--field)"
+    )
     drop = add(
         index_sub,
         "drop",
@@ -318,8 +323,9 @@ def _add_schema_commands(
         "drop a secondary index from every shard (online, resumable)",
         [json_out, config],
     )
-    drop.add_argument("--kind", type=int, required=True, help="the kind (0..32767)")
-    drop.add_argument("--field", required=True, help="the indexed body field")
+    drop.add_argument("--kind", type=int, help="the kind (0..32767)")
+    drop.add_argument("--field", help="the indexed body field")
+    drop.add_argument("--body", action="store_true", help="the body index (not with --kind/--field)")
     add(
         index_sub,
         "list",

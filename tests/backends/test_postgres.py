@@ -427,6 +427,14 @@ def test_store_repr_and_label_hide_password() -> None:
 def test_where_filters_use_the_body_index(pg_datastore_factory: Any, backend: str, method: str) -> None:
     store = pg_datastore_factory(backend)
     store.put_many(3, 1, [{"city": "Oslo" if i % 100 == 0 else "Lima", "n": str(i)} for i in range(3000)])
+    store.create_body_index()  # opt-in (tests/backends/test_body_index.py: none by default)
+    try:
+        _where_uses_the_body_index(store, backend, method)
+    finally:
+        store.drop_body_index()
+
+
+def _where_uses_the_body_index(store: Any, backend: str, method: str) -> None:
     with store.cursor(3) as cur:
         cur.execute(
             "SELECT am.amname AS method FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "

@@ -43,6 +43,7 @@ pytestmark = [pytest.mark.citus, pytest.mark.postgres]
 
 SHARDS = 64
 ROWS = 1000
+BODY_INDEX_DDL = "CREATE INDEX entities_body_idx ON {schema}.entities USING gin (body jsonb_path_ops)"
 
 
 @dataclasses.dataclass
@@ -92,6 +93,9 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
             for shard in range(SHARDS):
                 keys += db.put_many(shard, shard % 3, [_body(shard, i) for i in range(ROWS)])
             reference = {shard: list(db.query(shards=[shard])) for shard in range(SHARDS)}
+        with connect(servers[0]) as conn:  # the first server's shards as an earlier release made them: a body index
+            for shard in range(SHARDS // 2):
+                conn.execute(BODY_INDEX_DDL.format(schema=f"shard{shard:04d}"))
         filenodes = {}
         for shard in range(SHARDS):
             with connect(servers[0] if shard < 32 else servers[1]) as conn:
@@ -314,3 +318,32 @@ def test_a_move_to_an_unknown_node_names_the_servers_and_nodes(
     error = capsys.readouterr().err
     assert "unknown server '10.9.9.9:5432'" in error and "Citus 13.0.5 cluster" in error
     assert all(f"127.0.0.1:{s['port']}" in error for s in fleet.servers)
+
+
+def test_shards_with_a_body_index_keep_it_and_shards_without_get_none(fleet: Fleet) -> None:
+    """The first server's shards had the body index (an earlier release's layout), the second's not (provisioned
+    now): Citus's shard tables are as the servers' tables were, and the coordinator's tables the same."""
+    for shard in (0, 31, 32, 63):
+        port, table, _ = fleet.adopted[shard]
+        schema, name = table.split(".")
+        with connect({**fleet.servers[0], "port": port}) as conn:
+            conn.execute("SET citus.override_table_visibility = off")  # Citus hides shard tables from the catalog
+            indexes = [
+                str(r[0])
+                for r in conn.execute(
+                    "SELECT indexname FROM pg_indexes WHERE schemaname = %s AND tablename = %s", (schema, name)
+                )
+            ]
+        assert any(i.startswith("entities_body_idx") for i in indexes) == (shard < SHARDS // 2), (shard, indexes)
+        with connect(fleet.cluster.coordinator) as conn:
+            shell = [
+                str(r[0])
+                for r in conn.execute(
+                    "SELECT indexname FROM pg_indexes WHERE schemaname = %s AND tablename = 'entities'", (schema,)
+                )
+            ]
+        assert ("entities_body_idx" in shell) == (shard < SHARDS // 2), (shard, shell)
+    with fleet.coordinator() as db:
+        for shard in (0, 40):
+            tag = [r for r in db.query(shards=[shard], where={"tag": "odd", "n": 7})]
+            assert [r.key for r in tag] == [r.key for r in fleet.reference[shard] if r.data["n"] == 7]

@@ -151,4 +151,7 @@ def test_range_filter_on_an_index_and_unique_values(make_datastore: Any, backend
         assert db.delete_where(kind=4, where={"age": {">": 15}}) == 4
     finally:
         for info in db.list_indexes():
-            db.drop_index(info.index.kind, info.index.field)
+            if info.index.kind is None or info.index.field is None:
+                db.drop_body_index()
+            else:
+                db.drop_index(info.index.kind, info.index.field)

@@ -34,7 +34,10 @@ def db(make_datastore: MakeDatastore) -> Iterator[hvcore.Datastore]:
     store = make_datastore()
     yield store
     for info in store.list_indexes():
-        store.drop_index(info.index.kind, info.index.field)
+        if info.index.kind is None or info.index.field is None:
+            store.drop_body_index()
+        else:
+            store.drop_index(info.index.kind, info.index.field)
 
 
 def bodies(text_only: bool, count: int = 240) -> list[dict[str, Any]]:
@@ -166,6 +169,37 @@ def test_index_lifecycle(db: hvcore.Datastore) -> None:
         list(db.query(kind=KIND, where={"name": {">": "a"}}))
     with pytest.raises(InvalidQuery, match="nothing to drop"):
         db.drop_index(KIND, "name")
+
+
+def test_body_index_lifecycle_and_where_results_with_and_without_it(db: hvcore.Datastore, backend_name: str) -> None:
+    """The body index is opt-in: ``where`` finds the same records without it, with it, and after it is dropped;
+    on the memory backend its calls are recorded no-ops with the same reports."""
+    text_only = backend_name in TEXT_ONLY_BACKENDS
+    made = bodies(text_only)
+    for shard in (1, 9):
+        db.put_many(shard, KIND, made)
+    records = list(db.query())
+    wheres = [{"name": made[0]["name"]}, {"name": made[3]["name"], "age": made[3]["age"]}, {"name": "nobody"}]
+    if not text_only:
+        wheres.append({"ok": True, "age": 3})
+
+    def found() -> list[list[int]]:
+        return [keys(db.query(where=where)) for where in wheres]
+
+    wanted = [sorted(r.key for r in records if all(r.data.get(k) == v for k, v in w.items())) for w in wheres]
+    assert found() == wanted and all(wanted[:2])
+    assert db.list_indexes() == []
+    report = db.create_body_index()
+    assert report.index.is_body and report.index.name == "entities_body_idx" and report.index.kind is None
+    assert report.shards == 16 and report.built + report.present == 16
+    [info] = db.list_indexes()
+    assert info.index == hvcore.IndexSpec.body() and not info.missing and not info.invalid
+    assert found() == wanted
+    db.create_index(KIND, "name")  # beside a typed index
+    assert [i.index.is_body for i in db.list_indexes()] == [True, False]
+    assert db.drop_body_index().index.is_body
+    assert [i.index.field for i in db.list_indexes()] == ["name"]
+    assert found() == wanted
 
 
 @pytest.mark.parametrize(

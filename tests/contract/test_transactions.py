@@ -41,7 +41,10 @@ def db(make_datastore: MakeDatastore, backend_name: str) -> Iterator[hvcore.Data
     yield store
     if not backend_name.endswith(THROUGH_PGBOUNCER):  # no index is made through a pooler (see `directly`)
         for info in store.list_indexes():
-            store.drop_index(info.index.kind, info.index.field)
+            if info.index.kind is None or info.index.field is None:
+                store.drop_body_index()
+            else:
+                store.drop_index(info.index.kind, info.index.field)
 
 
 def directly(backend_name: str) -> None:

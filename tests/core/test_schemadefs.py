@@ -72,6 +72,48 @@ def test_bad_index_definitions_are_refused(options: dict[str, Any], match: str) 
 # -- where: equality and ranges ----------------------------------------------------------------------------------------
 
 
+def test_the_body_index_spec() -> None:
+    spec = IndexSpec.body()
+    assert (spec.kind, spec.field, spec.type, spec.unique, spec.name) == (
+        None,
+        None,
+        "body",
+        False,
+        "entities_body_idx",
+    )
+    assert spec.is_body and not IndexSpec(kind=1, field="a").is_body
+    assert IndexSpec.body(state="dropping").state == "dropping"
+    assert spec.as_dict() == {
+        "name": "entities_body_idx",
+        "kind": None,
+        "field": None,
+        "type": "body",
+        "unique": False,
+        "state": "active",
+    }
+
+
+@given(
+    st.one_of(st.none(), st.integers(-5, 40000)),
+    st.one_of(st.none(), st.text(max_size=5)),
+    st.sampled_from([*INDEX_TYPES, "body"]),
+    st.booleans(),
+)
+def test_body_and_field_indexes_do_not_mix(kind: Any, field: Any, type_name: str, unique: bool) -> None:
+    """``type="body"`` goes with no kind, no field and not unique, and only it: every other mix is refused."""
+    body_form = type_name == "body" and kind is None and field is None and not unique
+    field_form = (
+        type_name != "body" and isinstance(kind, int) and 0 <= kind <= 32767 and bool(field) and "\x00" not in field
+    )
+    try:
+        spec = IndexSpec(kind=kind, field=field, type=type_name, unique=unique)
+    except (InvalidQuery, InvalidKind):
+        assert not body_form and not field_form
+    else:
+        assert body_form or field_form
+        assert spec.is_body == body_form
+
+
 def test_split_ranges_separates_ranges_from_equality() -> None:
     equal, ranges = split_ranges({"city": "Oslo", "age": {">=": 18, "<": 65}, "tags": {"a": 1}, "empty": {}}, 3)
     assert equal == {"city": "Oslo", "tags": {"a": 1}, "empty": {}}
