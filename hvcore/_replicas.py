@@ -18,6 +18,7 @@ recorded for that shard, and reads of the shard go to the primary until a standb
 from __future__ import annotations
 
 import base64
+import contextlib
 import contextvars
 import hashlib
 import hmac
@@ -634,25 +635,40 @@ def current_timeline(default: Timeline) -> Timeline:
     return default if scoped is None else scoped
 
 
-class TimelineScope:
-    """What ``db.timeline(tl)`` returns: inside ``with``, ``tl`` is the current thread's or asyncio task's timeline."""
+_entered: contextvars.ContextVar[tuple[tuple[int, contextvars.Token[Timeline | None]], ...]] = contextvars.ContextVar(
+    "hypervault_timeline_scopes", default=()
+)
+"""The timeline scopes entered in this context, innermost last: (id of the scope, the token its entry set)."""
 
-    __slots__ = ("_token", "timeline")
+
+class TimelineScope:
+    """What ``db.timeline(tl)`` returns: inside ``with``, ``tl`` is the current thread's or asyncio task's timeline.
+
+    Re-entrant and shareable: one scope object may be entered inside itself (a middleware and a handler both entering
+    the request's scope) and by several threads or tasks at once; each exit restores what its own entry replaced,
+    because the entries are kept per context (a ``contextvars`` stack), not on the object.
+    """
+
+    __slots__ = ("timeline",)
 
     def __init__(self, timeline: Timeline) -> None:
         if not isinstance(timeline, Timeline):
             raise ConfigError(f"timeline must be a hvcore.Timeline or None, got {show_value(timeline)}")
         self.timeline = timeline
-        self._token: contextvars.Token[Timeline | None] | None = None
 
     def __enter__(self) -> Timeline:
-        self._token = _scoped.set(self.timeline)
+        token = _scoped.set(self.timeline)
+        _entered.set((*_entered.get(), (id(self), token)))
         return self.timeline
 
     def __exit__(self, *exc: object) -> None:
-        if self._token is not None:
-            _scoped.reset(self._token)
-            self._token = None
+        stack = _entered.get()
+        for index in range(len(stack) - 1, -1, -1):  # this scope's innermost entry (normally the last one)
+            if stack[index][0] == id(self):
+                _entered.set(stack[:index] + stack[index + 1 :])
+                with contextlib.suppress(ValueError):  # entered in another context: nothing of ours to restore
+                    _scoped.reset(stack[index][1])
+                return
 
 
 def labels_of(stores: Iterable[Any]) -> list[str]:

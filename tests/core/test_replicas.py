@@ -6,6 +6,7 @@ import base64
 import hashlib
 import hmac
 import struct
+import threading
 from typing import Any
 
 import pytest
@@ -403,3 +404,52 @@ def test_a_bad_timeline_secret_is_a_config_error_on_both_sides(secret: Any) -> N
     token = timeline.token()
     with pytest.raises(hvcore.ConfigError, match="at least 16 bytes"):
         Timeline.from_token(token, secret=secret)
+
+
+@settings(max_examples=200, deadline=None)
+@given(order=st.lists(st.integers(0, 2), min_size=1, max_size=8))
+def test_timeline_scopes_nested_in_any_order_restore_what_each_replaced(order: list[int]) -> None:
+    """Scopes (the same object several times included) entered in any nesting: inside each block its timeline is
+    current, after it the one before; after all of them none (a scope object keeps no per-entry state)."""
+    from hvcore._replicas import TimelineScope, _scoped
+
+    timelines = [Timeline() for _ in range(3)]
+    scopes = [TimelineScope(tl) for tl in timelines]
+
+    def nest(depth: int, before: Timeline | None) -> None:
+        if depth == len(order):
+            return
+        with scopes[order[depth]] as entered:
+            assert entered is timelines[order[depth]] and _scoped.get() is entered
+            nest(depth + 1, entered)
+            assert _scoped.get() is entered
+        assert _scoped.get() is before
+
+    nest(0, None)
+    assert _scoped.get() is None
+
+
+def test_one_timeline_scope_shared_by_threads_restores_each_threads_own_timeline() -> None:
+    """A module-level scope object entered by many threads at once: each thread sees the scope's timeline inside and
+    nothing after; no thread's exit undoes another's."""
+    from hvcore._replicas import TimelineScope, _scoped
+
+    scope = TimelineScope(Timeline())
+    barrier = threading.Barrier(8)
+    failures: list[str] = []
+
+    def work() -> None:
+        for _ in range(50):
+            with scope:
+                barrier.wait(5) if _ == 0 else None
+                if _scoped.get() is not scope.timeline:
+                    failures.append("inside")
+            if _scoped.get() is not None:
+                failures.append("after")
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures, failures[:5]

@@ -9,17 +9,10 @@ error (newcomer2's reused-blocks findings); this one is silently wrong.
 
 from __future__ import annotations
 
-import pytest
-
 import hvcore
 from hvcore._replicas import _scoped
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a TimelineScope entered inside itself keeps one token: after both blocks the thread's timeline is "
-    "still the scoped one; it should be restored (a stack of tokens), or re-entry refused with a typed error",
-)
 def test_a_timeline_scope_entered_twice_is_gone_after_its_blocks() -> None:
     db = hvcore.Datastore([dict(shards="0-8")], backend="memory")
     try:
