@@ -42,11 +42,13 @@ from hvbackend_postgres._bouncer import (
 from hvbackend_postgres._citus import (
     CITUS_COORDINATOR_SQL,
     CITUS_EXTENSION_SQL,
+    CITUS_ROW_ESTIMATES_SQL,
     CITUS_SHARD_SCHEMAS_SQL,
     CITUS_SHARDS_PER_STATEMENT,
     CITUS_UNDISTRIBUTED_SQL,
     CitusCoordinator,
     check_citus_version,
+    citus_row_estimates,
     distribute_sql,
     read_citus,
 )
@@ -2193,12 +2195,24 @@ class AsyncPostgresServerStore(StoreCore):
         writes (PostgreSQL's PGSTAT_IDLE_INTERVAL), an ANALYZE racing a DELETE can leave it off until the next
         ANALYZE, 0 after a statistics reset): one catalog query, no shard table scanned or locked, so
         ``hv status --watch`` costs the same for 8192 shards of a billion rows as for 16 small ones. Moved shards'
-        forwarding views are left out."""
+        forwarding views are left out. Through a Citus coordinator whose shard schemas are distributed, each
+        schema's rows are the statistics of the node holding its placement (`CITUS_ROW_ESTIMATES_SQL`: one more
+        catalog query on every node, the highest count where a placement being moved exists twice)."""
         names = {shard_schema(s): s for s in shard_ids}
         conn = await self._admin(bounded=True)
         try:
             cur = await conn.execute(ROW_ESTIMATES_SQL, (TABLE, list(names)))
-            return {names[schema]: max(int(rows), 0) for schema, rows in await cur.fetchall()}
+            estimates = {names[schema]: max(int(rows), 0) for schema, rows in await cur.fetchall()}
+            if await (await conn.execute(CITUS_EXTENSION_SQL)).fetchone() is not None:
+                await self._citus_pieces(conn)  # a store that ran no statement on shards yet (hv status --watch)
+                if self.shards_per_statement == CITUS_SHARDS_PER_STATEMENT:
+                    # the coordinator's tables of distributed schemas are shells (0 rows): the rows are counted by
+                    # the node holding each schema's placement
+                    for result in await (await conn.execute(CITUS_ROW_ESTIMATES_SQL)).fetchall():
+                        for schema, rows in citus_row_estimates(result[0]).items():
+                            if schema in names:
+                                estimates[names[schema]] = max(estimates.get(names[schema], 0), rows)
+            return estimates
         except psycopg.OperationalError as exc:
             raise self._unavailable(exc) from None
         finally:

@@ -103,6 +103,28 @@ CITUS_SHARD_SCHEMAS_SQL = (
     "SELECT EXISTS (SELECT FROM pg_catalog.pg_dist_schema d JOIN pg_catalog.pg_namespace n ON n.oid = d.schemaid "
     "WHERE n.nspname ~ '^shard[0-9]{4,}$')"
 )
+CITUS_ROW_ESTIMATES_SQL = (  # each node's statistics of its placements of distributed shard schemas' tables
+    "SELECT result FROM pg_catalog.run_command_on_all_nodes($cmd$SELECT coalesce(pg_catalog.json_object_agg("
+    "schemaname, n_live_tup), '{}') FROM (SELECT schemaname, max(n_live_tup) AS n_live_tup "
+    "FROM pg_catalog.pg_stat_user_tables WHERE relname ~ '^entities_[0-9]+$' AND schemaname ~ '^shard[0-9]{4,}$' "
+    "GROUP BY schemaname) s$cmd$) WHERE success"
+)
+"""One row per node of the Citus cluster (coordinator included): a JSON object of shard schema -> the live rows of
+its placement there (``n_live_tup``; `citus_row_estimates` reads it). A shell table on the coordinator is named
+``entities`` and counts nothing; a placement is ``entities_<shardid>``."""
+
+
+def citus_row_estimates(result: str) -> dict[str, int]:
+    """A node's `CITUS_ROW_ESTIMATES_SQL` result as shard schema -> rows (an unreadable result gives nothing)."""
+    try:
+        found = json.loads(result)
+    except ValueError:
+        return {}
+    if not isinstance(found, dict):
+        return {}
+    return {str(k): max(int(v), 0) for k, v in found.items() if isinstance(v, int)}
+
+
 CITUS_UNDISTRIBUTED_SQL = (
     "SELECT n.nspname FROM pg_catalog.pg_namespace n WHERE n.nspname = ANY(%s) "
     "AND NOT EXISTS (SELECT FROM pg_catalog.pg_dist_schema d WHERE d.schemaid = n.oid)"

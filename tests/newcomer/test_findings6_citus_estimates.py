@@ -13,7 +13,6 @@ import os
 import time
 from typing import Any
 
-import pytest
 from citus.citus_helpers import add_citus_database
 
 import hvcore
@@ -22,12 +21,6 @@ SHARDS = "0-4"
 ROWS_PER_SHARD = 10
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="through a Citus coordinator status(rows='estimated') reads the coordinator's pg_stat_user_tables, where "
-    "distributed schemas' shell tables have 0 rows: hv status --watch shows 0 rows for a server holding 40 (the exact "
-    "count says 40); it should read the workers' statistics (or count exactly, or say it cannot estimate)",
-)
 def test_estimated_rows_through_a_citus_coordinator_are_the_rows_stored(citus_cluster: Any) -> None:
     coordinator = add_citus_database(citus_cluster, f"hv_nc6_est_{os.getpid()}")
     servers = [{**coordinator, "shards": SHARDS}]
