@@ -403,3 +403,23 @@ def test_commands_that_make_no_keys_lease_no_worker_number(tmp_path: Path, pg_fr
         assert code == 0, (argv, text)
     with psycopg.connect(**pg_fresh_db) as conn:
         assert conn.execute("SELECT to_regclass('hypervault.worker_leases')").fetchone() == (None,)
+
+
+def test_status_watch_json_prints_one_json_document_per_line_and_count_needs_watch(tmp_path: Path) -> None:
+    """``--watch --json`` is JSON Lines (each round one document on one line: ``json.loads`` per line works);
+    ``--count`` without ``--watch`` is a usage error naming both (it was ignored): ``hv status`` and ``hv metrics``."""
+    config = tmp_path / "hv.toml"
+    config.write_text('backend = "memory"\n[[servers]]\nshards = "0-8"\n')
+    out = io.StringIO()
+    assert main(["status", "--config", str(config), "--watch", "0.05", "--count", "3", "--json"], out) == 0
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 3 and all(isinstance(json.loads(line), list) for line in lines), out.getvalue()
+    out = io.StringIO()
+    assert main(["status", "--config", str(config), "--json"], out) == 0
+    assert isinstance(json.loads(out.getvalue()), list) and out.getvalue().count("\n") > 1  # one document, indented
+    alone = [["status", "--config", str(config), "--count", "2"], ["metrics", "http://127.0.0.1:9/", "--count", "2"]]
+    for argv in alone:
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            assert main(argv, io.StringIO()) == 2
+        assert "--count 2" in err.getvalue() and "--watch" in err.getvalue(), err.getvalue()

@@ -19,7 +19,7 @@ from typing import Any, TextIO
 
 from hvcore._config import redact_conninfo
 from hvcore.cli._output import emit_json, table
-from hvcore.errors import ConfigError, HypervaultError, ServerUnavailable
+from hvcore.errors import ConfigError, HypervaultError, InvalidArgument, ServerUnavailable
 
 __all__ = ["cmd_metrics", "figures", "scrape", "watch"]
 
@@ -181,6 +181,7 @@ def watch(
     With ``every`` and ``clear`` (not for JSON), each round clears the terminal and prints ``title`` and the time
     first. Stops after ``count`` rounds if given (else at Ctrl-C); returns the last round's exit code.
     """
+    check_watch(every, count)
     rounds = 0
     while True:
         if every and clear:
@@ -194,15 +195,24 @@ def watch(
         time.sleep(every)
 
 
+def check_watch(every: float | None, count: int | None) -> None:
+    """`InvalidArgument` for ``--count`` without ``--watch`` (it counts refreshes: alone it would be ignored)."""
+    if count is not None and not every:
+        raise InvalidArgument(
+            f"--count {count} counts the refreshes of --watch: give --watch SECONDS too (without it hv shows one round)"
+        )
+
+
 def cmd_metrics(args: argparse.Namespace, out: TextIO) -> int:
     """Print the figures of an application's Prometheus endpoint; ``--watch N`` repeats every N seconds."""
 
     def show() -> int:
         found = figures(scrape(args.url))
         if args.json:
-            emit_json(found, out)
+            emit_json(found, out, lines=bool(args.watch))
         else:
             print_figures(found, out)
         return 0
 
+    check_watch(args.watch, args.count)
     return watch(args.watch, args.count, args.url, show, out, clear=not args.json)

@@ -18,7 +18,7 @@ from hvcore._key import KeyLayout
 from hvcore._placement import shared_databases_text
 from hvcore._shardmap import ShardMap
 from hvcore.cli._cmd_citus import print_cluster_status
-from hvcore.cli._cmd_metrics import watch
+from hvcore.cli._cmd_metrics import check_watch, watch
 from hvcore.cli._output import Progress, emit_json, masked, settings_text, table
 from hvcore.errors import HypervaultError
 
@@ -65,6 +65,7 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
     """Show servers, their shards, pools and rows; exit 1 if a server is unreachable or two server entries reach one
     database (under two names). ``--watch N``: again every N
     seconds on the same datastore (pools and standby lag as they change), until Ctrl-C."""
+    check_watch(args.watch, args.count)
     with open_from_config(args.config) as store:
         return watch(
             args.watch,
@@ -84,7 +85,7 @@ def _show_status(store: Datastore, args: argparse.Namespace, out: TextIO) -> int
     status = status_document(store.status(rows=rows_mode))
     clusters = _clusters(store, status)
     if args.json:
-        emit_json(status, out)  # exit 0: the JSON says which servers are unreachable
+        emit_json(status, out, lines=bool(args.watch))  # exit 0: the JSON says which servers are unreachable
         return 0
     rows = []
     for entry in status:

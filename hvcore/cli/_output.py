@@ -32,9 +32,10 @@ def _is_number(text: str) -> bool:
     return text.removesuffix("/s").replace(",", "").replace(".", "", 1).replace("%", "").lstrip("-").isdigit()
 
 
-def emit_json(data: object, out: TextIO) -> None:
-    """Print JSON, indented (dict keys as strings, datetimes and other objects as ``str``)."""
-    json.dump(data, out, indent=2, default=str)
+def emit_json(data: object, out: TextIO, *, lines: bool = False) -> None:
+    """Print JSON, indented (dict keys as strings, datetimes and other objects as ``str``); ``lines``: on one line
+    (JSON Lines, for ``--watch --json``: one document per round, each readable as it comes)."""
+    json.dump(data, out, indent=None if lines else 2, default=str)
     out.write("\n")
 
 
