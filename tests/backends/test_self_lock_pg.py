@@ -201,3 +201,76 @@ def test_asyncio_a_plain_call_waiting_for_the_tasks_own_transaction_fails_fast(
             assert record is not None and record.data == {"balance": "50", "note": "plain"}
 
     asyncio.run(scenario())
+
+
+# -- every way of holding a session counts, wherever the call's statement runs (hvcore._holdings.Hold) -------------
+
+
+def test_a_plain_call_waiting_for_the_callers_own_lent_connection_fails_fast(db: hvcore.Datastore) -> None:
+    """A connection from ``get_connection()`` is the caller's open transaction too (its SQL, its locks)."""
+    key = db.put(5, 1, balance="100")
+    conn = db.get_connection(5)
+    try:
+        conn.execute("UPDATE entities SET kind = kind WHERE id = %s", (key,))
+        started = time.monotonic()
+        with pytest.raises(SelfDeadlock) as caught:
+            db.update(key, note="plain")
+        assert time.monotonic() - started < FAST
+    finally:
+        db.put_connection(conn)  # rolled back
+    message = str(caught.value)
+    assert "db.get_connection(5)" in message and "after giving it back" in message, message
+    assert db.update(key, note="after")  # given back: no longer the caller's, an ordinary call again
+    record = db.get(key)
+    assert record is not None and record.data == {"balance": "100", "note": "after"}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_asyncio_tasks_started_inside_the_block_act_for_it_and_never_the_other_way(
+    backend: str, pg_fresh_db: dict[str, Any]
+) -> None:
+    """``asyncio.gather`` of plain calls inside the block (the block awaits them: a deadlock) and a ``cursor()``
+    block are the task's own; a transaction a child task opens is the child's: the parent's plain call waiting for
+    it is ordinary contention and waits."""
+
+    async def scenario() -> None:
+        async with hvcore.AsyncDatastore(
+            [{**pg_fresh_db, "shards": "0-8"}], backend=backend, pool_max=4, operation_timeout=TIMEOUT
+        ) as db:
+            await db.provision()
+            key = await db.put(5, 1, balance="100")
+            other = await db.put(6, 1, n="1")
+            async with db.transaction(5) as tx:
+                await tx.update(key, balance="70")
+                started = time.monotonic()
+                with pytest.raises(SelfDeadlock):
+                    await asyncio.gather(db.get(other), db.update(key, note="x"))
+                assert time.monotonic() - started < FAST
+            async with db.cursor(5) as cur:
+                await cur.execute("UPDATE entities SET kind = kind WHERE id = %s", (key,))
+                with pytest.raises(SelfDeadlock, match=r"db\.cursor\(5\)"):
+                    await db.update(key, note="y")
+            record = await db.get(key)
+            assert record is not None and record.data == {"balance": "70"}
+
+            locked, release = asyncio.Event(), asyncio.Event()
+
+            async def child() -> None:  # started inside the parent's block: its own transaction is its own
+                async with db.transaction(5) as tx:
+                    await tx.update(key, balance="50")
+                    locked.set()
+                    await release.wait()
+
+            async with db.transaction(6) as tx:
+                await tx.update(other, n="2")
+                held = asyncio.ensure_future(child())
+                await locked.wait()
+                asyncio.get_running_loop().call_later(1.5, release.set)
+                started = time.monotonic()
+                assert await db.update(key, note="plain")  # waits for the child's commit
+                assert time.monotonic() - started >= 1.0
+                await held
+            record = await db.get(key)
+            assert record is not None and record.data == {"balance": "50", "note": "plain"}
+
+    asyncio.run(scenario())

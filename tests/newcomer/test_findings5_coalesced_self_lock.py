@@ -19,7 +19,6 @@ import time
 from typing import Any
 
 import psycopg
-import pytest
 
 import hvcore
 
