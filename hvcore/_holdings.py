@@ -127,10 +127,15 @@ class Holdings:
             self._counts.clear()
 
     def mine(self) -> dict[str, int]:
-        """What the current owner holds: ``{what: count}``, empty if nothing."""
-        owner = current_owner()
+        """What the current owner holds, with the owners of its holds (`held`: the caller a fan-out thread or task
+        runs a piece for): ``{what: count}``, empty if nothing."""
+        owners = {current_owner(), *(hold.holder for hold in held())}
+        mine: Counter[str] = Counter()
         with self._lock:
-            return {what: n for (who, what), n in self._counts.items() if who == owner}
+            for (who, what), n in self._counts.items():
+                if who in owners:
+                    mine[what] += n
+        return dict(mine)
 
 
 def pool_timeout(label: str, timeout: float, pool_max: int, held: dict[str, int]) -> PoolTimeout:

@@ -274,3 +274,18 @@ def test_asyncio_tasks_started_inside_the_block_act_for_it_and_never_the_other_w
             assert record is not None and record.data == {"balance": "50", "note": "plain"}
 
     asyncio.run(scenario())
+
+
+def test_a_fan_out_piece_waiting_for_a_connection_its_caller_holds_says_so(
+    pg_fresh_db: dict[str, Any], pg_fresh_db2: dict[str, Any]
+) -> None:
+    """The `PoolTimeout` of a piece run on a fan-out thread names the caller's transaction, as the caller's own
+    wait would (``Holdings.mine`` counts the owners of the piece's holds)."""
+    entries = [{**pg_fresh_db, "shards": "0-8"}, {**pg_fresh_db2, "shards": "8-16"}]
+    with hvcore.Datastore(entries, backend="jsonb", pool_max=1, pool_block_timeout=0.3) as db:
+        db.provision()
+        near, far = db.put(5, 1, n="1"), db.put(12, 1, n="2")
+        with db.transaction(12), pytest.raises(hvcore.PoolTimeout) as caught:
+            db.get_many([near, far])  # the far server's piece runs on a fan-out thread
+        notes = " ".join(getattr(caught.value, "__notes__", []))
+        assert "waited for itself" in notes and "open transactions (db.transaction()): 1" in notes, notes
