@@ -703,8 +703,8 @@ class AsyncPostgresServerStore(StoreCore):
         return fired
 
     async def _check_self_lock(self, watch: SelfLockWatch) -> None:
-        """Ask the server, on a connection of its own, whether the watched session waits for one of its owner's open
-        transactions (`BLOCKED_BY_SQL`); if so, note it and cancel the statement (`_translate` then raises
+        """Ask the server, on a connection of its own, whether the watched session waits for one of the sessions its
+        caller holds (`BLOCKED_BY_SQL`); if so, note it and cancel the statement (`_translate` then raises
         `SelfDeadlock`), else ask again after a pause (doubling up to `SELF_LOCK_POLL_MAX`) while the call goes on.
         Best effort: a failure here leaves the call waiting as it would without the watch."""
         conn: AConn | None = None
