@@ -289,3 +289,27 @@ def test_a_fan_out_piece_waiting_for_a_connection_its_caller_holds_says_so(
             db.get_many([near, far])  # the far server's piece runs on a fan-out thread
         notes = " ".join(getattr(caught.value, "__notes__", []))
         assert "waited for itself" in notes and "open transactions (db.transaction()): 1" in notes, notes
+
+
+def test_the_coalescers_ask_the_store_whether_the_caller_holds_one_of_its_sessions(db: hvcore.Datastore) -> None:
+    """Reads and inserts of a caller holding a session of the server never share a batch (`hvcore._acoalesce`: a
+    coalesced put waiting for its own transaction's unique row would hold the whole group otherwise); the store
+    says who holds one: the block's thread and its fan-out pieces, not another thread, not after the block."""
+    from hvcore._acompat import gather, spawn
+
+    store: Any = db.store_for(5)
+    assert db._reader(store)._solo == store.holds_session and db._writer(store)._solo == store.holds_session
+    elsewhere: list[bool] = []
+
+    def other_thread() -> None:
+        elsewhere.append(store.holds_session())
+
+    assert not store.holds_session()
+    for block in (lambda: db.transaction(5), lambda: db.cursor(5)):
+        with block():
+            assert store.holds_session() and gather(spawn(store.holds_session)) == [True]
+            thread = threading.Thread(target=other_thread)
+            thread.start()
+            thread.join()
+        assert not store.holds_session()
+    assert elsewhere == [False, False]
