@@ -21,6 +21,7 @@ import pytest
 
 import hvcore
 from hvcore import SelfDeadlock
+from hvcore._acompat import gather, spawn
 
 pytestmark = pytest.mark.postgres
 
@@ -295,8 +296,6 @@ def test_the_coalescers_ask_the_store_whether_the_caller_holds_one_of_its_sessio
     """Reads and inserts of a caller holding a session of the server never share a batch (`hvcore._acoalesce`: a
     coalesced put waiting for its own transaction's unique row would hold the whole group otherwise); the store
     says who holds one: the block's thread and its fan-out pieces, not another thread, not after the block."""
-    from hvcore._acompat import gather, spawn
-
     store: Any = db.store_for(5)
     assert db._reader(store)._solo == store.holds_session and db._writer(store)._solo == store.holds_session
     elsewhere: list[bool] = []
