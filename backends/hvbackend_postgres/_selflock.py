@@ -200,6 +200,7 @@ class SelfLocks:
         who = waited[0][0].whose if waited else "thread"
         shards = sorted({shard for _, (_, shard, _) in waited})
         on = f"shard {shards[0]}" if len(shards) == 1 else "shards " + ", ".join(str(s) for s in shards)
+        on = on if shards else "its shard"  # the block ended meanwhile
         blocks = sorted({block.format(shard) for _, (_, shard, block) in waited}) or [TRANSACTION.format("shard")]
         lent = all(block == LENT for _, (_, _, block) in waited) and bool(waited)
         fix = (
