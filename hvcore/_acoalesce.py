@@ -21,6 +21,13 @@ of a server running at once (the pool's size: more would only wait for a connect
   pooled connection); when a call ends, its slot goes to the thread queued first, which runs every queued batch and
   hands each waiting thread its outcome. No timer, no helper thread.
 
+A caller for whom ``solo()`` is true (given by the store: it holds a session of the server, an open transaction or a
+lent connection) never joins a batch: its call goes straight through even with every slot taken (it then waits for
+a pooled connection), and it never runs other callers' batches. Its statement may wait for a lock of that session,
+a wait the store recognises (`SelfDeadlock`) only on the caller's own statement: in another caller's batch it
+would hold every caller of the batch until ``operation_timeout``. The tasks that run batches start in a context
+without any caller's holds (``hvcore._holdings.unheld_context``): a batch is nobody's own.
+
 Each caller gets its own outcome: its record (a copy of the body when several callers asked for the same key at
 once), None, or its own exception object:
 
@@ -48,6 +55,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 from hvcore._backend import Record
+from hvcore._holdings import unheld_context
 from hvcore._key import Key
 from hvcore.errors import PoolTimeout, ServerUnavailable, ShardMoved, WriteOutcomeUnknown
 
@@ -117,15 +125,17 @@ class _Coalescer(abc.ABC, Generic[J]):
     none is left), names a job's callers (`_futures`) and runs a job, settling each caller (`_run`).
     """
 
-    __slots__ = ("_busy", "_limit", "_lock", "_scheduled", "_tasks", "owner")  # asyncio: no _lock; threads: no _tasks
+    # asyncio: no _lock; threads: no _tasks
+    __slots__ = ("_busy", "_limit", "_lock", "_scheduled", "_solo", "_tasks", "owner")
     _pending: dict[Any, Any]  # the queued calls (a subclass's)
     _queue: Callable[..., _AFuture[Any]]  # queue a call (its arguments as `_admit` got them): its future
 
-    def __init__(self, limit: int, owner: object) -> None:
+    def __init__(self, limit: int, owner: object, solo: Callable[[], bool] | None) -> None:
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
         self._limit = limit
         self.owner = owner
+        self._solo = solo
         self._busy = 0  # calls and jobs of this server running now
         if True:  # ASYNC
             self._scheduled = False  # a flush is due on the next turn of the loop
@@ -153,8 +163,8 @@ class _Coalescer(abc.ABC, Generic[J]):
     def _admit(self, *call: Any) -> _AFuture[Any] | None:
         """None if the call may go straight through (a slot is taken for it); else ``_queue(*call)``: its future."""
         if True:  # ASYNC
-            if not self._busy:  # nothing of this server in flight: straight through, no extra hop
-                self._busy = 1
+            if not self._busy or (self._solo is not None and self._solo()):  # straight through, no extra hop
+                self._busy += 1
                 return None
             future = self._queue(*call)
             if not self._scheduled:
@@ -163,7 +173,7 @@ class _Coalescer(abc.ABC, Generic[J]):
             return future
         else:
             with self._lock:
-                if self._busy < self._limit:  # a pooled connection is free: straight through
+                if self._busy < self._limit or (self._solo is not None and self._solo()):  # a connection is free
                     self._busy += 1
                     return None
                 return self._queue(*call)
@@ -194,7 +204,7 @@ class _Coalescer(abc.ABC, Generic[J]):
             """Start a task per queued job, while fewer than ``limit`` calls and jobs run."""
             while self._busy < self._limit and (job := self._take()) is not None:
                 self._busy += 1
-                task = asyncio.get_running_loop().create_task(self._run(job))
+                task = asyncio.get_running_loop().create_task(self._run(job), context=unheld_context())
                 self._tasks.add(task)
                 task.add_done_callback(functools.partial(self._job_done, self._futures(job)))
 
@@ -253,14 +263,22 @@ class ReadCoalescer(_Coalescer[list[_Wanted]]):
     ``fetch_one(shard_id, key)`` reads one key (the uncoalesced path, taken by a call that goes straight through),
     ``fetch_many(items)`` reads ``(shard_id, key)`` pairs in one round trip and leaves missing keys out; ``limit``
     (≥ 1) bounds the reads in flight at once through this coalescer (give the pool's size). ``owner`` is whatever
-    the caller wants to recognise the coalescer by (the server store). One coalescer serves one event loop, or any
-    number of threads (`ThreadReadCoalescer`).
+    the caller wants to recognise the coalescer by (the server store); ``solo()``, if given, is true for a caller
+    that must run its own statement (see the module docstring). One coalescer serves one event loop, or any number
+    of threads (`ThreadReadCoalescer`).
     """
 
     __slots__ = ("_fetch_many", "_fetch_one", "_pending")
 
-    def __init__(self, fetch_one: FetchOne, fetch_many: FetchMany, limit: int, owner: object = None) -> None:
-        super().__init__(limit, owner)
+    def __init__(
+        self,
+        fetch_one: FetchOne,
+        fetch_many: FetchMany,
+        limit: int,
+        owner: object = None,
+        solo: Callable[[], bool] | None = None,
+    ) -> None:
+        super().__init__(limit, owner, solo)
         self._fetch_one = fetch_one
         self._fetch_many = fetch_many
         self._pending: dict[Key, _Wanted] = {}  # keys waiting for the next batch
@@ -351,7 +369,8 @@ class WriteCoalescer(_Coalescer[tuple[int, list[_Write]]]):
     NOTHING``), and settles a lost connection itself (PostgreSQL: by the transaction's id,
     ``hvbackend_postgres._commit``): it returns only if the group committed, raises `WriteOutcomeUnknown` if that
     cannot be known, and anything else means nothing was stored. ``limit`` bounds the inserts and groups in flight
-    (the pool's size). Queued rows go in groups of one shard, at most `GROUP_MAX` rows each.
+    (the pool's size); ``solo`` as for `ReadCoalescer`. Queued rows go in groups of one shard, at most `GROUP_MAX`
+    rows each.
 
     Outcomes are each caller's own, as if its insert ran alone: a row the group stored succeeded; a row it left out
     runs alone (so its `DuplicateKey` or `DuplicateValue` is its own); a group refused with `ShardMoved` fails its
@@ -364,8 +383,15 @@ class WriteCoalescer(_Coalescer[tuple[int, list[_Write]]]):
 
     __slots__ = ("_insert_group", "_insert_one", "_pending")
 
-    def __init__(self, insert_one: InsertOne, insert_group: InsertGroup, limit: int, owner: object = None) -> None:
-        super().__init__(limit, owner)
+    def __init__(
+        self,
+        insert_one: InsertOne,
+        insert_group: InsertGroup,
+        limit: int,
+        owner: object = None,
+        solo: Callable[[], bool] | None = None,
+    ) -> None:
+        super().__init__(limit, owner, solo)
         self._insert_one = insert_one
         self._insert_group = insert_group
         self._pending: dict[int, list[_Write]] = {}  # shard -> queued rows

@@ -4,9 +4,9 @@ An asyncio source module uses the ``a``-prefixed names; its generated sync modul
 prefix (the tool's names map: ``ALock`` → ``Lock``, ``aspawn`` → ``spawn``, ``agather`` → ``gather``...). The idea
 is psycopg_pool's ``_acompat.py``. Only what the two sides do differently lives here.
 
-- ``aspawn(fn, *args)`` starts ``fn(*args)`` concurrently (a task / a thread of a shared pool); ``agather(*spawned)``
-  waits for them and returns their results in order, raising the first failure (the others keep running and
-  finish on their own, returning their connections).
+- ``aspawn(fn, *args)`` starts ``fn(*args)`` concurrently (a task / a thread of a shared pool), in a copy of the
+  caller's contextvars context on both sides; ``agather(*spawned)`` waits for them and returns their results in
+  order, raising the first failure (the others keep running and finish on their own, returning their connections).
 - ``ato_thread(fn, *args)`` runs blocking work off the event loop; its sync twin just calls it.
 - ``ashield(awaitable)`` finishes an awaitable even if the caller is cancelled; the sync twin just returns it.
 """
@@ -14,6 +14,7 @@ is psycopg_pool's ``_acompat.py``. Only what the two sides do differently lives 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import threading
 import time
@@ -88,8 +89,10 @@ def aspawn(fn: Callable[[Unpack[Ts]], Coroutine[Any, Any, T]], *args: *Ts) -> as
 
 
 def spawn(fn: Callable[[Unpack[Ts]], T], *args: *Ts) -> Future[T]:
-    """Start ``fn(*args)`` in a thread of the shared fan-out pool."""
-    return _pool().submit(fn, *args)
+    """Start ``fn(*args)`` in a thread of the shared fan-out pool, in a copy of the caller's contextvars context (as
+    `aspawn`'s task: what the caller holds, ``hvcore._holdings.held``, is held by the piece it waits for)."""
+    context = contextvars.copy_context()
+    return _pool().submit(lambda: context.run(fn, *args))
 
 
 async def agather(*spawned: Awaitable[T]) -> list[T]:

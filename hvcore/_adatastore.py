@@ -686,7 +686,8 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
             from hvcore import _acoalesce
 
             group, limit = cast(Any, store).insert_group, self._options.pool_max
-            writer = _acoalesce.WriteCoalescer(store.insert, group, limit, owner=store)
+            solo = getattr(store, "holds_session", None)  # its caller's own statement, never in a group (_acoalesce)
+            writer = _acoalesce.WriteCoalescer(store.insert, group, limit, owner=store, solo=solo)
             self._writers[id(store)] = writer
         return writer
 
@@ -700,7 +701,8 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
             from hvcore import _acoalesce
 
             limit = self._options.pool_max
-            reader = _acoalesce.ReadCoalescer(store.fetch, store.fetch_many, limit, owner=store)
+            solo = getattr(store, "holds_session", None)  # its caller's own statement, never in a batch (_acoalesce)
+            reader = _acoalesce.ReadCoalescer(store.fetch, store.fetch_many, limit, owner=store, solo=solo)
             self._readers[id(store)] = reader
         return reader
 

@@ -18,6 +18,13 @@ of a server running at once (the pool's size: more would only wait for a connect
   pooled connection); when a call ends, its slot goes to the thread queued first, which runs every queued batch and
   hands each waiting thread its outcome. No timer, no helper thread.
 
+A caller for whom ``solo()`` is true (given by the store: it holds a session of the server, an open transaction or a
+lent connection) never joins a batch: its call goes straight through even with every slot taken (it then waits for
+a pooled connection), and it never runs other callers' batches. Its statement may wait for a lock of that session,
+a wait the store recognises (`SelfDeadlock`) only on the caller's own statement: in another caller's batch it
+would hold every caller of the batch until ``operation_timeout``. The tasks that run batches start in a context
+without any caller's holds (``hvcore._holdings.unheld_context``): a batch is nobody's own.
+
 Each caller gets its own outcome: its record (a copy of the body when several callers asked for the same key at
 once), None, or its own exception object:
 
@@ -109,15 +116,17 @@ class _Coalescer(abc.ABC, Generic[J]):
     none is left), names a job's callers (`_futures`) and runs a job, settling each caller (`_run`).
     """
 
-    __slots__ = ("_busy", "_limit", "_lock", "_scheduled", "_tasks", "owner")  # asyncio: no _lock; threads: no _tasks
+    # asyncio: no _lock; threads: no _tasks
+    __slots__ = ("_busy", "_limit", "_lock", "_scheduled", "_solo", "_tasks", "owner")
     _pending: dict[Any, Any]  # the queued calls (a subclass's)
     _queue: Callable[..., _Future[Any]]  # queue a call (its arguments as `_admit` got them): its future
 
-    def __init__(self, limit: int, owner: object) -> None:
+    def __init__(self, limit: int, owner: object, solo: Callable[[], bool] | None) -> None:
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
         self._limit = limit
         self.owner = owner
+        self._solo = solo
         self._busy = 0  # calls and jobs of this server running now
         self._lock = threading.Lock()  # guards _busy and the queue
 
@@ -141,7 +150,7 @@ class _Coalescer(abc.ABC, Generic[J]):
     def _admit(self, *call: Any) -> _Future[Any] | None:
         """None if the call may go straight through (a slot is taken for it); else ``_queue(*call)``: its future."""
         with self._lock:
-            if self._busy < self._limit:  # a pooled connection is free: straight through
+            if self._busy < self._limit or (self._solo is not None and self._solo()):  # a connection is free
                 self._busy += 1
                 return None
             return self._queue(*call)
@@ -197,14 +206,22 @@ class ThreadReadCoalescer(_Coalescer[list[_Wanted]]):
     ``fetch_one(shard_id, key)`` reads one key (the uncoalesced path, taken by a call that goes straight through),
     ``fetch_many(items)`` reads ``(shard_id, key)`` pairs in one round trip and leaves missing keys out; ``limit``
     (≥ 1) bounds the reads in flight at once through this coalescer (give the pool's size). ``owner`` is whatever
-    the caller wants to recognise the coalescer by (the server store). One coalescer serves one event loop, or any
-    number of threads (`ThreadReadCoalescer`).
+    the caller wants to recognise the coalescer by (the server store); ``solo()``, if given, is true for a caller
+    that must run its own statement (see the module docstring). One coalescer serves one event loop, or any number
+    of threads (`ThreadReadCoalescer`).
     """
 
     __slots__ = ("_fetch_many", "_fetch_one", "_pending")
 
-    def __init__(self, fetch_one: FetchOne, fetch_many: FetchMany, limit: int, owner: object = None) -> None:
-        super().__init__(limit, owner)
+    def __init__(
+        self,
+        fetch_one: FetchOne,
+        fetch_many: FetchMany,
+        limit: int,
+        owner: object = None,
+        solo: Callable[[], bool] | None = None,
+    ) -> None:
+        super().__init__(limit, owner, solo)
         self._fetch_one = fetch_one
         self._fetch_many = fetch_many
         self._pending: dict[Key, _Wanted] = {}  # keys waiting for the next batch
@@ -292,7 +309,8 @@ class ThreadWriteCoalescer(_Coalescer[tuple[int, list[_Write]]]):
     NOTHING``), and settles a lost connection itself (PostgreSQL: by the transaction's id,
     ``hvbackend_postgres._commit``): it returns only if the group committed, raises `WriteOutcomeUnknown` if that
     cannot be known, and anything else means nothing was stored. ``limit`` bounds the inserts and groups in flight
-    (the pool's size). Queued rows go in groups of one shard, at most `GROUP_MAX` rows each.
+    (the pool's size); ``solo`` as for `ThreadReadCoalescer`. Queued rows go in groups of one shard, at most `GROUP_MAX`
+    rows each.
 
     Outcomes are each caller's own, as if its insert ran alone: a row the group stored succeeded; a row it left out
     runs alone (so its `DuplicateKey` or `DuplicateValue` is its own); a group refused with `ShardMoved` fails its
@@ -305,8 +323,15 @@ class ThreadWriteCoalescer(_Coalescer[tuple[int, list[_Write]]]):
 
     __slots__ = ("_insert_group", "_insert_one", "_pending")
 
-    def __init__(self, insert_one: InsertOne, insert_group: InsertGroup, limit: int, owner: object = None) -> None:
-        super().__init__(limit, owner)
+    def __init__(
+        self,
+        insert_one: InsertOne,
+        insert_group: InsertGroup,
+        limit: int,
+        owner: object = None,
+        solo: Callable[[], bool] | None = None,
+    ) -> None:
+        super().__init__(limit, owner, solo)
         self._insert_one = insert_one
         self._insert_group = insert_group
         self._pending: dict[int, list[_Write]] = {}  # shard -> queued rows

@@ -639,7 +639,8 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
             from hvcore import _coalesce
 
             group, limit = (cast(Any, store).insert_group, self._options.pool_max)
-            writer = _coalesce.ThreadWriteCoalescer(store.insert, group, limit, owner=store)
+            solo = getattr(store, "holds_session", None)  # its caller's own statement, never in a group (_coalesce)
+            writer = _coalesce.ThreadWriteCoalescer(store.insert, group, limit, owner=store, solo=solo)
             self._writers[id(store)] = writer
         return writer
 
@@ -653,7 +654,8 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
             from hvcore import _coalesce
 
             limit = self._options.pool_max
-            reader = _coalesce.ThreadReadCoalescer(store.fetch, store.fetch_many, limit, owner=store)
+            solo = getattr(store, "holds_session", None)  # its caller's own statement, never in a batch (_coalesce)
+            reader = _coalesce.ThreadReadCoalescer(store.fetch, store.fetch_many, limit, owner=store, solo=solo)
             self._readers[id(store)] = reader
         return reader
 

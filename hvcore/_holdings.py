@@ -4,6 +4,13 @@ A caller that waits for a connection while it holds the pool's others itself (co
 ``get_connection()`` not yet given back, an open transaction) waits for itself: the timeout is certain, and
 "the pool is busy" would send the reader looking in the wrong place. Stores count what each owner holds here and
 `pool_timeout` builds the error, the same on every backend. No I/O.
+
+`Hold` and `held` say which server sessions the running code holds, for the wait on one's own session that
+`SelfDeadlock` names: unlike `current_owner` (the thread or task), a hold lives in the contextvars context of the
+code that took it, so the threads and tasks that run a call's pieces for it (the datastore's fan-out, which copies
+the caller's context; ``asyncio.gather``, ``TaskGroup``, and on Python 3.11 ``asyncio.wait_for``, which run a
+coroutine as a new task in a copy of the caller's context) hold it too, while another thread, or a task started
+before the hold was taken, does not.
 """
 
 from __future__ import annotations
@@ -11,10 +18,21 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import Counter
+from contextvars import Context, ContextVar, copy_context
 
 from hvcore.errors import PoolTimeout, StoreClosed
 
-__all__ = ["CONNECTION", "TRANSACTION", "Holdings", "closed_while_waiting", "current_owner", "pool_timeout"]
+__all__ = [
+    "CONNECTION",
+    "TRANSACTION",
+    "Hold",
+    "Holdings",
+    "closed_while_waiting",
+    "current_owner",
+    "held",
+    "pool_timeout",
+    "unheld_context",
+]
 
 CONNECTION = "borrowed connections (get_connection(), cursor())"
 TRANSACTION = "open transactions (db.transaction())"
@@ -27,6 +45,54 @@ def current_owner() -> object:
     except RuntimeError:  # no running event loop in this thread
         task = None
     return task if task is not None else threading.get_ident()
+
+
+class Hold:
+    """One server session held by the running code (an open transaction, a lent connection or cursor block) from
+    `take` to `let_go`: a call made under it that waits for that session waits for itself.
+
+    Taking it adds it to the holds of the running context (`held`); the threads and tasks that context's copies run
+    in hold it too (the module docstring says which). A hold let go from another context (``put_connection()`` in
+    another thread) stays in the context that took it, no longer live, until that context takes its next hold.
+    """
+
+    __slots__ = ("holder", "live", "whose")
+
+    def __init__(self) -> None:
+        self.holder = current_owner()  # the thread or task that took it
+        self.whose = "asyncio task" if isinstance(self.holder, asyncio.Task) else "thread"  # for messages
+        self.live = False
+
+    def take(self) -> Hold:
+        """Hold it in the running context; returns itself."""
+        self.live = True
+        _HELD.set((*held(), self))
+        return self
+
+    def let_go(self) -> None:
+        """The session is given back (the transaction or block ended): no call waits for it as its own any more."""
+        self.live = False
+        holds = _HELD.get()
+        if self in holds:  # the context that took it (else another one's: its copy ignores the dead hold)
+            _HELD.set(tuple(hold for hold in holds if hold is not self))
+
+
+_HELD: ContextVar[tuple[Hold, ...]] = ContextVar("hv_held_sessions", default=())
+
+
+def held() -> tuple[Hold, ...]:
+    """The live holds of the running code (its own and those of the context it was copied from), oldest first."""
+    holds = _HELD.get()
+    return tuple(hold for hold in holds if hold.live) if holds else ()
+
+
+def unheld_context() -> Context:
+    """A copy of the running contextvars context without its holds: for work the library starts on behalf of
+    several callers (a coalesced batch), which is none of theirs."""
+    context = copy_context()
+    if _HELD.get():
+        context.run(_HELD.set, ())
+    return context
 
 
 class Holdings:
@@ -61,10 +127,15 @@ class Holdings:
             self._counts.clear()
 
     def mine(self) -> dict[str, int]:
-        """What the current owner holds: ``{what: count}``, empty if nothing."""
-        owner = current_owner()
+        """What the current owner holds, with the owners of its holds (`held`: the caller a fan-out thread or task
+        runs a piece for): ``{what: count}``, empty if nothing."""
+        owners = {current_owner(), *(hold.holder for hold in held())}
+        mine: Counter[str] = Counter()
         with self._lock:
-            return {what: n for (who, what), n in self._counts.items() if who == owner}
+            for (who, what), n in self._counts.items():
+                if who in owners:
+                    mine[what] += n
+        return dict(mine)
 
 
 def pool_timeout(label: str, timeout: float, pool_max: int, held: dict[str, int]) -> PoolTimeout:

@@ -474,13 +474,16 @@ class WorkerLeaseLost(WorkerLeaseError):
 
 
 class SelfDeadlock(TransactionError):
-    """A plain call (``db.update``, ``db.delete``, ``db.put``...) made by the owner (thread or asyncio task) of an
-    open ``db.transaction()`` on the same server waited for a lock that transaction holds.
+    """A plain call (``db.update``, ``db.delete``, ``db.put``...) made inside an open ``db.transaction()`` (or a
+    ``cursor()`` block, or while a ``get_connection()`` connection is out) on the same server waited for a lock that
+    transaction holds.
 
-    The transaction's session sits idle until its owner goes on, and the owner waits for the call: a deadlock the
+    The transaction's session sits idle until its caller goes on, and the caller waits for the call: a deadlock the
     server cannot see. The call is cancelled on the server (nothing of it is stored) soon after it starts waiting,
-    instead of after ``operation_timeout``; the transaction stays open. The message names the transaction's shard
-    and the operation: run it as ``tx.<operation>`` inside the block, or after the block ends.
+    instead of after ``operation_timeout``; the transaction stays open. "Inside" follows the caller's contextvars
+    context: the call's pieces on fan-out threads or tasks, and tasks started inside the block, count; another
+    thread, or a task started before the block, waits as for anyone's lock. The message names the transaction's
+    shard and the operation: run it as ``tx.<operation>`` inside the block, or after the block ends.
     """
 
     __module__ = "hvcore"

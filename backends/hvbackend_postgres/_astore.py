@@ -161,6 +161,7 @@ from hvbackend_postgres._schema import (
 from hvbackend_postgres._selflock import (
     BLOCKED_BY_SQL,
     CANCEL_SQL,
+    LENT,
     SELF_LOCK_DELAY,
     SELF_LOCK_POLL_MAX,
     SelfLockWatch,
@@ -170,7 +171,7 @@ from hvbackend_postgres._shardtx import shard_search_path
 from hvcore._acompat import ALock, agather, ashield, asleep, aspawn, ato_thread
 from hvcore._backend import BackendOptions, ProvisionReport, QuerySpec, Record
 from hvcore._config import pgbouncer_mode
-from hvcore._holdings import CONNECTION, closed_while_waiting, current_owner
+from hvcore._holdings import CONNECTION, Hold, closed_while_waiting, current_owner, held
 from hvcore._key import Key
 from hvcore._metrics import metrics
 from hvcore.errors import (
@@ -416,6 +417,7 @@ class AsyncPostgresServerStore(StoreCore):
         self._lock = threading.Lock()  # guards the borrowed-connection book-keeping (no await inside)
         self._borrowed: dict[int, tuple[AConn, _Pool]] = {}
         self._handles: dict[int, LentConnection] = {}  # id(connection) -> the handle lent for it
+        self._lent_holds: dict[int, Hold] = {}  # id(connection) -> its borrower's hold (`_selflock`)
         self._commit_counters = CommitCounters()  # lost writes settled by asking the server (see _commit)
         self._prepared = PreparedNames()  # our write statements each pooled connection has prepared (_onetrip)
         # read-your-writes with standbys (hvcore._areadrouter): writes bring back the WAL position past their commit
@@ -530,6 +532,7 @@ class AsyncPostgresServerStore(StoreCore):
         self._borrowed = {}
         self._borrower = {}
         self._handles = {}
+        self._lent_holds = {}
         self._holdings.clear()
         self._self_locks.clear()
         self._lent = 0
@@ -677,17 +680,24 @@ class AsyncPostgresServerStore(StoreCore):
             await self._give_back(conn, pool, discard=True)
 
     def _watch(self, conn: AConn) -> None:
-        """Watch the statements ``conn`` runs for the current owner if it holds an open transaction on this server
-        (see `_selflock`): `_check_self_lock` runs after `SELF_LOCK_DELAY` s unless the connection is back by then."""
-        owner = current_owner()
-        if not self._self_locks.holds(owner):
+        """Watch the statements ``conn`` runs for the running code if it holds sessions of this server (an open
+        transaction, a lent connection: `held`, see `_selflock`): `_check_self_lock` runs after `SELF_LOCK_DELAY` s
+        unless the connection is back by then."""
+        holds = self._self_locks.mine(held())
+        if not holds:
             return
-        watch = SelfLockWatch(owner, self._session_pid(conn))
+        watch = SelfLockWatch(current_owner(), holds, self._session_pid(conn))
         if True:  # ASYNC
             watch.handle = asyncio.get_running_loop().call_later(SELF_LOCK_DELAY, self._spawn_check, watch)
         else:
             watch.handle = call_later(SELF_LOCK_DELAY, self._check_self_lock, watch)
         cast(Any, conn).hv_watch = watch
+
+    def holds_session(self) -> bool:
+        """True if the running code holds a session of this server (an open transaction, a lent connection): its
+        reads and inserts then run statements of their own, never in another caller's batch (``hvcore._acoalesce``),
+        where a wait of theirs for that session could not be recognised (`_selflock`)."""
+        return bool(self._self_locks.open) and bool(self._self_locks.mine(held()))
 
     def _spawn_check(self, watch: SelfLockWatch) -> None:
         """Start `_check_self_lock` (asyncio: as a task of the loop, kept until it ends)."""
@@ -709,15 +719,15 @@ class AsyncPostgresServerStore(StoreCore):
         return fired
 
     async def _check_self_lock(self, watch: SelfLockWatch) -> None:
-        """Ask the server, on a connection of its own, whether the watched session waits for one of its owner's open
-        transactions (`BLOCKED_BY_SQL`); if so, note it and cancel the statement (`_translate` then raises
+        """Ask the server, on a connection of its own, whether the watched session waits for one of the sessions its
+        caller holds (`BLOCKED_BY_SQL`); if so, note it and cancel the statement (`_translate` then raises
         `SelfDeadlock`), else ask again after a pause (doubling up to `SELF_LOCK_POLL_MAX`) while the call goes on.
         Best effort: a failure here leaves the call waiting as it would without the watch."""
         conn: AConn | None = None
         pause = SELF_LOCK_DELAY
         try:
             while not watch.done and watch.pid:
-                ours = self._self_locks.pids(watch.owner)
+                ours = self._self_locks.pids(watch.holds)
                 if not ours:
                     return
                 if conn is None:
@@ -727,7 +737,7 @@ class AsyncPostgresServerStore(StoreCore):
                 cur = await conn.execute(BLOCKED_BY_SQL, {"pid": watch.pid, "ours": ours})
                 row = await cur.fetchone()
                 if row is not None and row[0] and watch.fire():
-                    self._self_locks.found(watch.owner, str(row[1] or ""), list(row[0]))
+                    self._self_locks.found(watch.owner, str(row[1] or ""), list(row[0]), watch.holds)
                     await conn.execute(CANCEL_SQL, (watch.pid, row[2]))
                     self._log("a call on %s waited for its own transaction (pid %s): cancelled", self._label, row[0])
                     return
@@ -809,10 +819,14 @@ class AsyncPostgresServerStore(StoreCore):
             raise
         handle = LentConnection(conn, f"shard {shard_id} on {self._label}")
         cast(Any, conn).hv_lend = handle  # cursors made through it are refused once it is returned (LentCursor)
+        # a plain call of the borrower's waiting for what its SQL there locked fails fast (_selflock)
+        hold = self._self_locks.opened(self._session_pid(conn), shard_id, LENT) if self.pooling == "off" else None
         with self._lock:
             self._borrowed[id(conn)] = (conn, pool)
             self._borrower[id(conn)] = self._holdings.take(CONNECTION)
             self._handles[id(conn)] = handle
+            if hold is not None:
+                self._lent_holds[id(conn)] = hold
         return cast(AConn, handle)
 
     def owns(self, conn: Any) -> bool:
@@ -836,6 +850,8 @@ class AsyncPostgresServerStore(StoreCore):
             del self._borrowed[id(conn)]
             owner = self._borrower.pop(id(conn), None)
             handle = self._handles.pop(id(conn), None)
+            hold = self._lent_holds.pop(id(conn), None)
+        self._self_locks.closed(hold)
         if handle is not None:  # the borrower's handle lets go first: nothing of theirs reaches the next borrower
             detach(handle)
         if owner is not None:

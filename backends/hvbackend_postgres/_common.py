@@ -538,7 +538,7 @@ class StoreCore:
         self._lent = 0
         self._waiting = 0  # callers waiting for a connection of the pool right now (see _checkout)
         self._holdings = Holdings()  # what each thread / task holds of the pool (for the PoolTimeout's note)
-        self._self_locks = SelfLocks()  # owners' open transactions: a plain call waiting for one (_selflock)
+        self._self_locks = SelfLocks()  # sessions callers hold: a plain call waiting for its own (_selflock)
         self._borrower: dict[int, object] = {}  # id(conn) of a get_connection() connection → who borrowed it
         self._sql: dict[int, ShardSQL] = {}
         self._fetch_parts: dict[int, str] = {}

@@ -2,23 +2,30 @@
 
 Inside ``with db.transaction(5) as tx:`` a ``db.update(key, ...)`` (instead of ``tx.update``) runs on another pooled
 session; if the transaction wrote that row, the call waits for the transaction's row lock, and the transaction's
-session sits idle until its owner (the thread or asyncio task in the block) goes on: a deadlock PostgreSQL cannot
-see, which used to end only at ``operation_timeout`` with a `ServerUnavailable` blaming a healthy server.
+session sits idle until its caller goes on: a deadlock PostgreSQL cannot see, which used to end only at
+``operation_timeout`` with a `ServerUnavailable` blaming a healthy server.
 
-Only an owner (`hvcore._holdings.current_owner`) that holds an open transaction on this server pays anything: the
-transaction registers its session's backend pid here (`SelfLocks.opened`); a statement such an owner runs on
-another pooled session is watched (`SelfLockWatch`): if it has not finished after `SELF_LOCK_DELAY` seconds, one
+Every session a caller holds (an open transaction, a connection lent by ``get_connection()`` or a ``cursor()``
+block) is registered here with its backend pid (`SelfLocks.opened`) under a `hvcore._holdings.Hold`, which lives
+in the caller's contextvars context: the call's own statements, and those it runs on fan-out threads or tasks
+(``update_where``/``get_many`` over several servers; ``asyncio.gather``, ``TaskGroup`` and, on Python 3.11,
+``asyncio.wait_for``, which run it as a new task) all see the caller's holds (`held`), while another thread, or a
+task started before the hold, does not. Only a call under a hold on this server pays anything: a statement it runs
+on another pooled session is watched (`SelfLockWatch`): if it has not finished after `SELF_LOCK_DELAY` seconds, one
 query on a connection of its own (`BLOCKED_BY_SQL`) asks the server whether the statement's session waits, directly
-or through other waiting sessions, for one of the owner's transactions. If it does, the statement is cancelled
+or through other waiting sessions, for one of those holds' sessions. If it does, the statement is cancelled
 (``pg_cancel_backend``: the server rolls its implicit transaction back, so nothing of it is stored) and the call
 raises `SelfDeadlock` naming the transaction's shard and the operation; the transaction is left as it was. If not
 (ordinary contention with another session), the question is asked again, less and less often, while the statement
-runs; it keeps waiting as before. A caller holding no transaction on the server is not watched (one dict test per
-checkout while some transaction is open on the store, none otherwise).
+runs; it keeps waiting as before. A call under no hold on the server is not watched (one dict test per checkout
+while some session is held on the store, none otherwise). A task started inside the block acts for it: its plain
+call waiting for the block's transaction is a `SelfDeadlock` too (the block awaiting it would wait forever; a
+task the block does not await would have waited for the commit: run such a call after the block).
 
 Direct connections only: behind PgBouncer the pid a client sees is the pooler's, not a server session's. Not
-watched: connections lent to user code (``get_connection()``, ``cursor()``) and the connection of a transaction
-(a transaction nested in another of the same owner on the same server runs mostly user SQL through
+watched: what runs on connections lent to user code (``get_connection()``, ``cursor()``: registered, so a plain
+call waiting for them is caught, but their own statements are the user's) and on the connection of a transaction
+(a transaction nested in another of the same caller on the same server runs mostly user SQL through
 ``tx.cursor()``, whose errors are the user's own: cancelling it would give a bare ``QueryCanceled``).
 """
 
@@ -33,13 +40,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from hvcore._holdings import Hold
 from hvcore.errors import SelfDeadlock
 
 __all__ = [
     "BLOCKED_BY_SQL",
     "CANCEL_SQL",
+    "LENT",
     "SELF_LOCK_DELAY",
     "SELF_LOCK_POLL_MAX",
+    "TRANSACTION",
     "SelfLockWatch",
     "SelfLocks",
     "call_later",
@@ -64,6 +74,11 @@ SELECT array(SELECT pid FROM chain WHERE pid = ANY(%(ours)s)),
 CANCEL_SQL = "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE pid = %s AND backend_start = %s"
 """Cancel the statement of session ``pid`` if it is still the session that was seen (a pid is reused later)."""
 
+TRANSACTION = "db.transaction({})"
+"""How a session is held (`SelfLocks.opened`): an open transaction (``.format(shard)`` names it in messages)."""
+LENT = "db.cursor({0}) or db.get_connection({0})"
+"""How a session is held: a connection lent to user code, or a ``cursor()`` block (one transaction)."""
+
 _OPERATIONS = {  # the statement's first word -> (the plain calls that send it, the transaction's calls instead)
     "INSERT": ("db.put", "tx.put"),
     "COPY": ("db.put_many", "tx.put_many"),
@@ -76,12 +91,14 @@ _VERB = re.compile(r"\b(INSERT|COPY|UPDATE|DELETE|SELECT)\b", re.IGNORECASE)
 
 
 class SelfLockWatch:
-    """One watched statement: its owner and session; set between the checkout and the return of its connection."""
+    """One watched statement: who runs it (`current_owner`, the key of its finding), the holds it must not wait for,
+    and its session; set between the checkout and the return of its connection."""
 
-    __slots__ = ("done", "fired", "guard", "handle", "owner", "pid")
+    __slots__ = ("done", "fired", "guard", "handle", "holds", "owner", "pid")
 
-    def __init__(self, owner: object, pid: int) -> None:
+    def __init__(self, owner: object, holds: tuple[Hold, ...], pid: int) -> None:
         self.owner = owner
+        self.holds = holds
         self.pid = pid
         self.handle: Any = None  # the timer of the first question (asyncio TimerHandle / threading.Timer)
         self.done = False  # the connection came back: the call is over
@@ -109,14 +126,14 @@ class SelfLockWatch:
 
 
 class SelfLocks:
-    """The open transactions of one store's owners (their sessions' pids) and what their plain calls ran into."""
+    """The sessions the callers of one store hold (their pids, by `Hold`) and what their plain calls ran into."""
 
     __slots__ = ("_found", "_lock", "open", "tasks")
 
     def __init__(self) -> None:
-        self.open: dict[object, list[tuple[int, int]]] = {}  # owner -> [(pid, shard)] of its open transactions
-        """Non-empty while some owner holds an open transaction on the store (then its checkouts look further)."""
-        self._found: dict[object, tuple[str, list[int]]] = {}  # owner -> (statement, pids) of a cancelled call
+        self.open: dict[Hold, tuple[int, int, str]] = {}  # hold -> (pid, shard, block) of its session
+        """Non-empty while some caller holds a session of the store (then its checkouts look further)."""
+        self._found: dict[object, tuple[str, list[int], tuple[Hold, ...]]] = {}  # owner -> a cancelled call's finding
         self._lock = threading.Lock()
         self.tasks: set[Any] = set()  # asyncio: the running questions (a task needs a reference)
 
@@ -127,39 +144,38 @@ class SelfLocks:
             self._found.clear()
         self.tasks = set()
 
-    def opened(self, owner: object, pid: int, shard_id: int) -> tuple[int, int] | None:
-        """A transaction of ``owner`` began on session ``pid``; the mark for `closed` (None if the pid is unknown)."""
+    def opened(self, pid: int, shard_id: int, block: str) -> Hold | None:
+        """The running code holds session ``pid`` on ``shard_id`` (``block``: how, `TRANSACTION` or `LENT`): its
+        taken `Hold` (give it to `closed`), or None if the pid is unknown."""
         if not pid:
             return None
-        mark = (pid, shard_id)
+        hold = Hold().take()
         with self._lock:
-            self.open.setdefault(owner, []).append(mark)
-        return mark
+            self.open[hold] = (pid, shard_id, block)
+        return hold
 
-    def closed(self, owner: object, mark: tuple[int, int] | None) -> None:
-        """The transaction of `opened` ended."""
-        if mark is None:
+    def closed(self, hold: Hold | None) -> None:
+        """The session of `opened` is given back."""
+        if hold is None:
             return
+        hold.let_go()
         with self._lock:
-            held = self.open.get(owner)
-            if held is not None:
-                held.remove(mark)
-                if not held:
-                    del self.open[owner]
+            self.open.pop(hold, None)
 
-    def holds(self, owner: object) -> bool:
-        """True if ``owner`` holds an open transaction on the store."""
-        return owner in self.open
+    def mine(self, holds: tuple[Hold, ...]) -> tuple[Hold, ...]:
+        """Those of ``holds`` (the running code's, `hvcore._holdings.held`) that are sessions of this store."""
+        return tuple(hold for hold in holds if hold in self.open)
 
-    def pids(self, owner: object) -> list[int]:
-        """The sessions of ``owner``'s open transactions."""
+    def pids(self, holds: tuple[Hold, ...]) -> list[int]:
+        """The sessions of ``holds`` still held."""
         with self._lock:
-            return [pid for pid, _ in self.open.get(owner, ())]
+            return [entry[0] for hold in holds if (entry := self.open.get(hold)) is not None]
 
-    def found(self, owner: object, statement: str, pids: list[int]) -> None:
-        """Before a cancel: the call of ``owner`` runs ``statement`` and waits for its transactions' ``pids``."""
+    def found(self, owner: object, statement: str, pids: list[int], holds: tuple[Hold, ...]) -> None:
+        """Before a cancel: the call ``owner`` runs waits, running ``statement``, for the sessions ``pids`` of
+        ``holds``."""
         with self._lock:
-            self._found[owner] = (statement, pids)
+            self._found[owner] = (statement, pids, holds)
 
     def forget(self, owner: object) -> None:
         """The watched call is over: a finding it did not raise (it finished before the cancel came) is dropped."""
@@ -168,25 +184,35 @@ class SelfLocks:
                 self._found.pop(owner, None)
 
     def error(self, owner: object, shard_id: int, label: str) -> SelfDeadlock | None:
-        """The `SelfDeadlock` of ``owner``'s call cancelled on shard ``shard_id`` of ``label``, if one was."""
+        """The `SelfDeadlock` of the call ``owner`` ran, cancelled on shard ``shard_id`` of ``label``, if one was."""
         with self._lock:
             found = self._found.pop(owner, None)
             if found is None:
                 return None
-            statement, pids = found
-            shards = sorted({shard for pid, shard in self.open.get(owner, ()) if pid in pids})
+            statement, pids, holds = found
+            waited = [
+                (hold, entry) for hold in holds if (entry := self.open.get(hold)) is not None and entry[0] in pids
+            ]
         first = _VERB.search(statement)  # a read may start with "(" or WITH
         verb = first.group(1).upper() if first is not None else ""
         calls, instead = _OPERATIONS.get(verb, ("call", "tx.<operation>"))
         what = f"{verb} ({calls})" if verb in _OPERATIONS else calls
-        who = "thread" if isinstance(owner, int) else "asyncio task"
+        who = waited[0][0].whose if waited else "thread"
+        shards = sorted({shard for _, (_, shard, _) in waited})
         on = f"shard {shards[0]}" if len(shards) == 1 else "shards " + ", ".join(str(s) for s in shards)
-        blocks = " and ".join(f"db.transaction({shard})" for shard in shards) or "db.transaction()"
+        on = on if shards else "its shard"  # the block ended meanwhile
+        blocks = sorted({block.format(shard) for _, (_, shard, block) in waited}) or [TRANSACTION.format("shard")]
+        lent = all(block == LENT for _, (_, _, block) in waited) and bool(waited)
+        fix = (
+            "run its SQL on the block's own cursor or connection, or run the call after giving it back"
+            if lent
+            else f"Inside the block, run it through the transaction ({instead}), or run it after the block ends"
+        )
         return SelfDeadlock(
             f"a plain {what} on shard {shard_id} of {label} waited for a lock held by this {who}'s own open "
-            f"transaction on {on} ({blocks}), which cannot go on until the call returns: the wait would never end. "
-            "The call was cancelled on the server (nothing of it is stored) and the transaction is still open. "
-            f"Inside the block, run it through the transaction ({instead}), or run it after the block ends"
+            f"transaction on {on} ({' and '.join(blocks)}), which cannot go on until the call returns: the wait "
+            "would never end. The call was cancelled on the server (nothing of it is stored) and the transaction is "
+            f"still open. {fix[0].upper()}{fix[1:]}"
         )
 
 

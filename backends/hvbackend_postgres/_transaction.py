@@ -34,9 +34,10 @@ from hvbackend_postgres._common import chained, query_fetch_sizes, query_records
 from hvbackend_postgres._fanout import AUTO_PLANS_SQL, plans_generic
 from hvbackend_postgres._indexes import is_unique_violation, unique_violation
 from hvbackend_postgres._schema import ShardSQL
+from hvbackend_postgres._selflock import TRANSACTION as HELD_IN_TRANSACTION
 from hvbackend_postgres._shardtx import shard_search_path
 from hvcore._backend import QuerySpec, Record
-from hvcore._holdings import TRANSACTION
+from hvcore._holdings import TRANSACTION, Hold
 from hvcore._key import Key
 from hvcore.errors import ServerUnavailable, TransactionConflict, TransactionError
 
@@ -305,7 +306,7 @@ def postgres_transaction(
     begin = begin_sql(shard_id, ext, isolation_level, read_only)
     held: tuple[Conn, Any, int | None] | None = None  # from the checkout on, every way out gives it back
     owner: object = None
-    mark: tuple[int, int] | None = None
+    hold: Hold | None = None
     try:
         for attempt in (0, 1):
             conn, pool = store._checkout(shard_id, watch=False)  # a nested transaction: see _selflock
@@ -323,8 +324,8 @@ def postgres_transaction(
                 raise error from chained(error, exc)
             break
         owner = store._holdings.take(TRANSACTION)  # a PoolTimeout of this caller's meanwhile names the transaction
-        if store.pooling == "off":  # a plain call of this owner waiting for this session fails fast (_selflock)
-            mark = store._self_locks.opened(owner, store._session_pid(conn), shard_id)
+        if store.pooling == "off":  # a plain call of this caller's waiting for this session fails fast (_selflock)
+            hold = store._self_locks.opened(store._session_pid(conn), shard_id, HELD_IN_TRANSACTION)
         # Statements run through tx.cursor() are not prepared either: behind PgBouncer in transaction mode a
         # prepared statement stays with a server session the next transaction may not get (restored after).
         conn.prepare_threshold = None
@@ -357,7 +358,7 @@ def postgres_transaction(
     finally:
         if owner is not None:
             store._holdings.give(TRANSACTION, owner)
-            store._self_locks.closed(owner, mark)
+            store._self_locks.closed(hold)
         if held is not None:
             conn, pool, threshold = held
             if not conn.closed and conn.pgconn.transaction_status != pq.TransactionStatus.IDLE:

@@ -80,6 +80,7 @@ def test_async_store_awaits_its_io() -> None:
     no_io |= {"transaction"}  # like cursor(): returns an async context manager, which awaits its I/O
     no_io |= {"leases_across_processes"}  # a class attribute: its worker leases span processes (worker="auto")
     no_io |= {"written_position"}  # reads what the writes brought back (read-your-writes): no I/O of its own
+    no_io |= {"holds_session"}  # whether the running code holds a session of the store (_selflock): a dict test
     for name, attr in asynchronous.items():
         if name not in no_io:
             assert inspect.iscoroutinefunction(attr), f"{name} should be a coroutine function"

@@ -21,6 +21,7 @@ import pytest
 
 import hvcore
 from hvcore import SelfDeadlock
+from hvcore._acompat import gather, spawn
 
 pytestmark = pytest.mark.postgres
 
@@ -201,3 +202,113 @@ def test_asyncio_a_plain_call_waiting_for_the_tasks_own_transaction_fails_fast(
             assert record is not None and record.data == {"balance": "50", "note": "plain"}
 
     asyncio.run(scenario())
+
+
+# -- every way of holding a session counts, wherever the call's statement runs (hvcore._holdings.Hold) -------------
+
+
+def test_a_plain_call_waiting_for_the_callers_own_lent_connection_fails_fast(db: hvcore.Datastore) -> None:
+    """A connection from ``get_connection()`` is the caller's open transaction too (its SQL, its locks)."""
+    key = db.put(5, 1, balance="100")
+    conn = db.get_connection(5)
+    try:
+        conn.execute("UPDATE entities SET kind = kind WHERE id = %s", (key,))
+        started = time.monotonic()
+        with pytest.raises(SelfDeadlock) as caught:
+            db.update(key, note="plain")
+        assert time.monotonic() - started < FAST
+    finally:
+        db.put_connection(conn)  # rolled back
+    message = str(caught.value)
+    assert "db.get_connection(5)" in message and "after giving it back" in message, message
+    assert db.update(key, note="after")  # given back: no longer the caller's, an ordinary call again
+    record = db.get(key)
+    assert record is not None and record.data == {"balance": "100", "note": "after"}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_asyncio_tasks_started_inside_the_block_act_for_it_and_never_the_other_way(
+    backend: str, pg_fresh_db: dict[str, Any]
+) -> None:
+    """``asyncio.gather`` of plain calls inside the block (the block awaits them: a deadlock) and a ``cursor()``
+    block are the task's own; a transaction a child task opens is the child's: the parent's plain call waiting for
+    it is ordinary contention and waits."""
+
+    async def scenario() -> None:
+        async with hvcore.AsyncDatastore(
+            [{**pg_fresh_db, "shards": "0-8"}], backend=backend, pool_max=4, operation_timeout=TIMEOUT
+        ) as db:
+            await db.provision()
+            key = await db.put(5, 1, balance="100")
+            other = await db.put(6, 1, n="1")
+            async with db.transaction(5) as tx:
+                await tx.update(key, balance="70")
+                started = time.monotonic()
+                with pytest.raises(SelfDeadlock):
+                    await asyncio.gather(db.get(other), db.update(key, note="x"))
+                assert time.monotonic() - started < FAST
+            async with db.cursor(5) as cur:
+                await cur.execute("UPDATE entities SET kind = kind WHERE id = %s", (key,))
+                with pytest.raises(SelfDeadlock, match=r"db\.cursor\(5\)"):
+                    await db.update(key, note="y")
+            record = await db.get(key)
+            assert record is not None and record.data == {"balance": "70"}
+
+            locked, release = asyncio.Event(), asyncio.Event()
+
+            async def child() -> None:  # started inside the parent's block: its own transaction is its own
+                async with db.transaction(5) as tx:
+                    await tx.update(key, balance="50")
+                    locked.set()
+                    await release.wait()
+
+            async with db.transaction(6) as tx:
+                await tx.update(other, n="2")
+                held = asyncio.ensure_future(child())
+                await locked.wait()
+                asyncio.get_running_loop().call_later(1.5, release.set)
+                started = time.monotonic()
+                assert await db.update(key, note="plain")  # waits for the child's commit
+                assert time.monotonic() - started >= 1.0
+                await held
+            record = await db.get(key)
+            assert record is not None and record.data == {"balance": "50", "note": "plain"}
+
+    asyncio.run(scenario())
+
+
+def test_a_fan_out_piece_waiting_for_a_connection_its_caller_holds_says_so(
+    pg_fresh_db: dict[str, Any], pg_fresh_db2: dict[str, Any]
+) -> None:
+    """The `PoolTimeout` of a piece run on a fan-out thread names the caller's transaction, as the caller's own
+    wait would (``Holdings.mine`` counts the owners of the piece's holds)."""
+    entries = [{**pg_fresh_db, "shards": "0-8"}, {**pg_fresh_db2, "shards": "8-16"}]
+    with hvcore.Datastore(entries, backend="jsonb", pool_max=1, pool_block_timeout=0.3) as db:
+        db.provision()
+        near, far = db.put(5, 1, n="1"), db.put(12, 1, n="2")
+        with db.transaction(12), pytest.raises(hvcore.PoolTimeout) as caught:
+            db.get_many([near, far])  # the far server's piece runs on a fan-out thread
+        notes = " ".join(getattr(caught.value, "__notes__", []))
+        assert "waited for itself" in notes and "open transactions (db.transaction()): 1" in notes, notes
+
+
+def test_the_coalescers_ask_the_store_whether_the_caller_holds_one_of_its_sessions(db: hvcore.Datastore) -> None:
+    """Reads and inserts of a caller holding a session of the server never share a batch (`hvcore._acoalesce`: a
+    coalesced put waiting for its own transaction's unique row would hold the whole group otherwise); the store
+    says who holds one: the block's thread and its fan-out pieces, not another thread, not after the block."""
+    store: Any = db.store_for(5)
+    assert db._reader(store)._solo == store.holds_session and db._writer(store)._solo == store.holds_session
+    elsewhere: list[bool] = []
+
+    def other_thread() -> None:
+        elsewhere.append(store.holds_session())
+
+    assert not store.holds_session()
+    for block in (lambda: db.transaction(5), lambda: db.cursor(5)):
+        with block():
+            assert store.holds_session() and gather(spawn(store.holds_session)) == [True]
+            thread = threading.Thread(target=other_thread)
+            thread.start()
+            thread.join()
+        assert not store.holds_session()
+    assert elsewhere == [False, False]

@@ -1,4 +1,7 @@
-"""Fifth newcomer: a coalesced ``get`` waiting for its caller's own transaction takes an innocent thread down with it.
+"""Fifth newcomer: a coalesced ``get`` waiting for its caller's own transaction took an innocent thread down with it.
+
+Fixed: a caller holding a session of the server (``holds_session``) runs its own statement, never in a batch
+(``hvcore._acoalesce``). What follows is the finding as it was.
 
 With ``coalesce_reads`` (the default), a ``get`` arriving while every slot of its server is taken is queued, and the
 thread queued first runs every queued call as one batch. If thread T holds ``db.transaction(5)`` that locked shard
@@ -16,7 +19,6 @@ import time
 from typing import Any
 
 import psycopg
-import pytest
 
 import hvcore
 
@@ -24,12 +26,6 @@ TIMEOUT = 3
 GAP = 0.5  # lets each thread reach the coalescer's queue before the next step (they need milliseconds)
 
 
-@pytest.mark.xfail(
-    strict=False,  # the threads are ordered by pauses: under load the batch may not form and the get is watched
-    reason="a get queued behind another thread's get runs in that thread's batch: a get waiting for its caller's own "
-    "transaction's lock is then not watched, and both fail with ServerUnavailable at operation_timeout (the other "
-    "thread for a key nobody locked); the caller should get SelfDeadlock and the other thread its record",
-)
 def test_a_coalesced_get_waiting_for_its_callers_transaction_is_a_self_deadlock_and_spares_the_batch(
     pg_fresh_db: dict[str, Any],
 ) -> None:
