@@ -307,7 +307,9 @@ def test_async_datastore_reads_every_shard(fleet: Fleet) -> None:
     import asyncio
 
     async def run() -> tuple[list[tuple[int, int, Any]], int]:
-        async with hvcore.AsyncDatastore([dict(s) for s in fleet.servers], backend="jsonb", operation_timeout=FANOUT_OPERATION_TIMEOUT) as db:
+        async with hvcore.AsyncDatastore(
+            [dict(s) for s in fleet.servers], backend="jsonb", operation_timeout=FANOUT_OPERATION_TIMEOUT
+        ) as db:
             rows = [r async for r in db.query(where={"city": "Lima"}, since=dt.datetime(2025, 1, 1, tzinfo=dt.UTC))]
             found = await db.get_many(r.key for r in fleet.records[::3])
             return _rows(rows), len(found)
