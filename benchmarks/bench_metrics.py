@@ -130,19 +130,24 @@ def wall(
     """Median µs per call of ``subject`` for each variant, interleaved blocks: wall time, and the process's CPU
     time (user + system, every thread: `time.process_time`).
 
-    ``hvcore.metrics`` is one per process: before each call it is pointed at the variant's provider (a no-op
-    unless the previous call was another variant's, i.e. once per block). ``drain``: every `DRAIN_EVERY` calls
-    the deferred measurements are handed to the SDK on the caller's thread, inside the timing (every cost of
-    metrics on is counted); otherwise they wait until the end (what the caller's path costs: the hand-over then
-    happens on a collection or the background thread, here kept from starting).
+    ``hvcore.metrics`` is one per process: before each block, outside the timing, the measurements still queued
+    are handed to the SDK and it is pointed at the variant's provider. (Before 2026-11-30 16:10 UTC the switch was
+    made by the block's first call, inside the timing, and a switch hands the queue over: each block paid for the
+    previous variant's measurements, "off" for those of "on_no_exemplars", which made the caller's path of "on"
+    look faster than "off".) ``drain``: every `DRAIN_EVERY` calls, and at the end of the block, the deferred
+    measurements are handed to the SDK on the caller's thread, inside the timing (every cost of metrics on is
+    counted, by the variant that made them); otherwise they wait until after the block (what the caller's path
+    costs: the hand-over then happens on a collection or the background thread, here kept from starting).
     """
     made = {variant: make(variant, backend, settings) for variant in VARIANTS}
-    calls = {v: _switching(subject(ds), provider, _wait_mode(v), drain) for v, (ds, provider) in made.items()}
+    calls = {v: _draining(subject(ds), drain) for v, (ds, _) in made.items()}
+    before = {v: _switch(provider, _wait_mode(v)) for v, (_, provider) in made.items()}
+    after = {v: hvcore.metrics.flush for v in made} if drain else None
     flush_at = _metrics.FLUSH_AT
     if not drain:
         _metrics.FLUSH_AT = 1 << 62
     try:
-        medians, cpu = measure_cpu(calls, ops, rounds)
+        medians, cpu = measure_cpu(calls, ops, rounds, before, after)
     finally:
         _metrics.FLUSH_AT = flush_at
         hvcore.metrics.flush()
@@ -159,12 +164,19 @@ def wall(
 
 
 def measure_cpu(
-    candidates: Mapping[str, Callable[[], object]], ops: int, rounds: int
+    candidates: Mapping[str, Callable[[], object]],
+    ops: int,
+    rounds: int,
+    before: Mapping[str, Callable[[], object]] | None = None,
+    after: Mapping[str, Callable[[], object]] | None = None,
 ) -> tuple[dict[str, float], dict[str, float]]:
     """`_shared.measure` (median seconds per call, blocks in rotating order, one warm-up) timing each block by the
-    wall clock and by the process's CPU time at once: (wall medians, CPU medians)."""
+    wall clock and by the process's CPU time at once: (wall medians, CPU medians). ``before[name]()`` runs before
+    each of its blocks, outside the timing; ``after[name]()`` at the end of each, inside it."""
     names = list(candidates)
     for name in names:
+        if before is not None:
+            before[name]()
         for _ in range(max(ops // 5, 1)):
             candidates[name]()
     walls: dict[str, list[float]] = {name: [] for name in names}
@@ -173,9 +185,14 @@ def measure_cpu(
         order = names[index % len(names) :] + names[: index % len(names)]
         for name in order:
             fn = candidates[name]
+            if before is not None:
+                before[name]()
+            finish = after[name] if after is not None else None
             wall_started, cpu_started = time.perf_counter(), time.process_time()
             for _ in range(ops):
                 fn()
+            if finish is not None:
+                finish()
             cpus[name].append((time.process_time() - cpu_started) / ops)
             walls[name].append((time.perf_counter() - wall_started) / ops)
     return (
@@ -184,21 +201,31 @@ def measure_cpu(
     )
 
 
-def _switching(call: Callable[[], None], provider: Any, wait_time: str, drain: bool) -> Callable[[], None]:
-    """``call`` with hvcore.metrics pointed at ``provider`` (None: off) first, when it is not already; with
-    ``drain``, the deferred measurements handed to the SDK every `DRAIN_EVERY` calls."""
+def _switch(provider: Any, wait_time: str) -> Callable[[], None]:
+    """What runs before each block of a variant, outside the timing: the queued measurements (another variant's,
+    or this one's left from its previous block) handed to the SDK, then hvcore.metrics pointed at ``provider``."""
+    state = hvcore.metrics
+
+    def switch() -> None:
+        state.flush()
+        state.use(provider)
+        state.wait_time = wait_time
+
+    return switch
+
+
+def _draining(call: Callable[[], None], drain: bool) -> Callable[[], None]:
+    """``call``; with ``drain``, the deferred measurements handed to the SDK every `DRAIN_EVERY` calls."""
+    if not drain:
+        return call
     state = hvcore.metrics
     calls = [0]
 
     def run() -> None:
-        if state._explicit is not provider:
-            state.use(provider)
-            state.wait_time = wait_time
         call()
-        if drain:
-            calls[0] += 1
-            if calls[0] % DRAIN_EVERY == 0:
-                state.flush()
+        calls[0] += 1
+        if calls[0] % DRAIN_EVERY == 0:
+            state.flush()
 
     return run
 
@@ -374,7 +401,9 @@ def run(quick: bool, callgrind: bool | None = None, variants: tuple[str, ...] = 
     with local_servers(1, fsync=False) as local:
         settings = dict(local[0].settings)
         results["jsonb_wall_us"], results["jsonb_cpu_us"] = wall("jsonb", settings, ops // 3, rounds)
-        results["jsonb_caller_us"], _ = wall("jsonb", settings, ops // 3, rounds, drain=False)
+        results["jsonb_caller_us"], results["jsonb_caller_cpu_us"] = wall(
+            "jsonb", settings, ops // 3, rounds, drain=False
+        )
         if callgrind:
             results["jsonb_ir"] = per_call("jsonb", settings, 100, variants)
     with local_servers(1, fsync=True) as durable:  # the put users feel: a commit that waits for its WAL flush
@@ -382,7 +411,9 @@ def run(quick: bool, callgrind: bool | None = None, variants: tuple[str, ...] = 
         results["put_fsync_wall_us"], results["put_fsync_cpu_us"] = wall(
             "jsonb", durable_settings, ops // 5, rounds, put_only
         )
-        results["put_fsync_caller_us"], _ = wall("jsonb", durable_settings, ops // 5, rounds, put_only, drain=False)
+        results["put_fsync_caller_us"], results["put_fsync_caller_cpu_us"] = wall(
+            "jsonb", durable_settings, ops // 5, rounds, put_only, drain=False
+        )
     return results
 
 
@@ -403,9 +434,11 @@ MEASURES = (
     ("jsonb_wall_us", "jsonb, put+get, wall µs, all costs (fsync off)"),
     ("jsonb_cpu_us", "jsonb, put+get, client CPU µs, all costs (fsync off)"),
     ("jsonb_caller_us", "jsonb, put+get, wall µs, caller (fsync off)"),
+    ("jsonb_caller_cpu_us", "jsonb, put+get, client CPU µs, caller (fsync off)"),
     ("put_fsync_wall_us", "jsonb, put, wall µs, all costs (fsync on)"),
     ("put_fsync_cpu_us", "jsonb, put, client CPU µs, all costs (fsync on)"),
     ("put_fsync_caller_us", "jsonb, put, wall µs, caller (fsync on)"),
+    ("put_fsync_caller_cpu_us", "jsonb, put, client CPU µs, caller (fsync on)"),
 )
 
 SUMMARY = (  # (workload, key of the caller's path, (name, key) of each total): "on" against "off" of each measure
@@ -429,7 +462,9 @@ def summary(r: Mapping[str, Any]) -> list[str]:
         if caller not in r:
             continue
         parts = ", ".join(f"{name} {_ratio(r[key])}" for name, key in totals if key in r)
-        lines.append(f"{workload:26} caller's path: wall {_ratio(r[caller])} | total: {parts}")
+        cpu = r.get(caller.removesuffix("_us") + "_cpu_us")
+        on_caller = f"wall {_ratio(r[caller])}" + (f", client CPU time {_ratio(cpu)}" if cpu else "")
+        lines.append(f"{workload:26} caller's path: {on_caller} | total: {parts}")
     return lines
 
 

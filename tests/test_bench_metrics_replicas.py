@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -75,3 +76,47 @@ def test_bench_metrics_summarises_the_callers_path_beside_the_total_and_reaches_
     ]
     for stage in bench.SDK_STAGES:
         bench.stage_worker(stage, 1)
+
+
+def test_bench_metrics_hands_the_queue_over_between_blocks_outside_the_timing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A block must not pay for the previous variant's queued measurements (the switch of provider hands the queue
+    over): ``before`` runs outside the timing, ``after`` (the all-costs remainder) inside it."""
+    import time
+
+    bench = _load(monkeypatch, "bench_metrics")
+    ran: list[str] = []
+
+    def slow(name: str) -> Callable[[], None]:
+        def run() -> None:
+            ran.append(name)
+            time.sleep(0.02)
+
+        return run
+
+    candidates = {"off": lambda: None, "on": lambda: None}
+    walls, _ = bench.measure_cpu(candidates, 10, 3, before={n: slow("before " + n) for n in candidates})
+    assert max(walls.values()) < 0.002  # 20 ms before each block of 10 calls: not in the 10 calls' time
+    assert ran.count("before off") == ran.count("before on") == 4  # the warm-up's block and each round's
+    walls, _ = bench.measure_cpu(candidates, 10, 3, after={"off": slow("after off"), "on": lambda: None})
+    assert walls["off"] >= 0.002 > walls["on"]  # the remainder handed over by a block is its own cost
+
+    from opentelemetry.sdk.metrics import MeterProvider
+
+    import hvcore
+
+    provider = MeterProvider()
+    try:
+        hvcore.metrics.use(provider)
+        with hvcore.Datastore([dict(shards="0-16", name="bench-switch")], backend="memory") as db:
+            db.put(3, 1, n=1)
+            assert hvcore.metrics.pending == 1
+            bench._switch(None, "waits")()  # to "off": the queue goes to its SDK first, outside the timing
+            assert hvcore.metrics.pending == 0 and hvcore.metrics.on is False
+    finally:
+        hvcore.metrics.use(None)
+        provider.shutdown()
+    figures = {"off": 100.0, "on": 104.0}
+    r = {key: figures for key in ("jsonb_caller_us", "jsonb_caller_cpu_us", "jsonb_cpu_us")}
+    assert bench.summary(r) == [
+        "jsonb put+get (fsync off)  caller's path: wall 1.040×, client CPU time 1.040× | total: client CPU time 1.040×"
+    ]

@@ -151,18 +151,20 @@ def _put_unprovisioned(ds: Any) -> None:
 
 
 def test_a_key_collision_is_counted_and_retried(reader):
-    ds = hvcore.Datastore([dict(shards="0-16", name=f"c{next(_names)}")], backend="memory")
-    ds.provision()
-    taken = ds.put(5, 1, n="first")
-    fresh = ds._next_key
-    calls = iter([taken])  # the first key made is one another process already stored
-    ds._next_key = lambda shard: next(calls, None) or fresh(shard)  # type: ignore[method-assign,assignment]
-    key = ds.put(5, 1, n="second")
-    assert key != taken
-    (point,) = reader.points("hypervault.key.collisions")
-    assert point.value == 1 and point.attributes["hypervault.server"] == ds._stores[0].label
-    failed = [p for p in reader.points("db.client.operation.duration") if "error.type" in p.attributes]
-    assert [p.attributes["error.type"] for p in failed] == ["DuplicateKey"]
+    # closed at the end: a datastore left open stays watched until the garbage collector finds it, and its pools
+    # then showed in a later test's pool gauges (test_prometheus compares them with its own datastore's)
+    with hvcore.Datastore([dict(shards="0-16", name=f"c{next(_names)}")], backend="memory") as ds:
+        ds.provision()
+        taken = ds.put(5, 1, n="first")
+        fresh = ds._next_key
+        calls = iter([taken])  # the first key made is one another process already stored
+        ds._next_key = lambda shard: next(calls, None) or fresh(shard)  # type: ignore[method-assign,assignment]
+        key = ds.put(5, 1, n="second")
+        assert key != taken
+        (point,) = reader.points("hypervault.key.collisions")
+        assert point.value == 1 and point.attributes["hypervault.server"] == ds._stores[0].label
+        failed = [p for p in reader.points("db.client.operation.duration") if "error.type" in p.attributes]
+        assert [p.attributes["error.type"] for p in failed] == ["DuplicateKey"]
 
 
 def test_pool_gauges_match_stats_and_timeouts_and_waits_are_recorded(pg_datastore_factory, reader, all_waits):
@@ -262,11 +264,11 @@ def test_off_records_nothing_and_makes_no_instrument():
     metrics.use(None)  # the global provider: none configured in the test process
     assert metrics.on is False
     before = metrics._instruments
-    ds = hvcore.Datastore([dict(shards="0-16", name=f"off{next(_names)}")], backend="memory")
-    ds.provision()
-    key = ds.put(1, 1, a="b")
-    ds.get(key)
-    list(ds.query())
+    with hvcore.Datastore([dict(shards="0-16", name=f"off{next(_names)}")], backend="memory") as ds:
+        ds.provision()
+        key = ds.put(1, 1, a="b")
+        ds.get(key)
+        list(ds.query())
     assert metrics.on is False and metrics._instruments is before is None
     assert metrics.use(NoOpMeterProvider()) is False  # the API's no-op provider is off too
     metrics.use(None)
