@@ -35,7 +35,8 @@ copies (context managers), streams and notification generators (iterators): hand
 RETURNED = "was returned with put_connection()"
 TX_CURSOR_ENDED = "is a transaction's (tx.cursor()), whose block has ended"
 _AFTER = {
-    RETURNED: "borrow one again with get_connection() (or use `with db.cursor(shard) as cur:`, which returns it for you)",
+    RETURNED: "borrow one again with get_connection() "
+    "(or use `with db.cursor(shard) as cur:`, which returns it for you)",
     TX_CURSOR_ENDED: "keep its use inside `with tx.cursor() as cur:` (open another one for more statements)",
 }
 
