@@ -150,16 +150,17 @@ def _check(handle: LentConnection) -> None:
         raise handle.hv_misuse()
 
 
-def _guard(handle: LentConnection, value: Any) -> Any:
-    """``value``, reached through ``handle``, as the borrower may keep it: refused once the handle is returned."""
+def _guard(handle: LentConnection, value: Any, owner: _Guarded | None = None) -> Any:
+    """``value``, reached through ``handle`` (from ``owner``, if a guarded object), as the borrower may keep it:
+    refused once the handle is returned."""
     if isinstance(value, _PLAIN):
         return value
     if value is handle.__wrapped__ or value is handle:  # ``cursor.connection``, ``transaction.connection``
         return handle
     if isinstance(value, MethodType):
         if _is_async(value.__func__):
-            return _GuardedAsyncMethod(handle, value)
-        return _GuardedMethod(handle, value)
+            return _GuardedAsyncMethod(handle, value, owner)
+        return _GuardedMethod(handle, value, owner)
     if isinstance(value, BaseCursor):
         handle._self_cursors.add(value)
         return _Guarded(value, handle)
@@ -181,11 +182,12 @@ def _is_async(function: Any) -> bool:
 class _GuardedMethod:
     """A method reached through a lent handle: checks the borrow when called, guards what it returns."""
 
-    __slots__ = ("_handle", "_method")
+    __slots__ = ("_handle", "_method", "_owner")
 
-    def __init__(self, handle: LentConnection, method: Any) -> None:
+    def __init__(self, handle: LentConnection, method: Any, owner: _Guarded | None = None) -> None:
         self._handle = handle
         self._method = method
+        self._owner = owner  # the guarded object the method was taken from: ``cur.execute()`` returns ``cur``
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         handle = self._handle
@@ -193,7 +195,13 @@ class _GuardedMethod:
             if self._closes_cursor():
                 return None
             raise handle.hv_misuse()
-        return _guard(handle, self._method(*args, **kwargs))
+        return self._result(self._method(*args, **kwargs))
+
+    def _result(self, result: Any) -> Any:
+        owner = self._owner
+        if owner is not None and result is owner.__wrapped__:  # the object itself, as the borrower holds it
+            return owner
+        return _guard(self._handle, result)
 
     def _closes_cursor(self) -> bool:
         """True (and the cursor marked closed) for a cursor's ``close`` called after the return: it sends nothing."""
@@ -222,7 +230,7 @@ class _GuardedAsyncMethod(_GuardedMethod):
             if self._closes_cursor():
                 return None
             raise handle.hv_misuse()
-        return _guard(handle, await self._method(*args, **kwargs))
+        return self._result(await self._method(*args, **kwargs))
 
 
 def _close_locally(cursor: BaseCursor[Any, Any]) -> None:
@@ -250,7 +258,7 @@ class _Guarded(wrapt.ObjectProxy[Any]):
             if name == "close" and isinstance(wrapped, BaseCursor):
                 return self._close_after_return
             raise handle.hv_misuse()
-        return _guard(handle, getattr(self.__wrapped__, name))
+        return _guard(handle, getattr(self.__wrapped__, name), self)
 
     def _close_after_return(self) -> Any:
         _close_locally(self.__wrapped__)
