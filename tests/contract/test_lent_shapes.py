@@ -74,7 +74,9 @@ def _servers(backend: str, request: pytest.FixtureRequest) -> tuple[list[dict[st
 
 
 @pytest.mark.parametrize("backend", ["memory", "postgres"])
-def test_lent_objects_work_as_psycopgs_and_refuse_after_the_borrow(backend: str, request: pytest.FixtureRequest) -> None:
+def test_lent_objects_work_as_psycopgs_and_refuse_after_the_borrow(
+    backend: str, request: pytest.FixtureRequest
+) -> None:
     servers, name = _servers(backend, request)
     with hvcore.Datastore(servers, backend=name, pool_max=1, worker=None) as db:
         db.provision()
