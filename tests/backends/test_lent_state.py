@@ -1,0 +1,133 @@
+"""What a borrower adds to a lent connection's Python side is gone when it comes back, whichever way it was lent.
+
+The session's own state is reset by SQL (``RESET ALL; ... DISCARD TEMP``: tests/backends/test_bouncer*); these are
+the psycopg objects the pooled connection keeps across borrows: notice and notify handlers and adapters (dumpers,
+loaders, types), added through ``get_connection()``, ``db.cursor()``'s ``cur.connection`` or ``tx.cursor()``'s.
+Each case borrows the same pooled session next (``pool_max=1``) and checks nothing of the first borrower is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from psycopg.adapt import Loader
+
+import hvcore
+
+NOTICE = "DO $$BEGIN RAISE NOTICE 'later borrower'; END$$"
+
+
+class _Hijack(Loader):
+    """An int4 loader a borrower registers: every later ``SELECT 1`` would answer "hijacked"."""
+
+    def load(self, data: Any) -> str:
+        return "hijacked"
+
+
+@contextmanager
+def _lent(db: hvcore.Datastore, how: str) -> Iterator[Any]:
+    """The lent connection, as user code reaches it ``how``."""
+    if how == "get_connection":
+        conn = db.get_connection(3)
+        try:
+            yield conn
+        finally:
+            db.put_connection(conn)
+    elif how == "cursor":
+        with db.cursor(3) as cur:
+            yield cur.connection
+    else:
+        with db.transaction(3) as tx, tx.cursor() as cur:
+            yield cur.connection
+
+
+HOW = ["get_connection", "cursor", "tx.cursor"]
+ADDS: dict[str, Callable[[Any, list[str]], None]] = {
+    "notice handler": lambda conn, heard: conn.add_notice_handler(lambda d: heard.append(d.message_primary)),
+    "notify handler": lambda conn, heard: conn.add_notify_handler(lambda n: heard.append(n.payload)),
+    "int4 loader": lambda conn, heard: conn.adapters.register_loader("int4", _Hijack),
+}
+
+
+@pytest.mark.parametrize("how", HOW)
+@pytest.mark.parametrize("added", ADDS, ids=list(ADDS))
+def test_what_a_borrower_added_is_gone_for_the_next_one(pg_fresh_db: dict[str, Any], how: str, added: str) -> None:
+    heard: list[str] = []
+    with hvcore.Datastore([{**pg_fresh_db, "shards": "0-8"}], backend="jsonb", pool_max=1, worker=None) as db:
+        db.provision()
+        with _lent(db, how) as conn:
+            ADDS[added](conn, heard)
+            if added == "int4 loader":
+                assert conn.execute("SELECT 1").fetchone()[0] == "hijacked"  # it took, while lent
+        later = db.get_connection(4)  # the same pooled session
+        try:
+            later.execute("LISTEN hv_lent_state")
+            later.execute(NOTICE)
+            later.execute("NOTIFY hv_lent_state, 'later payload'")
+            later.commit()
+            assert later.execute("SELECT 1").fetchone()[0] == 1
+            later.commit()
+        finally:
+            db.put_connection(later)
+    assert heard == []
+
+
+def test_a_handler_added_per_borrow_does_not_pile_up(pg_fresh_db: dict[str, Any]) -> None:
+    heard: list[int] = []
+    with hvcore.Datastore([{**pg_fresh_db, "shards": "0-8"}], backend="jsonb", pool_max=1, worker=None) as db:
+        db.provision()
+        for borrow in range(5):
+            conn = db.get_connection(3)
+            conn.add_notice_handler(lambda d, borrow=borrow: heard.append(borrow))
+            conn.execute(NOTICE)
+            db.put_connection(conn)
+    assert heard == [0, 1, 2, 3, 4]  # each borrow's handler heard its own notice only
+
+
+def test_an_adapters_map_kept_past_the_return_no_longer_reaches_the_connection(pg_fresh_db: dict[str, Any]) -> None:
+    with hvcore.Datastore([{**pg_fresh_db, "shards": "0-8"}], backend="jsonb", pool_max=1, worker=None) as db:
+        db.provision()
+        conn = db.get_connection(3)
+        kept = conn.adapters
+        db.put_connection(conn)
+        kept.register_loader("int4", _Hijack)  # after the return: the pooled connection has a map of its own by now
+        with db.cursor(4) as cur:
+            assert cur.execute("SELECT 1").fetchone()[0] == 1
+
+
+def test_the_stores_own_adapters_survive_the_reset(pg_fresh_db: dict[str, Any]) -> None:
+    """Keys and JSON bodies still go through the store's dumpers and loaders after user code had the connection."""
+    with hvcore.Datastore([{**pg_fresh_db, "shards": "0-8"}], backend="jsonb", pool_max=1, worker=None) as db:
+        db.provision()
+        conn = db.get_connection(3)
+        conn.adapters.register_loader("jsonb", _Hijack)
+        db.put_connection(conn)
+        key = db.put(3, 1, a=[1, 2])
+        assert db.get(key).data == {"a": [1, 2]}
+        with db.cursor(3) as cur:
+            assert cur.execute("SELECT %s::bigint", (key,)).fetchone()[0] == key
+
+
+def test_async_what_a_borrower_added_is_gone_for_the_next_one(pg_fresh_db: dict[str, Any]) -> None:
+    heard: list[str] = []
+
+    async def main() -> None:
+        servers = [{**pg_fresh_db, "shards": "0-8"}]
+        async with hvcore.AsyncDatastore(servers, backend="jsonb", pool_max=1, worker=None) as db:
+            await db.provision()
+            async with db.transaction(3) as tx, tx.cursor() as cur:
+                cur.connection.add_notice_handler(lambda d: heard.append(d.message_primary))
+                cur.connection.adapters.register_loader("int4", _Hijack)
+            conn = await db.get_connection(4)
+            try:
+                await conn.execute(NOTICE)
+                assert await (await conn.execute("SELECT 1")).fetchone() == (1,)
+            finally:
+                await db.put_connection(conn)
+
+    asyncio.run(main())
+    assert heard == []
