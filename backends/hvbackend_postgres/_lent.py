@@ -345,7 +345,6 @@ def detach(handle: LentConnection) -> None:
     handle._self_cursors.clear()
 
 
-
 def remember_baseline(conn: Any) -> None:
     """After the pool configured ``conn``: its adapters as the pool set them, which `forget_user_state` restores."""
     conn.hv_adapters = conn.adapters

@@ -69,7 +69,7 @@ def test_what_a_borrower_added_is_gone_for_the_next_one(pg_fresh_db: dict[str, A
             later.execute(NOTICE)
             later.execute("NOTIFY hv_lent_state, 'later payload'")
             later.commit()
-            assert later.execute("SELECT 1").fetchone()[0] == 1
+            assert later.execute("SELECT 1").fetchone() == (1,)
             later.commit()
         finally:
             db.put_connection(later)
@@ -82,7 +82,7 @@ def test_a_handler_added_per_borrow_does_not_pile_up(pg_fresh_db: dict[str, Any]
         db.provision()
         for borrow in range(5):
             conn = db.get_connection(3)
-            conn.add_notice_handler(lambda d, borrow=borrow: heard.append(borrow))
+            conn.add_notice_handler(lambda d, borrow=borrow: heard.append(borrow))  # type: ignore[misc]
             conn.execute(NOTICE)
             db.put_connection(conn)
     assert heard == [0, 1, 2, 3, 4]  # each borrow's handler heard its own notice only
@@ -96,7 +96,7 @@ def test_an_adapters_map_kept_past_the_return_no_longer_reaches_the_connection(p
         db.put_connection(conn)
         kept.register_loader("int4", _Hijack)  # after the return: the pooled connection has a map of its own by now
         with db.cursor(4) as cur:
-            assert cur.execute("SELECT 1").fetchone()[0] == 1
+            assert cur.execute("SELECT 1").fetchone() == (1,)
 
 
 def test_the_stores_own_adapters_survive_the_reset(pg_fresh_db: dict[str, Any]) -> None:
@@ -107,9 +107,10 @@ def test_the_stores_own_adapters_survive_the_reset(pg_fresh_db: dict[str, Any]) 
         conn.adapters.register_loader("jsonb", _Hijack)
         db.put_connection(conn)
         key = db.put(3, 1, a=[1, 2])
-        assert db.get(key).data == {"a": [1, 2]}
+        record = db.get(key)
+        assert record is not None and record.data == {"a": [1, 2]}
         with db.cursor(3) as cur:
-            assert cur.execute("SELECT %s::bigint", (key,)).fetchone()[0] == key
+            assert cur.execute("SELECT %s::bigint", (key,)).fetchone() == (key,)
 
 
 def test_async_what_a_borrower_added_is_gone_for_the_next_one(pg_fresh_db: dict[str, Any]) -> None:
