@@ -24,6 +24,7 @@ from typing import Any, NoReturn
 import wrapt
 from psycopg._cursor_base import BaseCursor
 from psycopg.adapt import AdaptersMap
+from psycopg.pq import Format
 
 from hvcore.errors import ConnectionMisuse
 
@@ -140,6 +141,31 @@ class LentConnection(wrapt.ObjectProxy[Any]):
     def hv_misuse(self) -> ConnectionMisuse:
         """The error for a use of this handle, or of a cursor made through it, after it was returned."""
         return _misuse(self._self_where, self._self_ended)
+
+
+class TransactionHandle(LentConnection):
+    """What ``cur.connection`` of a ``tx.cursor()`` is: a `LentConnection` for the block, whose client cursors
+    (``cursor()``, ``execute()``) are the transaction's cursor class, so that a statement ending the transaction
+    (``COMMIT``) is refused through it as through ``cur`` itself (psycopg's ``commit()`` is refused already)."""
+
+    def __init__(self, conn: Any, where: str, make_cursor: Any) -> None:
+        super().__init__(conn, where, TX_CURSOR_ENDED)
+        self._self_make_cursor = make_cursor  # (row_factory=None) -> a cursor of the transaction's class
+
+    def cursor(self, *args: Any, **kwargs: Any) -> Any:
+        """As psycopg's; a client cursor (no ``name``) of the transaction's cursor class."""
+        if args or kwargs.get("name"):  # a server-side cursor: psycopg's own, guarded
+            return LentConnection.__getattr__(self, "cursor")(*args, **kwargs)
+        _check(self)
+        binary = kwargs.pop("binary", False)
+        cur = self._self_make_cursor(**kwargs)
+        if binary:
+            cur.format = Format.BINARY
+        return _guard(self, cur)
+
+    def execute(self, query: Any, params: Any = None, *, prepare: bool | None = None, binary: bool = False) -> Any:
+        """As psycopg's (awaitable on an async connection): through `cursor`."""
+        return self.cursor(binary=binary).execute(query, params, prepare=prepare)
 
 
 def _returned(handle: LentConnection) -> bool:

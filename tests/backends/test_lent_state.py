@@ -132,3 +132,42 @@ def test_async_what_a_borrower_added_is_gone_for_the_next_one(pg_fresh_db: dict[
 
     asyncio.run(main())
     assert heard == []
+
+
+ENDING: dict[str, Callable[[Any], Any]] = {
+    "cur.connection.execute": lambda cur: cur.connection.execute("COMMIT"),
+    "cur.connection.cursor().execute": lambda cur: cur.connection.cursor().execute("COMMIT"),
+    "cur.connection.execute, binary": lambda cur: cur.connection.execute("COMMIT", binary=True),
+}
+
+
+@pytest.mark.parametrize("ending", ENDING, ids=list(ENDING))
+def test_a_transaction_cursors_connection_cannot_end_the_transaction(pg_fresh_db: dict[str, Any], ending: str) -> None:
+    """``COMMIT`` through ``tx.cursor()``'s ``cur.connection`` is refused as through ``cur``: nothing of the block is
+    stored (it was committed half-way, then reported as "rolled back, nothing was committed")."""
+    with hvcore.Datastore([{**pg_fresh_db, "shards": "0-8"}], backend="jsonb", pool_max=1, worker=None) as db:
+        db.provision()
+        key = hvcore.Key(0)
+        with (
+            pytest.raises(hvcore.TransactionError, match="ending the transaction"),
+            db.transaction(5) as tx,
+            tx.cursor() as cur,
+        ):
+            key = tx.put(1, a=1)
+            ENDING[ending](cur)
+        assert db.get(key) is None
+
+
+def test_an_async_transaction_cursors_connection_cannot_end_the_transaction(pg_fresh_db: dict[str, Any]) -> None:
+    async def main() -> None:
+        servers = [{**pg_fresh_db, "shards": "0-8"}]
+        async with hvcore.AsyncDatastore(servers, backend="jsonb", pool_max=1, worker=None) as db:
+            await db.provision()
+            with pytest.raises(hvcore.TransactionError, match="ending the transaction"):
+                async with db.transaction(5) as tx, tx.cursor() as cur:
+                    key = await tx.put(1, a=1)
+                    assert await (await cur.connection.execute("SELECT 1")).fetchone() == (1,)
+                    await cur.connection.execute("COMMIT")
+            assert await db.get(key) is None
+
+    asyncio.run(main())
