@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from psycopg.adapt import Loader
 
 import hvcore
@@ -171,3 +173,36 @@ def test_an_async_transaction_cursors_connection_cannot_end_the_transaction(pg_f
             assert await db.get(key) is None
 
     asyncio.run(main())
+
+
+# what a borrower may do to the Python side of a lent connection, and how the next borrower would notice it
+ACTIONS: dict[str, Callable[[Any], Any]] = {
+    "notice handler": lambda conn: conn.add_notice_handler(lambda d: None),
+    "notify handler": lambda conn: conn.add_notify_handler(lambda n: None),
+    "int4 loader": lambda conn: conn.adapters.register_loader("int4", _Hijack),
+    "text loader": lambda conn: conn.adapters.register_loader("text", _Hijack),
+    "prepare_threshold": lambda conn: setattr(conn, "prepare_threshold", 0),
+    "row_factory": lambda conn: setattr(conn, "row_factory", lambda cur: lambda values: "hijacked"),
+}
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(plan=st.lists(st.tuples(st.sampled_from(HOW), st.lists(st.sampled_from(list(ACTIONS)), max_size=4)), max_size=4))
+def test_any_borrowers_additions_are_gone_for_the_next_one(
+    pg_fresh_db: dict[str, Any], plan: list[tuple[str, list[str]]]
+) -> None:
+    """Property: whatever mix of borrows (get_connection, cursor(), tx.cursor()) added whatever handlers, adapters and
+    attributes, the next borrower of the same session finds none of them."""
+    with hvcore.Datastore([{**pg_fresh_db, "shards": "0-8"}], backend="jsonb", pool_max=1, worker=None) as db:
+        db.provision()  # idempotent: the examples share the database
+        for how, actions in plan:
+            with _lent(db, how) as conn:
+                for action in actions:
+                    ACTIONS[action](conn)
+        later = db.get_connection(4)
+        try:
+            assert later._notice_handlers == [] and later._notify_handlers == []
+            assert later.execute("SELECT 1, 'x'::text").fetchone() == (1, "x")
+            later.rollback()
+        finally:
+            db.put_connection(later)
