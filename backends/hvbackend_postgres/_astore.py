@@ -818,6 +818,11 @@ class AsyncPostgresServerStore(StoreCore):
             entry = self._borrowed.get(id(conn))
             if entry is None or entry[0] is not conn:
                 raise ConnectionMisuse(f"{lent!r} is not borrowed from {self._label} (returned twice?)")
+            if lent is conn and id(conn) in self._handles:  # the pooled connection itself, not what was lent
+                raise ConnectionMisuse(
+                    f"put_connection() takes the connection get_connection() returned (a handle of the pooled one), "
+                    f"not {type(conn).__name__} {conn!r} itself: give back the handle"
+                )
             del self._borrowed[id(conn)]
             owner = self._borrower.pop(id(conn), None)
             handle = self._handles.pop(id(conn), None)

@@ -206,3 +206,17 @@ def test_any_borrowers_additions_are_gone_for_the_next_one(
             later.rollback()
         finally:
             db.put_connection(later)
+
+
+def test_the_pooled_connection_itself_is_not_taken_back_in_place_of_the_handle(pg_fresh_db: dict[str, Any]) -> None:
+    """Only the handle: a raw connection taken back would leave the handle lent (and, with standbys, the borrow
+    uncounted as a write for read-your-writes)."""
+    with hvcore.Datastore([{**pg_fresh_db, "shards": "0-8"}], backend="jsonb", pool_max=1, worker=None) as db:
+        db.provision()
+        conn = db.get_connection(3)
+        with pytest.raises(hvcore.ConnectionMisuse, match="give back the handle"):
+            db.put_connection(conn.__wrapped__)
+        conn.execute("SELECT 1")  # still lent
+        db.put_connection(conn)
+        with pytest.raises(hvcore.ConnectionMisuse):
+            conn.execute("SELECT 1")
