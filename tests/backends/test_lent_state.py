@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -215,7 +215,7 @@ def test_the_pooled_connection_itself_is_not_taken_back_in_place_of_the_handle(p
         db.provision()
         conn = db.get_connection(3)
         with pytest.raises(hvcore.ConnectionMisuse, match="give back the handle"):
-            db.put_connection(conn.__wrapped__)
+            db.put_connection(cast(Any, conn).__wrapped__)
         conn.execute("SELECT 1")  # still lent
         db.put_connection(conn)
         with pytest.raises(hvcore.ConnectionMisuse):
