@@ -375,13 +375,14 @@ def remember_baseline(conn: Any) -> None:
     """After the pool configured ``conn``: its adapters as the pool set them, which `forget_user_state` restores."""
     conn.hv_adapters = conn.adapters
     conn._adapters = AdaptersMap(conn.hv_adapters)  # copy-on-write: a borrower's registration changes only the copy
+    conn.hv_prepared_max = conn.prepared_max
 
 
 def forget_user_state(conn: Any) -> None:
     """Drop what user code added to a borrowed connection's Python side: notice and notify handlers (the pool's
     connections have none of their own: one borrower's would hear the next borrowers' notices and NOTIFY payloads,
     and one added per borrow would pile up) and adapters (a dumper, loader or type registered on ``conn.adapters``
-    would change the next borrowers' values); ~1 µs."""
+    would change the next borrowers' values), and ``prepared_max``; ~1 µs."""
     if conn._notice_handlers:
         conn._notice_handlers.clear()
     if conn._notify_handlers:
@@ -389,3 +390,5 @@ def forget_user_state(conn: Any) -> None:
     base = getattr(conn, "hv_adapters", None)
     if base is not None:
         conn._adapters = AdaptersMap(base)  # a map the borrower kept (``conn.adapters``) no longer reaches it
+        if conn.prepared_max != conn.hv_prepared_max:  # room for prepared statements, as the pool set it
+            conn.prepared_max = conn.hv_prepared_max

@@ -182,6 +182,7 @@ ACTIONS: dict[str, Callable[[Any], Any]] = {
     "int4 loader": lambda conn: conn.adapters.register_loader("int4", _Hijack),
     "text loader": lambda conn: conn.adapters.register_loader("text", _Hijack),
     "prepare_threshold": lambda conn: setattr(conn, "prepare_threshold", 0),
+    "prepared_max": lambda conn: setattr(conn, "prepared_max", 1),
     "row_factory": lambda conn: setattr(conn, "row_factory", lambda cur: lambda values: "hijacked"),
 }
 
@@ -202,6 +203,7 @@ def test_any_borrowers_additions_are_gone_for_the_next_one(
         later = db.get_connection(4)
         try:
             assert later._notice_handlers == [] and later._notify_handlers == []
+            assert later.prepared_max == cast(Any, later).hv_prepared_max > 1
             assert later.execute("SELECT 1, 'x'::text").fetchone() == (1, "x")
             later.rollback()
         finally:
