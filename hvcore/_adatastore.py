@@ -474,7 +474,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
 
         A psycopg connection in a transaction (commit it yourself), whose rows are `Row` objects (``row[0]`` and
         ``row["name"]``; ``row_factory="dict"``/``"tuple"`` for dicts or tuples); the memory backend lends a
-        ``MemoryConnection`` instead. Return it with `put_connection`. On a server with standbys (and
+        ``AsyncMemoryConnection`` instead. Return it with `put_connection`. On a server with standbys (and
         ``read_your_writes``), `put_connection` counts it as a write to the shard: the primary's WAL position is
         read then (one round trip) and the shard's reads stay on the primary until a standby has replayed it.
         A statement reaching a shard that moved away raises `ShardMoved` (through the connection's cursors and
@@ -533,7 +533,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
 
         A psycopg cursor whose rows are `Row` objects: ``row[0]`` and ``row["version"]`` both work, as psycopg2's
         ``DictRow`` did (``row_factory="dict"``/``"tuple"`` for dicts or tuples). The memory backend yields a
-        ``MemoryCursor``, which answers ``SELECT version()`` and ``SELECT 1`` only. On a server with standbys
+        ``AsyncMemoryCursor``, which answers ``SELECT version()`` and ``SELECT 1`` only. On a server with standbys
         (and ``read_your_writes``), a block that commits counts as a write to the shard, as for `get_connection`.
         A statement reaching a shard that moved away raises `ShardMoved` (the block rolls back); the datastore
         learns the new server, so the next ``cursor(shard_id)`` goes there.

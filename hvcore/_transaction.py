@@ -360,8 +360,9 @@ class ShardTransaction:
         """A cursor in the transaction, the shard's schema first on the search path (write unqualified names).
 
         A psycopg cursor whose rows are `Row` objects, as `Datastore.cursor` lends; it commits nothing: the
-        transaction does when its block ends. The memory backend yields a ``MemoryCursor`` reading the shard as the
-        transaction sees it. A statement reaching a shard that moved away raises `ShardMoved` (as every method does).
+        transaction does when its block ends. The memory backend yields its ``MemoryCursor``, reading the
+        shard as the transaction sees it. A statement reaching a shard that moved away raises `ShardMoved` (as
+        every method does).
         """
         self._check("cursor", write=not self.read_only)  # statements of its own may write
         try:

@@ -78,6 +78,8 @@ NAMES: dict[str, str] = {
     "AsyncSupportsFilterWrites": "SupportsFilterWrites",
     "AsyncSupportsRowEstimates": "SupportsRowEstimates",
     "AsyncPostgresTransaction": "PostgresTransaction",
+    "AsyncMemoryConnection": "MemoryConnection",  # the memory backend's lent objects (psycopg's async shape)
+    "AsyncMemoryCursor": "MemoryCursor",
     "_atransaction": "_transaction",
     "alease_worker": "lease_worker",
     "AsyncReadRouter": "ReadRouter",

@@ -44,6 +44,8 @@ from hvcore.hookspecs import BackendRegistrar, hookimpl
 _T = TypeVar("_T")
 
 __all__ = [
+    "AsyncMemoryConnection",
+    "AsyncMemoryCursor",
     "AsyncMemoryServerStore",
     "MemoryConnection",
     "MemoryCursor",
@@ -82,7 +84,9 @@ class MemoryCursor:
 
     def __init__(self, connection: MemoryConnection) -> None:
         self.connection = connection
+        self.closed = False
         self._result: list[Row] = []
+        self._rowcount = -1
 
     @property
     def shard_id(self) -> int:
@@ -101,6 +105,7 @@ class MemoryCursor:
             )
         name, value = probe
         self._result = [Row((value,), {name: 0})]
+        self._rowcount = 1
         return self
 
     def fetchone(self) -> Row | None:
@@ -114,8 +119,35 @@ class MemoryCursor:
         rows, self._result = self._result, []
         return rows
 
+    def fetchmany(self, size: int = 1) -> list[Row]:
+        """Up to ``size`` of the remaining rows of the last ``execute``."""
+        self.connection.check_lent()
+        rows, self._result = self._result[:size], self._result[size:]
+        return rows
+
+    def executemany(self, query: object, params_seq: object) -> None:
+        """Runs no SQL: raises `NotImplementedError` (as ``execute`` does for anything but a connection check)."""
+        self.connection.check_lent()
+        raise NotImplementedError(f"the memory backend runs no SQL ({query!r}): use Datastore.put_many")
+
+    @property
+    def rowcount(self) -> int:
+        """Rows the last ``execute`` answered (-1 before one), as psycopg's."""
+        return self._rowcount
+
+    def __iter__(self) -> Iterator[Row]:
+        while (row := self.fetchone()) is not None:
+            yield row
+
     def close(self) -> None:
-        """Nothing to release."""
+        """Nothing to release (``closed`` turns True, as psycopg's)."""
+        self.closed = True
+
+    def __enter__(self) -> MemoryCursor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def rows(self) -> list[Record]:
         """Every record of the shard, in key order."""
@@ -168,6 +200,155 @@ class MemoryConnection:
     def rollback(self) -> None:
         """Nothing to roll back."""
         self.check_lent()
+
+    def __enter__(self) -> MemoryConnection:
+        """``with conn:`` as on a lent PostgreSQL connection: commit at the end (roll back on an exception), the
+        connection still borrowed (give it back with put_connection)."""
+        self.check_lent()
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if self.returned:  # given back inside the block: refused (nothing to commit), unless already failing
+            if exc_type is None:
+                self.check_lent()
+            return
+        if exc_type is None:
+            self.commit()
+        else:
+            self.rollback()
+
+
+class AsyncMemoryCursor:
+    """What the memory backend's `AsyncDatastore` cursors are: a `MemoryCursor` shaped as psycopg's ``AsyncCursor``
+    (``await cur.execute(...)``, ``await cur.fetchone()``, ``async with``, ``async for``), so code written for
+    PostgreSQL runs unchanged in unit tests; ``rows()`` (memory only) stays a plain call."""
+
+    def __init__(self, sync: MemoryCursor, connection: AsyncMemoryConnection | None = None) -> None:
+        self.sync = sync
+        self.connection = connection if connection is not None else AsyncMemoryConnection(sync.connection)
+
+    def __repr__(self) -> str:
+        return f"<AsyncMemoryCursor shard={self.sync.shard_id}>"
+
+    @property
+    def shard_id(self) -> int:
+        """The shard this cursor reads."""
+        return self.sync.shard_id
+
+    @property
+    def closed(self) -> bool:
+        """True once closed, as psycopg's."""
+        return self.sync.closed
+
+    @property
+    def rowcount(self) -> int:
+        """As `MemoryCursor.rowcount`."""
+        return self.sync.rowcount
+
+    async def execute(self, query: object, params: object = None) -> AsyncMemoryCursor:
+        """As `MemoryCursor.execute`, awaited."""
+        self.sync.execute(query, params)
+        return self
+
+    async def executemany(self, query: object, params_seq: object) -> None:
+        """As `MemoryCursor.executemany`, awaited."""
+        self.sync.executemany(query, params_seq)
+
+    async def fetchone(self) -> Row | None:
+        """As `MemoryCursor.fetchone`, awaited."""
+        return self.sync.fetchone()
+
+    async def fetchmany(self, size: int = 1) -> list[Row]:
+        """As `MemoryCursor.fetchmany`, awaited."""
+        return self.sync.fetchmany(size)
+
+    async def fetchall(self) -> list[Row]:
+        """As `MemoryCursor.fetchall`, awaited."""
+        return self.sync.fetchall()
+
+    async def __aiter__(self) -> AsyncIterator[Row]:
+        while (row := self.sync.fetchone()) is not None:
+            yield row
+
+    async def close(self) -> None:
+        """As `MemoryCursor.close`, awaited."""
+        self.sync.close()
+
+    async def __aenter__(self) -> AsyncMemoryCursor:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.sync.close()
+
+    def rows(self) -> list[Record]:
+        """As `MemoryCursor.rows` (a plain call: memory only)."""
+        return self.sync.rows()
+
+
+class AsyncMemoryConnection:
+    """What the memory backend's `AsyncDatastore.get_connection` lends: a `MemoryConnection` shaped as psycopg's
+    ``AsyncConnection`` (``await conn.execute(...)``, ``await conn.commit()``, ``async with conn:``)."""
+
+    def __init__(self, sync: MemoryConnection) -> None:
+        self.sync = sync
+
+    def __repr__(self) -> str:
+        return repr(self.sync).replace("<MemoryConnection", "<AsyncMemoryConnection", 1)
+
+    autocommit = False  # as a lent PostgreSQL connection: in a transaction the borrower commits
+
+    @property
+    def shard_id(self) -> int:
+        """The shard this connection is lent for."""
+        return self.sync.shard_id
+
+    @property
+    def closed(self) -> bool:
+        """True once returned with put_connection."""
+        return self.sync.closed
+
+    @property
+    def returned(self) -> bool:
+        """True once returned with put_connection: every use raises `ConnectionMisuse`."""
+        return self.sync.returned
+
+    def check_lent(self) -> None:
+        """As `MemoryConnection.check_lent`."""
+        self.sync.check_lent()
+
+    def cursor(self) -> AsyncMemoryCursor:
+        """A cursor on this connection's shard (a plain call, as psycopg's ``AsyncConnection.cursor``)."""
+        return AsyncMemoryCursor(self.sync.cursor(), self)
+
+    async def execute(self, query: object, params: object = None) -> AsyncMemoryCursor:
+        """``cursor().execute(query, params)``, as psycopg's ``AsyncConnection.execute``."""
+        return await self.cursor().execute(query, params)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncMemoryConnection]:
+        """As `MemoryConnection.transaction`, with ``async with``."""
+        with self.sync.transaction():
+            yield self
+
+    async def commit(self) -> None:
+        """As `MemoryConnection.commit`, awaited."""
+        self.sync.commit()
+
+    async def rollback(self) -> None:
+        """As `MemoryConnection.rollback`, awaited."""
+        self.sync.rollback()
+
+    async def __aenter__(self) -> AsyncMemoryConnection:
+        self.sync.__enter__()
+        return self
+
+    async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self.sync.__exit__(exc_type, exc, tb)
+
+
+def _sync_connection(conn: Any) -> Any:
+    """The `MemoryConnection` behind ``conn`` (an `AsyncMemoryConnection` or one itself)."""
+    return conn.sync if isinstance(conn, AsyncMemoryConnection) else conn
 
 
 class MemoryWorkerLease(WorkerGrant):
@@ -877,9 +1058,9 @@ class AsyncMemoryServerStore:
         """As the sync store."""
         self.sync.check_data(data)
 
-    async def get_connection(self, shard_id: int) -> MemoryConnection:
+    async def get_connection(self, shard_id: int) -> AsyncMemoryConnection:
         """Borrow a pretend connection, waiting (without blocking the loop) up to ``pool_block_timeout``."""
-        return await self._waiting_for(lambda: self.sync.get_connection_nowait(shard_id))
+        return AsyncMemoryConnection(await self._waiting_for(lambda: self.sync.get_connection_nowait(shard_id)))
 
     async def _take_slot(self) -> int:
         """A pretend connection for one call, waited for without blocking the loop (see the sync `_take_slot`);
@@ -924,21 +1105,21 @@ class AsyncMemoryServerStore:
 
     async def put_connection(self, conn: Any) -> None:
         """Return a borrowed connection."""
-        self.sync.put_connection(conn)
+        self.sync.put_connection(_sync_connection(conn))
 
     def owns(self, conn: Any) -> bool:
         """True if ``conn`` is borrowed from this store."""
-        return self.sync.owns(conn)
+        return self.sync.owns(_sync_connection(conn))
 
     @asynccontextmanager
-    async def cursor(self, shard_id: int) -> AsyncIterator[MemoryCursor]:
+    async def cursor(self, shard_id: int) -> AsyncIterator[AsyncMemoryCursor]:
         """A cursor on a borrowed connection, returned afterwards whatever happens."""
         conn = await self.get_connection(shard_id)
         try:
             yield conn.cursor()
         finally:
             if not conn.returned:  # taken back already (by the caller, through put_connection)
-                self.sync.put_connection(conn)
+                self.sync.put_connection(conn.sync)
 
     @asynccontextmanager
     async def transaction(

@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any
 
-from hvbackend_memory import MemoryConnection, MemoryCursor, MemoryIndexes
+from hvbackend_memory import AsyncMemoryCursor, MemoryConnection, MemoryCursor, MemoryIndexes
 from hvcore._backend import QuerySpec, Record
 from hvcore._key import Key
 from hvcore.errors import TransactionConflict
@@ -280,10 +280,10 @@ class AsyncMemoryTransaction:
             yield record
 
     @asynccontextmanager
-    async def cursor(self) -> AsyncIterator[TransactionCursor]:
-        """As the sync transaction."""
+    async def cursor(self) -> AsyncIterator[AsyncMemoryCursor]:
+        """As the sync transaction, shaped as psycopg's ``AsyncCursor`` (`AsyncMemoryCursor`)."""
         with self.sync.cursor() as cur:
-            yield cur
+            yield AsyncMemoryCursor(cur)
 
     @asynccontextmanager
     async def savepoint(self) -> AsyncIterator[None]:

@@ -131,7 +131,7 @@ from hvbackend_postgres._legacy import (
     legacy_table_error,
     max_id_query,
 )
-from hvbackend_postgres._lent import LentConnection, detach, lent_target
+from hvbackend_postgres._lent import LentConnection, detach, forget_user_state, lent_target, remember_baseline
 from hvbackend_postgres._migrate import ESCAPED_PATH, PostgresMigrator, new_shard_ddl
 from hvbackend_postgres._move import IDENTITY_SQL, SYSTEM_ID_SQL, PostgresMover, identity_text
 from hvbackend_postgres._onetrip import PIPELINE, PreparedNames, dollar_params, error_in, until_sync
@@ -465,6 +465,7 @@ class AsyncPostgresServerStore(StoreCore):
             await conn.execute(POINT_PLANS_SQL)
             cast(Any, conn).hv_generic = True
             cast(Any, conn).hv_restore = "; " + POINT_PLANS_SQL  # after RESET ALL, once a lent connection is back
+        remember_baseline(conn)  # what a lent connection's return restores (forget_user_state)
 
     async def _detect_pooling(self, conn: AConn) -> str:
         """``pgbouncer="auto"``: "off" for a direct TCP connection, else "transaction" (see ``_bouncer``)."""
@@ -847,6 +848,11 @@ class AsyncPostgresServerStore(StoreCore):
             entry = self._borrowed.get(id(conn))
             if entry is None or entry[0] is not conn:
                 raise ConnectionMisuse(f"{lent!r} is not borrowed from {self._label} (returned twice?)")
+            if lent is conn and id(conn) in self._handles:  # the pooled connection itself, not what was lent
+                raise ConnectionMisuse(
+                    f"put_connection() takes the connection get_connection() returned (a handle of the pooled one), "
+                    f"not {type(conn).__name__} {conn!r} itself: give back the handle"
+                )
             del self._borrowed[id(conn)]
             owner = self._borrower.pop(id(conn), None)
             handle = self._handles.pop(id(conn), None)
@@ -894,6 +900,7 @@ class AsyncPostgresServerStore(StoreCore):
         conn.prepare_threshold = None if self.pooling == "transaction" else 5
         conn.row_factory = tuple_row
         conn.cursor_factory = self._cursor_factory or psycopg.AsyncCursor
+        forget_user_state(conn)
 
     @asynccontextmanager
     async def cursor(self, shard_id: int) -> AsyncIterator[psycopg.AsyncCursor[Any]]:

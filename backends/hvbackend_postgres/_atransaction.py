@@ -34,6 +34,7 @@ from hvbackend_postgres._bouncer import RESET_SQL
 from hvbackend_postgres._common import chained, query_fetch_sizes, query_records
 from hvbackend_postgres._fanout import AUTO_PLANS_SQL, plans_generic
 from hvbackend_postgres._indexes import is_unique_violation, unique_violation
+from hvbackend_postgres._lent import TransactionHandle, detach, lend_cursor
 from hvbackend_postgres._schema import ShardSQL
 from hvbackend_postgres._selflock import TRANSACTION as HELD_IN_TRANSACTION
 from hvbackend_postgres._shardtx import shard_search_path
@@ -232,12 +233,22 @@ class AsyncPostgresTransaction:
         conn: Any = self._conn
         conn.hv_shard = conn.hv_in_tx = self.shard_id  # statements ending the transaction are refused (_common)
         conn._num_transactions += 1  # psycopg's own guard: commit()/rollback() refused, as in conn.transaction()
+        # the cursor and its ``connection`` reach the pooled connection through a handle of this block's own, which
+        # refuses every use once the block ends (the pool may lend the connection to someone else after)
+        store = self._store
+
+        def make_cursor(row_factory: Any = None) -> Any:
+            return store._lent_cursor(conn, row_factory=row_factory or store._user_row_factory)
+
+        handle = TransactionHandle(conn, f"shard {self.shard_id} on {store.label}", make_cursor)
+        conn.hv_lend = handle  # the lent cursor checks its borrow against it (LentCursor._check_lent)
         try:
-            async with self._store._lent_cursor(conn, row_factory=self._store._user_row_factory) as cur:
-                yield cur
+            async with make_cursor() as cur:
+                yield lend_cursor(handle, cur)
         finally:
+            detach(handle)
             conn._num_transactions -= 1
-            conn.hv_shard = conn.hv_moved = conn.hv_in_tx = None
+            conn.hv_shard = conn.hv_moved = conn.hv_in_tx = conn.hv_lend = None
 
     @asynccontextmanager
     async def savepoint(self) -> AsyncIterator[None]:

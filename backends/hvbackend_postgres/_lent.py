@@ -3,9 +3,11 @@
 Everything reachable from the handle is guarded, not only the handle itself: a method taken before the return
 (``ex = conn.execute``), a coroutine made before it and awaited after, cursors of both kinds (``conn.cursor()`` and
 the server-side ``conn.cursor("name")``), their ``connection``, ``conn.transaction()``, ``conn.pipeline()``,
-``cursor.copy()``, ``cursor.stream()`` and ``conn.notifies()``. Each is handed out wrapped (a bound method in a
-callable checking the borrow at call time, an object in `_Guarded`), so after the return it raises
-`ConnectionMisuse` instead of running on the pooled session, which the pool lends to the next borrower. Not
+``cursor.copy()``, ``cursor.stream()``, ``conn.notifies()`` and ``with conn:`` / ``async with conn:`` (which bind
+the handle, as psycopg's bind the connection, and commit or roll back at the block's end without closing it). Each
+is handed out wrapped (a bound method in a callable checking the borrow at call time, an object in `_Guarded`), so
+after the return it raises `ConnectionMisuse` instead of running on the pooled session, which the pool lends to the
+next borrower. A transaction's ``tx.cursor()`` lends the same kind of handle for its block (`lend_cursor`). Not
 guarded: ``conn.pgconn`` (libpq's own object, which psycopg's adapters need unwrapped) and ``conn.info``
 (read-only facts); code that drives libpq directly is on its own.
 """
@@ -21,6 +23,8 @@ from typing import Any, NoReturn
 
 import wrapt
 from psycopg._cursor_base import BaseCursor
+from psycopg.adapt import AdaptersMap
+from psycopg.pq import Format
 
 from hvcore.errors import ConnectionMisuse
 
@@ -30,11 +34,19 @@ _SESSION_BOUND = (BaseCursor, AbstractContextManager, AbstractAsyncContextManage
 copies (context managers), streams and notification generators (iterators): handed out as `_Guarded`."""
 
 
-def _misuse(where: str) -> ConnectionMisuse:
+RETURNED = "was returned with put_connection()"
+TX_CURSOR_ENDED = "is a transaction's (tx.cursor()), whose block has ended"
+_AFTER = {
+    RETURNED: "borrow one again with get_connection() "
+    "(or use `with db.cursor(shard) as cur:`, which returns it for you)",
+    TX_CURSOR_ENDED: "keep its use inside `with tx.cursor() as cur:` (open another one for more statements)",
+}
+
+
+def _misuse(where: str, ended: str = RETURNED) -> ConnectionMisuse:
     return ConnectionMisuse(
-        f"this connection to {where} was returned with put_connection(): the pool has lent it to another borrower "
-        "since, and a statement through it would run inside that borrower's transaction; borrow one again with "
-        "get_connection() (or use `with db.cursor(shard) as cur:`, which returns it for you)"
+        f"this connection to {where} {ended}: the pool may have lent it to another borrower since, and a statement "
+        f"through it would run inside that borrower's transaction; {_AFTER.get(ended, _AFTER[RETURNED])}"
     )
 
 
@@ -43,25 +55,26 @@ class _Returned:
 
     closed = True  # as the borrower sees it: ``if not conn.closed`` guards stay quiet, every use is refused
 
-    def __init__(self, where: str) -> None:
+    def __init__(self, where: str, ended: str = RETURNED) -> None:
         object.__setattr__(self, "where", where)
+        object.__setattr__(self, "ended", ended)
 
     def __getattr__(self, name: str) -> NoReturn:
         if name.startswith("__"):  # wrapt and Python probe optional dunders: absent, not misuse
             raise AttributeError(name)
-        raise _misuse(self.where)
+        raise _misuse(self.where, self.ended)
 
     def __setattr__(self, name: str, value: object) -> NoReturn:
-        raise _misuse(self.where)  # ``conn.autocommit = True`` would reach the next borrower's session
+        raise _misuse(self.where, self.ended)  # ``conn.autocommit = True`` would reach the next borrower's session
 
     def __enter__(self) -> NoReturn:
-        raise _misuse(self.where)
+        raise _misuse(self.where, self.ended)
 
     def __exit__(self, *exc: object) -> None:
         """Nothing to undo: ``__enter__`` refused."""
 
     async def __aenter__(self) -> NoReturn:
-        raise _misuse(self.where)
+        raise _misuse(self.where, self.ended)
 
     async def __aexit__(self, *exc: object) -> None:
         """Nothing to undo: ``__aenter__`` refused."""
@@ -77,9 +90,10 @@ class LentConnection(wrapt.ObjectProxy[Any]):
     wrapt), so psycopg's own functions (``sql.Composable.as_string``, ``TypeInfo.fetch``...) take it.
     """
 
-    def __init__(self, conn: Any, where: str) -> None:
+    def __init__(self, conn: Any, where: str, ended: str = RETURNED) -> None:
         super().__init__(conn)
         self._self_where = where
+        self._self_ended = ended  # what ends the lend, for `ConnectionMisuse` (RETURNED, TX_CURSOR_ENDED)
         self._self_cursors: weakref.WeakSet[BaseCursor[Any, Any]] = weakref.WeakSet()  # closed with the return
 
     def __getattr__(self, name: str) -> Any:
@@ -97,9 +111,61 @@ class LentConnection(wrapt.ObjectProxy[Any]):
     def __reduce_ex__(self, protocol: Any) -> NoReturn:
         raise TypeError(f"a connection cannot be pickled ({self!r})")
 
+    # ``with conn:`` binds the handle (wrapt's would bind the pooled connection, unguarded after the return) and, as
+    # psycopg's does for a pooled connection, commits (rolls back on an exception) at the end without closing it:
+    # it stays borrowed until put_connection. A block ended after the return commits nothing: refused, unless an
+    # exception is on its way already.
+
+    def __enter__(self) -> LentConnection:
+        _check(self)
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if _returned(self):
+            if exc_type is None:
+                raise self.hv_misuse()
+            return
+        self.__wrapped__.__exit__(exc_type, exc, tb)
+
+    async def __aenter__(self) -> LentConnection:
+        _check(self)
+        return self
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if _returned(self):
+            if exc_type is None:
+                raise self.hv_misuse()
+            return
+        await self.__wrapped__.__aexit__(exc_type, exc, tb)
+
     def hv_misuse(self) -> ConnectionMisuse:
         """The error for a use of this handle, or of a cursor made through it, after it was returned."""
-        return _misuse(self._self_where)
+        return _misuse(self._self_where, self._self_ended)
+
+
+class TransactionHandle(LentConnection):
+    """What ``cur.connection`` of a ``tx.cursor()`` is: a `LentConnection` for the block, whose client cursors
+    (``cursor()``, ``execute()``) are the transaction's cursor class, so that a statement ending the transaction
+    (``COMMIT``) is refused through it as through ``cur`` itself (psycopg's ``commit()`` is refused already)."""
+
+    def __init__(self, conn: Any, where: str, make_cursor: Any) -> None:
+        super().__init__(conn, where, TX_CURSOR_ENDED)
+        self._self_make_cursor = make_cursor  # (row_factory=None) -> a cursor of the transaction's class
+
+    def cursor(self, *args: Any, **kwargs: Any) -> Any:
+        """As psycopg's; a client cursor (no ``name``) of the transaction's cursor class."""
+        if args or kwargs.get("name"):  # a server-side cursor: psycopg's own, guarded
+            return LentConnection.__getattr__(self, "cursor")(*args, **kwargs)
+        _check(self)
+        binary = kwargs.pop("binary", False)
+        cur = self._self_make_cursor(**kwargs)
+        if binary:
+            cur.format = Format.BINARY
+        return _guard(self, cur)
+
+    def execute(self, query: Any, params: Any = None, *, prepare: bool | None = None, binary: bool = False) -> Any:
+        """As psycopg's (awaitable on an async connection): through `cursor`."""
+        return self.cursor(binary=binary).execute(query, params, prepare=prepare)
 
 
 def _returned(handle: LentConnection) -> bool:
@@ -111,16 +177,17 @@ def _check(handle: LentConnection) -> None:
         raise handle.hv_misuse()
 
 
-def _guard(handle: LentConnection, value: Any) -> Any:
-    """``value``, reached through ``handle``, as the borrower may keep it: refused once the handle is returned."""
+def _guard(handle: LentConnection, value: Any, owner: _Guarded | None = None) -> Any:
+    """``value``, reached through ``handle`` (from ``owner``, if a guarded object), as the borrower may keep it:
+    refused once the handle is returned."""
     if isinstance(value, _PLAIN):
         return value
-    if value is handle.__wrapped__:  # ``cursor.connection``, ``transaction.connection``: the handle itself
+    if value is handle.__wrapped__ or value is handle:  # ``cursor.connection``, ``transaction.connection``
         return handle
     if isinstance(value, MethodType):
         if _is_async(value.__func__):
-            return _GuardedAsyncMethod(handle, value)
-        return _GuardedMethod(handle, value)
+            return _GuardedAsyncMethod(handle, value, owner)
+        return _GuardedMethod(handle, value, owner)
     if isinstance(value, BaseCursor):
         handle._self_cursors.add(value)
         return _Guarded(value, handle)
@@ -142,11 +209,12 @@ def _is_async(function: Any) -> bool:
 class _GuardedMethod:
     """A method reached through a lent handle: checks the borrow when called, guards what it returns."""
 
-    __slots__ = ("_handle", "_method")
+    __slots__ = ("_handle", "_method", "_owner")
 
-    def __init__(self, handle: LentConnection, method: Any) -> None:
+    def __init__(self, handle: LentConnection, method: Any, owner: _Guarded | None = None) -> None:
         self._handle = handle
         self._method = method
+        self._owner = owner  # the guarded object the method was taken from: ``cur.execute()`` returns ``cur``
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         handle = self._handle
@@ -154,7 +222,13 @@ class _GuardedMethod:
             if self._closes_cursor():
                 return None
             raise handle.hv_misuse()
-        return _guard(handle, self._method(*args, **kwargs))
+        return self._result(self._method(*args, **kwargs))
+
+    def _result(self, result: Any) -> Any:
+        owner = self._owner
+        if owner is not None and result is owner.__wrapped__:  # the object itself, as the borrower holds it
+            return owner
+        return _guard(self._handle, result)
 
     def _closes_cursor(self) -> bool:
         """True (and the cursor marked closed) for a cursor's ``close`` called after the return: it sends nothing."""
@@ -183,7 +257,7 @@ class _GuardedAsyncMethod(_GuardedMethod):
             if self._closes_cursor():
                 return None
             raise handle.hv_misuse()
-        return _guard(handle, await self._method(*args, **kwargs))
+        return self._result(await self._method(*args, **kwargs))
 
 
 def _close_locally(cursor: BaseCursor[Any, Any]) -> None:
@@ -211,7 +285,7 @@ class _Guarded(wrapt.ObjectProxy[Any]):
             if name == "close" and isinstance(wrapped, BaseCursor):
                 return self._close_after_return
             raise handle.hv_misuse()
-        return _guard(handle, getattr(self.__wrapped__, name))
+        return _guard(handle, getattr(self.__wrapped__, name), self)
 
     def _close_after_return(self) -> Any:
         _close_locally(self.__wrapped__)
@@ -281,10 +355,40 @@ def lent_target(conn: Any) -> Any:
     return conn
 
 
+def lend_cursor(handle: LentConnection, cursor: Any) -> Any:
+    """``cursor`` (made on ``handle``'s connection directly, as a transaction's) as a cursor made through ``handle``:
+    its ``connection`` is the handle, and it is refused once the handle is detached."""
+    handle._self_cursors.add(cursor)
+    return _Guarded(cursor, handle)
+
+
 def detach(handle: LentConnection) -> None:
     """Let go of the pooled connection: every later use of ``handle``, or of anything taken from it, raises
     `ConnectionMisuse`; its cursors are marked closed (the session reset that follows closes them on the server)."""
-    handle.__wrapped__ = _Returned(handle._self_where)
+    handle.__wrapped__ = _Returned(handle._self_where, handle._self_ended)
     for cursor in list(handle._self_cursors):
         _close_locally(cursor)
     handle._self_cursors.clear()
+
+
+def remember_baseline(conn: Any) -> None:
+    """After the pool configured ``conn``: its adapters as the pool set them, which `forget_user_state` restores."""
+    conn.hv_adapters = conn.adapters
+    conn._adapters = AdaptersMap(conn.hv_adapters)  # copy-on-write: a borrower's registration changes only the copy
+    conn.hv_prepared_max = conn.prepared_max
+
+
+def forget_user_state(conn: Any) -> None:
+    """Drop what user code added to a borrowed connection's Python side: notice and notify handlers (the pool's
+    connections have none of their own: one borrower's would hear the next borrowers' notices and NOTIFY payloads,
+    and one added per borrow would pile up) and adapters (a dumper, loader or type registered on ``conn.adapters``
+    would change the next borrowers' values), and ``prepared_max``; ~1 µs."""
+    if conn._notice_handlers:
+        conn._notice_handlers.clear()
+    if conn._notify_handlers:
+        conn._notify_handlers.clear()
+    base = getattr(conn, "hv_adapters", None)
+    if base is not None:
+        conn._adapters = AdaptersMap(base)  # a map the borrower kept (``conn.adapters``) no longer reaches it
+        if conn.prepared_max != conn.hv_prepared_max:  # room for prepared statements, as the pool set it
+            conn.prepared_max = conn.hv_prepared_max

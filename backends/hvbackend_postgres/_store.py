@@ -127,7 +127,7 @@ from hvbackend_postgres._legacy import (
     legacy_table_error,
     max_id_query,
 )
-from hvbackend_postgres._lent import LentConnection, detach, lent_target
+from hvbackend_postgres._lent import LentConnection, detach, forget_user_state, lent_target, remember_baseline
 from hvbackend_postgres._migrate import ESCAPED_PATH, PostgresMigrator, new_shard_ddl
 from hvbackend_postgres._move import IDENTITY_SQL, SYSTEM_ID_SQL, PostgresMover, identity_text
 from hvbackend_postgres._onetrip import PIPELINE, PreparedNames, dollar_params, error_in, until_sync
@@ -409,6 +409,7 @@ class PostgresServerStore(StoreCore):
             conn.execute(POINT_PLANS_SQL)
             cast(Any, conn).hv_generic = True
             cast(Any, conn).hv_restore = "; " + POINT_PLANS_SQL  # after RESET ALL, once a lent connection is back
+        remember_baseline(conn)  # what a lent connection's return restores (forget_user_state)
 
     def _detect_pooling(self, conn: Conn) -> str:
         """``pgbouncer="auto"``: "off" for a direct TCP connection, else "transaction" (see ``_bouncer``)."""
@@ -712,6 +713,10 @@ class PostgresServerStore(StoreCore):
             entry = self._borrowed.get(id(conn))
             if entry is None or entry[0] is not conn:
                 raise ConnectionMisuse(f"{lent!r} is not borrowed from {self._label} (returned twice?)")
+            if lent is conn and id(conn) in self._handles:  # the pooled connection itself, not what was lent
+                raise ConnectionMisuse(
+                    f"put_connection() takes the connection get_connection() returned (a handle of the pooled one), not {type(conn).__name__} {conn!r} itself: give back the handle"
+                )
             del self._borrowed[id(conn)]
             owner = self._borrower.pop(id(conn), None)
             handle = self._handles.pop(id(conn), None)
@@ -759,6 +764,7 @@ class PostgresServerStore(StoreCore):
         conn.prepare_threshold = None if self.pooling == "transaction" else 5
         conn.row_factory = tuple_row
         conn.cursor_factory = self._cursor_factory or psycopg.Cursor
+        forget_user_state(conn)
 
     @contextmanager
     def cursor(self, shard_id: int) -> Iterator[psycopg.Cursor[Any]]:

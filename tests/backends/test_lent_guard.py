@@ -255,7 +255,7 @@ MEMORY: dict[str, tuple[Take, Use]] = {
 @pytest.mark.parametrize("entry", MEMORY, ids=list(MEMORY))
 def test_memory_entry_points_are_refused_after_return(entry: str, api: str) -> None:
     take, use = MEMORY[entry]
-    _ASYNC[0] = False  # the memory connection is the same object on both APIs
+    _ASYNC[0] = api == "async"  # the async memory connection has psycopg's async shape (AsyncMemoryConnection)
     servers = [dict(shards="0-8")]
     if api == "sync":
         with hvcore.Datastore(servers, backend="memory") as db:
@@ -269,7 +269,7 @@ def test_memory_entry_points_are_refused_after_return(entry: str, api: str) -> N
     async def main() -> None:
         async with hvcore.AsyncDatastore(servers, backend="memory") as db:
             conn = await db.get_connection(3)
-            taken = take(conn)
+            taken = await _settle(take(conn))  # ``await conn.execute(...)``: the cursor
             await db.put_connection(conn)
             with pytest.raises(hvcore.ConnectionMisuse, match=r"returned with put_connection\(\)"):
                 await _settle(use(taken))

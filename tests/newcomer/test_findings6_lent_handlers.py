@@ -12,17 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-
 import hvcore
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a notice handler added by one borrower (conn.add_notice_handler) is not removed by put_connection: it "
-    "receives the next borrowers' RAISE NOTICE messages (through get_connection and cursor()); the reset should "
-    "drop handlers the borrower added, as it restores factories",
-)
 def test_a_notice_handler_of_a_returned_connection_hears_no_later_borrower(pg_fresh_db: dict[str, Any]) -> None:
     heard: list[str] = []
     with hvcore.Datastore([{**pg_fresh_db, "shards": "0-8"}], backend="jsonb", pool_max=1, worker=None) as db:
@@ -39,11 +31,6 @@ def test_a_notice_handler_of_a_returned_connection_hears_no_later_borrower(pg_fr
     assert heard == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a notify handler added by one borrower (conn.add_notify_handler) stays on the pooled connection after "
-    "put_connection and receives a later borrower's NOTIFY payloads",
-)
 def test_a_notify_handler_of_a_returned_connection_hears_no_later_borrower(pg_fresh_db: dict[str, Any]) -> None:
     heard: list[str] = []
     with hvcore.Datastore([{**pg_fresh_db, "shards": "0-8"}], backend="jsonb", pool_max=1, worker=None) as db:

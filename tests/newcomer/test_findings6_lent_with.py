@@ -16,14 +16,7 @@ import pytest
 
 import hvcore
 
-REASON = (
-    "`with db.get_connection(5) as conn:` binds the raw pooled connection (LentConnection inherits wrapt's "
-    "__enter__/__aenter__): after put_connection, conn.execute('ROLLBACK') runs in the next borrower's session and "
-    "undoes its transaction; it should be the guarded handle, refusing with ConnectionMisuse"
-)
 
-
-@pytest.mark.xfail(strict=True, reason=REASON)
 def test_the_connection_bound_by_with_is_refused_after_the_return(pg_fresh_db: dict[str, Any]) -> None:
     with hvcore.Datastore([{**pg_fresh_db, "shards": "0-8"}], backend="jsonb", pool_max=1, worker=None) as db:
         db.provision()
@@ -41,7 +34,6 @@ def test_the_connection_bound_by_with_is_refused_after_the_return(pg_fresh_db: d
             db.put_connection(theirs)
 
 
-@pytest.mark.xfail(strict=True, reason=REASON)
 def test_the_async_connection_bound_by_async_with_is_refused_after_the_return(pg_fresh_db: dict[str, Any]) -> None:
     async def main() -> None:
         async with hvcore.AsyncDatastore(

@@ -22,11 +22,6 @@ import pytest
 import hvcore
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="MemoryConnection has no __enter__/__exit__ (nor __aenter__/__aexit__): `with db.get_connection(3) as "
-    "conn:` is a TypeError on the memory backend while psycopg's connections support it on PostgreSQL",
-)
 @pytest.mark.parametrize("api", ["sync", "async"])
 def test_a_memory_connection_works_as_a_context_manager(api: str) -> None:
     servers = [dict(shards="0-8")]
@@ -52,12 +47,6 @@ def test_a_memory_connection_works_as_a_context_manager(api: str) -> None:
     asyncio.run(main())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="AsyncDatastore on the memory backend lends a sync MemoryCursor/MemoryConnection: await cur.execute("
-    "'SELECT 1'), await conn.execute(...), await conn.commit() raise TypeError (not awaitable); they should be "
-    "awaitable as psycopg's AsyncCursor/AsyncConnection are on PostgreSQL",
-)
 @pytest.mark.parametrize("borrow", ["cursor", "get_connection"])
 def test_async_memory_cursors_and_connections_are_awaitable(borrow: str) -> None:
     async def main() -> None:

@@ -16,14 +16,7 @@ import pytest
 
 import hvcore
 
-REASON = (
-    "cur.connection of a tx.cursor() is the raw pooled connection: after the transaction block it runs statements "
-    "in the next borrower's session (a ROLLBACK undid their transaction); it should refuse with ConnectionMisuse, as "
-    "cur.connection of db.cursor() does"
-)
 
-
-@pytest.mark.xfail(strict=True, reason=REASON)
 def test_a_transaction_cursors_connection_is_refused_after_the_block(pg_fresh_db: dict[str, Any]) -> None:
     with hvcore.Datastore([{**pg_fresh_db, "shards": "0-8"}], backend="jsonb", pool_max=1, worker=None) as db:
         db.provision()
@@ -41,7 +34,6 @@ def test_a_transaction_cursors_connection_is_refused_after_the_block(pg_fresh_db
             db.put_connection(theirs)
 
 
-@pytest.mark.xfail(strict=True, reason=REASON)
 def test_an_async_transaction_cursors_connection_is_refused_after_the_block(pg_fresh_db: dict[str, Any]) -> None:
     async def main() -> None:
         servers = [{**pg_fresh_db, "shards": "0-8"}]
