@@ -686,12 +686,41 @@ class AsyncPostgresServerStore(StoreCore):
         holds = self._self_locks.mine(held())
         if not holds:
             return
-        watch = SelfLockWatch(current_owner(), holds, self._session_pid(conn))
+        cast(Any, conn).hv_watch = self._start_watch(current_owner(), holds, self._session_pid(conn))
+
+    def _start_watch(self, owner: object, holds: tuple[Hold, ...], pid: int) -> SelfLockWatch:
+        """A watch of session ``pid`` (run for ``owner``) against ``holds``: `_check_self_lock` after
+        `SELF_LOCK_DELAY` s unless stopped first."""
+        watch = SelfLockWatch(owner, holds, pid)
         if True:  # ASYNC
             watch.handle = asyncio.get_running_loop().call_later(SELF_LOCK_DELAY, self._spawn_check, watch)
         else:
             watch.handle = call_later(SELF_LOCK_DELAY, self._check_self_lock, watch)
-        cast(Any, conn).hv_watch = watch
+        return watch
+
+    async def _lent_wait(self, conn: AConn, wait: Any, gen: Any, interval: float, timeout: float | None) -> Any:
+        """``wait(gen, interval, timeout)`` (psycopg's, for a statement of user SQL on ``conn``, lent by
+        `get_connection` or a `cursor` block), watched like a plain call's statement if the borrower holds other
+        sessions of this server (the lent one is excluded: it is the one waiting): a wait for one of them is
+        cancelled after `SELF_LOCK_DELAY` s and raises `SelfDeadlock` (the borrower's transaction on ``conn`` is
+        then aborted, as after any failed statement)."""
+        locks = self._self_locks
+        own = self._lent_holds.get(id(conn))
+        holds = tuple(hold for hold in locks.mine(held()) if hold is not own) if len(locks.open) > 1 else ()
+        if not holds:
+            return await wait(gen, interval, timeout)
+        watch = self._start_watch(object(), holds, self._session_pid(conn))
+        try:
+            return await wait(gen, interval, timeout)
+        except psycopg.errors.QueryCanceled as exc:
+            if watch.stop():
+                found = locks.error(watch.owner, cast(Any, conn).hv_shard, self._label, raw=True)
+                if found is not None:
+                    raise found from exc
+            raise
+        finally:
+            watch.stop()
+            locks.forget(watch.owner)
 
     def holds_session(self) -> bool:
         """True if the running code holds a session of this server (an open transaction, a lent connection): its
@@ -821,6 +850,8 @@ class AsyncPostgresServerStore(StoreCore):
         cast(Any, conn).hv_lend = handle  # cursors made through it are refused once it is returned (LentCursor)
         # a plain call of the borrower's waiting for what its SQL there locked fails fast (_selflock)
         hold = self._self_locks.opened(self._session_pid(conn), shard_id, LENT) if self.pooling == "off" else None
+        if hold is not None:  # and its SQL waiting for the borrower's other sessions (`_lent_wait`)
+            cast(Any, conn).hv_lent_wait = self._lent_wait
         with self._lock:
             self._borrowed[id(conn)] = (conn, pool)
             self._borrower[id(conn)] = self._holdings.take(CONNECTION)
@@ -852,6 +883,7 @@ class AsyncPostgresServerStore(StoreCore):
             handle = self._handles.pop(id(conn), None)
             hold = self._lent_holds.pop(id(conn), None)
         self._self_locks.closed(hold)
+        cast(Any, conn).hv_lent_wait = None
         if handle is not None:  # the borrower's handle lets go first: nothing of theirs reaches the next borrower
             detach(handle)
         if owner is not None:

@@ -183,8 +183,9 @@ class SelfLocks:
             with self._lock:
                 self._found.pop(owner, None)
 
-    def error(self, owner: object, shard_id: int, label: str) -> SelfDeadlock | None:
-        """The `SelfDeadlock` of the call ``owner`` ran, cancelled on shard ``shard_id`` of ``label``, if one was."""
+    def error(self, owner: object, shard_id: int, label: str, *, raw: bool = False) -> SelfDeadlock | None:
+        """The `SelfDeadlock` of the call ``owner`` ran, cancelled on shard ``shard_id`` of ``label``, if one was
+        (``raw``: a statement of user SQL on a lent connection, ``db.cursor()`` or ``db.get_connection()``)."""
         with self._lock:
             found = self._found.pop(owner, None)
             if found is None:
@@ -197,22 +198,32 @@ class SelfLocks:
         verb = first.group(1).upper() if first is not None else ""
         calls, instead = _OPERATIONS.get(verb, ("call", "tx.<operation>"))
         what = f"{verb} ({calls})" if verb in _OPERATIONS else calls
+        if raw:  # user SQL: the transaction's own cursor runs it inside the transaction
+            what = f"{verb or 'statement'} through db.cursor({shard_id}) or db.get_connection({shard_id})"
+            instead = "tx.cursor()"
         who = waited[0][0].whose if waited else "thread"
         shards = sorted({shard for _, (_, shard, _) in waited})
         on = f"shard {shards[0]}" if len(shards) == 1 else "shards " + ", ".join(str(s) for s in shards)
         on = on if shards else "its shard"  # the block ended meanwhile
         blocks = sorted({block.format(shard) for _, (_, shard, block) in waited}) or [TRANSACTION.format("shard")]
         lent = all(block == LENT for _, (_, _, block) in waited) and bool(waited)
+        call = "statement" if raw else "call"
         fix = (
-            "run its SQL on the block's own cursor or connection, or run the call after giving it back"
+            f"run its SQL on the block's own cursor or connection, or run the {call} after giving it back"
             if lent
             else f"Inside the block, run it through the transaction ({instead}), or run it after the block ends"
         )
+        cancelled = (
+            "The statement was cancelled on the server (the borrowed connection's transaction is aborted: nothing "
+            "of it commits)"
+            if raw
+            else "The call was cancelled on the server (nothing of it is stored)"
+        )
         return SelfDeadlock(
-            f"a plain {what} on shard {shard_id} of {label} waited for a lock held by this {who}'s own open "
-            f"transaction on {on} ({' and '.join(blocks)}), which cannot go on until the call returns: the wait "
-            "would never end. The call was cancelled on the server (nothing of it is stored) and the transaction is "
-            f"still open. {fix[0].upper()}{fix[1:]}"
+            f"a {'' if raw else 'plain '}{what} on shard {shard_id} of {label} waited for a lock held by this "
+            f"{who}'s own open transaction on {on} ({' and '.join(blocks)}), which cannot go on until the {call} "
+            f"returns: the wait would never end. {cancelled} and the transaction is still open. "
+            f"{fix[0].upper()}{fix[1:]}"
         )
 
 

@@ -21,12 +21,6 @@ import hvcore
 BOUND = 2.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a statement through db.cursor(5) waiting for a row of the caller's own open db.transaction(5) waits "
-    "the whole operation_timeout and raises OperationTimeout ('did not answer within operation_timeout': "
-    "ServerUnavailable); it should be a SelfDeadlock at once naming tx.cursor(), as for db.update and plain calls",
-)
 @pytest.mark.parametrize("borrow", ["cursor", "get_connection"])
 def test_raw_sql_waiting_for_the_callers_own_transaction_is_a_self_deadlock(
     pg_fresh_db: dict[str, Any], borrow: str
