@@ -11,6 +11,7 @@ still waits, and succeeds when that transaction commits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -148,14 +149,105 @@ def test_waiting_for_another_threads_transaction_still_waits_and_succeeds(db: hv
     assert record is not None and record.data == {"balance": "70", "note": "plain"}
 
 
-def test_a_connection_lent_to_user_code_is_not_watched(db: hvcore.Datastore) -> None:
-    """What user code runs on ``get_connection()``/``cursor()`` is its own business: its wait is not cancelled."""
+@pytest.mark.parametrize("borrow", ["cursor", "get_connection"])
+def test_raw_sql_through_a_lent_connection_waiting_for_the_callers_transaction_fails_fast(
+    db: hvcore.Datastore, borrow: str
+) -> None:
+    """User SQL through ``cursor()``/``get_connection()`` waiting for the caller's own open transaction is a
+    `SelfDeadlock` too (the lent session is the waiting one, not one of those waited for); the transaction goes on."""
+    key = db.put(5, 1, balance="100")
+    with db.transaction(5) as tx:
+        tx.update(key, balance="70")
+        started = time.monotonic()
+        with pytest.raises(SelfDeadlock) as caught:
+            if borrow == "cursor":
+                with db.cursor(5) as cur:
+                    cur.execute("UPDATE entities SET kind = 2 WHERE id = %s", (key,))
+            else:
+                conn = db.get_connection(5)
+                try:
+                    conn.execute("UPDATE entities SET kind = 2 WHERE id = %s", (key,))
+                    conn.commit()
+                finally:
+                    db.put_connection(conn)
+        assert time.monotonic() - started < FAST
+        tx.update(key, balance="60")
+    message = str(caught.value)
+    assert "UPDATE through db.cursor(5) or db.get_connection(5) on shard 5" in message, message
+    assert "db.transaction(5)" in message and "tx.cursor()" in message and "plain" not in message, message
+    record = db.get(key)
+    assert record is not None and record.data == {"balance": "60"}
+    with db.cursor(5) as cur:  # nothing held: ordinary user SQL again
+        cur.execute("UPDATE entities SET kind = 3 WHERE id = %s", (key,))
+
+
+def test_raw_sql_waiting_for_another_connection_the_caller_borrowed_fails_fast(db: hvcore.Datastore) -> None:
+    """Two connections of the same caller: the second's statement waits for the first's lock, which is held until
+    the caller gives the first back."""
+    key = db.put(5, 1, balance="100")
+    first = db.get_connection(5)
+    try:
+        first.execute("UPDATE entities SET kind = kind WHERE id = %s", (key,))
+        with pytest.raises(SelfDeadlock, match="after giving it back"), db.cursor(5) as cur:
+            cur.execute("DELETE FROM entities WHERE id = %s", (key,))
+    finally:
+        db.put_connection(first)
+    assert db.get(key) is not None
+
+
+def test_raw_sql_under_a_shorter_lock_timeout_of_its_own_keeps_it(db: hvcore.Datastore) -> None:
+    """The user's own ``lock_timeout`` below the watch's first question stays the user's error."""
     key = db.put(5, 1, balance="100")
     with db.transaction(5) as tx:
         tx.update(key, balance="70")
         with pytest.raises(psycopg.errors.LockNotAvailable), db.cursor(5) as cur:
-            cur.execute("SET LOCAL lock_timeout = '1s'")
+            cur.execute("SET LOCAL lock_timeout = '50ms'")
             cur.execute("UPDATE entities SET id = id WHERE id = %s", (key,))
+
+
+@pytest.mark.parametrize("own_transaction", [True, False])
+def test_raw_sql_waiting_for_another_threads_transaction_still_waits_and_succeeds(
+    db: hvcore.Datastore, own_transaction: bool
+) -> None:
+    """Through a cursor, a wait for another thread's transaction is ordinary contention, whether the caller holds a
+    transaction of its own (the cursor's statement is watched, never cancelled) or not (not watched)."""
+    key = db.put(5, 1, balance="100")
+    other = db.put(6, 1, n="1")
+    locked, release = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def holder() -> None:
+        try:
+            with db.transaction(5) as tx:
+                tx.update(key, balance="70")
+                locked.set()
+                release.wait(30)
+        except BaseException as exc:  # pragma: no cover (reported below)
+            errors.append(exc)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    assert locked.wait(30)
+    timer = threading.Timer(1.5, release.set)  # past several of the watch's questions
+    timer.start()
+    try:
+        with contextlib.ExitStack() as stack:
+            if own_transaction:
+                tx = stack.enter_context(db.transaction(6))
+                tx.update(other, n="2")
+            started = time.monotonic()
+            with db.cursor(5) as cur:
+                cur.execute("UPDATE entities SET kind = 2 WHERE id = %s", (key,))  # waits for the holder's commit
+                assert cur.rowcount == 1
+            waited = time.monotonic() - started
+    finally:
+        release.set()
+        thread.join(30)
+        timer.cancel()
+    assert not errors, errors
+    assert waited >= 1.0, f"{waited:.2f} s: it did not wait for the other transaction"
+    record = db.get(key)
+    assert record is not None and record.data == {"balance": "70"} and record.kind == 2
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -251,6 +343,20 @@ def test_asyncio_tasks_started_inside_the_block_act_for_it_and_never_the_other_w
                 await cur.execute("UPDATE entities SET kind = kind WHERE id = %s", (key,))
                 with pytest.raises(SelfDeadlock, match=r"db\.cursor\(5\)"):
                     await db.update(key, note="y")
+            async with db.transaction(5) as tx:  # raw SQL of the task's through a lent connection
+                await tx.update(key, balance="80")
+                started = time.monotonic()
+                with pytest.raises(SelfDeadlock, match=r"UPDATE through db\.cursor\(5\).*tx\.cursor\(\)"):
+                    async with db.cursor(5) as cur:
+                        await cur.execute("UPDATE entities SET kind = 2 WHERE id = %s", (key,))
+                conn = await db.get_connection(5)
+                try:
+                    with pytest.raises(SelfDeadlock, match=r"DELETE through db\.cursor\(5\)"):
+                        await conn.execute("DELETE FROM entities WHERE id = %s", (key,))
+                finally:
+                    await db.put_connection(conn)
+                assert time.monotonic() - started < FAST
+                await tx.update(key, balance="70")
             record = await db.get(key)
             assert record is not None and record.data == {"balance": "70"}
 
