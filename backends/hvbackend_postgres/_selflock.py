@@ -22,11 +22,16 @@ while some session is held on the store, none otherwise). A task started inside 
 call waiting for the block's transaction is a `SelfDeadlock` too (the block awaiting it would wait forever; a
 task the block does not await would have waited for the commit: run such a call after the block).
 
+User SQL on a connection lent by ``get_connection()`` or a ``cursor()`` block is watched the same way while its
+borrower holds other sessions of the server: psycopg's every wait on that connection goes through the store's
+``_lent_wait`` (``hv_lent_wait``, set on the connection while it is lent: `_bouncer.shard_bound_class`), the lent
+session itself excluded from the holds (it is the waiting one); the cancelled statement's ``QueryCanceled`` is
+raised as `SelfDeadlock` (``error(raw=True)``: the fix is ``tx.cursor()``), and the borrower's transaction on it is
+aborted, as after any failed statement.
+
 Direct connections only: behind PgBouncer the pid a client sees is the pooler's, not a server session's. Not
-watched: what runs on connections lent to user code (``get_connection()``, ``cursor()``: registered, so a plain
-call waiting for them is caught, but their own statements are the user's) and on the connection of a transaction
-(a transaction nested in another of the same caller on the same server runs mostly user SQL through
-``tx.cursor()``, whose errors are the user's own: cancelling it would give a bare ``QueryCanceled``).
+watched: what runs on the connection of a transaction (a transaction nested in another of the same caller on the
+same server runs mostly user SQL through ``tx.cursor()``: unchanged).
 """
 
 from __future__ import annotations
