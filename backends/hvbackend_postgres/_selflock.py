@@ -99,7 +99,7 @@ class SelfLockWatch:
     """One watched statement: who runs it (`current_owner`, the key of its finding), the holds it must not wait for,
     and its session; set between the checkout and the return of its connection."""
 
-    __slots__ = ("done", "fired", "guard", "handle", "holds", "owner", "pid")
+    __slots__ = ("done", "fired", "guard", "handle", "holds", "owner", "pid", "sent")
 
     def __init__(self, owner: object, holds: tuple[Hold, ...], pid: int) -> None:
         self.owner = owner
@@ -108,6 +108,7 @@ class SelfLockWatch:
         self.handle: Any = None  # the timer of the first question (asyncio TimerHandle / threading.Timer)
         self.done = False  # the connection came back: the call is over
         self.fired = False  # a cancel was (or is being) sent for the call's statement
+        self.sent = False  # the check is over: a cancel it fired has reached the server (or failed)
         self.guard = threading.Lock()
 
     def fire(self) -> bool:

@@ -601,8 +601,18 @@ class PostgresServerStore(StoreCore):
                     raise found from exc
             raise
         finally:
-            watch.stop()
+            if watch.stop():  # fired, yet the statement ended otherwise: its cancel must not reach the next one
+                self._cancel_sent(watch)
             locks.forget(watch.owner)
+
+    @staticmethod
+    def _cancel_sent(watch: SelfLockWatch) -> None:
+        """Wait (up to `SELF_LOCK_POLL_MAX` s) until the cancel ``watch`` fired has reached the server: a lent
+        connection goes on being used (unlike a plain call's, which is discarded), and a cancel arriving at an idle
+        session is ignored, one arriving during the borrower's next statement would cancel it."""
+        deadline = time.monotonic() + SELF_LOCK_POLL_MAX
+        while not watch.sent and time.monotonic() < deadline:
+            sleep(0.005)
 
     def holds_session(self) -> bool:
         """True if the running code holds a session of this server (an open transaction, a lent connection): its
@@ -650,6 +660,7 @@ class PostgresServerStore(StoreCore):
         except (psycopg.Error, OSError) as exc:
             self._log("checking what a call on %s waits for failed: %s", self._label, exc)
         finally:
+            watch.sent = True
             if conn is not None:
                 with contextlib.suppress(psycopg.Error):
                     conn.close()
