@@ -72,9 +72,15 @@ BLOCKED_BY_SQL = """WITH RECURSIVE chain(pid) AS (
 )
 SELECT array(SELECT pid FROM chain WHERE pid = ANY(%(ours)s)),
        (SELECT query FROM pg_stat_activity WHERE pid = %(pid)s),
-       (SELECT backend_start FROM pg_stat_activity WHERE pid = %(pid)s)"""
+       (SELECT backend_start FROM pg_stat_activity WHERE pid = %(pid)s),
+       (SELECT n.nspname FROM pg_locks l
+          JOIN pg_class c ON c.oid = l.relation JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE l.pid = %(pid)s AND (NOT l.granted OR l.locktype = 'tuple')
+         ORDER BY l.granted, n.nspname LIMIT 1)"""
 """The sessions among ``ours`` that the session ``pid`` waits for, directly or through other waiting sessions
-(each of those waits for the next); the statement it runs and when it started (to cancel that session only)."""
+(each of those waits for the next); the statement it runs and when it started (to cancel that session only); the
+schema of the table (or index) it waits for: a lock on it not granted, else the row lock it holds while it waits
+for the row's writer (``tuple``); None for a wait on a transaction alone (a unique value another one wrote)."""
 
 CANCEL_SQL = "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE pid = %s AND backend_start = %s"
 """Cancel the statement of session ``pid`` if it is still the session that was seen (a pid is reused later)."""
@@ -91,6 +97,8 @@ _OPERATIONS = {  # the statement's first word -> (the plain calls that send it, 
     "DELETE": ("db.delete or db.delete_where", "tx.delete"),
     "SELECT": ("db.get_many, db.get or db.query", "tx.get_many, tx.get or tx.query"),
 }
+
+_SHARD_SCHEMA = re.compile(r"shard(\d{4,})")  # `_schema.shard_schema`'s names (``shard0012``)
 
 _VERB = re.compile(r"\b(INSERT|COPY|UPDATE|DELETE|SELECT)\b", re.IGNORECASE)
 
@@ -139,7 +147,8 @@ class SelfLocks:
     def __init__(self) -> None:
         self.open: dict[Hold, tuple[int, int, str]] = {}  # hold -> (pid, shard, block) of its session
         """Non-empty while some caller holds a session of the store (then its checkouts look further)."""
-        self._found: dict[object, tuple[str, list[int], tuple[Hold, ...]]] = {}  # owner -> a cancelled call's finding
+        # owner -> a cancelled call's finding: (statement, pids waited for, holds, shard of the table waited for)
+        self._found: dict[object, tuple[str, list[int], tuple[Hold, ...], int | None]] = {}
         self._lock = threading.Lock()
         self.tasks: set[Any] = set()  # asyncio: the running questions (a task needs a reference)
 
@@ -177,11 +186,14 @@ class SelfLocks:
         with self._lock:
             return [entry[0] for hold in holds if (entry := self.open.get(hold)) is not None]
 
-    def found(self, owner: object, statement: str, pids: list[int], holds: tuple[Hold, ...]) -> None:
+    def found(
+        self, owner: object, statement: str, pids: list[int], holds: tuple[Hold, ...], schema: str | None = None
+    ) -> None:
         """Before a cancel: the call ``owner`` runs waits, running ``statement``, for the sessions ``pids`` of
-        ``holds``."""
+        ``holds``, on a table of ``schema`` (if the server said: a shard's schema names the shard in the error)."""
+        named = _SHARD_SCHEMA.fullmatch(schema or "")
         with self._lock:
-            self._found[owner] = (statement, pids, holds)
+            self._found[owner] = (statement, pids, holds, int(named.group(1)) if named is not None else None)
 
     def forget(self, owner: object) -> None:
         """The watched call is over: a finding it did not raise (it finished before the cancel came) is dropped."""
@@ -196,7 +208,9 @@ class SelfLocks:
             found = self._found.pop(owner, None)
             if found is None:
                 return None
-            statement, pids, holds = found
+            statement, pids, holds, waited_on = found
+        if waited_on is not None:  # a statement over several shards: the one whose table or row it waited for
+            shard_id = waited_on
             waited = [
                 (hold, entry) for hold in holds if (entry := self.open.get(hold)) is not None and entry[0] in pids
             ]

@@ -651,7 +651,7 @@ class PostgresServerStore(StoreCore):
                 cur = conn.execute(BLOCKED_BY_SQL, {"pid": watch.pid, "ours": ours})
                 row = cur.fetchone()
                 if row is not None and row[0] and watch.fire():
-                    self._self_locks.found(watch.owner, str(row[1] or ""), list(row[0]), watch.holds)
+                    self._self_locks.found(watch.owner, str(row[1] or ""), list(row[0]), watch.holds, row[3])
                     conn.execute(CANCEL_SQL, (watch.pid, row[2]))
                     self._log("a call on %s waited for its own transaction (pid %s): cancelled", self._label, row[0])
                     return

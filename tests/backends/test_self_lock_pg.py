@@ -101,6 +101,34 @@ def test_a_read_waiting_for_a_table_lock_of_the_callers_transaction_fails_fast(d
     assert db.get_many([key])[key].data == {"balance": "100"}
 
 
+# each: a plain call over several shards of one server (one batch), one of them (5) locked by the transaction
+OVER: dict[str, Callable[[hvcore.Datastore, list[hvcore.Key]], Any]] = {
+    "update_where": lambda db, keys: db.update_where(set={"note": "plain"}, kind=1, shards=[2, 5, 7]),
+    "delete_where": lambda db, keys: db.delete_where(kind=1, shards=[2, 5, 7]),
+    "get_many": lambda db, keys: db.get_many(keys),
+    "query": lambda db, keys: list(db.query(kind=1, shards=[2, 5, 7])),
+}
+
+
+@pytest.mark.parametrize("op", sorted(OVER))
+def test_a_call_over_several_shards_names_the_shard_whose_row_or_table_it_waited_for(
+    db: hvcore.Datastore, op: str
+) -> None:
+    """The server says which table the cancelled statement waited for (``pg_locks``): its shard is named, not the
+    first of the call's batch."""
+    keys = [db.put(shard, 1, n=str(shard)) for shard in (2, 5, 7)]
+    with db.transaction(5) as tx:
+        if op in ("get_many", "query"):  # reads wait for a table lock only
+            with tx.cursor() as cur:
+                cur.execute('LOCK TABLE "shard0005".entities IN ACCESS EXCLUSIVE MODE')
+        else:
+            tx.update(keys[1], n="five")
+        with pytest.raises(SelfDeadlock) as caught:
+            OVER[op](db, keys)
+    message = str(caught.value)
+    assert "on shard 5 of" in message and "shard 2" not in message, message
+
+
 def test_the_error_also_ends_the_block_and_rolls_the_transaction_back(db: hvcore.Datastore) -> None:
     key = db.put(5, 1, balance="100")
     with pytest.raises(SelfDeadlock), db.transaction(5) as tx:
