@@ -209,11 +209,11 @@ class SelfLocks:
             if found is None:
                 return None
             statement, pids, holds, waited_on = found
-        if waited_on is not None:  # a statement over several shards: the one whose table or row it waited for
-            shard_id = waited_on
             waited = [
                 (hold, entry) for hold in holds if (entry := self.open.get(hold)) is not None and entry[0] in pids
             ]
+        if waited_on is not None:  # a statement over several shards: the one whose table or row it waited for
+            shard_id = waited_on
         first = _VERB.search(statement)  # a read may start with "(" or WITH
         verb = first.group(1).upper() if first is not None else ""
         calls, instead = _OPERATIONS.get(verb, ("call", "tx.<operation>"))
