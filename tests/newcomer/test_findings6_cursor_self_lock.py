@@ -1,4 +1,4 @@
-"""Sixth newcomer: raw SQL through ``db.cursor(shard)`` inside one's own ``db.transaction(shard)`` block.
+"""Sixth newcomer: raw SQL through ``db.cursor(shard)`` inside one's own ``db.transaction(shard)`` block (fixed).
 
 A newcomer moving a psycopg2 code base over keeps its ``with db.cursor(5) as cur:`` blocks and wraps the calls
 around them in ``with db.transaction(5) as tx:``. A statement in the cursor block that touches a row the transaction
@@ -7,6 +7,9 @@ wrote waits for the caller's own transaction (another pooled session): it can ne
 default) and then says the server "did not answer within operation_timeout" (``OperationTimeout``, a
 `ServerUnavailable`): the server answered, the wait was the caller's own. Not among the unwatched cases the README
 lists (a plain call inside a cursor block, or inside a transaction on a ``get_connection()`` connection).
+
+Fixed: the lent connection's waits are watched like a plain call's statement (``_astore._lent_wait``): the
+statement is cancelled after 0.15 s and raises `SelfDeadlock` naming ``tx.cursor()``.
 """
 
 from __future__ import annotations
