@@ -239,8 +239,9 @@ class SelfLocks:
             if raw
             else "The call was cancelled on the server (nothing of it is stored)"
         )
+        article = ("an " if what[0] in "AEIOU" else "a ") if raw else "a plain "
         return SelfDeadlock(
-            f"a {'' if raw else 'plain '}{what} on shard {shard_id} of {label} waited for a lock held by this "
+            f"{article}{what} on shard {shard_id} of {label} waited for a lock held by this "
             f"{who}'s own open transaction on {on} ({' and '.join(blocks)}), which cannot go on until the {call} "
             f"returns: the wait would never end. {cancelled} and the transaction is still open. "
             f"{fix[0].upper()}{fix[1:]}"

@@ -201,7 +201,7 @@ def test_raw_sql_through_a_lent_connection_waiting_for_the_callers_transaction_f
         assert time.monotonic() - started < FAST
         tx.update(key, balance="60")
     message = str(caught.value)
-    assert "UPDATE through db.cursor(5) or db.get_connection(5) on shard 5" in message, message
+    assert "an UPDATE through db.cursor(5) or db.get_connection(5) on shard 5" in message, message
     assert "db.transaction(5)" in message and "tx.cursor()" in message and "plain" not in message, message
     record = db.get(key)
     assert record is not None and record.data == {"balance": "60"}
