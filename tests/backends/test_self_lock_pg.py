@@ -411,6 +411,45 @@ def test_asyncio_tasks_started_inside_the_block_act_for_it_and_never_the_other_w
     asyncio.run(scenario())
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_asyncio_raw_sql_waiting_for_another_tasks_transaction_still_waits_and_succeeds(
+    backend: str, pg_fresh_db: dict[str, Any]
+) -> None:
+    """Through an async ``cursor()`` inside the task's own transaction (so the statement is watched), a wait for
+    another task's transaction is ordinary contention: never cancelled."""
+
+    async def scenario() -> None:
+        async with hvcore.AsyncDatastore(
+            [{**pg_fresh_db, "shards": "0-8"}], backend=backend, pool_max=4, operation_timeout=TIMEOUT
+        ) as db:
+            await db.provision()
+            key = await db.put(5, 1, balance="100")
+            other = await db.put(6, 1, n="1")
+            locked, release = asyncio.Event(), asyncio.Event()
+
+            async def holder() -> None:
+                async with db.transaction(5) as tx:
+                    await tx.update(key, balance="50")
+                    locked.set()
+                    await release.wait()
+
+            held = asyncio.ensure_future(holder())
+            await locked.wait()
+            asyncio.get_running_loop().call_later(1.5, release.set)
+            async with db.transaction(6) as tx:
+                await tx.update(other, n="2")
+                started = time.monotonic()
+                async with db.cursor(5) as cur:
+                    await cur.execute("UPDATE entities SET kind = 2 WHERE id = %s", (key,))
+                    assert cur.rowcount == 1
+                assert time.monotonic() - started >= 1.0
+            await held
+            record = await db.get(key)
+            assert record is not None and record.data == {"balance": "50"} and record.kind == 2
+
+    asyncio.run(scenario())
+
+
 def test_a_fan_out_piece_waiting_for_a_connection_its_caller_holds_says_so(
     pg_fresh_db: dict[str, Any], pg_fresh_db2: dict[str, Any]
 ) -> None:
