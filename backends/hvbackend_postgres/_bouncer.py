@@ -160,9 +160,17 @@ def shard_bound_class(base: type[psycopg.Connection[Any]]) -> type[psycopg.Conne
         hv_bind: bytes | None = None
         hv_restore = ""  # behind a pooler: `restore_sql` of the connection as it started
         hv_watch: Any = None  # a `_selflock.SelfLockWatch` while a caller holding a transaction uses it
+        hv_lent_wait: Any = None  # while lent to a borrower holding other sessions: the store's watched wait
 
         def _start_query(self) -> Any:
             return _bind_after_begin(self, super()._start_query())
+
+        def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
+            """psycopg's wait; on a lent connection, watched for a wait on its borrower's other sessions."""
+            watched = self.hv_lent_wait
+            if watched is None:
+                return super().wait(gen, interval, timeout)
+            return watched(self, super().wait, gen, interval, timeout)
 
         @contextmanager
         def transaction(self, savepoint_name: str | None = None, force_rollback: bool = False) -> Iterator[Any]:
@@ -184,9 +192,17 @@ def shard_bound_async_class(base: type[psycopg.AsyncConnection[Any]]) -> type[ps
         hv_bind: bytes | None = None
         hv_restore = ""  # behind a pooler: `restore_sql` of the connection as it started
         hv_watch: Any = None  # a `_selflock.SelfLockWatch` while a caller holding a transaction uses it
+        hv_lent_wait: Any = None  # while lent to a borrower holding other sessions: the store's watched wait
 
         def _start_query(self) -> Any:
             return _bind_after_begin(self, super()._start_query())
+
+        async def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
+            """psycopg's wait; on a lent connection, watched for a wait on its borrower's other sessions."""
+            watched = self.hv_lent_wait
+            if watched is None:
+                return await super().wait(gen, interval, timeout)
+            return await watched(self, super().wait, gen, interval, timeout)
 
         @asynccontextmanager
         async def transaction(

@@ -22,11 +22,16 @@ while some session is held on the store, none otherwise). A task started inside 
 call waiting for the block's transaction is a `SelfDeadlock` too (the block awaiting it would wait forever; a
 task the block does not await would have waited for the commit: run such a call after the block).
 
+User SQL on a connection lent by ``get_connection()`` or a ``cursor()`` block is watched the same way while its
+borrower holds other sessions of the server: psycopg's every wait on that connection goes through the store's
+``_lent_wait`` (``hv_lent_wait``, set on the connection while it is lent: `_bouncer.shard_bound_class`), the lent
+session itself excluded from the holds (it is the waiting one); the cancelled statement's ``QueryCanceled`` is
+raised as `SelfDeadlock` (``error(raw=True)``: the fix is ``tx.cursor()``), and the borrower's transaction on it is
+aborted, as after any failed statement.
+
 Direct connections only: behind PgBouncer the pid a client sees is the pooler's, not a server session's. Not
-watched: what runs on connections lent to user code (``get_connection()``, ``cursor()``: registered, so a plain
-call waiting for them is caught, but their own statements are the user's) and on the connection of a transaction
-(a transaction nested in another of the same caller on the same server runs mostly user SQL through
-``tx.cursor()``, whose errors are the user's own: cancelling it would give a bare ``QueryCanceled``).
+watched: what runs on the connection of a transaction (a transaction nested in another of the same caller on the
+same server runs mostly user SQL through ``tx.cursor()``: unchanged).
 """
 
 from __future__ import annotations
@@ -67,9 +72,15 @@ BLOCKED_BY_SQL = """WITH RECURSIVE chain(pid) AS (
 )
 SELECT array(SELECT pid FROM chain WHERE pid = ANY(%(ours)s)),
        (SELECT query FROM pg_stat_activity WHERE pid = %(pid)s),
-       (SELECT backend_start FROM pg_stat_activity WHERE pid = %(pid)s)"""
+       (SELECT backend_start FROM pg_stat_activity WHERE pid = %(pid)s),
+       (SELECT n.nspname FROM pg_locks l
+          JOIN pg_class c ON c.oid = l.relation JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE l.pid = %(pid)s AND (NOT l.granted OR l.locktype = 'tuple')
+         ORDER BY l.granted, n.nspname LIMIT 1)"""
 """The sessions among ``ours`` that the session ``pid`` waits for, directly or through other waiting sessions
-(each of those waits for the next); the statement it runs and when it started (to cancel that session only)."""
+(each of those waits for the next); the statement it runs and when it started (to cancel that session only); the
+schema of the table (or index) it waits for: a lock on it not granted, else the row lock it holds while it waits
+for the row's writer (``tuple``); None for a wait on a transaction alone (a unique value another one wrote)."""
 
 CANCEL_SQL = "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE pid = %s AND backend_start = %s"
 """Cancel the statement of session ``pid`` if it is still the session that was seen (a pid is reused later)."""
@@ -87,6 +98,8 @@ _OPERATIONS = {  # the statement's first word -> (the plain calls that send it, 
     "SELECT": ("db.get_many, db.get or db.query", "tx.get_many, tx.get or tx.query"),
 }
 
+_SHARD_SCHEMA = re.compile(r"shard(\d{4,})")  # `_schema.shard_schema`'s names (``shard0012``)
+
 _VERB = re.compile(r"\b(INSERT|COPY|UPDATE|DELETE|SELECT)\b", re.IGNORECASE)
 
 
@@ -94,7 +107,7 @@ class SelfLockWatch:
     """One watched statement: who runs it (`current_owner`, the key of its finding), the holds it must not wait for,
     and its session; set between the checkout and the return of its connection."""
 
-    __slots__ = ("done", "fired", "guard", "handle", "holds", "owner", "pid")
+    __slots__ = ("done", "fired", "guard", "handle", "holds", "owner", "pid", "sent")
 
     def __init__(self, owner: object, holds: tuple[Hold, ...], pid: int) -> None:
         self.owner = owner
@@ -103,6 +116,7 @@ class SelfLockWatch:
         self.handle: Any = None  # the timer of the first question (asyncio TimerHandle / threading.Timer)
         self.done = False  # the connection came back: the call is over
         self.fired = False  # a cancel was (or is being) sent for the call's statement
+        self.sent = False  # the check is over: a cancel it fired has reached the server (or failed)
         self.guard = threading.Lock()
 
     def fire(self) -> bool:
@@ -133,7 +147,8 @@ class SelfLocks:
     def __init__(self) -> None:
         self.open: dict[Hold, tuple[int, int, str]] = {}  # hold -> (pid, shard, block) of its session
         """Non-empty while some caller holds a session of the store (then its checkouts look further)."""
-        self._found: dict[object, tuple[str, list[int], tuple[Hold, ...]]] = {}  # owner -> a cancelled call's finding
+        # owner -> a cancelled call's finding: (statement, pids waited for, holds, shard of the table waited for)
+        self._found: dict[object, tuple[str, list[int], tuple[Hold, ...], int | None]] = {}
         self._lock = threading.Lock()
         self.tasks: set[Any] = set()  # asyncio: the running questions (a task needs a reference)
 
@@ -171,11 +186,14 @@ class SelfLocks:
         with self._lock:
             return [entry[0] for hold in holds if (entry := self.open.get(hold)) is not None]
 
-    def found(self, owner: object, statement: str, pids: list[int], holds: tuple[Hold, ...]) -> None:
+    def found(
+        self, owner: object, statement: str, pids: list[int], holds: tuple[Hold, ...], schema: str | None = None
+    ) -> None:
         """Before a cancel: the call ``owner`` runs waits, running ``statement``, for the sessions ``pids`` of
-        ``holds``."""
+        ``holds``, on a table of ``schema`` (if the server said: a shard's schema names the shard in the error)."""
+        named = _SHARD_SCHEMA.fullmatch(schema or "")
         with self._lock:
-            self._found[owner] = (statement, pids, holds)
+            self._found[owner] = (statement, pids, holds, int(named.group(1)) if named is not None else None)
 
     def forget(self, owner: object) -> None:
         """The watched call is over: a finding it did not raise (it finished before the cancel came) is dropped."""
@@ -183,36 +201,50 @@ class SelfLocks:
             with self._lock:
                 self._found.pop(owner, None)
 
-    def error(self, owner: object, shard_id: int, label: str) -> SelfDeadlock | None:
-        """The `SelfDeadlock` of the call ``owner`` ran, cancelled on shard ``shard_id`` of ``label``, if one was."""
+    def error(self, owner: object, shard_id: int, label: str, *, raw: bool = False) -> SelfDeadlock | None:
+        """The `SelfDeadlock` of the call ``owner`` ran, cancelled on shard ``shard_id`` of ``label``, if one was
+        (``raw``: a statement of user SQL on a lent connection, ``db.cursor()`` or ``db.get_connection()``)."""
         with self._lock:
             found = self._found.pop(owner, None)
             if found is None:
                 return None
-            statement, pids, holds = found
+            statement, pids, holds, waited_on = found
             waited = [
                 (hold, entry) for hold in holds if (entry := self.open.get(hold)) is not None and entry[0] in pids
             ]
+        if waited_on is not None:  # a statement over several shards: the one whose table or row it waited for
+            shard_id = waited_on
         first = _VERB.search(statement)  # a read may start with "(" or WITH
         verb = first.group(1).upper() if first is not None else ""
         calls, instead = _OPERATIONS.get(verb, ("call", "tx.<operation>"))
         what = f"{verb} ({calls})" if verb in _OPERATIONS else calls
+        if raw:  # user SQL: the transaction's own cursor runs it inside the transaction
+            what = f"{verb or 'statement'} through db.cursor({shard_id}) or db.get_connection({shard_id})"
+            instead = "tx.cursor()"
         who = waited[0][0].whose if waited else "thread"
         shards = sorted({shard for _, (_, shard, _) in waited})
         on = f"shard {shards[0]}" if len(shards) == 1 else "shards " + ", ".join(str(s) for s in shards)
         on = on if shards else "its shard"  # the block ended meanwhile
         blocks = sorted({block.format(shard) for _, (_, shard, block) in waited}) or [TRANSACTION.format("shard")]
         lent = all(block == LENT for _, (_, _, block) in waited) and bool(waited)
+        call = "statement" if raw else "call"
         fix = (
-            "run its SQL on the block's own cursor or connection, or run the call after giving it back"
+            f"run its SQL on the block's own cursor or connection, or run the {call} after giving it back"
             if lent
             else f"Inside the block, run it through the transaction ({instead}), or run it after the block ends"
         )
+        cancelled = (
+            "The statement was cancelled on the server (the borrowed connection's transaction is aborted: nothing "
+            "of it commits)"
+            if raw
+            else "The call was cancelled on the server (nothing of it is stored)"
+        )
+        article = ("an " if what[0] in "AEIOU" else "a ") if raw else "a plain "
         return SelfDeadlock(
-            f"a plain {what} on shard {shard_id} of {label} waited for a lock held by this {who}'s own open "
-            f"transaction on {on} ({' and '.join(blocks)}), which cannot go on until the call returns: the wait "
-            "would never end. The call was cancelled on the server (nothing of it is stored) and the transaction is "
-            f"still open. {fix[0].upper()}{fix[1:]}"
+            f"{article}{what} on shard {shard_id} of {label} waited for a lock held by this "
+            f"{who}'s own open transaction on {on} ({' and '.join(blocks)}), which cannot go on until the {call} "
+            f"returns: the wait would never end. {cancelled} and the transaction is still open. "
+            f"{fix[0].upper()}{fix[1:]}"
         )
 
 

@@ -572,9 +572,48 @@ class PostgresServerStore(StoreCore):
         holds = self._self_locks.mine(held())
         if not holds:
             return
-        watch = SelfLockWatch(current_owner(), holds, self._session_pid(conn))
+        cast(Any, conn).hv_watch = self._start_watch(current_owner(), holds, self._session_pid(conn))
+
+    def _start_watch(self, owner: object, holds: tuple[Hold, ...], pid: int) -> SelfLockWatch:
+        """A watch of session ``pid`` (run for ``owner``) against ``holds``: `_check_self_lock` after
+        `SELF_LOCK_DELAY` s unless stopped first."""
+        watch = SelfLockWatch(owner, holds, pid)
         watch.handle = call_later(SELF_LOCK_DELAY, self._check_self_lock, watch)
-        cast(Any, conn).hv_watch = watch
+        return watch
+
+    def _lent_wait(self, conn: Conn, wait: Any, gen: Any, interval: float, timeout: float | None) -> Any:
+        """``wait(gen, interval, timeout)`` (psycopg's, for a statement of user SQL on ``conn``, lent by
+        `get_connection` or a `cursor` block), watched like a plain call's statement if the borrower holds other
+        sessions of this server (the lent one is excluded: it is the one waiting): a wait for one of them is
+        cancelled after `SELF_LOCK_DELAY` s and raises `SelfDeadlock` (the borrower's transaction on ``conn`` is
+        then aborted, as after any failed statement)."""
+        locks = self._self_locks
+        own = self._lent_holds.get(id(conn))
+        holds = tuple(hold for hold in locks.mine(held()) if hold is not own) if len(locks.open) > 1 else ()
+        if not holds:
+            return wait(gen, interval, timeout)
+        watch = self._start_watch(object(), holds, self._session_pid(conn))
+        try:
+            return wait(gen, interval, timeout)
+        except psycopg.errors.QueryCanceled as exc:
+            if watch.stop():
+                found = locks.error(watch.owner, cast(Any, conn).hv_shard, self._label, raw=True)
+                if found is not None:
+                    raise found from exc
+            raise
+        finally:
+            if watch.stop():  # fired, yet the statement ended otherwise: its cancel must not reach the next one
+                self._cancel_sent(watch)
+            locks.forget(watch.owner)
+
+    @staticmethod
+    def _cancel_sent(watch: SelfLockWatch) -> None:
+        """Wait (up to `SELF_LOCK_POLL_MAX` s) until the cancel ``watch`` fired has reached the server: a lent
+        connection goes on being used (unlike a plain call's, which is discarded), and a cancel arriving at an idle
+        session is ignored, one arriving during the borrower's next statement would cancel it."""
+        deadline = time.monotonic() + SELF_LOCK_POLL_MAX
+        while not watch.sent and time.monotonic() < deadline:
+            sleep(0.005)
 
     def holds_session(self) -> bool:
         """True if the running code holds a session of this server (an open transaction, a lent connection): its
@@ -613,7 +652,7 @@ class PostgresServerStore(StoreCore):
                 cur = conn.execute(BLOCKED_BY_SQL, {"pid": watch.pid, "ours": ours})
                 row = cur.fetchone()
                 if row is not None and row[0] and watch.fire():
-                    self._self_locks.found(watch.owner, str(row[1] or ""), list(row[0]), watch.holds)
+                    self._self_locks.found(watch.owner, str(row[1] or ""), list(row[0]), watch.holds, row[3])
                     conn.execute(CANCEL_SQL, (watch.pid, row[2]))
                     self._log("a call on %s waited for its own transaction (pid %s): cancelled", self._label, row[0])
                     return
@@ -622,6 +661,7 @@ class PostgresServerStore(StoreCore):
         except (psycopg.Error, OSError) as exc:
             self._log("checking what a call on %s waits for failed: %s", self._label, exc)
         finally:
+            watch.sent = True
             if conn is not None:
                 with contextlib.suppress(psycopg.Error):
                     conn.close()
@@ -687,6 +727,8 @@ class PostgresServerStore(StoreCore):
         cast(Any, conn).hv_lend = handle  # cursors made through it are refused once it is returned (LentCursor)
         # a plain call of the borrower's waiting for what its SQL there locked fails fast (_selflock)
         hold = self._self_locks.opened(self._session_pid(conn), shard_id, LENT) if self.pooling == "off" else None
+        if hold is not None:  # and its SQL waiting for the borrower's other sessions (`_lent_wait`)
+            cast(Any, conn).hv_lent_wait = self._lent_wait
         with self._lock:
             self._borrowed[id(conn)] = (conn, pool)
             self._borrower[id(conn)] = self._holdings.take(CONNECTION)
@@ -722,6 +764,7 @@ class PostgresServerStore(StoreCore):
             handle = self._handles.pop(id(conn), None)
             hold = self._lent_holds.pop(id(conn), None)
         self._self_locks.closed(hold)
+        cast(Any, conn).hv_lent_wait = None
         if handle is not None:  # the borrower's handle lets go first: nothing of theirs reaches the next borrower
             detach(handle)
         if owner is not None:

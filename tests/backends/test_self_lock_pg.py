@@ -11,6 +11,7 @@ still waits, and succeeds when that transaction commits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -100,6 +101,34 @@ def test_a_read_waiting_for_a_table_lock_of_the_callers_transaction_fails_fast(d
     assert db.get_many([key])[key].data == {"balance": "100"}
 
 
+# each: a plain call over several shards of one server (one batch), one of them (5) locked by the transaction
+OVER: dict[str, Callable[[hvcore.Datastore, list[hvcore.Key]], Any]] = {
+    "update_where": lambda db, keys: db.update_where(set={"note": "plain"}, kind=1, shards=[2, 5, 7]),
+    "delete_where": lambda db, keys: db.delete_where(kind=1, shards=[2, 5, 7]),
+    "get_many": lambda db, keys: db.get_many(keys),
+    "query": lambda db, keys: list(db.query(kind=1, shards=[2, 5, 7])),
+}
+
+
+@pytest.mark.parametrize("op", sorted(OVER))
+def test_a_call_over_several_shards_names_the_shard_whose_row_or_table_it_waited_for(
+    db: hvcore.Datastore, op: str
+) -> None:
+    """The server says which table the cancelled statement waited for (``pg_locks``): its shard is named, not the
+    first of the call's batch."""
+    keys = [db.put(shard, 1, n=str(shard)) for shard in (2, 5, 7)]
+    with db.transaction(5) as tx:
+        if op in ("get_many", "query"):  # reads wait for a table lock only
+            with tx.cursor() as cur:
+                cur.execute('LOCK TABLE "shard0005".entities IN ACCESS EXCLUSIVE MODE')
+        else:
+            tx.update(keys[1], n="five")
+        with pytest.raises(SelfDeadlock) as caught:
+            OVER[op](db, keys)
+    message = str(caught.value)
+    assert "on shard 5 of" in message and "shard 2" not in message, message
+
+
 def test_the_error_also_ends_the_block_and_rolls_the_transaction_back(db: hvcore.Datastore) -> None:
     key = db.put(5, 1, balance="100")
     with pytest.raises(SelfDeadlock), db.transaction(5) as tx:
@@ -148,14 +177,105 @@ def test_waiting_for_another_threads_transaction_still_waits_and_succeeds(db: hv
     assert record is not None and record.data == {"balance": "70", "note": "plain"}
 
 
-def test_a_connection_lent_to_user_code_is_not_watched(db: hvcore.Datastore) -> None:
-    """What user code runs on ``get_connection()``/``cursor()`` is its own business: its wait is not cancelled."""
+@pytest.mark.parametrize("borrow", ["cursor", "get_connection"])
+def test_raw_sql_through_a_lent_connection_waiting_for_the_callers_transaction_fails_fast(
+    db: hvcore.Datastore, borrow: str
+) -> None:
+    """User SQL through ``cursor()``/``get_connection()`` waiting for the caller's own open transaction is a
+    `SelfDeadlock` too (the lent session is the waiting one, not one of those waited for); the transaction goes on."""
+    key = db.put(5, 1, balance="100")
+    with db.transaction(5) as tx:
+        tx.update(key, balance="70")
+        started = time.monotonic()
+        with pytest.raises(SelfDeadlock) as caught:
+            if borrow == "cursor":
+                with db.cursor(5) as cur:
+                    cur.execute("UPDATE entities SET kind = 2 WHERE id = %s", (key,))
+            else:
+                conn = db.get_connection(5)
+                try:
+                    conn.execute("UPDATE entities SET kind = 2 WHERE id = %s", (key,))
+                    conn.commit()
+                finally:
+                    db.put_connection(conn)
+        assert time.monotonic() - started < FAST
+        tx.update(key, balance="60")
+    message = str(caught.value)
+    assert "an UPDATE through db.cursor(5) or db.get_connection(5) on shard 5" in message, message
+    assert "db.transaction(5)" in message and "tx.cursor()" in message and "plain" not in message, message
+    record = db.get(key)
+    assert record is not None and record.data == {"balance": "60"}
+    with db.cursor(5) as cur:  # nothing held: ordinary user SQL again
+        cur.execute("UPDATE entities SET kind = 3 WHERE id = %s", (key,))
+
+
+def test_raw_sql_waiting_for_another_connection_the_caller_borrowed_fails_fast(db: hvcore.Datastore) -> None:
+    """Two connections of the same caller: the second's statement waits for the first's lock, which is held until
+    the caller gives the first back."""
+    key = db.put(5, 1, balance="100")
+    first = db.get_connection(5)
+    try:
+        first.execute("UPDATE entities SET kind = kind WHERE id = %s", (key,))
+        with pytest.raises(SelfDeadlock, match="after giving it back"), db.cursor(5) as cur:
+            cur.execute("DELETE FROM entities WHERE id = %s", (key,))
+    finally:
+        db.put_connection(first)
+    assert db.get(key) is not None
+
+
+def test_raw_sql_under_a_shorter_lock_timeout_of_its_own_keeps_it(db: hvcore.Datastore) -> None:
+    """The user's own ``lock_timeout`` below the watch's first question stays the user's error."""
     key = db.put(5, 1, balance="100")
     with db.transaction(5) as tx:
         tx.update(key, balance="70")
         with pytest.raises(psycopg.errors.LockNotAvailable), db.cursor(5) as cur:
-            cur.execute("SET LOCAL lock_timeout = '1s'")
+            cur.execute("SET LOCAL lock_timeout = '50ms'")
             cur.execute("UPDATE entities SET id = id WHERE id = %s", (key,))
+
+
+@pytest.mark.parametrize("own_transaction", [True, False])
+def test_raw_sql_waiting_for_another_threads_transaction_still_waits_and_succeeds(
+    db: hvcore.Datastore, own_transaction: bool
+) -> None:
+    """Through a cursor, a wait for another thread's transaction is ordinary contention, whether the caller holds a
+    transaction of its own (the cursor's statement is watched, never cancelled) or not (not watched)."""
+    key = db.put(5, 1, balance="100")
+    other = db.put(6, 1, n="1")
+    locked, release = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def holder() -> None:
+        try:
+            with db.transaction(5) as tx:
+                tx.update(key, balance="70")
+                locked.set()
+                release.wait(30)
+        except BaseException as exc:  # pragma: no cover (reported below)
+            errors.append(exc)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    assert locked.wait(30)
+    timer = threading.Timer(1.5, release.set)  # past several of the watch's questions
+    timer.start()
+    try:
+        with contextlib.ExitStack() as stack:
+            if own_transaction:
+                tx = stack.enter_context(db.transaction(6))
+                tx.update(other, n="2")
+            started = time.monotonic()
+            with db.cursor(5) as cur:
+                cur.execute("UPDATE entities SET kind = 2 WHERE id = %s", (key,))  # waits for the holder's commit
+                assert cur.rowcount == 1
+            waited = time.monotonic() - started
+    finally:
+        release.set()
+        thread.join(30)
+        timer.cancel()
+    assert not errors, errors
+    assert waited >= 1.0, f"{waited:.2f} s: it did not wait for the other transaction"
+    record = db.get(key)
+    assert record is not None and record.data == {"balance": "70"} and record.kind == 2
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -251,6 +371,20 @@ def test_asyncio_tasks_started_inside_the_block_act_for_it_and_never_the_other_w
                 await cur.execute("UPDATE entities SET kind = kind WHERE id = %s", (key,))
                 with pytest.raises(SelfDeadlock, match=r"db\.cursor\(5\)"):
                     await db.update(key, note="y")
+            async with db.transaction(5) as tx:  # raw SQL of the task's through a lent connection
+                await tx.update(key, balance="80")
+                started = time.monotonic()
+                with pytest.raises(SelfDeadlock, match=r"UPDATE through db\.cursor\(5\).*tx\.cursor\(\)"):
+                    async with db.cursor(5) as cur:
+                        await cur.execute("UPDATE entities SET kind = 2 WHERE id = %s", (key,))
+                conn = await db.get_connection(5)
+                try:
+                    with pytest.raises(SelfDeadlock, match=r"DELETE through db\.cursor\(5\)"):
+                        await conn.execute("DELETE FROM entities WHERE id = %s", (key,))
+                finally:
+                    await db.put_connection(conn)
+                assert time.monotonic() - started < FAST
+                await tx.update(key, balance="70")
             record = await db.get(key)
             assert record is not None and record.data == {"balance": "70"}
 
@@ -273,6 +407,45 @@ def test_asyncio_tasks_started_inside_the_block_act_for_it_and_never_the_other_w
                 await held
             record = await db.get(key)
             assert record is not None and record.data == {"balance": "50", "note": "plain"}
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_asyncio_raw_sql_waiting_for_another_tasks_transaction_still_waits_and_succeeds(
+    backend: str, pg_fresh_db: dict[str, Any]
+) -> None:
+    """Through an async ``cursor()`` inside the task's own transaction (so the statement is watched), a wait for
+    another task's transaction is ordinary contention: never cancelled."""
+
+    async def scenario() -> None:
+        async with hvcore.AsyncDatastore(
+            [{**pg_fresh_db, "shards": "0-8"}], backend=backend, pool_max=4, operation_timeout=TIMEOUT
+        ) as db:
+            await db.provision()
+            key = await db.put(5, 1, balance="100")
+            other = await db.put(6, 1, n="1")
+            locked, release = asyncio.Event(), asyncio.Event()
+
+            async def holder() -> None:
+                async with db.transaction(5) as tx:
+                    await tx.update(key, balance="50")
+                    locked.set()
+                    await release.wait()
+
+            held = asyncio.ensure_future(holder())
+            await locked.wait()
+            asyncio.get_running_loop().call_later(1.5, release.set)
+            async with db.transaction(6) as tx:
+                await tx.update(other, n="2")
+                started = time.monotonic()
+                async with db.cursor(5) as cur:
+                    await cur.execute("UPDATE entities SET kind = 2 WHERE id = %s", (key,))
+                    assert cur.rowcount == 1
+                assert time.monotonic() - started >= 1.0
+            await held
+            record = await db.get(key)
+            assert record is not None and record.data == {"balance": "50"} and record.kind == 2
 
     asyncio.run(scenario())
 

@@ -1,4 +1,4 @@
-"""Sixth newcomer: raw SQL through ``db.cursor(shard)`` inside one's own ``db.transaction(shard)`` block.
+"""Sixth newcomer: raw SQL through ``db.cursor(shard)`` inside one's own ``db.transaction(shard)`` block (fixed).
 
 A newcomer moving a psycopg2 code base over keeps its ``with db.cursor(5) as cur:`` blocks and wraps the calls
 around them in ``with db.transaction(5) as tx:``. A statement in the cursor block that touches a row the transaction
@@ -7,6 +7,9 @@ wrote waits for the caller's own transaction (another pooled session): it can ne
 default) and then says the server "did not answer within operation_timeout" (``OperationTimeout``, a
 `ServerUnavailable`): the server answered, the wait was the caller's own. Not among the unwatched cases the README
 lists (a plain call inside a cursor block, or inside a transaction on a ``get_connection()`` connection).
+
+Fixed: the lent connection's waits are watched like a plain call's statement (``_astore._lent_wait``): the
+statement is cancelled after 0.15 s and raises `SelfDeadlock` naming ``tx.cursor()``.
 """
 
 from __future__ import annotations
@@ -21,12 +24,6 @@ import hvcore
 BOUND = 2.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a statement through db.cursor(5) waiting for a row of the caller's own open db.transaction(5) waits "
-    "the whole operation_timeout and raises OperationTimeout ('did not answer within operation_timeout': "
-    "ServerUnavailable); it should be a SelfDeadlock at once naming tx.cursor(), as for db.update and plain calls",
-)
 @pytest.mark.parametrize("borrow", ["cursor", "get_connection"])
 def test_raw_sql_waiting_for_the_callers_own_transaction_is_a_self_deadlock(
     pg_fresh_db: dict[str, Any], borrow: str
