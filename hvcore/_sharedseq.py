@@ -159,7 +159,11 @@ class SharedSequenceTable:
             spread = self.spread
         if type(shard_id) is not int or not 0 <= shard_id < self.shards:
             raise ValueError(f"shard {shard_id!r} out of the shared table's range 0..{self.shards - 1}")
-        lane = self.lane(time_part, claim=True, user=user)
+        words = self._words
+        if words[4] <= time_part <= words[5] and user is not None and user[0]:
+            lane = 0  # the usual case, inline (a marked lane is not given up)
+        else:
+            lane = self.lane(time_part, claim=True, user=user)
         if self._atomic_reserve is not None:
             return self._atomic_reserve(
                 self._map,
@@ -302,8 +306,12 @@ class SharedSequenceTable:
         """The newest millisecond (time part) reserved for ``shard_id`` in the lane owning ``time_part`` (-1 if no
         lane does), or in any lane (None; 0 before any)."""
         if time_part is not None:
-            lane = self.lane(time_part)
-            return -1 if lane < 0 else self._newest_in(lane, shard_id)
+            words = self._words
+            lane = 0 if words[4] <= time_part <= words[5] else self.lane(time_part)  # lane 0 inline: the usual one
+            if lane < 0:
+                return -1
+            word = words[_HEAD + 2 * (lane * self.shards + shard_id)]
+            return word >> self.used_bits if self._atomic_reserve is not None else word
         return max([self._newest_in(lane, shard_id) for lane in range(self._words[1])], default=0)
 
     def newest_of_all(self) -> int:
