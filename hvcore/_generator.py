@@ -408,7 +408,9 @@ class _GeneratorBase:
         if part <= self._floor:  # the clock is behind a worker lease's floor (or an earlier holder's last ms)
             return self._epoch_ns + (self._floor + 1) * _NS_PER_MS
         if self.sequence is None:  # the clock went back: go on in the shard's newest millisecond while it lasts
-            part = max(part, self._source.newest(shard, part))  # (in the lane owning part: another clock's time)
+            # (in the lane owning part, or in a later lane this generator used: its keys only ever increase)
+            table = self._source
+            part = max(part, table.newest(shard, part), table.newest_above(shard, part, self._marks))
         return _Reserve(state, part, self._wanted(shard, n - len(out), refill=False))
 
     def _pauses(self, shard: int, until: int) -> Iterator[float]:

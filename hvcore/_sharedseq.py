@@ -314,6 +314,16 @@ class SharedSequenceTable:
             return word >> self.used_bits if self._atomic_reserve is not None else word
         return max([self._newest_in(lane, shard_id) for lane in range(self._words[1])], default=0)
 
+    def newest_above(self, shard_id: int, time_part: int, user: bytearray) -> int:
+        """The newest millisecond reserved for ``shard_id`` in the lanes ``user`` marked that lie wholly after
+        ``time_part`` (-1: none): where a generator whose clock went back below its lane goes on."""
+        words = self._words
+        newest = -1
+        for lane in range(words[1]):
+            if user[lane] and words[4 + lane * _LANE_WORDS] > time_part:
+                newest = max(newest, self._newest_in(lane, shard_id))
+        return newest
+
     def newest_of_all(self) -> int:
         """The newest millisecond (time part) reserved for any shard, in any lane, even one given up (0 before
         any): what a worker number's next holder must start after."""

@@ -538,7 +538,17 @@ shared_next(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
         PyBuffer_Release(&view);
         Py_RETURN_NONE;
     }
-    PyByteArray_AS_STRING(PyTuple_GET_ITEM(shared, 4))[lane] = 1; /* the generator uses it: not to be given up */
+    char *marks = PyByteArray_AS_STRING(PyTuple_GET_ITEM(shared, 4));
+    long long in_use = __atomic_load_n(&header[1], __ATOMIC_ACQUIRE);
+    for (long other = 0; other < in_use && other < HV_LANES; other++) {
+        if (marks[other] && other != lane &&
+            __atomic_load_n(&header[4 + other * HV_LANE_WORDS], __ATOMIC_ACQUIRE) > part) {
+            /* the generator used a later lane: its clock went back, and its keys must not; Python decides */
+            PyBuffer_Release(&view);
+            Py_RETURN_NONE;
+        }
+    }
+    marks[lane] = 1; /* the generator uses it: not to be given up */
     entry += (Py_ssize_t)lane * shards * 2; /* the shard's entry in that lane (checked in range below) */
     if (view.len < (Py_ssize_t)(HV_HEAD_WORDS * 8) + ((Py_ssize_t)lane * shards + shard + 1) * 16) {
         PyBuffer_Release(&view);
