@@ -318,6 +318,8 @@ class SharedSequenceTable:
         """The newest millisecond reserved for ``shard_id`` in the lanes ``user`` marked that lie wholly after
         ``time_part`` (-1: none): where a generator whose clock went back below its lane goes on."""
         words = self._words
+        if words[4] <= time_part and user[0] and user.count(1) == 1:
+            return -1  # the usual case: the generator used lane 0 only, and it is not after time_part
         newest = -1
         for lane in range(words[1]):
             if user[lane] and words[4 + lane * _LANE_WORDS] > time_part:
