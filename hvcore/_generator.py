@@ -634,8 +634,9 @@ class KeyGenerator(_GeneratorBase):
     sequence table for its layout (and worker numbers), whatever their ``clock``, so two generators of a process
     never hand out the same key either; their keys interleave, and only those of one generator (one thread) are
     sure to increase. Clocks reading far-apart times (a test's fake clock beside the system clock) keep out of
-    each other's way; a clock reading a time another clock of the process used less than about a second before
-    is behind it, as when the clock goes back (see above).
+    each other's way; of two clocks less than about a second apart, the one behind goes on in the newest
+    millisecond the other used on the shard, as when the clock goes back (above). Once every generator that
+    used a stretch of time is gone, a new one starts it afresh (unless the process forked).
 
     ``fork()``: that table is in shared memory, which the child inherits: parent and children reserve sequence
     numbers from it, so no process hands out an id another one does. With a ``sequence`` source (e.g. Redis)
