@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from itertools import count, islice
 from typing import Any, Final, NamedTuple
 
+from hvcore import _keymaker
 from hvcore._config import parse_layout, redact_conninfo
 from hvcore._key import Key, KeyLayout, check_shard_id
 from hvcore._keymaker import make_key as _make_key
@@ -48,12 +49,13 @@ _HEADROOM: Final = 16  # a random start stays below size - size/16: a millisecon
 
 # How ids are made, and why no two threads, generators or forked processes ever make the same one:
 #
-# Every generator without a sequence source takes its numbers from its process's sequence table for its layout,
-# its worker numbers (if any) and its clock (hvcore/_sharedseq.py: `process_table`): one table per such key, shared
-# by every generator of the process and, as shared memory, by the processes forked from it. Per shard the table
-# keeps the newest millisecond handed out and how many of its numbers are used; a reservation moves that forward
-# atomically (a compare-and-swap in C, else under a thread lock and an fcntl record lock), so every (shard, ms,
-# sequence) is handed out once, whichever generator, thread or process asks. With the C accelerator next_key takes
+# Every generator without a sequence source takes its numbers from its process's sequence table for its layout and
+# its worker numbers (if any), whatever its clock (hvcore/_sharedseq.py: `process_table`): one table per such key,
+# shared by every generator of the process and, as shared memory, by the processes forked from it. Per lane (a
+# stretch of time: clocks reading far-apart times use different lanes) and shard the table keeps the newest
+# millisecond handed out and how many of its numbers are used; a reservation moves that forward atomically (a
+# compare-and-swap in C, else under a thread lock and an fcntl record lock), so every (shard, ms, sequence) is
+# handed out once, whichever generator, thread, process or clock asks. With the C accelerator next_key takes
 # its key straight from the table (`shared_next`); otherwise a generator caches blocks of numbers per shard.
 #
 # Block mode (all generators). Each shard has a state (end_ns, counter, base, limit), replaced whole under the
@@ -143,6 +145,7 @@ class _GeneratorBase:
         "_key_type",
         "_lock",
         "_locks",
+        "_marks",
         "_max_back_ns",
         "_max_time",
         "_now_ns",
@@ -258,7 +261,8 @@ class _GeneratorBase:
             self.sequence, self._owns_source = _sequence_source(sequence, layout, asyncio=asyncio)
             self._source = self.sequence
         else:
-            self._source = self._process_table(numbers, clock)
+            self._source = self._process_table(numbers)
+        self._marks = self._source.join(self) if self.sequence is None else bytearray(_keymaker.LANES)
         self._claim: _Claim | None = None
         if slice_ is not None:
             scope = grant._claim_scope if grant is not None else ""
@@ -278,18 +282,12 @@ class _GeneratorBase:
     def _fresh_states(self) -> list[_State]:
         return [(0, _DEAD, 0, 0)] * self._shards
 
-    def _process_table(self, numbers: range, clock: Callable[[], int] | None) -> SharedSequenceTable:
-        """This process's sequence table for the layout, the numbers and the clock (one per such key: generators
-        with other clocks must not move each other's milliseconds). `HypervaultError` if none can be made."""
-        clock_key: object = None
-        if clock is not None:
-            try:
-                hash(clock)
-            except TypeError:
-                clock_key = ("clock", id(clock))  # alive while a generator holds it, as the table is
-            else:
-                clock_key = clock
-        key = (self.layout, numbers.start, numbers.stop, clock_key)
+    def _process_table(self, numbers: range) -> SharedSequenceTable:
+        """This process's sequence table for the layout and the numbers, whatever the clock (two clocks reading the
+        same time must draw distinct numbers; the table's lanes keep clocks reading far-apart times from moving
+        each other's shards). `HypervaultError` if none can be made."""
+        # The kind is part of the key only for tests that switch the accelerator off to get a locked table.
+        key = (self.layout, numbers.start, numbers.stop, _keymaker.table_reserve is not None)
         try:
             return process_table(key, lambda: SharedSequenceTable(self._shards, self._size))
         except Exception as exc:
@@ -376,7 +374,7 @@ class _GeneratorBase:
         if self.sequence is not None:
             return self._source.reserve(shard, time_part, wanted)
         home = -1 if self._home is None else self._home
-        return self._source.reserve(shard, time_part, wanted, spread=self._spread, home=home)
+        return self._source.reserve(shard, time_part, wanted, spread=self._spread, home=home, user=self._marks)
 
     def _wanted(self, shard: int, k: int, *, refill: bool) -> int:
         if self._shared is not None:
@@ -399,14 +397,20 @@ class _GeneratorBase:
             self._draw(cnt, base, lim, n - len(out), out)
             if len(out) >= n:
                 return None
+            part = self._part_of(end)
+            if self.sequence is None and (newest := self._source.newest(shard, part)) > part:
+                # Another generator (its clock ahead of this one's, in the same lane) moved the shard on: go on there.
+                return _Reserve(state, newest, self._wanted(shard, n - len(out), refill=False))
             if lim <= 0:
                 return end  # the millisecond is used up: wait for the next one
-            return _Reserve(state, self._part_of(end), self._wanted(shard, n - len(out), refill=True))
+            return _Reserve(state, part, self._wanted(shard, n - len(out), refill=True))
         part = self._time_part(t)
         if part <= self._floor:  # the clock is behind a worker lease's floor (or an earlier holder's last ms)
             return self._epoch_ns + (self._floor + 1) * _NS_PER_MS
         if self.sequence is None:  # the clock went back: go on in the shard's newest millisecond while it lasts
-            part = max(part, self._source.newest(shard))
+            # (in the lane owning part, or in a later lane this generator used: its keys only ever increase)
+            table = self._source
+            part = max(part, table.newest(shard, part), table.newest_above(shard, part, self._marks))
         return _Reserve(state, part, self._wanted(shard, n - len(out), refill=False))
 
     def _pauses(self, shard: int, until: int) -> Iterator[float]:
@@ -477,8 +481,8 @@ class _GeneratorBase:
                 return
         part = (t - self._epoch_ns) // _NS_PER_MS
         table = self._source
-        if table.newest(shard_id) == part:
-            table.reserve(shard_id, part, count, spread=self._spread)  # taken by no one: the stretch is skipped
+        if table.newest(shard_id, part) == part:
+            table.reserve(shard_id, part, count, spread=self._spread, user=self._marks)  # taken by no one: skipped
 
     def start_each_ms_at(self, start: int | None) -> None:
         """Start each millisecond's sequence at ``start`` instead of at a random number (None: random again).
@@ -518,13 +522,13 @@ class _GeneratorBase:
     def _shared_params(self, shared: tuple[Any, ...], max_time: int) -> tuple[Any, ...]:
         """The C fast path's view of the table: (clock, key class, table, its numbers packed as 10 int64s: epoch
         ns, time shift, shard shift, sequence size, last usable millisecond, used bits, offset, spread, home (-1:
-        random), floor)."""
+        random), floor; the generator's lane marks)."""
         table = self._source
         assert isinstance(table, SharedSequenceTable)
         params = (self._epoch_ns, self._time_shift, self.layout.shard_shift, self._size, max_time)
         home = -1 if self._home is None else self._home
         packed = struct.pack("=10q", *params, table.used_bits, self._offset, self._spread, home, self._floor)
-        return (*shared[:3], packed)
+        return (*shared[:3], packed, self._marks)
 
     def _stop(self) -> None:
         """Make every call take the slow path, where it is refused (closed, or the lease is lost); under _lock."""
@@ -627,9 +631,12 @@ class KeyGenerator(_GeneratorBase):
     rather than make a negative id; past a worker lease's horizon, or once the lease is lost, `WorkerLeaseLost`.
 
     Generators of one process: every generator without a ``sequence`` takes its numbers from the process's one
-    sequence table for its layout (and worker numbers, and clock: generators given different ``clock`` functions
-    keep separate tables), so two generators of a process never hand out the same key either; their keys
-    interleave, and only those of one generator (one thread) are sure to increase.
+    sequence table for its layout (and worker numbers), whatever their ``clock``, so two generators of a process
+    never hand out the same key either; their keys interleave, and only those of one generator (one thread) are
+    sure to increase. Clocks reading far-apart times (a test's fake clock beside the system clock) keep out of
+    each other's way; of two clocks less than about a second apart, the one behind goes on in the newest
+    millisecond the other used on the shard, as when the clock goes back (above). Once every generator that
+    used a stretch of time is gone, a new one starts it afresh (unless the process forked).
 
     ``fork()``: that table is in shared memory, which the child inherits: parent and children reserve sequence
     numbers from it, so no process hands out an id another one does. With a ``sequence`` source (e.g. Redis)

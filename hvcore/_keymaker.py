@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 from collections.abc import Callable
@@ -14,6 +15,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ACCELERATED",
     "HOT_MS",
+    "LANES",
     "make_key",
     "make_keys",
     "random_below",
@@ -24,6 +26,9 @@ __all__ = [
 
 HOT_MS = 10
 """Milliseconds after a shard ran out of numbers during which every millisecond starts at number 0."""
+
+LANES = 32
+"""Disjoint stretches of time a sequence table keeps apart (hvcore/_sharedseq.py; the C code's HV_LANES)."""
 
 _rng = random.Random()  # the pure-Python build's random starts (reseeded below, as the C one is)
 
@@ -58,7 +63,7 @@ def random_below(bound: int, /) -> int:
 shared_next: Callable[[tuple[Any, ...], int, int], Any] | None = None
 """The generator's fast path on its sequence table (None without the accelerator: the Python code does it all)."""
 
-table_reserve: Callable[[Any, int, int, int, int, int, int, int], range] | None = None
+table_reserve: Callable[[Any, int, int, int, int, int, int, int, int, int], range] | None = None
 """Lock-free reservation in a sequence table (None without the accelerator: locks then)."""
 
 ACCELERATED = False
@@ -66,19 +71,20 @@ ACCELERATED = False
 
 # HYPERVAULT_PURE_PYTHON=1 keeps the pure-Python functions (to compare the two, or to rule the C code out).
 if os.environ.get("HYPERVAULT_PURE_PYTHON", "") in ("", "0"):
-    try:
-        from hvcore import _speedups
-    except ImportError:  # built without a C compiler: the same keys, made more slowly
-        pass
-    else:
-        make_key = _speedups.make_key
-        make_keys = _speedups.make_keys
-        shared_next = _speedups.shared_next
-        table_reserve = _speedups.table_reserve
-        seed_random = _speedups.seed_random
-        random_below = _speedups.random_below
+    _accelerator: Any = None
+    with contextlib.suppress(ImportError):  # built without a C compiler: the same keys, made more slowly
+        from hvcore import _speedups as _accelerator
+    if _accelerator is not None and getattr(_accelerator, "LANES", None) != LANES:
+        _accelerator = None  # a stale build, for another table layout: the pure-Python code, which agrees with itself
+    if _accelerator is not None:
+        make_key = _accelerator.make_key
+        make_keys = _accelerator.make_keys
+        shared_next = _accelerator.shared_next
+        table_reserve = _accelerator.table_reserve
+        seed_random = _accelerator.seed_random
+        random_below = _accelerator.random_below
         ACCELERATED = True
-        assert _speedups.HOT_MS == HOT_MS
+        assert _accelerator.HOT_MS == HOT_MS
 
 
 def _reseed() -> None:

@@ -4,8 +4,8 @@
  * objects: instances of the given int subclass with the given values. What this adds:
  *
  *  - no temporary int and no argument tuple per key (int.__new__(cls, v) builds both, then copies);
- *  - the generator's fast paths on its sequence table (hvcore/_sharedseq.py, one per layout in a process, shared
- *    with forked children): shared_next and table_reserve, and the random starting point of each (shard,
+ *  - the generator's fast paths on its sequence table (hvcore/_sharedseq.py, one per layout and worker numbers in a
+ *    process, whatever the clock, shared with forked children): shared_next and table_reserve, and the random starting point of each (shard,
  *    millisecond)'s sequence (splitmix64, seeded per process);
  *  - each new key is untracked by the cycle collector. A Key holds no reference but its (heap) type, so it can
  *    never be part of a cycle the collector must break (CPython untracks atomic-only tuples and dicts the same
@@ -320,39 +320,67 @@ read_clock(PyObject *now, long long *out)
  *
  * Every generator of one layout in a process takes its numbers from one table, a MAP_SHARED mapping that forked
  * children share too: int64 word 0 is the floor (milliseconds up to it belong to the process that made the
- * table), word 1 the last millisecond in which a shard ran out of numbers,
- * then 16 bytes per shard whose first word packs the newest millisecond handed out for the shard and how many of
- * its numbers are used: (time_part << used_bits) | used. One compare-and-swap moves a shard forward, so no process
- * ever waits for a lock another holds (or died holding). A reservation gets nothing for a millisecond up to the
- * floor or older than the shard's newest: numbers only ever move forward. With `spread` > 0, the first reservation
- * of a (shard, millisecond) starts at a random number in 0..spread (cut so that the block asked for fits), or at
- * `home` when it is >= 0 (a worker="auto" lease's place), unless a shard ran out less than HV_HOT_MS
- * milliseconds before: then at 0. */
+ * table), word 1 how many lanes are in use; from word 4, HV_LANES lanes of 4 words: the first and last millisecond
+ * the lane owns, the last millisecond in which one of its shards ran out of numbers. Lanes own disjoint stretches
+ * of time, for good (claimed under a lock by the Python code, which only ever widens them: a lane read here owns
+ * at least what it appears to). Then, for each lane and shard, 16 bytes whose first word packs the newest
+ * millisecond handed out for the shard in the lane and how many of its numbers are used: (time_part << used_bits)
+ * | used. One compare-and-swap moves a shard forward, so no process ever waits for a lock another holds (or died
+ * holding). A reservation gets nothing for a millisecond up to the floor or older than the shard's newest in the
+ * lane: numbers only ever move forward. With `spread` > 0, the first reservation of a (shard, millisecond) starts
+ * at a random number in 0..spread (cut so that the block asked for fits), or at `home` when it is >= 0 (a
+ * worker="auto" lease's place), unless a shard of the lane ran out less than HV_HOT_MS milliseconds before: then
+ * at 0. */
+
+#define HV_LANES 32
+#define HV_LANE_WORDS 4
+#define HV_HEAD_WORDS (4 + HV_LANES * HV_LANE_WORDS)
+
+/* The lane owning millisecond `part`, or -1 (the Python code then claims one). */
+static long
+table_lane(const int64_t *header, long long part)
+{
+    long long used = __atomic_load_n(&header[1], __ATOMIC_ACQUIRE);
+    if (used > HV_LANES) {
+        used = HV_LANES;
+    }
+    for (long lane = 0; lane < used; lane++) {
+        const int64_t *at = header + 4 + lane * HV_LANE_WORDS;
+        if (__atomic_load_n(&at[0], __ATOMIC_ACQUIRE) <= part && part <= __atomic_load_n(&at[1], __ATOMIC_ACQUIRE)) {
+            return lane;
+        }
+    }
+    return -1;
+}
 
 static int
-table_entry(PyObject *table, Py_buffer *view, Py_ssize_t shard, int64_t **header, uint64_t **entry)
+table_entry(PyObject *table, Py_buffer *view, long lane, Py_ssize_t shards, Py_ssize_t shard, int64_t **header,
+            uint64_t **entry)
 {
     if (PyObject_GetBuffer(table, view, PyBUF_WRITABLE | PyBUF_SIMPLE) < 0) {
         return -1;
     }
-    if (((uintptr_t)view->buf) % 8 != 0 || shard < 0 || view->len < (shard + 2) * 16) {
+    if (((uintptr_t)view->buf) % 8 != 0 || shard < 0 || shard >= shards || lane < 0 || lane >= HV_LANES ||
+        view->len < (Py_ssize_t)(HV_HEAD_WORDS * 8) + ((Py_ssize_t)lane * shards + shard + 1) * 16) {
         PyBuffer_Release(view);
-        PyErr_SetString(PyExc_ValueError, "shard out of the shared table's range");
+        PyErr_SetString(PyExc_ValueError, "shard or lane out of the shared table's range");
         return -1;
     }
     *header = (int64_t *)view->buf;
-    *entry = (uint64_t *)((char *)view->buf + (shard + 1) * 16);
+    *entry = (uint64_t *)((char *)view->buf + HV_HEAD_WORDS * 8 + ((Py_ssize_t)lane * shards + shard) * 16);
     return 0;
 }
 
-/* Take up to `wanted` numbers of (shard, part): returns (first << 32) | how many; 0 when there are none to have. */
+/* Take up to `wanted` numbers of (shard, part) from the shard's entry in lane `lane`: returns (first << 32) | how
+   many; 0 when there are none to have. */
 static long long
-table_take(int64_t *header, uint64_t *entry, long long part, long long wanted, long long size, int used_bits,
-           long long spread, long long home)
+table_take(int64_t *header, long lane, uint64_t *entry, long long part, long long wanted, long long size,
+           int used_bits, long long spread, long long home)
 {
     if (part <= __atomic_load_n(&header[0], __ATOMIC_ACQUIRE)) {
         return 0;
     }
+    int64_t *runout = header + 4 + lane * HV_LANE_WORDS + 2;
     uint64_t old = __atomic_load_n(entry, __ATOMIC_ACQUIRE);
     for (;;) {
         long long newest = (long long)(old >> used_bits);
@@ -360,7 +388,7 @@ table_take(int64_t *header, uint64_t *entry, long long part, long long wanted, l
         long long first;
         if (part > newest) {
             first = 0;
-            if (spread > 0 && part - __atomic_load_n(&header[1], __ATOMIC_RELAXED) > HV_HOT_MS) {
+            if (spread > 0 && part - __atomic_load_n(runout, __ATOMIC_RELAXED) > HV_HOT_MS) {
                 long long fit = size - wanted;
                 first = home >= 0 ? home : rng_below(spread + 1);
                 if (first > fit) {
@@ -376,7 +404,7 @@ table_take(int64_t *header, uint64_t *entry, long long part, long long wanted, l
         }
         long long take = size - first < wanted ? size - first : wanted;
         if (take < wanted && spread > 0) {
-            __atomic_store_n(&header[1], (int64_t)part, __ATOMIC_RELAXED); /* this shard ran out: go whole */
+            __atomic_store_n(runout, (int64_t)part, __ATOMIC_RELAXED); /* this shard ran out: go whole */
         }
         if (take <= 0) {
             return 0;
@@ -389,26 +417,29 @@ table_take(int64_t *header, uint64_t *entry, long long part, long long wanted, l
 }
 
 PyDoc_STRVAR(table_reserve_doc,
-             "table_reserve(table, shard_id, time_part, wanted, size, used_bits, spread, home=-1, /)\n--\n\n"
-             "Reserve up to `wanted` sequence numbers of (shard_id, time_part) in the shared table `table` (a\n"
-             "writable buffer); returns range(first, first + taken), empty when none can be had. `spread`: the\n"
-             "largest random first number of a millisecond (0: always 0); `home` (>= 0): the first number\n"
-             "instead of a random one.");
+             "table_reserve(table, lane, shards, shard_id, time_part, wanted, size, used_bits, spread, home=-1, /)\n"
+             "--\n\n"
+             "Reserve up to `wanted` sequence numbers of (shard_id, time_part) in lane `lane` of the shared table\n"
+             "`table` (a writable buffer, with `shards` entries per lane); returns range(first, first + taken),\n"
+             "empty when none can be had. The caller chose the lane owning time_part. `spread`: the largest random\n"
+             "first number of a millisecond (0: always 0); `home` (>= 0): the first number instead of a random one.");
 
 static PyObject *
 table_reserve(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 7 && nargs != 8) {
-        PyErr_Format(PyExc_TypeError, "table_reserve() takes 7 or 8 arguments, got %zd", nargs);
+    if (nargs != 9 && nargs != 10) {
+        PyErr_Format(PyExc_TypeError, "table_reserve() takes 9 or 10 arguments, got %zd", nargs);
         return NULL;
     }
-    Py_ssize_t shard = PyLong_AsSsize_t(args[1]);
-    long long part = PyLong_AsLongLong(args[2]);
-    long long wanted = PyLong_AsLongLong(args[3]);
-    long long size = PyLong_AsLongLong(args[4]);
-    long used_bits = PyLong_AsLong(args[5]);
-    long long spread = PyLong_AsLongLong(args[6]);
-    long long home = nargs == 8 ? PyLong_AsLongLong(args[7]) : -1;
+    long lane = PyLong_AsLong(args[1]);
+    Py_ssize_t shards = PyLong_AsSsize_t(args[2]);
+    Py_ssize_t shard = PyLong_AsSsize_t(args[3]);
+    long long part = PyLong_AsLongLong(args[4]);
+    long long wanted = PyLong_AsLongLong(args[5]);
+    long long size = PyLong_AsLongLong(args[6]);
+    long used_bits = PyLong_AsLong(args[7]);
+    long long spread = PyLong_AsLongLong(args[8]);
+    long long home = nargs == 10 ? PyLong_AsLongLong(args[9]) : -1;
     if (PyErr_Occurred()) {
         return NULL;
     }
@@ -423,10 +454,11 @@ table_reserve(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nar
     Py_buffer view;
     int64_t *header;
     uint64_t *entry;
-    if (table_entry(args[0], &view, shard, &header, &entry) < 0) {
+    if (table_entry(args[0], &view, lane, shards, shard, &header, &entry) < 0) {
         return NULL;
     }
-    long long packed = table_take(header, entry, part, wanted < 1 ? 1 : wanted, size, (int)used_bits, spread, home);
+    long long packed =
+        table_take(header, lane, entry, part, wanted < 1 ? 1 : wanted, size, (int)used_bits, spread, home);
     PyBuffer_Release(&view);
     long long first = packed >> 32, taken = packed & 0xFFFFFFFFLL;
     return PyObject_CallFunction((PyObject *)&PyRange_Type, "LL", first, first + taken);
@@ -436,11 +468,13 @@ PyDoc_STRVAR(shared_next_doc,
              "shared_next(shared, shard_id, n, /)\n--\n\n"
              "KeyGenerator's fast path on its sequence table: `n` keys (a Key for n == 0, else a list of\n"
              "up to n) straight from the table, or None when the Python code must take over (another shard id\n"
-             "type, the millisecond used up, the clock behind the table, past the last usable millisecond).\n"
-             "`shared` = (now, key_type, table, params): params packs 10 native int64s, (epoch_ns, time_shift,\n"
+             "type, the millisecond used up or owned by no lane yet, the clock behind the table, past the last\n"
+             "usable millisecond).\n"
+             "`shared` = (now, key_type, table, params, marks): params packs 10 native int64s, (epoch_ns, time_shift,\n"
              "shard_shift, size, max_time, used_bits, offset, spread, home, floor); `offset` is added to every key\n"
              "(a worker's slice of the sequence bits), `home` (>= 0) starts a millisecond instead of a random\n"
-             "number, and milliseconds up to `floor` are not the generator's to use.");
+             "number, and milliseconds up to `floor` are not the generator's to use; `marks` (a bytearray, a byte per\n"
+             "lane) records the lanes the generator used.");
 
 static PyObject *
 shared_next(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
@@ -450,10 +484,12 @@ shared_next(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
         return NULL;
     }
     PyObject *shared = args[0], *shard_obj = args[1];
-    if (!PyTuple_CheckExact(shared) || PyTuple_GET_SIZE(shared) != 4 ||
+    if (!PyTuple_CheckExact(shared) || PyTuple_GET_SIZE(shared) != 5 ||
         !PyBytes_CheckExact(PyTuple_GET_ITEM(shared, 3)) ||
-        PyBytes_GET_SIZE(PyTuple_GET_ITEM(shared, 3)) != 10 * (Py_ssize_t)sizeof(int64_t)) {
-        PyErr_SetString(PyExc_TypeError, "shared_next() needs the generator's 4-item shared-table tuple");
+        PyBytes_GET_SIZE(PyTuple_GET_ITEM(shared, 3)) != 10 * (Py_ssize_t)sizeof(int64_t) ||
+        !PyByteArray_CheckExact(PyTuple_GET_ITEM(shared, 4)) ||
+        PyByteArray_GET_SIZE(PyTuple_GET_ITEM(shared, 4)) != HV_LANES) {
+        PyErr_SetString(PyExc_TypeError, "shared_next() needs the generator's 5-item shared-table tuple");
         return NULL;
     }
     long long n = PyLong_AsLongLong(args[2]);
@@ -493,10 +529,33 @@ shared_next(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
     Py_buffer view;
     int64_t *header;
     uint64_t *entry;
-    if (table_entry(PyTuple_GET_ITEM(shared, 2), &view, shard, &header, &entry) < 0) {
+    Py_ssize_t shards = (Py_ssize_t)1 << (time_shift - shard_shift);
+    if (table_entry(PyTuple_GET_ITEM(shared, 2), &view, 0, shards, shard, &header, &entry) < 0) {
         return NULL;
     }
-    long long packed = table_take(header, entry, part, n < 1 ? 1 : n, size, (int)used_bits, spread, home);
+    long lane = table_lane(header, part);
+    if (lane < 0) { /* no lane owns the millisecond yet: the Python code claims one */
+        PyBuffer_Release(&view);
+        Py_RETURN_NONE;
+    }
+    char *marks = PyByteArray_AS_STRING(PyTuple_GET_ITEM(shared, 4));
+    long long in_use = __atomic_load_n(&header[1], __ATOMIC_ACQUIRE);
+    for (long other = 0; other < in_use && other < HV_LANES; other++) {
+        if (marks[other] && other != lane &&
+            __atomic_load_n(&header[4 + other * HV_LANE_WORDS], __ATOMIC_ACQUIRE) > part) {
+            /* the generator used a later lane: its clock went back, and its keys must not; Python decides */
+            PyBuffer_Release(&view);
+            Py_RETURN_NONE;
+        }
+    }
+    marks[lane] = 1; /* the generator uses it: not to be given up */
+    entry += (Py_ssize_t)lane * shards * 2; /* the shard's entry in that lane (checked in range below) */
+    if (view.len < (Py_ssize_t)(HV_HEAD_WORDS * 8) + ((Py_ssize_t)lane * shards + shard + 1) * 16) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "shard or lane out of the shared table's range");
+        return NULL;
+    }
+    long long packed = table_take(header, lane, entry, part, n < 1 ? 1 : n, size, (int)used_bits, spread, home);
     PyBuffer_Release(&view);
     long long first = packed >> 32, taken = packed & 0xFFFFFFFFLL;
     unsigned long long base = ((unsigned long long)part << time_shift) | ((unsigned long long)shard << shard_shift);
@@ -553,7 +612,8 @@ exec_module(PyObject *module)
             return -1;
         }
     }
-    if (PyModule_AddIntConstant(module, "HOT_MS", HV_HOT_MS) < 0) {
+    if (PyModule_AddIntConstant(module, "HOT_MS", HV_HOT_MS) < 0 ||
+        PyModule_AddIntConstant(module, "LANES", HV_LANES) < 0) {
         return -1;
     }
     return PyModule_AddIntConstant(module, "DIRECT", HV_DIRECT);

@@ -8,6 +8,7 @@ K = TypeVar("K", bound=Key)
 
 DIRECT: int
 HOT_MS: int
+LANES: int
 
 def make_key(cls: type[K], value: int, /) -> K:
     """An instance of the int subclass ``cls`` equal to ``value``."""
@@ -16,10 +17,20 @@ def make_keys(cls: type[K], start: int, count: int, /) -> list[K]:
     """``count`` instances of the int subclass ``cls``, equal to start, start + 1, ..."""
 
 def table_reserve(
-    table: Any, shard_id: int, time_part: int, wanted: int, size: int, used_bits: int, spread: int, home: int = -1, /
+    table: Any,
+    lane: int,
+    shards: int,
+    shard_id: int,
+    time_part: int,
+    wanted: int,
+    size: int,
+    used_bits: int,
+    spread: int,
+    home: int = -1,
+    /,
 ) -> range:
-    """Reserve up to ``wanted`` numbers of (shard_id, time_part) in a sequence table, lock-free; ``home`` (>= 0)
-    starts a new millisecond there instead of at a random number."""
+    """Reserve up to ``wanted`` numbers of (shard_id, time_part) in lane ``lane`` of a sequence table, lock-free;
+    ``home`` (>= 0) starts a new millisecond there instead of at a random number."""
 
 def shared_next(shared: tuple[Any, ...], shard_id: int, n: int, /) -> Any:
     """Keys straight from the shared table (a Key for n == 0, else a list), or None for the Python code."""

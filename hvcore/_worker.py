@@ -251,7 +251,7 @@ class _Claim:
         if self.table is None:
             return self.last_ms
         table, epoch_ms = self.table
-        newest = max((table.newest(shard) for shard in range(table.shards)), default=-1)
+        newest = table.newest_of_all()
         return max(self.last_ms, newest + epoch_ms if newest > 0 else -1)
 
     def held(self) -> bool:

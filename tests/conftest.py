@@ -1,8 +1,13 @@
-"""Test-suite wiring: fixture modules, automatic markers, server versions in the report header."""
+"""Test-suite wiring: fixture modules, automatic markers, server versions in the report header, fresh sequence
+tables per test."""
 
 from __future__ import annotations
 
+import weakref
+
 import pytest
+
+from hvcore import _sharedseq
 
 pytest_plugins = [
     "fixtures.services",
@@ -61,3 +66,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.postgres)
         if callspec is not None and str(callspec.params.get("backend_name", "")).endswith("-pgbouncer"):
             item.add_marker(pytest.mark.pgbouncer)
+
+
+@pytest.fixture(autouse=True)
+def fresh_sequence_tables(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Generators made in a test make new sequence tables, as in a process of its own. One table serves every
+    clock of a layout, so a generator an earlier test left alive (or a table an earlier test forked, whose lanes
+    are kept for good) would share its fake clock's milliseconds with this test's (same T0): keys would not start
+    where the test expects, and a fake clock that stands still could wait for ever for a used-up millisecond."""
+    monkeypatch.setattr(_sharedseq, "_registry", weakref.WeakValueDictionary())

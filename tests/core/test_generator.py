@@ -598,7 +598,7 @@ def test_a_generator_without_a_sequence_table_is_refused(monkeypatch: pytest.Mon
 
     monkeypatch.setattr(generator_module, "SharedSequenceTable", no_table)
     with pytest.raises(HypervaultError, match="could not make the key generator's sequence table"):
-        KeyGenerator(clock=FakeClock())  # a clock of its own: no table of the process to share yet
+        KeyGenerator(KeyLayout(epoch_ms=1_234_567), clock=FakeClock())  # a layout of its own: no table to share yet
 
 
 # -- asyncio twin ----------------------------------------------------------------------------------------------------
@@ -787,16 +787,18 @@ def test_random_start_runs_whole_milliseconds_after_a_shard_ran_out() -> None:
     assert len(set(starts)) > 30  # random again
 
 
-def test_random_starts_of_two_generators_repeat_by_chance_only() -> None:
-    """Two generators of two processes on one shard (two clocks in step: two sequence tables, as in two
-    processes), 3 keys each per millisecond over 5,000 ms: the repeats are the overlaps of their runs, about
-    3 * 3 / 960 per millisecond; starting at 0 repeats every key."""
+def test_random_starts_of_two_generators_repeat_by_chance_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two generators of two processes on one shard (one clock, a sequence table each, as in two processes), 3
+    keys each per millisecond over 5,000 ms: the repeats are the overlaps of their runs, about 3 * 3 / 960 per
+    millisecond; starting at 0 repeats every key."""
+    import hvcore._generator as generator_module
+
     _keymaker.seed_random(2024)
     clock = FakeClock()
-    clocks = [lambda: clock.ms for _ in range(4)]  # one clock each: nothing shared, as between processes
-    one = KeyGenerator(clock=clocks[0], random_start=True)
-    two = KeyGenerator(clock=clocks[1], random_start=True)
-    old_one, old_two = KeyGenerator(clock=clocks[2]), KeyGenerator(clock=clocks[3])
+    monkeypatch.setattr(generator_module, "process_table", lambda key, make: make())  # nothing shared
+    one = KeyGenerator(clock=clock, random_start=True)
+    two = KeyGenerator(clock=clock, random_start=True)
+    old_one, old_two = KeyGenerator(clock=clock), KeyGenerator(clock=clock)
     keys: list[Key] = []
     old: list[Key] = []
     for _ in range(5000):

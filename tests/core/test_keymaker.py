@@ -214,7 +214,9 @@ def test_generator_suite_passes_in_pure_python() -> None:
 
 @given(
     ops=st.lists(
-        st.tuples(st.integers(0, 3), st.integers(0, 40), st.integers(0, 1100)),
+        st.tuples(
+            st.integers(0, 3), st.sampled_from([0, 0, 3_000, 9_000_000]), st.integers(0, 40), st.integers(0, 1100)
+        ),
         max_size=60,
     ),
     floor=st.integers(-1, 2),
@@ -222,7 +224,7 @@ def test_generator_suite_passes_in_pure_python() -> None:
     seed=st.integers(0, 2**64 - 1),
 )
 def test_atomic_table_reserves_exactly_like_the_locked_one(
-    ops: list[tuple[int, int, int]], floor: int, spread: int, seed: int
+    ops: list[tuple[int, int, int, int]], floor: int, spread: int, seed: int
 ) -> None:
     if not _keymaker.ACCELERATED:
         pytest.skip("the lock-free table needs the C accelerator")
@@ -234,7 +236,8 @@ def test_atomic_table_reserves_exactly_like_the_locked_one(
     locked._atomic_reserve = None  # the fcntl path, as a build without the accelerator runs it
     assert atomic.atomic
     try:
-        for shard, part, wanted in sorted(ops, key=lambda op: op[1]):  # milliseconds move forward, mostly
+        for shard, far, near, wanted in sorted(ops, key=lambda op: op[2]):  # milliseconds move forward, mostly
+            part = far + near  # in one of a few lanes
             _speedups.seed_random(seed)  # both draw the same random start (the locked path from _keymaker's C one)
             c_range = atomic.reserve(shard, part, wanted)
             _speedups.seed_random(seed)
@@ -278,9 +281,13 @@ def test_atomic_table_rejects_a_shard_outside_it(c: Any) -> None:
     with pytest.raises(ValueError, match="shared table"):
         table.reserve(4, 1, 1)
     with pytest.raises(ValueError, match="used_bits"):
-        c.table_reserve(table.buffer, 0, 1, 1, 1024, 10, 0)  # 1024 numbers do not fit 10 bits of "used"
+        c.table_reserve(table.buffer, 0, 4, 0, 1, 1, 1024, 10, 0)  # 1024 numbers do not fit 10 bits of "used"
     with pytest.raises(ValueError, match="spread"):
-        c.table_reserve(table.buffer, 0, 1, 1, 1024, 11, 1024)  # a random start must leave a number
+        c.table_reserve(table.buffer, 0, 4, 0, 1, 1, 1024, 11, 1024)  # a random start must leave a number
+    with pytest.raises(ValueError, match="lane"):
+        c.table_reserve(table.buffer, _keymaker.LANES, 4, 0, 1, 1, 1024, 11, 0)  # no such lane
+    with pytest.raises(ValueError, match="shared table"):
+        c.table_reserve(table.buffer, 0, 4, 4, 1, 1, 1024, 11, 0)  # the table has 4 shards
     table.close()
 
 

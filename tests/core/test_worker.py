@@ -7,6 +7,7 @@ through any interleaving of calls, clock moves and lease events, and check the p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
 import struct
@@ -14,6 +15,7 @@ import sys
 import tempfile
 import threading
 from collections import defaultdict
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -29,6 +31,7 @@ from hvcore import (
     WorkerGrant,
     WorkerLeaseLost,
     WorkerSlice,
+    _generator,
     _keymaker,
     _worker,
 )
@@ -53,6 +56,15 @@ class Clock:
             if self.tick_every and self.reads % self.tick_every == 0:
                 self.ms += 1
             return self.ms
+
+
+@contextlib.contextmanager
+def separate_tables() -> Iterator[None]:
+    """Generators made here get a sequence table each, as generators of two processes do (one process's share
+    one, whatever their clocks)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_generator, "process_table", lambda key, make: make())
+        yield
 
 
 def ids(keys: list[Key]) -> list[int]:
@@ -345,13 +357,15 @@ def test_a_leased_number_passes_to_the_next_holder_without_a_shared_key(
     _worker._claims.clear()
     clocks = {"A": Clock(T0), "B": Clock(T0 + skew)}
     grant_a = WorkerGrant(WorkerSlice(id=3), floor_ms=-1, horizon_ms=T0 + horizon, scope="process A")
-    gens: dict[str, Any] = {"A": KeyGenerator(worker=grant_a, clock=clocks["A"], max_backwards_ms=5), "B": None}
+    with separate_tables():
+        gens: dict[str, Any] = {"A": KeyGenerator(worker=grant_a, clock=clocks["A"], max_backwards_ms=5), "B": None}
     out: dict[str, list[Key]] = {"A": [], "B": []}
     _run(gens, clocks, before, out)
     grant_a.extend(T0 + horizon + extend)  # a renewal confirmed before the lease lapsed
     confirmed = grant_a.horizon_ms
     grant_b = WorkerGrant(WorkerSlice(id=3), floor_ms=confirmed, horizon_ms=confirmed + 30, scope="process B")
-    gens["B"] = KeyGenerator(worker=grant_b, clock=clocks["B"], max_backwards_ms=60)
+    with separate_tables():
+        gens["B"] = KeyGenerator(worker=grant_b, clock=clocks["B"], max_backwards_ms=60)
     if revoke:
         grant_a.revoke("taken over")
     _run(gens, clocks, after, out)
@@ -374,10 +388,11 @@ def test_two_default_generators_share_keys_only_where_their_runs_overlap(
     generators repeat a key only where their runs of one millisecond overlap (by chance: the starts are random)."""
     _keymaker.seed_random(seed)
     clocks = {"A": Clock(T0), "B": Clock(T0 + skew)}
-    gens: dict[str, Any] = {
-        "A": KeyGenerator(clock=clocks["A"], random_start=True, max_backwards_ms=5),
-        "B": KeyGenerator(clock=clocks["B"], random_start=True, max_backwards_ms=5),
-    }
+    with separate_tables():
+        gens: dict[str, Any] = {
+            "A": KeyGenerator(clock=clocks["A"], random_start=True, max_backwards_ms=5),
+            "B": KeyGenerator(clock=clocks["B"], random_start=True, max_backwards_ms=5),
+        }
     out: dict[str, list[Key]] = {"A": [], "B": []}
     _run(gens, clocks, ops, out)
     runs: dict[str, dict[int, list[int]]] = {}

@@ -6,6 +6,7 @@ import asyncio
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -13,6 +14,7 @@ import pytest
 from fixtures.faults import FaultServers
 
 import hvcore
+from hvcore import _generator
 
 pytestmark = pytest.mark.postgres
 
@@ -312,6 +314,14 @@ def test_1025th_id_in_one_millisecond_waits_for_the_next_one() -> None:
     assert extra[0].created > keys[0].created and extra[0].added_id == 0
 
 
+def as_another_process(make: Callable[..., Any], **options: Any) -> Any:
+    """A generator (``make(**options)``) with a sequence table of its own, as a generator of another process has
+    (the generators of one process share one per layout, whatever their clocks, and never collide)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_generator, "process_table", lambda key, make_table: make_table())
+        return make(**options)
+
+
 def test_repeated_id_from_another_process_is_retried_with_a_fresh_key(
     fault_pg: FaultServers, duplicate_log: Any
 ) -> None:
@@ -321,10 +331,10 @@ def test_repeated_id_from_another_process_is_retried_with_a_fresh_key(
     one.provision()
     two = hvcore.Datastore([dict(shards="0-16", **settings)], backend="jsonb", logger=logger)
     clock = FrozenClock(T0)
-    # two "processes" without a shared sequence, whose clocks read the same millisecond (a clock function each:
-    # generators of one clock in one process share a sequence table and never collide)
-    one.generator = hvcore.KeyGenerator(clock=lambda: clock())
-    two.generator = hvcore.KeyGenerator(clock=lambda: clock())
+    # two "processes" without a shared sequence, whose clocks read the same millisecond (a sequence table each:
+    # the generators of one process share one, whatever their clocks, and never collide)
+    one.generator = as_another_process(hvcore.KeyGenerator, clock=clock)
+    two.generator = as_another_process(hvcore.KeyGenerator, clock=clock)
     first = [one.put(5, 1, by="one") for _ in range(3)]
     second = two.put(5, 1, by="two")  # its sequence 0, 1, 2 are stored already: retried with fresh keys
     # each collision is logged; after the first, the generator steps past a random stretch, so 1 to 3 of them

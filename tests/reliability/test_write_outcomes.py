@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 import hvcore
 from hvbackend_postgres import _astore, _store
-from hvcore import _keymaker
+from hvcore import _generator, _keymaker
 from hvcore._worker import home_start
 
 pytestmark = pytest.mark.postgres
@@ -57,13 +57,15 @@ def fresh(fault_pg: FaultServers, **options: Any) -> tuple[hvcore.Datastore, dic
 
 def lockstep(db: Any, clock: FrozenClock) -> None:
     """Make ``db`` draw keys as every process did before: sequence 0, 1, 2 ... of the frozen millisecond."""
-    db.generator = hvcore.KeyGenerator(clock=own(clock), random_start=False)
+    db.generator = as_another_process(hvcore.KeyGenerator, clock=clock, random_start=False)
 
 
-def own(clock: Callable[[], int]) -> Callable[[], int]:
-    """``clock`` read through a function of its own: a generator given it has a sequence table of its own, as a
-    generator of another process has (generators of one clock share one and never collide)."""
-    return lambda: clock()
+def as_another_process(make: Callable[..., Any], **options: Any) -> Any:
+    """A generator (``make(**options)``) with a sequence table of its own, as a generator of another process has
+    (the generators of one process share one per layout, whatever their clocks, and never collide)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_generator, "process_table", lambda key, make_table: make_table())
+        return make(**options)
 
 
 def rows_of_shard(fault_pg: FaultServers, dbname: str, shard: int = SHARD) -> dict[int, dict[str, Any]]:
@@ -181,7 +183,7 @@ def test_a_cut_async_put_stores_its_own_row(fault_pg: FaultServers, taken: Any) 
 
     async def put() -> hvcore.Key:
         async with hvcore.AsyncDatastore([dict(shards="0-16", **settings)], backend="jsonb") as db:
-            db.generator = hvcore.AsyncKeyGenerator(clock=own(clock), random_start=False)
+            db.generator = as_another_process(hvcore.AsyncKeyGenerator, clock=clock, random_start=False)
             key = await db.put(SHARD, 1, by="ours")
             assert db.key_collisions == 1
             return key
@@ -323,7 +325,7 @@ def test_any_interleaving_of_two_writers_stores_every_acknowledged_key_with_its_
     name = f"prop-{seed}-{per_ms}-{len(ops)}-{time.perf_counter_ns()}"
     dbs = [hvcore.Datastore([dict(shards="0-16", name=name)], backend="memory") for _ in range(2)]
     for db in dbs:
-        db.generator = hvcore.KeyGenerator(clock=own(clock), random_start=random_start)
+        db.generator = as_another_process(hvcore.KeyGenerator, clock=clock, random_start=random_start)
     try:
         dbs[0].provision()
         acked, _ = _interleave(dbs, ops)
@@ -356,7 +358,7 @@ def test_leased_starts_keep_two_writers_apart_while_each_stays_below_the_gap(
     dbs = [hvcore.Datastore([dict(shards="0-16", name=name)], backend="memory") for _ in range(2)]
     homes = [home_start(hvcore.WorkerSlice(id=w, bits=8)) for w in workers]
     for db, home in zip(dbs, homes, strict=True):
-        db.generator = hvcore.KeyGenerator(clock=own(clock), random_start=True)
+        db.generator = as_another_process(hvcore.KeyGenerator, clock=clock, random_start=True)
         db.generator.start_each_ms_at(home)
     try:
         dbs[0].provision()
@@ -393,7 +395,7 @@ def test_any_interleaving_of_two_writers_on_postgresql_stores_every_acknowledged
     clock = TickingClock(per_ms)
     dbs = [hvcore.Datastore([dict(shards="0-16", **property_db)], backend="jsonb") for _ in range(2)]
     for db in dbs:
-        db.generator = hvcore.KeyGenerator(clock=own(clock), random_start=True)
+        db.generator = as_another_process(hvcore.KeyGenerator, clock=clock, random_start=True)
     try:
         acked, _ = _interleave(dbs, ops)
         assert rows_of_shard(fault_pg, property_db["dbname"]) == acked
