@@ -999,9 +999,12 @@ class PostgresServerStore(StoreCore):
         ``ids`` (else empty), None if it committed, else the loss: nothing was stored, it may run again).
 
         A connection lost underneath is closed and the write settled (`_settle`). A client-side wait that gave up
-        (``operation_timeout``: a cancel request was sent) is settled too, its session ended at once (it is ours):
-        committed → success; not committed → `ServerUnavailable` at once, not run again (the time allowed is
-        spent). Server errors are raised translated (`_translate`); ``reused`` as for `_send_write`, ``ours`` as
+        (``operation_timeout``: a cancel request was sent) first reads the replies still due for `PIPELINE_GRACE`
+        s (`_read_cut`): on a server that answers they say how the write ended (the statement's error, the
+        cancel's included: not committed, `_cut_write_error`; none: it finished and committed as the wait gave
+        up), and the connection is closed. Past the grace (a frozen session) the write is settled too, its session
+        ended at once (it is ours): committed → success; not committed → `ServerUnavailable` at once, not run
+        again (the time allowed is spent). Server errors are raised translated (`_translate`); ``reused`` as for `_send_write`, ``ours`` as
         for `_write`.
         """
         conn, pool = self._checkout(shard_id)
@@ -1014,9 +1017,20 @@ class PostgresServerStore(StoreCore):
             if not self._lost(conn, exc):
                 error = self._translate(exc, shard_id)
                 raise error from chained(error, exc)
+            timed_out = not conn.closed  # operation_timeout: a cancel request was sent; the session may still run it
+            if timed_out and self._read_cut(conn)[0]:
+                # every reply arrived after the cancel request: the server itself says how the write ended
+                answer = error_in(box, conn.info.encoding)
+                self._leave_pipeline(conn.pgconn, finish=True)
+                conn.close()  # a cancel request arriving late must not hit the next borrower's statement
+                if answer is not None:
+                    raise self._cut_write_error(answer, shard_id) from None
+                self._log("a write on %s finished as operation_timeout expired", self._label)
+                if self.track_wal:  # committed, its WAL position unread: reads after this cover it
+                    self._wal_gap()
+                return (command_rows(box) or 0, returned_ids(box) if ids else set(), None)
             xid = returned_xid(box)[0]
             received = command_rows(box) is not None
-            timed_out = not conn.closed  # operation_timeout: the session may still run the write
             if timed_out:
                 conn.pgconn.finish()  # this socket is done with; the session is ended while settling
             conn.close()
@@ -1041,6 +1055,18 @@ class PostgresServerStore(StoreCore):
         if timed_out:
             raise self._ended_uncommitted(status) from None
         return (0, set(), lost)
+
+    def _cut_write_error(self, answer: psycopg.Error, shard_id: int) -> Exception:
+        """The error of a write cut off by ``operation_timeout`` whose replies then all arrived, ``answer`` (an error,
+        so it did not commit): the cancel's (``57014``, `QueryCanceled`) says the write did not commit; any other is
+        the statement's own failure (the lock it waited for came free as the wait gave up), raised as it would be.
+        """
+        if not isinstance(answer, pg_errors.QueryCanceled):
+            return self._translate(answer, shard_id)
+        reason = str(answer).strip().splitlines()[0] if str(answer).strip() else "canceling statement"
+        return ServerUnavailable(
+            f"PostgreSQL server {self._label} did not answer within operation_timeout={self._options.operation_timeout} s: a cancel request was sent and the server cancelled the write's statement ({reason}), so the write did not commit (nothing of it is stored); it can be run again"
+        )
 
     def _ended_uncommitted(self, status: str) -> ServerUnavailable:
         """The error of a write that timed out on the client and was settled as not committed (``status``)."""
