@@ -301,8 +301,8 @@ class ThreadWriteCoalescer(_Coalescer[tuple[int, list[_Write]]]):
     for a key another writer held before the group, which the group had left out: reading it tells); a group that
     found its server unavailable, hit ``operation_timeout`` (settled: not committed) or no free connection
     (`ServerUnavailable`, `PoolTimeout`) fails its callers with that error, as each row alone would have failed
-    after as long again; a group that failed otherwise stored nothing, and each row runs alone. The rows of a group share one
-    transaction: they are committed together, and none is ever undone by another's failure.
+    after as long again; a group that failed otherwise stored nothing, and each row runs alone. The rows of a group
+    share one transaction: they are committed together, and none is ever undone by another's failure.
     """
 
     __slots__ = ("_insert_group", "_insert_one", "_pending")
