@@ -640,6 +640,10 @@ class AsyncPostgresServerStore(StoreCore):
             except psycopg_pool.PoolTimeout:
                 if pool.last_error is not None:  # waited while every connection attempt failed
                     raise pool.last_error from None
+                if not self._lent and not pool._pool and pool._growing:
+                    # none in use, none idle: the wait was for the pool's attempt to open one, which the server
+                    # has not answered (its connect_timeout ends about when pool_block_timeout does)
+                    raise self._no_session() from None
                 if metrics.on:
                     metrics.connection_timeout(self._label)
                 raise self._pool_timeout() from None

@@ -530,7 +530,10 @@ class StoreCore:
         self._role = str(params.get("user") or "")  # named in PermissionDenied
         self._dbname = dbname
         self._conninfo = parsed.conninfo
-        kwargs.setdefault("connect_timeout", max(2, math.ceil(options.pool_block_timeout)))
+        # each connection attempt (TCP, TLS, login) is bounded like every other exchange: by the smaller of
+        # pool_block_timeout and operation_timeout, at least 2 s (libpq's least), unless the settings say otherwise
+        bound = min(options.pool_block_timeout, options.operation_timeout or options.pool_block_timeout)
+        kwargs.setdefault("connect_timeout", max(2, math.ceil(bound)))
         kwargs.setdefault("application_name", "hypervault")
         self._kwargs = kwargs
         self._user_row_factory: Any = USER_ROW_FACTORIES.get(options.row_factory, row_factory)
@@ -578,7 +581,24 @@ class StoreCore:
             )
         if isinstance(exc, OperationTimeout):  # its message names the server and the bound already
             return ServerUnavailable(text)
+        if isinstance(exc, psycopg.errors.ConnectionTimeout):  # "connection timeout expired": say which bound
+            text += (
+                f" (no answer to the connection start-up within connect_timeout={self._kwargs.get('connect_timeout')}"
+                " s: a server that is down, frozen or overloaded, or an address where no PostgreSQL answers)"
+            )
         return ServerUnavailable(f"PostgreSQL server {self._label} is unavailable: {text}")
+
+    def _no_session(self) -> ServerUnavailable:
+        """The error of a caller that waited ``pool_block_timeout`` for a connection while none was open or in use:
+        the pool's attempt to open one has had no answer from the server (not a full pool: no advice to raise
+        ``pool_max``)."""
+        return ServerUnavailable(
+            f"PostgreSQL server {self._label} did not accept a session within pool_block_timeout="
+            f"{self._options.pool_block_timeout} s: no connection to it is open or in use, and the connection attempt "
+            "under way has had no answer to its start-up (TCP connect, TLS negotiation, login; connect_timeout="
+            f"{self._kwargs.get('connect_timeout')} s per attempt): a server that is down, frozen or overloaded, or an "
+            "address where no PostgreSQL answers"
+        )
 
     def _pool_timeout(self) -> PoolTimeout:
         """The `PoolTimeout` of this store's pool, noting what the waiting thread or task holds itself."""
