@@ -594,8 +594,8 @@ class StoreCore:
         ``pool_max``)."""
         return ServerUnavailable(
             f"PostgreSQL server {self._label} did not accept a session within pool_block_timeout="
-            f"{self._options.pool_block_timeout} s: none of its connections is open or lent, and the connection attempt "
-            "under way has had no answer to its start-up (TCP connect, TLS negotiation, login; connect_timeout="
+            f"{self._options.pool_block_timeout} s: none of its connections is open or lent, and the connection "
+            "attempt under way has had no answer to its start-up (TCP connect, TLS negotiation, login; connect_timeout="
             f"{self._kwargs.get('connect_timeout')} s per attempt): a server that is down, frozen or overloaded, or an "
             "address where no PostgreSQL answers"
         )
