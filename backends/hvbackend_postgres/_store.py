@@ -1031,7 +1031,10 @@ class PostgresServerStore(StoreCore):
                 self._leave_pipeline(conn.pgconn, finish=True)
                 conn.close()  # a cancel request arriving late must not hit the next borrower's statement
                 if answer is not None:
+                    if isinstance(answer, pg_errors.QueryCanceled):
+                        self._commit_counters.count(ABORTED)  # settled by the server's reply to the cancel
                     raise self._cut_write_error(answer, shard_id) from None
+                self._commit_counters.count(COMMITTED)
                 self._log("a write on %s finished as operation_timeout expired", self._label)
                 if self.track_wal:  # committed, its WAL position unread: reads after this cover it
                     self._wal_gap()
