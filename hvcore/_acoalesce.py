@@ -49,7 +49,7 @@ from typing import Any, Generic, TypeVar
 
 from hvcore._backend import Record
 from hvcore._key import Key
-from hvcore.errors import PoolTimeout, ServerUnavailable, ShardMoved
+from hvcore.errors import PoolTimeout, ServerUnavailable, ShardMoved, WriteOutcomeUnknown
 
 __all__ = ["GROUP_MAX", "ReadCoalescer", "WriteCoalescer"]
 
@@ -357,10 +357,10 @@ class WriteCoalescer(_Coalescer[tuple[int, list[_Write]]]):
     runs alone (so its `DuplicateKey` or `DuplicateValue` is its own); a group refused with `ShardMoved` fails its
     callers with it (nothing was written; the façade follows the move and retries); a group whose outcome is not
     known fails its callers with `WriteOutcomeUnknown` (their keys hold their rows or none, as for a lone put, but
-    for a key another writer held before the group, which the group had left out: reading it tells); a group that
-    found its server unavailable, hit ``operation_timeout`` (settled: not committed) or no free connection
-    (`ServerUnavailable`, `PoolTimeout`) fails its callers with that error, as each row alone would have failed
-    after as long again; a group that failed otherwise stored nothing, and each row runs alone. The rows of a group
+    for a key another writer held before the group, which the group had left out: reading it tells); a group cut
+    off by ``operation_timeout`` and settled as not committed (`ServerUnavailable` with ``timed_out``) fails its
+    callers with that error, as each row alone would have failed after as long again; a group that failed otherwise
+    stored nothing, and each row runs alone. The rows of a group
     share one transaction: they are committed together, and none is ever undone by another's failure.
     """
 
@@ -417,11 +417,14 @@ class WriteCoalescer(_Coalescer[tuple[int, list[_Write]]]):
             return
         try:
             stored = await self._insert_group(shard_id, [(w.key, w.kind, w.data) for w in group])
-        except (ShardMoved, *_SERVER_WIDE) as exc:
-            # nothing written (moved; no connection, or the group cut off by operation_timeout and settled as not
-            # committed: the time allowed is spent) or not known (WriteOutcomeUnknown): the callers are told
+        except (ShardMoved, WriteOutcomeUnknown) as exc:  # nothing written / not known: the callers are told
             _settle_left([w.future for w in group], exc)
             return
+        except ServerUnavailable as exc:
+            if exc.timed_out:  # cut off by operation_timeout, settled as not committed: the time allowed is spent
+                _settle_left([w.future for w in group], exc)
+                return
+            stored = set()  # nothing stored: each row alone
         except Exception:  # the group stored nothing (the store settles lost connections): each row alone
             stored = set()
         for write in group:

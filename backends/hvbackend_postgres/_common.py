@@ -148,6 +148,8 @@ class OperationTimeout(psycopg.errors._WaitTimeout, ServerUnavailable):
     handling, the psycopg error its ``wait(timeout=)`` raises). A cancel request for the statement was sent, so a
     statement that was only waiting (a lock, a slow plan) stops on the server instead of completing later."""
 
+    timed_out = True
+
 
 def _timed_out(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any], limit: float) -> OperationTimeout:
     """The error for a wait that ran past ``limit`` seconds, after starting a cancel request for the statement.
@@ -580,7 +582,9 @@ class StoreCore:
                 setting="authentication",
             )
         if isinstance(exc, OperationTimeout):  # its message names the server and the bound already
-            return ServerUnavailable(text)
+            error = ServerUnavailable(text)
+            error.timed_out = True
+            return error
         if isinstance(exc, psycopg.errors.ConnectionTimeout):  # "connection timeout expired": say which bound
             text += (
                 f" (no answer to the connection start-up within connect_timeout={self._kwargs.get('connect_timeout')}"

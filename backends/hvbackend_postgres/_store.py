@@ -1074,16 +1074,20 @@ class PostgresServerStore(StoreCore):
         if not isinstance(answer, pg_errors.QueryCanceled):
             return self._translate(answer, shard_id)
         reason = str(answer).strip().splitlines()[0] if str(answer).strip() else "canceling statement"
-        return ServerUnavailable(
+        error = ServerUnavailable(
             f"PostgreSQL server {self._label} did not answer within operation_timeout={self._options.operation_timeout} s: a cancel request was sent and the server cancelled the write's statement ({reason}), so the write did not commit (nothing of it is stored); it can be run again"
         )
+        error.timed_out = True
+        return error
 
     def _ended_uncommitted(self, status: str) -> ServerUnavailable:
         """The error of a write that timed out on the client and was settled as not committed (``status``)."""
         how = "the server says aborted" if status == ABORTED else "no commit of it was found or sent"
-        return ServerUnavailable(
+        error = ServerUnavailable(
             f"PostgreSQL server {self._label} did not answer within operation_timeout={self._options.operation_timeout} s: the write's session was ended and the write did not commit ({how}: nothing of it is stored); it can be run again"
         )
+        error.timed_out = True
+        return error
 
     def _send_write(
         self, conn: Conn, query: str, params: Sequence[Any], box: list[pq.abc.PGresult], *, reused: bool = True

@@ -298,10 +298,11 @@ def test_limit_must_be_positive() -> None:
 class FakeTable:
     """Rows by key with a unique ``u`` field per shard; shards moved away; a group that fails before or after commit.
 
-    As the PostgreSQL store does, a group settles its own lost connection: ``"before"`` (not committed) stores nothing
-    and returns no ids (its rows then run alone), ``"timeout"`` (cut off by ``operation_timeout``, settled as not
-    committed: the time allowed is spent) stores nothing and raises `ServerUnavailable`, ``"after"`` (committed or
-    not, nobody can tell) stores its rows and raises `WriteOutcomeUnknown`.
+    As the PostgreSQL store does, a group settles its own lost connection: ``"before"`` (not committed) raises
+    `ServerUnavailable` with nothing stored (its rows then run alone), ``"timeout"`` (cut off by
+    ``operation_timeout``, settled as not committed: the time allowed is spent) raises `ServerUnavailable` with
+    ``timed_out`` and nothing stored, ``"after"`` (committed or not, nobody can tell) stores its rows and raises
+    `WriteOutcomeUnknown`.
     """
 
     def __init__(self, moved: Iterable[int] = ()) -> None:
@@ -333,10 +334,12 @@ class FakeTable:
         await asyncio.sleep(0)
         if shard in self.moved:
             raise ShardMoved(f"shard {shard} moved", shard_id=shard, server="other", version=2)
-        if self.fail_group == "before":  # connection lost; the server says the transaction aborted
-            return set()
+        if self.fail_group == "before":
+            raise ServerUnavailable("connection lost; the server says the transaction aborted")
         if self.fail_group == "timeout":
-            raise ServerUnavailable("did not answer within operation_timeout: the write did not commit")
+            cut = ServerUnavailable("did not answer within operation_timeout: the write did not commit")
+            cut.timed_out = True
+            raise cut
         stored = set()
         for k, _, data in rows:
             if self._taken(shard, k, data) is None:
