@@ -258,3 +258,27 @@ def test_status_inside_ones_own_transaction_that_locked_a_table_ends_at_the_boun
         print(f"\nstatus inside its own locking transaction: {elapsed:.2f} s: {error}")
         assert elapsed < BOUND + 0.5, f"{elapsed:.2f} s"
         assert error, "the locked count should be reported, not silently missing"
+
+
+@pytest.mark.parametrize("call", ["put", "update"])
+def test_through_a_transaction_pooler_a_point_write_cut_off_is_settled_at_the_timeout(
+    _pg_factory_databases: Any, pgbouncer_transaction: Any, call: str
+) -> None:
+    """Behind PgBouncer (transaction mode) the cancel request goes through the pooler and its reply comes back the
+    same way: settled at the timeout, not committed."""
+    server = dict(_pg_factory_databases.empty("jsonb")[0])
+    through = {**server, "host": "127.0.0.1", "port": pgbouncer_transaction[0].port}
+    with hvcore.Datastore([through], backend="jsonb", pool_max=2, operation_timeout=TIMEOUT) as db:
+        key = db.put(5, 1, n=0)
+        calls: dict[str, Callable[[], object]] = {
+            "put": lambda: db.put(5, 1, n=1),
+            "update": lambda: db.update(key, n=1),
+        }
+        with table_locked(server, 5):
+            elapsed, error = timed(calls[call])
+        message = str(error)
+        print(f"\nbehind PgBouncer, {call}: {elapsed:.2f} s: {message}")
+        assert not isinstance(error, hvcore.WriteOutcomeUnknown), message
+        assert "did not commit" in message and elapsed < BOUND, f"{elapsed:.2f} s: {message}"
+        assert [r.data for r in db.query(shards=[5])] == [{"n": 0}]
+        assert db.update(key, n=2)
