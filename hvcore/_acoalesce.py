@@ -376,9 +376,11 @@ class WriteCoalescer(_Coalescer[tuple[int, list[_Write]]]):
     runs alone (so its `DuplicateKey` or `DuplicateValue` is its own); a group refused with `ShardMoved` fails its
     callers with it (nothing was written; the façade follows the move and retries); a group whose outcome is not
     known fails its callers with `WriteOutcomeUnknown` (their keys hold their rows or none, as for a lone put, but
-    for a key another writer held before the group, which the group had left out: reading it tells); a group that
-    failed otherwise stored nothing, and each row runs alone. The rows of a group share one
-    transaction: they are committed together, and none is ever undone by another's failure.
+    for a key another writer held before the group, which the group had left out: reading it tells); a group cut
+    off by ``operation_timeout`` and settled as not committed (`ServerUnavailable` with ``timed_out``) fails its
+    callers with that error, as each row alone would have failed after as long again; a group that failed otherwise
+    stored nothing, and each row runs alone. The rows of a group
+    share one transaction: they are committed together, and none is ever undone by another's failure.
     """
 
     __slots__ = ("_insert_group", "_insert_one", "_pending")
@@ -444,6 +446,11 @@ class WriteCoalescer(_Coalescer[tuple[int, list[_Write]]]):
         except (ShardMoved, WriteOutcomeUnknown) as exc:  # nothing written / not known: the callers are told
             _settle_left([w.future for w in group], exc)
             return
+        except ServerUnavailable as exc:
+            if exc.timed_out:  # cut off by operation_timeout, settled as not committed: the time allowed is spent
+                _settle_left([w.future for w in group], exc)
+                return
+            stored = set()  # nothing stored: each row alone
         except Exception:  # the group stored nothing (the store settles lost connections): each row alone
             stored = set()
         for write in group:

@@ -277,9 +277,13 @@ class PoolTimeout(HypervaultError, TimeoutError):
 
 
 class ServerUnavailable(HypervaultError, OSError):
-    """A server could not be reached or refused the connection."""
+    """A server could not be reached or refused the connection.
+
+    ``timed_out`` is True when the call was cut off by ``operation_timeout`` (the time it was allowed is spent).
+    """
 
     __module__ = "hvcore"
+    timed_out: bool = False
 
 
 class ServerLimitReached(HypervaultError, RuntimeError):

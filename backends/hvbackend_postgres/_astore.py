@@ -53,6 +53,7 @@ from hvbackend_postgres._citus import (
     read_citus,
 )
 from hvbackend_postgres._commit import (
+    ABORTED,
     BEGIN_XID_SQL,
     COMMITTED,
     IN_PROGRESS,
@@ -184,6 +185,8 @@ from hvcore.errors import (
 )
 
 __all__ = ["AsyncPostgresServerStore"]
+
+LOCAL_LOCK_TIMEOUT_SQL = "SELECT pg_catalog.set_config('lock_timeout', %s, true)"  # this transaction's, in ms
 
 AConn = psycopg.AsyncConnection[Any]
 _T = TypeVar("_T")
@@ -645,6 +648,10 @@ class AsyncPostgresServerStore(StoreCore):
             except psycopg_pool.PoolTimeout:
                 if pool.last_error is not None:  # waited while every connection attempt failed
                     raise pool.last_error from None
+                if not self._lent and not pool._pool and pool._growing:
+                    # none in use, none idle: the wait was for the pool's attempt to open one, which the server
+                    # has not answered (its connect_timeout ends about when pool_block_timeout does)
+                    raise self._no_session() from None
                 if metrics.on:
                     metrics.connection_timeout(self._label)
                 raise self._pool_timeout() from None
@@ -1214,10 +1221,13 @@ class AsyncPostgresServerStore(StoreCore):
         ``ids`` (else empty), None if it committed, else the loss: nothing was stored, it may run again).
 
         A connection lost underneath is closed and the write settled (`_settle`). A client-side wait that gave up
-        (``operation_timeout``: a cancel request was sent) is settled too, its session ended at once (it is ours):
-        committed → success; not committed → `ServerUnavailable` at once, not run again (the time allowed is
-        spent). Server errors are raised translated (`_translate`); ``reused`` as for `_send_write`, ``ours`` as
-        for `_write`.
+        (``operation_timeout``: a cancel request was sent) first reads the replies still due for `PIPELINE_GRACE`
+        s (`_read_cut`): on a server that answers they say how the write ended (the statement's error, the
+        cancel's included: not committed, `_cut_write_error`; none: it finished and committed as the wait gave
+        up), and the connection is closed. Past the grace (a frozen session) the write is settled too, its session
+        ended at once (it is ours): committed → success; not committed → `ServerUnavailable` at once, not run
+        again (the time allowed is spent). Server errors are raised translated (`_translate`); ``reused`` as for
+        `_send_write`, ``ours`` as for `_write`.
         """
         conn, pool = await self._checkout(shard_id)
         box: list[pq.abc.PGresult] = []
@@ -1229,9 +1239,23 @@ class AsyncPostgresServerStore(StoreCore):
             if not self._lost(conn, exc):
                 error = self._translate(exc, shard_id)
                 raise error from chained(error, exc)
+            timed_out = not conn.closed  # operation_timeout: a cancel request was sent; the session may still run it
+            if timed_out and (await self._read_cut(conn))[0]:
+                # every reply arrived after the cancel request: the server itself says how the write ended
+                answer = error_in(box, conn.info.encoding)
+                self._leave_pipeline(conn.pgconn, finish=True)
+                await conn.close()  # a cancel request arriving late must not hit the next borrower's statement
+                if answer is not None:
+                    if isinstance(answer, pg_errors.QueryCanceled):
+                        self._commit_counters.count(ABORTED)  # settled by the server's reply to the cancel
+                    raise self._cut_write_error(answer, shard_id) from None
+                self._commit_counters.count(COMMITTED)
+                self._log("a write on %s finished as operation_timeout expired", self._label)
+                if self.track_wal:  # committed, its WAL position unread: reads after this cover it
+                    self._wal_gap()
+                return command_rows(box) or 0, returned_ids(box) if ids else set(), None
             xid = returned_xid(box)[0]
             received = command_rows(box) is not None
-            timed_out = not conn.closed  # operation_timeout: the session may still run the write
             if timed_out:
                 conn.pgconn.finish()  # this socket is done with; the session is ended while settling
             await conn.close()
@@ -1257,13 +1281,32 @@ class AsyncPostgresServerStore(StoreCore):
             raise self._ended_uncommitted(status) from None
         return 0, set(), lost
 
+    def _cut_write_error(self, answer: psycopg.Error, shard_id: int) -> Exception:
+        """The error of a write cut off by ``operation_timeout`` whose replies then all arrived, ``answer`` (an error,
+        so it did not commit): the cancel's (``57014``, `QueryCanceled`) says the write did not commit; any other is
+        the statement's own failure (the lock it waited for came free as the wait gave up), raised as it would be.
+        """
+        if not isinstance(answer, pg_errors.QueryCanceled):
+            return self._translate(answer, shard_id)
+        reason = str(answer).strip().splitlines()[0] if str(answer).strip() else "canceling statement"
+        error = ServerUnavailable(
+            f"PostgreSQL server {self._label} did not answer within operation_timeout="
+            f"{self._options.operation_timeout} s: a cancel request was sent and the server cancelled the write's "
+            f"statement ({reason}), so the write did not commit (nothing of it is stored); it can be run again"
+        )
+        error.timed_out = True
+        return error
+
     def _ended_uncommitted(self, status: str) -> ServerUnavailable:
         """The error of a write that timed out on the client and was settled as not committed (``status``)."""
-        return ServerUnavailable(
+        how = "the server says aborted" if status == ABORTED else "no commit of it was found or sent"
+        error = ServerUnavailable(
             f"PostgreSQL server {self._label} did not answer within operation_timeout="
             f"{self._options.operation_timeout} s: the write's session was ended and the write did not commit "
-            f"({status}: nothing of it is stored); it can be run again"
+            f"({how}: nothing of it is stored); it can be run again"
         )
+        error.timed_out = True
+        return error
 
     async def _send_write(
         self, conn: AConn, query: str, params: Sequence[Any], box: list[pq.abc.PGresult], *, reused: bool = True
@@ -1420,9 +1463,11 @@ class AsyncPostgresServerStore(StoreCore):
                 if self.pooling == "off" and pid:
                     xid, ended = await self._watch_session(conn, pid, keys, end=end)
                 else:
-                    await self._wait_statement_gone(conn, query, keys)
+                    await self._wait_statement_gone(conn, query, keys, end=end)
             if xid is None and query is not None:
-                status, ids, rows = await self._read_outcome(conn, query, ours, params, len(keys))
+                status, ids, rows = await self._read_outcome(
+                    conn, query, ours, params, len(keys), lock_wait=self._end_wait() if end else None
+                )
                 self._commit_counters.count(status, ended=ended, by_rows=True)
                 self._log("lost write on %s, no transaction id seen: %s (by its rows)", self._label, status)
                 return status, ids, rows
@@ -1433,16 +1478,27 @@ class AsyncPostgresServerStore(StoreCore):
             if status != COMMITTED or received or query is None:
                 return status, None, None
             return (COMMITTED, *(await self._read_outcome(conn, query, ours, params, len(keys), committed=True))[1:])
+        except pg_errors.LockNotAvailable:
+            why = f"its rows could not be read within {self._end_wait()} s: another session holds a lock on the table"
+            raise self._outcome_unknown(xid, keys, why) from None
         except psycopg.Error as exc:
             raise self._outcome_unknown(xid, keys, f"the question failed ({type(exc).__name__}: {exc})") from None
         finally:
             await conn.close()
 
+    def _end_wait(self) -> float:
+        """Seconds the settling of a write cut off by ``operation_timeout`` waits at most for each step after the
+        session was ended (it to go, its rows to be readable): half the timeout, at least 0.5 s, at most
+        `SETTLE_SECONDS`; so a frozen session or a table another session keeps locked ends the call at about 1.5x
+        the timeout with `WriteOutcomeUnknown` instead of `SETTLE_SECONDS` later."""
+        return min(SETTLE_SECONDS, max((self._options.operation_timeout or 2 * SETTLE_SECONDS) / 2, 0.5))
+
     async def _xact_status(self, conn: AConn, xid: int, keys: Sequence[Key], *, end: bool) -> tuple[str, bool]:
         """``pg_xact_status(xid)`` once the transaction is no longer in progress; and whether its session was ended.
 
         In progress: waited for up to `SETTLE_SECONDS` (``end``: not at all), then its session is ended with
-        ``pg_terminate_backend``; `WriteOutcomeUnknown` if it is still in progress `SETTLE_SECONDS` after that.
+        ``pg_terminate_backend``; `WriteOutcomeUnknown` if it is still in progress `SETTLE_SECONDS` (``end``:
+        `_end_wait`) after that.
         """
         deadline = time.monotonic() + (0.0 if end else SETTLE_SECONDS)
         ended = False
@@ -1456,7 +1512,7 @@ class AsyncPostgresServerStore(StoreCore):
                     raise self._outcome_unknown(xid, keys, "it is still in progress after its session was ended")
                 await conn.execute(TERMINATE_SQL, (str(xid & 0xFFFFFFFF),))
                 ended = True
-                deadline = time.monotonic() + SETTLE_SECONDS
+                deadline = time.monotonic() + (self._end_wait() if end else SETTLE_SECONDS)
             await asleep(SETTLE_POLL)
 
     async def _watch_session(self, conn: AConn, pid: int, keys: Sequence[Key], *, end: bool) -> tuple[int | None, bool]:
@@ -1465,7 +1521,7 @@ class AsyncPostgresServerStore(StoreCore):
         had to be ended.
 
         It is given `SETTLE_SECONDS` (``end``: none, the client gave up) before ``pg_terminate_backend``;
-        `WriteOutcomeUnknown` if it is still there `SETTLE_SECONDS` after that.
+        `WriteOutcomeUnknown` if it is still there `SETTLE_SECONDS` (``end``: `_end_wait`) after that.
         """
         deadline = time.monotonic() + (0.0 if end else SETTLE_SECONDS)
         xid: int | None = None
@@ -1483,15 +1539,17 @@ class AsyncPostgresServerStore(StoreCore):
                     raise self._outcome_unknown(xid, keys, f"its session (pid {pid}) stays after being ended")
                 await conn.execute(TERMINATE_PID_SQL, (pid,))
                 ended = True
-                deadline = time.monotonic() + SETTLE_SECONDS
+                deadline = time.monotonic() + (self._end_wait() if end else SETTLE_SECONDS)
             await asleep(SETTLE_POLL)
 
-    async def _wait_statement_gone(self, conn: AConn, query: str, keys: Sequence[Key]) -> None:
+    async def _wait_statement_gone(self, conn: AConn, query: str, keys: Sequence[Key], *, end: bool = False) -> None:
         """Behind a pooler (the pid the client saw is the pooler's): wait until every session of our role that was
-        running the same statement when we first asked has moved on (bounded by `SETTLE_SECONDS`), so that a lost
-        write can no longer commit. `WriteOutcomeUnknown` if it does not happen in time.
+        running the same statement when we first asked has moved on (bounded by `SETTLE_SECONDS`; ``end``, the
+        client gave up: `_end_wait`), so that a lost write can no longer commit. `WriteOutcomeUnknown` if it does
+        not happen in time.
         """
-        deadline = time.monotonic() + SETTLE_SECONDS
+        limit = self._end_wait() if end else SETTLE_SECONDS
+        deadline = time.monotonic() + limit
         text = self._dollar.get(query) or self._dollar.get(without_xid(query)) or dollar_params(query)[0]
         params: dict[str, Any] = {"since": None, "query": text.decode()}
         while True:
@@ -1504,13 +1562,20 @@ class AsyncPostgresServerStore(StoreCore):
                 raise self._outcome_unknown(
                     None,
                     keys,
-                    f"{row[1]} session(s) running the same statement did not finish within {SETTLE_SECONDS} s",
+                    f"{row[1]} session(s) running the same statement did not finish within {limit} s",
                 )
             await asleep(SETTLE_POLL)
 
     @staticmethod
     async def _read_outcome(
-        conn: AConn, query: str, ours: str | None, params: Sequence[Any], count: int, *, committed: bool = False
+        conn: AConn,
+        query: str,
+        ours: str | None,
+        params: Sequence[Any],
+        count: int,
+        *,
+        committed: bool = False,
+        lock_wait: float | None = None,
     ) -> tuple[str, set[int] | None, int]:
         """What a lost write left in place, read once nothing can commit it any more: (`COMMITTED` or `UNKNOWN`,
         the ids an INSERT stored, the rows written).
@@ -1519,7 +1584,15 @@ class AsyncPostgresServerStore(StoreCore):
         values (`stored_rows_sql`); some → committed. Otherwise ``query`` is an UPDATE or DELETE by key: its
         `applied_sql` says whether the row holds what it writes (or is absent) → committed. ``committed``: the
         server said so already; only the ids or rows are wanted (an UPDATE whose row is gone wrote none).
+        ``lock_wait``: seconds the read may wait for a lock another session holds on the table (its transaction's
+        ``lock_timeout``: `LockNotAvailable` past it); None: as long as the connection's bound allows.
         """
+        if lock_wait is not None:
+            async with conn.transaction():
+                await conn.execute(LOCAL_LOCK_TIMEOUT_SQL, (f"{lock_wait * 1000:.0f}",))
+                return await AsyncPostgresServerStore._read_outcome(
+                    conn, query, ours, params, count, committed=committed
+                )
         if ours is not None:
             ids = {int(row[0]) for row in await (await conn.execute(stored_rows_sql(ours, count), params)).fetchall()}
             return (COMMITTED if ids else UNKNOWN), ids, len(ids)

@@ -149,6 +149,8 @@ class OperationTimeout(psycopg.errors._WaitTimeout, ServerUnavailable):
     handling, the psycopg error its ``wait(timeout=)`` raises). A cancel request for the statement was sent, so a
     statement that was only waiting (a lock, a slow plan) stops on the server instead of completing later."""
 
+    timed_out = True
+
 
 def _timed_out(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any], limit: float) -> OperationTimeout:
     """The error for a wait that ran past ``limit`` seconds, after starting a cancel request for the statement.
@@ -531,7 +533,10 @@ class StoreCore:
         self._role = str(params.get("user") or "")  # named in PermissionDenied
         self._dbname = dbname
         self._conninfo = parsed.conninfo
-        kwargs.setdefault("connect_timeout", max(2, math.ceil(options.pool_block_timeout)))
+        # each connection attempt (TCP, TLS, login) is bounded like every other exchange: by the smaller of
+        # pool_block_timeout and operation_timeout, at least 2 s (libpq's least), unless the settings say otherwise
+        bound = min(options.pool_block_timeout, options.operation_timeout or options.pool_block_timeout)
+        kwargs.setdefault("connect_timeout", max(2, math.ceil(bound)))
         kwargs.setdefault("application_name", "hypervault")
         self._kwargs = kwargs
         self._user_row_factory: Any = USER_ROW_FACTORIES.get(options.row_factory, row_factory)
@@ -578,8 +583,27 @@ class StoreCore:
                 setting="authentication",
             )
         if isinstance(exc, OperationTimeout):  # its message names the server and the bound already
-            return ServerUnavailable(text)
+            error = ServerUnavailable(text)
+            error.timed_out = True
+            return error
+        if isinstance(exc, psycopg.errors.ConnectionTimeout):  # "connection timeout expired": say which bound
+            text += (
+                f" (no answer to the connection start-up within connect_timeout={self._kwargs.get('connect_timeout')}"
+                " s: a server that is down, frozen or overloaded, or an address where no PostgreSQL answers)"
+            )
         return ServerUnavailable(f"PostgreSQL server {self._label} is unavailable: {text}")
+
+    def _no_session(self) -> ServerUnavailable:
+        """The error of a caller that waited ``pool_block_timeout`` for a connection while none was open or in use:
+        the pool's attempt to open one has had no answer from the server (not a full pool: no advice to raise
+        ``pool_max``)."""
+        return ServerUnavailable(
+            f"PostgreSQL server {self._label} did not accept a session within pool_block_timeout="
+            f"{self._options.pool_block_timeout} s: none of its connections is open or lent, and the connection "
+            "attempt under way has had no answer to its start-up (TCP connect, TLS negotiation, login; connect_timeout="
+            f"{self._kwargs.get('connect_timeout')} s per attempt): a server that is down, frozen or overloaded, or an "
+            "address where no PostgreSQL answers"
+        )
 
     def _pool_timeout(self) -> PoolTimeout:
         """The `PoolTimeout` of this store's pool, noting what the waiting thread or task holds itself."""

@@ -299,8 +299,10 @@ class FakeTable:
     """Rows by key with a unique ``u`` field per shard; shards moved away; a group that fails before or after commit.
 
     As the PostgreSQL store does, a group settles its own lost connection: ``"before"`` (not committed) raises
-    `ServerUnavailable` with nothing stored, ``"after"`` (committed or not, nobody can tell) stores its rows and
-    raises `WriteOutcomeUnknown`.
+    `ServerUnavailable` with nothing stored (its rows then run alone), ``"timeout"`` (cut off by
+    ``operation_timeout``, settled as not committed: the time allowed is spent) raises `ServerUnavailable` with
+    ``timed_out`` and nothing stored, ``"after"`` (committed or not, nobody can tell) stores its rows and raises
+    `WriteOutcomeUnknown`.
     """
 
     def __init__(self, moved: Iterable[int] = ()) -> None:
@@ -334,6 +336,10 @@ class FakeTable:
             raise ShardMoved(f"shard {shard} moved", shard_id=shard, server="other", version=2)
         if self.fail_group == "before":
             raise ServerUnavailable("connection lost; the server says the transaction aborted")
+        if self.fail_group == "timeout":
+            cut = ServerUnavailable("did not answer within operation_timeout: the write did not commit")
+            cut.timed_out = True
+            raise cut
         stored = set()
         for k, _, data in rows:
             if self._taken(shard, k, data) is None:
@@ -362,7 +368,7 @@ def test_a_lone_insert_goes_straight_through() -> None:
     writes=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 30), st.integers(0, 6)), min_size=1, max_size=30),
     taken=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 30), st.integers(0, 6)), max_size=5),
     moved=st.sets(st.integers(0, 3), max_size=1),
-    fail_group=st.sampled_from([None, "before", "after"]),
+    fail_group=st.sampled_from([None, "before", "after", "timeout"]),
     limit=st.integers(1, 3),
 )
 def test_every_put_gets_its_own_outcome(
@@ -396,6 +402,16 @@ def test_every_put_gets_its_own_outcome(
     expected, expected_rows = asyncio.run(alone())
     got, got_rows, _ = asyncio.run(together())
     unknown = [i for i, r in enumerate(got) if isinstance(r, WriteOutcomeUnknown)]
+    if fail_group == "timeout":
+        # a group cut off by operation_timeout: its callers are told (each row alone would wait as long again),
+        # none of their rows stored; every other put is as alone
+        before = fresh().rows
+        cut = [i for i, r in enumerate(got) if type(r) is ServerUnavailable]
+        for i in cut:
+            assert got_rows.get(rows[i][1]) == before.get(rows[i][1])
+        keep = [i for i in range(len(rows)) if i not in cut]
+        assert not unknown and [type(got[i]) for i in keep] == [type(expected[i]) for i in keep], (expected, got)
+        return
     if fail_group == "after":
         # a group whose commit nobody can tell: its callers get WriteOutcomeUnknown, as a lone put would, and
         # their keys hold their own rows or none (or, for a key another writer held before, that writer's row);
@@ -594,7 +610,7 @@ class ThreadTable:
     writes=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 30), st.integers(0, 6)), min_size=1, max_size=20),
     taken=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 30), st.integers(0, 6)), max_size=5),
     moved=st.sets(st.integers(0, 3), max_size=1),
-    fail_group=st.sampled_from([None, "before", "after"]),
+    fail_group=st.sampled_from([None, "before", "after", "timeout"]),
 )
 def test_every_thread_put_gets_its_own_outcome(
     writes: list[tuple[int, int, int]], taken: list[tuple[int, int, int]], moved: set[int], fail_group: str | None
@@ -640,6 +656,11 @@ def test_every_thread_put_gets_its_own_outcome(
     assert coalescer_.in_flight == 0
     unknown = [i for i, r in enumerate(got) if isinstance(r, WriteOutcomeUnknown)]
     assert not unknown or fail_group == "after"
+    cut = [i for i, r in enumerate(got) if type(r) is ServerUnavailable and fail_group == "timeout"]
+    for i in cut:  # a group cut off by operation_timeout: its callers are told, their rows not stored
+        assert inner.rows.get(rows[i][1]) == fresh().rows.get(rows[i][1])
+    if cut:
+        unknown = cut  # compared as alone below: the others only
     keep = [i for i in range(len(rows)) if i not in unknown]
     assert [type(got[i]) for i in keep] == [type(expected[i]) for i in keep], (expected, got)
     before = fresh().rows

@@ -32,7 +32,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import hvcore
-from hvbackend_postgres._common import OperationTimeout
+from hvbackend_postgres._common import OperationTimeout, PipelineTimeout
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = tuple(
@@ -50,6 +50,7 @@ Arguments = tuple[tuple[Any, ...], dict[str, Any]]
 STRATEGIES: dict[type[BaseException], st.SearchStrategy[Arguments]] = {
     # psycopg.Error's __init__(*args, info=, encoding=, pgconn=); the backend raises it with its message only
     OperationTimeout: st.tuples(st.tuples(st.text()), st.just({})),
+    PipelineTimeout: st.tuples(st.tuples(st.text()), st.just({})),
 }
 
 

@@ -22,12 +22,6 @@ import hvcore
 BOUND = 1.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="put/update/delete waiting for another session's table lock past operation_timeout raise "
-    "WriteOutcomeUnknown after 2x the bound (the outcome question waits for the same lock); put_many in the same "
-    "spot ends the session and says the write did not commit: they should be settled the same way",
-)
 @pytest.mark.parametrize("call", ["put", "update", "delete"])
 def test_a_write_cut_off_while_waiting_for_a_lock_is_settled(pg_fresh_db: dict[str, Any], call: str) -> None:
     servers = [{**pg_fresh_db, "shards": "0-8"}]

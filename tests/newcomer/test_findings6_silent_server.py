@@ -32,13 +32,6 @@ def silent_port() -> Iterator[int]:
         listener.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a put to a server that accepts TCP but never answers, from a store with no connection yet, raises "
-    "PoolTimeout 'every one in use: raise pool_max or pool_block_timeout' (none is in use); it should be "
-    "ServerUnavailable naming the server that does not answer, as status() says and the README's frozen-server "
-    "guarantee promises",
-)
 def test_a_put_to_a_server_that_never_answers_is_server_unavailable(silent_port: int) -> None:
     servers = [dict(shards="0-8", host="127.0.0.1", port=silent_port, dbname="app")]
     with hvcore.Datastore(servers, backend="jsonb", worker=None, operation_timeout=1, pool_block_timeout=2) as db:

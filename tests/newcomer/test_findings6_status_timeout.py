@@ -25,12 +25,6 @@ BOUND = 1.0
 WAIT = 6.0  # the call should be over by then (the bound, a round trip, a second's slack on a loaded machine)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="status() counting rows exactly waits for a shard table's lock with no bound (operation_timeout=1 is not "
-    "applied to its count(*)); it should end within operation_timeout (the server reported with an error, or "
-    "ServerUnavailable / StatementTimeout), as every other exchange does",
-)
 @pytest.mark.parametrize("api", ["sync", "async"])
 def test_status_waiting_for_a_locked_shard_table_ends_at_operation_timeout(
     pg_fresh_db: dict[str, Any], api: str
