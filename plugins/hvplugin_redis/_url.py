@@ -151,9 +151,10 @@ _SCHEMES = ("redis", "rediss", "unix")
 
 def redact(url: str) -> str:
     """``url`` without its password (and user), for messages and reprs: the user-info becomes ``***``. When the
-    parser finds none but the URL holds an ``@``, everything up to the last ``@`` is masked: a password holding ``/``,
+    parser misread a password (`_misread`), everything up to the last ``@`` is masked: a password holding ``/``,
     ``?`` or ``#`` that is not percent-encoded ends the URL's authority early for the parser
-    (``redis://app:pa/ss@host`` has host ``app`` and port ``pa``), and would otherwise be shown whole."""
+    (``redis://app:pa/ss@host`` has host ``app`` and port ``pa``), and would otherwise be shown whole. An ``@`` in
+    a query option (``?client_name=a@b``) is shown as written."""
     scheme, sep, rest = url.partition("://")
     if not sep or "@" not in rest:
         return url
@@ -164,18 +165,31 @@ def redact(url: str) -> str:
     userinfo = netloc.rpartition("@")[0]
     if "@" in netloc and rest.startswith(userinfo + "@"):  # the parser's user-info (the rest kept as written)
         return f"{scheme}://***@{rest[len(userinfo) + 1 :]}"
-    return f"{scheme}://***@{rest.rpartition('@')[2]}"
+    if _misread(url):
+        return f"{scheme}://***@{rest.rpartition('@')[2]}"
+    return url
+
+
+def _misread(url: str) -> bool:
+    """True when the parser found no user-info but an ``@`` ends one it cut short: its port is not a number (the
+    password's start read as the port: ``redis://app:pa/ss@host``, ``?`` and ``#`` alike) or the ``@`` is in a
+    redis:// path (``redis://app:1234/ss@host``; a unix:// path is a file name and may hold one)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "@" in url
+    if "@" in parts.netloc:
+        return False
+    try:
+        parts.port  # noqa: B018 (raises ValueError for a bad port)
+    except ValueError:
+        return "@" in url.partition("://")[2]
+    return parts.scheme != "unix" and "@" in parts.path
 
 
 def _encoding_hint(url: str) -> str:
-    """What to do when the parser's user-info stops before the URL's last ``@`` (a ``/``, ``?`` or ``#`` in the
-    password, not percent-encoded), else ``""``."""
-    rest = url.partition("://")[2]
-    try:
-        netloc = urllib.parse.urlsplit(url).netloc
-    except ValueError:
-        netloc = ""
-    if "@" in rest and rest.rpartition("@")[0] != netloc.rpartition("@")[0]:
+    """What to do when the parser cut a password short (`_misread`), else ``""``."""
+    if _misread(url):
         return (
             "; a password holding '/', '?', '#' or '@' must be percent-encoded in the URL "
             "(urllib.parse.quote(password, safe=''))"

@@ -52,3 +52,11 @@ def test_an_unencoded_slash_in_the_password_says_to_percent_encode_it() -> None:
 def test_a_url_without_user_info_is_shown_as_written() -> None:
     assert redact("redis://127.0.0.1:6379/0?key_prefix=a") == "redis://127.0.0.1:6379/0?key_prefix=a"
     assert redact("redis://app:pw@127.0.0.1:6379/0?key_prefix=a") == "redis://***@127.0.0.1:6379/0?key_prefix=a"
+
+
+def test_an_at_sign_outside_the_user_info_is_a_valid_url_shown_as_written() -> None:
+    """Only a password the parser cut short is masked and refused: an ``@`` in a query option or a unix socket's file
+    name is part of a valid URL (the first version of the masking refused ``?client_name=a@b``)."""
+    for url in ("redis://127.0.0.1:6379/0?client_name=a@b", "unix:///tmp/redis@1.sock?db=2"):
+        parsed = parse_url(url)
+        assert redact(url) == url and "***" not in parsed.name, (url, parsed.name)
