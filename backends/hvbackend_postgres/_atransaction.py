@@ -30,7 +30,7 @@ from psycopg import pq, sql
 from psycopg.rows import tuple_row
 from psycopg.types.hstore import register_hstore
 
-from hvbackend_postgres._bouncer import RESET_SQL
+from hvbackend_postgres._bouncer import reset_sql
 from hvbackend_postgres._common import chained, query_fetch_sizes, query_records
 from hvbackend_postgres._fanout import AUTO_PLANS_SQL, plans_generic
 from hvbackend_postgres._indexes import is_unique_violation, unique_violation
@@ -369,7 +369,7 @@ async def postgres_transaction(
         pooled = getattr(store, "pooling", None) == "transaction"
         if tx.user_sql and pooled and not tx.aborted():
             # behind a transaction-mode pooler, in the transaction's own session: what user SQL SET ends with it
-            await tx._execute(RESET_SQL)
+            await tx._execute(reset_sql(conn, restore=False))
         await tx._commit()
         if tx.user_sql:
             await _reset_session(store, conn, session=not pooled)

@@ -382,7 +382,8 @@ def forget_user_state(conn: Any) -> None:
     """Drop what user code added to a borrowed connection's Python side: notice and notify handlers (the pool's
     connections have none of their own: one borrower's would hear the next borrowers' notices and NOTIFY payloads,
     and one added per borrow would pile up) and adapters (a dumper, loader or type registered on ``conn.adapters``
-    would change the next borrowers' values), and ``prepared_max``; ~1 µs."""
+    would change the next borrowers' values), ``prepared_max``, and the mark of a ``PREPARE`` seen; ~1 µs."""
+    conn.hv_user_prepared = False  # the reset deallocated what it PREPAREd (_bouncer.DEALLOCATE_USER_SQL)
     if conn._notice_handlers:
         conn._notice_handlers.clear()
     if conn._notify_handlers:

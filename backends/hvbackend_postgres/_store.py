@@ -27,10 +27,11 @@ from psycopg.types.numeric import Int8BinaryDumper, Int8Dumper
 
 from hvbackend_postgres._bouncer import (
     POOLER_HINT_SQL,
-    RESET_SQL,
     SCHEMA_EXISTS_SQL,
     client_endpoint,
+    note_user_sql,
     pooler_possible,
+    reset_sql,
     restore_sql,
     session_lock_refusal,
     shard_bound_class,
@@ -248,6 +249,7 @@ def _lent_cursor(
             in_tx = getattr(conn, "hv_in_tx", None)
             if in_tx is not None:  # inside db.transaction(): its end is the block's, never the statement's
                 check_not_ending(query, conn, in_tx)
+            note_user_sql(conn, query)
             try:
                 return super().execute(query, params, **kwargs)
             except psycopg.Error as exc:
@@ -258,6 +260,7 @@ def _lent_cursor(
 
         def executemany(self, query: Any, params_seq: Any, **kwargs: Any) -> None:
             self._check_lent()
+            note_user_sql(self.connection, query)
             try:
                 super().executemany(query, params_seq, **kwargs)
             except psycopg.Error as exc:
@@ -804,7 +807,7 @@ class PostgresServerStore(StoreCore):
         if session:
             # behind a transaction-mode pooler this reaches whichever server session serves it: harmless, and it
             # cleans what a committed SET left there (the pooler's own server_reset_query does not run in that mode)
-            conn.execute(RESET_SQL + getattr(conn, "hv_restore", ""))
+            conn.execute(reset_sql(conn))
         if conn.isolation_level is not None:
             conn.set_isolation_level(None)
         if conn.read_only is not None:
@@ -825,7 +828,7 @@ class PostgresServerStore(StoreCore):
             with conn.cursor() as cur:
                 yield cur
             if self.pooling == "transaction" and conn.pgconn.transaction_status == pq.TransactionStatus.INTRANS:
-                conn.execute(RESET_SQL + getattr(conn, "hv_restore", ""))  # ends with the block's transaction
+                conn.execute(reset_sql(conn))  # ends with the block's transaction
                 session_reset = False
             conn.commit()
         except BaseException as exc:

@@ -454,6 +454,9 @@ SESSION_CHANGES = [
     "SELECT pg_advisory_lock(4242)",
     "CREATE TEMP TABLE IF NOT EXISTS hv_left_behind (x int)",
     "DECLARE hv_held CURSOR WITH HOLD FOR SELECT 1",
+    "PREPARE hv_left_behind AS SELECT 1",
+    "DO $$BEGIN EXECUTE 'PREPARE hv_left_by_do AS SELECT 2'; END$$",
+    "SELECT nextval('public.hv_left_seq')",
 ]
 SESSION_STATE = (
     "SELECT current_user, session_user, "
@@ -461,8 +464,16 @@ SESSION_STATE = (
     "(SELECT count(*) FROM pg_listening_channels()), "
     "(SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()), "
     "(SELECT count(*) FROM pg_class WHERE relnamespace = pg_my_temp_schema()), "
-    "(SELECT count(*) FROM pg_cursors)"
+    "(SELECT count(*) FROM pg_cursors), "
+    "(SELECT count(*) FROM pg_prepared_statements WHERE from_sql), "
+    "public.hv_session_lastval()"
 )
+SESSION_STATE_SETUP = (
+    "CREATE SEQUENCE IF NOT EXISTS public.hv_left_seq; "
+    "CREATE OR REPLACE FUNCTION public.hv_session_lastval() RETURNS bigint LANGUAGE plpgsql AS "
+    "$$BEGIN RETURN lastval(); EXCEPTION WHEN object_not_in_prerequisite_state THEN RETURN NULL; END$$"
+)
+"""A sequence for ``nextval`` to leave a value behind, and ``lastval()`` read without an error when there is none."""
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -472,6 +483,8 @@ def test_any_session_state_left_by_user_code_is_gone_for_the_next_borrower(
 ) -> None:
     mode, servers = one_session_servers
     with hvcore.Datastore(servers, pool_max=1, backend="jsonb") as db:
+        with db.cursor(1) as cur:
+            cur.execute(SESSION_STATE_SETUP)
         with db.cursor(1) as cur:
             cur.execute(SESSION_STATE)
             fresh = cur.fetchone()
