@@ -238,3 +238,28 @@ def test_a_session_of_a_server_the_suite_started_may_be_signalled(fault_pg: Faul
             fault_pg.frozen_session(1, pid),  # a session of server 0 is not one of server 1
         ):
             pass
+
+
+@pytest.mark.parametrize("ci", [True, False])
+def test_a_session_the_suite_may_not_stop_fails_with_ci_true_and_skips_locally(
+    fault_pg: FaultServers, monkeypatch: pytest.MonkeyPatch, ci: bool
+) -> None:
+    """A PermissionError from the SIGSTOP (a server process of another owner) is a failure with CI=true."""
+    from fixtures import services
+
+    with psycopg.connect(**fault_pg.settings(0), autocommit=True) as conn:
+        row = conn.execute("SELECT pg_backend_pid()").fetchone()
+        assert row is not None
+
+        def not_permitted(pid: int, sig: int) -> None:
+            raise PermissionError(1, "Operation not permitted")
+
+        monkeypatch.setattr(os, "kill", not_permitted)
+        monkeypatch.setattr(services, "IN_CI", ci)
+        with (
+            pytest.raises((pytest.fail.Exception, pytest.skip.Exception)) as caught,
+            fault_pg.frozen_session(0, int(row[0])),
+        ):
+            raise AssertionError("the block ran without its session stopped")
+    assert caught.type is (pytest.fail.Exception if ci else pytest.skip.Exception), caught.value
+    assert ("CI=true" in str(caught.value)) is ci and "cannot stop session process" in str(caught.value), caught.value
