@@ -33,7 +33,8 @@ FAULT = re.compile(
     r"|ALTER SYSTEM|pg_reload_conf|\bCHECKPOINT\b|pg_ctl\b.*\b(stop|restart|kill)\b|FLUSHALL|FLUSHDB|flushall\("
     r"|flushdb\(|CONFIG SET|config_set\(|CLIENT KILL|client_kill|CLIENT PAUSE|client_pause|DEBUG SLEEP"
     r"|\bSHUTDOWN\b|replicaof\(|slaveof\(|script_flush\(|SCRIPT FLUSH|systemctl|pg_ctlcluster"
-    r"|service (postgresql|redis)",
+    r"|service (postgresql|redis)|\[\s*[\"']p?kill(all)?[\"']\s*,|\bpkill\b|\bkillall\b"
+    r"|execute_command\(\s*[\"'](CONFIG|CLIENT|DEBUG|SHUTDOWN|FLUSHALL|FLUSHDB|REPLICAOF|SLAVEOF|FAILOVER)",
 )
 
 # (file, enclosing function): why its faults reach only servers or processes the suite started, or only the test's
