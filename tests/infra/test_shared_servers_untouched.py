@@ -50,26 +50,77 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("tests/fixtures/redis_replica.py", "thaw_replica"): "the suite's own replica redis-server",
     ("tests/fixtures/redis_replica.py", "stop"): "the suite's own redis-servers",
     ("tests/infra/test_shared_servers_untouched.py", "*"): "the guard's tests (SIGCONT, refused)",
-    ("tests/reliability/test_server_faults.py", "*"): "fault_pg: the suite's own servers",
-    ("tests/reliability/test_old_library_failures.py", "*"): "fault_pg: the suite's own servers",
-    ("tests/reliability/test_write_outcomes.py", "*"): "fault_pg: the suite's own servers",
-    ("tests/reliability/test_write_positions.py", "*"): "fault_pg: the suite's own servers",
-    ("tests/backends/test_postgres.py", "*"): "pg_cluster: the suite's own servers",
+    (
+        "tests/reliability/test_server_faults.py",
+        "test_server_restart_under_load_loses_no_acknowledged_write",
+    ): "fault_pg",
+    ("tests/reliability/test_server_faults.py", "test_async_server_restart_under_load_loses_no_acknowledged_write"): (
+        "fault_pg"
+    ),
+    ("tests/reliability/test_server_faults.py", "test_terminated_sessions_fail_at_most_one_operation_per_connection"): (
+        "fault_pg: the sessions of the test's own database"
+    ),
+    ("tests/reliability/test_server_faults.py", "test_a_frozen_server_fails_put_within_a_bound.freeze"): (
+        "every process of fault_pg server 1"
+    ),
+    ("tests/reliability/test_server_faults.py", "test_a_frozen_server_fails_put_within_a_bound"): "fault_pg server 1",
+    ("tests/reliability/test_old_library_failures.py", "terminate"): "fault_pg",
+    ("tests/reliability/test_write_outcomes.py", "cut_while_waiting"): "fault_pg",
+    ("tests/reliability/test_write_outcomes.py", "commits_without_reply"): "fault_pg (ALTER SYSTEM, reset after)",
+    (
+        "tests/reliability/test_write_outcomes.py",
+        "test_a_write_ended_between_its_statement_and_its_commit_is_aborted_and_runs_again",
+    ): "fault_pg",
+    ("tests/reliability/test_write_positions.py", "commits_without_reply"): "fault_pg (ALTER SYSTEM, reset after)",
+    ("tests/backends/test_postgres.py", "test_terminated_backend_next_operation_succeeds"): "pg_cluster",
     ("tests/backends/test_postgres_async.py", "terminate"): "pg_cluster: the suite's own servers",
-    ("tests/backends/test_replicas_pg.py", "*"): "pg_replica_pair: the suite's own standby",
-    ("tests/backends/test_indexes_pg.py", "*"): "SchemaSetup: pg_cluster, the suite's own servers",
-    ("tests/backends/test_migrate.py", "*"): "SchemaSetup (pg_cluster) and the test's own migrator child",
-    ("tests/backends/test_move.py", "*"): "the test's own mover child process",
-    ("tests/backends/test_lease.py", "*"): "the test's own child; sessions of the test's own role",
-    ("tests/backends/test_coalesce_pg.py", "*"): "a session of the test's own datastore in its own database",
-    ("tests/backends/test_transactions_pg.py", "*"): "its own transaction's session (pg_backend_pid), on pg_cluster",
-    ("tests/backends/test_pool_interrupts.py", "*"): "a thread of the test's own process",
-    ("tests/newcomer/test_findings_demo_signals.py", "*"): "the test's own hv demo and the servers in its own TMPDIR",
-    ("tests/newcomer/test_findings_demo_config_interrupt.py", "*"): "the test's own hv demo process",
-    ("tests/citus/test_adopt_interrupted.py", "*"): "the test's own hv citus adopt process",
-    ("tests/plugins/test_redis_cluster.py", "*"): "redis_cluster: the suite's own nodes",
-    ("tests/plugins/test_redis_sequence.py", "*"): "own_redis/redis_replica_pair (suite-started) and fakeredis",
-    ("benchmarks/_shared.py", "*"): "the benchmark's own tracer process",
+    ("tests/backends/test_replicas_pg.py", "_freeze"): "pg_replica_pair: the suite's own standby",
+    ("tests/backends/test_replicas_pg.py", "test_a_standby_that_stops_answering_fails_over_within_its_timeout"): (
+        "pg_replica_pair: the suite's own standby (_freeze)"
+    ),
+    ("tests/backends/test_indexes_pg.py", "test_an_interrupted_build_resumes"): "SchemaSetup: pg_cluster",
+    ("tests/backends/test_migrate.py", "test_a_migrator_killed_by_sigkill_is_finished_by_the_next_run"): (
+        "the test's own migrator child"
+    ),
+    ("tests/backends/test_migrate.py", "test_statements_outside_a_transaction_and_an_interrupted_concurrent_build"): (
+        "SchemaSetup: pg_cluster"
+    ),
+    ("tests/backends/test_move.py", "test_killed_cli_move_leaves_one_server_and_resumes"): "the test's own mover child",
+    ("tests/backends/test_lease.py", "test_a_killed_leasing_process_frees_its_number"): "the test's own child",
+    ("tests/backends/test_lease.py", "cut_role.cut"): "sessions of a role the test created (uuid name)",
+    ("tests/backends/test_coalesce_pg.py", "test_a_grouped_insert_ended_while_a_lock_holds_it_runs_each_row_alone"): (
+        "a session of the test's own datastore, in its own fresh database"
+    ),
+    (
+        "tests/backends/test_transactions_pg.py",
+        "test_a_session_terminated_mid_transaction_is_server_unavailable_and_nothing_is_written",
+    ): "its own transaction's session (pg_backend_pid), on pg_cluster",
+    ("tests/backends/test_pool_interrupts.py", "_signal_storm.sender"): "a thread of the test's own process",
+    ("tests/newcomer/test_findings_demo_signals.py", "test_sigterm_during_the_demo_leaves_no_embedded_server_behind"): (
+        "the test's own hv demo and the embedded servers in its own TMPDIR"
+    ),
+    (
+        "tests/newcomer/test_findings_demo_config_interrupt.py",
+        "test_an_interrupted_demo_on_configured_servers_deletes_its_rows",
+    ): "the test's own hv demo process",
+    ("tests/citus/test_adopt_interrupted.py", "test_an_adoption_killed_midway_resumes_where_it_stopped"): (
+        "the test's own hv citus adopt process"
+    ),
+    ("tests/plugins/test_redis_cluster.py", "test_a_node_that_lost_its_data_serves_none_of_its_old_milliseconds"): (
+        "redis_cluster: a node of the suite's own cluster"
+    ),
+    ("tests/plugins/test_redis_sequence.py", "test_script_is_loaded_again_after_a_script_flush"): "fakeredis",
+    ("tests/plugins/test_redis_sequence.py", "test_a_frozen_redis_times_out_within_the_bound_then_recovers"): (
+        "own_redis"
+    ),
+    ("tests/plugins/test_redis_sequence.py", "test_async_source_times_out_within_the_bound.main"): "own_redis",
+    ("tests/plugins/test_redis_sequence.py", "test_wait_replicas_hands_out_only_blocks_the_replica_holds"): (
+        "redis_replica_pair: the suite's own"
+    ),
+    ("tests/plugins/test_redis_sequence.py", "test_a_promoted_replica_serves_no_number_the_old_primary_handed_out"): (
+        "redis_replica_pair: the suite's own"
+    ),
+    ("benchmarks/_shared.py", "syscalls_per_call"): "the benchmark's own tracer process",
     ("benchmarks/bench_concurrency.py", "run"): "ALTER SYSTEM on local_servers, the benchmark's own",
     ("benchmarks/bench_scaling.py", "run"): "ALTER SYSTEM on local_servers, the benchmark's own",
     ("benchmarks/bench_peers.py", "run"): "ALTER SYSTEM on local_servers, the benchmark's own",
@@ -100,7 +151,8 @@ def _docstring_lines(tree: ast.AST) -> set[int]:
 
 
 def faults(root: Path = ROOT) -> list[tuple[str, int, str, str]]:
-    """(file, line, innermost enclosing function or "<module>", text) of every fault-looking line in the sources."""
+    """(file, line, enclosing functions joined by dots (``test.helper``) or "<module>", text) of every fault-looking
+    line in the sources."""
     found = []
     for top in SCANNED:
         for path in sorted((root / top).rglob("*.py")):
@@ -113,8 +165,8 @@ def faults(root: Path = ROOT) -> list[tuple[str, int, str, str]]:
             for number, line in enumerate(text.splitlines(), 1):
                 if number in prose or not FAULT.search(line.split("  # ", 1)[0]) or line.lstrip().startswith("#"):
                     continue
-                around = [f for f in functions if f[0] <= number <= f[1]]
-                name = min(around, key=lambda f: f[1] - f[0])[2] if around else "<module>"
+                around = sorted((f for f in functions if f[0] <= number <= f[1]), key=lambda f: (f[0], -f[1]))
+                name = ".".join(f[2] for f in around) or "<module>"
                 found.append((path.relative_to(root).as_posix(), number, name, line.strip()))
     return found
 
