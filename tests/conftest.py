@@ -11,6 +11,7 @@ from hvcore import _sharedseq
 
 pytest_plugins = [
     "fixtures.services",
+    "fixtures.shared_guard",
     "fixtures.datastores",
     "fixtures.pgservers",
     "fixtures.faults",
@@ -26,6 +27,7 @@ MARKERS_BY_FIXTURE = {
     "postgres": (
         "pg_main",
         "pg_fresh_db",
+        "fault_pg",
         "pg_cluster",
         "pg_datastore",
         "pg_datastore_factory",

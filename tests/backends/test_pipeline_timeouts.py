@@ -18,6 +18,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from fixtures.faults import FaultServers
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -388,14 +389,14 @@ def test_asyncio_user_pipelines_cut_off_raise_the_timeout(pg_fresh_db: dict[str,
 
 
 @pytest.mark.parametrize("call", ["update_where", "get_many"])
-def test_a_frozen_session_cut_off_is_closed_after_a_short_grace(pg_fresh_db: dict[str, Any], call: str) -> None:
+def test_a_frozen_session_cut_off_is_closed_after_a_short_grace(fault_pg: FaultServers, call: str) -> None:
     """The pooled session's server process stopped (SIGSTOP): the cancel cannot take effect, the pipeline's replies
     never come; after operation_timeout and a grace of a quarter of it the session is closed unread, the filter
-    write's count said to be a lower bound, and the pool goes on with a new session."""
-    import os
-    import signal
+    write's count said to be a lower bound, and the pool goes on with a new session.
 
-    db = hvcore.Datastore([{**pg_fresh_db, "shards": "0-40"}], backend="jsonb", pool_max=1, operation_timeout=TIMEOUT)
+    The session is one of a server the suite started (`fault_pg`): the machine's shared PostgreSQL is never stopped."""
+    settings = fault_pg.fresh_db(0)
+    db = hvcore.Datastore([{**settings, "shards": "0-40"}], backend="jsonb", pool_max=1, operation_timeout=TIMEOUT)
     try:
         db.provision()
         keys = [db.put(shard, 1, n=0) for shard in range(40)]
@@ -407,14 +408,8 @@ def test_a_frozen_session_cut_off_is_closed_after_a_short_grace(pg_fresh_db: dic
             "update_where": lambda: db.update_where(set={"n": 1}, kind=1),
             "get_many": lambda: db.get_many(keys),
         }
-        try:
-            os.kill(pid, signal.SIGSTOP)
-        except PermissionError:
-            pytest.skip("cannot stop the server's session process (not its owner)")
-        try:
+        with fault_pg.frozen_session(0, pid):
             elapsed, error = timed(calls[call])
-        finally:
-            os.kill(pid, signal.SIGCONT)
         message = check_message(error)
         print(f"\nfrozen session, {call}: {elapsed:.2f} s: {message}")
         assert elapsed < TIMEOUT * 1.25 + 0.35, f"{elapsed:.2f} s: {message}"

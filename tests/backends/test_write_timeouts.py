@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -23,6 +21,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from fixtures.faults import FaultServers
 
 import hvcore
 
@@ -150,13 +149,13 @@ def test_a_coalesced_group_cut_off_fails_its_callers_at_the_timeout(pg_fresh_db:
 
 
 @pytest.mark.parametrize("call", ["update", "put"])
-def test_a_point_write_whose_session_is_frozen_is_settled_within_a_bound(
-    pg_fresh_db: dict[str, Any], call: str
-) -> None:
+def test_a_point_write_whose_session_is_frozen_is_settled_within_a_bound(fault_pg: FaultServers, call: str) -> None:
     """The pooled session's server process stopped (SIGSTOP): no reply to the cancel; the session is ended and its
     end waited for at most half the timeout (not SETTLE_SECONDS, 10 s: the call took 11.3 s):
-    `WriteOutcomeUnknown`, since the frozen session might still commit one day."""
-    servers = [{**pg_fresh_db, "shards": "0-8"}]
+    `WriteOutcomeUnknown`, since the frozen session might still commit one day.
+
+    The session is one of a server the suite started (`fault_pg`): the machine's shared PostgreSQL is never stopped."""
+    servers = [{**fault_pg.fresh_db(0), "shards": "0-8"}]
     with hvcore.Datastore(
         servers, backend="jsonb", worker=None, operation_timeout=TIMEOUT, pool_max=1, coalesce_writes=False
     ) as db:
@@ -170,14 +169,8 @@ def test_a_point_write_whose_session_is_frozen_is_settled_within_a_bound(
             "update": lambda: db.update(key, balance="0"),
             "put": lambda: db.put(5, 1, balance="0"),
         }
-        try:
-            os.kill(pid, signal.SIGSTOP)
-        except PermissionError:
-            pytest.skip("cannot stop the server's session process (not its owner)")
-        try:
+        with fault_pg.frozen_session(0, pid):
             elapsed, error = timed(calls[call])
-        finally:
-            os.kill(pid, signal.SIGCONT)
         print(f"\nfrozen session, {call}: {elapsed:.2f} s: {error}")
         assert isinstance(error, hvcore.WriteOutcomeUnknown), str(error)
         assert elapsed < TIMEOUT * 2.2 + 0.3, f"{elapsed:.2f} s: {error}"

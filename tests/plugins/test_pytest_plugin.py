@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
@@ -33,7 +34,7 @@ def test_user_gets_a_real_postgres_datastore_from_a_dsn(
 ) -> None:
     import psycopg
 
-    dbname = "hv_pytest_plugin"
+    dbname = f"hv_pytest_plugin_{os.getpid()}"  # the shared server: a name of this run's own, never another's
     with psycopg.connect(**{**pg_main, "dbname": "postgres"}, autocommit=True) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {dbname}")
         conn.execute(f"CREATE DATABASE {dbname}")
@@ -52,7 +53,11 @@ def test_user_gets_a_real_postgres_datastore_from_a_dsn(
     )
     dsn = f"host={pg_main['host']} port={pg_main['port']} user={pg_main['user']} dbname={dbname}"
     monkeypatch.setenv("HYPERVAULT_TEST_DSN", dsn)
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    try:
+        result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    finally:
+        with psycopg.connect(**{**pg_main, "dbname": "postgres"}, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {dbname} WITH (FORCE)")
     result.assert_outcomes(passed=2)
 
 
