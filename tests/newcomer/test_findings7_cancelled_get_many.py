@@ -27,11 +27,15 @@ import pytest
 import hvcore
 
 
-@pytest.mark.xfail(strict=True, reason="a cancelled get_many leaves its reads of the other servers waiting in their pools")
+@pytest.mark.xfail(
+    strict=True, reason="a cancelled get_many leaves its reads of the other servers waiting in their pools"
+)
 def test_a_cancelled_get_many_leaves_nothing_waiting(pg_fresh_db: dict[str, Any], pg_fresh_db2: dict[str, Any]) -> None:
     async def main() -> tuple[int, int]:
         servers = [{**pg_fresh_db, "shards": "0-8"}, {**pg_fresh_db2, "shards": "8-16"}]
-        async with hvcore.AsyncDatastore(servers, backend="jsonb", pool_max=1, pool_block_timeout=10, worker=None) as db:
+        async with hvcore.AsyncDatastore(
+            servers, backend="jsonb", pool_max=1, pool_block_timeout=10, worker=None
+        ) as db:
             await db.provision()
             first, second = await db.put(3, 1, x=1), await db.put(12, 1, x=2)
             busy = [await db.get_connection(3), await db.get_connection(12)]  # both servers busy, e.g. slow requests
