@@ -96,7 +96,7 @@ def test_a_cancel_inside_the_pipeline_entry_leaves_no_poisoned_session(
                     call = calls[name]
                     try:
                         await call()
-                    except Exception as exc:  # noqa: BLE001 - every failure is the finding
+                    except Exception as exc:  # every failure is the finding
                         failures.append(f"{name}: {type(exc).__name__}: {exc}")
             for conn in list(db.servers[0]._pool._pool):  # type: ignore[attr-defined]
                 if conn._pipeline is not None or conn.pgconn.pipeline_status != pq.PipelineStatus.OFF:
