@@ -61,3 +61,40 @@ def test_a_set_committed_through_a_lent_connection_reaches_no_other_transaction(
             except hvcore.HypervaultError as exc:
                 failures.append(f"{type(exc).__name__}: {exc}")
     assert (seen, failures) == (("off",), []), f"another client saw {seen}; puts failed: {failures}"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a session advisory lock taken through a lent connection stays held in a transaction-mode PgBouncer session",
+)
+def test_an_advisory_lock_taken_through_a_lent_connection_is_released(
+    pg_fresh_db: dict[str, Any], pgbouncer_factory: Any
+) -> None:
+    """The same gap for what the README lists as reset (``pg_advisory_unlock_all()``): a session lock taken in a
+    lent connection's transaction stays held by the pooler's server session after ``commit()`` and
+    ``put_connection()`` whenever another client's transaction is on that session as the connection is given back
+    (the reset then reaches another server session): held for good, as PgBouncer keeps the session open, blocking
+    every other session that wants it."""
+    bouncer = pgbouncer_factory(pg_fresh_db, pool_mode="transaction", default_pool_size=2)
+    pooled = {**bouncer.settings, "dbname": pg_fresh_db["dbname"]}
+    with hvcore.Datastore([{**pg_fresh_db, "shards": "0-8"}], backend="jsonb", worker=None) as direct:
+        direct.provision()
+    entry = {**pooled, "shards": "0-8", "pgbouncer": "transaction"}
+    with hvcore.Datastore([entry], backend="jsonb", worker=None, pool_max=2) as db:
+        lent = db.get_connection(3)
+        lent.execute("SELECT pg_advisory_lock(4242)")
+        lent.commit()
+        other = psycopg.connect(**{k: pooled[k] for k in ("host", "port", "user", "dbname")})
+        try:
+            other.execute("SELECT 1")  # another client's transaction is on that server session meanwhile
+            db.put_connection(lent)
+            other.commit()
+        finally:
+            other.close()
+        db.put(3, 1, n=1)  # the store goes on using the pooler
+    with psycopg.connect(**{k: pg_fresh_db[k] for k in ("host", "port", "user", "dbname")}) as check:
+        held = check.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 4242 AND database = "
+            "(SELECT oid FROM pg_database WHERE datname = current_database())"
+        ).fetchone()
+    assert held == (0,), "the advisory lock is still held by a server session of the pooler"
