@@ -234,7 +234,8 @@ class WorkerGrant:
 
 class _Claim:
     """A generator's hold on worker numbers in this process; ``last_ms``: the last Unix ms an earlier holder may
-    have used; ``table``: the generator's sequence table and its layout's epoch (Unix ms), which tell the rest."""
+    have used; ``table``: the generator's sequence table, its layout's epoch (Unix ms) and its lane marks, which tell
+    the rest."""
 
     __slots__ = ("generator", "last_ms", "numbers", "pinned", "scope", "table")
 
@@ -244,14 +245,14 @@ class _Claim:
         self.generator: weakref.ref[object] | None = weakref.ref(generator)
         self.last_ms = last_ms
         self.pinned = False  # set once the generator forks: its children may go on using the numbers
-        self.table: tuple[Any, int] | None = None
+        self.table: tuple[Any, int, bytearray] | None = None
 
     def last_used_ms(self) -> int:
         """The last Unix ms the numbers may have been used in: by an earlier holder, or in the generator's table."""
         if self.table is None:
             return self.last_ms
-        table, epoch_ms = self.table
-        newest = table.newest_of_all()
+        table, epoch_ms, marks = self.table
+        newest = table.newest_marked(marks)  # the table is every generator's: only the lanes the holder used
         return max(self.last_ms, newest + epoch_ms if newest > 0 else -1)
 
     def held(self) -> bool:
