@@ -49,9 +49,10 @@ _HEADROOM: Final = 16  # a random start stays below size - size/16: a millisecon
 
 # How ids are made, and why no two threads, generators or forked processes ever make the same one:
 #
-# Every generator without a sequence source takes its numbers from its process's sequence table for its layout and
-# its worker numbers (if any), whatever its clock (hvcore/_sharedseq.py: `process_table`): one table per such key,
-# shared by every generator of the process and, as shared memory, by the processes forked from it. Per lane (a
+# Every generator without a sequence source takes its numbers from its process's sequence table for its layout,
+# whatever its clock and worker slice (hvcore/_sharedseq.py: `process_table`): one table per layout, a worker taking
+# numbers in its slice above every number of the (shard, millisecond) anyone got before; shared by every generator
+# of the process and, as shared memory, by the processes forked from it. Per lane (a
 # stretch of time: clocks reading far-apart times use different lanes) and shard the table keeps the newest
 # millisecond handed out and how many of its numbers are used; a reservation moves that forward atomically (a
 # compare-and-swap in C, else under a thread lock and an fcntl record lock), so every (shard, ms, sequence) is
@@ -640,8 +641,11 @@ class KeyGenerator(_GeneratorBase):
     rather than make a negative id; past a worker lease's horizon, or once the lease is lost, `WorkerLeaseLost`.
 
     Generators of one process: every generator without a ``sequence`` takes its numbers from the process's one
-    sequence table for its layout (and worker numbers), whatever their ``clock``, so two generators of a process
-    never hand out the same key either; their keys interleave, and only those of one generator (one thread) are
+    sequence table for its layout, whatever their ``clock`` and ``worker`` (a worker's generator takes them in its
+    slice, above every number of the shard's millisecond any generator got before), so two generators of a process
+    never hand out the same key either: a ``KeyGenerator()`` beside a datastore's leased worker number, or workers
+    of other ``bits``, included (a worker beside a plain generator busy on its shard may then wait for the next
+    millisecond, its slice passed); their keys interleave, and only those of one generator (one thread) are
     sure to increase. Clocks reading far-apart times (a test's fake clock beside the system clock) keep out of
     each other's way; of two clocks less than about a second apart, the one behind goes on in the newest
     millisecond the other used on the shard, as when the clock goes back (above). Once every generator that

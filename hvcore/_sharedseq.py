@@ -1,6 +1,6 @@
 """Sequence tables in shared memory: how the `KeyGenerator`s of a process, and of the processes forked from it,
-never repeat an id: every generator of one layout (and worker numbers) in the process takes its numbers from one
-table, whatever its clock.
+never repeat an id: every generator of one layout in the process takes its numbers from one table, whatever its
+clock and worker slice.
 """
 
 from __future__ import annotations
@@ -34,6 +34,11 @@ _LAST_UNSET = -(1 << 63)
 class SharedSequenceTable:
     """Per shard, the highest millisecond reserved and how many of its numbers are used, shared by every generator
     of a layout in a process (`process_table`) and by the processes forked from it.
+
+    Worker slices: a generator with a worker number reserves in its part of the sequence (`reserve`'s
+    ``numbers``), above the highest number of the (shard, millisecond) reserved before, by anyone; a plain
+    generator too (its part is all of it). So a slice and the whole sequence, or slices of other bits, never hand
+    out one number twice; a slice another generator has passed in a millisecond is used up for it.
 
     Lanes: generators with different clocks share the table, so that two clocks reading the same time draw
     distinct numbers. Clocks reading far-apart times (a test's fake clock in 2025 beside the system clock) must

@@ -83,7 +83,9 @@ class WorkerSlice:
 
     ``bits`` (1..8, default 4) is how many of the layout's sequence bits name the worker: with the default layout's
     10, 4 bits give 16 workers × 64 ids per shard per millisecond (64,000 ids/s per shard per worker), 2 bits 4 ×
-    256, 8 bits 256 × 4. Every generator sharing shards must use the same ``bits``. Raises `ConfigError` for a
+    256, 8 bits 256 × 4. Every generator sharing shards must use the same ``bits``. In one process, generators of
+    other worker numbers, other bits or none share one sequence table and never repeat an id (a worker's slice a
+    plain generator of the process passed in a millisecond is used up for it, though). Raises `ConfigError` for a
     ``bits`` outside 1..8 or an ``id`` outside ``0 .. 2**bits - 1``.
     """
 

@@ -319,9 +319,9 @@ def test_worker_slices_and_plain_generators_never_repeat_an_id(
                     try:
                         gens[index] = gen = _make(kind, clock)
                     except ConfigError:  # refused only beside a fixed worker number overlapping its own
-                        mine = _numbers(kind)
+                        own = _numbers(kind)
                         held = [_numbers(kinds[i]) for i, g in gens.items() if g is not None and kinds[i][0] == "slice"]
-                        assert kind[0] == "slice" and any(set(mine) & set(other) for other in held)
+                        assert kind[0] == "slice" and any(set(own) & set(other) for other in held)
                         gens[index] = None
                     else:
                         assert gen._source.atomic == (mode != "locked")
