@@ -186,6 +186,20 @@ def test_c_and_python_paths_interleave_without_duplicates() -> None:
             assert mine == sorted(mine)
 
 
+@pytest.mark.parametrize("constants", ["LANES = 32", "LANES = 32; SLICES = 0", "LANES = 16; SLICES = 1"])
+def test_a_stale_build_of_another_table_layout_is_left_unused(constants: str) -> None:
+    """An accelerator built for another table (each worker slice a table of its own before SLICES, other lanes)
+    would reserve in it otherwise than the Python code: the pure-Python functions are used instead."""
+    fake = (
+        "import sys, types; m = types.ModuleType('hvcore._speedups'); "
+        f"exec({constants!r}, m.__dict__); m.HOT_MS = 10; sys.modules['hvcore._speedups'] = m; "
+        "from hvcore import _keymaker; print(_keymaker.ACCELERATED, _keymaker.table_reserve)"
+    )
+    env = {**os.environ, "HYPERVAULT_PURE_PYTHON": "0"}
+    done = subprocess.run([sys.executable, "-c", fake], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False", "None"]
+
+
 @pytest.mark.slow
 def test_generator_suite_passes_in_pure_python() -> None:
     """The whole generator suite again with HYPERVAULT_PURE_PYTHON=1: what a build without a compiler runs."""
