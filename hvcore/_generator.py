@@ -49,9 +49,10 @@ _HEADROOM: Final = 16  # a random start stays below size - size/16: a millisecon
 
 # How ids are made, and why no two threads, generators or forked processes ever make the same one:
 #
-# Every generator without a sequence source takes its numbers from its process's sequence table for its layout and
-# its worker numbers (if any), whatever its clock (hvcore/_sharedseq.py: `process_table`): one table per such key,
-# shared by every generator of the process and, as shared memory, by the processes forked from it. Per lane (a
+# Every generator without a sequence source takes its numbers from its process's sequence table for its layout,
+# whatever its clock and worker slice (hvcore/_sharedseq.py: `process_table`): one table per layout, a worker taking
+# numbers in its slice above every number of the (shard, millisecond) anyone got before; shared by every generator
+# of the process and, as shared memory, by the processes forked from it. Per lane (a
 # stretch of time: clocks reading far-apart times use different lanes) and shard the table keeps the newest
 # millisecond handed out and how many of its numbers are used; a reservation moves that forward atomically (a
 # compare-and-swap in C, else under a thread lock and an fcntl record lock), so every (shard, ms, sequence) is
@@ -149,6 +150,7 @@ class _GeneratorBase:
         "_max_back_ns",
         "_max_time",
         "_now_ns",
+        "_numbers",
         "_offset",
         "_owns_source",
         "_sbits",
@@ -228,10 +230,11 @@ class _GeneratorBase:
         self._key_type = layout.key_type
         self._size = len(numbers)
         self._offset = numbers.start
+        self._numbers = numbers  # the sequence numbers this generator's keys use (a worker's slice, or all)
         self._spread = self._size - self._size // _HEADROOM - 1 if random_start else 0
         self._home: int | None = None  # where each millisecond starts instead of a random number (start_each_ms_at)
         self._shards = layout.max_shard_id + 1
-        self._sbits = [(shard << layout.shard_shift) | self._offset for shard in range(self._shards)]
+        self._sbits = [shard << layout.shard_shift for shard in range(self._shards)]  # numbers come absolute
         self._time_shift = layout.time_shift
         self._max_time = layout.max_time_part
         self._hi = self._max_time  # the last millisecond keys may use (a worker lease's horizon, -1 when closed)
@@ -261,13 +264,13 @@ class _GeneratorBase:
             self.sequence, self._owns_source = _sequence_source(sequence, layout, asyncio=asyncio)
             self._source = self.sequence
         else:
-            self._source = self._process_table(numbers)
+            self._source = self._process_table()
         self._marks = self._source.join(self) if self.sequence is None else bytearray(_keymaker.LANES)
         self._claim: _Claim | None = None
         if slice_ is not None:
             scope = grant._claim_scope if grant is not None else ""
             self._claim = claim_numbers(scope, numbers, self, f"worker {slice_.id} of {slice_.workers}")
-            self._claim.table = (self._source, layout.epoch_ms)
+            self._claim.table = (self._source, layout.epoch_ms, self._marks)
             self._floor = max(self._floor, self._claim.last_used_ms() - layout.epoch_ms)
         if self.sequence is None and self._source.atomic:
             self._shared = self._shared_params((self._now_ns, self._key_type, self._source.buffer, b""), self._hi)
@@ -282,14 +285,15 @@ class _GeneratorBase:
     def _fresh_states(self) -> list[_State]:
         return [(0, _DEAD, 0, 0)] * self._shards
 
-    def _process_table(self, numbers: range) -> SharedSequenceTable:
-        """This process's sequence table for the layout and the numbers, whatever the clock (two clocks reading the
-        same time must draw distinct numbers; the table's lanes keep clocks reading far-apart times from moving
-        each other's shards). `HypervaultError` if none can be made."""
+    def _process_table(self) -> SharedSequenceTable:
+        """This process's sequence table for the layout, whatever the clock and the worker slice (two clocks reading
+        the same time must draw distinct numbers, and so must a worker's slice and the whole sequence or another
+        slice that overlaps it; the table's lanes keep clocks reading far-apart times from moving each other's
+        shards). `HypervaultError` if none can be made."""
         # The kind is part of the key only for tests that switch the accelerator off to get a locked table.
-        key = (self.layout, numbers.start, numbers.stop, _keymaker.table_reserve is not None)
+        key = (self.layout, _keymaker.table_reserve is not None)
         try:
-            return process_table(key, lambda: SharedSequenceTable(self._shards, self._size))
+            return process_table(key, lambda: SharedSequenceTable(self._shards, self.layout.sequence_size))
         except Exception as exc:
             raise HypervaultError(
                 f"could not make the key generator's sequence table in shared memory ({exc!r}): without it, "
@@ -374,7 +378,9 @@ class _GeneratorBase:
         if self.sequence is not None:
             return self._source.reserve(shard, time_part, wanted)
         home = -1 if self._home is None else self._home
-        return self._source.reserve(shard, time_part, wanted, spread=self._spread, home=home, user=self._marks)
+        return self._source.reserve(
+            shard, time_part, wanted, spread=self._spread, home=home, user=self._marks, numbers=self._numbers
+        )
 
     def _wanted(self, shard: int, k: int, *, refill: bool) -> int:
         if self._shared is not None:
@@ -425,10 +431,14 @@ class _GeneratorBase:
     def _install(self, shard: int, time_part: int, numbers: object, n: int, out: list[Key]) -> None:
         """Make a reserved block the shard's state and take from it at once, whatever the clock says by now
         (the caller holds the shard's lock)."""
-        size = self._size
-        if not isinstance(numbers, range) or numbers.step != 1 or numbers.start < 0 or numbers.stop > size:
+        lo, hi = self._offset, self._offset + self._size  # a source's numbers: 0..size (no worker slice with one)
+        if (
+            not isinstance(numbers, range)
+            or numbers.step != 1
+            or (numbers and (numbers.start < lo or numbers.stop > hi))
+        ):
             raise HypervaultError(
-                f"{self._source!r}.reserve() returned {numbers!r}: expected a range(start, stop) within 0..{size}"
+                f"{self._source!r}.reserve() returned {numbers!r}: expected a range(start, stop) within {lo}..{hi}"
             )
         end = self._epoch_ns + (time_part + 1) * _NS_PER_MS
         base = (time_part << self._time_shift) | self._sbits[shard]
@@ -482,7 +492,7 @@ class _GeneratorBase:
         part = (t - self._epoch_ns) // _NS_PER_MS
         table = self._source
         if table.newest(shard_id, part) == part:
-            table.reserve(shard_id, part, count, spread=self._spread, user=self._marks)  # taken by no one: skipped
+            table.reserve(shard_id, part, count, spread=self._spread, user=self._marks, numbers=self._numbers)
 
     def start_each_ms_at(self, start: int | None) -> None:
         """Start each millisecond's sequence at ``start`` instead of at a random number (None: random again).
@@ -631,8 +641,11 @@ class KeyGenerator(_GeneratorBase):
     rather than make a negative id; past a worker lease's horizon, or once the lease is lost, `WorkerLeaseLost`.
 
     Generators of one process: every generator without a ``sequence`` takes its numbers from the process's one
-    sequence table for its layout (and worker numbers), whatever their ``clock``, so two generators of a process
-    never hand out the same key either; their keys interleave, and only those of one generator (one thread) are
+    sequence table for its layout, whatever their ``clock`` and ``worker`` (a worker's generator takes them in its
+    slice, above every number of the shard's millisecond any generator got before), so two generators of a process
+    never hand out the same key either: a ``KeyGenerator()`` beside a datastore's leased worker number, or workers
+    of other ``bits``, included (a worker beside a plain generator busy on its shard may then wait for the next
+    millisecond, its slice passed); their keys interleave, and only those of one generator (one thread) are
     sure to increase. Clocks reading far-apart times (a test's fake clock beside the system clock) keep out of
     each other's way; of two clocks less than about a second apart, the one behind goes on in the newest
     millisecond the other used on the shard, as when the clock goes back (above). Once every generator that

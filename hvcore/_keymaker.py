@@ -63,7 +63,7 @@ def random_below(bound: int, /) -> int:
 shared_next: Callable[[tuple[Any, ...], int, int], Any] | None = None
 """The generator's fast path on its sequence table (None without the accelerator: the Python code does it all)."""
 
-table_reserve: Callable[[Any, int, int, int, int, int, int, int, int, int], range] | None = None
+table_reserve: Callable[[Any, int, int, int, int, int, int, int, int, int, int], range] | None = None
 """Lock-free reservation in a sequence table (None without the accelerator: locks then)."""
 
 ACCELERATED = False
@@ -74,7 +74,9 @@ if os.environ.get("HYPERVAULT_PURE_PYTHON", "") in ("", "0"):
     _accelerator: Any = None
     with contextlib.suppress(ImportError):  # built without a C compiler: the same keys, made more slowly
         from hvcore import _speedups as _accelerator
-    if _accelerator is not None and getattr(_accelerator, "LANES", None) != LANES:
+    if _accelerator is not None and (
+        getattr(_accelerator, "LANES", None) != LANES or getattr(_accelerator, "SLICES", None) != 1
+    ):
         _accelerator = None  # a stale build, for another table layout: the pure-Python code, which agrees with itself
     if _accelerator is not None:
         make_key = _accelerator.make_key

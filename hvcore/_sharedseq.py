@@ -1,6 +1,6 @@
 """Sequence tables in shared memory: how the `KeyGenerator`s of a process, and of the processes forked from it,
-never repeat an id: every generator of one layout (and worker numbers) in the process takes its numbers from one
-table, whatever its clock.
+never repeat an id: every generator of one layout in the process takes its numbers from one table, whatever its
+clock and worker slice.
 """
 
 from __future__ import annotations
@@ -34,6 +34,11 @@ _LAST_UNSET = -(1 << 63)
 class SharedSequenceTable:
     """Per shard, the highest millisecond reserved and how many of its numbers are used, shared by every generator
     of a layout in a process (`process_table`) and by the processes forked from it.
+
+    Worker slices: a generator with a worker number reserves in its part of the sequence (`reserve`'s
+    ``numbers``), above the highest number of the (shard, millisecond) reserved before, by anyone; a plain
+    generator too (its part is all of it). So a slice and the whole sequence, or slices of other bits, never hand
+    out one number twice; a slice another generator has passed in a millisecond is used up for it.
 
     Lanes: generators with different clocks share the table, so that two clocks reading the same time draw
     distinct numbers. Clocks reading far-apart times (a test's fake clock in 2025 beside the system clock) must
@@ -116,7 +121,7 @@ class SharedSequenceTable:
         self._finalizer = weakref.finalize(self, _release, self._words, self._map, fd)
         self._users: dict[int, bytearray] = {}  # per live generator: which lanes it used (a byte per lane)
         self._leaving: deque[bytearray] = deque()  # those of generators gone, for the next claim to look at
-        self._newest_given_up = 0  # the newest millisecond of the lanes given up
+        self._given_up = [0] * LANES  # per lane, the newest millisecond it had when given up
         _TABLES.add(self)
 
     def join(self, user: object) -> bytearray:
@@ -149,14 +154,20 @@ class SharedSequenceTable:
         spread: int | None = None,
         home: int = -1,
         user: bytearray | None = None,
+        numbers: range | None = None,
     ) -> range:
         """Reserve up to ``wanted`` numbers of ``(shard_id, time_part)``; empty when used up or already passed.
 
-        ``spread`` (default: the table's) bounds a new millisecond's random first number; ``home`` (``0 ..
+        ``numbers``: the caller's part of the sequence (a worker's slice; default: all of it); what it gets lies
+        in it, above every number any caller got for the (shard, millisecond) before. ``spread`` (default: the
+        table's) bounds a new millisecond's random first number, counted from ``numbers.start``; ``home`` (``0 ..
         spread``) is that first number instead of a random one (-1: random); ``user``: the caller's marks (`join`).
         """
         if spread is None:
             spread = self.spread
+        lo, hi = (0, self.sequence_size) if numbers is None else (numbers.start, numbers.stop)
+        if not 0 <= lo < hi <= self.sequence_size or not 0 <= spread < hi - lo or not -1 <= home <= spread:
+            raise ValueError(f"numbers {numbers!r}, spread {spread!r} or home {home!r} out of the table's range")
         if type(shard_id) is not int or not 0 <= shard_id < self.shards:
             raise ValueError(f"shard {shard_id!r} out of the shared table's range 0..{self.shards - 1}")
         words = self._words
@@ -172,47 +183,49 @@ class SharedSequenceTable:
                 shard_id,
                 time_part,
                 wanted,
-                self.sequence_size,
+                hi - lo,
                 self.used_bits,
                 spread,
                 home,
+                lo,
             )
         with self._thread_lock:
-            return self._locked_reserve(lane, shard_id, time_part, max(wanted, 1), spread, home)
+            return self._locked_reserve(lane, shard_id, time_part, max(wanted, 1), spread, home, lo, hi)
 
-    def _locked_reserve(self, lane: int, shard_id: int, time_part: int, wanted: int, spread: int, home: int) -> range:
-        size = self.sequence_size
+    def _locked_reserve(
+        self, lane: int, shard_id: int, time_part: int, wanted: int, spread: int, home: int, lo: int, hi: int
+    ) -> range:
         words = self._words
-        hi = _HEAD + 2 * (lane * self.shards + shard_id)
+        at = _HEAD + 2 * (lane * self.shards + shard_id)
         runout = 6 + lane * _LANE_WORDS
         forked = self._forked
         if forked:
-            self._lockf(self._fd, self._ex, _ENTRY, hi * _WORD)
+            self._lockf(self._fd, self._ex, _ENTRY, at * _WORD)
         try:
-            newest = words[hi]
+            newest = words[at]
             if time_part <= words[0]:  # milliseconds the process that made the table used before forking
                 return range(0)
             if time_part > newest:
-                used = 0
+                first = lo
                 if spread and time_part - words[runout] > _HOT_MS:  # as table_take in hvcore/_speedups.c
-                    used = home if home >= 0 else self._random_below(spread + 1)
-                    if used > size - wanted:  # the block asked for fits
-                        used = size - wanted if size > wanted else 0
+                    first = lo + (home if home >= 0 else self._random_below(spread + 1))
+                    if first > hi - wanted:  # the block asked for fits
+                        first = hi - wanted if hi - wanted > lo else lo
             elif time_part == newest:
-                used = words[hi + 1]
+                first = max(words[at + 1], lo)  # above every number of the millisecond handed out, to anyone
             else:
                 return range(0)
-            take = min(wanted, size - used)
+            take = min(wanted, hi - first)
             if take < wanted and spread:
                 words[runout] = time_part  # this shard ran out: the lane's next milliseconds start whole
             if take <= 0:
                 return range(0)
-            words[hi] = time_part
-            words[hi + 1] = used + take
-            return range(used, used + take)
+            words[at] = time_part
+            words[at + 1] = first + take
+            return range(first, first + take)
         finally:
             if forked:
-                self._lockf(self._fd, self._un, _ENTRY, hi * _WORD)
+                self._lockf(self._fd, self._un, _ENTRY, at * _WORD)
 
     def lane(self, time_part: int, *, claim: bool = False, user: bytearray | None = None) -> int:
         """The lane owning millisecond ``time_part`` (-1: none); ``claim``: give it one if none does (see the class),
@@ -262,7 +275,7 @@ class SharedSequenceTable:
             if any(mark[lane] for mark in self._users.values()):  # it marked the lane before that: keep it
                 words[at] = first
                 continue
-            self._newest_given_up = max(self._newest_given_up, self._newest_in_lane(lane))
+            self._given_up[lane] = max(self._given_up[lane], self._newest_in_lane(lane))
             start = (_HEAD + 2 * lane * self.shards) * _WORD
             self._map[start : start + self.shards * _ENTRY] = bytes(self.shards * _ENTRY)
             words[at + 1] = _LAST_UNSET
@@ -326,10 +339,17 @@ class SharedSequenceTable:
                 newest = max(newest, self._newest_in(lane, shard_id))
         return newest
 
-    def newest_of_all(self) -> int:
-        """The newest millisecond (time part) reserved for any shard, in any lane, even one given up (0 before
-        any): what a worker number's next holder must start after."""
-        return max([self._newest_given_up, *(self._newest_in_lane(lane) for lane in range(self._words[1]))])
+    def newest_marked(self, marks: bytearray) -> int:
+        """The newest millisecond (time part) reserved for any shard in the lanes ``marks`` (a user's, `join`) says
+        were used, even after they were given up (0 before any): what the next holder of a gone generator's worker
+        number must start after. Clocks elsewhere (a fake one years ahead) do not hold it back."""
+        used = self._words[1]
+        newest = [
+            max(self._given_up[lane], self._newest_in_lane(lane) if lane < used else 0)
+            for lane in range(LANES)
+            if marks[lane]
+        ]
+        return max([0, *newest])
 
     def _newest_in_lane(self, lane: int) -> int:
         at = _HEAD + 2 * lane * self.shards

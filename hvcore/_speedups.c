@@ -333,6 +333,9 @@ read_clock(PyObject *now, long long *out)
  * at 0. */
 
 #define HV_LANES 32
+/* 1: one table for every part of the sequence (numbers absolute, offset..offset+size-1 per caller); a build
+   without it (each worker slice its own table) is stale for hvcore/_keymaker.py. */
+#define HV_SLICES 1
 #define HV_LANE_WORDS 4
 #define HV_HEAD_WORDS (4 + HV_LANES * HV_LANE_WORDS)
 
@@ -371,10 +374,11 @@ table_entry(PyObject *table, Py_buffer *view, long lane, Py_ssize_t shards, Py_s
     return 0;
 }
 
-/* Take up to `wanted` numbers of (shard, part) from the shard's entry in lane `lane`: returns (first << 32) | how
-   many; 0 when there are none to have. */
+/* Take up to `wanted` numbers of (shard, part) in lo..hi-1 (the caller's part of the sequence: a worker's slice, or
+   all of it) from the shard's entry in lane `lane`, above every number of the millisecond handed out before to any
+   caller: returns (first << 32) | how many; 0 when there are none to have. */
 static long long
-table_take(int64_t *header, long lane, uint64_t *entry, long long part, long long wanted, long long size,
+table_take(int64_t *header, long lane, uint64_t *entry, long long part, long long wanted, long long lo, long long hi,
            int used_bits, long long spread, long long home)
 {
     if (part <= __atomic_load_n(&header[0], __ATOMIC_ACQUIRE)) {
@@ -387,22 +391,22 @@ table_take(int64_t *header, long lane, uint64_t *entry, long long part, long lon
         long long used = (long long)(old & ((1ULL << used_bits) - 1));
         long long first;
         if (part > newest) {
-            first = 0;
+            first = lo;
             if (spread > 0 && part - __atomic_load_n(runout, __ATOMIC_RELAXED) > HV_HOT_MS) {
-                long long fit = size - wanted;
-                first = home >= 0 ? home : rng_below(spread + 1);
+                long long fit = hi - wanted;
+                first = lo + (home >= 0 ? home : rng_below(spread + 1));
                 if (first > fit) {
-                    first = fit > 0 ? fit : 0;
+                    first = fit > lo ? fit : lo;
                 }
             }
         }
         else if (part == newest) {
-            first = used;
+            first = used > lo ? used : lo; /* above every number of the millisecond handed out, to anyone */
         }
         else {
             return 0;
         }
-        long long take = size - first < wanted ? size - first : wanted;
+        long long take = hi - first < wanted ? hi - first : wanted;
         if (take < wanted && spread > 0) {
             __atomic_store_n(runout, (int64_t)part, __ATOMIC_RELAXED); /* this shard ran out: go whole */
         }
@@ -417,18 +421,21 @@ table_take(int64_t *header, long lane, uint64_t *entry, long long part, long lon
 }
 
 PyDoc_STRVAR(table_reserve_doc,
-             "table_reserve(table, lane, shards, shard_id, time_part, wanted, size, used_bits, spread, home=-1, /)\n"
+             "table_reserve(table, lane, shards, shard_id, time_part, wanted, size, used_bits, spread, home=-1,\n"
+             "              offset=0, /)\n"
              "--\n\n"
-             "Reserve up to `wanted` sequence numbers of (shard_id, time_part) in lane `lane` of the shared table\n"
-             "`table` (a writable buffer, with `shards` entries per lane); returns range(first, first + taken),\n"
-             "empty when none can be had. The caller chose the lane owning time_part. `spread`: the largest random\n"
-             "first number of a millisecond (0: always 0); `home` (>= 0): the first number instead of a random one.");
+             "Reserve up to `wanted` sequence numbers of (shard_id, time_part) in offset..offset+size-1 (the\n"
+             "caller's part of the sequence) in lane `lane` of the shared table `table` (a writable buffer, with\n"
+             "`shards` entries per lane), above every number of the millisecond reserved before; returns\n"
+             "range(first, first + taken), empty when none can be had. The caller chose the lane owning time_part.\n"
+             "`spread`: the largest random first number of a millisecond, from offset (0: always offset); `home`\n"
+             "(>= 0): the first number (from offset) instead of a random one.");
 
 static PyObject *
 table_reserve(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 9 && nargs != 10) {
-        PyErr_Format(PyExc_TypeError, "table_reserve() takes 9 or 10 arguments, got %zd", nargs);
+    if (nargs < 9 || nargs > 11) {
+        PyErr_Format(PyExc_TypeError, "table_reserve() takes 9 to 11 arguments, got %zd", nargs);
         return NULL;
     }
     long lane = PyLong_AsLong(args[1]);
@@ -439,12 +446,15 @@ table_reserve(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nar
     long long size = PyLong_AsLongLong(args[6]);
     long used_bits = PyLong_AsLong(args[7]);
     long long spread = PyLong_AsLongLong(args[8]);
-    long long home = nargs == 10 ? PyLong_AsLongLong(args[9]) : -1;
+    long long home = nargs >= 10 ? PyLong_AsLongLong(args[9]) : -1;
+    long long offset = nargs == 11 ? PyLong_AsLongLong(args[10]) : 0;
     if (PyErr_Occurred()) {
         return NULL;
     }
-    if (size < 1 || size > (1LL << 30) || used_bits < 1 || used_bits > 32 || size >= (1LL << used_bits)) {
-        PyErr_SetString(PyExc_ValueError, "table_reserve(): size must be in 1..2**used_bits-1, used_bits in 1..32");
+    if (size < 1 || size > (1LL << 30) || offset < 0 || offset > (1LL << 30) || used_bits < 1 || used_bits > 32 ||
+        offset + size >= (1LL << used_bits)) {
+        PyErr_SetString(PyExc_ValueError,
+                        "table_reserve(): offset + size must be in 1..2**used_bits-1, used_bits in 1..32");
         return NULL;
     }
     if (spread < 0 || spread >= size || home < -1 || home > spread) {
@@ -458,7 +468,7 @@ table_reserve(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nar
         return NULL;
     }
     long long packed =
-        table_take(header, lane, entry, part, wanted < 1 ? 1 : wanted, size, (int)used_bits, spread, home);
+        table_take(header, lane, entry, part, wanted < 1 ? 1 : wanted, offset, offset + size, (int)used_bits, spread, home);
     PyBuffer_Release(&view);
     long long first = packed >> 32, taken = packed & 0xFFFFFFFFLL;
     return PyObject_CallFunction((PyObject *)&PyRange_Type, "LL", first, first + taken);
@@ -471,8 +481,9 @@ PyDoc_STRVAR(shared_next_doc,
              "type, the millisecond used up or owned by no lane yet, the clock behind the table, past the last\n"
              "usable millisecond).\n"
              "`shared` = (now, key_type, table, params, marks): params packs 10 native int64s, (epoch_ns, time_shift,\n"
-             "shard_shift, size, max_time, used_bits, offset, spread, home, floor); `offset` is added to every key\n"
-             "(a worker's slice of the sequence bits), `home` (>= 0) starts a millisecond instead of a random\n"
+             "shard_shift, size, max_time, used_bits, offset, spread, home, floor); the keys' sequence numbers lie in\n"
+             "offset..offset+size-1 (a worker's slice of the sequence bits, or all of it), above every number any\n"
+             "generator of the table got in the millisecond before; `home` (>= 0) starts a millisecond instead of a random\n"
              "number, and milliseconds up to `floor` are not the generator's to use; `marks` (a bytearray, a byte per\n"
              "lane) records the lanes the generator used.");
 
@@ -503,7 +514,7 @@ shared_next(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
     long long home = p[8], floor = p[9];
     long time_shift = (long)p[1], shard_shift = (long)p[2], used_bits = (long)p[5];
     if (time_shift <= shard_shift || time_shift > 62 || used_bits < 1 || used_bits > 32 || size < 1 ||
-        size >= (1LL << used_bits) || spread < 0 || spread >= size || home < -1 || home > spread) {
+        offset < 0 || offset + size >= (1LL << used_bits) || spread < 0 || spread >= size || home < -1 || home > spread) {
         PyErr_SetString(PyExc_ValueError, "shared_next(): bad shared-table parameters");
         return NULL;
     }
@@ -555,11 +566,11 @@ shared_next(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
         PyErr_SetString(PyExc_ValueError, "shard or lane out of the shared table's range");
         return NULL;
     }
-    long long packed = table_take(header, lane, entry, part, n < 1 ? 1 : n, size, (int)used_bits, spread, home);
+    long long packed =
+        table_take(header, lane, entry, part, n < 1 ? 1 : n, offset, offset + size, (int)used_bits, spread, home);
     PyBuffer_Release(&view);
     long long first = packed >> 32, taken = packed & 0xFFFFFFFFLL;
     unsigned long long base = ((unsigned long long)part << time_shift) | ((unsigned long long)shard << shard_shift);
-    base += (unsigned long long)offset;
     if (n == 0) {
         if (taken == 0) {
             Py_RETURN_NONE;
@@ -613,7 +624,8 @@ exec_module(PyObject *module)
         }
     }
     if (PyModule_AddIntConstant(module, "HOT_MS", HV_HOT_MS) < 0 ||
-        PyModule_AddIntConstant(module, "LANES", HV_LANES) < 0) {
+        PyModule_AddIntConstant(module, "LANES", HV_LANES) < 0 ||
+        PyModule_AddIntConstant(module, "SLICES", HV_SLICES) < 0) {
         return -1;
     }
     return PyModule_AddIntConstant(module, "DIRECT", HV_DIRECT);

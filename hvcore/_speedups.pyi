@@ -9,6 +9,7 @@ K = TypeVar("K", bound=Key)
 DIRECT: int
 HOT_MS: int
 LANES: int
+SLICES: int
 
 def make_key(cls: type[K], value: int, /) -> K:
     """An instance of the int subclass ``cls`` equal to ``value``."""
@@ -27,10 +28,12 @@ def table_reserve(
     used_bits: int,
     spread: int,
     home: int = -1,
+    offset: int = 0,
     /,
 ) -> range:
-    """Reserve up to ``wanted`` numbers of (shard_id, time_part) in lane ``lane`` of a sequence table, lock-free;
-    ``home`` (>= 0) starts a new millisecond there instead of at a random number."""
+    """Reserve up to ``wanted`` numbers of (shard_id, time_part) in ``offset .. offset + size - 1``, above every
+    number of the millisecond reserved before, in lane ``lane`` of a sequence table, lock-free; ``home`` (>= 0)
+    starts a new millisecond there (from ``offset``) instead of at a random number."""
 
 def shared_next(shared: tuple[Any, ...], shard_id: int, n: int, /) -> Any:
     """Keys straight from the shared table (a Key for n == 0, else a list), or None for the Python code."""

@@ -83,7 +83,9 @@ class WorkerSlice:
 
     ``bits`` (1..8, default 4) is how many of the layout's sequence bits name the worker: with the default layout's
     10, 4 bits give 16 workers × 64 ids per shard per millisecond (64,000 ids/s per shard per worker), 2 bits 4 ×
-    256, 8 bits 256 × 4. Every generator sharing shards must use the same ``bits``. Raises `ConfigError` for a
+    256, 8 bits 256 × 4. Every generator sharing shards must use the same ``bits``. In one process, generators of
+    other worker numbers, other bits or none share one sequence table and never repeat an id (a worker's slice a
+    plain generator of the process passed in a millisecond is used up for it, though). Raises `ConfigError` for a
     ``bits`` outside 1..8 or an ``id`` outside ``0 .. 2**bits - 1``.
     """
 
@@ -234,7 +236,8 @@ class WorkerGrant:
 
 class _Claim:
     """A generator's hold on worker numbers in this process; ``last_ms``: the last Unix ms an earlier holder may
-    have used; ``table``: the generator's sequence table and its layout's epoch (Unix ms), which tell the rest."""
+    have used; ``table``: the generator's sequence table, its layout's epoch (Unix ms) and its lane marks, which tell
+    the rest."""
 
     __slots__ = ("generator", "last_ms", "numbers", "pinned", "scope", "table")
 
@@ -244,14 +247,14 @@ class _Claim:
         self.generator: weakref.ref[object] | None = weakref.ref(generator)
         self.last_ms = last_ms
         self.pinned = False  # set once the generator forks: its children may go on using the numbers
-        self.table: tuple[Any, int] | None = None
+        self.table: tuple[Any, int, bytearray] | None = None
 
     def last_used_ms(self) -> int:
         """The last Unix ms the numbers may have been used in: by an earlier holder, or in the generator's table."""
         if self.table is None:
             return self.last_ms
-        table, epoch_ms = self.table
-        newest = table.newest_of_all()
+        table, epoch_ms, marks = self.table
+        newest = table.newest_marked(marks)  # the table is every generator's: only the lanes the holder used
         return max(self.last_ms, newest + epoch_ms if newest > 0 else -1)
 
     def held(self) -> bool:

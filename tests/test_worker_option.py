@@ -237,3 +237,23 @@ def test_a_lost_auto_lease_goes_back_to_random_starts(fault_pg: Any) -> None:
         assert db.generator._home is None
         assert "was lost" in db.worker_status
         db.put(3, 1)
+
+
+def test_a_leased_datastore_and_a_plain_generator_never_repeat_an_id() -> None:
+    """The README's use: a datastore with a leased worker number and a `KeyGenerator()` "for ids you store
+    elsewhere" in one process, made in either order (tests/newcomer/test_findings6_keygen_workers.py): the
+    plain generator's ids never equal the records' keys (it used to keep a table of its own, ~10 % repeats)."""
+    before = hvcore.KeyGenerator()  # hands out numbers of the current millisecond before the lease's generator
+    made = {before.next_key(3) for _ in range(300)}
+    with hvcore.Datastore(MEMORY, backend="memory", worker="lease") as db:
+        after = hvcore.KeyGenerator()
+        stored: set[hvcore.Key] = set()
+        for i in range(300):
+            stored.add(db.put(3, 1, n=str(i)))
+            stored.update(db.generator.next_keys(3, 3))
+            made.update([before.next_key(3), after.next_key(3), *after.next_keys(3, 2)])
+        assert len({worker_of(key) for key in stored}) == 1
+    before.close()
+    after.close()
+    repeated = stored & made
+    assert not repeated, f"{len(repeated)} of the datastore's keys also made by a plain generator"

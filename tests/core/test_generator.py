@@ -30,6 +30,7 @@ from hvcore import (
     LayoutExhausted,
     PluginError,
     SequenceSource,
+    WorkerGrant,
     WorkerSlice,
     _keymaker,
 )
@@ -507,6 +508,28 @@ def test_fork_parent_and_child_generating_together_never_repeat() -> None:
     everything = before + parent + child
     assert len(set(everything)) == len(everything), "parent and child handed out the same id"
     assert parent == sorted(parent) and child == sorted(child)
+
+
+@needs_fork
+def test_fork_a_child_with_a_worker_number_never_repeats_its_parents_plain_ids() -> None:
+    """A child takes a worker number (a fixed slice, a leased one of other bits) while its parent's plain
+    generators go on: the slices' numbers come from the parent's table too (tests/newcomer/
+    test_findings6_keygen_workers.py, across fork)."""
+    _fork_ok()
+    gen, gen0 = KeyGenerator(), KeyGenerator(random_start=False)  # from 0: where a slice starts too
+    before = [g.next_key(3) for _ in range(200) for g in (gen, gen0)]
+
+    def child_work() -> list[Key]:
+        fixed = KeyGenerator(worker=WorkerSlice(id=0, bits=2))
+        leased = KeyGenerator(worker=WorkerGrant(WorkerSlice(id=1, bits=4), floor_ms=-1, horizon_ms=2**45))
+        return [g.next_key(3) for _ in range(6000) for g in (fixed, leased, gen0)]
+
+    pid, path = _in_child(child_work)
+    parent = [g.next_key(3) for _ in range(6000) for g in (gen, gen0)]
+    child = _collect(pid, path)
+    assert len(child) == 18_000
+    everything = before + parent + child
+    assert len(set(everything)) == len(everything), f"{len(everything) - len(set(everything))} ids repeated"
 
 
 @needs_fork

@@ -17,7 +17,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hvcore import ClockMovedBackwards, Key, KeyGenerator, KeyLayout, _keymaker
+from hvcore import (
+    ClockMovedBackwards,
+    ConfigError,
+    Key,
+    KeyGenerator,
+    KeyLayout,
+    WorkerGrant,
+    WorkerSlice,
+    _keymaker,
+    _worker,
+)
 from hvcore._sharedseq import LANE_STEP_MS, LANES
 
 T0 = 1_770_000_000_000  # Unix ms, 2026-02-02: apart from the other generator tests' times
@@ -215,3 +225,128 @@ def test_lanes_of_generators_gone_are_given_up() -> None:
 def test_a_layout_of_its_own_is_a_table_of_its_own() -> None:
     layout = KeyLayout(epoch_ms=T0 - 1000)
     assert KeyGenerator(layout, clock=StepClock(T0))._source is not KeyGenerator(clock=StepClock(T0))._source
+
+
+# -- worker slices beside plain generators (tests/newcomer/test_findings6_keygen_workers.py) -----------------------
+
+KINDS = [
+    ("plain", 0, 0),  # random start
+    ("plain0", 0, 0),  # random_start=False
+    ("system", 0, 0),  # KeyGenerator(): the system clock, random start
+    ("slice", 1, 4),  # a fixed worker number (WorkerSlice): 64..127
+    ("slice", 0, 2),  # other bits: 0..255, overlapping the one above (refused beside it: one scope)
+    ("slice", 3, 8),
+    ("grant", 1, 4),  # a leased worker number (WorkerGrant, a scope of its own: never refused)
+    ("grant", 0, 1),  # 0..511: overlaps most of the others
+    ("grant", 0, 4),
+    ("grant", 1, 1),
+]
+"""Generator kinds: (kind, worker id, bits)."""
+
+
+class QuickClock(StepClock):
+    """A `StepClock` that moves on after 200 readings: a worker's slice of 4 numbers runs out often."""
+
+    def __call__(self) -> int:
+        self.reads += 1
+        if self.reads % 200 == 0:
+            self.ms += 1
+        return self.ms
+
+
+def _make(kind: tuple[str, int, int], clock: StepClock) -> KeyGenerator:
+    name, number, bits = kind
+    if name == "system":
+        return KeyGenerator(block_size=4)
+    if name in ("plain", "plain0"):
+        return KeyGenerator(clock=clock, random_start=name == "plain", block_size=4)
+    worker = WorkerSlice(id=number, bits=bits)
+    if name == "slice":
+        return KeyGenerator(worker=worker, clock=clock, block_size=4)
+    grant = WorkerGrant(worker, floor_ms=-1, horizon_ms=2**45, scope=f"property {number}/{bits}")
+    return KeyGenerator(worker=grant, clock=clock, block_size=4)
+
+
+def _numbers(kind: tuple[str, int, int]) -> range:
+    name, number, bits = kind
+    return WorkerSlice(id=number, bits=bits).numbers() if name in ("slice", "grant") else range(1024)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@settings(max_examples=100, deadline=None)
+@given(
+    kinds=st.lists(st.sampled_from(KINDS), min_size=2, max_size=4),
+    offsets=st.lists(st.sampled_from([0, 0, 0, 0, *OFFSETS]), min_size=1, max_size=4),
+    calls=st.lists(
+        st.tuples(
+            st.integers(0, 3),
+            st.sampled_from([0, 0, 0, 0, 1, 2, LANE_STEP_MS + 1]),
+            st.integers(0, 1),
+            st.sampled_from([1, 1, 2, 3, 12]),
+        ),
+        min_size=1,
+        max_size=40,
+    ),
+    seed=st.integers(0, 2**64 - 1),
+)
+def test_worker_slices_and_plain_generators_never_repeat_an_id(
+    mode: str,
+    kinds: list[tuple[str, int, int]],
+    offsets: list[int],
+    calls: list[tuple[int, int, int, int]],
+    seed: int,
+) -> None:
+    """Plain generators (random start or not, a fake clock or the system one) and generators with worker
+    numbers (fixed or leased, of the same or other bits, overlapping or not), each made at its first call (any
+    order, after others made keys in that millisecond), with clocks equal, close or far apart: no id repeats,
+    a worker's keys stay in its slice, and no generator is refused but one beside a fixed worker number whose
+    slice overlaps its own (`ConfigError`, as two generators with one worker number)."""
+    _keymaker.seed_random(seed)
+    clocks = [QuickClock(T0 + offsets[i % len(offsets)]) for i in range(len(kinds))]
+    gens: dict[int, KeyGenerator | None] = {}
+    made: list[Key] = []
+    last: dict[tuple[int, int], Key] = {}
+    gc.collect()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_worker, "_claims", [])  # no worker number held by an earlier example
+        if mode == "locked":
+            patch.setattr(_keymaker, "table_reserve", None)
+        try:
+            for index, step, shard, n in calls:
+                index %= len(kinds)
+                kind, clock = kinds[index], clocks[index]
+                if index not in gens:
+                    try:
+                        gens[index] = gen = _make(kind, clock)
+                    except ConfigError:  # refused only beside a fixed worker number overlapping its own
+                        own = _numbers(kind)
+                        held = [_numbers(kinds[i]) for i, g in gens.items() if g is not None and kinds[i][0] == "slice"]
+                        assert kind[0] == "slice" and any(set(own) & set(other) for other in held)
+                        gens[index] = None
+                    else:
+                        assert gen._source.atomic == (mode != "locked")
+                        if mode == "python":
+                            gen._shared = None
+                gen_or_none = gens[index]
+                if gen_or_none is None:
+                    continue
+                gen = gen_or_none
+                clock.step(step)
+                reading = clock.ms
+                try:
+                    keys = [gen.next_key(shard)] if n == 1 else gen.next_keys(shard, n)
+                except ClockMovedBackwards:
+                    continue
+                assert len(keys) == n
+                assert all(key.added_id in _numbers(kind) for key in keys)
+                if kind[0] != "system":
+                    assert all(key.timestamp_ms >= reading for key in keys)
+                mine = (index, shard)
+                assert keys == sorted(keys) and (mine not in last or keys[0] > last[mine])
+                last[mine] = keys[-1]
+                made += keys
+        finally:
+            for gen_or_none in gens.values():
+                if gen_or_none is not None:
+                    gen_or_none.close()
+    assert len(set(made)) == len(made), f"{len(made) - len(set(made))} repeated ids"

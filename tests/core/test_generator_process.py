@@ -107,13 +107,13 @@ def test_threads_each_with_its_own_generator_never_repeat(mode: str) -> None:
     assert len(set(everything)) == len(everything), f"{len(everything) - len(set(everything))} repeated keys"
 
 
-def test_generators_share_a_table_only_with_the_same_layout_and_numbers() -> None:
+def test_generators_share_a_table_only_with_the_same_layout() -> None:
     other_epoch = KeyLayout(epoch_ms=KeyLayout.DEFAULT.epoch_ms - 1000)
     a, b = KeyGenerator(), KeyGenerator(random_start=False)
     assert a._source is b._source  # random starts or not: one table
     assert KeyGenerator(other_epoch)._source is not a._source  # other keys: nothing to share
     worker = KeyGenerator(worker=WorkerSlice(id=3, bits=4))
-    assert worker._source is not a._source and worker._source.sequence_size == 64
+    assert worker._source is a._source and a._source.sequence_size == 1024  # a worker slice: numbers in it
     clock = TickingClock(5)
     assert KeyGenerator(clock=clock)._source is a._source  # whatever the clock (tests/core/test_generator_clocks.py)
     assert KeyGenerator(clock=clock)._source is KeyGenerator(clock=TickingClock(5))._source

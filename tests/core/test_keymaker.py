@@ -186,6 +186,20 @@ def test_c_and_python_paths_interleave_without_duplicates() -> None:
             assert mine == sorted(mine)
 
 
+@pytest.mark.parametrize("constants", ["LANES = 32", "LANES = 32; SLICES = 0", "LANES = 16; SLICES = 1"])
+def test_a_stale_build_of_another_table_layout_is_left_unused(constants: str) -> None:
+    """An accelerator built for another table (each worker slice a table of its own before SLICES, other lanes)
+    would reserve in it otherwise than the Python code: the pure-Python functions are used instead."""
+    fake = (
+        "import sys, types; m = types.ModuleType('hvcore._speedups'); "
+        f"exec({constants!r}, m.__dict__); m.HOT_MS = 10; sys.modules['hvcore._speedups'] = m; "
+        "from hvcore import _keymaker; print(_keymaker.ACCELERATED, _keymaker.table_reserve)"
+    )
+    env = {**os.environ, "HYPERVAULT_PURE_PYTHON": "0"}
+    done = subprocess.run([sys.executable, "-c", fake], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False", "None"]
+
+
 @pytest.mark.slow
 def test_generator_suite_passes_in_pure_python() -> None:
     """The whole generator suite again with HYPERVAULT_PURE_PYTHON=1: what a build without a compiler runs."""
@@ -212,10 +226,18 @@ def test_generator_suite_passes_in_pure_python() -> None:
 # -- the shared table after fork(): lock-free (C) and fcntl (pure Python) give the same reservations ----------------
 
 
+SLICES = [None, None, range(64, 128), range(256), range(512, 1024), range(1020, 1024), range(512)]
+"""Parts of the sequence reserved in: all of it (None), worker slices of bits 4, 2, 1 and 8."""
+
+
 @given(
     ops=st.lists(
         st.tuples(
-            st.integers(0, 3), st.sampled_from([0, 0, 3_000, 9_000_000]), st.integers(0, 40), st.integers(0, 1100)
+            st.integers(0, 3),
+            st.sampled_from([0, 0, 3_000, 9_000_000]),
+            st.integers(0, 40),
+            st.integers(0, 1100),
+            st.sampled_from(SLICES),
         ),
         max_size=60,
     ),
@@ -224,8 +246,10 @@ def test_generator_suite_passes_in_pure_python() -> None:
     seed=st.integers(0, 2**64 - 1),
 )
 def test_atomic_table_reserves_exactly_like_the_locked_one(
-    ops: list[tuple[int, int, int, int]], floor: int, spread: int, seed: int
+    ops: list[tuple[int, int, int, int, range | None]], floor: int, spread: int, seed: int
 ) -> None:
+    """Reservations of the whole sequence and of worker slices (of any bits), mixed: C and Python agree, each
+    lies in its slice, and no number of a (shard, millisecond) goes out twice."""
     if not _keymaker.ACCELERATED:
         pytest.skip("the lock-free table needs the C accelerator")
     from hvcore import _speedups
@@ -235,14 +259,21 @@ def test_atomic_table_reserves_exactly_like_the_locked_one(
     locked = SharedSequenceTable(4, 1024, floor=floor, spread=spread)
     locked._atomic_reserve = None  # the fcntl path, as a build without the accelerator runs it
     assert atomic.atomic
+    given: set[tuple[int, int, int]] = set()
     try:
-        for shard, far, near, wanted in sorted(ops, key=lambda op: op[2]):  # milliseconds move forward, mostly
+        for shard, far, near, wanted, numbers in sorted(ops, key=lambda op: op[2]):  # ms move forward, mostly
             part = far + near  # in one of a few lanes
+            mine = spread if numbers is None else min(spread, len(numbers) - 1)  # a slice's random starts fit it
             _speedups.seed_random(seed)  # both draw the same random start (the locked path from _keymaker's C one)
-            c_range = atomic.reserve(shard, part, wanted)
+            c_range = atomic.reserve(shard, part, wanted, spread=mine, numbers=numbers)
             _speedups.seed_random(seed)
-            assert c_range == locked.reserve(shard, part, wanted)
+            assert c_range == locked.reserve(shard, part, wanted, spread=mine, numbers=numbers)
             assert 0 <= c_range.start <= c_range.stop <= 1024
+            if c_range and numbers is not None:
+                assert numbers.start <= c_range.start and c_range.stop <= numbers.stop
+            taken = {(shard, part, number) for number in c_range}
+            assert not taken & given
+            given |= taken
             seed = (seed * 6364136223846793005 + 1) % 2**64
         fresh = atomic.reserve(0, 10_000, 5)
         assert (fresh.start == 0) if spread == 0 else (0 <= fresh.start <= spread)

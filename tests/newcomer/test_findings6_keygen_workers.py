@@ -12,17 +12,9 @@ elsewhere" (README) gets ids equal to its records' keys. Two generators with the
 
 from __future__ import annotations
 
-import pytest
-
 import hvcore
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="KeyGenerator(worker=WorkerSlice(id=1, bits=4)) and KeyGenerator() of one process keep separate sequence "
-    "tables and repeat ids (~10 %); the docstring promises two generators of a process never hand out the same key "
-    "(they should share numbers, or the combination be refused like two generators with one worker number)",
-)
 def test_a_worker_slice_generator_and_a_plain_one_never_repeat_an_id() -> None:
     sliced = hvcore.KeyGenerator(worker=hvcore.WorkerSlice(id=1, bits=4))
     plain = hvcore.KeyGenerator()
