@@ -8,7 +8,7 @@ the shard's writes and switches it to the target: the caller was told the call e
 ``rollback_move(shard)``, is refused with ``MoveError: another process is moving shard 3 right now: stop it
 first`` although the mover is this process's own thread, which nothing can stop.
 
-Reproduce: two servers (two fresh databases), 30,000 rows in shard 3, ``async with asyncio.timeout(0.3): await
+Reproduce: two servers (two fresh databases), 60,000 rows in shard 3, ``async with asyncio.timeout(0.2): await
 db.move_shard(3, 1)`` → ``TimeoutError`` (state: phase ``copy``/``catchup``); ``await db.rollback_move(3)`` →
 ``MoveError``; a few seconds later ``move_state(3)`` is None and the recorded placement of shard 3 is server #1.
 Expected: a cancelled ``move_shard`` stops its mover at the next step and leaves the move interrupted (resumable
@@ -35,9 +35,9 @@ def test_a_cancelled_move_does_not_switch_the_shard(pg_fresh_db: dict[str, Any],
         servers = [{**pg_fresh_db, "shards": "0-8"}, {**pg_fresh_db2, "shards": "8-16"}]
         async with hvcore.AsyncDatastore(servers, backend="jsonb", worker=None) as db:
             await db.provision()
-            await db.put_many(3, 1, [{"i": i} for i in range(30_000)])
+            await db.put_many(3, 1, [{"i": i} for i in range(60_000)])
             with pytest.raises(TimeoutError):
-                async with asyncio.timeout(0.3):
+                async with asyncio.timeout(0.2):
                     await db.move_shard(3, 1)
             try:
                 undo = f"rolled back: {await db.rollback_move(3)}"
