@@ -160,6 +160,7 @@ from hvbackend_postgres._schema import (
     shard_schema,
     stub_probe_sql,
 )
+from hvbackend_postgres._selflock import TRANSACTION as HELD_IN_TRANSACTION
 from hvbackend_postgres._selflock import (
     BLOCKED_BY_SQL,
     CANCEL_SQL,
@@ -725,7 +726,12 @@ class AsyncPostgresServerStore(StoreCore):
             return await wait(gen, interval, timeout)
         except psycopg.errors.QueryCanceled as exc:
             if watch.stop():
-                found = locks.error(watch.owner, cast(Any, conn).hv_shard, self._label, raw=True)
+                entry = locks.open.get(own) if own is not None else None
+                if entry is not None and entry[2] == HELD_IN_TRANSACTION:  # a transaction's own statement
+                    via = "tx.cursor()" if getattr(conn, "hv_in_tx", None) is not None else "tx"
+                    found = locks.error(watch.owner, entry[1], self._label, raw=True, nested=(entry[1], via))
+                else:
+                    found = locks.error(watch.owner, cast(Any, conn).hv_shard, self._label, raw=True)
                 if found is not None:
                     raise found from exc
             raise
@@ -872,15 +878,24 @@ class AsyncPostgresServerStore(StoreCore):
         cast(Any, conn).hv_lend = handle  # cursors made through it are refused once it is returned (LentCursor)
         # a plain call of the borrower's waiting for what its SQL there locked fails fast (_selflock)
         hold = self._self_locks.opened(self._session_pid(conn), shard_id, LENT) if self.pooling == "off" else None
-        if hold is not None:  # and its SQL waiting for the borrower's other sessions (`_lent_wait`)
-            cast(Any, conn).hv_lent_wait = self._lent_wait
+        self._hook_wait(conn, hold)  # and its SQL waiting for the borrower's other sessions (`_lent_wait`)
         with self._lock:
             self._borrowed[id(conn)] = (conn, pool)
             self._borrower[id(conn)] = self._holdings.take(CONNECTION)
             self._handles[id(conn)] = handle
-            if hold is not None:
-                self._lent_holds[id(conn)] = hold
         return cast(AConn, handle)
+
+    def _hook_wait(self, conn: AConn, hold: Hold | None) -> None:
+        """``conn`` is the session of ``hold`` (a lent connection, a transaction's): its statements' waits go through
+        `_lent_wait` until `_unhook_wait` (none if ``hold`` is None: behind a pooler)."""
+        if hold is not None:
+            self._lent_holds[id(conn)] = hold
+            cast(Any, conn).hv_lent_wait = self._lent_wait
+
+    def _unhook_wait(self, conn: AConn) -> Hold | None:
+        """Undo `_hook_wait` (before the session's last statements: rollback, reset); its hold, if it had one."""
+        cast(Any, conn).hv_lent_wait = None
+        return self._lent_holds.pop(id(conn), None)
 
     def owns(self, conn: Any) -> bool:
         """True if ``conn`` (the handle `get_connection` lent, or its connection) is borrowed from this store now."""
@@ -908,9 +923,8 @@ class AsyncPostgresServerStore(StoreCore):
             del self._borrowed[id(conn)]
             owner = self._borrower.pop(id(conn), None)
             handle = self._handles.pop(id(conn), None)
-            hold = self._lent_holds.pop(id(conn), None)
+            hold = self._unhook_wait(conn)
         self._self_locks.closed(hold)
-        cast(Any, conn).hv_lent_wait = None
         if handle is not None:  # the borrower's handle lets go first: nothing of theirs reaches the next borrower
             detach(handle)
         if owner is not None:

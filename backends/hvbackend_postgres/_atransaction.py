@@ -342,6 +342,7 @@ async def postgres_transaction(
         owner = store._holdings.take(TRANSACTION)  # a PoolTimeout of this caller's meanwhile names the transaction
         if store.pooling == "off":  # a plain call of this caller's waiting for this session fails fast (_selflock)
             hold = store._self_locks.opened(store._session_pid(conn), shard_id, HELD_IN_TRANSACTION)
+            store._hook_wait(conn, hold)  # and its statements waiting for the caller's other sessions (nested)
         # Statements run through tx.cursor() are not prepared either: behind PgBouncer in transaction mode a
         # prepared statement stays with a server session the next transaction may not get (restored after).
         conn.prepare_threshold = None
@@ -376,6 +377,7 @@ async def postgres_transaction(
     finally:
         if owner is not None:
             store._holdings.give(TRANSACTION, owner)
+            store._unhook_wait(conn)
             store._self_locks.closed(hold)
         if held is not None:
             conn, pool, threshold = held

@@ -201,9 +201,12 @@ class SelfLocks:
             with self._lock:
                 self._found.pop(owner, None)
 
-    def error(self, owner: object, shard_id: int, label: str, *, raw: bool = False) -> SelfDeadlock | None:
+    def error(
+        self, owner: object, shard_id: int, label: str, *, raw: bool = False, nested: tuple[int, str] | None = None
+    ) -> SelfDeadlock | None:
         """The `SelfDeadlock` of the call ``owner`` ran, cancelled on shard ``shard_id`` of ``label``, if one was
-        (``raw``: a statement of user SQL on a lent connection, ``db.cursor()`` or ``db.get_connection()``)."""
+        (``raw``: a statement of user SQL on a lent connection, ``db.cursor()`` or ``db.get_connection()``;
+        ``nested``: one of a transaction's own, its shard and how it ran, ``"tx"`` or ``"tx.cursor()"``)."""
         with self._lock:
             found = self._found.pop(owner, None)
             if found is None:
@@ -240,6 +243,18 @@ class SelfLocks:
             else "The call was cancelled on the server (nothing of it is stored)"
         )
         article = ("an " if what[0] in "AEIOU" else "a ") if raw else "a plain "
+        if nested is not None:  # a transaction of the caller's own waiting for another (an outer one) of the caller's
+            inner, via = nested
+            what = f"{verb} ({_OPERATIONS[verb][1]})" if via == "tx" and verb in _OPERATIONS else verb or "statement"
+            what = f"{what} through tx.cursor()" if via != "tx" else what
+            return SelfDeadlock(
+                f"{'an ' if what[0] in 'AEIOU' else 'a '}{what} of a nested db.transaction({inner}) on {label} "
+                f"waited for a lock on shard {shard_id} held by this {who}'s own outer open transaction on {on} "
+                f"({' and '.join(blocks)}), which cannot go on until the statement returns: the wait would never "
+                "end. The statement was cancelled on the server (the nested transaction is aborted: nothing of it "
+                "commits) and the outer transaction is still open. Run the nested block after the outer one ends, or "
+                "its work through the outer transaction (its tx.cursor() reaches the other shard's table)"
+            )
         return SelfDeadlock(
             f"{article}{what} on shard {shard_id} of {label} waited for a lock held by this "
             f"{who}'s own open transaction on {on} ({' and '.join(blocks)}), which cannot go on until the {call} "
