@@ -30,6 +30,7 @@ __all__ = [
     "closed_while_waiting",
     "current_owner",
     "held",
+    "holds",
     "pool_timeout",
     "unheld_context",
 ]
@@ -84,6 +85,11 @@ def held() -> tuple[Hold, ...]:
     """The live holds of the running code (its own and those of the context it was copied from), oldest first."""
     holds = _HELD.get()
     return tuple(hold for hold in holds if hold.live) if holds else ()
+
+
+def holds(hold: Hold) -> bool:
+    """True if the running context holds ``hold`` (took it, or was copied from one that held it)."""
+    return hold in _HELD.get()
 
 
 def unheld_context() -> Context:

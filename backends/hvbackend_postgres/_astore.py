@@ -175,6 +175,7 @@ from hvcore._acompat import ALock, agather, ashield, asleep, aspawn, ato_thread
 from hvcore._backend import BackendOptions, ProvisionReport, QuerySpec, Record
 from hvcore._config import pgbouncer_mode
 from hvcore._holdings import CONNECTION, Hold, closed_while_waiting, current_owner, held
+from hvcore._holdings import holds as holds_now
 from hvcore._key import Key
 from hvcore._metrics import metrics
 from hvcore.errors import (
@@ -718,6 +719,12 @@ class AsyncPostgresServerStore(StoreCore):
         then aborted, as after any failed statement)."""
         locks = self._self_locks
         own = self._lent_holds.get(id(conn))
+        if own is not None and not holds_now(own):
+            # a lent connection used by code that does not hold it (handed to another thread or task): the
+            # session is held by whoever uses it, so it is that code's from now on (`SelfLocks.used`)
+            moved = locks.used(own)
+            if moved is not own:
+                own = self._lent_holds[id(conn)] = moved
         holds = tuple(hold for hold in locks.mine(held()) if hold is not own) if len(locks.open) > 1 else ()
         if not holds:
             return await wait(gen, interval, timeout)

@@ -45,7 +45,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from hvcore._holdings import Hold
+from hvcore._holdings import Hold, holds
 from hvcore.errors import SelfDeadlock
 
 __all__ = [
@@ -168,6 +168,27 @@ class SelfLocks:
         with self._lock:
             self.open[hold] = (pid, shard_id, block)
         return hold
+
+    def used(self, hold: Hold) -> Hold:
+        """The hold of a session the running code runs a statement on, given its present one: ``hold`` itself if the
+        running code holds it or it is not a lent connection's (a transaction's stays its caller's), else
+        `hand_over` (a lent connection used by code it was handed to)."""
+        if holds(hold):
+            return hold
+        entry = self.open.get(hold)
+        return hold if entry is None or entry[2] != LENT else self.hand_over(hold)
+
+    def hand_over(self, hold: Hold) -> Hold:
+        """The session of ``hold`` (a lent one) is used by code not holding it (another thread, or a task that is
+        no copy of the borrower's context): it is that code's now. Returns its new `Hold`, taken in the running
+        context; ``hold`` is let go (the borrower's plain calls waiting for the session wait as for anyone's)."""
+        new = Hold().take()
+        with self._lock:
+            entry = self.open.pop(hold, None)
+            if entry is not None:
+                self.open[new] = entry
+        hold.let_go()
+        return new
 
     def closed(self, hold: Hold | None) -> None:
         """The session of `opened` is given back."""

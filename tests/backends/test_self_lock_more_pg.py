@@ -134,3 +134,108 @@ def test_asyncio_a_nested_transaction_waiting_for_the_outer_transactions_lock_fa
             assert await db.get(inner_key) is not None
 
     asyncio.run(scenario())
+
+
+# -- a lent connection handed to another thread or task is held by whoever uses it ----------------------------------
+
+
+def test_a_lent_connection_handed_to_another_thread_is_that_threads_hold(db: hvcore.Datastore) -> None:
+    """The borrower hands its ``get_connection()`` connection to a worker thread, which locks a row there and
+    commits later: the borrower's plain call waiting for that row waits (the worker, not the borrower, holds the
+    session now) and succeeds after the commit; the worker's own plain call waiting for it is the worker's
+    `SelfDeadlock`; once the borrower uses the connection again, it is the borrower's again."""
+    key = db.put(5, 1, balance="100")
+    conn = db.get_connection(5)
+    locked, release = threading.Event(), threading.Event()
+    seen: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            conn.execute("UPDATE entities SET kind = 2 WHERE id = %s", (key,))
+            try:
+                db.update(key, note="worker")  # waits for its own statement's row lock
+            except SelfDeadlock as exc:
+                seen.append(exc)
+            conn.execute("UPDATE entities SET kind = 3 WHERE id = %s", (key,))  # its transaction goes on
+            locked.set()
+            release.wait(30)
+            conn.commit()
+        except BaseException as exc:  # pragma: no cover (reported below)
+            seen.append(exc)
+            locked.set()
+
+    thread = threading.Thread(target=worker)
+    try:
+        thread.start()
+        assert locked.wait(30)
+        timer = threading.Timer(1.5, release.set)
+        timer.start()
+        started = time.monotonic()
+        assert db.update(key, note="borrower")  # the worker's lock: contention, it waits for the worker's commit
+        waited = time.monotonic() - started
+        thread.join(30)
+        timer.cancel()
+        assert len(seen) == 1 and isinstance(seen[0], SelfDeadlock), seen
+        assert waited >= 1.0, f"{waited:.2f} s: it did not wait for the worker's commit"
+        conn.execute("UPDATE entities SET kind = 4 WHERE id = %s", (key,))  # the borrower's own again
+        with pytest.raises(SelfDeadlock, match=r"db\.get_connection\(5\)"):
+            db.update(key, note="again")
+    finally:
+        release.set()
+        thread.join(30)
+        db.put_connection(conn)
+    record = db.get(key)
+    assert record is not None and record.data == {"balance": "100", "note": "borrower"} and record.kind == 3
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_asyncio_a_lent_connection_handed_to_another_task_is_that_tasks_hold(
+    backend: str, pg_fresh_db: dict[str, Any]
+) -> None:
+    """A task started before the borrow (not a copy of the borrower's context) gets the connection through a
+    queue: what it runs there is its own, as with a thread."""
+
+    async def scenario() -> None:
+        async with hvcore.AsyncDatastore(
+            [{**pg_fresh_db, "shards": "0-8"}], backend=backend, pool_max=4, operation_timeout=TIMEOUT
+        ) as db:
+            await db.provision()
+            key = await db.put(5, 1, balance="100")
+            handed: asyncio.Queue[Any] = asyncio.Queue()
+            locked, release = asyncio.Event(), asyncio.Event()
+
+            async def worker() -> BaseException | None:
+                conn = await handed.get()
+                await conn.execute("UPDATE entities SET kind = 2 WHERE id = %s", (key,))
+                try:
+                    await db.update(key, note="worker")
+                except SelfDeadlock as exc:
+                    found: BaseException | None = exc
+                else:  # pragma: no cover (asserted below)
+                    found = None
+                locked.set()
+                await release.wait()
+                await conn.commit()
+                return found
+
+            task = asyncio.ensure_future(worker())
+            await asyncio.sleep(0)
+            conn = await db.get_connection(5)
+            try:
+                await handed.put(conn)
+                await asyncio.wait_for(locked.wait(), FAST)
+                asyncio.get_running_loop().call_later(1.5, release.set)
+                started = time.monotonic()
+                assert await db.update(key, note="borrower")  # waits for the worker's commit
+                assert time.monotonic() - started >= 1.0
+                assert isinstance(await task, SelfDeadlock)
+                await conn.execute("UPDATE entities SET kind = 4 WHERE id = %s", (key,))  # the borrower's again
+                with pytest.raises(SelfDeadlock, match=r"db\.get_connection\(5\)"):
+                    await db.update(key, note="again")
+            finally:
+                release.set()
+                await db.put_connection(conn)
+            record = await db.get(key)
+            assert record is not None and record.data == {"balance": "100", "note": "borrower"} and record.kind == 2
+
+    asyncio.run(scenario())

@@ -18,6 +18,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hvbackend_postgres._selflock import LENT, TRANSACTION, SelfLocks
 from hvcore import Key, Record
 from hvcore._acoalesce import ReadCoalescer
 from hvcore._acompat import gather, spawn
@@ -66,6 +67,67 @@ def test_a_context_holds_what_it_took_and_what_its_parent_held_when_copied_while
         for context, holds in zip(contexts, model, strict=True):
             assert context.run(held) == tuple(holds)
             assert context.run(unheld_context).run(held) == ()
+
+
+# ... and the sessions a store's callers hold: ("open", ctx, lent?) / ("close", ctx, nth) / ("use", ctx, nth) / copy
+SESSION_STEPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("open"), st.integers(0, 5), st.booleans()),
+        st.tuples(st.just("close"), st.integers(0, 5), st.integers(0, 20)),
+        st.tuples(st.just("use"), st.integers(0, 5), st.integers(0, 20)),
+        st.tuples(st.just("copy"), st.integers(0, 5)),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(steps=SESSION_STEPS)
+def test_a_session_is_held_by_the_context_that_uses_it_if_lent_else_by_the_one_that_opened_it(
+    steps: list[Any],
+) -> None:
+    """Model: a context holds the sessions it opened (a transaction, a lent connection) and those its parent held when
+    it was copied; a statement a context runs on a lent session it does not hold (the connection was handed to
+    another thread or task: `SelfLocks.used`) makes the session that context's alone, as it is from then on for
+    every copy made later; a transaction's session stays its opener's; a closed session is nobody's."""
+    locks = SelfLocks()
+    contexts = [contextvars.Context()]
+    model: list[list[int]] = [[]]  # per context: the sessions (index in ``sessions``) it holds, oldest first
+    sessions: list[list[Any]] = []  # [current hold, lent?, open?]
+    for step in steps:
+        index = step[1] % len(contexts)
+        context = contexts[index]
+        if step[0] == "open":
+            lent = step[2]
+            hold = context.run(locks.opened, 1000 + len(sessions), 5, LENT if lent else TRANSACTION)
+            sessions.append([hold, lent, True])
+            model[index].append(len(sessions) - 1)
+        elif step[0] in ("close", "use") and sessions:
+            n = step[2] % len(sessions)
+            session = sessions[n]
+            if not session[2]:
+                continue
+            if step[0] == "close":
+                context.run(locks.closed, session[0])
+                session[2] = False
+                for holds in model:
+                    if n in holds:
+                        holds.remove(n)
+            else:
+                session[0] = context.run(locks.used, session[0])
+                if session[1] and n not in model[index]:
+                    for holds in model:
+                        if n in holds:
+                            holds.remove(n)
+                    model[index].append(n)
+        elif step[0] == "copy":
+            contexts.append(context.run(contextvars.copy_context))
+            model.append(list(model[index]))
+        for each, holds in zip(contexts, model, strict=True):
+            expected = tuple(sessions[n][0] for n in holds)
+            assert each.run(lambda: locks.mine(held())) == expected
+            assert sorted(locks.pids(expected)) == sorted(1000 + n for n in holds)
+    assert len(locks.open) == sum(1 for s in sessions if s[2])
 
 
 def test_the_fan_out_threads_and_tasks_hold_what_the_caller_holds_and_never_hand_theirs_back() -> None:
