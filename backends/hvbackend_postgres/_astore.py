@@ -160,7 +160,6 @@ from hvbackend_postgres._schema import (
     shard_schema,
     stub_probe_sql,
 )
-from hvbackend_postgres._selflock import TRANSACTION as HELD_IN_TRANSACTION
 from hvbackend_postgres._selflock import (
     BLOCKED_BY_SQL,
     CANCEL_SQL,
@@ -170,6 +169,7 @@ from hvbackend_postgres._selflock import (
     SelfLockWatch,
     call_later,
 )
+from hvbackend_postgres._selflock import TRANSACTION as HELD_IN_TRANSACTION
 from hvbackend_postgres._shardtx import shard_search_path
 from hvcore._acompat import ALock, agather, ashield, asleep, aspawn, ato_thread
 from hvcore._backend import BackendOptions, ProvisionReport, QuerySpec, Record
