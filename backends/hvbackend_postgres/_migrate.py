@@ -334,6 +334,11 @@ class PostgresMigrator:
         with self._conn() as conn:
             return {m.version: (m.filename, m.checksum) for m in _registry(conn)}
 
+    def recorded(self) -> list[Migration]:
+        """Migrations recorded on this server with their text, in version order (what provisioning replays)."""
+        with self._conn() as conn:
+            return _registry(conn)
+
     def record(self, migrations: Sequence[Migration]) -> None:
         """Record these migrations on this server (a changed checksum is overwritten: the façade checked it)."""
         with self._conn() as conn:
