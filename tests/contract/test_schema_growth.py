@@ -94,15 +94,15 @@ def test_new_servers_shards_get_the_deployments_indexes(growth: Growth) -> None:
     grown = growth.grown()
     reports = grown.provision()
     assert [r.created for r in reports] == [0, 8]
-    assert any("recorded index " + unique.name in note for note in reports[1].notes), reports[1].notes
+    grown.put(12, KIND, email="ada@example.org")
+    with pytest.raises(DuplicateValue, match="shard 12"):
+        grown.put(12, KIND, email="ada@example.org")  # the unique index is enforced on the new server's shards
     infos = grown.list_indexes()
     assert len(infos) == 3 and infos[0].index.is_body
     for info in infos:
         assert (info.valid, info.missing, info.invalid) == (16, [], []), info
         assert len(info.servers) == 2, info
-    grown.put(12, KIND, email="ada@example.org")
-    with pytest.raises(DuplicateValue, match="shard 12"):
-        grown.put(12, KIND, email="ada@example.org")  # the unique index is enforced on the new server's shards
+    assert any("recorded index " + unique.name in note for note in reports[1].notes), reports[1].notes
     found = list(grown.query(kind=KIND, where={"email": "ada@example.org"}))  # the body index answers
     assert len(found) == 1
 
