@@ -379,6 +379,10 @@ def _migration_union(read: Sequence[tuple[str, Migrator, list[Migration]]]) -> d
     return {version: migration for version, (_, migration) in union.items()}
 
 
+def _label(store: object) -> str:
+    return str(getattr(store, "label", store))
+
+
 def share_definitions(targets: Sequence[Target]) -> dict[str, list[str]]:
     """Record on every server the index definitions (the body index too) and migrations some server records, before
     provisioning creates shards, so new shards everywhere get the deployment's indexes and migrations (a server
@@ -392,16 +396,16 @@ def share_definitions(targets: Sequence[Target]) -> dict[str, list[str]]:
         return {}
     notes: dict[str, list[str]] = {}
     indexed = [store for store in stores if isinstance(store, SupportsIndexes)]
-    index_read = [(str(s.label), b, b.definitions()) for s in indexed for b in [s.index_builder()]]
+    index_read = [(_label(s), b, b.definitions()) for s in indexed for b in [s.index_builder()]]
     indexes = _index_union(index_read)
     migrating = [store for store in stores if isinstance(store, SupportsMigrations)]
     migration_read: list[tuple[str, Migrator, list[Migration]]] = []
     for store in migrating:
         migrator = store.migrator()
-        migration_read.append((str(store.label), migrator, list(migrator.recorded())))
+        migration_read.append((_label(store), migrator, list(migrator.recorded())))
     migrations = _migration_union(migration_read)
-    for label, migrator, have in migration_read:  # migrations first: as hv migrate records them before applying
-        versions = {m.version for m in have}
+    for label, migrator, known in migration_read:  # migrations first: as hv migrate records them before applying
+        versions = {m.version for m in known}
         missing = [migrations[v] for v in sorted(migrations) if v not in versions]
         if missing:
             migrator.record(missing)

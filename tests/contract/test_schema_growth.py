@@ -8,7 +8,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from fixtures.datastores import SyncFacade
@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 import hvcore
 from hvcore import DuplicateValue, MigrationError
+from hvcore._backend import SupportsIndexes
 from hvcore._schemadefs import IndexSpec
 
 KIND = 5
@@ -201,7 +202,7 @@ def test_provision_gives_every_server_the_union_or_refuses(
     config = [{"name": f"prop{run}{i}", "provisioned": False, "shards": f"{4 * i}-{4 * i + 4}"} for i in range(3)]
     everything = specs + ([IndexSpec.body()] if body else [])
     with hvcore.Datastore(config, backend="memory") as ds:
-        builders = [store.index_builder() for store in ds._stores]
+        builders = [cast(SupportsIndexes, store).index_builder() for store in ds._stores]
         for spec, where in zip(everything, spread, strict=False):
             for builder, put in zip(builders, where, strict=True):
                 if put:
