@@ -648,11 +648,11 @@ def record_conflicts(ctl: Conn, dst: Conn) -> list[str]:
                 )
     recorded = {m.version: m for m in _registry(dst)}
     for migration in _registry(ctl):
-        other = recorded.get(migration.version)
-        if other is not None and (other.filename, other.checksum) != (migration.filename, migration.checksum):
+        theirs_m = recorded.get(migration.version)
+        if theirs_m is not None and (theirs_m.filename, theirs_m.checksum) != (migration.filename, migration.checksum):
             problems.append(
                 f"migration version {migration.version} is {migration.filename} (checksum {migration.checksum[:12]}) "
-                f"on the source but {other.filename} (checksum {other.checksum[:12]}) on the target"
+                f"on the source but {theirs_m.filename} (checksum {theirs_m.checksum[:12]}) on the target"
             )
     return problems
 
