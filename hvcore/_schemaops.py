@@ -309,7 +309,11 @@ def _show_index(spec: IndexSpec) -> str:
     return f"index {spec.name} (kind {spec.kind}, field {spec.field!r}, {spec.type}{', unique' if spec.unique else ''})"
 
 
-def _index_union(read: Sequence[tuple[str, IndexBuilder, list[IndexSpec]]]) -> dict[str, IndexSpec]:
+_IndexRead = tuple[str, IndexBuilder, list[IndexSpec]]
+_MigrationRead = tuple[str, Migrator, list[Migration]]
+
+
+def _index_union(read: Sequence[_IndexRead]) -> dict[str, IndexSpec]:
     """The active definitions some server records, by name; `MigrationError` for definitions that disagree."""
     problems: list[str] = []
     by_name: dict[str, list[tuple[str, IndexSpec]]] = {}
@@ -349,7 +353,7 @@ def _index_union(read: Sequence[tuple[str, IndexBuilder, list[IndexSpec]]]) -> d
     return union
 
 
-def _migration_union(read: Sequence[tuple[str, Migrator, list[Migration]]]) -> dict[int, Migration]:
+def _migration_union(read: Sequence[_MigrationRead]) -> dict[int, Migration]:
     """The migrations some server records, by version; `MigrationError` when two servers record different files
     (name or checksum) under one version."""
     union: dict[int, tuple[str, Migration]] = {}
@@ -395,14 +399,22 @@ def share_definitions(targets: Sequence[Target]) -> dict[str, list[str]]:
     if len(stores) < 2:
         return {}
     notes: dict[str, list[str]] = {}
-    indexed = [store for store in stores if isinstance(store, SupportsIndexes)]
-    index_read = [(_label(s), b, b.definitions()) for s in indexed for b in [s.index_builder()]]
+
+    def read(store: Any) -> tuple[_IndexRead | None, _MigrationRead | None]:
+        index = migration = None
+        if isinstance(store, SupportsIndexes):
+            builder = store.index_builder()
+            index = (_label(store), builder, builder.definitions())
+        if isinstance(store, SupportsMigrations):
+            migrator = store.migrator()
+            migration = (_label(store), migrator, list(migrator.recorded()))
+        return index, migration
+
+    with ThreadPoolExecutor(max_workers=min(len(stores), 16), thread_name_prefix="hv-schema") as pool:
+        found = list(pool.map(read, stores))  # servers read at once (the first error raised)
+    index_read = [index for index, _ in found if index is not None]
+    migration_read = [migration for _, migration in found if migration is not None]
     indexes = _index_union(index_read)
-    migrating = [store for store in stores if isinstance(store, SupportsMigrations)]
-    migration_read: list[tuple[str, Migrator, list[Migration]]] = []
-    for store in migrating:
-        migrator = store.migrator()
-        migration_read.append((_label(store), migrator, list(migrator.recorded())))
     migrations = _migration_union(migration_read)
     for label, migrator, known in migration_read:  # migrations first: as hv migrate records them before applying
         versions = {m.version for m in known}
