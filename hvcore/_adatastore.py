@@ -1237,6 +1237,13 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         first refuses shards holding the 2015 library's table or ids made with another layout (`ConfigError`);
         `ShardMapError` if a shard missing on its server holds rows on another server of the config (swapped
         lines), before anything is created.
+
+        Index definitions (the body index too) and migrations are a deployment's, not a server's: before creating
+        shards, what any server records is recorded on the servers that lack it (a server added to the config for a
+        new shard range records nothing yet), so every new shard is created with the deployment's indexes (a unique
+        one enforced there too) and migrations; each server's report notes what was recorded there.
+        `MigrationError`, before anything is recorded or created, when the servers disagree: an index being dropped
+        on one and active on another, different indexes on one field, different files under one migration version.
         """
         check_progress(progress)
         await self.reload_placement()  # after a move, a shard is provisioned where it lives now, not where configured
@@ -1244,8 +1251,14 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         await self._check_homes(stores)
         if len(stores) == 1:
             return [await stores[0].provision(self.shard_map.shards_of(0), progress)]
+        targets = [(store, self.shard_map.shards_of(i)) for i, store in enumerate(stores)]
+        # a deployment's definitions are deployment-wide: a server added for a new shard range records none yet
+        shared: dict[str, list[str]] = await ato_thread(_schemaops.share_definitions, targets)
         spawned = [aspawn(store.provision, self.shard_map.shards_of(i), progress) for i, store in enumerate(stores)]
-        return await agather(*spawned)
+        reports: list[ProvisionReport] = await agather(*spawned)
+        for report in reports:
+            report.notes[:0] = shared.pop(report.server, [])
+        return reports
 
     async def _check_homes(self, stores: Sequence[AsyncServerStore]) -> None:
         """`ShardMapError` before anything is created if a shard missing on the server the map gives it holds rows on

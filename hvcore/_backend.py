@@ -468,6 +468,10 @@ class Migrator(Protocol):
         """Migrations recorded on this server: version → (file name, checksum)."""
         ...
 
+    def recorded(self) -> list[Migration]:
+        """Migrations recorded on this server with their text, in version order (what provisioning replays)."""
+        ...
+
     def record(self, migrations: Sequence[Migration]) -> None:
         """Record these migrations on this server (already-recorded versions with the same checksum are kept)."""
         ...

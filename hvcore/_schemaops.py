@@ -44,6 +44,7 @@ __all__ = [
     "migrate_again",
     "migration_status",
     "migrator_of",
+    "share_definitions",
 ]
 
 INDEX_CACHE_SECONDS = 60.0  # how long a process trusts the index definitions it read (a range filter miss rereads)
@@ -297,6 +298,139 @@ class IndexCatalog:
     def invalidate(self) -> None:
         """Forget what was read: the next query reads the definitions again."""
         self.loaded_at = None
+
+
+# -- provisioning: one deployment, one set of definitions -----------------------------------------------------------
+
+
+def _show_index(spec: IndexSpec) -> str:
+    if spec.is_body:
+        return f"the body index ({spec.name})"
+    return f"index {spec.name} (kind {spec.kind}, field {spec.field!r}, {spec.type}{', unique' if spec.unique else ''})"
+
+
+_IndexRead = tuple[str, IndexBuilder, list[IndexSpec]]
+_MigrationRead = tuple[str, Migrator, list[Migration]]
+
+
+def _index_union(read: Sequence[_IndexRead]) -> dict[str, IndexSpec]:
+    """The active definitions some server records, by name; `MigrationError` for definitions that disagree."""
+    problems: list[str] = []
+    by_name: dict[str, list[tuple[str, IndexSpec]]] = {}
+    by_field: dict[tuple[int | None, str | None], dict[str, list[str]]] = {}
+    for label, _, specs in read:
+        for spec in specs:
+            by_name.setdefault(spec.name, []).append((label, spec))
+            if not spec.is_body:
+                by_field.setdefault((spec.kind, spec.field), {}).setdefault(spec.name, []).append(label)
+    union: dict[str, IndexSpec] = {}
+    for name, found in by_name.items():
+        dropping = sorted(label for label, spec in found if spec.state == "dropping")
+        active = sorted(label for label, spec in found if spec.state == "active")
+        if dropping and active:
+            problems.append(
+                f"{_show_index(found[0][1])} is being dropped on {', '.join(dropping)} but active on "
+                f"{', '.join(active)}: finish the drop (drop_index / drop_body_index again) or create it again "
+                "(create_index / create_body_index), then provision"
+            )
+        elif active:
+            union[name] = next(spec for _, spec in found if spec.state == "active")
+    for (kind, field), names in by_field.items():
+        if len(names) > 1:
+            shown = "; ".join(
+                f"{_show_index(next(s for _, s in by_name[n]))} on {', '.join(sorted(labels))}"
+                for n, labels in sorted(names.items())
+            )
+            problems.append(
+                f"field {field!r} of kind {kind} has different indexes on different servers ({shown}): drop the one "
+                "that is wrong (drop_index), then provision"
+            )
+    if problems:
+        raise MigrationError(
+            "the servers of this deployment record different index definitions, and provisioning gives new shards "
+            "what every server records (nothing was created): " + "; ".join(problems)
+        )
+    return union
+
+
+def _migration_union(read: Sequence[_MigrationRead]) -> dict[int, Migration]:
+    """The migrations some server records, by version; `MigrationError` when two servers record different files
+    (name or checksum) under one version."""
+    union: dict[int, tuple[str, Migration]] = {}
+    problems: list[str] = []
+    first: Migration | None = None
+    for label, _, migrations in read:
+        for migration in migrations:
+            seen = union.get(migration.version)
+            if seen is None:
+                union[migration.version] = (label, migration)
+                continue
+            other_label, other = seen
+            if (other.filename, other.checksum) != (migration.filename, migration.checksum):
+                first = first or migration
+                problems.append(
+                    f"version {migration.version} is {other.filename} (checksum {other.checksum[:12]}) on "
+                    f"{other_label} but {migration.filename} (checksum {migration.checksum[:12]}) on {label}"
+                )
+    if problems:
+        raise MigrationError(
+            "the servers of this deployment record different migrations under one version, and provisioning gives "
+            "new shards what every server records (nothing was created): "
+            + "; ".join(problems)
+            + ". Run hv migrate with the right files (it records them on every server), then provision",
+            migration=first.filename if first is not None else None,
+        )
+    return {version: migration for version, (_, migration) in union.items()}
+
+
+def _label(store: object) -> str:
+    return str(getattr(store, "label", store))
+
+
+def share_definitions(targets: Sequence[Target]) -> dict[str, list[str]]:
+    """Record on every server the index definitions (the body index too) and migrations some server records, before
+    provisioning creates shards, so new shards everywhere get the deployment's indexes and migrations (a server
+    added for a new shard range records nothing yet). Returns per server label what was recorded there.
+
+    `MigrationError` before anything is recorded when servers disagree: an index being dropped on one server and
+    active on another, two indexes on one field, or two files under one migration version. Servers whose backend
+    has no indexes (or no migrations) are left out of that part; one server has nothing to share."""
+    stores = [store for store, _ in _by_database(targets)]
+    if len(stores) < 2:
+        return {}
+    notes: dict[str, list[str]] = {}
+
+    def read(store: Any) -> tuple[_IndexRead | None, _MigrationRead | None]:
+        index = migration = None
+        if isinstance(store, SupportsIndexes):
+            builder = store.index_builder()
+            index = (_label(store), builder, builder.definitions())
+        if isinstance(store, SupportsMigrations):
+            migrator = store.migrator()
+            migration = (_label(store), migrator, list(migrator.recorded()))
+        return index, migration
+
+    with ThreadPoolExecutor(max_workers=min(len(stores), 16), thread_name_prefix="hv-schema") as pool:
+        found = list(pool.map(read, stores))  # servers read at once (the first error raised)
+    index_read = [index for index, _ in found if index is not None]
+    migration_read = [migration for _, migration in found if migration is not None]
+    indexes = _index_union(index_read)
+    migrations = _migration_union(migration_read)
+    for label, migrator, known in migration_read:  # migrations first: as hv migrate records them before applying
+        versions = {m.version for m in known}
+        missing = [migrations[v] for v in sorted(migrations) if v not in versions]
+        if missing:
+            migrator.record(missing)
+            notes.setdefault(label, []).append(
+                "recorded migration(s) " + ", ".join(m.filename for m in missing) + " that other servers record"
+            )
+    for label, builder, have in index_read:
+        names = {spec.name for spec in have if spec.state == "active"}
+        for name, spec in sorted(indexes.items()):
+            if name not in names:
+                builder.record(spec)
+                notes.setdefault(label, []).append(f"recorded {_show_index(spec)}, which other servers record")
+    return notes
 
 
 # -- migrations ------------------------------------------------------------------------------------------------------

@@ -481,7 +481,10 @@ class MemoryServerStore:
             if not self._auto_provision:
                 raise NotProvisioned(f"shard {shard_id} does not exist on {self.label}: run `hv init` (provision())")
             with self._lock:
-                table = shards.setdefault(shard_id, {})
+                table = shards.get(shard_id)
+                if table is None:  # created on first use: with the active indexes, as provisioning gives them
+                    table = shards[shard_id] = {}
+                    MemoryIndexes(self).provisioned([shard_id])
         return table
 
     def _log(self, message: str, *args: object) -> None:
@@ -857,7 +860,11 @@ class MemoryServerStore:
 
 class MemoryIndexes:
     """The `IndexBuilder` of a memory server: records definitions (shared by stores of the same name) and the shards
-    "built", so `list_indexes` and provisioning behave as on PostgreSQL; filtering needs no index structure."""
+    "built", so `list_indexes` and provisioning behave as on PostgreSQL; filtering needs no index structure.
+
+    Building marks a shard (checking a unique index's values first); a marked shard enforces a unique index on
+    writes (`DuplicateValue`). The body index is a definition and marks only: equality filters read every record
+    either way. `list_indexes` reports marked shards as valid (never INVALID: a build cannot be interrupted)."""
 
     def __init__(self, server: MemoryServerStore) -> None:
         self.server = server
@@ -948,9 +955,13 @@ class MemoryIndexes:
             _INDEXES.get(self.server.name, {}).pop(spec.name, None)
 
     def states(self, shard_ids: Sequence[int]) -> tuple[list[int], dict[str, tuple[list[int], list[int]]]]:
-        """Existing shards among ``shard_ids``, and per index the shards it was built in (none is ever invalid)."""
+        """Existing shards among ``shard_ids``, and per index the shards it was built in (none is ever invalid).
+
+        On a server that provisions shards on first use (``provisioned=True``, the default) every shard exists:
+        `build` marks them all, and a shard made on first use gets the active indexes, so an index built is
+        reported valid in every shard (not missing, nor absent because the shard holds nothing yet)."""
         shards = self.server._shards()
-        live = [s for s in shard_ids if s in shards]
+        live = list(shard_ids) if self.server._auto_provision else [s for s in shard_ids if s in shards]
         return live, {name: ([s for s in live if s in built], []) for name, (_, built) in self._table().items()}
 
     def check_unique(self, shard_id: int, table: Mapping[int, Record], records: Sequence[Record]) -> None:

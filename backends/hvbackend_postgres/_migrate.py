@@ -76,6 +76,7 @@ __all__ = [
     "path_guard",
     "plan_migration",
     "reconcile_indexes",
+    "record_conflicts",
     "replay_migrations",
     "replay_new_migrations",
 ]
@@ -333,6 +334,11 @@ class PostgresMigrator:
         """Migrations recorded on this server: version → (file name, checksum)."""
         with self._conn() as conn:
             return {m.version: (m.filename, m.checksum) for m in _registry(conn)}
+
+    def recorded(self) -> list[Migration]:
+        """Migrations recorded on this server with their text, in version order (what provisioning replays)."""
+        with self._conn() as conn:
+            return _registry(conn)
 
     def record(self, migrations: Sequence[Migration]) -> None:
         """Record these migrations on this server (a changed checksum is overwritten: the façade checked it)."""
@@ -620,6 +626,35 @@ def check_movable(conn: Conn, shard_id: int) -> None:
             f"shard {shard_id} cannot be moved: {'; '.join(problems)}, and a move copies entities (id, kind, body) "
             "only. Empty the other tables (or move their data yourself), then move it"
         )
+
+
+def record_conflicts(ctl: Conn, dst: Conn) -> list[str]:
+    """What the target records differently from the source (which a move would copy over it): an index the source
+    has active being dropped on the target, another index on one of the source's indexed fields, another file under
+    one of the source's migration versions. Empty when they agree (the target recording nothing agrees)."""
+    problems: list[str] = []
+    theirs = recorded_indexes(dst)
+    for spec in recorded_indexes(ctl):
+        if spec.state != "active":
+            continue
+        for other in theirs:
+            if other.name == spec.name and other.state == "dropping":
+                problems.append(f"index {spec.name} is active on the source but being dropped on the target")
+            elif not spec.is_body and other.name != spec.name and (other.kind, other.field) == (spec.kind, spec.field):
+                problems.append(
+                    f"field {spec.field!r} of kind {spec.kind} has index {spec.name} ({spec.type}"
+                    f"{', unique' if spec.unique else ''}) on the source but {other.name} ({other.type}"
+                    f"{', unique' if other.unique else ''}) on the target"
+                )
+    recorded = {m.version: m for m in _registry(dst)}
+    for migration in _registry(ctl):
+        theirs_m = recorded.get(migration.version)
+        if theirs_m is not None and (theirs_m.filename, theirs_m.checksum) != (migration.filename, migration.checksum):
+            problems.append(
+                f"migration version {migration.version} is {migration.filename} (checksum {migration.checksum[:12]}) "
+                f"on the source but {theirs_m.filename} (checksum {theirs_m.checksum[:12]}) on the target"
+            )
+    return problems
 
 
 def _upsert_records(ctl: Conn, dst: Conn) -> tuple[list[Any], list[Migration]]:

@@ -57,6 +57,7 @@ from hvbackend_postgres._migrate import (
     carry_indexes,
     check_movable,
     reconcile_indexes,
+    record_conflicts,
     replay_migrations,
     replay_new_migrations,
 )
@@ -410,6 +411,14 @@ class PostgresMover:
         self._target_identity = database_identity(dst)  # also written into the stub (followed by identity)
         if database_identity(ctl) == self._target_identity:  # before anything changes on either side
             raise same_database_refusal(shard_id, source.label, target.label)
+        conflicts = record_conflicts(ctl, dst)  # the move copies the source's records over the target's: not silently
+        if conflicts:
+            raise MoveError(
+                f"shard {shard_id} cannot be moved from {source.label} to {target.label}: they record different "
+                f"schema definitions ({'; '.join(conflicts)}), and the move would replace the target's with the "
+                "source's. Make them agree first (hv migrate with the right files records them on every server; "
+                "finish or undo an index drop), then move. Nothing was changed"
+            )
         _ensure_meta(ctl)
         _ensure_meta(dst)
         got = ctl.execute("SELECT pg_try_advisory_lock(%s, %s)", (_MOVE_LOCK & 0x7FFFFFFF, shard_id)).fetchone()

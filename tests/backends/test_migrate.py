@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from fixtures.schemadbs import SchemaSetup
@@ -22,6 +22,7 @@ import hvcore
 from hvbackend_postgres._indexes import SCHEMA_LOCK
 from hvcore import MigrationError, MoveError, ServerUnavailable
 from hvcore import cli as _cli
+from hvcore._schemadefs import IndexSpec, load_migrations
 
 pytestmark = pytest.mark.postgres
 
@@ -499,3 +500,32 @@ def test_a_moved_shard_is_not_migrated_twice_and_an_interrupted_move_resumes(pg_
             assert cur.fetchone() == {"n": 0}
     finally:
         setup.close()
+
+
+def test_a_move_to_a_server_recording_other_definitions_is_refused_before_anything_changes(
+    setup: SchemaSetup, tmp_path: Path
+) -> None:
+    """A move copies the source's records (migrations, index definitions) to the target: where the target records
+    another file under one version, or another index on one field, that would silently replace them."""
+    db = setup.datastore()
+    one = load_migrations(write(tmp_path / "one", {"0001_first.sql": "CREATE TABLE a (x int);"}))
+    two = load_migrations(write(tmp_path / "two", {"0001_first.sql": "CREATE TABLE b (x int);"}))
+    source, target = (cast(Any, store).migrator() for store in db._stores)
+    source.record(one)
+    target.record(two)
+    with pytest.raises(MoveError, match=r"migration version 1 is 0001_first\.sql \(checksum .* on the target") as err:
+        db.move_shard(3, 1)
+    assert setup.settings[0]["dbname"] in str(err.value) and "Nothing was changed" in str(err.value)
+    assert target.recorded() == two  # not replaced by the source's file
+    target.forget([1])
+    builders = [cast(Any, store).index_builder() for store in db._stores]
+    builders[0].record(IndexSpec(kind=1, field="email"))
+    builders[1].record(IndexSpec(kind=1, field="email", type="bigint", unique=True))
+    with pytest.raises(MoveError, match=r"field 'email' of kind 1 has index hv_k1_\w+ \(text\) on the source but "):
+        db.move_shard(3, 1)
+    assert [spec.type for spec in builders[1].definitions()] == ["bigint"]
+    with setup.conn(0) as conn:  # no move was started
+        if conn.execute("SELECT to_regclass('hypervault.moves') IS NOT NULL").fetchone() == (True,):
+            assert conn.execute("SELECT count(*) FROM hypervault.moves").fetchone() == (0,)
+    builders[1].forget(IndexSpec(kind=1, field="email", type="bigint", unique=True))
+    assert db.move_shard(3, 1).rows == 0  # once they agree, the move goes on

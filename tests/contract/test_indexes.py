@@ -158,7 +158,7 @@ def test_index_lifecycle(db: hvcore.Datastore) -> None:
     assert again.built == 0 and again.rebuilt == 0
     [info] = db.list_indexes()
     assert (info.index.kind, info.index.field, info.index.type, info.index.state) == (KIND, "name", "text", "active")
-    assert not info.invalid and not info.missing
+    assert not info.invalid and not info.missing and info.valid == 16
     assert keys(db.query(kind=KIND, where={"name": {">": "a"}}))
     with pytest.raises(MigrationError, match="already has an index"):
         db.create_index(KIND, "name", type="bigint")
@@ -194,6 +194,7 @@ def test_body_index_lifecycle_and_where_results_with_and_without_it(db: hvcore.D
     assert report.shards == 16 and report.built + report.present == 16
     [info] = db.list_indexes()
     assert info.index == hvcore.IndexSpec.body() and not info.missing and not info.invalid
+    assert info.valid == 16  # built in every shard, also those holding nothing yet (memory: made on first use)
     assert found() == wanted
     db.create_index(KIND, "name")  # beside a typed index
     assert [i.index.is_body for i in db.list_indexes()] == [True, False]
