@@ -491,7 +491,7 @@ class PostgresServerStore(StoreCore):
         try:
             probe = psycopg.Connection.connect(self._conninfo, **self._kwargs)
         except psycopg.Error as exc:
-            raise self._unavailable(exc) from None
+            raise self._attempt_failed(self._unavailable(exc)) from None
         probe.close()
         with self._pool_lock:
             if self._pool is failed:
@@ -523,6 +523,7 @@ class PostgresServerStore(StoreCore):
         ``watch``: a caller holding an open transaction on this server has its statements watched for a wait on
         that transaction (`_watch`; not a connection lent to user code).
         """
+        self._no_second_attempt()  # this server did not answer earlier in the running call
         deadline = time.monotonic() + self._options.pool_block_timeout
         while True:
             pool = self._pool
@@ -539,11 +540,11 @@ class PostgresServerStore(StoreCore):
                 conn = pool.getconn(max(deadline - time.monotonic(), 0.001))
             except psycopg_pool.PoolTimeout:
                 if pool.last_error is not None:  # waited while every connection attempt failed
-                    raise pool.last_error from None
+                    raise self._attempt_failed(pool.last_error) from None
                 if not self._lent and (not pool._pool) and pool._growing:
                     # none in use, none idle: the wait was for the pool's attempt to open one, which the server
                     # has not answered (its connect_timeout ends about when pool_block_timeout does)
-                    raise self._no_session() from None
+                    raise self._attempt_failed(self._no_session()) from None
                 if metrics.on:
                     metrics.connection_timeout(self._label)
                 raise self._pool_timeout() from None
@@ -1966,10 +1967,11 @@ class PostgresServerStore(StoreCore):
         ``operation_timeout`` like the pool's (row counts, `provisioned`); unbounded for provisioning, whose DDL and
         advisory lock may rightly take longer."""
         cls = bounded_connection_class(self._options.operation_timeout) if bounded else psycopg.Connection
+        self._no_second_attempt()
         try:
             conn = cls.connect(self._conninfo, **{**self._kwargs, "autocommit": True})
         except psycopg.OperationalError as exc:
-            raise self._unavailable(exc) from None
+            raise self._attempt_failed(self._unavailable(exc)) from None
         self._configure(conn)
         return conn
 

@@ -17,6 +17,7 @@ import urllib.request
 from collections.abc import Callable, Iterable
 from typing import Any, TextIO
 
+from hvcore._attempts import one_attempt_per_server
 from hvcore._config import redact_conninfo
 from hvcore.cli._output import emit_json, table
 from hvcore.errors import ConfigError, HypervaultError, InvalidArgument, ServerUnavailable
@@ -187,7 +188,8 @@ def watch(
         if every and clear:
             out.write("\x1b[H\x1b[J")  # clear the terminal, as watch(1) does
             print(f"{title}  {time.strftime('%H:%M:%S')}  (every {every:g} s, Ctrl-C to stop)", file=out)
-        code = show()
+        with one_attempt_per_server(fresh=True):  # each round tries every server again (one attempt each)
+            code = show()
         out.flush()
         rounds += 1
         if not every or (count is not None and rounds >= count):
