@@ -57,7 +57,9 @@ def scrape(url: str, timeout: float = 5.0) -> str:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             body: bytes = response.read()
     except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise ServerUnavailable(f"cannot read {shown}: {redact_conninfo(str(exc))}") from None
+        reason = getattr(exc, "reason", exc)
+        waited = f" (no answer within {timeout:g} s)" if isinstance(reason, TimeoutError) else ""
+        raise ServerUnavailable(f"cannot read {shown}: {redact_conninfo(str(exc))}{waited}") from None
     return body.decode("utf-8", "replace")
 
 
