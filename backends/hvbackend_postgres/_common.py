@@ -622,10 +622,19 @@ class StoreCore:
             "address where no PostgreSQL answers"
         )
 
-    def _pool_timeout(self) -> PoolTimeout:
-        """The `PoolTimeout` of this store's pool, noting what the waiting thread or task holds itself."""
+    def _pool_timeout(self, *, connecting: bool = False) -> PoolTimeout:
+        """The `PoolTimeout` of this store's pool, noting what the waiting thread or task holds itself.
+        ``connecting``: the pool was opening a new connection meanwhile, which the server has not answered."""
         options = self._options
-        return pool_timeout(self._label, options.pool_block_timeout, options.pool_max, self._holdings.mine())
+        bound = self._kwargs.get("connect_timeout")
+        return pool_timeout(
+            self._label,
+            options.pool_block_timeout,
+            options.pool_max,
+            self._holdings.mine(),
+            lent=self._lent,
+            connecting=float(bound) if connecting and bound is not None else None,
+        )
 
     def _shard_missing(self, shard_id: int) -> NotProvisioned:
         schema = shard_schema(shard_id)

@@ -547,7 +547,8 @@ class PostgresServerStore(StoreCore):
                     raise self._attempt_failed(self._no_session()) from None
                 if metrics.on:
                     metrics.connection_timeout(self._label)
-                raise self._pool_timeout() from None
+                # connections in use, and maybe a new one under way that the server has not answered
+                raise self._pool_timeout(connecting=bool(pool._growing)) from None
             except psycopg_pool.PoolClosed:
                 if self._pool is None or self._pool is pool:  # the store was closed while this call waited
                     raise closed_while_waiting(self._label) from None
