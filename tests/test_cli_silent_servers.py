@@ -11,7 +11,6 @@ TCP connections the listener accepted, not timed.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
 import socket
 import threading
@@ -145,8 +144,11 @@ def test_a_command_tries_a_silent_server_once(
         for arg in argv
     ]
     out = io.StringIO()
-    with contextlib.suppress(SystemExit):
+    code: object = None
+    try:
         code = main(argv, out)
+    except SystemExit as exc:  # argparse: a usage error
+        code = exc.code
     captured = capsys.readouterr()
     said = out.getvalue() + captured.out + captured.err
     attempts = (first.accepted(), second.accepted())
