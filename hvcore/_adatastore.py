@@ -24,6 +24,7 @@ from hvcore import _schemaops
 from hvcore._acompat import ALock, agather, aspawn, ato_thread
 from hvcore._areadrouter import AsyncReadRouter, ReplicaChoice
 from hvcore._atransaction import AsyncShardTransaction, open_transaction
+from hvcore._attempts import one_attempt_per_call
 from hvcore._backend import (
     AsyncServerStore,
     AsyncSupportsFilterWrites,
@@ -381,6 +382,8 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
                 layout=self.layout,
                 allow_gaps=self._config.allow_gaps,
                 registry=self._registry,
+                operation_timeout=self._config.operation_timeout,  # connect_timeout as this datastore's
+                worker=None,  # it makes no keys: no worker number leased (a connection attempt of its own)
             ) as admin:
                 return work(admin)
 
@@ -1230,6 +1233,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
 
     # -- operations ------------------------------------------------------------------------------------------
 
+    @one_attempt_per_call
     async def provision(self, progress: Callable[[int], None] | None = None) -> list[ProvisionReport]:
         """Create schemas, tables and indexes for every mapped shard on its server (idempotent, servers in parallel).
 
@@ -1285,6 +1289,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         if problems:
             raise ShardMapError(problems)
 
+    @one_attempt_per_call
     async def status(self, *, rows: str = "exact") -> list[dict[str, Any]]:
         """Per server: label, reachable, shards, pool stats, key collisions, rows (errors reported, not raised).
 
@@ -1359,6 +1364,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
             return None
         return again
 
+    @one_attempt_per_call
     async def create_index(
         self,
         kind: int,
@@ -1382,6 +1388,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         """
         return await self._create_index(IndexSpec(kind=kind, field=field, type=type, unique=unique), progress)
 
+    @one_attempt_per_call
     async def create_body_index(self, *, progress: SchemaProgress | None = None) -> IndexReport:
         """Index whole bodies in every shard of every server, online, for equality ``where`` filters; resumable.
 
@@ -1412,6 +1419,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
             self._index_catalog.invalidate()
         return report
 
+    @one_attempt_per_call
     async def drop_index(self, kind: int, field: str, *, progress: SchemaProgress | None = None) -> IndexReport:
         """Drop the index on ``field`` of ``kind`` from every shard (``DROP INDEX CONCURRENTLY``) and forget it.
 
@@ -1425,6 +1433,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
             )
         return await self._drop_index(kind, field, progress)
 
+    @one_attempt_per_call
     async def drop_body_index(self, *, progress: SchemaProgress | None = None) -> IndexReport:
         """Drop the body index (`create_body_index`) from every shard (``DROP INDEX CONCURRENTLY``) and forget it.
 
@@ -1448,12 +1457,14 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
             self._index_catalog.invalidate()
         return report
 
+    @one_attempt_per_call
     async def list_indexes(self) -> list[IndexInfo]:
         """Every recorded index with the shards that have it valid, INVALID (an interrupted build) or not at all."""
         targets = await self._schema_targets()
         infos: list[IndexInfo] = await ato_thread(_schemaops.list_indexes, targets)
         return infos
 
+    @one_attempt_per_call
     async def migrate(
         self,
         path: str | Path,
@@ -1490,6 +1501,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
             _schemaops.add_rerun(report, again)
         return report
 
+    @one_attempt_per_call
     async def migration_status(self, path: str | Path | None = None) -> MigrationStatus:
         """Migration versions recorded on the servers (and files of ``path``, if given), with the shards behind."""
         migrations = load_migrations(path) if path is not None else None

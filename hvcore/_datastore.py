@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from hvcore import _schemaops
 from hvcore._acompat import Lock, gather, spawn, to_thread
+from hvcore._attempts import one_attempt_per_call
 from hvcore._backend import (
     ProvisionReport,
     QuerySpec,
@@ -1158,6 +1159,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
 
     # -- operations ------------------------------------------------------------------------------------------
 
+    @one_attempt_per_call
     def provision(self, progress: Callable[[int], None] | None = None) -> list[ProvisionReport]:
         """Create schemas, tables and indexes for every mapped shard on its server (idempotent, servers in parallel).
 
@@ -1211,6 +1213,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         if problems:
             raise ShardMapError(problems)
 
+    @one_attempt_per_call
     def status(self, *, rows: str = "exact") -> list[dict[str, Any]]:
         """Per server: label, reachable, shards, pool stats, key collisions, rows (errors reported, not raised).
 
@@ -1285,6 +1288,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
             return None
         return again
 
+    @one_attempt_per_call
     def create_index(
         self, kind: int, field: str, *, type: str = "text", unique: bool = False, progress: SchemaProgress | None = None
     ) -> IndexReport:
@@ -1302,6 +1306,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         """
         return self._create_index(IndexSpec(kind=kind, field=field, type=type, unique=unique), progress)
 
+    @one_attempt_per_call
     def create_body_index(self, *, progress: SchemaProgress | None = None) -> IndexReport:
         """Index whole bodies in every shard of every server, online, for equality ``where`` filters; resumable.
 
@@ -1332,6 +1337,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
             self._index_catalog.invalidate()
         return report
 
+    @one_attempt_per_call
     def drop_index(self, kind: int, field: str, *, progress: SchemaProgress | None = None) -> IndexReport:
         """Drop the index on ``field`` of ``kind`` from every shard (``DROP INDEX CONCURRENTLY``) and forget it.
 
@@ -1344,6 +1350,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
             )
         return self._drop_index(kind, field, progress)
 
+    @one_attempt_per_call
     def drop_body_index(self, *, progress: SchemaProgress | None = None) -> IndexReport:
         """Drop the body index (`create_body_index`) from every shard (``DROP INDEX CONCURRENTLY``) and forget it.
 
@@ -1367,12 +1374,14 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
             self._index_catalog.invalidate()
         return report
 
+    @one_attempt_per_call
     def list_indexes(self) -> list[IndexInfo]:
         """Every recorded index with the shards that have it valid, INVALID (an interrupted build) or not at all."""
         targets = self._schema_targets()
         infos: list[IndexInfo] = to_thread(_schemaops.list_indexes, targets)
         return infos
 
+    @one_attempt_per_call
     def migrate(
         self, path: str | Path, *, dry_run: bool = False, progress: SchemaProgress | None = None, wait: float = 0.0
     ) -> MigrationReport:
@@ -1404,6 +1413,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
             _schemaops.add_rerun(report, again)
         return report
 
+    @one_attempt_per_call
     def migration_status(self, path: str | Path | None = None) -> MigrationStatus:
         """Migration versions recorded on the servers (and files of ``path``, if given), with the shards behind."""
         migrations = load_migrations(path) if path is not None else None

@@ -144,16 +144,36 @@ class Holdings:
         return dict(mine)
 
 
-def pool_timeout(label: str, timeout: float, pool_max: int, held: dict[str, int]) -> PoolTimeout:
+def pool_timeout(
+    label: str,
+    timeout: float,
+    pool_max: int,
+    held: dict[str, int],
+    *,
+    lent: int | None = None,
+    connecting: float | None = None,
+) -> PoolTimeout:
     """The `PoolTimeout` of a pool of ``pool_max`` connections to ``label`` after waiting ``timeout`` s.
 
     ``held``: what the waiting thread or task holds itself (`Holdings.mine`); when it holds any, a note says
-    which, and that the wait was for itself.
+    which, and that the wait was for itself. ``connecting``: the ``connect_timeout`` of a new connection the pool
+    was opening meanwhile, which the server did not answer (then the message says both: ``lent`` connections in
+    use, and the new one not established).
     """
-    error = PoolTimeout(
-        f"no connection to {label} free within {timeout} s (pool_max={pool_max}, every one in use): raise "
-        "pool_max or pool_block_timeout, and give back connections from get_connection() with put_connection()"
-    )
+    if connecting is not None:
+        in_use = "" if lent is None else f"{lent} in use, "
+        error = PoolTimeout(
+            f"no connection to {label} free within {timeout} s (pool_max={pool_max}: {in_use}and a new connection "
+            f"to {label} was not established within that time: its start-up has had no answer, connect_timeout="
+            f"{connecting:g} s per attempt): a server that is frozen or overloaded, or a network that drops new "
+            "connections; if the server is fine, raise pool_max or pool_block_timeout, and give back connections "
+            "from get_connection() with put_connection()"
+        )
+    else:
+        error = PoolTimeout(
+            f"no connection to {label} free within {timeout} s (pool_max={pool_max}, every one in use): raise "
+            "pool_max or pool_block_timeout, and give back connections from get_connection() with put_connection()"
+        )
     if held:
         what = ", ".join(f"{kind}: {n}" for kind, n in sorted(held.items()))
         advice = []

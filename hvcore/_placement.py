@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
+from hvcore._attempts import one_attempt_per_call
 from hvcore._backend import MoveProgress, MoveReport, ShardMover, SupportsShardMoves
 from hvcore._distributed import move_within_cluster
 from hvcore._metrics import metrics
@@ -162,6 +163,7 @@ class PlacementFollower:
 class PlacementMixin(PlacementFollower):
     """Moving shards and following moves, for `Datastore`."""
 
+    @one_attempt_per_call
     def reload_placement(self) -> ShardMap:
         """Read the placement recorded on every reachable server and apply the newest entry of each shard."""
         stores = self._live()
@@ -206,6 +208,7 @@ class PlacementMixin(PlacementFollower):
             self.__dict__["_placement_identities"] = known
         return known
 
+    @one_attempt_per_call
     def shared_databases(self) -> list[tuple[str, ...]]:
         """Groups of this datastore's server entries that reach one database under different names (``127.0.0.1``
         and ``localhost``, a copied entry): a misconfiguration, as a move between them would copy a shard onto
@@ -220,12 +223,14 @@ class PlacementMixin(PlacementFollower):
             found.setdefault(identity, []).append(store.label)
         return [tuple(labels) for labels in found.values() if len(labels) > 1]
 
+    @one_attempt_per_call
     def move_state(self, shard_id: int) -> dict[str, Any] | None:
         """The unfinished move of ``shard_id`` (phase, source, target, version), or None."""
         self.reload_placement()
         source = self._live()[self.shard_map.server_for(shard_id)]
         return mover_of(source).move_state(shard_id)
 
+    @one_attempt_per_call
     def move_shard(
         self,
         shard_id: int,
@@ -279,6 +284,7 @@ class PlacementMixin(PlacementFollower):
                     report.notes.append(f"placement not recorded on {store.label}: {type(exc).__name__}")
         return report
 
+    @one_attempt_per_call
     def rollback_move(self, shard_id: int) -> str:
         """Undo an interrupted move of ``shard_id`` (before its switch): the shard stays where it is."""
         self.reload_placement()
@@ -299,6 +305,7 @@ class AsyncPlacementMixin(PlacementFollower):
     """Moving shards and following moves, for `AsyncDatastore`: the operator work runs a `Datastore` on the same
     servers in a worker thread (a move is minutes of copying, not a request to interleave with others)."""
 
+    @one_attempt_per_call
     async def reload_placement(self) -> ShardMap:
         """Read the placement recorded on every reachable server and apply the newest entry of each shard."""
         shard_map, versions = await asyncio.to_thread(self._admin, _reload)
@@ -306,6 +313,7 @@ class AsyncPlacementMixin(PlacementFollower):
             self._apply_placement(shard, shard_map.server_for(shard), version)
         return self.shard_map
 
+    @one_attempt_per_call
     async def shared_databases(self) -> list[tuple[str, ...]]:
         """Groups of this datastore's server entries that reach one database under different names (``127.0.0.1``
         and ``localhost``, a copied entry): a misconfiguration, as a move between them would copy a shard onto
@@ -314,11 +322,13 @@ class AsyncPlacementMixin(PlacementFollower):
         groups: list[tuple[str, ...]] = await asyncio.to_thread(self._admin, lambda db: db.shared_databases())
         return groups
 
+    @one_attempt_per_call
     async def move_state(self, shard_id: int) -> dict[str, Any] | None:
         """The unfinished move of ``shard_id`` (phase, source, target, version), or None."""
         state: dict[str, Any] | None = await asyncio.to_thread(self._admin, lambda db: db.move_state(shard_id))
         return state
 
+    @one_attempt_per_call
     async def move_shard(
         self,
         shard_id: int,
@@ -341,6 +351,7 @@ class AsyncPlacementMixin(PlacementFollower):
         await self.reload_placement()
         return report
 
+    @one_attempt_per_call
     async def rollback_move(self, shard_id: int) -> str:
         """Undo an interrupted move of ``shard_id`` (before its switch): the shard stays where it is."""
         undone: str = await asyncio.to_thread(self._admin, lambda db: db.rollback_move(shard_id))

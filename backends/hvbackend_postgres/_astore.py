@@ -593,7 +593,7 @@ class AsyncPostgresServerStore(StoreCore):
         try:
             probe = await psycopg.AsyncConnection.connect(self._conninfo, **self._kwargs)
         except psycopg.Error as exc:
-            raise self._unavailable(exc) from None
+            raise self._attempt_failed(self._unavailable(exc)) from None
         await probe.close()
         async with self._pool_lock:
             if self._pool is failed:
@@ -630,6 +630,7 @@ class AsyncPostgresServerStore(StoreCore):
         ``watch``: a caller holding an open transaction on this server has its statements watched for a wait on
         that transaction (`_watch`; not a connection lent to user code).
         """
+        self._no_second_attempt()  # this server did not answer earlier in the running call
         deadline = time.monotonic() + self._options.pool_block_timeout
         while True:
             pool = self._pool
@@ -652,14 +653,15 @@ class AsyncPostgresServerStore(StoreCore):
                 conn = await pool.getconn(max(deadline - time.monotonic(), 0.001))
             except psycopg_pool.PoolTimeout:
                 if pool.last_error is not None:  # waited while every connection attempt failed
-                    raise pool.last_error from None
+                    raise self._attempt_failed(pool.last_error) from None
                 if not self._lent and not pool._pool and pool._growing:
                     # none in use, none idle: the wait was for the pool's attempt to open one, which the server
                     # has not answered (its connect_timeout ends about when pool_block_timeout does)
-                    raise self._no_session() from None
+                    raise self._attempt_failed(self._no_session()) from None
                 if metrics.on:
                     metrics.connection_timeout(self._label)
-                raise self._pool_timeout() from None
+                # connections in use, and maybe a new one under way that the server has not answered
+                raise self._pool_timeout(connecting=bool(pool._growing)) from None
             except psycopg_pool.PoolClosed:
                 if self._pool is None or self._pool is pool:  # the store was closed while this call waited
                     raise closed_while_waiting(self._label) from None
@@ -2153,10 +2155,11 @@ class AsyncPostgresServerStore(StoreCore):
         ``operation_timeout`` like the pool's (row counts, `provisioned`); unbounded for provisioning, whose DDL and
         advisory lock may rightly take longer."""
         cls = bounded_async_connection_class(self._options.operation_timeout) if bounded else psycopg.AsyncConnection
+        self._no_second_attempt()
         try:
             conn = await cls.connect(self._conninfo, **{**self._kwargs, "autocommit": True})
         except psycopg.OperationalError as exc:
-            raise self._unavailable(exc) from None
+            raise self._attempt_failed(self._unavailable(exc)) from None
         await self._configure(conn)
         return conn
 

@@ -13,7 +13,7 @@ import threading
 import time
 import types
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Mapping, Sequence
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -37,6 +37,7 @@ from hvbackend_postgres._schema import (
     shard_schema,
 )
 from hvbackend_postgres._selflock import SelfLocks
+from hvcore._attempts import earlier_failure, failed_attempt
 from hvcore._backend import BackendOptions, QuerySpec, Record, check_body, check_json, json_default
 from hvcore._config import libpq_settings, redact_conninfo
 from hvcore._holdings import Holdings, current_owner, pool_timeout
@@ -59,6 +60,8 @@ from hvcore.errors import (
     TransactionError,
     WriteOutcomeUnknown,
 )
+
+_E = TypeVar("_E", bound=BaseException)
 
 __all__ = [
     "ADVISORY_LOCK",
@@ -593,6 +596,20 @@ class StoreCore:
             )
         return ServerUnavailable(f"PostgreSQL server {self._label} is unavailable: {text}")
 
+    def _no_second_attempt(self) -> None:
+        """Raise at once the error of a connection attempt to this server that failed earlier in the running call
+        (inside `hvcore._attempts.one_attempt_per_server`: one ``connect_timeout`` per silent server, not one per
+        step of the call)."""
+        error = earlier_failure(self._label)
+        if error is not None:
+            raise error
+
+    def _attempt_failed(self, error: _E) -> _E:
+        """``error``, the failure of a connection attempt to this server, remembered for the running call (see
+        `_no_second_attempt`)."""
+        failed_attempt(self._label, error)
+        return error
+
     def _no_session(self) -> ServerUnavailable:
         """The error of a caller that waited ``pool_block_timeout`` for a connection while none was open or in use:
         the pool's attempt to open one has had no answer from the server (not a full pool: no advice to raise
@@ -605,10 +622,19 @@ class StoreCore:
             "address where no PostgreSQL answers"
         )
 
-    def _pool_timeout(self) -> PoolTimeout:
-        """The `PoolTimeout` of this store's pool, noting what the waiting thread or task holds itself."""
+    def _pool_timeout(self, *, connecting: bool = False) -> PoolTimeout:
+        """The `PoolTimeout` of this store's pool, noting what the waiting thread or task holds itself.
+        ``connecting``: the pool was opening a new connection meanwhile, which the server has not answered."""
         options = self._options
-        return pool_timeout(self._label, options.pool_block_timeout, options.pool_max, self._holdings.mine())
+        bound = self._kwargs.get("connect_timeout")
+        return pool_timeout(
+            self._label,
+            options.pool_block_timeout,
+            options.pool_max,
+            self._holdings.mine(),
+            lent=self._lent,
+            connecting=float(bound) if connecting and bound is not None else None,
+        )
 
     def _shard_missing(self, shard_id: int) -> NotProvisioned:
         schema = shard_schema(shard_id)

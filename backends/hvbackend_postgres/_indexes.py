@@ -35,6 +35,7 @@ from hvbackend_postgres._bouncer import session_lock_refusal, transaction_pooled
 from hvbackend_postgres._common import ADVISORY_LOCK, HSTORE_SCHEMA_SQL, refusal_error
 from hvbackend_postgres._indexsql import field_expr, index_ddl
 from hvbackend_postgres._schema import BODY_INDEX, PKEY_INDEX, TABLE, shard_schema
+from hvcore._attempts import earlier_failure, failed_attempt
 from hvcore._schemadefs import TIMESTAMP_PATTERN, IndexSpec
 from hvcore.errors import DuplicateValue, HypervaultError, MigrationError
 
@@ -130,10 +131,15 @@ def refusals(store: SchemaEndpoint, conn: Conn, doing: str) -> Iterator[Conn]:
 
 def admin_connection(store: SchemaEndpoint) -> Conn:
     """A new autocommit session on the store's server, outside its pool (blocking; the caller closes it)."""
+    earlier = earlier_failure(store.label)  # the server did not answer earlier in the running call: not again
+    if earlier is not None:
+        raise earlier
     try:
         return psycopg.connect(store._conninfo, **{**store._kwargs, "autocommit": True})
     except psycopg.OperationalError as exc:
-        raise store._unavailable(exc) from None
+        error = store._unavailable(exc)
+        failed_attempt(store.label, error)
+        raise error from None
 
 
 def has_support(conn: Conn) -> bool:

@@ -60,6 +60,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from hvbackend_postgres._common import bounded_connection_class, scrub
+from hvcore._attempts import earlier_failure, failed_attempt
 from hvcore._worker import WorkerGrant, WorkerSlice, lease_option_problems
 from hvcore.errors import ConfigError, NoFreeWorker, ServerUnavailable, WorkerLeaseError
 
@@ -424,11 +425,19 @@ def lease_worker(
     def connect() -> psycopg.Connection[Any]:
         return connection_class.connect(conninfo, **connect_kwargs)
 
+    earlier = earlier_failure(label)  # the server did not answer earlier in the running call: not tried again
+    if earlier is not None:
+        raise ServerUnavailable(f"cannot lease a worker number: {earlier}") from None
     try:
         conn = connect()
     except psycopg.Error as exc:
+        text = scrub(str(exc).strip(), secret)
+        if isinstance(exc, psycopg.errors.ConnectionTimeout):
+            bound = connect_kwargs["connect_timeout"]
+            text += f" (no answer to the connection start-up within connect_timeout={bound} s)"
+        failed_attempt(label, ServerUnavailable(f"PostgreSQL server {label} is unavailable: {text}"))
         raise ServerUnavailable(
-            f"cannot lease a worker number: PostgreSQL server {label} is unavailable: {scrub(str(exc).strip(), secret)}"
+            f"cannot lease a worker number: PostgreSQL server {label} is unavailable: {text}"
         ) from None
     try:
         lease = _acquire(conn, connect, options, label, secret)

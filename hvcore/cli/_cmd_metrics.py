@@ -17,6 +17,7 @@ import urllib.request
 from collections.abc import Callable, Iterable
 from typing import Any, TextIO
 
+from hvcore._attempts import one_attempt_per_server
 from hvcore._config import redact_conninfo
 from hvcore.cli._output import emit_json, table
 from hvcore.errors import ConfigError, HypervaultError, InvalidArgument, ServerUnavailable
@@ -56,7 +57,9 @@ def scrape(url: str, timeout: float = 5.0) -> str:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             body: bytes = response.read()
     except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise ServerUnavailable(f"cannot read {shown}: {redact_conninfo(str(exc))}") from None
+        reason = getattr(exc, "reason", exc)
+        waited = f" (no answer within {timeout:g} s)" if isinstance(reason, TimeoutError) else ""
+        raise ServerUnavailable(f"cannot read {shown}: {redact_conninfo(str(exc))}{waited}") from None
     return body.decode("utf-8", "replace")
 
 
@@ -187,7 +190,8 @@ def watch(
         if every and clear:
             out.write("\x1b[H\x1b[J")  # clear the terminal, as watch(1) does
             print(f"{title}  {time.strftime('%H:%M:%S')}  (every {every:g} s, Ctrl-C to stop)", file=out)
-        code = show()
+        with one_attempt_per_server(fresh=True):  # each round tries every server again (one attempt each)
+            code = show()
         out.flush()
         rounds += 1
         if not every or (count is not None and rounds >= count):

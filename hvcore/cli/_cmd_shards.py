@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import TextIO
 
+from hvcore._attempts import earlier_failure
 from hvcore._config import load_config, server_endpoint
 from hvcore._datastore import Datastore
 from hvcore._placement import export_map, plan_moves, shared_databases_text
@@ -131,7 +133,9 @@ def cmd_shard_plan(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_shard_export(args: argparse.Namespace, out: TextIO) -> int:
-    """Print the shard map for Citus schema-based sharding, PgDog, or as JSON (hosts, ports, dbnames; no passwords)."""
+    """Print the shard map for Citus schema-based sharding, PgDog, or as JSON (hosts, ports, dbnames; no passwords).
+
+    Servers whose placement could not be read are named on stderr (exit 0: the map is printed as configured)."""
     cfg = load_config(args.config)
     endpoints = [dict(zip(("host", "port", "dbname"), server_endpoint(s), strict=True)) for s in cfg.servers]
     with Datastore.from_config(cfg, worker=None) as store:  # a move copies rows, makes no keys
@@ -139,4 +143,12 @@ def cmd_shard_export(args: argparse.Namespace, out: TextIO) -> int:
         labels = [s.label for s in store.servers]
         version = max((store.placement_version(s) for s in shard_map.shard_ids), default=0)
     out.write(export_map(shard_map, endpoints, labels, args.format, version=version))
+    for label in labels:  # exported all the same (a map made before the servers exist): said on stderr
+        error = earlier_failure(label)
+        if error is not None:
+            print(
+                f"hv: warning: placement not read from {label} ({error}): shards moved to or from it since the "
+                "config was written are shown where the config puts them",
+                file=sys.stderr,
+            )
     return 0

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import TextIO
 
+from hvcore._attempts import one_attempt_per_server
 from hvcore._plugins import describe_load_error
 from hvcore.cli._parser import build_parser
 from hvcore.errors import HypervaultError
@@ -43,15 +44,16 @@ def _sigterm_unwinds() -> Iterator[None]:
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     """Entry point of ``hv``: run one command, print to ``out`` (stdout), return the exit code.
 
-    Exit codes: the command's own (0 ok, 1 some check failed), 2 for a `HypervaultError` or a missing optional
-    dependency (one line on stderr, no traceback, naming the ``pip install 'hypervault[extra]'`` to run), 130 when
-    interrupted (Ctrl-C), 143 when terminated (SIGTERM: cleaned up as for Ctrl-C). Bad arguments exit 2 through
-    argparse (`SystemExit`).
+    A server that does not answer a connection attempt is not tried again by the same command (one
+    ``connect_timeout`` per silent server, `hvcore._attempts`). Exit codes: the command's own (0 ok, 1 some check
+    failed), 2 for a `HypervaultError` or a missing optional dependency (one line on stderr, no traceback, naming
+    the ``pip install 'hypervault[extra]'`` to run), 130 when interrupted (Ctrl-C), 143 when terminated (SIGTERM:
+    cleaned up as for Ctrl-C). Bad arguments exit 2 through argparse (`SystemExit`).
     """
     out = out or sys.stdout
     args = build_parser().parse_args(argv)
     try:
-        with _sigterm_unwinds():
+        with _sigterm_unwinds(), one_attempt_per_server():  # a server that did not answer is not tried again
             code: int = args.func(args, out)
     except Terminated:
         print("hv: terminated", file=sys.stderr)
