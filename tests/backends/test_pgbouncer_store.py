@@ -450,8 +450,10 @@ SESSION_CHANGES = [
     "SET application_name = 'left-behind'",
     "SET ROLE pg_read_all_data",
     "SET SESSION AUTHORIZATION hv_secret",
+    "SELECT set_config('maintenance_work_mem', '77MB', false)",
     "LISTEN hv_left_behind",
     "SELECT pg_advisory_lock(4242)",
+    "SELECT public.hv_take_lock()",
     "CREATE TEMP TABLE IF NOT EXISTS hv_left_behind (x int)",
     "DECLARE hv_held CURSOR WITH HOLD FOR SELECT 1",
     "PREPARE hv_left_behind AS SELECT 1",
@@ -469,18 +471,77 @@ SESSION_STATE = (
     "public.hv_session_lastval()"
 )
 SESSION_STATE_SETUP = (
-    "CREATE SEQUENCE IF NOT EXISTS public.hv_left_seq; "
+    "CREATE SEQUENCE IF NOT EXISTS public.hv_left_seq; GRANT USAGE ON SEQUENCE public.hv_left_seq TO PUBLIC; "
     "CREATE OR REPLACE FUNCTION public.hv_session_lastval() RETURNS bigint LANGUAGE plpgsql AS "
-    "$$BEGIN RETURN lastval(); EXCEPTION WHEN object_not_in_prerequisite_state THEN RETURN NULL; END$$"
+    "$$BEGIN RETURN lastval(); EXCEPTION WHEN object_not_in_prerequisite_state THEN RETURN NULL; END$$; "
+    "CREATE OR REPLACE FUNCTION public.hv_take_lock() RETURNS void LANGUAGE plpgsql AS "
+    "$$BEGIN PERFORM pg_catalog.pg_advisory_lock(4243); END$$"
 )
-"""A sequence for ``nextval`` to leave a value behind, and ``lastval()`` read without an error when there is none."""
+"""A sequence for ``nextval`` to leave a value behind (under any role ``SET ROLE`` took), ``lastval()`` read
+without an error when there is none, and a session advisory lock taken where the statement's text does not show it."""
+LENT_ENDS = ["commit", "transaction", "with", "rollback", "aborted", "put_connection"]
+"""How a borrower's transaction on a lent connection ends: ``commit()``, ``with conn.transaction():``, ``with
+conn:``, ``rollback()``, ``rollback()`` of a transaction an error aborted, or ``put_connection`` (its rollback)."""
+
+
+def _refused(change: str, pooling: str) -> bool:
+    """Whether ``change`` is refused (`ConnectionMisuse`, nothing sent) on a connection lent by a store whose
+    resolved pooling is ``pooling``: a session advisory lock asked for by name behind a transaction pooler."""
+    return pooling == "transaction" and "pg_advisory_lock(" in change
+
+
+def _run_changes(cur: Any, changes: list[str], pooling: str) -> None:
+    for change in changes:
+        try:
+            cur.execute(change)
+        except hvcore.ConnectionMisuse:
+            assert _refused(change, pooling), f"{change} was refused with pooling={pooling}"
+            continue
+        assert not _refused(change, pooling), f"{change} was not refused with pooling={pooling}"
+
+
+def _lent_changes(db: hvcore.Datastore, changes: list[str], end: str, pooling: str) -> Any:
+    """Run ``changes`` on a connection lent for shard 1, ended as ``end`` says; the connection, still lent (None
+    for ``put_connection``, which returned it); what is refused is `_refused`, and nothing else."""
+    conn = db.get_connection(1)
+    try:
+        if end == "transaction":
+            with conn.transaction():
+                _run_changes(conn, changes, pooling)
+        elif end == "with":
+            with conn:
+                _run_changes(conn, changes, pooling)
+        else:
+            _run_changes(conn, changes, pooling)
+            if end == "commit":
+                conn.commit()
+            elif end == "aborted":
+                with pytest.raises(psycopg.errors.DivisionByZero):
+                    conn.execute("SELECT 1 / 0")
+                conn.rollback()
+            elif end == "rollback":
+                conn.rollback()
+    except BaseException:
+        db.put_connection(conn)
+        raise
+    if end == "put_connection":
+        db.put_connection(conn)
+        return None
+    return conn
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(changes=st.lists(st.sampled_from(SESSION_CHANGES), unique=True, max_size=6), commit=st.booleans())
+@given(
+    changes=st.lists(st.sampled_from(SESSION_CHANGES), unique=True, max_size=6),
+    end=st.sampled_from(["cursor", *LENT_ENDS]),
+)
 def test_any_session_state_left_by_user_code_is_gone_for_the_next_borrower(
-    one_session_servers: tuple[str, list[dict[str, Any]]], changes: list[str], commit: bool
+    one_session_servers: tuple[str, list[dict[str, Any]]], changes: list[str], end: str
 ) -> None:
+    """Whatever user SQL changed in its session, and however its transaction ended: the next borrower sees a fresh
+    session, and behind a transaction-mode pooler so does ANOTHER client of the pooler (plain psycopg, which its
+    single server session serves next) as soon as the lent connection's transaction has ended, before it is
+    returned (found by newcomer 7: a committed SET reached the pooler's other clients)."""
     mode, servers = one_session_servers
     with hvcore.Datastore(servers, pool_max=1, backend="jsonb") as db:
         with db.cursor(1) as cur:
@@ -488,16 +549,30 @@ def test_any_session_state_left_by_user_code_is_gone_for_the_next_borrower(
         with db.cursor(1) as cur:
             cur.execute(SESSION_STATE)
             fresh = cur.fetchone()
-        if commit:  # in a cursor() block, committed at its end
-            with db.cursor(1) as cur:
-                for change in changes:
-                    cur.execute(change)
-        else:  # on a borrowed connection, committed by the borrower, then returned
-            conn = db.get_connection(1)
-            for change in changes:
-                conn.execute(change)
-            conn.commit()
-            db.put_connection(conn)
+        other = lent = None
+        if mode == "transaction":  # the pooler's other client: its one server session is the lent connection's
+            other = psycopg.connect(**{k: v for k, v in servers[0].items() if k != "shards"})
+            other_fresh = other.execute(SESSION_STATE).fetchone()
+            other.commit()
+        try:
+            pooling = db.servers[0].stats()["pooling"]  # as the store resolved "auto"
+            if end == "cursor":  # in a cursor() block, committed at its end
+                with db.cursor(1) as cur:
+                    _run_changes(cur, changes, pooling)
+            else:  # on a borrowed connection, ended by the borrower, then returned
+                lent = _lent_changes(db, changes, end, pooling)
+            if other is not None:
+                other_after = other.execute(SESSION_STATE).fetchone()
+                other.commit()
+                assert other_after is not None and other_fresh is not None
+                changed = set(other_after[2]) ^ set(other_fresh[2])
+                assert not changed, f"{changes} ended by {end} left settings for another client: {sorted(changed)}"
+                assert tuple(other_after) == tuple(other_fresh), f"{changes} ended by {end} left state behind"
+        finally:
+            if lent is not None:
+                db.put_connection(lent)
+            if other is not None:
+                other.close()
         with db.cursor(1) as cur:
             cur.execute(SESSION_STATE)
             after = cur.fetchone()
