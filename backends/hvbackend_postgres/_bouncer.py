@@ -154,7 +154,11 @@ def check_pooled_user_sql(conn: Any, query: Any, where: str) -> None:
             "transaction ends) instead, or reach the server directly, or through a session-mode pooler "
             "(pgbouncer='session'), for a lock that outlives transactions"
         )
-    if conn.autocommit and SESSION_STATEMENT.search(text):
+    if (
+        conn.autocommit
+        and conn.pgconn.transaction_status == pq.TransactionStatus.IDLE  # not in ``with conn.transaction():``
+        and SESSION_STATEMENT.search(text)
+    ):
         raise ConnectionMisuse(
             f"a statement leaving session state ({shown!r}) was sent in autocommit mode through a connection to "
             f"{where} behind a transaction-mode pooler: it would run on whichever of the pooler's server sessions is "

@@ -581,3 +581,92 @@ def test_any_session_state_left_by_user_code_is_gone_for_the_next_borrower(
         assert not changed, f"{mode}: {changes} left settings behind: {sorted(changed)}"
         assert tuple(after) == tuple(fresh), f"{mode}: {changes} left state behind"
         assert db.get(db.put(1, 1, after="changes")) is not None
+
+
+@pytest.fixture
+def one_session_transaction_servers(
+    empty_servers: list[dict[str, Any]], pgbouncer_factory: PgBouncerFactory, pg_cluster: PgCluster
+) -> list[dict[str, Any]]:
+    """Server entries through transaction-mode poolers with ONE server session each (named, not detected)."""
+    bouncers = PgBouncerSet(
+        pgbouncer_factory(server, pool_mode="transaction", default_pool_size=1) for server in pg_cluster.servers[:2]
+    )
+    return _through(bouncers, empty_servers, pgbouncer="transaction")
+
+
+AUTOCOMMIT_REFUSED = [
+    "SET work_mem = '7MB'",
+    "set role pg_read_all_data",
+    "SET SESSION AUTHORIZATION hv_secret",
+    "SELECT 1; SET statement_timeout = '9s'",
+    "/* a comment */ LISTEN hv_left_behind",
+    "PREPARE hv_left_behind AS SELECT 1",
+    "CREATE TEMP TABLE hv_left_behind (x int)",
+    "SELECT set_config('work_mem', '9MB', false)",
+    "SELECT pg_advisory_lock(77)",
+]
+
+
+@pytest.mark.parametrize("statement", AUTOCOMMIT_REFUSED)
+def test_session_state_in_autocommit_through_a_transaction_pooler_is_refused(
+    one_session_transaction_servers: list[dict[str, Any]], statement: str
+) -> None:
+    """In autocommit mode each statement is a transaction on whichever server session the pooler has free, and what
+    it leaves in that session no reset can reach: refused before it is sent; the connection stays usable, and what
+    needs autocommit (VACUUM) or leaves nothing behind still runs."""
+    other_settings = {k: v for k, v in one_session_transaction_servers[0].items() if k not in ("shards", "pgbouncer")}
+    with psycopg.connect(**other_settings) as other:
+        fresh = other.execute("SHOW work_mem").fetchone()
+    with hvcore.Datastore(one_session_transaction_servers, pool_max=1, backend="jsonb") as db:
+        conn = db.get_connection(1)
+        try:
+            conn.autocommit = True
+            with pytest.raises(hvcore.ConnectionMisuse, match=r"autocommit mode .* pooler|session advisory lock"):
+                conn.execute(statement)
+            conn.execute(f"VACUUM {shard_schema(1)}.entities")  # autocommit has no shard binding: qualified
+            conn.execute("SELECT 'SET work_mem = 1' AS text_only, pg_advisory_xact_lock(77)")
+            conn.execute("SET LOCAL work_mem = '7MB'")  # no effect out of a transaction: allowed
+            with psycopg.connect(**other_settings) as other:  # the pooler's single server session, as others see it
+                row = other.execute("SHOW work_mem").fetchone()
+            with conn.transaction():  # the same statement in a transaction: undone before its COMMIT
+                if "advisory_lock" not in statement:
+                    conn.execute(statement)
+        finally:
+            db.put_connection(conn)
+        with psycopg.connect(**other_settings) as other:
+            state = other.execute(
+                "SELECT current_setting('work_mem'), current_user, (SELECT count(*) FROM pg_listening_channels()), "
+                "(SELECT count(*) FROM pg_prepared_statements WHERE from_sql), "
+                "(SELECT count(*) FROM pg_class WHERE relnamespace = pg_my_temp_schema())"
+            ).fetchone()
+    assert fresh is not None and row is not None and state is not None
+    assert (row[0], *state) == (fresh[0], fresh[0], "postgres", 0, 0, 0)
+
+
+def test_an_async_lent_connection_commits_its_reset_through_a_transaction_pooler(
+    one_session_transaction_servers: list[dict[str, Any]],
+) -> None:
+    """The asyncio store's lent connection ends its transactions as the blocking one's: ``await conn.commit()``
+    carries the reset, so the pooler's other client (on its single server session) sees nothing of a SET."""
+    other_settings = {k: v for k, v in one_session_transaction_servers[0].items() if k not in ("shards", "pgbouncer")}
+
+    async def main() -> tuple[Any, ...]:
+        async with hvcore.AsyncDatastore(one_session_transaction_servers, pool_max=1, backend="jsonb") as db:
+            conn = await db.get_connection(1)
+            try:
+                await conn.execute("SET default_transaction_read_only = on")
+                await conn.commit()
+                with psycopg.connect(**other_settings) as other:
+                    seen = other.execute("SHOW default_transaction_read_only").fetchone()
+                async with conn.transaction():
+                    await conn.execute("SET lock_timeout = '7s'")
+                with psycopg.connect(**other_settings) as other:
+                    seen2 = other.execute("SHOW lock_timeout").fetchone()
+                with pytest.raises(hvcore.ConnectionMisuse, match="pg_advisory_xact_lock"):
+                    await conn.execute("SELECT pg_try_advisory_lock(5)")
+            finally:
+                await db.put_connection(conn)
+            await db.put(1, 1, n=1)
+            return (seen, seen2)
+
+    assert asyncio.run(main()) == (("off",), ("0",))
