@@ -14,9 +14,13 @@ on a direct connection. Statements the borrower runs in autocommit mode have no 
 Connections that user code had (``cursor()``, ``get_connection()``) come back clean: an open transaction is rolled
 back, then `RESET_SQL` undoes what a session can keep (run-time settings, role and session authorization, cursors,
 LISTEN, advisory locks, temporary tables), and the psycopg attributes the user may have changed are restored.
-Behind a transaction-mode pooler a session reset would reach whichever server session comes next, so `cursor()`
-runs it as the last statement of the block's own transaction (a ``SET`` made in it is undone at commit) and
-`put_connection` rolls back. The store's own statements change no session state and skip the reset.
+Behind a transaction-mode pooler a session reset sent on its own would reach whichever server session comes next,
+so every end of a lent connection's transaction carries it (`end_gen`, ``hv_end_reset``): ``<reset>; COMMIT`` and
+``ROLLBACK; <reset>`` in one simple-protocol message, which the pooler cannot split between server sessions
+(``commit()``, ``rollback()``, ``with conn.transaction():``, ``with conn:``, `cursor()`'s commit and
+`put_connection`'s rollback); `put_connection` sends no reset after. What no transaction end can undo is refused
+before it is sent (`check_pooled_user_sql`): a session advisory lock, and session state set in autocommit mode.
+The store's own statements change no session state and skip the reset.
 
 How "auto" decides (`pooler_possible`): the first connection of a store asks the server which port it serves
 (``current_setting('port')``, one round trip once per store). Connected to the server itself, over TCP or its Unix
