@@ -260,11 +260,26 @@ def end_gen(conn: Any, command: bytes) -> Any:
     undone, a session advisory lock released); one rolled back or aborted resets after its end (``ROLLBACK;
     <reset>``: what survives a rollback, advisory locks, ``PREPARE``d statements, sequence values, goes). Every way
     psycopg ends a transaction comes here: ``commit()``, ``rollback()``, ``with conn.transaction():``, ``with
-    conn:``, and `put_connection`'s rollback. A ``COMMIT`` that fails (a deferred constraint, a serialization
-    failure) rolls the reset back with the transaction, and with it every ``SET`` made there; what is not
-    transactional (advisory locks, prepared statements) stays undone.
+    conn:``, and `put_connection`'s rollback, also in pipeline mode. A ``COMMIT`` that fails (a deferred
+    constraint, a serialization failure) rolls the reset back with the transaction, and with it every ``SET`` made
+    there; what is not transactional (advisory locks, prepared statements) stays undone.
     """
     conn._check_connection_ok()
+    pipeline = conn._pipeline
+    if pipeline is None:
+        return (yield from _end_simple(conn, command))
+    # in pipeline mode libpq sends no simple query: what is queued goes first (psycopg's own sync, its errors
+    # raised as psycopg raises them), then the message with pipeline mode left and entered again around it
+    yield from pipeline._sync_gen()
+    conn.pgconn.exit_pipeline_mode()
+    try:
+        return (yield from _end_simple(conn, command))
+    finally:
+        conn.pgconn.enter_pipeline_mode()
+
+
+def _end_simple(conn: Any, command: bytes) -> Any:
+    """`end_gen` out of pipeline mode: the one simple-protocol message and its results."""
     pgconn = conn.pgconn
     reset = reset_sql(conn).encode(pgconn._encoding)
     if command == b"COMMIT" and pgconn.transaction_status == pq.TransactionStatus.INTRANS:
@@ -281,12 +296,7 @@ def end_gen(conn: Any, command: bytes) -> Any:
 
 def _exec_command(conn: Any, base: Any, command: Any, result_format: pq.Format) -> Any:
     """psycopg's ``_exec_command`` (``base``, bound), `end_gen` for the end of a lent connection's transaction."""
-    if (
-        conn.hv_end_reset
-        and command in (b"COMMIT", b"ROLLBACK")
-        and result_format == pq.Format.TEXT
-        and not conn._pipeline
-    ):
+    if conn.hv_end_reset and command in (b"COMMIT", b"ROLLBACK") and result_format == pq.Format.TEXT:
         return end_gen(conn, command)
     return base(command, result_format)
 

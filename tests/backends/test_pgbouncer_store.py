@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from fixtures.pgbouncer import PgBouncerFactory, PgBouncerSet
 from fixtures.pgservers import PgCluster
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import hvcore
@@ -479,9 +479,10 @@ SESSION_STATE_SETUP = (
 )
 """A sequence for ``nextval`` to leave a value behind (under any role ``SET ROLE`` took), ``lastval()`` read
 without an error when there is none, and a session advisory lock taken where the statement's text does not show it."""
-LENT_ENDS = ["commit", "transaction", "with", "rollback", "aborted", "put_connection"]
+LENT_ENDS = ["commit", "transaction", "with", "rollback", "aborted", "put_connection", "pipeline"]
 """How a borrower's transaction on a lent connection ends: ``commit()``, ``with conn.transaction():``, ``with
-conn:``, ``rollback()``, ``rollback()`` of a transaction an error aborted, or ``put_connection`` (its rollback)."""
+conn:``, ``rollback()``, ``rollback()`` of a transaction an error aborted, ``put_connection`` (its rollback), or
+``commit()`` inside ``with conn.pipeline():``."""
 
 
 def _refused(change: str, pooling: str) -> bool:
@@ -511,6 +512,10 @@ def _lent_changes(db: hvcore.Datastore, changes: list[str], end: str, pooling: s
         elif end == "with":
             with conn:
                 _run_changes(conn, changes, pooling)
+        elif end == "pipeline":
+            with conn.pipeline():
+                _run_changes(conn, changes, pooling)
+                conn.commit()
         else:
             _run_changes(conn, changes, pooling)
             if end == "commit":
@@ -530,11 +535,27 @@ def _lent_changes(db: hvcore.Datastore, changes: list[str], end: str, pooling: s
     return conn
 
 
+def _every_end(test: Any) -> Any:
+    """``test`` with an explicit example for each way a transaction ends: every end is run in every run."""
+    for end in ["cursor", *LENT_ENDS]:
+        test = example(changes=SESSION_CHANGES_EVERY_END, end=end)(test)
+    return test
+
+
+SESSION_CHANGES_EVERY_END = [
+    "SET default_transaction_read_only = on",
+    "SELECT public.hv_take_lock()",
+    "PREPARE hv_left_behind AS SELECT 1",
+    "LISTEN hv_left_behind",
+]
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     changes=st.lists(st.sampled_from(SESSION_CHANGES), unique=True, max_size=6),
     end=st.sampled_from(["cursor", *LENT_ENDS]),
 )
+@_every_end
 def test_any_session_state_left_by_user_code_is_gone_for_the_next_borrower(
     one_session_servers: tuple[str, list[dict[str, Any]]], changes: list[str], end: str
 ) -> None:
