@@ -48,6 +48,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg import generators, pq
 
+from hvbackend_postgres._common import ENDS_TRANSACTION
 from hvcore.errors import ConnectionMisuse
 
 __all__ = [
@@ -140,7 +141,8 @@ def check_pooled_user_sql(conn: Any, query: Any, where: str) -> None:
     """`ConnectionMisuse` before anything is sent for user SQL on a connection lent behind a transaction-mode
     pooler (``where``: what it is lent for) that would leave state in one of the pooler's server sessions which no
     reset can reach: a session advisory lock (in any mode: the end of the transaction releases it, see `end_gen`),
-    and in autocommit mode a statement of `SESSION_STATEMENT` (each runs on whichever server session is free and
+    a statement ending the transaction (``COMMIT``, ``ROLLBACK``...: ``conn.commit()`` carries the reset, SQL does
+    not), and in autocommit mode a statement of `SESSION_STATEMENT` (each runs on whichever server session is free and
     its state stays there, for the pooler's other clients). Judged by the statement's own words (~1 µs; string
     literals, dollar-quoted bodies and comments left out, `_QUOTED`): a server function or a DO block doing so is
     not seen; in a transaction what it left is undone when the transaction ends."""
@@ -158,11 +160,15 @@ def check_pooled_user_sql(conn: Any, query: Any, where: str) -> None:
             "transaction ends) instead, or reach the server directly, or through a session-mode pooler "
             "(pgbouncer='session'), for a lock that outlives transactions"
         )
-    if (
-        conn.autocommit
-        and conn.pgconn.transaction_status == pq.TransactionStatus.IDLE  # not in ``with conn.transaction():``
-        and SESSION_STATEMENT.search(text)
-    ):
+    idle = conn.pgconn.transaction_status == pq.TransactionStatus.IDLE
+    if not (conn.autocommit and idle) and ENDS_TRANSACTION.search(text):
+        raise ConnectionMisuse(
+            f"a statement ending the transaction ({shown!r}) was sent as SQL through a connection to {where} behind "
+            "a transaction-mode pooler: the pooler hands its server session to another client at that end, before "
+            "hypervault can undo what the transaction set in the session; end it with conn.commit() or "
+            "conn.rollback() (or a `with conn.transaction():` block), which carry the session reset"
+        )
+    if conn.autocommit and idle and SESSION_STATEMENT.search(text):  # idle: not in ``with conn.transaction():``
         raise ConnectionMisuse(
             f"a statement leaving session state ({shown!r}) was sent in autocommit mode through a connection to "
             f"{where} behind a transaction-mode pooler: it would run on whichever of the pooler's server sessions is "

@@ -691,3 +691,27 @@ def test_an_async_lent_connection_commits_its_reset_through_a_transaction_pooler
             return (seen, seen2)
 
     assert asyncio.run(main()) == (("off",), ("0",))
+
+
+@pytest.mark.parametrize("statement", ["COMMIT", "rollback", "END", "SELECT 1; COMMIT", "/* done */ ABORT"])
+def test_a_transaction_ended_by_sql_through_a_transaction_pooler_is_refused(
+    one_session_transaction_servers: list[dict[str, Any]], statement: str
+) -> None:
+    """A ``COMMIT`` sent as SQL would hand the server session to the pooler's other clients before any reset: refused
+    before it is sent (``conn.commit()`` carries the reset); the transaction goes on and ``commit()`` ends it clean."""
+    other_settings = {k: v for k, v in one_session_transaction_servers[0].items() if k not in ("shards", "pgbouncer")}
+    with hvcore.Datastore(one_session_transaction_servers, pool_max=1, backend="jsonb") as db:
+        conn = db.get_connection(1)
+        try:
+            conn.execute("SET lock_timeout = '7s'")
+            with pytest.raises(hvcore.ConnectionMisuse, match=r"ending the transaction .* conn\.commit\(\)"):
+                conn.execute(statement)
+            assert conn.execute("SHOW lock_timeout").fetchone() == ("7s",)  # the same transaction goes on
+            conn.commit()
+            with psycopg.connect(**other_settings) as other:
+                seen = other.execute("SHOW lock_timeout").fetchone()
+            conn.autocommit = True
+            conn.execute("COMMIT")  # out of a transaction in autocommit mode it ends nothing: allowed (a warning)
+        finally:
+            db.put_connection(conn)
+    assert seen == ("0",)
