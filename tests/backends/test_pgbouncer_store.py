@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 import hvcore
 from hvbackend_postgres._bouncer import pooler_possible
 from hvbackend_postgres._schema import shard_schema
+from hvbackend_postgres._store import PostgresServerStore
 
 SHARDS = [0, 1, 2, 3, 8, 9, 10, 11]  # 8 shards, 4 on each server
 MODES = ["transaction", "session"]
@@ -715,3 +716,51 @@ def test_a_transaction_ended_by_sql_through_a_transaction_pooler_is_refused(
         finally:
             db.put_connection(conn)
     assert seen == ("0",)
+
+
+def test_a_rolled_back_shard_transaction_leaves_nothing_on_a_transaction_poolers_session(
+    empty_servers: list[dict[str, Any]],
+    pgbouncer_factory: PgBouncerFactory,
+    pg_cluster: PgCluster,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``db.transaction()`` whose ``tx.cursor()`` took a session advisory lock and PREPAREd a statement, ended by an
+    exception: what survives a rollback is reset in the ROLLBACK's own message. Another client of the pooler takes
+    the server session as soon as the ROLLBACK ends (the store's own reset then runs on the other one, as it did
+    when it was sent after the ROLLBACK) and finds nothing left on it."""
+    bouncers = PgBouncerSet(
+        pgbouncer_factory(server, pool_mode="transaction", default_pool_size=2) for server in pg_cluster.servers[:2]
+    )
+    servers = _through(bouncers, empty_servers, pgbouncer="transaction")
+    other_settings = {k: v for k, v in servers[0].items() if k not in ("shards", "pgbouncer")}
+    seen: list[Any] = []
+    original = PostgresServerStore._reset
+
+    def other_client_first(self: PostgresServerStore, conn: Any, session: bool) -> None:
+        if other is not None and not seen:  # the session the ROLLBACK ended on is the pooler's most recent idle one
+            seen.append(
+                other.execute(
+                    "SELECT (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()), "
+                    "(SELECT count(*) FROM pg_prepared_statements WHERE from_sql)"
+                ).fetchone()
+            )
+        original(self, conn, session)
+
+    other = None
+    monkeypatch.setattr(PostgresServerStore, "_reset", other_client_first)
+    with hvcore.Datastore(servers, pool_max=1, backend="jsonb", worker=None) as db:
+        db.put(1, 1, n=0)
+        other = psycopg.connect(**other_settings)
+        try:
+            with pytest.raises(RuntimeError, match="roll back"), db.transaction(1) as tx:
+                tx.put(1, n=1)
+                with tx.cursor() as cur:
+                    cur.execute("SELECT pg_advisory_lock(4245)")
+                    cur.execute("PREPARE hv_tx_left AS SELECT 1")
+                raise RuntimeError("roll back")
+            other.commit()
+        finally:
+            other.close()
+    with psycopg.connect(**{k: v for k, v in empty_servers[0].items() if k != "shards"}) as check:
+        held = check.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 4245").fetchone()
+    assert (seen, held) == ([(0, 0)], (0,))
