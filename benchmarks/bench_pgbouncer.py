@@ -8,7 +8,10 @@ run (blocks of calls in rotating order, medians):
 - put and get direct (prepared statements), direct with ``pgbouncer="transaction"`` (the same statements never
   prepared: what the mode costs without the extra hop), and through the pooler;
 - one user-code checkout (``get_connection`` + a ``SELECT 1`` + ``put_connection``, and a ``cursor()`` block)
-  with the session reset (``_bouncer.RESET_SQL``) and with it skipped: the reset's cost per checkout.
+  with the session reset (``_bouncer.RESET_SQL``) and with it skipped: the reset's cost per checkout;
+- a lent connection's transaction through the pooler (``SELECT 1`` + ``commit()``) with the reset its ``COMMIT``
+  carries (``_bouncer.end_gen``: ``<reset>; COMMIT`` in one round trip) and with it off: the reset's cost per
+  commit of user code behind a transaction pooler.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from fixtures.localpg import local_servers
 from fixtures.pgbouncer import PgBouncerFactory, find_pgbouncer
 
 import hvcore
+from hvbackend_postgres._lent import lent_target
 from hvbackend_postgres._store import PostgresServerStore
 
 POOL = 4
@@ -109,6 +113,33 @@ def bench_reset(direct: dict[str, Any], ops: int, rounds: int) -> dict[str, floa
     return {name: seconds * 1e6 for name, seconds in times.items()}
 
 
+def bench_lent_commit(pooled: dict[str, Any], ops: int, rounds: int) -> dict[str, float]:
+    """µs per lent-connection transaction (``SELECT 1`` + ``commit()``) through the pooler, with the reset its
+    ``COMMIT`` carries behind a transaction pooler and with it off (``hv_end_reset`` cleared for the call)."""
+    db = _datastore(pooled, "transaction")
+    conn = db.get_connection(SHARD)
+    target = lent_target(conn)
+
+    def commit() -> None:
+        conn.execute("SELECT 1")
+        conn.commit()
+
+    def without_reset() -> None:
+        target.hv_end_reset = False
+        try:
+            commit()
+        finally:
+            target.hv_end_reset = True
+
+    try:
+        assert target.hv_end_reset
+        times = measure({"lent commit with reset": commit, "lent commit without reset": without_reset}, ops, rounds)
+    finally:
+        db.put_connection(conn)
+        db.close()
+    return {name: seconds * 1e6 for name, seconds in times.items()}
+
+
 def main() -> None:
     """Run the measurements and print the ratios."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -128,6 +159,7 @@ def main() -> None:
             bouncer = factory(servers[0], pool_mode="transaction", default_pool_size=POOL)
             figures = bench_put_get(direct, bouncer.settings, ops, rounds)
             figures |= bench_reset(direct, ops, rounds)
+            figures |= bench_lent_commit(bouncer.settings, ops, rounds)
         finally:
             factory.close()
     print(f"pool_max {POOL}, PgBouncer pool_mode=transaction default_pool_size={POOL}; µs per call (median)")
@@ -140,12 +172,17 @@ def main() -> None:
         "get: direct unprepared / direct": figures["get direct, unprepared"] / figures["get direct"],
         "borrow: with reset / without": figures["borrow with reset"] / figures["borrow without reset"],
         "cursor: with reset / without": figures["cursor with reset"] / figures["cursor without reset"],
+        "lent commit via pgbouncer: with reset / without": (
+            figures["lent commit with reset"] / figures["lent commit without reset"]
+        ),
     }
     print("ratios (same run):")
     for name, value in ratios.items():
         print(f"  {name:<48} {value:8.2f}")
     reset_us = figures["borrow with reset"] - figures["borrow without reset"]
     print(f"  {'reset per user-code checkout (µs)':<48} {reset_us:8.1f}")
+    commit_us = figures["lent commit with reset"] - figures["lent commit without reset"]
+    print(f"  {'reset per lent commit via pgbouncer (µs)':<48} {commit_us:8.1f}")
     if args.json is not None:
         args.json.write_text(json.dumps({"figures": figures, "ratios": ratios}, indent=2), encoding="utf-8")
 

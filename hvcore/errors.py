@@ -251,7 +251,9 @@ class PluginError(HypervaultError, LookupError):
 
 
 class ConnectionMisuse(HypervaultError, ValueError):
-    """A connection returned twice, or returned to a store it did not come from."""
+    """A connection returned twice, or returned to a store it did not come from, or used after its return; or user
+    SQL on a lent connection behind a transaction-mode pooler that would leave state in one of the pooler's server
+    sessions (a session advisory lock, a ``SET`` in autocommit mode)."""
 
     __module__ = "hvcore"
 

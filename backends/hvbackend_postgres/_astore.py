@@ -32,6 +32,7 @@ from hvbackend_postgres._atransaction import AsyncPostgresTransaction, postgres_
 from hvbackend_postgres._bouncer import (
     POOLER_HINT_SQL,
     SCHEMA_EXISTS_SQL,
+    check_pooled_user_sql,
     client_endpoint,
     note_user_sql,
     pooler_possible,
@@ -261,6 +262,8 @@ def _lent_cursor(
             in_tx = getattr(conn, "hv_in_tx", None)
             if in_tx is not None:  # inside db.transaction(): its end is the block's, never the statement's
                 check_not_ending(query, conn, in_tx)
+            if conn.hv_end_reset:  # lent behind a transaction-mode pooler
+                check_pooled_user_sql(conn, query, _lent_where(conn))
             note_user_sql(conn, query)
             try:
                 return await super().execute(query, params, **kwargs)
@@ -272,7 +275,10 @@ def _lent_cursor(
 
         async def executemany(self, query: Any, params_seq: Any, **kwargs: Any) -> None:
             self._check_lent()
-            note_user_sql(self.connection, query)
+            conn: Any = self.connection
+            if conn.hv_end_reset:
+                check_pooled_user_sql(conn, query, _lent_where(conn))
+            note_user_sql(conn, query)
             try:
                 await super().executemany(query, params_seq, **kwargs)
             except psycopg.Error as exc:
@@ -300,6 +306,12 @@ def _lent_cursor(
             return moved
 
     return LentCursor
+
+
+def _lent_where(conn: Any) -> str:
+    """What a lent connection is lent for, for an error: "shard N on <server>"."""
+    handle = getattr(conn, "hv_lend", None)
+    return getattr(handle, "_self_where", None) or f"shard {getattr(conn, 'hv_shard', None)}"
 
 
 if True:  # ASYNC
@@ -867,6 +879,7 @@ class AsyncPostgresServerStore(StoreCore):
                         raise self._shard_missing(shard_id)
                     self._bindable.add(shard_id)
                 cast(Any, conn).hv_bind = shard_search_path(shard_id, self._ext_schema).as_bytes(conn)
+                cast(Any, conn).hv_end_reset = True  # each of its transactions ends resetting the session (_bouncer)
             else:
                 query = SEARCH_PATH_AUTO_PLANS_SQL if plans_generic(conn) else SEARCH_PATH_SQL
                 cur = await conn.execute(query, (path.as_string(conn), schema))
@@ -879,6 +892,7 @@ class AsyncPostgresServerStore(StoreCore):
             cast(Any, conn).hv_shard = shard_id
         except BaseException as exc:
             cast(Any, conn).hv_bind = None
+            cast(Any, conn).hv_end_reset = False
             await self._checkin(conn, pool)
             if isinstance(exc, psycopg.OperationalError):
                 raise self._unavailable(exc) from None
@@ -942,19 +956,23 @@ class AsyncPostgresServerStore(StoreCore):
         clean = False
         cast(Any, conn).hv_bind = cast(Any, conn).hv_lend = None
         cast(Any, conn).hv_moved = cast(Any, conn).hv_shard = None
+        ended_reset = cast(Any, conn).hv_end_reset  # every transaction it ended reset the session (_bouncer.end_gen)
         try:
             if not conn.closed:
                 status = conn.pgconn.transaction_status
                 if status in (pq.TransactionStatus.INTRANS, pq.TransactionStatus.INERROR):
-                    await conn.rollback()
+                    await conn.rollback()  # behind a transaction pooler: ROLLBACK and the reset, one round trip
                 elif status == pq.TransactionStatus.ACTIVE:
                     await conn.close()
+                cast(Any, conn).hv_end_reset = False
                 if not conn.closed:
-                    await self._reset(conn, session_reset)
+                    # a session reset now would reach whichever server session a transaction pooler picks: done
+                    await self._reset(conn, session_reset and not ended_reset)
                     clean = True
         except psycopg.Error:
             pass
         finally:
+            cast(Any, conn).hv_end_reset = False
             if not clean and not conn.closed:  # an error, or interrupted half-way: unknown state, never reused
                 await conn.close()
             await self._checkin(conn, pool)
@@ -964,8 +982,6 @@ class AsyncPostgresServerStore(StoreCore):
         round trip (``session``), then psycopg's attributes."""
         await conn.set_autocommit(True)
         if session:
-            # behind a transaction-mode pooler this reaches whichever server session serves it: harmless, and it
-            # cleans what a committed SET left there (the pooler's own server_reset_query does not run in that mode)
             await conn.execute(reset_sql(conn))
         if conn.isolation_level is not None:
             await conn.set_isolation_level(None)
@@ -982,14 +998,10 @@ class AsyncPostgresServerStore(StoreCore):
     async def cursor(self, shard_id: int) -> AsyncIterator[psycopg.AsyncCursor[Any]]:
         """A cursor in the shard's schema: commit on success, rollback on error, connection always returned."""
         conn = await self.get_connection(shard_id)
-        session_reset = True
         try:
             async with conn.cursor() as cur:
                 yield cur
-            if self.pooling == "transaction" and conn.pgconn.transaction_status == pq.TransactionStatus.INTRANS:
-                await conn.execute(reset_sql(conn))  # ends with the block's transaction
-                session_reset = False
-            await conn.commit()
+            await conn.commit()  # behind a transaction pooler the reset is its transaction's last statement
         except BaseException as exc:
             if not conn.closed:
                 with contextlib.suppress(psycopg.Error):
@@ -1000,7 +1012,7 @@ class AsyncPostgresServerStore(StoreCore):
                     raise moved from exc
             raise
         finally:
-            await self._put_back(conn, session_reset=session_reset)
+            await self._put_back(conn, session_reset=True)
 
     async def _stub_probe(self, shard_id: int) -> ShardMoved | None:
         """`_stub_refusal` on a pooled connection of its own, for a lent cursor whose statement aborted its

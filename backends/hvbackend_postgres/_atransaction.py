@@ -285,15 +285,16 @@ class AsyncPostgresTransaction:
             raise error from chained(error, exc)
 
 
-async def _rollback(conn: AConn) -> None:
-    """Roll back whatever is open; a connection that cannot is closed (the pool then replaces it)."""
+async def _rollback(conn: AConn, then: str = "") -> None:
+    """Roll back whatever is open, followed by ``then`` (statements, in the same message); a connection that cannot
+    is closed (the pool then replaces it)."""
     if conn.closed:
         return
     if conn.pgconn.transaction_status == pq.TransactionStatus.ACTIVE:  # interrupted mid-statement
         await conn.close()
         return
     try:
-        await conn.execute("ROLLBACK", prepare=False)
+        await conn.execute("ROLLBACK" + then, prepare=False)
     except psycopg.Error:
         await conn.close()
 
@@ -347,13 +348,19 @@ async def postgres_transaction(
         # prepared statement stays with a server session the next transaction may not get (restored after).
         conn.prepare_threshold = None
         tx = AsyncPostgresTransaction(store, conn, shard_id, ext)
+        pooled = getattr(store, "pooling", None) == "transaction"
         try:
             yield tx
         except BaseException:
             await tx._forget_streams()
-            await _rollback(conn)
+            if tx.user_sql and pooled:
+                # behind a transaction-mode pooler, with the ROLLBACK in one message (a reset sent after would reach
+                # whichever server session comes next): what survives a rollback (advisory locks, PREPARE) goes
+                await _rollback(conn, "; " + reset_sql(conn, restore=False))
+            else:
+                await _rollback(conn)
             if tx.user_sql:
-                await _reset_session(store, conn, session=True)
+                await _reset_session(store, conn, session=not pooled)
             raise
         await tx._forget_streams()
         if conn.closed:
@@ -367,7 +374,6 @@ async def postgres_transaction(
                 f"the transaction on shard {shard_id} of {store.label} is no longer open on its connection (a "
                 "COMMIT or ROLLBACK through tx.cursor()?): nothing more is committed"
             )
-        pooled = getattr(store, "pooling", None) == "transaction"
         if tx.user_sql and pooled and not tx.aborted():
             # behind a transaction-mode pooler, in the transaction's own session: what user SQL SET ends with it
             await tx._execute(reset_sql(conn, restore=False))

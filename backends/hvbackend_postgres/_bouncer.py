@@ -14,9 +14,13 @@ on a direct connection. Statements the borrower runs in autocommit mode have no 
 Connections that user code had (``cursor()``, ``get_connection()``) come back clean: an open transaction is rolled
 back, then `RESET_SQL` undoes what a session can keep (run-time settings, role and session authorization, cursors,
 LISTEN, advisory locks, temporary tables), and the psycopg attributes the user may have changed are restored.
-Behind a transaction-mode pooler a session reset would reach whichever server session comes next, so `cursor()`
-runs it as the last statement of the block's own transaction (a ``SET`` made in it is undone at commit) and
-`put_connection` rolls back. The store's own statements change no session state and skip the reset.
+Behind a transaction-mode pooler a session reset sent on its own would reach whichever server session comes next,
+so every end of a lent connection's transaction carries it (`end_gen`, ``hv_end_reset``): ``<reset>; COMMIT`` and
+``ROLLBACK; <reset>`` in one simple-protocol message, which the pooler cannot split between server sessions
+(``commit()``, ``rollback()``, ``with conn.transaction():``, ``with conn:``, `cursor()`'s commit and
+`put_connection`'s rollback); `put_connection` sends no reset after. What no transaction end can undo is refused
+before it is sent (`check_pooled_user_sql`): a session advisory lock, and session state set in autocommit mode.
+The store's own statements change no session state and skip the reset.
 
 How "auto" decides (`pooler_possible`): the first connection of a store asks the server which port it serves
 (``current_setting('port')``, one round trip once per store). Connected to the server itself, over TCP or its Unix
@@ -35,12 +39,17 @@ another host: name it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import psycopg
-from psycopg import pq
+from psycopg import errors as pg_errors
+from psycopg import generators, pq
+
+from hvbackend_postgres._common import ENDS_TRANSACTION
+from hvcore.errors import ConnectionMisuse
 
 __all__ = [
     "DEALLOCATE_USER_SQL",
@@ -48,7 +57,9 @@ __all__ = [
     "POOLER_TRACKED",
     "RESET_SQL",
     "SCHEMA_EXISTS_SQL",
+    "check_pooled_user_sql",
     "client_endpoint",
+    "end_gen",
     "note_user_sql",
     "pooler_possible",
     "reset_sql",
@@ -87,18 +98,84 @@ def note_user_sql(conn: Any, query: Any) -> None:
     """Mark ``conn`` for `DEALLOCATE_USER_SQL` at its reset if ``query`` (user SQL: str, bytes or a
     `psycopg.sql.Composable`) mentions ``prepare`` in any case; ~0.1 µs for a short string. A ``PREPARE`` run by a
     server function the statement calls by name is not seen (documented in the README)."""
-    if isinstance(query, str):
-        text = query
-    elif isinstance(query, (bytes, bytearray, memoryview)):
-        text = bytes(query).decode("utf-8", "replace")
-    else:
-        try:
-            text = query.as_string(None)
-        except Exception:  # a composition that needs the connection to render: judged as mentioning one
-            conn.hv_user_prepared = True
-            return
-    if "prepare" in text.lower():
+    text = _query_text(query)
+    if text is None or "prepare" in text.lower():  # None: a composition that needs the connection to render
         conn.hv_user_prepared = True
+
+
+def _query_text(query: Any) -> str | None:
+    """User SQL (str, bytes or a `psycopg.sql.Composable`) as text; None if it needs a connection to render."""
+    if isinstance(query, str):
+        return query
+    if isinstance(query, (bytes, bytearray, memoryview)):
+        return bytes(query).decode("utf-8", "replace")
+    try:
+        return str(query.as_string(None))
+    except Exception:
+        return None
+
+
+SESSION_LOCK = re.compile(r"\bpg_(?:try_)?advisory_lock(?:_shared)?\s*\(", re.IGNORECASE)
+"""A call taking a session-level advisory lock (``pg_advisory_lock``, ``pg_try_advisory_lock`` and their
+``_shared`` forms; never ``pg_advisory_xact_lock``): refused behind a transaction-mode pooler
+(`check_pooled_user_sql`)."""
+SESSION_STATEMENT = re.compile(
+    r"(?:^|;)\s*"
+    r"(?:SET\b(?!\s+(?:LOCAL|TRANSACTION|CONSTRAINTS)\b)|LISTEN\b|PREPARE\b(?!\s+TRANSACTION\b)|DECLARE\b|LOAD\b"
+    r"|CREATE\s+(?:(?:GLOBAL|LOCAL)\s+)?TEMP(?:ORARY)?\b)"
+    r"|\bset_config\s*\(",
+    re.IGNORECASE | re.DOTALL,
+)
+"""A statement (or one of several) that leaves session state when run on its own, out of a transaction: ``SET``
+(not ``SET LOCAL``/``TRANSACTION``/``CONSTRAINTS``; ``SET ROLE`` and ``SET SESSION AUTHORIZATION`` included),
+``set_config()``, ``LISTEN``, ``PREPARE``, ``DECLARE``, ``LOAD``, ``CREATE TEMP``: refused in autocommit mode behind
+a transaction-mode pooler (`check_pooled_user_sql`)."""
+
+
+_QUOTED = re.compile(r"\$([A-Za-z_]\w*|)\$.*?\$\1\$|'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|--[^\n]*|/\*.*?\*/", re.DOTALL)
+"""String literals, dollar-quoted bodies (a function's, a DO block's), quoted identifiers and comments: not read
+by `check_pooled_user_sql`, which judges the statement's own words."""
+
+
+def check_pooled_user_sql(conn: Any, query: Any, where: str) -> None:
+    """`ConnectionMisuse` before anything is sent for user SQL on a connection lent behind a transaction-mode
+    pooler (``where``: what it is lent for) that would leave state in one of the pooler's server sessions which no
+    reset can reach: a session advisory lock (in any mode: the end of the transaction releases it, see `end_gen`),
+    a statement ending the transaction (``COMMIT``, ``ROLLBACK``...: ``conn.commit()`` carries the reset, SQL does
+    not), and in autocommit mode a statement of `SESSION_STATEMENT` (each runs on whichever server session is free and
+    its state stays there, for the pooler's other clients). Judged by the statement's own words (~1 µs; string
+    literals, dollar-quoted bodies and comments left out, `_QUOTED`): a server function or a DO block doing so is
+    not seen; in a transaction what it left is undone when the transaction ends."""
+    text = _query_text(query)
+    if text is None:
+        return
+    shown = text if len(text) <= 80 else text[:77] + "..."
+    text = _QUOTED.sub(" ", text)
+    if SESSION_LOCK.search(text):
+        raise ConnectionMisuse(
+            f"a session advisory lock ({shown!r}) was asked for through a connection to {where} behind a "
+            "transaction-mode pooler, which cannot keep one: once the transaction ends the pooler hands its server "
+            "session to other clients (hypervault releases the lock there at that end, so it would not be held when "
+            "your code believes it is); take pg_advisory_xact_lock() or pg_try_advisory_xact_lock() (held until the "
+            "transaction ends) instead, or reach the server directly, or through a session-mode pooler "
+            "(pgbouncer='session'), for a lock that outlives transactions"
+        )
+    idle = conn.pgconn.transaction_status == pq.TransactionStatus.IDLE
+    if not (conn.autocommit and idle) and ENDS_TRANSACTION.search(text):
+        raise ConnectionMisuse(
+            f"a statement ending the transaction ({shown!r}) was sent as SQL through a connection to {where} behind "
+            "a transaction-mode pooler: the pooler hands its server session to another client at that end, before "
+            "hypervault can undo what the transaction set in the session; end it with conn.commit() or "
+            "conn.rollback() (or a `with conn.transaction():` block), which carry the session reset"
+        )
+    if conn.autocommit and idle and SESSION_STATEMENT.search(text):  # idle: not in ``with conn.transaction():``
+        raise ConnectionMisuse(
+            f"a statement leaving session state ({shown!r}) was sent in autocommit mode through a connection to "
+            f"{where} behind a transaction-mode pooler: it would run on whichever of the pooler's server sessions is "
+            "free and its state would stay there, for the pooler's other clients, with no reset able to reach it; "
+            "run it inside a transaction (autocommit off, or `with conn.transaction():`), where it lasts until the "
+            "transaction ends (hypervault undoes it before the COMMIT), or use SET LOCAL"
+        )
 
 
 def reset_sql(conn: Any, *, restore: bool = True) -> str:
@@ -179,6 +256,57 @@ def session_lock_refusal(what: str, label: str) -> str:
     )
 
 
+def end_gen(conn: Any, command: bytes) -> Any:
+    """psycopg's ``_exec_command(command)`` for ``COMMIT`` or ``ROLLBACK`` on a connection lent behind a
+    transaction-mode pooler (``hv_end_reset``): one simple-protocol round trip that also resets the session
+    (`reset_sql`) before the pooler hands its server session to another client, which it does at the
+    ReadyForQuery ending the message.
+
+    A transaction that commits runs the reset as its last statement (``<reset>; COMMIT``: a ``SET`` made in it is
+    undone, a session advisory lock released); one rolled back or aborted resets after its end (``ROLLBACK;
+    <reset>``: what survives a rollback, advisory locks, ``PREPARE``d statements, sequence values, goes). Every way
+    psycopg ends a transaction comes here: ``commit()``, ``rollback()``, ``with conn.transaction():``, ``with
+    conn:``, and `put_connection`'s rollback, also in pipeline mode. A ``COMMIT`` that fails (a deferred
+    constraint, a serialization failure) rolls the reset back with the transaction, and with it every ``SET`` made
+    there; what is not transactional (advisory locks, prepared statements) stays undone.
+    """
+    conn._check_connection_ok()
+    pipeline = conn._pipeline
+    if pipeline is None:
+        return (yield from _end_simple(conn, command))
+    # in pipeline mode libpq sends no simple query: what is queued goes first (psycopg's own sync, its errors
+    # raised as psycopg raises them), then the message with pipeline mode left and entered again around it
+    yield from pipeline._sync_gen()
+    conn.pgconn.exit_pipeline_mode()
+    try:
+        return (yield from _end_simple(conn, command))
+    finally:
+        conn.pgconn.enter_pipeline_mode()
+
+
+def _end_simple(conn: Any, command: bytes) -> Any:
+    """`end_gen` out of pipeline mode: the one simple-protocol message and its results."""
+    pgconn = conn.pgconn
+    reset = reset_sql(conn).encode(pgconn._encoding)
+    if command == b"COMMIT" and pgconn.transaction_status == pq.TransactionStatus.INTRANS:
+        pgconn.send_query(reset + b"; COMMIT")
+    else:  # ROLLBACK, or a COMMIT of an aborted transaction (a rollback too)
+        pgconn.send_query(command + b"; " + reset)
+    results = yield from generators.execute(pgconn)
+    for result in results:
+        if result.status == pq.ExecStatus.FATAL_ERROR:
+            raise pg_errors.error_from_result(result, encoding=pgconn._encoding)
+    conn.hv_user_prepared = False  # the reset deallocated what it PREPAREd
+    return results[-1] if results else None
+
+
+def _exec_command(conn: Any, base: Any, command: Any, result_format: pq.Format) -> Any:
+    """psycopg's ``_exec_command`` (``base``, bound), `end_gen` for the end of a lent connection's transaction."""
+    if conn.hv_end_reset and command in (b"COMMIT", b"ROLLBACK") and result_format == pq.Format.TEXT:
+        return end_gen(conn, command)
+    return base(command, result_format)
+
+
 def _bind_after_begin(conn: Any, gen: Any) -> Any:
     """A psycopg ``_start_query`` generator followed by the connection's ``SET LOCAL search_path``, if it began."""
     starting = not conn._autocommit and conn.pgconn.transaction_status == pq.TransactionStatus.IDLE
@@ -200,9 +328,13 @@ def shard_bound_class(base: type[psycopg.Connection[Any]]) -> type[psycopg.Conne
         hv_restore = ""  # behind a pooler: `restore_sql` of the connection as it started
         hv_watch: Any = None  # a `_selflock.SelfLockWatch` while a caller holding a transaction uses it
         hv_lent_wait: Any = None  # while lent to a borrower holding other sessions: the store's watched wait
+        hv_end_reset = False  # lent behind a transaction-mode pooler: each transaction ends with a reset (`end_gen`)
 
         def _start_query(self) -> Any:
             return _bind_after_begin(self, super()._start_query())
+
+        def _exec_command(self, command: Any, result_format: pq.Format = pq.Format.TEXT) -> Any:
+            return _exec_command(self, super()._exec_command, command, result_format)
 
         def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
             """psycopg's wait; on a lent connection, watched for a wait on its borrower's other sessions."""
@@ -232,9 +364,13 @@ def shard_bound_async_class(base: type[psycopg.AsyncConnection[Any]]) -> type[ps
         hv_restore = ""  # behind a pooler: `restore_sql` of the connection as it started
         hv_watch: Any = None  # a `_selflock.SelfLockWatch` while a caller holding a transaction uses it
         hv_lent_wait: Any = None  # while lent to a borrower holding other sessions: the store's watched wait
+        hv_end_reset = False  # lent behind a transaction-mode pooler: each transaction ends with a reset (`end_gen`)
 
         def _start_query(self) -> Any:
             return _bind_after_begin(self, super()._start_query())
+
+        def _exec_command(self, command: Any, result_format: pq.Format = pq.Format.TEXT) -> Any:
+            return _exec_command(self, super()._exec_command, command, result_format)
 
         async def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
             """psycopg's wait; on a lent connection, watched for a wait on its borrower's other sessions."""

@@ -310,7 +310,7 @@ def bounded_async_connection_class(timeout: float | None) -> type[psycopg.AsyncC
     return BoundedAsyncConnection
 
 
-_ENDS_TRANSACTION = re.compile(
+ENDS_TRANSACTION = re.compile(
     r"(?:^|;)\s*(?:COMMIT|END|ABORT|ROLLBACK(?!\s+(?:WORK\s+|TRANSACTION\s+)?TO\b)|PREPARE\s+TRANSACTION)\b",
     re.IGNORECASE,
 )
@@ -323,7 +323,7 @@ def check_not_ending(query: Any, conn: Any, shard_id: int) -> None:
     would end that transaction: a COMMIT there would store its first half and leave the rest to run outside it.
     (``connection.commit()``/``rollback()`` are refused by psycopg itself there: see the transaction's cursor.)"""
     text = statement_text(query, conn)
-    if _ENDS_TRANSACTION.search(text):
+    if ENDS_TRANSACTION.search(text):
         raise TransactionError(
             f"a statement ending the transaction ({show_value(text)}) was sent through tx.cursor() inside "
             f"db.transaction({shard_id}): the block commits when it ends and rolls back on an exception; raise an "

@@ -280,15 +280,16 @@ class PostgresTransaction:
             raise error from chained(error, exc)
 
 
-def _rollback(conn: Conn) -> None:
-    """Roll back whatever is open; a connection that cannot is closed (the pool then replaces it)."""
+def _rollback(conn: Conn, then: str = "") -> None:
+    """Roll back whatever is open, followed by ``then`` (statements, in the same message); a connection that cannot
+    is closed (the pool then replaces it)."""
     if conn.closed:
         return
     if conn.pgconn.transaction_status == pq.TransactionStatus.ACTIVE:  # interrupted mid-statement
         conn.close()
         return
     try:
-        conn.execute("ROLLBACK", prepare=False)
+        conn.execute("ROLLBACK" + then, prepare=False)
     except psycopg.Error:
         conn.close()
 
@@ -342,13 +343,19 @@ def postgres_transaction(
         # prepared statement stays with a server session the next transaction may not get (restored after).
         conn.prepare_threshold = None
         tx = PostgresTransaction(store, conn, shard_id, ext)
+        pooled = getattr(store, "pooling", None) == "transaction"
         try:
             yield tx
         except BaseException:
             tx._forget_streams()
-            _rollback(conn)
+            if tx.user_sql and pooled:
+                # behind a transaction-mode pooler, with the ROLLBACK in one message (a reset sent after would reach
+                # whichever server session comes next): what survives a rollback (advisory locks, PREPARE) goes
+                _rollback(conn, "; " + reset_sql(conn, restore=False))
+            else:
+                _rollback(conn)
             if tx.user_sql:
-                _reset_session(store, conn, session=True)
+                _reset_session(store, conn, session=not pooled)
             raise
         tx._forget_streams()
         if conn.closed:
@@ -360,7 +367,6 @@ def postgres_transaction(
             raise TransactionError(
                 f"the transaction on shard {shard_id} of {store.label} is no longer open on its connection (a COMMIT or ROLLBACK through tx.cursor()?): nothing more is committed"
             )
-        pooled = getattr(store, "pooling", None) == "transaction"
         if tx.user_sql and pooled and (not tx.aborted()):
             # behind a transaction-mode pooler, in the transaction's own session: what user SQL SET ends with it
             tx._execute(reset_sql(conn, restore=False))

@@ -12,12 +12,13 @@ import psycopg
 import pytest
 from fixtures.pgbouncer import PgBouncerFactory, PgBouncerSet
 from fixtures.pgservers import PgCluster
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import hvcore
 from hvbackend_postgres._bouncer import pooler_possible
 from hvbackend_postgres._schema import shard_schema
+from hvbackend_postgres._store import PostgresServerStore
 
 SHARDS = [0, 1, 2, 3, 8, 9, 10, 11]  # 8 shards, 4 on each server
 MODES = ["transaction", "session"]
@@ -450,8 +451,10 @@ SESSION_CHANGES = [
     "SET application_name = 'left-behind'",
     "SET ROLE pg_read_all_data",
     "SET SESSION AUTHORIZATION hv_secret",
+    "SELECT set_config('maintenance_work_mem', '77MB', false)",
     "LISTEN hv_left_behind",
     "SELECT pg_advisory_lock(4242)",
+    "SELECT public.hv_take_lock()",
     "CREATE TEMP TABLE IF NOT EXISTS hv_left_behind (x int)",
     "DECLARE hv_held CURSOR WITH HOLD FOR SELECT 1",
     "PREPARE hv_left_behind AS SELECT 1",
@@ -469,18 +472,98 @@ SESSION_STATE = (
     "public.hv_session_lastval()"
 )
 SESSION_STATE_SETUP = (
-    "CREATE SEQUENCE IF NOT EXISTS public.hv_left_seq; "
+    "CREATE SEQUENCE IF NOT EXISTS public.hv_left_seq; GRANT USAGE ON SEQUENCE public.hv_left_seq TO PUBLIC; "
     "CREATE OR REPLACE FUNCTION public.hv_session_lastval() RETURNS bigint LANGUAGE plpgsql AS "
-    "$$BEGIN RETURN lastval(); EXCEPTION WHEN object_not_in_prerequisite_state THEN RETURN NULL; END$$"
+    "$$BEGIN RETURN lastval(); EXCEPTION WHEN object_not_in_prerequisite_state THEN RETURN NULL; END$$; "
+    "CREATE OR REPLACE FUNCTION public.hv_take_lock() RETURNS void LANGUAGE plpgsql AS "
+    "$$BEGIN PERFORM pg_catalog.pg_advisory_lock(4243); END$$"
 )
-"""A sequence for ``nextval`` to leave a value behind, and ``lastval()`` read without an error when there is none."""
+"""A sequence for ``nextval`` to leave a value behind (under any role ``SET ROLE`` took), ``lastval()`` read
+without an error when there is none, and a session advisory lock taken where the statement's text does not show it."""
+LENT_ENDS = ["commit", "transaction", "with", "rollback", "aborted", "put_connection", "pipeline"]
+"""How a borrower's transaction on a lent connection ends: ``commit()``, ``with conn.transaction():``, ``with
+conn:``, ``rollback()``, ``rollback()`` of a transaction an error aborted, ``put_connection`` (its rollback), or
+``commit()`` inside ``with conn.pipeline():``."""
+
+
+def _refused(change: str, pooling: str) -> bool:
+    """Whether ``change`` is refused (`ConnectionMisuse`, nothing sent) on a connection lent by a store whose
+    resolved pooling is ``pooling``: a session advisory lock asked for by name behind a transaction pooler."""
+    return pooling == "transaction" and "pg_advisory_lock(" in change
+
+
+def _run_changes(cur: Any, changes: list[str], pooling: str) -> None:
+    for change in changes:
+        try:
+            cur.execute(change)
+        except hvcore.ConnectionMisuse:
+            assert _refused(change, pooling), f"{change} was refused with pooling={pooling}"
+            continue
+        assert not _refused(change, pooling), f"{change} was not refused with pooling={pooling}"
+
+
+def _lent_changes(db: hvcore.Datastore, changes: list[str], end: str, pooling: str) -> Any:
+    """Run ``changes`` on a connection lent for shard 1, ended as ``end`` says; the connection, still lent (None
+    for ``put_connection``, which returned it); what is refused is `_refused`, and nothing else."""
+    conn = db.get_connection(1)
+    try:
+        if end == "transaction":
+            with conn.transaction():
+                _run_changes(conn, changes, pooling)
+        elif end == "with":
+            with conn:
+                _run_changes(conn, changes, pooling)
+        elif end == "pipeline":
+            with conn.pipeline():
+                _run_changes(conn, changes, pooling)
+                conn.commit()
+        else:
+            _run_changes(conn, changes, pooling)
+            if end == "commit":
+                conn.commit()
+            elif end == "aborted":
+                with pytest.raises(psycopg.errors.DivisionByZero):
+                    conn.execute("SELECT 1 / 0")
+                conn.rollback()
+            elif end == "rollback":
+                conn.rollback()
+    except BaseException:
+        db.put_connection(conn)
+        raise
+    if end == "put_connection":
+        db.put_connection(conn)
+        return None
+    return conn
+
+
+def _every_end(test: Any) -> Any:
+    """``test`` with an explicit example for each way a transaction ends: every end is run in every run."""
+    for end in ["cursor", *LENT_ENDS]:
+        test = example(changes=SESSION_CHANGES_EVERY_END, end=end)(test)
+    return test
+
+
+SESSION_CHANGES_EVERY_END = [
+    "SET default_transaction_read_only = on",
+    "SELECT public.hv_take_lock()",
+    "PREPARE hv_left_behind AS SELECT 1",
+    "LISTEN hv_left_behind",
+]
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(changes=st.lists(st.sampled_from(SESSION_CHANGES), unique=True, max_size=6), commit=st.booleans())
+@given(
+    changes=st.lists(st.sampled_from(SESSION_CHANGES), unique=True, max_size=6),
+    end=st.sampled_from(["cursor", *LENT_ENDS]),
+)
+@_every_end
 def test_any_session_state_left_by_user_code_is_gone_for_the_next_borrower(
-    one_session_servers: tuple[str, list[dict[str, Any]]], changes: list[str], commit: bool
+    one_session_servers: tuple[str, list[dict[str, Any]]], changes: list[str], end: str
 ) -> None:
+    """Whatever user SQL changed in its session, and however its transaction ended: the next borrower sees a fresh
+    session, and behind a transaction-mode pooler so does ANOTHER client of the pooler (plain psycopg, which its
+    single server session serves next) as soon as the lent connection's transaction has ended, before it is
+    returned (found by newcomer 7: a committed SET reached the pooler's other clients)."""
     mode, servers = one_session_servers
     with hvcore.Datastore(servers, pool_max=1, backend="jsonb") as db:
         with db.cursor(1) as cur:
@@ -488,16 +571,30 @@ def test_any_session_state_left_by_user_code_is_gone_for_the_next_borrower(
         with db.cursor(1) as cur:
             cur.execute(SESSION_STATE)
             fresh = cur.fetchone()
-        if commit:  # in a cursor() block, committed at its end
-            with db.cursor(1) as cur:
-                for change in changes:
-                    cur.execute(change)
-        else:  # on a borrowed connection, committed by the borrower, then returned
-            conn = db.get_connection(1)
-            for change in changes:
-                conn.execute(change)
-            conn.commit()
-            db.put_connection(conn)
+        other = lent = None
+        if mode == "transaction":  # the pooler's other client: its one server session is the lent connection's
+            other = psycopg.connect(**{k: v for k, v in servers[0].items() if k != "shards"})
+            other_fresh = other.execute(SESSION_STATE).fetchone()
+            other.commit()
+        try:
+            pooling = db.servers[0].stats()["pooling"]  # as the store resolved "auto"
+            if end == "cursor":  # in a cursor() block, committed at its end
+                with db.cursor(1) as cur:
+                    _run_changes(cur, changes, pooling)
+            else:  # on a borrowed connection, ended by the borrower, then returned
+                lent = _lent_changes(db, changes, end, pooling)
+            if other is not None:
+                other_after = other.execute(SESSION_STATE).fetchone()
+                other.commit()
+                assert other_after is not None and other_fresh is not None
+                changed = set(other_after[2]) ^ set(other_fresh[2])
+                assert not changed, f"{changes} ended by {end} left settings for another client: {sorted(changed)}"
+                assert tuple(other_after) == tuple(other_fresh), f"{changes} ended by {end} left state behind"
+        finally:
+            if lent is not None:
+                db.put_connection(lent)
+            if other is not None:
+                other.close()
         with db.cursor(1) as cur:
             cur.execute(SESSION_STATE)
             after = cur.fetchone()
@@ -506,3 +603,164 @@ def test_any_session_state_left_by_user_code_is_gone_for_the_next_borrower(
         assert not changed, f"{mode}: {changes} left settings behind: {sorted(changed)}"
         assert tuple(after) == tuple(fresh), f"{mode}: {changes} left state behind"
         assert db.get(db.put(1, 1, after="changes")) is not None
+
+
+@pytest.fixture
+def one_session_transaction_servers(
+    empty_servers: list[dict[str, Any]], pgbouncer_factory: PgBouncerFactory, pg_cluster: PgCluster
+) -> list[dict[str, Any]]:
+    """Server entries through transaction-mode poolers with ONE server session each (named, not detected)."""
+    bouncers = PgBouncerSet(
+        pgbouncer_factory(server, pool_mode="transaction", default_pool_size=1) for server in pg_cluster.servers[:2]
+    )
+    return _through(bouncers, empty_servers, pgbouncer="transaction")
+
+
+AUTOCOMMIT_REFUSED = [
+    "SET work_mem = '7MB'",
+    "set role pg_read_all_data",
+    "SET SESSION AUTHORIZATION hv_secret",
+    "SELECT 1; SET statement_timeout = '9s'",
+    "/* a comment */ LISTEN hv_left_behind",
+    "PREPARE hv_left_behind AS SELECT 1",
+    "CREATE TEMP TABLE hv_left_behind (x int)",
+    "SELECT set_config('work_mem', '9MB', false)",
+    "SELECT pg_advisory_lock(77)",
+]
+
+
+@pytest.mark.parametrize("statement", AUTOCOMMIT_REFUSED)
+def test_session_state_in_autocommit_through_a_transaction_pooler_is_refused(
+    one_session_transaction_servers: list[dict[str, Any]], statement: str
+) -> None:
+    """In autocommit mode each statement is a transaction on whichever server session the pooler has free, and what
+    it leaves in that session no reset can reach: refused before it is sent; the connection stays usable, and what
+    needs autocommit (VACUUM) or leaves nothing behind still runs."""
+    other_settings = {k: v for k, v in one_session_transaction_servers[0].items() if k not in ("shards", "pgbouncer")}
+    with psycopg.connect(**other_settings) as other:
+        fresh = other.execute("SHOW work_mem").fetchone()
+    with hvcore.Datastore(one_session_transaction_servers, pool_max=1, backend="jsonb") as db:
+        conn = db.get_connection(1)
+        try:
+            conn.autocommit = True
+            with pytest.raises(hvcore.ConnectionMisuse, match=r"autocommit mode .* pooler|session advisory lock"):
+                conn.execute(statement)
+            conn.execute(f"VACUUM {shard_schema(1)}.entities")  # autocommit has no shard binding: qualified
+            conn.execute("SELECT 'SET work_mem = 1' AS text_only, pg_advisory_xact_lock(77)")
+            conn.execute("SET LOCAL work_mem = '7MB'")  # no effect out of a transaction: allowed
+            with psycopg.connect(**other_settings) as other:  # the pooler's single server session, as others see it
+                row = other.execute("SHOW work_mem").fetchone()
+            with conn.transaction():  # the same statement in a transaction: undone before its COMMIT
+                if "advisory_lock" not in statement:
+                    conn.execute(statement)
+        finally:
+            db.put_connection(conn)
+        with psycopg.connect(**other_settings) as other:
+            state = other.execute(
+                "SELECT current_setting('work_mem'), current_user, (SELECT count(*) FROM pg_listening_channels()), "
+                "(SELECT count(*) FROM pg_prepared_statements WHERE from_sql), "
+                "(SELECT count(*) FROM pg_class WHERE relnamespace = pg_my_temp_schema())"
+            ).fetchone()
+    assert fresh is not None and row is not None and state is not None
+    assert (row[0], *state) == (fresh[0], fresh[0], "postgres", 0, 0, 0)
+
+
+def test_an_async_lent_connection_commits_its_reset_through_a_transaction_pooler(
+    one_session_transaction_servers: list[dict[str, Any]],
+) -> None:
+    """The asyncio store's lent connection ends its transactions as the blocking one's: ``await conn.commit()``
+    carries the reset, so the pooler's other client (on its single server session) sees nothing of a SET."""
+    other_settings = {k: v for k, v in one_session_transaction_servers[0].items() if k not in ("shards", "pgbouncer")}
+
+    async def main() -> tuple[Any, ...]:
+        async with hvcore.AsyncDatastore(one_session_transaction_servers, pool_max=1, backend="jsonb") as db:
+            conn = await db.get_connection(1)
+            try:
+                await conn.execute("SET default_transaction_read_only = on")
+                await conn.commit()
+                with psycopg.connect(**other_settings) as other:
+                    seen = other.execute("SHOW default_transaction_read_only").fetchone()
+                async with conn.transaction():
+                    await conn.execute("SET lock_timeout = '7s'")
+                with psycopg.connect(**other_settings) as other:
+                    seen2 = other.execute("SHOW lock_timeout").fetchone()
+                with pytest.raises(hvcore.ConnectionMisuse, match="pg_advisory_xact_lock"):
+                    await conn.execute("SELECT pg_try_advisory_lock(5)")
+            finally:
+                await db.put_connection(conn)
+            await db.put(1, 1, n=1)
+            return (seen, seen2)
+
+    assert asyncio.run(main()) == (("off",), ("0",))
+
+
+@pytest.mark.parametrize("statement", ["COMMIT", "rollback", "END", "SELECT 1; COMMIT", "/* done */ ABORT"])
+def test_a_transaction_ended_by_sql_through_a_transaction_pooler_is_refused(
+    one_session_transaction_servers: list[dict[str, Any]], statement: str
+) -> None:
+    """A ``COMMIT`` sent as SQL would hand the server session to the pooler's other clients before any reset: refused
+    before it is sent (``conn.commit()`` carries the reset); the transaction goes on and ``commit()`` ends it clean."""
+    other_settings = {k: v for k, v in one_session_transaction_servers[0].items() if k not in ("shards", "pgbouncer")}
+    with hvcore.Datastore(one_session_transaction_servers, pool_max=1, backend="jsonb") as db:
+        conn = db.get_connection(1)
+        try:
+            conn.execute("SET lock_timeout = '7s'")
+            with pytest.raises(hvcore.ConnectionMisuse, match=r"ending the transaction .* conn\.commit\(\)"):
+                conn.execute(statement)
+            assert conn.execute("SHOW lock_timeout").fetchone() == ("7s",)  # the same transaction goes on
+            conn.commit()
+            with psycopg.connect(**other_settings) as other:
+                seen = other.execute("SHOW lock_timeout").fetchone()
+            conn.autocommit = True
+            conn.execute("COMMIT")  # out of a transaction in autocommit mode it ends nothing: allowed (a warning)
+        finally:
+            db.put_connection(conn)
+    assert seen == ("0",)
+
+
+def test_a_rolled_back_shard_transaction_leaves_nothing_on_a_transaction_poolers_session(
+    empty_servers: list[dict[str, Any]],
+    pgbouncer_factory: PgBouncerFactory,
+    pg_cluster: PgCluster,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``db.transaction()`` whose ``tx.cursor()`` took a session advisory lock and PREPAREd a statement, ended by an
+    exception: what survives a rollback is reset in the ROLLBACK's own message. Another client of the pooler takes
+    the server session as soon as the ROLLBACK ends (the store's own reset then runs on the other one, as it did
+    when it was sent after the ROLLBACK) and finds nothing left on it."""
+    bouncers = PgBouncerSet(
+        pgbouncer_factory(server, pool_mode="transaction", default_pool_size=2) for server in pg_cluster.servers[:2]
+    )
+    servers = _through(bouncers, empty_servers, pgbouncer="transaction")
+    other_settings = {k: v for k, v in servers[0].items() if k not in ("shards", "pgbouncer")}
+    seen: list[Any] = []
+    original = PostgresServerStore._reset
+
+    def other_client_first(self: PostgresServerStore, conn: Any, session: bool) -> None:
+        if other is not None and not seen:  # the session the ROLLBACK ended on is the pooler's most recent idle one
+            seen.append(
+                other.execute(
+                    "SELECT (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()), "
+                    "(SELECT count(*) FROM pg_prepared_statements WHERE from_sql)"
+                ).fetchone()
+            )
+        original(self, conn, session)
+
+    other = None
+    monkeypatch.setattr(PostgresServerStore, "_reset", other_client_first)
+    with hvcore.Datastore(servers, pool_max=1, backend="jsonb", worker=None) as db:
+        db.put(1, 1, n=0)
+        other = psycopg.connect(**other_settings)
+        try:
+            with pytest.raises(RuntimeError, match="roll back"), db.transaction(1) as tx:
+                tx.put(1, n=1)
+                with tx.cursor() as cur:
+                    cur.execute("SELECT pg_advisory_lock(4245)")
+                    cur.execute("PREPARE hv_tx_left AS SELECT 1")
+                raise RuntimeError("roll back")
+            other.commit()
+        finally:
+            other.close()
+    with psycopg.connect(**{k: v for k, v in empty_servers[0].items() if k != "shards"}) as check:
+        held = check.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 4245").fetchone()
+    assert (seen, held) == ([(0, 0)], (0,))
