@@ -314,7 +314,8 @@ def flush_thread_lines(figures: Mapping[str, float], label: str) -> list[str]:
         f"the same hand-over on the caller's thread ({f['caller_flush_us_per_measurement']:.2f} µs)",
         f"flush thread, {label}: {f['thread_us_per_call']:.2f} µs CPU per put+get = "
         f"{f['thread_us_per_call'] / f['off_us_per_call']:.3f}× the caller's CPU per put+get off "
-        f"({f['off_us_per_call']:.2f} µs); caller's CPU on {f['on_caller_us_per_call'] / f['off_us_per_call']:.3f}× off",
+        f"({f['off_us_per_call']:.2f} µs); caller's CPU on "
+        f"{f['on_caller_us_per_call'] / f['off_us_per_call']:.3f}× off",
     ]
 
 
