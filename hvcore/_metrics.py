@@ -114,26 +114,6 @@ def _error_type(exc: BaseException) -> str:
     return type(exc).__qualname__
 
 
-def _context_getter() -> Callable[[], Any]:
-    """``opentelemetry.context.get_current``, or the same read without its two Python calls (about 700
-    instructions per operation): the ContextVar's own ``get``, when the runtime context is the API's default one
-    (exactly ``ContextVarsRuntimeContext``, whose ``get_current`` is that read). Any other runtime context (the
-    ``OTEL_PYTHON_CONTEXT`` setting), or an API whose names differ, gets the public function."""
-    from contextvars import ContextVar
-
-    from opentelemetry import context
-
-    try:
-        from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
-    except ImportError:  # pragma: no cover - an API release without it
-        return context.get_current
-    runtime = getattr(context, "_RUNTIME_CONTEXT", None)
-    var = getattr(runtime, "_current_context", None)
-    if type(runtime) is ContextVarsRuntimeContext and type(var) is ContextVar:
-        return var.get
-    return context.get_current
-
-
 def _no_span() -> Any:
     """A truthy OpenTelemetry context holding no span (see `_Instruments.no_span`)."""
     from opentelemetry.context import Context
@@ -146,7 +126,12 @@ class _Instruments:
     """The instruments, made once per provider from its meter."""
 
     def __init__(self, meter: Any, owner: Metrics) -> None:
-        self.context = _context_getter()  # the caller's context, kept with a deferred measurement (exemplars)
+        from opentelemetry.context import get_current
+
+        # the caller's context, kept with a deferred measurement (exemplars): the public function, whatever runtime
+        # context OTEL_PYTHON_CONTEXT names (reading the default one's ContextVar directly saved 734 instructions
+        # per operation but read the API's private _RUNTIME_CONTEXT: docs/benchmarks.md, "Flush thread")
+        self.context: Callable[[], Any] = get_current
         # What a deferred measurement made outside any span is handed over with: OpenTelemetry's empty Context is
         # falsy, and ``Histogram.record`` replaces a falsy context with the current one, which on the draining
         # thread is the drainer's (a collection or `flush` made inside a span would lend it its trace).
