@@ -130,7 +130,7 @@ class _Instruments:
 
         # the caller's context, kept with a deferred measurement (exemplars): the public function, whatever runtime
         # context OTEL_PYTHON_CONTEXT names (reading the default one's ContextVar directly saved 734 instructions
-        # per operation but read the API's private _RUNTIME_CONTEXT: docs/benchmarks.md, "Flush thread")
+        # per operation but read the API's private _RUNTIME_CONTEXT: docs/benchmarks.md, Metrics, "Every operation")
         self.context: Callable[[], Any] = get_current
         # What a deferred measurement made outside any span is handed over with: OpenTelemetry's empty Context is
         # falsy, and ``Histogram.record`` replaces a falsy context with the current one, which on the draining
