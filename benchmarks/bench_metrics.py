@@ -1,6 +1,6 @@
 """Benchmark what metrics cost: put + get with metrics on against the same code with metrics off.
 
-Usage: ``python benchmarks/bench_metrics.py [--quick] [--json PATH] [--no-callgrind] [--sdk-stages]``.
+Usage: ``python benchmarks/bench_metrics.py [--quick] [--json PATH] [--no-callgrind] [--sdk-stages] [--flush-thread]``.
 
 Every variant runs hypervault as shipped; only the OpenTelemetry set-up differs (nothing is copied or kept in step
 by hand), on the memory backend and on a throwaway PostgreSQL server (jsonb, started by the script):
@@ -230,6 +230,97 @@ def _draining(call: Callable[[], None], drain: bool) -> Callable[[], None]:
     return run
 
 
+def flush_thread(backend: str, settings: Mapping[str, Any] | None, calls: int) -> dict[str, float]:
+    """What the background thread costs: ``calls`` put+get with metrics on and hypervault's defaults (the thread
+    hands the queue to the SDK each time `FLUSH_AT` measurements wait), then the same put+get with metrics off.
+
+    CPU time is read per thread (``time.pthread_getcpuclockid``): the flush thread's over the measurements it
+    handed over, and, for the ratios of the same run, the caller's CPU time per put+get off and on, and the
+    CPU per measurement of the same hand-over made on the caller's thread (`Metrics.flush` of a queue as long as
+    `FLUSH_AT`, timed with ``time.thread_time``). Per put+get, the thread's CPU is two measurements' (what is
+    left in the queue below `FLUSH_AT` at the end is not counted on either side). Keys:
+    ``thread_us_per_measurement``, ``caller_flush_us_per_measurement``, ``measurements``, ``thread_us_per_call``,
+    ``off_us_per_call``, ``on_caller_us_per_call``.
+    """
+    state = hvcore.metrics
+    ds, provider = make("on", backend, settings)
+    call = round_trip(ds)
+    for _ in range(100):  # warm-up, then the queue emptied and the thread started (idle) outside the timing
+        call()
+    state.flush()
+    state._wake_flusher()
+    thread = state._flusher
+    assert thread is not None and thread.ident is not None
+    clock = time.pthread_getcpuclockid(thread.ident)
+    _settle(state)
+    thread_started, caller_started = time.clock_gettime(clock), time.thread_time()
+    queued = state.pending
+    for _ in range(calls):
+        call()
+    on_caller = time.thread_time() - caller_started
+    made = 2 * calls  # one duration per put, one per get (no connection waits in one thread)
+    _settle(state)
+    handed = queued + made - state.pending
+    thread_cpu = time.clock_gettime(clock) - thread_started
+    # the same hand-over on the caller's thread: a queue of FLUSH_AT (what one wake of the thread finds)
+    flush_at = _metrics.FLUSH_AT
+    _metrics.FLUSH_AT = 1 << 62
+    try:
+        state.flush()
+        for _ in range(flush_at // 2):
+            call()
+        waiting = state.pending
+        started = time.thread_time()
+        state.flush()
+        caller_flush = (time.thread_time() - started) / waiting
+    finally:
+        _metrics.FLUSH_AT = flush_at
+    ds.close()
+    provider.shutdown()
+    ds, _ = make("off", backend, settings)
+    call = round_trip(ds)
+    for _ in range(100):
+        call()
+    started = time.thread_time()
+    for _ in range(calls):
+        call()
+    off = time.thread_time() - started
+    ds.close()
+    hvcore.metrics.use(None)
+    return {
+        "measurements": float(handed),
+        "thread_us_per_measurement": thread_cpu / handed * 1e6 if handed else float("nan"),
+        "caller_flush_us_per_measurement": caller_flush * 1e6,
+        "thread_us_per_call": 2 * thread_cpu / handed * 1e6 if handed else float("nan"),  # two per put+get
+        "off_us_per_call": off / calls * 1e6,
+        "on_caller_us_per_call": on_caller / calls * 1e6,
+    }
+
+
+def _settle(state: Any, timeout: float = 30.0) -> None:
+    """Wait until the flush thread is idle: no wake pending, no drain running."""
+    deadline = time.monotonic() + timeout
+    while state._flush_wanted.is_set() or state._draining:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the metrics flush thread did not settle")
+        time.sleep(0.01)
+    time.sleep(0.05)
+
+
+def flush_thread_lines(figures: Mapping[str, float], label: str) -> list[str]:
+    """The flush thread's figures as printed: CPU per measurement and ratios of the same run."""
+    f = figures
+    return [
+        f"flush thread, {label}: {f['thread_us_per_measurement']:.2f} µs CPU per measurement handed over "
+        f"({f['measurements']:,.0f}), {f['thread_us_per_measurement'] / f['caller_flush_us_per_measurement']:.3f}× "
+        f"the same hand-over on the caller's thread ({f['caller_flush_us_per_measurement']:.2f} µs)",
+        f"flush thread, {label}: {f['thread_us_per_call']:.2f} µs CPU per put+get = "
+        f"{f['thread_us_per_call'] / f['off_us_per_call']:.3f}× the caller's CPU per put+get off "
+        f"({f['off_us_per_call']:.2f} µs); caller's CPU on "
+        f"{f['on_caller_us_per_call'] / f['off_us_per_call']:.3f}× off",
+    ]
+
+
 SDK_CASES = ("5 attributes", "4 attributes", "no attributes", "5 attributes, exemplars off")
 
 
@@ -396,11 +487,13 @@ def run(quick: bool, callgrind: bool | None = None, variants: tuple[str, ...] = 
     if callgrind:
         results["sdk_record_ir"] = per_call("sdk", None, 2000, SDK_CASES)
     results["memory_wall_us"], results["memory_cpu_us"] = wall("memory", None, ops * 5, rounds)
+    results["memory_flush_thread"] = flush_thread("memory", None, ops * 20)
     if callgrind:
         results["memory_ir"] = per_call("memory", None, 300, variants)  # the garbage collector off: stable counts
     with local_servers(1, fsync=False) as local:
         settings = dict(local[0].settings)
         results["jsonb_wall_us"], results["jsonb_cpu_us"] = wall("jsonb", settings, ops // 3, rounds)
+        results["jsonb_flush_thread"] = flush_thread("jsonb", settings, ops * 10)
         results["jsonb_caller_us"], results["jsonb_caller_cpu_us"] = wall(
             "jsonb", settings, ops // 3, rounds, drain=False
         )
@@ -489,12 +582,25 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     parser.add_argument("--callgrind-variants", default=",".join(VARIANTS), help="variants counted by callgrind")
     parser.add_argument(
+        "--flush-thread", action="store_true", help="only the flush thread's CPU per measurement (memory, jsonb)"
+    )
+    parser.add_argument(
         "--sdk-stages", action="store_true", help="only where one SDK measurement's instructions go (callgrind)"
     )
     args = parser.parse_args()
     if args.sdk_stages:
         for stage, figure in per_call("sdk_stage", None, 2000, SDK_STAGES).items():
             print(f"{stage:60} {figure:9,.0f} instructions")
+        return
+    if args.flush_thread:
+        from fixtures.localpg import local_servers
+
+        calls = _metrics.FLUSH_AT * (2 if args.quick else 5)  # 4 or 10 wakes of the thread
+        for line in flush_thread_lines(flush_thread("memory", None, calls), "memory"):
+            print(line)
+        with local_servers(1, fsync=False) as local:
+            for line in flush_thread_lines(flush_thread("jsonb", dict(local[0].settings), calls // 2), "jsonb"):
+                print(line)
         return
     variants = tuple(v for v in VARIANTS if v in args.callgrind_variants.split(","))
     if "off" not in variants:
@@ -507,6 +613,10 @@ def main() -> None:
     for key, label in MEASURES:
         if key in r:
             print(f"{label:52} {_ratios(r[key])}")
+    for backend in ("memory", "jsonb"):
+        if f"{backend}_flush_thread" in r:
+            for line in flush_thread_lines(r[f"{backend}_flush_thread"], backend):
+                print(line)
     print("on / off, the caller's path (measurements handed over after the timing) and in total (handed over on the")
     print("caller's thread every 64 calls, inside the timing; instructions include the hand-over); goal ≤ 1.05×:")
     for line in summary(r):

@@ -48,6 +48,9 @@ WAIT_BUCKETS = (0.00001, 0.0001, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
 FLUSH_AT = 4096
 """Deferred measurements waiting for the SDK before the background thread hands them over (a collection drains
 the queue whatever its length)."""
+STORE_ATTRS = "_hv_metric_attrs"
+"""The attribute under which a store keeps its operations' attributes dicts ({operation name, or (name, shard)
+with ``shard_attribute``: attributes}), made on its first recorded operation; the same dicts as the label cache's."""
 SETTLE_WAIT = 0.05
 """Seconds a collection waits at most for drains running on other threads to hand over what they took (s)."""
 
@@ -111,26 +114,6 @@ def _error_type(exc: BaseException) -> str:
     return type(exc).__qualname__
 
 
-def _context_getter() -> Callable[[], Any]:
-    """``opentelemetry.context.get_current``, or the same read without its two Python calls (about 700
-    instructions per operation): the ContextVar's own ``get``, when the runtime context is the API's default one
-    (exactly ``ContextVarsRuntimeContext``, whose ``get_current`` is that read). Any other runtime context (the
-    ``OTEL_PYTHON_CONTEXT`` setting), or an API whose names differ, gets the public function."""
-    from contextvars import ContextVar
-
-    from opentelemetry import context
-
-    try:
-        from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
-    except ImportError:  # pragma: no cover - an API release without it
-        return context.get_current
-    runtime = getattr(context, "_RUNTIME_CONTEXT", None)
-    var = getattr(runtime, "_current_context", None)
-    if type(runtime) is ContextVarsRuntimeContext and type(var) is ContextVar:
-        return var.get
-    return context.get_current
-
-
 def _no_span() -> Any:
     """A truthy OpenTelemetry context holding no span (see `_Instruments.no_span`)."""
     from opentelemetry.context import Context
@@ -143,7 +126,12 @@ class _Instruments:
     """The instruments, made once per provider from its meter."""
 
     def __init__(self, meter: Any, owner: Metrics) -> None:
-        self.context = _context_getter()  # the caller's context, kept with a deferred measurement (exemplars)
+        from opentelemetry.context import get_current
+
+        # the caller's context, kept with a deferred measurement (exemplars): the public function, whatever runtime
+        # context OTEL_PYTHON_CONTEXT names (reading the default one's ContextVar directly saved 734 instructions
+        # per operation but read the API's private _RUNTIME_CONTEXT: docs/benchmarks.md, Metrics, "Every operation")
+        self.context: Callable[[], Any] = get_current
         # What a deferred measurement made outside any span is handed over with: OpenTelemetry's empty Context is
         # falsy, and ``Histogram.record`` replaces a falsy context with the current one, which on the draining
         # thread is the drainer's (a collection or `flush` made inside a span would lend it its trace).
@@ -244,10 +232,7 @@ class Metrics:
         self._lock = threading.Lock()
         self._watched: weakref.WeakSet[Any] = weakref.WeakSet()
         self._sources: list[PoolSource] = []
-        self._attrs: dict[tuple[str, str, int | None], dict[str, Any]] = {}
-        # the same dicts found from the store object without reading its label (a property) or making a tuple key:
-        # id(store) -> (weak reference to it, {operation name, or (name, shard) with shard_attribute: attributes})
-        self._by_store: dict[int, tuple[weakref.ref[Any], dict[Any, dict[str, Any]]]] = {}
+        self._attrs: dict[tuple[str, str, int | None], dict[str, Any]] = {}  # the label cache (see STORE_ATTRS)
         self._labels: dict[str, dict[str, Any]] = {}
         self._pending: deque[Pending] = deque()  # deferred histogram measurements (see the module docstring)
         self._flush_wanted = threading.Event()
@@ -339,28 +324,19 @@ class Metrics:
         return attrs
 
     def _store_attrs(self, name: str, store: Any, shard: int | None) -> dict[str, Any]:
-        """`_op_attrs`, remembered for ``store`` itself (`operation` then finds the same dict from ``id(store)``).
+        """`_op_attrs`, also kept on ``store`` itself (its `STORE_ATTRS` dict), where `operation` finds it next time.
 
-        The entry holds a weak reference, checked on every use (an id is reused once its object is gone) and removed
-        with the store; a store that cannot be weakly referenced is looked up by its label every time."""
+        A store that takes no new attribute (``__slots__``) is looked up by its label every time."""
         attrs = self._op_attrs(name, store, shard)
-        key = id(store)
-        entry = self._by_store.get(key)
-        if entry is None or entry[0]() is not store:
-            if len(self._by_store) >= 10_000:  # bounded, like the label cache
-                return attrs
-            by_store = self._by_store
-
-            def forget(_: Any) -> None:
-                if by_store.get(key) is entry:
-                    del by_store[key]
-
+        kept = getattr(store, STORE_ATTRS, None)
+        if kept is None:
+            kept = {}
             try:
-                entry = (weakref.ref(store, forget), {})
-            except TypeError:  # no __weakref__ slot
+                setattr(store, STORE_ATTRS, kept)
+            except (AttributeError, TypeError):  # no __dict__
                 return attrs
-            by_store[key] = entry
-        entry[1][(name, shard) if self.shard_attribute else name] = attrs
+        if len(kept) < 10_000:  # bounded, like the label cache (one entry per operation name, or name and shard)
+            kept[(name, shard) if self.shard_attribute else name] = attrs
         return attrs
 
     def _pool_attrs(self, label: str) -> dict[str, Any]:
@@ -382,13 +358,11 @@ class Metrics:
         if inst is None:
             return
         # the hot path, inlined (each Python call saved is ~1,000 instructions of an operation's ~10,000 here):
-        # the attributes dict made once per operation name and store (and shard, with shard_attribute) and found
-        # from the store object (no label property read, no tuple key), the queue appended without calling _defer
-        entry = self._by_store.get(id(store))
-        attrs = None
-        if entry is not None and entry[0]() is store:
-            attrs = entry[1].get((name, shard) if self.shard_attribute else name)
-        if attrs is None:
+        # the attributes dict made once per operation name and store (and shard, with shard_attribute) and kept on
+        # the store object (no label property read, no tuple key), the queue appended without calling _defer
+        try:
+            attrs = store._hv_metric_attrs[(name, shard) if self.shard_attribute else name]
+        except (AttributeError, KeyError):
             attrs = self._store_attrs(name, store, shard)
         if error is not None:
             attrs = {**attrs, "error.type": _error_type(error)}
