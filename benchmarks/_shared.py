@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-__all__ = ["NEXT_ID_SQL", "measure"]
+__all__ = ["NEXT_ID_SQL", "callgrind_instructions", "measure"]
 
 # The 2015 library's ids made on the server (Instagram's next_id()), on a table with the same indexes as ours,
 # so that "client keys vs server keys" compares only where the id is made.
@@ -78,3 +80,16 @@ def syscalls_per_call(pids: list[int], fn: Callable[[], None], ops: int) -> dict
             counts[parts[-1]] = int(parts[3]) / ops
     report.unlink()
     return counts
+
+
+def callgrind_instructions(script: str, *args: str, timeout: float = 1800) -> int:
+    """Instructions valgrind's callgrind counts for ``python script *args`` run in a fresh process (the script's
+    worker mode), with ``PYTHONHASHSEED=0`` so that two runs hash alike. ``RuntimeError`` with the end of the
+    worker's stderr if it fails or callgrind prints no count."""
+    command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, script, *args]
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False, timeout=timeout)
+    found = re.search(r"Collected : (\d+)", done.stderr)
+    if done.returncode != 0 or found is None:
+        raise RuntimeError(f"callgrind worker failed: {done.stderr[-2000:]}")
+    return int(found.group(1))

@@ -30,11 +30,8 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
-import re
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -44,7 +41,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _shared import measure
+from _shared import callgrind_instructions, measure
 
 import hvcore
 from hvcore import _metrics
@@ -437,26 +434,7 @@ def worker(variant: str, backend: str, settings: Mapping[str, Any] | None, count
 def instructions(variant: str, backend: str, settings: Mapping[str, Any] | None, count: int) -> int:
     """Instructions callgrind counts for a worker process making ``count`` put+get calls (``backend`` ``sdk``:
     ``count`` measurements of the SDK case ``variant``)."""
-    command = [
-        "valgrind",
-        "--tool=callgrind",
-        "--callgrind-out-file=/dev/null",
-        sys.executable,
-        __file__,
-        "--worker",
-        variant,
-        backend,
-        json.dumps(settings),
-        str(count),
-    ]
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
-    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False, timeout=1800)
-    if done.returncode != 0:
-        raise RuntimeError(f"callgrind worker failed: {done.stderr[-2000:]}")
-    found = re.search(r"Collected : (\d+)", done.stderr)
-    if found is None:
-        raise RuntimeError(f"no instruction count in callgrind's output: {done.stderr[-2000:]}")
-    return int(found.group(1))
+    return callgrind_instructions(__file__, "--worker", variant, backend, json.dumps(settings), str(count))
 
 
 def per_call(

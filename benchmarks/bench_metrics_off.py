@@ -23,10 +23,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
-import re
 import shutil
-import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -36,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_metrics
+from _shared import callgrind_instructions
 
 from hvcore import _metrics
 from hvcore._metrics import metrics
@@ -101,22 +99,7 @@ def loop_worker(kind: str, count: int) -> None:
 
 def _instructions(kind: str, count: int) -> int:
     """Instructions callgrind counts for a fresh process running loop ``kind`` ``count`` times."""
-    command = [
-        "valgrind",
-        "--tool=callgrind",
-        "--callgrind-out-file=/dev/null",
-        sys.executable,
-        __file__,
-        "--worker",
-        kind,
-        str(count),
-    ]
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
-    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False, timeout=1800)
-    found = re.search(r"Collected : (\d+)", done.stderr)
-    if done.returncode != 0 or found is None:
-        raise RuntimeError(f"callgrind worker failed: {done.stderr[-2000:]}")
-    return int(found.group(1))
+    return callgrind_instructions(__file__, "--worker", kind, str(count))
 
 
 def instructions_per_check(count: int = 200_000) -> float:

@@ -26,10 +26,8 @@ import gc
 import json
 import os
 import random
-import re
 import shutil
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -39,7 +37,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from _shared import measure
+from _shared import callgrind_instructions, measure
 from fixtures.pgreplica import ReplicaPair
 
 import hvcore
@@ -174,15 +172,7 @@ def put_instructions(settings: dict[str, Any], count: int) -> dict[str, float]:
     """Client instructions per put of each `PUT_MODES` mode, by callgrind: (Ir(5·count) - Ir(count)) / (4·count)."""
 
     def collected(mode: str, n: int) -> int:
-        command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__]
-        command += ["--worker", mode, json.dumps(settings), str(n)]
-        done = subprocess.run(
-            command, capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"}, check=False
-        )
-        found = re.search(r"Collected : (\d+)", done.stderr)
-        if done.returncode != 0 or found is None:
-            raise RuntimeError(f"callgrind worker failed: {done.stderr[-2000:]}")
-        return int(found.group(1))
+        return callgrind_instructions(__file__, "--worker", mode, json.dumps(settings), str(n))
 
     return {mode: (collected(mode, 5 * count) - collected(mode, count)) / (4 * count) for mode in PUT_MODES}
 
