@@ -97,7 +97,6 @@ from hvbackend_postgres._common import (
     check_not_ending,
     dump_json,
     idle_socket_state,
-    session_clean,
     load_json,
     log_statement,
     log_statements,
@@ -105,6 +104,7 @@ from hvbackend_postgres._common import (
     query_fetch_sizes,
     query_records,
     resumed,
+    session_clean,
     timeout_in,
 )
 from hvbackend_postgres._fanout import (
