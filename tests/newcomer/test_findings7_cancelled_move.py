@@ -27,9 +27,6 @@ import pytest
 import hvcore
 
 
-@pytest.mark.xfail(
-    strict=True, reason="a cancelled AsyncDatastore.move_shard goes on in its thread and switches the shard"
-)
 def test_a_cancelled_move_does_not_switch_the_shard(pg_fresh_db: dict[str, Any], pg_fresh_db2: dict[str, Any]) -> None:
     async def main() -> tuple[str, int]:
         servers = [{**pg_fresh_db, "shards": "0-8"}, {**pg_fresh_db2, "shards": "8-16"}]
