@@ -33,9 +33,16 @@ def test_a_cancelled_move_does_not_switch_the_shard(pg_fresh_db: dict[str, Any],
         async with hvcore.AsyncDatastore(servers, backend="jsonb", worker=None) as db:
             await db.provision()
             await db.put_many(3, 1, [{"i": i} for i in range(30_000)])
+            copying: list[str] = []
+
+            def slow_copy(phase: str, done: int, total: int) -> None:
+                if phase == "copy" and not copying:  # the copy outlasts the timeout even on an idle machine
+                    copying.append(phase)
+                    time.sleep(0.5)
+
             with pytest.raises(TimeoutError):
                 async with asyncio.timeout(0.3):
-                    await db.move_shard(3, 1)
+                    await db.move_shard(3, 1, progress=slow_copy)
             try:
                 undo = f"rolled back: {await db.rollback_move(3)}"
             except hvcore.MoveError as exc:
