@@ -268,6 +268,12 @@ class PlacementMixin(PlacementFollower):
         ``drop_source``). Writes to this shard pause during fence..switch only; other shards never pause.
         On a server that fronts a distributed database (a Citus coordinator), ``to_server`` may name one of its
         nodes (``host:port``): the engine's own move does it (``citus_schema_move``).
+
+        On asyncio the move runs in a worker thread. A cancelled caller (an ``asyncio.timeout``, ``task.cancel()``,
+        a ``TaskGroup`` sibling failing) stops it at its next step (a copied block, a catch-up round, a phase) if
+        the switch has not begun, and the cancellation is raised once the mover has stopped: the move is then
+        interrupted, resumed by ``move_shard`` or undone by ``rollback_move``. A cancellation arriving once the
+        switch has begun waits for the move to end (the shard is then on the target) and is raised after it.
         """
         self.reload_placement()
         progress = _stoppable(shard_id, progress)
@@ -363,9 +369,9 @@ class AsyncPlacementMixin(PlacementFollower):
         On a server that fronts a distributed database (a Citus coordinator), ``to_server`` may name one of its
         nodes (``host:port``): the engine's own move does it (``citus_schema_move``).
 
-        The move runs in a worker thread. A cancelled caller (an ``asyncio.timeout``, ``task.cancel()``, a
-        ``TaskGroup`` sibling failing) stops it at its next step (a copied block, a catch-up round, a phase) if the
-        switch has not begun, and the cancellation is raised once the mover has stopped: the move is then
+        On asyncio the move runs in a worker thread. A cancelled caller (an ``asyncio.timeout``, ``task.cancel()``,
+        a ``TaskGroup`` sibling failing) stops it at its next step (a copied block, a catch-up round, a phase) if
+        the switch has not begun, and the cancellation is raised once the mover has stopped: the move is then
         interrupted, resumed by ``move_shard`` or undone by ``rollback_move``. A cancellation arriving once the
         switch has begun waits for the move to end (the shard is then on the target) and is raised after it.
         """
