@@ -6,7 +6,11 @@ is psycopg_pool's ``_acompat.py``. Only what the two sides do differently lives 
 
 - ``aspawn(fn, *args)`` starts ``fn(*args)`` concurrently (a task / a thread of a shared pool), in a copy of the
   caller's contextvars context on both sides; ``agather(*spawned)`` waits for them and returns their results in
-  order, raising the first failure (the others keep running and finish on their own, returning their connections).
+  order, raising the first failure (the others keep running and finish on their own, returning their connections);
+  a caller cancelled while it waits cancels them and waits until they have ended (asyncio.gather's own rule).
+- ``acancel(spawned)`` is what a caller cancelled before it reached ``agather`` does: cancel every spawned piece
+  and wait until each has ended, so that a cancelled call leaves no work behind (the sync twin cancels the pieces
+  not started yet; a thread cannot be stopped).
 - ``ato_thread(fn, *args)`` runs blocking work off the event loop; its sync twin just calls it.
 - ``ashield(awaitable)`` finishes an awaitable even if the caller is cancelled; the sync twin just returns it.
 """
@@ -18,7 +22,7 @@ import contextvars
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar, TypeVarTuple, Unpack
 
@@ -29,11 +33,13 @@ __all__ = [
     "ALock",
     "Event",
     "Lock",
+    "acancel",
     "agather",
     "ashield",
     "asleep",
     "aspawn",
     "ato_thread",
+    "cancel",
     "gather",
     "loop_gone",
     "owned_elsewhere",
@@ -103,6 +109,33 @@ async def agather(*spawned: Awaitable[T]) -> list[T]:
 def gather(*spawned: Future[T]) -> list[T]:
     """The results of spawned threads, in order; the first failure is raised."""
     return [future.result() for future in spawned]
+
+
+async def acancel(spawned: Sequence[asyncio.Future[Any]]) -> None:
+    """Cancel spawned tasks and wait until every one has ended, their outcomes seen (a caller cancelled again
+    meanwhile still waits for them, then raises that cancellation): nothing is left running for nobody."""
+    for task in spawned:
+        task.cancel()
+    again: BaseException | None = None
+    pending = [task for task in spawned if not task.done()]
+    while pending:
+        try:
+            await asyncio.wait(pending)
+        except asyncio.CancelledError as exc:  # the pieces are cancelled already: they end soon
+            again = exc
+        pending = [task for task in pending if not task.done()]
+    for task in spawned:
+        if not task.cancelled():
+            task.exception()  # seen: not logged as "never retrieved"
+    if again is not None:
+        raise again
+
+
+def cancel(spawned: Sequence[Future[Any]]) -> None:
+    """Cancel the spawned pieces that have not started yet (a running thread cannot be stopped: it ends on its own
+    and returns its connection)."""
+    for future in spawned:
+        future.cancel()
 
 
 async def ato_thread(fn: Callable[[Unpack[Ts]], T], *args: *Ts) -> T:

@@ -21,7 +21,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from hvcore import _schemaops
-from hvcore._acompat import ALock, agather, aspawn, ato_thread
+from hvcore._acompat import ALock, acancel, agather, aspawn, ato_thread
 from hvcore._areadrouter import AsyncReadRouter, ReplicaChoice
 from hvcore._atransaction import AsyncShardTransaction, open_transaction
 from hvcore._attempts import one_attempt_per_call
@@ -863,7 +863,9 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         The first server is read by the calling task or thread while the others run in spawned ones: measured by
         benchmarks/bench_concurrency.py (1000 keys, 64 shards, 2 servers, on 2 busy cores) this beat a thread per
         server and reading the servers in turn (docs/benchmarks.md). The first failure is raised; reads already
-        spawned finish on their own and return their connections.
+        spawned finish on their own and return their connections. A cancelled caller (an ``asyncio.timeout``, a
+        ``TaskGroup`` sibling failing) cancels the spawned reads and waits until they have ended: a read nobody
+        waits for must not queue for a connection or run its statements later.
         """
         order = list(by_server.items())
         if not order:
@@ -885,10 +887,13 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         spawned = [aspawn(read, index, items) for index, items in order[1:]]
         try:
             found = await read(*order[0])
-        except BaseException:
+        except Exception:
             if True:  # ASYNC
                 for task in spawned:  # their failures are not this call's any more: do not log them as lost
                     task.add_done_callback(_forget_failure)
+            raise
+        except BaseException:  # cancelled or interrupted: the other reads are nobody's work any more
+            await acancel(spawned)
             raise
         for records in await agather(*spawned):
             found.extend(records)

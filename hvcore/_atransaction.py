@@ -23,7 +23,7 @@ from contextvars import ContextVar, Token
 from time import perf_counter
 from typing import Any, TypeVar, cast
 
-from hvcore._acompat import ato_thread
+from hvcore._acompat import ashield, ato_thread
 from hvcore._backend import AsyncStoreTransaction, AsyncSupportsTransactions, QuerySpec, Record
 from hvcore._blocks import aonce_block
 from hvcore._facade import PUT_ATTEMPTS, too_many_duplicates
@@ -447,6 +447,7 @@ async def _begin(
 ) -> AsyncIterator[AsyncShardTransaction]:
     tx: AsyncShardTransaction | None = None
     started = perf_counter() if metrics.on else None  # the whole transaction is one operation, "transaction"
+    committing = False  # the block's own work is over: what ends it from here (COMMIT) may have committed
     try:
         async with store.transaction(shard_id, isolation_level=level, read_only=read_only) as backend_tx:
             tx = AsyncShardTransaction(db, store, backend_tx, shard_id, level, read_only)
@@ -460,12 +461,18 @@ async def _begin(
                     )
                 if tx._error is not None or backend_tx.aborted():
                     raise tx._aborted_error("commit")
+                committing = True
             finally:
                 _OPEN.set(tuple(t for t in _OPEN.get() if t is not tx))
                 tx._home.leave()
     except BaseException as exc:
         if tx is not None:
             tx._state = "rolled back"
+            if committing and tx._wrote:
+                # cut off on the way to or from COMMIT (a cancellation as the reply comes in, the connection lost):
+                # it may have committed, so reads in this timeline go where it would be seen, as after any write.
+                # Shielded: a second cancellation must not drop the note half-way
+                await ashield(db._note_write(shard_id))
         elif isinstance(exc, PoolTimeout):
             held = [t.shard_id for t in _OPEN.get() if t._store is store and t._home.here()]
             if held:  # the caller waits for connections it holds itself

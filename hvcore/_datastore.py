@@ -19,7 +19,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from hvcore import _schemaops
-from hvcore._acompat import Lock, gather, spawn, to_thread
+from hvcore._acompat import Lock, cancel, gather, spawn, to_thread
 from hvcore._attempts import one_attempt_per_call
 from hvcore._backend import (
     ProvisionReport,
@@ -812,7 +812,9 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         The first server is read by the calling task or thread while the others run in spawned ones: measured by
         benchmarks/bench_concurrency.py (1000 keys, 64 shards, 2 servers, on 2 busy cores) this beat a thread per
         server and reading the servers in turn (docs/benchmarks.md). The first failure is raised; reads already
-        spawned finish on their own and return their connections.
+        spawned finish on their own and return their connections. A cancelled caller (an ``asyncio.timeout``, a
+        ``TaskGroup`` sibling failing) cancels the spawned reads and waits until they have ended: a read nobody
+        waits for must not queue for a connection or run its statements later.
         """
         order = list(by_server.items())
         if not order:
@@ -834,7 +836,10 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
         spawned = [spawn(read, index, items) for index, items in order[1:]]
         try:
             found = read(*order[0])
-        except BaseException:
+        except Exception:
+            raise
+        except BaseException:  # cancelled or interrupted: the other reads are nobody's work any more
+            cancel(spawned)
             raise
         for records in gather(*spawned):
             found.extend(records)

@@ -9,10 +9,12 @@ new server).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import json
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 from hvcore._attempts import one_attempt_per_call
@@ -41,6 +43,31 @@ __all__ = [
 MAX_HOPS = 8  # ShardMoved refusals followed by one call before giving up (a chain of moves)
 
 _T = TypeVar("_T")
+
+# Set by `AsyncPlacementMixin.move_shard` around the worker thread that runs the move (the thread runs in a copy of
+# the caller's context): set once the caller is cancelled, so that the mover stops at its next step (`_stoppable`)
+_STOP_MOVE: ContextVar[threading.Event | None] = ContextVar("hv_stop_move", default=None)
+STOPPABLE_PHASES = ("prepare", "copy", "catchup", "fence", "verify")  # before the switch begins: nothing committed
+
+
+def _stoppable(shard_id: int, progress: MoveProgress | None) -> MoveProgress | None:
+    """``progress``, checking first at each step whether the move's caller was cancelled (`_STOP_MOVE`): then
+    `MoveError` stops the mover there, before the switch (a step of ``switch`` at 0 or earlier), leaving the move
+    interrupted (resumable, or undone by ``rollback_move``). From the switch on the move goes to its end."""
+    stop = _STOP_MOVE.get()
+    if stop is None:
+        return progress
+
+    def step(phase: str, done: int, total: int) -> None:
+        if stop.is_set() and (phase in STOPPABLE_PHASES or (phase == "switch" and done == 0)):
+            raise MoveError(
+                f"the move of shard {shard_id} was stopped in phase {phase} because its caller was cancelled; the "
+                "source still serves the shard: run move_shard again to resume, or rollback_move to undo it"
+            )
+        if progress is not None:
+            progress(phase, done, total)
+
+    return step
 
 
 def canonical_identity(identity: str) -> str:
@@ -246,8 +273,15 @@ class PlacementMixin(PlacementFollower):
         ``drop_source``). Writes to this shard pause during fence..switch only; other shards never pause.
         On a server that fronts a distributed database (a Citus coordinator), ``to_server`` may name one of its
         nodes (``host:port``): the engine's own move does it (``citus_schema_move``).
+
+        On asyncio the move runs in a worker thread. A cancelled caller (an ``asyncio.timeout``, ``task.cancel()``,
+        a ``TaskGroup`` sibling failing) stops it at its next step (a copied block, a catch-up round, a phase) if
+        the switch has not begun, and the cancellation is raised once the mover has stopped: the move is then
+        interrupted, resumed by ``move_shard`` or undone by ``rollback_move``. A cancellation arriving once the
+        switch has begun waits for the move to end (the shard is then on the target) and is raised after it.
         """
         self.reload_placement()
+        progress = _stoppable(shard_id, progress)
         within = move_within_cluster(self, shard_id, to_server, progress=progress)
         if within is not None:
             return within
@@ -344,10 +378,32 @@ class AsyncPlacementMixin(PlacementFollower):
         ``drop_source``). Writes to this shard pause during fence..switch only; other shards never pause.
         On a server that fronts a distributed database (a Citus coordinator), ``to_server`` may name one of its
         nodes (``host:port``): the engine's own move does it (``citus_schema_move``).
+
+        On asyncio the move runs in a worker thread. A cancelled caller (an ``asyncio.timeout``, ``task.cancel()``,
+        a ``TaskGroup`` sibling failing) stops it at its next step (a copied block, a catch-up round, a phase) if
+        the switch has not begun, and the cancellation is raised once the mover has stopped: the move is then
+        interrupted, resumed by ``move_shard`` or undone by ``rollback_move``. A cancellation arriving once the
+        switch has begun waits for the move to end (the shard is then on the target) and is raised after it.
         """
-        report: MoveReport = await asyncio.to_thread(
-            self._admin, lambda db: db.move_shard(shard_id, to_server, drop_source=drop_source, progress=progress)
-        )
+        stop = threading.Event()
+        token = _STOP_MOVE.set(stop)  # the thread runs in a copy of this context
+        try:
+            mover = asyncio.ensure_future(
+                asyncio.to_thread(
+                    self._admin,
+                    lambda db: db.move_shard(shard_id, to_server, drop_source=drop_source, progress=progress),
+                )
+            )
+        finally:
+            _STOP_MOVE.reset(token)
+        try:
+            report: MoveReport = await asyncio.shield(mover)
+        except asyncio.CancelledError:
+            stop.set()
+            await _until_done(mover)  # a thread cannot be stopped but at its next step: wait for it
+            with contextlib.suppress(Exception):  # it may have switched (the switch had begun): follow it
+                await self.reload_placement()
+            raise
         await self.reload_placement()
         return report
 
@@ -360,6 +416,21 @@ class AsyncPlacementMixin(PlacementFollower):
     def _admin(self, work: Callable[[Any], _T]) -> _T:
         """Run ``work(datastore)`` on a sync `Datastore` over the same servers (the async datastore provides it)."""
         raise NotImplementedError
+
+
+async def _until_done(future: asyncio.Future[Any]) -> None:
+    """Wait until ``future`` (a worker thread's) has ended, even if cancelled again meanwhile (then re-raised after);
+    its outcome is seen (not logged as never retrieved)."""
+    again: BaseException | None = None
+    while not future.done():
+        try:
+            await asyncio.wait([future])
+        except asyncio.CancelledError as exc:
+            again = exc
+    if not future.cancelled():
+        future.exception()
+    if again is not None:
+        raise again
 
 
 def _reload(db: Any) -> tuple[ShardMap, dict[int, int]]:

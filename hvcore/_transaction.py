@@ -22,7 +22,7 @@ from contextvars import ContextVar, Token
 from time import perf_counter
 from typing import Any, TypeVar, cast
 
-from hvcore._acompat import to_thread
+from hvcore._acompat import shield, to_thread
 from hvcore._backend import QuerySpec, Record, StoreTransaction, SupportsTransactions
 from hvcore._blocks import once_block
 from hvcore._facade import PUT_ATTEMPTS, too_many_duplicates
@@ -432,6 +432,7 @@ def open_transaction(
 def _begin(db: Datastore, store: Any, shard_id: int, level: str | None, read_only: bool) -> Iterator[ShardTransaction]:
     tx: ShardTransaction | None = None
     started = perf_counter() if metrics.on else None  # the whole transaction is one operation, "transaction"
+    committing = False  # the block's own work is over: what ends it from here (COMMIT) may have committed
     try:
         with store.transaction(shard_id, isolation_level=level, read_only=read_only) as backend_tx:
             tx = ShardTransaction(db, store, backend_tx, shard_id, level, read_only)
@@ -444,12 +445,18 @@ def _begin(db: Datastore, store: Any, shard_id: int, level: str | None, read_onl
                     )
                 if tx._error is not None or backend_tx.aborted():
                     raise tx._aborted_error("commit")
+                committing = True
             finally:
                 _OPEN.set(tuple(t for t in _OPEN.get() if t is not tx))
                 tx._home.leave()
     except BaseException as exc:
         if tx is not None:
             tx._state = "rolled back"
+            if committing and tx._wrote:
+                # cut off on the way to or from COMMIT (a cancellation as the reply comes in, the connection lost):
+                # it may have committed, so reads in this timeline go where it would be seen, as after any write.
+                # Shielded: a second cancellation must not drop the note half-way
+                shield(db._note_write(shard_id))
         elif isinstance(exc, PoolTimeout):
             held = [t.shard_id for t in _OPEN.get() if t._store is store and t._home.here()]
             if held:  # the caller waits for connections it holds itself

@@ -101,6 +101,7 @@ NAMES: dict[str, str] = {
     "AEvent": "Event",
     "aspawn": "spawn",
     "agather": "gather",
+    "acancel": "cancel",
     "asleep": "sleep",
     "ato_thread": "to_thread",
     "ashield": "shield",

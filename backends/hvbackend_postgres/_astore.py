@@ -105,6 +105,7 @@ from hvbackend_postgres._common import (
     query_fetch_sizes,
     query_records,
     resumed,
+    session_clean,
     timeout_in,
 )
 from hvbackend_postgres._fanout import (
@@ -624,7 +625,10 @@ class AsyncPostgresServerStore(StoreCore):
 
     @staticmethod
     async def _healthy(conn: AConn) -> bool:
-        """Cheap checkout check: a dead socket shows up as readable while idle (no round trip in the usual case)."""
+        """Cheap checkout check: a dead socket shows up as readable while idle (no round trip in the usual case); a
+        session not clean (`session_clean`: in a pipeline or a transaction) is unusable too."""
+        if not session_clean(conn):
+            return False
         state = idle_socket_state(conn.pgconn)
         if state is not None:
             return state
@@ -836,8 +840,7 @@ class AsyncPostgresServerStore(StoreCore):
             await self._give_back(conn, pool, discard=True)  # cancelled (_selflock): no late cancel for the next one
             return
         if True:  # ASYNC
-            clean = conn.autocommit and conn.pgconn.transaction_status == pq.TransactionStatus.IDLE
-            if clean and not (pool._lock.locked() or pool._waiting):
+            if session_clean(conn) and not (pool._lock.locked() or pool._waiting):
                 # psycopg_pool's return of an idle connection with its lock free and nobody waiting never suspends,
                 # so no cancellation can reach it: the common case needs no shield (a task per return)
                 await pool.putconn(conn)
@@ -860,8 +863,7 @@ class AsyncPostgresServerStore(StoreCore):
     async def _return_to_pool(self, conn: AConn, pool: _Pool, discard: bool) -> None:
         self._returning += 1
         try:
-            idle = conn.autocommit and conn.pgconn.transaction_status == pq.TransactionStatus.IDLE
-            if not conn.closed and (discard or not idle):
+            if not conn.closed and (discard or not session_clean(conn)):
                 await conn.close()
             await pool.putconn(conn)
         finally:

@@ -93,6 +93,7 @@ __all__ = [
     "resumed",
     "row_factory",
     "scrub",
+    "session_clean",
     "statement_error",
     "statement_text",
     "timeout_in",
@@ -458,12 +459,35 @@ def dump_json(obj: Any) -> str:
     return text
 
 
+def session_clean(conn: Any) -> bool:
+    """True if ``conn`` is in the state a pooled session is handed out in: open, autocommit, idle (no transaction, no
+    statement running, no result pending: libpq's ``IDLE``) and out of pipeline mode, libpq's and psycopg's (its
+    ``_pipeline`` object, which a cancellation inside ``AsyncPipeline.__aenter__`` leaves set at level 1, so that
+    later pipelines nest into it and plain statements go out with the extended protocol).
+
+    Anything else is what an interruption left behind (a cancellation, a signal, a statement cut off): unknown
+    state, closed and replaced by the pool, never reused.
+    """
+    if conn.closed or not conn.autocommit:
+        return False
+    pgconn = conn.pgconn
+    return (
+        pgconn.transaction_status == pq.TransactionStatus.IDLE
+        and pgconn.pipeline_status == pq.PipelineStatus.OFF
+        and getattr(conn, "_pipeline", None) is None
+    )
+
+
 def idle_socket_state(pgconn: pq.abc.PGconn) -> bool | None:
     """Cheap checkout check, no round trip: False if unusable, True if idle and quiet, None if a round trip must tell.
 
     A dead socket shows up as readable while idle (a termination notice, EOF, or just a notification).
     """
-    if pgconn.status != pq.ConnStatus.OK or pgconn.transaction_status != pq.TransactionStatus.IDLE:
+    if (
+        pgconn.status != pq.ConnStatus.OK
+        or pgconn.transaction_status != pq.TransactionStatus.IDLE
+        or pgconn.pipeline_status != pq.PipelineStatus.OFF
+    ):
         return False
     try:
         readable = select.select([pgconn.socket], [], [], 0)[0]

@@ -101,6 +101,7 @@ from hvbackend_postgres._common import (
     query_fetch_sizes,
     query_records,
     resumed,
+    session_clean,
     timeout_in,
 )
 from hvbackend_postgres._fanout import (
@@ -522,7 +523,10 @@ class PostgresServerStore(StoreCore):
 
     @staticmethod
     def _healthy(conn: Conn) -> bool:
-        """Cheap checkout check: a dead socket shows up as readable while idle (no round trip in the usual case)."""
+        """Cheap checkout check: a dead socket shows up as readable while idle (no round trip in the usual case); a
+        session not clean (`session_clean`: in a pipeline or a transaction) is unusable too."""
+        if not session_clean(conn):
+            return False
         state = idle_socket_state(conn.pgconn)
         if state is not None:
             return state
@@ -725,8 +729,7 @@ class PostgresServerStore(StoreCore):
     def _return_to_pool(self, conn: Conn, pool: _Pool, discard: bool) -> None:
         self._returning += 1
         try:
-            idle = conn.autocommit and conn.pgconn.transaction_status == pq.TransactionStatus.IDLE
-            if not conn.closed and (discard or not idle):
+            if not conn.closed and (discard or not session_clean(conn)):
                 conn.close()
             pool.putconn(conn)
         finally:

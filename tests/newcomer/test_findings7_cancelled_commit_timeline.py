@@ -32,9 +32,6 @@ import hvcore
 from hvbackend_postgres._atransaction import AsyncPostgresTransaction
 
 
-@pytest.mark.xfail(
-    strict=True, reason="a transaction cancelled after its COMMIT reached the server is not noted in the timeline"
-)
 def test_a_commit_cut_off_by_a_cancel_still_counts_for_read_your_writes(
     pg_replica_pair: ReplicaPair, monkeypatch: pytest.MonkeyPatch
 ) -> None:

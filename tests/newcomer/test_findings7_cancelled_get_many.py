@@ -27,9 +27,6 @@ import pytest
 import hvcore
 
 
-@pytest.mark.xfail(
-    strict=True, reason="a cancelled get_many leaves its reads of the other servers waiting in their pools"
-)
 def test_a_cancelled_get_many_leaves_nothing_waiting(pg_fresh_db: dict[str, Any], pg_fresh_db2: dict[str, Any]) -> None:
     async def main() -> tuple[int, int]:
         servers = [{**pg_fresh_db, "shards": "0-8"}, {**pg_fresh_db2, "shards": "8-16"}]

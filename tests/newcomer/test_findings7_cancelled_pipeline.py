@@ -38,10 +38,6 @@ from psycopg._pipeline_async import AsyncPipeline
 import hvcore
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a session cancelled inside psycopg's pipeline entry goes back to the pool still in pipeline mode",
-)
 @pytest.mark.parametrize(
     "then",
     [
