@@ -36,9 +36,7 @@ ATOMIC = "CREATE FUNCTION hv_one() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 
 
 @pytest.mark.xfail(strict=True, reason="check_not_ending reads string literals/comments/identifiers as statements")
 @pytest.mark.parametrize("statement", LITERALS)
-def test_a_literal_mentioning_end_runs_inside_a_shard_transaction(
-    pg_fresh_db: dict[str, Any], statement: str
-) -> None:
+def test_a_literal_mentioning_end_runs_inside_a_shard_transaction(pg_fresh_db: dict[str, Any], statement: str) -> None:
     with hvcore.Datastore([{**pg_fresh_db, "shards": "0-8"}], backend="jsonb", worker=None) as db:
         db.provision()
         with db.transaction(3) as tx, tx.cursor() as cur:
