@@ -2,8 +2,8 @@
 *before* ``COMMIT`` in the same transaction (``<reset>; COMMIT``), so deferred work that runs at ``COMMIT`` (a
 ``DEFERRABLE INITIALLY DEFERRED`` constraint trigger) no longer sees the transaction's ``search_path``: ``RESET
 ALL`` has undone the shard binding (``SET LOCAL search_path``) and the trigger's unqualified names fail, the
-commit with them. The same transaction commits on a direct connection; the README says "a ``get_connection(shard)`` connection
-binds every transaction it opens ... to the shard".
+commit with them. The same transaction commits on a direct connection; the README says "a
+``get_connection(shard)`` connection binds every transaction it opens ... to the shard".
 
 Reproduce: a deferred constraint trigger on ``shard0001.entities`` whose function (no ``SET search_path`` of its
 own) inserts into an unqualified ``audit`` table living in ``shard0001``; through a transaction-mode PgBouncer,
