@@ -9,9 +9,10 @@ Reproduce: a deferred constraint trigger on ``shard0001.entities`` whose functio
 own) inserts into an unqualified ``audit`` table living in ``shard0001``; through a transaction-mode PgBouncer,
 ``conn = db.get_connection(1)``, ``conn.execute("INSERT INTO entities ...")`` (unqualified, bound to the shard),
 ``conn.commit()``: ``relation "audit" does not exist`` at COMMIT; directly (pgbouncer off) the same code commits.
-By reading (not tested): the same order is used by ``cursor()`` and ``db.transaction()`` after user SQL, and it also
-undoes a ``SET LOCAL synchronous_commit = on`` (or ``remote_apply``) made for a write that must be durable when
-``commit()`` returns, on a database whose default is ``off``: the COMMIT then runs with the default.
+``with db.cursor(1) as cur:`` fails the same way at its end (checked by hand: ``UndefinedTable`` from the
+block's exit; directly it commits). By reading (not tested): ``db.transaction()`` after user SQL uses the same
+order, and the early ``RESET ALL`` also undoes a ``SET LOCAL synchronous_commit = on`` (or ``remote_apply``) made
+for a write that must be durable when ``commit()`` returns, on a database whose default is ``off``.
 Expected: the commit runs deferred triggers with the transaction's own settings (the reset after them), as on a
 direct connection.
 """
