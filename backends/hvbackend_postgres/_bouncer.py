@@ -15,11 +15,12 @@ Connections that user code had (``cursor()``, ``get_connection()``) come back cl
 back, then `RESET_SQL` undoes what a session can keep (run-time settings, role and session authorization, cursors,
 LISTEN, advisory locks, temporary tables), and the psycopg attributes the user may have changed are restored.
 Behind a transaction-mode pooler a session reset sent on its own would reach whichever server session comes next,
-so every end of a lent connection's transaction carries it (`end_gen`, ``hv_end_reset``): ``<reset>; COMMIT`` and
-``ROLLBACK; <reset>`` in one simple-protocol message, which the pooler cannot split between server sessions
-(``commit()``, ``rollback()``, ``with conn.transaction():``, ``with conn:``, `cursor()`'s commit and
-`put_connection`'s rollback); `put_connection` sends no reset after. What no transaction end can undo is refused
-before it is sent (`check_pooled_user_sql`): a session advisory lock, and session state set in autocommit mode.
+so every end of a lent connection's transaction carries it (`end_gen`, ``hv_end_reset``): ``<pre>; COMMIT; <reset>``
+(`pre_commit_sql`) and ``ROLLBACK; <reset>`` in one simple-protocol message, which the pooler cannot split
+between server sessions (``commit()``, ``rollback()``, ``with conn.transaction():``, ``with conn:``,
+`cursor()`'s commit and `put_connection`'s rollback); `put_connection` sends no reset after. What no
+transaction end can undo is refused before it is sent (`check_pooled_user_sql`): a session advisory lock, and
+session state set in autocommit mode.
 The store's own statements change no session state and skip the reset.
 
 How "auto" decides (`pooler_possible`): the first connection of a store asks the server which port it serves
@@ -62,6 +63,7 @@ __all__ = [
     "end_gen",
     "note_user_sql",
     "pooler_possible",
+    "pre_commit_sql",
     "reset_sql",
     "restore_sql",
     "session_lock_refusal",
@@ -178,6 +180,15 @@ def check_pooled_user_sql(conn: Any, query: Any, where: str) -> None:
         )
 
 
+def pre_commit_sql(conn: Any) -> str:
+    """What goes before a lent transaction's ``COMMIT`` behind a transaction pooler, the reset itself going after
+    it (`end_gen`): the session advisory locks released and, if its SQL mentioned ``PREPARE``, the statements it
+    prepared deallocated, which a failing ``COMMIT`` would leave on the server session; nothing that a deferred
+    trigger or the commit itself reads (settings, search path, role)."""
+    text = "SELECT pg_catalog.pg_advisory_unlock_all()"
+    return text + DEALLOCATE_USER_SQL if getattr(conn, "hv_user_prepared", False) else text
+
+
 def reset_sql(conn: Any, *, restore: bool = True) -> str:
     """The reset for ``conn``: `RESET_SQL`, `DEALLOCATE_USER_SQL` if its user SQL mentioned ``PREPARE``, and the
     connection's own restore statements (``hv_restore``, when ``restore``)."""
@@ -262,13 +273,16 @@ def end_gen(conn: Any, command: bytes) -> Any:
     (`reset_sql`) before the pooler hands its server session to another client, which it does at the
     ReadyForQuery ending the message.
 
-    A transaction that commits runs the reset as its last statement (``<reset>; COMMIT``: a ``SET`` made in it is
-    undone, a session advisory lock released); one rolled back or aborted resets after its end (``ROLLBACK;
-    <reset>``: what survives a rollback, advisory locks, ``PREPARE``d statements, sequence values, goes). Every way
-    psycopg ends a transaction comes here: ``commit()``, ``rollback()``, ``with conn.transaction():``, ``with
-    conn:``, and `put_connection`'s rollback, also in pipeline mode. A ``COMMIT`` that fails (a deferred
-    constraint, a serialization failure) rolls the reset back with the transaction, and with it every ``SET`` made
-    there; what is not transactional (advisory locks, prepared statements) stays undone.
+    A transaction that commits is reset after its ``COMMIT`` (``<pre>; COMMIT; <reset>``), so what runs at the
+    commit (deferred constraint triggers, ``SET LOCAL synchronous_commit``) still has the transaction's own settings
+    and shard binding, as on a direct connection; `pre_commit_sql` first releases what is not transactional and
+    would survive a failing ``COMMIT`` (session advisory locks, statements the user ``PREPARE``d). One rolled back
+    or aborted resets after its end (``ROLLBACK; <reset>``: what survives a rollback, advisory locks, ``PREPARE``d
+    statements, sequence values, goes). Every way psycopg ends a transaction comes here: ``commit()``,
+    ``rollback()``, ``with conn.transaction():``, ``with conn:``, and `put_connection`'s rollback, also in
+    pipeline mode. A ``COMMIT`` that fails (a deferred constraint, a serialization failure) ends the message there:
+    the transaction's ``SET``s roll back with it; a sequence value it drew stays readable by ``currval`` on that
+    server session (the one leftover).
     """
     conn._check_connection_ok()
     pipeline = conn._pipeline
@@ -289,7 +303,7 @@ def _end_simple(conn: Any, command: bytes) -> Any:
     pgconn = conn.pgconn
     reset = reset_sql(conn).encode(pgconn._encoding)
     if command == b"COMMIT" and pgconn.transaction_status == pq.TransactionStatus.INTRANS:
-        pgconn.send_query(reset + b"; COMMIT")
+        pgconn.send_query(pre_commit_sql(conn).encode(pgconn._encoding) + b"; COMMIT; " + reset)
     else:  # ROLLBACK, or a COMMIT of an aborted transaction (a rollback too)
         pgconn.send_query(command + b"; " + reset)
     results = yield from generators.execute(pgconn)

@@ -29,7 +29,7 @@ from psycopg import pq, sql
 from psycopg.rows import tuple_row
 from psycopg.types.hstore import register_hstore
 
-from hvbackend_postgres._bouncer import reset_sql
+from hvbackend_postgres._bouncer import pre_commit_sql, reset_sql
 from hvbackend_postgres._common import chained, query_fetch_sizes, query_records
 from hvbackend_postgres._fanout import AUTO_PLANS_SQL, plans_generic
 from hvbackend_postgres._indexes import is_unique_violation, unique_violation
@@ -264,10 +264,11 @@ class PostgresTransaction:
 
     # -- the end -------------------------------------------------------------------------------------------------
 
-    def _commit(self) -> None:
+    def _commit(self, before: str = "", then: str = "") -> None:
+        """``COMMIT`` (with statements ``before`` and ``then`` in the same message); typed errors."""
         conn = self._conn
         try:
-            conn.execute("COMMIT", prepare=False)
+            conn.execute(before + "COMMIT" + then, prepare=False)
         except psycopg.Error as exc:
             if isinstance(exc, psycopg.OperationalError) and conn.closed:
                 lost = self._store._unavailable(exc)
@@ -368,9 +369,11 @@ def postgres_transaction(
                 f"the transaction on shard {shard_id} of {store.label} is no longer open on its connection (a COMMIT or ROLLBACK through tx.cursor()?): nothing more is committed"
             )
         if tx.user_sql and pooled and (not tx.aborted()):
-            # behind a transaction-mode pooler, in the transaction's own session: what user SQL SET ends with it
-            tx._execute(reset_sql(conn, restore=False))
-        tx._commit()
+            # behind a transaction-mode pooler, in the transaction's own server session: the reset after COMMIT in
+            # the same message (deferred triggers at COMMIT keep the transaction's settings and search path)
+            tx._commit(pre_commit_sql(conn) + "; ", "; " + reset_sql(conn, restore=False))
+        else:
+            tx._commit()
         if tx.user_sql:
             _reset_session(store, conn, session=not pooled)
     finally:

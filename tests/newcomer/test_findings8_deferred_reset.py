@@ -35,27 +35,36 @@ CREATE CONSTRAINT TRIGGER hv_audit AFTER INSERT ON shard0001.entities
 """
 
 
-def _run(entry: dict[str, Any], added_id: int) -> str:
+INSERT = "INSERT INTO entities (id, kind, body) VALUES (%s, 1, '{}')"
+
+
+def _run(entry: dict[str, Any], added_id: int, way: str) -> str:
+    """The insert and its commit through ``way``: a lent connection's ``commit()``, a ``cursor()`` block's end, or
+    ``db.transaction()``'s end after ``tx.cursor()`` SQL (each resets the session behind a transaction pooler)."""
+    key = int(hvcore.Key.from_parts(timestamp_ms=1_800_000_000_000, shard_id=1, added_id=added_id))
     with hvcore.Datastore([entry], backend="jsonb", worker=None, pool_max=1) as db:
-        conn = db.get_connection(1)
         try:
-            conn.execute(
-                "INSERT INTO entities (id, kind, body) VALUES (%s, 1, '{}')",
-                (int(hvcore.Key.from_parts(timestamp_ms=1_800_000_000_000, shard_id=1, added_id=added_id)),),
-            )
-            try:
-                conn.commit()
-                outcome = "committed"
-            except psycopg.Error as exc:
-                outcome = f"{type(exc).__name__}: {exc}"
-        finally:
-            db.put_connection(conn)
-    return outcome
+            if way == "lent":
+                conn = db.get_connection(1)
+                try:
+                    conn.execute(INSERT, (key,))
+                    conn.commit()
+                finally:
+                    db.put_connection(conn)
+            elif way == "cursor":
+                with db.cursor(1) as cur:
+                    cur.execute(INSERT, (key,))
+            else:
+                with db.transaction(1) as tx, tx.cursor() as cur:
+                    cur.execute(INSERT, (key,))
+        except (psycopg.Error, hvcore.HypervaultError) as exc:
+            return f"{type(exc).__name__}: {exc}"
+    return "committed"
 
 
-@pytest.mark.xfail(strict=True, reason="the reset runs before COMMIT, so deferred triggers lose the shard binding")
+@pytest.mark.parametrize("way", ["lent", "cursor", "transaction"])
 def test_a_deferred_trigger_commits_through_a_transaction_pooler_as_directly(
-    pg_fresh_db: dict[str, Any], pgbouncer_factory: Any
+    pg_fresh_db: dict[str, Any], pgbouncer_factory: Any, way: str
 ) -> None:
     direct = {**pg_fresh_db, "shards": "0-8"}
     with hvcore.Datastore([direct], backend="jsonb", worker=None) as db:
@@ -63,8 +72,8 @@ def test_a_deferred_trigger_commits_through_a_transaction_pooler_as_directly(
     settings = {k: pg_fresh_db[k] for k in ("host", "port", "user", "dbname")}
     with psycopg.connect(**settings, autocommit=True) as setup:
         setup.execute(TRIGGER)
-    assert _run({**direct, "pgbouncer": "off"}, 7) == "committed"
+    assert _run({**direct, "pgbouncer": "off"}, 7, way) == "committed"
     bouncer = pgbouncer_factory(pg_fresh_db, pool_mode="transaction", default_pool_size=1)
     pooled = {**{k: bouncer.settings[k] for k in ("host", "port", "user")}, "dbname": pg_fresh_db["dbname"]}
-    outcome = _run({**pooled, "shards": "0-8", "pgbouncer": "transaction"}, 8)
+    outcome = _run({**pooled, "shards": "0-8", "pgbouncer": "transaction"}, 8, way)
     assert outcome == "committed", outcome
