@@ -191,22 +191,30 @@ _specs = st.builds(
     body=st.booleans(),
     spread=st.lists(st.lists(st.booleans(), min_size=3, max_size=3), min_size=6, max_size=6),
     dropping=st.sampled_from([None, 0, 1, 2]),
+    early=st.lists(st.booleans(), min_size=3, max_size=3),
 )
 def test_provision_gives_every_server_the_union_or_refuses(
-    specs: list[IndexSpec], body: bool, spread: list[list[bool]], dropping: int | None
+    specs: list[IndexSpec], body: bool, spread: list[list[bool]], dropping: int | None, early: list[bool]
 ) -> None:
-    """Memory servers recording any subsets of some definitions: provisioning a three-server deployment records the
-    union everywhere and every shard has every index; with one definition being dropped on a server while another
-    records it active, `MigrationError` and nothing is recorded or created."""
+    """Memory servers recording any subsets of some definitions, some with their shards made before (provisioned on
+    their own first): provisioning a three-server deployment records the union everywhere and every shard has every
+    index, the ones that existed too; with one definition being dropped on a server while another records it
+    active, `MigrationError` and nothing is recorded or created."""
     run = next(_names)
     config = [{"name": f"prop{run}{i}", "provisioned": False, "shards": f"{4 * i}-{4 * i + 4}"} for i in range(3)]
+    for entry, made in zip(config, early, strict=True):
+        if made:
+            with hvcore.Datastore([entry], backend="memory") as alone:
+                alone.provision()
     everything = specs + ([IndexSpec.body()] if body else [])
     with hvcore.Datastore(config, backend="memory") as ds:
         builders = [cast(SupportsIndexes, store).index_builder() for store in ds._stores]
         for spec, where in zip(everything, spread, strict=False):
-            for builder, put in zip(builders, where, strict=True):
+            for i, (builder, put) in enumerate(zip(builders, where, strict=True)):
                 if put:
                     builder.record(spec)
+                    if early[i]:  # as create_index on that server alone: its shards have it
+                        builder.build(spec, range(4 * i, 4 * i + 4), lambda _: None, lambda: False)
         recorded = [s for s in everything if any(s in b.definitions() for b in builders)]
         conflict = None
         if dropping is not None and recorded:
@@ -220,7 +228,8 @@ def test_provision_gives_every_server_the_union_or_refuses(
             with pytest.raises(MigrationError, match="being dropped on memory:prop"):
                 ds.provision()
             assert [sorted(b.definitions(), key=lambda s: s.name) for b in builders] == before
-            assert all(store.row_counts(list(range(12))) == {} for store in ds._stores)
+            for i, (store, made) in enumerate(zip(ds._stores, early, strict=True)):
+                assert sorted(store.row_counts(list(range(12)))) == (list(range(4 * i, 4 * i + 4)) if made else [])
             return
         ds.provision()
         active = {s.name for defs in before for s in defs if s.state == "active"}
