@@ -1260,7 +1260,11 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         Index definitions (the body index too) and migrations are a deployment's, not a server's: before creating
         shards, what any server records is recorded on the servers that lack it (a server added to the config for a
         new shard range records nothing yet), so every new shard is created with the deployment's indexes (a unique
-        one enforced there too) and migrations; each server's report notes what was recorded there.
+        one enforced there too) and migrations; each server's report notes what was recorded there. A server that
+        had shards before it joined (provisioned on its own first) then gets them in those shards too: recorded
+        migrations applied where missing (as `migrate`), recorded indexes built where missing (as `create_index`:
+        CONCURRENTLY, resumable), noted in its report; a failure there (a duplicate value for a unique index, say)
+        is a `MigrationError` naming the server, the shard and the command that completes the work.
         `MigrationError`, before anything is recorded or created, when the servers disagree: an index being dropped
         on one and active on another, different indexes on one field, different files under one migration version.
         """
@@ -1275,8 +1279,14 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         shared: dict[str, list[str]] = await ato_thread(_schemaops.share_definitions, targets)
         spawned = [aspawn(store.provision, self.shard_map.shards_of(i), progress) for i, store in enumerate(stores)]
         reports: list[ProvisionReport] = await agather(*spawned)
+        # a server that had shards before it joined: the definitions recorded there reach only shards made from now
+        # on, so its existing shards are brought up to them here (migrations applied, indexes built CONCURRENTLY)
+        completed: dict[str, list[str]] = {}
+        if shared:
+            self._index_catalog.invalidate()
+            completed = await ato_thread(_schemaops.complete_definitions, targets, list(shared))
         for report in reports:
-            report.notes[:0] = shared.pop(report.server, [])
+            report.notes[:0] = shared.pop(report.server, []) + completed.pop(report.server, [])
         return reports
 
     async def _check_homes(self, stores: Sequence[AsyncServerStore]) -> None:

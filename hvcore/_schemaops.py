@@ -28,6 +28,7 @@ from hvcore._schemadefs import (
     SchemaProgress,
     VersionStatus,
 )
+from hvcore._shardmap import format_ranges
 from hvcore.errors import InvalidQuery, MigrationError
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "IndexCatalog",
     "Target",
     "add_rerun",
+    "complete_definitions",
     "create_index",
     "drop_built",
     "drop_index",
@@ -430,6 +432,74 @@ def share_definitions(targets: Sequence[Target]) -> dict[str, list[str]]:
             if name not in names:
                 builder.record(spec)
                 notes.setdefault(label, []).append(f"recorded {_show_index(spec)}, which other servers record")
+    return notes
+
+
+def _index_command(spec: IndexSpec) -> str:
+    if spec.is_body:
+        return "hv index create --body"
+    return (
+        f"hv index create --kind {spec.kind} --field {spec.field} --type {spec.type}"
+        f"{' --unique' if spec.unique else ''}"
+    )
+
+
+def complete_definitions(targets: Sequence[Target], labels: Iterable[str]) -> dict[str, list[str]]:
+    """Bring the shards of the servers named by ``labels`` (those `share_definitions` just recorded definitions
+    on: a server that had shards of its own before it joined) up to what they record: recorded migrations applied
+    to the shards that lack them (as `migrate` does), then recorded indexes built in the shards that lack them
+    (as `create_index` does: CONCURRENTLY, one shard at a time, resumable). Returns per label what was done.
+
+    `MigrationError` naming the server, the shard and the command that completes the work when a build or a
+    migration fails there (a duplicate value for a unique index, say): the shards done before it keep it."""
+    wanted = set(labels)
+    notes: dict[str, list[str]] = {}
+    for store, shards in _by_database(targets):
+        label = _label(store)
+        if label not in wanted or not shards:
+            continue
+        target: list[Target] = [(store, shards)]
+        if isinstance(store, SupportsMigrations):
+            recorded = store.migrator().recorded()
+            if recorded:
+                try:
+                    report = migrate(target, recorded, dry_run=False, progress=None, wait=0.0)
+                except MigrationError as exc:
+                    raise MigrationError(
+                        f"provisioning recorded the deployment's migrations on {label} (shards "
+                        f"{format_ranges(shards)}), which had shards before it joined, and applying them there "
+                        f"failed: {exc}. Fix that, then run hv migrate with the deployment's migration directory "
+                        "(it continues where this stopped)",
+                        server=exc.server or label,
+                        shard_id=exc.shard_id,
+                        migration=exc.migration,
+                        statement=exc.statement,
+                    ) from exc
+                done = [f"{run.name} in {run.applied} shard(s)" for run in report.runs if run.applied]
+                if done:
+                    notes.setdefault(label, []).append(
+                        "applied the recorded migration(s) to the shards it had before it joined: " + ", ".join(done)
+                    )
+        if isinstance(store, SupportsIndexes):
+            for spec in sorted(store.index_builder().definitions(), key=lambda s: s.name):
+                if spec.state != "active":
+                    continue
+                try:
+                    built = create_index(target, spec, None)
+                except MigrationError as exc:
+                    raise MigrationError(
+                        f"provisioning recorded {_show_index(spec)} on {label} (shards "
+                        f"{format_ranges(shards)}), which had shards before it joined, and building it there "
+                        f"failed: {exc}. Fix that, then run {_index_command(spec)} (it continues where this stopped)",
+                        server=exc.server or label,
+                        shard_id=exc.shard_id,
+                        migration=exc.migration,
+                        statement=exc.statement,
+                    ) from exc
+                if built.built or built.rebuilt:
+                    notes.setdefault(label, []).append(
+                        f"built {_show_index(spec)} in {built.built + built.rebuilt} shard(s) it had before it joined"
+                    )
     return notes
 
 

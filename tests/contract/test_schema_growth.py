@@ -191,22 +191,30 @@ _specs = st.builds(
     body=st.booleans(),
     spread=st.lists(st.lists(st.booleans(), min_size=3, max_size=3), min_size=6, max_size=6),
     dropping=st.sampled_from([None, 0, 1, 2]),
+    early=st.lists(st.booleans(), min_size=3, max_size=3),
 )
 def test_provision_gives_every_server_the_union_or_refuses(
-    specs: list[IndexSpec], body: bool, spread: list[list[bool]], dropping: int | None
+    specs: list[IndexSpec], body: bool, spread: list[list[bool]], dropping: int | None, early: list[bool]
 ) -> None:
-    """Memory servers recording any subsets of some definitions: provisioning a three-server deployment records the
-    union everywhere and every shard has every index; with one definition being dropped on a server while another
-    records it active, `MigrationError` and nothing is recorded or created."""
+    """Memory servers recording any subsets of some definitions, some with their shards made before (provisioned on
+    their own first): provisioning a three-server deployment records the union everywhere and every shard has every
+    index, the ones that existed too; with one definition being dropped on a server while another records it
+    active, `MigrationError` and nothing is recorded or created."""
     run = next(_names)
     config = [{"name": f"prop{run}{i}", "provisioned": False, "shards": f"{4 * i}-{4 * i + 4}"} for i in range(3)]
+    for entry, made in zip(config, early, strict=True):
+        if made:
+            with hvcore.Datastore([entry], backend="memory") as alone:
+                alone.provision()
     everything = specs + ([IndexSpec.body()] if body else [])
     with hvcore.Datastore(config, backend="memory") as ds:
         builders = [cast(SupportsIndexes, store).index_builder() for store in ds._stores]
         for spec, where in zip(everything, spread, strict=False):
-            for builder, put in zip(builders, where, strict=True):
+            for i, (builder, put) in enumerate(zip(builders, where, strict=True)):
                 if put:
                     builder.record(spec)
+                    if early[i]:  # as create_index on that server alone: its shards have it
+                        builder.build(spec, range(4 * i, 4 * i + 4), lambda _: None, lambda: False)
         recorded = [s for s in everything if any(s in b.definitions() for b in builders)]
         conflict = None
         if dropping is not None and recorded:
@@ -220,7 +228,8 @@ def test_provision_gives_every_server_the_union_or_refuses(
             with pytest.raises(MigrationError, match="being dropped on memory:prop"):
                 ds.provision()
             assert [sorted(b.definitions(), key=lambda s: s.name) for b in builders] == before
-            assert all(store.row_counts(list(range(12))) == {} for store in ds._stores)
+            for i, (store, made) in enumerate(zip(ds._stores, early, strict=True)):
+                assert sorted(store.row_counts(list(range(12)))) == (list(range(4 * i, 4 * i + 4)) if made else [])
             return
         ds.provision()
         active = {s.name for defs in before for s in defs if s.state == "active"}
@@ -229,3 +238,70 @@ def test_provision_gives_every_server_the_union_or_refuses(
         for info in ds.list_indexes():
             if info.index.state == "active":
                 assert (info.valid, info.missing) == (12, []), info
+
+
+# -- a server that had shards before it joined -------------------------------------------------------------------
+
+
+def test_a_joined_server_with_shards_gets_the_deployments_indexes_in_them(growth: Growth) -> None:
+    """Provisioned on its own first, the second server's shards exist when it joins: provision builds the recorded
+    indexes there too (not only in shards it creates), and the unique one is enforced in them."""
+    first = growth.first()
+    unique = first.create_index(KIND, "email", unique=True).index
+    first.create_body_index()
+    growth.datastore((1, SECOND)).provision()  # its shards 8-16 made before it joins
+    grown = growth.grown()
+    reports = grown.provision()
+    assert [r.created for r in reports] == [0, 0]
+    assert any(f"built index {unique.name}" in note and "8 shard(s)" in note for note in reports[1].notes), reports
+    for info in grown.list_indexes():
+        assert (info.valid, info.missing, info.invalid) == (16, [], []), info
+    grown.put(12, KIND, email="ada@example.org")
+    with pytest.raises(DuplicateValue, match="shard 12"):
+        grown.put(12, KIND, email="ada@example.org")
+    assert grown.provision()[1].notes == []  # nothing left to do: provision stays idempotent
+
+
+def test_a_joined_server_with_shards_gets_the_deployments_migrations_in_them(growth: Growth, tmp_path: Path) -> None:
+    if growth.backend == "memory":
+        pytest.skip("the memory backend runs no migrations (test_indexes.test_the_memory_backend_runs_no_migrations)")
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "0001_notes.sql").write_text("CREATE TABLE notes (note text);\n", encoding="utf-8")
+    (folder / "0002_more.sql").write_text("ALTER TABLE notes ADD COLUMN at int;\n", encoding="utf-8")
+    growth.first().migrate(folder)
+    growth.datastore((1, SECOND)).provision()
+    grown = growth.grown()
+    reports = grown.provision()
+    assert any("0002_more.sql in 8 shard(s)" in note for note in reports[1].notes), reports[1].notes
+    assert grown.migration_status(folder).up_to_date
+    dry = grown.migrate(folder, dry_run=True)
+    assert [(run.applied, run.already) for run in dry.runs] == [(0, 16), (0, 16)]
+    config = [{**growth.settings[0], "shards": FIRST}, {**growth.settings[1], "shards": SECOND}]
+    with hvcore.Datastore(config, backend=growth.backend) as app, app.cursor(12) as cur:
+        cur.execute("INSERT INTO notes (note, at) VALUES ('hi', 1)")
+        cur.execute("SELECT count(*) AS n FROM notes")
+        assert cur.fetchone() == {"n": 1}
+
+
+def test_a_joined_servers_duplicates_are_a_migration_error_naming_shard_and_command(growth: Growth) -> None:
+    """Duplicates stored in the joined server's shard before it joined: the unique build there fails loudly, naming
+    the server, the shard and the command that completes it; after the data is fixed that command does."""
+    first = growth.first()
+    first.create_index(KIND, "email", unique=True)
+    alone = growth.datastore((1, SECOND))
+    alone.provision()
+    keys = [alone.put(12, KIND, email="ada@example.org") for _ in range(2)]
+    grown = growth.grown()
+    with pytest.raises(
+        MigrationError,
+        match=r"(?s)\(shards 8-16\), which had shards before it joined.*failed in shard 12 on .*"
+        r"hv index create --kind 5 --field email",
+    ) as err:
+        grown.provision()
+    assert err.value.shard_id == 12 and err.value.server is not None
+    assert "--unique" in str(err.value)
+    alone.delete(keys[1])
+    grown.create_index(KIND, "email", unique=True)  # the command it named
+    (info,) = grown.list_indexes()
+    assert (info.valid, info.missing, info.invalid) == (16, [], []), info

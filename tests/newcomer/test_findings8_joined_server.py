@@ -26,12 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import pytest
 
 import hvcore
 
 
-@pytest.mark.xfail(strict=True, reason="provision() records shared definitions on a server with shards, says nothing")
 def test_a_joined_server_with_shards_gets_or_reports_the_deployments_index_and_migration(
     pg_fresh_db: dict[str, Any], pg_fresh_db2: dict[str, Any], tmp_path: Path
 ) -> None:
