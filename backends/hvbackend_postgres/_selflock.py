@@ -45,7 +45,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from hvcore._holdings import Hold, holds
+from hvcore._holdings import Hold, current_owner, holds
 from hvcore.errors import SelfDeadlock
 
 __all__ = [
@@ -171,16 +171,18 @@ class SelfLocks:
 
     def used(self, hold: Hold) -> Hold:
         """The hold of a session the running code runs a statement on, given its present one: ``hold`` itself if the
-        running code holds it or it is not a lent connection's (a transaction's stays its caller's), else
-        `hand_over` (a lent connection used by code it was handed to)."""
-        if holds(hold):
+        running code holds it and is the thread or task that took it (`Hold.holder`: the last to run a statement
+        there), or it is not a lent connection's (a transaction's stays its caller's), else `hand_over` (a lent
+        connection used by code it was handed to: another thread or task, even one running in a copy of the
+        borrower's context, as ``asyncio.create_task`` after the borrow or a thread in ``copy_context()``)."""
+        if holds(hold) and hold.holder == current_owner():
             return hold
         entry = self.open.get(hold)
         return hold if entry is None or entry[2] != LENT else self.hand_over(hold)
 
     def hand_over(self, hold: Hold) -> Hold:
-        """The session of ``hold`` (a lent one) is used by code not holding it (another thread, or a task that is
-        no copy of the borrower's context): it is that code's now. Returns its new `Hold`, taken in the running
+        """The session of ``hold`` (a lent one) is used by code other than the thread or task that holds it
+        (another thread or task, whether or not it runs in a copy of the holder's context): it is that code's now. Returns its new `Hold`, taken in the running
         context; ``hold`` is let go (the borrower's plain calls waiting for the session wait as for anyone's)."""
         new = Hold().take()
         with self._lock:
