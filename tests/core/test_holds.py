@@ -183,8 +183,8 @@ def test_a_session_is_held_by_the_context_that_uses_it_if_lent_else_by_the_one_t
                 assert sorted(locks.pids(expected)) == sorted(1000 + n for n in holds)
         assert len(locks.open) == sum(1 for s in sessions if s[2])
     finally:
-        for each in runners:
-            each.stop()
+        for worker in runners:
+            worker.stop()
 
 
 def test_the_fan_out_threads_and_tasks_hold_what_the_caller_holds_and_never_hand_theirs_back() -> None:
