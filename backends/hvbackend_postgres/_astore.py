@@ -737,9 +737,10 @@ class AsyncPostgresServerStore(StoreCore):
         then aborted, as after any failed statement)."""
         locks = self._self_locks
         own = self._lent_holds.get(id(conn))
-        if own is not None and not holds_now(own):
-            # a lent connection used by code that does not hold it (handed to another thread or task): the
-            # session is held by whoever uses it, so it is that code's from now on (`SelfLocks.used`)
+        if own is not None and (own.holder != current_owner() or not holds_now(own)):
+            # a lent connection used by a thread or task other than its holder (handed to another thread or task,
+            # even one running in a copy of the borrower's context): the session is held by whoever runs SQL on
+            # it, judged by thread and task, not by context, so it is that code's from now on (`SelfLocks.used`)
             moved = locks.used(own)
             if moved is not own:
                 own = self._lent_holds[id(conn)] = moved

@@ -27,7 +27,10 @@ borrower holds other sessions of the server: psycopg's every wait on that connec
 ``_lent_wait`` (``hv_lent_wait``, set on the connection while it is lent: `_bouncer.shard_bound_class`), the lent
 session itself excluded from the holds (it is the waiting one); the cancelled statement's ``QueryCanceled`` is
 raised as `SelfDeadlock` (``error(raw=True)``: the fix is ``tx.cursor()``), and the borrower's transaction on it is
-aborted, as after any failed statement.
+aborted, as after any failed statement. A lent session is held by the thread or task that last ran a statement on
+it (`SelfLocks.used`), judged by its identity (`Hold.holder`), not by its context: a task created after the borrow
+(``asyncio.create_task`` copies the context, holds included) or a thread in ``copy_context()`` that runs SQL on the
+connection takes the session over, and the borrower's plain call waiting for it waits as for anyone's.
 
 Direct connections only: behind PgBouncer the pid a client sees is the pooler's, not a server session's. Not
 watched: what runs on the connection of a transaction (a transaction nested in another of the same caller on the
@@ -45,7 +48,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from hvcore._holdings import Hold, holds
+from hvcore._holdings import Hold, current_owner, holds
 from hvcore.errors import SelfDeadlock
 
 __all__ = [
@@ -171,17 +174,20 @@ class SelfLocks:
 
     def used(self, hold: Hold) -> Hold:
         """The hold of a session the running code runs a statement on, given its present one: ``hold`` itself if the
-        running code holds it or it is not a lent connection's (a transaction's stays its caller's), else
-        `hand_over` (a lent connection used by code it was handed to)."""
-        if holds(hold):
+        running code holds it and is the thread or task that took it (`Hold.holder`: the last to run a statement
+        there), or it is not a lent connection's (a transaction's stays its caller's), else `hand_over` (a lent
+        connection used by code it was handed to: another thread or task, even one running in a copy of the
+        borrower's context, as ``asyncio.create_task`` after the borrow or a thread in ``copy_context()``)."""
+        if holds(hold) and hold.holder == current_owner():
             return hold
         entry = self.open.get(hold)
         return hold if entry is None or entry[2] != LENT else self.hand_over(hold)
 
     def hand_over(self, hold: Hold) -> Hold:
-        """The session of ``hold`` (a lent one) is used by code not holding it (another thread, or a task that is
-        no copy of the borrower's context): it is that code's now. Returns its new `Hold`, taken in the running
-        context; ``hold`` is let go (the borrower's plain calls waiting for the session wait as for anyone's)."""
+        """The session of ``hold`` (a lent one) is used by code other than the thread or task that holds it
+        (another thread or task, whether or not it runs in a copy of the holder's context): it is that code's now.
+        Returns its new `Hold`, taken in the running context; ``hold`` is let go (the borrower's plain calls waiting
+        for the session wait as for anyone's)."""
         new = Hold().take()
         with self._lock:
             entry = self.open.pop(hold, None)

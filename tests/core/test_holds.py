@@ -9,7 +9,9 @@ callers.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextvars
+import queue
 import threading
 import time
 from collections.abc import Sequence
@@ -69,16 +71,57 @@ def test_a_context_holds_what_it_took_and_what_its_parent_held_when_copied_while
             assert context.run(unheld_context).run(held) == ()
 
 
-# ... and the sessions a store's callers hold: ("open", ctx, lent?) / ("close", ctx, nth) / ("use", ctx, nth) / copy
+# ... and the sessions a store's callers hold: ("open", ctx, lent?) / ("close", ctx, nth) / ("use", ctx, nth) /
+# ("copy", ctx, runner): a copy run by the same thread or task, or by a new thread or task (made after the borrow, as
+# ``asyncio.create_task`` or a thread in ``copy_context()``)
 SESSION_STEPS = st.lists(
     st.one_of(
         st.tuples(st.just("open"), st.integers(0, 5), st.booleans()),
         st.tuples(st.just("close"), st.integers(0, 5), st.integers(0, 20)),
         st.tuples(st.just("use"), st.integers(0, 5), st.integers(0, 20)),
-        st.tuples(st.just("copy"), st.integers(0, 5)),
+        st.tuples(st.just("copy"), st.integers(0, 5), st.sampled_from(["same", "thread", "task"])),
     ),
     max_size=40,
 )
+
+
+class _Runner:
+    """A thread, or an asyncio task (on a loop of its own thread), running the jobs it is given one after another,
+    each in the contextvars context it names: the identity that runs a statement (`current_owner`) is the runner's."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.jobs: queue.SimpleQueue[tuple[Any, concurrent.futures.Future[Any]] | None] = queue.SimpleQueue()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.thread = threading.Thread(target=self._thread if kind == "thread" else self._loop, daemon=True)
+        self.thread.start()
+
+    def _thread(self) -> None:
+        while (job := self.jobs.get()) is not None:
+            self._run(*job)
+
+    def _loop(self) -> None:
+        async def serve() -> None:  # one task runs every job: they all see it as asyncio.current_task()
+            while (job := await asyncio.to_thread(self.jobs.get)) is not None:
+                self._run(*job)
+
+        asyncio.run(serve())
+
+    @staticmethod
+    def _run(fn: Any, done: concurrent.futures.Future[Any]) -> None:
+        try:
+            done.set_result(fn())
+        except BaseException as exc:  # handed to the caller
+            done.set_exception(exc)
+
+    def run(self, context: contextvars.Context, fn: Any, *args: Any) -> Any:
+        done: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self.jobs.put((lambda: context.run(fn, *args), done))
+        return done.result(10)
+
+    def stop(self) -> None:
+        self.jobs.put(None)
+        self.thread.join(10)
 
 
 @settings(max_examples=200, deadline=None)
@@ -87,47 +130,61 @@ def test_a_session_is_held_by_the_context_that_uses_it_if_lent_else_by_the_one_t
     steps: list[Any],
 ) -> None:
     """Model: a context holds the sessions it opened (a transaction, a lent connection) and those its parent held when
-    it was copied; a statement a context runs on a lent session it does not hold (the connection was handed to
-    another thread or task: `SelfLocks.used`) makes the session that context's alone, as it is from then on for
-    every copy made later; a transaction's session stays its opener's; a closed session is nobody's."""
+    it was copied; a statement run on a lent session by a context that does not hold it, or by a thread or task other
+    than the one that last ran one there (the connection was handed to another thread or task, which may run in a
+    copy of the borrower's context: `SelfLocks.used`), makes the session that context's alone, as it is from then on
+    for every copy made later; a transaction's session stays its opener's; a closed session is nobody's."""
     locks = SelfLocks()
+    runners = [_Runner("thread")]
     contexts = [contextvars.Context()]
+    run_by = [0]  # per context: the runner (index in ``runners``) that runs its steps
     model: list[list[int]] = [[]]  # per context: the sessions (index in ``sessions``) it holds, oldest first
-    sessions: list[list[Any]] = []  # [current hold, lent?, open?]
-    for step in steps:
-        index = step[1] % len(contexts)
-        context = contexts[index]
-        if step[0] == "open":
-            lent = step[2]
-            hold = context.run(locks.opened, 1000 + len(sessions), 5, LENT if lent else TRANSACTION)
-            sessions.append([hold, lent, True])
-            model[index].append(len(sessions) - 1)
-        elif step[0] in ("close", "use") and sessions:
-            n = step[2] % len(sessions)
-            session = sessions[n]
-            if not session[2]:
-                continue
-            if step[0] == "close":
-                context.run(locks.closed, session[0])
-                session[2] = False
-                for holds in model:
-                    if n in holds:
-                        holds.remove(n)
-            else:
-                session[0] = context.run(locks.used, session[0])
-                if session[1] and n not in model[index]:
+    sessions: list[list[Any]] = []  # [current hold, lent?, open?, runner of its last statement (or opener)]
+    try:
+        for step in steps:
+            index = step[1] % len(contexts)
+            context = contexts[index]
+            runner = runners[run_by[index]]
+            if step[0] == "open":
+                lent = step[2]
+                hold = runner.run(context, locks.opened, 1000 + len(sessions), 5, LENT if lent else TRANSACTION)
+                sessions.append([hold, lent, True, run_by[index]])
+                model[index].append(len(sessions) - 1)
+            elif step[0] in ("close", "use") and sessions:
+                n = step[2] % len(sessions)
+                session = sessions[n]
+                if not session[2]:
+                    continue
+                if step[0] == "close":
+                    runner.run(context, locks.closed, session[0])
+                    session[2] = False
                     for holds in model:
                         if n in holds:
                             holds.remove(n)
-                    model[index].append(n)
-        elif step[0] == "copy":
-            contexts.append(context.run(contextvars.copy_context))
-            model.append(list(model[index]))
-        for each, holds in zip(contexts, model, strict=True):
-            expected = tuple(sessions[n][0] for n in holds)
-            assert each.run(lambda: locks.mine(held())) == expected
-            assert sorted(locks.pids(expected)) == sorted(1000 + n for n in holds)
-    assert len(locks.open) == sum(1 for s in sessions if s[2])
+                else:
+                    session[0] = runner.run(context, locks.used, session[0])
+                    if session[1] and (n not in model[index] or session[3] != run_by[index]):
+                        for holds in model:
+                            if n in holds:
+                                holds.remove(n)
+                        model[index].append(n)
+                        session[3] = run_by[index]
+            elif step[0] == "copy":
+                contexts.append(context.run(contextvars.copy_context))
+                model.append(list(model[index]))
+                if step[2] == "same":
+                    run_by.append(run_by[index])
+                else:
+                    runners.append(_Runner(step[2]))
+                    run_by.append(len(runners) - 1)
+            for each, holds in zip(contexts, model, strict=True):
+                expected = tuple(sessions[n][0] for n in holds)
+                assert each.run(lambda: locks.mine(held())) == expected
+                assert sorted(locks.pids(expected)) == sorted(1000 + n for n in holds)
+        assert len(locks.open) == sum(1 for s in sessions if s[2])
+    finally:
+        for worker in runners:
+            worker.stop()
 
 
 def test_the_fan_out_threads_and_tasks_hold_what_the_caller_holds_and_never_hand_theirs_back() -> None:

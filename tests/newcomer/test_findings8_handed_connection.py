@@ -25,14 +25,11 @@ import threading
 import time
 from typing import Any
 
-import pytest
-
 import hvcore
 
 FOR_UPDATE = "SELECT * FROM entities WHERE id = %s FOR UPDATE"
 
 
-@pytest.mark.xfail(strict=True, reason="a task created after get_connection() shares the lender's hold: SelfDeadlock")
 def test_asyncio_lender_waits_for_a_task_it_handed_its_connection_to(pg_fresh_db: dict[str, Any]) -> None:
     async def scenario() -> tuple[str, float]:
         servers = [{**pg_fresh_db, "shards": "0-8"}]
@@ -67,7 +64,6 @@ def test_asyncio_lender_waits_for_a_task_it_handed_its_connection_to(pg_fresh_db
     assert outcome == "updated" and waited >= 0.8, f"{outcome} after {waited:.2f} s"
 
 
-@pytest.mark.xfail(strict=True, reason="a thread in a copied context shares the lender's hold: SelfDeadlock")
 def test_lender_waits_for_a_copied_context_thread_it_handed_its_connection_to(pg_fresh_db: dict[str, Any]) -> None:
     servers = [{**pg_fresh_db, "shards": "0-8"}]
     with hvcore.Datastore(servers, backend="jsonb", worker=None, operation_timeout=10) as db:
