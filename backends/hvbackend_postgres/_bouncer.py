@@ -48,7 +48,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg import generators, pq
 
-from hvbackend_postgres._common import ENDS_TRANSACTION
+from hvbackend_postgres._common import ENDS_TRANSACTION, sql_words
 from hvcore.errors import ConnectionMisuse
 
 __all__ = [
@@ -132,9 +132,10 @@ SESSION_STATEMENT = re.compile(
 a transaction-mode pooler (`check_pooled_user_sql`)."""
 
 
-_QUOTED = re.compile(r"\$([A-Za-z_]\w*|)\$.*?\$\1\$|'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|--[^\n]*|/\*.*?\*/", re.DOTALL)
-"""String literals, dollar-quoted bodies (a function's, a DO block's), quoted identifiers and comments: not read
-by `check_pooled_user_sql`, which judges the statement's own words."""
+_POOLED_WORDS = re.compile(
+    r"advisory_lock|commit|end|abort|rollback|prepare|set|listen|declare|load|temp", re.IGNORECASE
+)
+"""Text one of the statements `check_pooled_user_sql` refuses contains: only such text is lexed (`sql_words`)."""
 
 
 def check_pooled_user_sql(conn: Any, query: Any, where: str) -> None:
@@ -143,14 +144,20 @@ def check_pooled_user_sql(conn: Any, query: Any, where: str) -> None:
     reset can reach: a session advisory lock (in any mode: the end of the transaction releases it, see `end_gen`),
     a statement ending the transaction (``COMMIT``, ``ROLLBACK``...: ``conn.commit()`` carries the reset, SQL does
     not), and in autocommit mode a statement of `SESSION_STATEMENT` (each runs on whichever server session is free and
-    its state stays there, for the pooler's other clients). Judged by the statement's own words (~1 µs; string
-    literals, dollar-quoted bodies and comments left out, `_QUOTED`): a server function or a DO block doing so is
+    its state stays there, for the pooler's other clients). Judged by the statements' own words as PostgreSQL's lexer reads
+    them (`sql_words`: string literals, dollar-quoted bodies, comments, quoted identifiers and a ``BEGIN ATOMIC`` body
+    are no statements; lexed only when the text holds a word of `_POOLED_WORDS`): a server function or a DO block doing so is
     not seen; in a transaction what it left is undone when the transaction ends."""
     text = _query_text(query)
     if text is None:
         return
+    if not _POOLED_WORDS.search(text):
+        return
     shown = text if len(text) <= 80 else text[:77] + "..."
-    text = _QUOTED.sub(" ", text)
+    words = sql_words(text)
+    if words is None:  # PostgreSQL's lexer refuses it: so will the server's
+        return
+    text = words
     if SESSION_LOCK.search(text):
         raise ConnectionMisuse(
             f"a session advisory lock ({shown!r}) was asked for through a connection to {where} behind a "
