@@ -341,6 +341,18 @@ class _LentServerCursor(psycopg.AsyncServerCursor[Any]):
             )
         return await super().execute(query, params, **kwargs)
 
+    async def executemany(self, query: Any, params_seq: Any, **kwargs: Any) -> None:
+        _check_user_sql(self, query)
+        await super().executemany(query, params_seq, **kwargs)
+
+    def copy(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
+        _check_user_sql(self, statement)
+        return super().copy(statement, *args, **kwargs)
+
+    def stream(self, query: Any, *args: Any, **kwargs: Any) -> Any:
+        _check_user_sql(self, query)
+        return super().stream(query, *args, **kwargs)
+
 
 def _lent_where(conn: Any) -> str:
     """What a lent connection is lent for, for an error: "shard N on <server>"."""

@@ -144,9 +144,10 @@ def check_pooled_user_sql(conn: Any, query: Any, where: str) -> None:
     reset can reach: a session advisory lock (in any mode: the end of the transaction releases it, see `end_gen`),
     a statement ending the transaction (``COMMIT``, ``ROLLBACK``...: ``conn.commit()`` carries the reset, SQL does
     not), and in autocommit mode a statement of `SESSION_STATEMENT` (each runs on whichever server session is free and
-    its state stays there, for the pooler's other clients). Judged by the statements' own words as PostgreSQL's lexer reads
-    them (`sql_words`: string literals, dollar-quoted bodies, comments, quoted identifiers and a ``BEGIN ATOMIC`` body
-    are no statements; lexed only when the text holds a word of `_POOLED_WORDS`): a server function or a DO block doing so is
+    its state stays there, for the pooler's other clients). Judged by the statements' own words as PostgreSQL's
+    lexer reads them (`sql_words`: string literals, dollar-quoted bodies, comments, quoted identifiers and a ``BEGIN
+    ATOMIC`` body are no statements; lexed only when the text holds a word of `_POOLED_WORDS`): a server function or
+    a DO block doing so is
     not seen; in a transaction what it left is undone when the transaction ends."""
     text = _query_text(query)
     if text is None:

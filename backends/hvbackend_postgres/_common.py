@@ -334,7 +334,7 @@ def sql_words(text: str) -> str | None:
     as psql does (it counts BEGIN/CASE against END there). None if the lexer refuses the text (an unterminated
     literal): the server's lexer, the same, refuses it too. psycopg placeholders (``%s``, ``%(name)s``) lex as
     operators and names."""
-    from pglast.parser import ParseError, scan  # noqa: PLC0415 - C extension loaded on the first lexed statement
+    from pglast.parser import ParseError, scan  # loaded with the first lexed statement
 
     try:
         tokens = scan(text)
@@ -369,9 +369,7 @@ def sql_words(text: str) -> str | None:
             if len(head) < 4:
                 head.append(word.lower())
             if parens == 0 and _defines_routine(head):
-                if name == "BEGIN_P":
-                    depth += 1
-                elif name == "CASE" and depth:
+                if name == "BEGIN_P" or (name == "CASE" and depth):
                     depth += 1
                 elif name == "END_P" and depth:
                     depth -= 1

@@ -328,6 +328,18 @@ class _LentServerCursor(psycopg.ServerCursor[Any]):
             )
         return super().execute(query, params, **kwargs)
 
+    def executemany(self, query: Any, params_seq: Any, **kwargs: Any) -> None:
+        _check_user_sql(self, query)
+        super().executemany(query, params_seq, **kwargs)
+
+    def copy(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
+        _check_user_sql(self, statement)
+        return super().copy(statement, *args, **kwargs)
+
+    def stream(self, query: Any, *args: Any, **kwargs: Any) -> Any:
+        _check_user_sql(self, query)
+        return super().stream(query, *args, **kwargs)
+
 
 def _lent_where(conn: Any) -> str:
     """What a lent connection is lent for, for an error: "shard N on <server>"."""
