@@ -319,8 +319,11 @@ ENDS_TRANSACTION = re.compile(
 TO a savepoint), PREPARE TRANSACTION."""
 
 
-_ENDING_WORDS = ("commit", "end", "abort", "rollback", "prepare")
-"""Words one of which a statement ending the transaction contains: `check_not_ending` lexes only such text."""
+STATEMENT_START = r"(?:^|[;\n]|\*/)\s*"
+"""What comes before a statement's first word, whatever is between statements: the start, a semicolon, the end of
+a comment (``*/`` or the newline ending ``--``), then blanks. A prefilter sound on raw text (`MAY_END`)."""
+MAY_END = re.compile(STATEMENT_START + r"(?:COMMIT|END|ABORT|ROLLBACK|PREPARE)\b", re.IGNORECASE)
+"""Raw text that may hold a statement ending the transaction: only such text is lexed (`sql_words`); ~0.5 µs."""
 _LITERAL_TOKENS = frozenset({"SCONST", "USCONST", "BCONST", "XCONST"})
 _COMMENT_TOKENS = frozenset({"C_COMMENT", "SQL_COMMENT"})
 _PLAIN_NAME = re.compile(r"\w+")
@@ -391,10 +394,9 @@ def check_not_ending(query: Any, conn: Any, shard_id: int) -> None:
     would end that transaction: a COMMIT there would store its first half and leave the rest to run outside it.
     (``connection.commit()``/``rollback()`` are refused by psycopg itself there: see the transaction's cursor.)
     Judged on the statements as PostgreSQL's lexer reads them (`sql_words`: literals, comments and a ``BEGIN ATOMIC``
-    body are no statements), lexed only when the text holds one of `_ENDING_WORDS`."""
+    body are no statements), lexed only when `MAY_END` finds one in the raw text."""
     text = statement_text(query, conn)
-    lowered = text.lower()
-    if not any(word in lowered for word in _ENDING_WORDS):
+    if not MAY_END.search(text):
         return
     words = sql_words(text)
     if words is not None and ENDS_TRANSACTION.search(words):
