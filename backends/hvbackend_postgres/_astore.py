@@ -245,27 +245,18 @@ def _lent_cursor(
 
         def _check_lent(self) -> None:
             """`ConnectionMisuse` if the connection was returned since: it may be another borrower's by now."""
-            lend = self._hv_lend
-            if lend is not None and getattr(self.connection, "hv_lend", None) is not lend:
-                raise lend.hv_misuse()
+            _check_borrow(self)
 
-        def copy(self, *args: Any, **kwargs: Any) -> Any:
-            self._check_lent()
-            return super().copy(*args, **kwargs)
+        def copy(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
+            _check_user_sql(self, statement)
+            return super().copy(statement, *args, **kwargs)
 
-        def stream(self, *args: Any, **kwargs: Any) -> Any:
-            self._check_lent()
-            return super().stream(*args, **kwargs)
+        def stream(self, query: Any, *args: Any, **kwargs: Any) -> Any:
+            _check_user_sql(self, query)
+            return super().stream(query, *args, **kwargs)
 
         async def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
-            self._check_lent()
-            conn: Any = self.connection
-            in_tx = getattr(conn, "hv_in_tx", None)
-            if in_tx is not None:  # inside db.transaction(): its end is the block's, never the statement's
-                check_not_ending(query, conn, in_tx)
-            if conn.hv_end_reset:  # lent behind a transaction-mode pooler
-                check_pooled_user_sql(conn, query, _lent_where(conn))
-            note_user_sql(conn, query)
+            _check_user_sql(self, query)
             try:
                 return await super().execute(query, params, **kwargs)
             except psycopg.Error as exc:
@@ -275,11 +266,7 @@ def _lent_cursor(
                 raise moved from exc
 
         async def executemany(self, query: Any, params_seq: Any, **kwargs: Any) -> None:
-            self._check_lent()
-            conn: Any = self.connection
-            if conn.hv_end_reset:
-                check_pooled_user_sql(conn, query, _lent_where(conn))
-            note_user_sql(conn, query)
+            _check_user_sql(self, query)
             try:
                 await super().executemany(query, params_seq, **kwargs)
             except psycopg.Error as exc:
@@ -307,6 +294,64 @@ def _lent_cursor(
             return moved
 
     return LentCursor
+
+
+def _check_borrow(cur: Any) -> None:
+    """`ConnectionMisuse` if the connection of ``cur`` (a lent cursor) was returned since the cursor was made: it may
+    be another borrower's by now."""
+    lend = cur._hv_lend
+    if lend is not None and getattr(cur.connection, "hv_lend", None) is not lend:
+        raise lend.hv_misuse()
+
+
+def _check_user_sql(cur: Any, query: Any) -> None:
+    """What every way user SQL leaves a lent cursor (``execute``, ``executemany``, ``stream``, ``copy``, a named
+    cursor's ``execute``) checks before it is sent: the borrow is live (`_check_borrow`), inside
+    ``db.transaction()`` nothing ends it (`check_not_ending`), behind a transaction-mode pooler nothing leaves
+    session state (`check_pooled_user_sql`); a ``PREPARE`` is noted for the reset (`note_user_sql`)."""
+    _check_borrow(cur)
+    conn: Any = cur.connection
+    in_tx = getattr(conn, "hv_in_tx", None)
+    if in_tx is not None:  # inside db.transaction(): its end is the block's, never the statement's
+        check_not_ending(query, conn, in_tx)
+    if getattr(conn, "hv_end_reset", False):  # lent behind a transaction-mode pooler
+        check_pooled_user_sql(conn, query, _lent_where(conn))
+    note_user_sql(conn, query)
+
+
+class _LentServerCursor(psycopg.AsyncServerCursor[Any]):
+    """The named (server-side) cursor of a lent connection: its statement is checked as a lent cursor's are
+    (`_check_user_sql`), and behind a transaction-mode pooler a ``WITH HOLD`` cursor declared in autocommit mode is
+    refused (it would stay open on one of the pooler's server sessions, for its other clients)."""
+
+    def __init__(self, connection: Any, name: str, **kwargs: Any) -> None:
+        super().__init__(connection, name, **kwargs)
+        self._hv_lend = getattr(connection, "hv_lend", None)
+
+    async def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+        _check_user_sql(self, query)
+        conn: Any = self.connection
+        idle = conn.pgconn.transaction_status == pq.TransactionStatus.IDLE
+        if getattr(conn, "hv_end_reset", False) and conn.autocommit and idle:
+            raise ConnectionMisuse(
+                f"a named (server-side) cursor {self.name!r} was declared in autocommit mode through a connection to "
+                f"{_lent_where(conn)} behind a transaction-mode pooler: a WITH HOLD cursor would stay open on "
+                "whichever of the pooler's server sessions is free, for its other clients; declare it inside a "
+                "transaction (autocommit off, or `with conn.transaction():`)"
+            )
+        return await super().execute(query, params, **kwargs)
+
+    async def executemany(self, query: Any, params_seq: Any, **kwargs: Any) -> None:
+        _check_user_sql(self, query)
+        await super().executemany(query, params_seq, **kwargs)
+
+    def copy(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
+        _check_user_sql(self, statement)
+        return super().copy(statement, *args, **kwargs)
+
+    def stream(self, query: Any, *args: Any, **kwargs: Any) -> Any:
+        _check_user_sql(self, query)
+        return super().stream(query, *args, **kwargs)
 
 
 def _lent_where(conn: Any) -> str:
@@ -892,6 +937,7 @@ class AsyncPostgresServerStore(StoreCore):
             await conn.set_autocommit(False)
             conn.row_factory = self._user_row_factory
             conn.cursor_factory = self._lent_cursor  # a forwarding stub's refusal is ShardMoved (`_reset` undoes)
+            conn.server_cursor_factory = _LentServerCursor  # its SQL checked as the cursors' is (`_reset` undoes)
             cast(Any, conn).hv_shard = shard_id
         except BaseException as exc:
             cast(Any, conn).hv_bind = None
@@ -995,6 +1041,7 @@ class AsyncPostgresServerStore(StoreCore):
         conn.prepare_threshold = None if self.pooling == "transaction" else 5
         conn.row_factory = tuple_row
         conn.cursor_factory = self._cursor_factory or psycopg.AsyncCursor
+        conn.server_cursor_factory = psycopg.AsyncServerCursor
         forget_user_state(conn)
 
     @asynccontextmanager

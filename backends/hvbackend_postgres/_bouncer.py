@@ -49,7 +49,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg import generators, pq
 
-from hvbackend_postgres._common import ENDS_TRANSACTION
+from hvbackend_postgres._common import ENDS_TRANSACTION, MAY_END, STATEMENT_START, sql_words
 from hvcore.errors import ConnectionMisuse
 
 __all__ = [
@@ -134,9 +134,10 @@ SESSION_STATEMENT = re.compile(
 a transaction-mode pooler (`check_pooled_user_sql`)."""
 
 
-_QUOTED = re.compile(r"\$([A-Za-z_]\w*|)\$.*?\$\1\$|'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|--[^\n]*|/\*.*?\*/", re.DOTALL)
-"""String literals, dollar-quoted bodies (a function's, a DO block's), quoted identifiers and comments: not read
-by `check_pooled_user_sql`, which judges the statement's own words."""
+_MAY_LOCK = re.compile(r"advisory_lock", re.IGNORECASE)
+_MAY_SESSION = re.compile(STATEMENT_START + r"(?:SET|LISTEN|PREPARE|DECLARE|LOAD|CREATE)\b|set_config", re.IGNORECASE)
+"""Raw text that may hold a statement of `SESSION_STATEMENT`, as `MAY_END` for an end and `_MAY_LOCK` for a session
+lock: `check_pooled_user_sql` lexes only such text (`sql_words`)."""
 
 
 def check_pooled_user_sql(conn: Any, query: Any, where: str) -> None:
@@ -145,14 +146,25 @@ def check_pooled_user_sql(conn: Any, query: Any, where: str) -> None:
     reset can reach: a session advisory lock (in any mode: the end of the transaction releases it, see `end_gen`),
     a statement ending the transaction (``COMMIT``, ``ROLLBACK``...: ``conn.commit()`` carries the reset, SQL does
     not), and in autocommit mode a statement of `SESSION_STATEMENT` (each runs on whichever server session is free and
-    its state stays there, for the pooler's other clients). Judged by the statement's own words (~1 µs; string
-    literals, dollar-quoted bodies and comments left out, `_QUOTED`): a server function or a DO block doing so is
+    its state stays there, for the pooler's other clients). Judged by the statements' own words as PostgreSQL's
+    lexer reads them (`sql_words`: string literals, dollar-quoted bodies, comments, quoted identifiers and a ``BEGIN
+    ATOMIC`` body are no statements; lexed only when the raw text may hold one, `_MAY_SESSION`...): a server function or
+    a DO block doing so is
     not seen; in a transaction what it left is undone when the transaction ends."""
     text = _query_text(query)
     if text is None:
         return
+    idle = conn.pgconn.transaction_status == pq.TransactionStatus.IDLE
+    session = conn.autocommit and idle  # statements run on their own, on whichever server session is free
+    if not (
+        _MAY_LOCK.search(text) or (_MAY_SESSION.search(text) if session else MAY_END.search(text))
+    ):  # nothing to refuse: not lexed
+        return
     shown = text if len(text) <= 80 else text[:77] + "..."
-    text = _QUOTED.sub(" ", text)
+    words = sql_words(text)
+    if words is None:  # PostgreSQL's lexer refuses it: so will the server's
+        return
+    text = words
     if SESSION_LOCK.search(text):
         raise ConnectionMisuse(
             f"a session advisory lock ({shown!r}) was asked for through a connection to {where} behind a "
@@ -162,15 +174,14 @@ def check_pooled_user_sql(conn: Any, query: Any, where: str) -> None:
             "transaction ends) instead, or reach the server directly, or through a session-mode pooler "
             "(pgbouncer='session'), for a lock that outlives transactions"
         )
-    idle = conn.pgconn.transaction_status == pq.TransactionStatus.IDLE
-    if not (conn.autocommit and idle) and ENDS_TRANSACTION.search(text):
+    if not session and ENDS_TRANSACTION.search(text):
         raise ConnectionMisuse(
             f"a statement ending the transaction ({shown!r}) was sent as SQL through a connection to {where} behind "
             "a transaction-mode pooler: the pooler hands its server session to another client at that end, before "
             "hypervault can undo what the transaction set in the session; end it with conn.commit() or "
             "conn.rollback() (or a `with conn.transaction():` block), which carry the session reset"
         )
-    if conn.autocommit and idle and SESSION_STATEMENT.search(text):  # idle: not in ``with conn.transaction():``
+    if session and SESSION_STATEMENT.search(text):  # idle: not in ``with conn.transaction():``
         raise ConnectionMisuse(
             f"a statement leaving session state ({shown!r}) was sent in autocommit mode through a connection to "
             f"{where} behind a transaction-mode pooler: it would run on whichever of the pooler's server sessions is "

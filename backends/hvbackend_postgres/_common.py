@@ -319,12 +319,87 @@ ENDS_TRANSACTION = re.compile(
 TO a savepoint), PREPARE TRANSACTION."""
 
 
+STATEMENT_START = r"(?:^|[;\n]|\*/)\s*"
+"""What comes before a statement's first word, whatever is between statements: the start, a semicolon, the end of
+a comment (``*/`` or the newline ending ``--``), then blanks. A prefilter sound on raw text (`MAY_END`)."""
+MAY_END = re.compile(STATEMENT_START + r"(?:COMMIT|END|ABORT|ROLLBACK|PREPARE)\b", re.IGNORECASE)
+"""Raw text that may hold a statement ending the transaction: only such text is lexed (`sql_words`); ~0.5 µs."""
+_LITERAL_TOKENS = frozenset({"SCONST", "USCONST", "BCONST", "XCONST"})
+_COMMENT_TOKENS = frozenset({"C_COMMENT", "SQL_COMMENT"})
+_PLAIN_NAME = re.compile(r"\w+")
+
+
+def sql_words(text: str) -> str | None:
+    """``text`` (SQL, one statement or several) as PostgreSQL's own lexer reads it (`pglast.parser.scan`), keeping
+    only the statements' own words: string literals (dollar-quoted bodies included) become ``''``, comments go,
+    a quoted identifier becomes its name (``"_"`` unless a plain word), and a semicolon separates top-level
+    statements only: inside the ``BEGIN ATOMIC ... END`` body of ``CREATE FUNCTION``/``PROCEDURE`` it is left out,
+    as psql does (it counts BEGIN/CASE against END there). None if the lexer refuses the text (an unterminated
+    literal): the server's lexer, the same, refuses it too. psycopg placeholders (``%s``, ``%(name)s``) lex as
+    operators and names."""
+    from pglast.parser import ParseError, scan  # loaded with the first lexed statement
+
+    try:
+        tokens = scan(text)
+    except ParseError:
+        return None
+    words: list[str] = []
+    head: list[str] = []  # the statement's first words, to tell CREATE [OR REPLACE] FUNCTION/PROCEDURE
+    depth = parens = 0
+    for token in tokens:
+        name = token.name
+        if name in _COMMENT_TOKENS:
+            continue
+        if name in _LITERAL_TOKENS:
+            words.append("''")
+            continue
+        word = text[token.start : token.end + 1]
+        if name == "ASCII_59" and depth == 0:  # ';'
+            words.append(";")
+            head = []
+            parens = 0
+            continue
+        if name in ("ASCII_59",):
+            continue  # a semicolon inside a BEGIN ATOMIC body
+        if name == "ASCII_40":
+            parens += 1
+        elif name == "ASCII_41":
+            parens -= 1
+        elif word[:1] == '"' or name == "UIDENT":
+            inner = word.strip('"') if word[:1] == '"' else ""
+            word = inner if _PLAIN_NAME.fullmatch(inner) else '"_"'
+        elif token.kind != "NO_KEYWORD" or name == "IDENT":
+            if len(head) < 4:
+                head.append(word.lower())
+            if parens == 0 and _defines_routine(head):
+                if name == "BEGIN_P" or (name == "CASE" and depth):
+                    depth += 1
+                elif name == "END_P" and depth:
+                    depth -= 1
+        words.append(word)
+    return " ".join(words)
+
+
+def _defines_routine(head: list[str]) -> bool:
+    """Whether a statement's first words are CREATE [OR REPLACE] FUNCTION/PROCEDURE."""
+    if head[:1] != ["create"] or len(head) < 2:
+        return False
+    if head[1] in ("function", "procedure"):
+        return True
+    return head[1:3] == ["or", "replace"] and len(head) > 3 and head[3] in ("function", "procedure")
+
+
 def check_not_ending(query: Any, conn: Any, shard_id: int) -> None:
     """`TransactionError` before anything is sent if ``query``, run by user code inside ``db.transaction(shard_id)``,
     would end that transaction: a COMMIT there would store its first half and leave the rest to run outside it.
-    (``connection.commit()``/``rollback()`` are refused by psycopg itself there: see the transaction's cursor.)"""
+    (``connection.commit()``/``rollback()`` are refused by psycopg itself there: see the transaction's cursor.)
+    Judged on the statements as PostgreSQL's lexer reads them (`sql_words`: literals, comments and a ``BEGIN ATOMIC``
+    body are no statements), lexed only when `MAY_END` finds one in the raw text."""
     text = statement_text(query, conn)
-    if ENDS_TRANSACTION.search(text):
+    if not MAY_END.search(text):
+        return
+    words = sql_words(text)
+    if words is not None and ENDS_TRANSACTION.search(words):
         raise TransactionError(
             f"a statement ending the transaction ({show_value(text)}) was sent through tx.cursor() inside "
             f"db.transaction({shard_id}): the block commits when it ends and rolls back on an exception; raise an "

@@ -34,7 +34,6 @@ LITERALS = [
 ATOMIC = "CREATE FUNCTION hv_one() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; END"
 
 
-@pytest.mark.xfail(strict=True, reason="check_not_ending reads string literals/comments/identifiers as statements")
 @pytest.mark.parametrize("statement", LITERALS)
 def test_a_literal_mentioning_end_runs_inside_a_shard_transaction(pg_fresh_db: dict[str, Any], statement: str) -> None:
     with hvcore.Datastore([{**pg_fresh_db, "shards": "0-8"}], backend="jsonb", worker=None) as db:
@@ -44,7 +43,6 @@ def test_a_literal_mentioning_end_runs_inside_a_shard_transaction(pg_fresh_db: d
             assert cur.fetchone() is not None
 
 
-@pytest.mark.xfail(strict=True, reason="the closing '; END' of BEGIN ATOMIC is read as the statement END")
 def test_a_begin_atomic_function_is_created_inside_a_shard_transaction(pg_fresh_db: dict[str, Any]) -> None:
     with hvcore.Datastore([{**pg_fresh_db, "shards": "0-8"}], backend="jsonb", worker=None) as db:
         db.provision()
@@ -54,7 +52,6 @@ def test_a_begin_atomic_function_is_created_inside_a_shard_transaction(pg_fresh_
             assert cur.fetchone() == (1,)
 
 
-@pytest.mark.xfail(strict=True, reason="the closing '; END' of BEGIN ATOMIC is read as the statement END")
 def test_a_begin_atomic_function_is_created_through_a_lent_pooled_connection(
     pg_fresh_db: dict[str, Any], pgbouncer_factory: Any
 ) -> None:

@@ -58,7 +58,6 @@ SENDS = [_stream, _copy, _named_with_hold]
 IDS = ["stream", "copy", "named-withhold"]
 
 
-@pytest.mark.xfail(strict=True, reason="stream()/copy()/a named cursor on a lent connection skip check_pooled_user_sql")
 @pytest.mark.parametrize("send", SENDS, ids=IDS)
 def test_streamed_session_setting_in_autocommit_is_refused_or_leaves_nothing(
     pg_fresh_db: dict[str, Any], pgbouncer_factory: Any, send: Any
@@ -85,7 +84,6 @@ def test_streamed_session_setting_in_autocommit_is_refused_or_leaves_nothing(
     assert refused == ["refused"] and seen == fresh != ("9MB",), f"refused: {refused}; another client sees {seen}"
 
 
-@pytest.mark.xfail(strict=True, reason="stream()/copy()/a named cursor on a lent connection skip check_pooled_user_sql")
 @pytest.mark.parametrize("send", SENDS, ids=IDS)
 def test_streamed_session_advisory_lock_is_refused_or_released(
     pg_fresh_db: dict[str, Any], pgbouncer_factory: Any, send: Any
