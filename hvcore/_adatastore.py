@@ -130,6 +130,20 @@ def _release_when_collected(owner: object, lease: Any) -> weakref.finalize[Any, 
     return weakref.finalize(owner, _close_within, lease, 0)
 
 
+async def _fetch_many_timed(store: AsyncServerStore, items: Sequence[tuple[int, Key]]) -> list[Record]:
+    """``store.fetch_many(items)`` as a list, its duration recorded as one ``get_many`` when metrics are on."""
+    if not metrics.on:
+        return list(await store.fetch_many(items))
+    started = perf_counter()
+    try:
+        records = await store.fetch_many(items)
+    except BaseException as exc:
+        metrics.operation("get_many", store, perf_counter() - started, exc)
+        raise
+    metrics.operation("get_many", store, perf_counter() - started)
+    return list(records)
+
+
 class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
     """Entities in logical shards spread over physical servers, behind the 2015 library's API.
 
@@ -785,19 +799,8 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
         self, index: int, choice: ReplicaChoice, items: list[tuple[int, Key]]
     ) -> list[Record] | None:
         """``fetch_many`` on a standby; None if it failed (the keys are then read from the primary)."""
-        standby = choice.store
         try:
-            if not metrics.on:
-                records: list[Record] = await standby.fetch_many(items)
-                return records
-            started = perf_counter()
-            try:
-                records = await standby.fetch_many(items)
-            except BaseException as exc:
-                metrics.operation("get_many", standby, perf_counter() - started, exc)
-                raise
-            metrics.operation("get_many", standby, perf_counter() - started)
-            return records
+            return await _fetch_many_timed(choice.store, items)
         except ShardMoved as moved:
             await self._follow_moved(moved)
         except Exception as exc:  # down, or anything a standby cannot answer: the primary decides
@@ -872,17 +875,7 @@ class AsyncDatastore(AsyncPlacementMixin, FacadeBase[AsyncServerStore]):
             return []
 
         async def read(index: int, items: Sequence[tuple[int, Key]]) -> list[Record]:
-            store = stores[index]
-            if not metrics.on:
-                return list(await store.fetch_many(items))
-            started = perf_counter()
-            try:
-                records = await store.fetch_many(items)
-            except BaseException as exc:
-                metrics.operation("get_many", store, perf_counter() - started, exc)
-                raise
-            metrics.operation("get_many", store, perf_counter() - started)
-            return list(records)
+            return await _fetch_many_timed(stores[index], items)
 
         spawned = [aspawn(read, index, items) for index, items in order[1:]]
         try:

@@ -127,6 +127,20 @@ def _release_when_collected(owner: object, lease: Any) -> weakref.finalize[Any, 
     return weakref.finalize(owner, _close_within, lease, 0)
 
 
+def _fetch_many_timed(store: ServerStore, items: Sequence[tuple[int, Key]]) -> list[Record]:
+    """``store.fetch_many(items)`` as a list, its duration recorded as one ``get_many`` when metrics are on."""
+    if not metrics.on:
+        return list(store.fetch_many(items))
+    started = perf_counter()
+    try:
+        records = store.fetch_many(items)
+    except BaseException as exc:
+        metrics.operation("get_many", store, perf_counter() - started, exc)
+        raise
+    metrics.operation("get_many", store, perf_counter() - started)
+    return list(records)
+
+
 class Datastore(PlacementMixin, FacadeBase[ServerStore]):
     """Entities in logical shards spread over physical servers, behind the 2015 library's API.
 
@@ -734,19 +748,8 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
 
     def _replica_fetch(self, index: int, choice: ReplicaChoice, items: list[tuple[int, Key]]) -> list[Record] | None:
         """``fetch_many`` on a standby; None if it failed (the keys are then read from the primary)."""
-        standby = choice.store
         try:
-            if not metrics.on:
-                records: list[Record] = standby.fetch_many(items)
-                return records
-            started = perf_counter()
-            try:
-                records = standby.fetch_many(items)
-            except BaseException as exc:
-                metrics.operation("get_many", standby, perf_counter() - started, exc)
-                raise
-            metrics.operation("get_many", standby, perf_counter() - started)
-            return records
+            return _fetch_many_timed(choice.store, items)
         except ShardMoved as moved:
             self._follow_moved(moved)
         except Exception as exc:  # down, or anything a standby cannot answer: the primary decides
@@ -821,17 +824,7 @@ class Datastore(PlacementMixin, FacadeBase[ServerStore]):
             return []
 
         def read(index: int, items: Sequence[tuple[int, Key]]) -> list[Record]:
-            store = stores[index]
-            if not metrics.on:
-                return list(store.fetch_many(items))
-            started = perf_counter()
-            try:
-                records = store.fetch_many(items)
-            except BaseException as exc:
-                metrics.operation("get_many", store, perf_counter() - started, exc)
-                raise
-            metrics.operation("get_many", store, perf_counter() - started)
-            return list(records)
+            return _fetch_many_timed(stores[index], items)
 
         spawned = [spawn(read, index, items) for index, items in order[1:]]
         try:
